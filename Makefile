@@ -1,0 +1,42 @@
+# The two commands: `make demo` and `make test`. Each sets up .venv by itself.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip
+CORE   := $(wildcard src/rnnfast/*.pyx src/rnnfast/*.pxd src/rnnfast/*.h) setup.py pyproject.toml
+PYTEST_ARGS ?=
+
+.PHONY: demo test build bench bench-quick clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+# run-time and build dependencies
+$(VENV)/.deps: pyproject.toml | $(BIN)/python
+	$(PIP) install -q "setuptools>=64" wheel "Cython>=3.0" "numpy>=1.22" "scipy>=1.11" "threadpoolctl>=3.1"
+	touch $@
+
+# the frameworks the tests compare against (torch pinned: the CPU build)
+$(VENV)/.deps-test: pyproject.toml $(VENV)/.deps
+	$(PIP) install -q "pytest>=7" "torch==2.13.0" "keras>=3" "h5py>=3" "safetensors>=0.4"
+	touch $@
+
+# the compiled core, installed editable (rebuilt when a core source changes)
+$(VENV)/.built: $(CORE) $(VENV)/.deps
+	$(PIP) install -q --no-build-isolation --no-deps -e .
+	touch $@
+
+build: $(VENV)/.built
+
+demo: build
+	$(BIN)/rnnfast demo
+
+test: $(VENV)/.deps-test build
+	KERAS_BACKEND=torch $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+bench: $(VENV)/.deps-test build
+	$(BIN)/python bench/bench_engine.py
+
+clean:
+	rm -rf build src/*.egg-info src/rnnfast/*.so src/rnnfast/_kernels.c

@@ -1,0 +1,106 @@
+"""Build rnnfast's compiled core.
+
+OpenMP is probed by compiling a tiny program; when the compiler has none (or
+``RNNFAST_NO_OPENMP=1`` is set) the same sources build serial. No
+``-march=native`` and no ``-ffast-math``: the element-wise kernels carry their own
+AVX2 / AVX-512 clones chosen at run time (see ``_cellmath.h``). ``RNNFAST_NATIVE=1``
+opts in to ``-march=native`` for a machine-specific build.
+"""
+import os
+import sys
+import shutil
+import subprocess
+import tempfile
+import textwrap
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+PROBE = textwrap.dedent(
+    """
+    #include <omp.h>
+    #include <stdio.h>
+    int main(void) {
+        int n = 0;
+        #pragma omp parallel reduction(+:n)
+        n += 1;
+        printf("%d", n > 0 && omp_get_max_threads() > 0);
+        return 0;
+    }
+    """
+)
+
+
+def _openmp_flags(compiler):
+    """Return (compile_args, link_args) for OpenMP, or None when unavailable."""
+    if os.environ.get("RNNFAST_NO_OPENMP", "") not in ("", "0"):
+        print("rnnfast: RNNFAST_NO_OPENMP set, building without OpenMP")
+        return None
+    if sys.platform == "win32":
+        return ["/openmp"], []
+    if sys.platform == "darwin":
+        candidates = [(["-Xpreprocessor", "-fopenmp"], ["-lomp"]), (["-fopenmp"], ["-fopenmp"])]
+    else:
+        candidates = [(["-fopenmp"], ["-fopenmp"])]
+    tmp = tempfile.mkdtemp()
+    try:
+        src = os.path.join(tmp, "probe.c")
+        with open(src, "w") as f:
+            f.write(PROBE)
+        for cflags, lflags in candidates:
+            try:
+                objs = compiler.compile([src], output_dir=tmp, extra_postargs=cflags)
+                exe = os.path.join(tmp, "probe")
+                compiler.link_executable(objs, exe, extra_postargs=lflags)
+                out = subprocess.run([exe], capture_output=True, text=True, timeout=30).stdout
+                if out.strip() == "1":
+                    return cflags, lflags
+            except Exception:  # noqa: BLE001 - any failure means "no OpenMP with these flags"
+                continue
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print("rnnfast: WARNING: the compiler has no usable OpenMP; building serial (one thread)")
+    return None
+
+
+class BuildExt(build_ext):
+    def build_extensions(self):
+        omp = _openmp_flags(self.compiler)
+        ctype = self.compiler.compiler_type
+        for ext in self.extensions:
+            if ctype == "msvc":
+                ext.extra_compile_args += ["/O2"]
+            else:
+                ext.extra_compile_args += ["-O3", "-fno-strict-aliasing", "-Wno-unused-function"]
+                if os.environ.get("RNNFAST_NATIVE", "") not in ("", "0"):
+                    ext.extra_compile_args += ["-march=native"]
+            if omp is not None:
+                ext.extra_compile_args += omp[0]
+                ext.extra_link_args += omp[1]
+        build_ext.build_extensions(self)
+
+
+def extensions():
+    from Cython.Build import cythonize
+
+    exts = [
+        Extension(
+            "rnnfast._kernels",
+            ["src/rnnfast/_kernels.pyx"],
+            include_dirs=["src/rnnfast"],
+            define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+        ),
+    ]
+    return cythonize(
+        exts,
+        language_level=3,
+        compiler_directives={
+            "boundscheck": False,
+            "wraparound": False,
+            "cdivision": True,
+            "initializedcheck": False,
+        },
+    )
+
+
+setup(ext_modules=extensions(), cmdclass={"build_ext": BuildExt})

@@ -1,0 +1,29 @@
+"""rnnfast: fast CPU inference for recurrent networks trained in Keras or PyTorch.
+
+Public names: :func:`load`, :func:`from_keras`, :func:`from_torch`, the model
+classes :class:`KerasModel` and :class:`TorchRNN`, the thread settings
+:func:`set_num_threads` / :func:`get_num_threads`, the errors :class:`FormatError`
+and :class:`UnsupportedLayerError`, and the canonical layers in :mod:`rnnfast.layers`.
+"""
+from ._version import __version__
+from .errors import FormatError, RnnfastError, UnsupportedLayerError
+from ._threads import get_num_threads, set_num_threads
+from . import layers
+from .model import Sequential
+from .io import load, from_keras, from_torch, KerasModel, TorchRNN
+
+__all__ = [
+    "__version__",
+    "load",
+    "from_keras",
+    "from_torch",
+    "KerasModel",
+    "TorchRNN",
+    "Sequential",
+    "layers",
+    "set_num_threads",
+    "get_num_threads",
+    "FormatError",
+    "UnsupportedLayerError",
+    "RnnfastError",
+]

@@ -1,0 +1,319 @@
+/*
+ * _cellmath.h -- fused element-wise gate math for rnnfast's recurrent kernels.
+ *
+ * Design: the BLAS products of a time step are done by the caller (_kernels.pyx);
+ * everything element-wise that follows them -- adding the input projection, the
+ * gate activations, the state update, the masked carry-over and the write of the
+ * output -- happens here, one row (batch element) at a time, in loops the compiler
+ * vectorizes. sigmoid and tanh use an own exp with bounded error (Cephes
+ * polynomials, ~1-2 ulp, NaN propagated) so that they vectorize without
+ * -ffast-math; the rarer activations call libm.
+ *
+ * Runtime dispatch: on x86-64 with GCC (>= 6) every exported step function is built
+ * three times (AVX-512, AVX2, baseline) with target_clones and the loader picks
+ * the best one for the CPU it runs on, so one build runs on any x86-64.
+ *
+ * Everything is defined twice, for float (suffix _f) and double (suffix _d), from
+ * one macro body. Row pointers carry explicit leading dimensions (ld*), so a
+ * bidirectional output can be written straight into its half of the concatenated
+ * output. `valid` is NULL (every row steps) or one byte per row: 0 means a masked
+ * step for that row: its state is carried over unchanged.
+ *
+ * Gate order is Keras': GRU z, r, h; LSTM i, f, c, o.
+ */
+#ifndef RNNFAST_CELLMATH_H
+#define RNNFAST_CELLMATH_H
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && (__GNUC__ >= 6) \
+    && !defined(RNNFAST_NO_CLONES)
+#define RNN_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define RNN_CLONES
+#endif
+
+/* Activation codes; the Python side (layers.py, ACTIVATIONS) holds the same table. */
+enum {
+    RNN_LINEAR = 0,
+    RNN_TANH = 1,
+    RNN_SIGMOID = 2,
+    RNN_HARD_SIGMOID = 3,        /* Keras 3: relu6(x + 3) / 6 */
+    RNN_HARD_SIGMOID_K2 = 4,     /* Keras 2 / tf.keras: clip(0.2 x + 0.5, 0, 1) */
+    RNN_RELU = 5,
+    RNN_SOFTSIGN = 6,
+    RNN_SOFTPLUS = 7,
+    RNN_ELU = 8,
+    RNN_SELU = 9,
+    RNN_EXPONENTIAL = 10,
+    RNN_N_ACTIVATIONS = 11
+};
+
+/* ---- exp with bounded error, branch-free so that loops over it vectorize ---- */
+
+static inline float rnn_exp_f(float x)
+{
+    /* Cephes expf: range reduction by ln2 in two parts, degree-5 polynomial. */
+    x = x > 88.0f ? 88.0f : x;          /* comparisons are false for NaN: it passes */
+    x = x < -87.0f ? -87.0f : x;
+    float fx = floorf(x * 1.44269504088896341f + 0.5f);
+    x = x - fx * 0.693359375f;
+    x = x - fx * -2.12194440e-4f;
+    float z = x * x;
+    float y = ((((1.9875691500E-4f * x + 1.3981999507E-3f) * x + 8.3334519073E-3f) * x
+                + 4.1665795894E-2f) * x + 1.6666665459E-1f) * x + 5.0000001201E-1f;
+    y = y * z + x + 1.0f;
+    uint32_t bits = ((uint32_t)((int32_t)fx + 127)) << 23;
+    float p2;
+    memcpy(&p2, &bits, sizeof p2);
+    return y * p2;
+}
+
+static inline double rnn_exp_d(double x)
+{
+    /* Cephes exp: Pade form exp(r) = 1 + 2 r P(r^2) / (Q(r^2) - r P(r^2)). */
+    x = x > 709.0 ? 709.0 : x;
+    x = x < -708.0 ? -708.0 : x;
+    double fx = floor(x * 1.4426950408889634073599 + 0.5);
+    x = x - fx * 6.93145751953125E-1;
+    x = x - fx * 1.42860682030941723212E-6;
+    double xx = x * x;
+    double px = x * ((1.26177193074810590878E-4 * xx + 3.02994407707441961300E-2) * xx
+                     + 9.99999999999999999910E-1);
+    double qx = ((3.00198505138664455042E-6 * xx + 2.52448340349684104192E-3) * xx
+                 + 2.27265548208155028766E-1) * xx + 2.00000000000000000009E0;
+    double y = 1.0 + 2.0 * (px / (qx - px));
+    uint64_t bits = ((uint64_t)((int64_t)fx + 1023)) << 52;
+    double p2;
+    memcpy(&p2, &bits, sizeof p2);
+    return y * p2;
+}
+
+static inline float rnn_tanh_f(float x)
+{
+    /* |x| < 0.625: odd polynomial (Cephes tanhf); else 1 - 2 / (exp(2|x|) + 1). */
+    float ax = fabsf(x);
+    float z = x * x;
+    float small = ((((-5.70498872745E-3f * z + 2.06390887954E-2f) * z - 5.37397155531E-2f) * z
+                    + 1.33314422036E-1f) * z - 3.33332819422E-1f) * z * x + x;
+    float e = rnn_exp_f(2.0f * ax);
+    float big = 1.0f - 2.0f / (e + 1.0f);
+    big = x < 0.0f ? -big : big;
+    return ax < 0.625f ? small : big;   /* NaN: ax < 0.625 is false, big is NaN */
+}
+
+static inline double rnn_tanh_d(double x)
+{
+    /* |x| < 0.625: x + x^3 P(x^2) / Q(x^2) (Cephes tanh); else via exp. */
+    double ax = fabs(x);
+    double s = x * x;
+    double p = (-9.64399179425052238628E-1 * s - 9.92877231001918586564E1) * s
+               - 1.61468768441708447952E3;
+    double q = ((s + 1.12811678491632931402E2) * s + 2.23548839060100448583E3) * s
+               + 4.84406305325125486048E3;
+    double small = x + x * s * (p / q);
+    double e = rnn_exp_d(2.0 * ax);
+    double big = 1.0 - 2.0 / (e + 1.0);
+    big = x < 0.0 ? -big : big;
+    return ax < 0.625 ? small : big;
+}
+
+static inline float rnn_sigmoid_f(float x) { return 1.0f / (1.0f + rnn_exp_f(-x)); }
+static inline double rnn_sigmoid_d(double x) { return 1.0 / (1.0 + rnn_exp_d(-x)); }
+
+/* ---- the whole body, instantiated for float and double ---- */
+
+#define RNN_DEFINE_CELLMATH(T, S, EXPM1, LOG1P, EXP)                                        \
+                                                                                            \
+/* v[0:n] = act(v[0:n]) in place. */                                                        \
+static inline void rnn_act_##S(int kind, T *v, int n)                                       \
+{                                                                                           \
+    int j;                                                                                  \
+    switch (kind) {                                                                         \
+    case RNN_TANH:                                                                          \
+        for (j = 0; j < n; j++) v[j] = rnn_tanh_##S(v[j]);                                  \
+        break;                                                                              \
+    case RNN_SIGMOID:                                                                       \
+        for (j = 0; j < n; j++) v[j] = rnn_sigmoid_##S(v[j]);                               \
+        break;                                                                              \
+    case RNN_HARD_SIGMOID:                                                                  \
+        for (j = 0; j < n; j++) {                                                           \
+            T a = v[j] + (T)3;                                                              \
+            a = a < (T)0 ? (T)0 : a;                                                        \
+            a = a > (T)6 ? (T)6 : a;                                                        \
+            v[j] = a / (T)6;                                                                \
+        }                                                                                   \
+        break;                                                                              \
+    case RNN_HARD_SIGMOID_K2:                                                               \
+        for (j = 0; j < n; j++) {                                                           \
+            T a = (T)0.2 * v[j] + (T)0.5;                                                   \
+            a = a < (T)0 ? (T)0 : a;                                                        \
+            v[j] = a > (T)1 ? (T)1 : a;                                                     \
+        }                                                                                   \
+        break;                                                                              \
+    case RNN_RELU:                                                                          \
+        for (j = 0; j < n; j++) v[j] = v[j] < (T)0 ? (T)0 : v[j];                           \
+        break;                                                                              \
+    case RNN_SOFTSIGN:                                                                      \
+        for (j = 0; j < n; j++) v[j] = v[j] / ((T)1 + (v[j] < (T)0 ? -v[j] : v[j]));        \
+        break;                                                                              \
+    case RNN_SOFTPLUS:                                                                      \
+        for (j = 0; j < n; j++) v[j] = v[j] > (T)20 ? v[j] : LOG1P(EXP(v[j]));              \
+        break;                                                                              \
+    case RNN_ELU:                                                                           \
+        for (j = 0; j < n; j++) v[j] = v[j] > (T)0 ? v[j] : EXPM1(v[j]);                    \
+        break;                                                                              \
+    case RNN_SELU:                                                                          \
+        for (j = 0; j < n; j++)                                                             \
+            v[j] = (T)1.0507009873554804934193349852946 *                                   \
+                   (v[j] > (T)0 ? v[j] : (T)1.6732632423543772848170429916717 * EXPM1(v[j])); \
+        break;                                                                              \
+    case RNN_EXPONENTIAL:                                                                   \
+        for (j = 0; j < n; j++) v[j] = EXP(v[j]);                                           \
+        break;                                                                              \
+    default: /* RNN_LINEAR */                                                               \
+        break;                                                                              \
+    }                                                                                       \
+}                                                                                           \
+                                                                                            \
+/* Test hook: the activation exactly as the kernels apply it. */                            \
+RNN_CLONES void rnn_activate_##S(int kind, T *v, int n) { rnn_act_##S(kind, v, n); }        \
+                                                                                            \
+/* GRU, reset-after (PyTorch; Keras reset_after=True), one step for nrows rows:           \
+ *   (1) z = ract(xp_z + gh_z)            (2) r = ract(xp_r + gh_r)                         \
+ *   (3) n = act(xp_h + r * (gh_h + bhn))  (4) h = z * h + (1 - z) * n                      \
+ * xp already holds x W + b (all gates) and the z, r parts of the recurrent bias;          \
+ * gh = h_prev U; bhn is the candidate's recurrent bias. tmp: 3H scratch. */               \
+RNN_CLONES void rnn_gru_ra_##S(int nrows, int H, const T *xp, long ldxp,                    \
+                               const T *gh, long ldgh, const T *bhn, T *h, long ldh,       \
+                               const unsigned char *valid, T *tmp, int act, int ract)      \
+{                                                                                           \
+    int b, j;                                                                               \
+    for (b = 0; b < nrows; b++) {                                                           \
+        if (valid && !valid[b]) continue;                                                   \
+        const T *x = xp + b * ldxp, *g = gh + b * ldgh;                                     \
+        T *hb = h + b * ldh, *n = tmp + 2 * H;                                              \
+        for (j = 0; j < 2 * H; j++) tmp[j] = x[j] + g[j];                                   \
+        rnn_act_##S(ract, tmp, 2 * H);                                                      \
+        for (j = 0; j < H; j++) n[j] = x[2 * H + j] + tmp[H + j] * (g[2 * H + j] + bhn[j]); \
+        rnn_act_##S(act, n, H);                                                             \
+        for (j = 0; j < H; j++) hb[j] = tmp[j] * hb[j] + ((T)1 - tmp[j]) * n[j];            \
+    }                                                                                       \
+}                                                                                           \
+                                                                                            \
+/* GRU, reset-before (Keras reset_after=False; Cho et al. 2014), first half:               \
+ *   (1) z = ract(xp_z + gzr_z)  (2) r = ract(xp_r + gzr_r)  -> zr[b, 0:2H]                 \
+ *   (3) rh = r * h_prev          -> rh[b, 0:H], for the caller's product rh U_h.          \
+ * Masked rows get rh = 0 (their product is computed but never used). */                   \
+RNN_CLONES void rnn_gru_rb_gates_##S(int nrows, int H, const T *xp, long ldxp,              \
+                                     const T *gzr, long ldg, const T *h, long ldh,         \
+                                     const unsigned char *valid, T *zr, T *rh, int ract)   \
+{                                                                                           \
+    int b, j;                                                                               \
+    for (b = 0; b < nrows; b++) {                                                           \
+        T *z = zr + (long)b * 2 * H, *o = rh + (long)b * H;                                 \
+        if (valid && !valid[b]) {                                                           \
+            for (j = 0; j < H; j++) o[j] = (T)0;                                            \
+            continue;                                                                       \
+        }                                                                                   \
+        const T *x = xp + b * ldxp, *g = gzr + b * ldg, *hb = h + b * ldh;                  \
+        for (j = 0; j < 2 * H; j++) z[j] = x[j] + g[j];                                     \
+        rnn_act_##S(ract, z, 2 * H);                                                        \
+        for (j = 0; j < H; j++) o[j] = z[H + j] * hb[j];                                    \
+    }                                                                                       \
+}                                                                                           \
+                                                                                            \
+/* GRU, reset-before, second half, with ghh = (r * h_prev) U_h:                            \
+ *   (4) n = act(xp_h + ghh)   (5) h = z * h + (1 - z) * n.  tmp: H scratch. */             \
+RNN_CLONES void rnn_gru_rb_update_##S(int nrows, int H, const T *xp, long ldxp,             \
+                                      const T *ghh, long ldg, const T *zr, T *h, long ldh, \
+                                      const unsigned char *valid, T *tmp, int act)         \
+{                                                                                           \
+    int b, j;                                                                               \
+    for (b = 0; b < nrows; b++) {                                                           \
+        if (valid && !valid[b]) continue;                                                   \
+        const T *x = xp + b * ldxp + 2 * H, *g = ghh + b * ldg, *z = zr + (long)b * 2 * H;  \
+        T *hb = h + b * ldh;                                                                \
+        for (j = 0; j < H; j++) tmp[j] = x[j] + g[j];                                       \
+        rnn_act_##S(act, tmp, H);                                                           \
+        for (j = 0; j < H; j++) hb[j] = z[j] * hb[j] + ((T)1 - z[j]) * tmp[j];              \
+    }                                                                                       \
+}                                                                                           \
+                                                                                            \
+/* LSTM, one step:  g = xp + gh  (gates i, f, c, o)                                        \
+ *   (1) i = ract(g_i) (2) f = ract(g_f) (3) o = ract(g_o) (4) u = act(g_c)                 \
+ *   (5) c = f * c + i * u   (6) m = o * act(c)                                             \
+ * m is written to `m` (the hidden state itself, or the input of the projection            \
+ * h = m W_hr done by the caller). tmp: 4H scratch. */                                      \
+RNN_CLONES void rnn_lstm_##S(int nrows, int H, const T *xp, long ldxp, const T *gh,         \
+                             long ldgh, T *c, long ldc, T *m, long ldm,                    \
+                             const unsigned char *valid, T *tmp, int act, int ract)        \
+{                                                                                           \
+    int b, j;                                                                               \
+    for (b = 0; b < nrows; b++) {                                                           \
+        if (valid && !valid[b]) continue;                                                   \
+        const T *x = xp + b * ldxp, *g = gh + b * ldgh;                                     \
+        T *cb = c + b * ldc, *mb = m + b * ldm;                                             \
+        T *gi = tmp, *gf = tmp + H, *gc = tmp + 2 * H, *go = tmp + 3 * H;                   \
+        for (j = 0; j < 4 * H; j++) tmp[j] = x[j] + g[j];                                   \
+        rnn_act_##S(ract, gi, 2 * H);                                                       \
+        rnn_act_##S(ract, go, H);                                                           \
+        rnn_act_##S(act, gc, H);                                                            \
+        for (j = 0; j < H; j++) cb[j] = gf[j] * cb[j] + gi[j] * gc[j];                      \
+        for (j = 0; j < H; j++) gc[j] = cb[j];                                              \
+        rnn_act_##S(act, gc, H);                                                            \
+        for (j = 0; j < H; j++) mb[j] = go[j] * gc[j];                                      \
+    }                                                                                       \
+}                                                                                           \
+                                                                                            \
+/* SimpleRNN, one step: (1) h = act(xp + gh). */                                            \
+RNN_CLONES void rnn_simple_##S(int nrows, int H, const T *xp, long ldxp, const T *gh,       \
+                               long ldgh, T *h, long ldh, const unsigned char *valid,      \
+                               int act)                                                    \
+{                                                                                           \
+    int b, j;                                                                               \
+    for (b = 0; b < nrows; b++) {                                                           \
+        if (valid && !valid[b]) continue;                                                   \
+        const T *x = xp + b * ldxp, *g = gh + b * ldgh;                                     \
+        T *hb = h + b * ldh;                                                                \
+        for (j = 0; j < H; j++) hb[j] = x[j] + g[j];                                        \
+        rnn_act_##S(act, hb, H);                                                            \
+    }                                                                                       \
+}                                                                                           \
+                                                                                            \
+/* Copy rows of src (valid rows only, or all when valid is NULL) into dst. */              \
+static inline void rnn_copy_rows_##S(int nrows, int n, const T *src, long lds, T *dst,     \
+                                     long ldd, const unsigned char *valid)                 \
+{                                                                                           \
+    int b;                                                                                  \
+    for (b = 0; b < nrows; b++)                                                             \
+        if (!valid || valid[b]) memcpy(dst + b * ldd, src + b * lds, (size_t)n * sizeof(T)); \
+}                                                                                           \
+                                                                                            \
+/* Write one step's output rows. A stepped row emits its new state; a masked row          \
+ * emits zeros when zero_output (or before its first stepped row: Keras' previous          \
+ * output starts at zero), else the state it carries (its last output). */                 \
+static inline void rnn_emit_##S(int nrows, int n, const T *h, long ldh, T *out, long ldo,   \
+                                const unsigned char *valid, unsigned char *seen,           \
+                                int zero_output)                                           \
+{                                                                                           \
+    int b;                                                                                  \
+    for (b = 0; b < nrows; b++) {                                                           \
+        T *o = out + b * ldo;                                                               \
+        if (!valid || valid[b]) {                                                           \
+            memcpy(o, h + b * ldh, (size_t)n * sizeof(T));                                  \
+            seen[b] = 1;                                                                    \
+        } else if (zero_output || !seen[b]) {                                               \
+            memset(o, 0, (size_t)n * sizeof(T));                                            \
+        } else {                                                                            \
+            memcpy(o, h + b * ldh, (size_t)n * sizeof(T));                                  \
+        }                                                                                   \
+    }                                                                                       \
+}
+
+RNN_DEFINE_CELLMATH(float, f, expm1f, log1pf, expf)
+RNN_DEFINE_CELLMATH(double, d, expm1, log1p, exp)
+
+#endif /* RNNFAST_CELLMATH_H */

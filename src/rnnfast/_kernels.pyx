@@ -1,0 +1,315 @@
+# Design: the compiled core. One call runs one recurrent layer (one or two
+# directions) over a whole sequence.
+#
+# - Who allocates: the Python caller (layers.py) validates shapes, makes every array
+#   C-contiguous in the compute dtype and allocates the outputs (out, h, c). This
+#   module allocates only scratch, with malloc, once per chunk and work item, never
+#   per time step.
+# - What runs where: the sequence is cut into chunks of `chunk` steps. For each
+#   chunk, (1) the input projection x W + b of all its steps is computed as GEMMs
+#   over (direction, row block) tasks, in parallel; then (2) each work item
+#   (direction, batch block) runs its own time loop over the chunk with no barrier
+#   per step: one small GEMM h U per step (two for the reset-before GRU, one more
+#   for an LSTM projection) and one fused element-wise call from _cellmath.h that
+#   updates the state in place and writes the output row straight into its
+#   direction's half of `out`. Memory for the projection is bounded by the chunk,
+#   not by the sequence length.
+# - Threads: OpenMP over tasks/items (dynamic schedule). The decomposition into
+#   tasks and items depends on the shapes only, never on the thread count, so results
+#   are bitwise identical for every thread count. Every BLAS call is made inside the
+#   parallel region; the Python side (_threads.blas_single_threaded) holds the BLAS
+#   to one thread while any rnnfast call runs, so it never spawns threads of its own.
+# - The GIL is released for the whole call.
+from cython.parallel cimport prange
+from libc.stdlib cimport malloc, calloc, free
+from libc.string cimport memcpy
+from cython cimport floating
+
+from rnnfast._blas cimport gemm_rm
+from rnnfast._openmp cimport RNN_OPENMP_ENABLED, omp_get_max_threads
+
+import numpy as np
+
+cdef extern from "_cellmath.h" nogil:
+    int RNN_N_ACTIVATIONS
+    void rnn_activate_f(int kind, float *v, int n)
+    void rnn_activate_d(int kind, double *v, int n)
+    void rnn_gru_ra_f(int nrows, int H, const float *xp, long ldxp, const float *gh, long ldgh,
+                      const float *bhn, float *h, long ldh, const unsigned char *valid,
+                      float *tmp, int act, int ract)
+    void rnn_gru_ra_d(int nrows, int H, const double *xp, long ldxp, const double *gh, long ldgh,
+                      const double *bhn, double *h, long ldh, const unsigned char *valid,
+                      double *tmp, int act, int ract)
+    void rnn_gru_rb_gates_f(int nrows, int H, const float *xp, long ldxp, const float *gzr,
+                            long ldg, const float *h, long ldh, const unsigned char *valid,
+                            float *zr, float *rh, int ract)
+    void rnn_gru_rb_gates_d(int nrows, int H, const double *xp, long ldxp, const double *gzr,
+                            long ldg, const double *h, long ldh, const unsigned char *valid,
+                            double *zr, double *rh, int ract)
+    void rnn_gru_rb_update_f(int nrows, int H, const float *xp, long ldxp, const float *ghh,
+                             long ldg, const float *zr, float *h, long ldh,
+                             const unsigned char *valid, float *tmp, int act)
+    void rnn_gru_rb_update_d(int nrows, int H, const double *xp, long ldxp, const double *ghh,
+                             long ldg, const double *zr, double *h, long ldh,
+                             const unsigned char *valid, double *tmp, int act)
+    void rnn_lstm_f(int nrows, int H, const float *xp, long ldxp, const float *gh, long ldgh,
+                    float *c, long ldc, float *m, long ldm, const unsigned char *valid,
+                    float *tmp, int act, int ract)
+    void rnn_lstm_d(int nrows, int H, const double *xp, long ldxp, const double *gh, long ldgh,
+                    double *c, long ldc, double *m, long ldm, const unsigned char *valid,
+                    double *tmp, int act, int ract)
+    void rnn_simple_f(int nrows, int H, const float *xp, long ldxp, const float *gh, long ldgh,
+                      float *h, long ldh, const unsigned char *valid, int act)
+    void rnn_simple_d(int nrows, int H, const double *xp, long ldxp, const double *gh, long ldgh,
+                      double *h, long ldh, const unsigned char *valid, int act)
+    void rnn_copy_rows_f(int nrows, int n, const float *src, long lds, float *dst, long ldd,
+                         const unsigned char *valid)
+    void rnn_copy_rows_d(int nrows, int n, const double *src, long lds, double *dst, long ldd,
+                         const unsigned char *valid)
+    void rnn_emit_f(int nrows, int n, const float *h, long ldh, float *out, long ldo,
+                    const unsigned char *valid, unsigned char *seen, int zero_output)
+    void rnn_emit_d(int nrows, int n, const double *h, long ldh, double *out, long ldo,
+                    const unsigned char *valid, unsigned char *seen, int zero_output)
+
+# Cell codes (layers.py holds the same table).
+DEF CELL_SIMPLE = 0
+DEF CELL_GRU = 1          # reset-after
+DEF CELL_GRU_RB = 2       # reset-before
+DEF CELL_LSTM = 3
+
+# Rows per projection task, at least; fewer than 8 tasks per direction and chunk.
+DEF PROJ_MIN_ROWS = 64
+DEF PROJ_MAX_TASKS = 8
+
+CELL_CODES = {"simple": CELL_SIMPLE, "gru": CELL_GRU, "gru_rb": CELL_GRU_RB, "lstm": CELL_LSTM}
+GATES = {"simple": 1, "gru": 3, "gru_rb": 3, "lstm": 4}
+
+def openmp_enabled():
+    """True when the compiled core was built with OpenMP."""
+    return bool(RNN_OPENMP_ENABLED)
+
+
+def openmp_max_threads():
+    """OpenMP's default team size (1 without OpenMP)."""
+    return omp_get_max_threads()
+
+
+def activate(int kind, floating[::1] v):
+    """Apply activation ``kind`` to ``v`` in place, exactly as the kernels do (test hook)."""
+    if kind < 0 or kind >= RNN_N_ACTIVATIONS:
+        raise ValueError("unknown activation code %d" % kind)
+    if v.shape[0] == 0:
+        return
+    with nogil:
+        if floating is float:
+            rnn_activate_f(kind, &v[0], <int> v.shape[0])
+        else:
+            rnn_activate_d(kind, &v[0], <int> v.shape[0])
+
+
+cdef void _project_task(const floating *x, long I, const floating *W, const floating *bx,
+                        long GH, floating *xp, long r0, long r1) noexcept nogil:
+    """xp[r0:r1] = x[r0:r1] @ W + bx  (rows of the chunk for one direction)."""
+    cdef long r
+    for r in range(r0, r1):
+        memcpy(xp + r * GH, bx, GH * sizeof(floating))
+    gemm_rm(<int> (r1 - r0), <int> GH, <int> I, <floating> 1, x + r0 * I, <int> I,
+            W, <int> GH, <floating> 1, xp + r0 * GH, <int> GH)
+
+
+cdef int _recur_item(int cell, int act, int ract, long T, long B, long H, long Ho, long P,
+                     long GH, int ndir, int rev, long s0, long s1, long tlo, long b0, long nb,
+                     const floating *xp,       # IN  (rows of this chunk, GH) for this direction
+                     const floating *U,        # IN  (Ho, GH)
+                     const floating *bhn,      # IN  (H,)
+                     const floating *Wr,       # IN  (H, P) or NULL
+                     const unsigned char *mask,  # IN (T, B) or NULL
+                     int zero_output,
+                     floating *out, long ldo,  # OUT (T*B, ldo) at this direction's column, or NULL
+                     floating *h,              # IN/OUT (nb rows, Ho) state of this item
+                     floating *c,              # IN/OUT (nb rows, H) LSTM cell state
+                     unsigned char *seen       # IN/OUT (nb,) rows that have emitted an output
+                     ) noexcept nogil:
+    """Run steps s0..s1-1 of one (direction, batch block) work item. Returns 0 or 1 (no memory)."""
+    cdef long s, t
+    cdef const floating *xr
+    cdef const unsigned char *valid
+    cdef long ngh = nb * GH
+    cdef floating *buf = <floating *> calloc(ngh + 4 * H + nb * (2 * H + 3 * H + P) + 1,
+                                             sizeof(floating))
+    if buf == NULL:
+        return 1
+    cdef floating *gh = buf
+    cdef floating *tmp = gh + ngh
+    cdef floating *zr = tmp + 4 * H
+    cdef floating *rh = zr + nb * 2 * H
+    cdef floating *g2 = rh + nb * H
+    cdef floating *m = g2 + nb * H
+    cdef floating *hp = m + nb * H
+
+    for s in range(s0, s1):
+        t = T - 1 - s if rev else s
+        xr = xp + ((t - tlo) * B + b0) * GH
+        valid = mask + t * B + b0 if mask != NULL else NULL
+        if cell == CELL_GRU:
+            gemm_rm(<int> nb, <int> GH, <int> Ho, 1, h, <int> Ho, U, <int> GH, 0, gh, <int> GH)
+            if floating is float:
+                rnn_gru_ra_f(<int> nb, <int> H, xr, GH, gh, GH, bhn, h, Ho, valid, tmp, act, ract)
+            else:
+                rnn_gru_ra_d(<int> nb, <int> H, xr, GH, gh, GH, bhn, h, Ho, valid, tmp, act, ract)
+        elif cell == CELL_GRU_RB:
+            gemm_rm(<int> nb, <int> (2 * H), <int> Ho, 1, h, <int> Ho, U, <int> GH, 0,
+                    gh, <int> (2 * H))
+            if floating is float:
+                rnn_gru_rb_gates_f(<int> nb, <int> H, xr, GH, gh, 2 * H, h, Ho, valid, zr, rh, ract)
+            else:
+                rnn_gru_rb_gates_d(<int> nb, <int> H, xr, GH, gh, 2 * H, h, Ho, valid, zr, rh, ract)
+            gemm_rm(<int> nb, <int> H, <int> H, 1, rh, <int> H, U + 2 * H, <int> GH, 0,
+                    g2, <int> H)
+            if floating is float:
+                rnn_gru_rb_update_f(<int> nb, <int> H, xr, GH, g2, H, zr, h, Ho, valid, tmp, act)
+            else:
+                rnn_gru_rb_update_d(<int> nb, <int> H, xr, GH, g2, H, zr, h, Ho, valid, tmp, act)
+        elif cell == CELL_LSTM:
+            gemm_rm(<int> nb, <int> GH, <int> Ho, 1, h, <int> Ho, U, <int> GH, 0, gh, <int> GH)
+            if Wr == NULL:
+                if floating is float:
+                    rnn_lstm_f(<int> nb, <int> H, xr, GH, gh, GH, c, H, h, Ho, valid, tmp, act, ract)
+                else:
+                    rnn_lstm_d(<int> nb, <int> H, xr, GH, gh, GH, c, H, h, Ho, valid, tmp, act, ract)
+            else:
+                if floating is float:
+                    rnn_lstm_f(<int> nb, <int> H, xr, GH, gh, GH, c, H, m, H, valid, tmp, act, ract)
+                else:
+                    rnn_lstm_d(<int> nb, <int> H, xr, GH, gh, GH, c, H, m, H, valid, tmp, act, ract)
+                gemm_rm(<int> nb, <int> P, <int> H, 1, m, <int> H, Wr, <int> P, 0, hp, <int> P)
+                if floating is float:
+                    rnn_copy_rows_f(<int> nb, <int> P, hp, P, h, Ho, valid)
+                else:
+                    rnn_copy_rows_d(<int> nb, <int> P, hp, P, h, Ho, valid)
+        else:
+            gemm_rm(<int> nb, <int> H, <int> Ho, 1, h, <int> Ho, U, <int> GH, 0, gh, <int> GH)
+            if floating is float:
+                rnn_simple_f(<int> nb, <int> H, xr, GH, gh, GH, h, Ho, valid, act)
+            else:
+                rnn_simple_d(<int> nb, <int> H, xr, GH, gh, GH, h, Ho, valid, act)
+        if out != NULL:
+            if floating is float:
+                rnn_emit_f(<int> nb, <int> Ho, h, Ho, out + (t * B + b0) * ldo, ldo, valid,
+                           seen, zero_output)
+            else:
+                rnn_emit_d(<int> nb, <int> Ho, h, Ho, out + (t * B + b0) * ldo, ldo, valid,
+                           seen, zero_output)
+    free(buf)
+    return 0
+
+
+def batch_blocks(long B):
+    """Rows per work item for batch size B: a function of B only (never of threads)."""
+    cdef long nblk = B // 16
+    if nblk < 1:
+        nblk = 1
+    if nblk > 8:
+        nblk = 8
+    return (B + nblk - 1) // nblk
+
+
+def rnn_forward(str cell_name, int act, int ract,
+                const floating[:, ::1] x,           # IN  (T*B, I), row t*B + b
+                long T, long B,
+                const floating[:, :, ::1] W,        # IN  (ndir, I, GH)
+                const floating[:, ::1] bx,          # IN  (ndir, GH)
+                const floating[:, :, ::1] U,        # IN  (ndir, Ho, GH)
+                const floating[:, ::1] bhn,         # IN  (ndir, H)
+                const floating[:, :, ::1] Wr,       # IN  (ndir, H, P), or (ndir, 0, 0)
+                const unsigned char[:, ::1] mask,   # IN  (T, B), or (0, 0) for none
+                bint zero_output, bint reverse_first,
+                floating[:, ::1] out,               # OUT (T*B, ndir*Ho), or (0, 0) for none
+                floating[:, :, ::1] h,              # IN/OUT (ndir, B, Ho): initial -> final state
+                floating[:, :, ::1] c,              # IN/OUT (ndir, B, H): LSTM cell state, else (0,0,0)
+                long chunk, int num_threads):
+    """Run one recurrent layer over the whole sequence (see the Design note above).
+
+    Direction 0 runs forward (backward when ``reverse_first``), direction 1 always
+    backward; outputs stay aligned with input time. Shapes are checked by the
+    caller (layers.RNNLayer), which is the only intended user.
+    """
+    cdef int cell = CELL_CODES[cell_name]
+    cdef int ndir = <int> W.shape[0]
+    cdef long I = W.shape[1]
+    cdef long GH = W.shape[2]
+    cdef long G = GATES[cell_name]
+    cdef long H = GH // G
+    cdef long Ho = U.shape[1]
+    cdef long P = Wr.shape[2]
+    cdef bint has_proj = Wr.shape[1] > 0
+    cdef bint has_out = out.shape[0] > 0
+    cdef bint has_mask = mask.shape[0] > 0
+    cdef long ldo = ndir * Ho
+    cdef long bb = batch_blocks(B) if B > 0 else 1
+    cdef long nbb = (B + bb - 1) // bb
+    cdef long nitems = ndir * nbb
+    cdef long nchunks, ch, s0, s1, R, nrb, rb, ntask, task, item, d, k, r0, r1, b0, nb
+    cdef long tlo
+    cdef int rev, err = 0
+    cdef floating *xp = NULL
+    cdef unsigned char *seen = NULL
+    cdef const unsigned char *mptr = &mask[0, 0] if has_mask else NULL
+    cdef floating *optr = &out[0, 0] if has_out else NULL
+    cdef const floating *wrp = &Wr[0, 0, 0] if has_proj else NULL
+    cdef floating *cptr = &c[0, 0, 0] if cell == CELL_LSTM else NULL
+
+    if T == 0 or B == 0:
+        return
+    if chunk < 1:
+        chunk = 1
+    if chunk > T:
+        chunk = T
+    nchunks = (T + chunk - 1) // chunk
+    if num_threads < 1:
+        num_threads = 1
+
+    with nogil:
+        xp = <floating *> malloc(ndir * chunk * B * GH * sizeof(floating))
+        seen = <unsigned char *> calloc(ndir * B, 1)
+        if xp == NULL or seen == NULL:
+            err = 1
+        ch = 0
+        while ch < nchunks and err == 0:
+            s0 = ch * chunk
+            s1 = s0 + chunk if s0 + chunk < T else T
+            R = (s1 - s0) * B
+            nrb = (R + PROJ_MIN_ROWS - 1) // PROJ_MIN_ROWS
+            if nrb > PROJ_MAX_TASKS:
+                nrb = PROJ_MAX_TASKS
+            rb = (R + nrb - 1) // nrb
+            ntask = ndir * nrb
+            # (1) input projection of this chunk's steps, every direction
+            for task in prange(ntask, num_threads=num_threads, schedule='dynamic'):
+                d = task // nrb
+                k = task % nrb
+                r0 = k * rb
+                r1 = r0 + rb if r0 + rb < R else R
+                if r0 < r1:
+                    tlo = (T - s1 if (d == 1 or reverse_first) else s0)
+                    _project_task(&x[0, 0] + tlo * B * I, I, &W[d, 0, 0], &bx[d, 0], GH,
+                                  xp + d * chunk * B * GH, r0, r1)
+            # (2) the recurrence over this chunk, every (direction, batch block)
+            for item in prange(nitems, num_threads=num_threads, schedule='dynamic'):
+                d = item // nbb
+                b0 = (item % nbb) * bb
+                nb = bb if b0 + bb <= B else B - b0
+                rev = 1 if (d == 1 or reverse_first) else 0
+                tlo = (T - s1 if rev else s0)
+                err += _recur_item(cell, act, ract, T, B, H, Ho, P, GH, ndir, rev, s0, s1, tlo,
+                                   b0, nb, xp + d * chunk * B * GH, &U[d, 0, 0], &bhn[d, 0],
+                                   wrp + d * H * P if has_proj else NULL, mptr, zero_output,
+                                   optr + d * Ho if has_out else NULL, ldo,
+                                   &h[d, b0, 0],
+                                   cptr + (d * B + b0) * H if cell == CELL_LSTM else NULL,
+                                   seen + d * B + b0)
+            ch = ch + 1
+        free(xp)
+        free(seen)
+    if err:
+        raise MemoryError("rnnfast: out of memory for the recurrent kernel's scratch")

@@ -1,0 +1,6 @@
+# The one OpenMP shim (see _openmp.h): usable whether or not the build has OpenMP.
+cdef extern from "_openmp.h" nogil:
+    int RNN_OPENMP_ENABLED
+    int omp_get_max_threads()
+    int omp_get_thread_num()
+    int omp_get_num_threads()

@@ -1,0 +1,110 @@
+"""Thread settings: rnnfast's own OpenMP team size, and the BLAS held to one thread.
+
+rnnfast parallelises over its own work items with OpenMP and calls BLAS from inside
+that parallel region, so the BLAS must not start threads of its own there (that is
+the oversubscription users of other engines suffer from). While at least one rnnfast
+computation is running, every BLAS library loaded in the process is limited to one
+thread (through threadpoolctl's controllers); the previous limits come back when the
+last concurrent call finishes. A NumPy product run by another Python thread during
+that window is therefore single-threaded too.
+"""
+import operator
+import os
+import threading
+from contextlib import contextmanager
+
+__all__ = ["set_num_threads", "get_num_threads", "resolve_num_threads", "blas_single_threaded"]
+
+_lock = threading.Lock()
+_num_threads = None          # None: the cores this process may use
+_depth = 0                   # rnnfast calls running now
+_saved = []                  # (controller, its thread count before the first call)
+_controllers = None
+
+
+def _available_cores():
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def set_num_threads(n):
+    """Set the process-wide number of threads rnnfast uses.
+
+    Parameters
+    ----------
+    n : int or None
+        A positive count; ``None`` (or 0) restores the default, the number of cores
+        this process may run on; a negative ``n`` means "all cores but ``-n - 1``"
+        (``-1`` is all cores), as in scikit-learn.
+    """
+    global _num_threads
+    n = _check_int(n)
+    _num_threads = None if n in (None, 0) else _effective(n)
+
+
+def get_num_threads():
+    """The number of threads rnnfast uses by default (see :func:`set_num_threads`)."""
+    return _available_cores() if _num_threads is None else _num_threads
+
+
+def _check_int(n):
+    if n is None:
+        return None
+    if isinstance(n, bool):
+        raise TypeError("num_threads must be an int or None, got %r" % (n,))
+    try:
+        return operator.index(n)
+    except TypeError:
+        raise TypeError("num_threads must be an int or None, got %r" % (n,)) from None
+
+
+def _effective(n):
+    if n > 0:
+        return int(n)
+    return max(1, _available_cores() + 1 + int(n))
+
+
+def resolve_num_threads(n=None):
+    """The thread count for one call: ``n`` if given (same meaning as in
+    :func:`set_num_threads`), else the process-wide setting."""
+    n = _check_int(n)
+    if n is None or n == 0:
+        return get_num_threads()
+    return _effective(n)
+
+
+def _blas_controllers():
+    global _controllers
+    if _controllers is None:
+        from threadpoolctl import ThreadpoolController
+
+        import scipy.linalg.cython_blas  # noqa: F401 - make sure the BLAS we call is loaded
+
+        _controllers = [c for c in ThreadpoolController().lib_controllers if c.user_api == "blas"]
+    return _controllers
+
+
+@contextmanager
+def blas_single_threaded():
+    """Hold every loaded BLAS to one thread while the block runs (re-entrant, thread-safe)."""
+    global _depth, _saved
+    with _lock:
+        if _depth == 0:
+            _saved = []
+            for c in _blas_controllers():
+                n = c.get_num_threads()
+                if n is not None and n > 1:
+                    c.set_num_threads(1)
+                    _saved.append((c, n))
+        _depth += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _depth -= 1
+            if _depth == 0:
+                for c, n in _saved:
+                    c.set_num_threads(n)
+                _saved = []

@@ -1,0 +1,413 @@
+"""Canonical layers: weights in the one layout the kernels want, converted once.
+
+Loaders (``rnnfast.io``) turn Keras or PyTorch weights into these objects; the
+compiled core never learns where weights came from.
+
+Canonical recurrent weights (one :class:`CellWeights` per direction), ``G`` gates of
+``H`` units each, in **Keras' gate order** (GRU: z, r, h; LSTM: i, f, c, o;
+SimpleRNN: one gate):
+
+================  ==================  ===============================================
+name              shape               meaning
+================  ==================  ===============================================
+kernel            (I, G*H)            input weights, ``x @ kernel``
+recurrent_kernel  (Ho, G*H)           recurrent weights, ``h @ recurrent_kernel``;
+                                      ``Ho = P`` with an LSTM projection, else ``H``
+bias              (G*H,) or None      input-side bias
+recurrent_bias    (G*H,) or None      hidden-side bias (GRU reset-after keeps its
+                                      candidate part apart: ``r * (h U_h + b_hh)``)
+projection        (H, P) or None      LSTM projection, ``h = (o * act(c)) @ projection``
+================  ==================  ===============================================
+
+Cells (``cell=``): ``"gru"`` (with ``reset_after`` True: PyTorch and Keras' default;
+False: Keras ``reset_after=False``, Cho et al. 2014), ``"lstm"``, ``"simple"``.
+"""
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from . import _kernels
+from ._threads import blas_single_threaded, resolve_num_threads
+
+__all__ = ["ACTIVATIONS", "CellWeights", "RNNLayer", "Dense", "merge_directions", "apply_activation"]
+
+#: Activation names the recurrent kernels run, and their codes in _cellmath.h.
+#: ``hard_sigmoid`` is Keras 3's ``relu6(x + 3) / 6``; ``hard_sigmoid_keras2`` is
+#: Keras 2 / tf.keras' ``clip(0.2 x + 0.5, 0, 1)``.
+ACTIVATIONS = {
+    "linear": 0,
+    "tanh": 1,
+    "sigmoid": 2,
+    "hard_sigmoid": 3,
+    "hard_sigmoid_keras2": 4,
+    "relu": 5,
+    "softsign": 6,
+    "softplus": 7,
+    "elu": 8,
+    "selu": 9,
+    "exponential": 10,
+}
+
+_GATES = {"simple": 1, "gru": 3, "lstm": 4}
+_MERGE_MODES = ("concat", "sum", "mul", "ave", None)
+#: Elements of the input projection buffer per chunk (all directions); bounds the
+#: kernel's scratch memory independently of the sequence length.
+CHUNK_ELEMENTS = 1 << 21
+
+
+def _dtype(dtype):
+    dt = np.dtype(dtype)
+    if dt not in (np.float32, np.float64):
+        raise ValueError("dtype must be float32 or float64, got %s" % dt)
+    return dt
+
+
+def _activation_code(name, what):
+    if name is None:
+        name = "linear"
+    try:
+        return ACTIVATIONS[name]
+    except KeyError:
+        raise ValueError("unknown %s %r; known: %s" % (what, name, ", ".join(ACTIVATIONS))) from None
+
+
+def apply_activation(name, x):
+    """Apply a recurrent-kernel activation to a copy of ``x``, exactly as the kernels do.
+
+    Parameters
+    ----------
+    name : str
+        A key of :data:`ACTIVATIONS`.
+    x : array_like of float32 or float64
+
+    Returns
+    -------
+    numpy.ndarray, same shape and dtype as ``x``
+    """
+    code = _activation_code(name, "activation")
+    a = np.array(x, order="C", copy=True)
+    if a.dtype not in (np.float32, np.float64):
+        a = a.astype(np.float64)
+    _kernels.activate(code, a.reshape(-1))
+    return a
+
+
+@dataclass
+class CellWeights:
+    """Weights of one direction of a recurrent layer, in canonical layout (see module doc)."""
+
+    kernel: np.ndarray
+    recurrent_kernel: np.ndarray
+    bias: Optional[np.ndarray] = None
+    recurrent_bias: Optional[np.ndarray] = None
+    projection: Optional[np.ndarray] = None
+
+
+class RNNLayer:
+    """One recurrent layer (one or two directions), run by one compiled call.
+
+    Parameters
+    ----------
+    cell : {"gru", "lstm", "simple"}
+    weights : list of CellWeights
+        One entry (unidirectional) or two (forward, backward).
+    reset_after : bool
+        GRU variant (ignored for other cells only when True, the default).
+    activation, recurrent_activation : str
+        Names from :data:`ACTIVATIONS`. ``recurrent_activation`` is for the gates
+        (GRU, LSTM); SimpleRNN has none.
+    go_backwards : bool
+        Unidirectional only: run from the last step to the first. Outputs stay
+        aligned with input time (Keras' reversed output order is the loader's
+        business).
+    dtype : float32 or float64
+        The compute dtype; weights are converted to it once, here.
+    """
+
+    def __init__(self, cell, weights, *, reset_after=True, activation="tanh",
+                 recurrent_activation="sigmoid", go_backwards=False, dtype=np.float32):
+        if cell not in _GATES:
+            raise ValueError("cell must be one of %s, got %r" % (sorted(_GATES), cell))
+        weights = list(weights)
+        if len(weights) not in (1, 2):
+            raise ValueError("weights must hold 1 or 2 directions, got %d" % len(weights))
+        if go_backwards and len(weights) == 2:
+            raise ValueError("go_backwards is for a unidirectional layer")
+        self.cell = cell
+        self.reset_after = bool(reset_after)
+        self.activation = activation
+        self.recurrent_activation = recurrent_activation if cell != "simple" else None
+        self.go_backwards = bool(go_backwards)
+        self.dtype = _dtype(dtype)
+        self._act = _activation_code(activation, "activation")
+        self._ract = _activation_code(self.recurrent_activation, "recurrent_activation")
+        self._kernel_cell = "gru_rb" if (cell == "gru" and not self.reset_after) else cell
+        self._convert(weights)
+
+    # -- weights ---------------------------------------------------------------------
+
+    def _convert(self, weights):
+        dt = self.dtype
+        G = _GATES[self.cell]
+        k0 = np.asarray(weights[0].kernel)
+        if k0.ndim != 2 or k0.shape[1] % G or k0.shape[1] == 0 or k0.shape[0] == 0:
+            raise ValueError("kernel must be (input_size, %d*units), got %s" % (G, k0.shape))
+        I, GH = k0.shape
+        H = GH // G
+        proj = weights[0].projection
+        if proj is not None and self.cell != "lstm":
+            raise ValueError("a projection exists only for LSTM")
+        P = np.asarray(proj).shape[1] if proj is not None else 0
+        Ho = P if proj is not None else H
+        Ws, Us, bxs, bhns, Wrs = [], [], [], [], []
+        for d, w in enumerate(weights):
+            where = "direction %d" % d
+            W = _checked(w.kernel, (I, GH), "kernel", where, dt)
+            U = _checked(w.recurrent_kernel, (Ho, GH), "recurrent_kernel", where, dt)
+            b = _checked(w.bias, (GH,), "bias", where, np.float64, optional=True)
+            rb = _checked(w.recurrent_bias, (GH,), "recurrent_bias", where, np.float64, optional=True)
+            if (w.projection is None) != (proj is None):
+                raise ValueError("%s: projection given for one direction only" % where)
+            bhn = np.zeros(H)
+            bx = np.zeros(GH) if b is None else b.copy()
+            if rb is not None:
+                if self._kernel_cell == "gru":
+                    bx[: 2 * H] += rb[: 2 * H]     # z, r: both biases add before the gate
+                    bhn = rb[2 * H:].copy()        # h: r * (h U_h + b_hh)
+                else:
+                    bx += rb                       # everywhere else the two biases just add
+            Ws.append(W)
+            Us.append(U)
+            bxs.append(bx.astype(dt))
+            bhns.append(bhn.astype(dt))
+            if proj is not None:
+                Wrs.append(_checked(w.projection, (H, P), "projection", where, dt))
+        self.input_size, self.units, self.proj_size = I, H, P
+        self.output_size = Ho
+        self.num_directions = len(weights)
+        self._W = _frozen(np.stack(Ws))
+        self._U = _frozen(np.stack(Us))
+        self._bx = _frozen(np.stack(bxs))
+        self._bhn = _frozen(np.stack(bhns))
+        self._Wr = _frozen(np.stack(Wrs) if Wrs else np.zeros((len(weights), 0, 0), dt))
+
+    @property
+    def num_parameters(self):
+        """Parameters as stored canonically (biases folded where they add)."""
+        return int(self._W.size + self._U.size + self._bx.size + self._Wr.size
+                   + (self._bhn.size if self._kernel_cell == "gru" else 0))
+
+    def __repr__(self):
+        kind = {"gru": "GRU", "lstm": "LSTM", "simple": "SimpleRNN"}[self.cell]
+        extra = ""
+        if self.cell == "gru":
+            extra += ", reset_after=%s" % self.reset_after
+        if self.proj_size:
+            extra += ", proj_size=%d" % self.proj_size
+        if self.go_backwards:
+            extra += ", go_backwards=True"
+        return "RNNLayer(%s, input_size=%d, units=%d, directions=%d%s, dtype=%s)" % (
+            kind, self.input_size, self.units, self.num_directions, extra, self.dtype.name)
+
+    # -- running ---------------------------------------------------------------------
+
+    def forward(self, x, h0=None, c0=None, *, mask=None, lengths=None, zero_output_for_mask=False,
+                return_sequences=True, num_threads=None, chunk_steps=None):
+        """Run the layer over a whole time-major sequence.
+
+        Parameters
+        ----------
+        x : array_like, shape (T, B, I)
+            Time-major input; cast to the layer's dtype.
+        h0 : array_like, shape (D, B, Ho), optional
+            Initial hidden state per direction (zeros if omitted).
+        c0 : array_like, shape (D, B, H), optional
+            Initial LSTM cell state (zeros if omitted).
+        mask : array_like of bool, shape (T, B), optional
+            False marks a masked step: the row's state is carried over (Keras).
+        lengths : array_like of int, shape (B,), optional
+            Valid steps per row (PyTorch packed semantics): steps past the length
+            are masked and output zeros; the backward direction starts at each
+            row's last valid step. Exclusive with ``mask``.
+        zero_output_for_mask : bool
+            Masked steps output zeros (else the row's last output, zeros before it
+            has one, as Keras does).
+        return_sequences : bool
+            Produce the output sequence (else only the final states).
+        num_threads : int, optional
+            Threads for this call (default: :func:`rnnfast.get_num_threads`).
+        chunk_steps : int, optional
+            Steps per input-projection chunk (default: bounded by
+            :data:`CHUNK_ELEMENTS`). A tuning and testing knob; results do not
+            depend on it.
+
+        Returns
+        -------
+        out : ndarray (T, B, D*Ho) or None
+            Outputs, directions concatenated (forward first), aligned with input time.
+        h_n : ndarray (D, B, Ho)
+            Final hidden state per direction.
+        c_n : ndarray (D, B, H) or None
+            Final LSTM cell state per direction.
+        """
+        dt = self.dtype
+        x = _as_input(x, dt)
+        if x.ndim != 3:
+            raise ValueError("expected input of shape (time, batch, %d), got shape %s"
+                             % (self.input_size, x.shape))
+        T, B, I = x.shape
+        if I != self.input_size:
+            raise ValueError("expected input features %d, got %d (input shape %s)"
+                             % (self.input_size, I, x.shape))
+        D, Ho, H = self.num_directions, self.output_size, self.units
+        h = _state(h0, (D, B, Ho), dt, "h0")
+        c = _state(c0, (D, B, H), dt, "c0") if self.cell == "lstm" else np.zeros((0, 0, 0), dt)
+        if c0 is not None and self.cell != "lstm":
+            raise ValueError("c0 is only for LSTM")
+        if mask is not None and lengths is not None:
+            raise ValueError("give mask or lengths, not both")
+        if lengths is not None:
+            mask = lengths_to_mask(lengths, T, B)
+            zero_output_for_mask = True
+        elif mask is not None:
+            mask = np.asarray(mask)
+            if mask.shape != (T, B):
+                raise ValueError("mask must have shape (time, batch) = %s, got %s" % ((T, B), mask.shape))
+            mask = np.ascontiguousarray(mask, dtype=bool).view(np.uint8)
+        m = mask if mask is not None else np.zeros((0, 0), np.uint8)
+        out = np.empty((T, B, D * Ho), dt) if return_sequences else None
+        GH = self._W.shape[2]
+        if chunk_steps is None:
+            chunk_steps = max(1, CHUNK_ELEMENTS // max(1, B * D * GH))
+        nt = resolve_num_threads(num_threads)
+        o2 = out.reshape(T * B, D * Ho) if out is not None else np.zeros((0, 0), dt)
+        with blas_single_threaded():
+            _kernels.rnn_forward(self._kernel_cell, self._act, self._ract, x.reshape(T * B, I), T, B,
+                                 self._W, self._bx, self._U, self._bhn, self._Wr, m,
+                                 bool(zero_output_for_mask), self.go_backwards, o2, h, c,
+                                 int(chunk_steps), nt)
+        return out, h, (c if self.cell == "lstm" else None)
+
+    __call__ = forward
+
+
+def lengths_to_mask(lengths, T, B):
+    """(B,) valid lengths -> (T, B) uint8 mask of the first ``length`` steps per row."""
+    lengths = np.asarray(lengths)
+    if lengths.shape != (B,):
+        raise ValueError("lengths must have shape (batch,) = (%d,), got %s" % (B, lengths.shape))
+    if lengths.size and (not np.issubdtype(lengths.dtype, np.integer)
+                         and not np.all(np.equal(np.mod(lengths, 1), 0))):
+        raise ValueError("lengths must be integers")
+    lengths = lengths.astype(np.int64)
+    if lengths.size and (lengths.min() < 0 or lengths.max() > T):
+        raise ValueError("lengths must lie in [0, %d], got min %d max %d"
+                         % (T, lengths.min(), lengths.max()))
+    return np.ascontiguousarray(np.arange(T)[:, None] < lengths[None, :]).view(np.uint8)
+
+
+def merge_directions(out, mode, units):
+    """Merge a bidirectional output ``(..., 2*units)`` as Keras' ``merge_mode`` says.
+
+    ``"concat"`` returns ``out`` itself (the kernel already wrote it in place);
+    ``"sum"``, ``"mul"``, ``"ave"`` reduce the halves; ``None`` returns
+    ``[forward, backward]``.
+    """
+    if mode not in _MERGE_MODES:
+        raise ValueError("merge_mode must be one of %s, got %r" % (_MERGE_MODES, mode))
+    if mode == "concat":
+        return out
+    f, b = out[..., :units], out[..., units:]
+    if mode == "sum":
+        return f + b
+    if mode == "mul":
+        return f * b
+    if mode == "ave":
+        return (f + b) / out.dtype.type(2)
+    return [np.ascontiguousarray(f), np.ascontiguousarray(b)]
+
+
+class Dense:
+    """A dense layer ``act(x @ kernel + bias)`` on the last axis.
+
+    Parameters
+    ----------
+    kernel : array (I, N)
+    bias : array (N,) or None
+    activation : str or None
+        A key of :data:`ACTIVATIONS`, or ``"softmax"``.
+    """
+
+    def __init__(self, kernel, bias=None, activation="linear", dtype=np.float32):
+        self.dtype = _dtype(dtype)
+        self.kernel = _frozen(np.array(kernel, dtype=self.dtype, order="C"))
+        if self.kernel.ndim != 2:
+            raise ValueError("Dense kernel must be 2-D, got shape %s" % (self.kernel.shape,))
+        N = self.kernel.shape[1]
+        self.bias = None if bias is None else _frozen(_checked(bias, (N,), "bias", "Dense", self.dtype))
+        if activation != "softmax":
+            _activation_code(activation, "activation")
+        self.activation = activation or "linear"
+
+    def forward(self, x):
+        """``x``: (..., I) -> (..., N)."""
+        x = np.asarray(x, dtype=self.dtype)
+        if x.shape[-1] != self.kernel.shape[0]:
+            raise ValueError("Dense expects %d input features, got shape %s"
+                             % (self.kernel.shape[0], x.shape))
+        y = np.matmul(x, self.kernel)
+        if self.bias is not None:
+            y += self.bias
+        if self.activation == "softmax":
+            y -= y.max(axis=-1, keepdims=True)
+            np.exp(y, out=y)
+            y /= y.sum(axis=-1, keepdims=True)
+            return y
+        if self.activation != "linear":
+            y = np.ascontiguousarray(y)
+            _kernels.activate(ACTIVATIONS[self.activation], y.reshape(-1))
+        return y
+
+    __call__ = forward
+
+
+# -- helpers --------------------------------------------------------------------------
+
+
+def _checked(a, shape, name, where, dtype, optional=False):
+    if a is None:
+        if optional:
+            return None
+        raise ValueError("%s: %s is missing" % (where, name))
+    a = np.asarray(a)
+    if a.shape != tuple(shape):
+        raise ValueError("%s: %s must have shape %s, got %s" % (where, name, tuple(shape), a.shape))
+    if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
+        raise ValueError("%s: %s must be numeric, got dtype %s" % (where, name, a.dtype))
+    return np.array(a, dtype=dtype, order="C", copy=True)
+
+
+def _frozen(a):
+    a.flags.writeable = False
+    return a
+
+
+def _as_input(x, dt):
+    if hasattr(x, "detach") and hasattr(x, "cpu"):       # a torch tensor, without importing torch
+        x = x.detach().cpu().numpy()
+    a = np.asarray(x)
+    if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
+        raise ValueError("input must be numeric, got dtype %s" % a.dtype)
+    if np.issubdtype(a.dtype, np.complexfloating):
+        raise ValueError("input must be real, got dtype %s" % a.dtype)
+    return np.ascontiguousarray(a, dtype=dt)
+
+
+def _state(s, shape, dt, name):
+    if s is None:
+        return np.zeros(shape, dt)
+    s = _as_input(s, dt)
+    if s.shape != shape:
+        raise ValueError("%s must have shape %s, got %s" % (name, shape, s.shape))
+    return s.copy()

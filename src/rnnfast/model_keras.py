@@ -1,0 +1,5 @@
+"""KerasModel: a loaded Keras model (filled in by the Keras loader work)."""
+
+
+class KerasModel:
+    pass
