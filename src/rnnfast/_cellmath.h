@@ -9,9 +9,11 @@
  * polynomials, ~1-2 ulp, NaN propagated) so that they vectorize without
  * -ffast-math; the rarer activations call libm.
  *
- * Runtime dispatch: on x86-64 with GCC (>= 6) every exported step function is built
- * three times (AVX-512, AVX2, baseline) with target_clones and the loader picks
- * the best one for the CPU it runs on, so one build runs on any x86-64.
+ * Runtime dispatch: on x86-64 with GCC every exported step function is built three
+ * times (x86-64-v4 = AVX-512, x86-64-v3 = AVX2 + FMA, baseline) with target_clones
+ * and the loader picks the best one for the CPU it runs on, so one build runs on any
+ * x86-64. The build needs -fno-trapping-math (setup.py) for the branch-free
+ * selects below to vectorize.
  *
  * Everything is defined twice, for float (suffix _f) and double (suffix _d), from
  * one macro body. Row pointers carry explicit leading dimensions (ld*), so a
@@ -28,11 +30,21 @@
 #include <stdint.h>
 #include <string.h>
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && (__GNUC__ >= 6) \
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && (__GNUC__ >= 11) \
+    && !defined(RNNFAST_NO_CLONES)
+#define RNN_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#elif defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && (__GNUC__ >= 6) \
     && !defined(RNNFAST_NO_CLONES)
 #define RNN_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define RNN_CLONES
+#endif
+
+/* Helpers are forced inline so that each clone compiles them for its own target. */
+#if defined(__GNUC__)
+#define RNN_INLINE static inline __attribute__((always_inline))
+#else
+#define RNN_INLINE static inline
 #endif
 
 /* Activation codes; the Python side (layers.py, ACTIVATIONS) holds the same table. */
@@ -53,7 +65,7 @@ enum {
 
 /* ---- exp with bounded error, branch-free so that loops over it vectorize ---- */
 
-static inline float rnn_exp_f(float x)
+RNN_INLINE float rnn_exp_f(float x)
 {
     /* Cephes expf: range reduction by ln2 in two parts, degree-5 polynomial. */
     x = x > 88.0f ? 88.0f : x;          /* comparisons are false for NaN: it passes */
@@ -71,7 +83,7 @@ static inline float rnn_exp_f(float x)
     return y * p2;
 }
 
-static inline double rnn_exp_d(double x)
+RNN_INLINE double rnn_exp_d(double x)
 {
     /* Cephes exp: Pade form exp(r) = 1 + 2 r P(r^2) / (Q(r^2) - r P(r^2)). */
     x = x > 709.0 ? 709.0 : x;
@@ -85,13 +97,14 @@ static inline double rnn_exp_d(double x)
     double qx = ((3.00198505138664455042E-6 * xx + 2.52448340349684104192E-3) * xx
                  + 2.27265548208155028766E-1) * xx + 2.00000000000000000009E0;
     double y = 1.0 + 2.0 * (px / (qx - px));
-    uint64_t bits = ((uint64_t)((int64_t)fx + 1023)) << 52;
+    int32_t n = (int32_t)fx;            /* via int32: vectorizes without AVX512DQ */
+    uint64_t bits = ((uint64_t)(int64_t)(n + 1023)) << 52;
     double p2;
     memcpy(&p2, &bits, sizeof p2);
     return y * p2;
 }
 
-static inline float rnn_tanh_f(float x)
+RNN_INLINE float rnn_tanh_f(float x)
 {
     /* |x| < 0.625: odd polynomial (Cephes tanhf); else 1 - 2 / (exp(2|x|) + 1). */
     float ax = fabsf(x);
@@ -104,7 +117,7 @@ static inline float rnn_tanh_f(float x)
     return ax < 0.625f ? small : big;   /* NaN: ax < 0.625 is false, big is NaN */
 }
 
-static inline double rnn_tanh_d(double x)
+RNN_INLINE double rnn_tanh_d(double x)
 {
     /* |x| < 0.625: x + x^3 P(x^2) / Q(x^2) (Cephes tanh); else via exp. */
     double ax = fabs(x);
@@ -120,15 +133,15 @@ static inline double rnn_tanh_d(double x)
     return ax < 0.625 ? small : big;
 }
 
-static inline float rnn_sigmoid_f(float x) { return 1.0f / (1.0f + rnn_exp_f(-x)); }
-static inline double rnn_sigmoid_d(double x) { return 1.0 / (1.0 + rnn_exp_d(-x)); }
+RNN_INLINE float rnn_sigmoid_f(float x) { return 1.0f / (1.0f + rnn_exp_f(-x)); }
+RNN_INLINE double rnn_sigmoid_d(double x) { return 1.0 / (1.0 + rnn_exp_d(-x)); }
 
 /* ---- the whole body, instantiated for float and double ---- */
 
 #define RNN_DEFINE_CELLMATH(T, S, EXPM1, LOG1P, EXP)                                        \
                                                                                             \
 /* v[0:n] = act(v[0:n]) in place. */                                                        \
-static inline void rnn_act_##S(int kind, T *v, int n)                                       \
+RNN_INLINE void rnn_act_##S(int kind, T *v, int n)                                       \
 {                                                                                           \
     int j;                                                                                  \
     switch (kind) {                                                                         \

@@ -24,6 +24,10 @@ def run_recurrent(layer, x_tm, *, return_sequences, merge_mode="concat", num_thr
     return out
 
 
+def _batch_major(y):
+    return np.ascontiguousarray(np.swapaxes(y, 0, 1))
+
+
 class Sequential:
     """Canonical layers run in order on batch-major input ``(batch, time, features)``.
 
@@ -62,19 +66,21 @@ class Sequential:
         if y.ndim != 3:
             raise ValueError("expected input of shape (batch, time, features), got %s" % (y.shape,))
         time_major = False
-        for layer, opt in self._steps:
+        for i, (layer, opt) in enumerate(self._steps):
             if isinstance(layer, RNNLayer):
                 if not time_major:
                     y = np.ascontiguousarray(np.swapaxes(y, 0, 1), dtype=layer.dtype)
                     time_major = True
                 y = run_recurrent(layer, y, num_threads=num_threads, **opt)
+                if isinstance(y, list):         # merge_mode=None: [forward, backward]
+                    if i != len(self._steps) - 1:
+                        raise ValueError("merge_mode=None gives two outputs: it must be the last layer")
+                    return [_batch_major(o) if time_major and o.ndim == 3 else o for o in y]
                 if y.ndim == 2:
                     time_major = False          # (B, F): the last output
             else:
                 y = layer.forward(y)
-        if time_major:
-            y = np.ascontiguousarray(np.swapaxes(y, 0, 1))
-        return y
+        return _batch_major(y) if time_major else y
 
     __call__ = predict
 

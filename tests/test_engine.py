@@ -1,0 +1,347 @@
+"""The compiled engine against the float64 numpy reference (rnnfast.reference).
+
+A grid over cell x variant x dtype x batch {1, 3, 64} x T {1, 7, 1000} x odd sizes x
+direction x merge mode x masks/lengths x threads {1, 2} x read-only weights.
+"""
+import itertools
+
+import numpy as np
+import pytest
+
+from rnnfast import reference as ref
+from conftest import TOL, assert_close, random_weights
+from rnnfast import Sequential
+from rnnfast.layers import ACTIVATIONS, CellWeights, Dense, RNNLayer, apply_activation, merge_directions
+
+# (cell, reset_after, projection, activation, recurrent_activation)
+VARIANTS = {
+    "gru": ("gru", True, 0, "tanh", "sigmoid"),
+    "gru_reset_before": ("gru", False, 0, "tanh", "sigmoid"),
+    "lstm": ("lstm", True, 0, "tanh", "sigmoid"),
+    "lstm_proj": ("lstm", True, 5, "tanh", "sigmoid"),
+    "simple_tanh": ("simple", True, 0, "tanh", None),
+    "simple_relu": ("simple", True, 0, "relu", None),
+}
+DIRECTIONS = ("forward", "go_backwards", "bidirectional")
+DTYPES = (np.float32, np.float64)
+I_SIZE, H_SIZE = 5, 13          # odd sizes
+
+
+def make_layer(rng, variant, direction, dtype, readonly=False, I=I_SIZE, H=H_SIZE, bias=True):
+    cell, reset_after, P, act, ract = VARIANTS[variant]
+    ndir = 2 if direction == "bidirectional" else 1
+    ws = [random_weights(rng, cell, I, H, P, bias=bias, scale=1.5, readonly=readonly)
+          for _ in range(ndir)]
+    layer = RNNLayer(cell, ws, reset_after=reset_after, activation=act,
+                     recurrent_activation=ract or "sigmoid",
+                     go_backwards=direction == "go_backwards", dtype=dtype)
+    return layer, ws
+
+
+def reference(variant, ws, direction, x, **kw):
+    cell, reset_after, _, act, ract = VARIANTS[variant]
+    return ref.run_layer(cell, ws, x, go_backwards=direction == "go_backwards", act=act,
+                         ract=ract, reset_after=reset_after, **kw)
+
+
+def check(got, want, dtype, what):
+    out, h, c = got
+    r_out, r_h, r_c = want
+    if out is not None:
+        assert out.dtype == np.dtype(dtype)
+        assert_close(out, r_out, dtype, what + " out")
+    assert_close(h, r_h, dtype, what + " h_n")
+    if r_c is not None:
+        assert_close(c, r_c, dtype, what + " c_n")
+
+
+GRID = list(itertools.product(VARIANTS, DTYPES, (1, 3, 64), (1, 7, 1000), DIRECTIONS, (1, 2)))
+
+
+@pytest.mark.parametrize("variant,dtype,B,T,direction,threads", GRID,
+                         ids=["-".join(map(str, (v, d.__name__, B, T, dr, t)))
+                              for v, d, B, T, dr, t in GRID])
+def test_grid_against_reference(variant, dtype, B, T, direction, threads):
+    rng = np.random.default_rng(hash((variant, B, T, direction)) % 2**32)
+    readonly = (B + T + threads) % 2 == 0
+    layer, ws = make_layer(rng, variant, direction, dtype, readonly=readonly)
+    x = rng.standard_normal((T, B, I_SIZE))
+    if readonly:
+        x.flags.writeable = False
+    got = layer.forward(x, num_threads=threads)
+    check(got, reference(variant, ws, direction, x), dtype, "%s %s" % (variant, direction))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_long_sequence_1000_steps(variant, dtype):
+    """T=1000, bidirectional, chunked projection, both threads: the contract's tolerance."""
+    rng = np.random.default_rng(7)
+    layer, ws = make_layer(rng, variant, "bidirectional", dtype, I=9, H=17)
+    x = rng.standard_normal((1000, 3, 9))
+    want = reference(variant, ws, "bidirectional", x)
+    check(layer.forward(x, num_threads=2, chunk_steps=64), want, dtype, variant)
+    check(layer.forward(x, num_threads=1), want, dtype, variant)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("direction", DIRECTIONS)
+@pytest.mark.parametrize("how", ["mask", "mask_zero_output", "lengths"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_masks_and_lengths(variant, direction, how, dtype):
+    rng = np.random.default_rng(11)
+    T, B = 9, 6
+    layer, ws = make_layer(rng, variant, direction, dtype)
+    x = rng.standard_normal((T, B, I_SIZE))
+    if how == "lengths":
+        lengths = np.array([9, 0, 4, 1, 7, 3])
+        kw = dict(lengths=lengths)
+        rkw = dict(lengths=lengths)
+    else:
+        mask = rng.random((T, B)) > 0.35        # gaps anywhere, not only trailing padding
+        mask[:, 1] = False                      # a row with no valid step at all
+        mask[:3, 2] = False                     # leading masked steps
+        zero = how == "mask_zero_output"
+        kw = dict(mask=mask, zero_output_for_mask=zero)
+        rkw = dict(mask=mask, zero_output=zero)
+    for threads in (1, 2):
+        got = layer.forward(x, num_threads=threads, chunk_steps=4, **kw)
+        check(got, reference(variant, ws, direction, x, **rkw), dtype, how)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_initial_states_in_final_states_out(variant, rng):
+    dtype = np.float64
+    layer, ws = make_layer(rng, variant, "bidirectional", dtype)
+    T, B = 6, 4
+    x = rng.standard_normal((T, B, I_SIZE))
+    h0 = rng.standard_normal((2, B, layer.output_size))
+    c0 = rng.standard_normal((2, B, layer.units)) if layer.cell == "lstm" else None
+    got = layer.forward(x, h0, c0)
+    check(got, reference(variant, ws, "bidirectional", x, h0=h0, c0=c0), dtype, "h0")
+    # a unidirectional final state fed back in continues the sequence
+    uni, _ = make_layer(rng, variant, "forward", dtype)
+    full = uni.forward(x)
+    a = uni.forward(x[:3])
+    b = uni.forward(x[3:], a[1], a[2])
+    np.testing.assert_allclose(b[0], full[0][3:], **TOL[np.dtype(dtype)])
+    np.testing.assert_allclose(b[1], full[1], **TOL[np.dtype(dtype)])
+
+
+@pytest.mark.parametrize("variant", ["gru", "gru_reset_before", "lstm", "simple_tanh"])
+def test_without_bias(variant, rng):
+    layer, ws = make_layer(rng, variant, "bidirectional", np.float64, bias=False)
+    x = rng.standard_normal((5, 3, I_SIZE))
+    check(layer.forward(x), reference(variant, ws, "bidirectional", x), np.float64, "no bias")
+
+
+@pytest.mark.parametrize("act", list(ACTIVATIONS))
+@pytest.mark.parametrize("cell", ["gru", "lstm", "simple"])
+def test_activations_in_cells(act, cell, rng):
+    """Each activation as the cell's activation, and as its recurrent activation."""
+    T, B = 6, 3
+    combos = [(act, "sigmoid")]
+    if cell != "simple":
+        combos.append(("tanh", act))
+    for a, ra in combos:
+        ws = [random_weights(rng, cell, 4, 7, scale=0.5)]
+        layer = RNNLayer(cell, ws, activation=a, recurrent_activation=ra, dtype=np.float64)
+        x = rng.standard_normal((T, B, 4)) * 0.5
+        with np.errstate(over="ignore"):
+            want = ref.run_layer(cell, ws, x, act=a, ract=ra)
+        check(layer.forward(x), want, np.float64, "%s/%s" % (a, ra))
+
+
+@pytest.mark.parametrize("name", list(ACTIVATIONS))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_activation_accuracy(name, dtype):
+    """The kernels' own sigmoid/tanh/... against float64 numpy, over a wide range."""
+    x = np.linspace(-40, 40, 200001).astype(dtype)
+    if name == "exponential":
+        x = x[x < (80 if dtype == np.float32 else 700)]
+    got = apply_activation(name, x)
+    with np.errstate(over="ignore"):
+        want = ref.ACT[name](x.astype(np.float64))
+    eps = np.finfo(dtype).eps
+    err = np.abs(got - want) / np.maximum(1.0, np.abs(want))
+    assert err.max() <= 4 * eps, (name, err.max())
+
+
+@pytest.mark.parametrize("name", list(ACTIVATIONS))
+def test_activation_nan_propagates(name):
+    for dtype in DTYPES:
+        got = apply_activation(name, np.array([np.nan, 1.0], dtype))
+        assert np.isnan(got[0]) and not np.isnan(got[1]), name
+
+
+@pytest.mark.parametrize("mode", ["concat", "sum", "mul", "ave", None])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_stacked_bidirectional_merge_modes(mode, dtype):
+    """Seed-shaped stacks: Bi(GRU, seq) -> Bi(GRU or LSTM) -> Dense, every merge mode."""
+    rng = np.random.default_rng(3)
+    B, T, I, H1, H2 = 4, 10, 6, 9, 7
+    w1 = [random_weights(rng, "gru", I, H1) for _ in range(2)]
+    in2 = 2 * H1 if mode in ("concat", None) else H1
+    w2 = [random_weights(rng, "lstm", in2, H2) for _ in range(2)]
+    l1 = RNNLayer("gru", w1, dtype=dtype)
+    l2 = RNNLayer("lstm", w2, dtype=dtype)
+    x = rng.standard_normal((B, T, I))
+
+    def merged(o, H):
+        m = merge_directions(o, mode, H)
+        return np.concatenate(m, axis=-1) if mode is None else m
+
+    r1 = merged(ref.run_layer("gru", w1, x.transpose(1, 0, 2))[0], H1)
+    r2 = ref.run_layer("lstm", w2, r1)[0]
+    if mode is None:
+        # merge_mode=None returns [forward, backward]; a following layer sees the concat
+        seq = Sequential([(l1, dict(merge_mode=None))])
+        got = seq.predict(x)
+        want = merge_directions(ref.run_layer("gru", w1, x.transpose(1, 0, 2))[0], None, H1)
+        for g, w in zip(got, want):
+            assert_close(g, w.transpose(1, 0, 2), dtype, "None")
+        return
+    dk = rng.standard_normal((2 * H2 if mode == "concat" else H2, 1))
+    db = rng.standard_normal(1)
+    model = Sequential([(l1, dict(merge_mode=mode)), (l2, dict(merge_mode=mode)),
+                        Dense(dk, db, "sigmoid", dtype=dtype)])
+    got = model.predict(x)
+    want = 1 / (1 + np.exp(-(merged(r2, H2) @ dk + db)))
+    assert got.shape == (B, T, 1)
+    assert_close(got, want.transpose(1, 0, 2), dtype, mode)
+
+
+def test_stacked_last_output_and_dense(rng):
+    """GRU(seq) -> GRU(last) -> Dense(1, sigmoid): the seed's first model."""
+    B, T, I = 5, 10, 8
+    w1 = [random_weights(rng, "gru", I, 11)]
+    w2 = [random_weights(rng, "gru", 11, 6)]
+    dk, db = rng.standard_normal((6, 1)), rng.standard_normal(1)
+    model = Sequential([RNNLayer("gru", w1), (RNNLayer("gru", w2), dict(return_sequences=False)),
+                        Dense(dk, db, "sigmoid")])
+    x = rng.standard_normal((B, T, I))
+    s1 = ref.run_layer("gru", w1, x.transpose(1, 0, 2))[0]
+    h2 = ref.run_layer("gru", w2, s1)[1][0]
+    want = 1 / (1 + np.exp(-(h2 @ dk + db)))
+    assert_close(model.predict(x), want, np.float32, "seed model 1")
+
+
+def test_return_sequences_false_gives_same_state(rng):
+    layer, _ = make_layer(rng, "lstm", "bidirectional", np.float64)
+    x = rng.standard_normal((40, 3, I_SIZE))
+    a = layer.forward(x)
+    b = layer.forward(x, return_sequences=False, chunk_steps=3)
+    assert b[0] is None
+    np.testing.assert_allclose(a[1], b[1], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(a[2], b[2], rtol=0, atol=1e-12)
+
+
+# -- invariances ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("B", [1, 3, 64, 130])
+def test_thread_count_invariance_bitwise(variant, B):
+    rng = np.random.default_rng(B)
+    layer, _ = make_layer(rng, variant, "bidirectional", np.float32)
+    x = rng.standard_normal((23, B, I_SIZE)).astype(np.float32)
+    mask = rng.random((23, B)) > 0.2
+    base = layer.forward(x, mask=mask, num_threads=1)
+    for n in (2, 3, 4, 7):
+        got = layer.forward(x, mask=mask, num_threads=n)
+        for g, b in zip(got, base):
+            if b is not None:
+                assert np.array_equal(g, b), "threads=%d changed the result" % n
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_batch_invariance(variant):
+    """A row run alone equals the same row inside a batch (within tolerance)."""
+    rng = np.random.default_rng(5)
+    layer, _ = make_layer(rng, variant, "bidirectional", np.float32)
+    x = rng.standard_normal((30, 64, I_SIZE)).astype(np.float32)
+    out, h, _ = layer.forward(x)
+    for b in (0, 17, 63):
+        o1, h1, _ = layer.forward(x[:, b:b + 1])
+        assert_close(o1[:, 0], out[:, b], np.float32, "row %d" % b)
+        assert_close(h1[:, 0], h[:, b], np.float32, "row %d" % b)
+
+
+def test_chunking_does_not_change_results(rng):
+    layer, ws = make_layer(rng, "gru", "bidirectional", np.float64)
+    x = rng.standard_normal((50, 4, I_SIZE))
+    want = reference("gru", ws, "bidirectional", x)
+    for chunk in (1, 3, 7, 50, 1000):
+        check(layer.forward(x, chunk_steps=chunk), want, np.float64, "chunk %d" % chunk)
+
+
+# -- input handling -------------------------------------------------------------------
+
+
+def test_inputs_cast_and_noncontiguous(rng):
+    layer, ws = make_layer(rng, "gru", "forward", np.float32)
+    x = rng.standard_normal((8, 12, 2 * I_SIZE))[:, ::3, ::2]       # non-contiguous float64
+    want = reference("gru", ws, "forward", x)
+    check(layer.forward(x), want, np.float32, "noncontig")
+    check(layer.forward(x.astype(np.float16)), reference("gru", ws, "forward",
+                                                         x.astype(np.float16)), np.float32, "f16")
+
+
+def test_empty_time_and_batch(rng):
+    layer, _ = make_layer(rng, "lstm", "bidirectional", np.float32)
+    out, h, c = layer.forward(np.zeros((0, 3, I_SIZE)))
+    assert out.shape == (0, 3, 2 * H_SIZE) and not h.any() and not c.any()
+    out, h, c = layer.forward(np.zeros((4, 0, I_SIZE)))
+    assert out.shape == (4, 0, 2 * H_SIZE) and h.shape == (2, 0, H_SIZE)
+
+
+@pytest.mark.parametrize("bad,match", [
+    (np.zeros((3, I_SIZE)), "shape"),
+    (np.zeros((3, 2, I_SIZE + 1)), "features"),
+    (np.array([[["a"] * I_SIZE]]), "numeric"),
+    (np.zeros((2, 2, I_SIZE), complex), "real"),
+])
+def test_bad_inputs_raise_valueerror(bad, match, rng):
+    layer, _ = make_layer(rng, "gru", "forward", np.float32)
+    with pytest.raises(ValueError, match=match):
+        layer.forward(bad)
+
+
+def test_bad_states_masks_lengths(rng):
+    layer, _ = make_layer(rng, "lstm", "forward", np.float32)
+    x = np.zeros((4, 2, I_SIZE))
+    with pytest.raises(ValueError, match="h0"):
+        layer.forward(x, h0=np.zeros((1, 3, H_SIZE)))
+    with pytest.raises(ValueError, match="c0"):
+        layer.forward(x, c0=np.zeros((2, 2, H_SIZE)))
+    with pytest.raises(ValueError, match="mask"):
+        layer.forward(x, mask=np.ones((4, 3), bool))
+    with pytest.raises(ValueError, match="lengths"):
+        layer.forward(x, lengths=[5, 1])
+    with pytest.raises(ValueError, match="not both"):
+        layer.forward(x, mask=np.ones((4, 2), bool), lengths=[1, 1])
+
+
+def test_bad_weights_raise(rng):
+    w = random_weights(rng, "gru", 4, 6)
+    with pytest.raises(ValueError, match="recurrent_kernel"):
+        RNNLayer("gru", [CellWeights(w.kernel, np.zeros((6, 17)), w.bias)])
+    with pytest.raises(ValueError, match="kernel"):
+        RNNLayer("lstm", [w])                      # 18 columns is not a multiple of 4
+    with pytest.raises(ValueError, match="cell"):
+        RNNLayer("transformer", [w])
+    with pytest.raises(ValueError, match="activation"):
+        RNNLayer("gru", [w], activation="swishy")
+    with pytest.raises(ValueError, match="dtype"):
+        RNNLayer("gru", [w], dtype=np.int32)
+
+
+def test_weights_are_converted_once_and_frozen(rng):
+    w = random_weights(rng, "gru", 4, 6)
+    layer = RNNLayer("gru", [w])
+    x = rng.standard_normal((3, 2, 4))
+    before = layer.forward(x)[0].copy()
+    w.kernel[...] = 0.0                        # the caller's arrays are not aliased
+    np.testing.assert_array_equal(layer.forward(x)[0], before)
+    with pytest.raises(ValueError):
+        layer._W[...] = 1.0

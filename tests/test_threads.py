@@ -1,0 +1,89 @@
+"""Threads: settings, BLAS held to one thread, concurrency from Python threads."""
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_info
+
+import rnnfast
+from conftest import random_weights
+from rnnfast import _kernels
+from rnnfast._threads import blas_single_threaded, resolve_num_threads
+from rnnfast.layers import RNNLayer
+
+
+def test_default_is_available_cores():
+    import os
+
+    rnnfast.set_num_threads(None)
+    assert rnnfast.get_num_threads() == len(os.sched_getaffinity(0))
+
+
+def test_set_and_get_num_threads():
+    try:
+        rnnfast.set_num_threads(3)
+        assert rnnfast.get_num_threads() == 3
+        assert resolve_num_threads(None) == 3
+        assert resolve_num_threads(5) == 5
+        rnnfast.set_num_threads(-1)                       # all cores
+        assert rnnfast.get_num_threads() == resolve_num_threads(None) >= 1
+        with pytest.raises(TypeError):
+            rnnfast.set_num_threads(2.5)
+        with pytest.raises(TypeError):
+            rnnfast.set_num_threads(True)
+    finally:
+        rnnfast.set_num_threads(None)
+
+
+def test_openmp_is_built():
+    assert _kernels.openmp_enabled(), "the compiled core was built without OpenMP"
+
+
+def _blas_threads():
+    return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+
+def test_blas_single_threaded_inside_and_restored_after():
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=2, user_api="blas"):
+        before = _blas_threads()
+        assert max(before) == 2
+        with blas_single_threaded():
+            assert set(_blas_threads()) == {1}
+            with blas_single_threaded():               # re-entrant
+                assert set(_blas_threads()) == {1}
+            assert set(_blas_threads()) == {1}
+        assert _blas_threads() == before
+
+
+def test_blas_limit_restored_after_concurrent_calls(rng):
+    from threadpoolctl import threadpool_limits
+
+    layer = RNNLayer("gru", [random_weights(rng, "gru", 8, 16)])
+    x = rng.standard_normal((200, 4, 8))
+    with threadpool_limits(limits=2, user_api="blas"):
+        before = _blas_threads()
+        with ThreadPoolExecutor(4) as ex:
+            list(ex.map(lambda _: layer.forward(x, num_threads=1), range(16)))
+        assert _blas_threads() == before
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm", "simple"])
+def test_eight_python_threads_equal_serial(cell, rng):
+    """One layer called from 8 Python threads at once gives the serial results, bitwise."""
+    layer = RNNLayer(cell, [random_weights(rng, cell, 6, 10) for _ in range(2)])
+    inputs = [rng.standard_normal((40, 1 + i, 6)).astype(np.float32) for i in range(24)]
+    serial = [layer.forward(x, num_threads=1) for x in inputs]
+    with ThreadPoolExecutor(8) as ex:
+        concurrent = list(ex.map(lambda x: layer.forward(x, num_threads=2), inputs))
+    for s, c in zip(serial, concurrent):
+        for a, b in zip(s, c):
+            if a is not None:
+                assert np.array_equal(a, b)
+
+
+def test_per_call_num_threads_validated(rng):
+    layer = RNNLayer("gru", [random_weights(rng, "gru", 3, 4)])
+    with pytest.raises(TypeError):
+        layer.forward(np.zeros((2, 2, 3)), num_threads="two")
