@@ -35,8 +35,15 @@ demo: build
 test: $(VENV)/.deps-test build
 	KERAS_BACKEND=torch $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-bench: $(VENV)/.deps-test build
+$(VENV)/.deps-bench: $(VENV)/.deps-test
+	$(PIP) install -q matplotlib
+	touch $@
+
+bench: $(VENV)/.deps-bench build
 	$(BIN)/python bench/bench_engine.py
+
+bench-quick: $(VENV)/.deps-bench build
+	$(BIN)/python bench/bench_engine.py --quick
 
 clean:
 	rm -rf build src/*.egg-info src/rnnfast/*.so src/rnnfast/_kernels.c

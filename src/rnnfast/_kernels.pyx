@@ -204,9 +204,16 @@ cdef int _recur_item(int cell, int act, int ract, long T, long B, long H, long H
     return 0
 
 
+#: Target rows per (direction, batch block) work item; at most 8 blocks. Measured on
+#: 2 cores (GRU/LSTM, H=256, B in {32, 64, 256}): 32 balances per-thread GEMM
+#: efficiency (larger blocks) against parallelism (more blocks). A tuning knob for
+#: benchmarks: the split must stay a function of the shapes only.
+ROWS_PER_BLOCK = 32
+
+
 def batch_blocks(long B):
     """Rows per work item for batch size B: a function of B only (never of threads)."""
-    cdef long nblk = B // 16
+    cdef long nblk = B // ROWS_PER_BLOCK
     if nblk < 1:
         nblk = 1
     if nblk > 8:
