@@ -9,11 +9,15 @@
  * polynomials, ~1-2 ulp, NaN propagated) so that they vectorize without
  * -ffast-math; the rarer activations call libm.
  *
- * Runtime dispatch: on x86-64 with GCC every exported step function is built three
- * times (x86-64-v4 = AVX-512, x86-64-v3 = AVX2 + FMA, baseline) with target_clones
- * and the loader picks the best one for the CPU it runs on, so one build runs on any
- * x86-64. The build needs -fno-trapping-math (setup.py) for the branch-free
- * selects below to vectorize.
+ * Runtime dispatch: on x86-64 with GCC the whole body is compiled three times, for
+ * AVX-512 (F, VL, BW, DQ), for AVX2 + FMA and for the baseline, under
+ * `#pragma GCC target`; rnn_select_isa() fills a table of function pointers with the
+ * best set the CPU supports (or a lower one asked for: RNNFAST_ISA, so that tests
+ * can run every path), so one build runs on any x86-64. Other compilers and
+ * machines build the baseline only. The build needs -fno-trapping-math (setup.py)
+ * for the branch-free selects below to vectorize. The x86-64 baseline (SSE2) has no
+ * inline floor, so there sigmoid/tanh run scalar: correct, slower, and only on CPUs
+ * without AVX2.
  *
  * Everything is defined twice, for float (suffix _f) and double (suffix _d), from
  * one macro body. Row pointers carry explicit leading dimensions (ld*), so a
@@ -30,14 +34,11 @@
 #include <stdint.h>
 #include <string.h>
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && (__GNUC__ >= 11) \
-    && !defined(RNNFAST_NO_CLONES)
-#define RNN_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#elif defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && (__GNUC__ >= 6) \
-    && !defined(RNNFAST_NO_CLONES)
-#define RNN_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && (__GNUC__ >= 8)      \
+    && !defined(RNNFAST_NO_DISPATCH)
+#define RNN_X86_DISPATCH 1
 #else
-#define RNN_CLONES
+#define RNN_X86_DISPATCH 0
 #endif
 
 /* Helpers are forced inline so that each clone compiles them for its own target. */
@@ -138,10 +139,10 @@ RNN_INLINE double rnn_sigmoid_d(double x) { return 1.0 / (1.0 + rnn_exp_d(-x)); 
 
 /* ---- the whole body, instantiated for float and double ---- */
 
-#define RNN_DEFINE_CELLMATH(T, S, EXPM1, LOG1P, EXP)                                        \
+#define RNN_DEFINE_CELLMATH(T, S, I, EXPM1, LOG1P, EXP)                                     \
                                                                                             \
 /* v[0:n] = act(v[0:n]) in place. */                                                        \
-RNN_INLINE void rnn_act_##S(int kind, T *v, int n)                                       \
+RNN_INLINE void rnn_act_##S##_##I(int kind, T *v, int n)                                    \
 {                                                                                           \
     int j;                                                                                  \
     switch (kind) {                                                                         \
@@ -192,16 +193,16 @@ RNN_INLINE void rnn_act_##S(int kind, T *v, int n)                              
 }                                                                                           \
                                                                                             \
 /* Test hook: the activation exactly as the kernels apply it. */                            \
-RNN_CLONES void rnn_activate_##S(int kind, T *v, int n) { rnn_act_##S(kind, v, n); }        \
+static void rnn_activate_##S##_##I(int kind, T *v, int n) { rnn_act_##S##_##I(kind, v, n); } \
                                                                                             \
-/* GRU, reset-after (PyTorch; Keras reset_after=True), one step for nrows rows:           \
+/* GRU, reset-after (PyTorch; Keras reset_after=True), one step for nrows rows:             \
  *   (1) z = ract(xp_z + gh_z)            (2) r = ract(xp_r + gh_r)                         \
  *   (3) n = act(xp_h + r * (gh_h + bhn))  (4) h = z * h + (1 - z) * n                      \
- * xp already holds x W + b (all gates) and the z, r parts of the recurrent bias;          \
- * gh = h_prev U; bhn is the candidate's recurrent bias. tmp: 3H scratch. */               \
-RNN_CLONES void rnn_gru_ra_##S(int nrows, int H, const T *xp, long ldxp,                    \
-                               const T *gh, long ldgh, const T *bhn, T *h, long ldh,       \
-                               const unsigned char *valid, T *tmp, int act, int ract)      \
+ * xp already holds x W + b (all gates) and the z, r parts of the recurrent bias;           \
+ * gh = h_prev U; bhn is the candidate's recurrent bias. tmp: 3H scratch. */                \
+static void rnn_gru_ra_##S##_##I(int nrows, int H, const T *xp, long ldxp,                  \
+                               const T *gh, long ldgh, const T *bhn, T *h, long ldh,        \
+                               const unsigned char *valid, T *tmp, int act, int ract)       \
 {                                                                                           \
     int b, j;                                                                               \
     for (b = 0; b < nrows; b++) {                                                           \
@@ -209,20 +210,20 @@ RNN_CLONES void rnn_gru_ra_##S(int nrows, int H, const T *xp, long ldxp,        
         const T *x = xp + b * ldxp, *g = gh + b * ldgh;                                     \
         T *hb = h + b * ldh, *n = tmp + 2 * H;                                              \
         for (j = 0; j < 2 * H; j++) tmp[j] = x[j] + g[j];                                   \
-        rnn_act_##S(ract, tmp, 2 * H);                                                      \
+        rnn_act_##S##_##I(ract, tmp, 2 * H);                                                \
         for (j = 0; j < H; j++) n[j] = x[2 * H + j] + tmp[H + j] * (g[2 * H + j] + bhn[j]); \
-        rnn_act_##S(act, n, H);                                                             \
+        rnn_act_##S##_##I(act, n, H);                                                       \
         for (j = 0; j < H; j++) hb[j] = tmp[j] * hb[j] + ((T)1 - tmp[j]) * n[j];            \
     }                                                                                       \
 }                                                                                           \
                                                                                             \
-/* GRU, reset-before (Keras reset_after=False; Cho et al. 2014), first half:               \
+/* GRU, reset-before (Keras reset_after=False; Cho et al. 2014), first half:                \
  *   (1) z = ract(xp_z + gzr_z)  (2) r = ract(xp_r + gzr_r)  -> zr[b, 0:2H]                 \
- *   (3) rh = r * h_prev          -> rh[b, 0:H], for the caller's product rh U_h.          \
- * Masked rows get rh = 0 (their product is computed but never used). */                   \
-RNN_CLONES void rnn_gru_rb_gates_##S(int nrows, int H, const T *xp, long ldxp,              \
-                                     const T *gzr, long ldg, const T *h, long ldh,         \
-                                     const unsigned char *valid, T *zr, T *rh, int ract)   \
+ *   (3) rh = r * h_prev          -> rh[b, 0:H], for the caller's product rh U_h.           \
+ * Masked rows get rh = 0 (their product is computed but never used). */                    \
+static void rnn_gru_rb_gates_##S##_##I(int nrows, int H, const T *xp, long ldxp,            \
+                                     const T *gzr, long ldg, const T *h, long ldh,          \
+                                     const unsigned char *valid, T *zr, T *rh, int ract)    \
 {                                                                                           \
     int b, j;                                                                               \
     for (b = 0; b < nrows; b++) {                                                           \
@@ -233,16 +234,16 @@ RNN_CLONES void rnn_gru_rb_gates_##S(int nrows, int H, const T *xp, long ldxp,  
         }                                                                                   \
         const T *x = xp + b * ldxp, *g = gzr + b * ldg, *hb = h + b * ldh;                  \
         for (j = 0; j < 2 * H; j++) z[j] = x[j] + g[j];                                     \
-        rnn_act_##S(ract, z, 2 * H);                                                        \
+        rnn_act_##S##_##I(ract, z, 2 * H);                                                  \
         for (j = 0; j < H; j++) o[j] = z[H + j] * hb[j];                                    \
     }                                                                                       \
 }                                                                                           \
                                                                                             \
-/* GRU, reset-before, second half, with ghh = (r * h_prev) U_h:                            \
+/* GRU, reset-before, second half, with ghh = (r * h_prev) U_h:                             \
  *   (4) n = act(xp_h + ghh)   (5) h = z * h + (1 - z) * n.  tmp: H scratch. */             \
-RNN_CLONES void rnn_gru_rb_update_##S(int nrows, int H, const T *xp, long ldxp,             \
-                                      const T *ghh, long ldg, const T *zr, T *h, long ldh, \
-                                      const unsigned char *valid, T *tmp, int act)         \
+static void rnn_gru_rb_update_##S##_##I(int nrows, int H, const T *xp, long ldxp,           \
+                                      const T *ghh, long ldg, const T *zr, T *h, long ldh,  \
+                                      const unsigned char *valid, T *tmp, int act)          \
 {                                                                                           \
     int b, j;                                                                               \
     for (b = 0; b < nrows; b++) {                                                           \
@@ -250,19 +251,19 @@ RNN_CLONES void rnn_gru_rb_update_##S(int nrows, int H, const T *xp, long ldxp, 
         const T *x = xp + b * ldxp + 2 * H, *g = ghh + b * ldg, *z = zr + (long)b * 2 * H;  \
         T *hb = h + b * ldh;                                                                \
         for (j = 0; j < H; j++) tmp[j] = x[j] + g[j];                                       \
-        rnn_act_##S(act, tmp, H);                                                           \
+        rnn_act_##S##_##I(act, tmp, H);                                                     \
         for (j = 0; j < H; j++) hb[j] = z[j] * hb[j] + ((T)1 - z[j]) * tmp[j];              \
     }                                                                                       \
 }                                                                                           \
                                                                                             \
-/* LSTM, one step:  g = xp + gh  (gates i, f, c, o)                                        \
+/* LSTM, one step:  g = xp + gh  (gates i, f, c, o)                                         \
  *   (1) i = ract(g_i) (2) f = ract(g_f) (3) o = ract(g_o) (4) u = act(g_c)                 \
  *   (5) c = f * c + i * u   (6) m = o * act(c)                                             \
- * m is written to `m` (the hidden state itself, or the input of the projection            \
+ * m is written to `m` (the hidden state itself, or the input of the projection             \
  * h = m W_hr done by the caller). tmp: 4H scratch. */                                      \
-RNN_CLONES void rnn_lstm_##S(int nrows, int H, const T *xp, long ldxp, const T *gh,         \
-                             long ldgh, T *c, long ldc, T *m, long ldm,                    \
-                             const unsigned char *valid, T *tmp, int act, int ract)        \
+static void rnn_lstm_##S##_##I(int nrows, int H, const T *xp, long ldxp, const T *gh,       \
+                             long ldgh, T *c, long ldc, T *m, long ldm,                     \
+                             const unsigned char *valid, T *tmp, int act, int ract)         \
 {                                                                                           \
     int b, j;                                                                               \
     for (b = 0; b < nrows; b++) {                                                           \
@@ -271,20 +272,20 @@ RNN_CLONES void rnn_lstm_##S(int nrows, int H, const T *xp, long ldxp, const T *
         T *cb = c + b * ldc, *mb = m + b * ldm;                                             \
         T *gi = tmp, *gf = tmp + H, *gc = tmp + 2 * H, *go = tmp + 3 * H;                   \
         for (j = 0; j < 4 * H; j++) tmp[j] = x[j] + g[j];                                   \
-        rnn_act_##S(ract, gi, 2 * H);                                                       \
-        rnn_act_##S(ract, go, H);                                                           \
-        rnn_act_##S(act, gc, H);                                                            \
+        rnn_act_##S##_##I(ract, gi, 2 * H);                                                 \
+        rnn_act_##S##_##I(ract, go, H);                                                     \
+        rnn_act_##S##_##I(act, gc, H);                                                      \
         for (j = 0; j < H; j++) cb[j] = gf[j] * cb[j] + gi[j] * gc[j];                      \
         for (j = 0; j < H; j++) gc[j] = cb[j];                                              \
-        rnn_act_##S(act, gc, H);                                                            \
+        rnn_act_##S##_##I(act, gc, H);                                                      \
         for (j = 0; j < H; j++) mb[j] = go[j] * gc[j];                                      \
     }                                                                                       \
 }                                                                                           \
                                                                                             \
 /* SimpleRNN, one step: (1) h = act(xp + gh). */                                            \
-RNN_CLONES void rnn_simple_##S(int nrows, int H, const T *xp, long ldxp, const T *gh,       \
-                               long ldgh, T *h, long ldh, const unsigned char *valid,      \
-                               int act)                                                    \
+static void rnn_simple_##S##_##I(int nrows, int H, const T *xp, long ldxp, const T *gh,     \
+                               long ldgh, T *h, long ldh, const unsigned char *valid,       \
+                               int act)                                                     \
 {                                                                                           \
     int b, j;                                                                               \
     for (b = 0; b < nrows; b++) {                                                           \
@@ -292,25 +293,26 @@ RNN_CLONES void rnn_simple_##S(int nrows, int H, const T *xp, long ldxp, const T
         const T *x = xp + b * ldxp, *g = gh + b * ldgh;                                     \
         T *hb = h + b * ldh;                                                                \
         for (j = 0; j < H; j++) hb[j] = x[j] + g[j];                                        \
-        rnn_act_##S(act, hb, H);                                                            \
+        rnn_act_##S##_##I(act, hb, H);                                                      \
     }                                                                                       \
-}                                                                                           \
-                                                                                            \
-/* Copy rows of src (valid rows only, or all when valid is NULL) into dst. */              \
-static inline void rnn_copy_rows_##S(int nrows, int n, const T *src, long lds, T *dst,     \
-                                     long ldd, const unsigned char *valid)                 \
+}
+
+#define RNN_DEFINE_COMMON(T, S)                                                             \
+/* Copy rows of src (valid rows only, or all when valid is NULL) into dst. */               \
+static inline void rnn_copy_rows_##S(int nrows, int n, const T *src, long lds, T *dst,      \
+                                     long ldd, const unsigned char *valid)                  \
 {                                                                                           \
     int b;                                                                                  \
     for (b = 0; b < nrows; b++)                                                             \
         if (!valid || valid[b]) memcpy(dst + b * ldd, src + b * lds, (size_t)n * sizeof(T)); \
 }                                                                                           \
                                                                                             \
-/* Write one step's output rows. A stepped row emits its new state; a masked row          \
- * emits zeros when zero_output (or before its first stepped row: Keras' previous          \
- * output starts at zero), else the state it carries (its last output). */                 \
+/* Write one step's output rows. A stepped row emits its new state; a masked row            \
+ * emits zeros when zero_output (or before its first stepped row: Keras' previous           \
+ * output starts at zero), else the state it carries (its last output). */                  \
 static inline void rnn_emit_##S(int nrows, int n, const T *h, long ldh, T *out, long ldo,   \
-                                const unsigned char *valid, unsigned char *seen,           \
-                                int zero_output)                                           \
+                                const unsigned char *valid, unsigned char *seen,            \
+                                int zero_output)                                            \
 {                                                                                           \
     int b;                                                                                  \
     for (b = 0; b < nrows; b++) {                                                           \
@@ -326,7 +328,113 @@ static inline void rnn_emit_##S(int nrows, int n, const T *h, long ldh, T *out, 
     }                                                                                       \
 }
 
-RNN_DEFINE_CELLMATH(float, f, expm1f, log1pf, expf)
-RNN_DEFINE_CELLMATH(double, d, expm1, log1p, exp)
+RNN_DEFINE_COMMON(float, f)
+RNN_DEFINE_COMMON(double, d)
+
+/* ---- one instantiation per instruction set ---- */
+
+RNN_DEFINE_CELLMATH(float, f, base, expm1f, log1pf, expf)
+RNN_DEFINE_CELLMATH(double, d, base, expm1, log1p, exp)
+
+#if RNN_X86_DISPATCH
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+RNN_DEFINE_CELLMATH(float, f, avx2, expm1f, log1pf, expf)
+RNN_DEFINE_CELLMATH(double, d, avx2, expm1, log1p, exp)
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")
+RNN_DEFINE_CELLMATH(float, f, avx512, expm1f, log1pf, expf)
+RNN_DEFINE_CELLMATH(double, d, avx512, expm1, log1p, exp)
+#pragma GCC pop_options
+#endif
+
+/* ---- the dispatch table; the kernels call the names below ---- */
+
+#define RNN_DEFINE_TABLE(T, S)                                                              \
+typedef struct {                                                                            \
+    void (*activate)(int, T *, int);                                                        \
+    void (*gru_ra)(int, int, const T *, long, const T *, long, const T *, T *, long,        \
+                   const unsigned char *, T *, int, int);                                   \
+    void (*gru_rb_gates)(int, int, const T *, long, const T *, long, const T *, long,       \
+                         const unsigned char *, T *, T *, int);                             \
+    void (*gru_rb_update)(int, int, const T *, long, const T *, long, const T *, T *, long, \
+                          const unsigned char *, T *, int);                                 \
+    void (*lstm)(int, int, const T *, long, const T *, long, T *, long, T *, long,          \
+                 const unsigned char *, T *, int, int);                                     \
+    void (*simple)(int, int, const T *, long, const T *, long, T *, long,                   \
+                   const unsigned char *, int);                                             \
+} rnn_table_##S;
+
+RNN_DEFINE_TABLE(float, f)
+RNN_DEFINE_TABLE(double, d)
+
+#define RNN_TABLE(S, I) { rnn_activate_##S##_##I, rnn_gru_ra_##S##_##I, rnn_gru_rb_gates_##S##_##I, \
+                          rnn_gru_rb_update_##S##_##I, rnn_lstm_##S##_##I, rnn_simple_##S##_##I }
+
+static rnn_table_f rnn_tab_f = RNN_TABLE(f, base);
+static rnn_table_d rnn_tab_d = RNN_TABLE(d, base);
+static int rnn_isa = 0;
+
+/* Instruction-set levels: 0 baseline, 1 AVX2 + FMA, 2 AVX-512 (F, VL, BW, DQ). */
+static int rnn_isa_supported(void)
+{
+#if RNN_X86_DISPATCH
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")
+        && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq")
+        && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        return 2;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        return 1;
+#endif
+    return 0;
+}
+
+/* Use the best supported level not above `level` (negative: the best). Returns it.
+ * Called once, when the module is imported, before any kernel runs. */
+static int rnn_select_isa(int level)
+{
+    int best = rnn_isa_supported();
+    if (level < 0 || level > best)
+        level = best;
+#if RNN_X86_DISPATCH
+    if (level == 2) {
+        rnn_table_f tf = RNN_TABLE(f, avx512);
+        rnn_table_d td = RNN_TABLE(d, avx512);
+        rnn_tab_f = tf;
+        rnn_tab_d = td;
+    } else if (level == 1) {
+        rnn_table_f tf = RNN_TABLE(f, avx2);
+        rnn_table_d td = RNN_TABLE(d, avx2);
+        rnn_tab_f = tf;
+        rnn_tab_d = td;
+    } else
+#endif
+    {
+        rnn_table_f tf = RNN_TABLE(f, base);
+        rnn_table_d td = RNN_TABLE(d, base);
+        rnn_tab_f = tf;
+        rnn_tab_d = td;
+        level = 0;
+    }
+    rnn_isa = level;
+    return level;
+}
+
+static int rnn_isa_level(void) { return rnn_isa; }
+
+#define rnn_activate_f (rnn_tab_f.activate)
+#define rnn_activate_d (rnn_tab_d.activate)
+#define rnn_gru_ra_f (rnn_tab_f.gru_ra)
+#define rnn_gru_ra_d (rnn_tab_d.gru_ra)
+#define rnn_gru_rb_gates_f (rnn_tab_f.gru_rb_gates)
+#define rnn_gru_rb_gates_d (rnn_tab_d.gru_rb_gates)
+#define rnn_gru_rb_update_f (rnn_tab_f.gru_rb_update)
+#define rnn_gru_rb_update_d (rnn_tab_d.gru_rb_update)
+#define rnn_lstm_f (rnn_tab_f.lstm)
+#define rnn_lstm_d (rnn_tab_d.lstm)
+#define rnn_simple_f (rnn_tab_f.simple)
+#define rnn_simple_d (rnn_tab_d.simple)
 
 #endif /* RNNFAST_CELLMATH_H */

@@ -28,10 +28,40 @@ from cython cimport floating
 from rnnfast._blas cimport gemm_rm
 from rnnfast._openmp cimport RNN_OPENMP_ENABLED, omp_get_max_threads
 
-import numpy as np
+import os
+
+#: Instruction-set levels of the element-wise kernels (see _cellmath.h).
+ISA_LEVELS = ("baseline", "avx2", "avx512")
+
+
+def _select_isa_from_env():
+    """Pick the best supported instruction set, or the lower one RNNFAST_ISA asks for
+    (baseline, avx2, avx512): a testing and debugging switch, read once at import."""
+    want = os.environ.get("RNNFAST_ISA", "").strip().lower()
+    if want in ("", "auto", "best"):
+        return rnn_select_isa(-1)
+    if want not in ISA_LEVELS:
+        raise ImportError("RNNFAST_ISA=%r: expected one of %s or auto" % (want, ", ".join(ISA_LEVELS)))
+    return rnn_select_isa(ISA_LEVELS.index(want))
+
+
+_select_isa_from_env()
+
+
+def isa():
+    """The instruction set the element-wise kernels use: 'baseline', 'avx2' or 'avx512'."""
+    return ISA_LEVELS[rnn_isa_level()]
+
+
+def best_isa():
+    """The best instruction set this build and CPU support."""
+    return ISA_LEVELS[rnn_isa_supported()]
 
 cdef extern from "_cellmath.h" nogil:
     int RNN_N_ACTIVATIONS
+    int rnn_select_isa(int level)
+    int rnn_isa_level()
+    int rnn_isa_supported()
     void rnn_activate_f(int kind, float *v, int n)
     void rnn_activate_d(int kind, double *v, int n)
     void rnn_gru_ra_f(int nrows, int H, const float *xp, long ldxp, const float *gh, long ldgh,
