@@ -13,7 +13,8 @@ import pytest
 from rnnfast import _kernels
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SUBSET = "activation or long_sequence or masks or without_bias or initial_states or (64-7-bidirectional-2)"
+SUBSET = ("activation or long_sequence or masks or without_bias or initial_states or split "
+          "or (64-7-bidirectional-2)")
 
 
 def test_imports_with_the_best_isa_by_default():

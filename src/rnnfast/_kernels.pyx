@@ -20,13 +20,14 @@
 #   parallel region; the Python side (_threads.blas_single_threaded) holds the BLAS
 #   to one thread while any rnnfast call runs, so it never spawns threads of its own.
 # - The GIL is released for the whole call.
-from cython.parallel cimport prange
+from cython.parallel cimport parallel, prange
 from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memcpy
 from cython cimport floating
 
 from rnnfast._blas cimport gemm_rm
-from rnnfast._openmp cimport RNN_OPENMP_ENABLED, omp_get_max_threads
+from rnnfast._openmp cimport (RNN_OPENMP_ENABLED, omp_get_max_threads, omp_get_num_threads,
+                             omp_get_thread_num, rnn_omp_barrier)
 
 import os
 
@@ -147,8 +148,54 @@ cdef void _project_task(const floating *x, long I, const floating *W, const floa
             W, <int> GH, <floating> 1, xp + r0 * GH, <int> GH)
 
 
+cdef inline void _cell_block(int cell, int act, int ract, int nb, long hb,
+                             const floating *xr, long ldxp,   # IN  gate block of the projection
+                             const floating *gh, long ldgh,   # IN  gate block of h U
+                             const floating *bhn,             # IN  (hb,) GRU candidate bias
+                             floating *h, long ldh,           # IN/OUT state units of the block
+                             floating *c, long ldc,           # IN/OUT LSTM cell units
+                             const unsigned char *valid, floating *tmp) noexcept nogil:
+    """The fused element-wise step of one unit block: GRU (reset-after), LSTM without
+    projection, or SimpleRNN. Gates of the block are contiguous: [g0(hb), g1(hb), ...]."""
+    if cell == CELL_GRU:
+        if floating is float:
+            rnn_gru_ra_f(nb, <int> hb, xr, ldxp, gh, ldgh, bhn, h, ldh, valid, tmp, act, ract)
+        else:
+            rnn_gru_ra_d(nb, <int> hb, xr, ldxp, gh, ldgh, bhn, h, ldh, valid, tmp, act, ract)
+    elif cell == CELL_LSTM:
+        if floating is float:
+            rnn_lstm_f(nb, <int> hb, xr, ldxp, gh, ldgh, c, ldc, h, ldh, valid, tmp, act, ract)
+        else:
+            rnn_lstm_d(nb, <int> hb, xr, ldxp, gh, ldgh, c, ldc, h, ldh, valid, tmp, act, ract)
+    else:
+        if floating is float:
+            rnn_simple_f(nb, <int> hb, xr, ldxp, gh, ldgh, h, ldh, valid, act)
+        else:
+            rnn_simple_d(nb, <int> hb, xr, ldxp, gh, ldgh, h, ldh, valid, act)
+
+
+cdef inline void _emit(int nb, long n, const floating *h, long ldh, floating *out, long ldo,
+                       const unsigned char *valid, unsigned char *seen, int zero_output) noexcept nogil:
+    if floating is float:
+        rnn_emit_f(nb, <int> n, h, ldh, out, ldo, valid, seen, zero_output)
+    else:
+        rnn_emit_d(nb, <int> n, h, ldh, out, ldo, valid, seen, zero_output)
+
+
+cdef inline long _proj_tasks(long R) noexcept nogil:
+    """Row blocks of a chunk's projection (R rows): a function of R only."""
+    cdef long n = (R + PROJ_MIN_ROWS - 1) // PROJ_MIN_ROWS
+    return PROJ_MAX_TASKS if n > PROJ_MAX_TASKS else (n if n > 0 else 1)
+
+
+cdef inline long _block_start(long H, long ncb, long cb) noexcept nogil:
+    """First unit of column block cb when H units are cut into ncb blocks."""
+    return cb * H // ncb
+
+
 cdef int _recur_item(int cell, int act, int ract, long T, long B, long H, long Ho, long P,
-                     long GH, int ndir, int rev, long s0, long s1, long tlo, long b0, long nb,
+                     long GH, long G, long ncb, int rev, long s0, long s1, long tlo, long b0,
+                     long nb,
                      const floating *xp,       # IN  (rows of this chunk, GH) for this direction
                      const floating *U,        # IN  (Ho, GH)
                      const floating *bhn,      # IN  (H,)
@@ -160,8 +207,9 @@ cdef int _recur_item(int cell, int act, int ract, long T, long B, long H, long H
                      floating *c,              # IN/OUT (nb rows, H) LSTM cell state
                      unsigned char *seen       # IN/OUT (nb,) rows that have emitted an output
                      ) noexcept nogil:
-    """Run steps s0..s1-1 of one (direction, batch block) work item. Returns 0 or 1 (no memory)."""
-    cdef long s, t
+    """Run steps s0..s1-1 of one (direction, batch block) work item: per step one GEMM
+    h U over all gate columns, then the fused step block by block. Returns 0 or 1 (no memory)."""
+    cdef long s, t, cb, j0, j1
     cdef const floating *xr
     cdef const unsigned char *valid
     cdef long ngh = nb * GH
@@ -181,13 +229,8 @@ cdef int _recur_item(int cell, int act, int ract, long T, long B, long H, long H
         t = T - 1 - s if rev else s
         xr = xp + ((t - tlo) * B + b0) * GH
         valid = mask + t * B + b0 if mask != NULL else NULL
-        if cell == CELL_GRU:
-            gemm_rm(<int> nb, <int> GH, <int> Ho, 1, h, <int> Ho, U, <int> GH, 0, gh, <int> GH)
-            if floating is float:
-                rnn_gru_ra_f(<int> nb, <int> H, xr, GH, gh, GH, bhn, h, Ho, valid, tmp, act, ract)
-            else:
-                rnn_gru_ra_d(<int> nb, <int> H, xr, GH, gh, GH, bhn, h, Ho, valid, tmp, act, ract)
-        elif cell == CELL_GRU_RB:
+        if cell == CELL_GRU_RB:
+            # reset-before needs r before its second product: gate-major layout (ncb == 1)
             gemm_rm(<int> nb, <int> (2 * H), <int> Ho, 1, h, <int> Ho, U, <int> GH, 0,
                     gh, <int> (2 * H))
             if floating is float:
@@ -200,38 +243,104 @@ cdef int _recur_item(int cell, int act, int ract, long T, long B, long H, long H
                 rnn_gru_rb_update_f(<int> nb, <int> H, xr, GH, g2, H, zr, h, Ho, valid, tmp, act)
             else:
                 rnn_gru_rb_update_d(<int> nb, <int> H, xr, GH, g2, H, zr, h, Ho, valid, tmp, act)
-        elif cell == CELL_LSTM:
+        elif cell == CELL_LSTM and Wr != NULL:
+            # projection: m for all units first, then h = m Wr (gate-major layout, ncb == 1)
             gemm_rm(<int> nb, <int> GH, <int> Ho, 1, h, <int> Ho, U, <int> GH, 0, gh, <int> GH)
-            if Wr == NULL:
-                if floating is float:
-                    rnn_lstm_f(<int> nb, <int> H, xr, GH, gh, GH, c, H, h, Ho, valid, tmp, act, ract)
-                else:
-                    rnn_lstm_d(<int> nb, <int> H, xr, GH, gh, GH, c, H, h, Ho, valid, tmp, act, ract)
+            if floating is float:
+                rnn_lstm_f(<int> nb, <int> H, xr, GH, gh, GH, c, H, m, H, valid, tmp, act, ract)
             else:
-                if floating is float:
-                    rnn_lstm_f(<int> nb, <int> H, xr, GH, gh, GH, c, H, m, H, valid, tmp, act, ract)
-                else:
-                    rnn_lstm_d(<int> nb, <int> H, xr, GH, gh, GH, c, H, m, H, valid, tmp, act, ract)
-                gemm_rm(<int> nb, <int> P, <int> H, 1, m, <int> H, Wr, <int> P, 0, hp, <int> P)
-                if floating is float:
-                    rnn_copy_rows_f(<int> nb, <int> P, hp, P, h, Ho, valid)
-                else:
-                    rnn_copy_rows_d(<int> nb, <int> P, hp, P, h, Ho, valid)
+                rnn_lstm_d(<int> nb, <int> H, xr, GH, gh, GH, c, H, m, H, valid, tmp, act, ract)
+            gemm_rm(<int> nb, <int> P, <int> H, 1, m, <int> H, Wr, <int> P, 0, hp, <int> P)
+            if floating is float:
+                rnn_copy_rows_f(<int> nb, <int> P, hp, P, h, Ho, valid)
+            else:
+                rnn_copy_rows_d(<int> nb, <int> P, hp, P, h, Ho, valid)
         else:
-            gemm_rm(<int> nb, <int> H, <int> Ho, 1, h, <int> Ho, U, <int> GH, 0, gh, <int> GH)
-            if floating is float:
-                rnn_simple_f(<int> nb, <int> H, xr, GH, gh, GH, h, Ho, valid, act)
-            else:
-                rnn_simple_d(<int> nb, <int> H, xr, GH, gh, GH, h, Ho, valid, act)
+            gemm_rm(<int> nb, <int> GH, <int> Ho, 1, h, <int> Ho, U, <int> GH, 0, gh, <int> GH)
+            for cb in range(ncb):
+                j0 = _block_start(H, ncb, cb)
+                j1 = _block_start(H, ncb, cb + 1)
+                _cell_block(cell, act, ract, <int> nb, j1 - j0, xr + G * j0, GH, gh + G * j0, GH,
+                            bhn + j0, h + j0, Ho, c + j0 if c != NULL else NULL, H, valid, tmp)
         if out != NULL:
-            if floating is float:
-                rnn_emit_f(<int> nb, <int> Ho, h, Ho, out + (t * B + b0) * ldo, ldo, valid,
-                           seen, zero_output)
-            else:
-                rnn_emit_d(<int> nb, <int> Ho, h, Ho, out + (t * B + b0) * ldo, ldo, valid,
-                           seen, zero_output)
+            _emit(<int> nb, Ho, h, Ho, out + (t * B + b0) * ldo, ldo, valid, seen, zero_output)
     free(buf)
     return 0
+
+
+cdef void _split_worker(int tid, int nth, int cell, int act, int ract, long T, long B, long I,
+                        long H, long Ho, long GH, long G, long ncb, int ndir, bint reverse_first,
+                        long chunk, long nchunks,
+                        const floating *x,          # IN  (T*B, I)
+                        const floating *W,          # IN  (ndir, I, GH)
+                        const floating *bx,         # IN  (ndir, GH)
+                        const floating *U,          # IN  (ndir, Ho, GH)
+                        const floating *bhn,        # IN  (ndir, H)
+                        const unsigned char *mask,  # IN  (T, B) or NULL
+                        int zero_output,
+                        floating *out, long ldo,    # OUT (T*B, ndir*Ho) or NULL
+                        floating *hbuf,             # IN/OUT (2, ndir, B, Ho): state, double-buffered
+                        floating *c,                # IN/OUT (ndir, B, H) or NULL
+                        floating *xp,               # scratch (ndir, chunk*B, GH)
+                        floating *scratch,          # scratch of this thread: B*GH + 4*H
+                        unsigned char *seen         # IN/OUT (ndir, ncb, B)
+                        ) noexcept nogil:
+    """One thread's share of the small-batch path: every (direction, unit block) of a
+    step is a task, tasks are dealt round-robin to the team, one barrier per step.
+    The tasks, and so the arithmetic, do not depend on the team size."""
+    cdef long ch, s0, s1, R, nrb, rb, r0, r1, task, d, cb, j0, j1, hb, t, tlo, s, r
+    cdef int rev
+    cdef floating *gh = scratch
+    cdef floating *tmp = scratch + B * GH
+    cdef floating *hcur
+    cdef floating *hnxt
+    cdef const unsigned char *valid
+    for ch in range(nchunks):
+        s0 = ch * chunk
+        s1 = s0 + chunk if s0 + chunk < T else T
+        R = (s1 - s0) * B
+        # (1) input projection of the chunk: (direction, row block) tasks
+        nrb = _proj_tasks(R)
+        rb = (R + nrb - 1) // nrb
+        task = tid
+        while task < ndir * nrb:
+            d = task // nrb
+            r0 = (task % nrb) * rb
+            r1 = r0 + rb if r0 + rb < R else R
+            tlo = T - s1 if (d == 1 or reverse_first) else s0
+            if r0 < r1:
+                _project_task(x + tlo * B * I, I, W + d * I * GH, bx + d * GH, GH,
+                              xp + d * chunk * B * GH, r0, r1)
+            task = task + nth
+        rnn_omp_barrier()
+        # (2) the steps: tasks (direction, unit block), state read from hcur, written to hnxt
+        for s in range(s0, s1):
+            task = tid
+            while task < ndir * ncb:
+                d = task // ncb
+                cb = task % ncb
+                rev = 1 if (d == 1 or reverse_first) else 0
+                t = T - 1 - s if rev else s
+                tlo = T - s1 if rev else s0
+                j0 = _block_start(H, ncb, cb)
+                j1 = _block_start(H, ncb, cb + 1)
+                hb = j1 - j0
+                hcur = hbuf + ((s % 2) * ndir + d) * B * Ho
+                hnxt = hbuf + (((s + 1) % 2) * ndir + d) * B * Ho
+                valid = mask + t * B if mask != NULL else NULL
+                gemm_rm(<int> B, <int> (G * hb), <int> Ho, 1, hcur, <int> Ho,
+                        U + d * Ho * GH + G * j0, <int> GH, 0, gh, <int> (G * hb))
+                for r in range(B):
+                    memcpy(hnxt + r * Ho + j0, hcur + r * Ho + j0, hb * sizeof(floating))
+                _cell_block(cell, act, ract, <int> B, hb,
+                            xp + d * chunk * B * GH + (t - tlo) * B * GH + G * j0, GH,
+                            gh, G * hb, bhn + d * H + j0, hnxt + j0, Ho,
+                            c + d * B * H + j0 if c != NULL else NULL, H, valid, tmp)
+                if out != NULL:
+                    _emit(<int> B, hb, hnxt + j0, Ho, out + t * B * ldo + d * Ho + j0, ldo,
+                          valid, seen + (d * ncb + cb) * B, zero_output)
+                task = task + nth
+            rnn_omp_barrier()
 
 
 #: Target rows per (direction, batch block) work item; at most 8 blocks. Measured on
@@ -264,11 +373,14 @@ def rnn_forward(str cell_name, int act, int ract,
                 floating[:, ::1] out,               # OUT (T*B, ndir*Ho), or (0, 0) for none
                 floating[:, :, ::1] h,              # IN/OUT (ndir, B, Ho): initial -> final state
                 floating[:, :, ::1] c,              # IN/OUT (ndir, B, H): LSTM cell state, else (0,0,0)
-                long chunk, int num_threads):
+                long ncb, bint split, long chunk, int num_threads):
     """Run one recurrent layer over the whole sequence (see the Design note above).
 
     Direction 0 runs forward (backward when ``reverse_first``), direction 1 always
-    backward; outputs stay aligned with input time. Shapes are checked by the
+    backward; outputs stay aligned with input time. With ``ncb`` > 1 the gate
+    columns of W, bx and U are laid out in ``ncb`` unit blocks (layers.py), each
+    block holding its units' gates side by side; ``split`` runs the small-batch path
+    (unit blocks as parallel tasks, one barrier per step). Shapes are checked by the
     caller (layers.RNNLayer), which is the only intended user.
     """
     cdef int cell = CELL_CODES[cell_name]
@@ -295,6 +407,10 @@ def rnn_forward(str cell_name, int act, int ract,
     cdef floating *optr = &out[0, 0] if has_out else NULL
     cdef const floating *wrp = &Wr[0, 0, 0] if has_proj else NULL
     cdef floating *cptr = &c[0, 0, 0] if cell == CELL_LSTM else NULL
+    cdef floating *hbuf = NULL
+    cdef floating *scratch = NULL
+    cdef long per_thread = B * GH + 4 * H
+    cdef int tid
 
     if T == 0 or B == 0:
         return
@@ -305,6 +421,34 @@ def rnn_forward(str cell_name, int act, int ract,
     nchunks = (T + chunk - 1) // chunk
     if num_threads < 1:
         num_threads = 1
+    if split and (cell == CELL_GRU_RB or has_proj):
+        raise ValueError("the small-batch path does not run this cell")
+
+    if split:
+        with nogil:
+            xp = <floating *> malloc(ndir * chunk * B * GH * sizeof(floating))
+            seen = <unsigned char *> calloc(ndir * ncb * B, 1)
+            hbuf = <floating *> malloc(2 * ndir * B * Ho * sizeof(floating))
+            scratch = <floating *> calloc(num_threads * per_thread, sizeof(floating))
+            if xp == NULL or seen == NULL or hbuf == NULL or scratch == NULL:
+                err = 1
+            else:
+                memcpy(hbuf, &h[0, 0, 0], ndir * B * Ho * sizeof(floating))
+                with parallel(num_threads=num_threads):
+                    tid = omp_get_thread_num()
+                    _split_worker(tid, omp_get_num_threads(), cell, act, ract, T, B, I, H, Ho,
+                                  GH, G, ncb, ndir, reverse_first, chunk, nchunks, &x[0, 0],
+                                  &W[0, 0, 0], &bx[0, 0], &U[0, 0, 0], &bhn[0, 0], mptr,
+                                  zero_output, optr, ldo, hbuf, cptr, xp,
+                                  scratch + tid * per_thread, seen)
+                memcpy(&h[0, 0, 0], hbuf + (T % 2) * ndir * B * Ho, ndir * B * Ho * sizeof(floating))
+            free(xp)
+            free(seen)
+            free(hbuf)
+            free(scratch)
+        if err:
+            raise MemoryError("rnnfast: out of memory for the recurrent kernel's scratch")
+        return
 
     with nogil:
         xp = <floating *> malloc(ndir * chunk * B * GH * sizeof(floating))
@@ -316,9 +460,7 @@ def rnn_forward(str cell_name, int act, int ract,
             s0 = ch * chunk
             s1 = s0 + chunk if s0 + chunk < T else T
             R = (s1 - s0) * B
-            nrb = (R + PROJ_MIN_ROWS - 1) // PROJ_MIN_ROWS
-            if nrb > PROJ_MAX_TASKS:
-                nrb = PROJ_MAX_TASKS
+            nrb = _proj_tasks(R)
             rb = (R + nrb - 1) // nrb
             ntask = ndir * nrb
             # (1) input projection of this chunk's steps, every direction
@@ -338,7 +480,7 @@ def rnn_forward(str cell_name, int act, int ract,
                 nb = bb if b0 + bb <= B else B - b0
                 rev = 1 if (d == 1 or reverse_first) else 0
                 tlo = (T - s1 if rev else s0)
-                err += _recur_item(cell, act, ract, T, B, H, Ho, P, GH, ndir, rev, s0, s1, tlo,
+                err += _recur_item(cell, act, ract, T, B, H, Ho, P, GH, G, ncb, rev, s0, s1, tlo,
                                    b0, nb, xp + d * chunk * B * GH, &U[d, 0, 0], &bhn[d, 0],
                                    wrp + d * H * P if has_proj else NULL, mptr, zero_output,
                                    optr + d * Ho if has_out else NULL, ldo,

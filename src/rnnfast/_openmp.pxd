@@ -4,3 +4,4 @@ cdef extern from "_openmp.h" nogil:
     int omp_get_max_threads()
     int omp_get_thread_num()
     int omp_get_num_threads()
+    void rnn_omp_barrier()

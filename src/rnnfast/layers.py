@@ -54,6 +54,11 @@ _MERGE_MODES = ("concat", "sum", "mul", "ave", None)
 #: Elements of the input projection buffer per chunk (all directions); bounds the
 #: kernel's scratch memory independently of the sequence length.
 CHUNK_ELEMENTS = 1 << 21
+#: Units per column block, at least, and the most blocks: GRU (reset-after), LSTM
+#: without projection and SimpleRNN lay their gate columns out in unit blocks so that
+#: a small batch can split each step across threads (see _kernels.pyx).
+UNIT_BLOCK = 64
+MAX_UNIT_BLOCKS = 8
 
 
 def _dtype(dtype):
@@ -186,9 +191,18 @@ class RNNLayer:
         self.input_size, self.units, self.proj_size = I, H, P
         self.output_size = Ho
         self.num_directions = len(weights)
-        self._W = _frozen(np.stack(Ws))
-        self._U = _frozen(np.stack(Us))
-        self._bx = _frozen(np.stack(bxs))
+        W, U, bx = np.stack(Ws), np.stack(Us), np.stack(bxs)
+        self._ncb = 1
+        if self._kernel_cell in ("gru", "lstm", "simple") and proj is None:
+            self._ncb = max(1, min(MAX_UNIT_BLOCKS, H // UNIT_BLOCK))
+        if self._ncb > 1:
+            # gate-major columns [g0 | g1 | ...] -> unit blocks [g0[b0] g1[b0] ... | g0[b1] ...]
+            perm = np.concatenate([np.arange(g * H + cb * H // self._ncb, g * H + (cb + 1) * H // self._ncb)
+                                   for cb in range(self._ncb) for g in range(G)])
+            W, U, bx = W[:, :, perm], U[:, :, perm], bx[:, perm]
+        self._W = _frozen(np.ascontiguousarray(W))
+        self._U = _frozen(np.ascontiguousarray(U))
+        self._bx = _frozen(np.ascontiguousarray(bx))
         self._bhn = _frozen(np.stack(bhns))
         self._Wr = _frozen(np.stack(Wrs) if Wrs else np.zeros((len(weights), 0, 0), dt))
 
@@ -282,11 +296,13 @@ class RNNLayer:
             chunk_steps = max(1, CHUNK_ELEMENTS // max(1, B * D * GH))
         nt = resolve_num_threads(num_threads)
         o2 = out.reshape(T * B, D * Ho) if out is not None else np.zeros((0, 0), dt)
+        # the small-batch path when the batch makes a single work item (shape-only choice)
+        split = self._ncb > 1 and D == 1 and B > 0 and _kernels.batch_blocks(B) >= B
         with blas_single_threaded():
             _kernels.rnn_forward(self._kernel_cell, self._act, self._ract, x.reshape(T * B, I), T, B,
                                  self._W, self._bx, self._U, self._bhn, self._Wr, m,
                                  bool(zero_output_for_mask), self.go_backwards, o2, h, c,
-                                 int(chunk_steps), nt)
+                                 self._ncb, split, int(chunk_steps), nt)
         return out, h, (c if self.cell == "lstm" else None)
 
     __call__ = forward
