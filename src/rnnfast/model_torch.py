@@ -1,5 +1,208 @@
-"""TorchRNN: a loaded nn.GRU / nn.LSTM / nn.RNN (filled in by the PyTorch loader work)."""
+"""TorchRNN: a loaded ``nn.GRU`` / ``nn.LSTM`` / ``nn.RNN``, called like the module.
+
+Each of the module's layers is one :class:`~rnnfast.layers.RNNLayer` (both
+directions in one compiled call when bidirectional). Layers run one after the
+other on time-major data: a layer's output ``(T, B, D*Ho)``, written by the kernel
+with the directions already side by side, is the next layer's input as it is.
+"""
+import numpy as np
+
+from .layers import RNNLayer, _as_input
+
+__all__ = ["TorchRNN"]
+
+_NAMES = {"GRU": "GRU", "LSTM": "LSTM", "RNN_TANH": "RNN", "RNN_RELU": "RNN"}
 
 
 class TorchRNN:
-    pass
+    """An ``nn.GRU`` / ``nn.LSTM`` / ``nn.RNN`` for inference, called like the module.
+
+    Made by :func:`rnnfast.load` (a state_dict file) or :func:`rnnfast.from_torch`
+    (a live module); it can also be built from canonical layers.
+
+    Parameters
+    ----------
+    layers : list of RNNLayer
+        One per module layer, all of the same cell, directions and sizes as a
+        PyTorch module has them (GRU reset-after with tanh / sigmoid, LSTM with tanh /
+        sigmoid, SimpleRNN with tanh or relu); layer ``k > 0`` takes the previous
+        layer's ``num_directions * output_size`` features.
+    batch_first : bool
+        Input and output are ``(batch, time, features)`` instead of time-major.
+    bias : bool
+        Whether the module had biases (reported only; the layers hold them).
+
+    Attributes
+    ----------
+    mode : {"GRU", "LSTM", "RNN_TANH", "RNN_RELU"}
+        As ``torch.nn.RNNBase.mode``.
+    input_size, hidden_size, num_layers, proj_size : int
+        ``proj_size`` is 0 without an LSTM projection.
+    bidirectional, batch_first, bias : bool
+    nonlinearity : str or None
+        ``"tanh"`` or ``"relu"`` for an ``nn.RNN``, else None.
+    dtype : numpy.dtype
+        The compute dtype (float32 or float64); inputs are cast to it.
+    layers : list of RNNLayer
+    """
+
+    def __init__(self, layers, *, batch_first=False, bias=True):
+        layers = list(layers)
+        if not layers or not all(isinstance(l, RNNLayer) for l in layers):
+            raise ValueError("TorchRNN needs a non-empty list of RNNLayer")
+        first = layers[0]
+        if first.cell == "gru" and first.reset_after and first.activation == "tanh" \
+                and first.recurrent_activation == "sigmoid":
+            mode = "GRU"
+        elif first.cell == "lstm" and first.activation == "tanh" and first.recurrent_activation == "sigmoid":
+            mode = "LSTM"
+        elif first.cell == "simple" and first.activation in ("tanh", "relu"):
+            mode = "RNN_TANH" if first.activation == "tanh" else "RNN_RELU"
+        else:
+            raise ValueError("%r is not a layer PyTorch has" % (first,))
+        D, Ho = first.num_directions, first.output_size
+        for k, l in enumerate(layers):
+            same = (l.cell, l.reset_after, l.activation, l.recurrent_activation, l.num_directions,
+                    l.units, l.proj_size, l.dtype, l.go_backwards)
+            ref = (first.cell, first.reset_after, first.activation, first.recurrent_activation, D,
+                   first.units, first.proj_size, first.dtype, False)
+            if same != ref:
+                raise ValueError("layer %d (%r) differs from layer 0 (%r)" % (k, l, first))
+            if k and l.input_size != D * Ho:
+                raise ValueError("layer %d takes %d features but layer %d gives %d"
+                                 % (k, l.input_size, k - 1, D * Ho))
+        self.layers = layers
+        self.mode = mode
+        self.input_size = first.input_size
+        self.hidden_size = first.units
+        self.proj_size = first.proj_size
+        self.num_layers = len(layers)
+        self.bidirectional = D == 2
+        self.num_directions = D
+        self.batch_first = bool(batch_first)
+        self.bias = bool(bias)
+        self.nonlinearity = first.activation if first.cell == "simple" else None
+        self.dtype = first.dtype
+        self._Ho = Ho
+
+    def __repr__(self):
+        args = "%d, %d" % (self.input_size, self.hidden_size)
+        if self.num_layers != 1:
+            args += ", num_layers=%d" % self.num_layers
+        if self.mode == "RNN_RELU":
+            args += ", nonlinearity='relu'"
+        if not self.bias:
+            args += ", bias=False"
+        if self.batch_first:
+            args += ", batch_first=True"
+        if self.bidirectional:
+            args += ", bidirectional=True"
+        if self.proj_size:
+            args += ", proj_size=%d" % self.proj_size
+        return "TorchRNN(%s(%s), dtype=%s)" % (_NAMES[self.mode], args, self.dtype.name)
+
+    # -- running --------------------------------------------------------------------
+
+    def _states(self, hx, B, unbatched):
+        """hx -> (h0, c0), each (L*D, B, .) or None."""
+        if hx is None:
+            return None, None
+        LD, Ho, H = self.num_layers * self.num_directions, self._Ho, self.hidden_size
+        if self.mode == "LSTM":
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                raise ValueError("an LSTM takes hx as a tuple (h_0, c_0)")
+            parts = [(hx[0], (LD, B, Ho), "h_0"), (hx[1], (LD, B, H), "c_0")]
+        else:
+            if isinstance(hx, (tuple, list)):
+                raise ValueError("an %s takes hx as one array h_0, not a %s"
+                                 % (_NAMES[self.mode], type(hx).__name__))
+            parts = [(hx, (LD, B, Ho), "h_0")]
+        out = []
+        for s, shape, name in parts:
+            s = _as_input(s, self.dtype)
+            if unbatched:
+                if s.ndim != 2:
+                    raise ValueError("for unbatched 2-D input, %s must be 2-D %s, got shape %s"
+                                     % (name, (shape[0], shape[2]), s.shape))
+                s = s[:, None, :]
+            if s.shape != shape:
+                raise ValueError("%s must have shape %s, got %s" % (name, shape, s.shape))
+            out.append(s)
+        return (out[0], out[1]) if len(out) == 2 else (out[0], None)
+
+    def forward(self, x, hx=None, *, lengths=None, num_threads=None):
+        """Run the module, as ``module(x, hx)`` does.
+
+        Parameters
+        ----------
+        x : array_like or torch.Tensor
+            ``(T, B, input_size)``, or ``(B, T, input_size)`` when ``batch_first``, or
+            unbatched ``(T, input_size)``. Cast to :attr:`dtype`.
+        hx : array_like, or tuple (h_0, c_0) for an LSTM, optional
+            ``h_0``: ``(num_layers * num_directions, B, Ho)`` (``Ho`` is ``proj_size``
+            if set, else ``hidden_size``); ``c_0``: ``(num_layers * num_directions, B,
+            hidden_size)``; without the batch axis for unbatched input. Zeros if omitted.
+            Never batch-first (as in PyTorch).
+        lengths : array_like of int, shape (B,), optional
+            Valid steps per row, in any order: the result equals
+            ``pack_padded_sequence(x, lengths, enforce_sorted=False)`` -> module ->
+            ``pad_packed_sequence(..., total_length=T)``: ``out`` is zero past each
+            row's length, ``h_n`` / ``c_n`` are each row's states at its last valid step
+            (the reverse direction starts there). A length of 0 (which PyTorch refuses)
+            gives zeros and the initial state.
+        num_threads : int, optional
+            Threads for this call (default :func:`rnnfast.get_num_threads`).
+
+        Returns
+        -------
+        out : ndarray
+            ``(T, B, D * Ho)`` (``(B, T, D * Ho)`` when ``batch_first``, a view;
+            ``(T, D * Ho)`` unbatched): the last layer's outputs, directions
+            concatenated (forward first).
+        h_n : ndarray, ``(num_layers * num_directions, B, Ho)``
+            Final hidden states, layer-major then direction, as PyTorch orders them.
+            An LSTM returns ``(h_n, c_n)`` in its place, ``c_n`` of shape
+            ``(num_layers * num_directions, B, hidden_size)``.
+        """
+        dt = self.dtype
+        x = _as_input(x, dt)
+        unbatched = x.ndim == 2
+        if unbatched:
+            if lengths is not None:
+                raise ValueError("lengths needs batched 3-D input, got shape %s" % (x.shape,))
+            x = x[:, None, :]
+        elif x.ndim == 3:
+            if self.batch_first:
+                x = np.ascontiguousarray(x.swapaxes(0, 1))
+        else:
+            raise ValueError("expected input of shape %s or unbatched (time, %d), got shape %s"
+                             % ("(batch, time, %d)" % self.input_size if self.batch_first
+                                else "(time, batch, %d)" % self.input_size, self.input_size, x.shape))
+        T, B, I = x.shape
+        if I != self.input_size:
+            raise ValueError("expected %d input features, got input of shape %s"
+                             % (self.input_size, (x[:, 0] if unbatched else x).shape))
+        h0, c0 = self._states(hx, B, unbatched)
+        if lengths is not None and hasattr(lengths, "detach") and hasattr(lengths, "cpu"):
+            lengths = lengths.detach().cpu().numpy()       # a torch tensor, without importing torch
+        D = self.num_directions
+        LD = self.num_layers * D
+        h_n = np.empty((LD, B, self._Ho), dt)
+        c_n = np.empty((LD, B, self.hidden_size), dt) if self.mode == "LSTM" else None
+        y = x
+        for k, layer in enumerate(self.layers):
+            part = slice(k * D, (k + 1) * D)
+            y, h, c = layer.forward(y, None if h0 is None else h0[part], None if c0 is None else c0[part],
+                                    lengths=lengths, num_threads=num_threads)
+            h_n[part] = h
+            if c_n is not None:
+                c_n[part] = c
+        out = y
+        if unbatched:
+            out, h_n = out[:, 0], h_n[:, 0]
+            c_n = None if c_n is None else c_n[:, 0]
+        elif self.batch_first:
+            out = out.swapaxes(0, 1)
+        return (out, (h_n, c_n)) if self.mode == "LSTM" else (out, h_n)
+
+    __call__ = forward

@@ -6,12 +6,16 @@ PyTorch stores, per layer k and direction (suffix ``_reverse`` for backward):
 Gate order: GRU r, z, n; LSTM i, f, g, o; RNN one gate. Canonical (Keras) order:
 GRU z, r, h; LSTM i, f, c, o (the same as PyTorch's). Kernels are transposed to
 (I, G*H) / (Ho, G*H); the projection to (H, P).
+
+It also holds the table of PyTorch element types (:data:`DTYPES`) that both file
+readers (``torch_pickle``, ``safetensors``) use to size and decode raw tensor bytes.
 """
 import numpy as np
 
 from ..layers import CellWeights
 
-__all__ = ["GATES", "cell_weights_from_torch"]
+__all__ = ["GATES", "cell_weights_from_torch", "DTYPES", "FLOAT_DTYPES", "bfloat16_to_float32",
+           "numpy_dtype", "to_native"]
 
 #: gates per PyTorch mode
 GATES = {"GRU": 3, "LSTM": 4, "RNN_TANH": 1, "RNN_RELU": 1}
@@ -45,3 +49,79 @@ def cell_weights_from_torch(mode, weight_ih, weight_hh, bias_ih=None, bias_hh=No
         recurrent_bias=None if bias_hh is None else _reorder(np.asarray(bias_hh), mode, 0),
         projection=None if weight_hr is None else np.asarray(weight_hr).T,
     )
+
+
+# -- PyTorch element types -> numpy ----------------------------------------------------
+
+#: PyTorch element type name -> (bytes per element, numpy type code or None).
+#: ``None``: rnnfast can size such tensors (to validate a file that holds them) but
+#: not read their values. bfloat16 is read as its 16-bit pattern and widened exactly.
+DTYPES = {
+    "float64": (8, "f8"),
+    "float32": (4, "f4"),
+    "float16": (2, "f2"),
+    "bfloat16": (2, "u2"),
+    "int64": (8, "i8"),
+    "int32": (4, "i4"),
+    "int16": (2, "i2"),
+    "int8": (1, "i1"),
+    "uint8": (1, "u1"),
+    "uint16": (2, "u2"),
+    "uint32": (4, "u4"),
+    "uint64": (8, "u8"),
+    "bool": (1, "?"),
+    "complex64": (8, "c8"),
+    "complex128": (16, "c16"),
+    "complex32": (4, None),
+    "qint8": (1, None),
+    "quint8": (1, None),
+    "qint32": (4, None),
+    "quint4x2": (1, None),
+    "quint2x4": (1, None),
+    "float8_e5m2": (1, None),
+    "float8_e4m3fn": (1, None),
+    "float8_e5m2fnuz": (1, None),
+    "float8_e4m3fnuz": (1, None),
+    "float8_e8m0fnu": (1, None),
+    "bits8": (1, None),
+    "bits16": (2, None),
+    "bits1x8": (1, None),
+    "bits2x4": (1, None),
+    "bits4x2": (1, None),
+}
+
+#: Element types that hold real floating-point weights rnnfast can compute with.
+FLOAT_DTYPES = ("float64", "float32", "float16", "bfloat16")
+
+
+def bfloat16_to_float32(bits):
+    """Widen bfloat16 values, given as their uint16 bit patterns, to float32 (exactly).
+
+    Parameters
+    ----------
+    bits : ndarray of uint16, any shape
+
+    Returns
+    -------
+    ndarray of float32, same shape
+    """
+    bits = np.asarray(bits, dtype=np.uint16)
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def numpy_dtype(name, byteorder="little"):
+    """The numpy dtype that reads raw PyTorch elements of type ``name`` stored in
+    ``byteorder`` ("little" or "big"); bfloat16 reads as uint16 bit patterns.
+    Raises KeyError for a type that has no numpy reading (see :data:`DTYPES`)."""
+    code = DTYPES[name][1]
+    if code is None:
+        raise KeyError(name)
+    return np.dtype(code).newbyteorder("<" if byteorder == "little" else ">")
+
+
+def to_native(raw, name):
+    """A native-order copy of ``raw`` (read with :func:`numpy_dtype`), bfloat16 widened
+    to float32; float16 stays float16."""
+    if name == "bfloat16":
+        return bfloat16_to_float32(raw)
+    return np.array(raw, dtype=raw.dtype.newbyteorder("="), order="C", copy=True)

@@ -1,0 +1,463 @@
+"""PyTorch recurrent modules -> :class:`~rnnfast.TorchRNN`: from files and live modules.
+
+Files (:func:`load_torch_file`): ``torch.save`` zip or legacy files (read by
+``torch_pickle``, without PyTorch, running nothing from the file) and
+``.safetensors`` files (read by ``safetensors``). The file may hold the module's
+state_dict itself or any checkpoint of dicts, lists and tuples with the state_dict
+inside it; the recurrent module is found by its tensor names (``weight_ih_l0`` ...)
+and chosen with ``prefix=`` when there are several.
+
+The architecture is inferred from tensor names and shapes (PyTorch's layout, see
+``torch_convert``):
+
+- ``weight_hr_l0`` (P, H) present: an LSTM with ``proj_size=P`` and ``hidden_size=H``;
+  otherwise ``hidden_size`` is the number of columns of ``weight_hh_l0``;
+- the cell is the number of gates, rows of ``weight_ih_l0`` / ``hidden_size``:
+  1 ``nn.RNN``, 3 ``nn.GRU``, 4 ``nn.LSTM``; ``input_size`` is its column count;
+- ``num_layers`` is one more than the largest ``_l{k}``; ``bidirectional`` is the
+  presence of ``_reverse`` tensors; ``bias`` the presence of ``bias_ih_l0``;
+- every other tensor must then have exactly the shape such a module gives it.
+
+What a file cannot say comes as keywords: ``nonlinearity`` (``nn.RNN``'s "tanh" or
+"relu") and ``batch_first``. Live modules (:func:`from_torch`) give all of it
+themselves.
+"""
+import re
+
+import numpy as np
+
+from ..errors import FormatError, UnsupportedLayerError
+from ..layers import RNNLayer
+from .safetensors import SafeTensorRecord, SafetensorsFile
+from .torch_convert import FLOAT_DTYPES, GATES, cell_weights_from_torch
+from .torch_pickle import TensorRecord, open_torch_file
+
+__all__ = ["load_torch_file", "from_torch", "infer_architecture", "Architecture", "build_torch_rnn"]
+
+_PARAM = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)_l(\d+)(_reverse)?$")
+_KEY = re.compile(r"^(.*?)((?:weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)_l\d+(?:_reverse)?)$")
+_CELL = {1: "RNN", 3: "GRU", 4: "LSTM"}
+_NONLINEARITIES = (None, "tanh", "relu")
+
+
+class Architecture:
+    """An ``nn.GRU`` / ``nn.LSTM`` / ``nn.RNN`` as its tensors describe it.
+
+    Attributes
+    ----------
+    cell : {"GRU", "LSTM", "RNN"}
+    input_size, hidden_size, num_layers, num_directions, proj_size : int
+        ``proj_size`` is 0 without a projection.
+    bias : bool
+    """
+
+    __slots__ = ("cell", "input_size", "hidden_size", "num_layers", "num_directions", "bias", "proj_size")
+
+    def __init__(self, cell, input_size, hidden_size, num_layers, num_directions, bias, proj_size):
+        self.cell, self.input_size, self.hidden_size = cell, input_size, hidden_size
+        self.num_layers, self.num_directions, self.bias, self.proj_size = (
+            num_layers, num_directions, bias, proj_size)
+
+    @property
+    def gates(self):
+        return {"RNN": 1, "GRU": 3, "LSTM": 4}[self.cell]
+
+    def __repr__(self):
+        extra = ""
+        if self.num_layers != 1:
+            extra += ", num_layers=%d" % self.num_layers
+        if not self.bias:
+            extra += ", bias=False"
+        if self.num_directions == 2:
+            extra += ", bidirectional=True"
+        if self.proj_size:
+            extra += ", proj_size=%d" % self.proj_size
+        return "%s(%d, %d%s)" % (self.cell, self.input_size, self.hidden_size, extra)
+
+    def expected_shapes(self):
+        """Tensor name -> shape, for every tensor of this module's state_dict."""
+        G, H, P = self.gates, self.hidden_size, self.proj_size
+        Ho = P or H
+        shapes = {}
+        for k in range(self.num_layers):
+            I = self.input_size if k == 0 else self.num_directions * Ho
+            for d in range(self.num_directions):
+                sfx = "_l%d%s" % (k, "_reverse" if d else "")
+                shapes["weight_ih" + sfx] = (G * H, I)
+                shapes["weight_hh" + sfx] = (G * H, Ho)
+                if self.bias:
+                    shapes["bias_ih" + sfx] = (G * H,)
+                    shapes["bias_hh" + sfx] = (G * H,)
+                if P:
+                    shapes["weight_hr" + sfx] = (P, H)
+        return shapes
+
+
+def infer_architecture(shapes, prefix=""):
+    """Infer the module from its state_dict's tensor names and shapes.
+
+    Parameters
+    ----------
+    shapes : dict of str -> tuple of int
+        Tensor names without the module prefix (``weight_ih_l0``, ...) -> shapes.
+    prefix : str
+        Put before tensor names in error messages.
+
+    Returns
+    -------
+    Architecture
+
+    Raises
+    ------
+    FormatError
+        Naming the tensor and the shapes, when the set of tensors is not one module's.
+    """
+    def nm(n):
+        return "'%s%s'" % (prefix, n)
+
+    layers, reverse = [], False
+    for n in shapes:
+        m = _PARAM.match(n)
+        if not m:
+            raise FormatError("tensor %s is not a parameter of nn.GRU, nn.LSTM or nn.RNN" % nm(n))
+        layers.append(int(m.group(2)))
+        reverse = reverse or bool(m.group(3))
+    for n in ("weight_ih_l0", "weight_hh_l0"):
+        if n not in shapes:
+            raise FormatError("tensor %s is missing (found %s)" % (nm(n), ", ".join(map(nm, shapes))))
+        if len(shapes[n]) != 2:
+            raise FormatError("tensor %s must be 2-D, it has shape %s" % (nm(n), tuple(shapes[n])))
+    GH, I = shapes["weight_ih_l0"]
+    rows_hh, Ho = shapes["weight_hh_l0"]
+    if rows_hh != GH:
+        raise FormatError("tensor %s has shape %s but %s has shape %s: their rows (gates x hidden_size) "
+                          "must agree" % (nm("weight_ih_l0"), (GH, I), nm("weight_hh_l0"), (rows_hh, Ho)))
+    if "weight_hr_l0" in shapes:
+        shr = tuple(shapes["weight_hr_l0"])
+        if len(shr) != 2 or shr[0] != Ho:
+            raise FormatError("tensor %s has shape %s; a projection is (proj_size, hidden_size) with "
+                              "proj_size = %d, the columns of %s %s"
+                              % (nm("weight_hr_l0"), shr, Ho, nm("weight_hh_l0"), (rows_hh, Ho)))
+        H, P = shr[1], Ho
+        if H == 0 or GH != 4 * H:
+            raise FormatError("tensor %s %s is a projection, which only an LSTM has, but %s %s does not "
+                              "have 4 * hidden_size = %d rows" % (nm("weight_hr_l0"), shr, nm("weight_ih_l0"),
+                                                                  (GH, I), 4 * H))
+    else:
+        H, P = Ho, 0
+    if H == 0 or GH % H or GH // H not in _CELL:
+        raise FormatError("tensor %s has shape %s and %s has shape %s: the rows must be 1 (RNN), 3 (GRU) "
+                          "or 4 (LSTM) times the hidden size %d"
+                          % (nm("weight_ih_l0"), (GH, I), nm("weight_hh_l0"), (rows_hh, Ho), H))
+    if I == 0:
+        raise FormatError("tensor %s has shape %s: input_size 0 is not supported"
+                          % (nm("weight_ih_l0"), (GH, I)))
+    arch = Architecture(_CELL[GH // H], I, H, max(layers) + 1, 2 if reverse else 1,
+                        "bias_ih_l0" in shapes or "bias_hh_l0" in shapes, P)
+    expected = arch.expected_shapes()
+    for n, shape in expected.items():
+        if n not in shapes:
+            raise FormatError("tensor %s is missing: an %s has one of shape %s" % (nm(n), arch, shape))
+        if tuple(shapes[n]) != shape:
+            raise FormatError("tensor %s has shape %s; an %s needs %s"
+                              % (nm(n), tuple(shapes[n]), arch, shape))
+    for n in shapes:
+        if n not in expected:
+            raise FormatError("unexpected tensor %s of shape %s: an %s has no such tensor"
+                              % (nm(n), tuple(shapes[n]), arch))
+    return arch
+
+
+def _mode(arch, nonlinearity):
+    if nonlinearity not in _NONLINEARITIES:
+        raise ValueError("nonlinearity must be 'tanh' or 'relu', got %r" % (nonlinearity,))
+    if arch.cell != "RNN":
+        if nonlinearity == "relu":
+            raise ValueError("nonlinearity='relu' is an nn.RNN option; the weights are an nn.%s's"
+                             % arch.cell)
+        return arch.cell
+    return "RNN_RELU" if nonlinearity == "relu" else "RNN_TANH"
+
+
+def _compute_dtype(dtype, stored):
+    """The compute dtype: the ``dtype`` option if given, else float64 when every stored
+    weight is float64, else float32."""
+    if dtype is None:
+        return np.dtype(np.float64 if stored and all(s == "float64" for s in stored) else np.float32)
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise ValueError("dtype must be float32 or float64, got %r" % (dtype,)) from None
+    if dt not in (np.float32, np.float64):
+        raise ValueError("dtype must be float32 or float64, got %r" % (dtype,))
+    return dt
+
+
+def build_torch_rnn(arch, arrays, *, nonlinearity=None, batch_first=False, dtype=np.float32):
+    """Canonical layers from a state_dict's arrays, wrapped as a :class:`~rnnfast.TorchRNN`.
+
+    Parameters
+    ----------
+    arch : Architecture
+    arrays : dict of str -> ndarray
+        The module's tensors by name (no prefix), in PyTorch's layout.
+    nonlinearity : {None, "tanh", "relu"}
+    batch_first : bool
+    dtype : float32 or float64
+        The compute dtype; weights are converted to it once, here.
+    """
+    from ..model_torch import TorchRNN
+
+    mode = _mode(arch, nonlinearity)
+    cell = {"GRU": "gru", "LSTM": "lstm", "RNN": "simple"}[arch.cell]
+    act = "relu" if mode == "RNN_RELU" else "tanh"
+    layers = []
+    for k in range(arch.num_layers):
+        weights = []
+        for d in range(arch.num_directions):
+            sfx = "_l%d%s" % (k, "_reverse" if d else "")
+            weights.append(cell_weights_from_torch(
+                mode, arrays["weight_ih" + sfx], arrays["weight_hh" + sfx],
+                arrays.get("bias_ih" + sfx), arrays.get("bias_hh" + sfx), arrays.get("weight_hr" + sfx)))
+        layers.append(RNNLayer(cell, weights, reset_after=True, activation=act,
+                               recurrent_activation="sigmoid", dtype=dtype))
+    return TorchRNN(layers, batch_first=batch_first, bias=arch.bias)
+
+
+# -- finding the module's tensors in a file ----------------------------------------------
+
+
+#: Deepest nesting of containers searched for the module (a checkpoint has a few levels).
+MAX_DEPTH = 100
+
+
+def _walk(root, is_tensor):
+    """All tensors in a tree of dicts / lists / tuples, and the candidate modules.
+
+    Returns
+    -------
+    groups : dict of (path, prefix) -> dict of name -> record
+        Tensors whose key ends in a recurrent parameter name, grouped by the dict
+        they sit in (its path of keys from the root) and the key prefix before the
+        name; any other tensor directly under such a prefix joins the group (so that
+        the architecture check names it).
+    tensors : list of (dotted name, record)
+    """
+    groups, tensors, seen = {}, [], set()
+    stack = [((), root)]
+    while stack:
+        path, obj = stack.pop()
+        if not isinstance(obj, (dict, list, tuple)) or id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if len(path) > MAX_DEPTH:
+            raise FormatError("containers nested more than %d levels deep" % MAX_DEPTH)
+        items = list(obj.items()) if isinstance(obj, dict) else list(enumerate(obj))
+        children, others, found = [], [], {}
+        for k, v in items:
+            if is_tensor(v):
+                tensors.append((".".join(path + (str(k),)), v))
+                m = _KEY.match(k) if isinstance(obj, dict) and isinstance(k, str) else None
+                if m and (m.group(1) == "" or m.group(1).endswith(".")):
+                    found.setdefault(m.group(1), {})[m.group(2)] = v
+                elif isinstance(k, str):
+                    others.append((k, v))
+            elif isinstance(v, (dict, list, tuple)):
+                children.append((path + (str(k),), v))
+        for k, v in others:                     # not a plain RNN module if it has other tensors
+            cut = k.rfind(".") + 1
+            if k[:cut] in found:
+                found[k[:cut]][k[cut:]] = v
+        for prefix, recs in found.items():
+            groups[(path, prefix)] = recs
+        stack.extend(reversed(children))
+    return groups, tensors
+
+
+def _full_name(path, prefix):
+    return ".".join(path) + "." + prefix if path else prefix
+
+
+def _describe(root, tensors):
+    """Say in words what a file holds (for the 'no RNN here' error)."""
+    def tensor_list(items):
+        shown = ", ".join("'%s' %s %s" % (n, list(r.shape), r.dtype) for n, r in items[:8])
+        return shown + (", ..." if len(items) > 8 else "")
+
+    if isinstance(root, dict):
+        names = {n for n, _ in tensors}
+        others = [str(k) for k in root if str(k) not in names]
+        what = "a dict of %d entries" % len(root)
+        if tensors:
+            what += " with %d tensors: %s" % (len(tensors), tensor_list(tensors))
+        else:
+            what += " and no tensors"
+        if others:
+            what += "; other keys: %s" % ", ".join("'%s'" % k for k in others[:8])
+        return what
+    if isinstance(root, (list, tuple)):
+        what = "a %s of %d items" % (type(root).__name__, len(root))
+        return what + (" with %d tensors: %s" % (len(tensors), tensor_list(tensors)) if tensors else "")
+    if hasattr(root, "shape") and hasattr(root, "dtype"):
+        return "a single tensor %s %s" % (list(root.shape), root.dtype)
+    return "a %s" % type(root).__name__
+
+
+def _select(groups, tensors, root, prefix):
+    """The (full prefix, tensors) of the one recurrent module chosen."""
+    found = sorted((_full_name(p, pre), (p, pre)) for (p, pre) in groups)
+    if not found:
+        raise FormatError("holds no nn.GRU / nn.LSTM / nn.RNN state_dict (no tensor named like "
+                          "'weight_ih_l0'); found %s" % _describe(root, tensors))
+    names = ", ".join("'%s'" % f for f, _ in found)
+    if prefix is None:
+        if len(found) > 1:
+            raise FormatError("holds %d recurrent modules, under the prefixes %s: choose one with "
+                              "prefix=..." % (len(found), names))
+        full, key = found[0]
+        return full, groups[key]
+    if not isinstance(prefix, str):
+        raise TypeError("prefix must be a string, got %r" % (prefix,))
+    if prefix and not prefix.endswith("."):
+        prefix += "."
+    hits = [(f, key) for f, key in found if prefix in (f, key[1])]
+    if not hits:
+        raise FormatError("no recurrent module under prefix '%s'; the file has them under %s"
+                          % (prefix, names))
+    if len(hits) > 1:
+        raise FormatError("prefix '%s' matches %d recurrent modules (%s): give the full prefix"
+                          % (prefix, len(hits), ", ".join("'%s'" % f for f, _ in hits)))
+    full, key = hits[0]
+    return full, groups[key]
+
+
+def _is_record(v):
+    return isinstance(v, (TensorRecord, SafeTensorRecord))
+
+
+def load_torch_file(path, *, prefix=None, nonlinearity=None, batch_first=False, dtype=None):
+    """Load an ``nn.GRU`` / ``nn.LSTM`` / ``nn.RNN`` from a weights file, without PyTorch.
+
+    Parameters
+    ----------
+    path : str or path-like
+        ``torch.save(module.state_dict(), path)`` (zip format, or the legacy pre-1.6
+        format), a checkpoint holding such a state_dict (nested dicts / lists), or a
+        ``.safetensors`` file of one. Nothing from the file is executed: only tensors
+        and plain containers are accepted.
+    prefix : str, optional
+        Where the module's tensors are, e.g. ``"encoder.rnn."`` for
+        ``{"model": {"encoder.rnn.weight_ih_l0": ...}}``; the path of keys to the
+        dict may be included (``"model.encoder.rnn."``). Needed only when the file
+        holds several recurrent modules.
+    nonlinearity : {"tanh", "relu"}, optional
+        ``nn.RNN``'s activation (default "tanh"); a file cannot record it. "relu" for
+        a GRU or LSTM is a ValueError.
+    batch_first : bool
+        As the module's ``batch_first`` (a file cannot record it).
+    dtype : {None, "float32", "float64"}
+        The compute dtype. Default: float64 when all the module's stored tensors are
+        float64, else float32. Stored float16 / bfloat16 / float64 values are
+        converted to it once at load time (float16 and bfloat16 widen exactly).
+
+    Returns
+    -------
+    TorchRNN
+
+    Raises
+    ------
+    FormatError
+        Not a readable PyTorch or safetensors file; a refused pickle global; no, or
+        several (without ``prefix``), recurrent modules; tensors inconsistent with
+        one module (the message names the tensor and the shapes).
+    ValueError
+        Invalid options.
+    """
+    from . import sniff
+
+    if nonlinearity not in _NONLINEARITIES:
+        raise ValueError("nonlinearity must be 'tanh' or 'relu', got %r" % (nonlinearity,))
+    batch_first = _flag(batch_first, "batch_first")
+    _compute_dtype(dtype, [])
+    kind = sniff(path)
+    if kind == "safetensors":
+        archive = SafetensorsFile(path)
+    elif kind in ("zip", "torch-legacy"):
+        archive = open_torch_file(path, kind)
+    else:
+        raise FormatError("%s: not a PyTorch or safetensors file (%s)" % (path, kind))
+    with archive:
+        tensors = []
+        try:
+            groups, tensors = _walk(archive.root, _is_record)
+            full, recs = _select(groups, tensors, archive.root, prefix)
+            arch = infer_architecture({n: r.shape for n, r in recs.items()}, full)
+            for n, r in recs.items():
+                if r.dtype not in FLOAT_DTYPES:
+                    raise FormatError("tensor '%s%s' has element type %s; expected floating point (%s)"
+                                      % (full, n, r.dtype, ", ".join(FLOAT_DTYPES)))
+        except FormatError as e:
+            hint = ""
+            if any("parametrizations." in n for n, _ in tensors):
+                hint = (" (the file holds parametrized weights, e.g. weight_norm: save the state_dict after "
+                        "torch.nn.utils.parametrize.remove_parametrizations, or use rnnfast.from_torch)")
+            raise FormatError("%s: %s%s" % (path, e, hint)) from None
+        arrays = {n: archive.array(r) for n, r in recs.items()}
+    dt = _compute_dtype(dtype, [r.dtype for r in recs.values()])
+    return build_torch_rnn(arch, arrays, nonlinearity=nonlinearity, batch_first=batch_first, dtype=dt)
+
+
+def _flag(v, name):
+    if isinstance(v, (bool, np.bool_)) or (isinstance(v, int) and v in (0, 1)):
+        return bool(v)
+    raise TypeError("%s must be True or False, got %r" % (name, v))
+
+
+def from_torch(module, *, dtype=None):
+    """Convert a live ``torch.nn.GRU`` / ``LSTM`` / ``RNN`` into a :class:`~rnnfast.TorchRNN`.
+
+    ``batch_first``, ``nonlinearity``, ``proj_size``, ``bias``, sizes and layers come
+    from the module; ``dropout`` is ignored (a no-op in inference).
+
+    Parameters
+    ----------
+    module : torch.nn.RNNBase
+        An ``nn.GRU``, ``nn.LSTM`` or ``nn.RNN`` (on any device; parametrized weights
+        are read through the module's attributes).
+    dtype : {None, "float32", "float64"}
+        Compute dtype; default float64 for a float64 module, else float32.
+
+    Returns
+    -------
+    TorchRNN
+    """
+    import torch
+
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError("from_torch takes a torch.nn.GRU, LSTM or RNN module, got %s" % type(module).__name__)
+    if not isinstance(module, torch.nn.RNNBase) or getattr(module, "mode", None) not in GATES:
+        raise UnsupportedLayerError(type(module).__name__,
+                                    detail="rnnfast.from_torch takes an nn.GRU, nn.LSTM or nn.RNN")
+    names = list(getattr(module, "_flat_weights_names", None) or module.state_dict().keys())
+    arrays = {}
+    with torch.no_grad():
+        for n in names:
+            t = getattr(module, n)
+            if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+                raise UnsupportedLayerError(type(module).__name__,
+                                            "weights of type %s" % getattr(t, "dtype", type(t)))
+            t = t.detach().to("cpu")
+            if t.dtype == torch.bfloat16:
+                t = t.float()           # exact; numpy has no bfloat16
+            arrays[n] = t.numpy().copy()
+    arch = infer_architecture({n: a.shape for n, a in arrays.items()})
+    declared = (module.mode.split("_")[0], module.input_size, module.hidden_size, module.num_layers,
+                2 if module.bidirectional else 1, bool(module.bias), int(getattr(module, "proj_size", 0)))
+    inferred = (arch.cell, arch.input_size, arch.hidden_size, arch.num_layers, arch.num_directions,
+                arch.bias, arch.proj_size)
+    if declared != inferred:
+        raise FormatError("the module's weights describe %r but the module says %s" % (arch, declared))
+    nonlinearity = "relu" if module.mode == "RNN_RELU" else None
+    dt = _compute_dtype(dtype, [str(a.dtype) for a in arrays.values()])
+    return build_torch_rnn(arch, arrays, nonlinearity=nonlinearity, batch_first=bool(module.batch_first),
+                           dtype=dt)
