@@ -14,6 +14,11 @@
 #   updates the state in place and writes the output row straight into its
 #   direction's half of `out`. Memory for the projection is bounded by the chunk,
 #   not by the sequence length.
+# - Small batches (one work item, layers.py decides from the shapes): the gate
+#   columns are laid out in unit blocks, and each step's (direction, unit block)
+#   products and gate math are tasks shared by the team, with one barrier per step
+#   and the state double-buffered, so that each core keeps its share of the
+#   recurrent weights in its own cache (_split_worker).
 # - Threads: OpenMP over tasks/items (dynamic schedule). The decomposition into
 #   tasks and items depends on the shapes only, never on the thread count, so results
 #   are bitwise identical for every thread count. Every BLAS call is made inside the
