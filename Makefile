@@ -14,7 +14,7 @@ $(BIN)/python:
 
 # run-time and build dependencies
 $(VENV)/.deps: pyproject.toml | $(BIN)/python
-	$(PIP) install -q "setuptools>=64" wheel "Cython>=3.0" "numpy>=1.22" "scipy>=1.11" "threadpoolctl>=3.1"
+	$(PIP) install -q "setuptools>=64" wheel "Cython>=3.0" "numpy>=1.22" "scipy>=1.11" "threadpoolctl>=3.1" "h5py>=3"
 	touch $@
 
 # the frameworks the tests compare against (torch pinned: the CPU build)

@@ -13,15 +13,61 @@ from .layers import Dense, RNNLayer, merge_directions
 __all__ = ["Sequential", "run_recurrent"]
 
 
-def run_recurrent(layer, x_tm, *, return_sequences, merge_mode="concat", num_threads=None):
-    """Run ``layer`` on time-major ``x_tm`` and shape its result as a Keras layer would
-    (no masks): the output sequence (T, B, F), or the last output (B, F)."""
-    out, h_n, _ = layer.forward(x_tm, return_sequences=return_sequences, num_threads=num_threads)
-    if not return_sequences:
-        out = np.concatenate(list(h_n), axis=-1) if layer.num_directions == 2 else h_n[0]
-    if layer.num_directions == 2:
+def run_recurrent(layer, x_tm, *, return_sequences, merge_mode="concat", mask=None,
+                  zero_output_for_mask=False, return_state=False, num_threads=None):
+    """Run ``layer`` on time-major ``x_tm`` and shape its result as the Keras layer would.
+
+    Parameters
+    ----------
+    layer : RNNLayer
+    x_tm : array_like, shape (T, B, I)
+    return_sequences : bool
+    merge_mode : {"concat", "sum", "mul", "ave", None}
+        For a two-direction layer (Keras ``Bidirectional``).
+    mask : array_like of bool, shape (T, B), optional
+        Keras mask: a masked step carries the state over.
+    zero_output_for_mask : bool
+        Masked steps output zeros (Keras sets it on the layers inside ``Bidirectional``
+        to ``return_sequences``), else the row's previous output.
+    return_state : bool
+        Also return the final states.
+    num_threads : int, optional
+
+    Returns
+    -------
+    out : ndarray (T, B, F) or (B, F), or a list [forward, backward] for ``merge_mode=None``
+        The output sequence, time-major, in Keras' order: a ``go_backwards`` layer's
+        sequence comes out reversed (its first element is the last input step), the
+        backward half of a two-direction layer is aligned with input time. Without
+        ``return_sequences`` the last output: the final state, or -- with
+        ``zero_output_for_mask`` -- zeros for rows whose last processed step is masked.
+    states : list of ndarray (B, Ho) / (B, H), only with ``return_state``
+        Per direction (forward first): ``h``, then ``c`` for LSTM (Keras' order).
+    """
+    out, h_n, c_n = layer.forward(x_tm, mask=mask, zero_output_for_mask=zero_output_for_mask,
+                                  return_sequences=return_sequences, num_threads=num_threads)
+    D = layer.num_directions
+    if return_sequences:
+        if layer.go_backwards:
+            out = out[::-1]
+    else:
+        last = list(h_n)
+        if mask is not None and zero_output_for_mask:
+            mask = np.asarray(mask, dtype=bool)
+            for d in range(D if len(mask) else 0):
+                t = 0 if (d == 1 or layer.go_backwards) else -1   # the last step processed
+                last[d] = np.where(mask[t][:, None], last[d], last[d].dtype.type(0))
+        out = np.concatenate(last, axis=-1) if D == 2 else last[0]
+    if D == 2:
         out = merge_directions(out, merge_mode, layer.output_size)
-    return out
+    if not return_state:
+        return out
+    states = []
+    for d in range(D):
+        states.append(h_n[d])
+        if c_n is not None:
+            states.append(c_n[d])
+    return out, states
 
 
 def _batch_major(y):

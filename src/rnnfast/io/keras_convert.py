@@ -1,0 +1,465 @@
+"""The one Keras converter: a Keras layer's config and weights to a model node.
+
+Input: a layer's ``class_name`` and ``config`` dict (as Keras 2, tf.keras and Keras 3
+serialize them) and its weights as a list of ``(name or None, array)`` in Keras'
+weight order (``layer.get_weights()``; the HDF5 ``weight_names`` order); output: a
+node of :mod:`rnnfast.model_keras` holding canonical layers.
+
+Keras weight layouts (gate order is the canonical one, so no reordering):
+
+===========  ==========================================================  ============
+cell         weights, in order                                           canonical
+===========  ==========================================================  ============
+GRU          kernel (I, 3H), recurrent_kernel (H, 3H), bias: (2, 3H)     bias = b[0],
+             with ``reset_after`` (input row, recurrent row), else (3H,)  recurrent_bias = b[1]
+LSTM         kernel (I, 4H), recurrent_kernel (H, 4H), bias (4H,)        as is
+SimpleRNN    kernel (I, H), recurrent_kernel (H, H), bias (H,)           as is
+Dense        kernel (I, N), bias (N,)
+Embedding    embeddings (input_dim, output_dim)
+===========  ==========================================================  ============
+
+``Bidirectional`` holds the forward layer's weights, then the backward layer's;
+``RNN(StackedRNNCells)`` each cell's in turn; ``TimeDistributed`` its inner layer's.
+
+Every option that changes what a layer computes is honoured or refused with
+:class:`~rnnfast.UnsupportedLayerError`; options that only matter for training are
+ignored (listed per layer below); an option this module does not know is refused
+unless its value is empty (None, False, 0, "").
+"""
+import numpy as np
+
+from ..errors import FormatError, UnsupportedLayerError
+from ..layers import ACTIVATIONS, CellWeights, Dense, RNNLayer
+from ..model_keras import (KERAS_ACTIVATIONS, ActivationNode, BidirectionalNode, DenseNode,
+                           EmbeddingNode, FlattenNode, IdentityNode, MaskingNode, RecurrentNode,
+                           TimeDistributedNode)
+
+__all__ = ["convert_layer", "ConvertContext", "resolve_dtype", "RECURRENT_CLASSES", "SUPPORTED_LAYERS"]
+
+#: Options every layer may carry that do not change inference.
+_COMMON = {"name", "trainable", "dtype", "batch_input_shape", "batch_shape", "input_shape",
+           "input_dim", "input_length", "build_config", "registered_name", "module",
+           "activity_regularizer", "autocast"}
+_TRAINING_ONLY = {"kernel_initializer", "recurrent_initializer", "bias_initializer",
+                  "embeddings_initializer", "kernel_regularizer", "recurrent_regularizer",
+                  "bias_regularizer", "embeddings_regularizer", "kernel_constraint",
+                  "recurrent_constraint", "bias_constraint", "embeddings_constraint",
+                  "dropout", "recurrent_dropout", "seed", "implementation", "unit_forget_bias",
+                  "unroll", "use_cudnn"}
+_RNN_LAYER_OPTIONS = {"return_sequences", "return_state", "go_backwards", "stateful",
+                      "zero_output_for_mask", "time_major"}
+_CELL_OPTIONS = {"units", "activation", "recurrent_activation", "use_bias", "reset_after"}
+
+#: Keras recurrent layer classes and their cell kinds.
+RECURRENT_CLASSES = {"GRU": "gru", "LSTM": "lstm", "SimpleRNN": "simple"}
+_CELL_CLASSES = {"GRUCell": "gru", "LSTMCell": "lstm", "SimpleRNNCell": "simple"}
+#: Layers that are the identity at inference.
+_IDENTITY = {"Dropout": {"rate", "noise_shape", "seed"},
+             "SpatialDropout1D": {"rate", "noise_shape", "seed"},
+             "GaussianNoise": {"stddev", "seed"},
+             "GaussianDropout": {"rate", "seed"},
+             "AlphaDropout": {"rate", "noise_shape", "seed"},
+             "ActivityRegularization": {"l1", "l2"},
+             "Identity": set()}
+SUPPORTED_LAYERS = sorted(set(RECURRENT_CLASSES) | {"RNN", "Bidirectional", "Dense", "TimeDistributed",
+                                                    "Activation", "Embedding", "Masking", "Flatten",
+                                                    "InputLayer"} | set(_IDENTITY))
+
+#: Activation names whose Keras 2 meaning is the one implemented (Keras 2 and tf.keras
+#: know no others by name; ``hard_sigmoid`` is mapped to ``hard_sigmoid_keras2``).
+_KERAS2_ACTIVATIONS = {"linear", "relu", "elu", "selu", "softplus", "softsign", "swish", "silu",
+                       "gelu", "tanh", "sigmoid", "exponential", "hard_sigmoid", "softmax", "mish",
+                       "relu6", "log_softmax", "leaky_relu"}
+_ALIASES = {"swish": "silu", "hard_swish": "hard_silu"}
+
+
+class ConvertContext:
+    """What a conversion needs beyond one layer: the Keras major version that wrote the
+    model (activation meanings) and the ``dtype`` override of :func:`rnnfast.load`."""
+
+    def __init__(self, keras_version, dtype=None):
+        self.keras_version = str(keras_version)
+        self.keras_major = _major(self.keras_version)
+        if dtype is not None:
+            dt = np.dtype(dtype)
+            if dt not in (np.float32, np.float64):
+                raise ValueError("dtype must be float32 or float64, got %s" % dt)
+            dtype = dt
+        self.dtype = dtype
+
+
+def _major(version):
+    digits = ""
+    for ch in version:
+        if not ch.isdigit():
+            break
+        digits += ch
+    if not digits:
+        raise FormatError("unreadable keras_version %r" % version)
+    return int(digits)
+
+
+# -- options ------------------------------------------------------------------------
+
+
+def check_options(cls, cfg, handled):
+    """Refuse any option of ``cfg`` that is neither handled, nor known to be
+    training-only, nor empty."""
+    for key, value in cfg.items():
+        if key in handled or key in _COMMON or key in _TRAINING_ONLY:
+            continue
+        if value in (None, False, 0, "", [], {}):
+            continue
+        raise UnsupportedLayerError(cls, key, "value %r: rnnfast does not know this option" % (value,))
+
+
+def resolve_dtype(cls, cfg, ctx):
+    """The compute dtype of a layer: ``ctx.dtype`` if given, else its dtype policy
+    (float32 or float64; other policies are refused)."""
+    policy = cfg.get("dtype")
+    name = _policy_name(policy)
+    if name is not None and ("int8" in name or "int4" in name or "float8" in name or name.startswith("gptq")):
+        raise UnsupportedLayerError(cls, "dtype", "quantized dtype policy %r" % name)
+    if ctx.dtype is not None:
+        return ctx.dtype
+    if name in (None, "float32"):
+        return np.dtype(np.float32)
+    if name == "float64":
+        return np.dtype(np.float64)
+    raise UnsupportedLayerError(cls, "dtype", "dtype policy %r (rnnfast computes in float32 or "
+                                "float64; pass dtype= to load() to choose one)" % name)
+
+
+def _policy_name(policy):
+    if policy is None or isinstance(policy, str):
+        return policy
+    if isinstance(policy, dict):
+        inner = policy.get("config")
+        if isinstance(inner, dict) and isinstance(inner.get("name"), str):
+            return inner["name"]
+        if isinstance(inner, str):
+            return inner
+    return repr(policy)
+
+
+def resolve_activation(cls, option, value, ctx, *, recurrent):
+    """Map a serialized Keras activation to an rnnfast activation name, with the
+    meaning it had in the Keras version that wrote the model."""
+    if value is None:
+        return "linear"
+    if isinstance(value, dict):
+        # Keras 3 may write a built-in function as {"class_name": "function", "config": "tanh"}
+        if value.get("class_name") == "function" and isinstance(value.get("config"), str) \
+                and str(value.get("module", "keras")).startswith("keras"):
+            value = value["config"]
+        else:
+            raise UnsupportedLayerError(cls, option, "custom activation %r" % (value.get("class_name"),))
+    if not isinstance(value, str):
+        raise UnsupportedLayerError(cls, option, "activation %r" % (value,))
+    name = value
+    if ctx.keras_major < 3:
+        if name not in _KERAS2_ACTIVATIONS:
+            raise UnsupportedLayerError(cls, option, "activation %r of Keras %s" % (name, ctx.keras_version))
+        if name == "hard_sigmoid":
+            name = "hard_sigmoid_keras2"
+    name = _ALIASES.get(name, name)
+    if recurrent:
+        if name not in ACTIVATIONS:
+            raise UnsupportedLayerError(cls, option, "activation %r in a recurrent layer (supported: %s)"
+                                        % (value, ", ".join(sorted(ACTIVATIONS))))
+    elif name not in ACTIVATIONS and name not in KERAS_ACTIVATIONS:
+        raise UnsupportedLayerError(cls, option, "activation %r" % (value,))
+    return name
+
+
+# -- weights --------------------------------------------------------------------------
+
+
+class WeightList:
+    """A layer's weights in Keras order, taken one by one and checked by name (when the
+    file names them) and shape."""
+
+    def __init__(self, layer_name, items):
+        self.layer_name = layer_name
+        self.items = list(items)
+        self.pos = 0
+
+    def take(self, expected, shape):
+        if self.pos >= len(self.items):
+            raise FormatError("layer %r: weight %r is missing (%d weights found for the layer)"
+                              % (self.layer_name, expected, len(self.items)))
+        name, arr = self.items[self.pos]
+        self.pos += 1
+        if name is not None:
+            base = str(name).rsplit("/", 1)[-1].split(":", 1)[0]
+            if base != expected:
+                raise FormatError("layer %r: expected weight %r, found %r"
+                                  % (self.layer_name, expected, name))
+        arr = np.asarray(arr)
+        if tuple(arr.shape) != tuple(shape):
+            raise FormatError("layer %r: weight %r has shape %s, expected %s"
+                              % (self.layer_name, expected, tuple(arr.shape), tuple(shape)))
+        if not np.issubdtype(arr.dtype, np.floating):
+            raise FormatError("layer %r: weight %r has dtype %s, expected floating point"
+                              % (self.layer_name, expected, arr.dtype))
+        return arr
+
+    def done(self):
+        if self.pos != len(self.items):
+            raise FormatError("layer %r: %d weights found, the layer's config uses %d"
+                              % (self.layer_name, len(self.items), self.pos))
+
+
+# -- layers ---------------------------------------------------------------------------
+
+
+def convert_layer(cls, cfg, weights, ctx):
+    """Convert one Keras layer.
+
+    Parameters
+    ----------
+    cls : str
+        The Keras ``class_name``.
+    cfg : dict
+        The layer's ``config``.
+    weights : list of (str or None, ndarray)
+        Its weights in Keras order.
+    ctx : ConvertContext
+
+    Returns
+    -------
+    A node of :mod:`rnnfast.model_keras`.
+    """
+    name = cfg.get("name", cls)
+    w = WeightList(name, weights)
+    node = _convert(cls, cfg, w, ctx, name)
+    w.done()
+    return node
+
+
+def _convert(cls, cfg, w, ctx, name):
+    if cls in RECURRENT_CLASSES or cls == "RNN":
+        return _recurrent(cls, cfg, w, ctx, name)[0]
+    if cls == "Bidirectional":
+        return _bidirectional(cfg, w, ctx, name)
+    if cls == "Dense":
+        return _dense(cfg, w, ctx, name)
+    if cls == "TimeDistributed":
+        return _time_distributed(cfg, w, ctx, name)
+    if cls == "Activation":
+        check_options(cls, cfg, {"activation"})
+        act = resolve_activation(cls, "activation", cfg.get("activation"), ctx, recurrent=False)
+        return ActivationNode(name, act, resolve_dtype(cls, cfg, ctx))
+    if cls == "Embedding":
+        return _embedding(cfg, w, ctx, name)
+    if cls == "Masking":
+        check_options(cls, cfg, {"mask_value"})
+        value = cfg.get("mask_value", 0.0)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UnsupportedLayerError(cls, "mask_value", "%r is not a number" % (value,))
+        return MaskingNode(name, value, resolve_dtype(cls, cfg, ctx))
+    if cls == "Flatten":
+        check_options(cls, cfg, {"data_format"})
+        fmt = cfg.get("data_format") or "channels_last"
+        if fmt not in ("channels_last", "channels_first"):
+            raise UnsupportedLayerError(cls, "data_format", repr(fmt))
+        return FlattenNode(name, resolve_dtype(cls, cfg, ctx), channels_first=fmt == "channels_first")
+    if cls in _IDENTITY:
+        check_options(cls, cfg, _IDENTITY[cls])
+        return IdentityNode(name, cls, resolve_dtype(cls, cfg, ctx))
+    if cls in ("Sequential", "Functional", "Model"):
+        raise UnsupportedLayerError(cls, None, "a model nested inside the model (layer %r)" % name)
+    raise UnsupportedLayerError(cls, None, "layer %r: rnnfast supports %s"
+                                % (name, ", ".join(SUPPORTED_LAYERS)))
+
+
+def _rnn_layer_options(cls, cfg):
+    if cfg.get("stateful"):
+        raise UnsupportedLayerError(cls, "stateful", "stateful=True: rnnfast keeps no state between calls")
+    if cfg.get("time_major"):
+        raise UnsupportedLayerError(cls, "time_major", "time_major=True")
+    return dict(return_sequences=bool(cfg.get("return_sequences", False)),
+                return_state=bool(cfg.get("return_state", False)),
+                go_backwards=bool(cfg.get("go_backwards", False)),
+                zero_output_for_mask=bool(cfg.get("zero_output_for_mask", False)))
+
+
+def _cell(cls, kind, cfg, w, ctx, go_backwards):
+    """One cell's config and weights -> an RNNLayer (unidirectional)."""
+    G = {"gru": 3, "lstm": 4, "simple": 1}[kind]
+    units = cfg.get("units")
+    if not isinstance(units, int) or isinstance(units, bool) or units < 1:
+        raise FormatError("%s: units must be a positive integer, got %r" % (cls, units))
+    act = resolve_activation(cls, "activation", cfg.get("activation", "tanh"), ctx, recurrent=True)
+    ract = None
+    if kind != "simple":
+        ract = resolve_activation(cls, "recurrent_activation",
+                                  cfg.get("recurrent_activation", "sigmoid"), ctx, recurrent=True)
+    reset_after = bool(cfg.get("reset_after", ctx.keras_major >= 3)) if kind == "gru" else True
+    use_bias = bool(cfg.get("use_bias", True))
+    # input size: from the kernel itself
+    if w.pos >= len(w.items):
+        raise FormatError("%s %r: weights are missing" % (cls, w.layer_name))
+    I = np.shape(w.items[w.pos][1])[0] if np.ndim(w.items[w.pos][1]) == 2 else -1
+    kernel = w.take("kernel", (I, G * units))
+    rec = w.take("recurrent_kernel", (units, G * units))
+    bias = rbias = None
+    if use_bias:
+        if kind == "gru" and reset_after:
+            b = w.take("bias", (2, G * units))
+            bias, rbias = b[0], b[1]
+        else:
+            bias = w.take("bias", (G * units,))
+    dtype = resolve_dtype(cls, cfg, ctx)
+    weights = CellWeights(kernel, rec, bias, rbias)
+    spec = dict(reset_after=reset_after, activation=act, recurrent_activation=ract or "sigmoid", dtype=dtype)
+    layer = RNNLayer(kind, [weights], go_backwards=go_backwards, **spec)
+    return layer, weights, dict(spec, cell=kind)
+
+
+def _recurrent(cls, cfg, w, ctx, name, *, force_zero_output=None):
+    """GRU / LSTM / SimpleRNN / RNN(cell) -> (RecurrentNode, [(CellWeights, spec)] per
+    cell: what a Bidirectional needs to fuse two of them)."""
+    opts = _rnn_layer_options(cls, cfg)
+    if force_zero_output is not None:
+        opts["zero_output_for_mask"] = force_zero_output
+    resolve_dtype(cls, cfg, ctx)            # refuse unsupported policies on the layer too
+    if cls in RECURRENT_CLASSES:
+        check_options(cls, cfg, _RNN_LAYER_OPTIONS | _CELL_OPTIONS)
+        cells = [(cls, RECURRENT_CLASSES[cls], cfg)]
+        stacked = False
+    else:
+        check_options(cls, cfg, _RNN_LAYER_OPTIONS | {"cell"})
+        cells, stacked = _rnn_cells(cfg.get("cell"))
+    layers, parts = [], []
+    for ccls, kind, ccfg in cells:
+        if ccls in _CELL_CLASSES:
+            check_options(ccls, ccfg, _CELL_OPTIONS)
+        layer, weights, spec = _cell(ccls, kind, ccfg, w, ctx, opts["go_backwards"])
+        layers.append(layer)
+        parts.append((weights, spec))
+    return RecurrentNode(name, cls, layers, stacked=stacked, **opts), parts
+
+
+def _rnn_cells(cell):
+    """The cells of ``RNN(cell=...)``: [(class, kind, config)], and whether stacked."""
+    if isinstance(cell, list):                     # very old configs: a list of cells
+        cell = {"class_name": "StackedRNNCells", "config": {"cells": cell}}
+    if not isinstance(cell, dict) or "class_name" not in cell:
+        raise FormatError("RNN: unreadable cell config %r" % (cell,))
+    ccls, ccfg = cell["class_name"], cell.get("config", {})
+    if ccls in _CELL_CLASSES:
+        return [(ccls, _CELL_CLASSES[ccls], ccfg)], False
+    if ccls == "StackedRNNCells":
+        check_options(ccls, ccfg, {"cells"})
+        out = []
+        for c in ccfg.get("cells", []):
+            if not isinstance(c, dict) or c.get("class_name") not in _CELL_CLASSES:
+                what = c.get("class_name") if isinstance(c, dict) else c
+                raise UnsupportedLayerError("StackedRNNCells", "cells", "cell %r (supported: %s)"
+                                            % (what, ", ".join(sorted(_CELL_CLASSES))))
+            out.append((c["class_name"], _CELL_CLASSES[c["class_name"]], c.get("config", {})))
+        if not out:
+            raise FormatError("StackedRNNCells without cells")
+        return out, True
+    raise UnsupportedLayerError("RNN", "cell", "cell class %r (supported: %s, StackedRNNCells)"
+                                % (ccls, ", ".join(sorted(_CELL_CLASSES))))
+
+
+def _bidirectional(cfg, w, ctx, name):
+    check_options("Bidirectional", cfg, {"layer", "backward_layer", "merge_mode"})
+    merge_mode = cfg.get("merge_mode", "concat")
+    if merge_mode not in ("concat", "sum", "mul", "ave", None):
+        raise UnsupportedLayerError("Bidirectional", "merge_mode", repr(merge_mode))
+    inner = cfg.get("layer")
+    if not isinstance(inner, dict) or "class_name" not in inner:
+        raise FormatError("Bidirectional %r: unreadable inner layer config" % name)
+    back = cfg.get("backward_layer")
+    if back is None:
+        # tf.keras writes no backward_layer when it is the default: the same layer
+        # with go_backwards flipped
+        back = {"class_name": inner["class_name"],
+                "config": dict(inner.get("config", {}),
+                               go_backwards=not inner.get("config", {}).get("go_backwards", False))}
+    nodes, parts = [], []
+    for sub in (inner, back):
+        scls, scfg = sub["class_name"], sub.get("config", {})
+        if scls not in RECURRENT_CLASSES and scls != "RNN":
+            raise UnsupportedLayerError("Bidirectional", "layer", "wrapped layer %s" % scls)
+        rs = bool(scfg.get("return_sequences", False))
+        # Keras sets zero_output_for_mask = return_sequences on both inner layers
+        node, p = _recurrent(scls, scfg, w, ctx, scfg.get("name", scls), force_zero_output=rs)
+        nodes.append(node)
+        parts.append(p)
+    fwd, bwd = nodes
+    fp, bp = parts
+    for attr in ("return_sequences", "return_state"):
+        if getattr(fwd, attr) != getattr(bwd, attr):
+            raise FormatError("Bidirectional %r: forward and backward layers differ in %s" % (name, attr))
+    if fwd.go_backwards == bwd.go_backwards:
+        raise FormatError("Bidirectional %r: forward and backward layers have the same go_backwards" % name)
+    if merge_mode in ("sum", "mul", "ave") and \
+            fwd.rnn_layers[-1].output_size != bwd.rnn_layers[-1].output_size:
+        raise FormatError("Bidirectional %r: merge_mode %r needs equal units" % (name, merge_mode))
+    fused = None
+    if (len(fp) == 1 and len(bp) == 1 and not fwd.go_backwards and bwd.go_backwards
+            and fp[0][1] == bp[0][1]
+            and fwd.rnn_layers[0].input_size == bwd.rnn_layers[0].input_size
+            and fwd.rnn_layers[0].units == bwd.rnn_layers[0].units):
+        # the usual case: one two-direction layer, one compiled call, halves written in place
+        spec = dict(fp[0][1])
+        fused = RNNLayer(spec.pop("cell"), [fp[0][0], bp[0][0]], **spec)
+    return BidirectionalNode(name, fwd, bwd, merge_mode, fused=fused)
+
+
+def _dense(cfg, w, ctx, name):
+    cls = "Dense"
+    for opt in ("quantization_config", "lora_rank"):
+        if cfg.get(opt):
+            raise UnsupportedLayerError(cls, opt, "%r" % (cfg[opt],))
+    check_options(cls, cfg, {"units", "activation", "use_bias", "lora_alpha", "quantization_config",
+                             "lora_rank"})
+    units = cfg.get("units")
+    if not isinstance(units, int) or isinstance(units, bool) or units < 1:
+        raise FormatError("Dense %r: units must be a positive integer, got %r" % (name, units))
+    act = resolve_activation(cls, "activation", cfg.get("activation"), ctx, recurrent=False)
+    dtype = resolve_dtype(cls, cfg, ctx)
+    if w.pos >= len(w.items) or np.ndim(w.items[w.pos][1]) != 2:
+        raise FormatError("Dense %r: kernel missing" % name)
+    I = np.shape(w.items[w.pos][1])[0]
+    kernel = w.take("kernel", (I, units))
+    bias = w.take("bias", (units,)) if cfg.get("use_bias", True) else None
+    in_kernel = act in ACTIVATIONS or act == "softmax"
+    dense = Dense(kernel, bias, activation=act if in_kernel else "linear", dtype=dtype)
+    return DenseNode(name, dense, None if in_kernel else act)
+
+
+def _time_distributed(cfg, w, ctx, name):
+    check_options("TimeDistributed", cfg, {"layer"})
+    inner = cfg.get("layer")
+    if not isinstance(inner, dict) or "class_name" not in inner:
+        raise FormatError("TimeDistributed %r: unreadable inner layer config" % name)
+    icls, icfg = inner["class_name"], inner.get("config", {})
+    iname = icfg.get("name", icls)
+    if icls == "Dense":
+        node = _dense(icfg, w, ctx, iname)
+    elif icls == "Activation" or icls in _IDENTITY:
+        node = _convert(icls, icfg, w, ctx, iname)
+    else:
+        raise UnsupportedLayerError("TimeDistributed", "layer", "wrapped layer %s (supported: Dense, "
+                                    "Activation, dropout-like layers)" % icls)
+    return TimeDistributedNode(name, node)
+
+
+def _embedding(cfg, w, ctx, name):
+    cls = "Embedding"
+    for opt in ("quantization_config", "lora_rank"):
+        if cfg.get(opt):
+            raise UnsupportedLayerError(cls, opt, "%r" % (cfg[opt],))
+    check_options(cls, cfg, {"input_dim", "output_dim", "mask_zero", "sparse", "lora_alpha",
+                             "quantization_config", "lora_rank"})
+    n, d = cfg.get("input_dim"), cfg.get("output_dim")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (n, d)):
+        raise FormatError("Embedding %r: input_dim and output_dim must be positive integers" % name)
+    table = w.take("embeddings", (n, d))
+    return EmbeddingNode(name, table, bool(cfg.get("mask_zero", False)), resolve_dtype(cls, cfg, ctx))

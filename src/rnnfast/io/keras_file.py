@@ -1,0 +1,729 @@
+"""Keras models from files and live objects: config parsing and graph wiring.
+
+Sources (detected by content, see :func:`rnnfast.io.sniff`):
+
+- Keras 3 ``.keras``: a zip of ``metadata.json`` (``keras_version``), ``config.json``
+  (the model config) and ``model.weights.h5`` (``layers/<layer>/.../vars/<i>``);
+- whole-model HDF5 (``model.save("m.h5")``) from Keras 2, tf.keras or Keras 3: root
+  attributes ``model_config`` (JSON) and ``keras_version``, a layer's weights in
+  ``model_weights/<layer>/`` listed in order by its ``weight_names`` attribute;
+- a live ``keras.Model`` (:func:`from_keras`): its ``get_config()`` and each layer's
+  ``get_weights()``, converted in memory.
+
+HDF5 is read with h5py, imported here only; neither Keras nor TensorFlow is ever
+imported. Config dialects: Keras 3 (``inbound_nodes`` as ``{"args", "kwargs"}``,
+dtype policies as dicts, masks recorded as ``mask=`` arguments computed by
+``NotEqual`` / ``Any`` operations) and Keras 2 (nested lists, dtypes as strings,
+masks implicit). The graph must be a chain: one input; every layer takes one tensor;
+no tensor feeds two layers; a layer with several outputs (``return_state``) may feed
+the model's outputs. The rest (merges, branches, shared or nested models, custom
+layers) is refused with :class:`~rnnfast.UnsupportedLayerError`.
+"""
+import io
+import json
+import re
+import sys
+import zipfile
+
+import numpy as np
+
+from ..errors import FormatError, UnsupportedLayerError
+from ..model_keras import EmbeddingNode, FlattenNode, KerasModel, MaskingNode
+from .keras_convert import RECURRENT_CLASSES, SUPPORTED_LAYERS, ConvertContext, convert_layer
+
+__all__ = ["load_keras_file", "from_keras", "build_model"]
+
+_H5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+def _h5py():
+    try:
+        import h5py
+    except ImportError:
+        raise ImportError("reading Keras files needs h5py (pip install h5py)") from None
+    return h5py
+
+
+# -- entry points ---------------------------------------------------------------------
+
+
+def load_keras_file(path, dtype=None, **options):
+    """Load a Keras ``.keras`` archive or whole-model HDF5 file.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    dtype : {None, "float32", "float64"}
+        Compute dtype for every layer (default: each layer's own dtype policy).
+
+    Returns
+    -------
+    rnnfast.KerasModel
+    """
+    if options:
+        raise TypeError("unexpected option(s) for a Keras file: %s (Keras files take dtype=)"
+                        % ", ".join(sorted(options)))
+    ctx_dtype = dtype
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head.startswith(_H5_MAGIC):
+        return _load_hdf5(path, ctx_dtype)
+    if zipfile.is_zipfile(path):
+        return _load_archive(path, ctx_dtype)
+    raise FormatError("%s is neither a Keras .keras archive nor an HDF5 file" % path)
+
+
+def from_keras(model, dtype=None, **options):
+    """Convert a live Keras model (Keras 3, tf.keras or Keras 2 ``Sequential`` or
+    functional model) without saving it; see :func:`load_keras_file`."""
+    if options:
+        raise TypeError("unexpected option(s) for from_keras: %s" % ", ".join(sorted(options)))
+    if not (hasattr(model, "get_config") and hasattr(model, "layers") and hasattr(model, "get_layer")):
+        raise TypeError("from_keras takes a keras.Model or Sequential, got %s" % type(model).__name__)
+    cls = type(model).__name__
+    framework = type(model).__module__.split(".")[0]
+    if cls not in ("Sequential", "Functional", "Model") or framework not in ("keras", "tf_keras", "tensorflow"):
+        # a subclass may compute anything in its call(): its config does not say what
+        raise UnsupportedLayerError(cls, None, "a subclassed model: rnnfast loads Sequential and "
+                                    "functional models, whose config says what they compute")
+    try:
+        config = model.get_config()
+    except NotImplementedError:
+        config = None
+    if not isinstance(config, (dict, list)) or (isinstance(config, dict) and "layers" not in config):
+        raise UnsupportedLayerError(cls, None, "a model without a layer config")
+    version = _live_version(model)
+
+    def weights(name, _cls, _cfg):
+        layer = model.get_layer(name)
+        variables = list(layer.weights)
+        arrays = layer.get_weights()
+        if len(variables) != len(arrays):
+            raise FormatError("layer %r: %d variables but %d weights"
+                              % (name, len(variables), len(arrays)))
+        return [(getattr(v, "path", None) or getattr(v, "name", None), np.array(a))
+                for v, a in zip(variables, arrays)]
+
+    return build_model({"class_name": cls, "config": config}, weights, version, dtype=dtype,
+                       source="live %s model" % framework)
+
+
+def _live_version(model):
+    top = type(model).__module__.split(".")[0]
+    mod = sys.modules.get(top)
+    version = getattr(mod, "__version__", None)
+    if top == "keras" and version is None:
+        version = "3"
+    if version is None:
+        raise FormatError("cannot tell which Keras version %s comes from" % type(model).__name__)
+    if top == "tensorflow":                 # tf.keras inside TensorFlow 2: Keras 2 semantics
+        version = "2"
+    return str(version)
+
+
+def _load_archive(path, dtype):
+    h5py = _h5py()
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = set(z.namelist())
+            if "config.json" not in names:
+                raise FormatError("%s: a zip archive without config.json is not a Keras model" % path)
+            config = _json(z.read("config.json"), path, "config.json")
+            meta = _json(z.read("metadata.json"), path, "metadata.json") if "metadata.json" in names else {}
+            if "model.weights.h5" not in names:
+                raise FormatError("%s: no model.weights.h5 in the archive (sharded or weightless "
+                                  "models are not supported)" % path)
+            blob = z.read("model.weights.h5")
+    except (zipfile.BadZipFile, OSError, KeyError) as e:
+        raise FormatError("%s: unreadable .keras archive (%s)" % (path, e)) from None
+    version = meta.get("keras_version") if isinstance(meta, dict) else None
+    if not version:
+        raise FormatError("%s: metadata.json has no keras_version" % path)
+    try:
+        f = h5py.File(io.BytesIO(blob), "r")
+    except OSError as e:
+        raise FormatError("%s: model.weights.h5 is not a readable HDF5 file (%s)" % (path, e)) from None
+    with f:
+        source = _ArchiveWeights(f, path)
+        return build_model(config, source, version, dtype=dtype, source=str(path))
+
+
+def _load_hdf5(path, dtype):
+    h5py = _h5py()
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise FormatError("%s: unreadable HDF5 file (%s)" % (path, e)) from None
+    with f:
+        if "model_config" not in f.attrs:
+            raise FormatError("%s: an HDF5 file without a model_config attribute: not a whole Keras "
+                              "model (weights-only files from save_weights() carry no architecture)" % path)
+        config = _json(f.attrs["model_config"], path, "model_config")
+        version = f.attrs.get("keras_version")
+        if version is None and "model_weights" in f:
+            version = f["model_weights"].attrs.get("keras_version")
+        version = _str(version) if version is not None else None
+        if version is None:
+            # Keras >= 2.0 always writes it; a Keras 3 config is recognisable by its dtype dicts
+            version = "3" if '"DTypePolicy"' in json.dumps(config) else "2"
+        if _major_or_none(version) is not None and _major_or_none(version) < 2:
+            raise FormatError("%s: written by Keras %s; rnnfast reads Keras 2 and 3 files" % (path, version))
+        if "model_weights" not in f:
+            raise FormatError("%s: no model_weights group: the model was saved without weights" % path)
+        source = _H5Weights(f["model_weights"], path)
+        return build_model(config, source, version, dtype=dtype, source=str(path))
+
+
+def _json(raw, path, what):
+    try:
+        return json.loads(_str(raw))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise FormatError("%s: %s is not valid JSON (%s)" % (path, what, e)) from None
+
+
+def _str(v):
+    if isinstance(v, bytes):
+        return v.decode("utf-8")
+    if isinstance(v, np.ndarray) and v.shape == ():
+        return _str(v.item())
+    return str(v)
+
+
+def _major_or_none(version):
+    digits = ""
+    for ch in version:
+        if not ch.isdigit():
+            break
+        digits += ch
+    return int(digits) if digits else None
+
+
+# -- weights from files ------------------------------------------------------------------
+
+
+class _H5Weights:
+    """``model_weights/<layer>/`` of a whole-model HDF5 file: the datasets named, in
+    order, by the group's ``weight_names`` attribute."""
+
+    def __init__(self, group, path):
+        self.group, self.path = group, path
+
+    def __call__(self, name, cls, cfg):
+        if name not in self.group:
+            return []
+        g = self.group[name]
+        names = [_str(n) for n in np.atleast_1d(g.attrs.get("weight_names", []))]
+        out = []
+        for wn in names:
+            if wn not in g:
+                raise FormatError("%s: layer %r lists weight %r, which the file lacks"
+                                  % (self.path, name, wn))
+            out.append((wn, np.array(g[wn])))
+        return out
+
+
+def _snake(name):
+    """Keras' snake_case of a class name (the .keras archive names sub-objects so):
+    GRU -> gru, SimpleRNNCell -> simple_rnn_cell, SpatialDropout1D -> spatial_dropout1d."""
+    name = re.sub(r"\W+", "", name)
+    name = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
+def _unique(names):
+    """Keras' de-duplication of container entries: gru, gru_1, gru_2, ..."""
+    seen, out = {}, []
+    for n in names:
+        if n in seen:
+            seen[n] += 1
+            out.append("%s_%d" % (n, seen[n]))
+        else:
+            seen[n] = 0
+            out.append(n)
+    return out
+
+
+class _ArchiveWeights:
+    """``model.weights.h5`` of a ``.keras`` archive. A layer lives in
+    ``layers/<snake_case class>[_k]`` (k-th of its class in the model), its variables in
+    ``vars/0..n``, those of its parts under ``cell/``, ``cell/cells/<cell class>[_k]/``,
+    ``forward_layer/``, ``backward_layer/``, ``layer/``. Recent Keras also records
+    each object's name in its ``vars`` group, which is checked where present."""
+
+    def __init__(self, f, path):
+        self.f, self.path = f, path
+        self.paths = {}
+
+    def bind(self, entries):
+        """``entries``: [(name, class_name)] of the model's layers in config order."""
+        self.paths = dict(zip([n for n, _ in entries], _unique([_snake(c) for _, c in entries])))
+
+    def __call__(self, name, cls, cfg):
+        if "layers" not in self.f:
+            raise FormatError("%s: model.weights.h5 has no 'layers' group" % self.path)
+        layers = self.f["layers"]
+        key = self.paths.get(name)
+        group = layers[key] if key in layers else None
+        recorded = _vars_name(group) if group is not None else None
+        if group is None or (recorded is not None and recorded != name):
+            group = None
+            for k in layers:                      # find it by the recorded name instead
+                if _vars_name(layers[k]) == name:
+                    group = layers[k]
+                    break
+        if group is None:
+            if _expects_weights(cls):
+                raise FormatError("%s: no weights for layer %r in model.weights.h5" % (self.path, name))
+            return []
+        return [(None, a) for a in self._collect(group, cls, cfg)]
+
+    def _collect(self, g, cls, cfg):
+        if cls in RECURRENT_CLASSES or cls == "RNN":
+            cell = _sub(g, "cell", self.path)
+            spec = cfg.get("cell") if cls == "RNN" else None
+            if isinstance(spec, dict) and spec.get("class_name") == "StackedRNNCells":
+                cells = spec.get("config", {}).get("cells", [])
+                keys = _unique([_snake(c.get("class_name", "")) for c in cells if isinstance(c, dict)])
+                box = _sub(cell, "cells", self.path)
+                return [a for k in keys for a in _vars(_sub(box, k, self.path))]
+            return _vars(cell)
+        if cls == "Bidirectional":
+            inner = cfg.get("layer") or {}
+            back = cfg.get("backward_layer") or inner
+            return (self._part(g, "forward_layer", inner) + self._part(g, "backward_layer", back))
+        if cls == "TimeDistributed":
+            return self._part(g, "layer", cfg.get("layer") or {})
+        return _vars(g)
+
+    def _part(self, g, key, spec):
+        """The weights of a wrapped layer (``spec``: its serialized config)."""
+        return self._collect(_sub(g, key, self.path), spec.get("class_name"), spec.get("config", {}))
+
+
+def _expects_weights(cls):
+    return cls in RECURRENT_CLASSES or cls in ("RNN", "Bidirectional", "Dense", "Embedding",
+                                               "TimeDistributed")
+
+
+def _vars_name(g):
+    if "vars" in g:
+        n = g["vars"].attrs.get("name")
+        return _str(n) if n is not None else None
+    return None
+
+
+def _sub(g, key, path):
+    if key not in g:
+        raise FormatError("%s: model.weights.h5 lacks %s/%s" % (path, g.name, key))
+    return g[key]
+
+
+def _vars(g):
+    """An object's own variables, ``vars/0``, ``vars/1``, ... in order."""
+    if "vars" not in g:
+        return []
+    v = g["vars"]
+    if sorted(v.keys(), key=lambda k: int(k) if k.isdigit() else -1) != [str(i) for i in range(len(v))]:
+        raise FormatError("model.weights.h5: %s holds %s, expected 0..%d"
+                          % (v.name, sorted(v.keys()), len(v) - 1))
+    return [np.array(v[str(i)]) for i in range(len(v))]
+
+
+# -- config parsing: the layer graph ---------------------------------------------------------
+
+
+class _Entry:
+    """A layer of the config: its class, config, the tensor it reads (``inbound``: a
+    (layer name, tensor index) key) and an explicit ``mask=`` argument (Keras 3)."""
+
+    def __init__(self, name, cls, cfg, inbound=None):
+        self.name, self.cls, self.cfg = name, cls, cfg
+        self.inbound = inbound
+        self.mask = None
+        self.args = []                      # Keras 3: all positional arguments (operations)
+        self.n_tensor_args = 1 if inbound is not None else 0
+
+
+def build_model(model_config, weights, keras_version, *, dtype=None, source=None):
+    """Build a :class:`~rnnfast.KerasModel` from a model config and a weights getter.
+
+    Parameters
+    ----------
+    model_config : dict
+        ``{"class_name": "Sequential" | "Functional" | "Model", "config": {...}}``.
+    weights : callable
+        ``weights(layer_name, class_name, config)`` -> [(name or None, ndarray)] in
+        Keras' order; may have ``bind(entries)``.
+    keras_version : str
+        The version that wrote the model (``hard_sigmoid`` means what it meant there).
+    dtype : optional
+        Compute dtype override.
+    """
+    ctx = ConvertContext(keras_version, dtype)
+    if not isinstance(model_config, dict):
+        raise FormatError("the model config is not a JSON object")
+    cls = model_config.get("class_name")
+    cfg = model_config.get("config")
+    if cls == "Sequential":
+        entries, input_entry, chain_outputs = _sequential(cfg)
+    elif cls in ("Functional", "Model"):
+        entries, input_entry, chain_outputs = _functional(cfg)
+    else:
+        raise UnsupportedLayerError(cls, None, "model class %r: rnnfast loads Sequential and functional "
+                                    "models (a subclassed model has no config to follow)" % (cls,))
+    if hasattr(weights, "bind"):
+        weights.bind([(e.name, e.cls) for e in entries.values()])
+
+    # the chain, from the input, in execution order
+    order = _execution_order(entries, input_entry, chain_outputs)
+    steps, nodes = [], {}
+    for e in order:
+        # (an unsupported class is refused by convert_layer before its weights matter)
+        w = weights(e.name, e.cls, e.cfg) if e.cls in SUPPORTED_LAYERS else []
+        node = convert_layer(e.cls, e.cfg, w, ctx)
+        nodes[e.name] = node
+        steps.append((node, e.inbound, [(e.name, i) for i in range(node.num_outputs)]))
+
+    input_key = (input_entry.name, 0)
+    # outputs: Sequential gives the last layer's outputs in its own nesting
+    if chain_outputs is None:
+        last = order[-1] if order else None
+        if last is None:
+            raise FormatError("the model has no layers")
+        outputs = _map(lambda i: (last.name, i), nodes[last.name].structure)
+        for e in order[:-1]:
+            if nodes[e.name].num_outputs > 1:
+                raise UnsupportedLayerError(e.cls, "return_state", "a layer with several outputs (%r) "
+                                            "inside a Sequential" % e.name)
+    else:
+        outputs = chain_outputs
+    flat = _flat(outputs)
+    for key in flat:
+        if key[0] != input_entry.name and key[1] >= nodes[key[0]].num_outputs:
+            raise FormatError("model output %r: layer %r has only %d outputs"
+                              % (key, key[0], nodes[key[0]].num_outputs))
+    if len(flat) == 1:
+        outputs = flat[0]
+    elif ctx.keras_major < 3:
+        outputs = flat                      # Keras 2 returns a flat list
+
+    _check_masks(order, nodes, input_key, entries)
+    shape, in_dtype, integer = _input_spec(input_entry, order, nodes, ctx)
+    name = (cfg.get("name") if isinstance(cfg, dict) else None) or cls.lower()
+    model = KerasModel(steps, input_key=input_key, outputs=outputs, input_shape=shape,
+                       input_dtype=in_dtype, integer_input=integer, name=name,
+                       keras_version=ctx.keras_version, source=source)
+    _check_shapes(model)
+    return model
+
+
+def _check_shapes(model):
+    """Run the model once on one all-zero step (the declared length where it is fixed),
+    so that layers whose weights do not fit together are a FormatError at load, not a
+    ValueError at the first call."""
+    shape = model.input_shape
+    if any(d is None for d in shape[2:]) or (len(shape) == 2 and not model._integer_input
+                                             and shape[1] is None):
+        return                                  # features unknown: the first call checks them
+    probe = [1] + [1 if d is None else d for d in shape[1:]]
+    x = np.zeros(probe, dtype=np.int64 if model._integer_input else model._input_dtype)
+    try:
+        model.predict(x, num_threads=1)
+    except ValueError as e:
+        raise FormatError("the layers of %r do not fit together: %s" % (model.name, e)) from None
+
+
+def _layer_entry_name(item):
+    cfg = item.get("config") if isinstance(item.get("config"), dict) else {}
+    return item.get("name") or cfg.get("name")
+
+
+def _sequential(cfg):
+    layers = cfg if isinstance(cfg, list) else (cfg or {}).get("layers")
+    if not isinstance(layers, list):
+        raise FormatError("Sequential config has no layer list")
+    entries = {}
+    items = [l for l in layers if isinstance(l, dict)]
+    if len(items) != len(layers):
+        raise FormatError("Sequential config: unreadable layer entries")
+    if items and items[0].get("class_name") == "InputLayer":
+        first = items.pop(0)
+        icfg = first.get("config", {})
+        input_entry = _Entry(_layer_entry_name(first) or "input", "InputLayer", icfg)
+    else:
+        icfg = {}
+        first_cfg = items[0].get("config", {}) if items else {}
+        for key in ("batch_shape", "batch_input_shape"):
+            if first_cfg.get(key) is not None:
+                icfg = {"batch_shape": first_cfg[key], "dtype": _policy_str(first_cfg.get("dtype"))}
+        if not icfg and isinstance(cfg, dict) and cfg.get("build_input_shape") is not None:
+            icfg = {"batch_shape": cfg["build_input_shape"]}
+        input_entry = _Entry("__input__", "InputLayer", icfg)
+    entries[input_entry.name] = input_entry
+    prev = (input_entry.name, 0)
+    for item in items:
+        name = _layer_entry_name(item)
+        if not name or name in entries:
+            raise FormatError("Sequential config: missing or repeated layer name %r" % (name,))
+        e = _Entry(name, item.get("class_name"), item.get("config", {}), inbound=prev)
+        entries[name] = e
+        prev = (name, 0)
+    return entries, input_entry, None
+
+
+def _policy_str(policy):
+    if isinstance(policy, dict):
+        inner = policy.get("config")
+        return inner.get("name") if isinstance(inner, dict) else None
+    return policy
+
+
+def _functional(cfg):
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("layers"), list):
+        raise FormatError("functional model config has no layer list")
+    entries = {}
+    for item in cfg["layers"]:
+        if not isinstance(item, dict):
+            raise FormatError("functional model config: unreadable layer entry")
+        name, cls = _layer_entry_name(item), item.get("class_name")
+        if not name or name in entries:
+            raise FormatError("functional model config: missing or repeated layer name %r" % (name,))
+        nodes = item.get("inbound_nodes") or []
+        if len(nodes) > 1:
+            raise UnsupportedLayerError(cls, None, "layer %r is called %d times (shared layers are not "
+                                        "supported)" % (name, len(nodes)))
+        e = _Entry(name, cls, item.get("config", {}))
+        if nodes:
+            _parse_node(e, nodes[0])
+        entries[name] = e
+    inputs = _parse_refs(cfg.get("input_layers"))
+    flat_in = _flat(inputs)
+    if len(flat_in) != 1:
+        raise UnsupportedLayerError("Functional", "inputs", "%d model inputs: rnnfast runs single-input "
+                                    "chains" % len(flat_in))
+    input_entry = entries.get(flat_in[0][0])
+    if input_entry is None or input_entry.cls != "InputLayer":
+        raise FormatError("functional model config: input %r is not an InputLayer" % (flat_in[0][0],))
+    outputs = _parse_refs(cfg.get("output_layers"))
+    for key in _flat(outputs):
+        if key[0] not in entries:
+            raise FormatError("functional model config: unknown output layer %r" % (key[0],))
+    return entries, input_entry, outputs
+
+
+def _parse_refs(refs):
+    """input_layers / output_layers: [name, node, tensor], or nested lists/dicts of them."""
+    if isinstance(refs, dict):
+        return {k: _parse_refs(v) for k, v in refs.items()}
+    if isinstance(refs, (list, tuple)):
+        if len(refs) == 3 and isinstance(refs[0], str) and isinstance(refs[2], int):
+            if refs[1] != 0:
+                raise UnsupportedLayerError("Functional", None, "output of a shared layer call")
+            return (refs[0], refs[2])
+        return [_parse_refs(r) for r in refs]
+    raise FormatError("functional model config: unreadable layer reference %r" % (refs,))
+
+
+def _tensor_ref(arg):
+    """A Keras 3 ``__keras_tensor__`` argument -> (layer, tensor index), else None."""
+    if isinstance(arg, dict) and arg.get("class_name") == "__keras_tensor__":
+        hist = arg.get("config", {}).get("keras_history")
+        if not (isinstance(hist, list) and len(hist) == 3):
+            raise FormatError("unreadable keras_history %r" % (hist,))
+        if hist[1] != 0:
+            raise UnsupportedLayerError("Functional", None, "output of a shared layer call")
+        return (hist[0], hist[2])
+    return None
+
+
+def _parse_node(e, node):
+    if isinstance(node, dict):                           # Keras 3
+        args, kwargs = node.get("args", []), node.get("kwargs", {}) or {}
+        refs = [_tensor_ref(a) for a in args]
+        e.args = [r if r is not None else a for r, a in zip(refs, args)]
+        if any(isinstance(a, (list, tuple)) and any(_tensor_ref(x) for x in a) for a in args):
+            raise UnsupportedLayerError(e.cls, None, "layer %r takes several tensors (merges are not "
+                                        "supported)" % e.name)
+        data = [r for r in refs if r is not None]
+        e.inbound = data[0] if data else None
+        e.n_tensor_args = len(data)
+        for k, v in kwargs.items():
+            if k == "training":
+                continue
+            if k == "mask":
+                e.mask = _tensor_ref(v) if v is not None else None
+                if v is not None and e.mask is None:
+                    raise UnsupportedLayerError(e.cls, "mask", "an explicit mask argument")
+                continue
+            if _tensor_ref(v) is not None or v is not None:
+                raise UnsupportedLayerError(e.cls, k, "layer %r is called with %s=" % (e.name, k))
+        return
+    # Keras 2: [[layer, node, tensor, kwargs], ...]
+    if not isinstance(node, list) or not node:
+        raise FormatError("layer %r: unreadable inbound node %r" % (e.name, node))
+    if len(node) > 1:
+        raise UnsupportedLayerError(e.cls, None, "layer %r takes %d tensors (merges are not supported)"
+                                    % (e.name, len(node)))
+    ref = node[0]
+    if not (isinstance(ref, list) and len(ref) >= 3 and isinstance(ref[0], str)):
+        raise FormatError("layer %r: unreadable inbound tensor %r" % (e.name, ref))
+    if ref[1] != 0:
+        raise UnsupportedLayerError(e.cls, None, "layer %r reads the output of a shared layer call" % e.name)
+    e.inbound = (ref[0], ref[2])
+    e.n_tensor_args = 1
+    kwargs = ref[3] if len(ref) > 3 and isinstance(ref[3], dict) else {}
+    for k, v in kwargs.items():
+        if k != "training" and v is not None:
+            raise UnsupportedLayerError(e.cls, k, "layer %r is called with %s=" % (e.name, k))
+
+
+def _execution_order(entries, input_entry, outputs):
+    """The layers from the input to the outputs, in order; refuses branches and
+    anything not fed (only) by the chain."""
+    if outputs is None:                                  # Sequential: all, in order
+        return [e for e in entries.values() if e is not input_entry]
+    needed, order = set(), []
+
+    def visit(name):
+        chain = []
+        while name not in needed:
+            e = entries.get(name)
+            if e is None:
+                raise FormatError("functional model config: unknown layer %r" % (name,))
+            needed.add(name)
+            chain.append(e)
+            if e is input_entry:
+                break
+            if e.inbound is None:
+                if e.cls == "InputLayer":
+                    raise UnsupportedLayerError("Functional", "inputs", "a second input %r" % name)
+                raise UnsupportedLayerError(e.cls, None, "layer %r has no input tensor" % name)
+            if e.n_tensor_args > 1:
+                raise UnsupportedLayerError(e.cls, None, "layer %r takes several tensors" % name)
+            name = e.inbound[0]
+        order.extend(reversed(chain))
+
+    for key in _flat(outputs):
+        visit(key[0])
+    consumers = {}
+    for e in order:
+        if e is not input_entry:
+            consumers.setdefault(e.inbound, []).append(e)
+    for key, users in consumers.items():
+        if len(users) > 1:
+            src = entries[key[0]]
+            raise UnsupportedLayerError(src.cls, None, "the output of %r feeds %d layers (%s): a branch; "
+                                        "rnnfast runs chains" % (src.name, len(users),
+                                                                 ", ".join(u.name for u in users)))
+    order = _topological(order, input_entry)
+    return [e for e in order if e is not input_entry]
+
+
+def _topological(order, input_entry):
+    by_name = {e.name: e for e in order}
+    done, out = set(), []
+    for e in order:
+        stack = []
+        while e.name not in done:
+            stack.append(e)
+            if e is input_entry:
+                break
+            e = by_name[e.inbound[0]]
+        for s in reversed(stack):
+            if s.name not in done:
+                done.add(s.name)
+                out.append(s)
+    return out
+
+
+# -- masks ---------------------------------------------------------------------------------
+
+
+def _check_masks(order, nodes, input_key, entries):
+    """Keras 3 records each layer's mask as an explicit ``mask=`` argument, computed by
+    operations from the tensor the mask came from; rnnfast propagates masks as Keras
+    does implicitly. Check that the two agree (they do for models built the usual way),
+    else refuse: the model computes masks rnnfast would not."""
+    tokens = {input_key: None}
+    for e in order:
+        node = nodes[e.name]
+        in_token = tokens.get(e.inbound)
+        if e.mask is not None:
+            explicit = _mask_token(e.mask, entries)
+            if explicit is None or explicit != in_token:
+                raise UnsupportedLayerError(e.cls, "mask", "layer %r is given a mask rnnfast cannot "
+                                            "reproduce" % e.name)
+        created = None
+        if isinstance(node, MaskingNode):
+            created = ("any_ne", e.inbound, float(node.mask_value))
+        elif isinstance(node, EmbeddingNode) and node.mask_zero:
+            created = ("ne", e.inbound, 0.0)
+        for i, m in enumerate(node.output_masks(in_token, created)):
+            tokens[(e.name, i)] = m
+
+
+def _mask_token(key, entries):
+    """Read the operations that compute a Keras 3 mask argument:
+    ``NotEqual(t, v)`` (Embedding(mask_zero)) or ``Any(NotEqual(t, v), axis=-1)`` (Masking)."""
+    e = entries.get(key[0])
+    if e is None or key[1] != 0:
+        return None
+    if e.cls == "NotEqual" and len(e.args) == 2 and isinstance(e.args[0], tuple) \
+            and isinstance(e.args[1], (int, float)) and not isinstance(e.args[1], bool):
+        return ("ne", e.args[0], float(e.args[1]))
+    if e.cls == "Any" and len(e.args) == 1 and isinstance(e.args[0], tuple):
+        if e.cfg.get("axis") == -1 and not e.cfg.get("keepdims", False):
+            inner = _mask_token(e.args[0], entries)
+            if inner is not None and inner[0] == "ne":
+                return ("any_ne",) + inner[1:]
+    return None
+
+
+# -- input ---------------------------------------------------------------------------------
+
+
+def _input_spec(input_entry, order, nodes, ctx):
+    cfg = input_entry.cfg or {}
+    if cfg.get("sparse") or cfg.get("ragged"):
+        raise UnsupportedLayerError("InputLayer", "sparse" if cfg.get("sparse") else "ragged", "")
+    shape = cfg.get("batch_shape", cfg.get("batch_input_shape"))
+    first = nodes[order[0].name] if order else None
+    integer = isinstance(first, EmbeddingNode)
+    dt = _policy_str(cfg.get("dtype")) or "float32"
+    if shape is None:
+        shape = [None, None] if integer else [None, None, None]
+    shape = tuple(None if d is None else int(d) for d in shape)
+    if integer and len(shape) != 2:
+        raise UnsupportedLayerError("Embedding", None, "input of shape %s: rnnfast takes ids of shape "
+                                    "(batch, time)" % (shape,))
+    if not integer and len(shape) not in (2, 3):
+        raise UnsupportedLayerError("InputLayer", "shape", "input of rank %d: rnnfast takes (batch, time, "
+                                    "features) or (batch, features)" % len(shape))
+    if (integer or len(shape) == 3) and not any(isinstance(n, FlattenNode) for n in nodes.values()):
+        # any sequence length runs (Keras 2 functional models and Keras 3 Sequential
+        # models accept one other than the declared; only Flatten fixes it)
+        shape = (shape[0], None) + shape[2:]
+    if ctx.dtype is not None:
+        in_dtype = ctx.dtype
+    else:
+        in_dtype = np.dtype(np.float64) if dt in ("float64", "double") else np.dtype(np.float32)
+    return shape, in_dtype, integer
+
+
+# -- small structure helpers -------------------------------------------------------------------
+
+
+def _flat(s):
+    if isinstance(s, dict):
+        return [k for v in s.values() for k in _flat(v)]
+    if isinstance(s, list):
+        return [k for v in s for k in _flat(v)]
+    return [s]
+
+
+def _map(fn, s):
+    if isinstance(s, dict):
+        return {k: _map(fn, v) for k, v in s.items()}
+    if isinstance(s, list):
+        return [_map(fn, v) for v in s]
+    return fn(s)
