@@ -6,7 +6,7 @@ PIP    := $(BIN)/python -m pip
 CORE   := $(wildcard src/rnnfast/*.pyx src/rnnfast/*.pxd src/rnnfast/*.h) setup.py pyproject.toml
 PYTEST_ARGS ?=
 
-.PHONY: demo test build bench bench-quick clean
+.PHONY: demo test build bench bench-quick compare compare-quick clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,23 @@ bench: $(VENV)/.deps-bench build
 
 bench-quick: $(VENV)/.deps-bench build
 	$(BIN)/python bench/bench_engine.py --quick
+
+# the peers (PyTorch, ONNX Runtime, OpenVINO, TensorFlow + Keras) in their own venv,
+# so that TensorFlow's pins never touch the test environment
+BENCH := .venv-bench
+$(BENCH)/.deps: pyproject.toml $(CORE)
+	$(PYTHON) -m venv $(BENCH)
+	$(BENCH)/bin/python -m pip install -q --upgrade pip
+	$(BENCH)/bin/python -m pip install -q "setuptools>=64" wheel "Cython>=3.0" numpy scipy threadpoolctl h5py \
+		"torch==2.13.0" onnx onnxruntime openvino tensorflow-cpu keras matplotlib
+	$(BENCH)/bin/python -m pip install -q --no-build-isolation --no-deps -e .
+	touch $@
+
+compare: $(BENCH)/.deps
+	$(BENCH)/bin/python bench/compare.py
+
+compare-quick: $(BENCH)/.deps
+	$(BENCH)/bin/python bench/compare.py --quick
 
 clean:
 	rm -rf build src/*.egg-info src/rnnfast/*.so src/rnnfast/_kernels.c

@@ -17,35 +17,17 @@ import os
 import platform
 import sys
 import threading
-import time
 
 import numpy as np
 
-import rnnfast
-from rnnfast import reference
-from rnnfast.demo import seed_models
-from rnnfast.io.torch_convert import cell_weights_from_torch
-from rnnfast.layers import RNNLayer
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import blas_report, interleaved, pyplot  # noqa: E402
 
-
-def blas_report():
-    from threadpoolctl import threadpool_info
-
-    return [{k: i.get(k) for k in ("internal_api", "version", "architecture", "num_threads",
-                                   "filepath")} for i in threadpool_info()]
-
-
-def timeit(fns, repeats):
-    """Interleaved medians (ms) of several callables after one warm-up each."""
-    for f in fns.values():
-        f()
-    times = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, f in fns.items():
-            t0 = time.perf_counter()
-            f()
-            times[k].append(time.perf_counter() - t0)
-    return {k: 1e3 * float(np.median(v)) for k, v in times.items()}
+import rnnfast  # noqa: E402
+from rnnfast import reference  # noqa: E402
+from rnnfast.demo import seed_models  # noqa: E402
+from rnnfast.io.torch_convert import cell_weights_from_torch  # noqa: E402
+from rnnfast.layers import RNNLayer  # noqa: E402
 
 
 def torch_seed_model(torch, model, bidirectional):
@@ -109,7 +91,7 @@ def seed_cases(torch, threads, repeats):
             agree["torch"] = float(np.abs(tfn(xt).numpy() - want).max())
             fns["torch"] = lambda: tfn(xt)
         rows.append(dict(case=name + " B=32 T=10", threads=threads, max_abs_diff=agree,
-                         ms=timeit(fns, repeats)))
+                         ms=interleaved(fns, repeats=repeats)[0]))
     return rows
 
 
@@ -142,7 +124,7 @@ def layer_cases(torch, threads, repeats, quick):
                     m(xt)
 
             fns["torch"] = timed_torch
-            ms = timeit(fns, repeats if B == 1 else max(3, repeats // 2))
+            ms = interleaved(fns, repeats=repeats if B == 1 else max(3, repeats // 2))[0]
             ms["numpy"] *= T / n_ref                      # scaled to the whole sequence
             rows.append(dict(case="%s B=%d T=%d H=I=%d" % (mode, B, T, H), threads=threads,
                              max_abs_diff=agree, ms=ms, numpy_scaled_from_steps=n_ref))
@@ -166,8 +148,8 @@ def concurrency_case(repeats):
         for t in ts:
             t.join()
 
-    ms = timeit({"two sequential": lambda: (one(), one()), "two concurrent": two_concurrent},
-                repeats)
+    ms, _ = interleaved({"two sequential": lambda: (one(), one()), "two concurrent": two_concurrent},
+                        repeats=repeats)
     return dict(case="2 calls, 1 thread each (GRU B=4 T=500 H=256)", ms=ms,
                 ratio=ms["two sequential"] / ms["two concurrent"])
 
@@ -188,13 +170,8 @@ def print_table(rows):
 
 
 def plot(rows, path):
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("(matplotlib not installed: no plot)")
+    plt = pyplot()
+    if plt is None:
         return
     labels = ["%s\n%dt" % (r["case"], r["threads"]) for r in rows]
     fig, ax = plt.subplots(figsize=(max(8, len(rows) * 1.1), 5))
@@ -231,7 +208,7 @@ def main(argv=None):
         platform.python_version(), platform.processor() or platform.machine(), os.cpu_count()))
     blas = blas_report()
     for b in blas:
-        print("BLAS: %(internal_api)s %(version)s kernel=%(architecture)s (%(filepath)s)" % b)
+        print("BLAS: %(api)s %(version)s kernel=%(kernel)s (%(file)s)" % b)
     rows = []
     for threads in (1, 2):
         if torch:
