@@ -347,23 +347,24 @@ def test_weights_are_converted_once_and_frozen(rng):
         layer._W[...] = 1.0
 
 
-# -- the small-batch path (unit blocks split across threads, one barrier per step) ----
+# -- the blocked path (batch x unit blocks as tasks, one barrier per step; H >= 128) --
 
-SPLIT_VARIANTS = ["gru", "lstm", "simple_tanh"]
+SPLIT_VARIANTS = ["gru", "lstm", "simple_tanh"]     # the cells whose layout has unit blocks
 
 
 @pytest.mark.parametrize("variant", SPLIT_VARIANTS)
 @pytest.mark.parametrize("H", [130, 200])                      # 2 and 3 uneven unit blocks
-@pytest.mark.parametrize("B,T", [(1, 1), (1, 300), (3, 17), (40, 9)])
-@pytest.mark.parametrize("direction", ["forward", "go_backwards"])
+@pytest.mark.parametrize("B,T", [(1, 1), (1, 300), (3, 17), (40, 9), (130, 5)])
+@pytest.mark.parametrize("direction", ["forward", "go_backwards", "bidirectional"])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_small_batch_split_path(variant, H, B, T, direction, dtype):
+def test_blocked_path(variant, H, B, T, direction, dtype):
     rng = np.random.default_rng(H + B + T)
     layer, ws = make_layer(rng, variant, direction, dtype, I=7, H=H)
     assert layer._ncb > 1
     x = rng.standard_normal((T, B, 7))
-    h0 = rng.standard_normal((1, B, H))
-    c0 = rng.standard_normal((1, B, H)) if layer.cell == "lstm" else None
+    D = layer.num_directions
+    h0 = rng.standard_normal((D, B, H))
+    c0 = rng.standard_normal((D, B, H)) if layer.cell == "lstm" else None
     want = reference(variant, ws, direction, x, h0=h0, c0=c0)
     base = layer.forward(x, h0, c0, num_threads=1, chunk_steps=64)
     check(base, want, dtype, "split")
@@ -376,19 +377,20 @@ def test_small_batch_split_path(variant, H, B, T, direction, dtype):
 
 @pytest.mark.parametrize("variant", SPLIT_VARIANTS)
 @pytest.mark.parametrize("how", ["mask", "mask_zero_output", "lengths"])
-def test_small_batch_split_path_masks(variant, how):
+def test_blocked_path_masks(variant, how):
     rng = np.random.default_rng(9)
-    T, B, H = 12, 3, 136
-    layer, ws = make_layer(rng, variant, "forward", np.float64, I=5, H=H)
+    T, B, H = 12, 70, 136
+    layer, ws = make_layer(rng, variant, "bidirectional", np.float64, I=5, H=H)
     x = rng.standard_normal((T, B, 5))
     if how == "lengths":
-        kw = rkw = dict(lengths=np.array([12, 0, 5]))
+        kw = rkw = dict(lengths=rng.integers(0, T + 1, B))
     else:
         mask = rng.random((T, B)) > 0.4
         mask[:4, 1] = False
+        mask[:, 66] = False
         zero = how == "mask_zero_output"
         kw, rkw = dict(mask=mask, zero_output_for_mask=zero), dict(mask=mask, zero_output=zero)
-    want = reference(variant, ws, "forward", x, **rkw)
+    want = reference(variant, ws, "bidirectional", x, **rkw)
     for n in (1, 2):
         check(layer.forward(x, num_threads=n, chunk_steps=5, **kw), want, np.float64, how)
     out_seq = layer.forward(x, **kw)

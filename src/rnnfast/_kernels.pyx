@@ -14,11 +14,13 @@
 #   updates the state in place and writes the output row straight into its
 #   direction's half of `out`. Memory for the projection is bounded by the chunk,
 #   not by the sequence length.
-# - Small batches (one work item, layers.py decides from the shapes): the gate
-#   columns are laid out in unit blocks, and each step's (direction, unit block)
-#   products and gate math are tasks shared by the team, with one barrier per step
-#   and the state double-buffered, so that each core keeps its share of the
-#   recurrent weights in its own cache (_split_worker).
+# - The blocked path (layers whose gate columns are laid out in unit blocks: GRU
+#   reset-after, LSTM without projection, SimpleRNN, H >= 128; layers.py decides from
+#   the shapes): each step's (direction, batch block, unit block) products and gate
+#   math are tasks shared by the team, the same ones per thread every step, with one
+#   barrier per step and the state double-buffered. Each core keeps its share of the
+#   recurrent weights in its own cache, and a small batch still uses every core
+#   (_split_worker).
 # - Threads: OpenMP over tasks/items (dynamic schedule). The decomposition into
 #   tasks and items depends on the shapes only, never on the thread count, so results
 #   are bitwise identical for every thread count. Every BLAS call is made inside the
@@ -274,8 +276,8 @@ cdef int _recur_item(int cell, int act, int ract, long T, long B, long H, long H
 
 
 cdef void _split_worker(int tid, int nth, int cell, int act, int ract, long T, long B, long I,
-                        long H, long Ho, long GH, long G, long ncb, int ndir, bint reverse_first,
-                        long chunk, long nchunks,
+                        long H, long Ho, long GH, long G, long ncb, long bb, int ndir,
+                        bint reverse_first, long chunk, long nchunks,
                         const floating *x,          # IN  (T*B, I)
                         const floating *W,          # IN  (ndir, I, GH)
                         const floating *bx,         # IN  (ndir, GH)
@@ -287,16 +289,20 @@ cdef void _split_worker(int tid, int nth, int cell, int act, int ract, long T, l
                         floating *hbuf,             # IN/OUT (2, ndir, B, Ho): state, double-buffered
                         floating *c,                # IN/OUT (ndir, B, H) or NULL
                         floating *xp,               # scratch (ndir, chunk*B, GH)
-                        floating *scratch,          # scratch of this thread: B*GH + 4*H
+                        floating *scratch,          # scratch of this thread: bb*GH + 4*H
                         unsigned char *seen         # IN/OUT (ndir, ncb, B)
                         ) noexcept nogil:
-    """One thread's share of the small-batch path: every (direction, unit block) of a
-    step is a task, tasks are dealt round-robin to the team, one barrier per step.
-    The tasks, and so the arithmetic, do not depend on the team size."""
+    """One thread's share of the blocked path: every (direction, batch block of ``bb``
+    rows, unit block) of a step is a task; tasks are dealt round-robin to the team (the
+    same ones every step, so each thread keeps its share of U in its cache), with one
+    barrier per step. The tasks, and so the arithmetic, do not depend on the team size."""
     cdef long ch, s0, s1, R, nrb, rb, r0, r1, task, d, cb, j0, j1, hb, t, tlo, s, r
+    cdef long nbb = (B + bb - 1) // bb
+    cdef long ntask = ndir * nbb * ncb
+    cdef long b0, nb, k
     cdef int rev
     cdef floating *gh = scratch
-    cdef floating *tmp = scratch + B * GH
+    cdef floating *tmp = scratch + bb * GH
     cdef floating *hcur
     cdef floating *hnxt
     cdef const unsigned char *valid
@@ -321,29 +327,32 @@ cdef void _split_worker(int tid, int nth, int cell, int act, int ract, long T, l
         # (2) the steps: tasks (direction, unit block), state read from hcur, written to hnxt
         for s in range(s0, s1):
             task = tid
-            while task < ndir * ncb:
-                d = task // ncb
+            while task < ntask:
                 cb = task % ncb
+                k = task // ncb
+                b0 = (k % nbb) * bb
+                d = k // nbb
+                nb = bb if b0 + bb <= B else B - b0
                 rev = 1 if (d == 1 or reverse_first) else 0
                 t = T - 1 - s if rev else s
                 tlo = T - s1 if rev else s0
                 j0 = _block_start(H, ncb, cb)
                 j1 = _block_start(H, ncb, cb + 1)
                 hb = j1 - j0
-                hcur = hbuf + ((s % 2) * ndir + d) * B * Ho
-                hnxt = hbuf + (((s + 1) % 2) * ndir + d) * B * Ho
-                valid = mask + t * B if mask != NULL else NULL
-                gemm_rm(<int> B, <int> (G * hb), <int> Ho, 1, hcur, <int> Ho,
+                hcur = hbuf + (((s % 2) * ndir + d) * B + b0) * Ho
+                hnxt = hbuf + ((((s + 1) % 2) * ndir + d) * B + b0) * Ho
+                valid = mask + t * B + b0 if mask != NULL else NULL
+                gemm_rm(<int> nb, <int> (G * hb), <int> Ho, 1, hcur, <int> Ho,
                         U + d * Ho * GH + G * j0, <int> GH, 0, gh, <int> (G * hb))
-                for r in range(B):
+                for r in range(nb):
                     memcpy(hnxt + r * Ho + j0, hcur + r * Ho + j0, hb * sizeof(floating))
-                _cell_block(cell, act, ract, <int> B, hb,
-                            xp + d * chunk * B * GH + (t - tlo) * B * GH + G * j0, GH,
+                _cell_block(cell, act, ract, <int> nb, hb,
+                            xp + d * chunk * B * GH + ((t - tlo) * B + b0) * GH + G * j0, GH,
                             gh, G * hb, bhn + d * H + j0, hnxt + j0, Ho,
-                            c + d * B * H + j0 if c != NULL else NULL, H, valid, tmp)
+                            c + (d * B + b0) * H + j0 if c != NULL else NULL, H, valid, tmp)
                 if out != NULL:
-                    _emit(<int> B, hb, hnxt + j0, Ho, out + t * B * ldo + d * Ho + j0, ldo,
-                          valid, seen + (d * ncb + cb) * B, zero_output)
+                    _emit(<int> nb, hb, hnxt + j0, Ho, out + (t * B + b0) * ldo + d * Ho + j0, ldo,
+                          valid, seen + (d * ncb + cb) * B + b0, zero_output)
                 task = task + nth
             rnn_omp_barrier()
 
@@ -362,6 +371,19 @@ def batch_blocks(long B):
         nblk = 1
     if nblk > 8:
         nblk = 8
+    return (B + nblk - 1) // nblk
+
+
+#: Rows per batch block on the blocked path (unit blocks as tasks): the GEMM per task
+#: is (rows x gates*units of the block x Ho); 64 rows keep it efficient.
+SPLIT_ROWS = 64
+
+
+def split_batch_rows(long B):
+    """Rows per batch block on the blocked path: a function of B only."""
+    cdef long nblk = (B + SPLIT_ROWS - 1) // SPLIT_ROWS
+    if nblk < 1:
+        nblk = 1
     return (B + nblk - 1) // nblk
 
 
@@ -414,7 +436,8 @@ def rnn_forward(str cell_name, int act, int ract,
     cdef floating *cptr = &c[0, 0, 0] if cell == CELL_LSTM else NULL
     cdef floating *hbuf = NULL
     cdef floating *scratch = NULL
-    cdef long per_thread = B * GH + 4 * H
+    cdef long sbb = split_batch_rows(B) if B > 0 else 1
+    cdef long per_thread = sbb * GH + 4 * H
     cdef int tid
 
     if T == 0 or B == 0:
@@ -442,7 +465,7 @@ def rnn_forward(str cell_name, int act, int ract,
                 with parallel(num_threads=num_threads):
                     tid = omp_get_thread_num()
                     _split_worker(tid, omp_get_num_threads(), cell, act, ract, T, B, I, H, Ho,
-                                  GH, G, ncb, ndir, reverse_first, chunk, nchunks, &x[0, 0],
+                                  GH, G, ncb, sbb, ndir, reverse_first, chunk, nchunks, &x[0, 0],
                                   &W[0, 0, 0], &bx[0, 0], &U[0, 0, 0], &bhn[0, 0], mptr,
                                   zero_output, optr, ldo, hbuf, cptr, xp,
                                   scratch + tid * per_thread, seen)

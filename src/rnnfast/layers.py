@@ -59,6 +59,10 @@ CHUNK_ELEMENTS = 1 << 21
 #: a small batch can split each step across threads (see _kernels.pyx).
 UNIT_BLOCK = 64
 MAX_UNIT_BLOCKS = 8
+#: The blocked path synchronises its threads once per step: a step with less work
+#: than this many flops per thread uses fewer threads (the tasks, and so the results,
+#: are the same whatever the team size).
+MIN_STEP_FLOPS_PER_THREAD = 128_000
 
 
 def _dtype(dtype):
@@ -166,7 +170,10 @@ class RNNLayer:
         P = np.asarray(proj).shape[1] if proj is not None else 0
         Ho = P if proj is not None else H
         Ws, Us, bxs, bhns, Wrs = [], [], [], [], []
+        given = 0
         for d, w in enumerate(weights):
+            given += sum(np.size(a) for a in (w.kernel, w.recurrent_kernel, w.bias, w.recurrent_bias,
+                                              w.projection) if a is not None)
             where = "direction %d" % d
             W = _checked(w.kernel, (I, GH), "kernel", where, dt)
             U = _checked(w.recurrent_kernel, (Ho, GH), "recurrent_kernel", where, dt)
@@ -188,6 +195,7 @@ class RNNLayer:
             bhns.append(bhn.astype(dt))
             if proj is not None:
                 Wrs.append(_checked(w.projection, (H, P), "projection", where, dt))
+        self.source_parameters = int(given)
         self.input_size, self.units, self.proj_size = I, H, P
         self.output_size = Ho
         self.num_directions = len(weights)
@@ -208,9 +216,44 @@ class RNNLayer:
 
     @property
     def num_parameters(self):
-        """Parameters as stored canonically (biases folded where they add)."""
+        """Parameters as stored canonically (biases folded where they add).
+        :attr:`source_parameters` counts them as the source framework does."""
         return int(self._W.size + self._U.size + self._bx.size + self._Wr.size
                    + (self._bhn.size if self._kernel_cell == "gru" else 0))
+
+    def cell_weights(self):
+        """The layer's weights back in canonical layout, one :class:`CellWeights` per
+        direction, in the compute dtype.
+
+        They compute exactly what the layer computes, with the biases as the layer
+        holds them: folded into ``bias`` where the two biases add, so that
+        ``recurrent_bias`` is None, or, for GRU reset-after, zeros but for its
+        candidate part ``b_hh``. For the reference model (:mod:`rnnfast.reference`)
+        and for rebuilding a framework's module from a loaded one.
+
+        Returns
+        -------
+        list of CellWeights
+            ``kernel`` (I, G*H), ``recurrent_kernel`` (Ho, G*H), ``bias`` (G*H,),
+            ``recurrent_bias`` (G*H,) or None, ``projection`` (H, P) or None.
+        """
+        H, GH = self.units, self._W.shape[2]
+        inv = np.arange(GH)
+        if self._ncb > 1:                   # undo the unit-block column order of _convert
+            G = GH // H
+            perm = np.concatenate([np.arange(g * H + cb * H // self._ncb, g * H + (cb + 1) * H // self._ncb)
+                                   for cb in range(self._ncb) for g in range(G)])
+            inv = np.argsort(perm)
+        out = []
+        for d in range(self.num_directions):
+            rb = None
+            if self._kernel_cell == "gru":
+                rb = np.zeros(GH, self.dtype)
+                rb[2 * H:] = self._bhn[d]
+            out.append(CellWeights(self._W[d][:, inv].copy(), self._U[d][:, inv].copy(),
+                                   self._bx[d][inv].copy(), rb,
+                                   self._Wr[d].copy() if self.proj_size else None))
+        return out
 
     def __repr__(self):
         kind = {"gru": "GRU", "lstm": "LSTM", "simple": "SimpleRNN"}[self.cell]
@@ -296,8 +339,11 @@ class RNNLayer:
             chunk_steps = max(1, CHUNK_ELEMENTS // max(1, B * D * GH))
         nt = resolve_num_threads(num_threads)
         o2 = out.reshape(T * B, D * Ho) if out is not None else np.zeros((0, 0), dt)
-        # the small-batch path when the batch makes a single work item (shape-only choice)
-        split = self._ncb > 1 and D == 1 and B > 0 and _kernels.batch_blocks(B) >= B
+        # the blocked path (unit blocks as parallel tasks) wherever the layout has them
+        split = self._ncb > 1
+        if split:
+            step_flops = 2 * B * Ho * GH * D
+            nt = max(1, min(nt, step_flops // MIN_STEP_FLOPS_PER_THREAD))
         with blas_single_threaded():
             _kernels.rnn_forward(self._kernel_cell, self._act, self._ract, x.reshape(T * B, I), T, B,
                                  self._W, self._bx, self._U, self._bhn, self._Wr, m,
