@@ -204,9 +204,7 @@ class RNNLayer:
         if self._kernel_cell in ("gru", "lstm", "simple") and proj is None:
             self._ncb = max(1, min(MAX_UNIT_BLOCKS, H // UNIT_BLOCK))
         if self._ncb > 1:
-            # gate-major columns [g0 | g1 | ...] -> unit blocks [g0[b0] g1[b0] ... | g0[b1] ...]
-            perm = np.concatenate([np.arange(g * H + cb * H // self._ncb, g * H + (cb + 1) * H // self._ncb)
-                                   for cb in range(self._ncb) for g in range(G)])
+            perm = _unit_block_order(H, G, self._ncb)
             W, U, bx = W[:, :, perm], U[:, :, perm], bx[:, perm]
         self._W = _frozen(np.ascontiguousarray(W))
         self._U = _frozen(np.ascontiguousarray(U))
@@ -238,12 +236,7 @@ class RNNLayer:
             ``recurrent_bias`` (G*H,) or None, ``projection`` (H, P) or None.
         """
         H, GH = self.units, self._W.shape[2]
-        inv = np.arange(GH)
-        if self._ncb > 1:                   # undo the unit-block column order of _convert
-            G = GH // H
-            perm = np.concatenate([np.arange(g * H + cb * H // self._ncb, g * H + (cb + 1) * H // self._ncb)
-                                   for cb in range(self._ncb) for g in range(G)])
-            inv = np.argsort(perm)
+        inv = np.argsort(_unit_block_order(H, GH // H, self._ncb))   # undo _convert's order
         out = []
         for d in range(self.num_directions):
             rb = None
@@ -448,6 +441,14 @@ def _checked(a, shape, name, where, dtype, optional=False):
     if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
         raise ValueError("%s: %s must be numeric, got dtype %s" % (where, name, a.dtype))
     return np.array(a, dtype=dtype, order="C", copy=True)
+
+
+def _unit_block_order(H, G, ncb):
+    """Column order of the unit-block layout: gate-major columns [g0 | g1 | ...] become
+    [g0[b0] g1[b0] ... | g0[b1] g1[b1] ... | ...] for ``ncb`` blocks of units (the
+    identity for one block)."""
+    return np.concatenate([np.arange(g * H + cb * H // ncb, g * H + (cb + 1) * H // ncb)
+                           for cb in range(ncb) for g in range(G)])
 
 
 def _frozen(a):
