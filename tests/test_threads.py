@@ -87,3 +87,32 @@ def test_per_call_num_threads_validated(rng):
     layer = RNNLayer("gru", [random_weights(rng, "gru", 3, 4)])
     with pytest.raises(TypeError):
         layer.forward(np.zeros((2, 2, 3)), num_threads="two")
+
+
+def test_openmp_policy_set_only_while_loading():
+    """rnnfast asks OpenMP's idle threads to sleep (OMP_WAIT_POLICY=PASSIVE while the
+    runtime loads) unless the user chose a policy, and leaves the environment as it was."""
+    import os
+    import subprocess
+    import sys
+
+    code = "import os, rnnfast; print(os.environ.get('OMP_WAIT_POLICY'))"
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "None", r.stdout + r.stderr
+    env["OMP_WAIT_POLICY"] = "ACTIVE"
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ACTIVE", r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("threads", [2, 3, 5])
+def test_step_barrier_many_steps_and_teams(threads, rng):
+    """The blocked path's own barrier over many steps and team sizes (more threads than
+    cores too): same bits as one thread."""
+    layer = RNNLayer("lstm", [random_weights(rng, "lstm", 8, 192) for _ in range(2)])
+    assert layer._ncb > 1
+    x = rng.standard_normal((400, 5, 8)).astype(np.float32)
+    base = layer.forward(x, num_threads=1)
+    got = layer.forward(x, num_threads=threads)
+    for a, b in zip(base, got):
+        assert np.array_equal(a, b)

@@ -7,10 +7,12 @@ and :class:`UnsupportedLayerError`, and the canonical layers in :mod:`rnnfast.la
 """
 from ._version import __version__
 from .errors import FormatError, RnnfastError, UnsupportedLayerError
-from ._threads import get_num_threads, set_num_threads
-from . import layers
-from .model import Sequential
-from .io import load, from_keras, from_torch, KerasModel, TorchRNN
+from ._threads import get_num_threads, set_num_threads, load_kernels
+
+load_kernels()      # before anything imports the compiled core: see its docstring
+from . import layers  # noqa: E402
+from .model import Sequential  # noqa: E402
+from .io import load, from_keras, from_torch, KerasModel, TorchRNN  # noqa: E402
 
 __all__ = [
     "__version__",

@@ -34,7 +34,8 @@ from cython cimport floating
 
 from rnnfast._blas cimport gemm_rm
 from rnnfast._openmp cimport (RNN_OPENMP_ENABLED, omp_get_max_threads, omp_get_num_threads,
-                             omp_get_thread_num, rnn_omp_barrier)
+                             omp_get_thread_num, rnn_omp_barrier, rnn_barrier, rnn_barrier_init,
+                             rnn_barrier_wait)
 
 import os
 
@@ -290,7 +291,8 @@ cdef void _split_worker(int tid, int nth, int cell, int act, int ract, long T, l
                         floating *c,                # IN/OUT (ndir, B, H) or NULL
                         floating *xp,               # scratch (ndir, chunk*B, GH)
                         floating *scratch,          # scratch of this thread: bb*GH + 4*H
-                        unsigned char *seen         # IN/OUT (ndir, ncb, B)
+                        unsigned char *seen,        # IN/OUT (ndir, ncb, B)
+                        rnn_barrier *barrier        # the team's step barrier (initialised)
                         ) noexcept nogil:
     """One thread's share of the blocked path: every (direction, batch block of ``bb``
     rows, unit block) of a step is a task; tasks are dealt round-robin to the team (the
@@ -323,7 +325,7 @@ cdef void _split_worker(int tid, int nth, int cell, int act, int ract, long T, l
                 _project_task(x + tlo * B * I, I, W + d * I * GH, bx + d * GH, GH,
                               xp + d * chunk * B * GH, r0, r1)
             task = task + nth
-        rnn_omp_barrier()
+        rnn_barrier_wait(barrier)
         # (2) the steps: tasks (direction, unit block), state read from hcur, written to hnxt
         for s in range(s0, s1):
             task = tid
@@ -354,7 +356,7 @@ cdef void _split_worker(int tid, int nth, int cell, int act, int ract, long T, l
                     _emit(<int> nb, hb, hnxt + j0, Ho, out + (t * B + b0) * ldo + d * Ho + j0, ldo,
                           valid, seen + (d * ncb + cb) * B + b0, zero_output)
                 task = task + nth
-            rnn_omp_barrier()
+            rnn_barrier_wait(barrier)
 
 
 #: Target rows per (direction, batch block) work item; at most 8 blocks. Measured on
@@ -439,6 +441,7 @@ def rnn_forward(str cell_name, int act, int ract,
     cdef long sbb = split_batch_rows(B) if B > 0 else 1
     cdef long per_thread = sbb * GH + 4 * H
     cdef int tid
+    cdef rnn_barrier barrier
 
     if T == 0 or B == 0:
         return
@@ -464,11 +467,14 @@ def rnn_forward(str cell_name, int act, int ract,
                 memcpy(hbuf, &h[0, 0, 0], ndir * B * Ho * sizeof(floating))
                 with parallel(num_threads=num_threads):
                     tid = omp_get_thread_num()
+                    if tid == 0:
+                        rnn_barrier_init(&barrier, omp_get_num_threads())
+                    rnn_omp_barrier()
                     _split_worker(tid, omp_get_num_threads(), cell, act, ract, T, B, I, H, Ho,
                                   GH, G, ncb, sbb, ndir, reverse_first, chunk, nchunks, &x[0, 0],
                                   &W[0, 0, 0], &bx[0, 0], &U[0, 0, 0], &bhn[0, 0], mptr,
                                   zero_output, optr, ldo, hbuf, cptr, xp,
-                                  scratch + tid * per_thread, seen)
+                                  scratch + tid * per_thread, seen, &barrier)
                 memcpy(&h[0, 0, 0], hbuf + (T % 2) * ndir * B * Ho, ndir * B * Ho * sizeof(floating))
             free(xp)
             free(seen)

@@ -13,13 +13,37 @@ import os
 import threading
 from contextlib import contextmanager
 
-__all__ = ["set_num_threads", "get_num_threads", "resolve_num_threads", "blas_single_threaded"]
+__all__ = ["set_num_threads", "get_num_threads", "resolve_num_threads", "blas_single_threaded",
+           "load_kernels"]
 
 _lock = threading.Lock()
 _num_threads = None          # None: the cores this process may use
 _depth = 0                   # rnnfast calls running now
 _saved = []                  # (controller, its thread count before the first call)
 _controllers = None
+
+
+def load_kernels():
+    """Import the compiled core, with OpenMP's idle threads told to sleep.
+
+    GNU OpenMP's default lets a thread that waits (for the next parallel region, or at
+    a barrier) spin for milliseconds. On a shared or busy machine that spinning holds
+    the very core a team member is waiting for, and two threads become many times
+    slower than one. rnnfast's own per-step barrier spins briefly and then sleeps
+    (_openmp.h); for the rest, OMP_WAIT_POLICY=PASSIVE is set while the core loads
+    the OpenMP runtime (which reads it once, then), unless the user has set
+    OMP_WAIT_POLICY or GOMP_SPINCOUNT. The environment is restored afterwards, so
+    child processes and other libraries see the user's own.
+    """
+    chosen = "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ
+    if not chosen:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    try:
+        from . import _kernels
+    finally:
+        if not chosen:
+            del os.environ["OMP_WAIT_POLICY"]
+    return _kernels
 
 
 def _available_cores():
