@@ -1,32 +1,14 @@
 """Pieces shared by the benchmark scripts: interleaved timing, the BLAS report, pyplot."""
 import os
-import time
-
-import numpy as np
 
 
-def interleaved(fns, budget_s=None, repeats=None):
-    """Median milliseconds per callable, runs interleaved after two warm-ups each.
+def interleaved(fns, budget_s=1.0, repeats=None):
+    """Median milliseconds per callable, runs interleaved after a warm-up (the timing
+    of ``rnnfast bench``). Returns ``(ms per name, repeats)``."""
+    from rnnfast._bench import timeit
 
-    Either ``repeats`` is given, or it is chosen so that the timing takes about
-    ``budget_s`` seconds (5 to 200 rounds). Returns ``(ms per name, repeats)``.
-    """
-    for f in fns.values():
-        f()
-        f()
-    if repeats is None:
-        t0 = time.perf_counter()
-        for f in fns.values():
-            f()
-        one_round = time.perf_counter() - t0
-        repeats = int(max(5, min(200, budget_s / max(one_round, 1e-6))))
-    times = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, f in fns.items():
-            t = time.perf_counter()
-            f()
-            times[k].append(time.perf_counter() - t)
-    return {k: 1e3 * float(np.median(v)) for k, v in times.items()}, repeats
+    stats, repeats = timeit(fns, repeats=repeats, budget_s=budget_s)
+    return {k: 1e3 * v[0] for k, v in stats.items()}, repeats
 
 
 def blas_report():

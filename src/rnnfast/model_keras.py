@@ -14,6 +14,7 @@ on, a recurrent layer passes it on with its output sequence (unchanged, also aft
 """
 import numpy as np
 
+from ._summary import Summarized
 from .layers import ACTIVATIONS, _as_input, apply_activation, merge_directions
 from .model import run_recurrent
 
@@ -404,7 +405,7 @@ class TimeDistributedNode(_Node):
 # -- the model --------------------------------------------------------------------------
 
 
-class KerasModel:
+class KerasModel(Summarized):
     """A Keras model converted to canonical layers; ``predict`` gives what Keras gives.
 
     Built by :func:`rnnfast.load` (``.keras`` and HDF5 files) and
@@ -460,24 +461,19 @@ class KerasModel:
             Threads for this call (default: :func:`rnnfast.get_num_threads`).
         batch_size : int, optional
             Rows per pass (default: all at once); bounds memory, not results.
-        verbose : ignored
-            Accepted for Keras compatibility (nothing is printed).
+        verbose : {0, 1, 2, "auto"}, optional
+            1: a Keras-like progress bar over the batches, on standard error; 2: one
+            line when done; 0, "auto" or None (the default): silent.
 
         Returns
         -------
         numpy.ndarray, or a list of them (nested like Keras' for several outputs)
             Batch-major, the shapes and values ``keras_model.predict(x)`` gives.
         """
+        from ._progress import run_batched
+
         x = self._validated(x)
-        B = x.shape[0]
-        if batch_size is not None:
-            batch_size = int(batch_size)
-            if batch_size < 1:
-                raise ValueError("batch_size must be positive, got %d" % batch_size)
-        if batch_size is None or batch_size >= B:
-            return self._run(x, num_threads)
-        parts = [self._run(x[i:i + batch_size], num_threads) for i in range(0, B, batch_size)]
-        return _map_structure(lambda *a: np.concatenate(a, axis=0), *parts)
+        return run_batched(lambda part: self._run(part, num_threads), x, batch_size, verbose=verbose)
 
     __call__ = predict
 

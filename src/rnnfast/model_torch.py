@@ -7,6 +7,7 @@ with the directions already side by side, is the next layer's input as it is.
 """
 import numpy as np
 
+from ._summary import Summarized
 from .layers import RNNLayer, _as_input
 
 __all__ = ["TorchRNN"]
@@ -14,7 +15,7 @@ __all__ = ["TorchRNN"]
 _NAMES = {"GRU": "GRU", "LSTM": "LSTM", "RNN_TANH": "RNN", "RNN_RELU": "RNN"}
 
 
-class TorchRNN:
+class TorchRNN(Summarized):
     """An ``nn.GRU`` / ``nn.LSTM`` / ``nn.RNN`` for inference, called like the module.
 
     Made by :func:`rnnfast.load` (a state_dict file) or :func:`rnnfast.from_torch`
@@ -44,9 +45,11 @@ class TorchRNN:
     dtype : numpy.dtype
         The compute dtype (float32 or float64); inputs are cast to it.
     layers : list of RNNLayer
+    source : str or None
+        Where the weights came from (a file path), when known.
     """
 
-    def __init__(self, layers, *, batch_first=False, bias=True):
+    def __init__(self, layers, *, batch_first=False, bias=True, source=None):
         layers = list(layers)
         if not layers or not all(isinstance(l, RNNLayer) for l in layers):
             raise ValueError("TorchRNN needs a non-empty list of RNNLayer")
@@ -83,6 +86,7 @@ class TorchRNN:
         self.bias = bool(bias)
         self.nonlinearity = first.activation if first.cell == "simple" else None
         self.dtype = first.dtype
+        self.source = source
         self._Ho = Ho
 
     def __repr__(self):
@@ -206,3 +210,47 @@ class TorchRNN:
         return (out, (h_n, c_n)) if self.mode == "LSTM" else (out, h_n)
 
     __call__ = forward
+
+    def predict(self, x, *, lengths=None, batch_size=None, verbose=0, num_threads=None):
+        """The output sequence only, computed in batches if asked (Keras-style).
+
+        ``rnn.predict(x)`` is ``rnn(x)[0]``: the last layer's outputs, zero initial
+        states. For the final states (what a classifier head usually reads) call the
+        model itself.
+
+        Parameters
+        ----------
+        x : array_like or torch.Tensor
+            ``(T, B, input_size)``, or ``(B, T, input_size)`` when ``batch_first``, or
+            unbatched ``(T, input_size)`` (computed in one pass).
+        lengths : array_like of int, shape (B,), optional
+            Valid steps per row, as for :meth:`forward`.
+        batch_size : int, optional
+            Rows per pass (default: all at once). Bounds memory; results are the same.
+        verbose : {0, 1, 2, "auto"}
+            1: a Keras-like progress bar over the batches on standard error; 2: one line
+            when done; 0 or "auto": silent.
+        num_threads : int, optional
+            Threads for this call (default :func:`rnnfast.get_num_threads`).
+
+        Returns
+        -------
+        out : ndarray
+            ``(T, B, D * Ho)`` (``(B, T, D * Ho)`` when ``batch_first``; ``(T, D * Ho)``
+            unbatched), as :meth:`forward` returns it.
+        """
+        from ._progress import run_batched
+
+        xa = _as_input(x, self.dtype)
+        if xa.ndim != 3:
+            return self.forward(xa, lengths=lengths, num_threads=num_threads)[0]
+        if lengths is not None:
+            if hasattr(lengths, "detach") and hasattr(lengths, "cpu"):
+                lengths = lengths.detach().cpu().numpy()
+            lengths = np.asarray(lengths)
+            B = xa.shape[0 if self.batch_first else 1]
+            if lengths.shape != (B,):
+                raise ValueError("lengths must have shape (batch,) = (%d,), got %s" % (B, lengths.shape))
+        return run_batched(lambda part, lens: self.forward(part, lengths=lens, num_threads=num_threads)[0],
+                           xa, batch_size, axis=0 if self.batch_first else 1, aligned=(lengths,),
+                           verbose=verbose)

@@ -193,7 +193,8 @@ def _compute_dtype(dtype, stored):
     return dt
 
 
-def build_torch_rnn(arch, arrays, *, nonlinearity=None, batch_first=False, dtype=np.float32):
+def build_torch_rnn(arch, arrays, *, nonlinearity=None, batch_first=False, dtype=np.float32,
+                    source=None):
     """Canonical layers from a state_dict's arrays, wrapped as a :class:`~rnnfast.TorchRNN`.
 
     Parameters
@@ -205,6 +206,8 @@ def build_torch_rnn(arch, arrays, *, nonlinearity=None, batch_first=False, dtype
     batch_first : bool
     dtype : float32 or float64
         The compute dtype; weights are converted to it once, here.
+    source : str, optional
+        Where the weights came from (a path, or a note for a live module).
     """
     from ..model_torch import TorchRNN
 
@@ -221,7 +224,7 @@ def build_torch_rnn(arch, arrays, *, nonlinearity=None, batch_first=False, dtype
                 arrays.get("bias_ih" + sfx), arrays.get("bias_hh" + sfx), arrays.get("weight_hr" + sfx)))
         layers.append(RNNLayer(cell, weights, reset_after=True, activation=act,
                                recurrent_activation="sigmoid", dtype=dtype))
-    return TorchRNN(layers, batch_first=batch_first, bias=arch.bias)
+    return TorchRNN(layers, batch_first=batch_first, bias=arch.bias, source=source)
 
 
 # -- finding the module's tensors in a file ----------------------------------------------
@@ -404,7 +407,8 @@ def load_torch_file(path, *, prefix=None, nonlinearity=None, batch_first=False, 
             raise FormatError("%s: %s%s" % (path, e, hint)) from None
         arrays = {n: archive.array(r) for n, r in recs.items()}
     dt = _compute_dtype(dtype, [r.dtype for r in recs.values()])
-    return build_torch_rnn(arch, arrays, nonlinearity=nonlinearity, batch_first=batch_first, dtype=dt)
+    return build_torch_rnn(arch, arrays, nonlinearity=nonlinearity, batch_first=batch_first, dtype=dt,
+                           source=path)
 
 
 def _flag(v, name):
@@ -460,4 +464,4 @@ def from_torch(module, *, dtype=None):
     nonlinearity = "relu" if module.mode == "RNN_RELU" else None
     dt = _compute_dtype(dtype, [str(a.dtype) for a in arrays.values()])
     return build_torch_rnn(arch, arrays, nonlinearity=nonlinearity, batch_first=bool(module.batch_first),
-                           dtype=dt)
+                           dtype=dt, source="live torch.nn.%s" % type(module).__name__)

@@ -1,0 +1,384 @@
+"""``rnnfast bench``: one model against the peers that run the same weights.
+
+Peers (each optional; one that is not installed, or does not apply to the model, is
+reported and skipped):
+
+- ``torch``: for a :class:`~rnnfast.TorchRNN`, the equivalent ``torch.nn`` module
+  built from the loaded weights (:func:`torch_module`);
+- ``onnxruntime``: that module exported with ``torch.onnx.export`` (float32 only);
+- ``keras``: for a :class:`~rnnfast.KerasModel`, Keras loading the same file
+  (``KERAS_BACKEND`` when set, else TensorFlow, else torch or jax if installed),
+  called as ``model(x, training=False)`` (the fast path; ``predict()`` adds a large
+  fixed cost per call).
+
+Every engine runs the same input; timings are medians of interleaved runs after a
+warm-up, each engine limited to the same thread count where it has a setting.
+"""
+import importlib.util
+import os
+import platform
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from ._threads import get_num_threads
+
+__all__ = ["PEERS", "torch_module", "run_bench"]
+
+PEERS = ("torch", "onnxruntime", "keras")
+_INSTALL = {"torch": "pip install torch", "onnxruntime": "pip install onnxruntime onnx",
+            "keras": "pip install keras (and a backend: tensorflow, torch or jax)"}
+
+
+class PeerUnavailable(Exception):
+    """Why a peer is skipped (a sentence)."""
+
+
+def _have(module):
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+# -- torch -------------------------------------------------------------------------------
+
+
+def torch_module(rnn):
+    """The ``torch.nn.GRU`` / ``LSTM`` / ``RNN`` equivalent to a :class:`~rnnfast.TorchRNN`,
+    built from its weights (canonical layout back to PyTorch's: gate order r, z, n for
+    GRU, kernels transposed), in eval mode, of the model's dtype.
+
+    The biases come as rnnfast holds them: ``bias_ih`` carries the sum of both biases
+    where they add, ``bias_hh`` only GRU's candidate part (the same function, up to
+    rounding).
+    """
+    import torch
+
+    nn = torch.nn
+    kw = dict(num_layers=rnn.num_layers, bias=rnn.bias, batch_first=rnn.batch_first,
+              bidirectional=rnn.bidirectional)
+    if rnn.mode == "GRU":
+        m = nn.GRU(rnn.input_size, rnn.hidden_size, **kw)
+    elif rnn.mode == "LSTM":
+        m = nn.LSTM(rnn.input_size, rnn.hidden_size, proj_size=rnn.proj_size, **kw)
+    else:
+        m = nn.RNN(rnn.input_size, rnn.hidden_size, nonlinearity=rnn.nonlinearity, **kw)
+
+    def order(a, axis=0):                        # canonical z, r, h -> PyTorch r, z, n
+        if rnn.mode != "GRU":
+            return a
+        z, r, n = np.split(a, 3, axis=axis)
+        return np.concatenate([r, z, n], axis=axis)
+
+    sd = {}
+    for k, layer in enumerate(rnn.layers):
+        for d, w in enumerate(layer.cell_weights()):
+            sfx = "_l%d%s" % (k, "_reverse" if d else "")
+            sd["weight_ih" + sfx] = order(w.kernel.T)
+            sd["weight_hh" + sfx] = order(w.recurrent_kernel.T)
+            if rnn.bias:
+                sd["bias_ih" + sfx] = order(w.bias)
+                rb = w.recurrent_bias if w.recurrent_bias is not None else np.zeros_like(w.bias)
+                sd["bias_hh" + sfx] = order(rb)
+            if rnn.proj_size:
+                sd["weight_hr" + sfx] = w.projection.T
+    tdtype = torch.float64 if rnn.dtype == np.float64 else torch.float32
+    m = m.to(tdtype)
+    m.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v, dtype=rnn.dtype)) for k, v in sd.items()})
+    return m.eval()
+
+
+def _torch_peer(rnn, x, threads):
+    if not _have("torch"):
+        raise PeerUnavailable("not installed (%s)" % _INSTALL["torch"])
+    import torch
+
+    torch.set_num_threads(threads)
+    m = torch_module(rnn)
+    xt = torch.from_numpy(x)
+
+    def run():
+        with torch.no_grad():
+            return m(xt)
+
+    def output():
+        return run()[0].numpy()
+
+    return "torch %s" % torch.__version__.split("+")[0], run, output
+
+
+def _onnx_peer(rnn, x, threads, tmpdir):
+    missing = [m for m in ("torch", "onnx", "onnxruntime") if not _have(m)]
+    if missing:
+        raise PeerUnavailable("needs %s, not installed (%s)"
+                              % (" and ".join(missing), _INSTALL["onnxruntime"]))
+    if rnn.dtype != np.float32:
+        raise PeerUnavailable("ONNX Runtime runs its recurrent operators in float32 only; the model is %s"
+                              % rnn.dtype.name)
+    if rnn.proj_size:
+        raise PeerUnavailable("ONNX has no LSTM projection (proj_size)")
+    import warnings
+
+    import onnxruntime as ort
+    import torch
+
+    m = torch_module(rnn)
+    path = os.path.join(tmpdir, "model.onnx")
+    xt = torch.from_numpy(x)
+    errors = []
+    for extra in (dict(dynamo=False), {}):         # the TorchScript exporter, else the default one
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(m, (xt,), path, input_names=["x"], output_names=["out"],
+                                  dynamic_axes={"x": {0: "a", 1: "b"}}, **extra)
+            break
+        except Exception as e:                     # noqa: BLE001 - any exporter failure: say it
+            errors.append("%s: %s" % (type(e).__name__, str(e).splitlines()[0] if str(e) else ""))
+    else:
+        raise PeerUnavailable("torch.onnx.export failed (%s)" % "; ".join(errors))
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    feed = {sess.get_inputs()[0].name: x}
+
+    def run():
+        return sess.run(None, feed)
+
+    return "onnxruntime %s" % ort.__version__, run, lambda: run()[0]
+
+
+def _keras_peer(path, x, threads):
+    if not _have("keras"):
+        raise PeerUnavailable("not installed (%s)" % _INSTALL["keras"])
+    if "keras" not in sys.modules and not os.environ.get("KERAS_BACKEND") and not _have("tensorflow"):
+        backend = next((b for b in ("torch", "jax") if _have(b)), None)
+        if backend is None:
+            raise PeerUnavailable("keras is installed but none of its backends (tensorflow, torch, jax)")
+        os.environ["KERAS_BACKEND"] = backend
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import keras
+
+        backend = keras.backend.backend()
+        try:
+            km = keras.saving.load_model(path, compile=False)
+        except Exception as e:                     # noqa: BLE001 - report why Keras cannot load it
+            raise PeerUnavailable("Keras %s cannot load %s (%s: %s)"
+                                  % (keras.__version__, path, type(e).__name__, e)) from None
+    if backend == "torch":
+        import torch
+
+        torch.set_num_threads(threads)
+        no_grad = torch.no_grad
+    else:
+        from contextlib import nullcontext as no_grad
+
+    def run():
+        with no_grad():
+            return km(x, training=False)
+
+    def output():
+        y = run()
+        y = y[0] if isinstance(y, (list, tuple)) else y
+        return keras.ops.convert_to_numpy(y)
+
+    return "keras %s (%s)" % (keras.__version__, backend), run, output
+
+
+# -- running -----------------------------------------------------------------------------
+
+
+def _input(model, batch, time_steps, rng):
+    from .model_torch import TorchRNN
+
+    if isinstance(model, TorchRNN):
+        T = time_steps or 100
+        return rng.standard_normal((batch, T, model.input_size)).astype(model.dtype)
+    shape = model.input_shape
+    fixed = shape[1]
+    if time_steps and fixed is not None and time_steps != fixed:
+        raise ValueError("the model takes %d time steps; --time %d does not fit" % (fixed, time_steps))
+    T = fixed or time_steps or 100
+    if len(shape) == 2:                           # integer ids for an Embedding
+        vocab = next((n.table.shape[0] for n in model.layers if hasattr(n, "table")), 2)
+        return rng.integers(1, max(vocab, 2), size=(batch, T)).astype(np.int64)
+    dt = model.dtype if model.dtype is not None else np.float32
+    return rng.standard_normal((batch, T, shape[-1])).astype(dt)
+
+
+def timeit(fns, repeats=None, budget_s=1.0):
+    """Interleaved median and 10-90% spread (seconds) of each callable, after one
+    warm-up each. With ``repeats`` None: as many rounds as fit in about ``budget_s``
+    seconds (5 to 100). Returns ``({name: (median, p10, p90)}, repeats)``; also used by
+    the scripts in bench/."""
+    first = {}
+    for k, f in fns.items():
+        t0 = time.perf_counter()
+        f()
+        first[k] = time.perf_counter() - t0
+    if repeats is None:
+        per_round = max(sum(first.values()), 1e-6)
+        repeats = int(min(100, max(5, budget_s / per_round)))
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t0)
+    return {k: (float(np.median(v)), float(np.percentile(v, 10)), float(np.percentile(v, 90)))
+            for k, v in times.items()}, repeats
+
+
+def _plot(rows, title, path, out):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        out("plot: matplotlib is not installed (pip install matplotlib); no plot written")
+        return
+    names = [r["engine"] for r in rows]
+    ms = [r["median_s"] * 1e3 for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.5 * len(rows)))
+    bars = ax.barh(range(len(rows)), ms, color=["C2"] + ["C0"] * (len(rows) - 1))
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels(names)
+    ax.invert_yaxis()
+    ax.set_xlabel("median ms per call (lower is better)")
+    for b, r in zip(bars, rows):
+        ax.text(b.get_width(), b.get_y() + b.get_height() / 2, " %.3g ms" % (r["median_s"] * 1e3),
+                va="center", fontsize=8)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    try:
+        fig.savefig(path, dpi=120)
+    except (OSError, ValueError) as e:
+        out("plot: could not write %s (%s)" % (path, e))
+    else:
+        out("plot: %s" % path)
+    finally:
+        plt.close(fig)
+
+
+def run_bench(model, path, *, batch=None, time_steps=None, threads=None, peers=None, repeats=None,
+              plot=None, out=print, seed=0):
+    """Time ``model`` (loaded from ``path``) and its peers; print the table.
+
+    Parameters
+    ----------
+    model : KerasModel or TorchRNN
+        A TorchRNN must be batch-first (the input is ``(batch, time, features)``).
+    path : str
+        The model file (the Keras peer loads it itself).
+    batch : int, optional
+        Batch size (default 32).
+    time_steps : int, optional
+        Sequence length (default: the model's fixed one, else 100).
+    threads : int, optional
+        Threads for every engine (default :func:`rnnfast.get_num_threads`).
+    peers : list of str, optional
+        From :data:`PEERS` (default: those that apply to the model).
+    repeats : int, optional
+        Timed runs per engine (default: about a second's worth, 5 to 100).
+    plot : str, optional
+        Write a bar chart of the medians there (needs matplotlib).
+    out : callable
+        Prints one line.
+
+    Returns
+    -------
+    list of dict
+        Per engine that ran: ``engine``, ``median_s``, ``p10_s``, ``p90_s``,
+        ``seq_per_s``, ``speedup`` (the engine's median over rnnfast's),
+        ``max_abs_diff`` (from rnnfast's output; None for rnnfast).
+    """
+    from .model_torch import TorchRNN
+
+    is_torch = isinstance(model, TorchRNN)
+    batch = batch or 32
+    threads = threads or get_num_threads()
+    rng = np.random.default_rng(seed)
+    x = _input(model, batch, time_steps, rng)
+    applicable = ("torch", "onnxruntime") if is_torch else ("keras",)
+    if peers is None:
+        peers = list(applicable)
+    kind = "PyTorch" if is_torch else "Keras"
+    out("rnnfast bench: %s" % (repr(model).splitlines()[0]))
+    out("input %s %s, %d thread%s; %s, %s, %d cores" % (
+        x.shape, x.dtype, threads, "s" if threads != 1 else "", platform.machine(),
+        platform.python_implementation() + " " + platform.python_version(), os.cpu_count() or 0))
+
+    if is_torch:
+        def fast():
+            return model(x, num_threads=threads)
+
+        def fast_out():
+            return fast()[0]
+    else:
+        def fast():
+            return model.predict(x, num_threads=threads)
+
+        def fast_out():
+            y = fast()
+            return y[0] if isinstance(y, list) else y
+
+    engines = {"rnnfast": fast}
+    outputs = {"rnnfast": fast_out}
+    skipped = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for p in peers:
+            try:
+                if p not in applicable:
+                    raise PeerUnavailable("runs %s models; %s is a %s model" % (
+                        "PyTorch" if p != "keras" else "Keras", os.path.basename(path), kind))
+                if p == "torch":
+                    name, run, output = _torch_peer(model, x, threads)
+                elif p == "onnxruntime":
+                    name, run, output = _onnx_peer(model, x, threads, tmp)
+                else:
+                    name, run, output = _keras_peer(path, x, threads)
+            except PeerUnavailable as e:
+                skipped.append((p, str(e)))
+                continue
+            engines[name] = run
+            outputs[name] = output
+        want = np.asarray(outputs["rnnfast"](), np.float64)
+        diffs = {}
+        for name, output in outputs.items():
+            if name != "rnnfast":
+                got = np.asarray(output(), np.float64)
+                diffs[name] = float(np.abs(got - want).max()) if got.shape == want.shape else float("nan")
+        stats, n = timeit(engines, repeats)
+    base = stats["rnnfast"][0]
+    rows = []
+    for name, (med, p10, p90) in stats.items():
+        rows.append(dict(engine=name, median_s=med, p10_s=p10, p90_s=p90, seq_per_s=batch / med,
+                         speedup=med / base, max_abs_diff=diffs.get(name)))
+    out("")
+    head = "%-28s %11s %19s %12s %13s %11s" % ("engine", "median ms", "p10-p90 ms", "seq/s",
+                                              "rnnfast is", "max|diff|")
+    out(head)
+    out("-" * len(head))
+    for r in rows:
+        vs = "-" if r["engine"] == "rnnfast" else "%.2fx faster" % r["speedup"] if r["speedup"] >= 1 \
+            else "%.2fx slower" % (1 / r["speedup"])
+        out("%-28s %11.3f %19s %12.0f %13s %11s" % (
+            r["engine"], r["median_s"] * 1e3, "%.3f-%.3f" % (r["p10_s"] * 1e3, r["p90_s"] * 1e3),
+            r["seq_per_s"], vs, "-" if r["max_abs_diff"] is None else "%.1e" % r["max_abs_diff"]))
+    out("")
+    out("medians of %d interleaved runs after a warm-up; 'rnnfast is': the peer's median over "
+        "rnnfast's;" % n)
+    out("max|diff|: the largest difference of the peer's output from rnnfast's.")
+    for p, why in skipped:
+        out("skipped %s: %s" % (p, why))
+    if plot:
+        _plot(rows, "%s, input %s, %d threads" % (repr(model).splitlines()[0], x.shape, threads), plot, out)
+    return rows
