@@ -40,33 +40,36 @@ def test_openmp_is_built():
 
 
 def _blas_threads():
-    return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+    """{library file: threads} of every BLAS loaded."""
+    return {i["filepath"]: i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
 
 
-def test_blas_single_threaded_inside_and_restored_after():
+def test_the_blas_rnnfast_calls_is_held_to_one_thread_and_numpys_is_not(rng):
     from threadpoolctl import threadpool_limits
 
+    from rnnfast._threads import _blas_controllers
+
+    ours = {c.filepath for c in _blas_controllers()}
+    others = set(_blas_threads()) - ours
+    assert ours, "no BLAS found for scipy.linalg.cython_blas"
+    layer = RNNLayer("gru", [random_weights(rng, "gru", 8, 16)])
     with threadpool_limits(limits=2, user_api="blas"):
-        before = _blas_threads()
-        assert max(before) == 2
+        layer.forward(rng.standard_normal((20, 3, 8)), num_threads=1)
+        after = _blas_threads()
+        assert all(after[f] == 1 for f in ours)              # held, and kept, at one thread
+        assert all(after[f] == 2 for f in others)            # NumPy's BLAS untouched
         with blas_single_threaded():
-            assert set(_blas_threads()) == {1}
-            with blas_single_threaded():               # re-entrant
-                assert set(_blas_threads()) == {1}
-            assert set(_blas_threads()) == {1}
-        assert _blas_threads() == before
+            assert all(_blas_threads()[f] == 1 for f in ours)
 
 
-def test_blas_limit_restored_after_concurrent_calls(rng):
-    from threadpoolctl import threadpool_limits
+def test_concurrent_calls_keep_blas_single_threaded(rng):
+    from rnnfast._threads import _blas_controllers
 
     layer = RNNLayer("gru", [random_weights(rng, "gru", 8, 16)])
     x = rng.standard_normal((200, 4, 8))
-    with threadpool_limits(limits=2, user_api="blas"):
-        before = _blas_threads()
-        with ThreadPoolExecutor(4) as ex:
-            list(ex.map(lambda _: layer.forward(x, num_threads=1), range(16)))
-        assert _blas_threads() == before
+    with ThreadPoolExecutor(4) as ex:
+        list(ex.map(lambda _: layer.forward(x, num_threads=1), range(16)))
+    assert all(c.get_num_threads() == 1 for c in _blas_controllers())
 
 
 @pytest.mark.parametrize("cell", ["gru", "lstm", "simple"])

@@ -1,12 +1,15 @@
 """Thread settings: rnnfast's own OpenMP team size, and the BLAS held to one thread.
 
-rnnfast parallelises over its own work items with OpenMP and calls BLAS from inside
-that parallel region, so the BLAS must not start threads of its own there (that is
-the oversubscription users of other engines suffer from). While at least one rnnfast
-computation is running, every BLAS library loaded in the process is limited to one
-thread (through threadpoolctl's controllers); the previous limits come back when the
-last concurrent call finishes. A NumPy product run by another Python thread during
-that window is therefore single-threaded too.
+rnnfast parallelises over its own work items with OpenMP and calls BLAS (through
+``scipy.linalg.cython_blas``) from inside that parallel region, so that BLAS must not
+start threads of its own there (the oversubscription users of other engines suffer
+from). rnnfast therefore sets the BLAS library it calls -- SciPy's OpenBLAS, which is
+a different library from NumPy's -- to one thread when it first computes, and keeps
+it there (checked on every call). It does not restore the old count after each call:
+every restore wakes OpenBLAS' worker threads, which then busy-wait and steal the cores
+rnnfast's own threads need. NumPy's BLAS is left alone. Only where the BLAS that SciPy
+uses cannot be told apart from the others (e.g. one MKL shared by NumPy and SciPy)
+are all of them limited.
 """
 import operator
 import os
@@ -18,9 +21,7 @@ __all__ = ["set_num_threads", "get_num_threads", "resolve_num_threads", "blas_si
 
 _lock = threading.Lock()
 _num_threads = None          # None: the cores this process may use
-_depth = 0                   # rnnfast calls running now
-_saved = []                  # (controller, its thread count before the first call)
-_controllers = None
+_controllers = None          # threadpoolctl controllers of the BLAS rnnfast calls
 
 
 def load_kernels():
@@ -100,35 +101,28 @@ def resolve_num_threads(n=None):
 
 
 def _blas_controllers():
+    """The threadpoolctl controllers of the BLAS that scipy.linalg.cython_blas calls."""
     global _controllers
     if _controllers is None:
+        import scipy
         from threadpoolctl import ThreadpoolController
 
         import scipy.linalg.cython_blas  # noqa: F401 - make sure the BLAS we call is loaded
 
-        _controllers = [c for c in ThreadpoolController().lib_controllers if c.user_api == "blas"]
+        blas = [c for c in ThreadpoolController().lib_controllers if c.user_api == "blas"]
+        site = os.path.dirname(os.path.dirname(os.path.realpath(scipy.__file__)))
+        scipys = [c for c in blas
+                  if os.path.realpath(c.filepath).startswith(os.path.join(site, "scipy"))]
+        _controllers = scipys or blas
     return _controllers
 
 
 @contextmanager
 def blas_single_threaded():
-    """Hold every loaded BLAS to one thread while the block runs (re-entrant, thread-safe)."""
-    global _depth, _saved
+    """Make sure the BLAS rnnfast calls runs one thread, for the block and after it."""
     with _lock:
-        if _depth == 0:
-            _saved = []
-            for c in _blas_controllers():
-                n = c.get_num_threads()
-                if n is not None and n > 1:
-                    c.set_num_threads(1)
-                    _saved.append((c, n))
-        _depth += 1
-    try:
-        yield
-    finally:
-        with _lock:
-            _depth -= 1
-            if _depth == 0:
-                for c, n in _saved:
-                    c.set_num_threads(n)
-                _saved = []
+        for c in _blas_controllers():
+            n = c.get_num_threads()
+            if n is not None and n > 1:
+                c.set_num_threads(1)
+    yield
