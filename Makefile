@@ -6,7 +6,7 @@ PIP    := $(BIN)/python -m pip
 CORE   := $(wildcard src/rnnfast/*.pyx src/rnnfast/*.pxd src/rnnfast/*.h) setup.py pyproject.toml
 PYTEST_ARGS ?=
 
-.PHONY: demo test build bench bench-quick compare compare-quick clean
+.PHONY: demo test build bench bench-quick compare compare-quick clean fuzz
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,7 @@ $(VENV)/.deps: pyproject.toml | $(BIN)/python
 
 # the frameworks the tests compare against (torch pinned: the CPU build)
 $(VENV)/.deps-test: pyproject.toml $(VENV)/.deps
-	$(PIP) install -q "pytest>=7" "torch==2.13.0" "keras>=3" "h5py>=3" "safetensors>=0.4"
+	$(PIP) install -q "pytest>=7" "torch==2.13.0" "keras>=3" "h5py>=3" "safetensors>=0.4" "hypothesis>=6"
 	touch $@
 
 # the compiled core, installed editable (rebuilt when a core source changes)
@@ -34,6 +34,11 @@ demo: build
 
 test: $(VENV)/.deps-test build
 	KERAS_BACKEND=torch $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# long fuzzing of every loader (tests/fuzz/README.md): FUZZ_SECONDS in all, findings in build/fuzz-findings
+FUZZ_SECONDS ?= 600
+fuzz: $(VENV)/.deps-test build
+	KERAS_BACKEND=torch $(BIN)/python tests/fuzz/run_fuzz.py --seconds $(FUZZ_SECONDS) --out build/fuzz-findings
 
 $(VENV)/.deps-bench: $(VENV)/.deps-test
 	$(PIP) install -q matplotlib

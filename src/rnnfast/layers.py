@@ -461,9 +461,9 @@ def _as_input(x, dt):
         x = x.detach().cpu().numpy()
     a = np.asarray(x)
     if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
-        raise ValueError("input must be numeric, got dtype %s" % a.dtype)
+        raise ValueError("input must be numeric (float, integer or bool), got dtype %s" % a.dtype)
     if np.issubdtype(a.dtype, np.complexfloating):
-        raise ValueError("input must be real, got dtype %s" % a.dtype)
+        raise ValueError("input must be real (float, integer or bool), got dtype %s" % a.dtype)
     return np.ascontiguousarray(a, dtype=dt)
 
 

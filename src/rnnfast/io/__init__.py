@@ -1,10 +1,47 @@
 """Loaders: one module per source format, each turning a file or a live object into
 canonical layers (rnnfast.layers). ``load`` detects the format from the content."""
+import lzma
 import os
+import struct
+import zipfile
+import zlib
 
 from ..errors import FormatError
 
-__all__ = ["load", "from_keras", "from_torch", "KerasModel", "TorchRNN", "sniff"]
+__all__ = ["load", "from_keras", "from_torch", "KerasModel", "TorchRNN", "sniff", "ZIP_ERRORS", "check_zip_member"]
+
+#: What ``zipfile`` raises on a damaged or hostile archive (an unknown format version
+#: is a NotImplementedError, a short record a struct.error, a damaged deflate stream a
+#: zlib.error, a damaged bzip2 one an OSError): every reader turns these
+#: into :class:`~rnnfast.FormatError`.
+ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError, NotImplementedError,
+              struct.error, zlib.error, lzma.LZMAError)
+
+#: A compressed zip member larger than SMALL_MEMBER may inflate at most this many
+#: times its compressed size. torch.save and Keras store members uncompressed, and
+#: weights hardly compress; deflate reaches ~1000:1 only on constant data, which is
+#: what a zip bomb holds.
+MAX_INFLATE_RATIO = 100
+SMALL_MEMBER = 1 << 20
+
+
+def check_zip_member(info, archive_size):
+    """Refuse a zip member whose sizes are impossible in a file of ``archive_size``
+    bytes, or bomb-like, before anything is read or allocated for it.
+
+    ``zipfile`` never inflates a member past its declared ``file_size``, so bounding
+    the declared size bounds what reading it allocates.
+    """
+    if info.compress_size > archive_size:
+        raise FormatError("record %s claims %d bytes in a file of %d bytes"
+                          % (info.filename, info.compress_size, archive_size))
+    if info.compress_type == zipfile.ZIP_STORED:
+        if info.file_size != info.compress_size:
+            raise FormatError("record %s: stored sizes disagree" % info.filename)
+    elif info.file_size > max(SMALL_MEMBER, MAX_INFLATE_RATIO * info.compress_size):
+        raise FormatError("record %s would inflate %d compressed bytes to %d (more than %d times: a zip "
+                          "bomb?); torch.save and Keras store records uncompressed"
+                          % (info.filename, info.compress_size, info.file_size, MAX_INFLATE_RATIO))
 
 ZIP_MAGIC = b"PK\x03\x04"
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -46,12 +83,10 @@ def load(path, **options):
 
         return load_keras_file(path, **options)
     if kind == "zip":
-        import zipfile
-
         try:
             with zipfile.ZipFile(path) as z:
                 names = z.namelist()
-        except (zipfile.BadZipFile, OSError, ValueError) as e:
+        except ZIP_ERRORS as e:
             raise FormatError("%s: corrupt zip archive (%s)" % (path, e)) from None
         if "config.json" in names:
             from .keras_file import load_keras_file

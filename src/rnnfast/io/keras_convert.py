@@ -195,10 +195,15 @@ class WeightList:
             if base != expected:
                 raise FormatError("layer %r: expected weight %r, found %r"
                                   % (self.layer_name, expected, name))
-        arr = np.asarray(arr)
-        if tuple(arr.shape) != tuple(shape):
+        # shape and dtype first: a weight still in the file is read only once they fit
+        if tuple(np.shape(arr)) != tuple(shape):
             raise FormatError("layer %r: weight %r has shape %s, expected %s"
-                              % (self.layer_name, expected, tuple(arr.shape), tuple(shape)))
+                              % (self.layer_name, expected, tuple(np.shape(arr)), tuple(shape)))
+        dtype = getattr(arr, "dtype", None)
+        if dtype is not None and not np.issubdtype(dtype, np.floating):
+            raise FormatError("layer %r: weight %r has dtype %s, expected floating point"
+                              % (self.layer_name, expected, dtype))
+        arr = np.asarray(arr)
         if not np.issubdtype(arr.dtype, np.floating):
             raise FormatError("layer %r: weight %r has dtype %s, expected floating point"
                               % (self.layer_name, expected, arr.dtype))

@@ -21,13 +21,17 @@ layers) is refused with :class:`~rnnfast.UnsupportedLayerError`.
 """
 import io
 import json
+import mmap
+import os
 import re
+import struct
 import sys
 import zipfile
 
 import numpy as np
 
 from ..errors import FormatError, UnsupportedLayerError
+from . import ZIP_ERRORS, check_zip_member
 from ..model_keras import EmbeddingNode, FlattenNode, KerasModel, MaskingNode
 from .keras_convert import RECURRENT_CLASSES, SUPPORTED_LAYERS, ConvertContext, convert_layer
 
@@ -63,14 +67,34 @@ def load_keras_file(path, dtype=None, **options):
     if options:
         raise TypeError("unexpected option(s) for a Keras file: %s (Keras files take dtype=)"
                         % ", ".join(sorted(options)))
+    ConvertContext("3", dtype)              # an invalid dtype option is a ValueError, not a file's fault
     ctx_dtype = dtype
     with open(path, "rb") as f:
         head = f.read(8)
-    if head.startswith(_H5_MAGIC):
-        return _load_hdf5(path, ctx_dtype)
-    if zipfile.is_zipfile(path):
-        return _load_archive(path, ctx_dtype)
+    try:
+        if head.startswith(_H5_MAGIC):
+            return _load_hdf5(path, ctx_dtype)
+        if zipfile.is_zipfile(path):
+            return _load_archive(path, ctx_dtype)
+    except (FormatError, UnsupportedLayerError):
+        raise
+    except _MALFORMED as e:
+        # a damaged HDF5 structure (h5py raises OSError, RuntimeError, KeyError, ...) or a
+        # config value of an unexpected type, met below the checks that name the problem
+        raise FormatError("%s: malformed Keras file (%s: %s)" % (path, type(e).__name__, str(e)[:300])) from None
     raise FormatError("%s is neither a Keras .keras archive nor an HDF5 file" % path)
+
+
+#: What reading a damaged file or an ill-typed config can raise (see load_keras_file).
+_MALFORMED = (AttributeError, TypeError, KeyError, IndexError, ValueError, RuntimeError, OSError,
+              OverflowError, EOFError, struct.error, zipfile.BadZipFile, zipfile.LargeZipFile)
+#: Largest config.json / metadata.json read (a config is a few kB to a few MB).
+MAX_JSON_BYTES = 64 << 20
+#: A stored weight may be at most this many times larger than the bytes the HDF5 file
+#: holds for it (Keras writes weights uncompressed; a dataset that was never written
+#: reads as its fill value and occupies nothing), beyond SMALL_WEIGHT bytes.
+MAX_WEIGHT_INFLATE = 100
+SMALL_WEIGHT = 1 << 20
 
 
 def from_keras(model, dtype=None, **options):
@@ -121,24 +145,42 @@ def _live_version(model):
     return str(version)
 
 
+def _read_member(z, name, size, limit=None):
+    """One member's bytes, after checking its claimed sizes (zip bombs, see
+    :func:`rnnfast.io.check_zip_member`)."""
+    info = z.getinfo(name)
+    try:
+        check_zip_member(info, size)
+        if limit is not None and info.file_size > limit:
+            raise FormatError("%s holds %d bytes (at most %d)" % (name, info.file_size, limit))
+    except FormatError as e:
+        raise FormatError("%s: %s" % (z.filename, e)) from None
+    return z.read(info)
+
+
 def _load_archive(path, dtype):
     h5py = _h5py()
+    size = os.path.getsize(path)
     try:
         with zipfile.ZipFile(path) as z:
             names = set(z.namelist())
             if "config.json" not in names:
                 raise FormatError("%s: a zip archive without config.json is not a Keras model" % path)
-            config = _json(z.read("config.json"), path, "config.json")
-            meta = _json(z.read("metadata.json"), path, "metadata.json") if "metadata.json" in names else {}
+            config = _json(_read_member(z, "config.json", size, MAX_JSON_BYTES), path, "config.json")
+            meta = (_json(_read_member(z, "metadata.json", size, MAX_JSON_BYTES), path, "metadata.json")
+                    if "metadata.json" in names else {})
             if "model.weights.h5" not in names:
                 raise FormatError("%s: no model.weights.h5 in the archive (sharded or weightless "
                                   "models are not supported)" % path)
-            blob = z.read("model.weights.h5")
-    except (zipfile.BadZipFile, OSError, KeyError) as e:
-        raise FormatError("%s: unreadable .keras archive (%s)" % (path, e)) from None
+            blob = _read_member(z, "model.weights.h5", size)
+    except (FormatError, UnsupportedLayerError):
+        raise
+    except ZIP_ERRORS + (KeyError, RuntimeError) as e:
+        raise FormatError("%s: unreadable .keras archive (%s: %s)" % (path, type(e).__name__, e)) from None
     version = meta.get("keras_version") if isinstance(meta, dict) else None
-    if not version:
+    if not version or not isinstance(version, str):
         raise FormatError("%s: metadata.json has no keras_version" % path)
+    check_global_heaps(blob, "%s: model.weights.h5" % path)
     try:
         f = h5py.File(io.BytesIO(blob), "r")
     except OSError as e:
@@ -150,6 +192,9 @@ def _load_archive(path, dtype):
 
 def _load_hdf5(path, dtype):
     h5py = _h5py()
+    with open(path, "rb") as raw:
+        with mmap.mmap(raw.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            check_global_heaps(buf, path)
     try:
         f = h5py.File(path, "r")
     except OSError as e:
@@ -174,10 +219,51 @@ def _load_hdf5(path, dtype):
         return build_model(config, source, version, dtype=dtype, source=str(path))
 
 
+def check_global_heaps(buf, what):
+    """Refuse an HDF5 file whose global heap would make the HDF5 library loop forever.
+
+    Variable-length strings (Keras 3's ``weight_names``, ``model_config``) live in
+    global heap collections: ``GCOL``, version 1, 3 reserved bytes, the collection's
+    size, then objects (index: 2 bytes, references: 2, reserved: 4, size, data padded
+    to 8 bytes), the free space as object 0. HDF5 (2.0.0 at least) walks them to the
+    collection's end, stepping past object 0 by its size alone (no header, no
+    padding), so an object 0 of size 0 wherever the walk lands (one flipped bit in a
+    size or an index suffices) makes it spin without end on the first string read. The
+    collections are found by their signature and walked as HDF5 walks them; only files
+    with 8-byte lengths (what h5py writes) are checked.
+
+    Parameters
+    ----------
+    buf : bytes or mmap
+        The whole file.
+    what : str
+        Names the file in the error.
+    """
+    if buf[:8] != _H5_MAGIC or len(buf) < 16:
+        return
+    lengths = buf[14] if buf[8] in (0, 1) else buf[10]       # superblock v0/1 vs v2/3
+    if lengths != 8:
+        return
+    pos = buf.find(b"GCOL")
+    while pos >= 0:
+        size = int.from_bytes(buf[pos + 8:pos + 16], "little") if pos + 16 <= len(buf) else 0
+        if buf[pos + 4:pos + 8] == b"\x01\x00\x00\x00" and size >= 4096:       # (HDF5's smallest collection)
+            end = min(pos + size, len(buf))
+            p = pos + 16
+            while p + 16 <= end:                # HDF5's own walk (H5HG__cache_heap_deserialize)
+                idx = int.from_bytes(buf[p:p + 2], "little")
+                n = int.from_bytes(buf[p + 8:p + 16], "little")
+                if idx == 0 and n == 0:
+                    raise FormatError("%s: damaged HDF5 global heap at byte %d (a free-space record of "
+                                      "size 0, on which the HDF5 library loops forever)" % (what, p))
+                p += n if idx == 0 else 16 + ((n + 7) & ~7)
+        pos = buf.find(b"GCOL", pos + 4)
+
+
 def _json(raw, path, what):
     try:
         return json.loads(_str(raw))
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise FormatError("%s: %s is not valid JSON (%s)" % (path, what, e)) from None
 
 
@@ -218,8 +304,38 @@ class _H5Weights:
             if wn not in g:
                 raise FormatError("%s: layer %r lists weight %r, which the file lacks"
                                   % (self.path, name, wn))
-            out.append((wn, np.array(g[wn])))
+            out.append((wn, _Stored(g[wn], self.path)))
         return out
+
+
+class _Stored:
+    """A weight in the HDF5 file, read only when a layer takes it: after its shape has
+    been checked against the layer's config (:class:`~rnnfast.io.keras_convert.WeightList`),
+    and after checking that the file holds the bytes it claims, so that a tiny file
+    cannot declare a terabyte weight (an unwritten or compressed dataset)."""
+
+    __slots__ = ("ds", "path", "shape", "ndim", "dtype")
+
+    def __init__(self, ds, path):
+        h5py = _h5py()
+        if not isinstance(ds, h5py.Dataset):
+            raise FormatError("%s: %s is not a dataset" % (path, getattr(ds, "name", ds)))
+        self.ds, self.path = ds, path
+        self.shape = ds.shape if ds.shape is not None else ()
+        self.ndim = len(self.shape)
+        self.dtype = ds.dtype
+
+    def __array__(self, dtype=None, copy=None):
+        ds = self.ds
+        if ds.shape is None or self.dtype.kind not in "fiub":
+            raise FormatError("%s: weight %s is a %s dataset, not numbers" % (self.path, ds.name, self.dtype))
+        nbytes = int(np.prod(self.shape, dtype=np.float64)) * self.dtype.itemsize
+        stored = ds.id.get_storage_size()
+        if nbytes > SMALL_WEIGHT and nbytes > MAX_WEIGHT_INFLATE * stored:
+            raise FormatError("%s: weight %s of shape %s claims %d bytes but the file stores %d for it"
+                              % (self.path, ds.name, self.shape, nbytes, stored))
+        a = ds[()]
+        return a if dtype is None else a.astype(dtype)
 
 
 def _snake(name):
@@ -326,7 +442,7 @@ def _vars(g):
     if sorted(v.keys(), key=lambda k: int(k) if k.isdigit() else -1) != [str(i) for i in range(len(v))]:
         raise FormatError("model.weights.h5: %s holds %s, expected 0..%d"
                           % (v.name, sorted(v.keys()), len(v) - 1))
-    return [np.array(v[str(i)]) for i in range(len(v))]
+    return [_Stored(v[str(i)], "model.weights.h5") for i in range(len(v))]
 
 
 # -- config parsing: the layer graph ---------------------------------------------------------
@@ -426,11 +542,24 @@ def _check_shapes(model):
                                              and shape[1] is None):
         return                                  # features unknown: the first call checks them
     probe = [1] + [1 if d is None else d for d in shape[1:]]
+    values = int(np.prod(probe, dtype=np.float64))
+    if values > MAX_PROBE_VALUES:
+        raise FormatError("%r declares input of shape %s: %d values per sample (at most %d)"
+                          % (model.name, _shape_text(shape), values, MAX_PROBE_VALUES))
     x = np.zeros(probe, dtype=np.int64 if model._integer_input else model._input_dtype)
     try:
         model.predict(x, num_threads=1)
     except ValueError as e:
         raise FormatError("the layers of %r do not fit together: %s" % (model.name, e)) from None
+
+
+#: The most values per sample a declared input shape may hold (the load-time probe
+#: allocates one sample of it).
+MAX_PROBE_VALUES = 1 << 24
+
+
+def _shape_text(shape):
+    return "(%s)" % ", ".join("batch" if i == 0 else ("any" if d is None else str(d)) for i, d in enumerate(shape))
 
 
 def _layer_entry_name(item):

@@ -131,7 +131,7 @@ class SafetensorsFile:
         if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
             raise self._fail("tensor '%s': header entry must have exactly dtype, shape, data_offsets" % name)
         tag, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-        if tag not in DTYPE_NAMES:
+        if not isinstance(tag, str) or tag not in DTYPE_NAMES:
             raise self._fail("tensor '%s': unknown dtype %r" % (name, tag))
         dtype = DTYPE_NAMES[tag]
         if not isinstance(shape, list) or len(shape) > 32 or not all(_is_int(d) and d >= 0 for d in shape):

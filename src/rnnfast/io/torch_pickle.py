@@ -29,6 +29,7 @@ import io
 import math
 import os
 import pickle
+import pickletools
 import struct
 import zipfile
 from collections import OrderedDict
@@ -36,10 +37,11 @@ from collections import OrderedDict
 import numpy as np
 
 from ..errors import FormatError
+from . import ZIP_ERRORS, check_zip_member
 from .torch_convert import DTYPES, numpy_dtype, to_native
 
 __all__ = ["TensorRecord", "RestrictedUnpickler", "open_torch_file", "ZipArchive", "LegacyArchive",
-           "MAX_PICKLE_BYTES"]
+           "MAX_PICKLE_BYTES", "prescan_pickle"]
 
 #: Largest pickle rnnfast reads (a state_dict's pickle is a few kB; a big checkpoint's
 #: a few MB).
@@ -285,6 +287,34 @@ class RestrictedUnpickler(pickle.Unpickler):
         return self._storage(key, typ.dtype, numel)
 
 
+def prescan_pickle(f):
+    """Walk a pickle's opcodes without building anything, and refuse what would make
+    the C unpickler allocate memory the file does not hold.
+
+    CPython's unpickler allocates a ``BINBYTES8`` / ``BYTEARRAY8`` object at the size
+    the opcode declares before reading it, and grows its memo table to the index a
+    ``PUT`` names (and clears it): seven bytes ``]r\x00\x00\x00\x10.`` make it fill
+    4 GB. ``pickletools.genops`` reads every argument through ``f.read(n)``, which
+    returns only the bytes present, so a declared length beyond the data is an error
+    here, before any allocation; a memo index must be below the number of opcodes
+    read so far (a pickler numbers its memo entries from 0, one opcode each).
+    ``f`` is left after the pickle's STOP opcode.
+    """
+    n = 0
+    try:
+        for op, arg, _ in pickletools.genops(f):
+            n += 1
+            if op.name in _PUTS and not 0 <= arg < n:
+                raise FormatError("pickle memo index %d out of range (opcode %d)" % (arg, n))
+    except FormatError:
+        raise
+    except Exception as e:          # whatever pickletools makes of damaged data
+        raise FormatError("corrupt or unsupported pickle data (%s: %s)" % (type(e).__name__, e)) from None
+
+
+_PUTS = ("PUT", "BINPUT", "LONG_BINPUT")
+
+
 # -- archives ---------------------------------------------------------------------------
 
 
@@ -318,6 +348,12 @@ class _Archive:
         return rec
 
     def _unpickle(self, f, legacy=False):
+        start = f.tell()
+        try:
+            prescan_pickle(f)
+        except FormatError as e:
+            raise self._fail(str(e)) from None
+        f.seek(start)
         try:
             return RestrictedUnpickler(f, self._storage, legacy=legacy).load()
         except FormatError as e:
@@ -358,7 +394,7 @@ class ZipArchive(_Archive):
         try:
             self._size = os.path.getsize(path)
             self._zip = zipfile.ZipFile(path)
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+        except ZIP_ERRORS as e:
             raise self._fail("corrupt zip archive (%s)" % e) from None
         try:
             self._open()
@@ -403,13 +439,7 @@ class ZipArchive(_Archive):
 
     def _check_sizes(self, info):
         """A record's claimed sizes must be possible in this file, before reading it."""
-        if info.compress_size > self._size:
-            raise FormatError("record %s claims %d bytes in a file of %d bytes"
-                              % (info.filename, info.compress_size, self._size))
-        if info.compress_type == zipfile.ZIP_STORED and info.file_size != info.compress_size:
-            raise FormatError("record %s: stored sizes disagree" % info.filename)
-        if info.file_size > 1100 * max(info.compress_size, 1):
-            raise FormatError("record %s claims an impossible compression ratio" % info.filename)
+        check_zip_member(info, self._size)
 
     def _check_storage(self, rec):
         name = "%sdata/%s" % (self._prefix, rec.key)
@@ -448,6 +478,12 @@ class _BoundedReader:
     def readline(self, n=-1):
         left = max(0, self._size - self._f.tell())
         return self._f.readline(left if n is None or n < 0 else min(n, left))
+
+    def tell(self):
+        return self._f.tell()
+
+    def seek(self, pos):
+        return self._f.seek(pos)
 
 
 class LegacyArchive(_Archive):

@@ -1,0 +1,1 @@
+"""Fuzzing of rnnfast's file loaders (see README.md in this folder)."""

@@ -1,0 +1,76 @@
+"""A bounded fuzzing run of every loader (``make fuzz`` runs the long one).
+
+Each format gets a few seconds of hypothesis-driven mutations of the seed corpus
+(tests/fuzz/corpus/), loaded in a worker process under an address-space limit and a
+per-case timeout: every case must load (and run) or raise FormatError /
+UnsupportedLayerError. The seeds are fixed, so a run draws the same cases each time
+(how many depends on the machine's speed). See tests/fuzz/README.md.
+"""
+import os
+import time
+
+import pytest
+
+from fuzz.driver import fuzz_format
+from fuzz.mutators import FORMATS, seeds
+from fuzz.runner import Worker
+
+#: Seconds of fuzzing per format in `make test` (the whole file stays about a minute).
+SMOKE_SECONDS = float(os.environ.get("RNNFAST_FUZZ_SMOKE_SECONDS", 7))
+
+
+@pytest.fixture(scope="module")
+def worker():
+    with Worker(timeout=5.0) as w:
+        yield w
+
+
+def test_seed_corpus_loads(worker):
+    """Every seed is a valid file of its format: the mutations start from models."""
+    for fmt in FORMATS:
+        assert len(seeds(fmt)) >= 2, fmt
+        for path in seeds(fmt):
+            with open(path, "rb") as f:
+                data = f.read()
+            assert len(data) < 100_000, path
+            out = worker.run(data)
+            assert out.kind == "loaded" and out.ran, (path, out)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_fuzz_smoke(fmt, worker, tmp_path):
+    report = fuzz_format(fmt, worker, seconds=SMOKE_SECONDS, seed=2024, out_dir=str(tmp_path),
+                         hdf5_bytes=False)
+    print(report)
+    assert not report.findings, "\n\n".join("%s (%s)\n%s" % (k, p, d) for k, d, p in report.findings)
+    assert not report.upstream, report.upstream
+    # the harness really ran: a fair number of cases, with both outcomes
+    assert report.executions >= 30, report
+    assert report.counts["FormatError"] > 0 and report.counts["loaded"] > 0, report
+
+
+@pytest.mark.parametrize("what,kind", [("segv", "crash"), ("hang", "hang"), ("alloc", "error"),
+                                       ("raise", "error"), ("marker", "code-execution")])
+def test_runner_notices_failures(what, kind):
+    """The runner reports a crash, a hang, an outsized allocation, another exception
+    type and a marker file, and keeps going after each."""
+    from fuzz.mutators import MARKER
+
+    os.environ["RNNFAST_FUZZ_SELFTEST"] = "1"
+    try:
+        with Worker(timeout=3.0) as w:
+            t0 = time.monotonic()
+            out = w.run(b"SELFTEST:" + what.encode())
+            if os.path.exists(os.path.join(w._dir.name, MARKER)):
+                out.kind = "code-execution"
+            assert out.kind == kind, out
+            assert not out.ok
+            if what == "alloc":
+                assert "MemoryError" in out.detail
+            if what == "segv":
+                assert "SIGSEGV" in out.detail and "Fatal Python error" in out.detail
+            assert time.monotonic() - t0 < 60
+            with open(seeds("safetensors")[0], "rb") as f:
+                assert w.run(f.read()).kind == "loaded"          # a fresh worker after a crash
+    finally:
+        del os.environ["RNNFAST_FUZZ_SELFTEST"]
