@@ -74,3 +74,17 @@ def test_runner_notices_failures(what, kind):
                 assert w.run(f.read()).kind == "loaded"          # a fresh worker after a crash
     finally:
         del os.environ["RNNFAST_FUZZ_SELFTEST"]
+
+
+FINDINGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fuzz", "findings")
+
+
+def test_fixed_findings(worker):
+    """Every file the fuzzer once broke the contract with (tests/fuzz/findings/) is now
+    refused, within the worker's timeout and memory limit."""
+    paths = sorted(os.path.join(FINDINGS, f) for f in os.listdir(FINDINGS) if f.endswith(".bin"))
+    assert len(paths) >= 3
+    for path in paths:
+        with open(path, "rb") as f:
+            out = worker.run(f.read())
+        assert out.kind == "FormatError", (path, out)

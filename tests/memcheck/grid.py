@@ -62,27 +62,29 @@ def run_case(rng, variant, dtype, direction, B, T, H, how, threads, chunk):
                 variant, np.dtype(dtype).name, direction, B, T, H, how, threads, chunk), **TOL[dtype])
 
 
-def oob_read():
-    """Call the kernel directly (bypassing RNNLayer's shape checks) with an input two
-    rows shorter than T*B says: an out-of-bounds read that memcheck must report
-    (``--selftest``: proves the check can fail)."""
+def out_of_bounds(what):
+    """Call the kernel directly (bypassing RNNLayer's shape checks) with an input
+    (``what="read"``: read inside BLAS, for memcheck) or an output (``"write"``: written
+    by the kernel's own loops, for AddressSanitizer) two rows shorter than T*B says
+    (``--selftest``: proves that the checks can fail)."""
     from rnnfast import _kernels
 
     rng = np.random.default_rng(1)
     layer = RNNLayer("gru", [weights(rng, "gru", 4, 13, 0)], dtype=np.float64)
     T, B = 3, 2
-    x = rng.standard_normal((T * B - 2, 4))
-    out = np.zeros((T * B, 13))
+    x = rng.standard_normal((T * B - (2 if what == "read" else 0), 4))
+    out = np.zeros((T * B - (2 if what == "write" else 0), 13))
     h = np.zeros((1, B, 13))
     _kernels.rnn_forward("gru", 1, 2, x, T, B, layer._W, layer._bx, layer._U, layer._bhn, layer._Wr,
                          np.zeros((0, 0), np.uint8), False, False, out, h, np.zeros((0, 0, 0)), 1, False, T, 1)
 
 
 def main():
-    if "--selftest" in sys.argv:
-        oob_read()
-        print("memcheck selftest: ran an out-of-bounds read")
-        return 0
+    for what in ("read", "write"):
+        if "--selftest-" + what in sys.argv:
+            out_of_bounds(what)
+            print("selftest: ran an out-of-bounds %s" % what)
+            return 0
     rng = np.random.default_rng(0)
     cycle = itertools.cycle(itertools.product((13, 130), (6, 1), ("none", "mask", "lengths"), (2, 1), (None, 2)))
     n = 0
