@@ -13,7 +13,7 @@ import pytest
 from rnnfast import _kernels
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SUBSET = ("activation or long_sequence or masks or without_bias or initial_states or blocked "
+SUBSET = ("packed or activation or long_sequence or masks or without_bias or initial_states or blocked "
           "or (64-7-bidirectional-2)")
 
 

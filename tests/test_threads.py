@@ -52,7 +52,9 @@ def test_the_blas_rnnfast_calls_is_held_to_one_thread_and_numpys_is_not(rng):
     ours = {c.filepath for c in _blas_controllers()}
     others = set(_blas_threads()) - ours
     assert ours, "no BLAS found for scipy.linalg.cython_blas"
-    layer = RNNLayer("gru", [random_weights(rng, "gru", 8, 16)])
+    # float64: its input projection is a BLAS call (float32 runs on packed weights on
+    # AVX-512 machines and may not call BLAS at all)
+    layer = RNNLayer("gru", [random_weights(rng, "gru", 8, 16)], dtype=np.float64)
     with threadpool_limits(limits=2, user_api="blas"):
         layer.forward(rng.standard_normal((20, 3, 8)), num_threads=1)
         after = _blas_threads()
@@ -65,7 +67,7 @@ def test_the_blas_rnnfast_calls_is_held_to_one_thread_and_numpys_is_not(rng):
 def test_concurrent_calls_keep_blas_single_threaded(rng):
     from rnnfast._threads import _blas_controllers
 
-    layer = RNNLayer("gru", [random_weights(rng, "gru", 8, 16)])
+    layer = RNNLayer("gru", [random_weights(rng, "gru", 8, 16)], dtype=np.float64)
     x = rng.standard_normal((200, 4, 8))
     with ThreadPoolExecutor(4) as ex:
         list(ex.map(lambda _: layer.forward(x, num_threads=1), range(16)))

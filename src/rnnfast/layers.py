@@ -22,6 +22,7 @@ projection        (H, P) or None      LSTM projection, ``h = (o * act(c)) @ proj
 Cells (``cell=``): ``"gru"`` (with ``reset_after`` True: PyTorch and Keras' default;
 False: Keras ``reset_after=False``, Cho et al. 2014), ``"lstm"``, ``"simple"``.
 """
+import contextlib
 from dataclasses import dataclass
 from typing import Optional
 
@@ -201,14 +202,22 @@ class RNNLayer:
         self.num_directions = len(weights)
         W, U, bx = np.stack(Ws), np.stack(Us), np.stack(bxs)
         self._ncb = 1
-        if self._kernel_cell in ("gru", "lstm", "simple") and proj is None:
+        plain = self._kernel_cell in ("gru", "lstm", "simple") and proj is None
+        if plain:
             self._ncb = max(1, min(MAX_UNIT_BLOCKS, H // UNIT_BLOCK))
         if self._ncb > 1:
             perm = _unit_block_order(H, G, self._ncb)
             W, U, bx = W[:, :, perm], U[:, :, perm], bx[:, perm]
         self._W = _frozen(np.ascontiguousarray(W))
+        # the input projection reads W packed where that beats BLAS (packed_projection)
+        self._Wp = _frozen(_kernels.pack_projection(self._W) if _kernels.packed_projection(dt)
+                           else np.zeros((len(weights), 0), dt))
         self._U = _frozen(np.ascontiguousarray(U))
+        # the per-step product of these cells reads U packed in panels, packed once here
+        self._Up = _frozen(_kernels.pack_recurrent(self._U, G, self._ncb) if plain
+                           else np.zeros((len(weights), 0), dt))
         self._bx = _frozen(np.ascontiguousarray(bx))
+        self._uses_blas = self._Wp.size == 0 or not plain
         self._bhn = _frozen(np.stack(bhns))
         self._Wr = _frozen(np.stack(Wrs) if Wrs else np.zeros((len(weights), 0, 0), dt))
 
@@ -337,9 +346,10 @@ class RNNLayer:
         if split:
             step_flops = 2 * B * Ho * GH * D
             nt = max(1, min(nt, step_flops // MIN_STEP_FLOPS_PER_THREAD))
-        with blas_single_threaded():
+        # BLAS is held to one thread only when this layer calls it (_threads)
+        with (blas_single_threaded() if self._uses_blas else contextlib.nullcontext()):
             _kernels.rnn_forward(self._kernel_cell, self._act, self._ract, x.reshape(T * B, I), T, B,
-                                 self._W, self._bx, self._U, self._bhn, self._Wr, m,
+                                 self._W, self._Wp, self._bx, self._U, self._Up, self._bhn, self._Wr, m,
                                  bool(zero_output_for_mask), self.go_backwards, o2, h, c,
                                  self._ncb, split, int(chunk_steps), nt)
         return out, h, (c if self.cell == "lstm" else None)
