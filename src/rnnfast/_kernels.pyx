@@ -29,7 +29,8 @@
 # - The GIL is released for the whole call.
 from cython.parallel cimport parallel, prange
 from libc.stdlib cimport malloc, calloc, free
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 from cython cimport floating
 
 from rnnfast._blas cimport gemm_rm
@@ -121,6 +122,58 @@ cdef extern from "_cellmath.h" nogil:
     void rnn_emit_d(int nrows, int n, const double *h, long ldh, double *out, long ldo,
                     const unsigned char *valid, unsigned char *seen, int zero_output)
 
+# -- where the time goes (profile()): thread-seconds per part, one row per thread ------
+
+DEF PROF_SLOTS = 64
+DEF PROF_PROJECTION = 0     # the input projection of the chunks
+DEF PROF_PRODUCT = 1        # the per-step products h U (and h Wr)
+DEF PROF_STEP = 2           # whole steps: products, gate math, state copies, outputs
+DEF PROF_WAIT = 3           # the blocked path's step barrier
+DEF PROF_PARTS = 4
+cdef double _prof[PROF_SLOTS * PROF_PARTS]
+cdef bint _prof_on = False
+
+
+cdef inline double _tick() noexcept nogil:
+    """The time now when profiling, else 0 (and no clock read)."""
+    cdef timespec ts
+    if not _prof_on:
+        return 0
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec + 1e-9 * ts.tv_nsec
+
+
+cdef inline void _tock(int part, double t0) noexcept nogil:
+    """Add the time since t0 to this thread's part (when profiling)."""
+    cdef int tid
+    if _prof_on:
+        tid = omp_get_thread_num()
+        if tid < PROF_SLOTS:
+            _prof[tid * PROF_PARTS + part] += _tick() - t0
+
+
+def profile(bint enable):
+    """Start (from zero) or stop counting where the kernels' time goes; profile_times
+    reads the counts.
+    A benchmarking tool: counts from concurrent calls would mix."""
+    global _prof_on
+    if enable:
+        memset(_prof, 0, sizeof(_prof))
+    _prof_on = enable
+
+
+def profile_times():
+    """Thread-seconds since profile(True): ``projection`` (input GEMMs), ``product``
+    (per-step recurrent products), ``gates`` (the rest of the steps: gate math, state
+    copies, outputs) and ``wait`` (the blocked path's step barrier)."""
+    cdef int i
+    tot = [0.0] * PROF_PARTS
+    for i in range(PROF_SLOTS * PROF_PARTS):
+        tot[i % PROF_PARTS] += _prof[i]
+    return dict(projection=tot[PROF_PROJECTION], product=tot[PROF_PRODUCT],
+                gates=tot[PROF_STEP] - tot[PROF_PRODUCT], wait=tot[PROF_WAIT])
+
+
 # Cell codes (layers.py holds the same table).
 DEF CELL_SIMPLE = 0
 DEF CELL_GRU = 1          # reset-after
@@ -162,13 +215,15 @@ cdef void _project_task(const floating *x, long I, const floating *W, const floa
     """xp[r0:r1] = x[r0:r1] @ W + bx  (rows of the chunk for one direction), on the
     packed W when there is one (Wp, see packed_projection), else by BLAS."""
     cdef long r
+    cdef double t0 = _tick()
     if Wp != NULL:
         _gemm_packed(<int> (r1 - r0), <int> GH, <int> I, x + r0 * I, I, Wp, bx, xp + r0 * GH, GH)
-        return
-    for r in range(r0, r1):
-        memcpy(xp + r * GH, bx, GH * sizeof(floating))
-    gemm_rm(<int> (r1 - r0), <int> GH, <int> I, <floating> 1, x + r0 * I, <int> I,
-            W, <int> GH, <floating> 1, xp + r0 * GH, <int> GH)
+    else:
+        for r in range(r0, r1):
+            memcpy(xp + r * GH, bx, GH * sizeof(floating))
+        gemm_rm(<int> (r1 - r0), <int> GH, <int> I, <floating> 1, x + r0 * I, <int> I,
+                W, <int> GH, <floating> 1, xp + r0 * GH, <int> GH)
+    _tock(PROF_PROJECTION, t0)
 
 
 cdef inline void _cell_block(int cell, int act, int ract, int nb, long hb,
@@ -342,7 +397,9 @@ cdef int _recur_item(int cell, int act, int ract, long T, long B, long H, long H
     cdef floating *m = g2 + nb * H
     cdef floating *hp = m + nb * H
 
+    cdef double t0, t1
     for s in range(s0, s1):
+        t0 = _tick()
         t = T - 1 - s if rev else s
         xr = xp + ((t - tlo) * B + b0) * GH
         valid = mask + t * B + b0 if mask != NULL else NULL
@@ -374,11 +431,13 @@ cdef int _recur_item(int cell, int act, int ract, long T, long B, long H, long H
                 rnn_copy_rows_d(<int> nb, <int> P, hp, P, h, Ho, valid)
         else:
             # every block's product reads the old state: all products first, then the steps
+            t1 = _tick()
             for cb in range(ncb):
                 j0 = _block_start(H, ncb, cb)
                 j1 = _block_start(H, ncb, cb + 1)
                 _gemm_packed(<int> nb, <int> (G * (j1 - j0)), <int> Ho, h, Ho,
                              Up + _packed_offset(Ho, H, G, ncb, cb), NULL, gh + G * j0, GH)
+            _tock(PROF_PRODUCT, t1)
             for cb in range(ncb):
                 j0 = _block_start(H, ncb, cb)
                 j1 = _block_start(H, ncb, cb + 1)
@@ -386,6 +445,7 @@ cdef int _recur_item(int cell, int act, int ract, long T, long B, long H, long H
                             bhn + j0, h + j0, Ho, c + j0 if c != NULL else NULL, H, valid, tmp)
         if out != NULL:
             _emit(<int> nb, Ho, h, Ho, out + (t * B + b0) * ldo, ldo, valid, seen, zero_output)
+        _tock(PROF_STEP, t0)
     free(buf)
     return 0
 
@@ -425,6 +485,7 @@ cdef void _split_worker(int tid, int nth, int cell, int act, int ract, long T, l
     cdef floating *hcur
     cdef floating *hnxt
     cdef const unsigned char *valid
+    cdef double t0
     for ch in range(nchunks):
         s0 = ch * chunk
         s1 = s0 + chunk if s0 + chunk < T else T
@@ -443,7 +504,9 @@ cdef void _split_worker(int tid, int nth, int cell, int act, int ract, long T, l
                               Wp + d * lwp if Wp != NULL else NULL, bx + d * GH, GH,
                               xp + d * chunk * B * GH, r0, r1)
             task = task + nth
+        t0 = _tick()
         rnn_barrier_wait(barrier)
+        _tock(PROF_WAIT, t0)
         # (2) the steps: tasks (direction, unit block), state read from hcur, written to hnxt
         for s in range(s0, s1):
             task = tid
@@ -462,9 +525,11 @@ cdef void _split_worker(int tid, int nth, int cell, int act, int ract, long T, l
                 hcur = hbuf + (((s % 2) * ndir + d) * B + b0) * Ho
                 hnxt = hbuf + ((((s + 1) % 2) * ndir + d) * B + b0) * Ho
                 valid = mask + t * B + b0 if mask != NULL else NULL
+                t0 = _tick()
                 _gemm_packed(<int> nb, <int> (G * hb), <int> Ho, hcur, Ho,
                              Up + d * lup + _packed_offset(Ho, H, G, ncb, cb), NULL, gh,
                              G * hb)
+                _tock(PROF_PRODUCT, t0)
                 for r in range(nb):
                     memcpy(hnxt + r * Ho + j0, hcur + r * Ho + j0, hb * sizeof(floating))
                 _cell_block(cell, act, ract, <int> nb, hb,
@@ -474,8 +539,11 @@ cdef void _split_worker(int tid, int nth, int cell, int act, int ract, long T, l
                 if out != NULL:
                     _emit(<int> nb, hb, hnxt + j0, Ho, out + (t * B + b0) * ldo + d * Ho + j0, ldo,
                           valid, seen + (d * ncb + cb) * B + b0, zero_output)
+                _tock(PROF_STEP, t0)
                 task = task + nth
+            t0 = _tick()
             rnn_barrier_wait(barrier)
+            _tock(PROF_WAIT, t0)
 
 
 #: Target rows per (direction, batch block) work item; at most 8 blocks. Measured on
