@@ -36,7 +36,7 @@ from cython cimport floating
 from rnnfast._blas cimport gemm_rm
 from rnnfast._openmp cimport (RNN_OPENMP_ENABLED, omp_get_max_threads, omp_get_num_threads,
                              omp_get_thread_num, rnn_omp_barrier, rnn_barrier, rnn_barrier_init,
-                             rnn_barrier_wait)
+                             rnn_barrier_wait, rnn_barrier_spins)
 
 import os
 
@@ -152,6 +152,14 @@ cdef inline void _tock(int part, double t0) noexcept nogil:
             _prof[tid * PROF_PARTS + part] += _tick() - t0
 
 
+def barrier_spins(int spins=-1):
+    """The step barrier's spins before it sleeps (_openmp.h); a new value if given."""
+    global rnn_barrier_spins
+    if spins >= 0:
+        rnn_barrier_spins = spins
+    return rnn_barrier_spins
+
+
 def profile(bint enable):
     """Start (from zero) or stop counting where the kernels' time goes; profile_times
     reads the counts.
@@ -180,9 +188,12 @@ DEF CELL_GRU = 1          # reset-after
 DEF CELL_GRU_RB = 2       # reset-before
 DEF CELL_LSTM = 3
 
-# Rows per projection task, at least; fewer than 8 tasks per direction and chunk.
-DEF PROJ_MIN_ROWS = 64
+# Rows per projection task, at least; at most 8 tasks per direction and chunk (so the
+# seed's 320 rows are 8 even tasks for two or four threads, not 5), each a whole
+# number of the packed kernel's 6-row tiles where it can be.
+DEF PROJ_MIN_ROWS = 32
 DEF PROJ_MAX_TASKS = 8
+DEF PROJ_ROW_MULTIPLE = 6
 
 CELL_CODES = {"simple": CELL_SIMPLE, "gru": CELL_GRU, "gru_rb": CELL_GRU_RB, "lstm": CELL_LSTM}
 GATES = {"simple": 1, "gru": 3, "gru_rb": 3, "lstm": 4}
@@ -264,6 +275,13 @@ cdef inline long _proj_tasks(long R) noexcept nogil:
     """Row blocks of a chunk's projection (R rows): a function of R only."""
     cdef long n = (R + PROJ_MIN_ROWS - 1) // PROJ_MIN_ROWS
     return PROJ_MAX_TASKS if n > PROJ_MAX_TASKS else (n if n > 0 else 1)
+
+
+cdef inline long _proj_rows(long R, long nrb) noexcept nogil:
+    """Rows per projection task: R over nrb tasks, rounded up to whole 6-row tiles
+    (the last task may be shorter, or empty)."""
+    cdef long rb = (R + nrb - 1) // nrb
+    return (rb + PROJ_ROW_MULTIPLE - 1) // PROJ_ROW_MULTIPLE * PROJ_ROW_MULTIPLE
 
 
 cdef inline long _block_start(long H, long ncb, long cb) noexcept nogil:
@@ -492,7 +510,7 @@ cdef void _split_worker(int tid, int nth, int cell, int act, int ract, long T, l
         R = (s1 - s0) * B
         # (1) input projection of the chunk: (direction, row block) tasks
         nrb = _proj_tasks(R)
-        rb = (R + nrb - 1) // nrb
+        rb = _proj_rows(R, nrb)
         task = tid
         while task < ndir * nrb:
             d = task // nrb
@@ -546,7 +564,9 @@ cdef void _split_worker(int tid, int nth, int cell, int act, int ract, long T, l
             _tock(PROF_WAIT, t0)
 
 
-#: Target rows per (direction, batch block) work item; at most 8 blocks. Measured on
+#: Target rows per (direction, batch block) work item; at most 8 blocks, and at least
+#: 2 from 16 rows up (so that a batch of 16-63 still has work for two threads: the
+#: seed's GRU(64) at B=32 went from 0.62 to 0.53 ms on 2 threads). Measured on
 #: 2 cores (GRU/LSTM, H=256, B in {32, 64, 256}): 32 balances per-thread GEMM
 #: efficiency (larger blocks) against parallelism (more blocks). A tuning knob for
 #: benchmarks: the split must stay a function of the shapes only.
@@ -556,6 +576,8 @@ ROWS_PER_BLOCK = 32
 def batch_blocks(long B):
     """Rows per work item for batch size B: a function of B only (never of threads)."""
     cdef long nblk = B // ROWS_PER_BLOCK
+    if nblk < 2 and B >= 16:
+        nblk = 2
     if nblk < 1:
         nblk = 1
     if nblk > 8:
@@ -694,7 +716,7 @@ def rnn_forward(str cell_name, int act, int ract,
             s1 = s0 + chunk if s0 + chunk < T else T
             R = (s1 - s0) * B
             nrb = _proj_tasks(R)
-            rb = (R + nrb - 1) // nrb
+            rb = _proj_rows(R, nrb)
             ntask = ndir * nrb
             # (1) input projection of this chunk's steps, every direction
             for task in prange(ntask, num_threads=num_threads, schedule='dynamic'):

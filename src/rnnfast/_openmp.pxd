@@ -8,5 +8,6 @@ cdef extern from "_openmp.h" nogil:
     void rnn_omp_barrier()
     ctypedef struct rnn_barrier:
         int n
+    int rnn_barrier_spins
     void rnn_barrier_init(rnn_barrier *b, int n)
     void rnn_barrier_wait(rnn_barrier *b)
