@@ -4,32 +4,58 @@ Every case builds one random-weight model (a PyTorch module, seeded) and gives t
 same weights to every installed engine: rnnfast (through its PyTorch converter),
 PyTorch itself, ONNX Runtime and OpenVINO (an ONNX export of the module; OpenVINO
 forced to f32), and Keras 3 on TensorFlow (weights converted to Keras' layout, run as
-``tf.function(jit_compile=True)`` around ``model(x, training=False)``). Outputs are
-checked to agree; timings are medians of interleaved runs after warm-up. Each thread
-count runs in its own process (thread settings of TensorFlow and OpenVINO are
-per process). The machine's sgemm peak is measured by the script itself.
+``tf.function(jit_compile=True)`` around ``model(x, training=False)``).
 
-    python bench/compare.py [--quick] [--threads 1,2] [--out bench/results]
+Each engine runs in its own worker process, one set of workers per thread count (an
+engine's thread pool, still spinning after its turn, would otherwise steal a core from
+the next engine; thread settings of TensorFlow and OpenVINO are per process anyway).
+The parent drives the workers over pipes: per case, each worker builds the model and
+runs it once on the same seeded input, and the parent checks the outputs against
+rnnfast's; then timing goes in rounds, each engine in turn running a few calls (about
+45 ms' worth) with a pause between turns and the order rotating every round, until
+every engine has spent its budget. Times are medians of all calls. The machine's
+sgemm peak is measured by the script itself, in a process of its own.
+
+    python bench/compare.py [--quick] [--threads 1,2] [--cases LSTM] [--out bench/results]
     python bench/compare.py --memory          # peak memory per engine, long sequence
 
 Install the peers and run with ``make compare`` / ``make compare-quick`` (a separate .venv-bench).
 Writes compare.json and compare.png to --out.
 """
 import argparse
+import hashlib
+import importlib.util
 import json
 import os
+import queue
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from _common import blas_report, interleaved, pyplot  # noqa: E402
+from _common import blas_report, pyplot  # noqa: E402
 ENGINES = ("rnnfast", "torch", "onnxruntime", "openvino", "keras")
+# The modules each engine's worker imports (torch everywhere: it builds the model).
+NEEDS = {"rnnfast": ("rnnfast", "torch"), "torch": ("torch",),
+         "onnxruntime": ("onnxruntime", "onnx", "torch"), "openvino": ("openvino", "onnx", "torch"),
+         "keras": ("keras", "tensorflow", "torch")}
+
+# Timing in rounds: each engine's turn runs about TURN_S seconds of calls (at least
+# one), then the parent sleeps GAP_S so a pool still spinning goes to sleep before the
+# next engine runs. At least MIN_ROUNDS rounds and MIN_REPEATS calls per engine.
+TURN_S = 0.045
+GAP_S = 0.02
+MIN_ROUNDS = 3
+MIN_REPEATS = 3
+START_TIMEOUT_S = 600          # importing TensorFlow on a busy machine is slow
+BUILD_TIMEOUT_S = 1800         # export, XLA compile and one call of the largest case
 
 # -- cases ----------------------------------------------------------------------------
 # A case: name, batch, time, input size, recurrent layers [(cell, units, bidirectional,
@@ -52,8 +78,7 @@ def grid_cases(quick):
     if quick:
         shapes = [(1, 100, 256), (64, 100, 256)]
     else:
-        shapes = [(B, T, H) for B in (1, 64, 256) for T in (100, 1000) for H in (128, 256, 512)
-                  if not (B == 256 and T == 1000 and H == 512)]
+        shapes = [(B, T, H) for B in (1, 64, 256) for T in (100, 1000) for H in (128, 256, 512)]
     for cell in ("GRU", "LSTM"):
         for B, T, H in shapes:
             cases.append(dict(name="%s B=%d T=%d H=I=%d" % (cell, B, T, H), B=B, T=T, I=H,
@@ -65,15 +90,32 @@ def grid_cases(quick):
     return cases
 
 
-def case_flops(case):
-    """Multiply-adds x 2 of the recurrent layers (input projection + recurrence)."""
-    f, I = 0, case["I"]
+def case_key(case):
+    """A short name for a case's files (the same in every process)."""
+    return hashlib.sha1(json.dumps(case, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def case_input(case):
+    """The case's input, (B, T, I) float32, the same in every worker."""
+    return np.random.default_rng(1).standard_normal((case["B"], case["T"], case["I"])).astype(np.float32)
+
+
+def case_flops_split(case):
+    """Multiply-adds x 2 of the recurrent layers: (input projection, recurrence)."""
+    proj = rec = 0
+    I = case["I"]
     for cell, H, bi, _ in case["layers"]:
         G = 3 if cell == "GRU" else 4
         D = 2 if bi else 1
-        f += 2 * case["T"] * case["B"] * D * (I + H) * G * H
+        proj += 2 * case["T"] * case["B"] * D * I * G * H
+        rec += 2 * case["T"] * case["B"] * D * H * G * H
         I = D * H
-    return f
+    return proj, rec
+
+
+def case_flops(case):
+    """Multiply-adds x 2 of the recurrent layers (input projection + recurrence)."""
+    return sum(case_flops_split(case))
 
 
 # -- the model in PyTorch, and its conversions ------------------------------------------
@@ -170,18 +212,405 @@ def keras_model(case, net):
     return lambda x: fn(tf.constant(x)).numpy()
 
 
-def onnx_file(net, case, torch, tmpdir):
-    path = os.path.join(tmpdir, "model.onnx")
+def onnx_file(net, case, torch, path):
+    """Export ``net`` to ``path`` (fixed input shape), unless an earlier worker did:
+    the ONNX Runtime and OpenVINO workers of every thread count share one export."""
+    if os.path.exists(path):
+        return path
+    part = "%s.%d.part" % (path, os.getpid())
     x = torch.zeros(case["B"], case["T"], case["I"])
     try:
-        torch.onnx.export(net, (x,), path, input_names=["x"], output_names=["y"], opset_version=17,
+        torch.onnx.export(net, (x,), part, input_names=["x"], output_names=["y"], opset_version=17,
                           dynamo=False)
     except TypeError:                                # older torch: no dynamo keyword
-        torch.onnx.export(net, (x,), path, input_names=["x"], output_names=["y"], opset_version=17)
+        torch.onnx.export(net, (x,), part, input_names=["x"], output_names=["y"], opset_version=17)
+    os.replace(part, path)                           # whole files only, for the next reader
     return path
 
 
-# -- timing ---------------------------------------------------------------------------
+# -- the engines, each in its own worker process ------------------------------------------
+
+
+class Engine:
+    """One engine inside its worker process.
+
+    ``setup`` imports the engine and sets its threads, once, before anything runs;
+    ``build`` makes a case's model and returns a callable giving the output as numpy.
+    The parent sends commands, one JSON line each way: ``{"cmd": "build", ...}`` runs
+    ``cmd_build(...)``, and so on, so an engine adds a command by adding a ``cmd_``
+    method. Every command returns a dict (the reply) or raises (an error reply).
+    """
+
+    def __init__(self, threads, tmp):
+        self.threads, self.tmp = threads, tmp
+        self.fn = None
+
+    def setup(self):
+        import torch
+
+        torch.set_num_threads(self.threads)
+        return {}
+
+    def build(self, case, net, x):
+        raise NotImplementedError
+
+    def cmd_build(self, case):
+        """Build the case's model and run it once (the warm-up); the output goes to an
+        .npy file for the parent to compare."""
+        import torch
+
+        self.fn = None                               # free the last case's model first
+        net = torch_model(case, torch)
+        fn = self.build(case, net, case_input(case))
+        t0 = time.perf_counter()
+        y = np.asarray(fn())
+        first_s = time.perf_counter() - t0
+        path = os.path.join(self.tmp, "%s-%s.npy" % (self.name, case_key(case)))
+        np.save(path, y)
+        self.fn = fn
+        return dict(output=path, first_s=first_s)
+
+    def cmd_time(self, k):
+        """Seconds of each of ``k`` calls of the model built last."""
+        fn, times = self.fn, []
+        for _ in range(k):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return dict(times=times)
+
+
+class RnnfastEngine(Engine):
+    name = "rnnfast"
+
+    def cmd_profile(self, k):
+        """Where the time of ``k`` more calls goes: the kernels' counters
+        (rnnfast._kernels.profile), thread-seconds per call, and the wall time per call.
+        The counters read the clock a few times per step, so the profiled calls run a
+        little slower than the timed ones."""
+        from rnnfast import _kernels
+
+        _kernels.profile(True)
+        t0 = time.perf_counter()
+        try:
+            for _ in range(k):
+                self.fn()
+        finally:
+            _kernels.profile(False)
+        wall = (time.perf_counter() - t0) / k
+        return dict(wall_s=wall, **{part: v / k for part, v in _kernels.profile_times().items()})
+
+    def setup(self):
+        super().setup()
+        import rnnfast
+
+        rnnfast.set_num_threads(self.threads)
+        return dict(version=rnnfast.__version__, blas=blas_report())
+
+    def build(self, case, net, x):
+        model = rnnfast_model(case, net)
+        return lambda: model.predict(x)
+
+
+class TorchEngine(Engine):
+    name = "torch"
+
+    def setup(self):
+        super().setup()
+        import torch
+
+        return dict(version=torch.__version__)
+
+    def build(self, case, net, x):
+        import torch
+
+        xt = torch.from_numpy(x)
+
+        def run():
+            with torch.no_grad():
+                return net(xt).numpy()
+
+        return run
+
+
+class OnnxruntimeEngine(Engine):
+    name = "onnxruntime"
+
+    def setup(self):
+        super().setup()
+        import onnxruntime
+
+        return dict(version=onnxruntime.__version__)
+
+    def build(self, case, net, x):
+        import onnxruntime as ort
+        import torch
+
+        path = onnx_file(net, case, torch, os.path.join(self.tmp, "%s.onnx" % case_key(case)))
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = self.threads
+        so.inter_op_num_threads = 1
+        sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+        return lambda: sess.run(None, {"x": x})[0]
+
+
+class OpenvinoEngine(Engine):
+    name = "openvino"
+
+    def setup(self):
+        super().setup()
+        import openvino as ov
+
+        self.core = ov.Core()
+        return dict(version=ov.__version__)
+
+    def build(self, case, net, x):
+        import torch
+
+        path = onnx_file(net, case, torch, os.path.join(self.tmp, "%s.onnx" % case_key(case)))
+        compiled = self.core.compile_model(
+            self.core.read_model(path), "CPU",
+            {"INFERENCE_NUM_THREADS": self.threads, "INFERENCE_PRECISION_HINT": "f32",
+             "PERFORMANCE_HINT": "LATENCY"})
+        req = compiled.create_infer_request()
+        return lambda: req.infer({0: x})[0]
+
+
+class KerasEngine(Engine):
+    name = "keras"
+
+    def setup(self):
+        super().setup()
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(self.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+        import keras
+
+        return dict(version="%s (tensorflow %s)" % (keras.__version__, tf.__version__))
+
+    def build(self, case, net, x):
+        f = keras_model(case, net)
+        return lambda: f(x)
+
+
+ENGINE_CLASSES = {c.name: c for c in (RnnfastEngine, TorchEngine, OnnxruntimeEngine, OpenvinoEngine,
+                                      KerasEngine)}
+
+
+def describe(e):
+    """An exception in one line, for a row's notes."""
+    msg = str(e).strip().splitlines()
+    return ("%s: %s" % (type(e).__name__, msg[0] if msg else ""))[:300]
+
+
+def worker_main(engine, threads, tmp):
+    """The worker process: answer the parent's commands on stdin, one JSON line each,
+    on the original stdout. The first reply says whether the engine set up."""
+    proto = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)                                    # libraries' prints go to the log, not the pipe
+
+    def reply(**kw):
+        proto.write(json.dumps(kw) + "\n")
+        proto.flush()
+
+    eng = ENGINE_CLASSES[engine](threads, tmp)
+    try:
+        reply(ok=True, **eng.setup())
+    except Exception as e:  # noqa: BLE001 - reported to the parent, which notes it
+        reply(ok=False, error=describe(e))
+        return 1
+    for line in iter(sys.stdin.readline, ""):
+        msg = json.loads(line)
+        cmd = msg.pop("cmd")
+        if cmd == "quit":
+            break
+        try:
+            reply(ok=True, **getattr(eng, "cmd_" + cmd)(**msg))
+        except Exception as e:  # noqa: BLE001 - one case failing leaves the worker running
+            reply(ok=False, error=describe(e))
+    return 0
+
+
+# -- the parent's side -------------------------------------------------------------------
+
+
+class EngineError(Exception):
+    """An engine failed a command (its worker may have died; then it is restarted)."""
+
+
+def missing_modules(engine):
+    return [m for m in NEEDS[engine] if importlib.util.find_spec(m) is None]
+
+
+def worker_env(threads):
+    """The environment of a worker for ``threads`` threads (read by the libraries at import)."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    env.setdefault("KERAS_BACKEND", "tensorflow")
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    return env
+
+
+class EngineProcess:
+    """The parent's handle on one engine's worker process for one thread count.
+
+    Replies are read by a thread into a queue, so every wait has a timeout; a worker
+    that dies or hangs is killed and started again at the next ``ensure``. Its stderr
+    goes to a log file in the run's temporary folder (the last line is quoted when it
+    dies).
+    """
+
+    def __init__(self, engine, threads, tmp):
+        self.engine, self.threads, self.tmp = engine, threads, tmp
+        self.log_path = os.path.join(tmp, "%s-%dt.log" % (engine, threads))
+        self.proc, self.info = None, None
+
+    def start(self):
+        cmd = [sys.executable, os.path.abspath(__file__), "--_engine", self.engine, str(self.threads),
+               self.tmp]
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=log, env=worker_env(self.threads), text=True)
+        self.info, self.replies = None, queue.Queue()
+        threading.Thread(target=self._read, args=(self.proc.stdout, self.replies), daemon=True).start()
+
+    @staticmethod
+    def _read(stream, replies):
+        for line in stream:
+            replies.put(line)
+        replies.put(None)                            # end of file: the worker is gone
+
+    def ensure(self):
+        """Start the worker if it is not running; wait for its first reply."""
+        if self.proc is None or self.proc.poll() is not None:
+            self.start()
+        if self.info is None:
+            self.info = self._receive(START_TIMEOUT_S)
+
+    def ask(self, cmd, timeout, **kw):
+        """Send one command and return the reply; EngineError if it failed."""
+        try:
+            self.proc.stdin.write(json.dumps(dict(kw, cmd=cmd)) + "\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            pass                                     # dead: _receive says how it ended
+        return self._receive(timeout)
+
+    def _receive(self, timeout):
+        try:
+            line = self.replies.get(timeout=timeout)
+        except queue.Empty:
+            self.kill()
+            raise EngineError("no reply in %.0f s: worker killed" % timeout) from None
+        if line is None:
+            rc = self.proc.wait()
+            self.info = None
+            raise EngineError("worker died (exit %s)%s" % (rc, self._log_tail()))
+        r = json.loads(line)
+        if not r.pop("ok"):
+            raise EngineError(r["error"])
+        return r
+
+    def _log_tail(self):
+        try:
+            with open(self.log_path, errors="replace") as f:
+                lines = [s.strip() for s in f.read().splitlines() if s.strip()]
+        except OSError:
+            return ""
+        return "; the last line of its stderr: %s" % lines[-1][:200] if lines else ""
+
+    def kill(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.info = None
+
+    def stop(self):
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            self.proc.stdin.write(json.dumps(dict(cmd="quit")) + "\n")
+            self.proc.stdin.close()
+            self.proc.wait(timeout=30)
+        except (BrokenPipeError, OSError, subprocess.TimeoutExpired):
+            self.kill()
+
+
+def max_abs_diff(path, ref_path):
+    """Largest absolute difference of two saved outputs, in float64, read in slices."""
+    a, b = np.load(path, mmap_mode="r"), np.load(ref_path, mmap_mode="r")
+    if a.shape != b.shape:
+        raise ValueError("output shape %s, rnnfast's %s" % (a.shape, b.shape))
+    a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
+    step = max(1, 2 ** 22 // max(1, a.shape[1]))
+    return max(float(np.abs(a[i:i + step].astype(np.float64) - b[i:i + step]).max())
+               for i in range(0, len(a), step))
+
+
+def timed_rounds(procs, first_s, budget_s, notes):
+    """Time the built models in rounds; returns per engine (median ms, calls) and the
+    number of rounds. An engine stops when it has had MIN_ROUNDS turns, MIN_REPEATS calls
+    and ``budget_s`` seconds of calls; a turn of k calls lasts about TURN_S (less with a
+    small budget, so that the budget spreads over MIN_ROUNDS rounds)."""
+    turn_s = min(TURN_S, budget_s / MIN_ROUNDS)
+    est = dict(first_s)                              # seconds per call: warm-up, then the median
+    times = {e: [] for e in first_s}
+    order, rounds = list(first_s), 0
+    while True:
+        shift = rounds % len(order) if order else 0
+        todo = [e for e in order[shift:] + order[:shift] if e in times
+                and not (rounds >= MIN_ROUNDS and len(times[e]) >= MIN_REPEATS
+                         and sum(times[e]) >= budget_s)]
+        if not todo:
+            break
+        for e in todo:
+            k = max(1, int(round(turn_s / max(est[e], 1e-9))))
+            try:
+                r = procs[e].ask("time", 120 + 20 * k * est[e], k=k)
+            except EngineError as err:
+                notes[e] = "timing: %s" % err
+                del times[e]
+                continue
+            times[e] += r["times"]
+            est[e] = float(np.median(times[e]))
+            time.sleep(GAP_S)                        # let a spinning pool go to sleep
+        rounds += 1
+    return ({e: 1e3 * float(np.median(v)) for e, v in times.items()},
+            {e: len(v) for e, v in times.items()}, rounds)
+
+
+def run_case(case, threads, procs, budget_s):
+    """One case on one thread count: build, check agreement, time. Returns the row."""
+    notes, outputs, first_s = {}, {}, {}
+    for e, p in procs.items():                       # one at a time: builds can be large
+        try:
+            p.ensure()
+            r = p.ask("build", BUILD_TIMEOUT_S, case=case)
+        except EngineError as err:
+            notes[e] = "build: %s" % err
+            continue
+        outputs[e], first_s[e] = r["output"], r["first_s"]
+    agree = {}
+    if "rnnfast" in outputs:
+        for e, path in outputs.items():
+            try:
+                agree[e] = max_abs_diff(path, outputs["rnnfast"])
+            except (ValueError, OSError) as err:
+                notes[e] = "output: %s" % describe(err)
+    for path in outputs.values():
+        os.remove(path)
+    ms, repeats, rounds = timed_rounds(procs, first_s, budget_s, notes)
+    split = None
+    if "rnnfast" in ms:                              # where rnnfast's time goes
+        k = max(1, min(20, int(round(budget_s / 2 / max(ms["rnnfast"] / 1e3, 1e-9)))))
+        try:
+            split = procs["rnnfast"].ask("profile", 120 + 40 * k * ms["rnnfast"] / 1e3, k=k)
+        except EngineError as err:
+            notes["rnnfast"] = "profile: %s" % err
+    proj, rec = case_flops_split(case)
+    return dict(kind="case", threads=threads, case=case["name"], flops=proj + rec,
+                flops_projection=proj, flops_recurrence=rec, B=case["B"], ms=ms,
+                max_abs_diff=agree, repeats=repeats, rounds=rounds, notes=notes, split=split)
 
 
 def sgemm_peak(threads):
@@ -201,92 +630,76 @@ def sgemm_peak(threads):
     return 2 * n ** 3 / min(ts) / 1e9
 
 
-# -- one process per thread count ------------------------------------------------------
+def measure_peak(threads):
+    """sgemm_peak in a process of its own (with the workers' environment), or None."""
+    r = subprocess.run([sys.executable, os.path.abspath(__file__), "--_peak", str(threads)],
+                       capture_output=True, text=True, env=worker_env(threads))
+    if r.returncode:
+        print("sgemm peak for %d thread(s) failed: %s" % (threads, r.stderr.strip().splitlines()[-1:]))
+        return None
+    return json.loads(r.stdout.strip().splitlines()[-1])["gflops"]
 
 
-def worker(threads, quick, budget_s):
-    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import torch
-
-    import rnnfast
-
-    torch.set_num_threads(threads)
-    rnnfast.set_num_threads(threads)
-    peers = {}
+def run_grid(cases, thread_counts, budget_s):
+    """Every case on every thread count; returns rows, sgemm peaks and engine versions."""
+    rows, peaks, versions, installed = [], {}, {}, []
+    for e in ENGINES:
+        missing = missing_modules(e)
+        if missing:
+            versions[e] = "not installed"
+            print("%-12s not installed (no %s): skipped" % (e, ", ".join(missing)))
+        else:
+            installed.append(e)
+    tmp = tempfile.mkdtemp(prefix="rnnfast-compare-")
     try:
-        import onnxruntime as ort
-
-        peers["onnxruntime"] = ort
-    except ImportError:
-        pass
-    try:
-        import openvino as ov
-
-        peers["openvino"] = ov.Core()
-    except ImportError:
-        pass
-    try:
-        import tensorflow as tf
-
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(1)
-        import keras  # noqa: F401
-
-        peers["keras"] = True
-    except ImportError:
-        pass
-    peak = sgemm_peak(threads)
-    print(json.dumps(dict(kind="peak", threads=threads, gflops=peak)), flush=True)
-    tmp = tempfile.mkdtemp()
-    for case in grid_cases(quick):
-        net = torch_model(case, torch)
-        x = np.random.default_rng(1).standard_normal((case["B"], case["T"], case["I"])).astype(np.float32)
-        xt = torch.from_numpy(x)
-        fast = rnnfast_model(case, net)
-
-        def run_torch():
-            with torch.no_grad():
-                return net(xt).numpy()
-
-        fns = {"rnnfast": lambda: fast.predict(x), "torch": run_torch}
-        notes = {}
-        if "onnxruntime" in peers or "openvino" in peers:
-            path = onnx_file(net, case, torch, tmp)
-            if "onnxruntime" in peers:
-                ort = peers["onnxruntime"]
-                so = ort.SessionOptions()
-                so.intra_op_num_threads = threads
-                so.inter_op_num_threads = 1
-                sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-                fns["onnxruntime"] = lambda s=sess: s.run(None, {"x": x})[0]
-            if "openvino" in peers:
-                compiled = peers["openvino"].compile_model(
-                    peers["openvino"].read_model(path), "CPU",
-                    {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32",
-                     "PERFORMANCE_HINT": "LATENCY"})
-                req = compiled.create_infer_request()
-                fns["openvino"] = lambda r=req: r.infer({0: x})[0]
-        if "keras" in peers:
+        for t in thread_counts:
+            peaks[t] = measure_peak(t)               # first, on a quiet machine
+            procs = {e: EngineProcess(e, t, tmp) for e in installed}
             try:
-                fns["keras"] = (lambda f: (lambda: f(x)))(keras_model(case, net))
-            except Exception as e:  # noqa: BLE001 - report, don't hide: the note says why
-                notes["keras"] = "%s: %s" % (type(e).__name__, e)
-        want = fns["rnnfast"]()
-        agree = {}
-        for k, f in list(fns.items()):
-            try:
-                agree[k] = float(np.abs(np.asarray(f(), np.float64) - want).max())
-            except Exception as e:  # noqa: BLE001
-                notes[k] = "%s: %s" % (type(e).__name__, e)
-                del fns[k]
-        ms, repeats = interleaved(fns, budget_s)
-        print(json.dumps(dict(kind="case", threads=threads, case=case["name"], flops=case_flops(case),
-                              B=case["B"], ms=ms, max_abs_diff=agree, repeats=repeats, notes=notes)),
-              flush=True)
+                for p in procs.values():             # start them all: the imports overlap
+                    p.start()
+                for e, p in procs.items():
+                    try:
+                        p.ensure()
+                        versions.setdefault(e, p.info["version"])
+                    except EngineError as err:
+                        print("%-12s %dt  failed to start: %s" % (e, t, err))
+                    if e == "rnnfast" and p.info and t == thread_counts[0]:
+                        print("rnnfast %s; BLAS: %s" % (p.info["version"], "; ".join(
+                            "%(api)s %(version)s kernel=%(kernel)s (%(file)s)" % b for b in p.info["blas"])))
+                print("%d thread(s): sgemm peak %s GFLOP/s; %s" % (
+                    t, "%.0f" % peaks[t] if peaks[t] else "-",
+                    ", ".join("%s %s" % (e, versions.get(e, "-")) for e in procs)), flush=True)
+                for case in cases:
+                    t0 = time.perf_counter()
+                    r = run_case(case, t, procs, budget_s)
+                    rows.append(r)
+                    print("  %-36s %dt  %s  [%d rounds, %.0f s]%s" % (
+                        r["case"][:36], t, "  ".join("%s %.3f" % (k, v) for k, v in r["ms"].items()),
+                        r["rounds"], time.perf_counter() - t0, "  (notes)" if r["notes"] else ""),
+                        flush=True)
+            finally:
+                for p in procs.values():
+                    p.stop()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return rows, peaks, versions
 
 
 # -- memory -----------------------------------------------------------------------------
+
+MEMORY_ENGINES = ("rnnfast", "torch", "onnxruntime", "openvino")
+MEMORY_TS = (1000, 10000, 100000)
+
+
+def _rss_kb():
+    """(current RSS, peak RSS) in KiB, from /proc (Linux)."""
+    v = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                v[line[:5]] = int(line.split()[1])
+    return v["VmRSS"], v["VmHWM"]
 
 
 def memory_worker(engine, T):
@@ -307,26 +720,49 @@ def memory_worker(engine, T):
         def fn():
             with torch.no_grad():
                 return net(xt)
-    else:
+    elif engine == "onnxruntime":
         import onnxruntime as ort
 
-        path = onnx_file(net, case, torch, tempfile.mkdtemp())
+        path = onnx_file(net, case, torch, os.path.join(tempfile.mkdtemp(), "model.onnx"))
         sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
         fn = lambda: sess.run(None, {"x": x})  # noqa: E731
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    fn()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    else:
+        import openvino as ov
+
+        path = onnx_file(net, case, torch, os.path.join(tempfile.mkdtemp(), "model.onnx"))
+        core = ov.Core()
+        req = core.compile_model(core.read_model(path), "CPU",
+                                 {"INFERENCE_PRECISION_HINT": "f32"}).create_infer_request()
+        fn = lambda: req.infer({0: x})  # noqa: E731
+    # The peak from here on: reset the kernel's high-water mark (Linux >= 4.0), so that
+    # building the model (an export, a compile) does not hide the call's own peak; where
+    # it cannot be reset, the process's peak so far is the baseline, as before.
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        base = _rss_kb()[0]
+        fn()
+        peak = _rss_kb()[1]
+    except OSError:
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        fn()
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps(dict(engine=engine, T=T, extra_mb=(peak - base) / 1024.0,
                           input_mb=x.nbytes / 2 ** 20)))
 
 
 def memory_table():
-    print("Peak memory above the process's state before the call (GRU(256), B=1, last state only):")
+    print("Peak memory above the process's state before the call (GRU(256), B=1, last state only;")
+    print("the input is allocated before and not counted):")
     print("%-12s %8s %10s %12s" % ("engine", "T", "input MB", "extra MB"))
     rows = []
-    for engine in ("rnnfast", "torch", "onnxruntime"):
-        for T in (1000, 10000, 100000):
-            r = subprocess.run([sys.executable, __file__, "--_memory", engine, str(T)],
+    for engine in MEMORY_ENGINES:
+        missing = missing_modules(engine)
+        if missing:
+            print("%-12s not installed (no %s): skipped" % (engine, ", ".join(missing)))
+            continue
+        for T in MEMORY_TS:
+            r = subprocess.run([sys.executable, os.path.abspath(__file__), "--_memory", engine, str(T)],
                                capture_output=True, text=True)
             if r.returncode:
                 print("%-12s %8d  (failed: %s)" % (engine, T, r.stderr.strip().splitlines()[-1:]))
@@ -334,7 +770,31 @@ def memory_table():
             row = json.loads(r.stdout.strip().splitlines()[-1])
             rows.append(row)
             print("%-12s %8d %10.1f %12.1f" % (engine, T, row["input_mb"], row["extra_mb"]))
+    print()
+    print(memory_verdict(rows, "rnnfast"))
     return rows
+
+
+def memory_verdict(rows, engine, noise_mb=1.0):
+    """One sentence, from the measured rows: does ``engine``'s extra memory grow with T?
+    It grows without bound if it still grows between the two largest T; it is bounded
+    if it grows only below them. Differences within ``noise_mb`` (page and allocator
+    granularity) count as flat."""
+    got = {r["T"]: r["extra_mb"] for r in rows if r["engine"] == engine}
+    if len(got) < 2:
+        return "%s: fewer than two sequence lengths measured, no conclusion" % engine
+    ts = sorted(got)
+    lo, prev, hi = ts[0], ts[-2], ts[-1]
+    per_step = (got[hi] - got[prev]) * 2 ** 20 / (hi - prev)
+    if got[hi] - got[prev] > noise_mb:
+        verdict = "grows with T (%+.0f bytes per step from T=%d to T=%d)" % (per_step, prev, hi)
+    elif got[hi] - got[lo] > noise_mb:
+        verdict = "grows from T=%d to T=%d, then stays flat up to T=%d (bounded)" % (lo, prev, hi)
+    else:
+        verdict = "does not grow with T"
+    return "%s: extra memory %s: %s MB at T = %s (within %.0f MB counts as flat)" % (
+        engine, verdict, ", ".join("%.1f" % got[t] for t in ts), ", ".join(str(t) for t in ts),
+        noise_mb)
 
 
 # -- report -----------------------------------------------------------------------------
@@ -351,31 +811,72 @@ def report(rows, peaks):
         ms = r["ms"]
         peers = {k: v for k, v in ms.items() if k != "rnnfast"}
         best = min(peers, key=peers.get) if peers else None
-        sp = peers[best] / ms["rnnfast"] if best else float("nan")
-        gf = r["flops"] / ms["rnnfast"] / 1e6
-        r.update(speedup_vs_best=sp, best_peer=best, gflops=gf,
-                 pct_peak=100 * gf / peaks[r["threads"]])
+        sp = gf = pct = None                         # None where rnnfast has no time
+        if "rnnfast" in ms:
+            sp = peers[best] / ms["rnnfast"] if best else None
+            gf = r["flops"] / ms["rnnfast"] / 1e6
+            pct = 100 * gf / peaks[r["threads"]] if peaks.get(r["threads"]) else None
+        r.update(speedup_vs_best=sp, best_peer=best, gflops=gf, pct_peak=pct)
         speedups.append((r, sp))
         cells = "".join(" %11.3f" % ms[e] if e in ms else " %11s" % "-" for e in ENGINES)
-        print("%-36s %3d%s %8.2fx %9s %8.1f %5.0f%%" % (r["case"][:36], r["threads"], cells, sp,
-                                                        best or "-", gf, r["pct_peak"]))
+        print("%-36s %3d%s %9s %9s %8s %6s" % (
+            r["case"][:36], r["threads"], cells, "%.2fx" % sp if sp else "-", best or "-",
+            "%.1f" % gf if gf else "-", "%.0f%%" % pct if pct else "-"))
         bad = {k: v for k, v in r["max_abs_diff"].items() if v > 1e-4}
-        if bad or r["notes"]:
-            print("    !! disagreement > 1e-4: %s  notes: %s" % (bad, r["notes"]))
+        if bad:
+            print("    !! disagreement > 1e-4: %s" % bad)
+        for k, note in r["notes"].items():
+            print("    !! %s: %s" % (k, note))
     print()
     for label, sel in (("B=1", lambda r: r["B"] == 1), ("B>=64", lambda r: r["B"] >= 64),
                        ("all", lambda r: True)):
-        sp = [s for r, s in speedups if sel(r) and np.isfinite(s)]
+        sp = [s for r, s in speedups if sel(r) and s]
         if sp:
             print("geometric-mean speed-up over the fastest peer, %-6s: %.2fx (%d cases, %d slower)"
                   % (label, float(np.exp(np.mean(np.log(sp)))), len(sp), sum(s < 1 for s in sp)))
     for t, p in sorted(peaks.items()):
-        print("sgemm peak, %d thread(s): %.0f GFLOP/s" % (t, p))
+        if p:
+            print("sgemm peak, %d thread(s): %.0f GFLOP/s" % (t, p))
+    report_split(rows, peaks)
+
+
+def report_split(rows, peaks):
+    """Where rnnfast's time goes per case, from its kernel counters: the input
+    projection GEMMs, the per-step recurrent products, the gate math (with the state
+    copies and output writes), the step barrier's wait, and the rest of the call
+    (Python, the dense head, allocations). Times are thread-seconds over the thread
+    count, so that they add up to the call; GFLOP/s and % of the sgemm peak are those
+    of the projection and of the products alone."""
+    rows = [r for r in rows if r.get("split")]
+    if not rows:
+        return
+    print()
+    print("where rnnfast's time goes (ms per call, from its kernel counters; %peak of each part):")
+    head = "%-36s %3s %9s %16s %16s %9s %8s %8s" % (
+        "case", "thr", "call", "projection", "products", "gates", "wait", "rest")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        sp, t = r["split"], r["threads"]
+        peak = peaks.get(t)
+        part = {k: 1e3 * sp[k] / t for k in ("projection", "product", "gates", "wait")}
+        wall = 1e3 * sp["wall_s"]
+        rest = wall - sum(part.values())
+
+        def pct(flops, ms):
+            return "%3.0f%%" % (100 * flops / ms / 1e6 / peak) if peak and ms > 0 else "   -"
+
+        r["split_ms"] = dict(part, call=wall, rest=rest)
+        print("%-36s %3d %9.3f %9.3f (%s) %9.3f (%s) %9.3f %8.3f %8.3f" % (
+            r["case"][:36], t, wall, part["projection"], pct(r["flops_projection"], part["projection"]),
+            part["product"], pct(r["flops_recurrence"], part["product"]), part["gates"],
+            part["wait"], rest))
 
 
 def plot(rows, path):
+    rows = [r for r in rows if r["speedup_vs_best"]]
     plt = pyplot()
-    if plt is None:
+    if plt is None or not rows:
         return
     fig, ax = plt.subplots(figsize=(max(8, 0.45 * len(rows)), 5))
     labels = ["%s %dt" % (r["case"], r["threads"]) for r in rows]
@@ -392,17 +893,23 @@ def plot(rows, path):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="a subset that runs in about two minutes")
+    ap.add_argument("--quick", action="store_true", help="a subset that runs in a few minutes")
     ap.add_argument("--threads", default="1,2", help="thread counts, comma-separated (default 1,2)")
-    ap.add_argument("--budget", type=float, default=None, help="seconds of timing per engine and case")
+    ap.add_argument("--budget", type=float, default=None,
+                    help="seconds of timing per engine and case (at least %d calls and %d rounds)"
+                    % (MIN_REPEATS, MIN_ROUNDS))
+    ap.add_argument("--cases", metavar="SUBSTR", help="only the cases whose name contains SUBSTR")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     ap.add_argument("--memory", action="store_true", help="peak memory per engine instead")
-    ap.add_argument("--_worker", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--_engine", nargs=3, help=argparse.SUPPRESS)
+    ap.add_argument("--_peak", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--_memory", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     budget = args.budget if args.budget is not None else (0.15 if args.quick else 0.6)
-    if args._worker:
-        worker(args._worker, args.quick, budget)
+    if args._engine:
+        return worker_main(args._engine[0], int(args._engine[1]), args._engine[2])
+    if args._peak:
+        print(json.dumps(dict(gflops=sgemm_peak(args._peak))))
         return 0
     if args._memory:
         memory_worker(args._memory[0], int(args._memory[1]))
@@ -413,30 +920,17 @@ def main(argv=None):
         with open(os.path.join(args.out, "compare_memory.json"), "w") as f:
             json.dump(rows, f, indent=1)
         return 0
-    import rnnfast
-
-    print("rnnfast %s; BLAS: %s" % (rnnfast.__version__, "; ".join(
-        "%(api)s %(version)s kernel=%(kernel)s (%(file)s)" % b for b in blas_report())))
-    rows, peaks = [], {}
-    for t in [int(s) for s in args.threads.split(",")]:
-        cmd = [sys.executable, __file__, "--_worker", str(t), "--budget", str(budget)]
-        if args.quick:
-            cmd.append("--quick")
-        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-        for line in p.stdout:
-            r = json.loads(line)
-            if r["kind"] == "peak":
-                peaks[t] = r["gflops"]
-            else:
-                rows.append(r)
-                print("  %-36s %dt  %s" % (r["case"][:36], t, "  ".join(
-                    "%s %.3f" % (k, v) for k, v in r["ms"].items())), flush=True)
-        if p.wait():
-            print("worker for %d thread(s) failed (exit %d)" % (t, p.returncode))
-            return 1
+    cases = [c for c in grid_cases(args.quick) if args.cases is None or args.cases in c["name"]]
+    if not cases:
+        ap.error("no case name contains %r" % args.cases)
+    t0 = time.perf_counter()
+    rows, peaks, versions = run_grid(cases, [int(s) for s in args.threads.split(",")], budget)
+    wall_s = time.perf_counter() - t0
     report(rows, peaks)
+    print("wall time of the run: %.0f s" % wall_s)
     with open(os.path.join(args.out, "compare.json"), "w") as f:
-        json.dump(dict(rows=rows, sgemm_peak_gflops=peaks), f, indent=1)
+        json.dump(dict(rows=rows, sgemm_peak_gflops=peaks, engines=versions, budget_s=budget,
+                       wall_s=wall_s, argv=sys.argv[1:]), f, indent=1)
     plot(rows, os.path.join(args.out, "compare.png"))
     return 0
 

@@ -2,18 +2,24 @@
 # directions) over a whole sequence.
 #
 # - Who allocates: the Python caller (layers.py) validates shapes, makes every array
-#   C-contiguous in the compute dtype and allocates the outputs (out, h, c). This
+#   C-contiguous in the compute dtype, packs the weights once per layer
+#   (pack_recurrent, pack_projection) and allocates the outputs (out, h, c). This
 #   module allocates only scratch, with malloc, once per chunk and work item, never
 #   per time step.
+# - The products: the per-step recurrent product h U of GRU (reset-after), LSTM
+#   without projection and SimpleRNN runs on U packed in 64-column panels by our own
+#   register-tiled kernel (_packgemm.h): BLAS would repack U on every call. The input
+#   projection x W + b runs on packed W where that measured faster than BLAS
+#   (packed_projection: float32 on AVX-512), else through the BLAS shim (_blas.pxd),
+#   as do the products of the GRU reset-before and the LSTM with projection.
 # - What runs where: the sequence is cut into chunks of `chunk` steps. For each
-#   chunk, (1) the input projection x W + b of all its steps is computed as GEMMs
-#   over (direction, row block) tasks, in parallel; then (2) each work item
-#   (direction, batch block) runs its own time loop over the chunk with no barrier
-#   per step: one small GEMM h U per step (two for the reset-before GRU, one more
-#   for an LSTM projection) and one fused element-wise call from _cellmath.h that
+#   chunk, (1) the input projection of all its steps is computed over (direction,
+#   row block) tasks, in parallel; then (2) each work item (direction, batch block)
+#   runs its own time loop over the chunk with no barrier per step: the products of
+#   the step, then one fused element-wise call from _cellmath.h per unit block that
 #   updates the state in place and writes the output row straight into its
-#   direction's half of `out`. Memory for the projection is bounded by the chunk,
-#   not by the sequence length.
+#   direction's half of `out`. Memory for the projection is bounded by the chunk, not
+#   by the sequence length.
 # - The blocked path (layers whose gate columns are laid out in unit blocks: GRU
 #   reset-after, LSTM without projection, SimpleRNN, H >= 128; layers.py decides from
 #   the shapes): each step's (direction, batch block, unit block) products and gate
@@ -25,7 +31,11 @@
 #   tasks and items depends on the shapes only, never on the thread count, so results
 #   are bitwise identical for every thread count. Every BLAS call is made inside the
 #   parallel region; the Python side (_threads.blas_single_threaded) holds the BLAS
-#   to one thread while any rnnfast call runs, so it never spawns threads of its own.
+#   to one thread while any rnnfast call that uses it runs, so it never spawns threads
+#   of its own.
+# - profile() / profile_times(): counters of where the time goes (projection,
+#   products, the rest of the steps, the barrier), for the benchmarks; off, they cost
+#   one branch per step and task.
 # - The GIL is released for the whole call.
 from cython.parallel cimport parallel, prange
 from libc.stdlib cimport malloc, calloc, free

@@ -1,5 +1,6 @@
 /*
- * _packgemm.h -- the per-step recurrent product h U on pre-packed weights.
+ * _packgemm.h -- products on pre-packed weights: the per-step recurrent product h U
+ * and the input projection x W.
  *
  * Design: a recurrent layer multiplies its state by the same recurrent weights U at
  * every time step. A BLAS GEMM repacks U on every call (OpenBLAS spent 12-22% of an
@@ -7,16 +8,19 @@
  * whole matrix. Here U is packed once, when the layer is built (layers.py), into
  * panels of RNN_NR = 64 columns: panel p holds U[k, 64p : 64p + 64] for k = 0..K-1,
  * one contiguous row of 64 values after another, the last panel padded with zeros.
- * Each step then streams the panels once, in order, with no copy.
+ * Each step then streams the panels once, in order, with no copy. The input weights
+ * W are packed the same way where that beats BLAS (_kernels.packed_projection).
  *
  * The product C = bias + A Bp (A: M x K, row stride lda; C: M x N, row stride ldc;
- * bias: one value per column, or none) runs a
- * register tile of up to 6 rows x 64 columns (24 AVX-512 accumulators, 4 panel loads
- * and 6 broadcasts per k), panel by panel, so a panel is read from cache once per 6
- * rows. One row (batch 1) takes two panels at a time: 8 independent accumulator
- * chains hide the FMA latency. Every element of C is one chain of fused
- * multiply-adds over k = 0..K-1 from its bias (or zero), whatever M, the tile or the thread: the
- * result of a row does not depend on the batch it is in nor on the thread count.
+ * bias: one value per column, or none) runs a register tile of up to 6 rows x 64
+ * columns (24 AVX-512 accumulators, 4 panel loads and 6 broadcasts per k), panel by
+ * panel, so a panel is read from cache once per 6 rows. One row (batch 1) takes two
+ * panels at a time: 8 independent accumulator chains hide the FMA latency; there the
+ * loads bound it (about 32 bytes a cycle on this Zen 4, in L1 as in L2: 256-bit
+ * loads measured no better). Every element of C is one chain of fused multiply-adds
+ * over k = 0..K-1, starting from its bias (or zero), whatever M, the tile or the
+ * thread: a row's result does not depend on the batch it is in nor on the thread
+ * count.
  *
  * Instruction sets: the AVX-512 float kernel uses intrinsics; every other case
  * (double, float below AVX-512) runs a portable loop the compiler vectorizes, built
