@@ -430,3 +430,26 @@ def test_packed_product_rows_do_not_depend_on_the_batch(dtype):
     for i in (0, 5, 6, 22):
         np.testing.assert_array_equal(_kernels.packed_matmul(A[i:i + 1], B)[0], full[i])
     np.testing.assert_array_equal(_kernels.packed_matmul(A[7:11], B), full[7:11])
+
+
+def test_profile_counts_where_the_time_goes(rng):
+    """The kernel counters behind bench/compare.py's time split: off by default, every
+    part counted while on (the blocked path here, so the barrier too), reset on start."""
+    from rnnfast import _kernels
+
+    layer, _ = make_layer(rng, "lstm", "bidirectional", np.float32, I=7, H=130)
+    assert layer._ncb > 1
+    x = rng.standard_normal((40, 3, 7)).astype(np.float32)
+    _kernels.profile(True)
+    try:
+        layer.forward(x, num_threads=2)
+    finally:
+        _kernels.profile(False)
+    got = _kernels.profile_times()
+    assert set(got) == {"projection", "product", "gates", "wait"}
+    assert got["projection"] > 0 and got["product"] > 0 and got["gates"] > 0 and got["wait"] >= 0
+    layer.forward(x)                                   # counting is off: nothing changes
+    assert _kernels.profile_times() == got
+    _kernels.profile(True)
+    _kernels.profile(False)
+    assert all(v == 0 for v in _kernels.profile_times().values())

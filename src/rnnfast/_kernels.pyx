@@ -172,8 +172,7 @@ def barrier_spins(int spins=-1):
 
 def profile(bint enable):
     """Start (from zero) or stop counting where the kernels' time goes; profile_times
-    reads the counts.
-    A benchmarking tool: counts from concurrent calls would mix."""
+    reads the counts. A benchmarking tool: counts from concurrent calls would mix."""
     global _prof_on
     if enable:
         memset(_prof, 0, sizeof(_prof))
@@ -353,7 +352,8 @@ def packed_projection(dtype):
 def pack_projection(const floating[:, :, ::1] W):
     """The input weights W (ndir, I, GH) packed for the projection: (ndir, size)."""
     cdef long ndir = W.shape[0], I = W.shape[1], GH = W.shape[2], d
-    packed = np.zeros((ndir, rnn_packed_size(I, GH)), dtype=np.float32 if floating is float else np.float64)
+    packed = np.zeros((ndir, rnn_packed_size(I, GH)),
+                      dtype=np.float32 if floating is float else np.float64)
     cdef floating[:, ::1] P = packed
     if packed.size == 0:
         return packed
@@ -408,7 +408,8 @@ cdef int _recur_item(int cell, int act, int ract, long T, long B, long H, long H
                      unsigned char *seen       # IN/OUT (nb,) rows that have emitted an output
                      ) noexcept nogil:
     """Run steps s0..s1-1 of one (direction, batch block) work item: per step the
-    product h U over all gate columns, then the fused step block by block. Returns 0 or 1 (no memory)."""
+    product h U over all gate columns, then the fused step block by block. Returns 0,
+    or 1 when out of memory."""
     cdef long s, t, cb, j0, j1
     cdef const floating *xr
     cdef const unsigned char *valid
