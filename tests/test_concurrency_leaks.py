@@ -166,3 +166,48 @@ def test_rss_flat_over_100000_calls_and_repeated_loads(tmp_path):
     assert r["rss_after_loads_mb"] - r["rss_after_calls_mb"] < 20, r
     assert r["fds"][0] == r["fds"][1], r
     assert r["threads"][0] == r["threads"][1], r
+
+
+SCRATCH = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    from rnnfast.layers import CellWeights, RNNLayer
+
+    def peak_during(fn):
+        # reset the kernel's high-water mark, then read it after the call (KiB)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        def status(key):
+            with open("/proc/self/status") as f:
+                return next(int(l.split()[1]) for l in f if l.startswith(key))
+        base = status("VmRSS:")
+        fn()
+        return (status("VmHWM:") - base) / 1024.0
+
+    rng = np.random.default_rng(0)
+    res = {}
+    for cell, H in (("gru", 256), ("lstm", 64)):          # the blocked path, the item path
+        G = 3 if cell == "gru" else 4
+        w = CellWeights(rng.uniform(-.1, .1, (8, G * H)), rng.uniform(-.1, .1, (H, G * H)))
+        layer = RNNLayer(cell, [w, w])
+        for T in (2000, 200000):
+            x = rng.standard_normal((T, 1, 8)).astype(np.float32)
+            layer(x[:10], return_sequences=False)
+            res["%s %d" % (cell, T)] = peak_during(lambda: layer(x, return_sequences=False))
+    print(json.dumps(res))
+""")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux /proc")
+def test_scratch_memory_does_not_grow_with_the_sequence():
+    """With only the last state returned, a call's peak memory (above the input, which
+    exists before it) is the chunked projection's scratch: the same at T=200,000 as at
+    T=2,000, and a few MB, for the blocked and the item path."""
+    out = subprocess.run([sys.executable, "-c", SCRATCH], capture_output=True, text=True,
+                         env=dict(os.environ, OMP_NUM_THREADS="2"), timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    print(r)
+    for cell in ("gru", "lstm"):
+        assert r["%s 200000" % cell] < 12, r
+        assert r["%s 200000" % cell] - r["%s 2000" % cell] < 2, r

@@ -453,3 +453,33 @@ def test_profile_counts_where_the_time_goes(rng):
     _kernels.profile(True)
     _kernels.profile(False)
     assert all(v == 0 for v in _kernels.profile_times().values())
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("B", [1, 3, 7, 64])
+@pytest.mark.parametrize("H", [H_SIZE, 136])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_batch_first_equals_time_major_bitwise(variant, B, H, dtype):
+    """Batch-major input and output (read and written by the kernel in place, or
+    transposed for 2-5 rows) give the time-major results: both paths, both directions,
+    a mask, several chunks, two threads. Bitwise where the projection runs on packed
+    weights (each row one chain of multiply-adds); where BLAS projects (float64, CPUs
+    without AVX-512), its rows may round differently in a product of another height."""
+    rng = np.random.default_rng(B + H)
+    layer, _ = make_layer(rng, variant, "bidirectional", dtype, I=5, H=H)
+    x = rng.standard_normal((13, B, 5)).astype(dtype)
+    mask = rng.random((13, B)) > 0.3
+    xb = np.ascontiguousarray(x.transpose(1, 0, 2))
+    for kw in (dict(), dict(mask=mask, chunk_steps=4, num_threads=2)):
+        want = layer.forward(x, **kw)
+        got = layer.forward(xb, batch_first=True, **kw)
+        assert got[0].shape == (B, 13, want[0].shape[2])
+        same = np.testing.assert_array_equal if layer._Wp.size else (
+            lambda a, b: assert_close(a, b, dtype))
+        same(got[0], want[0].transpose(1, 0, 2))
+        for g, w in zip(got[1:], want[1:]):
+            if w is not None:
+                same(g, w)
+    last = layer.forward(xb, batch_first=True, return_sequences=False)
+    assert last[0] is None
+    same(last[1], layer.forward(x)[1])

@@ -230,19 +230,45 @@ def activate(int kind, floating[::1] v):
             rnn_activate_d(kind, &v[0], <int> v.shape[0])
 
 
-cdef void _project_task(const floating *x, long I, const floating *W, const floating *Wp,
-                        const floating *bx, long GH, floating *xp, long r0, long r1) noexcept nogil:
-    """xp[r0:r1] = x[r0:r1] @ W + bx  (rows of the chunk for one direction), on the
-    packed W when there is one (Wp, see packed_projection), else by BLAS."""
+cdef inline long _row(long t, long b, long T, long B, bint bfirst) noexcept nogil:
+    """The row of (time t, batch b) in the input and the output: t*B + b, or b*T + t
+    when they are batch-major."""
+    return b * T + t if bfirst else t * B + b
+
+
+cdef void _project_rows(long n, long I, const floating *x, long ldx, const floating *W,
+                        const floating *Wp, const floating *bx, long GH,
+                        floating *xp) noexcept nogil:
+    """xp[0:n] = x[0:n] @ W + bx for n input rows ldx apart, on the packed W when there
+    is one (Wp, see packed_projection), else by BLAS."""
     cdef long r
-    cdef double t0 = _tick()
     if Wp != NULL:
-        _gemm_packed(<int> (r1 - r0), <int> GH, <int> I, x + r0 * I, I, Wp, bx, xp + r0 * GH, GH)
+        _gemm_packed(<int> n, <int> GH, <int> I, x, ldx, Wp, bx, xp, GH)
     else:
-        for r in range(r0, r1):
+        for r in range(n):
             memcpy(xp + r * GH, bx, GH * sizeof(floating))
-        gemm_rm(<int> (r1 - r0), <int> GH, <int> I, <floating> 1, x + r0 * I, <int> I,
-                W, <int> GH, <floating> 1, xp + r0 * GH, <int> GH)
+        gemm_rm(<int> n, <int> GH, <int> I, <floating> 1, x, <int> ldx,
+                W, <int> GH, <floating> 1, xp, <int> GH)
+
+
+cdef void _project_task(const floating *x, long I, long T, long B, long tlo, bint bfirst,
+                        const floating *W, const floating *Wp, const floating *bx, long GH,
+                        floating *xp, long r0, long r1) noexcept nogil:
+    """Rows r0..r1-1 of one direction's chunk projection: xp[r] = x(t, b) @ W + bx for
+    r = (t - tlo) * B + b. Time-major rows are contiguous; batch-major ones are taken
+    one time step at a time (the batch rows of a step are T rows apart)."""
+    cdef long r, t, b, n
+    cdef double t0 = _tick()
+    if not bfirst or B == 1:
+        _project_rows(r1 - r0, I, x + (tlo * B + r0) * I, I, W, Wp, bx, GH, xp + r0 * GH)
+    else:
+        r = r0
+        while r < r1:
+            t = tlo + r // B
+            b = r % B
+            n = B - b if B - b < r1 - r else r1 - r
+            _project_rows(n, I, x + (b * T + t) * I, T * I, W, Wp, bx, GH, xp + r * GH)
+            r = r + n
     _tock(PROF_PROJECTION, t0)
 
 
@@ -403,6 +429,7 @@ cdef int _recur_item(int cell, int act, int ract, long T, long B, long H, long H
                      const unsigned char *mask,  # IN (T, B) or NULL
                      int zero_output,
                      floating *out, long ldo,  # OUT (T*B, ldo) at this direction's column, or NULL
+                     bint bfirst,              # out is batch-major (row b*T + t)
                      floating *h,              # IN/OUT (nb rows, Ho) state of this item
                      floating *c,              # IN/OUT (nb rows, H) LSTM cell state
                      unsigned char *seen       # IN/OUT (nb,) rows that have emitted an output
@@ -473,7 +500,8 @@ cdef int _recur_item(int cell, int act, int ract, long T, long B, long H, long H
                 _cell_block(cell, act, ract, <int> nb, j1 - j0, xr + G * j0, GH, gh + G * j0, GH,
                             bhn + j0, h + j0, Ho, c + j0 if c != NULL else NULL, H, valid, tmp)
         if out != NULL:
-            _emit(<int> nb, Ho, h, Ho, out + (t * B + b0) * ldo, ldo, valid, seen, zero_output)
+            _emit(<int> nb, Ho, h, Ho, out + _row(t, b0, T, B, bfirst) * ldo,
+                  ldo * (T if bfirst else 1), valid, seen, zero_output)
         _tock(PROF_STEP, t0)
     free(buf)
     return 0
@@ -493,6 +521,7 @@ cdef void _split_worker(int tid, int nth, int cell, int act, int ract, long T, l
                         const unsigned char *mask,  # IN  (T, B) or NULL
                         int zero_output,
                         floating *out, long ldo,    # OUT (T*B, ndir*Ho) or NULL
+                        bint bfirst,                # x and out batch-major (row b*T + t)
                         floating *hbuf,             # IN/OUT (2, ndir, B, Ho): state, double-buffered
                         floating *c,                # IN/OUT (ndir, B, H) or NULL
                         floating *xp,               # scratch (ndir, chunk*B, GH)
@@ -529,7 +558,7 @@ cdef void _split_worker(int tid, int nth, int cell, int act, int ract, long T, l
             r1 = r0 + rb if r0 + rb < R else R
             tlo = T - s1 if (d == 1 or reverse_first) else s0
             if r0 < r1:
-                _project_task(x + tlo * B * I, I, W + d * I * GH,
+                _project_task(x, I, T, B, tlo, bfirst, W + d * I * GH,
                               Wp + d * lwp if Wp != NULL else NULL, bx + d * GH, GH,
                               xp + d * chunk * B * GH, r0, r1)
             task = task + nth
@@ -566,8 +595,10 @@ cdef void _split_worker(int tid, int nth, int cell, int act, int ract, long T, l
                             gh, G * hb, bhn + d * H + j0, hnxt + j0, Ho,
                             c + (d * B + b0) * H + j0 if c != NULL else NULL, H, valid, tmp)
                 if out != NULL:
-                    _emit(<int> nb, hb, hnxt + j0, Ho, out + (t * B + b0) * ldo + d * Ho + j0, ldo,
-                          valid, seen + (d * ncb + cb) * B + b0, zero_output)
+                    _emit(<int> nb, hb, hnxt + j0, Ho,
+                          out + _row(t, b0, T, B, bfirst) * ldo + d * Ho + j0,
+                          ldo * (T if bfirst else 1), valid, seen + (d * ncb + cb) * B + b0,
+                          zero_output)
                 _tock(PROF_STEP, t0)
                 task = task + nth
             t0 = _tick()
@@ -610,8 +641,8 @@ def split_batch_rows(long B):
 
 
 def rnn_forward(str cell_name, int act, int ract,
-                const floating[:, ::1] x,           # IN  (T*B, I), row t*B + b
-                long T, long B,
+                const floating[:, ::1] x,           # IN  (T*B, I), row t*B + b (b*T + t: bfirst)
+                long T, long B, bint bfirst,
                 const floating[:, :, ::1] W,        # IN  (ndir, I, GH)
                 const floating[:, ::1] Wp,          # IN  W packed (pack_projection), or (0, 0)
                 const floating[:, ::1] bx,          # IN  (ndir, GH)
@@ -621,7 +652,7 @@ def rnn_forward(str cell_name, int act, int ract,
                 const floating[:, :, ::1] Wr,       # IN  (ndir, H, P), or (ndir, 0, 0)
                 const unsigned char[:, ::1] mask,   # IN  (T, B), or (0, 0) for none
                 bint zero_output, bint reverse_first,
-                floating[:, ::1] out,               # OUT (T*B, ndir*Ho), or (0, 0) for none
+                floating[:, ::1] out,               # OUT (T*B, ndir*Ho), rows as x's, or (0, 0)
                 floating[:, :, ::1] h,              # IN/OUT (ndir, B, Ho): initial -> final state
                 floating[:, :, ::1] c,              # IN/OUT (ndir, B, H): LSTM cell state, else (0,0,0)
                 long ncb, bint split, long chunk, int num_threads):
@@ -631,8 +662,9 @@ def rnn_forward(str cell_name, int act, int ract,
     backward; outputs stay aligned with input time. With ``ncb`` > 1 the gate
     columns of W, bx and U are laid out in ``ncb`` unit blocks (layers.py), each
     block holding its units' gates side by side; ``split`` runs the small-batch path
-    (unit blocks as parallel tasks, one barrier per step). Shapes are checked by the
-    caller (layers.RNNLayer), which is the only intended user.
+    (unit blocks as parallel tasks, one barrier per step). ``bfirst``: x and out are
+    batch-major, (B, T, .) flattened, so the caller need not transpose. Shapes are
+    checked by the caller (layers.RNNLayer), which is the only intended user.
     """
     cdef int cell = CELL_CODES[cell_name]
     cdef int ndir = <int> W.shape[0]
@@ -705,7 +737,7 @@ def rnn_forward(str cell_name, int act, int ract,
                                   GH, G, ncb, sbb, ndir, reverse_first, chunk, nchunks, &x[0, 0],
                                   &W[0, 0, 0], wpp, Wp.shape[1], &bx[0, 0], &Up[0, 0], Up.shape[1],
                                   &bhn[0, 0], mptr,
-                                  zero_output, optr, ldo, hbuf, cptr, xp,
+                                  zero_output, optr, ldo, bfirst, hbuf, cptr, xp,
                                   scratch + tid * per_thread, seen, &barrier)
                 memcpy(&h[0, 0, 0], hbuf + (T % 2) * ndir * B * Ho, ndir * B * Ho * sizeof(floating))
             free(xp)
@@ -737,7 +769,7 @@ def rnn_forward(str cell_name, int act, int ract,
                 r1 = r0 + rb if r0 + rb < R else R
                 if r0 < r1:
                     tlo = (T - s1 if (d == 1 or reverse_first) else s0)
-                    _project_task(&x[0, 0] + tlo * B * I, I, &W[d, 0, 0],
+                    _project_task(&x[0, 0], I, T, B, tlo, bfirst, &W[d, 0, 0],
                                   wpp + d * Wp.shape[1] if wpp != NULL else NULL, &bx[d, 0], GH,
                                   xp + d * chunk * B * GH, r0, r1)
             # (2) the recurrence over this chunk, every (direction, batch block)
@@ -751,7 +783,7 @@ def rnn_forward(str cell_name, int act, int ract,
                                    b0, nb, xp + d * chunk * B * GH, &U[d, 0, 0],
                                    &Up[d, 0] if plain else NULL, &bhn[d, 0],
                                    wrp + d * H * P if has_proj else NULL, mptr, zero_output,
-                                   optr + d * Ho if has_out else NULL, ldo,
+                                   optr + d * Ho if has_out else NULL, ldo, bfirst,
                                    &h[d, b0, 0],
                                    cptr + (d * B + b0) * H if cell == CELL_LSTM else NULL,
                                    seen + d * B + b0)

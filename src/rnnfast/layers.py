@@ -61,6 +61,10 @@ CHUNK_ELEMENTS = 1 << 21
 #: thread: 65 ms against 72 ms with 8 MB chunks. The item path keeps CHUNK_ELEMENTS:
 #: it starts two parallel regions per chunk.
 CHUNK_ELEMENTS_CACHED = 1 << 18
+#: Batch-major input (``batch_first``) below this many rows (but more than one) is
+#: transposed instead: the kernel projects a batch-major step's rows together, and
+#: the projection's register tile has 6 rows.
+BATCH_FIRST_MIN_ROWS = 6
 #: Units per column block, at least, and the most blocks: GRU (reset-after), LSTM
 #: without projection and SimpleRNN lay their gate columns out in unit blocks so that
 #: a small batch can split each step across threads (see _kernels.pyx).
@@ -278,13 +282,13 @@ class RNNLayer:
     # -- running ---------------------------------------------------------------------
 
     def forward(self, x, h0=None, c0=None, *, mask=None, lengths=None, zero_output_for_mask=False,
-                return_sequences=True, num_threads=None, chunk_steps=None):
-        """Run the layer over a whole time-major sequence.
+                return_sequences=True, num_threads=None, chunk_steps=None, batch_first=False):
+        """Run the layer over a whole sequence.
 
         Parameters
         ----------
-        x : array_like, shape (T, B, I)
-            Time-major input; cast to the layer's dtype.
+        x : array_like, shape (T, B, I), or (B, T, I) with ``batch_first``
+            The input; cast to the layer's dtype.
         h0 : array_like, shape (D, B, Ho), optional
             Initial hidden state per direction (zeros if omitted).
         c0 : array_like, shape (D, B, H), optional
@@ -306,10 +310,14 @@ class RNNLayer:
             Steps per input-projection chunk (default: bounded by
             :data:`CHUNK_ELEMENTS` and :data:`CHUNK_ELEMENTS_CACHED`). A tuning
             and testing knob; results do not depend on it.
+        batch_first : bool
+            ``x`` and the output sequence are batch-major. The kernel reads and writes
+            that layout itself, with no transposed copies; the results are the
+            time-major ones (bitwise where the projection runs on packed weights).
 
         Returns
         -------
-        out : ndarray (T, B, D*Ho) or None
+        out : ndarray (T, B, D*Ho) or (B, T, D*Ho), or None
             Outputs, directions concatenated (forward first), aligned with input time.
         h_n : ndarray (D, B, Ho)
             Final hidden state per direction.
@@ -319,9 +327,17 @@ class RNNLayer:
         dt = self.dtype
         x = _as_input(x, dt)
         if x.ndim != 3:
-            raise ValueError("expected input of shape (time, batch, %d), got shape %s"
-                             % (self.input_size, x.shape))
-        T, B, I = x.shape
+            raise ValueError("expected input of shape (%s, %d), got shape %s"
+                             % ("batch, time" if batch_first else "time, batch", self.input_size,
+                                x.shape))
+        if batch_first and 1 < x.shape[0] < BATCH_FIRST_MIN_ROWS:
+            # a batch this small is cheaper to transpose than to project a few rows at a time
+            out, h, c = self.forward(np.swapaxes(x, 0, 1), h0, c0, mask=mask, lengths=lengths,
+                                     zero_output_for_mask=zero_output_for_mask,
+                                     return_sequences=return_sequences, num_threads=num_threads,
+                                     chunk_steps=chunk_steps)
+            return (np.ascontiguousarray(np.swapaxes(out, 0, 1)) if out is not None else None), h, c
+        B, T, I = x.shape if batch_first else (x.shape[1], x.shape[0], x.shape[2])
         if I != self.input_size:
             raise ValueError("expected input features %d, got %d (input shape %s)"
                              % (self.input_size, I, x.shape))
@@ -341,7 +357,9 @@ class RNNLayer:
                 raise ValueError("mask must have shape (time, batch) = %s, got %s" % ((T, B), mask.shape))
             mask = np.ascontiguousarray(mask, dtype=bool).view(np.uint8)
         m = mask if mask is not None else np.zeros((0, 0), np.uint8)
-        out = np.empty((T, B, D * Ho), dt) if return_sequences else None
+        out = None
+        if return_sequences:
+            out = np.empty((B, T, D * Ho) if batch_first else (T, B, D * Ho), dt)
         GH = self._W.shape[2]
         nt = resolve_num_threads(num_threads)
         o2 = out.reshape(T * B, D * Ho) if out is not None else np.zeros((0, 0), dt)
@@ -358,6 +376,7 @@ class RNNLayer:
         # BLAS is held to one thread only when this layer calls it (_threads)
         with (blas_single_threaded() if self._uses_blas else contextlib.nullcontext()):
             _kernels.rnn_forward(self._kernel_cell, self._act, self._ract, x.reshape(T * B, I), T, B,
+                                 bool(batch_first),
                                  self._W, self._Wp, self._bx, self._U, self._Up, self._bhn, self._Wr, m,
                                  bool(zero_output_for_mask), self.go_backwards, o2, h, c,
                                  self._ncb, split, int(chunk_steps), nt)

@@ -14,13 +14,14 @@ __all__ = ["Sequential", "run_recurrent"]
 
 
 def run_recurrent(layer, x_tm, *, return_sequences, merge_mode="concat", mask=None,
-                  zero_output_for_mask=False, return_state=False, num_threads=None):
+                  zero_output_for_mask=False, return_state=False, num_threads=None,
+                  batch_first=False):
     """Run ``layer`` on time-major ``x_tm`` and shape its result as the Keras layer would.
 
     Parameters
     ----------
     layer : RNNLayer
-    x_tm : array_like, shape (T, B, I)
+    x_tm : array_like, shape (T, B, I), or (B, T, I) with ``batch_first``
     return_sequences : bool
     merge_mode : {"concat", "sum", "mul", "ave", None}
         For a two-direction layer (Keras ``Bidirectional``).
@@ -32,11 +33,13 @@ def run_recurrent(layer, x_tm, *, return_sequences, merge_mode="concat", mask=No
     return_state : bool
         Also return the final states.
     num_threads : int, optional
+    batch_first : bool
+        ``x_tm`` and the output sequence are batch-major (the mask stays (T, B)).
 
     Returns
     -------
     out : ndarray (T, B, F) or (B, F), or a list [forward, backward] for ``merge_mode=None``
-        The output sequence, time-major, in Keras' order: a ``go_backwards`` layer's
+        The output sequence, time-major (batch-major with ``batch_first``), in Keras' order: a ``go_backwards`` layer's
         sequence comes out reversed (its first element is the last input step), the
         backward half of a two-direction layer is aligned with input time. Without
         ``return_sequences`` the last output: the final state, or -- with
@@ -45,11 +48,12 @@ def run_recurrent(layer, x_tm, *, return_sequences, merge_mode="concat", mask=No
         Per direction (forward first): ``h``, then ``c`` for LSTM (Keras' order).
     """
     out, h_n, c_n = layer.forward(x_tm, mask=mask, zero_output_for_mask=zero_output_for_mask,
-                                  return_sequences=return_sequences, num_threads=num_threads)
+                                  return_sequences=return_sequences, num_threads=num_threads,
+                                  batch_first=batch_first)
     D = layer.num_directions
     if return_sequences:
         if layer.go_backwards:
-            out = out[::-1]
+            out = out[:, ::-1] if batch_first else out[::-1]
     else:
         last = list(h_n)
         if mask is not None and zero_output_for_mask:
@@ -70,17 +74,13 @@ def run_recurrent(layer, x_tm, *, return_sequences, merge_mode="concat", mask=No
     return out, states
 
 
-def _batch_major(y):
-    return np.ascontiguousarray(np.swapaxes(y, 0, 1))
-
-
 class Sequential:
     """Canonical layers run in order on batch-major input ``(batch, time, features)``.
 
     Recurrent layers are added with their Keras-level options
     (``return_sequences``, ``merge_mode``); :class:`~rnnfast.layers.Dense` layers act on
-    the last axis. Internally the sequence stays time-major from the first recurrent
-    layer to the last.
+    the last axis. The recurrent kernels read and write the batch-major sequence as it
+    is: nothing is transposed.
     """
 
     def __init__(self, steps=()):
@@ -111,22 +111,16 @@ class Sequential:
         y = np.asarray(x)
         if y.ndim != 3:
             raise ValueError("expected input of shape (batch, time, features), got %s" % (y.shape,))
-        time_major = False
         for i, (layer, opt) in enumerate(self._steps):
             if isinstance(layer, RNNLayer):
-                if not time_major:
-                    y = np.ascontiguousarray(np.swapaxes(y, 0, 1), dtype=layer.dtype)
-                    time_major = True
-                y = run_recurrent(layer, y, num_threads=num_threads, **opt)
+                y = run_recurrent(layer, y, num_threads=num_threads, batch_first=True, **opt)
                 if isinstance(y, list):         # merge_mode=None: [forward, backward]
                     if i != len(self._steps) - 1:
                         raise ValueError("merge_mode=None gives two outputs: it must be the last layer")
-                    return [_batch_major(o) if time_major and o.ndim == 3 else o for o in y]
-                if y.ndim == 2:
-                    time_major = False          # (B, F): the last output
+                    return y
             else:
                 y = layer.forward(y)
-        return _batch_major(y) if time_major else y
+        return y
 
     __call__ = predict
 

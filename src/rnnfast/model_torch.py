@@ -2,8 +2,10 @@
 
 Each of the module's layers is one :class:`~rnnfast.layers.RNNLayer` (both
 directions in one compiled call when bidirectional). Layers run one after the
-other on time-major data: a layer's output ``(T, B, D*Ho)``, written by the kernel
-with the directions already side by side, is the next layer's input as it is.
+other on the data in the module's own layout (time-major, or batch-major with
+``batch_first``: the kernels read and write either): a layer's output, written by
+the kernel with the directions already side by side, is the next layer's input as
+it is.
 """
 import numpy as np
 
@@ -160,7 +162,7 @@ class TorchRNN(Summarized):
         Returns
         -------
         out : ndarray
-            ``(T, B, D * Ho)`` (``(B, T, D * Ho)`` when ``batch_first``, a view;
+            ``(T, B, D * Ho)`` (``(B, T, D * Ho)`` when ``batch_first``;
             ``(T, D * Ho)`` unbatched): the last layer's outputs, directions
             concatenated (forward first).
         h_n : ndarray, ``(num_layers * num_directions, B, Ho)``
@@ -171,18 +173,16 @@ class TorchRNN(Summarized):
         dt = self.dtype
         x = _as_input(x, dt)
         unbatched = x.ndim == 2
+        bfirst = self.batch_first and not unbatched        # the kernels read it as it is
         if unbatched:
             if lengths is not None:
                 raise ValueError("lengths needs batched 3-D input, got shape %s" % (x.shape,))
             x = x[:, None, :]
-        elif x.ndim == 3:
-            if self.batch_first:
-                x = np.ascontiguousarray(x.swapaxes(0, 1))
-        else:
+        elif x.ndim != 3:
             raise ValueError("expected input of shape %s or unbatched (time, %d), got shape %s"
                              % ("(batch, time, %d)" % self.input_size if self.batch_first
                                 else "(time, batch, %d)" % self.input_size, self.input_size, x.shape))
-        T, B, I = x.shape
+        B, T, I = x.shape if bfirst else (x.shape[1], x.shape[0], x.shape[2])
         if I != self.input_size:
             raise ValueError("expected %d input features, got input of shape %s"
                              % (self.input_size, (x[:, 0] if unbatched else x).shape))
@@ -197,7 +197,7 @@ class TorchRNN(Summarized):
         for k, layer in enumerate(self.layers):
             part = slice(k * D, (k + 1) * D)
             y, h, c = layer.forward(y, None if h0 is None else h0[part], None if c0 is None else c0[part],
-                                    lengths=lengths, num_threads=num_threads)
+                                    lengths=lengths, num_threads=num_threads, batch_first=bfirst)
             h_n[part] = h
             if c_n is not None:
                 c_n[part] = c
@@ -205,8 +205,6 @@ class TorchRNN(Summarized):
         if unbatched:
             out, h_n = out[:, 0], h_n[:, 0]
             c_n = None if c_n is None else c_n[:, 0]
-        elif self.batch_first:
-            out = out.swapaxes(0, 1)
         return (out, (h_n, c_n)) if self.mode == "LSTM" else (out, h_n)
 
     __call__ = forward
