@@ -499,7 +499,7 @@ static inline void rnn_emit_##S(int nrows, int n, const T *h, long ldh, T *out, 
         T *o = out + b * ldo;                                                               \
         if (!valid || valid[b]) {                                                           \
             memcpy(o, h + b * ldh, (size_t)n * sizeof(T));                                  \
-            seen[b] = 1;                                                                    \
+            if (!seen[b]) seen[b] = 1;  /* written once: threads share its cache line */    \
         } else if (zero_output || !seen[b]) {                                               \
             memset(o, 0, (size_t)n * sizeof(T));                                            \
         } else {                                                                            \

@@ -3,7 +3,7 @@
 #
 # - Who allocates: the Python caller (layers.py) validates shapes, makes every array
 #   C-contiguous in the compute dtype, packs the weights once per layer
-#   (pack_recurrent, pack_projection) and allocates the outputs (out, h, c). This
+#   (pack_blocks) and allocates the outputs (out, h, c). This
 #   module allocates only scratch, with malloc, once per chunk and work item, never
 #   per time step.
 # - The products: the per-step recurrent product h U of GRU (reset-after), LSTM
@@ -39,6 +39,7 @@
 # - The GIL is released for the whole call.
 from cython.parallel cimport parallel, prange
 from libc.stdlib cimport malloc, calloc, free
+from posix.stdlib cimport posix_memalign
 from libc.string cimport memcpy, memset
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 from cython cimport floating
@@ -230,6 +231,16 @@ def activate(int kind, floating[::1] v):
             rnn_activate_d(kind, &v[0], <int> v.shape[0])
 
 
+cdef inline void *_alloc_lines(size_t n) noexcept nogil:
+    """n bytes on a cache-line boundary (64), or NULL; freed with free(). For the
+    blocked path's shared buffers, whose blocks different threads write: a line
+    that two blocks share would bounce between cores on every step."""
+    cdef void *p = NULL
+    if posix_memalign(&p, 64, n if n > 0 else 64) != 0:
+        return NULL
+    return p
+
+
 cdef inline long _row(long t, long b, long T, long B, bint bfirst) noexcept nogil:
     """The row of (time t, batch b) in the input and the output: t*B + b, or b*T + t
     when they are batch-major."""
@@ -237,38 +248,69 @@ cdef inline long _row(long t, long b, long T, long B, bint bfirst) noexcept nogi
 
 
 cdef void _project_rows(long n, long I, const floating *x, long ldx, const floating *W,
-                        const floating *Wp, const floating *bx, long GH,
-                        floating *xp) noexcept nogil:
-    """xp[0:n] = x[0:n] @ W + bx for n input rows ldx apart, on the packed W when there
-    is one (Wp, see packed_projection), else by BLAS."""
+                        long ldw, const floating *Wp, const floating *bx, long N,
+                        floating *xp, long ldxp) noexcept nogil:
+    """xp[0:n, 0:N] = x[0:n] @ W[:, 0:N] + bx[0:N] for n input rows ldx apart, on the
+    packed W when there is one (Wp: these N columns packed, see packed_projection),
+    else by BLAS (W with row stride ldw)."""
     cdef long r
     if Wp != NULL:
-        _gemm_packed(<int> n, <int> GH, <int> I, x, ldx, Wp, bx, xp, GH)
+        _gemm_packed(<int> n, <int> N, <int> I, x, ldx, Wp, bx, xp, ldxp)
     else:
         for r in range(n):
-            memcpy(xp + r * GH, bx, GH * sizeof(floating))
-        gemm_rm(<int> n, <int> GH, <int> I, <floating> 1, x, <int> ldx,
-                W, <int> GH, <floating> 1, xp, <int> GH)
+            memcpy(xp + r * ldxp, bx, N * sizeof(floating))
+        gemm_rm(<int> n, <int> N, <int> I, <floating> 1, x, <int> ldx,
+                W, <int> ldw, <floating> 1, xp, <int> ldxp)
 
 
 cdef void _project_task(const floating *x, long I, long T, long B, long tlo, bint bfirst,
-                        const floating *W, const floating *Wp, const floating *bx, long GH,
-                        floating *xp, long r0, long r1) noexcept nogil:
-    """Rows r0..r1-1 of one direction's chunk projection: xp[r] = x(t, b) @ W + bx for
-    r = (t - tlo) * B + b. Time-major rows are contiguous; batch-major ones are taken
-    one time step at a time (the batch rows of a step are T rows apart)."""
-    cdef long r, t, b, n
+                        const floating *W, const floating *Wp, const floating *bx, long H,
+                        long G, long ncb, floating *xp, long r0, long r1) noexcept nogil:
+    """Rows r0..r1-1 of one direction's chunk projection, every column: xp[r] =
+    x(t, b) @ W + bx for r = (t - tlo) * B + b, unit block by unit block (the packed W
+    is packed so). Time-major rows are contiguous; batch-major ones are taken one time
+    step at a time (the batch rows of a step are T rows apart)."""
+    cdef long r, t, b, n, cb, j0, nc
+    cdef long GH = G * H
+    cdef const floating *wpb
     cdef double t0 = _tick()
-    if not bfirst or B == 1:
-        _project_rows(r1 - r0, I, x + (tlo * B + r0) * I, I, W, Wp, bx, GH, xp + r0 * GH)
+    for cb in range(ncb):
+        j0 = G * _block_start(H, ncb, cb)
+        nc = G * _block_start(H, ncb, cb + 1) - j0
+        wpb = Wp + _packed_offset(I, H, G, ncb, cb) if Wp != NULL else NULL
+        if not bfirst or B == 1:
+            _project_rows(r1 - r0, I, x + (tlo * B + r0) * I, I, W + j0, GH, wpb, bx + j0, nc,
+                          xp + r0 * GH + j0, GH)
+        else:
+            r = r0
+            while r < r1:
+                t = tlo + r // B
+                b = r % B
+                n = B - b if B - b < r1 - r else r1 - r
+                _project_rows(n, I, x + (b * T + t) * I, T * I, W + j0, GH, wpb, bx + j0, nc,
+                              xp + r * GH + j0, GH)
+                r = r + n
+    _tock(PROF_PROJECTION, t0)
+
+
+cdef void _project_block(const floating *x, long I, long T, long B, long tlo, long nsteps,
+                         long b0, long nb, bint bfirst, const floating *W, long GH,
+                         const floating *Wp, const floating *bx, long N,
+                         floating *xp) noexcept nogil:
+    """The blocked path's projection of one task: rows (t, b) for the chunk's nsteps
+    steps from tlo and the batch block b0..b0+nb-1, columns of one unit block (N of
+    them: W, Wp, bx and xp point at the block's first column; rows of W and xp are GH
+    apart). One product for the whole chunk when the block is the whole batch and the
+    rows are contiguous, else one per step."""
+    cdef long k, t
+    cdef double t0 = _tick()
+    if nb == B and (not bfirst or B == 1):
+        _project_rows(nsteps * B, I, x + tlo * B * I, I, W, GH, Wp, bx, N, xp, GH)
     else:
-        r = r0
-        while r < r1:
-            t = tlo + r // B
-            b = r % B
-            n = B - b if B - b < r1 - r else r1 - r
-            _project_rows(n, I, x + (b * T + t) * I, T * I, W, Wp, bx, GH, xp + r * GH)
-            r = r + n
+        for k in range(nsteps):
+            t = tlo + k
+            _project_rows(nb, I, x + _row(t, b0, T, B, bfirst) * I, I * (T if bfirst else 1),
+                          W, GH, Wp, bx, N, xp + (k * B + b0) * GH, GH)
     _tock(PROF_PROJECTION, t0)
 
 
@@ -375,28 +417,12 @@ def packed_projection(dtype):
     return np.dtype(dtype) == np.float32 and rnn_isa_level() == 2
 
 
-def pack_projection(const floating[:, :, ::1] W):
-    """The input weights W (ndir, I, GH) packed for the projection: (ndir, size)."""
-    cdef long ndir = W.shape[0], I = W.shape[1], GH = W.shape[2], d
-    packed = np.zeros((ndir, rnn_packed_size(I, GH)),
-                      dtype=np.float32 if floating is float else np.float64)
-    cdef floating[:, ::1] P = packed
-    if packed.size == 0:
-        return packed
-    with nogil:
-        for d in range(ndir):
-            if floating is float:
-                rnn_pack_f(I, GH, &W[d, 0, 0], GH, &P[d, 0])
-            else:
-                rnn_pack_d(I, GH, &W[d, 0, 0], GH, &P[d, 0])
-    return packed
-
-
-def pack_recurrent(const floating[:, :, ::1] U, long G, long ncb):
-    """The recurrent weights U (ndir, Ho, G*H) in the packed form the per-step product
-    reads: per direction, unit block after unit block (the layout of layers.py), each
-    block cut into panels of 64 columns (_packgemm.h). Done once per layer."""
-    cdef long ndir = U.shape[0], K = U.shape[1], GH = U.shape[2]
+def pack_blocks(const floating[:, :, ::1] M, long G, long ncb):
+    """Weights M (ndir, K, G*H) -- the recurrent U, or the input W -- in the packed form
+    the products read: per direction, unit block after unit block (the column layout of
+    layers.py), each block cut into panels of 64 columns (_packgemm.h). Done once per
+    layer."""
+    cdef long ndir = M.shape[0], K = M.shape[1], GH = M.shape[2]
     cdef long H = GH // G
     cdef long size = _packed_offset(K, H, G, ncb, ncb)
     cdef long d, cb, j0, j1
@@ -410,10 +436,10 @@ def pack_recurrent(const floating[:, :, ::1] U, long G, long ncb):
                 j0 = _block_start(H, ncb, cb)
                 j1 = _block_start(H, ncb, cb + 1)
                 if floating is float:
-                    rnn_pack_f(K, G * (j1 - j0), &U[d, 0, G * j0], GH,
+                    rnn_pack_f(K, G * (j1 - j0), &M[d, 0, G * j0], GH,
                                &P[d, _packed_offset(K, H, G, ncb, cb)])
                 else:
-                    rnn_pack_d(K, G * (j1 - j0), &U[d, 0, G * j0], GH,
+                    rnn_pack_d(K, G * (j1 - j0), &M[d, 0, G * j0], GH,
                                &P[d, _packed_offset(K, H, G, ncb, cb)])
     return packed
 
@@ -423,7 +449,7 @@ cdef int _recur_item(int cell, int act, int ract, long T, long B, long H, long H
                      long nb,
                      const floating *xp,       # IN  (rows of this chunk, GH) for this direction
                      const floating *U,        # IN  (Ho, GH)
-                     const floating *Up,       # IN  U packed (pack_recurrent), plain cells
+                     const floating *Up,       # IN  U packed (pack_blocks), plain cells
                      const floating *bhn,      # IN  (H,)
                      const floating *Wr,       # IN  (H, P) or NULL
                      const unsigned char *mask,  # IN (T, B) or NULL
@@ -512,10 +538,10 @@ cdef void _split_worker(int tid, int nth, int cell, int act, int ract, long T, l
                         bint reverse_first, long chunk, long nchunks,
                         const floating *x,          # IN  (T*B, I)
                         const floating *W,          # IN  (ndir, I, GH)
-                        const floating *Wp,         # IN  (ndir, lwp): W packed, or NULL
+                        const floating *Wp,         # IN  (ndir, lwp): W packed by unit block, or NULL
                         long lwp,
                         const floating *bx,         # IN  (ndir, GH)
-                        const floating *Up,         # IN  (ndir, lup): U packed (pack_recurrent)
+                        const floating *Up,         # IN  (ndir, lup): U packed (pack_blocks)
                         long lup,
                         const floating *bhn,        # IN  (ndir, H)
                         const unsigned char *mask,  # IN  (T, B) or NULL
@@ -532,8 +558,10 @@ cdef void _split_worker(int tid, int nth, int cell, int act, int ract, long T, l
     """One thread's share of the blocked path: every (direction, batch block of ``bb``
     rows, unit block) of a step is a task; tasks are dealt round-robin to the team (the
     same ones every step, so each thread keeps its share of U in its cache), with one
-    barrier per step. The tasks, and so the arithmetic, do not depend on the team size."""
-    cdef long ch, s0, s1, R, nrb, rb, r0, r1, task, d, cb, j0, j1, hb, t, tlo, s, r
+    barrier per step. A task also projects its own block of each chunk's input, so that
+    a thread's steps read only projections it wrote (they stay in its cache, and need
+    no barrier). The tasks, and so the arithmetic, do not depend on the team size."""
+    cdef long ch, s0, s1, task, d, cb, j0, j1, hb, t, tlo, s, r
     cdef long nbb = (B + bb - 1) // bb
     cdef long ntask = ndir * nbb * ncb
     cdef long b0, nb, k
@@ -547,24 +575,21 @@ cdef void _split_worker(int tid, int nth, int cell, int act, int ract, long T, l
     for ch in range(nchunks):
         s0 = ch * chunk
         s1 = s0 + chunk if s0 + chunk < T else T
-        R = (s1 - s0) * B
-        # (1) input projection of the chunk: (direction, row block) tasks
-        nrb = _proj_tasks(R)
-        rb = _proj_rows(R, nrb)
+        # (1) each task's block of the chunk's input projection
         task = tid
-        while task < ndir * nrb:
-            d = task // nrb
-            r0 = (task % nrb) * rb
-            r1 = r0 + rb if r0 + rb < R else R
+        while task < ntask:
+            cb = task % ncb
+            k = task // ncb
+            b0 = (k % nbb) * bb
+            d = k // nbb
+            nb = bb if b0 + bb <= B else B - b0
             tlo = T - s1 if (d == 1 or reverse_first) else s0
-            if r0 < r1:
-                _project_task(x, I, T, B, tlo, bfirst, W + d * I * GH,
-                              Wp + d * lwp if Wp != NULL else NULL, bx + d * GH, GH,
-                              xp + d * chunk * B * GH, r0, r1)
+            j0 = _block_start(H, ncb, cb)
+            _project_block(x, I, T, B, tlo, s1 - s0, b0, nb, bfirst, W + d * I * GH + G * j0, GH,
+                           Wp + d * lwp + _packed_offset(I, H, G, ncb, cb) if Wp != NULL else NULL,
+                           bx + d * GH + G * j0, G * (_block_start(H, ncb, cb + 1) - j0),
+                           xp + d * chunk * B * GH + G * j0)
             task = task + nth
-        t0 = _tick()
-        rnn_barrier_wait(barrier)
-        _tock(PROF_WAIT, t0)
         # (2) the steps: tasks (direction, unit block), state read from hcur, written to hnxt
         for s in range(s0, s1):
             task = tid
@@ -644,10 +669,10 @@ def rnn_forward(str cell_name, int act, int ract,
                 const floating[:, ::1] x,           # IN  (T*B, I), row t*B + b (b*T + t: bfirst)
                 long T, long B, bint bfirst,
                 const floating[:, :, ::1] W,        # IN  (ndir, I, GH)
-                const floating[:, ::1] Wp,          # IN  W packed (pack_projection), or (0, 0)
+                const floating[:, ::1] Wp,          # IN  W packed (pack_blocks), or (0, 0)
                 const floating[:, ::1] bx,          # IN  (ndir, GH)
                 const floating[:, :, ::1] U,        # IN  (ndir, Ho, GH)
-                const floating[:, ::1] Up,          # IN  U packed (pack_recurrent), or (0, 0)
+                const floating[:, ::1] Up,          # IN  U packed (pack_blocks), or (0, 0)
                 const floating[:, ::1] bhn,         # IN  (ndir, H)
                 const floating[:, :, ::1] Wr,       # IN  (ndir, H, P), or (ndir, 0, 0)
                 const unsigned char[:, ::1] mask,   # IN  (T, B), or (0, 0) for none
@@ -694,6 +719,7 @@ def rnn_forward(str cell_name, int act, int ract,
     cdef const floating *wpp = &Wp[0, 0] if Wp.shape[1] > 0 else NULL
     cdef floating *cptr = &c[0, 0, 0] if cell == CELL_LSTM else NULL
     cdef floating *hbuf = NULL
+    cdef floating *cbuf = NULL
     cdef floating *scratch = NULL
     cdef long sbb = split_batch_rows(B) if B > 0 else 1
     cdef long per_thread = sbb * GH + 4 * H
@@ -711,23 +737,29 @@ def rnn_forward(str cell_name, int act, int ract,
         num_threads = 1
     if split and not plain:
         raise ValueError("the small-batch path does not run this cell")
-    if wpp != NULL and (Wp.shape[0] != ndir or Wp.shape[1] != rnn_packed_size(I, GH)):
+    if wpp != NULL and (Wp.shape[0] != ndir or Wp.shape[1] != _packed_offset(I, H, G, ncb, ncb)):
         raise ValueError("packed input weights of shape %s, expected %s"
-                         % ((Wp.shape[0], Wp.shape[1]), (ndir, rnn_packed_size(I, GH))))
+                         % ((Wp.shape[0], Wp.shape[1]), (ndir, _packed_offset(I, H, G, ncb, ncb))))
     if plain and (Up.shape[0] != ndir or Up.shape[1] != _packed_offset(Ho, H, G, ncb, ncb)):
         raise ValueError("packed recurrent weights of shape %s, expected %s"
                          % ((Up.shape[0], Up.shape[1]), (ndir, _packed_offset(Ho, H, G, ncb, ncb))))
 
     if split:
         with nogil:
-            xp = <floating *> malloc(ndir * chunk * B * GH * sizeof(floating))
+            xp = <floating *> _alloc_lines(ndir * chunk * B * GH * sizeof(floating))
             seen = <unsigned char *> calloc(ndir * ncb * B, 1)
-            hbuf = <floating *> malloc(2 * ndir * B * Ho * sizeof(floating))
-            scratch = <floating *> calloc(num_threads * per_thread, sizeof(floating))
-            if xp == NULL or seen == NULL or hbuf == NULL or scratch == NULL:
+            hbuf = <floating *> _alloc_lines(2 * ndir * B * Ho * sizeof(floating))
+            if cptr != NULL:               # the cell state, in a buffer of our own alignment
+                cbuf = <floating *> _alloc_lines(ndir * B * H * sizeof(floating))
+            per_thread = (per_thread + 15) // 16 * 16
+            scratch = <floating *> _alloc_lines(num_threads * per_thread * sizeof(floating))
+            if (xp == NULL or seen == NULL or hbuf == NULL or scratch == NULL
+                    or (cptr != NULL and cbuf == NULL)):
                 err = 1
             else:
                 memcpy(hbuf, &h[0, 0, 0], ndir * B * Ho * sizeof(floating))
+                if cptr != NULL:
+                    memcpy(cbuf, cptr, ndir * B * H * sizeof(floating))
                 with parallel(num_threads=num_threads):
                     tid = omp_get_thread_num()
                     if tid == 0:
@@ -737,12 +769,15 @@ def rnn_forward(str cell_name, int act, int ract,
                                   GH, G, ncb, sbb, ndir, reverse_first, chunk, nchunks, &x[0, 0],
                                   &W[0, 0, 0], wpp, Wp.shape[1], &bx[0, 0], &Up[0, 0], Up.shape[1],
                                   &bhn[0, 0], mptr,
-                                  zero_output, optr, ldo, bfirst, hbuf, cptr, xp,
+                                  zero_output, optr, ldo, bfirst, hbuf, cbuf, xp,
                                   scratch + tid * per_thread, seen, &barrier)
                 memcpy(&h[0, 0, 0], hbuf + (T % 2) * ndir * B * Ho, ndir * B * Ho * sizeof(floating))
+                if cptr != NULL:
+                    memcpy(cptr, cbuf, ndir * B * H * sizeof(floating))
             free(xp)
             free(seen)
             free(hbuf)
+            free(cbuf)
             free(scratch)
         if err:
             raise MemoryError("rnnfast: out of memory for the recurrent kernel's scratch")
@@ -770,8 +805,8 @@ def rnn_forward(str cell_name, int act, int ract,
                 if r0 < r1:
                     tlo = (T - s1 if (d == 1 or reverse_first) else s0)
                     _project_task(&x[0, 0], I, T, B, tlo, bfirst, &W[d, 0, 0],
-                                  wpp + d * Wp.shape[1] if wpp != NULL else NULL, &bx[d, 0], GH,
-                                  xp + d * chunk * B * GH, r0, r1)
+                                  wpp + d * Wp.shape[1] if wpp != NULL else NULL, &bx[d, 0], H, G,
+                                  ncb, xp + d * chunk * B * GH, r0, r1)
             # (2) the recurrence over this chunk, every (direction, batch block)
             for item in prange(nitems, num_threads=num_threads, schedule='dynamic'):
                 d = item // nbb

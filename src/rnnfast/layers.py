@@ -220,11 +220,12 @@ class RNNLayer:
             W, U, bx = W[:, :, perm], U[:, :, perm], bx[:, perm]
         self._W = _frozen(np.ascontiguousarray(W))
         # the input projection reads W packed where that beats BLAS (packed_projection)
-        self._Wp = _frozen(_kernels.pack_projection(self._W) if _kernels.packed_projection(dt)
+        packed_w = _kernels.packed_projection(dt)
+        self._Wp = _frozen(_kernels.pack_blocks(self._W, G, self._ncb) if packed_w
                            else np.zeros((len(weights), 0), dt))
         self._U = _frozen(np.ascontiguousarray(U))
         # the per-step product of these cells reads U packed in panels, packed once here
-        self._Up = _frozen(_kernels.pack_recurrent(self._U, G, self._ncb) if plain
+        self._Up = _frozen(_kernels.pack_blocks(self._U, G, self._ncb) if plain
                            else np.zeros((len(weights), 0), dt))
         self._bx = _frozen(np.ascontiguousarray(bx))
         self._uses_blas = self._Wp.size == 0 or not plain
@@ -359,7 +360,7 @@ class RNNLayer:
         m = mask if mask is not None else np.zeros((0, 0), np.uint8)
         out = None
         if return_sequences:
-            out = np.empty((B, T, D * Ho) if batch_first else (T, B, D * Ho), dt)
+            out = _empty_lines((B, T, D * Ho) if batch_first else (T, B, D * Ho), dt)
         GH = self._W.shape[2]
         nt = resolve_num_threads(num_threads)
         o2 = out.reshape(T * B, D * Ho) if out is not None else np.zeros((0, 0), dt)
@@ -503,6 +504,15 @@ def _as_input(x, dt):
     if np.issubdtype(a.dtype, np.complexfloating):
         raise ValueError("input must be real (float, integer or bool), got dtype %s" % a.dtype)
     return np.ascontiguousarray(a, dtype=dt)
+
+
+def _empty_lines(shape, dt):
+    """np.empty on a cache-line (64-byte) boundary: threads write the output in unit
+    blocks, and a line two blocks share would bounce between their cores."""
+    n = int(np.prod(shape)) * np.dtype(dt).itemsize
+    buf = np.empty(n + 64, np.uint8)
+    off = -buf.ctypes.data % 64
+    return buf[off:off + n].view(dt).reshape(shape)
 
 
 def _state(s, shape, dt, name):
