@@ -533,6 +533,17 @@ cdef int _recur_item(int cell, int act, int ract, long T, long B, long H, long H
     return 0
 
 
+cdef inline void _task_block(long task, long ncb, long nbb, long bb, long B, long *d, long *b0,
+                             long *nb, long *cb) noexcept nogil:
+    """The blocked path's task number -> direction, batch block (first row, rows) and
+    unit block; unit blocks vary fastest."""
+    cdef long k = task // ncb
+    cb[0] = task % ncb
+    b0[0] = (k % nbb) * bb
+    d[0] = k // nbb
+    nb[0] = bb if b0[0] + bb <= B else B - b0[0]
+
+
 cdef void _split_worker(int tid, int nth, int cell, int act, int ract, long T, long B, long I,
                         long H, long Ho, long GH, long G, long ncb, long bb, int ndir,
                         bint reverse_first, long chunk, long nchunks,
@@ -564,7 +575,7 @@ cdef void _split_worker(int tid, int nth, int cell, int act, int ract, long T, l
     cdef long ch, s0, s1, task, d, cb, j0, j1, hb, t, tlo, s, r
     cdef long nbb = (B + bb - 1) // bb
     cdef long ntask = ndir * nbb * ncb
-    cdef long b0, nb, k
+    cdef long b0, nb
     cdef int rev
     cdef floating *gh = scratch
     cdef floating *tmp = scratch + bb * GH
@@ -578,11 +589,7 @@ cdef void _split_worker(int tid, int nth, int cell, int act, int ract, long T, l
         # (1) each task's block of the chunk's input projection
         task = tid
         while task < ntask:
-            cb = task % ncb
-            k = task // ncb
-            b0 = (k % nbb) * bb
-            d = k // nbb
-            nb = bb if b0 + bb <= B else B - b0
+            _task_block(task, ncb, nbb, bb, B, &d, &b0, &nb, &cb)
             tlo = T - s1 if (d == 1 or reverse_first) else s0
             j0 = _block_start(H, ncb, cb)
             _project_block(x, I, T, B, tlo, s1 - s0, b0, nb, bfirst, W + d * I * GH + G * j0, GH,
@@ -594,11 +601,7 @@ cdef void _split_worker(int tid, int nth, int cell, int act, int ract, long T, l
         for s in range(s0, s1):
             task = tid
             while task < ntask:
-                cb = task % ncb
-                k = task // ncb
-                b0 = (k % nbb) * bb
-                d = k // nbb
-                nb = bb if b0 + bb <= B else B - b0
+                _task_block(task, ncb, nbb, bb, B, &d, &b0, &nb, &cb)
                 rev = 1 if (d == 1 or reverse_first) else 0
                 t = T - 1 - s if rev else s
                 tlo = T - s1 if rev else s0
