@@ -620,7 +620,8 @@ cdef void _split_worker(int tid, int nth, int cell, int act, int ract, long T, l
                 # SimpleRNN overwrite every stepped row, so only masked rows are carried
                 for r in range(nb):
                     if cell == CELL_GRU or (valid != NULL and not valid[r]):
-                        memcpy(hnxt + r * Ho + j0, hcur + r * Ho + j0, hb * sizeof(floating))
+                        memcpy(hnxt + r * Ho + j0, hcur + r * Ho + j0,
+                               hb * sizeof(floating))
                 _cell_block(cell, act, ract, <int> nb, hb,
                             xp + d * chunk * B * GH + ((t - tlo) * B + b0) * GH + G * j0, GH,
                             gh, G * hb, bhn + d * H + j0, hnxt + j0, Ho,
