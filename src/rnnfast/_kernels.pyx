@@ -26,7 +26,11 @@
 #   math are tasks shared by the team, the same ones per thread every step, with one
 #   barrier per step and the state double-buffered. Each core keeps its share of the
 #   recurrent weights in its own cache, and a small batch still uses every core
-#   (_split_worker).
+#   (_split_worker). A task also projects its own block of each chunk's input, so
+#   the projection is read where it was written; the buffers threads share are
+#   aligned to cache lines.
+# - Layout: x and out are time-major rows (t*B + b), or batch-major (b*T + t) with
+#   `bfirst`, read and written in place either way.
 # - Threads: OpenMP over tasks/items (dynamic schedule). The decomposition into
 #   tasks and items depends on the shapes only, never on the thread count, so results
 #   are bitwise identical for every thread count. Every BLAS call is made inside the
