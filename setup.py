@@ -6,6 +6,7 @@ OpenMP is probed by compiling a tiny program; when the compiler has none (or
 AVX2 / AVX-512 clones chosen at run time (see ``_cellmath.h``). ``RNNFAST_NATIVE=1``
 opts in to ``-march=native`` for a machine-specific build.
 """
+import glob
 import os
 import sys
 import shutil
@@ -92,6 +93,8 @@ def extensions():
             "rnnfast._kernels",
             ["src/rnnfast/_kernels.pyx"],
             include_dirs=["src/rnnfast"],
+            # the C headers it includes: a change to one alone must rebuild it too
+            depends=sorted(glob.glob("src/rnnfast/*.h")),
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         ),
     ]
