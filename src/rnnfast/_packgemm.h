@@ -210,28 +210,25 @@ static void rnn_gemm_packed_f_avx512(int M, int N, int K, const float *A, long l
 
 /* C (M x N, row stride ldc) = bias + A (M x K, row stride lda) times the packed K x N
  * block Bp, on the instruction set chosen at import; bias (N,) or NULL for zeros. */
-static void rnn_gemm_packed_f(int M, int N, int K, const float *A, long lda, const float *Bp,
-                              const float *bias, float *C, long ldc)
-{
-    if (M <= 0 || N <= 0)
-        return;
 #if RNN_X86_DISPATCH
-    if (rnn_isa == 2) { rnn_gemm_packed_f_avx512(M, N, K, A, lda, Bp, bias, C, ldc); return; }
-    if (rnn_isa == 1) { rnn_gemm_packed_f_avx2(M, N, K, A, lda, Bp, bias, C, ldc); return; }
+#define RNN_PACKGEMM_ISA_CALLS(S)                                                           \
+    if (rnn_isa == 2) { rnn_gemm_packed_##S##_avx512(M, N, K, A, lda, Bp, bias, C, ldc); return; } \
+    if (rnn_isa == 1) { rnn_gemm_packed_##S##_avx2(M, N, K, A, lda, Bp, bias, C, ldc); return; }
+#else
+#define RNN_PACKGEMM_ISA_CALLS(S)
 #endif
-    rnn_gemm_packed_f_base(M, N, K, A, lda, Bp, bias, C, ldc);
+
+#define RNN_DEFINE_PACKGEMM_DISPATCH(T, S)                                                  \
+static void rnn_gemm_packed_##S(int M, int N, int K, const T *A, long lda, const T *Bp,     \
+                                const T *bias, T *C, long ldc)                              \
+{                                                                                           \
+    if (M <= 0 || N <= 0)                                                                   \
+        return;                                                                             \
+    RNN_PACKGEMM_ISA_CALLS(S)                                                               \
+    rnn_gemm_packed_##S##_base(M, N, K, A, lda, Bp, bias, C, ldc);                          \
 }
 
-static void rnn_gemm_packed_d(int M, int N, int K, const double *A, long lda, const double *Bp,
-                              const double *bias, double *C, long ldc)
-{
-    if (M <= 0 || N <= 0)
-        return;
-#if RNN_X86_DISPATCH
-    if (rnn_isa == 2) { rnn_gemm_packed_d_avx512(M, N, K, A, lda, Bp, bias, C, ldc); return; }
-    if (rnn_isa == 1) { rnn_gemm_packed_d_avx2(M, N, K, A, lda, Bp, bias, C, ldc); return; }
-#endif
-    rnn_gemm_packed_d_base(M, N, K, A, lda, Bp, bias, C, ldc);
-}
+RNN_DEFINE_PACKGEMM_DISPATCH(float, f)
+RNN_DEFINE_PACKGEMM_DISPATCH(double, d)
 
 #endif /* RNNFAST_PACKGEMM_H */
