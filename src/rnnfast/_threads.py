@@ -5,10 +5,11 @@ How many threads
 ----------------
 The default is what the host grants this process, as scikit-learn and joblib read it:
 
-1. ``OMP_NUM_THREADS``, when set to a positive integer (for a list such as ``"4,2"``,
-   the first level: 4). Process managers set it to stop oversubscription (Dask's
-   nanny, Ray, Spark, many container images). An invalid value (``"abc"``, ``"0"``,
-   ``"-2"``) is ignored with a ``RuntimeWarning``; an empty one counts as unset.
+1. ``OMP_NUM_THREADS``, when set to a positive integer (for a list of them, one per
+   nesting level such as ``"4,2"``: the first). Process managers set it to stop
+   oversubscription (Dask's nanny, Ray, Spark, many container images). An invalid
+   value (``"abc"``, ``"0"``, ``"-2"``, ``"4,x"``) is ignored with a
+   ``RuntimeWarning``; an empty one counts as unset.
 2. Otherwise the CPUs this process may use: the CPU affinity mask
    (``os.sched_getaffinity``; ``taskset``, ``numactl``, cpusets), limited by the
    cgroup CPU bandwidth quota of the process's own cgroup and its ancestors (cgroup v2
@@ -250,9 +251,9 @@ def omp_num_threads():
     raw = os.environ.get("OMP_NUM_THREADS")
     if raw is None or not raw.strip():
         return None
-    first = raw.split(",")[0].strip()
-    if first.isdigit() and first.isascii() and int(first) > 0:
-        return int(first)
+    levels = [v.strip() for v in raw.split(",")]
+    if all(v.isascii() and v.isdigit() and int(v) > 0 for v in levels):
+        return int(levels[0])
     if raw not in _warned:
         _warned.add(raw)
         warnings.warn("rnnfast: ignoring OMP_NUM_THREADS=%r (not a positive integer, nor a list of "
