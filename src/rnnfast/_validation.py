@@ -183,7 +183,8 @@ def _integral(a, name, what):
             raise ValueError("%s must be %s, got a non-integral value, %s"
                              % (name, what, _given(a[a != np.trunc(a)].flat[0])))
         if a.min() < -2.0 ** 63 or a.max() >= 2.0 ** 63:
-            raise ValueError("%s must be %s, got min %r max %r (beyond int64)" % (name, what, a.min(), a.max()))
+            raise ValueError("%s must be %s, got min %r max %r (beyond int64)"
+                             % (name, what, a.min().item(), a.max().item()))
     elif a.dtype.kind == "u" and a.size and a.max() > _INT64_MAX:
         raise ValueError("%s must be %s, got max %d (beyond int64)" % (name, what, a.max()))
     return a.astype(np.int64)
