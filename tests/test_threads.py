@@ -20,7 +20,8 @@ def test_default_is_available_cores(monkeypatch):
     from rnnfast import _threads
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(_threads, "_quota_cache", [None])
+    monkeypatch.setattr(_threads, "cgroup_cpu_limit", lambda: None)
+    monkeypatch.setattr(_threads, "_host", {})
     rnnfast.set_num_threads(None)
     assert rnnfast.get_num_threads() == len(os.sched_getaffinity(0))
 

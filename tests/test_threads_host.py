@@ -21,13 +21,15 @@ def host(monkeypatch):
     def set_(cpus=16, affinity=16, quota=None, omp=None):
         monkeypatch.setattr(os, "cpu_count", lambda: cpus)
         monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(affinity)))
-        monkeypatch.setattr(_threads, "_quota_cache", [quota])
+        monkeypatch.setattr(_threads, "cgroup_cpu_limit", lambda: quota)
         if omp is None:
             monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
         else:
             monkeypatch.setenv("OMP_NUM_THREADS", omp)
+        _threads._host.clear()                          # read once per process: read again
     monkeypatch.setattr(_threads, "_num_threads", None)
     monkeypatch.setattr(_threads, "_warned", set())
+    monkeypatch.setattr(_threads, "_host", {})
     return set_
 
 
@@ -62,6 +64,24 @@ def test_invalid_omp_num_threads_ignored_with_one_warning(host, bad):
         assert omp_num_threads() is None
     assert default_num_threads() == 6                  # warned once: no second warning
     assert default_num_threads() == 6
+
+
+def test_host_read_once_and_again_on_request(host, monkeypatch):
+    host(cpus=16, affinity=16, omp="3")
+    assert rnnfast.get_num_threads() == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "5")
+    monkeypatch.setattr(_threads, "cgroup_cpu_limit", lambda: 1.0)
+    assert rnnfast.get_num_threads() == 3                # as OpenMP: read once
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    assert rnnfast.get_num_threads() == 3
+    rnnfast.set_num_threads(None)                       # ... and again on request
+    assert rnnfast.get_num_threads() == 5
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    rnnfast.set_num_threads(0)
+    assert rnnfast.get_num_threads() == 1               # the quota, read again
+    monkeypatch.setattr(_threads, "cgroup_cpu_limit", lambda: None)
+    rnnfast.set_num_threads(None)
+    assert rnnfast.get_num_threads() == 2               # the mask: read on every call
 
 
 def test_no_affinity_call(host, monkeypatch):

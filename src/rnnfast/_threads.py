@@ -14,8 +14,11 @@ The default is what the host grants this process, as scikit-learn and joblib rea
    (``os.sched_getaffinity``; ``taskset``, ``numactl``, cpusets), limited by the
    cgroup CPU bandwidth quota of the process's own cgroup and its ancestors (cgroup v2
    ``cpu.max``, v1 ``cpu.cfs_quota_us / cpu.cfs_period_us``; Docker ``--cpus``,
-   Kubernetes CPU limits), rounded up to whole CPUs. The quota is read once per
-   process; the mask and the variable on every call.
+   Kubernetes CPU limits), rounded up to whole CPUs.
+
+``OMP_NUM_THREADS``, the quota and the machine's CPU count are read once per process
+(as OpenMP reads its variables), again after ``set_num_threads(None)`` and in a
+forked child; the affinity mask on every call (1 us).
 
 Every count, default or asked for, is capped at :func:`max_threads`: four threads per
 logical CPU of the machine (``4 * os.cpu_count()``). More threads than CPUs never
@@ -115,8 +118,17 @@ def load_kernels():
 MAX_THREADS_PER_CPU = 4
 
 
+#: What is read once per process (again after set_num_threads(None) and in a forked
+#: child): "cpus" (os.cpu_count()), "quota" (cgroup_cpu_limit()), "omp" (OMP_NUM_THREADS).
+_host = {}
+_UNREAD = object()
+
+
 def _machine_cpus():
-    return max(1, os.cpu_count() or 1)
+    n = _host.get("cpus")
+    if n is None:
+        n = _host["cpus"] = max(1, os.cpu_count() or 1)      # sysconf reads /sys: 6 us
+    return n
 
 
 def max_threads():
@@ -227,16 +239,13 @@ def cgroup_cpu_limit(cgroup_file="/proc/self/cgroup", mountinfo_file="/proc/self
     return min(limits) if limits else None
 
 
-_quota_cache = []
-
-
 def available_cpus():
     """The CPUs this process may use: its affinity mask, limited by its cgroup CPU
     quota rounded up (at least 1). ``OMP_NUM_THREADS`` is not consulted here."""
-    if not _quota_cache:
-        _quota_cache.append(cgroup_cpu_limit())
+    quota = _host.get("quota", _UNREAD)       # (one lookup: another thread may clear _host)
+    if quota is _UNREAD:
+        quota = _host["quota"] = cgroup_cpu_limit()
     n = _affinity_cpus()
-    quota = _quota_cache[0]
     if quota is not None:
         n = min(n, max(1, -int(-quota // 1)))           # ceil
     return max(1, min(n, _machine_cpus()))
@@ -247,8 +256,15 @@ _warned = set()
 
 def omp_num_threads():
     """``OMP_NUM_THREADS`` as a count (its first level for a list), or None when it is
-    unset, empty or invalid (invalid values warn once each)."""
-    raw = os.environ.get("OMP_NUM_THREADS")
+    unset, empty or invalid (invalid values warn once each). Read once per process, as
+    OpenMP reads it (again after ``set_num_threads(None)`` and in a forked child)."""
+    n = _host.get("omp", _UNREAD)
+    if n is _UNREAD:
+        n = _host["omp"] = _parse_omp_num_threads(os.environ.get("OMP_NUM_THREADS"))
+    return n
+
+
+def _parse_omp_num_threads(raw):
     if raw is None or not raw.strip():
         return None
     levels = [v.strip() for v in raw.split(",")]
@@ -287,7 +303,8 @@ def set_num_threads(n):
     n : int or None
         A positive count (lowered to :func:`max_threads`, 4 per CPU of the machine,
         if above); ``None`` or 0 goes back to the default (``OMP_NUM_THREADS`` if set,
-        else the CPUs this process may use: affinity mask and cgroup quota); a
+        else the CPUs this process may use: affinity mask and cgroup quota), read
+        afresh; a
         negative ``n`` counts from that default (``-1``: all of it, ``-2``: all but
         one; at least 1), as in scikit-learn.
 
@@ -297,7 +314,10 @@ def set_num_threads(n):
         ``n`` is not an int or None (a bool, a float, a str...).
     """
     global _num_threads
-    _num_threads = _resolve(_validation.integer_option(n, "num_threads"))
+    n = _validation.integer_option(n, "num_threads")
+    if n is None or n == 0:
+        _host.clear()                # read the host again: it may have changed
+    _num_threads = _resolve(n)
 
 
 def get_num_threads():
@@ -367,6 +387,7 @@ def _before_fork():
 def _after_fork_in_child():
     global _lock
     _lock = threading.Lock()     # another thread may have held it when the process forked
+    _host.clear()                # a pool's initializer may set OMP_NUM_THREADS, pin the child...
     if not _fork_released:
         _local.serial = True     # this thread's pool is a dead one: parallel regions would hang
 

@@ -18,8 +18,8 @@ import operator
 
 import numpy as np
 
-__all__ = ["printable", "integer_option", "array", "as_numeric", "as_input", "as_state", "as_ids", "model_input", "as_lengths",
-           "as_mask", "compute_dtype", "weight"]
+__all__ = ["printable", "integer_option", "array", "as_numeric", "as_input", "as_state", "as_ids",
+           "model_input", "as_lengths", "as_mask", "compute_dtype", "weight"]
 
 #: dtype kinds rnnfast computes on: bool, signed and unsigned integers, floating.
 NUMERIC_KINDS = "biuf"
