@@ -98,7 +98,6 @@ def _run_script(tmp_path, body, timeout=240):
 def test_os_fork_after_parallel_calls(tmp_path):
     out = _run_script(tmp_path, '''
         assert same(run(2), WANT)                      # the parent's pool exists now
-        assert _threads._openmp.gnu and _threads._openmp.pause is not None, "GNU OpenMP 5.0 expected"
 
         def child():
             # a fresh team: parallel, and the parent's results bit for bit
@@ -216,3 +215,21 @@ def test_serial_fallback_where_the_pool_cannot_be_released(tmp_path):
         print("ok")
     ''')
     assert out.strip() == "ok"
+
+
+def test_the_openmp_runtime_is_recognised():
+    """The fork hook acts on GNU OpenMP (libgomp) and needs its OpenMP 5.0 pause entry
+    point (GCC >= 9); other runtimes and serial builds are left alone."""
+    from rnnfast import _kernels, _threads
+
+    if not os.path.exists("/proc/self/maps"):
+        pytest.skip("no /proc to see which runtime is loaded")
+    with open("/proc/self/maps") as f:
+        maps = f.read()
+    if not _kernels.openmp_enabled():
+        assert not _threads._openmp.gnu and _threads._openmp.pause is None
+    elif "libgomp" in maps and "libomp" not in maps and "libiomp" not in maps:
+        assert _threads._openmp.gnu
+        assert _threads._openmp.pause is not None, "libgomp without omp_pause_resource_all (GCC < 9)"
+    else:
+        pytest.skip("another OpenMP runtime (it handles fork itself)")
