@@ -246,6 +246,18 @@ def test_weights_of_other_kinds(rng):
             RNNLayer("gru", [layers.CellWeights(bad, w.recurrent_kernel)])
 
 
+def test_chunk_steps(models):
+    layer = models["layer"]
+    x = np.random.default_rng(9).standard_normal((T, B, I))
+    want = layer.forward(x)
+    for n in (1, 2, T, 2**70, 0, -5, np.int32(3)):
+        for a, b in zip(layer.forward(x, chunk_steps=n), want):
+            np.testing.assert_array_equal(a, b)
+    for bad in (2.5, "2", True):
+        with pytest.raises(TypeError, match=r"chunk_steps must be an int"):
+            layer.forward(x, chunk_steps=bad)
+
+
 # -- C counts and printable messages ----------------------------------------------------------
 
 

@@ -30,7 +30,7 @@ import numpy as np
 
 from . import _kernels
 from ._threads import blas_single_threaded, resolve_num_threads
-from ._validation import as_input, as_lengths, as_mask, as_numeric, as_state, compute_dtype
+from ._validation import as_input, as_lengths, as_mask, as_numeric, as_state, compute_dtype, integer_option
 from ._validation import weight as _checked
 
 __all__ = ["ACTIVATIONS", "CellWeights", "RNNLayer", "Dense", "merge_directions", "apply_activation"]
@@ -316,11 +316,13 @@ class RNNLayer:
         return_sequences : bool
             Produce the output sequence (else only the final states).
         num_threads : int, optional
-            Threads for this call (default: :func:`rnnfast.get_num_threads`).
+            Threads for this call (default: :func:`rnnfast.get_num_threads`), with the
+            meaning :func:`rnnfast.set_num_threads` gives it (0: the default, negative:
+            counted from it, at most 4 per CPU of the machine).
         chunk_steps : int, optional
             Steps per input-projection chunk (default: bounded by
-            :data:`CHUNK_ELEMENTS` and :data:`CHUNK_ELEMENTS_CACHED`). A tuning
-            and testing knob; results do not depend on it.
+            :data:`CHUNK_ELEMENTS` and :data:`CHUNK_ELEMENTS_CACHED`; taken into
+            [1, T]). A tuning and testing knob; results do not depend on it.
         batch_first : bool
             ``x`` and the output sequence are batch-major. The kernel reads and writes
             that layout itself, with no transposed copies; the results are the
@@ -357,6 +359,8 @@ class RNNLayer:
         c = as_state(c0, (D, B, H), dt, "c0") if self.cell == "lstm" else np.zeros((0, 0, 0), dt)
         if c0 is not None and self.cell != "lstm":
             raise ValueError("c0 is only for LSTM")
+        if chunk_steps is not None:         # as the kernel takes it: at least 1, at most T
+            chunk_steps = min(max(1, integer_option(chunk_steps, "chunk_steps")), max(1, T))
         if mask is not None and lengths is not None:
             raise ValueError("give mask or lengths, not both")
         if lengths is not None:
