@@ -199,7 +199,7 @@ def test_serial_fallback_where_the_pool_cannot_be_released(tmp_path):
     thread runs on one thread (same bits); threads the child starts run in parallel."""
     out = _run_script(tmp_path, '''
         assert same(run(2), WANT)
-        _threads._openmp.pause = None                  # as if the runtime had no pause
+        PAUSE, _threads._openmp.pause = _threads._openmp.pause, None     # as if the runtime had none
 
         def child():
             assert _threads.resolve_num_threads(2) == 1 and _threads.resolve_num_threads(None) == 1
@@ -209,9 +209,14 @@ def test_serial_fallback_where_the_pool_cannot_be_released(tmp_path):
             t = threading.Thread(target=lambda: res.append((_threads.resolve_num_threads(2), same(run(2), WANT))))
             t.start()
             t.join()
-            return ok and res == [(2, True)]
+            # a grandchild forked from the serial thread: serial too, and its fork never
+            # touches the dead pool
+            return ok and res == [(2, True)] and fork_and_check(
+                lambda: _threads.resolve_num_threads(2) == 1 and same(run(2), WANT)) == 0
 
         assert fork_and_check(child) == 0
+        _threads._openmp.pause = PAUSE                 # the runtime can again: a fresh team
+        assert fork_and_check(lambda: _threads.resolve_num_threads(2) == 2 and same(run(2), WANT)) == 0
         print("ok")
     ''')
     assert out.strip() == "ok"

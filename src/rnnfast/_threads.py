@@ -79,7 +79,7 @@ __all__ = ["set_num_threads", "get_num_threads", "resolve_num_threads", "default
 _lock = threading.Lock()
 _num_threads = None          # None: the default (default_num_threads)
 _controllers = None          # threadpoolctl controllers of the BLAS rnnfast calls
-_local = threading.local()   # .serial: this thread must not start a parallel region
+_local = threading.local()   # .serial: this thread must not start a parallel region (fork)
 _openmp = None               # the OpenMP runtime's entry points rnnfast needs (_OpenMP)
 
 
@@ -304,9 +304,8 @@ def set_num_threads(n):
         A positive count (lowered to :func:`max_threads`, 4 per CPU of the machine,
         if above); ``None`` or 0 goes back to the default (``OMP_NUM_THREADS`` if set,
         else the CPUs this process may use: affinity mask and cgroup quota), read
-        afresh; a
-        negative ``n`` counts from that default (``-1``: all of it, ``-2``: all but
-        one; at least 1), as in scikit-learn.
+        afresh; a negative ``n`` counts from that default (``-1``: all of it, ``-2``:
+        all but one; at least 1), as in scikit-learn.
 
     Raises
     ------
@@ -373,22 +372,23 @@ class _OpenMP:
         return self.pause(self.OMP_PAUSE_HARD) == 0
 
 
-_fork_released = True        # the forking thread's pool was handed back before the fork
-
-
 def _before_fork():
-    global _fork_released
+    """Hand the forking thread's OpenMP pool back, and note (on the thread, which the
+    child keeps) whether that worked."""
+    if getattr(_local, "serial", False):
+        _local.released = False  # a dead pool (inherited): pausing it would wait for ever
+        return
     try:
-        _fork_released = _openmp is None or not _openmp.gnu or _openmp.release_pool()
+        _local.released = _openmp is None or not _openmp.gnu or _openmp.release_pool()
     except Exception:            # never let rnnfast break a fork
-        _fork_released = False
+        _local.released = False
 
 
 def _after_fork_in_child():
     global _lock
     _lock = threading.Lock()     # another thread may have held it when the process forked
     _host.clear()                # a pool's initializer may set OMP_NUM_THREADS, pin the child...
-    if not _fork_released:
+    if not getattr(_local, "released", True):
         _local.serial = True     # this thread's pool is a dead one: parallel regions would hang
 
 
