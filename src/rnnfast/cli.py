@@ -297,16 +297,15 @@ def _predict_torch(model, x, lengths, args, verbose, run_batched):
     the final states ``h_n`` (and ``c_n``) as PyTorch shapes them."""
     import numpy as np
 
-    from .layers import _as_input
+    from . import _validation
 
     with_states = args.output.lower().endswith(".npz")
-    xa = _as_input(x, model.dtype)
+    xa = _validation.as_input(x, model.dtype)
     if xa.ndim != 3:
         raise ValueError("expected input of shape (batch, time, %d), got shape %s"
                          % (model.input_size, xa.shape))
-    if lengths is not None and np.shape(lengths) != (xa.shape[0],):
-        raise ValueError("lengths must have shape (batch,) = (%d,), got %s"
-                         % (xa.shape[0], np.shape(lengths)))
+    if lengths is not None:
+        lengths = _validation.as_lengths(lengths, xa.shape[1], xa.shape[0])
 
     def run(part, lens):
         out, h = model.forward(part, lengths=lens, num_threads=args.threads)

@@ -30,6 +30,8 @@ import numpy as np
 
 from . import _kernels
 from ._threads import blas_single_threaded, resolve_num_threads
+from ._validation import as_input, as_lengths, as_mask, as_numeric, as_state, compute_dtype, integer_option
+from ._validation import weight as _checked
 
 __all__ = ["ACTIVATIONS", "CellWeights", "RNNLayer", "Dense", "merge_directions", "apply_activation"]
 
@@ -78,13 +80,6 @@ MAX_UNIT_BLOCKS = 8
 MIN_STEP_FLOPS_PER_THREAD = 40_000
 
 
-def _dtype(dtype):
-    dt = np.dtype(dtype)
-    if dt not in (np.float32, np.float64):
-        raise ValueError("dtype must be float32 or float64, got %s" % dt)
-    return dt
-
-
 def _activation_code(name, what):
     if name is None:
         name = "linear"
@@ -108,11 +103,24 @@ def apply_activation(name, x):
     numpy.ndarray, same shape and dtype as ``x``
     """
     code = _activation_code(name, "activation")
-    a = np.array(x, order="C", copy=True)
-    if a.dtype not in (np.float32, np.float64):
-        a = a.astype(np.float64)
-    _kernels.activate(code, a.reshape(-1))
+    a = as_numeric(x, "x")
+    a = np.array(a, dtype=a.dtype if a.dtype in (np.float32, np.float64) else np.float64,
+                 order="C", copy=True)
+    _activate(code, a.reshape(-1))
     return a
+
+
+#: Elements per call of the element-wise activation kernel, at most: its C count is an
+#: ``int``, so larger arrays go in slices of this many (C's INT_MAX).
+ACTIVATE_MAX_ELEMENTS = 2**31 - 1
+
+
+def _activate(code, v):
+    """Apply activation ``code`` to the contiguous 1-D ``v`` in place, in slices the C
+    kernel's ``int`` count can hold."""
+    step = ACTIVATE_MAX_ELEMENTS
+    for i in range(0, v.shape[0], step):
+        _kernels.activate(code, v[i:i + step])
 
 
 @dataclass
@@ -161,7 +169,7 @@ class RNNLayer:
         self.activation = activation
         self.recurrent_activation = recurrent_activation if cell != "simple" else None
         self.go_backwards = bool(go_backwards)
-        self.dtype = _dtype(dtype)
+        self.dtype = compute_dtype(dtype)
         self._act = _activation_code(activation, "activation")
         self._ract = _activation_code(self.recurrent_activation, "recurrent_activation")
         self._kernel_cell = "gru_rb" if (cell == "gru" and not self.reset_after) else cell
@@ -308,11 +316,13 @@ class RNNLayer:
         return_sequences : bool
             Produce the output sequence (else only the final states).
         num_threads : int, optional
-            Threads for this call (default: :func:`rnnfast.get_num_threads`).
+            Threads for this call (default: :func:`rnnfast.get_num_threads`), with the
+            meaning :func:`rnnfast.set_num_threads` gives it (0: the default, negative:
+            counted from it, at most 4 per CPU of the machine).
         chunk_steps : int, optional
             Steps per input-projection chunk (default: bounded by
-            :data:`CHUNK_ELEMENTS` and :data:`CHUNK_ELEMENTS_CACHED`). A tuning
-            and testing knob; results do not depend on it.
+            :data:`CHUNK_ELEMENTS` and :data:`CHUNK_ELEMENTS_CACHED`; taken into
+            [1, T]). A tuning and testing knob; results do not depend on it.
         batch_first : bool
             ``x`` and the output sequence are batch-major. The kernel reads and writes
             that layout itself, with no transposed copies; the results are the
@@ -328,7 +338,7 @@ class RNNLayer:
             Final LSTM cell state per direction.
         """
         dt = self.dtype
-        x = _as_input(x, dt)
+        x = as_input(x, dt)
         if x.ndim != 3:
             raise ValueError("expected input of shape (%s, %d), got shape %s"
                              % ("batch, time" if batch_first else "time, batch", self.input_size,
@@ -345,20 +355,19 @@ class RNNLayer:
             raise ValueError("expected input features %d, got %d (input shape %s)"
                              % (self.input_size, I, x.shape))
         D, Ho, H = self.num_directions, self.output_size, self.units
-        h = _state(h0, (D, B, Ho), dt, "h0")
-        c = _state(c0, (D, B, H), dt, "c0") if self.cell == "lstm" else np.zeros((0, 0, 0), dt)
+        h = as_state(h0, (D, B, Ho), dt, "h0")
+        c = as_state(c0, (D, B, H), dt, "c0") if self.cell == "lstm" else np.zeros((0, 0, 0), dt)
         if c0 is not None and self.cell != "lstm":
             raise ValueError("c0 is only for LSTM")
+        if chunk_steps is not None:         # as the kernel takes it: at least 1, at most T
+            chunk_steps = min(max(1, integer_option(chunk_steps, "chunk_steps")), max(1, T))
         if mask is not None and lengths is not None:
             raise ValueError("give mask or lengths, not both")
         if lengths is not None:
             mask = lengths_to_mask(lengths, T, B)
             zero_output_for_mask = True
         elif mask is not None:
-            mask = np.asarray(mask)
-            if mask.shape != (T, B):
-                raise ValueError("mask must have shape (time, batch) = %s, got %s" % ((T, B), mask.shape))
-            mask = np.ascontiguousarray(mask, dtype=bool).view(np.uint8)
+            mask = as_mask(mask, T, B)
         m = mask if mask is not None else np.zeros((0, 0), np.uint8)
         out = None
         if return_sequences:
@@ -389,17 +398,10 @@ class RNNLayer:
 
 
 def lengths_to_mask(lengths, T, B):
-    """(B,) valid lengths -> (T, B) uint8 mask of the first ``length`` steps per row."""
-    lengths = np.asarray(lengths)
-    if lengths.shape != (B,):
-        raise ValueError("lengths must have shape (batch,) = (%d,), got %s" % (B, lengths.shape))
-    if lengths.size and (not np.issubdtype(lengths.dtype, np.integer)
-                         and not np.all(np.equal(np.mod(lengths, 1), 0))):
-        raise ValueError("lengths must be integers")
-    lengths = lengths.astype(np.int64)
-    if lengths.size and (lengths.min() < 0 or lengths.max() > T):
-        raise ValueError("lengths must lie in [0, %d], got min %d max %d"
-                         % (T, lengths.min(), lengths.max()))
+    """(B,) valid lengths -> (T, B) uint8 mask of the first ``length`` steps per row.
+
+    ``lengths``: integers in [0, T] (or integral floats), else ValueError."""
+    lengths = as_lengths(lengths, T, B)
     return np.ascontiguousarray(np.arange(T)[:, None] < lengths[None, :]).view(np.uint8)
 
 
@@ -436,7 +438,7 @@ class Dense:
     """
 
     def __init__(self, kernel, bias=None, activation="linear", dtype=np.float32):
-        self.dtype = _dtype(dtype)
+        self.dtype = compute_dtype(dtype)
         self.kernel = _frozen(np.array(kernel, dtype=self.dtype, order="C"))
         if self.kernel.ndim != 2:
             raise ValueError("Dense kernel must be 2-D, got shape %s" % (self.kernel.shape,))
@@ -448,7 +450,7 @@ class Dense:
 
     def forward(self, x):
         """``x``: (..., I) -> (..., N)."""
-        x = np.asarray(x, dtype=self.dtype)
+        x = np.asarray(as_numeric(x, "input"), dtype=self.dtype)
         if x.shape[-1] != self.kernel.shape[0]:
             raise ValueError("Dense expects %d input features, got shape %s"
                              % (self.kernel.shape[0], x.shape))
@@ -462,26 +464,13 @@ class Dense:
             return y
         if self.activation != "linear":
             y = np.ascontiguousarray(y)
-            _kernels.activate(ACTIVATIONS[self.activation], y.reshape(-1))
+            _activate(ACTIVATIONS[self.activation], y.reshape(-1))
         return y
 
     __call__ = forward
 
 
 # -- helpers --------------------------------------------------------------------------
-
-
-def _checked(a, shape, name, where, dtype, optional=False):
-    if a is None:
-        if optional:
-            return None
-        raise ValueError("%s: %s is missing" % (where, name))
-    a = np.asarray(a)
-    if a.shape != tuple(shape):
-        raise ValueError("%s: %s must have shape %s, got %s" % (where, name, tuple(shape), a.shape))
-    if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
-        raise ValueError("%s: %s must be numeric, got dtype %s" % (where, name, a.dtype))
-    return np.array(a, dtype=dtype, order="C", copy=True)
 
 
 def _unit_block_order(H, G, ncb):
@@ -497,17 +486,6 @@ def _frozen(a):
     return a
 
 
-def _as_input(x, dt):
-    if hasattr(x, "detach") and hasattr(x, "cpu"):       # a torch tensor, without importing torch
-        x = x.detach().cpu().numpy()
-    a = np.asarray(x)
-    if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
-        raise ValueError("input must be numeric (float, integer or bool), got dtype %s" % a.dtype)
-    if np.issubdtype(a.dtype, np.complexfloating):
-        raise ValueError("input must be real (float, integer or bool), got dtype %s" % a.dtype)
-    return np.ascontiguousarray(a, dtype=dt)
-
-
 def _empty_lines(shape, dt):
     """np.empty on a cache-line (64-byte) boundary: threads write the output in unit
     blocks, and a line two blocks share would bounce between their cores."""
@@ -515,12 +493,3 @@ def _empty_lines(shape, dt):
     buf = np.empty(n + 64, np.uint8)
     off = -buf.ctypes.data % 64
     return buf[off:off + n].view(dt).reshape(shape)
-
-
-def _state(s, shape, dt, name):
-    if s is None:
-        return np.zeros(shape, dt)
-    s = _as_input(s, dt)
-    if s.shape != shape:
-        raise ValueError("%s must have shape %s, got %s" % (name, shape, s.shape))
-    return s.copy()

@@ -8,6 +8,7 @@
 """
 import numpy as np
 
+from ._validation import as_numeric
 from .layers import Dense, RNNLayer, merge_directions
 
 __all__ = ["Sequential", "run_recurrent"]
@@ -108,7 +109,7 @@ class Sequential:
 
     def predict(self, x, num_threads=None):
         """Run the chain. ``x``: (batch, time, features) -> the last layer's output, batch-major."""
-        y = np.asarray(x)
+        y = as_numeric(x, "input")
         if y.ndim != 3:
             raise ValueError("expected input of shape (batch, time, features), got %s" % (y.shape,))
         for i, (layer, opt) in enumerate(self._steps):

@@ -14,8 +14,9 @@ on, a recurrent layer passes it on with its output sequence (unchanged, also aft
 """
 import numpy as np
 
+from . import _validation
 from ._summary import Summarized
-from .layers import ACTIVATIONS, _as_input, apply_activation, merge_directions
+from .layers import ACTIVATIONS, apply_activation, merge_directions
 from .model import run_recurrent
 
 __all__ = ["KerasModel", "KERAS_ACTIVATIONS", "keras_activation"]
@@ -478,42 +479,8 @@ class KerasModel(Summarized):
     __call__ = predict
 
     def _validated(self, x):
-        if self._integer_input:
-            return self._validated_ids(x)
-        try:
-            a = _as_input(x, self._input_dtype)
-        except (TypeError, ValueError) as e:
-            raise ValueError("%s: input must be a numeric array of shape %s: %s"
-                             % (self._what(), _shape_str(self.input_shape), e)) from None
-        if a.ndim != len(self.input_shape) or any(
-                want is not None and want != got for want, got in zip(self.input_shape[1:], a.shape[1:])):
-            raise ValueError("%s: expected input of shape %s, got shape %s"
-                             % (self._what(), _shape_str(self.input_shape), a.shape))
-        if a.ndim == 3 and a.shape[1] == 0:
-            raise ValueError("%s: expected input of shape %s with at least one time step, got "
-                             "shape %s" % (self._what(), _shape_str(self.input_shape), a.shape))
-        return a
-
-    def _validated_ids(self, x):
-        if hasattr(x, "detach") and hasattr(x, "cpu"):
-            x = x.detach().cpu().numpy()
-        a = np.asarray(x)
-        if a.ndim != len(self.input_shape) or any(
-                want is not None and want != got for want, got in zip(self.input_shape[1:], a.shape[1:])):
-            raise ValueError("%s: expected integer ids of shape %s, got shape %s"
-                             % (self._what(), _shape_str(self.input_shape), a.shape))
-        if a.ndim == 2 and a.shape[1] == 0:
-            raise ValueError("%s: expected ids of shape %s with at least one time step, got "
-                             "shape %s" % (self._what(), _shape_str(self.input_shape), a.shape))
-        if np.issubdtype(a.dtype, np.integer) or a.dtype == bool:
-            return a.astype(np.int64)
-        if np.issubdtype(a.dtype, np.floating):
-            if not np.all(np.isfinite(a)) or np.any(a != np.trunc(a)):
-                raise ValueError("%s: expected integer ids, got non-integral values of dtype %s"
-                                 % (self._what(), a.dtype))
-            return a.astype(np.int64)
-        raise ValueError("%s: expected integer ids of shape %s, got dtype %s"
-                         % (self._what(), _shape_str(self.input_shape), a.dtype))
+        return _validation.model_input(x, self.input_shape, self._input_dtype, integer=self._integer_input,
+                                       what=self._what(), shape_text=_shape_str(self.input_shape))
 
     def _run(self, x, num_threads):
         if x.ndim >= 2 and (x.ndim == 3 or self._integer_input):

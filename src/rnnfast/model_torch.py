@@ -9,8 +9,9 @@ it is.
 """
 import numpy as np
 
+from . import _validation
 from ._summary import Summarized
-from .layers import RNNLayer, _as_input
+from .layers import RNNLayer
 
 __all__ = ["TorchRNN"]
 
@@ -116,7 +117,9 @@ class TorchRNN(Summarized):
         LD, Ho, H = self.num_layers * self.num_directions, self._Ho, self.hidden_size
         if self.mode == "LSTM":
             if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-                raise ValueError("an LSTM takes hx as a tuple (h_0, c_0)")
+                raise ValueError("an LSTM takes hx as a tuple (h_0, c_0), got %s"
+                                 % (type(hx).__name__ if not isinstance(hx, (tuple, list))
+                                    else "a %s of %d" % (type(hx).__name__, len(hx))))
             parts = [(hx[0], (LD, B, Ho), "h_0"), (hx[1], (LD, B, H), "c_0")]
         else:
             if isinstance(hx, (tuple, list)):
@@ -125,7 +128,7 @@ class TorchRNN(Summarized):
             parts = [(hx, (LD, B, Ho), "h_0")]
         out = []
         for s, shape, name in parts:
-            s = _as_input(s, self.dtype)
+            s = _validation.as_input(s, self.dtype, name)
             if unbatched:
                 if s.ndim != 2:
                     raise ValueError("for unbatched 2-D input, %s must be 2-D %s, got shape %s"
@@ -171,7 +174,7 @@ class TorchRNN(Summarized):
             ``(num_layers * num_directions, B, hidden_size)``.
         """
         dt = self.dtype
-        x = _as_input(x, dt)
+        x = _validation.as_input(x, dt)
         unbatched = x.ndim == 2
         bfirst = self.batch_first and not unbatched        # the kernels read it as it is
         if unbatched:
@@ -187,8 +190,8 @@ class TorchRNN(Summarized):
             raise ValueError("expected %d input features, got input of shape %s"
                              % (self.input_size, (x[:, 0] if unbatched else x).shape))
         h0, c0 = self._states(hx, B, unbatched)
-        if lengths is not None and hasattr(lengths, "detach") and hasattr(lengths, "cpu"):
-            lengths = lengths.detach().cpu().numpy()       # a torch tensor, without importing torch
+        if lengths is not None:
+            lengths = _validation.as_lengths(lengths, T, B)
         D = self.num_directions
         LD = self.num_layers * D
         h_n = np.empty((LD, B, self._Ho), dt)
@@ -239,16 +242,12 @@ class TorchRNN(Summarized):
         """
         from ._progress import run_batched
 
-        xa = _as_input(x, self.dtype)
+        xa = _validation.as_input(x, self.dtype)
         if xa.ndim != 3:
             return self.forward(xa, lengths=lengths, num_threads=num_threads)[0]
         if lengths is not None:
-            if hasattr(lengths, "detach") and hasattr(lengths, "cpu"):
-                lengths = lengths.detach().cpu().numpy()
-            lengths = np.asarray(lengths)
-            B = xa.shape[0 if self.batch_first else 1]
-            if lengths.shape != (B,):
-                raise ValueError("lengths must have shape (batch,) = (%d,), got %s" % (B, lengths.shape))
+            B, T = xa.shape[:2] if self.batch_first else xa.shape[1::-1]
+            lengths = _validation.as_lengths(lengths, T, B)
         return run_batched(lambda part, lens: self.forward(part, lengths=lens, num_threads=num_threads)[0],
                            xa, batch_size, axis=0 if self.batch_first else 1, aligned=(lengths,),
                            verbose=verbose)
