@@ -24,6 +24,7 @@ import time
 import numpy as np
 
 from ._threads import get_num_threads
+from .io.torch_convert import torch_state_dict
 
 __all__ = ["PEERS", "torch_module", "run_bench"]
 
@@ -48,8 +49,9 @@ def _have(module):
 
 def torch_module(rnn):
     """The ``torch.nn.GRU`` / ``LSTM`` / ``RNN`` equivalent to a :class:`~rnnfast.TorchRNN`,
-    built from its weights (canonical layout back to PyTorch's: gate order r, z, n for
-    GRU, kernels transposed), in eval mode, of the model's dtype.
+    built from its weights (:func:`rnnfast.io.torch_convert.torch_state_dict`: canonical
+    layout back to PyTorch's, gate order r, z, n for GRU, kernels transposed), in eval
+    mode, of the model's dtype.
 
     The biases come as rnnfast holds them: ``bias_ih`` carries the sum of both biases
     where they add, ``bias_hh`` only GRU's candidate part (the same function, up to
@@ -57,37 +59,17 @@ def torch_module(rnn):
     """
     import torch
 
-    nn = torch.nn
     kw = dict(num_layers=rnn.num_layers, bias=rnn.bias, batch_first=rnn.batch_first,
               bidirectional=rnn.bidirectional)
-    if rnn.mode == "GRU":
-        m = nn.GRU(rnn.input_size, rnn.hidden_size, **kw)
-    elif rnn.mode == "LSTM":
-        m = nn.LSTM(rnn.input_size, rnn.hidden_size, proj_size=rnn.proj_size, **kw)
-    else:
-        m = nn.RNN(rnn.input_size, rnn.hidden_size, nonlinearity=rnn.nonlinearity, **kw)
-
-    def order(a, axis=0):                        # canonical z, r, h -> PyTorch r, z, n
-        if rnn.mode != "GRU":
-            return a
-        z, r, n = np.split(a, 3, axis=axis)
-        return np.concatenate([r, z, n], axis=axis)
-
-    sd = {}
-    for k, layer in enumerate(rnn.layers):
-        for d, w in enumerate(layer.cell_weights()):
-            sfx = "_l%d%s" % (k, "_reverse" if d else "")
-            sd["weight_ih" + sfx] = order(w.kernel.T)
-            sd["weight_hh" + sfx] = order(w.recurrent_kernel.T)
-            if rnn.bias:
-                sd["bias_ih" + sfx] = order(w.bias)
-                rb = w.recurrent_bias if w.recurrent_bias is not None else np.zeros_like(w.bias)
-                sd["bias_hh" + sfx] = order(rb)
-            if rnn.proj_size:
-                sd["weight_hr" + sfx] = w.projection.T
+    if rnn.proj_size:
+        kw["proj_size"] = rnn.proj_size
+    if rnn.nonlinearity is not None:
+        kw["nonlinearity"] = rnn.nonlinearity
+    m = getattr(torch.nn, rnn.layers[0].spec.torch_module)(rnn.input_size, rnn.hidden_size, **kw)
     tdtype = torch.float64 if rnn.dtype == np.float64 else torch.float32
     m = m.to(tdtype)
-    m.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v, dtype=rnn.dtype)) for k, v in sd.items()})
+    sd = torch_state_dict(rnn.layers, bias=rnn.bias)
+    m.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})
     return m.eval()
 
 

@@ -9,8 +9,6 @@ import os
 
 __all__ = ["describe_source", "layer_rows", "summary_text"]
 
-_CELLS = {"gru": "GRU", "lstm": "LSTM", "simple": "SimpleRNN"}
-
 
 def describe_source(path):
     """Name the format of the model file at ``path`` in words (e.g. "Keras .keras
@@ -58,7 +56,7 @@ def _source_line(model, source):
 
 def _cell_options(layer):
     opts = []
-    if layer.cell == "gru" and not layer.reset_after:
+    if layer.spec.reset_before is not None and not layer.reset_after:
         opts.append("reset_after=False")
     if layer.activation not in ("tanh", None):
         opts.append("activation=%s" % layer.activation)
@@ -100,7 +98,7 @@ def _keras_row(node):
         return "Bidirectional(%s)" % fwd.keras_class, "2x%s" % units, ", ".join(opts)
     if getattr(node, "rnn_layers", None):
         layers = node.rnn_layers
-        kind = cls if cls != "RNN" else "RNN(%s)" % "+".join(_CELLS[l.cell] + "Cell" for l in layers)
+        kind = cls if cls != "RNN" else "RNN(%s)" % "+".join(l.spec.keras_cell for l in layers)
         units = ",".join(str(l.units) for l in layers)
         for o in ("return_sequences", "return_state", "go_backwards", "zero_output_for_mask"):
             if getattr(node, o, False):

@@ -173,7 +173,7 @@ class RecurrentNode(_Node):
         self.go_backwards = bool(go_backwards)
         self.zero_output_for_mask = bool(zero_output_for_mask)
         self.stacked = bool(stacked)
-        counts = [2 if layer.cell == "lstm" else 1 for layer in self.rnn_layers]
+        counts = [layer.spec.num_states for layer in self.rnn_layers]
         self.state_structure = []
         i = 1
         for n in counts:
@@ -215,9 +215,8 @@ class RecurrentNode(_Node):
         opts = [o for o in ("return_sequences", "return_state", "go_backwards") if getattr(self, o)]
         if self.zero_output_for_mask:
             opts.append("zero_output_for_mask")
-        kinds = {"gru": "GRU", "lstm": "LSTM", "simple": "SimpleRNN"}
         if self.keras_class == "RNN":
-            cells = ["%sCell(%s)" % (kinds[layer.cell], _cell_args(layer)) for layer in self.rnn_layers]
+            cells = ["%s(%s)" % (layer.spec.keras_cell, _cell_args(layer)) for layer in self.rnn_layers]
             inner = "[%s]" % ", ".join(cells) if self.stacked else cells[0]
         else:
             inner = _cell_args(self.rnn_layers[0])
@@ -564,7 +563,7 @@ def _shape_str(shape):
 def _cell_args(layer):
     """A cell's Keras arguments that differ from the defaults, for reprs."""
     args = ["%d" % layer.units]
-    if layer.cell == "gru" and not layer.reset_after:
+    if layer.spec.reset_before is not None and not layer.reset_after:
         args.append("reset_after=False")
     if layer.activation != "tanh":
         args.append("activation=%r" % layer.activation)

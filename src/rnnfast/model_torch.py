@@ -9,12 +9,21 @@ it is.
 """
 import numpy as np
 
+from . import cells
 from ._summary import Summarized
 from .layers import RNNLayer, _as_input
 
 __all__ = ["TorchRNN"]
 
-_NAMES = {"GRU": "GRU", "LSTM": "LSTM", "RNN_TANH": "RNN", "RNN_RELU": "RNN"}
+
+def _torch_mode(layer):
+    """The ``torch.nn.RNNBase.mode`` that computes what ``layer`` computes, or None."""
+    cell = layer.spec
+    if cell.reset_before is not None and not layer.reset_after:
+        return None
+    if cell.recurrent_activation and layer.recurrent_activation != "sigmoid":
+        return None
+    return next((mode for mode, act in cell.torch_modes.items() if act == layer.activation), None)
 
 
 class TorchRNN(Summarized):
@@ -56,14 +65,8 @@ class TorchRNN(Summarized):
         if not layers or not all(isinstance(l, RNNLayer) for l in layers):
             raise ValueError("TorchRNN needs a non-empty list of RNNLayer")
         first = layers[0]
-        if first.cell == "gru" and first.reset_after and first.activation == "tanh" \
-                and first.recurrent_activation == "sigmoid":
-            mode = "GRU"
-        elif first.cell == "lstm" and first.activation == "tanh" and first.recurrent_activation == "sigmoid":
-            mode = "LSTM"
-        elif first.cell == "simple" and first.activation in ("tanh", "relu"):
-            mode = "RNN_TANH" if first.activation == "tanh" else "RNN_RELU"
-        else:
+        mode = _torch_mode(first)
+        if mode is None:
             raise ValueError("%r is not a layer PyTorch has" % (first,))
         D, Ho = first.num_directions, first.output_size
         for k, l in enumerate(layers):
@@ -86,17 +89,19 @@ class TorchRNN(Summarized):
         self.num_directions = D
         self.batch_first = bool(batch_first)
         self.bias = bool(bias)
-        self.nonlinearity = first.activation if first.cell == "simple" else None
+        self.nonlinearity = first.activation if len(first.spec.torch_modes) > 1 else None
         self.dtype = first.dtype
         self.source = source
         self._Ho = Ho
+        self._module = first.spec.torch_module
+        self._with_c = first.spec.num_states > 1
 
     def __repr__(self):
         args = "%d, %d" % (self.input_size, self.hidden_size)
         if self.num_layers != 1:
             args += ", num_layers=%d" % self.num_layers
-        if self.mode == "RNN_RELU":
-            args += ", nonlinearity='relu'"
+        if self.nonlinearity not in (None, "tanh"):
+            args += ", nonlinearity=%r" % self.nonlinearity
         if not self.bias:
             args += ", bias=False"
         if self.batch_first:
@@ -105,7 +110,7 @@ class TorchRNN(Summarized):
             args += ", bidirectional=True"
         if self.proj_size:
             args += ", proj_size=%d" % self.proj_size
-        return "TorchRNN(%s(%s), dtype=%s)" % (_NAMES[self.mode], args, self.dtype.name)
+        return "TorchRNN(%s(%s), dtype=%s)" % (self.layers[0].spec.torch_module, args, self.dtype.name)
 
     # -- running --------------------------------------------------------------------
 
@@ -114,14 +119,14 @@ class TorchRNN(Summarized):
         if hx is None:
             return None, None
         LD, Ho, H = self.num_layers * self.num_directions, self._Ho, self.hidden_size
-        if self.mode == "LSTM":
+        if self._with_c:
             if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-                raise ValueError("an LSTM takes hx as a tuple (h_0, c_0)")
+                raise ValueError("an %s takes hx as a tuple (h_0, c_0)" % self._module)
             parts = [(hx[0], (LD, B, Ho), "h_0"), (hx[1], (LD, B, H), "c_0")]
         else:
             if isinstance(hx, (tuple, list)):
                 raise ValueError("an %s takes hx as one array h_0, not a %s"
-                                 % (_NAMES[self.mode], type(hx).__name__))
+                                 % (self._module, type(hx).__name__))
             parts = [(hx, (LD, B, Ho), "h_0")]
         out = []
         for s, shape, name in parts:
@@ -192,7 +197,7 @@ class TorchRNN(Summarized):
         D = self.num_directions
         LD = self.num_layers * D
         h_n = np.empty((LD, B, self._Ho), dt)
-        c_n = np.empty((LD, B, self.hidden_size), dt) if self.mode == "LSTM" else None
+        c_n = np.empty((LD, B, self.hidden_size), dt) if self._with_c else None
         y = x
         for k, layer in enumerate(self.layers):
             part = slice(k * D, (k + 1) * D)
@@ -205,7 +210,7 @@ class TorchRNN(Summarized):
         if unbatched:
             out, h_n = out[:, 0], h_n[:, 0]
             c_n = None if c_n is None else c_n[:, 0]
-        return (out, (h_n, c_n)) if self.mode == "LSTM" else (out, h_n)
+        return (out, (h_n, c_n)) if self._with_c else (out, h_n)
 
     __call__ = forward
 

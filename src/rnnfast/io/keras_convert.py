@@ -28,6 +28,7 @@ unless its value is empty (None, False, 0, "").
 """
 import numpy as np
 
+from .. import cells
 from ..errors import FormatError, UnsupportedLayerError
 from ..layers import ACTIVATIONS, CellWeights, Dense, RNNLayer
 from ..model_keras import (KERAS_ACTIVATIONS, ActivationNode, BidirectionalNode, DenseNode,
@@ -50,9 +51,9 @@ _RNN_LAYER_OPTIONS = {"return_sequences", "return_state", "go_backwards", "state
                       "zero_output_for_mask", "time_major"}
 _CELL_OPTIONS = {"units", "activation", "recurrent_activation", "use_bias", "reset_after"}
 
-#: Keras recurrent layer classes and their cell kinds.
-RECURRENT_CLASSES = {"GRU": "gru", "LSTM": "lstm", "SimpleRNN": "simple"}
-_CELL_CLASSES = {"GRUCell": "gru", "LSTMCell": "lstm", "SimpleRNNCell": "simple"}
+#: Keras recurrent layer classes and cell classes -> rnnfast cell names (cell registry).
+RECURRENT_CLASSES = {c.keras_layer: c.name for c in cells.CELLS.values() if c.keras_layer}
+_CELL_CLASSES = {c.keras_cell: c.name for c in cells.CELLS.values() if c.keras_cell}
 #: Layers that are the identity at inference.
 _IDENTITY = {"Dropout": {"rate", "noise_shape", "seed"},
              "SpatialDropout1D": {"rate", "noise_shape", "seed"},
@@ -291,16 +292,18 @@ def _rnn_layer_options(cls, cfg):
 
 def _cell(cls, kind, cfg, w, ctx, go_backwards):
     """One cell's config and weights -> an RNNLayer (unidirectional)."""
-    G = {"gru": 3, "lstm": 4, "simple": 1}[kind]
+    cell = cells.get(kind)
+    G = cell.num_gates
     units = cfg.get("units")
     if not isinstance(units, int) or isinstance(units, bool) or units < 1:
         raise FormatError("%s: units must be a positive integer, got %r" % (cls, units))
     act = resolve_activation(cls, "activation", cfg.get("activation", "tanh"), ctx, recurrent=True)
     ract = None
-    if kind != "simple":
+    if cell.recurrent_activation:
         ract = resolve_activation(cls, "recurrent_activation",
                                   cfg.get("recurrent_activation", "sigmoid"), ctx, recurrent=True)
-    reset_after = bool(cfg.get("reset_after", ctx.keras_major >= 3)) if kind == "gru" else True
+    reset_after = (bool(cfg.get("reset_after", ctx.keras_major >= 3)) if cell.reset_before is not None
+                   else True)
     use_bias = bool(cfg.get("use_bias", True))
     # input size: from the kernel itself
     if w.pos >= len(w.items):
@@ -310,7 +313,7 @@ def _cell(cls, kind, cfg, w, ctx, go_backwards):
     rec = w.take("recurrent_kernel", (units, G * units))
     bias = rbias = None
     if use_bias:
-        if kind == "gru" and reset_after:
+        if cell.kernel_for(reset_after).bias_apart:          # GRU reset-after: input and recurrent rows
             b = w.take("bias", (2, G * units))
             bias, rbias = b[0], b[1]
         else:
