@@ -10,7 +10,7 @@ os.environ.setdefault("KERAS_BACKEND", "torch")
 
 from rnnfast.layers import CellWeights  # noqa: E402
 
-#: The contract's tolerances per compute dtype (API.md, "Numerics").
+#: The contract's tolerances per compute dtype (docs/API.md, "Numerics").
 TOL = {
     np.dtype(np.float32): dict(atol=1e-5, rtol=1e-4),
     np.dtype(np.float64): dict(atol=1e-9, rtol=1e-7),

@@ -32,7 +32,8 @@ import numpy as np
 from . import _kernels, cells
 from ._threads import blas_single_threaded, resolve_num_threads
 
-__all__ = ["ACTIVATIONS", "CellWeights", "RNNLayer", "Dense", "merge_directions", "apply_activation"]
+__all__ = ["ACTIVATIONS", "CellWeights", "RNNLayer", "Dense", "merge_directions", "apply_activation",
+           "softmax"]
 
 #: Activation names the recurrent kernels run, and their codes in _cellmath.h.
 #: ``hard_sigmoid`` is Keras 3's ``relu6(x + 3) / 6``; ``hard_sigmoid_keras2`` is
@@ -113,6 +114,25 @@ def apply_activation(name, x):
         a = a.astype(np.float64)
     _kernels.activate(code, a.reshape(-1))
     return a
+
+
+def softmax(x, out=None):
+    """Softmax over the last axis, ``exp(x - max) / sum(exp(x - max))``.
+
+    Parameters
+    ----------
+    x : ndarray of float32 or float64
+    out : ndarray, optional
+        Where to write it (``x`` itself for an in-place softmax); a new array if omitted.
+
+    Returns
+    -------
+    ndarray, ``x``'s shape and dtype
+    """
+    y = np.subtract(x, x.max(axis=-1, keepdims=True), out=out)
+    np.exp(y, out=y)
+    y /= y.sum(axis=-1, keepdims=True)
+    return y
 
 
 @dataclass
@@ -454,10 +474,7 @@ class Dense:
         if self.bias is not None:
             y += self.bias
         if self.activation == "softmax":
-            y -= y.max(axis=-1, keepdims=True)
-            np.exp(y, out=y)
-            y /= y.sum(axis=-1, keepdims=True)
-            return y
+            return softmax(y, out=y)
         if self.activation != "linear":
             y = np.ascontiguousarray(y)
             _kernels.activate(ACTIVATIONS[self.activation], y.reshape(-1))

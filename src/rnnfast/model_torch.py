@@ -9,7 +9,7 @@ it is.
 """
 import numpy as np
 
-from . import cells
+from ._progress import run_batched
 from ._summary import Summarized
 from .layers import RNNLayer, _as_input
 
@@ -111,6 +111,40 @@ class TorchRNN(Summarized):
         if self.proj_size:
             args += ", proj_size=%d" % self.proj_size
         return "TorchRNN(%s(%s), dtype=%s)" % (self.layers[0].spec.torch_module, args, self.dtype.name)
+
+    # -- describing itself ------------------------------------------------------------
+
+    framework = "PyTorch"
+
+    def summary_rows(self):
+        """The rows of the summary table, one per module layer: dicts with ``name``
+        (``l0``, ``l1``, ...), ``type``, ``units``, ``options`` (str), ``parameters``
+        (int, the sum of the module's ``numel()`` for the layer) and ``dtype`` (str)."""
+        opts = []
+        if self.bidirectional:
+            opts.append("bidirectional")
+        if self.nonlinearity not in (None, "tanh"):
+            opts.append("nonlinearity=%s" % self.nonlinearity)
+        if self.proj_size:
+            opts.append("proj_size=%d" % self.proj_size)
+        if not self.bias:
+            opts.append("bias=False")
+        return [dict(name="l%d" % k, type=self._module, units=str(layer.units), options=", ".join(opts),
+                     parameters=layer.source_parameters, dtype=layer.dtype.name)
+                for k, layer in enumerate(self.layers)]
+
+    def summary_title(self):
+        """The title line of the summary table."""
+        return repr(self)
+
+    def describe(self):
+        """What the module is and takes, as a dict: ``framework`` ("PyTorch"), ``name``
+        (its repr), ``input_shape`` ``(None, None, input_size)`` (time and batch in the
+        module's order, ``batch_first`` or not), ``integer_input`` (False),
+        ``vocabulary`` (None), ``dtype``, ``batch_first``, ``layers`` (:meth:`summary_rows`)."""
+        return dict(framework=self.framework, name=repr(self), input_shape=(None, None, self.input_size),
+                    integer_input=False, vocabulary=None, dtype=self.dtype, batch_first=self.batch_first,
+                    layers=self.summary_rows())
 
     # -- running --------------------------------------------------------------------
 
@@ -242,8 +276,6 @@ class TorchRNN(Summarized):
             ``(T, B, D * Ho)`` (``(B, T, D * Ho)`` when ``batch_first``; ``(T, D * Ho)``
             unbatched), as :meth:`forward` returns it.
         """
-        from ._progress import run_batched
-
         xa = _as_input(x, self.dtype)
         if xa.ndim != 3:
             return self.forward(xa, lengths=lengths, num_threads=num_threads)[0]

@@ -29,6 +29,8 @@ import numpy as np
 from .. import cells
 from ..errors import FormatError, UnsupportedLayerError
 from ..layers import RNNLayer
+from ..model_torch import TorchRNN
+from ._sniff import sniff
 from .safetensors import SafeTensorRecord, SafetensorsFile
 from .torch_convert import FLOAT_DTYPES, GATES, cell_weights_from_torch
 from .torch_pickle import TensorRecord, open_torch_file
@@ -209,8 +211,6 @@ def build_torch_rnn(arch, arrays, *, nonlinearity=None, batch_first=False, dtype
     source : str, optional
         Where the weights came from (a path, or a note for a live module).
     """
-    from ..model_torch import TorchRNN
-
     mode = _mode(arch, nonlinearity)
     cell, act = cells.by_torch_mode(mode)
     layers = []
@@ -375,8 +375,6 @@ def load_torch_file(path, *, prefix=None, nonlinearity=None, batch_first=False, 
     ValueError
         Invalid options.
     """
-    from . import sniff
-
     if nonlinearity not in _NONLINEARITIES:
         raise ValueError("nonlinearity must be 'tanh' or 'relu', got %r" % (nonlinearity,))
     batch_first = _flag(batch_first, "batch_first")
