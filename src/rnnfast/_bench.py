@@ -65,7 +65,7 @@ def torch_module(rnn):
         kw["proj_size"] = rnn.proj_size
     if rnn.nonlinearity is not None:
         kw["nonlinearity"] = rnn.nonlinearity
-    m = getattr(torch.nn, rnn.layers[0].spec.torch_module)(rnn.input_size, rnn.hidden_size, **kw)
+    m = getattr(torch.nn, rnn.layers[0].cell_spec.torch_module)(rnn.input_size, rnn.hidden_size, **kw)
     tdtype = torch.float64 if rnn.dtype == np.float64 else torch.float32
     m = m.to(tdtype)
     sd = torch_state_dict(rnn.layers, bias=rnn.bias)

@@ -16,27 +16,30 @@ order**, the ``gates`` of each entry below; PyTorch's order differs only for GRU
 
 Adding a cell: the walk
 -----------------------
-A new cell touches at most four source files:
+A new cell touches at most four source files (tried with a toy residual SimpleRNN,
+``h_new = h + act(x W + h U + b)``: layers, both kernel paths, both directions,
+masks, threads, float32 and float64 matched the reference after editing three files
+of today's layout):
 
 1. ``src/rnnfast/cells.py`` (this file): its reference step (a function below, the
    equations in its docstring) and one ``Cell(...)`` entry in :data:`CELLS` (name,
-   gates, states, ``KernelCell(kernel name)``, framework names where a framework has
-   the cell, the step). Layers, the reference, the loaders, the models and the
-   summaries pick it up from here.
-2. ``src/rnnfast/c/enums.h``: the kernel's code for it in the cell enum (read here
-   through ``_kernels`` by :func:`kernel_code`). Until the kernel's enum header
-   lands: the ``DEF CELL_*`` / ``CELL_CODES`` / ``GATES`` tables at the top of
-   ``_kernels.pyx``.
-3. ``src/rnnfast/c/cellmath.template.h`` (today ``_cellmath.h``): its fused
-   element-wise step, ``rnn_<name>_f`` / ``_d``.
-4. ``src/rnnfast/_kernels.pyx``: the step's ``cdef extern`` declaration and one branch
-   in the per-block dispatch (``_cell_block``).
+   title, gates, states, ``KernelCell(kernel name)``, the step; framework names where
+   a framework has the cell). ``RNNLayer``, the reference, the loaders, the models and
+   the summaries pick it up from here.
+2. ``src/rnnfast/c/enums.h``: its code in the kernel's cell enum, read here through
+   ``_kernels`` by :func:`kernel_code`. (Before the kernel's enum header: the
+   ``DEF CELL_*`` / ``CELL_CODES`` / ``GATES`` lines at the top of ``_kernels.pyx``.)
+3. ``src/rnnfast/c/cellmath.template.h`` (today ``_cellmath.h``, where the per-ISA
+   function table lists it too): its fused element-wise step ``rnn_<name>_f`` / ``_d``.
+4. ``src/rnnfast/_kernels.pyx``: the step's ``cdef extern`` declaration and its branch
+   in ``_cell_block``; a step that updates the state in place (as GRU's does) also
+   joins the blocked path's copy of the old state.
 
 A cell the frameworks have too is then loaded from their files with no further
-change (``keras_layer`` / ``keras_cell`` and ``torch_module`` / ``torch_modes`` /
-``torch_order`` below); a cell with weights beyond the canonical kernel, recurrent
-kernel, biases and projection (a peephole LSTM's diagonal weights) also needs a field
-in ``CellWeights`` (layers.py).
+change (``keras_layer`` / ``keras_cell``, and ``torch_module`` / ``torch_modes`` /
+``torch_order``); a cell with weights beyond the canonical kernel, recurrent kernel,
+biases and projection (a peephole LSTM's diagonal weights) also needs a field in
+``CellWeights`` (layers.py) and its place in the converters.
 """
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional, Tuple
@@ -57,6 +60,7 @@ TORCH_TENSORS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
 
 def kernel_code(kernel_name):
     """The compiled core's code of the kernel cell ``kernel_name`` ("gru", "gru_rb", ...)."""
+    # once the kernel's cpdef enum lands: return getattr(_kernels, "RNN_CELL_" + kernel_name.upper())
     return _kernels.CELL_CODES[kernel_name]
 
 

@@ -166,6 +166,14 @@ class RNNLayer:
         business).
     dtype : float32 or float64
         The compute dtype; weights are converted to it once, here.
+
+    Attributes
+    ----------
+    cell : str
+        The cell's name; ``cell_spec`` its :class:`rnnfast.cells.Cell` entry.
+    source_parameters : int
+        The parameters as given (kernels, biases, projection; both directions): what
+        the source framework counts.
     """
 
     def __init__(self, cell, weights, *, reset_after=True, activation="tanh",
@@ -177,7 +185,7 @@ class RNNLayer:
         if go_backwards and len(weights) == 2:
             raise ValueError("go_backwards is for a unidirectional layer")
         self.cell = cell
-        self.spec = spec
+        self.cell_spec = spec
         self.reset_after = bool(reset_after)
         self.activation = activation
         self.recurrent_activation = recurrent_activation if spec.recurrent_activation else None
@@ -193,14 +201,14 @@ class RNNLayer:
 
     def _convert(self, weights):
         dt = self.dtype
-        G = self.spec.num_gates
+        G = self.cell_spec.num_gates
         k0 = np.asarray(weights[0].kernel)
         if k0.ndim != 2 or k0.shape[1] % G or k0.shape[1] == 0 or k0.shape[0] == 0:
             raise ValueError("kernel must be (input_size, %d*units), got %s" % (G, k0.shape))
         I, GH = k0.shape
         H = GH // G
         proj = weights[0].projection
-        if proj is not None and not self.spec.projection:
+        if proj is not None and not self.cell_spec.projection:
             raise ValueError("a projection exists only for %s" % " and ".join(
                 c.title for c in cells.CELLS.values() if c.projection))
         P = np.asarray(proj).shape[1] if proj is not None else 0
@@ -288,9 +296,9 @@ class RNNLayer:
         return out
 
     def __repr__(self):
-        kind = self.spec.title
+        kind = self.cell_spec.title
         extra = ""
-        if self.spec.reset_before is not None:
+        if self.cell_spec.reset_before is not None:
             extra += ", reset_after=%s" % self.reset_after
         if self.proj_size:
             extra += ", proj_size=%d" % self.proj_size
@@ -363,7 +371,7 @@ class RNNLayer:
                              % (self.input_size, I, x.shape))
         D, Ho, H = self.num_directions, self.output_size, self.units
         h = _state(h0, (D, B, Ho), dt, "h0")
-        with_c = self.spec.num_states > 1
+        with_c = self.cell_spec.num_states > 1
         c = _state(c0, (D, B, H), dt, "c0") if with_c else np.zeros((0, 0, 0), dt)
         if c0 is not None and not with_c:
             raise ValueError("c0 is only for a cell with a cell state (LSTM)")

@@ -142,7 +142,7 @@ class Sequential(Summarized):
         rows = []
         for k, (layer, opt) in enumerate(self._steps):
             if isinstance(layer, RNNLayer):
-                kind = ("Bidirectional(%s)" if layer.num_directions == 2 else "%s") % layer.spec.title
+                kind = ("Bidirectional(%s)" if layer.num_directions == 2 else "%s") % layer.cell_spec.title
                 units = ("2x%d" if layer.num_directions == 2 else "%d") % layer.units
                 opts = [o for o in ("return_sequences",) if opt[o]]
                 if layer.num_directions == 2 and opt["merge_mode"] != "concat":

@@ -1,8 +1,9 @@
 """KerasModel: a Keras model loaded into canonical layers, run with Keras' semantics.
 
-The loader (``rnnfast.io.keras_file``, ``rnnfast.io.keras_convert``) turns each Keras
-layer into one *node* below and wires the nodes into a chain; :class:`KerasModel`
-runs them. Inside the model every sequence is **time-major** ``(time, batch,
+The loader (``rnnfast.io.keras_file``, through the Keras layer registry
+``rnnfast.io.keras_layers``) turns each Keras layer into one *node* below and wires the
+nodes into a chain; :class:`KerasModel` runs them. This module imports nothing from
+``rnnfast.io``. Inside the model every sequence is **time-major** ``(time, batch,
 features)``, the layout the recurrent kernels want, and masks are ``(time, batch)``
 booleans; the model transposes once on the way in and once on the way out, so
 consecutive recurrent layers hand their outputs on without a copy.
@@ -193,7 +194,7 @@ class RecurrentNode(_Node):
         self.go_backwards = bool(go_backwards)
         self.zero_output_for_mask = bool(zero_output_for_mask)
         self.stacked = bool(stacked)
-        counts = [layer.spec.num_states for layer in self.rnn_layers]
+        counts = [layer.cell_spec.num_states for layer in self.rnn_layers]
         self.state_structure = []
         i = 1
         for n in counts:
@@ -243,7 +244,7 @@ class RecurrentNode(_Node):
         if self.zero_output_for_mask:
             opts.append("zero_output_for_mask")
         if self.keras_class == "RNN":
-            cells = ["%s(%s)" % (layer.spec.keras_cell, _cell_args(layer)) for layer in self.rnn_layers]
+            cells = ["%s(%s)" % (layer.cell_spec.keras_cell, _cell_args(layer)) for layer in self.rnn_layers]
             inner = "[%s]" % ", ".join(cells) if self.stacked else cells[0]
         else:
             inner = _cell_args(self.rnn_layers[0])
@@ -624,7 +625,7 @@ class KerasModel(Summarized):
         ``dtype`` (str)."""
         rows = []
         for node in self.layers:
-            kind, units, opts = node.summary_row or (node.keras_class, "", "")
+            kind, units, opts = node.summary_row       # left by the registry's converter
             rows.append(dict(name=node.name, type=kind, units=units, options=opts,
                              parameters=int(node.num_params), dtype=node.dtype.name))
         return rows
@@ -744,7 +745,7 @@ def _shape_str(shape):
 def _cell_args(layer):
     """A cell's Keras arguments that differ from the defaults, for reprs."""
     args = ["%d" % layer.units]
-    if layer.spec.reset_before is not None and not layer.reset_after:
+    if layer.cell_spec.reset_before is not None and not layer.reset_after:
         args.append("reset_after=False")
     if layer.activation != "tanh":
         args.append("activation=%r" % layer.activation)

@@ -18,7 +18,7 @@ __all__ = ["TorchRNN"]
 
 def _torch_mode(layer):
     """The ``torch.nn.RNNBase.mode`` that computes what ``layer`` computes, or None."""
-    cell = layer.spec
+    cell = layer.cell_spec
     if cell.reset_before is not None and not layer.reset_after:
         return None
     if cell.recurrent_activation and layer.recurrent_activation != "sigmoid":
@@ -89,12 +89,12 @@ class TorchRNN(Summarized):
         self.num_directions = D
         self.batch_first = bool(batch_first)
         self.bias = bool(bias)
-        self.nonlinearity = first.activation if len(first.spec.torch_modes) > 1 else None
+        self.nonlinearity = first.activation if len(first.cell_spec.torch_modes) > 1 else None
         self.dtype = first.dtype
         self.source = source
         self._Ho = Ho
-        self._module = first.spec.torch_module
-        self._with_c = first.spec.num_states > 1
+        self._module = first.cell_spec.torch_module
+        self._with_c = first.cell_spec.num_states > 1
 
     def __repr__(self):
         args = "%d, %d" % (self.input_size, self.hidden_size)
@@ -110,7 +110,7 @@ class TorchRNN(Summarized):
             args += ", bidirectional=True"
         if self.proj_size:
             args += ", proj_size=%d" % self.proj_size
-        return "TorchRNN(%s(%s), dtype=%s)" % (self.layers[0].spec.torch_module, args, self.dtype.name)
+        return "TorchRNN(%s(%s), dtype=%s)" % (self.layers[0].cell_spec.torch_module, args, self.dtype.name)
 
     # -- describing itself ------------------------------------------------------------
 

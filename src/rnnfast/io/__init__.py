@@ -7,7 +7,6 @@ Imports flow one way: this package -> the models (``model_keras``, ``model_torch
 """
 import os
 
-from ..errors import FormatError
 from ..model_keras import KerasModel
 from ..model_torch import TorchRNN
 from ._sniff import FORMAT_NAMES, detect, sniff
@@ -16,7 +15,7 @@ from .keras_file import from_keras, load_keras_file
 from .torch_file import from_torch, load_torch_file
 
 __all__ = ["load", "from_keras", "from_torch", "KerasModel", "TorchRNN", "sniff", "detect",
-           "describe_file", "ZIP_ERRORS", "check_zip_member"]
+           "ZIP_ERRORS", "check_zip_member"]
 
 
 def load(path, **options):
@@ -53,13 +52,4 @@ def load(path, **options):
         model = load_torch_file(path, **options)
     model.source_format = FORMAT_NAMES[kind]
     return model
-
-
-def describe_file(path):
-    """Name the format of the model file at ``path`` in words (e.g. "Keras .keras
-    archive", "PyTorch file (zip)"), or return None when it is not a file rnnfast knows."""
-    try:
-        return FORMAT_NAMES[detect(path)]
-    except (OSError, FormatError):
-        return None
 

@@ -14,7 +14,9 @@ options)`` and ``node.num_params``.
 
 Adding a Keras layer: the walk
 ------------------------------
-A layer without weights (``GlobalMaxPooling1D``) touches two source files:
+A layer without weights touches two source files (``GlobalMaxPooling1D`` and
+``GlobalAveragePooling1D`` came in so: ``GlobalPoolingNode`` in model_keras.py, the
+``_global_pooling`` converter and two entries here):
 
 1. ``src/rnnfast/model_keras.py``: its node, a ``_Node`` subclass whose ``run(x, mask,
    num_threads)`` computes the layer on the time-major input (and ``describe()`` for
@@ -103,7 +105,7 @@ def _inner_params(node):
 
 def _cell_options(layer):
     opts = []
-    if layer.spec.reset_before is not None and not layer.reset_after:
+    if layer.cell_spec.reset_before is not None and not layer.reset_after:
         opts.append("reset_after=False")
     if layer.activation not in ("tanh", None):
         opts.append("activation=%s" % layer.activation)
@@ -118,7 +120,7 @@ def _recurrent_row(node):
     layers = node.rnn_layers
     kind = node.keras_class
     if kind == "RNN":
-        kind = "RNN(%s)" % "+".join(layer.spec.keras_cell for layer in layers)
+        kind = "RNN(%s)" % "+".join(layer.cell_spec.keras_cell for layer in layers)
     units = ",".join(str(layer.units) for layer in layers)
     opts = [o for o in ("return_sequences", "return_state", "go_backwards", "zero_output_for_mask")
             if getattr(node, o, False)]

@@ -77,7 +77,7 @@ def torch_state_dict(layers, bias=True):
     w_ih, w_hh, b_ih, b_hh, w_hr = cells.TORCH_TENSORS
     sd = {}
     for k, layer in enumerate(layers):
-        cell = layer.spec
+        cell = layer.cell_spec
         for d, w in enumerate(layer.cell_weights()):
             sfx = "_l%d%s" % (k, "_reverse" if d else "")
             sd[w_ih + sfx] = cell.to_torch(w.kernel.T, 0)
