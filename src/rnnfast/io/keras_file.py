@@ -525,8 +525,7 @@ def build_model(model_config, weights, keras_version, *, dtype=None, source=None
     model = KerasModel(steps, input_key=input_key, outputs=outputs, input_shape=shape,
                        input_dtype=in_dtype, integer_input=integer, name=name,
                        keras_version=ctx.keras_version, source=source,
-                       declared_input_shape=input_entry.cfg.get("batch_shape",
-                                                                input_entry.cfg.get("batch_input_shape")))
+                       declared_input_shape=_declared_shape(input_entry))
     _check_shapes(model)
     return model
 
@@ -554,6 +553,11 @@ def _check_shapes(model):
 #: The most values per sample a declared input shape may hold (the load-time probe
 #: allocates one sample of it).
 MAX_PROBE_VALUES = 1 << 24
+
+
+def _declared_shape(input_entry):
+    cfg = input_entry.cfg or {}
+    return cfg.get("batch_shape", cfg.get("batch_input_shape"))
 
 
 def _shape_text(shape):
