@@ -8,15 +8,14 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
+from rnnfast import cells  # noqa: E402
 from rnnfast.layers import CellWeights  # noqa: E402
 
-#: The contract's tolerances per compute dtype (API.md, "Numerics").
+#: The contract's tolerances per compute dtype (docs/API.md, "Numerics").
 TOL = {
     np.dtype(np.float32): dict(atol=1e-5, rtol=1e-4),
     np.dtype(np.float64): dict(atol=1e-9, rtol=1e-7),
 }
-
-GATES = {"gru": 3, "lstm": 4, "simple": 1}
 
 
 def assert_close(got, want, dtype, what=""):
@@ -28,7 +27,7 @@ def assert_close(got, want, dtype, what=""):
 
 def random_weights(rng, cell, I, H, P=0, bias=True, scale=1.0, readonly=False):
     """One direction of canonical weights, uniform in ±scale/sqrt(H) (lively, not saturated)."""
-    G = GATES[cell]
+    G = cells.get(cell).num_gates
     Ho = P or H
     s = scale / np.sqrt(H)
 

@@ -57,8 +57,9 @@ def gru_file(tmp_path_factory):
 def keras_file(tmp_path_factory):
     """A small Keras 3 model (LSTM -> GRU -> Dense) saved as .keras."""
     keras.utils.set_random_seed(0)
-    m = keras.Sequential([keras.Input((6, 4)), keras.layers.LSTM(9, return_sequences=True),
-                          keras.layers.GRU(5), keras.layers.Dense(3, activation="tanh")], name="tiny")
+    m = keras.Sequential([keras.Input((6, 4)), keras.layers.LSTM(9, return_sequences=True, name="lstm"),
+                          keras.layers.GRU(5, name="gru"), keras.layers.Dense(3, activation="tanh", name="dense")],
+                         name="tiny")   # named: Keras numbers unnamed layers per process (lstm_1, ...)
     path = tmp_path_factory.mktemp("keras") / "tiny.keras"
     m.save(path)
     return m, path

@@ -12,6 +12,7 @@ import torch  # noqa: E402  (make test installs it: a missing torch must fail, n
 
 pytestmark = pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
 
+from rnnfast import cells  # noqa: E402
 from rnnfast.io.torch_convert import cell_weights_from_torch  # noqa: E402
 from rnnfast.layers import RNNLayer  # noqa: E402
 
@@ -21,8 +22,7 @@ MODES = {"GRU": torch.nn.GRU, "LSTM": torch.nn.LSTM, "RNN_TANH": torch.nn.RNN, "
 def layers_from_module(m, dtype):
     """Canonical layers of a live module, one RNNLayer per torch layer."""
     sd = {k: v.detach().cpu().numpy() for k, v in m.state_dict().items()}
-    cell = {"GRU": "gru", "LSTM": "lstm", "RNN_TANH": "simple", "RNN_RELU": "simple"}[m.mode]
-    act = "relu" if m.mode == "RNN_RELU" else "tanh"
+    cell, act = cells.by_torch_mode(m.mode)
     out = []
     for k in range(m.num_layers):
         ws = []
@@ -30,7 +30,7 @@ def layers_from_module(m, dtype):
             g = lambda n: sd.get("%s_l%d%s" % (n, k, sfx))  # noqa: E731
             ws.append(cell_weights_from_torch(m.mode, g("weight_ih"), g("weight_hh"), g("bias_ih"),
                                               g("bias_hh"), g("weight_hr")))
-        out.append(RNNLayer(cell, ws, activation=act, dtype=dtype))
+        out.append(RNNLayer(cell.name, ws, activation=act, dtype=dtype))
     return out
 
 

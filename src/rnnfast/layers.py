@@ -19,8 +19,9 @@ recurrent_bias    (G*H,) or None      hidden-side bias (GRU reset-after keeps it
 projection        (H, P) or None      LSTM projection, ``h = (o * act(c)) @ projection``
 ================  ==================  ===============================================
 
-Cells (``cell=``): ``"gru"`` (with ``reset_after`` True: PyTorch and Keras' default;
-False: Keras ``reset_after=False``, Cho et al. 2014), ``"lstm"``, ``"simple"``.
+Cells (``cell=``): the names of the cell registry :data:`rnnfast.cells.CELLS`:
+``"gru"`` (with ``reset_after`` True: PyTorch and Keras' default; False: Keras
+``reset_after=False``, Cho et al. 2014), ``"lstm"``, ``"simple"``.
 """
 import contextlib
 from dataclasses import dataclass
@@ -28,12 +29,13 @@ from typing import Optional
 
 import numpy as np
 
-from . import _kernels
+from . import _kernels, cells
 from ._threads import blas_single_threaded, resolve_num_threads
 from ._validation import as_input, as_lengths, as_mask, as_numeric, as_state, compute_dtype, integer_option
 from ._validation import weight as _checked
 
-__all__ = ["ACTIVATIONS", "CellWeights", "RNNLayer", "Dense", "merge_directions", "apply_activation"]
+__all__ = ["ACTIVATIONS", "CellWeights", "RNNLayer", "Dense", "merge_directions", "apply_activation",
+           "softmax"]
 
 #: Activation names the recurrent kernels run, and their codes in _cellmath.h.
 #: ``hard_sigmoid`` is Keras 3's ``relu6(x + 3) / 6``; ``hard_sigmoid_keras2`` is
@@ -52,7 +54,6 @@ ACTIVATIONS = {
     "exponential": 10,
 }
 
-_GATES = {"simple": 1, "gru": 3, "lstm": 4}
 _MERGE_MODES = ("concat", "sum", "mul", "ave", None)
 #: Elements of the input projection buffer per chunk (all directions), at most; bounds
 #: the kernel's scratch memory independently of the sequence length.
@@ -123,6 +124,25 @@ def _activate(code, v):
         _kernels.activate(code, v[i:i + step])
 
 
+def softmax(x, out=None):
+    """Softmax over the last axis, ``exp(x - max) / sum(exp(x - max))``.
+
+    Parameters
+    ----------
+    x : ndarray of float32 or float64
+    out : ndarray, optional
+        Where to write it (``x`` itself for an in-place softmax); a new array if omitted.
+
+    Returns
+    -------
+    ndarray, ``x``'s shape and dtype
+    """
+    y = np.subtract(x, x.max(axis=-1, keepdims=True), out=out)
+    np.exp(y, out=y)
+    y /= y.sum(axis=-1, keepdims=True)
+    return y
+
+
 @dataclass
 class CellWeights:
     """Weights of one direction of a recurrent layer, in canonical layout (see module doc)."""
@@ -140,6 +160,7 @@ class RNNLayer:
     Parameters
     ----------
     cell : {"gru", "lstm", "simple"}
+        A name of the cell registry (:data:`rnnfast.cells.CELLS`).
     weights : list of CellWeights
         One entry (unidirectional) or two (forward, backward).
     reset_after : bool
@@ -153,41 +174,51 @@ class RNNLayer:
         business).
     dtype : float32 or float64
         The compute dtype; weights are converted to it once, here.
+
+    Attributes
+    ----------
+    cell : str
+        The cell's name; ``cell_spec`` its :class:`rnnfast.cells.Cell` entry.
+    source_parameters : int
+        The parameters as given (kernels, biases, projection; both directions): what
+        the source framework counts.
     """
 
     def __init__(self, cell, weights, *, reset_after=True, activation="tanh",
                  recurrent_activation="sigmoid", go_backwards=False, dtype=np.float32):
-        if cell not in _GATES:
-            raise ValueError("cell must be one of %s, got %r" % (sorted(_GATES), cell))
+        spec = cells.get(cell)
         weights = list(weights)
         if len(weights) not in (1, 2):
             raise ValueError("weights must hold 1 or 2 directions, got %d" % len(weights))
         if go_backwards and len(weights) == 2:
             raise ValueError("go_backwards is for a unidirectional layer")
         self.cell = cell
+        self.cell_spec = spec
         self.reset_after = bool(reset_after)
         self.activation = activation
-        self.recurrent_activation = recurrent_activation if cell != "simple" else None
+        self.recurrent_activation = recurrent_activation if spec.recurrent_activation else None
         self.go_backwards = bool(go_backwards)
         self.dtype = compute_dtype(dtype)
         self._act = _activation_code(activation, "activation")
         self._ract = _activation_code(self.recurrent_activation, "recurrent_activation")
-        self._kernel_cell = "gru_rb" if (cell == "gru" and not self.reset_after) else cell
+        self._kernel = spec.kernel_for(self.reset_after)
+        self._kernel_cell = self._kernel.name
         self._convert(weights)
 
     # -- weights ---------------------------------------------------------------------
 
     def _convert(self, weights):
         dt = self.dtype
-        G = _GATES[self.cell]
+        G = self.cell_spec.num_gates
         k0 = np.asarray(weights[0].kernel)
         if k0.ndim != 2 or k0.shape[1] % G or k0.shape[1] == 0 or k0.shape[0] == 0:
             raise ValueError("kernel must be (input_size, %d*units), got %s" % (G, k0.shape))
         I, GH = k0.shape
         H = GH // G
         proj = weights[0].projection
-        if proj is not None and self.cell != "lstm":
-            raise ValueError("a projection exists only for LSTM")
+        if proj is not None and not self.cell_spec.projection:
+            raise ValueError("a projection exists only for %s" % " and ".join(
+                c.title for c in cells.CELLS.values() if c.projection))
         P = np.asarray(proj).shape[1] if proj is not None else 0
         Ho = P if proj is not None else H
         Ws, Us, bxs, bhns, Wrs = [], [], [], [], []
@@ -205,9 +236,10 @@ class RNNLayer:
             bhn = np.zeros(H)
             bx = np.zeros(GH) if b is None else b.copy()
             if rb is not None:
-                if self._kernel_cell == "gru":
-                    bx[: 2 * H] += rb[: 2 * H]     # z, r: both biases add before the gate
-                    bhn = rb[2 * H:].copy()        # h: r * (h U_h + b_hh)
+                if self._kernel.bias_apart:
+                    k = (G - 1) * H
+                    bx[:k] += rb[:k]               # GRU z, r: both biases add before the gate
+                    bhn = rb[k:].copy()            # h: r * (h U_h + b_hh)
                 else:
                     bx += rb                       # everywhere else the two biases just add
             Ws.append(W)
@@ -222,7 +254,7 @@ class RNNLayer:
         self.num_directions = len(weights)
         W, U, bx = np.stack(Ws), np.stack(Us), np.stack(bxs)
         self._ncb = 1
-        plain = self._kernel_cell in ("gru", "lstm", "simple") and proj is None
+        plain = self._kernel.packed and proj is None
         if plain:
             self._ncb = max(1, min(MAX_UNIT_BLOCKS, H // UNIT_BLOCK))
         if self._ncb > 1:
@@ -241,13 +273,6 @@ class RNNLayer:
         self._uses_blas = self._Wp.size == 0 or not plain
         self._bhn = _frozen(np.stack(bhns))
         self._Wr = _frozen(np.stack(Wrs) if Wrs else np.zeros((len(weights), 0, 0), dt))
-
-    @property
-    def num_parameters(self):
-        """Parameters as stored canonically (biases folded where they add).
-        :attr:`source_parameters` counts them as the source framework does."""
-        return int(self._W.size + self._U.size + self._bx.size + self._Wr.size
-                   + (self._bhn.size if self._kernel_cell == "gru" else 0))
 
     def cell_weights(self):
         """The layer's weights back in canonical layout, one :class:`CellWeights` per
@@ -270,18 +295,18 @@ class RNNLayer:
         out = []
         for d in range(self.num_directions):
             rb = None
-            if self._kernel_cell == "gru":
+            if self._kernel.bias_apart:
                 rb = np.zeros(GH, self.dtype)
-                rb[2 * H:] = self._bhn[d]
+                rb[GH - H:] = self._bhn[d]
             out.append(CellWeights(self._W[d][:, inv].copy(), self._U[d][:, inv].copy(),
                                    self._bx[d][inv].copy(), rb,
                                    self._Wr[d].copy() if self.proj_size else None))
         return out
 
     def __repr__(self):
-        kind = {"gru": "GRU", "lstm": "LSTM", "simple": "SimpleRNN"}[self.cell]
+        kind = self.cell_spec.title
         extra = ""
-        if self.cell == "gru":
+        if self.cell_spec.reset_before is not None:
             extra += ", reset_after=%s" % self.reset_after
         if self.proj_size:
             extra += ", proj_size=%d" % self.proj_size
@@ -356,9 +381,10 @@ class RNNLayer:
                              % (self.input_size, I, x.shape))
         D, Ho, H = self.num_directions, self.output_size, self.units
         h = as_state(h0, (D, B, Ho), dt, "h0")
-        c = as_state(c0, (D, B, H), dt, "c0") if self.cell == "lstm" else np.zeros((0, 0, 0), dt)
-        if c0 is not None and self.cell != "lstm":
-            raise ValueError("c0 is only for LSTM")
+        with_c = self.cell_spec.num_states > 1
+        c = as_state(c0, (D, B, H), dt, "c0") if with_c else np.zeros((0, 0, 0), dt)
+        if c0 is not None and not with_c:
+            raise ValueError("c0 is only for a cell with a cell state (LSTM)")
         if chunk_steps is not None:         # as the kernel takes it: at least 1, at most T
             chunk_steps = min(max(1, integer_option(chunk_steps, "chunk_steps")), max(1, T))
         if mask is not None and lengths is not None:
@@ -392,7 +418,7 @@ class RNNLayer:
                                  self._W, self._Wp, self._bx, self._U, self._Up, self._bhn, self._Wr, m,
                                  bool(zero_output_for_mask), self.go_backwards, o2, h, c,
                                  self._ncb, split, int(chunk_steps), nt)
-        return out, h, (c if self.cell == "lstm" else None)
+        return out, h, (c if with_c else None)
 
     __call__ = forward
 
@@ -458,10 +484,7 @@ class Dense:
         if self.bias is not None:
             y += self.bias
         if self.activation == "softmax":
-            y -= y.max(axis=-1, keepdims=True)
-            np.exp(y, out=y)
-            y /= y.sum(axis=-1, keepdims=True)
-            return y
+            return softmax(y, out=y)
         if self.activation != "linear":
             y = np.ascontiguousarray(y)
             _activate(ACTIVATIONS[self.activation], y.reshape(-1))

@@ -4,29 +4,30 @@ PyTorch stores, per layer k and direction (suffix ``_reverse`` for backward):
 ``weight_ih_l{k}`` (G*H, I), ``weight_hh_l{k}`` (G*H, Ho), ``bias_ih_l{k}`` (G*H,),
 ``bias_hh_l{k}`` (G*H,), and for an LSTM with ``proj_size`` ``weight_hr_l{k}`` (P, H).
 Gate order: GRU r, z, n; LSTM i, f, g, o; RNN one gate. Canonical (Keras) order:
-GRU z, r, h; LSTM i, f, c, o (the same as PyTorch's). Kernels are transposed to
-(I, G*H) / (Ho, G*H); the projection to (H, P).
+GRU z, r, h; LSTM i, f, c, o (the same as PyTorch's): each cell's ``torch_order`` in
+the cell registry (:mod:`rnnfast.cells`). Kernels are transposed to (I, G*H) /
+(Ho, G*H); the projection to (H, P). :func:`torch_state_dict` is the way back.
 
 It also holds the table of PyTorch element types (:data:`DTYPES`) that both file
 readers (``torch_pickle``, ``safetensors``) use to size and decode raw tensor bytes.
 """
 import numpy as np
 
+from .. import cells
 from ..layers import CellWeights
 
-__all__ = ["GATES", "cell_weights_from_torch", "DTYPES", "FLOAT_DTYPES", "bfloat16_to_float32",
-           "numpy_dtype", "to_native"]
+__all__ = ["GATES", "cell_weights_from_torch", "torch_state_dict", "DTYPES", "FLOAT_DTYPES",
+           "bfloat16_to_float32", "numpy_dtype", "to_native"]
 
-#: gates per PyTorch mode
-GATES = {"GRU": 3, "LSTM": 4, "RNN_TANH": 1, "RNN_RELU": 1}
+#: gates per PyTorch mode (``torch.nn.RNNBase.mode``), from the cell registry
+GATES = {mode: c.num_gates for c in cells.CELLS.values() for mode in c.torch_modes}
 
 
-def _reorder(a, mode, axis):
-    """PyTorch gate order -> canonical along ``axis`` (only GRU differs: r,z,n -> z,r,n)."""
-    if mode != "GRU":
-        return a
-    r, z, n = np.split(a, 3, axis=axis)
-    return np.concatenate([z, r, n], axis=axis)
+def _cell(mode):
+    cell, _ = cells.by_torch_mode(mode)
+    if cell is None:
+        raise ValueError("unknown PyTorch RNN mode %r (known: %s)" % (mode, ", ".join(GATES)))
+    return cell
 
 
 def cell_weights_from_torch(mode, weight_ih, weight_hh, bias_ih=None, bias_hh=None, weight_hr=None):
@@ -40,15 +41,54 @@ def cell_weights_from_torch(mode, weight_ih, weight_hh, bias_ih=None, bias_hh=No
     bias_ih, bias_hh : array (G*H,) or None
     weight_hr : array (P, H) or None
     """
+    cell = _cell(mode)
     w_ih = np.asarray(weight_ih)
     w_hh = np.asarray(weight_hh)
     return CellWeights(
-        kernel=_reorder(w_ih, mode, 0).T,
-        recurrent_kernel=_reorder(w_hh, mode, 0).T,
-        bias=None if bias_ih is None else _reorder(np.asarray(bias_ih), mode, 0),
-        recurrent_bias=None if bias_hh is None else _reorder(np.asarray(bias_hh), mode, 0),
+        kernel=cell.from_torch(w_ih, 0).T,
+        recurrent_kernel=cell.from_torch(w_hh, 0).T,
+        bias=None if bias_ih is None else cell.from_torch(np.asarray(bias_ih), 0),
+        recurrent_bias=None if bias_hh is None else cell.from_torch(np.asarray(bias_hh), 0),
         projection=None if weight_hr is None else np.asarray(weight_hr).T,
     )
+
+
+def torch_state_dict(layers, bias=True):
+    """The canonical layers of a PyTorch-shaped stack back as that module's state_dict,
+    numpy arrays in PyTorch's layout (the inverse of :func:`cell_weights_from_torch`).
+
+    The biases come as the layers hold them (:meth:`~rnnfast.layers.RNNLayer.cell_weights`):
+    ``bias_ih`` carries the sum of both biases where they add, ``bias_hh`` only the
+    part a cell keeps apart (GRU's candidate ``b_hn``), zeros elsewhere: the same
+    function, up to rounding.
+
+    Parameters
+    ----------
+    layers : list of RNNLayer
+        One per module layer (``TorchRNN.layers``), in the compute dtype.
+    bias : bool
+        Whether the module has biases (without, the layers' biases are zeros).
+
+    Returns
+    -------
+    dict of str -> ndarray
+        ``weight_ih_l{k}[_reverse]`` ..., as ``torch.nn.GRU/LSTM/RNN.state_dict()`` names them.
+    """
+    w_ih, w_hh, b_ih, b_hh, w_hr = cells.TORCH_TENSORS
+    sd = {}
+    for k, layer in enumerate(layers):
+        cell = layer.cell_spec
+        for d, w in enumerate(layer.cell_weights()):
+            sfx = "_l%d%s" % (k, "_reverse" if d else "")
+            sd[w_ih + sfx] = cell.to_torch(w.kernel.T, 0)
+            sd[w_hh + sfx] = cell.to_torch(w.recurrent_kernel.T, 0)
+            if bias:
+                sd[b_ih + sfx] = cell.to_torch(w.bias, 0)
+                rb = w.recurrent_bias if w.recurrent_bias is not None else np.zeros_like(w.bias)
+                sd[b_hh + sfx] = cell.to_torch(rb, 0)
+            if w.projection is not None:
+                sd[w_hr + sfx] = w.projection.T
+    return {k: np.ascontiguousarray(v, dtype=layers[0].dtype) for k, v in sd.items()}
 
 
 # -- PyTorch element types -> numpy ----------------------------------------------------
