@@ -57,20 +57,63 @@ cdef extern from "c/enums.h":
 
 
 cdef extern from "c/engine.h" nogil:
+    # the kernel table of one instruction set (kernels.template.h), per type
+    ctypedef struct rnn_kernels_f:
+        void (*activate)(int kind, float *v, long n) noexcept nogil
+        void (*gru_ra)(long nrows, long H, const float *xp, long ldxp, const float *gh, long ldgh,
+                       const float *bhn, float *h, long ldh, const unsigned char *valid,
+                       float *tmp, int act, int ract) noexcept nogil
+        void (*gru_rb_gates)(long nrows, long H, const float *xp, long ldxp, const float *gzr,
+                             long ldg, const float *h, long ldh, const unsigned char *valid,
+                             float *zr, float *rh, int ract) noexcept nogil
+        void (*gru_rb_update)(long nrows, long H, const float *xp, long ldxp, const float *ghh,
+                              long ldg, const float *zr, float *h, long ldh,
+                              const unsigned char *valid, float *tmp, int act) noexcept nogil
+        void (*lstm)(long nrows, long H, const float *xp, long ldxp, const float *gh, long ldgh,
+                     float *c, long ldc, float *m, long ldm, const unsigned char *valid,
+                     float *tmp, int act, int ract) noexcept nogil
+        void (*simple)(long nrows, long H, const float *xp, long ldxp, const float *gh, long ldgh,
+                       float *h, long ldh, const unsigned char *valid, int act) noexcept nogil
+        void (*gemm_packed)(long M, long N, long K, const float *A, long lda, const float *Bp,
+                            const float *bias, float *C, long ldc) noexcept nogil
+        int packed_projection
+
+    ctypedef struct rnn_kernels_d:
+        void (*activate)(int kind, double *v, long n) noexcept nogil
+        void (*gru_ra)(long nrows, long H, const double *xp, long ldxp, const double *gh, long ldgh,
+                       const double *bhn, double *h, long ldh, const unsigned char *valid,
+                       double *tmp, int act, int ract) noexcept nogil
+        void (*gru_rb_gates)(long nrows, long H, const double *xp, long ldxp, const double *gzr,
+                             long ldg, const double *h, long ldh, const unsigned char *valid,
+                             double *zr, double *rh, int ract) noexcept nogil
+        void (*gru_rb_update)(long nrows, long H, const double *xp, long ldxp, const double *ghh,
+                              long ldg, const double *zr, double *h, long ldh,
+                              const unsigned char *valid, double *tmp, int act) noexcept nogil
+        void (*lstm)(long nrows, long H, const double *xp, long ldxp, const double *gh, long ldgh,
+                     double *c, long ldc, double *m, long ldm, const unsigned char *valid,
+                     double *tmp, int act, int ract) noexcept nogil
+        void (*simple)(long nrows, long H, const double *xp, long ldxp, const double *gh,
+                       long ldgh, double *h, long ldh, const unsigned char *valid,
+                       int act) noexcept nogil
+        void (*gemm_packed)(long M, long N, long K, const double *A, long lda, const double *Bp,
+                            const double *bias, double *C, long ldc) noexcept nogil
+        int packed_projection
+
+    ctypedef struct rnn_kernels:
+        rnn_kernels_f f
+        rnn_kernels_d d
+
     # the instruction set (isa.h)
     rnn_isa_level rnn_select_isa(int level)
     rnn_isa_level rnn_isa_level_now()
     rnn_isa_level rnn_isa_supported()
+    const rnn_kernels *rnn_isa_kernels(int level)
 
-    # the kernels of the current instruction set (dispatch.template.h)
-    void rnn_activate_f(int kind, float *v, long n)
-    void rnn_activate_d(int kind, double *v, long n)
-    void rnn_gemm_packed_f(long M, long N, long K, const float *A, long lda, const float *Bp,
-                           const float *bias, float *C, long ldc)
-    void rnn_gemm_packed_d(long M, long N, long K, const double *A, long lda, const double *Bp,
-                           const double *bias, double *C, long ldc)
-    int rnn_packed_projection_f()
-    int rnn_packed_projection_d()
+    # blas.h: the row-major product the engine uses (for the tests of GRU reset-before)
+    void rnn_gemm_rm_f(int M, int N, int K, float alpha, const float *A, int lda, const float *B,
+                       int ldb, float beta, float *C, int ldc)
+    void rnn_gemm_rm_d(int M, int N, int K, double alpha, const double *A, int lda,
+                       const double *B, int ldb, double beta, double *C, int ldc)
 
     # packing (layout.h, common.template.h)
     long rnn_packed_size(long K, long N)

@@ -87,13 +87,21 @@ def profile_times():
                 gates=tot[RNN_PROF_STEP] - tot[RNN_PROF_PRODUCT], wait=tot[RNN_PROF_WAIT])
 
 
-# -- the kernels, by dtype -------------------------------------------------------------
+# -- the kernels, by dtype and instruction set -----------------------------------------
 
-cdef inline void _activate(int kind, floating *v, long n) noexcept nogil:
-    if floating is float:
-        rnn_activate_f(kind, v, n)
-    else:
-        rnn_activate_d(kind, v, n)
+cdef const rnn_kernels *_kernels_of(isa) except NULL:
+    """The kernel table of instruction set ``isa`` (a name in ISA_LEVELS), or of the
+    current one (None)."""
+    cdef const rnn_kernels *t
+    if isa is None:
+        return rnn_isa_kernels(rnn_isa_level_now())
+    if isa not in ISA_LEVELS:
+        raise ValueError("unknown instruction set %r; known: %s" % (isa, ", ".join(ISA_LEVELS)))
+    t = rnn_isa_kernels(ISA_LEVELS.index(isa))
+    if t == NULL:
+        raise ValueError("instruction set %r: not in this build or not on this CPU (best: %s)"
+                         % (isa, best_isa()))
+    return t
 
 
 cdef inline void _pack(long K, long N, const floating *B, long ldb, floating *dst) noexcept nogil:
@@ -103,54 +111,136 @@ cdef inline void _pack(long K, long N, const floating *B, long ldb, floating *ds
         rnn_pack_d(K, N, B, ldb, dst)
 
 
-cdef inline void _gemm_packed(long M, long N, long K, const floating *A, long lda,
-                              const floating *Bp, const floating *bias, floating *C,
-                              long ldc) noexcept nogil:
-    """C (M x N) = bias + A (M x K) times the packed K x N block Bp (bias NULL: zeros)."""
-    if floating is float:
-        rnn_gemm_packed_f(M, N, K, A, lda, Bp, bias, C, ldc)
-    else:
-        rnn_gemm_packed_d(M, N, K, A, lda, Bp, bias, C, ldc)
-
-
-def activate(int kind, floating[::1] v):
-    """Apply activation ``kind`` (RNN_ACT_*) to ``v`` in place, exactly as the kernels do."""
+def activate(int kind, floating[::1] v, isa=None):
+    """Apply activation ``kind`` (RNN_ACT_*) to ``v`` in place, exactly as the kernels of
+    instruction set ``isa`` (default: the current one) do."""
+    cdef const rnn_kernels *t = _kernels_of(isa)
     if kind < 0 or kind >= RNN_ACT_COUNT:
         raise ValueError("unknown activation code %d" % kind)
     if v.shape[0] == 0:
         return
     with nogil:
-        _activate(kind, &v[0], v.shape[0])
+        if floating is float:
+            t.f.activate(kind, &v[0], v.shape[0])
+        else:
+            t.d.activate(kind, &v[0], v.shape[0])
 
 
-def packed_matmul(const floating[:, ::1] A, const floating[:, ::1] B, int repeat=1):
-    """A @ B through the packed product the recurrence uses (B packed here, once; the
-    product run ``repeat`` times): a test and benchmark hook."""
+def packed_matmul(const floating[:, ::1] A, const floating[:, ::1] B, int repeat=1,
+                  const floating[::1] bias=None, isa=None):
+    """bias + A @ B through the packed product the recurrence uses (B packed here, once;
+    the product run ``repeat`` times) on instruction set ``isa`` (default: the current
+    one): a test and benchmark hook."""
+    cdef const rnn_kernels *t = _kernels_of(isa)
     cdef long M = A.shape[0], K = A.shape[1], N = B.shape[1]
+    cdef const floating *bp = NULL
     cdef int i
     if B.shape[0] != K:
         raise ValueError("shapes %s and %s do not multiply" % ((M, K), (K, N)))
+    if bias is not None:
+        if bias.shape[0] != N:
+            raise ValueError("bias of %d values for %d columns" % (bias.shape[0], N))
+        if N > 0:
+            bp = &bias[0]
     dt = np.float32 if floating is float else np.float64
     packed = np.zeros(rnn_packed_size(K, N), dtype=dt)
     out = np.zeros((M, N), dtype=dt)
     cdef floating[::1] P = packed
     cdef floating[:, ::1] C = out
-    if M == 0 or N == 0 or K == 0:
+    if M == 0 or N == 0:
+        return out
+    if K == 0:
+        if bias is not None:
+            out[:] = np.asarray(bias)
         return out
     with nogil:
         _pack(K, N, &B[0, 0], N, &P[0])
         for i in range(repeat):
-            _gemm_packed(M, N, K, &A[0, 0], K, &P[0], <const floating *> NULL, &C[0, 0], N)
+            if floating is float:
+                t.f.gemm_packed(M, N, K, &A[0, 0], K, &P[0], bp, &C[0, 0], N)
+            else:
+                t.d.gemm_packed(M, N, K, &A[0, 0], K, &P[0], bp, &C[0, 0], N)
     return out
+
+
+def cell_step(int cell, int act, int ract,
+              const floating[:, ::1] xp,            # IN  (nrows, G*H) the input projection
+              const floating[:, ::1] gh,            # IN  (nrows, G*H) h U (reset-before: 2H used)
+              const floating[::1] bhn,              # IN  (H,) GRU reset-after's candidate bias
+              floating[:, ::1] h,                   # IN/OUT (nrows, H) the state
+              floating[:, ::1] c=None,              # IN/OUT (nrows, H) LSTM cell state
+              const unsigned char[::1] mask=None,   # IN  (nrows,): 0 is a masked row
+              const floating[:, ::1] Uh=None,       # IN  (H, H) GRU reset-before's U_h
+              isa=None):
+    """One step of a cell's gate math (RNN_CELL_* ``cell``, RNN_ACT_* codes) for the rows
+    of ``h``, through the kernels of instruction set ``isa`` (default: the current one),
+    products given: a test hook (tests/test_isa.py). Updates h (and c) in place."""
+    cdef const rnn_kernels *t = _kernels_of(isa)
+    cdef long nrows = h.shape[0], H = h.shape[1]
+    cdef long G = {RNN_CELL_SIMPLE: 1, RNN_CELL_GRU: 3, RNN_CELL_GRU_RB: 3, RNN_CELL_LSTM: 4}[cell]
+    cdef const unsigned char *valid = NULL
+    if not (0 <= act < RNN_ACT_COUNT and 0 <= ract < RNN_ACT_COUNT):
+        raise ValueError("unknown activation code %d or %d" % (act, ract))
+    if (xp.shape[0] != nrows or gh.shape[0] != nrows or xp.shape[1] != G * H
+            or gh.shape[1] != G * H or bhn.shape[0] != H):
+        raise ValueError("shapes do not agree")
+    if cell == RNN_CELL_LSTM and (c is None or c.shape[0] != nrows or c.shape[1] != H):
+        raise ValueError("an LSTM step needs c of shape %s" % ((nrows, H),))
+    if cell == RNN_CELL_GRU_RB and (Uh is None or Uh.shape[0] != H or Uh.shape[1] != H):
+        raise ValueError("a GRU reset-before step needs Uh of shape %s" % ((H, H),))
+    if mask is not None:
+        if mask.shape[0] != nrows:
+            raise ValueError("mask of %d rows for %d" % (mask.shape[0], nrows))
+        if nrows > 0:
+            valid = &mask[0]
+    if nrows == 0 or H == 0:
+        return
+    dt = np.float32 if floating is float else np.float64
+    cdef floating[::1] tmp = np.zeros(4 * H, dt)
+    cdef floating[:, ::1] zr = np.zeros((nrows, 2 * H), dt)
+    cdef floating[:, ::1] rh = np.zeros((nrows, H), dt)
+    cdef floating[:, ::1] g2 = np.zeros((nrows, H), dt)
+    with nogil:
+        if floating is float:
+            if cell == RNN_CELL_GRU:
+                t.f.gru_ra(nrows, H, &xp[0, 0], G * H, &gh[0, 0], G * H, &bhn[0], &h[0, 0], H,
+                           valid, &tmp[0], act, ract)
+            elif cell == RNN_CELL_GRU_RB:
+                t.f.gru_rb_gates(nrows, H, &xp[0, 0], G * H, &gh[0, 0], G * H, &h[0, 0], H, valid,
+                                 &zr[0, 0], &rh[0, 0], ract)
+                rnn_gemm_rm_f(<int> nrows, <int> H, <int> H, 1, &rh[0, 0], <int> H, &Uh[0, 0],
+                              <int> H, 0, &g2[0, 0], <int> H)
+                t.f.gru_rb_update(nrows, H, &xp[0, 0], G * H, &g2[0, 0], H, &zr[0, 0], &h[0, 0],
+                                  H, valid, &tmp[0], act)
+            elif cell == RNN_CELL_LSTM:
+                t.f.lstm(nrows, H, &xp[0, 0], G * H, &gh[0, 0], G * H, &c[0, 0], H, &h[0, 0], H,
+                         valid, &tmp[0], act, ract)
+            else:
+                t.f.simple(nrows, H, &xp[0, 0], H, &gh[0, 0], H, &h[0, 0], H, valid, act)
+        else:
+            if cell == RNN_CELL_GRU:
+                t.d.gru_ra(nrows, H, &xp[0, 0], G * H, &gh[0, 0], G * H, &bhn[0], &h[0, 0], H,
+                           valid, &tmp[0], act, ract)
+            elif cell == RNN_CELL_GRU_RB:
+                t.d.gru_rb_gates(nrows, H, &xp[0, 0], G * H, &gh[0, 0], G * H, &h[0, 0], H, valid,
+                                 &zr[0, 0], &rh[0, 0], ract)
+                rnn_gemm_rm_d(<int> nrows, <int> H, <int> H, 1, &rh[0, 0], <int> H, &Uh[0, 0],
+                              <int> H, 0, &g2[0, 0], <int> H)
+                t.d.gru_rb_update(nrows, H, &xp[0, 0], G * H, &g2[0, 0], H, &zr[0, 0], &h[0, 0],
+                                  H, valid, &tmp[0], act)
+            elif cell == RNN_CELL_LSTM:
+                t.d.lstm(nrows, H, &xp[0, 0], G * H, &gh[0, 0], G * H, &c[0, 0], H, &h[0, 0], H,
+                         valid, &tmp[0], act, ract)
+            else:
+                t.d.simple(nrows, H, &xp[0, 0], H, &gh[0, 0], H, &h[0, 0], H, valid, act)
 
 
 def packed_projection(dtype):
     """Whether the input projection of this dtype runs on packed weights (our kernel)
     rather than BLAS: the current instruction set's kernel table says (where that
     measured faster: float32 on AVX-512; see bench/README.md)."""
-    if np.dtype(dtype) == np.float32:
-        return bool(rnn_packed_projection_f())
-    return bool(rnn_packed_projection_d())
+    cdef const rnn_kernels *t = _kernels_of(None)
+    return bool(t.f.packed_projection if np.dtype(dtype) == np.float32 else t.d.packed_projection)
 
 
 def pack_blocks(const floating[:, :, ::1] M, long G, long ncb):

@@ -80,6 +80,17 @@ static rnn_isa_level rnn_select_isa(int level)
 /* The level in use. */
 static rnn_isa_level rnn_isa_level_now(void) { return rnn_isa_now; }
 
+/* The kernel table of `level`, or NULL when this build or this CPU has none: for the
+ * tests, which call every ISA's kernels side by side (tests/test_isa.py). */
+static const rnn_kernels *rnn_isa_kernels(int level)
+{
+    size_t i;
+    for (i = 0; i < sizeof rnn_isas / sizeof rnn_isas[0]; i++)
+        if ((int)rnn_isas[i].level == level && rnn_isas[i].cpu_has())
+            return rnn_isas[i].kernels;
+    return NULL;
+}
+
 /* The calls through the current table: rnn_activate_f, rnn_gemm_packed_d, ... */
 #define TYPE float
 #include "dispatch.template.h"
