@@ -1,5 +1,6 @@
-/* _openmp.h -- the one OpenMP shim: real OpenMP where the build has it, serial stubs
- * otherwise, and the step barrier of the blocked path. */
+/* openmp.h -- the one OpenMP shim: real OpenMP where the build has it, serial stubs
+ * otherwise (the same sources then build serial: RNNFAST_NO_OPENMP=1), and the step
+ * barrier of the blocked strategy. */
 #ifndef RNNFAST_OPENMP_H
 #define RNNFAST_OPENMP_H
 
@@ -10,17 +11,21 @@
 static inline void rnn_omp_barrier(void) {
     _Pragma("omp barrier")
 }
+/* RNN_OMP(parallel for ...): an OpenMP directive, or nothing in a serial build. */
+#define RNN_PRAGMA_(...) _Pragma(#__VA_ARGS__)
+#define RNN_OMP(...) RNN_PRAGMA_(omp __VA_ARGS__)
 #else
 #define RNN_OPENMP_ENABLED 0
 static inline int omp_get_max_threads(void) { return 1; }
 static inline int omp_get_thread_num(void) { return 0; }
 static inline int omp_get_num_threads(void) { return 1; }
 static inline void rnn_omp_barrier(void) {}
+#define RNN_OMP(...)
 #endif
 
 /* ---- the step barrier: spin briefly, then sleep ----
  *
- * The blocked path synchronises its team once per time step. On an idle machine the
+ * The blocked strategy synchronises its team once per time step. On an idle machine the
  * team arrives within microseconds, so a short spin catches it; on a busy one a
  * team member may be waiting for a core, and a waiter that keeps spinning holds the
  * very core it needs (OpenMP's default barrier spins for milliseconds). So: spin
@@ -36,12 +41,9 @@ static inline void rnn_omp_barrier(void) {}
 #include <sched.h>
 #endif
 
-/* Spins before sleeping, about 55 us here (a pause is ~65 cycles on Zen 4). Measured
- * on 2 cores, seed models at 2 threads: 300 spins (~6 us) made the team sleep and
- * wake on most steps (0.85 / 1.29 / 1.34 ms against 0.62 / 0.85 / 1.16 ms with 3000),
- * and with the other core busy 3000 was still the faster (1.8 / 3.4 / 5.2 ms against
- * 3.8 / 4.1 / 5.9 ms). A variable: _kernels.barrier_spins() tunes it. */
-static int rnn_barrier_spins = 3000;
+/* Spins before sleeping. Its value comes from rnnfast._plan (BARRIER_SPINS), set when
+ * that module is imported; _kernels.barrier_spins() reads or changes it. */
+static int rnn_barrier_spins = 0;
 
 typedef struct {
     int n;                 /* team size */
@@ -98,4 +100,4 @@ static inline void rnn_barrier_wait(rnn_barrier *b)
 #endif
 }
 
-#endif
+#endif /* RNNFAST_OPENMP_H */
