@@ -136,9 +136,12 @@ cdef extern from "c/engine.h" nogil:
     void rnn_blas_init(rnn_sgemm_fn *sgemm, rnn_dgemm_fn *dgemm, rnn_sgemv_fn *sgemv,
                        rnn_dgemv_fn *dgemv)
 
-    # OpenMP (openmp.h) and the step barrier's spins
+    # OpenMP (openmp.h): the blocked strategy's waits, and its test hook
     int RNN_OPENMP_ENABLED
     int rnn_barrier_spins
+    int rnn_steal_spins
+    int rnn_backoff_left, rnn_backoff_len
+    int rnn_delay_tid, rnn_delay_us, rnn_delay_every, rnn_delay_where
 
     # where the time goes (profile.h)
     double rnn_prof[]

@@ -56,12 +56,43 @@ def openmp_enabled():
 
 
 def barrier_spins(int spins=-1):
-    """The blocked strategy's step barrier: spins before it sleeps (c/openmp.h); a new
-    value if given. rnnfast._plan sets BARRIER_SPINS when imported."""
+    """The blocked strategy's wait for a phase to complete: spins before it sleeps
+    (c/openmp.h); a new value if given. rnnfast._plan sets BARRIER_SPINS when imported."""
     global rnn_barrier_spins
     if spins >= 0:
         rnn_barrier_spins = spins
     return rnn_barrier_spins
+
+
+def steal_spins(int spins=-1):
+    """The blocked strategy: spins a thread that has run its own tasks of a phase gives
+    the others before it takes theirs over (c/openmp.h); a new value if given.
+    rnnfast._plan sets STEAL_SPINS when imported."""
+    global rnn_steal_spins
+    if spins >= 0:
+        rnn_steal_spins = spins
+    return rnn_steal_spins
+
+
+def team_backoff(bint reset=False):
+    """The blocked strategy's backoff (c/openmp.h): ``(calls left on one thread, the
+    next backoff's length)``; ``reset`` clears it first."""
+    global rnn_backoff_left, rnn_backoff_len
+    if reset:
+        rnn_backoff_left, rnn_backoff_len = 0, 1
+    return rnn_backoff_left, rnn_backoff_len
+
+
+def debug_delay(int tid=-1, int us=0, int every=1, bint inside=False):
+    """Test hook: thread ``tid`` of the blocked strategy's team sleeps ``us``
+    microseconds at every ``every``-th phase, before claiming its tasks (its tasks are
+    then taken over by the others) or, with ``inside``, inside each task it claimed
+    (the phase then waits for it). ``debug_delay()`` turns it off. Process-wide: for
+    tests only."""
+    global rnn_delay_tid, rnn_delay_us, rnn_delay_every, rnn_delay_where
+    if us < 0 or every < 1:
+        raise ValueError("us must be >= 0 and every >= 1")
+    rnn_delay_tid, rnn_delay_us, rnn_delay_every, rnn_delay_where = tid, us, every, 1 if inside else 0
 
 
 # -- where the time goes (c/profile.h) -------------------------------------------------

@@ -7,8 +7,9 @@ A layer call (:meth:`rnnfast.layers.RNNLayer.forward`) runs one of two strategie
 - the **item** strategy: (direction, batch block) work items, each with its own time
   loop, no barrier per step;
 - the **blocked** strategy: for layers whose gate columns are laid out in unit blocks,
-  (direction, batch block, unit block) tasks shared by the team, one barrier per step,
-  so that a small batch still uses every core.
+  (direction, batch block, unit block) tasks shared by the team, claimed step by step
+  (a thread that is not running never holds up a step: its tasks are taken over), so
+  that a small batch still uses every core.
 
 A plan depends on the shapes only, never on the thread count (but the team size
 itself), so results are bitwise identical for any number of threads.
@@ -53,10 +54,20 @@ BLOCKED_ROWS_PER_BLOCK = 64
 #: not 5); each task a whole number of the packed product's register tiles.
 PROJ_MIN_ROWS = 32
 PROJ_MAX_TASKS = 8
-#: Blocked strategy: spins of the step barrier before it sleeps (c/openmp.h).
+#: Blocked strategy: spins of the wait for a phase (a step, a chunk's projection)
+#: before it sleeps (c/openmp.h).
 BARRIER_SPINS = 3000
+#: Blocked strategy: spins a thread that has run its own tasks of a phase gives the
+#: others before it takes their unclaimed tasks over (a descheduled partner then costs
+#: at most the task it had claimed; see c/openmp.h).
+STEAL_SPINS = 200
+#: A call whose recurrent work is under this many flops per thread runs on fewer
+#: threads: waking a sleeping team and joining it costs more than such a call gains
+#: (the results are the same whatever the team size).
+MIN_CALL_FLOPS_PER_THREAD = 4_000_000
 
 _kernels.barrier_spins(BARRIER_SPINS)
+_kernels.steal_spins(STEAL_SPINS)
 
 ITEM = int(_kernels.RNN_STRATEGY_ITEM)
 BLOCKED = int(_kernels.RNN_STRATEGY_BLOCKED)
@@ -110,20 +121,24 @@ def chunk_steps(B, D, GH, strategy):
     return chunk
 
 
-def team_size(num_threads, strategy, B, D, Ho, GH):
-    """Threads for the call: the blocked strategy uses fewer when a step has little
-    work per thread; the item strategy all it is given."""
+def team_size(num_threads, strategy, B, D, Ho, GH, T=None):
+    """Threads for the call, from its work: fewer when the whole call (T steps; None:
+    unknown) has little recurrent work per thread, and on the blocked strategy when a
+    step has little work per thread."""
+    step_flops = 2 * B * Ho * GH * D
+    n = num_threads
+    if T is not None:
+        n = min(n, 2 * T * step_flops // MIN_CALL_FLOPS_PER_THREAD)
     if strategy == BLOCKED:
-        step_flops = 2 * B * Ho * GH * D
-        return max(1, min(num_threads, step_flops // MIN_STEP_FLOPS_PER_THREAD))
-    return num_threads
+        n = min(n, step_flops // MIN_STEP_FLOPS_PER_THREAD)
+    return max(1, n)
 
 
-def plan(*, B, D, Ho, GH, ncb, num_threads, chunk=None):
+def plan(*, B, D, Ho, GH, ncb, num_threads, chunk=None, T=None):
     """The plan of one call: B batch rows, D directions, state width Ho, GH gate
     columns laid out in ``ncb`` unit blocks, ``num_threads`` threads at most, and
-    ``chunk`` steps per projection chunk (None: chosen here)."""
+    ``chunk`` steps per projection chunk (None: chosen here), over T steps (None: unknown)."""
     how = strategy(ncb)
     if chunk is None:
         chunk = chunk_steps(B, D, GH, how)
-    return Plan(how, ncb, batch_rows(B, how), int(chunk), team_size(num_threads, how, B, D, Ho, GH))
+    return Plan(how, ncb, batch_rows(B, how), int(chunk), team_size(num_threads, how, B, D, Ho, GH, T))

@@ -219,17 +219,18 @@ static int RNN_TNAME(run_items)(const RNN_TNAME(call) *c)
     return err ? RNN_ERR_NOMEM : RNN_OK;
 }
 
-/* ==== the blocked strategy: (direction, batch block, unit block) tasks, one barrier
- * per step ==== */
+/* ==== the blocked strategy: (direction, batch block, unit block) tasks, claimed per
+ * phase (a chunk's projection, then each step) ==== */
 
 /* What the team shares. */
 typedef struct {
     long nbb, ntask;            /* batch blocks; tasks per step (ndir * nbb * ncb) */
+    long others;                /* tasks run by threads other than the caller's */
     TYPE *xp;                   /* (ndir, chunk*B, GH) the chunk's projection */
     TYPE *hbuf;                 /* (2, ndir, B, Ho) the state, double-buffered by step */
     TYPE *cbuf;                 /* (ndir, B, H) the LSTM cell state, or NULL */
     unsigned char *seen;        /* (ndir, ncb, B) rows that have emitted an output */
-    rnn_barrier barrier;        /* the step barrier */
+    rnn_phases q;               /* the phases' claims and completions (openmp.h) */
 } RNN_TNAME(blocked);
 
 /* One task's block of the chunk's input projection: rows (t, b) for the chunk's steps
@@ -304,26 +305,71 @@ static void RNN_TNAME(blocked_step)(const RNN_TNAME(call) *c, const RNN_TNAME(bl
     rnn_tock(RNN_PROF_STEP, t0);
 }
 
-/* One thread's share of the blocked strategy (thread tid of a team of nth). Tasks are
- * dealt round-robin, the same ones every step, so each thread keeps its share of U in
- * its cache and reads only projections it wrote (no barrier per chunk). The tasks, and
- * so the arithmetic, do not depend on the team size: a different deal (a per-task
- * claim) would change only the two `for (task ...)` loops. */
+/* Run the tasks of phase p that this thread claims: st < s0 is the chunk's projection,
+ * else step st. Its own tasks first (task % nth == tid); then, once the others have
+ * had rnn_steal_spins to finish theirs (none if *eager), every task still unclaimed,
+ * each thread's list from its end. Sets *eager when it took a task over, clears it
+ * when there was none left to take. */
+static void RNN_TNAME(blocked_phase)(const RNN_TNAME(call) *c, RNN_TNAME(blocked) *bk, int tid,
+                                     int nth, long p, long st, long s0, long s1, TYPE *scratch,
+                                     int *eager)
+{
+    long task, ntask = bk->ntask, target = (p + 1) * ntask;
+    int k, i, took = 0;
+    long ran = 0;
+    rnn_debug_delay(tid, p, 0);
+    for (k = 0; k < nth; k++) {
+        int owner = (tid + k) % nth;
+        long last = owner < ntask ? owner + (ntask - 1 - owner) / nth * nth : -1;
+        if (k == 1 && !*eager) {        /* give the others a moment to run their own */
+            for (i = 0; i < rnn_steal_spins; i++) {
+                if (__atomic_load_n(&bk->q.done, __ATOMIC_ACQUIRE) >= target)
+                    return;
+                rnn_cpu_relax();
+            }
+        }
+        /* own tasks in order; the others' from the end, away from where their owner is */
+        for (task = k == 0 ? owner : last; task >= 0 && task < ntask; task += k == 0 ? nth : -nth) {
+            if (!rnn_phases_claim(&bk->q, task, p))
+                continue;
+            if (k == 0)
+                rnn_debug_delay(tid, p, 1);
+            else
+                took = 1;
+            if (st < s0)
+                RNN_TNAME(blocked_project)(c, bk, task, s0, s1);
+            else
+                RNN_TNAME(blocked_step)(c, bk, task, st, s0, s1, scratch);
+            rnn_phases_finish(&bk->q, p);
+            ran++;
+        }
+    }
+    if (nth > 1)
+        *eager = took;
+    if (tid != 0 && ran > 0)
+        __atomic_add_fetch(&bk->others, ran, __ATOMIC_RELAXED);
+}
+
+/* One thread's part in the blocked strategy (thread tid of a team of nth): every phase
+ * in order, skipping those the team completed without it, waiting for each to complete
+ * before the next (the next reads what it wrote). Which thread runs which task changes
+ * nothing in the arithmetic, so the results do not depend on the team size or on the
+ * schedule. */
 static void RNN_TNAME(blocked_worker)(const RNN_TNAME(call) *c, RNN_TNAME(blocked) *bk, int tid,
                                       int nth, TYPE *scratch)
 {
-    long ch, s0, s1, st, task;
+    long ch, s0, s1, st, p = 0;
+    int eager = 0;
     double t0;
     for (ch = 0; ch < c->nchunks; ch++) {
         s0 = ch * c->p.chunk;
         s1 = s0 + c->p.chunk < c->s.T ? s0 + c->p.chunk : c->s.T;
-        for (task = tid; task < bk->ntask; task += nth)
-            RNN_TNAME(blocked_project)(c, bk, task, s0, s1);
-        for (st = s0; st < s1; st++) {
-            for (task = tid; task < bk->ntask; task += nth)
-                RNN_TNAME(blocked_step)(c, bk, task, st, s0, s1, scratch);
+        for (st = s0 - 1; st < s1; st++, p++) {     /* st == s0 - 1: the chunk's projection */
+            if (rnn_phases_current(&bk->q) > p)
+                continue;
+            RNN_TNAME(blocked_phase)(c, bk, tid, nth, p, st, s0, s1, scratch, &eager);
             t0 = rnn_tick();
-            rnn_barrier_wait(&bk->barrier);
+            rnn_phases_wait(&bk->q, p);
             rnn_tock(RNN_PROF_WAIT, t0);
         }
     }
@@ -341,31 +387,34 @@ static int RNN_TNAME(run_blocked)(const RNN_TNAME(call) *c)
     RNN_TNAME(blocked) bk;
     TYPE *scratch;
     bk.nbb = (B + c->p.bb - 1) / c->p.bb;
+    bk.others = 0;
     bk.ntask = ndir * bk.nbb * c->p.ncb;
     bk.xp = (TYPE *)rnn_alloc_lines((size_t)(ndir * c->p.chunk * B * GH) * sizeof(TYPE));
     bk.seen = (unsigned char *)calloc((size_t)(ndir * c->p.ncb * B), 1);
     bk.hbuf = (TYPE *)rnn_alloc_lines(2 * state);
     bk.cbuf = c->c != NULL ? (TYPE *)rnn_alloc_lines(cell) : NULL;
     scratch = (TYPE *)rnn_alloc_lines((size_t)(nth * per_thread) * sizeof(TYPE));
-    if (bk.xp == NULL || bk.seen == NULL || bk.hbuf == NULL || scratch == NULL
-        || (c->c != NULL && bk.cbuf == NULL)) {
+    if (rnn_phases_init(&bk.q, bk.ntask) || bk.xp == NULL || bk.seen == NULL || bk.hbuf == NULL
+        || scratch == NULL || (c->c != NULL && bk.cbuf == NULL)) {
         err = RNN_ERR_NOMEM;
     } else {
         memcpy(bk.hbuf, c->h, state);
         if (c->c != NULL)
             memcpy(bk.cbuf, c->c, cell);
+        int team = nth;
         RNN_OMP(parallel num_threads(nth))
         {
-            int tid = omp_get_thread_num();
-            if (tid == 0)
-                rnn_barrier_init(&bk.barrier, omp_get_num_threads());
-            rnn_omp_barrier();
-            RNN_TNAME(blocked_worker)(c, &bk, tid, omp_get_num_threads(), scratch + tid * per_thread);
+            if (omp_get_thread_num() == 0)
+                team = omp_get_num_threads();
+            RNN_TNAME(blocked_worker)(c, &bk, omp_get_thread_num(), omp_get_num_threads(),
+                                      scratch + omp_get_thread_num() * per_thread);
         }
+        rnn_team_report(team, bk.q.done, bk.others);
         memcpy(c->h, bk.hbuf + (s->T % 2) * ndir * B * Ho, state);
         if (c->c != NULL)
             memcpy(c->c, bk.cbuf, cell);
     }
+    rnn_phases_free(&bk.q);
     free(bk.xp);
     free(bk.seen);
     free(bk.hbuf);
@@ -391,6 +440,8 @@ static int RNN_TNAME(layer_forward)(const rnn_shape *shape, const rnn_plan *plan
         c.p.chunk = c.s.T;
     if (c.p.num_threads < 1)
         c.p.num_threads = 1;
+    if (c.p.strategy == RNN_STRATEGY_BLOCKED)
+        c.p.num_threads = rnn_team_for((int)c.p.num_threads);
     c.GH = c.s.G * c.s.H;
     c.ldo = c.s.ndir * c.s.Ho;
     c.nchunks = (c.s.T + c.p.chunk - 1) / c.p.chunk;
