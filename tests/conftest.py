@@ -1,47 +1,39 @@
-"""Shared test helpers: tolerances (one table), random canonical weights."""
+"""Fixtures shared by the test modules (helpers are in _testing.py).
+
+- ``seed``: a seed per test, stable across runs (crc32 of the test's id); set
+  RNNFAST_TEST_SEED to another integer to draw other data in a whole run;
+- ``rng``: a numpy Generator from ``seed``;
+- ``torch_one_thread``: PyTorch (only the reference here) on one thread for a module.
+"""
+
 import os
-import sys
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
+from _testing import seed_of
+
 os.environ.setdefault("KERAS_BACKEND", "torch")
-
-from rnnfast.layers import CellWeights  # noqa: E402
-
-#: The contract's tolerances per compute dtype (API.md, "Numerics").
-TOL = {
-    np.dtype(np.float32): dict(atol=1e-5, rtol=1e-4),
-    np.dtype(np.float64): dict(atol=1e-9, rtol=1e-7),
-}
-
-GATES = {"gru": 3, "lstm": 4, "simple": 1}
-
-
-def assert_close(got, want, dtype, what=""):
-    """Compare to the contract's tolerance for ``dtype``."""
-    tol = TOL[np.dtype(dtype)]
-    np.testing.assert_allclose(np.asarray(got, np.float64), np.asarray(want, np.float64),
-                               err_msg=what, **tol)
-
-
-def random_weights(rng, cell, I, H, P=0, bias=True, scale=1.0, readonly=False):
-    """One direction of canonical weights, uniform in ±scale/sqrt(H) (lively, not saturated)."""
-    G = GATES[cell]
-    Ho = P or H
-    s = scale / np.sqrt(H)
-
-    def u(*shape):
-        a = rng.uniform(-s, s, shape)
-        if readonly:
-            a.flags.writeable = False
-        return a
-
-    return CellWeights(u(I, G * H), u(Ho, G * H), u(G * H) if bias else None,
-                       u(G * H) if bias else None, u(H, P) if P else None)
 
 
 @pytest.fixture
-def rng():
-    return np.random.default_rng(1234)
+def seed(request):
+    """A seed for this test: stable across runs and processes."""
+    return seed_of(request.node.nodeid, int(os.environ.get("RNNFAST_TEST_SEED", "0")))
+
+
+@pytest.fixture
+def rng(seed):
+    return np.random.default_rng(seed)
+
+
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """torch on one thread for the module (the machine is shared; torch is only the
+    reference here)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -11,15 +11,13 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import TOL
+from _testing import TOL
 
-os.environ.setdefault("KERAS_BACKEND", "torch")
 import keras  # noqa: E402  (make test installs it: a missing Keras must fail, not skip)
 import torch  # noqa: E402
 
 from rnnfast import demo  # noqa: E402
 
-pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")]
 F32 = TOL[np.dtype(np.float32)]
 KERAS_FILE = demo.data_path("digits_bigru.keras")
 TORCH_FILE = demo.data_path("digits_lstm.pt")

@@ -10,7 +10,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import TOL
+from _testing import TOL
 
 import rnnfast
 

@@ -15,90 +15,25 @@ import zlib
 import numpy as np
 import pytest
 
-from conftest import TOL
-
 os.environ.setdefault("KERAS_BACKEND", "torch")
 import keras  # noqa: E402  (make test installs it: a missing Keras must fail, not skip)
 
 import rnnfast  # noqa: E402
+from _testing import (  # noqa: E402
+    SEQ_B,
+    SEQ_F,
+    SEQ_T,
+    TOL,
+    assert_like_keras,
+    functional,
+    lively,
+    masked_ids,
+    masked_input,
+    seq,
+)
 
 L = keras.layers
-KERAS_WARNINGS = [
-    pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword"),
-    pytest.mark.filterwarnings("ignore:.*does not support masking.*:UserWarning"),
-]
-pytestmark = KERAS_WARNINGS
-
-T, F, B = 9, 5, 5
-
-
-# -- helpers (used by the other test_keras_* modules too) ----------------------------------
-
-
-def lively(model, seed=0, scale=0.5):
-    """Random weights uniform in ±min(scale, 1.5/sqrt(fan_in)): gates neither saturated
-    nor trivial (Keras' own init gives near-zero biases)."""
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        new = []
-        for w in layer.get_weights():
-            fan_in = w.shape[0] if w.ndim == 2 else 1
-            a = min(scale, 1.5 / np.sqrt(fan_in))
-            new.append(rng.uniform(-a, a, w.shape).astype(w.dtype))
-        layer.set_weights(new)
-    return model
-
-
-def masked_input(shape, seed=1, dtype=np.float32):
-    """N(0, 1) input with masked (all-zero) steps: a gap mid-sequence, trailing padding,
-    leading padding, a fully masked row, and a row whose last step only is masked."""
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal(shape).astype(dtype)
-    b, t = shape[:2]
-    x[0, t // 3:t // 3 + 2] = 0
-    x[1, t - 3:] = 0
-    x[2, :2] = 0
-    x[3] = 0
-    x[4, t - 1] = 0
-    x[4, 1] = 0
-    return x
-
-
-def masked_ids(shape, vocab, seed=2):
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(1, vocab, size=shape)
-    b, t = shape
-    ids[0, t // 3:t // 3 + 2] = 0
-    ids[1, t - 3:] = 0
-    ids[2, :2] = 0
-    ids[3] = 0
-    return ids.astype(np.int32)
-
-
-def assert_like_keras(got, want, dtype=np.float32, what=""):
-    """Same nesting (Keras' tuples as lists), shapes, dtype, values within tolerance."""
-    if isinstance(want, (list, tuple)):
-        assert isinstance(got, list), "%s: expected a list of %d outputs, got %s" % (
-            what, len(want), type(got))
-        assert len(got) == len(want), "%s: %d outputs, Keras gives %d" % (what, len(got), len(want))
-        for i, (g, w) in enumerate(zip(got, want)):
-            assert_like_keras(g, w, dtype, "%s[%d]" % (what, i))
-        return
-    want = np.asarray(want)
-    assert isinstance(got, np.ndarray), "%s: expected an array, got %s" % (what, type(got))
-    assert got.shape == want.shape, "%s: shape %s, Keras %s" % (what, got.shape, want.shape)
-    assert got.dtype == want.dtype, "%s: dtype %s, Keras %s" % (what, got.dtype, want.dtype)
-    np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), err_msg=what,
-                               **TOL[np.dtype(dtype)])
-
-
-def seq(*layers, shape=(T, F), dtype="float32"):
-    return keras.Sequential([keras.Input(shape, dtype=dtype)] + list(layers))
-
-
-def functional(build, shape=(T, F), dtype="float32"):
-    inp = keras.Input(shape, dtype=dtype)
-    return keras.Model(inp, build(inp))
+T, F, B = SEQ_T, SEQ_F, SEQ_B
 
 
 # -- the cases --------------------------------------------------------------------------------

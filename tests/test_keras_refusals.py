@@ -9,18 +9,16 @@ import sys
 import textwrap
 import zipfile
 
+import keras
 import numpy as np
 import pytest
 
-from test_keras_models import KERAS_WARNINGS, T, F, lively, masked_input, seq
-
-import keras  # noqa: E402
-
-import rnnfast  # noqa: E402
-from rnnfast import FormatError, UnsupportedLayerError  # noqa: E402
+import rnnfast
+from _testing import SEQ_F, SEQ_T, lively, masked_input, seq
+from rnnfast import FormatError, UnsupportedLayerError
 
 L = keras.layers
-pytestmark = KERAS_WARNINGS
+T, F = SEQ_T, SEQ_F
 
 
 def refused(model, layer_class, option=None, tmp_path=None):

@@ -13,16 +13,14 @@ import re
 import numpy as np
 import pytest
 
-from conftest import TOL
+from _testing import TOL
 
-os.environ.setdefault("KERAS_BACKEND", "torch")
 import keras  # noqa: E402  (make test installs it: a missing Keras must fail, not skip)
 import torch  # noqa: E402
 
 import rnnfast  # noqa: E402
 from rnnfast import demo  # noqa: E402
 
-pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")]
 
 FILES = ["digits_bigru.keras", "digits_lstm.pt", "digits_lstm_head.npz", "digits_test.npz",
          "digits_info.json"]

@@ -17,11 +17,9 @@ import torch  # noqa: E402  (the test install has it: a missing torch must fail,
 import safetensors.torch as safetensors_torch  # noqa: E402
 
 import rnnfast  # noqa: E402
-from conftest import TOL  # noqa: E402,F401
-from torch_testing import CLASSES, assert_same, make_module, torch_one_thread, torch_run  # noqa: E402,F401
+from _testing import TOL, assert_same, make_module, torch_run, TORCH_MODES
 
-pytestmark = [pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN"),
-              pytest.mark.usefixtures("torch_one_thread")]
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 def write(kind, m, path, prefix=""):
     """Save ``m``'s state_dict as ``kind``: "pt", "legacy", "safetensors", or a checkpoint
@@ -46,7 +44,7 @@ def write(kind, m, path, prefix=""):
 # -- the grid --------------------------------------------------------------------------
 
 FILE_GRID = []
-for i, (mode, kind) in enumerate(itertools.product(CLASSES, ("pt", "safetensors", "ckpt", "legacy"))):
+for i, (mode, kind) in enumerate(itertools.product(TORCH_MODES, ("pt", "safetensors", "ckpt", "legacy"))):
     FILE_GRID.append(dict(mode=mode, kind=kind, num_layers=1 + i % 3, bidirectional=i % 2 == 0,
                           proj_size=2 if mode == "LSTM" and i % 2 == 1 else 0, bias=i % 5 != 2,
                           batch_first=i % 3 == 1, float64=i % 4 == 3, lengths=i % 2 == 1))

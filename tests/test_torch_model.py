@@ -13,12 +13,10 @@ import pytest
 import torch  # noqa: E402  (the test install has it: a missing torch must fail, not skip)
 
 import rnnfast  # noqa: E402
-from conftest import TOL  # noqa: E402,F401
-from torch_testing import CLASSES, assert_same, make_module, torch_one_thread, torch_run  # noqa: E402,F401
+from _testing import TOL, assert_same, make_module, torch_run, TORCH_MODES
 from rnnfast.layers import RNNLayer  # noqa: E402
 
-pytestmark = [pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN"),
-              pytest.mark.usefixtures("torch_one_thread")]
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 def random_inputs(m, T, B, rng, *, with_hx, with_lengths, dtype):
     I = m.input_size
@@ -51,7 +49,7 @@ def torch_hx(hx):
 # The grid: every cell x layers x direction, and the other options spread over it so
 # that each value meets several cells (the index picks them deterministically).
 GRID = []
-for i, (mode, layers, bidi) in enumerate(itertools.product(CLASSES, (1, 2, 3), (False, True))):
+for i, (mode, layers, bidi) in enumerate(itertools.product(TORCH_MODES, (1, 2, 3), (False, True))):
     GRID.append(dict(
         mode=mode, num_layers=layers, bidirectional=bidi,
         proj_size=(2 if i % 2 == 0 else 0) if mode == "LSTM" else 0,
