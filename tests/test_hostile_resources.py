@@ -25,6 +25,15 @@ import rnnfast
 from fuzz.mutators import CORPUS, seeds
 from fuzz.picklegen import TorchDoc
 
+# -- building hostile files ----------------------------------------------------------------
+
+
+def _seed(fmt):
+    """The simplest seed of a format (one GRU layer where there is one)."""
+    names = {"torchzip": "torchzip-gru.pt", "torchlegacy": "torchlegacy-lstm.pt",
+             "safetensors": "safetensors-gru-bi.safetensors", "keras": "keras-gru.keras",
+             "keras3h5": "keras3h5-gru.h5", "keras2h5": "keras2h5-gru-reset-before.h5"}
+    path = os.path.join(CORPUS, names[fmt])
     assert path in seeds(fmt)
     return path
 
