@@ -46,9 +46,7 @@ def tol(dtype):
 
 def assert_close(got, want, dtype, what=""):
     """Compare to the contract's tolerance for ``dtype``."""
-    np.testing.assert_allclose(
-        np.asarray(got, np.float64), np.asarray(want, np.float64), err_msg=what, **tol(dtype)
-    )
+    np.testing.assert_allclose(np.asarray(got, np.float64), np.asarray(want, np.float64), err_msg=what, **tol(dtype))
 
 
 def seed_of(*parts):
@@ -174,9 +172,7 @@ def torch_run(m, x, hx=None, lengths=None):
             from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
             T = x.shape[1] if m.batch_first else x.shape[0]
-            packed = pack_padded_sequence(
-                x, torch.as_tensor(lengths), batch_first=m.batch_first, enforce_sorted=False
-            )
+            packed = pack_padded_sequence(x, torch.as_tensor(lengths), batch_first=m.batch_first, enforce_sorted=False)
             out, h = m(packed, hx)
             out, _ = pad_packed_sequence(out, batch_first=m.batch_first, total_length=T)
     if isinstance(h, tuple):

@@ -3,13 +3,15 @@
 Weights go through the one PyTorch converter (rnnfast.io.torch_convert) into
 canonical layers; the loaders and TorchRNN are tested in their own modules.
 """
+
 import numpy as np
 import pytest
 import torch  # make test installs it: a missing torch must fail, not skip
 
-from _testing import assert_close, seed_of
 from rnnfast.io.torch_convert import cell_weights_from_torch
 from rnnfast.layers import RNNLayer
+
+from _testing import assert_close, seed_of
 
 MODES = {"GRU": torch.nn.GRU, "LSTM": torch.nn.LSTM, "RNN_TANH": torch.nn.RNN, "RNN_RELU": torch.nn.RNN}
 
@@ -22,10 +24,9 @@ def layers_from_module(m, dtype):
     out = []
     for k in range(m.num_layers):
         ws = []
-        for sfx in ([""] + (["_reverse"] if m.bidirectional else [])):
-            g = lambda n: sd.get("%s_l%d%s" % (n, k, sfx))  # noqa: E731
-            ws.append(cell_weights_from_torch(m.mode, g("weight_ih"), g("weight_hh"), g("bias_ih"),
-                                              g("bias_hh"), g("weight_hr")))
+        for sfx in [""] + (["_reverse"] if m.bidirectional else []):
+            names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
+            ws.append(cell_weights_from_torch(m.mode, *[sd.get("%s_l%d%s" % (n, k, sfx)) for n in names]))
         out.append(RNNLayer(cell, ws, activation=act, dtype=dtype))
     return out
 
@@ -34,8 +35,8 @@ def run_stack(layers, x, h0=None, c0=None, num_threads=None):
     D = layers[0].num_directions
     hs, cs = [], []
     for k, layer in enumerate(layers):
-        hk = None if h0 is None else h0[k * D:(k + 1) * D]
-        ck = None if c0 is None else c0[k * D:(k + 1) * D]
+        hk = None if h0 is None else h0[k * D : (k + 1) * D]
+        ck = None if c0 is None else c0[k * D : (k + 1) * D]
         x, h, c = layer.forward(x, hk, ck, num_threads=num_threads)
         hs.append(h)
         cs.append(c)
@@ -65,7 +66,7 @@ def build(mode, I, H, L, bi, bias, proj, dtype):
     if proj:
         kw["proj_size"] = proj
     m = MODES[mode](I, H, **kw).to(torch.float64 if dtype == np.float64 else torch.float32)
-    with torch.no_grad():                 # lively weights: wider than torch's default init
+    with torch.no_grad():  # lively weights: wider than torch's default init
         for p in m.parameters():
             p.uniform_(-1.5 / np.sqrt(H), 1.5 / np.sqrt(H))
     return m.eval()
