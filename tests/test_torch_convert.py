@@ -1,5 +1,5 @@
-"""The canonical -> PyTorch converter (rnnfast.io.torch_convert.to_torch_module and
-to_torch_state_dict), the inverse of loading: a live module through rnnfast and back
+"""The canonical -> PyTorch converter (rnnfast.io.torch_convert.torch_state_dict and
+to_torch_module), the inverse of loading: a live module through rnnfast and back
 is the same network, and a canonical layer made into a module computes what rnnfast
 computes. Sizes from 128 units up take the kernels' unit-block layout, which the
 converter must undo."""
@@ -9,13 +9,7 @@ import pytest
 import torch
 
 import rnnfast
-from rnnfast.io.torch_convert import (
-    cell_weights_from_torch,
-    cell_weights_to_torch,
-    to_torch_module,
-    to_torch_state_dict,
-    torch_mode,
-)
+from rnnfast.io.torch_convert import cell_weights_from_torch, to_torch_module, torch_mode, torch_state_dict
 from rnnfast.layers import CellWeights, RNNLayer
 
 from _testing import TORCH_MODES, assert_same, make_module, random_weights, seed_of, tol, torch_run
@@ -74,23 +68,35 @@ def test_layer_to_module_computes_the_same(cell, act, dtype, rng):
 
 
 @pytest.mark.parametrize("mode", TORCH_MODES)
-def test_cell_weights_to_torch_inverts_from_torch(mode, rng):
+def test_torch_state_dict_inverts_cell_weights_from_torch(mode, rng):
+    """Weights come back exactly, in PyTorch's gate order; biases as their sum where
+    they add (GRU keeps its candidate part of bias_hh apart)."""
     G = {"GRU": 3, "LSTM": 4}.get(mode, 1)
-    P = 2 if mode == "LSTM" else 0
+    H, P = 6, (2 if mode == "LSTM" else 0)
     t = {
-        "weight_ih": rng.standard_normal((G * 6, 4)),
-        "weight_hh": rng.standard_normal((G * 6, P or 6)),
-        "bias_ih": rng.standard_normal(G * 6),
-        "bias_hh": rng.standard_normal(G * 6),
-        "weight_hr": rng.standard_normal((P, 6)) if P else None,
+        "weight_ih": rng.standard_normal((G * H, 4)),
+        "weight_hh": rng.standard_normal((G * H, P or H)),
+        "bias_ih": rng.standard_normal(G * H),
+        "bias_hh": rng.standard_normal(G * H),
+        "weight_hr": rng.standard_normal((P, H)) if P else None,
     }
-    back = cell_weights_to_torch(mode, cell_weights_from_torch(mode, **t))
-    for k, v in t.items():
-        if v is None:
-            assert back[k] is None, k
+    cell = {"GRU": "gru", "LSTM": "lstm"}.get(mode, "simple")
+    layer = RNNLayer(
+        cell,
+        [cell_weights_from_torch(mode, **t)],
+        activation="relu" if mode == "RNN_RELU" else "tanh",
+        dtype=np.float64,
+    )
+    sd = torch_state_dict([layer])
+    for k in ("weight_ih", "weight_hh", "weight_hr"):
+        if t[k] is None:
+            assert k + "_l0" not in sd
         else:
-            np.testing.assert_array_equal(back[k], v, err_msg=k)
-            assert back[k].flags.c_contiguous
+            np.testing.assert_array_equal(sd[k + "_l0"], t[k], err_msg=k)
+            assert sd[k + "_l0"].flags.c_contiguous
+    np.testing.assert_allclose(sd["bias_ih_l0"] + sd["bias_hh_l0"], t["bias_ih"] + t["bias_hh"], rtol=1e-12)
+    if mode == "GRU":  # the candidate's recurrent bias stays apart: r * (h U_n + b_hn)
+        np.testing.assert_array_equal(sd["bias_hh_l0"][2 * H :], t["bias_hh"][2 * H :])
 
 
 def test_batch_first_and_bias_follow_the_model():
@@ -109,10 +115,10 @@ def test_refusals(rng):
         to_torch_module(backwards)
     with_bias = RNNLayer("simple", [random_weights(rng, "simple", 3, 4)])
     with pytest.raises(ValueError, match="bias=False"):
-        to_torch_state_dict(with_bias, bias=False)
+        to_torch_module(with_bias, bias=False)
     no_bias = RNNLayer("simple", [CellWeights(rng.standard_normal((3, 4)), rng.standard_normal((4, 4)))])
-    mode, sd = to_torch_state_dict(no_bias, bias=False)
-    assert mode == "RNN_TANH" and sorted(sd) == ["weight_hh_l0", "weight_ih_l0"]
+    m = to_torch_module(no_bias, bias=False)
+    assert m.mode == "RNN_TANH" and sorted(m.state_dict()) == ["weight_hh_l0", "weight_ih_l0"]
     mixed = [RNNLayer("gru", [random_weights(rng, "gru", 3, 4)]), RNNLayer("lstm", [random_weights(rng, "lstm", 4, 4)])]
     with pytest.raises(ValueError, match="is not a GRU layer"):
-        to_torch_state_dict(mixed)
+        to_torch_module(mixed)

@@ -14,9 +14,8 @@ import numpy as np
 
 from ..layers import CellWeights
 
-__all__ = ["GATES", "cell_weights_from_torch", "DTYPES", "FLOAT_DTYPES", "bfloat16_to_float32",
-           "numpy_dtype", "to_native", "torch_mode", "cell_weights_to_torch", "to_torch_state_dict",
-           "to_torch_module"]
+__all__ = ["GATES", "cell_weights_from_torch", "torch_state_dict", "torch_mode", "to_torch_module", "DTYPES",
+           "FLOAT_DTYPES", "bfloat16_to_float32", "numpy_dtype", "to_native"]
 
 #: gates per PyTorch mode
 GATES = {"GRU": 3, "LSTM": 4, "RNN_TANH": 1, "RNN_RELU": 1}
@@ -52,7 +51,44 @@ def cell_weights_from_torch(mode, weight_ih, weight_hh, bias_ih=None, bias_hh=No
     )
 
 
-# -- canonical -> PyTorch (the inverse) ------------------------------------------------
+def torch_state_dict(layers, bias=True):
+    """The canonical layers of a PyTorch-shaped stack back as that module's state_dict,
+    numpy arrays in PyTorch's layout (the inverse of :func:`cell_weights_from_torch`).
+
+    The biases come as the layers hold them (:meth:`~rnnfast.layers.RNNLayer.cell_weights`):
+    ``bias_ih`` carries the sum of both biases where they add, ``bias_hh`` only the
+    part a cell keeps apart (GRU's candidate ``b_hn``), zeros elsewhere: the same
+    function, up to rounding.
+
+    Parameters
+    ----------
+    layers : list of RNNLayer
+        One per module layer (``TorchRNN.layers``), in the compute dtype.
+    bias : bool
+        Whether the module has biases (without, the layers' biases are zeros).
+
+    Returns
+    -------
+    dict of str -> ndarray
+        ``weight_ih_l{k}[_reverse]`` ..., as ``torch.nn.GRU/LSTM/RNN.state_dict()`` names them.
+    """
+    sd = {}
+    for k, layer in enumerate(layers):
+        mode = torch_mode(layer)
+        for d, w in enumerate(layer.cell_weights()):
+            sfx = "_l%d%s" % (k, "_reverse" if d else "")
+            sd["weight_ih" + sfx] = _reorder(w.kernel.T, mode, 0)      # GRU's swap is its own inverse
+            sd["weight_hh" + sfx] = _reorder(w.recurrent_kernel.T, mode, 0)
+            if bias:
+                sd["bias_ih" + sfx] = _reorder(w.bias, mode, 0)
+                rb = w.recurrent_bias if w.recurrent_bias is not None else np.zeros_like(w.bias)
+                sd["bias_hh" + sfx] = _reorder(rb, mode, 0)
+            if w.projection is not None:
+                sd["weight_hr" + sfx] = w.projection.T
+    return {k: np.ascontiguousarray(v, dtype=layers[0].dtype) for k, v in sd.items()}
+
+
+# -- canonical -> a live PyTorch module --------------------------------------------------
 
 
 def torch_mode(layer):
@@ -71,121 +107,51 @@ def torch_mode(layer):
     raise ValueError("%r is not a layer PyTorch has" % (layer,))
 
 
-def cell_weights_to_torch(mode, weights):
-    """The inverse of :func:`cell_weights_from_torch`: one direction's
-    :class:`CellWeights` as PyTorch's tensors (numpy arrays, C-contiguous).
-
-    Returns
-    -------
-    dict
-        ``weight_ih`` (G*H, I), ``weight_hh`` (G*H, Ho), ``bias_ih`` / ``bias_hh`` (G*H,)
-        or None, ``weight_hr`` (P, H) or None. A missing ``recurrent_bias`` next to a
-        ``bias`` becomes zeros (PyTorch holds both or neither).
-    """
-    def c(a):
-        return None if a is None else np.ascontiguousarray(a)
-
-    b, rb = weights.bias, weights.recurrent_bias
-    if b is None and rb is not None:
-        b = np.zeros_like(np.asarray(rb))
-    if rb is None and b is not None:
-        rb = np.zeros_like(np.asarray(b))
-    return {
-        "weight_ih": c(_reorder(np.asarray(weights.kernel).T, mode, 0)),
-        "weight_hh": c(_reorder(np.asarray(weights.recurrent_kernel).T, mode, 0)),
-        "bias_ih": None if b is None else c(_reorder(np.asarray(b), mode, 0)),
-        "bias_hh": None if rb is None else c(_reorder(np.asarray(rb), mode, 0)),
-        "weight_hr": None if weights.projection is None else c(np.asarray(weights.projection).T),
-    }
-
-
-def _layers_of(model):
-    """(layers, batch_first, bias) of a TorchRNN, an RNNLayer or a list of RNNLayer."""
-    if hasattr(model, "layers") and hasattr(model, "batch_first"):          # a TorchRNN
-        return list(model.layers), model.batch_first, model.bias
-    if hasattr(model, "cell_weights"):                                      # one RNNLayer
-        return [model], None, None
-    return list(model), None, None
-
-
-def to_torch_state_dict(model, *, bias=None):
-    """The ``state_dict`` (numpy arrays under PyTorch's names) of the ``nn.GRU`` /
-    ``nn.LSTM`` / ``nn.RNN`` that computes what ``model`` computes.
-
-    Parameters
-    ----------
-    model : TorchRNN, RNNLayer or list of RNNLayer
-        One layer per module layer (as :class:`~rnnfast.TorchRNN` holds them).
-    bias : bool, optional
-        Whether the module has biases; default: a TorchRNN's ``bias``, else True. The
-        biases are the layers' as they hold them (:meth:`RNNLayer.cell_weights`): the
-        sum of both where they add in ``bias_ih``, ``bias_hh`` zeros but for GRU's
-        candidate part, the same function up to rounding. ``bias=False`` on layers
-        whose biases are not all zero is a ValueError.
-
-    Returns
-    -------
-    (mode, dict)
-        The PyTorch mode (:func:`torch_mode`) and ``{name: ndarray}`` in the layers'
-        dtype, loadable with ``module.load_state_dict`` after ``torch.from_numpy``.
-    """
-    layers, _, model_bias = _layers_of(model)
-    if not layers:
-        raise ValueError("no layers")
-    if bias is None:
-        bias = True if model_bias is None else bool(model_bias)
-    mode = torch_mode(layers[0])
-    sd = {}
-    for k, layer in enumerate(layers):
-        if torch_mode(layer) != mode:
-            raise ValueError("layer %d (%r) is not a %s layer as layer 0 is" % (k, layer, mode))
-        for d, w in enumerate(layer.cell_weights()):
-            sfx = "_l%d%s" % (k, "_reverse" if d else "")
-            t = cell_weights_to_torch(mode, w)
-            for name in ("weight_ih", "weight_hh", "weight_hr"):
-                if t[name] is not None:
-                    sd[name + sfx] = t[name]
-            for name in ("bias_ih", "bias_hh"):
-                if bias:
-                    sd[name + sfx] = t[name] if t[name] is not None else np.zeros(t["weight_ih"].shape[0],
-                                                                                  layer.dtype)
-                elif t[name] is not None and np.any(t[name]):
-                    raise ValueError("layer %d has biases: a module with bias=False cannot hold them" % k)
-    return mode, sd
-
-
 def to_torch_module(model, *, batch_first=None, bias=None):
     """The ``torch.nn.GRU`` / ``LSTM`` / ``RNN`` (eval mode, the layers' dtype) that
-    computes what ``model`` computes: the inverse of :func:`rnnfast.from_torch`.
+    computes what ``model`` computes: the inverse of :func:`rnnfast.from_torch`, its
+    weights from :func:`torch_state_dict`.
 
     Parameters
     ----------
     model : TorchRNN, RNNLayer or list of RNNLayer
+        One layer per module layer, all of one PyTorch mode (:func:`torch_mode`).
     batch_first : bool, optional
         Default: a TorchRNN's ``batch_first``, else False (time-major).
     bias : bool, optional
-        See :func:`to_torch_state_dict`.
+        Whether the module has biases. Default: a TorchRNN's ``bias``, else True.
+        ``bias=False`` for layers whose biases are not all zero is a ValueError.
 
     Needs PyTorch (imported here, nowhere else in rnnfast's loading path).
     """
     import torch
 
-    layers, model_batch_first, _ = _layers_of(model)
-    mode, sd = to_torch_state_dict(model, bias=bias)
-    if batch_first is None:
-        batch_first = bool(model_batch_first)
-    first = layers[0]
-    kw = dict(num_layers=len(layers), bias=any(k.startswith("bias_") for k in sd), batch_first=batch_first,
-              bidirectional=first.num_directions == 2)
-    nn = torch.nn
-    if mode == "GRU":
-        m = nn.GRU(first.input_size, first.units, **kw)
-    elif mode == "LSTM":
-        m = nn.LSTM(first.input_size, first.units, proj_size=first.proj_size, **kw)
+    if hasattr(model, "layers") and hasattr(model, "batch_first"):  # a TorchRNN
+        layers = list(model.layers)
+        batch_first = model.batch_first if batch_first is None else batch_first
+        bias = model.bias if bias is None else bias
     else:
-        m = nn.RNN(first.input_size, first.units, nonlinearity="tanh" if mode == "RNN_TANH" else "relu", **kw)
-    m = m.to(torch.float64 if first.dtype == np.float64 else torch.float32)
-    m.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v, dtype=first.dtype)) for k, v in sd.items()})
+        layers = [model] if hasattr(model, "cell_weights") else list(model)
+    if not layers:
+        raise ValueError("no layers")
+    bias = True if bias is None else bool(bias)
+    mode = torch_mode(layers[0])
+    for k, layer in enumerate(layers):
+        if torch_mode(layer) != mode:
+            raise ValueError("layer %d (%r) is not a %s layer as layer 0 is" % (k, layer, mode))
+    if not bias and any(np.any(w.bias) or (w.recurrent_bias is not None and np.any(w.recurrent_bias))
+                        for layer in layers for w in layer.cell_weights()):
+        raise ValueError("the layers have biases: a module with bias=False cannot hold them")
+    first = layers[0]
+    kw = dict(num_layers=len(layers), bias=bias, batch_first=bool(batch_first),
+              bidirectional=first.num_directions == 2)
+    if mode == "LSTM":
+        kw["proj_size"] = first.proj_size
+    if mode.startswith("RNN"):
+        kw["nonlinearity"] = "tanh" if mode == "RNN_TANH" else "relu"
+    cls = {"GRU": torch.nn.GRU, "LSTM": torch.nn.LSTM}.get(mode, torch.nn.RNN)
+    m = cls(first.input_size, first.units, **kw).to(torch.float64 if first.dtype == np.float64 else torch.float32)
+    m.load_state_dict({k: torch.from_numpy(v) for k, v in torch_state_dict(layers, bias=bias).items()})
     return m.eval()
 
 
