@@ -68,15 +68,15 @@ test-fast: $(VENV)/.deps-test build
 lint: $(VENV)/.deps-lint
 	$(BIN)/ruff check $(RUFF_SCOPE)
 	$(BIN)/ruff format --check $(RUFF_SCOPE)
-	$(if $(findstring src,$(LINT_LATER)),@echo "cython-lint: src/ not checked yet (LINT_LATER)",$(BIN)/cython-lint $(PYX))
+	$(if $(findstring src,$(LINT_LATER)),@echo "cython-lint: src/ not checked yet (LINT_LATER)",PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/cython-lint $(PYX))
 	$(BIN)/mypy
 
 # what lint would say on src/ (a report: never fails)
 lint-src: $(VENV)/.deps-lint
 	-$(BIN)/ruff check --statistics src
 	-$(BIN)/ruff check --output-format concise src | sed 's/:[0-9]*:[0-9]*:.*//' | sort | uniq -c | sort -rn
-	-$(BIN)/ruff format --check src
-	-$(BIN)/cython-lint $(PYX)
+	-$(BIN)/ruff format --check --output-format concise src
+	-PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/cython-lint $(PYX)
 	-$(BIN)/mypy src/rnnfast
 
 # rewrite what lint checks: formatting and the fixable findings
