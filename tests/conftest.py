@@ -4,8 +4,12 @@
   RNNFAST_TEST_SEED to another integer to draw other data in a whole run;
 - ``rng``: a numpy Generator from ``seed``;
 - ``torch_one_thread``: PyTorch (only the reference here) on one thread for a module.
+
+The ``slow`` marker (``make test-fast`` leaves those tests out) is set where each test is
+written, and here for :data:`SLOW_ELSEWHERE`.
 """
 
+import fnmatch
 import os
 
 import numpy as np
@@ -14,6 +18,24 @@ import pytest
 from _testing import seed_of
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
+
+
+#: Slow tests in modules that other branches of issues 11 and 12 are rewriting now (a
+#: decorator there would only make merge conflicts): after the merge, move each into its
+#: module as ``@pytest.mark.slow`` and empty this list. Seconds measured on 2 busy cores.
+SLOW_ELSEWHERE = [
+    "tests/test_isa.py::test_engine_under_lower_isa[*",  # the engine grid again per ISA: 150 s
+    "tests/test_concurrency_leaks.py::test_scratch_memory_does_not_grow_with_the_sequence",  # 45 s
+    "tests/test_concurrency_leaks.py::test_rss_flat_over_100000_calls_and_repeated_loads",  # 27 s
+    "tests/test_concurrency_leaks.py::test_eight_threads_thousand_calls_torch*",
+    "tests/test_fuzz_loaders.py::test_fuzz_smoke[*",  # a few seconds of fuzzing per format
+]
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if any(fnmatch.fnmatchcase(item.nodeid, pattern) for pattern in SLOW_ELSEWHERE):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture

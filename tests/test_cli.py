@@ -278,6 +278,7 @@ def test_help_texts_teach(capsys):
 # -- bench ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_bench_torch_file_against_torch(gru_file, tmp_path):
     _, path = gru_file
     r = rnnfast(
@@ -317,6 +318,7 @@ def test_bench_torch_file_against_torch(gru_file, tmp_path):
         assert (tmp_path / "b.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_bench_keras_file_against_keras(keras_file):
     m, path = keras_file
     out = rnnfast("bench", path, "--batch", "2", "--time", "6", "--repeats", "2", "--vs", "keras,torch").stdout

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from rnnfast import demo
 
@@ -16,6 +17,7 @@ def run(*args):
     return r
 
 
+@pytest.mark.slow
 def test_demo_classifies_digits_like_the_frameworks():
     r = run("demo", "--repeats", "2", "--batch", "64")
     assert r.returncode == 0, r.stderr

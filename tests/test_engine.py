@@ -68,7 +68,11 @@ GRID = list(itertools.product(VARIANTS, DTYPES, (1, 3, 64), (1, 7, 1000), DIRECT
 
 @pytest.mark.parametrize(
     "variant,dtype,B,T,direction,threads",
-    GRID,
+    [
+        # 1000 steps of a batch: a tenth of the suite's cases, most of this grid's time
+        pytest.param(*case, marks=pytest.mark.slow if case[3] == 1000 and case[2] > 1 else ())
+        for case in GRID
+    ],
     ids=["-".join(map(str, (v, d.__name__, B, T, dr, t))) for v, d, B, T, dr, t in GRID],
 )
 def test_grid_against_reference(variant, dtype, B, T, direction, threads):
@@ -368,7 +372,7 @@ SPLIT_VARIANTS = ["gru", "lstm", "simple_tanh"]  # the cells whose layout has un
 
 @pytest.mark.parametrize("variant", SPLIT_VARIANTS)
 @pytest.mark.parametrize("H", [130, 200])  # 2 and 3 uneven unit blocks
-@pytest.mark.parametrize("B,T", [(1, 1), (1, 300), (3, 17), (40, 9), (130, 5)])
+@pytest.mark.parametrize("B,T", [(1, 1), (1, 300), (3, 17), (40, 9), pytest.param(130, 5, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("direction", ["forward", "go_backwards", "bidirectional"])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_blocked_path(variant, H, B, T, direction, dtype):

@@ -268,6 +268,7 @@ def test_matches_keras(built, source):
 # -- long sequences, dtypes, input casting, threads -----------------------------------------------
 
 
+@pytest.mark.slow
 def test_long_sequence(tmp_path):
     """T = 1000 under masks: errors must not grow along the sequence."""
     model = lively(
