@@ -15,6 +15,7 @@ PYTEST_ARGS ?=
 # branches are merged: `make format`, fix what `make lint-src` reports, empty LINT_LATER.
 LINT_LATER := src tests/fuzz tests/memcheck tests/test_hostile_*.py tests/test_torch_hostile.py
 LINT_LATER += setup.py tests/test_fuzz_loaders.py tests/test_isa.py tests/test_threads*.py tests/test_concurrency_leaks.py
+LINT_LATER += tests/test_cells.py tests/test_keras_registry.py tests/test_validation.py tests/test_fork.py
 # ======================================================================================
 PYX := $(shell find src -name '*.pyx' -o -name '*.pxd')
 comma := ,

@@ -19,9 +19,10 @@ import zlib
 
 import numpy as np
 
+from rnnfast import cells
 from rnnfast.layers import CellWeights
 
-#: The contract's tolerances per compute dtype (API.md, "Numerics") on inputs of unit scale.
+#: The contract's tolerances per compute dtype (docs/API.md, "Numerics") on inputs of unit scale.
 TOL = {
     np.dtype(np.float32): {"atol": 1e-5, "rtol": 1e-4},
     np.dtype(np.float64): {"atol": 1e-9, "rtol": 1e-7},
@@ -34,9 +35,6 @@ TOL = {
 #: magnitude of about 5 this is under the contract's float32 ``atol``: unit-scale values
 #: are judged by the contract alone.
 MAGNITUDE_ULPS = 16
-
-#: Gates per canonical cell.
-GATES = {"gru": 3, "lstm": 4, "simple": 1}
 
 
 def tol(dtype):
@@ -109,7 +107,7 @@ def row_magnitude(x, *outs, time_axis, causal):
 
 def random_weights(rng, cell, I, H, P=0, bias=True, scale=1.0, readonly=False):
     """One direction of canonical weights, uniform in ±scale/sqrt(H) (lively, not saturated)."""
-    G = GATES[cell]
+    G = cells.get(cell).num_gates
     Ho = P or H
     s = scale / np.sqrt(H)
 

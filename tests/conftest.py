@@ -29,6 +29,8 @@ SLOW_ELSEWHERE = [
     "tests/test_concurrency_leaks.py::test_rss_flat_over_100000_calls_and_repeated_loads",  # 27 s
     "tests/test_concurrency_leaks.py::test_eight_threads_thousand_calls_torch*",
     "tests/test_fuzz_loaders.py::test_fuzz_smoke[*",  # a few seconds of fuzzing per format
+    "tests/test_fork.py::test_multiprocessing_pools_each_start_method",  # 19 s
+    "tests/test_threads_host.py::test_omp_num_threads_in_a_real_process",  # 14 s
 ]
 
 

@@ -59,12 +59,12 @@ def keras_file(tmp_path_factory):
     m = keras.Sequential(
         [
             keras.Input((6, 4)),
-            keras.layers.LSTM(9, return_sequences=True),
-            keras.layers.GRU(5),
-            keras.layers.Dense(3, activation="tanh"),
+            keras.layers.LSTM(9, return_sequences=True, name="lstm"),
+            keras.layers.GRU(5, name="gru"),
+            keras.layers.Dense(3, activation="tanh", name="dense"),
         ],
         name="tiny",
-    )
+    )  # named: Keras numbers unnamed layers per process (lstm_1, ...)
     path = tmp_path_factory.mktemp("keras") / "tiny.keras"
     m.save(path)
     return m, path

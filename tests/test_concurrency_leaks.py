@@ -2,7 +2,7 @@
 and threads that stay flat over long runs of small calls and repeated loads.
 
 The concurrency tests compare every concurrent result with the serial one, bitwise
-(results must not depend on threads, API.md "Numerics"). The leak test runs in a
+(results must not depend on threads, docs/API.md "Numerics"). The leak test runs in a
 subprocess (no PyTorch or Keras imported there, so their caches do not blur the
 figures) and reads RSS from /proc/self/statm after a warm-up and after 100,000 calls.
 """

@@ -139,7 +139,6 @@ def test_keras_summary_counts_like_keras(kmodel, capsys):
     assert "Keras .keras archive" in text
 
 
-@pytest.mark.filterwarnings("ignore:.*does not support masking.*:UserWarning")
 def test_summary_of_every_kind_of_keras_layer(capsys):
     L = keras.layers
     km = keras.Sequential(

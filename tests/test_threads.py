@@ -12,9 +12,16 @@ from rnnfast._threads import blas_single_threaded, resolve_num_threads
 from rnnfast.layers import RNNLayer
 
 
-def test_default_is_available_cores():
+def test_default_is_available_cores(monkeypatch):
+    """Without OMP_NUM_THREADS nor a cgroup quota, the cores of the affinity mask (the
+    rest of the policy: test_threads_host.py)."""
     import os
 
+    from rnnfast import _threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(_threads, "cgroup_cpu_limit", lambda: None)
+    monkeypatch.setattr(_threads, "_host", {})
     rnnfast.set_num_threads(None)
     assert rnnfast.get_num_threads() == len(os.sched_getaffinity(0))
 

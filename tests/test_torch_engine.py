@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch  # make test installs it: a missing torch must fail, not skip
 
+from rnnfast import cells
 from rnnfast.io.torch_convert import cell_weights_from_torch
 from rnnfast.layers import RNNLayer
 
@@ -19,15 +20,14 @@ MODES = {"GRU": torch.nn.GRU, "LSTM": torch.nn.LSTM, "RNN_TANH": torch.nn.RNN, "
 def layers_from_module(m, dtype):
     """Canonical layers of a live module, one RNNLayer per torch layer."""
     sd = {k: v.detach().cpu().numpy() for k, v in m.state_dict().items()}
-    cell = {"GRU": "gru", "LSTM": "lstm", "RNN_TANH": "simple", "RNN_RELU": "simple"}[m.mode]
-    act = "relu" if m.mode == "RNN_RELU" else "tanh"
+    cell, act = cells.by_torch_mode(m.mode)
     out = []
     for k in range(m.num_layers):
         ws = []
         for sfx in [""] + (["_reverse"] if m.bidirectional else []):
             names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
             ws.append(cell_weights_from_torch(m.mode, *[sd.get("%s_l%d%s" % (n, k, sfx)) for n in names]))
-        out.append(RNNLayer(cell, ws, activation=act, dtype=dtype))
+        out.append(RNNLayer(cell.name, ws, activation=act, dtype=dtype))
     return out
 
 

@@ -10,9 +10,11 @@ from .errors import FormatError, RnnfastError, UnsupportedLayerError
 from ._threads import get_num_threads, set_num_threads, load_kernels
 
 load_kernels()      # before anything imports the compiled core: see its docstring
-from . import layers  # noqa: E402
+from . import cells, layers  # noqa: E402
 from .model import Sequential  # noqa: E402
-from .io import load, from_keras, from_torch, KerasModel, TorchRNN  # noqa: E402
+from .model_keras import KerasModel  # noqa: E402
+from .model_torch import TorchRNN  # noqa: E402
+from .io import load, from_keras, from_torch  # noqa: E402
 
 __all__ = [
     "__version__",
@@ -23,6 +25,7 @@ __all__ = [
     "TorchRNN",
     "Sequential",
     "layers",
+    "cells",
     "set_num_threads",
     "get_num_threads",
     "FormatError",

@@ -24,8 +24,9 @@ import time
 import numpy as np
 
 from ._threads import get_num_threads
+from .io.torch_convert import torch_state_dict
 
-__all__ = ["PEERS", "torch_module", "run_bench"]
+__all__ = ["PEERS", "torch_module", "run_bench", "timeit", "median_time"]
 
 PEERS = ("torch", "onnxruntime", "keras")
 _INSTALL = {"torch": "pip install torch", "onnxruntime": "pip install onnxruntime onnx",
@@ -48,8 +49,9 @@ def _have(module):
 
 def torch_module(rnn):
     """The ``torch.nn.GRU`` / ``LSTM`` / ``RNN`` equivalent to a :class:`~rnnfast.TorchRNN`,
-    built from its weights (canonical layout back to PyTorch's: gate order r, z, n for
-    GRU, kernels transposed), in eval mode, of the model's dtype.
+    built from its weights (:func:`rnnfast.io.torch_convert.torch_state_dict`: canonical
+    layout back to PyTorch's, gate order r, z, n for GRU, kernels transposed), in eval
+    mode, of the model's dtype.
 
     The biases come as rnnfast holds them: ``bias_ih`` carries the sum of both biases
     where they add, ``bias_hh`` only GRU's candidate part (the same function, up to
@@ -57,37 +59,17 @@ def torch_module(rnn):
     """
     import torch
 
-    nn = torch.nn
     kw = dict(num_layers=rnn.num_layers, bias=rnn.bias, batch_first=rnn.batch_first,
               bidirectional=rnn.bidirectional)
-    if rnn.mode == "GRU":
-        m = nn.GRU(rnn.input_size, rnn.hidden_size, **kw)
-    elif rnn.mode == "LSTM":
-        m = nn.LSTM(rnn.input_size, rnn.hidden_size, proj_size=rnn.proj_size, **kw)
-    else:
-        m = nn.RNN(rnn.input_size, rnn.hidden_size, nonlinearity=rnn.nonlinearity, **kw)
-
-    def order(a, axis=0):                        # canonical z, r, h -> PyTorch r, z, n
-        if rnn.mode != "GRU":
-            return a
-        z, r, n = np.split(a, 3, axis=axis)
-        return np.concatenate([r, z, n], axis=axis)
-
-    sd = {}
-    for k, layer in enumerate(rnn.layers):
-        for d, w in enumerate(layer.cell_weights()):
-            sfx = "_l%d%s" % (k, "_reverse" if d else "")
-            sd["weight_ih" + sfx] = order(w.kernel.T)
-            sd["weight_hh" + sfx] = order(w.recurrent_kernel.T)
-            if rnn.bias:
-                sd["bias_ih" + sfx] = order(w.bias)
-                rb = w.recurrent_bias if w.recurrent_bias is not None else np.zeros_like(w.bias)
-                sd["bias_hh" + sfx] = order(rb)
-            if rnn.proj_size:
-                sd["weight_hr" + sfx] = w.projection.T
+    if rnn.proj_size:
+        kw["proj_size"] = rnn.proj_size
+    if rnn.nonlinearity is not None:
+        kw["nonlinearity"] = rnn.nonlinearity
+    m = getattr(torch.nn, rnn.layers[0].cell_spec.torch_module)(rnn.input_size, rnn.hidden_size, **kw)
     tdtype = torch.float64 if rnn.dtype == np.float64 else torch.float32
     m = m.to(tdtype)
-    m.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v, dtype=rnn.dtype)) for k, v in sd.items()})
+    sd = torch_state_dict(rnn.layers, bias=rnn.bias)
+    m.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})
     return m.eval()
 
 
@@ -196,28 +178,37 @@ def _keras_peer(path, x, threads):
 
 
 def _input(model, batch, time_steps, rng):
-    from .model_torch import TorchRNN
-
-    if isinstance(model, TorchRNN):
-        T = time_steps or 100
-        return rng.standard_normal((batch, T, model.input_size)).astype(model.dtype)
-    shape = model.input_shape
+    """Random input of unit scale for ``model`` (batch-major; integer ids for an Embedding)."""
+    d = model.describe()
+    shape = d["input_shape"]
     fixed = shape[1]
     if time_steps and fixed is not None and time_steps != fixed:
         raise ValueError("the model takes %d time steps; --time %d does not fit" % (fixed, time_steps))
     T = fixed or time_steps or 100
-    if len(shape) == 2:                           # integer ids for an Embedding
-        vocab = next((n.table.shape[0] for n in model.layers if hasattr(n, "table")), 2)
+    if d["integer_input"]:                        # integer ids for an Embedding
+        vocab = d["vocabulary"] or 2
         return rng.integers(1, max(vocab, 2), size=(batch, T)).astype(np.int64)
-    dt = model.dtype if model.dtype is not None else np.float32
+    dt = d["dtype"] if d["dtype"] is not None else np.float32
     return rng.standard_normal((batch, T, shape[-1])).astype(dt)
 
 
-def timeit(fns, repeats=None, budget_s=1.0):
+def timeit(fns, repeats=None, budget_s=1.0, min_repeats=5, max_repeats=100):
     """Interleaved median and 10-90% spread (seconds) of each callable, after one
-    warm-up each. With ``repeats`` None: as many rounds as fit in about ``budget_s``
-    seconds (5 to 100). Returns ``({name: (median, p10, p90)}, repeats)``; also used by
-    the scripts in bench/."""
+    warm-up each: the one timing loop of rnnfast (``rnnfast bench``, the demo, the
+    scripts in bench/).
+
+    Parameters
+    ----------
+    fns : dict of str -> callable
+    repeats : int, optional
+        Timed rounds; None: as many as fit in about ``budget_s`` seconds, within
+        ``[min_repeats, max_repeats]``.
+
+    Returns
+    -------
+    stats : dict of str -> (median, p10, p90)
+    repeats : int
+    """
     first = {}
     for k, f in fns.items():
         t0 = time.perf_counter()
@@ -225,7 +216,7 @@ def timeit(fns, repeats=None, budget_s=1.0):
         first[k] = time.perf_counter() - t0
     if repeats is None:
         per_round = max(sum(first.values()), 1e-6)
-        repeats = int(min(100, max(5, budget_s / per_round)))
+        repeats = int(min(max_repeats, max(min_repeats, budget_s / per_round)))
     times = {k: [] for k in fns}
     for _ in range(repeats):
         for k, f in fns.items():
@@ -234,6 +225,11 @@ def timeit(fns, repeats=None, budget_s=1.0):
             times[k].append(time.perf_counter() - t0)
     return {k: (float(np.median(v)), float(np.percentile(v, 10)), float(np.percentile(v, 90)))
             for k, v in times.items()}, repeats
+
+
+def median_time(fn, repeats=None, budget_s=1.0, min_repeats=5, max_repeats=100):
+    """Median seconds of one callable (see :func:`timeit`)."""
+    return timeit({"f": fn}, repeats, budget_s, min_repeats, max_repeats)[0]["f"][0]
 
 
 def _plot(rows, title, path, out):
@@ -300,9 +296,7 @@ def run_bench(model, path, *, batch=None, time_steps=None, threads=None, peers=N
         ``seq_per_s``, ``speedup`` (the engine's median over rnnfast's),
         ``max_abs_diff`` (from rnnfast's output; None for rnnfast).
     """
-    from .model_torch import TorchRNN
-
-    is_torch = isinstance(model, TorchRNN)
+    is_torch = model.framework == "PyTorch"
     batch = batch or 32
     threads = threads or get_num_threads()
     rng = np.random.default_rng(seed)

@@ -9,6 +9,18 @@ import argparse
 import os
 import sys
 
+import numpy as np
+
+from . import demo
+from ._bench import PEERS, run_bench
+from ._progress import run_batched
+from ._summary import summary_text
+from ._threads import set_num_threads
+from ._version import __version__
+from .errors import FormatError, UnsupportedLayerError
+from .io import detect, load
+from . import _validation
+
 __all__ = ["main", "build_parser", "read_input", "write_output"]
 
 EPILOG_MAIN = """\
@@ -52,27 +64,17 @@ def _add_model_options(p, torch_layout=False):
 
 def _load(args, batch_first=True):
     """Load args.model; Keras-only / PyTorch-only options are checked against the file."""
-    from .errors import FormatError, UnsupportedLayerError
-    from .io import load, sniff
-
     path = args.model
     if not os.path.exists(path):
         raise UserError("no such file: %s" % path)
     if os.path.isdir(path):
         raise UserError("%s is a directory, not a model file" % path)
     try:
-        kind = sniff(path)
+        is_keras = detect(path).startswith("keras")
     except FormatError as e:
         raise UserError(str(e)) from None
-    is_keras = kind == "hdf5"
-    if kind == "zip":
-        import zipfile
-
-        try:
-            with zipfile.ZipFile(path) as z:
-                is_keras = "config.json" in z.namelist()
-        except (zipfile.BadZipFile, OSError, ValueError):
-            pass                                    # load() names the problem
+    except OSError as e:
+        raise UserError("%s: %s" % (path, e.strerror or e)) from None
     options = {}
     if args.dtype:
         options["dtype"] = args.dtype
@@ -95,17 +97,13 @@ def _load(args, batch_first=True):
 
 
 def _is_torch(model):
-    from .model_torch import TorchRNN
-
-    return isinstance(model, TorchRNN)
+    return model.framework == "PyTorch"
 
 
 # -- input and output files -------------------------------------------------------------
 
 
 def _read_csv(path):
-    import numpy as np
-
     with open(path, "r", encoding="utf-8", errors="replace") as f:
         first = f.readline()
     fields = [s.strip() for s in first.split(",")]
@@ -130,8 +128,6 @@ def read_input(path, key=None):
     ndarray
         As stored: a CSV file gives a 2-D float64 table, one row per sample.
     """
-    import numpy as np
-
     if not os.path.exists(path):
         raise UserError("no such file: %s" % path)
     if os.path.isdir(path):
@@ -169,18 +165,11 @@ def read_input(path, key=None):
 
 def _shape_input(model, a, path):
     """Bring a CSV table (one flattened sample per row) to the model's input shape."""
-    import numpy as np
-
-    if _is_torch(model):
-        F, T = model.input_size, None
-        integer = False
-    else:
-        shape = model.input_shape
-        integer = len(shape) == 2                      # ids (batch, time): Embedding models
-        F = None if integer else shape[-1]
-        T = shape[1] if len(shape) > 2 else None
-    if integer:
+    d = model.describe()
+    if d["integer_input"]:                             # ids (batch, time): Embedding models
         return a
+    shape = d["input_shape"]
+    F, T = shape[-1], shape[1]
     if F is None or a.shape[1] % F:
         raise UserError("%s: rows of %d values cannot be sequences of %s features"
                         % (path, a.shape[1], F))
@@ -210,8 +199,6 @@ def write_output(path, arrays):
     """Write ``[(name, array)]`` to ``path``: ``.npz`` (every array under its name),
     ``.npy`` or ``.csv`` (exactly one array; CSV: one row per sample, the rest of the
     array's axes flattened into columns)."""
-    import numpy as np
-
     ext = os.path.splitext(path)[1].lower()
     if ext not in (".npy", ".npz", ".csv"):
         raise UserError("output %s: give a file name ending in .npy, .npz or .csv" % path)
@@ -236,18 +223,12 @@ def write_output(path, arrays):
 
 
 def _info(args):
-    from ._summary import summary_text
-
     model = _load(args, batch_first=False)          # as the module was, unless told otherwise
     print(summary_text(model, source=args.model))
     return 0
 
 
 def _predict(args):
-    import numpy as np
-
-    from ._progress import run_batched
-
     if args.threads is not None and args.threads < 1:
         raise UserError("--threads must be at least 1")
     if args.batch_size is not None and args.batch_size < 1:
@@ -276,7 +257,7 @@ def _predict(args):
     verbose = 1 if show else 0
     try:
         if torch_model:
-            arrays = _predict_torch(model, x, lengths, args, verbose, run_batched)
+            arrays = _predict_torch(model, x, lengths, args, verbose)
         else:
             y = model.predict(x, num_threads=args.threads, batch_size=args.batch_size, verbose=verbose)
             arrays = _flat_outputs(y)
@@ -292,21 +273,16 @@ def _predict(args):
     return 0
 
 
-def _predict_torch(model, x, lengths, args, verbose, run_batched):
+def _predict_torch(model, x, lengths, args, verbose):
     """``out`` (batch-major, or time-major with --time-major) and, for an .npz output,
     the final states ``h_n`` (and ``c_n``) as PyTorch shapes them."""
-    import numpy as np
-
-    from .layers import _as_input
-
     with_states = args.output.lower().endswith(".npz")
-    xa = _as_input(x, model.dtype)
+    xa = _validation.as_input(x, model.dtype)
     if xa.ndim != 3:
         raise ValueError("expected input of shape (batch, time, %d), got shape %s"
                          % (model.input_size, xa.shape))
-    if lengths is not None and np.shape(lengths) != (xa.shape[0],):
-        raise ValueError("lengths must have shape (batch,) = (%d,), got %s"
-                         % (xa.shape[0], np.shape(lengths)))
+    if lengths is not None:
+        lengths = _validation.as_lengths(lengths, xa.shape[1], xa.shape[0])
 
     def run(part, lens):
         out, h = model.forward(part, lengths=lens, num_threads=args.threads)
@@ -326,8 +302,6 @@ def _predict_torch(model, x, lengths, args, verbose, run_batched):
 
 
 def _bench(args):
-    from ._bench import PEERS, run_bench
-
     peers = None
     if args.vs is not None:
         peers = [p.strip().lower() for p in args.vs.split(",") if p.strip()]
@@ -348,8 +322,6 @@ def _bench(args):
 
 
 def _demo(args):
-    from . import demo, set_num_threads
-
     if args.threads is not None:
         if args.threads < 1:
             raise UserError("--threads must be at least 1")
@@ -372,8 +344,6 @@ def _formatter(prog):
 
 def build_parser():
     """The ``rnnfast`` argument parser (subcommands info, predict, bench, demo)."""
-    from ._version import __version__
-
     p = argparse.ArgumentParser(
         prog="rnnfast", formatter_class=_formatter, epilog=EPILOG_MAIN,
         description="Fast CPU inference for GRU, LSTM and SimpleRNN models trained in Keras or "

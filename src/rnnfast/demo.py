@@ -29,13 +29,14 @@ None of scikit-learn, Keras or PyTorch is needed to run any of this (reading the
 weights instead (:func:`seed_models`, :func:`run_seed_demo`).
 """
 import os
-import time
 
 import numpy as np
 
 from . import reference
+from ._bench import median_time
 from ._threads import get_num_threads
-from .layers import CellWeights, Dense, RNNLayer, merge_directions
+from .io import load
+from .layers import CellWeights, Dense, RNNLayer, merge_directions, softmax
 from .model import Sequential
 
 __all__ = ["DATA_DIR", "data_path", "load_digits_examples", "reference_keras", "reference_torch",
@@ -59,12 +60,6 @@ def data_path(name):
 # -- the pretrained digits models --------------------------------------------------------
 
 
-def _softmax(z):
-    from .model_keras import KERAS_ACTIVATIONS
-
-    return KERAS_ACTIVATIONS["softmax"](z)
-
-
 def lstm_head_proba(h_n, head):
     """Class probabilities of the PyTorch digits model from its LSTM's final states.
 
@@ -82,7 +77,7 @@ def lstm_head_proba(h_n, head):
     feats = np.concatenate([h_n[-2], h_n[-1]], axis=-1)      # last layer: forward, backward
     w = np.asarray(head["weight"], dtype=feats.dtype)
     b = np.asarray(head["bias"], dtype=feats.dtype)
-    return _softmax(feats @ w.T + b)
+    return softmax(feats @ w.T + b)
 
 
 def load_digits_examples():
@@ -97,8 +92,6 @@ def load_digits_examples():
         arrays; ``x`` (450, 8, 8) float32, ``y`` (450,) int, ``keras_proba``,
         ``torch_proba`` (450, 10) float32.
     """
-    from .io import load
-
     with np.load(data_path(TEST_FILE)) as f:
         out = {k: f[k] for k in ("x", "y", "keras_proba", "torch_proba")}
     with np.load(data_path(HEAD_FILE)) as f:
@@ -147,7 +140,7 @@ def reference_keras(model, x):
             if d.bias is not None:
                 y = y + d.bias
             act = node.activation or d.activation
-            y = _softmax(y) if act == "softmax" else reference.ACT[act](y)
+            y = softmax(y) if act == "softmax" else reference.ACT[act](y)
         else:
             raise NotImplementedError("reference_keras: layer %r" % node.name)
     return y.transpose(1, 0, 2) if seq and y.ndim == 3 else y
@@ -179,16 +172,9 @@ def reference_torch(rnn, x):
 
 
 def _timed(fn, min_runs, budget=0.5):
-    """Median seconds of ``fn`` over at least ``min_runs`` runs (more while within
+    """Median seconds of ``fn`` over at least ``min_runs`` runs (more to fill about
     ``budget`` seconds), after one warm-up run."""
-    fn()
-    times = []
-    t_end = time.perf_counter() + budget
-    while len(times) < min_runs or (time.perf_counter() < t_end and len(times) < 1000):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+    return median_time(fn, budget_s=budget, min_repeats=min_runs, max_repeats=1000)
 
 
 def _fmt_ms(s):
@@ -351,13 +337,7 @@ def seed_models(seed=0):
 
 
 def _median_ms(fn, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * float(np.median(times))
+    return 1e3 * median_time(fn, repeats)
 
 
 def run_seed_demo(batch=256, repeats=15, seed=0, out=print):

@@ -1,4 +1,4 @@
-"""rnnfast's exception types (see API.md, "Errors")."""
+"""rnnfast's exception types (see docs/API.md, "Errors")."""
 
 __all__ = ["RnnfastError", "FormatError", "UnsupportedLayerError"]
 

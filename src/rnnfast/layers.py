@@ -19,8 +19,9 @@ recurrent_bias    (G*H,) or None      hidden-side bias (GRU reset-after keeps it
 projection        (H, P) or None      LSTM projection, ``h = (o * act(c)) @ projection``
 ================  ==================  ===============================================
 
-Cells (``cell=``): ``"gru"`` (with ``reset_after`` True: PyTorch and Keras' default;
-False: Keras ``reset_after=False``, Cho et al. 2014), ``"lstm"``, ``"simple"``.
+Cells (``cell=``): the names of the cell registry :data:`rnnfast.cells.CELLS`:
+``"gru"`` (with ``reset_after`` True: PyTorch and Keras' default; False: Keras
+``reset_after=False``, Cho et al. 2014), ``"lstm"``, ``"simple"``.
 """
 import contextlib
 from dataclasses import dataclass
@@ -28,10 +29,13 @@ from typing import Optional
 
 import numpy as np
 
-from . import _kernels
+from . import _kernels, cells
 from ._threads import blas_single_threaded, resolve_num_threads
+from ._validation import as_input, as_lengths, as_mask, as_numeric, as_state, compute_dtype, integer_option
+from ._validation import weight as _checked
 
-__all__ = ["ACTIVATIONS", "CellWeights", "RNNLayer", "Dense", "merge_directions", "apply_activation"]
+__all__ = ["ACTIVATIONS", "CellWeights", "RNNLayer", "Dense", "merge_directions", "apply_activation",
+           "softmax"]
 
 #: Activation names the recurrent kernels run, and their codes in _cellmath.h.
 #: ``hard_sigmoid`` is Keras 3's ``relu6(x + 3) / 6``; ``hard_sigmoid_keras2`` is
@@ -50,7 +54,6 @@ ACTIVATIONS = {
     "exponential": 10,
 }
 
-_GATES = {"simple": 1, "gru": 3, "lstm": 4}
 _MERGE_MODES = ("concat", "sum", "mul", "ave", None)
 #: Elements of the input projection buffer per chunk (all directions), at most; bounds
 #: the kernel's scratch memory independently of the sequence length.
@@ -78,13 +81,6 @@ MAX_UNIT_BLOCKS = 8
 MIN_STEP_FLOPS_PER_THREAD = 40_000
 
 
-def _dtype(dtype):
-    dt = np.dtype(dtype)
-    if dt not in (np.float32, np.float64):
-        raise ValueError("dtype must be float32 or float64, got %s" % dt)
-    return dt
-
-
 def _activation_code(name, what):
     if name is None:
         name = "linear"
@@ -108,11 +104,43 @@ def apply_activation(name, x):
     numpy.ndarray, same shape and dtype as ``x``
     """
     code = _activation_code(name, "activation")
-    a = np.array(x, order="C", copy=True)
-    if a.dtype not in (np.float32, np.float64):
-        a = a.astype(np.float64)
-    _kernels.activate(code, a.reshape(-1))
+    a = as_numeric(x, "x")
+    a = np.array(a, dtype=a.dtype if a.dtype in (np.float32, np.float64) else np.float64,
+                 order="C", copy=True)
+    _activate(code, a.reshape(-1))
     return a
+
+
+#: Elements per call of the element-wise activation kernel, at most: its C count is an
+#: ``int``, so larger arrays go in slices of this many (C's INT_MAX).
+ACTIVATE_MAX_ELEMENTS = 2**31 - 1
+
+
+def _activate(code, v):
+    """Apply activation ``code`` to the contiguous 1-D ``v`` in place, in slices the C
+    kernel's ``int`` count can hold."""
+    step = ACTIVATE_MAX_ELEMENTS
+    for i in range(0, v.shape[0], step):
+        _kernels.activate(code, v[i:i + step])
+
+
+def softmax(x, out=None):
+    """Softmax over the last axis, ``exp(x - max) / sum(exp(x - max))``.
+
+    Parameters
+    ----------
+    x : ndarray of float32 or float64
+    out : ndarray, optional
+        Where to write it (``x`` itself for an in-place softmax); a new array if omitted.
+
+    Returns
+    -------
+    ndarray, ``x``'s shape and dtype
+    """
+    y = np.subtract(x, x.max(axis=-1, keepdims=True), out=out)
+    np.exp(y, out=y)
+    y /= y.sum(axis=-1, keepdims=True)
+    return y
 
 
 @dataclass
@@ -132,6 +160,7 @@ class RNNLayer:
     Parameters
     ----------
     cell : {"gru", "lstm", "simple"}
+        A name of the cell registry (:data:`rnnfast.cells.CELLS`).
     weights : list of CellWeights
         One entry (unidirectional) or two (forward, backward).
     reset_after : bool
@@ -145,41 +174,51 @@ class RNNLayer:
         business).
     dtype : float32 or float64
         The compute dtype; weights are converted to it once, here.
+
+    Attributes
+    ----------
+    cell : str
+        The cell's name; ``cell_spec`` its :class:`rnnfast.cells.Cell` entry.
+    source_parameters : int
+        The parameters as given (kernels, biases, projection; both directions): what
+        the source framework counts.
     """
 
     def __init__(self, cell, weights, *, reset_after=True, activation="tanh",
                  recurrent_activation="sigmoid", go_backwards=False, dtype=np.float32):
-        if cell not in _GATES:
-            raise ValueError("cell must be one of %s, got %r" % (sorted(_GATES), cell))
+        spec = cells.get(cell)
         weights = list(weights)
         if len(weights) not in (1, 2):
             raise ValueError("weights must hold 1 or 2 directions, got %d" % len(weights))
         if go_backwards and len(weights) == 2:
             raise ValueError("go_backwards is for a unidirectional layer")
         self.cell = cell
+        self.cell_spec = spec
         self.reset_after = bool(reset_after)
         self.activation = activation
-        self.recurrent_activation = recurrent_activation if cell != "simple" else None
+        self.recurrent_activation = recurrent_activation if spec.recurrent_activation else None
         self.go_backwards = bool(go_backwards)
-        self.dtype = _dtype(dtype)
+        self.dtype = compute_dtype(dtype)
         self._act = _activation_code(activation, "activation")
         self._ract = _activation_code(self.recurrent_activation, "recurrent_activation")
-        self._kernel_cell = "gru_rb" if (cell == "gru" and not self.reset_after) else cell
+        self._kernel = spec.kernel_for(self.reset_after)
+        self._kernel_cell = self._kernel.name
         self._convert(weights)
 
     # -- weights ---------------------------------------------------------------------
 
     def _convert(self, weights):
         dt = self.dtype
-        G = _GATES[self.cell]
+        G = self.cell_spec.num_gates
         k0 = np.asarray(weights[0].kernel)
         if k0.ndim != 2 or k0.shape[1] % G or k0.shape[1] == 0 or k0.shape[0] == 0:
             raise ValueError("kernel must be (input_size, %d*units), got %s" % (G, k0.shape))
         I, GH = k0.shape
         H = GH // G
         proj = weights[0].projection
-        if proj is not None and self.cell != "lstm":
-            raise ValueError("a projection exists only for LSTM")
+        if proj is not None and not self.cell_spec.projection:
+            raise ValueError("a projection exists only for %s" % " and ".join(
+                c.title for c in cells.CELLS.values() if c.projection))
         P = np.asarray(proj).shape[1] if proj is not None else 0
         Ho = P if proj is not None else H
         Ws, Us, bxs, bhns, Wrs = [], [], [], [], []
@@ -197,9 +236,10 @@ class RNNLayer:
             bhn = np.zeros(H)
             bx = np.zeros(GH) if b is None else b.copy()
             if rb is not None:
-                if self._kernel_cell == "gru":
-                    bx[: 2 * H] += rb[: 2 * H]     # z, r: both biases add before the gate
-                    bhn = rb[2 * H:].copy()        # h: r * (h U_h + b_hh)
+                if self._kernel.bias_apart:
+                    k = (G - 1) * H
+                    bx[:k] += rb[:k]               # GRU z, r: both biases add before the gate
+                    bhn = rb[k:].copy()            # h: r * (h U_h + b_hh)
                 else:
                     bx += rb                       # everywhere else the two biases just add
             Ws.append(W)
@@ -214,7 +254,7 @@ class RNNLayer:
         self.num_directions = len(weights)
         W, U, bx = np.stack(Ws), np.stack(Us), np.stack(bxs)
         self._ncb = 1
-        plain = self._kernel_cell in ("gru", "lstm", "simple") and proj is None
+        plain = self._kernel.packed and proj is None
         if plain:
             self._ncb = max(1, min(MAX_UNIT_BLOCKS, H // UNIT_BLOCK))
         if self._ncb > 1:
@@ -233,13 +273,6 @@ class RNNLayer:
         self._uses_blas = self._Wp.size == 0 or not plain
         self._bhn = _frozen(np.stack(bhns))
         self._Wr = _frozen(np.stack(Wrs) if Wrs else np.zeros((len(weights), 0, 0), dt))
-
-    @property
-    def num_parameters(self):
-        """Parameters as stored canonically (biases folded where they add).
-        :attr:`source_parameters` counts them as the source framework does."""
-        return int(self._W.size + self._U.size + self._bx.size + self._Wr.size
-                   + (self._bhn.size if self._kernel_cell == "gru" else 0))
 
     def cell_weights(self):
         """The layer's weights back in canonical layout, one :class:`CellWeights` per
@@ -262,18 +295,18 @@ class RNNLayer:
         out = []
         for d in range(self.num_directions):
             rb = None
-            if self._kernel_cell == "gru":
+            if self._kernel.bias_apart:
                 rb = np.zeros(GH, self.dtype)
-                rb[2 * H:] = self._bhn[d]
+                rb[GH - H:] = self._bhn[d]
             out.append(CellWeights(self._W[d][:, inv].copy(), self._U[d][:, inv].copy(),
                                    self._bx[d][inv].copy(), rb,
                                    self._Wr[d].copy() if self.proj_size else None))
         return out
 
     def __repr__(self):
-        kind = {"gru": "GRU", "lstm": "LSTM", "simple": "SimpleRNN"}[self.cell]
+        kind = self.cell_spec.title
         extra = ""
-        if self.cell == "gru":
+        if self.cell_spec.reset_before is not None:
             extra += ", reset_after=%s" % self.reset_after
         if self.proj_size:
             extra += ", proj_size=%d" % self.proj_size
@@ -308,11 +341,13 @@ class RNNLayer:
         return_sequences : bool
             Produce the output sequence (else only the final states).
         num_threads : int, optional
-            Threads for this call (default: :func:`rnnfast.get_num_threads`).
+            Threads for this call (default: :func:`rnnfast.get_num_threads`), with the
+            meaning :func:`rnnfast.set_num_threads` gives it (0: the default, negative:
+            counted from it, at most 4 per CPU of the machine).
         chunk_steps : int, optional
             Steps per input-projection chunk (default: bounded by
-            :data:`CHUNK_ELEMENTS` and :data:`CHUNK_ELEMENTS_CACHED`). A tuning
-            and testing knob; results do not depend on it.
+            :data:`CHUNK_ELEMENTS` and :data:`CHUNK_ELEMENTS_CACHED`; taken into
+            [1, T]). A tuning and testing knob; results do not depend on it.
         batch_first : bool
             ``x`` and the output sequence are batch-major. The kernel reads and writes
             that layout itself, with no transposed copies; the results are the
@@ -328,7 +363,7 @@ class RNNLayer:
             Final LSTM cell state per direction.
         """
         dt = self.dtype
-        x = _as_input(x, dt)
+        x = as_input(x, dt)
         if x.ndim != 3:
             raise ValueError("expected input of shape (%s, %d), got shape %s"
                              % ("batch, time" if batch_first else "time, batch", self.input_size,
@@ -345,20 +380,20 @@ class RNNLayer:
             raise ValueError("expected input features %d, got %d (input shape %s)"
                              % (self.input_size, I, x.shape))
         D, Ho, H = self.num_directions, self.output_size, self.units
-        h = _state(h0, (D, B, Ho), dt, "h0")
-        c = _state(c0, (D, B, H), dt, "c0") if self.cell == "lstm" else np.zeros((0, 0, 0), dt)
-        if c0 is not None and self.cell != "lstm":
-            raise ValueError("c0 is only for LSTM")
+        h = as_state(h0, (D, B, Ho), dt, "h0")
+        with_c = self.cell_spec.num_states > 1
+        c = as_state(c0, (D, B, H), dt, "c0") if with_c else np.zeros((0, 0, 0), dt)
+        if c0 is not None and not with_c:
+            raise ValueError("c0 is only for a cell with a cell state (LSTM)")
+        if chunk_steps is not None:         # as the kernel takes it: at least 1, at most T
+            chunk_steps = min(max(1, integer_option(chunk_steps, "chunk_steps")), max(1, T))
         if mask is not None and lengths is not None:
             raise ValueError("give mask or lengths, not both")
         if lengths is not None:
             mask = lengths_to_mask(lengths, T, B)
             zero_output_for_mask = True
         elif mask is not None:
-            mask = np.asarray(mask)
-            if mask.shape != (T, B):
-                raise ValueError("mask must have shape (time, batch) = %s, got %s" % ((T, B), mask.shape))
-            mask = np.ascontiguousarray(mask, dtype=bool).view(np.uint8)
+            mask = as_mask(mask, T, B)
         m = mask if mask is not None else np.zeros((0, 0), np.uint8)
         out = None
         if return_sequences:
@@ -383,23 +418,16 @@ class RNNLayer:
                                  self._W, self._Wp, self._bx, self._U, self._Up, self._bhn, self._Wr, m,
                                  bool(zero_output_for_mask), self.go_backwards, o2, h, c,
                                  self._ncb, split, int(chunk_steps), nt)
-        return out, h, (c if self.cell == "lstm" else None)
+        return out, h, (c if with_c else None)
 
     __call__ = forward
 
 
 def lengths_to_mask(lengths, T, B):
-    """(B,) valid lengths -> (T, B) uint8 mask of the first ``length`` steps per row."""
-    lengths = np.asarray(lengths)
-    if lengths.shape != (B,):
-        raise ValueError("lengths must have shape (batch,) = (%d,), got %s" % (B, lengths.shape))
-    if lengths.size and (not np.issubdtype(lengths.dtype, np.integer)
-                         and not np.all(np.equal(np.mod(lengths, 1), 0))):
-        raise ValueError("lengths must be integers")
-    lengths = lengths.astype(np.int64)
-    if lengths.size and (lengths.min() < 0 or lengths.max() > T):
-        raise ValueError("lengths must lie in [0, %d], got min %d max %d"
-                         % (T, lengths.min(), lengths.max()))
+    """(B,) valid lengths -> (T, B) uint8 mask of the first ``length`` steps per row.
+
+    ``lengths``: integers in [0, T] (or integral floats), else ValueError."""
+    lengths = as_lengths(lengths, T, B)
     return np.ascontiguousarray(np.arange(T)[:, None] < lengths[None, :]).view(np.uint8)
 
 
@@ -436,7 +464,7 @@ class Dense:
     """
 
     def __init__(self, kernel, bias=None, activation="linear", dtype=np.float32):
-        self.dtype = _dtype(dtype)
+        self.dtype = compute_dtype(dtype)
         self.kernel = _frozen(np.array(kernel, dtype=self.dtype, order="C"))
         if self.kernel.ndim != 2:
             raise ValueError("Dense kernel must be 2-D, got shape %s" % (self.kernel.shape,))
@@ -448,7 +476,7 @@ class Dense:
 
     def forward(self, x):
         """``x``: (..., I) -> (..., N)."""
-        x = np.asarray(x, dtype=self.dtype)
+        x = np.asarray(as_numeric(x, "input"), dtype=self.dtype)
         if x.shape[-1] != self.kernel.shape[0]:
             raise ValueError("Dense expects %d input features, got shape %s"
                              % (self.kernel.shape[0], x.shape))
@@ -456,32 +484,16 @@ class Dense:
         if self.bias is not None:
             y += self.bias
         if self.activation == "softmax":
-            y -= y.max(axis=-1, keepdims=True)
-            np.exp(y, out=y)
-            y /= y.sum(axis=-1, keepdims=True)
-            return y
+            return softmax(y, out=y)
         if self.activation != "linear":
             y = np.ascontiguousarray(y)
-            _kernels.activate(ACTIVATIONS[self.activation], y.reshape(-1))
+            _activate(ACTIVATIONS[self.activation], y.reshape(-1))
         return y
 
     __call__ = forward
 
 
 # -- helpers --------------------------------------------------------------------------
-
-
-def _checked(a, shape, name, where, dtype, optional=False):
-    if a is None:
-        if optional:
-            return None
-        raise ValueError("%s: %s is missing" % (where, name))
-    a = np.asarray(a)
-    if a.shape != tuple(shape):
-        raise ValueError("%s: %s must have shape %s, got %s" % (where, name, tuple(shape), a.shape))
-    if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
-        raise ValueError("%s: %s must be numeric, got dtype %s" % (where, name, a.dtype))
-    return np.array(a, dtype=dtype, order="C", copy=True)
 
 
 def _unit_block_order(H, G, ncb):
@@ -497,17 +509,6 @@ def _frozen(a):
     return a
 
 
-def _as_input(x, dt):
-    if hasattr(x, "detach") and hasattr(x, "cpu"):       # a torch tensor, without importing torch
-        x = x.detach().cpu().numpy()
-    a = np.asarray(x)
-    if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
-        raise ValueError("input must be numeric (float, integer or bool), got dtype %s" % a.dtype)
-    if np.issubdtype(a.dtype, np.complexfloating):
-        raise ValueError("input must be real (float, integer or bool), got dtype %s" % a.dtype)
-    return np.ascontiguousarray(a, dtype=dt)
-
-
 def _empty_lines(shape, dt):
     """np.empty on a cache-line (64-byte) boundary: threads write the output in unit
     blocks, and a line two blocks share would bounce between their cores."""
@@ -515,12 +516,3 @@ def _empty_lines(shape, dt):
     buf = np.empty(n + 64, np.uint8)
     off = -buf.ctypes.data % 64
     return buf[off:off + n].view(dt).reshape(shape)
-
-
-def _state(s, shape, dt, name):
-    if s is None:
-        return np.zeros(shape, dt)
-    s = _as_input(s, dt)
-    if s.shape != shape:
-        raise ValueError("%s must have shape %s, got %s" % (name, shape, s.shape))
-    return s.copy()

@@ -8,6 +8,9 @@
 """
 import numpy as np
 
+from ._progress import run_batched
+from ._summary import Summarized
+from ._validation import as_numeric
 from .layers import Dense, RNNLayer, merge_directions
 
 __all__ = ["Sequential", "run_recurrent"]
@@ -74,7 +77,7 @@ def run_recurrent(layer, x_tm, *, return_sequences, merge_mode="concat", mask=No
     return out, states
 
 
-class Sequential:
+class Sequential(Summarized):
     """Canonical layers run in order on batch-major input ``(batch, time, features)``.
 
     Recurrent layers are added with their Keras-level options
@@ -106,11 +109,20 @@ class Sequential:
     def layers(self):
         return [s[0] for s in self._steps]
 
-    def predict(self, x, num_threads=None):
-        """Run the chain. ``x``: (batch, time, features) -> the last layer's output, batch-major."""
-        y = np.asarray(x)
+    def predict(self, x, batch_size=None, verbose="auto", *, num_threads=None):
+        """Run the chain, Keras-style. ``x``: (batch, time, features) -> the last layer's
+        output, batch-major. ``batch_size`` (rows per pass) and ``verbose`` (1: a
+        progress bar) as in :meth:`rnnfast.KerasModel.predict`; ``num_threads`` for
+        this call."""
+        y = as_numeric(x, "input")
         if y.ndim != 3:
             raise ValueError("expected input of shape (batch, time, features), got %s" % (y.shape,))
+        return run_batched(lambda part: self._run(part, num_threads), y, batch_size, verbose=verbose)
+
+    def __call__(self, x, *, num_threads=None):
+        return self.predict(x, num_threads=num_threads)
+
+    def _run(self, y, num_threads):
         for i, (layer, opt) in enumerate(self._steps):
             if isinstance(layer, RNNLayer):
                 y = run_recurrent(layer, y, num_threads=num_threads, batch_first=True, **opt)
@@ -122,7 +134,40 @@ class Sequential:
                 y = layer.forward(y)
         return y
 
-    __call__ = predict
+    # -- describing itself ------------------------------------------------------------
+
+    framework = None
+
+    def summary_rows(self):
+        """The rows of the summary table, one per layer (see :meth:`rnnfast.KerasModel.summary_rows`)."""
+        rows = []
+        for k, (layer, opt) in enumerate(self._steps):
+            if isinstance(layer, RNNLayer):
+                kind = ("Bidirectional(%s)" if layer.num_directions == 2 else "%s") % layer.cell_spec.title
+                units = ("2x%d" if layer.num_directions == 2 else "%d") % layer.units
+                opts = [o for o in ("return_sequences",) if opt[o]]
+                if layer.num_directions == 2 and opt["merge_mode"] != "concat":
+                    opts.append("merge_mode=%s" % opt["merge_mode"])
+                params = layer.source_parameters
+            else:
+                kind, units = "Dense", str(layer.kernel.shape[1])
+                opts = [] if layer.activation == "linear" else ["activation=%s" % layer.activation]
+                params = layer.kernel.size + (layer.bias.size if layer.bias is not None else 0)
+            rows.append(dict(name="l%d" % k, type=kind, units=units, options=", ".join(opts),
+                             parameters=int(params), dtype=layer.dtype.name))
+        return rows
+
+    def summary_title(self):
+        return "Sequential of %d layers" % len(self._steps)
+
+    def describe(self):
+        """What the chain is and takes (see :meth:`rnnfast.KerasModel.describe`)."""
+        first = self._steps[0][0] if self._steps else None
+        features = first.input_size if isinstance(first, RNNLayer) else (
+            first.kernel.shape[0] if first is not None else None)
+        return dict(framework=self.framework, name=repr(self), input_shape=(None, None, features),
+                    integer_input=False, vocabulary=None, dtype=first.dtype if first is not None else None,
+                    layers=self.summary_rows())
 
     def __repr__(self):
         return "Sequential([%s])" % ", ".join(repr(s[0]) for s in self._steps)

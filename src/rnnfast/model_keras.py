@@ -1,8 +1,9 @@
 """KerasModel: a Keras model loaded into canonical layers, run with Keras' semantics.
 
-The loader (``rnnfast.io.keras_file``, ``rnnfast.io.keras_convert``) turns each Keras
-layer into one *node* below and wires the nodes into a chain; :class:`KerasModel`
-runs them. Inside the model every sequence is **time-major** ``(time, batch,
+The loader (``rnnfast.io.keras_file``, through the Keras layer registry
+``rnnfast.io.keras_layers``) turns each Keras layer into one *node* below and wires the
+nodes into a chain; :class:`KerasModel` runs them. This module imports nothing from
+``rnnfast.io``. Inside the model every sequence is **time-major** ``(time, batch,
 features)``, the layout the recurrent kernels want, and masks are ``(time, batch)``
 booleans; the model transposes once on the way in and once on the way out, so
 consecutive recurrent layers hand their outputs on without a copy.
@@ -10,12 +11,19 @@ consecutive recurrent layers hand their outputs on without a copy.
 Masks follow Keras: ``Masking`` and ``Embedding(mask_zero=True)`` create one, layers
 that support masking (Dense, TimeDistributed, Activation, the dropout family) pass it
 on, a recurrent layer passes it on with its output sequence (unchanged, also after
-``go_backwards``) and consumes it otherwise, ``Flatten`` drops it.
+``go_backwards``) and consumes it otherwise, ``Flatten`` and the global poolings drop
+it (``GlobalAveragePooling1D`` averages over the valid steps only).
+
+Which Keras class becomes which node, and each class's summary row and parameter
+count, is the Keras layer registry's business (:mod:`rnnfast.io.keras_layers`); the
+converter leaves ``summary_row`` and ``num_params`` on each node.
 """
 import numpy as np
 
+from . import _validation
+from ._progress import run_batched
 from ._summary import Summarized
-from .layers import ACTIVATIONS, _as_input, apply_activation, merge_directions
+from .layers import ACTIVATIONS, apply_activation, merge_directions, softmax
 from .model import run_recurrent
 
 __all__ = ["KerasModel", "KERAS_ACTIVATIONS", "keras_activation"]
@@ -30,13 +38,6 @@ def _sigmoid(x):
 
 def _softplus(x):
     return np.logaddexp(x, x.dtype.type(0))
-
-
-def _softmax(x):
-    y = x - x.max(axis=-1, keepdims=True)
-    np.exp(y, out=y)
-    y /= y.sum(axis=-1, keepdims=True)
-    return y
 
 
 def _log_softmax(x):
@@ -74,7 +75,7 @@ def _hard_sigmoid3(x):
 #: the last axis. The kernel ones (:data:`rnnfast.layers.ACTIVATIONS`) run in the
 #: compiled core.
 KERAS_ACTIVATIONS = {
-    "softmax": _softmax,
+    "softmax": softmax,
     "log_softmax": _log_softmax,
     "relu6": lambda x: np.clip(x, 0, 6),
     "leaky_relu": lambda x: np.where(x >= 0, x, x.dtype.type(0.2) * x),
@@ -116,11 +117,30 @@ class _Node:
     #: How the layer treats a mask: "keep" (pass it on), "drop", "create" (make its own);
     #: recurrent layers override :meth:`output_masks`.
     mask_rule = "keep"
+    #: The layer takes integer ids (an Embedding first in the model).
+    takes_ids = False
+    #: The layer needs the sequence length the model declares (Flatten).
+    fixes_length = False
+    #: Its row of the summary table, ``(type, units, options)``, and its parameters as
+    #: Keras counts them: left here by the converter (:mod:`rnnfast.io.keras_layers`).
+    summary_row = None
+    num_params = 0
 
     def __init__(self, name, keras_class, dtype):
         self.name = name
         self.keras_class = keras_class
         self.dtype = np.dtype(dtype)
+
+    def mask_token(self, inbound):
+        """What the mask this layer creates is computed from, as a comparable token
+        (``inbound``: the key of its input), or None when it creates none. The loader
+        checks the masks a Keras 3 config records against these."""
+        return None
+
+    def get_weights(self):
+        """The layer's weights as Keras' ``layer.get_weights()`` gives them: a list of
+        arrays, in Keras' order and shapes."""
+        return []
 
     #: Flat output count and Keras' nesting of them (a list of indices; an int: one).
     structure = 0
@@ -165,15 +185,17 @@ class RecurrentNode(_Node):
     """
 
     def __init__(self, name, keras_class, rnn_layers, *, return_sequences, return_state,
-                 go_backwards, zero_output_for_mask, stacked=False):
+                 go_backwards, zero_output_for_mask, stacked=False, keras_biases=None):
         super().__init__(name, keras_class, rnn_layers[-1].dtype)
         self.rnn_layers = list(rnn_layers)
+        # each cell's bias as Keras stores it (GRU reset-after: both rows), for get_weights
+        self.keras_biases = list(keras_biases) if keras_biases is not None else [None] * len(self.rnn_layers)
         self.return_sequences = bool(return_sequences)
         self.return_state = bool(return_state)
         self.go_backwards = bool(go_backwards)
         self.zero_output_for_mask = bool(zero_output_for_mask)
         self.stacked = bool(stacked)
-        counts = [2 if layer.cell == "lstm" else 1 for layer in self.rnn_layers]
+        counts = [layer.cell_spec.num_states for layer in self.rnn_layers]
         self.state_structure = []
         i = 1
         for n in counts:
@@ -189,6 +211,13 @@ class RecurrentNode(_Node):
     def output_masks(self, mask, created=None):
         masks = [mask if self.return_sequences else None]
         return masks + [None] * (self.num_outputs - 1)
+
+    def get_weights(self):
+        out = []
+        for layer, bias in zip(self.rnn_layers, self.keras_biases):
+            w = layer.cell_weights()[0]
+            out += [w.kernel, w.recurrent_kernel] + ([bias.copy()] if bias is not None else [])
+        return out
 
     def run(self, x, mask, num_threads=None):
         if x.ndim != 3:
@@ -215,9 +244,8 @@ class RecurrentNode(_Node):
         opts = [o for o in ("return_sequences", "return_state", "go_backwards") if getattr(self, o)]
         if self.zero_output_for_mask:
             opts.append("zero_output_for_mask")
-        kinds = {"gru": "GRU", "lstm": "LSTM", "simple": "SimpleRNN"}
         if self.keras_class == "RNN":
-            cells = ["%sCell(%s)" % (kinds[layer.cell], _cell_args(layer)) for layer in self.rnn_layers]
+            cells = ["%s(%s)" % (layer.cell_spec.keras_cell, _cell_args(layer)) for layer in self.rnn_layers]
             inner = "[%s]" % ", ".join(cells) if self.stacked else cells[0]
         else:
             inner = _cell_args(self.rnn_layers[0])
@@ -243,6 +271,9 @@ class BidirectionalNode(_Node):
             structure += _shift(backward.state_structure, n_out - 1 + forward.num_states)
         self.structure = structure if len(structure) > 1 else 0
         self.rnn_layers = [fused] if fused is not None else forward.rnn_layers + backward.rnn_layers
+
+    def get_weights(self):
+        return self.forward_node.get_weights() + self.backward_node.get_weights()
 
     def output_masks(self, mask, created=None):
         n_out = 2 if self.merge_mode is None else 1
@@ -288,6 +319,10 @@ class DenseNode(_Node):
         super().__init__(name, "Dense", dense.dtype)
         self.dense = dense
         self.activation = activation
+
+    def get_weights(self):
+        d = self.dense
+        return [d.kernel.copy()] + ([d.bias.copy()] if d.bias is not None else [])
 
     def run(self, x, mask, num_threads=None):
         y = self.dense.forward(self._cast(x))
@@ -335,6 +370,9 @@ class MaskingNode(_Node):
         super().__init__(name, "Masking", dtype)
         self.mask_value = float(mask_value)
 
+    def mask_token(self, inbound):
+        return ("any_ne", inbound, self.mask_value)
+
     def run(self, x, mask, num_threads=None):
         x = self._cast(x)
         keep = np.any(x != self.dtype.type(self.mask_value), axis=-1)
@@ -355,6 +393,14 @@ class EmbeddingNode(_Node):
         self.mask_zero = bool(mask_zero)
         self.mask_rule = "create" if self.mask_zero else "drop"
 
+    takes_ids = True
+
+    def mask_token(self, inbound):
+        return ("ne", inbound, 0.0) if self.mask_zero else None
+
+    def get_weights(self):
+        return [self.table.copy()]
+
     def run(self, ids, mask, num_threads=None):
         n = self.table.shape[0]
         if ids.size and (ids.min() < 0 or ids.max() >= n):
@@ -372,6 +418,7 @@ class FlattenNode(_Node):
     ``(batch, time * features)`` (``channels_first``: features-major). Drops the mask."""
 
     mask_rule = "drop"
+    fixes_length = True
 
     def __init__(self, name, dtype, channels_first=False):
         super().__init__(name, "Flatten", dtype)
@@ -398,8 +445,51 @@ class TimeDistributedNode(_Node):
         outs, _ = self.inner.run(x, mask, num_threads)
         return outs, [mask]
 
+    def get_weights(self):
+        return self.inner.get_weights()
+
     def describe(self):
         return "TimeDistributed(%s)" % self.inner.describe()
+
+
+class GlobalPoolingNode(_Node):
+    """Keras ``GlobalMaxPooling1D`` / ``GlobalAveragePooling1D`` (``channels_last``):
+    the maximum or the mean over the steps of a sequence, ``(batch, time, features)``
+    to ``(batch, features)`` (``(batch, 1, features)`` with ``keepdims``).
+
+    Masks as Keras 3 treats them: the average is over the valid steps only (a row with
+    none is NaN, 0/0, as in Keras); the maximum ignores the mask (Keras'
+    ``GlobalMaxPooling1D`` does not support masking: it takes every step, masked ones
+    with the values they carry). Both drop the mask.
+    """
+
+    mask_rule = "drop"
+
+    def __init__(self, name, keras_class, reduce, dtype, keepdims=False):
+        super().__init__(name, keras_class, dtype)
+        if reduce not in ("max", "mean"):
+            raise ValueError("reduce must be 'max' or 'mean', got %r" % (reduce,))
+        self.reduce = reduce
+        self.keepdims = bool(keepdims)
+
+    def run(self, x, mask, num_threads=None):
+        if x.ndim != 3:
+            raise ValueError("%s %r needs a sequence (batch, time, features), got an input of "
+                             "shape %s" % (self.keras_class, self.name, _batch_major_shape(x)))
+        x = self._cast(x)                           # time-major (T, B, F)
+        if self.reduce == "max":
+            y = x.max(axis=0, keepdims=self.keepdims)
+        elif mask is None:
+            y = x.mean(axis=0, keepdims=self.keepdims)
+        else:
+            valid = np.asarray(mask, bool)[:, :, None]
+            total = np.where(valid, x, x.dtype.type(0)).sum(axis=0, keepdims=self.keepdims)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                y = total / valid.sum(axis=0, keepdims=self.keepdims).astype(x.dtype)
+        return [y], [None]
+
+    def describe(self):
+        return "%s(%s)" % (self.keras_class, "keepdims=True" if self.keepdims else "")
 
 
 # -- the model --------------------------------------------------------------------------
@@ -409,7 +499,10 @@ class KerasModel(Summarized):
     """A Keras model converted to canonical layers; ``predict`` gives what Keras gives.
 
     Built by :func:`rnnfast.load` (``.keras`` and HDF5 files) and
-    :func:`rnnfast.from_keras` (live models), not directly.
+    :func:`rnnfast.from_keras` (live models), not directly. Called the way a Keras
+    model is: ``model.predict(x, batch_size=None, verbose="auto")``, ``model(x,
+    training=False)``, ``model.count_params()``, ``model.get_weights()``,
+    ``model.output_shape``, ``model.summary()``.
 
     Attributes
     ----------
@@ -421,25 +514,31 @@ class KerasModel(Summarized):
         (:class:`~rnnfast.layers.RNNLayer`).
     input_shape : tuple
         ``(None, time or None, features)``, or ``(None, time or None)`` for integer
-        input (models that start with an Embedding).
+        input (models that start with an Embedding). The time is None (any length
+        runs) unless a layer needs the declared one (Flatten).
     dtype : numpy.dtype or None
         The compute dtype (None when layers differ).
     keras_version : str
         The Keras version that wrote the model.
     """
 
+    framework = "Keras"
+
     def __init__(self, steps, *, input_key, outputs, input_shape, input_dtype, integer_input,
-                 name, keras_version, source=None):
+                 name, keras_version, source=None, declared_input_shape=None):
         self._steps = list(steps)               # [(node, input key, [output keys])]
         self._input_key = input_key
         self._outputs = outputs                 # a key, or a nested list (dict) of keys
         self._output_keys = set(_flatten(outputs))
         self.input_shape = tuple(input_shape)
+        # the shape the Keras model declares (its output_shape follows from it)
+        self._declared_input_shape = _declared(declared_input_shape, self.input_shape)
         self._input_dtype = np.dtype(input_dtype)
         self._integer_input = bool(integer_input)
         self.name = name
         self.keras_version = keras_version
         self.source = source
+        self._output_shape = None
         dts = {node.dtype for node, _, _ in self._steps}
         self.dtype = dts.pop() if len(dts) == 1 else (self._input_dtype if not dts else None)
 
@@ -447,8 +546,8 @@ class KerasModel(Summarized):
     def layers(self):
         return [node for node, _, _ in self._steps]
 
-    def predict(self, x, num_threads=None, *, batch_size=None, verbose=None):
-        """Run the model, as ``keras_model.predict(x)`` does.
+    def predict(self, x, batch_size=None, verbose="auto", *, num_threads=None):
+        """Run the model, as ``keras_model.predict(x)`` does (same positional order).
 
         Parameters
         ----------
@@ -457,63 +556,101 @@ class KerasModel(Summarized):
             Embedding. Floating input is cast to the model's input dtype (float32
             unless the model's input is float64, as Keras does); a torch tensor is
             accepted.
-        num_threads : int, optional
-            Threads for this call (default: :func:`rnnfast.get_num_threads`).
         batch_size : int, optional
             Rows per pass (default: all at once); bounds memory, not results.
-        verbose : {0, 1, 2, "auto"}, optional
+        verbose : {"auto", 0, 1, 2}, optional
             1: a Keras-like progress bar over the batches, on standard error; 2: one
-            line when done; 0, "auto" or None (the default): silent.
+            line when done; "auto" (the default), 0 or None: silent.
+        num_threads : int, optional, keyword only
+            Threads for this call (default: :func:`rnnfast.get_num_threads`).
 
         Returns
         -------
         numpy.ndarray, or a list of them (nested like Keras' for several outputs)
             Batch-major, the shapes and values ``keras_model.predict(x)`` gives.
         """
-        from ._progress import run_batched
-
         x = self._validated(x)
         return run_batched(lambda part: self._run(part, num_threads), x, batch_size, verbose=verbose)
 
-    __call__ = predict
+    def __call__(self, x, training=None, *, num_threads=None):
+        """``model(x)``, ``model(x, training=False)``: :meth:`predict` in one pass.
+
+        ``training`` may be None or False (rnnfast runs inference only: training=True
+        is a ValueError)."""
+        if training is not None and training is not False:
+            raise ValueError("%s runs inference only: training=%r is not supported (rnnfast has "
+                             "no training mode; dropout and noise layers are the identity)"
+                             % (self._what(), training))
+        return self.predict(x, num_threads=num_threads)
+
+    def count_params(self):
+        """The model's parameters, as Keras' ``model.count_params()`` counts them."""
+        return int(sum(node.num_params for node in self.layers))
+
+    def get_weights(self):
+        """The weights as Keras' ``model.get_weights()`` gives them: a list of arrays in
+        Keras' order and shapes (per layer: GRU / LSTM / SimpleRNN ``kernel``,
+        ``recurrent_kernel``, ``bias``; Dense ``kernel``, ``bias``; Embedding
+        ``embeddings``; Bidirectional the forward layer's, then the backward layer's),
+        in the compute dtype. Copies: changing them changes nothing in the model."""
+        return [w for node in self.layers for w in node.get_weights()]
+
+    @property
+    def output_shape(self):
+        """The output's shape as Keras gives it (``None`` for the batch and for any
+        length the input does not fix); a list of them for several outputs."""
+        if self._output_shape is None:
+            self._output_shape = self._infer_output_shape()
+        return self._output_shape
+
+    def _infer_output_shape(self):
+        # run one sample at two lengths (or the declared one): what varies is unknown
+        shape = self._declared_input_shape
+        if any(d is None for d in shape[2:]):
+            raise ValueError("%s: the output shape is unknown (the input's features are not "
+                             "declared)" % self._what())
+        dt = np.int64 if self._integer_input else self._input_dtype
+        probes = [np.zeros([1] + [t if d is None else d for d in shape[1:]], dt) for t in (1, 2)]
+        y1, y2 = (self.predict(p, num_threads=1) for p in probes)
+
+        def merged(a, b):
+            return tuple(None if i == 0 or a.shape[i] != b.shape[i] else int(n)
+                         for i, n in enumerate(a.shape))
+        return _map_structure(merged, y1, y2)
+
+    # -- describing itself ------------------------------------------------------------
+
+    def summary_rows(self):
+        """The rows of the summary table, one per layer: dicts with ``name``, ``type``,
+        ``units``, ``options`` (str), ``parameters`` (int, as Keras counts them) and
+        ``dtype`` (str)."""
+        rows = []
+        for node in self.layers:
+            kind, units, opts = node.summary_row       # left by the registry's converter
+            rows.append(dict(name=node.name, type=kind, units=units, options=opts,
+                             parameters=int(node.num_params), dtype=node.dtype.name))
+        return rows
+
+    def summary_title(self):
+        """The title line of the summary table."""
+        dt = self.dtype.name if self.dtype is not None else "mixed dtypes"
+        return "KerasModel %r: Keras %s, input %s, %s" % (self.name, self.keras_version,
+                                                          _shape_str(self.input_shape), dt)
+
+    def describe(self):
+        """What the model is and takes, as a dict: ``framework`` ("Keras"), ``name``,
+        ``input_shape`` (batch-major, None where any size runs), ``integer_input``
+        (ids for an Embedding), ``vocabulary`` (the Embedding's ``input_dim``, else
+        None), ``dtype`` (of the input), ``layers`` (:meth:`summary_rows`)."""
+        vocab = next((n.table.shape[0] for n in self.layers if n.takes_ids), None)
+        return dict(framework=self.framework, name=self.name, input_shape=self.input_shape,
+                    integer_input=self._integer_input, vocabulary=vocab,
+                    dtype=np.dtype(np.int64) if self._integer_input else self._input_dtype,
+                    layers=self.summary_rows())
 
     def _validated(self, x):
-        if self._integer_input:
-            return self._validated_ids(x)
-        try:
-            a = _as_input(x, self._input_dtype)
-        except (TypeError, ValueError) as e:
-            raise ValueError("%s: input must be a numeric array of shape %s: %s"
-                             % (self._what(), _shape_str(self.input_shape), e)) from None
-        if a.ndim != len(self.input_shape) or any(
-                want is not None and want != got for want, got in zip(self.input_shape[1:], a.shape[1:])):
-            raise ValueError("%s: expected input of shape %s, got shape %s"
-                             % (self._what(), _shape_str(self.input_shape), a.shape))
-        if a.ndim == 3 and a.shape[1] == 0:
-            raise ValueError("%s: expected input of shape %s with at least one time step, got "
-                             "shape %s" % (self._what(), _shape_str(self.input_shape), a.shape))
-        return a
-
-    def _validated_ids(self, x):
-        if hasattr(x, "detach") and hasattr(x, "cpu"):
-            x = x.detach().cpu().numpy()
-        a = np.asarray(x)
-        if a.ndim != len(self.input_shape) or any(
-                want is not None and want != got for want, got in zip(self.input_shape[1:], a.shape[1:])):
-            raise ValueError("%s: expected integer ids of shape %s, got shape %s"
-                             % (self._what(), _shape_str(self.input_shape), a.shape))
-        if a.ndim == 2 and a.shape[1] == 0:
-            raise ValueError("%s: expected ids of shape %s with at least one time step, got "
-                             "shape %s" % (self._what(), _shape_str(self.input_shape), a.shape))
-        if np.issubdtype(a.dtype, np.integer) or a.dtype == bool:
-            return a.astype(np.int64)
-        if np.issubdtype(a.dtype, np.floating):
-            if not np.all(np.isfinite(a)) or np.any(a != np.trunc(a)):
-                raise ValueError("%s: expected integer ids, got non-integral values of dtype %s"
-                                 % (self._what(), a.dtype))
-            return a.astype(np.int64)
-        raise ValueError("%s: expected integer ids of shape %s, got dtype %s"
-                         % (self._what(), _shape_str(self.input_shape), a.dtype))
+        return _validation.model_input(x, self.input_shape, self._input_dtype, integer=self._integer_input,
+                                       what=self._what(), shape_text=_shape_str(self.input_shape))
 
     def _run(self, x, num_threads):
         if x.ndim >= 2 and (x.ndim == 3 or self._integer_input):
@@ -545,6 +682,17 @@ class KerasModel(Summarized):
 # -- helpers --------------------------------------------------------------------------
 
 
+def _declared(declared, shape):
+    """The declared input shape where it fits the one the model takes, else ``shape``."""
+    try:
+        d = tuple(None if v is None else int(v) for v in declared)
+    except (TypeError, ValueError):
+        return shape
+    if len(d) != len(shape) or any(s is not None and s != v for s, v in zip(shape[1:], d[1:])):
+        return shape
+    return (None,) + d[1:]
+
+
 def _batch_major(y):
     return np.ascontiguousarray(np.swapaxes(y, 0, 1)) if y.ndim == 3 else y
 
@@ -564,7 +712,7 @@ def _shape_str(shape):
 def _cell_args(layer):
     """A cell's Keras arguments that differ from the defaults, for reprs."""
     args = ["%d" % layer.units]
-    if layer.cell == "gru" and not layer.reset_after:
+    if layer.cell_spec.reset_before is not None and not layer.reset_after:
         args.append("reset_after=False")
     if layer.activation != "tanh":
         args.append("activation=%r" % layer.activation)

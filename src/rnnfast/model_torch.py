@@ -9,12 +9,22 @@ it is.
 """
 import numpy as np
 
+from . import _validation
+from ._progress import run_batched
 from ._summary import Summarized
-from .layers import RNNLayer, _as_input
+from .layers import RNNLayer
 
 __all__ = ["TorchRNN"]
 
-_NAMES = {"GRU": "GRU", "LSTM": "LSTM", "RNN_TANH": "RNN", "RNN_RELU": "RNN"}
+
+def _torch_mode(layer):
+    """The ``torch.nn.RNNBase.mode`` that computes what ``layer`` computes, or None."""
+    cell = layer.cell_spec
+    if cell.reset_before is not None and not layer.reset_after:
+        return None
+    if cell.recurrent_activation and layer.recurrent_activation != "sigmoid":
+        return None
+    return next((mode for mode, act in cell.torch_modes.items() if act == layer.activation), None)
 
 
 class TorchRNN(Summarized):
@@ -56,14 +66,8 @@ class TorchRNN(Summarized):
         if not layers or not all(isinstance(l, RNNLayer) for l in layers):
             raise ValueError("TorchRNN needs a non-empty list of RNNLayer")
         first = layers[0]
-        if first.cell == "gru" and first.reset_after and first.activation == "tanh" \
-                and first.recurrent_activation == "sigmoid":
-            mode = "GRU"
-        elif first.cell == "lstm" and first.activation == "tanh" and first.recurrent_activation == "sigmoid":
-            mode = "LSTM"
-        elif first.cell == "simple" and first.activation in ("tanh", "relu"):
-            mode = "RNN_TANH" if first.activation == "tanh" else "RNN_RELU"
-        else:
+        mode = _torch_mode(first)
+        if mode is None:
             raise ValueError("%r is not a layer PyTorch has" % (first,))
         D, Ho = first.num_directions, first.output_size
         for k, l in enumerate(layers):
@@ -86,17 +90,19 @@ class TorchRNN(Summarized):
         self.num_directions = D
         self.batch_first = bool(batch_first)
         self.bias = bool(bias)
-        self.nonlinearity = first.activation if first.cell == "simple" else None
+        self.nonlinearity = first.activation if len(first.cell_spec.torch_modes) > 1 else None
         self.dtype = first.dtype
         self.source = source
         self._Ho = Ho
+        self._module = first.cell_spec.torch_module
+        self._with_c = first.cell_spec.num_states > 1
 
     def __repr__(self):
         args = "%d, %d" % (self.input_size, self.hidden_size)
         if self.num_layers != 1:
             args += ", num_layers=%d" % self.num_layers
-        if self.mode == "RNN_RELU":
-            args += ", nonlinearity='relu'"
+        if self.nonlinearity not in (None, "tanh"):
+            args += ", nonlinearity=%r" % self.nonlinearity
         if not self.bias:
             args += ", bias=False"
         if self.batch_first:
@@ -105,7 +111,41 @@ class TorchRNN(Summarized):
             args += ", bidirectional=True"
         if self.proj_size:
             args += ", proj_size=%d" % self.proj_size
-        return "TorchRNN(%s(%s), dtype=%s)" % (_NAMES[self.mode], args, self.dtype.name)
+        return "TorchRNN(%s(%s), dtype=%s)" % (self.layers[0].cell_spec.torch_module, args, self.dtype.name)
+
+    # -- describing itself ------------------------------------------------------------
+
+    framework = "PyTorch"
+
+    def summary_rows(self):
+        """The rows of the summary table, one per module layer: dicts with ``name``
+        (``l0``, ``l1``, ...), ``type``, ``units``, ``options`` (str), ``parameters``
+        (int, the sum of the module's ``numel()`` for the layer) and ``dtype`` (str)."""
+        opts = []
+        if self.bidirectional:
+            opts.append("bidirectional")
+        if self.nonlinearity not in (None, "tanh"):
+            opts.append("nonlinearity=%s" % self.nonlinearity)
+        if self.proj_size:
+            opts.append("proj_size=%d" % self.proj_size)
+        if not self.bias:
+            opts.append("bias=False")
+        return [dict(name="l%d" % k, type=self._module, units=str(layer.units), options=", ".join(opts),
+                     parameters=layer.source_parameters, dtype=layer.dtype.name)
+                for k, layer in enumerate(self.layers)]
+
+    def summary_title(self):
+        """The title line of the summary table."""
+        return repr(self)
+
+    def describe(self):
+        """What the module is and takes, as a dict: ``framework`` ("PyTorch"), ``name``
+        (its repr), ``input_shape`` ``(None, None, input_size)`` (time and batch in the
+        module's order, ``batch_first`` or not), ``integer_input`` (False),
+        ``vocabulary`` (None), ``dtype``, ``batch_first``, ``layers`` (:meth:`summary_rows`)."""
+        return dict(framework=self.framework, name=repr(self), input_shape=(None, None, self.input_size),
+                    integer_input=False, vocabulary=None, dtype=self.dtype, batch_first=self.batch_first,
+                    layers=self.summary_rows())
 
     # -- running --------------------------------------------------------------------
 
@@ -114,18 +154,20 @@ class TorchRNN(Summarized):
         if hx is None:
             return None, None
         LD, Ho, H = self.num_layers * self.num_directions, self._Ho, self.hidden_size
-        if self.mode == "LSTM":
+        if self._with_c:
             if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-                raise ValueError("an LSTM takes hx as a tuple (h_0, c_0)")
+                raise ValueError("an LSTM takes hx as a tuple (h_0, c_0), got %s"
+                                 % (type(hx).__name__ if not isinstance(hx, (tuple, list))
+                                    else "a %s of %d" % (type(hx).__name__, len(hx))))
             parts = [(hx[0], (LD, B, Ho), "h_0"), (hx[1], (LD, B, H), "c_0")]
         else:
             if isinstance(hx, (tuple, list)):
                 raise ValueError("an %s takes hx as one array h_0, not a %s"
-                                 % (_NAMES[self.mode], type(hx).__name__))
+                                 % (self._module, type(hx).__name__))
             parts = [(hx, (LD, B, Ho), "h_0")]
         out = []
         for s, shape, name in parts:
-            s = _as_input(s, self.dtype)
+            s = _validation.as_input(s, self.dtype, name)
             if unbatched:
                 if s.ndim != 2:
                     raise ValueError("for unbatched 2-D input, %s must be 2-D %s, got shape %s"
@@ -171,7 +213,7 @@ class TorchRNN(Summarized):
             ``(num_layers * num_directions, B, hidden_size)``.
         """
         dt = self.dtype
-        x = _as_input(x, dt)
+        x = _validation.as_input(x, dt)
         unbatched = x.ndim == 2
         bfirst = self.batch_first and not unbatched        # the kernels read it as it is
         if unbatched:
@@ -187,12 +229,12 @@ class TorchRNN(Summarized):
             raise ValueError("expected %d input features, got input of shape %s"
                              % (self.input_size, (x[:, 0] if unbatched else x).shape))
         h0, c0 = self._states(hx, B, unbatched)
-        if lengths is not None and hasattr(lengths, "detach") and hasattr(lengths, "cpu"):
-            lengths = lengths.detach().cpu().numpy()       # a torch tensor, without importing torch
+        if lengths is not None:
+            lengths = _validation.as_lengths(lengths, T, B)
         D = self.num_directions
         LD = self.num_layers * D
         h_n = np.empty((LD, B, self._Ho), dt)
-        c_n = np.empty((LD, B, self.hidden_size), dt) if self.mode == "LSTM" else None
+        c_n = np.empty((LD, B, self.hidden_size), dt) if self._with_c else None
         y = x
         for k, layer in enumerate(self.layers):
             part = slice(k * D, (k + 1) * D)
@@ -205,7 +247,7 @@ class TorchRNN(Summarized):
         if unbatched:
             out, h_n = out[:, 0], h_n[:, 0]
             c_n = None if c_n is None else c_n[:, 0]
-        return (out, (h_n, c_n)) if self.mode == "LSTM" else (out, h_n)
+        return (out, (h_n, c_n)) if self._with_c else (out, h_n)
 
     __call__ = forward
 
@@ -237,18 +279,12 @@ class TorchRNN(Summarized):
             ``(T, B, D * Ho)`` (``(B, T, D * Ho)`` when ``batch_first``; ``(T, D * Ho)``
             unbatched), as :meth:`forward` returns it.
         """
-        from ._progress import run_batched
-
-        xa = _as_input(x, self.dtype)
+        xa = _validation.as_input(x, self.dtype)
         if xa.ndim != 3:
             return self.forward(xa, lengths=lengths, num_threads=num_threads)[0]
         if lengths is not None:
-            if hasattr(lengths, "detach") and hasattr(lengths, "cpu"):
-                lengths = lengths.detach().cpu().numpy()
-            lengths = np.asarray(lengths)
-            B = xa.shape[0 if self.batch_first else 1]
-            if lengths.shape != (B,):
-                raise ValueError("lengths must have shape (batch,) = (%d,), got %s" % (B, lengths.shape))
+            B, T = xa.shape[:2] if self.batch_first else xa.shape[1::-1]
+            lengths = _validation.as_lengths(lengths, T, B)
         return run_batched(lambda part, lens: self.forward(part, lengths=lens, num_threads=num_threads)[0],
                            xa, batch_size, axis=0 if self.batch_first else 1, aligned=(lengths,),
                            verbose=verbose)

@@ -2,10 +2,14 @@
 
 It takes canonical weights (rnnfast.layers.CellWeights, Keras gate order) and
 loops over time (batch rows as matrix rows) with no tricks, so that it can be read
-against the papers and the frameworks' documentation. The tests check the compiled
-kernels against it; the demo and the benchmarks compare speed with it.
+against the papers and the frameworks' documentation. Each cell's step is its entry's
+``step`` in the cell registry (:mod:`rnnfast.cells`, e.g. :func:`rnnfast.cells.gru_step`);
+this module runs them over time and directions, with the activations below. The tests
+check the compiled kernels against it; the demo and the benchmarks compare speed with it.
 """
 import numpy as np
+
+from . import cells
 
 SELU_ALPHA = 1.6732632423543772848170429916717
 SELU_SCALE = 1.0507009873554804934193349852946
@@ -34,107 +38,50 @@ def _f64(a):
     return None if a is None else np.asarray(a, dtype=np.float64)
 
 
-def gru_step(x, h, w, act, ract, reset_after):
-    """GRU, Keras gate order z, r, h; x (B, I), h (B, H) -> h_new (B, H).
-
-    reset-after:  z = σ(x Wz + bz + h Uz + b'z);  r = σ(x Wr + br + h Ur + b'r)
-                  hh = act(x Wh + bh + r ⊙ (h Uh + b'h))
-    reset-before: hh = act(x Wh + bh + (r ⊙ h) Uh + b'h)
-    h_new = z ⊙ h + (1 - z) ⊙ hh
-    """
-    W, U = _f64(w.kernel), _f64(w.recurrent_kernel)
-    H = U.shape[0]
-    b = np.zeros(3 * H) if w.bias is None else _f64(w.bias)
-    rb = np.zeros(3 * H) if w.recurrent_bias is None else _f64(w.recurrent_bias)
-    Wz, Wr, Wh = W[:, :H], W[:, H:2 * H], W[:, 2 * H:]
-    Uz, Ur, Uh = U[:, :H], U[:, H:2 * H], U[:, 2 * H:]
-    bz, br, bh = b[:H], b[H:2 * H], b[2 * H:]
-    rbz, rbr, rbh = rb[:H], rb[H:2 * H], rb[2 * H:]
-    z = ACT[ract](x @ Wz + bz + h @ Uz + rbz)
-    r = ACT[ract](x @ Wr + br + h @ Ur + rbr)
-    if reset_after:
-        hh = ACT[act](x @ Wh + bh + r * (h @ Uh + rbh))
-    else:
-        hh = ACT[act](x @ Wh + bh + (r * h) @ Uh + rbh)
-    return z * h + (1.0 - z) * hh
-
-
-def lstm_step(x, h, c, w, act, ract):
-    """LSTM, gate order i, f, c, o; x (B, I), h (B, Ho), c (B, H).
-
-    i = σ(x Wi + h Ui + b_i), f = σ(...), o = σ(...), u = act(x Wc + h Uc + b_c)
-    c_new = f ⊙ c + i ⊙ u;  m = o ⊙ act(c_new);  h_new = m (or m Wr with a projection)
-    """
-    W, U = _f64(w.kernel), _f64(w.recurrent_kernel)
-    H = W.shape[1] // 4
-    b = np.zeros(4 * H) if w.bias is None else _f64(w.bias)
-    if w.recurrent_bias is not None:
-        b = b + _f64(w.recurrent_bias)
-    g = x @ W + h @ U + b
-    i = ACT[ract](g[:, :H])
-    f = ACT[ract](g[:, H:2 * H])
-    u = ACT[act](g[:, 2 * H:3 * H])
-    o = ACT[ract](g[:, 3 * H:])
-    c_new = f * c + i * u
-    m = o * ACT[act](c_new)
-    h_new = m if w.projection is None else m @ _f64(w.projection)
-    return h_new, c_new
-
-
-def simple_step(x, h, w, act):
-    """SimpleRNN / nn.RNN: h_new = act(x W + h U + b)."""
-    W, U = _f64(w.kernel), _f64(w.recurrent_kernel)
-    H = W.shape[1]
-    b = np.zeros(H) if w.bias is None else _f64(w.bias)
-    if w.recurrent_bias is not None:
-        b = b + _f64(w.recurrent_bias)
-    return ACT[act](x @ W + h @ U + b)
-
-
 def run_direction(cell, w, x, h0, c0, mask, zero_output, reverse, act, ract, reset_after):
     """One direction over time-major x (T, B, I). Returns out (T, B, Ho) aligned
-    with input time, h_n (B, Ho), c_n (B, H) or None.
+    with input time, h_n (B, Ho), c_n (B, H) or None (cells without a cell state).
 
-    Mask semantics (Keras): a masked step keeps the row's state; its output is zero
-    when zero_output, else the row's previous output (zero before its first valid step).
+    ``cell`` is a name of :data:`rnnfast.cells.CELLS`; ``act``, ``ract`` names of
+    :data:`ACT`. Mask semantics (Keras): a masked step keeps the row's state; its output
+    is zero when zero_output, else the row's previous output (zero before its first
+    valid step).
     """
+    step = cells.get(cell).step
     x = _f64(x)
     T, B, _ = x.shape
-    h = _f64(h0).copy()
-    c = None if c0 is None else _f64(c0).copy()
-    out = np.zeros((T, B, h.shape[1]))
-    prev_out = np.zeros_like(h)
+    states = tuple(_f64(s).copy() for s in ((h0,) if c0 is None else (h0, c0)))
+    act_fn, ract_fn = ACT[act], (ACT[ract] if ract is not None else None)
+    out = np.zeros((T, B, states[0].shape[1]))
+    prev_out = np.zeros_like(states[0])
     for t in (range(T - 1, -1, -1) if reverse else range(T)):
-        if cell == "gru":
-            h_new = gru_step(x[t], h, w, act, ract, reset_after)
-        elif cell == "lstm":
-            h_new, c_new = lstm_step(x[t], h, c, w, act, ract)
-        else:
-            h_new = simple_step(x[t], h, w, act)
+        new = step(x[t], states, w, act_fn, ract_fn, reset_after)
         valid = np.ones((B, 1), bool) if mask is None else np.asarray(mask[t], bool)[:, None]
-        h = np.where(valid, h_new, h)
-        if cell == "lstm":
-            c = np.where(valid, c_new, c)
+        states = tuple(np.where(valid, n, s) for n, s in zip(new, states))
+        h = states[0]
         out[t] = np.where(valid, h, 0.0 if zero_output else prev_out)
         prev_out = out[t] if not zero_output else np.where(valid, h, prev_out)
-    return out, h, c
+    return out, states[0], (states[1] if len(states) > 1 else None)
 
 
 def run_layer(cell, weights, x, h0=None, c0=None, mask=None, lengths=None, zero_output=False,
               go_backwards=False, act="tanh", ract="sigmoid", reset_after=True):
-    """All directions, outputs concatenated (forward first). Returns out, h_n, c_n."""
+    """All directions, outputs concatenated (forward first). Returns out, h_n, c_n
+    (None for cells without a cell state)."""
+    spec = cells.get(cell)
     x = _f64(x)
     T, B, _ = x.shape
     if lengths is not None:
         mask = np.arange(T)[:, None] < np.asarray(lengths)[None, :]
         zero_output = True
+    with_c = spec.num_states > 1
     outs, hs, cs = [], [], []
     for d, w in enumerate(weights):
-        H = np.asarray(w.kernel).shape[1] // {"gru": 3, "lstm": 4, "simple": 1}[cell]
+        H = np.asarray(w.kernel).shape[1] // spec.num_gates
         Ho = np.asarray(w.recurrent_kernel).shape[0]
         hd = np.zeros((B, Ho)) if h0 is None else _f64(h0)[d]
         cd = None
-        if cell == "lstm":
+        if with_c:
             cd = np.zeros((B, H)) if c0 is None else _f64(c0)[d]
         reverse = d == 1 or go_backwards
         o, h, c = run_direction(cell, w, x, hd, cd, mask, zero_output, reverse, act, ract, reset_after)
@@ -142,4 +89,4 @@ def run_layer(cell, weights, x, h0=None, c0=None, mask=None, lengths=None, zero_
         hs.append(h)
         cs.append(c)
     return (np.concatenate(outs, axis=-1), np.stack(hs),
-            np.stack(cs) if cell == "lstm" else None)
+            np.stack(cs) if with_c else None)

@@ -16,6 +16,7 @@ import sys
 
 import numpy as np
 
+from rnnfast import cells
 from rnnfast import reference as ref
 from rnnfast.layers import CellWeights, RNNLayer, apply_activation, ACTIVATIONS
 
@@ -27,12 +28,11 @@ VARIANTS = {
     "simple_tanh": ("simple", True, 0, "tanh", None),
     "simple_relu": ("simple", True, 0, "relu", None),
 }
-GATES = {"gru": 3, "lstm": 4, "simple": 1}
 TOL = {np.float32: dict(atol=2e-5, rtol=2e-4), np.float64: dict(atol=1e-9, rtol=1e-7)}
 
 
 def weights(rng, cell, I, H, P):
-    G, Ho = GATES[cell], P or H
+    G, Ho = cells.get(cell).num_gates, P or H
     s = 1.0 / np.sqrt(H)
     u = lambda *shape: rng.uniform(-s, s, shape)        # noqa: E731
     return CellWeights(u(I, G * H), u(Ho, G * H), u(G * H), u(G * H), u(H, P) if P else None)

@@ -1,4 +1,10 @@
-"""The one Keras converter: a Keras layer's config and weights to a model node.
+"""The shared machinery of the Keras converters: a Keras layer's config and weights to
+a model node (:mod:`rnnfast.model_keras`), with the options, dtype policies,
+activations and weight lists checked the same way for every class.
+
+The registry of Keras classes, which says which converter, summary row and parameter
+count each class has, is :mod:`rnnfast.io.keras_layers`; the converters of the layers
+with canonical weights (recurrent layers and their wrappers, Dense, Embedding) are here.
 
 Input: a layer's ``class_name`` and ``config`` dict (as Keras 2, tf.keras and Keras 3
 serialize them) and its weights as a list of ``(name or None, array)`` in Keras'
@@ -28,13 +34,13 @@ unless its value is empty (None, False, 0, "").
 """
 import numpy as np
 
+from .. import cells
 from ..errors import FormatError, UnsupportedLayerError
 from ..layers import ACTIVATIONS, CellWeights, Dense, RNNLayer
-from ..model_keras import (KERAS_ACTIVATIONS, ActivationNode, BidirectionalNode, DenseNode,
-                           EmbeddingNode, FlattenNode, IdentityNode, MaskingNode, RecurrentNode,
-                           TimeDistributedNode)
+from ..model_keras import KERAS_ACTIVATIONS, BidirectionalNode, DenseNode, EmbeddingNode, RecurrentNode
 
-__all__ = ["convert_layer", "ConvertContext", "resolve_dtype", "RECURRENT_CLASSES", "SUPPORTED_LAYERS"]
+__all__ = ["ConvertContext", "WeightList", "check_options", "resolve_dtype", "resolve_activation",
+           "RECURRENT_CLASSES", "CELL_CLASSES", "recurrent", "bidirectional", "dense", "embedding"]
 
 #: Options every layer may carry that do not change inference.
 _COMMON = {"name", "trainable", "dtype", "batch_input_shape", "batch_shape", "input_shape",
@@ -50,20 +56,9 @@ _RNN_LAYER_OPTIONS = {"return_sequences", "return_state", "go_backwards", "state
                       "zero_output_for_mask", "time_major"}
 _CELL_OPTIONS = {"units", "activation", "recurrent_activation", "use_bias", "reset_after"}
 
-#: Keras recurrent layer classes and their cell kinds.
-RECURRENT_CLASSES = {"GRU": "gru", "LSTM": "lstm", "SimpleRNN": "simple"}
-_CELL_CLASSES = {"GRUCell": "gru", "LSTMCell": "lstm", "SimpleRNNCell": "simple"}
-#: Layers that are the identity at inference.
-_IDENTITY = {"Dropout": {"rate", "noise_shape", "seed"},
-             "SpatialDropout1D": {"rate", "noise_shape", "seed"},
-             "GaussianNoise": {"stddev", "seed"},
-             "GaussianDropout": {"rate", "seed"},
-             "AlphaDropout": {"rate", "noise_shape", "seed"},
-             "ActivityRegularization": {"l1", "l2"},
-             "Identity": set()}
-SUPPORTED_LAYERS = sorted(set(RECURRENT_CLASSES) | {"RNN", "Bidirectional", "Dense", "TimeDistributed",
-                                                    "Activation", "Embedding", "Masking", "Flatten",
-                                                    "InputLayer"} | set(_IDENTITY))
+#: Keras recurrent layer classes and cell classes -> rnnfast cell names (cell registry).
+RECURRENT_CLASSES = {c.keras_layer: c.name for c in cells.CELLS.values() if c.keras_layer}
+CELL_CLASSES = {c.keras_cell: c.name for c in cells.CELLS.values() if c.keras_cell}
 
 #: Activation names whose Keras 2 meaning is the one implemented (Keras 2 and tf.keras
 #: know no others by name; ``hard_sigmoid`` is mapped to ``hard_sigmoid_keras2``).
@@ -215,67 +210,7 @@ class WeightList:
                               % (self.layer_name, len(self.items), self.pos))
 
 
-# -- layers ---------------------------------------------------------------------------
-
-
-def convert_layer(cls, cfg, weights, ctx):
-    """Convert one Keras layer.
-
-    Parameters
-    ----------
-    cls : str
-        The Keras ``class_name``.
-    cfg : dict
-        The layer's ``config``.
-    weights : list of (str or None, ndarray)
-        Its weights in Keras order.
-    ctx : ConvertContext
-
-    Returns
-    -------
-    A node of :mod:`rnnfast.model_keras`.
-    """
-    name = cfg.get("name", cls)
-    w = WeightList(name, weights)
-    node = _convert(cls, cfg, w, ctx, name)
-    w.done()
-    return node
-
-
-def _convert(cls, cfg, w, ctx, name):
-    if cls in RECURRENT_CLASSES or cls == "RNN":
-        return _recurrent(cls, cfg, w, ctx, name)[0]
-    if cls == "Bidirectional":
-        return _bidirectional(cfg, w, ctx, name)
-    if cls == "Dense":
-        return _dense(cfg, w, ctx, name)
-    if cls == "TimeDistributed":
-        return _time_distributed(cfg, w, ctx, name)
-    if cls == "Activation":
-        check_options(cls, cfg, {"activation"})
-        act = resolve_activation(cls, "activation", cfg.get("activation"), ctx, recurrent=False)
-        return ActivationNode(name, act, resolve_dtype(cls, cfg, ctx))
-    if cls == "Embedding":
-        return _embedding(cfg, w, ctx, name)
-    if cls == "Masking":
-        check_options(cls, cfg, {"mask_value"})
-        value = cfg.get("mask_value", 0.0)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise UnsupportedLayerError(cls, "mask_value", "%r is not a number" % (value,))
-        return MaskingNode(name, value, resolve_dtype(cls, cfg, ctx))
-    if cls == "Flatten":
-        check_options(cls, cfg, {"data_format"})
-        fmt = cfg.get("data_format") or "channels_last"
-        if fmt not in ("channels_last", "channels_first"):
-            raise UnsupportedLayerError(cls, "data_format", repr(fmt))
-        return FlattenNode(name, resolve_dtype(cls, cfg, ctx), channels_first=fmt == "channels_first")
-    if cls in _IDENTITY:
-        check_options(cls, cfg, _IDENTITY[cls])
-        return IdentityNode(name, cls, resolve_dtype(cls, cfg, ctx))
-    if cls in ("Sequential", "Functional", "Model"):
-        raise UnsupportedLayerError(cls, None, "a model nested inside the model (layer %r)" % name)
-    raise UnsupportedLayerError(cls, None, "layer %r: rnnfast supports %s"
-                                % (name, ", ".join(SUPPORTED_LAYERS)))
+# -- the layers with canonical weights ------------------------------------------------------
 
 
 def _rnn_layer_options(cls, cfg):
@@ -290,17 +225,20 @@ def _rnn_layer_options(cls, cfg):
 
 
 def _cell(cls, kind, cfg, w, ctx, go_backwards):
-    """One cell's config and weights -> an RNNLayer (unidirectional)."""
-    G = {"gru": 3, "lstm": 4, "simple": 1}[kind]
+    """One cell's config and weights -> an RNNLayer (unidirectional), its CellWeights,
+    its spec (the RNNLayer's options) and its Keras bias as stored (or None)."""
+    cell = cells.get(kind)
+    G = cell.num_gates
     units = cfg.get("units")
     if not isinstance(units, int) or isinstance(units, bool) or units < 1:
         raise FormatError("%s: units must be a positive integer, got %r" % (cls, units))
     act = resolve_activation(cls, "activation", cfg.get("activation", "tanh"), ctx, recurrent=True)
     ract = None
-    if kind != "simple":
+    if cell.recurrent_activation:
         ract = resolve_activation(cls, "recurrent_activation",
                                   cfg.get("recurrent_activation", "sigmoid"), ctx, recurrent=True)
-    reset_after = bool(cfg.get("reset_after", ctx.keras_major >= 3)) if kind == "gru" else True
+    reset_after = (bool(cfg.get("reset_after", ctx.keras_major >= 3)) if cell.reset_before is not None
+                   else True)
     use_bias = bool(cfg.get("use_bias", True))
     # input size: from the kernel itself
     if w.pos >= len(w.items):
@@ -308,21 +246,22 @@ def _cell(cls, kind, cfg, w, ctx, go_backwards):
     I = np.shape(w.items[w.pos][1])[0] if np.ndim(w.items[w.pos][1]) == 2 else -1
     kernel = w.take("kernel", (I, G * units))
     rec = w.take("recurrent_kernel", (units, G * units))
-    bias = rbias = None
+    bias = rbias = b = None
     if use_bias:
-        if kind == "gru" and reset_after:
+        if cell.kernel_for(reset_after).bias_apart:          # GRU reset-after: input and recurrent rows
             b = w.take("bias", (2, G * units))
             bias, rbias = b[0], b[1]
         else:
-            bias = w.take("bias", (G * units,))
+            bias = b = w.take("bias", (G * units,))
     dtype = resolve_dtype(cls, cfg, ctx)
     weights = CellWeights(kernel, rec, bias, rbias)
     spec = dict(reset_after=reset_after, activation=act, recurrent_activation=ract or "sigmoid", dtype=dtype)
     layer = RNNLayer(kind, [weights], go_backwards=go_backwards, **spec)
-    return layer, weights, dict(spec, cell=kind)
+    keras_bias = None if b is None else np.array(b, dtype=dtype)
+    return layer, weights, dict(spec, cell=kind), keras_bias
 
 
-def _recurrent(cls, cfg, w, ctx, name, *, force_zero_output=None):
+def recurrent(cls, cfg, w, ctx, name, *, force_zero_output=None):
     """GRU / LSTM / SimpleRNN / RNN(cell) -> (RecurrentNode, [(CellWeights, spec)] per
     cell: what a Bidirectional needs to fuse two of them)."""
     opts = _rnn_layer_options(cls, cfg)
@@ -331,19 +270,20 @@ def _recurrent(cls, cfg, w, ctx, name, *, force_zero_output=None):
     resolve_dtype(cls, cfg, ctx)            # refuse unsupported policies on the layer too
     if cls in RECURRENT_CLASSES:
         check_options(cls, cfg, _RNN_LAYER_OPTIONS | _CELL_OPTIONS)
-        cells = [(cls, RECURRENT_CLASSES[cls], cfg)]
+        cell_list = [(cls, RECURRENT_CLASSES[cls], cfg)]
         stacked = False
     else:
         check_options(cls, cfg, _RNN_LAYER_OPTIONS | {"cell"})
-        cells, stacked = _rnn_cells(cfg.get("cell"))
-    layers, parts = [], []
-    for ccls, kind, ccfg in cells:
-        if ccls in _CELL_CLASSES:
+        cell_list, stacked = _rnn_cells(cfg.get("cell"))
+    layers, parts, biases = [], [], []
+    for ccls, kind, ccfg in cell_list:
+        if ccls in CELL_CLASSES:
             check_options(ccls, ccfg, _CELL_OPTIONS)
-        layer, weights, spec = _cell(ccls, kind, ccfg, w, ctx, opts["go_backwards"])
+        layer, weights, spec, keras_bias = _cell(ccls, kind, ccfg, w, ctx, opts["go_backwards"])
         layers.append(layer)
         parts.append((weights, spec))
-    return RecurrentNode(name, cls, layers, stacked=stacked, **opts), parts
+        biases.append(keras_bias)
+    return RecurrentNode(name, cls, layers, stacked=stacked, keras_biases=biases, **opts), parts
 
 
 def _rnn_cells(cell):
@@ -353,25 +293,26 @@ def _rnn_cells(cell):
     if not isinstance(cell, dict) or "class_name" not in cell:
         raise FormatError("RNN: unreadable cell config %r" % (cell,))
     ccls, ccfg = cell["class_name"], cell.get("config", {})
-    if ccls in _CELL_CLASSES:
-        return [(ccls, _CELL_CLASSES[ccls], ccfg)], False
+    if ccls in CELL_CLASSES:
+        return [(ccls, CELL_CLASSES[ccls], ccfg)], False
     if ccls == "StackedRNNCells":
         check_options(ccls, ccfg, {"cells"})
         out = []
         for c in ccfg.get("cells", []):
-            if not isinstance(c, dict) or c.get("class_name") not in _CELL_CLASSES:
+            if not isinstance(c, dict) or c.get("class_name") not in CELL_CLASSES:
                 what = c.get("class_name") if isinstance(c, dict) else c
                 raise UnsupportedLayerError("StackedRNNCells", "cells", "cell %r (supported: %s)"
-                                            % (what, ", ".join(sorted(_CELL_CLASSES))))
-            out.append((c["class_name"], _CELL_CLASSES[c["class_name"]], c.get("config", {})))
+                                            % (what, ", ".join(sorted(CELL_CLASSES))))
+            out.append((c["class_name"], CELL_CLASSES[c["class_name"]], c.get("config", {})))
         if not out:
             raise FormatError("StackedRNNCells without cells")
         return out, True
     raise UnsupportedLayerError("RNN", "cell", "cell class %r (supported: %s, StackedRNNCells)"
-                                % (ccls, ", ".join(sorted(_CELL_CLASSES))))
+                                % (ccls, ", ".join(sorted(CELL_CLASSES))))
 
 
-def _bidirectional(cfg, w, ctx, name):
+def bidirectional(cfg, w, ctx, name):
+    """Keras ``Bidirectional`` around a recurrent layer -> BidirectionalNode."""
     check_options("Bidirectional", cfg, {"layer", "backward_layer", "merge_mode"})
     merge_mode = cfg.get("merge_mode", "concat")
     if merge_mode not in ("concat", "sum", "mul", "ave", None):
@@ -393,7 +334,7 @@ def _bidirectional(cfg, w, ctx, name):
             raise UnsupportedLayerError("Bidirectional", "layer", "wrapped layer %s" % scls)
         rs = bool(scfg.get("return_sequences", False))
         # Keras sets zero_output_for_mask = return_sequences on both inner layers
-        node, p = _recurrent(scls, scfg, w, ctx, scfg.get("name", scls), force_zero_output=rs)
+        node, p = recurrent(scls, scfg, w, ctx, scfg.get("name", scls), force_zero_output=rs)
         nodes.append(node)
         parts.append(p)
     fwd, bwd = nodes
@@ -417,7 +358,8 @@ def _bidirectional(cfg, w, ctx, name):
     return BidirectionalNode(name, fwd, bwd, merge_mode, fused=fused)
 
 
-def _dense(cfg, w, ctx, name):
+def dense(cfg, w, ctx, name):
+    """Keras ``Dense`` -> DenseNode."""
     cls = "Dense"
     for opt in ("quantization_config", "lora_rank"):
         if cfg.get(opt):
@@ -439,24 +381,8 @@ def _dense(cfg, w, ctx, name):
     return DenseNode(name, dense, None if in_kernel else act)
 
 
-def _time_distributed(cfg, w, ctx, name):
-    check_options("TimeDistributed", cfg, {"layer"})
-    inner = cfg.get("layer")
-    if not isinstance(inner, dict) or "class_name" not in inner:
-        raise FormatError("TimeDistributed %r: unreadable inner layer config" % name)
-    icls, icfg = inner["class_name"], inner.get("config", {})
-    iname = icfg.get("name", icls)
-    if icls == "Dense":
-        node = _dense(icfg, w, ctx, iname)
-    elif icls == "Activation" or icls in _IDENTITY:
-        node = _convert(icls, icfg, w, ctx, iname)
-    else:
-        raise UnsupportedLayerError("TimeDistributed", "layer", "wrapped layer %s (supported: Dense, "
-                                    "Activation, dropout-like layers)" % icls)
-    return TimeDistributedNode(name, node)
-
-
-def _embedding(cfg, w, ctx, name):
+def embedding(cfg, w, ctx, name):
+    """Keras ``Embedding`` -> EmbeddingNode."""
     cls = "Embedding"
     for opt in ("quantization_config", "lora_rank"):
         if cfg.get(opt):

@@ -31,9 +31,10 @@ import zipfile
 import numpy as np
 
 from ..errors import FormatError, UnsupportedLayerError
-from . import ZIP_ERRORS, check_zip_member
-from ..model_keras import EmbeddingNode, FlattenNode, KerasModel, MaskingNode
-from .keras_convert import RECURRENT_CLASSES, SUPPORTED_LAYERS, ConvertContext, convert_layer
+from ._zip import ZIP_ERRORS, check_zip_member
+from ..model_keras import KerasModel
+from .keras_convert import ConvertContext
+from .keras_layers import RECURRENT_CLASSES, SUPPORTED_LAYERS, convert_layer, expects_weights
 
 __all__ = ["load_keras_file", "from_keras", "build_model"]
 
@@ -147,7 +148,7 @@ def _live_version(model):
 
 def _read_member(z, name, size, limit=None):
     """One member's bytes, after checking its claimed sizes (zip bombs, see
-    :func:`rnnfast.io.check_zip_member`)."""
+    :func:`rnnfast.io._zip.check_zip_member`)."""
     info = z.getinfo(name)
     try:
         check_zip_member(info, size)
@@ -388,7 +389,7 @@ class _ArchiveWeights:
                     group = layers[k]
                     break
         if group is None:
-            if _expects_weights(cls):
+            if expects_weights(cls):
                 raise FormatError("%s: no weights for layer %r in model.weights.h5" % (self.path, name))
             return []
         return [(None, a) for a in self._collect(group, cls, cfg)]
@@ -414,11 +415,6 @@ class _ArchiveWeights:
     def _part(self, g, key, spec):
         """The weights of a wrapped layer (``spec``: its serialized config)."""
         return self._collect(_sub(g, key, self.path), spec.get("class_name"), spec.get("config", {}))
-
-
-def _expects_weights(cls):
-    return cls in RECURRENT_CLASSES or cls in ("RNN", "Bidirectional", "Dense", "Embedding",
-                                               "TimeDistributed")
 
 
 def _vars_name(g):
@@ -528,7 +524,8 @@ def build_model(model_config, weights, keras_version, *, dtype=None, source=None
     name = (cfg.get("name") if isinstance(cfg, dict) else None) or cls.lower()
     model = KerasModel(steps, input_key=input_key, outputs=outputs, input_shape=shape,
                        input_dtype=in_dtype, integer_input=integer, name=name,
-                       keras_version=ctx.keras_version, source=source)
+                       keras_version=ctx.keras_version, source=source,
+                       declared_input_shape=_declared_shape(input_entry))
     _check_shapes(model)
     return model
 
@@ -556,6 +553,11 @@ def _check_shapes(model):
 #: The most values per sample a declared input shape may hold (the load-time probe
 #: allocates one sample of it).
 MAX_PROBE_VALUES = 1 << 24
+
+
+def _declared_shape(input_entry):
+    cfg = input_entry.cfg or {}
+    return cfg.get("batch_shape", cfg.get("batch_input_shape"))
 
 
 def _shape_text(shape):
@@ -782,11 +784,7 @@ def _check_masks(order, nodes, input_key, entries):
             if explicit is None or explicit != in_token:
                 raise UnsupportedLayerError(e.cls, "mask", "layer %r is given a mask rnnfast cannot "
                                             "reproduce" % e.name)
-        created = None
-        if isinstance(node, MaskingNode):
-            created = ("any_ne", e.inbound, float(node.mask_value))
-        elif isinstance(node, EmbeddingNode) and node.mask_zero:
-            created = ("ne", e.inbound, 0.0)
+        created = node.mask_token(e.inbound)
         for i, m in enumerate(node.output_masks(in_token, created)):
             tokens[(e.name, i)] = m
 
@@ -817,7 +815,7 @@ def _input_spec(input_entry, order, nodes, ctx):
         raise UnsupportedLayerError("InputLayer", "sparse" if cfg.get("sparse") else "ragged", "")
     shape = cfg.get("batch_shape", cfg.get("batch_input_shape"))
     first = nodes[order[0].name] if order else None
-    integer = isinstance(first, EmbeddingNode)
+    integer = first is not None and first.takes_ids
     dt = _policy_str(cfg.get("dtype")) or "float32"
     if shape is None:
         shape = [None, None] if integer else [None, None, None]
@@ -828,7 +826,7 @@ def _input_spec(input_entry, order, nodes, ctx):
     if not integer and len(shape) not in (2, 3):
         raise UnsupportedLayerError("InputLayer", "shape", "input of rank %d: rnnfast takes (batch, time, "
                                     "features) or (batch, features)" % len(shape))
-    if (integer or len(shape) == 3) and not any(isinstance(n, FlattenNode) for n in nodes.values()):
+    if (integer or len(shape) == 3) and not any(n.fixes_length for n in nodes.values()):
         # any sequence length runs (Keras 2 functional models and Keras 3 Sequential
         # models accept one other than the declared; only Flatten fixes it)
         shape = (shape[0], None) + shape[2:]

@@ -4,29 +4,30 @@ PyTorch stores, per layer k and direction (suffix ``_reverse`` for backward):
 ``weight_ih_l{k}`` (G*H, I), ``weight_hh_l{k}`` (G*H, Ho), ``bias_ih_l{k}`` (G*H,),
 ``bias_hh_l{k}`` (G*H,), and for an LSTM with ``proj_size`` ``weight_hr_l{k}`` (P, H).
 Gate order: GRU r, z, n; LSTM i, f, g, o; RNN one gate. Canonical (Keras) order:
-GRU z, r, h; LSTM i, f, c, o (the same as PyTorch's). Kernels are transposed to
-(I, G*H) / (Ho, G*H); the projection to (H, P).
+GRU z, r, h; LSTM i, f, c, o (the same as PyTorch's): each cell's ``torch_order`` in
+the cell registry (:mod:`rnnfast.cells`). Kernels are transposed to (I, G*H) /
+(Ho, G*H); the projection to (H, P). :func:`torch_state_dict` is the way back.
 
 It also holds the table of PyTorch element types (:data:`DTYPES`) that both file
 readers (``torch_pickle``, ``safetensors``) use to size and decode raw tensor bytes.
 """
 import numpy as np
 
+from .. import cells
 from ..layers import CellWeights
 
 __all__ = ["GATES", "cell_weights_from_torch", "torch_state_dict", "torch_mode", "to_torch_module", "DTYPES",
            "FLOAT_DTYPES", "bfloat16_to_float32", "numpy_dtype", "to_native"]
 
-#: gates per PyTorch mode
-GATES = {"GRU": 3, "LSTM": 4, "RNN_TANH": 1, "RNN_RELU": 1}
+#: gates per PyTorch mode (``torch.nn.RNNBase.mode``), from the cell registry
+GATES = {mode: c.num_gates for c in cells.CELLS.values() for mode in c.torch_modes}
 
 
-def _reorder(a, mode, axis):
-    """PyTorch gate order -> canonical along ``axis`` (only GRU differs: r,z,n -> z,r,n)."""
-    if mode != "GRU":
-        return a
-    r, z, n = np.split(a, 3, axis=axis)
-    return np.concatenate([z, r, n], axis=axis)
+def _cell(mode):
+    cell, _ = cells.by_torch_mode(mode)
+    if cell is None:
+        raise ValueError("unknown PyTorch RNN mode %r (known: %s)" % (mode, ", ".join(GATES)))
+    return cell
 
 
 def cell_weights_from_torch(mode, weight_ih, weight_hh, bias_ih=None, bias_hh=None, weight_hr=None):
@@ -40,13 +41,14 @@ def cell_weights_from_torch(mode, weight_ih, weight_hh, bias_ih=None, bias_hh=No
     bias_ih, bias_hh : array (G*H,) or None
     weight_hr : array (P, H) or None
     """
+    cell = _cell(mode)
     w_ih = np.asarray(weight_ih)
     w_hh = np.asarray(weight_hh)
     return CellWeights(
-        kernel=_reorder(w_ih, mode, 0).T,
-        recurrent_kernel=_reorder(w_hh, mode, 0).T,
-        bias=None if bias_ih is None else _reorder(np.asarray(bias_ih), mode, 0),
-        recurrent_bias=None if bias_hh is None else _reorder(np.asarray(bias_hh), mode, 0),
+        kernel=cell.from_torch(w_ih, 0).T,
+        recurrent_kernel=cell.from_torch(w_hh, 0).T,
+        bias=None if bias_ih is None else cell.from_torch(np.asarray(bias_ih), 0),
+        recurrent_bias=None if bias_hh is None else cell.from_torch(np.asarray(bias_hh), 0),
         projection=None if weight_hr is None else np.asarray(weight_hr).T,
     )
 
@@ -72,19 +74,20 @@ def torch_state_dict(layers, bias=True):
     dict of str -> ndarray
         ``weight_ih_l{k}[_reverse]`` ..., as ``torch.nn.GRU/LSTM/RNN.state_dict()`` names them.
     """
+    w_ih, w_hh, b_ih, b_hh, w_hr = cells.TORCH_TENSORS
     sd = {}
     for k, layer in enumerate(layers):
-        mode = torch_mode(layer)
+        cell = layer.cell_spec
         for d, w in enumerate(layer.cell_weights()):
             sfx = "_l%d%s" % (k, "_reverse" if d else "")
-            sd["weight_ih" + sfx] = _reorder(w.kernel.T, mode, 0)      # GRU's swap is its own inverse
-            sd["weight_hh" + sfx] = _reorder(w.recurrent_kernel.T, mode, 0)
+            sd[w_ih + sfx] = cell.to_torch(w.kernel.T, 0)
+            sd[w_hh + sfx] = cell.to_torch(w.recurrent_kernel.T, 0)
             if bias:
-                sd["bias_ih" + sfx] = _reorder(w.bias, mode, 0)
+                sd[b_ih + sfx] = cell.to_torch(w.bias, 0)
                 rb = w.recurrent_bias if w.recurrent_bias is not None else np.zeros_like(w.bias)
-                sd["bias_hh" + sfx] = _reorder(rb, mode, 0)
+                sd[b_hh + sfx] = cell.to_torch(rb, 0)
             if w.projection is not None:
-                sd["weight_hr" + sfx] = w.projection.T
+                sd[w_hr + sfx] = w.projection.T
     return {k: np.ascontiguousarray(v, dtype=layers[0].dtype) for k, v in sd.items()}
 
 
@@ -93,18 +96,17 @@ def torch_state_dict(layers, bias=True):
 
 def torch_mode(layer):
     """The PyTorch mode (``RNNBase.mode``) of the module that computes what the
-    :class:`~rnnfast.layers.RNNLayer` ``layer`` computes: "GRU" (reset-after, tanh /
-    sigmoid), "LSTM" (tanh / sigmoid), "RNN_TANH" or "RNN_RELU". Raises ValueError for a
-    layer no PyTorch module has (GRU reset-before, other activations, ``go_backwards``)."""
-    acts = (layer.activation, layer.recurrent_activation)
-    if not layer.go_backwards:
-        if layer.cell == "gru" and layer.reset_after and acts == ("tanh", "sigmoid"):
-            return "GRU"
-        if layer.cell == "lstm" and acts == ("tanh", "sigmoid"):
-            return "LSTM"
-        if layer.cell == "simple" and layer.activation in ("tanh", "relu"):
-            return "RNN_TANH" if layer.activation == "tanh" else "RNN_RELU"
-    raise ValueError("%r is not a layer PyTorch has" % (layer,))
+    :class:`~rnnfast.layers.RNNLayer` ``layer`` computes ("GRU", "LSTM", "RNN_TANH",
+    "RNN_RELU"); ValueError for a layer no PyTorch module has (GRU reset-before, other
+    activations, ``go_backwards``). The same rule as ``TorchRNN``'s."""
+    cell = layer.cell_spec
+    mode = None
+    if not layer.go_backwards and not (cell.reset_before is not None and not layer.reset_after) and not (
+            cell.recurrent_activation and layer.recurrent_activation != "sigmoid"):
+        mode = next((m for m, act in cell.torch_modes.items() if act == layer.activation), None)
+    if mode is None:
+        raise ValueError("%r is not a layer PyTorch has" % (layer,))
+    return mode
 
 
 def to_torch_module(model, *, batch_first=None, bias=None):
@@ -145,11 +147,11 @@ def to_torch_module(model, *, batch_first=None, bias=None):
     first = layers[0]
     kw = dict(num_layers=len(layers), bias=bias, batch_first=bool(batch_first),
               bidirectional=first.num_directions == 2)
-    if mode == "LSTM":
+    if first.proj_size:
         kw["proj_size"] = first.proj_size
-    if mode.startswith("RNN"):
-        kw["nonlinearity"] = "tanh" if mode == "RNN_TANH" else "relu"
-    cls = {"GRU": torch.nn.GRU, "LSTM": torch.nn.LSTM}.get(mode, torch.nn.RNN)
+    if len(first.cell_spec.torch_modes) > 1:                       # nn.RNN: its nonlinearity
+        kw["nonlinearity"] = first.activation
+    cls = getattr(torch.nn, first.cell_spec.torch_module)
     m = cls(first.input_size, first.units, **kw).to(torch.float64 if first.dtype == np.float64 else torch.float32)
     m.load_state_dict({k: torch.from_numpy(v) for k, v in torch_state_dict(layers, bias=bias).items()})
     return m.eval()

@@ -26,8 +26,11 @@ import re
 
 import numpy as np
 
+from .. import cells
 from ..errors import FormatError, UnsupportedLayerError
 from ..layers import RNNLayer
+from ..model_torch import TorchRNN
+from ._sniff import sniff
 from .safetensors import SafeTensorRecord, SafetensorsFile
 from .torch_convert import FLOAT_DTYPES, GATES, cell_weights_from_torch
 from .torch_pickle import TensorRecord, open_torch_file
@@ -36,7 +39,7 @@ __all__ = ["load_torch_file", "from_torch", "infer_architecture", "Architecture"
 
 _PARAM = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)_l(\d+)(_reverse)?$")
 _KEY = re.compile(r"^(.*?)((?:weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)_l\d+(?:_reverse)?)$")
-_CELL = {1: "RNN", 3: "GRU", 4: "LSTM"}
+_CELL = {c.num_gates: c.torch_module for c in cells.CELLS.values() if c.torch_module}
 _NONLINEARITIES = (None, "tanh", "relu")
 
 
@@ -60,7 +63,7 @@ class Architecture:
 
     @property
     def gates(self):
-        return {"RNN": 1, "GRU": 3, "LSTM": 4}[self.cell]
+        return cells.by_torch_module(self.cell).num_gates
 
     def __repr__(self):
         extra = ""
@@ -171,12 +174,11 @@ def infer_architecture(shapes, prefix=""):
 def _mode(arch, nonlinearity):
     if nonlinearity not in _NONLINEARITIES:
         raise ValueError("nonlinearity must be 'tanh' or 'relu', got %r" % (nonlinearity,))
-    if arch.cell != "RNN":
-        if nonlinearity == "relu":
-            raise ValueError("nonlinearity='relu' is an nn.RNN option; the weights are an nn.%s's"
-                             % arch.cell)
-        return arch.cell
-    return "RNN_RELU" if nonlinearity == "relu" else "RNN_TANH"
+    modes = {act: mode for mode, act in cells.by_torch_module(arch.cell).torch_modes.items()}
+    if nonlinearity not in (None,) + tuple(modes):
+        raise ValueError("nonlinearity=%r is an nn.RNN option; the weights are an nn.%s's"
+                         % (nonlinearity, arch.cell))
+    return modes[nonlinearity or "tanh"]
 
 
 def _compute_dtype(dtype, stored):
@@ -209,11 +211,8 @@ def build_torch_rnn(arch, arrays, *, nonlinearity=None, batch_first=False, dtype
     source : str, optional
         Where the weights came from (a path, or a note for a live module).
     """
-    from ..model_torch import TorchRNN
-
     mode = _mode(arch, nonlinearity)
-    cell = {"GRU": "gru", "LSTM": "lstm", "RNN": "simple"}[arch.cell]
-    act = "relu" if mode == "RNN_RELU" else "tanh"
+    cell, act = cells.by_torch_mode(mode)
     layers = []
     for k in range(arch.num_layers):
         weights = []
@@ -222,7 +221,7 @@ def build_torch_rnn(arch, arrays, *, nonlinearity=None, batch_first=False, dtype
             weights.append(cell_weights_from_torch(
                 mode, arrays["weight_ih" + sfx], arrays["weight_hh" + sfx],
                 arrays.get("bias_ih" + sfx), arrays.get("bias_hh" + sfx), arrays.get("weight_hr" + sfx)))
-        layers.append(RNNLayer(cell, weights, reset_after=True, activation=act,
+        layers.append(RNNLayer(cell.name, weights, reset_after=True, activation=act,
                                recurrent_activation="sigmoid", dtype=dtype))
     return TorchRNN(layers, batch_first=batch_first, bias=arch.bias, source=source)
 
@@ -376,8 +375,6 @@ def load_torch_file(path, *, prefix=None, nonlinearity=None, batch_first=False, 
     ValueError
         Invalid options.
     """
-    from . import sniff
-
     if nonlinearity not in _NONLINEARITIES:
         raise ValueError("nonlinearity must be 'tanh' or 'relu', got %r" % (nonlinearity,))
     batch_first = _flag(batch_first, "batch_first")
@@ -461,7 +458,7 @@ def from_torch(module, *, dtype=None):
                 arch.bias, arch.proj_size)
     if declared != inferred:
         raise FormatError("the module's weights describe %r but the module says %s" % (arch, declared))
-    nonlinearity = "relu" if module.mode == "RNN_RELU" else None
+    nonlinearity = cells.by_torch_mode(module.mode)[1]
     dt = _compute_dtype(dtype, [str(a.dtype) for a in arrays.values()])
     return build_torch_rnn(arch, arrays, nonlinearity=nonlinearity, batch_first=bool(module.batch_first),
                            dtype=dt, source="live torch.nn.%s" % type(module).__name__)

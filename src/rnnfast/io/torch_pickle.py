@@ -37,7 +37,8 @@ from collections import OrderedDict
 import numpy as np
 
 from ..errors import FormatError
-from . import ZIP_ERRORS, check_zip_member
+from ._sniff import sniff
+from ._zip import ZIP_ERRORS, check_zip_member
 from .torch_convert import DTYPES, numpy_dtype, to_native
 
 __all__ = ["TensorRecord", "RestrictedUnpickler", "open_torch_file", "ZipArchive", "LegacyArchive",
@@ -561,8 +562,6 @@ def open_torch_file(path, kind=None):
         :class:`TensorRecord` leaves, ``.array(record)`` reads one tensor.
     """
     if kind is None:
-        from . import sniff
-
         kind = sniff(path)
     if kind == "zip":
         return ZipArchive(path)

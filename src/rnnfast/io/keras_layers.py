@@ -1,0 +1,339 @@
+"""The Keras layer registry: one entry per Keras layer class (:data:`LAYERS`).
+
+An entry (:class:`KerasLayer`) says everything rnnfast knows about a class: how its
+config and weights become a model node (``convert``), whether a file holds weights
+for it (``weights``), how Keras counts its parameters (``params``, what
+``layer.count_params()`` gives), its row in ``model.summary()`` / ``rnnfast info``
+(``row``), and whether ``TimeDistributed`` may wrap it (``per_step``). The loaders
+(:mod:`rnnfast.io.keras_file`) and the summaries read it; every field but
+``per_step`` must be given, so an entry cannot forget its summary row or its count.
+
+:func:`convert_layer` converts one layer through its entry and leaves on the node
+what the model reports without the registry: ``node.summary_row`` ``(type, units,
+options)`` and ``node.num_params``.
+
+Adding a Keras layer: the walk
+------------------------------
+A layer without weights touches two source files (``GlobalMaxPooling1D`` and
+``GlobalAveragePooling1D`` came in so: ``GlobalPoolingNode`` in model_keras.py, the
+``_global_pooling`` converter and two entries here):
+
+1. ``src/rnnfast/model_keras.py``: its node, a ``_Node`` subclass whose ``run(x, mask,
+   num_threads)`` computes the layer on the time-major input (and ``describe()`` for
+   the repr, ``mask_rule`` for the mask it passes on);
+2. ``src/rnnfast/io/keras_layers.py`` (this file): a converter (options checked with
+   :func:`~rnnfast.io.keras_convert.check_options`, dtype with
+   :func:`~rnnfast.io.keras_convert.resolve_dtype`) and one ``KerasLayer`` entry in
+   :data:`LAYERS` with its summary row and ``params=_no_params``.
+
+A layer with weights adds its canonical op to ``layers.py`` when the op is new (a
+third file), ``weights=True`` and a ``params`` function here; its weights come in
+Keras' order through :class:`~rnnfast.io.keras_convert.WeightList`.
+"""
+from dataclasses import dataclass
+from typing import Callable
+
+from ..errors import FormatError, UnsupportedLayerError
+from ..model_keras import (ActivationNode, FlattenNode, GlobalPoolingNode, IdentityNode, MaskingNode,
+                           TimeDistributedNode)
+from .keras_convert import (RECURRENT_CLASSES, WeightList, bidirectional, check_options,
+                            dense, embedding, recurrent, resolve_activation, resolve_dtype)
+
+__all__ = ["KerasLayer", "LAYERS", "SUPPORTED_LAYERS", "RECURRENT_CLASSES", "convert_layer",
+           "expects_weights"]
+
+
+@dataclass(frozen=True)
+class KerasLayer:
+    """One Keras layer class (see the module docstring).
+
+    Attributes
+    ----------
+    name : str
+        The Keras ``class_name``.
+    convert : callable
+        ``convert(cfg, weights, ctx, name)`` -> a node of :mod:`rnnfast.model_keras`;
+        ``weights`` is a :class:`~rnnfast.io.keras_convert.WeightList` to take from in
+        Keras' order, ``ctx`` a :class:`~rnnfast.io.keras_convert.ConvertContext`.
+    weights : bool
+        A saved model holds weights for the layer (a ``.keras`` archive without them is
+        damaged).
+    params : callable
+        ``params(node)`` -> int, the layer's parameters as Keras counts them.
+    row : callable
+        ``row(node)`` -> ``(type, units, options)``, three strings: the layer's row of
+        the summary table.
+    per_step : bool
+        The layer acts on each step alone, so ``TimeDistributed`` may wrap it.
+    """
+
+    name: str
+    convert: Callable
+    weights: bool
+    params: Callable
+    row: Callable
+    per_step: bool = False
+
+
+# -- parameter counts, as Keras counts them -----------------------------------------------
+
+
+def _no_params(node):
+    return 0
+
+
+def _recurrent_params(node):
+    # what the source gave: kernel, recurrent kernel and biases (GRU reset-after: two rows)
+    return sum(layer.source_parameters for layer in node.rnn_layers)
+
+
+def _dense_params(node):
+    d = node.dense
+    return int(d.kernel.size + (d.bias.size if d.bias is not None else 0))
+
+
+def _embedding_params(node):
+    return int(node.table.size)
+
+
+def _inner_params(node):
+    return LAYERS[node.inner.keras_class].params(node.inner)
+
+
+# -- summary rows ------------------------------------------------------------------------------
+
+
+def _cell_options(layer):
+    opts = []
+    if layer.cell_spec.reset_before is not None and not layer.reset_after:
+        opts.append("reset_after=False")
+    if layer.activation not in ("tanh", None):
+        opts.append("activation=%s" % layer.activation)
+    if layer.recurrent_activation not in (None, "sigmoid"):
+        opts.append("recurrent_activation=%s" % layer.recurrent_activation)
+    if layer.proj_size:
+        opts.append("proj_size=%d" % layer.proj_size)
+    return opts
+
+
+def _recurrent_row(node):
+    layers = node.rnn_layers
+    kind = node.keras_class
+    if kind == "RNN":
+        kind = "RNN(%s)" % "+".join(layer.cell_spec.keras_cell for layer in layers)
+    units = ",".join(str(layer.units) for layer in layers)
+    opts = [o for o in ("return_sequences", "return_state", "go_backwards", "zero_output_for_mask")
+            if getattr(node, o, False)]
+    if len(layers) == 1:
+        opts += _cell_options(layers[0])
+    else:
+        opts += ["cell %d: %s" % (i, o) for i, layer in enumerate(layers) for o in _cell_options(layer)]
+    return kind, units, ", ".join(opts)
+
+
+def _bidirectional_row(node):
+    fwd = node.forward_node
+    _, units, inner = _recurrent_row(fwd)
+    # Keras itself sets zero_output_for_mask inside Bidirectional: not worth a word
+    opts = [o for o in inner.split(", ") if o and o != "zero_output_for_mask"]
+    if node.merge_mode != "concat":
+        opts.append("merge_mode=%s" % node.merge_mode)
+    if node.fused is None:
+        bwd = node.backward_node
+        opts.append("backward_layer=%s(%s)" % (bwd.keras_class, _recurrent_row(bwd)[1]))
+    return "Bidirectional(%s)" % fwd.keras_class, "2x%s" % units, ", ".join(opts)
+
+
+def _time_distributed_row(node):
+    kind, units, opts = LAYERS[node.inner.keras_class].row(node.inner)
+    return "TimeDistributed(%s)" % kind, units, opts
+
+
+def _dense_row(node):
+    opts = []
+    act = node.activation or node.dense.activation
+    if act != "linear":
+        opts.append("activation=%s" % act)
+    if node.dense.bias is None:
+        opts.append("use_bias=False")
+    return "Dense", str(node.dense.kernel.shape[1]), ", ".join(opts)
+
+
+def _embedding_row(node):
+    opts = ["input_dim=%d" % node.table.shape[0]]
+    if node.mask_zero:
+        opts.append("mask_zero=True")
+    return "Embedding", str(node.table.shape[1]), ", ".join(opts)
+
+
+def _masking_row(node):
+    return "Masking", "", "mask_value=%g" % node.mask_value
+
+
+def _activation_row(node):
+    return node.keras_class, "", "activation=%s" % node.activation
+
+
+def _plain_row(node):
+    return node.keras_class, "", ""
+
+
+def _pooling_row(node):
+    return node.keras_class, "", "keepdims=True" if node.keepdims else ""
+
+
+# -- converters of the layers without canonical weights --------------------------------------
+
+
+def _activation(cfg, w, ctx, name):
+    check_options("Activation", cfg, {"activation"})
+    act = resolve_activation("Activation", "activation", cfg.get("activation"), ctx, recurrent=False)
+    return ActivationNode(name, act, resolve_dtype("Activation", cfg, ctx))
+
+
+def _masking(cfg, w, ctx, name):
+    check_options("Masking", cfg, {"mask_value"})
+    value = cfg.get("mask_value", 0.0)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UnsupportedLayerError("Masking", "mask_value", "%r is not a number" % (value,))
+    return MaskingNode(name, value, resolve_dtype("Masking", cfg, ctx))
+
+
+def _flatten(cfg, w, ctx, name):
+    check_options("Flatten", cfg, {"data_format"})
+    fmt = cfg.get("data_format") or "channels_last"
+    if fmt not in ("channels_last", "channels_first"):
+        raise UnsupportedLayerError("Flatten", "data_format", repr(fmt))
+    return FlattenNode(name, resolve_dtype("Flatten", cfg, ctx), channels_first=fmt == "channels_first")
+
+
+def _identity(cls, options):
+    """The converter of a layer that is the identity at inference (``options``: the
+    ones it may carry)."""
+    def convert(cfg, w, ctx, name):
+        check_options(cls, cfg, options)
+        return IdentityNode(name, cls, resolve_dtype(cls, cfg, ctx))
+    return convert
+
+
+def _global_pooling(cls, reduce):
+    """The converter of ``GlobalMaxPooling1D`` / ``GlobalAveragePooling1D``."""
+    def convert(cfg, w, ctx, name):
+        check_options(cls, cfg, {"data_format", "keepdims"})
+        fmt = cfg.get("data_format") or "channels_last"
+        if fmt != "channels_last":
+            raise UnsupportedLayerError(cls, "data_format", "%r (rnnfast pools channels_last "
+                                        "sequences (batch, steps, features))" % (fmt,))
+        return GlobalPoolingNode(name, cls, reduce, resolve_dtype(cls, cfg, ctx),
+                                 keepdims=bool(cfg.get("keepdims", False)))
+    return convert
+
+
+def _recurrent(cls):
+    def convert(cfg, w, ctx, name):
+        return recurrent(cls, cfg, w, ctx, name)[0]
+    return convert
+
+
+def _time_distributed(cfg, w, ctx, name):
+    check_options("TimeDistributed", cfg, {"layer"})
+    inner = cfg.get("layer")
+    if not isinstance(inner, dict) or "class_name" not in inner:
+        raise FormatError("TimeDistributed %r: unreadable inner layer config" % name)
+    icls, icfg = inner["class_name"], inner.get("config", {})
+    entry = LAYERS.get(icls)
+    if entry is None or not entry.per_step:
+        raise UnsupportedLayerError("TimeDistributed", "layer", "wrapped layer %s (supported: %s)"
+                                    % (icls, ", ".join(n for n, e in LAYERS.items() if e.per_step)))
+    return TimeDistributedNode(name, _convert(entry, icfg, w, ctx, icfg.get("name", icls)))
+
+
+# -- the table ---------------------------------------------------------------------------------
+
+
+def _entries():
+    out = [KerasLayer(cls, _recurrent(cls), weights=True, params=_recurrent_params, row=_recurrent_row)
+           for cls in list(RECURRENT_CLASSES) + ["RNN"]]
+    out += [
+        KerasLayer("Bidirectional", bidirectional, weights=True, params=_recurrent_params,
+                   row=_bidirectional_row),
+        KerasLayer("Dense", dense, weights=True, params=_dense_params, row=_dense_row, per_step=True),
+        KerasLayer("TimeDistributed", _time_distributed, weights=True, params=_inner_params,
+                   row=_time_distributed_row),
+        KerasLayer("Embedding", embedding, weights=True, params=_embedding_params, row=_embedding_row),
+        KerasLayer("Activation", _activation, weights=False, params=_no_params, row=_activation_row,
+                   per_step=True),
+        KerasLayer("Masking", _masking, weights=False, params=_no_params, row=_masking_row),
+        KerasLayer("Flatten", _flatten, weights=False, params=_no_params, row=_plain_row),
+        KerasLayer("GlobalMaxPooling1D", _global_pooling("GlobalMaxPooling1D", "max"), weights=False,
+                   params=_no_params, row=_pooling_row),
+        KerasLayer("GlobalAveragePooling1D", _global_pooling("GlobalAveragePooling1D", "mean"),
+                   weights=False, params=_no_params, row=_pooling_row),
+    ]
+    # the identity at inference (options they may carry)
+    identity = {"Dropout": {"rate", "noise_shape", "seed"},
+                "SpatialDropout1D": {"rate", "noise_shape", "seed"},
+                "GaussianNoise": {"stddev", "seed"},
+                "GaussianDropout": {"rate", "seed"},
+                "AlphaDropout": {"rate", "noise_shape", "seed"},
+                "ActivityRegularization": {"l1", "l2"},
+                "Identity": set()}
+    out += [KerasLayer(cls, _identity(cls, opts), weights=False, params=_no_params, row=_plain_row,
+                       per_step=True) for cls, opts in identity.items()]
+    return out
+
+
+#: Keras class name -> its :class:`KerasLayer`.
+LAYERS = {e.name: e for e in _entries()}
+#: Every class a model may hold (``InputLayer`` is read by the loader itself).
+SUPPORTED_LAYERS = sorted(set(LAYERS) | {"InputLayer"})
+
+
+def expects_weights(cls):
+    """Whether a saved model holds weights for a layer of class ``cls``."""
+    entry = LAYERS.get(cls)
+    return entry is not None and entry.weights
+
+
+def _convert(entry, cfg, w, ctx, name):
+    node = entry.convert(cfg, w, ctx, name)
+    node.summary_row = tuple(entry.row(node))
+    node.num_params = int(entry.params(node))
+    return node
+
+
+def convert_layer(cls, cfg, weights, ctx):
+    """Convert one Keras layer through its registry entry.
+
+    Parameters
+    ----------
+    cls : str
+        The Keras ``class_name``.
+    cfg : dict
+        The layer's ``config``.
+    weights : list of (str or None, ndarray)
+        Its weights in Keras order.
+    ctx : ConvertContext
+
+    Returns
+    -------
+    A node of :mod:`rnnfast.model_keras`, with ``summary_row`` and ``num_params`` set.
+
+    Raises
+    ------
+    UnsupportedLayerError
+        A class not in :data:`LAYERS`, or an option rnnfast cannot honour.
+    FormatError
+        Weights that do not fit the config.
+    """
+    name = cfg.get("name", cls)
+    entry = LAYERS.get(cls)
+    if entry is None:
+        if cls in ("Sequential", "Functional", "Model"):
+            raise UnsupportedLayerError(cls, None, "a model nested inside the model (layer %r)" % name)
+        raise UnsupportedLayerError(cls, None, "layer %r: rnnfast supports %s"
+                                    % (name, ", ".join(SUPPORTED_LAYERS)))
+    w = WeightList(name, weights)
+    node = _convert(entry, cfg, w, ctx, name)
+    w.done()
+    return node
