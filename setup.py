@@ -3,7 +3,7 @@
 OpenMP is probed by compiling a tiny program; when the compiler has none (or
 ``RNNFAST_NO_OPENMP=1`` is set) the same sources build serial. No
 ``-march=native`` and no fast-math: the element-wise kernels carry their own
-AVX2 / AVX-512 clones chosen at run time (see ``_cellmath.h``). ``RNNFAST_NATIVE=1``
+AVX2 / AVX-512 versions chosen at run time (see ``src/rnnfast/c/isa.h``). ``RNNFAST_NATIVE=1``
 opts in to ``-march=native`` for a machine-specific build. The binary carries no debug
 info or symbols unless ``RNNFAST_DEBUG=1`` (or a ``-g`` in ``CFLAGS``) asks for them.
 """
@@ -109,8 +109,10 @@ def extensions():
             "rnnfast._kernels",
             ["src/rnnfast/_kernels.pyx"],
             include_dirs=["src/rnnfast"],
-            # the C headers it includes: a change to one alone must rebuild it too
-            depends=sorted(glob.glob("src/rnnfast/*.h")),
+            # the C core (c/**: headers and templates) and the module's .pxd: a change
+            # to one alone must rebuild it too
+            depends=sorted(glob.glob("src/rnnfast/c/**/*.h", recursive=True))
+            + ["src/rnnfast/_kernels.pxd"],
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         ),
     ]

@@ -24,7 +24,6 @@ os.environ.setdefault("KERAS_BACKEND", "torch")
 #: decorator there would only make merge conflicts): after the merge, move each into its
 #: module as ``@pytest.mark.slow`` and empty this list. Seconds measured on 2 busy cores.
 SLOW_ELSEWHERE = [
-    "tests/test_isa.py::test_engine_under_lower_isa[*",  # the engine grid again per ISA: 150 s
     "tests/test_concurrency_leaks.py::test_scratch_memory_does_not_grow_with_the_sequence",  # 45 s
     "tests/test_concurrency_leaks.py::test_rss_flat_over_100000_calls_and_repeated_loads",  # 27 s
     "tests/test_concurrency_leaks.py::test_eight_threads_thousand_calls_torch*",

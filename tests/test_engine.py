@@ -385,7 +385,7 @@ def test_blocked_path(variant, H, B, T, direction, dtype):
     c0 = rng.standard_normal((D, B, H)) if layer.cell == "lstm" else None
     want = reference(variant, ws, direction, x, h0=h0, c0=c0)
     base = layer.forward(x, h0, c0, num_threads=1, chunk_steps=64)
-    check(base, want, dtype, "split")
+    check(base, want, dtype, "blocked")
     for n in (2, 3):
         got = layer.forward(x, h0, c0, num_threads=n, chunk_steps=64)
         for g, b in zip(got, base):
@@ -416,7 +416,7 @@ def test_blocked_path_masks(variant, how):
     np.testing.assert_array_equal(out_seq[1], last[1])
 
 
-# -- the packed per-step product (_packgemm.h) ------------------------------------------
+# -- the packed per-step product (c/packgemm.template.h) ---------------------------------
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -29,7 +29,8 @@ from typing import Optional
 
 import numpy as np
 
-from . import _kernels, cells
+from . import _kernels, _plan, cells
+from ._plan import BATCH_FIRST_MIN_ROWS
 from ._threads import blas_single_threaded, resolve_num_threads
 from ._validation import as_input, as_lengths, as_mask, as_numeric, as_state, compute_dtype, integer_option
 from ._validation import weight as _checked
@@ -37,48 +38,14 @@ from ._validation import weight as _checked
 __all__ = ["ACTIVATIONS", "CellWeights", "RNNLayer", "Dense", "merge_directions", "apply_activation",
            "softmax"]
 
-#: Activation names the recurrent kernels run, and their codes in _cellmath.h.
-#: ``hard_sigmoid`` is Keras 3's ``relu6(x + 3) / 6``; ``hard_sigmoid_keras2`` is
-#: Keras 2 / tf.keras' ``clip(0.2 x + 0.5, 0, 1)``.
-ACTIVATIONS = {
-    "linear": 0,
-    "tanh": 1,
-    "sigmoid": 2,
-    "hard_sigmoid": 3,
-    "hard_sigmoid_keras2": 4,
-    "relu": 5,
-    "softsign": 6,
-    "softplus": 7,
-    "elu": 8,
-    "selu": 9,
-    "exponential": 10,
-}
+#: Activation names the recurrent kernels run, and their codes: the RNN_ACT_* enum of
+#: the C core (c/enums.h), named by it (RNN_ACT_HARD_SIGMOID_KERAS2 ->
+#: "hard_sigmoid_keras2"). ``hard_sigmoid`` is Keras 3's ``relu6(x + 3) / 6``;
+#: ``hard_sigmoid_keras2`` is Keras 2 / tf.keras' ``clip(0.2 x + 0.5, 0, 1)``.
+ACTIVATIONS = {m.name[len("RNN_ACT_"):].lower(): int(m)
+               for m in sorted(_kernels.rnn_activation, key=int) if m != _kernels.RNN_ACT_COUNT}
 
 _MERGE_MODES = ("concat", "sum", "mul", "ave", None)
-#: Elements of the input projection buffer per chunk (all directions), at most; bounds
-#: the kernel's scratch memory independently of the sequence length.
-CHUNK_ELEMENTS = 1 << 21
-#: ... and the target on the blocked path: about 1 MB, so that a chunk's projection
-#: is still in the core's cache when its steps read it (at least one step). On one
-#: thread, LSTM B=64 H=256: 65 ms against 72 ms with 8 MB chunks; GRU B=256 H=256:
-#: 198 ms with 1-step chunks against 218 ms with 4. The item path keeps
-#: CHUNK_ELEMENTS: it starts two parallel regions per chunk.
-CHUNK_ELEMENTS_CACHED = 1 << 18
-#: Batch-major input (``batch_first``) below this many rows (but more than one) is
-#: transposed instead: the kernel projects a batch-major step's rows together, and
-#: the projection's register tile has 6 rows.
-BATCH_FIRST_MIN_ROWS = 6
-#: Units per column block, at least, and the most blocks: GRU (reset-after), LSTM
-#: without projection and SimpleRNN lay their gate columns out in unit blocks so that
-#: a small batch can split each step across threads (see _kernels.pyx).
-UNIT_BLOCK = 64
-MAX_UNIT_BLOCKS = 8
-#: The blocked path synchronises its threads once per step: a step with less work
-#: than this many flops per thread uses fewer threads (the tasks, and so the results,
-#: are the same whatever the team size). With the spinning barrier, two threads pay
-#: off down to small steps: GRU H=128 B=1 T=1000 (98 kflop a step) 3.4 -> 2.1 ms,
-#: LSTM H=128 4.4 -> 2.7 ms; at T=100 it is even.
-MIN_STEP_FLOPS_PER_THREAD = 40_000
 
 
 def _activation_code(name, what):
@@ -253,10 +220,8 @@ class RNNLayer:
         self.output_size = Ho
         self.num_directions = len(weights)
         W, U, bx = np.stack(Ws), np.stack(Us), np.stack(bxs)
-        self._ncb = 1
         plain = self._kernel.packed and proj is None
-        if plain:
-            self._ncb = max(1, min(MAX_UNIT_BLOCKS, H // UNIT_BLOCK))
+        self._ncb = _plan.unit_blocks(H, plain)
         if self._ncb > 1:
             perm = _unit_block_order(H, G, self._ncb)
             W, U, bx = W[:, :, perm], U[:, :, perm], bx[:, perm]
@@ -346,8 +311,8 @@ class RNNLayer:
             counted from it, at most 4 per CPU of the machine).
         chunk_steps : int, optional
             Steps per input-projection chunk (default: bounded by
-            :data:`CHUNK_ELEMENTS` and :data:`CHUNK_ELEMENTS_CACHED`; taken into
-            [1, T]). A tuning and testing knob; results do not depend on it.
+            :data:`rnnfast._plan.CHUNK_ELEMENTS` and ``CHUNK_ELEMENTS_CACHED``). A
+            tuning and testing knob; results do not depend on it.
         batch_first : bool
             ``x`` and the output sequence are batch-major. The kernel reads and writes
             that layout itself, with no transposed copies; the results are the
@@ -398,26 +363,17 @@ class RNNLayer:
         out = None
         if return_sequences:
             out = _empty_lines((B, T, D * Ho) if batch_first else (T, B, D * Ho), dt)
-        GH = self._W.shape[2]
-        nt = resolve_num_threads(num_threads)
         o2 = out.reshape(T * B, D * Ho) if out is not None else np.zeros((0, 0), dt)
-        # the blocked path (unit blocks as parallel tasks) wherever the layout has them
-        split = self._ncb > 1
-        if chunk_steps is None:
-            step = max(1, B * D * GH)
-            chunk_steps = max(1, CHUNK_ELEMENTS // step)
-            if split:
-                chunk_steps = min(chunk_steps, max(1, CHUNK_ELEMENTS_CACHED // step))
-        if split:
-            step_flops = 2 * B * Ho * GH * D
-            nt = max(1, min(nt, step_flops // MIN_STEP_FLOPS_PER_THREAD))
+        plan = _plan.plan(B=B, D=D, Ho=Ho, GH=self._W.shape[2], ncb=self._ncb,
+                          num_threads=resolve_num_threads(num_threads), chunk=chunk_steps, T=T)
         # BLAS is held to one thread only when this layer calls it (_threads)
         with (blas_single_threaded() if self._uses_blas else contextlib.nullcontext()):
-            _kernels.rnn_forward(self._kernel_cell, self._act, self._ract, x.reshape(T * B, I), T, B,
-                                 bool(batch_first),
-                                 self._W, self._Wp, self._bx, self._U, self._Up, self._bhn, self._Wr, m,
-                                 bool(zero_output_for_mask), self.go_backwards, o2, h, c,
-                                 self._ncb, split, int(chunk_steps), nt)
+            _kernels.rnn_forward(self._kernel.code, self._act, self._ract,
+                                 x.reshape(T * B, I), T, B, self._W, self._Wp, self._bx, self._U,
+                                 self._Up, self._bhn, self._Wr, m, o2, h, c,
+                                 batch_first=bool(batch_first),
+                                 zero_output=bool(zero_output_for_mask),
+                                 reverse_first=self.go_backwards, plan=plan)
         return out, h, (c if with_c else None)
 
     __call__ = forward
