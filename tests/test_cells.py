@@ -13,8 +13,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import TOL, assert_close, random_weights
-from torch_testing import make_module, torch_one_thread, torch_run  # noqa: F401  (fixture)
+from _testing import TOL, assert_close, make_module, random_weights, torch_run
 
 import torch  # noqa: E402
 
@@ -25,7 +24,6 @@ from rnnfast.io.torch_convert import GATES, cell_weights_from_torch, torch_state
 from rnnfast.layers import RNNLayer  # noqa: E402
 
 SRC = os.path.dirname(rnnfast.__file__)
-pytestmark = pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
 
 
 def test_cells_agree_with_the_core():
