@@ -462,3 +462,26 @@ def devzero_keras_h5(units=8000, target="/dev/zero"):
         cell.create_dataset("recurrent_kernel", shape=(units, 3 * units), dtype="f4",
                             external=[(target, 0, units * 3 * units * 4)])
     return bio.getvalue()
+
+
+def h5_gzip_big(units=2000, density=0.006):
+    """A whole-model Keras 3 HDF5 file of a GRU with ``units`` units whose weights (zeros
+    but a ``density`` fraction) are gzip-compressed datasets: a small file whose
+    weights inflate about 90 times (0.006) or 9 times (0.06)."""
+    import h5py
+
+    bio = io.BytesIO(read(seed_path("keras3h5")))
+    with h5py.File(bio, "r+") as f:
+        cfg = json.loads(f.attrs["model_config"])
+        gru = next(l for l in cfg["config"]["layers"] if l["class_name"] == "GRU")
+        gru["config"]["units"] = units
+        f.attrs["model_config"] = json.dumps(cfg)
+        cell = f["model_weights/gru/sequential/gru/gru_cell"]
+        n_in = cell["kernel"].shape[0]
+        rng = np.random.default_rng(0)
+        for k, shape in (("kernel", (n_in, 3 * units)), ("recurrent_kernel", (units, 3 * units)),
+                         ("bias", (2, 3 * units))):
+            del cell[k]
+            a = np.where(rng.random(shape) < density, rng.standard_normal(shape), 0).astype(np.float32)
+            cell.create_dataset(k, data=a, compression="gzip", chunks=True)
+    return bio.getvalue()

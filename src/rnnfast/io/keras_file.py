@@ -19,6 +19,7 @@ no tensor feeds two layers; a layer with several outputs (``return_state``) may 
 the model's outputs. The rest (merges, branches, shared or nested models, custom
 layers) is refused with :class:`~rnnfast.UnsupportedLayerError`.
 """
+import functools
 import io
 import json
 import mmap
@@ -109,6 +110,9 @@ MAX_H5_OBJECTS = 16384
 MAX_H5_DEPTH = 64
 #: Deepest nesting of lists and dicts in a model config (Keras writes about 12).
 MAX_CONFIG_DEPTH = 100
+#: Most layers in a model config (each costs up to a millisecond to load; a chain of
+#: recurrent layers has a handful).
+MAX_LAYERS = 10000
 
 
 def from_keras(model, dtype=None, **options):
@@ -169,7 +173,60 @@ def _read_member(z, name, size, limit=None):
             raise FormatError("%s holds %d bytes (at most %d)" % (name, info.file_size, limit))
     except FormatError as e:
         raise FormatError("%s: %s" % (z.filename, e)) from None
-    return z.read(info)
+    # read in chunks into one buffer of the declared size (ZipFile.read joins the
+    # inflated pieces, holding about three times the member at its peak); the CRC is
+    # checked by the reader at the end of the member
+    out = bytearray(info.file_size)
+    view = memoryview(out)
+    pos = 0
+    with z.open(info) as f:
+        while True:
+            chunk = f.read(min(1 << 20, info.file_size - pos) or 1)
+            if not chunk:
+                break
+            if pos + len(chunk) > info.file_size:
+                raise FormatError("%s: %s holds more than the %d bytes it declares" % (z.filename, name,
+                                                                                      info.file_size))
+            view[pos:pos + len(chunk)] = chunk
+            pos += len(chunk)
+    if pos != info.file_size:
+        raise FormatError("%s: %s holds %d bytes, not the %d it declares" % (z.filename, name, pos,
+                                                                             info.file_size))
+    return out
+
+
+class _Image(io.RawIOBase):
+    """A read-only file over a buffer, for h5py, without copying it (``io.BytesIO``
+    copies anything but ``bytes``)."""
+
+    def __init__(self, buf):
+        super().__init__()
+        self._buf = memoryview(buf).cast("B")
+        self._pos = 0
+
+    def readable(self):
+        return True
+
+    def seekable(self):
+        return True
+
+    def readinto(self, b):
+        n = max(0, min(len(b), len(self._buf) - self._pos))
+        memoryview(b).cast("B")[:n] = self._buf[self._pos:self._pos + n]
+        self._pos += n
+        return n
+
+    def seek(self, pos, whence=0):
+        base = {0: 0, 1: self._pos, 2: len(self._buf)}[whence]
+        self._pos = max(0, base + pos)
+        return self._pos
+
+    def tell(self):
+        return self._pos
+
+    def close(self):
+        self._buf.release()
+        super().close()
 
 
 def _load_archive(path, dtype):
@@ -202,7 +259,7 @@ def _load_archive(path, dtype):
         raise FormatError("%s: metadata.json has no keras_version" % path)
     check_global_heaps(blob, "%s: model.weights.h5" % path)
     try:
-        f = h5py.File(io.BytesIO(blob), "r")        # (BytesIO shares the bytes: no copy)
+        f = h5py.File(_Image(blob), "r")
     except OSError as e:
         raise FormatError("%s: model.weights.h5 is not a readable HDF5 file (%s)" % (path, e)) from None
     del blob
@@ -402,6 +459,8 @@ class _Tree:
     def resolve(self, base, rel):
         """The absolute path of ``rel`` (relative to group ``base``, or absolute), as
         HDF5 resolves it: empty and "." components dropped."""
+        if "/" not in rel and rel not in ("", "."):
+            return (base if base != "/" else "") + "/" + rel
         parts = ([] if rel.startswith("/") else base.split("/")) + rel.split("/")
         return "/" + "/".join(p for p in parts if p not in ("", "."))
 
@@ -484,32 +543,36 @@ def _printable(text):
 
 def _json(raw, path, what):
     try:
-        doc = json.loads(_str(raw))
+        doc = json.loads(_str(raw))     # (the C parser refuses deep nesting with RecursionError)
     except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise FormatError("%s: %s is not valid JSON (%s)" % (path, what, e)) from None
-    if _depth(doc, MAX_CONFIG_DEPTH) > MAX_CONFIG_DEPTH:
+    depth = json_depth(doc, MAX_CONFIG_DEPTH)
+    if depth > MAX_CONFIG_DEPTH:
+        # the config walkers recurse on the result
         raise FormatError("%s: %s nests lists and objects more than %d levels deep (a Keras config nests "
                           "about 12)" % (path, what, MAX_CONFIG_DEPTH))
     return doc
 
 
-def _depth(obj, limit):
-    """How deep ``obj`` (parsed JSON) nests lists and dicts, counted without recursion
-    and only up to ``limit + 1`` (the config walkers recurse on it)."""
-    deepest, stack = 0, [(obj, 1)]
-    while stack:
-        o, d = stack.pop()
-        if isinstance(o, (dict, list)):
-            if d > deepest:
-                deepest = d
-                if d > limit:
-                    return d
-            stack.extend((v, d + 1) for v in (o.values() if isinstance(o, dict) else o))
-    return deepest
+def json_depth(doc, limit):
+    """How deep parsed JSON nests lists and dicts: counted level by level, without
+    recursion, and only up to ``limit + 1``."""
+    level, depth, containers = [doc], 0, (dict, list)
+    while True:
+        level = [o for o in level if type(o) in containers]
+        if not level:
+            return depth
+        depth += 1
+        if depth > limit:
+            return depth
+        nxt = []
+        for o in level:
+            nxt.extend(o.values() if type(o) is dict else o)
+        level = nxt
 
 
 def _str(v):
-    if isinstance(v, bytes):
+    if isinstance(v, (bytes, bytearray)):
         return v.decode("utf-8")
     if isinstance(v, np.ndarray) and v.shape == ():
         return _str(v.item())
@@ -589,6 +652,7 @@ class _Stored:
         return a if dtype is None else a.astype(dtype, copy=False)
 
 
+@functools.lru_cache(maxsize=1024)
 def _snake(name):
     """Keras' snake_case of a class name (the .keras archive names sub-objects so):
     GRU -> gru, SimpleRNNCell -> simple_rnn_cell, SpatialDropout1D -> spatial_dropout1d."""
@@ -741,6 +805,9 @@ def build_model(model_config, weights, keras_version, *, dtype=None, source=None
         raise FormatError("the model config is not a JSON object")
     cls = model_config.get("class_name")
     cfg = model_config.get("config")
+    layers = cfg if isinstance(cfg, list) else cfg.get("layers") if isinstance(cfg, dict) else None
+    if isinstance(layers, list) and len(layers) > MAX_LAYERS:
+        raise FormatError("the model has %d layers (rnnfast loads at most %d)" % (len(layers), MAX_LAYERS))
     if cls == "Sequential":
         entries, input_entry, chain_outputs = _sequential(cfg)
     elif cls in ("Functional", "Model"):

@@ -72,19 +72,21 @@ def _unique_keys(pairs):
     return out
 
 
-def json_depth(obj, limit):
-    """How deep ``obj`` (parsed JSON) nests lists and dicts, counted without recursion
-    and only up to ``limit + 1``."""
-    deepest, stack = 0, [(obj, 1)]
-    while stack:
-        o, d = stack.pop()
-        if isinstance(o, (dict, list)):
-            if d > deepest:
-                deepest = d
-                if d > limit:
-                    return d
-            stack.extend((v, d + 1) for v in (o.values() if isinstance(o, dict) else o))
-    return deepest
+def json_depth(doc, limit):
+    """How deep parsed JSON nests lists and dicts: counted level by level, without
+    recursion, and only up to ``limit + 1``."""
+    level, depth, containers = [doc], 0, (dict, list)
+    while True:
+        level = [o for o in level if type(o) in containers]
+        if not level:
+            return depth
+        depth += 1
+        if depth > limit:
+            return depth
+        nxt = []
+        for o in level:
+            nxt.extend(o.values() if type(o) is dict else o)
+        level = nxt
 
 
 class SafeTensorRecord:
