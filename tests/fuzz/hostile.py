@@ -178,49 +178,66 @@ def _frame(body, protocol=2):
     return b"\x80" + bytes([protocol]) + body + b"."
 
 
-def nested_pickle(depth, kind="tuple"):
-    """A pickle of one value nested ``depth`` deep, one or a few bytes a level:
+def _get(i):
+    return b"h" + bytes([i]) if i < 256 else b"j" + struct.pack("<I", i)
+
+
+def _put(i):
+    return b"q" + bytes([i]) if i < 256 else b"r" + struct.pack("<I", i)
+
+
+def nested_body(depth, kind="tuple", memo_base=0):
+    """Opcodes pushing one value nested ``depth`` deep, one or a few bytes a level:
     ``((((),),),)`` ("tuple"), ``[[[...]]]`` ("list"), ``{"a": {"a": ...}}`` ("dict"),
-    ``{deep tuple: None}`` ("key": hashing it recurses), ``set([deep tuple])`` ("set",
-    through an allowed global), or a state_dict whose ``weight_ih_l0`` is a deep tuple
-    ("value")."""
+    ``{deep tuple: None}`` ("key": hashing the key recurses), ``set([deep tuple])``
+    ("set", through an allowed global), lists placed into each other after they were
+    placed ("late", see :func:`late_body`)."""
     deep = b")" + b"\x85" * depth
     if kind == "tuple":
-        return _frame(deep)
+        return deep
     if kind == "list":          # ] ( ] ( ] ... e ... e: each list appended into the one below
-        return _frame(b"]" + b"(]" * depth + b"e" * depth)
+        return b"]" + b"(]" * depth + b"e" * depth
     if kind == "dict":
-        return _frame(b"}" + b"(X\x01\x00\x00\x00a}" * depth + b"u" * depth)
+        return b"}" + b"(X\x01\x00\x00\x00a}" * depth + b"u" * depth
     if kind == "key":
-        return _frame(b"}" + deep + b"Ns")
+        return b"}" + deep + b"Ns"
     if kind == "set":
-        return _frame(b"c__builtin__\nset\n" + deep + b"\x85\x85R")
-    if kind == "value":
-        return _frame(b"}X\x0c\x00\x00\x00weight_ih_l0" + deep + b"s")
+        return b"c__builtin__\nset\n" + deep + b"\x85\x85R"
+    if kind == "late":
+        return late_body(depth, memo_base)
     raise ValueError(kind)
 
 
-def late_nesting_pickle(depth):
-    """Lists created empty and memoised, then each appended into the previous one *after*
-    that one was placed in its parent: the nesting appears only once all are filled
-    (what a depth count at construction time would miss)."""
-    body = bytearray(b"]q\x00")                              # list 0 (memo 0)
+def nested_pickle(depth, kind="tuple"):
+    """A whole pickle of :func:`nested_body`; kind "value" is a state_dict whose
+    ``weight_ih_l0`` is a deep tuple."""
+    if kind == "value":
+        return _frame(b"}X\x0c\x00\x00\x00weight_ih_l0" + nested_body(depth) + b"s")
+    return _frame(nested_body(depth, kind))
+
+
+def late_body(depth, memo_base=0):
+    """Lists created empty and memoised, then each appended into the previous one
+    *after* that one was placed in its own parent: the nesting appears only once all
+    are filled (what a depth count at construction time would miss). Memo indices from
+    ``memo_base``."""
+    body = bytearray(b"]" + _put(memo_base))
     for i in range(1, depth):
-        body += b"]" + (b"q" + bytes([i]) if i < 256 else b"r" + struct.pack("<I", i))
-        body += b"0"                                       # pop: kept in the memo only
-    for i in range(depth - 1):                              # list i.append(list i+1)
-        for j in (i, i + 1):
-            body += b"h" + bytes([j]) if j < 256 else b"j" + struct.pack("<I", j)
-        body += b"a0"
-    body += b"h\x00"
-    return _frame(bytes(body))
+        body += b"]" + _put(memo_base + i) + b"0"          # made, memoised, popped
+    for i in range(depth - 1):                              # list i .append(list i + 1)
+        body += _get(memo_base + i) + _get(memo_base + i + 1) + b"a0"
+    return bytes(body + _get(memo_base))
 
 
-def many_lists_pickle(n, maxrun=0, seed=0):
-    """A list of ``n`` empty lists: one byte each (``]``), appended in batches of a
-    thousand. With ``maxrun``, runs of 1..maxrun lists are separated by ``None`` (a
-    pickle that deflates about ``maxrun / 5`` times rather than a thousand times, so
-    that it passes a zip inflate-ratio limit)."""
+def late_nesting_pickle(depth):
+    return _frame(late_body(depth))
+
+
+def many_lists_body(n, maxrun=0, seed=0):
+    """Opcodes pushing a list of ``n`` empty lists: one byte each (``]``), appended in
+    batches of a thousand. With ``maxrun``, runs of 1..maxrun lists are separated by
+    ``None`` (a pickle that deflates about ``maxrun / 5`` times rather than a thousand
+    times, so that it passes a zip inflate-ratio limit)."""
     import random
 
     rng = random.Random(seed)
@@ -233,7 +250,11 @@ def many_lists_pickle(n, maxrun=0, seed=0):
     body = bytearray(b"]")
     for i in range(0, len(items), 1000):
         body += b"(" + items[i:i + 1000] + b"e"
-    return _frame(bytes(body))
+    return bytes(body)
+
+
+def many_lists_pickle(n, maxrun=0, seed=0):
+    return _frame(many_lists_body(n, maxrun, seed))
 
 
 def torch_zip_with_pickle(pkl, compress=True):
