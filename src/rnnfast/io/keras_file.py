@@ -396,7 +396,7 @@ def check_confined(f, what):
     h5g, h5l, h5o, h5d = h5py.h5g, h5py.h5l, h5py.h5o, h5py.h5d
     root = h5g.open(f.id, b"/")
     tree = _Tree(root)
-    seen = {h5o.get_info(root).addr}
+    seen = {h5o.get_info(root).addr: root}
     stack = [(root, "/", 0)]
     count = 0
     while stack:
@@ -422,11 +422,13 @@ def check_confined(f, what):
             if typ != h5l.TYPE_HARD:
                 raise FormatError("%s: %s is a user-defined HDF5 link (type %d)" % (what, _printable(full), typ))
             names.append(name)
-            if addr in seen:                # a second link to an object met before: not walked again
-                tree.objects.setdefault(full, None)
+            if addr in seen:
+                # a second link to an object met before (a cycle, or a weight linked
+                # twice): the same object, not walked again (its members are listed
+                # under the first path only)
+                tree.objects.setdefault(full, seen[addr])
                 continue
-            seen.add(addr)
-            obj = h5o.open(gid, raw)
+            obj = seen[addr] = h5o.open(gid, raw)
             tree.objects[full] = obj
             if isinstance(obj, h5g.GroupID):
                 if depth + 1 > MAX_H5_DEPTH:
@@ -444,9 +446,8 @@ def _text(raw):
 
 class _Tree:
     """An HDF5 file's objects as :func:`check_confined` found them: absolute path ->
-    low-level object (``GroupID`` / ``DatasetID``; None for a second link to an object
-    already listed, which the loader does not follow), and group path -> link names in
-    the file's order."""
+    low-level object (``GroupID`` / ``DatasetID``), and group path -> link names in the
+    file's order (listed for a group only under the first path it was met by)."""
 
     def __init__(self, root):
         self.objects = {"/": root}
