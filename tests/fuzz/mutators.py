@@ -399,7 +399,7 @@ def _structure_op(doc, op, entries):
             sd["extra_deep"] = value
     elif kind == "count" and isinstance(sd, dict):
         sd["extra_lists"] = Raw(hostile.many_lists_body(op[1]))
-    elif kind == "dupkey" and entries and isinstance(sd, dict):
+    elif kind == "dupkey" and entries and isinstance(sd, dict) and sd:
         items = list(sd.items())
         k, v = items[op[1] % len(items)]
         other = next((t for _p, kk, t in entries if kk != k), v)
@@ -407,8 +407,9 @@ def _structure_op(doc, op, entries):
     elif kind == "stray_proj" and isinstance(sd, dict):
         ih = next((v for k, v in sd.items() if isinstance(k, str) and k.endswith("weight_ih_l0")), None)
         hh = next((v for k, v in sd.items() if isinstance(k, str) and k.endswith("weight_hh_l0")), None)
-        if ih is not None and hh is not None and isinstance(hh.shape, tuple) and isinstance(ih.shape, tuple) \
-                and len(hh.shape) == 2 and len(ih.shape) == 2 and ih.shape[0] % 4 == 0:
+        if isinstance(ih, Tensor) and isinstance(hh, Tensor) and isinstance(hh.shape, tuple) \
+                and isinstance(ih.shape, tuple) and len(hh.shape) == 2 and len(ih.shape) == 2 \
+                and all(isinstance(d, int) for d in ih.shape + hh.shape) and ih.shape[0] % 4 == 0:
             t = copy.deepcopy(hh)
             t.shape, t.stride = (hh.shape[1], ih.shape[0] // 4), (ih.shape[0] // 4, 1)
             name = next(k for k, v in sd.items() if v is hh).replace("weight_hh_l0", "weight_hr_l0")
