@@ -53,6 +53,61 @@ print(json.dumps({"outcome": out, "seconds": dt, "cpu": cpu, "peak": status("VmH
 """
 
 
+BATCH_CHILD = r"""
+import gc, json, os, resource, sys, time
+import numpy, h5py, rnnfast, rnnfast.io.keras_file, rnnfast.io.torch_file
+rnnfast.set_num_threads(1)
+
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+
+extra = int(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_AS, (status("VmPeak") + extra, status("VmPeak") + extra))
+for path in sys.argv[2:]:
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")                      # peak RSS := current RSS
+    base = status("VmHWM")
+    t0, c0 = time.perf_counter(), time.process_time()
+    try:
+        rnnfast.load(path)
+        out = "loaded"
+    except (rnnfast.FormatError, rnnfast.UnsupportedLayerError) as e:
+        out = "%s: %s" % (type(e).__name__, str(e).encode("ascii", "backslashreplace").decode()[:150])
+    except BaseException as e:
+        out = "%s: %s" % (type(e).__name__, str(e)[:100])
+    print(json.dumps({"path": path, "outcome": out, "seconds": time.perf_counter() - t0,
+                      "cpu": time.process_time() - c0, "peak": status("VmHWM") - base}), flush=True)
+"""
+
+
+def measure_many(paths, timeout=300.0, as_bytes=2 << 30, cwd=None):
+    """Load each of ``paths`` in turn in one fresh process (the peak RSS reset between
+    them through /proc/self/clear_refs); returns {path: result} as :func:`measure`. A
+    crash or the timeout ends the batch (the rest are reported as such)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", KERAS_BACKEND="torch")
+    try:
+        out = subprocess.run([sys.executable, "-c", BATCH_CHILD, str(as_bytes)] + list(paths), capture_output=True,
+                             text=True, env=env, cwd=cwd, timeout=timeout)
+        ended = "exit %d: %s" % (out.returncode, out.stderr[-500:])
+        stdout = out.stdout
+    except subprocess.TimeoutExpired as e:
+        ended = "killed after %.0f s (no answer)" % timeout
+        stdout = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+    results = {}
+    for line in stdout.splitlines():
+        try:
+            res = json.loads(line)
+        except ValueError:
+            continue
+        results[res.pop("path")] = res
+    for p in paths:
+        results.setdefault(p, {"outcome": ended, "seconds": 0.0, "cpu": 0.0, "peak": 0})
+    return results
+
+
 def _hwm(pid):
     try:
         with open("/proc/%d/status" % pid) as f:
@@ -65,11 +120,15 @@ def _hwm(pid):
 
 
 def measure(path, timeout=60.0, as_bytes=4 << 30, cwd=None):
-    """Load ``path`` in a fresh process; returns a dict: outcome, seconds, peak (bytes
-    of RSS growth)."""
+    """Load ``path`` in a fresh process; returns a dict: outcome, seconds (wall), cpu
+    (the child's CPU time for the load), peak (bytes of RSS growth)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", KERAS_BACKEND="torch")
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, path, str(as_bytes)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=env, cwd=cwd, text=True)
+    with subprocess.Popen([sys.executable, "-c", CHILD, path, str(as_bytes)], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, env=env, cwd=cwd, text=True) as proc:
+        return _measure(proc, timeout)
+
+
+def _measure(proc, timeout):
     first = proc.stdout.readline()
     try:
         base = json.loads(first)["base"]
