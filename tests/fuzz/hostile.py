@@ -506,3 +506,36 @@ def h5_gzip_big(units=2000, density=0.006):
             a = np.where(rng.random(shape) < density, rng.standard_normal(shape), 0).astype(np.float32)
             cell.create_dataset(k, data=a, compression="gzip", chunks=True)
     return bio.getvalue()
+
+
+def issue12_findings():
+    """name -> bytes of the regression files of issue 12 kept in ``findings/`` (each a
+    FormatError now; see findings/README.md). Files that name outside files use the fuzz
+    worker's ``outside/`` folder."""
+    import copy
+
+    doc = torch_doc()
+    root = doc.root
+    shadow = dict(root)
+    shadow["weight_ih_l0\n"] = copy.deepcopy(root["weight_ih_l0"])
+    stray = dict(root)
+    hh = root["weight_hh_l0"]
+    t = copy.deepcopy(hh)
+    t.shape, t.stride = (hh.shape[1], root["weight_ih_l0"].shape[0] // 4), (root["weight_ih_l0"].shape[0] // 4, 1)
+    stray["weight_hr_l0"] = t
+    st = gru_state()
+    return {
+        "torchzip-recursion-deep-tuple-key.bin": torch_zip_with_pickle(nested_pickle(5000, "key"), compress=False),
+        "torchzip-bomb-million-lists.bin": torch_zip_with_pickle(many_lists_pickle(10 ** 6)),
+        "torchzip-bomb-layer-index.bin": huge_layer_index_pt(),
+        "torchzip-name-newline-shadow.bin": TorchDoc(shadow, doc.storages).zip_bytes(),
+        "torchzip-name-stray-projection.bin": TorchDoc(stray, doc.storages).zip_bytes(),
+        "safetensors-name-newline-shadow.bin": safetensors_from(st + [("weight_ih_l0\n", st[0][1] * 5)]),
+        "safetensors-name-duplicate.bin": safetensors_from(
+            st, raw_header=lambda pairs: "{" + ", ".join("%s: %s" % (json.dumps(n), json.dumps(e))
+                                                         for n, e in pairs + pairs[:1]) + "}"),
+        "keras3h5-outside-external-storage.bin": h5_outside("keras3h5", "external", "outside/secret.bin"),
+        "keras3h5-outside-external-link-group.bin": h5_outside("keras3h5", "elink-group", "outside/donor.h5"),
+        "keras-outside-virtual-dataset.bin": h5_outside("keras", "vds", "outside/donor.h5"),
+        "keras2h5-outside-soft-link.bin": h5_outside("keras2h5", "softlink-outside", "outside/donor.h5"),
+    }
