@@ -10,7 +10,7 @@ files, same machine; see the closing note of issue 12): a 2 kB .pt naming layer
 350 MB, a 388 kB one more than 60 s and 740 MB; a 1 MB HDF5 file of global heap
 signatures did not load in 60 s; 1,500 layers found by recorded name did not load in
 60 s; 100,000 Dropout layers did not load in 60 s; a 540 kB .keras inflating to
-48 MB took 280 MB.
+48 MB took 280 MB, and a 540 kB .pt as much.
 """
 import os
 
@@ -42,6 +42,8 @@ CASES = [
     ("deflated-8x.keras", lambda: H.keras_deflated_big(1000, density=0.1), "loaded"),
     ("gzip-90x.h5", lambda: H.h5_gzip_big(1000), "FormatError"),
     ("gzip-8x.h5", lambda: H.h5_gzip_big(1000, density=0.1), "loaded"),
+    ("deflated-90x.pt", lambda: H.torch_deflated_big(1000), "FormatError"),
+    ("deflated-8x.pt", lambda: H.torch_deflated_big(1000, density=0.1), "loaded"),
 ]
 
 

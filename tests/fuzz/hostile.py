@@ -539,3 +539,21 @@ def issue12_findings():
         "keras-outside-virtual-dataset.bin": h5_outside("keras", "vds", "outside/donor.h5"),
         "keras2h5-outside-soft-link.bin": h5_outside("keras2h5", "softlink-outside", "outside/donor.h5"),
     }
+
+
+def torch_deflated_big(hidden=1000, density=0.006, inputs=3):
+    """A GRU(``inputs``, ``hidden``) state_dict whose storages (zeros but a ``density``
+    fraction) are deflated zip records: a small .pt whose weights inflate about 90
+    times (0.006) or 8 times (0.1), within the zip limits."""
+    from .picklegen import Tensor
+
+    rng = np.random.default_rng(0)
+    g = 3 * hidden
+    shapes = {"weight_ih_l0": (g, inputs), "weight_hh_l0": (g, hidden), "bias_ih_l0": (g,), "bias_hh_l0": (g,)}
+    root, storages = {}, {}
+    for i, (name, shape) in enumerate(shapes.items()):
+        a = np.where(rng.random(shape) < density, rng.standard_normal(shape), 0).astype("<f4")
+        storages[str(i)] = a.tobytes()
+        stride = tuple(int(np.prod(shape[j + 1:])) for j in range(len(shape)))
+        root[name] = Tensor(str(i), "FloatStorage", a.size, 0, shape, stride)
+    return TorchDoc(root, storages).zip_bytes(compress=True)

@@ -217,6 +217,8 @@ def cases(tmp):
     put("h5-gzip-90x-2000-units.h5", H.h5_gzip_big(2000))
     put("h5-gzip-9x-2000-units.h5", H.h5_gzip_big(2000, density=0.1))
     put("keras-9000-dropout.keras", H.keras_many_layers(9000, weights=False))
+    put("pt-deflated-2000-units.pt", H.torch_deflated_big(2000))
+    put("pt-deflated-8x-2000-units.pt", H.torch_deflated_big(2000, density=0.1))
     return out
 
 

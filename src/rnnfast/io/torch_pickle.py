@@ -632,6 +632,37 @@ class _Archive:
         pass
 
 
+#: A compressed record (a storage, the pickle) larger than SMALL_STORAGE may inflate
+#: at most this many times (torch.save stores records uncompressed; float weights
+#: deflate about 1.1 times): the tensors read from it and their converted copies stay
+#: within about 100 times the file's size.
+MAX_STORAGE_INFLATE = 10
+SMALL_STORAGE = 1 << 20
+
+
+def _read_record(z, info):
+    """A zip record's bytes, read in chunks into one buffer of its declared size
+    (``ZipFile.read`` joins the inflated pieces, holding about three times the record
+    at its peak); the CRC is checked by the reader at the end of the record."""
+    out = bytearray(info.file_size)
+    view = memoryview(out)
+    pos = 0
+    with z.open(info) as f:
+        while True:
+            chunk = f.read(min(1 << 20, info.file_size - pos) or 1)
+            if not chunk:
+                break
+            if pos + len(chunk) > info.file_size:
+                raise FormatError("record %s holds more than the %d bytes it declares"
+                                  % (printable(info.filename), info.file_size))
+            view[pos:pos + len(chunk)] = chunk
+            pos += len(chunk)
+    if pos != info.file_size:
+        raise FormatError("record %s holds %d bytes, not the %d it declares"
+                          % (printable(info.filename), pos, info.file_size))
+    return bytes(out) if info.file_size < 4096 else out
+
+
 class ZipArchive(_Archive):
     """A ``torch.save`` zip file (PyTorch >= 1.6)."""
 
@@ -679,7 +710,9 @@ class ZipArchive(_Archive):
         except FormatError as e:
             raise self._fail(str(e)) from None
         try:
-            return self._zip.read(info)
+            return _read_record(self._zip, info)
+        except FormatError as e:
+            raise self._fail(str(e)) from None
         except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError, NotImplementedError) as e:
             raise self._fail("cannot read record %s (%s: %s)" % (printable(name), type(e).__name__, e)) from None
         except Exception as e:      # zlib.error and friends from a damaged record
@@ -688,6 +721,11 @@ class ZipArchive(_Archive):
     def _check_sizes(self, info):
         """A record's claimed sizes must be possible in this file, before reading it."""
         check_zip_member(info, self._size)
+        if info.compress_type != zipfile.ZIP_STORED and \
+                info.file_size > max(SMALL_STORAGE, MAX_STORAGE_INFLATE * info.compress_size):
+            raise FormatError("record %s would inflate %d compressed bytes to %d (more than %d times; torch.save "
+                              "stores records uncompressed)" % (printable(info.filename), info.compress_size,
+                                                               info.file_size, MAX_STORAGE_INFLATE))
 
     def _check_storage(self, rec):
         name = "%sdata/%s" % (self._prefix, rec.key)
