@@ -11,7 +11,13 @@ Sources (detected by content, see :func:`rnnfast.io.sniff`):
   ``get_weights()``, converted in memory.
 
 HDF5 is read with h5py, imported here only; neither Keras nor TensorFlow is ever
-imported. Config dialects: Keras 3 (``inbound_nodes`` as ``{"args", "kwargs"}``,
+imported. Before h5py reads anything of a file, its global heaps are checked
+(:func:`check_global_heaps`, against an HDF5 library hang) and every link and dataset
+(:func:`check_confined`: no external storage, external or soft links, virtual
+datasets or filter plugins: the file is the only thing read); the loader then finds
+objects in the checked tree. Costs are bounded by the file: at most MAX_H5_OBJECTS
+objects, MAX_LAYERS layers, configs MAX_CONFIG_DEPTH deep, weights inflating at most
+MAX_WEIGHT_INFLATE / MAX_IMAGE_INFLATE times. Config dialects: Keras 3 (``inbound_nodes`` as ``{"args", "kwargs"}``,
 dtype policies as dicts, masks recorded as ``mask=`` arguments computed by
 ``NotEqual`` / ``Any`` operations) and Keras 2 (nested lists, dtypes as strings,
 masks implicit). The graph must be a chain: one input; every layer takes one tensor;
@@ -521,6 +527,7 @@ def _check_dataset(ds, full, what):
     """Refuse a dataset whose bytes are not in the file, before reading any (see
     :func:`check_confined`)."""
     h5d = _h5py().h5d
+    full = _printable(full)
     dcpl = ds.get_create_plist()
     if dcpl.get_external_count():
         name = dcpl.get_external(0)[0]
