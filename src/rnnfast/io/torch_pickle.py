@@ -17,7 +17,13 @@ a torch function: a tensor becomes a :class:`TensorRecord` (storage, offset, sha
 strides) whose values are read into numpy only on request, after checking that the
 view lies inside the bytes the file actually holds. Any other global is refused with
 :class:`~rnnfast.FormatError` naming it, so nothing from the file is executed (the
-idea of ``torch.load(weights_only=True)``, without importing torch).
+idea of ``torch.load(weights_only=True)``, without importing torch). Before the
+unpickler runs, :func:`prescan_pickle` walks the opcodes with a model of its stack and
+refuses what would cost more than the file justifies or recurse: declared lengths
+beyond the data, memo indices out of range, more opcodes than the file's size allows
+(max(MIN_PICKLE_OPS, half its bytes)), objects nested deeper than MAX_PICKLE_DEPTH, a
+container changed after it was placed in another, a dict key given twice. Compressed
+zip records may inflate at most MAX_STORAGE_INFLATE times.
 
 Usage::
 
