@@ -13,7 +13,7 @@ import numpy as np
 from ._threads import resolve_num_threads
 
 __all__ = ["Runner", "ModelRef", "resolve_model", "BUDGET", "ThreadBudget", "plan_buckets",
-           "as_rows", "predict_rows", "flatten", "unflatten"]
+           "as_rows", "check_padding", "predict_rows", "flatten", "unflatten"]
 
 
 # -- the model's outputs, flat ----------------------------------------------------------
@@ -328,6 +328,18 @@ def plan_buckets(lengths, min_rows=32, overhead_rows=16, max_cuts=1024):
     return out[::-1]
 
 
+def check_padding(runner, padding, maxlen):
+    """Refuse a padding that cannot give each row its own result."""
+    if padding not in ("post", "pre"):
+        raise ValueError("padding must be 'post' or 'pre', got %r" % (padding,))
+    if runner.kind == "torch" and padding == "pre":
+        raise ValueError("a TorchRNN takes its rows post-padded (lengths count from the first step)")
+    if maxlen is None and not runner.masks_padding:
+        raise ValueError("this model does not mask padding (no Masking or Embedding(mask_zero=True) "
+                         "first), so a row's outputs depend on how much padding it gets: pass maxlen= "
+                         "(and padding=) as the training data was padded")
+
+
 def predict_rows(runner, rows, *, num_threads=None, padding="post", maxlen=None, batch_size=None):
     """Run the model on variable-length rows; per row, its outputs (a list of leaves).
 
@@ -342,8 +354,7 @@ def predict_rows(runner, rows, *, num_threads=None, padding="post", maxlen=None,
     per_row : list of list of ndarray
     skeleton : the output structure (see :func:`flatten`)
     """
-    if padding not in ("post", "pre"):
-        raise ValueError("padding must be 'post' or 'pre', got %r" % (padding,))
+    check_padding(runner, padding, maxlen)
     n = len(rows)
     lengths = np.array([len(r) for r in rows], np.int64)
     if maxlen is not None:
@@ -352,22 +363,14 @@ def predict_rows(runner, rows, *, num_threads=None, padding="post", maxlen=None,
             raise ValueError("a row has %d steps, more than maxlen=%d (rnnfast does not cut rows)"
                              % (lengths.max(), maxlen))
         buckets = [np.arange(n)] if n else []
-    elif not runner.masks_padding:
-        raise ValueError("this model does not mask padding (no Masking or Embedding(mask_zero=True) "
-                         "first), so a row's outputs depend on how much padding it gets: pass maxlen= "
-                         "(and padding=) as the training data was padded")
     else:
         buckets = plan_buckets(lengths)
     torch = runner.kind == "torch"
-    if torch and padding == "pre":
-        raise ValueError("a TorchRNN takes its rows post-padded (lengths count from the first step)")
-    if n and lengths.min() == 0 and not torch:
-        raise ValueError("a row has no steps; a Keras model needs at least one")
     per_row = [None] * n
     skeleton = None
     for idx in buckets:
         Lb = lengths[idx]
-        T = maxlen if maxlen is not None else max(1, int(Lb.max()))
+        T = max(1, maxlen if maxlen is not None else int(Lb.max()))
         if runner.integer_input:
             x = np.full((len(idx), T), runner.pad_value, np.int64)
         else:

@@ -48,7 +48,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from ._scaleout import (BUDGET, ModelRef, Runner, as_rows, predict_rows, resolve_model,
+from ._scaleout import (BUDGET, ModelRef, Runner, as_rows, check_padding, predict_rows, resolve_model,
                         thread_total, unflatten)
 
 __all__ = ["predict"]
@@ -143,8 +143,14 @@ def _model_argument(model, load_options):
 
 
 def _probe(model, shape, dtype, return_state):
-    """Run on one row where the model is: the output structure and leaf shapes."""
+    """Run on one row where the model is: the output structure and leaf shapes (after
+    checking the input's shape)."""
     runner = Runner(resolve_model(model), return_state)
+    ba = runner.batch_axis
+    if len(shape) != runner.input_ndim or (runner.features is not None and shape[-1] != runner.features):
+        want = "(batch, time)" if runner.integer_input else (
+            "(time, batch, %s)" if ba == 1 else "(batch, time, %s)") % runner.features
+        raise ValueError("expected a dask array of shape %s, got shape %s" % (want, tuple(shape)))
     return runner.probe(shape, dtype), _runner_facts(runner)
 
 
@@ -209,10 +215,6 @@ def _predict_array(model_arg, local, x, *, lengths, num_threads, batch_size, ret
         x = da.from_array(x, chunks=tuple(chunks))
     (skeleton, leaves), facts = _probed(model_arg, local, _known_shape(x), x.dtype, return_state)
     ba = facts["batch_axis"]
-    if x.ndim != facts["input_ndim"]:
-        want = "(batch, time)" if facts["integer_input"] else (
-            "(time, batch, features)" if ba == 1 else "(batch, time, features)")
-        raise ValueError("expected a dask array of shape %s, got shape %s" % (want, x.shape))
     split = [a for a in range(x.ndim) if a != ba and len(x.chunks[a]) > 1]
     if split:
         if not rechunk:
@@ -306,8 +308,9 @@ def _predict_frame(model_arg, local, frame, *, column, output_column, num_thread
                          % list(frame.columns))
     elif column not in frame.columns:
         raise ValueError("no column %r in the DataFrame (it has %s)" % (column, list(frame.columns)))
-    if local is not None:
-        Runner(local, return_state)     # refuse what cannot work before building anything
+    if local is not None:                # refuse what cannot work before building anything
+        runner = Runner(local, return_state)
+        check_padding(runner, padding, maxlen)
     # one row of zeros tells the number of outputs (the rows' own shapes vary)
     n_out = _frame_outputs(model_arg, local, return_state)
     if isinstance(output_column, (list, tuple)):
