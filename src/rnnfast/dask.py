@@ -48,6 +48,11 @@ from contextlib import contextmanager
 
 import numpy as np
 
+try:
+    import dask  # noqa: F401
+except ImportError as e:                       # pragma: no cover - depends on the install
+    raise ImportError("rnnfast.dask needs Dask: pip install 'rnnfast[dask]' (%s)" % e) from None
+
 from ._scaleout import (BUDGET, ModelRef, Runner, as_rows, check_padding, predict_rows, resolve_model,
                         thread_total, unflatten)
 

@@ -35,6 +35,11 @@ import os
 
 import numpy as np
 
+try:
+    import ray  # noqa: F401
+except ImportError as e:                       # pragma: no cover - depends on the install
+    raise ImportError("rnnfast.ray needs Ray: pip install 'rnnfast[ray]' (%s)" % e) from None
+
 from ._scaleout import BUDGET, ModelRef, Runner, as_rows, predict_rows, resolve_model
 
 __all__ = ["Predictor"]
@@ -91,8 +96,6 @@ class Predictor:
                                  % ", ".join(sorted(load_options)))
             model = model_or_path
             if type(model).__name__ == "ObjectRef":
-                import ray
-
                 model = ray.get(model)
             model = resolve_model(model)
         self.model = model
@@ -190,8 +193,6 @@ class Predictor:
 def _assigned_cpus():
     """The CPUs Ray gave this actor or task (at least 1), else rnnfast's default."""
     try:
-        import ray
-
         if ray.is_initialized():
             cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
             if cpus:
