@@ -156,6 +156,22 @@ def test_model_travels_as_future_and_as_path(client):
     assert all(v == [os.path.abspath(path)] for v in loaded.values()), loaded
 
 
+def test_path_only_the_workers_can_read(client, monkeypatch):
+    """A model file on the workers' storage, not the client's: the output's shape is
+    worked out on a worker."""
+    path = os.path.join(DATA, "digits_bigru.keras")
+    model = rnnfast.load(path)
+
+    def unreadable(self):
+        raise FileNotFoundError(self.path)
+
+    monkeypatch.setattr(rnnfast._scaleout.ModelRef, "get", unreadable)     # here only, not in the workers
+    x = np.random.default_rng(9).standard_normal((30, 8, 8)).astype(np.float32)
+    y = rdask.predict(path, da.from_array(x, chunks=10))
+    assert y.shape == (30, 10)
+    assert y.compute().tobytes() == model.predict(x, num_threads=1).tobytes()
+
+
 def _tids():
     return sorted(int(t) for t in os.listdir("/proc/self/task"))
 
