@@ -161,3 +161,6 @@ def test_batches_without_ray():
     with pytest.raises(KeyError, match="no column 'x'"):
         Predictor(keras, num_threads=1)({"data": x})
     assert Predictor(keras).num_threads == rnnfast.get_num_threads()        # outside Ray: the default
+    empty = p({"x": np.zeros((0, 6, 8), np.float32)})                       # an empty batch
+    assert [empty["y_%d" % k].shape for k in range(3)] == [(0, 6, 64), (0, 4, 32), (0, 4, 32)]
+    assert Predictor(keras, num_threads=1)({"x": np.empty(0, object)})["y"].shape == (0,)

@@ -328,12 +328,15 @@ def plan_buckets(lengths, min_rows=32, overhead_rows=16, max_cuts=1024):
     return out[::-1]
 
 
-def check_padding(runner, padding, maxlen):
-    """Refuse a padding that cannot give each row its own result."""
+def check_padding(runner, padding, maxlen, lengths=None):
+    """Refuse a padding that cannot give each row its own result (``lengths``: the
+    rows' lengths, when known; rows of one length need no padding)."""
     if padding not in ("post", "pre"):
         raise ValueError("padding must be 'post' or 'pre', got %r" % (padding,))
     if runner.kind == "torch" and padding == "pre":
         raise ValueError("a TorchRNN takes its rows post-padded (lengths count from the first step)")
+    if lengths is not None and (len(lengths) == 0 or lengths.min() == lengths.max()):
+        return
     if maxlen is None and not runner.masks_padding:
         raise ValueError("this model does not mask padding (no Masking or Embedding(mask_zero=True) "
                          "first), so a row's outputs depend on how much padding it gets: pass maxlen= "
@@ -354,9 +357,9 @@ def predict_rows(runner, rows, *, num_threads=None, padding="post", maxlen=None,
     per_row : list of list of ndarray
     skeleton : the output structure (see :func:`flatten`)
     """
-    check_padding(runner, padding, maxlen)
     n = len(rows)
     lengths = np.array([len(r) for r in rows], np.int64)
+    check_padding(runner, padding, maxlen, lengths)
     if maxlen is not None:
         maxlen = int(maxlen)
         if n and lengths.max() > maxlen:

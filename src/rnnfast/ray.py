@@ -168,6 +168,12 @@ class Predictor:
         if check is not None and self.runner.features is not None and check != self.runner.features:
             raise ValueError("expected rows of shape (time, %d), got a column of shape %s"
                              % (self.runner.features, x.shape))
+        if len(x) == 0:                            # an empty batch: empty columns of the right shapes
+            shape = (1,) + x.shape[1:]
+            if self.runner.batch_axis == 1:
+                shape = (shape[1], 1) + shape[2:]
+            return [np.empty((0,) + tuple(d for a, d in enumerate(s) if a != ax), dt)
+                    for s, dt, ax in self.runner.probe(shape, x.dtype)[1]]
         if self.runner.batch_axis == 1:
             x = np.ascontiguousarray(np.swapaxes(x, 0, 1))
         leaves, _ = self.runner.run_batched(x, lengths, nt, self.batch_size)
