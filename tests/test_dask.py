@@ -16,7 +16,7 @@ import rnnfast
 from rnnfast._scaleout import BUDGET, ThreadBudget, flatten, plan_buckets
 from rnnfast.layers import RNNLayer
 
-from conftest import random_weights
+from _testing import random_weights
 
 dask = pytest.importorskip("dask", reason="install rnnfast[dask]")
 da = pytest.importorskip("dask.array")

@@ -14,7 +14,7 @@ from rnnfast._summary import layer_rows
 from rnnfast.layers import Dense, RNNLayer
 from rnnfast.model import Sequential
 
-from conftest import random_weights
+from _testing import random_weights
 
 DATA = os.path.join(os.path.dirname(rnnfast.__file__), "data")
 

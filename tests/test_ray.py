@@ -12,7 +12,7 @@ import pytest
 import rnnfast
 from rnnfast.layers import RNNLayer
 
-from conftest import random_weights
+from _testing import random_weights
 
 ray = pytest.importorskip("ray", reason="install rnnfast[ray]")
 pytest.importorskip("ray.data", reason="install rnnfast[ray]")
