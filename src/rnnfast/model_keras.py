@@ -23,6 +23,7 @@ import numpy as np
 from . import _validation
 from ._progress import run_batched
 from ._summary import Summarized
+from .graph import TRUE, mask_or
 from .layers import ACTIVATIONS, apply_activation, merge_directions, softmax
 from .model import run_recurrent
 
@@ -219,11 +220,18 @@ class RecurrentNode(_Node):
             out += [w.kernel, w.recurrent_kernel] + ([bias.copy()] if bias is not None else [])
         return out
 
-    def run(self, x, mask, num_threads=None):
+    def run(self, x, mask, num_threads=None, initial_state=None, use_mask=True):
+        """``use_mask=False``: run as if unmasked but pass ``mask`` on (Keras 3 gives a
+        layer called with several tensors, e.g. ``initial_state=``, no mask)."""
         if x.ndim != 3:
             raise ValueError("%s %r needs a sequence (batch, time, features), got an input of "
                              "shape %s" % (self.keras_class, self.name, _batch_major_shape(x)))
         x = self._cast(x)
+        if not use_mask:
+            outs, _ = self.run(x, None, num_threads, initial_state)
+            return outs, self.output_masks(mask)
+        if initial_state is not None:
+            return self._run_from(x, mask, num_threads, initial_state)
         states = []
         for layer in self.rnn_layers[:-1]:
             # StackedRNNCells: each cell but the last runs over the whole sequence; its
@@ -238,6 +246,47 @@ class RecurrentNode(_Node):
         outs = [out]
         if self.return_state:
             outs += states + last_states
+        return outs, self.output_masks(mask)
+
+    def _run_from(self, x, mask, num_threads, initial_state):
+        """Run from the given states (Keras' ``initial_state``: per cell ``h`` or
+        ``[h, c]``, batch-major (batch, units))."""
+        states = [self._cast(np.asarray(s)) for s in initial_state]
+        if len(states) != self.num_states:
+            raise ValueError("%s %r takes %d initial states, got %d"
+                             % (self.keras_class, self.name, self.num_states, len(states)))
+        B = x.shape[1]
+        out_states, i = [], 0
+        out = None
+        for k, layer in enumerate(self.rnn_layers):
+            n = layer.cell_spec.num_states
+            mine = states[i:i + n]
+            i += n
+            for s, want in zip(mine, [layer.output_size, layer.units][:n]):
+                if s.shape != (B, want):
+                    raise ValueError("%s %r: initial state of shape %s, expected %s"
+                                     % (self.keras_class, self.name, s.shape, (B, want)))
+            h0 = mine[0][None]
+            c0 = mine[1][None] if n > 1 else None
+            last = k == len(self.rnn_layers) - 1
+            out, h_n, c_n = layer.forward(x, h0, c0, mask=mask, num_threads=num_threads,
+                                          zero_output_for_mask=self.zero_output_for_mask and last,
+                                          return_sequences=not last or self.return_sequences)
+            out_states += [h_n[0]] + ([c_n[0]] if c_n is not None else [])
+            if not last:
+                x = out
+        layer = self.rnn_layers[-1]
+        if self.return_sequences:
+            if layer.go_backwards:
+                out = out[::-1]
+        else:
+            out = out_states[-layer.cell_spec.num_states]
+            if mask is not None and self.zero_output_for_mask and len(mask):
+                t = 0 if layer.go_backwards else -1
+                out = np.where(np.asarray(mask, bool)[t][:, None], out, out.dtype.type(0))
+        outs = [out]
+        if self.return_state:
+            outs += out_states
         return outs, self.output_masks(mask)
 
     def describe(self):
@@ -280,10 +329,28 @@ class BidirectionalNode(_Node):
         m = mask if self.return_sequences else None
         return [m] * n_out + [None] * (self.num_outputs - n_out)
 
-    def run(self, x, mask, num_threads=None):
+    def run(self, x, mask, num_threads=None, initial_state=None, use_mask=True):
         if x.ndim != 3:
             raise ValueError("Bidirectional %r needs a sequence (batch, time, features), got an "
                              "input of shape %s" % (self.name, _batch_major_shape(x)))
+        if not use_mask:
+            outs, _ = self.run(x, None, num_threads, initial_state)
+            return outs, self.output_masks(mask)
+        if initial_state is not None:
+            nf = self.forward_node.num_states
+            if len(initial_state) != nf + self.backward_node.num_states:
+                raise ValueError("Bidirectional %r takes %d initial states, got %d"
+                                 % (self.name, nf + self.backward_node.num_states, len(initial_state)))
+            fo, _ = self.forward_node.run(x, mask, num_threads, initial_state=initial_state[:nf])
+            bo, _ = self.backward_node.run(x, mask, num_threads, initial_state=initial_state[nf:])
+            y, y_rev = fo[0], bo[0]
+            if self.return_sequences:
+                y_rev = y_rev[::-1]
+            out = merge_directions(np.concatenate([y, y_rev], axis=-1), self.merge_mode, y.shape[-1])
+            outs = list(out) if self.merge_mode is None else [out]
+            if self.return_state:
+                outs += fo[1:] + bo[1:]
+            return outs, self.output_masks(mask)
         if self.fused is not None:
             out, states = run_recurrent(
                 self.fused, self._cast(x), return_sequences=self.return_sequences,
@@ -492,6 +559,241 @@ class GlobalPoolingNode(_Node):
         return "%s(%s)" % (self.keras_class, "keepdims=True" if self.keepdims else "")
 
 
+def _swap(x):
+    """Time-major <-> batch-major for a sequence (a view); other ranks as they are."""
+    return np.swapaxes(x, 0, 1) if x.ndim == 3 else x
+
+
+def _tm_axis(axis, ndim):
+    """The internal axis of batch-major ``axis`` for a tensor of rank ``ndim``."""
+    a = axis % ndim
+    if ndim == 3 and a < 2:
+        return 1 - a
+    return a
+
+
+class MergeNode(_Node):
+    """Keras ``Add``, ``Subtract``, ``Multiply``, ``Average``, ``Maximum``,
+    ``Minimum`` (elementwise over several tensors, broadcast as Keras does: a tensor of
+    lower rank gets the missing axes after the batch) and ``Concatenate`` (``axis``).
+
+    Masks as Keras 3: the elementwise merges give the OR of their inputs' masks, or
+    none when any input has none; ``Concatenate`` gives none when no input has one,
+    else per step the OR over the concatenated (a missing mask counts as all valid).
+    """
+
+    multi_input = True
+    _REDUCE = {"add": np.add, "subtract": np.subtract, "multiply": np.multiply,
+               "maximum": np.maximum, "minimum": np.minimum}
+
+    def __init__(self, name, keras_class, kind, dtype, axis=-1):
+        super().__init__(name, keras_class, dtype)
+        if kind not in ("add", "subtract", "multiply", "average", "maximum", "minimum", "concat"):
+            raise ValueError("unknown merge %r" % (kind,))
+        self.kind = kind
+        self.axis = int(axis)
+
+    def _features_axis(self, ndim):
+        return self.axis % ndim == ndim - 1
+
+    def output_masks(self, masks, created=None):
+        """At load time: the token of the output mask from the input masks' tokens."""
+        if all(m is None for m in masks):
+            return [None]
+        if self.kind != "concat":
+            return [None if any(m is None for m in masks) else mask_or(masks)]
+        if self.axis in (-1, 2):
+            return [None if any(m is None for m in masks) else mask_or(masks)]
+        return [("tconcat", tuple(TRUE if m is None else m for m in masks))]
+
+    def _mask(self, xs, masks):
+        if all(m is None for m in masks):
+            return None
+        if self.kind != "concat":
+            if any(m is None for m in masks):
+                return None
+            out = np.asarray(masks[0], bool)
+            for m in masks[1:]:
+                out = out | np.asarray(m, bool)
+            return out
+        if self._features_axis(xs[0].ndim) and any(m is None for m in masks):
+            return None         # an unmasked input makes every step valid
+        full = []
+        for x, m in zip(xs, masks):
+            if m is None:
+                full.append(np.ones(x.shape, bool))
+            else:
+                m = np.asarray(m, bool)
+                full.append(np.broadcast_to(m.reshape(m.shape + (1,) * (x.ndim - m.ndim)), x.shape))
+        ax = _tm_axis(self.axis, xs[0].ndim)
+        return np.concatenate(full, axis=ax).any(axis=-1)
+
+    def run(self, xs, masks, num_threads=None):
+        xs = [self._cast(np.asarray(x)) for x in xs]
+        if self.kind == "concat":
+            ranks = {x.ndim for x in xs}
+            if len(ranks) != 1:
+                raise ValueError("%s %r: inputs of different ranks %s" % (self.keras_class, self.name,
+                                                                       [x.ndim for x in xs]))
+            y = np.concatenate(xs, axis=_tm_axis(self.axis, xs[0].ndim))
+        else:
+            if self.kind == "subtract" and len(xs) != 2:
+                raise ValueError("Subtract %r takes exactly 2 inputs, got %d" % (self.name, len(xs)))
+            # Keras gives a lower-rank input the missing axes after the batch; time-major
+            # sequences broadcast against batch-major (batch, features) as numpy does
+            if self.kind == "average":
+                y = xs[0].copy()
+                for x in xs[1:]:
+                    y = y + x
+                y = y / y.dtype.type(len(xs))
+            elif self.kind in ("maximum", "minimum") and any(m is not None for m in masks):
+                y = self._masked_extreme(xs, masks)
+            elif self.kind == "multiply" and any(m is not None for m in masks):
+                y = self._masked_product(xs, masks)
+            else:
+                f = self._REDUCE[self.kind]
+                y = xs[0]
+                for x in xs[1:]:
+                    y = f(y, x)
+                y = np.asarray(y, dtype=self.dtype)
+        return [y], [self._mask(xs, masks)]
+
+    @staticmethod
+    def _feature_mask(x, m):
+        if m is None:
+            return None
+        m = np.asarray(m, bool)
+        return np.broadcast_to(m.reshape(m.shape + (1,) * (x.ndim - m.ndim)), x.shape)
+
+    def _masked_extreme(self, xs, masks):
+        """Keras' Maximum / Minimum under masks: a masked value takes the other side's."""
+        f = self._REDUCE[self.kind]
+        out, out_mask = xs[0], self._feature_mask(xs[0], masks[0])
+        for x, m in zip(xs[1:], masks[1:]):
+            m = self._feature_mask(x, m)
+            if m is not None:
+                x = np.where(m, x, out)
+            if out_mask is not None:
+                out = np.where(out_mask, out, x)
+            out_mask = (out_mask | m) if (m is not None and out_mask is not None) else None
+            out = f(out, x)
+        return np.asarray(out, dtype=self.dtype)
+
+    def _masked_product(self, xs, masks):
+        """Keras' Multiply under masks: a masked value counts as 1; with every input
+        masked, the steps masked in all of them are 0."""
+        all_masked = all(m is not None for m in masks)
+        out, out_mask = None, None
+        one = self.dtype.type(1)
+        for x, m in zip(xs, masks):
+            m = self._feature_mask(x, m)
+            if m is not None:
+                x = np.where(m, x, one)
+                if all_masked:
+                    out_mask = m if out_mask is None else (out_mask | m)
+            out = x if out is None else out * x
+        if all_masked:
+            out = np.where(out_mask, out, self.dtype.type(0))
+        return np.asarray(out, dtype=self.dtype)
+
+    def describe(self):
+        return "%s(%s)" % (self.keras_class, "axis=%d" % self.axis if self.kind == "concat" else "")
+
+
+class DotNode(_Node):
+    """Keras ``Dot(axes, normalize)`` of two tensors (batch-wise, as Keras'
+    ``batch_dot``). Drops the mask."""
+
+    multi_input = True
+    mask_rule = "drop"
+
+    def __init__(self, name, axes, normalize, dtype):
+        super().__init__(name, "Dot", dtype)
+        self.axes = axes
+        self.normalize = bool(normalize)
+
+    def output_masks(self, masks, created=None):
+        return [None]
+
+    def run(self, xs, masks, num_threads=None):
+        if len(xs) != 2:
+            raise ValueError("Dot %r takes exactly 2 inputs, got %d" % (self.name, len(xs)))
+        a, b = (_swap(self._cast(np.asarray(x))) for x in xs)         # batch-major
+        axes = [self.axes, self.axes] if isinstance(self.axes, int) else list(self.axes)
+        axes = [ax % t.ndim for ax, t in zip(axes, (a, b))]
+        if min(axes) < 1:
+            raise ValueError("Dot %r: cannot take the product over the batch axis" % self.name)
+        if self.normalize:
+            a = a / np.sqrt(np.maximum((a * a).sum(axis=axes[0], keepdims=True), a.dtype.type(1e-12)))
+            b = b / np.sqrt(np.maximum((b * b).sum(axis=axes[1], keepdims=True), b.dtype.type(1e-12)))
+        a = np.moveaxis(a, axes[0], -1)
+        b = np.moveaxis(b, axes[1], 1)
+        if a.ndim > 3 or b.ndim > 3:
+            raise ValueError("Dot %r: rnnfast takes inputs of rank 2 or 3" % self.name)
+        if a.ndim == 2 and b.ndim == 2:
+            y = (a * b).sum(axis=-1, keepdims=True)
+        elif a.ndim == 2:
+            y = np.matmul(a[:, None, :], b)[:, 0]
+        elif b.ndim == 2:
+            y = np.matmul(a, b[:, :, None])[..., 0]
+        else:
+            y = np.matmul(a, b)
+        y = np.asarray(y, dtype=self.dtype)
+        return [np.ascontiguousarray(_swap(y))], [None]
+
+    def describe(self):
+        return "Dot(axes=%r%s)" % (self.axes, ", normalize=True" if self.normalize else "")
+
+
+class RepeatVectorNode(_Node):
+    """Keras ``RepeatVector(n)``: ``(batch, features)`` to ``(batch, n, features)``."""
+
+    mask_rule = "drop"
+
+    def __init__(self, name, n, dtype):
+        super().__init__(name, "RepeatVector", dtype)
+        self.n = int(n)
+
+    def run(self, x, mask, num_threads=None):
+        x = self._cast(x)
+        if x.ndim != 2:
+            raise ValueError("RepeatVector %r needs input (batch, features), got shape %s"
+                             % (self.name, x.shape))
+        return [np.ascontiguousarray(np.broadcast_to(x[None], (self.n,) + x.shape))], [None]
+
+    def describe(self):
+        return "RepeatVector(%d)" % self.n
+
+
+class ReshapeNode(_Node):
+    """Keras ``Reshape(target_shape)`` (``Permute(dims)`` with ``permute``): acts on
+    the batch-major tensor. Drops the mask (Keras' Reshape passes none on)."""
+
+    mask_rule = "drop"
+
+    def __init__(self, name, keras_class, dtype, target_shape=None, permute=None):
+        super().__init__(name, keras_class, dtype)
+        self.fixes_length = target_shape is not None      # a reshape needs the declared length
+        self.target_shape = tuple(target_shape) if target_shape is not None else None
+        self.permute = tuple(permute) if permute is not None else None
+
+    def run(self, x, mask, num_threads=None):
+        b = _swap(self._cast(x))
+        if self.permute is not None:
+            if len(self.permute) != b.ndim - 1:
+                raise ValueError("Permute %r: dims %s for an input of shape %s"
+                                 % (self.name, self.permute, _batch_major_shape(x)))
+            y = np.transpose(b, (0,) + self.permute)
+        else:
+            y = b.reshape((b.shape[0],) + self.target_shape)
+        return [np.ascontiguousarray(_swap(y))], [None]
+
+    def describe(self):
+        if self.permute is not None:
+            return "Permute(%s)" % (self.permute,)
+        return "Reshape(%s)" % (self.target_shape,)
+
+
 # -- the model --------------------------------------------------------------------------
 
 
@@ -502,20 +804,27 @@ class KerasModel(Summarized):
     :func:`rnnfast.from_keras` (live models), not directly. Called the way a Keras
     model is: ``model.predict(x, batch_size=None, verbose="auto")``, ``model(x,
     training=False)``, ``model.count_params()``, ``model.get_weights()``,
-    ``model.output_shape``, ``model.summary()``.
+    ``model.output_shape``, ``model.summary()``. A model with several inputs takes a
+    list of arrays (or a dict by input name), as Keras does.
+
+    The model is a :class:`~rnnfast.graph.Graph` of the nodes of this module: several
+    inputs and outputs, branches, merges, shared layers (one node, several steps) and
+    recurrent layers given ``initial_state`` run through the one executor.
 
     Attributes
     ----------
     name : str
         The Keras model's name.
     layers : list
-        The converted layers in execution order (InputLayer left out), each with
-        ``name``, ``keras_class`` and, for recurrent ones, ``rnn_layers``
-        (:class:`~rnnfast.layers.RNNLayer`).
-    input_shape : tuple
+        The converted layers in execution order (InputLayer left out; a shared layer
+        once), each with ``name``, ``keras_class`` and, for recurrent ones,
+        ``rnn_layers`` (:class:`~rnnfast.layers.RNNLayer`).
+    input_shape : tuple, or a list of tuples for several inputs
         ``(None, time or None, features)``, or ``(None, time or None)`` for integer
         input (models that start with an Embedding). The time is None (any length
         runs) unless a layer needs the declared one (Flatten).
+    input_names : list of str
+        The InputLayers' names, in the order the model takes its inputs.
     dtype : numpy.dtype or None
         The compute dtype (None when layers differ).
     keras_version : str
@@ -524,38 +833,51 @@ class KerasModel(Summarized):
 
     framework = "Keras"
 
-    def __init__(self, steps, *, input_key, outputs, input_shape, input_dtype, integer_input,
-                 name, keras_version, source=None, declared_input_shape=None):
-        self._steps = list(steps)               # [(node, input key, [output keys])]
-        self._input_key = input_key
-        self._outputs = outputs                 # a key, or a nested list (dict) of keys
-        self._output_keys = set(_flatten(outputs))
-        self.input_shape = tuple(input_shape)
-        # the shape the Keras model declares (its output_shape follows from it)
-        self._declared_input_shape = _declared(declared_input_shape, self.input_shape)
-        self._input_dtype = np.dtype(input_dtype)
-        self._integer_input = bool(integer_input)
+    def __init__(self, graph, *, inputs, name, keras_version, source=None):
+        self._graph = graph
+        # per input: dict(name, shape, dtype, integer, declared)
+        self._inputs = [dict(spec, shape=tuple(spec["shape"]), dtype=np.dtype(spec["dtype"]),
+                             integer=bool(spec["integer"])) for spec in inputs]
+        for spec in self._inputs:
+            spec["declared"] = _declared(spec.get("declared"), spec["shape"])
+        self.input_names = [spec["name"] for spec in self._inputs]
         self.name = name
         self.keras_version = keras_version
         self.source = source
         self._output_shape = None
-        dts = {node.dtype for node, _, _ in self._steps}
-        self.dtype = dts.pop() if len(dts) == 1 else (self._input_dtype if not dts else None)
+        dts = {node.dtype for node in self.layers}
+        first = self._inputs[0]
+        self.dtype = dts.pop() if len(dts) == 1 else (first["dtype"] if not dts else None)
+
+    # single-input views (the common case; tools read them)
+    @property
+    def input_shape(self):
+        shapes = [spec["shape"] for spec in self._inputs]
+        return shapes[0] if len(shapes) == 1 else shapes
+
+    @property
+    def _integer_input(self):
+        return self._inputs[0]["integer"]
+
+    @property
+    def _input_dtype(self):
+        return self._inputs[0]["dtype"]
 
     @property
     def layers(self):
-        return [node for node, _, _ in self._steps]
+        return self._graph.ops
 
     def predict(self, x, batch_size=None, verbose="auto", *, num_threads=None):
         """Run the model, as ``keras_model.predict(x)`` does (same positional order).
 
         Parameters
         ----------
-        x : array_like, shape (batch, time, features)
+        x : array_like, shape (batch, time, features), or a list / dict of them
             Or integer ids of shape (batch, time) for a model that starts with an
             Embedding. Floating input is cast to the model's input dtype (float32
             unless the model's input is float64, as Keras does); a torch tensor is
-            accepted.
+            accepted. A model with several inputs takes a list in the order of
+            :attr:`input_names`, or a dict keyed by them.
         batch_size : int, optional
             Rows per pass (default: all at once); bounds memory, not results.
         verbose : {"auto", 0, 1, 2}, optional
@@ -569,8 +891,9 @@ class KerasModel(Summarized):
         numpy.ndarray, or a list of them (nested like Keras' for several outputs)
             Batch-major, the shapes and values ``keras_model.predict(x)`` gives.
         """
-        x = self._validated(x)
-        return run_batched(lambda part: self._run(part, num_threads), x, batch_size, verbose=verbose)
+        xs = self._validated(x)
+        return run_batched(lambda *parts: self._run(parts, num_threads), xs[0], batch_size,
+                           aligned=xs[1:], verbose=verbose)
 
     def __call__(self, x, training=None, *, num_threads=None):
         """``model(x)``, ``model(x, training=False)``: :meth:`predict` in one pass.
@@ -584,7 +907,8 @@ class KerasModel(Summarized):
         return self.predict(x, num_threads=num_threads)
 
     def count_params(self):
-        """The model's parameters, as Keras' ``model.count_params()`` counts them."""
+        """The model's parameters, as Keras' ``model.count_params()`` counts them (a
+        shared layer once)."""
         return int(sum(node.num_params for node in self.layers))
 
     def get_weights(self):
@@ -603,15 +927,21 @@ class KerasModel(Summarized):
             self._output_shape = self._infer_output_shape()
         return self._output_shape
 
+    def _probe(self, length):
+        """One all-zero sample per input, ``length`` steps where the length is free."""
+        out = []
+        for spec in self._inputs:
+            shape = spec["declared"]
+            if any(d is None for d in shape[2:]):
+                raise ValueError("%s: the output shape is unknown (the input's features are not "
+                                 "declared)" % self._what())
+            dt = np.int64 if spec["integer"] else spec["dtype"]
+            out.append(np.zeros([1] + [length if d is None else d for d in shape[1:]], dt))
+        return out if len(out) > 1 else out[0]
+
     def _infer_output_shape(self):
         # run one sample at two lengths (or the declared one): what varies is unknown
-        shape = self._declared_input_shape
-        if any(d is None for d in shape[2:]):
-            raise ValueError("%s: the output shape is unknown (the input's features are not "
-                             "declared)" % self._what())
-        dt = np.int64 if self._integer_input else self._input_dtype
-        probes = [np.zeros([1] + [t if d is None else d for d in shape[1:]], dt) for t in (1, 2)]
-        y1, y2 = (self.predict(p, num_threads=1) for p in probes)
+        y1, y2 = (self.predict(self._probe(t), num_threads=1) for t in (1, 2))
 
         def merged(a, b):
             return tuple(None if i == 0 or a.shape[i] != b.shape[i] else int(n)
@@ -620,28 +950,53 @@ class KerasModel(Summarized):
 
     # -- describing itself ------------------------------------------------------------
 
+    def connections(self):
+        """For each layer (as :attr:`layers`), the names of the layers (or inputs) whose
+        outputs it reads, over all its calls: Keras' "Connected to" column."""
+        producer = {}
+        for spec, key in zip(self._inputs, self._graph.inputs):
+            producer[key] = spec["name"]
+        by_op = {}
+        for step in self._graph.steps:
+            for k in step.outputs:
+                producer[k] = step.op.name
+        for step in self._graph.steps:
+            names = by_op.setdefault(id(step.op), [])
+            for k in step.inputs + step.states:
+                src = producer.get(k, "?")
+                if isinstance(k, tuple) and len(k) == 3:
+                    src = "%s[%d][%d]" % (src, k[1], k[2])
+                if src not in names:
+                    names.append(src)
+        return [by_op.get(id(node), []) for node in self.layers]
+
     def summary_rows(self):
         """The rows of the summary table, one per layer: dicts with ``name``, ``type``,
-        ``units``, ``options`` (str), ``parameters`` (int, as Keras counts them) and
-        ``dtype`` (str)."""
+        ``units``, ``options`` (str), ``parameters`` (int, as Keras counts them),
+        ``dtype`` (str) and ``connected_to`` (list of str: the tensors it reads)."""
         rows = []
-        for node in self.layers:
+        for node, conn in zip(self.layers, self.connections()):
             kind, units, opts = node.summary_row       # left by the registry's converter
             rows.append(dict(name=node.name, type=kind, units=units, options=opts,
-                             parameters=int(node.num_params), dtype=node.dtype.name))
+                             parameters=int(node.num_params), dtype=node.dtype.name,
+                             connected_to=conn))
         return rows
 
     def summary_title(self):
         """The title line of the summary table."""
         dt = self.dtype.name if self.dtype is not None else "mixed dtypes"
         return "KerasModel %r: Keras %s, input %s, %s" % (self.name, self.keras_version,
-                                                          _shape_str(self.input_shape), dt)
+                                                          self._input_text(), dt)
+
+    def _input_text(self):
+        return ", ".join(_shape_str(spec["shape"]) for spec in self._inputs)
 
     def describe(self):
         """What the model is and takes, as a dict: ``framework`` ("Keras"), ``name``,
-        ``input_shape`` (batch-major, None where any size runs), ``integer_input``
-        (ids for an Embedding), ``vocabulary`` (the Embedding's ``input_dim``, else
-        None), ``dtype`` (of the input), ``layers`` (:meth:`summary_rows`)."""
+        ``input_shape`` (batch-major, None where any size runs; a list for several
+        inputs), ``integer_input`` (ids for an Embedding), ``vocabulary`` (the
+        Embedding's ``input_dim``, else None), ``dtype`` (of the input),
+        ``layers`` (:meth:`summary_rows`)."""
         vocab = next((n.table.shape[0] for n in self.layers if n.takes_ids), None)
         return dict(framework=self.framework, name=self.name, input_shape=self.input_shape,
                     integer_input=self._integer_input, vocabulary=vocab,
@@ -649,22 +1004,44 @@ class KerasModel(Summarized):
                     layers=self.summary_rows())
 
     def _validated(self, x):
-        return _validation.model_input(x, self.input_shape, self._input_dtype, integer=self._integer_input,
-                                       what=self._what(), shape_text=_shape_str(self.input_shape))
+        n = len(self._inputs)
+        if n == 1:
+            if isinstance(x, dict) and len(x) == 1:
+                x = next(iter(x.values()))
+            elif isinstance(x, (list, tuple)) and len(x) == 1 and not np.isscalar(x[0]) \
+                    and np.ndim(x[0]) >= 2:
+                x = x[0]                        # Keras takes [x] as well as x
+            xs = [x]
+        else:
+            if isinstance(x, dict):
+                missing = [k for k in self.input_names if k not in x]
+                if missing:
+                    raise ValueError("%s: missing input(s) %s (inputs: %s)"
+                                     % (self._what(), ", ".join(missing), ", ".join(self.input_names)))
+                xs = [x[k] for k in self.input_names]
+            elif isinstance(x, (list, tuple)) and len(x) == n:
+                xs = list(x)
+            else:
+                raise ValueError("%s takes %d inputs (%s): pass a list or a dict of arrays"
+                                 % (self._what(), n, ", ".join(self.input_names)))
+        out = []
+        for spec, xi in zip(self._inputs, xs):
+            what = self._what() if n == 1 else "%s input %r" % (self._what(), spec["name"])
+            out.append(_validation.model_input(xi, spec["shape"], spec["dtype"], integer=spec["integer"],
+                                               what=what, shape_text=_shape_str(spec["shape"])))
+        if len({a.shape[0] for a in out}) > 1:
+            raise ValueError("%s: the inputs have different batch sizes %s"
+                             % (self._what(), [a.shape[0] for a in out]))
+        return out
 
-    def _run(self, x, num_threads):
-        if x.ndim >= 2 and (x.ndim == 3 or self._integer_input):
-            x = np.ascontiguousarray(np.swapaxes(x, 0, 1))        # time-major
-        values = {self._input_key: x}
-        masks = {self._input_key: None}
-        for node, key_in, keys_out in self._steps:
-            outs, out_masks = node.run(values[key_in], masks[key_in], num_threads)
-            if key_in not in self._output_keys:
-                del values[key_in]                  # a chain: nothing else reads it
-            for k, v, m in zip(keys_out, outs, out_masks):
-                values[k] = v
-                masks[k] = m
-        return _map_structure(lambda k: _batch_major(values[k]), self._outputs)
+    def _run(self, parts, num_threads):
+        feeds = []
+        for spec, x in zip(self._inputs, parts):
+            if x.ndim >= 2 and (x.ndim == 3 or spec["integer"]):
+                x = np.ascontiguousarray(np.swapaxes(x, 0, 1))        # time-major
+            feeds.append(x)
+        values, _ = self._graph.run(feeds, num_threads)
+        return _map_structure(_batch_major, values)
 
     def _what(self):
         return "KerasModel %r" % self.name
@@ -672,7 +1049,7 @@ class KerasModel(Summarized):
     def __repr__(self):
         dt = self.dtype.name if self.dtype is not None else "mixed dtypes"
         lines = ["KerasModel(%r, Keras %s, %s, input %s)" % (
-            self.name, self.keras_version, dt, _shape_str(self.input_shape))]
+            self.name, self.keras_version, dt, self._input_text())]
         width = max([len(n.name) for n in self.layers] + [4])
         for node in self.layers:
             lines.append("  %-*s  %s" % (width, node.name, node.describe()))

@@ -34,13 +34,13 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..errors import FormatError, UnsupportedLayerError
-from ..model_keras import (ActivationNode, FlattenNode, GlobalPoolingNode, IdentityNode, MaskingNode,
-                           TimeDistributedNode)
+from ..model_keras import (ActivationNode, DotNode, FlattenNode, GlobalPoolingNode, IdentityNode,
+                           MaskingNode, MergeNode, RepeatVectorNode, ReshapeNode, TimeDistributedNode)
 from .keras_convert import (RECURRENT_CLASSES, WeightList, bidirectional, check_options,
                             dense, embedding, recurrent, resolve_activation, resolve_dtype)
 
-__all__ = ["KerasLayer", "LAYERS", "SUPPORTED_LAYERS", "RECURRENT_CLASSES", "convert_layer",
-           "expects_weights"]
+__all__ = ["KerasLayer", "LAYERS", "SUPPORTED_LAYERS", "RECURRENT_CLASSES", "MERGE_CLASSES",
+           "convert_layer", "expects_weights"]
 
 
 @dataclass(frozen=True)
@@ -229,6 +229,80 @@ def _global_pooling(cls, reduce):
     return convert
 
 
+#: The merge layers: Keras class -> the merge :class:`~rnnfast.model_keras.MergeNode` does.
+MERGES = {"Add": "add", "Subtract": "subtract", "Multiply": "multiply", "Average": "average",
+          "Maximum": "maximum", "Minimum": "minimum", "Concatenate": "concat"}
+#: Layers called on a list of tensors.
+MERGE_CLASSES = frozenset(MERGES) | {"Dot"}
+
+
+def _merge(cls):
+    def convert(cfg, w, ctx, name):
+        check_options(cls, cfg, {"axis"} if cls == "Concatenate" else set())
+        axis = cfg.get("axis", -1)
+        if cls == "Concatenate" and (not isinstance(axis, int) or isinstance(axis, bool)):
+            raise UnsupportedLayerError(cls, "axis", repr(axis))
+        if cls == "Concatenate" and axis == 0:
+            raise UnsupportedLayerError(cls, "axis", "0 (the batch axis)")
+        return MergeNode(name, cls, MERGES[cls], resolve_dtype(cls, cfg, ctx), axis=axis)
+    return convert
+
+
+def _dot(cfg, w, ctx, name):
+    check_options("Dot", cfg, {"axes", "normalize"})
+    axes = cfg.get("axes")
+    ok = (isinstance(axes, int) and not isinstance(axes, bool)) or (
+        isinstance(axes, (list, tuple)) and len(axes) == 2
+        and all(isinstance(a, int) and not isinstance(a, bool) for a in axes))
+    if not ok:
+        raise UnsupportedLayerError("Dot", "axes", repr(axes))
+    if isinstance(axes, int) and axes == 0 or isinstance(axes, (list, tuple)) and 0 in axes:
+        raise UnsupportedLayerError("Dot", "axes", "%r (the batch axis)" % (axes,))
+    return DotNode(name, axes if isinstance(axes, int) else tuple(axes), bool(cfg.get("normalize", False)),
+                   resolve_dtype("Dot", cfg, ctx))
+
+
+def _repeat_vector(cfg, w, ctx, name):
+    check_options("RepeatVector", cfg, {"n"})
+    n = cfg.get("n")
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise FormatError("RepeatVector %r: n must be a positive integer, got %r" % (name, n))
+    return RepeatVectorNode(name, n, resolve_dtype("RepeatVector", cfg, ctx))
+
+
+def _reshape(cfg, w, ctx, name):
+    check_options("Reshape", cfg, {"target_shape"})
+    t = cfg.get("target_shape")
+    if not isinstance(t, (list, tuple)) or not all(isinstance(d, int) and not isinstance(d, bool)
+                                                    and (d > 0 or d == -1) for d in t) \
+            or sum(d == -1 for d in t) > 1:
+        raise UnsupportedLayerError("Reshape", "target_shape", repr(t))
+    return ReshapeNode(name, "Reshape", resolve_dtype("Reshape", cfg, ctx), target_shape=t)
+
+
+def _permute(cfg, w, ctx, name):
+    check_options("Permute", cfg, {"dims"})
+    dims = cfg.get("dims")
+    if not isinstance(dims, (list, tuple)) or sorted(dims) != list(range(1, len(dims) + 1)):
+        raise UnsupportedLayerError("Permute", "dims", repr(dims))
+    return ReshapeNode(name, "Permute", resolve_dtype("Permute", cfg, ctx),
+                       permute=list(dims))
+
+
+def _merge_row(node):
+    return node.keras_class, "", ("axis=%d" % node.axis) if node.kind == "concat" and node.axis != -1 else ""
+
+
+def _dot_row(node):
+    return "Dot", "", "axes=%r%s" % (node.axes, ", normalize=True" if node.normalize else "")
+
+
+def _shape_row(node):
+    if node.permute is not None:
+        return "Permute", "", "dims=%s" % (tuple(node.permute),)
+    return "Reshape", "", "target_shape=%s" % (node.target_shape,)
+
+
 def _recurrent(cls):
     def convert(cfg, w, ctx, name):
         return recurrent(cls, cfg, w, ctx, name)[0]
@@ -269,7 +343,13 @@ def _entries():
                    params=_no_params, row=_pooling_row),
         KerasLayer("GlobalAveragePooling1D", _global_pooling("GlobalAveragePooling1D", "mean"),
                    weights=False, params=_no_params, row=_pooling_row),
+        KerasLayer("Dot", _dot, weights=False, params=_no_params, row=_dot_row),
+        KerasLayer("RepeatVector", _repeat_vector, weights=False, params=_no_params,
+                   row=lambda n: ("RepeatVector", "", "n=%d" % n.n)),
+        KerasLayer("Reshape", _reshape, weights=False, params=_no_params, row=_shape_row),
+        KerasLayer("Permute", _permute, weights=False, params=_no_params, row=_shape_row),
     ]
+    out += [KerasLayer(cls, _merge(cls), weights=False, params=_no_params, row=_merge_row) for cls in MERGES]
     # the identity at inference (options they may carry)
     identity = {"Dropout": {"rate", "noise_shape", "seed"},
                 "SpatialDropout1D": {"rate", "noise_shape", "seed"},
