@@ -21,11 +21,13 @@ converter leaves ``summary_row`` and ``num_params`` on each node.
 import numpy as np
 
 from . import _validation
+from .errors import UnsupportedLayerError
 from ._progress import run_batched
 from ._summary import Summarized
 from .graph import TRUE, mask_or
 from .layers import ACTIVATIONS, apply_activation, merge_directions, softmax
 from .model import run_recurrent
+from .ops import affine, conv1d, conv_padding, layer_norm, pool1d, unit_norm
 
 __all__ = ["KerasModel", "KERAS_ACTIVATIONS", "keras_activation"]
 
@@ -794,6 +796,180 @@ class ReshapeNode(_Node):
         return "Reshape(%s)" % (self.target_shape,)
 
 
+class _BatchMajorNode(_Node):
+    """A layer computed on the batch-major tensor with channels last (a sequence is
+    swapped out of and back into the time-major layout as views); subclasses define
+    ``compute(x_bm)``. ``channels_first``: the layer's data_format."""
+
+    mask_rule = "drop"
+    channels_first = False
+
+    def run(self, x, mask, num_threads=None):
+        x = self._cast(x)
+        b = _swap(x)
+        axis = getattr(self, "positive_axis", None)
+        if axis is not None and axis != b.ndim - 1:
+            raise UnsupportedLayerError(self.keras_class, "axis", "layer %r normalises axis %d; rnnfast "
+                                        "normalises the last axis (here %d)" % (self.name, axis, b.ndim - 1))
+        if self.channels_first and b.ndim == 3:
+            b = np.swapaxes(b, 1, 2)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            y = self.compute(b)
+        if self.channels_first and y.ndim == 3:
+            y = np.swapaxes(y, 1, 2)
+        y = np.ascontiguousarray(_swap(np.asarray(y, dtype=self.dtype)))
+        return [y], [mask if self.mask_rule == "keep" else None]
+
+    def _need_sequence(self, b):
+        if b.ndim != 3:
+            raise ValueError("%s %r needs a sequence (batch, steps, channels), got an input of shape %s"
+                             % (self.keras_class, self.name, b.shape))
+
+
+class ConvNode(_BatchMajorNode):
+    """Keras ``Conv1D``, ``DepthwiseConv1D`` and ``SeparableConv1D``: a depthwise stage
+    (``depthwise``: kernel (k, 1, C*multiplier), grouped per channel) and/or a full
+    stage (kernel (k, Cin/groups, Cout)), each a GEMM on an im2col view
+    (:func:`rnnfast.ops.conv1d`), then the bias and the activation."""
+
+    def __init__(self, name, keras_class, dtype, *, kernel=None, depthwise=None, bias=None,
+                 strides=1, dilation=1, padding="valid", groups=1, activation="linear",
+                 channels_first=False, keras_weights=()):
+        super().__init__(name, keras_class, dtype)
+        dt = self.dtype
+        self.kernel = None if kernel is None else np.ascontiguousarray(kernel, dtype=dt)
+        self.depthwise = None if depthwise is None else np.ascontiguousarray(depthwise, dtype=dt)
+        self.bias = None if bias is None else np.asarray(bias, dtype=dt)
+        self.strides, self.dilation, self.padding, self.groups = int(strides), int(dilation), padding, int(groups)
+        self.activation = activation
+        self.channels_first = bool(channels_first)
+        self._keras_weights = [np.array(w, dtype=dt) for w in keras_weights]
+        k = (self.depthwise if self.depthwise is not None else self.kernel).shape[0]
+        self.kernel_size = k
+        self.fixes_length = False
+
+    def get_weights(self):
+        return [w.copy() for w in self._keras_weights]
+
+    def compute(self, b):
+
+        self._need_sequence(b)
+        pad = conv_padding(b.shape[1], self.kernel_size, self.strides, self.dilation, self.padding)
+        if self.depthwise is not None:
+            C = b.shape[2]
+            last = self.kernel is None
+            b = conv1d(b, self.depthwise, self.bias if last else None, stride=self.strides,
+                       dilation=self.dilation, padding=pad, groups=C)
+            if not last:
+                b = conv1d(b, self.kernel, self.bias)           # pointwise
+            y = b
+        else:
+            y = conv1d(b, self.kernel, self.bias, stride=self.strides, dilation=self.dilation,
+                       padding=pad, groups=self.groups)
+        if self.activation != "linear":
+            y = keras_activation(self.activation, y)
+        return y
+
+    def describe(self):
+        return "%s(kernel_size=%d, strides=%d, dilation=%d, padding=%r%s)" % (
+            self.keras_class, self.kernel_size, self.strides, self.dilation, self.padding,
+            ", activation=%r" % self.activation if self.activation != "linear" else "")
+
+
+class PoolNode(_BatchMajorNode):
+    """Keras ``MaxPooling1D`` / ``AveragePooling1D`` (:func:`rnnfast.ops.pool1d`)."""
+
+    def __init__(self, name, keras_class, dtype, reduce, pool_size, strides, padding, channels_first=False):
+        super().__init__(name, keras_class, dtype)
+        self.reduce, self.pool_size, self.strides, self.padding = reduce, int(pool_size), int(strides), padding
+        self.channels_first = bool(channels_first)
+
+    def compute(self, b):
+
+        self._need_sequence(b)
+        pad = conv_padding(b.shape[1], self.pool_size, self.strides, 1, self.padding)
+        if b.shape[1] + pad[0] + pad[1] < self.pool_size:
+            raise ValueError("%s %r: %d steps are fewer than the pool size %d"
+                             % (self.keras_class, self.name, b.shape[1], self.pool_size))
+        return pool1d(b, self.pool_size, self.strides, pad, self.reduce)
+
+    def describe(self):
+        return "%s(pool_size=%d, strides=%d, padding=%r)" % (self.keras_class, self.pool_size,
+                                                             self.strides, self.padding)
+
+
+class AffineNode(_BatchMajorNode):
+    """``x * scale + shift`` over the last axis: Keras ``BatchNormalization`` (its
+    moving statistics folded at load) and ``Normalization`` (adapted mean and
+    variance). Keeps the mask (``keep_mask``)."""
+
+    def __init__(self, name, keras_class, dtype, scale, shift, keep_mask=True, keras_weights=()):
+        super().__init__(name, keras_class, dtype)
+        self.scale = np.asarray(scale, dtype=self.dtype)
+        self.shift = np.asarray(shift, dtype=self.dtype)
+        self.mask_rule = "keep" if keep_mask else "drop"
+        self._keras_weights = [np.array(w) for w in keras_weights]
+
+    def get_weights(self):
+        return [w.copy() for w in self._keras_weights]
+
+    def compute(self, b):
+
+        if self.scale.size != 1 and b.shape[-1] != self.scale.shape[-1]:
+            raise ValueError("%s %r expects %d features, got %d" % (self.keras_class, self.name,
+                                                                   self.scale.shape[-1], b.shape[-1]))
+        return affine(b, self.scale, self.shift)
+
+
+class NormNode(_BatchMajorNode):
+    """Keras ``LayerNormalization`` (last axis) and ``UnitNormalization``; keep the mask."""
+
+    mask_rule = "keep"
+
+    def __init__(self, name, keras_class, dtype, *, gamma=None, beta=None, epsilon=1e-3,
+                 rms_scaling=False, unit=False):
+        super().__init__(name, keras_class, dtype)
+        self.gamma = None if gamma is None else np.asarray(gamma, dtype=self.dtype)
+        self.beta = None if beta is None else np.asarray(beta, dtype=self.dtype)
+        self.epsilon, self.rms_scaling, self.unit = float(epsilon), bool(rms_scaling), bool(unit)
+
+    def get_weights(self):
+        return [w.copy() for w in (self.gamma, self.beta) if w is not None]
+
+    def compute(self, b):
+
+        if self.unit:
+            return unit_norm(b)
+        return layer_norm(b, self.gamma, self.beta, self.epsilon, self.rms_scaling)
+
+
+class StepsNode(_BatchMajorNode):
+    """Keras ``UpSampling1D`` (``repeat``), ``ZeroPadding1D`` (``pad``) and
+    ``Cropping1D`` (``crop``): the steps of a sequence repeated, padded with zeros or
+    cut."""
+
+    def __init__(self, name, keras_class, dtype, *, repeat=1, pad=(0, 0), crop=(0, 0),
+                 channels_first=False, keep_mask=False):
+        super().__init__(name, keras_class, dtype)
+        self.repeat, self.pad, self.crop = int(repeat), tuple(pad), tuple(crop)
+        self.channels_first = bool(channels_first)
+        self.mask_rule = "keep" if keep_mask else "drop"
+
+    def compute(self, b):
+        self._need_sequence(b)
+        if self.repeat != 1:
+            b = np.repeat(b, self.repeat, axis=1)
+        if self.pad != (0, 0):
+            b = np.pad(b, ((0, 0), self.pad, (0, 0)))
+        if self.crop != (0, 0):
+            T = b.shape[1]
+            if sum(self.crop) >= T:
+                raise ValueError("%s %r: cropping %s of %d steps leaves none"
+                                 % (self.keras_class, self.name, self.crop, T))
+            b = b[:, self.crop[0]:T - self.crop[1]]
+        return b
+
+
 # -- the model --------------------------------------------------------------------------
 
 
@@ -941,7 +1117,7 @@ class KerasModel(Summarized):
 
     def _infer_output_shape(self):
         # run one sample at two lengths (or the declared one): what varies is unknown
-        y1, y2 = (self.predict(self._probe(t), num_threads=1) for t in (1, 2))
+        y1, y2 = (self.predict(self._probe(t), num_threads=1) for t in (16, 32))
 
         def merged(a, b):
             return tuple(None if i == 0 or a.shape[i] != b.shape[i] else int(n)

@@ -332,7 +332,7 @@ class _Stored:
         if nbytes > SMALL_WEIGHT and nbytes > MAX_WEIGHT_INFLATE * stored:
             raise FormatError("%s: weight %s of shape %s claims %d bytes but the file stores %d for it"
                               % (self.path, ds.name, self.shape, nbytes, stored))
-        a = ds[()]
+        a = np.asarray(ds[()])                 # a scalar dataset reads as a numpy scalar
         return a if dtype is None else a.astype(dtype)
 
 

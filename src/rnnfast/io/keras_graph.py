@@ -34,6 +34,9 @@ __all__ = ["build_model", "MAX_PROBE_VALUES"]
 #: The most values per sample a declared input shape may hold (the load-time probe
 #: allocates one sample of it).
 MAX_PROBE_VALUES = 1 << 24
+#: Steps of the load-time probe when the model declares no length.
+PROBE_STEPS = 16
+PROBE_MAX_STEPS = 1024
 
 _MODEL_CLASSES = ("Sequential", "Functional", "Model")
 
@@ -167,7 +170,13 @@ def _check_shapes(model):
         if any(d is None for d in shape[2:]) or (len(shape) == 2 and not spec["integer"]
                                                  and shape[1] is None):
             return                                  # features unknown: the first call checks them
+        # one sample; a free length: the declared one (at most PROBE_MAX_STEPS), else
+        # PROBE_STEPS (enough for the usual convolutions and poolings)
         dims = [1] + [1 if d is None else d for d in shape[1:]]
+        if len(shape) == 3 or spec["integer"]:
+            declared = spec["declared"][1]
+            if shape[1] is None:
+                dims[1] = min(declared, PROBE_MAX_STEPS) if declared is not None else PROBE_STEPS
         values = int(np.prod(dims, dtype=np.float64))
         if values > MAX_PROBE_VALUES:
             raise FormatError("%r declares input of shape %s: %d values per sample (at most %d)"
