@@ -202,6 +202,32 @@ def _():
         _plain((B, T, 6), 31)
 
 
+@case("attention-classifier-masked")
+def _():
+    ids = keras.Input((T,), dtype="int32")
+    h = L.Bidirectional(L.LSTM(3, return_sequences=True))(L.Embedding(20, 4, mask_zero=True)(ids))
+    att = L.Attention()([h, h])
+    out = L.Dense(2, activation="softmax")(L.GlobalAveragePooling1D()(L.Concatenate()([h, att])))
+    ids_x = np.random.default_rng(40).integers(1, 20, (B, T)).astype(np.int32)
+    ids_x[1, T - 3:] = 0
+    ids_x[2, :2] = 0
+    return keras.Model(ids, out), ids_x
+
+
+@case("attention-options")
+def _():
+    q, v = keras.Input((T, 4)), keras.Input((7, 4))
+    mq, mv = L.Masking()(q), L.Masking()(v)
+    k = L.Dense(4)(v)
+    outs = [L.Attention(use_scale=True)([mq, mv]),
+            L.Attention(score_mode="concat", use_scale=True)([q, v, k]),
+            L.Attention(score_mode="concat")([mq, mv], use_causal_mask=True),
+            L.AdditiveAttention()([mq, mv, k]),
+            L.AdditiveAttention(use_scale=False)([q, q], use_causal_mask=True),
+            L.GRU(2)(L.AdditiveAttention()([mq, mv]))]
+    return keras.Model([q, v], outs), [_x((B, T, 4), 41), _x((B, 7, 4), 42)]
+
+
 CASE_IDS = sorted(CASES)
 
 

@@ -78,6 +78,9 @@ def _every_class_models():
               L.Average(name="avg")([ga, gb]), L.Maximum(name="max")([ga, gb]), L.Minimum(name="min")([ga, gb]),
               L.Dot(axes=1, name="dot")([ga, gb])]
     models.append(keras.Model([a, b], L.Concatenate(name="cat")(merged), name="every_e"))
+    sa, sb = L.GRU(3, return_sequences=True, name="sa")(a), L.GRU(3, return_sequences=True, name="sb")(b)
+    models.append(keras.Model([a, b], [L.Attention(use_scale=True, name="att")([sa, sb]),
+                                       L.AdditiveAttention(name="addatt")([sa, sb])], name="every_f"))
     return [lively(m, seed=i) for i, m in enumerate(models)]
 
 

@@ -970,6 +970,73 @@ class StepsNode(_BatchMajorNode):
         return b
 
 
+class AttentionNode(_Node):
+    """Keras ``Attention`` (dot or concat scores, optional scale) and
+    ``AdditiveAttention`` on ``[query, value]`` or ``[query, value, key]``: scores,
+    the value mask (and ``use_causal_mask``) as ``-1e9``, softmax over the values,
+    the weighted values; the query mask zeroes masked query steps and passes on."""
+
+    multi_input = True
+    #: keyword arguments of the call rnnfast honours, with their defaults
+    call_options = {"use_causal_mask": False, "return_attention_scores": False}
+
+    def __init__(self, name, keras_class, dtype, *, additive=False, score_mode="dot", scale=None,
+                 concat_score_weight=None):
+        super().__init__(name, keras_class, dtype)
+        self.additive = bool(additive)
+        self.score_mode = score_mode
+        self.scale = None if scale is None else np.asarray(scale, dtype=self.dtype)
+        self.concat_score_weight = None if concat_score_weight is None else np.asarray(
+            concat_score_weight, dtype=self.dtype)
+
+    def get_weights(self):
+        return [w.copy() for w in (self.scale, self.concat_score_weight) if w is not None]
+
+    def output_masks(self, masks, created=None):
+        return [masks[0] if masks else None]
+
+    def run(self, xs, masks, num_threads=None, use_causal_mask=False, return_attention_scores=False):
+        if len(xs) not in (2, 3):
+            raise ValueError("%s %r takes [query, value] or [query, value, key], got %d tensors"
+                             % (self.keras_class, self.name, len(xs)))
+        q, v = _swap(self._cast(xs[0])), _swap(self._cast(xs[1]))             # batch-major
+        k = _swap(self._cast(xs[2])) if len(xs) > 2 else v
+        if q.ndim != 3 or v.ndim != 3 or k.ndim != 3:
+            raise ValueError("%s %r needs sequences (batch, steps, features)" % (self.keras_class, self.name))
+        q_mask = masks[0] if masks else None
+        v_mask = masks[1] if masks and len(masks) > 1 else None
+        with np.errstate(over="ignore"):
+            if self.additive or self.score_mode == "concat":
+                t = np.tanh((q[:, :, None, :] + k[:, None, :, :]) if self.additive or self.scale is None
+                            else self.scale * (q[:, :, None, :] + k[:, None, :, :]))
+                if self.additive:
+                    scores = (t * self.scale).sum(-1) if self.scale is not None else t.sum(-1)
+                else:
+                    scores = self.concat_score_weight * t.sum(-1)
+            else:
+                scores = np.matmul(q, np.swapaxes(k, 1, 2))
+                if self.scale is not None:
+                    scores = scores * self.scale
+            valid = None
+            if v_mask is not None:
+                valid = np.swapaxes(np.asarray(v_mask, bool), 0, 1)[:, None, :]     # (B, 1, Tv)
+            if use_causal_mask:
+                Tq, Tv = scores.shape[1:]
+                causal = np.arange(Tq)[:, None] >= np.arange(Tv)[None, :]
+                valid = causal[None] if valid is None else (valid & causal[None])
+            if valid is not None:
+                scores = scores - self.dtype.type(1e9) * (~valid).astype(scores.dtype)
+            w = softmax(np.asarray(scores, dtype=self.dtype))
+            y = np.matmul(w, v)
+        if q_mask is not None:
+            y = y * np.swapaxes(np.asarray(q_mask, bool), 0, 1)[:, :, None].astype(y.dtype)
+        y = np.ascontiguousarray(_swap(np.asarray(y, dtype=self.dtype)))
+        return [y], [q_mask]
+
+    def describe(self):
+        return "%s(%s)" % (self.keras_class, "" if self.additive else "score_mode=%r" % self.score_mode)
+
+
 # -- the model --------------------------------------------------------------------------
 
 

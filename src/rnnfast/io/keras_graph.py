@@ -51,6 +51,7 @@ class _Call:
         self.states = []
         self.mask = None
         self.args = []                  # Keras 3: the positional arguments (operations)
+        self.kwargs = {}                # other (non-tensor) keyword arguments of the call
 
 
 class _Entry:
@@ -123,6 +124,14 @@ def build_model(model_config, weights, keras_version, *, dtype=None, source=None
                 raise FormatError("layer %r is given %d initial states, it has %d"
                                   % (e.name, len(call.states), want))
         options = {}
+        supported = getattr(node, "call_options", {})
+        for k, v in call.kwargs.items():
+            if k not in supported:
+                raise UnsupportedLayerError(e.cls, k, "layer %r is called with %s=%r" % (e.name, k, v))
+            if k == "return_attention_scores" and v:
+                raise UnsupportedLayerError(e.cls, k, "layer %r is called with return_attention_scores=True"
+                                            % e.name)
+            options[k] = bool(v)
         if call.states and ctx.keras_major >= 3 and call.mask is None:
             # Keras 3 fills in a layer's mask only when it is called on one tensor: with
             # initial_state= the layer runs unmasked (its output still carries the mask)
@@ -350,7 +359,9 @@ def _parse_node(e, node):
                 call.states = refs
                 continue
             if v is not None:
-                raise UnsupportedLayerError(e.cls, k, "layer %r is called with %s=" % (e.name, k))
+                if _tensor_ref(v) is not None or isinstance(v, (list, tuple, dict)):
+                    raise UnsupportedLayerError(e.cls, k, "layer %r is called with %s=" % (e.name, k))
+                call.kwargs[k] = v              # honoured or refused once the layer is known
         return call
     # Keras 2: [[layer, node, tensor, kwargs], ...]
     if not isinstance(node, list) or not node:
@@ -466,7 +477,8 @@ def _mask_token(key, entries, depth=0):
     """Read the Keras operations that compute a Keras 3 mask argument into a token
     comparable with the ones the nodes propagate (:meth:`output_masks`):
     ``NotEqual(t, v)`` (Embedding(mask_zero)), ``Any(NotEqual(t, v), axis=-1)``
-    (Masking), and what the merges build from masks: ``LogicalOr`` / ``LogicalAnd``,
+    (Masking), ``ConvertToTensor`` (attention layers pass the query mask so), and what
+    the merges build from masks: ``LogicalOr`` / ``LogicalAnd``,
     ``ExpandDims(m, -1)``, ``ZerosLike`` / ``OnesLike``, ``Concatenate`` and ``Any``
     over the features. None: an operation rnnfast does not read."""
     e = entries.get(key[0])
@@ -483,6 +495,8 @@ def _mask_token(key, entries, depth=0):
     if e.cls == "NotEqual" and len(args) == 2 and isinstance(args[0], tuple) \
             and isinstance(args[1], (int, float)) and not isinstance(args[1], bool):
         return ("ne", args[0], float(args[1]))
+    if e.cls == "ConvertToTensor" and len(args) == 1 and cfg.get("dtype") in (None, "bool"):
+        return sub(args[0])
     if e.cls in ("ZerosLike", "OnesLike") and len(args) == 1 and cfg.get("dtype") == "bool":
         return FALSE if e.cls == "ZerosLike" else TRUE
     if e.cls == "ExpandDims" and len(args) == 1 and cfg.get("axis") == -1:

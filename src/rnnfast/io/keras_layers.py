@@ -36,7 +36,7 @@ from typing import Callable
 from ..errors import FormatError, UnsupportedLayerError
 import numpy as np
 
-from ..model_keras import (ActivationNode, AffineNode, ConvNode, DotNode, FlattenNode, GlobalPoolingNode,
+from ..model_keras import (ActivationNode, AffineNode, AttentionNode, ConvNode, DotNode, FlattenNode, GlobalPoolingNode,
                            IdentityNode, MaskingNode, MergeNode, NormNode, PoolNode, RepeatVectorNode,
                            ReshapeNode, StepsNode, TimeDistributedNode)
 from .keras_convert import (RECURRENT_CLASSES, WeightList, bidirectional, check_options,
@@ -236,7 +236,7 @@ def _global_pooling(cls, reduce):
 MERGES = {"Add": "add", "Subtract": "subtract", "Multiply": "multiply", "Average": "average",
           "Maximum": "maximum", "Minimum": "minimum", "Concatenate": "concat"}
 #: Layers called on a list of tensors.
-MERGE_CLASSES = frozenset(MERGES) | {"Dot"}
+MERGE_CLASSES = frozenset(MERGES) | {"Dot", "Attention", "AdditiveAttention"}
 
 
 def _merge(cls):
@@ -534,6 +534,32 @@ def _norm_params(node):
     return int(sum(wt.size for wt in node.get_weights()))
 
 
+def _attention(cls):
+    def convert(cfg, w, ctx, name):
+        check_options(cls, cfg, {"use_scale", "score_mode", "dropout", "causal"})
+        if cfg.get("causal"):
+            raise UnsupportedLayerError(cls, "causal", "True (Keras 2's option; rnnfast takes "
+                                        "use_causal_mask= in the call)")
+        dtype = resolve_dtype(cls, cfg, ctx)
+        if cls == "AdditiveAttention":
+            scale = w.take("scale", w.peek_shape()) if cfg.get("use_scale", True) else None
+            return AttentionNode(name, cls, dtype, additive=True, scale=scale)
+        mode = cfg.get("score_mode", "dot")
+        if mode not in ("dot", "concat"):
+            raise UnsupportedLayerError(cls, "score_mode", repr(mode))
+        scale = w.take("scale", ()) if cfg.get("use_scale", False) else None
+        csw = w.take("concat_score_weight", ()) if mode == "concat" else None
+        return AttentionNode(name, cls, dtype, score_mode=mode, scale=scale, concat_score_weight=csw)
+    return convert
+
+
+def _attention_row(node):
+    opts = [] if node.additive else ["score_mode=%s" % node.score_mode]
+    if node.scale is not None:
+        opts.append("use_scale=True")
+    return node.keras_class, "", ", ".join(opts)
+
+
 def _merge_row(node):
     return node.keras_class, "", ("axis=%d" % node.axis) if node.kind == "concat" and node.axis != -1 else ""
 
@@ -589,6 +615,10 @@ def _entries():
         KerasLayer("GlobalAveragePooling1D", _global_pooling("GlobalAveragePooling1D", "mean"),
                    weights=False, params=_no_params, row=_pooling_row),
         KerasLayer("Dot", _dot, weights=False, params=_no_params, row=_dot_row),
+        KerasLayer("Attention", _attention("Attention"), weights=True, params=_norm_params,
+                   row=_attention_row),
+        KerasLayer("AdditiveAttention", _attention("AdditiveAttention"), weights=True, params=_norm_params,
+                   row=_attention_row),
         KerasLayer("Conv1D", _conv("Conv1D"), weights=True, params=_weights_params, row=_conv_row),
         KerasLayer("DepthwiseConv1D", _conv("DepthwiseConv1D"), weights=True, params=_weights_params,
                    row=_conv_row),
