@@ -307,3 +307,66 @@ def test_graph_executor_frees_and_checks():
     assert g.ops == [t, s]
     with pytest.raises(ValueError, match="before it is computed"):
         Graph([Step(t, ["y"], ["a"])], ["x"], ["a"])
+
+
+def _with_preprocessing():
+    ids = keras.Input((T,), dtype="int32", name="text")
+    pre = L.Lambda(lambda t: t, name="pre")(ids)
+    h = L.GRU(3)(L.Embedding(20, 4, mask_zero=True, name="embedding")(pre))
+    model = lively(keras.Model(ids, L.Dense(2)(h)), seed=5)
+    x = np.random.default_rng(6).integers(0, 20, (B, T)).astype(np.int32)
+    return model, x
+
+
+def test_lambda_refused_and_inputs_from(tmp_path):
+    model, x = _with_preprocessing()
+    with pytest.raises(rnnfast.UnsupportedLayerError, match="Python code") as info:
+        rnnfast.from_keras(model)
+    assert info.value.layer_class == "Lambda"
+    want = model.predict(x, verbose=0)
+    p = str(tmp_path / "pre.keras")
+    model.save(p)
+    for m in (rnnfast.from_keras(model, inputs_from="embedding"), rnnfast.load(p, inputs_from="embedding")):
+        assert_like_keras(m.predict(x), want)
+        assert m.input_names == ["embedding_input"]
+    with pytest.raises(ValueError, match="no such layer"):
+        rnnfast.from_keras(model, inputs_from="nope")
+
+
+def test_string_preprocessing_refused_with_a_hint():
+    from rnnfast.io.keras_graph import build_model
+    model, x = _with_preprocessing()
+    cfg = model.get_config()
+    for item in cfg["layers"]:
+        if item["name"] == "pre":
+            item["class_name"] = "TextVectorization"
+            item["config"] = {"name": "pre", "max_tokens": 20}
+
+    def weights(name, cls, c):
+        return [(None, w) for w in model.get_layer(name).get_weights()]
+    with pytest.raises(rnnfast.UnsupportedLayerError, match="inputs_from=") as info:
+        build_model({"class_name": "Functional", "config": cfg}, weights, "3.0")
+    assert info.value.layer_class == "TextVectorization"
+    m = build_model({"class_name": "Functional", "config": cfg}, weights, "3.0", inputs_from="embedding")
+    assert_like_keras(m.predict(x), model.predict(x, verbose=0))
+
+
+def test_summary_of_a_graph():
+    model, x = CASES["seq2seq-training"]()
+    m = rnnfast.from_keras(model)
+    assert not m.is_chain
+    lines = []
+    m.summary(print_fn=lines.append)
+    text = lines[0]
+    assert "connected to" in text and "output shape" in text
+    rows = {r["name"]: r for r in m.summary_rows()}
+    dense = [r for r in rows.values() if r["type"] == "Dense"][0]
+    assert dense["output_shape"] == "(None, None, 4)"
+    lstm = [n for n in m.layers if n.keras_class == "LSTM"][1]
+    assert any(c.startswith(m.layers[0].name) or "[0][1]" in c for c in rows[lstm.name]["connected_to"])
+    assert rows[lstm.name]["output_shape"].startswith("[(None, None, 6)")
+    chain = rnnfast.from_keras(keras.Sequential([keras.Input((T, F)), L.GRU(2)]))
+    assert chain.is_chain
+    lines = []
+    chain.summary(print_fn=lines.append)
+    assert "connected to" not in lines[0]

@@ -41,7 +41,17 @@ def refused(model, layer_class, option=None, tmp_path=None):
 
 
 def test_unsupported_layer(tmp_path):
-    refused(seq(L.Conv1D(4, 3), L.GRU(3)), "Conv1D", tmp_path=tmp_path)
+    # (Conv1D, refused here before, is supported now: tests/test_keras_layers_conv_norm.py)
+    refused(seq(L.Conv1DTranspose(4, 3), L.GRU(3)), "Conv1DTranspose", tmp_path=tmp_path)
+
+
+def test_formerly_refused_conv1d_runs(tmp_path):
+    from test_keras_models import assert_like_keras
+    model = lively(seq(L.Conv1D(4, 3), L.GRU(3)))
+    x = masked_input((5, T, F))
+    p = str(tmp_path / "c.keras")
+    model.save(p)
+    assert_like_keras(rnnfast.load(p).predict(x), model.predict(x, verbose=0))
 
 
 def test_unsupported_wrapped_layers():

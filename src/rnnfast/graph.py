@@ -101,7 +101,7 @@ class Graph:
                 out.append(step.op)
         return out
 
-    def run(self, feeds, num_threads=None, masks=None):
+    def run(self, feeds, num_threads=None, masks=None, keep_all=False):
         """Run the graph.
 
         Parameters
@@ -112,6 +112,9 @@ class Graph:
             Passed to every op.
         masks : list, optional
             A mask (or None) per input.
+        keep_all : bool
+            Keep every tensor and return ``(values, masks)`` as dicts by key (for
+            describing the graph: each op's output shapes).
 
         Returns
         -------
@@ -132,12 +135,14 @@ class Graph:
             if step.states:
                 extra["initial_state"] = [values[k] for k in step.states]
             outs, out_masks = op.run(x, m, num_threads, **extra)
-            for k in free:
+            for k in (() if keep_all else free):
                 values.pop(k, None)
                 mask_of.pop(k, None)
             for k, v, mk in zip(step.outputs, outs, out_masks):
                 values[k] = v
                 mask_of[k] = mk
+        if keep_all:
+            return values, mask_of
         return (_map(lambda k: values[k], self.outputs), _map(lambda k: mask_of[k], self.outputs))
 
 

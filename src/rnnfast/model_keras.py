@@ -1213,16 +1213,61 @@ class KerasModel(Summarized):
                     names.append(src)
         return [by_op.get(id(node), []) for node in self.layers]
 
+    @property
+    def is_chain(self):
+        """One input, and every layer reads the previous layer's only output (a
+        Sequential-like model: the summary needs no "connected to" column)."""
+        if len(self._graph.inputs) != 1:
+            return False
+        prev = self._graph.inputs[0]
+        for step in self._graph.steps:
+            if step.inputs != [prev] or step.states:
+                return False
+            prev = step.outputs[0]
+        return True
+
+    def layer_output_shapes(self):
+        """Per layer (as :attr:`layers`) the shapes of its outputs as Keras gives them
+        (None for the batch and any length the input does not fix): a list of tuples
+        per layer (its first call), or None where they cannot be probed."""
+        try:
+            runs = []
+            for t in (16, 32):
+                probe = self._probe(t)
+                feeds = []
+                for spec, x in zip(self._inputs, probe if len(self._inputs) > 1 else [probe]):
+                    if x.ndim >= 2 and (x.ndim == 3 or spec["integer"]):
+                        x = np.ascontiguousarray(np.swapaxes(x, 0, 1))
+                    feeds.append(x)
+                runs.append(self._graph.run(feeds, 1, keep_all=True)[0])
+        except (ValueError, TypeError):
+            return [None] * len(self.layers)
+        first = {}
+        for step in self._graph.steps:
+            first.setdefault(id(step.op), step.outputs)
+
+        def shape(k):
+            a, b = (_batch_major(r[k]).shape for r in runs)
+            return tuple(None if i == 0 or a[i] != b[i] else int(n) for i, n in enumerate(a))
+        return [[shape(k) for k in first[id(node)]] for node in self.layers]
+
     def summary_rows(self):
         """The rows of the summary table, one per layer: dicts with ``name``, ``type``,
         ``units``, ``options`` (str), ``parameters`` (int, as Keras counts them),
-        ``dtype`` (str) and ``connected_to`` (list of str: the tensors it reads)."""
+        ``dtype`` (str), ``connected_to`` (list of str: the tensors it reads, as Keras'
+        "Connected to" names them) and ``output_shape`` (str, as Keras prints it)."""
         rows = []
-        for node, conn in zip(self.layers, self.connections()):
+        shapes = self.layer_output_shapes()
+        for node, conn, shp in zip(self.layers, self.connections(), shapes):
             kind, units, opts = node.summary_row       # left by the registry's converter
+            if shp is None:
+                text = "?"
+            else:
+                text = ", ".join("(%s)" % ", ".join("None" if d is None else str(d) for d in s) for s in shp)
+                text = text if len(shp) == 1 else "[%s]" % text
             rows.append(dict(name=node.name, type=kind, units=units, options=opts,
                              parameters=int(node.num_params), dtype=node.dtype.name,
-                             connected_to=conn))
+                             connected_to=conn, output_shape=text))
         return rows
 
     def summary_title(self):

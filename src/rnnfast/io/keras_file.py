@@ -62,18 +62,19 @@ def load_keras_file(path, dtype=None, **options):
     -------
     rnnfast.KerasModel
     """
+    inputs_from = options.pop("inputs_from", None)
     if options:
-        raise TypeError("unexpected option(s) for a Keras file: %s (Keras files take dtype=)"
-                        % ", ".join(sorted(options)))
+        raise TypeError("unexpected option(s) for a Keras file: %s (Keras files take dtype= and "
+                        "inputs_from=)" % ", ".join(sorted(options)))
     ConvertContext("3", dtype)              # an invalid dtype option is a ValueError, not a file's fault
     ctx_dtype = dtype
     with open(path, "rb") as f:
         head = f.read(8)
     try:
         if head.startswith(_H5_MAGIC):
-            return _load_hdf5(path, ctx_dtype)
+            return _load_hdf5(path, ctx_dtype, inputs_from)
         if zipfile.is_zipfile(path):
-            return _load_archive(path, ctx_dtype)
+            return _load_archive(path, ctx_dtype, inputs_from)
     except (FormatError, UnsupportedLayerError):
         raise
     except _MALFORMED as e:
@@ -98,6 +99,7 @@ SMALL_WEIGHT = 1 << 20
 def from_keras(model, dtype=None, **options):
     """Convert a live Keras model (Keras 3, tf.keras or Keras 2 ``Sequential`` or
     functional model) without saving it; see :func:`load_keras_file`."""
+    inputs_from = options.pop("inputs_from", None)
     if options:
         raise TypeError("unexpected option(s) for from_keras: %s" % ", ".join(sorted(options)))
     if not (hasattr(model, "get_config") and hasattr(model, "layers") and hasattr(model, "get_layer")):
@@ -127,7 +129,7 @@ def from_keras(model, dtype=None, **options):
                 for v, a in zip(variables, arrays)]
 
     return build_model({"class_name": cls, "config": config}, weights, version, dtype=dtype,
-                       source="live %s model" % framework)
+                       source="live %s model" % framework, inputs_from=inputs_from)
 
 
 def _live_version(model):
@@ -156,7 +158,7 @@ def _read_member(z, name, size, limit=None):
     return z.read(info)
 
 
-def _load_archive(path, dtype):
+def _load_archive(path, dtype, inputs_from=None):
     h5py = _h5py()
     size = os.path.getsize(path)
     try:
@@ -185,10 +187,10 @@ def _load_archive(path, dtype):
         raise FormatError("%s: model.weights.h5 is not a readable HDF5 file (%s)" % (path, e)) from None
     with f:
         source = _ArchiveWeights(f, path)
-        return build_model(config, source, version, dtype=dtype, source=str(path))
+        return build_model(config, source, version, dtype=dtype, source=str(path), inputs_from=inputs_from)
 
 
-def _load_hdf5(path, dtype):
+def _load_hdf5(path, dtype, inputs_from=None):
     h5py = _h5py()
     with open(path, "rb") as raw:
         with mmap.mmap(raw.fileno(), 0, access=mmap.ACCESS_READ) as buf:
@@ -214,7 +216,7 @@ def _load_hdf5(path, dtype):
         if "model_weights" not in f:
             raise FormatError("%s: no model_weights group: the model was saved without weights" % path)
         source = _H5Weights(f["model_weights"], path)
-        return build_model(config, source, version, dtype=dtype, source=str(path))
+        return build_model(config, source, version, dtype=dtype, source=str(path), inputs_from=inputs_from)
 
 
 def check_global_heaps(buf, what):

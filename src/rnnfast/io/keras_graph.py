@@ -52,6 +52,7 @@ class _Call:
         self.mask = None
         self.args = []                  # Keras 3: the positional arguments (operations)
         self.kwargs = {}                # other (non-tensor) keyword arguments of the call
+        self.input_shape = None         # Keras 3: the declared shape of the first tensor
 
 
 class _Entry:
@@ -61,7 +62,7 @@ class _Entry:
         self.calls = []
 
 
-def build_model(model_config, weights, keras_version, *, dtype=None, source=None):
+def build_model(model_config, weights, keras_version, *, dtype=None, source=None, inputs_from=None):
     """Build a :class:`~rnnfast.KerasModel` from a model config and a weights getter.
 
     Parameters
@@ -75,6 +76,9 @@ def build_model(model_config, weights, keras_version, *, dtype=None, source=None
         The version that wrote the model (``hard_sigmoid`` means what it meant there).
     dtype : optional
         Compute dtype override.
+    inputs_from : str, optional
+        Start the model at this layer: its input becomes the model's input (the layers
+        before it, e.g. string preprocessing rnnfast cannot run, are left out).
     """
     ctx = ConvertContext(keras_version, dtype)
     if not isinstance(model_config, dict):
@@ -88,10 +92,18 @@ def build_model(model_config, weights, keras_version, *, dtype=None, source=None
     else:
         raise UnsupportedLayerError(cls, None, "model class %r: rnnfast loads Sequential and functional "
                                     "models (a subclassed model has no config to follow)" % (cls,))
+    if inputs_from is not None:
+        inputs = _cut_at(entries, inputs, inputs_from)
+        if outputs is None:                              # Sequential: the last layer's outputs
+            last = [e for e in entries.values() if e.calls and e.cls != "InputLayer"][-1]
+            outputs = _map(lambda i: (last.name, 0, i), 0)
     if hasattr(weights, "bind"):
         weights.bind([(e.name, e.cls) for e in entries.values()])
 
     order = _execution_order(entries, inputs, outputs)
+    if inputs_from is not None:
+        read = {k for e, c in order for k in e.calls[c].inputs + e.calls[c].states}
+        inputs = [k for k in inputs if k in read]
     nodes, steps = {}, []
     for e, c in order:
         node = nodes.get(e.name)
@@ -169,8 +181,27 @@ def build_model(model_config, weights, keras_version, *, dtype=None, source=None
     return model
 
 
+def _cut_at(entries, inputs, layer):
+    """Make ``layer``'s input tensor a new model input (``inputs_from=``)."""
+    e = entries.get(layer)
+    if e is None or e.cls == "InputLayer":
+        raise ValueError("inputs_from=%r: no such layer in the model (layers: %s)"
+                         % (layer, ", ".join(n for n, x in entries.items() if x.cls != "InputLayer")))
+    if len(e.calls) != 1 or len(e.calls[0].inputs) != 1:
+        raise ValueError("inputs_from=%r: the layer must be called once on one tensor" % layer)
+    name = "%s_input" % layer
+    while name in entries:
+        name += "_"
+    shape = e.calls[0].input_shape
+    cfg = {"batch_shape": list(shape) if shape is not None else None}
+    entries[name] = _Entry(name, "InputLayer", cfg)
+    entries[name].alias_of = e.calls[0].inputs[0]        # masks computed from it stay comparable
+    e.calls[0].inputs = [(name, 0, 0)]
+    return [(name, 0, 0)] + list(inputs)
+
+
 def _check_shapes(model):
-    """Run the model once on one all-zero step (the declared length where it is fixed),
+    """Run the model once on one all-zero sample (of the declared or a probe length),
     so that layers whose weights do not fit together are a FormatError at load, not a
     ValueError at the first call."""
     probe = []
@@ -179,17 +210,17 @@ def _check_shapes(model):
         if any(d is None for d in shape[2:]) or (len(shape) == 2 and not spec["integer"]
                                                  and shape[1] is None):
             return                                  # features unknown: the first call checks them
-        # one sample; a free length: the declared one (at most PROBE_MAX_STEPS), else
-        # PROBE_STEPS (enough for the usual convolutions and poolings)
         dims = [1] + [1 if d is None else d for d in shape[1:]]
-        if len(shape) == 3 or spec["integer"]:
-            declared = spec["declared"][1]
-            if shape[1] is None:
-                dims[1] = min(declared, PROBE_MAX_STEPS) if declared is not None else PROBE_STEPS
         values = int(np.prod(dims, dtype=np.float64))
         if values > MAX_PROBE_VALUES:
             raise FormatError("%r declares input of shape %s: %d values per sample (at most %d)"
                               % (model.name, _shape_text(shape), values, MAX_PROBE_VALUES))
+        if (len(shape) == 3 or spec["integer"]) and shape[1] is None:
+            # a free length: the declared one (at most PROBE_MAX_STEPS), else PROBE_STEPS
+            # (enough for the usual convolutions and poolings), within MAX_PROBE_VALUES
+            declared = spec["declared"][1]
+            steps = min(declared, PROBE_MAX_STEPS) if declared is not None else PROBE_STEPS
+            dims[1] = max(1, min(steps, MAX_PROBE_VALUES // values))
         probe.append(np.zeros(dims, dtype=np.int64 if spec["integer"] else spec["dtype"]))
     try:
         model.predict(probe if len(probe) > 1 else probe[0], num_threads=1)
@@ -323,6 +354,9 @@ def _parse_node(e, node):
         for a in args:
             r = _tensor_ref(a)
             if r is not None:
+                if not call.inputs:
+                    shape = (a.get("config") or {}).get("shape")
+                    call.input_shape = tuple(shape) if isinstance(shape, (list, tuple)) else None
                 call.inputs.append(r)
                 call.args.append(r)
             elif isinstance(a, (list, tuple)) and a and all(_tensor_ref(x) is not None for x in a):
@@ -462,7 +496,8 @@ def _check_masks(steps, order, inputs, entries):
         if getattr(node, "multi_input", False):
             outs = node.output_masks(in_tokens)
         else:
-            created = node.mask_token(step.inputs[0])
+            src = step.inputs[0]
+            created = node.mask_token(getattr(entries.get(src[0]), "alias_of", src))
             outs = node.output_masks(in_tokens[0], created)
         for k, m in zip(step.outputs, outs):
             tokens[k] = m

@@ -663,6 +663,9 @@ def _entries():
 
 #: Keras class name -> its :class:`KerasLayer`.
 LAYERS = {e.name: e for e in _entries()}
+#: Keras preprocessing layers of strings (refused with a hint to use ``inputs_from=``).
+STRING_PREPROCESSING = frozenset({"TextVectorization", "StringLookup", "Hashing", "HashedCrossing",
+                                  "IntegerLookup"})
 #: Every class a model may hold (``InputLayer`` is read by the loader itself).
 SUPPORTED_LAYERS = sorted(set(LAYERS) | {"InputLayer"})
 
@@ -709,8 +712,19 @@ def convert_layer(cls, cfg, weights, ctx):
     if entry is None:
         if cls in ("Sequential", "Functional", "Model"):
             raise UnsupportedLayerError(cls, None, "a model nested inside the model (layer %r)" % name)
-        raise UnsupportedLayerError(cls, None, "layer %r: rnnfast supports %s"
-                                    % (name, ", ".join(SUPPORTED_LAYERS)))
+        if cls == "Lambda":
+            raise UnsupportedLayerError(cls, None, "layer %r runs Python code that the file does not hold "
+                                        "(a Lambda's function); rnnfast runs only what a model's config "
+                                        "describes: rebuild the model with built-in layers in place of the "
+                                        "Lambda" % name)
+        if cls in STRING_PREPROCESSING:
+            raise UnsupportedLayerError(cls, None, "layer %r preprocesses strings, which rnnfast does not "
+                                        "do: run it in Keras (or your own code) and load the model from the "
+                                        "layer after it, e.g. rnnfast.load(path, inputs_from=%r)"
+                                        % (name, "embedding"))
+        raise UnsupportedLayerError(cls, None, "layer %r: not a built-in Keras layer rnnfast knows (a custom "
+                                    "or subclassed layer runs code its config does not describe); "
+                                    "rnnfast supports %s" % (name, ", ".join(SUPPORTED_LAYERS)))
     w = WeightList(name, weights)
     node = _convert(entry, cfg, w, ctx, name)
     w.done()
