@@ -370,3 +370,18 @@ def test_summary_of_a_graph():
     lines = []
     chain.summary(print_fn=lines.append)
     assert "connected to" not in lines[0]
+
+
+@pytest.mark.parametrize("case_name", ["seq2seq-training", "bigru-pooled-concat-head"])
+def test_save_weights_with_to_json(tmp_path, case_name):
+    model, x = CASES[case_name]()
+    lively(model, seed=9)
+    want = model.predict(x, verbose=0)
+    w = str(tmp_path / "m.weights.h5")
+    model.save_weights(w)
+    cfg = tmp_path / "m.json"
+    cfg.write_text(model.to_json())
+    for config in (str(cfg), model.to_json()):
+        assert_like_keras(rnnfast.load(w, config=config).predict(x), want)
+    with pytest.raises(rnnfast.FormatError, match="without a model_config"):
+        rnnfast.load(w)

@@ -63,14 +63,17 @@ def load_keras_file(path, dtype=None, **options):
     rnnfast.KerasModel
     """
     inputs_from = options.pop("inputs_from", None)
+    config = options.pop("config", None)
     if options:
-        raise TypeError("unexpected option(s) for a Keras file: %s (Keras files take dtype= and "
-                        "inputs_from=)" % ", ".join(sorted(options)))
+        raise TypeError("unexpected option(s) for a Keras file: %s (Keras files take dtype=, config= "
+                        "and inputs_from=)" % ", ".join(sorted(options)))
     ConvertContext("3", dtype)              # an invalid dtype option is a ValueError, not a file's fault
     ctx_dtype = dtype
     with open(path, "rb") as f:
         head = f.read(8)
     try:
+        if head.startswith(_H5_MAGIC) and config is not None:
+            return _load_weights(path, config, ctx_dtype, inputs_from)
         if head.startswith(_H5_MAGIC):
             return _load_hdf5(path, ctx_dtype, inputs_from)
         if zipfile.is_zipfile(path):
@@ -187,6 +190,41 @@ def _load_archive(path, dtype, inputs_from=None):
         raise FormatError("%s: model.weights.h5 is not a readable HDF5 file (%s)" % (path, e)) from None
     with f:
         source = _ArchiveWeights(f, path)
+        return build_model(config, source, version, dtype=dtype, source=str(path), inputs_from=inputs_from)
+
+
+def _load_weights(path, config, dtype, inputs_from=None):
+    """``save_weights`` HDF5 (Keras 3 ``.weights.h5``: ``layers/<name>/vars``; Keras 2:
+    per-layer groups listed by ``layer_names``) beside the architecture ``to_json()``
+    wrote (``config``: the JSON's path, its text, or the parsed dict)."""
+    h5py = _h5py()
+    if isinstance(config, (str, os.PathLike)) and os.path.exists(config):
+        with open(config, "rb") as fh:
+            raw = fh.read(MAX_JSON_BYTES + 1)
+        if len(raw) > MAX_JSON_BYTES:
+            raise FormatError("%s: a model config larger than %d bytes" % (config, MAX_JSON_BYTES))
+        config = _json(raw, str(config), "config")
+    elif isinstance(config, (str, bytes)):
+        config = _json(config, path, "config")
+    if not isinstance(config, dict) or "class_name" not in config:
+        raise FormatError("config=: not a Keras model config (model.to_json()): %r" % (str(config)[:100],))
+    version = config.get("keras_version")
+    version = _str(version) if version is not None else None
+    with open(path, "rb") as raw:
+        with mmap.mmap(raw.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            check_global_heaps(buf, path)
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise FormatError("%s: unreadable HDF5 file (%s)" % (path, e)) from None
+    with f:
+        if "model_weights" in f:
+            group, keras3 = f["model_weights"], False          # a whole-model file: its weights
+        else:
+            group, keras3 = f, "layers" in f and "layer_names" not in f.attrs
+        if version is None:
+            version = "3" if keras3 else "2"
+        source = _ArchiveWeights(f, path) if keras3 else _H5Weights(group, path)
         return build_model(config, source, version, dtype=dtype, source=str(path), inputs_from=inputs_from)
 
 
