@@ -14,7 +14,9 @@ import rnnfast  # noqa: E402
 from rnnfast import UnsupportedLayerError, ops  # noqa: E402
 
 L = keras.layers
-pytestmark = KERAS_WARNINGS
+pytestmark = KERAS_WARNINGS + [
+    # Keras 3 deprecates rms_scaling=True (it scales by the variance); rnnfast follows what it computes
+    pytest.mark.filterwarnings("ignore:You passed `rms_scaling=True`:UserWarning")]
 
 T2 = 12
 
