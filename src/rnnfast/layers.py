@@ -280,6 +280,71 @@ class RNNLayer:
         return "RNNLayer(%s, input_size=%d, units=%d, directions=%d%s, dtype=%s)" % (
             kind, self.input_size, self.units, self.num_directions, extra, self.dtype.name)
 
+    # -- pickling (models that travel to workers: rnnfast.dask, rnnfast.ray) ---------
+
+    #: Attributes a pickle leaves out and the arriving process rebuilds: the packed
+    #: copies of the weights (made for the CPU that runs the layer, which need not be
+    #: the one that pickled it) and what is decided with them.
+    _PICKLE_DERIVED = ("_Wp", "_Up", "_uses_blas")
+    #: Bumped when the pickled state changes meaning; an older pickle is refused.
+    _PICKLE_FORMAT = 1
+
+    def __getstate__(self):
+        """The canonical weights and options, once; no packed copies (see
+        :meth:`__setstate__`)."""
+        state = {k: v for k, v in self.__dict__.items() if k not in self._PICKLE_DERIVED}
+        state["_pickle_format"] = self._PICKLE_FORMAT
+        return state
+
+    def __setstate__(self, state):
+        """Restore the canonical weights (read-only, as loaded) and pack them again for
+        this CPU: the layer computes bitwise what the pickled one computed."""
+        state = dict(state)
+        fmt = state.pop("_pickle_format", None)
+        if fmt != self._PICKLE_FORMAT:
+            from .errors import FormatError
+
+            raise FormatError("this RNNLayer was pickled by another rnnfast version (pickle format "
+                              "%r, this one reads %r): pickle it again with rnnfast %s"
+                              % (fmt, self._PICKLE_FORMAT, _version()))
+        for k, v in state.items():
+            if isinstance(v, np.ndarray):
+                state[k] = _frozen(_usable(v))
+        self.__dict__.update(state)
+        self._pack()
+
+    def _pack(self):
+        """The packed copies of ``_W`` and ``_U`` (as :meth:`_convert` makes them)."""
+        G = _GATES[self.cell]
+        D = self._W.shape[0]
+        plain = self._kernel_cell in ("gru", "lstm", "simple") and self._Wr.shape[1] == 0
+        packed_w = _kernels.packed_projection(self.dtype)
+        self._Wp = _frozen(_kernels.pack_blocks(self._W, G, self._ncb) if packed_w
+                           else np.zeros((D, 0), self.dtype))
+        self._Up = _frozen(_kernels.pack_blocks(self._U, G, self._ncb) if plain
+                           else np.zeros((D, 0), self.dtype))
+        self._uses_blas = self._Wp.size == 0 or not plain
+
+    def _direction_matches(self, other, d):
+        """Whether this one-direction layer is direction ``d`` of ``other`` bitwise (the
+        same options and canonical arrays): a Keras ``Bidirectional`` keeps both, and a
+        pickle then carries the weights once (:func:`_layer_from_direction`)."""
+        if self.num_directions != 1 or other.num_directions != 2:
+            return False
+        mine = self.__getstate__()
+        theirs = other.__getstate__()
+        for k, v in mine.items():
+            w = theirs.get(k)
+            if isinstance(v, np.ndarray):
+                if not (isinstance(w, np.ndarray) and w.dtype == v.dtype and w.shape[1:] == v.shape[1:]
+                        and v.shape[0] == 1 and w[d].tobytes() == v[0].tobytes()):
+                    return False
+            elif k in ("cell", "reset_after", "activation", "recurrent_activation", "dtype", "_ncb",
+                       "_kernel_cell", "_act", "_ract", "units", "input_size", "proj_size",
+                       "output_size") and v != w:
+                return False
+        return True
+
     # -- running ---------------------------------------------------------------------
 
     def forward(self, x, h0=None, c0=None, *, mask=None, lengths=None, zero_output_for_mask=False,
@@ -430,6 +495,14 @@ class Dense:
             _activation_code(activation, "activation")
         self.activation = activation or "linear"
 
+    def __setstate__(self, state):
+        """Unpickled: the weights read-only again, as loaded."""
+        state = dict(state)
+        for k, v in state.items():
+            if isinstance(v, np.ndarray):
+                state[k] = _frozen(_usable(v))
+        self.__dict__.update(state)
+
     def forward(self, x):
         """``x``: (..., I) -> (..., N)."""
         x = np.asarray(as_numeric(x, "input"), dtype=self.dtype)
@@ -448,6 +521,44 @@ class Dense:
 
     __call__ = forward
 
+
+
+class SharedDirection:
+    """Stands in a pickle for a one-direction :class:`RNNLayer` that is direction ``d``
+    of the two-direction ``layer`` (see :meth:`RNNLayer._direction_matches`): the
+    weights travel once, with ``layer``, and arrive as views of its arrays."""
+
+    def __init__(self, layer, d, one):
+        self.layer, self.d, self.one = layer, d, one
+
+    def __reduce__(self):
+        state = self.one.__getstate__()
+        meta = {k: v for k, v in state.items() if not isinstance(v, np.ndarray)}
+        names = [k for k, v in state.items() if isinstance(v, np.ndarray)]
+        return _layer_from_direction, (self.layer, self.d, meta, names)
+
+
+def _layer_from_direction(layer, d, meta, names):
+    one = RNNLayer.__new__(RNNLayer)
+    state = dict(meta)
+    for k in names:
+        state[k] = getattr(layer, k)[d:d + 1]
+    one.__setstate__(state)
+    return one
+
+
+def _usable(a):
+    """``a`` as the kernels read it: C-contiguous and aligned, copied only if not (an
+    unpickled array may be a view of a received buffer)."""
+    if a.flags.c_contiguous and a.flags.aligned:
+        return a
+    return np.array(a, order="C", copy=True)
+
+
+def _version():
+    from ._version import __version__
+
+    return __version__
 
 # -- helpers --------------------------------------------------------------------------
 
