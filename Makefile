@@ -16,6 +16,7 @@ PYTEST_ARGS ?=
 LINT_LATER := src tests/fuzz tests/memcheck tests/test_hostile_*.py tests/test_torch_hostile.py
 LINT_LATER += setup.py tests/test_fuzz_loaders.py tests/test_isa.py tests/test_threads*.py tests/test_concurrency_leaks.py
 LINT_LATER += tests/test_cells.py tests/test_keras_registry.py tests/test_validation.py tests/test_fork.py
+LINT_LATER += tests/test_under_load.py bench/check_bitwise.py tests/test_dask.py tests/test_ray.py tests/test_pickle.py bench/scale_out.py
 # ======================================================================================
 PYX := $(shell find src -name '*.pyx' -o -name '*.pxd')
 comma := ,
