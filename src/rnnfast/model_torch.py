@@ -186,12 +186,13 @@ class TorchRNN(Summarized):
         if other == B:
             return
         sizes = []
-        if hx is not None:
-            h = hx[0] if isinstance(hx, (tuple, list)) and hx else hx
-            if len(np.shape(h)) == 3:
-                sizes.append(("h_0", np.shape(h)[1]))
-        if lengths is not None and len(np.shape(lengths)) == 1:
-            sizes.append(("lengths", np.shape(lengths)[0]))
+        for name, a in (("h_0", hx[0] if isinstance(hx, (tuple, list)) and hx else hx), ("lengths", lengths)):
+            try:
+                shape_a = np.shape(a) if a is not None else ()
+            except (ValueError, TypeError):              # not an array: _validation says what is wrong
+                continue
+            if len(shape_a) == (3 if name == "h_0" else 1):
+                sizes.append((name, shape_a[-2 if name == "h_0" else 0]))
         for name, n in sizes:
             if n == other:
                 mine, theirs = ("(batch, time, features)", "(time, batch, features)") if self.batch_first \
