@@ -6,7 +6,7 @@ PIP    := $(BIN)/python -m pip
 CORE   := $(wildcard src/rnnfast/*.pyx src/rnnfast/*.pxd src/rnnfast/*.h) setup.py pyproject.toml
 PYTEST_ARGS ?=
 
-.PHONY: demo test build bench bench-quick compare compare-quick clean fuzz
+.PHONY: demo test build bench bench-quick compare compare-quick clean fuzz docs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,16 @@ test: $(VENV)/.deps-test build
 FUZZ_SECONDS ?= 600
 fuzz: $(VENV)/.deps-test build
 	KERAS_BACKEND=torch $(BIN)/python tests/fuzz/run_fuzz.py --seconds $(FUZZ_SECONDS) --out build/fuzz-findings
+
+# the API reference (Sphinx: the docstrings and docs/) in build/docs; warnings and broken
+# references are errors
+$(VENV)/.deps-docs: pyproject.toml $(VENV)/.deps
+	$(PIP) install -q "sphinx>=7" "numpydoc>=1.6" "myst-parser>=2"
+	touch $@
+
+docs: $(VENV)/.deps-docs build
+	$(BIN)/python -m sphinx -E -b html -W --keep-going -n -q docs build/docs
+	@echo "docs: build/docs/index.html"
 
 $(VENV)/.deps-bench: $(VENV)/.deps-test
 	$(PIP) install -q matplotlib

@@ -57,7 +57,7 @@ def data_path(name):
     return os.path.join(DATA_DIR, name)
 
 
-#: The bundled example files by name (what :func:`example` takes), with what each holds.
+#: The bundled example files by name (what :func:`rnnfast.example` takes), with what each holds.
 EXAMPLES = {
     "digits_bigru": (KERAS_FILE, "Keras 3 model: Bidirectional(GRU(32)) -> Bidirectional(GRU(16)) "
                                  "-> Dense(10, softmax), input (batch, 8, 8)"),
@@ -76,7 +76,7 @@ def example(name):
     Parameters
     ----------
     name : str
-        One of :data:`EXAMPLES`: ``"digits_bigru"`` (a Keras ``.keras`` model),
+        One of :data:`rnnfast.demo.EXAMPLES`: ``"digits_bigru"`` (a Keras ``.keras`` model),
         ``"digits_lstm"`` (a PyTorch ``.pt`` state_dict), ``"digits_lstm_head"``,
         ``"digits_test"`` (the held-out data, ``.npz``), ``"digits_info"``; the file
         name itself (``"digits_bigru.keras"``) is accepted too.

@@ -100,7 +100,7 @@ SMALL_WEIGHT = 1 << 20
 
 def from_keras(model, dtype=None, **options):
     """Convert a live Keras model (Keras 3, tf.keras or Keras 2 ``Sequential`` or
-    functional model) without saving it; see :func:`load_keras_file`."""
+    functional model) without saving it; see :func:`~rnnfast.io.keras_file.load_keras_file`."""
     if options:
         raise TypeError("unexpected option(s) for from_keras: %s" % ", ".join(sorted(options)))
     if not (hasattr(model, "get_config") and hasattr(model, "layers") and hasattr(model, "get_layer")):
