@@ -175,7 +175,8 @@ def _keras_peer(path, x, threads):
     tf_threads = None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow" and "keras" not in sys.modules:
+        if os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow" and "keras" not in sys.modules \
+                and _have("tensorflow"):
             tf_threads = _tf_set_threads(threads)     # before Keras (and TensorFlow) start
         import keras
 
