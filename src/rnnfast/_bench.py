@@ -453,7 +453,8 @@ def run_bench(model, path, *, batch=None, time_steps=None, threads=None, peers=N
     out("how each engine ran (every peer as its users run inference fast, on rnnfast's thread count):")
     for name, mode, thread_note in modes:
         if name in engines:
-            out("  %s: %s; %s" % (name, MODES[mode], thread_note))
+            how = MODES[mode] if mode != "rnnfast" else "model(x)" if is_torch else "model.predict(x)"
+            out("  %s: %s; %s" % (name, how, thread_note))
     for p, why in skipped:
         out("skipped %s: %s" % (p, why))
     if plot:
