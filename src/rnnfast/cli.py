@@ -332,7 +332,7 @@ def _predict(args):
 
 
 def _predict_torch(model, x, lengths, args, verbose):
-    """``out`` (batch-major, or time-major with --time-major) and, for an .npz output,
+    """``out`` (time-major, or batch-major with --batch-first) and, for an .npz output,
     the final states ``h_n`` (and ``c_n``) as PyTorch shapes them."""
     with_states = args.output.lower().endswith(".npz")
     xa = _validation.as_input(x, model.dtype)
