@@ -4,11 +4,12 @@ Markdown pages of docs/ (API, architecture, scale-out, ...) and the README's qui
 Built by ``make docs`` into build/docs with warnings as errors (``-W``) and every
 cross-reference checked (``nitpicky``): a broken reference fails the build.
 """
+
 import os
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "src"))     # an installed rnnfast wins where there is one
+sys.path.insert(0, os.path.join(HERE, "..", "src"))  # an installed rnnfast wins where there is one
 
 import rnnfast  # noqa: E402
 
@@ -54,15 +55,15 @@ PAGE_ORDER = ["quickstart", "API", "ARCHITECTURE", "streaming", "cluster", "benc
 
 
 def _pages():
-    names = sorted(os.path.splitext(f)[0] for f in os.listdir(HERE)
-                   if f.endswith((".md", ".rst")) and f != "index.rst")
+    names = sorted(os.path.splitext(f)[0] for f in os.listdir(HERE) if f.endswith((".md", ".rst")) and f != "index.rst")
     return [p for p in PAGE_ORDER if p in names] + [p for p in names if p not in PAGE_ORDER]
 
 
 def _toctree(app, docname, source):
     if docname == "index":
-        source[0] = source[0].replace(".. pages will be listed here by conf.py\n",
-                                      "".join("   %s\n" % p for p in _pages()))
+        source[0] = source[0].replace(
+            ".. pages will be listed here by conf.py\n", "".join("   %s\n" % p for p in _pages())
+        )
 
 
 def setup(app):

@@ -5,19 +5,19 @@ bundled files wherever rnnfast is installed.
 The peers tested are the ones `make test` installs: PyTorch, and Keras on the torch
 backend (TensorFlow's predict_on_batch / XLA rows are exercised where TensorFlow is
 installed, in bench/'s own environment)."""
+
 import os
 import re
 
-import numpy as np
 import pytest
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
-import keras  # noqa: E402  (make test installs it: a missing Keras must fail, not skip)
-import torch  # noqa: E402
+import keras
+import torch
 
-import rnnfast  # noqa: E402
-from rnnfast import _bench, demo  # noqa: E402
-from rnnfast.cli import main  # noqa: E402
+import rnnfast
+from rnnfast import _bench, demo
+from rnnfast.cli import main
 
 pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")]
 
@@ -71,8 +71,13 @@ def test_every_mode_is_documented():
     readme = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
     with open(readme, encoding="utf-8") as f:
         text = f.read()
-    for phrase in ("torch.no_grad()", "predict_on_batch", "jit_compile=True", "intra_op_num_threads",
-                   "torch.set_num_threads"):
+    for phrase in (
+        "torch.no_grad()",
+        "predict_on_batch",
+        "jit_compile=True",
+        "intra_op_num_threads",
+        "torch.set_num_threads",
+    ):
         assert phrase in EPILOG_BENCH and phrase in text, phrase
     assert set(_bench.MODES) == {"rnnfast", "no_grad", "session", "keras-torch", "predict_on_batch", "xla"}
 
@@ -102,10 +107,12 @@ def test_example_paths_and_command(capsys):
 def test_info_and_bench_take_example(capsys, torch_threads):
     assert main(["info", "--example", "digits_bigru"]) == 0
     assert "total parameters: 16,266" in capsys.readouterr().out
-    assert main(["info", "--example", "digits_lstm"]) == 0          # trained batch-first: said so
+    assert main(["info", "--example", "digits_lstm"]) == 0  # trained batch-first: said so
     assert "LSTM(8, 32, num_layers=2, batch_first=True, bidirectional=True)" in capsys.readouterr().out
-    assert main(["bench", "--example", "digits_lstm", "--batch", "2", "--threads", "1", "--repeats", "2",
-                 "--vs", "torch"]) == 0
+    assert (
+        main(["bench", "--example", "digits_lstm", "--batch", "2", "--threads", "1", "--repeats", "2", "--vs", "torch"])
+        == 0
+    )
     assert "no_grad" in capsys.readouterr().out
     assert main(["info", demo.example("digits_bigru"), "--example", "digits_bigru"]) == 1
     assert "not both" in capsys.readouterr().err

@@ -5,6 +5,7 @@ started in an empty folder (so only installed files can be found: the bundled mo
 come from ``rnnfast.example``); the ``rnnfast`` command lines of its ```sh blocks run
 too, and the `rnnfast info` output it shows is what the command prints.
 """
+
 import os
 import re
 import shlex
@@ -28,20 +29,27 @@ def blocks(lang):
 
 def run(args, cwd, **kw):
     # warnings are errors, but Keras' own on numpy 2 (raised inside keras, as tests/test_cli.py has it)
-    env = dict(os.environ, KERAS_BACKEND="torch",
-               PYTHONWARNINGS="error,ignore:__array__ implementation doesn't accept a copy keyword")
+    env = dict(
+        os.environ,
+        KERAS_BACKEND="torch",
+        PYTHONWARNINGS="error,ignore:__array__ implementation doesn't accept a copy keyword",
+    )
     return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=300, env=env, **kw)
 
 
 def test_readme_has_quick_starts():
     code = blocks("python")
-    assert any("rnnfast.load(rnnfast.example(\"digits_bigru\"))" in b for b in code)
-    assert any("rnnfast.load(rnnfast.example(\"digits_lstm\")" in b for b in code)
+    assert any('rnnfast.load(rnnfast.example("digits_bigru"))' in b for b in code)
+    assert any('rnnfast.load(rnnfast.example("digits_lstm")' in b for b in code)
     text = readme()
     # pip users first; the contributors' two commands stay first in their section
-    assert text.index("## Install") < text.index("## Quick start") < text.index("## The `rnnfast` command") \
+    assert (
+        text.index("## Install")
+        < text.index("## Quick start")
+        < text.index("## The `rnnfast` command")
         < text.index("## For contributors")
-    contrib = text[text.index("## For contributors"):]
+    )
+    contrib = text[text.index("## For contributors") :]
     first = blocks("sh")
     assert re.search(r"```sh\nmake demo .*\nmake test ", contrib), contrib[:400]
     assert first
@@ -68,9 +76,9 @@ def _command_lines():
 def test_readme_command_lines_run(line, tmp_path):
     # "$(rnnfast example NAME)" as a shell would expand it, without a shell
     exe = os.path.join(os.path.dirname(sys.executable), "rnnfast")
-    cmd = line.replace("\"$(rnnfast example ", "\"$(%s example " % exe)
-    args = ["bash", "-c", "set -e; " + exe + " " + cmd[len("rnnfast "):]]
-    if "bench" in line:      # quick: the peers' modes are tested in test_bench_cli.py
+    cmd = line.replace('"$(rnnfast example ', '"$(%s example ' % exe)
+    args = ["bash", "-c", "set -e; " + exe + " " + cmd[len("rnnfast ") :]]
+    if "bench" in line:  # quick: the peers' modes are tested in test_bench_cli.py
         args[-1] += " --repeats 2 --vs torch"
     r = run(args, cwd=tmp_path)
     assert r.returncode == 0, (line, r.stdout[-2000:], r.stderr[-2000:])
