@@ -2,7 +2,8 @@
 
 Public names: :func:`load`, :func:`from_keras`, :func:`from_torch`, the model
 classes :class:`KerasModel` and :class:`TorchRNN`, the thread settings
-:func:`set_num_threads` / :func:`get_num_threads`, the errors :class:`FormatError`
+:func:`set_num_threads` / :func:`get_num_threads`, the bundled example files
+:func:`example` / :func:`examples`, the errors :class:`FormatError`
 and :class:`UnsupportedLayerError`, and the canonical layers in :mod:`rnnfast.layers`.
 """
 from ._version import __version__
@@ -15,12 +16,15 @@ from .model import Sequential  # noqa: E402
 from .model_keras import KerasModel  # noqa: E402
 from .model_torch import TorchRNN  # noqa: E402
 from .io import load, from_keras, from_torch  # noqa: E402
+from .demo import example, examples  # noqa: E402
 
 __all__ = [
     "__version__",
     "load",
     "from_keras",
     "from_torch",
+    "example",
+    "examples",
     "KerasModel",
     "TorchRNN",
     "Sequential",

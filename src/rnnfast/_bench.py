@@ -7,12 +7,26 @@ reported and skipped):
   built from the loaded weights (:func:`torch_module`);
 - ``onnxruntime``: that module exported with ``torch.onnx.export`` (float32 only);
 - ``keras``: for a :class:`~rnnfast.KerasModel`, Keras loading the same file
-  (``KERAS_BACKEND`` when set, else TensorFlow, else torch or jax if installed),
-  called as ``model(x, training=False)`` (the fast path; ``predict()`` adds a large
-  fixed cost per call).
+  (``KERAS_BACKEND`` when set, else TensorFlow, else torch or jax if installed).
+
+The rule, the same for every peer: it is timed the way its users run inference
+fast, on the thread count rnnfast runs, and the table says which mode each ran in
+(:data:`MODES`):
+
+- PyTorch: the module in eval mode under ``torch.no_grad()``, ``torch.set_num_threads(n)``;
+- ONNX Runtime: ``InferenceSession.run`` with ``intra_op_num_threads=n``,
+  ``inter_op_num_threads=1``;
+- Keras on TensorFlow: ``predict_on_batch(x)`` and a ``tf.function(jit_compile=True)``
+  of ``model(x, training=False)`` (XLA), two rows; intra-op threads ``n`` and
+  inter-op 1, set before TensorFlow starts (where it has started already, the table
+  says the threads are TensorFlow's own);
+- Keras on torch: ``model(x, training=False)`` under ``torch.no_grad()`` (Keras has no
+  compiled inference call on that backend), ``torch.set_num_threads(n)``;
+- Keras on JAX: ``predict_on_batch(x)``, which Keras jit-compiles; JAX's threads
+  cannot be set once it runs (said in the table).
 
 Every engine runs the same input; timings are medians of interleaved runs after a
-warm-up, each engine limited to the same thread count where it has a setting.
+warm-up. Peers' calls are not capped below what they do by default in any other way.
 """
 import importlib.util
 import os
@@ -26,11 +40,23 @@ import numpy as np
 from ._threads import get_num_threads
 from .io.torch_convert import torch_state_dict
 
-__all__ = ["PEERS", "torch_module", "run_bench", "timeit", "median_time"]
+__all__ = ["PEERS", "MODES", "torch_module", "run_bench", "timeit", "median_time"]
 
 PEERS = ("torch", "onnxruntime", "keras")
 _INSTALL = {"torch": "pip install torch", "onnxruntime": "pip install onnxruntime onnx",
             "keras": "pip install keras (and a backend: tensorflow, torch or jax)"}
+
+
+#: How each engine is called, by its mode tag (the tag ends the engine's name in the table).
+MODES = {
+    "rnnfast": "model(x) for a PyTorch model, model.predict(x) for a Keras one",
+    "no_grad": "the torch.nn module in eval mode, called under torch.no_grad()",
+    "session": "onnxruntime.InferenceSession.run of the torch.onnx export",
+    "keras-torch": "keras model(x, training=False) under torch.no_grad() (the torch backend has no "
+                   "compiled inference call)",
+    "predict_on_batch": "keras model.predict_on_batch(x) (compiled by Keras' backend)",
+    "xla": "tf.function(lambda x: model(x, training=False), jit_compile=True), compiled once by XLA",
+}
 
 
 class PeerUnavailable(Exception):
@@ -89,7 +115,8 @@ def _torch_peer(rnn, x, threads):
     def output():
         return run()[0].numpy()
 
-    return "torch %s" % torch.__version__.split("+")[0], run, output
+    return [("torch %s no_grad" % torch.__version__.split("+")[0], "no_grad", run, output,
+             "torch.set_num_threads(%d)" % torch.get_num_threads())]
 
 
 def _onnx_peer(rnn, x, threads, tmpdir):
@@ -131,7 +158,8 @@ def _onnx_peer(rnn, x, threads, tmpdir):
     def run():
         return sess.run(None, feed)
 
-    return "onnxruntime %s" % ort.__version__, run, lambda: run()[0]
+    return [("onnxruntime %s session" % ort.__version__, "session", run, lambda: run()[0],
+             "intra_op_num_threads=%d, inter_op_num_threads=1" % threads)]
 
 
 def _keras_peer(path, x, threads):
@@ -144,8 +172,12 @@ def _keras_peer(path, x, threads):
         os.environ["KERAS_BACKEND"] = backend
     import warnings
 
+    tf_threads = None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        if os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow" and "keras" not in sys.modules \
+                and _have("tensorflow"):
+            tf_threads = _tf_set_threads(threads)     # before Keras (and TensorFlow) start
         import keras
 
         backend = keras.backend.backend()
@@ -154,24 +186,65 @@ def _keras_peer(path, x, threads):
         except Exception as e:                     # noqa: BLE001 - report why Keras cannot load it
             raise PeerUnavailable("Keras %s cannot load %s (%s: %s)"
                                   % (keras.__version__, path, type(e).__name__, e)) from None
+    name = "keras %s (%s)" % (keras.__version__, {"tensorflow": "tf"}.get(backend, backend))
+
+    def first(y):
+        y = y[0] if isinstance(y, (list, tuple)) else y
+        return keras.ops.convert_to_numpy(y)
+
     if backend == "torch":
         import torch
 
         torch.set_num_threads(threads)
-        no_grad = torch.no_grad
-    else:
-        from contextlib import nullcontext as no_grad
 
-    def run():
-        with no_grad():
-            return km(x, training=False)
+        def run():
+            with torch.no_grad():
+                return km(x, training=False)
 
-    def output():
-        y = run()
-        y = y[0] if isinstance(y, (list, tuple)) else y
-        return keras.ops.convert_to_numpy(y)
+        return [(name + " no_grad", "keras-torch", run, lambda: first(run()),
+                 "torch.set_num_threads(%d)" % torch.get_num_threads())]
 
-    return "keras %s (%s)" % (keras.__version__, backend), run, output
+    def on_batch():
+        return km.predict_on_batch(x)
+
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        if tf_threads is None:
+            tf_threads = _tf_set_threads(threads)
+        xt = tf.constant(x)
+        compiled = tf.function(lambda t: km(t, training=False), jit_compile=True)
+
+        def run_xla():
+            return compiled(xt)
+
+        engines = [(name + " predict_on_batch", "predict_on_batch", on_batch, lambda: first(on_batch()),
+                    tf_threads)]
+        try:
+            run_xla()                                 # compile now: a model XLA cannot compile is said so
+        except Exception as e:                        # noqa: BLE001 - report, keep predict_on_batch
+            engines.append((name + " xla", "xla", None, None, "not run: XLA could not compile the model "
+                            "(%s: %s)" % (type(e).__name__, str(e).splitlines()[0] if str(e) else "")))
+        else:
+            engines.append((name + " xla", "xla", run_xla, lambda: first(run_xla()), tf_threads))
+        return engines
+    return [(name + " predict_on_batch", "predict_on_batch", on_batch, lambda: first(on_batch()),
+             "threads not set: %s cannot change them once it runs" % backend)]
+
+
+def _tf_set_threads(threads):
+    """Hold TensorFlow to ``threads`` intra-op threads and one inter-op thread; the
+    setting it runs with, as a phrase (TensorFlow refuses once it has started)."""
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:
+        have = tf.config.threading.get_intra_op_parallelism_threads()
+        return "TensorFlow's own threads (intra-op %s): it had started before rnnfast could set %d" % (
+            have or "default", threads)
+    return "intra-op threads %d, inter-op 1" % threads
 
 
 # -- running -----------------------------------------------------------------------------
@@ -327,6 +400,7 @@ def run_bench(model, path, *, batch=None, time_steps=None, threads=None, peers=N
     engines = {"rnnfast": fast}
     outputs = {"rnnfast": fast_out}
     skipped = []
+    modes = [("rnnfast", "rnnfast", "num_threads=%d" % threads)]
     with tempfile.TemporaryDirectory() as tmp:
         for p in peers:
             try:
@@ -334,16 +408,21 @@ def run_bench(model, path, *, batch=None, time_steps=None, threads=None, peers=N
                     raise PeerUnavailable("runs %s models; %s is a %s model" % (
                         "PyTorch" if p != "keras" else "Keras", os.path.basename(path), kind))
                 if p == "torch":
-                    name, run, output = _torch_peer(model, x, threads)
+                    ran = _torch_peer(model, x, threads)
                 elif p == "onnxruntime":
-                    name, run, output = _onnx_peer(model, x, threads, tmp)
+                    ran = _onnx_peer(model, x, threads, tmp)
                 else:
-                    name, run, output = _keras_peer(path, x, threads)
+                    ran = _keras_peer(path, x, threads)
             except PeerUnavailable as e:
                 skipped.append((p, str(e)))
                 continue
-            engines[name] = run
-            outputs[name] = output
+            for name, mode, run, output, thread_note in ran:
+                modes.append((name, mode, thread_note))
+                if run is None:
+                    skipped.append((name, thread_note))
+                    continue
+                engines[name] = run
+                outputs[name] = output
         want = np.asarray(outputs["rnnfast"](), np.float64)
         diffs = {}
         for name, output in outputs.items():
@@ -357,20 +436,25 @@ def run_bench(model, path, *, batch=None, time_steps=None, threads=None, peers=N
         rows.append(dict(engine=name, median_s=med, p10_s=p10, p90_s=p90, seq_per_s=batch / med,
                          speedup=med / base, max_abs_diff=diffs.get(name)))
     out("")
-    head = "%-28s %11s %19s %12s %13s %11s" % ("engine", "median ms", "p10-p90 ms", "seq/s",
+    head = "%-36s %11s %19s %12s %13s %11s" % ("engine", "median ms", "p10-p90 ms", "seq/s",
                                               "rnnfast is", "max|diff|")
     out(head)
     out("-" * len(head))
     for r in rows:
         vs = "-" if r["engine"] == "rnnfast" else "%.2fx faster" % r["speedup"] if r["speedup"] >= 1 \
             else "%.2fx slower" % (1 / r["speedup"])
-        out("%-28s %11.3f %19s %12.0f %13s %11s" % (
+        out("%-36s %11.3f %19s %12.0f %13s %11s" % (
             r["engine"], r["median_s"] * 1e3, "%.3f-%.3f" % (r["p10_s"] * 1e3, r["p90_s"] * 1e3),
             r["seq_per_s"], vs, "-" if r["max_abs_diff"] is None else "%.1e" % r["max_abs_diff"]))
     out("")
     out("medians of %d interleaved runs after a warm-up; 'rnnfast is': the peer's median over "
         "rnnfast's;" % n)
     out("max|diff|: the largest difference of the peer's output from rnnfast's.")
+    out("how each engine ran (every peer as its users run inference fast, on rnnfast's thread count):")
+    for name, mode, thread_note in modes:
+        if name in engines:
+            how = MODES[mode] if mode != "rnnfast" else "model(x)" if is_torch else "model.predict(x)"
+            out("  %s: %s; %s" % (name, how, thread_note))
     for p, why in skipped:
         out("skipped %s: %s" % (p, why))
     if plot:

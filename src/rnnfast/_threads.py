@@ -20,7 +20,7 @@ The default is what the host grants this process, as scikit-learn and joblib rea
 (as OpenMP reads its variables), again after ``set_num_threads(None)`` and in a
 forked child; the affinity mask on every call (1 us).
 
-Every count, default or asked for, is capped at :func:`max_threads`: four threads per
+Every count, default or asked for, is capped at :func:`~rnnfast._threads.max_threads`: four threads per
 logical CPU of the machine (``4 * os.cpu_count()``). More threads than CPUs never
 run faster, but a few more are harmless and useful (to test scheduling on a small
 machine, or where ``OMP_NUM_THREADS`` asks for them); 50,000 would make the OpenMP
@@ -29,7 +29,7 @@ lowered to it, silently.
 
 ``n`` in :func:`set_num_threads` and in every ``num_threads=`` argument:
 
-* a positive int: that many threads (at most :func:`max_threads`), whatever the
+* a positive int: that many threads (at most :func:`~rnnfast._threads.max_threads`), whatever the
   affinity mask, quota or ``OMP_NUM_THREADS`` say;
 * ``None`` or 0: the default above (for ``set_num_threads``: go back to it);
 * a negative int: relative to the default, as in scikit-learn: ``-1`` is the default,
@@ -114,7 +114,7 @@ def load_kernels():
 # -- how many threads ------------------------------------------------------------------
 
 
-#: Threads per logical CPU of the machine, at most (:func:`max_threads`).
+#: Threads per logical CPU of the machine, at most (:func:`~rnnfast._threads.max_threads`).
 MAX_THREADS_PER_CPU = 4
 
 
@@ -279,7 +279,7 @@ def _parse_omp_num_threads(raw):
 
 def default_num_threads():
     """The default thread count: ``OMP_NUM_THREADS`` if set, else :func:`available_cpus`;
-    at most :func:`max_threads` (see the module doc)."""
+    at most :func:`~rnnfast._threads.max_threads` (see the module doc)."""
     n = omp_num_threads()
     if n is None:
         return available_cpus()
@@ -301,7 +301,7 @@ def set_num_threads(n):
     Parameters
     ----------
     n : int or None
-        A positive count (lowered to :func:`max_threads`, 4 per CPU of the machine,
+        A positive count (lowered to :func:`~rnnfast._threads.max_threads`, 4 per CPU of the machine,
         if above); ``None`` or 0 goes back to the default (``OMP_NUM_THREADS`` if set,
         else the CPUs this process may use: affinity mask and cgroup quota), read
         afresh; a negative ``n`` counts from that default (``-1``: all of it, ``-2``:

@@ -77,12 +77,12 @@ def _biases(w, G, H):
 
 
 def gru_step(x, states, w, act, ract, reset_after=True):
-    """GRU, Keras gate order z, r, h; x (B, I), states (h,) with h (B, H).
+    """GRU, Keras gate order z, r, h; x (B, I), states (h,) with h (B, H). ::
 
-    reset-after:  z = ract(x Wz + bz + h Uz + b'z);  r = ract(x Wr + br + h Ur + b'r)
-                  hh = act(x Wh + bh + r ⊙ (h Uh + b'h))
-    reset-before: hh = act(x Wh + bh + (r ⊙ h) Uh + b'h)
-    h_new = z ⊙ h + (1 - z) ⊙ hh
+        reset-after:  z = ract(x Wz + bz + h Uz + b'z);  r = ract(x Wr + br + h Ur + b'r)
+                      hh = act(x Wh + bh + r ⊙ (h Uh + b'h))
+        reset-before: hh = act(x Wh + bh + (r ⊙ h) Uh + b'h)
+        h_new = z ⊙ h + (1 - z) ⊙ hh
 
     ``act`` and ``ract`` are functions (σ = sigmoid for ``ract`` by default). Returns
     ``(h_new,)``.

@@ -29,11 +29,34 @@ examples:
   rnnfast info model.keras                      the layers of a Keras model
   rnnfast predict model.keras x.npy -o y.npy    run a model on an array file
   rnnfast bench lstm.pt --batch 64 --time 200   rnnfast against PyTorch on the same weights
+  rnnfast info --example digits_bigru           a bundled model ('rnnfast example' lists them)
 
 Model files: Keras .keras and HDF5 (.h5) files (whole models), PyTorch state_dicts of
 one nn.GRU / nn.LSTM / nn.RNN (torch.save(module.state_dict(), "m.pt")) and .safetensors
 files of them; the format is read from the content, not the name.
 'rnnfast COMMAND --help' tells more about each command.
+"""
+
+
+EPILOG_BENCH = """\
+how each peer is timed (the same rule for all: the way its users run inference fast,
+on the thread count rnnfast runs, --threads N or all cores; the table names the mode):
+  torch        the module in eval mode under torch.no_grad(); torch.set_num_threads(N)
+  onnxruntime  InferenceSession.run; intra_op_num_threads=N, inter_op_num_threads=1
+  keras        TensorFlow backend: predict_on_batch(x), and tf.function(jit_compile=True)
+               of model(x, training=False) (XLA), as two rows; intra-op threads N,
+               inter-op 1, set before TensorFlow starts
+               torch backend: model(x, training=False) under torch.no_grad() (Keras has
+               no compiled inference call there); torch.set_num_threads(N)
+               JAX backend: predict_on_batch(x) (jit-compiled by Keras); its threads
+               cannot be set once JAX runs: the table says so
+Every engine runs the same input; medians of interleaved runs after a warm-up.
+
+examples:
+  rnnfast bench model.keras --batch 32
+  rnnfast bench lstm.pt --batch 1 --time 1000 --threads 2 --vs torch,onnxruntime
+  rnnfast bench gru.pt --plot bench.png
+  rnnfast bench --example digits_bigru --threads 1
 """
 
 
@@ -44,9 +67,17 @@ class UserError(Exception):
 # -- loading ---------------------------------------------------------------------------
 
 
-def _add_model_options(p, torch_layout=False):
-    p.add_argument("model", metavar="MODEL", help="the model file (.keras, .h5, .pt, .safetensors, ...)")
+def _add_model_options(p, torch_layout=False, example=False):
+    if example:
+        p.add_argument("model", metavar="MODEL", nargs="?",
+                       help="the model file (.keras, .h5, .pt, .safetensors, ...), or --example NAME")
+    else:
+        p.add_argument("model", metavar="MODEL", help="the model file (.keras, .h5, .pt, .safetensors, ...)")
     g = p.add_argument_group("model options")
+    if example:
+        g.add_argument("--example", metavar="NAME", choices=("digits_bigru", "digits_lstm"),
+                       help="a bundled model instead of MODEL: digits_bigru (Keras) or digits_lstm "
+                            "(PyTorch, batch-first); 'rnnfast example' lists the bundled files")
     g.add_argument("--dtype", choices=("float32", "float64"),
                    help="compute dtype (default: the model's own)")
     g.add_argument("--prefix", metavar="P",
@@ -56,14 +87,27 @@ def _add_model_options(p, torch_layout=False):
                    help="nn.RNN weights: the module's nonlinearity (a file cannot record it; "
                         "default tanh)")
     if torch_layout:
-        g.add_argument("--time-major", action="store_true",
-                       help="PyTorch models: the input (and output) is (time, batch, features), "
-                            "the module's default layout; without it, (batch, time, features) "
-                            "as with batch_first=True")
+        lay = g.add_mutually_exclusive_group()
+        lay.add_argument("--batch-first", action="store_true",
+                         help="PyTorch models: the module was built with batch_first=True: input "
+                              "(and output) (batch, time, features). Default: (time, batch, "
+                              "features), as torch.nn and rnnfast.load (a state_dict cannot record it)")
+        lay.add_argument("--time-major", action="store_true",
+                         help="PyTorch models: (time, batch, features), the default (say it explicitly)")
 
 
 def _load(args, batch_first=True):
-    """Load args.model; Keras-only / PyTorch-only options are checked against the file."""
+    """Load args.model (or the bundled --example); Keras-only / PyTorch-only options are
+    checked against the file."""
+    example = getattr(args, "example", None)
+    if example is not None:
+        if args.model is not None:
+            raise UserError("give MODEL or --example, not both")
+        args.model = demo.example(example)
+        if example == "digits_lstm":
+            batch_first = True                      # it was trained as nn.LSTM(..., batch_first=True)
+    elif args.model is None:
+        raise UserError("give a MODEL file (or --example NAME for a bundled one)")
     path = args.model
     if not os.path.exists(path):
         raise UserError("no such file: %s" % path)
@@ -223,7 +267,7 @@ def write_output(path, arrays):
 
 
 def _info(args):
-    model = _load(args, batch_first=False)          # as the module was, unless told otherwise
+    model = _load(args, batch_first=args.batch_first)   # as torch.nn: time-major unless told otherwise
     print(summary_text(model, source=args.model))
     return 0
 
@@ -235,7 +279,8 @@ def _predict(args):
         raise UserError("--batch-size must be at least 1")
     model = _load(args)
     x = read_input(args.input, args.key)
-    if os.path.splitext(args.input)[1].lower() == ".csv":
+    csv_input = os.path.splitext(args.input)[1].lower() == ".csv"
+    if csv_input:
         x = _shape_input(model, x, args.input)
     lengths = None
     if args.lengths:
@@ -248,11 +293,24 @@ def _predict(args):
         else:
             raise UserError("--lengths %s: no such file (nor a key of an .npz input)" % args.lengths)
     torch_model = _is_torch(model)
-    if torch_model and args.time_major:
+    # PyTorch models: time-major as torch.nn unless --batch-first; a CSV file is one sample a row
+    args.time_major = torch_model and not args.batch_first and not csv_input
+    if args.time_major:
         if x.ndim != 3:
-            raise UserError("expected input of shape (time, batch, %d), got shape %s"
-                            % (model.input_size, x.shape))
+            raise UserError("expected input of shape (time, batch, %d), got shape %s (give "
+                            "--batch-first for (batch, time, %d))"
+                            % (model.input_size, x.shape, model.input_size))
+        if lengths is not None and np.ndim(lengths) == 1 and len(lengths) != x.shape[1] \
+                and len(lengths) == x.shape[0]:
+            raise UserError("%d lengths for an input of shape %s read as (time, batch, features): "
+                            "%d sequences; if the input is (batch, time, features), give --batch-first"
+                            % (len(lengths), x.shape, x.shape[1]))
         x = np.swapaxes(x, 0, 1)                     # the model runs batch-first
+    elif torch_model and lengths is not None and x.ndim == 3 and np.ndim(lengths) == 1 \
+            and len(lengths) != x.shape[0] and len(lengths) == x.shape[1]:
+        raise UserError("%d lengths for an input of shape %s read as (batch, time, features): "
+                        "%d sequences; if the input is (time, batch, features), leave out --batch-first"
+                        % (len(lengths), x.shape, x.shape[0]))
     show = args.progress or (sys.stderr.isatty() and not args.quiet)
     verbose = 1 if show else 0
     try:
@@ -274,7 +332,7 @@ def _predict(args):
 
 
 def _predict_torch(model, x, lengths, args, verbose):
-    """``out`` (batch-major, or time-major with --time-major) and, for an .npz output,
+    """``out`` (time-major, or batch-major with --batch-first) and, for an .npz output,
     the final states ``h_n`` (and ``c_n``) as PyTorch shapes them."""
     with_states = args.output.lower().endswith(".npz")
     xa = _validation.as_input(x, model.dtype)
@@ -321,6 +379,15 @@ def _bench(args):
     return 0
 
 
+def _example(args):
+    if args.name is not None:
+        print(demo.example(args.name))
+        return 0
+    for k, path in demo.examples().items():
+        print("%-17s %s" % (k, path))
+    return 0
+
+
 def _demo(args):
     if args.threads is not None:
         if args.threads < 1:
@@ -358,8 +425,9 @@ def build_parser():
                     "format.",
         epilog="examples:\n  rnnfast info model.keras\n  rnnfast info lstm.pt\n"
                "  rnnfast info checkpoint.pt --prefix encoder.rnn.\n"
-               "  rnnfast info rnn.safetensors --nonlinearity relu")
-    _add_model_options(i)
+               "  rnnfast info rnn.safetensors --nonlinearity relu\n"
+               "  rnnfast info --example digits_bigru       a bundled model")
+    _add_model_options(i, torch_layout=True, example=True)
     i.set_defaults(func=_info)
 
     pr = sub.add_parser(
@@ -368,8 +436,9 @@ def build_parser():
                     "INPUT: .npy; .npz (the array named by --key, or its only array); .csv (one "
                     "sample per row,\nits time steps' features side by side; an optional header "
                     "row). Keras models take\n(batch, time, features), or integer ids (batch, "
-                    "time) when they start with an Embedding.\nPyTorch models take (batch, time, "
-                    "features) here (--time-major for (time, batch, features)).\n\n"
+                    "time) when they start with an Embedding.\nPyTorch models take (time, batch, "
+                    "features)\nas torch.nn does, or (batch, time, features) with --batch-first (a module built with\n"
+                    "batch_first=True). A CSV file is one sample per row whichever the layout.\n\n"
                     "OUT, by its extension: .npy (one array), .csv (one array, a row per sample) "
                     "or .npz\n(every output by name: Keras 'output' or 'output_0', 'output_1', ...; "
                     "PyTorch 'out',\n'h_n' and for an LSTM 'c_n'). For a PyTorch model, .npy and "
@@ -378,7 +447,9 @@ def build_parser():
                "  rnnfast predict model.keras x.npy -o proba.npy\n"
                "  rnnfast predict model.keras data.npz --key x_test -o proba.csv --batch-size 256\n"
                "  rnnfast predict lstm.pt x.npy -o states.npz --threads 4\n"
-               "  rnnfast predict gru.pt batch.npz --key x --lengths lengths -o out.npz\n\n"
+               "  rnnfast predict gru.pt batch.npz --key x --lengths lengths --batch-first -o out.npz\n"
+               "  rnnfast predict \"$(rnnfast example digits_bigru)\" \"$(rnnfast example digits_test)\" "
+               "--key x -o p.npy\n\n"
                "A progress bar goes to stderr when it is a terminal (or with --progress).")
     _add_model_options(pr, torch_layout=True)
     pr.add_argument("input", metavar="INPUT", help="input array file (.npy, .npz or .csv)")
@@ -406,11 +477,8 @@ def build_parser():
                     "A peer that is not installed or does not apply is reported and skipped. "
                     "Prints median\ntimes, sequences per second, how many times faster rnnfast is, "
                     "and how far each peer's\noutput is from rnnfast's.",
-        epilog="examples:\n"
-               "  rnnfast bench model.keras --batch 32\n"
-               "  rnnfast bench lstm.pt --batch 1 --time 1000 --threads 2 --vs torch,onnxruntime\n"
-               "  rnnfast bench gru.pt --plot bench.png")
-    _add_model_options(b)
+        epilog=EPILOG_BENCH)
+    _add_model_options(b, example=True)
     b.add_argument("--batch", type=int, metavar="B", default=None, help="batch size (default 32)")
     b.add_argument("--time", type=int, metavar="T", default=None,
                    help="time steps per sequence (default: the model's, else 100)")
@@ -423,6 +491,17 @@ def build_parser():
                    help="timed runs per engine (default: as many as fit in about a second, 5 to 100)")
     b.add_argument("--plot", metavar="PNG", help="also draw the medians as a bar chart (needs matplotlib)")
     b.set_defaults(func=_bench)
+
+    e = sub.add_parser(
+        "example", help="print the path of a bundled example file", formatter_class=_formatter,
+        description="Print the path of the bundled example file NAME (installed with rnnfast), or "
+                    "list them all.\n\n" + "\n".join("  %-17s %s" % (k, v[1]) for k, v in demo.EXAMPLES.items()),
+        epilog="examples:\n  rnnfast example\n  rnnfast info \"$(rnnfast example digits_lstm)\" "
+               "--batch-first\n  rnnfast predict \"$(rnnfast example digits_bigru)\" "
+               "\"$(rnnfast example digits_test)\" --key x -o p.npy")
+    e.add_argument("name", metavar="NAME", nargs="?", choices=list(demo.EXAMPLES),
+                   help="one of: %s" % ", ".join(demo.EXAMPLES))
+    e.set_defaults(func=_example)
 
     d = sub.add_parser(
         "demo", help="run the bundled pretrained models (what `make demo` runs)",

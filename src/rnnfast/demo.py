@@ -39,7 +39,7 @@ from .io import load
 from .layers import CellWeights, Dense, RNNLayer, merge_directions, softmax
 from .model import Sequential
 
-__all__ = ["DATA_DIR", "data_path", "load_digits_examples", "reference_keras", "reference_torch",
+__all__ = ["DATA_DIR", "EXAMPLES", "data_path", "example", "examples", "load_digits_examples", "reference_keras", "reference_torch",
            "lstm_head_proba", "run_digits_demo", "seed_models", "run_seed_demo"]
 
 #: The folder of the bundled example files.
@@ -55,6 +55,54 @@ def data_path(name):
     """The path of a bundled file (``digits_bigru.keras``, ``digits_lstm.pt``,
     ``digits_lstm_head.npz``, ``digits_test.npz``, ``digits_info.json``)."""
     return os.path.join(DATA_DIR, name)
+
+
+#: The bundled example files by name (what :func:`rnnfast.example` takes), with what each holds.
+EXAMPLES = {
+    "digits_bigru": (KERAS_FILE, "Keras 3 model: Bidirectional(GRU(32)) -> Bidirectional(GRU(16)) "
+                                 "-> Dense(10, softmax), input (batch, 8, 8)"),
+    "digits_lstm": (TORCH_FILE, "PyTorch state_dict of nn.LSTM(8, 32, num_layers=2, "
+                                "bidirectional=True, batch_first=True)"),
+    "digits_lstm_head": (HEAD_FILE, "the LSTM's nn.Linear(64, 10) head: weight (10, 64), bias (10,)"),
+    "digits_test": (TEST_FILE, "held-out digits: x (450, 8, 8) float32, y (450,), keras_proba, "
+                               "torch_proba (450, 10)"),
+    "digits_info": ("digits_info.json", "versions, hyperparameters and accuracies of the two models"),
+}
+
+
+def example(name):
+    """The path of a bundled example file, valid wherever rnnfast is installed.
+
+    Parameters
+    ----------
+    name : str
+        One of :data:`rnnfast.demo.EXAMPLES`: ``"digits_bigru"`` (a Keras ``.keras`` model),
+        ``"digits_lstm"`` (a PyTorch ``.pt`` state_dict), ``"digits_lstm_head"``,
+        ``"digits_test"`` (the held-out data, ``.npz``), ``"digits_info"``; the file
+        name itself (``"digits_bigru.keras"``) is accepted too.
+
+    Returns
+    -------
+    str
+        An absolute path inside the installed package.
+
+    Examples
+    --------
+    >>> import rnnfast
+    >>> model = rnnfast.load(rnnfast.example("digits_bigru"))
+    >>> model.input_shape
+    (None, None, 8)
+    """
+    key = os.fspath(name)
+    for k, (fname, _) in EXAMPLES.items():
+        if key in (k, fname):
+            return data_path(fname)
+    raise ValueError("no bundled example %r; the examples are %s" % (name, ", ".join(EXAMPLES)))
+
+
+def examples():
+    """The bundled example files: a dict of name -> absolute path (see :func:`example`)."""
+    return {k: data_path(fname) for k, (fname, _) in EXAMPLES.items()}
 
 
 # -- the pretrained digits models --------------------------------------------------------

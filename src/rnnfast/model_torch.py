@@ -178,6 +178,31 @@ class TorchRNN(Summarized):
             out.append(s)
         return (out[0], out[1]) if len(out) == 2 else (out[0], None)
 
+    def _check_layout(self, shape, B, hx, lengths):
+        """A batch size carried by ``hx`` or ``lengths`` that fits only the other layout
+        (batch-first for a time-major module, or the reverse) is an error that says so.
+        Without them the two readings of a 3-D input cannot be told apart."""
+        other = shape[0] if not self.batch_first else shape[1]   # the batch under the other layout
+        if other == B:
+            return
+        sizes = []
+        for name, a in (("h_0", hx[0] if isinstance(hx, (tuple, list)) and hx else hx), ("lengths", lengths)):
+            try:
+                shape_a = np.shape(a) if a is not None else ()
+            except (ValueError, TypeError):              # not an array: _validation says what is wrong
+                continue
+            if len(shape_a) == (3 if name == "h_0" else 1):
+                sizes.append((name, shape_a[-2 if name == "h_0" else 0]))
+        for name, n in sizes:
+            if n == other:
+                mine, theirs = ("(batch, time, features)", "(time, batch, features)") if self.batch_first \
+                    else ("(time, batch, features)", "(batch, time, features)")
+                raise ValueError(
+                    "%s gives a batch of %d, which fits the input of shape %s only if it is %s; this "
+                    "module has batch_first=%s and reads it as %s, a batch of %d. Pass the input as "
+                    "%s, or load the model with batch_first=%s"
+                    % (name, n, tuple(shape), theirs, self.batch_first, mine, B, mine, not self.batch_first))
+
     def forward(self, x, hx=None, *, lengths=None, num_threads=None):
         """Run the module, as ``module(x, hx)`` does.
 
@@ -190,7 +215,11 @@ class TorchRNN(Summarized):
             ``h_0``: ``(num_layers * num_directions, B, Ho)`` (``Ho`` is ``proj_size``
             if set, else ``hidden_size``); ``c_0``: ``(num_layers * num_directions, B,
             hidden_size)``; without the batch axis for unbatched input. Zeros if omitted.
-            Never batch-first (as in PyTorch).
+            Never batch-first (as in PyTorch). Its batch axis (and that of ``lengths``)
+            is checked against the input's: one that fits only the other layout
+            (a batch-first input given to a time-major module, or the reverse) is a
+            ``ValueError`` saying so. Without ``hx`` or ``lengths`` the two layouts
+            cannot be told apart by shape: the input is read in the module's layout.
         lengths : array_like of int, shape (B,), optional
             Valid steps per row, in any order: the result equals
             ``pack_padded_sequence(x, lengths, enforce_sorted=False)`` -> module ->
@@ -228,6 +257,8 @@ class TorchRNN(Summarized):
         if I != self.input_size:
             raise ValueError("expected %d input features, got input of shape %s"
                              % (self.input_size, (x[:, 0] if unbatched else x).shape))
+        if not unbatched:
+            self._check_layout(x.shape, B, hx, lengths)
         h0, c0 = self._states(hx, B, unbatched)
         if lengths is not None:
             lengths = _validation.as_lengths(lengths, T, B)
@@ -284,6 +315,7 @@ class TorchRNN(Summarized):
             return self.forward(xa, lengths=lengths, num_threads=num_threads)[0]
         if lengths is not None:
             B, T = xa.shape[:2] if self.batch_first else xa.shape[1::-1]
+            self._check_layout(xa.shape, B, None, lengths)
             lengths = _validation.as_lengths(lengths, T, B)
         return run_batched(lambda part, lens: self.forward(part, lengths=lens, num_threads=num_threads)[0],
                            xa, batch_size, axis=0 if self.batch_first else 1, aligned=(lengths,),

@@ -29,7 +29,13 @@ def load(path, **options):
         ``.safetensors`` file of one.
     **options
         Keras files: ``dtype``. PyTorch files: ``prefix``, ``nonlinearity``,
-        ``batch_first``, ``dtype``. docs/API.md lists them all.
+        ``batch_first``, ``dtype``. Each is a keyword of the format's loader:
+        :func:`rnnfast.io.keras_file.load_keras_file` and
+        :func:`rnnfast.io.torch_file.load_torch_file` document them. In short:
+        ``dtype`` ("float32" or "float64"; default the model's), ``batch_first``
+        (default False, PyTorch's: a state_dict cannot record it), ``nonlinearity``
+        ("tanh" or "relu" for an ``nn.RNN``; default "tanh"), ``prefix`` (the module
+        whose tensor names start with it, in a checkpoint holding several).
 
     Returns
     -------

@@ -122,7 +122,7 @@ MAX_CONFIG_DEPTH = 100
 
 def from_keras(model, dtype=None, **options):
     """Convert a live Keras model (Keras 3, tf.keras or Keras 2 ``Sequential`` or
-    functional model) without saving it; see :func:`load_keras_file`."""
+    functional model) without saving it; see :func:`~rnnfast.io.keras_file.load_keras_file`."""
     inputs_from = options.pop("inputs_from", None)
     if options:
         raise TypeError("unexpected option(s) for from_keras: %s" % ", ".join(sorted(options)))

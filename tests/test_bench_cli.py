@@ -1,0 +1,125 @@
+"""`rnnfast bench` times every peer the way its users run inference fast, on rnnfast's
+thread count, and says which mode each ran in; `rnnfast example` / `--example` give the
+bundled files wherever rnnfast is installed.
+
+The peers tested are the ones `make test` installs: PyTorch, and Keras on the torch
+backend (TensorFlow's predict_on_batch / XLA rows are exercised where TensorFlow is
+installed, in bench/'s own environment)."""
+
+import os
+import re
+
+import pytest
+
+os.environ.setdefault("KERAS_BACKEND", "torch")
+import keras
+import torch
+
+import rnnfast
+from rnnfast import _bench, demo
+from rnnfast.cli import main
+
+pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")]
+
+
+@pytest.fixture
+def torch_threads():
+    """bench sets torch's thread count as it sets rnnfast's; put it back after."""
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def bench_lines(model, path, **kw):
+    lines = []
+    rows = _bench.run_bench(model, path, out=lines.append, repeats=2, **kw)
+    return rows, "\n".join(lines)
+
+
+def test_torch_peer_runs_no_grad_on_rnnfasts_threads(torch_threads):
+    path = demo.example("digits_lstm")
+    model = rnnfast.load(path, batch_first=True)
+    rows, out = bench_lines(model, path, batch=3, time_steps=8, threads=1, peers=["torch"])
+    assert [r["engine"] for r in rows] == ["rnnfast", "torch %s no_grad" % torch.__version__.split("+")[0]]
+    assert rows[1]["max_abs_diff"] < 1e-5
+    assert "how each engine ran" in out
+    line = next(ln for ln in out.splitlines() if ln.startswith("  torch "))
+    assert "torch.no_grad()" in line and "torch.set_num_threads(1)" in line, out
+    assert torch.get_num_threads() == 1
+    assert re.search(r"^  rnnfast: .*num_threads=1", out, re.M), out
+
+
+def test_keras_peer_on_torch_backend_says_how_it_ran(torch_threads):
+    assert keras.backend.backend() == "torch"
+    path = demo.example("digits_bigru")
+    model = rnnfast.load(path)
+    rows, out = bench_lines(model, path, batch=2, threads=2, peers=["keras"])
+    assert len(rows) == 2
+    name = rows[1]["engine"]
+    assert name == "keras %s (torch) no_grad" % keras.__version__
+    assert rows[1]["max_abs_diff"] < 1e-5
+    line = next(ln for ln in out.splitlines() if ln.startswith("  keras "))
+    assert "model(x, training=False) under torch.no_grad()" in line, out
+    assert "no compiled inference call" in line and "torch.set_num_threads(2)" in line, out
+    assert torch.get_num_threads() == 2
+
+
+def test_every_mode_is_documented():
+    """The modes the table can name are the ones the --help epilog and the README explain."""
+    from rnnfast.cli import EPILOG_BENCH
+
+    readme = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+    with open(readme, encoding="utf-8") as f:
+        text = f.read()
+    for phrase in (
+        "torch.no_grad()",
+        "predict_on_batch",
+        "jit_compile=True",
+        "intra_op_num_threads",
+        "torch.set_num_threads",
+    ):
+        assert phrase in EPILOG_BENCH and phrase in text, phrase
+    assert set(_bench.MODES) == {"rnnfast", "no_grad", "session", "keras-torch", "predict_on_batch", "xla"}
+
+
+def test_bench_help_epilog(capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    out = capsys.readouterr().out
+    assert "how each peer is timed" in out and "predict_on_batch" in out and "--example" in out
+
+
+def test_example_paths_and_command(capsys):
+    paths = rnnfast.examples()
+    assert set(paths) == set(demo.EXAMPLES)
+    for name, path in paths.items():
+        assert os.path.isfile(path) and os.path.isabs(path), name
+        assert rnnfast.example(name) == path == rnnfast.example(os.path.basename(path))
+    with pytest.raises(ValueError, match="no bundled example 'nope'; the examples are digits_bigru"):
+        rnnfast.example("nope")
+    assert main(["example", "digits_lstm"]) == 0
+    assert capsys.readouterr().out == paths["digits_lstm"] + "\n"
+    assert main(["example"]) == 0
+    listed = capsys.readouterr().out
+    assert all(p in listed for p in paths.values()), listed
+
+
+def test_info_and_bench_take_example(capsys, torch_threads):
+    assert main(["info", "--example", "digits_bigru"]) == 0
+    assert "total parameters: 16,266" in capsys.readouterr().out
+    assert main(["info", "--example", "digits_lstm"]) == 0  # trained batch-first: said so
+    assert "LSTM(8, 32, num_layers=2, batch_first=True, bidirectional=True)" in capsys.readouterr().out
+    assert (
+        main(["bench", "--example", "digits_lstm", "--batch", "2", "--threads", "1", "--repeats", "2", "--vs", "torch"])
+        == 0
+    )
+    assert "no_grad" in capsys.readouterr().out
+    assert main(["info", demo.example("digits_bigru"), "--example", "digits_bigru"]) == 1
+    assert "not both" in capsys.readouterr().err
+    assert main(["info"]) == 1
+    assert "--example NAME" in capsys.readouterr().err
+
+
+def test_help_of_load_cites_no_missing_file():
+    assert "API.md" not in rnnfast.load.__doc__
+    assert "batch_first" in rnnfast.load.__doc__
