@@ -7,11 +7,12 @@ AVX2 / AVX-512 versions chosen at run time (see ``src/rnnfast/c/isa.h``). ``RNNF
 opts in to ``-march=native`` for a machine-specific build. The binary carries no debug
 info or symbols unless ``RNNFAST_DEBUG=1`` (or a ``-g`` in ``CFLAGS``) asks for them.
 """
+
 import glob
 import os
-import sys
 import shutil
 import subprocess
+import sys
 import tempfile
 import textwrap
 
@@ -57,7 +58,7 @@ def _openmp_flags(compiler):
                 out = subprocess.run([exe], capture_output=True, text=True, timeout=30).stdout
                 if out.strip() == "1":
                     return cflags, lflags
-            except Exception:  # noqa: BLE001 - any failure means "no OpenMP with these flags"
+            except Exception:
                 continue
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -91,8 +92,7 @@ class BuildExt(build_ext):
                 # -fno-trapping-math: FP exception flags are not observed, which lets GCC
                 # if-convert (and so vectorize) the branch-free exp/tanh; results are
                 # unchanged (unlike fast-math: no reassociation, NaN/Inf kept).
-                ext.extra_compile_args += ["-O3", "-fno-trapping-math", "-fno-strict-aliasing",
-                                           "-Wno-unused-function"]
+                ext.extra_compile_args += ["-O3", "-fno-trapping-math", "-fno-strict-aliasing", "-Wno-unused-function"]
                 if os.environ.get("RNNFAST_NATIVE", "") not in ("", "0"):
                     ext.extra_compile_args += ["-march=native"]
             if omp is not None:
@@ -111,8 +111,7 @@ def extensions():
             include_dirs=["src/rnnfast"],
             # the C core (c/**: headers and templates) and the module's .pxd: a change
             # to one alone must rebuild it too
-            depends=sorted(glob.glob("src/rnnfast/c/**/*.h", recursive=True))
-            + ["src/rnnfast/_kernels.pxd"],
+            depends=sorted(glob.glob("src/rnnfast/c/**/*.h", recursive=True)) + ["src/rnnfast/_kernels.pxd"],
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         ),
     ]

@@ -2,7 +2,8 @@
 
 ``record OUT.npz`` runs a fixed grid of recurrent layers through the installed
 rnnfast and stores a digest of every output (dtype, shape, SHA-256 of its bytes);
-``compare A.npz B.npz`` reports each array that differs in any bit (and any array that only one file holds). Record with the old
+``compare A.npz B.npz`` reports each array that differs in any bit (and any array that only one file holds).
+Record with the old
 build, record with the new one, compare: a pure re-layout of the compiled core must
 give zero differences, on every instruction set (set ``RNNFAST_ISA`` when recording).
 
@@ -21,6 +22,7 @@ old and new builds alike.
     python bench/check_bitwise.py record old.npz
     python bench/check_bitwise.py compare old.npz new.npz
 """
+
 import argparse
 import hashlib
 import os
@@ -87,9 +89,9 @@ def _inputs(rng, T, B, H, P, ndir, cell):
     h0 = 0.5 * rng.standard_normal((ndir, B, Ho))
     c0 = 0.5 * rng.standard_normal((ndir, B, H)) if CELLS[cell][0] == "lstm" else None
     mask = rng.random((T, B)) < 0.7
-    mask[:, 0] = True                              # one full row
+    mask[:, 0] = True  # one full row
     if B > 1:
-        mask[: T // 2 + 1, 1] = False              # a row masked at the start
+        mask[: T // 2 + 1, 1] = False  # a row masked at the start
     lengths = rng.integers(0, T + 1, B)
     lengths[0] = T
     return x, h0, c0, mask, lengths
@@ -104,10 +106,18 @@ def _digest(a):
     with np.errstate(all="ignore"):
         total = float(np.nansum(a.astype(np.float64))) if a.dtype.kind == "f" else 0.0
         nans = int(np.isnan(a).sum()) if a.dtype.kind == "f" else 0
-    if nans:                       # every NaN as one NaN: tells NaN-bits-only differences apart
+    if nans:  # every NaN as one NaN: tells NaN-bits-only differences apart
         canon = np.where(np.isnan(a), a.dtype.type(np.nan), a)
-    return np.array([a.dtype.str, repr(a.shape), hashlib.sha256(a.tobytes()).hexdigest(),
-                     repr(total), str(nans), hashlib.sha256(canon.tobytes()).hexdigest()])
+    return np.array(
+        [
+            a.dtype.str,
+            repr(a.shape),
+            hashlib.sha256(a.tobytes()).hexdigest(),
+            repr(total),
+            str(nans),
+            hashlib.sha256(canon.tobytes()).hexdigest(),
+        ]
+    )
 
 
 def _store(res, key, value):
@@ -132,8 +142,8 @@ def record_grid(res):
                     for B in BATCHES:
                         for T in STEPS:
                             x, h0, c0, mask, lengths = _inputs(
-                                np.random.default_rng(_seed(cell, dtype, H, direction, B, T)),
-                                T, B, H, P, ndir, cell)
+                                np.random.default_rng(_seed(cell, dtype, H, direction, B, T)), T, B, H, P, ndir, cell
+                            )
                             for vname, vkw, bfirst in VARIANTS:
                                 kw = dict(vkw)
                                 if kw.pop("mask", False):
@@ -142,10 +152,17 @@ def record_grid(res):
                                     kw["lengths"] = lengths
                                 xin = np.ascontiguousarray(np.swapaxes(x, 0, 1)) if bfirst else x
                                 for nt in THREADS:
-                                    out, h, c = layer.forward(xin, h0, c0, num_threads=nt,
-                                                              batch_first=bfirst, **kw)
+                                    out, h, c = layer.forward(xin, h0, c0, num_threads=nt, batch_first=bfirst, **kw)
                                     key = "grid/%s/%s/H%d/%s/B%d/T%d/%s/t%d" % (
-                                        cell, dtype, H, direction, B, T, vname, nt)
+                                        cell,
+                                        dtype,
+                                        H,
+                                        direction,
+                                        B,
+                                        T,
+                                        vname,
+                                        nt,
+                                    )
                                     _store(res, key + "/out", out)
                                     _store(res, key + "/h", h)
                                     _store(res, key + "/c", c)
@@ -159,8 +176,12 @@ def record_activations(res):
     huge, NaN and Inf included."""
     n = 0
     names = list(ACTIVATIONS)
-    v = np.concatenate([np.linspace(-30, 30, 997), [0.0, -0.0, 1e-30, -1e-30, 88.5, -88.5, 710.0,
-                                                   -710.0, 3e38, -3e38, np.inf, -np.inf, np.nan]])
+    v = np.concatenate(
+        [
+            np.linspace(-30, 30, 997),
+            [0.0, -0.0, 1e-30, -1e-30, 88.5, -88.5, 710.0, -710.0, 3e38, -3e38, np.inf, -np.inf, np.nan],
+        ]
+    )
     for dtype in DTYPES:
         with np.errstate(all="ignore"):
             vv = v.astype(dtype)
@@ -171,7 +192,7 @@ def record_activations(res):
         for dtype in DTYPES:
             for H in (16, 130):
                 for a in names:
-                    for role in (("activation",) if name == "simple" else ("activation", "recurrent_activation")):
+                    for role in ("activation",) if name == "simple" else ("activation", "recurrent_activation"):
                         seed = _seed("act", cell, dtype, H, a, role)
                         layer, rng = _layer(cell, dtype, H, "bidir", seed, **{role: a})
                         x, h0, c0, mask, _ = _inputs(rng, 7, 3, H, P, 2, cell)
@@ -191,7 +212,7 @@ def record_models(res):
     for nt in THREADS:
         _store(res, "model/digits_bigru/t%d" % nt, keras.predict(x, num_threads=nt))
     rnn = rnnfast.load(os.path.join(DATA, "digits_lstm.pt"))
-    xt = np.ascontiguousarray(np.swapaxes(x, 0, 1))       # loaded with batch_first=False
+    xt = np.ascontiguousarray(np.swapaxes(x, 0, 1))  # loaded with batch_first=False
     for nt in THREADS:
         out, (h, c) = rnn(xt, num_threads=nt)
         _store(res, "model/digits_lstm/t%d/out" % nt, out)
@@ -209,8 +230,7 @@ def record(path):
     n = record_grid(res) + record_activations(res) + record_models(res)
     res["meta/isa"] = np.array(isa)
     np.savez_compressed(path, **res)
-    print("recorded %d runs, %d arrays, ISA %s, %.1f s -> %s"
-          % (n, len(res), isa, time.perf_counter() - t0, path))
+    print("recorded %d runs, %d arrays, ISA %s, %.1f s -> %s" % (n, len(res), isa, time.perf_counter() - t0, path))
 
 
 def compare(a_path, b_path):
@@ -232,9 +252,19 @@ def compare(a_path, b_path):
             bad += 1
         elif x[2] != y[2]:
             nan_bits = len(x) > 5 and len(y) > 5 and x[5] == y[5]
-            print("DIFFER %s: %s %s, sums %s vs %s, NaNs %s vs %s%s"
-                  % (k, x[0], x[1], x[3], y[3], x[4], y[4],
-                     " (only the sign or payload bits of NaNs)" if nan_bits else ""))
+            print(
+                "DIFFER %s: %s %s, sums %s vs %s, NaNs %s vs %s%s"
+                % (
+                    k,
+                    x[0],
+                    x[1],
+                    x[3],
+                    y[3],
+                    x[4],
+                    y[4],
+                    " (only the sign or payload bits of NaNs)" if nan_bits else "",
+                )
+            )
             bad += 1
         else:
             same += 1

@@ -42,6 +42,7 @@ actor from its model's loading on): a 2-worker run that needs no more CPU than a
 wall time. Writes ``scale_out_<model>.json`` and ``scale_out_<model>.png`` to ``--out``
 (default: bench/).
 """
+
 import argparse
 import io
 import json
@@ -62,10 +63,12 @@ DATA = os.path.join(os.path.dirname(rnnfast.__file__), "data")
 MODEL = os.path.join(DATA, "digits_lstm.pt")
 HEAD = os.path.join(DATA, "digits_lstm_head.npz")
 BLOCK = 2000
-SEED_LAYERS = [(128, True), (64, True)]          # BiGRU(128) -> BiGRU(64), sequences
+SEED_LAYERS = [(128, True), (64, True)]  # BiGRU(128) -> BiGRU(64), sequences
 FEATURES = {"seed": 50, "digits": 8}
-MODEL_TEXT = {"seed": "BiGRU(128) -> BiGRU(64) -> Dense(1, sigmoid) per step, 50 features (seeded)",
-              "digits": "digits_lstm.pt: LSTM(8, 32, 2 layers, bidirectional) + Linear(64, 10) on h_n"}
+MODEL_TEXT = {
+    "seed": "BiGRU(128) -> BiGRU(64) -> Dense(1, sigmoid) per step, 50 features (seeded)",
+    "digits": "digits_lstm.pt: LSTM(8, 32, 2 layers, bidirectional) + Linear(64, 10) on h_n",
+}
 
 
 def cpu_seconds():
@@ -100,6 +103,7 @@ def torch_net(name):
 
     nn = torch.nn
     if name == "digits":
+
         class Net(nn.Module):
             def __init__(self):
                 super().__init__()
@@ -118,7 +122,7 @@ def torch_net(name):
             net.head.bias.copy_(torch.from_numpy(b))
         return net
 
-    class Seed(nn.Module):                            # bench/compare.py's seed BiGRU case
+    class Seed(nn.Module):  # bench/compare.py's seed BiGRU case
         def __init__(self):
             super().__init__()
             rnns, I = [], FEATURES["seed"]
@@ -136,7 +140,7 @@ def torch_net(name):
 
     torch.manual_seed(0)
     net = Seed().eval()
-    with torch.no_grad():                             # lively weights, as trained models have
+    with torch.no_grad():  # lively weights, as trained models have
         for p in net.parameters():
             p.uniform_(-0.08, 0.08)
     return net
@@ -152,12 +156,14 @@ def rnnfast_model(name, net):
     steps = []
     for m in net.rnns:
         sd = {k: v.detach().numpy() for k, v in m.state_dict().items()}
-        ws = [cell_weights_from_torch("GRU", sd["weight_ih_l0" + s], sd["weight_hh_l0" + s],
-                                      sd["bias_ih_l0" + s], sd["bias_hh_l0" + s])
-              for s in ([""] + (["_reverse"] if m.bidirectional else []))]
+        ws = [
+            cell_weights_from_torch(
+                "GRU", sd["weight_ih_l0" + s], sd["weight_hh_l0" + s], sd["bias_ih_l0" + s], sd["bias_hh_l0" + s]
+            )
+            for s in ([""] + (["_reverse"] if m.bidirectional else []))
+        ]
         steps.append((RNNLayer("gru", ws), dict(return_sequences=True)))
-    steps.append(Dense(net.head.weight.detach().numpy().T.copy(), net.head.bias.detach().numpy().copy(),
-                       "sigmoid"))
+    steps.append(Dense(net.head.weight.detach().numpy().T.copy(), net.head.bias.detach().numpy().copy(), "sigmoid"))
     return rnnfast.Sequential(steps)
 
 
@@ -167,8 +173,15 @@ def onnx_bytes(net, features):
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(net, (torch.zeros(4, 50, features),), buf, input_names=["x"], output_names=["y"],
-                          dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}}, dynamo=False)
+        torch.onnx.export(
+            net,
+            (torch.zeros(4, 50, features),),
+            buf,
+            input_names=["x"],
+            output_names=["y"],
+            dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}},
+            dynamo=False,
+        )
     return buf.getvalue()
 
 
@@ -196,8 +209,14 @@ def _ray_classes():
             self.cpu0 = cpu_seconds()
             self.digits = digits
             if digits:
-                super().__init__(model, input_column="data", output_column=["out", "h", "c"],
-                                 return_state=True, drop_input=True, batch_first=True)
+                super().__init__(
+                    model,
+                    input_column="data",
+                    output_column=["out", "h", "c"],
+                    return_state=True,
+                    drop_input=True,
+                    batch_first=True,
+                )
             else:
                 super().__init__(model, input_column="data", output_column="y", drop_input=True)
 
@@ -240,7 +259,7 @@ class Pipelines:
     def __init__(self, name, x, engines):
         self.name = name
         self.digits = name == "digits"
-        self.x = {"full": x, "warm": x[:max(BLOCK, len(x) // 10 // BLOCK * BLOCK)]}
+        self.x = {"full": x, "warm": x[: max(BLOCK, len(x) // 10 // BLOCK * BLOCK)]}
         self.engines = engines
         net = torch_net(name)
         self.model = rnnfast_model(name, net)
@@ -257,14 +276,14 @@ class Pipelines:
     def rnnfast_local(self, threads, which="full"):
         x = self.x[which]
         c = cpu_seconds()
-        y = np.concatenate([self._score(x[s:s + BLOCK], threads) for s in range(0, len(x), BLOCK)])
+        y = np.concatenate([self._score(x[s : s + BLOCK], threads) for s in range(0, len(x), BLOCK)])
         return y, cpu_seconds() - c
 
     def ort_local(self, threads, which="full"):
         x = self.x[which]
         c = cpu_seconds()
         sess = ort_session(self.blob, threads)
-        y = np.concatenate([sess.run(["y"], {"x": x[s:s + BLOCK]})[0] for s in range(0, len(x), BLOCK)])
+        y = np.concatenate([sess.run(["y"], {"x": x[s : s + BLOCK]})[0] for s in range(0, len(x), BLOCK)])
         return y, cpu_seconds() - c
 
     # Dask
@@ -275,8 +294,9 @@ class Pipelines:
         import distributed
 
         logging.getLogger("distributed").setLevel(logging.ERROR)
-        cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                           dashboard_address=":0", silence_logs=logging.ERROR)
+        cluster = distributed.LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0", silence_logs=logging.ERROR
+        )
         client = distributed.Client(cluster, set_as_default=False)
         xd = {k: client.persist(da.from_array(v, chunks=(BLOCK, -1, -1))) for k, v in self.x.items()}
         with client.as_current():
@@ -285,6 +305,7 @@ class Pipelines:
 
     def rnnfast_dask(self, workers, which="full"):
         import dask.array as da
+
         import rnnfast.dask
 
         cluster, client, xd = self.clusters[workers]
@@ -302,23 +323,26 @@ class Pipelines:
     def start_ray(self):
         import ray
 
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
         ctx = ray.data.DataContext.get_current()
         ctx.execution_options.preserve_order = True
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False
-        self.ray_ds = {k: ray.data.from_numpy(np.split(v, len(v) // BLOCK)).materialize()
-                       for k, v in self.x.items()}
+        self.ray_ds = {k: ray.data.from_numpy(np.split(v, len(v) // BLOCK)).materialize() for k, v in self.x.items()}
         self.ray_classes = _ray_classes()
-        self.model_ref = ray.put(self.model)                   # sent once through the object store
+        self.model_ref = ray.put(self.model)  # sent once through the object store
 
     def _ray(self, cls, args, workers, which):
         import ray
 
-        out = self.ray_ds[which].map_batches(cls, fn_constructor_args=args, batch_size=BLOCK, num_cpus=1,
-                                             compute=ray.data.ActorPoolStrategy(size=workers),
-                                             batch_format="numpy")
+        out = self.ray_ds[which].map_batches(
+            cls,
+            fn_constructor_args=args,
+            batch_size=BLOCK,
+            num_cpus=1,
+            compute=ray.data.ActorPoolStrategy(size=workers),
+            batch_format="numpy",
+        )
         batches = list(out.iter_batches(batch_size=None, batch_format="numpy"))
         cpu = {}
         for b in batches:
@@ -376,23 +400,26 @@ def main():
     if "dask" in engines:
         for w in (1, 2):
             p.start_dask(w)
-            runs["rnnfast dask, %d worker%s" % (w, "s" * (w > 1))] = (lambda which, w=w: p.rnnfast_dask(w, which))
+            runs["rnnfast dask, %d worker%s" % (w, "s" * (w > 1))] = lambda which, w=w: p.rnnfast_dask(w, which)
     if "ray" in engines:
         p.start_ray()
         for w in (1, 2):
-            runs["rnnfast ray, %d worker%s" % (w, "s" * (w > 1))] = (lambda which, w=w: p.rnnfast_ray(w, which))
+            runs["rnnfast ray, %d worker%s" % (w, "s" * (w > 1))] = lambda which, w=w: p.rnnfast_ray(w, which)
             if "onnxruntime" in engines:
-                runs["onnxruntime ray, %d worker%s" % (w, "s" * (w > 1))] = (lambda which, w=w: p.ort_ray(w, which))
-    print("model %s: %d sequences of %d steps, %d rounds; load average %.1f %.1f %.1f"
-          % ((args.model, args.rows, args.time, args.rounds) + load_before), flush=True)
+                runs["onnxruntime ray, %d worker%s" % (w, "s" * (w > 1))] = lambda which, w=w: p.ort_ray(w, which)
+    print(
+        "model %s: %d sequences of %d steps, %d rounds; load average %.1f %.1f %.1f"
+        % ((args.model, args.rows, args.time, args.rounds) + load_before),
+        flush=True,
+    )
     reference = {k: p.rnnfast_local(1, k)[0] for k in ("warm", "full")}
     times = {k: [] for k in runs}
     cpus = {k: [] for k in runs}
     loads = {k: [] for k in runs}
     agree = {}
     names = list(runs)
-    for r in range(-1, args.rounds):               # round 0: the warm-up, not counted
-        order = names[r % len(names):] + names[:r % len(names)]
+    for r in range(-1, args.rounds):  # round 0: the warm-up, not counted
+        order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
             which = "warm" if r < 0 else "full"
             t = time.perf_counter()
@@ -400,26 +427,41 @@ def main():
             dt = time.perf_counter() - t
             ref = reference[which]
             if which == "full" and name not in agree:
-                agree[name] = dict(bitwise=bool(y.dtype == ref.dtype and y.shape == ref.shape
-                                                and y.tobytes() == ref.tobytes()),
-                                   max_abs_diff=float(np.abs(y.astype(np.float64) - ref).max()))
+                agree[name] = dict(
+                    bitwise=bool(y.dtype == ref.dtype and y.shape == ref.shape and y.tobytes() == ref.tobytes()),
+                    max_abs_diff=float(np.abs(y.astype(np.float64) - ref).max()),
+                )
             if r < 0:
                 print("warm-up  %-32s %7.2f s" % (name, dt), flush=True)
                 continue
             times[name].append(dt)
             cpus[name].append(dc)
             loads[name].append(os.getloadavg()[0])
-            print("round %d  %-32s %7.2f s  %9.0f seq/s  %6.1f cpu-s  load %.1f"
-                  % (r + 1, name, dt, args.rows / dt, dc, os.getloadavg()[0]), flush=True)
+            print(
+                "round %d  %-32s %7.2f s  %9.0f seq/s  %6.1f cpu-s  load %.1f"
+                % (r + 1, name, dt, args.rows / dt, dc, os.getloadavg()[0]),
+                flush=True,
+            )
     p.close()
     load_after = os.getloadavg()
     rows = []
     for name in names:
         med = float(np.median(times[name]))
         cpu = float(np.median(cpus[name]))
-        rows.append(dict(pipeline=name, median_s=med, best_s=float(min(times[name])), times_s=times[name],
-                         seq_per_s=args.rows / med, cpu_s=cpu, cpu_s_all=cpus[name], seq_per_cpu_s=args.rows / cpu,
-                         load_average=loads[name], **agree[name]))
+        rows.append(
+            dict(
+                pipeline=name,
+                median_s=med,
+                best_s=float(min(times[name])),
+                times_s=times[name],
+                seq_per_s=args.rows / med,
+                cpu_s=cpu,
+                cpu_s_all=cpus[name],
+                seq_per_cpu_s=args.rows / cpu,
+                load_average=loads[name],
+                **agree[name],
+            )
+        )
     by = {r["pipeline"]: r for r in rows}
     eff, cpu_eff = {}, {}
     pairs = [(b, b + ", 1 worker", b + ", 2 workers") for b in ("rnnfast dask", "rnnfast ray", "onnxruntime ray")]
@@ -430,29 +472,52 @@ def main():
             eff[key] = two["seq_per_s"] / (2 * one["seq_per_s"])
             cpu_eff[key] = one["cpu_s"] / two["cpu_s"]
     print()
-    print("| pipeline | median s | sequences/s | vs onnxruntime ray | CPU s | sequences/CPU s | agrees with rnnfast local |")
+    print(
+        "| pipeline | median s | sequences/s | vs onnxruntime ray | CPU s | sequences/CPU s "
+        "| agrees with rnnfast local |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: | --- |")
     for r in rows:
         w = r["pipeline"].split(", ")[-1]
         peer = by.get("onnxruntime ray, " + w)
         vs = "%.2fx" % (r["seq_per_s"] / peer["seq_per_s"]) if peer and not r["pipeline"].startswith("onnx") else ""
         ok = "bitwise" if r["bitwise"] else "max abs diff %.1e" % r["max_abs_diff"]
-        print("| %s | %.2f | %.0f | %s | %.1f | %.0f | %s |" % (r["pipeline"], r["median_s"], r["seq_per_s"], vs,
-                                                          r["cpu_s"], r["seq_per_cpu_s"], ok))
+        print(
+            "| %s | %.2f | %.0f | %s | %.1f | %.0f | %s |"
+            % (r["pipeline"], r["median_s"], r["seq_per_s"], vs, r["cpu_s"], r["seq_per_cpu_s"], ok)
+        )
     print()
     for k, v in eff.items():
-        print("scaling 1 -> 2, %s: wall-time efficiency %.0f%%, CPU seconds 1 / 2 = %.0f%%"
-              % (k, 100 * v, 100 * cpu_eff[k]))
-    import onnxruntime
+        print(
+            "scaling 1 -> 2, %s: wall-time efficiency %.0f%%, CPU seconds 1 / 2 = %.0f%%"
+            % (k, 100 * v, 100 * cpu_eff[k])
+        )
     import dask
+    import onnxruntime
     import ray
 
-    meta = dict(rows=args.rows, time=args.time, features=FEATURES[args.model], block=BLOCK, rounds=args.rounds,
-                model=args.model, model_description=MODEL_TEXT[args.model],
-                cpu=_cpu(), cores=os.cpu_count(), load_average_before=load_before, load_average_after=load_after,
-                wall_s=time.time() - t_start, date=time.strftime("%Y-%m-%d %H:%M"),
-                versions=dict(rnnfast=rnnfast.__version__, dask=dask.__version__, ray=ray.__version__,
-                              onnxruntime=onnxruntime.__version__, python=platform.python_version()))
+    meta = dict(
+        rows=args.rows,
+        time=args.time,
+        features=FEATURES[args.model],
+        block=BLOCK,
+        rounds=args.rounds,
+        model=args.model,
+        model_description=MODEL_TEXT[args.model],
+        cpu=_cpu(),
+        cores=os.cpu_count(),
+        load_average_before=load_before,
+        load_average_after=load_after,
+        wall_s=time.time() - t_start,
+        date=time.strftime("%Y-%m-%d %H:%M"),
+        versions=dict(
+            rnnfast=rnnfast.__version__,
+            dask=dask.__version__,
+            ray=ray.__version__,
+            onnxruntime=onnxruntime.__version__,
+            python=platform.python_version(),
+        ),
+    )
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "scale_out_%s.json" % args.model), "w") as f:
         json.dump(dict(meta=meta, rows=rows, scaling_efficiency=eff, cpu_seconds_ratio=cpu_eff), f, indent=1)
@@ -479,8 +544,10 @@ def _plot(rows, eff, meta, path, cpu_eff=None):
     groups = ["rnnfast local", "onnxruntime local", "rnnfast dask", "rnnfast ray", "onnxruntime ray"]
     by = {r["pipeline"]: r for r in rows}
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
-    for ax, key, ylabel, effs in ((axes[0], "seq_per_s", "sequences / s (wall time)", eff),
-                                  (axes[1], "seq_per_cpu_s", "sequences / CPU second (workers)", cpu_eff or {})):
+    for ax, key, ylabel, effs in (
+        (axes[0], "seq_per_s", "sequences / s (wall time)", eff),
+        (axes[1], "seq_per_cpu_s", "sequences / CPU second (workers)", cpu_eff or {}),
+    ):
         xs, labels = [], []
         for i, g in enumerate(groups):
             for suffix in (", 1 thread", ", 1 worker", ", 2 threads", ", 2 workers"):
@@ -489,8 +556,15 @@ def _plot(rows, eff, meta, path, cpu_eff=None):
                     continue
                 two = "2" in suffix
                 x = i + (0.2 if two else -0.2)
-                ax.bar(x, r[key], width=0.38, color="#1f77b4" if g.startswith("rnnfast") else "#ff7f0e",
-                       alpha=1.0 if two else 0.55, edgecolor="black", linewidth=0.5)
+                ax.bar(
+                    x,
+                    r[key],
+                    width=0.38,
+                    color="#1f77b4" if g.startswith("rnnfast") else "#ff7f0e",
+                    alpha=1.0 if two else 0.55,
+                    edgecolor="black",
+                    linewidth=0.5,
+                )
                 ax.text(x, r[key], "%.0f" % r[key], ha="center", va="bottom", fontsize=7)
             k = "rnnfast local (threads)" if g == "rnnfast local" else g
             xs.append(i)
@@ -500,10 +574,20 @@ def _plot(rows, eff, meta, path, cpu_eff=None):
         ax.set_ylabel(ylabel)
     axes[0].set_title("wall time; % = scaling efficiency 1 -> 2", fontsize=8)
     axes[1].set_title("CPU seconds; % = CPU(1) / CPU(2)", fontsize=8)
-    fig.suptitle("%d sequences x %d steps, %s; light: 1 worker (thread), dark: 2\n%s, %d cores, shared "
-                 "(load average %.1f before, %.1f after)"
-                 % (meta["rows"], meta["time"], meta["model_description"], meta["cpu"][:30], meta["cores"],
-                    meta["load_average_before"][0], meta["load_average_after"][0]), fontsize=9)
+    fig.suptitle(
+        "%d sequences x %d steps, %s; light: 1 worker (thread), dark: 2\n%s, %d cores, shared "
+        "(load average %.1f before, %.1f after)"
+        % (
+            meta["rows"],
+            meta["time"],
+            meta["model_description"],
+            meta["cpu"][:30],
+            meta["cores"],
+            meta["load_average_before"][0],
+            meta["load_average_after"][0],
+        ),
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     print("wrote", path)

@@ -7,21 +7,21 @@
 - imports flow one way: no cycles, the models never import the loaders, no function-level
   imports of rnnfast's own modules (but the one that loads the compiled core).
 """
+
 import ast
 import os
 
 import numpy as np
 import pytest
+import torch
+
+import rnnfast
+from rnnfast import _kernels, cells, reference
+from rnnfast.io import keras_convert
+from rnnfast.io.torch_convert import GATES, cell_weights_from_torch, torch_state_dict
+from rnnfast.layers import RNNLayer
 
 from _testing import TOL, assert_close, make_module, random_weights, torch_run
-
-import torch  # noqa: E402
-
-import rnnfast  # noqa: E402
-from rnnfast import _kernels, cells, reference  # noqa: E402
-from rnnfast.io import keras_convert  # noqa: E402
-from rnnfast.io.torch_convert import GATES, cell_weights_from_torch, torch_state_dict  # noqa: E402
-from rnnfast.layers import RNNLayer  # noqa: E402
 
 SRC = os.path.dirname(rnnfast.__file__)
 
@@ -34,7 +34,7 @@ def test_cells_agree_with_the_core():
         assert cell.states[0] == "h" and 1 <= cell.num_states <= 2
         if cell.torch_module:
             assert sorted(cell.torch_order) == list(range(cell.num_gates))
-        assert cell.step.__doc__                      # the equations
+        assert cell.step.__doc__  # the equations
     with pytest.raises(ValueError, match="cell must be one of"):
         cells.get("peephole")
 
@@ -56,13 +56,20 @@ def test_gate_reorder_round_trips(name):
     a = np.arange(cell.num_gates * 3 * 2).reshape(cell.num_gates * 3, 2)
     np.testing.assert_array_equal(cell.from_torch(cell.to_torch(a, 0), 0), a)
     np.testing.assert_array_equal(cell.to_torch(cell.from_torch(a.T, 1), 1), a.T)
-    if name == "gru":                                 # PyTorch r, z, n -> Keras z, r, h
+    if name == "gru":  # PyTorch r, z, n -> Keras z, r, h
         np.testing.assert_array_equal(cell.from_torch(np.array([0, 1, 2]), 0), [1, 0, 2])
 
 
-@pytest.mark.parametrize("mode,kw", [("GRU", {}), ("LSTM", dict(proj_size=3)), ("RNN_RELU", {}),
-                                     ("LSTM", dict(bias=False, num_layers=2, bidirectional=True)),
-                                     ("GRU", dict(num_layers=2, bidirectional=True, batch_first=True))])
+@pytest.mark.parametrize(
+    "mode,kw",
+    [
+        ("GRU", {}),
+        ("LSTM", dict(proj_size=3)),
+        ("RNN_RELU", {}),
+        ("LSTM", dict(bias=False, num_layers=2, bidirectional=True)),
+        ("GRU", dict(num_layers=2, bidirectional=True, batch_first=True)),
+    ],
+)
 def test_torch_state_dict_is_the_way_back(mode, kw, torch_one_thread):
     """Weights loaded from a module and written back give a module computing the same."""
     m = make_module(mode, 5, 6, seed=3, **kw)
@@ -75,7 +82,7 @@ def test_torch_state_dict_is_the_way_back(mode, kw, torch_one_thread):
     want = torch_run(m, x)
     got = torch_run(m2, x)
     np.testing.assert_allclose(got[0], want[0], **TOL[np.dtype(np.float32)])
-    for k, v in sd.items():                           # the kernels as they were; biases up to folding
+    for k, v in sd.items():  # the kernels as they were; biases up to folding
         if k.startswith("weight"):
             np.testing.assert_array_equal(v, m.state_dict()[k].numpy())
 
@@ -100,8 +107,8 @@ def test_torch_weights_through_the_registry(rng):
     H, I = 3, 2
     w_ih = rng.standard_normal((3 * H, I))
     cw = cell_weights_from_torch("GRU", w_ih, rng.standard_normal((3 * H, H)))
-    np.testing.assert_array_equal(cw.kernel[:, :H], w_ih[H:2 * H].T)     # z
-    np.testing.assert_array_equal(cw.kernel[:, H:2 * H], w_ih[:H].T)     # r
+    np.testing.assert_array_equal(cw.kernel[:, :H], w_ih[H : 2 * H].T)  # z
+    np.testing.assert_array_equal(cw.kernel[:, H : 2 * H], w_ih[:H].T)  # r
 
 
 # -- the house's import rules ------------------------------------------------------------------
@@ -127,8 +134,9 @@ def _imports():
         for node in ast.walk(tree):
             if not (isinstance(node, ast.ImportFrom) and node.level):
                 continue
-            base = ".".join(pkg.split(".")[:len(pkg.split(".")) - node.level + 1] +
-                            ([node.module] if node.module else []))
+            base = ".".join(
+                pkg.split(".")[: len(pkg.split(".")) - node.level + 1] + ([node.module] if node.module else [])
+            )
             names = {base + "." + a.name if base + "." + a.name in known else base for a in node.names}
             deps |= names - {mod}
             if id(node) not in top:
@@ -143,8 +151,15 @@ def test_imports_flow_one_way():
     # but load_kernels(), which imports the compiled core on purpose
     assert {m: n for m, n in nested.items() if n} == {"rnnfast._threads": nested["rnnfast._threads"]}
     # the models and the summary never import the loaders
-    for mod in ("rnnfast.model", "rnnfast.model_keras", "rnnfast.model_torch", "rnnfast._summary",
-                "rnnfast.layers", "rnnfast.cells", "rnnfast.reference"):
+    for mod in (
+        "rnnfast.model",
+        "rnnfast.model_keras",
+        "rnnfast.model_torch",
+        "rnnfast._summary",
+        "rnnfast.layers",
+        "rnnfast.cells",
+        "rnnfast.reference",
+    ):
         assert not any(d == "rnnfast.io" or d.startswith("rnnfast.io.") for d in graph[mod]), mod
     # no cycles among the submodules (the package's own __init__ aside)
     sub = {m: {d for d in ds if d != "rnnfast"} for m, ds in graph.items() if m != "rnnfast"}

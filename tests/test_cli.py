@@ -136,15 +136,24 @@ def test_predict_torch_outputs_and_layouts(gru_file, tmp_path):
     with torch.no_grad():
         out, h_n = m(torch.from_numpy(xb.swapaxes(0, 1).copy()))
     np.save(tmp_path / "x.npy", xb)
-    rnnfast("predict", path, tmp_path / "x.npy", "-o", tmp_path / "y.npz", "--batch-size", "4", "--progress",
-            "--batch-first")
+    rnnfast(
+        "predict",
+        path,
+        tmp_path / "x.npy",
+        "-o",
+        tmp_path / "y.npz",
+        "--batch-size",
+        "4",
+        "--progress",
+        "--batch-first",
+    )
     with np.load(tmp_path / "y.npz") as f:
         np.testing.assert_allclose(f["out"], out.numpy().swapaxes(0, 1), **F32)
         np.testing.assert_allclose(f["h_n"], h_n.numpy(), **F32)
     np.save(tmp_path / "xt.npy", xb.swapaxes(0, 1))
     rnnfast("predict", path, tmp_path / "xt.npy", "--time-major", "-o", tmp_path / "yt.npy")
     np.testing.assert_allclose(np.load(tmp_path / "yt.npy"), out.numpy(), **F32)
-    rnnfast("predict", path, tmp_path / "xt.npy", "-o", tmp_path / "yd.npy")    # the default: torch.nn's
+    rnnfast("predict", path, tmp_path / "xt.npy", "-o", tmp_path / "yd.npy")  # the default: torch.nn's
     np.testing.assert_allclose(np.load(tmp_path / "yd.npy"), out.numpy(), **F32)
 
 

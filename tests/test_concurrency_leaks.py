@@ -6,6 +6,7 @@ The concurrency tests compare every concurrent result with the serial one, bitwi
 subprocess (no PyTorch or Keras imported there, so their caches do not blur the
 figures) and reads RSS from /proc/self/statm after a warm-up and after 100,000 calls.
 """
+
 import json
 import os
 import subprocess
@@ -18,8 +19,8 @@ import numpy as np
 import pytest
 
 import rnnfast
-from _testing import make_module
 
+from _testing import make_module
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CORPUS = os.path.join(HERE, "fuzz", "corpus")
@@ -31,12 +32,13 @@ def _hammer(call, inputs, threads=8, calls=1000):
     barrier = threading.Barrier(threads)
 
     def work(t):
-        barrier.wait()                  # all start together
+        barrier.wait()  # all start together
         out = []
         for k in range(calls):
             i = (t * 7 + k) % len(inputs)
             out.append((i, call(inputs[i], t)))
         return out
+
     with ThreadPoolExecutor(threads) as ex:
         return [r for part in ex.map(work, range(threads)) for r in part]
 
@@ -66,21 +68,29 @@ def test_eight_threads_keras_model_and_lengths():
 
     keras.utils.set_random_seed(3)
     L = keras.layers
-    m = keras.Sequential([keras.Input((None, 3)), L.Masking(0.0), L.GRU(4, return_sequences=True),
-                          L.Bidirectional(L.LSTM(3)), L.Dense(2, activation="softmax")])
+    m = keras.Sequential(
+        [
+            keras.Input((None, 3)),
+            L.Masking(0.0),
+            L.GRU(4, return_sequences=True),
+            L.Bidirectional(L.LSTM(3)),
+            L.Dense(2, activation="softmax"),
+        ]
+    )
     model = rnnfast.from_keras(m)
     lstm = rnnfast.from_torch(make_module("LSTM", 3, 4, seed=5))
     rng = np.random.default_rng(1)
     inputs = []
     for i in range(11):
         x = rng.standard_normal((2 + i % 3, 4 + i % 4, 3)).astype(np.float32)
-        x[0, -1:] = 0                                       # a masked step
+        x[0, -1:] = 0  # a masked step
         inputs.append(x)
     lengths = [np.arange(x.shape[0]) % x.shape[1] + 1 for x in inputs]
 
     def call(x, t):
         i = next(k for k, v in enumerate(inputs) if v is x)
         return model.predict(x, num_threads=1 + t % 2), lstm(x.swapaxes(0, 1), lengths=lengths[i])
+
     serial = [_flat(call(x, 0)) for x in inputs]
     results = _hammer(call, inputs, calls=250)
     for i, res in results:
@@ -156,8 +166,9 @@ def test_rss_flat_over_100000_calls_and_repeated_loads(tmp_path):
     Keras model), then 1,800 loads of every format (300 of them refused): RSS grows
     by less than 20 MB; no file handle or thread is left behind."""
     env = dict(os.environ, OMP_NUM_THREADS="2")
-    out = subprocess.run([sys.executable, "-c", LEAK, CORPUS, str(tmp_path)], capture_output=True, text=True,
-                         env=env, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-c", LEAK, CORPUS, str(tmp_path)], capture_output=True, text=True, env=env, timeout=600
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     r = json.loads(out.stdout.strip().splitlines()[-1])
     print(r)
@@ -202,8 +213,13 @@ def test_scratch_memory_does_not_grow_with_the_sequence():
     """With only the last state returned, a call's peak memory (above the input, which
     exists before it) is the chunked projection's scratch: the same at T=200,000 as at
     T=2,000, and a few MB, for the blocked and the item path."""
-    out = subprocess.run([sys.executable, "-c", SCRATCH], capture_output=True, text=True,
-                         env=dict(os.environ, OMP_NUM_THREADS="2"), timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-c", SCRATCH],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, OMP_NUM_THREADS="2"),
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     r = json.loads(out.stdout.strip().splitlines()[-1])
     print(r)

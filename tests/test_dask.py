@@ -3,6 +3,7 @@ with one thread each. Results equal a local predict bitwise (also with variable
 lengths); each worker keeps to its thread budget (its threads counted); models travel
 as objects, as scattered futures and as paths. The refusals and the thread budget's
 rules are tested without a cluster."""
+
 import logging
 import os
 import sys
@@ -23,10 +24,11 @@ da = pytest.importorskip("dask.array")
 dd = pytest.importorskip("dask.dataframe")
 distributed = pytest.importorskip("distributed", reason="install rnnfast[dask]")
 pd = pytest.importorskip("pandas")
-import cloudpickle  # noqa: E402  (comes with dask)
-import rnnfast.dask as rdask  # noqa: E402
+import cloudpickle
 
-cloudpickle.register_pickle_by_value(sys.modules[__name__])   # the workers cannot import this file
+import rnnfast.dask as rdask
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this file
 
 HERE = os.path.dirname(__file__)
 DATA = os.path.join(os.path.dirname(rnnfast.__file__), "data")
@@ -36,8 +38,9 @@ KERAS2 = os.path.join(HERE, "fixtures", "keras2")
 @pytest.fixture(scope="module")
 def client():
     with dask.config.set({"dataframe.convert-string": False}):
-        with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                      dashboard_address=":0", silence_logs=logging.ERROR) as cluster:
+        with distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", silence_logs=logging.ERROR
+        ) as cluster:
             with distributed.Client(cluster) as c:
                 c.run(_warm_up)
                 yield c
@@ -48,16 +51,21 @@ def _warm_up():
 
 
 def _lstm(rng, batch_first=True, H=16, I=5):
-    return rnnfast.TorchRNN([RNNLayer("lstm", [random_weights(rng, "lstm", I, H) for _ in range(2)]),
-                             RNNLayer("lstm", [random_weights(rng, "lstm", 2 * H, H) for _ in range(2)])],
-                            batch_first=batch_first)
+    return rnnfast.TorchRNN(
+        [
+            RNNLayer("lstm", [random_weights(rng, "lstm", I, H) for _ in range(2)]),
+            RNNLayer("lstm", [random_weights(rng, "lstm", 2 * H, H) for _ in range(2)]),
+        ],
+        batch_first=batch_first,
+    )
 
 
 def _equal(a, b):
     a, _ = flatten(a)
     b, _ = flatten(b)
-    return len(a) == len(b) and all(u.dtype == v.dtype and u.shape == v.shape and u.tobytes() == v.tobytes()
-                                    for u, v in zip(a, b))
+    return len(a) == len(b) and all(
+        u.dtype == v.dtype and u.shape == v.shape and u.tobytes() == v.tobytes() for u, v in zip(a, b)
+    )
 
 
 def _rows(rng, n, F=None, ids=None, longest=40):
@@ -75,9 +83,9 @@ def _padded(rows, dtype, F=None, padding="post"):
     for i, r in enumerate(rows):
         if len(r):
             if padding == "post":
-                x[i, :len(r)] = r
+                x[i, : len(r)] = r
             else:
-                x[i, T - len(r):] = r
+                x[i, T - len(r) :] = r
     return x, L, T
 
 
@@ -88,7 +96,7 @@ def test_arrays_bitwise(client):
     rng = np.random.default_rng(0)
     keras = rnnfast.load(os.path.join(DATA, "digits_bigru.keras"))
     x = rng.standard_normal((150, 8, 8)).astype(np.float32)
-    y = rdask.predict(keras, da.from_array(x, chunks=(40, 4, 8)))       # time axis split: rechunked
+    y = rdask.predict(keras, da.from_array(x, chunks=(40, 4, 8)))  # time axis split: rechunked
     assert y.shape == (150, 10) and y.dtype == np.float32 and y.chunks[0] == (40, 40, 40, 30)
     assert _equal(y.compute(), keras.predict(x, num_threads=1))
 
@@ -105,7 +113,7 @@ def test_multi_output_keras_model(client):
     task per block computes them all."""
     model = rnnfast.load(os.path.join(KERAS2, "bidirectional_none_state.h5"))
     x = np.random.default_rng(1).standard_normal((60, 12, 6)).astype(np.float32)
-    x[::3, 8:] = 0                                   # masked tails
+    x[::3, 8:] = 0  # masked tails
     ys = rdask.predict(model, da.from_array(x, chunks=25))
     want = model.predict(x, num_threads=1)
     assert isinstance(ys, list) and len(ys) == len(want)
@@ -128,13 +136,14 @@ def test_frame_of_variable_length_rows(client):
     want = lstm(x, lengths=L, num_threads=1)[0]
     assert list(got.index) == list(frame.index) and list(got["id"]) == list(range(240))
     for i in range(240):
-        assert got["out"].iloc[i].tobytes() == want[i, :L[i]].tobytes()
+        assert got["out"].iloc[i].tobytes() == want[i, : L[i]].tobytes()
 
-    ids_model = rnnfast.load(os.path.join(KERAS2, "embedding_mask.h5"))   # Embedding(mask_zero=True)
+    ids_model = rnnfast.load(os.path.join(KERAS2, "embedding_mask.h5"))  # Embedding(mask_zero=True)
     rows = _rows(rng, 120, ids=9)
     with dask.config.set({"dataframe.convert-string": False}):
-        got = rdask.predict(ids_model, dd.from_pandas(pd.Series(rows, name="ids"), npartitions=2),
-                            padding="pre").compute()
+        got = rdask.predict(
+            ids_model, dd.from_pandas(pd.Series(rows, name="ids"), npartitions=2), padding="pre"
+        ).compute()
     x, L, T = _padded(rows, np.int64, padding="pre")
     want = ids_model.predict(x, num_threads=1)
     assert all(got.iloc[i].tobytes() == want[i].tobytes() for i in range(120))
@@ -152,7 +161,7 @@ def test_model_travels_as_future_and_as_path(client):
     assert got.tobytes() == want[0].tobytes()
     got = rdask.predict(path, xd, return_state=True, load_options=dict(batch_first=True))[1][0].compute()
     assert got.tobytes() == want[0].tobytes()
-    loaded = client.run(lambda: [k[0] for k in rnnfast._scaleout._loaded])   # loaded once per worker
+    loaded = client.run(lambda: [k[0] for k in rnnfast._scaleout._loaded])  # loaded once per worker
     assert all(v == [os.path.abspath(path)] for v in loaded.values()), loaded
 
 
@@ -165,7 +174,7 @@ def test_path_only_the_workers_can_read(client, monkeypatch):
     def unreadable(self):
         raise FileNotFoundError(self.path)
 
-    monkeypatch.setattr(rnnfast._scaleout.ModelRef, "get", unreadable)     # here only, not in the workers
+    monkeypatch.setattr(rnnfast._scaleout.ModelRef, "get", unreadable)  # here only, not in the workers
     x = np.random.default_rng(9).standard_normal((30, 8, 8)).astype(np.float32)
     y = rdask.predict(path, da.from_array(x, chunks=10))
     assert y.shape == (30, 10)
@@ -179,8 +188,9 @@ def _tids():
 def _worker_facts(dask_worker):
     import rnnfast._scaleout as s
 
-    return dict(peak=s.BUDGET.peak, nthreads=dask_worker.state.nthreads, tids=_tids(),
-                rnnfast_default=rnnfast.get_num_threads())
+    return dict(
+        peak=s.BUDGET.peak, nthreads=dask_worker.state.nthreads, tids=_tids(), rnnfast_default=rnnfast.get_num_threads()
+    )
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc")
@@ -189,9 +199,9 @@ def test_each_worker_keeps_to_its_threads(client):
     is ever started (the OS threads of the process stay the same); the same count sees
     the team when the budget allows two."""
     rng = np.random.default_rng(4)
-    big = _lstm(rng, H=128, I=16)                  # steps large enough for two threads
+    big = _lstm(rng, H=128, I=16)  # steps large enough for two threads
     x = da.from_array(rng.standard_normal((256, 30, 16)).astype(np.float32), chunks=64)
-    da.ones(4, chunks=1).sum().compute()           # the workers' task threads exist
+    da.ones(4, chunks=1).sum().compute()  # the workers' task threads exist
     before = client.run(_worker_facts)
     rdask.predict(big, x).compute()
     after = client.run(_worker_facts)
@@ -215,7 +225,7 @@ def test_refusals():
         rdask.predict(lstm, x, rechunk=False)
     with pytest.raises(ValueError, match="expected a dask array of shape"):
         rdask.predict(lstm, x[:, :, 0])
-    keras = rnnfast.load(os.path.join(KERAS2, "lstm.h5"))                   # no mask
+    keras = rnnfast.load(os.path.join(KERAS2, "lstm.h5"))  # no mask
     with pytest.raises(ValueError, match="lengths are for a TorchRNN"):
         rdask.predict(keras, da.zeros((4, 3, 6), chunks=2), lengths=np.ones(4, int))
     with pytest.raises(ValueError, match="return_state is for a TorchRNN"):
@@ -224,8 +234,8 @@ def test_refusals():
         rows = dd.from_pandas(pd.Series(_rows(rng, 8, F=6), name="x"), npartitions=1)
     with pytest.raises(ValueError, match="does not mask padding"):
         rdask.predict(keras, rows)
-    got = rdask.predict(keras, rows, maxlen=40).compute()        # padded as pad_sequences(maxlen=40)
-    assert list(got.columns) == ["y_0", "y_1", "y_2"]            # out, h, c
+    got = rdask.predict(keras, rows, maxlen=40).compute()  # padded as pad_sequences(maxlen=40)
+    assert list(got.columns) == ["y_0", "y_1", "y_2"]  # out, h, c
     with pytest.raises(ValueError, match="post-padded"):
         rdask.predict(lstm, rows, padding="pre")
     with dask.config.set({"dataframe.convert-string": True}):
@@ -238,9 +248,9 @@ def test_refusals():
 
 def test_time_major_torch_and_numpy_input():
     rng = np.random.default_rng(6)
-    model = rnnfast.load(os.path.join(DATA, "digits_lstm.pt"))               # (time, batch, features)
+    model = rnnfast.load(os.path.join(DATA, "digits_lstm.pt"))  # (time, batch, features)
     x = rng.standard_normal((8, 90, 8)).astype(np.float32)
-    out = rdask.predict(model, x)                                          # numpy in: chunked for us
+    out = rdask.predict(model, x)  # numpy in: chunked for us
     assert out.shape == (8, 90, 64) and len(out.chunks[0]) == 1
     assert out.compute().tobytes() == model(x, num_threads=1)[0].tobytes()
 
@@ -265,7 +275,7 @@ def test_thread_budget_never_exceeds_its_total():
     for t in threads:
         t.join()
     assert peak[0] <= 3 and budget.peak <= 3 and budget._used == 0
-    with budget.take(4) as n:                   # alone: all of it
+    with budget.take(4) as n:  # alone: all of it
         assert n == 4
 
 

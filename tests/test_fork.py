@@ -6,6 +6,7 @@ forked after a 2-thread call hung for good on its first call. Every scenario run
 a separate Python process with a timeout, and each forked child arms an alarm, so a
 hang fails the test instead of hanging the suite.
 """
+
 import os
 import subprocess
 import sys
@@ -87,8 +88,9 @@ def _run_script(tmp_path, body, timeout=240):
     path.write_text(PRELUDE + textwrap.dedent(body))
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     try:
-        r = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=timeout,
-                           env=env, cwd=str(tmp_path))
+        r = subprocess.run(
+            [sys.executable, str(path)], capture_output=True, text=True, timeout=timeout, env=env, cwd=str(tmp_path)
+        )
     except subprocess.TimeoutExpired as e:
         pytest.fail("the scenario hung (%ss): %s" % (timeout, (e.stderr or b"")[-3000:]))
     assert r.returncode == 0, "exit %d\n%s\n%s" % (r.returncode, r.stdout[-3000:], r.stderr[-3000:])
@@ -96,7 +98,9 @@ def _run_script(tmp_path, body, timeout=240):
 
 
 def test_os_fork_after_parallel_calls(tmp_path):
-    out = _run_script(tmp_path, '''
+    out = _run_script(
+        tmp_path,
+        """
         assert same(run(2), WANT)                      # the parent's pool exists now
 
         def child():
@@ -113,12 +117,15 @@ def test_os_fork_after_parallel_calls(tmp_path):
 
         assert fork_and_check(grandchild) == 0
         print("ok")
-    ''')
+    """,
+    )
     assert out.strip() == "ok"
 
 
 def test_multiprocessing_pools_each_start_method(tmp_path):
-    out = _run_script(tmp_path, '''
+    out = _run_script(
+        tmp_path,
+        """
         import multiprocessing as mp
 
 
@@ -139,14 +146,18 @@ def test_multiprocessing_pools_each_start_method(tmp_path):
                 assert proc.exitcode == 0, (method, proc.exitcode)
                 assert same(run(2), WANT)
             print("ok")
-    ''', timeout=400)
+    """,
+        timeout=400,
+    )
     assert out.strip() == "ok"
 
 
 def test_fork_while_other_threads_compute(tmp_path):
     """Forks from the main thread while two other threads run parallel calls (their
     own pools), and from a thread that is not the main one."""
-    out = _run_script(tmp_path, '''
+    out = _run_script(
+        tmp_path,
+        """
         stop = threading.Event()
         errors = []
 
@@ -169,12 +180,15 @@ def test_fork_while_other_threads_compute(tmp_path):
             w.join()
         assert codes == [0] and not errors, (codes, errors)
         print("ok")
-    ''')
+    """,
+    )
     assert out.strip() == "ok"
 
 
 def test_fork_while_another_thread_holds_rnnfasts_lock(tmp_path):
-    out = _run_script(tmp_path, '''
+    out = _run_script(
+        tmp_path,
+        """
         held, release = threading.Event(), threading.Event()
 
         def hold():
@@ -190,14 +204,17 @@ def test_fork_while_another_thread_holds_rnnfasts_lock(tmp_path):
         t.join()
         assert code == 0, code
         print("ok")
-    ''')
+    """,
+    )
     assert out.strip() == "ok"
 
 
 def test_serial_fallback_where_the_pool_cannot_be_released(tmp_path):
     """An OpenMP runtime without omp_pause_resource_all (GCC < 9): the child's forking
     thread runs on one thread (same bits); threads the child starts run in parallel."""
-    out = _run_script(tmp_path, '''
+    out = _run_script(
+        tmp_path,
+        """
         assert same(run(2), WANT)
         PAUSE, _threads._openmp.pause = _threads._openmp.pause, None     # as if the runtime had none
 
@@ -218,7 +235,8 @@ def test_serial_fallback_where_the_pool_cannot_be_released(tmp_path):
         _threads._openmp.pause = PAUSE                 # the runtime can again: a fresh team
         assert fork_and_check(lambda: _threads.resolve_num_threads(2) == 2 and same(run(2), WANT)) == 0
         print("ok")
-    ''')
+    """,
+    )
     assert out.strip() == "ok"
 
 

@@ -6,6 +6,7 @@ per-case timeout: every case must load (and run) or raise FormatError /
 UnsupportedLayerError. The seeds are fixed, so a run draws the same cases each time
 (how many depends on the machine's speed). See tests/fuzz/README.md.
 """
+
 import os
 import time
 
@@ -39,8 +40,7 @@ def test_seed_corpus_loads(worker):
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_fuzz_smoke(fmt, worker, tmp_path):
-    report = fuzz_format(fmt, worker, seconds=SMOKE_SECONDS, seed=2024, out_dir=str(tmp_path),
-                         hdf5_bytes=False)
+    report = fuzz_format(fmt, worker, seconds=SMOKE_SECONDS, seed=2024, out_dir=str(tmp_path), hdf5_bytes=False)
     print(report)
     assert not report.findings, "\n\n".join("%s (%s)\n%s" % (k, p, d) for k, d, p in report.findings)
     assert not report.upstream, report.upstream
@@ -49,8 +49,10 @@ def test_fuzz_smoke(fmt, worker, tmp_path):
     assert report.counts["FormatError"] > 0 and report.counts["loaded"] > 0, report
 
 
-@pytest.mark.parametrize("what,kind", [("segv", "crash"), ("hang", "hang"), ("alloc", "error"),
-                                       ("raise", "error"), ("marker", "code-execution")])
+@pytest.mark.parametrize(
+    "what,kind",
+    [("segv", "crash"), ("hang", "hang"), ("alloc", "error"), ("raise", "error"), ("marker", "code-execution")],
+)
 def test_runner_notices_failures(what, kind):
     """The runner reports a crash, a hang, an outsized allocation, another exception
     type and a marker file, and keeps going after each."""
@@ -71,7 +73,7 @@ def test_runner_notices_failures(what, kind):
                 assert "SIGSEGV" in out.detail and "Fatal Python error" in out.detail
             assert time.monotonic() - t0 < 60
             with open(seeds("safetensors")[0], "rb") as f:
-                assert w.run(f.read()).kind == "loaded"          # a fresh worker after a crash
+                assert w.run(f.read()).kind == "loaded"  # a fresh worker after a crash
     finally:
         del os.environ["RNNFAST_FUZZ_SELFTEST"]
 

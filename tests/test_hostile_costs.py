@@ -12,6 +12,7 @@ signatures did not load in 60 s; 1,500 layers found by recorded name did not loa
 60 s; 100,000 Dropout layers did not load in 60 s; a 540 kB .keras inflating to
 48 MB took 280 MB, and a 540 kB .pt as much.
 """
+
 import os
 
 import pytest
@@ -22,17 +23,15 @@ from rnnfast.io import keras_file
 from fuzz import hostile as H
 from fuzz.measure_bombs import measure_many
 
-
 MB = 1 << 20
 
 
 CASES = [
     ("index-1e9.pt", lambda: H.huge_layer_index_pt(), "FormatError"),
     ("index-999999.pt", lambda: H.huge_layer_index_pt(999999), "FormatError"),
-    ("lists-1e6.pt", lambda: H.torch_zip_with_pickle(H.many_lists_pickle(10 ** 6)), "FormatError"),
-    ("lists-27e6.pt", lambda: H.torch_zip_with_pickle(H.many_lists_pickle(27 * 10 ** 6, maxrun=450)),
-     "FormatError"),
-    ("lists-legacy.pt", lambda: H.torch_doc().legacy_bytes(pkl=H.many_lists_pickle(10 ** 6)), "FormatError"),
+    ("lists-1e6.pt", lambda: H.torch_zip_with_pickle(H.many_lists_pickle(10**6)), "FormatError"),
+    ("lists-27e6.pt", lambda: H.torch_zip_with_pickle(H.many_lists_pickle(27 * 10**6, maxrun=450)), "FormatError"),
+    ("lists-legacy.pt", lambda: H.torch_doc().legacy_bytes(pkl=H.many_lists_pickle(10**6)), "FormatError"),
     ("gcol-1MB.h5", lambda: H.gcol_into(H.read(H.seed_path("keras3h5")), 1 << 20), "loaded"),
     ("gcol-deflated.keras", lambda: H.keras_gcol_deflated((1 << 20) - (64 << 10)), "loaded"),
     ("layers-10001.keras", lambda: H.keras_many_layers(10001, weights=False), "FormatError"),
@@ -65,11 +64,22 @@ def test_bomb_costs(tmp_path):
 def test_refusal_messages(tmp_path):
     """What each refusal says (the same files, in this process)."""
     cases = [
-        (H.torch_zip_with_pickle(H.many_lists_pickle(10 ** 6)), "x.pt",
-         r"the pickle runs more than 262144 opcodes: more objects than a file of this size may make"),
-        (H.keras_many_layers(10001, weights=False), "x.keras", r"the model has 10003 layers \(rnnfast loads at most 10000\)"),
-        (H.keras_deflated_big(1000), "y.keras", r"record model.weights.h5 would inflate \d+ compressed bytes to \d+ "
-                                                r"\(more than 10 times"),
+        (
+            H.torch_zip_with_pickle(H.many_lists_pickle(10**6)),
+            "x.pt",
+            r"the pickle runs more than 262144 opcodes: more objects than a file of this size may make",
+        ),
+        (
+            H.keras_many_layers(10001, weights=False),
+            "x.keras",
+            r"the model has 10003 layers \(rnnfast loads at most 10000\)",
+        ),
+        (
+            H.keras_deflated_big(1000),
+            "y.keras",
+            r"record model.weights.h5 would inflate \d+ compressed bytes to \d+ "
+            r"\(more than 10 times",
+        ),
         (H.h5_gzip_big(1000), "y.h5", r"claims 12000000 bytes but the file stores \d+ for it"),
     ]
     for data, name, match in cases:
@@ -88,7 +98,7 @@ def test_opcode_budget_grows_with_the_file(tmp_path):
     p.write_bytes(doc.zip_bytes())
     with pytest.raises(rnnfast.FormatError, match="more than 262144 opcodes"):
         rnnfast.load(str(p))
-    doc.storages["pad"] = bytes(1000000)           # a 1 MB storage nothing uses: a bigger file
+    doc.storages["pad"] = bytes(1000000)  # a 1 MB storage nothing uses: a bigger file
     p.write_bytes(doc.zip_bytes())
     assert rnnfast.load(str(p)).hidden_size == 4
 

@@ -10,6 +10,7 @@ parser (which refuses very deep input itself); HDF5 groups are walked iterativel
 with a depth limit (test_hostile_outside.py). Every case is a FormatError, never a
 crash or a bare RecursionError; the deepest run in a subprocess.
 """
+
 import json
 import subprocess
 import sys
@@ -22,7 +23,6 @@ from rnnfast.io import torch_pickle
 
 from fuzz import hostile as H
 from fuzz.picklegen import TorchDoc
-
 
 KINDS = ("tuple", "list", "dict", "key", "set", "value", "late")
 
@@ -67,8 +67,12 @@ def test_300000_deep_pickles_in_a_subprocess(tmp_path):
     for path, line in zip(paths, lines):
         assert line.startswith("FormatError"), (path, line)
         # (the list route pushes all its lists before nesting them: the opcode budget ends it first)
-        assert ("nested more than 100 levels" in line or "after placing it in another" in line
-                or "deep-list" in path and "opcodes" in line), line
+        assert (
+            "nested more than 100 levels" in line
+            or "after placing it in another" in line
+            or "deep-list" in path
+            and "opcodes" in line
+        ), line
 
 
 @pytest.mark.parametrize("depth", [120, 1000, 5000])
@@ -108,18 +112,18 @@ def test_prescan_model_of_the_stack():
 
     from fuzz.picklegen import dumps
 
-    n = torch_pickle.prescan_pickle(io.BytesIO(dumps(H.torch_doc()._value(False))), 10 ** 6)
+    n = torch_pickle.prescan_pickle(io.BytesIO(dumps(H.torch_doc()._value(False))), 10**6)
     assert 20 < n < 1000
     for kind in ("tuple", "list", "dict", "key", "set"):
-        assert torch_pickle.prescan_pickle(io.BytesIO(_pickle(torch_pickle.MAX_PICKLE_DEPTH - 5, kind)), 10 ** 6)
+        assert torch_pickle.prescan_pickle(io.BytesIO(_pickle(torch_pickle.MAX_PICKLE_DEPTH - 5, kind)), 10**6)
         with pytest.raises(rnnfast.FormatError, match="nested more than"):
-            torch_pickle.prescan_pickle(io.BytesIO(_pickle(torch_pickle.MAX_PICKLE_DEPTH + 2, kind)), 10 ** 6)
+            torch_pickle.prescan_pickle(io.BytesIO(_pickle(torch_pickle.MAX_PICKLE_DEPTH + 2, kind)), 10**6)
     # a self-referencing list (a pickler writes one for `l = []; l.append(l)`) is not deep
     import pickle
 
     loop = []
     loop.append(loop)
-    torch_pickle.prescan_pickle(io.BytesIO(pickle.dumps({"a": loop}, protocol=2)), 10 ** 6)
+    torch_pickle.prescan_pickle(io.BytesIO(pickle.dumps({"a": loop}, protocol=2)), 10**6)
 
 
 def _keras_deep(depth, where):

@@ -7,6 +7,7 @@ notices a loader that opens a file the case names (the worker's ``outside/`` fol
 watched through inotify). The regression files of every class are in
 tests/fuzz/findings/ (test_fuzz_loaders.py::test_fixed_findings loads them).
 """
+
 import os
 
 import pytest
@@ -98,4 +99,4 @@ def test_runner_notices_outside_reads(monkeypatch):
         assert out.kind == "outside-read" and "outside/donor.h5" in out.detail, out
         assert not out.ok
         with open(H.seed_path("safetensors"), "rb") as f:
-            assert w.run(f.read()).kind == "loaded"     # no stale events afterwards
+            assert w.run(f.read()).kind == "loaded"  # no stale events afterwards

@@ -11,6 +11,7 @@ build it (a GRU plus a stray ``weight_hr_l0`` is not an LSTM with a projection l
 than its hidden size). Names from files are quoted with ``ascii()``, so every message
 prints on any stream.
 """
+
 import copy
 import io
 import json
@@ -90,7 +91,7 @@ def test_key_spellings_refused(fmt, spelling, tmp_path):
         with pytest.raises(rnnfast.FormatError) as e:
             rnnfast.load(path)
         msg = str(e.value)
-        msg.encode("ascii")                         # printable anywhere
+        msg.encode("ascii")  # printable anywhere
         assert ascii(bad)[:40] in msg or "names layer 999999" in msg or "holds 2 recurrent" in msg, msg
 
 
@@ -98,10 +99,15 @@ def test_layer_index_bounded_by_the_tensors_present(tmp_path):
     """weight_ih_l999999 would make a module of a million layers (the loader looped over
     them, 3 GB at 10^9): the index must be one the file's tensors can fill."""
     _, sd = _state()
-    for idx, match in ((999999, r"'weight_ih_l999999' names layer 999999, but the file holds no tensors of "
-                                r"layer 1"),
-                       (999999999, r"'weight_ih_l999999999' is not a parameter"),
-                       (2, r"names layer 2, but the file holds no tensors of layer 1")):
+    for idx, match in (
+        (
+            999999,
+            r"'weight_ih_l999999' names layer 999999, but the file holds no tensors of "
+            r"layer 1",
+        ),
+        (999999999, r"'weight_ih_l999999999' is not a parameter"),
+        (2, r"names layer 2, but the file holds no tensors of layer 1"),
+    ):
         path = _save_pt(tmp_path / "i.pt", list(sd.items()) + [("weight_ih_l%d" % idx, sd["weight_ih_l0"])])
         with pytest.raises(rnnfast.FormatError, match=match):
             rnnfast.load(path)
@@ -115,15 +121,16 @@ def test_duplicate_keys_in_a_pickle(tmp_path):
     k = items[0][0]
     other = copy.deepcopy(items[1][1])
     cases = {"OrderedDict SETITEMS": dumps(ODict(items + [(k, other)]))}
-    out = io.BytesIO()                      # a plain dict, opcode by opcode: } ( k v k v ... u
+    out = io.BytesIO()  # a plain dict, opcode by opcode: } ( k v k v ... u
     out.write(b"\x80\x02}(")
     for key, value in items + [(k, other)]:
         _emit(out, key)
         _emit(out, value)
     out.write(b"u.")
     cases["dict SETITEMS"] = out.getvalue()
-    cases["OrderedDict(pairs)"] = dumps(Reduce(Global("collections", "OrderedDict"),
-                                               [(key, value) for key, value in items + [(k, other)]]))
+    cases["OrderedDict(pairs)"] = dumps(
+        Reduce(Global("collections", "OrderedDict"), [(key, value) for key, value in items + [(k, other)]])
+    )
     for what, pkl in cases.items():
         p = tmp_path / "dup.pt"
         p.write_bytes(doc.zip_bytes(pkl=pkl))
@@ -135,9 +142,10 @@ def test_duplicate_keys_in_a_pickle(tmp_path):
 def test_duplicate_keys_in_a_safetensors_header(tmp_path):
     _, sd = _state()
     items = list(sd.items())
-    data = H.safetensors_from([(n, v.numpy()) for n, v in items],
-                              raw_header=lambda pairs: "{" + ", ".join(
-                                  '"%s": %s' % (n, json.dumps(e)) for n, e in pairs + pairs[:1]) + "}")
+    data = H.safetensors_from(
+        [(n, v.numpy()) for n, v in items],
+        raw_header=lambda pairs: "{" + ", ".join('"%s": %s' % (n, json.dumps(e)) for n, e in pairs + pairs[:1]) + "}",
+    )
     p = tmp_path / "dup.safetensors"
     p.write_bytes(data)
     with pytest.raises(rnnfast.FormatError, match=r"header names 'weight_ih_l0' twice"):
@@ -161,8 +169,11 @@ def test_stray_projection_is_not_an_lstm(tmp_path):
         torch.nn.LSTM(3, 3, proj_size=4)
     for save, ext in ((_save_pt, "pt"), (_save_st, "safetensors")):
         path = save(tmp_path / ("hr." + ext), list(sd.items()) + [("weight_hr_l0", torch.zeros(4, 3))])
-        with pytest.raises(rnnfast.FormatError, match=r"'weight_hr_l0' \(4, 3\) would make an LSTM with proj_size "
-                                                      r"4 and hidden_size 3, which PyTorch cannot build"):
+        with pytest.raises(
+            rnnfast.FormatError,
+            match=r"'weight_hr_l0' \(4, 3\) would make an LSTM with proj_size "
+            r"4 and hidden_size 3, which PyTorch cannot build",
+        ):
             rnnfast.load(path)
     # proj_size == hidden_size: refused too; a real projection loads
     m, lsd = _state("LSTM", proj=2)
@@ -187,9 +198,13 @@ def test_lone_surrogate_key_message_prints(tmp_path):
         rnnfast.load(path)
     assert "\\ud800" in str(e.value)
     str(e.value).encode("ascii")
-    code = ("import rnnfast, sys\ntry:\n    rnnfast.load(sys.argv[1])\nexcept rnnfast.FormatError as e:\n"
-            "    print(e)\n")
+    code = "import rnnfast, sys\ntry:\n    rnnfast.load(sys.argv[1])\nexcept rnnfast.FormatError as e:\n    print(e)\n"
     for enc in ("utf-8:strict", "ascii:strict"):
-        out = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True, timeout=60,
-                             env=dict(os.environ, PYTHONIOENCODING=enc))
+        out = subprocess.run(
+            [sys.executable, "-c", code, path],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=dict(os.environ, PYTHONIOENCODING=enc),
+        )
         assert out.returncode == 0 and "weight_ih_l0\\ud800" in out.stdout, (enc, out.stderr[-2000:])

@@ -10,6 +10,7 @@ naming the object, decided from the file's structure before any data is read: th
 case, which would block forever on a read, runs in a subprocess with a timeout. Keras 3
 itself refuses the same files.
 """
+
 import io
 import os
 import subprocess
@@ -25,7 +26,6 @@ from rnnfast.io import keras_file
 
 from fuzz import hostile as H
 
-
 FORMATS = ("keras3h5", "keras2h5", "keras")
 #: how -> the words the FormatError must hold
 REFUSALS = {
@@ -38,7 +38,7 @@ REFUSALS = {
     "vds": r"is a virtual dataset",
     "vds-self": r"is a virtual dataset",
 }
-SECRET = b"\x00\x00\x80\x3f" * 4096          # float32 1.0: visible in the outputs, were it read
+SECRET = b"\x00\x00\x80\x3f" * 4096  # float32 1.0: visible in the outputs, were it read
 
 
 @pytest.fixture
@@ -70,8 +70,15 @@ def test_seeds_and_donors_load(outside):
     a donor's bytes taken, the model would change."""
     for fmt in FORMATS:
         m = rnnfast.load(H.seed_path(fmt))
-        assert m.predict(np.ones((1, 3) + tuple(m.input_shape[2:]) if len(m.input_shape) == 3 else (1, 3),
-                                 dtype=np.float32 if len(m.input_shape) == 3 else np.int64)) is not None
+        assert (
+            m.predict(
+                np.ones(
+                    (1, 3) + tuple(m.input_shape[2:]) if len(m.input_shape) == 3 else (1, 3),
+                    dtype=np.float32 if len(m.input_shape) == 3 else np.int64,
+                )
+            )
+            is not None
+        )
         with h5py.File(str(outside / ("donor-%s.h5" % fmt)), "r") as f:
             assert f[H.weight_path(f)][()].ravel()[0] == 7.0
 
@@ -84,7 +91,7 @@ def test_data_from_outside_refused(fmt, how, outside):
     with pytest.raises(rnnfast.FormatError, match=REFUSALS[how]) as e:
         rnnfast.load(path)
     msg = str(e.value)
-    assert "/" in msg.split(path, 1)[-1]            # names the object (a path inside the file)
+    assert "/" in msg.split(path, 1)[-1]  # names the object (a path inside the file)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -100,8 +107,9 @@ def test_whole_weights_group_from_another_file(outside):
     link: named, with the file it points at."""
     for fmt, group in (("keras3h5", "/model_weights"), ("keras2h5", "/model_weights"), ("keras", "/layers")):
         path = _write(outside, fmt, H.h5_outside(fmt, "elink-group", _target(outside, fmt, "elink-group")))
-        with pytest.raises(rnnfast.FormatError, match=r"%s is an external link to %s in the file .*donor-%s\.h5"
-                                                     % (group, group, fmt)):
+        with pytest.raises(
+            rnnfast.FormatError, match=r"%s is an external link to %s in the file .*donor-%s\.h5" % (group, group, fmt)
+        ):
             rnnfast.load(path)
 
 
@@ -130,13 +138,20 @@ def test_fifo_and_dev_zero_refused_without_reading(outside):
     """External storage on a FIFO (a read would block forever) and on /dev/zero (a few kB
     that read as 768 MB of zeros): refused in a subprocess under a timeout and a 300 MB
     address-space margin, quickly and without growing."""
-    paths = [_write(outside, fmt, H.h5_outside(fmt, "external", str(outside / "fifo")), "fifo-" + fmt)
-             for fmt in FORMATS]
+    paths = [
+        _write(outside, fmt, H.h5_outside(fmt, "external", str(outside / "fifo")), "fifo-" + fmt) for fmt in FORMATS
+    ]
     paths.append(_write(outside, "keras3h5", H.devzero_keras_h5(8000), "devzero"))
     paths.append(_write(outside, "keras3h5", H.devzero_keras_h5(8000, target="zero-relative"), "devzero-rel"))
     os.symlink("/dev/zero", str(outside / "zero-relative"))
-    out = subprocess.run([sys.executable, "-c", CHILD] + paths, capture_output=True, text=True, timeout=120,
-                         cwd=str(outside), env=dict(os.environ, OMP_NUM_THREADS="1"))
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD] + paths,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=str(outside),
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
     lines = out.stdout.splitlines()
     assert out.returncode == 0, out.stderr[-3000:]
     results = [l for l in lines if not l.startswith("GROWTH_KB")]
@@ -155,10 +170,12 @@ def test_checked_before_any_read(outside, monkeypatch):
     check = keras_file.check_confined
     monkeypatch.setattr(keras_file, "check_confined", lambda f, what: events.append("check") or check(f, what))
     getitem, array = h5py.AttributeManager.__getitem__, keras_file._Stored.__array__
-    monkeypatch.setattr(h5py.AttributeManager, "__getitem__",
-                        lambda self, name: events.append("attr") or getitem(self, name))
-    monkeypatch.setattr(keras_file._Stored, "__array__",
-                        lambda self, *a, **k: events.append("data") or array(self, *a, **k))
+    monkeypatch.setattr(
+        h5py.AttributeManager, "__getitem__", lambda self, name: events.append("attr") or getitem(self, name)
+    )
+    monkeypatch.setattr(
+        keras_file._Stored, "__array__", lambda self, *a, **k: events.append("data") or array(self, *a, **k)
+    )
     for fmt in FORMATS:
         del events[:]
         rnnfast.load(H.seed_path(fmt))
@@ -228,8 +245,9 @@ def test_object_count_and_group_depth_capped(tmp_path):
         rnnfast.load(str(path))
 
 
-@pytest.mark.parametrize("how", ["external", "elink-dataset", "elink-group", "softlink", "softlink-outside",
-                                 "vds", "vds-self"])
+@pytest.mark.parametrize(
+    "how", ["external", "elink-dataset", "elink-group", "softlink", "softlink-outside", "vds", "vds-self"]
+)
 @pytest.mark.parametrize("fmt", ["keras", "keras3h5"])
 def test_keras3_refuses_them_too(fmt, how, outside):
     """Keras 3 (3.15) refuses the same files: "Not allowed: H5 file with ..." (a whole

@@ -3,10 +3,12 @@ allocated, in every loader.
 
 Each hostile file is small (the zip bombs, the largest, about 70 kB). The checks run
 in a subprocess under an address-space limit (RLIMIT_AS, a few hundred MB above the
-interpreter's baseline) and report their peak RSS, so an allocation of the claimed size would fail the test either way (a
+interpreter's baseline) and report their peak RSS, so an allocation of the claimed size would fail the test
+either way (a
 MemoryError is not a FormatError; touched memory shows in the peak). Shapes that do
 not fit the architecture are refused at load with the tensor named.
 """
+
 import io
 import json
 import os
@@ -30,9 +32,14 @@ from fuzz.picklegen import TorchDoc
 
 def _seed(fmt):
     """The simplest seed of a format (one GRU layer where there is one)."""
-    names = {"torchzip": "torchzip-gru.pt", "torchlegacy": "torchlegacy-lstm.pt",
-             "safetensors": "safetensors-gru-bi.safetensors", "keras": "keras-gru.keras",
-             "keras3h5": "keras3h5-gru.h5", "keras2h5": "keras2h5-gru-reset-before.h5"}
+    names = {
+        "torchzip": "torchzip-gru.pt",
+        "torchlegacy": "torchlegacy-lstm.pt",
+        "safetensors": "safetensors-gru-bi.safetensors",
+        "keras": "keras-gru.keras",
+        "keras3h5": "keras3h5-gru.h5",
+        "keras2h5": "keras2h5-gru-reset-before.h5",
+    }
     path = os.path.join(CORPUS, names[fmt])
     assert path in seeds(fmt)
     return path
@@ -43,7 +50,7 @@ def _torch_doc():
 
 
 def _tensors(doc):
-    return [v for v in doc.root.values()]
+    return list(doc.root.values())
 
 
 def _zip_with_bomb(members, bomb_name, bomb_size):
@@ -126,13 +133,13 @@ def _hostile_files(d):
     doc = _torch_doc()
     # -- PyTorch zip: a storage whose record claims 10^12 elements, and tensors of 10^12 elements
     t = _tensors(doc)[0]
-    t.numel = 10 ** 12
+    t.numel = 10**12
     p = d / "numel.pt"
     p.write_bytes(doc.zip_bytes())
     files["torch storage of 10^12 elements"] = (str(p), r"claims 1000000000000 float32 elements")
     doc = _torch_doc()
     t = _tensors(doc)[0]
-    t.shape, t.stride = (10 ** 6, 10 ** 6), (10 ** 6, 1)
+    t.shape, t.stride = (10**6, 10**6), (10**6, 1)
     p = d / "shape.pt"
     p.write_bytes(doc.zip_bytes())
     files["torch tensor of 10^12 elements"] = (str(p), r"tensor of size \(1000000, 1000000\).* does not fit")
@@ -151,11 +158,24 @@ def _hostile_files(d):
     files["torch zip bomb (data.pkl)"] = (str(p), r"archive/data.pkl would inflate")
     # -- pickles that make the C unpickler allocate what they declare
     for name, pkl, msg in [
-            ("memo index 2^28", b"\x80\x02]r\x00\x00\x00\x10.", r"memo index 268435456 out of range"),
-            ("BINBYTES8 of 2^40 bytes", b"\x80\x04\x8e" + struct.pack("<Q", 1 << 40) + b"abc.", r"expected 1099511627776 bytes"),
-            ("BYTEARRAY8 of 2^40 bytes", b"\x80\x05\x96" + struct.pack("<Q", 1 << 40) + b"abc.", r"expected 1099511627776 bytes"),
-            ("BINUNICODE8 of 2^40 bytes", b"\x80\x04\x8d" + struct.pack("<Q", 1 << 40) + b"abc.", r"expected 1099511627776 bytes"),
-            ("FRAME of 2^40 bytes", b"\x80\x04\x95" + struct.pack("<Q", 1 << 40) + b"N.", r"corrupt|truncated")]:
+        ("memo index 2^28", b"\x80\x02]r\x00\x00\x00\x10.", r"memo index 268435456 out of range"),
+        (
+            "BINBYTES8 of 2^40 bytes",
+            b"\x80\x04\x8e" + struct.pack("<Q", 1 << 40) + b"abc.",
+            r"expected 1099511627776 bytes",
+        ),
+        (
+            "BYTEARRAY8 of 2^40 bytes",
+            b"\x80\x05\x96" + struct.pack("<Q", 1 << 40) + b"abc.",
+            r"expected 1099511627776 bytes",
+        ),
+        (
+            "BINUNICODE8 of 2^40 bytes",
+            b"\x80\x04\x8d" + struct.pack("<Q", 1 << 40) + b"abc.",
+            r"expected 1099511627776 bytes",
+        ),
+        ("FRAME of 2^40 bytes", b"\x80\x04\x95" + struct.pack("<Q", 1 << 40) + b"N.", r"corrupt|truncated"),
+    ]:
         p = d / ("pkl%d.pt" % len(files))
         p.write_bytes(_torch_doc().zip_bytes(pkl=pkl))
         files["torch pickle: " + name] = (str(p), msg)
@@ -165,47 +185,55 @@ def _hostile_files(d):
     # -- legacy layout: an on-disk element count of 2^62
     legacy = TorchDoc.from_file(_seed("torchlegacy"))
     p = d / "legacy-numel.pt"
-    p.write_bytes(legacy.legacy_bytes(numels={k: 1 << 62 for k in legacy.storages}))
+    p.write_bytes(legacy.legacy_bytes(numels=dict.fromkeys(legacy.storages, 1 << 62)))
     files["legacy storage count 2^62"] = (str(p), r"holds 4611686018427387904 elements on disk")
     # -- safetensors: shapes of 10^12 elements, a header length of 2^62
     with open(_seed("safetensors"), "rb") as f:
         raw = f.read()
     n = struct.unpack_from("<Q", raw)[0]
-    header = json.loads(raw[8:8 + n])
+    header = json.loads(raw[8 : 8 + n])
     name = sorted(k for k in header if k != "__metadata__")[0]
-    header[name]["shape"] = [10 ** 6, 10 ** 6]
+    header[name]["shape"] = [10**6, 10**6]
     h = json.dumps(header).encode()
     p = d / "huge.safetensors"
-    p.write_bytes(struct.pack("<Q", len(h)) + h + raw[8 + n:])
+    p.write_bytes(struct.pack("<Q", len(h)) + h + raw[8 + n :])
     files["safetensors tensor of 10^12 elements"] = (str(p), r"needs 4000000000000 bytes")
     p = d / "len.safetensors"
     p.write_bytes(struct.pack("<Q", 1 << 62) + raw[8:])
     files["safetensors header of 2^62 bytes"] = (str(p), r"header claims 4611686018427387904 bytes")
     # -- Keras: absurd units, with and without weights to match (never written: tiny on disk)
     files["keras units=10^9"] = (
-        _keras_with_config(d / "units.keras", lambda c: _layer(c, "GRU").update(units=10 ** 9)),
-        r"layer 'gru': weight 'kernel' has shape \(3, 12\), expected \(3, 3000000000\)")
+        _keras_with_config(d / "units.keras", lambda c: _layer(c, "GRU").update(units=10**9)),
+        r"layer 'gru': weight 'kernel' has shape \(3, 12\), expected \(3, 3000000000\)",
+    )
 
     def unwritten_gru(f):
-        _unwritten(f, "layers/gru/cell/vars/0", (3, 3 * 10 ** 9))
-        _unwritten(f, "layers/gru/cell/vars/1", (10 ** 9, 3 * 10 ** 9))
-        _unwritten(f, "layers/gru/cell/vars/2", (2, 3 * 10 ** 9))
+        _unwritten(f, "layers/gru/cell/vars/0", (3, 3 * 10**9))
+        _unwritten(f, "layers/gru/cell/vars/1", (10**9, 3 * 10**9))
+        _unwritten(f, "layers/gru/cell/vars/2", (2, 3 * 10**9))
+
     files["keras units=10^9 with matching unwritten weights"] = (
-        _keras_with_config(d / "units2.keras", lambda c: _layer(c, "GRU").update(units=10 ** 9), unwritten_gru),
+        _keras_with_config(d / "units2.keras", lambda c: _layer(c, "GRU").update(units=10**9), unwritten_gru),
         r"weight /layers/gru/cell/vars/0 of shape \(3, 3000000000\) claims 36000000000 bytes but the file "
-        r"stores 0")
+        r"stores 0",
+    )
     files["keras unwritten kernel of 24 MB"] = (
-        _keras_with_config(d / "units3.keras", lambda c: _layer(c, "GRU").update(units=666667),
-                           lambda f: _unwritten(f, "layers/gru/cell/vars/0", (3, 3 * 666667))),
-        r"claims 24000012 bytes but the file stores 0")
+        _keras_with_config(
+            d / "units3.keras",
+            lambda c: _layer(c, "GRU").update(units=666667),
+            lambda f: _unwritten(f, "layers/gru/cell/vars/0", (3, 3 * 666667)),
+        ),
+        r"claims 24000012 bytes but the file stores 0",
+    )
     files["keras input of 10^9 features"] = (
-        _keras_with_config(d / "steps.keras", lambda c: c["config"]["layers"][0]["config"].update(
-            batch_shape=[None, 5, 10 ** 9])),
-        r"declares input of shape \(batch, any, 1000000000\): 1000000000 values per sample")
+        _keras_with_config(
+            d / "steps.keras", lambda c: c["config"]["layers"][0]["config"].update(batch_shape=[None, 5, 10**9])
+        ),
+        r"declares input of shape \(batch, any, 1000000000\): 1000000000 values per sample",
+    )
     keras = _zip_members(_read(_seed("keras")))
     p = d / "bomb.keras"
-    p.write_bytes(_zip_with_bomb([m for m in keras if m[0] != "model.weights.h5"], "model.weights.h5",
-                                       64 << 20))
+    p.write_bytes(_zip_with_bomb([m for m in keras if m[0] != "model.weights.h5"], "model.weights.h5", 64 << 20))
     files["keras zip bomb (model.weights.h5)"] = (str(p), r"model.weights.h5 would inflate")
     p = d / "bomb2.keras"
     p.write_bytes(_zip_with_bomb([m for m in keras if m[0] != "config.json"], "config.json", 64 << 20))
@@ -219,11 +247,11 @@ def _hostile_files(d):
         bio = io.BytesIO(f.read())
     with h5py.File(bio, "r+") as f:
         cfg = json.loads(f.attrs["model_config"])
-        _layer(cfg, "GRU").update(units=10 ** 6)
+        _layer(cfg, "GRU").update(units=10**6)
         f.attrs["model_config"] = json.dumps(cfg)
         names = [n.decode() if isinstance(n, bytes) else n for n in f["model_weights/gru"].attrs["weight_names"]]
-        _unwritten(f, "model_weights/gru/" + names[0], (3, 3 * 10 ** 6))
-        _unwritten(f, "model_weights/gru/" + names[1], (10 ** 6, 3 * 10 ** 6))
+        _unwritten(f, "model_weights/gru/" + names[0], (3, 3 * 10**6))
+        _unwritten(f, "model_weights/gru/" + names[1], (10**6, 3 * 10**6))
     p.write_bytes(bio.getvalue())
     files["keras h5 units=10^6 with unwritten weights"] = (str(p), r"claims 36000000 bytes but the file stores 0")
     return files
@@ -269,13 +297,14 @@ def test_enormous_claims_refused_without_allocating(hostile):
     a FormatError naming the claim, and the peak RSS grows by less than 100 MB."""
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
     arg = json.dumps({k: p for k, (p, _) in hostile.items()})
-    out = subprocess.run([sys.executable, "-c", CHILD, arg, "400"], capture_output=True, text=True, env=env,
-                         timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, arg, "400"], capture_output=True, text=True, env=env, timeout=300
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads(out.stdout.strip().splitlines()[-1])
     import re
 
-    for name, (path, msg) in hostile.items():
+    for name, (_path, msg) in hostile.items():
         kind, text = report["results"][name]
         assert kind == "FormatError", (name, kind, text)
         assert re.search(msg, text), (name, text)
@@ -290,9 +319,13 @@ def test_keras_shape_mismatch_names_the_weight(tmp_path):
         a = f["layers/gru/cell/vars/1"][()]
         del f["layers/gru/cell/vars/1"]
         f["layers/gru/cell/vars/1"] = np.zeros((a.shape[0] + 1, a.shape[1]), a.dtype)
+
     path = _keras_with_config(tmp_path / "m.keras", lambda c: None, grow)
-    with pytest.raises(rnnfast.FormatError, match=r"layer 'gru': weight 'recurrent_kernel' has shape \(5, 12\), "
-                                                  r"expected \(4, 12\)"):
+    with pytest.raises(
+        rnnfast.FormatError,
+        match=r"layer 'gru': weight 'recurrent_kernel' has shape \(5, 12\), "
+        r"expected \(4, 12\)",
+    ):
         rnnfast.load(path)
 
 
@@ -302,8 +335,11 @@ def test_torch_shape_mismatch_names_the_tensor(tmp_path):
     t.shape = (t.shape[0] - 1,)
     p = tmp_path / "m.pt"
     p.write_bytes(doc.zip_bytes())
-    with pytest.raises(rnnfast.FormatError, match=r"tensor 'bias_hh_l0' has shape \(11,\); an GRU\(3, 4\) "
-                                                  r"needs \(12,\)"):
+    with pytest.raises(
+        rnnfast.FormatError,
+        match=r"tensor 'bias_hh_l0' has shape \(11,\); an GRU\(3, 4\) "
+        r"needs \(12,\)",
+    ):
         rnnfast.load(str(p))
 
 
@@ -312,8 +348,9 @@ def test_keras_huge_fixed_sequence_refused_without_allocating(tmp_path):
     by the load-time shape probe instead of allocated."""
     import keras
 
-    m = keras.Sequential([keras.Input((4, 3)), keras.layers.SimpleRNN(2, return_sequences=True),
-                          keras.layers.Flatten()])
+    m = keras.Sequential(
+        [keras.Input((4, 3)), keras.layers.SimpleRNN(2, return_sequences=True), keras.layers.Flatten()]
+    )
     m.save(tmp_path / "f.keras")
     members = _zip_members((tmp_path / "f.keras").read_bytes())
     buf = io.BytesIO()
@@ -321,7 +358,7 @@ def test_keras_huge_fixed_sequence_refused_without_allocating(tmp_path):
         for name, data in members:
             if name == "config.json":
                 cfg = json.loads(data)
-                cfg["config"]["layers"][0]["config"]["batch_shape"] = [None, 10 ** 9, 3]
+                cfg["config"]["layers"][0]["config"]["batch_shape"] = [None, 10**9, 3]
                 data = json.dumps(cfg)
             z.writestr(name, data)
     (tmp_path / "g.keras").write_bytes(buf.getvalue())
@@ -330,8 +367,11 @@ def test_keras_huge_fixed_sequence_refused_without_allocating(tmp_path):
 
     tracemalloc.start()
     try:
-        with pytest.raises(rnnfast.FormatError, match=r"input of shape \(batch, 1000000000, 3\): 3000000000 "
-                                                      r"values per sample"):
+        with pytest.raises(
+            rnnfast.FormatError,
+            match=r"input of shape \(batch, 1000000000, 3\): 3000000000 "
+            r"values per sample",
+        ):
             rnnfast.load(str(tmp_path / "g.keras"))
         peak = tracemalloc.get_traced_memory()[1]
     finally:
@@ -354,7 +394,7 @@ def _damage_free_space(data, how):
     while p + 16 <= end:
         idx, size = struct.unpack_from("<H", b, p)[0], struct.unpack_from("<Q", b, p + 8)[0]
         if idx == 0:
-            assert size > 64 and not any(b[end - 64:end])
+            assert size > 64 and not any(b[end - 64 : end])
             struct.pack_into("<Q", b, p + 8, 0 if how == "zero" else size - 64)
             return bytes(b)
         p += 16 + ((size + 7) & ~7)
@@ -378,7 +418,6 @@ def test_damaged_global_heap_refused(fmt, how, tmp_path):
         data = _damage_free_space(data, how)
     path = tmp_path / "heap.bin"
     path.write_bytes(data)
-    code = ("import rnnfast, sys\ntry:\n    rnnfast.load(sys.argv[1])\nexcept rnnfast.FormatError as e:\n"
-            "    print(e)\n")
+    code = "import rnnfast, sys\ntry:\n    rnnfast.load(sys.argv[1])\nexcept rnnfast.FormatError as e:\n    print(e)\n"
     out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=60)
     assert "damaged HDF5 global heap" in out.stdout, out.stdout + out.stderr[-2000:]

@@ -11,6 +11,7 @@ activations and masked rows, and the packed product at the edges of its register
 every instruction set, so the engine tests need not be rerun per ISA; running the
 whole suite under RNNFAST_ISA=avx2 or baseline (CI does) still covers it end to end.
 """
+
 import os
 import subprocess
 import sys
@@ -18,9 +19,8 @@ import sys
 import numpy as np
 import pytest
 
-from rnnfast import _kernels
+from rnnfast import _kernels, reference
 from rnnfast.layers import ACTIVATIONS, CellWeights
-from rnnfast import reference
 
 #: The instruction sets this build and CPU run, lowest first.
 ISAS = _kernels.ISA_LEVELS[: _kernels.ISA_LEVELS.index(_kernels.best_isa()) + 1]
@@ -43,7 +43,7 @@ def test_imports_with_the_best_isa_by_default():
 
 
 def test_isa_levels_come_from_the_enum():
-    assert _kernels.ISA_LEVELS[: 3] == ("baseline", "avx2", "avx512")
+    assert _kernels.ISA_LEVELS[:3] == ("baseline", "avx2", "avx512")
     assert _kernels.ISA_LEVELS.index("avx2") == _kernels.RNN_ISA_AVX2
     assert len(_kernels.ISA_LEVELS) == _kernels.RNN_ISA_COUNT
 
@@ -51,41 +51,70 @@ def test_isa_levels_come_from_the_enum():
 def test_an_isa_not_available_is_refused():
     with pytest.raises(ValueError, match="unknown instruction set"):
         _kernels.activate(_kernels.RNN_ACT_TANH, np.zeros(3), isa="avx9000")
-    for isa in _kernels.ISA_LEVELS[len(ISAS):]:
+    for isa in _kernels.ISA_LEVELS[len(ISAS) :]:
         with pytest.raises(ValueError, match="not in this build or not on this CPU"):
             _kernels.activate(_kernels.RNN_ACT_TANH, np.zeros(3), isa=isa)
 
 
 def test_unknown_isa_in_the_environment_is_refused():
     env = dict(os.environ, RNNFAST_ISA="avx9000")
-    r = subprocess.run([sys.executable, "-c", "import rnnfast"], env=env, capture_output=True,
-                       text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-c", "import rnnfast"], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "RNNFAST_ISA" in r.stderr
 
 
 @pytest.mark.parametrize("isa", ISAS[:-1])
 def test_the_environment_selects_a_lower_isa(isa):
     """RNNFAST_ISA switches the whole process, engine included (one small layer)."""
-    code = ("import numpy as np, rnnfast; from rnnfast import _kernels, reference;"
-            "from rnnfast.layers import RNNLayer, CellWeights;"
-            "assert _kernels.isa() == %r, _kernels.isa();"
-            "r = np.random.default_rng(0); u = lambda *s: r.uniform(-.3, .3, s);"
-            "w = [CellWeights(u(5, 3 * 130), u(130, 3 * 130), u(3 * 130), u(3 * 130))];"
-            "x = r.standard_normal((9, 3, 5));"
-            "got = RNNLayer('gru', w, dtype=np.float64).forward(x, num_threads=2)[0];"
-            "want = reference.run_layer('gru', w, x)[0];"
-            "np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)" % isa)
-    r = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, RNNFAST_ISA=isa),
-                       capture_output=True, text=True, timeout=300)
+    code = (
+        "import numpy as np, rnnfast; from rnnfast import _kernels, reference;"
+        "from rnnfast.layers import RNNLayer, CellWeights;"
+        "assert _kernels.isa() == %r, _kernels.isa();"
+        "r = np.random.default_rng(0); u = lambda *s: r.uniform(-.3, .3, s);"
+        "w = [CellWeights(u(5, 3 * 130), u(130, 3 * 130), u(3 * 130), u(3 * 130))];"
+        "x = r.standard_normal((9, 3, 5));"
+        "got = RNNLayer('gru', w, dtype=np.float64).forward(x, num_threads=2)[0];"
+        "want = reference.run_layer('gru', w, x)[0];"
+        "np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)" % isa
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code], env=dict(os.environ, RNNFAST_ISA=isa), capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 0, r.stderr[-3000:]
 
 
 # -- activations ---------------------------------------------------------------------
 
-VALUES = np.concatenate([np.linspace(-30, 30, 1201), np.linspace(-1, 1, 401),
-                         [0.0, -0.0, 1e-30, -1e-30, 0.625, -0.625, 20.0, 20.5, 87.5, -87.5,
-                          88.5, -88.5, 709.5, -709.5, 710.0, -710.0, 3e38, -3e38, 1e300, -1e300,
-                          np.inf, -np.inf, np.nan]])
+VALUES = np.concatenate(
+    [
+        np.linspace(-30, 30, 1201),
+        np.linspace(-1, 1, 401),
+        [
+            0.0,
+            -0.0,
+            1e-30,
+            -1e-30,
+            0.625,
+            -0.625,
+            20.0,
+            20.5,
+            87.5,
+            -87.5,
+            88.5,
+            -88.5,
+            709.5,
+            -709.5,
+            710.0,
+            -710.0,
+            3e38,
+            -3e38,
+            1e300,
+            -1e300,
+            np.inf,
+            -np.inf,
+            np.nan,
+        ],
+    ]
+)
 
 
 def _expected(name, v, dtype):
@@ -122,8 +151,9 @@ def test_activations_agree_across_isas_and_lengths(dtype):
         for isa in ISAS:
             got = v.copy()
             _kernels.activate(code, got, isa=isa)
-            np.testing.assert_allclose(got, base, rtol=4 * np.finfo(dtype).eps,
-                                       atol=4 * np.finfo(dtype).eps, err_msg=isa)
+            np.testing.assert_allclose(
+                got, base, rtol=4 * np.finfo(dtype).eps, atol=4 * np.finfo(dtype).eps, err_msg=isa
+            )
             for n in (1, 5, 15, 16, 17, 33):
                 part = v[:n].copy()
                 _kernels.activate(code, part, isa=isa)
@@ -132,25 +162,34 @@ def test_activations_agree_across_isas_and_lengths(dtype):
 
 # -- the gate math of one step ----------------------------------------------------------
 
+
 def _step_inputs(rng, cell, dtype, nrows=5, I=7, H=37):
     """Canonical weights and one step's operands: the kernel gets the products (xp =
     x W + biases, gh = h U), the reference the weights."""
     G = CELLS[cell][1]
     s = 1.0 / np.sqrt(H)
-    w = CellWeights(rng.uniform(-s, s, (I, G * H)), rng.uniform(-s, s, (H, G * H)),
-                    rng.uniform(-s, s, G * H), rng.uniform(-s, s, G * H))
+    w = CellWeights(
+        rng.uniform(-s, s, (I, G * H)),
+        rng.uniform(-s, s, (H, G * H)),
+        rng.uniform(-s, s, G * H),
+        rng.uniform(-s, s, G * H),
+    )
     x = rng.standard_normal((nrows, I))
     h = 0.8 * rng.standard_normal((nrows, H))
     c = 0.8 * rng.standard_normal((nrows, H))
     # what the kernel gets, rounded to dtype first so that both sides start equal
     x, h, c = (a.astype(dtype).astype(np.float64) for a in (x, h, c))
-    w = CellWeights(*(None if a is None else a.astype(dtype).astype(np.float64)
-                      for a in (w.kernel, w.recurrent_kernel, w.bias, w.recurrent_bias, w.projection)))
+    w = CellWeights(
+        *(
+            None if a is None else a.astype(dtype).astype(np.float64)
+            for a in (w.kernel, w.recurrent_kernel, w.bias, w.recurrent_bias, w.projection)
+        )
+    )
     xp = x @ w.kernel + w.bias
     bhn = np.zeros(H)
-    if cell == "gru":            # reset-after keeps the candidate's recurrent bias apart
+    if cell == "gru":  # reset-after keeps the candidate's recurrent bias apart
         xp[:, : 2 * H] += w.recurrent_bias[: 2 * H]
-        bhn = w.recurrent_bias[2 * H:]
+        bhn = w.recurrent_bias[2 * H :]
     else:
         xp += w.recurrent_bias
     gh = h @ w.recurrent_kernel
@@ -168,9 +207,19 @@ def _reference_step(cell, w, x, h, c, act, ract):
 def _kernel_step(isa, cell, act, ract, dtype, xp, gh, bhn, h, c, mask, w):
     H = h.shape[1]
     hk, ck = h.astype(dtype), c.astype(dtype)
-    _kernels.cell_step(CELLS[cell][0], ACTIVATIONS[act], ACTIVATIONS[ract], xp.astype(dtype),
-                       gh.astype(dtype), bhn.astype(dtype), hk, ck, mask,
-                       np.ascontiguousarray(w.recurrent_kernel[:, 2 * H:], dtype=dtype), isa=isa)
+    _kernels.cell_step(
+        CELLS[cell][0],
+        ACTIVATIONS[act],
+        ACTIVATIONS[ract],
+        xp.astype(dtype),
+        gh.astype(dtype),
+        bhn.astype(dtype),
+        hk,
+        ck,
+        mask,
+        np.ascontiguousarray(w.recurrent_kernel[:, 2 * H :], dtype=dtype),
+        isa=isa,
+    )
     return hk, ck
 
 
@@ -210,15 +259,16 @@ def test_cells_agree_across_isas(dtype, cell):
             base = _kernel_step("baseline", cell, act, ract, dtype, xp, gh, bhn, h, c, None, w)
             for isa in ISAS:
                 got = _kernel_step(isa, cell, act, ract, dtype, xp, gh, bhn, h, c, None, w)
-                np.testing.assert_allclose(got[0], base[0], rtol=16 * eps, atol=16 * eps,
-                                           err_msg="%s H=%d %s" % (isa, H, act))
+                np.testing.assert_allclose(
+                    got[0], base[0], rtol=16 * eps, atol=16 * eps, err_msg="%s H=%d %s" % (isa, H, act)
+                )
                 np.testing.assert_allclose(got[1], base[1], rtol=16 * eps, atol=16 * eps)
 
 
 # -- the packed product ----------------------------------------------------------------
 
-ROWS = (1, 2, 5, 6, 7, 11, 12, 13)           # around the 6-row register tile
-COLS = (1, 15, 16, 63, 64, 65, 127, 128, 129, 200)   # around the 64-column panels
+ROWS = (1, 2, 5, 6, 7, 11, 12, 13)  # around the 6-row register tile
+COLS = (1, 15, 16, 63, 64, 65, 127, 128, 129, 200)  # around the 64-column panels
 DEPTH = (1, 3, 64, 100)
 
 
@@ -243,8 +293,10 @@ def test_packed_product_at_tile_and_panel_edges(isa, dtype):
             nobias = _kernels.packed_matmul(A, B, isa=isa)
             assert np.all(np.abs(nobias - (want - bias)) <= bound), "%s K=%d N=%d" % (isa, K, N)
             for M in ROWS:
-                np.testing.assert_array_equal(_kernels.packed_matmul(A[:M], B, bias=bias, isa=isa),
-                                              full[:M], err_msg="%s M=%d K=%d N=%d" % (isa, M, K, N))
-            for i in (0, max(ROWS) - 1):
                 np.testing.assert_array_equal(
-                    _kernels.packed_matmul(A[i:i + 1], B, bias=bias, isa=isa)[0], full[i])
+                    _kernels.packed_matmul(A[:M], B, bias=bias, isa=isa),
+                    full[:M],
+                    err_msg="%s M=%d K=%d N=%d" % (isa, M, K, N),
+                )
+            for i in (0, max(ROWS) - 1):
+                np.testing.assert_array_equal(_kernels.packed_matmul(A[i : i + 1], B, bias=bias, isa=isa)[0], full[i])

@@ -4,18 +4,20 @@ outputs, branches, merges (with masks), shared layers, recurrent layers called w
 decoder), RepeatVector / Reshape / Permute. Each case is built once with lively
 weights, saved as ``.keras`` and ``.h5``, and the two files and the live model must
 give what ``model.predict`` gives."""
+
 import zlib
 
+import keras
 import numpy as np
 import pytest
 
-from _testing import SEQ_B as B, SEQ_F as F, SEQ_T as T, assert_like_keras, lively, masked_input
+import rnnfast
+from rnnfast.graph import Graph, Step
 
-
-import keras  # noqa: E402
-
-import rnnfast  # noqa: E402
-from rnnfast.graph import Graph, Step  # noqa: E402
+from _testing import SEQ_B as B
+from _testing import SEQ_F as F
+from _testing import SEQ_T as T
+from _testing import assert_like_keras, lively, masked_input
 
 L = keras.layers
 
@@ -27,6 +29,7 @@ def case(name):
     def register(fn):
         CASES[name] = fn
         return fn
+
     return register
 
 
@@ -83,7 +86,7 @@ def _():
     pooled = L.Concatenate()([L.GlobalMaxPooling1D()(h), L.GlobalAveragePooling1D()(h)])
     out = L.Dense(3, activation="sigmoid")(L.Dropout(0.2)(pooled))
     ids_x = np.random.default_rng(6).integers(1, 20, (B, T)).astype(np.int32)
-    ids_x[1, T - 3:] = 0
+    ids_x[1, T - 3 :] = 0
     return keras.Model(ids, out), ids_x
 
 
@@ -111,8 +114,13 @@ def _():
     a, b = keras.Input((T, F)), keras.Input((T, F))
     g = L.GRU(4)
     ha, hb = g(a), g(b)
-    outs = [L.Subtract()([ha, hb]), L.Multiply()([ha, hb]), L.Average()([ha, hb]),
-            L.Maximum()([ha, hb]), L.Minimum()([ha, hb, L.Dense(4)(ha)])]
+    outs = [
+        L.Subtract()([ha, hb]),
+        L.Multiply()([ha, hb]),
+        L.Average()([ha, hb]),
+        L.Maximum()([ha, hb]),
+        L.Minimum()([ha, hb, L.Dense(4)(ha)]),
+    ]
     return keras.Model([a, b], outs), [_x((B, T, F), 12), _plain((B, T, F), 13)]
 
 
@@ -121,14 +129,16 @@ def _():
     a, b = keras.Input((T, F)), keras.Input((T, F))
     ma, mb = L.Masking()(a), L.Masking()(b)
     sa, sb = L.Dense(3)(ma), L.Dense(3)(mb)
-    outs = [L.GRU(2, return_sequences=True)(L.Add()([sa, sb])),
-            L.GRU(2, return_sequences=True)(L.Maximum()([sa, L.Dense(3)(b)])),
-            L.GRU(2, return_sequences=True)(L.Concatenate()([sa, sb])),
-            L.GRU(2, return_sequences=True)(L.Minimum()([sa, sb, L.Dense(3)(a)])),
-            L.GRU(2, return_sequences=True)(L.Multiply()([sa, sb])),
-            L.GRU(2, return_sequences=True)(L.Multiply()([L.Dense(3)(b), sb])),
-            L.GRU(2, return_sequences=True)(L.Average()([sa, sb])),
-            L.GRU(2, return_sequences=True)(L.Subtract()([sa, sb]))]
+    outs = [
+        L.GRU(2, return_sequences=True)(L.Add()([sa, sb])),
+        L.GRU(2, return_sequences=True)(L.Maximum()([sa, L.Dense(3)(b)])),
+        L.GRU(2, return_sequences=True)(L.Concatenate()([sa, sb])),
+        L.GRU(2, return_sequences=True)(L.Minimum()([sa, sb, L.Dense(3)(a)])),
+        L.GRU(2, return_sequences=True)(L.Multiply()([sa, sb])),
+        L.GRU(2, return_sequences=True)(L.Multiply()([L.Dense(3)(b), sb])),
+        L.GRU(2, return_sequences=True)(L.Average()([sa, sb])),
+        L.GRU(2, return_sequences=True)(L.Subtract()([sa, sb])),
+    ]
     return keras.Model([a, b], outs), [_x((B, T, F), 14), _x((B, T, F), 15)[::-1].copy()]
 
 
@@ -148,8 +158,9 @@ def _():
     scores = L.Activation("softmax")(L.Dot(axes=(2, 2))([q, k]))
     ctx = L.Dot(axes=(2, 1))([scores, k])
     v1, v2 = L.GRU(3)(a), L.Dense(3)(L.Flatten()(a))
-    return keras.Model(a, [ctx, L.Dot(axes=1, normalize=True)([v1, v2]), L.Dot(axes=-1)([q, L.GRU(4)(a)])]), \
-        _plain((B, T, F), 17)
+    return keras.Model(a, [ctx, L.Dot(axes=1, normalize=True)([v1, v2]), L.Dot(axes=-1)([q, L.GRU(4)(a)])]), _plain(
+        (B, T, F), 17
+    )
 
 
 @case("seq2seq-training")
@@ -167,8 +178,11 @@ def _():
     dec_in, h_in, c_in = keras.Input((None, 4)), keras.Input((6,)), keras.Input((6,))
     y, h, c = L.LSTM(6, return_sequences=True, return_state=True)(dec_in, initial_state=[h_in, c_in])
     out = L.Dense(4, activation="softmax")(y)
-    return keras.Model([dec_in, h_in, c_in], [out, h, c]), \
-        [_plain((B, 1, 4), 20), _plain((B, 6), 21), _plain((B, 6), 22)]
+    return keras.Model([dec_in, h_in, c_in], [out, h, c]), [
+        _plain((B, 1, 4), 20),
+        _plain((B, 6), 21),
+        _plain((B, 6), 22),
+    ]
 
 
 @case("gru-initial-state-masked")
@@ -181,8 +195,7 @@ def _():
 @case("bidirectional-initial-state")
 def _():
     a, h1, c1, h2, c2 = (keras.Input((T, F)),) + tuple(keras.Input((3,)) for _ in range(4))
-    out = L.Bidirectional(L.LSTM(3, return_sequences=True, return_state=True))(
-        a, initial_state=[h1, c1, h2, c2])
+    out = L.Bidirectional(L.LSTM(3, return_sequences=True, return_state=True))(a, initial_state=[h1, c1, h2, c2])
     return keras.Model([a, h1, c1, h2, c2], out), [_x((B, T, F), 25)] + [_plain((B, 3), 26 + i) for i in range(4)]
 
 
@@ -199,8 +212,9 @@ def _():
     a = keras.Input((T, 6))
     r = L.Reshape((T * 2, 3))(a)
     p = L.Permute((2, 1))(L.GRU(4, return_sequences=True)(r))
-    return keras.Model(a, [L.GRU(2)(p), L.Reshape((-1,))(p), L.Reshape((3, 2, T))(L.Permute((2, 1))(a))]), \
-        _plain((B, T, 6), 31)
+    return keras.Model(a, [L.GRU(2)(p), L.Reshape((-1,))(p), L.Reshape((3, 2, T))(L.Permute((2, 1))(a))]), _plain(
+        (B, T, 6), 31
+    )
 
 
 @case("attention-classifier-masked")
@@ -210,7 +224,7 @@ def _():
     att = L.Attention()([h, h])
     out = L.Dense(2, activation="softmax")(L.GlobalAveragePooling1D()(L.Concatenate()([h, att])))
     ids_x = np.random.default_rng(40).integers(1, 20, (B, T)).astype(np.int32)
-    ids_x[1, T - 3:] = 0
+    ids_x[1, T - 3 :] = 0
     ids_x[2, :2] = 0
     return keras.Model(ids, out), ids_x
 
@@ -220,12 +234,14 @@ def _():
     q, v = keras.Input((T, 4)), keras.Input((7, 4))
     mq, mv = L.Masking()(q), L.Masking()(v)
     k = L.Dense(4)(v)
-    outs = [L.Attention(use_scale=True)([mq, mv]),
-            L.Attention(score_mode="concat", use_scale=True)([q, v, k]),
-            L.Attention(score_mode="concat")([mq, mv], use_causal_mask=True),
-            L.AdditiveAttention()([mq, mv, k]),
-            L.AdditiveAttention(use_scale=False)([q, q], use_causal_mask=True),
-            L.GRU(2)(L.AdditiveAttention()([mq, mv]))]
+    outs = [
+        L.Attention(use_scale=True)([mq, mv]),
+        L.Attention(score_mode="concat", use_scale=True)([q, v, k]),
+        L.Attention(score_mode="concat")([mq, mv], use_causal_mask=True),
+        L.AdditiveAttention()([mq, mv, k]),
+        L.AdditiveAttention(use_scale=False)([q, q], use_causal_mask=True),
+        L.GRU(2)(L.AdditiveAttention()([mq, mv])),
+    ]
     return keras.Model([q, v], outs), [_x((B, T, 4), 41), _x((B, 7, 4), 42)]
 
 
@@ -336,6 +352,7 @@ def test_lambda_refused_and_inputs_from(tmp_path):
 
 def test_string_preprocessing_refused_with_a_hint():
     from rnnfast.io.keras_graph import build_model
+
     model, x = _with_preprocessing()
     cfg = model.get_config()
     for item in cfg["layers"]:
@@ -345,6 +362,7 @@ def test_string_preprocessing_refused_with_a_hint():
 
     def weights(name, cls, c):
         return [(None, w) for w in model.get_layer(name).get_weights()]
+
     with pytest.raises(rnnfast.UnsupportedLayerError, match="inputs_from=") as info:
         build_model({"class_name": "Functional", "config": cfg}, weights, "3.0")
     assert info.value.layer_class == "TextVectorization"

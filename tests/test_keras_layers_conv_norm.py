@@ -1,23 +1,26 @@
 """Convolutions, poolings, normalisations and step-shaping layers against live Keras 3
 (torch backend), each option of each layer, with masks where the layer passes them
 on; and the numpy ops against their float64 references."""
+
 import zlib
 
+import keras
 import numpy as np
 import pytest
 
-from _testing import SEQ_B as B, SEQ_F as F, SEQ_T as T, assert_like_keras, lively, masked_input
+import rnnfast
+from rnnfast import UnsupportedLayerError, ops
 
-
-import keras  # noqa: E402
-
-import rnnfast  # noqa: E402
-from rnnfast import UnsupportedLayerError, ops  # noqa: E402
+from _testing import SEQ_B as B
+from _testing import SEQ_F as F
+from _testing import SEQ_T as T
+from _testing import assert_like_keras, lively, masked_input
 
 L = keras.layers
 pytestmark = [
     # Keras 3 deprecates rms_scaling=True (it scales by the variance); rnnfast follows what it computes
-    pytest.mark.filterwarnings("ignore:You passed `rms_scaling=True`:UserWarning")]
+    pytest.mark.filterwarnings("ignore:You passed `rms_scaling=True`:UserWarning")
+]
 
 T2 = 12
 
@@ -48,16 +51,24 @@ CASES = {
     "avgpool-same-3-1": lambda: seq(L.AveragePooling1D(3, strides=1, padding="same")),
     "avgpool-same-5-2": lambda: seq(L.AveragePooling1D(5, strides=2, padding="same"), shape=(13, F)),
     "pool-channels-first": lambda: seq(L.MaxPooling1D(2, data_format="channels_first"), shape=(F, T2)),
-    "crnn": lambda: seq(L.Conv1D(8, 3, padding="same", activation="relu"), L.BatchNormalization(),
-                        L.MaxPooling1D(2), L.Bidirectional(L.GRU(4, return_sequences=True)),
-                        L.GlobalAveragePooling1D(), L.Dense(2, activation="softmax")),
+    "crnn": lambda: seq(
+        L.Conv1D(8, 3, padding="same", activation="relu"),
+        L.BatchNormalization(),
+        L.MaxPooling1D(2),
+        L.Bidirectional(L.GRU(4, return_sequences=True)),
+        L.GlobalAveragePooling1D(),
+        L.Dense(2, activation="softmax"),
+    ),
     # normalisations (masks pass through them into the GRU)
     "batchnorm-masked": lambda: seq(L.Masking(), L.BatchNormalization(), L.GRU(3, return_sequences=True)),
     "batchnorm-noscale-nocenter": lambda: seq(L.BatchNormalization(scale=False, center=False, epsilon=0.1)),
     "batchnorm-vector": lambda: seq(L.GRU(4), L.BatchNormalization(), L.Dense(2)),
     "layernorm-masked": lambda: seq(L.Masking(), L.LayerNormalization(), L.GRU(3, return_sequences=True)),
-    "layernorm-options": lambda: seq(L.LayerNormalization(epsilon=0.01, center=False),
-                                     L.LayerNormalization(scale=False), L.LayerNormalization(rms_scaling=True)),
+    "layernorm-options": lambda: seq(
+        L.LayerNormalization(epsilon=0.01, center=False),
+        L.LayerNormalization(scale=False),
+        L.LayerNormalization(rms_scaling=True),
+    ),
     "unitnorm-masked": lambda: seq(L.Masking(), L.UnitNormalization(), L.LSTM(3, return_sequences=True)),
     "timedistributed-batchnorm": lambda: seq(L.TimeDistributed(L.BatchNormalization()), L.GRU(2)),
     # steps
@@ -65,8 +76,9 @@ CASES = {
     "zeropadding": lambda: seq(L.ZeroPadding1D((2, 1)), L.GRU(2, return_sequences=True)),
     "zeropadding-int": lambda: seq(L.ZeroPadding1D(2)),
     "cropping": lambda: seq(L.Cropping1D((1, 3)), L.GRU(2, return_sequences=True)),
-    "masked-then-steps": lambda: seq(L.Masking(), L.ZeroPadding1D(1), L.Cropping1D(1), L.UpSampling1D(2),
-                                     L.GRU(2, return_sequences=True)),
+    "masked-then-steps": lambda: seq(
+        L.Masking(), L.ZeroPadding1D(1), L.Cropping1D(1), L.UpSampling1D(2), L.GRU(2, return_sequences=True)
+    ),
 }
 
 
@@ -117,8 +129,9 @@ def test_normalization_adapted(tmp_path):
     norm.adapt(data)
     model = keras.Sequential([keras.Input((T, F)), norm, L.GRU(3)])
     lively_gru = model.layers[-1]
-    lively_gru.set_weights([w * 0 + np.random.default_rng(1).uniform(-0.5, 0.5, w.shape).astype(w.dtype)
-                            for w in lively_gru.get_weights()])
+    lively_gru.set_weights(
+        [w * 0 + np.random.default_rng(1).uniform(-0.5, 0.5, w.shape).astype(w.dtype) for w in lively_gru.get_weights()]
+    )
     x = data[:B]
     want = model.predict(x, verbose=0)
     p = str(tmp_path / "n.keras")
@@ -130,12 +143,15 @@ def test_normalization_adapted(tmp_path):
     assert_like_keras(rnnfast.from_keras(given).predict(x), given.predict(x, verbose=0))
 
 
-@pytest.mark.parametrize("layer, option", [
-    (lambda: L.Normalization(invert=True, mean=[0.0] * F, variance=[1.0] * F), "invert"),
-    (lambda: L.LayerNormalization(axis=1), "axis"),
-    (lambda: L.BatchNormalization(axis=1), "axis"),
-    (lambda: L.UnitNormalization(axis=1), "axis"),
-])
+@pytest.mark.parametrize(
+    "layer, option",
+    [
+        (lambda: L.Normalization(invert=True, mean=[0.0] * F, variance=[1.0] * F), "invert"),
+        (lambda: L.LayerNormalization(axis=1), "axis"),
+        (lambda: L.BatchNormalization(axis=1), "axis"),
+        (lambda: L.UnitNormalization(axis=1), "axis"),
+    ],
+)
 def test_refused_options(layer, option):
     model = keras.Sequential([keras.Input((T, F)), layer()])
     with pytest.raises(UnsupportedLayerError) as info:
@@ -143,8 +159,10 @@ def test_refused_options(layer, option):
     assert info.value.option == option
 
 
-@pytest.mark.parametrize("stride, dilation, padding, groups", [
-    (1, 1, (0, 0), 1), (2, 1, (1, 2), 1), (1, 3, (4, 0), 1), (1, 1, (0, 0), 3), (3, 2, (2, 2), 3)])
+@pytest.mark.parametrize(
+    "stride, dilation, padding, groups",
+    [(1, 1, (0, 0), 1), (2, 1, (1, 2), 1), (1, 3, (4, 0), 1), (1, 1, (0, 0), 3), (3, 2, (2, 2), 3)],
+)
 def test_conv1d_against_reference(stride, dilation, padding, groups):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((3, 17, 6))
@@ -159,14 +177,16 @@ def test_conv1d_against_reference(stride, dilation, padding, groups):
 @pytest.mark.parametrize("size, stride, padding", [(2, 2, (0, 0)), (3, 2, (1, 1)), (4, 1, (1, 2))])
 def test_pool1d_against_reference(reduce, size, stride, padding):
     x = np.random.default_rng(1).standard_normal((2, 11, 3))
-    np.testing.assert_allclose(ops.pool1d(x, size, stride, padding, reduce),
-                               ops.pool1d_reference(x, size, stride, padding, reduce), rtol=1e-12)
+    np.testing.assert_allclose(
+        ops.pool1d(x, size, stride, padding, reduce), ops.pool1d_reference(x, size, stride, padding, reduce), rtol=1e-12
+    )
 
 
 def test_norms_against_reference():
     rng = np.random.default_rng(2)
     x, g, b = rng.standard_normal((2, 5, 7)), rng.standard_normal(7), rng.standard_normal(7)
     for rms in (False, True):
-        np.testing.assert_allclose(ops.layer_norm(x, g, b, 1e-3, rms), ops.layer_norm_reference(x, g, b, 1e-3, rms),
-                                   rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(
+            ops.layer_norm(x, g, b, 1e-3, rms), ops.layer_norm_reference(x, g, b, 1e-3, rms), rtol=1e-12, atol=1e-12
+        )
     np.testing.assert_allclose(ops.unit_norm(x), ops.unit_norm_reference(x), rtol=1e-12)

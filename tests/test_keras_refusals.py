@@ -47,6 +47,7 @@ def test_unsupported_layer(tmp_path):
 
 def test_formerly_refused_conv1d_runs(tmp_path):
     from test_keras_models import assert_like_keras
+
     model = lively(seq(L.Conv1D(4, 3), L.GRU(3)))
     x = masked_input((5, T, F))
     p = str(tmp_path / "c.keras")
@@ -80,6 +81,7 @@ def _runs_like_keras(model, x, tmp_path):
     """Formerly refused graph shapes (branches, merges, several inputs, shared layers):
     now loaded and run as Keras runs them (tests/test_keras_graph.py has the grid)."""
     from test_keras_models import assert_like_keras
+
     lively(model)
     want = model.predict(x, verbose=0)
     p = str(tmp_path / "m.keras")

@@ -8,6 +8,7 @@ KerasModel, against live Keras 3 (torch backend).
 - ``predict(x, batch_size, verbose, *, num_threads)``, ``model(x, training=False)``,
   ``count_params()``, ``get_weights()``, ``output_shape`` as Keras has them.
 """
+
 import inspect
 import os
 
@@ -17,10 +18,10 @@ import pytest
 from _testing import SEQ_B, SEQ_F, SEQ_T, assert_like_keras, functional, lively, masked_ids, masked_input
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
-import keras  # noqa: E402
+import keras
 
-import rnnfast  # noqa: E402
-from rnnfast.io import keras_layers  # noqa: E402
+import rnnfast
+from rnnfast.io import keras_layers
 
 L = keras.layers
 T, F, B = SEQ_T, SEQ_F, SEQ_B
@@ -41,45 +42,87 @@ def test_every_entry_is_complete():
             assert callable(fn), (name, fn)
         assert isinstance(entry.weights, bool) and isinstance(entry.per_step, bool)
     # the fields a new entry cannot leave out
-    required = [f for f, p in inspect.signature(keras_layers.KerasLayer).parameters.items()
-                if p.default is inspect.Parameter.empty]
+    required = [
+        f
+        for f, p in inspect.signature(keras_layers.KerasLayer).parameters.items()
+        if p.default is inspect.Parameter.empty
+    ]
     assert required == ["name", "convert", "weights", "params", "row"]
 
 
 def _every_class_models():
     """Models that between them hold every registered Keras class."""
     models = [
-        seq(L.Masking(name="mask"), L.GRU(4, return_sequences=True, name="gru"),
-            L.LSTM(3, return_sequences=True, name="lstm"), L.SimpleRNN(3, return_sequences=True, name="simple"),
+        seq(
+            L.Masking(name="mask"),
+            L.GRU(4, return_sequences=True, name="gru"),
+            L.LSTM(3, return_sequences=True, name="lstm"),
+            L.SimpleRNN(3, return_sequences=True, name="simple"),
             L.RNN([L.GRUCell(3), L.LSTMCell(2)], return_sequences=True, name="rnn"),
             L.Bidirectional(L.GRU(2, return_sequences=True), name="bidi"),
-            L.TimeDistributed(L.Dense(3), name="td"), L.Dense(4, activation="relu", name="dense"),
-            L.Activation("tanh", name="act"), L.Dropout(0.1, name="drop"),
-            L.SpatialDropout1D(0.1, name="sdrop"), L.GaussianNoise(0.1, name="gnoise"),
-            L.GaussianDropout(0.1, name="gdrop"), L.AlphaDropout(0.1, name="adrop"),
-            L.ActivityRegularization(0.1, name="actreg"), L.Identity(name="ident"),
-            L.GlobalAveragePooling1D(name="gap"), L.Dense(2, name="out"), name="every_a"),
-        seq(L.Embedding(9, 4, mask_zero=True, name="emb"), L.GRU(3, return_sequences=True, name="g"),
-            L.GlobalMaxPooling1D(name="gmp"), shape=(T,), dtype="int32", name="every_b"),
-        seq(L.GRU(3, return_sequences=True, name="g2"), L.Flatten(name="flat"), L.Dense(2, name="d2"),
-            name="every_c"),
-        seq(L.Conv1D(4, 3, padding="same", name="conv"), L.DepthwiseConv1D(2, name="dw"),
-            L.SeparableConv1D(3, 2, name="sep"), L.MaxPooling1D(name="maxp"), L.UpSampling1D(name="up"),
-            L.AveragePooling1D(2, name="avgp"), L.ZeroPadding1D(name="zpad"), L.Cropping1D(name="crop"),
-            L.BatchNormalization(name="bn"), L.LayerNormalization(name="ln"),
-            L.UnitNormalization(name="un"), L.Normalization(mean=0.5, variance=2.0, name="norm"),
-            L.GRU(4, name="g3"), L.RepeatVector(4, name="rep"), L.Reshape((2, 8), name="resh"),
-            L.Permute((2, 1), name="perm"), name="every_d"),
+            L.TimeDistributed(L.Dense(3), name="td"),
+            L.Dense(4, activation="relu", name="dense"),
+            L.Activation("tanh", name="act"),
+            L.Dropout(0.1, name="drop"),
+            L.SpatialDropout1D(0.1, name="sdrop"),
+            L.GaussianNoise(0.1, name="gnoise"),
+            L.GaussianDropout(0.1, name="gdrop"),
+            L.AlphaDropout(0.1, name="adrop"),
+            L.ActivityRegularization(0.1, name="actreg"),
+            L.Identity(name="ident"),
+            L.GlobalAveragePooling1D(name="gap"),
+            L.Dense(2, name="out"),
+            name="every_a",
+        ),
+        seq(
+            L.Embedding(9, 4, mask_zero=True, name="emb"),
+            L.GRU(3, return_sequences=True, name="g"),
+            L.GlobalMaxPooling1D(name="gmp"),
+            shape=(T,),
+            dtype="int32",
+            name="every_b",
+        ),
+        seq(L.GRU(3, return_sequences=True, name="g2"), L.Flatten(name="flat"), L.Dense(2, name="d2"), name="every_c"),
+        seq(
+            L.Conv1D(4, 3, padding="same", name="conv"),
+            L.DepthwiseConv1D(2, name="dw"),
+            L.SeparableConv1D(3, 2, name="sep"),
+            L.MaxPooling1D(name="maxp"),
+            L.UpSampling1D(name="up"),
+            L.AveragePooling1D(2, name="avgp"),
+            L.ZeroPadding1D(name="zpad"),
+            L.Cropping1D(name="crop"),
+            L.BatchNormalization(name="bn"),
+            L.LayerNormalization(name="ln"),
+            L.UnitNormalization(name="un"),
+            L.Normalization(mean=0.5, variance=2.0, name="norm"),
+            L.GRU(4, name="g3"),
+            L.RepeatVector(4, name="rep"),
+            L.Reshape((2, 8), name="resh"),
+            L.Permute((2, 1), name="perm"),
+            name="every_d",
+        ),
     ]
     a, b = keras.Input((T, F), name="in_a"), keras.Input((T, F), name="in_b")
     ga, gb = L.GRU(3, name="ga")(a), L.GRU(3, name="gb")(b)
-    merged = [L.Add(name="add")([ga, gb]), L.Subtract(name="sub")([ga, gb]), L.Multiply(name="mul")([ga, gb]),
-              L.Average(name="avg")([ga, gb]), L.Maximum(name="max")([ga, gb]), L.Minimum(name="min")([ga, gb]),
-              L.Dot(axes=1, name="dot")([ga, gb])]
+    merged = [
+        L.Add(name="add")([ga, gb]),
+        L.Subtract(name="sub")([ga, gb]),
+        L.Multiply(name="mul")([ga, gb]),
+        L.Average(name="avg")([ga, gb]),
+        L.Maximum(name="max")([ga, gb]),
+        L.Minimum(name="min")([ga, gb]),
+        L.Dot(axes=1, name="dot")([ga, gb]),
+    ]
     models.append(keras.Model([a, b], L.Concatenate(name="cat")(merged), name="every_e"))
     sa, sb = L.GRU(3, return_sequences=True, name="sa")(a), L.GRU(3, return_sequences=True, name="sb")(b)
-    models.append(keras.Model([a, b], [L.Attention(use_scale=True, name="att")([sa, sb]),
-                                       L.AdditiveAttention(name="addatt")([sa, sb])], name="every_f"))
+    models.append(
+        keras.Model(
+            [a, b],
+            [L.Attention(use_scale=True, name="att")([sa, sb]), L.AdditiveAttention(name="addatt")([sa, sb])],
+            name="every_f",
+        )
+    )
     return [lively(m, seed=i) for i, m in enumerate(models)]
 
 
@@ -118,16 +161,25 @@ POOLING = {
     "gap-masked": lambda: seq(L.Masking(), L.LSTM(4, return_sequences=True), L.GlobalAveragePooling1D()),
     "gmp-masked": lambda: seq(L.Masking(), L.LSTM(4, return_sequences=True), L.GlobalMaxPooling1D()),
     "gap-masked-input": lambda: seq(L.Masking(), L.GlobalAveragePooling1D(keepdims=True)),
-    "gmp-keepdims": lambda: seq(L.Masking(), L.GRU(3, return_sequences=True, go_backwards=True),
-                                L.GlobalMaxPooling1D(keepdims=True)),
-    "gap-bidi-functional": lambda: functional(lambda i: L.Dense(2)(L.GlobalAveragePooling1D()(
-        L.Bidirectional(L.GRU(3, return_sequences=True))(L.Masking()(i))))),
-    "gmp-functional": lambda: functional(lambda i: L.GlobalMaxPooling1D()(
-        L.SimpleRNN(3, return_sequences=True)(L.Masking()(i)))),
-    "gap-embedding": lambda: seq(L.Embedding(7, 4, mask_zero=True), L.GRU(3, return_sequences=True),
-                                 L.GlobalAveragePooling1D(), shape=(T,), dtype="int32"),
-    "gmp-embedding": lambda: seq(L.Embedding(7, 4, mask_zero=True), L.GlobalMaxPooling1D(),
-                                 shape=(T,), dtype="int32"),
+    "gmp-keepdims": lambda: seq(
+        L.Masking(), L.GRU(3, return_sequences=True, go_backwards=True), L.GlobalMaxPooling1D(keepdims=True)
+    ),
+    "gap-bidi-functional": lambda: functional(
+        lambda i: L.Dense(2)(
+            L.GlobalAveragePooling1D()(L.Bidirectional(L.GRU(3, return_sequences=True))(L.Masking()(i)))
+        )
+    ),
+    "gmp-functional": lambda: functional(
+        lambda i: L.GlobalMaxPooling1D()(L.SimpleRNN(3, return_sequences=True)(L.Masking()(i)))
+    ),
+    "gap-embedding": lambda: seq(
+        L.Embedding(7, 4, mask_zero=True),
+        L.GRU(3, return_sequences=True),
+        L.GlobalAveragePooling1D(),
+        shape=(T,),
+        dtype="int32",
+    ),
+    "gmp-embedding": lambda: seq(L.Embedding(7, 4, mask_zero=True), L.GlobalMaxPooling1D(), shape=(T,), dtype="int32"),
 }
 
 
@@ -161,15 +213,23 @@ def test_global_pooling_refuses_channels_first():
 
 
 def test_global_pooling_needs_a_sequence():
-    model = seq(L.GRU(3), L.Dense(2))          # fine; pooling a 2-D input is not
-    cfg = {"class_name": "Sequential", "config": {"name": "s", "layers": [
-        {"class_name": "InputLayer", "config": {"batch_shape": [None, T, F], "name": "in"}},
-        {"class_name": "GRU", "config": dict(model.layers[0].get_config())},
-        {"class_name": "GlobalMaxPooling1D", "config": {"name": "p", "data_format": "channels_last"}}]}}
+    model = seq(L.GRU(3), L.Dense(2))  # fine; pooling a 2-D input is not
+    cfg = {
+        "class_name": "Sequential",
+        "config": {
+            "name": "s",
+            "layers": [
+                {"class_name": "InputLayer", "config": {"batch_shape": [None, T, F], "name": "in"}},
+                {"class_name": "GRU", "config": dict(model.layers[0].get_config())},
+                {"class_name": "GlobalMaxPooling1D", "config": {"name": "p", "data_format": "channels_last"}},
+            ],
+        },
+    }
     from rnnfast.io.keras_file import build_model
 
     def weights(name, cls, c):
         return list(zip([None] * 3, model.layers[0].get_weights())) if cls == "GRU" else []
+
     with pytest.raises(rnnfast.FormatError, match="GlobalMaxPooling1D"):
         build_model(cfg, weights, keras.__version__)
 
@@ -179,24 +239,44 @@ def test_global_pooling_needs_a_sequence():
 
 @pytest.fixture(scope="module")
 def convention_models():
-    a = lively(seq(L.Masking(), L.Bidirectional(L.GRU(4, return_sequences=True)),
-                   L.LSTM(3, return_sequences=True), L.RNN([L.GRUCell(2, reset_after=False), L.SimpleRNNCell(2)]),
-                   L.Dense(2, activation="softmax"), name="conv_a"), seed=21)
-    b = lively(seq(L.Embedding(7, 3, mask_zero=True), L.Bidirectional(L.LSTM(3, return_sequences=True),
-                                                                  backward_layer=L.GRU(
-                                                                      3, return_sequences=True,
-                                                                      go_backwards=True)),
-                   L.TimeDistributed(L.Dense(2, use_bias=False)), shape=(T,), dtype="int32",
-                   name="conv_b"), seed=22)
+    a = lively(
+        seq(
+            L.Masking(),
+            L.Bidirectional(L.GRU(4, return_sequences=True)),
+            L.LSTM(3, return_sequences=True),
+            L.RNN([L.GRUCell(2, reset_after=False), L.SimpleRNNCell(2)]),
+            L.Dense(2, activation="softmax"),
+            name="conv_a",
+        ),
+        seed=21,
+    )
+    b = lively(
+        seq(
+            L.Embedding(7, 3, mask_zero=True),
+            L.Bidirectional(
+                L.LSTM(3, return_sequences=True), backward_layer=L.GRU(3, return_sequences=True, go_backwards=True)
+            ),
+            L.TimeDistributed(L.Dense(2, use_bias=False)),
+            shape=(T,),
+            dtype="int32",
+            name="conv_b",
+        ),
+        seed=22,
+    )
     c = lively(functional(lambda i: L.LSTM(4, return_state=True)(L.Masking()(i)), shape=(None, F)), seed=23)
-    d = lively(seq(L.SimpleRNN(3, return_sequences=True, use_bias=False), L.Flatten(), L.Dense(2),
-                   name="conv_d"), seed=24)
-    return [(a, masked_input((B, T, F))), (b, masked_ids((B, T), 7)), (c, masked_input((B, T, F))),
-            (d, masked_input((B, T, F)))]
+    d = lively(
+        seq(L.SimpleRNN(3, return_sequences=True, use_bias=False), L.Flatten(), L.Dense(2), name="conv_d"), seed=24
+    )
+    return [
+        (a, masked_input((B, T, F))),
+        (b, masked_ids((B, T), 7)),
+        (c, masked_input((B, T, F))),
+        (d, masked_input((B, T, F))),
+    ]
 
 
 def test_count_params_get_weights_output_shape_like_keras(convention_models, tmp_path):
-    for km, x in convention_models:
+    for km, _x in convention_models:
         p = str(tmp_path / (km.name + ".keras"))
         km.save(p)
         for m in (rnnfast.from_keras(km), rnnfast.load(p)):
@@ -225,8 +305,8 @@ def test_predict_and_call_take_keras_arguments(convention_models):
     km, x = convention_models[0]
     m = rnnfast.from_keras(km)
     want = km.predict(x, verbose=0)
-    assert_like_keras(m.predict(x, 2), want)                 # batch_size, Keras' 2nd positional
-    assert_like_keras(m.predict(x, 2, 0), want)              # verbose, the 3rd
+    assert_like_keras(m.predict(x, 2), want)  # batch_size, Keras' 2nd positional
+    assert_like_keras(m.predict(x, 2, 0), want)  # verbose, the 3rd
     assert_like_keras(m.predict(x, batch_size=3, verbose="auto", num_threads=2), want)
     assert_like_keras(m(x), want)
     assert_like_keras(m(x, training=False), want)
@@ -236,7 +316,7 @@ def test_predict_and_call_take_keras_arguments(convention_models):
     with pytest.raises(ValueError, match="training"):
         m(x, training=True)
     with pytest.raises(TypeError):
-        m.predict(x, 2, 0, 1)                                 # num_threads is keyword-only
+        m.predict(x, 2, 0, 1)  # num_threads is keyword-only
     params = inspect.signature(rnnfast.KerasModel.predict).parameters
     assert list(params)[:4] == ["self", "x", "batch_size", "verbose"]
     assert params["num_threads"].kind is inspect.Parameter.KEYWORD_ONLY

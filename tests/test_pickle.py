@@ -2,6 +2,7 @@
 arrives read-only and repacked for the CPU it lands on, and computes bitwise what the
 original computes -- also in a spawned process and through out-of-band buffers
 (pickle protocol 5, what Dask and Ray use)."""
+
 import multiprocessing
 import os
 import pickle
@@ -10,7 +11,6 @@ import numpy as np
 import pytest
 
 import rnnfast
-
 from rnnfast.layers import Dense, RNNLayer
 from rnnfast.model import Sequential
 
@@ -49,8 +49,7 @@ def _assert_same_layer(a, b):
 def _bigru(rng, I=16, H=96, L=2):
     layers = []
     for k in range(L):
-        layers.append(RNNLayer("gru", [random_weights(rng, "gru", I if k == 0 else 2 * H, H)
-                                       for _ in range(2)]))
+        layers.append(RNNLayer("gru", [random_weights(rng, "gru", I if k == 0 else 2 * H, H) for _ in range(2)]))
     return rnnfast.TorchRNN(layers, batch_first=True)
 
 
@@ -128,10 +127,16 @@ def test_every_protocol_and_out_of_band_buffers(models, protocol):
     assert _equal(back(x, num_threads=1), want)
 
 
-@pytest.mark.parametrize("spec", [
-    dict(cell="lstm", P=5), dict(cell="gru", reset_after=False), dict(cell="simple", activation="relu"),
-    dict(cell="lstm", dtype=np.float64), dict(cell="gru", H=200),
-])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        dict(cell="lstm", P=5),
+        dict(cell="gru", reset_after=False),
+        dict(cell="simple", activation="relu"),
+        dict(cell="lstm", dtype=np.float64),
+        dict(cell="gru", H=200),
+    ],
+)
 def test_layer_variants(spec):
     rng = np.random.default_rng(3)
     spec = dict(spec)
@@ -146,8 +151,12 @@ def test_layer_variants(spec):
 
 def test_sequential_and_dense():
     rng = np.random.default_rng(4)
-    model = Sequential([(RNNLayer("gru", [random_weights(rng, "gru", 5, 16)] * 2), dict(return_sequences=False)),
-                        Dense(rng.standard_normal((32, 3)), rng.standard_normal(3), activation="softmax")])
+    model = Sequential(
+        [
+            (RNNLayer("gru", [random_weights(rng, "gru", 5, 16)] * 2), dict(return_sequences=False)),
+            Dense(rng.standard_normal((32, 3)), rng.standard_normal(3), activation="softmax"),
+        ]
+    )
     back = pickle.loads(pickle.dumps(model))
     assert not back.layers[1].kernel.flags.writeable
     x = rng.standard_normal((4, 9, 5))
@@ -189,6 +198,6 @@ def test_spawned_worker_on_a_lower_isa_repacks(models):
             os.environ["RNNFAST_ISA"] = old
     if rnnfast.layers._kernels.best_isa() in ("avx2", "avx512"):
         assert isa == "avx2"
-        assert wp_size == 0          # float32 projections run on packed weights only on AVX-512
+        assert wp_size == 0  # float32 projections run on packed weights only on AVX-512
     np.testing.assert_allclose(out, want[0], atol=1e-5, rtol=1e-4)
     np.testing.assert_allclose(h, want[1], atol=1e-5, rtol=1e-4)

@@ -1,4 +1,5 @@
 """Threads: settings, BLAS held to one thread, concurrency from Python threads."""
+
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -6,10 +7,11 @@ import pytest
 from threadpoolctl import threadpool_info
 
 import rnnfast
-from _testing import random_weights
 from rnnfast import _kernels
 from rnnfast._threads import blas_single_threaded, resolve_num_threads
 from rnnfast.layers import RNNLayer
+
+from _testing import random_weights
 
 
 def test_default_is_available_cores(monkeypatch):
@@ -32,7 +34,7 @@ def test_set_and_get_num_threads():
         assert rnnfast.get_num_threads() == 3
         assert resolve_num_threads(None) == 3
         assert resolve_num_threads(5) == 5
-        rnnfast.set_num_threads(-1)                       # all cores
+        rnnfast.set_num_threads(-1)  # all cores
         assert rnnfast.get_num_threads() == resolve_num_threads(None) >= 1
         with pytest.raises(TypeError):
             rnnfast.set_num_threads(2.5)
@@ -65,8 +67,8 @@ def test_the_blas_rnnfast_calls_is_held_to_one_thread_and_numpys_is_not(rng):
     with threadpool_limits(limits=2, user_api="blas"):
         layer.forward(rng.standard_normal((20, 3, 8)), num_threads=1)
         after = _blas_threads()
-        assert all(after[f] == 1 for f in ours)              # held, and kept, at one thread
-        assert all(after[f] == 2 for f in others)            # NumPy's BLAS untouched
+        assert all(after[f] == 1 for f in ours)  # held, and kept, at one thread
+        assert all(after[f] == 2 for f in others)  # NumPy's BLAS untouched
         with blas_single_threaded():
             assert all(_blas_threads()[f] == 1 for f in ours)
 

@@ -1,5 +1,6 @@
 """Hostile and broken PyTorch / safetensors files: every one is a FormatError, nothing
 from the file runs (marker files prove it), nothing huge is allocated."""
+
 import io
 import json
 import os
@@ -12,13 +13,12 @@ from collections import OrderedDict
 
 import numpy as np
 import pytest
+import safetensors.torch as safetensors_torch
+import torch
 
-import torch  # noqa: E402  (the test install has it: a missing torch must fail, not skip)
-import safetensors.torch as safetensors_torch  # noqa: E402
+import rnnfast
 
-import rnnfast  # noqa: E402
 from _testing import TOL
-
 
 # -- writing torch-format files by hand --------------------------------------------------
 
@@ -67,8 +67,14 @@ def torch_zip(path, obj=None, storages=None, *, pkl=None, protocol=2):
 
 def gru_state(hidden=4, inp=3):
     """A consistent GRU state_dict as FakeTensors over one float32 storage, and its bytes."""
-    shapes = OrderedDict([("weight_ih_l0", (3 * hidden, inp)), ("weight_hh_l0", (3 * hidden, hidden)),
-                          ("bias_ih_l0", (3 * hidden,)), ("bias_hh_l0", (3 * hidden,))])
+    shapes = OrderedDict(
+        [
+            ("weight_ih_l0", (3 * hidden, inp)),
+            ("weight_hh_l0", (3 * hidden, hidden)),
+            ("bias_ih_l0", (3 * hidden,)),
+            ("bias_hh_l0", (3 * hidden,)),
+        ]
+    )
     total = sum(int(np.prod(s)) for s in shapes.values())
     storage = FakeStorage("0", total)
     sd, pos = OrderedDict(), 0
@@ -127,8 +133,9 @@ PY2_NAMES = {"builtins": "__builtin__", "subprocess.check_call": "commands.check
 
 
 @pytest.mark.parametrize("name", sorted(_attacks("x")))
-@pytest.mark.parametrize("where,protocol", [("zip", 2), ("zip", 4), ("bare-pickle", 2), ("bare-pickle", 5),
-                                            ("inside-state-dict", 2)])
+@pytest.mark.parametrize(
+    "where,protocol", [("zip", 2), ("zip", 4), ("bare-pickle", 2), ("bare-pickle", 5), ("inside-state-dict", 2)]
+)
 def test_reduce_attack_is_refused(name, where, protocol, tmp_path):
     marker = str(tmp_path / "pwned")
     attack = _attacks(marker)[name]
@@ -149,8 +156,9 @@ def test_reduce_attack_is_refused(name, where, protocol, tmp_path):
         path = torch_zip(tmp_path / "evil.pt", obj, storages, protocol=protocol)
     refused = {"os.system": "posix.system", "builtins.open": "io.open"}.get(name, name)
     if protocol == 2:
-        refused = PY2_NAMES.get(refused, PY2_NAMES.get(refused.split(".")[0], refused.split(".")[0])
-                                + "." + refused.split(".")[1])
+        refused = PY2_NAMES.get(
+            refused, PY2_NAMES.get(refused.split(".")[0], refused.split(".")[0]) + "." + refused.split(".")[1]
+        )
     with pytest.raises(rnnfast.FormatError, match=r"refused global '%s'" % refused.replace(".", r"\.")):
         rnnfast.load(path)
     assert not os.path.exists(marker)
@@ -164,7 +172,7 @@ def test_legacy_file_with_attack(tmp_path):
     torch.save(m.state_dict(), str(path), _use_new_zipfile_serialization=False)
     good = path.read_bytes()
     head = io.BytesIO(good)
-    for _ in range(3):                     # magic, protocol, sys_info
+    for _ in range(3):  # magic, protocol, sys_info
         pickle.load(head)
     evil = good[: head.tell()] + pickle.dumps(Reduce(os.system, "touch %s" % marker), protocol=2)
     path.write_bytes(evil)
@@ -173,10 +181,17 @@ def test_legacy_file_with_attack(tmp_path):
     assert not os.path.exists(marker)
 
 
-@pytest.mark.parametrize("module,name", [
-    ("torch.nn.modules.rnn", "GRU"), ("numpy.core.multiarray", "_reconstruct"),
-    ("collections", "defaultdict"), ("copyreg", "_reconstructor"), ("torch", "load"),
-    ("torch._utils", "_rebuild_qtensor")])
+@pytest.mark.parametrize(
+    "module,name",
+    [
+        ("torch.nn.modules.rnn", "GRU"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("collections", "defaultdict"),
+        ("copyreg", "_reconstructor"),
+        ("torch", "load"),
+        ("torch._utils", "_rebuild_qtensor"),
+    ],
+)
 def test_unlisted_globals_named(module, name, tmp_path):
     pkl = b"\x80\x02c" + module.encode() + b"\n" + name.encode() + b"\n)R."
     path = torch_zip(tmp_path / "g.pt", pkl=pkl)
@@ -192,7 +207,7 @@ def test_whole_module_and_torchscript(tmp_path):
     import warnings
 
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")            # torch.jit is deprecated in 2.13
+        warnings.simplefilter("ignore")  # torch.jit is deprecated in 2.13
         torch.jit.script(torch.nn.GRU(3, 4)).save(str(tmp_path / "ts.pt"))
     with pytest.raises(rnnfast.FormatError, match="TorchScript"):
         rnnfast.load(str(tmp_path / "ts.pt"))
@@ -216,14 +231,17 @@ def test_storage_claims_more_than_its_record(tmp_path):
     sd, storages, _, _ = gru_state()
     storages["0"] = storages["0"][:100]
     path = torch_zip(tmp_path / "short.pt", sd, storages)
-    with pytest.raises(rnnfast.FormatError, match=r"storage '0' claims \d+ float32 elements .* "
-                                                  r"holds 100 bytes"):
+    with pytest.raises(
+        rnnfast.FormatError,
+        match=r"storage '0' claims \d+ float32 elements .* "
+        r"holds 100 bytes",
+    ):
         rnnfast.load(path)
 
 
 def test_absurd_storage_size_refused_before_allocating(tmp_path):
     sd, storages, _, _ = gru_state()
-    huge = FakeStorage("0", 10 ** 15)
+    huge = FakeStorage("0", 10**15)
     for k in sd:
         sd[k].args = (huge,) + sd[k].args[1:]
     path = torch_zip(tmp_path / "huge.pt", sd, storages)
@@ -231,19 +249,23 @@ def test_absurd_storage_size_refused_before_allocating(tmp_path):
     def load():
         with pytest.raises(rnnfast.FormatError, match=r"storage '0' claims 1000000000000000"):
             rnnfast.load(path)
+
     _limited(load)
 
 
-@pytest.mark.parametrize("offset,size,stride,msg", [
-    (0, (10 ** 9, 3), (3, 1), "does not fit"),
-    (10 ** 12, (4,), (1,), "does not fit"),
-    (0, (4, 4), (100, 1), "does not fit"),
-    (0, (4,), (-1,), "negative"),
-    (-1, (4,), (1,), "negative"),
-    (0, (4, 4), (1,), "differ in length"),
-    (0, (4.0,), (1,), "integer"),
-    (0, [2] * 40, [1] * 40, "dimensions"),
-])
+@pytest.mark.parametrize(
+    "offset,size,stride,msg",
+    [
+        (0, (10**9, 3), (3, 1), "does not fit"),
+        (10**12, (4,), (1,), "does not fit"),
+        (0, (4, 4), (100, 1), "does not fit"),
+        (0, (4,), (-1,), "negative"),
+        (-1, (4,), (1,), "negative"),
+        (0, (4, 4), (1,), "differ in length"),
+        (0, (4.0,), (1,), "integer"),
+        (0, [2] * 40, [1] * 40, "dimensions"),
+    ],
+)
 def test_views_outside_their_storage(offset, size, stride, msg, tmp_path):
     sd, storages, _, _ = gru_state()
     storage = sd["weight_ih_l0"].args[0]
@@ -294,8 +316,9 @@ def good_files(tmp_path_factory):
     torch.save(m.state_dict(), str(d / "m.pt"))
     torch.save(m.state_dict(), str(d / "legacy.pt"), _use_new_zipfile_serialization=False)
     safetensors_torch.save_file(m.state_dict(), str(d / "m.safetensors"))
-    return {k: (d / f).read_bytes() for k, f in
-            [("zip", "m.pt"), ("legacy", "legacy.pt"), ("safetensors", "m.safetensors")]}
+    return {
+        k: (d / f).read_bytes() for k, f in [("zip", "m.pt"), ("legacy", "legacy.pt"), ("safetensors", "m.safetensors")]
+    }
 
 
 @pytest.mark.parametrize("kind", ["zip", "legacy", "safetensors"])
@@ -303,9 +326,23 @@ def test_truncated_files(kind, good_files, tmp_path):
     data = good_files[kind]
     path = tmp_path / "cut.bin"
     path.write_bytes(data)
-    rnnfast.load(str(path))                     # the whole file loads
-    cuts = sorted({1, 5, 9, 17, 40, 100, len(data) // 3, len(data) // 2, len(data) - 200, len(data) - 22,
-                   len(data) - 5, len(data) - 1})
+    rnnfast.load(str(path))  # the whole file loads
+    cuts = sorted(
+        {
+            1,
+            5,
+            9,
+            17,
+            40,
+            100,
+            len(data) // 3,
+            len(data) // 2,
+            len(data) - 200,
+            len(data) - 22,
+            len(data) - 5,
+            len(data) - 1,
+        }
+    )
     for cut in cuts:
         path.write_bytes(data[:cut])
         with pytest.raises(rnnfast.FormatError):
@@ -329,8 +366,7 @@ def test_corrupted_bytes(kind, good_files, tmp_path):
             pass
 
 
-@pytest.mark.parametrize("head", [b"", b"\x80\x02", b"\x80\x04", b"PK\x03\x04",
-                                  b"\x10\x00\x00\x00\x00\x00\x00\x00{"])
+@pytest.mark.parametrize("head", [b"", b"\x80\x02", b"\x80\x04", b"PK\x03\x04", b"\x10\x00\x00\x00\x00\x00\x00\x00{"])
 def test_random_bytes(head, tmp_path):
     rng = np.random.default_rng(len(head))
     path = tmp_path / "random.bin"
@@ -371,19 +407,28 @@ def _st(path, header, data=b"", raw_len=None):
     return str(path)
 
 
-@pytest.mark.parametrize("header,data,msg", [
-    ({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 4, "outside"),
-    ({"w": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, b"\0" * 8, "needs 12 bytes"),
-    ({"w": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}}, b"\0" * 8, "invalid shape"),
-    ({"w": {"dtype": "F32", "shape": [2.0], "data_offsets": [0, 8]}}, b"\0" * 8, "invalid shape"),
-    ({"w": {"dtype": "Q4", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 8, "unknown dtype"),
-    ({"w": {"dtype": "F32", "shape": [2], "data_offsets": [8, 0]}}, b"\0" * 8, "data_offsets"),
-    ({"w": {"dtype": "F32", "shape": [2]}}, b"\0" * 8, "exactly dtype"),
-    ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
-      "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, b"\0" * 12, "overlap"),
-    ({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 8, "cover"),
-    ({"__metadata__": {"a": 1}}, b"", "__metadata__"),
-])
+@pytest.mark.parametrize(
+    "header,data,msg",
+    [
+        ({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 4, "outside"),
+        ({"w": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, b"\0" * 8, "needs 12 bytes"),
+        ({"w": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}}, b"\0" * 8, "invalid shape"),
+        ({"w": {"dtype": "F32", "shape": [2.0], "data_offsets": [0, 8]}}, b"\0" * 8, "invalid shape"),
+        ({"w": {"dtype": "Q4", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 8, "unknown dtype"),
+        ({"w": {"dtype": "F32", "shape": [2], "data_offsets": [8, 0]}}, b"\0" * 8, "data_offsets"),
+        ({"w": {"dtype": "F32", "shape": [2]}}, b"\0" * 8, "exactly dtype"),
+        (
+            {
+                "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]},
+            },
+            b"\0" * 12,
+            "overlap",
+        ),
+        ({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 8, "cover"),
+        ({"__metadata__": {"a": 1}}, b"", "__metadata__"),
+    ],
+)
 def test_safetensors_header_checks(header, data, msg, tmp_path):
     with pytest.raises(rnnfast.FormatError, match=msg):
         rnnfast.load(_st(tmp_path / "h.safetensors", header, data))
@@ -391,8 +436,11 @@ def test_safetensors_header_checks(header, data, msg, tmp_path):
 
 def test_safetensors_sizes_and_json(tmp_path):
     path = tmp_path / "s.safetensors"
-    _limited(lambda: pytest.raises(rnnfast.FormatError, rnnfast.load,
-                                   _st(path, b"{" + b" " * 10, raw_len=1 << 62)).match("header claims"))
+    _limited(
+        lambda: pytest.raises(rnnfast.FormatError, rnnfast.load, _st(path, b"{" + b" " * 10, raw_len=1 << 62)).match(
+            "header claims"
+        )
+    )
     with pytest.raises(rnnfast.FormatError, match="truncated"):
         rnnfast.load(_st(path, b"{}", raw_len=5000))
     with pytest.raises(rnnfast.FormatError, match="not valid JSON"):

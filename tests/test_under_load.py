@@ -1,6 +1,7 @@
 """The blocked strategy on a busy machine: tasks taken over from a thread that is not
 running, the backoff to one thread, and teams sized from the work -- never a change
 in the results (bitwise, for every team size and schedule)."""
+
 import numpy as np
 import pytest
 
@@ -12,11 +13,15 @@ CELLS = {"gru": 3, "lstm": 4, "simple": 1}
 
 def make_layer(rng, cell, I, H, ndir, dtype=np.float32):
     G = CELLS[cell]
-    dirs = [CellWeights(kernel=(0.1 * rng.standard_normal((I, G * H))).astype(dtype),
-                        recurrent_kernel=(0.1 * rng.standard_normal((H, G * H))).astype(dtype),
-                        bias=(0.1 * rng.standard_normal(G * H)).astype(dtype),
-                        recurrent_bias=(0.1 * rng.standard_normal(G * H)).astype(dtype))
-            for _ in range(ndir)]
+    dirs = [
+        CellWeights(
+            kernel=(0.1 * rng.standard_normal((I, G * H))).astype(dtype),
+            recurrent_kernel=(0.1 * rng.standard_normal((H, G * H))).astype(dtype),
+            bias=(0.1 * rng.standard_normal(G * H)).astype(dtype),
+            recurrent_bias=(0.1 * rng.standard_normal(G * H)).astype(dtype),
+        )
+        for _ in range(ndir)
+    ]
     return RNNLayer(cell, dirs, dtype=dtype)
 
 
@@ -30,15 +35,14 @@ def _hooks_off():
 
 
 # (thread, microseconds, every k-th phase, inside a claimed task)
-DELAYS = [(1, 300, 3, False), (0, 300, 4, False), (1, 200, 5, True), (0, 150, 7, True),
-          (2, 500, 2, False)]
+DELAYS = [(1, 300, 3, False), (0, 300, 4, False), (1, 200, 5, True), (0, 150, 7, True), (2, 500, 2, False)]
 
 
 @pytest.mark.parametrize("cell", sorted(CELLS))
 @pytest.mark.parametrize("H,B,ndir", [(128, 1, 1), (256, 3, 2), (512, 70, 1)])
 def test_bitwise_with_a_thread_delayed(rng, cell, H, B, ndir):
     layer = make_layer(rng, cell, 24, H, ndir)
-    assert layer._ncb > 1                     # the blocked strategy
+    assert layer._ncb > 1  # the blocked strategy
     x = rng.standard_normal((40, B, 24)).astype(np.float32)
     mask = rng.random((40, B)) > 0.2
     ref, h_ref, _ = layer.forward(x, mask=mask, num_threads=1)
@@ -69,18 +73,18 @@ def test_absent_partner_backs_off_to_one_thread_and_recovers(rng):
     layer = make_layer(rng, "gru", 32, 256, 1)
     x = rng.standard_normal((60, 1, 32)).astype(np.float32)
     ref = layer.forward(x, num_threads=1)[0]
-    _kernels.debug_delay(1, 5000, 1, False)              # thread 1 sleeps before every phase
+    _kernels.debug_delay(1, 5000, 1, False)  # thread 1 sleeps before every phase
     out = layer.forward(x, num_threads=2)[0]
     assert np.array_equal(out, ref)
     left, length = _kernels.team_backoff()
-    assert (left, length) == (1, 2)                       # the next call runs alone
-    out = layer.forward(x, num_threads=2)[0]              # (alone: the backoff is spent)
+    assert (left, length) == (1, 2)  # the next call runs alone
+    out = layer.forward(x, num_threads=2)[0]  # (alone: the backoff is spent)
     assert _kernels.team_backoff() == (0, 2)
-    out = layer.forward(x, num_threads=2)[0]              # on two again: still absent
+    out = layer.forward(x, num_threads=2)[0]  # on two again: still absent
     assert _kernels.team_backoff() == (2, 4)
     _kernels.debug_delay()
     _kernels.team_backoff(reset=True)
-    for _ in range(3):                                    # whoever runs: the same bits
+    for _ in range(3):  # whoever runs: the same bits
         assert np.array_equal(layer.forward(x, num_threads=2)[0], ref)
 
 

@@ -6,17 +6,18 @@ classes :class:`KerasModel` and :class:`TorchRNN`, the thread settings
 :func:`example` / :func:`examples`, the errors :class:`FormatError`
 and :class:`UnsupportedLayerError`, and the canonical layers in :mod:`rnnfast.layers`.
 """
+
+from ._threads import get_num_threads, load_kernels, set_num_threads
 from ._version import __version__
 from .errors import FormatError, RnnfastError, UnsupportedLayerError
-from ._threads import get_num_threads, set_num_threads, load_kernels
 
-load_kernels()      # before anything imports the compiled core: see its docstring
+load_kernels()  # before anything imports the compiled core: see its docstring
 from . import cells, layers  # noqa: E402
+from .demo import example, examples  # noqa: E402
+from .io import from_keras, from_torch, load  # noqa: E402
 from .model import Sequential  # noqa: E402
 from .model_keras import KerasModel  # noqa: E402
 from .model_torch import TorchRNN  # noqa: E402
-from .io import load, from_keras, from_torch  # noqa: E402
-from .demo import example, examples  # noqa: E402
 
 __all__ = [
     "__version__",

@@ -28,6 +28,7 @@ fast, on the thread count rnnfast runs, and the table says which mode each ran i
 Every engine runs the same input; timings are medians of interleaved runs after a
 warm-up. Peers' calls are not capped below what they do by default in any other way.
 """
+
 import importlib.util
 import os
 import platform
@@ -43,8 +44,11 @@ from .io.torch_convert import torch_state_dict
 __all__ = ["PEERS", "MODES", "torch_module", "run_bench", "timeit", "median_time"]
 
 PEERS = ("torch", "onnxruntime", "keras")
-_INSTALL = {"torch": "pip install torch", "onnxruntime": "pip install onnxruntime onnx",
-            "keras": "pip install keras (and a backend: tensorflow, torch or jax)"}
+_INSTALL = {
+    "torch": "pip install torch",
+    "onnxruntime": "pip install onnxruntime onnx",
+    "keras": "pip install keras (and a backend: tensorflow, torch or jax)",
+}
 
 
 #: How each engine is called, by its mode tag (the tag ends the engine's name in the table).
@@ -53,7 +57,7 @@ MODES = {
     "no_grad": "the torch.nn module in eval mode, called under torch.no_grad()",
     "session": "onnxruntime.InferenceSession.run of the torch.onnx export",
     "keras-torch": "keras model(x, training=False) under torch.no_grad() (the torch backend has no "
-                   "compiled inference call)",
+    "compiled inference call)",
     "predict_on_batch": "keras model.predict_on_batch(x) (compiled by Keras' backend)",
     "xla": "tf.function(lambda x: model(x, training=False), jit_compile=True), compiled once by XLA",
 }
@@ -85,8 +89,7 @@ def torch_module(rnn):
     """
     import torch
 
-    kw = dict(num_layers=rnn.num_layers, bias=rnn.bias, batch_first=rnn.batch_first,
-              bidirectional=rnn.bidirectional)
+    kw = dict(num_layers=rnn.num_layers, bias=rnn.bias, batch_first=rnn.batch_first, bidirectional=rnn.bidirectional)
     if rnn.proj_size:
         kw["proj_size"] = rnn.proj_size
     if rnn.nonlinearity is not None:
@@ -115,18 +118,25 @@ def _torch_peer(rnn, x, threads):
     def output():
         return run()[0].numpy()
 
-    return [("torch %s no_grad" % torch.__version__.split("+")[0], "no_grad", run, output,
-             "torch.set_num_threads(%d)" % torch.get_num_threads())]
+    return [
+        (
+            "torch %s no_grad" % torch.__version__.split("+")[0],
+            "no_grad",
+            run,
+            output,
+            "torch.set_num_threads(%d)" % torch.get_num_threads(),
+        )
+    ]
 
 
 def _onnx_peer(rnn, x, threads, tmpdir):
     missing = [m for m in ("torch", "onnx", "onnxruntime") if not _have(m)]
     if missing:
-        raise PeerUnavailable("needs %s, not installed (%s)"
-                              % (" and ".join(missing), _INSTALL["onnxruntime"]))
+        raise PeerUnavailable("needs %s, not installed (%s)" % (" and ".join(missing), _INSTALL["onnxruntime"]))
     if rnn.dtype != np.float32:
-        raise PeerUnavailable("ONNX Runtime runs its recurrent operators in float32 only; the model is %s"
-                              % rnn.dtype.name)
+        raise PeerUnavailable(
+            "ONNX Runtime runs its recurrent operators in float32 only; the model is %s" % rnn.dtype.name
+        )
     if rnn.proj_size:
         raise PeerUnavailable("ONNX has no LSTM projection (proj_size)")
     import warnings
@@ -138,14 +148,21 @@ def _onnx_peer(rnn, x, threads, tmpdir):
     path = os.path.join(tmpdir, "model.onnx")
     xt = torch.from_numpy(x)
     errors = []
-    for extra in (dict(dynamo=False), {}):         # the TorchScript exporter, else the default one
+    for extra in (dict(dynamo=False), {}):  # the TorchScript exporter, else the default one
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                torch.onnx.export(m, (xt,), path, input_names=["x"], output_names=["out"],
-                                  dynamic_axes={"x": {0: "a", 1: "b"}}, **extra)
+                torch.onnx.export(
+                    m,
+                    (xt,),
+                    path,
+                    input_names=["x"],
+                    output_names=["out"],
+                    dynamic_axes={"x": {0: "a", 1: "b"}},
+                    **extra,
+                )
             break
-        except Exception as e:                     # noqa: BLE001 - any exporter failure: say it
+        except Exception as e:
             errors.append("%s: %s" % (type(e).__name__, str(e).splitlines()[0] if str(e) else ""))
     else:
         raise PeerUnavailable("torch.onnx.export failed (%s)" % "; ".join(errors))
@@ -158,8 +175,15 @@ def _onnx_peer(rnn, x, threads, tmpdir):
     def run():
         return sess.run(None, feed)
 
-    return [("onnxruntime %s session" % ort.__version__, "session", run, lambda: run()[0],
-             "intra_op_num_threads=%d, inter_op_num_threads=1" % threads)]
+    return [
+        (
+            "onnxruntime %s session" % ort.__version__,
+            "session",
+            run,
+            lambda: run()[0],
+            "intra_op_num_threads=%d, inter_op_num_threads=1" % threads,
+        )
+    ]
 
 
 def _keras_peer(path, x, threads):
@@ -175,17 +199,21 @@ def _keras_peer(path, x, threads):
     tf_threads = None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow" and "keras" not in sys.modules \
-                and _have("tensorflow"):
-            tf_threads = _tf_set_threads(threads)     # before Keras (and TensorFlow) start
+        if (
+            os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow"
+            and "keras" not in sys.modules
+            and _have("tensorflow")
+        ):
+            tf_threads = _tf_set_threads(threads)  # before Keras (and TensorFlow) start
         import keras
 
         backend = keras.backend.backend()
         try:
             km = keras.saving.load_model(path, compile=False)
-        except Exception as e:                     # noqa: BLE001 - report why Keras cannot load it
-            raise PeerUnavailable("Keras %s cannot load %s (%s: %s)"
-                                  % (keras.__version__, path, type(e).__name__, e)) from None
+        except Exception as e:
+            raise PeerUnavailable(
+                "Keras %s cannot load %s (%s: %s)" % (keras.__version__, path, type(e).__name__, e)
+            ) from None
     name = "keras %s (%s)" % (keras.__version__, {"tensorflow": "tf"}.get(backend, backend))
 
     def first(y):
@@ -201,8 +229,15 @@ def _keras_peer(path, x, threads):
             with torch.no_grad():
                 return km(x, training=False)
 
-        return [(name + " no_grad", "keras-torch", run, lambda: first(run()),
-                 "torch.set_num_threads(%d)" % torch.get_num_threads())]
+        return [
+            (
+                name + " no_grad",
+                "keras-torch",
+                run,
+                lambda: first(run()),
+                "torch.set_num_threads(%d)" % torch.get_num_threads(),
+            )
+        ]
 
     def on_batch():
         return km.predict_on_batch(x)
@@ -218,18 +253,32 @@ def _keras_peer(path, x, threads):
         def run_xla():
             return compiled(xt)
 
-        engines = [(name + " predict_on_batch", "predict_on_batch", on_batch, lambda: first(on_batch()),
-                    tf_threads)]
+        engines = [(name + " predict_on_batch", "predict_on_batch", on_batch, lambda: first(on_batch()), tf_threads)]
         try:
-            run_xla()                                 # compile now: a model XLA cannot compile is said so
-        except Exception as e:                        # noqa: BLE001 - report, keep predict_on_batch
-            engines.append((name + " xla", "xla", None, None, "not run: XLA could not compile the model "
-                            "(%s: %s)" % (type(e).__name__, str(e).splitlines()[0] if str(e) else "")))
+            run_xla()  # compile now: a model XLA cannot compile is said so
+        except Exception as e:
+            engines.append(
+                (
+                    name + " xla",
+                    "xla",
+                    None,
+                    None,
+                    "not run: XLA could not compile the model "
+                    "(%s: %s)" % (type(e).__name__, str(e).splitlines()[0] if str(e) else ""),
+                )
+            )
         else:
             engines.append((name + " xla", "xla", run_xla, lambda: first(run_xla()), tf_threads))
         return engines
-    return [(name + " predict_on_batch", "predict_on_batch", on_batch, lambda: first(on_batch()),
-             "threads not set: %s cannot change them once it runs" % backend)]
+    return [
+        (
+            name + " predict_on_batch",
+            "predict_on_batch",
+            on_batch,
+            lambda: first(on_batch()),
+            "threads not set: %s cannot change them once it runs" % backend,
+        )
+    ]
 
 
 def _tf_set_threads(threads):
@@ -243,7 +292,9 @@ def _tf_set_threads(threads):
     except RuntimeError:
         have = tf.config.threading.get_intra_op_parallelism_threads()
         return "TensorFlow's own threads (intra-op %s): it had started before rnnfast could set %d" % (
-            have or "default", threads)
+            have or "default",
+            threads,
+        )
     return "intra-op threads %d, inter-op 1" % threads
 
 
@@ -258,7 +309,7 @@ def _input(model, batch, time_steps, rng):
     if time_steps and fixed is not None and time_steps != fixed:
         raise ValueError("the model takes %d time steps; --time %d does not fit" % (fixed, time_steps))
     T = fixed or time_steps or 100
-    if d["integer_input"]:                        # integer ids for an Embedding
+    if d["integer_input"]:  # integer ids for an Embedding
         vocab = d["vocabulary"] or 2
         return rng.integers(1, max(vocab, 2), size=(batch, T)).astype(np.int64)
     dt = d["dtype"] if d["dtype"] is not None else np.float32
@@ -296,8 +347,9 @@ def timeit(fns, repeats=None, budget_s=1.0, min_repeats=5, max_repeats=100):
             t0 = time.perf_counter()
             f()
             times[k].append(time.perf_counter() - t0)
-    return {k: (float(np.median(v)), float(np.percentile(v, 10)), float(np.percentile(v, 90)))
-            for k, v in times.items()}, repeats
+    return {
+        k: (float(np.median(v)), float(np.percentile(v, 10)), float(np.percentile(v, 90))) for k, v in times.items()
+    }, repeats
 
 
 def median_time(fn, repeats=None, budget_s=1.0, min_repeats=5, max_repeats=100):
@@ -323,8 +375,9 @@ def _plot(rows, title, path, out):
     ax.invert_yaxis()
     ax.set_xlabel("median ms per call (lower is better)")
     for b, r in zip(bars, rows):
-        ax.text(b.get_width(), b.get_y() + b.get_height() / 2, " %.3g ms" % (r["median_s"] * 1e3),
-                va="center", fontsize=8)
+        ax.text(
+            b.get_width(), b.get_y() + b.get_height() / 2, " %.3g ms" % (r["median_s"] * 1e3), va="center", fontsize=8
+        )
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     try:
@@ -337,8 +390,9 @@ def _plot(rows, title, path, out):
         plt.close(fig)
 
 
-def run_bench(model, path, *, batch=None, time_steps=None, threads=None, peers=None, repeats=None,
-              plot=None, out=print, seed=0):
+def run_bench(
+    model, path, *, batch=None, time_steps=None, threads=None, peers=None, repeats=None, plot=None, out=print, seed=0
+):
     """Time ``model`` (loaded from ``path``) and its peers; print the table.
 
     Parameters
@@ -379,17 +433,28 @@ def run_bench(model, path, *, batch=None, time_steps=None, threads=None, peers=N
         peers = list(applicable)
     kind = "PyTorch" if is_torch else "Keras"
     out("rnnfast bench: %s" % (repr(model).splitlines()[0]))
-    out("input %s %s, %d thread%s; %s, %s, %d cores" % (
-        x.shape, x.dtype, threads, "s" if threads != 1 else "", platform.machine(),
-        platform.python_implementation() + " " + platform.python_version(), os.cpu_count() or 0))
+    out(
+        "input %s %s, %d thread%s; %s, %s, %d cores"
+        % (
+            x.shape,
+            x.dtype,
+            threads,
+            "s" if threads != 1 else "",
+            platform.machine(),
+            platform.python_implementation() + " " + platform.python_version(),
+            os.cpu_count() or 0,
+        )
+    )
 
     if is_torch:
+
         def fast():
             return model(x, num_threads=threads)
 
         def fast_out():
             return fast()[0]
     else:
+
         def fast():
             return model.predict(x, num_threads=threads)
 
@@ -405,8 +470,10 @@ def run_bench(model, path, *, batch=None, time_steps=None, threads=None, peers=N
         for p in peers:
             try:
                 if p not in applicable:
-                    raise PeerUnavailable("runs %s models; %s is a %s model" % (
-                        "PyTorch" if p != "keras" else "Keras", os.path.basename(path), kind))
+                    raise PeerUnavailable(
+                        "runs %s models; %s is a %s model"
+                        % ("PyTorch" if p != "keras" else "Keras", os.path.basename(path), kind)
+                    )
                 if p == "torch":
                     ran = _torch_peer(model, x, threads)
                 elif p == "onnxruntime":
@@ -433,22 +500,42 @@ def run_bench(model, path, *, batch=None, time_steps=None, threads=None, peers=N
     base = stats["rnnfast"][0]
     rows = []
     for name, (med, p10, p90) in stats.items():
-        rows.append(dict(engine=name, median_s=med, p10_s=p10, p90_s=p90, seq_per_s=batch / med,
-                         speedup=med / base, max_abs_diff=diffs.get(name)))
+        rows.append(
+            dict(
+                engine=name,
+                median_s=med,
+                p10_s=p10,
+                p90_s=p90,
+                seq_per_s=batch / med,
+                speedup=med / base,
+                max_abs_diff=diffs.get(name),
+            )
+        )
     out("")
-    head = "%-36s %11s %19s %12s %13s %11s" % ("engine", "median ms", "p10-p90 ms", "seq/s",
-                                              "rnnfast is", "max|diff|")
+    head = "%-36s %11s %19s %12s %13s %11s" % ("engine", "median ms", "p10-p90 ms", "seq/s", "rnnfast is", "max|diff|")
     out(head)
     out("-" * len(head))
     for r in rows:
-        vs = "-" if r["engine"] == "rnnfast" else "%.2fx faster" % r["speedup"] if r["speedup"] >= 1 \
+        vs = (
+            "-"
+            if r["engine"] == "rnnfast"
+            else "%.2fx faster" % r["speedup"]
+            if r["speedup"] >= 1
             else "%.2fx slower" % (1 / r["speedup"])
-        out("%-36s %11.3f %19s %12.0f %13s %11s" % (
-            r["engine"], r["median_s"] * 1e3, "%.3f-%.3f" % (r["p10_s"] * 1e3, r["p90_s"] * 1e3),
-            r["seq_per_s"], vs, "-" if r["max_abs_diff"] is None else "%.1e" % r["max_abs_diff"]))
+        )
+        out(
+            "%-36s %11.3f %19s %12.0f %13s %11s"
+            % (
+                r["engine"],
+                r["median_s"] * 1e3,
+                "%.3f-%.3f" % (r["p10_s"] * 1e3, r["p90_s"] * 1e3),
+                r["seq_per_s"],
+                vs,
+                "-" if r["max_abs_diff"] is None else "%.1e" % r["max_abs_diff"],
+            )
+        )
     out("")
-    out("medians of %d interleaved runs after a warm-up; 'rnnfast is': the peer's median over "
-        "rnnfast's;" % n)
+    out("medians of %d interleaved runs after a warm-up; 'rnnfast is': the peer's median over rnnfast's;" % n)
     out("max|diff|: the largest difference of the peer's output from rnnfast's.")
     out("how each engine ran (every peer as its users run inference fast, on rnnfast's thread count):")
     for name, mode, thread_note in modes:

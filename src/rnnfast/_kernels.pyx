@@ -165,7 +165,7 @@ def packed_matmul(const floating[:, ::1] A, const floating[:, ::1] B, int repeat
     cdef const rnn_kernels *t = _kernels_of(isa)
     cdef long M = A.shape[0], K = A.shape[1], N = B.shape[1]
     cdef const floating *bp = NULL
-    cdef int i
+    cdef int _rep
     if B.shape[0] != K:
         raise ValueError("shapes %s and %s do not multiply" % ((M, K), (K, N)))
     if bias is not None:
@@ -186,7 +186,7 @@ def packed_matmul(const floating[:, ::1] A, const floating[:, ::1] B, int repeat
         return out
     with nogil:
         _pack(K, N, &B[0, 0], N, &P[0])
-        for i in range(repeat):
+        for _rep in range(repeat):
             if floating is float:
                 t.f.gemm_packed(M, N, K, &A[0, 0], K, &P[0], bp, &C[0, 0], N)
             else:

@@ -16,6 +16,7 @@ itself), so results are bitwise identical for any number of threads.
 
 Measured: see bench/README.md.
 """
+
 from typing import NamedTuple
 
 from . import _kernels
@@ -76,11 +77,11 @@ BLOCKED = int(_kernels.RNN_STRATEGY_BLOCKED)
 class Plan(NamedTuple):
     """How one layer call runs (the compiled core's ``rnn_plan``)."""
 
-    strategy: int           #: ITEM or BLOCKED
-    unit_blocks: int        #: unit blocks of the layer's gate columns
-    batch_rows: int         #: rows per batch block
-    chunk: int              #: steps per projection chunk
-    num_threads: int        #: the team size
+    strategy: int  #: ITEM or BLOCKED
+    unit_blocks: int  #: unit blocks of the layer's gate columns
+    batch_rows: int  #: rows per batch block
+    chunk: int  #: steps per projection chunk
+    num_threads: int  #: the team size
     proj_min_rows: int = PROJ_MIN_ROWS
     proj_max_tasks: int = PROJ_MAX_TASKS
 

@@ -1,5 +1,6 @@
 """Batched prediction and its Keras-like progress bar: the one copy used by
 :meth:`KerasModel.predict`, :meth:`TorchRNN.predict` and ``rnnfast predict``."""
+
 import math
 import operator
 import sys
@@ -68,7 +69,7 @@ class ProgressBar:
         try:
             "━".encode(enc)
             self._chars = ("━", "━")
-            self._dim = ("\x1b[2m", "\x1b[0m") if self._tty else ("", "")   # the rest: dimmed
+            self._dim = ("\x1b[2m", "\x1b[0m") if self._tty else ("", "")  # the rest: dimmed
         except (UnicodeEncodeError, LookupError):
             self._chars = ("=", ".")
             self._dim = ("", "")
@@ -81,13 +82,13 @@ class ProgressBar:
         bar = self._chars[0] * filled + (self._dim[0] + self._chars[1] * rest + self._dim[1] if rest else "")
         elapsed = time.perf_counter() - self.start
         per = elapsed / n if n else 0.0
-        shown = elapsed if n >= total else per * (total - n)      # eta while running
+        shown = elapsed if n >= total else per * (total - n)  # eta while running
         return "%*d/%d %s %s %s" % (digits, n, total, bar, _fmt_time(shown), _per_step(per))
 
     def update(self, done):
         """Record that ``done`` steps (in all) are finished, and redraw if due."""
         self.done = done
-        if self.verbose != 1 or not self._tty or done >= self.total:   # the last line: close()
+        if self.verbose != 1 or not self._tty or done >= self.total:  # the last line: close()
             return
         now = time.perf_counter()
         if now - self._last_draw < 0.1:

@@ -4,6 +4,7 @@ path, and variable-length rows padded in buckets.
 
 Nothing here imports Dask or Ray.
 """
+
 import os
 import threading
 from contextlib import contextmanager
@@ -16,8 +17,19 @@ from .model import Sequential
 from .model_keras import EmbeddingNode, KerasModel, MaskingNode
 from .model_torch import TorchRNN
 
-__all__ = ["Runner", "ModelRef", "resolve_model", "BUDGET", "ThreadBudget", "plan_buckets",
-           "as_rows", "check_padding", "predict_rows", "flatten", "unflatten"]
+__all__ = [
+    "Runner",
+    "ModelRef",
+    "resolve_model",
+    "BUDGET",
+    "ThreadBudget",
+    "plan_buckets",
+    "as_rows",
+    "check_padding",
+    "predict_rows",
+    "flatten",
+    "unflatten",
+]
 
 
 # -- the model's outputs, flat ----------------------------------------------------------
@@ -84,8 +96,10 @@ class Runner:
         elif isinstance(model, (KerasModel, Sequential)):
             self.kind = "keras"
             if self.return_state:
-                raise ValueError("return_state is for a TorchRNN; a Keras model's outputs are its own "
-                                 "(a recurrent layer with return_state=True adds its states to them)")
+                raise ValueError(
+                    "return_state is for a TorchRNN; a Keras model's outputs are its own "
+                    "(a recurrent layer with return_state=True adds its states to them)"
+                )
             if isinstance(model, KerasModel):
                 self.integer_input = model._integer_input
                 self.dtype = model._input_dtype if not self.integer_input else np.dtype(np.int64)
@@ -95,8 +109,9 @@ class Runner:
                 elif isinstance(first, EmbeddingNode) and first.mask_zero:
                     self.masks_padding = True
         else:
-            raise TypeError("expected an rnnfast model (KerasModel, TorchRNN, Sequential), got %s"
-                            % type(model).__name__)
+            raise TypeError(
+                "expected an rnnfast model (KerasModel, TorchRNN, Sequential), got %s" % type(model).__name__
+            )
         self.time_axis = 1 - self.batch_axis
         if self.kind == "torch":
             self.features = model.input_size
@@ -115,12 +130,14 @@ class Runner:
             out, states = self.model(x, lengths=lengths, num_threads=num_threads)
             if not self.return_state:
                 return [out], 0
-            if isinstance(states, tuple):                # as the module returns them
+            if isinstance(states, tuple):  # as the module returns them
                 return [out, states[0], states[1]], (0, (1, 2))
             return [out, states], (0, 1)
         if lengths is not None:
-            raise ValueError("lengths are for a TorchRNN: a Keras model takes its masks from the model "
-                             "(Masking, Embedding(mask_zero=True)); pad the rows with the mask value instead")
+            raise ValueError(
+                "lengths are for a TorchRNN: a Keras model takes its masks from the model "
+                "(Masking, Embedding(mask_zero=True)); pad the rows with the mask value instead"
+            )
         y = self.model.predict(x, num_threads=num_threads)
         leaves, skeleton = flatten(y)
         return leaves, skeleton
@@ -141,8 +158,9 @@ class Runner:
         for s in range(0, B, batch_size):
             sl = [slice(None)] * x.ndim
             sl[self.batch_axis] = slice(s, s + batch_size)
-            leaves, skeleton = self.run(x[tuple(sl)], None if lengths is None else lengths[s:s + batch_size],
-                                        num_threads)
+            leaves, skeleton = self.run(
+                x[tuple(sl)], None if lengths is None else lengths[s : s + batch_size], num_threads
+            )
             parts.append(leaves)
         axes = self.output_batch_axes(len(parts[0]))
         return [np.concatenate([p[k] for p in parts], axis=axes[k]) for k in range(len(axes))], skeleton
@@ -261,18 +279,22 @@ def as_rows(values, integer_input, features):
     rows = []
     want = 1 if integer_input else 2
     for i, v in enumerate(values):
-        if hasattr(v, "as_py"):                     # a pyarrow scalar
+        if hasattr(v, "as_py"):  # a pyarrow scalar
             v = v.as_py()
         if isinstance(v, (str, bytes)):
-            raise ValueError("row %d is a string, not a sequence: Dask turns a pandas column of arrays into "
-                             "strings unless dask.config.set({'dataframe.convert-string': False}) is in "
-                             "effect when the frame is made (dd.from_pandas)" % i)
+            raise ValueError(
+                "row %d is a string, not a sequence: Dask turns a pandas column of arrays into "
+                "strings unless dask.config.set({'dataframe.convert-string': False}) is in "
+                "effect when the frame is made (dd.from_pandas)" % i
+            )
         a = np.asarray(v)
-        if a.dtype == object:                       # e.g. parquet list<list<float>>: arrays in an array
+        if a.dtype == object:  # e.g. parquet list<list<float>>: arrays in an array
             a = np.stack([np.asarray(r) for r in a]) if len(a) else np.zeros((0, features or 0))
         if a.ndim == 0 or (a.ndim != want and not (a.size == 0 and a.ndim == 1)):
-            raise ValueError("row %d: expected a sequence of shape %s, got shape %s"
-                             % (i, "(time,) of ids" if integer_input else "(time, %s)" % features, a.shape))
+            raise ValueError(
+                "row %d: expected a sequence of shape %s, got shape %s"
+                % (i, "(time,) of ids" if integer_input else "(time, %s)" % features, a.shape)
+            )
         if a.size == 0:
             a = a.reshape((0,) if integer_input else (0, features))
         elif not integer_input and features is not None and a.shape[1] != features:
@@ -315,13 +337,13 @@ def plan_buckets(lengths, min_rows=32, overhead_rows=16, max_cuts=1024):
         i = int(np.argmin(cost))
         best[j], prev[j] = cost[i], i
     one = (n + overhead_rows) * float(L[-1])
-    if best[-1] >= 0.95 * one:                  # not worth the calls: keep the rows as they are
+    if best[-1] >= 0.95 * one:  # not worth the calls: keep the rows as they are
         return [np.arange(n)]
     out = []
     j = m - 1
     while j > 0:
         i = prev[j]
-        out.append(order[cuts[i]:cuts[j]])
+        out.append(order[cuts[i] : cuts[j]])
         j = i
     return out[::-1]
 
@@ -336,9 +358,11 @@ def check_padding(runner, padding, maxlen, lengths=None):
     if lengths is not None and (len(lengths) == 0 or lengths.min() == lengths.max()):
         return
     if maxlen is None and not runner.masks_padding:
-        raise ValueError("this model does not mask padding (no Masking or Embedding(mask_zero=True) "
-                         "first), so a row's outputs depend on how much padding it gets: pass maxlen= "
-                         "(and padding=) as the training data was padded")
+        raise ValueError(
+            "this model does not mask padding (no Masking or Embedding(mask_zero=True) "
+            "first), so a row's outputs depend on how much padding it gets: pass maxlen= "
+            "(and padding=) as the training data was padded"
+        )
 
 
 def predict_rows(runner, rows, *, num_threads=None, padding="post", maxlen=None, batch_size=None):
@@ -361,8 +385,9 @@ def predict_rows(runner, rows, *, num_threads=None, padding="post", maxlen=None,
     if maxlen is not None:
         maxlen = int(maxlen)
         if n and lengths.max() > maxlen:
-            raise ValueError("a row has %d steps, more than maxlen=%d (rnnfast does not cut rows)"
-                             % (lengths.max(), maxlen))
+            raise ValueError(
+                "a row has %d steps, more than maxlen=%d (rnnfast does not cut rows)" % (lengths.max(), maxlen)
+            )
         buckets = [np.arange(n)] if n else []
     else:
         buckets = plan_buckets(lengths)
@@ -379,9 +404,9 @@ def predict_rows(runner, rows, *, num_threads=None, padding="post", maxlen=None,
         for j, i in enumerate(idx):
             if lengths[i]:
                 if padding == "post":
-                    x[j, :lengths[i]] = rows[i]
+                    x[j, : lengths[i]] = rows[i]
                 else:
-                    x[j, T - lengths[i]:] = rows[i]
+                    x[j, T - lengths[i] :] = rows[i]
         if runner.batch_axis == 1:
             x = np.ascontiguousarray(np.swapaxes(x, 0, 1))
         leaves, skeleton = runner.run_batched(x, Lb if torch else None, num_threads, batch_size)
@@ -391,7 +416,7 @@ def predict_rows(runner, rows, *, num_threads=None, padding="post", maxlen=None,
             for j, i in enumerate(idx):
                 r = np.take(leaf, j, axis=ax)
                 if seq:
-                    r = r[:lengths[i]] if padding == "post" else r[T - lengths[i]:]
+                    r = r[: lengths[i]] if padding == "post" else r[T - lengths[i] :]
                 if per_row[i] is None:
                     per_row[i] = []
                 per_row[i].append(np.array(r))

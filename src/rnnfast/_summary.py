@@ -8,17 +8,26 @@ each layer's output shape and the tensors it is connected to, as Keras' function
 summary shows them. The title line names the model and where it came from. The models describe
 themselves (``summary_title()``, ``summary_rows()``); this module only lays the table out.
 """
+
 __all__ = ["summary_text", "Summarized"]
 
 _COLUMNS = ("name", "type", "units", "options", "parameters", "dtype")
-_HEAD = dict(name="layer", type="type", units="units", options="options", parameters="parameters",
-             dtype="dtype", output_shape="output shape", connected_to="connected to")
+_HEAD = dict(
+    name="layer",
+    type="type",
+    units="units",
+    options="options",
+    parameters="parameters",
+    dtype="dtype",
+    output_shape="output shape",
+    connected_to="connected to",
+)
 _RIGHT = {"units", "parameters"}
 
 
 def _cell(column, value):
     if column == "parameters":
-        return "{:,}".format(value)
+        return f"{value:,}"
     if column == "connected_to":
         return ", ".join(value or [])
     return str(value if value is not None else "")
@@ -61,8 +70,7 @@ def summary_text(model, source=None):
     widths = [max([len(_HEAD[c])] + [len(cell[i]) for cell in cells]) for i, c in enumerate(columns)]
 
     def line(values):
-        return "  ".join(v.rjust(w) if c in _RIGHT else v.ljust(w)
-                         for c, v, w in zip(columns, values, widths)).rstrip()
+        return "  ".join(v.rjust(w) if c in _RIGHT else v.ljust(w) for c, v, w in zip(columns, values, widths)).rstrip()
 
     sep = "-" * (sum(widths) + 2 * (len(columns) - 1))
     out = [model.summary_title()]

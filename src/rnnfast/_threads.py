@@ -66,6 +66,7 @@ rnnfast's own threads need. NumPy's BLAS is left alone. Only where the BLAS that
 uses cannot be told apart from the others (e.g. one MKL shared by NumPy and SciPy)
 are all of them limited.
 """
+
 import os
 import threading
 import warnings
@@ -73,14 +74,22 @@ from contextlib import contextmanager
 
 from . import _validation
 
-__all__ = ["set_num_threads", "get_num_threads", "resolve_num_threads", "default_num_threads",
-           "available_cpus", "max_threads", "blas_single_threaded", "load_kernels"]
+__all__ = [
+    "set_num_threads",
+    "get_num_threads",
+    "resolve_num_threads",
+    "default_num_threads",
+    "available_cpus",
+    "max_threads",
+    "blas_single_threaded",
+    "load_kernels",
+]
 
 _lock = threading.Lock()
-_num_threads = None          # None: the default (default_num_threads)
-_controllers = None          # threadpoolctl controllers of the BLAS rnnfast calls
-_local = threading.local()   # .serial: this thread must not start a parallel region (fork)
-_openmp = None               # the OpenMP runtime's entry points rnnfast needs (_OpenMP)
+_num_threads = None  # None: the default (default_num_threads)
+_controllers = None  # threadpoolctl controllers of the BLAS rnnfast calls
+_local = threading.local()  # .serial: this thread must not start a parallel region (fork)
+_openmp = None  # the OpenMP runtime's entry points rnnfast needs (_OpenMP)
 
 
 def load_kernels():
@@ -127,7 +136,7 @@ _UNREAD = object()
 def _machine_cpus():
     n = _host.get("cpus")
     if n is None:
-        n = _host["cpus"] = max(1, os.cpu_count() or 1)      # sysconf reads /sys: 6 us
+        n = _host["cpus"] = max(1, os.cpu_count() or 1)  # sysconf reads /sys: 6 us
     return n
 
 
@@ -162,7 +171,7 @@ def _cgroup_dirs(cgroup_file, mountinfo_file):
             mounts = f.read().splitlines()
     except OSError:
         return []
-    paths = {}                                  # version -> cgroup path in the hierarchy
+    paths = {}  # version -> cgroup path in the hierarchy
     for line in lines:
         parts = line.split(":", 2)
         if len(parts) != 3:
@@ -185,14 +194,14 @@ def _cgroup_dirs(cgroup_file, mountinfo_file):
         root, mountpoint = _unescape_mount(fields[3]), _unescape_mount(fields[4])
         path = paths[version]
         if root == "/" or path == root or path.startswith(root.rstrip("/") + "/"):
-            rel = path[len(root.rstrip("/")):] if root != "/" else path
+            rel = path[len(root.rstrip("/")) :] if root != "/" else path
             d = os.path.normpath(mountpoint + "/" + rel.lstrip("/"))
-        else:                     # a cgroup namespace, or a bind mount of another part
+        else:  # a cgroup namespace, or a bind mount of another part
             d = mountpoint
         if not (d == mountpoint or d.startswith(mountpoint.rstrip("/") + "/")):
-            d = mountpoint        # a path with ".." must not leave the mount
+            d = mountpoint  # a path with ".." must not leave the mount
         out.append((version, d, mountpoint))
-        del paths[version]        # the first mount of each hierarchy
+        del paths[version]  # the first mount of each hierarchy
     return out
 
 
@@ -213,7 +222,7 @@ def _read_quota(version, d):
         quota, period = int(quota), int(period)
     except (OSError, ValueError, IndexError):
         return None
-    if quota <= 0 or period <= 0:           # v1 writes -1 for "no limit"
+    if quota <= 0 or period <= 0:  # v1 writes -1 for "no limit"
         return None
     return quota / period
 
@@ -242,12 +251,12 @@ def cgroup_cpu_limit(cgroup_file="/proc/self/cgroup", mountinfo_file="/proc/self
 def available_cpus():
     """The CPUs this process may use: its affinity mask, limited by its cgroup CPU
     quota rounded up (at least 1). ``OMP_NUM_THREADS`` is not consulted here."""
-    quota = _host.get("quota", _UNREAD)       # (one lookup: another thread may clear _host)
+    quota = _host.get("quota", _UNREAD)  # (one lookup: another thread may clear _host)
     if quota is _UNREAD:
         quota = _host["quota"] = cgroup_cpu_limit()
     n = _affinity_cpus()
     if quota is not None:
-        n = min(n, max(1, -int(-quota // 1)))           # ceil
+        n = min(n, max(1, -int(-quota // 1)))  # ceil
     return max(1, min(n, _machine_cpus()))
 
 
@@ -272,8 +281,12 @@ def _parse_omp_num_threads(raw):
         return int(levels[0])
     if raw not in _warned:
         _warned.add(raw)
-        warnings.warn("rnnfast: ignoring OMP_NUM_THREADS=%r (not a positive integer, nor a list of "
-                      "them); using the CPUs this process may use" % (raw,), RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            "rnnfast: ignoring OMP_NUM_THREADS=%r (not a positive integer, nor a list of "
+            "them); using the CPUs this process may use" % (raw,),
+            RuntimeWarning,
+            stacklevel=3,
+        )
     return None
 
 
@@ -315,7 +328,7 @@ def set_num_threads(n):
     global _num_threads
     n = _validation.integer_option(n, "num_threads")
     if n is None or n == 0:
-        _host.clear()                # read the host again: it may have changed
+        _host.clear()  # read the host again: it may have changed
     _num_threads = _resolve(n)
 
 
@@ -352,13 +365,13 @@ class _OpenMP:
         try:
             import ctypes
 
-            lib = ctypes.CDLL(kernels.__file__)     # symbols resolve through its dependencies
+            lib = ctypes.CDLL(kernels.__file__)  # symbols resolve through its dependencies
         except (ImportError, OSError):
             return
         # GNU's libgomp exports GOMP_*; LLVM's and Intel's runtimes export them too, and
         # __kmpc_* besides (and have their own fork handlers)
         self.gnu = hasattr(lib, "GOMP_parallel") and not hasattr(lib, "__kmpc_fork_call")
-        if self.gnu and hasattr(lib, "omp_pause_resource_all"):     # OpenMP 5.0, GCC >= 9
+        if self.gnu and hasattr(lib, "omp_pause_resource_all"):  # OpenMP 5.0, GCC >= 9
             self.pause = lib.omp_pause_resource_all
             self.pause.argtypes = [ctypes.c_int]
             self.pause.restype = ctypes.c_int
@@ -380,16 +393,16 @@ def _before_fork():
         return
     try:
         _local.released = _openmp is None or not _openmp.gnu or _openmp.release_pool()
-    except Exception:            # never let rnnfast break a fork
+    except Exception:  # never let rnnfast break a fork
         _local.released = False
 
 
 def _after_fork_in_child():
     global _lock
-    _lock = threading.Lock()     # another thread may have held it when the process forked
-    _host.clear()                # a pool's initializer may set OMP_NUM_THREADS, pin the child...
+    _lock = threading.Lock()  # another thread may have held it when the process forked
+    _host.clear()  # a pool's initializer may set OMP_NUM_THREADS, pin the child...
     if not getattr(_local, "released", True):
-        _local.serial = True     # this thread's pool is a dead one: parallel regions would hang
+        _local.serial = True  # this thread's pool is a dead one: parallel regions would hang
 
 
 if hasattr(os, "register_at_fork"):
@@ -404,14 +417,12 @@ def _blas_controllers():
     global _controllers
     if _controllers is None:
         import scipy
+        import scipy.linalg.cython_blas
         from threadpoolctl import ThreadpoolController
-
-        import scipy.linalg.cython_blas  # noqa: F401 - make sure the BLAS we call is loaded
 
         blas = [c for c in ThreadpoolController().lib_controllers if c.user_api == "blas"]
         site = os.path.dirname(os.path.dirname(os.path.realpath(scipy.__file__)))
-        scipys = [c for c in blas
-                  if os.path.realpath(c.filepath).startswith(os.path.join(site, "scipy"))]
+        scipys = [c for c in blas if os.path.realpath(c.filepath).startswith(os.path.join(site, "scipy"))]
         _controllers = scipys or blas
     return _controllers
 

@@ -14,17 +14,37 @@ Their dtype kind must be bool, signed or unsigned integer or floating, as PyTorc
 and Keras require: complex, timedelta64, datetime64, strings, bytes, structured and
 object arrays are refused, never cast.
 """
+
 import operator
 
 import numpy as np
 
-__all__ = ["printable", "integer_option", "array", "as_numeric", "as_input", "as_state", "as_ids",
-           "model_input", "as_lengths", "as_mask", "compute_dtype", "weight"]
+__all__ = [
+    "printable",
+    "integer_option",
+    "array",
+    "as_numeric",
+    "as_input",
+    "as_state",
+    "as_ids",
+    "model_input",
+    "as_lengths",
+    "as_mask",
+    "compute_dtype",
+    "weight",
+]
 
 #: dtype kinds rnnfast computes on: bool, signed and unsigned integers, floating.
 NUMERIC_KINDS = "biuf"
-_KIND_NAMES = {"c": "complex", "m": "timedelta64", "M": "datetime64", "O": "object",
-               "U": "str", "S": "bytes", "V": "structured/void"}
+_KIND_NAMES = {
+    "c": "complex",
+    "m": "timedelta64",
+    "M": "datetime64",
+    "O": "object",
+    "U": "str",
+    "S": "bytes",
+    "V": "structured/void",
+}
 _INT64_MAX = np.iinfo(np.int64).max
 
 
@@ -43,7 +63,7 @@ def printable(s):
 def _given(v):
     """A short, printable description of a given value: its repr and its type."""
     if isinstance(v, np.generic):
-        v = v.item()                     # 1.5, not np.float64(1.5)
+        v = v.item()  # 1.5, not np.float64(1.5)
     r = repr(v)
     if len(r) > 60:
         r = r[:57] + "..."
@@ -83,10 +103,12 @@ def _from_tensor(x, name):
         if getattr(t, "is_conj", None) is not None and t.is_conj():
             t = t.resolve_conj()
         return t.numpy()
-    except Exception as e:      # sparse, quantized, meta, ...: torch says why
-        raise ValueError("%s must be a dense numeric tensor or array, got a torch tensor of dtype %s "
-                         "on %s: %s" % (name, printable(getattr(x, "dtype", "?")),
-                                        printable(getattr(x, "device", "?")), printable(e))) from None
+    except Exception as e:  # sparse, quantized, meta, ...: torch says why
+        raise ValueError(
+            "%s must be a dense numeric tensor or array, got a torch tensor of dtype %s "
+            "on %s: %s"
+            % (name, printable(getattr(x, "dtype", "?")), printable(getattr(x, "device", "?")), printable(e))
+        ) from None
 
 
 def array(x, name):
@@ -102,8 +124,10 @@ def array(x, name):
     try:
         return np.asarray(x)
     except (ValueError, TypeError, OverflowError) as e:
-        raise ValueError("%s must be an array of numbers, got %s that NumPy cannot read as one: %s"
-                         % (name, type(x).__name__, printable(e))) from None
+        raise ValueError(
+            "%s must be an array of numbers, got %s that NumPy cannot read as one: %s"
+            % (name, type(x).__name__, printable(e))
+        ) from None
 
 
 def _check_kind(a, name, what="numeric (float, integer or bool)"):
@@ -171,20 +195,22 @@ def _integral(a, name, what):
             bad = next(v for v in a.ravel() if not _index_ok(v))
             raise ValueError("%s must be %s, got the value %s" % (name, what, _given(bad))) from None
         if vals and (min(vals) < -_INT64_MAX - 1 or max(vals) > _INT64_MAX):
-            raise ValueError("%s must be %s, got min %d max %d (beyond int64)"
-                             % (name, what, min(vals), max(vals)))
+            raise ValueError("%s must be %s, got min %d max %d (beyond int64)" % (name, what, min(vals), max(vals)))
         return np.array(vals, np.int64).reshape(a.shape)
     _check_kind(a, name, what)
     if a.dtype.kind == "f" and a.size:
         if not np.all(np.isfinite(a)):
-            raise ValueError("%s must be %s, got a non-finite value, %s"
-                             % (name, what, _given(a[~np.isfinite(a)].flat[0])))
+            raise ValueError(
+                "%s must be %s, got a non-finite value, %s" % (name, what, _given(a[~np.isfinite(a)].flat[0]))
+            )
         if np.any(a != np.trunc(a)):
-            raise ValueError("%s must be %s, got a non-integral value, %s"
-                             % (name, what, _given(a[a != np.trunc(a)].flat[0])))
-        if a.min() < -2.0 ** 63 or a.max() >= 2.0 ** 63:
-            raise ValueError("%s must be %s, got min %r max %r (beyond int64)"
-                             % (name, what, a.min().item(), a.max().item()))
+            raise ValueError(
+                "%s must be %s, got a non-integral value, %s" % (name, what, _given(a[a != np.trunc(a)].flat[0]))
+            )
+        if a.min() < -(2.0**63) or a.max() >= 2.0**63:
+            raise ValueError(
+                "%s must be %s, got min %r max %r (beyond int64)" % (name, what, a.min().item(), a.max().item())
+            )
     elif a.dtype.kind == "u" and a.size and a.max() > _INT64_MAX:
         raise ValueError("%s must be %s, got max %d (beyond int64)" % (name, what, a.max()))
     return a.astype(np.int64)
@@ -253,17 +279,20 @@ def model_input(x, input_shape, dtype, *, integer, what, shape_text):
     what, shape_text : str
         The model (``KerasModel 'name'``) and ``input_shape`` as messages show them.
     """
+
     def _shape_ok(a):
         return a.ndim == len(input_shape) and all(
-            want is None or want == got for want, got in zip(input_shape[1:], a.shape[1:]))
+            want is None or want == got for want, got in zip(input_shape[1:], a.shape[1:])
+        )
 
     if integer:
         a = array(x, "%s: ids" % what)
         if not _shape_ok(a):
             raise ValueError("%s: expected integer ids of shape %s, got shape %s" % (what, shape_text, a.shape))
         if a.ndim == 2 and a.shape[1] == 0:
-            raise ValueError("%s: expected ids of shape %s with at least one time step, got shape %s"
-                             % (what, shape_text, a.shape))
+            raise ValueError(
+                "%s: expected ids of shape %s with at least one time step, got shape %s" % (what, shape_text, a.shape)
+            )
         return as_ids(a, "%s: ids" % what)
     try:
         a = as_input(x, dtype)
@@ -272,8 +301,9 @@ def model_input(x, input_shape, dtype, *, integer, what, shape_text):
     if not _shape_ok(a):
         raise ValueError("%s: expected input of shape %s, got shape %s" % (what, shape_text, a.shape))
     if a.ndim == 3 and a.shape[1] == 0:
-        raise ValueError("%s: expected input of shape %s with at least one time step, got shape %s"
-                         % (what, shape_text, a.shape))
+        raise ValueError(
+            "%s: expected input of shape %s with at least one time step, got shape %s" % (what, shape_text, a.shape)
+        )
     return a
 
 

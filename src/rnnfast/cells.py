@@ -41,16 +41,29 @@ change (``keras_layer`` / ``keras_cell``, and ``torch_module`` / ``torch_modes``
 biases and projection (a peephole LSTM's diagonal weights) also needs a field in
 ``CellWeights`` (layers.py) and its place in the converters.
 """
+
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Optional
 
 import numpy as np
 
 from . import _kernels
 
-__all__ = ["Cell", "KernelCell", "CELLS", "get", "kernel_code", "by_keras_layer", "by_keras_cell",
-           "by_torch_module", "by_torch_mode", "TORCH_TENSORS",
-           "gru_step", "lstm_step", "simple_step"]
+__all__ = [
+    "Cell",
+    "KernelCell",
+    "CELLS",
+    "get",
+    "kernel_code",
+    "by_keras_layer",
+    "by_keras_cell",
+    "by_torch_module",
+    "by_torch_mode",
+    "TORCH_TENSORS",
+    "gru_step",
+    "lstm_step",
+    "simple_step",
+]
 
 #: The tensor names of a PyTorch recurrent module's state_dict, per layer ``k`` and
 #: direction (suffix ``_l{k}``, plus ``_reverse`` for the backward one); ``weight_hr``
@@ -91,10 +104,10 @@ def gru_step(x, states, w, act, ract, reset_after=True):
     W, U = _f64(w.kernel), _f64(w.recurrent_kernel)
     H = U.shape[0]
     b, rb = _biases(w, 3, H)
-    Wz, Wr, Wh = W[:, :H], W[:, H:2 * H], W[:, 2 * H:]
-    Uz, Ur, Uh = U[:, :H], U[:, H:2 * H], U[:, 2 * H:]
-    bz, br, bh = b[:H], b[H:2 * H], b[2 * H:]
-    rbz, rbr, rbh = rb[:H], rb[H:2 * H], rb[2 * H:]
+    Wz, Wr, Wh = W[:, :H], W[:, H : 2 * H], W[:, 2 * H :]
+    Uz, Ur, Uh = U[:, :H], U[:, H : 2 * H], U[:, 2 * H :]
+    bz, br, bh = b[:H], b[H : 2 * H], b[2 * H :]
+    rbz, rbr, rbh = rb[:H], rb[H : 2 * H], rb[2 * H :]
     z = ract(x @ Wz + bz + h @ Uz + rbz)
     r = ract(x @ Wr + br + h @ Ur + rbr)
     if reset_after:
@@ -118,9 +131,9 @@ def lstm_step(x, states, w, act, ract, reset_after=True):
     b, rb = _biases(w, 4, H)
     g = x @ W + h @ U + (b + rb)
     i = ract(g[:, :H])
-    f = ract(g[:, H:2 * H])
-    u = act(g[:, 2 * H:3 * H])
-    o = ract(g[:, 3 * H:])
+    f = ract(g[:, H : 2 * H])
+    u = act(g[:, 2 * H : 3 * H])
+    o = ract(g[:, 3 * H :])
     c_new = f * c + i * u
     m = o * act(c_new)
     h_new = m if w.projection is None else m @ _f64(w.projection)
@@ -204,8 +217,8 @@ class Cell:
 
     name: str
     title: str
-    gates: Tuple[str, ...]
-    states: Tuple[str, ...]
+    gates: tuple[str, ...]
+    states: tuple[str, ...]
     kernel: KernelCell
     step: Callable
     recurrent_activation: bool = True
@@ -214,9 +227,9 @@ class Cell:
     keras_layer: Optional[str] = None
     keras_cell: Optional[str] = None
     torch_module: Optional[str] = None
-    torch_modes: Dict[str, str] = field(default_factory=dict)
-    torch_gates: Tuple[str, ...] = ()
-    torch_order: Tuple[int, ...] = ()
+    torch_modes: dict[str, str] = field(default_factory=dict)
+    torch_gates: tuple[str, ...] = ()
+    torch_order: tuple[int, ...] = ()
 
     @property
     def num_gates(self):
@@ -250,23 +263,56 @@ def _reorder(a, order, axis):
 
 
 #: The cells, by rnnfast name.
-CELLS = {c.name: c for c in (
-    Cell("gru", "GRU", gates=("z", "r", "h"), states=("h",),
-         kernel=KernelCell("gru", bias_apart=True), reset_before=KernelCell("gru_rb", packed=False),
-         step=gru_step, keras_layer="GRU", keras_cell="GRUCell",
-         torch_module="GRU", torch_modes={"GRU": "tanh"}, torch_gates=("r", "z", "n"),
-         torch_order=(1, 0, 2)),
-    Cell("lstm", "LSTM", gates=("i", "f", "c", "o"), states=("h", "c"),
-         kernel=KernelCell("lstm"), step=lstm_step, projection=True,
-         keras_layer="LSTM", keras_cell="LSTMCell",
-         torch_module="LSTM", torch_modes={"LSTM": "tanh"}, torch_gates=("i", "f", "g", "o"),
-         torch_order=(0, 1, 2, 3)),
-    Cell("simple", "SimpleRNN", gates=("h",), states=("h",),
-         kernel=KernelCell("simple"), step=simple_step, recurrent_activation=False,
-         keras_layer="SimpleRNN", keras_cell="SimpleRNNCell",
-         torch_module="RNN", torch_modes={"RNN_TANH": "tanh", "RNN_RELU": "relu"}, torch_gates=("h",),
-         torch_order=(0,)),
-)}
+CELLS = {
+    c.name: c
+    for c in (
+        Cell(
+            "gru",
+            "GRU",
+            gates=("z", "r", "h"),
+            states=("h",),
+            kernel=KernelCell("gru", bias_apart=True),
+            reset_before=KernelCell("gru_rb", packed=False),
+            step=gru_step,
+            keras_layer="GRU",
+            keras_cell="GRUCell",
+            torch_module="GRU",
+            torch_modes={"GRU": "tanh"},
+            torch_gates=("r", "z", "n"),
+            torch_order=(1, 0, 2),
+        ),
+        Cell(
+            "lstm",
+            "LSTM",
+            gates=("i", "f", "c", "o"),
+            states=("h", "c"),
+            kernel=KernelCell("lstm"),
+            step=lstm_step,
+            projection=True,
+            keras_layer="LSTM",
+            keras_cell="LSTMCell",
+            torch_module="LSTM",
+            torch_modes={"LSTM": "tanh"},
+            torch_gates=("i", "f", "g", "o"),
+            torch_order=(0, 1, 2, 3),
+        ),
+        Cell(
+            "simple",
+            "SimpleRNN",
+            gates=("h",),
+            states=("h",),
+            kernel=KernelCell("simple"),
+            step=simple_step,
+            recurrent_activation=False,
+            keras_layer="SimpleRNN",
+            keras_cell="SimpleRNNCell",
+            torch_module="RNN",
+            torch_modes={"RNN_TANH": "tanh", "RNN_RELU": "relu"},
+            torch_gates=("h",),
+            torch_order=(0,),
+        ),
+    )
+}
 
 
 def get(name):

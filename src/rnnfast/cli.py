@@ -5,13 +5,14 @@ file, a file that is not a model, an unsupported layer, an input of the wrong sh
 the message says which, without a traceback); 2 for a command line argparse refuses;
 130 when interrupted.
 """
+
 import argparse
 import os
 import sys
 
 import numpy as np
 
-from . import demo
+from . import _validation, demo
 from ._bench import PEERS, run_bench
 from ._progress import run_batched
 from ._summary import summary_text
@@ -19,7 +20,6 @@ from ._threads import set_num_threads
 from ._version import __version__
 from .errors import FormatError, UnsupportedLayerError
 from .io import detect, load
-from . import _validation
 
 __all__ = ["main", "build_parser", "read_input", "write_output"]
 
@@ -69,31 +69,49 @@ class UserError(Exception):
 
 def _add_model_options(p, torch_layout=False, example=False):
     if example:
-        p.add_argument("model", metavar="MODEL", nargs="?",
-                       help="the model file (.keras, .h5, .pt, .safetensors, ...), or --example NAME")
+        p.add_argument(
+            "model",
+            metavar="MODEL",
+            nargs="?",
+            help="the model file (.keras, .h5, .pt, .safetensors, ...), or --example NAME",
+        )
     else:
         p.add_argument("model", metavar="MODEL", help="the model file (.keras, .h5, .pt, .safetensors, ...)")
     g = p.add_argument_group("model options")
     if example:
-        g.add_argument("--example", metavar="NAME", choices=("digits_bigru", "digits_lstm"),
-                       help="a bundled model instead of MODEL: digits_bigru (Keras) or digits_lstm "
-                            "(PyTorch, batch-first); 'rnnfast example' lists the bundled files")
-    g.add_argument("--dtype", choices=("float32", "float64"),
-                   help="compute dtype (default: the model's own)")
-    g.add_argument("--prefix", metavar="P",
-                   help="PyTorch checkpoints holding several recurrent modules: the one whose "
-                        "tensors start with P (e.g. 'encoder.rnn.')")
-    g.add_argument("--nonlinearity", choices=("tanh", "relu"),
-                   help="nn.RNN weights: the module's nonlinearity (a file cannot record it; "
-                        "default tanh)")
+        g.add_argument(
+            "--example",
+            metavar="NAME",
+            choices=("digits_bigru", "digits_lstm"),
+            help="a bundled model instead of MODEL: digits_bigru (Keras) or digits_lstm "
+            "(PyTorch, batch-first); 'rnnfast example' lists the bundled files",
+        )
+    g.add_argument("--dtype", choices=("float32", "float64"), help="compute dtype (default: the model's own)")
+    g.add_argument(
+        "--prefix",
+        metavar="P",
+        help="PyTorch checkpoints holding several recurrent modules: the one whose "
+        "tensors start with P (e.g. 'encoder.rnn.')",
+    )
+    g.add_argument(
+        "--nonlinearity",
+        choices=("tanh", "relu"),
+        help="nn.RNN weights: the module's nonlinearity (a file cannot record it; default tanh)",
+    )
     if torch_layout:
         lay = g.add_mutually_exclusive_group()
-        lay.add_argument("--batch-first", action="store_true",
-                         help="PyTorch models: the module was built with batch_first=True: input "
-                              "(and output) (batch, time, features). Default: (time, batch, "
-                              "features), as torch.nn and rnnfast.load (a state_dict cannot record it)")
-        lay.add_argument("--time-major", action="store_true",
-                         help="PyTorch models: (time, batch, features), the default (say it explicitly)")
+        lay.add_argument(
+            "--batch-first",
+            action="store_true",
+            help="PyTorch models: the module was built with batch_first=True: input "
+            "(and output) (batch, time, features). Default: (time, batch, "
+            "features), as torch.nn and rnnfast.load (a state_dict cannot record it)",
+        )
+        lay.add_argument(
+            "--time-major",
+            action="store_true",
+            help="PyTorch models: (time, batch, features), the default (say it explicitly)",
+        )
 
 
 def _load(args, batch_first=True):
@@ -105,7 +123,7 @@ def _load(args, batch_first=True):
             raise UserError("give MODEL or --example, not both")
         args.model = demo.example(example)
         if example == "digits_lstm":
-            batch_first = True                      # it was trained as nn.LSTM(..., batch_first=True)
+            batch_first = True  # it was trained as nn.LSTM(..., batch_first=True)
     elif args.model is None:
         raise UserError("give a MODEL file (or --example NAME for a bundled one)")
     path = args.model
@@ -134,7 +152,7 @@ def _load(args, batch_first=True):
         return load(path, **options)
     except (FormatError, UnsupportedLayerError, ValueError) as e:
         raise UserError(str(e)) from None
-    except ImportError as e:                        # h5py for Keras files
+    except ImportError as e:  # h5py for Keras files
         raise UserError("%s: %s" % (path, e)) from None
     except OSError as e:
         raise UserError("%s: %s" % (path, e.strerror or e)) from None
@@ -148,14 +166,14 @@ def _is_torch(model):
 
 
 def _read_csv(path):
-    with open(path, "r", encoding="utf-8", errors="replace") as f:
+    with open(path, encoding="utf-8", errors="replace") as f:
         first = f.readline()
     fields = [s.strip() for s in first.split(",")]
     header = 0
     try:
         [float(s) for s in fields if s]
     except ValueError:
-        header = 1                                  # a header row of column names
+        header = 1  # a header row of column names
     try:
         a = np.loadtxt(path, delimiter=",", ndmin=2, skiprows=header, dtype=np.float64)
     except ValueError as e:
@@ -196,8 +214,10 @@ def read_input(path, key=None):
                 names = list(z.files)
                 if key is None:
                     if len(names) != 1:
-                        raise UserError("%s holds %d arrays (%s): choose one with --key"
-                                        % (path, len(names), ", ".join(names) or "none"))
+                        raise UserError(
+                            "%s holds %d arrays (%s): choose one with --key"
+                            % (path, len(names), ", ".join(names) or "none")
+                        )
                     key = names[0]
                 if key not in names:
                     raise UserError("%s has no array %r; it has %s" % (path, key, ", ".join(names)))
@@ -210,17 +230,18 @@ def read_input(path, key=None):
 def _shape_input(model, a, path):
     """Bring a CSV table (one flattened sample per row) to the model's input shape."""
     d = model.describe()
-    if d["integer_input"]:                             # ids (batch, time): Embedding models
+    if d["integer_input"]:  # ids (batch, time): Embedding models
         return a
     shape = d["input_shape"]
     F, T = shape[-1], shape[1]
     if F is None or a.shape[1] % F:
-        raise UserError("%s: rows of %d values cannot be sequences of %s features"
-                        % (path, a.shape[1], F))
+        raise UserError("%s: rows of %d values cannot be sequences of %s features" % (path, a.shape[1], F))
     a = a.reshape(a.shape[0], a.shape[1] // F, F)
     if T is not None and a.shape[1] != T:
-        raise UserError("%s: rows of %d values are %d steps of %d features; the model takes %d steps"
-                        % (path, a.shape[1] * F, a.shape[1], F, T))
+        raise UserError(
+            "%s: rows of %d values are %d steps of %d features; the model takes %d steps"
+            % (path, a.shape[1] * F, a.shape[1], F, T)
+        )
     return np.ascontiguousarray(a)
 
 
@@ -253,8 +274,10 @@ def write_output(path, arrays):
         np.savez(path, **dict(arrays))
         return
     if len(arrays) != 1:
-        raise UserError("the model gives %d arrays (%s): write them to an .npz file"
-                        % (len(arrays), ", ".join(n for n, _ in arrays)))
+        raise UserError(
+            "the model gives %d arrays (%s): write them to an .npz file"
+            % (len(arrays), ", ".join(n for n, _ in arrays))
+        )
     a = arrays[0][1]
     if ext == ".npy":
         np.save(path, a)
@@ -267,7 +290,7 @@ def write_output(path, arrays):
 
 
 def _info(args):
-    model = _load(args, batch_first=args.batch_first)   # as torch.nn: time-major unless told otherwise
+    model = _load(args, batch_first=args.batch_first)  # as torch.nn: time-major unless told otherwise
     print(summary_text(model, source=args.model))
     return 0
 
@@ -297,20 +320,30 @@ def _predict(args):
     args.time_major = torch_model and not args.batch_first and not csv_input
     if args.time_major:
         if x.ndim != 3:
-            raise UserError("expected input of shape (time, batch, %d), got shape %s (give "
-                            "--batch-first for (batch, time, %d))"
-                            % (model.input_size, x.shape, model.input_size))
-        if lengths is not None and np.ndim(lengths) == 1 and len(lengths) != x.shape[1] \
-                and len(lengths) == x.shape[0]:
-            raise UserError("%d lengths for an input of shape %s read as (time, batch, features): "
-                            "%d sequences; if the input is (batch, time, features), give --batch-first"
-                            % (len(lengths), x.shape, x.shape[1]))
-        x = np.swapaxes(x, 0, 1)                     # the model runs batch-first
-    elif torch_model and lengths is not None and x.ndim == 3 and np.ndim(lengths) == 1 \
-            and len(lengths) != x.shape[0] and len(lengths) == x.shape[1]:
-        raise UserError("%d lengths for an input of shape %s read as (batch, time, features): "
-                        "%d sequences; if the input is (time, batch, features), leave out --batch-first"
-                        % (len(lengths), x.shape, x.shape[0]))
+            raise UserError(
+                "expected input of shape (time, batch, %d), got shape %s (give "
+                "--batch-first for (batch, time, %d))" % (model.input_size, x.shape, model.input_size)
+            )
+        if lengths is not None and np.ndim(lengths) == 1 and len(lengths) != x.shape[1] and len(lengths) == x.shape[0]:
+            raise UserError(
+                "%d lengths for an input of shape %s read as (time, batch, features): "
+                "%d sequences; if the input is (batch, time, features), give --batch-first"
+                % (len(lengths), x.shape, x.shape[1])
+            )
+        x = np.swapaxes(x, 0, 1)  # the model runs batch-first
+    elif (
+        torch_model
+        and lengths is not None
+        and x.ndim == 3
+        and np.ndim(lengths) == 1
+        and len(lengths) != x.shape[0]
+        and len(lengths) == x.shape[1]
+    ):
+        raise UserError(
+            "%d lengths for an input of shape %s read as (batch, time, features): "
+            "%d sequences; if the input is (time, batch, features), leave out --batch-first"
+            % (len(lengths), x.shape, x.shape[0])
+        )
     show = args.progress or (sys.stderr.isatty() and not args.quiet)
     verbose = 1 if show else 0
     try:
@@ -326,8 +359,10 @@ def _predict(args):
     except OSError as e:
         raise UserError("cannot write %s: %s" % (args.output, e.strerror or e)) from None
     if not args.quiet:
-        print("wrote %s: %s" % (args.output, ", ".join("%s %s %s" % (n, a.shape, a.dtype)
-                                                       for n, a in arrays)), file=sys.stderr)
+        print(
+            "wrote %s: %s" % (args.output, ", ".join("%s %s %s" % (n, a.shape, a.dtype) for n, a in arrays)),
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -337,8 +372,7 @@ def _predict_torch(model, x, lengths, args, verbose):
     with_states = args.output.lower().endswith(".npz")
     xa = _validation.as_input(x, model.dtype)
     if xa.ndim != 3:
-        raise ValueError("expected input of shape (batch, time, %d), got shape %s"
-                         % (model.input_size, xa.shape))
+        raise ValueError("expected input of shape (batch, time, %d), got shape %s" % (model.input_size, xa.shape))
     if lengths is not None:
         lengths = _validation.as_lengths(lengths, xa.shape[1], xa.shape[0])
 
@@ -347,7 +381,7 @@ def _predict_torch(model, x, lengths, args, verbose):
         if not with_states:
             return [out]
         states = h if isinstance(h, tuple) else (h,)
-        return [out] + [np.swapaxes(s, 0, 1) for s in states]      # batch first, to join batches
+        return [out] + [np.swapaxes(s, 0, 1) for s in states]  # batch first, to join batches
 
     res = run_batched(run, xa, args.batch_size, aligned=(lengths,), verbose=verbose)
     out = res[0]
@@ -366,14 +400,26 @@ def _bench(args):
         unknown = [p for p in peers if p not in PEERS]
         if unknown:
             raise UserError("--vs: unknown peer %s (known: %s)" % (", ".join(unknown), ", ".join(PEERS)))
-    for flag, v in (("--batch", args.batch), ("--time", args.time), ("--threads", args.threads),
-                    ("--repeats", args.repeats)):
+    for flag, v in (
+        ("--batch", args.batch),
+        ("--time", args.time),
+        ("--threads", args.threads),
+        ("--repeats", args.repeats),
+    ):
         if v is not None and v < 1:
             raise UserError("%s must be at least 1" % flag)
     model = _load(args)
     try:
-        run_bench(model, args.model, batch=args.batch, time_steps=args.time, threads=args.threads,
-                  peers=peers, repeats=args.repeats, plot=args.plot)
+        run_bench(
+            model,
+            args.model,
+            batch=args.batch,
+            time_steps=args.time,
+            threads=args.threads,
+            peers=peers,
+            repeats=args.repeats,
+            plot=args.plot,
+        )
     except ValueError as e:
         raise UserError(str(e)) from None
     return 0
@@ -412,114 +458,151 @@ def _formatter(prog):
 def build_parser():
     """The ``rnnfast`` argument parser (subcommands info, predict, bench, demo)."""
     p = argparse.ArgumentParser(
-        prog="rnnfast", formatter_class=_formatter, epilog=EPILOG_MAIN,
+        prog="rnnfast",
+        formatter_class=_formatter,
+        epilog=EPILOG_MAIN,
         description="Fast CPU inference for GRU, LSTM and SimpleRNN models trained in Keras or "
-                    "PyTorch, with the numbers the framework gives.")
+        "PyTorch, with the numbers the framework gives.",
+    )
     p.add_argument("--version", action="version", version="rnnfast %s" % __version__)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     i = sub.add_parser(
-        "info", help="show a model's layers", formatter_class=_formatter,
+        "info",
+        help="show a model's layers",
+        formatter_class=_formatter,
         description="Load a model file and print its layers: type, units, options, parameters "
-                    "(counted as the source framework counts them) and dtype, with the file's "
-                    "format.",
+        "(counted as the source framework counts them) and dtype, with the file's "
+        "format.",
         epilog="examples:\n  rnnfast info model.keras\n  rnnfast info lstm.pt\n"
-               "  rnnfast info checkpoint.pt --prefix encoder.rnn.\n"
-               "  rnnfast info rnn.safetensors --nonlinearity relu\n"
-               "  rnnfast info --example digits_bigru       a bundled model")
+        "  rnnfast info checkpoint.pt --prefix encoder.rnn.\n"
+        "  rnnfast info rnn.safetensors --nonlinearity relu\n"
+        "  rnnfast info --example digits_bigru       a bundled model",
+    )
     _add_model_options(i, torch_layout=True, example=True)
     i.set_defaults(func=_info)
 
     pr = sub.add_parser(
-        "predict", help="run a model on an input file", formatter_class=_formatter,
+        "predict",
+        help="run a model on an input file",
+        formatter_class=_formatter,
         description="Run a model on the arrays in INPUT and write what it returns to OUT.\n\n"
-                    "INPUT: .npy; .npz (the array named by --key, or its only array); .csv (one "
-                    "sample per row,\nits time steps' features side by side; an optional header "
-                    "row). Keras models take\n(batch, time, features), or integer ids (batch, "
-                    "time) when they start with an Embedding.\nPyTorch models take (time, batch, "
-                    "features)\nas torch.nn does, or (batch, time, features) with --batch-first (a module built with\n"
-                    "batch_first=True). A CSV file is one sample per row whichever the layout.\n\n"
-                    "OUT, by its extension: .npy (one array), .csv (one array, a row per sample) "
-                    "or .npz\n(every output by name: Keras 'output' or 'output_0', 'output_1', ...; "
-                    "PyTorch 'out',\n'h_n' and for an LSTM 'c_n'). For a PyTorch model, .npy and "
-                    ".csv get 'out', the\nlast layer's output sequence.",
+        "INPUT: .npy; .npz (the array named by --key, or its only array); .csv (one "
+        "sample per row,\nits time steps' features side by side; an optional header "
+        "row). Keras models take\n(batch, time, features), or integer ids (batch, "
+        "time) when they start with an Embedding.\nPyTorch models take (time, batch, "
+        "features)\nas torch.nn does, or (batch, time, features) with --batch-first (a module built with\n"
+        "batch_first=True). A CSV file is one sample per row whichever the layout.\n\n"
+        "OUT, by its extension: .npy (one array), .csv (one array, a row per sample) "
+        "or .npz\n(every output by name: Keras 'output' or 'output_0', 'output_1', ...; "
+        "PyTorch 'out',\n'h_n' and for an LSTM 'c_n'). For a PyTorch model, .npy and "
+        ".csv get 'out', the\nlast layer's output sequence.",
         epilog="examples:\n"
-               "  rnnfast predict model.keras x.npy -o proba.npy\n"
-               "  rnnfast predict model.keras data.npz --key x_test -o proba.csv --batch-size 256\n"
-               "  rnnfast predict lstm.pt x.npy -o states.npz --threads 4\n"
-               "  rnnfast predict gru.pt batch.npz --key x --lengths lengths --batch-first -o out.npz\n"
-               "  rnnfast predict \"$(rnnfast example digits_bigru)\" \"$(rnnfast example digits_test)\" "
-               "--key x -o p.npy\n\n"
-               "A progress bar goes to stderr when it is a terminal (or with --progress).")
+        "  rnnfast predict model.keras x.npy -o proba.npy\n"
+        "  rnnfast predict model.keras data.npz --key x_test -o proba.csv --batch-size 256\n"
+        "  rnnfast predict lstm.pt x.npy -o states.npz --threads 4\n"
+        "  rnnfast predict gru.pt batch.npz --key x --lengths lengths --batch-first -o out.npz\n"
+        '  rnnfast predict "$(rnnfast example digits_bigru)" "$(rnnfast example digits_test)" '
+        "--key x -o p.npy\n\n"
+        "A progress bar goes to stderr when it is a terminal (or with --progress).",
+    )
     _add_model_options(pr, torch_layout=True)
     pr.add_argument("input", metavar="INPUT", help="input array file (.npy, .npz or .csv)")
-    pr.add_argument("-o", "--output", metavar="OUT", required=True,
-                    help="output file (.npy, .npz or .csv)")
+    pr.add_argument("-o", "--output", metavar="OUT", required=True, help="output file (.npy, .npz or .csv)")
     pr.add_argument("--key", metavar="NAME", help=".npz input: the array to use")
-    pr.add_argument("--lengths", metavar="FILE|KEY",
-                    help="PyTorch models: valid steps per row (right padding), from an .npy/.csv "
-                         "file or a key of the .npz input")
-    pr.add_argument("--batch-size", type=int, metavar="N", default=1024,
-                    help="rows per pass (default 1024); bounds memory, not results")
+    pr.add_argument(
+        "--lengths",
+        metavar="FILE|KEY",
+        help="PyTorch models: valid steps per row (right padding), from an .npy/.csv file or a key of the .npz input",
+    )
+    pr.add_argument(
+        "--batch-size",
+        type=int,
+        metavar="N",
+        default=1024,
+        help="rows per pass (default 1024); bounds memory, not results",
+    )
     pr.add_argument("--threads", type=int, metavar="N", help="threads (default: all cores)")
-    pr.add_argument("--progress", action="store_true", help="draw the progress bar even when "
-                    "stderr is not a terminal")
+    pr.add_argument("--progress", action="store_true", help="draw the progress bar even when stderr is not a terminal")
     pr.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
     pr.set_defaults(func=_predict)
 
     b = sub.add_parser(
-        "bench", help="time a model against PyTorch, ONNX Runtime, Keras", formatter_class=_formatter,
+        "bench",
+        help="time a model against PyTorch, ONNX Runtime, Keras",
+        formatter_class=_formatter,
         description="Time MODEL on random input of unit scale, against the peers that run the same "
-                    "weights:\n  torch        the equivalent torch.nn module built from the weights "
-                    "(PyTorch models)\n  onnxruntime  that module exported with torch.onnx (needs "
-                    "torch, onnx, onnxruntime)\n  keras        Keras itself loading the same file "
-                    "(Keras models; needs keras and a\n               backend)\n"
-                    "A peer that is not installed or does not apply is reported and skipped. "
-                    "Prints median\ntimes, sequences per second, how many times faster rnnfast is, "
-                    "and how far each peer's\noutput is from rnnfast's.",
-        epilog=EPILOG_BENCH)
+        "weights:\n  torch        the equivalent torch.nn module built from the weights "
+        "(PyTorch models)\n  onnxruntime  that module exported with torch.onnx (needs "
+        "torch, onnx, onnxruntime)\n  keras        Keras itself loading the same file "
+        "(Keras models; needs keras and a\n               backend)\n"
+        "A peer that is not installed or does not apply is reported and skipped. "
+        "Prints median\ntimes, sequences per second, how many times faster rnnfast is, "
+        "and how far each peer's\noutput is from rnnfast's.",
+        epilog=EPILOG_BENCH,
+    )
     _add_model_options(b, example=True)
     b.add_argument("--batch", type=int, metavar="B", default=None, help="batch size (default 32)")
-    b.add_argument("--time", type=int, metavar="T", default=None,
-                   help="time steps per sequence (default: the model's, else 100)")
-    b.add_argument("--threads", type=int, metavar="N", help="threads for every engine (default: "
-                   "all cores)")
-    b.add_argument("--vs", metavar="PEERS", default=None,
-                   help="comma-separated peers: torch, onnxruntime, keras (default: the ones that "
-                        "apply to the model)")
-    b.add_argument("--repeats", type=int, metavar="N", default=None,
-                   help="timed runs per engine (default: as many as fit in about a second, 5 to 100)")
+    b.add_argument(
+        "--time", type=int, metavar="T", default=None, help="time steps per sequence (default: the model's, else 100)"
+    )
+    b.add_argument("--threads", type=int, metavar="N", help="threads for every engine (default: all cores)")
+    b.add_argument(
+        "--vs",
+        metavar="PEERS",
+        default=None,
+        help="comma-separated peers: torch, onnxruntime, keras (default: the ones that apply to the model)",
+    )
+    b.add_argument(
+        "--repeats",
+        type=int,
+        metavar="N",
+        default=None,
+        help="timed runs per engine (default: as many as fit in about a second, 5 to 100)",
+    )
     b.add_argument("--plot", metavar="PNG", help="also draw the medians as a bar chart (needs matplotlib)")
     b.set_defaults(func=_bench)
 
     e = sub.add_parser(
-        "example", help="print the path of a bundled example file", formatter_class=_formatter,
+        "example",
+        help="print the path of a bundled example file",
+        formatter_class=_formatter,
         description="Print the path of the bundled example file NAME (installed with rnnfast), or "
-                    "list them all.\n\n" + "\n".join("  %-17s %s" % (k, v[1]) for k, v in demo.EXAMPLES.items()),
-        epilog="examples:\n  rnnfast example\n  rnnfast info \"$(rnnfast example digits_lstm)\" "
-               "--batch-first\n  rnnfast predict \"$(rnnfast example digits_bigru)\" "
-               "\"$(rnnfast example digits_test)\" --key x -o p.npy")
-    e.add_argument("name", metavar="NAME", nargs="?", choices=list(demo.EXAMPLES),
-                   help="one of: %s" % ", ".join(demo.EXAMPLES))
+        "list them all.\n\n" + "\n".join("  %-17s %s" % (k, v[1]) for k, v in demo.EXAMPLES.items()),
+        epilog='examples:\n  rnnfast example\n  rnnfast info "$(rnnfast example digits_lstm)" '
+        '--batch-first\n  rnnfast predict "$(rnnfast example digits_bigru)" '
+        '"$(rnnfast example digits_test)" --key x -o p.npy',
+    )
+    e.add_argument(
+        "name", metavar="NAME", nargs="?", choices=list(demo.EXAMPLES), help="one of: %s" % ", ".join(demo.EXAMPLES)
+    )
     e.set_defaults(func=_example)
 
     d = sub.add_parser(
-        "demo", help="run the bundled pretrained models (what `make demo` runs)",
+        "demo",
+        help="run the bundled pretrained models (what `make demo` runs)",
         formatter_class=_formatter,
         description="Classify the held-out handwritten digits with the two bundled models (a Keras "
-                    "bidirectional GRU\nand a PyTorch LSTM, trained by examples/train_digits.py), "
-                    "loaded with rnnfast.load: accuracy,\nagreement with the probabilities the "
-                    "frameworks saved, and speed against the float64 numpy\nreference. With "
-                    "--seed-models: the seed's two Keras-shaped models on random weights.",
-        epilog="examples:\n  rnnfast demo\n  rnnfast demo --threads 1\n"
-               "  rnnfast demo --seed-models --batch 64")
-    d.add_argument("--seed-models", action="store_true",
-                   help="the seed's GRU and bidirectional-GRU models on random weights instead")
-    d.add_argument("--batch", type=int, default=None,
-                   help="batch size of the throughput measurement (default: the whole held-out "
-                        "split, 450; --seed-models: 256)")
-    d.add_argument("--repeats", type=int, default=None, help="timed runs per measurement "
-                   "(default 20; 15 for --seed-models)")
+        "bidirectional GRU\nand a PyTorch LSTM, trained by examples/train_digits.py), "
+        "loaded with rnnfast.load: accuracy,\nagreement with the probabilities the "
+        "frameworks saved, and speed against the float64 numpy\nreference. With "
+        "--seed-models: the seed's two Keras-shaped models on random weights.",
+        epilog="examples:\n  rnnfast demo\n  rnnfast demo --threads 1\n  rnnfast demo --seed-models --batch 64",
+    )
+    d.add_argument(
+        "--seed-models",
+        action="store_true",
+        help="the seed's GRU and bidirectional-GRU models on random weights instead",
+    )
+    d.add_argument(
+        "--batch",
+        type=int,
+        default=None,
+        help="batch size of the throughput measurement (default: the whole held-out split, 450; --seed-models: 256)",
+    )
+    d.add_argument(
+        "--repeats", type=int, default=None, help="timed runs per measurement (default 20; 15 for --seed-models)"
+    )
     d.add_argument("--threads", type=int, default=None, help="threads (default: all cores)")
     d.set_defaults(func=_demo)
     return p

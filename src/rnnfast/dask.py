@@ -42,6 +42,7 @@ Decisions (docs/cluster.md tells the whole story):
   ``os.PathLike``) is loaded once in each worker process (shared storage), with
   ``load_options``.
 """
+
 import operator
 import os
 from contextlib import contextmanager
@@ -50,18 +51,39 @@ import numpy as np
 
 try:
     import dask  # noqa: F401
-except ImportError as e:                       # pragma: no cover - depends on the install
+except ImportError as e:  # pragma: no cover - depends on the install
     raise ImportError("rnnfast.dask needs Dask: pip install 'rnnfast[dask]' (%s)" % e) from None
 
-from ._scaleout import (BUDGET, ModelRef, Runner, as_rows, check_padding, predict_rows, resolve_model,
-                        thread_total, unflatten)
+from ._scaleout import (
+    BUDGET,
+    ModelRef,
+    Runner,
+    as_rows,
+    check_padding,
+    predict_rows,
+    resolve_model,
+    thread_total,
+    unflatten,
+)
 
 __all__ = ["predict"]
 
 
-def predict(model, x, *, lengths=None, num_threads=None, batch_size=None, return_state=False,
-            rechunk=True, column=None, output_column="y", padding="post", maxlen=None,
-            load_options=None):
+def predict(
+    model,
+    x,
+    *,
+    lengths=None,
+    num_threads=None,
+    batch_size=None,
+    return_state=False,
+    rechunk=True,
+    column=None,
+    output_column="y",
+    padding="post",
+    maxlen=None,
+    load_options=None,
+):
     """Score ``x`` with ``model`` on Dask.
 
     Parameters
@@ -116,13 +138,30 @@ def predict(model, x, *, lengths=None, num_threads=None, batch_size=None, return
     if _is_frame(x):
         if lengths is not None:
             raise ValueError("lengths are for arrays: in a frame each row's length is its own")
-        return _predict_frame(model_arg, local, x, column=column, output_column=output_column,
-                              num_threads=num_threads, batch_size=batch_size, return_state=return_state,
-                              padding=padding, maxlen=maxlen)
+        return _predict_frame(
+            model_arg,
+            local,
+            x,
+            column=column,
+            output_column=output_column,
+            num_threads=num_threads,
+            batch_size=batch_size,
+            return_state=return_state,
+            padding=padding,
+            maxlen=maxlen,
+        )
     if column is not None or maxlen is not None:
         raise ValueError("column= and maxlen= are for a dask DataFrame / Series input")
-    return _predict_array(model_arg, local, x, lengths=lengths, num_threads=num_threads,
-                          batch_size=batch_size, return_state=return_state, rechunk=rechunk)
+    return _predict_array(
+        model_arg,
+        local,
+        x,
+        lengths=lengths,
+        num_threads=num_threads,
+        batch_size=batch_size,
+        return_state=return_state,
+        rechunk=rechunk,
+    )
 
 
 # -- the model as a graph argument ------------------------------------------------------
@@ -134,14 +173,14 @@ def _model_argument(model, load_options):
         ref = ModelRef(model, load_options)
         try:
             local = ref.get()
-        except OSError:                 # not readable here, only on the workers: probe there
+        except OSError:  # not readable here, only on the workers: probe there
             local = None
         return ref, local
     if load_options:
         raise ValueError("load_options are for a model given by its path")
     if type(model).__name__ == "Future" and type(model).__module__.startswith("distributed"):
         return model, None
-    Runner(model)                        # a model rnnfast knows, or a clear TypeError
+    Runner(model)  # a model rnnfast knows, or a clear TypeError
     import dask
 
     return dask.delayed(model, pure=True, traverse=False), model
@@ -153,15 +192,23 @@ def _probe(model, shape, dtype, return_state):
     runner = Runner(resolve_model(model), return_state)
     ba = runner.batch_axis
     if len(shape) != runner.input_ndim or (runner.features is not None and shape[-1] != runner.features):
-        want = "(batch, time)" if runner.integer_input else (
-            "(time, batch, %s)" if ba == 1 else "(batch, time, %s)") % runner.features
+        want = (
+            "(batch, time)"
+            if runner.integer_input
+            else ("(time, batch, %s)" if ba == 1 else "(batch, time, %s)") % runner.features
+        )
         raise ValueError("expected a dask array of shape %s, got shape %s" % (want, tuple(shape)))
     return runner.probe(shape, dtype), _runner_facts(runner)
 
 
 def _runner_facts(runner):
-    return dict(batch_axis=runner.batch_axis, integer_input=runner.integer_input,
-                input_ndim=runner.input_ndim, features=runner.features, kind=runner.kind)
+    return dict(
+        batch_axis=runner.batch_axis,
+        integer_input=runner.integer_input,
+        input_ndim=runner.input_ndim,
+        features=runner.features,
+        kind=runner.kind,
+    )
 
 
 def _probed(model_arg, local, shape, dtype, return_state):
@@ -224,24 +271,32 @@ def _predict_array(model_arg, local, x, *, lengths, num_threads, batch_size, ret
     if split:
         if not rechunk:
             names = {0: "batch", 1: "time", 2: "features"} if ba == 0 else {0: "time", 1: "batch", 2: "features"}
-            raise ValueError("x is chunked along its %s axis (chunks %s): a sequence must be scored whole. "
-                             "Chunk it along the batch axis only (x.rechunk({%s}))"
-                             % (" and ".join(names[a] for a in split), [x.chunks[a] for a in split],
-                                ", ".join("%d: -1" % a for a in split)))
-        x = x.rechunk({a: -1 for a in split})
+            raise ValueError(
+                "x is chunked along its %s axis (chunks %s): a sequence must be scored whole. "
+                "Chunk it along the batch axis only (x.rechunk({%s}))"
+                % (
+                    " and ".join(names[a] for a in split),
+                    [x.chunks[a] for a in split],
+                    ", ".join("%d: -1" % a for a in split),
+                )
+            )
+        x = x.rechunk(dict.fromkeys(split, -1))
     x_ind = "".join("b" if a == ba else "tf"[a - (a > ba)] for a in range(x.ndim))
     args = [x, x_ind]
     if lengths is not None:
         if facts["kind"] != "torch":
-            raise ValueError("lengths are for a TorchRNN: a Keras model takes its masks from the model "
-                             "(Masking, Embedding(mask_zero=True)); pad the rows with the mask value instead")
+            raise ValueError(
+                "lengths are for a TorchRNN: a Keras model takes its masks from the model "
+                "(Masking, Embedding(mask_zero=True)); pad the rows with the mask value instead"
+            )
         if not isinstance(lengths, da.Array):
             lengths = np.asarray(lengths)
             if any(np.isnan(c) for c in x.chunks[ba]):
                 raise ValueError("x has unknown chunk sizes: give lengths as a dask array chunked like it")
             lengths = da.from_array(lengths, chunks=(x.chunks[ba],))
-        if lengths.ndim != 1 or (not np.isnan(lengths.shape[0]) and not np.isnan(x.shape[ba])
-                                 and lengths.shape[0] != x.shape[ba]):
+        if lengths.ndim != 1 or (
+            not np.isnan(lengths.shape[0]) and not np.isnan(x.shape[ba]) and lengths.shape[0] != x.shape[ba]
+        ):
             raise ValueError("lengths must have shape (batch,) = (%s,), got %s" % (x.shape[ba], lengths.shape))
         if lengths.chunks[0] != x.chunks[ba]:
             lengths = lengths.rechunk((x.chunks[ba],))
@@ -250,15 +305,25 @@ def _predict_array(model_arg, local, x, *, lengths, num_threads, batch_size, ret
         args += [None, None]
     args += [model_arg, None]
     n = len(leaves)
-    kw = dict(return_state=return_state, num_threads=num_threads, batch_size=batch_size, leaves=leaves,
-              single=n == 1)
+    kw = dict(return_state=return_state, num_threads=num_threads, batch_size=batch_size, leaves=leaves, single=n == 1)
     name = "rnnfast-predict"
     if n == 1:
         return unflatten(skeleton, [_leaf_array(_predict_block, args, leaves[0], name, kw)])
-    packed = da.blockwise(_predict_block, "b", *args, dtype=object, meta=np.empty((0,), object),
-                          concatenate=True, name=None, token=name, **kw)
-    outs = [_leaf_array(operator.getitem, [packed, "b", k, None], leaf, name + "-%d" % k, {})
-            for k, leaf in enumerate(leaves)]
+    packed = da.blockwise(
+        _predict_block,
+        "b",
+        *args,
+        dtype=object,
+        meta=np.empty((0,), object),
+        concatenate=True,
+        name=None,
+        token=name,
+        **kw,
+    )
+    outs = [
+        _leaf_array(operator.getitem, [packed, "b", k, None], leaf, name + "-%d" % k, {})
+        for k, leaf in enumerate(leaves)
+    ]
     return unflatten(skeleton, outs)
 
 
@@ -274,16 +339,16 @@ def _leaf_array(fn, args, leaf, token, kw):
     out_ind = "".join("b" if a == ax else next(letters) for a in range(len(shape)))
     new_axes = {c: shape[a] for a, c in enumerate(out_ind) if c != "b"}
     meta = np.empty(tuple(0 for _ in shape), dtype)
-    return da.blockwise(fn, out_ind, *args, new_axes=new_axes, dtype=dtype, meta=meta, concatenate=True,
-                        token=token, **kw)
+    return da.blockwise(
+        fn, out_ind, *args, new_axes=new_axes, dtype=dtype, meta=meta, concatenate=True, token=token, **kw
+    )
 
 
 def _predict_block(x, lengths, model, *, return_state, num_threads, batch_size, leaves, single):
     model = resolve_model(model)
     runner = Runner(model, return_state)
     if x.shape[runner.batch_axis] == 0:
-        out = [np.empty(tuple(0 if a == ax else s for a, s in enumerate(shape)), dtype)
-               for shape, dtype, ax in leaves]
+        out = [np.empty(tuple(0 if a == ax else s for a, s in enumerate(shape)), dtype) for shape, dtype, ax in leaves]
     else:
         with _threads(num_threads) as nt:
             out, _ = runner.run_batched(x, lengths, nt, batch_size)
@@ -295,12 +360,17 @@ def _predict_block(x, lengths, model, *, return_state, num_threads, batch_size, 
 
 def _is_frame(x):
     mod = type(x).__module__
-    return mod.startswith("dask.dataframe") or mod.startswith("dask_expr") or (
-        hasattr(x, "map_partitions") and hasattr(x, "npartitions") and not hasattr(x, "chunks"))
+    return (
+        mod.startswith(("dask.dataframe", "dask_expr"))
+        or hasattr(x, "map_partitions")
+        and hasattr(x, "npartitions")
+        and not hasattr(x, "chunks")
+    )
 
 
-def _predict_frame(model_arg, local, frame, *, column, output_column, num_threads, batch_size,
-                   return_state, padding, maxlen):
+def _predict_frame(
+    model_arg, local, frame, *, column, output_column, num_threads, batch_size, return_state, padding, maxlen
+):
     import dask.dataframe as dd
     import pandas as pd
 
@@ -309,11 +379,10 @@ def _predict_frame(model_arg, local, frame, *, column, output_column, num_thread
         if column is not None and column != frame.name:
             raise ValueError("column= is for a DataFrame; this Series is %r" % (frame.name,))
     elif column is None:
-        raise ValueError("a DataFrame needs column=, the column of sequences (it has %s)"
-                         % list(frame.columns))
+        raise ValueError("a DataFrame needs column=, the column of sequences (it has %s)" % list(frame.columns))
     elif column not in frame.columns:
         raise ValueError("no column %r in the DataFrame (it has %s)" % (column, list(frame.columns)))
-    if local is not None:                # refuse what cannot work before building anything
+    if local is not None:  # refuse what cannot work before building anything
         runner = Runner(local, return_state)
         check_padding(runner, padding, maxlen)
     # one row of zeros tells the number of outputs (the rows' own shapes vary)
@@ -330,9 +399,19 @@ def _predict_frame(model_arg, local, frame, *, column, output_column, num_thread
         meta = pd.DataFrame({c: pd.Series(np.empty(0, object), dtype=object) for c in names})
     else:
         meta = frame._meta.assign(**{c: pd.Series(np.empty(0, object), dtype=object) for c in names})
-    return frame.map_partitions(_predict_partition, model_arg, column=column, names=names, series=series,
-                                num_threads=num_threads, batch_size=batch_size, return_state=return_state,
-                                padding=padding, maxlen=maxlen, meta=meta)
+    return frame.map_partitions(
+        _predict_partition,
+        model_arg,
+        column=column,
+        names=names,
+        series=series,
+        num_threads=num_threads,
+        batch_size=batch_size,
+        return_state=return_state,
+        padding=padding,
+        maxlen=maxlen,
+        meta=meta,
+    )
 
 
 def _frame_outputs(model_arg, local, return_state):
@@ -348,16 +427,14 @@ def _frame_outputs(model_arg, local, return_state):
     return get_client().submit(count, model_arg, pure=False).result()
 
 
-def _predict_partition(part, model, *, column, names, series, num_threads, batch_size, return_state,
-                       padding, maxlen):
+def _predict_partition(part, model, *, column, names, series, num_threads, batch_size, return_state, padding, maxlen):
     import pandas as pd
 
     s = part if series else part[column]
     runner = Runner(resolve_model(model), return_state)
     rows = as_rows(list(s), runner.integer_input, runner.features)
     with _threads(num_threads) as nt:
-        per_row, _ = predict_rows(runner, rows, num_threads=nt, padding=padding, maxlen=maxlen,
-                                  batch_size=batch_size)
+        per_row, _ = predict_rows(runner, rows, num_threads=nt, padding=padding, maxlen=maxlen, batch_size=batch_size)
     cols = {}
     for k, name in enumerate(names):
         cells = np.empty(len(rows), object)

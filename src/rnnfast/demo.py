@@ -28,6 +28,7 @@ None of scikit-learn, Keras or PyTorch is needed to run any of this (reading the
 ``rnnfast demo --seed-models`` runs the seed's two Keras-shaped models on random
 weights instead (:func:`seed_models`, :func:`run_seed_demo`).
 """
+
 import os
 
 import numpy as np
@@ -39,8 +40,20 @@ from .io import load
 from .layers import CellWeights, Dense, RNNLayer, merge_directions, softmax
 from .model import Sequential
 
-__all__ = ["DATA_DIR", "EXAMPLES", "data_path", "example", "examples", "load_digits_examples", "reference_keras", "reference_torch",
-           "lstm_head_proba", "run_digits_demo", "seed_models", "run_seed_demo"]
+__all__ = [
+    "DATA_DIR",
+    "EXAMPLES",
+    "data_path",
+    "example",
+    "examples",
+    "load_digits_examples",
+    "reference_keras",
+    "reference_torch",
+    "lstm_head_proba",
+    "run_digits_demo",
+    "seed_models",
+    "run_seed_demo",
+]
 
 #: The folder of the bundled example files.
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
@@ -59,13 +72,16 @@ def data_path(name):
 
 #: The bundled example files by name (what :func:`rnnfast.example` takes), with what each holds.
 EXAMPLES = {
-    "digits_bigru": (KERAS_FILE, "Keras 3 model: Bidirectional(GRU(32)) -> Bidirectional(GRU(16)) "
-                                 "-> Dense(10, softmax), input (batch, 8, 8)"),
-    "digits_lstm": (TORCH_FILE, "PyTorch state_dict of nn.LSTM(8, 32, num_layers=2, "
-                                "bidirectional=True, batch_first=True)"),
+    "digits_bigru": (
+        KERAS_FILE,
+        "Keras 3 model: Bidirectional(GRU(32)) -> Bidirectional(GRU(16)) -> Dense(10, softmax), input (batch, 8, 8)",
+    ),
+    "digits_lstm": (
+        TORCH_FILE,
+        "PyTorch state_dict of nn.LSTM(8, 32, num_layers=2, bidirectional=True, batch_first=True)",
+    ),
     "digits_lstm_head": (HEAD_FILE, "the LSTM's nn.Linear(64, 10) head: weight (10, 64), bias (10,)"),
-    "digits_test": (TEST_FILE, "held-out digits: x (450, 8, 8) float32, y (450,), keras_proba, "
-                               "torch_proba (450, 10)"),
+    "digits_test": (TEST_FILE, "held-out digits: x (450, 8, 8) float32, y (450,), keras_proba, torch_proba (450, 10)"),
     "digits_info": ("digits_info.json", "versions, hyperparameters and accuracies of the two models"),
 }
 
@@ -122,7 +138,7 @@ def lstm_head_proba(h_n, head):
     -------
     ndarray, shape (B, 10), of ``h_n``'s dtype
     """
-    feats = np.concatenate([h_n[-2], h_n[-1]], axis=-1)      # last layer: forward, backward
+    feats = np.concatenate([h_n[-2], h_n[-1]], axis=-1)  # last layer: forward, backward
     w = np.asarray(head["weight"], dtype=feats.dtype)
     b = np.asarray(head["bias"], dtype=feats.dtype)
     return softmax(feats @ w.T + b)
@@ -166,18 +182,27 @@ def reference_keras(model, x):
     -------
     ndarray, float64, the model's output
     """
-    y = np.asarray(x, np.float64).transpose(1, 0, 2)           # time-major
+    y = np.asarray(x, np.float64).transpose(1, 0, 2)  # time-major
     seq = True
     for node in model.layers:
         layers = getattr(node, "rnn_layers", None)
         if layers is not None:
-            if len(layers) != 1 or getattr(node, "merge_mode", "concat") != "concat" \
-                    or getattr(node, "return_state", False) or layers[0].go_backwards:
+            if (
+                len(layers) != 1
+                or getattr(node, "merge_mode", "concat") != "concat"
+                or getattr(node, "return_state", False)
+                or layers[0].go_backwards
+            ):
                 raise NotImplementedError("reference_keras: layer %r" % node.name)
             rl = layers[0]
-            out, h_n, _ = reference.run_layer(rl.cell, rl.cell_weights(), y, act=rl.activation,
-                                              ract=rl.recurrent_activation or "sigmoid",
-                                              reset_after=rl.reset_after)
+            out, h_n, _ = reference.run_layer(
+                rl.cell,
+                rl.cell_weights(),
+                y,
+                act=rl.activation,
+                ract=rl.recurrent_activation or "sigmoid",
+                reset_after=rl.reset_after,
+            )
             if node.return_sequences:
                 y = out
             else:
@@ -213,8 +238,9 @@ def reference_torch(rnn, x):
         y = y.transpose(1, 0, 2)
     hs = []
     for layer in rnn.layers:
-        y, h_n, _ = reference.run_layer(layer.cell, layer.cell_weights(), y, act=layer.activation,
-                                        ract=layer.recurrent_activation or "sigmoid")
+        y, h_n, _ = reference.run_layer(
+            layer.cell, layer.cell_weights(), y, act=layer.activation, ract=layer.recurrent_activation or "sigmoid"
+        )
         hs.extend(h_n)
     return (y.transpose(1, 0, 2) if rnn.batch_first else y), np.stack(hs)
 
@@ -258,8 +284,10 @@ def run_digits_demo(repeats=20, batch=None, num_threads=None, out=print):
     n = len(y)
     nt = num_threads or get_num_threads()
     out("rnnfast demo: two small models trained on scikit-learn's handwritten digits")
-    out("(8x8 images read as 8 time steps of 8 features), run on the %d held-out images; "
-        "%d thread%s." % (n, nt, "s" if nt != 1 else ""))
+    out(
+        "(8x8 images read as 8 time steps of 8 features), run on the %d held-out images; "
+        "%d thread%s." % (n, nt, "s" if nt != 1 else "")
+    )
     out("")
     cases = []
     if isinstance(ex["keras"], str):
@@ -267,69 +295,107 @@ def run_digits_demo(repeats=20, batch=None, num_threads=None, out=print):
         out("")
     else:
         km = ex["keras"]
-        cases.append(dict(
-            model="Keras BiGRU(32)->BiGRU(16)->Dense", file=KERAS_FILE, framework="Keras",
-            saved=ex["keras_proba"],
-            fast=lambda xb: km.predict(xb, num_threads=num_threads),
-            ref=lambda xb: reference_keras(km, xb)))
+        cases.append(
+            dict(
+                model="Keras BiGRU(32)->BiGRU(16)->Dense",
+                file=KERAS_FILE,
+                framework="Keras",
+                saved=ex["keras_proba"],
+                fast=lambda xb: km.predict(xb, num_threads=num_threads),
+                ref=lambda xb: reference_keras(km, xb),
+            )
+        )
     tm, head = ex["torch"], ex["head"]
-    cases.append(dict(
-        model="PyTorch LSTM(32, 2 layers, bidir)+head", file=TORCH_FILE, framework="PyTorch",
-        saved=ex["torch_proba"],
-        fast=lambda xb: lstm_head_proba(tm(xb, num_threads=num_threads)[1][0], head),
-        ref=lambda xb: lstm_head_proba(reference_torch(tm, xb)[1], head)))
+    cases.append(
+        dict(
+            model="PyTorch LSTM(32, 2 layers, bidir)+head",
+            file=TORCH_FILE,
+            framework="PyTorch",
+            saved=ex["torch_proba"],
+            fast=lambda xb: lstm_head_proba(tm(xb, num_threads=num_threads)[1][0], head),
+            ref=lambda xb: lstm_head_proba(reference_torch(tm, xb)[1], head),
+        )
+    )
 
     rows = []
     for c in cases:
         p = c["fast"](x)
         p_ref = c["ref"](x)
-        rows.append(dict(
-            model=c["model"], file=c["file"], framework=c["framework"], n=n,
-            accuracy=float((p.argmax(1) == y).mean()),
-            framework_accuracy=float((c["saved"].argmax(1) == y).mean()),
-            max_abs_diff=float(np.abs(p - c["saved"]).max()),
-            agree=int((p.argmax(1) == c["saved"].argmax(1)).sum()),
-            reference_max_abs_diff=float(np.abs(p - p_ref).max())))
-    head1 = "%-38s %-20s %9s %10s %12s %9s" % ("model", "file", "accuracy", "framework",
-                                                 "max|diff|", "same class")
+        rows.append(
+            dict(
+                model=c["model"],
+                file=c["file"],
+                framework=c["framework"],
+                n=n,
+                accuracy=float((p.argmax(1) == y).mean()),
+                framework_accuracy=float((c["saved"].argmax(1) == y).mean()),
+                max_abs_diff=float(np.abs(p - c["saved"]).max()),
+                agree=int((p.argmax(1) == c["saved"].argmax(1)).sum()),
+                reference_max_abs_diff=float(np.abs(p - p_ref).max()),
+            )
+        )
+    head1 = "%-38s %-20s %9s %10s %12s %9s" % ("model", "file", "accuracy", "framework", "max|diff|", "same class")
     out(head1)
     out("-" * len(head1))
     for r in rows:
-        out("%-38s %-20s %8.1f%% %9.1f%% %12.1e %5d/%d" % (
-            r["model"], r["file"], 100 * r["accuracy"], 100 * r["framework_accuracy"],
-            r["max_abs_diff"], r["agree"], r["n"]))
+        out(
+            "%-38s %-20s %8.1f%% %9.1f%% %12.1e %5d/%d"
+            % (
+                r["model"],
+                r["file"],
+                100 * r["accuracy"],
+                100 * r["framework_accuracy"],
+                r["max_abs_diff"],
+                r["agree"],
+                r["n"],
+            )
+        )
     out("")
-    out("accuracy: rnnfast's; framework: the accuracy of the probabilities the framework saved "
-        "at training;")
-    out("max|diff|: largest difference between rnnfast's probabilities and the framework's "
-        "(float32; contract: 1e-5).")
+    out("accuracy: rnnfast's; framework: the accuracy of the probabilities the framework saved at training;")
+    out("max|diff|: largest difference between rnnfast's probabilities and the framework's (float32; contract: 1e-5).")
     out("")
 
     nb = min(n, batch or n)
     xb = x[:nb]
     for c, r in zip(cases, rows):
         x1 = x[:1]
-        r["latency_s"] = _timed(lambda: c["fast"](x1), repeats)
-        r["reference_latency_s"] = _timed(lambda: c["ref"](x1), max(3, repeats // 4))
-        t_full = _timed(lambda: c["fast"](xb), repeats)
-        t_ref = _timed(lambda: c["ref"](xb), max(3, repeats // 4))
+        fast, ref = c["fast"], c["ref"]
+        r["latency_s"] = _timed(lambda: fast(x1), repeats)  # noqa: B023 (called here, in this iteration)
+        r["reference_latency_s"] = _timed(lambda: ref(x1), max(3, repeats // 4))  # noqa: B023
+        t_full = _timed(lambda: fast(xb), repeats)  # noqa: B023
+        t_ref = _timed(lambda: ref(xb), max(3, repeats // 4))  # noqa: B023
         r["throughput"], r["reference_throughput"] = nb / t_full, nb / t_ref
     head2 = "%-38s %11s %11s %8s  %13s %13s %8s" % (
-        "speed (medians)", "batch 1", "numpy", "", "batch %d" % nb, "numpy", "")
+        "speed (medians)",
+        "batch 1",
+        "numpy",
+        "",
+        "batch %d" % nb,
+        "numpy",
+        "",
+    )
     out(head2)
-    out("%-38s %11s %11s %8s  %13s %13s %8s" % ("", "rnnfast", "reference", "speed-up",
-                                                 "rnnfast seq/s", "reference", "speed-up"))
+    out(
+        "%-38s %11s %11s %8s  %13s %13s %8s"
+        % ("", "rnnfast", "reference", "speed-up", "rnnfast seq/s", "reference", "speed-up")
+    )
     out("-" * len(head2))
     for r in rows:
-        out("%-38s %11s %11s %7.0fx  %13.0f %13.0f %7.0fx" % (
-            r["model"], _fmt_ms(r["latency_s"]), _fmt_ms(r["reference_latency_s"]),
-            r["reference_latency_s"] / r["latency_s"], r["throughput"], r["reference_throughput"],
-            r["throughput"] / r["reference_throughput"]))
+        out(
+            "%-38s %11s %11s %7.0fx  %13.0f %13.0f %7.0fx"
+            % (
+                r["model"],
+                _fmt_ms(r["latency_s"]),
+                _fmt_ms(r["reference_latency_s"]),
+                r["reference_latency_s"] / r["latency_s"],
+                r["throughput"],
+                r["reference_throughput"],
+                r["throughput"] / r["reference_throughput"],
+            )
+        )
     out("")
-    out("reference: rnnfast.reference, the float64 numpy model written like the equations, on the "
-        "same weights")
-    out("(largest difference from rnnfast: %s)." % ", ".join(
-        "%.1e" % r["reference_max_abs_diff"] for r in rows))
+    out("reference: rnnfast.reference, the float64 numpy model written like the equations, on the same weights")
+    out("(largest difference from rnnfast: %s)." % ", ".join("%.1e" % r["reference_max_abs_diff"] for r in rows))
     return rows
 
 
@@ -345,8 +411,9 @@ def _glorot(rng, fan_in, fan_out):
 
 def _gru_weights(rng, I, H):
     """Keras-initialised GRU weights (glorot kernels, small random biases)."""
-    return CellWeights(_glorot(rng, I, 3 * H), _glorot(rng, H, 3 * H),
-                       rng.uniform(-0.1, 0.1, 3 * H), rng.uniform(-0.1, 0.1, 3 * H))
+    return CellWeights(
+        _glorot(rng, I, 3 * H), _glorot(rng, H, 3 * H), rng.uniform(-0.1, 0.1, 3 * H), rng.uniform(-0.1, 0.1, 3 * H)
+    )
 
 
 def seed_models(seed=0):
@@ -362,8 +429,9 @@ def seed_models(seed=0):
     rng = np.random.default_rng(seed)
     w1, w2 = _gru_weights(rng, FEATURES, 128), _gru_weights(rng, 128, 64)
     d1 = (_glorot(rng, 64, 1), rng.uniform(-0.1, 0.1, 1))
-    m1 = Sequential([RNNLayer("gru", [w1]), (RNNLayer("gru", [w2]), dict(return_sequences=False)),
-                     Dense(*d1, activation="sigmoid")])
+    m1 = Sequential(
+        [RNNLayer("gru", [w1]), (RNNLayer("gru", [w2]), dict(return_sequences=False)), Dense(*d1, activation="sigmoid")]
+    )
 
     def ref1(x):
         s = reference.run_layer("gru", [w1], x.transpose(1, 0, 2))[0]
@@ -380,8 +448,7 @@ def seed_models(seed=0):
         s = merge_directions(reference.run_layer("gru", b2, s)[0], "concat", 64)
         return reference.ACT["sigmoid"](s @ d2[0] + d2[1]).transpose(1, 0, 2)
 
-    return [("GRU(128)->GRU(64)->Dense(1)", m1, ref1),
-            ("BiGRU(128)->BiGRU(64)->Dense(1)", m2, ref2)]
+    return [("GRU(128)->GRU(64)->Dense(1)", m1, ref1), ("BiGRU(128)->BiGRU(64)->Dense(1)", m2, ref2)]
 
 
 def _median_ms(fn, repeats):
@@ -392,11 +459,19 @@ def run_seed_demo(batch=256, repeats=15, seed=0, out=print):
     """Run the seed models' demo and print its table. Returns the rows as dicts."""
     rng = np.random.default_rng(seed + 1)
     x = rng.standard_normal((batch, T, FEATURES)).astype(np.float32)
-    out("rnnfast demo --seed-models: the seed's two models on random weights, input (batch, %d, %d), "
-        "%d threads" % (T, FEATURES, get_num_threads()))
+    out(
+        "rnnfast demo --seed-models: the seed's two models on random weights, input (batch, %d, %d), "
+        "%d threads" % (T, FEATURES, get_num_threads())
+    )
     out("")
-    head = "%-33s %14s %12s %12s %12s %8s" % ("model", "max|diff|", "rnnfast ms", "numpy ms",
-                                             "rnnfast seq/s", "speed-up")
+    head = "%-33s %14s %12s %12s %12s %8s" % (
+        "model",
+        "max|diff|",
+        "rnnfast ms",
+        "numpy ms",
+        "rnnfast seq/s",
+        "speed-up",
+    )
     out(head)
     out("-" * len(head))
     rows = []
@@ -404,13 +479,16 @@ def run_seed_demo(batch=256, repeats=15, seed=0, out=print):
         got = model.predict(x)
         want = ref(x.astype(np.float64))
         diff = float(np.abs(got - want).max())
-        t_fast = _median_ms(lambda: model.predict(x), repeats)
-        t_ref = _median_ms(lambda: ref(x.astype(np.float64)), max(3, repeats // 5))
-        rows.append(dict(model=name, max_abs_diff=diff, rnnfast_ms=t_fast, numpy_ms=t_ref,
-                         batch=batch))
-        out("%-33s %14.2e %12.2f %12.2f %12.0f %7.1fx" % (name, diff, t_fast, t_ref,
-                                                          batch / t_fast * 1e3, t_ref / t_fast))
+        t_fast = _median_ms(lambda: model.predict(x), repeats)  # noqa: B023 (called here, in this iteration)
+        t_ref = _median_ms(lambda: ref(x.astype(np.float64)), max(3, repeats // 5))  # noqa: B023
+        rows.append(dict(model=name, max_abs_diff=diff, rnnfast_ms=t_fast, numpy_ms=t_ref, batch=batch))
+        out(
+            "%-33s %14.2e %12.2f %12.2f %12.0f %7.1fx"
+            % (name, diff, t_fast, t_ref, batch / t_fast * 1e3, t_ref / t_fast)
+        )
     out("")
-    out("max|diff|: largest absolute difference from the float64 numpy reference "
-        "(rnnfast computes in float32); times are medians over %d runs at batch %d." % (repeats, batch))
+    out(
+        "max|diff|: largest absolute difference from the float64 numpy reference "
+        "(rnnfast computes in float32); times are medians over %d runs at batch %d." % (repeats, batch)
+    )
     return rows

@@ -61,8 +61,12 @@ class Step:
         self.options = dict(options or {})
 
     def __repr__(self):
-        return "Step(%r, %r -> %r%s)" % (self.op, self.inputs, self.outputs,
-                                         ", states=%r" % (self.states,) if self.states else "")
+        return "Step(%r, %r -> %r%s)" % (
+            self.op,
+            self.inputs,
+            self.outputs,
+            ", states=%r" % (self.states,) if self.states else "",
+        )
 
 
 class Graph:
@@ -135,7 +139,7 @@ class Graph:
             if step.states:
                 extra["initial_state"] = [values[k] for k in step.states]
             outs, out_masks = op.run(x, m, num_threads, **extra)
-            for k in (() if keep_all else free):
+            for k in () if keep_all else free:
                 values.pop(k, None)
                 mask_of.pop(k, None)
             for k, v, mk in zip(step.outputs, outs, out_masks):

@@ -23,6 +23,7 @@ Cells (``cell=``): the names of the cell registry :data:`rnnfast.cells.CELLS`:
 ``"gru"`` (with ``reset_after`` True: PyTorch and Keras' default; False: Keras
 ``reset_after=False``, Cho et al. 2014), ``"lstm"``, ``"simple"``.
 """
+
 import contextlib
 from dataclasses import dataclass
 from typing import Optional
@@ -32,20 +33,22 @@ import numpy as np
 from . import _kernels, _plan, cells
 from ._plan import BATCH_FIRST_MIN_ROWS
 from ._threads import blas_single_threaded, resolve_num_threads
-from ._version import __version__
-from .errors import FormatError
 from ._validation import as_input, as_lengths, as_mask, as_numeric, as_state, compute_dtype, integer_option
 from ._validation import weight as _checked
+from ._version import __version__
+from .errors import FormatError
 
-__all__ = ["ACTIVATIONS", "CellWeights", "RNNLayer", "Dense", "merge_directions", "apply_activation",
-           "softmax"]
+__all__ = ["ACTIVATIONS", "CellWeights", "RNNLayer", "Dense", "merge_directions", "apply_activation", "softmax"]
 
 #: Activation names the recurrent kernels run, and their codes: the RNN_ACT_* enum of
 #: the C core (c/enums.h), named by it (RNN_ACT_HARD_SIGMOID_KERAS2 ->
 #: "hard_sigmoid_keras2"). ``hard_sigmoid`` is Keras 3's ``relu6(x + 3) / 6``;
 #: ``hard_sigmoid_keras2`` is Keras 2 / tf.keras' ``clip(0.2 x + 0.5, 0, 1)``.
-ACTIVATIONS = {m.name[len("RNN_ACT_"):].lower(): int(m)
-               for m in sorted(_kernels.rnn_activation, key=int) if m != _kernels.RNN_ACT_COUNT}
+ACTIVATIONS = {
+    m.name[len("RNN_ACT_") :].lower(): int(m)
+    for m in sorted(_kernels.rnn_activation, key=int)
+    if m != _kernels.RNN_ACT_COUNT
+}
 
 _MERGE_MODES = ("concat", "sum", "mul", "ave", None)
 
@@ -74,8 +77,7 @@ def apply_activation(name, x):
     """
     code = _activation_code(name, "activation")
     a = as_numeric(x, "x")
-    a = np.array(a, dtype=a.dtype if a.dtype in (np.float32, np.float64) else np.float64,
-                 order="C", copy=True)
+    a = np.array(a, dtype=a.dtype if a.dtype in (np.float32, np.float64) else np.float64, order="C", copy=True)
     _activate(code, a.reshape(-1))
     return a
 
@@ -90,7 +92,7 @@ def _activate(code, v):
     kernel's ``int`` count can hold."""
     step = ACTIVATE_MAX_ELEMENTS
     for i in range(0, v.shape[0], step):
-        _kernels.activate(code, v[i:i + step])
+        _kernels.activate(code, v[i : i + step])
 
 
 def softmax(x, out=None):
@@ -153,8 +155,17 @@ class RNNLayer:
         the source framework counts.
     """
 
-    def __init__(self, cell, weights, *, reset_after=True, activation="tanh",
-                 recurrent_activation="sigmoid", go_backwards=False, dtype=np.float32):
+    def __init__(
+        self,
+        cell,
+        weights,
+        *,
+        reset_after=True,
+        activation="tanh",
+        recurrent_activation="sigmoid",
+        go_backwards=False,
+        dtype=np.float32,
+    ):
         spec = cells.get(cell)
         weights = list(weights)
         if len(weights) not in (1, 2):
@@ -186,15 +197,19 @@ class RNNLayer:
         H = GH // G
         proj = weights[0].projection
         if proj is not None and not self.cell_spec.projection:
-            raise ValueError("a projection exists only for %s" % " and ".join(
-                c.title for c in cells.CELLS.values() if c.projection))
+            raise ValueError(
+                "a projection exists only for %s" % " and ".join(c.title for c in cells.CELLS.values() if c.projection)
+            )
         P = np.asarray(proj).shape[1] if proj is not None else 0
         Ho = P if proj is not None else H
         Ws, Us, bxs, bhns, Wrs = [], [], [], [], []
         given = 0
         for d, w in enumerate(weights):
-            given += sum(np.size(a) for a in (w.kernel, w.recurrent_kernel, w.bias, w.recurrent_bias,
-                                              w.projection) if a is not None)
+            given += sum(
+                np.size(a)
+                for a in (w.kernel, w.recurrent_kernel, w.bias, w.recurrent_bias, w.projection)
+                if a is not None
+            )
             where = "direction %d" % d
             W = _checked(w.kernel, (I, GH), "kernel", where, dt)
             U = _checked(w.recurrent_kernel, (Ho, GH), "recurrent_kernel", where, dt)
@@ -207,10 +222,10 @@ class RNNLayer:
             if rb is not None:
                 if self._kernel.bias_apart:
                     k = (G - 1) * H
-                    bx[:k] += rb[:k]               # GRU z, r: both biases add before the gate
-                    bhn = rb[k:].copy()            # h: r * (h U_h + b_hh)
+                    bx[:k] += rb[:k]  # GRU z, r: both biases add before the gate
+                    bhn = rb[k:].copy()  # h: r * (h U_h + b_hh)
                 else:
-                    bx += rb                       # everywhere else the two biases just add
+                    bx += rb  # everywhere else the two biases just add
             Ws.append(W)
             Us.append(U)
             bxs.append(bx.astype(dt))
@@ -251,16 +266,22 @@ class RNNLayer:
             ``recurrent_bias`` (G*H,) or None, ``projection`` (H, P) or None.
         """
         H, GH = self.units, self._W.shape[2]
-        inv = np.argsort(_unit_block_order(H, GH // H, self._ncb))   # undo _convert's order
+        inv = np.argsort(_unit_block_order(H, GH // H, self._ncb))  # undo _convert's order
         out = []
         for d in range(self.num_directions):
             rb = None
             if self._kernel.bias_apart:
                 rb = np.zeros(GH, self.dtype)
-                rb[GH - H:] = self._bhn[d]
-            out.append(CellWeights(self._W[d][:, inv].copy(), self._U[d][:, inv].copy(),
-                                   self._bx[d][inv].copy(), rb,
-                                   self._Wr[d].copy() if self.proj_size else None))
+                rb[GH - H :] = self._bhn[d]
+            out.append(
+                CellWeights(
+                    self._W[d][:, inv].copy(),
+                    self._U[d][:, inv].copy(),
+                    self._bx[d][inv].copy(),
+                    rb,
+                    self._Wr[d].copy() if self.proj_size else None,
+                )
+            )
         return out
 
     def __repr__(self):
@@ -273,7 +294,13 @@ class RNNLayer:
         if self.go_backwards:
             extra += ", go_backwards=True"
         return "RNNLayer(%s, input_size=%d, units=%d, directions=%d%s, dtype=%s)" % (
-            kind, self.input_size, self.units, self.num_directions, extra, self.dtype.name)
+            kind,
+            self.input_size,
+            self.units,
+            self.num_directions,
+            extra,
+            self.dtype.name,
+        )
 
     # -- pickling (models that travel to workers: rnnfast.dask, rnnfast.ray) ---------
 
@@ -297,9 +324,10 @@ class RNNLayer:
         state = dict(state)
         fmt = state.pop("_pickle_format", None)
         if fmt != self._PICKLE_FORMAT:
-            raise FormatError("this RNNLayer was pickled by another rnnfast version (pickle format "
-                              "%r, this one reads %r): pickle it again with rnnfast %s"
-                              % (fmt, self._PICKLE_FORMAT, __version__))
+            raise FormatError(
+                "this RNNLayer was pickled by another rnnfast version (pickle format "
+                "%r, this one reads %r): pickle it again with rnnfast %s" % (fmt, self._PICKLE_FORMAT, __version__)
+            )
         for k, v in state.items():
             if isinstance(v, np.ndarray):
                 state[k] = _frozen(_usable(v))
@@ -315,10 +343,8 @@ class RNNLayer:
         D = self._W.shape[0]
         plain = self._kernel.packed and self._Wr.shape[1] == 0
         packed_w = _kernels.packed_projection(self.dtype)
-        self._Wp = _frozen(_kernels.pack_blocks(self._W, G, self._ncb) if packed_w
-                           else np.zeros((D, 0), self.dtype))
-        self._Up = _frozen(_kernels.pack_blocks(self._U, G, self._ncb) if plain
-                           else np.zeros((D, 0), self.dtype))
+        self._Wp = _frozen(_kernels.pack_blocks(self._W, G, self._ncb) if packed_w else np.zeros((D, 0), self.dtype))
+        self._Up = _frozen(_kernels.pack_blocks(self._U, G, self._ncb) if plain else np.zeros((D, 0), self.dtype))
         self._uses_blas = self._Wp.size == 0 or not plain
 
     def _direction_matches(self, other, d):
@@ -332,19 +358,52 @@ class RNNLayer:
         for k, v in mine.items():
             w = theirs.get(k)
             if isinstance(v, np.ndarray):
-                if not (isinstance(w, np.ndarray) and w.dtype == v.dtype and w.shape[1:] == v.shape[1:]
-                        and v.shape[0] == 1 and w[d].tobytes() == v[0].tobytes()):
+                if not (
+                    isinstance(w, np.ndarray)
+                    and w.dtype == v.dtype
+                    and w.shape[1:] == v.shape[1:]
+                    and v.shape[0] == 1
+                    and w[d].tobytes() == v[0].tobytes()
+                ):
                     return False
-            elif k in ("cell", "reset_after", "activation", "recurrent_activation", "dtype", "_ncb",
-                       "_kernel_cell", "_act", "_ract", "units", "input_size", "proj_size",
-                       "output_size") and v != w:
+            elif (
+                k
+                in (
+                    "cell",
+                    "reset_after",
+                    "activation",
+                    "recurrent_activation",
+                    "dtype",
+                    "_ncb",
+                    "_kernel_cell",
+                    "_act",
+                    "_ract",
+                    "units",
+                    "input_size",
+                    "proj_size",
+                    "output_size",
+                )
+                and v != w
+            ):
                 return False
         return True
 
     # -- running ---------------------------------------------------------------------
 
-    def forward(self, x, h0=None, c0=None, *, mask=None, lengths=None, zero_output_for_mask=False,
-                return_sequences=True, num_threads=None, chunk_steps=None, batch_first=False):
+    def forward(
+        self,
+        x,
+        h0=None,
+        c0=None,
+        *,
+        mask=None,
+        lengths=None,
+        zero_output_for_mask=False,
+        return_sequences=True,
+        num_threads=None,
+        chunk_steps=None,
+        batch_first=False,
+    ):
         """Run the layer over a whole sequence.
 
         Parameters
@@ -391,27 +450,34 @@ class RNNLayer:
         dt = self.dtype
         x = as_input(x, dt)
         if x.ndim != 3:
-            raise ValueError("expected input of shape (%s, %d), got shape %s"
-                             % ("batch, time" if batch_first else "time, batch", self.input_size,
-                                x.shape))
+            raise ValueError(
+                "expected input of shape (%s, %d), got shape %s"
+                % ("batch, time" if batch_first else "time, batch", self.input_size, x.shape)
+            )
         if batch_first and 1 < x.shape[0] < BATCH_FIRST_MIN_ROWS:
             # a batch this small is cheaper to transpose than to project a few rows at a time
-            out, h, c = self.forward(np.swapaxes(x, 0, 1), h0, c0, mask=mask, lengths=lengths,
-                                     zero_output_for_mask=zero_output_for_mask,
-                                     return_sequences=return_sequences, num_threads=num_threads,
-                                     chunk_steps=chunk_steps)
+            out, h, c = self.forward(
+                np.swapaxes(x, 0, 1),
+                h0,
+                c0,
+                mask=mask,
+                lengths=lengths,
+                zero_output_for_mask=zero_output_for_mask,
+                return_sequences=return_sequences,
+                num_threads=num_threads,
+                chunk_steps=chunk_steps,
+            )
             return (np.ascontiguousarray(np.swapaxes(out, 0, 1)) if out is not None else None), h, c
         B, T, I = x.shape if batch_first else (x.shape[1], x.shape[0], x.shape[2])
         if I != self.input_size:
-            raise ValueError("expected input features %d, got %d (input shape %s)"
-                             % (self.input_size, I, x.shape))
+            raise ValueError("expected input features %d, got %d (input shape %s)" % (self.input_size, I, x.shape))
         D, Ho, H = self.num_directions, self.output_size, self.units
         h = as_state(h0, (D, B, Ho), dt, "h0")
         with_c = self.cell_spec.num_states > 1
         c = as_state(c0, (D, B, H), dt, "c0") if with_c else np.zeros((0, 0, 0), dt)
         if c0 is not None and not with_c:
             raise ValueError("c0 is only for a cell with a cell state (LSTM)")
-        if chunk_steps is not None:         # as the kernel takes it: at least 1, at most T
+        if chunk_steps is not None:  # as the kernel takes it: at least 1, at most T
             chunk_steps = min(max(1, integer_option(chunk_steps, "chunk_steps")), max(1, T))
         if mask is not None and lengths is not None:
             raise ValueError("give mask or lengths, not both")
@@ -425,16 +491,41 @@ class RNNLayer:
         if return_sequences:
             out = _empty_lines((B, T, D * Ho) if batch_first else (T, B, D * Ho), dt)
         o2 = out.reshape(T * B, D * Ho) if out is not None else np.zeros((0, 0), dt)
-        plan = _plan.plan(B=B, D=D, Ho=Ho, GH=self._W.shape[2], ncb=self._ncb,
-                          num_threads=resolve_num_threads(num_threads), chunk=chunk_steps, T=T)
+        plan = _plan.plan(
+            B=B,
+            D=D,
+            Ho=Ho,
+            GH=self._W.shape[2],
+            ncb=self._ncb,
+            num_threads=resolve_num_threads(num_threads),
+            chunk=chunk_steps,
+            T=T,
+        )
         # BLAS is held to one thread only when this layer calls it (_threads)
-        with (blas_single_threaded() if self._uses_blas else contextlib.nullcontext()):
-            _kernels.rnn_forward(self._kernel.code, self._act, self._ract,
-                                 x.reshape(T * B, I), T, B, self._W, self._Wp, self._bx, self._U,
-                                 self._Up, self._bhn, self._Wr, m, o2, h, c,
-                                 batch_first=bool(batch_first),
-                                 zero_output=bool(zero_output_for_mask),
-                                 reverse_first=self.go_backwards, plan=plan)
+        with blas_single_threaded() if self._uses_blas else contextlib.nullcontext():
+            _kernels.rnn_forward(
+                self._kernel.code,
+                self._act,
+                self._ract,
+                x.reshape(T * B, I),
+                T,
+                B,
+                self._W,
+                self._Wp,
+                self._bx,
+                self._U,
+                self._Up,
+                self._bhn,
+                self._Wr,
+                m,
+                o2,
+                h,
+                c,
+                batch_first=bool(batch_first),
+                zero_output=bool(zero_output_for_mask),
+                reverse_first=self.go_backwards,
+                plan=plan,
+            )
         return out, h, (c if with_c else None)
 
     __call__ = forward
@@ -503,8 +594,7 @@ class Dense:
         """``x``: (..., I) -> (..., N)."""
         x = np.asarray(as_numeric(x, "input"), dtype=self.dtype)
         if x.shape[-1] != self.kernel.shape[0]:
-            raise ValueError("Dense expects %d input features, got shape %s"
-                             % (self.kernel.shape[0], x.shape))
+            raise ValueError("Dense expects %d input features, got shape %s" % (self.kernel.shape[0], x.shape))
         y = np.matmul(x, self.kernel)
         if self.bias is not None:
             y += self.bias
@@ -516,7 +606,6 @@ class Dense:
         return y
 
     __call__ = forward
-
 
 
 class SharedDirection:
@@ -538,7 +627,7 @@ def _layer_from_direction(layer, d, meta, names):
     one = RNNLayer.__new__(RNNLayer)
     state = dict(meta)
     for k in names:
-        state[k] = getattr(layer, k)[d:d + 1]
+        state[k] = getattr(layer, k)[d : d + 1]
     one.__setstate__(state)
     return one
 
@@ -558,8 +647,9 @@ def _unit_block_order(H, G, ncb):
     """Column order of the unit-block layout: gate-major columns [g0 | g1 | ...] become
     [g0[b0] g1[b0] ... | g0[b1] g1[b1] ... | ...] for ``ncb`` blocks of units (the
     identity for one block)."""
-    return np.concatenate([np.arange(g * H + cb * H // ncb, g * H + (cb + 1) * H // ncb)
-                           for cb in range(ncb) for g in range(G)])
+    return np.concatenate(
+        [np.arange(g * H + cb * H // ncb, g * H + (cb + 1) * H // ncb) for cb in range(ncb) for g in range(G)]
+    )
 
 
 def _frozen(a):
@@ -573,4 +663,4 @@ def _empty_lines(shape, dt):
     n = int(np.prod(shape)) * np.dtype(dt).itemsize
     buf = np.empty(n + 64, np.uint8)
     off = -buf.ctypes.data % 64
-    return buf[off:off + n].view(dt).reshape(shape)
+    return buf[off : off + n].view(dt).reshape(shape)

@@ -6,6 +6,7 @@
 - :class:`TorchRNN` (model_torch.py) -- a loaded ``nn.GRU`` / ``nn.LSTM`` / ``nn.RNN``,
   called like the module.
 """
+
 import numpy as np
 
 from ._progress import run_batched
@@ -16,9 +17,18 @@ from .layers import Dense, RNNLayer, merge_directions
 __all__ = ["Sequential", "run_recurrent"]
 
 
-def run_recurrent(layer, x_tm, *, return_sequences, merge_mode="concat", mask=None,
-                  zero_output_for_mask=False, return_state=False, num_threads=None,
-                  batch_first=False):
+def run_recurrent(
+    layer,
+    x_tm,
+    *,
+    return_sequences,
+    merge_mode="concat",
+    mask=None,
+    zero_output_for_mask=False,
+    return_state=False,
+    num_threads=None,
+    batch_first=False,
+):
     """Run ``layer`` on time-major ``x_tm`` and shape its result as the Keras layer would.
 
     Parameters
@@ -50,9 +60,14 @@ def run_recurrent(layer, x_tm, *, return_sequences, merge_mode="concat", mask=No
     states : list of ndarray (B, Ho) / (B, H), only with ``return_state``
         Per direction (forward first): ``h``, then ``c`` for LSTM (Keras' order).
     """
-    out, h_n, c_n = layer.forward(x_tm, mask=mask, zero_output_for_mask=zero_output_for_mask,
-                                  return_sequences=return_sequences, num_threads=num_threads,
-                                  batch_first=batch_first)
+    out, h_n, c_n = layer.forward(
+        x_tm,
+        mask=mask,
+        zero_output_for_mask=zero_output_for_mask,
+        return_sequences=return_sequences,
+        num_threads=num_threads,
+        batch_first=batch_first,
+    )
     D = layer.num_directions
     if return_sequences:
         if layer.go_backwards:
@@ -62,7 +77,7 @@ def run_recurrent(layer, x_tm, *, return_sequences, merge_mode="concat", mask=No
         if mask is not None and zero_output_for_mask:
             mask = np.asarray(mask, dtype=bool)
             for d in range(D if len(mask) else 0):
-                t = 0 if (d == 1 or layer.go_backwards) else -1   # the last step processed
+                t = 0 if (d == 1 or layer.go_backwards) else -1  # the last step processed
                 last[d] = np.where(mask[t][:, None], last[d], last[d].dtype.type(0))
         out = np.concatenate(last, axis=-1) if D == 2 else last[0]
     if D == 2:
@@ -100,8 +115,7 @@ class Sequential(Summarized):
         if isinstance(layer, RNNLayer) and self._steps:
             prev = self._steps[-1]
             if isinstance(prev[0], RNNLayer) and not prev[1]["return_sequences"]:
-                raise ValueError("a recurrent layer needs a sequence: the previous one has "
-                                 "return_sequences=False")
+                raise ValueError("a recurrent layer needs a sequence: the previous one has return_sequences=False")
         self._steps.append((layer, {"return_sequences": return_sequences, "merge_mode": merge_mode}))
         return self
 
@@ -126,7 +140,7 @@ class Sequential(Summarized):
         for i, (layer, opt) in enumerate(self._steps):
             if isinstance(layer, RNNLayer):
                 y = run_recurrent(layer, y, num_threads=num_threads, batch_first=True, **opt)
-                if isinstance(y, list):         # merge_mode=None: [forward, backward]
+                if isinstance(y, list):  # merge_mode=None: [forward, backward]
                     if i != len(self._steps) - 1:
                         raise ValueError("merge_mode=None gives two outputs: it must be the last layer")
                     return y
@@ -153,8 +167,16 @@ class Sequential(Summarized):
                 kind, units = "Dense", str(layer.kernel.shape[1])
                 opts = [] if layer.activation == "linear" else ["activation=%s" % layer.activation]
                 params = layer.kernel.size + (layer.bias.size if layer.bias is not None else 0)
-            rows.append(dict(name="l%d" % k, type=kind, units=units, options=", ".join(opts),
-                             parameters=int(params), dtype=layer.dtype.name))
+            rows.append(
+                dict(
+                    name="l%d" % k,
+                    type=kind,
+                    units=units,
+                    options=", ".join(opts),
+                    parameters=int(params),
+                    dtype=layer.dtype.name,
+                )
+            )
         return rows
 
     def summary_title(self):
@@ -163,11 +185,18 @@ class Sequential(Summarized):
     def describe(self):
         """What the chain is and takes (see :meth:`rnnfast.KerasModel.describe`)."""
         first = self._steps[0][0] if self._steps else None
-        features = first.input_size if isinstance(first, RNNLayer) else (
-            first.kernel.shape[0] if first is not None else None)
-        return dict(framework=self.framework, name=repr(self), input_shape=(None, None, features),
-                    integer_input=False, vocabulary=None, dtype=first.dtype if first is not None else None,
-                    layers=self.summary_rows())
+        features = (
+            first.input_size if isinstance(first, RNNLayer) else (first.kernel.shape[0] if first is not None else None)
+        )
+        return dict(
+            framework=self.framework,
+            name=repr(self),
+            input_shape=(None, None, features),
+            integer_input=False,
+            vocabulary=None,
+            dtype=first.dtype if first is not None else None,
+            layers=self.summary_rows(),
+        )
 
     def __repr__(self):
         return "Sequential([%s])" % ", ".join(repr(s[0]) for s in self._steps)

@@ -18,14 +18,15 @@ Which Keras class becomes which node, and each class's summary row and parameter
 count, is the Keras layer registry's business (:mod:`rnnfast.io.keras_layers`); the
 converter leaves ``summary_row`` and ``num_params`` on each node.
 """
+
 import copy
 
 import numpy as np
 
 from . import _validation
-from .errors import UnsupportedLayerError
 from ._progress import run_batched
 from ._summary import Summarized
+from .errors import UnsupportedLayerError
 from .graph import TRUE, mask_or
 from .layers import ACTIVATIONS, SharedDirection, apply_activation, merge_directions, softmax
 from .model import run_recurrent
@@ -62,7 +63,7 @@ def _glu(x):
 
 
 def _sparsemax(x):
-    z = -np.sort(-x, axis=-1)                                  # descending
+    z = -np.sort(-x, axis=-1)  # descending
     k = np.arange(1, x.shape[-1] + 1, dtype=x.dtype)
     cs = np.cumsum(z, axis=-1)
     support = z - (cs - 1) / k > 0
@@ -189,8 +190,19 @@ class RecurrentNode(_Node):
         ``[h, c]`` for an LSTM cell).
     """
 
-    def __init__(self, name, keras_class, rnn_layers, *, return_sequences, return_state,
-                 go_backwards, zero_output_for_mask, stacked=False, keras_biases=None):
+    def __init__(
+        self,
+        name,
+        keras_class,
+        rnn_layers,
+        *,
+        return_sequences,
+        return_state,
+        go_backwards,
+        zero_output_for_mask,
+        stacked=False,
+        keras_biases=None,
+    ):
         super().__init__(name, keras_class, rnn_layers[-1].dtype)
         self.rnn_layers = list(rnn_layers)
         # each cell's bias as Keras stores it (GRU reset-after: both rows), for get_weights
@@ -228,8 +240,10 @@ class RecurrentNode(_Node):
         """``use_mask=False``: run as if unmasked but pass ``mask`` on (Keras 3 gives a
         layer called with several tensors, e.g. ``initial_state=``, no mask)."""
         if x.ndim != 3:
-            raise ValueError("%s %r needs a sequence (batch, time, features), got an input of "
-                             "shape %s" % (self.keras_class, self.name, _batch_major_shape(x)))
+            raise ValueError(
+                "%s %r needs a sequence (batch, time, features), got an input of "
+                "shape %s" % (self.keras_class, self.name, _batch_major_shape(x))
+            )
         x = self._cast(x)
         if not use_mask:
             outs, _ = self.run(x, None, num_threads, initial_state)
@@ -244,9 +258,14 @@ class RecurrentNode(_Node):
             x, h_n, c_n = layer.forward(x, mask=mask, num_threads=num_threads)
             states += [h_n[0]] + ([c_n[0]] if c_n is not None else [])
         out, last_states = run_recurrent(
-            self.rnn_layers[-1], x, return_sequences=self.return_sequences, mask=mask,
-            zero_output_for_mask=self.zero_output_for_mask, return_state=True,
-            num_threads=num_threads)
+            self.rnn_layers[-1],
+            x,
+            return_sequences=self.return_sequences,
+            mask=mask,
+            zero_output_for_mask=self.zero_output_for_mask,
+            return_state=True,
+            num_threads=num_threads,
+        )
         outs = [out]
         if self.return_state:
             outs += states + last_states
@@ -257,25 +276,34 @@ class RecurrentNode(_Node):
         ``[h, c]``, batch-major (batch, units))."""
         states = [self._cast(np.asarray(s)) for s in initial_state]
         if len(states) != self.num_states:
-            raise ValueError("%s %r takes %d initial states, got %d"
-                             % (self.keras_class, self.name, self.num_states, len(states)))
+            raise ValueError(
+                "%s %r takes %d initial states, got %d" % (self.keras_class, self.name, self.num_states, len(states))
+            )
         B = x.shape[1]
         out_states, i = [], 0
         out = None
         for k, layer in enumerate(self.rnn_layers):
             n = layer.cell_spec.num_states
-            mine = states[i:i + n]
+            mine = states[i : i + n]
             i += n
             for s, want in zip(mine, [layer.output_size, layer.units][:n]):
                 if s.shape != (B, want):
-                    raise ValueError("%s %r: initial state of shape %s, expected %s"
-                                     % (self.keras_class, self.name, s.shape, (B, want)))
+                    raise ValueError(
+                        "%s %r: initial state of shape %s, expected %s"
+                        % (self.keras_class, self.name, s.shape, (B, want))
+                    )
             h0 = mine[0][None]
             c0 = mine[1][None] if n > 1 else None
             last = k == len(self.rnn_layers) - 1
-            out, h_n, c_n = layer.forward(x, h0, c0, mask=mask, num_threads=num_threads,
-                                          zero_output_for_mask=self.zero_output_for_mask and last,
-                                          return_sequences=not last or self.return_sequences)
+            out, h_n, c_n = layer.forward(
+                x,
+                h0,
+                c0,
+                mask=mask,
+                num_threads=num_threads,
+                zero_output_for_mask=self.zero_output_for_mask and last,
+                return_sequences=not last or self.return_sequences,
+            )
             out_states += [h_n[0]] + ([c_n[0]] if c_n is not None else [])
             if not last:
                 x = out
@@ -335,16 +363,20 @@ class BidirectionalNode(_Node):
 
     def run(self, x, mask, num_threads=None, initial_state=None, use_mask=True):
         if x.ndim != 3:
-            raise ValueError("Bidirectional %r needs a sequence (batch, time, features), got an "
-                             "input of shape %s" % (self.name, _batch_major_shape(x)))
+            raise ValueError(
+                "Bidirectional %r needs a sequence (batch, time, features), got an "
+                "input of shape %s" % (self.name, _batch_major_shape(x))
+            )
         if not use_mask:
             outs, _ = self.run(x, None, num_threads, initial_state)
             return outs, self.output_masks(mask)
         if initial_state is not None:
             nf = self.forward_node.num_states
             if len(initial_state) != nf + self.backward_node.num_states:
-                raise ValueError("Bidirectional %r takes %d initial states, got %d"
-                                 % (self.name, nf + self.backward_node.num_states, len(initial_state)))
+                raise ValueError(
+                    "Bidirectional %r takes %d initial states, got %d"
+                    % (self.name, nf + self.backward_node.num_states, len(initial_state))
+                )
             fo, _ = self.forward_node.run(x, mask, num_threads, initial_state=initial_state[:nf])
             bo, _ = self.backward_node.run(x, mask, num_threads, initial_state=initial_state[nf:])
             y, y_rev = fo[0], bo[0]
@@ -357,17 +389,22 @@ class BidirectionalNode(_Node):
             return outs, self.output_masks(mask)
         if self.fused is not None:
             out, states = run_recurrent(
-                self.fused, self._cast(x), return_sequences=self.return_sequences,
-                merge_mode=self.merge_mode, mask=mask, zero_output_for_mask=self.return_sequences,
-                return_state=True, num_threads=num_threads)
+                self.fused,
+                self._cast(x),
+                return_sequences=self.return_sequences,
+                merge_mode=self.merge_mode,
+                mask=mask,
+                zero_output_for_mask=self.return_sequences,
+                return_state=True,
+                num_threads=num_threads,
+            )
         else:
             fo, _ = self.forward_node.run(x, mask, num_threads)
             bo, _ = self.backward_node.run(x, mask, num_threads)
             y, y_rev = fo[0], bo[0]
             if self.return_sequences:
-                y_rev = y_rev[::-1]                 # Keras flips the backward sequence back
-            out = merge_directions(np.concatenate([y, y_rev], axis=-1), self.merge_mode,
-                                   y.shape[-1])
+                y_rev = y_rev[::-1]  # Keras flips the backward sequence back
+            out = merge_directions(np.concatenate([y, y_rev], axis=-1), self.merge_mode, y.shape[-1])
             states = fo[1:] + bo[1:]
         outs = list(out) if self.merge_mode is None else [out]
         if self.return_state:
@@ -475,8 +512,9 @@ class EmbeddingNode(_Node):
     def run(self, ids, mask, num_threads=None):
         n = self.table.shape[0]
         if ids.size and (ids.min() < 0 or ids.max() >= n):
-            raise ValueError("Embedding %r: ids must lie in [0, %d), got min %d max %d"
-                             % (self.name, n, ids.min(), ids.max()))
+            raise ValueError(
+                "Embedding %r: ids must lie in [0, %d), got min %d max %d" % (self.name, n, ids.min(), ids.max())
+            )
         out = np.take(self.table, ids, axis=0)
         return [out], [ids != 0 if self.mask_zero else None]
 
@@ -497,7 +535,7 @@ class FlattenNode(_Node):
 
     def run(self, x, mask, num_threads=None):
         x = self._cast(x)
-        if x.ndim == 3:                       # time-major (T, B, F)
+        if x.ndim == 3:  # time-major (T, B, F)
             x = x.transpose(1, 2, 0) if self.channels_first else x.transpose(1, 0, 2)
         return [np.ascontiguousarray(x).reshape(x.shape[0], -1)], [None]
 
@@ -511,8 +549,10 @@ class TimeDistributedNode(_Node):
 
     def run(self, x, mask, num_threads=None):
         if x.ndim != 3:
-            raise ValueError("TimeDistributed %r needs a sequence (batch, time, features), got an "
-                             "input of shape %s" % (self.name, _batch_major_shape(x)))
+            raise ValueError(
+                "TimeDistributed %r needs a sequence (batch, time, features), got an "
+                "input of shape %s" % (self.name, _batch_major_shape(x))
+            )
         outs, _ = self.inner.run(x, mask, num_threads)
         return outs, [mask]
 
@@ -545,9 +585,11 @@ class GlobalPoolingNode(_Node):
 
     def run(self, x, mask, num_threads=None):
         if x.ndim != 3:
-            raise ValueError("%s %r needs a sequence (batch, time, features), got an input of "
-                             "shape %s" % (self.keras_class, self.name, _batch_major_shape(x)))
-        x = self._cast(x)                           # time-major (T, B, F)
+            raise ValueError(
+                "%s %r needs a sequence (batch, time, features), got an input of "
+                "shape %s" % (self.keras_class, self.name, _batch_major_shape(x))
+            )
+        x = self._cast(x)  # time-major (T, B, F)
         if self.reduce == "max":
             y = x.max(axis=0, keepdims=self.keepdims)
         elif mask is None:
@@ -587,8 +629,13 @@ class MergeNode(_Node):
     """
 
     multi_input = True
-    _REDUCE = {"add": np.add, "subtract": np.subtract, "multiply": np.multiply,
-               "maximum": np.maximum, "minimum": np.minimum}
+    _REDUCE = {
+        "add": np.add,
+        "subtract": np.subtract,
+        "multiply": np.multiply,
+        "maximum": np.maximum,
+        "minimum": np.minimum,
+    }
 
     def __init__(self, name, keras_class, kind, dtype, axis=-1):
         super().__init__(name, keras_class, dtype)
@@ -621,7 +668,7 @@ class MergeNode(_Node):
                 out = out | np.asarray(m, bool)
             return out
         if self._features_axis(xs[0].ndim) and any(m is None for m in masks):
-            return None         # an unmasked input makes every step valid
+            return None  # an unmasked input makes every step valid
         full = []
         for x, m in zip(xs, masks):
             if m is None:
@@ -637,8 +684,9 @@ class MergeNode(_Node):
         if self.kind == "concat":
             ranks = {x.ndim for x in xs}
             if len(ranks) != 1:
-                raise ValueError("%s %r: inputs of different ranks %s" % (self.keras_class, self.name,
-                                                                       [x.ndim for x in xs]))
+                raise ValueError(
+                    "%s %r: inputs of different ranks %s" % (self.keras_class, self.name, [x.ndim for x in xs])
+                )
             y = np.concatenate(xs, axis=_tm_axis(self.axis, xs[0].ndim))
         else:
             if self.kind == "subtract" and len(xs) != 2:
@@ -722,7 +770,7 @@ class DotNode(_Node):
     def run(self, xs, masks, num_threads=None):
         if len(xs) != 2:
             raise ValueError("Dot %r takes exactly 2 inputs, got %d" % (self.name, len(xs)))
-        a, b = (_swap(self._cast(np.asarray(x))) for x in xs)         # batch-major
+        a, b = (_swap(self._cast(np.asarray(x))) for x in xs)  # batch-major
         axes = [self.axes, self.axes] if isinstance(self.axes, int) else list(self.axes)
         axes = [ax % t.ndim for ax, t in zip(axes, (a, b))]
         if min(axes) < 1:
@@ -761,8 +809,7 @@ class RepeatVectorNode(_Node):
     def run(self, x, mask, num_threads=None):
         x = self._cast(x)
         if x.ndim != 2:
-            raise ValueError("RepeatVector %r needs input (batch, features), got shape %s"
-                             % (self.name, x.shape))
+            raise ValueError("RepeatVector %r needs input (batch, features), got shape %s" % (self.name, x.shape))
         return [np.ascontiguousarray(np.broadcast_to(x[None], (self.n,) + x.shape))], [None]
 
     def describe(self):
@@ -777,7 +824,7 @@ class ReshapeNode(_Node):
 
     def __init__(self, name, keras_class, dtype, target_shape=None, permute=None):
         super().__init__(name, keras_class, dtype)
-        self.fixes_length = target_shape is not None      # a reshape needs the declared length
+        self.fixes_length = target_shape is not None  # a reshape needs the declared length
         self.target_shape = tuple(target_shape) if target_shape is not None else None
         self.permute = tuple(permute) if permute is not None else None
 
@@ -785,8 +832,9 @@ class ReshapeNode(_Node):
         b = _swap(self._cast(x))
         if self.permute is not None:
             if len(self.permute) != b.ndim - 1:
-                raise ValueError("Permute %r: dims %s for an input of shape %s"
-                                 % (self.name, self.permute, _batch_major_shape(x)))
+                raise ValueError(
+                    "Permute %r: dims %s for an input of shape %s" % (self.name, self.permute, _batch_major_shape(x))
+                )
             y = np.transpose(b, (0,) + self.permute)
         else:
             y = b.reshape((b.shape[0],) + self.target_shape)
@@ -811,8 +859,12 @@ class _BatchMajorNode(_Node):
         b = _swap(x)
         axis = getattr(self, "positive_axis", None)
         if axis is not None and axis != b.ndim - 1:
-            raise UnsupportedLayerError(self.keras_class, "axis", "layer %r normalises axis %d; rnnfast "
-                                        "normalises the last axis (here %d)" % (self.name, axis, b.ndim - 1))
+            raise UnsupportedLayerError(
+                self.keras_class,
+                "axis",
+                "layer %r normalises axis %d; rnnfast "
+                "normalises the last axis (here %d)" % (self.name, axis, b.ndim - 1),
+            )
         if self.channels_first and b.ndim == 3:
             b = np.swapaxes(b, 1, 2)
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
@@ -824,8 +876,10 @@ class _BatchMajorNode(_Node):
 
     def _need_sequence(self, b):
         if b.ndim != 3:
-            raise ValueError("%s %r needs a sequence (batch, steps, channels), got an input of shape %s"
-                             % (self.keras_class, self.name, b.shape))
+            raise ValueError(
+                "%s %r needs a sequence (batch, steps, channels), got an input of shape %s"
+                % (self.keras_class, self.name, b.shape)
+            )
 
 
 class ConvNode(_BatchMajorNode):
@@ -834,9 +888,23 @@ class ConvNode(_BatchMajorNode):
     stage (kernel (k, Cin/groups, Cout)), each a GEMM on an im2col view
     (:func:`rnnfast.ops.conv1d`), then the bias and the activation."""
 
-    def __init__(self, name, keras_class, dtype, *, kernel=None, depthwise=None, bias=None,
-                 strides=1, dilation=1, padding="valid", groups=1, activation="linear",
-                 channels_first=False, keras_weights=()):
+    def __init__(
+        self,
+        name,
+        keras_class,
+        dtype,
+        *,
+        kernel=None,
+        depthwise=None,
+        bias=None,
+        strides=1,
+        dilation=1,
+        padding="valid",
+        groups=1,
+        activation="linear",
+        channels_first=False,
+        keras_weights=(),
+    ):
         super().__init__(name, keras_class, dtype)
         dt = self.dtype
         self.kernel = None if kernel is None else np.ascontiguousarray(kernel, dtype=dt)
@@ -860,22 +928,35 @@ class ConvNode(_BatchMajorNode):
         if self.depthwise is not None:
             C = b.shape[2]
             last = self.kernel is None
-            b = conv1d(b, self.depthwise, self.bias if last else None, stride=self.strides,
-                       dilation=self.dilation, padding=pad, groups=C)
+            b = conv1d(
+                b,
+                self.depthwise,
+                self.bias if last else None,
+                stride=self.strides,
+                dilation=self.dilation,
+                padding=pad,
+                groups=C,
+            )
             if not last:
-                b = conv1d(b, self.kernel, self.bias)           # pointwise
+                b = conv1d(b, self.kernel, self.bias)  # pointwise
             y = b
         else:
-            y = conv1d(b, self.kernel, self.bias, stride=self.strides, dilation=self.dilation,
-                       padding=pad, groups=self.groups)
+            y = conv1d(
+                b, self.kernel, self.bias, stride=self.strides, dilation=self.dilation, padding=pad, groups=self.groups
+            )
         if self.activation != "linear":
             y = keras_activation(self.activation, y)
         return y
 
     def describe(self):
         return "%s(kernel_size=%d, strides=%d, dilation=%d, padding=%r%s)" % (
-            self.keras_class, self.kernel_size, self.strides, self.dilation, self.padding,
-            ", activation=%r" % self.activation if self.activation != "linear" else "")
+            self.keras_class,
+            self.kernel_size,
+            self.strides,
+            self.dilation,
+            self.padding,
+            ", activation=%r" % self.activation if self.activation != "linear" else "",
+        )
 
 
 class PoolNode(_BatchMajorNode):
@@ -891,13 +972,19 @@ class PoolNode(_BatchMajorNode):
         self._need_sequence(b)
         pad = conv_padding(b.shape[1], self.pool_size, self.strides, 1, self.padding)
         if b.shape[1] + pad[0] + pad[1] < self.pool_size:
-            raise ValueError("%s %r: %d steps are fewer than the pool size %d"
-                             % (self.keras_class, self.name, b.shape[1], self.pool_size))
+            raise ValueError(
+                "%s %r: %d steps are fewer than the pool size %d"
+                % (self.keras_class, self.name, b.shape[1], self.pool_size)
+            )
         return pool1d(b, self.pool_size, self.strides, pad, self.reduce)
 
     def describe(self):
-        return "%s(pool_size=%d, strides=%d, padding=%r)" % (self.keras_class, self.pool_size,
-                                                             self.strides, self.padding)
+        return "%s(pool_size=%d, strides=%d, padding=%r)" % (
+            self.keras_class,
+            self.pool_size,
+            self.strides,
+            self.padding,
+        )
 
 
 class AffineNode(_BatchMajorNode):
@@ -918,8 +1005,9 @@ class AffineNode(_BatchMajorNode):
     def compute(self, b):
 
         if self.scale.size != 1 and b.shape[-1] != self.scale.shape[-1]:
-            raise ValueError("%s %r expects %d features, got %d" % (self.keras_class, self.name,
-                                                                   self.scale.shape[-1], b.shape[-1]))
+            raise ValueError(
+                "%s %r expects %d features, got %d" % (self.keras_class, self.name, self.scale.shape[-1], b.shape[-1])
+            )
         return affine(b, self.scale, self.shift)
 
 
@@ -928,8 +1016,7 @@ class NormNode(_BatchMajorNode):
 
     mask_rule = "keep"
 
-    def __init__(self, name, keras_class, dtype, *, gamma=None, beta=None, epsilon=1e-3,
-                 rms_scaling=False, unit=False):
+    def __init__(self, name, keras_class, dtype, *, gamma=None, beta=None, epsilon=1e-3, rms_scaling=False, unit=False):
         super().__init__(name, keras_class, dtype)
         self.gamma = None if gamma is None else np.asarray(gamma, dtype=self.dtype)
         self.beta = None if beta is None else np.asarray(beta, dtype=self.dtype)
@@ -950,8 +1037,9 @@ class StepsNode(_BatchMajorNode):
     ``Cropping1D`` (``crop``): the steps of a sequence repeated, padded with zeros or
     cut."""
 
-    def __init__(self, name, keras_class, dtype, *, repeat=1, pad=(0, 0), crop=(0, 0),
-                 channels_first=False, keep_mask=False):
+    def __init__(
+        self, name, keras_class, dtype, *, repeat=1, pad=(0, 0), crop=(0, 0), channels_first=False, keep_mask=False
+    ):
         super().__init__(name, keras_class, dtype)
         self.repeat, self.pad, self.crop = int(repeat), tuple(pad), tuple(crop)
         self.channels_first = bool(channels_first)
@@ -966,9 +1054,10 @@ class StepsNode(_BatchMajorNode):
         if self.crop != (0, 0):
             T = b.shape[1]
             if sum(self.crop) >= T:
-                raise ValueError("%s %r: cropping %s of %d steps leaves none"
-                                 % (self.keras_class, self.name, self.crop, T))
-            b = b[:, self.crop[0]:T - self.crop[1]]
+                raise ValueError(
+                    "%s %r: cropping %s of %d steps leaves none" % (self.keras_class, self.name, self.crop, T)
+                )
+            b = b[:, self.crop[0] : T - self.crop[1]]
         return b
 
 
@@ -982,14 +1071,16 @@ class AttentionNode(_Node):
     #: keyword arguments of the call rnnfast honours, with their defaults
     call_options = {"use_causal_mask": False, "return_attention_scores": False}
 
-    def __init__(self, name, keras_class, dtype, *, additive=False, score_mode="dot", scale=None,
-                 concat_score_weight=None):
+    def __init__(
+        self, name, keras_class, dtype, *, additive=False, score_mode="dot", scale=None, concat_score_weight=None
+    ):
         super().__init__(name, keras_class, dtype)
         self.additive = bool(additive)
         self.score_mode = score_mode
         self.scale = None if scale is None else np.asarray(scale, dtype=self.dtype)
-        self.concat_score_weight = None if concat_score_weight is None else np.asarray(
-            concat_score_weight, dtype=self.dtype)
+        self.concat_score_weight = (
+            None if concat_score_weight is None else np.asarray(concat_score_weight, dtype=self.dtype)
+        )
 
     def get_weights(self):
         return [w.copy() for w in (self.scale, self.concat_score_weight) if w is not None]
@@ -999,9 +1090,11 @@ class AttentionNode(_Node):
 
     def run(self, xs, masks, num_threads=None, use_causal_mask=False, return_attention_scores=False):
         if len(xs) not in (2, 3):
-            raise ValueError("%s %r takes [query, value] or [query, value, key], got %d tensors"
-                             % (self.keras_class, self.name, len(xs)))
-        q, v = _swap(self._cast(xs[0])), _swap(self._cast(xs[1]))             # batch-major
+            raise ValueError(
+                "%s %r takes [query, value] or [query, value, key], got %d tensors"
+                % (self.keras_class, self.name, len(xs))
+            )
+        q, v = _swap(self._cast(xs[0])), _swap(self._cast(xs[1]))  # batch-major
         k = _swap(self._cast(xs[2])) if len(xs) > 2 else v
         if q.ndim != 3 or v.ndim != 3 or k.ndim != 3:
             raise ValueError("%s %r needs sequences (batch, steps, features)" % (self.keras_class, self.name))
@@ -1009,8 +1102,11 @@ class AttentionNode(_Node):
         v_mask = masks[1] if masks and len(masks) > 1 else None
         with np.errstate(over="ignore"):
             if self.additive or self.score_mode == "concat":
-                t = np.tanh((q[:, :, None, :] + k[:, None, :, :]) if self.additive or self.scale is None
-                            else self.scale * (q[:, :, None, :] + k[:, None, :, :]))
+                t = np.tanh(
+                    (q[:, :, None, :] + k[:, None, :, :])
+                    if self.additive or self.scale is None
+                    else self.scale * (q[:, :, None, :] + k[:, None, :, :])
+                )
                 if self.additive:
                     scores = (t * self.scale).sum(-1) if self.scale is not None else t.sum(-1)
                 else:
@@ -1021,7 +1117,7 @@ class AttentionNode(_Node):
                     scores = scores * self.scale
             valid = None
             if v_mask is not None:
-                valid = np.swapaxes(np.asarray(v_mask, bool), 0, 1)[:, None, :]     # (B, 1, Tv)
+                valid = np.swapaxes(np.asarray(v_mask, bool), 0, 1)[:, None, :]  # (B, 1, Tv)
             if use_causal_mask:
                 Tq, Tv = scores.shape[1:]
                 causal = np.arange(Tq)[:, None] >= np.arange(Tv)[None, :]
@@ -1081,8 +1177,10 @@ class KerasModel(Summarized):
     def __init__(self, graph, *, inputs, name, keras_version, source=None):
         self._graph = graph
         # per input: dict(name, shape, dtype, integer, declared)
-        self._inputs = [dict(spec, shape=tuple(spec["shape"]), dtype=np.dtype(spec["dtype"]),
-                             integer=bool(spec["integer"])) for spec in inputs]
+        self._inputs = [
+            dict(spec, shape=tuple(spec["shape"]), dtype=np.dtype(spec["dtype"]), integer=bool(spec["integer"]))
+            for spec in inputs
+        ]
         for spec in self._inputs:
             spec["declared"] = _declared(spec.get("declared"), spec["shape"])
         self.input_names = [spec["name"] for spec in self._inputs]
@@ -1137,8 +1235,9 @@ class KerasModel(Summarized):
             Batch-major, the shapes and values ``keras_model.predict(x)`` gives.
         """
         xs = self._validated(x)
-        return run_batched(lambda *parts: self._run(parts, num_threads), xs[0], batch_size,
-                           aligned=xs[1:], verbose=verbose)
+        return run_batched(
+            lambda *parts: self._run(parts, num_threads), xs[0], batch_size, aligned=xs[1:], verbose=verbose
+        )
 
     def __call__(self, x, training=None, *, num_threads=None):
         """``model(x)``, ``model(x, training=False)``: :meth:`predict` in one pass.
@@ -1146,9 +1245,10 @@ class KerasModel(Summarized):
         ``training`` may be None or False (rnnfast runs inference only: training=True
         is a ValueError)."""
         if training is not None and training is not False:
-            raise ValueError("%s runs inference only: training=%r is not supported (rnnfast has "
-                             "no training mode; dropout and noise layers are the identity)"
-                             % (self._what(), training))
+            raise ValueError(
+                "%s runs inference only: training=%r is not supported (rnnfast has "
+                "no training mode; dropout and noise layers are the identity)" % (self._what(), training)
+            )
         return self.predict(x, num_threads=num_threads)
 
     def count_params(self):
@@ -1178,8 +1278,9 @@ class KerasModel(Summarized):
         for spec in self._inputs:
             shape = spec["declared"]
             if any(d is None for d in shape[2:]):
-                raise ValueError("%s: the output shape is unknown (the input's features are not "
-                                 "declared)" % self._what())
+                raise ValueError(
+                    "%s: the output shape is unknown (the input's features are not declared)" % self._what()
+                )
             dt = np.int64 if spec["integer"] else spec["dtype"]
             out.append(np.zeros([1] + [length if d is None else d for d in shape[1:]], dt))
         return out if len(out) > 1 else out[0]
@@ -1189,8 +1290,8 @@ class KerasModel(Summarized):
         y1, y2 = (self.predict(self._probe(t), num_threads=1) for t in (16, 32))
 
         def merged(a, b):
-            return tuple(None if i == 0 or a.shape[i] != b.shape[i] else int(n)
-                         for i, n in enumerate(a.shape))
+            return tuple(None if i == 0 or a.shape[i] != b.shape[i] else int(n) for i, n in enumerate(a.shape))
+
         return _map_structure(merged, y1, y2)
 
     # -- describing itself ------------------------------------------------------------
@@ -1251,6 +1352,7 @@ class KerasModel(Summarized):
         def shape(k):
             a, b = (_batch_major(r[k]).shape for r in runs)
             return tuple(None if i == 0 or a[i] != b[i] else int(n) for i, n in enumerate(a))
+
         return [[shape(k) for k in first[id(node)]] for node in self.layers]
 
     def summary_rows(self):
@@ -1261,22 +1363,30 @@ class KerasModel(Summarized):
         rows = []
         shapes = self.layer_output_shapes()
         for node, conn, shp in zip(self.layers, self.connections(), shapes):
-            kind, units, opts = node.summary_row       # left by the registry's converter
+            kind, units, opts = node.summary_row  # left by the registry's converter
             if shp is None:
                 text = "?"
             else:
                 text = ", ".join("(%s)" % ", ".join("None" if d is None else str(d) for d in s) for s in shp)
                 text = text if len(shp) == 1 else "[%s]" % text
-            rows.append(dict(name=node.name, type=kind, units=units, options=opts,
-                             parameters=int(node.num_params), dtype=node.dtype.name,
-                             connected_to=conn, output_shape=text))
+            rows.append(
+                dict(
+                    name=node.name,
+                    type=kind,
+                    units=units,
+                    options=opts,
+                    parameters=int(node.num_params),
+                    dtype=node.dtype.name,
+                    connected_to=conn,
+                    output_shape=text,
+                )
+            )
         return rows
 
     def summary_title(self):
         """The title line of the summary table."""
         dt = self.dtype.name if self.dtype is not None else "mixed dtypes"
-        return "KerasModel %r: Keras %s, input %s, %s" % (self.name, self.keras_version,
-                                                          self._input_text(), dt)
+        return "KerasModel %r: Keras %s, input %s, %s" % (self.name, self.keras_version, self._input_text(), dt)
 
     def _input_text(self):
         return ", ".join(_shape_str(spec["shape"]) for spec in self._inputs)
@@ -1288,47 +1398,62 @@ class KerasModel(Summarized):
         Embedding's ``input_dim``, else None), ``dtype`` (of the input),
         ``layers`` (:meth:`summary_rows`)."""
         vocab = next((n.table.shape[0] for n in self.layers if n.takes_ids), None)
-        return dict(framework=self.framework, name=self.name, input_shape=self.input_shape,
-                    integer_input=self._integer_input, vocabulary=vocab,
-                    dtype=np.dtype(np.int64) if self._integer_input else self._input_dtype,
-                    layers=self.summary_rows())
+        return dict(
+            framework=self.framework,
+            name=self.name,
+            input_shape=self.input_shape,
+            integer_input=self._integer_input,
+            vocabulary=vocab,
+            dtype=np.dtype(np.int64) if self._integer_input else self._input_dtype,
+            layers=self.summary_rows(),
+        )
 
     def _validated(self, x):
         n = len(self._inputs)
         if n == 1:
             if isinstance(x, dict) and len(x) == 1:
                 x = next(iter(x.values()))
-            elif isinstance(x, (list, tuple)) and len(x) == 1 and not np.isscalar(x[0]) \
-                    and np.ndim(x[0]) >= 2:
-                x = x[0]                        # Keras takes [x] as well as x
+            elif isinstance(x, (list, tuple)) and len(x) == 1 and not np.isscalar(x[0]) and np.ndim(x[0]) >= 2:
+                x = x[0]  # Keras takes [x] as well as x
             xs = [x]
         else:
             if isinstance(x, dict):
                 missing = [k for k in self.input_names if k not in x]
                 if missing:
-                    raise ValueError("%s: missing input(s) %s (inputs: %s)"
-                                     % (self._what(), ", ".join(missing), ", ".join(self.input_names)))
+                    raise ValueError(
+                        "%s: missing input(s) %s (inputs: %s)"
+                        % (self._what(), ", ".join(missing), ", ".join(self.input_names))
+                    )
                 xs = [x[k] for k in self.input_names]
             elif isinstance(x, (list, tuple)) and len(x) == n:
                 xs = list(x)
             else:
-                raise ValueError("%s takes %d inputs (%s): pass a list or a dict of arrays"
-                                 % (self._what(), n, ", ".join(self.input_names)))
+                raise ValueError(
+                    "%s takes %d inputs (%s): pass a list or a dict of arrays"
+                    % (self._what(), n, ", ".join(self.input_names))
+                )
         out = []
         for spec, xi in zip(self._inputs, xs):
             what = self._what() if n == 1 else "%s input %r" % (self._what(), spec["name"])
-            out.append(_validation.model_input(xi, spec["shape"], spec["dtype"], integer=spec["integer"],
-                                               what=what, shape_text=_shape_str(spec["shape"])))
+            out.append(
+                _validation.model_input(
+                    xi,
+                    spec["shape"],
+                    spec["dtype"],
+                    integer=spec["integer"],
+                    what=what,
+                    shape_text=_shape_str(spec["shape"]),
+                )
+            )
         if len({a.shape[0] for a in out}) > 1:
-            raise ValueError("%s: the inputs have different batch sizes %s"
-                             % (self._what(), [a.shape[0] for a in out]))
+            raise ValueError("%s: the inputs have different batch sizes %s" % (self._what(), [a.shape[0] for a in out]))
         return out
 
     def _run(self, parts, num_threads):
         feeds = []
         for spec, x in zip(self._inputs, parts):
             if x.ndim >= 2 and (x.ndim == 3 or spec["integer"]):
-                x = np.ascontiguousarray(np.swapaxes(x, 0, 1))        # time-major
+                x = np.ascontiguousarray(np.swapaxes(x, 0, 1))  # time-major
             feeds.append(x)
         values, _ = self._graph.run(feeds, num_threads)
         return _map_structure(_batch_major, values)
@@ -1340,7 +1465,7 @@ class KerasModel(Summarized):
         rebuilt on arrival (:meth:`RNNLayer.__setstate__ <rnnfast.layers.RNNLayer.__setstate__>`)."""
         state = self.__dict__.copy()
         graph = copy.copy(self._graph)
-        travelling = {}                     # a shared op travels once
+        travelling = {}  # a shared op travels once
         graph.steps = []
         for step in self._graph.steps:
             step = copy.copy(step)
@@ -1356,8 +1481,7 @@ class KerasModel(Summarized):
 
     def __repr__(self):
         dt = self.dtype.name if self.dtype is not None else "mixed dtypes"
-        lines = ["KerasModel(%r, Keras %s, %s, input %s)" % (
-            self.name, self.keras_version, dt, self._input_text())]
+        lines = ["KerasModel(%r, Keras %s, %s, input %s)" % (self.name, self.keras_version, dt, self._input_text())]
         width = max([len(n.name) for n in self.layers] + [4])
         for node in self.layers:
             lines.append("  %-*s  %s" % (width, node.name, node.describe()))
@@ -1400,7 +1524,6 @@ def _travelling(node):
     return node
 
 
-
 def _batch_major(y):
     return np.ascontiguousarray(np.swapaxes(y, 0, 1)) if y.ndim == 3 else y
 
@@ -1413,8 +1536,7 @@ def _batch_major_shape(x):
 
 
 def _shape_str(shape):
-    return "(%s)" % ", ".join("batch" if i == 0 else ("any" if d is None else str(d))
-                              for i, d in enumerate(shape))
+    return "(%s)" % ", ".join("batch" if i == 0 else ("any" if d is None else str(d)) for i, d in enumerate(shape))
 
 
 def _cell_args(layer):

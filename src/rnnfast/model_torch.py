@@ -7,6 +7,7 @@ other on the data in the module's own layout (time-major, or batch-major with
 the kernel with the directions already side by side, is the next layer's input as
 it is.
 """
+
 import numpy as np
 
 from . import _validation
@@ -71,15 +72,32 @@ class TorchRNN(Summarized):
             raise ValueError("%r is not a layer PyTorch has" % (first,))
         D, Ho = first.num_directions, first.output_size
         for k, l in enumerate(layers):
-            same = (l.cell, l.reset_after, l.activation, l.recurrent_activation, l.num_directions,
-                    l.units, l.proj_size, l.dtype, l.go_backwards)
-            ref = (first.cell, first.reset_after, first.activation, first.recurrent_activation, D,
-                   first.units, first.proj_size, first.dtype, False)
+            same = (
+                l.cell,
+                l.reset_after,
+                l.activation,
+                l.recurrent_activation,
+                l.num_directions,
+                l.units,
+                l.proj_size,
+                l.dtype,
+                l.go_backwards,
+            )
+            ref = (
+                first.cell,
+                first.reset_after,
+                first.activation,
+                first.recurrent_activation,
+                D,
+                first.units,
+                first.proj_size,
+                first.dtype,
+                False,
+            )
             if same != ref:
                 raise ValueError("layer %d (%r) differs from layer 0 (%r)" % (k, l, first))
             if k and l.input_size != D * Ho:
-                raise ValueError("layer %d takes %d features but layer %d gives %d"
-                                 % (k, l.input_size, k - 1, D * Ho))
+                raise ValueError("layer %d takes %d features but layer %d gives %d" % (k, l.input_size, k - 1, D * Ho))
         self.layers = layers
         self.mode = mode
         self.input_size = first.input_size
@@ -130,9 +148,17 @@ class TorchRNN(Summarized):
             opts.append("proj_size=%d" % self.proj_size)
         if not self.bias:
             opts.append("bias=False")
-        return [dict(name="l%d" % k, type=self._module, units=str(layer.units), options=", ".join(opts),
-                     parameters=layer.source_parameters, dtype=layer.dtype.name)
-                for k, layer in enumerate(self.layers)]
+        return [
+            dict(
+                name="l%d" % k,
+                type=self._module,
+                units=str(layer.units),
+                options=", ".join(opts),
+                parameters=layer.source_parameters,
+                dtype=layer.dtype.name,
+            )
+            for k, layer in enumerate(self.layers)
+        ]
 
     def summary_title(self):
         """The title line of the summary table."""
@@ -143,9 +169,16 @@ class TorchRNN(Summarized):
         (its repr), ``input_shape`` ``(None, None, input_size)`` (time and batch in the
         module's order, ``batch_first`` or not), ``integer_input`` (False),
         ``vocabulary`` (None), ``dtype``, ``batch_first``, ``layers`` (:meth:`summary_rows`)."""
-        return dict(framework=self.framework, name=repr(self), input_shape=(None, None, self.input_size),
-                    integer_input=False, vocabulary=None, dtype=self.dtype, batch_first=self.batch_first,
-                    layers=self.summary_rows())
+        return dict(
+            framework=self.framework,
+            name=repr(self),
+            input_shape=(None, None, self.input_size),
+            integer_input=False,
+            vocabulary=None,
+            dtype=self.dtype,
+            batch_first=self.batch_first,
+            layers=self.summary_rows(),
+        )
 
     # -- running --------------------------------------------------------------------
 
@@ -156,22 +189,28 @@ class TorchRNN(Summarized):
         LD, Ho, H = self.num_layers * self.num_directions, self._Ho, self.hidden_size
         if self._with_c:
             if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-                raise ValueError("an LSTM takes hx as a tuple (h_0, c_0), got %s"
-                                 % (type(hx).__name__ if not isinstance(hx, (tuple, list))
-                                    else "a %s of %d" % (type(hx).__name__, len(hx))))
+                raise ValueError(
+                    "an LSTM takes hx as a tuple (h_0, c_0), got %s"
+                    % (
+                        type(hx).__name__
+                        if not isinstance(hx, (tuple, list))
+                        else "a %s of %d" % (type(hx).__name__, len(hx))
+                    )
+                )
             parts = [(hx[0], (LD, B, Ho), "h_0"), (hx[1], (LD, B, H), "c_0")]
         else:
             if isinstance(hx, (tuple, list)):
-                raise ValueError("an %s takes hx as one array h_0, not a %s"
-                                 % (self._module, type(hx).__name__))
+                raise ValueError("an %s takes hx as one array h_0, not a %s" % (self._module, type(hx).__name__))
             parts = [(hx, (LD, B, Ho), "h_0")]
         out = []
         for s, shape, name in parts:
             s = _validation.as_input(s, self.dtype, name)
             if unbatched:
                 if s.ndim != 2:
-                    raise ValueError("for unbatched 2-D input, %s must be 2-D %s, got shape %s"
-                                     % (name, (shape[0], shape[2]), s.shape))
+                    raise ValueError(
+                        "for unbatched 2-D input, %s must be 2-D %s, got shape %s"
+                        % (name, (shape[0], shape[2]), s.shape)
+                    )
                 s = s[:, None, :]
             if s.shape != shape:
                 raise ValueError("%s must have shape %s, got %s" % (name, shape, s.shape))
@@ -182,26 +221,30 @@ class TorchRNN(Summarized):
         """A batch size carried by ``hx`` or ``lengths`` that fits only the other layout
         (batch-first for a time-major module, or the reverse) is an error that says so.
         Without them the two readings of a 3-D input cannot be told apart."""
-        other = shape[0] if not self.batch_first else shape[1]   # the batch under the other layout
+        other = shape[0] if not self.batch_first else shape[1]  # the batch under the other layout
         if other == B:
             return
         sizes = []
         for name, a in (("h_0", hx[0] if isinstance(hx, (tuple, list)) and hx else hx), ("lengths", lengths)):
             try:
                 shape_a = np.shape(a) if a is not None else ()
-            except (ValueError, TypeError):              # not an array: _validation says what is wrong
+            except (ValueError, TypeError):  # not an array: _validation says what is wrong
                 continue
             if len(shape_a) == (3 if name == "h_0" else 1):
                 sizes.append((name, shape_a[-2 if name == "h_0" else 0]))
         for name, n in sizes:
             if n == other:
-                mine, theirs = ("(batch, time, features)", "(time, batch, features)") if self.batch_first \
+                mine, theirs = (
+                    ("(batch, time, features)", "(time, batch, features)")
+                    if self.batch_first
                     else ("(time, batch, features)", "(batch, time, features)")
+                )
                 raise ValueError(
                     "%s gives a batch of %d, which fits the input of shape %s only if it is %s; this "
                     "module has batch_first=%s and reads it as %s, a batch of %d. Pass the input as "
                     "%s, or load the model with batch_first=%s"
-                    % (name, n, tuple(shape), theirs, self.batch_first, mine, B, mine, not self.batch_first))
+                    % (name, n, tuple(shape), theirs, self.batch_first, mine, B, mine, not self.batch_first)
+                )
 
     def forward(self, x, hx=None, *, lengths=None, num_threads=None):
         """Run the module, as ``module(x, hx)`` does.
@@ -244,19 +287,28 @@ class TorchRNN(Summarized):
         dt = self.dtype
         x = _validation.as_input(x, dt)
         unbatched = x.ndim == 2
-        bfirst = self.batch_first and not unbatched        # the kernels read it as it is
+        bfirst = self.batch_first and not unbatched  # the kernels read it as it is
         if unbatched:
             if lengths is not None:
                 raise ValueError("lengths needs batched 3-D input, got shape %s" % (x.shape,))
             x = x[:, None, :]
         elif x.ndim != 3:
-            raise ValueError("expected input of shape %s or unbatched (time, %d), got shape %s"
-                             % ("(batch, time, %d)" % self.input_size if self.batch_first
-                                else "(time, batch, %d)" % self.input_size, self.input_size, x.shape))
+            raise ValueError(
+                "expected input of shape %s or unbatched (time, %d), got shape %s"
+                % (
+                    "(batch, time, %d)" % self.input_size
+                    if self.batch_first
+                    else "(time, batch, %d)" % self.input_size,
+                    self.input_size,
+                    x.shape,
+                )
+            )
         B, T, I = x.shape if bfirst else (x.shape[1], x.shape[0], x.shape[2])
         if I != self.input_size:
-            raise ValueError("expected %d input features, got input of shape %s"
-                             % (self.input_size, (x[:, 0] if unbatched else x).shape))
+            raise ValueError(
+                "expected %d input features, got input of shape %s"
+                % (self.input_size, (x[:, 0] if unbatched else x).shape)
+            )
         if not unbatched:
             self._check_layout(x.shape, B, hx, lengths)
         h0, c0 = self._states(hx, B, unbatched)
@@ -269,8 +321,14 @@ class TorchRNN(Summarized):
         y = x
         for k, layer in enumerate(self.layers):
             part = slice(k * D, (k + 1) * D)
-            y, h, c = layer.forward(y, None if h0 is None else h0[part], None if c0 is None else c0[part],
-                                    lengths=lengths, num_threads=num_threads, batch_first=bfirst)
+            y, h, c = layer.forward(
+                y,
+                None if h0 is None else h0[part],
+                None if c0 is None else c0[part],
+                lengths=lengths,
+                num_threads=num_threads,
+                batch_first=bfirst,
+            )
             h_n[part] = h
             if c_n is not None:
                 c_n[part] = c
@@ -317,6 +375,11 @@ class TorchRNN(Summarized):
             B, T = xa.shape[:2] if self.batch_first else xa.shape[1::-1]
             self._check_layout(xa.shape, B, None, lengths)
             lengths = _validation.as_lengths(lengths, T, B)
-        return run_batched(lambda part, lens: self.forward(part, lengths=lens, num_threads=num_threads)[0],
-                           xa, batch_size, axis=0 if self.batch_first else 1, aligned=(lengths,),
-                           verbose=verbose)
+        return run_batched(
+            lambda part, lens: self.forward(part, lengths=lens, num_threads=num_threads)[0],
+            xa,
+            batch_size,
+            axis=0 if self.batch_first else 1,
+            aligned=(lengths,),
+            verbose=verbose,
+        )

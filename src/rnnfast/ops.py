@@ -8,11 +8,22 @@ affine at load). No Python loop runs per time step; the references may.
 
 Shapes: sequences are ``(batch, steps, channels)`` here (channels last).
 """
+
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-__all__ = ["conv_padding", "conv1d", "conv1d_reference", "pool1d", "pool1d_reference",
-           "affine", "layer_norm", "layer_norm_reference", "unit_norm", "unit_norm_reference"]
+__all__ = [
+    "conv_padding",
+    "conv1d",
+    "conv1d_reference",
+    "pool1d",
+    "pool1d_reference",
+    "affine",
+    "layer_norm",
+    "layer_norm_reference",
+    "unit_norm",
+    "unit_norm_reference",
+]
 
 
 def conv_padding(steps, kernel_size, stride, dilation, padding):
@@ -48,21 +59,21 @@ def conv1d(x, kernel, bias=None, *, stride=1, dilation=1, padding=(0, 0), groups
     B, T, C = x.shape
     if C != cin_g * groups:
         raise ValueError("convolution expects %d input channels, got %d" % (cin_g * groups, C))
-    w = _windows(x, k, stride, dilation)                   # (B, n, k, C)
+    w = _windows(x, k, stride, dilation)  # (B, n, k, C)
     n = w.shape[1]
     if n < 1:
-        raise ValueError("convolution of span %d over %d steps gives no output"
-                         % ((k - 1) * dilation + 1, T))
+        raise ValueError("convolution of span %d over %d steps gives no output" % ((k - 1) * dilation + 1, T))
     cout_g = cout // groups
     if groups == 1:
-        cols = w.reshape(B * n, k * C)                      # copies once: the im2col matrix
+        cols = w.reshape(B * n, k * C)  # copies once: the im2col matrix
         y = cols @ kernel.reshape(k * C, cout)
     else:
         y = np.empty((B * n, cout), dtype=x.dtype)
         for g in range(groups):
-            cols = w[..., g * cin_g:(g + 1) * cin_g].reshape(B * n, k * cin_g)
-            y[:, g * cout_g:(g + 1) * cout_g] = cols @ kernel[:, :, g * cout_g:(g + 1) * cout_g].reshape(
-                k * cin_g, cout_g)
+            cols = w[..., g * cin_g : (g + 1) * cin_g].reshape(B * n, k * cin_g)
+            y[:, g * cout_g : (g + 1) * cout_g] = cols @ kernel[:, :, g * cout_g : (g + 1) * cout_g].reshape(
+                k * cin_g, cout_g
+            )
     if bias is not None:
         y += bias
     return y.reshape(B, n, cout)
@@ -81,7 +92,7 @@ def conv1d_reference(x, kernel, bias=None, *, stride=1, dilation=1, padding=(0, 
         for o in range(cout):
             g = o // cout_g
             for j in range(k):
-                y[:, t, o] += x[:, t * stride + j * dilation, g * cin_g:(g + 1) * cin_g] @ kernel[j, :, o]
+                y[:, t, o] += x[:, t * stride + j * dilation, g * cin_g : (g + 1) * cin_g] @ kernel[j, :, o]
     if bias is not None:
         y += np.asarray(bias, np.float64)
     return y
@@ -113,7 +124,7 @@ def pool1d_reference(x, pool_size, stride, padding, reduce):
     out = []
     for t in range(n):
         lo, hi = t * stride - left, t * stride - left + pool_size
-        part = x[:, max(lo, 0):min(hi, T)]
+        part = x[:, max(lo, 0) : min(hi, T)]
         out.append(part.max(axis=1) if reduce == "max" else part.mean(axis=1))
     return np.stack(out, axis=1)
 
@@ -160,4 +171,4 @@ def unit_norm(x, axis=-1, epsilon=1e-12):
 
 def unit_norm_reference(x, axis=-1, epsilon=1e-12):
     x = np.asarray(x, np.float64)
-    return x / np.maximum(np.sqrt((x ** 2).sum(axis=axis, keepdims=True)), epsilon)
+    return x / np.maximum(np.sqrt((x**2).sum(axis=axis, keepdims=True)), epsilon)

@@ -25,19 +25,21 @@ CPUs (``num_cpus=`` of ``map_batches``)::
 
 A column of sequences of one length (a tensor column: ``from_numpy``, or
 ``read_parquet`` of fixed-shape tensors; in pandas batches, cells of equal shapes) is
-scored as one array per batch; a column of sequences of their own lengths (``read_parquet`` of ``list<list<float>>``, a pandas
+scored as one array per batch; a column of sequences of their own lengths (``read_parquet`` of
+``list<list<float>>``, a pandas
 column of arrays) is padded per batch, in buckets of similar lengths where that saves
 work, exactly as :func:`rnnfast.dask.predict` does for a Dask frame (see its
 ``padding`` and ``maxlen``). Rows stay in their order and keep their other columns.
 """
+
 import math
 import os
 
 import numpy as np
 
 try:
-    import ray  # noqa: F401
-except ImportError as e:                       # pragma: no cover - depends on the install
+    import ray
+except ImportError as e:  # pragma: no cover - depends on the install
     raise ImportError("rnnfast.ray needs Ray: pip install 'rnnfast[ray]' (%s)" % e) from None
 
 from ._scaleout import BUDGET, ModelRef, Runner, as_rows, predict_rows, resolve_model
@@ -86,15 +88,28 @@ class Predictor:
     column is always row-first, ``(rows, time, features)``.
     """
 
-    def __init__(self, model_or_path, input_column="x", output_column="y", *, lengths_column=None,
-                 return_state=False, num_threads=None, batch_size=None, padding="post", maxlen=None,
-                 drop_input=False, **load_options):
+    def __init__(
+        self,
+        model_or_path,
+        input_column="x",
+        output_column="y",
+        *,
+        lengths_column=None,
+        return_state=False,
+        num_threads=None,
+        batch_size=None,
+        padding="post",
+        maxlen=None,
+        drop_input=False,
+        **load_options,
+    ):
         if isinstance(model_or_path, (str, os.PathLike)):
             model = ModelRef(model_or_path, load_options).get()
         else:
             if load_options:
-                raise ValueError("options of rnnfast.load (%s) are for a model given by its path"
-                                 % ", ".join(sorted(load_options)))
+                raise ValueError(
+                    "options of rnnfast.load (%s) are for a model given by its path" % ", ".join(sorted(load_options))
+                )
             model = model_or_path
             if type(model).__name__ == "ObjectRef":
                 model = ray.get(model)
@@ -114,7 +129,11 @@ class Predictor:
 
     def __repr__(self):
         return "Predictor(%s, input_column=%r, output_column=%r, num_threads=%d)" % (
-            type(self.model).__name__, self.input_column, self.output_column, self.num_threads)
+            type(self.model).__name__,
+            self.input_column,
+            self.output_column,
+            self.num_threads,
+        )
 
     # -- one batch ----------------------------------------------------------------------
 
@@ -129,20 +148,33 @@ class Predictor:
         lengths = None
         if self.lengths_column is not None:
             lengths = np.asarray(batch[self.lengths_column])
-        if isinstance(values, np.ndarray) and values.dtype == object and len(values) \
-                and isinstance(values[0], np.ndarray) and _same_shapes(values):
-            values = np.stack(list(values))      # a tensor column as cells (pandas batches): one length
+        if (
+            isinstance(values, np.ndarray)
+            and values.dtype == object
+            and len(values)
+            and isinstance(values[0], np.ndarray)
+            and _same_shapes(values)
+        ):
+            values = np.stack(list(values))  # a tensor column as cells (pandas batches): one length
         with BUDGET.take(self.num_threads) as nt:
             if isinstance(values, np.ndarray) and values.dtype != object and values.ndim == self.runner.input_ndim:
                 leaves = self._fixed(values, lengths, nt)
                 per_row = None
             else:
                 if lengths is not None:
-                    raise ValueError("lengths_column is for a column of padded rows of one length; a column "
-                                     "of rows of their own lengths needs none")
+                    raise ValueError(
+                        "lengths_column is for a column of padded rows of one length; a column "
+                        "of rows of their own lengths needs none"
+                    )
                 rows = as_rows(list(values), self.runner.integer_input, self.runner.features)
-                per_row, _ = predict_rows(self.runner, rows, num_threads=nt, padding=self.padding,
-                                          maxlen=self.maxlen, batch_size=self.batch_size)
+                per_row, _ = predict_rows(
+                    self.runner,
+                    rows,
+                    num_threads=nt,
+                    padding=self.padding,
+                    maxlen=self.maxlen,
+                    batch_size=self.batch_size,
+                )
                 leaves = None
         n_out = len(leaves) if leaves is not None else (len(per_row[0]) if per_row else self._count())
         names = self._output_names(n_out)
@@ -167,20 +199,22 @@ class Predictor:
         """A batch of rows of one length, row-first: the model's outputs, row-first."""
         check = x.shape[-1] if not self.runner.integer_input else None
         if check is not None and self.runner.features is not None and check != self.runner.features:
-            raise ValueError("expected rows of shape (time, %d), got a column of shape %s"
-                             % (self.runner.features, x.shape))
-        if len(x) == 0:                            # an empty batch: empty columns of the right shapes
+            raise ValueError(
+                "expected rows of shape (time, %d), got a column of shape %s" % (self.runner.features, x.shape)
+            )
+        if len(x) == 0:  # an empty batch: empty columns of the right shapes
             shape = (1,) + x.shape[1:]
             if self.runner.batch_axis == 1:
                 shape = (shape[1], 1) + shape[2:]
-            return [np.empty((0,) + tuple(d for a, d in enumerate(s) if a != ax), dt)
-                    for s, dt, ax in self.runner.probe(shape, x.dtype)[1]]
+            return [
+                np.empty((0,) + tuple(d for a, d in enumerate(s) if a != ax), dt)
+                for s, dt, ax in self.runner.probe(shape, x.dtype)[1]
+            ]
         if self.runner.batch_axis == 1:
             x = np.ascontiguousarray(np.swapaxes(x, 0, 1))
         leaves, _ = self.runner.run_batched(x, lengths, nt, self.batch_size)
         axes = self.runner.output_batch_axes(len(leaves))
-        return [leaf if ax == 0 else np.ascontiguousarray(np.moveaxis(leaf, ax, 0))
-                for leaf, ax in zip(leaves, axes)]
+        return [leaf if ax == 0 else np.ascontiguousarray(np.moveaxis(leaf, ax, 0)) for leaf, ax in zip(leaves, axes)]
 
     def _count(self):
         shape = [1, 1] if self.runner.integer_input else [1, 1, self.runner.features]
@@ -191,8 +225,9 @@ class Predictor:
     def _output_names(self, n):
         if isinstance(self.output_column, (list, tuple)):
             if len(self.output_column) != n:
-                raise ValueError("output_column names %d columns, the model gives %d outputs"
-                                 % (len(self.output_column), n))
+                raise ValueError(
+                    "output_column names %d columns, the model gives %d outputs" % (len(self.output_column), n)
+                )
             return list(self.output_column)
         return [self.output_column] if n == 1 else ["%s_%d" % (self.output_column, k) for k in range(n)]
 
@@ -204,7 +239,7 @@ def _assigned_cpus():
             cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
             if cpus:
                 return max(1, int(math.floor(cpus + 1e-9)))
-    except Exception:                  # not inside Ray, or an older Ray without these calls
+    except Exception:  # not inside Ray, or an older Ray without these calls
         pass
     return get_num_threads()
 

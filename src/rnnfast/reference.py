@@ -7,6 +7,7 @@ against the papers and the frameworks' documentation. Each cell's step is its en
 this module runs them over time and directions, with the activations below. The tests
 check the compiled kernels against it; the demo and the benchmarks compare speed with it.
 """
+
 import numpy as np
 
 from . import cells
@@ -23,7 +24,7 @@ ACT = {
     "linear": lambda x: x,
     "tanh": np.tanh,
     "sigmoid": _sigmoid,
-    "hard_sigmoid": lambda x: np.clip(x + 3.0, 0.0, 6.0) / 6.0,       # Keras 3: relu6(x+3)/6
+    "hard_sigmoid": lambda x: np.clip(x + 3.0, 0.0, 6.0) / 6.0,  # Keras 3: relu6(x+3)/6
     "hard_sigmoid_keras2": lambda x: np.clip(0.2 * x + 0.5, 0.0, 1.0),  # Keras 2
     "relu": lambda x: np.maximum(x, 0.0),
     "softsign": lambda x: x / (1.0 + np.abs(x)),
@@ -54,7 +55,7 @@ def run_direction(cell, w, x, h0, c0, mask, zero_output, reverse, act, ract, res
     act_fn, ract_fn = ACT[act], (ACT[ract] if ract is not None else None)
     out = np.zeros((T, B, states[0].shape[1]))
     prev_out = np.zeros_like(states[0])
-    for t in (range(T - 1, -1, -1) if reverse else range(T)):
+    for t in range(T - 1, -1, -1) if reverse else range(T):
         new = step(x[t], states, w, act_fn, ract_fn, reset_after)
         valid = np.ones((B, 1), bool) if mask is None else np.asarray(mask[t], bool)[:, None]
         states = tuple(np.where(valid, n, s) for n, s in zip(new, states))
@@ -64,8 +65,20 @@ def run_direction(cell, w, x, h0, c0, mask, zero_output, reverse, act, ract, res
     return out, states[0], (states[1] if len(states) > 1 else None)
 
 
-def run_layer(cell, weights, x, h0=None, c0=None, mask=None, lengths=None, zero_output=False,
-              go_backwards=False, act="tanh", ract="sigmoid", reset_after=True):
+def run_layer(
+    cell,
+    weights,
+    x,
+    h0=None,
+    c0=None,
+    mask=None,
+    lengths=None,
+    zero_output=False,
+    go_backwards=False,
+    act="tanh",
+    ract="sigmoid",
+    reset_after=True,
+):
     """All directions, outputs concatenated (forward first). Returns out, h_n, c_n
     (None for cells without a cell state)."""
     spec = cells.get(cell)
@@ -88,5 +101,4 @@ def run_layer(cell, weights, x, h0=None, c0=None, mask=None, lengths=None, zero_
         outs.append(o)
         hs.append(h)
         cs.append(c)
-    return (np.concatenate(outs, axis=-1), np.stack(hs),
-            np.stack(cs) if with_c else None)
+    return (np.concatenate(outs, axis=-1), np.stack(hs), np.stack(cs) if with_c else None)

@@ -6,6 +6,8 @@ first, and returns a :class:`Report`. A case that breaks the contract (see
 shrinks it to a small reproducer; the reproducer's bytes are written to ``out_dir``
 (``<format>-<kind>-<n>.bin``) with a ``.txt`` describing it.
 """
+
+import builtins
 import collections
 import os
 import time
@@ -14,6 +16,9 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import seed as hypothesis_seed
 
 from .mutators import MARKER, build_case, case_strategy
+
+#: hypothesis raises ExceptionGroups on Python 3.11+ (none before)
+_GROUPS = (builtins.BaseExceptionGroup,) if hasattr(builtins, "BaseExceptionGroup") else ()
 
 
 class Finding(Exception):
@@ -36,8 +41,8 @@ class Report:
         self.counts = collections.Counter()
         self.ran = 0
         self.seconds = 0.0
-        self.findings = []          # (kind, detail, path)
-        self.upstream = []          # hangs / crashes inside the HDF5 library: (kind, detail, path)
+        self.findings = []  # (kind, detail, path)
+        self.upstream = []  # hangs / crashes inside the HDF5 library: (kind, detail, path)
 
     @property
     def executions(self):
@@ -46,9 +51,14 @@ class Report:
     def __str__(self):
         kinds = ", ".join("%s %d" % kv for kv in sorted(self.counts.items()))
         return "%-12s %6d cases in %5.1f s (%s; models run %d)%s" % (
-            self.fmt, self.executions, self.seconds, kinds, self.ran,
+            self.fmt,
+            self.executions,
+            self.seconds,
+            kinds,
+            self.ran,
             "".join("\n  FINDING %s: %s" % (k, d.splitlines()[0] if d else "") for k, d, _ in self.findings)
-            + "".join("\n  upstream (HDF5 library) %s: %s" % (k, p or "") for k, _, p in self.upstream))
+            + "".join("\n  upstream (HDF5 library) %s: %s" % (k, p or "") for k, _, p in self.upstream),
+        )
 
 
 def _save(out_dir, fmt, kind, n, seed, data, detail):
@@ -64,8 +74,7 @@ def _save(out_dir, fmt, kind, n, seed, data, detail):
     return path
 
 
-def fuzz_format(fmt, worker, *, examples=100000, seconds=10.0, seed=0, out_dir=None, report=None,
-                hdf5_bytes=True):
+def fuzz_format(fmt, worker, *, examples=100000, seconds=10.0, seed=0, out_dir=None, report=None, hdf5_bytes=True):
     """Fuzz one format; returns a :class:`Report` (its ``findings`` empty when all is well).
 
     Parameters
@@ -89,7 +98,7 @@ def fuzz_format(fmt, worker, *, examples=100000, seconds=10.0, seed=0, out_dir=N
     report = report or Report(fmt)
     t0 = time.monotonic()
     deadline = t0 + seconds
-    state = {"failing": False}       # once a case fails, the deadline no longer skips cases
+    state = {"failing": False}  # once a case fails, the deadline no longer skips cases
     marker = os.path.join(worker._dir.name, MARKER)
 
     def check(case):
@@ -104,8 +113,9 @@ def fuzz_format(fmt, worker, *, examples=100000, seconds=10.0, seed=0, out_dir=N
             out.kind, out.detail = "code-execution", "the marker file was created: code from the file ran"
         if out.kind.endswith("-in-hdf5"):
             n = len(report.upstream)
-            report.upstream.append((out.kind, out.detail,
-                                    _save(out_dir, fmt, out.kind, n, seed, data, out.detail) if n < 5 else None))
+            report.upstream.append(
+                (out.kind, out.detail, _save(out_dir, fmt, out.kind, n, seed, data, out.detail) if n < 5 else None)
+            )
             return
         if not out.ok:
             state["failing"] = True
@@ -123,9 +133,16 @@ def fuzz_format(fmt, worker, *, examples=100000, seconds=10.0, seed=0, out_dir=N
     while todo > 0 and time.monotonic() < deadline:
         n = min(ROUND, todo)
         todo -= n
-        run = settings(max_examples=n, deadline=None, database=None, derandomize=False,
-                       suppress_health_check=list(HealthCheck), report_multiple_bugs=True,
-                       phases=[Phase.generate, Phase.shrink], print_blob=False)(given(strategy)(check))
+        run = settings(
+            max_examples=n,
+            deadline=None,
+            database=None,
+            derandomize=False,
+            suppress_health_check=list(HealthCheck),
+            report_multiple_bugs=True,
+            phases=[Phase.generate, Phase.shrink],
+            print_blob=False,
+        )(given(strategy)(check))
         run = hypothesis_seed(seed * 100003 + rnd)(run)
         rnd += 1
         if not _run_round(run, fmt, seed, out_dir, report):
@@ -143,8 +160,8 @@ def _run_round(run, fmt, seed, out_dir, report):
     try:
         run()
         return True
-    except (Finding, BaseExceptionGroup) as e:
-        found = list(e.exceptions) if isinstance(e, BaseExceptionGroup) else [e]
+    except (Finding, *_GROUPS) as e:
+        found = list(e.exceptions) if isinstance(e, _GROUPS) else [e]
         for exc in found:
             if not isinstance(exc, Finding):
                 raise e

@@ -19,6 +19,7 @@ Classes:
 - names: keys with a trailing newline or space, a stray projection tensor, duplicate
   keys in a safetensors header or a pickled dict, non-ASCII and lone surrogates.
 """
+
 import io
 import json
 import os
@@ -30,9 +31,14 @@ import numpy as np
 from .mutators import CORPUS, _write_zip, _zip_members
 from .picklegen import TorchDoc
 
-SEEDS = {"torchzip": "torchzip-gru.pt", "torchlegacy": "torchlegacy-lstm.pt",
-         "safetensors": "safetensors-gru-bi.safetensors", "keras": "keras-gru.keras",
-         "keras3h5": "keras3h5-gru.h5", "keras2h5": "keras2h5-gru-reset-before.h5"}
+SEEDS = {
+    "torchzip": "torchzip-gru.pt",
+    "torchlegacy": "torchlegacy-lstm.pt",
+    "safetensors": "safetensors-gru-bi.safetensors",
+    "keras": "keras-gru.keras",
+    "keras3h5": "keras3h5-gru.h5",
+    "keras2h5": "keras2h5-gru-reset-before.h5",
+}
 
 
 def seed_path(fmt):
@@ -47,8 +53,16 @@ def read(path):
 # -- HDF5: bytes from outside the file --------------------------------------------------------
 
 #: How a weight dataset may take its values from outside the file.
-H5_OUTSIDE = ("external", "elink-dataset", "elink-group", "softlink", "softlink-outside", "vds",
-              "vds-self", "external-unlimited")
+H5_OUTSIDE = (
+    "external",
+    "elink-dataset",
+    "elink-group",
+    "softlink",
+    "softlink-outside",
+    "vds",
+    "vds-self",
+    "external-unlimited",
+)
 
 
 def weight_path(f):
@@ -58,6 +72,7 @@ def weight_path(f):
     def visit(name, obj):
         if hasattr(obj, "shape") and not found:
             found.append(name)
+
     f.visititems(visit)
     return found[0]
 
@@ -75,9 +90,11 @@ def make_donor(path, seed_h5, value=7.0):
 
     bio = io.BytesIO(seed_h5)
     with h5py.File(bio, "r+") as f:
+
         def visit(name, obj):
             if hasattr(obj, "shape") and obj.dtype.kind == "f":
                 obj[...] = value
+
         f.visititems(visit)
     with open(path, "wb") as out:
         out.write(bio.getvalue())
@@ -113,11 +130,11 @@ def point_outside(h5_bytes, how, target, *, path=None):
             del f[g]
             f[g] = h5py.ExternalLink(target, "/" + g)
             del keep
-        elif how == "softlink":             # to other values inside the file
+        elif how == "softlink":  # to other values inside the file
             f.create_dataset("/stash/" + p, data=np.full(shape, 7.0, dtype))
             del f[p]
             f[p] = h5py.SoftLink("/stash/" + p)
-        elif how == "softlink-outside":     # through an external link
+        elif how == "softlink-outside":  # through an external link
             f["/elsewhere"] = h5py.ExternalLink(target, "/")
             del f[p]
             f[p] = h5py.SoftLink("/elsewhere/" + p)
@@ -136,14 +153,13 @@ def point_outside(h5_bytes, how, target, *, path=None):
 
 
 def keras_member(keras_bytes, name):
-    return dict((n, d) for n, d, _ in _zip_members(keras_bytes))[name]
+    return {n: d for n, d, _ in _zip_members(keras_bytes)}[name]
 
 
 def keras_with(keras_bytes, **members):
     """A ``.keras`` archive with some members replaced (``model_weights_h5=`` for
     ``model.weights.h5``, ``config_json=``, ``metadata_json=``), stored as Keras does."""
-    names = {"model_weights_h5": "model.weights.h5", "config_json": "config.json",
-             "metadata_json": "metadata.json"}
+    names = {"model_weights_h5": "model.weights.h5", "config_json": "config.json", "metadata_json": "metadata.json"}
     repl = {names[k]: v for k, v in members.items()}
     out = []
     for name, data, method in _zip_members(keras_bytes):
@@ -195,7 +211,7 @@ def nested_body(depth, kind="tuple", memo_base=0):
     deep = b")" + b"\x85" * depth
     if kind == "tuple":
         return deep
-    if kind == "list":          # ] ( ] ( ] ... e ... e: each list appended into the one below
+    if kind == "list":  # ] ( ] ( ] ... e ... e: each list appended into the one below
         return b"]" + b"(]" * depth + b"e" * depth
     if kind == "dict":
         return b"}" + b"(X\x01\x00\x00\x00a}" * depth + b"u" * depth
@@ -223,8 +239,8 @@ def late_body(depth, memo_base=0):
     ``memo_base``."""
     body = bytearray(b"]" + _put(memo_base))
     for i in range(1, depth):
-        body += b"]" + _put(memo_base + i) + b"0"          # made, memoised, popped
-    for i in range(depth - 1):                              # list i .append(list i + 1)
+        body += b"]" + _put(memo_base + i) + b"0"  # made, memoised, popped
+    for i in range(depth - 1):  # list i .append(list i + 1)
         body += _get(memo_base + i) + _get(memo_base + i + 1) + b"a0"
     return bytes(body + _get(memo_base))
 
@@ -249,7 +265,7 @@ def many_lists_body(n, maxrun=0, seed=0):
         items = bytearray(b"]" * n)
     body = bytearray(b"]")
     for i in range(0, len(items), 1000):
-        body += b"(" + items[i:i + 1000] + b"e"
+        body += b"(" + items[i : i + 1000] + b"e"
     return bytes(body)
 
 
@@ -261,8 +277,13 @@ def torch_zip_with_pickle(pkl, compress=True):
     """A ``torch.save``-shaped zip whose ``data.pkl`` is ``pkl`` (deflated: a pickle of
     repeated opcodes shrinks a thousandfold)."""
     method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
-    return _write_zip([("archive/data.pkl", pkl, method), ("archive/byteorder", b"little", zipfile.ZIP_STORED),
-                       ("archive/version", b"3\n", zipfile.ZIP_STORED)])
+    return _write_zip(
+        [
+            ("archive/data.pkl", pkl, method),
+            ("archive/byteorder", b"little", zipfile.ZIP_STORED),
+            ("archive/version", b"3\n", zipfile.ZIP_STORED),
+        ]
+    )
 
 
 def torch_doc():
@@ -281,7 +302,7 @@ def torch_with_keys(rename=None, extra=None, layout="zip"):
         t = copy.deepcopy(root[src])
         if shape is not None:
             t.shape = tuple(shape)
-            t.stride = tuple(int(np.prod(shape[i + 1:])) for i in range(len(shape)))
+            t.stride = tuple(int(np.prod(shape[i + 1 :])) for i in range(len(shape)))
         items.append((name, t))
     root.clear()
     root.update(items)
@@ -300,7 +321,7 @@ def safetensors_from(entries, raw_header=None):
     """A safetensors file of ``entries``: [(name, float32 array)], in order; with
     ``raw_header`` (a function of the header dict -> JSON text) the header text is
     written as given (duplicate keys, escapes)."""
-    header, data, pos = {}, b"", 0
+    data, pos = b"", 0
     pairs = []
     for name, a in entries:
         a = np.ascontiguousarray(a, np.float32)
@@ -320,8 +341,12 @@ def gru_state(hidden=4, inputs=3, seed=0):
     """A GRU state_dict (PyTorch layout) as [(name, array)]."""
     rng = np.random.default_rng(seed)
     g = 3 * hidden
-    return [("weight_ih_l0", rng.standard_normal((g, inputs))), ("weight_hh_l0", rng.standard_normal((g, hidden))),
-            ("bias_ih_l0", rng.standard_normal(g)), ("bias_hh_l0", rng.standard_normal(g))]
+    return [
+        ("weight_ih_l0", rng.standard_normal((g, inputs))),
+        ("weight_hh_l0", rng.standard_normal((g, hidden))),
+        ("bias_ih_l0", rng.standard_normal(g)),
+        ("bias_hh_l0", rng.standard_normal(g)),
+    ]
 
 
 # -- HDF5: structure bombs -------------------------------------------------------------------
@@ -333,8 +358,12 @@ def gcol_records(size=1 << 20):
     data holds a collection header (``GCOL``, version 1, claiming 2**40 bytes) and a
     16-byte empty record leading back onto the records' grid; the walk of every
     collection runs over all the records after it."""
-    rec = (struct.pack("<HHIQ", 1, 0, 0, 32) + b"GCOL\x01\x00\x00\x00" + struct.pack("<Q", 1 << 40)
-           + struct.pack("<HHIQ", 1, 0, 0, 0))
+    rec = (
+        struct.pack("<HHIQ", 1, 0, 0, 32)
+        + b"GCOL\x01\x00\x00\x00"
+        + struct.pack("<Q", 1 << 40)
+        + struct.pack("<HHIQ", 1, 0, 0, 0)
+    )
     return rec * (size // len(rec))
 
 
@@ -353,9 +382,12 @@ def keras_many_layers(n, cls="Dropout", weights=True):
     data = read(seed_path("keras"))
     cfg = json.loads(keras_member(data, "config.json"))
     layers = cfg["config"]["layers"]
-    proto = {"module": "keras.layers", "class_name": cls,
-             "config": {"name": None, "trainable": True, "dtype": "float32", "rate": 0.0, "seed": None,
-                        "noise_shape": None}, "registered_name": None}
+    proto = {
+        "module": "keras.layers",
+        "class_name": cls,
+        "config": {"name": None, "trainable": True, "dtype": "float32", "rate": 0.0, "seed": None, "noise_shape": None},
+        "registered_name": None,
+    }
     for i in range(n):
         e = json.loads(json.dumps(proto))
         e["config"]["name"] = "dropout_x%d" % i
@@ -405,12 +437,12 @@ def keras_renamed_layers(n):
             else:
                 kern = w[0]
             new_layers.append(c)
-            grp = out.create_group("layers/zz%d" % (n - i))           # not where Keras puts it
+            grp = out.create_group("layers/zz%d" % (n - i))  # not where Keras puts it
             v = grp.create_group("cell/vars")
             v["0"], v["1"], v["2"] = kern, w[1], w[2]
             grp.create_group("vars").attrs["name"] = "g%d" % i
         del first
-    layers[gi:gi + 1] = new_layers
+    layers[gi : gi + 1] = new_layers
     return keras_with(data, config_json=json.dumps(cfg).encode(), model_weights_h5=bio.getvalue())
 
 
@@ -434,8 +466,14 @@ def keras_deflated_big(units=2000, density=0.006):
             rng = np.random.default_rng(0)
             a = np.where(rng.random(shape) < density, rng.standard_normal(shape), 0).astype(np.float32)
             v.create_dataset(k, data=a)
-    members = [(n, (json.dumps(cfg).encode() if n == "config.json" else bio.getvalue() if n == "model.weights.h5"
-                    else d), zipfile.ZIP_DEFLATED) for n, d, _ in _zip_members(data)]
+    members = [
+        (
+            n,
+            (json.dumps(cfg).encode() if n == "config.json" else bio.getvalue() if n == "model.weights.h5" else d),
+            zipfile.ZIP_DEFLATED,
+        )
+        for n, d, _ in _zip_members(data)
+    ]
     return _write_zip(members)
 
 
@@ -480,8 +518,9 @@ def devzero_keras_h5(units=8000, target="/dev/zero"):
             del cell[k]
         cell.create_dataset("kernel", data=np.zeros((n_in, 3 * units), np.float32))
         cell.create_dataset("bias", data=np.zeros((2, 3 * units), np.float32))
-        cell.create_dataset("recurrent_kernel", shape=(units, 3 * units), dtype="f4",
-                            external=[(target, 0, units * 3 * units * 4)])
+        cell.create_dataset(
+            "recurrent_kernel", shape=(units, 3 * units), dtype="f4", external=[(target, 0, units * 3 * units * 4)]
+        )
     return bio.getvalue()
 
 
@@ -500,8 +539,11 @@ def h5_gzip_big(units=2000, density=0.006):
         cell = f["model_weights/gru/sequential/gru/gru_cell"]
         n_in = cell["kernel"].shape[0]
         rng = np.random.default_rng(0)
-        for k, shape in (("kernel", (n_in, 3 * units)), ("recurrent_kernel", (units, 3 * units)),
-                         ("bias", (2, 3 * units))):
+        for k, shape in (
+            ("kernel", (n_in, 3 * units)),
+            ("recurrent_kernel", (units, 3 * units)),
+            ("bias", (2, 3 * units)),
+        ):
             del cell[k]
             a = np.where(rng.random(shape) < density, rng.standard_normal(shape), 0).astype(np.float32)
             cell.create_dataset(k, data=a, compression="gzip", chunks=True)
@@ -526,14 +568,17 @@ def issue12_findings():
     st = gru_state()
     return {
         "torchzip-recursion-deep-tuple-key.bin": torch_zip_with_pickle(nested_pickle(5000, "key"), compress=False),
-        "torchzip-bomb-million-lists.bin": torch_zip_with_pickle(many_lists_pickle(10 ** 6)),
+        "torchzip-bomb-million-lists.bin": torch_zip_with_pickle(many_lists_pickle(10**6)),
         "torchzip-bomb-layer-index.bin": huge_layer_index_pt(),
         "torchzip-name-newline-shadow.bin": TorchDoc(shadow, doc.storages).zip_bytes(),
         "torchzip-name-stray-projection.bin": TorchDoc(stray, doc.storages).zip_bytes(),
         "safetensors-name-newline-shadow.bin": safetensors_from(st + [("weight_ih_l0\n", st[0][1] * 5)]),
         "safetensors-name-duplicate.bin": safetensors_from(
-            st, raw_header=lambda pairs: "{" + ", ".join("%s: %s" % (json.dumps(n), json.dumps(e))
-                                                         for n, e in pairs + pairs[:1]) + "}"),
+            st,
+            raw_header=lambda pairs: (
+                "{" + ", ".join("%s: %s" % (json.dumps(n), json.dumps(e)) for n, e in pairs + pairs[:1]) + "}"
+            ),
+        ),
         "keras3h5-outside-external-storage.bin": h5_outside("keras3h5", "external", "outside/secret.bin"),
         "keras3h5-outside-external-link-group.bin": h5_outside("keras3h5", "elink-group", "outside/donor.h5"),
         "keras-outside-virtual-dataset.bin": h5_outside("keras", "vds", "outside/donor.h5"),
@@ -554,6 +599,6 @@ def torch_deflated_big(hidden=1000, density=0.006, inputs=3):
     for i, (name, shape) in enumerate(shapes.items()):
         a = np.where(rng.random(shape) < density, rng.standard_normal(shape), 0).astype("<f4")
         storages[str(i)] = a.tobytes()
-        stride = tuple(int(np.prod(shape[j + 1:])) for j in range(len(shape)))
+        stride = tuple(int(np.prod(shape[j + 1 :])) for j in range(len(shape)))
         root[name] = Tensor(str(i), "FloatStorage", a.size, 0, shape, stride)
     return TorchDoc(root, storages).zip_bytes(compress=True)

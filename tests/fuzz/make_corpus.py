@@ -11,14 +11,15 @@ seeds by: ``torchzip``, ``torchlegacy``, ``safetensors``, ``keras`` (.keras arch
 copies of two tf.keras fixtures (tests/fixtures/keras2/, written by tf_keras 2.x
 with its own script), since tf_keras is not installed here. Weights are seeded.
 """
+
 import os
 import shutil
 import warnings
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CORPUS = os.path.join(HERE, "corpus")
@@ -34,15 +35,26 @@ def torch_seeds():
     lstm = torch.nn.LSTM(3, 4, num_layers=2, bidirectional=True, proj_size=2)
     torch.save(lstm.state_dict(), os.path.join(CORPUS, "torchzip-lstm-proj-bi.pt"))
     rnn = torch.nn.RNN(2, 3, nonlinearity="relu")
-    ckpt = {"epoch": 3, "model": {"enc.rnn." + k: v for k, v in rnn.state_dict().items()},
-            "history": [0.5, 0.25], "name": "run-1"}
+    ckpt = {
+        "epoch": 3,
+        "model": {"enc.rnn." + k: v for k, v in rnn.state_dict().items()},
+        "history": [0.5, 0.25],
+        "name": "run-1",
+    }
     torch.save(ckpt, os.path.join(CORPUS, "torchzip-rnn-checkpoint.pt"))
-    torch.save(torch.nn.LSTM(3, 4).state_dict(), os.path.join(CORPUS, "torchlegacy-lstm.pt"),
-               _use_new_zipfile_serialization=False)
-    torch.save(torch.nn.GRU(2, 3, bidirectional=True).state_dict(),
-               os.path.join(CORPUS, "torchlegacy-gru-bi.pt"), _use_new_zipfile_serialization=False)
-    save_file(torch.nn.GRU(3, 4, bidirectional=True).state_dict(),
-              os.path.join(CORPUS, "safetensors-gru-bi.safetensors"))
+    torch.save(
+        torch.nn.LSTM(3, 4).state_dict(),
+        os.path.join(CORPUS, "torchlegacy-lstm.pt"),
+        _use_new_zipfile_serialization=False,
+    )
+    torch.save(
+        torch.nn.GRU(2, 3, bidirectional=True).state_dict(),
+        os.path.join(CORPUS, "torchlegacy-gru-bi.pt"),
+        _use_new_zipfile_serialization=False,
+    )
+    save_file(
+        torch.nn.GRU(3, 4, bidirectional=True).state_dict(), os.path.join(CORPUS, "safetensors-gru-bi.safetensors")
+    )
     sd = {k: v.half() for k, v in torch.nn.LSTM(3, 4, num_layers=2).state_dict().items()}
     save_file(sd, os.path.join(CORPUS, "safetensors-lstm-f16.safetensors"), metadata={"format": "pt"})
 
@@ -54,10 +66,16 @@ def keras_seeds():
     L = keras.layers
     models = {
         "gru": keras.Sequential([keras.Input((5, 3)), L.GRU(4)]),
-        "lstm-dense": keras.Sequential([keras.Input((None, 3)), L.LSTM(4, return_sequences=True),
-                                        L.Dense(2, activation="softmax")]),
-        "embed-bigru": keras.Sequential([keras.Input((6,), dtype="int32"), L.Embedding(10, 3, mask_zero=True),
-                                         L.Bidirectional(L.GRU(3, reset_after=False))]),
+        "lstm-dense": keras.Sequential(
+            [keras.Input((None, 3)), L.LSTM(4, return_sequences=True), L.Dense(2, activation="softmax")]
+        ),
+        "embed-bigru": keras.Sequential(
+            [
+                keras.Input((6,), dtype="int32"),
+                L.Embedding(10, 3, mask_zero=True),
+                L.Bidirectional(L.GRU(3, reset_after=False)),
+            ]
+        ),
     }
     inp = keras.Input((4, 2))
     seq, h = L.SimpleRNN(3, return_sequences=True, return_state=True)(inp)
@@ -66,11 +84,12 @@ def keras_seeds():
         m.save(os.path.join(CORPUS, "keras-%s.keras" % name))
         if name in ("gru", "embed-bigru"):
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore")      # Keras 3 calls HDF5 saving legacy
+                warnings.simplefilter("ignore")  # Keras 3 calls HDF5 saving legacy
                 m.save(os.path.join(CORPUS, "keras3h5-%s.h5" % name))
     for name in ("gru_reset_before", "embedding_mask"):
-        shutil.copy(os.path.join(FIXTURES, name + ".h5"),
-                    os.path.join(CORPUS, "keras2h5-%s.h5" % name.replace("_", "-")))
+        shutil.copy(
+            os.path.join(FIXTURES, name + ".h5"), os.path.join(CORPUS, "keras2h5-%s.h5" % name.replace("_", "-"))
+        )
 
 
 def main():
@@ -84,5 +103,5 @@ def main():
 
 
 if __name__ == "__main__":
-    np.random.seed(0)
+    np.random.seed(0)  # noqa: NPY002 (the legacy global state the generators draw from)
     main()

@@ -13,6 +13,7 @@ its imports (``VmHWM`` from /proc, sampled by the parent while the child runs, s
 killed load reports what it had reached). The target: at most max(100 MB, 100 x the
 file) and 5 s.
 """
+
 import argparse
 import json
 import os
@@ -89,8 +90,14 @@ def measure_many(paths, timeout=300.0, as_bytes=2 << 30, cwd=None):
     crash or the timeout ends the batch (the rest are reported as such)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", KERAS_BACKEND="torch")
     try:
-        out = subprocess.run([sys.executable, "-c", BATCH_CHILD, str(as_bytes)] + list(paths), capture_output=True,
-                             text=True, env=env, cwd=cwd, timeout=timeout)
+        out = subprocess.run(
+            [sys.executable, "-c", BATCH_CHILD, str(as_bytes)] + list(paths),
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=cwd,
+            timeout=timeout,
+        )
         ended = "exit %d: %s" % (out.returncode, out.stderr[-500:])
         stdout = out.stdout
     except subprocess.TimeoutExpired as e:
@@ -123,8 +130,14 @@ def measure(path, timeout=60.0, as_bytes=4 << 30, cwd=None):
     """Load ``path`` in a fresh process; returns a dict: outcome, seconds (wall), cpu
     (the child's CPU time for the load), peak (bytes of RSS growth)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", KERAS_BACKEND="torch")
-    with subprocess.Popen([sys.executable, "-c", CHILD, path, str(as_bytes)], stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, env=env, cwd=cwd, text=True) as proc:
+    with subprocess.Popen(
+        [sys.executable, "-c", CHILD, path, str(as_bytes)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=cwd,
+        text=True,
+    ) as proc:
         return _measure(proc, timeout)
 
 
@@ -148,18 +161,24 @@ def _measure(proc, timeout):
             peak = max(peak, h - base)
         proc.kill()
         proc.wait()
-        return {"outcome": "killed after %.0f s (no answer)" % timeout, "seconds": time.monotonic() - t0,
-                "peak": peak}
+        return {"outcome": "killed after %.0f s (no answer)" % timeout, "seconds": time.monotonic() - t0, "peak": peak}
     rest = proc.stdout.read()
     err = proc.stderr.read()
     if proc.returncode < 0:
-        return {"outcome": "died of %s" % signal.Signals(-proc.returncode).name, "seconds": time.monotonic() - t0,
-                "peak": peak, "stderr": err[-500:]}
+        return {
+            "outcome": "died of %s" % signal.Signals(-proc.returncode).name,
+            "seconds": time.monotonic() - t0,
+            "peak": peak,
+            "stderr": err[-500:],
+        }
     try:
         res = json.loads(rest.strip().splitlines()[-1])
     except (ValueError, IndexError):
-        return {"outcome": "exit %d: %s" % (proc.returncode, err[-300:]), "seconds": time.monotonic() - t0,
-                "peak": peak}
+        return {
+            "outcome": "exit %d: %s" % (proc.returncode, err[-300:]),
+            "seconds": time.monotonic() - t0,
+            "peak": peak,
+        }
     res["peak"] = max(res["peak"], peak)
     return res
 
@@ -178,7 +197,7 @@ def cases(tmp):
 
     secret = os.path.join(tmp, "secret.bin")
     with open(secret, "wb") as f:
-        f.write(b"\x00\x00\x80\x3f" * 4096)               # 1.0f: visible in the outputs
+        f.write(b"\x00\x00\x80\x3f" * 4096)  # 1.0f: visible in the outputs
     fifo = os.path.join(tmp, "fifo")
     os.mkfifo(fifo)
     H.donor_for("keras3h5", os.path.join(tmp, "donor.h5"))
@@ -198,15 +217,17 @@ def cases(tmp):
     # 2. depth
     for kind in ("tuple", "key", "set"):
         for depth in (300000, 5000):
-            put("pt-%s-%d-deep.pt" % (kind, depth),
-                H.torch_zip_with_pickle(H.nested_pickle(depth, kind), compress=False))
+            put(
+                "pt-%s-%d-deep.pt" % (kind, depth),
+                H.torch_zip_with_pickle(H.nested_pickle(depth, kind), compress=False),
+            )
     put("pt-list-late-20000-deep.pt", H.torch_zip_with_pickle(H.late_nesting_pickle(20000), compress=False))
     put("keras-json-900-deep.keras", H.deep_json_config(900))
     # 3. counts
     put("pt-layer-index-1e9.pt", H.huge_layer_index_pt())
     put("pt-layer-index-999999.pt", H.huge_layer_index_pt(999999))
-    put("pt-1e6-empty-lists.pt", H.torch_zip_with_pickle(H.many_lists_pickle(10 ** 6)))
-    put("pt-27e6-empty-lists.pt", H.torch_zip_with_pickle(H.many_lists_pickle(27 * 10 ** 6, maxrun=450)))
+    put("pt-1e6-empty-lists.pt", H.torch_zip_with_pickle(H.many_lists_pickle(10**6)))
+    put("pt-27e6-empty-lists.pt", H.torch_zip_with_pickle(H.many_lists_pickle(27 * 10**6, maxrun=450)))
     put("h5-gcol-1MB.h5", H.gcol_into(H.read(H.seed_path("keras3h5")), 1 << 20))
     put("keras-gcol-1MB-deflated.keras", H.keras_gcol_deflated((1 << 20) - (64 << 10)))
     put("keras-1500-renamed-layers.keras", H.keras_renamed_layers(1500))
@@ -238,13 +259,26 @@ def main(argv=None):
             size = os.path.getsize(path)
             res = measure(path, args.timeout, int(args.as_gb * (1 << 30)), cwd=tmp)
             limit = max(100 << 20, 100 * size)
-            ok = min(res["seconds"], res.get("cpu", res["seconds"])) <= 5 and res["peak"] <= limit and not res["outcome"].startswith(
-                ("killed", "died", "exit", "MemoryError", "RecursionError"))
+            ok = (
+                min(res["seconds"], res.get("cpu", res["seconds"])) <= 5
+                and res["peak"] <= limit
+                and not res["outcome"].startswith(("killed", "died", "exit", "MemoryError", "RecursionError"))
+            )
             row = dict(name=name, size=size, **res)
             rows.append(row)
-            print("%-34s %9d B  %-4s %7.2f s (cpu %6.2f s) %8.1f MB  %s"
-                  % (name, size, "ok" if ok else "OVER", res["seconds"], res.get("cpu", float("nan")),
-                     res["peak"] / 2 ** 20, res["outcome"][:100]), flush=True)
+            print(
+                "%-34s %9d B  %-4s %7.2f s (cpu %6.2f s) %8.1f MB  %s"
+                % (
+                    name,
+                    size,
+                    "ok" if ok else "OVER",
+                    res["seconds"],
+                    res.get("cpu", float("nan")),
+                    res["peak"] / 2**20,
+                    res["outcome"][:100],
+                ),
+                flush=True,
+            )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

@@ -40,6 +40,7 @@ Structure classes of issue 12 (built by ``hostile.py``):
 - safetensors: the same key spellings, a key given twice in the header;
 - Keras configs: thousands of layers.
 """
+
 import copy
 import io
 import json
@@ -65,29 +66,176 @@ def seeds(fmt):
 
 # -- value pools ------------------------------------------------------------------------
 
-INT_POOL = [0, 1, 2, 3, 4, -1, -2, 7, 12, 255, 256, 65535, 2 ** 31 - 1, 2 ** 31, 2 ** 32 - 1, 2 ** 32,
-            2 ** 62, 2 ** 63 - 1, 2 ** 63, 2 ** 64, 10 ** 9, 10 ** 12, 10 ** 15, -2 ** 63, 2 ** 100]
+INT_POOL = [
+    0,
+    1,
+    2,
+    3,
+    4,
+    -1,
+    -2,
+    7,
+    12,
+    255,
+    256,
+    65535,
+    2**31 - 1,
+    2**31,
+    2**32 - 1,
+    2**32,
+    2**62,
+    2**63 - 1,
+    2**63,
+    2**64,
+    10**9,
+    10**12,
+    10**15,
+    -(2**63),
+    2**100,
+]
 INTS = st.one_of(st.sampled_from(INT_POOL), st.integers(-8, 64))
-ANY = st.one_of(INTS, st.sampled_from([None, True, 3.0, float("nan"), float("inf"), "x", "", b"xy", (), [],
-                                       {}, ("a",), (1, 2, 3), (2,) * 40, (10 ** 12,), (10 ** 6, 10 ** 6),
-                                       (-1, 4), (0, 3)]))
-JSON_POOL = [0, -1, 1, 2, 3, 10 ** 9, 10 ** 12, 2 ** 31, 2 ** 63, -2 ** 63, 10 ** 30, 0.5, 1e308, -0.0, "",
-             "x", None, True, False, [], {}, [10 ** 9, 10 ** 9], [None, 5, 3], [None, None, 10 ** 9],
-             "float64", "float16", "int32", "bfloat16", "mixed_float16", "GRU", "LSTM", "SimpleRNN",
-             "Bidirectional", "Dense", "Lambda", "InputLayer", "TimeDistributed", "Embedding", "Masking",
-             "relu", "hard_sigmoid", "swish", "linear", "concat", "mul", "ave", "sum", "channels_first",
-             "F32", "F64", "F16", "BF16", "I64", "BOOL", "U8", [0, 10 ** 12], [10 ** 12, 0], [0, 0], [-4, 0],
-             {"class_name": "GRU", "config": {}}, {"module": "os", "class_name": "system"}, "3.0", "2.1.6", "1.2"]
+ANY = st.one_of(
+    INTS,
+    st.sampled_from(
+        [
+            None,
+            True,
+            3.0,
+            float("nan"),
+            float("inf"),
+            "x",
+            "",
+            b"xy",
+            (),
+            [],
+            {},
+            ("a",),
+            (1, 2, 3),
+            (2,) * 40,
+            (10**12,),
+            (10**6, 10**6),
+            (-1, 4),
+            (0, 3),
+        ]
+    ),
+)
+JSON_POOL = [
+    0,
+    -1,
+    1,
+    2,
+    3,
+    10**9,
+    10**12,
+    2**31,
+    2**63,
+    -(2**63),
+    10**30,
+    0.5,
+    1e308,
+    -0.0,
+    "",
+    "x",
+    None,
+    True,
+    False,
+    [],
+    {},
+    [10**9, 10**9],
+    [None, 5, 3],
+    [None, None, 10**9],
+    "float64",
+    "float16",
+    "int32",
+    "bfloat16",
+    "mixed_float16",
+    "GRU",
+    "LSTM",
+    "SimpleRNN",
+    "Bidirectional",
+    "Dense",
+    "Lambda",
+    "InputLayer",
+    "TimeDistributed",
+    "Embedding",
+    "Masking",
+    "relu",
+    "hard_sigmoid",
+    "swish",
+    "linear",
+    "concat",
+    "mul",
+    "ave",
+    "sum",
+    "channels_first",
+    "F32",
+    "F64",
+    "F16",
+    "BF16",
+    "I64",
+    "BOOL",
+    "U8",
+    [0, 10**12],
+    [10**12, 0],
+    [0, 0],
+    [-4, 0],
+    {"class_name": "GRU", "config": {}},
+    {"module": "os", "class_name": "system"},
+    "3.0",
+    "2.1.6",
+    "1.2",
+]
 JSON_VALUES = st.one_of(st.sampled_from(JSON_POOL), st.integers(-3, 40), st.text(max_size=6))
 #: keys whose values the loaders read; focused JSON mutations pick nodes under them
-FOCUS_KEYS = {"units", "batch_shape", "batch_input_shape", "shape", "class_name", "layers", "inbound_nodes",
-              "activation", "recurrent_activation", "return_sequences", "return_state", "go_backwards",
-              "reset_after", "use_bias", "merge_mode", "layer", "forward_layer", "backward_layer",
-              "input_dim", "output_dim", "mask_zero", "dtype", "name", "config", "mask_value", "data_format",
-              "data_offsets", "__metadata__", "keras_version", "input_layers", "output_layers", "args",
-              "kwargs", "cell", "cells", "stateful", "unroll", "time_major", "implementation", "build_config",
-              "input_shape", "zero_output_for_mask", "target_shape", "rate", "policy", "module"}
-POS = st.integers(0, 2 ** 32 - 1)
+FOCUS_KEYS = {
+    "units",
+    "batch_shape",
+    "batch_input_shape",
+    "shape",
+    "class_name",
+    "layers",
+    "inbound_nodes",
+    "activation",
+    "recurrent_activation",
+    "return_sequences",
+    "return_state",
+    "go_backwards",
+    "reset_after",
+    "use_bias",
+    "merge_mode",
+    "layer",
+    "forward_layer",
+    "backward_layer",
+    "input_dim",
+    "output_dim",
+    "mask_zero",
+    "dtype",
+    "name",
+    "config",
+    "mask_value",
+    "data_format",
+    "data_offsets",
+    "__metadata__",
+    "keras_version",
+    "input_layers",
+    "output_layers",
+    "args",
+    "kwargs",
+    "cell",
+    "cells",
+    "stateful",
+    "unroll",
+    "time_major",
+    "implementation",
+    "build_config",
+    "input_shape",
+    "zero_output_for_mask",
+    "target_shape",
+    "rate",
+    "policy",
+    "module",
+}
+POS = st.integers(0, 2**32 - 1)
 IDX = st.integers(0, 63)
 
 # -- byte mutations ---------------------------------------------------------------------
@@ -117,21 +265,24 @@ def apply_bytes(data, ops):
         elif kind == "insert":
             b[pos:pos] = op[2]
         elif kind == "delete":
-            del b[pos:pos + op[2]]
+            del b[pos : pos + op[2]]
         elif kind == "dup":
-            b[pos:pos] = b[pos:pos + op[2]]
+            b[pos:pos] = b[pos : pos + op[2]]
         elif kind == "int":
             width, v = op[2], op[3]
-            b[pos:pos + width] = (v % (1 << (8 * width))).to_bytes(width, "little")
+            b[pos : pos + width] = (v % (1 << (8 * width))).to_bytes(width, "little")
     return bytes(b)
 
 
 # -- JSON mutations ---------------------------------------------------------------------
 
-JSON_OP = st.tuples(st.just("json"), st.booleans(), IDX,
-                    st.sampled_from(["replace", "replace", "replace", "delete", "rename", "wrap", "deep",
-                                     "tweak", "dup"]),
-                    JSON_VALUES)
+JSON_OP = st.tuples(
+    st.just("json"),
+    st.booleans(),
+    IDX,
+    st.sampled_from(["replace", "replace", "replace", "delete", "rename", "wrap", "deep", "tweak", "dup"]),
+    JSON_VALUES,
+)
 DEEP = 100000
 
 
@@ -176,7 +327,7 @@ def apply_json(obj, ops):
             if isinstance(v, bool) or v is None:
                 parent[key] = not v
             elif isinstance(v, (int, float)):
-                parent[key] = [v + 1, v - 1, v * 1000, -v, 0, v * 10 ** 8][idx % 6]
+                parent[key] = [v + 1, v - 1, v * 1000, -v, 0, v * 10**8][idx % 6]
             elif isinstance(v, str):
                 parent[key] = v[: idx % (len(v) + 1)] + ("_" if idx % 2 else "")
             elif isinstance(v, list) and v:
@@ -191,53 +342,113 @@ def apply_json(obj, ops):
 
 # -- PyTorch ----------------------------------------------------------------------------
 
-PARAM_NAMES = ["weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0", "weight_hr_l0", "weight_ih_l1",
-               "weight_hh_l1", "weight_ih_l0_reverse", "bias_hh_l1_reverse", "weight_ih_l99", "weight_ih_l0.x",
-               "rnn.weight_ih_l0", "x", "", "parametrizations.weight_ih_l0.original0", "weight_hh_l-1"]
-STORAGE_NAMES = ["FloatStorage", "DoubleStorage", "HalfStorage", "BFloat16Storage", "LongStorage", "ByteStorage",
-                 "BoolStorage", "QInt8Storage", "UntypedStorage", "ComplexFloatStorage", "Storage", "FloatTensor",
-                 "float32"]
+PARAM_NAMES = [
+    "weight_ih_l0",
+    "weight_hh_l0",
+    "bias_ih_l0",
+    "bias_hh_l0",
+    "weight_hr_l0",
+    "weight_ih_l1",
+    "weight_hh_l1",
+    "weight_ih_l0_reverse",
+    "bias_hh_l1_reverse",
+    "weight_ih_l99",
+    "weight_ih_l0.x",
+    "rnn.weight_ih_l0",
+    "x",
+    "",
+    "parametrizations.weight_ih_l0.original0",
+    "weight_hh_l-1",
+]
+STORAGE_NAMES = [
+    "FloatStorage",
+    "DoubleStorage",
+    "HalfStorage",
+    "BFloat16Storage",
+    "LongStorage",
+    "ByteStorage",
+    "BoolStorage",
+    "QInt8Storage",
+    "UntypedStorage",
+    "ComplexFloatStorage",
+    "Storage",
+    "FloatTensor",
+    "float32",
+]
 #: (module, name, args) payloads: each would create MARKER in the worker's folder
-ATTACKS = [("os", "system", ("touch %s" % MARKER,)), ("posix", "system", ("touch %s" % MARKER,)),
-           ("subprocess", "call", (["touch", MARKER],)),
-           ("builtins", "exec", ("open(%r, 'w').close()" % MARKER,)),
-           ("builtins", "eval", ("open(%r, 'w').close()" % MARKER,)),
-           ("__builtin__", "eval", ("open(%r, 'w').close()" % MARKER,)),
-           ("builtins", "open", (MARKER, "w")), ("io", "open", (MARKER, "w")),
-           ("pathlib", "Path.touch", (MARKER,)), ("importlib", "import_module", ("os",)),
-           ("pickle", "loads", (b"cos\nsystem\n(S'touch " + MARKER.encode() + b"'\ntR.",)),
-           ("torch", "load", (MARKER,)), ("numpy", "load", (MARKER,)),
-           ("collections", "OrderedDict", ({"a": 1},)), ("builtins", "set", ([[1]],)),
-           ("_codecs", "encode", (b"x", "rot13")), ("torch", "Size", ((10 ** 12,) * 40,))]
-RAW = [Raw(b"(S'touch " + MARKER.encode() + b"'\nios\nsystem\n"),                          # INST
-       Raw(b"(cos\nsystem\nS'touch " + MARKER.encode() + b"'\no"),                        # OBJ
-       Raw(b"\x82\x01"), Raw(b"\x83\x01\x02"),                                          # EXT1, EXT2
-       Raw(b"h\x07"), Raw(b"j\xff\xff\xff\x7f"),                                         # bad memo GET
-       Raw(b"ccollections\nOrderedDict\n)\x81"),                                         # NEWOBJ
-       Raw(b"ctorch\nFloatStorage\n)\x81"), Raw(b"ctorch\nfloat32\n)R"),
-       Raw(b"X\x02\x00\x00\x00osX\x06\x00\x00\x00system\x93"),                        # STACK_GLOBAL
-       Build(Reduce(Global("collections", "OrderedDict")), {"__class__": 1, "_metadata": 3}),
-       Build(Reduce(Global("builtins", "set"), [1, 2]), {"a": 1}),
-       Build(Reduce(Global("torch._utils", "_rebuild_tensor_v2"), ("x",)), None),
-       Raw(b"\x95\xff\xff\xff\xff\xff\xff\xff\x7f"),                                     # FRAME of 2^63
-       Raw(b"\x8e\x00\x00\x00\x00\x00\x00\x00\x01"), Raw(b"\x8d\x00\x00\x00\x00\x00\x01\x00\x00"),
-       Raw(b"P"), Raw(b"(P0\nh\x00t"), Raw(b"\x8f("), Raw(b"0"), Raw(b"(")]
+ATTACKS = [
+    ("os", "system", ("touch %s" % MARKER,)),
+    ("posix", "system", ("touch %s" % MARKER,)),
+    ("subprocess", "call", (["touch", MARKER],)),
+    ("builtins", "exec", ("open(%r, 'w').close()" % MARKER,)),
+    ("builtins", "eval", ("open(%r, 'w').close()" % MARKER,)),
+    ("__builtin__", "eval", ("open(%r, 'w').close()" % MARKER,)),
+    ("builtins", "open", (MARKER, "w")),
+    ("io", "open", (MARKER, "w")),
+    ("pathlib", "Path.touch", (MARKER,)),
+    ("importlib", "import_module", ("os",)),
+    ("pickle", "loads", (b"cos\nsystem\n(S'touch " + MARKER.encode() + b"'\ntR.",)),
+    ("torch", "load", (MARKER,)),
+    ("numpy", "load", (MARKER,)),
+    ("collections", "OrderedDict", ({"a": 1},)),
+    ("builtins", "set", ([[1]],)),
+    ("_codecs", "encode", (b"x", "rot13")),
+    ("torch", "Size", ((10**12,) * 40,)),
+]
+RAW = [
+    Raw(b"(S'touch " + MARKER.encode() + b"'\nios\nsystem\n"),  # INST
+    Raw(b"(cos\nsystem\nS'touch " + MARKER.encode() + b"'\no"),  # OBJ
+    Raw(b"\x82\x01"),
+    Raw(b"\x83\x01\x02"),  # EXT1, EXT2
+    Raw(b"h\x07"),
+    Raw(b"j\xff\xff\xff\x7f"),  # bad memo GET
+    Raw(b"ccollections\nOrderedDict\n)\x81"),  # NEWOBJ
+    Raw(b"ctorch\nFloatStorage\n)\x81"),
+    Raw(b"ctorch\nfloat32\n)R"),
+    Raw(b"X\x02\x00\x00\x00osX\x06\x00\x00\x00system\x93"),  # STACK_GLOBAL
+    Build(Reduce(Global("collections", "OrderedDict")), {"__class__": 1, "_metadata": 3}),
+    Build(Reduce(Global("builtins", "set"), [1, 2]), {"a": 1}),
+    Build(Reduce(Global("torch._utils", "_rebuild_tensor_v2"), ("x",)), None),
+    Raw(b"\x95\xff\xff\xff\xff\xff\xff\xff\x7f"),  # FRAME of 2^63
+    Raw(b"\x8e\x00\x00\x00\x00\x00\x00\x00\x01"),
+    Raw(b"\x8d\x00\x00\x00\x00\x00\x01\x00\x00"),
+    Raw(b"P"),
+    Raw(b"(P0\nh\x00t"),
+    Raw(b"\x8f("),
+    Raw(b"0"),
+    Raw(b"("),
+]
 
 #: Ways to misspell a key (a function of the key): each must be refused, never taken
 #: for the real name.
-KEY_SPELLINGS = [lambda k: k + "\n", lambda k: k + " ", lambda k: " " + k, lambda k: k + "\t",
-                 lambda k: k + "\x00", lambda k: k.upper(), lambda k: k + "\u200b", lambda k: k + "\ud800",
-                 lambda k: k.replace("_l0", "_l00"), lambda k: k.replace("_l0", "_l999999"),
-                 lambda k: k.replace("_l0", "_l999999999"), lambda k: k.replace("_l0", "_l" + "9" * 5000),
-                 lambda k: k.replace("_l0", "_l\u0660"), lambda k: "\n" + k]
+KEY_SPELLINGS = [
+    lambda k: k + "\n",
+    lambda k: k + " ",
+    lambda k: " " + k,
+    lambda k: k + "\t",
+    lambda k: k + "\x00",
+    lambda k: k.upper(),
+    lambda k: k + "\u200b",
+    lambda k: k + "\ud800",
+    lambda k: k.replace("_l0", "_l00"),
+    lambda k: k.replace("_l0", "_l999999"),
+    lambda k: k.replace("_l0", "_l999999999"),
+    lambda k: k.replace("_l0", "_l" + "9" * 5000),
+    lambda k: k.replace("_l0", "_l\u0660"),
+    lambda k: "\n" + k,
+]
 TORCH_OP = st.one_of(
     st.tuples(st.just("field"), IDX, st.sampled_from(["offset", "numel", "shape", "stride"]), ANY),
     st.tuples(st.just("dim"), IDX, st.sampled_from(["shape", "stride"]), IDX, INTS),
     st.tuples(st.just("key"), IDX, st.sampled_from(["0", "1", "99", "", "../data.pkl", "data.pkl", 5, None])),
     st.tuples(st.just("storage_type"), IDX, st.sampled_from(STORAGE_NAMES)),
-    st.tuples(st.just("rebuild"), IDX, st.sampled_from(["_rebuild_tensor", "_rebuild_tensor_v3",
-                                                        "_rebuild_qtensor", "_rebuild_parameter",
-                                                        "_rebuild_tensor_v2"])),
+    st.tuples(
+        st.just("rebuild"),
+        IDX,
+        st.sampled_from(
+            ["_rebuild_tensor", "_rebuild_tensor_v3", "_rebuild_qtensor", "_rebuild_parameter", "_rebuild_tensor_v2"]
+        ),
+    ),
     st.tuples(st.just("location"), IDX, st.sampled_from(["cuda:0", "", "meta", 5])),
     st.tuples(st.just("parameter"), IDX),
     st.tuples(st.just("rename"), IDX, st.sampled_from(PARAM_NAMES)),
@@ -245,8 +456,7 @@ TORCH_OP = st.one_of(
     st.tuples(st.just("duplicate"), IDX, st.sampled_from(PARAM_NAMES)),
     st.tuples(st.just("storage_bytes"), IDX, st.integers(-64, 64)),
     st.tuples(st.just("wrap"), st.sampled_from(["list", "tuple", "dict", "deep", "twice"])),
-    st.tuples(st.just("extra"), st.sampled_from(["bytes", "set", "bigint", "nan", "none", "nested", "raw"]),
-              IDX),
+    st.tuples(st.just("extra"), st.sampled_from(["bytes", "set", "bigint", "nan", "none", "nested", "raw"]), IDX),
     st.tuples(st.just("attack"), IDX, st.integers(0, len(ATTACKS) - 1)),
     st.tuples(st.just("raw"), IDX, st.integers(0, len(RAW) - 1)),
 )
@@ -254,12 +464,21 @@ TORCH_OP = st.one_of(
 
 def _torch_structure_ops(depths, counts):
     """The issue-12 structure operators of PyTorch files, at the given sizes."""
-    return [st.tuples(st.just("nest"), st.sampled_from(["tuple", "list", "dict", "key", "set", "late"]),
-                      st.sampled_from(depths), st.sampled_from(["value", "key", "extra"]), IDX),
-            st.tuples(st.just("count"), st.sampled_from(counts)),
-            st.tuples(st.just("keyspell"), IDX, st.sampled_from(list(range(len(KEY_SPELLINGS)))), st.booleans()),
-            st.tuples(st.just("dupkey"), IDX),
-            st.tuples(st.just("stray_proj"),)]
+    return [
+        st.tuples(
+            st.just("nest"),
+            st.sampled_from(["tuple", "list", "dict", "key", "set", "late"]),
+            st.sampled_from(depths),
+            st.sampled_from(["value", "key", "extra"]),
+            IDX,
+        ),
+        st.tuples(st.just("count"), st.sampled_from(counts)),
+        st.tuples(st.just("keyspell"), IDX, st.sampled_from(list(range(len(KEY_SPELLINGS)))), st.booleans()),
+        st.tuples(st.just("dupkey"), IDX),
+        st.tuples(
+            st.just("stray_proj"),
+        ),
+    ]
 
 
 #: The bounded run (``make test``) draws the structures at sizes that cost milliseconds
@@ -269,15 +488,35 @@ TORCH_OP_SMOKE = st.one_of(TORCH_OP, *_torch_structure_ops([20, 150, 1000], [100
 TORCH_OP = st.one_of(TORCH_OP, *_torch_structure_ops([20, 150, 5000, 40000], [1000, 300000]))
 ZIP_OP = st.one_of(
     st.tuples(st.just("zip_drop"), IDX),
-    st.tuples(st.just("zip_rename"), IDX, st.sampled_from(["archive/data.pkl", "other/data.pkl", "data.pkl",
-                                                           "archive/data/0", "archive/data/../x",
-                                                           "config.json", "archive/constants.pkl",
-                                                           "archive/code/x.py", "model.weights.h5"])),
-    st.tuples(st.just("zip_add"), st.sampled_from(["b/data.pkl", "archive/extra", "config.json",
-                                                   "metadata.json", "model.weights.h5"]), st.binary(max_size=8)),
+    st.tuples(
+        st.just("zip_rename"),
+        IDX,
+        st.sampled_from(
+            [
+                "archive/data.pkl",
+                "other/data.pkl",
+                "data.pkl",
+                "archive/data/0",
+                "archive/data/../x",
+                "config.json",
+                "archive/constants.pkl",
+                "archive/code/x.py",
+                "model.weights.h5",
+            ]
+        ),
+    ),
+    st.tuples(
+        st.just("zip_add"),
+        st.sampled_from(["b/data.pkl", "archive/extra", "config.json", "metadata.json", "model.weights.h5"]),
+        st.binary(max_size=8),
+    ),
     st.tuples(st.just("zip_compress"), st.booleans()),
-    st.tuples(st.just("zip_lie"), IDX, st.sampled_from(["file_size", "compress_size", "crc", "offset",
-                                                        "local_file_size", "local_compress_size"]), INTS),
+    st.tuples(
+        st.just("zip_lie"),
+        IDX,
+        st.sampled_from(["file_size", "compress_size", "crc", "offset", "local_file_size", "local_compress_size"]),
+        INTS,
+    ),
     st.tuples(st.just("byteorder"), st.sampled_from([b"big", b"middle", b"", b"little\n", None])),
 )
 LEGACY_OP = st.one_of(
@@ -332,14 +571,25 @@ def apply_torch(doc, ops):
         entries = _entries(doc.root)
         if kind == "wrap":
             how = op[1]
-            doc.root = {"list": lambda r: [r], "tuple": lambda r: (r, 1), "dict": lambda r: {"state_dict": r},
-                        "twice": lambda r: {"a": r, "b": copy.deepcopy(r)}, "deep": lambda r: _deep(r)}[how](doc.root)
+            doc.root = {
+                "list": lambda r: [r],
+                "tuple": lambda r: (r, 1),
+                "dict": lambda r: {"state_dict": r},
+                "twice": lambda r: {"a": r, "b": copy.deepcopy(r)},
+                "deep": lambda r: _deep(r),
+            }[how](doc.root)
             continue
         if kind == "extra":
             sd = _state_dict(doc.root)
-            value = {"bytes": b"\x80\x02cos\nsystem\n.", "set": Reduce(Global("builtins", "set"), [1, 2]),
-                     "bigint": 1 << 4000, "nan": float("nan"), "none": None, "nested": [[[{"a": ()}]]],
-                     "raw": RAW[op[2] % len(RAW)]}[op[1]]
+            value = {
+                "bytes": b"\x80\x02cos\nsystem\n.",
+                "set": Reduce(Global("builtins", "set"), [1, 2]),
+                "bigint": 1 << 4000,
+                "nan": float("nan"),
+                "none": None,
+                "nested": [[[{"a": ()}]]],
+                "raw": RAW[op[2] % len(RAW)],
+            }[op[1]]
             if isinstance(sd, dict):
                 sd["extra_%s" % op[1]] = value
             continue
@@ -382,7 +632,7 @@ def apply_torch(doc, ops):
             parent[key] = RAW[op[2] % len(RAW)]
         elif kind == "keyspell" and isinstance(parent, dict) and isinstance(key, str):
             spelled = KEY_SPELLINGS[op[2]](key)
-            if op[3]:                       # a shadowing copy beside the real key (the override attack)
+            if op[3]:  # a shadowing copy beside the real key (the override attack)
                 parent[spelled] = copy.deepcopy(t)
             else:
                 items = [(spelled if k == key else k, v) for k, v in parent.items()]
@@ -418,9 +668,16 @@ def _structure_op(doc, op, entries):
     elif kind == "stray_proj" and isinstance(sd, dict):
         ih = next((v for k, v in sd.items() if isinstance(k, str) and k.endswith("weight_ih_l0")), None)
         hh = next((v for k, v in sd.items() if isinstance(k, str) and k.endswith("weight_hh_l0")), None)
-        if isinstance(ih, Tensor) and isinstance(hh, Tensor) and isinstance(hh.shape, tuple) \
-                and isinstance(ih.shape, tuple) and len(hh.shape) == 2 and len(ih.shape) == 2 \
-                and all(isinstance(d, int) for d in ih.shape + hh.shape) and ih.shape[0] % 4 == 0:
+        if (
+            isinstance(ih, Tensor)
+            and isinstance(hh, Tensor)
+            and isinstance(hh.shape, tuple)
+            and isinstance(ih.shape, tuple)
+            and len(hh.shape) == 2
+            and len(ih.shape) == 2
+            and all(isinstance(d, int) for d in ih.shape + hh.shape)
+            and ih.shape[0] % 4 == 0
+        ):
             t = copy.deepcopy(hh)
             t.shape, t.stride = (hh.shape[1], ih.shape[0] // 4), (ih.shape[0] // 4, 1)
             name = next(k for k, v in sd.items() if v is hh).replace("weight_hh_l0", "weight_hr_l0")
@@ -460,7 +717,7 @@ def _write_zip(members):
 
     buf = io.BytesIO()
     with warnings.catch_warnings(), zipfile.ZipFile(buf, "w") as z:
-        warnings.simplefilter("ignore")             # duplicate names are wanted here
+        warnings.simplefilter("ignore")  # duplicate names are wanted here
         for name, data, method in members:
             z.writestr(zipfile.ZipInfo(name, (1980, 1, 1, 0, 0, 0)), data, compress_type=method)
     return buf.getvalue()
@@ -477,14 +734,14 @@ def _patch_zip(data, idx, field, value):
     v = struct.pack("<I", value % (1 << 32))
     if field.startswith("local_"):
         off = info.header_offset + {"local_file_size": 22, "local_compress_size": 18}[field]
-        b[off:off + 4] = v
+        b[off : off + 4] = v
         return bytes(b)
     # the central directory entry: find it by the local header offset it records
     pos = b.find(b"PK\x01\x02")
     while pos >= 0:
         if struct.unpack_from("<I", b, pos + 42)[0] == info.header_offset:
             off = pos + {"crc": 16, "compress_size": 20, "file_size": 24, "offset": 42}[field]
-            b[off:off + 4] = v
+            b[off : off + 4] = v
             break
         pos = b.find(b"PK\x01\x02", pos + 4)
     return bytes(b)
@@ -498,7 +755,7 @@ def apply_zip(data, ops):
             continue
         try:
             members = _zip_members(data)
-        except Exception:           # an earlier lie broke the archive: leave it so
+        except Exception:  # an earlier lie broke the archive: leave it so
             continue
         if kind == "zip_drop" and members:
             del members[op[1] % len(members)]
@@ -527,8 +784,14 @@ def build_torch(seed, layout, torch_ops, file_ops):
         if op[0] in ("magic", "protocol"):
             magic_ops[op[0]] = op[1]
         elif op[0] == "keys":
-            keys = {"drop": keys[1:], "dup": keys + keys[:1], "reverse": keys[::-1], "int": [1] + keys,
-                    "extra": keys + ["zzz"], "empty": []}[op[1]]
+            keys = {
+                "drop": keys[1:],
+                "dup": keys + keys[:1],
+                "reverse": keys[::-1],
+                "int": [1] + keys,
+                "extra": keys + ["zzz"],
+                "empty": [],
+            }[op[1]]
         elif op[0] == "numel" and keys:
             numels[keys[op[1] % len(keys)]] = op[2]
     return doc.legacy_bytes(keys=keys, numels=numels, replace={k: dumps(v) for k, v in magic_ops.items()})
@@ -550,7 +813,7 @@ def build_safetensors(seed, ops):
     with open(seed, "rb") as f:
         data = f.read()
     n = struct.unpack_from("<Q", data)[0]
-    header, body = json.loads(data[8:8 + n]), data[8 + n:]
+    header, body = json.loads(data[8 : 8 + n]), data[8 + n :]
     text = json.dumps(header)
     json_ops = [op for op in ops if op[0] == "json"]
     if json_ops:
@@ -597,20 +860,50 @@ def _st_keys(header, ops):
 #: The files a fuzz case may point at from inside an HDF5 file, relative to the worker's
 #: folder (its working directory and the case file's folder): the runner reports any
 #: case during which one of them is opened.
-OUTSIDE_FILES = {"external": "outside/secret.bin", "external-unlimited": "outside/secret.bin",
-                 "elink-dataset": "outside/donor.h5", "elink-group": "outside/donor.h5",
-                 "softlink": None, "softlink-outside": "outside/donor.h5", "vds": "outside/donor.h5",
-                 "vds-self": None}
+OUTSIDE_FILES = {
+    "external": "outside/secret.bin",
+    "external-unlimited": "outside/secret.bin",
+    "elink-dataset": "outside/donor.h5",
+    "elink-group": "outside/donor.h5",
+    "softlink": None,
+    "softlink-outside": "outside/donor.h5",
+    "vds": "outside/donor.h5",
+    "vds-self": None,
+}
 H5_OP = st.one_of(
     st.tuples(st.just("outside"), IDX, st.sampled_from(sorted(OUTSIDE_FILES))),
     st.tuples(st.just("h5_deep"), st.sampled_from([10, 70])),
     st.tuples(st.just("gcol"), st.sampled_from([4096, 32768])),
     st.tuples(st.just("attr_json"), JSON_OP),
-    st.tuples(st.just("attr"), IDX, st.sampled_from(["drop", "int", "str", "empty", "list", "bytes",
-                                                     "version1", "version3", "shuffle"])),
-    st.tuples(st.just("dset"), IDX, st.sampled_from(["reshape", "grow", "shrink", "scalar", "int", "f64", "f16",
-                                                     "bool", "str", "complex", "delete", "group", "huge",
-                                                     "nan", "empty", "3d"])),
+    st.tuples(
+        st.just("attr"),
+        IDX,
+        st.sampled_from(["drop", "int", "str", "empty", "list", "bytes", "version1", "version3", "shuffle"]),
+    ),
+    st.tuples(
+        st.just("dset"),
+        IDX,
+        st.sampled_from(
+            [
+                "reshape",
+                "grow",
+                "shrink",
+                "scalar",
+                "int",
+                "f64",
+                "f16",
+                "bool",
+                "str",
+                "complex",
+                "delete",
+                "group",
+                "huge",
+                "nan",
+                "empty",
+                "3d",
+            ]
+        ),
+    ),
 )
 
 
@@ -622,6 +915,7 @@ def _h5_targets(f):
             dsets.append(name)
         for a in sorted(obj.attrs):
             attrs.append((name, a))
+
     for a in sorted(f.attrs):
         attrs.append(("/", a))
     f.visititems(visit)
@@ -644,9 +938,10 @@ def apply_h5(data, ops):
                 with h5py.File(io.BytesIO(data), "r") as f:
                     dsets = _h5_targets(f)[1]
                 if dsets:
-                    data = hostile.point_outside(data, op[2], OUTSIDE_FILES[op[2]] or "",
-                                                 path=dsets[op[1] % len(dsets)])
-            except Exception:       # a damaged file, or one an earlier mutation made odd
+                    data = hostile.point_outside(
+                        data, op[2], OUTSIDE_FILES[op[2]] or "", path=dsets[op[1] % len(dsets)]
+                    )
+            except Exception:  # a damaged file, or one an earlier mutation made odd
                 pass
     ops = [op for op in ops if op[0] not in ("gcol", "outside")]
     if ops:
@@ -654,7 +949,7 @@ def apply_h5(data, ops):
         try:
             with h5py.File(bio, "r+") as f:
                 _apply_h5(f, ops)
-        except Exception:       # a damaged file (an earlier byte mutation): mutate no further
+        except Exception:  # a damaged file (an earlier byte mutation): mutate no further
             return data + tail
         data = bio.getvalue()
     return data + tail
@@ -677,7 +972,7 @@ def _apply_h5(f, ops):
                     f.attrs["model_config"] = apply_json(doc, [op[1]])
             elif op[0] == "h5_deep":
                 g = f
-                for i in range(op[1]):
+                for _i in range(op[1]):
                     g = g.create_group("d")
             elif op[0] == "attr" and attrs:
                 where, name = attrs[op[1] % len(attrs)]
@@ -687,7 +982,7 @@ def _apply_h5(f, ops):
                 if how == "drop":
                     del obj.attrs[name]
                 elif how == "int":
-                    obj.attrs[name] = 10 ** 12
+                    obj.attrs[name] = 10**12
                 elif how == "str":
                     obj.attrs[name] = "garbage"
                 elif how == "empty":
@@ -706,7 +1001,7 @@ def _apply_h5(f, ops):
                 path = dsets[op[1] % len(dsets)]
                 ds = f[path]
                 if ds.shape is None or ds.size > 100000 or ds.is_virtual or ds.external:
-                    continue                    # (one this fuzzer made huge, or outside the file: leave it;
+                    continue  # (one this fuzzer made huge, or outside the file: leave it;
                     #  reading a virtual dataset of a file in memory crashes HDF5)
                 a = ds[()]
                 how = op[2]
@@ -728,7 +1023,7 @@ def _apply_h5(f, ops):
                 elif how == "group":
                     f.create_group(path)
                 elif how == "huge":
-                    big = tuple(10 ** 6 for _ in shape) or (10 ** 12,)
+                    big = tuple(10**6 for _ in shape) or (10**12,)
                     f.create_dataset(path, shape=big, dtype="f4", chunks=(1,) * len(big), compression="gzip")
                 elif how == "nan" and a.dtype.kind == "f":
                     f[path] = np.full(shape, np.nan, a.dtype)
@@ -746,8 +1041,7 @@ KERAS_OP = st.one_of(
     st.tuples(st.just("many_layers"), st.sampled_from([50, 1000, 10001])),
     st.tuples(st.just("member_json"), st.sampled_from(["config.json", "metadata.json"]), JSON_OP),
     st.tuples(st.just("member_h5"), H5_OP),
-    st.tuples(st.just("member_bytes"), st.sampled_from(["config.json", "metadata.json", "model.weights.h5"]),
-              BYTE_OP),
+    st.tuples(st.just("member_bytes"), st.sampled_from(["config.json", "metadata.json", "model.weights.h5"]), BYTE_OP),
 )
 
 
@@ -759,7 +1053,7 @@ def build_keras(seed, ops, zip_ops):
             if op[0] == "member_json" and name == op[1]:
                 try:
                     doc = json.loads(data)
-                except (ValueError, RecursionError):        # an earlier mutation broke it
+                except (ValueError, RecursionError):  # an earlier mutation broke it
                     continue
                 data = apply_json(doc, [op[2]]).encode("utf-8", "surrogatepass")
             elif op[0] == "many_layers" and name == "config.json":
@@ -782,9 +1076,21 @@ def _many_layers(data, n):
     except (ValueError, KeyError, TypeError, RecursionError):
         return data
     for i in range(n):
-        layers.append({"module": "keras.layers", "class_name": "Dropout", "registered_name": None,
-                       "config": {"name": "fuzz_dropout_%d" % i, "trainable": True, "dtype": "float32",
-                                  "rate": 0.0, "seed": None, "noise_shape": None}})
+        layers.append(
+            {
+                "module": "keras.layers",
+                "class_name": "Dropout",
+                "registered_name": None,
+                "config": {
+                    "name": "fuzz_dropout_%d" % i,
+                    "trainable": True,
+                    "dtype": "float32",
+                    "rate": 0.0,
+                    "seed": None,
+                    "noise_shape": None,
+                },
+            }
+        )
     return json.dumps(cfg).encode()
 
 
@@ -808,21 +1114,31 @@ def case_strategy(fmt, hdf5_bytes=True):
     sizes (TORCH_OP_SMOKE).
     """
     torch_op = TORCH_OP if hdf5_bytes else TORCH_OP_SMOKE
-    structured = {"torchzip": torch_op, "torchlegacy": torch_op, "safetensors": ST_OP, "keras": KERAS_OP,
-                  "keras3h5": H5_OP, "keras2h5": H5_OP}[fmt]
+    structured = {
+        "torchzip": torch_op,
+        "torchlegacy": torch_op,
+        "safetensors": ST_OP,
+        "keras": KERAS_OP,
+        "keras3h5": H5_OP,
+        "keras2h5": H5_OP,
+    }[fmt]
     if fmt == "keras" and not hdf5_bytes:
         structured = st.one_of(
             st.tuples(st.just("many_layers"), st.sampled_from([50, 300, 10001])),
             st.tuples(st.just("member_json"), st.sampled_from(["config.json", "metadata.json"]), JSON_OP),
             st.tuples(st.just("member_h5"), H5_OP),
-            st.tuples(st.just("member_bytes"), st.sampled_from(["config.json", "metadata.json"]), BYTE_OP))
+            st.tuples(st.just("member_bytes"), st.sampled_from(["config.json", "metadata.json"]), BYTE_OP),
+        )
     file_level = {"torchzip": ZIP_OP, "torchlegacy": LEGACY_OP, "keras": ZIP_OP}.get(fmt)
     byte_ops = st.lists(BYTE_OP, max_size=3)
     if fmt in ("keras3h5", "keras2h5") and not hdf5_bytes:
-        byte_ops = st.just([])          # (a .keras zip's CRCs keep byte mutations out of its HDF5 member)
-    return st.tuples(st.sampled_from(seeds(fmt)), st.lists(structured, max_size=4),
-                     st.lists(file_level, max_size=2) if file_level is not None else st.just([]),
-                     byte_ops)
+        byte_ops = st.just([])  # (a .keras zip's CRCs keep byte mutations out of its HDF5 member)
+    return st.tuples(
+        st.sampled_from(seeds(fmt)),
+        st.lists(structured, max_size=4),
+        st.lists(file_level, max_size=2) if file_level is not None else st.just([]),
+        byte_ops,
+    )
 
 
 def build_case(fmt, case):
@@ -832,7 +1148,7 @@ def build_case(fmt, case):
     import numpy as np
 
     with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore")         # (casting NaN to int and the like, on purpose)
+        warnings.simplefilter("ignore")  # (casting NaN to int and the like, on purpose)
         return _build_case(fmt, case)
 
 

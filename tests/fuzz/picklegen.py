@@ -11,19 +11,36 @@ of plain Python objects plus the markers :class:`Global`, :class:`Reduce`,
 :class:`TorchDoc` is a state_dict in that form (tensors as :class:`Tensor` fields and
 storages as raw bytes) with writers for both ``torch.save`` layouts.
 """
+
 import io
 import struct
 import zipfile
 
-__all__ = ["Global", "Reduce", "PersId", "Build", "Raw", "ODict", "dumps", "Tensor", "TorchDoc",
-           "LEGACY_MAGIC", "STORAGE_TYPES"]
+__all__ = [
+    "Global",
+    "Reduce",
+    "PersId",
+    "Build",
+    "Raw",
+    "ODict",
+    "dumps",
+    "Tensor",
+    "TorchDoc",
+    "LEGACY_MAGIC",
+    "STORAGE_TYPES",
+]
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
 #: element type -> (torch storage class name, bytes per element)
-STORAGE_TYPES = {"float32": ("FloatStorage", 4), "float64": ("DoubleStorage", 8),
-                 "float16": ("HalfStorage", 2), "bfloat16": ("BFloat16Storage", 2),
-                 "int64": ("LongStorage", 8), "uint8": ("ByteStorage", 1)}
+STORAGE_TYPES = {
+    "float32": ("FloatStorage", 4),
+    "float64": ("DoubleStorage", 8),
+    "float16": ("HalfStorage", 2),
+    "bfloat16": ("BFloat16Storage", 2),
+    "int64": ("LongStorage", 8),
+    "uint8": ("ByteStorage", 1),
+}
 
 
 class Global:
@@ -84,7 +101,7 @@ def _emit(out, v):
         b = v.encode("utf-8", "surrogatepass")
         w(b"X" + struct.pack("<I", len(b)) + b)
     elif isinstance(v, (bytes, bytearray)):
-        w(b"B" + struct.pack("<I", len(v)) + bytes(v))          # BINBYTES (protocol 3)
+        w(b"B" + struct.pack("<I", len(v)) + bytes(v))  # BINBYTES (protocol 3)
     elif isinstance(v, tuple):
         if not v:
             w(b")")
@@ -164,16 +181,27 @@ class Tensor:
     """A tensor as ``torch._utils._rebuild_tensor_v2`` (or a chosen rebuild function)
     receives it. Every field may be set to any value, valid or not."""
 
-    def __init__(self, key, storage_type, numel, offset, shape, stride, rebuild="_rebuild_tensor_v2",
-                 location="cpu", parameter=False):
+    def __init__(
+        self,
+        key,
+        storage_type,
+        numel,
+        offset,
+        shape,
+        stride,
+        rebuild="_rebuild_tensor_v2",
+        location="cpu",
+        parameter=False,
+    ):
         self.key, self.storage_type, self.numel = key, storage_type, numel
         self.offset, self.shape, self.stride = offset, shape, stride
         self.rebuild, self.location, self.parameter = rebuild, location, parameter
         self.legacy = False
 
     def storage_pid(self):
-        typ = self.storage_type if isinstance(self.storage_type, (Global, Reduce)) \
-            else Global("torch", self.storage_type)
+        typ = (
+            self.storage_type if isinstance(self.storage_type, (Global, Reduce)) else Global("torch", self.storage_type)
+        )
         pid = ("storage", typ, self.key, self.location, self.numel)
         return PersId(pid + (None,) if self.legacy else pid)
 
@@ -217,8 +245,9 @@ class TorchDoc:
                 st = obj.storage
                 if st.key not in storages:
                     storages[st.key] = archive._storage_bytes(st)[: st.nbytes]
-                return Tensor(st.key, STORAGE_TYPES[st.dtype][0], st.numel, obj.offset, tuple(obj.shape),
-                              tuple(obj.stride))
+                return Tensor(
+                    st.key, STORAGE_TYPES[st.dtype][0], st.numel, obj.offset, tuple(obj.shape), tuple(obj.stride)
+                )
             if isinstance(obj, dict):
                 return {k: convert(v) for k, v in obj.items()}
             if isinstance(obj, list):
@@ -243,6 +272,7 @@ class TorchDoc:
             if isinstance(v, tuple):
                 return tuple(conv(x) for x in v)
             return v
+
         return conv(self.root)
 
     def zip_bytes(self, pkl=None, compress=False, byteorder=b"little"):
@@ -267,15 +297,23 @@ class TorchDoc:
         out = io.BytesIO()
         out.write(replace.get("magic") or dumps(LEGACY_MAGIC))
         out.write(replace.get("protocol") or dumps(LEGACY_PROTOCOL))
-        out.write(replace.get("sys_info") or dumps({"protocol_version": LEGACY_PROTOCOL, "little_endian": True,
-                                                    "type_sizes": {"short": 2, "int": 4, "long": 4}}))
+        out.write(
+            replace.get("sys_info")
+            or dumps(
+                {
+                    "protocol_version": LEGACY_PROTOCOL,
+                    "little_endian": True,
+                    "type_sizes": {"short": 2, "int": 4, "long": 4},
+                }
+            )
+        )
         out.write(dumps(self._value(True)) if pkl is None else pkl)
         out.write(replace.get("keys") or dumps(keys))
         for key, data in self.storages.items():
             itemsize = 4
             for v in _tensors(self.root):
                 if v.key == key and isinstance(v.storage_type, str):
-                    itemsize = {n: s for n, s in STORAGE_TYPES.values()}.get(v.storage_type, 4)
+                    itemsize = dict(STORAGE_TYPES.values()).get(v.storage_type, 4)
             numel = (numels or {}).get(key, len(data) // itemsize)
             out.write(struct.pack("<Q", numel % (1 << 64)) + data)
         return out.getvalue()

@@ -6,8 +6,10 @@ Usage (from the repository root)::
         [--out build/fuzz-findings] [--seed N]
 
 The time is split evenly between the formats; a finding (shrunk and saved to
-``--out``) does not stop the run: the format goes on with the next seed. Prints each format's executions and outcomes; exits 1 if anything was found.
+``--out``) does not stop the run: the format goes on with the next seed. Prints each format's executions and
+outcomes; exits 1 if anything was found.
 """
+
 import argparse
 import os
 import sys
@@ -15,9 +17,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from fuzz.driver import Report, fuzz_format  # noqa: E402
-from fuzz.mutators import FORMATS  # noqa: E402
-from fuzz.runner import Worker  # noqa: E402
+from fuzz.driver import Report, fuzz_format
+from fuzz.mutators import FORMATS
+from fuzz.runner import Worker
 
 
 def main(argv=None):
@@ -33,17 +35,20 @@ def main(argv=None):
     if unknown:
         p.error("unknown formats %s (known: %s)" % (", ".join(sorted(unknown)), ", ".join(FORMATS)))
     share = args.seconds / len(formats)
-    print("fuzzing %s for %.0f s each, seeds from %d; findings -> %s" % (", ".join(formats), share, args.seed,
-                                                                         args.out), flush=True)
+    print(
+        "fuzzing %s for %.0f s each, seeds from %d; findings -> %s" % (", ".join(formats), share, args.seed, args.out),
+        flush=True,
+    )
     reports = []
     with Worker(timeout=args.timeout) as worker:
         for fmt in formats:
             rep = Report(fmt)
             end = time.monotonic() + share
             rnd = 0
-            while time.monotonic() < end:           # after a finding, go on with the next seed
-                fuzz_format(fmt, worker, seconds=end - time.monotonic(), seed=args.seed + rnd,
-                            out_dir=args.out, report=rep)
+            while time.monotonic() < end:  # after a finding, go on with the next seed
+                fuzz_format(
+                    fmt, worker, seconds=end - time.monotonic(), seed=args.seed + rnd, out_dir=args.out, report=rep
+                )
                 rnd += 1
             print(rep, flush=True)
             reports.append(rep)

@@ -21,6 +21,7 @@ triggers, which rnnfast cannot catch (see README.md, "Known upstream bugs").
 
 After a crash or a hang the worker is restarted for the next case.
 """
+
 import json
 import os
 import select
@@ -43,7 +44,7 @@ def _innermost_in_h5py(trace):
     lines = trace.splitlines()
     for i, line in enumerate(lines):
         if "most recent call first" in line:
-            frames = [l for l in lines[i + 1:i + 3] if l.strip().startswith("File ")]
+            frames = [l for l in lines[i + 1 : i + 3] if l.strip().startswith("File ")]
             return bool(frames) and "/h5py/" in frames[0]
     return False
 
@@ -84,7 +85,7 @@ class _Watch:
             pos = 0
             while pos + 16 <= len(buf):
                 _wd, _mask, _cookie, n = struct.unpack_from("iIII", buf, pos)
-                names.add(buf[pos + 16:pos + 16 + n].rstrip(b"\0").decode("utf-8", "replace"))
+                names.add(buf[pos + 16 : pos + 16 + n].rstrip(b"\0").decode("utf-8", "replace"))
                 pos += 16 + n
         return names
 
@@ -121,12 +122,13 @@ class Outcome:
 
 def _baseline_as_mb():
     """Address space of a worker after start-up, measured once per fuzzing process."""
-    probe = ("import os, numpy, h5py, rnnfast, rnnfast.io.keras_file, rnnfast.io.torch_file;"
-             "rnnfast.set_num_threads(1);"
-             "print([l for l in open('/proc/self/status') if l.startswith('VmPeak')][0].split()[1])")
+    probe = (
+        "import os, numpy, h5py, rnnfast, rnnfast.io.keras_file, rnnfast.io.torch_file;"
+        "rnnfast.set_num_threads(1);"
+        "print([l for l in open('/proc/self/status') if l.startswith('VmPeak')][0].split()[1])"
+    )
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
-    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
     return int(out.stdout.split()[-1]) // 1024
 
 
@@ -166,10 +168,21 @@ class Worker:
 
     def _start(self):
         self._err = open(os.path.join(self._dir.name, "stderr.txt"), "w+b")
-        env = dict(os.environ, RNNFAST_FUZZ_AS_MB=str(self.as_mb), OMP_NUM_THREADS="1",
-                   OPENBLAS_NUM_THREADS="1", PYTHONFAULTHANDLER="1")
-        self._proc = subprocess.Popen([sys.executable, os.path.join(HERE, "worker.py")], stdin=subprocess.PIPE,
-                                      stdout=subprocess.PIPE, stderr=self._err, env=env, cwd=self._dir.name)
+        env = dict(
+            os.environ,
+            RNNFAST_FUZZ_AS_MB=str(self.as_mb),
+            OMP_NUM_THREADS="1",
+            OPENBLAS_NUM_THREADS="1",
+            PYTHONFAULTHANDLER="1",
+        )
+        self._proc = subprocess.Popen(
+            [sys.executable, os.path.join(HERE, "worker.py")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._err,
+            env=env,
+            cwd=self._dir.name,
+        )
         self._buf = b""
         first = self._readline(120.0)
         if first is None or "ready" not in json.loads(first):
@@ -186,7 +199,7 @@ class Worker:
             if r:
                 chunk = os.read(fd, 65536)
                 if not chunk:
-                    return None             # the worker died
+                    return None  # the worker died
                 self._buf += chunk
         line, self._buf = self._buf.split(b"\n", 1)
         return line.decode()
@@ -232,29 +245,34 @@ class Worker:
         if line is None:
             alive = self._proc.poll() is None
             if alive:
-                self._proc.send_signal(signal.SIGABRT)      # faulthandler prints where it hangs
+                self._proc.send_signal(signal.SIGABRT)  # faulthandler prints where it hangs
                 try:
                     self._proc.wait(5)
                 except subprocess.TimeoutExpired:
                     pass
             code = self._proc.poll()
             if alive and code is not None and code < 0 and code != -signal.SIGABRT:
-                alive = False               # it was dying of its own signal when the time ran out
+                alive = False  # it was dying of its own signal when the time ran out
             detail = self._stderr()
             self._stop()
             self.restarts += 1
             where = "-in-hdf5" if _innermost_in_h5py(detail) else ""
             if alive:
-                return Outcome("hang" + where, "no answer in %.0f s\n%s" % (self.timeout, detail),
-                               time.monotonic() - t0)
+                return Outcome(
+                    "hang" + where, "no answer in %.0f s\n%s" % (self.timeout, detail), time.monotonic() - t0
+                )
             name = signal.Signals(-code).name if code is not None and code < 0 else "exit %s" % code
             return Outcome("crash" + where, "worker died (%s)\n%s" % (name, detail), time.monotonic() - t0)
         res = json.loads(line)
         opened = self._watch.events()
         if opened:
-            return Outcome("outside-read", "the loader opened %s, named by the file (%s: %s)"
-                           % (", ".join("outside/" + n for n in sorted(opened)), res["outcome"],
-                              res.get("error", "")[:300]), res["seconds"], res.get("ran", False))
+            return Outcome(
+                "outside-read",
+                "the loader opened %s, named by the file (%s: %s)"
+                % (", ".join("outside/" + n for n in sorted(opened)), res["outcome"], res.get("error", "")[:300]),
+                res["seconds"],
+                res.get("ran", False),
+            )
         detail = res.get("error", "")
         if res.get("traceback"):
             detail += "\n" + res["traceback"]

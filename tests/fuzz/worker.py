@@ -13,6 +13,7 @@ file to load) and one JSON line per case on stdout::
 input size), which must not fail either (``error`` with ``stage: run``). Segfaults
 print a traceback (faulthandler) to stderr, which the runner keeps.
 """
+
 import faulthandler
 import json
 import os
@@ -26,7 +27,7 @@ def _limit_memory():
     mb = int(os.environ.get("RNNFAST_FUZZ_AS_MB", "0"))
     if mb:
         resource.setrlimit(resource.RLIMIT_AS, (mb << 20, mb << 20))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))        # a crash dies at once, without a core file
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a crash dies at once, without a core file
 
 
 def _run_model(rnnfast, np, model):
@@ -40,7 +41,7 @@ def _run_model(rnnfast, np, model):
     shape[0] = 2
     if len(shape) >= 2 and shape[1] is None:
         shape[1] = 3
-    if len(shape) == 3 and shape[2] is None:        # features not declared: the first RNN tells
+    if len(shape) == 3 and shape[2] is None:  # features not declared: the first RNN tells
         first = model.layers[0] if model.layers else None
         rnn = getattr(first, "rnn_layers", None)
         if not rnn:
@@ -70,12 +71,12 @@ def _selftest(path, np):
         while True:
             time.sleep(0.01)
     elif what == "alloc":
-        np.ones(1 << 31)                        # 16 GB: beyond the worker's address space
+        np.ones(1 << 31)  # 16 GB: beyond the worker's address space
     elif what == "marker":
         open("PWNED", "w").close()
     elif what == "raise":
         raise KeyError("selftest")
-    elif what == "outside":                     # what loading a file that names outside/... would do
+    elif what == "outside":  # what loading a file that names outside/... would do
         import h5py
 
         h5py.File("outside/donor.h5", "r").close()
@@ -84,7 +85,7 @@ def _selftest(path, np):
 def main():
     faulthandler.enable(file=sys.stderr)
     reply = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
-    sys.stdout = sys.stderr                     # nothing else may write to the reply stream
+    sys.stdout = sys.stderr  # nothing else may write to the reply stream
     import warnings
 
     warnings.simplefilter("ignore")
@@ -115,7 +116,7 @@ def main():
         except rnnfast.UnsupportedLayerError as e:
             res["outcome"] = "UnsupportedLayerError" if stage == "load" else "error"
             res["error"] = str(e)[:300]
-        except BaseException as e:          # noqa: BLE001  (any other type is a finding)
+        except BaseException as e:
             res["outcome"] = "error"
             res["error"] = "%s: %s" % (type(e).__name__, str(e)[:300])
             res["traceback"] = traceback.format_exc()[-3000:]

@@ -11,6 +11,7 @@ Exits 1 if there is any, printing each.
 
 Usage: python tests/memcheck/filter_log.py LOG [LOG ...]
 """
+
 import re
 import sys
 
@@ -58,8 +59,10 @@ def main(paths):
         reports = [b for b in blocks(lines) if any(l.startswith(("at 0x", "by 0x")) for l in b)]
         ours = [b for b in reports if _ours(b)]
         summary = [l for l in lines if "ERROR SUMMARY" in l]
-        print("%s: %d reports (%s), %d involving rnnfast's compiled core"
-              % (path, len(reports), summary[-1].split("== ")[-1] if summary else "no summary", len(ours)))
+        print(
+            "%s: %d reports (%s), %d involving rnnfast's compiled core"
+            % (path, len(reports), summary[-1].split("== ")[-1] if summary else "no summary", len(ours))
+        )
         for b in ours:
             print("\n".join("    " + l for l in b) + "\n")
         bad += len(ours)

@@ -11,6 +11,7 @@ kernel that misbehaves quietly under memcheck fails here too.
 
 Run by run_memcheck.sh; also runs on its own: ``python tests/memcheck/grid.py``.
 """
+
 import itertools
 import sys
 
@@ -18,7 +19,7 @@ import numpy as np
 
 from rnnfast import cells
 from rnnfast import reference as ref
-from rnnfast.layers import CellWeights, RNNLayer, apply_activation, ACTIVATIONS
+from rnnfast.layers import ACTIVATIONS, CellWeights, RNNLayer, apply_activation
 
 VARIANTS = {
     "gru": ("gru", True, 0, "tanh", "sigmoid"),
@@ -34,7 +35,7 @@ TOL = {np.float32: dict(atol=2e-5, rtol=2e-4), np.float64: dict(atol=1e-9, rtol=
 def weights(rng, cell, I, H, P):
     G, Ho = cells.get(cell).num_gates, P or H
     s = 1.0 / np.sqrt(H)
-    u = lambda *shape: rng.uniform(-s, s, shape)        # noqa: E731
+    u = lambda *shape: rng.uniform(-s, s, shape)  # noqa: E731
     return CellWeights(u(I, G * H), u(Ho, G * H), u(G * H), u(G * H), u(H, P) if P else None)
 
 
@@ -43,8 +44,15 @@ def run_case(rng, variant, dtype, direction, B, T, H, how, threads, chunk):
     I = 4
     ndir = 2 if direction == "bidirectional" else 1
     ws = [weights(rng, cell, I, H, P) for _ in range(ndir)]
-    layer = RNNLayer(cell, ws, reset_after=reset_after, activation=act, recurrent_activation=ract or "sigmoid",
-                     go_backwards=direction == "go_backwards", dtype=dtype)
+    layer = RNNLayer(
+        cell,
+        ws,
+        reset_after=reset_after,
+        activation=act,
+        recurrent_activation=ract or "sigmoid",
+        go_backwards=direction == "go_backwards",
+        dtype=dtype,
+    )
     x = rng.standard_normal((T, B, I))
     kw = {}
     if how == "mask":
@@ -54,12 +62,27 @@ def run_case(rng, variant, dtype, direction, B, T, H, how, threads, chunk):
     h0 = rng.standard_normal((ndir, B, P or H)) * 0.5
     c0 = rng.standard_normal((ndir, B, H)) * 0.5 if cell == "lstm" else None
     got = layer.forward(x, h0, c0, num_threads=threads, chunk_steps=chunk, **kw)
-    want = ref.run_layer(cell, ws, x, h0=h0, c0=c0, go_backwards=direction == "go_backwards", act=act, ract=ract,
-                         reset_after=reset_after, **kw)
+    want = ref.run_layer(
+        cell,
+        ws,
+        x,
+        h0=h0,
+        c0=c0,
+        go_backwards=direction == "go_backwards",
+        act=act,
+        ract=ract,
+        reset_after=reset_after,
+        **kw,
+    )
     for g, w in zip(got, want):
         if w is not None:
-            np.testing.assert_allclose(g, w, err_msg="%s %s %s B=%d T=%d H=%d %s threads=%d chunk=%s" % (
-                variant, np.dtype(dtype).name, direction, B, T, H, how, threads, chunk), **TOL[dtype])
+            np.testing.assert_allclose(
+                g,
+                w,
+                err_msg="%s %s %s B=%d T=%d H=%d %s threads=%d chunk=%s"
+                % (variant, np.dtype(dtype).name, direction, B, T, H, how, threads, chunk),
+                **TOL[dtype],
+            )
 
 
 def out_of_bounds(what):
@@ -78,10 +101,29 @@ def out_of_bounds(what):
     from rnnfast import _plan
 
     plan = _plan.plan(B=B, D=1, Ho=13, GH=3 * 13, ncb=layer._ncb, num_threads=1, chunk=T)
-    _kernels.rnn_forward(_kernels.RNN_CELL_GRU, _kernels.RNN_ACT_TANH, _kernels.RNN_ACT_SIGMOID, x,
-                         T, B, layer._W, layer._Wp, layer._bx, layer._U, layer._Up, layer._bhn,
-                         layer._Wr, np.zeros((0, 0), np.uint8), out, h, np.zeros((0, 0, 0)),
-                         batch_first=False, zero_output=False, reverse_first=False, plan=plan)
+    _kernels.rnn_forward(
+        _kernels.RNN_CELL_GRU,
+        _kernels.RNN_ACT_TANH,
+        _kernels.RNN_ACT_SIGMOID,
+        x,
+        T,
+        B,
+        layer._W,
+        layer._Wp,
+        layer._bx,
+        layer._U,
+        layer._Up,
+        layer._bhn,
+        layer._Wr,
+        np.zeros((0, 0), np.uint8),
+        out,
+        h,
+        np.zeros((0, 0, 0)),
+        batch_first=False,
+        zero_output=False,
+        reverse_first=False,
+        plan=plan,
+    )
 
 
 def main():
@@ -93,13 +135,14 @@ def main():
     rng = np.random.default_rng(0)
     cycle = itertools.cycle(itertools.product((13, 130), (6, 1), ("none", "mask", "lengths"), (2, 1), (None, 2)))
     n = 0
-    for variant, dtype, direction in itertools.product(VARIANTS, (np.float32, np.float64),
-                                                       ("forward", "go_backwards", "bidirectional")):
+    for variant, dtype, direction in itertools.product(
+        VARIANTS, (np.float32, np.float64), ("forward", "go_backwards", "bidirectional")
+    ):
         for B in (1, 5, 70):
             H, T, how, threads, chunk = next(cycle)
             run_case(rng, variant, dtype, direction, B, T, H, how, threads, chunk)
             n += 1
-    for name in ACTIVATIONS:                                 # the element-wise kernels on their own
+    for name in ACTIVATIONS:  # the element-wise kernels on their own
         for dtype in (np.float32, np.float64):
             a = np.linspace(-30, 30, 37).astype(dtype)
             apply_activation(name, a)

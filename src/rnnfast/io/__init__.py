@@ -5,6 +5,7 @@ the content and dispatches; the format modules build the models.
 Imports flow one way: this package -> the models (``model_keras``, ``model_torch``) ->
 ``layers`` -> the compiled core. Nothing below imports it back.
 """
+
 import os
 
 from ..model_keras import KerasModel
@@ -14,8 +15,17 @@ from ._zip import ZIP_ERRORS, check_zip_member
 from .keras_file import from_keras, load_keras_file
 from .torch_file import from_torch, load_torch_file
 
-__all__ = ["load", "from_keras", "from_torch", "KerasModel", "TorchRNN", "sniff", "detect",
-           "ZIP_ERRORS", "check_zip_member"]
+__all__ = [
+    "load",
+    "from_keras",
+    "from_torch",
+    "KerasModel",
+    "TorchRNN",
+    "sniff",
+    "detect",
+    "ZIP_ERRORS",
+    "check_zip_member",
+]
 
 
 def load(path, **options):
@@ -58,4 +68,3 @@ def load(path, **options):
         model = load_torch_file(path, **options)
     model.source_format = FORMAT_NAMES[kind]
     return model
-

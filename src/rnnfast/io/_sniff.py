@@ -1,4 +1,5 @@
 """Which format a file is in, from its content (never its name)."""
+
 from ..errors import FormatError
 from ._zip import zip_kind
 
@@ -34,9 +35,10 @@ def sniff(path):
         return "safetensors"
     if head[:1] == b"\x80" and len(head) > 1 and 2 <= head[1] <= 5:
         return "torch-legacy"
-    raise FormatError("%s is not a model file rnnfast knows (first bytes %r): expected a Keras "
-                      ".keras or HDF5 file, a PyTorch state_dict or a .safetensors file"
-                      % (path, head[:8]))
+    raise FormatError(
+        "%s is not a model file rnnfast knows (first bytes %r): expected a Keras "
+        ".keras or HDF5 file, a PyTorch state_dict or a .safetensors file" % (path, head[:8])
+    )
 
 
 def detect(path):
@@ -58,6 +60,8 @@ def detect(path):
         return kind
     inside = zip_kind(path)
     if inside is None:
-        raise FormatError("%s: a zip archive that is neither a Keras .keras file (no config.json) "
-                          "nor a PyTorch file (no data.pkl)" % path)
+        raise FormatError(
+            "%s: a zip archive that is neither a Keras .keras file (no config.json) "
+            "nor a PyTorch file (no data.pkl)" % path
+        )
     return inside + "-zip"

@@ -1,6 +1,7 @@
 """Zip archives (``.keras`` files and ``torch.save`` files are both zips): the errors a
 damaged one raises, the guard against impossible or bomb-like members, and the one
 look inside that tells a Keras archive from a PyTorch one."""
+
 import lzma
 import struct
 import zipfile
@@ -14,8 +15,17 @@ __all__ = ["ZIP_ERRORS", "MAX_INFLATE_RATIO", "SMALL_MEMBER", "check_zip_member"
 #: is a NotImplementedError, a short record a struct.error, a damaged deflate stream a
 #: zlib.error, a damaged bzip2 one an OSError): every reader turns these
 #: into :class:`~rnnfast.FormatError`.
-ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError, NotImplementedError,
-              struct.error, zlib.error, lzma.LZMAError)
+ZIP_ERRORS = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    OSError,
+    ValueError,
+    EOFError,
+    NotImplementedError,
+    struct.error,
+    zlib.error,
+    lzma.LZMAError,
+)
 
 #: A compressed zip member larger than SMALL_MEMBER may inflate at most this many
 #: times its compressed size. torch.save and Keras store members uncompressed, and
@@ -33,15 +43,18 @@ def check_zip_member(info, archive_size):
     the declared size bounds what reading it allocates.
     """
     if info.compress_size > archive_size:
-        raise FormatError("record %s claims %d bytes in a file of %d bytes"
-                          % (info.filename, info.compress_size, archive_size))
+        raise FormatError(
+            "record %s claims %d bytes in a file of %d bytes" % (info.filename, info.compress_size, archive_size)
+        )
     if info.compress_type == zipfile.ZIP_STORED:
         if info.file_size != info.compress_size:
             raise FormatError("record %s: stored sizes disagree" % info.filename)
     elif info.file_size > max(SMALL_MEMBER, MAX_INFLATE_RATIO * info.compress_size):
-        raise FormatError("record %s would inflate %d compressed bytes to %d (more than %d times: a zip "
-                          "bomb?); torch.save and Keras store records uncompressed"
-                          % (info.filename, info.compress_size, info.file_size, MAX_INFLATE_RATIO))
+        raise FormatError(
+            "record %s would inflate %d compressed bytes to %d (more than %d times: a zip "
+            "bomb?); torch.save and Keras store records uncompressed"
+            % (info.filename, info.compress_size, info.file_size, MAX_INFLATE_RATIO)
+        )
 
 
 def zip_kind(path):

@@ -32,6 +32,7 @@ Every option that changes what a layer computes is honoured or refused with
 ignored (listed per layer below); an option this module does not know is refused
 unless its value is empty (None, False, 0, "").
 """
+
 import numpy as np
 
 from .. import cells
@@ -39,29 +40,89 @@ from ..errors import FormatError, UnsupportedLayerError
 from ..layers import ACTIVATIONS, CellWeights, Dense, RNNLayer
 from ..model_keras import KERAS_ACTIVATIONS, BidirectionalNode, DenseNode, EmbeddingNode, RecurrentNode
 
-__all__ = ["ConvertContext", "WeightList", "check_options", "resolve_dtype", "resolve_activation",
-           "RECURRENT_CLASSES", "CELL_CLASSES", "recurrent", "bidirectional", "dense", "embedding"]
+__all__ = [
+    "ConvertContext",
+    "WeightList",
+    "check_options",
+    "resolve_dtype",
+    "resolve_activation",
+    "RECURRENT_CLASSES",
+    "CELL_CLASSES",
+    "recurrent",
+    "bidirectional",
+    "dense",
+    "embedding",
+]
 
 #: Options every layer may carry that do not change inference.
-_COMMON = {"name", "trainable", "dtype", "batch_input_shape", "batch_shape", "input_shape",
-           "input_dim", "input_length", "build_config", "registered_name", "module",
-           "activity_regularizer", "autocast"}
-_TRAINING_ONLY = {"kernel_initializer", "recurrent_initializer", "bias_initializer",
-                  "embeddings_initializer", "kernel_regularizer", "recurrent_regularizer",
-                  "bias_regularizer", "embeddings_regularizer", "kernel_constraint",
-                  "recurrent_constraint", "bias_constraint", "embeddings_constraint",
-                  "dropout", "recurrent_dropout", "seed", "implementation", "unit_forget_bias",
-                  "unroll", "use_cudnn",
-                  # convolutions and normalisations
-                  "depthwise_initializer", "pointwise_initializer", "depthwise_regularizer",
-                  "pointwise_regularizer", "depthwise_constraint", "pointwise_constraint",
-                  "activity_regularizer", "beta_initializer", "gamma_initializer",
-                  "moving_mean_initializer", "moving_variance_initializer", "beta_regularizer",
-                  "gamma_regularizer", "beta_constraint", "gamma_constraint", "momentum",
-                  "renorm", "renorm_clipping", "renorm_momentum", "virtual_batch_size", "adjustment",
-                  "fused", "synchronized"}
-_RNN_LAYER_OPTIONS = {"return_sequences", "return_state", "go_backwards", "stateful",
-                      "zero_output_for_mask", "time_major"}
+_COMMON = {
+    "name",
+    "trainable",
+    "dtype",
+    "batch_input_shape",
+    "batch_shape",
+    "input_shape",
+    "input_dim",
+    "input_length",
+    "build_config",
+    "registered_name",
+    "module",
+    "activity_regularizer",
+    "autocast",
+}
+_TRAINING_ONLY = {
+    "kernel_initializer",
+    "recurrent_initializer",
+    "bias_initializer",
+    "embeddings_initializer",
+    "kernel_regularizer",
+    "recurrent_regularizer",
+    "bias_regularizer",
+    "embeddings_regularizer",
+    "kernel_constraint",
+    "recurrent_constraint",
+    "bias_constraint",
+    "embeddings_constraint",
+    "dropout",
+    "recurrent_dropout",
+    "seed",
+    "implementation",
+    "unit_forget_bias",
+    "unroll",
+    "use_cudnn",
+    # convolutions and normalisations
+    "depthwise_initializer",
+    "pointwise_initializer",
+    "depthwise_regularizer",
+    "pointwise_regularizer",
+    "depthwise_constraint",
+    "pointwise_constraint",
+    "activity_regularizer",
+    "beta_initializer",
+    "gamma_initializer",
+    "moving_mean_initializer",
+    "moving_variance_initializer",
+    "beta_regularizer",
+    "gamma_regularizer",
+    "beta_constraint",
+    "gamma_constraint",
+    "momentum",
+    "renorm",
+    "renorm_clipping",
+    "renorm_momentum",
+    "virtual_batch_size",
+    "adjustment",
+    "fused",
+    "synchronized",
+}
+_RNN_LAYER_OPTIONS = {
+    "return_sequences",
+    "return_state",
+    "go_backwards",
+    "stateful",
+    "zero_output_for_mask",
+    "time_major",
+}
 _CELL_OPTIONS = {"units", "activation", "recurrent_activation", "use_bias", "reset_after"}
 
 #: Keras recurrent layer classes and cell classes -> rnnfast cell names (cell registry).
@@ -70,9 +131,26 @@ CELL_CLASSES = {c.keras_cell: c.name for c in cells.CELLS.values() if c.keras_ce
 
 #: Activation names whose Keras 2 meaning is the one implemented (Keras 2 and tf.keras
 #: know no others by name; ``hard_sigmoid`` is mapped to ``hard_sigmoid_keras2``).
-_KERAS2_ACTIVATIONS = {"linear", "relu", "elu", "selu", "softplus", "softsign", "swish", "silu",
-                       "gelu", "tanh", "sigmoid", "exponential", "hard_sigmoid", "softmax", "mish",
-                       "relu6", "log_softmax", "leaky_relu"}
+_KERAS2_ACTIVATIONS = {
+    "linear",
+    "relu",
+    "elu",
+    "selu",
+    "softplus",
+    "softsign",
+    "swish",
+    "silu",
+    "gelu",
+    "tanh",
+    "sigmoid",
+    "exponential",
+    "hard_sigmoid",
+    "softmax",
+    "mish",
+    "relu6",
+    "log_softmax",
+    "leaky_relu",
+}
 _ALIASES = {"swish": "silu", "hard_swish": "hard_silu"}
 
 
@@ -129,8 +207,11 @@ def resolve_dtype(cls, cfg, ctx):
         return np.dtype(np.float32)
     if name == "float64":
         return np.dtype(np.float64)
-    raise UnsupportedLayerError(cls, "dtype", "dtype policy %r (rnnfast computes in float32 or "
-                                "float64; pass dtype= to load() to choose one)" % name)
+    raise UnsupportedLayerError(
+        cls,
+        "dtype",
+        "dtype policy %r (rnnfast computes in float32 or float64; pass dtype= to load() to choose one)" % name,
+    )
 
 
 def _policy_name(policy):
@@ -152,8 +233,11 @@ def resolve_activation(cls, option, value, ctx, *, recurrent):
         return "linear"
     if isinstance(value, dict):
         # Keras 3 may write a built-in function as {"class_name": "function", "config": "tanh"}
-        if value.get("class_name") == "function" and isinstance(value.get("config"), str) \
-                and str(value.get("module", "keras")).startswith("keras"):
+        if (
+            value.get("class_name") == "function"
+            and isinstance(value.get("config"), str)
+            and str(value.get("module", "keras")).startswith("keras")
+        ):
             value = value["config"]
         else:
             raise UnsupportedLayerError(cls, option, "custom activation %r" % (value.get("class_name"),))
@@ -168,8 +252,11 @@ def resolve_activation(cls, option, value, ctx, *, recurrent):
     name = _ALIASES.get(name, name)
     if recurrent:
         if name not in ACTIVATIONS:
-            raise UnsupportedLayerError(cls, option, "activation %r in a recurrent layer (supported: %s)"
-                                        % (value, ", ".join(sorted(ACTIVATIONS))))
+            raise UnsupportedLayerError(
+                cls,
+                option,
+                "activation %r in a recurrent layer (supported: %s)" % (value, ", ".join(sorted(ACTIVATIONS))),
+            )
     elif name not in ACTIVATIONS and name not in KERAS_ACTIVATIONS:
         raise UnsupportedLayerError(cls, option, "activation %r" % (value,))
     return name
@@ -189,27 +276,32 @@ class WeightList:
 
     def take(self, expected, shape):
         if self.pos >= len(self.items):
-            raise FormatError("layer %r: weight %r is missing (%d weights found for the layer)"
-                              % (self.layer_name, expected, len(self.items)))
+            raise FormatError(
+                "layer %r: weight %r is missing (%d weights found for the layer)"
+                % (self.layer_name, expected, len(self.items))
+            )
         name, arr = self.items[self.pos]
         self.pos += 1
         if name is not None:
             base = str(name).rsplit("/", 1)[-1].split(":", 1)[0]
             if base != expected:
-                raise FormatError("layer %r: expected weight %r, found %r"
-                                  % (self.layer_name, expected, name))
+                raise FormatError("layer %r: expected weight %r, found %r" % (self.layer_name, expected, name))
         # shape and dtype first: a weight still in the file is read only once they fit
         if tuple(np.shape(arr)) != tuple(shape):
-            raise FormatError("layer %r: weight %r has shape %s, expected %s"
-                              % (self.layer_name, expected, tuple(np.shape(arr)), tuple(shape)))
+            raise FormatError(
+                "layer %r: weight %r has shape %s, expected %s"
+                % (self.layer_name, expected, tuple(np.shape(arr)), tuple(shape))
+            )
         dtype = getattr(arr, "dtype", None)
         if dtype is not None and not np.issubdtype(dtype, np.floating):
-            raise FormatError("layer %r: weight %r has dtype %s, expected floating point"
-                              % (self.layer_name, expected, dtype))
+            raise FormatError(
+                "layer %r: weight %r has dtype %s, expected floating point" % (self.layer_name, expected, dtype)
+            )
         arr = np.asarray(arr)
         if not np.issubdtype(arr.dtype, np.floating):
-            raise FormatError("layer %r: weight %r has dtype %s, expected floating point"
-                              % (self.layer_name, expected, arr.dtype))
+            raise FormatError(
+                "layer %r: weight %r has dtype %s, expected floating point" % (self.layer_name, expected, arr.dtype)
+            )
         return arr
 
     def take_any(self, expected):
@@ -226,8 +318,9 @@ class WeightList:
 
     def done(self):
         if self.pos != len(self.items):
-            raise FormatError("layer %r: %d weights found, the layer's config uses %d"
-                              % (self.layer_name, len(self.items), self.pos))
+            raise FormatError(
+                "layer %r: %d weights found, the layer's config uses %d" % (self.layer_name, len(self.items), self.pos)
+            )
 
 
 # -- the layers with canonical weights ------------------------------------------------------
@@ -238,10 +331,12 @@ def _rnn_layer_options(cls, cfg):
         raise UnsupportedLayerError(cls, "stateful", "stateful=True: rnnfast keeps no state between calls")
     if cfg.get("time_major"):
         raise UnsupportedLayerError(cls, "time_major", "time_major=True")
-    return dict(return_sequences=bool(cfg.get("return_sequences", False)),
-                return_state=bool(cfg.get("return_state", False)),
-                go_backwards=bool(cfg.get("go_backwards", False)),
-                zero_output_for_mask=bool(cfg.get("zero_output_for_mask", False)))
+    return dict(
+        return_sequences=bool(cfg.get("return_sequences", False)),
+        return_state=bool(cfg.get("return_state", False)),
+        go_backwards=bool(cfg.get("go_backwards", False)),
+        zero_output_for_mask=bool(cfg.get("zero_output_for_mask", False)),
+    )
 
 
 def _cell(cls, kind, cfg, w, ctx, go_backwards):
@@ -255,10 +350,10 @@ def _cell(cls, kind, cfg, w, ctx, go_backwards):
     act = resolve_activation(cls, "activation", cfg.get("activation", "tanh"), ctx, recurrent=True)
     ract = None
     if cell.recurrent_activation:
-        ract = resolve_activation(cls, "recurrent_activation",
-                                  cfg.get("recurrent_activation", "sigmoid"), ctx, recurrent=True)
-    reset_after = (bool(cfg.get("reset_after", ctx.keras_major >= 3)) if cell.reset_before is not None
-                   else True)
+        ract = resolve_activation(
+            cls, "recurrent_activation", cfg.get("recurrent_activation", "sigmoid"), ctx, recurrent=True
+        )
+    reset_after = bool(cfg.get("reset_after", ctx.keras_major >= 3)) if cell.reset_before is not None else True
     use_bias = bool(cfg.get("use_bias", True))
     # input size: from the kernel itself
     if w.pos >= len(w.items):
@@ -268,7 +363,7 @@ def _cell(cls, kind, cfg, w, ctx, go_backwards):
     rec = w.take("recurrent_kernel", (units, G * units))
     bias = rbias = b = None
     if use_bias:
-        if cell.kernel_for(reset_after).bias_apart:          # GRU reset-after: input and recurrent rows
+        if cell.kernel_for(reset_after).bias_apart:  # GRU reset-after: input and recurrent rows
             b = w.take("bias", (2, G * units))
             bias, rbias = b[0], b[1]
         else:
@@ -287,7 +382,7 @@ def recurrent(cls, cfg, w, ctx, name, *, force_zero_output=None):
     opts = _rnn_layer_options(cls, cfg)
     if force_zero_output is not None:
         opts["zero_output_for_mask"] = force_zero_output
-    resolve_dtype(cls, cfg, ctx)            # refuse unsupported policies on the layer too
+    resolve_dtype(cls, cfg, ctx)  # refuse unsupported policies on the layer too
     if cls in RECURRENT_CLASSES:
         check_options(cls, cfg, _RNN_LAYER_OPTIONS | _CELL_OPTIONS)
         cell_list = [(cls, RECURRENT_CLASSES[cls], cfg)]
@@ -308,7 +403,7 @@ def recurrent(cls, cfg, w, ctx, name, *, force_zero_output=None):
 
 def _rnn_cells(cell):
     """The cells of ``RNN(cell=...)``: [(class, kind, config)], and whether stacked."""
-    if isinstance(cell, list):                     # very old configs: a list of cells
+    if isinstance(cell, list):  # very old configs: a list of cells
         cell = {"class_name": "StackedRNNCells", "config": {"cells": cell}}
     if not isinstance(cell, dict) or "class_name" not in cell:
         raise FormatError("RNN: unreadable cell config %r" % (cell,))
@@ -321,14 +416,16 @@ def _rnn_cells(cell):
         for c in ccfg.get("cells", []):
             if not isinstance(c, dict) or c.get("class_name") not in CELL_CLASSES:
                 what = c.get("class_name") if isinstance(c, dict) else c
-                raise UnsupportedLayerError("StackedRNNCells", "cells", "cell %r (supported: %s)"
-                                            % (what, ", ".join(sorted(CELL_CLASSES))))
+                raise UnsupportedLayerError(
+                    "StackedRNNCells", "cells", "cell %r (supported: %s)" % (what, ", ".join(sorted(CELL_CLASSES)))
+                )
             out.append((c["class_name"], CELL_CLASSES[c["class_name"]], c.get("config", {})))
         if not out:
             raise FormatError("StackedRNNCells without cells")
         return out, True
-    raise UnsupportedLayerError("RNN", "cell", "cell class %r (supported: %s, StackedRNNCells)"
-                                % (ccls, ", ".join(sorted(CELL_CLASSES))))
+    raise UnsupportedLayerError(
+        "RNN", "cell", "cell class %r (supported: %s, StackedRNNCells)" % (ccls, ", ".join(sorted(CELL_CLASSES)))
+    )
 
 
 def bidirectional(cfg, w, ctx, name):
@@ -344,9 +441,12 @@ def bidirectional(cfg, w, ctx, name):
     if back is None:
         # tf.keras writes no backward_layer when it is the default: the same layer
         # with go_backwards flipped
-        back = {"class_name": inner["class_name"],
-                "config": dict(inner.get("config", {}),
-                               go_backwards=not inner.get("config", {}).get("go_backwards", False))}
+        back = {
+            "class_name": inner["class_name"],
+            "config": dict(
+                inner.get("config", {}), go_backwards=not inner.get("config", {}).get("go_backwards", False)
+            ),
+        }
     nodes, parts = [], []
     for sub in (inner, back):
         scls, scfg = sub["class_name"], sub.get("config", {})
@@ -364,14 +464,18 @@ def bidirectional(cfg, w, ctx, name):
             raise FormatError("Bidirectional %r: forward and backward layers differ in %s" % (name, attr))
     if fwd.go_backwards == bwd.go_backwards:
         raise FormatError("Bidirectional %r: forward and backward layers have the same go_backwards" % name)
-    if merge_mode in ("sum", "mul", "ave") and \
-            fwd.rnn_layers[-1].output_size != bwd.rnn_layers[-1].output_size:
+    if merge_mode in ("sum", "mul", "ave") and fwd.rnn_layers[-1].output_size != bwd.rnn_layers[-1].output_size:
         raise FormatError("Bidirectional %r: merge_mode %r needs equal units" % (name, merge_mode))
     fused = None
-    if (len(fp) == 1 and len(bp) == 1 and not fwd.go_backwards and bwd.go_backwards
-            and fp[0][1] == bp[0][1]
-            and fwd.rnn_layers[0].input_size == bwd.rnn_layers[0].input_size
-            and fwd.rnn_layers[0].units == bwd.rnn_layers[0].units):
+    if (
+        len(fp) == 1
+        and len(bp) == 1
+        and not fwd.go_backwards
+        and bwd.go_backwards
+        and fp[0][1] == bp[0][1]
+        and fwd.rnn_layers[0].input_size == bwd.rnn_layers[0].input_size
+        and fwd.rnn_layers[0].units == bwd.rnn_layers[0].units
+    ):
         # the usual case: one two-direction layer, one compiled call, halves written in place
         spec = dict(fp[0][1])
         fused = RNNLayer(spec.pop("cell"), [fp[0][0], bp[0][0]], **spec)
@@ -384,8 +488,7 @@ def dense(cfg, w, ctx, name):
     for opt in ("quantization_config", "lora_rank"):
         if cfg.get(opt):
             raise UnsupportedLayerError(cls, opt, "%r" % (cfg[opt],))
-    check_options(cls, cfg, {"units", "activation", "use_bias", "lora_alpha", "quantization_config",
-                             "lora_rank"})
+    check_options(cls, cfg, {"units", "activation", "use_bias", "lora_alpha", "quantization_config", "lora_rank"})
     units = cfg.get("units")
     if not isinstance(units, int) or isinstance(units, bool) or units < 1:
         raise FormatError("Dense %r: units must be a positive integer, got %r" % (name, units))
@@ -407,8 +510,9 @@ def embedding(cfg, w, ctx, name):
     for opt in ("quantization_config", "lora_rank"):
         if cfg.get(opt):
             raise UnsupportedLayerError(cls, opt, "%r" % (cfg[opt],))
-    check_options(cls, cfg, {"input_dim", "output_dim", "mask_zero", "sparse", "lora_alpha",
-                             "quantization_config", "lora_rank"})
+    check_options(
+        cls, cfg, {"input_dim", "output_dim", "mask_zero", "sparse", "lora_alpha", "quantization_config", "lora_rank"}
+    )
     n, d = cfg.get("input_dim"), cfg.get("output_dim")
     if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (n, d)):
         raise FormatError("Embedding %r: input_dim and output_dim must be positive integers" % name)

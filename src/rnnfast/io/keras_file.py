@@ -22,6 +22,7 @@ dtype policies as dicts, masks recorded as ``mask=`` arguments computed by
 ``NotEqual`` / ``Any`` operations) and Keras 2 (nested lists, dtypes as strings,
 masks implicit). The config becomes a graph in :mod:`rnnfast.io.keras_graph`.
 """
+
 import functools
 import io
 import json
@@ -72,9 +73,11 @@ def load_keras_file(path, dtype=None, **options):
     inputs_from = options.pop("inputs_from", None)
     config = options.pop("config", None)
     if options:
-        raise TypeError("unexpected option(s) for a Keras file: %s (Keras files take dtype=, config= "
-                        "and inputs_from=)" % ", ".join(sorted(options)))
-    ConvertContext("3", dtype)              # an invalid dtype option is a ValueError, not a file's fault
+        raise TypeError(
+            "unexpected option(s) for a Keras file: %s (Keras files take dtype=, config= "
+            "and inputs_from=)" % ", ".join(sorted(options))
+        )
+    ConvertContext("3", dtype)  # an invalid dtype option is a ValueError, not a file's fault
     ctx_dtype = dtype
     with open(path, "rb") as f:
         head = f.read(8)
@@ -95,8 +98,20 @@ def load_keras_file(path, dtype=None, **options):
 
 
 #: What reading a damaged file or an ill-typed config can raise (see load_keras_file).
-_MALFORMED = (AttributeError, TypeError, KeyError, IndexError, ValueError, RuntimeError, OSError,
-              OverflowError, EOFError, struct.error, zipfile.BadZipFile, zipfile.LargeZipFile)
+_MALFORMED = (
+    AttributeError,
+    TypeError,
+    KeyError,
+    IndexError,
+    ValueError,
+    RuntimeError,
+    OSError,
+    OverflowError,
+    EOFError,
+    struct.error,
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+)
 #: Largest config.json / metadata.json read (a config is a few kB to a few MB).
 MAX_JSON_BYTES = 64 << 20
 #: A stored weight may be at most this many times larger than the bytes the HDF5 file
@@ -132,8 +147,11 @@ def from_keras(model, dtype=None, **options):
     framework = type(model).__module__.split(".")[0]
     if cls not in ("Sequential", "Functional", "Model") or framework not in ("keras", "tf_keras", "tensorflow"):
         # a subclass may compute anything in its call(): its config does not say what
-        raise UnsupportedLayerError(cls, None, "a subclassed model: rnnfast loads Sequential and "
-                                    "functional models, whose config says what they compute")
+        raise UnsupportedLayerError(
+            cls,
+            None,
+            "a subclassed model: rnnfast loads Sequential and functional models, whose config says what they compute",
+        )
     try:
         config = model.get_config()
     except NotImplementedError:
@@ -147,13 +165,17 @@ def from_keras(model, dtype=None, **options):
         variables = list(layer.weights)
         arrays = layer.get_weights()
         if len(variables) != len(arrays):
-            raise FormatError("layer %r: %d variables but %d weights"
-                              % (name, len(variables), len(arrays)))
-        return [(getattr(v, "path", None) or getattr(v, "name", None), np.array(a))
-                for v, a in zip(variables, arrays)]
+            raise FormatError("layer %r: %d variables but %d weights" % (name, len(variables), len(arrays)))
+        return [(getattr(v, "path", None) or getattr(v, "name", None), np.array(a)) for v, a in zip(variables, arrays)]
 
-    return build_model({"class_name": cls, "config": config}, weights, version, dtype=dtype,
-                       source="live %s model" % framework, inputs_from=inputs_from)
+    return build_model(
+        {"class_name": cls, "config": config},
+        weights,
+        version,
+        dtype=dtype,
+        source="live %s model" % framework,
+        inputs_from=inputs_from,
+    )
 
 
 def _live_version(model):
@@ -164,7 +186,7 @@ def _live_version(model):
         version = "3"
     if version is None:
         raise FormatError("cannot tell which Keras version %s comes from" % type(model).__name__)
-    if top == "tensorflow":                 # tf.keras inside TensorFlow 2: Keras 2 semantics
+    if top == "tensorflow":  # tf.keras inside TensorFlow 2: Keras 2 semantics
         version = "2"
     return str(version)
 
@@ -191,13 +213,13 @@ def _read_member(z, name, size, limit=None):
             if not chunk:
                 break
             if pos + len(chunk) > info.file_size:
-                raise FormatError("%s: %s holds more than the %d bytes it declares" % (z.filename, name,
-                                                                                      info.file_size))
-            view[pos:pos + len(chunk)] = chunk
+                raise FormatError(
+                    "%s: %s holds more than the %d bytes it declares" % (z.filename, name, info.file_size)
+                )
+            view[pos : pos + len(chunk)] = chunk
             pos += len(chunk)
     if pos != info.file_size:
-        raise FormatError("%s: %s holds %d bytes, not the %d it declares" % (z.filename, name, pos,
-                                                                             info.file_size))
+        raise FormatError("%s: %s holds %d bytes, not the %d it declares" % (z.filename, name, pos, info.file_size))
     return out
 
 
@@ -218,7 +240,7 @@ class _Image(io.RawIOBase):
 
     def readinto(self, b):
         n = max(0, min(len(b), len(self._buf) - self._pos))
-        memoryview(b).cast("B")[:n] = self._buf[self._pos:self._pos + n]
+        memoryview(b).cast("B")[:n] = self._buf[self._pos : self._pos + n]
         self._pos += n
         return n
 
@@ -244,17 +266,24 @@ def _load_archive(path, dtype, inputs_from=None):
             if "config.json" not in names:
                 raise FormatError("%s: a zip archive without config.json is not a Keras model" % path)
             config = _json(_read_member(z, "config.json", size, MAX_JSON_BYTES), path, "config.json")
-            meta = (_json(_read_member(z, "metadata.json", size, MAX_JSON_BYTES), path, "metadata.json")
-                    if "metadata.json" in names else {})
+            meta = (
+                _json(_read_member(z, "metadata.json", size, MAX_JSON_BYTES), path, "metadata.json")
+                if "metadata.json" in names
+                else {}
+            )
             if "model.weights.h5" not in names:
-                raise FormatError("%s: no model.weights.h5 in the archive (sharded or weightless "
-                                  "models are not supported)" % path)
+                raise FormatError(
+                    "%s: no model.weights.h5 in the archive (sharded or weightless models are not supported)" % path
+                )
             info = z.getinfo("model.weights.h5")
-            if (info.compress_type != zipfile.ZIP_STORED
-                    and info.file_size > max(SMALL_WEIGHT, MAX_IMAGE_INFLATE * info.compress_size)):
-                raise FormatError("%s: record model.weights.h5 would inflate %d compressed bytes to %d (more "
-                                  "than %d times; Keras stores it uncompressed)"
-                                  % (path, info.compress_size, info.file_size, MAX_IMAGE_INFLATE))
+            if info.compress_type != zipfile.ZIP_STORED and info.file_size > max(
+                SMALL_WEIGHT, MAX_IMAGE_INFLATE * info.compress_size
+            ):
+                raise FormatError(
+                    "%s: record model.weights.h5 would inflate %d compressed bytes to %d (more "
+                    "than %d times; Keras stores it uncompressed)"
+                    % (path, info.compress_size, info.file_size, MAX_IMAGE_INFLATE)
+                )
             blob = _read_member(z, "model.weights.h5", size)
     except (FormatError, UnsupportedLayerError):
         raise
@@ -301,7 +330,7 @@ def _load_weights(path, config, dtype, inputs_from=None):
         raise FormatError("%s: unreadable HDF5 file (%s)" % (path, e)) from None
     with f:
         if "model_weights" in f:
-            group, keras3 = f["model_weights"], False          # a whole-model file: its weights
+            group, keras3 = f["model_weights"], False  # a whole-model file: its weights
         else:
             group, keras3 = f, "layers" in f and "layer_names" not in f.attrs
         if version is None:
@@ -322,8 +351,10 @@ def _load_hdf5(path, dtype, inputs_from=None):
     with f:
         tree = check_confined(f, path)
         if "model_config" not in f.attrs:
-            raise FormatError("%s: an HDF5 file without a model_config attribute: not a whole Keras "
-                              "model (weights-only files from save_weights() carry no architecture)" % path)
+            raise FormatError(
+                "%s: an HDF5 file without a model_config attribute: not a whole Keras "
+                "model (weights-only files from save_weights() carry no architecture)" % path
+            )
         config = _json(f.attrs["model_config"], path, "model_config")
         top = tree.root
         version = f.attrs.get("keras_version")
@@ -363,7 +394,7 @@ def check_global_heaps(buf, what):
     """
     if buf[:8] != _H5_MAGIC or len(buf) < 16:
         return
-    lengths = buf[14] if buf[8] in (0, 1) else buf[10]       # superblock v0/1 vs v2/3
+    lengths = buf[14] if buf[8] in (0, 1) else buf[10]  # superblock v0/1 vs v2/3
     if lengths != 8:
         return
     # Each walk steps forward through records by a rule that depends only on the bytes
@@ -372,14 +403,14 @@ def check_global_heaps(buf, what):
     # remembered for every position it visits, and the whole check is linear in the
     # file's size (walking each collection afresh was quadratic: a megabyte of headers
     # inside each other's records took minutes).
-    end_of = {}         # position -> the first bad record the walk from it meets, or -1
+    end_of = {}  # position -> the first bad record the walk from it meets, or -1
     limit = len(buf) - 16
     pos = buf.find(b"GCOL")
     while pos >= 0:
-        size = int.from_bytes(buf[pos + 8:pos + 16], "little") if pos + 16 <= len(buf) else 0
-        if buf[pos + 4:pos + 8] == b"\x01\x00\x00\x00" and size >= 4096:       # (HDF5's smallest collection)
+        size = int.from_bytes(buf[pos + 8 : pos + 16], "little") if pos + 16 <= len(buf) else 0
+        if buf[pos + 4 : pos + 8] == b"\x01\x00\x00\x00" and size >= 4096:  # (HDF5's smallest collection)
             p, path = pos + 16, []
-            while True:                     # HDF5's own walk (H5HG__cache_heap_deserialize)
+            while True:  # HDF5's own walk (H5HG__cache_heap_deserialize)
                 bad = end_of.get(p)
                 if bad is not None:
                     break
@@ -387,8 +418,8 @@ def check_global_heaps(buf, what):
                     bad = -1
                     break
                 path.append(p)
-                idx = int.from_bytes(buf[p:p + 2], "little")
-                n = int.from_bytes(buf[p + 8:p + 16], "little")
+                idx = int.from_bytes(buf[p : p + 2], "little")
+                n = int.from_bytes(buf[p + 8 : p + 16], "little")
                 if idx == 0 and n == 0:
                     bad = p
                     break
@@ -398,14 +429,16 @@ def check_global_heaps(buf, what):
             # positions only grow along a walk, so the collection's own walk (which stops
             # at its end) meets the first bad record if and only if it lies inside
             if bad >= 0 and bad + 16 <= min(pos + size, len(buf)):
-                raise FormatError("%s: damaged HDF5 global heap at byte %d (a free-space record of "
-                                  "size 0, on which the HDF5 library loops forever)" % (what, bad))
+                raise FormatError(
+                    "%s: damaged HDF5 global heap at byte %d (a free-space record of "
+                    "size 0, on which the HDF5 library loops forever)" % (what, bad)
+                )
         pos = buf.find(b"GCOL", pos + 4)
 
 
 #: HDF5 filters whose code is part of the HDF5 library (any other is a plugin, which
 #: HDF5 would load from HDF5_PLUGIN_PATH to read the dataset).
-_BUILTIN_FILTERS = (1, 2, 3, 4, 5, 6)      # deflate, shuffle, fletcher32, szip, nbit, scaleoffset
+_BUILTIN_FILTERS = (1, 2, 3, 4, 5, 6)  # deflate, shuffle, fletcher32, szip, nbit, scaleoffset
 
 
 def check_confined(f, what):
@@ -444,22 +477,27 @@ def check_confined(f, what):
         gid, gpath, depth = stack.pop()
         count += gid.get_num_objs()
         if count > MAX_H5_OBJECTS:
-            raise FormatError("%s: the HDF5 file holds more than %d objects (a Keras model holds a few per "
-                              "layer)" % (what, MAX_H5_OBJECTS))
+            raise FormatError(
+                "%s: the HDF5 file holds more than %d objects (a Keras model holds a few per "
+                "layer)" % (what, MAX_H5_OBJECTS)
+            )
         links = []
-        gid.links.iterate(lambda name, info: links.append((name, info.type, info.u)), info=True)
+        gid.links.iterate(lambda name, info: links.append((name, info.type, info.u)), info=True)  # noqa: B023
         names = tree.children[gpath] = []
         for raw, typ, addr in links:
             name = raw.decode("utf-8", "surrogateescape")
             full = (gpath if gpath != "/" else "") + "/" + name
             if typ == h5l.TYPE_EXTERNAL:
                 fname, target = gid.links.get_val(raw)
-                raise FormatError("%s: %s is an external link to %s in the file %s: rnnfast reads only the "
-                                  "file it is given" % (what, _printable(full), _printable(_text(target)),
-                                                        _printable(_text(fname))))
+                raise FormatError(
+                    "%s: %s is an external link to %s in the file %s: rnnfast reads only the "
+                    "file it is given" % (what, _printable(full), _printable(_text(target)), _printable(_text(fname)))
+                )
             if typ == h5l.TYPE_SOFT:
-                raise FormatError("%s: %s is a soft link (to %s); Keras files have none"
-                                  % (what, _printable(full), _printable(_text(gid.links.get_val(raw)))))
+                raise FormatError(
+                    "%s: %s is a soft link (to %s); Keras files have none"
+                    % (what, _printable(full), _printable(_text(gid.links.get_val(raw))))
+                )
             if typ != h5l.TYPE_HARD:
                 raise FormatError("%s: %s is a user-defined HDF5 link (type %d)" % (what, _printable(full), typ))
             names.append(name)
@@ -473,8 +511,9 @@ def check_confined(f, what):
             tree.objects[full] = obj
             if isinstance(obj, h5g.GroupID):
                 if depth + 1 > MAX_H5_DEPTH:
-                    raise FormatError("%s: %s: groups nested more than %d levels deep"
-                                      % (what, _printable(full), MAX_H5_DEPTH))
+                    raise FormatError(
+                        "%s: %s: groups nested more than %d levels deep" % (what, _printable(full), MAX_H5_DEPTH)
+                    )
                 stack.append((obj, full, depth + 1))
             elif isinstance(obj, h5d.DatasetID):
                 _check_dataset(obj, full, what)
@@ -566,11 +605,15 @@ def _check_dataset(ds, full, what):
     dcpl = ds.get_create_plist()
     if dcpl.get_external_count():
         name = dcpl.get_external(0)[0]
-        raise FormatError("%s: dataset %s keeps its data in the external file %s: rnnfast reads only the "
-                          "file it is given" % (what, full, _printable(name.decode("utf-8", "replace"))))
+        raise FormatError(
+            "%s: dataset %s keeps its data in the external file %s: rnnfast reads only the "
+            "file it is given" % (what, full, _printable(name.decode("utf-8", "replace")))
+        )
     if dcpl.get_layout() == h5d.VIRTUAL:
-        raise FormatError("%s: dataset %s is a virtual dataset (its data mapped from other datasets or "
-                          "files): rnnfast reads only the file it is given" % (what, full))
+        raise FormatError(
+            "%s: dataset %s is a virtual dataset (its data mapped from other datasets or "
+            "files): rnnfast reads only the file it is given" % (what, full)
+        )
     for i in range(dcpl.get_nfilters()):
         code = dcpl.get_filter(i)[0]
         if code not in _BUILTIN_FILTERS:
@@ -586,14 +629,16 @@ def _printable(text):
 
 def _json(raw, path, what):
     try:
-        doc = json.loads(_str(raw))     # (the C parser refuses deep nesting with RecursionError)
+        doc = json.loads(_str(raw))  # (the C parser refuses deep nesting with RecursionError)
     except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise FormatError("%s: %s is not valid JSON (%s)" % (path, what, e)) from None
     depth = json_depth(doc, MAX_CONFIG_DEPTH)
     if depth > MAX_CONFIG_DEPTH:
         # the config walkers recurse on the result
-        raise FormatError("%s: %s nests lists and objects more than %d levels deep (a Keras config nests "
-                          "about 12)" % (path, what, MAX_CONFIG_DEPTH))
+        raise FormatError(
+            "%s: %s nests lists and objects more than %d levels deep (a Keras config nests "
+            "about 12)" % (path, what, MAX_CONFIG_DEPTH)
+        )
     return doc
 
 
@@ -649,8 +694,7 @@ class _H5Weights:
         out = []
         for wn in names:
             if wn not in g:
-                raise FormatError("%s: layer %r lists weight %r, which the file lacks"
-                                  % (self.path, name, wn))
+                raise FormatError("%s: layer %r lists weight %r, which the file lacks" % (self.path, name, wn))
             out.append((wn, _Stored(g[wn], self.path)))
         return out
 
@@ -665,7 +709,7 @@ class _Stored:
     __slots__ = ("ds", "path", "shape", "ndim", "dtype")
 
     def __init__(self, ds, path):
-        if isinstance(ds, _h5py().Dataset):         # (an h5py group given directly, as in the tests)
+        if isinstance(ds, _h5py().Dataset):  # (an h5py group given directly, as in the tests)
             ds = _Dataset(ds.id, ds.name)
         if not isinstance(ds, _Dataset):
             raise FormatError("%s: %s is not a dataset" % (path, _printable(str(getattr(ds, "name", ds)))))
@@ -680,14 +724,18 @@ class _Stored:
     def __array__(self, dtype=None, copy=None):
         ds = self.ds
         if self.dtype is None or self.dtype.kind not in "fiub":
-            raise FormatError("%s: weight %s is a %s dataset, not numbers"
-                              % (self.path, _printable(ds.name), "null" if self.dtype is None else self.dtype))
+            raise FormatError(
+                "%s: weight %s is a %s dataset, not numbers"
+                % (self.path, _printable(ds.name), "null" if self.dtype is None else self.dtype)
+            )
         nbytes = int(np.prod(self.shape, dtype=np.float64)) * self.dtype.itemsize
         stored = ds.id.get_storage_size()
         if nbytes > SMALL_WEIGHT and nbytes > MAX_WEIGHT_INFLATE * stored:
-            raise FormatError("%s: weight %s of shape %s claims %d bytes but the file stores %d for it"
-                              % (self.path, _printable(ds.name), self.shape, nbytes, stored))
-        _check_dataset(ds.id, ds.name, self.path)          # (check_confined saw it already)
+            raise FormatError(
+                "%s: weight %s of shape %s claims %d bytes but the file stores %d for it"
+                % (self.path, _printable(ds.name), self.shape, nbytes, stored)
+            )
+        _check_dataset(ds.id, ds.name, self.path)  # (check_confined saw it already)
         h5s = _h5py().h5s
         a = np.empty(self.shape, self.dtype)
         if a.size:
@@ -774,7 +822,7 @@ class _ArchiveWeights:
         if cls == "Bidirectional":
             inner = cfg.get("layer") or {}
             back = cfg.get("backward_layer") or inner
-            return (self._part(g, "forward_layer", inner) + self._part(g, "backward_layer", back))
+            return self._part(g, "forward_layer", inner) + self._part(g, "backward_layer", back)
         if cls == "TimeDistributed":
             return self._part(g, "layer", cfg.get("layer") or {})
         return _vars(g)
@@ -803,8 +851,7 @@ def _vars(g):
         return []
     v = g["vars"]
     if sorted(v.keys(), key=lambda k: int(k) if k.isdigit() else -1) != [str(i) for i in range(len(v))]:
-        raise FormatError("model.weights.h5: %s holds %s, expected 0..%d"
-                          % (v.name, sorted(v.keys()), len(v) - 1))
+        raise FormatError("model.weights.h5: %s holds %s, expected 0..%d" % (v.name, sorted(v.keys()), len(v) - 1))
     return [_Stored(v[str(i)], "model.weights.h5") for i in range(len(v))]
 
 

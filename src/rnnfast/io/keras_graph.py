@@ -20,13 +20,13 @@ Refused with :class:`~rnnfast.UnsupportedLayerError`: other call arguments, a mo
 nested as a layer, Keras operations used as layers (``keras.ops`` calls in a
 functional model), and every class the registry does not know.
 """
+
 import numpy as np
 
 from ..errors import FormatError, UnsupportedLayerError
 from ..graph import FALSE, TRUE, Graph, Step, mask_or
 from ..model_keras import KerasModel
-from .keras_convert import ConvertContext
-from .keras_convert import RECURRENT_CLASSES
+from .keras_convert import RECURRENT_CLASSES, ConvertContext
 from .keras_layers import MERGE_CLASSES, SUPPORTED_LAYERS, convert_layer
 
 #: Most layers in a model config (each costs up to a millisecond to load; a chain of
@@ -54,9 +54,9 @@ class _Call:
         self.as_list = False
         self.states = []
         self.mask = None
-        self.args = []                  # Keras 3: the positional arguments (operations)
-        self.kwargs = {}                # other (non-tensor) keyword arguments of the call
-        self.input_shape = None         # Keras 3: the declared shape of the first tensor
+        self.args = []  # Keras 3: the positional arguments (operations)
+        self.kwargs = {}  # other (non-tensor) keyword arguments of the call
+        self.input_shape = None  # Keras 3: the declared shape of the first tensor
 
 
 class _Entry:
@@ -97,11 +97,15 @@ def build_model(model_config, weights, keras_version, *, dtype=None, source=None
     elif cls in ("Functional", "Model"):
         entries, inputs, outputs = _functional(cfg)
     else:
-        raise UnsupportedLayerError(cls, None, "model class %r: rnnfast loads Sequential and functional "
-                                    "models (a subclassed model has no config to follow)" % (cls,))
+        raise UnsupportedLayerError(
+            cls,
+            None,
+            "model class %r: rnnfast loads Sequential and functional "
+            "models (a subclassed model has no config to follow)" % (cls,),
+        )
     if inputs_from is not None:
         inputs = _cut_at(entries, inputs, inputs_from)
-        if outputs is None:                              # Sequential: the last layer's outputs
+        if outputs is None:  # Sequential: the last layer's outputs
             last = [e for e in entries.values() if e.calls and e.cls != "InputLayer"][-1]
             outputs = _map(lambda i: (last.name, 0, i), 0)
     if hasattr(weights, "bind"):
@@ -116,12 +120,19 @@ def build_model(model_config, weights, keras_version, *, dtype=None, source=None
         node = nodes.get(e.name)
         if node is None:
             if e.cls in _MODEL_CLASSES:
-                raise UnsupportedLayerError(e.cls, None, "a model nested inside the model (layer %r): "
-                                            "rnnfast does not load nested models yet" % e.name)
+                raise UnsupportedLayerError(
+                    e.cls,
+                    None,
+                    "a model nested inside the model (layer %r): rnnfast does not load nested models yet" % e.name,
+                )
             if e.module.startswith("keras.src.ops") or e.module.startswith("keras.ops"):
-                raise UnsupportedLayerError(e.cls, None, "%r is a keras.ops operation used in the model's "
-                                            "graph: rnnfast runs Keras layers only (use the matching "
-                                            "layer, e.g. keras.layers.Add)" % e.name)
+                raise UnsupportedLayerError(
+                    e.cls,
+                    None,
+                    "%r is a keras.ops operation used in the model's "
+                    "graph: rnnfast runs Keras layers only (use the matching "
+                    "layer, e.g. keras.layers.Add)" % e.name,
+                )
             # (an unsupported class is refused by convert_layer before its weights matter)
             w = weights(e.name, e.cls, e.cfg) if e.cls in SUPPORTED_LAYERS else []
             node = nodes[e.name] = convert_layer(e.cls, e.cfg, w, ctx)
@@ -130,33 +141,41 @@ def build_model(model_config, weights, keras_version, *, dtype=None, source=None
         if multi and not call.as_list:
             raise UnsupportedLayerError(e.cls, None, "layer %r takes a list of tensors" % e.name)
         if not multi and (call.as_list or len(call.inputs) != 1):
-            raise UnsupportedLayerError(e.cls, None, "layer %r takes %d tensors: rnnfast runs it on one"
-                                        % (e.name, len(call.inputs)))
+            raise UnsupportedLayerError(
+                e.cls, None, "layer %r takes %d tensors: rnnfast runs it on one" % (e.name, len(call.inputs))
+            )
         if call.states and not hasattr(node, "num_states"):
             if not hasattr(node, "forward_node"):
-                raise UnsupportedLayerError(e.cls, "initial_state", "layer %r is called with "
-                                            "initial_state=" % e.name)
+                raise UnsupportedLayerError(e.cls, "initial_state", "layer %r is called with initial_state=" % e.name)
         if call.states:
-            want = node.num_states if hasattr(node, "num_states") else \
-                node.forward_node.num_states + node.backward_node.num_states
+            want = (
+                node.num_states
+                if hasattr(node, "num_states")
+                else node.forward_node.num_states + node.backward_node.num_states
+            )
             if len(call.states) != want:
-                raise FormatError("layer %r is given %d initial states, it has %d"
-                                  % (e.name, len(call.states), want))
+                raise FormatError("layer %r is given %d initial states, it has %d" % (e.name, len(call.states), want))
         options = {}
         supported = getattr(node, "call_options", {})
         for k, v in call.kwargs.items():
             if k not in supported:
                 raise UnsupportedLayerError(e.cls, k, "layer %r is called with %s=%r" % (e.name, k, v))
             if k == "return_attention_scores" and v:
-                raise UnsupportedLayerError(e.cls, k, "layer %r is called with return_attention_scores=True"
-                                            % e.name)
+                raise UnsupportedLayerError(e.cls, k, "layer %r is called with return_attention_scores=True" % e.name)
             options[k] = bool(v)
         if call.states and ctx.keras_major >= 3 and call.mask is None:
             # Keras 3 fills in a layer's mask only when it is called on one tensor: with
             # initial_state= the layer runs unmasked (its output still carries the mask)
             options["use_mask"] = False
-        steps.append(Step(node, call.inputs, [(e.name, c, i) for i in range(node.num_outputs)],
-                          states=call.states, options=options))
+        steps.append(
+            Step(
+                node,
+                call.inputs,
+                [(e.name, c, i) for i in range(node.num_outputs)],
+                states=call.states,
+                options=options,
+            )
+        )
 
     # outputs: Sequential gives the last layer's outputs in its own nesting
     if outputs is None:
@@ -166,18 +185,20 @@ def build_model(model_config, weights, keras_version, *, dtype=None, source=None
         outputs = _map(lambda i: (last.name, 0, i), nodes[last.name].structure)
         for e, _ in order[:-1]:
             if nodes[e.name].num_outputs > 1:
-                raise UnsupportedLayerError(e.cls, "return_state", "a layer with several outputs (%r) "
-                                            "inside a Sequential" % e.name)
+                raise UnsupportedLayerError(
+                    e.cls, "return_state", "a layer with several outputs (%r) inside a Sequential" % e.name
+                )
     flat = _flat(outputs)
     input_names = {k[0] for k in inputs}
     for key in flat:
         if key[0] not in input_names and key[2] >= nodes[key[0]].num_outputs:
-            raise FormatError("model output %r: layer %r has only %d outputs"
-                              % (key[0], key[0], nodes[key[0]].num_outputs))
+            raise FormatError(
+                "model output %r: layer %r has only %d outputs" % (key[0], key[0], nodes[key[0]].num_outputs)
+            )
     if len(flat) == 1:
         outputs = flat[0]
     elif ctx.keras_major < 3:
-        outputs = flat                      # Keras 2 returns a flat list
+        outputs = flat  # Keras 2 returns a flat list
 
     _check_masks(steps, order, inputs, entries)
     specs = _input_specs(entries, inputs, steps, ctx)
@@ -192,8 +213,10 @@ def _cut_at(entries, inputs, layer):
     """Make ``layer``'s input tensor a new model input (``inputs_from=``)."""
     e = entries.get(layer)
     if e is None or e.cls == "InputLayer":
-        raise ValueError("inputs_from=%r: no such layer in the model (layers: %s)"
-                         % (layer, ", ".join(n for n, x in entries.items() if x.cls != "InputLayer")))
+        raise ValueError(
+            "inputs_from=%r: no such layer in the model (layers: %s)"
+            % (layer, ", ".join(n for n, x in entries.items() if x.cls != "InputLayer"))
+        )
     if len(e.calls) != 1 or len(e.calls[0].inputs) != 1:
         raise ValueError("inputs_from=%r: the layer must be called once on one tensor" % layer)
     name = "%s_input" % layer
@@ -202,7 +225,7 @@ def _cut_at(entries, inputs, layer):
     shape = e.calls[0].input_shape
     cfg = {"batch_shape": list(shape) if shape is not None else None}
     entries[name] = _Entry(name, "InputLayer", cfg)
-    entries[name].alias_of = e.calls[0].inputs[0]        # masks computed from it stay comparable
+    entries[name].alias_of = e.calls[0].inputs[0]  # masks computed from it stay comparable
     e.calls[0].inputs = [(name, 0, 0)]
     return [(name, 0, 0)] + list(inputs)
 
@@ -214,14 +237,15 @@ def _check_shapes(model):
     probe = []
     for spec in model._inputs:
         shape = spec["shape"]
-        if any(d is None for d in shape[2:]) or (len(shape) == 2 and not spec["integer"]
-                                                 and shape[1] is None):
-            return                                  # features unknown: the first call checks them
+        if any(d is None for d in shape[2:]) or (len(shape) == 2 and not spec["integer"] and shape[1] is None):
+            return  # features unknown: the first call checks them
         dims = [1] + [1 if d is None else d for d in shape[1:]]
         values = int(np.prod(dims, dtype=np.float64))
         if values > MAX_PROBE_VALUES:
-            raise FormatError("%r declares input of shape %s: %d values per sample (at most %d)"
-                              % (model.name, _shape_text(shape), values, MAX_PROBE_VALUES))
+            raise FormatError(
+                "%r declares input of shape %s: %d values per sample (at most %d)"
+                % (model.name, _shape_text(shape), values, MAX_PROBE_VALUES)
+            )
         if (len(shape) == 3 or spec["integer"]) and shape[1] is None:
             # a free length: the declared one (at most PROBE_MAX_STEPS), else PROBE_STEPS
             # (enough for the usual convolutions and poolings), within MAX_PROBE_VALUES
@@ -327,8 +351,12 @@ def _functional(cfg):
 
 
 def _ref3(ref, what):
-    if not (isinstance(ref, (list, tuple)) and len(ref) >= 3 and isinstance(ref[0], str)
-            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in ref[1:3])):
+    if not (
+        isinstance(ref, (list, tuple))
+        and len(ref) >= 3
+        and isinstance(ref[0], str)
+        and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in ref[1:3])
+    ):
         raise FormatError("unreadable %s %r" % (what, ref))
     return (ref[0], int(ref[1]), int(ref[2]))
 
@@ -354,7 +382,7 @@ def _tensor_ref(arg):
 
 def _parse_node(e, node):
     call = _Call()
-    if isinstance(node, dict):                           # Keras 3
+    if isinstance(node, dict):  # Keras 3
         args, kwargs = node.get("args", []), node.get("kwargs", {}) or {}
         if not isinstance(args, (list, tuple)) or not isinstance(kwargs, dict):
             raise FormatError("layer %r: unreadable inbound node" % e.name)
@@ -371,8 +399,7 @@ def _parse_node(e, node):
                 call.as_list = True
                 call.args.append([_tensor_ref(x) for x in a])
             elif isinstance(a, (list, tuple)) and any(_tensor_ref(x) is not None for x in a):
-                raise UnsupportedLayerError(e.cls, None, "layer %r takes a list mixing tensors and "
-                                            "values" % e.name)
+                raise UnsupportedLayerError(e.cls, None, "layer %r takes a list mixing tensors and values" % e.name)
             else:
                 call.args.append(a)
         for k, v in kwargs.items():
@@ -395,14 +422,15 @@ def _parse_node(e, node):
                 vs = list(v) if isinstance(v, (list, tuple)) else [v]
                 refs = [_tensor_ref(x) for x in vs]
                 if any(r is None for r in refs):
-                    raise UnsupportedLayerError(e.cls, "initial_state", "layer %r: initial_state that "
-                                                "is not a tensor of the model" % e.name)
+                    raise UnsupportedLayerError(
+                        e.cls, "initial_state", "layer %r: initial_state that is not a tensor of the model" % e.name
+                    )
                 call.states = refs
                 continue
             if v is not None:
                 if _tensor_ref(v) is not None or isinstance(v, (list, tuple, dict)):
                     raise UnsupportedLayerError(e.cls, k, "layer %r is called with %s=" % (e.name, k))
-                call.kwargs[k] = v              # honoured or refused once the layer is known
+                call.kwargs[k] = v  # honoured or refused once the layer is known
         return call
     # Keras 2: [[layer, node, tensor, kwargs], ...]
     if not isinstance(node, list) or not node:
@@ -415,11 +443,11 @@ def _parse_node(e, node):
             if k == "training":
                 continue
             if k == "initial_state" and v is not None:
-                continue                # the states are the call's extra tensors
+                continue  # the states are the call's extra tensors
             if v is not None:
                 raise UnsupportedLayerError(e.cls, k, "layer %r is called with %s=" % (e.name, k))
     if len(refs) > 1 and (e.cls in RECURRENT_CLASSES or e.cls in ("RNN", "Bidirectional")):
-        call.inputs, call.states = refs[:1], refs[1:]       # RNN(x, initial_state=s): [x] + s
+        call.inputs, call.states = refs[:1], refs[1:]  # RNN(x, initial_state=s): [x] + s
     else:
         call.inputs = refs
         call.as_list = len(refs) > 1 or e.cls in MERGE_CLASSES
@@ -428,7 +456,7 @@ def _parse_node(e, node):
 
 def _execution_order(entries, inputs, outputs):
     """The calls (entry, call index) the outputs need, in a topological order."""
-    if outputs is None:                                  # Sequential: all, in order
+    if outputs is None:  # Sequential: all, in order
         return [(e, 0) for e in entries.values() if e.cls != "InputLayer" or e.calls]
     input_names = {k[0] for k in inputs}
     done, order = set(), []
@@ -447,8 +475,9 @@ def _execution_order(entries, inputs, outputs):
             done.add((name, c))
             return
         if e.cls == "InputLayer":
-            raise UnsupportedLayerError("Functional", "inputs", "input %r is used but is not one of the "
-                                        "model's inputs" % name)
+            raise UnsupportedLayerError(
+                "Functional", "inputs", "input %r is used but is not one of the model's inputs" % name
+            )
         if c >= len(e.calls):
             raise FormatError("functional model config: layer %r has no call %d" % (name, c))
         if (name, c) in visiting:
@@ -465,6 +494,7 @@ def _execution_order(entries, inputs, outputs):
 
     # an explicit iterative-enough DFS: configs are small (recursion depth = graph depth)
     import sys
+
     limit = sys.getrecursionlimit()
     sys.setrecursionlimit(max(limit, 4 * len(entries) + 100))
     try:
@@ -483,7 +513,7 @@ def _check_masks(steps, order, inputs, entries):
     operations from the tensor the mask came from; rnnfast propagates masks as Keras
     does implicitly. Check that the two agree (they do for models built the usual way),
     else refuse: the model computes masks rnnfast would not."""
-    tokens = {k: None for k in inputs}
+    tokens = dict.fromkeys(inputs)
     for step, (e, c) in zip(steps, order):
         node = step.op
         call = e.calls[c]
@@ -491,15 +521,17 @@ def _check_masks(steps, order, inputs, entries):
         if call.mask is not None:
             masks = call.mask if isinstance(call.mask, list) else [call.mask]
             if len(masks) != len(in_tokens):
-                raise UnsupportedLayerError(e.cls, "mask", "layer %r is given %d masks for %d tensors"
-                                            % (e.name, len(masks), len(in_tokens)))
+                raise UnsupportedLayerError(
+                    e.cls, "mask", "layer %r is given %d masks for %d tensors" % (e.name, len(masks), len(in_tokens))
+                )
             for m, t in zip(masks, in_tokens):
                 if m is None:
                     continue
                 explicit = _mask_token(m, entries)
                 if explicit is None or not _same_mask(explicit, t):
-                    raise UnsupportedLayerError(e.cls, "mask", "layer %r is given a mask rnnfast cannot "
-                                                "reproduce" % e.name)
+                    raise UnsupportedLayerError(
+                        e.cls, "mask", "layer %r is given a mask rnnfast cannot reproduce" % e.name
+                    )
         if getattr(node, "multi_input", False):
             outs = node.output_masks(in_tokens)
         else:
@@ -534,8 +566,13 @@ def _mask_token(key, entries, depth=0):
     def sub(k):
         return _mask_token(k, entries, depth + 1) if isinstance(k, tuple) else None
 
-    if e.cls == "NotEqual" and len(args) == 2 and isinstance(args[0], tuple) \
-            and isinstance(args[1], (int, float)) and not isinstance(args[1], bool):
+    if (
+        e.cls == "NotEqual"
+        and len(args) == 2
+        and isinstance(args[0], tuple)
+        and isinstance(args[1], (int, float))
+        and not isinstance(args[1], bool)
+    ):
         return ("ne", args[0], float(args[1]))
     if e.cls == "ConvertToTensor" and len(args) == 1 and cfg.get("dtype") in (None, "bool"):
         return sub(args[0])
@@ -611,18 +648,21 @@ def _input_specs(entries, inputs, steps, ctx):
         ids = [op.takes_ids for op in ops]
         integer = bool(ids) and ids[0]
         if any(ids) and not all(ids):
-            raise UnsupportedLayerError("InputLayer", None, "input %r feeds an Embedding and other layers"
-                                        % key[0])
+            raise UnsupportedLayerError("InputLayer", None, "input %r feeds an Embedding and other layers" % key[0])
         dt = _policy_str(cfg.get("dtype")) or "float32"
         if shape is None:
             shape = [None, None] if integer else [None, None, None]
         shape = tuple(None if d is None else int(d) for d in shape)
         if integer and len(shape) != 2:
-            raise UnsupportedLayerError("Embedding", None, "input of shape %s: rnnfast takes ids of shape "
-                                        "(batch, time)" % (shape,))
+            raise UnsupportedLayerError(
+                "Embedding", None, "input of shape %s: rnnfast takes ids of shape (batch, time)" % (shape,)
+            )
         if not integer and len(shape) not in (2, 3):
-            raise UnsupportedLayerError("InputLayer", "shape", "input of rank %d: rnnfast takes (batch, time, "
-                                        "features) or (batch, features)" % len(shape))
+            raise UnsupportedLayerError(
+                "InputLayer",
+                "shape",
+                "input of rank %d: rnnfast takes (batch, time, features) or (batch, features)" % len(shape),
+            )
         if (integer or len(shape) == 3) and not fixes_length:
             # any sequence length runs (Keras 2 functional models and Keras 3 Sequential
             # models accept one other than the declared; only Flatten fixes it)

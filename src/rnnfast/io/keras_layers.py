@@ -30,20 +30,52 @@ A layer with weights adds its canonical op to ``layers.py`` when the op is new (
 third file), ``weights=True`` and a ``params`` function here; its weights come in
 Keras' order through :class:`~rnnfast.io.keras_convert.WeightList`.
 """
+
 from dataclasses import dataclass
 from typing import Callable
 
-from ..errors import FormatError, UnsupportedLayerError
 import numpy as np
 
-from ..model_keras import (ActivationNode, AffineNode, AttentionNode, ConvNode, DotNode, FlattenNode, GlobalPoolingNode,
-                           IdentityNode, MaskingNode, MergeNode, NormNode, PoolNode, RepeatVectorNode,
-                           ReshapeNode, StepsNode, TimeDistributedNode)
-from .keras_convert import (RECURRENT_CLASSES, WeightList, bidirectional, check_options,
-                            dense, embedding, recurrent, resolve_activation, resolve_dtype)
+from ..errors import FormatError, UnsupportedLayerError
+from ..model_keras import (
+    ActivationNode,
+    AffineNode,
+    AttentionNode,
+    ConvNode,
+    DotNode,
+    FlattenNode,
+    GlobalPoolingNode,
+    IdentityNode,
+    MaskingNode,
+    MergeNode,
+    NormNode,
+    PoolNode,
+    RepeatVectorNode,
+    ReshapeNode,
+    StepsNode,
+    TimeDistributedNode,
+)
+from .keras_convert import (
+    RECURRENT_CLASSES,
+    WeightList,
+    bidirectional,
+    check_options,
+    dense,
+    embedding,
+    recurrent,
+    resolve_activation,
+    resolve_dtype,
+)
 
-__all__ = ["KerasLayer", "LAYERS", "SUPPORTED_LAYERS", "RECURRENT_CLASSES", "MERGE_CLASSES",
-           "convert_layer", "expects_weights"]
+__all__ = [
+    "KerasLayer",
+    "LAYERS",
+    "SUPPORTED_LAYERS",
+    "RECURRENT_CLASSES",
+    "MERGE_CLASSES",
+    "convert_layer",
+    "expects_weights",
+]
 
 
 @dataclass(frozen=True)
@@ -125,8 +157,11 @@ def _recurrent_row(node):
     if kind == "RNN":
         kind = "RNN(%s)" % "+".join(layer.cell_spec.keras_cell for layer in layers)
     units = ",".join(str(layer.units) for layer in layers)
-    opts = [o for o in ("return_sequences", "return_state", "go_backwards", "zero_output_for_mask")
-            if getattr(node, o, False)]
+    opts = [
+        o
+        for o in ("return_sequences", "return_state", "go_backwards", "zero_output_for_mask")
+        if getattr(node, o, False)
+    ]
     if len(layers) == 1:
         opts += _cell_options(layers[0])
     else:
@@ -213,28 +248,41 @@ def _flatten(cfg, w, ctx, name):
 def _identity(cls, options):
     """The converter of a layer that is the identity at inference (``options``: the
     ones it may carry)."""
+
     def convert(cfg, w, ctx, name):
         check_options(cls, cfg, options)
         return IdentityNode(name, cls, resolve_dtype(cls, cfg, ctx))
+
     return convert
 
 
 def _global_pooling(cls, reduce):
     """The converter of ``GlobalMaxPooling1D`` / ``GlobalAveragePooling1D``."""
+
     def convert(cfg, w, ctx, name):
         check_options(cls, cfg, {"data_format", "keepdims"})
         fmt = cfg.get("data_format") or "channels_last"
         if fmt != "channels_last":
-            raise UnsupportedLayerError(cls, "data_format", "%r (rnnfast pools channels_last "
-                                        "sequences (batch, steps, features))" % (fmt,))
-        return GlobalPoolingNode(name, cls, reduce, resolve_dtype(cls, cfg, ctx),
-                                 keepdims=bool(cfg.get("keepdims", False)))
+            raise UnsupportedLayerError(
+                cls, "data_format", "%r (rnnfast pools channels_last sequences (batch, steps, features))" % (fmt,)
+            )
+        return GlobalPoolingNode(
+            name, cls, reduce, resolve_dtype(cls, cfg, ctx), keepdims=bool(cfg.get("keepdims", False))
+        )
+
     return convert
 
 
 #: The merge layers: Keras class -> the merge :class:`~rnnfast.model_keras.MergeNode` does.
-MERGES = {"Add": "add", "Subtract": "subtract", "Multiply": "multiply", "Average": "average",
-          "Maximum": "maximum", "Minimum": "minimum", "Concatenate": "concat"}
+MERGES = {
+    "Add": "add",
+    "Subtract": "subtract",
+    "Multiply": "multiply",
+    "Average": "average",
+    "Maximum": "maximum",
+    "Minimum": "minimum",
+    "Concatenate": "concat",
+}
 #: Layers called on a list of tensors.
 MERGE_CLASSES = frozenset(MERGES) | {"Dot", "Attention", "AdditiveAttention"}
 
@@ -248,6 +296,7 @@ def _merge(cls):
         if cls == "Concatenate" and axis == 0:
             raise UnsupportedLayerError(cls, "axis", "0 (the batch axis)")
         return MergeNode(name, cls, MERGES[cls], resolve_dtype(cls, cfg, ctx), axis=axis)
+
     return convert
 
 
@@ -255,14 +304,20 @@ def _dot(cfg, w, ctx, name):
     check_options("Dot", cfg, {"axes", "normalize"})
     axes = cfg.get("axes")
     ok = (isinstance(axes, int) and not isinstance(axes, bool)) or (
-        isinstance(axes, (list, tuple)) and len(axes) == 2
-        and all(isinstance(a, int) and not isinstance(a, bool) for a in axes))
+        isinstance(axes, (list, tuple))
+        and len(axes) == 2
+        and all(isinstance(a, int) and not isinstance(a, bool) for a in axes)
+    )
     if not ok:
         raise UnsupportedLayerError("Dot", "axes", repr(axes))
     if isinstance(axes, int) and axes == 0 or isinstance(axes, (list, tuple)) and 0 in axes:
         raise UnsupportedLayerError("Dot", "axes", "%r (the batch axis)" % (axes,))
-    return DotNode(name, axes if isinstance(axes, int) else tuple(axes), bool(cfg.get("normalize", False)),
-                   resolve_dtype("Dot", cfg, ctx))
+    return DotNode(
+        name,
+        axes if isinstance(axes, int) else tuple(axes),
+        bool(cfg.get("normalize", False)),
+        resolve_dtype("Dot", cfg, ctx),
+    )
 
 
 def _repeat_vector(cfg, w, ctx, name):
@@ -276,9 +331,11 @@ def _repeat_vector(cfg, w, ctx, name):
 def _reshape(cfg, w, ctx, name):
     check_options("Reshape", cfg, {"target_shape"})
     t = cfg.get("target_shape")
-    if not isinstance(t, (list, tuple)) or not all(isinstance(d, int) and not isinstance(d, bool)
-                                                    and (d > 0 or d == -1) for d in t) \
-            or sum(d == -1 for d in t) > 1:
+    if (
+        not isinstance(t, (list, tuple))
+        or not all(isinstance(d, int) and not isinstance(d, bool) and (d > 0 or d == -1) for d in t)
+        or sum(d == -1 for d in t) > 1
+    ):
         raise UnsupportedLayerError("Reshape", "target_shape", repr(t))
     return ReshapeNode(name, "Reshape", resolve_dtype("Reshape", cfg, ctx), target_shape=t)
 
@@ -288,8 +345,7 @@ def _permute(cfg, w, ctx, name):
     dims = cfg.get("dims")
     if not isinstance(dims, (list, tuple)) or sorted(dims) != list(range(1, len(dims) + 1)):
         raise UnsupportedLayerError("Permute", "dims", repr(dims))
-    return ReshapeNode(name, "Permute", resolve_dtype("Permute", cfg, ctx),
-                       permute=list(dims))
+    return ReshapeNode(name, "Permute", resolve_dtype("Permute", cfg, ctx), permute=list(dims))
 
 
 def _int1(cls, cfg, key, default=None, minimum=1):
@@ -349,20 +405,44 @@ def _conv(cls):
                 raise FormatError("Conv1D %r: filters %d not divisible by groups %d" % (name, filters, groups))
             kernel = w.take("kernel", (k, cin, filters))
             bias = w.take("bias", (filters,)) if use_bias else None
-            return ConvNode(name, cls, dtype, kernel=kernel, bias=bias, groups=groups,
-                            keras_weights=[kernel] + ([bias] if use_bias else []), **kw)
+            return ConvNode(
+                name,
+                cls,
+                dtype,
+                kernel=kernel,
+                bias=bias,
+                groups=groups,
+                keras_weights=[kernel] + ([bias] if use_bias else []),
+                **kw,
+            )
         dm = _int1(cls, cfg, "depth_multiplier", 1)
         if cls == "DepthwiseConv1D":
             kernel = w.take("kernel", (k, cin, dm))
             bias = w.take("bias", (cin * dm,)) if use_bias else None
-            return ConvNode(name, cls, dtype, depthwise=np.reshape(kernel, (k, 1, cin * dm)), bias=bias,
-                            keras_weights=[kernel] + ([bias] if use_bias else []), **kw)
+            return ConvNode(
+                name,
+                cls,
+                dtype,
+                depthwise=np.reshape(kernel, (k, 1, cin * dm)),
+                bias=bias,
+                keras_weights=[kernel] + ([bias] if use_bias else []),
+                **kw,
+            )
         filters = _int1(cls, cfg, "filters")
         dk = w.take("depthwise_kernel", (k, cin, dm))
         pk = w.take("pointwise_kernel", (1, cin * dm, filters))
         bias = w.take("bias", (filters,)) if use_bias else None
-        return ConvNode(name, cls, dtype, depthwise=np.reshape(dk, (k, 1, cin * dm)), kernel=pk, bias=bias,
-                        keras_weights=[dk, pk] + ([bias] if use_bias else []), **kw)
+        return ConvNode(
+            name,
+            cls,
+            dtype,
+            depthwise=np.reshape(dk, (k, 1, cin * dm)),
+            kernel=pk,
+            bias=bias,
+            keras_weights=[dk, pk] + ([bias] if use_bias else []),
+            **kw,
+        )
+
     return convert
 
 
@@ -375,8 +455,17 @@ def _pool(cls, reduce):
         padding = cfg.get("padding", "valid")
         if padding not in ("valid", "same"):
             raise UnsupportedLayerError(cls, "padding", repr(padding))
-        return PoolNode(name, cls, resolve_dtype(cls, cfg, ctx), reduce, size, strides, padding,
-                        channels_first=_data_format(cls, cfg))
+        return PoolNode(
+            name,
+            cls,
+            resolve_dtype(cls, cfg, ctx),
+            reduce,
+            size,
+            strides,
+            padding,
+            channels_first=_data_format(cls, cfg),
+        )
+
     return convert
 
 
@@ -385,8 +474,7 @@ def _last_axis(cls, cfg, key="axis"):
     if isinstance(axis, (list, tuple)) and len(axis) == 1:
         axis = axis[0]
     if axis != -1:
-        raise UnsupportedLayerError(cls, key, "%r (rnnfast normalises over the last axis, -1)"
-                                    % (cfg.get(key),))
+        raise UnsupportedLayerError(cls, key, "%r (rnnfast normalises over the last axis, -1)" % (cfg.get(key),))
 
 
 def _batch_norm(cfg, w, ctx, name):
@@ -411,15 +499,16 @@ def _batch_norm(cfg, w, ctx, name):
     var = w.take("moving_variance", (n,))
     dtype = resolve_dtype(cls, cfg, ctx)
     # folded once, in float64: y = x * a + b
-    with np.errstate(invalid="ignore", divide="ignore"):        # a negative variance: NaN, as in Keras
+    with np.errstate(invalid="ignore", divide="ignore"):  # a negative variance: NaN, as in Keras
         a = 1 / np.sqrt(np.asarray(var, np.float64) + eps)
     if gamma is not None:
         a = a * np.asarray(gamma, np.float64)
     b = -np.asarray(mean, np.float64) * a
     if beta is not None:
         b = b + np.asarray(beta, np.float64)
-    node = AffineNode(name, cls, dtype, a, b, keep_mask=True,
-                      keras_weights=[x for x in (gamma, beta, mean, var) if x is not None])
+    node = AffineNode(
+        name, cls, dtype, a, b, keep_mask=True, keras_weights=[x for x in (gamma, beta, mean, var) if x is not None]
+    )
     node.positive_axis = axis if axis != -1 else None
     return node
 
@@ -444,7 +533,7 @@ def _normalization(cfg, w, ctx, name):
         count = w.take_any("count") if w.pos < len(w.items) else None
         kw = [mean, var] + ([count] if count is not None else [])
         mean, var = np.asarray(mean, np.float64), np.asarray(var, np.float64)
-    eps = 1e-7                                               # keras.backend.epsilon()
+    eps = 1e-7  # keras.backend.epsilon()
     with np.errstate(invalid="ignore"):
         a = 1 / np.maximum(np.sqrt(var), eps)
     return AffineNode(name, cls, dtype, a, -mean * a, keep_mask=True, keras_weights=kw)
@@ -464,8 +553,15 @@ def _layer_norm(cfg, w, ctx, name):
         gamma = w.take("gamma", shape)
     if cfg.get("center", True) and not cfg.get("rms_scaling", False):
         beta = w.take("beta", w.peek_shape())
-    node = NormNode(name, cls, resolve_dtype(cls, cfg, ctx), gamma=gamma, beta=beta,
-                    epsilon=float(cfg.get("epsilon", 1e-3)), rms_scaling=bool(cfg.get("rms_scaling", False)))
+    node = NormNode(
+        name,
+        cls,
+        resolve_dtype(cls, cfg, ctx),
+        gamma=gamma,
+        beta=beta,
+        epsilon=float(cfg.get("epsilon", 1e-3)),
+        rms_scaling=bool(cfg.get("rms_scaling", False)),
+    )
     node.positive_axis = axis if axis != -1 else None
     return node
 
@@ -480,29 +576,38 @@ def _pair(cls, cfg, key, default):
     v = cfg.get(key, default)
     if isinstance(v, int) and not isinstance(v, bool):
         v = (v, v)
-    if not (isinstance(v, (list, tuple)) and len(v) == 2
-            and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in v)):
+    if not (
+        isinstance(v, (list, tuple))
+        and len(v) == 2
+        and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in v)
+    ):
         raise UnsupportedLayerError(cls, key, repr(cfg.get(key)))
     return tuple(v)
 
 
 def _upsampling(cfg, w, ctx, name):
     check_options("UpSampling1D", cfg, {"size"})
-    return StepsNode(name, "UpSampling1D", resolve_dtype("UpSampling1D", cfg, ctx),
-                     repeat=_int1("UpSampling1D", cfg, "size", 2))
+    return StepsNode(
+        name, "UpSampling1D", resolve_dtype("UpSampling1D", cfg, ctx), repeat=_int1("UpSampling1D", cfg, "size", 2)
+    )
 
 
 def _zero_padding(cfg, w, ctx, name):
     check_options("ZeroPadding1D", cfg, {"padding", "data_format"})
-    return StepsNode(name, "ZeroPadding1D", resolve_dtype("ZeroPadding1D", cfg, ctx),
-                     pad=_pair("ZeroPadding1D", cfg, "padding", 1),
-                     channels_first=_data_format("ZeroPadding1D", cfg))
+    return StepsNode(
+        name,
+        "ZeroPadding1D",
+        resolve_dtype("ZeroPadding1D", cfg, ctx),
+        pad=_pair("ZeroPadding1D", cfg, "padding", 1),
+        channels_first=_data_format("ZeroPadding1D", cfg),
+    )
 
 
 def _cropping(cfg, w, ctx, name):
     check_options("Cropping1D", cfg, {"cropping"})
-    return StepsNode(name, "Cropping1D", resolve_dtype("Cropping1D", cfg, ctx),
-                     crop=_pair("Cropping1D", cfg, "cropping", 1))
+    return StepsNode(
+        name, "Cropping1D", resolve_dtype("Cropping1D", cfg, ctx), crop=_pair("Cropping1D", cfg, "cropping", 1)
+    )
 
 
 def _conv_row(node):
@@ -522,8 +627,7 @@ def _conv_row(node):
 
 
 def _pool_row(node):
-    return node.keras_class, "", "pool_size=%d, strides=%d, padding=%s" % (node.pool_size, node.strides,
-                                                                         node.padding)
+    return node.keras_class, "", "pool_size=%d, strides=%d, padding=%s" % (node.pool_size, node.strides, node.padding)
 
 
 def _weights_params(node):
@@ -538,8 +642,9 @@ def _attention(cls):
     def convert(cfg, w, ctx, name):
         check_options(cls, cfg, {"use_scale", "score_mode", "dropout", "causal"})
         if cfg.get("causal"):
-            raise UnsupportedLayerError(cls, "causal", "True (Keras 2's option; rnnfast takes "
-                                        "use_causal_mask= in the call)")
+            raise UnsupportedLayerError(
+                cls, "causal", "True (Keras 2's option; rnnfast takes use_causal_mask= in the call)"
+            )
         dtype = resolve_dtype(cls, cfg, ctx)
         if cls == "AdditiveAttention":
             scale = w.take("scale", w.peek_shape()) if cfg.get("use_scale", True) else None
@@ -550,6 +655,7 @@ def _attention(cls):
         scale = w.take("scale", ()) if cfg.get("use_scale", False) else None
         csw = w.take("concat_score_weight", ()) if mode == "concat" else None
         return AttentionNode(name, cls, dtype, score_mode=mode, scale=scale, concat_score_weight=csw)
+
     return convert
 
 
@@ -577,6 +683,7 @@ def _shape_row(node):
 def _recurrent(cls):
     def convert(cfg, w, ctx, name):
         return recurrent(cls, cfg, w, ctx, name)[0]
+
     return convert
 
 
@@ -588,8 +695,11 @@ def _time_distributed(cfg, w, ctx, name):
     icls, icfg = inner["class_name"], inner.get("config", {})
     entry = LAYERS.get(icls)
     if entry is None or not entry.per_step:
-        raise UnsupportedLayerError("TimeDistributed", "layer", "wrapped layer %s (supported: %s)"
-                                    % (icls, ", ".join(n for n, e in LAYERS.items() if e.per_step)))
+        raise UnsupportedLayerError(
+            "TimeDistributed",
+            "layer",
+            "wrapped layer %s (supported: %s)" % (icls, ", ".join(n for n, e in LAYERS.items() if e.per_step)),
+        )
     return TimeDistributedNode(name, _convert(entry, icfg, w, ctx, icfg.get("name", icls)))
 
 
@@ -597,75 +707,105 @@ def _time_distributed(cfg, w, ctx, name):
 
 
 def _entries():
-    out = [KerasLayer(cls, _recurrent(cls), weights=True, params=_recurrent_params, row=_recurrent_row)
-           for cls in list(RECURRENT_CLASSES) + ["RNN"]]
+    out = [
+        KerasLayer(cls, _recurrent(cls), weights=True, params=_recurrent_params, row=_recurrent_row)
+        for cls in list(RECURRENT_CLASSES) + ["RNN"]
+    ]
     out += [
-        KerasLayer("Bidirectional", bidirectional, weights=True, params=_recurrent_params,
-                   row=_bidirectional_row),
+        KerasLayer("Bidirectional", bidirectional, weights=True, params=_recurrent_params, row=_bidirectional_row),
         KerasLayer("Dense", dense, weights=True, params=_dense_params, row=_dense_row, per_step=True),
-        KerasLayer("TimeDistributed", _time_distributed, weights=True, params=_inner_params,
-                   row=_time_distributed_row),
+        KerasLayer("TimeDistributed", _time_distributed, weights=True, params=_inner_params, row=_time_distributed_row),
         KerasLayer("Embedding", embedding, weights=True, params=_embedding_params, row=_embedding_row),
-        KerasLayer("Activation", _activation, weights=False, params=_no_params, row=_activation_row,
-                   per_step=True),
+        KerasLayer("Activation", _activation, weights=False, params=_no_params, row=_activation_row, per_step=True),
         KerasLayer("Masking", _masking, weights=False, params=_no_params, row=_masking_row),
         KerasLayer("Flatten", _flatten, weights=False, params=_no_params, row=_plain_row),
-        KerasLayer("GlobalMaxPooling1D", _global_pooling("GlobalMaxPooling1D", "max"), weights=False,
-                   params=_no_params, row=_pooling_row),
-        KerasLayer("GlobalAveragePooling1D", _global_pooling("GlobalAveragePooling1D", "mean"),
-                   weights=False, params=_no_params, row=_pooling_row),
+        KerasLayer(
+            "GlobalMaxPooling1D",
+            _global_pooling("GlobalMaxPooling1D", "max"),
+            weights=False,
+            params=_no_params,
+            row=_pooling_row,
+        ),
+        KerasLayer(
+            "GlobalAveragePooling1D",
+            _global_pooling("GlobalAveragePooling1D", "mean"),
+            weights=False,
+            params=_no_params,
+            row=_pooling_row,
+        ),
         KerasLayer("Dot", _dot, weights=False, params=_no_params, row=_dot_row),
-        KerasLayer("Attention", _attention("Attention"), weights=True, params=_norm_params,
-                   row=_attention_row),
-        KerasLayer("AdditiveAttention", _attention("AdditiveAttention"), weights=True, params=_norm_params,
-                   row=_attention_row),
+        KerasLayer("Attention", _attention("Attention"), weights=True, params=_norm_params, row=_attention_row),
+        KerasLayer(
+            "AdditiveAttention", _attention("AdditiveAttention"), weights=True, params=_norm_params, row=_attention_row
+        ),
         KerasLayer("Conv1D", _conv("Conv1D"), weights=True, params=_weights_params, row=_conv_row),
-        KerasLayer("DepthwiseConv1D", _conv("DepthwiseConv1D"), weights=True, params=_weights_params,
-                   row=_conv_row),
-        KerasLayer("SeparableConv1D", _conv("SeparableConv1D"), weights=True, params=_weights_params,
-                   row=_conv_row),
-        KerasLayer("MaxPooling1D", _pool("MaxPooling1D", "max"), weights=False, params=_no_params,
-                   row=_pool_row),
-        KerasLayer("AveragePooling1D", _pool("AveragePooling1D", "mean"), weights=False, params=_no_params,
-                   row=_pool_row),
-        KerasLayer("BatchNormalization", _batch_norm, weights=True, params=_weights_params, row=_plain_row,
-                   per_step=True),
-        KerasLayer("Normalization", _normalization, weights=True, params=_weights_params, row=_plain_row,
-                   per_step=True),
-        KerasLayer("LayerNormalization", _layer_norm, weights=True, params=_norm_params, row=_plain_row,
-                   per_step=True),
-        KerasLayer("UnitNormalization", _unit_norm, weights=False, params=_no_params, row=_plain_row,
-                   per_step=True),
-        KerasLayer("UpSampling1D", _upsampling, weights=False, params=_no_params,
-                   row=lambda n: ("UpSampling1D", "", "size=%d" % n.repeat)),
-        KerasLayer("ZeroPadding1D", _zero_padding, weights=False, params=_no_params,
-                   row=lambda n: ("ZeroPadding1D", "", "padding=%s" % (n.pad,))),
-        KerasLayer("Cropping1D", _cropping, weights=False, params=_no_params,
-                   row=lambda n: ("Cropping1D", "", "cropping=%s" % (n.crop,))),
-        KerasLayer("RepeatVector", _repeat_vector, weights=False, params=_no_params,
-                   row=lambda n: ("RepeatVector", "", "n=%d" % n.n)),
+        KerasLayer("DepthwiseConv1D", _conv("DepthwiseConv1D"), weights=True, params=_weights_params, row=_conv_row),
+        KerasLayer("SeparableConv1D", _conv("SeparableConv1D"), weights=True, params=_weights_params, row=_conv_row),
+        KerasLayer("MaxPooling1D", _pool("MaxPooling1D", "max"), weights=False, params=_no_params, row=_pool_row),
+        KerasLayer(
+            "AveragePooling1D", _pool("AveragePooling1D", "mean"), weights=False, params=_no_params, row=_pool_row
+        ),
+        KerasLayer(
+            "BatchNormalization", _batch_norm, weights=True, params=_weights_params, row=_plain_row, per_step=True
+        ),
+        KerasLayer(
+            "Normalization", _normalization, weights=True, params=_weights_params, row=_plain_row, per_step=True
+        ),
+        KerasLayer("LayerNormalization", _layer_norm, weights=True, params=_norm_params, row=_plain_row, per_step=True),
+        KerasLayer("UnitNormalization", _unit_norm, weights=False, params=_no_params, row=_plain_row, per_step=True),
+        KerasLayer(
+            "UpSampling1D",
+            _upsampling,
+            weights=False,
+            params=_no_params,
+            row=lambda n: ("UpSampling1D", "", "size=%d" % n.repeat),
+        ),
+        KerasLayer(
+            "ZeroPadding1D",
+            _zero_padding,
+            weights=False,
+            params=_no_params,
+            row=lambda n: ("ZeroPadding1D", "", "padding=%s" % (n.pad,)),
+        ),
+        KerasLayer(
+            "Cropping1D",
+            _cropping,
+            weights=False,
+            params=_no_params,
+            row=lambda n: ("Cropping1D", "", "cropping=%s" % (n.crop,)),
+        ),
+        KerasLayer(
+            "RepeatVector",
+            _repeat_vector,
+            weights=False,
+            params=_no_params,
+            row=lambda n: ("RepeatVector", "", "n=%d" % n.n),
+        ),
         KerasLayer("Reshape", _reshape, weights=False, params=_no_params, row=_shape_row),
         KerasLayer("Permute", _permute, weights=False, params=_no_params, row=_shape_row),
     ]
     out += [KerasLayer(cls, _merge(cls), weights=False, params=_no_params, row=_merge_row) for cls in MERGES]
     # the identity at inference (options they may carry)
-    identity = {"Dropout": {"rate", "noise_shape", "seed"},
-                "SpatialDropout1D": {"rate", "noise_shape", "seed"},
-                "GaussianNoise": {"stddev", "seed"},
-                "GaussianDropout": {"rate", "seed"},
-                "AlphaDropout": {"rate", "noise_shape", "seed"},
-                "ActivityRegularization": {"l1", "l2"},
-                "Identity": set()}
-    out += [KerasLayer(cls, _identity(cls, opts), weights=False, params=_no_params, row=_plain_row,
-                       per_step=True) for cls, opts in identity.items()]
+    identity = {
+        "Dropout": {"rate", "noise_shape", "seed"},
+        "SpatialDropout1D": {"rate", "noise_shape", "seed"},
+        "GaussianNoise": {"stddev", "seed"},
+        "GaussianDropout": {"rate", "seed"},
+        "AlphaDropout": {"rate", "noise_shape", "seed"},
+        "ActivityRegularization": {"l1", "l2"},
+        "Identity": set(),
+    }
+    out += [
+        KerasLayer(cls, _identity(cls, opts), weights=False, params=_no_params, row=_plain_row, per_step=True)
+        for cls, opts in identity.items()
+    ]
     return out
 
 
 #: Keras class name -> its :class:`KerasLayer`.
 LAYERS = {e.name: e for e in _entries()}
 #: Keras preprocessing layers of strings (refused with a hint to use ``inputs_from=``).
-STRING_PREPROCESSING = frozenset({"TextVectorization", "StringLookup", "Hashing", "HashedCrossing",
-                                  "IntegerLookup"})
+STRING_PREPROCESSING = frozenset({"TextVectorization", "StringLookup", "Hashing", "HashedCrossing", "IntegerLookup"})
 #: Every class a model may hold (``InputLayer`` is read by the loader itself).
 SUPPORTED_LAYERS = sorted(set(LAYERS) | {"InputLayer"})
 
@@ -713,18 +853,29 @@ def convert_layer(cls, cfg, weights, ctx):
         if cls in ("Sequential", "Functional", "Model"):
             raise UnsupportedLayerError(cls, None, "a model nested inside the model (layer %r)" % name)
         if cls == "Lambda":
-            raise UnsupportedLayerError(cls, None, "layer %r runs Python code that the file does not hold "
-                                        "(a Lambda's function); rnnfast runs only what a model's config "
-                                        "describes: rebuild the model with built-in layers in place of the "
-                                        "Lambda" % name)
+            raise UnsupportedLayerError(
+                cls,
+                None,
+                "layer %r runs Python code that the file does not hold "
+                "(a Lambda's function); rnnfast runs only what a model's config "
+                "describes: rebuild the model with built-in layers in place of the "
+                "Lambda" % name,
+            )
         if cls in STRING_PREPROCESSING:
-            raise UnsupportedLayerError(cls, None, "layer %r preprocesses strings, which rnnfast does not "
-                                        "do: run it in Keras (or your own code) and load the model from the "
-                                        "layer after it, e.g. rnnfast.load(path, inputs_from=%r)"
-                                        % (name, "embedding"))
-        raise UnsupportedLayerError(cls, None, "layer %r: not a built-in Keras layer rnnfast knows (a custom "
-                                    "or subclassed layer runs code its config does not describe); "
-                                    "rnnfast supports %s" % (name, ", ".join(SUPPORTED_LAYERS)))
+            raise UnsupportedLayerError(
+                cls,
+                None,
+                "layer %r preprocesses strings, which rnnfast does not "
+                "do: run it in Keras (or your own code) and load the model from the "
+                "layer after it, e.g. rnnfast.load(path, inputs_from=%r)" % (name, "embedding"),
+            )
+        raise UnsupportedLayerError(
+            cls,
+            None,
+            "layer %r: not a built-in Keras layer rnnfast knows (a custom "
+            "or subclassed layer runs code its config does not describe); "
+            "rnnfast supports %s" % (name, ", ".join(SUPPORTED_LAYERS)),
+        )
     w = WeightList(name, weights)
     node = _convert(entry, cfg, w, ctx, name)
     w.done()

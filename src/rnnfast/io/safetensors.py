@@ -14,6 +14,7 @@ tensors must tile the buffer without overlap or holes, as the specification
 requires), and values are read only for the tensors a model uses. The
 ``safetensors`` package is used only by the tests, to write files.
 """
+
 import json
 import math
 import os
@@ -144,8 +145,9 @@ class SafetensorsFile:
         try:
             header = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys)
         except _DuplicateKey as e:
-            raise self._fail("safetensors header names %s twice (a JSON reader would keep only the last)"
-                             % quote(e.args[0])) from None
+            raise self._fail(
+                "safetensors header names %s twice (a JSON reader would keep only the last)" % quote(e.args[0])
+            ) from None
         except (UnicodeDecodeError, ValueError, RecursionError) as e:
             raise self._fail("safetensors header is not valid JSON (%s)" % e) from None
         if not isinstance(header, dict):
@@ -165,8 +167,10 @@ class SafetensorsFile:
         pos = 0
         for begin, end, name in spans:
             if begin != pos:
-                raise self._fail("tensor %s starts at byte %d of the data buffer, expected %d (tensors "
-                                 "must tile the buffer, without overlap or gaps)" % (quote(name), begin, pos))
+                raise self._fail(
+                    "tensor %s starts at byte %d of the data buffer, expected %d (tensors "
+                    "must tile the buffer, without overlap or gaps)" % (quote(name), begin, pos)
+                )
             pos = end
         if pos != data_len:
             raise self._fail("the data buffer holds %d bytes but the tensors cover %d" % (data_len, pos))
@@ -180,14 +184,22 @@ class SafetensorsFile:
         dtype = DTYPE_NAMES[tag]
         if not isinstance(shape, list) or len(shape) > 32 or not all(_is_int(d) and d >= 0 for d in shape):
             raise self._fail("tensor %s: invalid shape %s" % (quote(name), ascii(shape)[:200]))
-        if (not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_int(o) for o in offsets)
-                or not 0 <= offsets[0] <= offsets[1] <= data_len):
-            raise self._fail("tensor %s: data_offsets %s outside the %d-byte data buffer"
-                             % (quote(name), ascii(offsets)[:200], data_len))
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(_is_int(o) for o in offsets)
+            or not 0 <= offsets[0] <= offsets[1] <= data_len
+        ):
+            raise self._fail(
+                "tensor %s: data_offsets %s outside the %d-byte data buffer"
+                % (quote(name), ascii(offsets)[:200], data_len)
+            )
         nbytes = math.prod(shape) * DTYPES[dtype][0]
         if offsets[1] - offsets[0] != nbytes:
-            raise self._fail("tensor %s: shape %s of %s needs %d bytes, data_offsets give %d"
-                             % (quote(name), tuple(shape), dtype, nbytes, offsets[1] - offsets[0]))
+            raise self._fail(
+                "tensor %s: shape %s of %s needs %d bytes, data_offsets give %d"
+                % (quote(name), tuple(shape), dtype, nbytes, offsets[1] - offsets[0])
+            )
         return SafeTensorRecord(name, dtype, tuple(shape), offsets[0], offsets[1])
 
     def array(self, t):

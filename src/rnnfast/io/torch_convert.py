@@ -11,13 +11,24 @@ the cell registry (:mod:`rnnfast.cells`). Kernels are transposed to (I, G*H) /
 It also holds the table of PyTorch element types (:data:`DTYPES`) that both file
 readers (``torch_pickle``, ``safetensors``) use to size and decode raw tensor bytes.
 """
+
 import numpy as np
 
 from .. import cells
 from ..layers import CellWeights
 
-__all__ = ["GATES", "cell_weights_from_torch", "torch_state_dict", "torch_mode", "to_torch_module", "DTYPES",
-           "FLOAT_DTYPES", "bfloat16_to_float32", "numpy_dtype", "to_native"]
+__all__ = [
+    "GATES",
+    "cell_weights_from_torch",
+    "torch_state_dict",
+    "torch_mode",
+    "to_torch_module",
+    "DTYPES",
+    "FLOAT_DTYPES",
+    "bfloat16_to_float32",
+    "numpy_dtype",
+    "to_native",
+]
 
 #: gates per PyTorch mode (``torch.nn.RNNBase.mode``), from the cell registry
 GATES = {mode: c.num_gates for c in cells.CELLS.values() for mode in c.torch_modes}
@@ -101,8 +112,11 @@ def torch_mode(layer):
     activations, ``go_backwards``). The same rule as ``TorchRNN``'s."""
     cell = layer.cell_spec
     mode = None
-    if not layer.go_backwards and not (cell.reset_before is not None and not layer.reset_after) and not (
-            cell.recurrent_activation and layer.recurrent_activation != "sigmoid"):
+    if (
+        not layer.go_backwards
+        and not (cell.reset_before is not None and not layer.reset_after)
+        and not (cell.recurrent_activation and layer.recurrent_activation != "sigmoid")
+    ):
         mode = next((m for m, act in cell.torch_modes.items() if act == layer.activation), None)
     if mode is None:
         raise ValueError("%r is not a layer PyTorch has" % (layer,))
@@ -141,15 +155,17 @@ def to_torch_module(model, *, batch_first=None, bias=None):
     for k, layer in enumerate(layers):
         if torch_mode(layer) != mode:
             raise ValueError("layer %d (%r) is not a %s layer as layer 0 is" % (k, layer, mode))
-    if not bias and any(np.any(w.bias) or (w.recurrent_bias is not None and np.any(w.recurrent_bias))
-                        for layer in layers for w in layer.cell_weights()):
+    if not bias and any(
+        np.any(w.bias) or (w.recurrent_bias is not None and np.any(w.recurrent_bias))
+        for layer in layers
+        for w in layer.cell_weights()
+    ):
         raise ValueError("the layers have biases: a module with bias=False cannot hold them")
     first = layers[0]
-    kw = dict(num_layers=len(layers), bias=bias, batch_first=bool(batch_first),
-              bidirectional=first.num_directions == 2)
+    kw = dict(num_layers=len(layers), bias=bias, batch_first=bool(batch_first), bidirectional=first.num_directions == 2)
     if first.proj_size:
         kw["proj_size"] = first.proj_size
-    if len(first.cell_spec.torch_modes) > 1:                       # nn.RNN: its nonlinearity
+    if len(first.cell_spec.torch_modes) > 1:  # nn.RNN: its nonlinearity
         kw["nonlinearity"] = first.activation
     cls = getattr(torch.nn, first.cell_spec.torch_module)
     m = cls(first.input_size, first.units, **kw).to(torch.float64 if first.dtype == np.float64 else torch.float32)

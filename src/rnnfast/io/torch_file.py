@@ -22,6 +22,7 @@ What a file cannot say comes as keywords: ``nonlinearity`` (``nn.RNN``'s "tanh" 
 "relu") and ``batch_first``. Live modules (:func:`from_torch`) give all of it
 themselves.
 """
+
 import re
 
 import numpy as np
@@ -61,8 +62,7 @@ class Architecture:
 
     def __init__(self, cell, input_size, hidden_size, num_layers, num_directions, bias, proj_size):
         self.cell, self.input_size, self.hidden_size = cell, input_size, hidden_size
-        self.num_layers, self.num_directions, self.bias, self.proj_size = (
-            num_layers, num_directions, bias, proj_size)
+        self.num_layers, self.num_directions, self.bias, self.proj_size = (num_layers, num_directions, bias, proj_size)
 
     @property
     def gates(self):
@@ -118,6 +118,7 @@ def infer_architecture(shapes, prefix=""):
     FormatError
         Naming the tensor and the shapes, when the set of tensors is not one module's.
     """
+
     def nm(n):
         return quote(prefix + n)
 
@@ -133,8 +134,9 @@ def infer_architecture(shapes, prefix=""):
         # (the layer count comes from the largest index: bound it by the tensors present
         # before anything is sized by it)
         missing = min(k for k in range(top + 1) if k not in layers)
-        raise FormatError("tensor %s names layer %d, but the file holds no tensors of layer %d"
-                          % (nm(layers[top]), top, missing))
+        raise FormatError(
+            "tensor %s names layer %d, but the file holds no tensors of layer %d" % (nm(layers[top]), top, missing)
+        )
     for n in ("weight_ih_l0", "weight_hh_l0"):
         if n not in shapes:
             raise FormatError("tensor %s is missing (found %s)" % (nm(n), ", ".join(map(nm, shapes))))
@@ -143,46 +145,53 @@ def infer_architecture(shapes, prefix=""):
     GH, I = shapes["weight_ih_l0"]
     rows_hh, Ho = shapes["weight_hh_l0"]
     if rows_hh != GH:
-        raise FormatError("tensor %s has shape %s but %s has shape %s: their rows (gates x hidden_size) "
-                          "must agree" % (nm("weight_ih_l0"), (GH, I), nm("weight_hh_l0"), (rows_hh, Ho)))
+        raise FormatError(
+            "tensor %s has shape %s but %s has shape %s: their rows (gates x hidden_size) "
+            "must agree" % (nm("weight_ih_l0"), (GH, I), nm("weight_hh_l0"), (rows_hh, Ho))
+        )
     if "weight_hr_l0" in shapes:
         shr = tuple(shapes["weight_hr_l0"])
         if len(shr) != 2 or shr[0] != Ho:
-            raise FormatError("tensor %s has shape %s; a projection is (proj_size, hidden_size) with "
-                              "proj_size = %d, the columns of %s %s"
-                              % (nm("weight_hr_l0"), shr, Ho, nm("weight_hh_l0"), (rows_hh, Ho)))
+            raise FormatError(
+                "tensor %s has shape %s; a projection is (proj_size, hidden_size) with "
+                "proj_size = %d, the columns of %s %s"
+                % (nm("weight_hr_l0"), shr, Ho, nm("weight_hh_l0"), (rows_hh, Ho))
+            )
         H, P = shr[1], Ho
         if H == 0 or GH != 4 * H:
-            raise FormatError("tensor %s %s is a projection, which only an LSTM has, but %s %s does not "
-                              "have 4 * hidden_size = %d rows" % (nm("weight_hr_l0"), shr, nm("weight_ih_l0"),
-                                                                  (GH, I), 4 * H))
+            raise FormatError(
+                "tensor %s %s is a projection, which only an LSTM has, but %s %s does not "
+                "have 4 * hidden_size = %d rows" % (nm("weight_hr_l0"), shr, nm("weight_ih_l0"), (GH, I), 4 * H)
+            )
         if not 0 < P < H:
             # PyTorch: "proj_size has to be smaller than hidden_size" (and positive)
-            raise FormatError("tensor %s %s would make an LSTM with proj_size %d and hidden_size %d, which "
-                              "PyTorch cannot build (0 < proj_size < hidden_size)"
-                              % (nm("weight_hr_l0"), shr, P, H))
+            raise FormatError(
+                "tensor %s %s would make an LSTM with proj_size %d and hidden_size %d, which "
+                "PyTorch cannot build (0 < proj_size < hidden_size)" % (nm("weight_hr_l0"), shr, P, H)
+            )
     else:
         H, P = Ho, 0
     if H == 0 or GH % H or GH // H not in _CELL:
-        raise FormatError("tensor %s has shape %s and %s has shape %s: the rows must be 1 (RNN), 3 (GRU) "
-                          "or 4 (LSTM) times the hidden size %d"
-                          % (nm("weight_ih_l0"), (GH, I), nm("weight_hh_l0"), (rows_hh, Ho), H))
+        raise FormatError(
+            "tensor %s has shape %s and %s has shape %s: the rows must be 1 (RNN), 3 (GRU) "
+            "or 4 (LSTM) times the hidden size %d" % (nm("weight_ih_l0"), (GH, I), nm("weight_hh_l0"), (rows_hh, Ho), H)
+        )
     if I == 0:
-        raise FormatError("tensor %s has shape %s: input_size 0 is not supported"
-                          % (nm("weight_ih_l0"), (GH, I)))
-    arch = Architecture(_CELL[GH // H], I, H, top + 1, 2 if reverse else 1,
-                        "bias_ih_l0" in shapes or "bias_hh_l0" in shapes, P)
+        raise FormatError("tensor %s has shape %s: input_size 0 is not supported" % (nm("weight_ih_l0"), (GH, I)))
+    arch = Architecture(
+        _CELL[GH // H], I, H, top + 1, 2 if reverse else 1, "bias_ih_l0" in shapes or "bias_hh_l0" in shapes, P
+    )
     expected = arch.expected_shapes()
     for n, shape in expected.items():
         if n not in shapes:
             raise FormatError("tensor %s is missing: an %s has one of shape %s" % (nm(n), arch, shape))
         if tuple(shapes[n]) != shape:
-            raise FormatError("tensor %s has shape %s; an %s needs %s"
-                              % (nm(n), tuple(shapes[n]), arch, shape))
+            raise FormatError("tensor %s has shape %s; an %s needs %s" % (nm(n), tuple(shapes[n]), arch, shape))
     for n in shapes:
         if n not in expected:
-            raise FormatError("unexpected tensor %s of shape %s: an %s has no such tensor"
-                              % (nm(n), tuple(shapes[n]), arch))
+            raise FormatError(
+                "unexpected tensor %s of shape %s: an %s has no such tensor" % (nm(n), tuple(shapes[n]), arch)
+            )
     return arch
 
 
@@ -191,8 +200,7 @@ def _mode(arch, nonlinearity):
         raise ValueError("nonlinearity must be 'tanh' or 'relu', got %r" % (nonlinearity,))
     modes = {act: mode for mode, act in cells.by_torch_module(arch.cell).torch_modes.items()}
     if nonlinearity not in (None,) + tuple(modes):
-        raise ValueError("nonlinearity=%r is an nn.RNN option; the weights are an nn.%s's"
-                         % (nonlinearity, arch.cell))
+        raise ValueError("nonlinearity=%r is an nn.RNN option; the weights are an nn.%s's" % (nonlinearity, arch.cell))
     return modes[nonlinearity or "tanh"]
 
 
@@ -210,8 +218,7 @@ def _compute_dtype(dtype, stored):
     return dt
 
 
-def build_torch_rnn(arch, arrays, *, nonlinearity=None, batch_first=False, dtype=np.float32,
-                    source=None):
+def build_torch_rnn(arch, arrays, *, nonlinearity=None, batch_first=False, dtype=np.float32, source=None):
     """Canonical layers from a state_dict's arrays, wrapped as a :class:`~rnnfast.TorchRNN`.
 
     Parameters
@@ -233,11 +240,19 @@ def build_torch_rnn(arch, arrays, *, nonlinearity=None, batch_first=False, dtype
         weights = []
         for d in range(arch.num_directions):
             sfx = "_l%d%s" % (k, "_reverse" if d else "")
-            weights.append(cell_weights_from_torch(
-                mode, arrays["weight_ih" + sfx], arrays["weight_hh" + sfx],
-                arrays.get("bias_ih" + sfx), arrays.get("bias_hh" + sfx), arrays.get("weight_hr" + sfx)))
-        layers.append(RNNLayer(cell.name, weights, reset_after=True, activation=act,
-                               recurrent_activation="sigmoid", dtype=dtype))
+            weights.append(
+                cell_weights_from_torch(
+                    mode,
+                    arrays["weight_ih" + sfx],
+                    arrays["weight_hh" + sfx],
+                    arrays.get("bias_ih" + sfx),
+                    arrays.get("bias_hh" + sfx),
+                    arrays.get("weight_hr" + sfx),
+                )
+            )
+        layers.append(
+            RNNLayer(cell.name, weights, reset_after=True, activation=act, recurrent_activation="sigmoid", dtype=dtype)
+        )
     return TorchRNN(layers, batch_first=batch_first, bias=arch.bias, source=source)
 
 
@@ -281,7 +296,7 @@ def _walk(root, is_tensor):
                     others.append((k, v))
             elif isinstance(v, (dict, list, tuple)):
                 children.append((path + (str(k),), v))
-        for k, v in others:                     # not a plain RNN module if it has other tensors
+        for k, v in others:  # not a plain RNN module if it has other tensors
             cut = k.rfind(".") + 1
             if k[:cut] in found:
                 found[k[:cut]][k[cut:]] = v
@@ -289,8 +304,9 @@ def _walk(root, is_tensor):
             if (path, prefix) in groups:
                 # two containers at one dotted path (keys 1 and "1", say): which one the
                 # name means cannot be told, so neither is taken
-                raise FormatError("two containers hold tensors under the same name %s"
-                                  % quote(_full_name(path, prefix)))
+                raise FormatError(
+                    "two containers hold tensors under the same name %s" % quote(_full_name(path, prefix))
+                )
             groups[(path, prefix)] = recs
         stack.extend(reversed(children))
     return groups, tensors
@@ -302,6 +318,7 @@ def _full_name(path, prefix):
 
 def _describe(root, tensors):
     """Say in words what a file holds (for the 'no RNN here' error)."""
+
     def tensor_list(items):
         shown = ", ".join("%s %s %s" % (quote(n), list(r.shape), r.dtype) for n, r in items[:8])
         return shown + (", ..." if len(items) > 8 else "")
@@ -329,13 +346,16 @@ def _select(groups, tensors, root, prefix):
     """The (full prefix, tensors) of the one recurrent module chosen."""
     found = sorted((_full_name(p, pre), (p, pre)) for (p, pre) in groups)
     if not found:
-        raise FormatError("holds no nn.GRU / nn.LSTM / nn.RNN state_dict (no tensor named like "
-                          "'weight_ih_l0'); found %s" % _describe(root, tensors))
+        raise FormatError(
+            "holds no nn.GRU / nn.LSTM / nn.RNN state_dict (no tensor named like "
+            "'weight_ih_l0'); found %s" % _describe(root, tensors)
+        )
     names = ", ".join(quote(f) for f, _ in found)
     if prefix is None:
         if len(found) > 1:
-            raise FormatError("holds %d recurrent modules, under the prefixes %s: choose one with "
-                              "prefix=..." % (len(found), names))
+            raise FormatError(
+                "holds %d recurrent modules, under the prefixes %s: choose one with prefix=..." % (len(found), names)
+            )
         full, key = found[0]
         return full, groups[key]
     if not isinstance(prefix, str):
@@ -344,11 +364,12 @@ def _select(groups, tensors, root, prefix):
         prefix += "."
     hits = [(f, key) for f, key in found if prefix in (f, key[1])]
     if not hits:
-        raise FormatError("no recurrent module under prefix %s; the file has them under %s"
-                          % (quote(prefix), names))
+        raise FormatError("no recurrent module under prefix %s; the file has them under %s" % (quote(prefix), names))
     if len(hits) > 1:
-        raise FormatError("prefix %s matches %d recurrent modules (%s): give the full prefix"
-                          % (quote(prefix), len(hits), ", ".join(quote(f) for f, _ in hits)))
+        raise FormatError(
+            "prefix %s matches %d recurrent modules (%s): give the full prefix"
+            % (quote(prefix), len(hits), ", ".join(quote(f) for f, _ in hits))
+        )
     full, key = hits[0]
     return full, groups[key]
 
@@ -414,18 +435,21 @@ def load_torch_file(path, *, prefix=None, nonlinearity=None, batch_first=False, 
             arch = infer_architecture({n: r.shape for n, r in recs.items()}, full)
             for n, r in recs.items():
                 if r.dtype not in FLOAT_DTYPES:
-                    raise FormatError("tensor %s has element type %s; expected floating point (%s)"
-                                      % (quote(full + n), r.dtype, ", ".join(FLOAT_DTYPES)))
+                    raise FormatError(
+                        "tensor %s has element type %s; expected floating point (%s)"
+                        % (quote(full + n), r.dtype, ", ".join(FLOAT_DTYPES))
+                    )
         except FormatError as e:
             hint = ""
             if any("parametrizations." in n for n, _ in tensors):
-                hint = (" (the file holds parametrized weights, e.g. weight_norm: save the state_dict after "
-                        "torch.nn.utils.parametrize.remove_parametrizations, or use rnnfast.from_torch)")
+                hint = (
+                    " (the file holds parametrized weights, e.g. weight_norm: save the state_dict after "
+                    "torch.nn.utils.parametrize.remove_parametrizations, or use rnnfast.from_torch)"
+                )
             raise FormatError("%s: %s%s" % (path, e, hint)) from None
         arrays = {n: archive.array(r) for n, r in recs.items()}
     dt = _compute_dtype(dtype, [r.dtype for r in recs.values()])
-    return build_torch_rnn(arch, arrays, nonlinearity=nonlinearity, batch_first=batch_first, dtype=dt,
-                           source=path)
+    return build_torch_rnn(arch, arrays, nonlinearity=nonlinearity, batch_first=batch_first, dtype=dt, source=path)
 
 
 def _flag(v, name):
@@ -457,28 +481,48 @@ def from_torch(module, *, dtype=None):
     if not isinstance(module, torch.nn.Module):
         raise TypeError("from_torch takes a torch.nn.GRU, LSTM or RNN module, got %s" % type(module).__name__)
     if not isinstance(module, torch.nn.RNNBase) or getattr(module, "mode", None) not in GATES:
-        raise UnsupportedLayerError(type(module).__name__,
-                                    detail="rnnfast.from_torch takes an nn.GRU, nn.LSTM or nn.RNN")
+        raise UnsupportedLayerError(
+            type(module).__name__, detail="rnnfast.from_torch takes an nn.GRU, nn.LSTM or nn.RNN"
+        )
     names = list(getattr(module, "_flat_weights_names", None) or module.state_dict().keys())
     arrays = {}
     with torch.no_grad():
         for n in names:
             t = getattr(module, n)
             if not isinstance(t, torch.Tensor) or not t.is_floating_point():
-                raise UnsupportedLayerError(type(module).__name__,
-                                            "weights of type %s" % getattr(t, "dtype", type(t)))
+                raise UnsupportedLayerError(type(module).__name__, "weights of type %s" % getattr(t, "dtype", type(t)))
             t = t.detach().to("cpu")
             if t.dtype == torch.bfloat16:
-                t = t.float()           # exact; numpy has no bfloat16
+                t = t.float()  # exact; numpy has no bfloat16
             arrays[n] = t.numpy().copy()
     arch = infer_architecture({n: a.shape for n, a in arrays.items()})
-    declared = (module.mode.split("_")[0], module.input_size, module.hidden_size, module.num_layers,
-                2 if module.bidirectional else 1, bool(module.bias), int(getattr(module, "proj_size", 0)))
-    inferred = (arch.cell, arch.input_size, arch.hidden_size, arch.num_layers, arch.num_directions,
-                arch.bias, arch.proj_size)
+    declared = (
+        module.mode.split("_")[0],
+        module.input_size,
+        module.hidden_size,
+        module.num_layers,
+        2 if module.bidirectional else 1,
+        bool(module.bias),
+        int(getattr(module, "proj_size", 0)),
+    )
+    inferred = (
+        arch.cell,
+        arch.input_size,
+        arch.hidden_size,
+        arch.num_layers,
+        arch.num_directions,
+        arch.bias,
+        arch.proj_size,
+    )
     if declared != inferred:
         raise FormatError("the module's weights describe %r but the module says %s" % (arch, declared))
     nonlinearity = cells.by_torch_mode(module.mode)[1]
     dt = _compute_dtype(dtype, [str(a.dtype) for a in arrays.values()])
-    return build_torch_rnn(arch, arrays, nonlinearity=nonlinearity, batch_first=bool(module.batch_first),
-                           dtype=dt, source="live torch.nn.%s" % type(module).__name__)
+    return build_torch_rnn(
+        arch,
+        arrays,
+        nonlinearity=nonlinearity,
+        batch_first=bool(module.batch_first),
+        dtype=dt,
+        source="live torch.nn.%s" % type(module).__name__,
+    )

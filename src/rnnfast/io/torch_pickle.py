@@ -31,6 +31,7 @@ Usage::
         obj = archive.root                  # dicts, lists, ..., TensorRecord leaves
         array = archive.array(record)       # numpy, native byte order
 """
+
 import io
 import math
 import os
@@ -47,8 +48,16 @@ from ._sniff import sniff
 from ._zip import ZIP_ERRORS, check_zip_member
 from .torch_convert import DTYPES, numpy_dtype, to_native
 
-__all__ = ["TensorRecord", "RestrictedUnpickler", "open_torch_file", "ZipArchive", "LegacyArchive",
-           "MAX_PICKLE_BYTES", "prescan_pickle", "quote"]
+__all__ = [
+    "TensorRecord",
+    "RestrictedUnpickler",
+    "open_torch_file",
+    "ZipArchive",
+    "LegacyArchive",
+    "MAX_PICKLE_BYTES",
+    "prescan_pickle",
+    "quote",
+]
 
 #: Largest pickle rnnfast reads (a state_dict's pickle is a few kB; a big checkpoint's
 #: a few MB).
@@ -106,8 +115,8 @@ class _Marker:
     __slots__ = ("kind", "dtype")
 
     def __init__(self, kind, dtype):
-        self.kind = kind        # "storage" or "dtype"
-        self.dtype = dtype      # a DTYPES key
+        self.kind = kind  # "storage" or "dtype"
+        self.dtype = dtype  # a DTYPES key
 
     def __setstate__(self, state):
         raise FormatError("unexpected state for a torch %s type in the pickle" % self.kind)
@@ -211,8 +220,9 @@ def _tensor(storage, offset, size, stride, dtype=None):
     if len(stride) != len(shape):
         raise FormatError("tensor size %s and stride %s differ in length" % (shape, stride))
     if offset < 0 or any(n < 0 for n in shape) or any(s < 0 for s in stride):
-        raise FormatError("negative tensor offset, size or stride (offset %d, size %s, stride %s)"
-                          % (offset, shape, stride))
+        raise FormatError(
+            "negative tensor offset, size or stride (offset %d, size %s, stride %s)" % (offset, shape, stride)
+        )
     capacity = storage.nbytes // DTYPES[dtype][0]
     count = math.prod(shape)
     if count == 0:
@@ -220,8 +230,10 @@ def _tensor(storage, offset, size, stride, dtype=None):
     else:
         last = offset + sum((n - 1) * s for n, s in zip(shape, stride))
     if last >= capacity or offset > capacity or count > capacity:
-        raise FormatError("tensor of size %s, stride %s at offset %d does not fit its storage "
-                          "%s of %d %s elements" % (shape, stride, offset, quote(storage.key), capacity, dtype))
+        raise FormatError(
+            "tensor of size %s, stride %s at offset %d does not fit its storage "
+            "%s of %d %s elements" % (shape, stride, offset, quote(storage.key), capacity, dtype)
+        )
     return TensorRecord(storage, dtype, offset, shape, stride)
 
 
@@ -233,8 +245,7 @@ def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad, bac
     return _tensor(storage, storage_offset, size, stride)
 
 
-def _rebuild_tensor_v3(storage, storage_offset, size, stride, requires_grad, backward_hooks, dtype,
-                       metadata=None):
+def _rebuild_tensor_v3(storage, storage_offset, size, stride, requires_grad, backward_hooks, dtype, metadata=None):
     if not isinstance(dtype, _Marker) or dtype.kind != "dtype":
         raise FormatError("_rebuild_tensor_v3 needs a torch dtype, got %s" % type(dtype).__name__)
     return _tensor(storage, storage_offset, size, stride, dtype.dtype)
@@ -285,22 +296,26 @@ def _callables(table):
     return {k: _Callable(fn, "%s.%s" % k) for k, fn in table.items()}
 
 
-_ALLOWED = _callables({
-    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
-    ("torch._utils", "_rebuild_tensor_v3"): _rebuild_tensor_v3,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter_with_state,
-    ("torch", "Size"): _torch_size,
-    ("_codecs", "encode"): _codecs_encode,
-})
-_ALLOWED.update({
-    ("collections", "OrderedDict"): _StateDict,
-    ("builtins", "set"): set,
-    ("builtins", "frozenset"): frozenset,
-    ("__builtin__", "set"): set,              # protocol 2 writes Python 2 module names
-    ("__builtin__", "frozenset"): frozenset,
-})
+_ALLOWED = _callables(
+    {
+        ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
+        ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
+        ("torch._utils", "_rebuild_tensor_v3"): _rebuild_tensor_v3,
+        ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+        ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter_with_state,
+        ("torch", "Size"): _torch_size,
+        ("_codecs", "encode"): _codecs_encode,
+    }
+)
+_ALLOWED.update(
+    {
+        ("collections", "OrderedDict"): _StateDict,
+        ("builtins", "set"): set,
+        ("builtins", "frozenset"): frozenset,
+        ("__builtin__", "set"): set,  # protocol 2 writes Python 2 module names
+        ("__builtin__", "frozenset"): frozenset,
+    }
+)
 # Not bytearray: bytearray(n) from a few pickle bytes would allocate and zero n bytes.
 
 
@@ -331,10 +346,12 @@ class RestrictedUnpickler(pickle.Unpickler):
         if module == "torch" and name in DTYPES:
             return _Marker("dtype", name)
         hint = ""
-        if module.startswith("torch.nn") or module.startswith("__torch__"):
+        if module.startswith(("torch.nn", "__torch__")):
             hint = " (a whole module or TorchScript object? save module.state_dict() instead)"
-        raise FormatError("refused global '%s.%s' in the pickle: a weights file may hold only tensors "
-                          "and plain containers, and rnnfast runs nothing from it%s" % (module, name, hint))
+        raise FormatError(
+            "refused global '%s.%s' in the pickle: a weights file may hold only tensors "
+            "and plain containers, and rnnfast runs nothing from it%s" % (module, name, hint)
+        )
 
     def persistent_load(self, pid):
         n = 6 if self._legacy else 5
@@ -350,8 +367,9 @@ class RestrictedUnpickler(pickle.Unpickler):
         if numel < 0:
             raise FormatError("negative storage size %d" % numel)
         if self._legacy and pid[5] is not None:
-            raise FormatError("storage views (PyTorch < 1.0 files) are not supported: re-save the "
-                              "state_dict with a current PyTorch")
+            raise FormatError(
+                "storage views (PyTorch < 1.0 files) are not supported: re-save the state_dict with a current PyTorch"
+            )
         return self._storage(key, typ.dtype, numel)
 
 
@@ -383,9 +401,30 @@ class _Node:
 #: Stands for a global (a class or function) on the modelled stack.
 _GLOBAL = _Node(0)
 #: Opcodes pushing a value given by their argument (a leaf of depth 0).
-_LEAF_ARG = frozenset(["INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4", "STRING", "BINSTRING",
-                       "SHORT_BINSTRING", "BINBYTES", "SHORT_BINBYTES", "BINBYTES8", "BYTEARRAY8", "UNICODE",
-                       "SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "FLOAT", "BINFLOAT"])
+_LEAF_ARG = frozenset(
+    [
+        "INT",
+        "BININT",
+        "BININT1",
+        "BININT2",
+        "LONG",
+        "LONG1",
+        "LONG4",
+        "STRING",
+        "BINSTRING",
+        "SHORT_BINSTRING",
+        "BINBYTES",
+        "SHORT_BINBYTES",
+        "BINBYTES8",
+        "BYTEARRAY8",
+        "UNICODE",
+        "SHORT_BINUNICODE",
+        "BINUNICODE",
+        "BINUNICODE8",
+        "FLOAT",
+        "BINFLOAT",
+    ]
+)
 _CONST = {"NONE": None, "NEWTRUE": True, "NEWFALSE": False, "NEXT_BUFFER": None}
 _EMPTY = frozenset(["EMPTY_LIST", "EMPTY_DICT", "EMPTY_TUPLE", "EMPTY_SET"])
 _GET = frozenset(["GET", "BINGET", "LONG_BINGET"])
@@ -426,11 +465,12 @@ def prescan_pickle(f, max_ops=None):
     stack, marks, memo = [], [], {}
     n = 0
     try:
-        for op, arg, pos in pickletools.genops(f):
+        for op, arg, _pos in pickletools.genops(f):
             n += 1
             if n > max_ops:
-                raise FormatError("the pickle runs more than %d opcodes: more objects than a file of this "
-                                  "size may make" % max_ops)
+                raise FormatError(
+                    "the pickle runs more than %d opcodes: more objects than a file of this size may make" % max_ops
+                )
             name = op.name
             if name in _LEAF_ARG:
                 stack.append(arg)
@@ -442,7 +482,9 @@ def prescan_pickle(f, max_ops=None):
                 marks.append(len(stack))
             elif name in _GET:
                 if arg not in memo:
-                    raise FormatError("corrupt or unsupported pickle data (memo key %r missing at opcode %d)" % (arg, n))
+                    raise FormatError(
+                        "corrupt or unsupported pickle data (memo key %r missing at opcode %d)" % (arg, n)
+                    )
                 stack.append(memo[arg])
             elif name in _PUTS:
                 if not 0 <= arg < n:
@@ -468,8 +510,9 @@ def prescan_pickle(f, max_ops=None):
                     _add_keys(node, items[0::2], n)
                 stack.append(node)
             elif name in ("TUPLE1", "TUPLE2", "TUPLE3", "REDUCE", "NEWOBJ", "NEWOBJ_EX", "BINPERSID"):
-                k = {"TUPLE1": 1, "TUPLE2": 2, "TUPLE3": 3, "REDUCE": 2, "NEWOBJ": 2, "NEWOBJ_EX": 3,
-                     "BINPERSID": 1}[name]
+                k = {"TUPLE1": 1, "TUPLE2": 2, "TUPLE3": 3, "REDUCE": 2, "NEWOBJ": 2, "NEWOBJ_EX": 3, "BINPERSID": 1}[
+                    name
+                ]
                 stack.append(_node(_pop(stack, marks, k), n))
             elif name == "PERSID":
                 stack.append(_Node(1))
@@ -488,7 +531,7 @@ def prescan_pickle(f, max_ops=None):
                 raise FormatError("corrupt or unsupported pickle data (opcode %s)" % name)
     except FormatError:
         raise
-    except Exception as e:          # whatever pickletools makes of damaged data
+    except Exception as e:  # whatever pickletools makes of damaged data
         raise FormatError("corrupt or unsupported pickle data (%s: %s)" % (type(e).__name__, e)) from None
     return n
 
@@ -526,18 +569,22 @@ def _node(children, n):
             if c.depth > depth:
                 depth = c.depth
     if depth >= MAX_PICKLE_DEPTH:
-        raise FormatError("containers nested more than %d levels deep (the pickle nests objects %d deep at "
-                          "opcode %d)" % (MAX_NESTING, depth + 1, n))
+        raise FormatError(
+            "containers nested more than %d levels deep (the pickle nests objects %d deep at "
+            "opcode %d)" % (MAX_NESTING, depth + 1, n)
+        )
     return _Node(depth + 1)
 
 
 def _add(target, items, name, n):
     """``items`` put into the container (or, BUILD, state given to the object) ``target``."""
     if type(target) is not _Node or target is _GLOBAL:
-        return                      # (the unpickler refuses it, or a stand-in's __setstate__ does)
+        return  # (the unpickler refuses it, or a stand-in's __setstate__ does)
     if target.placed:
-        raise FormatError("the pickle changes a container after placing it in another (opcode %d): a "
-                          "recursive structure, which a state_dict never is" % n)
+        raise FormatError(
+            "the pickle changes a container after placing it in another (opcode %d): a "
+            "recursive structure, which a state_dict never is" % n
+        )
     depth = target.depth
     for c in items:
         if type(c) is _Node and c is not target:
@@ -545,8 +592,10 @@ def _add(target, items, name, n):
             if c.depth >= depth:
                 depth = c.depth + 1
     if depth > MAX_PICKLE_DEPTH:
-        raise FormatError("containers nested more than %d levels deep (the pickle nests objects %d deep at "
-                          "opcode %d)" % (MAX_NESTING, depth, n))
+        raise FormatError(
+            "containers nested more than %d levels deep (the pickle nests objects %d deep at "
+            "opcode %d)" % (MAX_NESTING, depth, n)
+        )
     target.depth = depth
     if name in ("SETITEM", "SETITEMS"):
         _add_keys(target, items[0::2], n)
@@ -559,8 +608,10 @@ def _add_keys(node, keys, n):
     for k in keys:
         if isinstance(k, _KEYS):
             if k in seen:
-                raise FormatError("the pickle sets the key %s twice in one dict (opcode %d): the second "
-                                  "would silently replace the first" % (ascii(k)[:80], n))
+                raise FormatError(
+                    "the pickle sets the key %s twice in one dict (opcode %d): the second "
+                    "would silently replace the first" % (ascii(k)[:80], n)
+                )
             seen.add(k)
 
 
@@ -574,9 +625,9 @@ class _Archive:
 
     def __init__(self, path):
         self.path = path
-        self._storages = {}     # key -> StorageRecord
+        self._storages = {}  # key -> StorageRecord
         self.root = None
-        self._ops_left = MIN_PICKLE_OPS     # set from the file's size by the subclass
+        self._ops_left = MIN_PICKLE_OPS  # set from the file's size by the subclass
 
     def _budget(self, file_size):
         """The opcodes all of the file's pickles may run together (see MIN_PICKLE_OPS)."""
@@ -612,7 +663,7 @@ class _Archive:
             return RestrictedUnpickler(f, self._storage, legacy=legacy).load()
         except FormatError as e:
             raise self._fail(str(e)) from None
-        except Exception as e:       # whatever a corrupt pickle makes the unpickler raise
+        except Exception as e:  # whatever a corrupt pickle makes the unpickler raise
             raise self._fail("corrupt or unsupported pickle data (%s: %s)" % (type(e).__name__, e)) from None
 
     def array(self, t):
@@ -624,15 +675,16 @@ class _Archive:
             raise self._fail("tensors of type %s cannot be read by rnnfast" % t.dtype) from None
         data = self._storage_bytes(t.storage)
         if len(data) < t.storage.nbytes:
-            raise self._fail("storage %s holds %d bytes, fewer than the %d it claims"
-                             % (quote(t.storage.key), len(data), t.storage.nbytes))
+            raise self._fail(
+                "storage %s holds %d bytes, fewer than the %d it claims"
+                % (quote(t.storage.key), len(data), t.storage.nbytes)
+            )
         size = dt.itemsize
         capacity = t.storage.nbytes // size
         if math.prod(t.shape) == 0:
             return to_native(np.zeros(t.shape, dt), t.dtype)
         flat = np.frombuffer(data, dt, count=capacity)
-        view = np.lib.stride_tricks.as_strided(flat[t.offset:], t.shape, [s * size for s in t.stride],
-                                               writeable=False)
+        view = np.lib.stride_tricks.as_strided(flat[t.offset :], t.shape, [s * size for s in t.stride], writeable=False)
         return to_native(view, t.dtype)
 
     def close(self):
@@ -660,13 +712,15 @@ def _read_record(z, info):
             if not chunk:
                 break
             if pos + len(chunk) > info.file_size:
-                raise FormatError("record %s holds more than the %d bytes it declares"
-                                  % (printable(info.filename), info.file_size))
-            view[pos:pos + len(chunk)] = chunk
+                raise FormatError(
+                    "record %s holds more than the %d bytes it declares" % (printable(info.filename), info.file_size)
+                )
+            view[pos : pos + len(chunk)] = chunk
             pos += len(chunk)
     if pos != info.file_size:
-        raise FormatError("record %s holds %d bytes, not the %d it declares"
-                          % (printable(info.filename), pos, info.file_size))
+        raise FormatError(
+            "record %s holds %d bytes, not the %d it declares" % (printable(info.filename), pos, info.file_size)
+        )
     return bytes(out) if info.file_size < 4096 else out
 
 
@@ -692,12 +746,15 @@ class ZipArchive(_Archive):
         infos = {i.filename: i for i in self._zip.infolist()}
         tops = sorted(n[: -len("data.pkl")] for n in infos if n.endswith("/data.pkl") and n.count("/") == 1)
         if len(tops) != 1:
-            raise self._fail("a zip archive without exactly one <name>/data.pkl (found %d): not a "
-                             "torch.save file" % len(tops))
+            raise self._fail(
+                "a zip archive without exactly one <name>/data.pkl (found %d): not a torch.save file" % len(tops)
+            )
         self._prefix = prefix = tops[0]
         if prefix + "constants.pkl" in infos or any(n.startswith(prefix + "code/") for n in infos):
-            raise self._fail("a TorchScript archive (torch.jit.save): rnnfast reads state_dicts; save "
-                             "module.state_dict() with torch.save instead")
+            raise self._fail(
+                "a TorchScript archive (torch.jit.save): rnnfast reads state_dicts; save "
+                "module.state_dict() with torch.save instead"
+            )
         self._infos = infos
         if prefix + "byteorder" in infos:
             order = self._read(prefix + "byteorder", 16).strip()
@@ -710,8 +767,9 @@ class ZipArchive(_Archive):
     def _read(self, name, limit):
         info = self._infos[name]
         if info.file_size > limit:
-            raise self._fail("record %s claims %d bytes (more than the %d allowed)"
-                             % (printable(name), info.file_size, limit))
+            raise self._fail(
+                "record %s claims %d bytes (more than the %d allowed)" % (printable(name), info.file_size, limit)
+            )
         try:
             self._check_sizes(info)
         except FormatError as e:
@@ -722,17 +780,20 @@ class ZipArchive(_Archive):
             raise self._fail(str(e)) from None
         except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError, NotImplementedError) as e:
             raise self._fail("cannot read record %s (%s: %s)" % (printable(name), type(e).__name__, e)) from None
-        except Exception as e:      # zlib.error and friends from a damaged record
+        except Exception as e:  # zlib.error and friends from a damaged record
             raise self._fail("cannot read record %s (%s: %s)" % (printable(name), type(e).__name__, e)) from None
 
     def _check_sizes(self, info):
         """A record's claimed sizes must be possible in this file, before reading it."""
         check_zip_member(info, self._size)
-        if info.compress_type != zipfile.ZIP_STORED and \
-                info.file_size > max(SMALL_STORAGE, MAX_STORAGE_INFLATE * info.compress_size):
-            raise FormatError("record %s would inflate %d compressed bytes to %d (more than %d times; torch.save "
-                              "stores records uncompressed)" % (printable(info.filename), info.compress_size,
-                                                               info.file_size, MAX_STORAGE_INFLATE))
+        if info.compress_type != zipfile.ZIP_STORED and info.file_size > max(
+            SMALL_STORAGE, MAX_STORAGE_INFLATE * info.compress_size
+        ):
+            raise FormatError(
+                "record %s would inflate %d compressed bytes to %d (more than %d times; torch.save "
+                "stores records uncompressed)"
+                % (printable(info.filename), info.compress_size, info.file_size, MAX_STORAGE_INFLATE)
+            )
 
     def _check_storage(self, rec):
         name = "%sdata/%s" % (self._prefix, rec.key)
@@ -741,8 +802,10 @@ class ZipArchive(_Archive):
             raise FormatError("storage %s has no record %s in the archive" % (quote(rec.key), printable(name)))
         self._check_sizes(info)
         if info.file_size < rec.nbytes:
-            raise FormatError("storage %s claims %d %s elements (%d bytes) but its record holds %d bytes"
-                              % (quote(rec.key), rec.numel, rec.dtype, rec.nbytes, info.file_size))
+            raise FormatError(
+                "storage %s claims %d %s elements (%d bytes) but its record holds %d bytes"
+                % (quote(rec.key), rec.numel, rec.dtype, rec.nbytes, info.file_size)
+            )
 
     def _storage_bytes(self, rec):
         data = self._cache.get(rec.key)
@@ -822,17 +885,19 @@ class LegacyArchive(_Archive):
                 raise self._fail("truncated file: storage %s is missing" % quote(key))
             (numel,) = struct.unpack("<q", head)
             if numel != rec.numel:
-                raise self._fail("storage %s holds %d elements on disk but the pickle says %d"
-                                 % (quote(key), numel, rec.numel))
+                raise self._fail(
+                    "storage %s holds %d elements on disk but the pickle says %d" % (quote(key), numel, rec.numel)
+                )
             pos += 8
             if pos + rec.nbytes > size:
-                raise self._fail("truncated file: storage %s needs %d bytes, %d remain"
-                                 % (quote(key), rec.nbytes, size - pos))
+                raise self._fail(
+                    "truncated file: storage %s needs %d bytes, %d remain" % (quote(key), rec.nbytes, size - pos)
+                )
             self._offsets[key] = pos
             pos += rec.nbytes
 
     def _check_storage(self, rec):
-        pass        # sizes are checked against the file once the key list is read
+        pass  # sizes are checked against the file once the key list is read
 
     def _storage_bytes(self, rec):
         pos = self._offsets.get(rec.key)
