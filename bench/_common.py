@@ -1,4 +1,5 @@
 """Pieces shared by the benchmark scripts: interleaved timing, the BLAS report, pyplot."""
+
 import os
 
 
@@ -15,9 +16,17 @@ def blas_report():
     """The BLAS libraries loaded, with the kernel each runs (threadpoolctl)."""
     from threadpoolctl import threadpool_info
 
-    return [dict(api=i["internal_api"], version=i.get("version"), kernel=i.get("architecture"),
-                 threads=i.get("num_threads"), file=os.path.basename(i["filepath"]))
-            for i in threadpool_info() if i["user_api"] == "blas"]
+    return [
+        dict(
+            api=i["internal_api"],
+            version=i.get("version"),
+            kernel=i.get("architecture"),
+            threads=i.get("num_threads"),
+            file=os.path.basename(i["filepath"]),
+        )
+        for i in threadpool_info()
+        if i["user_api"] == "blas"
+    ]
 
 
 def pyplot():

@@ -22,6 +22,7 @@ sgemm peak is measured by the script itself, in a process of its own.
 Install the peers and run with ``make compare`` / ``make compare-quick`` (a separate .venv-bench).
 Writes compare.json and compare.png to --out.
 """
+
 import argparse
 import hashlib
 import importlib.util
@@ -38,14 +39,19 @@ import time
 
 import numpy as np
 
+from _common import blas_report, pyplot  # the script's folder is on sys.path
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-from _common import blas_report, pyplot  # noqa: E402
+
 ENGINES = ("rnnfast", "torch", "onnxruntime", "openvino", "keras")
 # The modules each engine's worker imports (torch everywhere: it builds the model).
-NEEDS = {"rnnfast": ("rnnfast", "torch"), "torch": ("torch",),
-         "onnxruntime": ("onnxruntime", "onnx", "torch"), "openvino": ("openvino", "onnx", "torch"),
-         "keras": ("keras", "tensorflow", "torch")}
+NEEDS = {
+    "rnnfast": ("rnnfast", "torch"),
+    "torch": ("torch",),
+    "onnxruntime": ("onnxruntime", "onnx", "torch"),
+    "openvino": ("openvino", "onnx", "torch"),
+    "keras": ("keras", "tensorflow", "torch"),
+}
 
 # Timing in rounds: each engine's turn runs about TURN_S seconds of calls (at least
 # one), then the parent sleeps GAP_S so a pool still spinning goes to sleep before the
@@ -54,8 +60,8 @@ TURN_S = 0.045
 GAP_S = 0.02
 MIN_ROUNDS = 3
 MIN_REPEATS = 3
-START_TIMEOUT_S = 600          # importing TensorFlow on a busy machine is slow
-BUILD_TIMEOUT_S = 1800         # export, XLA compile and one call of the largest case
+START_TIMEOUT_S = 600  # importing TensorFlow on a busy machine is slow
+BUILD_TIMEOUT_S = 1800  # export, XLA compile and one call of the largest case
 
 # -- cases ----------------------------------------------------------------------------
 # A case: name, batch, time, input size, recurrent layers [(cell, units, bidirectional,
@@ -64,12 +70,30 @@ BUILD_TIMEOUT_S = 1800         # export, XLA compile and one call of the largest
 
 def seed_cases():
     return [
-        dict(name="seed GRU(128)->GRU(64)->Dense", B=32, T=10, I=50,
-             layers=[("GRU", 128, False, True), ("GRU", 64, False, False)], head=1),
-        dict(name="seed stacked GRU(128)x2 seq", B=32, T=10, I=50,
-             layers=[("GRU", 128, False, True), ("GRU", 128, False, True)], head=0),
-        dict(name="seed BiGRU(128)->BiGRU(64)->Dense", B=32, T=10, I=50,
-             layers=[("GRU", 128, True, True), ("GRU", 64, True, True)], head=1),
+        dict(
+            name="seed GRU(128)->GRU(64)->Dense",
+            B=32,
+            T=10,
+            I=50,
+            layers=[("GRU", 128, False, True), ("GRU", 64, False, False)],
+            head=1,
+        ),
+        dict(
+            name="seed stacked GRU(128)x2 seq",
+            B=32,
+            T=10,
+            I=50,
+            layers=[("GRU", 128, False, True), ("GRU", 128, False, True)],
+            head=0,
+        ),
+        dict(
+            name="seed BiGRU(128)->BiGRU(64)->Dense",
+            B=32,
+            T=10,
+            I=50,
+            layers=[("GRU", 128, True, True), ("GRU", 64, True, True)],
+            head=1,
+        ),
     ]
 
 
@@ -81,12 +105,23 @@ def grid_cases(quick):
         shapes = [(B, T, H) for B in (1, 64, 256) for T in (100, 1000) for H in (128, 256, 512)]
     for cell in ("GRU", "LSTM"):
         for B, T, H in shapes:
-            cases.append(dict(name="%s B=%d T=%d H=I=%d" % (cell, B, T, H), B=B, T=T, I=H,
-                              layers=[(cell, H, False, True)], head=0))
+            cases.append(
+                dict(
+                    name="%s B=%d T=%d H=I=%d" % (cell, B, T, H), B=B, T=T, I=H, layers=[(cell, H, False, True)], head=0
+                )
+            )
     for cell in ("GRU", "LSTM"):
-        for B in ((1,) if quick else (1, 32)):
-            cases.append(dict(name="Bi%s B=%d T=100 H=I=256" % (cell, B), B=B, T=100, I=256,
-                              layers=[(cell, 256, True, True)], head=0))
+        for B in (1,) if quick else (1, 32):
+            cases.append(
+                dict(
+                    name="Bi%s B=%d T=100 H=I=256" % (cell, B),
+                    B=B,
+                    T=100,
+                    I=256,
+                    layers=[(cell, 256, True, True)],
+                    head=0,
+                )
+            )
     return cases
 
 
@@ -134,7 +169,7 @@ def torch_model(case, torch):
             self.rnns = nn.ModuleList(rnns)
             self.head = nn.Linear(I, case["head"]) if case["head"] else None
 
-        def forward(self, x):                       # x: (B, T, I), like Keras
+        def forward(self, x):  # x: (B, T, I), like Keras
             y = x.transpose(0, 1)
             last = False
             for m, (_, _, bi, seq) in zip(self.rnns, case["layers"]):
@@ -153,7 +188,7 @@ def torch_model(case, torch):
 
     torch.manual_seed(0)
     net = Net().eval()
-    with torch.no_grad():                           # lively weights, as trained models have
+    with torch.no_grad():  # lively weights, as trained models have
         for p in net.parameters():
             p.uniform_(-0.08, 0.08)
     return net
@@ -166,9 +201,12 @@ def canonical(net):
     layers = []
     for m in net.rnns:
         sd = {k: v.detach().numpy() for k, v in m.state_dict().items()}
-        ws = [cell_weights_from_torch(m.mode, sd["weight_ih_l0" + s], sd["weight_hh_l0" + s],
-                                      sd["bias_ih_l0" + s], sd["bias_hh_l0" + s])
-              for s in ([""] + (["_reverse"] if m.bidirectional else []))]
+        ws = [
+            cell_weights_from_torch(
+                m.mode, sd["weight_ih_l0" + s], sd["weight_hh_l0" + s], sd["bias_ih_l0" + s], sd["bias_hh_l0" + s]
+            )
+            for s in ([""] + (["_reverse"] if m.bidirectional else []))
+        ]
         layers.append((m.mode, ws))
     head = None
     if net.head is not None:
@@ -181,8 +219,9 @@ def rnnfast_model(case, net):
     from rnnfast.layers import Dense, RNNLayer
 
     layers, head = canonical(net)
-    steps = [(RNNLayer(mode.lower(), ws), dict(return_sequences=spec[3]))
-             for (mode, ws), spec in zip(layers, case["layers"])]
+    steps = [
+        (RNNLayer(mode.lower(), ws), dict(return_sequences=spec[3])) for (mode, ws), spec in zip(layers, case["layers"])
+    ]
     if head is not None:
         steps.append(Dense(head[0], head[1], "sigmoid"))
     return Sequential(steps)
@@ -193,14 +232,16 @@ def keras_model(case, net):
 
     layers, head = canonical(net)
     model = keras.Sequential([keras.Input((case["T"], case["I"]))])
-    for (mode, ws), (cell, H, bi, seq) in zip(layers, case["layers"]):
-        inner = (keras.layers.GRU(H, return_sequences=seq, reset_after=True) if cell == "GRU"
-                 else keras.layers.LSTM(H, return_sequences=seq))
+    for (_mode, ws), (cell, H, bi, seq) in zip(layers, case["layers"]):
+        inner = (
+            keras.layers.GRU(H, return_sequences=seq, reset_after=True)
+            if cell == "GRU"
+            else keras.layers.LSTM(H, return_sequences=seq)
+        )
         model.add(keras.layers.Bidirectional(inner, merge_mode="concat") if bi else inner)
         weights = []
         for w in ws:
-            bias = (np.stack([w.bias, w.recurrent_bias]) if cell == "GRU"
-                    else w.bias + w.recurrent_bias)
+            bias = np.stack([w.bias, w.recurrent_bias]) if cell == "GRU" else w.bias + w.recurrent_bias
             weights += [w.kernel, w.recurrent_kernel, bias]
         model.layers[-1].set_weights(weights)
     if head is not None:
@@ -220,11 +261,10 @@ def onnx_file(net, case, torch, path):
     part = "%s.%d.part" % (path, os.getpid())
     x = torch.zeros(case["B"], case["T"], case["I"])
     try:
-        torch.onnx.export(net, (x,), part, input_names=["x"], output_names=["y"], opset_version=17,
-                          dynamo=False)
-    except TypeError:                                # older torch: no dynamo keyword
+        torch.onnx.export(net, (x,), part, input_names=["x"], output_names=["y"], opset_version=17, dynamo=False)
+    except TypeError:  # older torch: no dynamo keyword
         torch.onnx.export(net, (x,), part, input_names=["x"], output_names=["y"], opset_version=17)
-    os.replace(part, path)                           # whole files only, for the next reader
+    os.replace(part, path)  # whole files only, for the next reader
     return path
 
 
@@ -259,7 +299,7 @@ class Engine:
         .npy file for the parent to compare."""
         import torch
 
-        self.fn = None                               # free the last case's model first
+        self.fn = None  # free the last case's model first
         net = torch_model(case, torch)
         fn = self.build(case, net, case_input(case))
         t0 = time.perf_counter()
@@ -369,9 +409,10 @@ class OpenvinoEngine(Engine):
 
         path = onnx_file(net, case, torch, os.path.join(self.tmp, "%s.onnx" % case_key(case)))
         compiled = self.core.compile_model(
-            self.core.read_model(path), "CPU",
-            {"INFERENCE_NUM_THREADS": self.threads, "INFERENCE_PRECISION_HINT": "f32",
-             "PERFORMANCE_HINT": "LATENCY"})
+            self.core.read_model(path),
+            "CPU",
+            {"INFERENCE_NUM_THREADS": self.threads, "INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"},
+        )
         req = compiled.create_infer_request()
         return lambda: req.infer({0: x})[0]
 
@@ -394,8 +435,7 @@ class KerasEngine(Engine):
         return lambda: f(x)
 
 
-ENGINE_CLASSES = {c.name: c for c in (RnnfastEngine, TorchEngine, OnnxruntimeEngine, OpenvinoEngine,
-                                      KerasEngine)}
+ENGINE_CLASSES = {c.name: c for c in (RnnfastEngine, TorchEngine, OnnxruntimeEngine, OpenvinoEngine, KerasEngine)}
 
 
 def describe(e):
@@ -408,7 +448,7 @@ def worker_main(engine, threads, tmp):
     """The worker process: answer the parent's commands on stdin, one JSON line each,
     on the original stdout. The first reply says whether the engine set up."""
     proto = os.fdopen(os.dup(1), "w")
-    os.dup2(2, 1)                                    # libraries' prints go to the log, not the pipe
+    os.dup2(2, 1)  # libraries' prints go to the log, not the pipe
 
     def reply(**kw):
         proto.write(json.dumps(kw) + "\n")
@@ -417,7 +457,7 @@ def worker_main(engine, threads, tmp):
     eng = ENGINE_CLASSES[engine](threads, tmp)
     try:
         reply(ok=True, **eng.setup())
-    except Exception as e:  # noqa: BLE001 - reported to the parent, which notes it
+    except Exception as e:
         reply(ok=False, error=describe(e))
         return 1
     for line in iter(sys.stdin.readline, ""):
@@ -427,7 +467,7 @@ def worker_main(engine, threads, tmp):
             break
         try:
             reply(ok=True, **getattr(eng, "cmd_" + cmd)(**msg))
-        except Exception as e:  # noqa: BLE001 - one case failing leaves the worker running
+        except Exception as e:
             reply(ok=False, error=describe(e))
     return 0
 
@@ -466,11 +506,11 @@ class EngineProcess:
         self.proc, self.info = None, None
 
     def start(self):
-        cmd = [sys.executable, os.path.abspath(__file__), "--_engine", self.engine, str(self.threads),
-               self.tmp]
+        cmd = [sys.executable, os.path.abspath(__file__), "--_engine", self.engine, str(self.threads), self.tmp]
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                         stderr=log, env=worker_env(self.threads), text=True)
+            self.proc = subprocess.Popen(
+                cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=worker_env(self.threads), text=True
+            )
         self.info, self.replies = None, queue.Queue()
         threading.Thread(target=self._read, args=(self.proc.stdout, self.replies), daemon=True).start()
 
@@ -478,7 +518,7 @@ class EngineProcess:
     def _read(stream, replies):
         for line in stream:
             replies.put(line)
-        replies.put(None)                            # end of file: the worker is gone
+        replies.put(None)  # end of file: the worker is gone
 
     def ensure(self):
         """Start the worker if it is not running; wait for its first reply."""
@@ -493,7 +533,7 @@ class EngineProcess:
             self.proc.stdin.write(json.dumps(dict(kw, cmd=cmd)) + "\n")
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError):
-            pass                                     # dead: _receive says how it ended
+            pass  # dead: _receive says how it ended
         return self._receive(timeout)
 
     def _receive(self, timeout):
@@ -542,9 +582,10 @@ def max_abs_diff(path, ref_path):
     if a.shape != b.shape:
         raise ValueError("output shape %s, rnnfast's %s" % (a.shape, b.shape))
     a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
-    step = max(1, 2 ** 22 // max(1, a.shape[1]))
-    return max(float(np.abs(a[i:i + step].astype(np.float64) - b[i:i + step]).max())
-               for i in range(0, len(a), step))
+    step = max(1, 2**22 // max(1, a.shape[1]))
+    return max(
+        float(np.abs(a[i : i + step].astype(np.float64) - b[i : i + step]).max()) for i in range(0, len(a), step)
+    )
 
 
 def timed_rounds(procs, first_s, budget_s, notes):
@@ -553,14 +594,16 @@ def timed_rounds(procs, first_s, budget_s, notes):
     and ``budget_s`` seconds of calls; a turn of k calls lasts about TURN_S (less with a
     small budget, so that the budget spreads over MIN_ROUNDS rounds)."""
     turn_s = min(TURN_S, budget_s / MIN_ROUNDS)
-    est = dict(first_s)                              # seconds per call: warm-up, then the median
+    est = dict(first_s)  # seconds per call: warm-up, then the median
     times = {e: [] for e in first_s}
     order, rounds = list(first_s), 0
     while True:
         shift = rounds % len(order) if order else 0
-        todo = [e for e in order[shift:] + order[:shift] if e in times
-                and not (rounds >= MIN_ROUNDS and len(times[e]) >= MIN_REPEATS
-                         and sum(times[e]) >= budget_s)]
+        todo = [
+            e
+            for e in order[shift:] + order[:shift]
+            if e in times and not (rounds >= MIN_ROUNDS and len(times[e]) >= MIN_REPEATS and sum(times[e]) >= budget_s)
+        ]
         if not todo:
             break
         for e in todo:
@@ -573,16 +616,15 @@ def timed_rounds(procs, first_s, budget_s, notes):
                 continue
             times[e] += r["times"]
             est[e] = float(np.median(times[e]))
-            time.sleep(GAP_S)                        # let a spinning pool go to sleep
+            time.sleep(GAP_S)  # let a spinning pool go to sleep
         rounds += 1
-    return ({e: 1e3 * float(np.median(v)) for e, v in times.items()},
-            {e: len(v) for e, v in times.items()}, rounds)
+    return ({e: 1e3 * float(np.median(v)) for e, v in times.items()}, {e: len(v) for e, v in times.items()}, rounds)
 
 
 def run_case(case, threads, procs, budget_s):
     """One case on one thread count: build, check agreement, time. Returns the row."""
     notes, outputs, first_s = {}, {}, {}
-    for e, p in procs.items():                       # one at a time: builds can be large
+    for e, p in procs.items():  # one at a time: builds can be large
         try:
             p.ensure()
             r = p.ask("build", BUILD_TIMEOUT_S, case=case)
@@ -601,16 +643,28 @@ def run_case(case, threads, procs, budget_s):
         os.remove(path)
     ms, repeats, rounds = timed_rounds(procs, first_s, budget_s, notes)
     split = None
-    if "rnnfast" in ms:                              # where rnnfast's time goes
+    if "rnnfast" in ms:  # where rnnfast's time goes
         k = max(1, min(20, int(round(budget_s / 2 / max(ms["rnnfast"] / 1e3, 1e-9)))))
         try:
             split = procs["rnnfast"].ask("profile", 120 + 40 * k * ms["rnnfast"] / 1e3, k=k)
         except EngineError as err:
             notes["rnnfast"] = "profile: %s" % err
     proj, rec = case_flops_split(case)
-    return dict(kind="case", threads=threads, case=case["name"], flops=proj + rec,
-                flops_projection=proj, flops_recurrence=rec, B=case["B"], ms=ms,
-                max_abs_diff=agree, repeats=repeats, rounds=rounds, notes=notes, split=split)
+    return dict(
+        kind="case",
+        threads=threads,
+        case=case["name"],
+        flops=proj + rec,
+        flops_projection=proj,
+        flops_recurrence=rec,
+        B=case["B"],
+        ms=ms,
+        max_abs_diff=agree,
+        repeats=repeats,
+        rounds=rounds,
+        notes=notes,
+        split=split,
+    )
 
 
 def sgemm_peak(threads):
@@ -627,13 +681,17 @@ def sgemm_peak(threads):
             t = time.perf_counter()
             a @ b
             ts.append(time.perf_counter() - t)
-    return 2 * n ** 3 / min(ts) / 1e9
+    return 2 * n**3 / min(ts) / 1e9
 
 
 def measure_peak(threads):
     """sgemm_peak in a process of its own (with the workers' environment), or None."""
-    r = subprocess.run([sys.executable, os.path.abspath(__file__), "--_peak", str(threads)],
-                       capture_output=True, text=True, env=worker_env(threads))
+    r = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "--_peak", str(threads)],
+        capture_output=True,
+        text=True,
+        env=worker_env(threads),
+    )
     if r.returncode:
         print("sgemm peak for %d thread(s) failed: %s" % (threads, r.stderr.strip().splitlines()[-1:]))
         return None
@@ -653,10 +711,10 @@ def run_grid(cases, thread_counts, budget_s):
     tmp = tempfile.mkdtemp(prefix="rnnfast-compare-")
     try:
         for t in thread_counts:
-            peaks[t] = measure_peak(t)               # first, on a quiet machine
+            peaks[t] = measure_peak(t)  # first, on a quiet machine
             procs = {e: EngineProcess(e, t, tmp) for e in installed}
             try:
-                for p in procs.values():             # start them all: the imports overlap
+                for p in procs.values():  # start them all: the imports overlap
                     p.start()
                 for e, p in procs.items():
                     try:
@@ -665,19 +723,40 @@ def run_grid(cases, thread_counts, budget_s):
                     except EngineError as err:
                         print("%-12s %dt  failed to start: %s" % (e, t, err))
                     if e == "rnnfast" and p.info and t == thread_counts[0]:
-                        print("rnnfast %s; BLAS: %s" % (p.info["version"], "; ".join(
-                            "%(api)s %(version)s kernel=%(kernel)s (%(file)s)" % b for b in p.info["blas"])))
-                print("%d thread(s): sgemm peak %s GFLOP/s; %s" % (
-                    t, "%.0f" % peaks[t] if peaks[t] else "-",
-                    ", ".join("%s %s" % (e, versions.get(e, "-")) for e in procs)), flush=True)
+                        print(
+                            "rnnfast %s; BLAS: %s"
+                            % (
+                                p.info["version"],
+                                "; ".join(
+                                    "%(api)s %(version)s kernel=%(kernel)s (%(file)s)" % b for b in p.info["blas"]
+                                ),
+                            )
+                        )
+                print(
+                    "%d thread(s): sgemm peak %s GFLOP/s; %s"
+                    % (
+                        t,
+                        "%.0f" % peaks[t] if peaks[t] else "-",
+                        ", ".join("%s %s" % (e, versions.get(e, "-")) for e in procs),
+                    ),
+                    flush=True,
+                )
                 for case in cases:
                     t0 = time.perf_counter()
                     r = run_case(case, t, procs, budget_s)
                     rows.append(r)
-                    print("  %-36s %dt  %s  [%d rounds, %.0f s]%s" % (
-                        r["case"][:36], t, "  ".join("%s %.3f" % (k, v) for k, v in r["ms"].items()),
-                        r["rounds"], time.perf_counter() - t0, "  (notes)" if r["notes"] else ""),
-                        flush=True)
+                    print(
+                        "  %-36s %dt  %s  [%d rounds, %.0f s]%s"
+                        % (
+                            r["case"][:36],
+                            t,
+                            "  ".join("%s %.3f" % (k, v) for k, v in r["ms"].items()),
+                            r["rounds"],
+                            time.perf_counter() - t0,
+                            "  (notes)" if r["notes"] else "",
+                        ),
+                        flush=True,
+                    )
             finally:
                 for p in procs.values():
                     p.stop()
@@ -731,8 +810,9 @@ def memory_worker(engine, T):
 
         path = onnx_file(net, case, torch, os.path.join(tempfile.mkdtemp(), "model.onnx"))
         core = ov.Core()
-        req = core.compile_model(core.read_model(path), "CPU",
-                                 {"INFERENCE_PRECISION_HINT": "f32"}).create_infer_request()
+        req = core.compile_model(
+            core.read_model(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"}
+        ).create_infer_request()
         fn = lambda: req.infer({0: x})  # noqa: E731
     # The peak from here on: reset the kernel's high-water mark (Linux >= 4.0), so that
     # building the model (an export, a compile) does not hide the call's own peak; where
@@ -747,8 +827,7 @@ def memory_worker(engine, T):
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         fn()
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps(dict(engine=engine, T=T, extra_mb=(peak - base) / 1024.0,
-                          input_mb=x.nbytes / 2 ** 20)))
+    print(json.dumps(dict(engine=engine, T=T, extra_mb=(peak - base) / 1024.0, input_mb=x.nbytes / 2**20)))
 
 
 def memory_table():
@@ -762,8 +841,9 @@ def memory_table():
             print("%-12s not installed (no %s): skipped" % (engine, ", ".join(missing)))
             continue
         for T in MEMORY_TS:
-            r = subprocess.run([sys.executable, os.path.abspath(__file__), "--_memory", engine, str(T)],
-                               capture_output=True, text=True)
+            r = subprocess.run(
+                [sys.executable, os.path.abspath(__file__), "--_memory", engine, str(T)], capture_output=True, text=True
+            )
             if r.returncode:
                 print("%-12s %8d  (failed: %s)" % (engine, T, r.stderr.strip().splitlines()[-1:]))
                 continue
@@ -785,7 +865,7 @@ def memory_verdict(rows, engine, noise_mb=1.0):
         return "%s: fewer than two sequence lengths measured, no conclusion" % engine
     ts = sorted(got)
     lo, prev, hi = ts[0], ts[-2], ts[-1]
-    per_step = (got[hi] - got[prev]) * 2 ** 20 / (hi - prev)
+    per_step = (got[hi] - got[prev]) * 2**20 / (hi - prev)
     if got[hi] - got[prev] > noise_mb:
         verdict = "grows with T (%+.0f bytes per step from T=%d to T=%d)" % (per_step, prev, hi)
     elif got[hi] - got[lo] > noise_mb:
@@ -793,8 +873,12 @@ def memory_verdict(rows, engine, noise_mb=1.0):
     else:
         verdict = "does not grow with T"
     return "%s: extra memory %s: %s MB at T = %s (within %.0f MB counts as flat)" % (
-        engine, verdict, ", ".join("%.1f" % got[t] for t in ts), ", ".join(str(t) for t in ts),
-        noise_mb)
+        engine,
+        verdict,
+        ", ".join("%.1f" % got[t] for t in ts),
+        ", ".join(str(t) for t in ts),
+        noise_mb,
+    )
 
 
 # -- report -----------------------------------------------------------------------------
@@ -802,8 +886,11 @@ def memory_verdict(rows, engine, noise_mb=1.0):
 
 def report(rows, peaks):
     print()
-    head = ("%-36s %3s" % ("case", "thr") + "".join(" %11s" % e[:11] for e in ENGINES)
-            + " %9s %9s %8s %6s" % ("vs best", "best peer", "GFLOP/s", "%peak"))
+    head = (
+        "%-36s %3s" % ("case", "thr")
+        + "".join(" %11s" % e[:11] for e in ENGINES)
+        + " %9s %9s %8s %6s" % ("vs best", "best peer", "GFLOP/s", "%peak")
+    )
     print(head)
     print("-" * len(head))
     speedups = []
@@ -811,7 +898,7 @@ def report(rows, peaks):
         ms = r["ms"]
         peers = {k: v for k, v in ms.items() if k != "rnnfast"}
         best = min(peers, key=peers.get) if peers else None
-        sp = gf = pct = None                         # None where rnnfast has no time
+        sp = gf = pct = None  # None where rnnfast has no time
         if "rnnfast" in ms:
             sp = peers[best] / ms["rnnfast"] if best else None
             gf = r["flops"] / ms["rnnfast"] / 1e6
@@ -819,21 +906,31 @@ def report(rows, peaks):
         r.update(speedup_vs_best=sp, best_peer=best, gflops=gf, pct_peak=pct)
         speedups.append((r, sp))
         cells = "".join(" %11.3f" % ms[e] if e in ms else " %11s" % "-" for e in ENGINES)
-        print("%-36s %3d%s %9s %9s %8s %6s" % (
-            r["case"][:36], r["threads"], cells, "%.2fx" % sp if sp else "-", best or "-",
-            "%.1f" % gf if gf else "-", "%.0f%%" % pct if pct else "-"))
+        print(
+            "%-36s %3d%s %9s %9s %8s %6s"
+            % (
+                r["case"][:36],
+                r["threads"],
+                cells,
+                "%.2fx" % sp if sp else "-",
+                best or "-",
+                "%.1f" % gf if gf else "-",
+                "%.0f%%" % pct if pct else "-",
+            )
+        )
         bad = {k: v for k, v in r["max_abs_diff"].items() if v > 1e-4}
         if bad:
             print("    !! disagreement > 1e-4: %s" % bad)
         for k, note in r["notes"].items():
             print("    !! %s: %s" % (k, note))
     print()
-    for label, sel in (("B=1", lambda r: r["B"] == 1), ("B>=64", lambda r: r["B"] >= 64),
-                       ("all", lambda r: True)):
+    for label, sel in (("B=1", lambda r: r["B"] == 1), ("B>=64", lambda r: r["B"] >= 64), ("all", lambda r: True)):
         sp = [s for r, s in speedups if sel(r) and s]
         if sp:
-            print("geometric-mean speed-up over the fastest peer, %-6s: %.2fx (%d cases, %d slower)"
-                  % (label, float(np.exp(np.mean(np.log(sp)))), len(sp), sum(s < 1 for s in sp)))
+            print(
+                "geometric-mean speed-up over the fastest peer, %-6s: %.2fx (%d cases, %d slower)"
+                % (label, float(np.exp(np.mean(np.log(sp)))), len(sp), sum(s < 1 for s in sp))
+            )
     for t, p in sorted(peaks.items()):
         if p:
             print("sgemm peak, %d thread(s): %.0f GFLOP/s" % (t, p))
@@ -853,7 +950,15 @@ def report_split(rows, peaks):
     print()
     print("where rnnfast's time goes (ms per call, from its kernel counters; %peak of each part):")
     head = "%-36s %3s %9s %16s %16s %9s %8s %8s" % (
-        "case", "thr", "call", "projection", "products", "gates", "wait", "rest")
+        "case",
+        "thr",
+        "call",
+        "projection",
+        "products",
+        "gates",
+        "wait",
+        "rest",
+    )
     print(head)
     print("-" * len(head))
     for r in rows:
@@ -863,14 +968,25 @@ def report_split(rows, peaks):
         wall = 1e3 * sp["wall_s"]
         rest = wall - sum(part.values())
 
-        def pct(flops, ms):
+        def pct(flops, ms, peak=peak):
             return "%3.0f%%" % (100 * flops / ms / 1e6 / peak) if peak and ms > 0 else "   -"
 
         r["split_ms"] = dict(part, call=wall, rest=rest)
-        print("%-36s %3d %9.3f %9.3f (%s) %9.3f (%s) %9.3f %8.3f %8.3f" % (
-            r["case"][:36], t, wall, part["projection"], pct(r["flops_projection"], part["projection"]),
-            part["product"], pct(r["flops_recurrence"], part["product"]), part["gates"],
-            part["wait"], rest))
+        print(
+            "%-36s %3d %9.3f %9.3f (%s) %9.3f (%s) %9.3f %8.3f %8.3f"
+            % (
+                r["case"][:36],
+                t,
+                wall,
+                part["projection"],
+                pct(r["flops_projection"], part["projection"]),
+                part["product"],
+                pct(r["flops_recurrence"], part["product"]),
+                part["gates"],
+                part["wait"],
+                rest,
+            )
+        )
 
 
 def plot(rows, path):
@@ -880,8 +996,11 @@ def plot(rows, path):
         return
     fig, ax = plt.subplots(figsize=(max(8, 0.45 * len(rows)), 5))
     labels = ["%s %dt" % (r["case"], r["threads"]) for r in rows]
-    ax.bar(range(len(rows)), [r["speedup_vs_best"] for r in rows],
-           color=["tab:green" if r["speedup_vs_best"] >= 1 else "tab:red" for r in rows])
+    ax.bar(
+        range(len(rows)),
+        [r["speedup_vs_best"] for r in rows],
+        color=["tab:green" if r["speedup_vs_best"] >= 1 else "tab:red" for r in rows],
+    )
     ax.axhline(1.0, color="k", lw=0.8)
     ax.set_ylabel("rnnfast speed-up over the fastest peer")
     ax.set_xticks(range(len(rows)))
@@ -895,9 +1014,12 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="a subset that runs in a few minutes")
     ap.add_argument("--threads", default="1,2", help="thread counts, comma-separated (default 1,2)")
-    ap.add_argument("--budget", type=float, default=None,
-                    help="seconds of timing per engine and case (at least %d calls and %d rounds)"
-                    % (MIN_REPEATS, MIN_ROUNDS))
+    ap.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help="seconds of timing per engine and case (at least %d calls and %d rounds)" % (MIN_REPEATS, MIN_ROUNDS),
+    )
     ap.add_argument("--cases", metavar="SUBSTR", help="only the cases whose name contains SUBSTR")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     ap.add_argument("--memory", action="store_true", help="peak memory per engine instead")
@@ -929,8 +1051,13 @@ def main(argv=None):
     report(rows, peaks)
     print("wall time of the run: %.0f s" % wall_s)
     with open(os.path.join(args.out, "compare.json"), "w") as f:
-        json.dump(dict(rows=rows, sgemm_peak_gflops=peaks, engines=versions, budget_s=budget,
-                       wall_s=wall_s, argv=sys.argv[1:]), f, indent=1)
+        json.dump(
+            dict(
+                rows=rows, sgemm_peak_gflops=peaks, engines=versions, budget_s=budget, wall_s=wall_s, argv=sys.argv[1:]
+            ),
+            f,
+            indent=1,
+        )
     plot(rows, os.path.join(args.out, "compare.png"))
     return 0
 

@@ -16,13 +16,14 @@ targets of "Fast on a busy machine too": under load, rnnfast on 2 threads within
 1.3x of its own 1-thread time and at least as fast as the fastest peer on 2 threads.
 Also times the bundled pretrained models at batch 1 (1 thread against the default).
 """
+
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
-import shutil
 import time
 
 import numpy as np
@@ -30,6 +31,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import compare  # noqa: E402
+
 from _common import pyplot  # noqa: E402
 
 PEERS = ("onnxruntime", "openvino")
@@ -40,8 +42,13 @@ def cases(quick):
     """The seed cases and the grid's batch-1 cases (a few of each with ``quick``)."""
     out = [c for c in compare.grid_cases(False) if c["B"] == 1 or c["name"].startswith("seed")]
     if quick:
-        keep = ("seed GRU(128)->GRU(64)", "GRU B=1 T=100 H=I=128", "LSTM B=1 T=100 H=I=128",
-                "LSTM B=1 T=100 H=I=512", "BiLSTM B=1")
+        keep = (
+            "seed GRU(128)->GRU(64)",
+            "GRU B=1 T=100 H=I=128",
+            "LSTM B=1 T=100 H=I=128",
+            "LSTM B=1 T=100 H=I=512",
+            "BiLSTM B=1",
+        )
         out = [c for c in out if c["name"].startswith(keep)]
     return out
 
@@ -54,7 +61,7 @@ class Busy:
 
     def __enter__(self):
         self.proc = subprocess.Popen([sys.executable, "-c", BUSY, str(self.cpu)])
-        time.sleep(0.2)                              # let it start spinning
+        time.sleep(0.2)  # let it start spinning
         return self
 
     def __exit__(self, *exc):
@@ -86,10 +93,17 @@ def run(case_list, engines, thread_counts, budget_s):
                             r = compare.run_case(case, t, procs, budget_s)
                         r["load"] = load
                         rows.append(r)
-                        print("  %-36s %dt %-5s %s%s" % (
-                            r["case"][:36], t, "load" if load else "idle",
-                            "  ".join("%s %.3f" % (k, v) for k, v in r["ms"].items()),
-                            "  (notes: %s)" % r["notes"] if r["notes"] else ""), flush=True)
+                        print(
+                            "  %-36s %dt %-5s %s%s"
+                            % (
+                                r["case"][:36],
+                                t,
+                                "load" if load else "idle",
+                                "  ".join("%s %.3f" % (k, v) for k, v in r["ms"].items()),
+                                "  (notes: %s)" % r["notes"] if r["notes"] else "",
+                            ),
+                            flush=True,
+                        )
             finally:
                 for p in procs.values():
                     p.stop()
@@ -106,8 +120,10 @@ def bundled_models(budget_s):
 
     ex = demo.load_digits_examples()
     x1 = ex["x"][:1]
-    calls = {"Keras BiGRU (digits_bigru.keras)": lambda n: ex["keras"].predict(x1, num_threads=n),
-             "PyTorch LSTM (digits_lstm.pt)": lambda n: ex["torch"](x1, num_threads=n)}
+    calls = {
+        "Keras BiGRU (digits_bigru.keras)": lambda n: ex["keras"].predict(x1, num_threads=n),
+        "PyTorch LSTM (digits_lstm.pt)": lambda n: ex["torch"](x1, num_threads=n),
+    }
     out = []
     for name, call in calls.items():
         default = rnnfast.get_num_threads()
@@ -127,10 +143,22 @@ def bundled_models(budget_s):
             finally:
                 if ctx:
                     ctx.__exit__(None, None, None)
-            out.append(dict(model=name, load=load, default_threads=default,
-                            ms={str(n): 1e3 * float(np.median(v)) for n, v in times.items()}))
-            print("  %-28s %-5s %s" % (name, "load" if load else "idle",
-                                       "  ".join("%st %.3f ms" % (n, v) for n, v in out[-1]["ms"].items())))
+            out.append(
+                dict(
+                    model=name,
+                    load=load,
+                    default_threads=default,
+                    ms={str(n): 1e3 * float(np.median(v)) for n, v in times.items()},
+                )
+            )
+            print(
+                "  %-28s %-5s %s"
+                % (
+                    name,
+                    "load" if load else "idle",
+                    "  ".join("%st %.3f ms" % (n, v) for n, v in out[-1]["ms"].items()),
+                )
+            )
     return out
 
 
@@ -141,11 +169,20 @@ def table(rows):
     for r in rows:
         by.setdefault(r["case"], {})[(r["threads"], r["load"])] = r["ms"]
     head = "%-34s %9s %9s %9s %9s %7s %9s %9s %7s" % (
-        "case (ms)", "rnf 1t", "rnf 2t", "rnf 1t L", "rnf 2t L", "2t/1t L", "peer 2t L", "best peer",
-        "vs peer")
+        "case (ms)",
+        "rnf 1t",
+        "rnf 2t",
+        "rnf 1t L",
+        "rnf 2t L",
+        "2t/1t L",
+        "peer 2t L",
+        "best peer",
+        "vs peer",
+    )
     lines, summary = [head, "-" * len(head)], []
     for case, d in by.items():
-        def ms(t, load, e="rnnfast"):
+
+        def ms(t, load, e="rnnfast", d=d):
             return d.get((t, load), {}).get(e)
 
         r1, r2, r1l, r2l = ms(1, False), ms(2, False), ms(1, True), ms(2, True)
@@ -153,15 +190,34 @@ def table(rows):
         best = min(peers, key=peers.get) if peers else None
         ratio = r2l / r1l if r2l and r1l else None
         vs = peers[best] / r2l if best and r2l else None
-        summary.append(dict(case=case, ratio_2t_1t_load=ratio, speedup_vs_peer_load=vs, best_peer=best,
-                            ok_ratio=ratio is not None and ratio <= 1.3, ok_peer=vs is not None and vs >= 1.0))
+        summary.append(
+            dict(
+                case=case,
+                ratio_2t_1t_load=ratio,
+                speedup_vs_peer_load=vs,
+                best_peer=best,
+                ok_ratio=ratio is not None and ratio <= 1.3,
+                ok_peer=vs is not None and vs >= 1.0,
+            )
+        )
 
         def f(v):
             return "%9.3f" % v if v else "%9s" % "-"
 
-        lines.append("%-34s %s %s %s %s %7s %s %9s %7s" % (
-            case[:34], f(r1), f(r2), f(r1l), f(r2l), "%.2fx" % ratio if ratio else "-",
-            f(peers.get(best)), best or "-", "%.2fx" % vs if vs else "-"))
+        lines.append(
+            "%-34s %s %s %s %s %7s %s %9s %7s"
+            % (
+                case[:34],
+                f(r1),
+                f(r2),
+                f(r1l),
+                f(r2l),
+                "%.2fx" % ratio if ratio else "-",
+                f(peers.get(best)),
+                best or "-",
+                "%.2fx" % vs if vs else "-",
+            )
+        )
     return lines, summary
 
 
@@ -171,10 +227,18 @@ def plot(summary, path):
         return
     fig, ax = plt.subplots(figsize=(max(8, 0.6 * len(summary)), 5))
     xs = np.arange(len(summary))
-    ax.bar(xs - 0.2, [s["ratio_2t_1t_load"] or 0 for s in summary], 0.4,
-           label="rnnfast 2 threads / 1 thread, under load (target <= 1.3)")
-    ax.bar(xs + 0.2, [s["speedup_vs_peer_load"] or 0 for s in summary], 0.4,
-           label="fastest peer / rnnfast, 2 threads, under load (target >= 1)")
+    ax.bar(
+        xs - 0.2,
+        [s["ratio_2t_1t_load"] or 0 for s in summary],
+        0.4,
+        label="rnnfast 2 threads / 1 thread, under load (target <= 1.3)",
+    )
+    ax.bar(
+        xs + 0.2,
+        [s["speedup_vs_peer_load"] or 0 for s in summary],
+        0.4,
+        label="fastest peer / rnnfast, 2 threads, under load (target >= 1)",
+    )
     ax.axhline(1.0, color="k", lw=0.8)
     ax.axhline(1.3, color="tab:red", lw=0.8, ls="--")
     ax.set_xticks(xs)
@@ -211,12 +275,25 @@ def main(argv=None):
     print("\n".join(lines))
     for s in summary:
         if not (s["ok_ratio"] and s["ok_peer"]):
-            print("  target missed: %s (2t/1t under load %s, vs peer %s)" % (
-                s["case"], s["ratio_2t_1t_load"], s["speedup_vs_peer_load"]))
+            print(
+                "  target missed: %s (2t/1t under load %s, vs peer %s)"
+                % (s["case"], s["ratio_2t_1t_load"], s["speedup_vs_peer_load"])
+            )
     print("engines: %s; CPU: %s; wall %.0f s" % (versions, _cpu(), time.perf_counter() - t0))
     with open(os.path.join(args.out, "under_load.json"), "w") as f:
-        json.dump(dict(rows=rows, summary=summary, bundled=bundled, engines=versions, cpu=_cpu(),
-                       budget_s=budget, argv=sys.argv[1:]), f, indent=1)
+        json.dump(
+            dict(
+                rows=rows,
+                summary=summary,
+                bundled=bundled,
+                engines=versions,
+                cpu=_cpu(),
+                budget_s=budget,
+                argv=sys.argv[1:],
+            ),
+            f,
+            indent=1,
+        )
     plot(summary, os.path.join(args.out, "under_load.png"))
     return 0
 

@@ -34,6 +34,7 @@ and torch -- only to retrain; the demo needs none of them::
 Seeded (numpy, Python, Keras and torch seeds) and run on one thread: on the same
 versions and machine the weights come out the same.
 """
+
 import argparse
 import json
 import os
@@ -42,7 +43,7 @@ import sys
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 SEED = 0
 KERAS_UNITS = (32, 16)
@@ -58,7 +59,7 @@ def digits_split():
     from sklearn.model_selection import train_test_split
 
     d = load_digits()
-    x = (d.images / 16.0).astype(np.float32)         # (1797, 8, 8): rows are time steps
+    x = (d.images / 16.0).astype(np.float32)  # (1797, 8, 8): rows are time steps
     y = d.target.astype(np.int64)
     return train_test_split(x, y, test_size=0.25, random_state=SEED, stratify=y)
 
@@ -69,14 +70,18 @@ def train_keras(xtr, ytr, xte):
 
     keras.utils.set_random_seed(SEED)
     u1, u2 = KERAS_UNITS
-    model = keras.Sequential([
-        keras.Input((8, 8)),
-        layers.Bidirectional(layers.GRU(u1, return_sequences=True)),
-        layers.Bidirectional(layers.GRU(u2)),
-        layers.Dense(10, activation="softmax"),
-    ], name="digits_bigru")
-    model.compile(optimizer=keras.optimizers.Adam(KERAS_LR), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8)),
+            layers.Bidirectional(layers.GRU(u1, return_sequences=True)),
+            layers.Bidirectional(layers.GRU(u2)),
+            layers.Dense(10, activation="softmax"),
+        ],
+        name="digits_bigru",
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(KERAS_LR), loss="sparse_categorical_crossentropy", metrics=["accuracy"]
+    )
     model.fit(xtr, ytr, epochs=KERAS_EPOCHS, batch_size=BATCH, verbose=0, shuffle=True)
     proba = model.predict(xte, verbose=0).astype(np.float32)
     return model, proba
@@ -96,7 +101,7 @@ class DigitsLSTM:
 
     def logits(self, x):
         _, (h_n, _) = self.rnn(x)
-        feats = self.torch.cat([h_n[-2], h_n[-1]], dim=-1)     # last layer: forward, backward
+        feats = self.torch.cat([h_n[-2], h_n[-1]], dim=-1)  # last layer: forward, backward
         return self.head(feats)
 
 
@@ -112,7 +117,7 @@ def train_torch(xtr, ytr, xte):
     for _ in range(TORCH_EPOCHS):
         perm = torch.randperm(len(x), generator=gen)
         for i in range(0, len(x), BATCH):
-            idx = perm[i:i + BATCH]
+            idx = perm[i : i + BATCH]
             loss = torch.nn.functional.cross_entropy(model.logits(x[idx]), y[idx])
             opt.zero_grad()
             loss.backward()
@@ -126,8 +131,11 @@ def train_torch(xtr, ytr, xte):
 def main(argv=None):
     here = os.path.dirname(os.path.abspath(__file__))
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default=os.path.join(here, "..", "src", "rnnfast", "data"),
-                    help="where to write the files (default: the package's data folder)")
+    ap.add_argument(
+        "--out",
+        default=os.path.join(here, "..", "src", "rnnfast", "data"),
+        help="where to write the files (default: the package's data folder)",
+    )
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
 
@@ -135,7 +143,7 @@ def main(argv=None):
     import sklearn
     import torch
 
-    torch.set_num_threads(1)          # one thread: the same weights on every run
+    torch.set_num_threads(1)  # one thread: the same weights on every run
     xtr, xte, ytr, yte = digits_split()
 
     kmodel, kproba = train_keras(xtr, ytr, xte)
@@ -143,28 +151,39 @@ def main(argv=None):
 
     tmodel, tproba = train_torch(xtr, ytr, xte)
     torch.save(tmodel.rnn.state_dict(), os.path.join(args.out, "digits_lstm.pt"))
-    np.savez(os.path.join(args.out, "digits_lstm_head.npz"),
-             weight=tmodel.head.weight.detach().numpy(), bias=tmodel.head.bias.detach().numpy())
+    np.savez(
+        os.path.join(args.out, "digits_lstm_head.npz"),
+        weight=tmodel.head.weight.detach().numpy(),
+        bias=tmodel.head.bias.detach().numpy(),
+    )
 
-    np.savez_compressed(os.path.join(args.out, "digits_test.npz"), x=xte, y=yte,
-                        keras_proba=kproba, torch_proba=tproba)
-    acc = {"keras": float((kproba.argmax(1) == yte).mean()),
-           "torch": float((tproba.argmax(1) == yte).mean())}
+    np.savez_compressed(os.path.join(args.out, "digits_test.npz"), x=xte, y=yte, keras_proba=kproba, torch_proba=tproba)
+    acc = {"keras": float((kproba.argmax(1) == yte).mean()), "torch": float((tproba.argmax(1) == yte).mean())}
     info = {
         "data": "sklearn.datasets.load_digits; rows = time steps, /16; stratified 25%% held out "
-                "(random_state=%d)" % SEED,
-        "train_size": int(len(xtr)), "test_size": int(len(xte)),
+        "(random_state=%d)" % SEED,
+        "train_size": int(len(xtr)),
+        "test_size": int(len(xte)),
         "keras_model": "Bidirectional(GRU(%d, return_sequences=True)) -> Bidirectional(GRU(%d)) "
-                       "-> Dense(10, softmax)" % KERAS_UNITS,
+        "-> Dense(10, softmax)" % KERAS_UNITS,
         "torch_model": "nn.LSTM(8, %d, num_layers=2, bidirectional=True, batch_first=True); "
-                       "logits = cat(h_n[-2], h_n[-1]) @ weight.T + bias" % TORCH_HIDDEN,
-        "batch_size": BATCH, "seed": SEED, "optimizer": "Adam",
-        "keras_epochs": KERAS_EPOCHS, "keras_learning_rate": KERAS_LR,
-        "torch_epochs": TORCH_EPOCHS, "torch_learning_rate": TORCH_LR,
+        "logits = cat(h_n[-2], h_n[-1]) @ weight.T + bias" % TORCH_HIDDEN,
+        "batch_size": BATCH,
+        "seed": SEED,
+        "optimizer": "Adam",
+        "keras_epochs": KERAS_EPOCHS,
+        "keras_learning_rate": KERAS_LR,
+        "torch_epochs": TORCH_EPOCHS,
+        "torch_learning_rate": TORCH_LR,
         "test_accuracy": acc,
-        "versions": {"keras": keras.__version__, "keras_backend": keras.backend.backend(),
-                     "torch": torch.__version__, "scikit-learn": sklearn.__version__,
-                     "numpy": np.__version__, "python": platform.python_version()},
+        "versions": {
+            "keras": keras.__version__,
+            "keras_backend": keras.backend.backend(),
+            "torch": torch.__version__,
+            "scikit-learn": sklearn.__version__,
+            "numpy": np.__version__,
+            "python": platform.python_version(),
+        },
     }
     with open(os.path.join(args.out, "digits_info.json"), "w") as f:
         json.dump(info, f, indent=1)

@@ -13,8 +13,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import TOL, assert_close, random_weights
-from torch_testing import make_module, torch_one_thread, torch_run  # noqa: F401  (fixture)
+from _testing import TOL, assert_close, make_module, random_weights, torch_run
 
 import torch  # noqa: E402
 
@@ -25,14 +24,13 @@ from rnnfast.io.torch_convert import GATES, cell_weights_from_torch, torch_state
 from rnnfast.layers import RNNLayer  # noqa: E402
 
 SRC = os.path.dirname(rnnfast.__file__)
-pytestmark = pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
 
 
 def test_cells_agree_with_the_core():
     for cell in cells.CELLS.values():
         for kc in filter(None, (cell.kernel, cell.reset_before)):
-            assert kc.code == _kernels.CELL_CODES[kc.name]
-            assert _kernels.GATES[kc.name] == cell.num_gates
+            assert kc.code == int(getattr(_kernels, "RNN_CELL_" + kc.name.upper()))
+            assert kc.code in {int(m) for m in _kernels.rnn_cell}
         assert cell.states[0] == "h" and 1 <= cell.num_states <= 2
         if cell.torch_module:
             assert sorted(cell.torch_order) == list(range(cell.num_gates))

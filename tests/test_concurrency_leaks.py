@@ -18,9 +18,8 @@ import numpy as np
 import pytest
 
 import rnnfast
-from torch_testing import make_module
+from _testing import make_module
 
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CORPUS = os.path.join(HERE, "fuzz", "corpus")

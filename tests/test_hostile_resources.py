@@ -25,9 +25,6 @@ import rnnfast
 from fuzz.mutators import CORPUS, seeds
 from fuzz.picklegen import TorchDoc
 
-pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")]  # keras
-
-
 # -- building hostile files ----------------------------------------------------------------
 
 

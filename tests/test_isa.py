@@ -1,44 +1,250 @@
-"""Every instruction-set path of the element-wise kernels gives the reference's numbers.
+"""Every instruction set's kernels, tested side by side at kernel level.
 
-The build carries AVX-512, AVX2 and baseline versions and picks the best at import;
-RNNFAST_ISA forces a lower one. The numerical engine tests are rerun under each
-lower path in a subprocess.
+The build carries one kernel table per instruction set (src/rnnfast/c/isa.h) and uses
+the best one the CPU supports; RNNFAST_ISA forces a lower one for a whole process.
+Here each table this machine can run is called directly (``_kernels.activate``,
+``cell_step`` and ``packed_matmul`` with ``isa=``) and compared with the float64
+reference (rnnfast.reference) and with the baseline: every activation on values from
+tiny to huge (NaN and Inf included), every cell's gate math with every pair of
+activations and masked rows, and the packed product at the edges of its register tile
+(6 rows) and its panels (64 columns). The engine above the kernels is the same for
+every instruction set, so the engine tests need not be rerun per ISA; running the
+whole suite under RNNFAST_ISA=avx2 or baseline (CI does) still covers it end to end.
 """
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from rnnfast import _kernels
+from rnnfast.layers import ACTIVATIONS, CellWeights
+from rnnfast import reference
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-SUBSET = ("packed or activation or long_sequence or masks or without_bias or initial_states or blocked "
-          "or (64-7-bidirectional-2)")
+#: The instruction sets this build and CPU run, lowest first.
+ISAS = _kernels.ISA_LEVELS[: _kernels.ISA_LEVELS.index(_kernels.best_isa()) + 1]
+DTYPES = (np.float32, np.float64)
+#: Kernel against the float64 reference: a few ulp of unit-scale values.
+TOL = {np.float32: dict(rtol=2e-6, atol=2e-7), np.float64: dict(rtol=1e-13, atol=1e-15)}
+#: Cell steps (a few operations and activations deep) against the reference.
+CELL_TOL = {np.float32: dict(rtol=1e-5, atol=2e-6), np.float64: dict(rtol=1e-12, atol=1e-13)}
+CELLS = {  # name -> (kernel code, gates)
+    "gru": (_kernels.RNN_CELL_GRU, 3),
+    "gru_rb": (_kernels.RNN_CELL_GRU_RB, 3),
+    "lstm": (_kernels.RNN_CELL_LSTM, 4),
+    "simple": (_kernels.RNN_CELL_SIMPLE, 1),
+}
 
 
 def test_imports_with_the_best_isa_by_default():
-    want = os.environ.get("RNNFAST_EXPECT_ISA", _kernels.best_isa())
+    want = os.environ.get("RNNFAST_EXPECT_ISA", os.environ.get("RNNFAST_ISA") or _kernels.best_isa())
     assert _kernels.isa() == want
 
 
-@pytest.mark.parametrize("isa", ["baseline", "avx2"])
-def test_engine_under_lower_isa(isa):
-    if _kernels.ISA_LEVELS.index(isa) >= _kernels.ISA_LEVELS.index(_kernels.best_isa()):
-        pytest.skip("this machine's best instruction set is %s: it runs in the main suite"
-                    % _kernels.best_isa())
-    env = dict(os.environ, RNNFAST_ISA=isa, RNNFAST_EXPECT_ISA=isa)
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-                        os.path.join(HERE, "test_engine.py"), os.path.join(HERE, "test_isa.py"),
-                        "-k", SUBSET + " or best_isa"],
-                       env=env, cwd=os.path.dirname(HERE), capture_output=True, text=True,
-                       timeout=900)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
-    assert " passed" in r.stdout
+def test_isa_levels_come_from_the_enum():
+    assert _kernels.ISA_LEVELS[: 3] == ("baseline", "avx2", "avx512")
+    assert _kernels.ISA_LEVELS.index("avx2") == _kernels.RNN_ISA_AVX2
+    assert len(_kernels.ISA_LEVELS) == _kernels.RNN_ISA_COUNT
 
 
-def test_unknown_isa_is_refused():
+def test_an_isa_not_available_is_refused():
+    with pytest.raises(ValueError, match="unknown instruction set"):
+        _kernels.activate(_kernels.RNN_ACT_TANH, np.zeros(3), isa="avx9000")
+    for isa in _kernels.ISA_LEVELS[len(ISAS):]:
+        with pytest.raises(ValueError, match="not in this build or not on this CPU"):
+            _kernels.activate(_kernels.RNN_ACT_TANH, np.zeros(3), isa=isa)
+
+
+def test_unknown_isa_in_the_environment_is_refused():
     env = dict(os.environ, RNNFAST_ISA="avx9000")
     r = subprocess.run([sys.executable, "-c", "import rnnfast"], env=env, capture_output=True,
                        text=True, timeout=120)
     assert r.returncode != 0 and "RNNFAST_ISA" in r.stderr
+
+
+@pytest.mark.parametrize("isa", ISAS[:-1])
+def test_the_environment_selects_a_lower_isa(isa):
+    """RNNFAST_ISA switches the whole process, engine included (one small layer)."""
+    code = ("import numpy as np, rnnfast; from rnnfast import _kernels, reference;"
+            "from rnnfast.layers import RNNLayer, CellWeights;"
+            "assert _kernels.isa() == %r, _kernels.isa();"
+            "r = np.random.default_rng(0); u = lambda *s: r.uniform(-.3, .3, s);"
+            "w = [CellWeights(u(5, 3 * 130), u(130, 3 * 130), u(3 * 130), u(3 * 130))];"
+            "x = r.standard_normal((9, 3, 5));"
+            "got = RNNLayer('gru', w, dtype=np.float64).forward(x, num_threads=2)[0];"
+            "want = reference.run_layer('gru', w, x)[0];"
+            "np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)" % isa)
+    r = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, RNNFAST_ISA=isa),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
+# -- activations ---------------------------------------------------------------------
+
+VALUES = np.concatenate([np.linspace(-30, 30, 1201), np.linspace(-1, 1, 401),
+                         [0.0, -0.0, 1e-30, -1e-30, 0.625, -0.625, 20.0, 20.5, 87.5, -87.5,
+                          88.5, -88.5, 709.5, -709.5, 710.0, -710.0, 3e38, -3e38, 1e300, -1e300,
+                          np.inf, -np.inf, np.nan]])
+
+
+def _expected(name, v, dtype):
+    with np.errstate(all="ignore"):
+        return reference.ACT[name](v.astype(np.float64)).astype(dtype)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_every_activation_against_float64(isa, dtype):
+    with np.errstate(all="ignore"):
+        v = VALUES.astype(dtype)
+    for name, code in ACTIVATIONS.items():
+        got = v.copy()
+        _kernels.activate(code, got, isa=isa)
+        want = _expected(name, v, dtype)
+        where = "%s %s %s" % (isa, np.dtype(dtype).name, name)
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg=where)
+        np.testing.assert_array_equal(np.isposinf(got), np.isposinf(want), err_msg=where)
+        np.testing.assert_array_equal(np.isneginf(got), np.isneginf(want), err_msg=where)
+        fin = np.isfinite(want)
+        np.testing.assert_allclose(got[fin], want[fin], err_msg=where, **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_activations_agree_across_isas_and_lengths(dtype):
+    """Each ISA agrees with the baseline to an ulp or two, and a value's result does not
+    depend on the length of the vector (vector bodies and their remainders)."""
+    rng = np.random.default_rng(1)
+    v = (rng.standard_normal(203) * 4).astype(dtype)
+    for code in ACTIVATIONS.values():
+        base = v.copy()
+        _kernels.activate(code, base, isa="baseline")
+        for isa in ISAS:
+            got = v.copy()
+            _kernels.activate(code, got, isa=isa)
+            np.testing.assert_allclose(got, base, rtol=4 * np.finfo(dtype).eps,
+                                       atol=4 * np.finfo(dtype).eps, err_msg=isa)
+            for n in (1, 5, 15, 16, 17, 33):
+                part = v[:n].copy()
+                _kernels.activate(code, part, isa=isa)
+                np.testing.assert_array_equal(part, got[:n], err_msg="%s n=%d" % (isa, n))
+
+
+# -- the gate math of one step ----------------------------------------------------------
+
+def _step_inputs(rng, cell, dtype, nrows=5, I=7, H=37):
+    """Canonical weights and one step's operands: the kernel gets the products (xp =
+    x W + biases, gh = h U), the reference the weights."""
+    G = CELLS[cell][1]
+    s = 1.0 / np.sqrt(H)
+    w = CellWeights(rng.uniform(-s, s, (I, G * H)), rng.uniform(-s, s, (H, G * H)),
+                    rng.uniform(-s, s, G * H), rng.uniform(-s, s, G * H))
+    x = rng.standard_normal((nrows, I))
+    h = 0.8 * rng.standard_normal((nrows, H))
+    c = 0.8 * rng.standard_normal((nrows, H))
+    # what the kernel gets, rounded to dtype first so that both sides start equal
+    x, h, c = (a.astype(dtype).astype(np.float64) for a in (x, h, c))
+    w = CellWeights(*(None if a is None else a.astype(dtype).astype(np.float64)
+                      for a in (w.kernel, w.recurrent_kernel, w.bias, w.recurrent_bias, w.projection)))
+    xp = x @ w.kernel + w.bias
+    bhn = np.zeros(H)
+    if cell == "gru":            # reset-after keeps the candidate's recurrent bias apart
+        xp[:, : 2 * H] += w.recurrent_bias[: 2 * H]
+        bhn = w.recurrent_bias[2 * H:]
+    else:
+        xp += w.recurrent_bias
+    gh = h @ w.recurrent_kernel
+    return w, x, h, c, xp, gh, bhn
+
+
+def _reference_step(cell, w, x, h, c, act, ract):
+    if cell in ("gru", "gru_rb"):
+        return reference.gru_step(x, h, w, act, ract, reset_after=cell == "gru"), None
+    if cell == "lstm":
+        return reference.lstm_step(x, h, c, w, act, ract)
+    return reference.simple_step(x, h, w, act), None
+
+
+def _kernel_step(isa, cell, act, ract, dtype, xp, gh, bhn, h, c, mask, w):
+    H = h.shape[1]
+    hk, ck = h.astype(dtype), c.astype(dtype)
+    _kernels.cell_step(CELLS[cell][0], ACTIVATIONS[act], ACTIVATIONS[ract], xp.astype(dtype),
+                       gh.astype(dtype), bhn.astype(dtype), hk, ck, mask,
+                       np.ascontiguousarray(w.recurrent_kernel[:, 2 * H:], dtype=dtype), isa=isa)
+    return hk, ck
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_every_cell_with_every_activation_against_float64(isa, dtype, cell):
+    """Each cell's step for every (activation, recurrent activation) pair -- the fused
+    fast paths (sigmoid, tanh) and the general ones -- with masked rows carried over."""
+    rng = np.random.default_rng(list(CELLS).index(cell))
+    w, x, h, c, xp, gh, bhn = _step_inputs(rng, cell, dtype)
+    mask = np.array([1, 0, 1, 1, 0], np.uint8)
+    racts = ["linear"] if cell == "simple" else list(ACTIVATIONS)
+    for act in ACTIVATIONS:
+        for ract in racts:
+            hk, ck = _kernel_step(isa, cell, act, ract, dtype, xp, gh, bhn, h, c, mask, w)
+            want_h, want_c = _reference_step(cell, w, x, h, c, act, ract)
+            where = "%s %s %s act=%s ract=%s" % (isa, np.dtype(dtype).name, cell, act, ract)
+            keep = mask == 0
+            np.testing.assert_array_equal(hk[keep], h[keep].astype(dtype), err_msg=where)
+            np.testing.assert_allclose(hk[~keep], want_h[~keep], err_msg=where, **CELL_TOL[dtype])
+            if cell == "lstm":
+                np.testing.assert_array_equal(ck[keep], c[keep].astype(dtype), err_msg=where)
+                np.testing.assert_allclose(ck[~keep], want_c[~keep], err_msg=where, **CELL_TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_cells_agree_across_isas(dtype, cell):
+    """Each ISA's step agrees with the baseline's to a few ulp, for the fused path
+    (sigmoid, tanh) and a general one, with H on and off the vector width."""
+    eps = np.finfo(dtype).eps
+    for H in (1, 16, 37, 64):
+        rng = np.random.default_rng(H)
+        w, x, h, c, xp, gh, bhn = _step_inputs(rng, cell, dtype, H=H)
+        for act, ract in (("tanh", "sigmoid"), ("relu", "hard_sigmoid")):
+            base = _kernel_step("baseline", cell, act, ract, dtype, xp, gh, bhn, h, c, None, w)
+            for isa in ISAS:
+                got = _kernel_step(isa, cell, act, ract, dtype, xp, gh, bhn, h, c, None, w)
+                np.testing.assert_allclose(got[0], base[0], rtol=16 * eps, atol=16 * eps,
+                                           err_msg="%s H=%d %s" % (isa, H, act))
+                np.testing.assert_allclose(got[1], base[1], rtol=16 * eps, atol=16 * eps)
+
+
+# -- the packed product ----------------------------------------------------------------
+
+ROWS = (1, 2, 5, 6, 7, 11, 12, 13)           # around the 6-row register tile
+COLS = (1, 15, 16, 63, 64, 65, 127, 128, 129, 200)   # around the 64-column panels
+DEPTH = (1, 3, 64, 100)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_packed_product_at_tile_and_panel_edges(isa, dtype):
+    """bias + A B on every ISA within the rounding bound of float64, for row counts
+    around the register tile and column counts around the panels; and each row's
+    result is the same, bit for bit, whatever rows are computed with it."""
+    assert _kernels.RNN_TILE_ROWS == 6 and _kernels.RNN_PANEL_COLS == 64
+    rng = np.random.default_rng(7)
+    eps = np.finfo(dtype).eps
+    for K in DEPTH:
+        for N in COLS:
+            A = rng.standard_normal((max(ROWS), K)).astype(dtype)
+            B = rng.standard_normal((K, N)).astype(dtype)
+            bias = rng.standard_normal(N).astype(dtype)
+            full = _kernels.packed_matmul(A, B, bias=bias, isa=isa)
+            want = A.astype(np.float64) @ B.astype(np.float64) + bias
+            bound = 2 * (K + 1) * eps * (np.abs(A).astype(np.float64) @ np.abs(B) + np.abs(bias))
+            assert np.all(np.abs(full - want) <= bound), "%s K=%d N=%d" % (isa, K, N)
+            nobias = _kernels.packed_matmul(A, B, isa=isa)
+            assert np.all(np.abs(nobias - (want - bias)) <= bound), "%s K=%d N=%d" % (isa, K, N)
+            for M in ROWS:
+                np.testing.assert_array_equal(_kernels.packed_matmul(A[:M], B, bias=bias, isa=isa),
+                                              full[:M], err_msg="%s M=%d K=%d N=%d" % (isa, M, K, N))
+            for i in (0, max(ROWS) - 1):
+                np.testing.assert_array_equal(
+                    _kernels.packed_matmul(A[i:i + 1], B, bias=bias, isa=isa)[0], full[i])

@@ -3,6 +3,7 @@ outputs Keras 2 computed for them (tests/fixtures/keras2, made by make_fixtures.
 GRU reset_after True and False, LSTM with return_state, Bidirectional (concat, sum,
 None with states), Keras 2's hard_sigmoid, Embedding(mask_zero), masks with gaps, and
 the seed's two architectures."""
+
 import glob
 import json
 import os
@@ -10,9 +11,9 @@ import os
 import numpy as np
 import pytest
 
-from conftest import TOL
-
 import rnnfast
+
+from _testing import TOL
 
 HERE = os.path.join(os.path.dirname(__file__), "fixtures", "keras2")
 FIXTURES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(HERE, "*.h5")))
@@ -25,9 +26,17 @@ def _expected(name):
 
 
 def test_all_fixtures_present():
-    assert set(FIXTURES) >= {"gru_reset_after", "gru_reset_before", "lstm", "bidirectional",
-                             "bidirectional_none_state", "hard_sigmoid", "embedding_mask",
-                             "seed_stacked_gru", "seed_bidirectional_gru"}
+    assert set(FIXTURES) >= {
+        "gru_reset_after",
+        "gru_reset_before",
+        "lstm",
+        "bidirectional",
+        "bidirectional_none_state",
+        "hard_sigmoid",
+        "embedding_mask",
+        "seed_stacked_gru",
+        "seed_bidirectional_gru",
+    }
 
 
 @pytest.mark.parametrize("name", FIXTURES)
@@ -61,7 +70,7 @@ def test_hard_sigmoid_means_keras2():
         as3 = build_model(config, _H5Weights(f["model_weights"], path), "3.0.0")
     assert "hard_sigmoid_keras2" in repr(as2) and "hard_sigmoid_keras2" not in repr(as3)
     np.testing.assert_allclose(as2.predict(x), ys[0], **TOL[np.dtype(np.float32)])
-    assert np.abs(as3.predict(x) - ys[0]).max() > 1e-3      # 100x the tolerance
+    assert np.abs(as3.predict(x) - ys[0]).max() > 1e-3  # 100x the tolerance
 
 
 def test_seed_models_accept_other_lengths():

@@ -9,96 +9,33 @@ return_state; RNN(cell) and StackedRNNCells; mask propagation through Dense,
 TimeDistributed and dropout-like layers; Embedding(mask_zero); Flatten; the
 activations; float64 models; a T=1000 case.
 """
+
 import os
 import zlib
 
 import numpy as np
 import pytest
 
-from conftest import TOL
-
 os.environ.setdefault("KERAS_BACKEND", "torch")
-import keras  # noqa: E402  (make test installs it: a missing Keras must fail, not skip)
+import keras
 
-import rnnfast  # noqa: E402
+import rnnfast
+
+from _testing import (
+    SEQ_B,
+    SEQ_F,
+    SEQ_T,
+    TOL,
+    assert_like_keras,
+    functional,
+    lively,
+    masked_ids,
+    masked_input,
+    seq,
+)
 
 L = keras.layers
-KERAS_WARNINGS = [
-    pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword"),
-    pytest.mark.filterwarnings("ignore:.*does not support masking.*:UserWarning"),
-]
-pytestmark = KERAS_WARNINGS
-
-T, F, B = 9, 5, 5
-
-
-# -- helpers (used by the other test_keras_* modules too) ----------------------------------
-
-
-def lively(model, seed=0, scale=0.5):
-    """Random weights uniform in ±min(scale, 1.5/sqrt(fan_in)): gates neither saturated
-    nor trivial (Keras' own init gives near-zero biases)."""
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        new = []
-        for w in layer.get_weights():
-            fan_in = w.shape[0] if w.ndim == 2 else 1
-            a = min(scale, 1.5 / np.sqrt(fan_in))
-            new.append(rng.uniform(-a, a, w.shape).astype(w.dtype))
-        layer.set_weights(new)
-    return model
-
-
-def masked_input(shape, seed=1, dtype=np.float32):
-    """N(0, 1) input with masked (all-zero) steps: a gap mid-sequence, trailing padding,
-    leading padding, a fully masked row, and a row whose last step only is masked."""
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal(shape).astype(dtype)
-    b, t = shape[:2]
-    x[0, t // 3:t // 3 + 2] = 0
-    x[1, t - 3:] = 0
-    x[2, :2] = 0
-    x[3] = 0
-    x[4, t - 1] = 0
-    x[4, 1] = 0
-    return x
-
-
-def masked_ids(shape, vocab, seed=2):
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(1, vocab, size=shape)
-    b, t = shape
-    ids[0, t // 3:t // 3 + 2] = 0
-    ids[1, t - 3:] = 0
-    ids[2, :2] = 0
-    ids[3] = 0
-    return ids.astype(np.int32)
-
-
-def assert_like_keras(got, want, dtype=np.float32, what=""):
-    """Same nesting (Keras' tuples as lists), shapes, dtype, values within tolerance."""
-    if isinstance(want, (list, tuple)):
-        assert isinstance(got, list), "%s: expected a list of %d outputs, got %s" % (
-            what, len(want), type(got))
-        assert len(got) == len(want), "%s: %d outputs, Keras gives %d" % (what, len(got), len(want))
-        for i, (g, w) in enumerate(zip(got, want)):
-            assert_like_keras(g, w, dtype, "%s[%d]" % (what, i))
-        return
-    want = np.asarray(want)
-    assert isinstance(got, np.ndarray), "%s: expected an array, got %s" % (what, type(got))
-    assert got.shape == want.shape, "%s: shape %s, Keras %s" % (what, got.shape, want.shape)
-    assert got.dtype == want.dtype, "%s: dtype %s, Keras %s" % (what, got.dtype, want.dtype)
-    np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), err_msg=what,
-                               **TOL[np.dtype(dtype)])
-
-
-def seq(*layers, shape=(T, F), dtype="float32"):
-    return keras.Sequential([keras.Input(shape, dtype=dtype)] + list(layers))
-
-
-def functional(build, shape=(T, F), dtype="float32"):
-    inp = keras.Input(shape, dtype=dtype)
-    return keras.Model(inp, build(inp))
+T, F, B = SEQ_T, SEQ_F, SEQ_B
 
 
 # -- the cases --------------------------------------------------------------------------------
@@ -110,6 +47,7 @@ def case(name, x=None):
     def register(fn):
         CASES[name] = (fn, x)
         return fn
+
     return register
 
 
@@ -124,105 +62,175 @@ CELLS = {
 for _cell in CELLS:
     for _rs in (False, True):
         for _gb in (False, True):
-            case("%s-rs%d-gb%d" % (_cell, _rs, _gb))(lambda c=_cell, rs=_rs, gb=_gb: seq(
-                L.Masking(), CELLS[c](return_sequences=rs, go_backwards=gb)))
+            case("%s-rs%d-gb%d" % (_cell, _rs, _gb))(
+                lambda c=_cell, rs=_rs, gb=_gb: seq(L.Masking(), CELLS[c](return_sequences=rs, go_backwards=gb))
+            )
     case("%s-nobias" % _cell)(lambda c=_cell: seq(CELLS[c](use_bias=False, return_sequences=True)))
     case("%s-zero_output_for_mask" % _cell)(
-        lambda c=_cell: seq(L.Masking(), CELLS[c](zero_output_for_mask=True, return_sequences=True)))
+        lambda c=_cell: seq(L.Masking(), CELLS[c](zero_output_for_mask=True, return_sequences=True))
+    )
     case("%s-zero_output_last" % _cell)(
-        lambda c=_cell: seq(L.Masking(), CELLS[c](zero_output_for_mask=True, go_backwards=True)))
+        lambda c=_cell: seq(L.Masking(), CELLS[c](zero_output_for_mask=True, go_backwards=True))
+    )
     case("%s-unroll-dropout" % _cell)(
-        lambda c=_cell: seq(CELLS[c](unroll=True, dropout=0.3, recurrent_dropout=0.2, return_sequences=True)))
+        lambda c=_cell: seq(CELLS[c](unroll=True, dropout=0.3, recurrent_dropout=0.2, return_sequences=True))
+    )
 
-case("gru-activations")(lambda: seq(L.GRU(4, activation="relu", recurrent_activation="hard_sigmoid",
-                                          return_sequences=True), L.GRU(3, activation="softsign")))
-case("lstm-activations")(lambda: seq(L.LSTM(4, activation="elu", recurrent_activation="hard_sigmoid",
-                                            return_sequences=True), L.LSTM(3, activation="selu")))
-case("simple-activations")(lambda: seq(L.SimpleRNN(4, activation="softplus", return_sequences=True),
-                                       L.SimpleRNN(3, activation="linear")))
-case("stack-seed-like")(lambda: seq(L.GRU(8, return_sequences=True), L.GRU(6),
-                                    L.Dense(1, activation="sigmoid")))
+case("gru-activations")(
+    lambda: seq(
+        L.GRU(4, activation="relu", recurrent_activation="hard_sigmoid", return_sequences=True),
+        L.GRU(3, activation="softsign"),
+    )
+)
+case("lstm-activations")(
+    lambda: seq(
+        L.LSTM(4, activation="elu", recurrent_activation="hard_sigmoid", return_sequences=True),
+        L.LSTM(3, activation="selu"),
+    )
+)
+case("simple-activations")(
+    lambda: seq(L.SimpleRNN(4, activation="softplus", return_sequences=True), L.SimpleRNN(3, activation="linear"))
+)
+case("stack-seed-like")(lambda: seq(L.GRU(8, return_sequences=True), L.GRU(6), L.Dense(1, activation="sigmoid")))
 
 # Bidirectional: merge modes x return_sequences (masked), plus LSTM, states and custom backward layers
 for _mm in ("concat", "sum", "mul", "ave", None):
     for _rs in (False, True):
-        case("bidi-gru-%s-rs%d" % (_mm, _rs))(lambda mm=_mm, rs=_rs: seq(
-            L.Masking(), L.Bidirectional(L.GRU(4, return_sequences=rs), merge_mode=mm)))
-case("bidi-lstm-stack")(lambda: seq(L.Masking(), L.Bidirectional(L.LSTM(4, return_sequences=True)),
-                                    L.Bidirectional(L.LSTM(3, return_sequences=True), merge_mode="ave"),
-                                    L.TimeDistributed(L.Dense(2, activation="softmax"))))
-case("bidi-simple-reset_before")(lambda: seq(L.Bidirectional(L.SimpleRNN(3, return_sequences=True)),
-                                             L.Bidirectional(L.GRU(3, reset_after=False))))
-case("bidi-custom-backward")(lambda: seq(L.Masking(), L.Bidirectional(
-    L.GRU(4, return_sequences=True),
-    backward_layer=L.SimpleRNN(3, return_sequences=True, go_backwards=True))))
-case("bidi-custom-backward-last")(lambda: seq(L.Masking(), L.Bidirectional(
-    L.LSTM(4), backward_layer=L.LSTM(2, go_backwards=True, activation="relu"))))
-case("bidi-forward-go_backwards")(lambda: seq(L.Masking(), L.Bidirectional(
-    L.GRU(3, return_sequences=True, go_backwards=True), backward_layer=L.GRU(3, return_sequences=True))))
-case("bidi-lstm-state-concat")(lambda: functional(lambda i: L.Bidirectional(
-    L.LSTM(3, return_sequences=True, return_state=True))(L.Masking()(i))))
-case("bidi-gru-state-none")(lambda: functional(lambda i: L.Bidirectional(
-    L.GRU(3, return_state=True), merge_mode=None)(L.Masking()(i))))
+        case("bidi-gru-%s-rs%d" % (_mm, _rs))(
+            lambda mm=_mm, rs=_rs: seq(L.Masking(), L.Bidirectional(L.GRU(4, return_sequences=rs), merge_mode=mm))
+        )
+case("bidi-lstm-stack")(
+    lambda: seq(
+        L.Masking(),
+        L.Bidirectional(L.LSTM(4, return_sequences=True)),
+        L.Bidirectional(L.LSTM(3, return_sequences=True), merge_mode="ave"),
+        L.TimeDistributed(L.Dense(2, activation="softmax")),
+    )
+)
+case("bidi-simple-reset_before")(
+    lambda: seq(L.Bidirectional(L.SimpleRNN(3, return_sequences=True)), L.Bidirectional(L.GRU(3, reset_after=False)))
+)
+case("bidi-custom-backward")(
+    lambda: seq(
+        L.Masking(),
+        L.Bidirectional(
+            L.GRU(4, return_sequences=True), backward_layer=L.SimpleRNN(3, return_sequences=True, go_backwards=True)
+        ),
+    )
+)
+case("bidi-custom-backward-last")(
+    lambda: seq(L.Masking(), L.Bidirectional(L.LSTM(4), backward_layer=L.LSTM(2, go_backwards=True, activation="relu")))
+)
+case("bidi-forward-go_backwards")(
+    lambda: seq(
+        L.Masking(),
+        L.Bidirectional(
+            L.GRU(3, return_sequences=True, go_backwards=True), backward_layer=L.GRU(3, return_sequences=True)
+        ),
+    )
+)
+case("bidi-lstm-state-concat")(
+    lambda: functional(lambda i: L.Bidirectional(L.LSTM(3, return_sequences=True, return_state=True))(L.Masking()(i)))
+)
+case("bidi-gru-state-none")(
+    lambda: functional(lambda i: L.Bidirectional(L.GRU(3, return_state=True), merge_mode=None)(L.Masking()(i)))
+)
 
 # return_state in functional models, one recurrent layer feeding several outputs
-case("gru-state")(lambda: functional(
-    lambda i: L.GRU(4, return_sequences=True, return_state=True)(L.Masking()(i))))
-case("lstm-state")(lambda: functional(
-    lambda i: L.LSTM(4, return_state=True, go_backwards=True)(L.Masking()(i))))
-case("simple-state-to-dense")(lambda: functional(
-    lambda i: (lambda o: [L.Dense(2)(o[0]), o[1]])(
-        L.SimpleRNN(4, return_sequences=True, return_state=True)(i))))
-case("state-to-dense")(lambda: functional(
-    lambda i: (lambda o: [o[0], L.Dense(2, activation="tanh")(o[2])])(L.LSTM(4, return_state=True)(i))))
-case("sequential-return_state")(lambda: seq(L.Masking(), L.GRU(3, return_sequences=True),
-                                            L.LSTM(3, return_state=True)))
+case("gru-state")(lambda: functional(lambda i: L.GRU(4, return_sequences=True, return_state=True)(L.Masking()(i))))
+case("lstm-state")(lambda: functional(lambda i: L.LSTM(4, return_state=True, go_backwards=True)(L.Masking()(i))))
+case("simple-state-to-dense")(
+    lambda: functional(
+        lambda i: (lambda o: [L.Dense(2)(o[0]), o[1]])(L.SimpleRNN(4, return_sequences=True, return_state=True)(i))
+    )
+)
+case("state-to-dense")(
+    lambda: functional(
+        lambda i: (lambda o: [o[0], L.Dense(2, activation="tanh")(o[2])])(L.LSTM(4, return_state=True)(i))
+    )
+)
+case("sequential-return_state")(lambda: seq(L.Masking(), L.GRU(3, return_sequences=True), L.LSTM(3, return_state=True)))
 
 # RNN(cell) wrappers
 case("rnn-grucell")(lambda: seq(L.Masking(), L.RNN(L.GRUCell(4, reset_after=False), return_sequences=True)))
-case("rnn-lstmcell-state")(lambda: functional(
-    lambda i: L.RNN(L.LSTMCell(4), return_state=True)(L.Masking()(i))))
-case("rnn-simplecell-backwards")(lambda: seq(L.Masking(), L.RNN(L.SimpleRNNCell(4), return_sequences=True,
-                                                                 go_backwards=True)))
-case("rnn-stacked")(lambda: seq(L.Masking(), L.RNN([L.GRUCell(4), L.LSTMCell(3), L.SimpleRNNCell(2)],
-                                                   return_sequences=True)))
-case("rnn-stacked-backwards-state")(lambda: functional(lambda i: L.RNN(
-    [L.LSTMCell(3), L.GRUCell(4)], return_state=True, go_backwards=True)(L.Masking()(i))))
-case("bidi-rnn-stacked")(lambda: seq(L.Masking(), L.Bidirectional(
-    L.RNN([L.GRUCell(3), L.GRUCell(2)], return_sequences=True), merge_mode="sum")))
+case("rnn-lstmcell-state")(lambda: functional(lambda i: L.RNN(L.LSTMCell(4), return_state=True)(L.Masking()(i))))
+case("rnn-simplecell-backwards")(
+    lambda: seq(L.Masking(), L.RNN(L.SimpleRNNCell(4), return_sequences=True, go_backwards=True))
+)
+case("rnn-stacked")(
+    lambda: seq(L.Masking(), L.RNN([L.GRUCell(4), L.LSTMCell(3), L.SimpleRNNCell(2)], return_sequences=True))
+)
+case("rnn-stacked-backwards-state")(
+    lambda: functional(
+        lambda i: L.RNN([L.LSTMCell(3), L.GRUCell(4)], return_state=True, go_backwards=True)(L.Masking()(i))
+    )
+)
+case("bidi-rnn-stacked")(
+    lambda: seq(
+        L.Masking(), L.Bidirectional(L.RNN([L.GRUCell(3), L.GRUCell(2)], return_sequences=True), merge_mode="sum")
+    )
+)
 
 # masks propagated through other layers, and their makers
-case("mask-through-dense-dropout")(lambda: seq(
-    L.Masking(), L.Dense(6, activation="tanh"), L.Dropout(0.5), L.TimeDistributed(L.Dense(4)),
-    L.GaussianNoise(0.3), L.Activation("relu"), L.SpatialDropout1D(0.2), L.GRU(3, return_sequences=True),
-    L.GaussianDropout(0.2), L.AlphaDropout(0.1), L.ActivityRegularization(0.1, 0.1), L.LSTM(2)))
-case("mask-after-go_backwards")(lambda: seq(L.Masking(), L.GRU(4, return_sequences=True, go_backwards=True),
-                                            L.SimpleRNN(3, return_sequences=True)))
+case("mask-through-dense-dropout")(
+    lambda: seq(
+        L.Masking(),
+        L.Dense(6, activation="tanh"),
+        L.Dropout(0.5),
+        L.TimeDistributed(L.Dense(4)),
+        L.GaussianNoise(0.3),
+        L.Activation("relu"),
+        L.SpatialDropout1D(0.2),
+        L.GRU(3, return_sequences=True),
+        L.GaussianDropout(0.2),
+        L.AlphaDropout(0.1),
+        L.ActivityRegularization(0.1, 0.1),
+        L.LSTM(2),
+    )
+)
+case("mask-after-go_backwards")(
+    lambda: seq(L.Masking(), L.GRU(4, return_sequences=True, go_backwards=True), L.SimpleRNN(3, return_sequences=True))
+)
 case("mask-value", x=np.where(masked_input((B, T, F)) == 0, np.float32(0.5), masked_input((B, T, F))))(
-    lambda: seq(L.Masking(mask_value=0.5), L.LSTM(3, return_sequences=True)))
+    lambda: seq(L.Masking(mask_value=0.5), L.LSTM(3, return_sequences=True))
+)
 case("masking-alone")(lambda: seq(L.Masking(), L.Dense(3)))
-case("embedding-mask_zero", x=masked_ids((B, T), 7))(lambda: functional(
-    lambda i: L.SimpleRNN(2)(L.GRU(4, return_sequences=True, go_backwards=True)(
-        L.Dense(3)(L.Dropout(0.2)(L.Embedding(7, 4, mask_zero=True)(i))))), shape=(T,), dtype="int32"))
-case("embedding-bidi", x=masked_ids((B, T), 7))(lambda: seq(
-    L.Embedding(7, 3, mask_zero=True), L.Bidirectional(L.LSTM(3)), shape=(T,), dtype="int32"))
-case("embedding-no-mask", x=masked_ids((B, T), 7))(lambda: seq(
-    L.Embedding(7, 3), L.GRU(3), shape=(T,), dtype="int32"))
+case("embedding-mask_zero", x=masked_ids((B, T), 7))(
+    lambda: functional(
+        lambda i: L.SimpleRNN(2)(
+            L.GRU(4, return_sequences=True, go_backwards=True)(
+                L.Dense(3)(L.Dropout(0.2)(L.Embedding(7, 4, mask_zero=True)(i)))
+            )
+        ),
+        shape=(T,),
+        dtype="int32",
+    )
+)
+case("embedding-bidi", x=masked_ids((B, T), 7))(
+    lambda: seq(L.Embedding(7, 3, mask_zero=True), L.Bidirectional(L.LSTM(3)), shape=(T,), dtype="int32")
+)
+case("embedding-no-mask", x=masked_ids((B, T), 7))(lambda: seq(L.Embedding(7, 3), L.GRU(3), shape=(T,), dtype="int32"))
 case("flatten")(lambda: seq(L.GRU(3, return_sequences=True), L.Flatten(), L.Dense(2)))
-case("flatten-channels_first")(lambda: seq(L.GRU(3, return_sequences=True),
-                                           L.Flatten(data_format="channels_first"), L.Dense(2)))
+case("flatten-channels_first")(
+    lambda: seq(L.GRU(3, return_sequences=True), L.Flatten(data_format="channels_first"), L.Dense(2))
+)
 case("flatten-drops-mask")(lambda: seq(L.Masking(), L.GRU(3, return_sequences=True), L.Flatten(), L.Dense(2)))
 case("dense-2d-input", x=np.random.default_rng(3).standard_normal((B, F)).astype(np.float32))(
-    lambda: seq(L.Dense(4, activation="relu"), L.Dense(2), shape=(F,)))
+    lambda: seq(L.Dense(4, activation="relu"), L.Dense(2), shape=(F,))
+)
 
 # the seed's two models at full width, batch 1 and 3 (the kernels' unit-blocked paths)
 case("seed-stacked-gru", x=np.random.default_rng(4).standard_normal((1, 10, 50)).astype(np.float32))(
-    lambda: seq(L.GRU(128, return_sequences=True), L.GRU(64), L.Dense(1, activation="sigmoid"),
-                shape=(10, 50)))
+    lambda: seq(L.GRU(128, return_sequences=True), L.GRU(64), L.Dense(1, activation="sigmoid"), shape=(10, 50))
+)
 case("seed-bidirectional-gru", x=np.random.default_rng(5).standard_normal((3, 10, 50)).astype(np.float32))(
-    lambda: seq(L.Bidirectional(L.GRU(128, return_sequences=True)),
-                L.Bidirectional(L.GRU(64, return_sequences=True)), L.Dense(1, activation="sigmoid"),
-                shape=(10, 50)))
+    lambda: seq(
+        L.Bidirectional(L.GRU(128, return_sequences=True)),
+        L.Bidirectional(L.GRU(64, return_sequences=True)),
+        L.Dense(1, activation="sigmoid"),
+        shape=(10, 50),
+    )
+)
 
 CASE_IDS = sorted(CASES)
 
@@ -260,10 +268,12 @@ def test_matches_keras(built, source):
 # -- long sequences, dtypes, input casting, threads -----------------------------------------------
 
 
+@pytest.mark.slow
 def test_long_sequence(tmp_path):
     """T = 1000 under masks: errors must not grow along the sequence."""
-    model = lively(seq(L.Masking(), L.Bidirectional(L.GRU(6, return_sequences=True)), L.LSTM(4),
-                       shape=(1000, F)), seed=7)
+    model = lively(
+        seq(L.Masking(), L.Bidirectional(L.GRU(6, return_sequences=True)), L.LSTM(4), shape=(1000, F)), seed=7
+    )
     x = masked_input((B, 1000, F), seed=8)
     want = model.predict(x, verbose=0)
     model.save(str(tmp_path / "long.keras"))
@@ -274,8 +284,16 @@ def test_long_sequence(tmp_path):
 def test_float64_model(tmp_path):
     """A float64 model runs in float64 (and float64 input keeps its precision)."""
     f64 = dict(dtype="float64")
-    model = lively(seq(L.Masking(**f64), L.Bidirectional(L.GRU(4, return_sequences=True, **f64), **f64),
-                       L.LSTM(3, **f64), L.Dense(2, activation="softmax", **f64), dtype="float64"), seed=11)
+    model = lively(
+        seq(
+            L.Masking(**f64),
+            L.Bidirectional(L.GRU(4, return_sequences=True, **f64), **f64),
+            L.LSTM(3, **f64),
+            L.Dense(2, activation="softmax", **f64),
+            dtype="float64",
+        ),
+        seed=11,
+    )
     x = masked_input((B, T, F), dtype=np.float64)
     want = model.predict(x, verbose=0)
     assert want.dtype == np.float64
@@ -325,11 +343,39 @@ def test_threads_and_batches_do_not_change_results():
 
 # -- activations of Dense / Activation layers ---------------------------------------------------
 
-DENSE_ACTIVATIONS = ["linear", "relu", "relu6", "leaky_relu", "elu", "selu", "celu", "softplus", "softsign",
-                     "silu", "swish", "gelu", "glu", "tanh", "tanh_shrink", "sigmoid", "hard_sigmoid",
-                     "hard_silu", "hard_swish", "hard_tanh", "hard_shrink", "soft_shrink", "sparse_plus",
-                     "sparse_sigmoid", "squareplus", "exponential", "mish", "softmax", "log_softmax",
-                     "log_sigmoid", "sparsemax"]
+DENSE_ACTIVATIONS = [
+    "linear",
+    "relu",
+    "relu6",
+    "leaky_relu",
+    "elu",
+    "selu",
+    "celu",
+    "softplus",
+    "softsign",
+    "silu",
+    "swish",
+    "gelu",
+    "glu",
+    "tanh",
+    "tanh_shrink",
+    "sigmoid",
+    "hard_sigmoid",
+    "hard_silu",
+    "hard_swish",
+    "hard_tanh",
+    "hard_shrink",
+    "soft_shrink",
+    "sparse_plus",
+    "sparse_sigmoid",
+    "squareplus",
+    "exponential",
+    "mish",
+    "softmax",
+    "log_softmax",
+    "log_sigmoid",
+    "sparsemax",
+]
 
 
 @pytest.mark.parametrize("activation", DENSE_ACTIVATIONS)
@@ -340,8 +386,9 @@ def test_dense_activation(activation):
 
 
 def test_repr_and_layers():
-    model = lively(seq(L.Masking(), L.Bidirectional(L.GRU(4, return_sequences=True)), L.LSTM(3),
-                       L.Dense(2, activation="softmax")))
+    model = lively(
+        seq(L.Masking(), L.Bidirectional(L.GRU(4, return_sequences=True)), L.LSTM(3), L.Dense(2, activation="softmax"))
+    )
     m = rnnfast.from_keras(model)
     assert [layer.keras_class for layer in m.layers] == ["Masking", "Bidirectional", "LSTM", "Dense"]
     assert [layer.name for layer in m.layers] == [layer.name for layer in model.layers]

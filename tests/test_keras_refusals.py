@@ -2,6 +2,7 @@
 (UnsupportedLayerError naming the layer class and option, at load), files that are not
 Keras models (FormatError), bad input (ValueError stating expected and got), and the
 loading path never importing Keras or TensorFlow."""
+
 import os
 import shutil
 import subprocess
@@ -9,18 +10,17 @@ import sys
 import textwrap
 import zipfile
 
+import keras
 import numpy as np
 import pytest
 
-from test_keras_models import KERAS_WARNINGS, T, F, lively, masked_input, seq
+import rnnfast
+from rnnfast import FormatError, UnsupportedLayerError
 
-import keras  # noqa: E402
-
-import rnnfast  # noqa: E402
-from rnnfast import FormatError, UnsupportedLayerError  # noqa: E402
+from _testing import SEQ_F, SEQ_T, lively, masked_input, seq
 
 L = keras.layers
-pytestmark = KERAS_WARNINGS
+T, F = SEQ_T, SEQ_F
 
 
 def refused(model, layer_class, option=None, tmp_path=None):
@@ -46,8 +46,11 @@ def test_unsupported_layer(tmp_path):
 
 def test_unsupported_wrapped_layers():
     refused(seq(L.TimeDistributed(L.Flatten()), shape=(T, F, 2)), "TimeDistributed", "layer")
-    refused(keras.Sequential([keras.Input(batch_shape=(2, T, F)),
-                              L.Bidirectional(L.RNN(L.GRUCell(3), stateful=True))]), "RNN", "stateful")
+    refused(
+        keras.Sequential([keras.Input(batch_shape=(2, T, F)), L.Bidirectional(L.RNN(L.GRUCell(3), stateful=True))]),
+        "RNN",
+        "stateful",
+    )
 
 
 def test_stateful(tmp_path):
@@ -55,9 +58,10 @@ def test_stateful(tmp_path):
     refused(model, "GRU", "stateful", tmp_path=tmp_path)
 
 
-@pytest.mark.parametrize("cell, option, value", [
-    (L.GRU, "activation", "gelu"), (L.LSTM, "recurrent_activation", "relu6"),
-    (L.SimpleRNN, "activation", "swish")])
+@pytest.mark.parametrize(
+    "cell, option, value",
+    [(L.GRU, "activation", "gelu"), (L.LSTM, "recurrent_activation", "relu6"), (L.SimpleRNN, "activation", "swish")],
+)
 def test_recurrent_activation_not_in_kernels(cell, option, value):
     refused(seq(cell(3, **{option: value})), cell.__name__, option)
 
@@ -229,8 +233,9 @@ def test_input_validation(saved):
     d, _ = saved
     m = rnnfast.load(str(d / "m.keras"))
     x = masked_input((5, T, F))
-    with pytest.raises(ValueError, match=r"expected input of shape \(batch, any, %d\), got shape \(5, %d, 4\)"
-                       % (F, T)):
+    with pytest.raises(
+        ValueError, match=r"expected input of shape \(batch, any, %d\), got shape \(5, %d, 4\)" % (F, T)
+    ):
         m.predict(x[..., :4])
     with pytest.raises(ValueError, match="expected input of shape"):
         m.predict(x[0])
@@ -238,7 +243,7 @@ def test_input_validation(saved):
         m.predict(np.full((2, T, F), "a"))
     with pytest.raises(ValueError, match="time step"):
         m.predict(x[:, :0])
-    assert m.predict(x[:, :3]).shape == (5, 3, 2)          # any length
+    assert m.predict(x[:, :3]).shape == (5, 3, 2)  # any length
 
 
 def test_integer_input_validation():
@@ -293,6 +298,5 @@ def test_loading_never_imports_keras(saved, tmp_path):
     env = dict(os.environ)
     env.pop("KERAS_BACKEND", None)
     files = [str(d / "m.keras"), str(d / "m.h5"), str(tmp_path / "k2.h5")]
-    r = subprocess.run([sys.executable, "-c", BLOCKER] + files, capture_output=True, text=True, env=env,
-                       timeout=120)
+    r = subprocess.run([sys.executable, "-c", BLOCKER] + files, capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stdout + r.stderr

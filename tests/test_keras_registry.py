@@ -14,8 +14,7 @@ import os
 import numpy as np
 import pytest
 
-from test_keras_models import B, F, KERAS_WARNINGS, T, assert_like_keras, functional, lively, masked_ids, \
-    masked_input
+from _testing import SEQ_B, SEQ_F, SEQ_T, assert_like_keras, functional, lively, masked_ids, masked_input
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
 import keras  # noqa: E402
@@ -24,7 +23,7 @@ import rnnfast  # noqa: E402
 from rnnfast.io import keras_layers  # noqa: E402
 
 L = keras.layers
-pytestmark = KERAS_WARNINGS
+T, F, B = SEQ_T, SEQ_F, SEQ_B
 
 
 def seq(*layers, shape=(T, F), dtype="float32", name=None):

@@ -5,27 +5,23 @@ Expected values come from the frameworks: the probabilities Keras and PyTorch sa
 training, the frameworks loading the bundled files themselves, Keras' count_params()
 and PyTorch's numel().
 """
+
 import fnmatch
 import json
 import os
 import re
 
+import keras
 import numpy as np
 import pytest
+import torch
 
-from conftest import TOL
+import rnnfast
+from rnnfast import demo
 
-os.environ.setdefault("KERAS_BACKEND", "torch")
-import keras  # noqa: E402  (make test installs it: a missing Keras must fail, not skip)
-import torch  # noqa: E402
+from _testing import TOL
 
-import rnnfast  # noqa: E402
-from rnnfast import demo  # noqa: E402
-
-pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")]
-
-FILES = ["digits_bigru.keras", "digits_lstm.pt", "digits_lstm_head.npz", "digits_test.npz",
-         "digits_info.json"]
+FILES = ["digits_bigru.keras", "digits_lstm.pt", "digits_lstm_head.npz", "digits_test.npz", "digits_info.json"]
 
 
 @pytest.fixture(scope="module")
@@ -138,37 +134,54 @@ def test_keras_summary_counts_like_keras(kmodel, capsys):
     assert _total(text) == km.count_params()
     for layer in km.layers:
         line = next(ln for ln in text.splitlines() if ln.startswith(layer.name + " "))
-        assert "{:,}".format(layer.count_params()) in line, line
+        assert f"{layer.count_params():,}" in line, line
     assert "Bidirectional(GRU)" in text and "return_sequences" in text and "softmax" in text
     assert "Keras .keras archive" in text
 
 
-@pytest.mark.filterwarnings("ignore:.*does not support masking.*:UserWarning")
 def test_summary_of_every_kind_of_keras_layer(capsys):
     L = keras.layers
-    km = keras.Sequential([
-        keras.Input((7,), dtype="int32"), L.Embedding(20, 6, mask_zero=True, name="emb"),
-        L.Dropout(0.1, name="drop"),
-        L.Bidirectional(L.LSTM(5, return_sequences=True), merge_mode="sum", name="bi_sum"),
-        L.TimeDistributed(L.Dense(4, activation="relu"), name="td"),
-        L.RNN([L.GRUCell(3, reset_after=False), L.SimpleRNNCell(2, activation="relu")],
-              return_sequences=True, name="stacked"),
-        L.Bidirectional(L.GRU(3, return_sequences=True), name="bi_mixed",
-                        backward_layer=L.SimpleRNN(3, return_sequences=True, go_backwards=True)),
-        L.Flatten(name="flat"), L.Activation("gelu", name="act"), L.Dense(2, use_bias=False, name="out")],
-        name="every")
+    km = keras.Sequential(
+        [
+            keras.Input((7,), dtype="int32"),
+            L.Embedding(20, 6, mask_zero=True, name="emb"),
+            L.Dropout(0.1, name="drop"),
+            L.Bidirectional(L.LSTM(5, return_sequences=True), merge_mode="sum", name="bi_sum"),
+            L.TimeDistributed(L.Dense(4, activation="relu"), name="td"),
+            L.RNN(
+                [L.GRUCell(3, reset_after=False), L.SimpleRNNCell(2, activation="relu")],
+                return_sequences=True,
+                name="stacked",
+            ),
+            L.Bidirectional(
+                L.GRU(3, return_sequences=True),
+                name="bi_mixed",
+                backward_layer=L.SimpleRNN(3, return_sequences=True, go_backwards=True),
+            ),
+            L.Flatten(name="flat"),
+            L.Activation("gelu", name="act"),
+            L.Dense(2, use_bias=False, name="out"),
+        ],
+        name="every",
+    )
     rnnfast.from_keras(km).summary()
     text = capsys.readouterr().out
     assert _total(text) == km.count_params()
     lines = text.splitlines()
     seps = [i for i, ln in enumerate(lines) if set(ln) == {"-"}]
-    rows = {ln.split()[0]: ln for ln in lines[seps[1] + 1:seps[2]]}
+    rows = {ln.split()[0]: ln for ln in lines[seps[1] + 1 : seps[2]]}
     assert set(rows) == {layer.name for layer in km.layers}
     for layer in km.layers:
-        assert rows[layer.name].split()[-2] == "{:,}".format(layer.count_params()), rows[layer.name]
-    want = {"emb": "mask_zero=True", "bi_sum": "merge_mode=sum", "td": "TimeDistributed(Dense)",
-            "stacked": "cell 1: activation=relu", "bi_mixed": "backward_layer=SimpleRNN(3)",
-            "act": "gelu", "out": "use_bias=False"}
+        assert rows[layer.name].split()[-2] == f"{layer.count_params():,}", rows[layer.name]
+    want = {
+        "emb": "mask_zero=True",
+        "bi_sum": "merge_mode=sum",
+        "td": "TimeDistributed(Dense)",
+        "stacked": "cell 1: activation=relu",
+        "bi_mixed": "backward_layer=SimpleRNN(3)",
+        "act": "gelu",
+        "out": "use_bias=False",
+    }
     for name, words in want.items():
         assert words in rows[name], rows[name]
 
@@ -182,14 +195,13 @@ def test_torch_summary_counts_like_torch(tmodel):
     for k in range(2):
         n = sum(p.numel() for name, p in m.named_parameters() if re.search(r"_l%d(_reverse)?$" % k, name))
         row = next(ln for ln in text.splitlines() if ln.startswith("l%d " % k))
-        assert "{:,}".format(n) in row and "bidirectional" in row and "LSTM" in row
+        assert f"{n:,}" in row and "bidirectional" in row and "LSTM" in row
 
 
 def test_reprs_say_what_the_model_is(kmodel, tmodel):
     assert repr(kmodel).startswith("KerasModel('digits_bigru'")
     assert "Bidirectional(GRU(32" in repr(kmodel)
-    assert repr(tmodel) == ("TorchRNN(LSTM(8, 32, num_layers=2, batch_first=True, bidirectional=True), "
-                            "dtype=float32)")
+    assert repr(tmodel) == ("TorchRNN(LSTM(8, 32, num_layers=2, batch_first=True, bidirectional=True), dtype=float32)")
 
 
 def test_keras_predict_batches_and_progress_bar(kmodel, split, capsys):
@@ -212,21 +224,21 @@ def test_keras_predict_batches_and_progress_bar(kmodel, split, capsys):
 
 
 def test_torch_predict_is_the_output_sequence(split, capsys):
-    rnn = rnnfast.load(demo.data_path("digits_lstm.pt"))          # time-major, as PyTorch
+    rnn = rnnfast.load(demo.data_path("digits_lstm.pt"))  # time-major, as PyTorch
     x = np.ascontiguousarray(split["x"][:37].swapaxes(0, 1))
     lengths = np.random.default_rng(0).integers(1, 9, size=37)
     m = torch.nn.LSTM(8, 32, num_layers=2, bidirectional=True)
     m.load_state_dict(torch.load(demo.data_path("digits_lstm.pt"), weights_only=True))
     with torch.no_grad():
-        packed = torch.nn.utils.rnn.pack_padded_sequence(torch.from_numpy(x), torch.from_numpy(lengths),
-                                                         enforce_sorted=False)
+        packed = torch.nn.utils.rnn.pack_padded_sequence(
+            torch.from_numpy(x), torch.from_numpy(lengths), enforce_sorted=False
+        )
         want = torch.nn.utils.rnn.pad_packed_sequence(m(packed)[0], total_length=8)[0].numpy()
     capsys.readouterr()
     got = rnn.predict(x, lengths=lengths, batch_size=10, verbose=1)
     assert got.shape == (8, 37, 64)
     np.testing.assert_allclose(got, want, **TOL[np.dtype(np.float32)])
     assert "4/4" in capsys.readouterr().err
-    np.testing.assert_allclose(rnn.predict(x), m(torch.from_numpy(x))[0].detach().numpy(),
-                               **TOL[np.dtype(np.float32)])
+    np.testing.assert_allclose(rnn.predict(x), m(torch.from_numpy(x))[0].detach().numpy(), **TOL[np.dtype(np.float32)])
     with pytest.raises(ValueError, match="lengths"):
         rnn.predict(x, lengths=lengths[:5], batch_size=10)

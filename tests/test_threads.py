@@ -6,7 +6,7 @@ import pytest
 from threadpoolctl import threadpool_info
 
 import rnnfast
-from conftest import random_weights
+from _testing import random_weights
 from rnnfast import _kernels
 from rnnfast._threads import blas_single_threaded, resolve_num_threads
 from rnnfast.layers import RNNLayer

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import rnnfast
-from conftest import random_weights
+from _testing import random_weights
 from rnnfast import _threads
 from rnnfast._threads import (available_cpus, cgroup_cpu_limit, default_num_threads, max_threads,
                               omp_num_threads, resolve_num_threads)

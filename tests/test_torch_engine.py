@@ -3,18 +3,16 @@
 Weights go through the one PyTorch converter (rnnfast.io.torch_convert) into
 canonical layers; the loaders and TorchRNN are tested in their own modules.
 """
+
 import numpy as np
 import pytest
+import torch  # make test installs it: a missing torch must fail, not skip
 
-from conftest import assert_close
+from rnnfast import cells
+from rnnfast.io.torch_convert import cell_weights_from_torch
+from rnnfast.layers import RNNLayer
 
-import torch  # noqa: E402  (make test installs it: a missing torch must fail, not skip)
-
-pytestmark = pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
-
-from rnnfast import cells  # noqa: E402
-from rnnfast.io.torch_convert import cell_weights_from_torch  # noqa: E402
-from rnnfast.layers import RNNLayer  # noqa: E402
+from _testing import assert_close, seed_of
 
 MODES = {"GRU": torch.nn.GRU, "LSTM": torch.nn.LSTM, "RNN_TANH": torch.nn.RNN, "RNN_RELU": torch.nn.RNN}
 
@@ -26,10 +24,9 @@ def layers_from_module(m, dtype):
     out = []
     for k in range(m.num_layers):
         ws = []
-        for sfx in ([""] + (["_reverse"] if m.bidirectional else [])):
-            g = lambda n: sd.get("%s_l%d%s" % (n, k, sfx))  # noqa: E731
-            ws.append(cell_weights_from_torch(m.mode, g("weight_ih"), g("weight_hh"), g("bias_ih"),
-                                              g("bias_hh"), g("weight_hr")))
+        for sfx in [""] + (["_reverse"] if m.bidirectional else []):
+            names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
+            ws.append(cell_weights_from_torch(m.mode, *[sd.get("%s_l%d%s" % (n, k, sfx)) for n in names]))
         out.append(RNNLayer(cell.name, ws, activation=act, dtype=dtype))
     return out
 
@@ -38,8 +35,8 @@ def run_stack(layers, x, h0=None, c0=None, num_threads=None):
     D = layers[0].num_directions
     hs, cs = [], []
     for k, layer in enumerate(layers):
-        hk = None if h0 is None else h0[k * D:(k + 1) * D]
-        ck = None if c0 is None else c0[k * D:(k + 1) * D]
+        hk = None if h0 is None else h0[k * D : (k + 1) * D]
+        ck = None if c0 is None else c0[k * D : (k + 1) * D]
         x, h, c = layer.forward(x, hk, ck, num_threads=num_threads)
         hs.append(h)
         cs.append(c)
@@ -62,14 +59,14 @@ CASES = [
 
 
 def build(mode, I, H, L, bi, bias, proj, dtype):
-    torch.manual_seed(hash((mode, I, H, L, bi, bias, proj)) % 2**31)
+    torch.manual_seed(seed_of(mode, I, H, L, bi, bias, proj))
     kw = dict(num_layers=L, bidirectional=bi, bias=bias)
     if mode.startswith("RNN"):
         kw["nonlinearity"] = "relu" if mode == "RNN_RELU" else "tanh"
     if proj:
         kw["proj_size"] = proj
     m = MODES[mode](I, H, **kw).to(torch.float64 if dtype == np.float64 else torch.float32)
-    with torch.no_grad():                 # lively weights: wider than torch's default init
+    with torch.no_grad():  # lively weights: wider than torch's default init
         for p in m.parameters():
             p.uniform_(-1.5 / np.sqrt(H), 1.5 / np.sqrt(H))
     return m.eval()

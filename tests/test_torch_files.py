@@ -2,6 +2,7 @@
 state_dicts in the zip and legacy formats, .safetensors, checkpoints with prefixes,
 float16 / bfloat16 / float64 storage, architecture inference and its errors, and
 loading in a process where torch cannot be imported."""
+
 import copy
 import itertools
 import os
@@ -12,16 +13,15 @@ import zipfile
 
 import numpy as np
 import pytest
+import safetensors.torch as safetensors_torch
+import torch
 
-import torch  # noqa: E402  (the test install has it: a missing torch must fail, not skip)
-import safetensors.torch as safetensors_torch  # noqa: E402
+import rnnfast
 
-import rnnfast  # noqa: E402
-from conftest import TOL  # noqa: E402,F401
-from torch_testing import CLASSES, assert_same, make_module, torch_one_thread, torch_run  # noqa: E402,F401
+from _testing import TOL, TORCH_MODES, assert_same, make_module, torch_run
 
-pytestmark = [pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN"),
-              pytest.mark.usefixtures("torch_one_thread")]
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
 
 def write(kind, m, path, prefix=""):
     """Save ``m``'s state_dict as ``kind``: "pt", "legacy", "safetensors", or a checkpoint
@@ -34,35 +34,67 @@ def write(kind, m, path, prefix=""):
     elif kind == "safetensors":
         safetensors_torch.save_file({k: v.contiguous() for k, v in sd.items()}, path)
     elif kind == "ckpt":
-        other = {"encoder.embedding.weight": torch.randn(11, m.input_size),
-                 "head.weight": torch.randn(2, 3), "head.bias": torch.zeros(2),
-                 "step": torch.tensor(7)}
-        torch.save({"model": {**other, **sd}, "epoch": 3, "lr": 0.01,
-                    "optimizer": {"state": {0: {"exp_avg": torch.zeros(3)}}, "param_groups": [{"lr": 0.1}]},
-                    "history": [1.0, 2.0, ("a", None, True)], "name": "run-7"}, path)
+        other = {
+            "encoder.embedding.weight": torch.randn(11, m.input_size),
+            "head.weight": torch.randn(2, 3),
+            "head.bias": torch.zeros(2),
+            "step": torch.tensor(7),
+        }
+        torch.save(
+            {
+                "model": {**other, **sd},
+                "epoch": 3,
+                "lr": 0.01,
+                "optimizer": {"state": {0: {"exp_avg": torch.zeros(3)}}, "param_groups": [{"lr": 0.1}]},
+                "history": [1.0, 2.0, ("a", None, True)],
+                "name": "run-7",
+            },
+            path,
+        )
     return path
 
 
 # -- the grid --------------------------------------------------------------------------
 
 FILE_GRID = []
-for i, (mode, kind) in enumerate(itertools.product(CLASSES, ("pt", "safetensors", "ckpt", "legacy"))):
-    FILE_GRID.append(dict(mode=mode, kind=kind, num_layers=1 + i % 3, bidirectional=i % 2 == 0,
-                          proj_size=2 if mode == "LSTM" and i % 2 == 1 else 0, bias=i % 5 != 2,
-                          batch_first=i % 3 == 1, float64=i % 4 == 3, lengths=i % 2 == 1))
+for i, (mode, kind) in enumerate(itertools.product(TORCH_MODES, ("pt", "safetensors", "ckpt", "legacy"))):
+    FILE_GRID.append(
+        dict(
+            mode=mode,
+            kind=kind,
+            num_layers=1 + i % 3,
+            bidirectional=i % 2 == 0,
+            proj_size=2 if mode == "LSTM" and i % 2 == 1 else 0,
+            bias=i % 5 != 2,
+            batch_first=i % 3 == 1,
+            float64=i % 4 == 3,
+            lengths=i % 2 == 1,
+        )
+    )
 
 
 def _fid(c):
     return "%s-%s-L%d%s%s%s%s%s%s" % (
-        c["mode"], c["kind"], c["num_layers"], "-bi" if c["bidirectional"] else "",
-        "-proj" if c["proj_size"] else "", "" if c["bias"] else "-nobias", "-bf" if c["batch_first"] else "",
-        "-f64" if c["float64"] else "", "-len" if c["lengths"] else "")
+        c["mode"],
+        c["kind"],
+        c["num_layers"],
+        "-bi" if c["bidirectional"] else "",
+        "-proj" if c["proj_size"] else "",
+        "" if c["bias"] else "-nobias",
+        "-bf" if c["batch_first"] else "",
+        "-f64" if c["float64"] else "",
+        "-len" if c["lengths"] else "",
+    )
 
 
 @pytest.mark.parametrize("case", FILE_GRID, ids=[_fid(c) for c in FILE_GRID])
 def test_load_file_matches_module(case, tmp_path):
-    kw = dict(num_layers=case["num_layers"], bidirectional=case["bidirectional"], bias=case["bias"],
-              batch_first=case["batch_first"])
+    kw = dict(
+        num_layers=case["num_layers"],
+        bidirectional=case["bidirectional"],
+        bias=case["bias"],
+        batch_first=case["batch_first"],
+    )
     if case["proj_size"]:
         kw["proj_size"] = case["proj_size"]
     m = make_module(case["mode"], 4, 5, seed=len(FILE_GRID) + FILE_GRID.index(case), **kw)
@@ -75,13 +107,20 @@ def test_load_file_matches_module(case, tmp_path):
     if case["mode"] == "RNN_RELU":
         options["nonlinearity"] = "relu"
     if case["kind"] == "ckpt" and case["num_layers"] != 2:
-        options["prefix"] = "encoder.rnn."          # else found without one: the only RNN in it
+        options["prefix"] = "encoder.rnn."  # else found without one: the only RNN in it
     rnn = rnnfast.load(path, **options)
     assert isinstance(rnn, rnnfast.TorchRNN)
     assert rnn.dtype == dtype
-    assert (rnn.mode, rnn.num_layers, rnn.bidirectional, rnn.proj_size, rnn.bias, rnn.batch_first,
-            rnn.input_size, rnn.hidden_size) == (case["mode"], m.num_layers, m.bidirectional, m.proj_size,
-                                                 m.bias, m.batch_first, 4, 5)
+    assert (
+        rnn.mode,
+        rnn.num_layers,
+        rnn.bidirectional,
+        rnn.proj_size,
+        rnn.bias,
+        rnn.batch_first,
+        rnn.input_size,
+        rnn.hidden_size,
+    ) == (case["mode"], m.num_layers, m.bidirectional, m.proj_size, m.bias, m.batch_first, 4, 5)
     rng = np.random.default_rng(FILE_GRID.index(case))
     B, T = 3, 8
     x = rng.standard_normal((B, T, 4) if case["batch_first"] else (T, B, 4)).astype(dtype)
@@ -97,7 +136,7 @@ def test_half_precision_storage(half, kind, tmp_path):
     rnn = rnnfast.load(path)
     assert rnn.dtype == np.float32
     x = np.random.default_rng(0).standard_normal((7, 2, 3)).astype(np.float32)
-    assert_same(rnn(x), torch_run(m.float(), x), np.float32)     # float32 of the same rounded weights
+    assert_same(rnn(x), torch_run(m.float(), x), np.float32)  # float32 of the same rounded weights
     rnn64 = rnnfast.load(path, dtype="float64")
     assert rnn64.dtype == np.float64
     x64 = x.astype(np.float64)
@@ -157,7 +196,7 @@ def test_shared_storage_views(tmp_path):
     flat = torch.cat([v.reshape(-1) for v in m.state_dict().values()])
     sd, pos = {}, 0
     for k, v in m.state_dict().items():
-        sd[k] = flat[pos: pos + v.numel()].view(v.shape)
+        sd[k] = flat[pos : pos + v.numel()].view(v.shape)
         pos += v.numel()
     path = str(tmp_path / "views.pt")
     torch.save(sd, path)
@@ -185,14 +224,21 @@ def test_transposed_strides(tmp_path):
 def test_checkpoint_prefixes(tmp_path):
     enc = make_module("LSTM", 3, 4, seed=1)
     dec = make_module("GRU", 4, 5, seed=2, bidirectional=True)
-    ckpt = {"model": {**{"encoder.rnn." + k: v for k, v in enc.state_dict().items()},
-                      **{"decoder.rnn." + k: v for k, v in dec.state_dict().items()},
-                      "decoder.out.weight": torch.randn(2, 10)},
-            "epoch": 3}
+    ckpt = {
+        "model": {
+            **{"encoder.rnn." + k: v for k, v in enc.state_dict().items()},
+            **{"decoder.rnn." + k: v for k, v in dec.state_dict().items()},
+            "decoder.out.weight": torch.randn(2, 10),
+        },
+        "epoch": 3,
+    }
     path = str(tmp_path / "ckpt.pt")
     torch.save(ckpt, path)
-    with pytest.raises(rnnfast.FormatError, match=r"2 recurrent modules.*'model\.decoder\.rnn\.'.*"
-                                                  r"'model\.encoder\.rnn\.'.*prefix="):
+    with pytest.raises(
+        rnnfast.FormatError,
+        match=r"2 recurrent modules.*'model\.decoder\.rnn\.'.*"
+        r"'model\.encoder\.rnn\.'.*prefix=",
+    ):
         rnnfast.load(path)
     x = np.random.default_rng(6).standard_normal((5, 2, 3)).astype(np.float32)
     for prefix in ("encoder.rnn.", "encoder.rnn", "model.encoder.rnn."):
@@ -201,8 +247,11 @@ def test_checkpoint_prefixes(tmp_path):
         assert_same(rnn(x), torch_run(enc, x), np.float32)
     y = np.random.default_rng(7).standard_normal((5, 2, 4)).astype(np.float32)
     assert_same(rnnfast.load(path, prefix="decoder.rnn.")(y), torch_run(dec, y), np.float32)
-    with pytest.raises(rnnfast.FormatError, match=r"no recurrent module under prefix 'encoder\.gru\.'.*"
-                                                  r"'model\.encoder\.rnn\.'"):
+    with pytest.raises(
+        rnnfast.FormatError,
+        match=r"no recurrent module under prefix 'encoder\.gru\.'.*"
+        r"'model\.encoder\.rnn\.'",
+    ):
         rnnfast.load(path, prefix="encoder.gru.")
 
 
@@ -240,8 +289,11 @@ def test_no_rnn_in_file(kind, tmp_path):
         torch.save(lin.state_dict(), path)
     else:
         safetensors_torch.save_file(lin.state_dict(), path)
-    with pytest.raises(rnnfast.FormatError, match=r"no nn\.GRU / nn\.LSTM / nn\.RNN state_dict.*"
-                                                  r"2 tensors: ") as err:
+    with pytest.raises(
+        rnnfast.FormatError,
+        match=r"no nn\.GRU / nn\.LSTM / nn\.RNN state_dict.*"
+        r"2 tensors: ",
+    ) as err:
         rnnfast.load(path)
     assert "'weight' [4, 3] float32" in str(err.value) and "'bias' [4] float32" in str(err.value)
 
@@ -268,13 +320,16 @@ def _save(sd, tmp_path, name="x.pt"):
     return path
 
 
-@pytest.mark.parametrize("mode,kw,expect", [
-    ("GRU", dict(num_layers=3, bidirectional=True), "GRU(5, 7, num_layers=3, bidirectional=True)"),
-    ("LSTM", dict(proj_size=3, bias=False), "LSTM(5, 7, bias=False, proj_size=3)"),
-    ("LSTM", dict(num_layers=2), "LSTM(5, 7, num_layers=2)"),
-    ("RNN_TANH", dict(bidirectional=True), "RNN(5, 7, bidirectional=True)"),
-    ("GRU", dict(proj_size=0), "GRU(5, 7)"),
-])
+@pytest.mark.parametrize(
+    "mode,kw,expect",
+    [
+        ("GRU", dict(num_layers=3, bidirectional=True), "GRU(5, 7, num_layers=3, bidirectional=True)"),
+        ("LSTM", dict(proj_size=3, bias=False), "LSTM(5, 7, bias=False, proj_size=3)"),
+        ("LSTM", dict(num_layers=2), "LSTM(5, 7, num_layers=2)"),
+        ("RNN_TANH", dict(bidirectional=True), "RNN(5, 7, bidirectional=True)"),
+        ("GRU", dict(proj_size=0), "GRU(5, 7)"),
+    ],
+)
 def test_architecture_inferred(mode, kw, expect, tmp_path):
     if mode != "LSTM":
         kw.pop("proj_size", None)
@@ -295,8 +350,11 @@ def test_inconsistent_tensors(tmp_path):
                 sd[k] = v
         return _save(sd, tmp_path)
 
-    with pytest.raises(rnnfast.FormatError, match=r"'weight_hh_l1' has shape \(16, 3\); an LSTM\(3, 4, "
-                                                  r"num_layers=2, proj_size=2\) needs \(16, 2\)"):
+    with pytest.raises(
+        rnnfast.FormatError,
+        match=r"'weight_hh_l1' has shape \(16, 3\); an LSTM\(3, 4, "
+        r"num_layers=2, proj_size=2\) needs \(16, 2\)",
+    ):
         rnnfast.load(bad(weight_hh_l1=torch.zeros(16, 3)))
     with pytest.raises(rnnfast.FormatError, match=r"'bias_hh_l1' is missing.*\(16,\)"):
         rnnfast.load(bad(bias_hh_l1=None))
@@ -317,12 +375,18 @@ def test_inconsistent_tensors(tmp_path):
 
     gru = make_module("GRU", 3, 4).state_dict()
     sd = dict(gru, weight_ih_l0=torch.zeros(10, 3), weight_hh_l0=torch.zeros(10, 4))
-    with pytest.raises(rnnfast.FormatError, match=r"'weight_ih_l0' has shape \(10, 3\).*\(10, 4\).*"
-                                                  r"1 \(RNN\), 3 \(GRU\) or 4 \(LSTM\)"):
+    with pytest.raises(
+        rnnfast.FormatError,
+        match=r"'weight_ih_l0' has shape \(10, 3\).*\(10, 4\).*"
+        r"1 \(RNN\), 3 \(GRU\) or 4 \(LSTM\)",
+    ):
         rnnfast.load(_save(sd, tmp_path))
     sd = dict(gru, weight_hh_l0=torch.zeros(11, 4))
-    with pytest.raises(rnnfast.FormatError, match=r"'weight_ih_l0' has shape \(12, 3\) but 'weight_hh_l0' "
-                                                  r"has shape \(11, 4\)"):
+    with pytest.raises(
+        rnnfast.FormatError,
+        match=r"'weight_ih_l0' has shape \(12, 3\) but 'weight_hh_l0' "
+        r"has shape \(11, 4\)",
+    ):
         rnnfast.load(_save(sd, tmp_path))
     sd = dict(gru, weight_hr_l0=torch.zeros(4, 4))
     with pytest.raises(rnnfast.FormatError, match="only an LSTM has"):
@@ -342,7 +406,7 @@ def test_options(tmp_path):
     assert rnnfast.load(gru, nonlinearity="tanh").mode == "GRU"
     with pytest.raises(ValueError, match="nonlinearity must be"):
         rnnfast.load(rnn_path, nonlinearity="sigmoid")
-    assert rnnfast.load(rnn_path).mode == "RNN_TANH"          # a file cannot say; tanh is the default
+    assert rnnfast.load(rnn_path).mode == "RNN_TANH"  # a file cannot say; tanh is the default
     relu = rnnfast.load(rnn_path, nonlinearity="relu")
     assert relu.mode == "RNN_RELU"
     m = make_module("RNN_RELU", 3, 4)
@@ -390,24 +454,33 @@ NO_TORCH = textwrap.dedent("""
 
 def test_load_without_torch(tmp_path):
     m = make_module("LSTM", 3, 4, num_layers=2, bidirectional=True, proj_size=2)
-    files = [(write("pt", m, str(tmp_path / "a.pt")), {}),
-             (write("safetensors", m, str(tmp_path / "a.safetensors")), {}),
-             (write("legacy", m, str(tmp_path / "a.legacy")), {}),
-             (write("ckpt", copy.deepcopy(m).to(torch.bfloat16), str(tmp_path / "a.ckpt"), "encoder.rnn."),
-              {"prefix": "encoder.rnn."})]
+    files = [
+        (write("pt", m, str(tmp_path / "a.pt")), {}),
+        (write("safetensors", m, str(tmp_path / "a.safetensors")), {}),
+        (write("legacy", m, str(tmp_path / "a.legacy")), {}),
+        (
+            write("ckpt", copy.deepcopy(m).to(torch.bfloat16), str(tmp_path / "a.ckpt"), "encoder.rnn."),
+            {"prefix": "encoder.rnn."},
+        ),
+    ]
     x = np.random.default_rng(11).standard_normal((5, 2, 3)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
     script = tmp_path / "child.py"
     script.write_text(NO_TORCH % (files,))
     env = dict(os.environ, PYTHONWARNINGS="error")
-    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "x.npy"), str(tmp_path / "r.npz")],
-                          capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "x.npy"), str(tmp_path / "r.npz")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     got = np.load(tmp_path / "r.npz")
     for i in range(3):
         want_out, (want_h, _) = torch_run(m, x, lengths=[5, 2])
         np.testing.assert_allclose(got["out%d" % i], want_out, **TOL[np.dtype(np.float32)])
         np.testing.assert_allclose(got["h%d" % i], want_h, **TOL[np.dtype(np.float32)])
-    want_out, (want_h, _) = torch_run(m.to(torch.bfloat16).float(), x, lengths=[5, 2])   # rounded weights
+    want_out, (want_h, _) = torch_run(m.to(torch.bfloat16).float(), x, lengths=[5, 2])  # rounded weights
     np.testing.assert_allclose(got["out3"], want_out, **TOL[np.dtype(np.float32)])
     np.testing.assert_allclose(got["h3"], want_h, **TOL[np.dtype(np.float32)])

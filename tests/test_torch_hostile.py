@@ -17,7 +17,7 @@ import torch  # noqa: E402  (the test install has it: a missing torch must fail,
 import safetensors.torch as safetensors_torch  # noqa: E402
 
 import rnnfast  # noqa: E402
-from conftest import TOL  # noqa: E402  (the contract's tolerances, one table)
+from _testing import TOL
 
 
 # -- writing torch-format files by hand --------------------------------------------------

@@ -4,21 +4,21 @@ Expected values come only from live torch (2.13): each case builds a random modu
 runs it (packed when ``lengths`` is given) and compares rnnfast's result within the
 contract tolerance.
 """
+
 import itertools
 import zlib
 
 import numpy as np
 import pytest
+import torch
 
-import torch  # noqa: E402  (the test install has it: a missing torch must fail, not skip)
+import rnnfast
+from rnnfast.layers import RNNLayer
 
-import rnnfast  # noqa: E402
-from conftest import TOL  # noqa: E402,F401
-from torch_testing import CLASSES, assert_same, make_module, torch_one_thread, torch_run  # noqa: E402,F401
-from rnnfast.layers import RNNLayer  # noqa: E402
+from _testing import TORCH_MODES, assert_same, make_module, torch_run
 
-pytestmark = [pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN"),
-              pytest.mark.usefixtures("torch_one_thread")]
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
 
 def random_inputs(m, T, B, rng, *, with_hx, with_lengths, dtype):
     I = m.input_size
@@ -36,7 +36,7 @@ def random_inputs(m, T, B, rng, *, with_hx, with_lengths, dtype):
     lengths = None
     if with_lengths:
         lengths = rng.integers(1, T + 1, size=B)
-        lengths[rng.integers(B)] = T          # unsorted, at least one full row
+        lengths[rng.integers(B)] = T  # unsorted, at least one full row
     return x, hx, lengths
 
 
@@ -51,37 +51,55 @@ def torch_hx(hx):
 # The grid: every cell x layers x direction, and the other options spread over it so
 # that each value meets several cells (the index picks them deterministically).
 GRID = []
-for i, (mode, layers, bidi) in enumerate(itertools.product(CLASSES, (1, 2, 3), (False, True))):
-    GRID.append(dict(
-        mode=mode, num_layers=layers, bidirectional=bidi,
-        proj_size=(2 if i % 2 == 0 else 0) if mode == "LSTM" else 0,
-        bias=i % 3 != 1,
-        batch_first=i % 4 in (1, 2),
-        dtype=np.float64 if i % 5 in (0, 3) else np.float32,
-        lengths=i % 3 == 0,
-        hx=i % 2 == 1,
-        B=(1, 3, 4)[i % 3],
-    ))
+for i, (mode, layers, bidi) in enumerate(itertools.product(TORCH_MODES, (1, 2, 3), (False, True))):
+    GRID.append(
+        dict(
+            mode=mode,
+            num_layers=layers,
+            bidirectional=bidi,
+            proj_size=(2 if i % 2 == 0 else 0) if mode == "LSTM" else 0,
+            bias=i % 3 != 1,
+            batch_first=i % 4 in (1, 2),
+            dtype=np.float64 if i % 5 in (0, 3) else np.float32,
+            lengths=i % 3 == 0,
+            hx=i % 2 == 1,
+            B=(1, 3, 4)[i % 3],
+        )
+    )
 
 
 def _id(c):
     return "%s-L%d%s%s%s%s-%s%s%s-B%d" % (
-        c["mode"], c["num_layers"], "-bi" if c["bidirectional"] else "",
-        "-proj" if c["proj_size"] else "", "" if c["bias"] else "-nobias",
-        "-bf" if c["batch_first"] else "", np.dtype(c["dtype"]).name,
-        "-len" if c["lengths"] else "", "-hx" if c["hx"] else "", c["B"])
+        c["mode"],
+        c["num_layers"],
+        "-bi" if c["bidirectional"] else "",
+        "-proj" if c["proj_size"] else "",
+        "" if c["bias"] else "-nobias",
+        "-bf" if c["batch_first"] else "",
+        np.dtype(c["dtype"]).name,
+        "-len" if c["lengths"] else "",
+        "-hx" if c["hx"] else "",
+        c["B"],
+    )
 
 
 @pytest.mark.parametrize("case", GRID, ids=[_id(c) for c in GRID])
 def test_from_torch_matches_module(case):
     dtype = case["dtype"]
-    m = make_module(case["mode"], 5, 6, seed=zlib.crc32(_id(case).encode()) % 1000,
-                    dtype=torch.float64 if dtype == np.float64 else torch.float32,
-                    num_layers=case["num_layers"], bidirectional=case["bidirectional"],
-                    proj_size=case["proj_size"], bias=case["bias"], batch_first=case["batch_first"])
+    m = make_module(
+        case["mode"],
+        5,
+        6,
+        seed=zlib.crc32(_id(case).encode()) % 1000,
+        dtype=torch.float64 if dtype == np.float64 else torch.float32,
+        num_layers=case["num_layers"],
+        bidirectional=case["bidirectional"],
+        proj_size=case["proj_size"],
+        bias=case["bias"],
+        batch_first=case["batch_first"],
+    )
     rng = np.random.default_rng(zlib.crc32(_id(case).encode()))
-    x, hx, lengths = random_inputs(m, 9, case["B"], rng, with_hx=case["hx"], with_lengths=case["lengths"],
-                                   dtype=dtype)
+    x, hx, lengths = random_inputs(m, 9, case["B"], rng, with_hx=case["hx"], with_lengths=case["lengths"], dtype=dtype)
     want = torch_run(m, x, torch_hx(hx), lengths)
     rnn = rnnfast.from_torch(m)
     assert rnn.dtype == dtype
@@ -90,7 +108,7 @@ def test_from_torch_matches_module(case):
     if lengths is not None:
         out = got[0] if not case["batch_first"] else np.swapaxes(got[0], 0, 1)
         for b, n in enumerate(lengths):
-            assert not out[n:, b].any()          # padding is zeros, as pad_packed_sequence gives
+            assert not out[n:, b].any()  # padding is zeros, as pad_packed_sequence gives
 
 
 @pytest.mark.parametrize("mode", ["GRU", "LSTM"])
@@ -106,19 +124,28 @@ def test_long_sequence_T1000(mode):
 
 
 def test_attributes_and_repr():
-    m = make_module("LSTM", 5, 7, num_layers=3, bidirectional=True, proj_size=3, batch_first=True,
-                    bias=False)
+    m = make_module("LSTM", 5, 7, num_layers=3, bidirectional=True, proj_size=3, batch_first=True, bias=False)
     rnn = rnnfast.from_torch(m)
     assert isinstance(rnn, rnnfast.TorchRNN)
-    assert (rnn.mode, rnn.input_size, rnn.hidden_size, rnn.num_layers, rnn.bidirectional, rnn.proj_size,
-            rnn.batch_first, rnn.bias) == ("LSTM", 5, 7, 3, True, 3, True, False)
+    assert (
+        rnn.mode,
+        rnn.input_size,
+        rnn.hidden_size,
+        rnn.num_layers,
+        rnn.bidirectional,
+        rnn.proj_size,
+        rnn.batch_first,
+        rnn.bias,
+    ) == ("LSTM", 5, 7, 3, True, 3, True, False)
     assert rnn.dtype == np.float32
     assert len(rnn.layers) == 3 and all(isinstance(l, RNNLayer) for l in rnn.layers)
     assert [l.input_size for l in rnn.layers] == [5, 6, 6]
     assert all(l.num_directions == 2 for l in rnn.layers)
     text = repr(rnn)
-    assert text == ("TorchRNN(LSTM(5, 7, num_layers=3, bias=False, batch_first=True, bidirectional=True, "
-                    "proj_size=3), dtype=float32)")
+    assert text == (
+        "TorchRNN(LSTM(5, 7, num_layers=3, bias=False, batch_first=True, bidirectional=True, "
+        "proj_size=3), dtype=float32)"
+    )
     relu = rnnfast.from_torch(make_module("RNN_RELU", 2, 3))
     assert relu.mode == "RNN_RELU" and relu.nonlinearity == "relu"
     assert "nonlinearity='relu'" in repr(relu)
@@ -192,7 +219,7 @@ def test_half_precision_module(half):
     rnn = rnnfast.from_torch(m)
     assert rnn.dtype == np.float32
     x = np.random.default_rng(5).standard_normal((6, 2, 3)).astype(np.float32)
-    assert_same(rnn(x), torch_run(m.float(), x), np.float32)     # the same rounded weights in float32
+    assert_same(rnn(x), torch_run(m.float(), x), np.float32)  # the same rounded weights in float32
 
 
 def test_parametrized_weights(tmp_path):

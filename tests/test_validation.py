@@ -9,13 +9,11 @@ import pytest
 import torch
 
 import rnnfast
-from conftest import random_weights
+from _testing import make_module, random_weights
 from rnnfast import _validation, layers
 from rnnfast.layers import Dense, RNNLayer, apply_activation
 from rnnfast.model import Sequential
-from torch_testing import make_module
 
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
 
 T, B, I, H = 5, 3, 4, 6
 

@@ -36,3 +36,13 @@ __all__ = [
     "UnsupportedLayerError",
     "RnnfastError",
 ]
+
+
+def __getattr__(name):
+    # rnnfast.dask and rnnfast.ray (adapters to Dask and Ray Data) load on first use:
+    # `import rnnfast` never imports those engines
+    if name in ("dask", "ray"):
+        import importlib
+
+        return importlib.import_module("." + name, __name__)
+    raise AttributeError("module %r has no attribute %r" % (__name__, name))

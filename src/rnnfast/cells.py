@@ -60,8 +60,7 @@ TORCH_TENSORS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
 
 def kernel_code(kernel_name):
     """The compiled core's code of the kernel cell ``kernel_name`` ("gru", "gru_rb", ...)."""
-    # once the kernel's cpdef enum lands: return getattr(_kernels, "RNN_CELL_" + kernel_name.upper())
-    return _kernels.CELL_CODES[kernel_name]
+    return int(getattr(_kernels, "RNN_CELL_" + kernel_name.upper()))
 
 
 # -- the reference steps: float64, batch rows as matrix rows --------------------------------

@@ -29,7 +29,8 @@ from typing import Optional
 
 import numpy as np
 
-from . import _kernels, cells
+from . import _kernels, _plan, cells
+from ._plan import BATCH_FIRST_MIN_ROWS
 from ._threads import blas_single_threaded, resolve_num_threads
 from ._validation import as_input, as_lengths, as_mask, as_numeric, as_state, compute_dtype, integer_option
 from ._validation import weight as _checked
@@ -37,48 +38,14 @@ from ._validation import weight as _checked
 __all__ = ["ACTIVATIONS", "CellWeights", "RNNLayer", "Dense", "merge_directions", "apply_activation",
            "softmax"]
 
-#: Activation names the recurrent kernels run, and their codes in _cellmath.h.
-#: ``hard_sigmoid`` is Keras 3's ``relu6(x + 3) / 6``; ``hard_sigmoid_keras2`` is
-#: Keras 2 / tf.keras' ``clip(0.2 x + 0.5, 0, 1)``.
-ACTIVATIONS = {
-    "linear": 0,
-    "tanh": 1,
-    "sigmoid": 2,
-    "hard_sigmoid": 3,
-    "hard_sigmoid_keras2": 4,
-    "relu": 5,
-    "softsign": 6,
-    "softplus": 7,
-    "elu": 8,
-    "selu": 9,
-    "exponential": 10,
-}
+#: Activation names the recurrent kernels run, and their codes: the RNN_ACT_* enum of
+#: the C core (c/enums.h), named by it (RNN_ACT_HARD_SIGMOID_KERAS2 ->
+#: "hard_sigmoid_keras2"). ``hard_sigmoid`` is Keras 3's ``relu6(x + 3) / 6``;
+#: ``hard_sigmoid_keras2`` is Keras 2 / tf.keras' ``clip(0.2 x + 0.5, 0, 1)``.
+ACTIVATIONS = {m.name[len("RNN_ACT_"):].lower(): int(m)
+               for m in sorted(_kernels.rnn_activation, key=int) if m != _kernels.RNN_ACT_COUNT}
 
 _MERGE_MODES = ("concat", "sum", "mul", "ave", None)
-#: Elements of the input projection buffer per chunk (all directions), at most; bounds
-#: the kernel's scratch memory independently of the sequence length.
-CHUNK_ELEMENTS = 1 << 21
-#: ... and the target on the blocked path: about 1 MB, so that a chunk's projection
-#: is still in the core's cache when its steps read it (at least one step). On one
-#: thread, LSTM B=64 H=256: 65 ms against 72 ms with 8 MB chunks; GRU B=256 H=256:
-#: 198 ms with 1-step chunks against 218 ms with 4. The item path keeps
-#: CHUNK_ELEMENTS: it starts two parallel regions per chunk.
-CHUNK_ELEMENTS_CACHED = 1 << 18
-#: Batch-major input (``batch_first``) below this many rows (but more than one) is
-#: transposed instead: the kernel projects a batch-major step's rows together, and
-#: the projection's register tile has 6 rows.
-BATCH_FIRST_MIN_ROWS = 6
-#: Units per column block, at least, and the most blocks: GRU (reset-after), LSTM
-#: without projection and SimpleRNN lay their gate columns out in unit blocks so that
-#: a small batch can split each step across threads (see _kernels.pyx).
-UNIT_BLOCK = 64
-MAX_UNIT_BLOCKS = 8
-#: The blocked path synchronises its threads once per step: a step with less work
-#: than this many flops per thread uses fewer threads (the tasks, and so the results,
-#: are the same whatever the team size). With the spinning barrier, two threads pay
-#: off down to small steps: GRU H=128 B=1 T=1000 (98 kflop a step) 3.4 -> 2.1 ms,
-#: LSTM H=128 4.4 -> 2.7 ms; at T=100 it is even.
-MIN_STEP_FLOPS_PER_THREAD = 40_000
 
 
 def _activation_code(name, what):
@@ -253,10 +220,8 @@ class RNNLayer:
         self.output_size = Ho
         self.num_directions = len(weights)
         W, U, bx = np.stack(Ws), np.stack(Us), np.stack(bxs)
-        self._ncb = 1
         plain = self._kernel.packed and proj is None
-        if plain:
-            self._ncb = max(1, min(MAX_UNIT_BLOCKS, H // UNIT_BLOCK))
+        self._ncb = _plan.unit_blocks(H, plain)
         if self._ncb > 1:
             perm = _unit_block_order(H, G, self._ncb)
             W, U, bx = W[:, :, perm], U[:, :, perm], bx[:, perm]
@@ -315,6 +280,71 @@ class RNNLayer:
         return "RNNLayer(%s, input_size=%d, units=%d, directions=%d%s, dtype=%s)" % (
             kind, self.input_size, self.units, self.num_directions, extra, self.dtype.name)
 
+    # -- pickling (models that travel to workers: rnnfast.dask, rnnfast.ray) ---------
+
+    #: Attributes a pickle leaves out and the arriving process rebuilds: the packed
+    #: copies of the weights (made for the CPU that runs the layer, which need not be
+    #: the one that pickled it) and what is decided with them.
+    _PICKLE_DERIVED = ("_Wp", "_Up", "_uses_blas")
+    #: Bumped when the pickled state changes meaning; an older pickle is refused.
+    _PICKLE_FORMAT = 1
+
+    def __getstate__(self):
+        """The canonical weights and options, once; no packed copies (see
+        :meth:`__setstate__`)."""
+        state = {k: v for k, v in self.__dict__.items() if k not in self._PICKLE_DERIVED}
+        state["_pickle_format"] = self._PICKLE_FORMAT
+        return state
+
+    def __setstate__(self, state):
+        """Restore the canonical weights (read-only, as loaded) and pack them again for
+        this CPU: the layer computes bitwise what the pickled one computed."""
+        state = dict(state)
+        fmt = state.pop("_pickle_format", None)
+        if fmt != self._PICKLE_FORMAT:
+            from .errors import FormatError
+
+            raise FormatError("this RNNLayer was pickled by another rnnfast version (pickle format "
+                              "%r, this one reads %r): pickle it again with rnnfast %s"
+                              % (fmt, self._PICKLE_FORMAT, _version()))
+        for k, v in state.items():
+            if isinstance(v, np.ndarray):
+                state[k] = _frozen(_usable(v))
+        self.__dict__.update(state)
+        self._pack()
+
+    def _pack(self):
+        """The packed copies of ``_W`` and ``_U`` (as :meth:`_convert` makes them)."""
+        G = _GATES[self.cell]
+        D = self._W.shape[0]
+        plain = self._kernel_cell in ("gru", "lstm", "simple") and self._Wr.shape[1] == 0
+        packed_w = _kernels.packed_projection(self.dtype)
+        self._Wp = _frozen(_kernels.pack_blocks(self._W, G, self._ncb) if packed_w
+                           else np.zeros((D, 0), self.dtype))
+        self._Up = _frozen(_kernels.pack_blocks(self._U, G, self._ncb) if plain
+                           else np.zeros((D, 0), self.dtype))
+        self._uses_blas = self._Wp.size == 0 or not plain
+
+    def _direction_matches(self, other, d):
+        """Whether this one-direction layer is direction ``d`` of ``other`` bitwise (the
+        same options and canonical arrays): a Keras ``Bidirectional`` keeps both, and a
+        pickle then carries the weights once (:func:`_layer_from_direction`)."""
+        if self.num_directions != 1 or other.num_directions != 2:
+            return False
+        mine = self.__getstate__()
+        theirs = other.__getstate__()
+        for k, v in mine.items():
+            w = theirs.get(k)
+            if isinstance(v, np.ndarray):
+                if not (isinstance(w, np.ndarray) and w.dtype == v.dtype and w.shape[1:] == v.shape[1:]
+                        and v.shape[0] == 1 and w[d].tobytes() == v[0].tobytes()):
+                    return False
+            elif k in ("cell", "reset_after", "activation", "recurrent_activation", "dtype", "_ncb",
+                       "_kernel_cell", "_act", "_ract", "units", "input_size", "proj_size",
+                       "output_size") and v != w:
+                return False
+        return True
+
     # -- running ---------------------------------------------------------------------
 
     def forward(self, x, h0=None, c0=None, *, mask=None, lengths=None, zero_output_for_mask=False,
@@ -346,8 +376,8 @@ class RNNLayer:
             counted from it, at most 4 per CPU of the machine).
         chunk_steps : int, optional
             Steps per input-projection chunk (default: bounded by
-            :data:`CHUNK_ELEMENTS` and :data:`CHUNK_ELEMENTS_CACHED`; taken into
-            [1, T]). A tuning and testing knob; results do not depend on it.
+            :data:`rnnfast._plan.CHUNK_ELEMENTS` and ``CHUNK_ELEMENTS_CACHED``). A
+            tuning and testing knob; results do not depend on it.
         batch_first : bool
             ``x`` and the output sequence are batch-major. The kernel reads and writes
             that layout itself, with no transposed copies; the results are the
@@ -398,26 +428,17 @@ class RNNLayer:
         out = None
         if return_sequences:
             out = _empty_lines((B, T, D * Ho) if batch_first else (T, B, D * Ho), dt)
-        GH = self._W.shape[2]
-        nt = resolve_num_threads(num_threads)
         o2 = out.reshape(T * B, D * Ho) if out is not None else np.zeros((0, 0), dt)
-        # the blocked path (unit blocks as parallel tasks) wherever the layout has them
-        split = self._ncb > 1
-        if chunk_steps is None:
-            step = max(1, B * D * GH)
-            chunk_steps = max(1, CHUNK_ELEMENTS // step)
-            if split:
-                chunk_steps = min(chunk_steps, max(1, CHUNK_ELEMENTS_CACHED // step))
-        if split:
-            step_flops = 2 * B * Ho * GH * D
-            nt = max(1, min(nt, step_flops // MIN_STEP_FLOPS_PER_THREAD))
+        plan = _plan.plan(B=B, D=D, Ho=Ho, GH=self._W.shape[2], ncb=self._ncb,
+                          num_threads=resolve_num_threads(num_threads), chunk=chunk_steps, T=T)
         # BLAS is held to one thread only when this layer calls it (_threads)
         with (blas_single_threaded() if self._uses_blas else contextlib.nullcontext()):
-            _kernels.rnn_forward(self._kernel_cell, self._act, self._ract, x.reshape(T * B, I), T, B,
-                                 bool(batch_first),
-                                 self._W, self._Wp, self._bx, self._U, self._Up, self._bhn, self._Wr, m,
-                                 bool(zero_output_for_mask), self.go_backwards, o2, h, c,
-                                 self._ncb, split, int(chunk_steps), nt)
+            _kernels.rnn_forward(self._kernel.code, self._act, self._ract,
+                                 x.reshape(T * B, I), T, B, self._W, self._Wp, self._bx, self._U,
+                                 self._Up, self._bhn, self._Wr, m, o2, h, c,
+                                 batch_first=bool(batch_first),
+                                 zero_output=bool(zero_output_for_mask),
+                                 reverse_first=self.go_backwards, plan=plan)
         return out, h, (c if with_c else None)
 
     __call__ = forward
@@ -474,6 +495,14 @@ class Dense:
             _activation_code(activation, "activation")
         self.activation = activation or "linear"
 
+    def __setstate__(self, state):
+        """Unpickled: the weights read-only again, as loaded."""
+        state = dict(state)
+        for k, v in state.items():
+            if isinstance(v, np.ndarray):
+                state[k] = _frozen(_usable(v))
+        self.__dict__.update(state)
+
     def forward(self, x):
         """``x``: (..., I) -> (..., N)."""
         x = np.asarray(as_numeric(x, "input"), dtype=self.dtype)
@@ -492,6 +521,44 @@ class Dense:
 
     __call__ = forward
 
+
+
+class SharedDirection:
+    """Stands in a pickle for a one-direction :class:`RNNLayer` that is direction ``d``
+    of the two-direction ``layer`` (see :meth:`RNNLayer._direction_matches`): the
+    weights travel once, with ``layer``, and arrive as views of its arrays."""
+
+    def __init__(self, layer, d, one):
+        self.layer, self.d, self.one = layer, d, one
+
+    def __reduce__(self):
+        state = self.one.__getstate__()
+        meta = {k: v for k, v in state.items() if not isinstance(v, np.ndarray)}
+        names = [k for k, v in state.items() if isinstance(v, np.ndarray)]
+        return _layer_from_direction, (self.layer, self.d, meta, names)
+
+
+def _layer_from_direction(layer, d, meta, names):
+    one = RNNLayer.__new__(RNNLayer)
+    state = dict(meta)
+    for k in names:
+        state[k] = getattr(layer, k)[d:d + 1]
+    one.__setstate__(state)
+    return one
+
+
+def _usable(a):
+    """``a`` as the kernels read it: C-contiguous and aligned, copied only if not (an
+    unpickled array may be a view of a received buffer)."""
+    if a.flags.c_contiguous and a.flags.aligned:
+        return a
+    return np.array(a, order="C", copy=True)
+
+
+def _version():
+    from ._version import __version__
+
+    return __version__
 
 # -- helpers --------------------------------------------------------------------------
 

@@ -18,12 +18,14 @@ Which Keras class becomes which node, and each class's summary row and parameter
 count, is the Keras layer registry's business (:mod:`rnnfast.io.keras_layers`); the
 converter leaves ``summary_row`` and ``num_params`` on each node.
 """
+import copy
+
 import numpy as np
 
 from . import _validation
 from ._progress import run_batched
 from ._summary import Summarized
-from .layers import ACTIVATIONS, apply_activation, merge_directions, softmax
+from .layers import ACTIVATIONS, SharedDirection, apply_activation, merge_directions, softmax
 from .model import run_recurrent
 
 __all__ = ["KerasModel", "KERAS_ACTIVATIONS", "keras_activation"]
@@ -666,6 +668,15 @@ class KerasModel(Summarized):
                 masks[k] = m
         return _map_structure(lambda k: _batch_major(values[k]), self._outputs)
 
+    def __getstate__(self):
+        """For pickle (rnnfast.dask, rnnfast.ray): the canonical weights once. A fused
+        ``Bidirectional`` keeps its forward and backward layers beside the two-direction
+        one that runs; they travel as references to its directions. Packed copies are
+        rebuilt on arrival (:meth:`RNNLayer.__setstate__ <rnnfast.layers.RNNLayer.__setstate__>`)."""
+        state = self.__dict__.copy()
+        state["_steps"] = [(_travelling(node), key_in, keys_out) for node, key_in, keys_out in self._steps]
+        return state
+
     def _what(self):
         return "KerasModel %r" % self.name
 
@@ -691,6 +702,29 @@ def _declared(declared, shape):
     if len(d) != len(shape) or any(s is not None and s != v for s, v in zip(shape[1:], d[1:])):
         return shape
     return (None,) + d[1:]
+
+
+def _travelling(node):
+    """``node`` as it is pickled: a fused Bidirectional's forward and backward layers
+    replaced by references to the fused layer's directions (copies of the nodes; the
+    model itself is left as it is)."""
+    inner = getattr(node, "inner", None)
+    if isinstance(inner, _Node):
+        node = copy.copy(node)
+        node.inner = _travelling(inner)
+        return node
+    fused = getattr(node, "fused", None)
+    if not isinstance(node, BidirectionalNode) or fused is None:
+        return node
+    node = copy.copy(node)
+    for d, attr in enumerate(("forward_node", "backward_node")):
+        sub = getattr(node, attr)
+        if len(sub.rnn_layers) == 1 and sub.rnn_layers[0]._direction_matches(fused, d):
+            sub = copy.copy(sub)
+            sub.rnn_layers = [SharedDirection(fused, d, sub.rnn_layers[0])]
+            setattr(node, attr, sub)
+    return node
+
 
 
 def _batch_major(y):

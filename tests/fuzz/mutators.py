@@ -24,6 +24,21 @@ Structured mutations per format:
 
 JSON mutations pick a node (any node, or one under a key that matters to the loader)
 and replace, delete, rename, wrap or deeply nest it.
+
+Structure classes of issue 12 (built by ``hostile.py``):
+
+- HDF5 (all three Keras formats): a weight or the whole weights group taken from
+  outside the file (external storage, external link, soft link, soft link through an
+  external link, virtual dataset) naming the files in the worker's ``outside/``
+  folder, whose opening the runner watches (``runner.Worker``); groups nested 70
+  deep; global heap signatures appended that a naive check walks quadratically;
+- pickles: values nested deep (tuples, lists, dicts, dict keys, sets, lists placed
+  before they are filled) and a million empty lists; key spellings (a trailing
+  newline or space, a shadowing copy of a key with a newline, leading zeros and huge
+  layer indices, non-ASCII and lone surrogates, a key given twice in one dict, a
+  stray ``weight_hr_l0`` that would make a GRU look like an LSTM with projection);
+- safetensors: the same key spellings, a key given twice in the header;
+- Keras configs: thousands of layers.
 """
 import copy
 import io
@@ -208,6 +223,13 @@ RAW = [Raw(b"(S'touch " + MARKER.encode() + b"'\nios\nsystem\n"),               
        Raw(b"\x8e\x00\x00\x00\x00\x00\x00\x00\x01"), Raw(b"\x8d\x00\x00\x00\x00\x00\x01\x00\x00"),
        Raw(b"P"), Raw(b"(P0\nh\x00t"), Raw(b"\x8f("), Raw(b"0"), Raw(b"(")]
 
+#: Ways to misspell a key (a function of the key): each must be refused, never taken
+#: for the real name.
+KEY_SPELLINGS = [lambda k: k + "\n", lambda k: k + " ", lambda k: " " + k, lambda k: k + "\t",
+                 lambda k: k + "\x00", lambda k: k.upper(), lambda k: k + "\u200b", lambda k: k + "\ud800",
+                 lambda k: k.replace("_l0", "_l00"), lambda k: k.replace("_l0", "_l999999"),
+                 lambda k: k.replace("_l0", "_l999999999"), lambda k: k.replace("_l0", "_l" + "9" * 5000),
+                 lambda k: k.replace("_l0", "_l\u0660"), lambda k: "\n" + k]
 TORCH_OP = st.one_of(
     st.tuples(st.just("field"), IDX, st.sampled_from(["offset", "numel", "shape", "stride"]), ANY),
     st.tuples(st.just("dim"), IDX, st.sampled_from(["shape", "stride"]), IDX, INTS),
@@ -227,6 +249,12 @@ TORCH_OP = st.one_of(
               IDX),
     st.tuples(st.just("attack"), IDX, st.integers(0, len(ATTACKS) - 1)),
     st.tuples(st.just("raw"), IDX, st.integers(0, len(RAW) - 1)),
+    st.tuples(st.just("nest"), st.sampled_from(["tuple", "list", "dict", "key", "set", "late"]),
+              st.sampled_from([20, 150, 5000, 40000]), st.sampled_from(["value", "key", "extra"]), IDX),
+    st.tuples(st.just("count"), st.sampled_from([1000, 300000])),
+    st.tuples(st.just("keyspell"), IDX, st.sampled_from(list(range(len(KEY_SPELLINGS)))), st.booleans()),
+    st.tuples(st.just("dupkey"), IDX),
+    st.tuples(st.just("stray_proj"),),
 )
 ZIP_OP = st.one_of(
     st.tuples(st.just("zip_drop"), IDX),
@@ -304,6 +332,9 @@ def apply_torch(doc, ops):
             if isinstance(sd, dict):
                 sd["extra_%s" % op[1]] = value
             continue
+        if kind in ("nest", "count", "dupkey", "stray_proj"):
+            _structure_op(doc, op, entries)
+            continue
         if not entries:
             continue
         parent, key, t = entries[op[1] % len(entries)]
@@ -338,7 +369,68 @@ def apply_torch(doc, ops):
             parent[key] = Reduce(Global(mod, name), *args)
         elif kind == "raw":
             parent[key] = RAW[op[2] % len(RAW)]
+        elif kind == "keyspell" and isinstance(parent, dict) and isinstance(key, str):
+            spelled = KEY_SPELLINGS[op[2]](key)
+            if op[3]:                       # a shadowing copy beside the real key (the override attack)
+                parent[spelled] = copy.deepcopy(t)
+            else:
+                items = [(spelled if k == key else k, v) for k, v in parent.items()]
+                parent.clear()
+                parent.update(items)
     return doc
+
+
+def _structure_op(doc, op, entries):
+    """The depth, count and duplicate-key mutations of a TorchDoc (issue 12)."""
+    from . import hostile
+    from .picklegen import ODict, Raw
+
+    kind = op[0]
+    sd = _state_dict(doc.root)
+    if kind == "nest":
+        _, how, depth, where, idx = op
+        value = Raw(hostile.nested_body(depth, how, memo_base=0))
+        if where == "value" and entries:
+            parent, key, _t = entries[idx % len(entries)]
+            parent[key] = value
+        elif where == "key" and isinstance(sd, dict):
+            sd[value] = 1
+        elif isinstance(sd, dict):
+            sd["extra_deep"] = value
+    elif kind == "count" and isinstance(sd, dict):
+        sd["extra_lists"] = Raw(hostile.many_lists_body(op[1]))
+    elif kind == "dupkey" and entries and isinstance(sd, dict) and sd:
+        items = list(sd.items())
+        k, v = items[op[1] % len(items)]
+        other = next((t for _p, kk, t in entries if kk != k), v)
+        doc.root = _replace(doc.root, sd, ODict(items + [(k, copy.deepcopy(other))]))
+    elif kind == "stray_proj" and isinstance(sd, dict):
+        ih = next((v for k, v in sd.items() if isinstance(k, str) and k.endswith("weight_ih_l0")), None)
+        hh = next((v for k, v in sd.items() if isinstance(k, str) and k.endswith("weight_hh_l0")), None)
+        if isinstance(ih, Tensor) and isinstance(hh, Tensor) and isinstance(hh.shape, tuple) \
+                and isinstance(ih.shape, tuple) and len(hh.shape) == 2 and len(ih.shape) == 2 \
+                and all(isinstance(d, int) for d in ih.shape + hh.shape) and ih.shape[0] % 4 == 0:
+            t = copy.deepcopy(hh)
+            t.shape, t.stride = (hh.shape[1], ih.shape[0] // 4), (ih.shape[0] // 4, 1)
+            name = next(k for k, v in sd.items() if v is hh).replace("weight_hh_l0", "weight_hr_l0")
+            sd[name] = t
+
+
+def _replace(root, old, new):
+    """``root`` with the container ``old`` replaced by ``new`` (``old`` may be the root)."""
+    if root is old:
+        return new
+    stack = [root]
+    while stack:
+        o = stack.pop()
+        items = list(o.items()) if isinstance(o, dict) else list(enumerate(o)) if isinstance(o, list) else []
+        for k, v in items:
+            if v is old:
+                o[k] = new
+                return root
+            if isinstance(v, (dict, list)):
+                stack.append(v)
+    return root
 
 
 def _deep(root, depth=150):
@@ -438,6 +530,8 @@ ST_OP = st.one_of(
     st.tuples(st.just("st_len"), INTS),
     st.tuples(st.just("st_pad"), st.integers(1, 64)),
     st.tuples(st.just("st_data"), st.integers(-64, 64)),
+    st.tuples(st.just("st_key"), IDX, st.sampled_from(list(range(len(KEY_SPELLINGS)))), st.booleans()),
+    st.tuples(st.just("st_dup"), IDX),
 )
 
 
@@ -450,6 +544,9 @@ def build_safetensors(seed, ops):
     json_ops = [op for op in ops if op[0] == "json"]
     if json_ops:
         text = apply_json(header, json_ops)
+    key_ops = [op for op in ops if op[0] in ("st_key", "st_dup")]
+    if key_ops and not json_ops:
+        text = _st_keys(header, key_ops)
     raw = text.encode("utf-8", "surrogatepass")
     length = None
     for op in ops:
@@ -463,9 +560,40 @@ def build_safetensors(seed, ops):
     return struct.pack("<Q", length) + raw + body
 
 
+def _st_keys(header, ops):
+    """The header's text with keys respelled, shadowed (a respelled copy beside the
+    key, pointing at the same bytes) or given twice."""
+    pairs = list(header.items())
+    names = [i for i, (k, _) in enumerate(pairs) if k != "__metadata__"]
+    for op in ops:
+        if not names:
+            break
+        i = names[op[1] % len(names)]
+        k, v = pairs[i]
+        if op[0] == "st_key":
+            spelled = KEY_SPELLINGS[op[2]](k)
+            if op[3]:
+                pairs.append((spelled, v))
+            else:
+                pairs[i] = (spelled, v)
+        else:
+            pairs.append((k, v))
+    return "{" + ", ".join("%s: %s" % (json.dumps(k), json.dumps(v)) for k, v in pairs) + "}"
+
+
 # -- HDF5 (Keras) ---------------------------------------------------------------------
 
+#: The files a fuzz case may point at from inside an HDF5 file, relative to the worker's
+#: folder (its working directory and the case file's folder): the runner reports any
+#: case during which one of them is opened.
+OUTSIDE_FILES = {"external": "outside/secret.bin", "external-unlimited": "outside/secret.bin",
+                 "elink-dataset": "outside/donor.h5", "elink-group": "outside/donor.h5",
+                 "softlink": None, "softlink-outside": "outside/donor.h5", "vds": "outside/donor.h5",
+                 "vds-self": None}
 H5_OP = st.one_of(
+    st.tuples(st.just("outside"), IDX, st.sampled_from(sorted(OUTSIDE_FILES))),
+    st.tuples(st.just("h5_deep"), st.sampled_from([10, 70])),
+    st.tuples(st.just("gcol"), st.sampled_from([4096, 32768])),
     st.tuples(st.just("attr_json"), JSON_OP),
     st.tuples(st.just("attr"), IDX, st.sampled_from(["drop", "int", "str", "empty", "list", "bytes",
                                                      "version1", "version3", "shuffle"])),
@@ -492,15 +620,33 @@ def _h5_targets(f):
 def apply_h5(data, ops):
     import h5py
 
+    from . import hostile
+
     if not ops:
         return data
-    bio = io.BytesIO(data)
-    try:
-        with h5py.File(bio, "r+") as f:
-            _apply_h5(f, ops)
-    except Exception:       # a damaged file (an earlier byte mutation): mutate no further
-        return data
-    return bio.getvalue()
+    tail = b""
+    for op in ops:
+        if op[0] == "gcol":
+            tail += hostile.gcol_records(op[1])
+        elif op[0] == "outside":
+            try:
+                with h5py.File(io.BytesIO(data), "r") as f:
+                    dsets = _h5_targets(f)[1]
+                if dsets:
+                    data = hostile.point_outside(data, op[2], OUTSIDE_FILES[op[2]] or "",
+                                                 path=dsets[op[1] % len(dsets)])
+            except Exception:       # a damaged file, or one an earlier mutation made odd
+                pass
+    ops = [op for op in ops if op[0] not in ("gcol", "outside")]
+    if ops:
+        bio = io.BytesIO(data)
+        try:
+            with h5py.File(bio, "r+") as f:
+                _apply_h5(f, ops)
+        except Exception:       # a damaged file (an earlier byte mutation): mutate no further
+            return data + tail
+        data = bio.getvalue()
+    return data + tail
 
 
 def _apply_h5(f, ops):
@@ -518,6 +664,10 @@ def _apply_h5(f, ops):
                     except (ValueError, RecursionError):
                         continue
                     f.attrs["model_config"] = apply_json(doc, [op[1]])
+            elif op[0] == "h5_deep":
+                g = f
+                for i in range(op[1]):
+                    g = g.create_group("d")
             elif op[0] == "attr" and attrs:
                 where, name = attrs[op[1] % len(attrs)]
                 obj = f[where]
@@ -544,8 +694,9 @@ def _apply_h5(f, ops):
             elif op[0] == "dset" and dsets:
                 path = dsets[op[1] % len(dsets)]
                 ds = f[path]
-                if ds.shape is None or ds.size > 100000:
-                    continue                    # (one this fuzzer made huge: leave it)
+                if ds.shape is None or ds.size > 100000 or ds.is_virtual or ds.external:
+                    continue                    # (one this fuzzer made huge, or outside the file: leave it;
+                    #  reading a virtual dataset of a file in memory crashes HDF5)
                 a = ds[()]
                 how = op[2]
                 del f[path]
@@ -581,6 +732,7 @@ def _apply_h5(f, ops):
 # -- Keras archives -------------------------------------------------------------------
 
 KERAS_OP = st.one_of(
+    st.tuples(st.just("many_layers"), st.sampled_from([50, 1000, 10001])),
     st.tuples(st.just("member_json"), st.sampled_from(["config.json", "metadata.json"]), JSON_OP),
     st.tuples(st.just("member_h5"), H5_OP),
     st.tuples(st.just("member_bytes"), st.sampled_from(["config.json", "metadata.json", "model.weights.h5"]),
@@ -599,12 +751,30 @@ def build_keras(seed, ops, zip_ops):
                 except (ValueError, RecursionError):        # an earlier mutation broke it
                     continue
                 data = apply_json(doc, [op[2]]).encode("utf-8", "surrogatepass")
+            elif op[0] == "many_layers" and name == "config.json":
+                data = _many_layers(data, op[1])
             elif op[0] == "member_h5" and name == "model.weights.h5":
                 data = apply_h5(data, [op[1]])
             elif op[0] == "member_bytes" and name == op[1]:
                 data = apply_bytes(data, [op[2]])
             members[i] = (name, data, method)
     return apply_zip(_write_zip(members), zip_ops)
+
+
+def _many_layers(data, n):
+    """A Sequential config with ``n`` Dropout layers appended (else unchanged)."""
+    try:
+        cfg = json.loads(data)
+        layers = cfg["config"]["layers"]
+        if cfg.get("class_name") != "Sequential" or not isinstance(layers, list):
+            return data
+    except (ValueError, KeyError, TypeError, RecursionError):
+        return data
+    for i in range(n):
+        layers.append({"module": "keras.layers", "class_name": "Dropout", "registered_name": None,
+                       "config": {"name": "fuzz_dropout_%d" % i, "trainable": True, "dtype": "float32",
+                                  "rate": 0.0, "seed": None, "noise_shape": None}})
+    return json.dumps(cfg).encode()
 
 
 def build_h5(seed, ops):
@@ -629,6 +799,7 @@ def case_strategy(fmt, hdf5_bytes=True):
                   "keras3h5": H5_OP, "keras2h5": H5_OP}[fmt]
     if fmt == "keras" and not hdf5_bytes:
         structured = st.one_of(
+            st.tuples(st.just("many_layers"), st.sampled_from([50, 1000, 10001])),
             st.tuples(st.just("member_json"), st.sampled_from(["config.json", "metadata.json"]), JSON_OP),
             st.tuples(st.just("member_h5"), H5_OP),
             st.tuples(st.just("member_bytes"), st.sampled_from(["config.json", "metadata.json"]), BYTE_OP))

@@ -9,7 +9,11 @@ loaded (and the model ran), or the load raised ``FormatError`` /
   (the worker runs under ``RLIMIT_AS``, so an outsized allocation fails there);
 - ``crash``: the worker died (a signal such as SIGSEGV; faulthandler's traceback is
   in ``detail``);
-- ``hang``: no answer within ``timeout`` seconds (the worker is killed).
+- ``hang``: no answer within ``timeout`` seconds (the worker is killed);
+- ``outside-read``: a file in the worker's ``outside/`` folder (a secret, an HDF5
+  donor, which mutations name in external storage, links and virtual datasets) was
+  opened or read during the case: the loader took bytes from outside the file it was
+  given (seen through Linux inotify; elsewhere not checked).
 
 A hang or crash whose innermost Python frame is in h5py is labelled
 ``hang-in-hdf5`` / ``crash-in-hdf5``: a bug of the HDF5 library that a damaged file
@@ -42,6 +46,63 @@ def _innermost_in_h5py(trace):
             frames = [l for l in lines[i + 1:i + 3] if l.strip().startswith("File ")]
             return bool(frames) and "/h5py/" in frames[0]
     return False
+
+
+class _Watch:
+    """Linux inotify on a folder: were any of its files opened or read since the last
+    :meth:`events` call? (None where inotify is missing.)"""
+
+    IN_ACCESS, IN_OPEN = 0x1, 0x20
+
+    def __init__(self, folder):
+        import ctypes
+        import ctypes.util
+
+        self.fd = None
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+            if fd < 0:
+                return
+            if libc.inotify_add_watch(fd, os.fsencode(folder), self.IN_ACCESS | self.IN_OPEN) < 0:
+                os.close(fd)
+                return
+            self.fd = fd
+        except (OSError, AttributeError):
+            pass
+
+    def events(self):
+        """Names of the files opened or read since the last call."""
+        import struct
+
+        names = set()
+        while self.fd is not None:
+            try:
+                buf = os.read(self.fd, 65536)
+            except BlockingIOError:
+                break
+            pos = 0
+            while pos + 16 <= len(buf):
+                _wd, _mask, _cookie, n = struct.unpack_from("iIII", buf, pos)
+                names.add(buf[pos + 16:pos + 16 + n].rstrip(b"\0").decode("utf-8", "replace"))
+                pos += 16 + n
+        return names
+
+    def close(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def _outside_files(folder):
+    """The files of the worker's ``outside/`` folder (see mutators.OUTSIDE_FILES): a
+    secret and an HDF5 file with the seeds' paths."""
+    import shutil
+
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "secret.bin"), "wb") as f:
+        f.write(b"\x00\x00\x80\x3f" * 65536)
+    shutil.copyfile(os.path.join(HERE, "corpus", "keras3h5-gru.h5"), os.path.join(folder, "donor.h5"))
 
 
 class Outcome:
@@ -88,6 +149,9 @@ class Worker:
             Worker._baseline = _baseline_as_mb()
         self.as_mb = Worker._baseline + extra_as_mb
         self._dir = tempfile.TemporaryDirectory(prefix="rnnfast-fuzz-")
+        _outside_files(os.path.join(self._dir.name, "outside"))
+        self._watch = _Watch(os.path.join(self._dir.name, "outside"))
+        self._watch.events()
         self._proc = None
         self._err = None
         self._buf = b""
@@ -186,6 +250,11 @@ class Worker:
             name = signal.Signals(-code).name if code is not None and code < 0 else "exit %s" % code
             return Outcome("crash" + where, "worker died (%s)\n%s" % (name, detail), time.monotonic() - t0)
         res = json.loads(line)
+        opened = self._watch.events()
+        if opened:
+            return Outcome("outside-read", "the loader opened %s, named by the file (%s: %s)"
+                           % (", ".join("outside/" + n for n in sorted(opened)), res["outcome"],
+                              res.get("error", "")[:300]), res["seconds"], res.get("ran", False))
         detail = res.get("error", "")
         if res.get("traceback"):
             detail += "\n" + res["traceback"]
@@ -195,4 +264,5 @@ class Worker:
 
     def close(self):
         self._stop()
+        self._watch.close()
         self._dir.cleanup()

@@ -3,8 +3,8 @@
 Every cell variant (GRU reset-after and reset-before, LSTM with and without a
 projection, SimpleRNN tanh and relu) x dtype x direction, each at batch sizes that
 take each kernel path (1: one work item; 5: a few rows; 70: several batch blocks),
-with hidden sizes below and above the unit-block threshold (13, 130: the small-batch
-split path and the blocked path), sequence lengths 1 and 6, masks / lengths / none,
+with hidden sizes below and above the unit-block threshold (13, 130: the item
+strategy and the blocked strategy), sequence lengths 1 and 6, masks / lengths / none,
 1 and 2 threads and a chunked input projection, cycled so that every value of each
 factor meets every variant. Each result is compared with the float64 reference, so a
 kernel that misbehaves quietly under memcheck fails here too.
@@ -75,8 +75,13 @@ def out_of_bounds(what):
     x = rng.standard_normal((T * B - (2 if what == "read" else 0), 4))
     out = np.zeros((T * B - (2 if what == "write" else 0), 13))
     h = np.zeros((1, B, 13))
-    _kernels.rnn_forward("gru", 1, 2, x, T, B, layer._W, layer._bx, layer._U, layer._bhn, layer._Wr,
-                         np.zeros((0, 0), np.uint8), False, False, out, h, np.zeros((0, 0, 0)), 1, False, T, 1)
+    from rnnfast import _plan
+
+    plan = _plan.plan(B=B, D=1, Ho=13, GH=3 * 13, ncb=layer._ncb, num_threads=1, chunk=T)
+    _kernels.rnn_forward(_kernels.RNN_CELL_GRU, _kernels.RNN_ACT_TANH, _kernels.RNN_ACT_SIGMOID, x,
+                         T, B, layer._W, layer._Wp, layer._bx, layer._U, layer._Up, layer._bhn,
+                         layer._Wr, np.zeros((0, 0), np.uint8), out, h, np.zeros((0, 0, 0)),
+                         batch_first=False, zero_output=False, reverse_first=False, plan=plan)
 
 
 def main():

@@ -11,7 +11,13 @@ Sources (detected by content, see :func:`rnnfast.io.sniff`):
   ``get_weights()``, converted in memory.
 
 HDF5 is read with h5py, imported here only; neither Keras nor TensorFlow is ever
-imported. Config dialects: Keras 3 (``inbound_nodes`` as ``{"args", "kwargs"}``,
+imported. Before h5py reads anything of a file, its global heaps are checked
+(:func:`check_global_heaps`, against an HDF5 library hang) and every link and dataset
+(:func:`check_confined`: no external storage, external or soft links, virtual
+datasets or filter plugins: the file is the only thing read); the loader then finds
+objects in the checked tree. Costs are bounded by the file: at most MAX_H5_OBJECTS
+objects, MAX_LAYERS layers, configs MAX_CONFIG_DEPTH deep, weights inflating at most
+MAX_WEIGHT_INFLATE / MAX_IMAGE_INFLATE times. Config dialects: Keras 3 (``inbound_nodes`` as ``{"args", "kwargs"}``,
 dtype policies as dicts, masks recorded as ``mask=`` arguments computed by
 ``NotEqual`` / ``Any`` operations) and Keras 2 (nested lists, dtypes as strings,
 masks implicit). The graph must be a chain: one input; every layer takes one tensor;
@@ -19,6 +25,7 @@ no tensor feeds two layers; a layer with several outputs (``return_state``) may 
 the model's outputs. The rest (merges, branches, shared or nested models, custom
 layers) is refused with :class:`~rnnfast.UnsupportedLayerError`.
 """
+import functools
 import io
 import json
 import mmap
@@ -93,9 +100,26 @@ _MALFORMED = (AttributeError, TypeError, KeyError, IndexError, ValueError, Runti
 MAX_JSON_BYTES = 64 << 20
 #: A stored weight may be at most this many times larger than the bytes the HDF5 file
 #: holds for it (Keras writes weights uncompressed; a dataset that was never written
-#: reads as its fill value and occupies nothing), beyond SMALL_WEIGHT bytes.
-MAX_WEIGHT_INFLATE = 100
+#: reads as its fill value and occupies nothing), beyond SMALL_WEIGHT bytes. Loading
+#: makes a few copies of a weight on its way to the packed kernels, so this keeps a
+#: file's memory within about 100 times its size.
+MAX_WEIGHT_INFLATE = 10
 SMALL_WEIGHT = 1 << 20
+#: A deflated ``model.weights.h5`` may inflate at most this many times beyond
+#: SMALL_WEIGHT bytes (Keras stores it uncompressed; float weights deflate about
+#: 1.1 times): the image, a weight read from it and its converted copies stay within
+#: about 100 times the file's size.
+MAX_IMAGE_INFLATE = 10
+#: Most objects (links) an HDF5 file may hold: every one is checked before anything is
+#: read (see check_confined), at about 0.1 ms each. A Keras model has a few per layer.
+MAX_H5_OBJECTS = 16384
+#: Deepest group nesting in an HDF5 file (Keras writes 4 to 8 levels).
+MAX_H5_DEPTH = 64
+#: Deepest nesting of lists and dicts in a model config (Keras writes about 12).
+MAX_CONFIG_DEPTH = 100
+#: Most layers in a model config (each costs up to a millisecond to load; a chain of
+#: recurrent layers has a handful).
+MAX_LAYERS = 10000
 
 
 def from_keras(model, dtype=None, **options):
@@ -156,7 +180,60 @@ def _read_member(z, name, size, limit=None):
             raise FormatError("%s holds %d bytes (at most %d)" % (name, info.file_size, limit))
     except FormatError as e:
         raise FormatError("%s: %s" % (z.filename, e)) from None
-    return z.read(info)
+    # read in chunks into one buffer of the declared size (ZipFile.read joins the
+    # inflated pieces, holding about three times the member at its peak); the CRC is
+    # checked by the reader at the end of the member
+    out = bytearray(info.file_size)
+    view = memoryview(out)
+    pos = 0
+    with z.open(info) as f:
+        while True:
+            chunk = f.read(min(1 << 20, info.file_size - pos) or 1)
+            if not chunk:
+                break
+            if pos + len(chunk) > info.file_size:
+                raise FormatError("%s: %s holds more than the %d bytes it declares" % (z.filename, name,
+                                                                                      info.file_size))
+            view[pos:pos + len(chunk)] = chunk
+            pos += len(chunk)
+    if pos != info.file_size:
+        raise FormatError("%s: %s holds %d bytes, not the %d it declares" % (z.filename, name, pos,
+                                                                             info.file_size))
+    return out
+
+
+class _Image(io.RawIOBase):
+    """A read-only file over a buffer, for h5py, without copying it (``io.BytesIO``
+    copies anything but ``bytes``)."""
+
+    def __init__(self, buf):
+        super().__init__()
+        self._buf = memoryview(buf).cast("B")
+        self._pos = 0
+
+    def readable(self):
+        return True
+
+    def seekable(self):
+        return True
+
+    def readinto(self, b):
+        n = max(0, min(len(b), len(self._buf) - self._pos))
+        memoryview(b).cast("B")[:n] = self._buf[self._pos:self._pos + n]
+        self._pos += n
+        return n
+
+    def seek(self, pos, whence=0):
+        base = {0: 0, 1: self._pos, 2: len(self._buf)}[whence]
+        self._pos = max(0, base + pos)
+        return self._pos
+
+    def tell(self):
+        return self._pos
+
+    def close(self):
+        self._buf.release()
+        super().close()
 
 
 def _load_archive(path, dtype):
@@ -173,6 +250,12 @@ def _load_archive(path, dtype):
             if "model.weights.h5" not in names:
                 raise FormatError("%s: no model.weights.h5 in the archive (sharded or weightless "
                                   "models are not supported)" % path)
+            info = z.getinfo("model.weights.h5")
+            if (info.compress_type != zipfile.ZIP_STORED
+                    and info.file_size > max(SMALL_WEIGHT, MAX_IMAGE_INFLATE * info.compress_size)):
+                raise FormatError("%s: record model.weights.h5 would inflate %d compressed bytes to %d (more "
+                                  "than %d times; Keras stores it uncompressed)"
+                                  % (path, info.compress_size, info.file_size, MAX_IMAGE_INFLATE))
             blob = _read_member(z, "model.weights.h5", size)
     except (FormatError, UnsupportedLayerError):
         raise
@@ -183,11 +266,13 @@ def _load_archive(path, dtype):
         raise FormatError("%s: metadata.json has no keras_version" % path)
     check_global_heaps(blob, "%s: model.weights.h5" % path)
     try:
-        f = h5py.File(io.BytesIO(blob), "r")
+        f = h5py.File(_Image(blob), "r")
     except OSError as e:
         raise FormatError("%s: model.weights.h5 is not a readable HDF5 file (%s)" % (path, e)) from None
+    del blob
     with f:
-        source = _ArchiveWeights(f, path)
+        tree = check_confined(f, "%s: model.weights.h5" % path)
+        source = _ArchiveWeights(tree.root, path)
         return build_model(config, source, version, dtype=dtype, source=str(path))
 
 
@@ -201,22 +286,24 @@ def _load_hdf5(path, dtype):
     except OSError as e:
         raise FormatError("%s: unreadable HDF5 file (%s)" % (path, e)) from None
     with f:
+        tree = check_confined(f, path)
         if "model_config" not in f.attrs:
             raise FormatError("%s: an HDF5 file without a model_config attribute: not a whole Keras "
                               "model (weights-only files from save_weights() carry no architecture)" % path)
         config = _json(f.attrs["model_config"], path, "model_config")
+        top = tree.root
         version = f.attrs.get("keras_version")
-        if version is None and "model_weights" in f:
-            version = f["model_weights"].attrs.get("keras_version")
+        if version is None and "model_weights" in top:
+            version = top["model_weights"].attrs.get("keras_version")
         version = _str(version) if version is not None else None
         if version is None:
             # Keras >= 2.0 always writes it; a Keras 3 config is recognisable by its dtype dicts
             version = "3" if '"DTypePolicy"' in json.dumps(config) else "2"
         if _major_or_none(version) is not None and _major_or_none(version) < 2:
             raise FormatError("%s: written by Keras %s; rnnfast reads Keras 2 and 3 files" % (path, version))
-        if "model_weights" not in f:
+        if not isinstance(top["model_weights"] if "model_weights" in top else None, _Group):
             raise FormatError("%s: no model_weights group: the model was saved without weights" % path)
-        source = _H5Weights(f["model_weights"], path)
+        source = _H5Weights(top["model_weights"], path)
         return build_model(config, source, version, dtype=dtype, source=str(path))
 
 
@@ -245,31 +332,256 @@ def check_global_heaps(buf, what):
     lengths = buf[14] if buf[8] in (0, 1) else buf[10]       # superblock v0/1 vs v2/3
     if lengths != 8:
         return
+    # Each walk steps forward through records by a rule that depends only on the bytes
+    # at the record, so walks from different collections that meet go on alike: where a
+    # walk from a position ends (at a free-space record of size 0, or past the file) is
+    # remembered for every position it visits, and the whole check is linear in the
+    # file's size (walking each collection afresh was quadratic: a megabyte of headers
+    # inside each other's records took minutes).
+    end_of = {}         # position -> the first bad record the walk from it meets, or -1
+    limit = len(buf) - 16
     pos = buf.find(b"GCOL")
     while pos >= 0:
         size = int.from_bytes(buf[pos + 8:pos + 16], "little") if pos + 16 <= len(buf) else 0
         if buf[pos + 4:pos + 8] == b"\x01\x00\x00\x00" and size >= 4096:       # (HDF5's smallest collection)
-            end = min(pos + size, len(buf))
-            p = pos + 16
-            while p + 16 <= end:                # HDF5's own walk (H5HG__cache_heap_deserialize)
+            p, path = pos + 16, []
+            while True:                     # HDF5's own walk (H5HG__cache_heap_deserialize)
+                bad = end_of.get(p)
+                if bad is not None:
+                    break
+                if p > limit:
+                    bad = -1
+                    break
+                path.append(p)
                 idx = int.from_bytes(buf[p:p + 2], "little")
                 n = int.from_bytes(buf[p + 8:p + 16], "little")
                 if idx == 0 and n == 0:
-                    raise FormatError("%s: damaged HDF5 global heap at byte %d (a free-space record of "
-                                      "size 0, on which the HDF5 library loops forever)" % (what, p))
+                    bad = p
+                    break
                 p += n if idx == 0 else 16 + ((n + 7) & ~7)
+            for q in path:
+                end_of[q] = bad
+            # positions only grow along a walk, so the collection's own walk (which stops
+            # at its end) meets the first bad record if and only if it lies inside
+            if bad >= 0 and bad + 16 <= min(pos + size, len(buf)):
+                raise FormatError("%s: damaged HDF5 global heap at byte %d (a free-space record of "
+                                  "size 0, on which the HDF5 library loops forever)" % (what, bad))
         pos = buf.find(b"GCOL", pos + 4)
+
+
+#: HDF5 filters whose code is part of the HDF5 library (any other is a plugin, which
+#: HDF5 would load from HDF5_PLUGIN_PATH to read the dataset).
+_BUILTIN_FILTERS = (1, 2, 3, 4, 5, 6)      # deflate, shuffle, fletcher32, szip, nbit, scaleoffset
+
+
+def check_confined(f, what):
+    """Refuse an HDF5 file any of whose objects would take bytes from outside the file;
+    return the file's objects as a :class:`_Tree`.
+
+    Every link is walked from the root group, iteratively, without following any:
+    external links (an object, or a whole group such as ``model_weights``, in another
+    file), soft links (Keras writes none; one may lead through an external link) and
+    user-defined links are refused; every dataset reached by hard links has its
+    creation properties checked: external storage (its bytes in a file the dataset
+    names: a secret, a relative name looked up in the working directory, /dev/zero, a
+    FIFO that would block forever), virtual datasets (mapped from datasets of other
+    files, or of this one) and filters that are not part of the HDF5 library (plugins)
+    are refused. Only object headers and link tables are read, never a dataset's data
+    or an attribute. At most MAX_H5_OBJECTS links and MAX_H5_DEPTH levels of groups.
+
+    The loader then finds groups and datasets in the returned tree (dictionary
+    lookups, not HDF5 path traversals, which would follow links again and cost a
+    tenth of a millisecond each).
+
+    Parameters
+    ----------
+    f : h5py.File
+    what : str
+        Names the file in errors.
+    """
+    h5py = _h5py()
+    h5g, h5l, h5o, h5d = h5py.h5g, h5py.h5l, h5py.h5o, h5py.h5d
+    root = h5g.open(f.id, b"/")
+    tree = _Tree(root)
+    seen = {h5o.get_info(root).addr: root}
+    stack = [(root, "/", 0)]
+    count = 0
+    while stack:
+        gid, gpath, depth = stack.pop()
+        count += gid.get_num_objs()
+        if count > MAX_H5_OBJECTS:
+            raise FormatError("%s: the HDF5 file holds more than %d objects (a Keras model holds a few per "
+                              "layer)" % (what, MAX_H5_OBJECTS))
+        links = []
+        gid.links.iterate(lambda name, info: links.append((name, info.type, info.u)), info=True)
+        names = tree.children[gpath] = []
+        for raw, typ, addr in links:
+            name = raw.decode("utf-8", "surrogateescape")
+            full = (gpath if gpath != "/" else "") + "/" + name
+            if typ == h5l.TYPE_EXTERNAL:
+                fname, target = gid.links.get_val(raw)
+                raise FormatError("%s: %s is an external link to %s in the file %s: rnnfast reads only the "
+                                  "file it is given" % (what, _printable(full), _printable(_text(target)),
+                                                        _printable(_text(fname))))
+            if typ == h5l.TYPE_SOFT:
+                raise FormatError("%s: %s is a soft link (to %s); Keras files have none"
+                                  % (what, _printable(full), _printable(_text(gid.links.get_val(raw)))))
+            if typ != h5l.TYPE_HARD:
+                raise FormatError("%s: %s is a user-defined HDF5 link (type %d)" % (what, _printable(full), typ))
+            names.append(name)
+            if addr in seen:
+                # a second link to an object met before (a cycle, or a weight linked
+                # twice): the same object, not walked again (its members are listed
+                # under the first path only)
+                tree.objects.setdefault(full, seen[addr])
+                continue
+            obj = seen[addr] = h5o.open(gid, raw)
+            tree.objects[full] = obj
+            if isinstance(obj, h5g.GroupID):
+                if depth + 1 > MAX_H5_DEPTH:
+                    raise FormatError("%s: %s: groups nested more than %d levels deep"
+                                      % (what, _printable(full), MAX_H5_DEPTH))
+                stack.append((obj, full, depth + 1))
+            elif isinstance(obj, h5d.DatasetID):
+                _check_dataset(obj, full, what)
+    return tree
+
+
+def _text(raw):
+    return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+
+
+class _Tree:
+    """An HDF5 file's objects as :func:`check_confined` found them: absolute path ->
+    low-level object (``GroupID`` / ``DatasetID``), and group path -> link names in the
+    file's order (listed for a group only under the first path it was met by)."""
+
+    def __init__(self, root):
+        self.objects = {"/": root}
+        self.children = {}
+
+    @property
+    def root(self):
+        return _Group(self, "/")
+
+    def resolve(self, base, rel):
+        """The absolute path of ``rel`` (relative to group ``base``, or absolute), as
+        HDF5 resolves it: empty and "." components dropped."""
+        if "/" not in rel and rel not in ("", "."):
+            return (base if base != "/" else "") + "/" + rel
+        parts = ([] if rel.startswith("/") else base.split("/")) + rel.split("/")
+        return "/" + "/".join(p for p in parts if p not in ("", "."))
+
+    def get(self, base, rel):
+        if not isinstance(rel, str):
+            return None
+        path = self.resolve(base, rel)
+        obj = self.objects.get(path)
+        if obj is None:
+            return None
+        if isinstance(obj, _h5py().h5g.GroupID):
+            return _Group(self, path)
+        return _Dataset(obj, path)
+
+
+class _Group:
+    """A group of a :class:`_Tree`, with the parts of h5py's ``Group`` the loader uses."""
+
+    __slots__ = ("tree", "name")
+
+    def __init__(self, tree, name):
+        self.tree, self.name = tree, name
+
+    def __contains__(self, key):
+        return self.tree.get(self.name, key) is not None
+
+    def __getitem__(self, key):
+        obj = self.tree.get(self.name, key)
+        if obj is None:
+            raise KeyError("%s has no member %s" % (_printable(self.name), _printable(str(key))))
+        return obj
+
+    def keys(self):
+        return list(self.tree.children.get(self.name, ()))
+
+    def __iter__(self):
+        return iter(self.keys())
+
+    def __len__(self):
+        return len(self.tree.children.get(self.name, ()))
+
+    @property
+    def attrs(self):
+        return _h5py().Group(self.tree.objects[self.name]).attrs
+
+
+class _Dataset:
+    """A dataset of a :class:`_Tree`: its low-level id and path."""
+
+    __slots__ = ("id", "name")
+
+    def __init__(self, dsid, name):
+        self.id, self.name = dsid, name
+
+
+def _check_dataset(ds, full, what):
+    """Refuse a dataset whose bytes are not in the file, before reading any (see
+    :func:`check_confined`)."""
+    h5d = _h5py().h5d
+    full = _printable(full)
+    dcpl = ds.get_create_plist()
+    if dcpl.get_external_count():
+        name = dcpl.get_external(0)[0]
+        raise FormatError("%s: dataset %s keeps its data in the external file %s: rnnfast reads only the "
+                          "file it is given" % (what, full, _printable(name.decode("utf-8", "replace"))))
+    if dcpl.get_layout() == h5d.VIRTUAL:
+        raise FormatError("%s: dataset %s is a virtual dataset (its data mapped from other datasets or "
+                          "files): rnnfast reads only the file it is given" % (what, full))
+    for i in range(dcpl.get_nfilters()):
+        code = dcpl.get_filter(i)[0]
+        if code not in _BUILTIN_FILTERS:
+            raise FormatError("%s: dataset %s needs the HDF5 filter plugin %d" % (what, full, code))
+
+
+def _printable(text):
+    """``text`` (a name from the file) with anything outside printable ASCII escaped."""
+    if text.isascii() and text.isprintable():
+        return text
+    return ascii(text)[1:-1]
 
 
 def _json(raw, path, what):
     try:
-        return json.loads(_str(raw))
+        doc = json.loads(_str(raw))     # (the C parser refuses deep nesting with RecursionError)
     except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise FormatError("%s: %s is not valid JSON (%s)" % (path, what, e)) from None
+    depth = json_depth(doc, MAX_CONFIG_DEPTH)
+    if depth > MAX_CONFIG_DEPTH:
+        # the config walkers recurse on the result
+        raise FormatError("%s: %s nests lists and objects more than %d levels deep (a Keras config nests "
+                          "about 12)" % (path, what, MAX_CONFIG_DEPTH))
+    return doc
+
+
+def json_depth(doc, limit):
+    """How deep parsed JSON nests lists and dicts: counted level by level, without
+    recursion, and only up to ``limit + 1``."""
+    level, depth, containers = [doc], 0, (dict, list)
+    while True:
+        level = [o for o in level if type(o) in containers]
+        if not level:
+            return depth
+        depth += 1
+        if depth > limit:
+            return depth
+        nxt = []
+        for o in level:
+            nxt.extend(o.values() if type(o) is dict else o)
+        level = nxt
 
 
 def _str(v):
-    if isinstance(v, bytes):
+    if isinstance(v, (bytes, bytearray)):
         return v.decode("utf-8")
     if isinstance(v, np.ndarray) and v.shape == ():
         return _str(v.item())
@@ -313,32 +625,43 @@ class _Stored:
     """A weight in the HDF5 file, read only when a layer takes it: after its shape has
     been checked against the layer's config (:class:`~rnnfast.io.keras_convert.WeightList`),
     and after checking that the file holds the bytes it claims, so that a tiny file
-    cannot declare a terabyte weight (an unwritten or compressed dataset)."""
+    cannot declare a terabyte weight (an unwritten or compressed dataset). Read once,
+    straight into the array returned (no further copy)."""
 
     __slots__ = ("ds", "path", "shape", "ndim", "dtype")
 
     def __init__(self, ds, path):
-        h5py = _h5py()
-        if not isinstance(ds, h5py.Dataset):
-            raise FormatError("%s: %s is not a dataset" % (path, getattr(ds, "name", ds)))
+        if isinstance(ds, _h5py().Dataset):         # (an h5py group given directly, as in the tests)
+            ds = _Dataset(ds.id, ds.name)
+        if not isinstance(ds, _Dataset):
+            raise FormatError("%s: %s is not a dataset" % (path, _printable(str(getattr(ds, "name", ds)))))
+        h5s = _h5py().h5s
         self.ds, self.path = ds, path
-        self.shape = ds.shape if ds.shape is not None else ()
+        space = ds.id.get_space()
+        null = space.get_simple_extent_type() == h5s.NULL
+        self.shape = () if null else tuple(space.shape)
         self.ndim = len(self.shape)
-        self.dtype = ds.dtype
+        self.dtype = None if null else ds.id.dtype
 
     def __array__(self, dtype=None, copy=None):
         ds = self.ds
-        if ds.shape is None or self.dtype.kind not in "fiub":
-            raise FormatError("%s: weight %s is a %s dataset, not numbers" % (self.path, ds.name, self.dtype))
+        if self.dtype is None or self.dtype.kind not in "fiub":
+            raise FormatError("%s: weight %s is a %s dataset, not numbers"
+                              % (self.path, _printable(ds.name), "null" if self.dtype is None else self.dtype))
         nbytes = int(np.prod(self.shape, dtype=np.float64)) * self.dtype.itemsize
         stored = ds.id.get_storage_size()
         if nbytes > SMALL_WEIGHT and nbytes > MAX_WEIGHT_INFLATE * stored:
             raise FormatError("%s: weight %s of shape %s claims %d bytes but the file stores %d for it"
-                              % (self.path, ds.name, self.shape, nbytes, stored))
-        a = ds[()]
-        return a if dtype is None else a.astype(dtype)
+                              % (self.path, _printable(ds.name), self.shape, nbytes, stored))
+        _check_dataset(ds.id, ds.name, self.path)          # (check_confined saw it already)
+        h5s = _h5py().h5s
+        a = np.empty(self.shape, self.dtype)
+        if a.size:
+            ds.id.read(h5s.ALL, h5s.ALL, a)
+        return a if dtype is None else a.astype(dtype, copy=False)
 
 
+@functools.lru_cache(maxsize=1024)
 def _snake(name):
     """Keras' snake_case of a class name (the .keras archive names sub-objects so):
     GRU -> gru, SimpleRNNCell -> simple_rnn_cell, SpatialDropout1D -> spatial_dropout1d."""
@@ -370,6 +693,19 @@ class _ArchiveWeights:
     def __init__(self, f, path):
         self.f, self.path = f, path
         self.paths = {}
+        self._by_name = None
+
+    def _recorded(self, layers):
+        """Layer name -> group key, from the names the groups' ``vars`` record: built
+        once, on the first layer not found where its class and position put it (a
+        search per layer was quadratic: 1,500 layers took minutes)."""
+        if self._by_name is None:
+            self._by_name = {}
+            for k in layers:
+                n = _vars_name(layers[k])
+                if n is not None:
+                    self._by_name.setdefault(n, k)
+        return self._by_name
 
     def bind(self, entries):
         """``entries``: [(name, class_name)] of the model's layers in config order."""
@@ -383,11 +719,8 @@ class _ArchiveWeights:
         group = layers[key] if key in layers else None
         recorded = _vars_name(group) if group is not None else None
         if group is None or (recorded is not None and recorded != name):
-            group = None
-            for k in layers:                      # find it by the recorded name instead
-                if _vars_name(layers[k]) == name:
-                    group = layers[k]
-                    break
+            k = self._recorded(layers).get(name)  # find it by the recorded name instead
+            group = layers[k] if k is not None else None
         if group is None:
             if expects_weights(cls):
                 raise FormatError("%s: no weights for layer %r in model.weights.h5" % (self.path, name))
@@ -476,6 +809,9 @@ def build_model(model_config, weights, keras_version, *, dtype=None, source=None
         raise FormatError("the model config is not a JSON object")
     cls = model_config.get("class_name")
     cfg = model_config.get("config")
+    layers = cfg if isinstance(cfg, list) else cfg.get("layers") if isinstance(cfg, dict) else None
+    if isinstance(layers, list) and len(layers) > MAX_LAYERS:
+        raise FormatError("the model has %d layers (rnnfast loads at most %d)" % (len(layers), MAX_LAYERS))
     if cls == "Sequential":
         entries, input_entry, chain_outputs = _sequential(cfg)
     elif cls in ("Functional", "Model"):

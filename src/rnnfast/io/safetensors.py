@@ -22,6 +22,7 @@ import numpy as np
 
 from ..errors import FormatError
 from .torch_convert import DTYPES, numpy_dtype, to_native
+from .torch_pickle import quote
 
 __all__ = ["SafetensorsFile", "SafeTensorRecord", "MAX_HEADER_BYTES", "DTYPE_NAMES"]
 
@@ -48,6 +49,44 @@ DTYPE_NAMES = {
     "F8_E4M3": "float8_e4m3fn",
     "F8_E8M0": "float8_e8m0fnu",
 }
+
+
+#: Deepest JSON nesting accepted in a header (a header nests 3 levels: the tensors,
+#: an entry, its shape).
+MAX_HEADER_DEPTH = 16
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _unique_keys(pairs):
+    """``json.loads``' object hook: a JSON object naming a key twice is refused (the
+    standard reader would keep the last silently, letting a second ``weight_ih_l0``
+    replace the first)."""
+    out = {}
+    for k, v in pairs:
+        if k in out:
+            raise _DuplicateKey(k)
+        out[k] = v
+    return out
+
+
+def json_depth(doc, limit):
+    """How deep parsed JSON nests lists and dicts: counted level by level, without
+    recursion, and only up to ``limit + 1``."""
+    level, depth, containers = [doc], 0, (dict, list)
+    while True:
+        level = [o for o in level if type(o) in containers]
+        if not level:
+            return depth
+        depth += 1
+        if depth > limit:
+            return depth
+        nxt = []
+        for o in level:
+            nxt.extend(o.values() if type(o) is dict else o)
+        level = nxt
 
 
 class SafeTensorRecord:
@@ -103,11 +142,16 @@ class SafetensorsFile:
             raise self._fail("truncated safetensors file: header of %d bytes, file of %d" % (n, size))
         raw = f.read(n)
         try:
-            header = json.loads(raw.decode("utf-8"))
+            header = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys)
+        except _DuplicateKey as e:
+            raise self._fail("safetensors header names %s twice (a JSON reader would keep only the last)"
+                             % quote(e.args[0])) from None
         except (UnicodeDecodeError, ValueError, RecursionError) as e:
             raise self._fail("safetensors header is not valid JSON (%s)" % e) from None
         if not isinstance(header, dict):
             raise self._fail("safetensors header is not a JSON object")
+        if json_depth(header, MAX_HEADER_DEPTH) > MAX_HEADER_DEPTH:
+            raise self._fail("safetensors header nests more than %d levels (a header has 3)" % MAX_HEADER_DEPTH)
         self._start = 8 + n
         data_len = size - self._start
         meta = header.pop("__metadata__", None) or {}
@@ -121,29 +165,29 @@ class SafetensorsFile:
         pos = 0
         for begin, end, name in spans:
             if begin != pos:
-                raise self._fail("tensor '%s' starts at byte %d of the data buffer, expected %d (tensors "
-                                 "must tile the buffer, without overlap or gaps)" % (name, begin, pos))
+                raise self._fail("tensor %s starts at byte %d of the data buffer, expected %d (tensors "
+                                 "must tile the buffer, without overlap or gaps)" % (quote(name), begin, pos))
             pos = end
         if pos != data_len:
             raise self._fail("the data buffer holds %d bytes but the tensors cover %d" % (data_len, pos))
 
     def _record(self, name, entry, data_len):
         if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
-            raise self._fail("tensor '%s': header entry must have exactly dtype, shape, data_offsets" % name)
+            raise self._fail("tensor %s: header entry must have exactly dtype, shape, data_offsets" % quote(name))
         tag, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
         if not isinstance(tag, str) or tag not in DTYPE_NAMES:
-            raise self._fail("tensor '%s': unknown dtype %r" % (name, tag))
+            raise self._fail("tensor %s: unknown dtype %s" % (quote(name), ascii(tag)[:80]))
         dtype = DTYPE_NAMES[tag]
         if not isinstance(shape, list) or len(shape) > 32 or not all(_is_int(d) and d >= 0 for d in shape):
-            raise self._fail("tensor '%s': invalid shape %r" % (name, shape))
+            raise self._fail("tensor %s: invalid shape %s" % (quote(name), ascii(shape)[:200]))
         if (not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_int(o) for o in offsets)
                 or not 0 <= offsets[0] <= offsets[1] <= data_len):
-            raise self._fail("tensor '%s': data_offsets %r outside the %d-byte data buffer"
-                             % (name, offsets, data_len))
+            raise self._fail("tensor %s: data_offsets %s outside the %d-byte data buffer"
+                             % (quote(name), ascii(offsets)[:200], data_len))
         nbytes = math.prod(shape) * DTYPES[dtype][0]
         if offsets[1] - offsets[0] != nbytes:
-            raise self._fail("tensor '%s': shape %s of %s needs %d bytes, data_offsets give %d"
-                             % (name, tuple(shape), dtype, nbytes, offsets[1] - offsets[0]))
+            raise self._fail("tensor %s: shape %s of %s needs %d bytes, data_offsets give %d"
+                             % (quote(name), tuple(shape), dtype, nbytes, offsets[1] - offsets[0]))
         return SafeTensorRecord(name, dtype, tuple(shape), offsets[0], offsets[1])
 
     def array(self, t):
@@ -156,7 +200,7 @@ class SafetensorsFile:
         self._f.seek(self._start + t.begin)
         data = self._f.read(t.end - t.begin)
         if len(data) != t.end - t.begin:
-            raise self._fail("tensor '%s': file truncated" % t.name)
+            raise self._fail("tensor %s: file truncated" % quote(t.name))
         return to_native(np.frombuffer(data, dt).reshape(t.shape), t.dtype)
 
     def close(self):

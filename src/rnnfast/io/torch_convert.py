@@ -16,8 +16,8 @@ import numpy as np
 from .. import cells
 from ..layers import CellWeights
 
-__all__ = ["GATES", "cell_weights_from_torch", "torch_state_dict", "DTYPES", "FLOAT_DTYPES",
-           "bfloat16_to_float32", "numpy_dtype", "to_native"]
+__all__ = ["GATES", "cell_weights_from_torch", "torch_state_dict", "torch_mode", "to_torch_module", "DTYPES",
+           "FLOAT_DTYPES", "bfloat16_to_float32", "numpy_dtype", "to_native"]
 
 #: gates per PyTorch mode (``torch.nn.RNNBase.mode``), from the cell registry
 GATES = {mode: c.num_gates for c in cells.CELLS.values() for mode in c.torch_modes}
@@ -89,6 +89,72 @@ def torch_state_dict(layers, bias=True):
             if w.projection is not None:
                 sd[w_hr + sfx] = w.projection.T
     return {k: np.ascontiguousarray(v, dtype=layers[0].dtype) for k, v in sd.items()}
+
+
+# -- canonical -> a live PyTorch module --------------------------------------------------
+
+
+def torch_mode(layer):
+    """The PyTorch mode (``RNNBase.mode``) of the module that computes what the
+    :class:`~rnnfast.layers.RNNLayer` ``layer`` computes ("GRU", "LSTM", "RNN_TANH",
+    "RNN_RELU"); ValueError for a layer no PyTorch module has (GRU reset-before, other
+    activations, ``go_backwards``). The same rule as ``TorchRNN``'s."""
+    cell = layer.cell_spec
+    mode = None
+    if not layer.go_backwards and not (cell.reset_before is not None and not layer.reset_after) and not (
+            cell.recurrent_activation and layer.recurrent_activation != "sigmoid"):
+        mode = next((m for m, act in cell.torch_modes.items() if act == layer.activation), None)
+    if mode is None:
+        raise ValueError("%r is not a layer PyTorch has" % (layer,))
+    return mode
+
+
+def to_torch_module(model, *, batch_first=None, bias=None):
+    """The ``torch.nn.GRU`` / ``LSTM`` / ``RNN`` (eval mode, the layers' dtype) that
+    computes what ``model`` computes: the inverse of :func:`rnnfast.from_torch`, its
+    weights from :func:`torch_state_dict`.
+
+    Parameters
+    ----------
+    model : TorchRNN, RNNLayer or list of RNNLayer
+        One layer per module layer, all of one PyTorch mode (:func:`torch_mode`).
+    batch_first : bool, optional
+        Default: a TorchRNN's ``batch_first``, else False (time-major).
+    bias : bool, optional
+        Whether the module has biases. Default: a TorchRNN's ``bias``, else True.
+        ``bias=False`` for layers whose biases are not all zero is a ValueError.
+
+    Needs PyTorch (imported here, nowhere else in rnnfast's loading path).
+    """
+    import torch
+
+    if hasattr(model, "layers") and hasattr(model, "batch_first"):  # a TorchRNN
+        layers = list(model.layers)
+        batch_first = model.batch_first if batch_first is None else batch_first
+        bias = model.bias if bias is None else bias
+    else:
+        layers = [model] if hasattr(model, "cell_weights") else list(model)
+    if not layers:
+        raise ValueError("no layers")
+    bias = True if bias is None else bool(bias)
+    mode = torch_mode(layers[0])
+    for k, layer in enumerate(layers):
+        if torch_mode(layer) != mode:
+            raise ValueError("layer %d (%r) is not a %s layer as layer 0 is" % (k, layer, mode))
+    if not bias and any(np.any(w.bias) or (w.recurrent_bias is not None and np.any(w.recurrent_bias))
+                        for layer in layers for w in layer.cell_weights()):
+        raise ValueError("the layers have biases: a module with bias=False cannot hold them")
+    first = layers[0]
+    kw = dict(num_layers=len(layers), bias=bias, batch_first=bool(batch_first),
+              bidirectional=first.num_directions == 2)
+    if first.proj_size:
+        kw["proj_size"] = first.proj_size
+    if len(first.cell_spec.torch_modes) > 1:                       # nn.RNN: its nonlinearity
+        kw["nonlinearity"] = first.activation
+    cls = getattr(torch.nn, first.cell_spec.torch_module)
+    m = cls(first.input_size, first.units, **kw).to(torch.float64 if first.dtype == np.float64 else torch.float32)
+    m.load_state_dict({k: torch.from_numpy(v) for k, v in torch_state_dict(layers, bias=bias).items()})
+    return m.eval()
 
 
 # -- PyTorch element types -> numpy ----------------------------------------------------

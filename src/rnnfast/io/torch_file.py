@@ -33,12 +33,15 @@ from ..model_torch import TorchRNN
 from ._sniff import sniff
 from .safetensors import SafeTensorRecord, SafetensorsFile
 from .torch_convert import FLOAT_DTYPES, GATES, cell_weights_from_torch
-from .torch_pickle import TensorRecord, open_torch_file
+from .torch_pickle import TensorRecord, open_torch_file, quote
 
 __all__ = ["load_torch_file", "from_torch", "infer_architecture", "Architecture", "build_torch_rnn"]
 
-_PARAM = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)_l(\d+)(_reverse)?$")
-_KEY = re.compile(r"^(.*?)((?:weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)_l\d+(?:_reverse)?)$")
+# Names are matched whole (``fullmatch``: a ``$`` would also match before a trailing
+# newline, taking ``'weight_ih_l0\n'`` for ``weight_ih_l0``); PyTorch writes layer
+# indices as ``%d`` (no leading zeros), and no module has a million layers.
+_PARAM = re.compile(r"(weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)_l(0|[1-9][0-9]{0,5})(_reverse)?")
+_KEY = re.compile(r"(.*?)((?:weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)_l[0-9]+(?:_reverse)?)", re.DOTALL)
 _CELL = {c.num_gates: c.torch_module for c in cells.CELLS.values() if c.torch_module}
 _NONLINEARITIES = (None, "tanh", "relu")
 
@@ -116,15 +119,22 @@ def infer_architecture(shapes, prefix=""):
         Naming the tensor and the shapes, when the set of tensors is not one module's.
     """
     def nm(n):
-        return "'%s%s'" % (prefix, n)
+        return quote(prefix + n)
 
-    layers, reverse = [], False
+    layers, reverse = {}, False
     for n in shapes:
-        m = _PARAM.match(n)
+        m = _PARAM.fullmatch(n) if isinstance(n, str) else None
         if not m:
-            raise FormatError("tensor %s is not a parameter of nn.GRU, nn.LSTM or nn.RNN" % nm(n))
-        layers.append(int(m.group(2)))
+            raise FormatError("tensor %s is not a parameter of nn.GRU, nn.LSTM or nn.RNN" % nm(str(n)))
+        layers.setdefault(int(m.group(2)), n)
         reverse = reverse or bool(m.group(3))
+    top = max(layers) if layers else 0
+    if top >= len(layers):
+        # (the layer count comes from the largest index: bound it by the tensors present
+        # before anything is sized by it)
+        missing = min(k for k in range(top + 1) if k not in layers)
+        raise FormatError("tensor %s names layer %d, but the file holds no tensors of layer %d"
+                          % (nm(layers[top]), top, missing))
     for n in ("weight_ih_l0", "weight_hh_l0"):
         if n not in shapes:
             raise FormatError("tensor %s is missing (found %s)" % (nm(n), ", ".join(map(nm, shapes))))
@@ -146,6 +156,11 @@ def infer_architecture(shapes, prefix=""):
             raise FormatError("tensor %s %s is a projection, which only an LSTM has, but %s %s does not "
                               "have 4 * hidden_size = %d rows" % (nm("weight_hr_l0"), shr, nm("weight_ih_l0"),
                                                                   (GH, I), 4 * H))
+        if not 0 < P < H:
+            # PyTorch: "proj_size has to be smaller than hidden_size" (and positive)
+            raise FormatError("tensor %s %s would make an LSTM with proj_size %d and hidden_size %d, which "
+                              "PyTorch cannot build (0 < proj_size < hidden_size)"
+                              % (nm("weight_hr_l0"), shr, P, H))
     else:
         H, P = Ho, 0
     if H == 0 or GH % H or GH // H not in _CELL:
@@ -155,7 +170,7 @@ def infer_architecture(shapes, prefix=""):
     if I == 0:
         raise FormatError("tensor %s has shape %s: input_size 0 is not supported"
                           % (nm("weight_ih_l0"), (GH, I)))
-    arch = Architecture(_CELL[GH // H], I, H, max(layers) + 1, 2 if reverse else 1,
+    arch = Architecture(_CELL[GH // H], I, H, top + 1, 2 if reverse else 1,
                         "bias_ih_l0" in shapes or "bias_hh_l0" in shapes, P)
     expected = arch.expected_shapes()
     for n, shape in expected.items():
@@ -259,7 +274,7 @@ def _walk(root, is_tensor):
         for k, v in items:
             if is_tensor(v):
                 tensors.append((".".join(path + (str(k),)), v))
-                m = _KEY.match(k) if isinstance(obj, dict) and isinstance(k, str) else None
+                m = _KEY.fullmatch(k) if isinstance(obj, dict) and isinstance(k, str) else None
                 if m and (m.group(1) == "" or m.group(1).endswith(".")):
                     found.setdefault(m.group(1), {})[m.group(2)] = v
                 elif isinstance(k, str):
@@ -271,6 +286,11 @@ def _walk(root, is_tensor):
             if k[:cut] in found:
                 found[k[:cut]][k[cut:]] = v
         for prefix, recs in found.items():
+            if (path, prefix) in groups:
+                # two containers at one dotted path (keys 1 and "1", say): which one the
+                # name means cannot be told, so neither is taken
+                raise FormatError("two containers hold tensors under the same name %s"
+                                  % quote(_full_name(path, prefix)))
             groups[(path, prefix)] = recs
         stack.extend(reversed(children))
     return groups, tensors
@@ -283,7 +303,7 @@ def _full_name(path, prefix):
 def _describe(root, tensors):
     """Say in words what a file holds (for the 'no RNN here' error)."""
     def tensor_list(items):
-        shown = ", ".join("'%s' %s %s" % (n, list(r.shape), r.dtype) for n, r in items[:8])
+        shown = ", ".join("%s %s %s" % (quote(n), list(r.shape), r.dtype) for n, r in items[:8])
         return shown + (", ..." if len(items) > 8 else "")
 
     if isinstance(root, dict):
@@ -295,7 +315,7 @@ def _describe(root, tensors):
         else:
             what += " and no tensors"
         if others:
-            what += "; other keys: %s" % ", ".join("'%s'" % k for k in others[:8])
+            what += "; other keys: %s" % ", ".join(quote(k) for k in others[:8])
         return what
     if isinstance(root, (list, tuple)):
         what = "a %s of %d items" % (type(root).__name__, len(root))
@@ -311,7 +331,7 @@ def _select(groups, tensors, root, prefix):
     if not found:
         raise FormatError("holds no nn.GRU / nn.LSTM / nn.RNN state_dict (no tensor named like "
                           "'weight_ih_l0'); found %s" % _describe(root, tensors))
-    names = ", ".join("'%s'" % f for f, _ in found)
+    names = ", ".join(quote(f) for f, _ in found)
     if prefix is None:
         if len(found) > 1:
             raise FormatError("holds %d recurrent modules, under the prefixes %s: choose one with "
@@ -324,11 +344,11 @@ def _select(groups, tensors, root, prefix):
         prefix += "."
     hits = [(f, key) for f, key in found if prefix in (f, key[1])]
     if not hits:
-        raise FormatError("no recurrent module under prefix '%s'; the file has them under %s"
-                          % (prefix, names))
+        raise FormatError("no recurrent module under prefix %s; the file has them under %s"
+                          % (quote(prefix), names))
     if len(hits) > 1:
-        raise FormatError("prefix '%s' matches %d recurrent modules (%s): give the full prefix"
-                          % (prefix, len(hits), ", ".join("'%s'" % f for f, _ in hits)))
+        raise FormatError("prefix %s matches %d recurrent modules (%s): give the full prefix"
+                          % (quote(prefix), len(hits), ", ".join(quote(f) for f, _ in hits)))
     full, key = hits[0]
     return full, groups[key]
 
@@ -394,8 +414,8 @@ def load_torch_file(path, *, prefix=None, nonlinearity=None, batch_first=False, 
             arch = infer_architecture({n: r.shape for n, r in recs.items()}, full)
             for n, r in recs.items():
                 if r.dtype not in FLOAT_DTYPES:
-                    raise FormatError("tensor '%s%s' has element type %s; expected floating point (%s)"
-                                      % (full, n, r.dtype, ", ".join(FLOAT_DTYPES)))
+                    raise FormatError("tensor %s has element type %s; expected floating point (%s)"
+                                      % (quote(full + n), r.dtype, ", ".join(FLOAT_DTYPES)))
         except FormatError as e:
             hint = ""
             if any("parametrizations." in n for n, _ in tensors):

@@ -17,7 +17,13 @@ a torch function: a tensor becomes a :class:`TensorRecord` (storage, offset, sha
 strides) whose values are read into numpy only on request, after checking that the
 view lies inside the bytes the file actually holds. Any other global is refused with
 :class:`~rnnfast.FormatError` naming it, so nothing from the file is executed (the
-idea of ``torch.load(weights_only=True)``, without importing torch).
+idea of ``torch.load(weights_only=True)``, without importing torch). Before the
+unpickler runs, :func:`prescan_pickle` walks the opcodes with a model of its stack and
+refuses what would cost more than the file justifies or recurse: declared lengths
+beyond the data, memo indices out of range, more opcodes than the file's size allows
+(max(MIN_PICKLE_OPS, half its bytes)), objects nested deeper than MAX_PICKLE_DEPTH, a
+container changed after it was placed in another, a dict key given twice. Compressed
+zip records may inflate at most MAX_STORAGE_INFLATE times.
 
 Usage::
 
@@ -42,7 +48,7 @@ from ._zip import ZIP_ERRORS, check_zip_member
 from .torch_convert import DTYPES, numpy_dtype, to_native
 
 __all__ = ["TensorRecord", "RestrictedUnpickler", "open_torch_file", "ZipArchive", "LegacyArchive",
-           "MAX_PICKLE_BYTES", "prescan_pickle"]
+           "MAX_PICKLE_BYTES", "prescan_pickle", "quote"]
 
 #: Largest pickle rnnfast reads (a state_dict's pickle is a few kB; a big checkpoint's
 #: a few MB).
@@ -74,6 +80,21 @@ STORAGE_TYPES = {
     "QUInt2x4Storage": "quint2x4",
     "UntypedStorage": "uint8",
 }
+
+
+def printable(text):
+    """``text`` with anything outside printable ASCII backslash-escaped (no quotes)."""
+    text = text if isinstance(text, str) else str(text)
+    if text.isascii() and text.isprintable():
+        return text
+    return ascii(text)[1:-1]
+
+
+def quote(name):
+    """A name from a file, quoted for an error message: ``ascii()`` escapes newlines,
+    control characters, lone surrogates and anything outside ASCII, so that the
+    message prints on any stream and shows what the file really holds."""
+    return ascii(name) if isinstance(name, str) else ascii(str(name))
 
 
 # -- stand-ins for the allowed globals -------------------------------------------------
@@ -138,7 +159,27 @@ class TensorRecord:
 
 class _StateDict(OrderedDict):
     """``collections.OrderedDict`` as unpickled: a state_dict's ``_metadata`` (module
-    versions) arrives as BUILD state and is dropped rather than set as attributes."""
+    versions) arrives as BUILD state and is dropped rather than set as attributes.
+    Built from arguments (``OrderedDict([(k, v), ...])``, which torch never writes),
+    a key given twice is refused rather than silently replaced."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__()
+        if kwargs or len(args) > 1:
+            raise TypeError("OrderedDict expected at most 1 argument, got %d" % len(args))
+        if args:
+            items = args[0]
+            if isinstance(items, dict):
+                items = list(items.items())
+            if not isinstance(items, (list, tuple)):
+                raise TypeError("%r object is not iterable" % type(items).__name__)
+            for pair in items:
+                if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+                    raise TypeError("OrderedDict items must be pairs")
+                key, value = pair
+                if key in self:
+                    raise FormatError("the pickle gives the key %s twice in one OrderedDict" % ascii(key)[:80])
+                self[key] = value
 
     def __setstate__(self, state):
         pass
@@ -180,7 +221,7 @@ def _tensor(storage, offset, size, stride, dtype=None):
         last = offset + sum((n - 1) * s for n, s in zip(shape, stride))
     if last >= capacity or offset > capacity or count > capacity:
         raise FormatError("tensor of size %s, stride %s at offset %d does not fit its storage "
-                          "'%s' of %d %s elements" % (shape, stride, offset, storage.key, capacity, dtype))
+                          "%s of %d %s elements" % (shape, stride, offset, quote(storage.key), capacity, dtype))
     return TensorRecord(storage, dtype, offset, shape, stride)
 
 
@@ -220,8 +261,31 @@ def _codecs_encode(text, encoding="utf-8", errors="strict"):
     return text.encode("latin1")
 
 
-_ALLOWED = {
-    ("collections", "OrderedDict"): _StateDict,
+class _Callable:
+    """An allowed function as the unpickler sees it: callable, but without attributes a
+    pickle could set (BUILD on a plain function would write into its ``__dict__``, or,
+    with slot state, replace its ``__defaults__`` for every later load)."""
+
+    __slots__ = ("_fn", "_name")
+
+    def __init__(self, fn, name):
+        self._fn, self._name = fn, name
+
+    def __call__(self, *args):
+        return self._fn(*args)
+
+    def __setstate__(self, state):
+        raise FormatError("unexpected state for %s in the pickle" % self._name)
+
+    def __reduce__(self):
+        raise TypeError("not picklable")
+
+
+def _callables(table):
+    return {k: _Callable(fn, "%s.%s" % k) for k, fn in table.items()}
+
+
+_ALLOWED = _callables({
     ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
     ("torch._utils", "_rebuild_tensor_v3"): _rebuild_tensor_v3,
@@ -229,11 +293,14 @@ _ALLOWED = {
     ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter_with_state,
     ("torch", "Size"): _torch_size,
     ("_codecs", "encode"): _codecs_encode,
+})
+_ALLOWED.update({
+    ("collections", "OrderedDict"): _StateDict,
     ("builtins", "set"): set,
     ("builtins", "frozenset"): frozenset,
     ("__builtin__", "set"): set,              # protocol 2 writes Python 2 module names
     ("__builtin__", "frozenset"): frozenset,
-}
+})
 # Not bytearray: bytearray(n) from a few pickle bytes would allocate and zero n bytes.
 
 
@@ -288,32 +355,213 @@ class RestrictedUnpickler(pickle.Unpickler):
         return self._storage(key, typ.dtype, numel)
 
 
-def prescan_pickle(f):
-    """Walk a pickle's opcodes without building anything, and refuse what would make
-    the C unpickler allocate memory the file does not hold.
+#: Most levels of containers a pickle may nest: the containers a checkpoint may use
+#: (:data:`rnnfast.io.torch_file.MAX_DEPTH`) plus the few levels inside a pickled tensor.
+MAX_NESTING = 100
+MAX_PICKLE_DEPTH = MAX_NESTING + 12
+#: Opcodes a pickle may run: at most max(MIN_PICKLE_OPS, the file's bytes // 2). A
+#: state_dict's pickle runs about one opcode per 8 bytes and the file also holds the
+#: tensors; each opcode makes at most one object or container slot, so this bounds
+#: the objects and container sizes a file can make (a deflated pickle of repeated
+#: one-byte opcodes cannot make a million lists from a kilobyte).
+MIN_PICKLE_OPS = 1 << 18
 
-    CPython's unpickler allocates a ``BINBYTES8`` / ``BYTEARRAY8`` object at the size
-    the opcode declares before reading it, and grows its memo table to the index a
-    ``PUT`` names (and clears it): seven bytes ``]r\x00\x00\x00\x10.`` make it fill
-    4 GB. ``pickletools.genops`` reads every argument through ``f.read(n)``, which
-    returns only the bytes present, so a declared length beyond the data is an error
-    here, before any allocation; a memo index must be below the number of opcodes
-    read so far (a pickler numbers its memo entries from 0, one opcode each).
+
+class _Node:
+    """A container or constructed object in :func:`prescan_pickle`'s model of the
+    unpickler's stack: its nesting depth, whether it has been placed inside another
+    object, and (for mappings) the keys set so far."""
+
+    __slots__ = ("depth", "placed", "keys")
+
+    def __init__(self, depth):
+        self.depth = depth
+        self.placed = False
+        self.keys = None
+
+
+#: Stands for a global (a class or function) on the modelled stack.
+_GLOBAL = _Node(0)
+#: Opcodes pushing a value given by their argument (a leaf of depth 0).
+_LEAF_ARG = frozenset(["INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4", "STRING", "BINSTRING",
+                       "SHORT_BINSTRING", "BINBYTES", "SHORT_BINBYTES", "BINBYTES8", "BYTEARRAY8", "UNICODE",
+                       "SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "FLOAT", "BINFLOAT"])
+_CONST = {"NONE": None, "NEWTRUE": True, "NEWFALSE": False, "NEXT_BUFFER": None}
+_EMPTY = frozenset(["EMPTY_LIST", "EMPTY_DICT", "EMPTY_TUPLE", "EMPTY_SET"])
+_GET = frozenset(["GET", "BINGET", "LONG_BINGET"])
+_PUTS = frozenset(["PUT", "BINPUT", "LONG_BINPUT"])
+_KEYS = (str, bytes, int, float)
+
+
+def _depth(v):
+    return v.depth if type(v) is _Node else 0
+
+
+def prescan_pickle(f, max_ops=None):
+    """Walk a pickle's opcodes, modelling the unpickler's stack without building
+    anything, and refuse what would make the C unpickler allocate memory the file does
+    not hold, nest objects deeply, or take one key twice.
+
+    - A declared length beyond the data is an error (``pickletools.genops`` reads
+      arguments with ``f.read(n)``, which returns only the bytes present): CPython's
+      unpickler allocates a ``BINBYTES8`` object at the size the opcode declares.
+    - A memo index must be below the number of opcodes read so far (a pickler numbers
+      its memo entries from 0, one opcode each): the unpickler grows its memo table to
+      the index a ``PUT`` names; seven bytes ``]r\x00\x00\x00\x10.`` make it fill 4 GB.
+    - At most ``max_ops`` opcodes (each makes at most one object or container slot).
+    - No object nested more than :data:`MAX_PICKLE_DEPTH` deep: hashing a tuple nested
+      300,000 deep (a dict key) overflows the C stack, and its repr raises
+      RecursionError. Each container's depth is known when it is placed in another,
+      because a container is never changed after it has been placed (a pickler fills
+      each container before its parent takes it; only recursive structures do
+      otherwise, and a state_dict has none), which is checked too; a container placed
+      in itself (a self-referencing list) does not nest deeper.
+    - No dict or OrderedDict given one key twice (the unpickler would keep the last
+      value silently: a second ``weight_ih_l0`` overriding the first).
+
     ``f`` is left after the pickle's STOP opcode.
     """
+    if max_ops is None:
+        max_ops = MIN_PICKLE_OPS
+    stack, marks, memo = [], [], {}
     n = 0
     try:
-        for op, arg, _ in pickletools.genops(f):
+        for op, arg, pos in pickletools.genops(f):
             n += 1
-            if op.name in _PUTS and not 0 <= arg < n:
-                raise FormatError("pickle memo index %d out of range (opcode %d)" % (arg, n))
+            if n > max_ops:
+                raise FormatError("the pickle runs more than %d opcodes: more objects than a file of this "
+                                  "size may make" % max_ops)
+            name = op.name
+            if name in _LEAF_ARG:
+                stack.append(arg)
+            elif name in _EMPTY:
+                stack.append(_Node(1))
+            elif name in _CONST:
+                stack.append(_CONST[name])
+            elif name == "MARK":
+                marks.append(len(stack))
+            elif name in _GET:
+                if arg not in memo:
+                    raise FormatError("corrupt or unsupported pickle data (memo key %r missing at opcode %d)" % (arg, n))
+                stack.append(memo[arg])
+            elif name in _PUTS:
+                if not 0 <= arg < n:
+                    raise FormatError("pickle memo index %d out of range (opcode %d)" % (arg, n))
+                memo[arg] = _top(stack, marks)
+            elif name == "MEMOIZE":
+                memo[len(memo)] = _top(stack, marks)
+            elif name in ("GLOBAL", "EXT1", "EXT2", "EXT4"):
+                stack.append(_GLOBAL)
+            elif name == "STACK_GLOBAL":
+                _pop(stack, marks, 2)
+                stack.append(_GLOBAL)
+            elif name in ("APPEND", "SETITEM", "APPENDS", "SETITEMS", "ADDITEMS", "BUILD"):
+                if name in ("APPENDS", "SETITEMS", "ADDITEMS"):
+                    items = _pop_mark(stack, marks)
+                else:
+                    items = _pop(stack, marks, 2 if name == "SETITEM" else 1)
+                _add(_top(stack, marks), items, name, n)
+            elif name in ("TUPLE", "LIST", "DICT", "FROZENSET", "INST", "OBJ"):
+                items = _pop_mark(stack, marks)
+                node = _node(items, n)
+                if name == "DICT":
+                    _add_keys(node, items[0::2], n)
+                stack.append(node)
+            elif name in ("TUPLE1", "TUPLE2", "TUPLE3", "REDUCE", "NEWOBJ", "NEWOBJ_EX", "BINPERSID"):
+                k = {"TUPLE1": 1, "TUPLE2": 2, "TUPLE3": 3, "REDUCE": 2, "NEWOBJ": 2, "NEWOBJ_EX": 3,
+                     "BINPERSID": 1}[name]
+                stack.append(_node(_pop(stack, marks, k), n))
+            elif name == "PERSID":
+                stack.append(_Node(1))
+            elif name == "POP":
+                if marks and marks[-1] == len(stack):
+                    marks.pop()
+                else:
+                    _pop(stack, marks, 1)
+            elif name == "POP_MARK":
+                _pop_mark(stack, marks)
+            elif name == "DUP":
+                stack.append(_top(stack, marks))
+            elif name == "STOP":
+                _pop(stack, marks, 1)
+            elif name not in ("PROTO", "FRAME", "READONLY_BUFFER"):
+                raise FormatError("corrupt or unsupported pickle data (opcode %s)" % name)
     except FormatError:
         raise
     except Exception as e:          # whatever pickletools makes of damaged data
         raise FormatError("corrupt or unsupported pickle data (%s: %s)" % (type(e).__name__, e)) from None
+    return n
 
 
-_PUTS = ("PUT", "BINPUT", "LONG_BINPUT")
+def _top(stack, marks):
+    if not stack or (marks and marks[-1] == len(stack)):
+        raise FormatError("corrupt or unsupported pickle data (stack underflow)")
+    return stack[-1]
+
+
+def _pop(stack, marks, k):
+    floor = marks[-1] if marks else 0
+    if len(stack) - floor < k:
+        raise FormatError("corrupt or unsupported pickle data (stack underflow)")
+    items = stack[-k:]
+    del stack[-k:]
+    return items
+
+
+def _pop_mark(stack, marks):
+    if not marks:
+        raise FormatError("corrupt or unsupported pickle data (no MARK on the stack)")
+    k = marks.pop()
+    items = stack[k:]
+    del stack[k:]
+    return items
+
+
+def _node(children, n):
+    """A new object made of ``children`` (placed in it)."""
+    depth = 0
+    for c in children:
+        if type(c) is _Node:
+            c.placed = True
+            if c.depth > depth:
+                depth = c.depth
+    if depth >= MAX_PICKLE_DEPTH:
+        raise FormatError("containers nested more than %d levels deep (the pickle nests objects %d deep at "
+                          "opcode %d)" % (MAX_NESTING, depth + 1, n))
+    return _Node(depth + 1)
+
+
+def _add(target, items, name, n):
+    """``items`` put into the container (or, BUILD, state given to the object) ``target``."""
+    if type(target) is not _Node or target is _GLOBAL:
+        return                      # (the unpickler refuses it, or a stand-in's __setstate__ does)
+    if target.placed:
+        raise FormatError("the pickle changes a container after placing it in another (opcode %d): a "
+                          "recursive structure, which a state_dict never is" % n)
+    depth = target.depth
+    for c in items:
+        if type(c) is _Node and c is not target:
+            c.placed = True
+            if c.depth >= depth:
+                depth = c.depth + 1
+    if depth > MAX_PICKLE_DEPTH:
+        raise FormatError("containers nested more than %d levels deep (the pickle nests objects %d deep at "
+                          "opcode %d)" % (MAX_NESTING, depth, n))
+    target.depth = depth
+    if name in ("SETITEM", "SETITEMS"):
+        _add_keys(target, items[0::2], n)
+
+
+def _add_keys(node, keys, n):
+    seen = node.keys
+    if seen is None:
+        seen = node.keys = set()
+    for k in keys:
+        if isinstance(k, _KEYS):
+            if k in seen:
+                raise FormatError("the pickle sets the key %s twice in one dict (opcode %d): the second "
+                                  "would silently replace the first" % (ascii(k)[:80], n))
+            seen.add(k)
 
 
 # -- archives ---------------------------------------------------------------------------
@@ -328,6 +576,11 @@ class _Archive:
         self.path = path
         self._storages = {}     # key -> StorageRecord
         self.root = None
+        self._ops_left = MIN_PICKLE_OPS     # set from the file's size by the subclass
+
+    def _budget(self, file_size):
+        """The opcodes all of the file's pickles may run together (see MIN_PICKLE_OPS)."""
+        self._ops_left = max(MIN_PICKLE_OPS, file_size // 2)
 
     def __enter__(self):
         return self
@@ -345,13 +598,13 @@ class _Archive:
             self._check_storage(rec)
             self._storages[key] = rec
         elif rec.dtype != dtype or rec.numel != numel:
-            raise FormatError("storage '%s' is named twice with different types or sizes" % key)
+            raise FormatError("storage %s is named twice with different types or sizes" % quote(key))
         return rec
 
     def _unpickle(self, f, legacy=False):
         start = f.tell()
         try:
-            prescan_pickle(f)
+            self._ops_left -= prescan_pickle(f, self._ops_left)
         except FormatError as e:
             raise self._fail(str(e)) from None
         f.seek(start)
@@ -371,8 +624,8 @@ class _Archive:
             raise self._fail("tensors of type %s cannot be read by rnnfast" % t.dtype) from None
         data = self._storage_bytes(t.storage)
         if len(data) < t.storage.nbytes:
-            raise self._fail("storage '%s' holds %d bytes, fewer than the %d it claims"
-                             % (t.storage.key, len(data), t.storage.nbytes))
+            raise self._fail("storage %s holds %d bytes, fewer than the %d it claims"
+                             % (quote(t.storage.key), len(data), t.storage.nbytes))
         size = dt.itemsize
         capacity = t.storage.nbytes // size
         if math.prod(t.shape) == 0:
@@ -386,6 +639,37 @@ class _Archive:
         pass
 
 
+#: A compressed record (a storage, the pickle) larger than SMALL_STORAGE may inflate
+#: at most this many times (torch.save stores records uncompressed; float weights
+#: deflate about 1.1 times): the tensors read from it and their converted copies stay
+#: within about 100 times the file's size.
+MAX_STORAGE_INFLATE = 10
+SMALL_STORAGE = 1 << 20
+
+
+def _read_record(z, info):
+    """A zip record's bytes, read in chunks into one buffer of its declared size
+    (``ZipFile.read`` joins the inflated pieces, holding about three times the record
+    at its peak); the CRC is checked by the reader at the end of the record."""
+    out = bytearray(info.file_size)
+    view = memoryview(out)
+    pos = 0
+    with z.open(info) as f:
+        while True:
+            chunk = f.read(min(1 << 20, info.file_size - pos) or 1)
+            if not chunk:
+                break
+            if pos + len(chunk) > info.file_size:
+                raise FormatError("record %s holds more than the %d bytes it declares"
+                                  % (printable(info.filename), info.file_size))
+            view[pos:pos + len(chunk)] = chunk
+            pos += len(chunk)
+    if pos != info.file_size:
+        raise FormatError("record %s holds %d bytes, not the %d it declares"
+                          % (printable(info.filename), pos, info.file_size))
+    return bytes(out) if info.file_size < 4096 else out
+
+
 class ZipArchive(_Archive):
     """A ``torch.save`` zip file (PyTorch >= 1.6)."""
 
@@ -394,6 +678,7 @@ class ZipArchive(_Archive):
         self._cache = {}
         try:
             self._size = os.path.getsize(path)
+            self._budget(self._size)
             self._zip = zipfile.ZipFile(path)
         except ZIP_ERRORS as e:
             raise self._fail("corrupt zip archive (%s)" % e) from None
@@ -426,31 +711,38 @@ class ZipArchive(_Archive):
         info = self._infos[name]
         if info.file_size > limit:
             raise self._fail("record %s claims %d bytes (more than the %d allowed)"
-                             % (name, info.file_size, limit))
+                             % (printable(name), info.file_size, limit))
         try:
             self._check_sizes(info)
         except FormatError as e:
             raise self._fail(str(e)) from None
         try:
-            return self._zip.read(info)
+            return _read_record(self._zip, info)
+        except FormatError as e:
+            raise self._fail(str(e)) from None
         except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError, NotImplementedError) as e:
-            raise self._fail("cannot read record %s (%s: %s)" % (name, type(e).__name__, e)) from None
+            raise self._fail("cannot read record %s (%s: %s)" % (printable(name), type(e).__name__, e)) from None
         except Exception as e:      # zlib.error and friends from a damaged record
-            raise self._fail("cannot read record %s (%s: %s)" % (name, type(e).__name__, e)) from None
+            raise self._fail("cannot read record %s (%s: %s)" % (printable(name), type(e).__name__, e)) from None
 
     def _check_sizes(self, info):
         """A record's claimed sizes must be possible in this file, before reading it."""
         check_zip_member(info, self._size)
+        if info.compress_type != zipfile.ZIP_STORED and \
+                info.file_size > max(SMALL_STORAGE, MAX_STORAGE_INFLATE * info.compress_size):
+            raise FormatError("record %s would inflate %d compressed bytes to %d (more than %d times; torch.save "
+                              "stores records uncompressed)" % (printable(info.filename), info.compress_size,
+                                                               info.file_size, MAX_STORAGE_INFLATE))
 
     def _check_storage(self, rec):
         name = "%sdata/%s" % (self._prefix, rec.key)
         info = self._infos.get(name)
         if info is None:
-            raise FormatError("storage '%s' has no record %s in the archive" % (rec.key, name))
+            raise FormatError("storage %s has no record %s in the archive" % (quote(rec.key), printable(name)))
         self._check_sizes(info)
         if info.file_size < rec.nbytes:
-            raise FormatError("storage '%s' claims %d %s elements (%d bytes) but its record holds %d bytes"
-                              % (rec.key, rec.numel, rec.dtype, rec.nbytes, info.file_size))
+            raise FormatError("storage %s claims %d %s elements (%d bytes) but its record holds %d bytes"
+                              % (quote(rec.key), rec.numel, rec.dtype, rec.nbytes, info.file_size))
 
     def _storage_bytes(self, rec):
         data = self._cache.get(rec.key)
@@ -502,6 +794,7 @@ class LegacyArchive(_Archive):
     def _open(self):
         f = self._f
         size = os.fstat(f.fileno()).st_size
+        self._budget(size)
         reader = _BoundedReader(f, min(size, MAX_PICKLE_BYTES))
         magic = self._unpickle(reader)
         if magic != LEGACY_MAGIC:
@@ -522,19 +815,19 @@ class LegacyArchive(_Archive):
         for key in keys:
             rec = self._storages.get(key)
             if rec is None:
-                raise self._fail("storage '%s' is listed but no tensor uses it" % key)
+                raise self._fail("storage %s is listed but no tensor uses it" % quote(key))
             f.seek(pos)
             head = f.read(8)
             if len(head) != 8:
-                raise self._fail("truncated file: storage '%s' is missing" % key)
+                raise self._fail("truncated file: storage %s is missing" % quote(key))
             (numel,) = struct.unpack("<q", head)
             if numel != rec.numel:
-                raise self._fail("storage '%s' holds %d elements on disk but the pickle says %d"
-                                 % (key, numel, rec.numel))
+                raise self._fail("storage %s holds %d elements on disk but the pickle says %d"
+                                 % (quote(key), numel, rec.numel))
             pos += 8
             if pos + rec.nbytes > size:
-                raise self._fail("truncated file: storage '%s' needs %d bytes, %d remain"
-                                 % (key, rec.nbytes, size - pos))
+                raise self._fail("truncated file: storage %s needs %d bytes, %d remain"
+                                 % (quote(key), rec.nbytes, size - pos))
             self._offsets[key] = pos
             pos += rec.nbytes
 
@@ -544,7 +837,7 @@ class LegacyArchive(_Archive):
     def _storage_bytes(self, rec):
         pos = self._offsets.get(rec.key)
         if pos is None:
-            raise self._fail("storage '%s' is not in the file's storage list" % rec.key)
+            raise self._fail("storage %s is not in the file's storage list" % quote(rec.key))
         self._f.seek(pos)
         return self._f.read(rec.nbytes)
 

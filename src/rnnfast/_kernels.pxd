@@ -1,0 +1,184 @@
+# What rnnfast._kernels takes from the C core (src/rnnfast/c/, see its README.md).
+#
+# The codes shared with Python are defined once, in c/enums.h, and exposed as
+# `cpdef enum`s: Python reads rnnfast._kernels.RNN_ACT_TANH, RNN_CELL_GRU,
+# RNN_ISA_AVX2, RNN_TILE_ROWS, ... (and the enum classes rnn_activation, rnn_cell, ...).
+
+cdef extern from "c/enums.h":
+    cpdef enum rnn_activation:
+        RNN_ACT_LINEAR
+        RNN_ACT_TANH
+        RNN_ACT_SIGMOID
+        RNN_ACT_HARD_SIGMOID
+        RNN_ACT_HARD_SIGMOID_KERAS2
+        RNN_ACT_RELU
+        RNN_ACT_SOFTSIGN
+        RNN_ACT_SOFTPLUS
+        RNN_ACT_ELU
+        RNN_ACT_SELU
+        RNN_ACT_EXPONENTIAL
+        RNN_ACT_COUNT
+
+    cpdef enum rnn_cell:
+        RNN_CELL_SIMPLE
+        RNN_CELL_GRU
+        RNN_CELL_GRU_RB
+        RNN_CELL_LSTM
+
+    cpdef enum rnn_isa_level:
+        RNN_ISA_BASELINE
+        RNN_ISA_AVX2
+        RNN_ISA_AVX512
+        RNN_ISA_COUNT
+
+    cpdef enum rnn_strategy:
+        RNN_STRATEGY_ITEM
+        RNN_STRATEGY_BLOCKED
+
+    cpdef enum rnn_dtype:
+        RNN_FLOAT32
+        RNN_FLOAT64
+
+    cpdef enum rnn_packing:
+        RNN_PANEL_COLS
+        RNN_TILE_ROWS
+
+    cpdef enum rnn_profile_part:
+        RNN_PROF_PROJECTION
+        RNN_PROF_PRODUCT
+        RNN_PROF_STEP
+        RNN_PROF_WAIT
+        RNN_PROF_PARTS
+        RNN_PROF_SLOTS
+
+    cpdef enum rnn_status:
+        RNN_OK
+        RNN_ERR_NOMEM
+
+
+cdef extern from "c/engine.h" nogil:
+    # the kernel table of one instruction set (kernels.template.h), per type
+    ctypedef struct rnn_kernels_f:
+        void (*activate)(int kind, float *v, long n) noexcept nogil
+        void (*gru_ra)(long nrows, long H, const float *xp, long ldxp, const float *gh, long ldgh,
+                       const float *bhn, float *h, long ldh, const unsigned char *valid,
+                       float *tmp, int act, int ract) noexcept nogil
+        void (*gru_rb_gates)(long nrows, long H, const float *xp, long ldxp, const float *gzr,
+                             long ldg, const float *h, long ldh, const unsigned char *valid,
+                             float *zr, float *rh, int ract) noexcept nogil
+        void (*gru_rb_update)(long nrows, long H, const float *xp, long ldxp, const float *ghh,
+                              long ldg, const float *zr, float *h, long ldh,
+                              const unsigned char *valid, float *tmp, int act) noexcept nogil
+        void (*lstm)(long nrows, long H, const float *xp, long ldxp, const float *gh, long ldgh,
+                     float *c, long ldc, float *m, long ldm, const unsigned char *valid,
+                     float *tmp, int act, int ract) noexcept nogil
+        void (*simple)(long nrows, long H, const float *xp, long ldxp, const float *gh, long ldgh,
+                       float *h, long ldh, const unsigned char *valid, int act) noexcept nogil
+        void (*gemm_packed)(long M, long N, long K, const float *A, long lda, const float *Bp,
+                            const float *bias, float *C, long ldc) noexcept nogil
+        int packed_projection
+
+    ctypedef struct rnn_kernels_d:
+        void (*activate)(int kind, double *v, long n) noexcept nogil
+        void (*gru_ra)(long nrows, long H, const double *xp, long ldxp, const double *gh, long ldgh,
+                       const double *bhn, double *h, long ldh, const unsigned char *valid,
+                       double *tmp, int act, int ract) noexcept nogil
+        void (*gru_rb_gates)(long nrows, long H, const double *xp, long ldxp, const double *gzr,
+                             long ldg, const double *h, long ldh, const unsigned char *valid,
+                             double *zr, double *rh, int ract) noexcept nogil
+        void (*gru_rb_update)(long nrows, long H, const double *xp, long ldxp, const double *ghh,
+                              long ldg, const double *zr, double *h, long ldh,
+                              const unsigned char *valid, double *tmp, int act) noexcept nogil
+        void (*lstm)(long nrows, long H, const double *xp, long ldxp, const double *gh, long ldgh,
+                     double *c, long ldc, double *m, long ldm, const unsigned char *valid,
+                     double *tmp, int act, int ract) noexcept nogil
+        void (*simple)(long nrows, long H, const double *xp, long ldxp, const double *gh,
+                       long ldgh, double *h, long ldh, const unsigned char *valid,
+                       int act) noexcept nogil
+        void (*gemm_packed)(long M, long N, long K, const double *A, long lda, const double *Bp,
+                            const double *bias, double *C, long ldc) noexcept nogil
+        int packed_projection
+
+    ctypedef struct rnn_kernels:
+        rnn_kernels_f f
+        rnn_kernels_d d
+
+    # the instruction set (isa.h)
+    rnn_isa_level rnn_select_isa(int level)
+    rnn_isa_level rnn_isa_level_now()
+    rnn_isa_level rnn_isa_supported()
+    const rnn_kernels *rnn_isa_kernels(int level)
+
+    # blas.h: the row-major product the engine uses (for the tests of GRU reset-before)
+    void rnn_gemm_rm_f(int M, int N, int K, float alpha, const float *A, int lda, const float *B,
+                       int ldb, float beta, float *C, int ldc)
+    void rnn_gemm_rm_d(int M, int N, int K, double alpha, const double *A, int lda,
+                       const double *B, int ldb, double beta, double *C, int ldc)
+
+    # packing (layout.h, common.template.h)
+    long rnn_packed_size(long K, long N)
+    long rnn_block_start(long H, long ncb, long cb)
+    long rnn_packed_offset(long K, long H, long G, long ncb, long cb)
+    void rnn_pack_f(long K, long N, const float *B, long ldb, float *dst)
+    void rnn_pack_d(long K, long N, const double *B, long ldb, double *dst)
+
+    # BLAS (blas.h): the routines SciPy ships, handed over at import
+    ctypedef void rnn_sgemm_fn(char *transa, char *transb, int *m, int *n, int *k, float *alpha,
+                               float *a, int *lda, float *b, int *ldb, float *beta, float *c,
+                               int *ldc) noexcept nogil
+    ctypedef void rnn_dgemm_fn(char *transa, char *transb, int *m, int *n, int *k, double *alpha,
+                               double *a, int *lda, double *b, int *ldb, double *beta, double *c,
+                               int *ldc) noexcept nogil
+    ctypedef void rnn_sgemv_fn(char *trans, int *m, int *n, float *alpha, float *a, int *lda,
+                               float *x, int *incx, float *beta, float *y, int *incy) noexcept nogil
+    ctypedef void rnn_dgemv_fn(char *trans, int *m, int *n, double *alpha, double *a, int *lda,
+                               double *x, int *incx, double *beta, double *y, int *incy) noexcept nogil
+    void rnn_blas_init(rnn_sgemm_fn *sgemm, rnn_dgemm_fn *dgemm, rnn_sgemv_fn *sgemv,
+                       rnn_dgemv_fn *dgemv)
+
+    # OpenMP (openmp.h): the blocked strategy's waits, and its test hook
+    int RNN_OPENMP_ENABLED
+    int rnn_barrier_spins
+    int rnn_steal_spins
+    int rnn_backoff_left, rnn_backoff_len
+    int rnn_delay_tid, rnn_delay_us, rnn_delay_every, rnn_delay_where
+
+    # where the time goes (profile.h)
+    double rnn_prof[]
+    int rnn_prof_on
+
+    # the kernel entry (engine.h)
+    ctypedef struct rnn_shape:
+        rnn_dtype dtype
+        rnn_cell cell
+        rnn_activation act
+        rnn_activation ract
+        long T, B, In, H, G, Ho, P
+        int ndir
+        int reverse_first
+        int bfirst
+        int zero_output
+
+    ctypedef struct rnn_plan:
+        rnn_strategy strategy
+        long ncb, bb, chunk, proj_min_rows, proj_max_tasks
+        int num_threads
+
+    ctypedef struct rnn_weights:
+        const void *W
+        const void *Wp
+        const void *bx
+        const void *U
+        const void *Up
+        const void *bhn
+        const void *Wr
+
+    ctypedef struct rnn_buffers:
+        const void *x
+        const unsigned char *mask
+        void *out
+        void *h
+        void *c
+
+    int rnn_layer_forward(const rnn_shape *shape, const rnn_plan *plan, const rnn_weights *weights,
+                          const rnn_buffers *buffers)

@@ -1,0 +1,144 @@
+"""How a layer call runs: every tuning constant of the engine, and the planning
+functions that turn a layer's shapes into the compiled core's plan.
+
+A layer call (:meth:`rnnfast.layers.RNNLayer.forward`) runs one of two strategies
+(``src/rnnfast/c/engine.h``):
+
+- the **item** strategy: (direction, batch block) work items, each with its own time
+  loop, no barrier per step;
+- the **blocked** strategy: for layers whose gate columns are laid out in unit blocks,
+  (direction, batch block, unit block) tasks shared by the team, claimed step by step
+  (a thread that is not running never holds up a step: its tasks are taken over), so
+  that a small batch still uses every core.
+
+A plan depends on the shapes only, never on the thread count (but the team size
+itself), so results are bitwise identical for any number of threads.
+
+Measured: see bench/README.md.
+"""
+from typing import NamedTuple
+
+from . import _kernels
+
+#: Elements of the input projection buffer per chunk (all directions), at most: bounds
+#: the kernel's scratch memory independently of the sequence length.
+CHUNK_ELEMENTS = 1 << 21
+#: ... and the target on the blocked strategy: about 1 MB, so that a chunk's projection
+#: is still in the core's cache when its steps read it (at least one step). The item
+#: strategy keeps CHUNK_ELEMENTS: it starts two parallel regions per chunk.
+CHUNK_ELEMENTS_CACHED = 1 << 18
+#: Batch-major input (``batch_first``) below this many rows (but more than one) is
+#: transposed instead: the kernel projects a batch-major step's rows together, and the
+#: packed product's register tile has this many rows.
+BATCH_FIRST_MIN_ROWS = int(_kernels.RNN_TILE_ROWS)
+#: Units per unit block, at least, and the most blocks: GRU (reset-after), LSTM without
+#: projection and SimpleRNN lay their gate columns out in unit blocks, and wide layers
+#: run the blocked strategy.
+UNIT_BLOCK = 64
+MAX_UNIT_BLOCKS = 8
+#: The blocked strategy synchronises its threads once per step: a step with less work
+#: than this many flops per thread uses fewer threads (the tasks, and so the results,
+#: are the same whatever the team size).
+MIN_STEP_FLOPS_PER_THREAD = 40_000
+#: Item strategy: target rows per (direction, batch block) work item, at most
+#: MAX_BATCH_BLOCKS blocks, and at least two from TWO_BLOCKS_MIN_ROWS rows up (so that
+#: a batch of 16-63 still has work for two threads).
+ROWS_PER_BLOCK = 32
+MAX_BATCH_BLOCKS = 8
+TWO_BLOCKS_MIN_ROWS = 16
+#: Blocked strategy: rows per batch block, at most (the product per task is rows x
+#: the block's gate columns x Ho; 64 rows keep it efficient).
+BLOCKED_ROWS_PER_BLOCK = 64
+#: Item strategy: rows per projection task, at least, and tasks per direction and
+#: chunk, at most (so the seed's 320 rows are 8 even tasks for two or four threads,
+#: not 5); each task a whole number of the packed product's register tiles.
+PROJ_MIN_ROWS = 32
+PROJ_MAX_TASKS = 8
+#: Blocked strategy: spins of the wait for a phase (a step, a chunk's projection)
+#: before it sleeps (c/openmp.h).
+BARRIER_SPINS = 3000
+#: Blocked strategy: spins a thread that has run its own tasks of a phase gives the
+#: others before it takes their unclaimed tasks over (a descheduled partner then costs
+#: at most the task it had claimed; see c/openmp.h).
+STEAL_SPINS = 200
+#: A call whose recurrent work is under this many flops per thread runs on fewer
+#: threads: waking a sleeping team and joining it costs more than such a call gains
+#: (the results are the same whatever the team size).
+MIN_CALL_FLOPS_PER_THREAD = 4_000_000
+
+_kernels.barrier_spins(BARRIER_SPINS)
+_kernels.steal_spins(STEAL_SPINS)
+
+ITEM = int(_kernels.RNN_STRATEGY_ITEM)
+BLOCKED = int(_kernels.RNN_STRATEGY_BLOCKED)
+
+
+class Plan(NamedTuple):
+    """How one layer call runs (the compiled core's ``rnn_plan``)."""
+
+    strategy: int           #: ITEM or BLOCKED
+    unit_blocks: int        #: unit blocks of the layer's gate columns
+    batch_rows: int         #: rows per batch block
+    chunk: int              #: steps per projection chunk
+    num_threads: int        #: the team size
+    proj_min_rows: int = PROJ_MIN_ROWS
+    proj_max_tasks: int = PROJ_MAX_TASKS
+
+
+def unit_blocks(H, blockable):
+    """Unit blocks for a layer of H units: several for wide layers whose cell runs its
+    per-step product on packed weights (``blockable``: GRU reset-after, LSTM without
+    projection, SimpleRNN), else one (gate-major columns)."""
+    return max(1, min(MAX_UNIT_BLOCKS, H // UNIT_BLOCK)) if blockable else 1
+
+
+def strategy(ncb):
+    """The strategy of a layer laid out in ``ncb`` unit blocks: blocked wherever the
+    layout has blocks."""
+    return BLOCKED if ncb > 1 else ITEM
+
+
+def batch_rows(B, strategy):
+    """Rows per batch block for a batch of B: a function of B only (never of threads)."""
+    if B <= 0:
+        return 1
+    if strategy == BLOCKED:
+        nblk = max(1, -(-B // BLOCKED_ROWS_PER_BLOCK))
+    else:
+        nblk = B // ROWS_PER_BLOCK
+        if nblk < 2 and B >= TWO_BLOCKS_MIN_ROWS:
+            nblk = 2
+        nblk = min(MAX_BATCH_BLOCKS, max(1, nblk))
+    return -(-B // nblk)
+
+
+def chunk_steps(B, D, GH, strategy):
+    """Steps per input-projection chunk for B rows, D directions and GH gate columns."""
+    step = max(1, B * D * GH)
+    chunk = max(1, CHUNK_ELEMENTS // step)
+    if strategy == BLOCKED:
+        chunk = min(chunk, max(1, CHUNK_ELEMENTS_CACHED // step))
+    return chunk
+
+
+def team_size(num_threads, strategy, B, D, Ho, GH, T=None):
+    """Threads for the call, from its work: fewer when the whole call (T steps; None:
+    unknown) has little recurrent work per thread, and on the blocked strategy when a
+    step has little work per thread."""
+    step_flops = 2 * B * Ho * GH * D
+    n = num_threads
+    if T is not None:
+        n = min(n, 2 * T * step_flops // MIN_CALL_FLOPS_PER_THREAD)
+    if strategy == BLOCKED:
+        n = min(n, step_flops // MIN_STEP_FLOPS_PER_THREAD)
+    return max(1, n)
+
+
+def plan(*, B, D, Ho, GH, ncb, num_threads, chunk=None, T=None):
+    """The plan of one call: B batch rows, D directions, state width Ho, GH gate
+    columns laid out in ``ncb`` unit blocks, ``num_threads`` threads at most, and
+    ``chunk`` steps per projection chunk (None: chosen here), over T steps (None: unknown)."""
+    how = strategy(ncb)
+    if chunk is None:
+        chunk = chunk_steps(B, D, GH, how)
+    return Plan(how, ncb, batch_rows(B, how), int(chunk), team_size(num_threads, how, B, D, Ho, GH, T))

@@ -1,0 +1,197 @@
+/*
+ * cellmath.template.h -- the fused element-wise gate math of one time step, written
+ * once for every type and instruction set (no include guard: included once per
+ * instantiation; see template.h).
+ *
+ * Parameters, defined by the includer:
+ *   TYPE           float or double
+ *   ISA_SUFFIX     the instruction set's name suffix (baseline, avx2, avx512, ...)
+ *   CELLMATH_FAST  1 when the includer provides, for this TYPE and ISA, the fast paths
+ *                  RNN_INAME(vtanh), RNN_INAME(vsigmoid) (return the elements done),
+ *                  RNN_INAME(fused_gru), RNN_INAME(fused_lstm) (return 1 when they did
+ *                  the whole step): see x86/avx512_cellmath.h; 0 otherwise.
+ * Needs mathfun.h and enums.h.
+ *
+ * Design: the products of a time step are done by the caller (engine.template.h);
+ * everything element-wise that follows them -- adding the input projection, the gate
+ * activations, the state update and the masked carry-over -- happens here, one row
+ * (batch element) at a time, in loops the compiler vectorizes. Row pointers carry
+ * explicit leading dimensions (ld*), so a bidirectional state can be updated in
+ * place in its half of a buffer. `valid` is NULL (every row steps) or one byte per
+ * row: 0 means a masked step for that row: its state is carried over unchanged.
+ *
+ * A cell is (input, hidden, params) -> hidden: each function below is one cell's
+ * step; the loop over time is the engine's.
+ */
+
+/* v[0:n] = act(v[0:n]) in place. */
+RNN_INLINE void RNN_INAME(act)(int kind, TYPE *v, long n)
+{
+    long j = 0;
+    switch (kind) {
+    case RNN_ACT_TANH:
+#if CELLMATH_FAST
+        j = RNN_INAME(vtanh)(v, n);
+#endif
+        for (; j < n; j++) v[j] = RNN_TNAME(tanh)(v[j]);
+        break;
+    case RNN_ACT_SIGMOID:
+#if CELLMATH_FAST
+        j = RNN_INAME(vsigmoid)(v, n);
+#endif
+        for (; j < n; j++) v[j] = RNN_TNAME(sigmoid)(v[j]);
+        break;
+    case RNN_ACT_HARD_SIGMOID:
+        for (j = 0; j < n; j++) {
+            TYPE a = v[j] + (TYPE)3;
+            a = a < (TYPE)0 ? (TYPE)0 : a;
+            a = a > (TYPE)6 ? (TYPE)6 : a;
+            v[j] = a / (TYPE)6;
+        }
+        break;
+    case RNN_ACT_HARD_SIGMOID_KERAS2:
+        for (j = 0; j < n; j++) {
+            TYPE a = (TYPE)0.2 * v[j] + (TYPE)0.5;
+            a = a < (TYPE)0 ? (TYPE)0 : a;
+            v[j] = a > (TYPE)1 ? (TYPE)1 : a;
+        }
+        break;
+    case RNN_ACT_RELU:
+        for (j = 0; j < n; j++) v[j] = v[j] < (TYPE)0 ? (TYPE)0 : v[j];
+        break;
+    case RNN_ACT_SOFTSIGN:
+        for (j = 0; j < n; j++) v[j] = v[j] / ((TYPE)1 + (v[j] < (TYPE)0 ? -v[j] : v[j]));
+        break;
+    case RNN_ACT_SOFTPLUS:
+        for (j = 0; j < n; j++)
+            v[j] = v[j] > (TYPE)20 ? v[j] : RNN_TNAME(log1p)(RNN_TNAME(libm_exp)(v[j]));
+        break;
+    case RNN_ACT_ELU:
+        for (j = 0; j < n; j++) v[j] = v[j] > (TYPE)0 ? v[j] : RNN_TNAME(expm1)(v[j]);
+        break;
+    case RNN_ACT_SELU:
+        for (j = 0; j < n; j++)
+            v[j] = (TYPE)1.0507009873554804934193349852946 *
+                   (v[j] > (TYPE)0 ? v[j] : (TYPE)1.6732632423543772848170429916717 * RNN_TNAME(expm1)(v[j]));
+        break;
+    case RNN_ACT_EXPONENTIAL:
+        for (j = 0; j < n; j++) v[j] = RNN_TNAME(libm_exp)(v[j]);
+        break;
+    default: /* RNN_ACT_LINEAR */
+        break;
+    }
+}
+
+/* The activation exactly as the kernels apply it (also the test hook). */
+static void RNN_INAME(activate)(int kind, TYPE *v, long n) { RNN_INAME(act)(kind, v, n); }
+
+/* GRU, reset-after (PyTorch; Keras reset_after=True), one step for nrows rows:
+ *   (1) z = ract(xp_z + gh_z)            (2) r = ract(xp_r + gh_r)
+ *   (3) n = act(xp_h + r * (gh_h + bhn))  (4) h = z * h + (1 - z) * n
+ * xp already holds x W + b (all gates) and the z, r parts of the recurrent bias;
+ * gh = h_prev U; bhn is the candidate's recurrent bias. tmp: 3H scratch. */
+static void RNN_INAME(gru_ra)(long nrows, long H, const TYPE *xp, long ldxp,
+                              const TYPE *gh, long ldgh, const TYPE *bhn, TYPE *h, long ldh,
+                              const unsigned char *valid, TYPE *tmp, int act, int ract)
+{
+    long b, j;
+#if CELLMATH_FAST
+    if (ract == RNN_ACT_SIGMOID && act == RNN_ACT_TANH
+        && RNN_INAME(fused_gru)(nrows, H, xp, ldxp, gh, ldgh, bhn, h, ldh, valid))
+        return;
+#endif
+    for (b = 0; b < nrows; b++) {
+        if (valid && !valid[b]) continue;
+        const TYPE *x = xp + b * ldxp, *g = gh + b * ldgh;
+        TYPE *hb = h + b * ldh, *n = tmp + 2 * H;
+        for (j = 0; j < 2 * H; j++) tmp[j] = x[j] + g[j];
+        RNN_INAME(act)(ract, tmp, 2 * H);
+        for (j = 0; j < H; j++) n[j] = x[2 * H + j] + tmp[H + j] * (g[2 * H + j] + bhn[j]);
+        RNN_INAME(act)(act, n, H);
+        for (j = 0; j < H; j++) hb[j] = tmp[j] * hb[j] + ((TYPE)1 - tmp[j]) * n[j];
+    }
+}
+
+/* GRU, reset-before (Keras reset_after=False; Cho et al. 2014), first half:
+ *   (1) z = ract(xp_z + gzr_z)  (2) r = ract(xp_r + gzr_r)  -> zr[b, 0:2H]
+ *   (3) rh = r * h_prev          -> rh[b, 0:H], for the caller's product rh U_h.
+ * Masked rows get rh = 0 (their product is computed but never used). */
+static void RNN_INAME(gru_rb_gates)(long nrows, long H, const TYPE *xp, long ldxp,
+                                    const TYPE *gzr, long ldg, const TYPE *h, long ldh,
+                                    const unsigned char *valid, TYPE *zr, TYPE *rh, int ract)
+{
+    long b, j;
+    for (b = 0; b < nrows; b++) {
+        TYPE *z = zr + b * 2 * H, *o = rh + b * H;
+        if (valid && !valid[b]) {
+            for (j = 0; j < H; j++) o[j] = (TYPE)0;
+            continue;
+        }
+        const TYPE *x = xp + b * ldxp, *g = gzr + b * ldg, *hb = h + b * ldh;
+        for (j = 0; j < 2 * H; j++) z[j] = x[j] + g[j];
+        RNN_INAME(act)(ract, z, 2 * H);
+        for (j = 0; j < H; j++) o[j] = z[H + j] * hb[j];
+    }
+}
+
+/* GRU, reset-before, second half, with ghh = (r * h_prev) U_h:
+ *   (4) n = act(xp_h + ghh)   (5) h = z * h + (1 - z) * n.  tmp: H scratch. */
+static void RNN_INAME(gru_rb_update)(long nrows, long H, const TYPE *xp, long ldxp,
+                                     const TYPE *ghh, long ldg, const TYPE *zr, TYPE *h, long ldh,
+                                     const unsigned char *valid, TYPE *tmp, int act)
+{
+    long b, j;
+    for (b = 0; b < nrows; b++) {
+        if (valid && !valid[b]) continue;
+        const TYPE *x = xp + b * ldxp + 2 * H, *g = ghh + b * ldg, *z = zr + b * 2 * H;
+        TYPE *hb = h + b * ldh;
+        for (j = 0; j < H; j++) tmp[j] = x[j] + g[j];
+        RNN_INAME(act)(act, tmp, H);
+        for (j = 0; j < H; j++) hb[j] = z[j] * hb[j] + ((TYPE)1 - z[j]) * tmp[j];
+    }
+}
+
+/* LSTM, one step:  g = xp + gh  (gates i, f, c, o)
+ *   (1) i = ract(g_i) (2) f = ract(g_f) (3) o = ract(g_o) (4) u = act(g_c)
+ *   (5) c = f * c + i * u   (6) m = o * act(c)
+ * m is written to `m` (the hidden state itself, or the input of the projection
+ * h = m W_hr done by the caller). tmp: 4H scratch. */
+static void RNN_INAME(lstm)(long nrows, long H, const TYPE *xp, long ldxp, const TYPE *gh,
+                            long ldgh, TYPE *c, long ldc, TYPE *m, long ldm,
+                            const unsigned char *valid, TYPE *tmp, int act, int ract)
+{
+    long b, j;
+#if CELLMATH_FAST
+    if (ract == RNN_ACT_SIGMOID && act == RNN_ACT_TANH
+        && RNN_INAME(fused_lstm)(nrows, H, xp, ldxp, gh, ldgh, c, ldc, m, ldm, valid))
+        return;
+#endif
+    for (b = 0; b < nrows; b++) {
+        if (valid && !valid[b]) continue;
+        const TYPE *x = xp + b * ldxp, *g = gh + b * ldgh;
+        TYPE *cb = c + b * ldc, *mb = m + b * ldm;
+        TYPE *gi = tmp, *gf = tmp + H, *gc = tmp + 2 * H, *go = tmp + 3 * H;
+        for (j = 0; j < 4 * H; j++) tmp[j] = x[j] + g[j];
+        RNN_INAME(act)(ract, gi, 2 * H);
+        RNN_INAME(act)(ract, go, H);
+        RNN_INAME(act)(act, gc, H);
+        for (j = 0; j < H; j++) cb[j] = gf[j] * cb[j] + gi[j] * gc[j];
+        for (j = 0; j < H; j++) gc[j] = cb[j];
+        RNN_INAME(act)(act, gc, H);
+        for (j = 0; j < H; j++) mb[j] = go[j] * gc[j];
+    }
+}
+
+/* SimpleRNN, one step: (1) h = act(xp + gh). */
+static void RNN_INAME(simple)(long nrows, long H, const TYPE *xp, long ldxp, const TYPE *gh,
+                              long ldgh, TYPE *h, long ldh, const unsigned char *valid, int act)
+{
+    long b, j;
+    for (b = 0; b < nrows; b++) {
+        if (valid && !valid[b]) continue;
+        const TYPE *x = xp + b * ldxp, *g = gh + b * ldgh;
+        TYPE *hb = h + b * ldh;
+        for (j = 0; j < H; j++) hb[j] = x[j] + g[j];
+        RNN_INAME(act)(act, hb, H);
+    }
+}

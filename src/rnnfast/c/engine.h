@@ -1,0 +1,174 @@
+/*
+ * engine.h -- the kernel entry: one recurrent layer (one or two directions) over a
+ * whole sequence, in one call.
+ *
+ *     int rnn_layer_forward(const rnn_shape *, const rnn_plan *, const rnn_weights *,
+ *                           const rnn_buffers *);
+ *
+ * The caller (_kernels.pyx, for rnnfast/layers.py) describes the call in four structs:
+ * what runs (rnn_shape), how it runs (rnn_plan: the strategy and the cuts, made by
+ * rnnfast/_plan.py), the weights, and the buffers. It validates shapes, makes every
+ * array C-contiguous in the compute dtype, packs the weights once per layer and
+ * allocates the outputs; the engine allocates only scratch, once per call (and per
+ * work item), never per time step, and returns RNN_OK or RNN_ERR_NOMEM.
+ *
+ * The two strategies (engine.template.h) are two functions:
+ * - item: the sequence is cut into chunks of plan.chunk steps. For each chunk, (1) the
+ *   input projection of all its steps is computed over (direction, row block) tasks,
+ *   in parallel; then (2) each work item (direction, batch block of plan.bb rows) runs
+ *   its own time loop over the chunk with no barrier per step: the products of the
+ *   step, then the fused gate math per unit block, which updates the state in place,
+ *   and the output rows written straight into the direction's half of `out`. Memory
+ *   for the projection is bounded by the chunk, not by the sequence length.
+ * - blocked: for layers whose gate columns are laid out in unit blocks (layout.h),
+ *   each step's (direction, batch block, unit block) products and gate math are tasks
+ *   shared by the team, the same ones per thread every step, with one barrier per
+ *   step and the state double-buffered. Each core keeps its share of the recurrent
+ *   weights in its cache, and a small batch still uses every core. A task also
+ *   projects its own block of each chunk's input, so the projection is read where it
+ *   was written; the buffers threads share are aligned to cache lines.
+ *
+ * Layout: x and out are time-major rows (t*B + b), or batch-major (b*T + t) with
+ * shape.bfirst, read and written in place either way. Direction 0 runs forward
+ * (backward with shape.reverse_first), direction 1 always backward; outputs stay
+ * aligned with input time.
+ *
+ * Threads: OpenMP over tasks and items (dynamic schedule). The decomposition depends
+ * on the shapes and the plan only, never on the thread count, so results are bitwise
+ * identical for every thread count. Every BLAS call is made inside the parallel
+ * region; the Python side holds the BLAS to one thread while it runs.
+ */
+#ifndef RNNFAST_ENGINE_H
+#define RNNFAST_ENGINE_H
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "blas.h"
+#include "enums.h"
+#include "isa.h"
+#include "layout.h"
+#include "openmp.h"
+#include "profile.h"
+#include "template.h"
+
+/* What runs: the layer and the sequence. */
+typedef struct {
+    rnn_dtype dtype;            /* of every array */
+    rnn_cell cell;
+    rnn_activation act;         /* the activation */
+    rnn_activation ract;        /* the gates' (recurrent) activation */
+    long T, B;                  /* time steps, batch rows */
+    long In;                    /* input features (I; not a C name: complex.h takes it) */
+    long H;                     /* units */
+    long G;                     /* gates: the weights have G*H columns */
+    long Ho;                    /* state width: P with a projection, else H */
+    long P;                     /* LSTM projection size, 0 without */
+    int ndir;                   /* directions: 1 or 2 */
+    int reverse_first;          /* direction 0 runs backward (go_backwards) */
+    int bfirst;                 /* x and out are batch-major (row b*T + t) */
+    int zero_output;            /* masked steps output zeros (else the last output) */
+} rnn_shape;
+
+/* How it runs: a function of the shapes only, never of the thread count (but the
+ * team size itself), so that results do not depend on it. */
+typedef struct {
+    rnn_strategy strategy;
+    long ncb;                   /* unit blocks of the gate columns (the weights' layout) */
+    long bb;                    /* rows per batch block */
+    long chunk;                 /* steps per projection chunk */
+    long proj_min_rows;         /* item strategy: rows per projection task, at least, */
+    long proj_max_tasks;        /* and tasks per direction and chunk, at most */
+    int num_threads;            /* the team size */
+} rnn_plan;
+
+/* The weights, in the compute dtype (shapes per direction d < ndir). */
+typedef struct {
+    const void *W;              /* (ndir, I, G*H) input weights, in ncb unit blocks */
+    const void *Wp;             /* W packed (layout.h), or NULL: the projection calls BLAS */
+    const void *bx;             /* (ndir, G*H) the input-side bias (and the biases that add) */
+    const void *U;              /* (ndir, Ho, G*H) recurrent weights */
+    const void *Up;             /* U packed, or NULL: GRU reset-before and LSTM with projection */
+    const void *bhn;            /* (ndir, H) GRU reset-after: the candidate's recurrent bias */
+    const void *Wr;             /* (ndir, H, P) LSTM projection, or NULL */
+} rnn_weights;
+
+/* The buffers: the input, the mask, the outputs and the states. */
+typedef struct {
+    const void *x;              /* (T*B, I), rows t*B + b (b*T + t when bfirst) */
+    const unsigned char *mask;  /* (T, B): 0 is a masked step; or NULL */
+    void *out;                  /* (T*B, ndir*Ho), rows as x's; or NULL */
+    void *h;                    /* (ndir, B, Ho) IN/OUT: initial -> final state */
+    void *c;                    /* (ndir, B, H) IN/OUT: LSTM cell state; else NULL */
+} rnn_buffers;
+
+/* The row of (time t, batch b) in the input and the output: t*B + b, or b*T + t when
+ * they are batch-major. */
+static inline long rnn_row(long t, long b, long T, long B, int bfirst)
+{
+    return bfirst ? b * T + t : t * B + b;
+}
+
+/* n bytes on a cache-line boundary (64), or NULL; freed with free(). For the blocked
+ * strategy's shared buffers, whose blocks different threads write: a line that two
+ * blocks share would bounce between cores on every step. */
+static inline void *rnn_alloc_lines(size_t n)
+{
+    void *p = NULL;
+    if (posix_memalign(&p, 64, n > 0 ? n : 64) != 0)
+        return NULL;
+    return p;
+}
+
+/* One task of the blocked strategy: direction, batch block (first row, rows) and
+ * unit block. */
+typedef struct {
+    long d, b0, nb, cb;
+} rnn_task;
+
+/* Task number -> task; unit blocks vary fastest, then batch blocks, then directions. */
+static inline rnn_task rnn_blocked_task(long task, long ncb, long nbb, long bb, long B)
+{
+    rnn_task k;
+    long q = task / ncb;
+    k.cb = task % ncb;
+    k.b0 = (q % nbb) * bb;
+    k.d = q / nbb;
+    k.nb = k.b0 + bb <= B ? bb : B - k.b0;
+    return k;
+}
+
+/* Row blocks of a chunk's projection (R rows): a function of R and the plan only. */
+static inline long rnn_proj_tasks(long R, const rnn_plan *p)
+{
+    long n = (R + p->proj_min_rows - 1) / p->proj_min_rows;
+    return n > p->proj_max_tasks ? p->proj_max_tasks : (n > 0 ? n : 1);
+}
+
+/* Rows per projection task: R over nrb tasks, rounded up to whole register tiles
+ * (the last task may be shorter, or empty). */
+static inline long rnn_proj_rows(long R, long nrb)
+{
+    long rb = (R + nrb - 1) / nrb;
+    return (rb + RNN_TILE_ROWS - 1) / RNN_TILE_ROWS * RNN_TILE_ROWS;
+}
+
+#define TYPE float
+#include "common.template.h"
+#include "engine.template.h"
+#undef TYPE
+#define TYPE double
+#include "common.template.h"
+#include "engine.template.h"
+#undef TYPE
+
+/* Run one layer call; branches on the dtype here, once. Returns an rnn_status. */
+static int rnn_layer_forward(const rnn_shape *shape, const rnn_plan *plan,
+                             const rnn_weights *weights, const rnn_buffers *buffers)
+{
+    if (shape->dtype == RNN_FLOAT64)
+        return rnn_layer_forward_d(shape, plan, weights, buffers);
+    return rnn_layer_forward_f(shape, plan, weights, buffers);
+}
+
+#endif /* RNNFAST_ENGINE_H */

@@ -1,0 +1,465 @@
+/*
+ * engine.template.h -- the two execution strategies of one layer call, for one TYPE
+ * (no include guard: instantiated by engine.h, which describes them; see template.h).
+ *
+ * Defines RNN_TNAME(layer_forward): rnn_layer_forward_f and _d. The kernels are called
+ * through the dispatcher (isa.h): RNN_TNAME(gemm_packed), RNN_TNAME(gru_ra), ...
+ */
+
+/* One call, typed: the caller's shape and plan, the derived sizes and every pointer
+ * as TYPE. Read-only once built; shared by the whole team. */
+typedef struct {
+    rnn_shape s;
+    rnn_plan p;
+    long GH;                    /* gate columns: G * H */
+    long ldo;                   /* the output's row stride: ndir * Ho */
+    long nchunks;               /* chunks of p.chunk steps */
+    long lwp, lup;              /* values per direction of the packed W and U */
+    const TYPE *x, *W, *Wp, *bx, *U, *Up, *bhn, *Wr;
+    const unsigned char *mask;
+    TYPE *out, *h, *c;
+} RNN_TNAME(call);
+
+/* xp[0:n, 0:N] = x[0:n] @ W[:, 0:N] + bx[0:N] for n input rows ldx apart, on the packed
+ * W when there is one (Wp: these N columns packed), else by BLAS (W, row stride ldw). */
+static void RNN_TNAME(project_rows)(long n, long In, const TYPE *x, long ldx, const TYPE *W,
+                                    long ldw, const TYPE *Wp, const TYPE *bx, long N, TYPE *xp,
+                                    long ldxp)
+{
+    long r;
+    if (Wp != NULL) {
+        RNN_TNAME(gemm_packed)(n, N, In, x, ldx, Wp, bx, xp, ldxp);
+        return;
+    }
+    for (r = 0; r < n; r++)
+        memcpy(xp + r * ldxp, bx, (size_t)N * sizeof(TYPE));
+    RNN_TNAME(gemm_rm)((int)n, (int)N, (int)In, (TYPE)1, x, (int)ldx, W, (int)ldw, (TYPE)1, xp,
+                       (int)ldxp);
+}
+
+/* The fused gate math of one unit block of nb rows: GRU (reset-after), LSTM without
+ * projection, or SimpleRNN. Gates of the block are contiguous: [g0(hb), g1(hb), ...]. */
+static inline void RNN_TNAME(cell_block)(const rnn_shape *s, long nb, long hb,
+                                         const TYPE *xr, long ldxp,  /* IN  the block's projection */
+                                         const TYPE *gh, long ldgh,  /* IN  the block's h U */
+                                         const TYPE *bhn,            /* IN  (hb,) GRU candidate bias */
+                                         TYPE *h, long ldh,          /* IN/OUT the block's state */
+                                         TYPE *c, long ldc,          /* IN/OUT LSTM cell state */
+                                         const unsigned char *valid, TYPE *tmp)
+{
+    switch (s->cell) {
+    case RNN_CELL_GRU:
+        RNN_TNAME(gru_ra)(nb, hb, xr, ldxp, gh, ldgh, bhn, h, ldh, valid, tmp, s->act, s->ract);
+        break;
+    case RNN_CELL_LSTM:
+        RNN_TNAME(lstm)(nb, hb, xr, ldxp, gh, ldgh, c, ldc, h, ldh, valid, tmp, s->act, s->ract);
+        break;
+    default:
+        RNN_TNAME(simple)(nb, hb, xr, ldxp, gh, ldgh, h, ldh, valid, s->act);
+        break;
+    }
+}
+
+/* ==== the item strategy: (direction, batch block) work items, no per-step barrier ==== */
+
+/* Rows r0..r1-1 of direction d's chunk projection (steps from tlo), every column:
+ * xp[r] = x(t, b) @ W + bx for r = (t - tlo) * B + b, unit block by unit block (the
+ * packed W is packed so). Time-major rows are contiguous; batch-major ones are taken
+ * one time step at a time (the batch rows of a step are T rows apart). */
+static void RNN_TNAME(item_project)(const RNN_TNAME(call) *c, long d, long tlo, long r0, long r1,
+                                    TYPE *xp)
+{
+    const rnn_shape *s = &c->s;
+    long In = s->In, T = s->T, B = s->B, H = s->H, G = s->G, GH = c->GH, ncb = c->p.ncb;
+    const TYPE *W = c->W + d * In * GH, *bx = c->bx + d * GH;
+    const TYPE *Wp = c->Wp != NULL ? c->Wp + d * c->lwp : NULL;
+    long r, t, b, n, cb, j0, nc;
+    double t0 = rnn_tick();
+    for (cb = 0; cb < ncb; cb++) {
+        const TYPE *wpb = Wp != NULL ? Wp + rnn_packed_offset(In, H, G, ncb, cb) : NULL;
+        j0 = G * rnn_block_start(H, ncb, cb);
+        nc = G * rnn_block_start(H, ncb, cb + 1) - j0;
+        if (!s->bfirst || B == 1) {
+            RNN_TNAME(project_rows)(r1 - r0, In, c->x + (tlo * B + r0) * In, In, W + j0, GH, wpb,
+                                    bx + j0, nc, xp + r0 * GH + j0, GH);
+            continue;
+        }
+        r = r0;
+        while (r < r1) {
+            t = tlo + r / B;
+            b = r % B;
+            n = B - b < r1 - r ? B - b : r1 - r;
+            RNN_TNAME(project_rows)(n, In, c->x + (b * T + t) * In, T * In, W + j0, GH, wpb, bx + j0,
+                                    nc, xp + r * GH + j0, GH);
+            r = r + n;
+        }
+    }
+    rnn_tock(RNN_PROF_PROJECTION, t0);
+}
+
+/* Steps s0..s1-1 of one work item: direction d, batch rows b0..b0+nb-1. Per step the
+ * product h U over all gate columns, then the gate math block by block, then the
+ * output rows. xp: the direction's chunk projection. Returns RNN_OK or RNN_ERR_NOMEM. */
+static int RNN_TNAME(item_run)(const RNN_TNAME(call) *c, long d, long b0, long nb, long s0, long s1,
+                               const TYPE *xp, unsigned char *seen)
+{
+    const rnn_shape *s = &c->s;
+    long T = s->T, B = s->B, H = s->H, Ho = s->Ho, P = s->P, G = s->G, GH = c->GH;
+    long ncb = c->p.ncb;
+    int rev = d == 1 || s->reverse_first;
+    long tlo = rev ? T - s1 : s0;
+    const TYPE *U = c->U + d * Ho * GH, *bhn = c->bhn + d * H;
+    const TYPE *Up = c->Up != NULL ? c->Up + d * c->lup : NULL;
+    const TYPE *Wr = c->Wr != NULL ? c->Wr + d * H * P : NULL;
+    TYPE *out = c->out != NULL ? c->out + d * Ho : NULL;
+    TYPE *h = c->h + (d * B + b0) * Ho;                          /* (nb, Ho) this item's state */
+    TYPE *cs = c->c != NULL ? c->c + (d * B + b0) * H : NULL;    /* (nb, H) its cell state */
+    long st, t, cb, j0, j1;
+    const TYPE *xr;
+    const unsigned char *valid;
+    double t0, t1;
+    long ngh = nb * GH;
+    TYPE *buf = (TYPE *)calloc((size_t)(ngh + 4 * H + nb * (2 * H + 3 * H + P) + 1), sizeof(TYPE));
+    if (buf == NULL)
+        return RNN_ERR_NOMEM;
+    TYPE *gh = buf;                  /* (nb, GH) h U */
+    TYPE *tmp = gh + ngh;            /* 4H: the gate math's scratch */
+    TYPE *zr = tmp + 4 * H;          /* (nb, 2H) GRU reset-before: z, r */
+    TYPE *rh = zr + nb * 2 * H;      /* (nb, H)  ... r * h */
+    TYPE *g2 = rh + nb * H;          /* (nb, H)  ... (r * h) U_h */
+    TYPE *m = g2 + nb * H;           /* (nb, H)  LSTM with projection: o * act(c) */
+    TYPE *hp = m + nb * H;           /* (nb, P)  ... m Wr */
+
+    for (st = s0; st < s1; st++) {
+        t0 = rnn_tick();
+        t = rev ? T - 1 - st : st;
+        xr = xp + ((t - tlo) * B + b0) * GH;
+        valid = c->mask != NULL ? c->mask + t * B + b0 : NULL;
+        if (s->cell == RNN_CELL_GRU_RB) {
+            /* reset-before needs r before its second product: gate-major layout (ncb == 1) */
+            RNN_TNAME(gemm_rm)((int)nb, (int)(2 * H), (int)Ho, 1, h, (int)Ho, U, (int)GH, 0, gh,
+                               (int)(2 * H));
+            RNN_TNAME(gru_rb_gates)(nb, H, xr, GH, gh, 2 * H, h, Ho, valid, zr, rh, s->ract);
+            RNN_TNAME(gemm_rm)((int)nb, (int)H, (int)H, 1, rh, (int)H, U + 2 * H, (int)GH, 0, g2,
+                               (int)H);
+            RNN_TNAME(gru_rb_update)(nb, H, xr, GH, g2, H, zr, h, Ho, valid, tmp, s->act);
+        } else if (s->cell == RNN_CELL_LSTM && Wr != NULL) {
+            /* projection: m for all units first, then h = m Wr (gate-major layout, ncb == 1) */
+            RNN_TNAME(gemm_rm)((int)nb, (int)GH, (int)Ho, 1, h, (int)Ho, U, (int)GH, 0, gh, (int)GH);
+            RNN_TNAME(lstm)(nb, H, xr, GH, gh, GH, cs, H, m, H, valid, tmp, s->act, s->ract);
+            RNN_TNAME(gemm_rm)((int)nb, (int)P, (int)H, 1, m, (int)H, Wr, (int)P, 0, hp, (int)P);
+            RNN_TNAME(copy_rows)(nb, P, hp, P, h, Ho, valid);
+        } else {
+            /* every block's product reads the old state: all products first, then the steps */
+            t1 = rnn_tick();
+            for (cb = 0; cb < ncb; cb++) {
+                j0 = rnn_block_start(H, ncb, cb);
+                j1 = rnn_block_start(H, ncb, cb + 1);
+                RNN_TNAME(gemm_packed)(nb, G * (j1 - j0), Ho, h, Ho,
+                                       Up + rnn_packed_offset(Ho, H, G, ncb, cb), NULL, gh + G * j0,
+                                       GH);
+            }
+            rnn_tock(RNN_PROF_PRODUCT, t1);
+            for (cb = 0; cb < ncb; cb++) {
+                j0 = rnn_block_start(H, ncb, cb);
+                j1 = rnn_block_start(H, ncb, cb + 1);
+                RNN_TNAME(cell_block)(s, nb, j1 - j0, xr + G * j0, GH, gh + G * j0, GH, bhn + j0,
+                                      h + j0, Ho, cs != NULL ? cs + j0 : NULL, H, valid, tmp);
+            }
+        }
+        if (out != NULL)
+            RNN_TNAME(emit)(nb, Ho, h, Ho, out + rnn_row(t, b0, T, B, s->bfirst) * c->ldo,
+                            c->ldo * (s->bfirst ? T : 1), valid, seen, s->zero_output);
+        rnn_tock(RNN_PROF_STEP, t0);
+    }
+    free(buf);
+    return RNN_OK;
+}
+
+/* The item strategy: per chunk, the projection over (direction, row block) tasks,
+ * then the work items (direction, batch block of p.bb rows), each running its own
+ * time loop over the chunk. */
+static int RNN_TNAME(run_items)(const RNN_TNAME(call) *c)
+{
+    const rnn_shape *s = &c->s;
+    const rnn_plan *p = &c->p;
+    long T = s->T, B = s->B, GH = c->GH, chunk = p->chunk, bb = p->bb;
+    long nbb = (B + bb - 1) / bb, nitems = s->ndir * nbb;
+    long ch, s0, s1, R, nrb, rb, ntask, task, item;
+    int err = 0;
+    TYPE *xp = (TYPE *)malloc((size_t)(s->ndir * chunk * B * GH) * sizeof(TYPE));
+    unsigned char *seen = (unsigned char *)calloc((size_t)(s->ndir * B), 1);
+    if (xp == NULL || seen == NULL)
+        err = 1;
+    for (ch = 0; ch < c->nchunks && err == 0; ch++) {
+        s0 = ch * chunk;
+        s1 = s0 + chunk < T ? s0 + chunk : T;
+        R = (s1 - s0) * B;
+        nrb = rnn_proj_tasks(R, p);
+        rb = rnn_proj_rows(R, nrb);
+        ntask = s->ndir * nrb;
+        /* (1) the input projection of this chunk's steps, every direction */
+        RNN_OMP(parallel for schedule(dynamic) num_threads(p->num_threads))
+        for (task = 0; task < ntask; task++) {
+            long d = task / nrb, r0 = (task % nrb) * rb, r1 = r0 + rb < R ? r0 + rb : R;
+            long tlo = (d == 1 || s->reverse_first) ? T - s1 : s0;
+            if (r0 < r1)
+                RNN_TNAME(item_project)(c, d, tlo, r0, r1, xp + d * chunk * B * GH);
+        }
+        /* (2) the recurrence over this chunk, every (direction, batch block) */
+        RNN_OMP(parallel for schedule(dynamic) num_threads(p->num_threads) reduction(+:err))
+        for (item = 0; item < nitems; item++) {
+            long d = item / nbb, b0 = (item % nbb) * bb, nb = b0 + bb <= B ? bb : B - b0;
+            err += RNN_TNAME(item_run)(c, d, b0, nb, s0, s1, xp + d * chunk * B * GH,
+                                       seen + d * B + b0);
+        }
+    }
+    free(xp);
+    free(seen);
+    return err ? RNN_ERR_NOMEM : RNN_OK;
+}
+
+/* ==== the blocked strategy: (direction, batch block, unit block) tasks, claimed per
+ * phase (a chunk's projection, then each step) ==== */
+
+/* What the team shares. */
+typedef struct {
+    long nbb, ntask;            /* batch blocks; tasks per step (ndir * nbb * ncb) */
+    long others;                /* tasks run by threads other than the caller's */
+    TYPE *xp;                   /* (ndir, chunk*B, GH) the chunk's projection */
+    TYPE *hbuf;                 /* (2, ndir, B, Ho) the state, double-buffered by step */
+    TYPE *cbuf;                 /* (ndir, B, H) the LSTM cell state, or NULL */
+    unsigned char *seen;        /* (ndir, ncb, B) rows that have emitted an output */
+    rnn_phases q;               /* the phases' claims and completions (openmp.h) */
+} RNN_TNAME(blocked);
+
+/* One task's block of the chunk's input projection: rows (t, b) for the chunk's steps
+ * s0..s1-1 and the task's batch block, columns of its unit block. One product for the
+ * whole chunk when the block is the whole batch and the rows are contiguous, else
+ * one per step. */
+static void RNN_TNAME(blocked_project)(const RNN_TNAME(call) *c, const RNN_TNAME(blocked) *bk,
+                                       long task, long s0, long s1)
+{
+    const rnn_shape *s = &c->s;
+    long T = s->T, B = s->B, In = s->In, H = s->H, G = s->G, GH = c->GH, ncb = c->p.ncb;
+    rnn_task k = rnn_blocked_task(task, ncb, bk->nbb, c->p.bb, B);
+    long tlo = (k.d == 1 || s->reverse_first) ? T - s1 : s0, nsteps = s1 - s0;
+    long j0 = rnn_block_start(H, ncb, k.cb), N = G * (rnn_block_start(H, ncb, k.cb + 1) - j0);
+    const TYPE *W = c->W + k.d * In * GH + G * j0, *bx = c->bx + k.d * GH + G * j0;
+    const TYPE *Wp = c->Wp != NULL ? c->Wp + k.d * c->lwp + rnn_packed_offset(In, H, G, ncb, k.cb)
+                                   : NULL;
+    TYPE *xp = bk->xp + k.d * c->p.chunk * B * GH + G * j0;
+    long i, t;
+    double t0 = rnn_tick();
+    if (k.nb == B && (!s->bfirst || B == 1)) {
+        RNN_TNAME(project_rows)(nsteps * B, In, c->x + tlo * B * In, In, W, GH, Wp, bx, N, xp, GH);
+    } else {
+        for (i = 0; i < nsteps; i++) {
+            t = tlo + i;
+            RNN_TNAME(project_rows)(k.nb, In, c->x + rnn_row(t, k.b0, T, B, s->bfirst) * In,
+                                    In * (s->bfirst ? T : 1), W, GH, Wp, bx, N,
+                                    xp + (i * B + k.b0) * GH, GH);
+        }
+    }
+    rnn_tock(RNN_PROF_PROJECTION, t0);
+}
+
+/* One task of step st (chunk s0..s1-1): its product, reading the state of step st
+ * (hbuf half st % 2), its gate math and outputs, writing the state of step st + 1.
+ * scratch: the thread's own, p.bb * GH + 4H values. */
+static void RNN_TNAME(blocked_step)(const RNN_TNAME(call) *c, const RNN_TNAME(blocked) *bk,
+                                    long task, long st, long s0, long s1, TYPE *scratch)
+{
+    const rnn_shape *s = &c->s;
+    long T = s->T, B = s->B, H = s->H, Ho = s->Ho, G = s->G, GH = c->GH, ncb = c->p.ncb;
+    int ndir = s->ndir;
+    rnn_task k = rnn_blocked_task(task, ncb, bk->nbb, c->p.bb, B);
+    int rev = k.d == 1 || s->reverse_first;
+    long t = rev ? T - 1 - st : st, tlo = rev ? T - s1 : s0;
+    long j0 = rnn_block_start(H, ncb, k.cb), hb = rnn_block_start(H, ncb, k.cb + 1) - j0;
+    TYPE *hcur = bk->hbuf + (((st % 2) * ndir + k.d) * B + k.b0) * Ho;
+    TYPE *hnxt = bk->hbuf + ((((st + 1) % 2) * ndir + k.d) * B + k.b0) * Ho;
+    const unsigned char *valid = c->mask != NULL ? c->mask + t * B + k.b0 : NULL;
+    TYPE *gh = scratch, *tmp = scratch + c->p.bb * GH;
+    long r;
+    double t0 = rnn_tick();
+    RNN_TNAME(gemm_packed)(k.nb, G * hb, Ho, hcur, Ho,
+                           c->Up + k.d * c->lup + rnn_packed_offset(Ho, H, G, ncb, k.cb), NULL, gh,
+                           G * hb);
+    rnn_tock(RNN_PROF_PRODUCT, t0);
+    /* the new state starts as the old: GRU updates it in place; LSTM and SimpleRNN
+     * overwrite every stepped row, so only masked rows are carried */
+    for (r = 0; r < k.nb; r++)
+        if (s->cell == RNN_CELL_GRU || (valid != NULL && !valid[r]))
+            memcpy(hnxt + r * Ho + j0, hcur + r * Ho + j0, (size_t)hb * sizeof(TYPE));
+    RNN_TNAME(cell_block)(s, k.nb, hb,
+                          bk->xp + k.d * c->p.chunk * B * GH + ((t - tlo) * B + k.b0) * GH + G * j0,
+                          GH, gh, G * hb, c->bhn + k.d * H + j0, hnxt + j0, Ho,
+                          bk->cbuf != NULL ? bk->cbuf + (k.d * B + k.b0) * H + j0 : NULL, H, valid,
+                          tmp);
+    if (c->out != NULL)
+        RNN_TNAME(emit)(k.nb, hb, hnxt + j0, Ho,
+                        c->out + rnn_row(t, k.b0, T, B, s->bfirst) * c->ldo + k.d * Ho + j0,
+                        c->ldo * (s->bfirst ? T : 1), valid, bk->seen + (k.d * ncb + k.cb) * B + k.b0,
+                        s->zero_output);
+    rnn_tock(RNN_PROF_STEP, t0);
+}
+
+/* Run the tasks of phase p that this thread claims: st < s0 is the chunk's projection,
+ * else step st. Its own tasks first (task % nth == tid); then, once the others have
+ * had rnn_steal_spins to finish theirs (none if *eager), every task still unclaimed,
+ * each thread's list from its end. Sets *eager when it took a task over, clears it
+ * when there was none left to take. */
+static void RNN_TNAME(blocked_phase)(const RNN_TNAME(call) *c, RNN_TNAME(blocked) *bk, int tid,
+                                     int nth, long p, long st, long s0, long s1, TYPE *scratch,
+                                     int *eager)
+{
+    long task, ntask = bk->ntask, target = (p + 1) * ntask;
+    int k, i, took = 0;
+    long ran = 0;
+    rnn_debug_delay(tid, p, 0);
+    for (k = 0; k < nth; k++) {
+        int owner = (tid + k) % nth;
+        long last = owner < ntask ? owner + (ntask - 1 - owner) / nth * nth : -1;
+        if (k == 1 && !*eager) {        /* give the others a moment to run their own */
+            for (i = 0; i < rnn_steal_spins; i++) {
+                if (__atomic_load_n(&bk->q.done, __ATOMIC_ACQUIRE) >= target)
+                    return;
+                rnn_cpu_relax();
+            }
+        }
+        /* own tasks in order; the others' from the end, away from where their owner is */
+        for (task = k == 0 ? owner : last; task >= 0 && task < ntask; task += k == 0 ? nth : -nth) {
+            if (!rnn_phases_claim(&bk->q, task, p))
+                continue;
+            if (k == 0)
+                rnn_debug_delay(tid, p, 1);
+            else
+                took = 1;
+            if (st < s0)
+                RNN_TNAME(blocked_project)(c, bk, task, s0, s1);
+            else
+                RNN_TNAME(blocked_step)(c, bk, task, st, s0, s1, scratch);
+            rnn_phases_finish(&bk->q, p);
+            ran++;
+        }
+    }
+    if (nth > 1)
+        *eager = took;
+    if (tid != 0 && ran > 0)
+        __atomic_add_fetch(&bk->others, ran, __ATOMIC_RELAXED);
+}
+
+/* One thread's part in the blocked strategy (thread tid of a team of nth): every phase
+ * in order, skipping those the team completed without it, waiting for each to complete
+ * before the next (the next reads what it wrote). Which thread runs which task changes
+ * nothing in the arithmetic, so the results do not depend on the team size or on the
+ * schedule. */
+static void RNN_TNAME(blocked_worker)(const RNN_TNAME(call) *c, RNN_TNAME(blocked) *bk, int tid,
+                                      int nth, TYPE *scratch)
+{
+    long ch, s0, s1, st, p = 0;
+    int eager = 0;
+    double t0;
+    for (ch = 0; ch < c->nchunks; ch++) {
+        s0 = ch * c->p.chunk;
+        s1 = s0 + c->p.chunk < c->s.T ? s0 + c->p.chunk : c->s.T;
+        for (st = s0 - 1; st < s1; st++, p++) {     /* st == s0 - 1: the chunk's projection */
+            if (rnn_phases_current(&bk->q) > p)
+                continue;
+            RNN_TNAME(blocked_phase)(c, bk, tid, nth, p, st, s0, s1, scratch, &eager);
+            t0 = rnn_tick();
+            rnn_phases_wait(&bk->q, p);
+            rnn_tock(RNN_PROF_WAIT, t0);
+        }
+    }
+}
+
+/* The blocked strategy: the state in a double buffer of our own (cache-line aligned),
+ * one parallel region for the whole sequence. */
+static int RNN_TNAME(run_blocked)(const RNN_TNAME(call) *c)
+{
+    const rnn_shape *s = &c->s;
+    long B = s->B, H = s->H, Ho = s->Ho, GH = c->GH, ndir = s->ndir, nth = c->p.num_threads;
+    long per_thread = (c->p.bb * GH + 4 * H + 15) / 16 * 16;
+    size_t state = (size_t)(ndir * B * Ho) * sizeof(TYPE), cell = (size_t)(ndir * B * H) * sizeof(TYPE);
+    int err = RNN_OK;
+    RNN_TNAME(blocked) bk;
+    TYPE *scratch;
+    bk.nbb = (B + c->p.bb - 1) / c->p.bb;
+    bk.others = 0;
+    bk.ntask = ndir * bk.nbb * c->p.ncb;
+    bk.xp = (TYPE *)rnn_alloc_lines((size_t)(ndir * c->p.chunk * B * GH) * sizeof(TYPE));
+    bk.seen = (unsigned char *)calloc((size_t)(ndir * c->p.ncb * B), 1);
+    bk.hbuf = (TYPE *)rnn_alloc_lines(2 * state);
+    bk.cbuf = c->c != NULL ? (TYPE *)rnn_alloc_lines(cell) : NULL;
+    scratch = (TYPE *)rnn_alloc_lines((size_t)(nth * per_thread) * sizeof(TYPE));
+    if (rnn_phases_init(&bk.q, bk.ntask) || bk.xp == NULL || bk.seen == NULL || bk.hbuf == NULL
+        || scratch == NULL || (c->c != NULL && bk.cbuf == NULL)) {
+        err = RNN_ERR_NOMEM;
+    } else {
+        memcpy(bk.hbuf, c->h, state);
+        if (c->c != NULL)
+            memcpy(bk.cbuf, c->c, cell);
+        int team = nth;
+        RNN_OMP(parallel num_threads(nth))
+        {
+            if (omp_get_thread_num() == 0)
+                team = omp_get_num_threads();
+            RNN_TNAME(blocked_worker)(c, &bk, omp_get_thread_num(), omp_get_num_threads(),
+                                      scratch + omp_get_thread_num() * per_thread);
+        }
+        rnn_team_report(team, bk.q.done, bk.others);
+        memcpy(c->h, bk.hbuf + (s->T % 2) * ndir * B * Ho, state);
+        if (c->c != NULL)
+            memcpy(c->c, bk.cbuf, cell);
+    }
+    rnn_phases_free(&bk.q);
+    free(bk.xp);
+    free(bk.seen);
+    free(bk.hbuf);
+    free(bk.cbuf);
+    free(scratch);
+    return err;
+}
+
+/* ==== the entry ==== */
+
+/* Run one layer call (engine.h): the plan's strategy. Returns an rnn_status. */
+static int RNN_TNAME(layer_forward)(const rnn_shape *shape, const rnn_plan *plan,
+                                    const rnn_weights *w, const rnn_buffers *io)
+{
+    RNN_TNAME(call) c;
+    if (shape->T == 0 || shape->B == 0)
+        return RNN_OK;
+    c.s = *shape;
+    c.p = *plan;
+    if (c.p.chunk < 1)
+        c.p.chunk = 1;
+    if (c.p.chunk > c.s.T)
+        c.p.chunk = c.s.T;
+    if (c.p.num_threads < 1)
+        c.p.num_threads = 1;
+    if (c.p.strategy == RNN_STRATEGY_BLOCKED)
+        c.p.num_threads = rnn_team_for((int)c.p.num_threads);
+    c.GH = c.s.G * c.s.H;
+    c.ldo = c.s.ndir * c.s.Ho;
+    c.nchunks = (c.s.T + c.p.chunk - 1) / c.p.chunk;
+    c.lwp = rnn_packed_offset(c.s.In, c.s.H, c.s.G, c.p.ncb, c.p.ncb);
+    c.lup = rnn_packed_offset(c.s.Ho, c.s.H, c.s.G, c.p.ncb, c.p.ncb);
+    c.x = (const TYPE *)io->x;
+    c.W = (const TYPE *)w->W;
+    c.Wp = (const TYPE *)w->Wp;
+    c.bx = (const TYPE *)w->bx;
+    c.U = (const TYPE *)w->U;
+    c.Up = (const TYPE *)w->Up;
+    c.bhn = (const TYPE *)w->bhn;
+    c.Wr = (const TYPE *)w->Wr;
+    c.mask = io->mask;
+    c.out = (TYPE *)io->out;
+    c.h = (TYPE *)io->h;
+    c.c = (TYPE *)io->c;
+    if (c.p.strategy == RNN_STRATEGY_BLOCKED)
+        return RNN_TNAME(run_blocked)(&c);
+    return RNN_TNAME(run_items)(&c);
+}

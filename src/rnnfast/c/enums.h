@@ -1,0 +1,78 @@
+/*
+ * enums.h -- the codes shared by the C core and Python, defined once, here.
+ *
+ * Python reads them through `cpdef enum` in _kernels.pxd: rnnfast._kernels.RNN_ACT_TANH,
+ * _kernels.RNN_CELL_GRU, _kernels.RNN_ISA_AVX2, ... Never copy a value by hand.
+ */
+#ifndef RNNFAST_ENUMS_H
+#define RNNFAST_ENUMS_H
+
+/* Activations the gate math runs (cellmath.template.h). */
+typedef enum rnn_activation {
+    RNN_ACT_LINEAR = 0,
+    RNN_ACT_TANH = 1,
+    RNN_ACT_SIGMOID = 2,
+    RNN_ACT_HARD_SIGMOID = 3,       /* Keras 3: relu6(x + 3) / 6 */
+    RNN_ACT_HARD_SIGMOID_KERAS2 = 4, /* Keras 2 / tf.keras: clip(0.2 x + 0.5, 0, 1) */
+    RNN_ACT_RELU = 5,
+    RNN_ACT_SOFTSIGN = 6,
+    RNN_ACT_SOFTPLUS = 7,
+    RNN_ACT_ELU = 8,
+    RNN_ACT_SELU = 9,
+    RNN_ACT_EXPONENTIAL = 10,
+    RNN_ACT_COUNT = 11              /* the number of activations, not one of them */
+} rnn_activation;
+
+/* Cells the engine runs; gate order is Keras' (GRU z, r, h; LSTM i, f, c, o). */
+typedef enum rnn_cell {
+    RNN_CELL_SIMPLE = 0,            /* SimpleRNN: one gate */
+    RNN_CELL_GRU = 1,               /* GRU, reset-after (PyTorch; Keras reset_after=True) */
+    RNN_CELL_GRU_RB = 2,            /* GRU, reset-before (Keras reset_after=False) */
+    RNN_CELL_LSTM = 3               /* LSTM, with or without a projection */
+} rnn_cell;
+
+/* Instruction-set levels, lowest first: the dispatcher (isa.h) runs the best one the
+ * CPU supports that is not above the level asked for. A new ISA adds its value here. */
+typedef enum rnn_isa_level {
+    RNN_ISA_BASELINE = 0,           /* portable C: any CPU */
+    RNN_ISA_AVX2 = 1,               /* x86-64 AVX2 + FMA */
+    RNN_ISA_AVX512 = 2,             /* x86-64 AVX-512 F, VL, BW, DQ */
+    RNN_ISA_COUNT = 3               /* the number of levels, not one of them */
+} rnn_isa_level;
+
+/* The two execution strategies of one layer call (engine.template.h). */
+typedef enum rnn_strategy {
+    RNN_STRATEGY_ITEM = 0,          /* (direction, batch block) work items, no per-step barrier */
+    RNN_STRATEGY_BLOCKED = 1        /* (direction, batch block, unit block) tasks, a barrier per step */
+} rnn_strategy;
+
+/* The compute dtypes. */
+typedef enum rnn_dtype {
+    RNN_FLOAT32 = 0,
+    RNN_FLOAT64 = 1
+} rnn_dtype;
+
+/* The packed product's geometry (packgemm.template.h): weights are packed in panels
+ * of RNN_PANEL_COLS columns; the register tile has RNN_TILE_ROWS rows. */
+typedef enum rnn_packing {
+    RNN_PANEL_COLS = 64,
+    RNN_TILE_ROWS = 6
+} rnn_packing;
+
+/* Where the time goes (profile.h): the parts, and the threads counted. */
+typedef enum rnn_profile_part {
+    RNN_PROF_PROJECTION = 0,        /* the input projection of the chunks */
+    RNN_PROF_PRODUCT = 1,           /* the per-step products h U (and h Wr) */
+    RNN_PROF_STEP = 2,              /* whole steps: products, gate math, state copies, outputs */
+    RNN_PROF_WAIT = 3,              /* the blocked strategy's step barrier */
+    RNN_PROF_PARTS = 4,             /* the number of parts */
+    RNN_PROF_SLOTS = 64             /* threads counted: thread ids from 0 to 63 */
+} rnn_profile_part;
+
+/* What a kernel entry returns. */
+typedef enum rnn_status {
+    RNN_OK = 0,
+    RNN_ERR_NOMEM = 1               /* out of memory for scratch */
+} rnn_status;
+
+#endif /* RNNFAST_ENUMS_H */

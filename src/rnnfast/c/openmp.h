@@ -1,0 +1,216 @@
+/* openmp.h -- the one OpenMP shim: real OpenMP where the build has it, serial stubs
+ * otherwise (the same sources then build serial: RNNFAST_NO_OPENMP=1), and the step
+ * barrier of the blocked strategy. */
+#ifndef RNNFAST_OPENMP_H
+#define RNNFAST_OPENMP_H
+
+#ifdef _OPENMP
+#include <omp.h>
+#define RNN_OPENMP_ENABLED 1
+/* A barrier for the team of the enclosing parallel region (an orphaned directive). */
+static inline void rnn_omp_barrier(void) {
+    _Pragma("omp barrier")
+}
+/* RNN_OMP(parallel for ...): an OpenMP directive, or nothing in a serial build. */
+#define RNN_PRAGMA_(...) _Pragma(#__VA_ARGS__)
+#define RNN_OMP(...) RNN_PRAGMA_(omp __VA_ARGS__)
+#else
+#define RNN_OPENMP_ENABLED 0
+static inline int omp_get_max_threads(void) { return 1; }
+static inline int omp_get_thread_num(void) { return 0; }
+static inline int omp_get_num_threads(void) { return 1; }
+static inline void rnn_omp_barrier(void) {}
+#define RNN_OMP(...)
+#endif
+
+/* ---- the blocked strategy's work queue: phases of claimable tasks ----
+ *
+ * A call is a sequence of phases (a chunk's input projection, then each time step of
+ * the chunk, then the next chunk's projection, ...). Every phase has the same ntask
+ * tasks; phase p may start only when phase p-1 is complete. A task of a phase runs
+ * exactly once, on whichever thread claims it first: each thread first claims its
+ * own tasks (task % nth == tid, so each core keeps its share of the weights in its
+ * cache), then any task still unclaimed. A thread the OS has not scheduled therefore
+ * delays a phase by at most the one task it claimed before it stopped, never by the
+ * tasks it did not reach (a fixed deal with a barrier per step waited a time slice
+ * for it at every step). Which thread runs a task never changes what the task
+ * computes, so results are bitwise the same for every team size and schedule.
+ *
+ * Claims: claim[task] counts the phases in which the task has been claimed; claiming
+ * it for phase p is one compare-and-swap p -> p+1 (it fails if another thread got
+ * it). Completion: `done` counts finished tasks over all phases, so phase p is
+ * complete when done >= (p+1)*ntask; the thread finishing a phase bumps `gen` and
+ * wakes sleepers. Waiters spin rnn_barrier_spins times, then sleep on gen (a futex on
+ * Linux, sched_yield elsewhere). A late thread skips the phases that completed
+ * without it (rnn_phases_current). */
+#include <limits.h>
+#include <stdlib.h>
+#if defined(__linux__)
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#else
+#include <sched.h>
+#endif
+
+/* Spins before sleeping. Its value comes from rnnfast._plan (BARRIER_SPINS), set when
+ * that module is imported; _kernels.barrier_spins() reads or changes it. */
+static int rnn_barrier_spins = 0;
+/* Spins a thread that has run its own tasks of a phase waits for the others to finish
+ * theirs before it takes them over (rnnfast._plan.STEAL_SPINS): on an idle machine
+ * the partner is microseconds away and its weights are in its own cache; a partner
+ * the OS has descheduled is milliseconds away. A thread that has had to take tasks
+ * over stops waiting for the partner (it takes over at once) until a phase shows the
+ * partner running again. */
+static int rnn_steal_spins = 0;
+
+/* Test hook (_kernels.debug_delay): thread rnn_delay_tid sleeps rnn_delay_us
+ * microseconds at every rnn_delay_every-th phase, before claiming (where 0: its tasks
+ * get taken over) or inside its first claimed task (where 1: the phase waits for it).
+ * Off (rnn_delay_us == 0) it costs one load per phase. */
+static int rnn_delay_tid = -1, rnn_delay_us = 0, rnn_delay_every = 1, rnn_delay_where = 0;
+
+static inline void rnn_cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+typedef struct {
+    long ntask;            /* tasks per phase */
+    long *claim;           /* (ntask,) phases claimed so far, per task */
+    long done;             /* tasks finished, all phases together */
+    int gen;               /* phases complete (futex word; wraps harmlessly) */
+    int sleepers;          /* threads asleep (or about to be) on gen */
+} rnn_phases;
+
+/* 0 on success; claim is calloc'ed here and freed by rnn_phases_free. */
+static inline int rnn_phases_init(rnn_phases *q, long ntask)
+{
+    q->ntask = ntask;
+    q->done = 0;
+    q->gen = 0;
+    q->sleepers = 0;
+    q->claim = (long *) calloc(ntask > 0 ? (size_t) ntask : 1, sizeof(long));
+    return q->claim == NULL;
+}
+
+static inline void rnn_phases_free(rnn_phases *q)
+{
+    free(q->claim);
+    q->claim = NULL;
+}
+
+/* Claim `task` for phase p: 1 if this thread must run it, 0 if another one has it. */
+static inline int rnn_phases_claim(rnn_phases *q, long task, long p)
+{
+    long expected = p;
+    if (__atomic_load_n(&q->claim[task], __ATOMIC_RELAXED) != p)
+        return 0;
+    return __atomic_compare_exchange_n(&q->claim[task], &expected, p + 1, 0,
+                                       __ATOMIC_ACQ_REL, __ATOMIC_RELAXED);
+}
+
+/* A claimed task of phase p is finished (its writes are published). */
+static inline void rnn_phases_finish(rnn_phases *q, long p)
+{
+    long d = __atomic_add_fetch(&q->done, 1, __ATOMIC_ACQ_REL);
+    if (d == (p + 1) * q->ntask) {
+        __atomic_add_fetch(&q->gen, 1, __ATOMIC_SEQ_CST);      /* changes at every phase */
+#if defined(__linux__)
+        if (__atomic_load_n(&q->sleepers, __ATOMIC_SEQ_CST) > 0)
+            syscall(SYS_futex, &q->gen, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+#endif
+    }
+}
+
+/* The number of complete phases (the phase the team is working on). */
+static inline long rnn_phases_current(rnn_phases *q)
+{
+    return __atomic_load_n(&q->done, __ATOMIC_ACQUIRE) / q->ntask;
+}
+
+/* Wait until phase p is complete: spin, then sleep. */
+static inline void rnn_phases_wait(rnn_phases *q, long p)
+{
+    long target = (p + 1) * q->ntask;
+    int i, g;
+    for (i = 0; i < rnn_barrier_spins; i++) {
+        if (__atomic_load_n(&q->done, __ATOMIC_ACQUIRE) >= target)
+            return;
+        rnn_cpu_relax();
+    }
+#if defined(__linux__)
+    __atomic_add_fetch(&q->sleepers, 1, __ATOMIC_SEQ_CST);
+    for (;;) {
+        g = __atomic_load_n(&q->gen, __ATOMIC_SEQ_CST);
+        if (__atomic_load_n(&q->done, __ATOMIC_SEQ_CST) >= target)
+            break;
+        syscall(SYS_futex, &q->gen, FUTEX_WAIT_PRIVATE, g, NULL, NULL, 0);
+    }
+    __atomic_sub_fetch(&q->sleepers, 1, __ATOMIC_SEQ_CST);
+#else
+    (void) g;
+    while (__atomic_load_n(&q->done, __ATOMIC_ACQUIRE) < target)
+        sched_yield();
+#endif
+}
+
+/* ---- a team whose partners are not running: fewer threads for a while ----
+ *
+ * A call on a team waits for every member twice whatever the tasks do: to start it and
+ * to join it. When the machine is busy, a member may get a core only milliseconds
+ * later, and the call, whose tasks the running threads took over, still waits for it
+ * to join. So a call that ran on several threads reports what share of its tasks the
+ * threads other than the caller ran; if they ran almost none (they were not
+ * scheduled), the next rnn_backoff calls that would use several threads use one, and
+ * the length doubles (up to RNN_BACKOFF_MAX) while this keeps happening; a call whose
+ * team shared the work resets it. The team size never changes a result. */
+#define RNN_BACKOFF_MAX 256
+static int rnn_backoff_left = 0;     /* calls left to run on one thread */
+static int rnn_backoff_len = 1;      /* the next backoff's length */
+
+/* The team size for a call planned on n threads (one while backing off). */
+static inline int rnn_team_for(int n)
+{
+    int left;
+    if (n <= 1)
+        return n;
+    left = __atomic_load_n(&rnn_backoff_left, __ATOMIC_RELAXED);
+    if (left > 0) {
+        __atomic_store_n(&rnn_backoff_left, left - 1, __ATOMIC_RELAXED);
+        return 1;
+    }
+    return n;
+}
+
+/* A call on nth > 1 threads ran `total` tasks, `others` of them on threads other than
+ * the caller's. */
+static inline void rnn_team_report(int nth, long total, long others)
+{
+    int len;
+    if (nth <= 1 || total <= 0)
+        return;
+    if (others * 8 * nth < total) {          /* under 1/8 of a fair share */
+        len = __atomic_load_n(&rnn_backoff_len, __ATOMIC_RELAXED);
+        __atomic_store_n(&rnn_backoff_left, len, __ATOMIC_RELAXED);
+        __atomic_store_n(&rnn_backoff_len, len < RNN_BACKOFF_MAX ? 2 * len : len, __ATOMIC_RELAXED);
+    } else {
+        __atomic_store_n(&rnn_backoff_len, 1, __ATOMIC_RELAXED);
+    }
+}
+
+static inline void rnn_debug_delay(int tid, long p, int where)
+{
+    if (rnn_delay_us > 0 && tid == rnn_delay_tid && where == rnn_delay_where
+        && p % (rnn_delay_every > 0 ? rnn_delay_every : 1) == 0) {
+#if defined(__linux__)
+        usleep((useconds_t) rnn_delay_us);
+#endif
+    }
+}
+
+#endif /* RNNFAST_OPENMP_H */

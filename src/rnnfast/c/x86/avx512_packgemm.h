@@ -1,0 +1,126 @@
+/*
+ * x86/avx512_packgemm.h -- the AVX-512 float product on packed weights (layout.h):
+ * C = bias + A Bp, the contract of packgemm.template.h, register-tiled.
+ *
+ * A register tile of up to RNN_TILE_ROWS (6) rows x 64 columns (24 accumulators, 4
+ * panel loads and 6 broadcasts per k), panel by panel, so a panel is read from cache
+ * once per 6 rows. One row (batch 1) takes two panels at a time: 8 independent
+ * accumulator chains hide the FMA latency; there the loads bound it. Every element of
+ * C is one chain of fused multiply-adds over k = 0..K-1 starting from its bias (or
+ * zero), whatever M, the tile or the thread: a row's result does not depend on the
+ * batch it is in nor on the thread count.
+ *
+ * Included by x86/avx512_kernels.h inside its `#pragma GCC target` region only.
+ */
+#ifndef RNNFAST_X86_AVX512_PACKGEMM_H
+#define RNNFAST_X86_AVX512_PACKGEMM_H
+
+/* Store the 64 sums of one row (four registers), the first nc of them. */
+RNN_INLINE void rnn_store64_avx512(float *c, const __m512 *v, long nc)
+{
+    long q;
+    if (nc == RNN_PANEL_COLS) {
+        for (q = 0; q < 4; q++) _mm512_storeu_ps(c + 16 * q, v[q]);
+        return;
+    }
+    for (q = 0; q < 4 && 16 * q < nc; q++) {
+        long left = nc - 16 * q;
+        __mmask16 m = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u);
+        _mm512_mask_storeu_ps(c + 16 * q, m, v[q]);
+    }
+}
+
+/* C[0:MR, panel] = A[0:MR] Bp[panel]; MR is a constant after inlining, so the
+ * accumulators live in registers. */
+RNN_INLINE void rnn_tile_avx512(const int MR, long K, const float *A, long lda,
+                                const float *bp, const __m512 *init, float *C, long ldc, long nc)
+{
+    __m512 acc[RNN_TILE_ROWS][4];
+    long k;
+    int r, q;
+    for (r = 0; r < MR; r++)
+        for (q = 0; q < 4; q++) acc[r][q] = init[q];
+    for (k = 0; k < K; k++) {
+        const float *b = bp + k * RNN_PANEL_COLS;
+        __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16);
+        __m512 b2 = _mm512_loadu_ps(b + 32), b3 = _mm512_loadu_ps(b + 48);
+        for (r = 0; r < MR; r++) {
+            __m512 a = _mm512_set1_ps(A[r * lda + k]);
+            acc[r][0] = _mm512_fmadd_ps(a, b0, acc[r][0]);
+            acc[r][1] = _mm512_fmadd_ps(a, b1, acc[r][1]);
+            acc[r][2] = _mm512_fmadd_ps(a, b2, acc[r][2]);
+            acc[r][3] = _mm512_fmadd_ps(a, b3, acc[r][3]);
+        }
+    }
+    for (r = 0; r < MR; r++) rnn_store64_avx512(C + r * ldc, acc[r], nc);
+}
+
+/* One row against two panels at once: eight independent chains. */
+RNN_INLINE void rnn_row2_avx512(long K, const float *a, const float *bp0, const float *bp1,
+                                const __m512 *init0, const __m512 *init1, float *c, long nc1)
+{
+    __m512 u[4], v[4];
+    long k;
+    int q;
+    for (q = 0; q < 4; q++) {
+        u[q] = init0[q];
+        v[q] = init1[q];
+    }
+    for (k = 0; k < K; k++) {
+        __m512 x = _mm512_set1_ps(a[k]);
+        const float *b0 = bp0 + k * RNN_PANEL_COLS, *b1 = bp1 + k * RNN_PANEL_COLS;
+        for (q = 0; q < 4; q++) {
+            u[q] = _mm512_fmadd_ps(x, _mm512_loadu_ps(b0 + 16 * q), u[q]);
+            v[q] = _mm512_fmadd_ps(x, _mm512_loadu_ps(b1 + 16 * q), v[q]);
+        }
+    }
+    rnn_store64_avx512(c, u, RNN_PANEL_COLS);
+    rnn_store64_avx512(c + RNN_PANEL_COLS, v, nc1);
+}
+
+/* The starting sums of panel p: its 64 bias values (zeros past N), or zeros. */
+RNN_INLINE void rnn_init64_avx512(__m512 *v, const float *bias, long p, long nc)
+{
+    int q;
+    for (q = 0; q < 4; q++) {
+        long left = nc - 16 * q;
+        __mmask16 m = left >= 16 ? (__mmask16)0xFFFF
+                      : (left <= 0 ? (__mmask16)0 : (__mmask16)((1u << left) - 1u));
+        v[q] = bias ? _mm512_maskz_loadu_ps(m, bias + p * RNN_PANEL_COLS + 16 * q) : _mm512_setzero_ps();
+    }
+}
+
+static void rnn_gemm_packed_f_avx512(long M, long N, long K, const float *A, long lda,
+                                     const float *Bp, const float *bias, float *C, long ldc)
+{
+    long p = 0, i, np = (N + RNN_PANEL_COLS - 1) / RNN_PANEL_COLS;
+    __m512 init[4], init1[4];
+    if (M == 1) {
+        for (; p + 1 < np; p += 2) {
+            long nc1 = N - (p + 1) * RNN_PANEL_COLS < RNN_PANEL_COLS ? N - (p + 1) * RNN_PANEL_COLS
+                                                                 : RNN_PANEL_COLS;
+            rnn_init64_avx512(init, bias, p, RNN_PANEL_COLS);
+            rnn_init64_avx512(init1, bias, p + 1, nc1);
+            rnn_row2_avx512(K, A, Bp + p * K * RNN_PANEL_COLS, Bp + (p + 1) * K * RNN_PANEL_COLS,
+                            init, init1, C + p * RNN_PANEL_COLS, nc1);
+        }
+    }
+    for (; p < np; p++) {
+        const float *bp = Bp + p * K * RNN_PANEL_COLS;
+        float *c = C + p * RNN_PANEL_COLS;
+        long nc = N - p * RNN_PANEL_COLS < RNN_PANEL_COLS ? N - p * RNN_PANEL_COLS : RNN_PANEL_COLS;
+        rnn_init64_avx512(init, bias, p, nc);
+        for (i = 0; i + RNN_TILE_ROWS <= M; i += RNN_TILE_ROWS)
+            rnn_tile_avx512(RNN_TILE_ROWS, K, A + i * lda, lda, bp, init, c + i * ldc, ldc, nc);
+        switch (M - i) {
+        case 5: rnn_tile_avx512(5, K, A + i * lda, lda, bp, init, c + i * ldc, ldc, nc); break;
+        case 4: rnn_tile_avx512(4, K, A + i * lda, lda, bp, init, c + i * ldc, ldc, nc); break;
+        case 3: rnn_tile_avx512(3, K, A + i * lda, lda, bp, init, c + i * ldc, ldc, nc); break;
+        case 2: rnn_tile_avx512(2, K, A + i * lda, lda, bp, init, c + i * ldc, ldc, nc); break;
+        case 1: rnn_tile_avx512(1, K, A + i * lda, lda, bp, init, c + i * ldc, ldc, nc); break;
+        default: break;
+        }
+    }
+}
+
+#endif /* RNNFAST_X86_AVX512_PACKGEMM_H */

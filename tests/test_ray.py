@@ -1,0 +1,166 @@
+"""rnnfast.ray.Predictor on a real engine: ray.init(num_cpus=2) here, Ray Data
+map_batches with actors. Results equal a local predict bitwise (numpy and pandas
+batches, variable-length rows from parquet); each actor computes with the CPUs Ray
+gave it (threads counted in the actor's process). The batch logic is also tested
+without Ray running."""
+import os
+import sys
+
+import numpy as np
+import pytest
+
+import rnnfast
+from rnnfast.layers import RNNLayer
+
+from _testing import random_weights
+
+ray = pytest.importorskip("ray", reason="install rnnfast[ray]")
+pytest.importorskip("ray.data", reason="install rnnfast[ray]")
+pd = pytest.importorskip("pandas")
+pa = pytest.importorskip("pyarrow")
+import pyarrow.parquet as pq  # noqa: E402
+import rnnfast.ray  # noqa: E402
+from rnnfast.ray import Predictor  # noqa: E402
+
+import ray.cloudpickle  # noqa: E402
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])   # the actors cannot import this file
+
+DATA = os.path.join(os.path.dirname(rnnfast.__file__), "data")
+
+# Ray's own modules warn about their own settings (DataContext): not ours to fix
+pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning:ray"),
+              pytest.mark.filterwarnings("ignore::DeprecationWarning:ray[.].*")]
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             configure_logging=False)
+    ctx = ray.data.DataContext.get_current()
+    old = ctx.execution_options.preserve_order, ctx.enable_progress_bars
+    ctx.execution_options.preserve_order = True
+    ctx.enable_progress_bars = False
+    try:
+        yield ray
+    finally:
+        ctx.execution_options.preserve_order, ctx.enable_progress_bars = old
+        ray.shutdown()
+
+
+def _tids():
+    try:
+        return set(os.listdir("/proc/self/task"))
+    except OSError:
+        return set()
+
+
+class CountingPredictor(Predictor):
+    """The real Predictor, noting per batch its process, threads and the OS threads
+    that appeared while it computed."""
+
+    def __call__(self, batch):
+        import rnnfast._scaleout as s
+
+        before = _tids()
+        out = super().__call__(batch)
+        n = len(next(iter(out.values()))) if isinstance(out, dict) else len(out)
+        out["pid"] = np.full(n, os.getpid())
+        out["threads"] = np.full(n, self.num_threads)
+        out["peak"] = np.full(n, s.BUDGET.peak)
+        out["new_os_threads"] = np.full(n, len(_tids() - before))
+        return out
+
+
+def _lstm(rng, H=16, I=5):
+    return rnnfast.TorchRNN([RNNLayer("lstm", [random_weights(rng, "lstm", I, H) for _ in range(2)]),
+                             RNNLayer("lstm", [random_weights(rng, "lstm", 2 * H, H) for _ in range(2)])],
+                            batch_first=True)
+
+
+def test_numpy_batches_from_a_path_one_thread_per_actor(ray_local):
+    path = os.path.join(DATA, "digits_bigru.keras")
+    model = rnnfast.load(path)
+    x = np.random.default_rng(0).standard_normal((600, 8, 8)).astype(np.float32)
+    ds = ray.data.from_numpy(np.split(x, 6)).map_batches(         # six blocks
+        CountingPredictor, fn_constructor_args=(path,),
+        fn_constructor_kwargs=dict(input_column="data", output_column="proba"),
+        batch_size=100, num_cpus=1, compute=ray.data.ActorPoolStrategy(size=2), batch_format="numpy")
+    got = ds.take_batch(600, batch_format="numpy")
+    assert np.array_equal(got["data"], x)                       # every row, in order
+    assert got["proba"].dtype == np.float32 and got["proba"].tobytes() == model.predict(x, num_threads=1).tobytes()
+    assert set(got["threads"]) == {1} and set(got["peak"]) == {1}
+    assert set(got["new_os_threads"]) == {0}                    # no OpenMP team was started
+
+
+def test_pandas_batches_two_cpus_per_actor(ray_local):
+    rng = np.random.default_rng(1)
+    model = _lstm(rng, H=128, I=16)                             # steps large enough for two threads
+    x = rng.standard_normal((256, 12, 16)).astype(np.float32)
+    lengths = rng.integers(1, 13, 256)
+    items = pd.DataFrame({"x": list(x), "n": lengths})
+    ds = ray.data.from_pandas([items.iloc[:128], items.iloc[128:]]).map_batches(
+        CountingPredictor, fn_constructor_args=(model,),
+        fn_constructor_kwargs=dict(input_column="x", output_column="out", lengths_column="n", drop_input=True),
+        batch_size=128, num_cpus=2, compute=ray.data.ActorPoolStrategy(size=1), batch_format="pandas")
+    got = ds.to_pandas()
+    assert "x" not in got.columns and list(got["n"]) == list(lengths)
+    want = model(x, lengths=lengths, num_threads=1)[0]
+    assert np.stack(got["out"].to_list()).tobytes() == want.tobytes()
+    assert set(got["threads"]) == {2} and got["peak"].max() <= 2
+    assert got["new_os_threads"].max() <= 1                    # a team of two: one more thread at most
+
+
+def test_variable_length_rows_from_parquet(ray_local, tmp_path):
+    rng = np.random.default_rng(2)
+    model = _lstm(rng)
+    rows = [rng.standard_normal((int(rng.integers(1, 30)), 5)).astype(np.float32) for _ in range(150)]
+    table = pa.table({"seq": pa.array([r.tolist() for r in rows], type=pa.list_(pa.list_(pa.float32()))),
+                      "id": np.arange(150)})
+    pq.write_table(table, tmp_path / "part-0.parquet", row_group_size=50)
+    ds = ray.data.read_parquet(str(tmp_path)).map_batches(
+        Predictor, fn_constructor_args=(ray.put(model),),
+        fn_constructor_kwargs=dict(input_column="seq", output_column=["out", "h", "c"], return_state=True),
+        # one actor: the read tasks need the other CPU of the two
+        batch_size=64, num_cpus=1, compute=ray.data.ActorPoolStrategy(size=1), batch_format="numpy")
+    got = ds.take_batch(150, batch_format="numpy")
+    L = np.array([len(r) for r in rows])
+    x = np.zeros((150, L.max(), 5), np.float32)
+    for i, r in enumerate(rows):
+        x[i, :len(r)] = r
+    out, (h, c) = model(x, lengths=L, num_threads=1)
+    assert list(got["id"]) == list(range(150))
+    for i in range(150):
+        assert np.asarray(got["out"][i]).tobytes() == out[i, :L[i]].tobytes()
+    assert got["h"].shape == (150, 4, 16) and got["h"].tobytes() == np.ascontiguousarray(h.transpose(1, 0, 2)).tobytes()
+    assert got["c"].tobytes() == np.ascontiguousarray(c.transpose(1, 0, 2)).tobytes()
+
+
+# -- the batch logic, without Ray running -------------------------------------------------
+
+
+def test_batches_without_ray():
+    rng = np.random.default_rng(3)
+    tm = rnnfast.load(os.path.join(DATA, "digits_lstm.pt"))                # time-major
+    p = Predictor(os.path.join(DATA, "digits_lstm.pt"), input_column="x", return_state=True, num_threads=1)
+    x = rng.standard_normal((7, 6, 8)).astype(np.float32)                  # rows first, always
+    got = p({"x": x, "k": np.arange(7)})
+    out, (h, c) = tm(np.ascontiguousarray(x.transpose(1, 0, 2)), num_threads=1)
+    assert sorted(got) == ["k", "x", "y_0", "y_1", "y_2"]
+    assert got["y_0"].tobytes() == np.ascontiguousarray(out.transpose(1, 0, 2)).tobytes()
+    assert got["y_1"].shape == (7, 4, 32)
+    frame = p(pd.DataFrame({"x": list(x)}))
+    assert np.stack(frame["y_0"].to_list()).tobytes() == got["y_0"].tobytes()
+
+    keras = rnnfast.load(os.path.join(DATA, "digits_bigru.keras"))
+    with pytest.raises(ValueError, match="does not mask padding"):
+        Predictor(keras, num_threads=1)({"x": np.array([x[0], x[1][:3]], dtype=object)})
+    got = Predictor(keras, num_threads=1, maxlen=6)({"x": np.array([x[0], x[1][:3]], dtype=object)})
+    assert got["y"].shape == (2, 10)
+    with pytest.raises(ValueError, match="are for a model given by its path"):
+        Predictor(keras, batch_first=True)
+    with pytest.raises(KeyError, match="no column 'x'"):
+        Predictor(keras, num_threads=1)({"data": x})
+    assert Predictor(keras).num_threads == rnnfast.get_num_threads()        # outside Ray: the default
+    empty = p({"x": np.zeros((0, 6, 8), np.float32)})                       # an empty batch
+    assert [empty["y_%d" % k].shape for k in range(3)] == [(0, 6, 64), (0, 4, 32), (0, 4, 32)]
+    assert Predictor(keras, num_threads=1)({"x": np.empty(0, object)})["y"].shape == (0,)

@@ -1,0 +1,94 @@
+"""The blocked strategy on a busy machine: tasks taken over from a thread that is not
+running, the backoff to one thread, and teams sized from the work -- never a change
+in the results (bitwise, for every team size and schedule)."""
+import numpy as np
+import pytest
+
+from rnnfast import _kernels, _plan
+from rnnfast.layers import CellWeights, RNNLayer
+
+CELLS = {"gru": 3, "lstm": 4, "simple": 1}
+
+
+def make_layer(rng, cell, I, H, ndir, dtype=np.float32):
+    G = CELLS[cell]
+    dirs = [CellWeights(kernel=(0.1 * rng.standard_normal((I, G * H))).astype(dtype),
+                        recurrent_kernel=(0.1 * rng.standard_normal((H, G * H))).astype(dtype),
+                        bias=(0.1 * rng.standard_normal(G * H)).astype(dtype),
+                        recurrent_bias=(0.1 * rng.standard_normal(G * H)).astype(dtype))
+            for _ in range(ndir)]
+    return RNNLayer(cell, dirs, dtype=dtype)
+
+
+@pytest.fixture(autouse=True)
+def _hooks_off():
+    _kernels.debug_delay()
+    _kernels.team_backoff(reset=True)
+    yield
+    _kernels.debug_delay()
+    _kernels.team_backoff(reset=True)
+
+
+# (thread, microseconds, every k-th phase, inside a claimed task)
+DELAYS = [(1, 300, 3, False), (0, 300, 4, False), (1, 200, 5, True), (0, 150, 7, True),
+          (2, 500, 2, False)]
+
+
+@pytest.mark.parametrize("cell", sorted(CELLS))
+@pytest.mark.parametrize("H,B,ndir", [(128, 1, 1), (256, 3, 2), (512, 70, 1)])
+def test_bitwise_with_a_thread_delayed(rng, cell, H, B, ndir):
+    layer = make_layer(rng, cell, 24, H, ndir)
+    assert layer._ncb > 1                     # the blocked strategy
+    x = rng.standard_normal((40, B, 24)).astype(np.float32)
+    mask = rng.random((40, B)) > 0.2
+    ref, h_ref, _ = layer.forward(x, mask=mask, num_threads=1)
+    for nt in (2, 3, 4):
+        for tid, us, every, inside in DELAYS:
+            _kernels.debug_delay(tid, us, every, inside)
+            out, h, _ = layer.forward(x, mask=mask, num_threads=nt)
+            _kernels.debug_delay()
+            _kernels.team_backoff(reset=True)
+            assert np.array_equal(out.view(np.uint32), ref.view(np.uint32)), (nt, tid, us, inside)
+            assert np.array_equal(h.view(np.uint32), h_ref.view(np.uint32))
+
+
+def test_bitwise_float64_delayed(rng):
+    layer = make_layer(rng, "lstm", 16, 192, 2, dtype=np.float64)
+    x = rng.standard_normal((30, 2, 16))
+    ref = layer.forward(x, num_threads=1)[0]
+    _kernels.debug_delay(1, 250, 2, False)
+    out = layer.forward(x, num_threads=2)[0]
+    assert np.array_equal(out.view(np.uint64), ref.view(np.uint64))
+
+
+def test_absent_partner_backs_off_to_one_thread_and_recovers(rng):
+    """A partner that never claims a task (asleep at every phase) makes the next calls
+    run on one thread, for a doubling number of calls; a call where it shares the work
+    resets the length (not asserted: whether a partner runs is the machine's choice).
+    Results stay the same throughout."""
+    layer = make_layer(rng, "gru", 32, 256, 1)
+    x = rng.standard_normal((60, 1, 32)).astype(np.float32)
+    ref = layer.forward(x, num_threads=1)[0]
+    _kernels.debug_delay(1, 5000, 1, False)              # thread 1 sleeps before every phase
+    out = layer.forward(x, num_threads=2)[0]
+    assert np.array_equal(out, ref)
+    left, length = _kernels.team_backoff()
+    assert (left, length) == (1, 2)                       # the next call runs alone
+    out = layer.forward(x, num_threads=2)[0]              # (alone: the backoff is spent)
+    assert _kernels.team_backoff() == (0, 2)
+    out = layer.forward(x, num_threads=2)[0]              # on two again: still absent
+    assert _kernels.team_backoff() == (2, 4)
+    _kernels.debug_delay()
+    _kernels.team_backoff(reset=True)
+    for _ in range(3):                                    # whoever runs: the same bits
+        assert np.array_equal(layer.forward(x, num_threads=2)[0], ref)
+
+
+def test_tiny_calls_run_on_one_thread():
+    """A call with little recurrent work per thread does not wake a team (the bundled
+    BiGRU(32) at batch 1 and 8 steps); long or wide calls keep the threads."""
+    assert _plan.team_size(2, _plan.ITEM, B=1, D=2, Ho=32, GH=96, T=8) == 1
+    assert _plan.team_size(2, _plan.BLOCKED, B=1, D=1, Ho=128, GH=384, T=2) == 1
+    assert _plan.team_size(2, _plan.BLOCKED, B=1, D=1, Ho=128, GH=384, T=100) == 2
+    assert _plan.team_size(4, _plan.ITEM, B=64, D=1, Ho=256, GH=768, T=100) == 4
+    assert _plan.team_size(4, _plan.ITEM, B=64, D=1, Ho=256, GH=768, T=None) == 4
