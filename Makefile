@@ -9,21 +9,7 @@ CORE   := $(wildcard src/rnnfast/*.pyx src/rnnfast/*.pxd src/rnnfast/*.h src/rnn
           setup.py pyproject.toml
 PYTEST_ARGS ?=
 
-# == not linted yet (temporary: the one place to change) ===============================
-# src/ and the test files that other branches of issues 11, 12 and 18 are rewriting at
-# the same time (reformatting them here would only make merge conflicts). Once those
-# branches are merged: `make format`, fix what `make lint-src` reports, empty LINT_LATER.
-LINT_LATER := src tests/fuzz tests/memcheck tests/test_hostile_*.py tests/test_torch_hostile.py
-LINT_LATER += setup.py tests/test_fuzz_loaders.py tests/test_isa.py tests/test_threads*.py tests/test_concurrency_leaks.py
-LINT_LATER += tests/test_cells.py tests/test_keras_registry.py tests/test_validation.py tests/test_fork.py
-# ======================================================================================
-PYX := $(shell find src -name '*.pyx' -o -name '*.pxd')
-comma := ,
-space := $(subst ,, )
-RUFF_SCOPE := --extend-exclude "$(subst $(space),$(comma),$(strip $(LINT_LATER)))" .
-
-.PHONY: demo test test-fast lint lint-src format build bench bench-quick compare compare-quick clean fuzz docs
-
+# == not linted yet (temporary: the one place to change) ========================
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip

@@ -100,11 +100,14 @@ def _digest(a):
     identity), and its float64 sum and NaN count (to size a difference). Whole arrays
     would take gigabytes for this grid."""
     a = np.ascontiguousarray(a)
+    canon = a
     with np.errstate(all="ignore"):
         total = float(np.nansum(a.astype(np.float64))) if a.dtype.kind == "f" else 0.0
         nans = int(np.isnan(a).sum()) if a.dtype.kind == "f" else 0
+    if nans:                       # every NaN as one NaN: tells NaN-bits-only differences apart
+        canon = np.where(np.isnan(a), a.dtype.type(np.nan), a)
     return np.array([a.dtype.str, repr(a.shape), hashlib.sha256(a.tobytes()).hexdigest(),
-                     repr(total), str(nans)])
+                     repr(total), str(nans), hashlib.sha256(canon.tobytes()).hexdigest()])
 
 
 def _store(res, key, value):
@@ -228,8 +231,10 @@ def compare(a_path, b_path):
             print("DIFFER %s: %s %s vs %s %s" % (k, x[0], x[1], y[0], y[1]))
             bad += 1
         elif x[2] != y[2]:
-            print("DIFFER %s: %s %s, sums %s vs %s, NaNs %s vs %s"
-                  % (k, x[0], x[1], x[3], y[3], x[4], y[4]))
+            nan_bits = len(x) > 5 and len(y) > 5 and x[5] == y[5]
+            print("DIFFER %s: %s %s, sums %s vs %s, NaNs %s vs %s%s"
+                  % (k, x[0], x[1], x[3], y[3], x[4], y[4],
+                     " (only the sign or payload bits of NaNs)" if nan_bits else ""))
             bad += 1
         else:
             same += 1

@@ -22,7 +22,6 @@ from rnnfast.io import keras_file
 from fuzz import hostile as H
 from fuzz.measure_bombs import measure_many
 
-pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")]
 
 MB = 1 << 20
 

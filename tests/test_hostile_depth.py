@@ -23,7 +23,6 @@ from rnnfast.io import torch_pickle
 from fuzz import hostile as H
 from fuzz.picklegen import TorchDoc
 
-pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")]
 
 KINDS = ("tuple", "list", "dict", "key", "set", "value", "late")
 

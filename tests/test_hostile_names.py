@@ -153,7 +153,6 @@ def test_same_name_from_two_containers(tmp_path):
         rnnfast.load(str(tmp_path / "two.pt"))
 
 
-@pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
 def test_stray_projection_is_not_an_lstm(tmp_path):
     """A GRU(3, 4) state_dict plus weight_hr_l0 of shape (4, 3): rows 12 = 4 x 3 made it
     an LSTM with hidden_size 3 and proj_size 4, which PyTorch refuses to build."""

@@ -25,7 +25,6 @@ from rnnfast.io import keras_file
 
 from fuzz import hostile as H
 
-pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")]
 
 FORMATS = ("keras3h5", "keras2h5", "keras")
 #: how -> the words the FormatError must hold

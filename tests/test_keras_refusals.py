@@ -41,7 +41,17 @@ def refused(model, layer_class, option=None, tmp_path=None):
 
 
 def test_unsupported_layer(tmp_path):
-    refused(seq(L.Conv1D(4, 3), L.GRU(3)), "Conv1D", tmp_path=tmp_path)
+    # (Conv1D, refused here before, is supported now: tests/test_keras_layers_conv_norm.py)
+    refused(seq(L.Conv1DTranspose(4, 3), L.GRU(3)), "Conv1DTranspose", tmp_path=tmp_path)
+
+
+def test_formerly_refused_conv1d_runs(tmp_path):
+    from test_keras_models import assert_like_keras
+    model = lively(seq(L.Conv1D(4, 3), L.GRU(3)))
+    x = masked_input((5, T, F))
+    p = str(tmp_path / "c.keras")
+    model.save(p)
+    assert_like_keras(rnnfast.load(p).predict(x), model.predict(x, verbose=0))
 
 
 def test_unsupported_wrapped_layers():
@@ -66,29 +76,43 @@ def test_recurrent_activation_not_in_kernels(cell, option, value):
     refused(seq(cell(3, **{option: value})), cell.__name__, option)
 
 
+def _runs_like_keras(model, x, tmp_path):
+    """Formerly refused graph shapes (branches, merges, several inputs, shared layers):
+    now loaded and run as Keras runs them (tests/test_keras_graph.py has the grid)."""
+    from test_keras_models import assert_like_keras
+    lively(model)
+    want = model.predict(x, verbose=0)
+    p = str(tmp_path / "m.keras")
+    model.save(p)
+    for m in (rnnfast.from_keras(model), rnnfast.load(p)):
+        assert_like_keras(m.predict(x), want)
+
+
 def test_branch(tmp_path):
     inp = keras.Input((T, F))
-    refused(keras.Model(inp, [L.GRU(3)(inp), L.LSTM(3)(inp)]), "InputLayer", tmp_path=tmp_path)
+    x = masked_input((5, T, F))
+    _runs_like_keras(keras.Model(inp, [L.GRU(3)(inp), L.LSTM(3)(inp)]), x, tmp_path)
     h = L.GRU(3, return_sequences=True)(inp)
-    refused(keras.Model(inp, [L.GRU(2)(h), L.Dense(2)(h)]), "GRU")
+    _runs_like_keras(keras.Model(inp, [L.GRU(2)(h), L.Dense(2)(h)]), x, tmp_path)
 
 
-def test_merge():
+def test_merge(tmp_path):
     inp = keras.Input((T, F))
     a, b = L.GRU(3, return_sequences=True)(inp), L.Dense(3)(inp)
-    refused(keras.Model(inp, L.Concatenate()([a, b])), "Concatenate")
+    _runs_like_keras(keras.Model(inp, L.Concatenate()([a, b])), masked_input((5, T, F)), tmp_path)
 
 
-def test_two_inputs():
+def test_two_inputs(tmp_path):
     a, b = keras.Input((T, F)), keras.Input((T, F))
-    refused(keras.Model([a, b], [L.GRU(3)(a), L.GRU(3)(b)]), "Functional", "inputs")
-    refused(keras.Model([a, b], L.Add()([L.GRU(3)(a), L.GRU(3)(b)])), "Add")
+    x = [masked_input((5, T, F)), masked_input((5, T, F), seed=4)]
+    _runs_like_keras(keras.Model([a, b], [L.GRU(3)(a), L.GRU(3)(b)]), x, tmp_path)
+    _runs_like_keras(keras.Model([a, b], L.Add()([L.GRU(3)(a), L.GRU(3)(b)])), x, tmp_path)
 
 
-def test_shared_layer():
+def test_shared_layer(tmp_path):
     inp = keras.Input((T, F))
     d = L.Dense(F)
-    refused(keras.Model(inp, L.GRU(2)(d(d(inp)))), "Dense")
+    _runs_like_keras(keras.Model(inp, L.GRU(2)(d(d(inp)))), masked_input((5, T, F)), tmp_path)
 
 
 def test_nested_model():

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import rnnfast
-from rnnfast._summary import layer_rows
+
 from rnnfast.layers import Dense, RNNLayer
 from rnnfast.model import Sequential
 
@@ -21,7 +21,7 @@ DATA = os.path.join(os.path.dirname(rnnfast.__file__), "data")
 
 def _weight_bytes(model):
     """The model's parameters (as the source framework counts them) in bytes."""
-    return sum(r["parameters"] for r in layer_rows(model)) * model.dtype.itemsize
+    return sum(r["parameters"] for r in model.summary_rows()) * model.dtype.itemsize
 
 
 def _rnn_layers(model):

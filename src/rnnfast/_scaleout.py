@@ -11,6 +11,10 @@ from contextlib import contextmanager
 import numpy as np
 
 from ._threads import resolve_num_threads
+from .io import load
+from .model import Sequential
+from .model_keras import EmbeddingNode, KerasModel, MaskingNode
+from .model_torch import TorchRNN
 
 __all__ = ["Runner", "ModelRef", "resolve_model", "BUDGET", "ThreadBudget", "plan_buckets",
            "as_rows", "check_padding", "predict_rows", "flatten", "unflatten"]
@@ -66,10 +70,6 @@ class Runner:
     """
 
     def __init__(self, model, return_state=False):
-        from .model import Sequential
-        from .model_keras import KerasModel, MaskingNode, EmbeddingNode
-        from .model_torch import TorchRNN
-
         self.model = model
         self.return_state = bool(return_state)
         self.pad_value = 0.0
@@ -174,8 +174,6 @@ class ModelRef:
         self.options = dict(options or {})
 
     def get(self):
-        from .io import load
-
         path = os.path.abspath(self.path)
         st = os.stat(path)
         key = (path, st.st_mtime_ns, st.st_size, repr(sorted(self.options.items())))

@@ -3,15 +3,25 @@ class and the command line.
 
 Columns: layer name, type, units, options, parameters (counted as the source framework
 counts them: Keras' ``count_params()``, the sum of a PyTorch module's ``numel()``),
-dtype. The title line names the model and where it came from. The models describe
+dtype; for a model that is a graph rather than a chain (``model.is_chain`` false) also
+each layer's output shape and the tensors it is connected to, as Keras' functional
+summary shows them. The title line names the model and where it came from. The models describe
 themselves (``summary_title()``, ``summary_rows()``); this module only lays the table out.
 """
 __all__ = ["summary_text", "Summarized"]
 
 _COLUMNS = ("name", "type", "units", "options", "parameters", "dtype")
 _HEAD = dict(name="layer", type="type", units="units", options="options", parameters="parameters",
-             dtype="dtype")
+             dtype="dtype", output_shape="output shape", connected_to="connected to")
 _RIGHT = {"units", "parameters"}
+
+
+def _cell(column, value):
+    if column == "parameters":
+        return "{:,}".format(value)
+    if column == "connected_to":
+        return ", ".join(value or [])
+    return str(value if value is not None else "")
 
 
 def _source_line(model, source):
@@ -43,19 +53,23 @@ def summary_text(model, source=None):
         Lines without a final newline.
     """
     rows = model.summary_rows()
-    cells = [[str(r[c]) if c != "parameters" else "{:,}".format(r[c]) for c in _COLUMNS] for r in rows]
-    widths = [max([len(_HEAD[c])] + [len(cell[i]) for cell in cells]) for i, c in enumerate(_COLUMNS)]
+    columns = _COLUMNS
+    if rows and not getattr(model, "is_chain", True):
+        # a graph (several inputs, branches, merges): Keras' functional summary columns too
+        columns = _COLUMNS[:2] + ("output_shape",) + _COLUMNS[2:] + ("connected_to",)
+    cells = [[_cell(c, r.get(c)) for c in columns] for r in rows]
+    widths = [max([len(_HEAD[c])] + [len(cell[i]) for cell in cells]) for i, c in enumerate(columns)]
 
     def line(values):
         return "  ".join(v.rjust(w) if c in _RIGHT else v.ljust(w)
-                         for c, v, w in zip(_COLUMNS, values, widths)).rstrip()
+                         for c, v, w in zip(columns, values, widths)).rstrip()
 
-    sep = "-" * (sum(widths) + 2 * (len(_COLUMNS) - 1))
+    sep = "-" * (sum(widths) + 2 * (len(columns) - 1))
     out = [model.summary_title()]
     src = _source_line(model, source)
     if src:
         out.append("source: " + src)
-    out += [sep, line([_HEAD[c] for c in _COLUMNS]), sep]
+    out += [sep, line([_HEAD[c] for c in columns]), sep]
     out += [line(cell) for cell in cells]
     out.append(sep)
     out.append("total parameters: {:,}".format(sum(r["parameters"] for r in rows)))

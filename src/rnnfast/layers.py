@@ -32,6 +32,8 @@ import numpy as np
 from . import _kernels, _plan, cells
 from ._plan import BATCH_FIRST_MIN_ROWS
 from ._threads import blas_single_threaded, resolve_num_threads
+from ._version import __version__
+from .errors import FormatError
 from ._validation import as_input, as_lengths, as_mask, as_numeric, as_state, compute_dtype, integer_option
 from ._validation import weight as _checked
 
@@ -226,18 +228,11 @@ class RNNLayer:
             perm = _unit_block_order(H, G, self._ncb)
             W, U, bx = W[:, :, perm], U[:, :, perm], bx[:, perm]
         self._W = _frozen(np.ascontiguousarray(W))
-        # the input projection reads W packed where that beats BLAS (packed_projection)
-        packed_w = _kernels.packed_projection(dt)
-        self._Wp = _frozen(_kernels.pack_blocks(self._W, G, self._ncb) if packed_w
-                           else np.zeros((len(weights), 0), dt))
         self._U = _frozen(np.ascontiguousarray(U))
-        # the per-step product of these cells reads U packed in panels, packed once here
-        self._Up = _frozen(_kernels.pack_blocks(self._U, G, self._ncb) if plain
-                           else np.zeros((len(weights), 0), dt))
         self._bx = _frozen(np.ascontiguousarray(bx))
-        self._uses_blas = self._Wp.size == 0 or not plain
         self._bhn = _frozen(np.stack(bhns))
         self._Wr = _frozen(np.stack(Wrs) if Wrs else np.zeros((len(weights), 0, 0), dt))
+        self._pack()
 
     def cell_weights(self):
         """The layer's weights back in canonical layout, one :class:`CellWeights` per
@@ -302,11 +297,9 @@ class RNNLayer:
         state = dict(state)
         fmt = state.pop("_pickle_format", None)
         if fmt != self._PICKLE_FORMAT:
-            from .errors import FormatError
-
             raise FormatError("this RNNLayer was pickled by another rnnfast version (pickle format "
                               "%r, this one reads %r): pickle it again with rnnfast %s"
-                              % (fmt, self._PICKLE_FORMAT, _version()))
+                              % (fmt, self._PICKLE_FORMAT, __version__))
         for k, v in state.items():
             if isinstance(v, np.ndarray):
                 state[k] = _frozen(_usable(v))
@@ -314,10 +307,13 @@ class RNNLayer:
         self._pack()
 
     def _pack(self):
-        """The packed copies of ``_W`` and ``_U`` (as :meth:`_convert` makes them)."""
-        G = _GATES[self.cell]
+        """The packed copies of ``_W`` and ``_U``, made once per layer (and again when a
+        pickled layer arrives): the input projection reads W packed where that beats
+        BLAS (``packed_projection``); the per-step product of the cells that run it on
+        packed weights reads U packed in panels."""
+        G = self.cell_spec.num_gates
         D = self._W.shape[0]
-        plain = self._kernel_cell in ("gru", "lstm", "simple") and self._Wr.shape[1] == 0
+        plain = self._kernel.packed and self._Wr.shape[1] == 0
         packed_w = _kernels.packed_projection(self.dtype)
         self._Wp = _frozen(_kernels.pack_blocks(self._W, G, self._ncb) if packed_w
                            else np.zeros((D, 0), self.dtype))
@@ -554,11 +550,6 @@ def _usable(a):
         return a
     return np.array(a, order="C", copy=True)
 
-
-def _version():
-    from ._version import __version__
-
-    return __version__
 
 # -- helpers --------------------------------------------------------------------------
 

@@ -23,10 +23,13 @@ import copy
 import numpy as np
 
 from . import _validation
+from .errors import UnsupportedLayerError
 from ._progress import run_batched
 from ._summary import Summarized
+from .graph import TRUE, mask_or
 from .layers import ACTIVATIONS, SharedDirection, apply_activation, merge_directions, softmax
 from .model import run_recurrent
+from .ops import affine, conv1d, conv_padding, layer_norm, pool1d, unit_norm
 
 __all__ = ["KerasModel", "KERAS_ACTIVATIONS", "keras_activation"]
 
@@ -221,11 +224,18 @@ class RecurrentNode(_Node):
             out += [w.kernel, w.recurrent_kernel] + ([bias.copy()] if bias is not None else [])
         return out
 
-    def run(self, x, mask, num_threads=None):
+    def run(self, x, mask, num_threads=None, initial_state=None, use_mask=True):
+        """``use_mask=False``: run as if unmasked but pass ``mask`` on (Keras 3 gives a
+        layer called with several tensors, e.g. ``initial_state=``, no mask)."""
         if x.ndim != 3:
             raise ValueError("%s %r needs a sequence (batch, time, features), got an input of "
                              "shape %s" % (self.keras_class, self.name, _batch_major_shape(x)))
         x = self._cast(x)
+        if not use_mask:
+            outs, _ = self.run(x, None, num_threads, initial_state)
+            return outs, self.output_masks(mask)
+        if initial_state is not None:
+            return self._run_from(x, mask, num_threads, initial_state)
         states = []
         for layer in self.rnn_layers[:-1]:
             # StackedRNNCells: each cell but the last runs over the whole sequence; its
@@ -240,6 +250,47 @@ class RecurrentNode(_Node):
         outs = [out]
         if self.return_state:
             outs += states + last_states
+        return outs, self.output_masks(mask)
+
+    def _run_from(self, x, mask, num_threads, initial_state):
+        """Run from the given states (Keras' ``initial_state``: per cell ``h`` or
+        ``[h, c]``, batch-major (batch, units))."""
+        states = [self._cast(np.asarray(s)) for s in initial_state]
+        if len(states) != self.num_states:
+            raise ValueError("%s %r takes %d initial states, got %d"
+                             % (self.keras_class, self.name, self.num_states, len(states)))
+        B = x.shape[1]
+        out_states, i = [], 0
+        out = None
+        for k, layer in enumerate(self.rnn_layers):
+            n = layer.cell_spec.num_states
+            mine = states[i:i + n]
+            i += n
+            for s, want in zip(mine, [layer.output_size, layer.units][:n]):
+                if s.shape != (B, want):
+                    raise ValueError("%s %r: initial state of shape %s, expected %s"
+                                     % (self.keras_class, self.name, s.shape, (B, want)))
+            h0 = mine[0][None]
+            c0 = mine[1][None] if n > 1 else None
+            last = k == len(self.rnn_layers) - 1
+            out, h_n, c_n = layer.forward(x, h0, c0, mask=mask, num_threads=num_threads,
+                                          zero_output_for_mask=self.zero_output_for_mask and last,
+                                          return_sequences=not last or self.return_sequences)
+            out_states += [h_n[0]] + ([c_n[0]] if c_n is not None else [])
+            if not last:
+                x = out
+        layer = self.rnn_layers[-1]
+        if self.return_sequences:
+            if layer.go_backwards:
+                out = out[::-1]
+        else:
+            out = out_states[-layer.cell_spec.num_states]
+            if mask is not None and self.zero_output_for_mask and len(mask):
+                t = 0 if layer.go_backwards else -1
+                out = np.where(np.asarray(mask, bool)[t][:, None], out, out.dtype.type(0))
+        outs = [out]
+        if self.return_state:
+            outs += out_states
         return outs, self.output_masks(mask)
 
     def describe(self):
@@ -282,10 +333,28 @@ class BidirectionalNode(_Node):
         m = mask if self.return_sequences else None
         return [m] * n_out + [None] * (self.num_outputs - n_out)
 
-    def run(self, x, mask, num_threads=None):
+    def run(self, x, mask, num_threads=None, initial_state=None, use_mask=True):
         if x.ndim != 3:
             raise ValueError("Bidirectional %r needs a sequence (batch, time, features), got an "
                              "input of shape %s" % (self.name, _batch_major_shape(x)))
+        if not use_mask:
+            outs, _ = self.run(x, None, num_threads, initial_state)
+            return outs, self.output_masks(mask)
+        if initial_state is not None:
+            nf = self.forward_node.num_states
+            if len(initial_state) != nf + self.backward_node.num_states:
+                raise ValueError("Bidirectional %r takes %d initial states, got %d"
+                                 % (self.name, nf + self.backward_node.num_states, len(initial_state)))
+            fo, _ = self.forward_node.run(x, mask, num_threads, initial_state=initial_state[:nf])
+            bo, _ = self.backward_node.run(x, mask, num_threads, initial_state=initial_state[nf:])
+            y, y_rev = fo[0], bo[0]
+            if self.return_sequences:
+                y_rev = y_rev[::-1]
+            out = merge_directions(np.concatenate([y, y_rev], axis=-1), self.merge_mode, y.shape[-1])
+            outs = list(out) if self.merge_mode is None else [out]
+            if self.return_state:
+                outs += fo[1:] + bo[1:]
+            return outs, self.output_masks(mask)
         if self.fused is not None:
             out, states = run_recurrent(
                 self.fused, self._cast(x), return_sequences=self.return_sequences,
@@ -494,6 +563,482 @@ class GlobalPoolingNode(_Node):
         return "%s(%s)" % (self.keras_class, "keepdims=True" if self.keepdims else "")
 
 
+def _swap(x):
+    """Time-major <-> batch-major for a sequence (a view); other ranks as they are."""
+    return np.swapaxes(x, 0, 1) if x.ndim == 3 else x
+
+
+def _tm_axis(axis, ndim):
+    """The internal axis of batch-major ``axis`` for a tensor of rank ``ndim``."""
+    a = axis % ndim
+    if ndim == 3 and a < 2:
+        return 1 - a
+    return a
+
+
+class MergeNode(_Node):
+    """Keras ``Add``, ``Subtract``, ``Multiply``, ``Average``, ``Maximum``,
+    ``Minimum`` (elementwise over several tensors, broadcast as Keras does: a tensor of
+    lower rank gets the missing axes after the batch) and ``Concatenate`` (``axis``).
+
+    Masks as Keras 3: the elementwise merges give the OR of their inputs' masks, or
+    none when any input has none; ``Concatenate`` gives none when no input has one,
+    else per step the OR over the concatenated (a missing mask counts as all valid).
+    """
+
+    multi_input = True
+    _REDUCE = {"add": np.add, "subtract": np.subtract, "multiply": np.multiply,
+               "maximum": np.maximum, "minimum": np.minimum}
+
+    def __init__(self, name, keras_class, kind, dtype, axis=-1):
+        super().__init__(name, keras_class, dtype)
+        if kind not in ("add", "subtract", "multiply", "average", "maximum", "minimum", "concat"):
+            raise ValueError("unknown merge %r" % (kind,))
+        self.kind = kind
+        self.axis = int(axis)
+
+    def _features_axis(self, ndim):
+        return self.axis % ndim == ndim - 1
+
+    def output_masks(self, masks, created=None):
+        """At load time: the token of the output mask from the input masks' tokens."""
+        if all(m is None for m in masks):
+            return [None]
+        if self.kind != "concat":
+            return [None if any(m is None for m in masks) else mask_or(masks)]
+        if self.axis in (-1, 2):
+            return [None if any(m is None for m in masks) else mask_or(masks)]
+        return [("tconcat", tuple(TRUE if m is None else m for m in masks))]
+
+    def _mask(self, xs, masks):
+        if all(m is None for m in masks):
+            return None
+        if self.kind != "concat":
+            if any(m is None for m in masks):
+                return None
+            out = np.asarray(masks[0], bool)
+            for m in masks[1:]:
+                out = out | np.asarray(m, bool)
+            return out
+        if self._features_axis(xs[0].ndim) and any(m is None for m in masks):
+            return None         # an unmasked input makes every step valid
+        full = []
+        for x, m in zip(xs, masks):
+            if m is None:
+                full.append(np.ones(x.shape, bool))
+            else:
+                m = np.asarray(m, bool)
+                full.append(np.broadcast_to(m.reshape(m.shape + (1,) * (x.ndim - m.ndim)), x.shape))
+        ax = _tm_axis(self.axis, xs[0].ndim)
+        return np.concatenate(full, axis=ax).any(axis=-1)
+
+    def run(self, xs, masks, num_threads=None):
+        xs = [self._cast(np.asarray(x)) for x in xs]
+        if self.kind == "concat":
+            ranks = {x.ndim for x in xs}
+            if len(ranks) != 1:
+                raise ValueError("%s %r: inputs of different ranks %s" % (self.keras_class, self.name,
+                                                                       [x.ndim for x in xs]))
+            y = np.concatenate(xs, axis=_tm_axis(self.axis, xs[0].ndim))
+        else:
+            if self.kind == "subtract" and len(xs) != 2:
+                raise ValueError("Subtract %r takes exactly 2 inputs, got %d" % (self.name, len(xs)))
+            # Keras gives a lower-rank input the missing axes after the batch; time-major
+            # sequences broadcast against batch-major (batch, features) as numpy does
+            if self.kind == "average":
+                y = xs[0].copy()
+                for x in xs[1:]:
+                    y = y + x
+                y = y / y.dtype.type(len(xs))
+            elif self.kind in ("maximum", "minimum") and any(m is not None for m in masks):
+                y = self._masked_extreme(xs, masks)
+            elif self.kind == "multiply" and any(m is not None for m in masks):
+                y = self._masked_product(xs, masks)
+            else:
+                f = self._REDUCE[self.kind]
+                y = xs[0]
+                for x in xs[1:]:
+                    y = f(y, x)
+                y = np.asarray(y, dtype=self.dtype)
+        return [y], [self._mask(xs, masks)]
+
+    @staticmethod
+    def _feature_mask(x, m):
+        if m is None:
+            return None
+        m = np.asarray(m, bool)
+        return np.broadcast_to(m.reshape(m.shape + (1,) * (x.ndim - m.ndim)), x.shape)
+
+    def _masked_extreme(self, xs, masks):
+        """Keras' Maximum / Minimum under masks: a masked value takes the other side's."""
+        f = self._REDUCE[self.kind]
+        out, out_mask = xs[0], self._feature_mask(xs[0], masks[0])
+        for x, m in zip(xs[1:], masks[1:]):
+            m = self._feature_mask(x, m)
+            if m is not None:
+                x = np.where(m, x, out)
+            if out_mask is not None:
+                out = np.where(out_mask, out, x)
+            out_mask = (out_mask | m) if (m is not None and out_mask is not None) else None
+            out = f(out, x)
+        return np.asarray(out, dtype=self.dtype)
+
+    def _masked_product(self, xs, masks):
+        """Keras' Multiply under masks: a masked value counts as 1; with every input
+        masked, the steps masked in all of them are 0."""
+        all_masked = all(m is not None for m in masks)
+        out, out_mask = None, None
+        one = self.dtype.type(1)
+        for x, m in zip(xs, masks):
+            m = self._feature_mask(x, m)
+            if m is not None:
+                x = np.where(m, x, one)
+                if all_masked:
+                    out_mask = m if out_mask is None else (out_mask | m)
+            out = x if out is None else out * x
+        if all_masked:
+            out = np.where(out_mask, out, self.dtype.type(0))
+        return np.asarray(out, dtype=self.dtype)
+
+    def describe(self):
+        return "%s(%s)" % (self.keras_class, "axis=%d" % self.axis if self.kind == "concat" else "")
+
+
+class DotNode(_Node):
+    """Keras ``Dot(axes, normalize)`` of two tensors (batch-wise, as Keras'
+    ``batch_dot``). Drops the mask."""
+
+    multi_input = True
+    mask_rule = "drop"
+
+    def __init__(self, name, axes, normalize, dtype):
+        super().__init__(name, "Dot", dtype)
+        self.axes = axes
+        self.normalize = bool(normalize)
+
+    def output_masks(self, masks, created=None):
+        return [None]
+
+    def run(self, xs, masks, num_threads=None):
+        if len(xs) != 2:
+            raise ValueError("Dot %r takes exactly 2 inputs, got %d" % (self.name, len(xs)))
+        a, b = (_swap(self._cast(np.asarray(x))) for x in xs)         # batch-major
+        axes = [self.axes, self.axes] if isinstance(self.axes, int) else list(self.axes)
+        axes = [ax % t.ndim for ax, t in zip(axes, (a, b))]
+        if min(axes) < 1:
+            raise ValueError("Dot %r: cannot take the product over the batch axis" % self.name)
+        if self.normalize:
+            a = a / np.sqrt(np.maximum((a * a).sum(axis=axes[0], keepdims=True), a.dtype.type(1e-12)))
+            b = b / np.sqrt(np.maximum((b * b).sum(axis=axes[1], keepdims=True), b.dtype.type(1e-12)))
+        a = np.moveaxis(a, axes[0], -1)
+        b = np.moveaxis(b, axes[1], 1)
+        if a.ndim > 3 or b.ndim > 3:
+            raise ValueError("Dot %r: rnnfast takes inputs of rank 2 or 3" % self.name)
+        if a.ndim == 2 and b.ndim == 2:
+            y = (a * b).sum(axis=-1, keepdims=True)
+        elif a.ndim == 2:
+            y = np.matmul(a[:, None, :], b)[:, 0]
+        elif b.ndim == 2:
+            y = np.matmul(a, b[:, :, None])[..., 0]
+        else:
+            y = np.matmul(a, b)
+        y = np.asarray(y, dtype=self.dtype)
+        return [np.ascontiguousarray(_swap(y))], [None]
+
+    def describe(self):
+        return "Dot(axes=%r%s)" % (self.axes, ", normalize=True" if self.normalize else "")
+
+
+class RepeatVectorNode(_Node):
+    """Keras ``RepeatVector(n)``: ``(batch, features)`` to ``(batch, n, features)``."""
+
+    mask_rule = "drop"
+
+    def __init__(self, name, n, dtype):
+        super().__init__(name, "RepeatVector", dtype)
+        self.n = int(n)
+
+    def run(self, x, mask, num_threads=None):
+        x = self._cast(x)
+        if x.ndim != 2:
+            raise ValueError("RepeatVector %r needs input (batch, features), got shape %s"
+                             % (self.name, x.shape))
+        return [np.ascontiguousarray(np.broadcast_to(x[None], (self.n,) + x.shape))], [None]
+
+    def describe(self):
+        return "RepeatVector(%d)" % self.n
+
+
+class ReshapeNode(_Node):
+    """Keras ``Reshape(target_shape)`` (``Permute(dims)`` with ``permute``): acts on
+    the batch-major tensor. Drops the mask (Keras' Reshape passes none on)."""
+
+    mask_rule = "drop"
+
+    def __init__(self, name, keras_class, dtype, target_shape=None, permute=None):
+        super().__init__(name, keras_class, dtype)
+        self.fixes_length = target_shape is not None      # a reshape needs the declared length
+        self.target_shape = tuple(target_shape) if target_shape is not None else None
+        self.permute = tuple(permute) if permute is not None else None
+
+    def run(self, x, mask, num_threads=None):
+        b = _swap(self._cast(x))
+        if self.permute is not None:
+            if len(self.permute) != b.ndim - 1:
+                raise ValueError("Permute %r: dims %s for an input of shape %s"
+                                 % (self.name, self.permute, _batch_major_shape(x)))
+            y = np.transpose(b, (0,) + self.permute)
+        else:
+            y = b.reshape((b.shape[0],) + self.target_shape)
+        return [np.ascontiguousarray(_swap(y))], [None]
+
+    def describe(self):
+        if self.permute is not None:
+            return "Permute(%s)" % (self.permute,)
+        return "Reshape(%s)" % (self.target_shape,)
+
+
+class _BatchMajorNode(_Node):
+    """A layer computed on the batch-major tensor with channels last (a sequence is
+    swapped out of and back into the time-major layout as views); subclasses define
+    ``compute(x_bm)``. ``channels_first``: the layer's data_format."""
+
+    mask_rule = "drop"
+    channels_first = False
+
+    def run(self, x, mask, num_threads=None):
+        x = self._cast(x)
+        b = _swap(x)
+        axis = getattr(self, "positive_axis", None)
+        if axis is not None and axis != b.ndim - 1:
+            raise UnsupportedLayerError(self.keras_class, "axis", "layer %r normalises axis %d; rnnfast "
+                                        "normalises the last axis (here %d)" % (self.name, axis, b.ndim - 1))
+        if self.channels_first and b.ndim == 3:
+            b = np.swapaxes(b, 1, 2)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            y = self.compute(b)
+        if self.channels_first and y.ndim == 3:
+            y = np.swapaxes(y, 1, 2)
+        y = np.ascontiguousarray(_swap(np.asarray(y, dtype=self.dtype)))
+        return [y], [mask if self.mask_rule == "keep" else None]
+
+    def _need_sequence(self, b):
+        if b.ndim != 3:
+            raise ValueError("%s %r needs a sequence (batch, steps, channels), got an input of shape %s"
+                             % (self.keras_class, self.name, b.shape))
+
+
+class ConvNode(_BatchMajorNode):
+    """Keras ``Conv1D``, ``DepthwiseConv1D`` and ``SeparableConv1D``: a depthwise stage
+    (``depthwise``: kernel (k, 1, C*multiplier), grouped per channel) and/or a full
+    stage (kernel (k, Cin/groups, Cout)), each a GEMM on an im2col view
+    (:func:`rnnfast.ops.conv1d`), then the bias and the activation."""
+
+    def __init__(self, name, keras_class, dtype, *, kernel=None, depthwise=None, bias=None,
+                 strides=1, dilation=1, padding="valid", groups=1, activation="linear",
+                 channels_first=False, keras_weights=()):
+        super().__init__(name, keras_class, dtype)
+        dt = self.dtype
+        self.kernel = None if kernel is None else np.ascontiguousarray(kernel, dtype=dt)
+        self.depthwise = None if depthwise is None else np.ascontiguousarray(depthwise, dtype=dt)
+        self.bias = None if bias is None else np.asarray(bias, dtype=dt)
+        self.strides, self.dilation, self.padding, self.groups = int(strides), int(dilation), padding, int(groups)
+        self.activation = activation
+        self.channels_first = bool(channels_first)
+        self._keras_weights = [np.array(w, dtype=dt) for w in keras_weights]
+        k = (self.depthwise if self.depthwise is not None else self.kernel).shape[0]
+        self.kernel_size = k
+        self.fixes_length = False
+
+    def get_weights(self):
+        return [w.copy() for w in self._keras_weights]
+
+    def compute(self, b):
+
+        self._need_sequence(b)
+        pad = conv_padding(b.shape[1], self.kernel_size, self.strides, self.dilation, self.padding)
+        if self.depthwise is not None:
+            C = b.shape[2]
+            last = self.kernel is None
+            b = conv1d(b, self.depthwise, self.bias if last else None, stride=self.strides,
+                       dilation=self.dilation, padding=pad, groups=C)
+            if not last:
+                b = conv1d(b, self.kernel, self.bias)           # pointwise
+            y = b
+        else:
+            y = conv1d(b, self.kernel, self.bias, stride=self.strides, dilation=self.dilation,
+                       padding=pad, groups=self.groups)
+        if self.activation != "linear":
+            y = keras_activation(self.activation, y)
+        return y
+
+    def describe(self):
+        return "%s(kernel_size=%d, strides=%d, dilation=%d, padding=%r%s)" % (
+            self.keras_class, self.kernel_size, self.strides, self.dilation, self.padding,
+            ", activation=%r" % self.activation if self.activation != "linear" else "")
+
+
+class PoolNode(_BatchMajorNode):
+    """Keras ``MaxPooling1D`` / ``AveragePooling1D`` (:func:`rnnfast.ops.pool1d`)."""
+
+    def __init__(self, name, keras_class, dtype, reduce, pool_size, strides, padding, channels_first=False):
+        super().__init__(name, keras_class, dtype)
+        self.reduce, self.pool_size, self.strides, self.padding = reduce, int(pool_size), int(strides), padding
+        self.channels_first = bool(channels_first)
+
+    def compute(self, b):
+
+        self._need_sequence(b)
+        pad = conv_padding(b.shape[1], self.pool_size, self.strides, 1, self.padding)
+        if b.shape[1] + pad[0] + pad[1] < self.pool_size:
+            raise ValueError("%s %r: %d steps are fewer than the pool size %d"
+                             % (self.keras_class, self.name, b.shape[1], self.pool_size))
+        return pool1d(b, self.pool_size, self.strides, pad, self.reduce)
+
+    def describe(self):
+        return "%s(pool_size=%d, strides=%d, padding=%r)" % (self.keras_class, self.pool_size,
+                                                             self.strides, self.padding)
+
+
+class AffineNode(_BatchMajorNode):
+    """``x * scale + shift`` over the last axis: Keras ``BatchNormalization`` (its
+    moving statistics folded at load) and ``Normalization`` (adapted mean and
+    variance). Keeps the mask (``keep_mask``)."""
+
+    def __init__(self, name, keras_class, dtype, scale, shift, keep_mask=True, keras_weights=()):
+        super().__init__(name, keras_class, dtype)
+        self.scale = np.asarray(scale, dtype=self.dtype)
+        self.shift = np.asarray(shift, dtype=self.dtype)
+        self.mask_rule = "keep" if keep_mask else "drop"
+        self._keras_weights = [np.array(w) for w in keras_weights]
+
+    def get_weights(self):
+        return [w.copy() for w in self._keras_weights]
+
+    def compute(self, b):
+
+        if self.scale.size != 1 and b.shape[-1] != self.scale.shape[-1]:
+            raise ValueError("%s %r expects %d features, got %d" % (self.keras_class, self.name,
+                                                                   self.scale.shape[-1], b.shape[-1]))
+        return affine(b, self.scale, self.shift)
+
+
+class NormNode(_BatchMajorNode):
+    """Keras ``LayerNormalization`` (last axis) and ``UnitNormalization``; keep the mask."""
+
+    mask_rule = "keep"
+
+    def __init__(self, name, keras_class, dtype, *, gamma=None, beta=None, epsilon=1e-3,
+                 rms_scaling=False, unit=False):
+        super().__init__(name, keras_class, dtype)
+        self.gamma = None if gamma is None else np.asarray(gamma, dtype=self.dtype)
+        self.beta = None if beta is None else np.asarray(beta, dtype=self.dtype)
+        self.epsilon, self.rms_scaling, self.unit = float(epsilon), bool(rms_scaling), bool(unit)
+
+    def get_weights(self):
+        return [w.copy() for w in (self.gamma, self.beta) if w is not None]
+
+    def compute(self, b):
+
+        if self.unit:
+            return unit_norm(b)
+        return layer_norm(b, self.gamma, self.beta, self.epsilon, self.rms_scaling)
+
+
+class StepsNode(_BatchMajorNode):
+    """Keras ``UpSampling1D`` (``repeat``), ``ZeroPadding1D`` (``pad``) and
+    ``Cropping1D`` (``crop``): the steps of a sequence repeated, padded with zeros or
+    cut."""
+
+    def __init__(self, name, keras_class, dtype, *, repeat=1, pad=(0, 0), crop=(0, 0),
+                 channels_first=False, keep_mask=False):
+        super().__init__(name, keras_class, dtype)
+        self.repeat, self.pad, self.crop = int(repeat), tuple(pad), tuple(crop)
+        self.channels_first = bool(channels_first)
+        self.mask_rule = "keep" if keep_mask else "drop"
+
+    def compute(self, b):
+        self._need_sequence(b)
+        if self.repeat != 1:
+            b = np.repeat(b, self.repeat, axis=1)
+        if self.pad != (0, 0):
+            b = np.pad(b, ((0, 0), self.pad, (0, 0)))
+        if self.crop != (0, 0):
+            T = b.shape[1]
+            if sum(self.crop) >= T:
+                raise ValueError("%s %r: cropping %s of %d steps leaves none"
+                                 % (self.keras_class, self.name, self.crop, T))
+            b = b[:, self.crop[0]:T - self.crop[1]]
+        return b
+
+
+class AttentionNode(_Node):
+    """Keras ``Attention`` (dot or concat scores, optional scale) and
+    ``AdditiveAttention`` on ``[query, value]`` or ``[query, value, key]``: scores,
+    the value mask (and ``use_causal_mask``) as ``-1e9``, softmax over the values,
+    the weighted values; the query mask zeroes masked query steps and passes on."""
+
+    multi_input = True
+    #: keyword arguments of the call rnnfast honours, with their defaults
+    call_options = {"use_causal_mask": False, "return_attention_scores": False}
+
+    def __init__(self, name, keras_class, dtype, *, additive=False, score_mode="dot", scale=None,
+                 concat_score_weight=None):
+        super().__init__(name, keras_class, dtype)
+        self.additive = bool(additive)
+        self.score_mode = score_mode
+        self.scale = None if scale is None else np.asarray(scale, dtype=self.dtype)
+        self.concat_score_weight = None if concat_score_weight is None else np.asarray(
+            concat_score_weight, dtype=self.dtype)
+
+    def get_weights(self):
+        return [w.copy() for w in (self.scale, self.concat_score_weight) if w is not None]
+
+    def output_masks(self, masks, created=None):
+        return [masks[0] if masks else None]
+
+    def run(self, xs, masks, num_threads=None, use_causal_mask=False, return_attention_scores=False):
+        if len(xs) not in (2, 3):
+            raise ValueError("%s %r takes [query, value] or [query, value, key], got %d tensors"
+                             % (self.keras_class, self.name, len(xs)))
+        q, v = _swap(self._cast(xs[0])), _swap(self._cast(xs[1]))             # batch-major
+        k = _swap(self._cast(xs[2])) if len(xs) > 2 else v
+        if q.ndim != 3 or v.ndim != 3 or k.ndim != 3:
+            raise ValueError("%s %r needs sequences (batch, steps, features)" % (self.keras_class, self.name))
+        q_mask = masks[0] if masks else None
+        v_mask = masks[1] if masks and len(masks) > 1 else None
+        with np.errstate(over="ignore"):
+            if self.additive or self.score_mode == "concat":
+                t = np.tanh((q[:, :, None, :] + k[:, None, :, :]) if self.additive or self.scale is None
+                            else self.scale * (q[:, :, None, :] + k[:, None, :, :]))
+                if self.additive:
+                    scores = (t * self.scale).sum(-1) if self.scale is not None else t.sum(-1)
+                else:
+                    scores = self.concat_score_weight * t.sum(-1)
+            else:
+                scores = np.matmul(q, np.swapaxes(k, 1, 2))
+                if self.scale is not None:
+                    scores = scores * self.scale
+            valid = None
+            if v_mask is not None:
+                valid = np.swapaxes(np.asarray(v_mask, bool), 0, 1)[:, None, :]     # (B, 1, Tv)
+            if use_causal_mask:
+                Tq, Tv = scores.shape[1:]
+                causal = np.arange(Tq)[:, None] >= np.arange(Tv)[None, :]
+                valid = causal[None] if valid is None else (valid & causal[None])
+            if valid is not None:
+                scores = scores - self.dtype.type(1e9) * (~valid).astype(scores.dtype)
+            w = softmax(np.asarray(scores, dtype=self.dtype))
+            y = np.matmul(w, v)
+        if q_mask is not None:
+            y = y * np.swapaxes(np.asarray(q_mask, bool), 0, 1)[:, :, None].astype(y.dtype)
+        y = np.ascontiguousarray(_swap(np.asarray(y, dtype=self.dtype)))
+        return [y], [q_mask]
+
+    def describe(self):
+        return "%s(%s)" % (self.keras_class, "" if self.additive else "score_mode=%r" % self.score_mode)
+
+
 # -- the model --------------------------------------------------------------------------
 
 
@@ -504,20 +1049,27 @@ class KerasModel(Summarized):
     :func:`rnnfast.from_keras` (live models), not directly. Called the way a Keras
     model is: ``model.predict(x, batch_size=None, verbose="auto")``, ``model(x,
     training=False)``, ``model.count_params()``, ``model.get_weights()``,
-    ``model.output_shape``, ``model.summary()``.
+    ``model.output_shape``, ``model.summary()``. A model with several inputs takes a
+    list of arrays (or a dict by input name), as Keras does.
+
+    The model is a :class:`~rnnfast.graph.Graph` of the nodes of this module: several
+    inputs and outputs, branches, merges, shared layers (one node, several steps) and
+    recurrent layers given ``initial_state`` run through the one executor.
 
     Attributes
     ----------
     name : str
         The Keras model's name.
     layers : list
-        The converted layers in execution order (InputLayer left out), each with
-        ``name``, ``keras_class`` and, for recurrent ones, ``rnn_layers``
-        (:class:`~rnnfast.layers.RNNLayer`).
-    input_shape : tuple
+        The converted layers in execution order (InputLayer left out; a shared layer
+        once), each with ``name``, ``keras_class`` and, for recurrent ones,
+        ``rnn_layers`` (:class:`~rnnfast.layers.RNNLayer`).
+    input_shape : tuple, or a list of tuples for several inputs
         ``(None, time or None, features)``, or ``(None, time or None)`` for integer
         input (models that start with an Embedding). The time is None (any length
         runs) unless a layer needs the declared one (Flatten).
+    input_names : list of str
+        The InputLayers' names, in the order the model takes its inputs.
     dtype : numpy.dtype or None
         The compute dtype (None when layers differ).
     keras_version : str
@@ -526,38 +1078,51 @@ class KerasModel(Summarized):
 
     framework = "Keras"
 
-    def __init__(self, steps, *, input_key, outputs, input_shape, input_dtype, integer_input,
-                 name, keras_version, source=None, declared_input_shape=None):
-        self._steps = list(steps)               # [(node, input key, [output keys])]
-        self._input_key = input_key
-        self._outputs = outputs                 # a key, or a nested list (dict) of keys
-        self._output_keys = set(_flatten(outputs))
-        self.input_shape = tuple(input_shape)
-        # the shape the Keras model declares (its output_shape follows from it)
-        self._declared_input_shape = _declared(declared_input_shape, self.input_shape)
-        self._input_dtype = np.dtype(input_dtype)
-        self._integer_input = bool(integer_input)
+    def __init__(self, graph, *, inputs, name, keras_version, source=None):
+        self._graph = graph
+        # per input: dict(name, shape, dtype, integer, declared)
+        self._inputs = [dict(spec, shape=tuple(spec["shape"]), dtype=np.dtype(spec["dtype"]),
+                             integer=bool(spec["integer"])) for spec in inputs]
+        for spec in self._inputs:
+            spec["declared"] = _declared(spec.get("declared"), spec["shape"])
+        self.input_names = [spec["name"] for spec in self._inputs]
         self.name = name
         self.keras_version = keras_version
         self.source = source
         self._output_shape = None
-        dts = {node.dtype for node, _, _ in self._steps}
-        self.dtype = dts.pop() if len(dts) == 1 else (self._input_dtype if not dts else None)
+        dts = {node.dtype for node in self.layers}
+        first = self._inputs[0]
+        self.dtype = dts.pop() if len(dts) == 1 else (first["dtype"] if not dts else None)
+
+    # single-input views (the common case; tools read them)
+    @property
+    def input_shape(self):
+        shapes = [spec["shape"] for spec in self._inputs]
+        return shapes[0] if len(shapes) == 1 else shapes
+
+    @property
+    def _integer_input(self):
+        return self._inputs[0]["integer"]
+
+    @property
+    def _input_dtype(self):
+        return self._inputs[0]["dtype"]
 
     @property
     def layers(self):
-        return [node for node, _, _ in self._steps]
+        return self._graph.ops
 
     def predict(self, x, batch_size=None, verbose="auto", *, num_threads=None):
         """Run the model, as ``keras_model.predict(x)`` does (same positional order).
 
         Parameters
         ----------
-        x : array_like, shape (batch, time, features)
+        x : array_like, shape (batch, time, features), or a list / dict of them
             Or integer ids of shape (batch, time) for a model that starts with an
             Embedding. Floating input is cast to the model's input dtype (float32
             unless the model's input is float64, as Keras does); a torch tensor is
-            accepted.
+            accepted. A model with several inputs takes a list in the order of
+            :attr:`input_names`, or a dict keyed by them.
         batch_size : int, optional
             Rows per pass (default: all at once); bounds memory, not results.
         verbose : {"auto", 0, 1, 2}, optional
@@ -571,8 +1136,9 @@ class KerasModel(Summarized):
         numpy.ndarray, or a list of them (nested like Keras' for several outputs)
             Batch-major, the shapes and values ``keras_model.predict(x)`` gives.
         """
-        x = self._validated(x)
-        return run_batched(lambda part: self._run(part, num_threads), x, batch_size, verbose=verbose)
+        xs = self._validated(x)
+        return run_batched(lambda *parts: self._run(parts, num_threads), xs[0], batch_size,
+                           aligned=xs[1:], verbose=verbose)
 
     def __call__(self, x, training=None, *, num_threads=None):
         """``model(x)``, ``model(x, training=False)``: :meth:`predict` in one pass.
@@ -586,7 +1152,8 @@ class KerasModel(Summarized):
         return self.predict(x, num_threads=num_threads)
 
     def count_params(self):
-        """The model's parameters, as Keras' ``model.count_params()`` counts them."""
+        """The model's parameters, as Keras' ``model.count_params()`` counts them (a
+        shared layer once)."""
         return int(sum(node.num_params for node in self.layers))
 
     def get_weights(self):
@@ -605,15 +1172,21 @@ class KerasModel(Summarized):
             self._output_shape = self._infer_output_shape()
         return self._output_shape
 
+    def _probe(self, length):
+        """One all-zero sample per input, ``length`` steps where the length is free."""
+        out = []
+        for spec in self._inputs:
+            shape = spec["declared"]
+            if any(d is None for d in shape[2:]):
+                raise ValueError("%s: the output shape is unknown (the input's features are not "
+                                 "declared)" % self._what())
+            dt = np.int64 if spec["integer"] else spec["dtype"]
+            out.append(np.zeros([1] + [length if d is None else d for d in shape[1:]], dt))
+        return out if len(out) > 1 else out[0]
+
     def _infer_output_shape(self):
         # run one sample at two lengths (or the declared one): what varies is unknown
-        shape = self._declared_input_shape
-        if any(d is None for d in shape[2:]):
-            raise ValueError("%s: the output shape is unknown (the input's features are not "
-                             "declared)" % self._what())
-        dt = np.int64 if self._integer_input else self._input_dtype
-        probes = [np.zeros([1] + [t if d is None else d for d in shape[1:]], dt) for t in (1, 2)]
-        y1, y2 = (self.predict(p, num_threads=1) for p in probes)
+        y1, y2 = (self.predict(self._probe(t), num_threads=1) for t in (16, 32))
 
         def merged(a, b):
             return tuple(None if i == 0 or a.shape[i] != b.shape[i] else int(n)
@@ -622,28 +1195,98 @@ class KerasModel(Summarized):
 
     # -- describing itself ------------------------------------------------------------
 
+    def connections(self):
+        """For each layer (as :attr:`layers`), the names of the layers (or inputs) whose
+        outputs it reads, over all its calls: Keras' "Connected to" column."""
+        producer = {}
+        for spec, key in zip(self._inputs, self._graph.inputs):
+            producer[key] = spec["name"]
+        by_op = {}
+        for step in self._graph.steps:
+            for k in step.outputs:
+                producer[k] = step.op.name
+        for step in self._graph.steps:
+            names = by_op.setdefault(id(step.op), [])
+            for k in step.inputs + step.states:
+                src = producer.get(k, "?")
+                if isinstance(k, tuple) and len(k) == 3:
+                    src = "%s[%d][%d]" % (src, k[1], k[2])
+                if src not in names:
+                    names.append(src)
+        return [by_op.get(id(node), []) for node in self.layers]
+
+    @property
+    def is_chain(self):
+        """One input, and every layer reads the previous layer's only output (a
+        Sequential-like model: the summary needs no "connected to" column)."""
+        if len(self._graph.inputs) != 1:
+            return False
+        prev = self._graph.inputs[0]
+        for step in self._graph.steps:
+            if step.inputs != [prev] or step.states:
+                return False
+            prev = step.outputs[0]
+        return True
+
+    def layer_output_shapes(self):
+        """Per layer (as :attr:`layers`) the shapes of its outputs as Keras gives them
+        (None for the batch and any length the input does not fix): a list of tuples
+        per layer (its first call), or None where they cannot be probed."""
+        try:
+            runs = []
+            for t in (16, 32):
+                probe = self._probe(t)
+                feeds = []
+                for spec, x in zip(self._inputs, probe if len(self._inputs) > 1 else [probe]):
+                    if x.ndim >= 2 and (x.ndim == 3 or spec["integer"]):
+                        x = np.ascontiguousarray(np.swapaxes(x, 0, 1))
+                    feeds.append(x)
+                runs.append(self._graph.run(feeds, 1, keep_all=True)[0])
+        except (ValueError, TypeError):
+            return [None] * len(self.layers)
+        first = {}
+        for step in self._graph.steps:
+            first.setdefault(id(step.op), step.outputs)
+
+        def shape(k):
+            a, b = (_batch_major(r[k]).shape for r in runs)
+            return tuple(None if i == 0 or a[i] != b[i] else int(n) for i, n in enumerate(a))
+        return [[shape(k) for k in first[id(node)]] for node in self.layers]
+
     def summary_rows(self):
         """The rows of the summary table, one per layer: dicts with ``name``, ``type``,
-        ``units``, ``options`` (str), ``parameters`` (int, as Keras counts them) and
-        ``dtype`` (str)."""
+        ``units``, ``options`` (str), ``parameters`` (int, as Keras counts them),
+        ``dtype`` (str), ``connected_to`` (list of str: the tensors it reads, as Keras'
+        "Connected to" names them) and ``output_shape`` (str, as Keras prints it)."""
         rows = []
-        for node in self.layers:
+        shapes = self.layer_output_shapes()
+        for node, conn, shp in zip(self.layers, self.connections(), shapes):
             kind, units, opts = node.summary_row       # left by the registry's converter
+            if shp is None:
+                text = "?"
+            else:
+                text = ", ".join("(%s)" % ", ".join("None" if d is None else str(d) for d in s) for s in shp)
+                text = text if len(shp) == 1 else "[%s]" % text
             rows.append(dict(name=node.name, type=kind, units=units, options=opts,
-                             parameters=int(node.num_params), dtype=node.dtype.name))
+                             parameters=int(node.num_params), dtype=node.dtype.name,
+                             connected_to=conn, output_shape=text))
         return rows
 
     def summary_title(self):
         """The title line of the summary table."""
         dt = self.dtype.name if self.dtype is not None else "mixed dtypes"
         return "KerasModel %r: Keras %s, input %s, %s" % (self.name, self.keras_version,
-                                                          _shape_str(self.input_shape), dt)
+                                                          self._input_text(), dt)
+
+    def _input_text(self):
+        return ", ".join(_shape_str(spec["shape"]) for spec in self._inputs)
 
     def describe(self):
         """What the model is and takes, as a dict: ``framework`` ("Keras"), ``name``,
-        ``input_shape`` (batch-major, None where any size runs), ``integer_input``
-        (ids for an Embedding), ``vocabulary`` (the Embedding's ``input_dim``, else
-        None), ``dtype`` (of the input), ``layers`` (:meth:`summary_rows`)."""
+        ``input_shape`` (batch-major, None where any size runs; a list for several
+        inputs), ``integer_input`` (ids for an Embedding), ``vocabulary`` (the
+        Embedding's ``input_dim``, else None), ``dtype`` (of the input),
+        ``layers`` (:meth:`summary_rows`)."""
         vocab = next((n.table.shape[0] for n in self.layers if n.takes_ids), None)
         return dict(framework=self.framework, name=self.name, input_shape=self.input_shape,
                     integer_input=self._integer_input, vocabulary=vocab,
@@ -651,22 +1294,44 @@ class KerasModel(Summarized):
                     layers=self.summary_rows())
 
     def _validated(self, x):
-        return _validation.model_input(x, self.input_shape, self._input_dtype, integer=self._integer_input,
-                                       what=self._what(), shape_text=_shape_str(self.input_shape))
+        n = len(self._inputs)
+        if n == 1:
+            if isinstance(x, dict) and len(x) == 1:
+                x = next(iter(x.values()))
+            elif isinstance(x, (list, tuple)) and len(x) == 1 and not np.isscalar(x[0]) \
+                    and np.ndim(x[0]) >= 2:
+                x = x[0]                        # Keras takes [x] as well as x
+            xs = [x]
+        else:
+            if isinstance(x, dict):
+                missing = [k for k in self.input_names if k not in x]
+                if missing:
+                    raise ValueError("%s: missing input(s) %s (inputs: %s)"
+                                     % (self._what(), ", ".join(missing), ", ".join(self.input_names)))
+                xs = [x[k] for k in self.input_names]
+            elif isinstance(x, (list, tuple)) and len(x) == n:
+                xs = list(x)
+            else:
+                raise ValueError("%s takes %d inputs (%s): pass a list or a dict of arrays"
+                                 % (self._what(), n, ", ".join(self.input_names)))
+        out = []
+        for spec, xi in zip(self._inputs, xs):
+            what = self._what() if n == 1 else "%s input %r" % (self._what(), spec["name"])
+            out.append(_validation.model_input(xi, spec["shape"], spec["dtype"], integer=spec["integer"],
+                                               what=what, shape_text=_shape_str(spec["shape"])))
+        if len({a.shape[0] for a in out}) > 1:
+            raise ValueError("%s: the inputs have different batch sizes %s"
+                             % (self._what(), [a.shape[0] for a in out]))
+        return out
 
-    def _run(self, x, num_threads):
-        if x.ndim >= 2 and (x.ndim == 3 or self._integer_input):
-            x = np.ascontiguousarray(np.swapaxes(x, 0, 1))        # time-major
-        values = {self._input_key: x}
-        masks = {self._input_key: None}
-        for node, key_in, keys_out in self._steps:
-            outs, out_masks = node.run(values[key_in], masks[key_in], num_threads)
-            if key_in not in self._output_keys:
-                del values[key_in]                  # a chain: nothing else reads it
-            for k, v, m in zip(keys_out, outs, out_masks):
-                values[k] = v
-                masks[k] = m
-        return _map_structure(lambda k: _batch_major(values[k]), self._outputs)
+    def _run(self, parts, num_threads):
+        feeds = []
+        for spec, x in zip(self._inputs, parts):
+            if x.ndim >= 2 and (x.ndim == 3 or spec["integer"]):
+                x = np.ascontiguousarray(np.swapaxes(x, 0, 1))        # time-major
+            feeds.append(x)
+        values, _ = self._graph.run(feeds, num_threads)
+        return _map_structure(_batch_major, values)
 
     def __getstate__(self):
         """For pickle (rnnfast.dask, rnnfast.ray): the canonical weights once. A fused
@@ -674,7 +1339,16 @@ class KerasModel(Summarized):
         one that runs; they travel as references to its directions. Packed copies are
         rebuilt on arrival (:meth:`RNNLayer.__setstate__ <rnnfast.layers.RNNLayer.__setstate__>`)."""
         state = self.__dict__.copy()
-        state["_steps"] = [(_travelling(node), key_in, keys_out) for node, key_in, keys_out in self._steps]
+        graph = copy.copy(self._graph)
+        travelling = {}                     # a shared op travels once
+        graph.steps = []
+        for step in self._graph.steps:
+            step = copy.copy(step)
+            if id(step.op) not in travelling:
+                travelling[id(step.op)] = _travelling(step.op)
+            step.op = travelling[id(step.op)]
+            graph.steps.append(step)
+        state["_graph"] = graph
         return state
 
     def _what(self):
@@ -683,7 +1357,7 @@ class KerasModel(Summarized):
     def __repr__(self):
         dt = self.dtype.name if self.dtype is not None else "mixed dtypes"
         lines = ["KerasModel(%r, Keras %s, %s, input %s)" % (
-            self.name, self.keras_version, dt, _shape_str(self.input_shape))]
+            self.name, self.keras_version, dt, self._input_text())]
         width = max([len(n.name) for n in self.layers] + [4])
         for node in self.layers:
             lines.append("  %-*s  %s" % (width, node.name, node.describe()))

@@ -41,6 +41,7 @@ except ImportError as e:                       # pragma: no cover - depends on t
     raise ImportError("rnnfast.ray needs Ray: pip install 'rnnfast[ray]' (%s)" % e) from None
 
 from ._scaleout import BUDGET, ModelRef, Runner, as_rows, predict_rows, resolve_model
+from ._threads import get_num_threads
 
 __all__ = ["Predictor"]
 
@@ -205,8 +206,6 @@ def _assigned_cpus():
                 return max(1, int(math.floor(cpus + 1e-9)))
     except Exception:                  # not inside Ray, or an older Ray without these calls
         pass
-    from ._threads import get_num_threads
-
     return get_num_threads()
 
 

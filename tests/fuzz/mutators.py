@@ -249,13 +249,24 @@ TORCH_OP = st.one_of(
               IDX),
     st.tuples(st.just("attack"), IDX, st.integers(0, len(ATTACKS) - 1)),
     st.tuples(st.just("raw"), IDX, st.integers(0, len(RAW) - 1)),
-    st.tuples(st.just("nest"), st.sampled_from(["tuple", "list", "dict", "key", "set", "late"]),
-              st.sampled_from([20, 150, 5000, 40000]), st.sampled_from(["value", "key", "extra"]), IDX),
-    st.tuples(st.just("count"), st.sampled_from([1000, 300000])),
-    st.tuples(st.just("keyspell"), IDX, st.sampled_from(list(range(len(KEY_SPELLINGS)))), st.booleans()),
-    st.tuples(st.just("dupkey"), IDX),
-    st.tuples(st.just("stray_proj"),),
 )
+
+
+def _torch_structure_ops(depths, counts):
+    """The issue-12 structure operators of PyTorch files, at the given sizes."""
+    return [st.tuples(st.just("nest"), st.sampled_from(["tuple", "list", "dict", "key", "set", "late"]),
+                      st.sampled_from(depths), st.sampled_from(["value", "key", "extra"]), IDX),
+            st.tuples(st.just("count"), st.sampled_from(counts)),
+            st.tuples(st.just("keyspell"), IDX, st.sampled_from(list(range(len(KEY_SPELLINGS)))), st.booleans()),
+            st.tuples(st.just("dupkey"), IDX),
+            st.tuples(st.just("stray_proj"),)]
+
+
+#: The bounded run (``make test``) draws the structures at sizes that cost milliseconds
+#: (the prescan walks a pickle in Python: a 300,000-opcode one takes a second);
+#: tests/test_hostile_fuzz.py checks the large ones case by case.
+TORCH_OP_SMOKE = st.one_of(TORCH_OP, *_torch_structure_ops([20, 150, 1000], [1000, 20000]))
+TORCH_OP = st.one_of(TORCH_OP, *_torch_structure_ops([20, 150, 5000, 40000], [1000, 300000]))
 ZIP_OP = st.one_of(
     st.tuples(st.just("zip_drop"), IDX),
     st.tuples(st.just("zip_rename"), IDX, st.sampled_from(["archive/data.pkl", "other/data.pkl", "data.pkl",
@@ -793,13 +804,15 @@ def case_strategy(fmt, hdf5_bytes=True):
 
     ``hdf5_bytes=False`` leaves out byte mutations of HDF5 data (for the bounded smoke
     run): they mostly exercise the HDF5 library, whose known hangs (README.md) would
-    eat the run's time budget.
+    eat the run's time budget; it also draws the pickle structure classes at small
+    sizes (TORCH_OP_SMOKE).
     """
-    structured = {"torchzip": TORCH_OP, "torchlegacy": TORCH_OP, "safetensors": ST_OP, "keras": KERAS_OP,
+    torch_op = TORCH_OP if hdf5_bytes else TORCH_OP_SMOKE
+    structured = {"torchzip": torch_op, "torchlegacy": torch_op, "safetensors": ST_OP, "keras": KERAS_OP,
                   "keras3h5": H5_OP, "keras2h5": H5_OP}[fmt]
     if fmt == "keras" and not hdf5_bytes:
         structured = st.one_of(
-            st.tuples(st.just("many_layers"), st.sampled_from([50, 1000, 10001])),
+            st.tuples(st.just("many_layers"), st.sampled_from([50, 300, 10001])),
             st.tuples(st.just("member_json"), st.sampled_from(["config.json", "metadata.json"]), JSON_OP),
             st.tuples(st.just("member_h5"), H5_OP),
             st.tuples(st.just("member_bytes"), st.sampled_from(["config.json", "metadata.json"]), BYTE_OP))

@@ -22,6 +22,11 @@
  *
  * A cell is (input, hidden, params) -> hidden: each function below is one cell's
  * step; the loop over time is the engine's.
+ *
+ * Rows (b) and vector lengths (act's n) are long. The loops over a row's units (j)
+ * count in int: H units come with G*H*H recurrent weights, far below 2**31 units, and
+ * the vectorized int loops are the ones whose code (down to which operand a NaN is
+ * taken from) bench/check_bitwise.py pins.
  */
 
 /* v[0:n] = act(v[0:n]) in place. */
@@ -94,7 +99,8 @@ static void RNN_INAME(gru_ra)(long nrows, long H, const TYPE *xp, long ldxp,
                               const TYPE *gh, long ldgh, const TYPE *bhn, TYPE *h, long ldh,
                               const unsigned char *valid, TYPE *tmp, int act, int ract)
 {
-    long b, j;
+    long b;
+    int j;
 #if CELLMATH_FAST
     if (ract == RNN_ACT_SIGMOID && act == RNN_ACT_TANH
         && RNN_INAME(fused_gru)(nrows, H, xp, ldxp, gh, ldgh, bhn, h, ldh, valid))
@@ -120,7 +126,8 @@ static void RNN_INAME(gru_rb_gates)(long nrows, long H, const TYPE *xp, long ldx
                                     const TYPE *gzr, long ldg, const TYPE *h, long ldh,
                                     const unsigned char *valid, TYPE *zr, TYPE *rh, int ract)
 {
-    long b, j;
+    long b;
+    int j;
     for (b = 0; b < nrows; b++) {
         TYPE *z = zr + b * 2 * H, *o = rh + b * H;
         if (valid && !valid[b]) {
@@ -140,7 +147,8 @@ static void RNN_INAME(gru_rb_update)(long nrows, long H, const TYPE *xp, long ld
                                      const TYPE *ghh, long ldg, const TYPE *zr, TYPE *h, long ldh,
                                      const unsigned char *valid, TYPE *tmp, int act)
 {
-    long b, j;
+    long b;
+    int j;
     for (b = 0; b < nrows; b++) {
         if (valid && !valid[b]) continue;
         const TYPE *x = xp + b * ldxp + 2 * H, *g = ghh + b * ldg, *z = zr + b * 2 * H;
@@ -160,7 +168,8 @@ static void RNN_INAME(lstm)(long nrows, long H, const TYPE *xp, long ldxp, const
                             long ldgh, TYPE *c, long ldc, TYPE *m, long ldm,
                             const unsigned char *valid, TYPE *tmp, int act, int ract)
 {
-    long b, j;
+    long b;
+    int j;
 #if CELLMATH_FAST
     if (ract == RNN_ACT_SIGMOID && act == RNN_ACT_TANH
         && RNN_INAME(fused_lstm)(nrows, H, xp, ldxp, gh, ldgh, c, ldc, m, ldm, valid))
@@ -186,7 +195,8 @@ static void RNN_INAME(lstm)(long nrows, long H, const TYPE *xp, long ldxp, const
 static void RNN_INAME(simple)(long nrows, long H, const TYPE *xp, long ldxp, const TYPE *gh,
                               long ldgh, TYPE *h, long ldh, const unsigned char *valid, int act)
 {
-    long b, j;
+    long b;
+    int j;
     for (b = 0; b < nrows; b++) {
         if (valid && !valid[b]) continue;
         const TYPE *x = xp + b * ldxp, *g = gh + b * ldgh;

@@ -51,7 +51,15 @@ _TRAINING_ONLY = {"kernel_initializer", "recurrent_initializer", "bias_initializ
                   "bias_regularizer", "embeddings_regularizer", "kernel_constraint",
                   "recurrent_constraint", "bias_constraint", "embeddings_constraint",
                   "dropout", "recurrent_dropout", "seed", "implementation", "unit_forget_bias",
-                  "unroll", "use_cudnn"}
+                  "unroll", "use_cudnn",
+                  # convolutions and normalisations
+                  "depthwise_initializer", "pointwise_initializer", "depthwise_regularizer",
+                  "pointwise_regularizer", "depthwise_constraint", "pointwise_constraint",
+                  "activity_regularizer", "beta_initializer", "gamma_initializer",
+                  "moving_mean_initializer", "moving_variance_initializer", "beta_regularizer",
+                  "gamma_regularizer", "beta_constraint", "gamma_constraint", "momentum",
+                  "renorm", "renorm_clipping", "renorm_momentum", "virtual_batch_size", "adjustment",
+                  "fused", "synchronized"}
 _RNN_LAYER_OPTIONS = {"return_sequences", "return_state", "go_backwards", "stateful",
                       "zero_output_for_mask", "time_major"}
 _CELL_OPTIONS = {"units", "activation", "recurrent_activation", "use_bias", "reset_after"}
@@ -203,6 +211,18 @@ class WeightList:
             raise FormatError("layer %r: weight %r has dtype %s, expected floating point"
                               % (self.layer_name, expected, arr.dtype))
         return arr
+
+    def take_any(self, expected):
+        """The next weight whatever its shape and dtype (Normalization's ``count``)."""
+        if self.pos >= len(self.items):
+            raise FormatError("layer %r: weight %r is missing" % (self.layer_name, expected))
+        name, arr = self.items[self.pos]
+        self.pos += 1
+        return np.asarray(arr)
+
+    def peek_shape(self):
+        """The shape of the next weight (None when there is none)."""
+        return tuple(np.shape(self.items[self.pos][1])) if self.pos < len(self.items) else None
 
     def done(self):
         if self.pos != len(self.items):

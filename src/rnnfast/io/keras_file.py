@@ -20,10 +20,7 @@ objects, MAX_LAYERS layers, configs MAX_CONFIG_DEPTH deep, weights inflating at 
 MAX_WEIGHT_INFLATE / MAX_IMAGE_INFLATE times. Config dialects: Keras 3 (``inbound_nodes`` as ``{"args", "kwargs"}``,
 dtype policies as dicts, masks recorded as ``mask=`` arguments computed by
 ``NotEqual`` / ``Any`` operations) and Keras 2 (nested lists, dtypes as strings,
-masks implicit). The graph must be a chain: one input; every layer takes one tensor;
-no tensor feeds two layers; a layer with several outputs (``return_state``) may feed
-the model's outputs. The rest (merges, branches, shared or nested models, custom
-layers) is refused with :class:`~rnnfast.UnsupportedLayerError`.
+masks implicit). The config becomes a graph in :mod:`rnnfast.io.keras_graph`.
 """
 import functools
 import io
@@ -39,9 +36,9 @@ import numpy as np
 
 from ..errors import FormatError, UnsupportedLayerError
 from ._zip import ZIP_ERRORS, check_zip_member
-from ..model_keras import KerasModel
 from .keras_convert import ConvertContext
-from .keras_layers import RECURRENT_CLASSES, SUPPORTED_LAYERS, convert_layer, expects_weights
+from .keras_graph import MAX_LAYERS, MAX_PROBE_VALUES, build_model  # noqa: F401 (re-exported)
+from .keras_layers import RECURRENT_CLASSES, expects_weights
 
 __all__ = ["load_keras_file", "from_keras", "build_model"]
 
@@ -72,18 +69,22 @@ def load_keras_file(path, dtype=None, **options):
     -------
     rnnfast.KerasModel
     """
+    inputs_from = options.pop("inputs_from", None)
+    config = options.pop("config", None)
     if options:
-        raise TypeError("unexpected option(s) for a Keras file: %s (Keras files take dtype=)"
-                        % ", ".join(sorted(options)))
+        raise TypeError("unexpected option(s) for a Keras file: %s (Keras files take dtype=, config= "
+                        "and inputs_from=)" % ", ".join(sorted(options)))
     ConvertContext("3", dtype)              # an invalid dtype option is a ValueError, not a file's fault
     ctx_dtype = dtype
     with open(path, "rb") as f:
         head = f.read(8)
     try:
+        if head.startswith(_H5_MAGIC) and config is not None:
+            return _load_weights(path, config, ctx_dtype, inputs_from)
         if head.startswith(_H5_MAGIC):
-            return _load_hdf5(path, ctx_dtype)
+            return _load_hdf5(path, ctx_dtype, inputs_from)
         if zipfile.is_zipfile(path):
-            return _load_archive(path, ctx_dtype)
+            return _load_archive(path, ctx_dtype, inputs_from)
     except (FormatError, UnsupportedLayerError):
         raise
     except _MALFORMED as e:
@@ -117,14 +118,12 @@ MAX_H5_OBJECTS = 16384
 MAX_H5_DEPTH = 64
 #: Deepest nesting of lists and dicts in a model config (Keras writes about 12).
 MAX_CONFIG_DEPTH = 100
-#: Most layers in a model config (each costs up to a millisecond to load; a chain of
-#: recurrent layers has a handful).
-MAX_LAYERS = 10000
 
 
 def from_keras(model, dtype=None, **options):
     """Convert a live Keras model (Keras 3, tf.keras or Keras 2 ``Sequential`` or
     functional model) without saving it; see :func:`~rnnfast.io.keras_file.load_keras_file`."""
+    inputs_from = options.pop("inputs_from", None)
     if options:
         raise TypeError("unexpected option(s) for from_keras: %s" % ", ".join(sorted(options)))
     if not (hasattr(model, "get_config") and hasattr(model, "layers") and hasattr(model, "get_layer")):
@@ -154,7 +153,7 @@ def from_keras(model, dtype=None, **options):
                 for v, a in zip(variables, arrays)]
 
     return build_model({"class_name": cls, "config": config}, weights, version, dtype=dtype,
-                       source="live %s model" % framework)
+                       source="live %s model" % framework, inputs_from=inputs_from)
 
 
 def _live_version(model):
@@ -236,7 +235,7 @@ class _Image(io.RawIOBase):
         super().close()
 
 
-def _load_archive(path, dtype):
+def _load_archive(path, dtype, inputs_from=None):
     h5py = _h5py()
     size = os.path.getsize(path)
     try:
@@ -273,10 +272,45 @@ def _load_archive(path, dtype):
     with f:
         tree = check_confined(f, "%s: model.weights.h5" % path)
         source = _ArchiveWeights(tree.root, path)
-        return build_model(config, source, version, dtype=dtype, source=str(path))
+        return build_model(config, source, version, dtype=dtype, source=str(path), inputs_from=inputs_from)
 
 
-def _load_hdf5(path, dtype):
+def _load_weights(path, config, dtype, inputs_from=None):
+    """``save_weights`` HDF5 (Keras 3 ``.weights.h5``: ``layers/<name>/vars``; Keras 2:
+    per-layer groups listed by ``layer_names``) beside the architecture ``to_json()``
+    wrote (``config``: the JSON's path, its text, or the parsed dict)."""
+    h5py = _h5py()
+    if isinstance(config, (str, os.PathLike)) and os.path.exists(config):
+        with open(config, "rb") as fh:
+            raw = fh.read(MAX_JSON_BYTES + 1)
+        if len(raw) > MAX_JSON_BYTES:
+            raise FormatError("%s: a model config larger than %d bytes" % (config, MAX_JSON_BYTES))
+        config = _json(raw, str(config), "config")
+    elif isinstance(config, (str, bytes)):
+        config = _json(config, path, "config")
+    if not isinstance(config, dict) or "class_name" not in config:
+        raise FormatError("config=: not a Keras model config (model.to_json()): %r" % (str(config)[:100],))
+    version = config.get("keras_version")
+    version = _str(version) if version is not None else None
+    with open(path, "rb") as raw:
+        with mmap.mmap(raw.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            check_global_heaps(buf, path)
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise FormatError("%s: unreadable HDF5 file (%s)" % (path, e)) from None
+    with f:
+        if "model_weights" in f:
+            group, keras3 = f["model_weights"], False          # a whole-model file: its weights
+        else:
+            group, keras3 = f, "layers" in f and "layer_names" not in f.attrs
+        if version is None:
+            version = "3" if keras3 else "2"
+        source = _ArchiveWeights(f, path) if keras3 else _H5Weights(group, path)
+        return build_model(config, source, version, dtype=dtype, source=str(path), inputs_from=inputs_from)
+
+
+def _load_hdf5(path, dtype, inputs_from=None):
     h5py = _h5py()
     with open(path, "rb") as raw:
         with mmap.mmap(raw.fileno(), 0, access=mmap.ACCESS_READ) as buf:
@@ -304,7 +338,7 @@ def _load_hdf5(path, dtype):
         if not isinstance(top["model_weights"] if "model_weights" in top else None, _Group):
             raise FormatError("%s: no model_weights group: the model was saved without weights" % path)
         source = _H5Weights(top["model_weights"], path)
-        return build_model(config, source, version, dtype=dtype, source=str(path))
+        return build_model(config, source, version, dtype=dtype, source=str(path), inputs_from=inputs_from)
 
 
 def check_global_heaps(buf, what):
@@ -774,419 +808,4 @@ def _vars(g):
     return [_Stored(v[str(i)], "model.weights.h5") for i in range(len(v))]
 
 
-# -- config parsing: the layer graph ---------------------------------------------------------
-
-
-class _Entry:
-    """A layer of the config: its class, config, the tensor it reads (``inbound``: a
-    (layer name, tensor index) key) and an explicit ``mask=`` argument (Keras 3)."""
-
-    def __init__(self, name, cls, cfg, inbound=None):
-        self.name, self.cls, self.cfg = name, cls, cfg
-        self.inbound = inbound
-        self.mask = None
-        self.args = []                      # Keras 3: all positional arguments (operations)
-        self.n_tensor_args = 1 if inbound is not None else 0
-
-
-def build_model(model_config, weights, keras_version, *, dtype=None, source=None):
-    """Build a :class:`~rnnfast.KerasModel` from a model config and a weights getter.
-
-    Parameters
-    ----------
-    model_config : dict
-        ``{"class_name": "Sequential" | "Functional" | "Model", "config": {...}}``.
-    weights : callable
-        ``weights(layer_name, class_name, config)`` -> [(name or None, ndarray)] in
-        Keras' order; may have ``bind(entries)``.
-    keras_version : str
-        The version that wrote the model (``hard_sigmoid`` means what it meant there).
-    dtype : optional
-        Compute dtype override.
-    """
-    ctx = ConvertContext(keras_version, dtype)
-    if not isinstance(model_config, dict):
-        raise FormatError("the model config is not a JSON object")
-    cls = model_config.get("class_name")
-    cfg = model_config.get("config")
-    layers = cfg if isinstance(cfg, list) else cfg.get("layers") if isinstance(cfg, dict) else None
-    if isinstance(layers, list) and len(layers) > MAX_LAYERS:
-        raise FormatError("the model has %d layers (rnnfast loads at most %d)" % (len(layers), MAX_LAYERS))
-    if cls == "Sequential":
-        entries, input_entry, chain_outputs = _sequential(cfg)
-    elif cls in ("Functional", "Model"):
-        entries, input_entry, chain_outputs = _functional(cfg)
-    else:
-        raise UnsupportedLayerError(cls, None, "model class %r: rnnfast loads Sequential and functional "
-                                    "models (a subclassed model has no config to follow)" % (cls,))
-    if hasattr(weights, "bind"):
-        weights.bind([(e.name, e.cls) for e in entries.values()])
-
-    # the chain, from the input, in execution order
-    order = _execution_order(entries, input_entry, chain_outputs)
-    steps, nodes = [], {}
-    for e in order:
-        # (an unsupported class is refused by convert_layer before its weights matter)
-        w = weights(e.name, e.cls, e.cfg) if e.cls in SUPPORTED_LAYERS else []
-        node = convert_layer(e.cls, e.cfg, w, ctx)
-        nodes[e.name] = node
-        steps.append((node, e.inbound, [(e.name, i) for i in range(node.num_outputs)]))
-
-    input_key = (input_entry.name, 0)
-    # outputs: Sequential gives the last layer's outputs in its own nesting
-    if chain_outputs is None:
-        last = order[-1] if order else None
-        if last is None:
-            raise FormatError("the model has no layers")
-        outputs = _map(lambda i: (last.name, i), nodes[last.name].structure)
-        for e in order[:-1]:
-            if nodes[e.name].num_outputs > 1:
-                raise UnsupportedLayerError(e.cls, "return_state", "a layer with several outputs (%r) "
-                                            "inside a Sequential" % e.name)
-    else:
-        outputs = chain_outputs
-    flat = _flat(outputs)
-    for key in flat:
-        if key[0] != input_entry.name and key[1] >= nodes[key[0]].num_outputs:
-            raise FormatError("model output %r: layer %r has only %d outputs"
-                              % (key, key[0], nodes[key[0]].num_outputs))
-    if len(flat) == 1:
-        outputs = flat[0]
-    elif ctx.keras_major < 3:
-        outputs = flat                      # Keras 2 returns a flat list
-
-    _check_masks(order, nodes, input_key, entries)
-    shape, in_dtype, integer = _input_spec(input_entry, order, nodes, ctx)
-    name = (cfg.get("name") if isinstance(cfg, dict) else None) or cls.lower()
-    model = KerasModel(steps, input_key=input_key, outputs=outputs, input_shape=shape,
-                       input_dtype=in_dtype, integer_input=integer, name=name,
-                       keras_version=ctx.keras_version, source=source,
-                       declared_input_shape=_declared_shape(input_entry))
-    _check_shapes(model)
-    return model
-
-
-def _check_shapes(model):
-    """Run the model once on one all-zero step (the declared length where it is fixed),
-    so that layers whose weights do not fit together are a FormatError at load, not a
-    ValueError at the first call."""
-    shape = model.input_shape
-    if any(d is None for d in shape[2:]) or (len(shape) == 2 and not model._integer_input
-                                             and shape[1] is None):
-        return                                  # features unknown: the first call checks them
-    probe = [1] + [1 if d is None else d for d in shape[1:]]
-    values = int(np.prod(probe, dtype=np.float64))
-    if values > MAX_PROBE_VALUES:
-        raise FormatError("%r declares input of shape %s: %d values per sample (at most %d)"
-                          % (model.name, _shape_text(shape), values, MAX_PROBE_VALUES))
-    x = np.zeros(probe, dtype=np.int64 if model._integer_input else model._input_dtype)
-    try:
-        model.predict(x, num_threads=1)
-    except ValueError as e:
-        raise FormatError("the layers of %r do not fit together: %s" % (model.name, e)) from None
-
-
-#: The most values per sample a declared input shape may hold (the load-time probe
-#: allocates one sample of it).
-MAX_PROBE_VALUES = 1 << 24
-
-
-def _declared_shape(input_entry):
-    cfg = input_entry.cfg or {}
-    return cfg.get("batch_shape", cfg.get("batch_input_shape"))
-
-
-def _shape_text(shape):
-    return "(%s)" % ", ".join("batch" if i == 0 else ("any" if d is None else str(d)) for i, d in enumerate(shape))
-
-
-def _layer_entry_name(item):
-    cfg = item.get("config") if isinstance(item.get("config"), dict) else {}
-    return item.get("name") or cfg.get("name")
-
-
-def _sequential(cfg):
-    layers = cfg if isinstance(cfg, list) else (cfg or {}).get("layers")
-    if not isinstance(layers, list):
-        raise FormatError("Sequential config has no layer list")
-    entries = {}
-    items = [l for l in layers if isinstance(l, dict)]
-    if len(items) != len(layers):
-        raise FormatError("Sequential config: unreadable layer entries")
-    if items and items[0].get("class_name") == "InputLayer":
-        first = items.pop(0)
-        icfg = first.get("config", {})
-        input_entry = _Entry(_layer_entry_name(first) or "input", "InputLayer", icfg)
-    else:
-        icfg = {}
-        first_cfg = items[0].get("config", {}) if items else {}
-        for key in ("batch_shape", "batch_input_shape"):
-            if first_cfg.get(key) is not None:
-                icfg = {"batch_shape": first_cfg[key], "dtype": _policy_str(first_cfg.get("dtype"))}
-        if not icfg and isinstance(cfg, dict) and cfg.get("build_input_shape") is not None:
-            icfg = {"batch_shape": cfg["build_input_shape"]}
-        input_entry = _Entry("__input__", "InputLayer", icfg)
-    entries[input_entry.name] = input_entry
-    prev = (input_entry.name, 0)
-    for item in items:
-        name = _layer_entry_name(item)
-        if not name or name in entries:
-            raise FormatError("Sequential config: missing or repeated layer name %r" % (name,))
-        e = _Entry(name, item.get("class_name"), item.get("config", {}), inbound=prev)
-        entries[name] = e
-        prev = (name, 0)
-    return entries, input_entry, None
-
-
-def _policy_str(policy):
-    if isinstance(policy, dict):
-        inner = policy.get("config")
-        return inner.get("name") if isinstance(inner, dict) else None
-    return policy
-
-
-def _functional(cfg):
-    if not isinstance(cfg, dict) or not isinstance(cfg.get("layers"), list):
-        raise FormatError("functional model config has no layer list")
-    entries = {}
-    for item in cfg["layers"]:
-        if not isinstance(item, dict):
-            raise FormatError("functional model config: unreadable layer entry")
-        name, cls = _layer_entry_name(item), item.get("class_name")
-        if not name or name in entries:
-            raise FormatError("functional model config: missing or repeated layer name %r" % (name,))
-        nodes = item.get("inbound_nodes") or []
-        if len(nodes) > 1:
-            raise UnsupportedLayerError(cls, None, "layer %r is called %d times (shared layers are not "
-                                        "supported)" % (name, len(nodes)))
-        e = _Entry(name, cls, item.get("config", {}))
-        if nodes:
-            _parse_node(e, nodes[0])
-        entries[name] = e
-    inputs = _parse_refs(cfg.get("input_layers"))
-    flat_in = _flat(inputs)
-    if len(flat_in) != 1:
-        raise UnsupportedLayerError("Functional", "inputs", "%d model inputs: rnnfast runs single-input "
-                                    "chains" % len(flat_in))
-    input_entry = entries.get(flat_in[0][0])
-    if input_entry is None or input_entry.cls != "InputLayer":
-        raise FormatError("functional model config: input %r is not an InputLayer" % (flat_in[0][0],))
-    outputs = _parse_refs(cfg.get("output_layers"))
-    for key in _flat(outputs):
-        if key[0] not in entries:
-            raise FormatError("functional model config: unknown output layer %r" % (key[0],))
-    return entries, input_entry, outputs
-
-
-def _parse_refs(refs):
-    """input_layers / output_layers: [name, node, tensor], or nested lists/dicts of them."""
-    if isinstance(refs, dict):
-        return {k: _parse_refs(v) for k, v in refs.items()}
-    if isinstance(refs, (list, tuple)):
-        if len(refs) == 3 and isinstance(refs[0], str) and isinstance(refs[2], int):
-            if refs[1] != 0:
-                raise UnsupportedLayerError("Functional", None, "output of a shared layer call")
-            return (refs[0], refs[2])
-        return [_parse_refs(r) for r in refs]
-    raise FormatError("functional model config: unreadable layer reference %r" % (refs,))
-
-
-def _tensor_ref(arg):
-    """A Keras 3 ``__keras_tensor__`` argument -> (layer, tensor index), else None."""
-    if isinstance(arg, dict) and arg.get("class_name") == "__keras_tensor__":
-        hist = arg.get("config", {}).get("keras_history")
-        if not (isinstance(hist, list) and len(hist) == 3):
-            raise FormatError("unreadable keras_history %r" % (hist,))
-        if hist[1] != 0:
-            raise UnsupportedLayerError("Functional", None, "output of a shared layer call")
-        return (hist[0], hist[2])
-    return None
-
-
-def _parse_node(e, node):
-    if isinstance(node, dict):                           # Keras 3
-        args, kwargs = node.get("args", []), node.get("kwargs", {}) or {}
-        refs = [_tensor_ref(a) for a in args]
-        e.args = [r if r is not None else a for r, a in zip(refs, args)]
-        if any(isinstance(a, (list, tuple)) and any(_tensor_ref(x) for x in a) for a in args):
-            raise UnsupportedLayerError(e.cls, None, "layer %r takes several tensors (merges are not "
-                                        "supported)" % e.name)
-        data = [r for r in refs if r is not None]
-        e.inbound = data[0] if data else None
-        e.n_tensor_args = len(data)
-        for k, v in kwargs.items():
-            if k == "training":
-                continue
-            if k == "mask":
-                e.mask = _tensor_ref(v) if v is not None else None
-                if v is not None and e.mask is None:
-                    raise UnsupportedLayerError(e.cls, "mask", "an explicit mask argument")
-                continue
-            if _tensor_ref(v) is not None or v is not None:
-                raise UnsupportedLayerError(e.cls, k, "layer %r is called with %s=" % (e.name, k))
-        return
-    # Keras 2: [[layer, node, tensor, kwargs], ...]
-    if not isinstance(node, list) or not node:
-        raise FormatError("layer %r: unreadable inbound node %r" % (e.name, node))
-    if len(node) > 1:
-        raise UnsupportedLayerError(e.cls, None, "layer %r takes %d tensors (merges are not supported)"
-                                    % (e.name, len(node)))
-    ref = node[0]
-    if not (isinstance(ref, list) and len(ref) >= 3 and isinstance(ref[0], str)):
-        raise FormatError("layer %r: unreadable inbound tensor %r" % (e.name, ref))
-    if ref[1] != 0:
-        raise UnsupportedLayerError(e.cls, None, "layer %r reads the output of a shared layer call" % e.name)
-    e.inbound = (ref[0], ref[2])
-    e.n_tensor_args = 1
-    kwargs = ref[3] if len(ref) > 3 and isinstance(ref[3], dict) else {}
-    for k, v in kwargs.items():
-        if k != "training" and v is not None:
-            raise UnsupportedLayerError(e.cls, k, "layer %r is called with %s=" % (e.name, k))
-
-
-def _execution_order(entries, input_entry, outputs):
-    """The layers from the input to the outputs, in order; refuses branches and
-    anything not fed (only) by the chain."""
-    if outputs is None:                                  # Sequential: all, in order
-        return [e for e in entries.values() if e is not input_entry]
-    needed, order = set(), []
-
-    def visit(name):
-        chain = []
-        while name not in needed:
-            e = entries.get(name)
-            if e is None:
-                raise FormatError("functional model config: unknown layer %r" % (name,))
-            needed.add(name)
-            chain.append(e)
-            if e is input_entry:
-                break
-            if e.inbound is None:
-                if e.cls == "InputLayer":
-                    raise UnsupportedLayerError("Functional", "inputs", "a second input %r" % name)
-                raise UnsupportedLayerError(e.cls, None, "layer %r has no input tensor" % name)
-            if e.n_tensor_args > 1:
-                raise UnsupportedLayerError(e.cls, None, "layer %r takes several tensors" % name)
-            name = e.inbound[0]
-        order.extend(reversed(chain))
-
-    for key in _flat(outputs):
-        visit(key[0])
-    consumers = {}
-    for e in order:
-        if e is not input_entry:
-            consumers.setdefault(e.inbound, []).append(e)
-    for key, users in consumers.items():
-        if len(users) > 1:
-            src = entries[key[0]]
-            raise UnsupportedLayerError(src.cls, None, "the output of %r feeds %d layers (%s): a branch; "
-                                        "rnnfast runs chains" % (src.name, len(users),
-                                                                 ", ".join(u.name for u in users)))
-    order = _topological(order, input_entry)
-    return [e for e in order if e is not input_entry]
-
-
-def _topological(order, input_entry):
-    by_name = {e.name: e for e in order}
-    done, out = set(), []
-    for e in order:
-        stack = []
-        while e.name not in done:
-            stack.append(e)
-            if e is input_entry:
-                break
-            e = by_name[e.inbound[0]]
-        for s in reversed(stack):
-            if s.name not in done:
-                done.add(s.name)
-                out.append(s)
-    return out
-
-
-# -- masks ---------------------------------------------------------------------------------
-
-
-def _check_masks(order, nodes, input_key, entries):
-    """Keras 3 records each layer's mask as an explicit ``mask=`` argument, computed by
-    operations from the tensor the mask came from; rnnfast propagates masks as Keras
-    does implicitly. Check that the two agree (they do for models built the usual way),
-    else refuse: the model computes masks rnnfast would not."""
-    tokens = {input_key: None}
-    for e in order:
-        node = nodes[e.name]
-        in_token = tokens.get(e.inbound)
-        if e.mask is not None:
-            explicit = _mask_token(e.mask, entries)
-            if explicit is None or explicit != in_token:
-                raise UnsupportedLayerError(e.cls, "mask", "layer %r is given a mask rnnfast cannot "
-                                            "reproduce" % e.name)
-        created = node.mask_token(e.inbound)
-        for i, m in enumerate(node.output_masks(in_token, created)):
-            tokens[(e.name, i)] = m
-
-
-def _mask_token(key, entries):
-    """Read the operations that compute a Keras 3 mask argument:
-    ``NotEqual(t, v)`` (Embedding(mask_zero)) or ``Any(NotEqual(t, v), axis=-1)`` (Masking)."""
-    e = entries.get(key[0])
-    if e is None or key[1] != 0:
-        return None
-    if e.cls == "NotEqual" and len(e.args) == 2 and isinstance(e.args[0], tuple) \
-            and isinstance(e.args[1], (int, float)) and not isinstance(e.args[1], bool):
-        return ("ne", e.args[0], float(e.args[1]))
-    if e.cls == "Any" and len(e.args) == 1 and isinstance(e.args[0], tuple):
-        if e.cfg.get("axis") == -1 and not e.cfg.get("keepdims", False):
-            inner = _mask_token(e.args[0], entries)
-            if inner is not None and inner[0] == "ne":
-                return ("any_ne",) + inner[1:]
-    return None
-
-
-# -- input ---------------------------------------------------------------------------------
-
-
-def _input_spec(input_entry, order, nodes, ctx):
-    cfg = input_entry.cfg or {}
-    if cfg.get("sparse") or cfg.get("ragged"):
-        raise UnsupportedLayerError("InputLayer", "sparse" if cfg.get("sparse") else "ragged", "")
-    shape = cfg.get("batch_shape", cfg.get("batch_input_shape"))
-    first = nodes[order[0].name] if order else None
-    integer = first is not None and first.takes_ids
-    dt = _policy_str(cfg.get("dtype")) or "float32"
-    if shape is None:
-        shape = [None, None] if integer else [None, None, None]
-    shape = tuple(None if d is None else int(d) for d in shape)
-    if integer and len(shape) != 2:
-        raise UnsupportedLayerError("Embedding", None, "input of shape %s: rnnfast takes ids of shape "
-                                    "(batch, time)" % (shape,))
-    if not integer and len(shape) not in (2, 3):
-        raise UnsupportedLayerError("InputLayer", "shape", "input of rank %d: rnnfast takes (batch, time, "
-                                    "features) or (batch, features)" % len(shape))
-    if (integer or len(shape) == 3) and not any(n.fixes_length for n in nodes.values()):
-        # any sequence length runs (Keras 2 functional models and Keras 3 Sequential
-        # models accept one other than the declared; only Flatten fixes it)
-        shape = (shape[0], None) + shape[2:]
-    if ctx.dtype is not None:
-        in_dtype = ctx.dtype
-    else:
-        in_dtype = np.dtype(np.float64) if dt in ("float64", "double") else np.dtype(np.float32)
-    return shape, in_dtype, integer
-
-
-# -- small structure helpers -------------------------------------------------------------------
-
-
-def _flat(s):
-    if isinstance(s, dict):
-        return [k for v in s.values() for k in _flat(v)]
-    if isinstance(s, list):
-        return [k for v in s for k in _flat(v)]
-    return [s]
-
-
-def _map(fn, s):
-    if isinstance(s, dict):
-        return {k: _map(fn, v) for k, v in s.items()}
-    if isinstance(s, list):
-        return [_map(fn, v) for v in s]
-    return fn(s)
+# -- config parsing and graph wiring: rnnfast.io.keras_graph (build_model) ----------------

@@ -1,0 +1,162 @@
+"""A DAG of canonical ops and its one executor; free of any framework's names.
+
+A :class:`Graph` is a list of :class:`Step` in execution (topological) order. Each
+step runs one op on tensors named by *keys* (any hashable: a frontend names them as
+it likes) and binds the op's outputs to new keys. Masks travel beside the values
+along the same edges: every key has a value and a mask (None: no mask). Several
+inputs and outputs, one op used by several steps (a shared layer: the same weights,
+called on different tensors) and ops fed extra tensors (``initial_state``: the
+recurrent layers' starting states) are all steps of the same kind.
+
+The op protocol (the nodes of :mod:`rnnfast.model_keras` follow it):
+
+``op.run(x, mask, num_threads, **extra)`` -> ``(outputs, output_masks)``, two lists.
+``x`` and ``mask`` are one tensor and its mask, or -- when ``op.multi_input`` is
+true -- lists of them, one per input edge. ``extra`` holds ``initial_state`` (a list
+of tensors) when the step was given states, and the step's ``options`` (e.g.
+``use_mask=False``: the op computes without the mask but passes it on).
+
+The executor frees a tensor after its last reader has run (a long chain keeps only
+the tensors still needed), so memory stays that of the widest cut of the graph.
+"""
+
+__all__ = ["Step", "Graph", "TRUE", "FALSE", "mask_or"]
+
+#: Load-time mask tokens: a mask that marks every step valid (equivalent to no mask),
+#: and one that marks none. Frontends and ops build other tokens as tuples.
+TRUE, FALSE = "all-valid", "none-valid"
+
+
+def mask_or(tokens):
+    """The token of the OR of masks (tokens): flattened, FALSE dropped, TRUE absorbing."""
+    items = set()
+    for t in tokens:
+        if t == TRUE:
+            return TRUE
+        if t == FALSE:
+            continue
+        if isinstance(t, tuple) and t and t[0] == "or":
+            items.update(t[1])
+        else:
+            items.add(t)
+    if not items:
+        return FALSE
+    if len(items) == 1:
+        return items.pop()
+    return ("or", frozenset(items))
+
+
+class Step:
+    """One call of an op: ``op`` on the tensors ``inputs`` (keys), producing
+    ``outputs`` (keys, one per op output); ``states``: keys of extra tensors passed
+    as ``initial_state`` (empty for none); ``options``: keywords for ``op.run``."""
+
+    __slots__ = ("op", "inputs", "outputs", "states", "options")
+
+    def __init__(self, op, inputs, outputs, states=(), options=None):
+        self.op = op
+        self.inputs = list(inputs)
+        self.outputs = list(outputs)
+        self.states = list(states)
+        self.options = dict(options or {})
+
+    def __repr__(self):
+        return "Step(%r, %r -> %r%s)" % (self.op, self.inputs, self.outputs,
+                                         ", states=%r" % (self.states,) if self.states else "")
+
+
+class Graph:
+    """Steps in execution order, the graph's input keys and its outputs (a key or a
+    nested list / dict of keys)."""
+
+    def __init__(self, steps, inputs, outputs):
+        self.steps = list(steps)
+        self.inputs = list(inputs)
+        self.outputs = outputs
+        out_keys = set(_leaves(outputs))
+        known = set(self.inputs)
+        last_use = {}
+        for i, step in enumerate(self.steps):
+            for k in step.inputs + step.states:
+                if k not in known:
+                    raise ValueError("graph step %d (%r) reads %r before it is computed" % (i, step.op, k))
+                last_use[k] = i
+            known.update(step.outputs)
+        for k in out_keys:
+            if k not in known:
+                raise ValueError("graph output %r is never computed" % (k,))
+        # keys to drop after each step (read for the last time there, not an output)
+        self._free = [[] for _ in self.steps]
+        for k, i in last_use.items():
+            if k not in out_keys:
+                self._free[i].append(k)
+
+    @property
+    def ops(self):
+        """The distinct ops, in order of first use (a shared op once)."""
+        seen, out = set(), []
+        for step in self.steps:
+            if id(step.op) not in seen:
+                seen.add(id(step.op))
+                out.append(step.op)
+        return out
+
+    def run(self, feeds, num_threads=None, masks=None, keep_all=False):
+        """Run the graph.
+
+        Parameters
+        ----------
+        feeds : list
+            One tensor per input key, in order.
+        num_threads : int, optional
+            Passed to every op.
+        masks : list, optional
+            A mask (or None) per input.
+        keep_all : bool
+            Keep every tensor and return ``(values, masks)`` as dicts by key (for
+            describing the graph: each op's output shapes).
+
+        Returns
+        -------
+        (values, masks) of the outputs, each in the structure of ``outputs``.
+        """
+        if len(feeds) != len(self.inputs):
+            raise ValueError("the graph takes %d inputs, got %d" % (len(self.inputs), len(feeds)))
+        values = dict(zip(self.inputs, feeds))
+        mask_of = dict(zip(self.inputs, masks if masks is not None else [None] * len(feeds)))
+        for step, free in zip(self.steps, self._free):
+            op = step.op
+            if getattr(op, "multi_input", False):
+                x = [values[k] for k in step.inputs]
+                m = [mask_of[k] for k in step.inputs]
+            else:
+                x, m = values[step.inputs[0]], mask_of[step.inputs[0]]
+            extra = dict(step.options)
+            if step.states:
+                extra["initial_state"] = [values[k] for k in step.states]
+            outs, out_masks = op.run(x, m, num_threads, **extra)
+            for k in (() if keep_all else free):
+                values.pop(k, None)
+                mask_of.pop(k, None)
+            for k, v, mk in zip(step.outputs, outs, out_masks):
+                values[k] = v
+                mask_of[k] = mk
+        if keep_all:
+            return values, mask_of
+        return (_map(lambda k: values[k], self.outputs), _map(lambda k: mask_of[k], self.outputs))
+
+
+def _leaves(s):
+    if isinstance(s, dict):
+        return [k for v in s.values() for k in _leaves(v)]
+    if isinstance(s, list):
+        return [k for v in s for k in _leaves(v)]
+    return [s]
+
+
+def _map(fn, s):
+    if isinstance(s, dict):
+        return {k: _map(fn, v) for k, v in s.items()}
+    if isinstance(s, list):
+        return [_map(fn, v) for v in s]
+    return fn(s)

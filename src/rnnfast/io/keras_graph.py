@@ -1,0 +1,654 @@
+"""The Keras frontend of the graph: a Sequential or functional model config (Keras 2,
+tf.keras or Keras 3 dialect) and its weights to a :class:`~rnnfast.graph.Graph` of
+the nodes of :mod:`rnnfast.model_keras`, wrapped in a :class:`~rnnfast.KerasModel`.
+
+Tensors are keyed ``(layer name, call index, output index)`` as Keras' own
+``keras_history`` / inbound-node references name them (the call index counts the
+layer's calls inside the model: a shared layer has several). Each layer is converted
+once (its weights once); each of its calls is one step of the graph.
+
+What a call may carry:
+
+- one tensor, or a list of tensors (the merges: ``Concatenate``, ``Add``, ``Dot``, ...);
+- ``initial_state=`` (recurrent layers and ``Bidirectional``): tensors of the graph;
+  in Keras 2 configs the states follow the input in the call's tensor list;
+- ``mask=`` (Keras 3 writes the mask it computed as an argument): checked against the
+  mask rnnfast propagates, else refused;
+- ``training=`` (ignored: inference only).
+
+Refused with :class:`~rnnfast.UnsupportedLayerError`: other call arguments, a model
+nested as a layer, Keras operations used as layers (``keras.ops`` calls in a
+functional model), and every class the registry does not know.
+"""
+import numpy as np
+
+from ..errors import FormatError, UnsupportedLayerError
+from ..graph import FALSE, TRUE, Graph, Step, mask_or
+from ..model_keras import KerasModel
+from .keras_convert import ConvertContext
+from .keras_convert import RECURRENT_CLASSES
+from .keras_layers import MERGE_CLASSES, SUPPORTED_LAYERS, convert_layer
+
+#: Most layers in a model config (each costs up to a millisecond to load; a chain of
+#: recurrent layers has a handful).
+MAX_LAYERS = 10000
+
+__all__ = ["build_model", "MAX_PROBE_VALUES"]
+
+#: The most values per sample a declared input shape may hold (the load-time probe
+#: allocates one sample of it).
+MAX_PROBE_VALUES = 1 << 24
+#: Steps of the load-time probe when the model declares no length.
+PROBE_STEPS = 16
+PROBE_MAX_STEPS = 1024
+
+_MODEL_CLASSES = ("Sequential", "Functional", "Model")
+
+
+class _Call:
+    """One call of a layer: its tensor arguments (keys), whether they came as a list
+    (a merge), its ``initial_state`` keys and its explicit ``mask=`` key."""
+
+    def __init__(self):
+        self.inputs = []
+        self.as_list = False
+        self.states = []
+        self.mask = None
+        self.args = []                  # Keras 3: the positional arguments (operations)
+        self.kwargs = {}                # other (non-tensor) keyword arguments of the call
+        self.input_shape = None         # Keras 3: the declared shape of the first tensor
+
+
+class _Entry:
+    def __init__(self, name, cls, cfg, module=None):
+        self.name, self.cls, self.cfg = name, cls, cfg
+        self.module = module or ""
+        self.calls = []
+
+
+def build_model(model_config, weights, keras_version, *, dtype=None, source=None, inputs_from=None):
+    """Build a :class:`~rnnfast.KerasModel` from a model config and a weights getter.
+
+    Parameters
+    ----------
+    model_config : dict
+        ``{"class_name": "Sequential" | "Functional" | "Model", "config": {...}}``.
+    weights : callable
+        ``weights(layer_name, class_name, config)`` -> [(name or None, ndarray)] in
+        Keras' order; may have ``bind(entries)``.
+    keras_version : str
+        The version that wrote the model (``hard_sigmoid`` means what it meant there).
+    dtype : optional
+        Compute dtype override.
+    inputs_from : str, optional
+        Start the model at this layer: its input becomes the model's input (the layers
+        before it, e.g. string preprocessing rnnfast cannot run, are left out).
+    """
+    ctx = ConvertContext(keras_version, dtype)
+    if not isinstance(model_config, dict):
+        raise FormatError("the model config is not a JSON object")
+    cls = model_config.get("class_name")
+    cfg = model_config.get("config")
+    layers = cfg if isinstance(cfg, list) else cfg.get("layers") if isinstance(cfg, dict) else None
+    if isinstance(layers, list) and len(layers) > MAX_LAYERS:
+        raise FormatError("the model has %d layers (rnnfast loads at most %d)" % (len(layers), MAX_LAYERS))
+    if cls == "Sequential":
+        entries, inputs, outputs = _sequential(cfg)
+    elif cls in ("Functional", "Model"):
+        entries, inputs, outputs = _functional(cfg)
+    else:
+        raise UnsupportedLayerError(cls, None, "model class %r: rnnfast loads Sequential and functional "
+                                    "models (a subclassed model has no config to follow)" % (cls,))
+    if inputs_from is not None:
+        inputs = _cut_at(entries, inputs, inputs_from)
+        if outputs is None:                              # Sequential: the last layer's outputs
+            last = [e for e in entries.values() if e.calls and e.cls != "InputLayer"][-1]
+            outputs = _map(lambda i: (last.name, 0, i), 0)
+    if hasattr(weights, "bind"):
+        weights.bind([(e.name, e.cls) for e in entries.values()])
+
+    order = _execution_order(entries, inputs, outputs)
+    if inputs_from is not None:
+        read = {k for e, c in order for k in e.calls[c].inputs + e.calls[c].states}
+        inputs = [k for k in inputs if k in read]
+    nodes, steps = {}, []
+    for e, c in order:
+        node = nodes.get(e.name)
+        if node is None:
+            if e.cls in _MODEL_CLASSES:
+                raise UnsupportedLayerError(e.cls, None, "a model nested inside the model (layer %r): "
+                                            "rnnfast does not load nested models yet" % e.name)
+            if e.module.startswith("keras.src.ops") or e.module.startswith("keras.ops"):
+                raise UnsupportedLayerError(e.cls, None, "%r is a keras.ops operation used in the model's "
+                                            "graph: rnnfast runs Keras layers only (use the matching "
+                                            "layer, e.g. keras.layers.Add)" % e.name)
+            # (an unsupported class is refused by convert_layer before its weights matter)
+            w = weights(e.name, e.cls, e.cfg) if e.cls in SUPPORTED_LAYERS else []
+            node = nodes[e.name] = convert_layer(e.cls, e.cfg, w, ctx)
+        call = e.calls[c]
+        multi = getattr(node, "multi_input", False)
+        if multi and not call.as_list:
+            raise UnsupportedLayerError(e.cls, None, "layer %r takes a list of tensors" % e.name)
+        if not multi and (call.as_list or len(call.inputs) != 1):
+            raise UnsupportedLayerError(e.cls, None, "layer %r takes %d tensors: rnnfast runs it on one"
+                                        % (e.name, len(call.inputs)))
+        if call.states and not hasattr(node, "num_states"):
+            if not hasattr(node, "forward_node"):
+                raise UnsupportedLayerError(e.cls, "initial_state", "layer %r is called with "
+                                            "initial_state=" % e.name)
+        if call.states:
+            want = node.num_states if hasattr(node, "num_states") else \
+                node.forward_node.num_states + node.backward_node.num_states
+            if len(call.states) != want:
+                raise FormatError("layer %r is given %d initial states, it has %d"
+                                  % (e.name, len(call.states), want))
+        options = {}
+        supported = getattr(node, "call_options", {})
+        for k, v in call.kwargs.items():
+            if k not in supported:
+                raise UnsupportedLayerError(e.cls, k, "layer %r is called with %s=%r" % (e.name, k, v))
+            if k == "return_attention_scores" and v:
+                raise UnsupportedLayerError(e.cls, k, "layer %r is called with return_attention_scores=True"
+                                            % e.name)
+            options[k] = bool(v)
+        if call.states and ctx.keras_major >= 3 and call.mask is None:
+            # Keras 3 fills in a layer's mask only when it is called on one tensor: with
+            # initial_state= the layer runs unmasked (its output still carries the mask)
+            options["use_mask"] = False
+        steps.append(Step(node, call.inputs, [(e.name, c, i) for i in range(node.num_outputs)],
+                          states=call.states, options=options))
+
+    # outputs: Sequential gives the last layer's outputs in its own nesting
+    if outputs is None:
+        if not order:
+            raise FormatError("the model has no layers")
+        last = order[-1][0]
+        outputs = _map(lambda i: (last.name, 0, i), nodes[last.name].structure)
+        for e, _ in order[:-1]:
+            if nodes[e.name].num_outputs > 1:
+                raise UnsupportedLayerError(e.cls, "return_state", "a layer with several outputs (%r) "
+                                            "inside a Sequential" % e.name)
+    flat = _flat(outputs)
+    input_names = {k[0] for k in inputs}
+    for key in flat:
+        if key[0] not in input_names and key[2] >= nodes[key[0]].num_outputs:
+            raise FormatError("model output %r: layer %r has only %d outputs"
+                              % (key[0], key[0], nodes[key[0]].num_outputs))
+    if len(flat) == 1:
+        outputs = flat[0]
+    elif ctx.keras_major < 3:
+        outputs = flat                      # Keras 2 returns a flat list
+
+    _check_masks(steps, order, inputs, entries)
+    specs = _input_specs(entries, inputs, steps, ctx)
+    name = (cfg.get("name") if isinstance(cfg, dict) else None) or cls.lower()
+    graph = Graph(steps, inputs, outputs)
+    model = KerasModel(graph, inputs=specs, name=name, keras_version=ctx.keras_version, source=source)
+    _check_shapes(model)
+    return model
+
+
+def _cut_at(entries, inputs, layer):
+    """Make ``layer``'s input tensor a new model input (``inputs_from=``)."""
+    e = entries.get(layer)
+    if e is None or e.cls == "InputLayer":
+        raise ValueError("inputs_from=%r: no such layer in the model (layers: %s)"
+                         % (layer, ", ".join(n for n, x in entries.items() if x.cls != "InputLayer")))
+    if len(e.calls) != 1 or len(e.calls[0].inputs) != 1:
+        raise ValueError("inputs_from=%r: the layer must be called once on one tensor" % layer)
+    name = "%s_input" % layer
+    while name in entries:
+        name += "_"
+    shape = e.calls[0].input_shape
+    cfg = {"batch_shape": list(shape) if shape is not None else None}
+    entries[name] = _Entry(name, "InputLayer", cfg)
+    entries[name].alias_of = e.calls[0].inputs[0]        # masks computed from it stay comparable
+    e.calls[0].inputs = [(name, 0, 0)]
+    return [(name, 0, 0)] + list(inputs)
+
+
+def _check_shapes(model):
+    """Run the model once on one all-zero sample (of the declared or a probe length),
+    so that layers whose weights do not fit together are a FormatError at load, not a
+    ValueError at the first call."""
+    probe = []
+    for spec in model._inputs:
+        shape = spec["shape"]
+        if any(d is None for d in shape[2:]) or (len(shape) == 2 and not spec["integer"]
+                                                 and shape[1] is None):
+            return                                  # features unknown: the first call checks them
+        dims = [1] + [1 if d is None else d for d in shape[1:]]
+        values = int(np.prod(dims, dtype=np.float64))
+        if values > MAX_PROBE_VALUES:
+            raise FormatError("%r declares input of shape %s: %d values per sample (at most %d)"
+                              % (model.name, _shape_text(shape), values, MAX_PROBE_VALUES))
+        if (len(shape) == 3 or spec["integer"]) and shape[1] is None:
+            # a free length: the declared one (at most PROBE_MAX_STEPS), else PROBE_STEPS
+            # (enough for the usual convolutions and poolings), within MAX_PROBE_VALUES
+            declared = spec["declared"][1]
+            steps = min(declared, PROBE_MAX_STEPS) if declared is not None else PROBE_STEPS
+            dims[1] = max(1, min(steps, MAX_PROBE_VALUES // values))
+        probe.append(np.zeros(dims, dtype=np.int64 if spec["integer"] else spec["dtype"]))
+    try:
+        model.predict(probe if len(probe) > 1 else probe[0], num_threads=1)
+    except ValueError as e:
+        raise FormatError("the layers of %r do not fit together: %s" % (model.name, e)) from None
+
+
+def _shape_text(shape):
+    return "(%s)" % ", ".join("batch" if i == 0 else ("any" if d is None else str(d)) for i, d in enumerate(shape))
+
+
+def _layer_entry_name(item):
+    cfg = item.get("config") if isinstance(item.get("config"), dict) else {}
+    return item.get("name") or cfg.get("name")
+
+
+# -- Sequential ------------------------------------------------------------------------------
+
+
+def _sequential(cfg):
+    layers = cfg if isinstance(cfg, list) else (cfg or {}).get("layers")
+    if not isinstance(layers, list):
+        raise FormatError("Sequential config has no layer list")
+    entries = {}
+    items = [l for l in layers if isinstance(l, dict)]
+    if len(items) != len(layers):
+        raise FormatError("Sequential config: unreadable layer entries")
+    if items and items[0].get("class_name") == "InputLayer":
+        first = items.pop(0)
+        icfg = first.get("config", {})
+        input_entry = _Entry(_layer_entry_name(first) or "input", "InputLayer", icfg)
+    else:
+        icfg = {}
+        first_cfg = items[0].get("config", {}) if items else {}
+        for key in ("batch_shape", "batch_input_shape"):
+            if first_cfg.get(key) is not None:
+                icfg = {"batch_shape": first_cfg[key], "dtype": _policy_str(first_cfg.get("dtype"))}
+        if not icfg and isinstance(cfg, dict) and cfg.get("build_input_shape") is not None:
+            icfg = {"batch_shape": cfg["build_input_shape"]}
+        input_entry = _Entry("__input__", "InputLayer", icfg)
+    entries[input_entry.name] = input_entry
+    prev = (input_entry.name, 0, 0)
+    for item in items:
+        name = _layer_entry_name(item)
+        if not name or name in entries:
+            raise FormatError("Sequential config: missing or repeated layer name %r" % (name,))
+        e = _Entry(name, item.get("class_name"), item.get("config", {}), item.get("module"))
+        call = _Call()
+        call.inputs = [prev]
+        e.calls.append(call)
+        entries[name] = e
+        prev = (name, 0, 0)
+    return entries, [(input_entry.name, 0, 0)], None
+
+
+def _policy_str(policy):
+    if isinstance(policy, dict):
+        inner = policy.get("config")
+        return inner.get("name") if isinstance(inner, dict) else None
+    return policy
+
+
+# -- functional ------------------------------------------------------------------------------
+
+
+def _functional(cfg):
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("layers"), list):
+        raise FormatError("functional model config has no layer list")
+    entries = {}
+    for item in cfg["layers"]:
+        if not isinstance(item, dict):
+            raise FormatError("functional model config: unreadable layer entry")
+        name, cls = _layer_entry_name(item), item.get("class_name")
+        if not name or name in entries:
+            raise FormatError("functional model config: missing or repeated layer name %r" % (name,))
+        e = _Entry(name, cls, item.get("config", {}), item.get("module"))
+        nodes = item.get("inbound_nodes") or []
+        if not isinstance(nodes, list):
+            raise FormatError("layer %r: unreadable inbound nodes" % name)
+        for node in nodes:
+            e.calls.append(_parse_node(e, node))
+        entries[name] = e
+    inputs = _flat(_parse_refs(cfg.get("input_layers")))
+    if not inputs:
+        raise FormatError("functional model config: no inputs")
+    for key in inputs:
+        ie = entries.get(key[0])
+        if ie is None or ie.cls != "InputLayer":
+            raise FormatError("functional model config: input %r is not an InputLayer" % (key[0],))
+    if len(set(inputs)) != len(inputs):
+        raise FormatError("functional model config: an input is listed twice")
+    outputs = _parse_refs(cfg.get("output_layers"))
+    for key in _flat(outputs):
+        if key[0] not in entries:
+            raise FormatError("functional model config: unknown output layer %r" % (key[0],))
+    return entries, inputs, outputs
+
+
+def _ref3(ref, what):
+    if not (isinstance(ref, (list, tuple)) and len(ref) >= 3 and isinstance(ref[0], str)
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in ref[1:3])):
+        raise FormatError("unreadable %s %r" % (what, ref))
+    return (ref[0], int(ref[1]), int(ref[2]))
+
+
+def _parse_refs(refs):
+    """input_layers / output_layers: [name, node, tensor], or nested lists/dicts of them."""
+    if isinstance(refs, dict):
+        return {k: _parse_refs(v) for k, v in refs.items()}
+    if isinstance(refs, (list, tuple)):
+        if len(refs) == 3 and isinstance(refs[0], str) and isinstance(refs[2], int):
+            return _ref3(refs, "layer reference")
+        return [_parse_refs(r) for r in refs]
+    raise FormatError("functional model config: unreadable layer reference %r" % (refs,))
+
+
+def _tensor_ref(arg):
+    """A Keras 3 ``__keras_tensor__`` argument -> its key, else None."""
+    if isinstance(arg, dict) and arg.get("class_name") == "__keras_tensor__":
+        hist = (arg.get("config") or {}).get("keras_history")
+        return _ref3(hist, "keras_history")
+    return None
+
+
+def _parse_node(e, node):
+    call = _Call()
+    if isinstance(node, dict):                           # Keras 3
+        args, kwargs = node.get("args", []), node.get("kwargs", {}) or {}
+        if not isinstance(args, (list, tuple)) or not isinstance(kwargs, dict):
+            raise FormatError("layer %r: unreadable inbound node" % e.name)
+        for a in args:
+            r = _tensor_ref(a)
+            if r is not None:
+                if not call.inputs:
+                    shape = (a.get("config") or {}).get("shape")
+                    call.input_shape = tuple(shape) if isinstance(shape, (list, tuple)) else None
+                call.inputs.append(r)
+                call.args.append(r)
+            elif isinstance(a, (list, tuple)) and a and all(_tensor_ref(x) is not None for x in a):
+                call.inputs.extend(_tensor_ref(x) for x in a)
+                call.as_list = True
+                call.args.append([_tensor_ref(x) for x in a])
+            elif isinstance(a, (list, tuple)) and any(_tensor_ref(x) is not None for x in a):
+                raise UnsupportedLayerError(e.cls, None, "layer %r takes a list mixing tensors and "
+                                            "values" % e.name)
+            else:
+                call.args.append(a)
+        for k, v in kwargs.items():
+            if k == "training":
+                continue
+            if k == "mask":
+                if v is None:
+                    continue
+                if isinstance(v, (list, tuple)):
+                    refs = [_tensor_ref(x) if x is not None else None for x in v]
+                    if any(r is None for r, x in zip(refs, v) if x is not None):
+                        raise UnsupportedLayerError(e.cls, "mask", "an explicit mask argument")
+                    call.mask = refs
+                else:
+                    call.mask = _tensor_ref(v)
+                    if call.mask is None:
+                        raise UnsupportedLayerError(e.cls, "mask", "an explicit mask argument")
+                continue
+            if k == "initial_state" and v is not None:
+                vs = list(v) if isinstance(v, (list, tuple)) else [v]
+                refs = [_tensor_ref(x) for x in vs]
+                if any(r is None for r in refs):
+                    raise UnsupportedLayerError(e.cls, "initial_state", "layer %r: initial_state that "
+                                                "is not a tensor of the model" % e.name)
+                call.states = refs
+                continue
+            if v is not None:
+                if _tensor_ref(v) is not None or isinstance(v, (list, tuple, dict)):
+                    raise UnsupportedLayerError(e.cls, k, "layer %r is called with %s=" % (e.name, k))
+                call.kwargs[k] = v              # honoured or refused once the layer is known
+        return call
+    # Keras 2: [[layer, node, tensor, kwargs], ...]
+    if not isinstance(node, list) or not node:
+        raise FormatError("layer %r: unreadable inbound node %r" % (e.name, node))
+    refs = []
+    for ref in node:
+        refs.append(_ref3(ref, "inbound tensor of layer %r" % e.name))
+        kwargs = ref[3] if len(ref) > 3 and isinstance(ref[3], dict) else {}
+        for k, v in kwargs.items():
+            if k == "training":
+                continue
+            if k == "initial_state" and v is not None:
+                continue                # the states are the call's extra tensors
+            if v is not None:
+                raise UnsupportedLayerError(e.cls, k, "layer %r is called with %s=" % (e.name, k))
+    if len(refs) > 1 and (e.cls in RECURRENT_CLASSES or e.cls in ("RNN", "Bidirectional")):
+        call.inputs, call.states = refs[:1], refs[1:]       # RNN(x, initial_state=s): [x] + s
+    else:
+        call.inputs = refs
+        call.as_list = len(refs) > 1 or e.cls in MERGE_CLASSES
+    return call
+
+
+def _execution_order(entries, inputs, outputs):
+    """The calls (entry, call index) the outputs need, in a topological order."""
+    if outputs is None:                                  # Sequential: all, in order
+        return [(e, 0) for e in entries.values() if e.cls != "InputLayer" or e.calls]
+    input_names = {k[0] for k in inputs}
+    done, order = set(), []
+    visiting = set()
+
+    def visit(key):
+        name, c = key[0], key[1]
+        if (name, c) in done:
+            return
+        e = entries.get(name)
+        if e is None:
+            raise FormatError("functional model config: unknown layer %r" % (name,))
+        if name in input_names:
+            if c != 0:
+                raise FormatError("functional model config: input %r has no call %d" % (name, c))
+            done.add((name, c))
+            return
+        if e.cls == "InputLayer":
+            raise UnsupportedLayerError("Functional", "inputs", "input %r is used but is not one of the "
+                                        "model's inputs" % name)
+        if c >= len(e.calls):
+            raise FormatError("functional model config: layer %r has no call %d" % (name, c))
+        if (name, c) in visiting:
+            raise FormatError("functional model config: a cycle through layer %r" % name)
+        visiting.add((name, c))
+        call = e.calls[c]
+        if not call.inputs:
+            raise UnsupportedLayerError(e.cls, None, "layer %r has no input tensor" % name)
+        for k in call.inputs + call.states:
+            visit(k)
+        visiting.discard((name, c))
+        done.add((name, c))
+        order.append((e, c))
+
+    # an explicit iterative-enough DFS: configs are small (recursion depth = graph depth)
+    import sys
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, 4 * len(entries) + 100))
+    try:
+        for key in _flat(outputs):
+            visit(key)
+    finally:
+        sys.setrecursionlimit(limit)
+    return order
+
+
+# -- masks ---------------------------------------------------------------------------------
+
+
+def _check_masks(steps, order, inputs, entries):
+    """Keras 3 records a layer's mask as an explicit ``mask=`` argument, computed by
+    operations from the tensor the mask came from; rnnfast propagates masks as Keras
+    does implicitly. Check that the two agree (they do for models built the usual way),
+    else refuse: the model computes masks rnnfast would not."""
+    tokens = {k: None for k in inputs}
+    for step, (e, c) in zip(steps, order):
+        node = step.op
+        call = e.calls[c]
+        in_tokens = [tokens.get(k) for k in step.inputs]
+        if call.mask is not None:
+            masks = call.mask if isinstance(call.mask, list) else [call.mask]
+            if len(masks) != len(in_tokens):
+                raise UnsupportedLayerError(e.cls, "mask", "layer %r is given %d masks for %d tensors"
+                                            % (e.name, len(masks), len(in_tokens)))
+            for m, t in zip(masks, in_tokens):
+                if m is None:
+                    continue
+                explicit = _mask_token(m, entries)
+                if explicit is None or not _same_mask(explicit, t):
+                    raise UnsupportedLayerError(e.cls, "mask", "layer %r is given a mask rnnfast cannot "
+                                                "reproduce" % e.name)
+        if getattr(node, "multi_input", False):
+            outs = node.output_masks(in_tokens)
+        else:
+            src = step.inputs[0]
+            created = node.mask_token(getattr(entries.get(src[0]), "alias_of", src))
+            outs = node.output_masks(in_tokens[0], created)
+        for k, m in zip(step.outputs, outs):
+            tokens[k] = m
+
+
+def _same_mask(a, b):
+    """Masks equal as tokens; an all-valid mask is no mask."""
+    return (None if a == TRUE else a) == (None if b == TRUE else b)
+
+
+def _mask_token(key, entries, depth=0):
+    """Read the Keras operations that compute a Keras 3 mask argument into a token
+    comparable with the ones the nodes propagate (:meth:`output_masks`):
+    ``NotEqual(t, v)`` (Embedding(mask_zero)), ``Any(NotEqual(t, v), axis=-1)``
+    (Masking), ``ConvertToTensor`` (attention layers pass the query mask so), and what
+    the merges build from masks: ``LogicalOr`` / ``LogicalAnd``,
+    ``ExpandDims(m, -1)``, ``ZerosLike`` / ``OnesLike``, ``Concatenate`` and ``Any``
+    over the features. None: an operation rnnfast does not read."""
+    e = entries.get(key[0])
+    if e is None or key[2] != 0 or key[1] >= len(e.calls) or depth > 200:
+        return None
+    if not (e.module.startswith("keras.src.ops") or e.module == ""):
+        return None
+    args = e.calls[key[1]].args
+    cfg = e.cfg or {}
+
+    def sub(k):
+        return _mask_token(k, entries, depth + 1) if isinstance(k, tuple) else None
+
+    if e.cls == "NotEqual" and len(args) == 2 and isinstance(args[0], tuple) \
+            and isinstance(args[1], (int, float)) and not isinstance(args[1], bool):
+        return ("ne", args[0], float(args[1]))
+    if e.cls == "ConvertToTensor" and len(args) == 1 and cfg.get("dtype") in (None, "bool"):
+        return sub(args[0])
+    if e.cls in ("ZerosLike", "OnesLike") and len(args) == 1 and cfg.get("dtype") == "bool":
+        return FALSE if e.cls == "ZerosLike" else TRUE
+    if e.cls == "ExpandDims" and len(args) == 1 and cfg.get("axis") == -1:
+        inner = sub(args[0])
+        return None if inner is None else (inner if inner in (TRUE, FALSE) else ("feat", inner))
+    if e.cls in ("LogicalOr", "LogicalAnd") and len(args) == 2:
+        parts = [sub(a) for a in args]
+        if any(p is None for p in parts):
+            return None
+        if e.cls == "LogicalOr":
+            return mask_or(parts)
+        parts = [p for p in parts if p != TRUE]
+        if FALSE in parts:
+            return FALSE
+        return parts[0] if len(parts) == 1 else ("and", frozenset(parts)) if parts else TRUE
+    if e.cls == "Concatenate" and len(args) == 1 and isinstance(args[0], list):
+        parts = [sub(a) for a in args[0]]
+        if any(p is None for p in parts):
+            return None
+        axis = cfg.get("axis", 0)
+        if axis in (-1, 2):
+            return ("fconcat", tuple(parts))
+        if axis == 1:
+            return ("tconcat", tuple(parts))
+        return None
+    if e.cls == "Any" and len(args) == 1 and cfg.get("axis") == -1 and not cfg.get("keepdims", False):
+        return _any_last(sub(args[0]))
+    return None
+
+
+def _any_last(t):
+    """The token of ``any(x, axis=-1)`` for a per-feature token ``x``."""
+    if t is None or t in (TRUE, FALSE):
+        return t
+    kind = t[0]
+    if kind == "ne":
+        return ("any_ne",) + t[1:]
+    if kind == "feat":
+        return t[1]
+    if kind == "or":
+        parts = [_any_last(p) for p in t[1]]
+        return None if any(p is None for p in parts) else mask_or(parts)
+    if kind == "fconcat":
+        parts = [_any_last(p) for p in t[1]]
+        return None if any(p is None for p in parts) else mask_or(parts)
+    if kind == "tconcat":
+        parts = tuple(_any_last(p) for p in t[1])
+        return None if any(p is None for p in parts) else ("tconcat", parts)
+    return None
+
+
+# -- inputs --------------------------------------------------------------------------------
+
+
+def _input_specs(entries, inputs, steps, ctx):
+    readers = {}
+    for step in steps:
+        for k in step.inputs:
+            readers.setdefault(k, []).append(step.op)
+    fixes_length = any(step.op.fixes_length for step in steps)
+    specs = []
+    for key in inputs:
+        e = entries[key[0]]
+        cfg = e.cfg or {}
+        if cfg.get("sparse") or cfg.get("ragged"):
+            raise UnsupportedLayerError("InputLayer", "sparse" if cfg.get("sparse") else "ragged", "")
+        declared = cfg.get("batch_shape", cfg.get("batch_input_shape"))
+        shape = declared
+        ops = readers.get(key, [])
+        ids = [op.takes_ids for op in ops]
+        integer = bool(ids) and ids[0]
+        if any(ids) and not all(ids):
+            raise UnsupportedLayerError("InputLayer", None, "input %r feeds an Embedding and other layers"
+                                        % key[0])
+        dt = _policy_str(cfg.get("dtype")) or "float32"
+        if shape is None:
+            shape = [None, None] if integer else [None, None, None]
+        shape = tuple(None if d is None else int(d) for d in shape)
+        if integer and len(shape) != 2:
+            raise UnsupportedLayerError("Embedding", None, "input of shape %s: rnnfast takes ids of shape "
+                                        "(batch, time)" % (shape,))
+        if not integer and len(shape) not in (2, 3):
+            raise UnsupportedLayerError("InputLayer", "shape", "input of rank %d: rnnfast takes (batch, time, "
+                                        "features) or (batch, features)" % len(shape))
+        if (integer or len(shape) == 3) and not fixes_length:
+            # any sequence length runs (Keras 2 functional models and Keras 3 Sequential
+            # models accept one other than the declared; only Flatten fixes it)
+            shape = (shape[0], None) + shape[2:]
+        if ctx.dtype is not None:
+            in_dtype = ctx.dtype
+        else:
+            in_dtype = np.dtype(np.float64) if dt in ("float64", "double") else np.dtype(np.float32)
+        specs.append(dict(name=key[0], shape=shape, dtype=in_dtype, integer=integer, declared=declared))
+    return specs
+
+
+# -- small structure helpers -------------------------------------------------------------------
+
+
+def _flat(s):
+    if isinstance(s, dict):
+        return [k for v in s.values() for k in _flat(v)]
+    if isinstance(s, list):
+        return [k for v in s for k in _flat(v)]
+    return [s]
+
+
+def _map(fn, s):
+    if isinstance(s, dict):
+        return {k: _map(fn, v) for k, v in s.items()}
+    if isinstance(s, list):
+        return [_map(fn, v) for v in s]
+    return fn(s)
