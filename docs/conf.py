@@ -43,6 +43,7 @@ autodoc_default_options = {"members": True}
 autodoc_member_order = "bysource"
 autosummary_generate = False
 numpydoc_show_class_members = False
+numpydoc_attributes_as_param_list = False  # Attributes sections as targets (:attr:`x` resolves)
 numpydoc_xref_param_type = False
 numpydoc_validation_checks = set()
 
