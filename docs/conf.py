@@ -6,6 +6,7 @@ cross-reference checked (``nitpicky``): a broken reference fails the build.
 """
 
 import os
+import re
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -42,6 +43,7 @@ autodoc_default_options = {"members": True}
 autodoc_member_order = "bysource"
 autosummary_generate = False
 numpydoc_show_class_members = False
+numpydoc_attributes_as_param_list = False  # Attributes sections as targets (:attr:`x` resolves)
 numpydoc_xref_param_type = False
 numpydoc_validation_checks = set()
 
@@ -59,7 +61,25 @@ def _pages():
     return [p for p in PAGE_ORDER if p in names] + [p for p in names if p not in PAGE_ORDER]
 
 
+_REPO_LINK = re.compile(r"\[([^\]]+)\]\((\.\./[^)#\s]+)\)")
+
+
+def _repo_links(text):
+    """Links from a page to files of the repository outside docs/ (``[x](../src/...)``)
+    are kept as their text when the file exists (the site holds only docs/); a link to
+    a file that does not exist is left as it is, so that the build fails on it."""
+
+    def keep(m):
+        target = os.path.normpath(os.path.join(HERE, m.group(2)))
+        inside = target.startswith(HERE + os.sep)
+        return m.group(1) if os.path.exists(target) and not inside else m.group(0)
+
+    return _REPO_LINK.sub(keep, text)
+
+
 def _toctree(app, docname, source):
+    if not docname.startswith(("index", "reference")):
+        source[0] = _repo_links(source[0])
     if docname == "index":
         source[0] = source[0].replace(
             ".. pages will be listed here by conf.py\n", "".join("   %s\n" % p for p in _pages())
