@@ -19,7 +19,7 @@ import sys
 import numpy as np
 import pytest
 
-from rnnfast import _kernels, reference
+from rnnfast import _kernels, cells, reference
 from rnnfast.layers import ACTIVATIONS, CellWeights
 
 #: The instruction sets this build and CPU run, lowest first.
@@ -197,11 +197,15 @@ def _step_inputs(rng, cell, dtype, nrows=5, I=7, H=37):
 
 
 def _reference_step(cell, w, x, h, c, act, ract):
+    """The cell registry's float64 step (rnnfast.cells), activations by name."""
+    act_fn, ract_fn = reference.ACT[act], reference.ACT[ract]
     if cell in ("gru", "gru_rb"):
-        return reference.gru_step(x, h, w, act, ract, reset_after=cell == "gru"), None
+        (h_new,) = cells.gru_step(x, (h,), w, act_fn, ract_fn, reset_after=cell == "gru")
+        return h_new, None
     if cell == "lstm":
-        return reference.lstm_step(x, h, c, w, act, ract)
-    return reference.simple_step(x, h, w, act), None
+        return cells.lstm_step(x, (h, c), w, act_fn, ract_fn)
+    (h_new,) = cells.simple_step(x, (h,), w, act_fn)
+    return h_new, None
 
 
 def _kernel_step(isa, cell, act, ract, dtype, xp, gh, bhn, h, c, mask, w):
