@@ -185,7 +185,7 @@ static int RNN_TNAME(run_items)(const RNN_TNAME(call) *c)
     const rnn_plan *p = &c->p;
     long T = s->T, B = s->B, GH = c->GH, chunk = p->chunk, bb = p->bb;
     long nbb = (B + bb - 1) / bb, nitems = s->ndir * nbb;
-    long ch, s0, s1, R, nrb, rb, ntask, task, item;
+    long ch, s0, s1, R, nrb, rb, ntask, task, item, others = 0, total = 0;
     int err = 0;
     TYPE *xp = (TYPE *)malloc((size_t)(s->ndir * chunk * B * GH) * sizeof(TYPE));
     unsigned char *seen = (unsigned char *)calloc((size_t)(s->ndir * B), 1);
@@ -207,13 +207,18 @@ static int RNN_TNAME(run_items)(const RNN_TNAME(call) *c)
                 RNN_TNAME(item_project)(c, d, tlo, r0, r1, xp + d * chunk * B * GH);
         }
         /* (2) the recurrence over this chunk, every (direction, batch block) */
-        RNN_OMP(parallel for schedule(dynamic) num_threads(p->num_threads) reduction(+:err))
+        RNN_OMP(parallel for schedule(dynamic) num_threads(p->num_threads) reduction(+:err, others))
         for (item = 0; item < nitems; item++) {
             long d = item / nbb, b0 = (item % nbb) * bb, nb = b0 + bb <= B ? bb : B - b0;
             err += RNN_TNAME(item_run)(c, d, b0, nb, s0, s1, xp + d * chunk * B * GH,
                                        seen + d * B + b0);
+            others += omp_get_thread_num() != 0;
         }
+        total += nitems;
     }
+    /* as the blocked strategy: a team whose other members ran none of the items (they
+     * were not scheduled) makes the next calls run on one thread for a while */
+    rnn_team_report((int)(nitems > 1 ? p->num_threads : 1), total, others, 0);
     free(xp);
     free(seen);
     return err ? RNN_ERR_NOMEM : RNN_OK;
@@ -226,6 +231,7 @@ static int RNN_TNAME(run_items)(const RNN_TNAME(call) *c)
 typedef struct {
     long nbb, ntask;            /* batch blocks; tasks per step (ndir * nbb * ncb) */
     long others;                /* tasks run by threads other than the caller's */
+    long slept;                 /* phases the caller slept waiting for */
     TYPE *xp;                   /* (ndir, chunk*B, GH) the chunk's projection */
     TYPE *hbuf;                 /* (2, ndir, B, Ho) the state, double-buffered by step */
     TYPE *cbuf;                 /* (ndir, B, H) the LSTM cell state, or NULL */
@@ -369,7 +375,8 @@ static void RNN_TNAME(blocked_worker)(const RNN_TNAME(call) *c, RNN_TNAME(blocke
                 continue;
             RNN_TNAME(blocked_phase)(c, bk, tid, nth, p, st, s0, s1, scratch, &eager);
             t0 = rnn_tick();
-            rnn_phases_wait(&bk->q, p);
+            if (rnn_phases_wait(&bk->q, p) && tid == 0)
+                bk->slept++;
             rnn_tock(RNN_PROF_WAIT, t0);
         }
     }
@@ -388,6 +395,7 @@ static int RNN_TNAME(run_blocked)(const RNN_TNAME(call) *c)
     TYPE *scratch;
     bk.nbb = (B + c->p.bb - 1) / c->p.bb;
     bk.others = 0;
+    bk.slept = 0;
     bk.ntask = ndir * bk.nbb * c->p.ncb;
     bk.xp = (TYPE *)rnn_alloc_lines((size_t)(ndir * c->p.chunk * B * GH) * sizeof(TYPE));
     bk.seen = (unsigned char *)calloc((size_t)(ndir * c->p.ncb * B), 1);
@@ -409,7 +417,7 @@ static int RNN_TNAME(run_blocked)(const RNN_TNAME(call) *c)
             RNN_TNAME(blocked_worker)(c, &bk, omp_get_thread_num(), omp_get_num_threads(),
                                       scratch + omp_get_thread_num() * per_thread);
         }
-        rnn_team_report(team, bk.q.done, bk.others);
+        rnn_team_report(team, bk.q.done, bk.others, bk.slept);
         memcpy(c->h, bk.hbuf + (s->T % 2) * ndir * B * Ho, state);
         if (c->c != NULL)
             memcpy(c->c, bk.cbuf, cell);
@@ -440,8 +448,7 @@ static int RNN_TNAME(layer_forward)(const rnn_shape *shape, const rnn_plan *plan
         c.p.chunk = c.s.T;
     if (c.p.num_threads < 1)
         c.p.num_threads = 1;
-    if (c.p.strategy == RNN_STRATEGY_BLOCKED)
-        c.p.num_threads = rnn_team_for((int)c.p.num_threads);
+    c.p.num_threads = rnn_team_for((int)c.p.num_threads);
     c.GH = c.s.G * c.s.H;
     c.ldo = c.s.ndir * c.s.Ho;
     c.nchunks = (c.s.T + c.p.chunk - 1) / c.p.chunk;

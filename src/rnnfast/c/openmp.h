@@ -133,14 +133,15 @@ static inline long rnn_phases_current(rnn_phases *q)
     return __atomic_load_n(&q->done, __ATOMIC_ACQUIRE) / q->ntask;
 }
 
-/* Wait until phase p is complete: spin, then sleep. */
-static inline void rnn_phases_wait(rnn_phases *q, long p)
+/* Wait until phase p is complete: spin, then sleep. Returns 1 if it had to sleep (the
+ * phase waited for a thread that was not running), else 0. */
+static inline int rnn_phases_wait(rnn_phases *q, long p)
 {
     long target = (p + 1) * q->ntask;
     int i, g;
     for (i = 0; i < rnn_barrier_spins; i++) {
         if (__atomic_load_n(&q->done, __ATOMIC_ACQUIRE) >= target)
-            return;
+            return 0;
         rnn_cpu_relax();
     }
 #if defined(__linux__)
@@ -157,16 +158,18 @@ static inline void rnn_phases_wait(rnn_phases *q, long p)
     while (__atomic_load_n(&q->done, __ATOMIC_ACQUIRE) < target)
         sched_yield();
 #endif
+    return 1;
 }
 
 /* ---- a team whose partners are not running: fewer threads for a while ----
  *
  * A call on a team waits for every member twice whatever the tasks do: to start it and
- * to join it. When the machine is busy, a member may get a core only milliseconds
- * later, and the call, whose tasks the running threads took over, still waits for it
- * to join. So a call that ran on several threads reports what share of its tasks the
- * threads other than the caller ran; if they ran almost none (they were not
- * scheduled), the next rnn_backoff calls that would use several threads use one, and
+ * to join it, and a step waits for a task a member claimed and then lost its core in.
+ * When the machine is busy, that member may get a core back only milliseconds later.
+ * So a call that ran on several threads reports what share of its tasks the threads
+ * other than the caller ran, and whether the caller had to sleep waiting for a step;
+ * if the others ran almost none (they were not scheduled) or the caller slept, the
+ * next rnn_backoff calls that would use several threads use one, and
  * the length doubles (up to RNN_BACKOFF_MAX) while this keeps happening; a call whose
  * team shared the work resets it. The team size never changes a result. */
 #define RNN_BACKOFF_MAX 256
@@ -188,13 +191,13 @@ static inline int rnn_team_for(int n)
 }
 
 /* A call on nth > 1 threads ran `total` tasks, `others` of them on threads other than
- * the caller's. */
-static inline void rnn_team_report(int nth, long total, long others)
+ * the caller's; the caller slept waiting for a phase `slept` times. */
+static inline void rnn_team_report(int nth, long total, long others, long slept)
 {
     int len;
     if (nth <= 1 || total <= 0)
         return;
-    if (others * 8 * nth < total) {          /* under 1/8 of a fair share */
+    if (others * 8 * nth < total || slept > 0) {   /* under 1/8 of a fair share, or a wait */
         len = __atomic_load_n(&rnn_backoff_len, __ATOMIC_RELAXED);
         __atomic_store_n(&rnn_backoff_left, len, __ATOMIC_RELAXED);
         __atomic_store_n(&rnn_backoff_len, len < RNN_BACKOFF_MAX ? 2 * len : len, __ATOMIC_RELAXED);
