@@ -197,7 +197,7 @@ def _ray_classes():
             self.digits = digits
             if digits:
                 super().__init__(model, input_column="data", output_column=["out", "h", "c"],
-                                 return_state=True, drop_input=True, batch_first=True)
+                                 return_state=True, drop_input=True)
             else:
                 super().__init__(model, input_column="data", output_column="y", drop_input=True)
 
