@@ -215,7 +215,6 @@ def _ray_classes():
                     output_column=["out", "h", "c"],
                     return_state=True,
                     drop_input=True,
-                    batch_first=True,
                 )
             else:
                 super().__init__(model, input_column="data", output_column="y", drop_input=True)
