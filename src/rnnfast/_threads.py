@@ -99,7 +99,7 @@ def load_kernels():
     a barrier) spin for milliseconds. On a shared or busy machine that spinning holds
     the very core a team member is waiting for, and two threads become many times
     slower than one. rnnfast's own per-step barrier spins briefly and then sleeps
-    (_openmp.h); for the rest, OMP_WAIT_POLICY=PASSIVE is set while the core loads
+    (c/openmp.h); for the rest, OMP_WAIT_POLICY=PASSIVE is set while the core loads
     the OpenMP runtime (which reads it once, then), unless the user has set
     OMP_WAIT_POLICY or GOMP_SPINCOUNT. The environment is restored afterwards, so
     child processes and other libraries see the user's own.

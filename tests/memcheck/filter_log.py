@@ -3,7 +3,7 @@
 Python, numpy and the dynamic loader produce memcheck reports of their own (CPython's
 object code reads uninitialised padding, glibc's ld.so over-reads strings): those are
 counted and left out. An error counts as rnnfast's when any frame of its stack is in
-the extension (``_kernels`` .so, ``_kernels.c``, ``_cellmath.h``) before any frame of
+the extension (``_kernels`` .so, ``_kernels.c``, the ``c/`` headers) before any frame of
 the Python C API, walking out from the innermost frame: that covers errors inside
 BLAS, libm or libgomp called from the kernels, and leaks of memory the kernels
 allocate, and leaves out CPython's own reports made while it imports the extension.
