@@ -381,3 +381,39 @@ def rnn_forward(int cell, int act, int ract,
         err = rnn_layer_forward(&shape, &p, &w, &io)
     if err == RNN_ERR_NOMEM:
         raise MemoryError("rnnfast: out of memory for the recurrent kernel's scratch")
+
+
+def packed_rows(const floating[:, ::1] A,           # IN  (M, K)
+                const floating[::1] Bp,             # IN  (K, N) packed: pack_blocks(B[None], 1, 1)[0]
+                const floating[::1] bias,           # IN  (N,), or (0,) for none
+                floating[:, ::1] C,                 # OUT (M, N)
+                int act=-1):
+    """C = act(bias + A @ B), each row on its own: a row's values depend on that row
+    only (one chain of multiply-adds per element, the activation applied row by row),
+    never on M nor on the other rows -- the streaming path's dense product
+    (rnnfast/stream.py). ``act``: an RNN_ACT_* code, or -1 for none. GIL released."""
+    cdef const rnn_kernels *t = _kernels_of(None)
+    cdef long M = A.shape[0], K = A.shape[1], N = C.shape[1], i
+    cdef const floating *bp = NULL
+    if C.shape[0] != M or Bp.shape[0] != rnn_packed_size(K, N) or bias.shape[0] not in (0, N):
+        raise ValueError("packed_rows: A %s, packed B of %d values, bias %d, C %s"
+                         % ((M, K), Bp.shape[0], bias.shape[0], (C.shape[0], N)))
+    if not -1 <= act < RNN_ACT_COUNT:
+        raise ValueError("unknown activation code %d" % act)
+    if K == 0:
+        raise ValueError("packed_rows: A has no columns")
+    if M == 0 or N == 0:
+        return
+    if bias.shape[0] > 0:
+        bp = &bias[0]
+    with nogil:
+        if floating is float:
+            t.f.gemm_packed(M, N, K, &A[0, 0], K, &Bp[0], bp, &C[0, 0], N)
+        else:
+            t.d.gemm_packed(M, N, K, &A[0, 0], K, &Bp[0], bp, &C[0, 0], N)
+        if act >= 0:
+            for i in range(M):
+                if floating is float:
+                    t.f.activate(act, &C[i, 0], N)
+                else:
+                    t.d.activate(act, &C[i, 0], N)

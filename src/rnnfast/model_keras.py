@@ -24,6 +24,7 @@ import copy
 import numpy as np
 
 from . import _validation
+from . import stream as _stream
 from ._progress import run_batched
 from ._summary import Summarized
 from .errors import UnsupportedLayerError
@@ -1238,6 +1239,55 @@ class KerasModel(Summarized):
         return run_batched(
             lambda *parts: self._run(parts, num_threads), xs[0], batch_size, aligned=xs[1:], verbose=verbose
         )
+
+    # -- streaming (rnnfast.stream) ---------------------------------------------------
+
+    def stream(self):
+        """A new :class:`~rnnfast.stream.Stream`: one sequence's state (every recurrent
+        layer's), at its start. The model itself keeps no state and may be shared by
+        threads. A model whose outputs need later steps (Bidirectional, go_backwards,
+        pooling or Flatten over time, a convolution, attention) is refused here with
+        :class:`~rnnfast.UnsupportedLayerError` naming the layer."""
+        return _stream.open_stream(self, self._stream_program)
+
+    def step(self, x, stream, *, num_threads=None):
+        """Run the next steps of one stream, or of many in one batched call.
+
+        Parameters
+        ----------
+        x : array_like (time, features), or ids (time,) for a model that starts with an
+            Embedding (a list / dict of them for several inputs); or, with a list of
+            streams, a list of such chunks, one per stream (lengths may differ).
+        stream : Stream or list of Stream
+        num_threads : int, optional
+
+        Returns
+        -------
+        The model's output for these steps, as ``predict`` gives it for one sample
+        without the batch axis: ``(time, features)`` for a sequence output, the output
+        as if the sequence ended here for a many-to-one model. With a list of streams:
+        the outputs stacked on a first axis (streams in order) when the chunks have equal
+        lengths, else a list of them. Bitwise what the whole sequence in one step gives,
+        whatever the chunking and the streams sharing the call.
+        """
+        return _stream.step(self, x, stream, num_threads)
+
+    def _stream_program(self):
+        inputs = [
+            dict(
+                name=spec["name"],
+                dtype=spec["dtype"],
+                integer=spec["integer"],
+                features=None if spec["integer"] else spec["shape"][-1],
+            )
+            for spec in self._inputs
+        ]
+        for spec in self._inputs:
+            if not spec["integer"] and len(spec["shape"]) != 3:
+                raise UnsupportedLayerError(
+                    "InputLayer", None, "%s: input %r is not a sequence: nothing to stream" % (self._what(), spec["name"])
+                )
+        return _stream.Program(self._graph, inputs, self._what(), keras_activation)
 
     def __call__(self, x, training=None, *, num_threads=None):
         """``model(x)``, ``model(x, training=False)``: :meth:`predict` in one pass.

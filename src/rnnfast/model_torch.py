@@ -11,6 +11,7 @@ it is.
 import numpy as np
 
 from . import _validation
+from . import stream as _stream
 from ._progress import run_batched
 from ._summary import Summarized
 from .layers import RNNLayer
@@ -383,3 +384,19 @@ class TorchRNN(Summarized):
             aligned=(lengths,),
             verbose=verbose,
         )
+
+    # -- streaming (rnnfast.stream) ---------------------------------------------------
+
+    def stream(self):
+        """A new :class:`~rnnfast.stream.Stream`: every layer's state (``h``, and ``c``
+        for an LSTM) at the start of a sequence. A bidirectional module is refused
+        (:class:`~rnnfast.UnsupportedLayerError`): its backward direction needs the future."""
+        return _stream.open_stream(self, lambda: _stream.torch_program(self))
+
+    def step(self, x, stream, *, num_threads=None):
+        """Run the next steps of one stream (``x``: ``(time, input_size)``), or of many
+        in one batched call (lists of chunks and streams). Returns the last layer's
+        outputs for these steps, ``(time, D * Ho)`` (stacked ``(streams, time, .)`` when
+        the chunks have equal lengths, else a list); the states stay in the stream
+        (``stream.state``: ``{"l0": [h] or [h, c], ...}``). See :meth:`rnnfast.KerasModel.step`."""
+        return _stream.step(self, x, stream, num_threads)

@@ -1,0 +1,722 @@
+"""Streams: one sequence's state, stepped chunk by chunk, many streams per call.
+
+A model (any :class:`~rnnfast.graph.Graph` of ops, and :class:`~rnnfast.TorchRNN`)
+stays immutable and shared; a :class:`Stream` holds one sequence's state: every
+recurrent layer's ``h`` (and ``c``). ``model.step(chunk, stream)`` runs the chunk's
+steps from the stream's state and leaves the state after them in the stream;
+``model.step([chunks], [streams])`` runs many streams in one batched compiled call per
+recurrent layer (chunks of different lengths right-padded: the rows whose chunk
+ended carry their state through the padded steps).
+
+Exactness. A stream's results are bitwise those of the whole sequence in one call,
+whatever the chunking and whatever other streams share the call, because every
+product on the step path computes a row on its own:
+
+- the input projection runs on packed weights (c/packgemm: one chain of
+  multiply-adds per element, whatever the rows), for every dtype and instruction set
+  (the whole-sequence path calls BLAS where that is faster: BLAS results depend on
+  the number of rows, e.g. GEMV for one row);
+- the recurrent product runs on packed weights too (GRU reset-after, LSTM, SimpleRNN),
+  or, for the cells whose per-step product calls BLAS (GRU reset-before, LSTM with a
+  projection), with one row per work item (``batch_rows=1``: always a GEMV of one row);
+- the gate math is element-wise per row; dense heads use :func:`_kernels.packed_rows`
+  (packed product and activation row by row); the other per-step ops are element-wise
+  NumPy or reduce over the features of one step.
+
+Where the whole-sequence path (``predict``) runs the same kernels (float32 on AVX-512:
+packed projection and product), a stream also equals ``predict`` bitwise; elsewhere
+it equals it to the documented tolerance.
+
+Streamable ops: recurrent layers (not ``go_backwards``), and ops that act on each
+step alone (:data:`PER_STEP`). Anything whose output needs later steps (a
+Bidirectional layer, ``go_backwards``, pooling or Flatten over time, a non-causal
+convolution, attention, ...) is refused at :meth:`model.stream() <Program>` with an
+:class:`~rnnfast.UnsupportedLayerError` naming the layer: no prefix of the model is run.
+
+Threads. A step releases the GIL in the compiled calls; different streams may be
+stepped from different threads at once. A stream in use by one call is refused by any
+other (``RuntimeError``), never corrupted.
+"""
+
+import contextlib
+import threading
+import weakref
+
+import numpy as np
+
+from . import _kernels, _plan
+from ._threads import blas_single_threaded, resolve_num_threads
+from ._validation import as_ids, as_input
+from .errors import UnsupportedLayerError
+from .graph import Graph, Step
+from .layers import ACTIVATIONS
+
+__all__ = ["Stream", "Program", "program", "open_stream", "step", "torch_program", "RecurrentOp", "PER_STEP"]
+
+#: Op classes (by class name) that act on each time step alone and keep no state:
+#: they run on a stream's chunk as they run on a whole sequence. A new causal op joins
+#: here (or as a case of :func:`_compile_op`).
+PER_STEP = {
+    "ActivationNode",
+    "IdentityNode",
+    "MaskingNode",
+    "EmbeddingNode",
+    "AffineNode",
+    "NormNode",
+}
+
+
+class Stream:
+    """One sequence's state for a model: made by ``model.stream()``, stepped by
+    ``model.step(chunk, stream)``.
+
+    Attributes
+    ----------
+    state : dict
+        Per recurrent layer name, its states as Keras orders them (``h``, or ``h, c``
+        for an LSTM; several cells: each cell's in turn), each a 1-D array (units,).
+        Reading gives copies; assigning takes a dict of the same layers and shapes
+        (``ValueError`` naming the layer otherwise).
+    """
+
+    __slots__ = ("_program", "_slots", "_seen", "_lock", "__weakref__")
+
+    def __init__(self, program):
+        self._program = program
+        self._slots = [np.zeros((1, 1, w), program.dtypes[i]) for i, w in enumerate(program.widths)]
+        self._seen = [False] * len(program.recurrent)
+        self._lock = threading.Lock()
+
+    def reset(self):
+        """Back to the start of a sequence: zero states."""
+        with self._held():
+            for a in self._slots:
+                a.fill(0)
+            for i in range(len(self._seen)):
+                self._seen[i] = False
+
+    @property
+    def state(self):
+        with self._held():
+            out = {}
+            for rec in self._program.recurrent:
+                out[rec.name] = [self._slots[i][0, 0].copy() for i in rec.slots]
+            return out
+
+    @state.setter
+    def state(self, value):
+        p = self._program
+        if not isinstance(value, dict):
+            raise ValueError("a stream's state is a dict by layer name (%s), got %s" % (p.names(), type(value).__name__))
+        unknown = [k for k in value if k not in {r.name for r in p.recurrent}]
+        if unknown:
+            raise ValueError("state for unknown layer(s) %s; this model's recurrent layers: %s" % (unknown, p.names()))
+        new = []
+        for rec in p.recurrent:
+            if rec.name not in value:
+                raise ValueError("state: layer %r is missing (give every layer: %s)" % (rec.name, p.names()))
+            arrays = value[rec.name]
+            if isinstance(arrays, np.ndarray) or not isinstance(arrays, (list, tuple)):
+                arrays = [arrays]
+            if len(arrays) != len(rec.slots):
+                raise ValueError(
+                    "state of layer %r: %d arrays (%s), got %d" % (rec.name, len(rec.slots), rec.state_names, len(arrays))
+                )
+            for i, a in zip(rec.slots, arrays):
+                a = as_input(a, p.dtypes[i], "state of layer %r" % rec.name)
+                if a.shape not in ((p.widths[i],), (1, p.widths[i])):
+                    raise ValueError(
+                        "state of layer %r: arrays of shape (%d,), got %s" % (rec.name, p.widths[i], a.shape)
+                    )
+                new.append((i, a.reshape(p.widths[i])))
+        with self._held():
+            for i, a in new:
+                self._slots[i][0, 0] = a
+            for k in range(len(self._seen)):
+                self._seen[k] = True  # a restored state is a sequence under way
+
+    @contextlib.contextmanager
+    def _held(self):
+        if not self._lock.acquire(blocking=False):
+            raise _busy()
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+    def __repr__(self):
+        return "<Stream of %s>" % self._program.what
+
+
+def _busy():
+    return RuntimeError("this stream is being stepped by another thread: a stream is one sequence; step it from one thread at a time")
+
+
+# -- the compiled form of a model for streaming ------------------------------------------
+
+
+class RecurrentOp:
+    """A recurrent op as a graph node, for models that are not graphs of Keras nodes
+    (TorchRNN): the ``rnn_layers`` run in turn, the last one's outputs returned.
+
+    Parameters
+    ----------
+    name : str
+        What messages and ``stream.state`` call it.
+    rnn_layers : list of RNNLayer
+    """
+
+    keras_class = "RNN"
+    return_state = False
+    go_backwards = False
+    zero_output_for_mask = False
+    return_sequences = True
+    stacked = False
+
+    def __init__(self, name, rnn_layers, keras_class="RNN"):
+        self.name = name
+        self.rnn_layers = list(rnn_layers)
+        self.keras_class = keras_class
+
+    def run(self, x, mask, num_threads=None):
+        h = x
+        for layer in self.rnn_layers:
+            h, _, _ = layer.forward(h, mask=mask, num_threads=num_threads)
+        return [h], [mask]
+
+
+class _Kernel:
+    """One :class:`~rnnfast.layers.RNNLayer` as the step path runs it: its packed
+    weights (the input weights packed here where the layer projects through BLAS), the
+    codes, and the plan's fixed parts."""
+
+    def __init__(self, layer):
+        self.layer = layer
+        G = layer.cell_spec.num_gates
+        self.code, self.act, self.ract = layer._kernel.code, layer._act, layer._ract
+        Wp = layer._Wp
+        if Wp.size == 0:
+            Wp = _kernels.pack_blocks(layer._W, G, layer._ncb)
+            Wp.flags.writeable = False
+        self.Wp = Wp
+        self.W, self.bx, self.U, self.Up, self.bhn, self.Wr = (
+            layer._W,
+            layer._bx,
+            layer._U,
+            layer._Up,
+            layer._bhn,
+            layer._Wr,
+        )
+        # GRU reset-before and LSTM with projection: their per-step product calls BLAS,
+        # whose result for a row depends on the rows of the call: one row per item
+        self.one_row = layer._Up.size == 0
+        self.ncb = layer._ncb
+        self.GH = layer._W.shape[2]
+        self.Ho, self.H, self.I = layer.output_size, layer.units, layer.input_size
+        self.with_c = layer.cell_spec.num_states > 1
+        self.dtype = layer.dtype
+        self._plans = {}
+
+    def plan(self, B, T, threads):
+        key = (B, T, threads)
+        p = self._plans.get(key)
+        if p is None:
+            p = _plan.plan(B=B, D=1, Ho=self.Ho, GH=self.GH, ncb=self.ncb, num_threads=threads, T=T)
+            if self.one_row:
+                p = p._replace(batch_rows=1)
+            if len(self._plans) > 256:
+                self._plans.clear()
+            self._plans[key] = p
+        return p
+
+    def run(self, x, T, B, mask, h, c, out, threads):
+        """x (T*B, I), mask (T, B) uint8 or (0, 0), h (1, B, Ho) and c (1, B, H) or
+        (0, 0, 0) IN/OUT, out (T*B, Ho) or (0, 0)."""
+        plan = self.plan(B, T, threads)
+        ctx = blas_single_threaded() if self.one_row else _NULL
+        with ctx:
+            _kernels.rnn_forward(
+                self.code,
+                self.act,
+                self.ract,
+                x,
+                T,
+                B,
+                self.W,
+                self.Wp,
+                self.bx,
+                self.U,
+                self.Up,
+                self.bhn,
+                self.Wr,
+                mask,
+                out,
+                h,
+                c,
+                batch_first=False,
+                zero_output=False,
+                reverse_first=False,
+                plan=plan,
+            )
+
+
+_NULL = contextlib.nullcontext()
+
+
+class _Recurrent:
+    """A recurrent op of the graph on the step path: its kernels (one per cell) and
+    the stream's state slots they read and write."""
+
+    def __init__(self, op, slots, widths):
+        self.op = op
+        self.name = op.name
+        self.kernels = [_Kernel(layer) for layer in op.rnn_layers]
+        self.slots = slots
+        self.state_names = []
+        for layer in op.rnn_layers:
+            self.state_names += ["h", "c"][: layer.cell_spec.num_states]
+        self.return_sequences = op.return_sequences
+        self.return_state = op.return_state
+        self.zero_output_for_mask = op.zero_output_for_mask
+        self.widths = widths
+
+
+class _Dense:
+    """A dense layer on the step path: ``act(x @ kernel + bias)`` row by row
+    (:func:`_kernels.packed_rows`), then the node's extra activation if any."""
+
+    def __init__(self, node, dense, post):
+        self.node = node
+        self.dense = dense
+        self.dtype = dense.dtype
+        K, N = dense.kernel.shape
+        self.N = N
+        self.Bp = _kernels.pack_blocks(np.ascontiguousarray(dense.kernel)[None], 1, 1)[0]
+        self.Bp.flags.writeable = False
+        self.bias = dense.bias if dense.bias is not None else np.zeros(0, self.dtype)
+        act = dense.activation
+        self.softmax = act == "softmax"
+        self.act = -1 if act in ("linear", "softmax") else ACTIVATIONS[act]
+        self.extra = getattr(node, "activation", None) if node is not None else None
+        self.post = post
+
+    def run(self, x, mask, num_threads=None):
+        x = np.ascontiguousarray(x, dtype=self.dtype)
+        K = self.dense.kernel.shape[0]
+        if x.shape[-1] != K:
+            raise ValueError("Dense %r expects %d input features, got shape %s" % (self.node.name, K, x.shape))
+        lead = x.shape[:-1]
+        y = np.empty(lead + (self.N,), self.dtype)
+        _kernels.packed_rows(x.reshape(-1, K), self.Bp, self.bias, y.reshape(-1, self.N), self.act)
+        if self.softmax:
+            y = _softmax_rows(y)
+        if self.extra is not None:
+            y = self.post(self.extra, y)
+        return [y], [mask]
+
+
+def _softmax_rows(y):
+    m = y.max(axis=-1, keepdims=True)
+    y = np.exp(y - m)
+    y /= y.sum(axis=-1, keepdims=True)
+    return y
+
+
+class Program:
+    """A model compiled for streaming: the graph's steps with their step-path form,
+    the state slots a :class:`Stream` holds, and the batched step.
+
+    Built once per model (:func:`program`), read-only after; shared by every stream
+    and thread.
+
+    Parameters
+    ----------
+    graph : Graph
+        The model's graph (time-major sequences, as :class:`~rnnfast.KerasModel` runs it).
+    inputs : list of dict
+        Per graph input: ``dtype`` and ``integer`` (ids for an Embedding), ``features``
+        (or None for ids).
+    what : str
+        The model, for messages.
+    activation : callable, optional
+        ``activation(name, y)``: the activations a Dense node applies after its product
+        (:func:`rnnfast.model_keras.keras_activation`).
+    """
+
+    def __init__(self, graph, inputs, what, activation=None):
+        self.activation = activation
+        self.graph = graph
+        self.inputs = inputs
+        self.what = what
+        self.widths, self.dtypes = [], []
+        self.recurrent = []
+        self.entries = []  # (kind, obj, step)
+        for step in graph.steps:
+            self.entries.append(self._compile(step))
+        self._free = graph._free
+        self.seq_outputs = None  # filled on the first step: which outputs have a time axis
+
+    def names(self):
+        return ", ".join(repr(r.name) for r in self.recurrent)
+
+    def _refuse(self, op, why):
+        cls = getattr(op, "keras_class", type(op).__name__)
+        raise UnsupportedLayerError(
+            cls,
+            None,
+            "%s layer %r cannot run on a stream: %s (%s refused for streaming; nothing of it runs)"
+            % (cls, getattr(op, "name", "?"), why, self.what),
+        )
+
+    def _compile(self, step):
+        op = step.op
+        kind = type(op).__name__
+        if hasattr(op, "forward_node") or (getattr(op, "rnn_layers", None) and op.rnn_layers[0].num_directions == 2):
+            self._refuse(op, "its backward direction reads the sequence from its end (the future)")
+        if getattr(op, "rnn_layers", None) is not None and hasattr(op, "return_sequences"):
+            if op.go_backwards:
+                self._refuse(op, "go_backwards reads the sequence from its end (the future)")
+            if step.states:
+                self._refuse(op, "its initial state comes from another layer (give it with stream.state instead)")
+            slots, widths = [], []
+            for layer in op.rnn_layers:
+                for w in [layer.output_size, layer.units][: layer.cell_spec.num_states]:
+                    slots.append(len(self.widths))
+                    self.widths.append(w)
+                    self.dtypes.append(layer.dtype)
+                    widths.append(w)
+            rec = _Recurrent(op, slots, widths)
+            rec.index = len(self.recurrent)
+            self.recurrent.append(rec)
+            return ("recurrent", rec, step)
+        if step.options.get("use_mask") is False:
+            self._refuse(op, "it is called with options the step path does not take")
+        if kind == "DenseNode":
+            return ("op", _Dense(op, op.dense, self.activation), step)
+        if kind == "TimeDistributedNode":
+            inner = op.inner
+            if type(inner).__name__ == "DenseNode":
+                return ("op", _Dense(inner, inner.dense, self.activation), step)
+            if type(inner).__name__ in PER_STEP:
+                return ("op", op, step)
+            self._refuse(op, "its inner layer %s is not a per-step layer" % type(inner).__name__)
+        if kind == "MergeNode":
+            if op.kind == "concat" and op.axis not in (-1, 2):
+                self._refuse(op, "it concatenates along axis %d (the step path concatenates features only)" % op.axis)
+            return ("op", op, step)
+        if kind in PER_STEP:
+            return ("op", op, step)
+        why = {
+            "GlobalPoolingNode": "it pools over the whole sequence",
+            "FlattenNode": "it flattens the whole sequence",
+            "PoolNode": "it pools windows of steps",
+            "ConvNode": "a convolution reads steps around each step (the future, unless causal)",
+            "AttentionNode": "attention reads every step of its values (the future)",
+            "RepeatVectorNode": "it repeats a whole-sequence summary",
+            "ReshapeNode": "it reshapes across time",
+            "DotNode": "it multiplies along time",
+            "StepsNode": "it pads, crops or repeats steps",
+        }.get(kind, "rnnfast does not know it to act on each step alone")
+        self._refuse(op, why)
+
+    # -- running ----------------------------------------------------------------------
+
+    def zero_slots(self):
+        return [np.zeros((1, 1, w), dt) for w, dt in zip(self.widths, self.dtypes)]
+
+    def prepare(self, x, what):
+        """One stream's input (one array per graph input, or a list / dict for several)
+        -> list of arrays, time first: (T, F) floats or (T,) ids."""
+        n = len(self.inputs)
+        if n == 1:
+            xs = [x]
+        elif isinstance(x, dict):
+            names = [spec["name"] for spec in self.inputs]
+            missing = [k for k in names if k not in x]
+            if missing:
+                raise ValueError("%s: missing input(s) %s" % (what, missing))
+            xs = [x[k] for k in names]
+        elif isinstance(x, (list, tuple)) and len(x) == n:
+            xs = list(x)
+        else:
+            raise ValueError("%s takes %d inputs: pass a list or a dict of chunks" % (what, n))
+        out = []
+        T = None
+        for spec, a in zip(self.inputs, xs):
+            if spec["integer"]:
+                a = as_ids(a, "%s: ids" % what)
+                if a.ndim != 1:
+                    raise ValueError("%s: a chunk of ids has shape (time,), got %s" % (what, a.shape))
+            else:
+                a = as_input(a, spec["dtype"], "%s: chunk" % what)
+                F = spec["features"]
+                if a.ndim != 2 or (F is not None and a.shape[1] != F):
+                    raise ValueError(
+                        "%s: a chunk has shape (time, %s), got %s" % (what, F if F is not None else "features", a.shape)
+                    )
+            if a.shape[0] < 1:
+                raise ValueError("%s: a chunk needs at least one time step, got shape %s" % (what, a.shape))
+            if T is not None and a.shape[0] != T:
+                raise ValueError("%s: the inputs' chunks have different lengths %d and %d" % (what, T, a.shape[0]))
+            T = a.shape[0]
+            out.append(a)
+        return out, T
+
+    def run(self, feeds, lengths, states, seen, num_threads):
+        """Run the graph on a batch of streams.
+
+        feeds : list of time-major arrays (T, B, F) or (T, B) ids, right-padded
+        lengths : (B,) ints, or None when every chunk has T steps
+        states : per slot an array (1, B, width), IN/OUT
+        seen : per recurrent op a (B,) bool array (rows that ever stepped), IN/OUT
+        Returns the output values (time-major), in the graph's output structure.
+        """
+        T, B = feeds[0].shape[:2]
+        threads = resolve_num_threads(num_threads)
+        pad = None
+        if lengths is not None:
+            pad = np.arange(T)[:, None] < lengths[None, :]
+        values = dict(zip(self.graph.inputs, feeds))
+        masks = dict.fromkeys(self.graph.inputs)
+        for (kind, obj, step), free in zip(self.entries, self._free):
+            if kind == "recurrent":
+                x = values[step.inputs[0]]
+                m = masks[step.inputs[0]]
+                outs = self._recurrent(obj, x, m, pad, lengths, states, seen, threads)
+                out_masks = [m if obj.return_sequences else None] + [None] * (len(outs) - 1)
+            else:
+                if getattr(step.op, "multi_input", False):
+                    x = [values[k] for k in step.inputs]
+                    m = [masks[k] for k in step.inputs]
+                else:
+                    x, m = values[step.inputs[0]], masks[step.inputs[0]]
+                outs, out_masks = obj.run(x, m, threads, **step.options)
+            for k in free:
+                values.pop(k, None)
+                masks.pop(k, None)
+            for k, v, mk in zip(step.outputs, outs, out_masks):
+                values[k] = v
+                masks[k] = mk
+        return _map(lambda k: values[k], self.graph.outputs)
+
+    def _recurrent(self, rec, x, mask, pad, lengths, states, seen, threads):
+        if x.ndim != 3:
+            raise ValueError("%s %r needs a sequence, got shape %s" % (rec.op.keras_class, rec.name, x.shape))
+        T, B = x.shape[:2]
+        kmask = None
+        if mask is not None:
+            kmask = np.asarray(mask, bool)
+            if pad is not None:
+                kmask = kmask & pad
+        elif pad is not None:
+            kmask = pad
+        km = np.ascontiguousarray(kmask).view(np.uint8) if kmask is not None else _NO_MASK
+        n = len(rec.kernels)
+        si = 0
+        h0_first = None
+        for k, kern in enumerate(rec.kernels):
+            last = k == n - 1
+            x = np.ascontiguousarray(x, dtype=kern.dtype)
+            h = states[rec.slots[si]]
+            c = states[rec.slots[si + 1]] if kern.with_c else _NO_STATE[kern.dtype.char]
+            si += 2 if kern.with_c else 1
+            if last and mask is not None and rec.return_sequences and not rec.zero_output_for_mask:
+                h0_first = h[0].copy()  # masked leading steps output the carried state
+            seq = not last or rec.return_sequences
+            out = np.empty((T, B, kern.Ho), kern.dtype) if seq else None
+            kern.run(
+                x.reshape(T * B, kern.I),
+                T,
+                B,
+                km,
+                h,
+                c,
+                out.reshape(T * B, kern.Ho) if seq else _NO_OUT[kern.dtype.char],
+                threads,
+            )
+            x = out
+        s = seen[rec.index]
+        if rec.return_sequences:
+            y = x
+            if mask is not None:
+                valid = np.asarray(mask, bool)
+                if pad is not None:
+                    valid = valid & pad
+                if rec.zero_output_for_mask:
+                    y = np.where(valid[:, :, None], y, y.dtype.type(0))
+                else:
+                    # before a row's first valid step in this chunk the kernel emits
+                    # zeros; a row that stepped in an earlier chunk emits its carried state
+                    first = np.where(valid.any(axis=0), valid.argmax(axis=0), T)
+                    for b in np.nonzero(s & (first > 0))[0]:
+                        y[: first[b], b] = h0_first[b]
+        else:
+            y = states[rec.slots[-(2 if rec.kernels[-1].with_c else 1)]][0].copy()
+            if mask is not None and rec.zero_output_for_mask:
+                valid = np.asarray(mask, bool)
+                idx = (lengths - 1) if lengths is not None else np.full(B, T - 1)
+                last_valid = valid[idx, np.arange(B)]
+                y = np.where(last_valid[:, None], y, y.dtype.type(0))
+        if mask is not None:
+            valid = np.asarray(mask, bool)
+            if pad is not None:
+                valid = valid & pad
+            s |= valid.any(axis=0)
+        else:
+            s[:] = True
+        outs = [y]
+        if rec.return_state:
+            outs += [states[i][0].copy() for i in rec.slots]
+        return outs
+
+
+_NO_MASK = np.zeros((0, 0), np.uint8)
+_NO_STATE = {"f": np.zeros((0, 0, 0), np.float32), "d": np.zeros((0, 0, 0), np.float64)}
+_NO_OUT = {"f": np.zeros((0, 0), np.float32), "d": np.zeros((0, 0), np.float64)}
+
+
+def _map(fn, s):
+    if isinstance(s, dict):
+        return {k: _map(fn, v) for k, v in s.items()}
+    if isinstance(s, list):
+        return [_map(fn, v) for v in s]
+    return fn(s)
+
+
+def _leaves(s):
+    if isinstance(s, dict):
+        return [v for x in s.values() for v in _leaves(x)]
+    if isinstance(s, list):
+        return [v for x in s for v in _leaves(x)]
+    return [s]
+
+
+# -- the API the models expose -----------------------------------------------------------
+
+_programs = weakref.WeakKeyDictionary()
+_programs_lock = threading.Lock()
+
+
+def program(model, build):
+    """The model's :class:`Program`, built once (``build()``) and kept beside the model
+    (not in it: the model pickles and compares as it did)."""
+    p = _programs.get(model)
+    if p is None:
+        with _programs_lock:
+            p = _programs.get(model)
+            if p is None:
+                p = build()
+                p.owner = weakref.ref(model)
+                _programs[model] = p
+    return p
+
+
+def open_stream(model, build):
+    """``model.stream()``: a new :class:`Stream` at the start of a sequence."""
+    return Stream(program(model, build))
+
+
+def step(model, x, streams, num_threads=None):
+    """``model.step(x, stream)`` / ``model.step([x, ...], [stream, ...])`` (see
+    docs/API.md, Streaming)."""
+    if isinstance(streams, Stream):
+        p = streams._program
+        if p.owner() is not model:
+            raise ValueError("this stream was opened by another model (%s)" % p.what)
+        return _step_one(p, x, streams, num_threads)
+    if not isinstance(streams, (list, tuple)):
+        raise TypeError("step takes a Stream or a list of them, got %s" % type(streams).__name__)
+    if not isinstance(x, (list, tuple)) or len(x) != len(streams):
+        raise ValueError(
+            "step with %d streams takes a list of %d chunks, got %s"
+            % (len(streams), len(streams), "%d" % len(x) if isinstance(x, (list, tuple)) else type(x).__name__)
+        )
+    if not streams:
+        return []
+    p = None
+    for s in streams:
+        if not isinstance(s, Stream):
+            raise TypeError("step takes a list of Streams, got a %s in it" % type(s).__name__)
+        if s._program.owner() is not model:
+            raise ValueError("a stream in the list was opened by another model (%s)" % s._program.what)
+        p = s._program
+    if len({id(s) for s in streams}) != len(streams):
+        raise ValueError("a stream appears twice in one step: a stream is one sequence")
+    return _step_many(p, x, streams, num_threads)
+
+
+def _step_one(p, x, s, num_threads):
+    xs, T = p.prepare(x, p.what)
+    feeds = [a.reshape((T, 1) + a.shape[1:]) for a in xs]
+    if not s._lock.acquire(blocking=False):
+        raise _busy()
+    try:
+        seen = [np.array([v]) for v in s._seen]
+        out = p.run(feeds, None, s._slots, seen, num_threads)
+        for i, v in enumerate(seen):
+            s._seen[i] = bool(v[0])
+    finally:
+        s._lock.release()
+    return _map(_first, out)
+
+
+def _first(y):
+    return y[:, 0] if y.ndim == 3 else y[0]
+
+
+def _step_many(p, x, streams, num_threads):
+    parts = [p.prepare(xi, p.what) for xi in x]
+    lengths = np.array([T for _, T in parts])
+    T = int(lengths.max())
+    ragged = bool((lengths != T).any())
+    feeds = []
+    for j, spec in enumerate(p.inputs):
+        chunks = [xs[j] for xs, _ in parts]
+        if not ragged:
+            feeds.append(np.stack(chunks, axis=1))
+        else:
+            f = np.zeros((T, len(chunks)) + chunks[0].shape[1:], chunks[0].dtype)
+            for b, c in enumerate(chunks):
+                f[: c.shape[0], b] = c
+            feeds.append(f)
+    held = []
+    try:
+        for s in streams:
+            if not s._lock.acquire(blocking=False):
+                raise _busy()
+            held.append(s)
+        states = [np.concatenate([s._slots[i] for s in streams], axis=1) for i in range(len(p.widths))]
+        seen = [np.array([s._seen[k] for s in streams]) for k in range(len(p.recurrent))]
+        out = p.run(feeds, lengths if ragged else None, states, seen, num_threads)
+        for i, a in enumerate(states):
+            for b, s in enumerate(streams):
+                s._slots[i][0, 0] = a[0, b]
+        for k, v in enumerate(seen):
+            for b, s in enumerate(streams):
+                s._seen[k] = bool(v[b])
+    finally:
+        for s in held:
+            s._lock.release()
+    if not ragged:
+        return _map(_batch_major, out)
+    return [_map(lambda y, b=b, n=n: _row(y, b, n), out) for b, n in enumerate(lengths.tolist())]
+
+
+def _batch_major(y):
+    return np.ascontiguousarray(np.swapaxes(y, 0, 1)) if y.ndim == 3 else y
+
+
+def _row(y, b, n):
+    return y[:n, b].copy() if y.ndim == 3 else y[b].copy()
+
+
+def torch_program(model):
+    """The :class:`Program` of a :class:`~rnnfast.TorchRNN`: one recurrent op per module
+    layer (``l0``, ``l1``, ...), chained; the output is the last layer's sequence."""
+    steps = [
+        Step(RecurrentOp("l%d" % k, [layer], model.layers[0].cell_spec.torch_module), [k], [k + 1])
+        for k, layer in enumerate(model.layers)
+    ]
+    graph = Graph(steps, [0], len(model.layers))
+    spec = dict(name="input", dtype=model.dtype, integer=False, features=model.input_size)
+    return Program(graph, [spec], repr(model))
