@@ -1,0 +1,437 @@
+"""Streams (rnnfast.stream): model.stream() / model.step(chunk, stream), batched steps
+over many streams, stream.state / reset, refusals, threads.
+
+The exactness contract: a sequence fed in chunks of any sizes, alone or batched with
+other streams (joining and leaving between steps, chunks of different lengths), gives
+bitwise the outputs and final states of the whole sequence in one call -- for every
+cell, dtype and thread count.
+"""
+
+import threading
+
+import numpy as np
+import pytest
+
+import rnnfast
+from _testing import assert_close, make_module, random_weights, tol
+from rnnfast import UnsupportedLayerError
+from rnnfast.graph import Graph, Step
+from rnnfast.layers import Dense, RNNLayer
+from rnnfast.model_keras import DenseNode, EmbeddingNode, KerasModel, RecurrentNode
+
+I_SIZE = 5
+
+#: (cell, reset_after, activation, projection): every kernel path of the engine.
+VARIANTS = {
+    "gru": ("gru", True, "tanh", 0),
+    "gru_rb": ("gru", False, "tanh", 0),
+    "lstm": ("lstm", True, "tanh", 0),
+    "lstm_proj": ("lstm", True, "tanh", 20),
+    "simple": ("simple", True, "tanh", 0),
+    "simple_relu": ("simple", True, "relu", 0),
+}
+
+
+def _layer(rng, variant, I, H, dtype):
+    cell, ra, act, P = VARIANTS[variant]
+    w = random_weights(rng, cell, I, H, P=P, scale=1.5)
+    return RNNLayer(cell, [w], reset_after=ra, activation=act, dtype=dtype)
+
+
+def graph_model(rng, variant, dtype, *, H=(24, 40), many_to_one=False, head=True, ids=None):
+    """A KerasModel (graph of nodes) of stacked recurrent layers of ``variant`` and a
+    Dense head, on random weights; ``ids``: an Embedding of that vocabulary first."""
+    steps, key, I = [], "in", I_SIZE
+    if ids is not None:
+        table = rng.standard_normal((ids, I_SIZE))
+        steps.append(Step(EmbeddingNode("emb", table, True, dtype), [key], ["e"]))
+        key = "e"
+    for k, h in enumerate(H):
+        last = k == len(H) - 1
+        layer = _layer(rng, variant, I, h, dtype)
+        node = RecurrentNode(
+            "rnn%d" % k,
+            "RNN",
+            [layer],
+            return_sequences=not (last and many_to_one),
+            return_state=False,
+            go_backwards=False,
+            zero_output_for_mask=False,
+        )
+        steps.append(Step(node, [key], ["r%d" % k]))
+        key, I = "r%d" % k, layer.output_size
+    if head:
+        d = Dense(rng.standard_normal((I, 20)) / np.sqrt(I), rng.standard_normal(20), "sigmoid", dtype=dtype)
+        steps.append(Step(DenseNode("head", d), [key], ["y"]))
+        key = "y"
+    spec = dict(
+        name="in",
+        shape=(None, None) if ids else (None, None, I_SIZE),
+        dtype=dtype,
+        integer=ids is not None,
+        declared=None,
+    )
+    return KerasModel(Graph(steps, ["in"], key), inputs=[spec], name="m", keras_version="3")
+
+
+def torch_model(variant, dtype, num_layers=2):
+    torch = pytest.importorskip("torch")
+    cell, _, act, P = VARIANTS[variant]
+    mode = {"gru": "GRU", "lstm": "LSTM", "simple": "RNN_RELU" if act == "relu" else "RNN_TANH"}[cell]
+    kw = dict(proj_size=P) if P else {}
+    m = make_module(mode, I_SIZE, 30, num_layers=num_layers, dtype=getattr(torch, np.dtype(dtype).name), **kw)
+    return rnnfast.from_torch(m)
+
+
+def model_for(variant, dtype, rng, **kw):
+    """TorchRNN where PyTorch has the cell (its LSTM projection only there), else a graph."""
+    if variant == "lstm_proj":
+        return torch_model(variant, dtype)
+    return graph_model(rng, variant, dtype, **kw)
+
+
+def random_cuts(rng, T, max_len=None):
+    """Random chunk boundaries of T steps (some of one step)."""
+    cuts, t = [0], 0
+    while t < T:
+        n = int(rng.integers(1, (max_len or max(2, T // 3)) + 1))
+        t = min(T, t + n)
+        cuts.append(t)
+    return cuts
+
+
+def whole(model, x, num_threads=1):
+    s = model.stream()
+    return model.step(x, s, num_threads=num_threads), s.state
+
+
+def assert_bitwise(got, want, what):
+    assert got.dtype == want.dtype and got.shape == want.shape, "%s: %s %s vs %s %s" % (
+        what,
+        got.dtype,
+        got.shape,
+        want.dtype,
+        want.shape,
+    )
+    assert np.array_equal(got, want, equal_nan=True), "%s: max diff %g" % (what, np.abs(got - want).max())
+
+
+def assert_state_bitwise(got, want, what):
+    assert got.keys() == want.keys()
+    for k in want:
+        for i, (a, b) in enumerate(zip(got[k], want[k])):
+            assert_bitwise(a, b, "%s: state %s[%d]" % (what, k, i))
+
+
+# -- exactness -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_random_chunkings_alone_are_bitwise_the_whole_call(variant, dtype, threads, seed):
+    rng = np.random.default_rng(seed)
+    model = model_for(variant, dtype, rng)
+    x = rng.standard_normal((61, I_SIZE)).astype(dtype)
+    want, want_state = whole(model, x)
+    for trial in range(3):
+        s = model.stream()
+        cuts = random_cuts(rng, len(x), max_len=[1, 7, 40][trial])
+        got = np.concatenate([model.step(x[a:b], s, num_threads=threads) for a, b in zip(cuts, cuts[1:])])
+        assert_bitwise(got, want, "%s cuts %s" % (variant, cuts))
+        assert_state_bitwise(s.state, want_state, variant)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_continuous_batching_is_bitwise_each_stream_alone(variant, dtype, threads, seed):
+    """Streams joining and leaving, stepped together in ragged batches of random
+    chunks: each stream's outputs and states are those of its whole sequence alone."""
+    rng = np.random.default_rng(seed)
+    model = model_for(variant, dtype, rng)
+    n = 7
+    xs = [rng.standard_normal((int(rng.integers(20, 70)), I_SIZE)).astype(dtype) for _ in range(n)]
+    wants = [whole(model, x) for x in xs]
+    start = [int(rng.integers(0, 4)) for _ in range(n)]  # the round each stream joins at
+    pos = [0] * n
+    outs = [[] for _ in range(n)]
+    streams = [None] * n
+    rnd = 0
+    while any(p < len(x) for p, x in zip(pos, xs)):
+        live = [i for i in range(n) if start[i] <= rnd and pos[i] < len(xs[i]) and rng.random() < 0.8]
+        rnd += 1
+        if not live:
+            continue
+        chunks = []
+        for i in live:
+            if streams[i] is None:
+                streams[i] = model.stream()
+            k = int(rng.integers(1, 12))
+            chunks.append(xs[i][pos[i] : pos[i] + k])
+            pos[i] += len(chunks[-1])
+        ys = model.step(chunks, [streams[i] for i in live], num_threads=threads)
+        if len({len(c) for c in chunks}) == 1:
+            assert isinstance(ys, np.ndarray) and ys.shape[:2] == (len(live), len(chunks[0]))
+        for i, y in zip(live, ys):
+            outs[i].append(y)
+    for i in range(n):
+        assert_bitwise(np.concatenate(outs[i]), wants[i][0], "%s stream %d" % (variant, i))
+        assert_state_bitwise(streams[i].state, wants[i][1], "%s stream %d" % (variant, i))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("variant", ["gru", "lstm", "simple"])
+def test_wide_layers_blocked_strategy_bitwise(variant, dtype, seed):
+    """Layers wide enough for unit blocks (and the blocked strategy at 2 threads)."""
+    rng = np.random.default_rng(seed)
+    model = graph_model(rng, variant, dtype, H=(160,))
+    x = rng.standard_normal((30, I_SIZE)).astype(dtype)
+    want, _ = whole(model, x)
+    ss = [model.stream() for _ in range(3)]
+    got = [[] for _ in ss]
+    for a, b in ((0, 1), (1, 9), (9, 30)):
+        ys = model.step([x[a:b]] * 3, ss, num_threads=2)
+        for g, y in zip(got, ys):
+            g.append(y)
+    for g in got:
+        assert_bitwise(np.concatenate(g), want, variant)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_many_to_one_gives_the_output_as_if_the_sequence_ended_there(variant, dtype, seed):
+    rng = np.random.default_rng(seed)
+    if variant == "lstm_proj":
+        pytest.skip("TorchRNN has no many-to-one head")
+    model = graph_model(rng, variant, dtype, many_to_one=True)
+    x = rng.standard_normal((25, I_SIZE)).astype(dtype)
+    s = model.stream()
+    for a, b in zip(range(0, 25, 5), range(5, 30, 5)):
+        y = model.step(x[a:b], s)
+        assert y.shape == (20,)
+        want, _ = whole(model, x[:b])
+        assert_bitwise(y, want, "prefix %d" % b)
+        assert_close(y, model.predict(x[None, :b])[0], dtype, "prefix %d vs predict" % b)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_stream_equals_predict(variant, dtype, seed):
+    """The whole-sequence call and predict agree (tolerance of the contract; bitwise
+    where predict runs the same row-exact kernels: float32 packed cells on AVX-512,
+    recurrent outputs)."""
+    rng = np.random.default_rng(seed)
+    model = model_for(variant, dtype, rng)
+    x = rng.standard_normal((40, I_SIZE)).astype(dtype)
+    got, _ = whole(model, x)
+    if variant == "lstm_proj":
+        want = model(x)[0]
+    else:
+        want = model.predict(x[None])[0]
+    assert_close(got, want, dtype, variant)
+    if variant != "lstm_proj" and dtype == np.float32 and rnnfast._kernels.packed_projection(dtype):
+        bare = graph_model(np.random.default_rng(seed), variant, dtype, head=False)
+        if VARIANTS[variant][1]:  # reset-before runs BLAS per step in predict
+            assert_bitwise(whole(bare, x)[0], bare.predict(x[None])[0], variant)
+
+
+def test_torch_stream_matches_pytorch_step_by_step(seed):
+    torch = pytest.importorskip("torch")
+    m = make_module("LSTM", I_SIZE, 8, num_layers=2, seed=seed % 1000)
+    model = rnnfast.from_torch(m)
+    x = np.random.default_rng(seed).standard_normal((30, I_SIZE)).astype(np.float32)
+    s = model.stream()
+    hx = None
+    for a, b in ((0, 1), (1, 2), (2, 17), (17, 30)):
+        y = model.step(x[a:b], s)
+        with torch.no_grad():
+            want, hx = m(torch.as_tensor(x[a:b]), hx)
+        np.testing.assert_allclose(y, want.numpy(), **tol(np.float32))
+    h = np.stack([s.state["l0"][0], s.state["l1"][0]])
+    np.testing.assert_allclose(h, hx[0].numpy()[:, 0] if hx[0].ndim == 3 else hx[0].numpy(), **tol(np.float32))
+
+
+def test_embedding_with_masked_ids_exact_and_like_predict(seed):
+    """Masked steps (id 0) carry the state; a chunk that starts with masked steps after
+    valid ones outputs the carried state, as the whole call does."""
+    rng = np.random.default_rng(seed)
+    model = graph_model(rng, "gru", np.float32, ids=11)
+    ids = rng.integers(1, 11, 40)
+    ids[[3, 4, 5, 10, 20, 21, 22, 23, 39]] = 0
+    ids[:2] = 0
+    want, want_state = whole(model, ids)
+    assert_close(want, model.predict(ids[None])[0], np.float32, "whole vs predict")
+    for cuts in ([0, 1, 4, 6, 20, 22, 40], [0, 21, 22, 23, 24, 40], list(range(41))):
+        s = model.stream()
+        got = np.concatenate([model.step(ids[a:b], s) for a, b in zip(cuts, cuts[1:])])
+        assert_bitwise(got, want, "cuts %s" % cuts)
+        assert_state_bitwise(s.state, want_state, "cuts %s" % cuts)
+    # batched with another stream of other lengths
+    s1, s2 = model.stream(), model.stream()
+    o1, o2 = [], []
+    for a, b in ((0, 4), (4, 22), (22, 40)):
+        y1, y2 = model.step([ids[a:b], ids[: b - a]], [s1, s2])
+        o1.append(y1)
+        o2.append(y2)
+    assert_bitwise(np.concatenate(o1), want, "batched")
+
+
+# -- the API ---------------------------------------------------------------------------
+
+
+def test_state_roundtrip_reset_and_validation(rng):
+    model = graph_model(rng, "lstm", np.float32)
+    x = rng.standard_normal((20, I_SIZE)).astype(np.float32)
+    s = model.stream()
+    model.step(x[:8], s)
+    saved = s.state
+    assert set(saved) == {"rnn0", "rnn1"} and [a.shape for a in saved["rnn0"]] == [(24,), (24,)]
+    rest = model.step(x[8:], s)
+    t = model.stream()
+    t.state = saved
+    assert_bitwise(model.step(x[8:], t), rest, "restored")
+    s.reset()
+    assert not any(a.any() for v in s.state.values() for a in v)
+    assert_bitwise(model.step(x, s), whole(model, x)[0], "after reset")
+    bad = dict(saved, rnn1=[np.zeros(3), np.zeros(40)])
+    with pytest.raises(ValueError, match="rnn1"):
+        t.state = bad
+    with pytest.raises(ValueError, match="rnn0"):
+        t.state = {"rnn1": saved["rnn1"]}
+    with pytest.raises(ValueError, match="nope"):
+        t.state = dict(saved, nope=[np.zeros(1)])
+    with pytest.raises(ValueError, match="rnn0"):
+        t.state = dict(saved, rnn0=[np.zeros(24)])
+
+
+def test_bad_chunks_and_streams(rng):
+    model = graph_model(rng, "gru", np.float32)
+    other = graph_model(rng, "gru", np.float32)
+    s = model.stream()
+    with pytest.raises(ValueError, match="shape"):
+        model.step(np.zeros((3, I_SIZE + 1)), s)
+    with pytest.raises(ValueError, match="shape"):
+        model.step(np.zeros((1, 3, I_SIZE)), s)
+    with pytest.raises(ValueError, match="at least one"):
+        model.step(np.zeros((0, I_SIZE)), s)
+    with pytest.raises(ValueError, match="another model"):
+        other.step(np.zeros((2, I_SIZE)), s)
+    with pytest.raises(ValueError, match="twice"):
+        model.step([np.zeros((2, I_SIZE))] * 2, [s, s])
+    with pytest.raises(ValueError, match="2 chunks"):
+        model.step([np.zeros((2, I_SIZE))], [s, model.stream()])
+    with pytest.raises(TypeError):
+        model.step(np.zeros((2, I_SIZE)), "stream")
+    assert model.step([], []) == []
+    # a failed step leaves the stream usable and unchanged
+    assert not any(a.any() for v in s.state.values() for a in v)
+
+
+def test_model_stays_immutable_and_pickles(rng):
+    import pickle
+
+    model = graph_model(rng, "gru", np.float32)
+    x = rng.standard_normal((9, I_SIZE)).astype(np.float32)
+    before = model.predict(x[None])
+    s = model.stream()
+    model.step(x, s)
+    assert_bitwise(model.predict(x[None]), before, "predict after a step")
+    again = pickle.loads(pickle.dumps(model))
+    assert_bitwise(whole(again, x)[0], whole(model, x)[0], "unpickled")
+
+
+# -- refusals --------------------------------------------------------------------------
+
+
+def _keras_refused(build, name):
+    keras = pytest.importorskip("keras")
+    inp = keras.Input((None, I_SIZE))
+    model = rnnfast.from_keras(keras.Model(inp, build(keras.layers, inp)))
+    with pytest.raises(UnsupportedLayerError, match=name):
+        model.stream()
+
+
+@pytest.mark.parametrize(
+    "what",
+    ["bidirectional", "go_backwards", "pool", "conv_same", "attention", "initial_state"],
+)
+def test_models_that_need_the_future_are_refused(what):
+    builds = {
+        "bidirectional": lambda L, i: L.Dense(2)(L.Bidirectional(L.GRU(4), name="bidi")(L.GRU(3, return_sequences=True)(i))),
+        "go_backwards": lambda L, i: L.GRU(4, go_backwards=True, name="backw")(i),
+        "pool": lambda L, i: L.GlobalAveragePooling1D(name="poolx")(L.GRU(4, return_sequences=True)(i)),
+        "conv_same": lambda L, i: L.GRU(3)(L.Conv1D(4, 3, padding="same", name="convx")(i)),
+        "attention": lambda L, i: L.Attention(name="attx")([L.GRU(4, return_sequences=True)(i)] * 2),
+        "initial_state": lambda L, i: L.GRU(4, name="dec")(i, initial_state=L.GRU(4, return_state=True)(i)[1:]),
+    }
+    names = {
+        "bidirectional": "bidi",
+        "go_backwards": "backw",
+        "pool": "poolx",
+        "conv_same": "convx",
+        "attention": "attx",
+        "initial_state": "dec",
+    }
+    _keras_refused(builds[what], names[what])
+
+
+def test_bidirectional_torch_module_refused():
+    model = rnnfast.from_torch(make_module("GRU", I_SIZE, 4, bidirectional=True))
+    with pytest.raises(UnsupportedLayerError, match="l0"):
+        model.stream()
+
+
+# -- threads ---------------------------------------------------------------------------
+
+
+def test_streams_from_threads_equal_serial(rng):
+    model = graph_model(rng, "lstm", np.float32, H=(48,))
+    xs = [rng.standard_normal((300, I_SIZE)).astype(np.float32) for _ in range(6)]
+    serial = [whole(model, x)[0] for x in xs]
+    got = [None] * len(xs)
+    errors = []
+
+    def work(i):
+        try:
+            s = model.stream()
+            got[i] = np.concatenate([model.step(xs[i][a : a + 7], s) for a in range(0, 300, 7)])
+        except Exception as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(xs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for g, w in zip(got, serial):
+        assert_bitwise(g, w, "threaded")
+
+
+def test_one_stream_from_two_threads_is_refused_and_not_corrupted(rng):
+    """While one thread steps a stream (a long chunk: the compiled call runs without the
+    GIL), another thread's step, state read or reset of the same stream is refused;
+    the first call's result is intact; Python code runs meanwhile (GIL released)."""
+    model = graph_model(rng, "gru", np.float32, H=(64,), head=False)
+    x = rng.standard_normal((200_000, I_SIZE)).astype(np.float32)
+    s = model.stream()
+    result = {}
+    t = threading.Thread(target=lambda: result.setdefault("y", model.step(x, s, num_threads=1)))
+    t.start()
+    while not s._lock.locked() and t.is_alive():
+        pass
+    ticks = 0
+    refused = []
+    while t.is_alive():
+        ticks += 1
+        for call in (lambda: model.step(x[:3], s), lambda: s.state, s.reset):
+            try:
+                call()
+            except RuntimeError as e:
+                refused.append(str(e))
+    t.join()
+    assert refused and all("another thread" in r for r in refused)
+    assert ticks > 10, "the main thread did not run while the step computed (GIL held?)"
+    want, _ = whole(model, x)
+    assert_bitwise(result["y"], want, "the first call's result")
