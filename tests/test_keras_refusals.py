@@ -64,11 +64,6 @@ def test_unsupported_wrapped_layers():
     )
 
 
-def test_stateful(tmp_path):
-    model = keras.Sequential([keras.Input(batch_shape=(2, T, F)), L.GRU(3, stateful=True)])
-    refused(model, "GRU", "stateful", tmp_path=tmp_path)
-
-
 @pytest.mark.parametrize(
     "cell, option, value",
     [(L.GRU, "activation", "gelu"), (L.LSTM, "recurrent_activation", "relu6"), (L.SimpleRNN, "activation", "swish")],

@@ -203,6 +203,7 @@ class RecurrentNode(_Node):
         zero_output_for_mask,
         stacked=False,
         keras_biases=None,
+        stateful=False,
     ):
         super().__init__(name, keras_class, rnn_layers[-1].dtype)
         self.rnn_layers = list(rnn_layers)
@@ -213,6 +214,7 @@ class RecurrentNode(_Node):
         self.go_backwards = bool(go_backwards)
         self.zero_output_for_mask = bool(zero_output_for_mask)
         self.stacked = bool(stacked)
+        self.stateful = bool(stateful)  # Keras stateful=True: the model carries its state (rnnfast.stream)
         counts = [layer.cell_spec.num_states for layer in self.rnn_layers]
         self.state_structure = []
         i = 1
@@ -323,7 +325,7 @@ class RecurrentNode(_Node):
         return outs, self.output_masks(mask)
 
     def describe(self):
-        opts = [o for o in ("return_sequences", "return_state", "go_backwards") if getattr(self, o)]
+        opts = [o for o in ("return_sequences", "return_state", "go_backwards", "stateful") if getattr(self, o)]
         if self.zero_output_for_mask:
             opts.append("zero_output_for_mask")
         if self.keras_class == "RNN":
@@ -1192,6 +1194,12 @@ class KerasModel(Summarized):
         dts = {node.dtype for node in self.layers}
         first = self._inputs[0]
         self.dtype = dts.pop() if len(dts) == 1 else (first["dtype"] if not dts else None)
+        # Keras stateful=True: the batch size the input declares, and the layers that
+        # carry state between calls (rnnfast.stream; refused at load when it cannot)
+        declared = [spec.get("declared") for spec in inputs]
+        self._fixed_batch = next((int(d[0]) for d in declared if d and d[0] is not None), None)
+        self.stateful_layers = _stream.stateful_layers(graph)
+        _stream.check_stateful(self, self._stateful_program, self._fixed_batch)
 
     # single-input views (the common case; tools read them)
     @property
@@ -1235,6 +1243,15 @@ class KerasModel(Summarized):
         numpy.ndarray, or a list of them (nested like Keras' for several outputs)
             Batch-major, the shapes and values ``keras_model.predict(x)`` gives.
         """
+        if self.stateful_layers:
+            return _stream.stateful_predict(
+                self, self._validated(x), batch_size, num_threads, self._stateful_program, self._fixed_batch
+            )
+        return self._predict_from_zero(x, batch_size, verbose, num_threads)
+
+    def _predict_from_zero(self, x, batch_size=None, verbose=0, num_threads=None):
+        """``predict`` with every state starting from zeros (a stateful model's too: the
+        load-time probes run this, touching no carried state)."""
         xs = self._validated(x)
         return run_batched(
             lambda *parts: self._run(parts, num_threads), xs[0], batch_size, aligned=xs[1:], verbose=verbose
@@ -1272,8 +1289,18 @@ class KerasModel(Summarized):
         """
         return _stream.step(self, x, stream, num_threads)
 
-    def _stream_program(self):
-        inputs = [
+    def reset_states(self):
+        """Keras ``reset_states()`` of a model with ``stateful=True`` layers: their
+        states back to zeros (the start of new sequences). Nothing to do otherwise."""
+        _stream.reset_stateful(self)
+
+    reset_state = reset_states
+
+    def _stateful_program(self):
+        return _stream.Program(self._graph, self._stream_inputs(), self._what(), keras_activation, stateful=True)
+
+    def _stream_inputs(self):
+        return [
             dict(
                 name=spec["name"],
                 dtype=spec["dtype"],
@@ -1282,6 +1309,9 @@ class KerasModel(Summarized):
             )
             for spec in self._inputs
         ]
+
+    def _stream_program(self):
+        inputs = self._stream_inputs()
         for spec in self._inputs:
             if not spec["integer"] and len(spec["shape"]) != 3:
                 raise UnsupportedLayerError(
@@ -1337,7 +1367,7 @@ class KerasModel(Summarized):
 
     def _infer_output_shape(self):
         # run one sample at two lengths (or the declared one): what varies is unknown
-        y1, y2 = (self.predict(self._probe(t), num_threads=1) for t in (16, 32))
+        y1, y2 = (self._predict_from_zero(self._probe(t), num_threads=1) for t in (16, 32))
 
         def merged(a, b):
             return tuple(None if i == 0 or a.shape[i] != b.shape[i] else int(n) for i, n in enumerate(a.shape))

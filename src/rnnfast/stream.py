@@ -51,7 +51,20 @@ from .errors import UnsupportedLayerError
 from .graph import Graph, Step
 from .layers import ACTIVATIONS
 
-__all__ = ["Stream", "Program", "program", "open_stream", "step", "torch_program", "RecurrentOp", "PER_STEP"]
+__all__ = [
+    "Stream",
+    "Program",
+    "program",
+    "open_stream",
+    "step",
+    "torch_program",
+    "RecurrentOp",
+    "PER_STEP",
+    "stateful_layers",
+    "check_stateful",
+    "stateful_predict",
+    "reset_stateful",
+]
 
 #: Op classes (by class name) that act on each time step alone and keep no state:
 #: they run on a stream's chunk as they run on a whole sequence. A new causal op joins
@@ -343,8 +356,9 @@ class Program:
         (:func:`rnnfast.model_keras.keras_activation`).
     """
 
-    def __init__(self, graph, inputs, what, activation=None):
+    def __init__(self, graph, inputs, what, activation=None, stateful=False):
         self.activation = activation
+        self.stateful = bool(stateful)
         self.graph = graph
         self.inputs = inputs
         self.what = what
@@ -369,6 +383,8 @@ class Program:
         )
 
     def _compile(self, step):
+        if self.stateful:
+            return self._compile_stateful(step)
         op = step.op
         kind = type(op).__name__
         if hasattr(op, "forward_node") or (getattr(op, "rnn_layers", None) and op.rnn_layers[0].num_directions == 2):
@@ -378,17 +394,7 @@ class Program:
                 self._refuse(op, "go_backwards reads the sequence from its end (the future)")
             if step.states:
                 self._refuse(op, "its initial state comes from another layer (give it with stream.state instead)")
-            slots, widths = [], []
-            for layer in op.rnn_layers:
-                for w in [layer.output_size, layer.units][: layer.cell_spec.num_states]:
-                    slots.append(len(self.widths))
-                    self.widths.append(w)
-                    self.dtypes.append(layer.dtype)
-                    widths.append(w)
-            rec = _Recurrent(op, slots, widths)
-            rec.index = len(self.recurrent)
-            self.recurrent.append(rec)
-            return ("recurrent", rec, step)
+            return self._recurrent_entry(op, step)
         if step.options.get("use_mask") is False:
             self._refuse(op, "it is called with options the step path does not take")
         if kind == "DenseNode":
@@ -418,6 +424,47 @@ class Program:
             "StepsNode": "it pads, crops or repeats steps",
         }.get(kind, "rnnfast does not know it to act on each step alone")
         self._refuse(op, why)
+
+    def _compile_stateful(self, step):
+        """Keras ``stateful=True``: each call is the next part of the batch's sequences
+        for the stateful recurrent layers (their states carried); every other op runs
+        on the call's input as ``predict`` runs it (Keras runs them per call)."""
+        op = step.op
+        inner = [getattr(op, "forward_node", None), getattr(op, "backward_node", None)]
+        for n in inner:
+            if getattr(n, "stateful", False):
+                raise UnsupportedLayerError(
+                    n.keras_class,
+                    "stateful",
+                    "stateful=True inside Bidirectional %r (its backward direction starts each call at "
+                    "the call's last step: no state to carry; %s)" % (op.name, self.what),
+                )
+        if not getattr(op, "stateful", False):
+            return ("op", op, step)
+        if op.go_backwards:
+            raise UnsupportedLayerError(
+                op.keras_class, "stateful", "layer %r: stateful=True with go_backwards=True (%s)" % (op.name, self.what)
+            )
+        if step.states:
+            raise UnsupportedLayerError(
+                op.keras_class,
+                "stateful",
+                "layer %r: stateful=True with an initial_state from another layer (%s)" % (op.name, self.what),
+            )
+        return self._recurrent_entry(op, step)
+
+    def _recurrent_entry(self, op, step):
+        slots, widths = [], []
+        for layer in op.rnn_layers:
+            for w in [layer.output_size, layer.units][: layer.cell_spec.num_states]:
+                slots.append(len(self.widths))
+                self.widths.append(w)
+                self.dtypes.append(layer.dtype)
+                widths.append(w)
+        rec = _Recurrent(op, slots, widths)
+        rec.index = len(self.recurrent)
+        self.recurrent.append(rec)
+        return ("recurrent", rec, step)
 
     # -- running ----------------------------------------------------------------------
 
@@ -490,7 +537,10 @@ class Program:
                     m = [masks[k] for k in step.inputs]
                 else:
                     x, m = values[step.inputs[0]], masks[step.inputs[0]]
-                outs, out_masks = obj.run(x, m, threads, **step.options)
+                extra = step.options
+                if step.states:
+                    extra = dict(extra, initial_state=[values[k] for k in step.states])
+                outs, out_masks = obj.run(x, m, threads, **extra)
             for k in free:
                 values.pop(k, None)
                 masks.pop(k, None)
@@ -597,17 +647,17 @@ _programs = weakref.WeakKeyDictionary()
 _programs_lock = threading.Lock()
 
 
-def program(model, build):
+def program(model, build, cache=_programs):
     """The model's :class:`Program`, built once (``build()``) and kept beside the model
     (not in it: the model pickles and compares as it did)."""
-    p = _programs.get(model)
+    p = cache.get(model)
     if p is None:
         with _programs_lock:
-            p = _programs.get(model)
+            p = cache.get(model)
             if p is None:
                 p = build()
                 p.owner = weakref.ref(model)
-                _programs[model] = p
+                cache[model] = p
     return p
 
 
@@ -720,3 +770,84 @@ def torch_program(model):
     graph = Graph(steps, [0], len(model.layers))
     spec = dict(name="input", dtype=model.dtype, integer=False, features=model.input_size)
     return Program(graph, [spec], repr(model))
+
+
+# -- Keras stateful=True models ----------------------------------------------------------
+
+_stateful_streams = weakref.WeakKeyDictionary()
+_stateful_programs = weakref.WeakKeyDictionary()
+
+
+def stateful_layers(graph):
+    """The names of the graph's ops that carry state between calls (Keras
+    ``stateful=True``), a Bidirectional's inner layers included."""
+    names = []
+    for op in graph.ops:
+        inner = [op, getattr(op, "forward_node", None), getattr(op, "backward_node", None)]
+        if any(getattr(n, "stateful", False) for n in inner):
+            names.append(op.name)
+    return names
+
+
+def check_stateful(model, build, batch_size):
+    """At load: a stateful model needs a fixed batch size and layers rnnfast can carry
+    (its :class:`Program` in stateful mode is built now, so refusals come at load)."""
+    names = stateful_layers(model._graph)
+    if not names:
+        return
+    if batch_size is None:
+        raise UnsupportedLayerError(
+            "RNN",
+            "stateful",
+            "%s: stateful layer(s) %s without a fixed batch size (Keras needs batch_shape / "
+            "batch_input_shape / batch_size on the input)" % (model._what(), ", ".join(map(repr, names))),
+        )
+    program(model, build, _stateful_programs)
+
+
+def stateful_predict(model, xs, batch_size, num_threads, build, fixed):
+    """``predict`` of a Keras ``stateful=True`` model, as Keras runs it: batches of
+    ``batch_size`` rows (Keras' default 32), each of exactly the model's batch size
+    ``fixed``, each the next part of the same ``fixed`` sequences: the stateful layers'
+    states carry over from batch to batch and from call to call; the rest of the model
+    runs on each batch alone (non-stateful recurrent layers start from zeros)."""
+    p = program(model, build, _stateful_programs)
+    streams = _stateful_streams.get(model)
+    if streams is None:
+        with _programs_lock:
+            streams = _stateful_streams.get(model)
+            if streams is None:
+                streams = _stateful_streams[model] = [Stream(p) for _ in range(fixed)]
+    N = xs[0].shape[0]
+    bs = 32 if batch_size is None else int(batch_size)
+    outs = []
+    for start in range(0, N, bs):
+        part = [a[start : start + bs] for a in xs]
+        n = part[0].shape[0]
+        if n != fixed:
+            raise ValueError(
+                "%s is stateful with a batch size of %d: each batch must have %d rows, got %d "
+                "(%d rows in batches of %d)" % (p.what, fixed, fixed, n, N, bs)
+            )
+        for s in streams:
+            s._seen = [False] * len(s._seen)  # Keras' previous output starts at zeros per call
+        chunks = [[a[b] for a in part] if len(part) > 1 else part[0][b] for b in range(n)]
+        outs.append(_step_many(p, chunks, streams, num_threads))
+    if len(outs) == 1:
+        return outs[0]
+    return _map_many(lambda *ys: np.concatenate(ys, axis=0), outs)
+
+
+def reset_stateful(model):
+    """Keras ``reset_states()``: the stateful layers' states back to zeros."""
+    for s in _stateful_streams.get(model, ()):
+        s.reset()
+
+
+def _map_many(fn, items):
+    s0 = items[0]
+    if isinstance(s0, dict):
+        return {k: _map_many(fn, [s[k] for s in items]) for k in s0}
+    if isinstance(s0, list):
+        return [_map_many(fn, [s[i] for s in items]) for i in range(len(s0))]
+    return fn(*items)

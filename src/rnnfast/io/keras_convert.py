@@ -327,8 +327,6 @@ class WeightList:
 
 
 def _rnn_layer_options(cls, cfg):
-    if cfg.get("stateful"):
-        raise UnsupportedLayerError(cls, "stateful", "stateful=True: rnnfast keeps no state between calls")
     if cfg.get("time_major"):
         raise UnsupportedLayerError(cls, "time_major", "time_major=True")
     return dict(
@@ -336,6 +334,7 @@ def _rnn_layer_options(cls, cfg):
         return_state=bool(cfg.get("return_state", False)),
         go_backwards=bool(cfg.get("go_backwards", False)),
         zero_output_for_mask=bool(cfg.get("zero_output_for_mask", False)),
+        stateful=bool(cfg.get("stateful", False)),  # carried between calls: rnnfast.stream
     )
 
 

@@ -254,7 +254,7 @@ def _check_shapes(model):
             dims[1] = max(1, min(steps, MAX_PROBE_VALUES // values))
         probe.append(np.zeros(dims, dtype=np.int64 if spec["integer"] else spec["dtype"]))
     try:
-        model.predict(probe if len(probe) > 1 else probe[0], num_threads=1)
+        model._predict_from_zero(probe if len(probe) > 1 else probe[0], num_threads=1)  # no carried state
     except ValueError as e:
         raise FormatError("the layers of %r do not fit together: %s" % (model.name, e)) from None
 
