@@ -92,12 +92,15 @@ class Stream:
         (``ValueError`` naming the layer otherwise).
     """
 
-    __slots__ = ("_program", "_slots", "_seen", "_lock", "__weakref__")
+    __slots__ = ("_program", "_block", "_row", "_slots", "_seen", "_lock", "__weakref__")
 
     def __init__(self, program):
         self._program = program
-        self._slots = [np.zeros((1, 1, w), program.dtypes[i]) for i, w in enumerate(program.widths)]
-        self._seen = [False] * len(program.recurrent)
+        self._block, self._row = block, row = program.take_row()
+        weakref.finalize(self, block.give, row)
+        # views of the stream's row of its block: the kernels read and write them in place
+        self._slots = [a[row : row + 1][None] for a in block.slots]
+        self._seen = block.seen[:, row : row + 1]
         self._lock = threading.Lock()
 
     def reset(self):
@@ -105,8 +108,7 @@ class Stream:
         with self._held():
             for a in self._slots:
                 a.fill(0)
-            for i in range(len(self._seen)):
-                self._seen[i] = False
+            self._seen[:] = False
 
     @property
     def state(self):
@@ -145,8 +147,7 @@ class Stream:
         with self._held():
             for i, a in new:
                 self._slots[i][0, 0] = a
-            for k in range(len(self._seen)):
-                self._seen[k] = True  # a restored state is a sequence under way
+            self._seen[:] = True  # a restored state is a sequence under way
 
     @contextlib.contextmanager
     def _held(self):
@@ -166,6 +167,25 @@ def _busy():
 
 
 # -- the compiled form of a model for streaming ------------------------------------------
+
+
+class _Block:
+    """States of up to :attr:`ROWS` streams of one program, a row each: one array per
+    state slot (ROWS, width), never reallocated (streams hold views of their rows), so
+    that a batched step gathers and scatters its streams' states with one fancy index
+    per slot instead of a Python loop over streams."""
+
+    ROWS = 256
+
+    def __init__(self, program):
+        self.slots = [np.zeros((self.ROWS, w), dt) for w, dt in zip(program.widths, program.dtypes)]
+        self.seen = np.zeros((len(program.recurrent), self.ROWS), bool)
+        self.free = list(range(self.ROWS - 1, -1, -1))
+        self.lock = threading.Lock()
+
+    def give(self, row):
+        with self.lock:
+            self.free.append(row)
 
 
 class RecurrentOp:
@@ -230,47 +250,58 @@ class _Kernel:
         self.dtype = layer.dtype
         self._plans = {}
 
-    def plan(self, B, T, threads):
-        key = (B, T, threads)
-        p = self._plans.get(key)
-        if p is None:
-            p = _plan.plan(B=B, D=1, Ho=self.Ho, GH=self.GH, ncb=self.ncb, num_threads=threads, T=T)
+    def plan(self, B, T, num_threads):
+        """The plan of a call of T steps over B rows: the shapes' plan (cached), one row
+        per item where the cell's product calls BLAS, and the team: ``num_threads``
+        (resolved only when the call is big enough to use more than one thread)."""
+        got = self._plans.get((B, T))
+        if got is None:
+            p = _plan.plan(B=B, D=1, Ho=self.Ho, GH=self.GH, ncb=self.ncb, num_threads=1 << 20, T=T)
             if self.one_row:
                 p = p._replace(batch_rows=1)
-            if len(self._plans) > 256:
+            got = (p._replace(num_threads=1), p.num_threads)  # the plan, and the most threads it uses
+            if len(self._plans) > 512:
                 self._plans.clear()
-            self._plans[key] = p
+            self._plans[(B, T)] = got
+        p, cap = got
+        if cap > 1:
+            p = p._replace(num_threads=min(cap, resolve_num_threads(num_threads)))
         return p
 
-    def run(self, x, T, B, mask, h, c, out, threads):
+    def run(self, x, T, B, mask, h, c, out, num_threads):
         """x (T*B, I), mask (T, B) uint8 or (0, 0), h (1, B, Ho) and c (1, B, H) or
         (0, 0, 0) IN/OUT, out (T*B, Ho) or (0, 0)."""
-        plan = self.plan(B, T, threads)
-        ctx = blas_single_threaded() if self.one_row else _NULL
-        with ctx:
-            _kernels.rnn_forward(
-                self.code,
-                self.act,
-                self.ract,
-                x,
-                T,
-                B,
-                self.W,
-                self.Wp,
-                self.bx,
-                self.U,
-                self.Up,
-                self.bhn,
-                self.Wr,
-                mask,
-                out,
-                h,
-                c,
-                batch_first=False,
-                zero_output=False,
-                reverse_first=False,
-                plan=plan,
-            )
+        plan = self.plan(B, T, num_threads)
+        if self.one_row:
+            with blas_single_threaded():
+                self._call(x, T, B, mask, h, c, out, plan)
+        else:
+            self._call(x, T, B, mask, h, c, out, plan)
+
+    def _call(self, x, T, B, mask, h, c, out, plan):
+        _kernels.rnn_forward(
+            self.code,
+            self.act,
+            self.ract,
+            x,
+            T,
+            B,
+            self.W,
+            self.Wp,
+            self.bx,
+            self.U,
+            self.Up,
+            self.bhn,
+            self.Wr,
+            mask,
+            out,
+            h,
+            c,
+            batch_first=False,
+            zero_output=False,
+            reverse_first=False,
+            plan=plan,
+        )
 
 
 _NULL = contextlib.nullcontext()
@@ -303,7 +334,7 @@ class _Dense:
         self.dense = dense
         self.dtype = dense.dtype
         K, N = dense.kernel.shape
-        self.N = N
+        self.K, self.N = K, N
         self.Bp = _kernels.pack_blocks(np.ascontiguousarray(dense.kernel)[None], 1, 1)[0]
         self.Bp.flags.writeable = False
         self.bias = dense.bias if dense.bias is not None else np.zeros(0, self.dtype)
@@ -314,12 +345,12 @@ class _Dense:
         self.post = post
 
     def run(self, x, mask, num_threads=None):
-        x = np.ascontiguousarray(x, dtype=self.dtype)
-        K = self.dense.kernel.shape[0]
+        if x.dtype != self.dtype or not x.flags.c_contiguous:
+            x = np.ascontiguousarray(x, dtype=self.dtype)
+        K = self.K
         if x.shape[-1] != K:
             raise ValueError("Dense %r expects %d input features, got shape %s" % (self.node.name, K, x.shape))
-        lead = x.shape[:-1]
-        y = np.empty(lead + (self.N,), self.dtype)
+        y = np.empty(x.shape[:-1] + (self.N,), self.dtype)
         _kernels.packed_rows(x.reshape(-1, K), self.Bp, self.bias, y.reshape(-1, self.N), self.act)
         if self.softmax:
             y = _softmax_rows(y)
@@ -366,8 +397,12 @@ class Program:
         self.recurrent = []
         self.entries = []  # (kind, obj, step)
         for step in graph.steps:
-            self.entries.append(self._compile(step))
+            self.entries.append(self._compile(step) + (bool(getattr(step.op, "multi_input", False)),))
         self._free = graph._free
+        outs = graph.outputs
+        self.single_output = outs if not isinstance(outs, (list, dict)) else None
+        self.single_input = len(inputs) == 1 and not inputs[0]["integer"]
+        self.chain = None if self.stateful else self._chain()
         self.seq_outputs = None  # filled on the first step: which outputs have a time axis
 
     def names(self):
@@ -468,8 +503,48 @@ class Program:
 
     # -- running ----------------------------------------------------------------------
 
-    def zero_slots(self):
-        return [np.zeros((1, 1, w), dt) for w, dt in zip(self.widths, self.dtypes)]
+    def _chain(self):
+        """The fast form of a model that is a chain with no mask anywhere (one input,
+        each op reading the previous op's only output): one function per op,
+        ``f(x, states, num_threads) -> y``, run by a single stream's step without the
+        graph's bookkeeping. None for any other model."""
+        prev = self.graph.inputs[0] if len(self.graph.inputs) == 1 else None
+        fns = []
+        for kind, obj, step, multi in self.entries:
+            op = step.op
+            if (
+                prev is None
+                or multi
+                or step.inputs != [prev]
+                or len(step.outputs) != 1
+                or step.states
+                or step.options
+                or type(op).__name__ == "MaskingNode"
+                or (type(op).__name__ == "EmbeddingNode" and op.mask_zero)
+                or getattr(op, "mask_rule", "keep") == "create"
+            ):
+                return None
+            fns.append(_chain_recurrent(obj) if kind == "recurrent" else _chain_op(obj))
+            prev = step.outputs[0]
+        return fns if prev == self.graph.outputs else None
+
+    def take_row(self):
+        """A free row of a state block (a new block when all are full), zeroed."""
+        with _programs_lock:
+            blocks = self.__dict__.setdefault("_blocks", [])
+            for block in blocks:
+                with block.lock:
+                    if block.free:
+                        row = block.free.pop()
+                        break
+            else:
+                block = _Block(self)
+                blocks.append(block)
+                row = block.free.pop()
+        for a in block.slots:
+            a[row] = 0
+        block.seen[:, row] = False
+        return block, row
 
     def prepare(self, x, what):
         """One stream's input (one array per graph input, or a list / dict for several)
@@ -515,24 +590,22 @@ class Program:
         feeds : list of time-major arrays (T, B, F) or (T, B) ids, right-padded
         lengths : (B,) ints, or None when every chunk has T steps
         states : per slot an array (1, B, width), IN/OUT
-        seen : per recurrent op a (B,) bool array (rows that ever stepped), IN/OUT
+        seen : (recurrent ops, B) bool: rows that have stepped (a masked step outputs
+            the carried state only after one), IN/OUT
         Returns the output values (time-major), in the graph's output structure.
         """
-        T, B = feeds[0].shape[:2]
-        threads = resolve_num_threads(num_threads)
         pad = None
         if lengths is not None:
-            pad = np.arange(T)[:, None] < lengths[None, :]
+            pad = np.arange(feeds[0].shape[0])[:, None] < lengths[None, :]
         values = dict(zip(self.graph.inputs, feeds))
         masks = dict.fromkeys(self.graph.inputs)
-        for (kind, obj, step), free in zip(self.entries, self._free):
+        for (kind, obj, step, multi), free in zip(self.entries, self._free):
             if kind == "recurrent":
-                x = values[step.inputs[0]]
-                m = masks[step.inputs[0]]
-                outs = self._recurrent(obj, x, m, pad, lengths, states, seen, threads)
-                out_masks = [m if obj.return_sequences else None] + [None] * (len(outs) - 1)
+                k = step.inputs[0]
+                outs = self._recurrent(obj, values[k], masks[k], pad, lengths, states, seen, num_threads)
+                out_masks = [masks[k] if obj.return_sequences else None] + [None] * (len(outs) - 1)
             else:
-                if getattr(step.op, "multi_input", False):
+                if multi:
                     x = [values[k] for k in step.inputs]
                     m = [masks[k] for k in step.inputs]
                 else:
@@ -540,58 +613,57 @@ class Program:
                 extra = step.options
                 if step.states:
                     extra = dict(extra, initial_state=[values[k] for k in step.states])
-                outs, out_masks = obj.run(x, m, threads, **extra)
+                outs, out_masks = obj.run(x, m, num_threads, **extra)
             for k in free:
-                values.pop(k, None)
-                masks.pop(k, None)
+                del values[k]
+                del masks[k]
             for k, v, mk in zip(step.outputs, outs, out_masks):
                 values[k] = v
                 masks[k] = mk
-        return _map(lambda k: values[k], self.graph.outputs)
+        if self.single_output is not None:
+            return values[self.single_output]
+        return _map(values.__getitem__, self.graph.outputs)
 
-    def _recurrent(self, rec, x, mask, pad, lengths, states, seen, threads):
+    def _recurrent(self, rec, x, mask, pad, lengths, states, seen, num_threads):
         if x.ndim != 3:
             raise ValueError("%s %r needs a sequence, got shape %s" % (rec.op.keras_class, rec.name, x.shape))
         T, B = x.shape[:2]
-        kmask = None
+        valid = None  # the steps the kernel runs: the user's mask and the padding
         if mask is not None:
-            kmask = np.asarray(mask, bool)
+            valid = np.asarray(mask, bool)
             if pad is not None:
-                kmask = kmask & pad
+                valid = valid & pad
         elif pad is not None:
-            kmask = pad
-        km = np.ascontiguousarray(kmask).view(np.uint8) if kmask is not None else _NO_MASK
-        n = len(rec.kernels)
+            valid = pad
+        km = np.ascontiguousarray(valid).view(np.uint8) if valid is not None else _NO_MASK
+        kernels = rec.kernels
+        n = len(kernels)
         si = 0
-        h0_first = None
-        for k, kern in enumerate(rec.kernels):
+        h0 = None
+        for k, kern in enumerate(kernels):
             last = k == n - 1
-            x = np.ascontiguousarray(x, dtype=kern.dtype)
+            if x.dtype != kern.dtype or not x.flags.c_contiguous:
+                x = np.ascontiguousarray(x, dtype=kern.dtype)
             h = states[rec.slots[si]]
-            c = states[rec.slots[si + 1]] if kern.with_c else _NO_STATE[kern.dtype.char]
-            si += 2 if kern.with_c else 1
-            if last and mask is not None and rec.return_sequences and not rec.zero_output_for_mask:
-                h0_first = h[0].copy()  # masked leading steps output the carried state
+            if kern.with_c:
+                c = states[rec.slots[si + 1]]
+                si += 2
+            else:
+                c = _NO_STATE[kern.dtype.char]
+                si += 1
             seq = not last or rec.return_sequences
-            out = np.empty((T, B, kern.Ho), kern.dtype) if seq else None
-            kern.run(
-                x.reshape(T * B, kern.I),
-                T,
-                B,
-                km,
-                h,
-                c,
-                out.reshape(T * B, kern.Ho) if seq else _NO_OUT[kern.dtype.char],
-                threads,
-            )
-            x = out
+            if last and mask is not None and seq and not rec.zero_output_for_mask:
+                h0 = h[0].copy()  # masked leading steps output the carried state
+            if seq:
+                out = np.empty((T, B, kern.Ho), kern.dtype)
+                kern.run(x.reshape(T * B, kern.I), T, B, km, h, c, out.reshape(T * B, kern.Ho), num_threads)
+                x = out
+            else:
+                kern.run(x.reshape(T * B, kern.I), T, B, km, h, c, _NO_OUT[kern.dtype.char], num_threads)
         s = seen[rec.index]
         if rec.return_sequences:
             y = x
             if mask is not None:
-                valid = np.asarray(mask, bool)
-                if pad is not None:
-                    valid = valid & pad
                 if rec.zero_output_for_mask:
                     y = np.where(valid[:, :, None], y, y.dtype.type(0))
                 else:
@@ -599,25 +671,58 @@ class Program:
                     # zeros; a row that stepped in an earlier chunk emits its carried state
                     first = np.where(valid.any(axis=0), valid.argmax(axis=0), T)
                     for b in np.nonzero(s & (first > 0))[0]:
-                        y[: first[b], b] = h0_first[b]
+                        y[: first[b], b] = h0[b]
         else:
-            y = states[rec.slots[-(2 if rec.kernels[-1].with_c else 1)]][0].copy()
+            y = h[0].copy()
             if mask is not None and rec.zero_output_for_mask:
-                valid = np.asarray(mask, bool)
+                m = np.asarray(mask, bool)
                 idx = (lengths - 1) if lengths is not None else np.full(B, T - 1)
-                last_valid = valid[idx, np.arange(B)]
-                y = np.where(last_valid[:, None], y, y.dtype.type(0))
-        if mask is not None:
-            valid = np.asarray(mask, bool)
-            if pad is not None:
-                valid = valid & pad
+                y = np.where(m[idx, np.arange(B)][:, None], y, y.dtype.type(0))
+        if valid is not None:
             s |= valid.any(axis=0)
         else:
             s[:] = True
-        outs = [y]
         if rec.return_state:
-            outs += [states[i][0].copy() for i in rec.slots]
-        return outs
+            return [y] + [states[i][0].copy() for i in rec.slots]
+        return [y]
+
+
+def _chain_op(obj):
+    run = obj.run
+
+    def f(x, states, num_threads):
+        return run(x, None, num_threads)[0][0]
+
+    return f
+
+
+def _chain_recurrent(rec):
+    """A recurrent op of a chain (no mask): its kernels in turn on the stream's slots."""
+    plan = []
+    si = 0
+    for kern in rec.kernels:
+        plan.append((kern, rec.slots[si], rec.slots[si + 1] if kern.with_c else None))
+        si += 2 if kern.with_c else 1
+    last_seq = rec.return_sequences
+    n = len(plan)
+
+    def f(x, states, num_threads):
+        T, B = x.shape[0], x.shape[1]
+        for k, (kern, hs, cs) in enumerate(plan):
+            if x.dtype != kern.dtype or not x.flags.c_contiguous:
+                x = np.ascontiguousarray(x, dtype=kern.dtype)
+            h = states[hs]
+            c = states[cs] if cs is not None else _NO_STATE[kern.dtype.char]
+            if k < n - 1 or last_seq:
+                out = np.empty((T, B, kern.Ho), kern.dtype)
+                kern.run(x.reshape(T * B, kern.I), T, B, _NO_MASK, h, c, out.reshape(T * B, kern.Ho), num_threads)
+                x = out
+            else:
+                kern.run(x.reshape(T * B, kern.I), T, B, _NO_MASK, h, c, _NO_OUT[kern.dtype.char], num_threads)
+                x = h[0].copy()
+        return x
+
+    return f
 
 
 _NO_MASK = np.zeros((0, 0), np.uint8)
@@ -696,17 +801,33 @@ def step(model, x, streams, num_threads=None):
 
 
 def _step_one(p, x, s, num_threads):
-    xs, T = p.prepare(x, p.what)
-    feeds = [a.reshape((T, 1) + a.shape[1:]) for a in xs]
+    spec = p.inputs[0]
+    if (
+        p.single_input
+        and type(x) is np.ndarray
+        and x.dtype == spec["dtype"]
+        and x.ndim == 2
+        and x.shape[1] == spec["features"]
+        and x.shape[0] > 0
+    ):
+        T = x.shape[0]  # what prepare() would check, checked: the common case
+        feeds = [x.reshape(T, 1, x.shape[1])]
+    else:
+        xs, T = p.prepare(x, p.what)
+        feeds = [a.reshape((T, 1) + a.shape[1:]) for a in xs]
     if not s._lock.acquire(blocking=False):
         raise _busy()
     try:
-        seen = [np.array([v]) for v in s._seen]
-        out = p.run(feeds, None, s._slots, seen, num_threads)
-        for i, v in enumerate(seen):
-            s._seen[i] = bool(v[0])
+        if p.chain is not None:
+            out = feeds[0]
+            for f in p.chain:
+                out = f(out, s._slots, num_threads)
+        else:
+            out = p.run(feeds, None, s._slots, s._seen, num_threads)
     finally:
         s._lock.release()
+    if p.single_output is not None:
+        return out[:, 0] if out.ndim == 3 else out[0]
     return _map(_first, out)
 
 
@@ -715,12 +836,23 @@ def _first(y):
 
 
 def _step_many(p, x, streams, num_threads):
-    parts = [p.prepare(xi, p.what) for xi in x]
-    lengths = np.array([T for _, T in parts])
+    spec = p.inputs[0]
+    if p.single_input:
+        dt, F = spec["dtype"], spec["features"]
+        fast = all(
+            type(c) is np.ndarray and c.dtype == dt and c.ndim == 2 and c.shape[1] == F and c.shape[0] > 0 for c in x
+        )
+    else:
+        fast = False
+    if fast:  # what prepare() would check, checked: the common case
+        parts = [([c], c.shape[0]) for c in x]
+    else:
+        parts = [p.prepare(xi, p.what) for xi in x]
+    lengths = np.fromiter((T for _, T in parts), np.intp, len(parts))
     T = int(lengths.max())
     ragged = bool((lengths != T).any())
     feeds = []
-    for j, spec in enumerate(p.inputs):
+    for j in range(len(p.inputs)):
         chunks = [xs[j] for xs, _ in parts]
         if not ragged:
             feeds.append(np.stack(chunks, axis=1))
@@ -735,15 +867,24 @@ def _step_many(p, x, streams, num_threads):
             if not s._lock.acquire(blocking=False):
                 raise _busy()
             held.append(s)
-        states = [np.concatenate([s._slots[i] for s in streams], axis=1) for i in range(len(p.widths))]
-        seen = [np.array([s._seen[k] for s in streams]) for k in range(len(p.recurrent))]
-        out = p.run(feeds, lengths if ragged else None, states, seen, num_threads)
-        for i, a in enumerate(states):
+        block = streams[0]._block
+        if all(s._block is block for s in streams):
+            # one fancy index per slot: gather the rows, run, scatter them back
+            idx = np.fromiter((s._row for s in streams), np.intp, len(streams))
+            states = [a[idx][None] for a in block.slots]
+            seen = block.seen[:, idx]
+            out = p.run(feeds, lengths if ragged else None, states, seen, num_threads)
+            for a, st in zip(block.slots, states):
+                a[idx] = st[0]
+            block.seen[:, idx] = seen
+        else:
+            states = [np.concatenate([s._slots[i] for s in streams], axis=1) for i in range(len(p.widths))]
+            seen = np.concatenate([s._seen for s in streams], axis=1)
+            out = p.run(feeds, lengths if ragged else None, states, seen, num_threads)
             for b, s in enumerate(streams):
-                s._slots[i][0, 0] = a[0, b]
-        for k, v in enumerate(seen):
-            for b, s in enumerate(streams):
-                s._seen[k] = bool(v[b])
+                for mine, a in zip(s._slots, states):
+                    mine[0, 0] = a[0, b]
+                s._seen[:, 0] = seen[:, b]
     finally:
         for s in held:
             s._lock.release()
@@ -830,7 +971,7 @@ def stateful_predict(model, xs, batch_size, num_threads, build, fixed):
                 "(%d rows in batches of %d)" % (p.what, fixed, fixed, n, N, bs)
             )
         for s in streams:
-            s._seen = [False] * len(s._seen)  # Keras' previous output starts at zeros per call
+            s._seen[:] = False  # Keras' previous output starts at zeros per call
         chunks = [[a[b] for a in part] if len(part) > 1 else part[0][b] for b in range(n)]
         outs.append(_step_many(p, chunks, streams, num_threads))
     if len(outs) == 1:
