@@ -419,7 +419,7 @@ def test_one_stream_from_two_threads_is_refused_and_not_corrupted(rng):
     result = {}
     t = threading.Thread(target=lambda: result.setdefault("y", model.step(x, s, num_threads=1)))
     t.start()
-    while not s._lock.locked() and t.is_alive():
+    while not s._in_use() and t.is_alive():
         pass
     ticks = 0
     refused = []

@@ -92,16 +92,20 @@ class Stream:
         (``ValueError`` naming the layer otherwise).
     """
 
-    __slots__ = ("_program", "_block", "_row", "_slots", "_seen", "_lock", "__weakref__")
+    __slots__ = ("_program", "_block", "_row", "_grow", "_slots", "_seen", "__weakref__")
 
     def __init__(self, program):
         self._program = program
         self._block, self._row = block, row = program.take_row()
+        self._grow = block.gid * _Block.ROWS + row  # the row's number among all blocks
         weakref.finalize(self, block.give, row)
         # views of the stream's row of its block: the kernels read and write them in place
         self._slots = [a[row : row + 1][None] for a in block.slots]
         self._seen = block.seen[:, row : row + 1]
-        self._lock = threading.Lock()
+
+    def _in_use(self):
+        """Whether a call is stepping (or reading) this stream now."""
+        return bool(self._block.busy[self._row])
 
     def reset(self):
         """Back to the start of a sequence: zero states."""
@@ -151,12 +155,11 @@ class Stream:
 
     @contextlib.contextmanager
     def _held(self):
-        if not self._lock.acquire(blocking=False):
-            raise _busy()
+        self._block.claim(self._row)
         try:
             yield
         finally:
-            self._lock.release()
+            self._block.busy[self._row] = False
 
     def __repr__(self):
         return "<Stream of %s>" % self._program.what
@@ -169,6 +172,10 @@ def _busy():
 # -- the compiled form of a model for streaming ------------------------------------------
 
 
+#: Every state block, by its number (``_Block.gid``).
+_BLOCKS = []
+
+
 class _Block:
     """States of up to :attr:`ROWS` streams of one program, a row each: one array per
     state slot (ROWS, width), never reallocated (streams hold views of their rows), so
@@ -178,10 +185,22 @@ class _Block:
     ROWS = 256
 
     def __init__(self, program):
+        self.program = program
         self.slots = [np.zeros((self.ROWS, w), dt) for w, dt in zip(program.widths, program.dtypes)]
         self.seen = np.zeros((len(program.recurrent), self.ROWS), bool)
+        self.busy = np.zeros(self.ROWS, bool)  # rows a call is using now
         self.free = list(range(self.ROWS - 1, -1, -1))
         self.lock = threading.Lock()
+        self.gid = len(_BLOCKS)  # (made under _programs_lock)
+        _BLOCKS.append(self)
+
+    def claim(self, rows):
+        """Mark ``rows`` (an index or an index array) in use, or refuse (RuntimeError)
+        when a call uses any of them already: a stream is stepped by one call at a time."""
+        with self.lock:
+            if self.busy[rows].any():
+                raise _busy()
+            self.busy[rows] = True
 
     def give(self, row):
         with self.lock:
@@ -749,7 +768,7 @@ def _leaves(s):
 # -- the API the models expose -----------------------------------------------------------
 
 _programs = weakref.WeakKeyDictionary()
-_programs_lock = threading.Lock()
+_programs_lock = threading.RLock()  # re-entered: a stateful model makes its streams under it
 
 
 def program(model, build, cache=_programs):
@@ -788,16 +807,25 @@ def step(model, x, streams, num_threads=None):
         )
     if not streams:
         return []
-    p = None
-    for s in streams:
-        if not isinstance(s, Stream):
-            raise TypeError("step takes a list of Streams, got a %s in it" % type(s).__name__)
-        if s._program.owner() is not model:
-            raise ValueError("a stream in the list was opened by another model (%s)" % s._program.what)
-        p = s._program
-    if len({id(s) for s in streams}) != len(streams):
+    try:
+        rows = np.fromiter((s._grow for s in streams), np.intp, len(streams))
+    except AttributeError:
+        bad = next(s for s in streams if not isinstance(s, Stream))
+        raise TypeError("step takes a list of Streams, got a %s in it" % type(bad).__name__) from None
+    first = rows[0] // _Block.ROWS
+    if (rows // _Block.ROWS == first).all():
+        block = _BLOCKS[first]  # one block: one program, checked once
+        if block.program.owner() is not model:
+            raise ValueError("the streams were opened by another model (%s)" % block.program.what)
+        rows = rows - first * _Block.ROWS
+    else:
+        block = None
+        for s in streams:
+            if s._program.owner() is not model:
+                raise ValueError("a stream in the list was opened by another model (%s)" % s._program.what)
+    if np.unique(rows).size != len(streams) if block is not None else len(set(map(id, streams))) != len(streams):
         raise ValueError("a stream appears twice in one step: a stream is one sequence")
-    return _step_many(p, x, streams, num_threads)
+    return _step_many(streams[0]._program, x, streams, num_threads, block, rows)
 
 
 def _step_one(p, x, s, num_threads):
@@ -815,8 +843,8 @@ def _step_one(p, x, s, num_threads):
     else:
         xs, T = p.prepare(x, p.what)
         feeds = [a.reshape((T, 1) + a.shape[1:]) for a in xs]
-    if not s._lock.acquire(blocking=False):
-        raise _busy()
+    block, row = s._block, s._row
+    block.claim(row)
     try:
         if p.chain is not None:
             out = feeds[0]
@@ -825,7 +853,7 @@ def _step_one(p, x, s, num_threads):
         else:
             out = p.run(feeds, None, s._slots, s._seen, num_threads)
     finally:
-        s._lock.release()
+        block.busy[row] = False
     if p.single_output is not None:
         return out[:, 0] if out.ndim == 3 else out[0]
     return _map(_first, out)
@@ -835,59 +863,62 @@ def _first(y):
     return y[:, 0] if y.ndim == 3 else y[0]
 
 
-def _step_many(p, x, streams, num_threads):
-    spec = p.inputs[0]
+def _step_many(p, x, streams, num_threads, block=None, rows=None):
+    """A batched step: ``block`` and ``rows`` when every stream is in that block."""
+    feeds = None
     if p.single_input:
-        dt, F = spec["dtype"], spec["features"]
-        fast = all(
-            type(c) is np.ndarray and c.dtype == dt and c.ndim == 2 and c.shape[1] == F and c.shape[0] > 0 for c in x
-        )
-    else:
-        fast = False
-    if fast:  # what prepare() would check, checked: the common case
-        parts = [([c], c.shape[0]) for c in x]
-    else:
+        spec = p.inputs[0]
+        try:
+            f = np.stack(x, axis=1)  # (T, B, F) when the chunks are arrays of one shape
+        except (ValueError, TypeError):
+            f = None
+        if f is not None and f.dtype == spec["dtype"] and f.ndim == 3 and f.shape[2] == spec["features"] and len(f):
+            feeds, lengths, ragged = [f], None, False  # what prepare() checks, checked
+    if feeds is None:
         parts = [p.prepare(xi, p.what) for xi in x]
-    lengths = np.fromiter((T for _, T in parts), np.intp, len(parts))
-    T = int(lengths.max())
-    ragged = bool((lengths != T).any())
-    feeds = []
-    for j in range(len(p.inputs)):
-        chunks = [xs[j] for xs, _ in parts]
+        lengths = np.fromiter((T for _, T in parts), np.intp, len(parts))
+        T = int(lengths.max())
+        ragged = bool((lengths != T).any())
+        feeds = []
+        for j in range(len(p.inputs)):
+            chunks = [xs[j] for xs, _ in parts]
+            if not ragged:
+                feeds.append(np.stack(chunks, axis=1))
+            else:
+                f = np.zeros((T, len(chunks)) + chunks[0].shape[1:], chunks[0].dtype)
+                for b, c in enumerate(chunks):
+                    f[: c.shape[0], b] = c
+                feeds.append(f)
         if not ragged:
-            feeds.append(np.stack(chunks, axis=1))
-        else:
-            f = np.zeros((T, len(chunks)) + chunks[0].shape[1:], chunks[0].dtype)
-            for b, c in enumerate(chunks):
-                f[: c.shape[0], b] = c
-            feeds.append(f)
-    held = []
-    try:
-        for s in streams:
-            if not s._lock.acquire(blocking=False):
-                raise _busy()
-            held.append(s)
-        block = streams[0]._block
-        if all(s._block is block for s in streams):
-            # one fancy index per slot: gather the rows, run, scatter them back
-            idx = np.fromiter((s._row for s in streams), np.intp, len(streams))
-            states = [a[idx][None] for a in block.slots]
-            seen = block.seen[:, idx]
-            out = p.run(feeds, lengths if ragged else None, states, seen, num_threads)
+            lengths = None
+    if block is not None:
+        # one fancy index per slot: gather the rows, run, scatter them back
+        block.claim(rows)
+        try:
+            states = [a[rows][None] for a in block.slots]
+            seen = block.seen[:, rows]
+            out = p.run(feeds, lengths, states, seen, num_threads)
             for a, st in zip(block.slots, states):
-                a[idx] = st[0]
-            block.seen[:, idx] = seen
-        else:
+                a[rows] = st[0]
+            block.seen[:, rows] = seen
+        finally:
+            block.busy[rows] = False
+    else:
+        held = []
+        try:
+            for s in streams:
+                s._block.claim(s._row)
+                held.append(s)
             states = [np.concatenate([s._slots[i] for s in streams], axis=1) for i in range(len(p.widths))]
             seen = np.concatenate([s._seen for s in streams], axis=1)
-            out = p.run(feeds, lengths if ragged else None, states, seen, num_threads)
+            out = p.run(feeds, lengths, states, seen, num_threads)
             for b, s in enumerate(streams):
                 for mine, a in zip(s._slots, states):
                     mine[0, 0] = a[0, b]
                 s._seen[:, 0] = seen[:, b]
-    finally:
-        for s in held:
-            s._lock.release()
+        finally:
+            for s in held:
+                s._block.busy[s._row] = False
     if not ragged:
         return _map(_batch_major, out)
     return [_map(lambda y, b=b, n=n: _row(y, b, n), out) for b, n in enumerate(lengths.tolist())]
@@ -973,7 +1004,9 @@ def stateful_predict(model, xs, batch_size, num_threads, build, fixed):
         for s in streams:
             s._seen[:] = False  # Keras' previous output starts at zeros per call
         chunks = [[a[b] for a in part] if len(part) > 1 else part[0][b] for b in range(n)]
-        outs.append(_step_many(p, chunks, streams, num_threads))
+        rows = np.array([st._row for st in streams])
+        outs.append(_step_many(p, chunks, streams, num_threads, streams[0]._block, rows) if all(
+            st._block is streams[0]._block for st in streams) else _step_many(p, chunks, streams, num_threads))
     if len(outs) == 1:
         return outs[0]
     return _map_many(lambda *ys: np.concatenate(ys, axis=0), outs)
