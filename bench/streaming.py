@@ -106,18 +106,10 @@ def keras_stateful(km):
     return st
 
 
-def loop(fn, calls):
-    def run():
-        for _ in range(calls):
-            fn()
-
-    return run
-
-
-def timed(fns, calls, rounds):
+def timed(fns, rounds):
     """Median microseconds per call of each loop, interleaved (fns: name -> (fn, calls))."""
     times = {k: [] for k in fns}
-    for f, n in fns.values():
+    for f, _n in fns.values():
         f()  # warm-up
     for _ in range(rounds):
         for k, (f, n) in fns.items():
@@ -218,7 +210,7 @@ def main(argv=None):
 
     fns["64 streams: one batched step"] = (lambda: model.step(xs, streams), max(1, args.calls // 20))
     fns["64 streams: 64 one-stream calls"] = (separate, max(1, args.calls // 20))
-    us = timed(fns, args.calls, args.rounds)
+    us = timed(fns, args.rounds)
     us["rnnfast per step of a 2000-step call"] /= T
     arith = us["rnnfast per step of a 2000-step call"]
     results["peers"] = peers
@@ -236,10 +228,14 @@ def main(argv=None):
     print("%-42s %12s" % ("", "us per call"))
     for k, v in us.items():
         print("%-42s %12.2f" % (k, v))
-    print("rnnfast Python + dispatch per step: %.2f us (step %.2f - arithmetic %.2f)" % (
-        results["overhead_us"], us["rnnfast step"], arith))
-    print("64 streams: %.0f steps/s batched, %.0f steps/s separately: %.1fx" % (
-        batched, separate_sps, batched / separate_sps))
+    print(
+        "rnnfast Python + dispatch per step: %.2f us (step %.2f - arithmetic %.2f)"
+        % (results["overhead_us"], us["rnnfast step"], arith)
+    )
+    print(
+        "64 streams: %.0f steps/s batched, %.0f steps/s separately: %.1fx"
+        % (batched, separate_sps, batched / separate_sps)
+    )
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "streaming.json")
     with open(path, "w") as f:

@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 
 import rnnfast
-from _testing import assert_close, make_module, random_weights, tol
 from rnnfast import UnsupportedLayerError
 from rnnfast.graph import Graph, Step
 from rnnfast.layers import Dense, RNNLayer
 from rnnfast.model_keras import DenseNode, EmbeddingNode, KerasModel, RecurrentNode
+
+from _testing import assert_close, make_module, random_weights, tol
 
 I_SIZE = 5
 
@@ -358,7 +359,9 @@ def _keras_refused(build, name):
 )
 def test_models_that_need_the_future_are_refused(what):
     builds = {
-        "bidirectional": lambda L, i: L.Dense(2)(L.Bidirectional(L.GRU(4), name="bidi")(L.GRU(3, return_sequences=True)(i))),
+        "bidirectional": lambda L, i: L.Dense(2)(
+            L.Bidirectional(L.GRU(4), name="bidi")(L.GRU(3, return_sequences=True)(i))
+        ),
         "go_backwards": lambda L, i: L.GRU(4, go_backwards=True, name="backw")(i),
         "pool": lambda L, i: L.GlobalAveragePooling1D(name="poolx")(L.GRU(4, return_sequences=True)(i)),
         "conv_same": lambda L, i: L.GRU(3)(L.Conv1D(4, 3, padding="same", name="convx")(i)),

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 import rnnfast
-from _testing import assert_like_keras, lively
 from rnnfast import UnsupportedLayerError
+
+from _testing import assert_like_keras, lively
 
 keras = pytest.importorskip("keras")
 L = keras.layers

@@ -1315,7 +1315,9 @@ class KerasModel(Summarized):
         for spec in self._inputs:
             if not spec["integer"] and len(spec["shape"]) != 3:
                 raise UnsupportedLayerError(
-                    "InputLayer", None, "%s: input %r is not a sequence: nothing to stream" % (self._what(), spec["name"])
+                    "InputLayer",
+                    None,
+                    "%s: input %r is not a sequence: nothing to stream" % (self._what(), spec["name"]),
                 )
         return _stream.Program(self._graph, inputs, self._what(), keras_activation)
 

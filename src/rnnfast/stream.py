@@ -105,7 +105,7 @@ class Stream:
 
     def _in_use(self):
         """Whether a call is stepping (or reading) this stream now."""
-        return bool(self._block.busy[self._row])
+        return bool(self._block.taken[self._row])
 
     def reset(self):
         """Back to the start of a sequence: zero states."""
@@ -126,7 +126,9 @@ class Stream:
     def state(self, value):
         p = self._program
         if not isinstance(value, dict):
-            raise ValueError("a stream's state is a dict by layer name (%s), got %s" % (p.names(), type(value).__name__))
+            raise ValueError(
+                "a stream's state is a dict by layer name (%s), got %s" % (p.names(), type(value).__name__)
+            )
         unknown = [k for k in value if k not in {r.name for r in p.recurrent}]
         if unknown:
             raise ValueError("state for unknown layer(s) %s; this model's recurrent layers: %s" % (unknown, p.names()))
@@ -139,7 +141,8 @@ class Stream:
                 arrays = [arrays]
             if len(arrays) != len(rec.slots):
                 raise ValueError(
-                    "state of layer %r: %d arrays (%s), got %d" % (rec.name, len(rec.slots), rec.state_names, len(arrays))
+                    "state of layer %r: %d arrays (%s), got %d"
+                    % (rec.name, len(rec.slots), rec.state_names, len(arrays))
                 )
             for i, a in zip(rec.slots, arrays):
                 a = as_input(a, p.dtypes[i], "state of layer %r" % rec.name)
@@ -155,18 +158,20 @@ class Stream:
 
     @contextlib.contextmanager
     def _held(self):
-        self._block.claim(self._row)
+        self._block.claim_one(self._row)
         try:
             yield
         finally:
-            self._block.busy[self._row] = False
+            self._block.taken[self._row] = 0
 
     def __repr__(self):
         return "<Stream of %s>" % self._program.what
 
 
 def _busy():
-    return RuntimeError("this stream is being stepped by another thread: a stream is one sequence; step it from one thread at a time")
+    return RuntimeError(
+        "this stream is being stepped by another thread: a stream is one sequence; step it from one thread at a time"
+    )
 
 
 # -- the compiled form of a model for streaming ------------------------------------------
@@ -188,19 +193,27 @@ class _Block:
         self.program = program
         self.slots = [np.zeros((self.ROWS, w), dt) for w, dt in zip(program.widths, program.dtypes)]
         self.seen = np.zeros((len(program.recurrent), self.ROWS), bool)
-        self.busy = np.zeros(self.ROWS, bool)  # rows a call is using now
+        self.taken = bytearray(self.ROWS)  # rows a call is using now (1), and as numpy:
+        self.busy = np.frombuffer(self.taken, dtype=bool)
         self.free = list(range(self.ROWS - 1, -1, -1))
         self.lock = threading.Lock()
         self.gid = len(_BLOCKS)  # (made under _programs_lock)
         _BLOCKS.append(self)
 
     def claim(self, rows):
-        """Mark ``rows`` (an index or an index array) in use, or refuse (RuntimeError)
-        when a call uses any of them already: a stream is stepped by one call at a time."""
+        """Mark ``rows`` (an index array) in use, or refuse (RuntimeError) when a call
+        uses any of them already: a stream is stepped by one call at a time."""
         with self.lock:
             if self.busy[rows].any():
                 raise _busy()
             self.busy[rows] = True
+
+    def claim_one(self, row):
+        """:meth:`claim` of one row (``release``: ``taken[row] = 0``)."""
+        with self.lock:
+            if self.taken[row]:
+                raise _busy()
+            self.taken[row] = 1
 
     def give(self, row):
         with self.lock:
@@ -421,6 +434,7 @@ class Program:
         outs = graph.outputs
         self.single_output = outs if not isinstance(outs, (list, dict)) else None
         self.single_input = len(inputs) == 1 and not inputs[0]["integer"]
+        self.in_dtype, self.in_features = inputs[0]["dtype"], inputs[0].get("features")
         self.chain = None if self.stateful else self._chain()
         self.seq_outputs = None  # filled on the first step: which outputs have a time axis
 
@@ -543,7 +557,13 @@ class Program:
                 or getattr(op, "mask_rule", "keep") == "create"
             ):
                 return None
-            fns.append(_chain_recurrent(obj) if kind == "recurrent" else _chain_op(obj))
+            if kind == "recurrent":
+                one = len(obj.kernels) == 1 and not obj.kernels[0].one_row
+                fns.append(_chain_one_kernel(obj) if one else _chain_recurrent(obj))
+            elif isinstance(obj, _Dense) and obj.extra is None and not obj.softmax:
+                fns.append(_chain_dense(obj))
+            else:
+                fns.append(_chain_op(obj))
             prev = step.outputs[0]
         return fns if prev == self.graph.outputs else None
 
@@ -715,6 +735,57 @@ def _chain_op(obj):
     return f
 
 
+def _chain_one_kernel(rec):
+    """The usual recurrent op of a chain: one cell whose products need no BLAS guard,
+    the compiled entry called directly (the step's hot path: no other Python)."""
+    (kern,) = rec.kernels
+    hs = rec.slots[0]
+    cs = rec.slots[1] if kern.with_c else None
+    dt, I, Ho = kern.dtype, kern.I, kern.Ho
+    no_c, no_out = _NO_STATE[dt.char], _NO_OUT[dt.char]
+    weights = (kern.W, kern.Wp, kern.bx, kern.U, kern.Up, kern.bhn, kern.Wr)
+    code, act, ract = kern.code, kern.act, kern.ract
+    seq = rec.return_sequences
+    plan_of = kern.plan
+    forward = _kernels.rnn_forward
+
+    def f(x, states, num_threads):
+        T, B = x.shape[0], x.shape[1]
+        if x.dtype != dt or not x.flags.c_contiguous:
+            x = np.ascontiguousarray(x, dtype=dt)
+        h = states[hs]
+        c = states[cs] if cs is not None else no_c
+        p = plan_of(B, T, num_threads)
+        if seq:
+            out = np.empty((T, B, Ho), dt)
+            forward(code, act, ract, x.reshape(T * B, I), T, B, *weights, _NO_MASK, out.reshape(T * B, Ho), h, c,
+                    batch_first=False, zero_output=False, reverse_first=False, plan=p)  # fmt: skip
+            return out
+        forward(code, act, ract, x.reshape(T * B, I), T, B, *weights, _NO_MASK, no_out, h, c,
+                batch_first=False, zero_output=False, reverse_first=False, plan=p)  # fmt: skip
+        return h[0].copy()
+
+    return f
+
+
+def _chain_dense(d):
+    """A Dense of a chain whose activation the packed product applies."""
+    K, N, dt, Bp, bias, act = d.K, d.N, d.dtype, d.Bp, d.bias, d.act
+    rows = _kernels.packed_rows
+    name = d.node.name
+
+    def f(x, states, num_threads):
+        if x.shape[-1] != K:
+            raise ValueError("Dense %r expects %d input features, got shape %s" % (name, K, x.shape))
+        if x.dtype != dt or not x.flags.c_contiguous:
+            x = np.ascontiguousarray(x, dtype=dt)
+        y = np.empty(x.shape[:-1] + (N,), dt)
+        rows(x.reshape(-1, K), Bp, bias, y.reshape(-1, N), act)
+        return y
+
+    return f
+
+
 def _chain_recurrent(rec):
     """A recurrent op of a chain (no mask): its kernels in turn on the stream's slots."""
     plan = []
@@ -829,13 +900,12 @@ def step(model, x, streams, num_threads=None):
 
 
 def _step_one(p, x, s, num_threads):
-    spec = p.inputs[0]
     if (
         p.single_input
         and type(x) is np.ndarray
-        and x.dtype == spec["dtype"]
+        and x.dtype == p.in_dtype
         and x.ndim == 2
-        and x.shape[1] == spec["features"]
+        and x.shape[1] == p.in_features
         and x.shape[0] > 0
     ):
         T = x.shape[0]  # what prepare() would check, checked: the common case
@@ -844,7 +914,7 @@ def _step_one(p, x, s, num_threads):
         xs, T = p.prepare(x, p.what)
         feeds = [a.reshape((T, 1) + a.shape[1:]) for a in xs]
     block, row = s._block, s._row
-    block.claim(row)
+    block.claim_one(row)
     try:
         if p.chain is not None:
             out = feeds[0]
@@ -853,7 +923,7 @@ def _step_one(p, x, s, num_threads):
         else:
             out = p.run(feeds, None, s._slots, s._seen, num_threads)
     finally:
-        block.busy[row] = False
+        block.taken[row] = 0
     if p.single_output is not None:
         return out[:, 0] if out.ndim == 3 else out[0]
     return _map(_first, out)
@@ -907,7 +977,7 @@ def _step_many(p, x, streams, num_threads, block=None, rows=None):
         held = []
         try:
             for s in streams:
-                s._block.claim(s._row)
+                s._block.claim_one(s._row)
                 held.append(s)
             states = [np.concatenate([s._slots[i] for s in streams], axis=1) for i in range(len(p.widths))]
             seen = np.concatenate([s._seen for s in streams], axis=1)
@@ -918,7 +988,7 @@ def _step_many(p, x, streams, num_threads, block=None, rows=None):
                 s._seen[:, 0] = seen[:, b]
         finally:
             for s in held:
-                s._block.busy[s._row] = False
+                s._block.taken[s._row] = 0
     if not ragged:
         return _map(_batch_major, out)
     return [_map(lambda y, b=b, n=n: _row(y, b, n), out) for b, n in enumerate(lengths.tolist())]
@@ -1005,8 +1075,11 @@ def stateful_predict(model, xs, batch_size, num_threads, build, fixed):
             s._seen[:] = False  # Keras' previous output starts at zeros per call
         chunks = [[a[b] for a in part] if len(part) > 1 else part[0][b] for b in range(n)]
         rows = np.array([st._row for st in streams])
-        outs.append(_step_many(p, chunks, streams, num_threads, streams[0]._block, rows) if all(
-            st._block is streams[0]._block for st in streams) else _step_many(p, chunks, streams, num_threads))
+        outs.append(
+            _step_many(p, chunks, streams, num_threads, streams[0]._block, rows)
+            if all(st._block is streams[0]._block for st in streams)
+            else _step_many(p, chunks, streams, num_threads)
+        )
     if len(outs) == 1:
         return outs[0]
     return _map_many(lambda *ys: np.concatenate(ys, axis=0), outs)
