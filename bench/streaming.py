@@ -145,9 +145,8 @@ def main(argv=None):
     kern = s._program.recurrent[0].kernels[0]
     h = np.zeros((1, 1, H), np.float32)
     out = np.empty((1, H), np.float32)
-    c0 = np.zeros((0, 0, 0), np.float32)
-    m0 = np.zeros((0, 0), np.uint8)
-    fns["rnnfast compiled entry alone"] = (lambda: kern.run(x1, 1, 1, m0, h, c0, out, None), args.calls)
+    cuts = kern.cuts(1, 1, None)
+    fns["rnnfast compiled entry alone"] = (lambda: kern.entry.run(x1, 1, 1, None, out, h, None, *cuts), args.calls)
     results = dict(
         machine=dict(cpu=platform.processor() or platform.machine(), python=sys.version.split()[0]),
         threads=args.threads,

@@ -6,6 +6,7 @@
 # the call. The codes shared with C (c/enums.h) come through _kernels.pxd; the
 # planning (strategy, blocks, chunk, team size) is rnnfast/_plan.py's.
 from libc.string cimport memset
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_C_CONTIGUOUS, PyBUF_WRITABLE
 from cython cimport floating
 from scipy.linalg.cython_blas cimport sgemm, dgemm, sgemv, dgemv
 
@@ -417,3 +418,112 @@ def packed_rows(const floating[:, ::1] A,           # IN  (M, K)
                     t.f.activate(act, &C[i, 0], N)
                 else:
                     t.d.activate(act, &C[i, 0], N)
+
+
+
+cdef class StepEntry:
+    """``rnn_forward`` of one unidirectional layer with its weights bound once: the
+    streaming step path's entry (rnnfast/stream.py), which calls it with a few small
+    arrays per step. The weights are checked here, once, by ``rnn_forward`` itself (a
+    call of no steps); each call checks that its arrays are C-contiguous, writable where
+    written, and exactly the sizes the shapes say, then runs the engine without the GIL.
+    """
+    cdef rnn_shape shape
+    cdef rnn_weights w
+    cdef object keep
+    cdef Py_ssize_t item
+    cdef bint with_c
+    cdef long proj_min_rows, proj_max_tasks
+
+    def __init__(self, int cell, int act, int ract, W, Wp, bx, U, Up, bhn, Wr, plan):
+        dt = W.dtype
+        if W.shape[0] != 1:
+            raise ValueError("StepEntry runs one direction")
+        H, Ho, I = bhn.shape[1], U.shape[1], W.shape[1]
+        rnn_forward(cell, act, ract, np.zeros((0, I), dt), 0, 1, W, Wp, bx, U, Up, bhn, Wr,
+                    np.zeros((0, 0), np.uint8), np.zeros((0, 0), dt), np.zeros((1, 1, Ho), dt),
+                    np.zeros((1, 1, H), dt) if cell == RNN_CELL_LSTM else np.zeros((0, 0, 0), dt),
+                    batch_first=False, zero_output=False, reverse_first=False, plan=plan)
+        self.keep = (W, Wp, bx, U, Up, bhn, Wr)
+        self.proj_min_rows, self.proj_max_tasks = plan.proj_min_rows, plan.proj_max_tasks
+        self.item = dt.itemsize
+        self.shape.dtype = RNN_FLOAT32 if dt == np.float32 else RNN_FLOAT64
+        self.shape.cell = <rnn_cell> cell
+        self.shape.act = <rnn_activation> act
+        self.shape.ract = <rnn_activation> ract
+        self.shape.In, self.shape.H, self.shape.G = I, H, W.shape[2] // H
+        self.shape.Ho, self.shape.P = Ho, Wr.shape[2]
+        self.shape.ndir = 1
+        self.shape.reverse_first = self.shape.bfirst = self.shape.zero_output = 0
+        self.with_c = cell == RNN_CELL_LSTM
+        self.w.W = <const void *> <size_t> W.ctypes.data
+        self.w.bx = <const void *> <size_t> bx.ctypes.data
+        self.w.U = <const void *> <size_t> U.ctypes.data
+        self.w.bhn = <const void *> <size_t> bhn.ctypes.data
+        self.w.Wp = <const void *> <size_t> Wp.ctypes.data if Wp.shape[1] > 0 else NULL
+        packed = cell != RNN_CELL_GRU_RB and Wr.shape[1] == 0
+        self.w.Up = <const void *> <size_t> Up.ctypes.data if packed else NULL
+        self.w.Wr = <const void *> <size_t> Wr.ctypes.data if Wr.shape[1] > 0 else NULL
+
+    def run(self, x, long T, long B, mask, out, h, c, int strategy, long ncb, long bb, long chunk,
+            int num_threads):
+        """x (T*B, I) IN; mask (T, B) uint8 or None; out (T*B, Ho) OUT or None; h (B, Ho)
+        and c (B, H) IN/OUT (c None unless LSTM); the plan's fields as numbers."""
+        cdef Py_buffer bx_, bm, bo, bh, bc
+        cdef bint has_x = 0, has_m = 0, has_o = 0, has_h = 0, has_c = 0
+        cdef rnn_plan p
+        cdef rnn_buffers io
+        cdef rnn_shape sh = self.shape  # a copy: threads share the entry
+        cdef int err = 0
+        cdef Py_ssize_t it = self.item
+        if T < 1 or B < 1:
+            raise ValueError("StepEntry.run: %d steps of %d rows" % (T, B))
+        try:
+            PyObject_GetBuffer(x, &bx_, PyBUF_C_CONTIGUOUS)
+            has_x = 1
+            PyObject_GetBuffer(h, &bh, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE)
+            has_h = 1
+            if bx_.len != T * B * self.shape.In * it or bh.len != B * self.shape.Ho * it:
+                raise ValueError("StepEntry.run: x of %d bytes, h of %d" % (bx_.len, bh.len))
+            io.x, io.h = bx_.buf, bh.buf
+            io.mask, io.out, io.c = NULL, NULL, NULL
+            if self.with_c:
+                PyObject_GetBuffer(c, &bc, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE)
+                has_c = 1
+                if bc.len != B * self.shape.H * it:
+                    raise ValueError("StepEntry.run: c of %d bytes" % bc.len)
+                io.c = bc.buf
+            if out is not None:
+                PyObject_GetBuffer(out, &bo, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE)
+                has_o = 1
+                if bo.len != T * B * self.shape.Ho * it:
+                    raise ValueError("StepEntry.run: out of %d bytes" % bo.len)
+                io.out = bo.buf
+            if mask is not None:
+                PyObject_GetBuffer(mask, &bm, PyBUF_C_CONTIGUOUS)
+                has_m = 1
+                if bm.len != T * B:
+                    raise ValueError("StepEntry.run: mask of %d bytes" % bm.len)
+                io.mask = <const unsigned char *> bm.buf
+            if strategy == RNN_STRATEGY_BLOCKED and self.w.Up == NULL:
+                raise ValueError("the blocked strategy does not run this cell")
+            sh.T, sh.B = T, B
+            p.strategy = <rnn_strategy> strategy
+            p.ncb, p.bb, p.chunk = ncb, bb, chunk
+            p.proj_min_rows, p.proj_max_tasks = self.proj_min_rows, self.proj_max_tasks
+            p.num_threads = num_threads
+            with nogil:
+                err = rnn_layer_forward(&sh, &p, &self.w, &io)
+        finally:
+            if has_x:
+                PyBuffer_Release(&bx_)
+            if has_h:
+                PyBuffer_Release(&bh)
+            if has_c:
+                PyBuffer_Release(&bc)
+            if has_o:
+                PyBuffer_Release(&bo)
+            if has_m:
+                PyBuffer_Release(&bm)
+        if err == RNN_ERR_NOMEM:
+            raise MemoryError("rnnfast: out of memory for the recurrent kernel's scratch")

@@ -281,6 +281,23 @@ class _Kernel:
         self.with_c = layer.cell_spec.num_states > 1
         self.dtype = layer.dtype
         self._plans = {}
+        self._cuts = {}
+        # the compiled entry with the weights bound once (checked there, once)
+        self.entry = _kernels.StepEntry(
+            self.code, self.act, self.ract, self.W, self.Wp, self.bx, self.U, self.Up, self.bhn, self.Wr,
+            _plan.plan(B=1, D=1, Ho=self.Ho, GH=self.GH, ncb=self.ncb, num_threads=1),
+        )  # fmt: skip
+
+    def cuts(self, B, T, num_threads):
+        """The plan of :meth:`plan` as the numbers :class:`_kernels.StepEntry` takes:
+        (strategy, unit blocks, batch rows, chunk, threads)."""
+        got = self._cuts.get((B, T))
+        if got is None:
+            p = self.plan(B, T, 1 << 20)
+            got = self._cuts[(B, T)] = (p.strategy, p.unit_blocks, p.batch_rows, p.chunk, p.num_threads)
+        if got[4] > 1:
+            return got[:4] + (min(got[4], resolve_num_threads(num_threads)),)
+        return got
 
     def plan(self, B, T, num_threads):
         """The plan of a call of T steps over B rows: the shapes' plan (cached), one row
@@ -742,27 +759,23 @@ def _chain_one_kernel(rec):
     hs = rec.slots[0]
     cs = rec.slots[1] if kern.with_c else None
     dt, I, Ho = kern.dtype, kern.I, kern.Ho
-    no_c, no_out = _NO_STATE[dt.char], _NO_OUT[dt.char]
-    weights = (kern.W, kern.Wp, kern.bx, kern.U, kern.Up, kern.bhn, kern.Wr)
-    code, act, ract = kern.code, kern.act, kern.ract
     seq = rec.return_sequences
-    plan_of = kern.plan
-    forward = _kernels.rnn_forward
+    cuts = kern.cuts
+    run = kern.entry.run
 
     def f(x, states, num_threads):
         T, B = x.shape[0], x.shape[1]
         if x.dtype != dt or not x.flags.c_contiguous:
             x = np.ascontiguousarray(x, dtype=dt)
         h = states[hs]
-        c = states[cs] if cs is not None else no_c
-        p = plan_of(B, T, num_threads)
+        c = states[cs] if cs is not None else None
+        if x.shape[2] != I:
+            raise ValueError("%s %r expects %d input features, got %d" % (rec.op.keras_class, rec.name, I, x.shape[2]))
         if seq:
             out = np.empty((T, B, Ho), dt)
-            forward(code, act, ract, x.reshape(T * B, I), T, B, *weights, _NO_MASK, out.reshape(T * B, Ho), h, c,
-                    batch_first=False, zero_output=False, reverse_first=False, plan=p)  # fmt: skip
+            run(x, T, B, None, out, h, c, *cuts(B, T, num_threads))
             return out
-        forward(code, act, ract, x.reshape(T * B, I), T, B, *weights, _NO_MASK, no_out, h, c,
-                batch_first=False, zero_output=False, reverse_first=False, plan=p)  # fmt: skip
+        run(x, T, B, None, None, h, c, *cuts(B, T, num_threads))
         return h[0].copy()
 
     return f
