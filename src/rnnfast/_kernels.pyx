@@ -420,7 +420,6 @@ def packed_rows(const floating[:, ::1] A,           # IN  (M, K)
                     t.d.activate(act, &C[i, 0], N)
 
 
-
 cdef class StepEntry:
     """``rnn_forward`` of one unidirectional layer with its weights bound once: the
     streaming step path's entry (rnnfast/stream.py), which calls it with a few small
