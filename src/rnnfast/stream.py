@@ -907,7 +907,12 @@ def step(model, x, streams, num_threads=None):
         for s in streams:
             if s._program.owner() is not model:
                 raise ValueError("a stream in the list was opened by another model (%s)" % s._program.what)
-    if np.unique(rows).size != len(streams) if block is not None else len(set(map(id, streams))) != len(streams):
+    if block is not None:
+        r = np.sort(rows)
+        twice = bool((r[1:] == r[:-1]).any())
+    else:
+        twice = len(set(map(id, streams))) != len(streams)
+    if twice:
         raise ValueError("a stream appears twice in one step: a stream is one sequence")
     return _step_many(streams[0]._program, x, streams, num_threads, block, rows)
 
@@ -952,9 +957,11 @@ def _step_many(p, x, streams, num_threads, block=None, rows=None):
     if p.single_input:
         spec = p.inputs[0]
         try:
-            f = np.stack(x, axis=1)  # (T, B, F) when the chunks are arrays of one shape
+            f = np.array(x)  # (B, T, F) when the chunks are arrays of one shape (C speed)
         except (ValueError, TypeError):
             f = None
+        if f is not None and f.ndim == 3:
+            f = np.ascontiguousarray(f.swapaxes(0, 1))  # (T, B, F); a view when T == 1
         if f is not None and f.dtype == spec["dtype"] and f.ndim == 3 and f.shape[2] == spec["features"] and len(f):
             feeds, lengths, ragged = [f], None, False  # what prepare() checks, checked
     if feeds is None:
@@ -980,7 +987,12 @@ def _step_many(p, x, streams, num_threads, block=None, rows=None):
         try:
             states = [a[rows][None] for a in block.slots]
             seen = block.seen[:, rows]
-            out = p.run(feeds, lengths, states, seen, num_threads)
+            if p.chain is not None and lengths is None:  # no mask, no padding: the fast form
+                out = feeds[0]
+                for f in p.chain:
+                    out = f(out, states, num_threads)
+            else:
+                out = p.run(feeds, lengths, states, seen, num_threads)
             for a, st in zip(block.slots, states):
                 a[rows] = st[0]
             block.seen[:, rows] = seen
