@@ -195,9 +195,7 @@ def serve_onnxruntime(weights, traffic, ticks):
         m.lin.bias.copy_(torch.as_tensor(db))
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "step.onnx")
-        kw = dict(
-            input_names=["x", "h"], output_names=["y", "h_new"], dynamic_axes={"x": {0: "b"}, "h": {0: "b"}}
-        )
+        kw = dict(input_names=["x", "h"], output_names=["y", "h_new"], dynamic_axes={"x": {0: "b"}, "h": {0: "b"}})
         try:
             torch.onnx.export(m, (torch.zeros(2, I), torch.zeros(2, H)), path, dynamo=False, **kw)
         except TypeError:
