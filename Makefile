@@ -13,7 +13,7 @@ PYX := $(shell find src -name '*.pyx' -o -name '*.pxd')
 # ruff, cython-lint and mypy cover the whole tree (src/, tests/, bench/, examples/, setup.py)
 RUFF_SCOPE := .
 
-.PHONY: demo test test-fast lint lint-src format build bench bench-quick compare compare-quick clean fuzz docs
+.PHONY: demo test test-fast lint lint-src format build bench bench-quick compare compare-quick clean fuzz docs wheel
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -91,6 +91,13 @@ docs: $(VENV)/.deps-docs build
 	$(BIN)/python -m sphinx -E -b html -W --keep-going -n -q docs build/docs
 	@echo "docs: build/docs/index.html"
 
+# a manylinux wheel in wheelhouse/: built, then repaired by auditwheel (the OpenMP runtime
+# vendored; .ci/repair_wheel.py says which libgomp and why the tag is what it is)
+wheel: $(VENV)/.deps-lint
+	rm -rf build/wheel
+	$(PIP) wheel -q --no-build-isolation --no-deps -w build/wheel .
+	$(BIN)/python .ci/repair_wheel.py build/wheel/rnnfast-*.whl --out wheelhouse
+
 $(VENV)/.deps-bench: $(VENV)/.deps-test
 	$(PIP) install -q matplotlib
 	touch $@
@@ -120,4 +127,4 @@ compare-quick: $(BENCH)/.deps
 	$(BENCH)/bin/python bench/compare.py --quick
 
 clean:
-	rm -rf build dist src/*.egg-info src/rnnfast/*.so src/rnnfast/_kernels.c
+	rm -rf build dist wheelhouse src/*.egg-info src/rnnfast/*.so src/rnnfast/_kernels.c

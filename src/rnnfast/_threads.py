@@ -104,9 +104,11 @@ def load_kernels():
     OMP_WAIT_POLICY or GOMP_SPINCOUNT. The environment is restored afterwards, so
     child processes and other libraries see the user's own.
 
-    Also finds the runtime's pause entry point for the fork hooks (module doc).
+    Also finds the runtime's pause entry point for the fork hooks (module doc), and loads
+    the BLAS the core calls without ``scipy.linalg`` (:func:`_load_cython_blas`).
     """
     global _openmp
+    _load_cython_blas()
     chosen = "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ
     if not chosen:
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
@@ -410,6 +412,78 @@ if hasattr(os, "register_at_fork"):
 
 
 # -- BLAS ------------------------------------------------------------------------------
+
+
+def _load_cython_blas():
+    """Load ``scipy.linalg.cython_blas`` without running ``scipy/linalg/__init__.py``.
+
+    The compiled core takes its BLAS routines from that extension module (a Cython
+    ``cimport``), and Python imports a module's packages first: ``scipy.linalg``'s
+    ``__init__`` imports all of SciPy's linear algebra (and, through its array-API layer,
+    ``numpy.f2py``), about 0.35 s of the 0.6 s ``import rnnfast`` took. The extension
+    itself needs only ``scipy``'s top level. So it is loaded here from its file, under its
+    own name, before the core is imported; the core's ``cimport`` then finds it in
+    ``sys.modules``. Where the file is not where SciPy has always put it, nothing is done
+    and the ordinary import runs. When ``scipy.linalg`` is imported later (by the user),
+    :class:`_LinalgAttribute` gives it its ``cython_blas`` attribute, as an ordinary import
+    of the submodule would have.
+    """
+    import sys
+
+    name = "scipy.linalg.cython_blas"
+    if name in sys.modules:
+        return
+    import importlib.machinery
+    import importlib.util
+
+    spec = importlib.util.find_spec("scipy")  # finds the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        return
+    folder = os.path.join(spec.submodule_search_locations[0], "linalg")
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        path = os.path.join(folder, "cython_blas" + suffix)
+        if os.path.exists(path):
+            break
+    else:
+        return
+    loader = importlib.machinery.ExtensionFileLoader(name, path)
+    blas_spec = importlib.util.spec_from_file_location(name, path, loader=loader)
+    if blas_spec is None:
+        return
+    module = importlib.util.module_from_spec(blas_spec)
+    sys.modules[name] = module
+    try:
+        loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    sys.meta_path.insert(0, _LinalgAttribute())
+
+
+class _LinalgAttribute:
+    """An import hook, used once: when ``scipy.linalg`` is imported after
+    :func:`_load_cython_blas`, set its ``cython_blas`` attribute (``import
+    scipy.linalg.cython_blas`` then works as it always does), and step aside."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        import importlib.util
+        import sys
+
+        if fullname != "scipy.linalg":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        run = spec.loader.exec_module
+
+        def exec_module(module):
+            run(module)
+            if "scipy.linalg.cython_blas" in sys.modules and not hasattr(module, "cython_blas"):
+                module.cython_blas = sys.modules["scipy.linalg.cython_blas"]
+
+        spec.loader.exec_module = exec_module  # type: ignore[method-assign]
+        return spec
 
 
 def _blas_controllers():
