@@ -35,6 +35,8 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from typing import Any, Optional
 
 import numpy as np
 
@@ -148,7 +150,8 @@ def _onnx_peer(rnn, x, threads, tmpdir):
     path = os.path.join(tmpdir, "model.onnx")
     xt = torch.from_numpy(x)
     errors = []
-    for extra in (dict(dynamo=False), {}):  # the TorchScript exporter, else the default one
+    exporters: tuple[dict[str, Any], ...] = (dict(dynamo=False), {})
+    for extra in exporters:  # the TorchScript exporter, else the default one
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -253,7 +256,9 @@ def _keras_peer(path, x, threads):
         def run_xla():
             return compiled(xt)
 
-        engines = [(name + " predict_on_batch", "predict_on_batch", on_batch, lambda: first(on_batch()), tf_threads)]
+        engines: list[tuple[str, str, Optional[Callable[[], Any]], Optional[Callable[[], Any]], Any]] = [
+            (name + " predict_on_batch", "predict_on_batch", on_batch, lambda: first(on_batch()), tf_threads)
+        ]
         try:
             run_xla()  # compile now: a model XLA cannot compile is said so
         except Exception as e:
@@ -341,7 +346,7 @@ def timeit(fns, repeats=None, budget_s=1.0, min_repeats=5, max_repeats=100):
     if repeats is None:
         per_round = max(sum(first.values()), 1e-6)
         repeats = int(min(max_repeats, max(min_repeats, budget_s / per_round)))
-    times = {k: [] for k in fns}
+    times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for k, f in fns.items():
             t0 = time.perf_counter()

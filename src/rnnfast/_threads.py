@@ -131,7 +131,7 @@ MAX_THREADS_PER_CPU = 4
 
 #: What is read once per process (again after set_num_threads(None) and in a forked
 #: child): "cpus" (os.cpu_count()), "quota" (cgroup_cpu_limit()), "omp" (OMP_NUM_THREADS).
-_host = {}
+_host: dict[str, object] = {}
 _UNREAD = object()
 
 
@@ -173,7 +173,7 @@ def _cgroup_dirs(cgroup_file, mountinfo_file):
             mounts = f.read().splitlines()
     except OSError:
         return []
-    paths = {}  # version -> cgroup path in the hierarchy
+    paths: dict[int, str] = {}  # version -> cgroup path in the hierarchy
     for line in lines:
         parts = line.split(":", 2)
         if len(parts) != 3:
@@ -221,12 +221,12 @@ def _read_quota(version, d):
                 period = f.read().strip()
         if quota == "max":
             return None
-        quota, period = int(quota), int(period)
+        q, p = int(quota), int(period)
     except (OSError, ValueError, IndexError):
         return None
-    if quota <= 0 or period <= 0:  # v1 writes -1 for "no limit"
+    if q <= 0 or p <= 0:  # v1 writes -1 for "no limit"
         return None
-    return quota / period
+    return q / p
 
 
 def cgroup_cpu_limit(cgroup_file="/proc/self/cgroup", mountinfo_file="/proc/self/mountinfo"):
@@ -257,12 +257,12 @@ def available_cpus():
     if quota is _UNREAD:
         quota = _host["quota"] = cgroup_cpu_limit()
     n = _affinity_cpus()
-    if quota is not None:
+    if isinstance(quota, float):
         n = min(n, max(1, -int(-quota // 1)))  # ceil
     return max(1, min(n, _machine_cpus()))
 
 
-_warned = set()
+_warned: set[str] = set()
 
 
 def omp_num_threads():

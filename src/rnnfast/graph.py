@@ -20,6 +20,8 @@ The executor frees a tensor after its last reader has run (a long chain keeps on
 the tensors still needed), so memory stays that of the widest cut of the graph.
 """
 
+from collections.abc import Hashable
+
 __all__ = ["Step", "Graph", "TRUE", "FALSE", "mask_or"]
 
 #: Load-time mask tokens: a mask that marks every step valid (equivalent to no mask),
@@ -90,7 +92,7 @@ class Graph:
             if k not in known:
                 raise ValueError("graph output %r is never computed" % (k,))
         # keys to drop after each step (read for the last time there, not an output)
-        self._free = [[] for _ in self.steps]
+        self._free: list[list[Hashable]] = [[] for _ in self.steps]
         for k, i in last_use.items():
             if k not in out_keys:
                 self._free[i].append(k)

@@ -20,6 +20,7 @@ converter leaves ``summary_row`` and ``num_params`` on each node.
 """
 
 import copy
+from typing import Any, Optional, Union
 
 import numpy as np
 
@@ -149,7 +150,7 @@ class _Node:
         return []
 
     #: Flat output count and Keras' nesting of them (a list of indices; an int: one).
-    structure = 0
+    structure: Union[int, list[Any]] = 0
 
     @property
     def num_outputs(self):
@@ -213,7 +214,7 @@ class RecurrentNode(_Node):
         self.zero_output_for_mask = bool(zero_output_for_mask)
         self.stacked = bool(stacked)
         counts = [layer.cell_spec.num_states for layer in self.rnn_layers]
-        self.state_structure = []
+        self.state_structure: list[Any] = []
         i = 1
         for n in counts:
             group = list(range(i, i + n))
@@ -309,6 +310,7 @@ class RecurrentNode(_Node):
                 x = out
         layer = self.rnn_layers[-1]
         if self.return_sequences:
+            assert out is not None  # the last layer returned its sequence
             if layer.go_backwards:
                 out = out[::-1]
         else:
@@ -744,7 +746,7 @@ class MergeNode(_Node):
                 if all_masked:
                     out_mask = m if out_mask is None else (out_mask | m)
             out = x if out is None else out * x
-        if all_masked:
+        if all_masked and out_mask is not None:
             out = np.where(out_mask, out, self.dtype.type(0))
         return np.asarray(out, dtype=self.dtype)
 
@@ -837,6 +839,7 @@ class ReshapeNode(_Node):
                 )
             y = np.transpose(b, (0,) + self.permute)
         else:
+            assert self.target_shape is not None  # a Reshape: __init__ takes one or the other
             y = b.reshape((b.shape[0],) + self.target_shape)
         return [np.ascontiguousarray(_swap(y))], [None]
 
@@ -853,11 +856,17 @@ class _BatchMajorNode(_Node):
 
     mask_rule = "drop"
     channels_first = False
+    #: The one axis a normalisation acts on, as Keras numbers it from 0 (None: the last).
+    positive_axis: Optional[int] = None
+
+    def compute(self, x_bm):
+        """The layer on the batch-major, channels-last tensor ``x_bm``."""
+        raise NotImplementedError
 
     def run(self, x, mask, num_threads=None):
         x = self._cast(x)
         b = _swap(x)
-        axis = getattr(self, "positive_axis", None)
+        axis = self.positive_axis
         if axis is not None and axis != b.ndim - 1:
             raise UnsupportedLayerError(
                 self.keras_class,
@@ -914,7 +923,9 @@ class ConvNode(_BatchMajorNode):
         self.activation = activation
         self.channels_first = bool(channels_first)
         self._keras_weights = [np.array(w, dtype=dt) for w in keras_weights]
-        k = (self.depthwise if self.depthwise is not None else self.kernel).shape[0]
+        taps = self.depthwise if self.depthwise is not None else self.kernel
+        assert taps is not None, "a convolution needs a kernel"
+        k = taps.shape[0]
         self.kernel_size = k
         self.fixes_length = False
 
@@ -1302,7 +1313,7 @@ class KerasModel(Summarized):
         producer = {}
         for spec, key in zip(self._inputs, self._graph.inputs):
             producer[key] = spec["name"]
-        by_op = {}
+        by_op: dict[int, list[str]] = {}
         for step in self._graph.steps:
             for k in step.outputs:
                 producer[k] = step.op.name
@@ -1345,7 +1356,7 @@ class KerasModel(Summarized):
                 runs.append(self._graph.run(feeds, 1, keep_all=True)[0])
         except (ValueError, TypeError):
             return [None] * len(self.layers)
-        first = {}
+        first: dict[int, list[Any]] = {}  # op -> the output keys of its first call
         for step in self._graph.steps:
             first.setdefault(id(step.op), step.outputs)
 

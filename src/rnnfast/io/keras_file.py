@@ -321,8 +321,8 @@ def _load_weights(path, config, dtype, inputs_from=None):
         raise FormatError("config=: not a Keras model config (model.to_json()): %r" % (str(config)[:100],))
     version = config.get("keras_version")
     version = _str(version) if version is not None else None
-    with open(path, "rb") as raw:
-        with mmap.mmap(raw.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+    with open(path, "rb") as fh:
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
             check_global_heaps(buf, path)
     try:
         f = h5py.File(path, "r")
@@ -341,8 +341,8 @@ def _load_weights(path, config, dtype, inputs_from=None):
 
 def _load_hdf5(path, dtype, inputs_from=None):
     h5py = _h5py()
-    with open(path, "rb") as raw:
-        with mmap.mmap(raw.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+    with open(path, "rb") as fh:
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
             check_global_heaps(buf, path)
     try:
         f = h5py.File(path, "r")
@@ -403,7 +403,7 @@ def check_global_heaps(buf, what):
     # remembered for every position it visits, and the whole check is linear in the
     # file's size (walking each collection afresh was quadratic: a megabyte of headers
     # inside each other's records took minutes).
-    end_of = {}  # position -> the first bad record the walk from it meets, or -1
+    end_of: dict[int, int] = {}  # position -> the first bad record the walk from it meets, or -1
     limit = len(buf) - 16
     pos = buf.find(b"GCOL")
     while pos >= 0:
@@ -653,7 +653,7 @@ def json_depth(doc, limit):
         depth += 1
         if depth > limit:
             return depth
-        nxt = []
+        nxt: list = []
         for o in level:
             nxt.extend(o.values() if type(o) is dict else o)
         level = nxt
@@ -754,7 +754,8 @@ def _snake(name):
 
 def _unique(names):
     """Keras' de-duplication of container entries: gru, gru_1, gru_2, ..."""
-    seen, out = {}, []
+    seen: dict[str, int] = {}
+    out = []
     for n in names:
         if n in seen:
             seen[n] += 1

@@ -21,6 +21,8 @@ nested as a layer, Keras operations used as layers (``keras.ops`` calls in a
 functional model), and every class the registry does not know.
 """
 
+from typing import Any
+
 import numpy as np
 
 from ..errors import FormatError, UnsupportedLayerError
@@ -115,7 +117,8 @@ def build_model(model_config, weights, keras_version, *, dtype=None, source=None
     if inputs_from is not None:
         read = {k for e, c in order for k in e.calls[c].inputs + e.calls[c].states}
         inputs = [k for k in inputs if k in read]
-    nodes, steps = {}, []
+    nodes: dict[str, Any] = {}  # layer name -> its node (model_keras' node classes)
+    steps = []
     for e, c in order:
         node = nodes.get(e.name)
         if node is None:
@@ -622,8 +625,8 @@ def _any_last(t):
         parts = [_any_last(p) for p in t[1]]
         return None if any(p is None for p in parts) else mask_or(parts)
     if kind == "tconcat":
-        parts = tuple(_any_last(p) for p in t[1])
-        return None if any(p is None for p in parts) else ("tconcat", parts)
+        pieces = tuple(_any_last(p) for p in t[1])
+        return None if any(p is None for p in pieces) else ("tconcat", pieces)
     return None
 
 
@@ -631,7 +634,7 @@ def _any_last(t):
 
 
 def _input_specs(entries, inputs, steps, ctx):
-    readers = {}
+    readers: dict[object, list] = {}
     for step in steps:
         for k in step.inputs:
             readers.setdefault(k, []).append(step.op)
