@@ -120,11 +120,13 @@ $(BENCH)/.deps: pyproject.toml $(CORE)
 	$(BENCH)/bin/python -m pip install -q --no-build-isolation --no-deps -e .
 	touch $@
 
+# COMPARE_ARGS: more options, e.g. COMPARE_ARGS="--model my.keras" (your own file)
+COMPARE_ARGS ?=
 compare: $(BENCH)/.deps
-	$(BENCH)/bin/python bench/compare.py
+	$(BENCH)/bin/python bench/compare.py $(COMPARE_ARGS)
 
 compare-quick: $(BENCH)/.deps
-	$(BENCH)/bin/python bench/compare.py --quick
+	$(BENCH)/bin/python bench/compare.py --quick $(COMPARE_ARGS)
 
 clean:
 	rm -rf build dist wheelhouse src/*.egg-info src/rnnfast/*.so src/rnnfast/_kernels.c

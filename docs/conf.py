@@ -53,7 +53,7 @@ html_static_path = []
 
 # The Markdown pages of docs/ (written alongside the code by several hands) go into the
 # table of contents in this order when they are there; any other page after them.
-PAGE_ORDER = ["quickstart", "API", "ARCHITECTURE", "streaming", "cluster", "benchmarks", "reference"]
+PAGE_ORDER = ["quickstart", "install", "API", "ARCHITECTURE", "streaming", "cluster", "benchmarks", "reference"]
 
 
 def _pages():
