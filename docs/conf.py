@@ -35,7 +35,7 @@ myst_enable_extensions = ["colon_fence"]
 # are plain text
 nitpicky = True
 nitpick_ignore_regex = [
-    (r"py:.*", r"(numpy|np|torch|keras|scipy|tensorflow|onnxruntime|dask|ray|h5py|os)(\..*)?"),
+    (r"py:.*", r"(numpy|np|torch|keras|scipy|tensorflow|onnxruntime|dask|ray|h5py|os|collections|typing)(\..*)?"),
     (r"py:.*", r"(array_like|array-like|ndarray|dtype|callable|optional|default|path-like)"),
 ]
 

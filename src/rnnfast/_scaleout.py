@@ -179,7 +179,7 @@ class Runner:
 
 # -- models that travel by path ---------------------------------------------------------
 
-#: Models loaded by path in this process: (path, mtime, size, options) -> model, the newest last.
+# models loaded by path in this process: (path, mtime, size, options) -> model, the newest last.
 _loaded: dict[tuple[str, int, int, str], object] = {}
 _load_lock = threading.Lock()
 _MAX_LOADED = 4

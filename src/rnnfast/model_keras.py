@@ -856,7 +856,7 @@ class _BatchMajorNode(_Node):
 
     mask_rule = "drop"
     channels_first = False
-    #: The one axis a normalisation acts on, as Keras numbers it from 0 (None: the last).
+    # the one axis a normalisation acts on, as Keras numbers it from 0 (None: the last)
     positive_axis: Optional[int] = None
 
     def compute(self, x_bm):

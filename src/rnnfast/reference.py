@@ -22,7 +22,7 @@ def _sigmoid(x):
     return 1.0 / (1.0 + np.exp(-x))
 
 
-#: Activation functions by name, on float64 arrays.
+# activation functions by name, on float64 arrays
 ACT: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "linear": lambda x: x,
     "tanh": np.tanh,
