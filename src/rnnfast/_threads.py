@@ -71,6 +71,7 @@ import os
 import threading
 import warnings
 from contextlib import contextmanager
+from typing import Optional
 
 from . import _validation
 
@@ -86,7 +87,7 @@ __all__ = [
 ]
 
 _lock = threading.Lock()
-_num_threads = None  # None: the default (default_num_threads)
+_num_threads: Optional[int] = None  # None: the default (default_num_threads)
 _controllers = None  # threadpoolctl controllers of the BLAS rnnfast calls
 _local = threading.local()  # .serial: this thread must not start a parallel region (fork)
 _openmp = None  # the OpenMP runtime's entry points rnnfast needs (_OpenMP)
@@ -310,7 +311,7 @@ def _resolve(n):
     return max(1, default_num_threads() + 1 + n)
 
 
-def set_num_threads(n):
+def set_num_threads(n: Optional[int]) -> None:
     """Set the number of threads rnnfast uses by default, process-wide.
 
     Parameters
@@ -334,7 +335,7 @@ def set_num_threads(n):
     _num_threads = _resolve(n)
 
 
-def get_num_threads():
+def get_num_threads() -> int:
     """The number of threads rnnfast uses when a call does not say (see
     :func:`set_num_threads`): the count set, else the default."""
     return default_num_threads() if _num_threads is None else _num_threads
