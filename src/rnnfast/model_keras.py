@@ -28,7 +28,7 @@ from . import _validation
 from ._progress import run_batched
 from ._summary import Summarized
 from .errors import UnsupportedLayerError
-from .graph import TRUE, mask_or
+from .graph import TRUE, leaves, map_structure, mask_or
 from .layers import ACTIVATIONS, SharedDirection, apply_activation, merge_directions, softmax
 from .model import run_recurrent
 from .ops import affine, conv1d, conv_padding, layer_norm, pool1d, unit_norm
@@ -154,7 +154,7 @@ class _Node:
 
     @property
     def num_outputs(self):
-        return len(_flatten(self.structure))
+        return len(leaves(self.structure))
 
     def output_masks(self, mask, created=None):
         """The masks of this node's outputs given its input ``mask`` (an array, or at
@@ -1303,7 +1303,7 @@ class KerasModel(Summarized):
         def merged(a, b):
             return tuple(None if i == 0 or a.shape[i] != b.shape[i] else int(n) for i, n in enumerate(a.shape))
 
-        return _map_structure(merged, y1, y2)
+        return map_structure(merged, y1, y2)
 
     # -- describing itself ------------------------------------------------------------
 
@@ -1467,7 +1467,7 @@ class KerasModel(Summarized):
                 x = np.ascontiguousarray(np.swapaxes(x, 0, 1))  # time-major
             feeds.append(x)
         values, _ = self._graph.run(feeds, num_threads)
-        return _map_structure(_batch_major, values)
+        return map_structure(_batch_major, values)
 
     def __getstate__(self):
         """For pickle (rnnfast.dask, rnnfast.ray): the canonical weights once. A fused
@@ -1564,25 +1564,7 @@ def _cell_args(layer):
     return ", ".join(args)
 
 
-def _flatten(structure):
-    """The leaves of a nested list (or dict) structure, in order."""
-    if isinstance(structure, dict):
-        structure = list(structure.values())
-    if isinstance(structure, list):
-        return [leaf for s in structure for leaf in _flatten(s)]
-    return [structure]
-
-
 def _shift(structure, by):
     if isinstance(structure, list):
         return [_shift(s, by) for s in structure]
     return structure + by
-
-
-def _map_structure(fn, *structures):
-    s0 = structures[0]
-    if isinstance(s0, dict):
-        return {k: _map_structure(fn, *(s[k] for s in structures)) for k in s0}
-    if isinstance(s0, list):
-        return [_map_structure(fn, *items) for items in zip(*structures)]
-    return fn(*structures)

@@ -339,9 +339,9 @@ def _rnn_layer_options(cls, cfg):
     )
 
 
-def _cell(cls, kind, cfg, w, ctx, go_backwards):
-    """One cell's config and weights -> an RNNLayer (unidirectional), its CellWeights,
-    its spec (the RNNLayer's options) and its Keras bias as stored (or None)."""
+def _cell(cls, kind, cfg, w, ctx):
+    """One cell's config and weights -> its CellWeights, its spec (the RNNLayer's
+    options, ``cell`` included) and its Keras bias as stored (or None)."""
     cell = cells.get(kind)
     G = cell.num_gates
     units = cfg.get("units")
@@ -371,14 +371,24 @@ def _cell(cls, kind, cfg, w, ctx, go_backwards):
     dtype = resolve_dtype(cls, cfg, ctx)
     weights = CellWeights(kernel, rec, bias, rbias)
     spec = dict(reset_after=reset_after, activation=act, recurrent_activation=ract or "sigmoid", dtype=dtype)
-    layer = RNNLayer(kind, [weights], go_backwards=go_backwards, **spec)
     keras_bias = None if b is None else np.array(b, dtype=dtype)
-    return layer, weights, dict(spec, cell=kind), keras_bias
+    return weights, dict(spec, cell=kind), keras_bias
 
 
 def recurrent(cls, cfg, w, ctx, name, *, force_zero_output=None):
     """GRU / LSTM / SimpleRNN / RNN(cell) -> (RecurrentNode, [(CellWeights, spec)] per
     cell: what a Bidirectional needs to fuse two of them)."""
+    make_node, parts = recurrent_parts(cls, cfg, w, ctx, name, force_zero_output=force_zero_output)
+    return make_node([_layer(weights, spec) for weights, spec in parts]), parts
+
+
+def recurrent_parts(cls, cfg, w, ctx, name, *, force_zero_output=None):
+    """A recurrent layer read but not built: ``(make_node, parts)``, where
+    ``make_node(rnn_layers)`` makes its RecurrentNode from one RNNLayer per cell and
+    ``parts`` holds each cell's ``(CellWeights, spec)`` (``spec`` the RNNLayer's options,
+    ``cell`` and ``go_backwards`` included). A Bidirectional builds one two-direction
+    layer from both parts and gives each node a view of its direction: each weight is
+    converted once."""
     opts = _rnn_layer_options(cls, cfg)
     if force_zero_output is not None:
         opts["zero_output_for_mask"] = force_zero_output
@@ -390,15 +400,36 @@ def recurrent(cls, cfg, w, ctx, name, *, force_zero_output=None):
     else:
         check_options(cls, cfg, _RNN_LAYER_OPTIONS | {"cell"})
         cell_list, stacked = _rnn_cells(cfg.get("cell"))
-    layers, parts, biases = [], [], []
+    parts, biases = [], []
     for ccls, kind, ccfg in cell_list:
         if ccls in CELL_CLASSES:
             check_options(ccls, ccfg, _CELL_OPTIONS)
-        layer, weights, spec, keras_bias = _cell(ccls, kind, ccfg, w, ctx, opts["go_backwards"])
-        layers.append(layer)
-        parts.append((weights, spec))
+        weights, spec, keras_bias = _cell(ccls, kind, ccfg, w, ctx)
+        parts.append((weights, dict(spec, go_backwards=opts["go_backwards"])))
         biases.append(keras_bias)
-    return RecurrentNode(name, cls, layers, stacked=stacked, keras_biases=biases, **opts), parts
+
+    def make_node(layers):
+        return RecurrentNode(name, cls, layers, stacked=stacked, keras_biases=biases, **opts)
+
+    return make_node, parts
+
+
+def _fusable(forward, backward):
+    """Whether two cells' ``(CellWeights, spec)`` make one two-direction layer: the
+    same options, a forward and a backward direction, the same weight shapes."""
+    (fw, fs), (bw, bs) = forward, backward
+    return (
+        not fs["go_backwards"]
+        and bs["go_backwards"]
+        and dict(fs, go_backwards=None) == dict(bs, go_backwards=None)
+        and np.shape(fw.kernel) == np.shape(bw.kernel)
+        and np.shape(fw.recurrent_kernel) == np.shape(bw.recurrent_kernel)
+    )
+
+
+def _layer(weights, spec):
+    spec = dict(spec)
+    return RNNLayer(spec.pop("cell"), [weights], **spec)
 
 
 def _rnn_cells(cell):
@@ -447,18 +478,25 @@ def bidirectional(cfg, w, ctx, name):
                 inner.get("config", {}), go_backwards=not inner.get("config", {}).get("go_backwards", False)
             ),
         }
-    nodes, parts = [], []
+    pending = []
     for sub in (inner, back):
         scls, scfg = sub["class_name"], sub.get("config", {})
         if scls not in RECURRENT_CLASSES and scls != "RNN":
             raise UnsupportedLayerError("Bidirectional", "layer", "wrapped layer %s" % scls)
         rs = bool(scfg.get("return_sequences", False))
         # Keras sets zero_output_for_mask = return_sequences on both inner layers
-        node, p = recurrent(scls, scfg, w, ctx, scfg.get("name", scls), force_zero_output=rs)
-        nodes.append(node)
-        parts.append(p)
-    fwd, bwd = nodes
-    fp, bp = parts
+        pending.append(recurrent_parts(scls, scfg, w, ctx, scfg.get("name", scls), force_zero_output=rs))
+    (fmake, fp), (bmake, bp) = pending
+    fused = None
+    if len(fp) == 1 and len(bp) == 1 and _fusable(fp[0], bp[0]):
+        # the usual case: one two-direction layer, one compiled call, halves written in
+        # place; each direction's node runs a view of it (initial_state calls)
+        spec = dict(fp[0][1])
+        del spec["go_backwards"]
+        fused = RNNLayer(spec.pop("cell"), [fp[0][0], bp[0][0]], **spec)
+        fwd, bwd = fmake([fused.direction(0)]), bmake([fused.direction(1, go_backwards=True)])
+    else:
+        fwd, bwd = fmake([_layer(*p) for p in fp]), bmake([_layer(*p) for p in bp])
     for attr in ("return_sequences", "return_state"):
         if getattr(fwd, attr) != getattr(bwd, attr):
             raise FormatError("Bidirectional %r: forward and backward layers differ in %s" % (name, attr))
@@ -466,19 +504,6 @@ def bidirectional(cfg, w, ctx, name):
         raise FormatError("Bidirectional %r: forward and backward layers have the same go_backwards" % name)
     if merge_mode in ("sum", "mul", "ave") and fwd.rnn_layers[-1].output_size != bwd.rnn_layers[-1].output_size:
         raise FormatError("Bidirectional %r: merge_mode %r needs equal units" % (name, merge_mode))
-    fused = None
-    if (
-        len(fp) == 1
-        and len(bp) == 1
-        and not fwd.go_backwards
-        and bwd.go_backwards
-        and fp[0][1] == bp[0][1]
-        and fwd.rnn_layers[0].input_size == bwd.rnn_layers[0].input_size
-        and fwd.rnn_layers[0].units == bwd.rnn_layers[0].units
-    ):
-        # the usual case: one two-direction layer, one compiled call, halves written in place
-        spec = dict(fp[0][1])
-        fused = RNNLayer(spec.pop("cell"), [fp[0][0], bp[0][0]], **spec)
     return BidirectionalNode(name, fwd, bwd, merge_mode, fused=fused)
 
 

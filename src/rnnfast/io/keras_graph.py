@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import FormatError, UnsupportedLayerError
-from ..graph import FALSE, TRUE, Graph, Step, mask_or
+from ..graph import FALSE, TRUE, Graph, Step, leaves, map_structure, mask_or
 from ..model_keras import KerasModel
 from .keras_convert import RECURRENT_CLASSES, ConvertContext
 from .keras_layers import MERGE_CLASSES, SUPPORTED_LAYERS, convert_layer
@@ -109,7 +109,7 @@ def build_model(model_config, weights, keras_version, *, dtype=None, source=None
         inputs = _cut_at(entries, inputs, inputs_from)
         if outputs is None:  # Sequential: the last layer's outputs
             last = [e for e in entries.values() if e.calls and e.cls != "InputLayer"][-1]
-            outputs = _map(lambda i: (last.name, 0, i), 0)
+            outputs = map_structure(lambda i: (last.name, 0, i), 0)
     if hasattr(weights, "bind"):
         weights.bind([(e.name, e.cls) for e in entries.values()])
 
@@ -185,13 +185,13 @@ def build_model(model_config, weights, keras_version, *, dtype=None, source=None
         if not order:
             raise FormatError("the model has no layers")
         last = order[-1][0]
-        outputs = _map(lambda i: (last.name, 0, i), nodes[last.name].structure)
+        outputs = map_structure(lambda i: (last.name, 0, i), nodes[last.name].structure)
         for e, _ in order[:-1]:
             if nodes[e.name].num_outputs > 1:
                 raise UnsupportedLayerError(
                     e.cls, "return_state", "a layer with several outputs (%r) inside a Sequential" % e.name
                 )
-    flat = _flat(outputs)
+    flat = leaves(outputs)
     input_names = {k[0] for k in inputs}
     for key in flat:
         if key[0] not in input_names and key[2] >= nodes[key[0]].num_outputs:
@@ -337,7 +337,7 @@ def _functional(cfg):
         for node in nodes:
             e.calls.append(_parse_node(e, node))
         entries[name] = e
-    inputs = _flat(_parse_refs(cfg.get("input_layers")))
+    inputs = leaves(_parse_refs(cfg.get("input_layers")))
     if not inputs:
         raise FormatError("functional model config: no inputs")
     for key in inputs:
@@ -347,7 +347,7 @@ def _functional(cfg):
     if len(set(inputs)) != len(inputs):
         raise FormatError("functional model config: an input is listed twice")
     outputs = _parse_refs(cfg.get("output_layers"))
-    for key in _flat(outputs):
+    for key in leaves(outputs):
         if key[0] not in entries:
             raise FormatError("functional model config: unknown output layer %r" % (key[0],))
     return entries, inputs, outputs
@@ -501,7 +501,7 @@ def _execution_order(entries, inputs, outputs):
     limit = sys.getrecursionlimit()
     sys.setrecursionlimit(max(limit, 4 * len(entries) + 100))
     try:
-        for key in _flat(outputs):
+        for key in leaves(outputs):
             visit(key)
     finally:
         sys.setrecursionlimit(limit)
@@ -676,22 +676,3 @@ def _input_specs(entries, inputs, steps, ctx):
             in_dtype = np.dtype(np.float64) if dt in ("float64", "double") else np.dtype(np.float32)
         specs.append(dict(name=key[0], shape=shape, dtype=in_dtype, integer=integer, declared=declared))
     return specs
-
-
-# -- small structure helpers -------------------------------------------------------------------
-
-
-def _flat(s):
-    if isinstance(s, dict):
-        return [k for v in s.values() for k in _flat(v)]
-    if isinstance(s, list):
-        return [k for v in s for k in _flat(v)]
-    return [s]
-
-
-def _map(fn, s):
-    if isinstance(s, dict):
-        return {k: _map(fn, v) for k, v in s.items()}
-    if isinstance(s, list):
-        return [_map(fn, v) for v in s]
-    return fn(s)
