@@ -82,6 +82,19 @@ def test_scipy_linalg_after_rnnfast_is_whole():
     assert lines[1] == "(450, 8, 64)"  # (batch, time, 2 directions x 32)
 
 
+def test_a_probe_of_scipy_linalg_does_not_spend_the_hook():
+    # importlib.util.find_spec("scipy.linalg") (a feature probe, no import) and then the
+    # import itself: the attribute is still set, and the hook is gone after the import
+    out = fresh(
+        "import sys, importlib.util, rnnfast\n"
+        "assert importlib.util.find_spec('scipy.linalg') is not None\n"
+        "import scipy.linalg.cython_blas\n"
+        "assert scipy.linalg.cython_blas is sys.modules['scipy.linalg.cython_blas']\n"
+        "print(sum(type(f).__name__ == '_LinalgAttribute' for f in sys.meta_path))\n"
+    )
+    assert out.strip() == "0"
+
+
 def test_the_kernels_agree_whichever_import_came_first():
     # the BLAS loaded rnnfast's way and the ordinary way (scipy.linalg imported first)
     # give the same bits

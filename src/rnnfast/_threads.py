@@ -466,14 +466,20 @@ class _LinalgAttribute:
     :func:`_load_cython_blas`, set its ``cython_blas`` attribute (``import
     scipy.linalg.cython_blas`` then works as it always does), and step aside."""
 
+    def __init__(self):
+        self._finding = False
+
     def find_spec(self, fullname, path=None, target=None):
         import importlib.util
         import sys
 
-        if fullname != "scipy.linalg":
+        if fullname != "scipy.linalg" or self._finding:
             return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(fullname)
+        self._finding = True  # the finders after this one find the package
+        try:
+            spec = importlib.util.find_spec(fullname)
+        finally:
+            self._finding = False
         if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
             return spec
         run = spec.loader.exec_module
@@ -482,6 +488,8 @@ class _LinalgAttribute:
             run(module)
             if "scipy.linalg.cython_blas" in sys.modules and not hasattr(module, "cython_blas"):
                 module.cython_blas = sys.modules["scipy.linalg.cython_blas"]
+            if self in sys.meta_path:  # done: only the one import of scipy.linalg needed it
+                sys.meta_path.remove(self)
 
         spec.loader.exec_module = exec_module  # type: ignore[method-assign]
         return spec
