@@ -119,7 +119,11 @@ def _every_class_models():
     models.append(
         keras.Model(
             [a, b],
-            [L.Attention(use_scale=True, name="att")([sa, sb]), L.AdditiveAttention(name="addatt")([sa, sb])],
+            [
+                L.Attention(use_scale=True, name="att")([sa, sb]),
+                L.AdditiveAttention(name="addatt")([sa, sb]),
+                L.MultiHeadAttention(2, 3, value_dim=2, name="mha")(sa, sb),
+            ],
             name="every_f",
         )
     )

@@ -30,7 +30,7 @@ from .errors import UnsupportedLayerError
 from .graph import TRUE, mask_or
 from .layers import ACTIVATIONS, SharedDirection, apply_activation, merge_directions, softmax
 from .model import run_recurrent
-from .ops import affine, conv1d, conv_padding, layer_norm, pool1d, unit_norm
+from .ops import affine, conv1d, conv_padding, layer_norm, multi_head_attention, pool1d, unit_norm
 
 __all__ = ["KerasModel", "KERAS_ACTIVATIONS", "keras_activation"]
 
@@ -1575,3 +1575,145 @@ def _map_structure(fn, *structures):
     if isinstance(s0, list):
         return [_map_structure(fn, *items) for items in zip(*structures)]
     return fn(*structures)
+
+
+# -- nodes added after the graph (appended: multi-head attention) -------------------------
+
+
+class MultiHeadAttentionNode(_Node):
+    """Keras ``MultiHeadAttention`` (:func:`rnnfast.ops.multi_head_attention`) on
+    sequences: called with ``query``, ``value`` and optionally ``key`` and
+    ``attention_mask`` (tensors of the graph, by name: the step's ``arguments``),
+    ``use_causal_mask``.
+
+    Masks as Keras: the query's mask, the value's and the key's (when a key is given)
+    and ``attention_mask`` (nonzero: may attend) and the causal mask are and-ed into the
+    pairs a query step may attend to; a query step that may attend to none attends to
+    every value step alike (Keras adds a large negative number to the scores, which in
+    float32 swamps them); masked query steps are not zeroed; the output carries the
+    query's mask. ``dropout`` is the identity at inference.
+
+    Parameters
+    ----------
+    weights : dict
+        ``query``, ``key``, ``value``, ``output`` (kernel, bias or None) and optionally
+        ``gate``, in Keras' shapes (see :func:`rnnfast.ops.multi_head_attention`).
+    large_negative : float
+        What Keras adds to masked scores: -1e9 (tf.keras' Softmax), -0.7 * 3.38953e38
+        (Keras 3's dot-product attention, taken without dropout).
+    zero_masked : bool
+        Keras 3's explicit path (taken with dropout > 0): its Softmax sets the masked
+        weights to zero after the softmax, so a query step with nothing to attend to
+        gives the output projection's bias.
+    sliding_window : int, optional
+        Keras 3's ``sliding_window``: a query step attends to value steps less than this
+        far from it.
+    """
+
+    multi_input = True
+    #: the tensors the layer may be called with, in Keras' positional order
+    tensor_arguments = ("query", "value", "key", "attention_mask")
+    call_options = {"use_causal_mask": False, "return_attention_scores": False}
+
+    def __init__(
+        self, name, dtype, weights, *, large_negative=-1e9, zero_masked=False, sliding_window=None, keras_weights=()
+    ):
+        super().__init__(name, "MultiHeadAttention", dtype)
+        dt = self.dtype
+
+        def cast(pair):
+            return tuple(None if a is None else np.ascontiguousarray(a, dtype=dt) for a in pair)
+
+        self.projections = {k: cast(v) for k, v in weights.items()}
+        self.large_negative = float(large_negative)
+        self.zero_masked = bool(zero_masked)
+        self.sliding_window = sliding_window
+        self._keras_weights = [np.array(w, dtype=dt) for w in keras_weights]
+        self.num_heads, self.key_dim = self.projections["query"][0].shape[1:]
+        self.value_dim = self.projections["value"][0].shape[2]
+        self.output_dim = self.projections["output"][0].shape[2]
+
+    def get_weights(self):
+        return [w.copy() for w in self._keras_weights]
+
+    def output_masks(self, masks, created=None):
+        return [masks[0] if masks else None]
+
+    def run(
+        self,
+        xs,
+        masks,
+        num_threads=None,
+        use_causal_mask=False,
+        return_attention_scores=False,
+        arguments=("query", "value"),
+    ):
+        given = dict(zip(arguments, xs))
+        gmask = dict(zip(arguments, masks))
+        if "query" not in given or "value" not in given:
+            raise ValueError("MultiHeadAttention %r needs a query and a value" % self.name)
+        seqs = {}
+        for k in ("query", "value", "key"):
+            if k in given:
+                x = self._cast(np.asarray(given[k]))
+                if x.ndim != 3:
+                    raise ValueError(
+                        "MultiHeadAttention %r: %s must be a sequence (batch, steps, features), got shape %s"
+                        % (self.name, k, _batch_major_shape(x))
+                    )
+                seqs[k] = _swap(x)  # batch-major views
+        q, v = seqs["query"], seqs["value"]
+        k = seqs.get("key", v)
+        if k.shape[1] != v.shape[1]:
+            raise ValueError("MultiHeadAttention %r: key and value lengths differ" % self.name)
+        B, Tq, Tv = q.shape[0], q.shape[1], v.shape[1]
+        valid = None
+
+        def both(a, b):
+            return b if a is None else a & b
+
+        q_mask = gmask.get("query")
+        if q_mask is not None:
+            valid = np.swapaxes(np.asarray(q_mask, bool), 0, 1)[:, :, None]
+        for name in ("value", "key"):
+            m = gmask.get(name)
+            if m is not None and name in given:
+                valid = both(valid, np.swapaxes(np.asarray(m, bool), 0, 1)[:, None, :])
+        if use_causal_mask:
+            valid = both(valid, (np.arange(Tq)[:, None] >= np.arange(Tv)[None, :])[None])
+        if self.sliding_window is not None:
+            valid = both(valid, (np.abs(np.arange(Tq)[:, None] - np.arange(Tv)[None, :]) < self.sliding_window)[None])
+        if "attention_mask" in given:
+            am = np.asarray(given["attention_mask"])
+            am = _swap(am) if am.ndim == 3 else am
+            if am.shape[-2:] != (Tq, Tv) and am.shape[-1] != Tv:
+                raise ValueError(
+                    "MultiHeadAttention %r: attention_mask of shape %s for %d query and %d value steps"
+                    % (self.name, am.shape, Tq, Tv)
+                )
+            valid = both(valid, am != 0)
+        if valid is not None:
+            valid = np.broadcast_to(valid, (B, Tq, Tv))
+        w = self.projections
+        with np.errstate(over="ignore"):
+            y = multi_head_attention(
+                q,
+                v,
+                k,
+                *w["query"],
+                *w["key"],
+                *w["value"],
+                *w["output"],
+                valid=valid,
+                gate=w.get("gate"),
+                large_negative=self.large_negative,
+                zero_masked=self.zero_masked,
+            )
+        return [np.ascontiguousarray(_swap(np.asarray(y, dtype=self.dtype)))], [q_mask]
+
+    def describe(self):
+        return "MultiHeadAttention(num_heads=%d, key_dim=%d%s)" % (
+            self.num_heads,
+            self.key_dim,
+            ", value_dim=%d" % self.value_dim if self.value_dim != self.key_dim else "",
+        )

@@ -825,6 +825,10 @@ class _ArchiveWeights:
             return self._part(g, "forward_layer", inner) + self._part(g, "backward_layer", back)
         if cls == "TimeDistributed":
             return self._part(g, "layer", cfg.get("layer") or {})
+        if cls == "MultiHeadAttention":
+            parts = ["query_dense", "key_dense"] + (["_gate_dense"] if cfg.get("use_gate") else [])
+            parts += ["value_dense", "output_dense"]
+            return [a for p in parts for a in _vars(_sub(g, p, self.path))]
         return _vars(g)
 
     def _part(self, g, key, spec):

@@ -27,7 +27,7 @@ from ..errors import FormatError, UnsupportedLayerError
 from ..graph import FALSE, TRUE, Graph, Step, mask_or
 from ..model_keras import KerasModel
 from .keras_convert import RECURRENT_CLASSES, ConvertContext
-from .keras_layers import MERGE_CLASSES, SUPPORTED_LAYERS, convert_layer
+from .keras_layers import ARGUMENT_CLASSES, MERGE_CLASSES, SUPPORTED_LAYERS, convert_layer
 
 #: Most layers in a model config (each costs up to a millisecond to load; a chain of
 #: recurrent layers has a handful).
@@ -56,6 +56,7 @@ class _Call:
         self.mask = None
         self.args = []  # Keras 3: the positional arguments (operations)
         self.kwargs = {}  # other (non-tensor) keyword arguments of the call
+        self.tensor_kwargs = {}  # tensors given by keyword (MultiHeadAttention's key=, attention_mask=)
         self.input_shape = None  # Keras 3: the declared shape of the first tensor
 
 
@@ -113,7 +114,9 @@ def build_model(model_config, weights, keras_version, *, dtype=None, source=None
 
     order = _execution_order(entries, inputs, outputs)
     if inputs_from is not None:
-        read = {k for e, c in order for k in e.calls[c].inputs + e.calls[c].states}
+        read = {
+            k for e, c in order for k in e.calls[c].inputs + e.calls[c].states + list(e.calls[c].tensor_kwargs.values())
+        }
         inputs = [k for k in inputs if k in read]
     nodes, steps = {}, []
     for e, c in order:
@@ -138,7 +141,15 @@ def build_model(model_config, weights, keras_version, *, dtype=None, source=None
             node = nodes[e.name] = convert_layer(e.cls, e.cfg, w, ctx)
         call = e.calls[c]
         multi = getattr(node, "multi_input", False)
-        if multi and not call.as_list:
+        options = {}
+        call_inputs = call.inputs
+        names = getattr(node, "tensor_arguments", None)
+        if names is not None:
+            call_inputs, options["arguments"] = _bind_arguments(e, call, names)
+        elif call.tensor_kwargs:
+            k = next(iter(call.tensor_kwargs))
+            raise UnsupportedLayerError(e.cls, k, "layer %r is called with a tensor as %s=" % (e.name, k))
+        if names is None and multi and not call.as_list:
             raise UnsupportedLayerError(e.cls, None, "layer %r takes a list of tensors" % e.name)
         if not multi and (call.as_list or len(call.inputs) != 1):
             raise UnsupportedLayerError(
@@ -155,7 +166,6 @@ def build_model(model_config, weights, keras_version, *, dtype=None, source=None
             )
             if len(call.states) != want:
                 raise FormatError("layer %r is given %d initial states, it has %d" % (e.name, len(call.states), want))
-        options = {}
         supported = getattr(node, "call_options", {})
         for k, v in call.kwargs.items():
             if k not in supported:
@@ -170,7 +180,7 @@ def build_model(model_config, weights, keras_version, *, dtype=None, source=None
         steps.append(
             Step(
                 node,
-                call.inputs,
+                call_inputs,
                 [(e.name, c, i) for i in range(node.num_outputs)],
                 states=call.states,
                 options=options,
@@ -207,6 +217,24 @@ def build_model(model_config, weights, keras_version, *, dtype=None, source=None
     model = KerasModel(graph, inputs=specs, name=name, keras_version=ctx.keras_version, source=source)
     _check_shapes(model)
     return model
+
+
+def _bind_arguments(e, call, names):
+    """The tensors of a call of a layer that takes them as separate arguments (by
+    position, then by name): their keys in the order of ``names``, and the names given."""
+    if call.as_list:
+        raise UnsupportedLayerError(e.cls, None, "layer %r is called on a list of tensors" % e.name)
+    if len(call.inputs) > len(names):
+        raise UnsupportedLayerError(e.cls, None, "layer %r is called with %d tensors" % (e.name, len(call.inputs)))
+    given = dict(zip(names, call.inputs))
+    for k, ref in call.tensor_kwargs.items():
+        if k not in names:
+            raise UnsupportedLayerError(e.cls, k, "layer %r is called with a tensor as %s=" % (e.name, k))
+        if k in given:
+            raise FormatError("layer %r is given %s twice" % (e.name, k))
+        given[k] = ref
+    order = tuple(n for n in names if n in given)
+    return [given[n] for n in order], order
 
 
 def _cut_at(entries, inputs, layer):
@@ -350,6 +378,15 @@ def _functional(cfg):
     return entries, inputs, outputs
 
 
+def _is_ref(v):
+    return (
+        isinstance(v, (list, tuple))
+        and len(v) in (3, 4)
+        and isinstance(v[0], str)
+        and all(isinstance(i, int) and not isinstance(i, bool) for i in v[1:3])
+    )
+
+
 def _ref3(ref, what):
     if not (
         isinstance(ref, (list, tuple))
@@ -428,6 +465,9 @@ def _parse_node(e, node):
                 call.states = refs
                 continue
             if v is not None:
+                if _tensor_ref(v) is not None and e.cls in ARGUMENT_CLASSES:
+                    call.tensor_kwargs[k] = _tensor_ref(v)
+                    continue
                 if _tensor_ref(v) is not None or isinstance(v, (list, tuple, dict)):
                     raise UnsupportedLayerError(e.cls, k, "layer %r is called with %s=" % (e.name, k))
                 call.kwargs[k] = v  # honoured or refused once the layer is known
@@ -444,9 +484,17 @@ def _parse_node(e, node):
                 continue
             if k == "initial_state" and v is not None:
                 continue  # the states are the call's extra tensors
+            if e.cls in ARGUMENT_CLASSES and _is_ref(v):
+                call.tensor_kwargs[k] = _ref3(v, "tensor argument %s of layer %r" % (k, e.name))
+                continue
+            if e.cls in ARGUMENT_CLASSES and isinstance(v, bool):
+                call.kwargs[k] = v
+                continue
             if v is not None:
                 raise UnsupportedLayerError(e.cls, k, "layer %r is called with %s=" % (e.name, k))
-    if len(refs) > 1 and (e.cls in RECURRENT_CLASSES or e.cls in ("RNN", "Bidirectional")):
+    if e.cls in ARGUMENT_CLASSES:
+        call.inputs = refs  # separate arguments, not a list
+    elif len(refs) > 1 and (e.cls in RECURRENT_CLASSES or e.cls in ("RNN", "Bidirectional")):
         call.inputs, call.states = refs[:1], refs[1:]  # RNN(x, initial_state=s): [x] + s
     else:
         call.inputs = refs
@@ -486,7 +534,7 @@ def _execution_order(entries, inputs, outputs):
         call = e.calls[c]
         if not call.inputs:
             raise UnsupportedLayerError(e.cls, None, "layer %r has no input tensor" % name)
-        for k in call.inputs + call.states:
+        for k in call.inputs + call.states + list(call.tensor_kwargs.values()):
             visit(k)
         visiting.discard((name, c))
         done.add((name, c))

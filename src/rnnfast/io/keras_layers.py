@@ -48,6 +48,7 @@ from ..model_keras import (
     IdentityNode,
     MaskingNode,
     MergeNode,
+    MultiHeadAttentionNode,
     NormNode,
     PoolNode,
     RepeatVectorNode,
@@ -285,6 +286,8 @@ MERGES = {
 }
 #: Layers called on a list of tensors.
 MERGE_CLASSES = frozenset(MERGES) | {"Dot", "Attention", "AdditiveAttention"}
+#: Layers called on several tensors given as separate arguments (by position or name).
+ARGUMENT_CLASSES = frozenset({"MultiHeadAttention"})
 
 
 def _merge(cls):
@@ -659,6 +662,99 @@ def _attention(cls):
     return convert
 
 
+def _multi_head_attention(cfg, w, ctx, name):
+    """Keras ``MultiHeadAttention`` on sequences (attention over the steps)."""
+    cls = "MultiHeadAttention"
+    check_options(
+        cls,
+        cfg,
+        {
+            "num_heads",
+            "key_dim",
+            "value_dim",
+            "use_bias",
+            "output_shape",
+            "attention_axes",
+            "use_gate",
+            "sliding_window",
+            "flash_attention",
+        },
+    )
+    heads = _int1(cls, cfg, "num_heads")
+    key_dim = _int1(cls, cfg, "key_dim")
+    value_dim = cfg.get("value_dim") or key_dim
+    if not isinstance(value_dim, int) or isinstance(value_dim, bool) or value_dim < 1:
+        raise UnsupportedLayerError(cls, "value_dim", repr(value_dim))
+    axes = cfg.get("attention_axes")
+    if isinstance(axes, int) and not isinstance(axes, bool):
+        axes = [axes]
+    if axes is not None and list(axes) not in ([1], [-3]):
+        raise UnsupportedLayerError(
+            cls, "attention_axes", "%r (rnnfast attends over the steps of sequences: axis 1)" % (cfg["attention_axes"],)
+        )
+    out = cfg.get("output_shape")
+    if isinstance(out, (list, tuple)) and len(out) == 1:
+        out = out[0]
+    if out is not None and (not isinstance(out, int) or isinstance(out, bool) or out < 1):
+        raise UnsupportedLayerError(
+            cls, "output_shape", "%r (rnnfast takes one output size)" % (cfg.get("output_shape"),)
+        )
+    window = cfg.get("sliding_window")
+    if window is not None and (not isinstance(window, int) or isinstance(window, bool) or window < 1):
+        raise UnsupportedLayerError(cls, "sliding_window", repr(window))
+    use_bias = bool(cfg.get("use_bias", True))
+    use_gate = bool(cfg.get("use_gate", False))
+    dtype = resolve_dtype(cls, cfg, ctx)
+    kept = []
+
+    def projection(part, heads_size):
+        shape = w.peek_shape()
+        if shape is None or len(shape) != 3:
+            raise FormatError("%s %r: the %s kernel is missing" % (cls, name, part))
+        kernel = w.take("kernel", (shape[0], heads, heads_size))
+        bias = w.take("bias", (heads, heads_size)) if use_bias else None
+        kept.extend(a for a in (kernel, bias) if a is not None)
+        return kernel, bias
+
+    weights = {"query": projection("query", key_dim), "key": projection("key", key_dim)}
+    if use_gate:
+        weights["gate"] = projection("gate", value_dim)
+    weights["value"] = projection("value", value_dim)
+    if weights["gate" if use_gate else "query"][0].shape[0] != weights["query"][0].shape[0]:
+        raise FormatError("%s %r: the gate and query kernels differ in input size" % (cls, name))
+    E = out if out is not None else weights["query"][0].shape[0]
+    kernel = w.take("kernel", (heads, value_dim, E))
+    bias = w.take("bias", (E,)) if use_bias else None
+    kept.extend(a for a in (kernel, bias) if a is not None)
+    weights["output"] = (kernel, bias)
+    # masked scores: tf.keras' Softmax adds -1e9; Keras 3 with dropout takes its explicit
+    # path (Softmax: -1e9 in place of the score, the weight zeroed after the softmax),
+    # without dropout its dot-product attention (-0.7 * 3.38953e38 added)
+    explicit = ctx.keras_major >= 3 and float(cfg.get("dropout") or 0) > 0
+    return MultiHeadAttentionNode(
+        name,
+        dtype,
+        weights,
+        large_negative=-1e9 if ctx.keras_major < 3 or explicit else -0.7 * 3.38953e38,
+        zero_masked=explicit,
+        sliding_window=window,
+        keras_weights=kept,
+    )
+
+
+def _mha_row(node):
+    opts = ["num_heads=%d" % node.num_heads, "key_dim=%d" % node.key_dim]
+    if node.value_dim != node.key_dim:
+        opts.append("value_dim=%d" % node.value_dim)
+    if node.projections["query"][1] is None:
+        opts.append("use_bias=False")
+    if "gate" in node.projections:
+        opts.append("use_gate=True")
+    if node.sliding_window is not None:
+        opts.append("sliding_window=%d" % node.sliding_window)
+    return "MultiHeadAttention", str(node.output_dim), ", ".join(opts)
+
+
 def _attention_row(node):
     opts = [] if node.additive else ["score_mode=%s" % node.score_mode]
     if node.scale is not None:
@@ -738,6 +834,7 @@ def _entries():
         KerasLayer(
             "AdditiveAttention", _attention("AdditiveAttention"), weights=True, params=_norm_params, row=_attention_row
         ),
+        KerasLayer("MultiHeadAttention", _multi_head_attention, weights=True, params=_weights_params, row=_mha_row),
         KerasLayer("Conv1D", _conv("Conv1D"), weights=True, params=_weights_params, row=_conv_row),
         KerasLayer("DepthwiseConv1D", _conv("DepthwiseConv1D"), weights=True, params=_weights_params, row=_conv_row),
         KerasLayer("SeparableConv1D", _conv("SeparableConv1D"), weights=True, params=_weights_params, row=_conv_row),
