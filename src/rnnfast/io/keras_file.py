@@ -159,23 +159,33 @@ def from_keras(model, dtype=None, **options):
     if not isinstance(config, (dict, list)) or (isinstance(config, dict) and "layers" not in config):
         raise UnsupportedLayerError(cls, None, "a model without a layer config")
     version = _live_version(model)
+    return build_model(
+        {"class_name": cls, "config": config},
+        _LiveWeights(model),
+        version,
+        dtype=dtype,
+        source="live %s model" % framework,
+        inputs_from=inputs_from,
+    )
 
-    def weights(name, _cls, _cfg):
-        layer = model.get_layer(name)
+
+class _LiveWeights:
+    """The weights of a live model's layers (``model.get_layer(name)``); a nested
+    model's through :meth:`nested`."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, name, _cls, _cfg):
+        layer = self.model.get_layer(name)
         variables = list(layer.weights)
         arrays = layer.get_weights()
         if len(variables) != len(arrays):
             raise FormatError("layer %r: %d variables but %d weights" % (name, len(variables), len(arrays)))
         return [(getattr(v, "path", None) or getattr(v, "name", None), np.array(a)) for v, a in zip(variables, arrays)]
 
-    return build_model(
-        {"class_name": cls, "config": config},
-        weights,
-        version,
-        dtype=dtype,
-        source="live %s model" % framework,
-        inputs_from=inputs_from,
-    )
+    def nested(self, name, _cls, _cfg):
+        return _LiveWeights(self.model.get_layer(name))
 
 
 def _live_version(model):
@@ -698,6 +708,52 @@ class _H5Weights:
             out.append((wn, _Stored(g[wn], self.path)))
         return out
 
+    def nested(self, name, cls, cfg):
+        """The weights of the layers of a model nested as layer ``name``: its group
+        lists them all in ``weight_names``, each under its layer's name (Keras 3 puts a
+        Sequential's own name first: ``enc/gru/gru_cell/kernel``; tf.keras writes
+        ``gru/gru_cell/kernel:0``)."""
+        if name not in self.group:
+            return _H5Nested(None, [], self.path)
+        g = self.group[name]
+        names = [_str(n) for n in np.atleast_1d(g.attrs.get("weight_names", []))]
+        layers = cfg.get("layers") if isinstance(cfg, dict) else None
+        inner = {_layer_name(item) for item in layers} if isinstance(layers, list) else set()
+        items = []
+        for wn in names:
+            parts = wn.split("/")
+            if len(parts) >= 3 and parts[0] == name and name not in inner:
+                parts = parts[1:]
+            items.append((parts, wn))
+        return _H5Nested(g, items, self.path)
+
+
+def _layer_name(item):
+    if not isinstance(item, dict):
+        return None
+    cfg = item.get("config") if isinstance(item.get("config"), dict) else {}
+    return item.get("name") or cfg.get("name")
+
+
+class _H5Nested:
+    """The weights of a nested model's layers in a whole-model HDF5 file: ``items``,
+    the model's ``weight_names`` as (path parts below the model, name in the group)."""
+
+    def __init__(self, group, items, path):
+        self.group, self.items, self.path = group, items, path
+
+    def __call__(self, name, cls, cfg):
+        out = []
+        for parts, wn in self.items:
+            if len(parts) >= 2 and parts[0] == name:
+                if wn not in self.group:
+                    raise FormatError("%s: weight %r is listed but missing" % (self.path, wn))
+                out.append((wn, _Stored(self.group[wn], self.path)))
+        return out
+
+    def nested(self, name, cls, cfg):
+        return _H5Nested(self.group, [(p[1:], wn) for p, wn in self.items if len(p) >= 3 and p[0] == name], self.path)
+
 
 class _Stored:
     """A weight in the HDF5 file, read only when a layer takes it: after its shape has
@@ -796,6 +852,22 @@ class _ArchiveWeights:
     def __call__(self, name, cls, cfg):
         if "layers" not in self.f:
             raise FormatError("%s: model.weights.h5 has no 'layers' group" % self.path)
+        group = self._group(name)
+        if group is None:
+            if expects_weights(cls):
+                raise FormatError("%s: no weights for layer %r in model.weights.h5" % (self.path, name))
+            return []
+        return [(None, a) for a in self._collect(group, cls, cfg)]
+
+    def nested(self, name, cls, cfg):
+        """The weights of the layers of a model nested as layer ``name``: its group
+        holds ``layers/<snake_case class>[_k]`` as the model's own file does."""
+        group = self._group(name)
+        if group is None:
+            raise FormatError("%s: no weights for nested model %r in model.weights.h5" % (self.path, name))
+        return _ArchiveWeights(group, self.path)
+
+    def _group(self, name):
         layers = self.f["layers"]
         key = self.paths.get(name)
         group = layers[key] if key in layers else None
@@ -803,11 +875,7 @@ class _ArchiveWeights:
         if group is None or (recorded is not None and recorded != name):
             k = self._recorded(layers).get(name)  # find it by the recorded name instead
             group = layers[k] if k is not None else None
-        if group is None:
-            if expects_weights(cls):
-                raise FormatError("%s: no weights for layer %r in model.weights.h5" % (self.path, name))
-            return []
-        return [(None, a) for a in self._collect(group, cls, cfg)]
+        return group
 
     def _collect(self, g, cls, cfg):
         if cls in RECURRENT_CLASSES or cls == "RNN":

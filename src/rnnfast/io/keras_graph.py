@@ -16,8 +16,10 @@ What a call may carry:
   mask rnnfast propagates, else refused;
 - ``training=`` (ignored: inference only).
 
-Refused with :class:`~rnnfast.UnsupportedLayerError`: other call arguments, a model
-nested as a layer, Keras operations used as layers (``keras.ops`` calls in a
+A model nested as a layer (Sequential or functional, called once or several times)
+is inlined: its layers join the graph as ``<model>/<layer>`` (:func:`_inline_models`).
+
+Refused with :class:`~rnnfast.UnsupportedLayerError`: other call arguments, Keras operations used as layers (``keras.ops`` calls in a
 functional model), and every class the registry does not know.
 """
 
@@ -65,6 +67,9 @@ class _Entry:
         self.name, self.cls, self.cfg = name, cls, cfg
         self.module = module or ""
         self.calls = []
+        # a layer of a nested model: its weights getter and its name inside that model
+        self.getter = None
+        self.local = None
 
 
 def build_model(model_config, weights, keras_version, *, dtype=None, source=None, inputs_from=None):
@@ -111,6 +116,8 @@ def build_model(model_config, weights, keras_version, *, dtype=None, source=None
             outputs = _map(lambda i: (last.name, 0, i), 0)
     if hasattr(weights, "bind"):
         weights.bind([(e.name, e.cls) for e in entries.values()])
+    if any(e.cls in _MODEL_CLASSES for e in entries.values()):
+        entries, inputs, outputs = _inline_models(entries, inputs, outputs, weights, ctx, cls == "Sequential")
 
     order = _execution_order(entries, inputs, outputs)
     if inputs_from is not None:
@@ -122,12 +129,6 @@ def build_model(model_config, weights, keras_version, *, dtype=None, source=None
     for e, c in order:
         node = nodes.get(e.name)
         if node is None:
-            if e.cls in _MODEL_CLASSES:
-                raise UnsupportedLayerError(
-                    e.cls,
-                    None,
-                    "a model nested inside the model (layer %r): rnnfast does not load nested models yet" % e.name,
-                )
             if e.module.startswith("keras.src.ops") or e.module.startswith("keras.ops"):
                 raise UnsupportedLayerError(
                     e.cls,
@@ -137,8 +138,10 @@ def build_model(model_config, weights, keras_version, *, dtype=None, source=None
                     "layer, e.g. keras.layers.Add)" % e.name,
                 )
             # (an unsupported class is refused by convert_layer before its weights matter)
-            w = weights(e.name, e.cls, e.cfg) if e.cls in SUPPORTED_LAYERS else []
-            node = nodes[e.name] = convert_layer(e.cls, e.cfg, w, ctx)
+            getter = e.getter or weights
+            w = getter(e.local or e.name, e.cls, e.cfg) if e.cls in SUPPORTED_LAYERS else []
+            cfg = e.cfg if e.local is None else dict(e.cfg, name=e.name)
+            node = nodes[e.name] = convert_layer(e.cls, cfg, w, ctx)
         call = e.calls[c]
         multi = getattr(node, "multi_input", False)
         options = {}
@@ -235,6 +238,130 @@ def _bind_arguments(e, call, names):
         given[k] = ref
     order = tuple(n for n in names if n in given)
     return [given[n] for n in order], order
+
+
+#: Deepest nesting of models inside models.
+MAX_MODEL_DEPTH = 32
+
+
+def _inline_models(entries, inputs, outputs, getter, ctx, sequential, depth=0):
+    """Replace each model used as a layer (a Sequential or functional model nested in
+    the model, called once or several times) by its layers, named
+    ``<model>/<layer>``: each call of the nested model becomes calls of its layers on
+    that call's tensors (a layer called k times inside it gets k calls per call of the
+    model), so a nested model called twice shares its weights as Keras does. Its layers
+    read their weights through ``getter.nested(model, ...)``.
+
+    Keras 2 configs number a nested model's calls from 1 when the model was built on
+    an Input (its call 0 is its own construction, left out of the config: tf.keras'
+    ``_should_skip_first_node``); Keras 3 from 0.
+
+    Returns (entries, inputs, outputs), with every reference to a nested model's
+    output resolved to the layer output it is."""
+    if depth > MAX_MODEL_DEPTH:
+        raise FormatError("models nested more than %d deep" % MAX_MODEL_DEPTH)
+    alias = {}
+    new = {}
+    for name, e in entries.items():
+        if e.cls not in _MODEL_CLASSES:
+            new[name] = e
+            continue
+        if not hasattr(getter, "nested"):
+            raise UnsupportedLayerError(e.cls, None, "a model nested inside the model (layer %r)" % name)
+        cfg = e.cfg
+        if e.cls == "Sequential":
+            sub, sub_inputs, sub_outputs = _sequential(cfg)
+        else:
+            sub, sub_inputs, sub_outputs = _functional(cfg)
+        sub_getter = getter.nested(name, e.cls, cfg)
+        if hasattr(sub_getter, "bind"):
+            sub_getter.bind([(x.name, x.cls) for x in sub.values()])
+        sub_seq = sub_outputs is None
+        if sub_seq:
+            last = [x for x in sub.values() if x.cls != "InputLayer"]
+            if not last:
+                raise FormatError("nested model %r has no layers" % name)
+            sub_outputs = (last[-1].name, 0, 0)
+        if any(x.cls in _MODEL_CLASSES for x in sub.values()):
+            sub, sub_inputs, sub_outputs = _inline_models(
+                sub, sub_inputs, sub_outputs, sub_getter, ctx, False, depth + 1
+            )
+        layers = cfg.get("layers") if isinstance(cfg, dict) else cfg
+        first = layers[0] if isinstance(layers, list) and layers else {}
+        offset = 1 if ctx.keras_major < 3 and isinstance(first, dict) and first.get("class_name") == "InputLayer" else 0
+        inner = [x for x in sub.values() if x.name not in {k[0] for k in sub_inputs} and x.cls != "InputLayer"]
+        copies = {}
+        for x in inner:
+            c = copies[x.name] = _Entry("%s/%s" % (name, x.name), x.cls, x.cfg, x.module)
+            # (a layer of a model nested deeper keeps its own getter and name there)
+            c.getter, c.local = (x.getter, x.local) if x.getter is not None else (sub_getter, x.name)
+            new[c.name] = c
+        for ci, call in enumerate(e.calls):
+            if call.states or call.kwargs or call.tensor_kwargs or call.mask is not None:
+                raise UnsupportedLayerError(
+                    e.cls, None, "nested model %r is called with arguments other than its inputs" % name
+                )
+            if len(call.inputs) != len(sub_inputs):
+                raise FormatError(
+                    "nested model %r takes %d inputs, is called on %d" % (name, len(sub_inputs), len(call.inputs))
+                )
+            feed = dict(zip(sub_inputs, call.inputs))
+
+            def mapped(k, ci=ci, feed=feed, copies=copies, name=name, sub=sub):
+                if k in feed:
+                    return feed[k]
+                if k[0] not in copies:
+                    raise FormatError("nested model %r: unknown layer %r" % (name, k[0]))
+                return ("%s/%s" % (name, k[0]), ci * len(sub[k[0]].calls) + k[1], k[2])
+
+            for x in inner:
+                for call_x in x.calls:
+                    copies[x.name].calls.append(_mapped_call(call_x, mapped))
+            for t, k in enumerate(_flat(sub_outputs)):
+                alias[(name, ci + offset, t)] = mapped(k)
+    for e in new.values():
+        for i, call in enumerate(e.calls):
+            e.calls[i] = _mapped_call(call, lambda k: _resolve(alias, k))
+    outputs = None if outputs is None else _map(lambda k: _resolve(alias, k), outputs)
+    if sequential and outputs is None:
+        last = [x for x in entries.values() if x.cls != "InputLayer"]
+        if last and last[-1].cls in _MODEL_CLASSES:
+            outputs = _resolve(alias, (last[-1].name, 0, 0))
+    return new, inputs, outputs
+
+
+def _resolve(alias, k):
+    seen = 0
+    while k in alias:
+        k = alias[k]
+        seen += 1
+        if seen > 10000:
+            raise FormatError("a cycle through nested models")
+    return k
+
+
+def _mapped_call(call, fn):
+    """A copy of ``call`` with every tensor key passed through ``fn``."""
+    out = _Call()
+    out.inputs = [fn(k) for k in call.inputs]
+    out.as_list = call.as_list
+    out.states = [fn(k) for k in call.states]
+    if isinstance(call.mask, list):
+        out.mask = [None if k is None else fn(k) for k in call.mask]
+    else:
+        out.mask = None if call.mask is None else fn(call.mask)
+    out.args = [
+        fn(a)
+        if isinstance(a, tuple)
+        else [fn(k) for k in a]
+        if isinstance(a, list) and a and isinstance(a[0], tuple)
+        else a
+        for a in call.args
+    ]
+    out.kwargs = dict(call.kwargs)
+    out.tensor_kwargs = {k: fn(v) for k, v in call.tensor_kwargs.items()}
+    out.input_shape = call.input_shape
+    return out
 
 
 def _cut_at(entries, inputs, layer):
@@ -487,8 +614,8 @@ def _parse_node(e, node):
             if e.cls in ARGUMENT_CLASSES and _is_ref(v):
                 call.tensor_kwargs[k] = _ref3(v, "tensor argument %s of layer %r" % (k, e.name))
                 continue
-            if e.cls in ARGUMENT_CLASSES and isinstance(v, bool):
-                call.kwargs[k] = v
+            if isinstance(v, bool):
+                call.kwargs[k] = v  # honoured or refused once the layer is known
                 continue
             if v is not None:
                 raise UnsupportedLayerError(e.cls, k, "layer %r is called with %s=" % (e.name, k))

@@ -57,6 +57,7 @@ from ..model_keras import (
     TimeDistributedNode,
 )
 from .keras_convert import (
+    CUDNN_CLASSES,
     RECURRENT_CLASSES,
     WeightList,
     bidirectional,
@@ -377,12 +378,16 @@ def _conv(cls):
         opts |= {"depth_multiplier"}
     if cls == "SeparableConv1D":
         opts |= {"filters", "depth_multiplier"}
+    if cls != "Conv1D":
+        opts |= {"groups"}  # tf.keras writes groups=1 for them too
 
     def convert(cfg, w, ctx, name):
         for opt in ("lora_rank", "quantization_config"):
             if cfg.get(opt):
                 raise UnsupportedLayerError(cls, opt, repr(cfg[opt]))
         check_options(cls, cfg, opts | {"lora_rank", "lora_alpha", "quantization_config"})
+        if cls != "Conv1D" and cfg.get("groups", 1) != 1:
+            raise UnsupportedLayerError(cls, "groups", repr(cfg["groups"]))
         k = _int1(cls, cfg, "kernel_size")
         strides = _int1(cls, cfg, "strides", 1)
         dilation = _int1(cls, cfg, "dilation_rate", 1)
@@ -420,7 +425,7 @@ def _conv(cls):
             )
         dm = _int1(cls, cfg, "depth_multiplier", 1)
         if cls == "DepthwiseConv1D":
-            kernel = w.take("kernel", (k, cin, dm))
+            kernel = w.take("kernel", (k, cin, dm), also=("depthwise_kernel",))  # (tf.keras' name)
             bias = w.take("bias", (cin * dm,)) if use_bias else None
             return ConvNode(
                 name,
@@ -678,6 +683,10 @@ def _multi_head_attention(cfg, w, ctx, name):
             "use_gate",
             "sliding_window",
             "flash_attention",
+            # tf.keras records the shapes it was built on
+            "query_shape",
+            "key_shape",
+            "value_shape",
         },
     )
     heads = _int1(cls, cfg, "num_heads")
@@ -805,7 +814,7 @@ def _time_distributed(cfg, w, ctx, name):
 def _entries():
     out = [
         KerasLayer(cls, _recurrent(cls), weights=True, params=_recurrent_params, row=_recurrent_row)
-        for cls in list(RECURRENT_CLASSES) + ["RNN"]
+        for cls in list(RECURRENT_CLASSES) + ["RNN"] + list(CUDNN_CLASSES)
     ]
     out += [
         KerasLayer("Bidirectional", bidirectional, weights=True, params=_recurrent_params, row=_bidirectional_row),
