@@ -429,6 +429,8 @@ class DenseNode(_Node):
         self.activation = activation
 
     def get_weights(self):
+        if getattr(self, "source_weights", None) is not None:  # a batch normalisation folded in
+            return [w.copy() for w in self.source_weights]
         d = self.dense
         return [d.kernel.copy()] + ([d.bias.copy()] if d.bias is not None else [])
 
@@ -999,8 +1001,20 @@ class AffineNode(_BatchMajorNode):
         self.mask_rule = "keep" if keep_mask else "drop"
         self._keras_weights = [np.array(w) for w in keras_weights]
 
+    #: The name of the Dense / Conv1D this batch normalisation was folded into at load
+    #: (it then passes its input on unchanged), else None.
+    folded_into = None
+
     def get_weights(self):
         return [w.copy() for w in self._keras_weights]
+
+    def run(self, x, mask, num_threads=None):
+        if self.folded_into is not None:
+            return [self._cast(x)], [mask]
+        return super().run(x, mask, num_threads)
+
+    def describe(self):
+        return self.keras_class + ("(folded into %r)" % self.folded_into if self.folded_into else "")
 
     def compute(self, b):
 

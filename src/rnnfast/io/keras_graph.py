@@ -27,7 +27,9 @@ import numpy as np
 
 from ..errors import FormatError, UnsupportedLayerError
 from ..graph import FALSE, TRUE, Graph, Step, mask_or
-from ..model_keras import KerasModel
+from ..layers import Dense
+from ..model_keras import AffineNode, ConvNode, DenseNode, KerasModel
+from ..ops import fold_affine_into
 from .keras_convert import RECURRENT_CLASSES, ConvertContext
 from .keras_layers import ARGUMENT_CLASSES, MERGE_CLASSES, SUPPORTED_LAYERS, convert_layer
 
@@ -214,6 +216,8 @@ def build_model(model_config, weights, keras_version, *, dtype=None, source=None
         outputs = flat  # Keras 2 returns a flat list
 
     _check_masks(steps, order, inputs, entries)
+    if FOLD_BATCH_NORM:
+        fold_batch_norms(steps, flat)
     specs = _input_specs(entries, inputs, steps, ctx)
     name = (cfg.get("name") if isinstance(cfg, dict) else None) or cls.lower()
     graph = Graph(steps, inputs, outputs)
@@ -238,6 +242,66 @@ def _bind_arguments(e, call, names):
         given[k] = ref
     order = tuple(n for n in names if n in given)
     return [given[n] for n in order], order
+
+
+#: Fold each BatchNormalization into the Dense / Conv1D before it where that is exact
+#: (see :func:`fold_batch_norms`); False keeps them apart (tests compare the two).
+FOLD_BATCH_NORM = True
+
+
+def fold_batch_norms(steps, outputs):
+    """Fold a ``BatchNormalization`` (an affine ``y * a + b`` per channel at inference)
+    into the ``Dense`` or ``Conv1D`` / ``SeparableConv1D`` / ``DepthwiseConv1D`` whose
+    output it alone reads: ``kernel * a``, ``bias * a + b`` (:func:`rnnfast.ops.fold_affine_into`,
+    in float64, then cast). Legal when the layer has no activation (a linear output),
+    works channels-last, and neither op is shared (one call each) and the layer's output
+    is not a model output. The batch normalisation's node stays in the model (summary,
+    parameters, ``get_weights`` as Keras has them) and passes its input on.
+
+    The folded model computes the same function; in float32 the results differ from the
+    two ops in turn by rounding (a few ulp, far inside the float32 tolerance)."""
+    producer, readers, calls = {}, {}, {}
+    for step in steps:
+        calls[id(step.op)] = calls.get(id(step.op), 0) + 1
+        for k in step.outputs:
+            producer[k] = step
+        for k in step.inputs + step.states:
+            readers.setdefault(k, []).append(step)
+    outs = set(outputs)
+    for step in steps:
+        bn = step.op
+        if not (isinstance(bn, AffineNode) and bn.keras_class == "BatchNormalization" and bn.folded_into is None):
+            continue
+        src = producer.get(step.inputs[0])
+        if (
+            src is None
+            or getattr(bn, "positive_axis", None) not in (None, 2)
+            or calls[id(bn)] != 1
+            or calls[id(src.op)] != 1
+            or len(readers.get(step.inputs[0], [])) != 1
+            or step.inputs[0] in outs
+            or src.op.dtype != bn.dtype
+        ):
+            continue
+        op = src.op
+        axis = getattr(bn, "positive_axis", None)  # (Keras 2 writes the last axis as 2 or 1)
+        if isinstance(op, DenseNode) and op.activation is None and op.dense.activation == "linear" and axis is None:
+            if op.dense.kernel.shape[1] != bn.scale.size:
+                continue
+            k, b = fold_affine_into(op.dense.kernel, op.dense.bias, bn.scale, bn.shift)
+            op.source_weights = op.get_weights()
+            op.dense = Dense(k, b, activation="linear", dtype=op.dense.dtype)
+        elif isinstance(op, ConvNode) and op.activation == "linear" and not op.channels_first:
+            attr = "kernel" if op.kernel is not None else "depthwise"
+            kernel = getattr(op, attr)
+            if kernel.shape[-1] != bn.scale.size:
+                continue
+            k, b = fold_affine_into(kernel, op.bias, bn.scale, bn.shift)
+            setattr(op, attr, np.ascontiguousarray(k, dtype=op.dtype))
+            op.bias = np.asarray(b, dtype=op.dtype)
+        else:
+            continue
+        bn.folded_into = op.name
 
 
 #: Deepest nesting of models inside models.
