@@ -148,7 +148,9 @@ def test_every_registered_class_is_counted_and_summarized_like_keras():
             assert node.num_params == layer.count_params(), layer.name
             assert rows[layer.name]["parameters"] == layer.count_params()
             assert rows[layer.name]["type"].startswith(node.keras_class.split("(")[0]), rows[layer.name]
-    assert seen == set(keras_layers.LAYERS)
+    # Keras 2's cuDNN layers do not exist in Keras 3: their rows and counts are checked
+    # on tf.keras files (test_keras2_layer_fixtures.py)
+    assert seen | {"CuDNNGRU", "CuDNNLSTM"} == set(keras_layers.LAYERS)
 
 
 def test_expects_weights_follows_the_registry():

@@ -19,8 +19,9 @@ What a call may carry:
 A model nested as a layer (Sequential or functional, called once or several times)
 is inlined: its layers join the graph as ``<model>/<layer>`` (:func:`_inline_models`).
 
-Refused with :class:`~rnnfast.UnsupportedLayerError`: other call arguments, Keras operations used as layers (``keras.ops`` calls in a
-functional model), and every class the registry does not know.
+Refused with :class:`~rnnfast.UnsupportedLayerError`: other call arguments, Keras
+operations used as layers (``keras.ops`` calls in a functional model), and every class
+the registry does not know.
 """
 
 import numpy as np
