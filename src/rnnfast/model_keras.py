@@ -543,20 +543,34 @@ class FlattenNode(_Node):
 
 
 class TimeDistributedNode(_Node):
-    """Keras ``TimeDistributed`` around a layer that acts per step on the last axis."""
+    """Keras ``TimeDistributed``: the inner layer applied to each step's slice of a
+    ``(batch, time, ...)`` tensor. A layer that acts per step on the last axis runs on
+    the sequence as it is; any other (a Conv1D, a pooling, a Flatten, a recurrent
+    layer, a nested model: one input, one output) runs once on the ``batch * time``
+    slices stacked, and its output is split back into ``(batch, time, ...)``. The
+    input's mask passes on with a sequence output (slices get none)."""
 
-    def __init__(self, name, inner):
+    def __init__(self, name, inner, per_step=True):
         super().__init__(name, "TimeDistributed", inner.dtype)
         self.inner = inner
+        self.per_step = bool(per_step)
 
     def run(self, x, mask, num_threads=None):
-        if x.ndim != 3:
+        if x.ndim < 3:
             raise ValueError(
-                "TimeDistributed %r needs a sequence (batch, time, features), got an "
+                "TimeDistributed %r needs a sequence (batch, time, ...), got an "
                 "input of shape %s" % (self.name, _batch_major_shape(x))
             )
-        outs, _ = self.inner.run(x, mask, num_threads)
-        return outs, [mask]
+        if self.per_step and x.ndim == 3:
+            outs, _ = self.inner.run(x, mask, num_threads)
+            return outs, [mask]
+        b = _swap(x)  # batch-major (B, T, ...)
+        B, T = b.shape[:2]
+        slices = np.ascontiguousarray(b).reshape((B * T,) + b.shape[2:])
+        outs, _ = self.inner.run(_swap(slices), None, num_threads)
+        y = _batch_major(outs[0])
+        y = _swap(y.reshape((B, T) + y.shape[1:]))
+        return [np.ascontiguousarray(y)], [mask if y.ndim == 3 else None]
 
     def get_weights(self):
         return self.inner.get_weights()

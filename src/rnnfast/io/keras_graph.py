@@ -466,7 +466,7 @@ def _check_shapes(model):
                 "%r declares input of shape %s: %d values per sample (at most %d)"
                 % (model.name, _shape_text(shape), values, MAX_PROBE_VALUES)
             )
-        if (len(shape) == 3 or spec["integer"]) and shape[1] is None:
+        if (len(shape) >= 3 or spec["integer"]) and shape[1] is None:
             # a free length: the declared one (at most PROBE_MAX_STEPS), else PROBE_STEPS
             # (enough for the usual convolutions and poolings), within MAX_PROBE_VALUES
             declared = spec["declared"][1]
@@ -897,13 +897,14 @@ def _input_specs(entries, inputs, steps, ctx):
             raise UnsupportedLayerError(
                 "Embedding", None, "input of shape %s: rnnfast takes ids of shape (batch, time)" % (shape,)
             )
-        if not integer and len(shape) not in (2, 3):
+        if not integer and len(shape) not in (2, 3, 4):
             raise UnsupportedLayerError(
                 "InputLayer",
                 "shape",
-                "input of rank %d: rnnfast takes (batch, time, features) or (batch, features)" % len(shape),
+                "input of rank %d: rnnfast takes (batch, time, features), (batch, features), or "
+                "(batch, time, steps, features) for TimeDistributed layers" % len(shape),
             )
-        if (integer or len(shape) == 3) and not fixes_length:
+        if (integer or len(shape) >= 3) and not fixes_length:
             # any sequence length runs (Keras 2 functional models and Keras 3 Sequential
             # models accept one other than the declared; only Flatten fixes it)
             shape = (shape[0], None) + shape[2:]

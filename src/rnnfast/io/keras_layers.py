@@ -799,13 +799,24 @@ def _time_distributed(cfg, w, ctx, name):
         raise FormatError("TimeDistributed %r: unreadable inner layer config" % name)
     icls, icfg = inner["class_name"], inner.get("config", {})
     entry = LAYERS.get(icls)
-    if entry is None or not entry.per_step:
+    if icls in ("Sequential", "Functional", "Model"):
         raise UnsupportedLayerError(
             "TimeDistributed",
             "layer",
-            "wrapped layer %s (supported: %s)" % (icls, ", ".join(n for n, e in LAYERS.items() if e.per_step)),
+            "wrapped model %r: rnnfast distributes single layers, not nested models (wrap "
+            "each layer of the model in its own TimeDistributed)" % icfg.get("name", icls),
         )
-    return TimeDistributedNode(name, _convert(entry, icfg, w, ctx, icfg.get("name", icls)))
+    if entry is None or icls in _NOT_DISTRIBUTED:
+        raise UnsupportedLayerError(
+            "TimeDistributed",
+            "layer",
+            "wrapped layer %s (supported: layers of one floating input and one output: %s)"
+            % (icls, ", ".join(n for n in sorted(LAYERS) if n not in _NOT_DISTRIBUTED)),
+        )
+    node = _convert(entry, icfg, w, ctx, icfg.get("name", icls))
+    if node.num_outputs != 1:
+        raise UnsupportedLayerError("TimeDistributed", "layer", "wrapped layer %s with several outputs" % icls)
+    return TimeDistributedNode(name, node, per_step=entry.per_step)
 
 
 # -- the table ---------------------------------------------------------------------------------
@@ -910,6 +921,8 @@ def _entries():
 
 #: Keras class name -> its :class:`KerasLayer`.
 LAYERS = {e.name: e for e in _entries()}
+#: Layers TimeDistributed cannot wrap: several tensors in, or ids.
+_NOT_DISTRIBUTED = MERGE_CLASSES | ARGUMENT_CLASSES | {"Embedding", "Masking"}
 #: Keras preprocessing layers of strings (refused with a hint to use ``inputs_from=``).
 STRING_PREPROCESSING = frozenset({"TextVectorization", "StringLookup", "Hashing", "HashedCrossing", "IntegerLookup"})
 #: Every class a model may hold (``InputLayer`` is read by the loader itself).
