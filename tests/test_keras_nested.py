@@ -112,3 +112,21 @@ def test_shared_nested_model_converted_once():
     assert sum(s.op is grus[0] for s in m._graph.steps) == 2
     x = [masked_input((B, T, F), seed=1), np.zeros((B, T, F), np.float32)]
     assert_like_keras(m.predict(x), model.predict(x, verbose=0))
+
+
+def test_model_keeps_its_name_and_pickles():
+    """The outer model's name survives its layers' conversion; a model holding nested
+    models and multi-head attention pickles (rnnfast.dask / rnnfast.ray)."""
+    import pickle
+
+    model = _shared()
+    model.name = "outer"
+    _lively_all(model, 2)
+    m = rnnfast.from_keras(model)
+    assert m.name == "outer"
+    x = [masked_input((B, T, F), seed=1), masked_input((B, T, F), seed=2)]
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(m)).predict(x), m.predict(x))
+    inp = keras.Input((T, F))
+    att = lively(keras.Model(inp, L.MultiHeadAttention(2, 3)(inp, inp, use_causal_mask=True)), seed=4)
+    m = rnnfast.from_keras(att)
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(m)).predict(x[0]), m.predict(x[0]))

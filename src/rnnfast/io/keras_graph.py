@@ -143,8 +143,8 @@ def build_model(model_config, weights, keras_version, *, dtype=None, source=None
             # (an unsupported class is refused by convert_layer before its weights matter)
             getter = e.getter or weights
             w = getter(e.local or e.name, e.cls, e.cfg) if e.cls in SUPPORTED_LAYERS else []
-            cfg = e.cfg if e.local is None else dict(e.cfg, name=e.name)
-            node = nodes[e.name] = convert_layer(e.cls, cfg, w, ctx)
+            layer_cfg = e.cfg if e.local is None else dict(e.cfg, name=e.name)
+            node = nodes[e.name] = convert_layer(e.cls, layer_cfg, w, ctx)
         call = e.calls[c]
         multi = getattr(node, "multi_input", False)
         options = {}
