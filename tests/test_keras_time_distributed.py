@@ -40,6 +40,20 @@ CASES = {
 }
 
 
+def _sentence_encoder():
+    si = keras.Input((S, F))
+    h = L.Bidirectional(L.GRU(3, return_sequences=True))(L.Masking()(si))
+    return keras.Model(si, L.Concatenate()([L.GlobalMaxPooling1D()(h), L.GlobalAveragePooling1D()(h)]), name="sent")
+
+
+CASES["model-hierarchical"] = lambda: keras.Sequential(
+    [keras.Input((T, S, F)), L.TimeDistributed(_sentence_encoder()), L.GRU(2)]
+)
+CASES["sequential-model"] = lambda: keras.Sequential(
+    [keras.Input((T, S, F)), L.TimeDistributed(keras.Sequential([keras.Input((S, F)), L.Conv1D(3, 2), L.Flatten()]))]
+)
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_time_distributed_like_keras(case, tmp_path):
     model = lively(CASES[case](), seed=len(case))
@@ -54,8 +68,9 @@ def test_time_distributed_like_keras(case, tmp_path):
     assert_like_keras(rnnfast.from_keras(model).predict(x), want, what="live")
 
 
-def test_time_distributed_model_refused():
-    inner = keras.Sequential([keras.Input((S, F)), L.GRU(3)], name="sentence")
+def test_time_distributed_model_of_ids_refused():
+    ids = keras.Input((S,), dtype="int32")
+    inner = keras.Model(ids, L.GRU(3)(L.Embedding(9, 4)(ids)), name="sentence")
     model = keras.Sequential([keras.Input((T, S, F)), L.TimeDistributed(inner)])
     with pytest.raises(UnsupportedLayerError) as info:
         rnnfast.from_keras(model)

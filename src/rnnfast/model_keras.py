@@ -1745,3 +1745,33 @@ class MultiHeadAttentionNode(_Node):
             self.key_dim,
             ", value_dim=%d" % self.value_dim if self.value_dim != self.key_dim else "",
         )
+
+
+class GraphNode(_Node):
+    """A whole model of one input and one output run as one layer: the model a Keras
+    ``TimeDistributed`` wraps (``model``: a :class:`KerasModel`, its graph run on the
+    internal layout)."""
+
+    def __init__(self, name, model):
+        super().__init__(name, "Functional", model.dtype or np.float32)
+        if len(model._graph.inputs) != 1 or isinstance(model._graph.outputs, (list, dict)):
+            raise UnsupportedLayerError(
+                "TimeDistributed",
+                "layer",
+                "wrapped model %r: rnnfast distributes models of one input and one output" % name,
+            )
+        if model._integer_input:
+            raise UnsupportedLayerError(
+                "TimeDistributed", "layer", "wrapped model %r takes integer ids (an Embedding first)" % name
+            )
+        self.model = model
+
+    def get_weights(self):
+        return self.model.get_weights()
+
+    def run(self, x, mask, num_threads=None):
+        y, _ = self.model._graph.run([x], num_threads, masks=[mask])
+        return [y], [None]
+
+    def describe(self):
+        return "Model(%s)" % ", ".join(node.describe() for node in self.model.layers)

@@ -187,6 +187,10 @@ class _LiveWeights:
     def nested(self, name, _cls, _cfg):
         return _LiveWeights(self.model.get_layer(name))
 
+    def distributed(self, name, _cls, _cfg):
+        """The weights of the model a ``TimeDistributed`` layer ``name`` wraps."""
+        return _LiveWeights(self.model.get_layer(name).layer)
+
 
 def _live_version(model):
     top = type(model).__module__.split(".")[0]
@@ -713,16 +717,25 @@ class _H5Weights:
         lists them all in ``weight_names``, each under its layer's name (Keras 3 puts a
         Sequential's own name first: ``enc/gru/gru_cell/kernel``; tf.keras writes
         ``gru/gru_cell/kernel:0``)."""
-        if name not in self.group:
+        return self._model_weights(name, name, cfg)
+
+    def distributed(self, name, cls, cfg):
+        """The weights of the model a ``TimeDistributed`` layer ``name`` wraps: listed
+        in the layer's group as a nested model's are in its own."""
+        model = cfg.get("name") if isinstance(cfg, dict) else None
+        return self._model_weights(name, model, cfg)
+
+    def _model_weights(self, group_name, model_name, cfg):
+        if group_name not in self.group:
             return _H5Nested(None, [], self.path)
-        g = self.group[name]
+        g = self.group[group_name]
         names = [_str(n) for n in np.atleast_1d(g.attrs.get("weight_names", []))]
         layers = cfg.get("layers") if isinstance(cfg, dict) else None
         inner = {_layer_name(item) for item in layers} if isinstance(layers, list) else set()
         items = []
         for wn in names:
             parts = wn.split("/")
-            if len(parts) >= 3 and parts[0] == name and name not in inner:
+            if len(parts) >= 3 and parts[0] == model_name and model_name not in inner:
                 parts = parts[1:]
             items.append((parts, wn))
         return _H5Nested(g, items, self.path)
@@ -753,6 +766,8 @@ class _H5Nested:
 
     def nested(self, name, cls, cfg):
         return _H5Nested(self.group, [(p[1:], wn) for p, wn in self.items if len(p) >= 3 and p[0] == name], self.path)
+
+    distributed = nested
 
 
 class _Stored:
@@ -866,6 +881,14 @@ class _ArchiveWeights:
         if group is None:
             raise FormatError("%s: no weights for nested model %r in model.weights.h5" % (self.path, name))
         return _ArchiveWeights(group, self.path)
+
+    def distributed(self, name, cls, cfg):
+        """The weights of the model a ``TimeDistributed`` layer ``name`` wraps: its
+        group's ``layer/`` holds ``layers/...`` as a nested model's group does."""
+        group = self._group(name)
+        if group is None or "layer" not in group:
+            raise FormatError("%s: no weights for the model in TimeDistributed %r" % (self.path, name))
+        return _ArchiveWeights(group["layer"], self.path)
 
     def _group(self, name):
         layers = self.f["layers"]

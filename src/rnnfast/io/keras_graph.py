@@ -29,7 +29,7 @@ import numpy as np
 from ..errors import FormatError, UnsupportedLayerError
 from ..graph import FALSE, TRUE, Graph, Step, mask_or
 from ..layers import Dense
-from ..model_keras import AffineNode, ConvNode, DenseNode, KerasModel
+from ..model_keras import AffineNode, ConvNode, DenseNode, GraphNode, KerasModel, TimeDistributedNode
 from ..ops import fold_affine_into
 from .keras_convert import RECURRENT_CLASSES, ConvertContext
 from .keras_layers import ARGUMENT_CLASSES, MERGE_CLASSES, SUPPORTED_LAYERS, convert_layer
@@ -142,9 +142,12 @@ def build_model(model_config, weights, keras_version, *, dtype=None, source=None
                 )
             # (an unsupported class is refused by convert_layer before its weights matter)
             getter = e.getter or weights
-            w = getter(e.local or e.name, e.cls, e.cfg) if e.cls in SUPPORTED_LAYERS else []
-            layer_cfg = e.cfg if e.local is None else dict(e.cfg, name=e.name)
-            node = nodes[e.name] = convert_layer(e.cls, layer_cfg, w, ctx)
+            if _distributes_model(e):
+                node = nodes[e.name] = _distributed_model(e, getter, ctx)
+            else:
+                w = getter(e.local or e.name, e.cls, e.cfg) if e.cls in SUPPORTED_LAYERS else []
+                layer_cfg = e.cfg if e.local is None else dict(e.cfg, name=e.name)
+                node = nodes[e.name] = convert_layer(e.cls, layer_cfg, w, ctx)
         call = e.calls[c]
         multi = getattr(node, "multi_input", False)
         options = {}
@@ -225,6 +228,25 @@ def build_model(model_config, weights, keras_version, *, dtype=None, source=None
     model = KerasModel(graph, inputs=specs, name=name, keras_version=ctx.keras_version, source=source)
     _check_shapes(model)
     return model
+
+
+def _distributes_model(e):
+    inner = e.cfg.get("layer") if e.cls == "TimeDistributed" and isinstance(e.cfg, dict) else None
+    return isinstance(inner, dict) and inner.get("class_name") in _MODEL_CLASSES
+
+
+def _distributed_model(e, getter, ctx):
+    """``TimeDistributed(model)``: the wrapped model built as a model of its own (its
+    weights through ``getter.distributed``), run on each step's slice."""
+    inner = e.cfg["layer"]
+    if not hasattr(getter, "distributed"):
+        raise UnsupportedLayerError("TimeDistributed", "layer", "layer %r wraps a model" % e.name)
+    sub = getter.distributed(e.local or e.name, inner.get("class_name"), inner.get("config"))
+    model = build_model(inner, sub, ctx.keras_version, dtype=ctx.dtype, source="TimeDistributed %r" % e.name)
+    node = TimeDistributedNode(e.name, GraphNode(model.name, model), per_step=False)
+    node.summary_row = ("TimeDistributed(%s)" % inner.get("class_name"), "", "model %r" % model.name)
+    node.num_params = model.count_params()
+    return node
 
 
 def _bind_arguments(e, call, names):
