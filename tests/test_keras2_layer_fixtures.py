@@ -40,6 +40,8 @@ def test_all_fixtures_present():
         "seq2seq_train",
         "seq2seq_decoder_step",
         "nested_shared",
+        "nested_two_deep",
+        "time_distributed_models",
         "cudnn_gru",
         "cudnn_lstm",
     }

@@ -765,7 +765,15 @@ class _H5Nested:
         return out
 
     def nested(self, name, cls, cfg):
-        return _H5Nested(self.group, [(p[1:], wn) for p, wn in self.items if len(p) >= 3 and p[0] == name], self.path)
+        """A model nested in this one: its weights under its name (Keras 3), or -- as
+        tf.keras lists them, by the innermost layer's name alone -- under the names of
+        its layers."""
+        prefixed = [(p[1:], wn) for p, wn in self.items if len(p) >= 3 and p[0] == name]
+        if prefixed:
+            return _H5Nested(self.group, prefixed, self.path)
+        layers = cfg.get("layers") if isinstance(cfg, dict) else None
+        inner = {_layer_name(item) for item in layers} if isinstance(layers, list) else set()
+        return _H5Nested(self.group, [(p, wn) for p, wn in self.items if p and p[0] in inner], self.path)
 
     distributed = nested
 
