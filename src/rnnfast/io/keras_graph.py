@@ -384,7 +384,8 @@ def _inline_models(entries, inputs, outputs, getter, ctx, sequential, depth=0):
             c.getter, c.local = (x.getter, x.local) if x.getter is not None else (sub_getter, x.name)
             new[c.name] = c
         for ci, call in enumerate(e.calls):
-            if call.states or call.kwargs or call.tensor_kwargs or call.mask is not None:
+            # (an explicit mask= is the one its input carries in, which rnnfast passes on)
+            if call.states or call.kwargs or call.tensor_kwargs:
                 raise UnsupportedLayerError(
                     e.cls, None, "nested model %r is called with arguments other than its inputs" % name
                 )
