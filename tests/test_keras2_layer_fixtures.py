@@ -8,8 +8,10 @@ nested models (a shared Sequential, a functional head), and Keras 2's CuDNNGRU /
 CuDNNLSTM (expected outputs: Keras loading those weights into GRU / LSTM)."""
 
 import glob
+import json
 import os
 
+import h5py
 import numpy as np
 import pytest
 
@@ -75,3 +77,17 @@ def test_cudnn_layers_named_and_counted():
     m = rnnfast.load(os.path.join(HERE, "cudnn_lstm.h5"))
     bidi = next(r for r in m.summary_rows() if r["type"].startswith("Bidirectional"))
     assert bidi["parameters"] == 2 * 4 * (6 * 6 + 6 * 6 + 2 * 6)
+
+
+@pytest.mark.parametrize("option, value", [("stateful", True), ("time_major", True), ("activation", "relu")])
+def test_cudnn_options_refused(tmp_path, option, value):
+    """cuDNN layers have fixed activations and no state between calls: an option that
+    would change that is refused by name (the weights file with an edited config)."""
+    path = os.path.join(HERE, "cudnn_gru.h5")
+    with h5py.File(path, "r") as f:
+        config = json.loads(f.attrs["model_config"])
+    layer = next(x for x in config["config"]["layers"] if x["class_name"] == "CuDNNGRU")
+    layer["config"][option] = value
+    with pytest.raises(rnnfast.UnsupportedLayerError) as info:
+        rnnfast.load(path, config=json.dumps(config))
+    assert info.value.layer_class == "CuDNNGRU" and info.value.option == option

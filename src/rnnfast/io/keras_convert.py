@@ -414,6 +414,7 @@ def cudnn_weights(cls, kernel, recurrent_kernel, bias):
 def _cudnn(cls, cfg, w, name):
     """The config and weights of the layer a cuDNN layer computes as."""
     check_options(cls, cfg, _CUDNN_OPTIONS)
+    _rnn_layer_options(cls, cfg)  # stateful, time_major: refused naming the cuDNN class
     units = cfg.get("units")
     if not isinstance(units, int) or isinstance(units, bool) or units < 1:
         raise FormatError("%s: units must be a positive integer, got %r" % (cls, units))
