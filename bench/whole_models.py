@@ -34,7 +34,6 @@ import numpy as np
 from _common import interleaved  # the script's folder is on sys.path
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-os.environ.setdefault("KERAS_BACKEND", "torch")
 
 
 def _lively(model, seed):
@@ -132,6 +131,8 @@ def main(argv=None):
     ap.add_argument("--no-onnx", action="store_true", help="leave ONNX Runtime out")
     args = ap.parse_args(argv)
     THREADS = args.threads
+    # (set here, not at import: compare.py imports this module and runs Keras on TensorFlow)
+    os.environ.setdefault("KERAS_BACKEND", "torch")
     import keras
     import torch
 
