@@ -18,6 +18,7 @@ sgemm peak is measured by the script itself, in a process of its own.
 
     python bench/compare.py [--quick] [--threads 1,2] [--cases LSTM] [--out bench/results]
     python bench/compare.py --memory          # peak memory per engine, long sequence
+    python bench/compare.py --models          # whole Keras models (bench/whole_models.py)
 
 Install the peers and run with ``make compare`` / ``make compare-quick`` (a separate .venv-bench).
 Writes compare.json and compare.png to --out.
@@ -45,6 +46,7 @@ import threading
 import time
 
 import numpy as np
+import whole_models  # whole Keras models (--models)
 
 from _common import blas_report, pyplot  # the script's folder is on sys.path
 
@@ -1065,11 +1067,19 @@ def main(argv=None):
     ap.add_argument("--cases", metavar="SUBSTR", help="only the cases whose name contains SUBSTR")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     ap.add_argument("--memory", action="store_true", help="peak memory per engine instead")
+    ap.add_argument(
+        "--models",
+        action="store_true",
+        help="whole Keras models instead (toxic BiGRU, CRNN, seq2seq decoder step): bench/whole_models.py",
+    )
     ap.add_argument("--_engine", nargs=3, help=argparse.SUPPRESS)
     ap.add_argument("--_peak", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--_memory", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     budget = args.budget if args.budget is not None else (0.15 if args.quick else 0.6)
+    if args.models:
+        threads = args.threads.split(",")[0]
+        return whole_models.main((["--quick"] if args.quick else []) + ["--threads", threads, "--out", args.out])
     if args._engine:
         return worker_main(args._engine[0], int(args._engine[1]), args._engine[2])
     if args._peak:

@@ -49,6 +49,8 @@ __all__ = [
     "RECURRENT_CLASSES",
     "CELL_CLASSES",
     "recurrent",
+    "CUDNN_CLASSES",
+    "cudnn_weights",
     "bidirectional",
     "dense",
     "embedding",
@@ -274,7 +276,9 @@ class WeightList:
         self.items = list(items)
         self.pos = 0
 
-    def take(self, expected, shape):
+    def take(self, expected, shape, also=()):
+        """The next weight, named ``expected`` (or one of ``also``: names other Keras
+        versions give it) when the file names it, of ``shape``."""
         if self.pos >= len(self.items):
             raise FormatError(
                 "layer %r: weight %r is missing (%d weights found for the layer)"
@@ -284,7 +288,7 @@ class WeightList:
         self.pos += 1
         if name is not None:
             base = str(name).rsplit("/", 1)[-1].split(":", 1)[0]
-            if base != expected:
+            if base != expected and base not in also:
                 raise FormatError("layer %r: expected weight %r, found %r" % (self.layer_name, expected, name))
         # shape and dtype first: a weight still in the file is read only once they fit
         if tuple(np.shape(arr)) != tuple(shape):
@@ -375,6 +379,61 @@ def _cell(cls, kind, cfg, w, ctx):
     return weights, dict(spec, cell=kind), keras_bias
 
 
+#: Keras 2's cuDNN layers -> the layer that computes the same (what Keras 2 itself
+#: loads their weights into: ``GRU(reset_after=True, recurrent_activation="sigmoid")``
+#: and ``LSTM``; tanh and sigmoid are fixed in cuDNN).
+CUDNN_CLASSES = {"CuDNNGRU": "GRU", "CuDNNLSTM": "LSTM"}
+_CUDNN_OPTIONS = {"units", "return_sequences", "return_state", "go_backwards", "stateful", "time_major"}
+
+
+def cudnn_weights(cls, kernel, recurrent_kernel, bias):
+    """Keras 2 ``CuDNNGRU`` / ``CuDNNLSTM`` weights -> ``GRU(reset_after=True)`` /
+    ``LSTM`` weights, as Keras 2 converts them on load (``_convert_rnn_weights`` in
+    keras/engine/saving.py of Keras 2.2-2.3, tf_keras/src/saving/legacy/hdf5_format.py):
+
+    - the kernel (I, G*H), per gate block k (I, H): ``k.T.reshape(k.shape, order="F")``
+      (cuDNN's input kernel is stored in the other memory order);
+    - the recurrent kernel (H, G*H), per gate block: transposed;
+    - GRU: the bias (6H,) is the input bias then the recurrent bias: ``reshape(2, 3H)``,
+      GRU(reset_after=True)'s two rows; LSTM: the bias (8H,) is two halves that cuDNN
+      adds: their sum (4H,).
+
+    The gate order is Keras' (z, r, h; i, f, c, o) in both: no reordering."""
+    G = 3 if cls == "CuDNNGRU" else 4
+    kernel, recurrent_kernel, bias = (np.asarray(a) for a in (kernel, recurrent_kernel, bias))
+    k = np.hstack([b.T.reshape(b.shape, order="F") for b in np.hsplit(kernel, G)])
+    r = np.hstack([b.T for b in np.hsplit(recurrent_kernel, G)])
+    if G == 3:
+        b = bias.reshape(2, -1)
+    else:
+        b = np.sum(np.split(bias, 2, axis=0), axis=0)
+    return k, r, b
+
+
+def _cudnn(cls, cfg, w, name):
+    """The config and weights of the layer a cuDNN layer computes as."""
+    check_options(cls, cfg, _CUDNN_OPTIONS)
+    _rnn_layer_options(cls, cfg)  # stateful, time_major: refused naming the cuDNN class
+    units = cfg.get("units")
+    if not isinstance(units, int) or isinstance(units, bool) or units < 1:
+        raise FormatError("%s: units must be a positive integer, got %r" % (cls, units))
+    G = 3 if cls == "CuDNNGRU" else 4
+    shape = w.peek_shape()
+    if shape is None or len(shape) != 2:
+        raise FormatError("%s %r: weights are missing" % (cls, name))
+    kernel = w.take("kernel", (shape[0], G * units))
+    rec = w.take("recurrent_kernel", (units, G * units))
+    bias = w.take("bias", (2 * G * units,))
+    k, r, b = cudnn_weights(cls, kernel, rec, bias)
+    target = CUDNN_CLASSES[cls]
+    new = {key: cfg[key] for key in _CUDNN_OPTIONS | {"name", "dtype", "trainable"} if key in cfg}
+    new.update(units=units, activation="tanh", recurrent_activation="sigmoid", use_bias=True)
+    if target == "GRU":
+        new["reset_after"] = True
+    source = int(kernel.size + rec.size + bias.size)
+    return target, new, WeightList(name, [(None, k), (None, r), (None, b)]), source
+
+
 def recurrent(cls, cfg, w, ctx, name, *, force_zero_output=None):
     """GRU / LSTM / SimpleRNN / RNN(cell) -> (RecurrentNode, [(CellWeights, spec)] per
     cell: what a Bidirectional needs to fuse two of them)."""
@@ -388,7 +447,20 @@ def recurrent_parts(cls, cfg, w, ctx, name, *, force_zero_output=None):
     ``parts`` holds each cell's ``(CellWeights, spec)`` (``spec`` the RNNLayer's options,
     ``cell`` and ``go_backwards`` included). A Bidirectional builds one two-direction
     layer from both parts and gives each node a view of its direction: each weight is
-    converted once."""
+    converted once. Keras 2's CuDNNGRU / CuDNNLSTM become the GRU / LSTM they compute
+    as (:func:`cudnn_weights`)."""
+    if cls in CUDNN_CLASSES:
+        target, cfg2, w2, source = _cudnn(cls, cfg, w, name)
+        make_target, parts = recurrent_parts(target, cfg2, w2, ctx, name, force_zero_output=force_zero_output)
+        w2.done()
+
+        def make_cudnn_node(layers):
+            node = make_target(layers)
+            node.keras_class = cls
+            node.rnn_layers[0].source_parameters = source  # as Keras counts them (cuDNN's two biases)
+            return node
+
+        return make_cudnn_node, parts
     opts = _rnn_layer_options(cls, cfg)
     if force_zero_output is not None:
         opts["zero_output_for_mask"] = force_zero_output
@@ -481,7 +553,7 @@ def bidirectional(cfg, w, ctx, name):
     pending = []
     for sub in (inner, back):
         scls, scfg = sub["class_name"], sub.get("config", {})
-        if scls not in RECURRENT_CLASSES and scls != "RNN":
+        if scls not in RECURRENT_CLASSES and scls != "RNN" and scls not in CUDNN_CLASSES:
             raise UnsupportedLayerError("Bidirectional", "layer", "wrapped layer %s" % scls)
         rs = bool(scfg.get("return_sequences", False))
         # Keras sets zero_output_for_mask = return_sequences on both inner layers
@@ -495,6 +567,8 @@ def bidirectional(cfg, w, ctx, name):
         del spec["go_backwards"]
         fused = RNNLayer(spec.pop("cell"), [fp[0][0], bp[0][0]], **spec)
         fwd, bwd = fmake([fused.direction(0)]), bmake([fused.direction(1, go_backwards=True)])
+        # what the source counts (cuDNN LSTM layers hold two biases)
+        fused.source_parameters = sum(layer.source_parameters for layer in fwd.rnn_layers + bwd.rnn_layers)
     else:
         fwd, bwd = fmake([_layer(*p) for p in fp]), bmake([_layer(*p) for p in bp])
     for attr in ("return_sequences", "return_state"):
