@@ -13,7 +13,7 @@ PYX := $(shell find src -name '*.pyx' -o -name '*.pxd')
 # ruff, cython-lint and mypy cover the whole tree (src/, tests/, bench/, examples/, setup.py)
 RUFF_SCOPE := .
 
-.PHONY: demo test test-fast lint lint-src format build bench bench-quick compare compare-quick clean fuzz docs
+.PHONY: demo test test-fast lint lint-src format build bench bench-quick compare compare-quick clean fuzz docs wheel
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,9 +32,9 @@ $(VENV)/.deps-test: pyproject.toml $(VENV)/.deps
 	$(PIP) install -q -r $(VENV)/requirements-test.txt
 	touch $@
 
-# the linters (extra "lint") and the packaging tools (extra "dist")
+# the linters (extra "lint") and the packaging tools (extras "dist" and "wheel")
 $(VENV)/.deps-lint: pyproject.toml $(VENV)/.deps
-	$(REQS) lint dist > $(VENV)/requirements-lint.txt
+	$(REQS) lint dist wheel > $(VENV)/requirements-lint.txt
 	$(PIP) install -q -r $(VENV)/requirements-lint.txt
 	touch $@
 
@@ -91,6 +91,13 @@ docs: $(VENV)/.deps-docs build
 	$(BIN)/python -m sphinx -E -b html -W --keep-going -n -q docs build/docs
 	@echo "docs: build/docs/index.html"
 
+# a manylinux wheel in wheelhouse/: built, then repaired by auditwheel (the OpenMP runtime
+# vendored; .ci/repair_wheel.py says which libgomp and why the tag is what it is)
+wheel: $(VENV)/.deps-lint
+	rm -rf build/wheel
+	$(PIP) wheel -q --no-build-isolation --no-deps -w build/wheel .
+	$(BIN)/python .ci/repair_wheel.py build/wheel/rnnfast-*.whl --out wheelhouse
+
 $(VENV)/.deps-bench: $(VENV)/.deps-test
 	$(PIP) install -q matplotlib
 	touch $@
@@ -105,19 +112,23 @@ bench-quick: $(VENV)/.deps-bench build
 # so that TensorFlow's pins never touch the test environment (extra "bench")
 BENCH := .venv-bench
 $(BENCH)/.deps: pyproject.toml $(CORE)
+	@echo "compare: installing the peers into $(BENCH) (extra 'bench': TensorFlow 1.3 GB, PyTorch (CPU)"
+	@echo "0.75 GB, OpenVINO 0.2 GB, ONNX Runtime, Keras, matplotlib; about 2.9 GB in all, measured)"
 	$(PYTHON) -m venv $(BENCH)
 	$(BENCH)/bin/python -m pip install -q --upgrade pip
 	$(BENCH)/bin/python -c "import tomllib" 2>/dev/null || $(BENCH)/bin/python -m pip install -q tomli
 	$(BENCH)/bin/python .ci/requirements.py build run bench > $(BENCH)/requirements.txt
-	$(BENCH)/bin/python -m pip install -q -r $(BENCH)/requirements.txt
+	$(BENCH)/bin/python -m pip install --progress-bar on -r $(BENCH)/requirements.txt
 	$(BENCH)/bin/python -m pip install -q --no-build-isolation --no-deps -e .
 	touch $@
 
+# COMPARE_ARGS: more options, e.g. COMPARE_ARGS="--model my.keras" (your own file)
+COMPARE_ARGS ?=
 compare: $(BENCH)/.deps
-	$(BENCH)/bin/python bench/compare.py
+	$(BENCH)/bin/python bench/compare.py $(COMPARE_ARGS)
 
 compare-quick: $(BENCH)/.deps
-	$(BENCH)/bin/python bench/compare.py --quick
+	$(BENCH)/bin/python bench/compare.py --quick $(COMPARE_ARGS)
 
 clean:
-	rm -rf build dist src/*.egg-info src/rnnfast/*.so src/rnnfast/_kernels.c
+	rm -rf build dist wheelhouse src/*.egg-info src/rnnfast/*.so src/rnnfast/_kernels.c

@@ -25,6 +25,7 @@ import numpy as np
 
 import rnnfast
 from rnnfast import reference
+from rnnfast._bench import disclosure
 from rnnfast.demo import seed_models
 from rnnfast.io.torch_convert import cell_weights_from_torch, to_torch_module
 from rnnfast.layers import RNNLayer
@@ -189,6 +190,7 @@ def print_table(rows):
         vt = "%11.2fx" % (ms["torch"] / ms["rnnfast"]) if "torch" in ms else "%12s" % "-"
         vn = "%11.1fx" % (ms["numpy"] / ms["rnnfast"])
         print("%-40s %3d %s %s %s %10.1e" % (r["case"], r["threads"], cells, vt, vn, r["max_abs_diff"]["rnnfast"]))
+    print(disclosure())
 
 
 def plot(rows, path):

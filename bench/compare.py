@@ -18,9 +18,17 @@ sgemm peak is measured by the script itself, in a process of its own.
 
     python bench/compare.py [--quick] [--threads 1,2] [--cases LSTM] [--out bench/results]
     python bench/compare.py --memory          # peak memory per engine, long sequence
+    python bench/compare.py --models          # whole Keras models (bench/whole_models.py)
 
 Install the peers and run with ``make compare`` / ``make compare-quick`` (a separate .venv-bench).
 Writes compare.json and compare.png to --out.
+
+``--model PATH`` (``python bench/compare.py --model my.keras``) times the user's own
+model file (Keras or PyTorch) with ``rnnfast bench`` once per thread count: against
+PyTorch and ONNX Runtime for a PyTorch file, against
+Keras (on TensorFlow here) for a Keras file, each timed as ``rnnfast bench`` documents
+(in one process, not a worker per engine). Every table ends with a line naming the
+machine, rnnfast's kernels, the BLAS and the load average it was measured under.
 """
 
 import argparse
@@ -38,6 +46,7 @@ import threading
 import time
 
 import numpy as np
+import whole_models  # whole Keras models (--models)
 
 from _common import blas_report, pyplot  # the script's folder is on sys.path
 
@@ -850,6 +859,7 @@ def memory_table():
             row = json.loads(r.stdout.strip().splitlines()[-1])
             rows.append(row)
             print("%-12s %8d %10.1f %12.1f" % (engine, T, row["input_mb"], row["extra_mb"]))
+    print(machine_line())
     print()
     print(memory_verdict(rows, "rnnfast"))
     return rows
@@ -882,6 +892,13 @@ def memory_verdict(rows, engine, noise_mb=1.0):
 
 
 # -- report -----------------------------------------------------------------------------
+
+
+def machine_line():
+    """The disclosure line printed under every table (``rnnfast._bench.disclosure``)."""
+    from rnnfast._bench import disclosure
+
+    return disclosure()
 
 
 def report(rows, peaks):
@@ -934,6 +951,7 @@ def report(rows, peaks):
     for t, p in sorted(peaks.items()):
         if p:
             print("sgemm peak, %d thread(s): %.0f GFLOP/s" % (t, p))
+    print(machine_line())
     report_split(rows, peaks)
 
 
@@ -987,6 +1005,7 @@ def report_split(rows, peaks):
                 rest,
             )
         )
+    print(machine_line())
 
 
 def plot(rows, path):
@@ -1010,10 +1029,35 @@ def plot(rows, path):
     print("plot:", path)
 
 
+def bench_model(args):
+    """``--model PATH``: ``rnnfast bench PATH`` once per thread count (its table ends with
+    the disclosure line). Returns the exit status (the first failure's)."""
+    from rnnfast.cli import main as rnnfast_main
+
+    status = 0
+    for t in [int(s) for s in args.threads.split(",")]:
+        argv = ["bench", args.model, "--threads", str(t)]
+        argv += ["--batch", str(args.batch)] if args.batch else []
+        argv += ["--time", str(args.time)] if args.time else []
+        argv += ["--repeats", "5"] if args.quick else []
+        print("=== rnnfast bench %s" % " ".join(argv[1:]), flush=True)
+        status = status or rnnfast_main(argv)
+        print()
+    return status
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="a subset that runs in a few minutes")
     ap.add_argument("--threads", default="1,2", help="thread counts, comma-separated (default 1,2)")
+    ap.add_argument(
+        "--model",
+        metavar="PATH",
+        help="your own model file (.keras, .h5, .pt, .safetensors) instead of the grid: `rnnfast bench` "
+        "against the peers that run it, once per thread count",
+    )
+    ap.add_argument("--batch", type=int, metavar="B", help="with --model: batch size (default 32)")
+    ap.add_argument("--time", type=int, metavar="T", help="with --model: time steps (default: the model's, else 100)")
     ap.add_argument(
         "--budget",
         type=float,
@@ -1023,11 +1067,19 @@ def main(argv=None):
     ap.add_argument("--cases", metavar="SUBSTR", help="only the cases whose name contains SUBSTR")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     ap.add_argument("--memory", action="store_true", help="peak memory per engine instead")
+    ap.add_argument(
+        "--models",
+        action="store_true",
+        help="whole Keras models instead (toxic BiGRU, CRNN, seq2seq decoder step): bench/whole_models.py",
+    )
     ap.add_argument("--_engine", nargs=3, help=argparse.SUPPRESS)
     ap.add_argument("--_peak", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--_memory", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     budget = args.budget if args.budget is not None else (0.15 if args.quick else 0.6)
+    if args.models:
+        threads = args.threads.split(",")[0]
+        return whole_models.main((["--quick"] if args.quick else []) + ["--threads", threads, "--out", args.out])
     if args._engine:
         return worker_main(args._engine[0], int(args._engine[1]), args._engine[2])
     if args._peak:
@@ -1036,6 +1088,10 @@ def main(argv=None):
     if args._memory:
         memory_worker(args._memory[0], int(args._memory[1]))
         return 0
+    if args.model:
+        return bench_model(args)
+    if args.batch is not None or args.time is not None:
+        ap.error("--batch and --time go with --model")
     os.makedirs(args.out, exist_ok=True)
     if args.memory:
         rows = memory_table()

@@ -35,7 +35,7 @@ myst_enable_extensions = ["colon_fence"]
 # are plain text
 nitpicky = True
 nitpick_ignore_regex = [
-    (r"py:.*", r"(numpy|np|torch|keras|scipy|tensorflow|onnxruntime|dask|ray|h5py|os)(\..*)?"),
+    (r"py:.*", r"(numpy|np|torch|keras|scipy|tensorflow|onnxruntime|dask|ray|h5py|os|collections|typing)(\..*)?"),
     (r"py:.*", r"(array_like|array-like|ndarray|dtype|callable|optional|default|path-like)"),
 ]
 
@@ -53,7 +53,7 @@ html_static_path = []
 
 # The Markdown pages of docs/ (written alongside the code by several hands) go into the
 # table of contents in this order when they are there; any other page after them.
-PAGE_ORDER = ["quickstart", "API", "ARCHITECTURE", "streaming", "cluster", "benchmarks", "reference"]
+PAGE_ORDER = ["quickstart", "install", "API", "ARCHITECTURE", "streaming", "cluster", "benchmarks", "reference"]
 
 
 def _pages():

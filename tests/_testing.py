@@ -271,3 +271,23 @@ def functional(build, shape=(SEQ_T, SEQ_F), dtype="float32"):
 
     inp = keras.Input(shape, dtype=dtype)
     return keras.Model(inp, build(inp))
+
+
+#: Where a Keras test model comes from: the two files Keras writes, and the live model.
+KERAS_SOURCES = ("keras", "h5", "live")
+
+
+def save_keras(model, folder, name):
+    """Save ``model`` as ``name.keras`` and ``name.h5`` in ``folder``: {ext: path}."""
+    paths = {}
+    for ext in ("keras", "h5"):
+        paths[ext] = str(folder / ("%s.%s" % (name, ext)))
+        model.save(paths[ext])
+    return paths
+
+
+def keras_model_from(source, model, paths):
+    """The rnnfast model of ``model`` from ``source`` (one of :data:`KERAS_SOURCES`)."""
+    import rnnfast
+
+    return rnnfast.from_keras(model) if source == "live" else rnnfast.load(paths[source])

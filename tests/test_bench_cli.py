@@ -8,6 +8,8 @@ installed, in bench/'s own environment)."""
 
 import os
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -123,3 +125,75 @@ def test_info_and_bench_take_example(capsys, torch_threads):
 def test_help_of_load_cites_no_missing_file():
     assert "API.md" not in rnnfast.load.__doc__
     assert "batch_first" in rnnfast.load.__doc__
+
+
+# -- the disclosure line; bench/compare.py --model ---------------------------------------
+
+BENCH_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
+
+
+def expected_disclosure_parts():
+    """What the disclosure line must name, read here independently of rnnfast._bench."""
+    from threadpoolctl import threadpool_info
+
+    from rnnfast import _kernels
+
+    with open("/proc/cpuinfo") as f:
+        cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
+    blas = [i for i in threadpool_info() if i["user_api"] == "blas"]
+    return cpu, _kernels.isa(), blas
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/cpuinfo"), reason="reads the CPU model from /proc/cpuinfo")
+def test_bench_table_ends_with_the_disclosure_line(torch_threads):
+    path = demo.example("digits_lstm")
+    model = rnnfast.load(path, batch_first=True)
+    _, out = bench_lines(model, path, batch=2, time_steps=8, threads=1, peers=["torch"])
+    cpu, isa, blas = expected_disclosure_parts()
+    (line,) = [ln for ln in out.splitlines() if ln.startswith("machine: ")]
+    # right under the table: the line after the last engine row
+    lines = out.splitlines()
+    assert lines[lines.index(line) - 1].startswith("torch "), out
+    assert "machine: %s, %d logical CPUs;" % (cpu, os.cpu_count()) in line
+    assert "rnnfast kernels: %s;" % isa in line
+    assert any("%s %s" % (b["internal_api"], b["version"]) in line for b in blas), (line, blas)
+    assert re.search(r"load average \d+\.\d\d \d+\.\d\d \d+\.\d\d$", line), line
+
+
+def test_disclosure_names_a_forced_isa():
+    # in a fresh process (the ISA is chosen when the core loads)
+    if _bench.load_kernels().best_isa() == "baseline":
+        pytest.skip("this CPU has only the baseline kernels")
+    code = "from rnnfast._bench import disclosure; print(disclosure())"
+    env = dict(os.environ, RNNFAST_ISA="baseline")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "rnnfast kernels: baseline (RNNFAST_ISA; the CPU has %s)" % _bench.load_kernels().best_isa() in out.stdout
+
+
+def test_compare_model_benches_the_users_file(tmp_path, torch_threads):
+    # bench/compare.py --model: the user's own file against the peers that run it, per thread count
+    path = demo.example("digits_lstm")
+    env = dict(os.environ, KERAS_BACKEND="torch")
+    out = subprocess.run(
+        [sys.executable, os.path.join(BENCH_DIR, "compare.py"), "--quick", "--model", path, "--threads", "1,2"]
+        + ["--batch", "2", "--time", "8", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    text = out.stdout
+    for t in (1, 2):
+        assert "=== rnnfast bench %s --threads %d --batch 2 --time 8 --repeats 5" % (path, t) in text, text
+        assert "input (2, 8, 8) float32, %d thread" % t in text, text
+    assert len(re.findall(r"^torch \S+ no_grad ", text, re.M)) == 2, text
+    assert len(re.findall(r"^machine: ", text, re.M)) == 2, text
+
+
+def test_compare_batch_without_model_is_refused():
+    out = subprocess.run(
+        [sys.executable, os.path.join(BENCH_DIR, "compare.py"), "--batch", "2"], capture_output=True, text=True
+    )
+    assert out.returncode == 2 and "--batch and --time go with --model" in out.stderr

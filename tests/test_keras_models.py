@@ -22,15 +22,18 @@ import keras
 import rnnfast
 
 from _testing import (
+    KERAS_SOURCES,
     SEQ_B,
     SEQ_F,
     SEQ_T,
     TOL,
     assert_like_keras,
     functional,
+    keras_model_from,
     lively,
     masked_ids,
     masked_input,
+    save_keras,
     seq,
 )
 
@@ -248,18 +251,13 @@ def built(request, workdir):
     if x is None:
         x = masked_input((B, T, F))
     want = model.predict(x, verbose=0)
-    paths = {}
-    for ext in ("keras", "h5"):
-        p = str(workdir / ("%s.%s" % (request.param, ext)))
-        model.save(p)
-        paths[ext] = p
-    return model, x, want, paths
+    return model, x, want, save_keras(model, workdir, request.param)
 
 
-@pytest.mark.parametrize("source", ["keras", "h5", "live"])
+@pytest.mark.parametrize("source", KERAS_SOURCES)
 def test_matches_keras(built, source):
     model, x, want, paths = built
-    m = rnnfast.from_keras(model) if source == "live" else rnnfast.load(paths[source])
+    m = keras_model_from(source, model, paths)
     assert isinstance(m, rnnfast.KerasModel)
     assert_like_keras(m.predict(x), want, what=source)
     assert_like_keras(m(x), want, what=source + " __call__")

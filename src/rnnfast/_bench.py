@@ -35,13 +35,15 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from typing import Any, Optional
 
 import numpy as np
 
-from ._threads import get_num_threads
+from ._threads import _blas_controllers, get_num_threads, load_kernels
 from .io.torch_convert import torch_state_dict
 
-__all__ = ["PEERS", "MODES", "torch_module", "run_bench", "timeit", "median_time"]
+__all__ = ["PEERS", "MODES", "torch_module", "run_bench", "timeit", "median_time", "disclosure"]
 
 PEERS = ("torch", "onnxruntime", "keras")
 _INSTALL = {
@@ -148,7 +150,8 @@ def _onnx_peer(rnn, x, threads, tmpdir):
     path = os.path.join(tmpdir, "model.onnx")
     xt = torch.from_numpy(x)
     errors = []
-    for extra in (dict(dynamo=False), {}):  # the TorchScript exporter, else the default one
+    exporters: tuple[dict[str, Any], ...] = (dict(dynamo=False), {})
+    for extra in exporters:  # the TorchScript exporter, else the default one
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -253,7 +256,9 @@ def _keras_peer(path, x, threads):
         def run_xla():
             return compiled(xt)
 
-        engines = [(name + " predict_on_batch", "predict_on_batch", on_batch, lambda: first(on_batch()), tf_threads)]
+        engines: list[tuple[str, str, Optional[Callable[[], Any]], Optional[Callable[[], Any]], Any]] = [
+            (name + " predict_on_batch", "predict_on_batch", on_batch, lambda: first(on_batch()), tf_threads)
+        ]
         try:
             run_xla()  # compile now: a model XLA cannot compile is said so
         except Exception as e:
@@ -301,6 +306,60 @@ def _tf_set_threads(threads):
 # -- running -----------------------------------------------------------------------------
 
 
+def cpu_model():
+    """The CPU's model name (``/proc/cpuinfo``; elsewhere what :mod:`platform` says)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def disclosure():
+    """One line for under a timing table: the machine and how rnnfast ran on it.
+
+    The CPU model and logical CPUs; the kernels' instruction set in use (and the best
+    this CPU has, where ``RNNFAST_ISA`` chose a lower one); the BLAS rnnfast calls
+    (library, version, the kernel it picked for this CPU, its threads now: rnnfast holds
+    it to one inside its own parallel region); the load average (1, 5, 15 minutes), which
+    says whether other work shared the cores while the table was measured.
+    """
+    k = load_kernels()
+    isa = k.isa()
+    best = k.best_isa()
+    kernels = isa if isa == best else "%s (RNNFAST_ISA; the CPU has %s)" % (isa, best)
+    blas = []
+    try:
+        for c in _blas_controllers():
+            arch = getattr(c, "architecture", None)
+            blas.append(
+                "%s %s%s, %s thread%s"
+                % (
+                    c.internal_api,
+                    c.version or "",
+                    " (%s kernel)" % arch if arch else "",
+                    c.num_threads,
+                    "" if c.num_threads == 1 else "s",
+                )
+            )
+    except ImportError:  # threadpoolctl is a dependency; a broken install says so here
+        blas.append("unknown (threadpoolctl missing)")
+    try:
+        load = "%.2f %.2f %.2f" % os.getloadavg()
+    except OSError:
+        load = "unknown"
+    return "machine: %s, %d logical CPUs; rnnfast kernels: %s; BLAS: %s; load average %s" % (
+        cpu_model(),
+        os.cpu_count() or 0,
+        kernels,
+        ("; ".join(blas) + " (1 inside rnnfast's parallel region)") if blas else "none found",
+        load,
+    )
+
+
 def _input(model, batch, time_steps, rng):
     """Random input of unit scale for ``model`` (batch-major; integer ids for an Embedding)."""
     d = model.describe()
@@ -341,7 +400,7 @@ def timeit(fns, repeats=None, budget_s=1.0, min_repeats=5, max_repeats=100):
     if repeats is None:
         per_round = max(sum(first.values()), 1e-6)
         repeats = int(min(max_repeats, max(min_repeats, budget_s / per_round)))
-    times = {k: [] for k in fns}
+    times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for k, f in fns.items():
             t0 = time.perf_counter()
@@ -534,6 +593,7 @@ def run_bench(
                 "-" if r["max_abs_diff"] is None else "%.1e" % r["max_abs_diff"],
             )
         )
+    out(disclosure())
     out("")
     out("medians of %d interleaved runs after a warm-up; 'rnnfast is': the peer's median over rnnfast's;" % n)
     out("max|diff|: the largest difference of the peer's output from rnnfast's.")

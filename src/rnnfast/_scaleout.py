@@ -8,6 +8,7 @@ Nothing here imports Dask or Ray.
 import os
 import threading
 from contextlib import contextmanager
+from typing import Optional
 
 import numpy as np
 
@@ -178,7 +179,8 @@ class Runner:
 
 # -- models that travel by path ---------------------------------------------------------
 
-_loaded = {}
+# models loaded by path in this process: (path, mtime, size, options) -> model, the newest last.
+_loaded: dict[tuple[str, int, int, str], object] = {}
 _load_lock = threading.Lock()
 _MAX_LOADED = 4
 
@@ -392,7 +394,7 @@ def predict_rows(runner, rows, *, num_threads=None, padding="post", maxlen=None,
     else:
         buckets = plan_buckets(lengths)
     torch = runner.kind == "torch"
-    per_row = [None] * n
+    per_row: list[Optional[list[np.ndarray]]] = [None] * n
     skeleton = None
     for idx in buckets:
         Lb = lengths[idx]
@@ -417,9 +419,10 @@ def predict_rows(runner, rows, *, num_threads=None, padding="post", maxlen=None,
                 r = np.take(leaf, j, axis=ax)
                 if seq:
                     r = r[: lengths[i]] if padding == "post" else r[T - lengths[i] :]
-                if per_row[i] is None:
-                    per_row[i] = []
-                per_row[i].append(np.array(r))
+                row = per_row[i]
+                if row is None:
+                    row = per_row[i] = []
+                row.append(np.array(r))
     return per_row, skeleton
 
 

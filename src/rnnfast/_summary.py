@@ -62,7 +62,7 @@ def summary_text(model, source=None):
         Lines without a final newline.
     """
     rows = model.summary_rows()
-    columns = _COLUMNS
+    columns: tuple[str, ...] = _COLUMNS
     if rows and not getattr(model, "is_chain", True):
         # a graph (several inputs, branches, merges): Keras' functional summary columns too
         columns = _COLUMNS[:2] + ("output_shape",) + _COLUMNS[2:] + ("connected_to",)

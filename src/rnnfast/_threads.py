@@ -71,6 +71,7 @@ import os
 import threading
 import warnings
 from contextlib import contextmanager
+from typing import Optional
 
 from . import _validation
 
@@ -86,7 +87,7 @@ __all__ = [
 ]
 
 _lock = threading.Lock()
-_num_threads = None  # None: the default (default_num_threads)
+_num_threads: Optional[int] = None  # None: the default (default_num_threads)
 _controllers = None  # threadpoolctl controllers of the BLAS rnnfast calls
 _local = threading.local()  # .serial: this thread must not start a parallel region (fork)
 _openmp = None  # the OpenMP runtime's entry points rnnfast needs (_OpenMP)
@@ -104,9 +105,11 @@ def load_kernels():
     OMP_WAIT_POLICY or GOMP_SPINCOUNT. The environment is restored afterwards, so
     child processes and other libraries see the user's own.
 
-    Also finds the runtime's pause entry point for the fork hooks (module doc).
+    Also finds the runtime's pause entry point for the fork hooks (module doc), and loads
+    the BLAS the core calls without ``scipy.linalg`` (:func:`_load_cython_blas`).
     """
     global _openmp
+    _load_cython_blas()
     chosen = "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ
     if not chosen:
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
@@ -129,7 +132,7 @@ MAX_THREADS_PER_CPU = 4
 
 #: What is read once per process (again after set_num_threads(None) and in a forked
 #: child): "cpus" (os.cpu_count()), "quota" (cgroup_cpu_limit()), "omp" (OMP_NUM_THREADS).
-_host = {}
+_host: dict[str, object] = {}
 _UNREAD = object()
 
 
@@ -171,7 +174,7 @@ def _cgroup_dirs(cgroup_file, mountinfo_file):
             mounts = f.read().splitlines()
     except OSError:
         return []
-    paths = {}  # version -> cgroup path in the hierarchy
+    paths: dict[int, str] = {}  # version -> cgroup path in the hierarchy
     for line in lines:
         parts = line.split(":", 2)
         if len(parts) != 3:
@@ -219,12 +222,12 @@ def _read_quota(version, d):
                 period = f.read().strip()
         if quota == "max":
             return None
-        quota, period = int(quota), int(period)
+        q, p = int(quota), int(period)
     except (OSError, ValueError, IndexError):
         return None
-    if quota <= 0 or period <= 0:  # v1 writes -1 for "no limit"
+    if q <= 0 or p <= 0:  # v1 writes -1 for "no limit"
         return None
-    return quota / period
+    return q / p
 
 
 def cgroup_cpu_limit(cgroup_file="/proc/self/cgroup", mountinfo_file="/proc/self/mountinfo"):
@@ -255,12 +258,12 @@ def available_cpus():
     if quota is _UNREAD:
         quota = _host["quota"] = cgroup_cpu_limit()
     n = _affinity_cpus()
-    if quota is not None:
+    if isinstance(quota, float):
         n = min(n, max(1, -int(-quota // 1)))  # ceil
     return max(1, min(n, _machine_cpus()))
 
 
-_warned = set()
+_warned: set[str] = set()
 
 
 def omp_num_threads():
@@ -308,7 +311,7 @@ def _resolve(n):
     return max(1, default_num_threads() + 1 + n)
 
 
-def set_num_threads(n):
+def set_num_threads(n: Optional[int]) -> None:
     """Set the number of threads rnnfast uses by default, process-wide.
 
     Parameters
@@ -332,7 +335,7 @@ def set_num_threads(n):
     _num_threads = _resolve(n)
 
 
-def get_num_threads():
+def get_num_threads() -> int:
     """The number of threads rnnfast uses when a call does not say (see
     :func:`set_num_threads`): the count set, else the default."""
     return default_num_threads() if _num_threads is None else _num_threads
@@ -410,6 +413,86 @@ if hasattr(os, "register_at_fork"):
 
 
 # -- BLAS ------------------------------------------------------------------------------
+
+
+def _load_cython_blas():
+    """Load ``scipy.linalg.cython_blas`` without running ``scipy/linalg/__init__.py``.
+
+    The compiled core takes its BLAS routines from that extension module (a Cython
+    ``cimport``), and Python imports a module's packages first: ``scipy.linalg``'s
+    ``__init__`` imports all of SciPy's linear algebra (and, through its array-API layer,
+    ``numpy.f2py``), about 0.35 s of the 0.6 s ``import rnnfast`` took. The extension
+    itself needs only ``scipy``'s top level. So it is loaded here from its file, under its
+    own name, before the core is imported; the core's ``cimport`` then finds it in
+    ``sys.modules``. Where the file is not where SciPy has always put it, nothing is done
+    and the ordinary import runs. When ``scipy.linalg`` is imported later (by the user),
+    :class:`_LinalgAttribute` gives it its ``cython_blas`` attribute, as an ordinary import
+    of the submodule would have.
+    """
+    import sys
+
+    name = "scipy.linalg.cython_blas"
+    if name in sys.modules:
+        return
+    import importlib.machinery
+    import importlib.util
+
+    spec = importlib.util.find_spec("scipy")  # finds the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        return
+    folder = os.path.join(spec.submodule_search_locations[0], "linalg")
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        path = os.path.join(folder, "cython_blas" + suffix)
+        if os.path.exists(path):
+            break
+    else:
+        return
+    loader = importlib.machinery.ExtensionFileLoader(name, path)
+    blas_spec = importlib.util.spec_from_file_location(name, path, loader=loader)
+    if blas_spec is None:
+        return
+    module = importlib.util.module_from_spec(blas_spec)
+    sys.modules[name] = module
+    try:
+        loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    sys.meta_path.insert(0, _LinalgAttribute())
+
+
+class _LinalgAttribute:
+    """An import hook, used once: when ``scipy.linalg`` is imported after
+    :func:`_load_cython_blas`, set its ``cython_blas`` attribute (``import
+    scipy.linalg.cython_blas`` then works as it always does), and step aside."""
+
+    def __init__(self):
+        self._finding = False
+
+    def find_spec(self, fullname, path=None, target=None):
+        import importlib.util
+        import sys
+
+        if fullname != "scipy.linalg" or self._finding:
+            return None
+        self._finding = True  # the finders after this one find the package
+        try:
+            spec = importlib.util.find_spec(fullname)
+        finally:
+            self._finding = False
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        run = spec.loader.exec_module
+
+        def exec_module(module):
+            run(module)
+            if "scipy.linalg.cython_blas" in sys.modules and not hasattr(module, "cython_blas"):
+                module.cython_blas = sys.modules["scipy.linalg.cython_blas"]
+            if self in sys.meta_path:  # done: only the one import of scipy.linalg needed it
+                sys.meta_path.remove(self)
+
+        spec.loader.exec_module = exec_module  # type: ignore[method-assign]
+        return spec
 
 
 def _blas_controllers():

@@ -318,8 +318,10 @@ def compute_dtype(dtype, name="dtype"):
     return dt
 
 
-def weight(a, shape, name, where, dtype, optional=False):
-    """A weight array of exactly ``shape``, copied into ``dtype`` (C order).
+def weight(a, shape, name, where, dtype=None, optional=False):
+    """A weight array of exactly ``shape``, copied into ``dtype`` (C order); with
+    ``dtype=None`` checked but not copied (a view of ``a`` where it is an array: the
+    caller copies it once, into its own layout).
 
     Integer and floating weights are taken; bool, complex and the rest refused.
     """
@@ -332,4 +334,6 @@ def weight(a, shape, name, where, dtype, optional=False):
         raise ValueError("%s: %s must have shape %s, got %s" % (where, name, tuple(shape), a.shape))
     if a.dtype.kind not in "iuf":
         raise ValueError("%s: %s must be numeric, got dtype %s" % (where, name, a.dtype))
+    if dtype is None:
+        return a
     return np.array(a, dtype=dtype, order="C", copy=True)

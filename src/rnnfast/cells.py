@@ -263,7 +263,7 @@ def _reorder(a, order, axis):
 
 
 #: The cells, by rnnfast name.
-CELLS = {
+CELLS: dict[str, Cell] = {
     c.name: c
     for c in (
         Cell(

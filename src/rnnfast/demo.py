@@ -30,6 +30,7 @@ weights instead (:func:`seed_models`, :func:`run_seed_demo`).
 """
 
 import os
+from typing import Union
 
 import numpy as np
 
@@ -86,7 +87,7 @@ EXAMPLES = {
 }
 
 
-def example(name):
+def example(name: Union[str, os.PathLike]) -> str:
     """The path of a bundled example file, valid wherever rnnfast is installed.
 
     Parameters
@@ -116,7 +117,7 @@ def example(name):
     raise ValueError("no bundled example %r; the examples are %s" % (name, ", ".join(EXAMPLES)))
 
 
-def examples():
+def examples() -> dict[str, str]:
     """The bundled example files: a dict of name -> absolute path (see :func:`example`)."""
     return {k: data_path(fname) for k, (fname, _) in EXAMPLES.items()}
 

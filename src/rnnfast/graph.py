@@ -20,7 +20,9 @@ The executor frees a tensor after its last reader has run (a long chain keeps on
 the tensors still needed), so memory stays that of the widest cut of the graph.
 """
 
-__all__ = ["Step", "Graph", "TRUE", "FALSE", "mask_or"]
+from collections.abc import Hashable
+
+__all__ = ["Step", "Graph", "TRUE", "FALSE", "mask_or", "leaves", "map_structure"]
 
 #: Load-time mask tokens: a mask that marks every step valid (equivalent to no mask),
 #: and one that marks none. Frontends and ops build other tokens as tuples.
@@ -77,7 +79,7 @@ class Graph:
         self.steps = list(steps)
         self.inputs = list(inputs)
         self.outputs = outputs
-        out_keys = set(_leaves(outputs))
+        out_keys = set(leaves(outputs))
         known = set(self.inputs)
         last_use = {}
         for i, step in enumerate(self.steps):
@@ -90,7 +92,7 @@ class Graph:
             if k not in known:
                 raise ValueError("graph output %r is never computed" % (k,))
         # keys to drop after each step (read for the last time there, not an output)
-        self._free = [[] for _ in self.steps]
+        self._free: list[list[Hashable]] = [[] for _ in self.steps]
         for k, i in last_use.items():
             if k not in out_keys:
                 self._free[i].append(k)
@@ -147,20 +149,24 @@ class Graph:
                 mask_of[k] = mk
         if keep_all:
             return values, mask_of
-        return (_map(lambda k: values[k], self.outputs), _map(lambda k: mask_of[k], self.outputs))
+        return (map_structure(lambda k: values[k], self.outputs), map_structure(lambda k: mask_of[k], self.outputs))
 
 
-def _leaves(s):
+def leaves(s):
+    """The keys of a structure (a key, or nested lists / dicts of them), in order."""
     if isinstance(s, dict):
-        return [k for v in s.values() for k in _leaves(v)]
+        return [k for v in s.values() for k in leaves(v)]
     if isinstance(s, list):
-        return [k for v in s for k in _leaves(v)]
+        return [k for v in s for k in leaves(v)]
     return [s]
 
 
-def _map(fn, s):
-    if isinstance(s, dict):
-        return {k: _map(fn, v) for k, v in s.items()}
-    if isinstance(s, list):
-        return [_map(fn, v) for v in s]
-    return fn(s)
+def map_structure(fn, *structures):
+    """``fn`` applied leaf by leaf to structures of the same shape (nested lists /
+    dicts), in that shape."""
+    s0 = structures[0]
+    if isinstance(s0, dict):
+        return {k: map_structure(fn, *(s[k] for s in structures)) for k in s0}
+    if isinstance(s0, list):
+        return [map_structure(fn, *items) for items in zip(*structures)]
+    return fn(*structures)

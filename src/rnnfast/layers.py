@@ -188,8 +188,13 @@ class RNNLayer:
     # -- weights ---------------------------------------------------------------------
 
     def _convert(self, weights):
+        """Check the weights and copy each once, straight into the kernels' layout:
+        directions stacked, columns in unit-block order, the compute dtype. No other
+        copy of a weight is made while loading (a 64 MB file's weights take 64 MB
+        here, plus the packed copy :meth:`_pack` makes)."""
         dt = self.dtype
         G = self.cell_spec.num_gates
+        D = len(weights)
         k0 = np.asarray(weights[0].kernel)
         if k0.ndim != 2 or k0.shape[1] % G or k0.shape[1] == 0 or k0.shape[0] == 0:
             raise ValueError("kernel must be (input_size, %d*units), got %s" % (G, k0.shape))
@@ -202,52 +207,62 @@ class RNNLayer:
             )
         P = np.asarray(proj).shape[1] if proj is not None else 0
         Ho = P if proj is not None else H
-        Ws, Us, bxs, bhns, Wrs = [], [], [], [], []
-        given = 0
+        self._ncb = _plan.unit_blocks(H, self._kernel.packed and proj is None)
+        runs = _column_runs(H, G, self._ncb)
+        W = np.empty((D, I, GH), dt)
+        U = np.empty((D, Ho, GH), dt)
+        bx = np.zeros((D, GH), dt)
+        bhn = np.zeros((D, H), dt)
+        Wr = np.empty((D, H, P) if proj is not None else (D, 0, 0), dt)
+        given = []
         for d, w in enumerate(weights):
-            given += sum(
-                np.size(a)
-                for a in (w.kernel, w.recurrent_kernel, w.bias, w.recurrent_bias, w.projection)
-                if a is not None
-            )
+            given += [
+                sum(
+                    np.size(a)
+                    for a in (w.kernel, w.recurrent_kernel, w.bias, w.recurrent_bias, w.projection)
+                    if a is not None
+                )
+            ]
             where = "direction %d" % d
-            W = _checked(w.kernel, (I, GH), "kernel", where, dt)
-            U = _checked(w.recurrent_kernel, (Ho, GH), "recurrent_kernel", where, dt)
+            _copy_columns(W[d], _checked(w.kernel, (I, GH), "kernel", where), runs)
+            _copy_columns(U[d], _checked(w.recurrent_kernel, (Ho, GH), "recurrent_kernel", where), runs)
             b = _checked(w.bias, (GH,), "bias", where, np.float64, optional=True)
             rb = _checked(w.recurrent_bias, (GH,), "recurrent_bias", where, np.float64, optional=True)
             if (w.projection is None) != (proj is None):
                 raise ValueError("%s: projection given for one direction only" % where)
-            bhn = np.zeros(H)
-            bx = np.zeros(GH) if b is None else b.copy()
+            b = np.zeros(GH) if b is None else b
             if rb is not None:
                 if self._kernel.bias_apart:
                     k = (G - 1) * H
-                    bx[:k] += rb[:k]  # GRU z, r: both biases add before the gate
-                    bhn = rb[k:].copy()  # h: r * (h U_h + b_hh)
+                    b[:k] += rb[:k]  # GRU z, r: both biases add before the gate
+                    bhn[d] = rb[k:]  # h: r * (h U_h + b_hh)
                 else:
-                    bx += rb  # everywhere else the two biases just add
-            Ws.append(W)
-            Us.append(U)
-            bxs.append(bx.astype(dt))
-            bhns.append(bhn.astype(dt))
+                    b += rb  # everywhere else the two biases just add
+            _copy_columns(bx[d], b, runs)
             if proj is not None:
-                Wrs.append(_checked(w.projection, (H, P), "projection", where, dt))
-        self.source_parameters = int(given)
+                Wr[d] = _checked(w.projection, (H, P), "projection", where)
+        self.source_parameters = int(sum(given))
+        self._direction_parameters = [int(n) for n in given]
         self.input_size, self.units, self.proj_size = I, H, P
         self.output_size = Ho
-        self.num_directions = len(weights)
-        W, U, bx = np.stack(Ws), np.stack(Us), np.stack(bxs)
-        plain = self._kernel.packed and proj is None
-        self._ncb = _plan.unit_blocks(H, plain)
-        if self._ncb > 1:
-            perm = _unit_block_order(H, G, self._ncb)
-            W, U, bx = W[:, :, perm], U[:, :, perm], bx[:, perm]
-        self._W = _frozen(np.ascontiguousarray(W))
-        self._U = _frozen(np.ascontiguousarray(U))
-        self._bx = _frozen(np.ascontiguousarray(bx))
-        self._bhn = _frozen(np.stack(bhns))
-        self._Wr = _frozen(np.stack(Wrs) if Wrs else np.zeros((len(weights), 0, 0), dt))
+        self.num_directions = D
+        self._W, self._U, self._bx, self._bhn, self._Wr = (_frozen(a) for a in (W, U, bx, bhn, Wr))
         self._pack()
+
+    def direction(self, d, *, go_backwards=False):
+        """Direction ``d`` as a one-direction layer that shares this layer's arrays
+        (views of the canonical and packed weights: nothing is copied or packed again).
+        A Keras ``Bidirectional`` runs its two directions fused, and each alone when
+        given initial states."""
+        one = RNNLayer.__new__(RNNLayer)
+        one.__dict__.update(self.__dict__)
+        for k, v in self.__dict__.items():
+            if isinstance(v, np.ndarray):
+                one.__dict__[k] = _frozen(v[d : d + 1])
+        one.num_directions = 1
+        one.go_backwards = bool(go_backwards)
+        one.source_parameters = self._direction_parameters[d]
+        return one
 
     def cell_weights(self):
         """The layer's weights back in canonical layout, one :class:`CellWeights` per
@@ -647,9 +662,26 @@ def _unit_block_order(H, G, ncb):
     """Column order of the unit-block layout: gate-major columns [g0 | g1 | ...] become
     [g0[b0] g1[b0] ... | g0[b1] g1[b1] ... | ...] for ``ncb`` blocks of units (the
     identity for one block)."""
-    return np.concatenate(
-        [np.arange(g * H + cb * H // ncb, g * H + (cb + 1) * H // ncb) for cb in range(ncb) for g in range(G)]
-    )
+    return np.concatenate([np.arange(frm, frm + n) for _, frm, n in _column_runs(H, G, ncb)])
+
+
+def _column_runs(H, G, ncb):
+    """:func:`_unit_block_order` as runs ``(to, from, n)``: destination column ``to``
+    onwards takes the ``n`` source columns from ``from``."""
+    runs, to = [], 0
+    for cb in range(ncb):
+        lo, hi = cb * H // ncb, (cb + 1) * H // ncb
+        for g in range(G):
+            runs.append((to, g * H + lo, hi - lo))
+            to += hi - lo
+    return runs
+
+
+def _copy_columns(out, a, runs):
+    """``out[..., to:to+n] = a[..., from:from+n]`` for each run, cast on assignment
+    (numpy casts in small buffers: no whole-array temporary)."""
+    for to, frm, n in runs:
+        out[..., to : to + n] = a[..., frm : frm + n]
 
 
 def _frozen(a):

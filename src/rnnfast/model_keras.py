@@ -20,6 +20,7 @@ converter leaves ``summary_row`` and ``num_params`` on each node.
 """
 
 import copy
+from typing import Any, Optional, Union
 
 import numpy as np
 
@@ -28,10 +29,10 @@ from . import stream as _stream
 from ._progress import run_batched
 from ._summary import Summarized
 from .errors import UnsupportedLayerError
-from .graph import TRUE, mask_or
+from .graph import TRUE, leaves, map_structure, mask_or
 from .layers import ACTIVATIONS, SharedDirection, apply_activation, merge_directions, softmax
 from .model import run_recurrent
-from .ops import affine, conv1d, conv_padding, layer_norm, pool1d, unit_norm
+from .ops import affine, conv1d, conv_padding, layer_norm, multi_head_attention, pool1d, unit_norm
 
 __all__ = ["KerasModel", "KERAS_ACTIVATIONS", "keras_activation"]
 
@@ -130,8 +131,11 @@ class _Node:
     fixes_length = False
     #: Its row of the summary table, ``(type, units, options)``, and its parameters as
     #: Keras counts them: left here by the converter (:mod:`rnnfast.io.keras_layers`).
-    summary_row = None
+    summary_row: Optional[tuple] = None
     num_params = 0
+    #: The Keras weights as the file held them, where a converter changed the op's own
+    #: (a BatchNormalization folded into a Dense): what :meth:`get_weights` returns.
+    source_weights: Optional[list] = None
 
     def __init__(self, name, keras_class, dtype):
         self.name = name
@@ -150,11 +154,11 @@ class _Node:
         return []
 
     #: Flat output count and Keras' nesting of them (a list of indices; an int: one).
-    structure = 0
+    structure: Union[int, list[Any]] = 0
 
     @property
     def num_outputs(self):
-        return len(_flatten(self.structure))
+        return len(leaves(self.structure))
 
     def output_masks(self, mask, created=None):
         """The masks of this node's outputs given its input ``mask`` (an array, or at
@@ -216,7 +220,7 @@ class RecurrentNode(_Node):
         self.stacked = bool(stacked)
         self.stateful = bool(stateful)  # Keras stateful=True: the model carries its state (rnnfast.stream)
         counts = [layer.cell_spec.num_states for layer in self.rnn_layers]
-        self.state_structure = []
+        self.state_structure: list[Any] = []
         i = 1
         for n in counts:
             group = list(range(i, i + n))
@@ -312,6 +316,7 @@ class RecurrentNode(_Node):
                 x = out
         layer = self.rnn_layers[-1]
         if self.return_sequences:
+            assert out is not None  # the last layer returned its sequence
             if layer.go_backwards:
                 out = out[::-1]
         else:
@@ -432,6 +437,8 @@ class DenseNode(_Node):
         self.activation = activation
 
     def get_weights(self):
+        if self.source_weights is not None:  # a batch normalisation folded in
+            return [w.copy() for w in self.source_weights]
         d = self.dense
         return [d.kernel.copy()] + ([d.bias.copy()] if d.bias is not None else [])
 
@@ -544,20 +551,34 @@ class FlattenNode(_Node):
 
 
 class TimeDistributedNode(_Node):
-    """Keras ``TimeDistributed`` around a layer that acts per step on the last axis."""
+    """Keras ``TimeDistributed``: the inner layer applied to each step's slice of a
+    ``(batch, time, ...)`` tensor. A layer that acts per step on the last axis runs on
+    the sequence as it is; any other (a Conv1D, a pooling, a Flatten, a recurrent
+    layer, a nested model: one input, one output) runs once on the ``batch * time``
+    slices stacked, and its output is split back into ``(batch, time, ...)``. The
+    input's mask passes on with a sequence output (slices get none)."""
 
-    def __init__(self, name, inner):
+    def __init__(self, name, inner, per_step=True):
         super().__init__(name, "TimeDistributed", inner.dtype)
         self.inner = inner
+        self.per_step = bool(per_step)
 
     def run(self, x, mask, num_threads=None):
-        if x.ndim != 3:
+        if x.ndim < 3:
             raise ValueError(
-                "TimeDistributed %r needs a sequence (batch, time, features), got an "
+                "TimeDistributed %r needs a sequence (batch, time, ...), got an "
                 "input of shape %s" % (self.name, _batch_major_shape(x))
             )
-        outs, _ = self.inner.run(x, mask, num_threads)
-        return outs, [mask]
+        if self.per_step and x.ndim == 3:
+            outs, _ = self.inner.run(x, mask, num_threads)
+            return outs, [mask]
+        b = _swap(x)  # batch-major (B, T, ...)
+        B, T = b.shape[:2]
+        slices = np.ascontiguousarray(b).reshape((B * T,) + b.shape[2:])
+        outs, _ = self.inner.run(_swap(slices), None, num_threads)
+        y = _batch_major(outs[0])
+        y = _swap(y.reshape((B, T) + y.shape[1:]))
+        return [np.ascontiguousarray(y)], [mask if y.ndim == 3 else None]
 
     def get_weights(self):
         return self.inner.get_weights()
@@ -747,7 +768,7 @@ class MergeNode(_Node):
                 if all_masked:
                     out_mask = m if out_mask is None else (out_mask | m)
             out = x if out is None else out * x
-        if all_masked:
+        if all_masked and out_mask is not None:
             out = np.where(out_mask, out, self.dtype.type(0))
         return np.asarray(out, dtype=self.dtype)
 
@@ -840,6 +861,7 @@ class ReshapeNode(_Node):
                 )
             y = np.transpose(b, (0,) + self.permute)
         else:
+            assert self.target_shape is not None  # a Reshape: __init__ takes one or the other
             y = b.reshape((b.shape[0],) + self.target_shape)
         return [np.ascontiguousarray(_swap(y))], [None]
 
@@ -856,11 +878,17 @@ class _BatchMajorNode(_Node):
 
     mask_rule = "drop"
     channels_first = False
+    # the one axis a normalisation acts on, as Keras numbers it from 0 (None: the last)
+    positive_axis: Optional[int] = None
+
+    def compute(self, x_bm):
+        """The layer on the batch-major, channels-last tensor ``x_bm``."""
+        raise NotImplementedError
 
     def run(self, x, mask, num_threads=None):
         x = self._cast(x)
         b = _swap(x)
-        axis = getattr(self, "positive_axis", None)
+        axis = self.positive_axis
         if axis is not None and axis != b.ndim - 1:
             raise UnsupportedLayerError(
                 self.keras_class,
@@ -917,7 +945,9 @@ class ConvNode(_BatchMajorNode):
         self.activation = activation
         self.channels_first = bool(channels_first)
         self._keras_weights = [np.array(w, dtype=dt) for w in keras_weights]
-        k = (self.depthwise if self.depthwise is not None else self.kernel).shape[0]
+        taps = self.depthwise if self.depthwise is not None else self.kernel
+        assert taps is not None, "a convolution needs a kernel"
+        k = taps.shape[0]
         self.kernel_size = k
         self.fixes_length = False
 
@@ -1002,8 +1032,20 @@ class AffineNode(_BatchMajorNode):
         self.mask_rule = "keep" if keep_mask else "drop"
         self._keras_weights = [np.array(w) for w in keras_weights]
 
+    #: The name of the Dense / Conv1D this batch normalisation was folded into at load
+    #: (it then passes its input on unchanged), else None.
+    folded_into = None
+
     def get_weights(self):
         return [w.copy() for w in self._keras_weights]
+
+    def run(self, x, mask, num_threads=None):
+        if self.folded_into is not None:
+            return [self._cast(x)], [mask]
+        return super().run(x, mask, num_threads)
+
+    def describe(self):
+        return self.keras_class + ("(folded into %r)" % self.folded_into if self.folded_into else "")
 
     def compute(self, b):
 
@@ -1374,7 +1416,7 @@ class KerasModel(Summarized):
         def merged(a, b):
             return tuple(None if i == 0 or a.shape[i] != b.shape[i] else int(n) for i, n in enumerate(a.shape))
 
-        return _map_structure(merged, y1, y2)
+        return map_structure(merged, y1, y2)
 
     # -- describing itself ------------------------------------------------------------
 
@@ -1384,7 +1426,7 @@ class KerasModel(Summarized):
         producer = {}
         for spec, key in zip(self._inputs, self._graph.inputs):
             producer[key] = spec["name"]
-        by_op = {}
+        by_op: dict[int, list[str]] = {}
         for step in self._graph.steps:
             for k in step.outputs:
                 producer[k] = step.op.name
@@ -1427,7 +1469,7 @@ class KerasModel(Summarized):
                 runs.append(self._graph.run(feeds, 1, keep_all=True)[0])
         except (ValueError, TypeError):
             return [None] * len(self.layers)
-        first = {}
+        first: dict[int, list[Any]] = {}  # op -> the output keys of its first call
         for step in self._graph.steps:
             first.setdefault(id(step.op), step.outputs)
 
@@ -1538,7 +1580,7 @@ class KerasModel(Summarized):
                 x = np.ascontiguousarray(np.swapaxes(x, 0, 1))  # time-major
             feeds.append(x)
         values, _ = self._graph.run(feeds, num_threads)
-        return _map_structure(_batch_major, values)
+        return map_structure(_batch_major, values)
 
     def __getstate__(self):
         """For pickle (rnnfast.dask, rnnfast.ray): the canonical weights once. A fused
@@ -1635,25 +1677,179 @@ def _cell_args(layer):
     return ", ".join(args)
 
 
-def _flatten(structure):
-    """The leaves of a nested list (or dict) structure, in order."""
-    if isinstance(structure, dict):
-        structure = list(structure.values())
-    if isinstance(structure, list):
-        return [leaf for s in structure for leaf in _flatten(s)]
-    return [structure]
-
-
 def _shift(structure, by):
     if isinstance(structure, list):
         return [_shift(s, by) for s in structure]
     return structure + by
 
 
-def _map_structure(fn, *structures):
-    s0 = structures[0]
-    if isinstance(s0, dict):
-        return {k: _map_structure(fn, *(s[k] for s in structures)) for k in s0}
-    if isinstance(s0, list):
-        return [_map_structure(fn, *items) for items in zip(*structures)]
-    return fn(*structures)
+# -- nodes added after the graph (appended: multi-head attention) -------------------------
+
+
+class MultiHeadAttentionNode(_Node):
+    """Keras ``MultiHeadAttention`` (:func:`rnnfast.ops.multi_head_attention`) on
+    sequences: called with ``query``, ``value`` and optionally ``key`` and
+    ``attention_mask`` (tensors of the graph, by name: the step's ``arguments``),
+    ``use_causal_mask``.
+
+    Masks as Keras: the query's mask, the value's and the key's (when a key is given)
+    and ``attention_mask`` (nonzero: may attend) and the causal mask are and-ed into the
+    pairs a query step may attend to; a query step that may attend to none attends to
+    every value step alike (Keras adds a large negative number to the scores, which in
+    float32 swamps them); masked query steps are not zeroed; the output carries the
+    query's mask. ``dropout`` is the identity at inference.
+
+    Parameters
+    ----------
+    weights : dict
+        ``query``, ``key``, ``value``, ``output`` (kernel, bias or None) and optionally
+        ``gate``, in Keras' shapes (see :func:`rnnfast.ops.multi_head_attention`).
+    large_negative : float
+        What Keras adds to masked scores: -1e9 (tf.keras' Softmax), -0.7 * 3.38953e38
+        (Keras 3's dot-product attention, taken without dropout).
+    zero_masked : bool
+        Keras 3's explicit path (taken with dropout > 0): its Softmax sets the masked
+        weights to zero after the softmax, so a query step with nothing to attend to
+        gives the output projection's bias.
+    sliding_window : int, optional
+        Keras 3's ``sliding_window``: a query step attends to value steps less than this
+        far from it.
+    """
+
+    multi_input = True
+    #: the tensors the layer may be called with, in Keras' positional order
+    tensor_arguments = ("query", "value", "key", "attention_mask")
+    call_options = {"use_causal_mask": False, "return_attention_scores": False}
+
+    def __init__(
+        self, name, dtype, weights, *, large_negative=-1e9, zero_masked=False, sliding_window=None, keras_weights=()
+    ):
+        super().__init__(name, "MultiHeadAttention", dtype)
+        dt = self.dtype
+
+        def cast(pair):
+            return tuple(None if a is None else np.ascontiguousarray(a, dtype=dt) for a in pair)
+
+        self.projections = {k: cast(v) for k, v in weights.items()}
+        self.large_negative = float(large_negative)
+        self.zero_masked = bool(zero_masked)
+        self.sliding_window = sliding_window
+        self._keras_weights = [np.array(w, dtype=dt) for w in keras_weights]
+        self.num_heads, self.key_dim = self.projections["query"][0].shape[1:]
+        self.value_dim = self.projections["value"][0].shape[2]
+        self.output_dim = self.projections["output"][0].shape[2]
+
+    def get_weights(self):
+        return [w.copy() for w in self._keras_weights]
+
+    def output_masks(self, masks, created=None):
+        return [masks[0] if masks else None]
+
+    def run(
+        self,
+        xs,
+        masks,
+        num_threads=None,
+        use_causal_mask=False,
+        return_attention_scores=False,
+        arguments=("query", "value"),
+    ):
+        given = dict(zip(arguments, xs))
+        gmask = dict(zip(arguments, masks))
+        if "query" not in given or "value" not in given:
+            raise ValueError("MultiHeadAttention %r needs a query and a value" % self.name)
+        seqs = {}
+        for k in ("query", "value", "key"):
+            if k in given:
+                x = self._cast(np.asarray(given[k]))
+                if x.ndim != 3:
+                    raise ValueError(
+                        "MultiHeadAttention %r: %s must be a sequence (batch, steps, features), got shape %s"
+                        % (self.name, k, _batch_major_shape(x))
+                    )
+                seqs[k] = _swap(x)  # batch-major views
+        q, v = seqs["query"], seqs["value"]
+        k = seqs.get("key", v)
+        if k.shape[1] != v.shape[1]:
+            raise ValueError("MultiHeadAttention %r: key and value lengths differ" % self.name)
+        B, Tq, Tv = q.shape[0], q.shape[1], v.shape[1]
+        valid = None
+
+        def both(a, b):
+            return b if a is None else a & b
+
+        q_mask = gmask.get("query")
+        if q_mask is not None:
+            valid = np.swapaxes(np.asarray(q_mask, bool), 0, 1)[:, :, None]
+        for name in ("value", "key"):
+            m = gmask.get(name)
+            if m is not None and name in given:
+                valid = both(valid, np.swapaxes(np.asarray(m, bool), 0, 1)[:, None, :])
+        if use_causal_mask:
+            valid = both(valid, (np.arange(Tq)[:, None] >= np.arange(Tv)[None, :])[None])
+        if self.sliding_window is not None:
+            valid = both(valid, (np.abs(np.arange(Tq)[:, None] - np.arange(Tv)[None, :]) < self.sliding_window)[None])
+        if "attention_mask" in given:
+            am = np.asarray(given["attention_mask"])
+            am = _swap(am) if am.ndim == 3 else am
+            if am.shape[-2:] != (Tq, Tv) and am.shape[-1] != Tv:
+                raise ValueError(
+                    "MultiHeadAttention %r: attention_mask of shape %s for %d query and %d value steps"
+                    % (self.name, am.shape, Tq, Tv)
+                )
+            valid = both(valid, am != 0)
+        if valid is not None:
+            valid = np.broadcast_to(valid, (B, Tq, Tv))
+        w = self.projections
+        with np.errstate(over="ignore"):
+            y = multi_head_attention(
+                q,
+                v,
+                k,
+                *w["query"],
+                *w["key"],
+                *w["value"],
+                *w["output"],
+                valid=valid,
+                gate=w.get("gate"),
+                large_negative=self.large_negative,
+                zero_masked=self.zero_masked,
+            )
+        return [np.ascontiguousarray(_swap(np.asarray(y, dtype=self.dtype)))], [q_mask]
+
+    def describe(self):
+        return "MultiHeadAttention(num_heads=%d, key_dim=%d%s)" % (
+            self.num_heads,
+            self.key_dim,
+            ", value_dim=%d" % self.value_dim if self.value_dim != self.key_dim else "",
+        )
+
+
+class GraphNode(_Node):
+    """A whole model of one input and one output run as one layer: the model a Keras
+    ``TimeDistributed`` wraps (``model``: a :class:`KerasModel`, its graph run on the
+    internal layout)."""
+
+    def __init__(self, name, model):
+        super().__init__(name, "Functional", model.dtype or np.float32)
+        if len(model._graph.inputs) != 1 or isinstance(model._graph.outputs, (list, dict)):
+            raise UnsupportedLayerError(
+                "TimeDistributed",
+                "layer",
+                "wrapped model %r: rnnfast distributes models of one input and one output" % name,
+            )
+        if model._integer_input:
+            raise UnsupportedLayerError(
+                "TimeDistributed", "layer", "wrapped model %r takes integer ids (an Embedding first)" % name
+            )
+        self.model = model
+
+    def get_weights(self):
+        return self.model.get_weights()
+
+    def run(self, x, mask, num_threads=None):
+        y, _ = self.model._graph.run([x], num_threads, masks=[mask])
+        return [y], [None]
+
+    def describe(self):
+        return "Model(%s)" % ", ".join(node.describe() for node in self.model.layers)

@@ -23,6 +23,9 @@ __all__ = [
     "layer_norm_reference",
     "unit_norm",
     "unit_norm_reference",
+    "multi_head_attention",
+    "multi_head_attention_reference",
+    "fold_affine_into",
 ]
 
 
@@ -172,3 +175,140 @@ def unit_norm(x, axis=-1, epsilon=1e-12):
 def unit_norm_reference(x, axis=-1, epsilon=1e-12):
     x = np.asarray(x, np.float64)
     return x / np.maximum(np.sqrt((x**2).sum(axis=axis, keepdims=True)), epsilon)
+
+
+# -- multi-head attention ----------------------------------------------------------------------
+
+
+def _head_projection(x, kernel, bias):
+    """``x`` (B, T, D) by ``kernel`` (D, N, d) (+ ``bias`` (N, d)) -> (B, N, T, d): one GEMM."""
+    B, T, D = x.shape
+    _, N, d = kernel.shape
+    y = (x.reshape(B * T, D) @ kernel.reshape(D, N * d)).reshape(B, T, N, d)
+    if bias is not None:
+        y += bias
+    return y.transpose(0, 2, 1, 3)
+
+
+def _softmax_last(s):
+    s = s - s.max(axis=-1, keepdims=True)
+    np.exp(s, out=s)
+    s /= s.sum(axis=-1, keepdims=True)
+    return s
+
+
+def multi_head_attention(
+    query, value, key, wq, bq, wk, bk, wv, bv, wo, bo, *, valid=None, gate=None, large_negative=-1e9, zero_masked=False
+):
+    """Keras' ``MultiHeadAttention`` on batch-major sequences, in ``query``'s dtype.
+
+    Parameters
+    ----------
+    query : ndarray (B, Tq, Dq)
+    value : ndarray (B, Tv, Dv)
+    key : ndarray (B, Tv, Dk)
+    wq, wk : ndarray (Dq, N, dk), (Dk, N, dk)
+        Query and key kernels (N heads of size dk); ``bq``, ``bk`` (N, dk) or None.
+    wv : ndarray (Dv, N, dv)
+        Value kernel; ``bv`` (N, dv) or None.
+    wo : ndarray (N, dv, E)
+        Output kernel; ``bo`` (E,) or None.
+    valid : bool ndarray broadcastable to (B, Tq, Tv), optional
+        Where a query step may attend to a value step (the masks, causal, attention_mask).
+    gate : (kernel (Dq, N, dv), bias (N, dv) or None), optional
+        Keras 3's ``use_gate``: the heads' outputs times ``sigmoid(query Wg + bg)``.
+    large_negative : float
+        Added to the scores of the pairs that are not ``valid`` before the softmax (as
+        Keras does: a query step with none valid attends to every value step alike).
+    zero_masked : bool
+        Set the weights of the pairs that are not ``valid`` to zero after the softmax
+        (Keras 3's explicit path: a query step with none valid attends to nothing).
+
+    Returns
+    -------
+    ndarray (B, Tq, E): ``concat_h(softmax(q_h k_h^T / sqrt(dk)) v_h) Wo + bo``.
+    """
+    dt = query.dtype
+    dk = wq.shape[2]
+    q = _head_projection(query, wq, bq) * dt.type(1 / np.sqrt(dk))
+    k = _head_projection(key, wk, bk)
+    v = _head_projection(value, wv, bv)
+    scores = np.matmul(q, k.transpose(0, 1, 3, 2))  # (B, N, Tq, Tv)
+    if valid is not None:
+        scores += np.where(valid, dt.type(0), dt.type(large_negative))[:, None]
+    a = _softmax_last(scores)
+    if zero_masked and valid is not None:
+        a *= np.asarray(valid, dt)[:, None]
+    o = np.matmul(a, v).transpose(0, 2, 1, 3)  # (B, Tq, N, dv)
+    if gate is not None:
+        g = _head_projection(query, gate[0], gate[1]).transpose(0, 2, 1, 3)
+        o = o * (dt.type(0.5) * (np.tanh(dt.type(0.5) * g) + dt.type(1)))
+    B, Tq, N, dv = o.shape
+    y = np.ascontiguousarray(o).reshape(B * Tq, N * dv) @ wo.reshape(N * dv, -1)
+    if bo is not None:
+        y += bo
+    return y.reshape(B, Tq, -1)
+
+
+def multi_head_attention_reference(
+    query, value, key, wq, bq, wk, bk, wv, bv, wo, bo, *, valid=None, gate=None, large_negative=-1e9, zero_masked=False
+):
+    """:func:`multi_head_attention` written as its equations, in float64, per sample,
+    head and query step::
+
+        q_h = x_q Wq_h + bq_h,  k_h = x_k Wk_h + bk_h,  v_h = x_v Wv_h + bv_h
+        s_h[i, j] = q_h[i] . k_h[j] / sqrt(dk)    (+ large_negative where not valid[i, j])
+        a_h[i] = softmax_j(s_h[i])                (a_h[i, j] = 0 where not valid[i, j] with zero_masked)
+        o_h[i] = sum_j a_h[i, j] v_h[j]           (* sigmoid(x_q[i] Wg_h + bg_h) with a gate)
+        y[i] = sum_h o_h[i] Wo_h + bo
+
+    ``large_negative`` is added in the input's dtype first (as Keras does: in float32
+    a fully masked row's scores all round to it)."""
+    f = lambda a: None if a is None else np.asarray(a, np.float64)  # noqa: E731
+    dt = np.asarray(query).dtype
+    xq, xv = np.asarray(query, np.float64), np.asarray(value, np.float64)
+    xk = xv if key is None else np.asarray(key, np.float64)
+    wq, wk, wv, wo = (np.asarray(a, np.float64) for a in (wq, wk, wv, wo))
+    bq, bk, bv, bo = map(f, (bq, bk, bv, bo))
+    B, Tq, _ = xq.shape
+    Tv = xv.shape[1]
+    N, dk = wq.shape[1:]
+    E = wo.shape[2]
+    ok = np.ones((B, Tq, Tv), bool) if valid is None else np.broadcast_to(valid, (B, Tq, Tv))
+    y = np.zeros((B, Tq, E))
+    for b in range(B):
+        for h in range(N):
+            q = xq[b] @ wq[:, h] + (0 if bq is None else bq[h])
+            k = xk[b] @ wk[:, h] + (0 if bk is None else bk[h])
+            v = xv[b] @ wv[:, h] + (0 if bv is None else bv[h])
+            for i in range(Tq):
+                s = np.array([q[i] @ k[j] / np.sqrt(dk) for j in range(Tv)])
+                # the masked scores as the input's dtype holds them
+                s = np.where(ok[b, i], s, (s.astype(dt) + dt.type(large_negative)).astype(np.float64))
+                a = np.exp(s - s.max())
+                a /= a.sum()
+                if zero_masked:
+                    a = np.where(ok[b, i], a, 0)
+                o = sum(a[j] * v[j] for j in range(Tv))
+                if gate is not None:
+                    g = xq[b, i] @ np.asarray(gate[0], np.float64)[:, h] + (0 if gate[1] is None else np.asarray(gate[1], np.float64)[h])
+                    o = o / (1 + np.exp(-g))
+                y[b, i] += o @ wo[h]
+    if bo is not None:
+        y += bo
+    return y
+
+
+# -- folding an affine into the op before it ---------------------------------------------------
+
+
+def fold_affine_into(kernel, bias, scale, shift):
+    """Fold ``y * scale + shift`` (per output channel, the last axis) into the linear op
+    ``y = x . kernel + bias`` before it: returns ``(kernel * scale, bias * scale + shift)``
+    in float64 (``kernel``: any shape whose last axis is the output channels; ``bias``
+    None counts as zeros). Exact in real arithmetic; in float32 the result differs from
+    the two ops in turn by rounding (a few ulp)."""
+    scale = np.asarray(scale, np.float64)
+    k = np.asarray(kernel, np.float64) * scale
+    b = (0 if bias is None else np.asarray(bias, np.float64)) * scale + np.asarray(shift, np.float64)
+    return k, np.broadcast_to(b, scale.shape).copy()

@@ -180,16 +180,14 @@ class Predictor:
         names = self._output_names(n_out)
         out = batch.copy() if pandas else dict(batch)
         if self.drop_input:
-            if pandas:
-                out = out.drop(columns=[self.input_column])
-            else:
-                del out[self.input_column]
+            del out[self.input_column]  # a column of the copy (DataFrame) or a key (dict)
         for k, name in enumerate(names):
             if leaves is not None:
                 value = leaves[k]
                 if pandas:
                     value = list(value) if value.ndim > 1 else value
             else:
+                assert per_row is not None  # no tensor leaves: rows of their own lengths
                 cells = [r[k] for r in per_row]
                 value = np.stack(cells) if (not pandas and cells and _same_shapes(cells)) else _objects(cells)
             out[name] = value

@@ -49,6 +49,8 @@ __all__ = [
     "RECURRENT_CLASSES",
     "CELL_CLASSES",
     "recurrent",
+    "CUDNN_CLASSES",
+    "cudnn_weights",
     "bidirectional",
     "dense",
     "embedding",
@@ -274,7 +276,9 @@ class WeightList:
         self.items = list(items)
         self.pos = 0
 
-    def take(self, expected, shape):
+    def take(self, expected, shape, also=()):
+        """The next weight, named ``expected`` (or one of ``also``: names other Keras
+        versions give it) when the file names it, of ``shape``."""
         if self.pos >= len(self.items):
             raise FormatError(
                 "layer %r: weight %r is missing (%d weights found for the layer)"
@@ -284,7 +288,7 @@ class WeightList:
         self.pos += 1
         if name is not None:
             base = str(name).rsplit("/", 1)[-1].split(":", 1)[0]
-            if base != expected:
+            if base != expected and base not in also:
                 raise FormatError("layer %r: expected weight %r, found %r" % (self.layer_name, expected, name))
         # shape and dtype first: a weight still in the file is read only once they fit
         if tuple(np.shape(arr)) != tuple(shape):
@@ -338,9 +342,9 @@ def _rnn_layer_options(cls, cfg):
     )
 
 
-def _cell(cls, kind, cfg, w, ctx, go_backwards):
-    """One cell's config and weights -> an RNNLayer (unidirectional), its CellWeights,
-    its spec (the RNNLayer's options) and its Keras bias as stored (or None)."""
+def _cell(cls, kind, cfg, w, ctx):
+    """One cell's config and weights -> its CellWeights, its spec (the RNNLayer's
+    options, ``cell`` included) and its Keras bias as stored (or None)."""
     cell = cells.get(kind)
     G = cell.num_gates
     units = cfg.get("units")
@@ -370,14 +374,93 @@ def _cell(cls, kind, cfg, w, ctx, go_backwards):
     dtype = resolve_dtype(cls, cfg, ctx)
     weights = CellWeights(kernel, rec, bias, rbias)
     spec = dict(reset_after=reset_after, activation=act, recurrent_activation=ract or "sigmoid", dtype=dtype)
-    layer = RNNLayer(kind, [weights], go_backwards=go_backwards, **spec)
     keras_bias = None if b is None else np.array(b, dtype=dtype)
-    return layer, weights, dict(spec, cell=kind), keras_bias
+    return weights, dict(spec, cell=kind), keras_bias
+
+
+#: Keras 2's cuDNN layers -> the layer that computes the same (what Keras 2 itself
+#: loads their weights into: ``GRU(reset_after=True, recurrent_activation="sigmoid")``
+#: and ``LSTM``; tanh and sigmoid are fixed in cuDNN).
+CUDNN_CLASSES = {"CuDNNGRU": "GRU", "CuDNNLSTM": "LSTM"}
+_CUDNN_OPTIONS = {"units", "return_sequences", "return_state", "go_backwards", "stateful", "time_major"}
+
+
+def cudnn_weights(cls, kernel, recurrent_kernel, bias):
+    """Keras 2 ``CuDNNGRU`` / ``CuDNNLSTM`` weights -> ``GRU(reset_after=True)`` /
+    ``LSTM`` weights, as Keras 2 converts them on load (``_convert_rnn_weights`` in
+    keras/engine/saving.py of Keras 2.2-2.3, tf_keras/src/saving/legacy/hdf5_format.py):
+
+    - the kernel (I, G*H), per gate block k (I, H): ``k.T.reshape(k.shape, order="F")``
+      (cuDNN's input kernel is stored in the other memory order);
+    - the recurrent kernel (H, G*H), per gate block: transposed;
+    - GRU: the bias (6H,) is the input bias then the recurrent bias: ``reshape(2, 3H)``,
+      GRU(reset_after=True)'s two rows; LSTM: the bias (8H,) is two halves that cuDNN
+      adds: their sum (4H,).
+
+    The gate order is Keras' (z, r, h; i, f, c, o) in both: no reordering."""
+    G = 3 if cls == "CuDNNGRU" else 4
+    kernel, recurrent_kernel, bias = (np.asarray(a) for a in (kernel, recurrent_kernel, bias))
+    k = np.hstack([b.T.reshape(b.shape, order="F") for b in np.hsplit(kernel, G)])
+    r = np.hstack([b.T for b in np.hsplit(recurrent_kernel, G)])
+    if G == 3:
+        b = bias.reshape(2, -1)
+    else:
+        b = np.sum(np.split(bias, 2, axis=0), axis=0)
+    return k, r, b
+
+
+def _cudnn(cls, cfg, w, name):
+    """The config and weights of the layer a cuDNN layer computes as."""
+    check_options(cls, cfg, _CUDNN_OPTIONS)
+    if _rnn_layer_options(cls, cfg)["stateful"]:  # time_major: refused there, naming the cuDNN class
+        raise UnsupportedLayerError(cls, "stateful", "stateful=True on a cuDNN layer")
+    units = cfg.get("units")
+    if not isinstance(units, int) or isinstance(units, bool) or units < 1:
+        raise FormatError("%s: units must be a positive integer, got %r" % (cls, units))
+    G = 3 if cls == "CuDNNGRU" else 4
+    shape = w.peek_shape()
+    if shape is None or len(shape) != 2:
+        raise FormatError("%s %r: weights are missing" % (cls, name))
+    kernel = w.take("kernel", (shape[0], G * units))
+    rec = w.take("recurrent_kernel", (units, G * units))
+    bias = w.take("bias", (2 * G * units,))
+    k, r, b = cudnn_weights(cls, kernel, rec, bias)
+    target = CUDNN_CLASSES[cls]
+    new = {key: cfg[key] for key in _CUDNN_OPTIONS | {"name", "dtype", "trainable"} if key in cfg}
+    new.update(units=units, activation="tanh", recurrent_activation="sigmoid", use_bias=True)
+    if target == "GRU":
+        new["reset_after"] = True
+    source = int(kernel.size + rec.size + bias.size)
+    return target, new, WeightList(name, [(None, k), (None, r), (None, b)]), source
 
 
 def recurrent(cls, cfg, w, ctx, name, *, force_zero_output=None):
     """GRU / LSTM / SimpleRNN / RNN(cell) -> (RecurrentNode, [(CellWeights, spec)] per
     cell: what a Bidirectional needs to fuse two of them)."""
+    make_node, parts = recurrent_parts(cls, cfg, w, ctx, name, force_zero_output=force_zero_output)
+    return make_node([_layer(weights, spec) for weights, spec in parts]), parts
+
+
+def recurrent_parts(cls, cfg, w, ctx, name, *, force_zero_output=None):
+    """A recurrent layer read but not built: ``(make_node, parts)``, where
+    ``make_node(rnn_layers)`` makes its RecurrentNode from one RNNLayer per cell and
+    ``parts`` holds each cell's ``(CellWeights, spec)`` (``spec`` the RNNLayer's options,
+    ``cell`` and ``go_backwards`` included). A Bidirectional builds one two-direction
+    layer from both parts and gives each node a view of its direction: each weight is
+    converted once. Keras 2's CuDNNGRU / CuDNNLSTM become the GRU / LSTM they compute
+    as (:func:`cudnn_weights`)."""
+    if cls in CUDNN_CLASSES:
+        target, cfg2, w2, source = _cudnn(cls, cfg, w, name)
+        make_target, parts = recurrent_parts(target, cfg2, w2, ctx, name, force_zero_output=force_zero_output)
+        w2.done()
+
+        def make_cudnn_node(layers):
+            node = make_target(layers)
+            node.keras_class = cls
+            node.rnn_layers[0].source_parameters = source  # as Keras counts them (cuDNN's two biases)
+            return node
+
+        return make_cudnn_node, parts
     opts = _rnn_layer_options(cls, cfg)
     if force_zero_output is not None:
         opts["zero_output_for_mask"] = force_zero_output
@@ -389,15 +472,36 @@ def recurrent(cls, cfg, w, ctx, name, *, force_zero_output=None):
     else:
         check_options(cls, cfg, _RNN_LAYER_OPTIONS | {"cell"})
         cell_list, stacked = _rnn_cells(cfg.get("cell"))
-    layers, parts, biases = [], [], []
+    parts, biases = [], []
     for ccls, kind, ccfg in cell_list:
         if ccls in CELL_CLASSES:
             check_options(ccls, ccfg, _CELL_OPTIONS)
-        layer, weights, spec, keras_bias = _cell(ccls, kind, ccfg, w, ctx, opts["go_backwards"])
-        layers.append(layer)
-        parts.append((weights, spec))
+        weights, spec, keras_bias = _cell(ccls, kind, ccfg, w, ctx)
+        parts.append((weights, dict(spec, go_backwards=opts["go_backwards"])))
         biases.append(keras_bias)
-    return RecurrentNode(name, cls, layers, stacked=stacked, keras_biases=biases, **opts), parts
+
+    def make_node(layers):
+        return RecurrentNode(name, cls, layers, stacked=stacked, keras_biases=biases, **opts)
+
+    return make_node, parts
+
+
+def _fusable(forward, backward):
+    """Whether two cells' ``(CellWeights, spec)`` make one two-direction layer: the
+    same options, a forward and a backward direction, the same weight shapes."""
+    (fw, fs), (bw, bs) = forward, backward
+    return (
+        not fs["go_backwards"]
+        and bs["go_backwards"]
+        and dict(fs, go_backwards=None) == dict(bs, go_backwards=None)
+        and np.shape(fw.kernel) == np.shape(bw.kernel)
+        and np.shape(fw.recurrent_kernel) == np.shape(bw.recurrent_kernel)
+    )
+
+
+def _layer(weights, spec):
+    spec = dict(spec)
+    return RNNLayer(spec.pop("cell"), [weights], **spec)
 
 
 def _rnn_cells(cell):
@@ -446,18 +550,27 @@ def bidirectional(cfg, w, ctx, name):
                 inner.get("config", {}), go_backwards=not inner.get("config", {}).get("go_backwards", False)
             ),
         }
-    nodes, parts = [], []
+    pending = []
     for sub in (inner, back):
         scls, scfg = sub["class_name"], sub.get("config", {})
-        if scls not in RECURRENT_CLASSES and scls != "RNN":
+        if scls not in RECURRENT_CLASSES and scls != "RNN" and scls not in CUDNN_CLASSES:
             raise UnsupportedLayerError("Bidirectional", "layer", "wrapped layer %s" % scls)
         rs = bool(scfg.get("return_sequences", False))
         # Keras sets zero_output_for_mask = return_sequences on both inner layers
-        node, p = recurrent(scls, scfg, w, ctx, scfg.get("name", scls), force_zero_output=rs)
-        nodes.append(node)
-        parts.append(p)
-    fwd, bwd = nodes
-    fp, bp = parts
+        pending.append(recurrent_parts(scls, scfg, w, ctx, scfg.get("name", scls), force_zero_output=rs))
+    (fmake, fp), (bmake, bp) = pending
+    fused = None
+    if len(fp) == 1 and len(bp) == 1 and _fusable(fp[0], bp[0]):
+        # the usual case: one two-direction layer, one compiled call, halves written in
+        # place; each direction's node runs a view of it (initial_state calls)
+        spec = dict(fp[0][1])
+        del spec["go_backwards"]
+        fused = RNNLayer(spec.pop("cell"), [fp[0][0], bp[0][0]], **spec)
+        fwd, bwd = fmake([fused.direction(0)]), bmake([fused.direction(1, go_backwards=True)])
+        # what the source counts (cuDNN LSTM layers hold two biases)
+        fused.source_parameters = sum(layer.source_parameters for layer in fwd.rnn_layers + bwd.rnn_layers)
+    else:
+        fwd, bwd = fmake([_layer(*p) for p in fp]), bmake([_layer(*p) for p in bp])
     for attr in ("return_sequences", "return_state"):
         if getattr(fwd, attr) != getattr(bwd, attr):
             raise FormatError("Bidirectional %r: forward and backward layers differ in %s" % (name, attr))
@@ -465,19 +578,6 @@ def bidirectional(cfg, w, ctx, name):
         raise FormatError("Bidirectional %r: forward and backward layers have the same go_backwards" % name)
     if merge_mode in ("sum", "mul", "ave") and fwd.rnn_layers[-1].output_size != bwd.rnn_layers[-1].output_size:
         raise FormatError("Bidirectional %r: merge_mode %r needs equal units" % (name, merge_mode))
-    fused = None
-    if (
-        len(fp) == 1
-        and len(bp) == 1
-        and not fwd.go_backwards
-        and bwd.go_backwards
-        and fp[0][1] == bp[0][1]
-        and fwd.rnn_layers[0].input_size == bwd.rnn_layers[0].input_size
-        and fwd.rnn_layers[0].units == bwd.rnn_layers[0].units
-    ):
-        # the usual case: one two-direction layer, one compiled call, halves written in place
-        spec = dict(fp[0][1])
-        fused = RNNLayer(spec.pop("cell"), [fp[0][0], bp[0][0]], **spec)
     return BidirectionalNode(name, fwd, bwd, merge_mode, fused=fused)
 
 

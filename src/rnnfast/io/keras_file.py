@@ -159,23 +159,37 @@ def from_keras(model, dtype=None, **options):
     if not isinstance(config, (dict, list)) or (isinstance(config, dict) and "layers" not in config):
         raise UnsupportedLayerError(cls, None, "a model without a layer config")
     version = _live_version(model)
+    return build_model(
+        {"class_name": cls, "config": config},
+        _LiveWeights(model),
+        version,
+        dtype=dtype,
+        source="live %s model" % framework,
+        inputs_from=inputs_from,
+    )
 
-    def weights(name, _cls, _cfg):
-        layer = model.get_layer(name)
+
+class _LiveWeights:
+    """The weights of a live model's layers (``model.get_layer(name)``); a nested
+    model's through :meth:`nested`."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, name, _cls, _cfg):
+        layer = self.model.get_layer(name)
         variables = list(layer.weights)
         arrays = layer.get_weights()
         if len(variables) != len(arrays):
             raise FormatError("layer %r: %d variables but %d weights" % (name, len(variables), len(arrays)))
         return [(getattr(v, "path", None) or getattr(v, "name", None), np.array(a)) for v, a in zip(variables, arrays)]
 
-    return build_model(
-        {"class_name": cls, "config": config},
-        weights,
-        version,
-        dtype=dtype,
-        source="live %s model" % framework,
-        inputs_from=inputs_from,
-    )
+    def nested(self, name, _cls, _cfg):
+        return _LiveWeights(self.model.get_layer(name))
+
+    def distributed(self, name, _cls, _cfg):
+        """The weights of the model a ``TimeDistributed`` layer ``name`` wraps."""
+        return _LiveWeights(self.model.get_layer(name).layer)
 
 
 def _live_version(model):
@@ -321,8 +335,8 @@ def _load_weights(path, config, dtype, inputs_from=None):
         raise FormatError("config=: not a Keras model config (model.to_json()): %r" % (str(config)[:100],))
     version = config.get("keras_version")
     version = _str(version) if version is not None else None
-    with open(path, "rb") as raw:
-        with mmap.mmap(raw.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+    with open(path, "rb") as fh:
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
             check_global_heaps(buf, path)
     try:
         f = h5py.File(path, "r")
@@ -341,8 +355,8 @@ def _load_weights(path, config, dtype, inputs_from=None):
 
 def _load_hdf5(path, dtype, inputs_from=None):
     h5py = _h5py()
-    with open(path, "rb") as raw:
-        with mmap.mmap(raw.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+    with open(path, "rb") as fh:
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
             check_global_heaps(buf, path)
     try:
         f = h5py.File(path, "r")
@@ -403,7 +417,7 @@ def check_global_heaps(buf, what):
     # remembered for every position it visits, and the whole check is linear in the
     # file's size (walking each collection afresh was quadratic: a megabyte of headers
     # inside each other's records took minutes).
-    end_of = {}  # position -> the first bad record the walk from it meets, or -1
+    end_of: dict[int, int] = {}  # position -> the first bad record the walk from it meets, or -1
     limit = len(buf) - 16
     pos = buf.find(b"GCOL")
     while pos >= 0:
@@ -653,7 +667,7 @@ def json_depth(doc, limit):
         depth += 1
         if depth > limit:
             return depth
-        nxt = []
+        nxt: list = []
         for o in level:
             nxt.extend(o.values() if type(o) is dict else o)
         level = nxt
@@ -697,6 +711,71 @@ class _H5Weights:
                 raise FormatError("%s: layer %r lists weight %r, which the file lacks" % (self.path, name, wn))
             out.append((wn, _Stored(g[wn], self.path)))
         return out
+
+    def nested(self, name, cls, cfg):
+        """The weights of the layers of a model nested as layer ``name``: its group
+        lists them all in ``weight_names``, each under its layer's name (Keras 3 puts a
+        Sequential's own name first: ``enc/gru/gru_cell/kernel``; tf.keras writes
+        ``gru/gru_cell/kernel:0``)."""
+        return self._model_weights(name, name, cfg)
+
+    def distributed(self, name, cls, cfg):
+        """The weights of the model a ``TimeDistributed`` layer ``name`` wraps: listed
+        in the layer's group as a nested model's are in its own."""
+        model = cfg.get("name") if isinstance(cfg, dict) else None
+        return self._model_weights(name, model, cfg)
+
+    def _model_weights(self, group_name, model_name, cfg):
+        if group_name not in self.group:
+            return _H5Nested(None, [], self.path)
+        g = self.group[group_name]
+        names = [_str(n) for n in np.atleast_1d(g.attrs.get("weight_names", []))]
+        layers = cfg.get("layers") if isinstance(cfg, dict) else None
+        inner = {_layer_name(item) for item in layers} if isinstance(layers, list) else set()
+        items = []
+        for wn in names:
+            parts = wn.split("/")
+            if len(parts) >= 3 and parts[0] == model_name and model_name not in inner:
+                parts = parts[1:]
+            items.append((parts, wn))
+        return _H5Nested(g, items, self.path)
+
+
+def _layer_name(item):
+    if not isinstance(item, dict):
+        return None
+    cfg = item.get("config")
+    return item.get("name") or (cfg.get("name") if isinstance(cfg, dict) else None)
+
+
+class _H5Nested:
+    """The weights of a nested model's layers in a whole-model HDF5 file: ``items``,
+    the model's ``weight_names`` as (path parts below the model, name in the group)."""
+
+    def __init__(self, group, items, path):
+        self.group, self.items, self.path = group, items, path
+
+    def __call__(self, name, cls, cfg):
+        out = []
+        for parts, wn in self.items:
+            if len(parts) >= 2 and parts[0] == name:
+                if wn not in self.group:
+                    raise FormatError("%s: weight %r is listed but missing" % (self.path, wn))
+                out.append((wn, _Stored(self.group[wn], self.path)))
+        return out
+
+    def nested(self, name, cls, cfg):
+        """A model nested in this one: its weights under its name (Keras 3), or -- as
+        tf.keras lists them, by the innermost layer's name alone -- under the names of
+        its layers."""
+        prefixed = [(p[1:], wn) for p, wn in self.items if len(p) >= 3 and p[0] == name]
+        if prefixed:
+            return _H5Nested(self.group, prefixed, self.path)
+        layers = cfg.get("layers") if isinstance(cfg, dict) else None
+        inner = {_layer_name(item) for item in layers} if isinstance(layers, list) else set()
+        return _H5Nested(self.group, [(p, wn) for p, wn in self.items if p and p[0] in inner], self.path)
+
+    distributed = nested
 
 
 class _Stored:
@@ -754,7 +833,8 @@ def _snake(name):
 
 def _unique(names):
     """Keras' de-duplication of container entries: gru, gru_1, gru_2, ..."""
-    seen, out = {}, []
+    seen: dict[str, int] = {}
+    out = []
     for n in names:
         if n in seen:
             seen[n] += 1
@@ -796,6 +876,30 @@ class _ArchiveWeights:
     def __call__(self, name, cls, cfg):
         if "layers" not in self.f:
             raise FormatError("%s: model.weights.h5 has no 'layers' group" % self.path)
+        group = self._group(name)
+        if group is None:
+            if expects_weights(cls):
+                raise FormatError("%s: no weights for layer %r in model.weights.h5" % (self.path, name))
+            return []
+        return [(None, a) for a in self._collect(group, cls, cfg)]
+
+    def nested(self, name, cls, cfg):
+        """The weights of the layers of a model nested as layer ``name``: its group
+        holds ``layers/<snake_case class>[_k]`` as the model's own file does."""
+        group = self._group(name)
+        if group is None:
+            raise FormatError("%s: no weights for nested model %r in model.weights.h5" % (self.path, name))
+        return _ArchiveWeights(group, self.path)
+
+    def distributed(self, name, cls, cfg):
+        """The weights of the model a ``TimeDistributed`` layer ``name`` wraps: its
+        group's ``layer/`` holds ``layers/...`` as a nested model's group does."""
+        group = self._group(name)
+        if group is None or "layer" not in group:
+            raise FormatError("%s: no weights for the model in TimeDistributed %r" % (self.path, name))
+        return _ArchiveWeights(group["layer"], self.path)
+
+    def _group(self, name):
         layers = self.f["layers"]
         key = self.paths.get(name)
         group = layers[key] if key in layers else None
@@ -803,11 +907,7 @@ class _ArchiveWeights:
         if group is None or (recorded is not None and recorded != name):
             k = self._recorded(layers).get(name)  # find it by the recorded name instead
             group = layers[k] if k is not None else None
-        if group is None:
-            if expects_weights(cls):
-                raise FormatError("%s: no weights for layer %r in model.weights.h5" % (self.path, name))
-            return []
-        return [(None, a) for a in self._collect(group, cls, cfg)]
+        return group
 
     def _collect(self, g, cls, cfg):
         if cls in RECURRENT_CLASSES or cls == "RNN":
@@ -825,6 +925,10 @@ class _ArchiveWeights:
             return self._part(g, "forward_layer", inner) + self._part(g, "backward_layer", back)
         if cls == "TimeDistributed":
             return self._part(g, "layer", cfg.get("layer") or {})
+        if cls == "MultiHeadAttention":
+            parts = ["query_dense", "key_dense"] + (["_gate_dense"] if cfg.get("use_gate") else [])
+            parts += ["value_dense", "output_dense"]
+            return [a for p in parts for a in _vars(_sub(g, p, self.path))]
         return _vars(g)
 
     def _part(self, g, key, spec):

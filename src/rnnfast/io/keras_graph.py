@@ -16,18 +16,25 @@ What a call may carry:
   mask rnnfast propagates, else refused;
 - ``training=`` (ignored: inference only).
 
-Refused with :class:`~rnnfast.UnsupportedLayerError`: other call arguments, a model
-nested as a layer, Keras operations used as layers (``keras.ops`` calls in a
-functional model), and every class the registry does not know.
+A model nested as a layer (Sequential or functional, called once or several times)
+is inlined: its layers join the graph as ``<model>/<layer>`` (:func:`_inline_models`).
+
+Refused with :class:`~rnnfast.UnsupportedLayerError`: other call arguments, Keras
+operations used as layers (``keras.ops`` calls in a functional model), and every class
+the registry does not know.
 """
+
+from typing import Any
 
 import numpy as np
 
 from ..errors import FormatError, UnsupportedLayerError
-from ..graph import FALSE, TRUE, Graph, Step, mask_or
-from ..model_keras import KerasModel
+from ..graph import FALSE, TRUE, Graph, Step, leaves, map_structure, mask_or
+from ..layers import Dense
+from ..model_keras import AffineNode, ConvNode, DenseNode, GraphNode, KerasModel, TimeDistributedNode
+from ..ops import fold_affine_into
 from .keras_convert import RECURRENT_CLASSES, ConvertContext
-from .keras_layers import MERGE_CLASSES, SUPPORTED_LAYERS, convert_layer
+from .keras_layers import ARGUMENT_CLASSES, MERGE_CLASSES, SUPPORTED_LAYERS, convert_layer
 
 #: Most layers in a model config (each costs up to a millisecond to load; a chain of
 #: recurrent layers has a handful).
@@ -56,6 +63,7 @@ class _Call:
         self.mask = None
         self.args = []  # Keras 3: the positional arguments (operations)
         self.kwargs = {}  # other (non-tensor) keyword arguments of the call
+        self.tensor_kwargs = {}  # tensors given by keyword (MultiHeadAttention's key=, attention_mask=)
         self.input_shape = None  # Keras 3: the declared shape of the first tensor
 
 
@@ -64,6 +72,9 @@ class _Entry:
         self.name, self.cls, self.cfg = name, cls, cfg
         self.module = module or ""
         self.calls = []
+        # a layer of a nested model: its weights getter and its name inside that model
+        self.getter = None
+        self.local = None
 
 
 def build_model(model_config, weights, keras_version, *, dtype=None, source=None, inputs_from=None):
@@ -107,24 +118,23 @@ def build_model(model_config, weights, keras_version, *, dtype=None, source=None
         inputs = _cut_at(entries, inputs, inputs_from)
         if outputs is None:  # Sequential: the last layer's outputs
             last = [e for e in entries.values() if e.calls and e.cls != "InputLayer"][-1]
-            outputs = _map(lambda i: (last.name, 0, i), 0)
+            outputs = map_structure(lambda i: (last.name, 0, i), 0)
     if hasattr(weights, "bind"):
         weights.bind([(e.name, e.cls) for e in entries.values()])
+    if any(e.cls in _MODEL_CLASSES for e in entries.values()):
+        entries, inputs, outputs = _inline_models(entries, inputs, outputs, weights, ctx, cls == "Sequential")
 
     order = _execution_order(entries, inputs, outputs)
     if inputs_from is not None:
-        read = {k for e, c in order for k in e.calls[c].inputs + e.calls[c].states}
+        read = {
+            k for e, c in order for k in e.calls[c].inputs + e.calls[c].states + list(e.calls[c].tensor_kwargs.values())
+        }
         inputs = [k for k in inputs if k in read]
-    nodes, steps = {}, []
+    nodes: dict[str, Any] = {}  # layer name -> its node (model_keras' node classes)
+    steps = []
     for e, c in order:
         node = nodes.get(e.name)
         if node is None:
-            if e.cls in _MODEL_CLASSES:
-                raise UnsupportedLayerError(
-                    e.cls,
-                    None,
-                    "a model nested inside the model (layer %r): rnnfast does not load nested models yet" % e.name,
-                )
             if e.module.startswith("keras.src.ops") or e.module.startswith("keras.ops"):
                 raise UnsupportedLayerError(
                     e.cls,
@@ -134,11 +144,24 @@ def build_model(model_config, weights, keras_version, *, dtype=None, source=None
                     "layer, e.g. keras.layers.Add)" % e.name,
                 )
             # (an unsupported class is refused by convert_layer before its weights matter)
-            w = weights(e.name, e.cls, e.cfg) if e.cls in SUPPORTED_LAYERS else []
-            node = nodes[e.name] = convert_layer(e.cls, e.cfg, w, ctx)
+            getter = e.getter or weights
+            if _distributes_model(e):
+                node = nodes[e.name] = _distributed_model(e, getter, ctx)
+            else:
+                w = getter(e.local or e.name, e.cls, e.cfg) if e.cls in SUPPORTED_LAYERS else []
+                layer_cfg = e.cfg if e.local is None else dict(e.cfg, name=e.name)
+                node = nodes[e.name] = convert_layer(e.cls, layer_cfg, w, ctx)
         call = e.calls[c]
         multi = getattr(node, "multi_input", False)
-        if multi and not call.as_list:
+        options = {}
+        call_inputs = call.inputs
+        names = getattr(node, "tensor_arguments", None)
+        if names is not None:
+            call_inputs, options["arguments"] = _bind_arguments(e, call, names)
+        elif call.tensor_kwargs:
+            k = next(iter(call.tensor_kwargs))
+            raise UnsupportedLayerError(e.cls, k, "layer %r is called with a tensor as %s=" % (e.name, k))
+        if names is None and multi and not call.as_list:
             raise UnsupportedLayerError(e.cls, None, "layer %r takes a list of tensors" % e.name)
         if not multi and (call.as_list or len(call.inputs) != 1):
             raise UnsupportedLayerError(
@@ -155,7 +178,6 @@ def build_model(model_config, weights, keras_version, *, dtype=None, source=None
             )
             if len(call.states) != want:
                 raise FormatError("layer %r is given %d initial states, it has %d" % (e.name, len(call.states), want))
-        options = {}
         supported = getattr(node, "call_options", {})
         for k, v in call.kwargs.items():
             if k not in supported:
@@ -170,7 +192,7 @@ def build_model(model_config, weights, keras_version, *, dtype=None, source=None
         steps.append(
             Step(
                 node,
-                call.inputs,
+                call_inputs,
                 [(e.name, c, i) for i in range(node.num_outputs)],
                 states=call.states,
                 options=options,
@@ -182,13 +204,13 @@ def build_model(model_config, weights, keras_version, *, dtype=None, source=None
         if not order:
             raise FormatError("the model has no layers")
         last = order[-1][0]
-        outputs = _map(lambda i: (last.name, 0, i), nodes[last.name].structure)
+        outputs = map_structure(lambda i: (last.name, 0, i), nodes[last.name].structure)
         for e, _ in order[:-1]:
             if nodes[e.name].num_outputs > 1:
                 raise UnsupportedLayerError(
                     e.cls, "return_state", "a layer with several outputs (%r) inside a Sequential" % e.name
                 )
-    flat = _flat(outputs)
+    flat = leaves(outputs)
     input_names = {k[0] for k in inputs}
     for key in flat:
         if key[0] not in input_names and key[2] >= nodes[key[0]].num_outputs:
@@ -201,12 +223,238 @@ def build_model(model_config, weights, keras_version, *, dtype=None, source=None
         outputs = flat  # Keras 2 returns a flat list
 
     _check_masks(steps, order, inputs, entries)
+    if FOLD_BATCH_NORM:
+        fold_batch_norms(steps, flat)
     specs = _input_specs(entries, inputs, steps, ctx)
     name = (cfg.get("name") if isinstance(cfg, dict) else None) or cls.lower()
     graph = Graph(steps, inputs, outputs)
     model = KerasModel(graph, inputs=specs, name=name, keras_version=ctx.keras_version, source=source)
     _check_shapes(model)
     return model
+
+
+def _distributes_model(e):
+    inner = e.cfg.get("layer") if e.cls == "TimeDistributed" and isinstance(e.cfg, dict) else None
+    return isinstance(inner, dict) and inner.get("class_name") in _MODEL_CLASSES
+
+
+def _distributed_model(e, getter, ctx):
+    """``TimeDistributed(model)``: the wrapped model built as a model of its own (its
+    weights through ``getter.distributed``), run on each step's slice."""
+    inner = e.cfg["layer"]
+    if not hasattr(getter, "distributed"):
+        raise UnsupportedLayerError("TimeDistributed", "layer", "layer %r wraps a model" % e.name)
+    sub = getter.distributed(e.local or e.name, inner.get("class_name"), inner.get("config"))
+    model = build_model(inner, sub, ctx.keras_version, dtype=ctx.dtype, source="TimeDistributed %r" % e.name)
+    node = TimeDistributedNode(e.name, GraphNode(model.name, model), per_step=False)
+    node.summary_row = ("TimeDistributed(%s)" % inner.get("class_name"), "", "model %r" % model.name)
+    node.num_params = model.count_params()
+    return node
+
+
+def _bind_arguments(e, call, names):
+    """The tensors of a call of a layer that takes them as separate arguments (by
+    position, then by name): their keys in the order of ``names``, and the names given."""
+    if call.as_list:
+        raise UnsupportedLayerError(e.cls, None, "layer %r is called on a list of tensors" % e.name)
+    if len(call.inputs) > len(names):
+        raise UnsupportedLayerError(e.cls, None, "layer %r is called with %d tensors" % (e.name, len(call.inputs)))
+    given = dict(zip(names, call.inputs))
+    for k, ref in call.tensor_kwargs.items():
+        if k not in names:
+            raise UnsupportedLayerError(e.cls, k, "layer %r is called with a tensor as %s=" % (e.name, k))
+        if k in given:
+            raise FormatError("layer %r is given %s twice" % (e.name, k))
+        given[k] = ref
+    order = tuple(n for n in names if n in given)
+    return [given[n] for n in order], order
+
+
+#: Fold each BatchNormalization into the Dense / Conv1D before it where that is exact
+#: (see :func:`fold_batch_norms`); False keeps them apart (tests compare the two).
+FOLD_BATCH_NORM = True
+
+
+def fold_batch_norms(steps, outputs):
+    """Fold a ``BatchNormalization`` (an affine ``y * a + b`` per channel at inference)
+    into the ``Dense`` or ``Conv1D`` / ``SeparableConv1D`` / ``DepthwiseConv1D`` whose
+    output it alone reads: ``kernel * a``, ``bias * a + b`` (:func:`rnnfast.ops.fold_affine_into`,
+    in float64, then cast). Legal when the layer has no activation (a linear output),
+    works channels-last, and neither op is shared (one call each) and the layer's output
+    is not a model output. The batch normalisation's node stays in the model (summary,
+    parameters, ``get_weights`` as Keras has them) and passes its input on.
+
+    The folded model computes the same function; in float32 the results differ from the
+    two ops in turn by rounding (a few ulp, far inside the float32 tolerance)."""
+    producer: dict = {}
+    readers: dict = {}
+    calls: dict[int, int] = {}
+    for step in steps:
+        calls[id(step.op)] = calls.get(id(step.op), 0) + 1
+        for k in step.outputs:
+            producer[k] = step
+        for k in step.inputs + step.states:
+            readers.setdefault(k, []).append(step)
+    outs = set(outputs)
+    for step in steps:
+        bn = step.op
+        if not (isinstance(bn, AffineNode) and bn.keras_class == "BatchNormalization" and bn.folded_into is None):
+            continue
+        src = producer.get(step.inputs[0])
+        if (
+            src is None
+            or getattr(bn, "positive_axis", None) not in (None, 2)
+            or calls[id(bn)] != 1
+            or calls[id(src.op)] != 1
+            or len(readers.get(step.inputs[0], [])) != 1
+            or step.inputs[0] in outs
+            or src.op.dtype != bn.dtype
+        ):
+            continue
+        op = src.op
+        axis = getattr(bn, "positive_axis", None)  # (Keras 2 writes the last axis as 2 or 1)
+        if isinstance(op, DenseNode) and op.activation is None and op.dense.activation == "linear" and axis is None:
+            if op.dense.kernel.shape[1] != bn.scale.size:
+                continue
+            k, b = fold_affine_into(op.dense.kernel, op.dense.bias, bn.scale, bn.shift)
+            op.source_weights = op.get_weights()
+            op.dense = Dense(k, b, activation="linear", dtype=op.dense.dtype)
+        elif isinstance(op, ConvNode) and op.activation == "linear" and not op.channels_first:
+            attr = "kernel" if op.kernel is not None else "depthwise"
+            kernel = getattr(op, attr)
+            if kernel.shape[-1] != bn.scale.size:
+                continue
+            k, b = fold_affine_into(kernel, op.bias, bn.scale, bn.shift)
+            setattr(op, attr, np.ascontiguousarray(k, dtype=op.dtype))
+            op.bias = np.asarray(b, dtype=op.dtype)
+        else:
+            continue
+        bn.folded_into = op.name
+
+
+#: Deepest nesting of models inside models.
+MAX_MODEL_DEPTH = 32
+
+
+def _inline_models(entries, inputs, outputs, getter, ctx, sequential, depth=0):
+    """Replace each model used as a layer (a Sequential or functional model nested in
+    the model, called once or several times) by its layers, named
+    ``<model>/<layer>``: each call of the nested model becomes calls of its layers on
+    that call's tensors (a layer called k times inside it gets k calls per call of the
+    model), so a nested model called twice shares its weights as Keras does. Its layers
+    read their weights through ``getter.nested(model, ...)``.
+
+    Keras 2 configs number a nested model's calls from 1 when the model was built on
+    an Input (its call 0 is its own construction, left out of the config: tf.keras'
+    ``_should_skip_first_node``); Keras 3 from 0.
+
+    Returns (entries, inputs, outputs), with every reference to a nested model's
+    output resolved to the layer output it is."""
+    if depth > MAX_MODEL_DEPTH:
+        raise FormatError("models nested more than %d deep" % MAX_MODEL_DEPTH)
+    alias = {}
+    new = {}
+    for name, e in entries.items():
+        if e.cls not in _MODEL_CLASSES:
+            new[name] = e
+            continue
+        if not hasattr(getter, "nested"):
+            raise UnsupportedLayerError(e.cls, None, "a model nested inside the model (layer %r)" % name)
+        cfg = e.cfg
+        if e.cls == "Sequential":
+            sub, sub_inputs, sub_outputs = _sequential(cfg)
+        else:
+            sub, sub_inputs, sub_outputs = _functional(cfg)
+        sub_getter = getter.nested(name, e.cls, cfg)
+        if hasattr(sub_getter, "bind"):
+            sub_getter.bind([(x.name, x.cls) for x in sub.values()])
+        sub_seq = sub_outputs is None
+        if sub_seq:
+            last = [x for x in sub.values() if x.cls != "InputLayer"]
+            if not last:
+                raise FormatError("nested model %r has no layers" % name)
+            sub_outputs = (last[-1].name, 0, 0)
+        if any(x.cls in _MODEL_CLASSES for x in sub.values()):
+            sub, sub_inputs, sub_outputs = _inline_models(
+                sub, sub_inputs, sub_outputs, sub_getter, ctx, False, depth + 1
+            )
+        layers = cfg.get("layers") if isinstance(cfg, dict) else cfg
+        first = layers[0] if isinstance(layers, list) and layers else {}
+        offset = 1 if ctx.keras_major < 3 and isinstance(first, dict) and first.get("class_name") == "InputLayer" else 0
+        inner = [x for x in sub.values() if x.name not in {k[0] for k in sub_inputs} and x.cls != "InputLayer"]
+        copies = {}
+        for x in inner:
+            c = copies[x.name] = _Entry("%s/%s" % (name, x.name), x.cls, x.cfg, x.module)
+            # (a layer of a model nested deeper keeps its own getter and name there)
+            c.getter, c.local = (x.getter, x.local) if x.getter is not None else (sub_getter, x.name)
+            new[c.name] = c
+        for ci, call in enumerate(e.calls):
+            # (an explicit mask= is the one its input carries in, which rnnfast passes on)
+            if call.states or call.kwargs or call.tensor_kwargs:
+                raise UnsupportedLayerError(
+                    e.cls, None, "nested model %r is called with arguments other than its inputs" % name
+                )
+            if len(call.inputs) != len(sub_inputs):
+                raise FormatError(
+                    "nested model %r takes %d inputs, is called on %d" % (name, len(sub_inputs), len(call.inputs))
+                )
+            feed = dict(zip(sub_inputs, call.inputs))
+
+            def mapped(k, ci=ci, feed=feed, copies=copies, name=name, sub=sub):
+                if k in feed:
+                    return feed[k]
+                if k[0] not in copies:
+                    raise FormatError("nested model %r: unknown layer %r" % (name, k[0]))
+                return ("%s/%s" % (name, k[0]), ci * len(sub[k[0]].calls) + k[1], k[2])
+
+            for x in inner:
+                for call_x in x.calls:
+                    copies[x.name].calls.append(_mapped_call(call_x, mapped))
+            for t, k in enumerate(leaves(sub_outputs)):
+                alias[(name, ci + offset, t)] = mapped(k)
+    for e in new.values():
+        for i, call in enumerate(e.calls):
+            e.calls[i] = _mapped_call(call, lambda k: _resolve(alias, k))
+    outputs = None if outputs is None else map_structure(lambda k: _resolve(alias, k), outputs)
+    if sequential and outputs is None:
+        last = [x for x in entries.values() if x.cls != "InputLayer"]
+        if last and last[-1].cls in _MODEL_CLASSES:
+            outputs = _resolve(alias, (last[-1].name, 0, 0))
+    return new, inputs, outputs
+
+
+def _resolve(alias, k):
+    seen = 0
+    while k in alias:
+        k = alias[k]
+        seen += 1
+        if seen > 10000:
+            raise FormatError("a cycle through nested models")
+    return k
+
+
+def _mapped_call(call, fn):
+    """A copy of ``call`` with every tensor key passed through ``fn``."""
+    out = _Call()
+    out.inputs = [fn(k) for k in call.inputs]
+    out.as_list = call.as_list
+    out.states = [fn(k) for k in call.states]
+    if isinstance(call.mask, list):
+        out.mask = [None if k is None else fn(k) for k in call.mask]
+    else:
+        out.mask = None if call.mask is None else fn(call.mask)
+    out.args = [
+        fn(a)
+        if isinstance(a, tuple)
+        else [fn(k) for k in a]
+        if isinstance(a, list) and a and isinstance(a[0], tuple)
+        else a
+        for a in call.args
+    ]
+    out.kwargs = dict(call.kwargs)
+    out.tensor_kwargs = {k: fn(v) for k, v in call.tensor_kwargs.items()}
+    out.input_shape = call.input_shape
+    return out
 
 
 def _cut_at(entries, inputs, layer):
@@ -246,7 +494,7 @@ def _check_shapes(model):
                 "%r declares input of shape %s: %d values per sample (at most %d)"
                 % (model.name, _shape_text(shape), values, MAX_PROBE_VALUES)
             )
-        if (len(shape) == 3 or spec["integer"]) and shape[1] is None:
+        if (len(shape) >= 3 or spec["integer"]) and shape[1] is None:
             # a free length: the declared one (at most PROBE_MAX_STEPS), else PROBE_STEPS
             # (enough for the usual convolutions and poolings), within MAX_PROBE_VALUES
             declared = spec["declared"][1]
@@ -334,7 +582,7 @@ def _functional(cfg):
         for node in nodes:
             e.calls.append(_parse_node(e, node))
         entries[name] = e
-    inputs = _flat(_parse_refs(cfg.get("input_layers")))
+    inputs = leaves(_parse_refs(cfg.get("input_layers")))
     if not inputs:
         raise FormatError("functional model config: no inputs")
     for key in inputs:
@@ -344,10 +592,19 @@ def _functional(cfg):
     if len(set(inputs)) != len(inputs):
         raise FormatError("functional model config: an input is listed twice")
     outputs = _parse_refs(cfg.get("output_layers"))
-    for key in _flat(outputs):
+    for key in leaves(outputs):
         if key[0] not in entries:
             raise FormatError("functional model config: unknown output layer %r" % (key[0],))
     return entries, inputs, outputs
+
+
+def _is_ref(v):
+    return (
+        isinstance(v, (list, tuple))
+        and len(v) in (3, 4)
+        and isinstance(v[0], str)
+        and all(isinstance(i, int) and not isinstance(i, bool) for i in v[1:3])
+    )
 
 
 def _ref3(ref, what):
@@ -428,6 +685,9 @@ def _parse_node(e, node):
                 call.states = refs
                 continue
             if v is not None:
+                if _tensor_ref(v) is not None and e.cls in ARGUMENT_CLASSES:
+                    call.tensor_kwargs[k] = _tensor_ref(v)
+                    continue
                 if _tensor_ref(v) is not None or isinstance(v, (list, tuple, dict)):
                     raise UnsupportedLayerError(e.cls, k, "layer %r is called with %s=" % (e.name, k))
                 call.kwargs[k] = v  # honoured or refused once the layer is known
@@ -444,9 +704,17 @@ def _parse_node(e, node):
                 continue
             if k == "initial_state" and v is not None:
                 continue  # the states are the call's extra tensors
+            if e.cls in ARGUMENT_CLASSES and _is_ref(v):
+                call.tensor_kwargs[k] = _ref3(v, "tensor argument %s of layer %r" % (k, e.name))
+                continue
+            if isinstance(v, bool):
+                call.kwargs[k] = v  # honoured or refused once the layer is known
+                continue
             if v is not None:
                 raise UnsupportedLayerError(e.cls, k, "layer %r is called with %s=" % (e.name, k))
-    if len(refs) > 1 and (e.cls in RECURRENT_CLASSES or e.cls in ("RNN", "Bidirectional")):
+    if e.cls in ARGUMENT_CLASSES:
+        call.inputs = refs  # separate arguments, not a list
+    elif len(refs) > 1 and (e.cls in RECURRENT_CLASSES or e.cls in ("RNN", "Bidirectional")):
         call.inputs, call.states = refs[:1], refs[1:]  # RNN(x, initial_state=s): [x] + s
     else:
         call.inputs = refs
@@ -486,7 +754,7 @@ def _execution_order(entries, inputs, outputs):
         call = e.calls[c]
         if not call.inputs:
             raise UnsupportedLayerError(e.cls, None, "layer %r has no input tensor" % name)
-        for k in call.inputs + call.states:
+        for k in call.inputs + call.states + list(call.tensor_kwargs.values()):
             visit(k)
         visiting.discard((name, c))
         done.add((name, c))
@@ -498,7 +766,7 @@ def _execution_order(entries, inputs, outputs):
     limit = sys.getrecursionlimit()
     sys.setrecursionlimit(max(limit, 4 * len(entries) + 100))
     try:
-        for key in _flat(outputs):
+        for key in leaves(outputs):
             visit(key)
     finally:
         sys.setrecursionlimit(limit)
@@ -622,8 +890,8 @@ def _any_last(t):
         parts = [_any_last(p) for p in t[1]]
         return None if any(p is None for p in parts) else mask_or(parts)
     if kind == "tconcat":
-        parts = tuple(_any_last(p) for p in t[1])
-        return None if any(p is None for p in parts) else ("tconcat", parts)
+        pieces = tuple(_any_last(p) for p in t[1])
+        return None if any(p is None for p in pieces) else ("tconcat", pieces)
     return None
 
 
@@ -631,7 +899,7 @@ def _any_last(t):
 
 
 def _input_specs(entries, inputs, steps, ctx):
-    readers = {}
+    readers: dict[object, list] = {}
     for step in steps:
         for k in step.inputs:
             readers.setdefault(k, []).append(step.op)
@@ -657,13 +925,14 @@ def _input_specs(entries, inputs, steps, ctx):
             raise UnsupportedLayerError(
                 "Embedding", None, "input of shape %s: rnnfast takes ids of shape (batch, time)" % (shape,)
             )
-        if not integer and len(shape) not in (2, 3):
+        if not integer and len(shape) not in (2, 3, 4):
             raise UnsupportedLayerError(
                 "InputLayer",
                 "shape",
-                "input of rank %d: rnnfast takes (batch, time, features) or (batch, features)" % len(shape),
+                "input of rank %d: rnnfast takes (batch, time, features), (batch, features), or "
+                "(batch, time, steps, features) for TimeDistributed layers" % len(shape),
             )
-        if (integer or len(shape) == 3) and not fixes_length:
+        if (integer or len(shape) >= 3) and not fixes_length:
             # any sequence length runs (Keras 2 functional models and Keras 3 Sequential
             # models accept one other than the declared; only Flatten fixes it)
             shape = (shape[0], None) + shape[2:]
@@ -673,22 +942,3 @@ def _input_specs(entries, inputs, steps, ctx):
             in_dtype = np.dtype(np.float64) if dt in ("float64", "double") else np.dtype(np.float32)
         specs.append(dict(name=key[0], shape=shape, dtype=in_dtype, integer=integer, declared=declared))
     return specs
-
-
-# -- small structure helpers -------------------------------------------------------------------
-
-
-def _flat(s):
-    if isinstance(s, dict):
-        return [k for v in s.values() for k in _flat(v)]
-    if isinstance(s, list):
-        return [k for v in s for k in _flat(v)]
-    return [s]
-
-
-def _map(fn, s):
-    if isinstance(s, dict):
-        return {k: _map(fn, v) for k, v in s.items()}
-    if isinstance(s, list):
-        return [_map(fn, v) for v in s]
-    return fn(s)

@@ -48,6 +48,7 @@ from ..model_keras import (
     IdentityNode,
     MaskingNode,
     MergeNode,
+    MultiHeadAttentionNode,
     NormNode,
     PoolNode,
     RepeatVectorNode,
@@ -56,6 +57,7 @@ from ..model_keras import (
     TimeDistributedNode,
 )
 from .keras_convert import (
+    CUDNN_CLASSES,
     RECURRENT_CLASSES,
     WeightList,
     bidirectional,
@@ -285,6 +287,8 @@ MERGES = {
 }
 #: Layers called on a list of tensors.
 MERGE_CLASSES = frozenset(MERGES) | {"Dot", "Attention", "AdditiveAttention"}
+#: Layers called on several tensors given as separate arguments (by position or name).
+ARGUMENT_CLASSES = frozenset({"MultiHeadAttention"})
 
 
 def _merge(cls):
@@ -374,12 +378,16 @@ def _conv(cls):
         opts |= {"depth_multiplier"}
     if cls == "SeparableConv1D":
         opts |= {"filters", "depth_multiplier"}
+    if cls != "Conv1D":
+        opts |= {"groups"}  # tf.keras writes groups=1 for them too
 
     def convert(cfg, w, ctx, name):
         for opt in ("lora_rank", "quantization_config"):
             if cfg.get(opt):
                 raise UnsupportedLayerError(cls, opt, repr(cfg[opt]))
         check_options(cls, cfg, opts | {"lora_rank", "lora_alpha", "quantization_config"})
+        if cls != "Conv1D" and cfg.get("groups", 1) != 1:
+            raise UnsupportedLayerError(cls, "groups", repr(cfg["groups"]))
         k = _int1(cls, cfg, "kernel_size")
         strides = _int1(cls, cfg, "strides", 1)
         dilation = _int1(cls, cfg, "dilation_rate", 1)
@@ -417,7 +425,7 @@ def _conv(cls):
             )
         dm = _int1(cls, cfg, "depth_multiplier", 1)
         if cls == "DepthwiseConv1D":
-            kernel = w.take("kernel", (k, cin, dm))
+            kernel = w.take("kernel", (k, cin, dm), also=("depthwise_kernel",))  # (tf.keras' name)
             bias = w.take("bias", (cin * dm,)) if use_bias else None
             return ConvNode(
                 name,
@@ -659,6 +667,103 @@ def _attention(cls):
     return convert
 
 
+def _multi_head_attention(cfg, w, ctx, name):
+    """Keras ``MultiHeadAttention`` on sequences (attention over the steps)."""
+    cls = "MultiHeadAttention"
+    check_options(
+        cls,
+        cfg,
+        {
+            "num_heads",
+            "key_dim",
+            "value_dim",
+            "use_bias",
+            "output_shape",
+            "attention_axes",
+            "use_gate",
+            "sliding_window",
+            "flash_attention",
+            # tf.keras records the shapes it was built on
+            "query_shape",
+            "key_shape",
+            "value_shape",
+        },
+    )
+    heads = _int1(cls, cfg, "num_heads")
+    key_dim = _int1(cls, cfg, "key_dim")
+    value_dim = cfg.get("value_dim") or key_dim
+    if not isinstance(value_dim, int) or isinstance(value_dim, bool) or value_dim < 1:
+        raise UnsupportedLayerError(cls, "value_dim", repr(value_dim))
+    axes = cfg.get("attention_axes")
+    if isinstance(axes, int) and not isinstance(axes, bool):
+        axes = [axes]
+    if axes is not None and list(axes) not in ([1], [-3]):
+        raise UnsupportedLayerError(
+            cls, "attention_axes", "%r (rnnfast attends over the steps of sequences: axis 1)" % (cfg["attention_axes"],)
+        )
+    out = cfg.get("output_shape")
+    if isinstance(out, (list, tuple)) and len(out) == 1:
+        out = out[0]
+    if out is not None and (not isinstance(out, int) or isinstance(out, bool) or out < 1):
+        raise UnsupportedLayerError(
+            cls, "output_shape", "%r (rnnfast takes one output size)" % (cfg.get("output_shape"),)
+        )
+    window = cfg.get("sliding_window")
+    if window is not None and (not isinstance(window, int) or isinstance(window, bool) or window < 1):
+        raise UnsupportedLayerError(cls, "sliding_window", repr(window))
+    use_bias = bool(cfg.get("use_bias", True))
+    use_gate = bool(cfg.get("use_gate", False))
+    dtype = resolve_dtype(cls, cfg, ctx)
+    kept: list[np.ndarray] = []
+
+    def projection(part, heads_size):
+        shape = w.peek_shape()
+        if shape is None or len(shape) != 3:
+            raise FormatError("%s %r: the %s kernel is missing" % (cls, name, part))
+        kernel = w.take("kernel", (shape[0], heads, heads_size))
+        bias = w.take("bias", (heads, heads_size)) if use_bias else None
+        kept.extend(a for a in (kernel, bias) if a is not None)
+        return kernel, bias
+
+    weights = {"query": projection("query", key_dim), "key": projection("key", key_dim)}
+    if use_gate:
+        weights["gate"] = projection("gate", value_dim)
+    weights["value"] = projection("value", value_dim)
+    if weights["gate" if use_gate else "query"][0].shape[0] != weights["query"][0].shape[0]:
+        raise FormatError("%s %r: the gate and query kernels differ in input size" % (cls, name))
+    E = out if out is not None else weights["query"][0].shape[0]
+    kernel = w.take("kernel", (heads, value_dim, E))
+    bias = w.take("bias", (E,)) if use_bias else None
+    kept.extend(a for a in (kernel, bias) if a is not None)
+    weights["output"] = (kernel, bias)
+    # masked scores: tf.keras' Softmax adds -1e9; Keras 3 with dropout takes its explicit
+    # path (Softmax: -1e9 in place of the score, the weight zeroed after the softmax),
+    # without dropout its dot-product attention (-0.7 * 3.38953e38 added)
+    explicit = ctx.keras_major >= 3 and float(cfg.get("dropout") or 0) > 0
+    return MultiHeadAttentionNode(
+        name,
+        dtype,
+        weights,
+        large_negative=-1e9 if ctx.keras_major < 3 or explicit else -0.7 * 3.38953e38,
+        zero_masked=explicit,
+        sliding_window=window,
+        keras_weights=kept,
+    )
+
+
+def _mha_row(node):
+    opts = ["num_heads=%d" % node.num_heads, "key_dim=%d" % node.key_dim]
+    if node.value_dim != node.key_dim:
+        opts.append("value_dim=%d" % node.value_dim)
+    if node.projections["query"][1] is None:
+        opts.append("use_bias=False")
+    if "gate" in node.projections:
+        opts.append("use_gate=True")
+    if node.sliding_window is not None:
+        opts.append("sliding_window=%d" % node.sliding_window)
+    return "MultiHeadAttention", str(node.output_dim), ", ".join(opts)
+
+
 def _attention_row(node):
     opts = [] if node.additive else ["score_mode=%s" % node.score_mode]
     if node.scale is not None:
@@ -694,13 +799,24 @@ def _time_distributed(cfg, w, ctx, name):
         raise FormatError("TimeDistributed %r: unreadable inner layer config" % name)
     icls, icfg = inner["class_name"], inner.get("config", {})
     entry = LAYERS.get(icls)
-    if entry is None or not entry.per_step:
+    if icls in ("Sequential", "Functional", "Model"):
         raise UnsupportedLayerError(
             "TimeDistributed",
             "layer",
-            "wrapped layer %s (supported: %s)" % (icls, ", ".join(n for n, e in LAYERS.items() if e.per_step)),
+            "wrapped model %r: rnnfast distributes single layers, not nested models (wrap "
+            "each layer of the model in its own TimeDistributed)" % icfg.get("name", icls),
         )
-    return TimeDistributedNode(name, _convert(entry, icfg, w, ctx, icfg.get("name", icls)))
+    if entry is None or icls in _NOT_DISTRIBUTED:
+        raise UnsupportedLayerError(
+            "TimeDistributed",
+            "layer",
+            "wrapped layer %s (supported: layers of one floating input and one output: %s)"
+            % (icls, ", ".join(n for n in sorted(LAYERS) if n not in _NOT_DISTRIBUTED)),
+        )
+    node = _convert(entry, icfg, w, ctx, icfg.get("name", icls))
+    if node.num_outputs != 1:
+        raise UnsupportedLayerError("TimeDistributed", "layer", "wrapped layer %s with several outputs" % icls)
+    return TimeDistributedNode(name, node, per_step=entry.per_step)
 
 
 # -- the table ---------------------------------------------------------------------------------
@@ -709,7 +825,7 @@ def _time_distributed(cfg, w, ctx, name):
 def _entries():
     out = [
         KerasLayer(cls, _recurrent(cls), weights=True, params=_recurrent_params, row=_recurrent_row)
-        for cls in list(RECURRENT_CLASSES) + ["RNN"]
+        for cls in list(RECURRENT_CLASSES) + ["RNN"] + list(CUDNN_CLASSES)
     ]
     out += [
         KerasLayer("Bidirectional", bidirectional, weights=True, params=_recurrent_params, row=_bidirectional_row),
@@ -738,6 +854,7 @@ def _entries():
         KerasLayer(
             "AdditiveAttention", _attention("AdditiveAttention"), weights=True, params=_norm_params, row=_attention_row
         ),
+        KerasLayer("MultiHeadAttention", _multi_head_attention, weights=True, params=_weights_params, row=_mha_row),
         KerasLayer("Conv1D", _conv("Conv1D"), weights=True, params=_weights_params, row=_conv_row),
         KerasLayer("DepthwiseConv1D", _conv("DepthwiseConv1D"), weights=True, params=_weights_params, row=_conv_row),
         KerasLayer("SeparableConv1D", _conv("SeparableConv1D"), weights=True, params=_weights_params, row=_conv_row),
@@ -804,6 +921,8 @@ def _entries():
 
 #: Keras class name -> its :class:`KerasLayer`.
 LAYERS = {e.name: e for e in _entries()}
+#: Layers TimeDistributed cannot wrap: several tensors in, or ids.
+_NOT_DISTRIBUTED = MERGE_CLASSES | ARGUMENT_CLASSES | {"Embedding", "Masking"}
 #: Keras preprocessing layers of strings (refused with a hint to use ``inputs_from=``).
 STRING_PREPROCESSING = frozenset({"TextVectorization", "StringLookup", "Hashing", "HashedCrossing", "IntegerLookup"})
 #: Every class a model may hold (``InputLayer`` is read by the loader itself).

@@ -84,7 +84,7 @@ def json_depth(doc, limit):
         depth += 1
         if depth > limit:
             return depth
-        nxt = []
+        nxt: list = []
         for o in level:
             nxt.extend(o.values() if type(o) is dict else o)
         level = nxt

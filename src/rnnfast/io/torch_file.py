@@ -84,7 +84,7 @@ class Architecture:
         """Tensor name -> shape, for every tensor of this module's state_dict."""
         G, H, P = self.gates, self.hidden_size, self.proj_size
         Ho = P or H
-        shapes = {}
+        shapes: dict[str, tuple[int, ...]] = {}
         for k in range(self.num_layers):
             I = self.input_size if k == 0 else self.num_directions * Ho
             for d in range(self.num_directions):
@@ -122,7 +122,8 @@ def infer_architecture(shapes, prefix=""):
     def nm(n):
         return quote(prefix + n)
 
-    layers, reverse = {}, False
+    layers: dict[int, str] = {}  # layer index -> its first tensor's name
+    reverse = False
     for n in shapes:
         m = _PARAM.fullmatch(n) if isinstance(n, str) else None
         if not m:
@@ -276,7 +277,7 @@ def _walk(root, is_tensor):
     tensors : list of (dotted name, record)
     """
     groups, tensors, seen = {}, [], set()
-    stack = [((), root)]
+    stack: list[tuple[tuple[str, ...], object]] = [((), root)]
     while stack:
         path, obj = stack.pop()
         if not isinstance(obj, (dict, list, tuple)) or id(obj) in seen:
@@ -285,7 +286,9 @@ def _walk(root, is_tensor):
         if len(path) > MAX_DEPTH:
             raise FormatError("containers nested more than %d levels deep" % MAX_DEPTH)
         items = list(obj.items()) if isinstance(obj, dict) else list(enumerate(obj))
-        children, others, found = [], [], {}
+        children: list[tuple[tuple[str, ...], object]] = []
+        others = []
+        found: dict[str, dict[str, object]] = {}
         for k, v in items:
             if is_tensor(v):
                 tensors.append((".".join(path + (str(k),)), v))

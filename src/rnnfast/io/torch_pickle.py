@@ -462,7 +462,9 @@ def prescan_pickle(f, max_ops=None):
     """
     if max_ops is None:
         max_ops = MIN_PICKLE_OPS
-    stack, marks, memo = [], [], {}
+    stack: list = []
+    marks: list[int] = []
+    memo: dict[int, object] = {}
     n = 0
     try:
         for op, arg, _pos in pickletools.genops(f):
@@ -487,8 +489,8 @@ def prescan_pickle(f, max_ops=None):
                     )
                 stack.append(memo[arg])
             elif name in _PUTS:
-                if not 0 <= arg < n:
-                    raise FormatError("pickle memo index %d out of range (opcode %d)" % (arg, n))
+                if not isinstance(arg, int) or not 0 <= arg < n:
+                    raise FormatError("pickle memo index %r out of range (opcode %d)" % (arg, n))
                 memo[arg] = _top(stack, marks)
             elif name == "MEMOIZE":
                 memo[len(memo)] = _top(stack, marks)
@@ -619,9 +621,18 @@ def _add_keys(node, keys, n):
 
 
 class _Archive:
-    """A torch.save file opened for reading: ``root`` is the unpickled object."""
+    """A torch.save file opened for reading: ``root`` is the unpickled object. A
+    subclass (one per container format) checks and reads the storages."""
 
     byteorder = "little"
+
+    def _check_storage(self, rec):
+        """Refuse storage record ``rec`` if the file cannot hold it (FormatError)."""
+        raise NotImplementedError
+
+    def _storage_bytes(self, storage):
+        """The bytes of storage record ``storage``, as the file holds them."""
+        raise NotImplementedError
 
     def __init__(self, path):
         self.path = path

@@ -1,0 +1,84 @@
+"""TimeDistributed around layers that are not per-step (Conv1D, poolings, Flatten,
+recurrent layers, Dense on 4-D input) on (batch, time, steps, features) input, against
+live Keras 3; and the refusals (a nested model, several-input layers)."""
+
+import keras
+import numpy as np
+import pytest
+
+import rnnfast
+from rnnfast import UnsupportedLayerError
+
+from _testing import assert_like_keras, lively
+
+L = keras.layers
+B, T, S, F = 3, 4, 7, 5
+
+
+def _td(*layers, shape=(T, S, F)):
+    return keras.Sequential([keras.Input(shape)] + [L.TimeDistributed(x) for x in layers])
+
+
+CASES = {
+    "conv-pool-flatten": lambda: _td(L.Conv1D(4, 3, padding="same", activation="relu"), L.MaxPooling1D(2), L.Flatten()),
+    "dense-4d": lambda: _td(L.Dense(3), L.GlobalAveragePooling1D()),
+    "gru-per-slice": lambda: keras.Sequential(
+        [keras.Input((T, S, F)), L.TimeDistributed(L.GRU(3)), L.GRU(2, return_sequences=True)]
+    ),
+    "bigru-then-max": lambda: _td(L.Bidirectional(L.GRU(2, return_sequences=True)), L.GlobalMaxPooling1D()),
+    "separable-avgpool": lambda: _td(L.SeparableConv1D(3, 2), L.AveragePooling1D(2), L.LayerNormalization()),
+    "flatten-3d": lambda: _td(L.Flatten(), L.Dense(2), shape=(T, F)),
+    "hierarchical": lambda: keras.Sequential(
+        [
+            keras.Input((T, S, F)),
+            L.TimeDistributed(L.Conv1D(4, 2)),
+            L.TimeDistributed(L.LSTM(3)),
+            L.Bidirectional(L.GRU(2)),
+            L.Dense(1, activation="sigmoid"),
+        ]
+    ),
+}
+
+
+def _sentence_encoder():
+    si = keras.Input((S, F))
+    h = L.Bidirectional(L.GRU(3, return_sequences=True))(L.Masking()(si))
+    return keras.Model(si, L.Concatenate()([L.GlobalMaxPooling1D()(h), L.GlobalAveragePooling1D()(h)]), name="sent")
+
+
+CASES["model-hierarchical"] = lambda: keras.Sequential(
+    [keras.Input((T, S, F)), L.TimeDistributed(_sentence_encoder()), L.GRU(2)]
+)
+CASES["sequential-model"] = lambda: keras.Sequential(
+    [keras.Input((T, S, F)), L.TimeDistributed(keras.Sequential([keras.Input((S, F)), L.Conv1D(3, 2), L.Flatten()]))]
+)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_time_distributed_like_keras(case, tmp_path):
+    model = lively(CASES[case](), seed=len(case))
+    x = np.random.default_rng(5).standard_normal((B,) + tuple(model.input_shape[1:])).astype(np.float32)
+    want = model.predict(x, verbose=0)
+    for ext in ("keras", "h5"):
+        p = str(tmp_path / ("m." + ext))
+        model.save(p)
+        m = rnnfast.load(p)
+        assert_like_keras(m.predict(x), want, what=ext)
+        assert m.count_params() == model.count_params()
+    assert_like_keras(rnnfast.from_keras(model).predict(x), want, what="live")
+
+
+def test_time_distributed_model_of_ids_refused():
+    ids = keras.Input((S,), dtype="int32")
+    inner = keras.Model(ids, L.GRU(3)(L.Embedding(9, 4)(ids)), name="sentence")
+    model = keras.Sequential([keras.Input((T, S, F)), L.TimeDistributed(inner)])
+    with pytest.raises(UnsupportedLayerError) as info:
+        rnnfast.from_keras(model)
+    assert info.value.option == "layer" and "sentence" in str(info.value)
+
+
+def test_time_distributed_masking_refused():
+    model = _td(L.Masking(), shape=(T, F))
+    with pytest.raises(UnsupportedLayerError) as info:
+        rnnfast.from_keras(model)
+    assert "Masking" in str(info.value)
