@@ -291,7 +291,8 @@ def multi_head_attention_reference(
                     a = np.where(ok[b, i], a, 0)
                 o = sum(a[j] * v[j] for j in range(Tv))
                 if gate is not None:
-                    g = xq[b, i] @ np.asarray(gate[0], np.float64)[:, h] + (0 if gate[1] is None else np.asarray(gate[1], np.float64)[h])
+                    wg = np.asarray(gate[0], np.float64)[:, h]
+                    g = xq[b, i] @ wg + (0 if gate[1] is None else np.asarray(gate[1], np.float64)[h])
                     o = o / (1 + np.exp(-g))
                 y[b, i] += o @ wo[h]
     if bo is not None:

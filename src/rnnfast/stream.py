@@ -41,6 +41,7 @@ other (``RuntimeError``), never corrupted.
 import contextlib
 import threading
 import weakref
+from typing import Any
 
 import numpy as np
 
@@ -48,7 +49,7 @@ from . import _kernels, _plan
 from ._threads import blas_single_threaded, resolve_num_threads
 from ._validation import as_ids, as_input
 from .errors import UnsupportedLayerError
-from .graph import Graph, Step
+from .graph import Graph, Step, map_structure
 from .layers import ACTIVATIONS
 
 __all__ = [
@@ -178,7 +179,7 @@ def _busy():
 
 
 #: Every state block, by its number (``_Block.gid``).
-_BLOCKS = []
+_BLOCKS: list = []
 
 
 class _Block:
@@ -364,6 +365,7 @@ class _Recurrent:
         self.op = op
         self.name = op.name
         self.kernels = [_Kernel(layer) for layer in op.rnn_layers]
+        self.index = -1  # its place in the program's recurrent ops (set by the program)
         self.slots = slots
         self.state_names = []
         for layer in op.rnn_layers:
@@ -517,7 +519,7 @@ class Program:
         op = step.op
         inner = [getattr(op, "forward_node", None), getattr(op, "backward_node", None)]
         for n in inner:
-            if getattr(n, "stateful", False):
+            if n is not None and getattr(n, "stateful", False):
                 raise UnsupportedLayerError(
                     n.keras_class,
                     "stateful",
@@ -661,6 +663,8 @@ class Program:
                 outs = self._recurrent(obj, values[k], masks[k], pad, lengths, states, seen, num_threads)
                 out_masks = [masks[k] if obj.return_sequences else None] + [None] * (len(outs) - 1)
             else:
+                x: Any
+                m: Any
                 if multi:
                     x = [values[k] for k in step.inputs]
                     m = [masks[k] for k in step.inputs]
@@ -678,7 +682,7 @@ class Program:
                 masks[k] = mk
         if self.single_output is not None:
             return values[self.single_output]
-        return _map(values.__getitem__, self.graph.outputs)
+        return map_structure(values.__getitem__, self.graph.outputs)
 
     def _recurrent(self, rec, x, mask, pad, lengths, states, seen, num_threads):
         if x.ndim != 3:
@@ -720,12 +724,14 @@ class Program:
         if rec.return_sequences:
             y = x
             if mask is not None:
+                assert valid is not None  # computed with the mask
                 if rec.zero_output_for_mask:
                     y = np.where(valid[:, :, None], y, y.dtype.type(0))
                 else:
                     # before a row's first valid step in this chunk the kernel emits
                     # zeros; a row that stepped in an earlier chunk emits its carried state
                     first = np.where(valid.any(axis=0), valid.argmax(axis=0), T)
+                    assert h0 is not None  # kept above for this case
                     for b in np.nonzero(s & (first > 0))[0]:
                         y[: first[b], b] = h0[b]
         else:
@@ -833,25 +839,9 @@ _NO_STATE = {"f": np.zeros((0, 0, 0), np.float32), "d": np.zeros((0, 0, 0), np.f
 _NO_OUT = {"f": np.zeros((0, 0), np.float32), "d": np.zeros((0, 0), np.float64)}
 
 
-def _map(fn, s):
-    if isinstance(s, dict):
-        return {k: _map(fn, v) for k, v in s.items()}
-    if isinstance(s, list):
-        return [_map(fn, v) for v in s]
-    return fn(s)
-
-
-def _leaves(s):
-    if isinstance(s, dict):
-        return [v for x in s.values() for v in _leaves(x)]
-    if isinstance(s, list):
-        return [v for x in s for v in _leaves(x)]
-    return [s]
-
-
 # -- the API the models expose -----------------------------------------------------------
 
-_programs = weakref.WeakKeyDictionary()
+_programs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _programs_lock = threading.RLock()  # re-entered: a stateful model makes its streams under it
 
 
@@ -944,7 +934,7 @@ def _step_one(p, x, s, num_threads):
         block.taken[row] = 0
     if p.single_output is not None:
         return out[:, 0] if out.ndim == 3 else out[0]
-    return _map(_first, out)
+    return map_structure(_first, out)
 
 
 def _first(y):
@@ -1015,8 +1005,9 @@ def _step_many(p, x, streams, num_threads, block=None, rows=None):
             for s in held:
                 s._block.taken[s._row] = 0
     if not ragged:
-        return _map(_batch_major, out)
-    return [_map(lambda y, b=b, n=n: _row(y, b, n), out) for b, n in enumerate(lengths.tolist())]
+        return map_structure(_batch_major, out)
+    assert lengths is not None  # ragged chunks have lengths
+    return [map_structure(lambda y, b=b, n=n: _row(y, b, n), out) for b, n in enumerate(lengths.tolist())]
 
 
 def _batch_major(y):
@@ -1041,8 +1032,8 @@ def torch_program(model):
 
 # -- Keras stateful=True models ----------------------------------------------------------
 
-_stateful_streams = weakref.WeakKeyDictionary()
-_stateful_programs = weakref.WeakKeyDictionary()
+_stateful_streams: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_stateful_programs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def stateful_layers(graph):
@@ -1107,19 +1098,10 @@ def stateful_predict(model, xs, batch_size, num_threads, build, fixed):
         )
     if len(outs) == 1:
         return outs[0]
-    return _map_many(lambda *ys: np.concatenate(ys, axis=0), outs)
+    return map_structure(lambda *ys: np.concatenate(ys, axis=0), *outs)
 
 
 def reset_stateful(model):
     """Keras ``reset_states()``: the stateful layers' states back to zeros."""
     for s in _stateful_streams.get(model, ()):
         s.reset()
-
-
-def _map_many(fn, items):
-    s0 = items[0]
-    if isinstance(s0, dict):
-        return {k: _map_many(fn, [s[k] for s in items]) for k in s0}
-    if isinstance(s0, list):
-        return [_map_many(fn, [s[i] for s in items]) for i in range(len(s0))]
-    return fn(*items)
