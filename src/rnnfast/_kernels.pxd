@@ -148,6 +148,7 @@ cdef extern from "c/engine.h" nogil:
     int rnn_prof_on
 
     # the kernel entry (engine.h)
+    long rnn_cell_gates(rnn_cell cell)
     ctypedef struct rnn_shape:
         rnn_dtype dtype
         rnn_cell cell

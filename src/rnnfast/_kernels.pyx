@@ -50,6 +50,14 @@ def best_isa():
     return ISA_LEVELS[rnn_isa_supported()]
 
 
+def cell_gates(int cell):
+    """Gates per unit of kernel cell ``cell`` (an RNN_CELL_* code): GRU 3, LSTM 4,
+    SimpleRNN 1 -- what the C gate math computes (c/engine.h)."""
+    if cell not in (RNN_CELL_SIMPLE, RNN_CELL_GRU, RNN_CELL_GRU_RB, RNN_CELL_LSTM):
+        raise ValueError("unknown cell code %d" % cell)
+    return rnn_cell_gates(<rnn_cell> cell)
+
+
 def openmp_enabled():
     """True when the compiled core was built with OpenMP."""
     return bool(RNN_OPENMP_ENABLED)
@@ -208,7 +216,7 @@ def cell_step(int cell, int act, int ract,
     products given: a test hook (tests/test_isa.py). Updates h (and c) in place."""
     cdef const rnn_kernels *t = _kernels_of(isa)
     cdef long nrows = h.shape[0], H = h.shape[1]
-    cdef long G = {RNN_CELL_SIMPLE: 1, RNN_CELL_GRU: 3, RNN_CELL_GRU_RB: 3, RNN_CELL_LSTM: 4}[cell]
+    cdef long G = cell_gates(cell)
     cdef const unsigned char *valid = NULL
     if not (0 <= act < RNN_ACT_COUNT and 0 <= ract < RNN_ACT_COUNT):
         raise ValueError("unknown activation code %d or %d" % (act, ract))
@@ -334,14 +342,12 @@ def rnn_forward(int cell, int act, int ract,
     # the cells whose product runs on packed weights (the rest call BLAS)
     cdef bint packed = cell != RNN_CELL_GRU_RB and not has_proj
 
-    if cell not in (RNN_CELL_SIMPLE, RNN_CELL_GRU, RNN_CELL_GRU_RB, RNN_CELL_LSTM):
-        raise ValueError("unknown cell code %d" % cell)
+    G = cell_gates(cell)
     if not (0 <= act < RNN_ACT_COUNT and 0 <= ract < RNN_ACT_COUNT):
         raise ValueError("unknown activation code %d or %d" % (act, ract))
-    if H < 1 or GH % H or ndir not in (1, 2) or ncb < 1:
-        raise ValueError("weights of shape %s with %d units in %d blocks"
-                         % ((ndir, W.shape[1], GH), H, ncb))
-    G = GH // H
+    if H < 1 or GH != G * H or ndir not in (1, 2) or ncb < 1:
+        raise ValueError("weights of shape %s for %d units of %d gates in %d blocks"
+                         % ((ndir, W.shape[1], GH), H, G, ncb))
     if plan.strategy == RNN_STRATEGY_BLOCKED and not packed:
         raise ValueError("the blocked strategy does not run this cell")
     if Wp.shape[1] > 0 and (Wp.shape[0] != ndir or Wp.shape[1] != rnn_packed_offset(W.shape[1], H, G, ncb, ncb)):

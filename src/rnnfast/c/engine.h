@@ -102,6 +102,20 @@ typedef struct {
     void *c;                    /* (ndir, B, H) IN/OUT: LSTM cell state; else NULL */
 } rnn_buffers;
 
+/* Gates per unit of a cell: the columns of its weights are gates * H. */
+static inline long rnn_cell_gates(rnn_cell cell)
+{
+    switch (cell) {
+    case RNN_CELL_GRU:
+    case RNN_CELL_GRU_RB:
+        return 3;
+    case RNN_CELL_LSTM:
+        return 4;
+    default:
+        return 1;
+    }
+}
+
 /* The row of (time t, batch b) in the input and the output: t*B + b, or b*T + t when
  * they are batch-major. */
 static inline long rnn_row(long t, long b, long T, long B, int bfirst)
