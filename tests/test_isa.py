@@ -212,7 +212,6 @@ def _reference_step(cell, w, x, h, c, act, ract):
 
 
 def _kernel_step(isa, cell, act, ract, dtype, xp, gh, bhn, h, c, mask, w):
-    H = h.shape[1]
     hk, ck = h.astype(dtype), c.astype(dtype)
     _kernels.cell_step(
         CELLS[cell][0],
@@ -224,7 +223,7 @@ def _kernel_step(isa, cell, act, ract, dtype, xp, gh, bhn, h, c, mask, w):
         hk,
         ck,
         mask,
-        np.ascontiguousarray(w.recurrent_kernel[:, 2 * H :], dtype=dtype),
+        U=np.ascontiguousarray(w.recurrent_kernel, dtype=dtype),  # for a cell making its own products
         isa=isa,
     )
     return hk, ck
