@@ -527,6 +527,14 @@ class RNNLayer:
             zero_output_for_mask = True
         elif mask is not None:
             mask = as_mask(mask, T, B)
+        order, active = None, None
+        if mask is not None and _plan.SKIP_PADDING and self._kernel.packed and not self.proj_size:
+            order, active = _padding_order(mask)
+        if order is not None:  # rows sorted by length, longest first: the kernel's own order
+            x = np.take(x, order, axis=0 if batch_first else 1)
+            h = np.take(h, order, axis=1)
+            c = np.take(c, order, axis=1) if with_c else c
+            mask = np.ascontiguousarray(mask[:, order])
         m = mask if mask is not None else np.zeros((0, 0), np.uint8)
         out = None
         if return_sequences:
@@ -569,10 +577,38 @@ class RNNLayer:
                 peep=self._peep,
                 clip=0.0 if self.clip is None else self.clip,
                 input_forget=self.input_forget,
+                active=active,
             )
+        if order is not None:  # back to the caller's order
+            inv = np.argsort(order)
+            if out is not None:
+                out = np.take(out, inv, axis=0 if batch_first else 1)
+            h = np.take(h, inv, axis=1)
+            c = np.take(c, inv, axis=1) if with_c else c
         return out, h, (c if with_c else None)
 
     __call__ = forward
+
+
+def _padding_order(mask):
+    """Right padding, made free: for a (T, B) mask in which every row's valid steps come
+    first (PyTorch lengths, Keras post-padding), ``(order, active)``: the rows sorted by
+    length, longest first (None when they already are), and ``active[t]``, the number of
+    rows valid at step t (int64, (T,)), with which the kernel drops ended rows out of
+    each step's work. ``(None, None)`` when the mask is not right padding, or pads
+    nothing."""
+    T, B = mask.shape
+    lens = np.count_nonzero(mask, axis=0)
+    if T == 0 or B == 0 or lens.min() == T:
+        return None, None
+    steps = np.arange(T)[:, None]
+    if not np.array_equal(mask.view(bool), steps < lens[None, :]):
+        return None, None  # gaps inside a row: every row steps
+    order = np.argsort(-lens, kind="stable")
+    active = np.count_nonzero(steps < lens[None, order], axis=1).astype(np.int64)
+    if np.array_equal(order, np.arange(B)):
+        order = None
+    return order, np.ascontiguousarray(active)
 
 
 def lengths_to_mask(lengths, T, B):
