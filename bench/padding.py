@@ -26,11 +26,11 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from _common import interleaved  # noqa: E402
-
 import rnnfast  # noqa: E402
 from rnnfast import _kernels, _plan  # noqa: E402
 from rnnfast.layers import CellWeights, RNNLayer  # noqa: E402
+
+from _common import interleaved  # noqa: E402
 
 GATES = {"gru": 3, "lstm": 4, "simple": 1}
 
@@ -100,15 +100,21 @@ def main(argv=None):
         cases = [(c, H, 200, d) for c in ("gru", "lstm") for H in (128, 512) for d in (1, 2)]
         budget = 3.0
     rows = []
-    print("rnnfast %s, ISA %s, %s, B=%d, threads=%d, lengths uniform on [1, T]"
-          % (rnnfast.__version__, _kernels.isa(), platform.processor() or platform.machine(), args.batch, args.threads))
-    print("%-5s %5s %5s %4s  %10s %10s %10s  %7s %6s" % ("cell", "H", "T", "dirs", "padded ms", "skip ms", "dense ms",
-                                                          "speedup", "ideal"))
+    print(
+        "rnnfast %s, ISA %s, %s, B=%d, threads=%d, lengths uniform on [1, T]"
+        % (rnnfast.__version__, _kernels.isa(), platform.processor() or platform.machine(), args.batch, args.threads)
+    )
+    print(
+        "%-5s %5s %5s %4s  %10s %10s %10s  %7s %6s"
+        % ("cell", "H", "T", "dirs", "padded ms", "skip ms", "dense ms", "speedup", "ideal")
+    )
     for cell, H, T, d in cases:
         r = run_case(cell, H, T, args.batch, 64, d, args.threads, budget)
         rows.append(r)
-        print("%-5s %5d %5d %4d  %10.2f %10.2f %10.2f  %6.2fx %5.2fx" % (
-            cell, H, T, d, r["padded_ms"], r["skip_ms"], r["dense_ms"], r["speedup"], r["ideal"]))
+        print(
+            "%-5s %5d %5d %4d  %10.2f %10.2f %10.2f  %6.2fx %5.2fx"
+            % (cell, H, T, d, r["padded_ms"], r["skip_ms"], r["dense_ms"], r["speedup"], r["ideal"])
+        )
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "padding.json")
     with open(path, "w") as f:

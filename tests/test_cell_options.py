@@ -13,13 +13,14 @@ import pickle
 import numpy as np
 import pytest
 
-from _testing import assert_close, random_weights
 from rnnfast import reference
 from rnnfast.layers import CellWeights, RNNLayer
 
+from _testing import assert_close, random_weights
+
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
-from onnx import TensorProto, helper  # noqa: E402
+from onnx import TensorProto, helper
 
 DTYPES = (np.float32, np.float64)
 
@@ -159,7 +160,12 @@ def _onnx_lstm_to_canonical(W, R, Bias, P, H):
 
     p_i, p_o, p_f = np.split(P, 3)
     return CellWeights(
-        gates(W).T.copy(), gates(R).T.copy(), gates(Bias[: 4 * H]), gates(Bias[4 * H :]), None, np.stack([p_i, p_f, p_o])
+        gates(W).T.copy(),
+        gates(R).T.copy(),
+        gates(Bias[: 4 * H]),
+        gates(Bias[4 * H :]),
+        None,
+        np.stack([p_i, p_f, p_o]),
     )
 
 
@@ -191,16 +197,33 @@ def test_lstm_against_onnxruntime(rng, direction, opts):
     lengths = np.array([T, 1, T // 2])
     sess = _onnx_session(
         "LSTM",
-        [("X", None), ("W", W), ("R", R), ("B", Bias), ("sequence_lens", lengths), ("initial_h", None),
-         ("initial_c", None), ("P", P)],
+        [
+            ("X", None),
+            ("W", W),
+            ("R", R),
+            ("B", Bias),
+            ("sequence_lens", lengths),
+            ("initial_h", None),
+            ("initial_c", None),
+            ("P", P),
+        ],
         dict(hidden_size=H, direction=direction, **opts),
-        T, B, I,
+        T,
+        B,
+        I,
     )
     Y, Y_h, Y_c = _run_onnx(sess, x, lengths)
-    ws = [_onnx_lstm_to_canonical(W[d].astype(np.float32), R[d].astype(np.float32),
-                                  Bias[d].astype(np.float32), P[d].astype(np.float32), H) for d in range(D)]
+    ws = [
+        _onnx_lstm_to_canonical(
+            W[d].astype(np.float32), R[d].astype(np.float32), Bias[d].astype(np.float32), P[d].astype(np.float32), H
+        )
+        for d in range(D)
+    ]
     layer = RNNLayer(
-        "lstm", ws, clip=opts.get("clip"), input_forget=bool(opts.get("input_forget")),
+        "lstm",
+        ws,
+        clip=opts.get("clip"),
+        input_forget=bool(opts.get("input_forget")),
         go_backwards=direction == "reverse",
     )
     out, h, c = layer(x, lengths=lengths)
@@ -224,7 +247,9 @@ def test_gru_against_onnxruntime(rng, linear_before_reset, clip):
     attrs = dict(hidden_size=H, direction="bidirectional", linear_before_reset=linear_before_reset)
     if clip is not None:
         attrs["clip"] = clip
-    sess = _onnx_session("GRU", [("X", None), ("W", W), ("R", R), ("B", Bias), ("sequence_lens", lengths)], attrs, T, B, I)
+    sess = _onnx_session(
+        "GRU", [("X", None), ("W", W), ("R", R), ("B", Bias), ("sequence_lens", lengths)], attrs, T, B, I
+    )
     Y, Y_h = _run_onnx(sess, x, lengths)
     W, R, Bias = (a.astype(np.float32) for a in (W, R, Bias))
     ws = [CellWeights(W[d].T.copy(), R[d].T.copy(), Bias[d, : 3 * H], Bias[d, 3 * H :]) for d in range(2)]

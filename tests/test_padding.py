@@ -9,9 +9,10 @@ import dataclasses
 import numpy as np
 import pytest
 
-from _testing import assert_close, random_weights
 from rnnfast import _plan, reference
 from rnnfast.layers import RNNLayer, _padding_order
+
+from _testing import assert_close, random_weights
 
 
 @contextlib.contextmanager
@@ -72,7 +73,10 @@ def test_skipping_ended_rows_is_bitwise_the_same(rng, dtype, cell, H, B):
     # and the reference agrees (one case)
     out, h, c = layer(np.swapaxes(x, 0, 1) if bfirst else x, lengths=lengths)
     ref = reference.run_layer(
-        layer.cell, layer.cell_weights(), np.swapaxes(x, 0, 1) if bfirst else x, lengths=lengths,
+        layer.cell,
+        layer.cell_weights(),
+        np.swapaxes(x, 0, 1) if bfirst else x,
+        lengths=lengths,
         input_forget=layer.input_forget,
     )
     for g, r in zip((out, h, c), ref):

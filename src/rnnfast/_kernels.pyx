@@ -350,8 +350,9 @@ def rnn_forward(int cell, int act, int ract,
     rnnfast._plan.Plan) chooses the strategy, the blocks, the chunk and the team.
     ``active`` (right-padded batches whose rows are sorted by length, longest first;
     the mask must say the same): the rows valid at step t are the first ``active[t]``;
-    the rest drop out of the step's work, with the same results. Shapes are checked by the caller (layers.RNNLayer), which is the only intended
-    user; this checks what the C core relies on.
+    the rest drop out of the step's work, with the same results. Shapes are checked
+    by the caller (layers.RNNLayer), which is the only intended user; this checks what
+    the C core relies on.
     """
     cdef rnn_shape shape
     cdef rnn_plan p
