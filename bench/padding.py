@@ -3,8 +3,10 @@ every row stepping every step.
 
 For each case (cell, units, steps), a batch of B rows with lengths drawn uniformly
 from [1, T] (a fixed seed) runs through one ``RNNLayer`` three ways, interleaved
-round by round (medians): ``padded``, every row stepping every step (rnnfast before
-this change, ``rnnfast._plan.SKIP_PADDING = False``); ``skip``, rows whose sequence
+round by round (medians: of the process CPU time on one thread, so that a shared
+machine's other work does not count; else of the wall time): ``padded``, every row
+stepping every step (rnnfast before this change, ``rnnfast._plan.SKIP_PADDING =
+False``); ``skip``, rows whose sequence
 has ended dropping out of each step (the default); and ``dense``, the same batch with
 every row at full length (the padded run's work, for reference). The ``skip`` and
 ``padded`` outputs are checked to be bitwise equal before timing. The ideal speed-up
@@ -21,6 +23,7 @@ import json
 import os
 import platform
 import sys
+import time
 
 import numpy as np
 
@@ -29,8 +32,6 @@ sys.path.insert(0, HERE)
 import rnnfast  # noqa: E402
 from rnnfast import _kernels, _plan  # noqa: E402
 from rnnfast.layers import CellWeights, RNNLayer  # noqa: E402
-
-from _common import interleaved  # noqa: E402
 
 GATES = {"gru": 3, "lstm": 4, "simple": 1}
 
@@ -45,7 +46,7 @@ def layer(cell, I, H, directions, rng):
     return RNNLayer(cell, ws)
 
 
-def run_case(cell, H, T, B, I, directions, threads, budget, seed=0):
+def run_case(cell, H, T, B, I, directions, threads, rounds, seed=0):
     rng = np.random.default_rng(seed)
     lay = layer(cell, I, H, directions, rng)
     x = rng.standard_normal((T, B, I)).astype(np.float32)
@@ -68,7 +69,9 @@ def run_case(cell, H, T, B, I, directions, threads, budget, seed=0):
     for a, b in zip(padded(), skip()):
         if a is not None and a.tobytes() != b.tobytes():
             raise AssertionError("%s H=%d: skipping padded rows changed the results" % (cell, H))
-    ms, repeats = interleaved({"padded": padded, "skip": skip, "dense": dense}, budget_s=budget)
+    fns = {"padded": padded, "skip": skip, "dense": dense}
+    wall, cpu = timed(fns, rounds)
+    ms = cpu if threads == 1 else wall
     return dict(
         cell=cell,
         units=H,
@@ -82,7 +85,30 @@ def run_case(cell, H, T, B, I, directions, threads, budget, seed=0):
         dense_ms=ms["dense"],
         speedup=ms["padded"] / ms["skip"],
         ideal=B * T / float(lengths.sum()),
-        repeats=repeats,
+        rounds=rounds,
+        clock="process CPU time" if threads == 1 else "wall",
+        wall_ms=wall,
+        cpu_ms=cpu,
+    )
+
+
+def timed(fns, rounds):
+    """Median wall and process-CPU milliseconds per callable over interleaved rounds
+    (after a warm-up each). On one thread the CPU time is the work itself, whatever
+    else the machine runs: the numbers this script reports then."""
+    for f in fns.values():
+        f()
+    wall = {k: [] for k in fns}
+    cpu = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, f in fns.items():
+            w0, c0 = time.perf_counter(), time.process_time()
+            f()
+            cpu[k].append(time.process_time() - c0)
+            wall[k].append(time.perf_counter() - w0)
+    return (
+        {k: 1e3 * float(np.median(v)) for k, v in wall.items()},
+        {k: 1e3 * float(np.median(v)) for k, v in cpu.items()},
     )
 
 
@@ -95,10 +121,10 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.quick:
         cases = [("gru", 256, 100, 1), ("lstm", 256, 100, 1)]
-        budget = 1.0
+        rounds = 5
     else:
         cases = [(c, H, 200, d) for c in ("gru", "lstm") for H in (128, 512) for d in (1, 2)]
-        budget = 3.0
+        rounds = 7
     rows = []
     print(
         "rnnfast %s, ISA %s, %s, B=%d, threads=%d, lengths uniform on [1, T]"
@@ -109,7 +135,7 @@ def main(argv=None):
         % ("cell", "H", "T", "dirs", "padded ms", "skip ms", "dense ms", "speedup", "ideal")
     )
     for cell, H, T, d in cases:
-        r = run_case(cell, H, T, args.batch, 64, d, args.threads, budget)
+        r = run_case(cell, H, T, args.batch, 64, d, args.threads, rounds)
         rows.append(r)
         print(
             "%-5s %5d %5d %4d  %10.2f %10.2f %10.2f  %6.2fx %5.2fx"

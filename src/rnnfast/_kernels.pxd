@@ -54,6 +54,7 @@ cdef extern from "c/enums.h":
     cpdef enum rnn_status:
         RNN_OK
         RNN_ERR_NOMEM
+        RNN_ERR_ARGS
 
 
 cdef extern from "c/engine.h" nogil:
@@ -211,6 +212,7 @@ cdef extern from "c/engine.h" nogil:
         void *h
         void *c
         const long *active
+        const long *rows
 
     int rnn_layer_forward(const rnn_shape *shape, const rnn_plan *plan, const rnn_weights *weights,
                           const rnn_buffers *buffers)

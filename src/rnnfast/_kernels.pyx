@@ -339,7 +339,8 @@ def rnn_forward(int cell, int act, int ract,
                 *, bint batch_first, bint zero_output, bint reverse_first, plan,
                 const floating[:, :, ::1] peep=None,  # IN  (ndir, 3, H) LSTM peepholes i, f, o
                 double clip=0.0, bint input_forget=False,
-                const long[::1] active=None):       # IN  (T,) right padding: rows valid at step t
+                const long[::1] active=None,        # IN  (T,) right padding: rows valid at step t
+                const long[::1] rows=None):         # IN  (B,) with active: x's and out's row of each
     """Run one recurrent layer over the whole sequence (c/engine.h says how).
 
     ``cell`` is an RNN_CELL_* code, ``act`` and ``ract`` RNN_ACT_* codes. Direction 0
@@ -350,7 +351,10 @@ def rnn_forward(int cell, int act, int ract,
     rnnfast._plan.Plan) chooses the strategy, the blocks, the chunk and the team.
     ``active`` (right-padded batches whose rows are sorted by length, longest first;
     the mask must say the same): the rows valid at step t are the first ``active[t]``;
-    the rest drop out of the step's work, with the same results. Shapes are checked
+    the rest drop out of the step's work, with the same results. ``rows`` (with
+    ``active``, where the input projection runs on packed weights): x and out stay
+    in the caller's row order, sorted row b being the caller's row ``rows[b]`` (the
+    states, the mask and ``active`` are in sorted order). Shapes are checked
     by the caller (layers.RNNLayer), which is the only intended user; this checks what
     the C core relies on.
     """
@@ -387,6 +391,9 @@ def rnn_forward(int cell, int act, int ract,
         raise ValueError("clip must be >= 0 (0: none), got %r" % clip)
     if active is not None and active.shape[0] != T:
         raise ValueError("active rows for %d steps, expected %d" % (active.shape[0], T))
+    if rows is not None and (active is None or rows.shape[0] != B
+                             or not np.array_equal(np.sort(rows), np.arange(B))):
+        raise ValueError("rows must be a permutation of the %d batch rows, with active" % B)
     if T == 0 or B == 0:
         return
 
@@ -416,8 +423,11 @@ def rnn_forward(int cell, int act, int ract,
     io.out = &out[0, 0] if out.shape[0] > 0 else NULL
     io.c = &c[0, 0, 0] if rnn_cell_states(<rnn_cell_t> cell) == 2 else NULL
     io.active = &active[0] if active is not None and T > 0 else NULL
+    io.rows = &rows[0] if rows is not None and B > 0 else NULL
 
     with nogil:
         err = rnn_layer_forward(&shape, &p, &w, &io)
     if err == RNN_ERR_NOMEM:
         raise MemoryError("rnnfast: out of memory for the recurrent kernel's scratch")
+    if err == RNN_ERR_ARGS:
+        raise ValueError("rows is for a cell with packed products and packed input weights")

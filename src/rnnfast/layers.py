@@ -530,8 +530,12 @@ class RNNLayer:
         order, active = None, None
         if mask is not None and _plan.SKIP_PADDING and self._kernel.packed and not self.proj_size:
             order, active = _padding_order(mask)
-        if order is not None:  # rows sorted by length, longest first: the kernel's own order
-            x = np.take(x, order, axis=0 if batch_first else 1)
+        # rows sorted by length, longest first: the states and the mask here; x and out
+        # too unless the kernel reads and writes them in place (packed input weights)
+        in_place = order is not None and self._Wp.size > 0
+        if order is not None:
+            if not in_place:
+                x = np.take(x, order, axis=0 if batch_first else 1)
             h = np.take(h, order, axis=1)
             c = np.take(c, order, axis=1) if with_c else c
             mask = np.ascontiguousarray(mask[:, order])
@@ -578,10 +582,11 @@ class RNNLayer:
                 clip=0.0 if self.clip is None else self.clip,
                 input_forget=self.input_forget,
                 active=active,
+                rows=order.astype(np.int64) if in_place else None,
             )
         if order is not None:  # back to the caller's order
             inv = np.argsort(order)
-            if out is not None:
+            if out is not None and not in_place:
                 out = np.take(out, inv, axis=0 if batch_first else 1)
             h = np.take(h, inv, axis=1)
             c = np.take(c, inv, axis=1) if with_c else c

@@ -108,6 +108,9 @@ typedef struct {
                                  * mask says the same; or NULL. Rows past them drop out of
                                  * the step's products and gate math (cells with packed
                                  * products, no projection) and of the packed projection. */
+    const long *rows;           /* (B,) with active and packed input weights: the row of x and
+                                 * out (the caller's order) of each sorted row, so that the
+                                 * caller sorts nothing but the states and the mask; or NULL */
 } rnn_buffers;
 
 /* The cells' properties, from the cell list (cells.def.h). */

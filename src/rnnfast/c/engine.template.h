@@ -18,6 +18,7 @@ typedef struct {
     const TYPE *x, *W, *Wp, *bx, *U, *Up, *bhn, *Wr, *peep;
     const unsigned char *mask;
     const long *active;         /* io->active where the cell can use it, else NULL */
+    const long *rows;           /* io->rows (with active and packed W), else NULL */
     TYPE *out, *h, *c;
 } RNN_TNAME(call);
 
@@ -30,6 +31,61 @@ static inline long RNN_TNAME(live_rows)(const RNN_TNAME(call) *c, long t, long b
         return nb;
     n = c->active[t] - b0;
     return n < 0 ? 0 : (n > nb ? nb : n);
+}
+
+/* The row of x and out of sorted row b at step t: c->rows maps it back to the
+ * caller's order. */
+static inline long RNN_TNAME(io_row)(const RNN_TNAME(call) *c, long t, long b)
+{
+    return rnn_row(t, c->rows != NULL ? c->rows[b] : b, c->s.T, c->s.B, c->s.bfirst);
+}
+
+static void RNN_TNAME(project_rows)(long n, long In, const TYPE *x, long ldx, const TYPE *W,
+                                    long ldw, const TYPE *Wp, const TYPE *bx, long N, TYPE *xp,
+                                    long ldxp);
+
+/* xp[0:live] = the projection of the live rows of step t from sorted row b, on the
+ * packed W block wpb (N columns): in one product when the rows lie in order, else
+ * gathered into gx (live x In) first, or one by one without it. Each row of the
+ * packed product is the same whatever the rows around it. */
+static void RNN_TNAME(project_live)(const RNN_TNAME(call) *c, long t, long b, long live,
+                                    const TYPE *W, long ldw, const TYPE *wpb, const TYPE *bx,
+                                    long N, TYPE *xp, long ldxp, TYPE *gx)
+{
+    const rnn_shape *s = &c->s;
+    long i, In = s->In;
+    if (c->rows == NULL) {
+        RNN_TNAME(project_rows)(live, In, c->x + RNN_TNAME(io_row)(c, t, b) * In,
+                                s->bfirst ? s->T * In : In, W, ldw, wpb, bx, N, xp, ldxp);
+        return;
+    }
+    if (gx == NULL) {
+        for (i = 0; i < live; i++)
+            RNN_TNAME(project_rows)(1, In, c->x + RNN_TNAME(io_row)(c, t, b + i) * In, In, W, ldw,
+                                    wpb, bx, N, xp + i * ldxp, ldxp);
+        return;
+    }
+    for (i = 0; i < live; i++)
+        memcpy(gx + i * In, c->x + RNN_TNAME(io_row)(c, t, b + i) * In, (size_t)In * sizeof(TYPE));
+    RNN_TNAME(project_rows)(live, In, gx, In, W, ldw, wpb, bx, N, xp, ldxp);
+}
+
+/* Write step t's outputs of nrows sorted rows from b0 (n values each, from h) into
+ * `out` (the direction's and block's first column), each row to its caller's row. */
+static inline void RNN_TNAME(emit_rows)(const RNN_TNAME(call) *c, long t, long b0, long nrows, long n,
+                                        const TYPE *h, long ldh, TYPE *out,
+                                        const unsigned char *valid, unsigned char *seen)
+{
+    const rnn_shape *s = &c->s;
+    long r, ld = c->ldo * (s->bfirst ? s->T : 1);
+    if (c->rows == NULL) {
+        RNN_TNAME(emit)(nrows, n, h, ldh, out + RNN_TNAME(io_row)(c, t, b0) * c->ldo, ld, valid, seen,
+                        s->zero_output);
+        return;
+    }
+    for (r = 0; r < nrows; r++)
+        RNN_TNAME(emit)(1, n, h + r * ldh, ldh, out + RNN_TNAME(io_row)(c, t, b0 + r) * c->ldo, ld,
+                        valid != NULL ? valid + r : NULL, seen + r, s->zero_output);
 }
 
 /* xp[0:n, 0:N] = x[0:n] @ W[:, 0:N] + bx[0:N] for n input rows ldx apart, on the packed
@@ -103,6 +159,8 @@ static void RNN_TNAME(item_project)(const RNN_TNAME(call) *c, long d, long tlo, 
     const TYPE *Wp = c->Wp != NULL ? c->Wp + d * c->lwp : NULL;
     long r, t, b, n, cb, j0, nc;
     double t0 = rnn_tick();
+    /* rows to gather (sorted rows read in the caller's order); NULL: one at a time */
+    TYPE *gx = c->rows != NULL ? (TYPE *)malloc((size_t)(B * In) * sizeof(TYPE)) : NULL;
     for (cb = 0; cb < ncb; cb++) {
         const TYPE *wpb = Wp != NULL ? Wp + rnn_packed_offset(In, H, G, ncb, cb) : NULL;
         j0 = G * rnn_block_start(H, ncb, cb);
@@ -116,9 +174,8 @@ static void RNN_TNAME(item_project)(const RNN_TNAME(call) *c, long d, long tlo, 
                 n = B - b < r1 - r ? B - b : r1 - r;
                 long live = RNN_TNAME(live_rows)(c, t, b, n);
                 if (live > 0)
-                    RNN_TNAME(project_rows)(live, In, c->x + rnn_row(t, b, T, B, s->bfirst) * In,
-                                            s->bfirst ? T * In : In, W + j0, GH, wpb, bx + j0, nc,
-                                            xp + r * GH + j0, GH);
+                    RNN_TNAME(project_live)(c, t, b, live, W + j0, GH, wpb, bx + j0, nc,
+                                            xp + r * GH + j0, GH, gx);
             }
             continue;
         }
@@ -137,6 +194,7 @@ static void RNN_TNAME(item_project)(const RNN_TNAME(call) *c, long d, long tlo, 
             r = r + n;
         }
     }
+    free(gx);
     rnn_tock(RNN_PROF_PROJECTION, t0);
 }
 
@@ -209,8 +267,7 @@ static int RNN_TNAME(item_run)(const RNN_TNAME(call) *c, long d, long b0, long n
             }
         }
         if (out != NULL)
-            RNN_TNAME(emit)(nb, Ho, h, Ho, out + rnn_row(t, b0, T, B, s->bfirst) * c->ldo,
-                            c->ldo * (s->bfirst ? T : 1), valid, seen, s->zero_output);
+            RNN_TNAME(emit_rows)(c, t, b0, nb, Ho, h, Ho, out, valid, seen);
         rnn_tock(RNN_PROF_STEP, t0);
     }
     free(buf);
@@ -303,14 +360,15 @@ static void RNN_TNAME(blocked_project)(const RNN_TNAME(call) *c, const RNN_TNAME
     if (k.nb == B && (!s->bfirst || B == 1) && !skip) {
         RNN_TNAME(project_rows)(nsteps * B, In, c->x + tlo * B * In, In, W, GH, Wp, bx, N, xp, GH);
     } else {
+        TYPE *gx = c->rows != NULL ? (TYPE *)malloc((size_t)(k.nb * In) * sizeof(TYPE)) : NULL;
         for (i = 0; i < nsteps; i++) {
             t = tlo + i;
             long live = skip ? RNN_TNAME(live_rows)(c, t, k.b0, k.nb) : k.nb;
             if (live > 0)
-                RNN_TNAME(project_rows)(live, In, c->x + rnn_row(t, k.b0, T, B, s->bfirst) * In,
-                                        In * (s->bfirst ? T : 1), W, GH, Wp, bx, N,
-                                        xp + (i * B + k.b0) * GH, GH);
+                RNN_TNAME(project_live)(c, t, k.b0, live, W, GH, Wp, bx, N, xp + (i * B + k.b0) * GH,
+                                        GH, gx);
         }
+        free(gx);
     }
     rnn_tock(RNN_PROF_PROJECTION, t0);
 }
@@ -350,10 +408,8 @@ static void RNN_TNAME(blocked_step)(const RNN_TNAME(call) *c, const RNN_TNAME(bl
                           bk->cbuf != NULL ? bk->cbuf + (k.d * B + k.b0) * H + j0 : NULL, H, valid,
                           tmp, NULL);
     if (c->out != NULL)
-        RNN_TNAME(emit)(k.nb, hb, hnxt + j0, Ho,
-                        c->out + rnn_row(t, k.b0, T, B, s->bfirst) * c->ldo + k.d * Ho + j0,
-                        c->ldo * (s->bfirst ? T : 1), valid, bk->seen + (k.d * ncb + k.cb) * B + k.b0,
-                        s->zero_output);
+        RNN_TNAME(emit_rows)(c, t, k.b0, k.nb, hb, hnxt + j0, Ho, c->out + k.d * Ho + j0, valid,
+                             bk->seen + (k.d * ncb + k.cb) * B + k.b0);
     rnn_tock(RNN_PROF_STEP, t0);
 }
 
@@ -511,6 +567,9 @@ static int RNN_TNAME(layer_forward)(const rnn_shape *shape, const rnn_plan *plan
     c.peep = (const TYPE *)w->peep;
     c.mask = io->mask;
     c.active = io->active != NULL && rnn_cell_packed(c.s.cell) && c.Wr == NULL ? io->active : NULL;
+    c.rows = c.active != NULL && c.Wp != NULL ? io->rows : NULL;
+    if (io->rows != NULL && c.rows == NULL)
+        return RNN_ERR_ARGS;    /* the caller sorts x and out itself where rows cannot be used */
     c.out = (TYPE *)io->out;
     c.h = (TYPE *)io->h;
     c.c = (TYPE *)io->c;

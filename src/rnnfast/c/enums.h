@@ -73,7 +73,8 @@ typedef enum rnn_profile_part {
 /* What a kernel entry returns. */
 typedef enum rnn_status {
     RNN_OK = 0,
-    RNN_ERR_NOMEM = 1               /* out of memory for scratch */
+    RNN_ERR_NOMEM = 1,              /* out of memory for scratch */
+    RNN_ERR_ARGS = 2                /* arguments the call cannot take together */
 } rnn_status;
 
 #endif /* RNNFAST_ENUMS_H */
