@@ -10,7 +10,7 @@
  * rnnfast/_plan.py), the weights, and the buffers. It validates shapes, makes every
  * array C-contiguous in the compute dtype, packs the weights once per layer and
  * allocates the outputs; the engine allocates only scratch, once per call (and per
- * work item), never per time step, and returns RNN_OK or RNN_ERR_NOMEM.
+ * work item), never per time step, and returns RNN_OK, RNN_ERR_NOMEM or RNN_ERR_ARGS.
  *
  * The two strategies (engine.template.h) are two functions:
  * - item: the sequence is cut into chunks of plan.chunk steps. For each chunk, (1) the
