@@ -17,6 +17,9 @@ bias              (G*H,) or None      input-side bias
 recurrent_bias    (G*H,) or None      hidden-side bias (GRU reset-after keeps its
                                       candidate part apart: ``r * (h U_h + b_hh)``)
 projection        (H, P) or None      LSTM projection, ``h = (o * act(c)) @ projection``
+peephole          (3, H) or None      LSTM peepholes (ONNX ``P``), rows i, f, o:
+                                      ``i = ract(... + p_i * c_prev)``, ``f`` alike,
+                                      ``o = ract(... + p_o * c_new)``
 ================  ==================  ===============================================
 
 Cells (``cell=``): the names of the cell registry :data:`rnnfast.cells.CELLS`:
@@ -123,6 +126,7 @@ class CellWeights:
     bias: Optional[np.ndarray] = None
     recurrent_bias: Optional[np.ndarray] = None
     projection: Optional[np.ndarray] = None
+    peephole: Optional[np.ndarray] = None
 
 
 class RNNLayer:
@@ -145,6 +149,14 @@ class RNNLayer:
         business).
     dtype : float32 or float64
         The compute dtype; weights are converted to it once, here.
+    clip : float, optional
+        ONNX's cell clip: every gate pre-activation is clipped to ``[-clip, clip]``
+        before its activation (None: no clipping).
+    input_forget : bool
+        LSTM only: couple the input and forget gates, ``f = 1 - i`` (ONNX).
+
+    Peepholes (ONNX LSTM ``P``) come with the weights (``CellWeights.peephole``); an
+    LSTM with peepholes or ``input_forget`` runs the kernel's peephole variant.
 
     Attributes
     ----------
@@ -165,6 +177,8 @@ class RNNLayer:
         recurrent_activation="sigmoid",
         go_backwards=False,
         dtype=np.float32,
+        clip=None,
+        input_forget=False,
     ):
         spec = cells.get(cell)
         weights = list(weights)
@@ -181,7 +195,16 @@ class RNNLayer:
         self.dtype = compute_dtype(dtype)
         self._act = _activation_code(activation, "activation")
         self._ract = _activation_code(self.recurrent_activation, "recurrent_activation")
-        self._kernel = spec.kernel_for(self.reset_after)
+        if clip is not None:
+            clip = float(clip)
+            if not clip > 0 or not np.isfinite(clip):
+                raise ValueError("clip must be a positive finite number or None, got %r" % clip)
+        self.clip = clip
+        self.input_forget = bool(input_forget)
+        peephole = any(getattr(w, "peephole", None) is not None for w in weights)
+        if (peephole or self.input_forget) and spec.peephole is None:
+            raise ValueError("peepholes and input_forget are for an LSTM, not %s" % spec.title)
+        self._kernel = spec.kernel_for(self.reset_after, peephole or self.input_forget)
         self._kernel_cell = self._kernel.name
         self._convert(weights)
 
@@ -214,12 +237,14 @@ class RNNLayer:
         bx = np.zeros((D, GH), dt)
         bhn = np.zeros((D, H), dt)
         Wr = np.empty((D, H, P) if proj is not None else (D, 0, 0), dt)
+        peeps = np.zeros((D, 3, H), dt) if self._kernel.name == "lstm_peep" else None  # zeros where not given
         given = []
         for d, w in enumerate(weights):
+            peep = getattr(w, "peephole", None)
             given += [
                 sum(
                     np.size(a)
-                    for a in (w.kernel, w.recurrent_kernel, w.bias, w.recurrent_bias, w.projection)
+                    for a in (w.kernel, w.recurrent_kernel, w.bias, w.recurrent_bias, w.projection, peep)
                     if a is not None
                 )
             ]
@@ -241,12 +266,15 @@ class RNNLayer:
             _copy_columns(bx[d], b, runs)
             if proj is not None:
                 Wr[d] = _checked(w.projection, (H, P), "projection", where)
+            if peeps is not None and peep is not None:
+                peeps[d] = _checked(peep, (3, H), "peephole", where)
         self.source_parameters = int(sum(given))
         self._direction_parameters = [int(n) for n in given]
         self.input_size, self.units, self.proj_size = I, H, P
         self.output_size = Ho
         self.num_directions = D
         self._W, self._U, self._bx, self._bhn, self._Wr = (_frozen(a) for a in (W, U, bx, bhn, Wr))
+        self._peep = _frozen(peeps) if peeps is not None else None
         self._pack()
 
     def direction(self, d, *, go_backwards=False):
@@ -278,7 +306,8 @@ class RNNLayer:
         -------
         list of CellWeights
             ``kernel`` (I, G*H), ``recurrent_kernel`` (Ho, G*H), ``bias`` (G*H,),
-            ``recurrent_bias`` (G*H,) or None, ``projection`` (H, P) or None.
+            ``recurrent_bias`` (G*H,) or None, ``projection`` (H, P) or None,
+            ``peephole`` (3, H) or None.
         """
         H, GH = self.units, self._W.shape[2]
         inv = np.argsort(_unit_block_order(H, GH // H, self._ncb))  # undo _convert's order
@@ -295,6 +324,7 @@ class RNNLayer:
                     self._bx[d][inv].copy(),
                     rb,
                     self._Wr[d].copy() if self.proj_size else None,
+                    self._peep[d].copy() if self._peep is not None else None,
                 )
             )
         return out
@@ -306,6 +336,12 @@ class RNNLayer:
             extra += ", reset_after=%s" % self.reset_after
         if self.proj_size:
             extra += ", proj_size=%d" % self.proj_size
+        if self._peep is not None:
+            extra += ", peephole=True"
+        if self.input_forget:
+            extra += ", input_forget=True"
+        if self.clip is not None:
+            extra += ", clip=%g" % self.clip
         if self.go_backwards:
             extra += ", go_backwards=True"
         return "RNNLayer(%s, input_size=%d, units=%d, directions=%d%s, dtype=%s)" % (
@@ -325,6 +361,10 @@ class RNNLayer:
     _PICKLE_DERIVED = ("_Wp", "_Up", "_uses_blas")
     #: Bumped when the pickled state changes meaning; an older pickle is refused.
     _PICKLE_FORMAT = 1
+    #: What a pickle made before these options existed means (format 1 still).
+    clip = None
+    input_forget = False
+    _peep = None
 
     def __getstate__(self):
         """The canonical weights and options, once; no packed copies (see
@@ -397,6 +437,8 @@ class RNNLayer:
                     "input_size",
                     "proj_size",
                     "output_size",
+                    "clip",
+                    "input_forget",
                 )
                 and v != w
             ):
@@ -501,6 +543,18 @@ class RNNLayer:
             zero_output_for_mask = True
         elif mask is not None:
             mask = as_mask(mask, T, B)
+        order, active = None, None
+        if mask is not None and _plan.SKIP_PADDING and self._kernel.packed and not self.proj_size:
+            order, active = _padding_order(mask)
+        # rows sorted by length, longest first: the states and the mask here; x and out
+        # too unless the kernel reads and writes them in place (packed input weights)
+        in_place = order is not None and self._Wp.size > 0
+        if order is not None:
+            if not in_place:
+                x = np.take(x, order, axis=0 if batch_first else 1)
+            h = np.take(h, order, axis=1)
+            c = np.take(c, order, axis=1) if with_c else c
+            mask = np.ascontiguousarray(mask[:, order])
         m = mask if mask is not None else np.zeros((0, 0), np.uint8)
         out = None
         if return_sequences:
@@ -540,10 +594,42 @@ class RNNLayer:
                 zero_output=bool(zero_output_for_mask),
                 reverse_first=self.go_backwards,
                 plan=plan,
+                peep=self._peep,
+                clip=0.0 if self.clip is None else self.clip,
+                input_forget=self.input_forget,
+                active=active,
+                rows=order.astype(np.int64) if in_place and order is not None else None,
             )
+        if order is not None:  # back to the caller's order
+            inv = np.argsort(order)
+            if out is not None and not in_place:
+                out = np.take(out, inv, axis=0 if batch_first else 1)
+            h = np.take(h, inv, axis=1)
+            c = np.take(c, inv, axis=1) if with_c else c
         return out, h, (c if with_c else None)
 
     __call__ = forward
+
+
+def _padding_order(mask):
+    """Right padding, made free: for a (T, B) mask in which every row's valid steps come
+    first (PyTorch lengths, Keras post-padding), ``(order, active)``: the rows sorted by
+    length, longest first (None when they already are), and ``active[t]``, the number of
+    rows valid at step t (int64, (T,)), with which the kernel drops ended rows out of
+    each step's work. ``(None, None)`` when the mask is not right padding, or pads
+    nothing."""
+    T, B = mask.shape
+    lens = np.count_nonzero(mask, axis=0)
+    if T == 0 or B == 0 or lens.min() == T:
+        return None, None
+    steps = np.arange(T)[:, None]
+    if not np.array_equal(mask.view(bool), steps < lens[None, :]):
+        return None, None  # gaps inside a row: every row steps
+    order = np.argsort(-lens, kind="stable")
+    active = np.count_nonzero(steps < lens[None, order], axis=1).astype(np.int64)
+    if np.array_equal(order, np.arange(B)):
+        return None, np.ascontiguousarray(active)
+    return order, np.ascontiguousarray(active)
 
 
 def lengths_to_mask(lengths, T, B):

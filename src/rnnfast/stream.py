@@ -281,12 +281,15 @@ class _Kernel:
         self.Ho, self.H, self.I = layer.output_size, layer.units, layer.input_size
         self.with_c = layer.cell_spec.num_states > 1
         self.dtype = layer.dtype
+        # the peephole LSTM's vectors and the ONNX cell options (layers.RNNLayer)
+        self.options = dict(peep=layer._peep, clip=0.0 if layer.clip is None else layer.clip,
+                            input_forget=layer.input_forget)  # fmt: skip
         self._plans = {}
         self._cuts = {}
         # the compiled entry with the weights bound once (checked there, once)
         self.entry = _kernels.StepEntry(
             self.code, self.act, self.ract, self.W, self.Wp, self.bx, self.U, self.Up, self.bhn, self.Wr,
-            _plan.plan(B=1, D=1, Ho=self.Ho, GH=self.GH, ncb=self.ncb, num_threads=1),
+            _plan.plan(B=1, D=1, Ho=self.Ho, GH=self.GH, ncb=self.ncb, num_threads=1), **self.options,
         )  # fmt: skip
 
     def cuts(self, B, T, num_threads):
@@ -351,6 +354,7 @@ class _Kernel:
             zero_output=False,
             reverse_first=False,
             plan=plan,
+            **self.options,
         )
 
 
