@@ -841,7 +841,7 @@ class OnnxModel(Summarized):
                 out = [values[k] for k in self._graph.outputs]
             else:
                 out, _ = self._data.run(list(feeds) + list(cached), num_threads)
-        return [np.ascontiguousarray(v) if isinstance(v, np.ndarray) else np.asarray(v) for v in out]
+        return [_contiguous(v) for v in out]
 
     def _probe(self):
         """With every input's shape fixed, run once on zeros: the shape arithmetic is
@@ -943,6 +943,12 @@ def make_graphs(steps, inputs, outputs, shape_steps):
     frontier = [k for k in dict.fromkeys(k for i in sorted(shape_steps) for k in steps[i].outputs) if k in read and k in made]
     data = Graph(data_steps, list(inputs) + frontier, list(outputs))
     return graph, data, frontier
+
+
+def _contiguous(v):
+    """A C-contiguous array the caller owns (0-d arrays stay 0-d, unlike np.ascontiguousarray)."""
+    v = np.asarray(v)
+    return v if v.flags.c_contiguous and v.flags.writeable else np.array(v, order="C", copy=True)
 
 
 def _frozen(a):
