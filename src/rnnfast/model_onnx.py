@@ -164,6 +164,10 @@ class RecurrentOp(OnnxOp):
         self.options = "%s, layout=%d" % (dirs, self.layout)
         if layer.cell == "gru":
             self.options += ", linear_before_reset=%d" % int(layer.reset_after)
+        if getattr(layer, "clip", None) is not None:
+            self.options += ", clip=%g" % layer.clip
+        if getattr(layer, "input_forget", False):
+            self.options += ", input_forget=1"
 
     def compute(self, args, num_threads):
         x, lens, h0, c0 = args
