@@ -182,6 +182,10 @@ class RecurrentOp(OnnxOp):
             c0 = None if c0 is None else np.swapaxes(c0, 0, 1)
         if lens is not None:
             lens = np.asarray(lens)
+        if not x.flags.c_contiguous and np.swapaxes(x, 0, 1).flags.c_contiguous:
+            # a Transpose(1, 0, 2) view of a (batch-)major array (what exporters put before
+            # the node): the kernel reads the array as it lies, no transposed copy
+            x, bf = np.swapaxes(x, 0, 1), not bf
         out, h_n, c_n = layer.forward(
             x,
             h0,
@@ -194,16 +198,17 @@ class RecurrentOp(OnnxOp):
         D, Ho = layer.num_directions, layer.output_size
         res = []
         if self.outputs[0]:
-            if bf:  # (B, T, D*H) -> (B, T, D, H): the same memory
-                y = out.reshape(out.shape[0], out.shape[1], D, Ho)
-            else:  # (T, B, D*H) -> (T, D, B, H): a view
-                y = out.reshape(out.shape[0], out.shape[1], D, Ho).transpose(0, 2, 1, 3)
+            y = out.reshape(out.shape[0], out.shape[1], D, Ho)  # the same memory
+            if bf:  # (B, T, D, H), as the kernel wrote it -> the node's layout, a view
+                y = y if self.layout == 1 else y.transpose(1, 2, 0, 3)
+            else:  # (T, B, D, H)
+                y = np.swapaxes(y, 0, 1) if self.layout == 1 else y.transpose(0, 2, 1, 3)
             res.append(y)
         else:
             res.append(None)
         states = [h_n, c_n]
         for want, s in zip(self.outputs[1:], states):
-            res.append((np.swapaxes(s, 0, 1) if bf else s) if want else None)
+            res.append((np.swapaxes(s, 0, 1) if self.layout == 1 else s) if want else None)
         return res[: self.num_outputs]
 
     def describe(self):
