@@ -206,3 +206,13 @@ def test_constant_folding_bomb_refused():
     )
     with pytest.raises(rnnfast.FormatError, match="bomb"):
         rnnfast.from_onnx(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+def test_invalid_utf8_in_string_fields(tmp_path):
+    # a fuzz finding: protobuf hands a string field holding invalid UTF-8 over as bytes
+    # (here the producer name); such names read with replacement characters
+    here = os.path.dirname(os.path.abspath(__file__))
+    model = rnnfast.load(os.path.join(here, "fixtures", "onnx", "fuzz-invalid-utf8-names.onnx"))
+    assert "\ufffd" in model.producer
+    outs = model.run(None, model._example_feed())
+    assert len(outs) == len(model.output_names) and all(np.isfinite(o).all() for o in outs)

@@ -182,6 +182,8 @@ class RecurrentOp(OnnxOp):
             c0 = None if c0 is None else np.swapaxes(c0, 0, 1)
         if lens is not None:
             lens = np.asarray(lens)
+        if self.dry:
+            return self._dry(x, lens, h0, c0, bf)
         if not x.flags.c_contiguous and np.swapaxes(x, 0, 1).flags.c_contiguous:
             # a Transpose(1, 0, 2) view of a (batch-)major array (what exporters put before
             # the node): the kernel reads the array as it lies, no transposed copy
@@ -210,6 +212,28 @@ class RecurrentOp(OnnxOp):
         for want, s in zip(self.outputs[1:], states):
             res.append((np.swapaxes(s, 0, 1) if self.layout == 1 else s) if want else None)
         return res[: self.num_outputs]
+
+    #: Set during the model's load-time run: check the shapes, compute nothing (zeros
+    #: of the output shapes; that run keeps only what depends on shapes).
+    dry = False
+
+    def _dry(self, x, lens, h0, c0, bf):
+        layer = self.layer
+        B, T, I = x.shape if bf else (x.shape[1], x.shape[0], x.shape[2])
+        D, Ho, H = layer.num_directions, layer.output_size, layer.units
+        if I != layer.input_size:
+            raise ValueError(
+                "%s %r expects %d input features, got X of shape %s" % (self.op_type, self.name, layer.input_size, x.shape)
+            )
+        for s, want, what in ((h0, (D, B, Ho), "initial_h"), (c0, (D, B, H), "initial_c")):
+            if s is not None and s.shape != want:
+                raise ValueError("%s %r: %s of shape %s, expected %s" % (self.op_type, self.name, what, s.shape, want))
+        if lens is not None and lens.shape != (B,):
+            raise ValueError("%s %r: sequence_lens of shape %s for a batch of %d" % (self.op_type, self.name, lens.shape, B))
+        dt = layer.dtype
+        y = np.zeros((B, T, D, Ho) if self.layout == 1 else (T, D, B, Ho), dt) if self.outputs[0] else None
+        st = (B, D, Ho) if self.layout == 1 else (D, B, Ho)
+        return ([y] + [np.zeros(st, dt) if w else None for w in self.outputs[1:]])[: self.num_outputs]
 
     def describe(self):
         return "%s(%s, %s)" % (self.op_type, self.units, self.options)
@@ -874,9 +898,17 @@ class OnnxModel(Summarized):
     def _probe(self):
         """Run once on zeros (:meth:`_example_feed`): ops that do not fit together are
         found at load, and with every input's shape fixed the shape arithmetic is done
-        here."""
+        here. The recurrent ops only check their shapes in this run
+        (:attr:`RecurrentOp.dry`): loading costs no inference."""
         feed = self._example_feed()
-        self._run([feed[n] for n in self.input_names], 1)
+        ops = [op for op in self.layers if isinstance(op, RecurrentOp)]
+        for op in ops:
+            op.dry = True  # (the model is not shared yet)
+        try:
+            self._run([feed[n] for n in self.input_names], 1)
+        finally:
+            for op in ops:
+                op.dry = False
 
     # -- describing itself ------------------------------------------------------------
 

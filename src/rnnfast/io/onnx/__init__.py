@@ -28,7 +28,7 @@ import numpy as np
 from ...errors import FormatError, UnsupportedLayerError
 from ...graph import Step
 from ...model_onnx import ONNX_DTYPES, FnOp, OnnxModel, make_graphs
-from .proto import MAX_FILE_BYTES, TensorReader, _Unreadable, attribute_value, onnx_module, parse_model
+from .proto import MAX_FILE_BYTES, TensorReader, _Unreadable, attribute_value, onnx_module, parse_model, text
 from .registry import DEFAULT_DOMAINS, REQUIRED, lookup, make_op
 
 __all__ = ["load_onnx_file", "from_onnx", "build_model", "MAX_NODES", "FOLD_BUDGET_MIN"]
@@ -92,11 +92,11 @@ class _Node:
     __slots__ = ("op_type", "name", "domain", "inputs", "outputs", "attrs")
 
     def __init__(self, proto, index):
-        self.op_type = proto.op_type
-        self.domain = proto.domain
-        self.name = proto.name or "%s_%d" % (proto.op_type, index)
-        self.inputs = list(proto.input)
-        self.outputs = list(proto.output)
+        self.op_type = text(proto.op_type)
+        self.domain = text(proto.domain)
+        self.name = text(proto.name) or "%s_%d" % (self.op_type, index)
+        self.inputs = [text(v) for v in proto.input]
+        self.outputs = [text(v) for v in proto.output]
         self.attrs = {}
 
 
@@ -121,27 +121,28 @@ def _dims(type_proto):
         if d.HasField("dim_value"):
             out.append(int(d.dim_value))
         elif d.HasField("dim_param") and d.dim_param:
-            out.append(d.dim_param)
+            out.append(text(d.dim_param))
         else:
             out.append(None)
     return out
 
 
 def _value_spec(vi, what, required_type=True):
+    name = text(vi.name)
     if not vi.type.HasField("tensor_type"):
-        raise UnsupportedLayerError("input" if required_type else "output", "type", "%s %r is not a tensor" % (what, vi.name))
+        raise UnsupportedLayerError("input" if required_type else "output", "type", "%s %r is not a tensor" % (what, name))
     code = int(vi.type.tensor_type.elem_type)
     if code not in ONNX_DTYPES:
-        raise UnsupportedLayerError("input", "type", "%s %r has element type %d" % (what, vi.name, code))
+        raise UnsupportedLayerError("input", "type", "%s %r has element type %d" % (what, name, code))
     dt, tname = ONNX_DTYPES[code]
     shape = _dims(vi.type)
-    return dict(name=vi.name, shape=shape if shape is not None else [], dtype=dt, type=tname, ranked=shape is not None)
+    return dict(name=name, shape=shape if shape is not None else [], dtype=dt, type=tname, ranked=shape is not None)
 
 
 def _opset(m):
     version = None
     for o in m.opset_import:
-        if o.domain in DEFAULT_DOMAINS:
+        if text(o.domain) in DEFAULT_DOMAINS:
             version = int(o.version)
     if version is None:
         raise FormatError("the ONNX model imports no version of the default (ai.onnx) opset")
@@ -183,15 +184,15 @@ def build_model(m, *, base_dir, size, what):
         raise FormatError("%s: %d nodes (rnnfast loads at most %d)" % (what, len(g.node), MAX_NODES))
     if len(g.sparse_initializer):
         raise UnsupportedLayerError("sparse_initializer", None, "%s stores sparse initializers" % what)
-    functions = {(f.domain, f.name) for f in m.functions}
+    functions = {(text(f.domain), text(f.name)) for f in m.functions}
     consts = {}
     for t in g.initializer:
-        consts[t.name] = read(t)
-    inputs = [_value_spec(vi, "input") for vi in g.input if vi.name not in consts]
+        consts[text(t.name)] = read(t)
+    inputs = [_value_spec(vi, "input") for vi in g.input if text(vi.name) not in consts]
     names = [s["name"] for s in inputs]
     if len(set(names)) != len(names):
         raise FormatError("%s: repeated input names" % what)
-    outputs = [vi.name for vi in g.output]
+    outputs = [text(vi.name) for vi in g.output]
     if not outputs:
         raise FormatError("%s: the graph has no outputs" % what)
 
@@ -301,21 +302,23 @@ def build_model(m, *, base_dir, size, what):
             shape_steps.append(len(steps) - 1)
 
     out_specs = []
-    for vi in g.output:
-        if vi.name in consts and vi.name not in known:
-            steps.append(Step(FnOp("Identity", vi.name, [("const", consts[vi.name])], 1, {}), [], [vi.name]))
+    if len(set(outputs)) != len(outputs):
+        raise FormatError("%s: repeated output names" % what)
+    for vi, name in zip(g.output, outputs):
+        if name in consts and name not in known:
+            steps.append(Step(FnOp("Identity", name, [("const", consts[name])], 1, {}), [], [name]))
             shape_steps.append(len(steps) - 1)
-            known.add(vi.name)
-        if vi.name not in known:
-            raise FormatError("%s: output %r is never computed" % (what, vi.name))
-        spec = dict(name=vi.name, shape=[], type="tensor(float)")
+            known.add(name)
+        if name not in known:
+            raise FormatError("%s: output %r is never computed" % (what, name))
+        spec = dict(name=name, shape=[], type="tensor(float)")
         if vi.type.HasField("tensor_type"):
             code = int(vi.type.tensor_type.elem_type)
             spec["type"] = ONNX_DTYPES.get(code, (None, "tensor(%d)" % code))[1]
             spec["shape"] = _dims(vi.type) or []
         out_specs.append(spec)
     graph, data_graph, frontier = make_graphs(steps, names, outputs, shape_steps)
-    producer = m.producer_name + (" " + m.producer_version if m.producer_version else "")
+    producer = text(m.producer_name) + (" " + text(m.producer_version) if m.producer_version else "")
     probe = (
         sum(float(np.prod([d if isinstance(d, int) else 16 for d in s["shape"]], dtype=np.float64)) for s in inputs)
         <= MAX_PROBE_VALUES
@@ -327,7 +330,7 @@ def build_model(m, *, base_dir, size, what):
             frontier=frontier,
             inputs=inputs,
             outputs=out_specs,
-            name=g.name or "onnx",
+            name=text(g.name) or "onnx",
             producer=producer,
             opset=opset,
             probe=probe,
@@ -344,16 +347,17 @@ def build_model(m, *, base_dir, size, what):
 def _read_attrs(node, spec, proto, read):
     attrs = {}
     for a in proto.attribute:
-        if a.name not in spec.attrs:
+        name = text(a.name)
+        if name not in spec.attrs:
             raise UnsupportedLayerError(
-                node.op_type, a.name, "node %r: attribute %r is not one rnnfast runs %s with" % (node.name, a.name, node.op_type)
+                node.op_type, name, "node %r: attribute %r is not one rnnfast runs %s with" % (node.name, name, node.op_type)
             )
-        if a.name in attrs:
-            raise FormatError("%s node %r: attribute %r given twice" % (node.op_type, node.name, a.name))
+        if name in attrs:
+            raise FormatError("%s node %r: attribute %r given twice" % (node.op_type, node.name, name))
         v = attribute_value(a, read, node.op_type, node.name)
         if isinstance(v, _Unreadable):
-            raise UnsupportedLayerError(node.op_type, a.name, "node %r: attribute %r holds %r" % (node.name, a.name, v))
-        attrs[a.name] = v
+            raise UnsupportedLayerError(node.op_type, name, "node %r: attribute %r holds %r" % (node.name, name, v))
+        attrs[name] = v
     for k, default in spec.attrs.items():
         if k not in attrs:
             if default is REQUIRED:
