@@ -407,8 +407,9 @@ class RnnfastOnnxEngine(RnnfastEngine):
     name = "rnnfast-onnx"
 
     def build(self, case, net, x):
-        import rnnfast
         import torch
+
+        import rnnfast
 
         path = onnx_file(net, case, torch, os.path.join(self.tmp, "%s.onnx" % case_key(case)))
         t0 = time.perf_counter()
@@ -975,7 +976,14 @@ def report_onnx(rows):
     print()
     print("the same .onnx file: rnnfast.load(path).run vs onnxruntime.InferenceSession(path).run")
     head = "%-36s %3s %12s %12s %8s %10s %10s %8s" % (
-        "case", "thr", "rnnfast ms", "ORT ms", "speedup", "load ms", "ORT load", "ratio"
+        "case",
+        "thr",
+        "rnnfast ms",
+        "ORT ms",
+        "speedup",
+        "load ms",
+        "ORT load",
+        "ratio",
     )
     print(head)
     print("-" * len(head))
@@ -1006,7 +1014,12 @@ def report_onnx(rows):
     print(
         "geometric-mean speed-up over ONNX Runtime on its own files: %.2fx (%d rows, %d slower); "
         "load: %.2fx ORT's session creation time (geometric mean)"
-        % (float(np.exp(np.mean(np.log(sps)))), len(sps), sum(s < 1 for s in sps), float(np.exp(np.mean(np.log(loads)))) if loads else float("nan"))
+        % (
+            float(np.exp(np.mean(np.log(sps)))),
+            len(sps),
+            sum(s < 1 for s in sps),
+            float(np.exp(np.mean(np.log(loads)))) if loads else float("nan"),
+        )
     )
 
 

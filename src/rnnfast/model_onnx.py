@@ -67,7 +67,11 @@ class NodeArg:
         return "NodeArg(name=%r, type=%r, shape=%r)" % (self.name, self.type, self.shape)
 
     def __eq__(self, other):
-        return isinstance(other, NodeArg) and (self.name, self.shape, self.type) == (other.name, other.shape, other.type)
+        return isinstance(other, NodeArg) and (self.name, self.shape, self.type) == (
+            other.name,
+            other.shape,
+            other.type,
+        )
 
     __hash__ = None
 
@@ -140,7 +144,9 @@ class FnOp(OnnxOp):
 
     def describe(self):
         shown = {
-            k: v for k, v in self.attrs.items() if not k.startswith("_") and v is not None and not isinstance(v, np.ndarray)
+            k: v
+            for k, v in self.attrs.items()
+            if not k.startswith("_") and v is not None and not isinstance(v, np.ndarray)
         }
         return "%s(%s)" % (self.op_type, ", ".join("%s=%r" % kv for kv in sorted(shown.items())))
 
@@ -223,13 +229,16 @@ class RecurrentOp(OnnxOp):
         D, Ho, H = layer.num_directions, layer.output_size, layer.units
         if I != layer.input_size:
             raise ValueError(
-                "%s %r expects %d input features, got X of shape %s" % (self.op_type, self.name, layer.input_size, x.shape)
+                "%s %r expects %d input features, got X of shape %s"
+                % (self.op_type, self.name, layer.input_size, x.shape)
             )
         for s, want, what in ((h0, (D, B, Ho), "initial_h"), (c0, (D, B, H), "initial_c")):
             if s is not None and s.shape != want:
                 raise ValueError("%s %r: %s of shape %s, expected %s" % (self.op_type, self.name, what, s.shape, want))
         if lens is not None and lens.shape != (B,):
-            raise ValueError("%s %r: sequence_lens of shape %s for a batch of %d" % (self.op_type, self.name, lens.shape, B))
+            raise ValueError(
+                "%s %r: sequence_lens of shape %s for a batch of %d" % (self.op_type, self.name, lens.shape, B)
+            )
         dt = layer.dtype
         y = np.zeros((B, T, D, Ho) if self.layout == 1 else (T, D, B, Ho), dt) if self.outputs[0] else None
         st = (B, D, Ho) if self.layout == 1 else (D, B, Ho)
@@ -331,7 +340,9 @@ def _conv(args, a):
     channels-last views."""
     x, w, b = args
     if x.ndim != 3:
-        raise ValueError("Conv %r: rnnfast runs 1-D convolutions (input (N, C, L)), got shape %s" % (a["_name"], x.shape))
+        raise ValueError(
+            "Conv %r: rnnfast runs 1-D convolutions (input (N, C, L)), got shape %s" % (a["_name"], x.shape)
+        )
     k = w.shape[2]
     pads = _pads_1d(a, x.shape[2], k, a["strides"], a["dilations"])
     kernel = a.get("_kernel")
@@ -812,7 +823,8 @@ class OnnxModel(Summarized):
         unknown = [k for k in input_feed if k not in self.input_names]
         if unknown:
             raise ValueError(
-                "%s: unknown input(s) %s (inputs: %s)" % (self._what(), ", ".join(map(str, unknown)), ", ".join(self.input_names))
+                "%s: unknown input(s) %s (inputs: %s)"
+                % (self._what(), ", ".join(map(str, unknown)), ", ".join(self.input_names))
             )
         missing = [k for k in self.input_names if k not in input_feed]
         if missing:
@@ -857,9 +869,7 @@ class OnnxModel(Summarized):
             raise ValueError("%s: expected %s, got an array of %s" % (what, spec["type"], a.dtype))
         shape = spec["shape"]
         if a.ndim != len(shape) or any(isinstance(d, int) and d != n for d, n in zip(shape, a.shape)):
-            raise ValueError(
-                "%s: expected shape %s, got %s" % (what, _shape_text(shape), tuple(a.shape))
-            )
+            raise ValueError("%s: expected shape %s, got %s" % (what, _shape_text(shape), tuple(a.shape)))
         return np.ascontiguousarray(a, dtype=dt)
 
     def _run(self, feeds, num_threads):
@@ -951,7 +961,12 @@ class OnnxModel(Summarized):
 
     def summary_title(self):
         ins = ", ".join("%s %s" % (s["name"], _shape_text(s["shape"])) for s in self._inputs)
-        return "OnnxModel %r: %s, opset %d, input %s" % (self.name, self.producer or "unknown producer", self.opset, ins)
+        return "OnnxModel %r: %s, opset %d, input %s" % (
+            self.name,
+            self.producer or "unknown producer",
+            self.opset,
+            ins,
+        )
 
     def describe(self):
         """What the model is and takes, as a dict (``framework``, ``name``, ``inputs``,
@@ -999,7 +1014,9 @@ def make_graphs(steps, inputs, outputs, shape_steps):
     made = {k for i in shape_steps for k in steps[i].outputs}
     data_steps = [s for i, s in enumerate(steps) if i not in shape_steps]
     read = {k for s in data_steps for k in s.inputs} | set(outputs)
-    frontier = [k for k in dict.fromkeys(k for i in sorted(shape_steps) for k in steps[i].outputs) if k in read and k in made]
+    frontier = [
+        k for k in dict.fromkeys(k for i in sorted(shape_steps) for k in steps[i].outputs) if k in read and k in made
+    ]
     data = Graph(data_steps, list(inputs) + frontier, list(outputs))
     return graph, data, frontier
 

@@ -51,7 +51,9 @@ def load_onnx_file(path, **options):
         raise FormatError("%s: %d bytes, more than an ONNX (protobuf) file can hold" % (path, size))
     with open(path, "rb") as f:
         data = f.read()
-    model = build_model(parse_model(data, path), base_dir=os.path.dirname(os.path.abspath(path)), size=len(data), what=path)
+    model = build_model(
+        parse_model(data, path), base_dir=os.path.dirname(os.path.abspath(path)), size=len(data), what=path
+    )
     model.source = path
     return model
 
@@ -130,7 +132,9 @@ def _dims(type_proto):
 def _value_spec(vi, what, required_type=True):
     name = text(vi.name)
     if not vi.type.HasField("tensor_type"):
-        raise UnsupportedLayerError("input" if required_type else "output", "type", "%s %r is not a tensor" % (what, name))
+        raise UnsupportedLayerError(
+            "input" if required_type else "output", "type", "%s %r is not a tensor" % (what, name)
+        )
     code = int(vi.type.tensor_type.elem_type)
     if code not in ONNX_DTYPES:
         raise UnsupportedLayerError("input", "type", "%s %r has element type %d" % (what, name, code))
@@ -157,7 +161,9 @@ def _planned_elements(op_type, args, attrs):
             return int(np.prod(np.asarray(present[0], np.float64)))
         if op_type == "Expand":
             shape = [int(v) for v in np.asarray(present[1]).reshape(-1)]
-            return int(np.prod(np.broadcast_shapes(present[0].shape, tuple(max(v, 1) for v in shape)), dtype=np.float64))
+            return int(
+                np.prod(np.broadcast_shapes(present[0].shape, tuple(max(v, 1) for v in shape)), dtype=np.float64)
+            )
         if op_type == "Tile":
             return int(present[0].size * np.prod(np.abs(np.asarray(present[1], np.float64))))
         if op_type == "Range":
@@ -202,7 +208,9 @@ def build_model(m, *, base_dir, size, what):
     for node in nodes:
         if (node.domain, node.op_type) in functions:
             raise UnsupportedLayerError(
-                node.op_type, None, "node %r calls a function defined in the model (domain %r)" % (node.name, node.domain)
+                node.op_type,
+                None,
+                "node %r calls a function defined in the model (domain %r)" % (node.name, node.domain),
             )
         specs.append(lookup(node))
     needed = set(outputs)
@@ -223,9 +231,16 @@ def build_model(m, *, base_dir, size, what):
         _read_attrs(node, spec, proto, read)
         n_in = len(node.inputs)
         if not spec.inputs[0] <= n_in <= spec.inputs[1]:
-            raise FormatError("%s node %r has %d inputs (expected %d to %d)" % (node.op_type, node.name, n_in, *spec.inputs))
-        if not spec.outputs[0] <= len(node.outputs) <= spec.outputs[1] or (node.outputs and len(set(o for o in node.outputs if o)) != len([o for o in node.outputs if o])):
-            raise FormatError("%s node %r has %d outputs (expected %d to %d)" % (node.op_type, node.name, len(node.outputs), *spec.outputs))
+            raise FormatError(
+                "%s node %r has %d inputs (expected %d to %d)" % (node.op_type, node.name, n_in, *spec.inputs)
+            )
+        if not spec.outputs[0] <= len(node.outputs) <= spec.outputs[1] or (
+            node.outputs and len({o for o in node.outputs if o}) != len([o for o in node.outputs if o])
+        ):
+            raise FormatError(
+                "%s node %r has %d outputs (expected %d to %d)"
+                % (node.op_type, node.name, len(node.outputs), *spec.outputs)
+            )
         for j in range(min(spec.inputs[0], n_in)):
             if not node.inputs[j]:
                 raise FormatError("%s node %r: its input %d is required" % (node.op_type, node.name, j))
@@ -252,7 +267,9 @@ def build_model(m, *, base_dir, size, what):
                     keys.append(name)
                 slots.append(("key", keys.index(name)))
             else:
-                raise FormatError("%s node %r reads %r, which no earlier node computes" % (node.op_type, node.name, name))
+                raise FormatError(
+                    "%s node %r reads %r, which no earlier node computes" % (node.op_type, node.name, name)
+                )
         try:
             op = make_op(node, spec, slots, ctx)
         except (ValueError, TypeError, KeyError, IndexError) as e:
@@ -264,13 +281,22 @@ def build_model(m, *, base_dir, size, what):
             planned = _planned_elements(node.op_type, args, node.attrs)
             if planned > budget:
                 raise FormatError(
-                    "%s: folding the constants of %s node %r would make %d values (the budget left for %d bytes of file is %d)"
-                    % (what, node.op_type, node.name, planned, size, budget)
+                    "%s: folding the constants of %s node %r would make %d values (the budget left "
+                    "for %d bytes of file is %d)" % (what, node.op_type, node.name, planned, size, budget)
                 )
             try:
                 with np.errstate(all="ignore"):
                     vals = op.compute(args, 1)
-            except (ValueError, TypeError, IndexError, KeyError, AttributeError, ZeroDivisionError, OverflowError, MemoryError) as e:
+            except (
+                ValueError,
+                TypeError,
+                IndexError,
+                KeyError,
+                AttributeError,
+                ZeroDivisionError,
+                OverflowError,
+                MemoryError,
+            ) as e:
                 raise FormatError("%s node %r (on constants): %s" % (node.op_type, node.name, e)) from None
             for o, v in zip(node.outputs, vals):
                 if o and v is not None:
@@ -335,7 +361,16 @@ def build_model(m, *, base_dir, size, what):
             opset=opset,
             probe=probe,
         )
-    except (ValueError, TypeError, IndexError, KeyError, AttributeError, ZeroDivisionError, OverflowError, MemoryError) as e:
+    except (
+        ValueError,
+        TypeError,
+        IndexError,
+        KeyError,
+        AttributeError,
+        ZeroDivisionError,
+        OverflowError,
+        MemoryError,
+    ) as e:
         if isinstance(e, FormatError):
             raise
         raise FormatError(
@@ -350,7 +385,9 @@ def _read_attrs(node, spec, proto, read):
         name = text(a.name)
         if name not in spec.attrs:
             raise UnsupportedLayerError(
-                node.op_type, name, "node %r: attribute %r is not one rnnfast runs %s with" % (node.name, name, node.op_type)
+                node.op_type,
+                name,
+                "node %r: attribute %r is not one rnnfast runs %s with" % (node.name, name, node.op_type),
             )
         if name in attrs:
             raise FormatError("%s node %r: attribute %r given twice" % (node.op_type, node.name, name))
