@@ -781,6 +781,7 @@ class OnnxModel(Summarized):
         self.input_names = [s["name"] for s in self._inputs]
         self.output_names = [s["name"] for s in self._outputs]
         self._shape_cache = {}
+        self._shapes = None  # tensor key -> shape in the first run
         self._lock = threading.Lock()
         dts = {op.layer.dtype for op in self.layers if isinstance(op, RecurrentOp)}
         self.dtype = dts.pop() if len(dts) == 1 else np.dtype(np.float32)
@@ -884,6 +885,8 @@ class OnnxModel(Summarized):
                         self._shape_cache.pop(next(iter(self._shape_cache)))
                     self._shape_cache[sig] = cached
                 out = [values[k] for k in self._graph.outputs]
+                if self._shapes is None:  # the first run (at load): each tensor's shape, for the summary
+                    self._shapes = {k: tuple(v.shape) for k, v in values.items() if isinstance(v, np.ndarray)}
             else:
                 out, _ = self._data.run(list(feeds) + list(cached), num_threads)
         return [_contiguous(v) for v in out]
@@ -954,7 +957,11 @@ class OnnxModel(Summarized):
                     parameters=int(op.num_params),
                     dtype=getattr(getattr(op, "layer", None), "dtype", np.dtype(np.float32)).name,
                     connected_to=[producer.get(k, k) for k in step.inputs],
-                    output_shape="?",
+                    output_shape=", ".join(
+                        "(%s)" % ", ".join(map(str, (self._shapes or {}).get(k, ("?",))))
+                        for k, want in zip(step.outputs, getattr(op, "outputs", [True] * len(step.outputs)))
+                        if want and not isinstance(k, tuple)
+                    ),
                 )
             )
         return rows
