@@ -514,11 +514,11 @@ def _shape(args, a):
 def _gather(args, a):
     x, idx = args
     axis = _axis(a["axis"], x.ndim)
-    idx = np.asarray(idx)
-    n = x.shape[axis]
-    if idx.size and (idx.min() < -n or idx.max() >= n):
-        raise ValueError("Gather %r: index out of range [%d, %d)" % (a["_name"], -n, n))
-    return np.take(x, np.where(idx < 0, idx + n, idx), axis=axis)
+    try:  # numpy's take reads negative indices as ONNX does and checks the range
+        return np.take(x, idx, axis=axis)
+    except IndexError:
+        n = x.shape[axis]
+        raise ValueError("Gather %r: index out of range [%d, %d)" % (a["_name"], -n, n)) from None
 
 
 def _constant_of_shape(args, a):
@@ -888,8 +888,25 @@ class OnnxModel(Summarized):
                 if self._shapes is None:  # the first run (at load): each tensor's shape, for the summary
                     self._shapes = {k: tuple(v.shape) for k, v in values.items() if isinstance(v, np.ndarray)}
             else:
-                out, _ = self._data.run(list(feeds) + list(cached), num_threads)
+                out = self._run_data(list(feeds) + list(cached), num_threads)
         return [_contiguous(v) for v in out]
+
+    def _run_data(self, feeds, num_threads):
+        """The data graph (:attr:`_data`) run as a list of steps over a list of tensors:
+        what :meth:`Graph.run <rnnfast.graph.Graph.run>` does, without its dicts and
+        masks (an ONNX graph carries none), for the per-call overhead at small sizes."""
+        prog = self.__dict__.get("_program")
+        if prog is None:
+            prog = self._program = _compile(self._data)
+        steps, n, outputs = prog
+        vals = list(feeds) + [None] * (n - len(feeds))
+        for op, ins, outs, free in steps:
+            res = op.compute(op.args([vals[i] for i in ins]), num_threads)
+            for i in free:
+                vals[i] = None
+            for i, v in zip(outs, res):
+                vals[i] = v
+        return [vals[i] for i in outputs]
 
     def _example_feed(self):
         """Zeros of every input's declared shape, a symbolic or unknown dimension taken
@@ -992,6 +1009,7 @@ class OnnxModel(Summarized):
         state = self.__dict__.copy()
         state.pop("_lock", None)
         state["_shape_cache"] = {}
+        state.pop("_program", None)
         state["_graph"] = copy.copy(self._graph)
         return state
 
@@ -1008,6 +1026,22 @@ class OnnxModel(Summarized):
         for op in self.layers:
             lines.append("  %-*s  %s" % (width, op.name, op.describe()))
         return "\n".join(lines)
+
+
+def _compile(graph):
+    """``graph`` as (steps, tensor count, output indices): each step ``(op, input
+    indices, output indices, indices freed after it)`` over one list of tensors."""
+    index = {k: i for i, k in enumerate(graph.inputs)}
+    steps = []
+    for step, free in zip(graph.steps, graph._free):
+        ins = [index[k] for k in step.inputs]
+        gone = [index[k] for k in free]
+        outs = []
+        for k in step.outputs:
+            index[k] = len(index)
+            outs.append(index[k])
+        steps.append((step.op, ins, outs, gone))
+    return steps, len(index), [index[k] for k in graph.outputs]
 
 
 def make_graphs(steps, inputs, outputs, shape_steps):
