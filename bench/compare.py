@@ -406,6 +406,12 @@ class RnnfastOnnxEngine(RnnfastEngine):
 
     name = "rnnfast-onnx"
 
+    def setup(self):
+        info = super().setup()
+        import onnx  # noqa: F401  (imported once here, as the ONNX Runtime worker imports onnxruntime)
+
+        return info
+
     def build(self, case, net, x):
         import torch
 
