@@ -23,6 +23,7 @@ import threading
 import numpy as np
 
 from . import _validation
+from ._progress import run_batched
 from ._summary import Summarized
 from .graph import Graph
 from .layers import ACTIVATIONS, apply_activation, softmax
@@ -767,6 +768,9 @@ class OnnxModel(Summarized):
     """
 
     framework = "ONNX"
+    #: ``predict`` takes no ``batch_size``: which input axis is the batch is not recorded
+    #: in an ONNX model (the command line runs such a model in one pass).
+    splits_batches = False
 
     def __init__(self, *, graph, data_graph, frontier, inputs, outputs, name, producer, opset, probe=True):
         self._graph = graph  # every step: the first call with new input shapes
@@ -839,8 +843,23 @@ class OnnxModel(Summarized):
         by_name = dict(zip(self.output_names, values))
         return [by_name[n] for n in names]
 
-    def predict(self, x, *, num_threads=None):
-        """Run a single-input model on ``x``: its only output, or a list of its outputs."""
+    def predict(self, x, batch_size=None, verbose=0, *, num_threads=None):
+        """Run a single-input model on ``x``: its only output, or a list of its outputs.
+
+        ``batch_size`` must be None (an ONNX model does not say which axis of its input
+        is the batch: slice the input yourself); ``verbose`` as for Keras models (one
+        pass, so 1 shows a bar of one step)."""
+        if batch_size is not None:
+            raise ValueError(
+                "%s: batch_size is not supported (an ONNX model does not say which axis of its input is the "
+                "batch); call it on slices of the input" % self._what()
+            )
+        if isinstance(x, dict) or len(self._inputs) != 1:
+            return self._predict(x, num_threads)
+        x = _validation.array(x, "%s input" % self._what())
+        return run_batched(lambda part: self._predict(part, num_threads), x, None, verbose=verbose)
+
+    def _predict(self, x, num_threads):
         if len(self._inputs) != 1:
             if isinstance(x, dict):
                 out = self.run(None, x, num_threads=num_threads)
@@ -856,7 +875,7 @@ class OnnxModel(Summarized):
 
     def __call__(self, x, *, num_threads=None):
         """``model(x)``: :meth:`predict`."""
-        return self.predict(x, num_threads=num_threads)
+        return self._predict(x, num_threads)
 
     # -- running ----------------------------------------------------------------------
 
