@@ -897,15 +897,18 @@ class OnnxModel(Summarized):
         cached = self._shape_cache.get(sig)
         with np.errstate(all="ignore"):
             if cached is None:
-                values, _ = self._graph.run(feeds, num_threads, keep_all=True)
-                cached = [_frozen(np.asarray(values[k])) for k in self._frontier]
+                n = len(self._outputs)
+                if self._shapes is None:  # the first run (at load): each tensor's shape, for the summary
+                    values, _ = self._graph.run(feeds, num_threads, keep_all=True)
+                    self._shapes = {k: tuple(v.shape) for k, v in values.items() if isinstance(v, np.ndarray)}
+                    res = [values[k] for k in self._graph.outputs]
+                else:  # the graph's outputs are the model's, then the shape results (the rest is freed)
+                    res, _ = self._graph.run(feeds, num_threads)
+                out, cached = res[:n], [_frozen(np.asarray(v)) for v in res[n:]]
                 with self._lock:
                     if len(self._shape_cache) >= SHAPE_CACHE_SIZE:
                         self._shape_cache.pop(next(iter(self._shape_cache)))
                     self._shape_cache[sig] = cached
-                out = [values[k] for k in self._graph.outputs]
-                if self._shapes is None:  # the first run (at load): each tensor's shape, for the summary
-                    self._shapes = {k: tuple(v.shape) for k, v in values.items() if isinstance(v, np.ndarray)}
             else:
                 out = self._run_data(list(feeds) + list(cached), num_threads)
         return [_contiguous(v) for v in out]
@@ -1069,7 +1072,6 @@ def make_graphs(steps, inputs, outputs, shape_steps):
     produce that the other steps (or the outputs) read as extra inputs.
 
     Returns ``(graph, data_graph, frontier)``."""
-    graph = Graph(steps, inputs, list(outputs))
     shape_steps = set(shape_steps)
     made = {k for i in shape_steps for k in steps[i].outputs}
     data_steps = [s for i, s in enumerate(steps) if i not in shape_steps]
@@ -1077,6 +1079,8 @@ def make_graphs(steps, inputs, outputs, shape_steps):
     frontier = [
         k for k in dict.fromkeys(k for i in sorted(shape_steps) for k in steps[i].outputs) if k in read and k in made
     ]
+    # the full graph also gives the shape results, so that they can be kept per input shape
+    graph = Graph(steps, inputs, list(outputs) + frontier)
     data = Graph(data_steps, list(inputs) + frontier, list(outputs))
     return graph, data, frontier
 
