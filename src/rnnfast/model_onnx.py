@@ -26,8 +26,8 @@ from . import _validation
 from ._progress import run_batched
 from ._summary import Summarized
 from .graph import Graph
-from .layers import ACTIVATIONS, apply_activation, softmax
-from .ops import conv1d, layer_norm_reference, pool1d
+from .layers import apply_activation, softmax
+from .ops import conv1d, pool1d
 
 __all__ = ["OnnxModel", "NodeArg", "OnnxOp", "FnOp", "RecurrentOp", "KERNELS", "ONNX_DTYPES"]
 
@@ -1099,9 +1099,3 @@ def _frozen(a):
 
 def _shape_text(shape):
     return "(%s)" % ", ".join("?" if d is None else str(d) for d in shape)
-
-
-# the float64 references of the ops above that are more than one numpy call live in
-# rnnfast.ops (layer_norm_reference, conv1d_reference, pool1d_reference); keep the
-# names imported so that a reader finds them from here
-_REFERENCES = (layer_norm_reference, ACTIVATIONS)
