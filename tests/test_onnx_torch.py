@@ -225,3 +225,23 @@ def test_whole_models(seed, name, cls, make_args, names, dynamic, dynamo):
     with torch.no_grad():
         out = _flat(m(*args))
     compare(data, {n: a.numpy() for n, a in zip(names, args)}, out)
+
+
+@pytest.mark.slow
+def test_dynamo_export_with_dynamic_shapes(seed):
+    torch.manual_seed(seed % 2**31)
+    m = torch.nn.LSTM(6, 10, num_layers=2, bidirectional=True, batch_first=True).eval()
+    b, t = torch.export.Dim("batch"), torch.export.Dim("time")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prog = torch.onnx.export(
+            m, (torch.randn(3, 7, 6),), dynamo=True, input_names=["x"], dynamic_shapes=({0: b, 1: t},), verbose=False
+        )
+    model = rnnfast.from_onnx(prog.model_proto)
+    assert model.get_inputs()[0].shape == ["batch", "time", 6]
+    for B, T in [(1, 4), (5, 11), (1, 4)]:
+        x = torch.randn(B, T, 6)
+        with torch.no_grad():
+            out = _flat(m(x))
+        for g, w in zip(model.run(None, {"x": x.numpy()}), out):
+            assert_close(g, w.numpy(), np.float32)
