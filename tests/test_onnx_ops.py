@@ -332,3 +332,17 @@ def test_ort_face(rng):
         model.run(None, {"x": x[:, :3]})
     with pytest.raises(ValueError, match="no output"):
         model.run(["nope"], {"x": x})
+
+
+def test_input_without_a_declared_shape(rng):
+    node = helper.make_node("Relu", ["x"], ["y"], name="n1")
+    g = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    model = rnnfast.from_onnx(m)
+    x = rng.standard_normal((2, 3, 4)).astype(np.float32)
+    np.testing.assert_array_equal(model.run(None, {"x": x})[0], np.maximum(x, 0))

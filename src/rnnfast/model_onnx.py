@@ -888,6 +888,8 @@ class OnnxModel(Summarized):
         if dt.kind in "iu" and a.dtype.kind == "f":
             raise ValueError("%s: expected %s, got an array of %s" % (what, spec["type"], a.dtype))
         shape = spec["shape"]
+        if not spec.get("ranked", True):  # the model declares no shape: any goes
+            return np.ascontiguousarray(a, dtype=dt)
         if a.ndim != len(shape) or any(isinstance(d, int) and d != n for d, n in zip(shape, a.shape)):
             raise ValueError("%s: expected shape %s, got %s" % (what, _shape_text(shape), tuple(a.shape)))
         return np.ascontiguousarray(a, dtype=dt)
@@ -952,6 +954,8 @@ class OnnxModel(Summarized):
         found at load, and with every input's shape fixed the shape arithmetic is done
         here. The recurrent ops only check their shapes in this run
         (:attr:`RecurrentOp.dry`): loading costs no inference."""
+        if not all(s.get("ranked", True) for s in self._inputs):
+            return  # an input of no declared shape: nothing to run it on
         feed = self._example_feed()
         ops = [op for op in self.layers if isinstance(op, RecurrentOp)]
         for op in ops:
