@@ -99,3 +99,22 @@ def test_predict_and_cli_predict(exported, tmp_path, rng):
     y = np.load(tmp_path / "y.npz")
     np.testing.assert_array_equal(y["output_0"], out)
     np.testing.assert_array_equal(y["output_1"], h)
+
+
+def test_outputs_never_alias_the_inputs(rng):
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"]), helper.make_node("Flatten", ["x"], ["z"], axis=1)],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
+            helper.make_tensor_value_info("z", TensorProto.FLOAT, None),
+        ],
+    )
+    model = rnnfast.from_onnx(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+    x = rng.standard_normal((2, 3)).astype(np.float32)
+    y, z = model.run(None, {"x": x})
+    assert not np.shares_memory(y, x) and not np.shares_memory(z, x)
+    np.testing.assert_array_equal(y, x)

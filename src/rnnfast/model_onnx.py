@@ -913,7 +913,13 @@ class OnnxModel(Summarized):
                     self._shape_cache[sig] = cached
             else:
                 out = self._run_data(list(feeds) + list(cached), num_threads)
-        return [_contiguous(v) for v in out]
+        # outputs the caller owns: never the caller's own input, a view of it, or a cached value
+        return [
+            np.array(v, copy=True)
+            if isinstance(v, np.ndarray) and any(np.may_share_memory(v, f) for f in feeds)
+            else _contiguous(v)
+            for v in out
+        ]
 
     def _run_data(self, feeds, num_threads):
         """The data graph (:attr:`_data`) run as a list of steps over a list of tensors:
