@@ -313,3 +313,28 @@ def test_inconsistent_weights_are_format_errors(rng):
             a.i = 6
     with pytest.raises(rnnfast.FormatError, match="hidden_size"):
         rnnfast.from_onnx(model)
+
+
+@pytest.mark.parametrize("op", ["LSTM", "GRU"])
+@pytest.mark.parametrize("layout", [0, 1])
+def test_transposed_input_read_in_place(rng, op, layout):
+    # a Transpose(1, 0, 2) before the node (what exporters write around a batch-first
+    # module): the node reads the transposed view as it lies, with lengths and states
+    base = recurrent_model(rng, op, direction="bidirectional", layout=layout, lens=True, init_h=True, init_c=True)
+    feed = feeds(rng, base, T=9, B=4, lens_values=[9, 2, 5, 1])
+    want = reference(base, feed)
+    model = onnx.ModelProto()
+    model.CopyFrom(base)
+    g = model.graph
+    g.node[0].input[0] = "Xt"
+    g.node.insert(0, helper.make_node("Transpose", ["X"], ["Xt"], perm=[1, 0, 2]))
+    dims = g.input[0].type.tensor_type.shape.dim
+    d0, d1 = onnx.TensorShapeProto.Dimension(), onnx.TensorShapeProto.Dimension()
+    d0.CopyFrom(dims[0])
+    d1.CopyFrom(dims[1])
+    dims[0].CopyFrom(d1)
+    dims[1].CopyFrom(d0)
+    got = rnnfast.from_onnx(model).run(None, dict(feed, X=np.ascontiguousarray(np.swapaxes(feed["X"], 0, 1))))
+    for g_, w in zip(got, want):
+        assert g_.shape == w.shape
+        assert_close(g_, w, np.float32)
