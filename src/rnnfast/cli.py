@@ -132,12 +132,23 @@ def _load(args, batch_first=True):
     if os.path.isdir(path):
         raise UserError("%s is a directory, not a model file" % path)
     try:
-        is_keras = detect(path).startswith("keras")
+        kind = detect(path)
+        is_keras = kind.startswith("keras")
     except FormatError as e:
         raise UserError(str(e)) from None
     except OSError as e:
         raise UserError("%s: %s" % (path, e.strerror or e)) from None
     options = {}
+    if kind == "onnx":  # an ONNX model takes no load options
+        for flag, value in (("--dtype", args.dtype), ("--prefix", args.prefix), ("--nonlinearity", args.nonlinearity)):
+            if value is not None:
+                raise UserError("%s is not an option of ONNX models; %s is one" % (flag, path))
+        try:
+            return load(path)
+        except (FormatError, UnsupportedLayerError, ValueError, ImportError) as e:
+            raise UserError(str(e)) from None
+        except OSError as e:
+            raise UserError("%s: %s" % (path, e.strerror or e)) from None
     if args.dtype:
         options["dtype"] = args.dtype
     torch_only = [("--prefix", "prefix", args.prefix), ("--nonlinearity", "nonlinearity", args.nonlinearity)]
@@ -350,7 +361,9 @@ def _predict(args):
         if torch_model:
             arrays = _predict_torch(model, x, lengths, args, verbose)
         else:
-            y = model.predict(x, num_threads=args.threads, batch_size=args.batch_size, verbose=verbose)
+            # a model that cannot tell its batch axis (ONNX) runs the input in one pass
+            bs = args.batch_size if getattr(model, "splits_batches", True) else None
+            y = model.predict(x, num_threads=args.threads, batch_size=bs, verbose=verbose)
             arrays = _flat_outputs(y)
     except ValueError as e:
         raise UserError(str(e)) from None
