@@ -91,6 +91,7 @@ typedef struct {
     const void *Up;             /* U packed, or NULL: GRU reset-before and LSTM with projection */
     const void *bhn;            /* (ndir, H) GRU reset-after: the candidate's recurrent bias */
     const void *Wr;             /* (ndir, H, P) LSTM projection, or NULL */
+    const rnn_qweights *q;      /* reduced-precision weights (quant.h), or NULL: float32 */
 } rnn_weights;
 
 /* The buffers: the input, the mask, the outputs and the states. */

@@ -16,17 +16,37 @@ typedef struct {
     long nchunks;               /* chunks of p.chunk steps */
     long lwp, lup;              /* values per direction of the packed W and U */
     const TYPE *x, *W, *Wp, *bx, *U, *Up, *bhn, *Wr;
+    const rnn_qweights *q;      /* reduced-precision weights (quant.h), or NULL */
     const unsigned char *mask;
     TYPE *out, *h, *c;
 } RNN_TNAME(call);
 
+/* C (M x N) = bias + A (M x K) times the block of the reduced-precision matrix m that
+ * starts off elements into direction d's packed data, at column col0 (quant.h). Only
+ * float layers carry reduced-precision weights (the casts never run for double). */
+static inline void RNN_TNAME(qproduct)(const rnn_qweights *q, const rnn_qmat *m, long d, long off,
+                                       long col0, long M, long N, long K, const TYPE *A, long lda,
+                                       const TYPE *bias, TYPE *C, long ldc)
+{
+    rnn_qgemm(q->prec, m, d, off, col0, M, N, K, (const float *)A, lda, (const float *)bias,
+              (float *)C, ldc);
+}
+
 /* xp[0:n, 0:N] = x[0:n] @ W[:, 0:N] + bx[0:N] for n input rows ldx apart, on the packed
- * W when there is one (Wp: these N columns packed), else by BLAS (W, row stride ldw). */
+ * W when there is one (Wp: these N columns packed), else by BLAS (W, row stride ldw);
+ * with reduced-precision weights q, on their block of direction d at q's unit block cb
+ * (columns from j0, G gates per unit, H units in ncb blocks). */
 static void RNN_TNAME(project_rows)(long n, long In, const TYPE *x, long ldx, const TYPE *W,
                                     long ldw, const TYPE *Wp, const TYPE *bx, long N, TYPE *xp,
-                                    long ldxp)
+                                    long ldxp, const rnn_qweights *q, long d, long cb, long j0,
+                                    long H, long G, long ncb)
 {
     long r;
+    if (q != NULL) {
+        RNN_TNAME(qproduct)(q, &q->W, d, rnn_packed_offset(rnn_qpad(q->prec, In), H, G, ncb, cb),
+                            G * j0, n, N, In, x, ldx, bx, xp, ldxp);
+        return;
+    }
     if (Wp != NULL) {
         RNN_TNAME(gemm_packed)(n, N, In, x, ldx, Wp, bx, xp, ldxp);
         return;
@@ -81,7 +101,8 @@ static void RNN_TNAME(item_project)(const RNN_TNAME(call) *c, long d, long tlo, 
         nc = G * rnn_block_start(H, ncb, cb + 1) - j0;
         if (!s->bfirst || B == 1) {
             RNN_TNAME(project_rows)(r1 - r0, In, c->x + (tlo * B + r0) * In, In, W + j0, GH, wpb,
-                                    bx + j0, nc, xp + r0 * GH + j0, GH);
+                                    bx + j0, nc, xp + r0 * GH + j0, GH, c->q, d, cb,
+                                    rnn_block_start(H, ncb, cb), H, G, ncb);
             continue;
         }
         r = r0;
@@ -90,7 +111,8 @@ static void RNN_TNAME(item_project)(const RNN_TNAME(call) *c, long d, long tlo, 
             b = r % B;
             n = B - b < r1 - r ? B - b : r1 - r;
             RNN_TNAME(project_rows)(n, In, c->x + (b * T + t) * In, T * In, W + j0, GH, wpb, bx + j0,
-                                    nc, xp + r * GH + j0, GH);
+                                    nc, xp + r * GH + j0, GH, c->q, d, cb,
+                                    rnn_block_start(H, ncb, cb), H, G, ncb);
             r = r + n;
         }
     }
@@ -137,17 +159,30 @@ static int RNN_TNAME(item_run)(const RNN_TNAME(call) *c, long d, long b0, long n
         valid = c->mask != NULL ? c->mask + t * B + b0 : NULL;
         if (s->cell == RNN_CELL_GRU_RB) {
             /* reset-before needs r before its second product: gate-major layout (ncb == 1) */
-            RNN_TNAME(gemm_rm)((int)nb, (int)(2 * H), (int)Ho, 1, h, (int)Ho, U, (int)GH, 0, gh,
-                               (int)(2 * H));
+            if (c->q != NULL)           /* U's [z r] columns, then its [h] columns: two blocks */
+                RNN_TNAME(qproduct)(c->q, &c->q->U, d, 0, 0, nb, 2 * H, Ho, h, Ho, NULL, gh, 2 * H);
+            else
+                RNN_TNAME(gemm_rm)((int)nb, (int)(2 * H), (int)Ho, 1, h, (int)Ho, U, (int)GH, 0, gh,
+                                   (int)(2 * H));
             RNN_TNAME(gru_rb_gates)(nb, H, xr, GH, gh, 2 * H, h, Ho, valid, zr, rh, s->ract);
-            RNN_TNAME(gemm_rm)((int)nb, (int)H, (int)H, 1, rh, (int)H, U + 2 * H, (int)GH, 0, g2,
-                               (int)H);
+            if (c->q != NULL)
+                RNN_TNAME(qproduct)(c->q, &c->q->U, d, rnn_packed_size(rnn_qpad(c->q->prec, Ho), 2 * H),
+                                    2 * H, nb, H, H, rh, H, NULL, g2, H);
+            else
+                RNN_TNAME(gemm_rm)((int)nb, (int)H, (int)H, 1, rh, (int)H, U + 2 * H, (int)GH, 0, g2,
+                                   (int)H);
             RNN_TNAME(gru_rb_update)(nb, H, xr, GH, g2, H, zr, h, Ho, valid, tmp, s->act);
         } else if (s->cell == RNN_CELL_LSTM && Wr != NULL) {
             /* projection: m for all units first, then h = m Wr (gate-major layout, ncb == 1) */
-            RNN_TNAME(gemm_rm)((int)nb, (int)GH, (int)Ho, 1, h, (int)Ho, U, (int)GH, 0, gh, (int)GH);
+            if (c->q != NULL)
+                RNN_TNAME(qproduct)(c->q, &c->q->U, d, 0, 0, nb, GH, Ho, h, Ho, NULL, gh, GH);
+            else
+                RNN_TNAME(gemm_rm)((int)nb, (int)GH, (int)Ho, 1, h, (int)Ho, U, (int)GH, 0, gh, (int)GH);
             RNN_TNAME(lstm)(nb, H, xr, GH, gh, GH, cs, H, m, H, valid, tmp, s->act, s->ract);
-            RNN_TNAME(gemm_rm)((int)nb, (int)P, (int)H, 1, m, (int)H, Wr, (int)P, 0, hp, (int)P);
+            if (c->q != NULL)
+                RNN_TNAME(qproduct)(c->q, &c->q->Wr, d, 0, 0, nb, P, H, m, H, NULL, hp, P);
+            else
+                RNN_TNAME(gemm_rm)((int)nb, (int)P, (int)H, 1, m, (int)H, Wr, (int)P, 0, hp, (int)P);
             RNN_TNAME(copy_rows)(nb, P, hp, P, h, Ho, valid);
         } else {
             /* every block's product reads the old state: all products first, then the steps */
@@ -155,9 +190,14 @@ static int RNN_TNAME(item_run)(const RNN_TNAME(call) *c, long d, long b0, long n
             for (cb = 0; cb < ncb; cb++) {
                 j0 = rnn_block_start(H, ncb, cb);
                 j1 = rnn_block_start(H, ncb, cb + 1);
-                RNN_TNAME(gemm_packed)(nb, G * (j1 - j0), Ho, h, Ho,
-                                       Up + rnn_packed_offset(Ho, H, G, ncb, cb), NULL, gh + G * j0,
-                                       GH);
+                if (c->q != NULL)
+                    RNN_TNAME(qproduct)(c->q, &c->q->U, d,
+                                        rnn_packed_offset(rnn_qpad(c->q->prec, Ho), H, G, ncb, cb),
+                                        G * j0, nb, G * (j1 - j0), Ho, h, Ho, NULL, gh + G * j0, GH);
+                else
+                    RNN_TNAME(gemm_packed)(nb, G * (j1 - j0), Ho, h, Ho,
+                                           Up + rnn_packed_offset(Ho, H, G, ncb, cb), NULL,
+                                           gh + G * j0, GH);
             }
             rnn_tock(RNN_PROF_PRODUCT, t1);
             for (cb = 0; cb < ncb; cb++) {
@@ -258,13 +298,14 @@ static void RNN_TNAME(blocked_project)(const RNN_TNAME(call) *c, const RNN_TNAME
     long i, t;
     double t0 = rnn_tick();
     if (k.nb == B && (!s->bfirst || B == 1)) {
-        RNN_TNAME(project_rows)(nsteps * B, In, c->x + tlo * B * In, In, W, GH, Wp, bx, N, xp, GH);
+        RNN_TNAME(project_rows)(nsteps * B, In, c->x + tlo * B * In, In, W, GH, Wp, bx, N, xp, GH,
+                                c->q, k.d, k.cb, j0, H, G, ncb);
     } else {
         for (i = 0; i < nsteps; i++) {
             t = tlo + i;
             RNN_TNAME(project_rows)(k.nb, In, c->x + rnn_row(t, k.b0, T, B, s->bfirst) * In,
                                     In * (s->bfirst ? T : 1), W, GH, Wp, bx, N,
-                                    xp + (i * B + k.b0) * GH, GH);
+                                    xp + (i * B + k.b0) * GH, GH, c->q, k.d, k.cb, j0, H, G, ncb);
         }
     }
     rnn_tock(RNN_PROF_PROJECTION, t0);
@@ -289,9 +330,14 @@ static void RNN_TNAME(blocked_step)(const RNN_TNAME(call) *c, const RNN_TNAME(bl
     TYPE *gh = scratch, *tmp = scratch + c->p.bb * GH;
     long r;
     double t0 = rnn_tick();
-    RNN_TNAME(gemm_packed)(k.nb, G * hb, Ho, hcur, Ho,
-                           c->Up + k.d * c->lup + rnn_packed_offset(Ho, H, G, ncb, k.cb), NULL, gh,
-                           G * hb);
+    if (c->q != NULL)
+        RNN_TNAME(qproduct)(c->q, &c->q->U, k.d,
+                            rnn_packed_offset(rnn_qpad(c->q->prec, Ho), H, G, ncb, k.cb), G * j0,
+                            k.nb, G * hb, Ho, hcur, Ho, NULL, gh, G * hb);
+    else
+        RNN_TNAME(gemm_packed)(k.nb, G * hb, Ho, hcur, Ho,
+                               c->Up + k.d * c->lup + rnn_packed_offset(Ho, H, G, ncb, k.cb), NULL,
+                               gh, G * hb);
     rnn_tock(RNN_PROF_PRODUCT, t0);
     /* the new state starts as the old: GRU updates it in place; LSTM and SimpleRNN
      * overwrite every stepped row, so only masked rows are carried */
@@ -462,6 +508,7 @@ static int RNN_TNAME(layer_forward)(const rnn_shape *shape, const rnn_plan *plan
     c.Up = (const TYPE *)w->Up;
     c.bhn = (const TYPE *)w->bhn;
     c.Wr = (const TYPE *)w->Wr;
+    c.q = sizeof(TYPE) == sizeof(float) ? w->q : NULL;  /* reduced precision: float layers only */
     c.mask = io->mask;
     c.out = (TYPE *)io->out;
     c.h = (TYPE *)io->h;

@@ -1,0 +1,146 @@
+/*
+ * x86/avx512_vnni_quant.h -- the int8 product for AVX512-VNNI (quant.h): vpdpbusd
+ * multiplies unsigned bytes by signed bytes, four per int32 lane, summed exactly
+ * (the non-saturating form). The activations go in as u = q + 128 (1..255), and the
+ * offset comes back out through the per-column comp[j] = 128 * sum_k Wq[k, j].
+ *
+ * Register tiles: one row against four panels (16 accumulator chains hide vpdpbusd's
+ * latency; the weights stream from cache once per step), or up to four rows against
+ * one panel (a panel's 256-byte group is loaded once for the four rows).
+ *
+ * Included by quant.h where runtime dispatch is built (GCC on x86-64).
+ */
+#ifndef RNNFAST_X86_AVX512_VNNI_QUANT_H
+#define RNNFAST_X86_AVX512_VNNI_QUANT_H
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx512vnni,avx2,fma")
+#include <immintrin.h>
+
+/* Rows of the multi-row tile, and panels of the one-row tile. */
+#define RNN_VNNI_ROWS 4
+#define RNN_VNNI_PANELS 4
+
+/* u[0:Kp] = the row quantized plus 128 (zeros past K: their weights are zero rows);
+ * returns sa. The same arithmetic as rnn_quant_row_s16, sixteen lanes at a time. */
+RNN_INLINE float rnn_quant_row_u8_avx512(const float *a, long K, long Kp, unsigned char *u)
+{
+    __m512 vm = _mm512_setzero_ps(), vinv;
+    long k;
+    float m, inv;
+    for (k = 0; k + 16 <= K; k += 16)
+        vm = _mm512_max_ps(_mm512_abs_ps(_mm512_loadu_ps(a + k)), vm);
+    if (k < K) {
+        __mmask16 t = (__mmask16)((1u << (K - k)) - 1u);
+        vm = _mm512_max_ps(_mm512_abs_ps(_mm512_maskz_loadu_ps(t, a + k)), vm);
+    }
+    m = _mm512_reduce_max_ps(vm);
+    inv = rnn_quant_inv(m);
+    vinv = _mm512_set1_ps(inv);
+    for (k = 0; k < K; k += 16) {
+        __mmask16 t = K - k >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (K - k)) - 1u);
+        __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(t, a + k), vinv);
+        v = _mm512_max_ps(_mm512_min_ps(v, _mm512_set1_ps(127.0f)), _mm512_set1_ps(-127.0f));
+        __m512i qi = _mm512_add_epi32(_mm512_cvtps_epi32(v), _mm512_set1_epi32(128));
+        _mm_mask_storeu_epi8(u + k, t, _mm512_cvtepi32_epi8(qi));
+    }
+    for (k = K; k < Kp; k++) u[k] = 0;
+    return m / 127.0f;
+}
+
+/* C[0:MR, 64 NP columns] from the accumulators: fma((float)(acc - comp), sa ws, bias). */
+RNN_INLINE void rnn_vnni_store(__m512i acc, long col, long left, float sa, const float *scale,
+                               const int *comp, const float *bias, float *c)
+{
+    __mmask16 t = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u);
+    __m512 ws = _mm512_mul_ps(_mm512_set1_ps(sa), _mm512_maskz_loadu_ps(t, scale + col));
+    __m512 b = bias ? _mm512_maskz_loadu_ps(t, bias + col) : _mm512_setzero_ps();
+    __m512i v = _mm512_sub_epi32(acc, _mm512_maskz_loadu_epi32(t, comp + col));
+    _mm512_mask_storeu_ps(c + col, t, _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), ws, b));
+}
+
+/* MR rows (quantized, u: row stride ldu) times NP panels starting at panel p. */
+RNN_INLINE void rnn_vnni_tile(const int MR, const int NP, long Kp, long N, long p,
+                              const unsigned char *u, long ldu, const float *sa,
+                              const signed char *Bq, const float *scale, const int *comp,
+                              const float *bias, float *C, long ldc)
+{
+    __m512i acc[RNN_VNNI_ROWS * RNN_VNNI_PANELS][4];
+    long g, Kg = Kp / 4, pstride = Kp * RNN_PANEL_COLS;
+    const signed char *bp = Bq + p * pstride;
+    int r, n, q;
+    for (r = 0; r < MR * NP; r++)
+        for (q = 0; q < 4; q++) acc[r][q] = _mm512_setzero_si512();
+    for (g = 0; g < Kg; g++) {
+        for (r = 0; r < MR; r++) {
+            int word;
+            memcpy(&word, u + r * ldu + 4 * g, 4);
+            __m512i av = _mm512_set1_epi32(word);
+            for (n = 0; n < NP; n++) {
+                const signed char *b = bp + n * pstride + g * 4 * RNN_PANEL_COLS;
+                for (q = 0; q < 4; q++)
+                    acc[r * NP + n][q] = _mm512_dpbusd_epi32(
+                        acc[r * NP + n][q], av, _mm512_loadu_si512((const void *)(b + 64 * q)));
+            }
+        }
+    }
+    for (r = 0; r < MR; r++)
+        for (n = 0; n < NP; n++)
+            for (q = 0; q < 4; q++) {
+                long col = (p + n) * RNN_PANEL_COLS + 16 * q;
+                if (col < N)
+                    rnn_vnni_store(acc[r * NP + n][q], col, N - col, sa[r], scale, comp, bias,
+                                   C + r * ldc);
+            }
+}
+
+static void rnn_qgemm_i8_avx512_vnni(long M, long N, long K, const float *A, long lda,
+                                     const signed char *Bq, const float *scale, const int *comp,
+                                     const float *bias, float *C, long ldc)
+{
+    long Kp = rnn_qpad_i8(K), np = (N + RNN_PANEL_COLS - 1) / RNN_PANEL_COLS, i, p;
+    unsigned char stacku[RNN_QSTACK] __attribute__((aligned(64)));
+    size_t need = (size_t)(RNN_VNNI_ROWS * Kp);
+    unsigned char *u = need <= sizeof stacku ? stacku : (unsigned char *)malloc(need);
+    float sa[RNN_VNNI_ROWS];
+    int r, mr;
+    if (u == NULL)
+        return;
+    for (i = 0; i < M; i += RNN_VNNI_ROWS) {
+        mr = M - i < RNN_VNNI_ROWS ? (int)(M - i) : RNN_VNNI_ROWS;
+        for (r = 0; r < mr; r++)
+            sa[r] = rnn_quant_row_u8_avx512(A + (i + r) * lda, K, Kp, u + r * Kp);
+        float *ci = C + i * ldc;
+        if (mr == 1) {
+            for (p = 0; p + 4 <= np; p += 4)
+                rnn_vnni_tile(1, 4, Kp, N, p, u, Kp, sa, Bq, scale, comp, bias, ci, ldc);
+            for (; p + 2 <= np; p += 2)
+                rnn_vnni_tile(1, 2, Kp, N, p, u, Kp, sa, Bq, scale, comp, bias, ci, ldc);
+            for (; p < np; p++)
+                rnn_vnni_tile(1, 1, Kp, N, p, u, Kp, sa, Bq, scale, comp, bias, ci, ldc);
+            continue;
+        }
+        for (p = 0; p < np; p++) {
+            switch (mr) {
+            case 4: rnn_vnni_tile(4, 1, Kp, N, p, u, Kp, sa, Bq, scale, comp, bias, ci, ldc); break;
+            case 3: rnn_vnni_tile(3, 1, Kp, N, p, u, Kp, sa, Bq, scale, comp, bias, ci, ldc); break;
+            default: rnn_vnni_tile(2, 1, Kp, N, p, u, Kp, sa, Bq, scale, comp, bias, ci, ldc); break;
+            }
+        }
+    }
+    if (u != stacku)
+        free(u);
+}
+
+#pragma GCC pop_options
+
+static int rnn_cpu_has_avx512_vnni(void)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")
+           && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq")
+           && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx2")
+           && __builtin_cpu_supports("fma");
+}
+
+#endif /* RNNFAST_X86_AVX512_VNNI_QUANT_H */
