@@ -18,6 +18,7 @@ from .io import from_keras, from_torch, load  # noqa: E402
 from .model import Sequential  # noqa: E402
 from .model_keras import KerasModel  # noqa: E402
 from .model_torch import TorchRNN  # noqa: E402
+from .precision import PRECISIONS, precision_error  # noqa: E402
 
 __all__ = [
     "__version__",
@@ -29,6 +30,8 @@ __all__ = [
     "KerasModel",
     "TorchRNN",
     "Sequential",
+    "precision_error",
+    "PRECISIONS",
     "layers",
     "cells",
     "set_num_threads",

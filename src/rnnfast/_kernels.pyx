@@ -462,8 +462,10 @@ def rnn_forward(int cell, int act, int ract,
         if W.itemsize != sizeof(float) or q.prec not in (RNN_PREC_INT8, RNN_PREC_BF16):
             raise ValueError("reduced-precision weights are for float32 layers, in bf16 or int8")
         qw.prec = q.prec
-        _qmat_fill(&qw.W, q.W, q.prec, ndir,
-                   rnn_packed_offset(rnn_qpad(q.prec, W.shape[1]), H, G, ncb, ncb), GH)
+        memset(&qw.W, 0, sizeof(rnn_qmat))
+        if q.W is not None:         # else the input projection runs in float32
+            _qmat_fill(&qw.W, q.W, q.prec, ndir,
+                       rnn_packed_offset(rnn_qpad(q.prec, W.shape[1]), H, G, ncb, ncb), GH)
         if cell == RNN_CELL_GRU_RB:
             _qmat_fill(&qw.U, q.U, q.prec, ndir, rnn_packed_size(rnn_qpad(q.prec, Ho), 2 * H)
                        + rnn_packed_size(rnn_qpad(q.prec, H), H), GH)

@@ -36,6 +36,10 @@ PRECISIONS = {
 
 _PANEL = int(_kernels.RNN_PANEL_COLS)
 
+#: Whether a reduced-precision layer runs its input projection in that precision too
+#: (else in float32, on the float weights): see bench/README.md, "Reduced precision".
+REDUCED_INPUT = {"bf16": False, "int8": True}
+
 
 def check_precision(precision):
     """``precision`` as one of :data:`PRECISIONS`' names, else ValueError.
@@ -144,7 +148,7 @@ class LayerWeights(NamedTuple):
     takes them (``q=``): the precision code and, per matrix, ``(data, scale, comp)``."""
 
     prec: int
-    W: tuple
+    W: Optional[tuple]
     U: tuple
     Wr: Optional[tuple]
 
@@ -157,10 +161,11 @@ class LayerWeights(NamedTuple):
 def pack_layer(precision, W, U, Wr, *, G, H, ncb, reset_before):
     """A layer's canonical float32 weights (``W`` (ndir, I, G*H) and ``U`` (ndir, Ho,
     G*H) in the layer's column layout of ``ncb`` unit blocks, ``Wr`` (ndir, H, P) or
-    None) in ``precision`` ("int8" or "bf16"), packed as the kernels read them."""
+    None) in ``precision`` ("int8" or "bf16"), packed as the kernels read them. ``W``
+    None: the input projection stays float32 (:data:`REDUCED_INPUT`)."""
     prec = PRECISIONS[check_precision(precision)]
     units = [(G * (cb * H // ncb), G * ((cb + 1) * H // ncb)) for cb in range(ncb)]
-    Wq = _pack_matrix(W, prec, units)
+    Wq = _pack_matrix(W, prec, units) if W is not None else None
     if reset_before:  # [z r] and [h]: r is needed before the second product
         Uq = _pack_matrix(U, prec, [(0, 2 * H), (2 * H, 3 * H)])
     else:

@@ -42,7 +42,7 @@ static void RNN_TNAME(project_rows)(long n, long In, const TYPE *x, long ldx, co
                                     long H, long G, long ncb)
 {
     long r;
-    if (q != NULL) {
+    if (q != NULL && q->W.data != NULL) {
         RNN_TNAME(qproduct)(q, &q->W, d, rnn_packed_offset(rnn_qpad(q->prec, In), H, G, ncb, cb),
                             G * j0, n, N, In, x, ldx, bx, xp, ldxp);
         return;

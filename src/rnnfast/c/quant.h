@@ -41,6 +41,19 @@
 
 /* Bytes of stack for a quantized row; longer rows (K beyond about 4000) take the heap. */
 #define RNN_QSTACK 16384
+/* Bytes of stack for a group of quantized rows (the AVX-512 products quantize up to
+ * RNN_QGROUP rows, then run every panel over them, so that a panel is read from cache
+ * once per group, not once per tile); longer rows take the heap (K beyond 16384). */
+#define RNN_QGROUP_BYTES 65536
+#define RNN_QGROUP 64
+
+/* Rows per group for rows of `bytes` bytes: as many as fit, 1 to RNN_QGROUP, and 0
+ * when one row does not fit (the caller takes the heap for RNN_QGROUP rows). */
+static inline long rnn_qgroup_rows(long bytes)
+{
+    long n = RNN_QGROUP_BYTES / (bytes > 0 ? bytes : 1);
+    return n > RNN_QGROUP ? RNN_QGROUP : n;
+}
 
 #define RNN_QNAME(name) RNN_CAT(RNN_CAT(rnn_, name), RNN_CAT(_, ISA_SUFFIX))
 
@@ -173,8 +186,9 @@ typedef struct {
     long ncols;
 } rnn_qmat;
 
-/* A layer's reduced-precision weights: W (input), U (recurrent; GRU reset-before: its
- * [z r] and [h] columns as two blocks), Wr (LSTM projection, data NULL without). */
+/* A layer's reduced-precision weights: W (input; data NULL: the input projection runs
+ * in float32), U (recurrent; GRU reset-before: its [z r] and [h] columns as two
+ * blocks), Wr (LSTM projection, data NULL without). */
 typedef struct {
     int prec;                       /* RNN_PREC_INT8 or RNN_PREC_BF16 */
     rnn_qmat W, U, Wr;

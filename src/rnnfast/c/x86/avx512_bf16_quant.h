@@ -71,19 +71,21 @@ static void rnn_qgemm_bf16_avx512_bf16(long M, long N, long K, const float *A, l
                                        const unsigned short *Bq, const float *bias, float *C,
                                        long ldc)
 {
-    long Kp = rnn_qpad_bf16(K), np = (N + RNN_PANEL_COLS - 1) / RNN_PANEL_COLS, i, p;
-    unsigned short stacka[RNN_QSTACK / sizeof(unsigned short)] __attribute__((aligned(64)));
-    size_t need = (size_t)(RNN_VNNI_ROWS * Kp);
-    unsigned short *a16 = need <= sizeof stacka / sizeof stacka[0]
-                          ? stacka : (unsigned short *)malloc(need * sizeof(unsigned short));
-    int r, mr;
+    long Kp = rnn_qpad_bf16(K), np = (N + RNN_PANEL_COLS - 1) / RNN_PANEL_COLS, i, p, r, r0, mg;
+    long grp = rnn_qgroup_rows(Kp * (long)sizeof(unsigned short));
+    unsigned short stacka[RNN_QGROUP_BYTES / sizeof(unsigned short)] __attribute__((aligned(64)));
+    unsigned short *a16 = grp > 0 ? stacka
+                          : (unsigned short *)malloc((size_t)(RNN_QGROUP * Kp) * sizeof(unsigned short));
+    int mr;
     if (a16 == NULL)
         return;
-    for (i = 0; i < M; i += RNN_VNNI_ROWS) {
+    if (grp == 0)
+        grp = RNN_QGROUP;
+    for (i = 0; i < M; i += grp) {
         float *ci = C + i * ldc;
-        mr = M - i < RNN_VNNI_ROWS ? (int)(M - i) : RNN_VNNI_ROWS;
-        for (r = 0; r < mr; r++) rnn_bf16_row_avx512(A + (i + r) * lda, K, Kp, a16 + r * Kp);
-        if (mr == 1) {
+        mg = M - i < grp ? M - i : grp;
+        for (r = 0; r < mg; r++) rnn_bf16_row_avx512(A + (i + r) * lda, K, Kp, a16 + r * Kp);
+        if (mg == 1) {
             for (p = 0; p + 4 <= np; p += 4)
                 rnn_bf16_tile(1, 4, Kp, N, p, a16, Kp, Bq, bias, ci, ldc);
             for (; p + 2 <= np; p += 2)
@@ -93,10 +95,16 @@ static void rnn_qgemm_bf16_avx512_bf16(long M, long N, long K, const float *A, l
             continue;
         }
         for (p = 0; p < np; p++) {
-            switch (mr) {
-            case 4: rnn_bf16_tile(4, 1, Kp, N, p, a16, Kp, Bq, bias, ci, ldc); break;
-            case 3: rnn_bf16_tile(3, 1, Kp, N, p, a16, Kp, Bq, bias, ci, ldc); break;
-            default: rnn_bf16_tile(2, 1, Kp, N, p, a16, Kp, Bq, bias, ci, ldc); break;
+            for (r0 = 0; r0 < mg; r0 += RNN_VNNI_ROWS) {
+                const unsigned short *ar = a16 + r0 * Kp;
+                float *cr = ci + r0 * ldc;
+                mr = mg - r0 < RNN_VNNI_ROWS ? (int)(mg - r0) : RNN_VNNI_ROWS;
+                switch (mr) {
+                case 4: rnn_bf16_tile(4, 1, Kp, N, p, ar, Kp, Bq, bias, cr, ldc); break;
+                case 3: rnn_bf16_tile(3, 1, Kp, N, p, ar, Kp, Bq, bias, cr, ldc); break;
+                case 2: rnn_bf16_tile(2, 1, Kp, N, p, ar, Kp, Bq, bias, cr, ldc); break;
+                default: rnn_bf16_tile(1, 1, Kp, N, p, ar, Kp, Bq, bias, cr, ldc); break;
+                }
             }
         }
     }

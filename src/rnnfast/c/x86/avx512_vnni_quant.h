@@ -6,7 +6,9 @@
  *
  * Register tiles: one row against four panels (16 accumulator chains hide vpdpbusd's
  * latency; the weights stream from cache once per step), or up to four rows against
- * one panel (a panel's 256-byte group is loaded once for the four rows).
+ * one panel (a panel's 256-byte group is loaded once for the four rows). Rows are
+ * quantized in groups of up to RNN_QGROUP, and each panel runs over the whole group
+ * before the next, so that it is read from cache once per group.
  *
  * Included by quant.h where runtime dispatch is built (GCC on x86-64).
  */
@@ -98,20 +100,23 @@ static void rnn_qgemm_i8_avx512_vnni(long M, long N, long K, const float *A, lon
                                      const signed char *Bq, const float *scale, const int *comp,
                                      const float *bias, float *C, long ldc)
 {
-    long Kp = rnn_qpad_i8(K), np = (N + RNN_PANEL_COLS - 1) / RNN_PANEL_COLS, i, p;
-    unsigned char stacku[RNN_QSTACK] __attribute__((aligned(64)));
-    size_t need = (size_t)(RNN_VNNI_ROWS * Kp);
-    unsigned char *u = need <= sizeof stacku ? stacku : (unsigned char *)malloc(need);
-    float sa[RNN_VNNI_ROWS];
-    int r, mr;
+    long Kp = rnn_qpad_i8(K), np = (N + RNN_PANEL_COLS - 1) / RNN_PANEL_COLS, i, p, r;
+    long grp = rnn_qgroup_rows(Kp);
+    unsigned char stacku[RNN_QGROUP_BYTES] __attribute__((aligned(64)));
+    unsigned char *u = grp > 0 ? stacku : (unsigned char *)malloc((size_t)(RNN_QGROUP * Kp));
+    float sa[RNN_QGROUP];
+    long mg, r0;
+    int mr;
     if (u == NULL)
         return;
-    for (i = 0; i < M; i += RNN_VNNI_ROWS) {
-        mr = M - i < RNN_VNNI_ROWS ? (int)(M - i) : RNN_VNNI_ROWS;
-        for (r = 0; r < mr; r++)
+    if (grp == 0)
+        grp = RNN_QGROUP;
+    for (i = 0; i < M; i += grp) {
+        mg = M - i < grp ? M - i : grp;
+        for (r = 0; r < mg; r++)
             sa[r] = rnn_quant_row_u8_avx512(A + (i + r) * lda, K, Kp, u + r * Kp);
         float *ci = C + i * ldc;
-        if (mr == 1) {
+        if (mg == 1) {
             for (p = 0; p + 4 <= np; p += 4)
                 rnn_vnni_tile(1, 4, Kp, N, p, u, Kp, sa, Bq, scale, comp, bias, ci, ldc);
             for (; p + 2 <= np; p += 2)
@@ -121,10 +126,16 @@ static void rnn_qgemm_i8_avx512_vnni(long M, long N, long K, const float *A, lon
             continue;
         }
         for (p = 0; p < np; p++) {
-            switch (mr) {
-            case 4: rnn_vnni_tile(4, 1, Kp, N, p, u, Kp, sa, Bq, scale, comp, bias, ci, ldc); break;
-            case 3: rnn_vnni_tile(3, 1, Kp, N, p, u, Kp, sa, Bq, scale, comp, bias, ci, ldc); break;
-            default: rnn_vnni_tile(2, 1, Kp, N, p, u, Kp, sa, Bq, scale, comp, bias, ci, ldc); break;
+            for (r0 = 0; r0 < mg; r0 += RNN_VNNI_ROWS) {
+                const unsigned char *ur = u + r0 * Kp;
+                float *cr = ci + r0 * ldc;
+                mr = mg - r0 < RNN_VNNI_ROWS ? (int)(mg - r0) : RNN_VNNI_ROWS;
+                switch (mr) {
+                case 4: rnn_vnni_tile(4, 1, Kp, N, p, ur, Kp, sa + r0, Bq, scale, comp, bias, cr, ldc); break;
+                case 3: rnn_vnni_tile(3, 1, Kp, N, p, ur, Kp, sa + r0, Bq, scale, comp, bias, cr, ldc); break;
+                case 2: rnn_vnni_tile(2, 1, Kp, N, p, ur, Kp, sa + r0, Bq, scale, comp, bias, cr, ldc); break;
+                default: rnn_vnni_tile(1, 1, Kp, N, p, ur, Kp, sa + r0, Bq, scale, comp, bias, cr, ldc); break;
+                }
             }
         }
     }
