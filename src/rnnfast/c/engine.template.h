@@ -15,7 +15,7 @@ typedef struct {
     long ldo;                   /* the output's row stride: ndir * Ho */
     long nchunks;               /* chunks of p.chunk steps */
     long lwp, lup;              /* values per direction of the packed W and U */
-    const TYPE *x, *W, *Wp, *bx, *U, *Up, *bhn, *Wr;
+    const TYPE *x, *W, *Wp, *bx, *U, *Up, *bhn, *Wr, *peep;
     const rnn_qweights *q;      /* reduced-precision weights (quant.h), or NULL */
     const unsigned char *mask;
     TYPE *out, *h, *c;
@@ -57,27 +57,45 @@ static void RNN_TNAME(project_rows)(long n, long In, const TYPE *x, long ldx, co
                        (int)ldxp);
 }
 
-/* The fused gate math of one unit block of nb rows: GRU (reset-after), LSTM without
- * projection, or SimpleRNN. Gates of the block are contiguous: [g0(hb), g1(hb), ...]. */
-static inline void RNN_TNAME(cell_block)(const rnn_shape *s, long nb, long hb,
+/* The gate math of one step of cell c->s.cell for nb rows of direction d: the unit
+ * block of hb units from unit j0 (the whole layer for the cells that make their own
+ * products: then U is the direction's recurrent weights and work its scratch). Gates
+ * of the block are contiguous: [g0(hb), g1(hb), ...]. */
+static inline void RNN_TNAME(cell_block)(const RNN_TNAME(call) *c, long d, long j0, long nb, long hb,
                                          const TYPE *xr, long ldxp,  /* IN  the block's projection */
-                                         const TYPE *gh, long ldgh,  /* IN  the block's h U */
-                                         const TYPE *bhn,            /* IN  (hb,) GRU candidate bias */
+                                         const TYPE *gh, long ldgh,  /* IN  the block's h U, or NULL */
+                                         const TYPE *U,              /* IN  or the recurrent weights */
                                          TYPE *h, long ldh,          /* IN/OUT the block's state */
-                                         TYPE *c, long ldc,          /* IN/OUT LSTM cell state */
-                                         const unsigned char *valid, TYPE *tmp)
+                                         TYPE *cs, long ldc,         /* IN/OUT LSTM cell state */
+                                         const unsigned char *valid, TYPE *tmp, TYPE *work)
 {
-    switch (s->cell) {
-    case RNN_CELL_GRU:
-        RNN_TNAME(gru_ra)(nb, hb, xr, ldxp, gh, ldgh, bhn, h, ldh, valid, tmp, s->act, s->ract);
-        break;
-    case RNN_CELL_LSTM:
-        RNN_TNAME(lstm)(nb, hb, xr, ldxp, gh, ldgh, c, ldc, h, ldh, valid, tmp, s->act, s->ract);
-        break;
-    default:
-        RNN_TNAME(simple)(nb, hb, xr, ldxp, gh, ldgh, h, ldh, valid, s->act);
-        break;
-    }
+    const rnn_shape *s = &c->s;
+    RNN_TNAME(cell_args) a;
+    a.nrows = nb;
+    a.H = hb;
+    a.xp = xr;
+    a.ldxp = ldxp;
+    a.gh = gh;
+    a.ldgh = ldgh;
+    a.bhn = c->bhn + d * s->H + j0;
+    a.peep = c->peep != NULL ? c->peep + d * 3 * s->H + j0 : NULL;
+    a.ldpeep = s->H;
+    a.U = U;
+    a.ldu = c->GH;
+    a.h = h;
+    a.ldh = ldh;
+    a.c = cs;
+    a.ldc = ldc;
+    a.valid = valid;
+    a.tmp = tmp;
+    a.work = work;
+    a.q = c->q;                 /* a cell making its own products reads these when set */
+    a.qdir = d;
+    a.clip = (TYPE)s->clip;
+    a.act = s->act;
+    a.ract = s->ract;
+    a.input_forget = s->input_forget;
+    RNN_TNAME(cell_step)(s->cell, &a);
 }
 
 /* ==== the item strategy: (direction, batch block) work items, no per-step barrier ==== */
@@ -130,7 +148,7 @@ static int RNN_TNAME(item_run)(const RNN_TNAME(call) *c, long d, long b0, long n
     long ncb = c->p.ncb;
     int rev = d == 1 || s->reverse_first;
     long tlo = rev ? T - s1 : s0;
-    const TYPE *U = c->U + d * Ho * GH, *bhn = c->bhn + d * H;
+    const TYPE *U = c->U + d * Ho * GH;
     const TYPE *Up = c->Up != NULL ? c->Up + d * c->lup : NULL;
     const TYPE *Wr = c->Wr != NULL ? c->Wr + d * H * P : NULL;
     TYPE *out = c->out != NULL ? c->out + d * Ho : NULL;
@@ -146,10 +164,8 @@ static int RNN_TNAME(item_run)(const RNN_TNAME(call) *c, long d, long b0, long n
         return RNN_ERR_NOMEM;
     TYPE *gh = buf;                  /* (nb, GH) h U */
     TYPE *tmp = gh + ngh;            /* 4H: the gate math's scratch */
-    TYPE *zr = tmp + 4 * H;          /* (nb, 2H) GRU reset-before: z, r */
-    TYPE *rh = zr + nb * 2 * H;      /* (nb, H)  ... r * h */
-    TYPE *g2 = rh + nb * H;          /* (nb, H)  ... (r * h) U_h */
-    TYPE *m = g2 + nb * H;           /* (nb, H)  LSTM with projection: o * act(c) */
+    TYPE *zr = tmp + 4 * H;          /* (nb, 4H) the work of a cell making its own products */
+    TYPE *m = zr + nb * 4 * H;       /* (nb, H)  LSTM with projection: o * act(c) */
     TYPE *hp = m + nb * H;           /* (nb, P)  ... m Wr */
 
     for (st = s0; st < s1; st++) {
@@ -157,33 +173,22 @@ static int RNN_TNAME(item_run)(const RNN_TNAME(call) *c, long d, long b0, long n
         t = rev ? T - 1 - st : st;
         xr = xp + ((t - tlo) * B + b0) * GH;
         valid = c->mask != NULL ? c->mask + t * B + b0 : NULL;
-        if (s->cell == RNN_CELL_GRU_RB) {
-            /* reset-before needs r before its second product: gate-major layout (ncb == 1) */
-            if (c->q != NULL)           /* U's [z r] columns, then its [h] columns: two blocks */
-                RNN_TNAME(qproduct)(c->q, &c->q->U, d, 0, 0, nb, 2 * H, Ho, h, Ho, NULL, gh, 2 * H);
-            else
-                RNN_TNAME(gemm_rm)((int)nb, (int)(2 * H), (int)Ho, 1, h, (int)Ho, U, (int)GH, 0, gh,
-                                   (int)(2 * H));
-            RNN_TNAME(gru_rb_gates)(nb, H, xr, GH, gh, 2 * H, h, Ho, valid, zr, rh, s->ract);
-            if (c->q != NULL)
-                RNN_TNAME(qproduct)(c->q, &c->q->U, d, rnn_packed_size(rnn_qpad(c->q->prec, Ho), 2 * H),
-                                    2 * H, nb, H, H, rh, H, NULL, g2, H);
-            else
-                RNN_TNAME(gemm_rm)((int)nb, (int)H, (int)H, 1, rh, (int)H, U + 2 * H, (int)GH, 0, g2,
-                                   (int)H);
-            RNN_TNAME(gru_rb_update)(nb, H, xr, GH, g2, H, zr, h, Ho, valid, tmp, s->act);
-        } else if (s->cell == RNN_CELL_LSTM && Wr != NULL) {
+        if (Wr != NULL) {
             /* projection: m for all units first, then h = m Wr (gate-major layout, ncb == 1) */
             if (c->q != NULL)
                 RNN_TNAME(qproduct)(c->q, &c->q->U, d, 0, 0, nb, GH, Ho, h, Ho, NULL, gh, GH);
             else
                 RNN_TNAME(gemm_rm)((int)nb, (int)GH, (int)Ho, 1, h, (int)Ho, U, (int)GH, 0, gh, (int)GH);
-            RNN_TNAME(lstm)(nb, H, xr, GH, gh, GH, cs, H, m, H, valid, tmp, s->act, s->ract);
+            RNN_TNAME(cell_block)(c, d, 0, nb, H, xr, GH, gh, GH, NULL, m, H, cs, H, valid, tmp, zr);
             if (c->q != NULL)
                 RNN_TNAME(qproduct)(c->q, &c->q->Wr, d, 0, 0, nb, P, H, m, H, NULL, hp, P);
             else
                 RNN_TNAME(gemm_rm)((int)nb, (int)P, (int)H, 1, m, (int)H, Wr, (int)P, 0, hp, (int)P);
             RNN_TNAME(copy_rows)(nb, P, hp, P, h, Ho, valid);
+        } else if (!rnn_cell_packed(s->cell)) {
+            /* a cell that makes its own products (GRU reset-before: r before its second
+             * product; gate-major layout, ncb == 1) */
+            RNN_TNAME(cell_block)(c, d, 0, nb, H, xr, GH, NULL, 0, U, h, Ho, cs, H, valid, tmp, zr);
         } else {
             /* every block's product reads the old state: all products first, then the steps */
             t1 = rnn_tick();
@@ -203,8 +208,8 @@ static int RNN_TNAME(item_run)(const RNN_TNAME(call) *c, long d, long b0, long n
             for (cb = 0; cb < ncb; cb++) {
                 j0 = rnn_block_start(H, ncb, cb);
                 j1 = rnn_block_start(H, ncb, cb + 1);
-                RNN_TNAME(cell_block)(s, nb, j1 - j0, xr + G * j0, GH, gh + G * j0, GH, bhn + j0,
-                                      h + j0, Ho, cs != NULL ? cs + j0 : NULL, H, valid, tmp);
+                RNN_TNAME(cell_block)(c, d, j0, nb, j1 - j0, xr + G * j0, GH, gh + G * j0, GH, NULL,
+                                      h + j0, Ho, cs != NULL ? cs + j0 : NULL, H, valid, tmp, zr);
             }
         }
         if (out != NULL)
@@ -342,13 +347,13 @@ static void RNN_TNAME(blocked_step)(const RNN_TNAME(call) *c, const RNN_TNAME(bl
     /* the new state starts as the old: GRU updates it in place; LSTM and SimpleRNN
      * overwrite every stepped row, so only masked rows are carried */
     for (r = 0; r < k.nb; r++)
-        if (s->cell == RNN_CELL_GRU || (valid != NULL && !valid[r]))
+        if (rnn_cell_in_place(s->cell) || (valid != NULL && !valid[r]))
             memcpy(hnxt + r * Ho + j0, hcur + r * Ho + j0, (size_t)hb * sizeof(TYPE));
-    RNN_TNAME(cell_block)(s, k.nb, hb,
+    RNN_TNAME(cell_block)(c, k.d, j0, k.nb, hb,
                           bk->xp + k.d * c->p.chunk * B * GH + ((t - tlo) * B + k.b0) * GH + G * j0,
-                          GH, gh, G * hb, c->bhn + k.d * H + j0, hnxt + j0, Ho,
+                          GH, gh, G * hb, NULL, hnxt + j0, Ho,
                           bk->cbuf != NULL ? bk->cbuf + (k.d * B + k.b0) * H + j0 : NULL, H, valid,
-                          tmp);
+                          tmp, NULL);
     if (c->out != NULL)
         RNN_TNAME(emit)(k.nb, hb, hnxt + j0, Ho,
                         c->out + rnn_row(t, k.b0, T, B, s->bfirst) * c->ldo + k.d * Ho + j0,
@@ -508,6 +513,7 @@ static int RNN_TNAME(layer_forward)(const rnn_shape *shape, const rnn_plan *plan
     c.Up = (const TYPE *)w->Up;
     c.bhn = (const TYPE *)w->bhn;
     c.Wr = (const TYPE *)w->Wr;
+    c.peep = (const TYPE *)w->peep;
     c.q = sizeof(TYPE) == sizeof(float) ? w->q : NULL;  /* reduced precision: float layers only */
     c.mask = io->mask;
     c.out = (TYPE *)io->out;
