@@ -29,9 +29,9 @@ import tempfile
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import interleaved  # noqa: E402
+import rnnfast
 
-import rnnfast  # noqa: E402
+from _common import interleaved
 
 
 def cpu_name():
@@ -118,7 +118,7 @@ def run_case(torch, cell, H, B, T, threads, budget, tmp):
     fns = {}
     for p in ("float32", "bf16", "int8"):
         m = rnnfast.from_torch(net, precision=p)
-        fns["rnnfast " + p] = (lambda m=m: m(x, num_threads=threads)[0])
+        fns["rnnfast " + p] = lambda m=m: m(x, num_threads=threads)[0]
     fns.update(peers(torch, net, cell, x, threads, tmp))
     errs = {k: float(np.abs(np.asarray(f()).reshape(ref.shape) - ref).max()) for k, f in fns.items()}
     ms, _ = interleaved(fns, budget_s=budget)

@@ -571,9 +571,7 @@ def build_parser():
     _add_model_options(q, torch_layout=True, example=True)
     q.add_argument("input", metavar="INPUT", help="input array file (.npy, .npz or .csv)")
     q.add_argument("--key", metavar="NAME", help=".npz input: the array to use")
-    q.add_argument(
-        "--compare", metavar="P,...", default="bf16,int8", help="precisions to measure (default bf16,int8)"
-    )
+    q.add_argument("--compare", metavar="P,...", default="bf16,int8", help="precisions to measure (default bf16,int8)")
     q.add_argument("--threads", type=int, metavar="N", help="threads (default: all cores)")
     q.set_defaults(func=_precision)
 

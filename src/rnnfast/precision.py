@@ -133,4 +133,3 @@ def precision_error(model, x, precision="int8", **call_options):
         argmax_agreement=agree,
         outputs=len(y0),
     )
-
