@@ -74,7 +74,8 @@ def peers(torch, net, cell, x, threads, tmp):
             return m(xt).numpy()
 
     out["torch int8"] = run_torch
-    path = os.path.join(tmp, "%s_%d_%d.onnx" % (cell, x.shape[2], x.shape[1]))
+    out["torch float32"] = lambda: run_torch(OutOnly(torch, net))
+    path = os.path.join(tmp, "%s_%d_%d_%d.onnx" % (cell, x.shape[2], x.shape[1], x.shape[0]))
     if not os.path.exists(path):
         torch.onnx.export(OutOnly(torch, net), (xt,), path, input_names=["x"], output_names=["y"], opset_version=17,
                           dynamo=False)  # fmt: skip
@@ -82,6 +83,11 @@ def peers(torch, net, cell, x, threads, tmp):
         import onnxruntime as ort
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        fsess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+        out["onnxruntime float32"] = lambda: fsess.run(None, {"x": x})[0]
         if cell == "lstm":  # ONNX Runtime quantizes LSTM only (no DynamicQuantizeGRU)
             qpath = path.replace(".onnx", "_q.onnx")
             if not os.path.exists(qpath):
@@ -125,7 +131,16 @@ def run_case(torch, cell, H, B, T, threads, budget, tmp):
     return dict(cell=cell, H=H, B=B, T=T, threads=threads, ms=ms, err=errs)
 
 
-COLUMNS = ("rnnfast float32", "rnnfast bf16", "rnnfast int8", "torch int8", "onnxruntime int8", "openvino bf16")
+COLUMNS = (
+    "rnnfast float32",
+    "rnnfast bf16",
+    "rnnfast int8",
+    "torch float32",
+    "onnxruntime float32",
+    "torch int8",
+    "onnxruntime int8",
+    "openvino bf16",
+)
 
 
 def table(rows):
