@@ -39,7 +39,7 @@ CELLS = {
 @pytest.mark.parametrize("precision", REDUCED)
 @pytest.mark.parametrize(
     "M,K,N",
-    [(1, 64, 192), (1, 37, 100), (1, 1, 1), (3, 130, 257), (5, 3, 64), (70, 96, 130), (4, 301, 520)],
+    [(1, 64, 192), (1, 37, 100), (1, 1, 1), (3, 130, 257), (5, 3, 64), (70, 96, 130), (4, 301, 520), (100, 1030, 70)],
 )
 def test_product_matches_float64_of_the_quantized_operands_on_every_kernel_set(rng, precision, M, K, N):
     """bias + A W with A and W as the kernels see them (int8: per-row and per-column

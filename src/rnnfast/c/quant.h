@@ -25,7 +25,7 @@
  *
  * The kernel sets (rnn_qisas[]): baseline (portable C), avx2 (int8 by vpmaddwd on
  * 16-bit values: no saturation), avx512_vnni (int8 by vpdpbusd), avx512_bf16 (bf16 by
- * vdpbf16ps). rnn_quant_select(level), called by the one dispatcher (isa.h) whenever
+ * vdpbf16ps), avx512_amx (int8 products of 16 rows or more on AMX-INT8 tiles). rnn_quant_select(level), called by the one dispatcher (isa.h) whenever
  * it selects an ISA level, makes the best set at or below that level current.
  */
 #ifndef RNNFAST_QUANT_H
@@ -135,6 +135,12 @@ static int rnn_cpu_has_qbaseline(void) { return 1; }
 #include "x86/avx2_quant.h"
 #include "x86/avx512_vnni_quant.h"
 #include "x86/avx512_bf16_quant.h"
+#if defined(__linux__) && (__GNUC__ >= 11)
+#define RNN_X86_AMX 1
+#include "x86/amx_quant.h"
+#else
+#define RNN_X86_AMX 0
+#endif
 #else
 #define RNN_X86_QUANT 0
 #endif
@@ -148,6 +154,9 @@ static const rnn_qkernels rnn_qisas[] = {
      rnn_qgemm_bf16_avx2},
     {"avx512_bf16", RNN_ISA_AVX512, rnn_cpu_has_avx512_bf16, rnn_qgemm_i8_avx512_vnni,
      rnn_qgemm_bf16_avx512_bf16},
+#if RNN_X86_AMX
+    {"avx512_amx", RNN_ISA_AVX512, rnn_cpu_has_amx_int8, rnn_qgemm_i8_amx, rnn_qgemm_bf16_avx512_bf16},
+#endif
 #endif
 };
 
