@@ -401,3 +401,20 @@ def test_direction_weights_of_a_reduced_layer():
     for x, y in zip(a.cell_weights(), b.cell_weights()):
         assert np.array_equal(x.kernel, y.kernel) and np.array_equal(x.recurrent_kernel, y.recurrent_kernel)
     assert "precision='int8'" in repr(b)
+
+
+@pytest.mark.parametrize("precision", REDUCED)
+@pytest.mark.parametrize("kind,H", [("gru", 40), ("lstm", 256), ("gru_rb", 30), ("lstm_proj", 20)])
+def test_lengths_give_each_row_what_it_gives_alone(rng, kind, H, precision):
+    """Right padding (rows that ended drop out of the step): each row, bitwise, as when
+    it runs alone over its own length, both directions."""
+    layer, _ = _layer(rng, kind, 7, H, D=2, precision=precision)
+    T, B = 15, 6
+    x = rng.standard_normal((T, B, 7)).astype(np.float32)
+    lengths = np.array([15, 3, 9, 1, 15, 6])
+    out, h, _ = layer(x, lengths=lengths)
+    for i, n in enumerate(lengths):
+        o1, h1, _ = layer(x[:n, i : i + 1])
+        assert np.array_equal(out[:n, i : i + 1], o1), i
+        assert np.array_equal(h[:, i], h1[:, 0]), i
+        assert not out[n:, i].any()

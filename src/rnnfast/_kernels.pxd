@@ -253,6 +253,7 @@ cdef extern from "c/engine.h" nogil:
         void *out
         void *h
         void *c
+        const long *active
 
     int rnn_layer_forward(const rnn_shape *shape, const rnn_plan *plan, const rnn_weights *weights,
                           const rnn_buffers *buffers)

@@ -448,7 +448,9 @@ def rnn_forward(int cell, int act, int ract,
                 floating[:, :, ::1] c,              # IN/OUT (ndir, B, H): LSTM cell state, else (0, 0, 0)
                 *, bint batch_first, bint zero_output, bint reverse_first, plan,
                 const floating[:, :, ::1] peep=None,  # IN  (ndir, 3, H) LSTM peepholes i, f, o
-                double clip=0.0, bint input_forget=False, q=None):
+                double clip=0.0, bint input_forget=False,
+                const long[::1] active=None,        # IN  (T,) right padding: rows valid at step t
+                q=None):
     """Run one recurrent layer over the whole sequence (c/engine.h says how).
 
     ``cell`` is an RNN_CELL_* code, ``act`` and ``ract`` RNN_ACT_* codes. Direction 0
@@ -457,10 +459,13 @@ def rnn_forward(int cell, int act, int ract,
     in ``plan.unit_blocks`` unit blocks (layers.py). ``batch_first``: x and out are
     batch-major, (B, T, .) flattened, so the caller need not transpose. ``plan`` (a
     rnnfast._plan.Plan) chooses the strategy, the blocks, the chunk and the team.
-    ``q``: reduced-precision weights (rnnfast._quant.LayerWeights: ``prec`` and the
-    packed W, U and Wr of c/quant.h), run in place of the float ones (float32 only).
-    Shapes are checked by the caller (layers.RNNLayer), which is the only intended
-    user; this checks what the C core relies on.
+    ``active`` (right-padded batches whose rows are sorted by length, longest first;
+    the mask must say the same): the rows valid at step t are the first ``active[t]``;
+    the rest drop out of the step's work, with the same results. ``q``: reduced-precision
+    weights (rnnfast._quant.LayerWeights: ``prec`` and the packed W, U and Wr of
+    c/quant.h), run in place of the float ones (float32 only). Shapes are checked by
+    the caller (layers.RNNLayer), which is the only intended user; this checks what
+    the C core relies on.
     """
     cdef rnn_qweights qw
     cdef rnn_shape shape
@@ -513,6 +518,8 @@ def rnn_forward(int cell, int act, int ract,
                          % ((peep.shape[0], peep.shape[1], peep.shape[2]), (ndir, 3, H)))
     if not clip >= 0:
         raise ValueError("clip must be >= 0 (0: none), got %r" % clip)
+    if active is not None and active.shape[0] != T:
+        raise ValueError("active rows for %d steps, expected %d" % (active.shape[0], T))
     if T == 0 or B == 0:
         return
 
@@ -542,6 +549,7 @@ def rnn_forward(int cell, int act, int ract,
     io.mask = &mask[0, 0] if mask.shape[0] > 0 else NULL
     io.out = &out[0, 0] if out.shape[0] > 0 else NULL
     io.c = &c[0, 0, 0] if rnn_cell_states(<rnn_cell_t> cell) == 2 else NULL
+    io.active = &active[0] if active is not None and T > 0 else NULL
 
     with nogil:
         err = rnn_layer_forward(&shape, &p, &w, &io)

@@ -67,6 +67,12 @@ STEAL_SPINS = 200
 #: (the results are the same whatever the team size).
 MIN_CALL_FLOPS_PER_THREAD = 4_000_000
 
+#: Right-padded batches (PyTorch lengths, Keras post-padding masks): rows whose
+#: sequence has ended drop out of each step's work (rows sorted by length once per
+#: call; bitwise the same results). False: every row steps every step (for
+#: bench/padding.py's padded baseline).
+SKIP_PADDING = True
+
 _kernels.barrier_spins(BARRIER_SPINS)
 _kernels.steal_spins(STEAL_SPINS)
 

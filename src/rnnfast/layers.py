@@ -17,6 +17,9 @@ bias              (G*H,) or None      input-side bias
 recurrent_bias    (G*H,) or None      hidden-side bias (GRU reset-after keeps its
                                       candidate part apart: ``r * (h U_h + b_hh)``)
 projection        (H, P) or None      LSTM projection, ``h = (o * act(c)) @ projection``
+peephole          (3, H) or None      LSTM peepholes (ONNX ``P``), rows i, f, o:
+                                      ``i = ract(... + p_i * c_prev)``, ``f`` alike,
+                                      ``o = ract(... + p_o * c_new)``
 ================  ==================  ===============================================
 
 Cells (``cell=``): the names of the cell registry :data:`rnnfast.cells.CELLS`:
@@ -124,6 +127,7 @@ class CellWeights:
     bias: Optional[np.ndarray] = None
     recurrent_bias: Optional[np.ndarray] = None
     projection: Optional[np.ndarray] = None
+    peephole: Optional[np.ndarray] = None
 
 
 class RNNLayer:
@@ -146,6 +150,14 @@ class RNNLayer:
         business).
     dtype : float32 or float64
         The compute dtype; weights are converted to it once, here.
+    clip : float, optional
+        ONNX's cell clip: every gate pre-activation is clipped to ``[-clip, clip]``
+        before its activation (None: no clipping).
+    input_forget : bool
+        LSTM only: couple the input and forget gates, ``f = 1 - i`` (ONNX).
+
+    Peepholes (ONNX LSTM ``P``) come with the weights (``CellWeights.peephole``); an
+    LSTM with peepholes or ``input_forget`` runs the kernel's peephole variant.
     precision : {"float32", "bf16", "int8"}
         The weights' precision in the products (:mod:`rnnfast._quant`): reduced
         precision keeps float32 gate math and state and needs ``dtype`` float32.
@@ -170,6 +182,8 @@ class RNNLayer:
         recurrent_activation="sigmoid",
         go_backwards=False,
         dtype=np.float32,
+        clip=None,
+        input_forget=False,
         precision="float32",
     ):
         spec = cells.get(cell)
@@ -187,7 +201,16 @@ class RNNLayer:
         self.dtype = compute_dtype(dtype)
         self._act = _activation_code(activation, "activation")
         self._ract = _activation_code(self.recurrent_activation, "recurrent_activation")
-        self._kernel = spec.kernel_for(self.reset_after)
+        if clip is not None:
+            clip = float(clip)
+            if not clip > 0 or not np.isfinite(clip):
+                raise ValueError("clip must be a positive finite number or None, got %r" % clip)
+        self.clip = clip
+        self.input_forget = bool(input_forget)
+        peephole = any(getattr(w, "peephole", None) is not None for w in weights)
+        if (peephole or self.input_forget) and spec.peephole is None:
+            raise ValueError("peepholes and input_forget are for an LSTM, not %s" % spec.title)
+        self._kernel = spec.kernel_for(self.reset_after, peephole or self.input_forget)
         self._kernel_cell = self._kernel.name
         self.precision = self._checked_precision(precision)
         self._convert(weights)
@@ -224,12 +247,13 @@ class RNNLayer:
             )
         P = np.asarray(proj).shape[1] if proj is not None else 0
         Ho = P if proj is not None else H
-        Ws, Us, bxs, bhns, Wrs = [], [], [], [], []
+        Ws, Us, bxs, bhns, Wrs, peeps = [], [], [], [], [], []
         given = 0
         for d, w in enumerate(weights):
+            peep = getattr(w, "peephole", None)
             given += sum(
                 np.size(a)
-                for a in (w.kernel, w.recurrent_kernel, w.bias, w.recurrent_bias, w.projection)
+                for a in (w.kernel, w.recurrent_kernel, w.bias, w.recurrent_bias, w.projection, peep)
                 if a is not None
             )
             where = "direction %d" % d
@@ -254,6 +278,8 @@ class RNNLayer:
             bhns.append(bhn.astype(dt))
             if proj is not None:
                 Wrs.append(_checked(w.projection, (H, P), "projection", where, dt))
+            if self._kernel.name == "lstm_peep":  # zeros for a direction without them
+                peeps.append(np.zeros((3, H), dt) if peep is None else _checked(peep, (3, H), "peephole", where, dt))
         self.source_parameters = int(given)
         self.input_size, self.units, self.proj_size = I, H, P
         self.output_size = Ho
@@ -269,6 +295,7 @@ class RNNLayer:
         self._bx = _frozen(np.ascontiguousarray(bx))
         self._bhn = _frozen(np.stack(bhns))
         self._Wr = _frozen(np.stack(Wrs) if Wrs else np.zeros((len(weights), 0, 0), dt))
+        self._peep = _frozen(np.stack(peeps)) if peeps else None
         self._pack()
 
     def cell_weights(self):
@@ -285,7 +312,8 @@ class RNNLayer:
         -------
         list of CellWeights
             ``kernel`` (I, G*H), ``recurrent_kernel`` (Ho, G*H), ``bias`` (G*H,),
-            ``recurrent_bias`` (G*H,) or None, ``projection`` (H, P) or None.
+            ``recurrent_bias`` (G*H,) or None, ``projection`` (H, P) or None,
+            ``peephole`` (3, H) or None.
         """
         H, GH = self.units, self._W.shape[2]
         inv = np.argsort(_unit_block_order(H, GH // H, self._ncb))  # undo _convert's order
@@ -302,6 +330,7 @@ class RNNLayer:
                     self._bx[d][inv].copy(),
                     rb,
                     self._Wr[d].copy() if self.proj_size else None,
+                    self._peep[d].copy() if self._peep is not None else None,
                 )
             )
         return out
@@ -313,6 +342,12 @@ class RNNLayer:
             extra += ", reset_after=%s" % self.reset_after
         if self.proj_size:
             extra += ", proj_size=%d" % self.proj_size
+        if self._peep is not None:
+            extra += ", peephole=True"
+        if self.input_forget:
+            extra += ", input_forget=True"
+        if self.clip is not None:
+            extra += ", clip=%g" % self.clip
         if self.go_backwards:
             extra += ", go_backwards=True"
         if self.precision != "float32":
@@ -334,6 +369,10 @@ class RNNLayer:
     _PICKLE_DERIVED = ("_Wp", "_Up", "_uses_blas", "_q")
     #: Bumped when the pickled state changes meaning; an older pickle is refused.
     _PICKLE_FORMAT = 1
+    #: What a pickle made before these options existed means (format 1 still).
+    clip = None
+    input_forget = False
+    _peep = None
 
     def __getstate__(self):
         """The canonical weights and options, once; no packed copies (see
@@ -426,6 +465,8 @@ class RNNLayer:
                     "input_size",
                     "proj_size",
                     "output_size",
+                    "clip",
+                    "input_forget",
                 )
                 and v != w
             ):
@@ -530,6 +571,14 @@ class RNNLayer:
             zero_output_for_mask = True
         elif mask is not None:
             mask = as_mask(mask, T, B)
+        order, active = None, None
+        if mask is not None and _plan.SKIP_PADDING and self._kernel.packed and not self.proj_size:
+            order, active = _padding_order(mask)
+        if order is not None:  # rows sorted by length, longest first: the kernel's own order
+            x = np.take(x, order, axis=0 if batch_first else 1)
+            h = np.take(h, order, axis=1)
+            c = np.take(c, order, axis=1) if with_c else c
+            mask = np.ascontiguousarray(mask[:, order])
         m = mask if mask is not None else np.zeros((0, 0), np.uint8)
         out = None
         if return_sequences:
@@ -569,11 +618,42 @@ class RNNLayer:
                 zero_output=bool(zero_output_for_mask),
                 reverse_first=self.go_backwards,
                 plan=plan,
+                peep=self._peep,
+                clip=0.0 if self.clip is None else self.clip,
+                input_forget=self.input_forget,
+                active=active,
                 q=self._q,
             )
+        if order is not None:  # back to the caller's order
+            inv = np.argsort(order)
+            if out is not None:
+                out = np.take(out, inv, axis=0 if batch_first else 1)
+            h = np.take(h, inv, axis=1)
+            c = np.take(c, inv, axis=1) if with_c else c
         return out, h, (c if with_c else None)
 
     __call__ = forward
+
+
+def _padding_order(mask):
+    """Right padding, made free: for a (T, B) mask in which every row's valid steps come
+    first (PyTorch lengths, Keras post-padding), ``(order, active)``: the rows sorted by
+    length, longest first (None when they already are), and ``active[t]``, the number of
+    rows valid at step t (int64, (T,)), with which the kernel drops ended rows out of
+    each step's work. ``(None, None)`` when the mask is not right padding, or pads
+    nothing."""
+    T, B = mask.shape
+    lens = np.count_nonzero(mask, axis=0)
+    if T == 0 or B == 0 or lens.min() == T:
+        return None, None
+    steps = np.arange(T)[:, None]
+    if not np.array_equal(mask.view(bool), steps < lens[None, :]):
+        return None, None  # gaps inside a row: every row steps
+    order = np.argsort(-lens, kind="stable")
+    active = np.count_nonzero(steps < lens[None, order], axis=1).astype(np.int64)
+    if np.array_equal(order, np.arange(B)):
+        order = None
+    return order, np.ascontiguousarray(active)
 
 
 def lengths_to_mask(lengths, T, B):

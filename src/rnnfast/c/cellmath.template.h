@@ -233,3 +233,44 @@ static void RNN_INAME(simple)(const RNN_TNAME(cell_args) *a)
     }
 }
 
+/* LSTM as ONNX has it: peepholes, the coupled input and forget gates, and (like every
+ * cell here) the cell clip. One step, g = xp + gh (gates i, f, c, o), c_prev the old c:
+ *   (1) i = ract(clip(g_i + p_i * c_prev))
+ *   (2) f = 1 - i with input_forget, else ract(clip(g_f + p_f * c_prev))
+ *   (3) u = act(clip(g_c))      (4) c = f * c_prev + i * u
+ *   (5) o = ract(clip(g_o + p_o * c))   (the new c)   (6) m = o * act(c)
+ * p = a->peep: (3, H) rows i, f, o, ldpeep apart; NULL: no peepholes. m is written to
+ * `h` as in rnn_lstm. tmp: 4H scratch. */
+static void RNN_INAME(lstm_peep)(const RNN_TNAME(cell_args) *a)
+{
+    long b, nrows = a->nrows, H = a->H;
+    int j;
+    TYPE *tmp = a->tmp;
+    const TYPE *pi = a->peep;
+    const TYPE *pf = pi != NULL ? pi + a->ldpeep : NULL, *po = pi != NULL ? pi + 2 * a->ldpeep : NULL;
+    for (b = 0; b < nrows; b++) {
+        if (a->valid && !a->valid[b]) continue;
+        const TYPE *x = a->xp + b * a->ldxp, *g = a->gh + b * a->ldgh;
+        TYPE *cb = a->c + b * a->ldc, *mb = a->h + b * a->ldh;
+        TYPE *gi = tmp, *gf = tmp + H, *gc = tmp + 2 * H, *go = tmp + 3 * H;
+        for (j = 0; j < 4 * H; j++) tmp[j] = x[j] + g[j];
+        if (a->peep != NULL)
+            for (j = 0; j < H; j++) gi[j] += pi[j] * cb[j];
+        RNN_INAME(clip_act)(a->clip, a->ract, gi, H);
+        if (a->input_forget) {
+            for (j = 0; j < H; j++) gf[j] = (TYPE)1 - gi[j];
+        } else {
+            if (a->peep != NULL)
+                for (j = 0; j < H; j++) gf[j] += pf[j] * cb[j];
+            RNN_INAME(clip_act)(a->clip, a->ract, gf, H);
+        }
+        RNN_INAME(clip_act)(a->clip, a->act, gc, H);
+        for (j = 0; j < H; j++) cb[j] = gf[j] * cb[j] + gi[j] * gc[j];
+        if (a->peep != NULL)
+            for (j = 0; j < H; j++) go[j] += po[j] * cb[j];
+        RNN_INAME(clip_act)(a->clip, a->ract, go, H);
+        for (j = 0; j < H; j++) gc[j] = cb[j];
+        RNN_INAME(act)(a->act, gc, H);
+        for (j = 0; j < H; j++) mb[j] = go[j] * gc[j];
+    }
+}

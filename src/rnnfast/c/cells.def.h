@@ -27,3 +27,4 @@ RNN_CELL(SIMPLE, simple, 1, 1, 1, 0)       /* SimpleRNN: h = act(x W + h U + b) 
 RNN_CELL(GRU, gru_ra, 3, 1, 1, 1)          /* GRU reset-after (PyTorch; Keras reset_after=True) */
 RNN_CELL(GRU_RB, gru_rb, 3, 1, 0, 1)       /* GRU reset-before (Keras reset_after=False) */
 RNN_CELL(LSTM, lstm, 4, 2, 1, 0)           /* LSTM, with or without a projection */
+RNN_CELL(LSTM_PEEP, lstm_peep, 4, 2, 1, 0)  /* LSTM with ONNX peepholes and input_forget */

@@ -104,6 +104,11 @@ typedef struct {
     void *out;                  /* (T*B, ndir*Ho), rows as x's; or NULL */
     void *h;                    /* (ndir, B, Ho) IN/OUT: initial -> final state */
     void *c;                    /* (ndir, B, H) IN/OUT: LSTM cell state; else NULL */
+    const long *active;         /* (T,) right padding: the rows valid at step t are the first
+                                 * active[t] (rows sorted by length, longest first), and the
+                                 * mask says the same; or NULL. Rows past them drop out of
+                                 * the step's products and gate math (cells with packed
+                                 * products, no projection) and of the packed projection. */
 } rnn_buffers;
 
 /* The cells' properties, from the cell list (cells.def.h). */

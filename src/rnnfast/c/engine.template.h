@@ -18,6 +18,7 @@ typedef struct {
     const TYPE *x, *W, *Wp, *bx, *U, *Up, *bhn, *Wr, *peep;
     const rnn_qweights *q;      /* reduced-precision weights (quant.h), or NULL */
     const unsigned char *mask;
+    const long *active;         /* io->active where the cell can use it, else NULL */
     TYPE *out, *h, *c;
 } RNN_TNAME(call);
 
@@ -30,6 +31,17 @@ static inline void RNN_TNAME(qproduct)(const rnn_qweights *q, const rnn_qmat *m,
 {
     rnn_qgemm(q->prec, m, d, off, col0, M, N, K, (const float *)A, lda, (const float *)bias,
               (float *)C, ldc);
+}
+
+/* Of the nb rows from b0, those that step at time t: all of them, or with right
+ * padding (c->active) the ones before the first row that has ended. */
+static inline long RNN_TNAME(live_rows)(const RNN_TNAME(call) *c, long t, long b0, long nb)
+{
+    long n;
+    if (c->active == NULL)
+        return nb;
+    n = c->active[t] - b0;
+    return n < 0 ? 0 : (n > nb ? nb : n);
 }
 
 /* xp[0:n, 0:N] = x[0:n] @ W[:, 0:N] + bx[0:N] for n input rows ldx apart, on the packed
@@ -117,6 +129,22 @@ static void RNN_TNAME(item_project)(const RNN_TNAME(call) *c, long d, long tlo, 
         const TYPE *wpb = Wp != NULL ? Wp + rnn_packed_offset(In, H, G, ncb, cb) : NULL;
         j0 = G * rnn_block_start(H, ncb, cb);
         nc = G * rnn_block_start(H, ncb, cb + 1) - j0;
+        if (c->active != NULL && (wpb != NULL || (c->q != NULL && c->q->W.data != NULL))) {
+            /* right padding: only the rows that step, one time step at a time (each row
+             * of the packed product is the same whatever the rows around it) */
+            for (r = r0; r < r1; r += n) {
+                t = tlo + r / B;
+                b = r % B;
+                n = B - b < r1 - r ? B - b : r1 - r;
+                long live = RNN_TNAME(live_rows)(c, t, b, n);
+                if (live > 0)
+                    RNN_TNAME(project_rows)(live, In, c->x + rnn_row(t, b, T, B, s->bfirst) * In,
+                                            s->bfirst ? T * In : In, W + j0, GH, wpb, bx + j0, nc,
+                                            xp + r * GH + j0, GH, c->q, d, cb,
+                                            rnn_block_start(H, ncb, cb), H, G, ncb);
+            }
+            continue;
+        }
         if (!s->bfirst || B == 1) {
             RNN_TNAME(project_rows)(r1 - r0, In, c->x + (tlo * B + r0) * In, In, W + j0, GH, wpb,
                                     bx + j0, nc, xp + r0 * GH + j0, GH, c->q, d, cb,
@@ -190,7 +218,9 @@ static int RNN_TNAME(item_run)(const RNN_TNAME(call) *c, long d, long b0, long n
              * product; gate-major layout, ncb == 1) */
             RNN_TNAME(cell_block)(c, d, 0, nb, H, xr, GH, NULL, 0, U, h, Ho, cs, H, valid, tmp, zr);
         } else {
-            /* every block's product reads the old state: all products first, then the steps */
+            /* every block's product reads the old state: all products first, then the
+             * steps; with right padding only for the rows that step (na) */
+            long na = RNN_TNAME(live_rows)(c, t, b0, nb);
             t1 = rnn_tick();
             for (cb = 0; cb < ncb; cb++) {
                 j0 = rnn_block_start(H, ncb, cb);
@@ -198,9 +228,9 @@ static int RNN_TNAME(item_run)(const RNN_TNAME(call) *c, long d, long b0, long n
                 if (c->q != NULL)
                     RNN_TNAME(qproduct)(c->q, &c->q->U, d,
                                         rnn_packed_offset(rnn_qpad(c->q->prec, Ho), H, G, ncb, cb),
-                                        G * j0, nb, G * (j1 - j0), Ho, h, Ho, NULL, gh + G * j0, GH);
+                                        G * j0, na, G * (j1 - j0), Ho, h, Ho, NULL, gh + G * j0, GH);
                 else
-                    RNN_TNAME(gemm_packed)(nb, G * (j1 - j0), Ho, h, Ho,
+                    RNN_TNAME(gemm_packed)(na, G * (j1 - j0), Ho, h, Ho,
                                            Up + rnn_packed_offset(Ho, H, G, ncb, cb), NULL,
                                            gh + G * j0, GH);
             }
@@ -208,8 +238,10 @@ static int RNN_TNAME(item_run)(const RNN_TNAME(call) *c, long d, long b0, long n
             for (cb = 0; cb < ncb; cb++) {
                 j0 = rnn_block_start(H, ncb, cb);
                 j1 = rnn_block_start(H, ncb, cb + 1);
-                RNN_TNAME(cell_block)(c, d, j0, nb, j1 - j0, xr + G * j0, GH, gh + G * j0, GH, NULL,
-                                      h + j0, Ho, cs != NULL ? cs + j0 : NULL, H, valid, tmp, zr);
+                if (na > 0)
+                    RNN_TNAME(cell_block)(c, d, j0, na, j1 - j0, xr + G * j0, GH, gh + G * j0, GH,
+                                          NULL, h + j0, Ho, cs != NULL ? cs + j0 : NULL, H, valid,
+                                          tmp, zr);
             }
         }
         if (out != NULL)
@@ -302,15 +334,20 @@ static void RNN_TNAME(blocked_project)(const RNN_TNAME(call) *c, const RNN_TNAME
     TYPE *xp = bk->xp + k.d * c->p.chunk * B * GH + G * j0;
     long i, t;
     double t0 = rnn_tick();
-    if (k.nb == B && (!s->bfirst || B == 1)) {
+    /* right padding with the packed projection: only the rows that step */
+    int skip = c->active != NULL && (Wp != NULL || (c->q != NULL && c->q->W.data != NULL));
+    if (k.nb == B && (!s->bfirst || B == 1) && !skip) {
         RNN_TNAME(project_rows)(nsteps * B, In, c->x + tlo * B * In, In, W, GH, Wp, bx, N, xp, GH,
                                 c->q, k.d, k.cb, j0, H, G, ncb);
     } else {
         for (i = 0; i < nsteps; i++) {
             t = tlo + i;
-            RNN_TNAME(project_rows)(k.nb, In, c->x + rnn_row(t, k.b0, T, B, s->bfirst) * In,
-                                    In * (s->bfirst ? T : 1), W, GH, Wp, bx, N,
-                                    xp + (i * B + k.b0) * GH, GH, c->q, k.d, k.cb, j0, H, G, ncb);
+            long live = skip ? RNN_TNAME(live_rows)(c, t, k.b0, k.nb) : k.nb;
+            if (live > 0)
+                RNN_TNAME(project_rows)(live, In, c->x + rnn_row(t, k.b0, T, B, s->bfirst) * In,
+                                        In * (s->bfirst ? T : 1), W, GH, Wp, bx, N,
+                                        xp + (i * B + k.b0) * GH, GH, c->q, k.d, k.cb, j0, H,
+                                        G, ncb);
         }
     }
     rnn_tock(RNN_PROF_PROJECTION, t0);
@@ -333,14 +370,14 @@ static void RNN_TNAME(blocked_step)(const RNN_TNAME(call) *c, const RNN_TNAME(bl
     TYPE *hnxt = bk->hbuf + ((((st + 1) % 2) * ndir + k.d) * B + k.b0) * Ho;
     const unsigned char *valid = c->mask != NULL ? c->mask + t * B + k.b0 : NULL;
     TYPE *gh = scratch, *tmp = scratch + c->p.bb * GH;
-    long r;
+    long r, na = RNN_TNAME(live_rows)(c, t, k.b0, k.nb);   /* the rows that step */
     double t0 = rnn_tick();
     if (c->q != NULL)
         RNN_TNAME(qproduct)(c->q, &c->q->U, k.d,
                             rnn_packed_offset(rnn_qpad(c->q->prec, Ho), H, G, ncb, k.cb), G * j0,
-                            k.nb, G * hb, Ho, hcur, Ho, NULL, gh, G * hb);
+                            na, G * hb, Ho, hcur, Ho, NULL, gh, G * hb);
     else
-        RNN_TNAME(gemm_packed)(k.nb, G * hb, Ho, hcur, Ho,
+        RNN_TNAME(gemm_packed)(na, G * hb, Ho, hcur, Ho,
                                c->Up + k.d * c->lup + rnn_packed_offset(Ho, H, G, ncb, k.cb), NULL,
                                gh, G * hb);
     rnn_tock(RNN_PROF_PRODUCT, t0);
@@ -349,7 +386,8 @@ static void RNN_TNAME(blocked_step)(const RNN_TNAME(call) *c, const RNN_TNAME(bl
     for (r = 0; r < k.nb; r++)
         if (rnn_cell_in_place(s->cell) || (valid != NULL && !valid[r]))
             memcpy(hnxt + r * Ho + j0, hcur + r * Ho + j0, (size_t)hb * sizeof(TYPE));
-    RNN_TNAME(cell_block)(c, k.d, j0, k.nb, hb,
+    if (na > 0)
+        RNN_TNAME(cell_block)(c, k.d, j0, na, hb,
                           bk->xp + k.d * c->p.chunk * B * GH + ((t - tlo) * B + k.b0) * GH + G * j0,
                           GH, gh, G * hb, NULL, hnxt + j0, Ho,
                           bk->cbuf != NULL ? bk->cbuf + (k.d * B + k.b0) * H + j0 : NULL, H, valid,
@@ -516,6 +554,7 @@ static int RNN_TNAME(layer_forward)(const rnn_shape *shape, const rnn_plan *plan
     c.peep = (const TYPE *)w->peep;
     c.q = sizeof(TYPE) == sizeof(float) ? w->q : NULL;  /* reduced precision: float layers only */
     c.mask = io->mask;
+    c.active = io->active != NULL && rnn_cell_packed(c.s.cell) && c.Wr == NULL ? io->active : NULL;
     c.out = (TYPE *)io->out;
     c.h = (TYPE *)io->h;
     c.c = (TYPE *)io->c;

@@ -5,7 +5,10 @@
  * A register tile of up to RNN_TILE_ROWS (6) rows x 64 columns (24 accumulators, 4
  * panel loads and 6 broadcasts per k), panel by panel, so a panel is read from cache
  * once per 6 rows. One row (batch 1) takes two panels at a time: 8 independent
- * accumulator chains hide the FMA latency; there the loads bound it. Every element of
+ * accumulator chains hide the FMA latency; there the loads bound it. Many rows run
+ * K-blocked: a block of RNN_AVX512_KBLOCK steps of a panel stays in the L1 cache
+ * while every row tile runs over it, the sums going to C between blocks and coming
+ * back (the same chain, so the same bits). Every element of
  * C is one chain of fused multiply-adds over k = 0..K-1 starting from its bias (or
  * zero), whatever M, the tile or the thread: a row's result does not depend on the
  * batch it is in nor on the thread count.
@@ -30,16 +33,44 @@ RNN_INLINE void rnn_store64_avx512(float *c, const __m512 *v, long nc)
     }
 }
 
-/* C[0:MR, panel] = A[0:MR] Bp[panel]; MR is a constant after inlining, so the
- * accumulators live in registers. */
+/* K steps per block of a product of more rows than one tile: the block of a panel,
+ * RNN_AVX512_KBLOCK x 64 floats (32 KiB), fits the L1 data cache (48 KiB on Sapphire
+ * Rapids), so the row tiles after the first read it from there, not from L2. A tuning
+ * constant of this ISA (bench/README.md); the results do not depend on it. */
+#define RNN_AVX512_KBLOCK 128
+/* Rows per row block of the K-blocked product: their sums (RNN_AVX512_MBLOCK x 64
+ * floats) stay in cache between K blocks, however many rows the call has (a chunk's
+ * input projection has thousands). A multiple of RNN_TILE_ROWS. */
+#define RNN_AVX512_MBLOCK 48
+
+/* Load the first nc of the 64 sums of one row (the rest zero). */
+RNN_INLINE void rnn_load64_avx512(__m512 *v, const float *c, long nc)
+{
+    long q;
+    for (q = 0; q < 4; q++) {
+        long left = nc - 16 * q;
+        __mmask16 m = left >= 16 ? (__mmask16)0xFFFF
+                      : (left <= 0 ? (__mmask16)0 : (__mmask16)((1u << left) - 1u));
+        v[q] = _mm512_maskz_loadu_ps(m, c + 16 * q);
+    }
+}
+
+/* C[0:MR, panel] = A[0:MR] Bp[panel] over K steps, starting from init (the bias) or,
+ * with from_c, from the sums in C (a K block after the first); MR is a constant after
+ * inlining, so the accumulators live in registers. */
 RNN_INLINE void rnn_tile_avx512(const int MR, long K, const float *A, long lda,
-                                const float *bp, const __m512 *init, float *C, long ldc, long nc)
+                                const float *bp, const __m512 *init, float *C, long ldc, long nc,
+                                int from_c)
 {
     __m512 acc[RNN_TILE_ROWS][4];
     long k;
     int r, q;
-    for (r = 0; r < MR; r++)
-        for (q = 0; q < 4; q++) acc[r][q] = init[q];
+    for (r = 0; r < MR; r++) {
+        if (from_c)
+            rnn_load64_avx512(acc[r], C + r * ldc, nc);
+        else
+            for (q = 0; q < 4; q++) acc[r][q] = init[q];
+    }
     for (k = 0; k < K; k++) {
         const float *b = bp + k * RNN_PANEL_COLS;
         __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16);
@@ -109,16 +140,28 @@ static void rnn_gemm_packed_f_avx512(long M, long N, long K, const float *A, lon
         const float *bp = Bp + p * K * RNN_PANEL_COLS;
         float *c = C + p * RNN_PANEL_COLS;
         long nc = N - p * RNN_PANEL_COLS < RNN_PANEL_COLS ? N - p * RNN_PANEL_COLS : RNN_PANEL_COLS;
+        long kb = M > RNN_TILE_ROWS && K > RNN_AVX512_KBLOCK ? RNN_AVX512_KBLOCK : (K > 0 ? K : 1);
+        long k0, kn;
+        long i0, i1;
         rnn_init64_avx512(init, bias, p, nc);
-        for (i = 0; i + RNN_TILE_ROWS <= M; i += RNN_TILE_ROWS)
-            rnn_tile_avx512(RNN_TILE_ROWS, K, A + i * lda, lda, bp, init, c + i * ldc, ldc, nc);
-        switch (M - i) {
-        case 5: rnn_tile_avx512(5, K, A + i * lda, lda, bp, init, c + i * ldc, ldc, nc); break;
-        case 4: rnn_tile_avx512(4, K, A + i * lda, lda, bp, init, c + i * ldc, ldc, nc); break;
-        case 3: rnn_tile_avx512(3, K, A + i * lda, lda, bp, init, c + i * ldc, ldc, nc); break;
-        case 2: rnn_tile_avx512(2, K, A + i * lda, lda, bp, init, c + i * ldc, ldc, nc); break;
-        case 1: rnn_tile_avx512(1, K, A + i * lda, lda, bp, init, c + i * ldc, ldc, nc); break;
-        default: break;
+        for (i0 = 0; i0 < M; i0 = i1) {
+            i1 = M - i0 > RNN_AVX512_MBLOCK ? i0 + RNN_AVX512_MBLOCK : M;
+            for (k0 = 0; k0 == 0 || k0 < K; k0 += kb) {
+                const float *a = A + k0, *b = bp + k0 * RNN_PANEL_COLS;
+                int from_c = k0 > 0;
+                kn = K - k0 < kb ? K - k0 : kb;
+                for (i = i0; i + RNN_TILE_ROWS <= i1; i += RNN_TILE_ROWS)
+                    rnn_tile_avx512(RNN_TILE_ROWS, kn, a + i * lda, lda, b, init, c + i * ldc, ldc,
+                                    nc, from_c);
+                switch (i1 - i) {
+                case 5: rnn_tile_avx512(5, kn, a + i * lda, lda, b, init, c + i * ldc, ldc, nc, from_c); break;
+                case 4: rnn_tile_avx512(4, kn, a + i * lda, lda, b, init, c + i * ldc, ldc, nc, from_c); break;
+                case 3: rnn_tile_avx512(3, kn, a + i * lda, lda, b, init, c + i * ldc, ldc, nc, from_c); break;
+                case 2: rnn_tile_avx512(2, kn, a + i * lda, lda, b, init, c + i * ldc, ldc, nc, from_c); break;
+                case 1: rnn_tile_avx512(1, kn, a + i * lda, lda, b, init, c + i * ldc, ldc, nc, from_c); break;
+                default: break;
+                }
+            }
         }
     }
 }

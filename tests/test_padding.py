@@ -1,0 +1,116 @@
+"""Padding that costs nothing: in right-padded batches (PyTorch lengths, Keras
+post-padding masks) rows whose sequence has ended drop out of each step's work, with
+bitwise the same results as when every row steps (``_plan.SKIP_PADDING = False``),
+and the same as the float64 reference."""
+
+import contextlib
+import dataclasses
+
+import numpy as np
+import pytest
+
+from rnnfast import _plan, reference
+from rnnfast.layers import RNNLayer, _padding_order
+
+from _testing import assert_close, random_weights
+
+
+@contextlib.contextmanager
+def every_row_steps():
+    _plan.SKIP_PADDING = False
+    try:
+        yield
+    finally:
+        _plan.SKIP_PADDING = True
+
+
+def _layer(rng, cell, I, H, directions, dtype, **kw):
+    name = "lstm" if cell == "lstm_peep" else cell
+    ws = [random_weights(rng, name, I, H) for _ in range(directions)]
+    if cell == "lstm_peep":
+        ws = [dataclasses.replace(w, peephole=rng.uniform(-1, 1, (3, H))) for w in ws]
+    return RNNLayer(name, ws, dtype=dtype, **kw)
+
+
+def _same(a, b, what):
+    for x, y in zip(a, b):
+        if x is None:
+            assert y is None
+        else:
+            assert x.dtype == y.dtype and x.shape == y.shape and x.tobytes() == y.tobytes(), what
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cell", ["gru", "lstm", "simple", "lstm_peep"])
+@pytest.mark.parametrize("H,B", [(20, 13), (130, 2), (130, 40)])  # item; blocked (small batch, wide)
+def test_skipping_ended_rows_is_bitwise_the_same(rng, dtype, cell, H, B):
+    """Lengths (unsorted, with zeros and full rows) and post-padding masks, forward,
+    backward and bidirectional, time- and batch-major, with initial states, 1 and 2
+    threads, output sequence or not."""
+    I, T = 9, 17
+    lengths = rng.integers(0, T + 1, B)
+    lengths[0], lengths[-1] = T, 0
+    mask = np.arange(T)[:, None] < lengths[None, :]
+    for directions, back in ((1, False), (1, True), (2, False)):
+        layer = _layer(rng, cell, I, H, directions, dtype, go_backwards=back)
+        Ho = layer.output_size
+        h0 = rng.standard_normal((directions, B, Ho))
+        c0 = rng.standard_normal((directions, B, H)) if cell != "gru" and cell != "simple" else None
+        for bfirst in (False, True):
+            x = rng.standard_normal((B, T, I) if bfirst else (T, B, I))
+            for kw in (
+                dict(lengths=lengths),
+                dict(mask=mask),
+                dict(mask=mask, zero_output_for_mask=True),
+                dict(lengths=lengths, return_sequences=False),
+            ):
+                for threads in (1, 2):
+                    args = dict(kw, batch_first=bfirst, num_threads=threads)
+                    got = layer(x, h0, c0, **args)
+                    with every_row_steps():
+                        want = layer(x, h0, c0, **args)
+                    _same(got, want, "%s dirs=%d back=%s bfirst=%s %s" % (cell, directions, back, bfirst, sorted(kw)))
+    # and the reference agrees (one case)
+    out, h, c = layer(np.swapaxes(x, 0, 1) if bfirst else x, lengths=lengths)
+    ref = reference.run_layer(
+        layer.cell,
+        layer.cell_weights(),
+        np.swapaxes(x, 0, 1) if bfirst else x,
+        lengths=lengths,
+        input_forget=layer.input_forget,
+    )
+    for g, r in zip((out, h, c), ref):
+        if r is not None:
+            assert_close(g, r, dtype)
+
+
+def test_padding_order():
+    """Right padding is recognised (rows sorted longest first, the rows active per
+    step); gaps, or no padding, leave the batch as it is."""
+    lengths = np.array([2, 5, 0, 5, 3])
+    mask = (np.arange(5)[:, None] < lengths[None, :]).view(np.uint8)
+    order, active = _padding_order(mask)
+    assert order.tolist() == [1, 3, 4, 0, 2]
+    assert active.tolist() == [4, 4, 3, 2, 2] and active.dtype == np.int64
+    order, active = _padding_order(mask[:, [1, 3, 4, 0, 2]].copy())
+    assert order is None and active.tolist() == [4, 4, 3, 2, 2]
+    gap = mask.copy()
+    gap[1, 1] = 0
+    assert _padding_order(gap) == (None, None)
+    assert _padding_order(np.ones((4, 3), np.uint8)) == (None, None)
+
+
+def test_cells_that_make_their_own_products_step_every_row(rng):
+    """GRU reset-before and the LSTM with a projection (BLAS products) keep every row:
+    the same results either way."""
+    T, B, I, H = 9, 6, 5, 8
+    lengths = rng.integers(1, T + 1, B)
+    x = rng.standard_normal((T, B, I))
+    for layer in (
+        RNNLayer("gru", [random_weights(rng, "gru", I, H)], reset_after=False),
+        RNNLayer("lstm", [random_weights(rng, "lstm", I, H, P=3)]),
+    ):
+        got = layer(x, lengths=lengths)
+        with every_row_steps():
+            want = layer(x, lengths=lengths)
+        _same(got, want, repr(layer))
