@@ -96,6 +96,53 @@ RNN_INLINE void rnn_vnni_tile(const int MR, const int NP, long Kp, long N, long 
             }
 }
 
+/* One row against four panels from panel p (batch 1's product): sixteen named
+ * accumulators, so that the compiler keeps them in registers (an array of them it
+ * copies around the loop). */
+RNN_INLINE void rnn_vnni_row4(long Kp, long N, long p, const unsigned char *u, float sa,
+                              const signed char *Bq, const float *scale, const int *comp,
+                              const float *bias, float *C)
+{
+    long g, Kg = Kp / 4, ps = Kp * RNN_PANEL_COLS;
+    const signed char *b0 = Bq + p * ps, *b1 = b0 + ps, *b2 = b1 + ps, *b3 = b2 + ps;
+    __m512i a00 = _mm512_setzero_si512(), a01 = a00, a02 = a00, a03 = a00;
+    __m512i a10 = a00, a11 = a00, a12 = a00, a13 = a00;
+    __m512i a20 = a00, a21 = a00, a22 = a00, a23 = a00;
+    __m512i a30 = a00, a31 = a00, a32 = a00, a33 = a00;
+    for (g = 0; g < Kg; g++) {
+        int word;
+        long o = g * 4 * RNN_PANEL_COLS;
+        memcpy(&word, u + 4 * g, 4);
+        __m512i av = _mm512_set1_epi32(word);
+        a00 = _mm512_dpbusd_epi32(a00, av, _mm512_loadu_si512((const void *)(b0 + o)));
+        a01 = _mm512_dpbusd_epi32(a01, av, _mm512_loadu_si512((const void *)(b0 + o + 64)));
+        a02 = _mm512_dpbusd_epi32(a02, av, _mm512_loadu_si512((const void *)(b0 + o + 128)));
+        a03 = _mm512_dpbusd_epi32(a03, av, _mm512_loadu_si512((const void *)(b0 + o + 192)));
+        a10 = _mm512_dpbusd_epi32(a10, av, _mm512_loadu_si512((const void *)(b1 + o)));
+        a11 = _mm512_dpbusd_epi32(a11, av, _mm512_loadu_si512((const void *)(b1 + o + 64)));
+        a12 = _mm512_dpbusd_epi32(a12, av, _mm512_loadu_si512((const void *)(b1 + o + 128)));
+        a13 = _mm512_dpbusd_epi32(a13, av, _mm512_loadu_si512((const void *)(b1 + o + 192)));
+        a20 = _mm512_dpbusd_epi32(a20, av, _mm512_loadu_si512((const void *)(b2 + o)));
+        a21 = _mm512_dpbusd_epi32(a21, av, _mm512_loadu_si512((const void *)(b2 + o + 64)));
+        a22 = _mm512_dpbusd_epi32(a22, av, _mm512_loadu_si512((const void *)(b2 + o + 128)));
+        a23 = _mm512_dpbusd_epi32(a23, av, _mm512_loadu_si512((const void *)(b2 + o + 192)));
+        a30 = _mm512_dpbusd_epi32(a30, av, _mm512_loadu_si512((const void *)(b3 + o)));
+        a31 = _mm512_dpbusd_epi32(a31, av, _mm512_loadu_si512((const void *)(b3 + o + 64)));
+        a32 = _mm512_dpbusd_epi32(a32, av, _mm512_loadu_si512((const void *)(b3 + o + 128)));
+        a33 = _mm512_dpbusd_epi32(a33, av, _mm512_loadu_si512((const void *)(b3 + o + 192)));
+    }
+    {
+        __m512i acc[16] = {a00, a01, a02, a03, a10, a11, a12, a13,
+                           a20, a21, a22, a23, a30, a31, a32, a33};
+        int q;
+        for (q = 0; q < 16; q++) {
+            long col = p * RNN_PANEL_COLS + 16 * q;
+            if (col < N)
+                rnn_vnni_store(acc[q], col, N - col, sa, scale, comp, bias, C);
+        }
+    }
+}
+
 static void rnn_qgemm_i8_avx512_vnni(long M, long N, long K, const float *A, long lda,
                                      const signed char *Bq, const float *scale, const int *comp,
                                      const float *bias, float *C, long ldc)
@@ -118,7 +165,7 @@ static void rnn_qgemm_i8_avx512_vnni(long M, long N, long K, const float *A, lon
         float *ci = C + i * ldc;
         if (mg == 1) {
             for (p = 0; p + 4 <= np; p += 4)
-                rnn_vnni_tile(1, 4, Kp, N, p, u, Kp, sa, Bq, scale, comp, bias, ci, ldc);
+                rnn_vnni_row4(Kp, N, p, u, sa[0], Bq, scale, comp, bias, ci);
             for (; p + 2 <= np; p += 2)
                 rnn_vnni_tile(1, 2, Kp, N, p, u, Kp, sa, Bq, scale, comp, bias, ci, ldc);
             for (; p < np; p++)
