@@ -438,3 +438,23 @@ def test_one_stream_from_two_threads_is_refused_and_not_corrupted(rng):
     assert ticks > 10, "the main thread did not run while the step computed (GIL held?)"
     want, _ = whole(model, x)
     assert_bitwise(result["y"], want, "the first call's result")
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_reduced_precision_streams_step_in_that_precision(precision):
+    """A bf16 / int8 model's stream runs its reduced-precision products (the step path's
+    compiled entry holds float weights only: such a layer goes through rnn_forward with
+    its packed reduced weights), giving what its whole call gives, not float32's."""
+    import torch
+
+    torch.manual_seed(0)
+    module = torch.nn.GRU(16, 32, num_layers=2)
+    exact = rnnfast.from_torch(module)
+    model = exact.with_precision(precision)
+    x = np.random.default_rng(0).standard_normal((40, 1, 16)).astype(np.float32)
+    want, _ = model(x)
+    float_out, _ = exact(x)
+    s = model.stream()
+    got = np.concatenate([model.step(x[t : t + 7, 0], s) for t in range(0, 40, 7)])
+    np.testing.assert_allclose(got, want[:, 0], rtol=1e-5, atol=1e-6)
+    assert np.abs(got - float_out[:, 0]).max() > 1e-5  # the reduced products ran, not float32's

@@ -20,6 +20,7 @@ from .model import Sequential  # noqa: E402
 from .model_keras import KerasModel  # noqa: E402
 from .model_onnx import OnnxModel  # noqa: E402
 from .model_torch import TorchRNN  # noqa: E402
+from .precision import PRECISIONS, precision_error  # noqa: E402
 
 __all__ = [
     "__version__",
@@ -33,6 +34,8 @@ __all__ = [
     "TorchRNN",
     "OnnxModel",
     "Sequential",
+    "precision_error",
+    "PRECISIONS",
     "layers",
     "cells",
     "set_num_threads",

@@ -51,6 +51,11 @@ cdef extern from "c/enums.h":
         RNN_PROF_PARTS
         RNN_PROF_SLOTS
 
+    cpdef enum rnn_precision:
+        RNN_PREC_FLOAT
+        RNN_PREC_BF16
+        RNN_PREC_INT8
+
     cpdef enum rnn_status:
         RNN_OK
         RNN_ERR_NOMEM
@@ -80,6 +85,8 @@ cdef extern from "c/engine.h" nogil:
         float clip
         int act, ract
         int input_forget
+        const void *q
+        long qdir
 
     ctypedef struct rnn_cell_args_d:
         long nrows, H
@@ -102,6 +109,8 @@ cdef extern from "c/engine.h" nogil:
         double clip
         int act, ract
         int input_forget
+        const void *q
+        long qdir
 
 # a cell's gate math: the entries of a kernel table's step[RNN_CELL_COUNT] array
 ctypedef void (*rnn_step_fn_f)(const rnn_cell_args_f *a) noexcept nogil
@@ -171,6 +180,39 @@ cdef extern from "c/engine.h" nogil:
     double rnn_prof[]
     int rnn_prof_on
 
+    # reduced precision (quant.h): the packed int8 / bf16 weights of a layer, and the
+    # kernel sets (one per instruction set, chosen with it; by name for the tests)
+    ctypedef struct rnn_qmat:
+        const void *data
+        const float *scale
+        const int *comp
+        long per_dir
+        long ncols
+
+    ctypedef struct rnn_qweights:
+        int prec
+        rnn_qmat W
+        rnn_qmat U
+        rnn_qmat Wr
+
+    ctypedef void (*rnn_qgemm_i8_fn)(long M, long N, long K, const float *A, long lda,
+                                     const signed char *Bq, const float *scale, const int *comp,
+                                     const float *bias, float *C, long ldc) noexcept nogil
+    ctypedef void (*rnn_qgemm_bf16_fn)(long M, long N, long K, const float *A, long lda,
+                                       const unsigned short *Bq, const float *bias, float *C,
+                                       long ldc) noexcept nogil
+    ctypedef struct rnn_qkernels:
+        const char *name
+        int (*cpu_has)() noexcept nogil
+        rnn_qgemm_i8_fn i8
+        rnn_qgemm_bf16_fn bf16
+
+    int RNN_NQISAS
+    const rnn_qkernels rnn_qisas[]
+    const rnn_qkernels *rnn_qnow
+    const rnn_qkernels *rnn_quant_kernels(const char *name)
+    long rnn_qpad(int prec, long K)
+
     # the kernel entry (engine.h)
     long rnn_cell_gates(rnn_cell_t cell)
     long rnn_cell_states(rnn_cell_t cell)
@@ -204,6 +246,7 @@ cdef extern from "c/engine.h" nogil:
         const void *bhn
         const void *Wr
         const void *peep
+        const rnn_qweights *q
 
     ctypedef struct rnn_buffers:
         const void *x

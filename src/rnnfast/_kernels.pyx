@@ -17,7 +17,7 @@ import numpy as np
 
 # the codes of c/enums.h at module level too: _kernels.RNN_ACT_TANH, RNN_ISA_AVX2, ...
 for _codes in (rnn_activation, rnn_isa_level, rnn_strategy, rnn_dtype, rnn_packing,
-               rnn_profile_part, rnn_status):
+               rnn_profile_part, rnn_status, rnn_precision):
     globals().update(_codes.__members__)
 del _codes
 
@@ -276,6 +276,7 @@ def cell_step(int cell, int act, int ract,
         af.valid = &mask[0] if mask is not None else NULL
         af.tmp, af.work, af.clip = &tmp[0], &work[0], <float> clip
         af.act, af.ract, af.input_forget = act, ract, input_forget
+        af.q, af.qdir = NULL, 0
         with nogil:
             t.f.step[cell](&af)
     else:
@@ -288,6 +289,7 @@ def cell_step(int cell, int act, int ract,
         ad.valid = &mask[0] if mask is not None else NULL
         ad.tmp, ad.work, ad.clip = &tmp[0], &work[0], clip
         ad.act, ad.ract, ad.input_forget = act, ract, input_forget
+        ad.q, ad.qdir = NULL, 0
         with nogil:
             t.d.step[cell](&ad)
 
@@ -321,6 +323,114 @@ def pack_blocks(const floating[:, :, ::1] M, long G, long ncb):
     return packed
 
 
+# -- reduced precision (c/quant.h) -----------------------------------------------------
+
+def quant_isas():
+    """The reduced-precision kernel sets this build and CPU run, lowest first
+    ('baseline', 'avx2', 'avx512_vnni', 'avx512_bf16')."""
+    cdef int i
+    return tuple(rnn_qisas[i].name.decode() for i in range(RNN_NQISAS) if rnn_qisas[i].cpu_has())
+
+
+def quant_isa():
+    """The reduced-precision kernel set in use (chosen with the instruction set)."""
+    return rnn_qnow.name.decode()
+
+
+cdef const rnn_qkernels *_qkernels_of(isa) except NULL:
+    cdef const rnn_qkernels *t
+    if isa is None:
+        return rnn_qnow
+    t = rnn_quant_kernels(str(isa).encode())
+    if t == NULL:
+        raise ValueError("reduced-precision kernel set %r: not in this build or not on this CPU "
+                         "(these are: %s)" % (isa, ", ".join(quant_isas())))
+    return t
+
+
+def qpad(int prec, long K):
+    """K padded as the packed reduced-precision blocks pad it (c/quant.h)."""
+    return rnn_qpad(prec, K)
+
+
+def qmatmul(int prec, const float[:, ::1] A, data, long N, scale=None, comp=None,
+            const float[::1] bias=None, isa=None, int repeat=1):
+    """The reduced-precision product (c/quant.h) of A (M x K) and one packed K x N block
+    (rnnfast._quant.pack_block: int8 ``data`` with its column ``scale`` and ``comp``, or
+    bf16 bits), on kernel set ``isa`` (default: the current one), run ``repeat`` times:
+    a test and benchmark hook."""
+    cdef const rnn_qkernels *t = _qkernels_of(isa)
+    cdef long M = A.shape[0], K = A.shape[1], Kp = rnn_qpad(prec, K)
+    cdef long need = rnn_packed_size(Kp, N)
+    cdef const float *bp = NULL
+    cdef const float *sp = NULL
+    cdef const int *cp = NULL
+    cdef const signed char *d8 = NULL
+    cdef const unsigned short *d16 = NULL
+    cdef int _rep
+    if prec not in (RNN_PREC_INT8, RNN_PREC_BF16):
+        raise ValueError("precision code %d is not a reduced precision" % prec)
+    data = np.ascontiguousarray(data, np.int8 if prec == RNN_PREC_INT8 else np.uint16)
+    if data.ndim != 1 or data.shape[0] != need:
+        raise ValueError("packed block of %s values, expected %d" % (data.shape, need))
+    if bias is not None:
+        if bias.shape[0] != N:
+            raise ValueError("bias of %d values for %d columns" % (bias.shape[0], N))
+        if N > 0:
+            bp = &bias[0]
+    cdef const signed char[::1] v8
+    cdef const unsigned short[::1] v16
+    cdef const float[::1] vs
+    cdef const int[::1] vc
+    if prec == RNN_PREC_INT8:
+        vs = np.ascontiguousarray(scale, np.float32)
+        vc = np.ascontiguousarray(comp, np.int32)
+        if vs.shape[0] != N or vc.shape[0] != N:
+            raise ValueError("int8 needs scale and comp of %d values" % N)
+        if need > 0:
+            v8 = data
+            d8 = &v8[0]
+        if N > 0:
+            sp, cp = &vs[0], &vc[0]
+    elif need > 0:
+        v16 = data
+        d16 = &v16[0]
+    out = np.zeros((M, N), np.float32)
+    cdef float[:, ::1] C = out
+    if M == 0 or N == 0 or K == 0:
+        if bias is not None and K == 0:
+            out[:] = np.asarray(bias)
+        return out
+    with nogil:
+        for _rep in range(repeat):
+            if prec == RNN_PREC_INT8:
+                t.i8(M, N, K, &A[0, 0], K, d8, sp, cp, bp, &C[0, 0], N)
+            else:
+                t.bf16(M, N, K, &A[0, 0], K, d16, bp, &C[0, 0], N)
+    return out
+
+
+cdef void _qmat_fill(rnn_qmat *m, mat, int prec, long ndir, long per_dir, long ncols) except *:
+    """Point m at one matrix of a layer's reduced-precision weights (``mat``: data
+    (ndir, per_dir), scale and comp (ndir, ncols) for int8), after checking the shapes
+    the C core relies on."""
+    data, scale, comp = mat
+    want = np.int8 if prec == RNN_PREC_INT8 else np.uint16
+    if (data.dtype != want or data.shape != (ndir, per_dir) or not data.flags.c_contiguous):
+        raise ValueError("reduced-precision weights of shape %s (%s), expected %s (%s)"
+                         % (data.shape, data.dtype, (ndir, per_dir), np.dtype(want)))
+    m.data = <const void *> <size_t> data.ctypes.data
+    m.per_dir, m.ncols = per_dir, ncols
+    m.scale, m.comp = NULL, NULL
+    if prec == RNN_PREC_INT8:
+        if (scale.dtype != np.float32 or comp.dtype != np.int32 or scale.shape != (ndir, ncols)
+                or comp.shape != (ndir, ncols) or not scale.flags.c_contiguous
+                or not comp.flags.c_contiguous):
+            raise ValueError("int8 column scales and compensations must be (%d, %d)" % (ndir, ncols))
+        m.scale = <const float *> <size_t> scale.ctypes.data
+        m.comp = <const int *> <size_t> comp.ctypes.data
+
+
 # -- the kernel entry (c/engine.h) -----------------------------------------------------
 
 def rnn_forward(int cell, int act, int ract,
@@ -341,7 +451,8 @@ def rnn_forward(int cell, int act, int ract,
                 const floating[:, :, ::1] peep=None,  # IN  (ndir, 3, H) LSTM peepholes i, f, o
                 double clip=0.0, bint input_forget=False,
                 const long[::1] active=None,        # IN  (T,) right padding: rows valid at step t
-                const long[::1] rows=None):         # IN  (B,) with active: x's and out's row of each
+                const long[::1] rows=None,          # IN  (B,) with active: x's and out's row of each
+                q=None):
     """Run one recurrent layer over the whole sequence (c/engine.h says how).
 
     ``cell`` is an RNN_CELL_* code, ``act`` and ``ract`` RNN_ACT_* codes. Direction 0
@@ -355,10 +466,13 @@ def rnn_forward(int cell, int act, int ract,
     the rest drop out of the step's work, with the same results. ``rows`` (with
     ``active``, where the input projection runs on packed weights): x and out stay
     in the caller's row order, sorted row b being the caller's row ``rows[b]`` (the
-    states, the mask and ``active`` are in sorted order). Shapes are checked
-    by the caller (layers.RNNLayer), which is the only intended user; this checks what
+    states, the mask and ``active`` are in sorted order). ``q``: reduced-precision
+    weights (rnnfast._quant.LayerWeights: ``prec`` and the packed W, U and Wr of
+    c/quant.h), run in place of the float ones (float32 only). Shapes are checked by
+    the caller (layers.RNNLayer), which is the only intended user; this checks what
     the C core relies on.
     """
+    cdef rnn_qweights qw
     cdef rnn_shape shape
     cdef rnn_plan p
     cdef rnn_weights w
@@ -382,7 +496,26 @@ def rnn_forward(int cell, int act, int ract,
     if Wp.shape[1] > 0 and (Wp.shape[0] != ndir or Wp.shape[1] != rnn_packed_offset(W.shape[1], H, G, ncb, ncb)):
         raise ValueError("packed input weights of shape %s, expected %s"
                          % ((Wp.shape[0], Wp.shape[1]), (ndir, rnn_packed_offset(W.shape[1], H, G, ncb, ncb))))
-    if packed and (Up.shape[0] != ndir or Up.shape[1] != rnn_packed_offset(Ho, H, G, ncb, ncb)):
+    if q is not None:
+        if W.itemsize != sizeof(float) or q.prec not in (RNN_PREC_INT8, RNN_PREC_BF16):
+            raise ValueError("reduced-precision weights are for float32 layers, in bf16 or int8")
+        qw.prec = q.prec
+        memset(&qw.W, 0, sizeof(rnn_qmat))
+        if q.W is not None:         # else the input projection runs in float32
+            _qmat_fill(&qw.W, q.W, q.prec, ndir,
+                       rnn_packed_offset(rnn_qpad(q.prec, W.shape[1]), H, G, ncb, ncb), GH)
+        if not rnn_cell_packed(<rnn_cell_t> cell):  # GRU reset-before: [z r] and [h] blocks
+            _qmat_fill(&qw.U, q.U, q.prec, ndir, rnn_packed_size(rnn_qpad(q.prec, Ho), 2 * H)
+                       + rnn_packed_size(rnn_qpad(q.prec, H), H), GH)
+        else:
+            _qmat_fill(&qw.U, q.U, q.prec, ndir, rnn_packed_offset(rnn_qpad(q.prec, Ho), H, G, ncb, ncb), GH)
+        memset(&qw.Wr, 0, sizeof(rnn_qmat))
+        if has_proj:
+            _qmat_fill(&qw.Wr, q.Wr, q.prec, ndir, rnn_packed_size(rnn_qpad(q.prec, H), Wr.shape[2]),
+                       Wr.shape[2])
+        elif q.Wr is not None:
+            raise ValueError("projection weights for a layer without a projection")
+    elif packed and (Up.shape[0] != ndir or Up.shape[1] != rnn_packed_offset(Ho, H, G, ncb, ncb)):
         raise ValueError("packed recurrent weights of shape %s, expected %s"
                          % ((Up.shape[0], Up.shape[1]), (ndir, rnn_packed_offset(Ho, H, G, ncb, ncb))))
     if peep is not None and (peep.shape[0] != ndir or peep.shape[1] != 3 or peep.shape[2] != H):
@@ -418,6 +551,7 @@ def rnn_forward(int cell, int act, int ract,
     w.Up = &Up[0, 0] if packed else NULL
     w.Wr = &Wr[0, 0, 0] if has_proj else NULL
     w.peep = &peep[0, 0, 0] if peep is not None else NULL
+    w.q = &qw if q is not None else NULL
 
     io.x, io.h = &x[0, 0], &h[0, 0, 0]
     io.mask = &mask[0, 0] if mask.shape[0] > 0 else NULL

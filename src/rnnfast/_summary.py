@@ -3,7 +3,8 @@ class and the command line.
 
 Columns: layer name, type, units, options, parameters (counted as the source framework
 counts them: Keras' ``count_params()``, the sum of a PyTorch module's ``numel()``),
-dtype; for a model that is a graph rather than a chain (``model.is_chain`` false) also
+dtype, and the precision of each layer's products where some layer's is not float32
+(``model.with_precision``); for a model that is a graph rather than a chain (``model.is_chain`` false) also
 each layer's output shape and the tensors it is connected to, as Keras' functional
 summary shows them. The title line names the model and where it came from. The models describe
 themselves (``summary_title()``, ``summary_rows()``); this module only lays the table out.
@@ -19,6 +20,7 @@ _HEAD = dict(
     options="options",
     parameters="parameters",
     dtype="dtype",
+    precision="precision",
     output_shape="output shape",
     connected_to="connected to",
 )
@@ -66,6 +68,8 @@ def summary_text(model, source=None):
     if rows and not getattr(model, "is_chain", True):
         # a graph (several inputs, branches, merges): Keras' functional summary columns too
         columns = _COLUMNS[:2] + ("output_shape",) + _COLUMNS[2:] + ("connected_to",)
+    if any(r.get("precision", "float32") != "float32" for r in rows):
+        columns = columns + ("precision",)
     cells = [[_cell(c, r.get(c)) for c in columns] for r in rows]
     widths = [max([len(_HEAD[c])] + [len(cell[i]) for cell in cells]) for i, c in enumerate(columns)]
 

@@ -20,6 +20,7 @@ from ._threads import set_num_threads
 from ._version import __version__
 from .errors import FormatError, UnsupportedLayerError
 from .io import detect, load
+from .precision import PRECISIONS, precision_error
 
 __all__ = ["main", "build_parser", "read_input", "write_output"]
 
@@ -88,6 +89,12 @@ def _add_model_options(p, torch_layout=False, example=False):
         )
     g.add_argument("--dtype", choices=("float32", "float64"), help="compute dtype (default: the model's own)")
     g.add_argument(
+        "--precision",
+        choices=tuple(PRECISIONS),
+        help="the recurrent layers' weights: float32 (default, exact), bf16 or int8 "
+        "(gate math and states stay float32; 'rnnfast precision' measures the error)",
+    )
+    g.add_argument(
         "--prefix",
         metavar="P",
         help="PyTorch checkpoints holding several recurrent modules: the one whose "
@@ -151,6 +158,8 @@ def _load(args, batch_first=True):
             raise UserError("%s: %s" % (path, e.strerror or e)) from None
     if args.dtype:
         options["dtype"] = args.dtype
+    if getattr(args, "precision", None):
+        options["precision"] = args.precision
     torch_only = [("--prefix", "prefix", args.prefix), ("--nonlinearity", "nonlinearity", args.nonlinearity)]
     for flag, key, value in torch_only:
         if value is not None:
@@ -303,6 +312,27 @@ def write_output(path, arrays):
 def _info(args):
     model = _load(args, batch_first=args.batch_first)  # as torch.nn: time-major unless told otherwise
     print(summary_text(model, source=args.model))
+    return 0
+
+
+def _precision(args):
+    if args.threads is not None and args.threads < 1:
+        raise UserError("--threads must be at least 1")
+    wanted = [w.strip() for w in args.compare.split(",") if w.strip()]
+    for w in wanted:
+        if w not in PRECISIONS:
+            raise UserError("--compare: unknown precision %r (known: %s)" % (w, ", ".join(PRECISIONS)))
+    model = _load(args, batch_first=args.batch_first)
+    x = read_input(args.input, args.key)
+    print("%s against float32 on %s (%s)" % (args.model, args.input, "x".join(map(str, np.shape(x)))))
+    print("%-9s %12s %12s %18s" % ("precision", "max |diff|", "mean |diff|", "argmax agreement"))
+    for w in wanted:
+        try:
+            r = precision_error(model, x, w, num_threads=args.threads)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        agree = "-" if r["argmax_agreement"] is None else "%.4f" % r["argmax_agreement"]
+        print("%-9s %12.3g %12.3g %18s" % (w, r["max_abs"], r["mean_abs"], agree))
     return 0
 
 
@@ -539,6 +569,24 @@ def build_parser():
     pr.add_argument("--progress", action="store_true", help="draw the progress bar even when stderr is not a terminal")
     pr.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
     pr.set_defaults(func=_predict)
+
+    q = sub.add_parser(
+        "precision",
+        help="measure a model's error in bf16 and int8 against float32",
+        formatter_class=_formatter,
+        description="Run MODEL on the arrays in INPUT in float32 and in each reduced precision, and "
+        "print the\nlargest and the mean absolute difference of the outputs and, for a classifier, "
+        "how often\nthe argmax agrees (rnnfast.precision_error). INPUT as for 'rnnfast predict'.",
+        epilog="examples:\n  rnnfast precision model.keras x.npy\n"
+        '  rnnfast precision --example digits_bigru "$(rnnfast example digits_test)" --key x\n'
+        "  rnnfast precision lstm.pt x.npy --compare int8",
+    )
+    _add_model_options(q, torch_layout=True, example=True)
+    q.add_argument("input", metavar="INPUT", help="input array file (.npy, .npz or .csv)")
+    q.add_argument("--key", metavar="NAME", help=".npz input: the array to use")
+    q.add_argument("--compare", metavar="P,...", default="bf16,int8", help="precisions to measure (default bf16,int8)")
+    q.add_argument("--threads", type=int, metavar="N", help="threads (default: all cores)")
+    q.set_defaults(func=_precision)
 
     b = sub.add_parser(
         "bench",

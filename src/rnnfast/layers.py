@@ -28,12 +28,13 @@ Cells (``cell=``): the names of the cell registry :data:`rnnfast.cells.CELLS`:
 """
 
 import contextlib
+import copy
 from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 
-from . import _kernels, _plan, cells
+from . import _kernels, _plan, _quant, cells
 from ._plan import BATCH_FIRST_MIN_ROWS
 from ._threads import blas_single_threaded, resolve_num_threads
 from ._validation import as_input, as_lengths, as_mask, as_numeric, as_state, compute_dtype, integer_option
@@ -157,6 +158,10 @@ class RNNLayer:
 
     Peepholes (ONNX LSTM ``P``) come with the weights (``CellWeights.peephole``); an
     LSTM with peepholes or ``input_forget`` runs the kernel's peephole variant.
+    precision : {"float32", "bf16", "int8"}
+        The weights' precision in the products (:mod:`rnnfast._quant`): reduced
+        precision keeps float32 gate math and state and needs ``dtype`` float32.
+        "float32" (the default) means the compute dtype, exactly.
 
     Attributes
     ----------
@@ -179,6 +184,7 @@ class RNNLayer:
         dtype=np.float32,
         clip=None,
         input_forget=False,
+        precision="float32",
     ):
         spec = cells.get(cell)
         weights = list(weights)
@@ -206,7 +212,23 @@ class RNNLayer:
             raise ValueError("peepholes and input_forget are for an LSTM, not %s" % spec.title)
         self._kernel = spec.kernel_for(self.reset_after, peephole or self.input_forget)
         self._kernel_cell = self._kernel.name
+        self.precision = self._checked_precision(precision)
         self._convert(weights)
+
+    def _checked_precision(self, precision):
+        p = _quant.check_precision(precision)
+        if p != "float32" and self.dtype != np.float32:
+            raise ValueError("precision %r needs a float32 layer; this one computes in %s" % (p, self.dtype.name))
+        return p
+
+    def with_precision(self, precision):
+        """This layer with its products in ``precision`` ("float32", "bf16" or
+        "int8"): a new layer sharing only the read-only canonical weights."""
+        p = self._checked_precision(precision)
+        new = copy.copy(self)
+        new.precision = p
+        new._pack()
+        return new
 
     # -- weights ---------------------------------------------------------------------
 
@@ -344,6 +366,8 @@ class RNNLayer:
             extra += ", clip=%g" % self.clip
         if self.go_backwards:
             extra += ", go_backwards=True"
+        if self.precision != "float32":
+            extra += ", precision=%r" % self.precision
         return "RNNLayer(%s, input_size=%d, units=%d, directions=%d%s, dtype=%s)" % (
             kind,
             self.input_size,
@@ -358,7 +382,7 @@ class RNNLayer:
     #: Attributes a pickle leaves out and the arriving process rebuilds: the packed
     #: copies of the weights (made for the CPU that runs the layer, which need not be
     #: the one that pickled it) and what is decided with them.
-    _PICKLE_DERIVED = ("_Wp", "_Up", "_uses_blas")
+    _PICKLE_DERIVED = ("_Wp", "_Up", "_uses_blas", "_q")
     #: Bumped when the pickled state changes meaning; an older pickle is refused.
     _PICKLE_FORMAT = 1
     #: What a pickle made before these options existed means (format 1 still).
@@ -386,6 +410,7 @@ class RNNLayer:
         for k, v in state.items():
             if isinstance(v, np.ndarray):
                 state[k] = _frozen(_usable(v))
+        state.setdefault("precision", "float32")  # pickled before reduced precision existed
         self.__dict__.update(state)
         self._pack()
 
@@ -398,6 +423,24 @@ class RNNLayer:
         D = self._W.shape[0]
         plain = self._kernel.packed and self._Wr.shape[1] == 0
         packed_w = _kernels.packed_projection(self.dtype)
+        if self.precision != "float32":  # the products on the reduced-precision weights
+            reduced_input = _quant.REDUCED_INPUT[self.precision]
+            self._q = _quant.pack_layer(
+                self.precision,
+                self._W if reduced_input else None,
+                self._U,
+                self._Wr if self._Wr.shape[1] else None,
+                G=G,
+                H=self.units,
+                ncb=self._ncb,
+                reset_before=self._kernel.code == _kernels.RNN_CELL_GRU_RB,
+            )
+            float_w = packed_w and not reduced_input
+            self._Wp = _frozen(_kernels.pack_blocks(self._W, G, self._ncb) if float_w else np.zeros((D, 0), self.dtype))
+            self._Up = _frozen(np.zeros((D, 0), self.dtype))
+            self._uses_blas = not reduced_input and not packed_w
+            return
+        self._q = None
         self._Wp = _frozen(_kernels.pack_blocks(self._W, G, self._ncb) if packed_w else np.zeros((D, 0), self.dtype))
         self._Up = _frozen(_kernels.pack_blocks(self._U, G, self._ncb) if plain else np.zeros((D, 0), self.dtype))
         self._uses_blas = self._Wp.size == 0 or not plain
@@ -433,6 +476,7 @@ class RNNLayer:
                     "_kernel_cell",
                     "_act",
                     "_ract",
+                    "precision",
                     "units",
                     "input_size",
                     "proj_size",
@@ -599,6 +643,7 @@ class RNNLayer:
                 input_forget=self.input_forget,
                 active=active,
                 rows=order.astype(np.int64) if in_place and order is not None else None,
+                q=self._q,
             )
         if order is not None:  # back to the caller's order
             inv = np.argsort(order)
@@ -729,6 +774,7 @@ def _layer_from_direction(layer, d, meta, names):
     state = dict(meta)
     for k in names:
         state[k] = getattr(layer, k)[d : d + 1]
+    state["precision"] = getattr(layer, "precision", "float32")  # a direction runs as its layer
     one.__setstate__(state)
     return one
 

@@ -13,6 +13,7 @@ from ._progress import run_batched
 from ._summary import Summarized
 from ._validation import as_numeric
 from .layers import Dense, RNNLayer, merge_directions
+from .precision import ReducedPrecision
 
 __all__ = ["Sequential", "run_recurrent"]
 
@@ -92,7 +93,7 @@ def run_recurrent(
     return out, states
 
 
-class Sequential(Summarized):
+class Sequential(ReducedPrecision, Summarized):
     """Canonical layers run in order on batch-major input ``(batch, time, features)``.
 
     Recurrent layers are added with their Keras-level options
@@ -175,6 +176,7 @@ class Sequential(Summarized):
                     options=", ".join(opts),
                     parameters=int(params),
                     dtype=layer.dtype.name,
+                    precision=getattr(layer, "precision", "float32"),
                 )
             )
         return rows

@@ -33,6 +33,7 @@ from .graph import TRUE, leaves, map_structure, mask_or
 from .layers import ACTIVATIONS, SharedDirection, apply_activation, merge_directions, softmax
 from .model import run_recurrent
 from .ops import affine, conv1d, conv_padding, layer_norm, multi_head_attention, pool1d, unit_norm
+from .precision import ReducedPrecision, recurrent_layers
 
 __all__ = ["KerasModel", "KERAS_ACTIVATIONS", "keras_activation"]
 
@@ -1183,7 +1184,7 @@ class AttentionNode(_Node):
 # -- the model --------------------------------------------------------------------------
 
 
-class KerasModel(Summarized):
+class KerasModel(ReducedPrecision, Summarized):
     """A Keras model converted to canonical layers; ``predict`` gives what Keras gives.
 
     Built by :func:`rnnfast.load` (``.keras`` and HDF5 files) and
@@ -1501,6 +1502,7 @@ class KerasModel(Summarized):
                     options=opts,
                     parameters=int(node.num_params),
                     dtype=node.dtype.name,
+                    precision=_node_precision(node),
                     connected_to=conn,
                     output_shape=text,
                 )
@@ -1613,6 +1615,12 @@ class KerasModel(Summarized):
 
 
 # -- helpers --------------------------------------------------------------------------
+
+
+def _node_precision(node):
+    """The precision of a node's products: its recurrent layers' (float32 for the rest)."""
+    layers = recurrent_layers(node)
+    return layers[0].precision if layers else "float32"
 
 
 def _declared(declared, shape):

@@ -15,6 +15,7 @@ from . import stream as _stream
 from ._progress import run_batched
 from ._summary import Summarized
 from .layers import RNNLayer
+from .precision import ReducedPrecision
 
 __all__ = ["TorchRNN"]
 
@@ -29,7 +30,7 @@ def _torch_mode(layer):
     return next((mode for mode, act in cell.torch_modes.items() if act == layer.activation), None)
 
 
-class TorchRNN(Summarized):
+class TorchRNN(ReducedPrecision, Summarized):
     """An ``nn.GRU`` / ``nn.LSTM`` / ``nn.RNN`` for inference, called like the module.
 
     Made by :func:`rnnfast.load` (a state_dict file) or :func:`rnnfast.from_torch`
@@ -157,6 +158,7 @@ class TorchRNN(Summarized):
                 options=", ".join(opts),
                 parameters=layer.source_parameters,
                 dtype=layer.dtype.name,
+                precision=layer.precision,
             )
             for k, layer in enumerate(self.layers)
         ]

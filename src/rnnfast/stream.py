@@ -284,10 +284,12 @@ class _Kernel:
         # the peephole LSTM's vectors and the ONNX cell options (layers.RNNLayer)
         self.options = dict(peep=layer._peep, clip=0.0 if layer.clip is None else layer.clip,
                             input_forget=layer.input_forget)  # fmt: skip
+        self.q = layer._q  # reduced-precision weights (bf16, int8), or None
         self._plans = {}
         self._cuts = {}
-        # the compiled entry with the weights bound once (checked there, once)
-        self.entry = _kernels.StepEntry(
+        # the compiled entry with the float weights bound once (checked there, once);
+        # a reduced-precision layer has none: it runs through rnn_forward
+        self.entry = None if self.q is not None else _kernels.StepEntry(
             self.code, self.act, self.ract, self.W, self.Wp, self.bx, self.U, self.Up, self.bhn, self.Wr,
             _plan.plan(B=1, D=1, Ho=self.Ho, GH=self.GH, ncb=self.ncb, num_threads=1), **self.options,
         )  # fmt: skip
@@ -354,6 +356,7 @@ class _Kernel:
             zero_output=False,
             reverse_first=False,
             plan=plan,
+            q=self.q,
             **self.options,
         )
 
@@ -581,7 +584,8 @@ class Program:
             ):
                 return None
             if kind == "recurrent":
-                one = len(obj.kernels) == 1 and not obj.kernels[0].one_row
+                # the compiled entry runs float weights only (reduced precision: rnn_forward)
+                one = len(obj.kernels) == 1 and not obj.kernels[0].one_row and obj.kernels[0].q is None
                 fns.append(_chain_one_kernel(obj) if one else _chain_recurrent(obj))
             elif isinstance(obj, _Dense) and obj.extra is None and not obj.softmax:
                 fns.append(_chain_dense(obj))

@@ -152,9 +152,14 @@ static void RNN_INAME(gru_rb)(const RNN_TNAME(cell_args) *a)
     long b, nrows = a->nrows, H = a->H;
     int j;
     TYPE *zr = a->work, *rh = zr + nrows * 2 * H, *g2 = rh + nrows * H, *tmp = a->tmp;
-    /* gzr into zr, then the gates in place */
-    RNN_TNAME(gemm_rm)((int)nrows, (int)(2 * H), (int)H, 1, a->h, (int)a->ldh, a->U, (int)a->ldu, 0,
-                       zr, (int)(2 * H));
+    /* gzr into zr, then the gates in place (reduced precision: U's [z r] and [h] columns
+     * are two packed blocks, quant.h; the casts never run for double) */
+    if (a->q != NULL)
+        rnn_qgemm(a->q->prec, &a->q->U, a->qdir, 0, 0, nrows, 2 * H, H, (const float *)a->h, a->ldh,
+                  NULL, (float *)zr, 2 * H);
+    else
+        RNN_TNAME(gemm_rm)((int)nrows, (int)(2 * H), (int)H, 1, a->h, (int)a->ldh, a->U, (int)a->ldu,
+                           0, zr, (int)(2 * H));
     for (b = 0; b < nrows; b++) {
         TYPE *z = zr + b * 2 * H, *o = rh + b * H;
         if (a->valid && !a->valid[b]) {
@@ -166,8 +171,12 @@ static void RNN_INAME(gru_rb)(const RNN_TNAME(cell_args) *a)
         RNN_INAME(clip_act)(a->clip, a->ract, z, 2 * H);
         for (j = 0; j < H; j++) o[j] = z[H + j] * hb[j];
     }
-    RNN_TNAME(gemm_rm)((int)nrows, (int)H, (int)H, 1, rh, (int)H, a->U + 2 * H, (int)a->ldu, 0, g2,
-                       (int)H);
+    if (a->q != NULL)
+        rnn_qgemm(a->q->prec, &a->q->U, a->qdir, rnn_packed_size(rnn_qpad(a->q->prec, H), 2 * H),
+                  2 * H, nrows, H, H, (const float *)rh, H, NULL, (float *)g2, H);
+    else
+        RNN_TNAME(gemm_rm)((int)nrows, (int)H, (int)H, 1, rh, (int)H, a->U + 2 * H, (int)a->ldu, 0,
+                           g2, (int)H);
     for (b = 0; b < nrows; b++) {
         if (a->valid && !a->valid[b]) continue;
         const TYPE *x = a->xp + b * a->ldxp + 2 * H, *g = g2 + b * H, *z = zr + b * 2 * H;

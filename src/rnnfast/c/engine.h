@@ -94,6 +94,7 @@ typedef struct {
     const void *bhn;            /* (ndir, H) GRU reset-after: the candidate's recurrent bias */
     const void *Wr;             /* (ndir, H, P) LSTM projection, or NULL */
     const void *peep;           /* (ndir, 3, H) LSTM peepholes (i, f, o), or NULL */
+    const rnn_qweights *q;      /* reduced-precision weights (quant.h), or NULL: float32 */
 } rnn_weights;
 
 /* The buffers: the input, the mask, the outputs and the states. */

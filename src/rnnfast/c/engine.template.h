@@ -16,11 +16,23 @@ typedef struct {
     long nchunks;               /* chunks of p.chunk steps */
     long lwp, lup;              /* values per direction of the packed W and U */
     const TYPE *x, *W, *Wp, *bx, *U, *Up, *bhn, *Wr, *peep;
+    const rnn_qweights *q;      /* reduced-precision weights (quant.h), or NULL */
     const unsigned char *mask;
     const long *active;         /* io->active where the cell can use it, else NULL */
     const long *rows;           /* io->rows (with active and packed W), else NULL */
     TYPE *out, *h, *c;
 } RNN_TNAME(call);
+
+/* C (M x N) = bias + A (M x K) times the block of the reduced-precision matrix m that
+ * starts off elements into direction d's packed data, at column col0 (quant.h). Only
+ * float layers carry reduced-precision weights (the casts never run for double). */
+static inline void RNN_TNAME(qproduct)(const rnn_qweights *q, const rnn_qmat *m, long d, long off,
+                                       long col0, long M, long N, long K, const TYPE *A, long lda,
+                                       const TYPE *bias, TYPE *C, long ldc)
+{
+    rnn_qgemm(q->prec, m, d, off, col0, M, N, K, (const float *)A, lda, (const float *)bias,
+              (float *)C, ldc);
+}
 
 /* Of the nb rows from b0, those that step at time t: all of them, or with right
  * padding (c->active) the ones before the first row that has ended. */
@@ -42,32 +54,36 @@ static inline long RNN_TNAME(io_row)(const RNN_TNAME(call) *c, long t, long b)
 
 static void RNN_TNAME(project_rows)(long n, long In, const TYPE *x, long ldx, const TYPE *W,
                                     long ldw, const TYPE *Wp, const TYPE *bx, long N, TYPE *xp,
-                                    long ldxp);
+                                    long ldxp, const rnn_qweights *q, long d, long cb, long j0,
+                                    long H, long G, long ncb);
 
 /* xp[0:live] = the projection of the live rows of step t from sorted row b, on the
- * packed W block wpb (N columns): in one product when the rows lie in order, else
- * gathered into gx (live x In) first, or one by one without it. Each row of the
- * packed product is the same whatever the rows around it. */
+ * packed W block wpb (N columns) -- or on the reduced-precision weights' block of
+ * direction d, unit block cb from unit u0 -- in one product when the rows lie in
+ * order, else gathered into gx (live x In) first, or one by one without it. Each row
+ * of the packed product is the same whatever the rows around it. */
 static void RNN_TNAME(project_live)(const RNN_TNAME(call) *c, long t, long b, long live,
                                     const TYPE *W, long ldw, const TYPE *wpb, const TYPE *bx,
-                                    long N, TYPE *xp, long ldxp, TYPE *gx)
+                                    long N, TYPE *xp, long ldxp, TYPE *gx, long d, long cb, long u0)
 {
     const rnn_shape *s = &c->s;
-    long i, In = s->In;
+    long i, In = s->In, H = s->H, G = s->G, ncb = c->p.ncb;
     if (c->rows == NULL) {
         RNN_TNAME(project_rows)(live, In, c->x + RNN_TNAME(io_row)(c, t, b) * In,
-                                s->bfirst ? s->T * In : In, W, ldw, wpb, bx, N, xp, ldxp);
+                                s->bfirst ? s->T * In : In, W, ldw, wpb, bx, N, xp, ldxp, c->q, d,
+                                cb, u0, H, G, ncb);
         return;
     }
     if (gx == NULL) {
         for (i = 0; i < live; i++)
             RNN_TNAME(project_rows)(1, In, c->x + RNN_TNAME(io_row)(c, t, b + i) * In, In, W, ldw,
-                                    wpb, bx, N, xp + i * ldxp, ldxp);
+                                    wpb, bx, N, xp + i * ldxp, ldxp, c->q, d, cb, u0, H, G, ncb);
         return;
     }
     for (i = 0; i < live; i++)
         memcpy(gx + i * In, c->x + RNN_TNAME(io_row)(c, t, b + i) * In, (size_t)In * sizeof(TYPE));
-    RNN_TNAME(project_rows)(live, In, gx, In, W, ldw, wpb, bx, N, xp, ldxp);
+    RNN_TNAME(project_rows)(live, In, gx, In, W, ldw, wpb, bx, N, xp, ldxp, c->q, d, cb, u0, H, G,
+                            ncb);
 }
 
 /* Write step t's outputs of nrows sorted rows from b0 (n values each, from h) into
@@ -89,12 +105,20 @@ static inline void RNN_TNAME(emit_rows)(const RNN_TNAME(call) *c, long t, long b
 }
 
 /* xp[0:n, 0:N] = x[0:n] @ W[:, 0:N] + bx[0:N] for n input rows ldx apart, on the packed
- * W when there is one (Wp: these N columns packed), else by BLAS (W, row stride ldw). */
+ * W when there is one (Wp: these N columns packed), else by BLAS (W, row stride ldw);
+ * with reduced-precision weights q, on their block of direction d at q's unit block cb
+ * (columns from j0, G gates per unit, H units in ncb blocks). */
 static void RNN_TNAME(project_rows)(long n, long In, const TYPE *x, long ldx, const TYPE *W,
                                     long ldw, const TYPE *Wp, const TYPE *bx, long N, TYPE *xp,
-                                    long ldxp)
+                                    long ldxp, const rnn_qweights *q, long d, long cb, long j0,
+                                    long H, long G, long ncb)
 {
     long r;
+    if (q != NULL && q->W.data != NULL) {
+        RNN_TNAME(qproduct)(q, &q->W, d, rnn_packed_offset(rnn_qpad(q->prec, In), H, G, ncb, cb),
+                            G * j0, n, N, In, x, ldx, bx, xp, ldxp);
+        return;
+    }
     if (Wp != NULL) {
         RNN_TNAME(gemm_packed)(n, N, In, x, ldx, Wp, bx, xp, ldxp);
         return;
@@ -137,6 +161,8 @@ static inline void RNN_TNAME(cell_block)(const RNN_TNAME(call) *c, long d, long 
     a.valid = valid;
     a.tmp = tmp;
     a.work = work;
+    a.q = c->q;                 /* a cell making its own products reads these when set */
+    a.qdir = d;
     a.clip = (TYPE)s->clip;
     a.act = s->act;
     a.ract = s->ract;
@@ -165,7 +191,7 @@ static void RNN_TNAME(item_project)(const RNN_TNAME(call) *c, long d, long tlo, 
         const TYPE *wpb = Wp != NULL ? Wp + rnn_packed_offset(In, H, G, ncb, cb) : NULL;
         j0 = G * rnn_block_start(H, ncb, cb);
         nc = G * rnn_block_start(H, ncb, cb + 1) - j0;
-        if (c->active != NULL && wpb != NULL) {
+        if (c->active != NULL && (wpb != NULL || (c->q != NULL && c->q->W.data != NULL))) {
             /* right padding: only the rows that step, one time step at a time (each row
              * of the packed product is the same whatever the rows around it) */
             for (r = r0; r < r1; r += n) {
@@ -175,13 +201,15 @@ static void RNN_TNAME(item_project)(const RNN_TNAME(call) *c, long d, long tlo, 
                 long live = RNN_TNAME(live_rows)(c, t, b, n);
                 if (live > 0)
                     RNN_TNAME(project_live)(c, t, b, live, W + j0, GH, wpb, bx + j0, nc,
-                                            xp + r * GH + j0, GH, gx);
+                                            xp + r * GH + j0, GH, gx, d, cb,
+                                            rnn_block_start(H, ncb, cb));
             }
             continue;
         }
         if (!s->bfirst || B == 1) {
             RNN_TNAME(project_rows)(r1 - r0, In, c->x + (tlo * B + r0) * In, In, W + j0, GH, wpb,
-                                    bx + j0, nc, xp + r0 * GH + j0, GH);
+                                    bx + j0, nc, xp + r0 * GH + j0, GH, c->q, d, cb,
+                                    rnn_block_start(H, ncb, cb), H, G, ncb);
             continue;
         }
         r = r0;
@@ -190,7 +218,8 @@ static void RNN_TNAME(item_project)(const RNN_TNAME(call) *c, long d, long tlo, 
             b = r % B;
             n = B - b < r1 - r ? B - b : r1 - r;
             RNN_TNAME(project_rows)(n, In, c->x + (b * T + t) * In, T * In, W + j0, GH, wpb, bx + j0,
-                                    nc, xp + r * GH + j0, GH);
+                                    nc, xp + r * GH + j0, GH, c->q, d, cb,
+                                    rnn_block_start(H, ncb, cb), H, G, ncb);
             r = r + n;
         }
     }
@@ -236,9 +265,15 @@ static int RNN_TNAME(item_run)(const RNN_TNAME(call) *c, long d, long b0, long n
         valid = c->mask != NULL ? c->mask + t * B + b0 : NULL;
         if (Wr != NULL) {
             /* projection: m for all units first, then h = m Wr (gate-major layout, ncb == 1) */
-            RNN_TNAME(gemm_rm)((int)nb, (int)GH, (int)Ho, 1, h, (int)Ho, U, (int)GH, 0, gh, (int)GH);
+            if (c->q != NULL)
+                RNN_TNAME(qproduct)(c->q, &c->q->U, d, 0, 0, nb, GH, Ho, h, Ho, NULL, gh, GH);
+            else
+                RNN_TNAME(gemm_rm)((int)nb, (int)GH, (int)Ho, 1, h, (int)Ho, U, (int)GH, 0, gh, (int)GH);
             RNN_TNAME(cell_block)(c, d, 0, nb, H, xr, GH, gh, GH, NULL, m, H, cs, H, valid, tmp, zr);
-            RNN_TNAME(gemm_rm)((int)nb, (int)P, (int)H, 1, m, (int)H, Wr, (int)P, 0, hp, (int)P);
+            if (c->q != NULL)
+                RNN_TNAME(qproduct)(c->q, &c->q->Wr, d, 0, 0, nb, P, H, m, H, NULL, hp, P);
+            else
+                RNN_TNAME(gemm_rm)((int)nb, (int)P, (int)H, 1, m, (int)H, Wr, (int)P, 0, hp, (int)P);
             RNN_TNAME(copy_rows)(nb, P, hp, P, h, Ho, valid);
         } else if (!rnn_cell_packed(s->cell)) {
             /* a cell that makes its own products (GRU reset-before: r before its second
@@ -252,9 +287,14 @@ static int RNN_TNAME(item_run)(const RNN_TNAME(call) *c, long d, long b0, long n
             for (cb = 0; cb < ncb; cb++) {
                 j0 = rnn_block_start(H, ncb, cb);
                 j1 = rnn_block_start(H, ncb, cb + 1);
-                RNN_TNAME(gemm_packed)(na, G * (j1 - j0), Ho, h, Ho,
-                                       Up + rnn_packed_offset(Ho, H, G, ncb, cb), NULL, gh + G * j0,
-                                       GH);
+                if (c->q != NULL)
+                    RNN_TNAME(qproduct)(c->q, &c->q->U, d,
+                                        rnn_packed_offset(rnn_qpad(c->q->prec, Ho), H, G, ncb, cb),
+                                        G * j0, na, G * (j1 - j0), Ho, h, Ho, NULL, gh + G * j0, GH);
+                else
+                    RNN_TNAME(gemm_packed)(na, G * (j1 - j0), Ho, h, Ho,
+                                           Up + rnn_packed_offset(Ho, H, G, ncb, cb), NULL,
+                                           gh + G * j0, GH);
             }
             rnn_tock(RNN_PROF_PRODUCT, t1);
             for (cb = 0; cb < ncb; cb++) {
@@ -356,9 +396,10 @@ static void RNN_TNAME(blocked_project)(const RNN_TNAME(call) *c, const RNN_TNAME
     long i, t;
     double t0 = rnn_tick();
     /* right padding with the packed projection: only the rows that step */
-    int skip = c->active != NULL && Wp != NULL;
+    int skip = c->active != NULL && (Wp != NULL || (c->q != NULL && c->q->W.data != NULL));
     if (k.nb == B && (!s->bfirst || B == 1) && !skip) {
-        RNN_TNAME(project_rows)(nsteps * B, In, c->x + tlo * B * In, In, W, GH, Wp, bx, N, xp, GH);
+        RNN_TNAME(project_rows)(nsteps * B, In, c->x + tlo * B * In, In, W, GH, Wp, bx, N, xp, GH,
+                                c->q, k.d, k.cb, j0, H, G, ncb);
     } else {
         TYPE *gx = c->rows != NULL ? (TYPE *)malloc((size_t)(k.nb * In) * sizeof(TYPE)) : NULL;
         for (i = 0; i < nsteps; i++) {
@@ -366,7 +407,7 @@ static void RNN_TNAME(blocked_project)(const RNN_TNAME(call) *c, const RNN_TNAME
             long live = skip ? RNN_TNAME(live_rows)(c, t, k.b0, k.nb) : k.nb;
             if (live > 0)
                 RNN_TNAME(project_live)(c, t, k.b0, live, W, GH, Wp, bx, N, xp + (i * B + k.b0) * GH,
-                                        GH, gx);
+                                        GH, gx, k.d, k.cb, j0);
         }
         free(gx);
     }
@@ -392,9 +433,14 @@ static void RNN_TNAME(blocked_step)(const RNN_TNAME(call) *c, const RNN_TNAME(bl
     TYPE *gh = scratch, *tmp = scratch + c->p.bb * GH;
     long r, na = RNN_TNAME(live_rows)(c, t, k.b0, k.nb);   /* the rows that step */
     double t0 = rnn_tick();
-    RNN_TNAME(gemm_packed)(na, G * hb, Ho, hcur, Ho,
-                           c->Up + k.d * c->lup + rnn_packed_offset(Ho, H, G, ncb, k.cb), NULL, gh,
-                           G * hb);
+    if (c->q != NULL)
+        RNN_TNAME(qproduct)(c->q, &c->q->U, k.d,
+                            rnn_packed_offset(rnn_qpad(c->q->prec, Ho), H, G, ncb, k.cb), G * j0,
+                            na, G * hb, Ho, hcur, Ho, NULL, gh, G * hb);
+    else
+        RNN_TNAME(gemm_packed)(na, G * hb, Ho, hcur, Ho,
+                               c->Up + k.d * c->lup + rnn_packed_offset(Ho, H, G, ncb, k.cb), NULL,
+                               gh, G * hb);
     rnn_tock(RNN_PROF_PRODUCT, t0);
     /* the new state starts as the old: GRU updates it in place; LSTM and SimpleRNN
      * overwrite every stepped row, so only masked rows are carried */
@@ -565,6 +611,7 @@ static int RNN_TNAME(layer_forward)(const rnn_shape *shape, const rnn_plan *plan
     c.bhn = (const TYPE *)w->bhn;
     c.Wr = (const TYPE *)w->Wr;
     c.peep = (const TYPE *)w->peep;
+    c.q = sizeof(TYPE) == sizeof(float) ? w->q : NULL;  /* reduced precision: float layers only */
     c.mask = io->mask;
     c.active = io->active != NULL && rnn_cell_packed(c.s.cell) && c.Wr == NULL ? io->active : NULL;
     c.rows = c.active != NULL && c.Wp != NULL ? io->rows : NULL;

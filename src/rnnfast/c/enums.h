@@ -70,6 +70,15 @@ typedef enum rnn_profile_part {
     RNN_PROF_SLOTS = 64             /* threads counted: thread ids from 0 to 63 */
 } rnn_profile_part;
 
+/* The precision of a layer's weights (quant.h): float32 (the compute dtype, exact),
+ * or reduced: bf16 weights and activations with float32 sums, or int8 weights and
+ * activations with int32 sums; gate math and state stay float32 either way. */
+typedef enum rnn_precision {
+    RNN_PREC_FLOAT = 0,
+    RNN_PREC_BF16 = 1,
+    RNN_PREC_INT8 = 2
+} rnn_precision;
+
 /* What a kernel entry returns. */
 typedef enum rnn_status {
     RNN_OK = 0,

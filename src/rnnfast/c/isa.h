@@ -17,6 +17,7 @@
 
 #include "enums.h"
 #include "kernels.h"
+#include "quant.h"
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && (__GNUC__ >= 8) \
     && !defined(RNNFAST_NO_DISPATCH)
@@ -72,6 +73,7 @@ static rnn_isa_level rnn_select_isa(int level)
             && rnn_isas[i].cpu_has())
             use = &rnn_isas[i];
     rnn_isa_now = use->level;
+    rnn_quant_select((int)use->level);      /* the reduced-precision products (quant.h) */
     rnn_now_f = &use->kernels->f;
     rnn_now_d = &use->kernels->d;
     return rnn_isa_now;

@@ -8,6 +8,7 @@
 #define RNNFAST_KERNELS_H
 
 #include "enums.h"
+#include "quant.h"                  /* rnn_qweights, in the cell arguments */
 #include "template.h"
 
 #define TYPE float

@@ -28,6 +28,9 @@ typedef struct {
                                          *     (ONNX `clip`); 0: none */
     int act, ract;                      /* the activation, the gates' activation (RNN_ACT_*) */
     int input_forget;                   /* LSTM: f = 1 - i (ONNX `input_forget`) */
+    const rnn_qweights *q;              /* IN  or NULL: a cell that makes its own products makes
+                                         *     them on these reduced-precision weights (quant.h), */
+    long qdir;                          /*     direction qdir's (float only) */
 } RNN_TNAME(cell_args);
 
 typedef struct {

@@ -8,6 +8,7 @@ Imports flow one way: this package -> the models (``model_keras``, ``model_torch
 
 import os
 
+from .._quant import check_precision
 from ..model_keras import KerasModel
 from ..model_torch import TorchRNN
 from ._sniff import FORMAT_NAMES, detect, sniff
@@ -48,6 +49,9 @@ def load(path, **options):
         (default False, PyTorch's: a state_dict cannot record it), ``nonlinearity``
         ("tanh" or "relu" for an ``nn.RNN``; default "tanh"), ``prefix`` (the module
         whose tensor names start with it, in a checkpoint holding several).
+        Every format: ``precision`` ("float32", the default and exact; "bf16" or
+        "int8": the recurrent layers' products on reduced-precision weights, see
+        :meth:`rnnfast.KerasModel.with_precision`).
 
     Returns
     -------
@@ -63,6 +67,7 @@ def load(path, **options):
     rnnfast.UnsupportedLayerError
         A model using a layer or an option rnnfast cannot run.
     """
+    precision = check_precision(options.pop("precision", "float32"))
     path = os.fspath(path)
     kind = detect(path)
     if kind.startswith("keras"):
@@ -72,4 +77,4 @@ def load(path, **options):
     else:
         model = load_torch_file(path, **options)
     model.source_format = FORMAT_NAMES[kind]
-    return model
+    return model if precision == "float32" else model.with_precision(precision)

@@ -35,6 +35,7 @@ import zipfile
 
 import numpy as np
 
+from .._quant import check_precision
 from ..errors import FormatError, UnsupportedLayerError
 from ._zip import ZIP_ERRORS, check_zip_member
 from .keras_convert import ConvertContext
@@ -135,9 +136,11 @@ MAX_H5_DEPTH = 64
 MAX_CONFIG_DEPTH = 100
 
 
-def from_keras(model, dtype=None, **options):
+def from_keras(model, dtype=None, *, precision="float32", **options):
     """Convert a live Keras model (Keras 3, tf.keras or Keras 2 ``Sequential`` or
-    functional model) without saving it; see :func:`~rnnfast.io.keras_file.load_keras_file`."""
+    functional model) without saving it; see :func:`~rnnfast.io.keras_file.load_keras_file`.
+    ``precision``: as :func:`rnnfast.load`'s."""
+    precision = check_precision(precision)
     inputs_from = options.pop("inputs_from", None)
     if options:
         raise TypeError("unexpected option(s) for from_keras: %s" % ", ".join(sorted(options)))
@@ -159,7 +162,7 @@ def from_keras(model, dtype=None, **options):
     if not isinstance(config, (dict, list)) or (isinstance(config, dict) and "layers" not in config):
         raise UnsupportedLayerError(cls, None, "a model without a layer config")
     version = _live_version(model)
-    return build_model(
+    built = build_model(
         {"class_name": cls, "config": config},
         _LiveWeights(model),
         version,
@@ -167,6 +170,7 @@ def from_keras(model, dtype=None, **options):
         source="live %s model" % framework,
         inputs_from=inputs_from,
     )
+    return built if precision == "float32" else built.with_precision(precision)
 
 
 class _LiveWeights:

@@ -28,6 +28,7 @@ import re
 import numpy as np
 
 from .. import cells
+from .._quant import check_precision
 from ..errors import FormatError, UnsupportedLayerError
 from ..layers import RNNLayer
 from ..model_torch import TorchRNN
@@ -461,7 +462,7 @@ def _flag(v, name):
     raise TypeError("%s must be True or False, got %r" % (name, v))
 
 
-def from_torch(module, *, dtype=None):
+def from_torch(module, *, dtype=None, precision="float32"):
     """Convert a live ``torch.nn.GRU`` / ``LSTM`` / ``RNN`` into a :class:`~rnnfast.TorchRNN`.
 
     ``batch_first``, ``nonlinearity``, ``proj_size``, ``bias``, sizes and layers come
@@ -474,12 +475,16 @@ def from_torch(module, *, dtype=None):
         are read through the module's attributes).
     dtype : {None, "float32", "float64"}
         Compute dtype; default float64 for a float64 module, else float32.
+    precision : {"float32", "bf16", "int8"}
+        The recurrent products' precision, as :func:`rnnfast.load`'s.
 
     Returns
     -------
     TorchRNN
     """
     import torch
+
+    precision = check_precision(precision)
 
     if not isinstance(module, torch.nn.Module):
         raise TypeError("from_torch takes a torch.nn.GRU, LSTM or RNN module, got %s" % type(module).__name__)
@@ -521,7 +526,7 @@ def from_torch(module, *, dtype=None):
         raise FormatError("the module's weights describe %r but the module says %s" % (arch, declared))
     nonlinearity = cells.by_torch_mode(module.mode)[1]
     dt = _compute_dtype(dtype, [str(a.dtype) for a in arrays.values()])
-    return build_torch_rnn(
+    rnn = build_torch_rnn(
         arch,
         arrays,
         nonlinearity=nonlinearity,
@@ -529,3 +534,4 @@ def from_torch(module, *, dtype=None):
         dtype=dt,
         source="live torch.nn.%s" % type(module).__name__,
     )
+    return rnn if precision == "float32" else rnn.with_precision(precision)

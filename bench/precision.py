@@ -1,0 +1,199 @@
+"""Reduced precision, measured: rnnfast float32 / bf16 / int8 side by side with the
+reduced-precision peers on the same weights -- ONNX Runtime's dynamically quantized
+LSTM (onnxruntime.quantization.quantize_dynamic: DynamicQuantizeLSTM; it has no int8
+GRU), PyTorch's ``torch.ao.quantization.quantize_dynamic`` (int8 LSTM and GRU) and
+OpenVINO in bf16 (``INFERENCE_PRECISION_HINT=bf16``) -- with each one's error: the
+largest absolute difference from PyTorch's float32 output on the same input.
+
+Grid: GRU and LSTM (one layer, input size = H), H in {128, 512, 1024}, B in {1, 64},
+T = 100 (and T = 1000 at B = 1 for H <= 512 with ``--long``), on the thread counts
+given. One process per thread count is cleanest (``--threads 1`` then ``--threads
+2``); every engine gets that many threads. Medians of interleaved runs
+(bench/_common.interleaved); this machine is shared, so read the ratios.
+
+Run it in the peers' environment with this checkout first on the path:
+
+    PYTHONPATH=src /work/main/.venv-bench/bin/python bench/precision.py --threads 1 --json p1.json
+
+Prints one table per thread count (milliseconds per call, speed-up over rnnfast
+float32, max |error|) and writes JSON with ``--json``.
+"""
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import rnnfast
+
+from _common import interleaved
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+class OutOnly:
+    """nn.LSTM / nn.GRU returning only its output sequence (for the ONNX export)."""
+
+    def __new__(cls, torch, net):
+        class M(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.net = net
+
+            def forward(self, x):
+                return self.net(x)[0]
+
+        return M().eval()
+
+
+def peers(torch, net, cell, x, threads, tmp):
+    """name -> (callable returning the output sequence, note)."""
+    out = {}
+    xt = torch.from_numpy(x)
+    torch.set_num_threads(threads)
+    # quantize_dynamic swaps child modules only: the RNN goes in a wrapper
+    qnet = torch.ao.quantization.quantize_dynamic(OutOnly(torch, net), {torch.nn.LSTM, torch.nn.GRU}, dtype=torch.qint8)
+    assert "quantized" in type(qnet.net).__module__, type(qnet.net)
+
+    def run_torch(m=qnet):
+        with torch.no_grad():
+            return m(xt).numpy()
+
+    out["torch int8"] = run_torch
+    out["torch float32"] = lambda: run_torch(OutOnly(torch, net))
+    path = os.path.join(tmp, "%s_%d_%d_%d.onnx" % (cell, x.shape[2], x.shape[1], x.shape[0]))
+    if not os.path.exists(path):
+        torch.onnx.export(OutOnly(torch, net), (xt,), path, input_names=["x"], output_names=["y"], opset_version=17,
+                          dynamo=False)  # fmt: skip
+    try:
+        import onnxruntime as ort
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        fsess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+        out["onnxruntime float32"] = lambda: fsess.run(None, {"x": x})[0]
+        if cell == "lstm":  # ONNX Runtime quantizes LSTM only (no DynamicQuantizeGRU)
+            qpath = path.replace(".onnx", "_q.onnx")
+            if not os.path.exists(qpath):
+                quantize_dynamic(path, qpath, weight_type=QuantType.QInt8)
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = threads
+            so.inter_op_num_threads = 1
+            sess = ort.InferenceSession(qpath, so, providers=["CPUExecutionProvider"])
+            out["onnxruntime int8"] = lambda: sess.run(None, {"x": x})[0]
+    except ImportError:
+        pass
+    try:
+        import openvino as ov
+
+        core = ov.Core()
+        compiled = core.compile_model(
+            core.read_model(path),
+            "CPU",
+            {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "bf16", "PERFORMANCE_HINT": "LATENCY"},
+        )
+        req = compiled.create_infer_request()
+        out["openvino bf16"] = lambda: req.infer({0: x})[0]
+    except ImportError:
+        pass
+    return out
+
+
+def run_case(torch, cell, H, B, T, threads, budget, tmp):
+    torch.manual_seed(H * 7 + B)
+    net = (torch.nn.LSTM if cell == "lstm" else torch.nn.GRU)(H, H).eval()
+    x = np.random.default_rng(H + B + T).standard_normal((T, B, H)).astype(np.float32)
+    with torch.no_grad():
+        ref = net(torch.from_numpy(x))[0].numpy().astype(np.float64)
+    fns = {}
+    for p in ("float32", "bf16", "int8"):
+        m = rnnfast.from_torch(net, precision=p)
+        fns["rnnfast " + p] = lambda m=m: m(x, num_threads=threads)[0]
+    fns.update(peers(torch, net, cell, x, threads, tmp))
+    errs = {k: float(np.abs(np.asarray(f()).reshape(ref.shape) - ref).max()) for k, f in fns.items()}
+    ms, _ = interleaved(fns, budget_s=budget)
+    return dict(cell=cell, H=H, B=B, T=T, threads=threads, ms=ms, err=errs)
+
+
+COLUMNS = (
+    "rnnfast float32",
+    "rnnfast bf16",
+    "rnnfast int8",
+    "torch float32",
+    "onnxruntime float32",
+    "torch int8",
+    "onnxruntime int8",
+    "openvino bf16",
+)
+
+
+def table(rows):
+    lines = []
+    head = "| cell | H | B | T | thr | " + " | ".join(COLUMNS) + " |"
+    lines.append(head)
+    lines.append("|" + "---|" * (5 + len(COLUMNS)))
+    for r in rows:
+        f32 = r["ms"]["rnnfast float32"]
+        cells_ = []
+        for c in COLUMNS:
+            if c not in r["ms"]:
+                cells_.append("-")
+                continue
+            ms = r["ms"][c]
+            cells_.append("%.3g ms (%.2fx, %.0e)" % (ms, f32 / ms, r["err"][c]))
+        lines.append("| %s | %d | %d | %d | %d | %s |" % (r["cell"], r["H"], r["B"], r["T"], r["threads"],
+                                                          " | ".join(cells_)))  # fmt: skip
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--threads", type=int, nargs="+", default=[1])
+    ap.add_argument("--H", type=int, nargs="+", default=[128, 512, 1024])
+    ap.add_argument("--B", type=int, nargs="+", default=[1, 64])
+    ap.add_argument("--T", type=int, default=100)
+    ap.add_argument("--cells", nargs="+", default=["gru", "lstm"])
+    ap.add_argument("--long", action="store_true", help="also T = 1000 at B = 1 for H <= 512")
+    ap.add_argument("--budget", type=float, default=1.0, help="seconds of timing per case")
+    ap.add_argument("--json", metavar="OUT")
+    args = ap.parse_args(argv)
+    import torch
+
+    print("CPU: %s; rnnfast %s, kernel set %s" % (cpu_name(), rnnfast.__version__, rnnfast._kernels.quant_isa()))
+    print("cells: ms per call (speed-up over rnnfast float32, max |error| against PyTorch float32)")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for threads in args.threads:
+            for cell in args.cells:
+                for H in args.H:
+                    for B in args.B:
+                        Ts = [args.T] + ([1000] if args.long and B == 1 and H <= 512 else [])
+                        for T in Ts:
+                            r = run_case(torch, cell, H, B, T, threads, args.budget, tmp)
+                            rows.append(r)
+                            print(table([r]).splitlines()[-1], flush=True)
+    print()
+    print(table(rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(cpu=cpu_name(), rows=rows), f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

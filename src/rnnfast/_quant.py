@@ -1,0 +1,209 @@
+"""Reduced precision: int8 and bf16 weights for the recurrent layers.
+
+A layer in reduced precision keeps float32 gate math, state, biases and outputs; only
+its products (the input projection, the per-step recurrent product, GRU reset-before's
+second product, an LSTM projection) run on weights stored in fewer bytes, in the
+compiled core's reduced-precision kernels (``src/rnnfast/c/quant.h`` describes the
+packed forms and the arithmetic, identical on every instruction set):
+
+- ``"int8"``: weights quantized symmetric per output column (``W ~ ws[j] * Wq[:, j]``,
+  ``|Wq| <= 127``); each row of the activations (the input rows, the state of each
+  step) quantized symmetric per row on the fly (``a ~ sa * q``); int32 sums;
+  ``fma(float(sum), sa * ws[j], bias[j])``.
+- ``"bf16"``: weights and activations rounded to bfloat16 (to nearest even), float32
+  sums.
+- ``"float32"``: the exact path (the default).
+
+This module is the one home of the quantization: the precision names, the weight
+quantizers and packers the layers call, and float64 references of the quantized
+products for the tests.
+"""
+
+from typing import NamedTuple, Optional
+
+import numpy as np
+
+from . import _kernels
+
+__all__ = ["PRECISIONS", "check_precision", "LayerWeights", "pack_layer", "bf16_round", "quantize_rows"]
+
+#: The precisions a model runs in, and their codes in the C core (c/enums.h).
+PRECISIONS = {
+    "float32": int(_kernels.RNN_PREC_FLOAT),
+    "bf16": int(_kernels.RNN_PREC_BF16),
+    "int8": int(_kernels.RNN_PREC_INT8),
+}
+
+_PANEL = int(_kernels.RNN_PANEL_COLS)
+
+#: Whether a reduced-precision layer runs its input projection in that precision too
+#: (else in float32, on the float weights): see bench/README.md, "Reduced precision".
+REDUCED_INPUT = {"bf16": False, "int8": True}
+
+
+def check_precision(precision):
+    """``precision`` as one of :data:`PRECISIONS`' names, else ValueError.
+
+    ``None`` means ``"float32"``; ``"bfloat16"`` is accepted for ``"bf16"``."""
+    if precision is None:
+        return "float32"
+    if isinstance(precision, str):
+        p = precision.strip().lower()
+        p = {"bfloat16": "bf16", "fp32": "float32", "f32": "float32"}.get(p, p)
+        if p in PRECISIONS:
+            return p
+    raise ValueError("unknown precision %r; known: %s" % (precision, ", ".join(PRECISIONS)))
+
+
+# -- bf16 ------------------------------------------------------------------------------
+
+
+def bf16_bits(a):
+    """float32 values -> bfloat16 bit patterns (uint16), rounded to nearest even (as the
+    kernels round; NaN stays NaN)."""
+    u = np.ascontiguousarray(a, np.float32).view(np.uint32).astype(np.uint64)
+    nan = (u & 0x7FFFFFFF) > 0x7F800000
+    r = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+    return np.where(nan, ((u >> 16) | 0x40).astype(np.uint16), r)
+
+
+def bf16_round(a):
+    """float32 values rounded to bfloat16, as float32."""
+    return (bf16_bits(a).astype(np.uint32) << 16).view(np.float32)
+
+
+# -- int8 ------------------------------------------------------------------------------
+
+
+def quantize_columns(W):
+    """Symmetric per-column int8 quantization of ``W`` (K, N): ``(Wq, ws)`` with
+    ``W ~ Wq * ws``, ``ws[j] = max_k |W[k, j]| / 127`` (float32; 0 for a zero column)."""
+    W = np.asarray(W, np.float32)
+    m = np.abs(W).max(axis=0) if W.shape[0] else np.zeros(W.shape[1], np.float32)
+    ws = (m / np.float32(127)).astype(np.float32)
+    safe = np.where(ws > 0, ws, np.float32(1))
+    Wq = np.clip(np.rint(W / safe), -127, 127).astype(np.int8)
+    return Wq, ws
+
+
+def quantize_rows(A):
+    """The kernels' per-row activation quantization of ``A`` (M, K), in their float32
+    arithmetic: ``(q, sa)`` with q integers in [-127, 127] (int32) and ``A ~ q * sa``."""
+    A = np.asarray(A, np.float32)
+    m = np.abs(A).max(axis=1) if A.shape[1] else np.zeros(A.shape[0], np.float32)
+    with np.errstate(divide="ignore"):
+        inv = np.where(m > 0, np.float32(127) / m, np.float32(0)).astype(np.float32)
+    v = np.clip((A * inv[:, None]).astype(np.float32), np.float32(-127), np.float32(127))
+    return np.rint(v).astype(np.int32), (m / np.float32(127)).astype(np.float32)
+
+
+# -- packing (c/quant.h's packed forms) ------------------------------------------------
+
+
+def _pad(prec, K):
+    return int(_kernels.qpad(prec, K))
+
+
+def pack_block(M, prec):
+    """One K x N block (float32 ``M``) in precision ``prec`` (a code of
+    :data:`PRECISIONS`), packed as the kernels read it: ``(data, scale, comp)`` --
+    int8 bytes with per-column scales and compensations ``128 * sum_k Wq[k, j]``, or
+    bf16 bits (scale and comp empty)."""
+    M = np.asarray(M, np.float32)
+    K, N = M.shape
+    Kp = _pad(prec, K)
+    npan = -(-N // _PANEL)
+    if prec == PRECISIONS["int8"]:
+        Wq, ws = quantize_columns(M)
+        full = np.zeros((Kp, npan * _PANEL), np.int8)
+        full[:K, :N] = Wq
+        data = full.reshape(Kp // 4, 4, npan, _PANEL).transpose(2, 0, 3, 1).reshape(-1)
+        comp = (128 * Wq.astype(np.int32).sum(axis=0)).astype(np.int32)
+        return np.ascontiguousarray(data), ws, comp
+    full = np.zeros((Kp, npan * _PANEL), np.uint16)
+    full[:K, :N] = bf16_bits(M)
+    data = full.reshape(Kp // 2, 2, npan, _PANEL).transpose(2, 0, 3, 1).reshape(-1)
+    return np.ascontiguousarray(data), np.zeros(0, np.float32), np.zeros(0, np.int32)
+
+
+def _pack_matrix(M, prec, blocks):
+    """``M`` (ndir, K, N) with its columns cut into ``blocks`` ((c0, c1) ranges, in
+    order, covering all N): each direction's blocks packed one after another."""
+    datas, scales, comps = [], [], []
+    for d in range(M.shape[0]):
+        parts = [pack_block(M[d][:, c0:c1], prec) for c0, c1 in blocks]
+        datas.append(np.concatenate([p[0] for p in parts]))
+        scales.append(np.concatenate([p[1] for p in parts]))
+        comps.append(np.concatenate([p[2] for p in parts]))
+    data, scale, comp = np.stack(datas), np.stack(scales), np.stack(comps)
+    if prec != PRECISIONS["int8"]:
+        scale, comp = np.zeros((M.shape[0], 0), np.float32), np.zeros((M.shape[0], 0), np.int32)
+    for a in (data, scale, comp):
+        a.flags.writeable = False
+    return data, scale, comp
+
+
+class LayerWeights(NamedTuple):
+    """A recurrent layer's weights in reduced precision, as ``_kernels.rnn_forward``
+    takes them (``q=``): the precision code and, per matrix, ``(data, scale, comp)``."""
+
+    prec: int
+    W: Optional[tuple]
+    U: tuple
+    Wr: Optional[tuple]
+
+    @property
+    def nbytes(self):
+        """Bytes of the packed weights (with their scales)."""
+        return sum(a.nbytes for m in (self.W, self.U, self.Wr) if m is not None for a in m)
+
+
+def pack_layer(precision, W, U, Wr, *, G, H, ncb, reset_before):
+    """A layer's canonical float32 weights (``W`` (ndir, I, G*H) and ``U`` (ndir, Ho,
+    G*H) in the layer's column layout of ``ncb`` unit blocks, ``Wr`` (ndir, H, P) or
+    None) in ``precision`` ("int8" or "bf16"), packed as the kernels read them. ``W``
+    None: the input projection stays float32 (:data:`REDUCED_INPUT`)."""
+    prec = PRECISIONS[check_precision(precision)]
+    units = [(G * (cb * H // ncb), G * ((cb + 1) * H // ncb)) for cb in range(ncb)]
+    Wq = _pack_matrix(W, prec, units) if W is not None else None
+    if reset_before:  # [z r] and [h]: r is needed before the second product
+        Uq = _pack_matrix(U, prec, [(0, 2 * H), (2 * H, 3 * H)])
+    else:
+        Uq = _pack_matrix(U, prec, units)
+    Wrq = _pack_matrix(Wr, prec, [(0, Wr.shape[2])]) if Wr is not None else None
+    return LayerWeights(prec, Wq, Uq, Wrq)
+
+
+# -- float64 references (tests) --------------------------------------------------------
+
+
+def dequantized(M, precision):
+    """``M`` (K, N) as the reduced-precision kernels see it, in float64: int8
+    ``Wq * ws`` per column, or bf16-rounded."""
+    p = check_precision(precision)
+    if p == "int8":
+        Wq, ws = quantize_columns(M)
+        return Wq.astype(np.float64) * ws.astype(np.float64)
+    if p == "bf16":
+        return bf16_round(M).astype(np.float64)
+    return np.asarray(M, np.float64)
+
+
+def activations(A, precision):
+    """The rows of ``A`` as the reduced-precision kernels see them, in float64."""
+    p = check_precision(precision)
+    if p == "int8":
+        q, sa = quantize_rows(A)
+        return q.astype(np.float64) * sa.astype(np.float64)[:, None]
+    if p == "bf16":
+        return bf16_round(A).astype(np.float64)
+    return np.asarray(A, np.float64)
+
+
+def reference_product(A, M, precision, bias=None):
+    """float64 ``bias + A M`` with both operands as the kernels see them
+    (:func:`activations`, :func:`dequantized`)."""
+    y = activations(A, precision) @ dequantized(M, precision)
+    if bias is not None:
+        y = y + np.asarray(bias, np.float64)
+    return y

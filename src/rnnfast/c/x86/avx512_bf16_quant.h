@@ -1,0 +1,123 @@
+/*
+ * x86/avx512_bf16_quant.h -- the bf16 product for AVX512_BF16 (quant.h): each row of
+ * A rounded to bf16 (vcvtneps2bf16), then vdpbf16ps: per float lane, the products of
+ * a pair of bf16 values added to the float sum one after the other (2g+1, then 2g).
+ * Tiles as x86/avx512_vnni_quant.h: one row against four panels, or up to four rows
+ * against one.
+ *
+ * Included by quant.h where runtime dispatch is built (GCC on x86-64).
+ */
+#ifndef RNNFAST_X86_AVX512_BF16_QUANT_H
+#define RNNFAST_X86_AVX512_BF16_QUANT_H
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx512vnni,avx512bf16,avx2,fma")
+#include <immintrin.h>
+
+/* a16[0:Kp] = the row in bf16 (round to nearest even; zeros past K). */
+RNN_INLINE void rnn_bf16_row_avx512(const float *a, long K, long Kp, unsigned short *a16)
+{
+    long k;
+    for (k = 0; k < K; k += 16) {
+        __mmask16 t = K - k >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (K - k)) - 1u);
+        __m256bh v = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(t, a + k));
+        _mm256_mask_storeu_epi16(a16 + k, t, (__m256i)v);
+    }
+    for (k = K; k < Kp; k++) a16[k] = 0;
+}
+
+RNN_INLINE void rnn_bf16_tile(const int MR, const int NP, long Kp, long N, long p,
+                              const unsigned short *a16, long lda16, const unsigned short *Bq,
+                              const float *bias, float *C, long ldc)
+{
+    __m512 acc[RNN_VNNI_ROWS * RNN_VNNI_PANELS][4];
+    long g, Kg = Kp / 2, pstride = Kp * RNN_PANEL_COLS;
+    const unsigned short *bp = Bq + p * pstride;
+    int r, n, q;
+    for (n = 0; n < NP; n++)
+        for (q = 0; q < 4; q++) {
+            long col = (p + n) * RNN_PANEL_COLS + 16 * q, left = N - col;
+            __mmask16 t = left >= 16 ? (__mmask16)0xFFFF
+                          : (left <= 0 ? (__mmask16)0 : (__mmask16)((1u << left) - 1u));
+            __m512 b0 = bias ? _mm512_maskz_loadu_ps(t, bias + col) : _mm512_setzero_ps();
+            for (r = 0; r < MR; r++) acc[r * NP + n][q] = b0;
+        }
+    for (g = 0; g < Kg; g++) {
+        for (r = 0; r < MR; r++) {
+            int word;
+            memcpy(&word, a16 + r * lda16 + 2 * g, 4);
+            __m512i av = _mm512_set1_epi32(word);
+            for (n = 0; n < NP; n++) {
+                const unsigned short *b = bp + n * pstride + g * 2 * RNN_PANEL_COLS;
+                for (q = 0; q < 4; q++)
+                    acc[r * NP + n][q] = _mm512_dpbf16_ps(
+                        acc[r * NP + n][q], (__m512bh)av,
+                        (__m512bh)_mm512_loadu_si512((const void *)(b + 32 * q)));
+            }
+        }
+    }
+    for (r = 0; r < MR; r++)
+        for (n = 0; n < NP; n++)
+            for (q = 0; q < 4; q++) {
+                long col = (p + n) * RNN_PANEL_COLS + 16 * q, left = N - col;
+                if (left > 0)
+                    _mm512_mask_storeu_ps(C + r * ldc + col,
+                                          left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u),
+                                          acc[r * NP + n][q]);
+            }
+}
+
+static void rnn_qgemm_bf16_avx512_bf16(long M, long N, long K, const float *A, long lda,
+                                       const unsigned short *Bq, const float *bias, float *C,
+                                       long ldc)
+{
+    long Kp = rnn_qpad_bf16(K), np = (N + RNN_PANEL_COLS - 1) / RNN_PANEL_COLS, i, p, r, r0, mg;
+    long grp = rnn_qgroup_rows(Kp * (long)sizeof(unsigned short));
+    unsigned short stacka[RNN_QGROUP_BYTES / sizeof(unsigned short)] __attribute__((aligned(64)));
+    unsigned short *a16 = grp > 0 ? stacka
+                          : (unsigned short *)malloc((size_t)(RNN_QGROUP * Kp) * sizeof(unsigned short));
+    int mr;
+    if (a16 == NULL)
+        return;
+    if (grp == 0)
+        grp = RNN_QGROUP;
+    for (i = 0; i < M; i += grp) {
+        float *ci = C + i * ldc;
+        mg = M - i < grp ? M - i : grp;
+        for (r = 0; r < mg; r++) rnn_bf16_row_avx512(A + (i + r) * lda, K, Kp, a16 + r * Kp);
+        if (mg == 1) {
+            for (p = 0; p + 4 <= np; p += 4)
+                rnn_bf16_tile(1, 4, Kp, N, p, a16, Kp, Bq, bias, ci, ldc);
+            for (; p + 2 <= np; p += 2)
+                rnn_bf16_tile(1, 2, Kp, N, p, a16, Kp, Bq, bias, ci, ldc);
+            for (; p < np; p++)
+                rnn_bf16_tile(1, 1, Kp, N, p, a16, Kp, Bq, bias, ci, ldc);
+            continue;
+        }
+        for (p = 0; p < np; p++) {
+            for (r0 = 0; r0 < mg; r0 += RNN_VNNI_ROWS) {
+                const unsigned short *ar = a16 + r0 * Kp;
+                float *cr = ci + r0 * ldc;
+                mr = mg - r0 < RNN_VNNI_ROWS ? (int)(mg - r0) : RNN_VNNI_ROWS;
+                switch (mr) {
+                case 4: rnn_bf16_tile(4, 1, Kp, N, p, ar, Kp, Bq, bias, cr, ldc); break;
+                case 3: rnn_bf16_tile(3, 1, Kp, N, p, ar, Kp, Bq, bias, cr, ldc); break;
+                case 2: rnn_bf16_tile(2, 1, Kp, N, p, ar, Kp, Bq, bias, cr, ldc); break;
+                default: rnn_bf16_tile(1, 1, Kp, N, p, ar, Kp, Bq, bias, cr, ldc); break;
+                }
+            }
+        }
+    }
+    if (a16 != stacka)
+        free(a16);
+}
+
+#pragma GCC pop_options
+
+static int rnn_cpu_has_avx512_bf16(void)
+{
+    __builtin_cpu_init();
+    return rnn_cpu_has_avx512_vnni() && __builtin_cpu_supports("avx512bf16");
+}
+
+#endif /* RNNFAST_X86_AVX512_BF16_QUANT_H */

@@ -1,0 +1,204 @@
+/*
+ * x86/avx512_vnni_quant.h -- the int8 product for AVX512-VNNI (quant.h): vpdpbusd
+ * multiplies unsigned bytes by signed bytes, four per int32 lane, summed exactly
+ * (the non-saturating form). The activations go in as u = q + 128 (1..255), and the
+ * offset comes back out through the per-column comp[j] = 128 * sum_k Wq[k, j].
+ *
+ * Register tiles: one row against four panels (16 accumulator chains hide vpdpbusd's
+ * latency; the weights stream from cache once per step), or up to four rows against
+ * one panel (a panel's 256-byte group is loaded once for the four rows). Rows are
+ * quantized in groups of up to RNN_QGROUP, and each panel runs over the whole group
+ * before the next, so that it is read from cache once per group.
+ *
+ * Included by quant.h where runtime dispatch is built (GCC on x86-64).
+ */
+#ifndef RNNFAST_X86_AVX512_VNNI_QUANT_H
+#define RNNFAST_X86_AVX512_VNNI_QUANT_H
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx512vnni,avx2,fma")
+#include <immintrin.h>
+
+/* Rows of the multi-row tile, and panels of the one-row tile. */
+#define RNN_VNNI_ROWS 4
+#define RNN_VNNI_PANELS 4
+
+/* u[0:Kp] = the row quantized plus 128 (zeros past K: their weights are zero rows);
+ * returns sa. The same arithmetic as rnn_quant_row_s16, sixteen lanes at a time. */
+RNN_INLINE float rnn_quant_row_u8_avx512(const float *a, long K, long Kp, unsigned char *u)
+{
+    __m512 vm = _mm512_setzero_ps(), vinv;
+    long k;
+    float m, inv;
+    for (k = 0; k + 16 <= K; k += 16)
+        vm = _mm512_max_ps(_mm512_abs_ps(_mm512_loadu_ps(a + k)), vm);
+    if (k < K) {
+        __mmask16 t = (__mmask16)((1u << (K - k)) - 1u);
+        vm = _mm512_max_ps(_mm512_abs_ps(_mm512_maskz_loadu_ps(t, a + k)), vm);
+    }
+    m = _mm512_reduce_max_ps(vm);
+    inv = rnn_quant_inv(m);
+    vinv = _mm512_set1_ps(inv);
+    for (k = 0; k < K; k += 16) {
+        __mmask16 t = K - k >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (K - k)) - 1u);
+        __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(t, a + k), vinv);
+        v = _mm512_max_ps(_mm512_min_ps(v, _mm512_set1_ps(127.0f)), _mm512_set1_ps(-127.0f));
+        __m512i qi = _mm512_add_epi32(_mm512_cvtps_epi32(v), _mm512_set1_epi32(128));
+        _mm_mask_storeu_epi8(u + k, t, _mm512_cvtepi32_epi8(qi));
+    }
+    for (k = K; k < Kp; k++) u[k] = 0;
+    return m / 127.0f;
+}
+
+/* C[0:MR, 64 NP columns] from the accumulators: fma((float)(acc - comp), sa ws, bias). */
+RNN_INLINE void rnn_vnni_store(__m512i acc, long col, long left, float sa, const float *scale,
+                               const int *comp, const float *bias, float *c)
+{
+    __mmask16 t = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u);
+    __m512 ws = _mm512_mul_ps(_mm512_set1_ps(sa), _mm512_maskz_loadu_ps(t, scale + col));
+    __m512 b = bias ? _mm512_maskz_loadu_ps(t, bias + col) : _mm512_setzero_ps();
+    __m512i v = _mm512_sub_epi32(acc, _mm512_maskz_loadu_epi32(t, comp + col));
+    _mm512_mask_storeu_ps(c + col, t, _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), ws, b));
+}
+
+/* MR rows (quantized, u: row stride ldu) times NP panels starting at panel p. */
+RNN_INLINE void rnn_vnni_tile(const int MR, const int NP, long Kp, long N, long p,
+                              const unsigned char *u, long ldu, const float *sa,
+                              const signed char *Bq, const float *scale, const int *comp,
+                              const float *bias, float *C, long ldc)
+{
+    __m512i acc[RNN_VNNI_ROWS * RNN_VNNI_PANELS][4];
+    long g, Kg = Kp / 4, pstride = Kp * RNN_PANEL_COLS;
+    const signed char *bp = Bq + p * pstride;
+    int r, n, q;
+    for (r = 0; r < MR * NP; r++)
+        for (q = 0; q < 4; q++) acc[r][q] = _mm512_setzero_si512();
+    for (g = 0; g < Kg; g++) {
+        for (r = 0; r < MR; r++) {
+            int word;
+            memcpy(&word, u + r * ldu + 4 * g, 4);
+            __m512i av = _mm512_set1_epi32(word);
+            for (n = 0; n < NP; n++) {
+                const signed char *b = bp + n * pstride + g * 4 * RNN_PANEL_COLS;
+                for (q = 0; q < 4; q++)
+                    acc[r * NP + n][q] = _mm512_dpbusd_epi32(
+                        acc[r * NP + n][q], av, _mm512_loadu_si512((const void *)(b + 64 * q)));
+            }
+        }
+    }
+    for (r = 0; r < MR; r++)
+        for (n = 0; n < NP; n++)
+            for (q = 0; q < 4; q++) {
+                long col = (p + n) * RNN_PANEL_COLS + 16 * q;
+                if (col < N)
+                    rnn_vnni_store(acc[r * NP + n][q], col, N - col, sa[r], scale, comp, bias,
+                                   C + r * ldc);
+            }
+}
+
+/* One row against four panels from panel p (batch 1's product): sixteen named
+ * accumulators, so that the compiler keeps them in registers (an array of them it
+ * copies around the loop). */
+RNN_INLINE void rnn_vnni_row4(long Kp, long N, long p, const unsigned char *u, float sa,
+                              const signed char *Bq, const float *scale, const int *comp,
+                              const float *bias, float *C)
+{
+    long g, Kg = Kp / 4, ps = Kp * RNN_PANEL_COLS;
+    const signed char *b0 = Bq + p * ps, *b1 = b0 + ps, *b2 = b1 + ps, *b3 = b2 + ps;
+    __m512i a00 = _mm512_setzero_si512(), a01 = a00, a02 = a00, a03 = a00;
+    __m512i a10 = a00, a11 = a00, a12 = a00, a13 = a00;
+    __m512i a20 = a00, a21 = a00, a22 = a00, a23 = a00;
+    __m512i a30 = a00, a31 = a00, a32 = a00, a33 = a00;
+    for (g = 0; g < Kg; g++) {
+        int word;
+        long o = g * 4 * RNN_PANEL_COLS;
+        memcpy(&word, u + 4 * g, 4);
+        __m512i av = _mm512_set1_epi32(word);
+        a00 = _mm512_dpbusd_epi32(a00, av, _mm512_loadu_si512((const void *)(b0 + o)));
+        a01 = _mm512_dpbusd_epi32(a01, av, _mm512_loadu_si512((const void *)(b0 + o + 64)));
+        a02 = _mm512_dpbusd_epi32(a02, av, _mm512_loadu_si512((const void *)(b0 + o + 128)));
+        a03 = _mm512_dpbusd_epi32(a03, av, _mm512_loadu_si512((const void *)(b0 + o + 192)));
+        a10 = _mm512_dpbusd_epi32(a10, av, _mm512_loadu_si512((const void *)(b1 + o)));
+        a11 = _mm512_dpbusd_epi32(a11, av, _mm512_loadu_si512((const void *)(b1 + o + 64)));
+        a12 = _mm512_dpbusd_epi32(a12, av, _mm512_loadu_si512((const void *)(b1 + o + 128)));
+        a13 = _mm512_dpbusd_epi32(a13, av, _mm512_loadu_si512((const void *)(b1 + o + 192)));
+        a20 = _mm512_dpbusd_epi32(a20, av, _mm512_loadu_si512((const void *)(b2 + o)));
+        a21 = _mm512_dpbusd_epi32(a21, av, _mm512_loadu_si512((const void *)(b2 + o + 64)));
+        a22 = _mm512_dpbusd_epi32(a22, av, _mm512_loadu_si512((const void *)(b2 + o + 128)));
+        a23 = _mm512_dpbusd_epi32(a23, av, _mm512_loadu_si512((const void *)(b2 + o + 192)));
+        a30 = _mm512_dpbusd_epi32(a30, av, _mm512_loadu_si512((const void *)(b3 + o)));
+        a31 = _mm512_dpbusd_epi32(a31, av, _mm512_loadu_si512((const void *)(b3 + o + 64)));
+        a32 = _mm512_dpbusd_epi32(a32, av, _mm512_loadu_si512((const void *)(b3 + o + 128)));
+        a33 = _mm512_dpbusd_epi32(a33, av, _mm512_loadu_si512((const void *)(b3 + o + 192)));
+    }
+    {
+        __m512i acc[16] = {a00, a01, a02, a03, a10, a11, a12, a13,
+                           a20, a21, a22, a23, a30, a31, a32, a33};
+        int q;
+        for (q = 0; q < 16; q++) {
+            long col = p * RNN_PANEL_COLS + 16 * q;
+            if (col < N)
+                rnn_vnni_store(acc[q], col, N - col, sa, scale, comp, bias, C);
+        }
+    }
+}
+
+static void rnn_qgemm_i8_avx512_vnni(long M, long N, long K, const float *A, long lda,
+                                     const signed char *Bq, const float *scale, const int *comp,
+                                     const float *bias, float *C, long ldc)
+{
+    long Kp = rnn_qpad_i8(K), np = (N + RNN_PANEL_COLS - 1) / RNN_PANEL_COLS, i, p, r;
+    long grp = rnn_qgroup_rows(Kp);
+    unsigned char stacku[RNN_QGROUP_BYTES] __attribute__((aligned(64)));
+    unsigned char *u = grp > 0 ? stacku : (unsigned char *)malloc((size_t)(RNN_QGROUP * Kp));
+    float sa[RNN_QGROUP];
+    long mg, r0;
+    int mr;
+    if (u == NULL)
+        return;
+    if (grp == 0)
+        grp = RNN_QGROUP;
+    for (i = 0; i < M; i += grp) {
+        mg = M - i < grp ? M - i : grp;
+        for (r = 0; r < mg; r++)
+            sa[r] = rnn_quant_row_u8_avx512(A + (i + r) * lda, K, Kp, u + r * Kp);
+        float *ci = C + i * ldc;
+        if (mg == 1) {
+            for (p = 0; p + 4 <= np; p += 4)
+                rnn_vnni_row4(Kp, N, p, u, sa[0], Bq, scale, comp, bias, ci);
+            for (; p + 2 <= np; p += 2)
+                rnn_vnni_tile(1, 2, Kp, N, p, u, Kp, sa, Bq, scale, comp, bias, ci, ldc);
+            for (; p < np; p++)
+                rnn_vnni_tile(1, 1, Kp, N, p, u, Kp, sa, Bq, scale, comp, bias, ci, ldc);
+            continue;
+        }
+        for (p = 0; p < np; p++) {
+            for (r0 = 0; r0 < mg; r0 += RNN_VNNI_ROWS) {
+                const unsigned char *ur = u + r0 * Kp;
+                float *cr = ci + r0 * ldc;
+                mr = mg - r0 < RNN_VNNI_ROWS ? (int)(mg - r0) : RNN_VNNI_ROWS;
+                switch (mr) {
+                case 4: rnn_vnni_tile(4, 1, Kp, N, p, ur, Kp, sa + r0, Bq, scale, comp, bias, cr, ldc); break;
+                case 3: rnn_vnni_tile(3, 1, Kp, N, p, ur, Kp, sa + r0, Bq, scale, comp, bias, cr, ldc); break;
+                case 2: rnn_vnni_tile(2, 1, Kp, N, p, ur, Kp, sa + r0, Bq, scale, comp, bias, cr, ldc); break;
+                default: rnn_vnni_tile(1, 1, Kp, N, p, ur, Kp, sa + r0, Bq, scale, comp, bias, cr, ldc); break;
+                }
+            }
+        }
+    }
+    if (u != stacku)
+        free(u);
+}
+
+#pragma GCC pop_options
+
+static int rnn_cpu_has_avx512_vnni(void)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")
+           && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq")
+           && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx2")
+           && __builtin_cpu_supports("fma");
+}
+
+#endif /* RNNFAST_X86_AVX512_VNNI_QUANT_H */
