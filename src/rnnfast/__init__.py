@@ -1,7 +1,8 @@
 """rnnfast: fast CPU inference for recurrent networks trained in Keras or PyTorch.
 
-Public names: :func:`load`, :func:`from_keras`, :func:`from_torch`, the model
-classes :class:`KerasModel` and :class:`TorchRNN`, the thread settings
+Public names: :func:`load`, :func:`from_keras`, :func:`from_torch`,
+:func:`read_tensors`, the model classes :class:`KerasModel`, :class:`TorchRNN` and
+:class:`TorchCell`, the thread settings
 :func:`set_num_threads` / :func:`get_num_threads`, the bundled example files
 :func:`example` / :func:`examples`, the errors :class:`FormatError`
 and :class:`UnsupportedLayerError`, and the canonical layers in :mod:`rnnfast.layers`.
@@ -14,10 +15,10 @@ from .errors import FormatError, RnnfastError, UnsupportedLayerError
 load_kernels()  # before anything imports the compiled core: see its docstring
 from . import cells, layers  # noqa: E402
 from .demo import example, examples  # noqa: E402
-from .io import from_keras, from_torch, load  # noqa: E402
+from .io import from_keras, from_torch, load, read_tensors  # noqa: E402
 from .model import Sequential  # noqa: E402
 from .model_keras import KerasModel  # noqa: E402
-from .model_torch import TorchRNN  # noqa: E402
+from .model_torch import TorchCell, TorchRNN  # noqa: E402
 
 __all__ = [
     "__version__",
@@ -28,6 +29,8 @@ __all__ = [
     "examples",
     "KerasModel",
     "TorchRNN",
+    "TorchCell",
+    "read_tensors",
     "Sequential",
     "layers",
     "cells",

@@ -9,11 +9,11 @@ Imports flow one way: this package -> the models (``model_keras``, ``model_torch
 import os
 
 from ..model_keras import KerasModel
-from ..model_torch import TorchRNN
+from ..model_torch import TorchCell, TorchRNN
 from ._sniff import FORMAT_NAMES, detect, sniff
 from ._zip import ZIP_ERRORS, check_zip_member
 from .keras_file import from_keras, load_keras_file
-from .torch_file import from_torch, load_torch_file
+from .torch_file import from_torch, load_torch_file, read_tensors
 
 __all__ = [
     "load",
@@ -21,6 +21,8 @@ __all__ = [
     "from_torch",
     "KerasModel",
     "TorchRNN",
+    "TorchCell",
+    "read_tensors",
     "sniff",
     "detect",
     "ZIP_ERRORS",
