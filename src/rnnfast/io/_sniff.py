@@ -1,6 +1,7 @@
 """Which format a file is in, from its content (never its name)."""
 
 from ..errors import FormatError
+from ._foreign import name_foreign
 from ._zip import zip_kind
 
 __all__ = ["ZIP_MAGIC", "HDF5_MAGIC", "sniff", "detect", "FORMAT_NAMES"]
@@ -26,7 +27,8 @@ def sniff(path):
         with open(path, "rb") as f:
             head = f.read(16)
     except IsADirectoryError:
-        raise FormatError("%s is a directory, not a model file" % path) from None
+        what = name_foreign(path)  # a TensorFlow SavedModel, say: named as what it is
+        raise FormatError("%s is %s" % (path, what or "a directory, not a model file")) from None
     if head.startswith(ZIP_MAGIC):
         return "zip"
     if head.startswith(HDF5_MAGIC):
@@ -35,6 +37,11 @@ def sniff(path):
         return "safetensors"
     if head[:1] == b"\x80" and len(head) > 1 and 2 <= head[1] <= 5:
         return "torch-legacy"
+    what = name_foreign(path, head)  # ONNX, a TensorFlow SavedModel ...: named as what it is
+    if what:
+        if ":" not in what:  # a name without the way to a file rnnfast reads
+            what += "; rnnfast reads Keras, PyTorch state_dict and safetensors files"
+        raise FormatError("%s is %s" % (path, what))
     raise FormatError(
         "%s is not a model file rnnfast knows (first bytes %r): expected a Keras "
         ".keras or HDF5 file, a PyTorch state_dict or a .safetensors file" % (path, head[:8])
@@ -60,6 +67,9 @@ def detect(path):
         return kind
     inside = zip_kind(path)
     if inside is None:
+        what = name_foreign(path)  # a torch.export program, say
+        if what:
+            raise FormatError("%s is %s" % (path, what))
         raise FormatError(
             "%s: a zip archive that is neither a Keras .keras file (no config.json) "
             "nor a PyTorch file (no data.pkl)" % path

@@ -34,8 +34,8 @@ from .. import cells
 from ..errors import FormatError, UnsupportedLayerError
 from ..layers import RNNLayer
 from ..model_torch import TorchCell, TorchRNN
-from ._sniff import sniff
-from ._zip import zip_kind
+from ._foreign import name_foreign
+from ._sniff import FORMAT_NAMES, detect
 from .safetensors import SafeTensorRecord, SafetensorsFile
 from .torch_convert import DTYPES, FLOAT_DTYPES, GATES, cell_weights_from_torch
 from .torch_pickle import TensorRecord, open_torch_file, quote
@@ -584,18 +584,20 @@ def load_torch_file(path, *, prefix=None, nonlinearity=None, batch_first=False, 
 def _open_archive(path):
     """The PyTorch or safetensors file at ``path``, opened (a context manager whose
     ``root`` holds the tensors' records and whose ``array(record)`` reads one)."""
-    kind = sniff(path)
+    kind = detect(path)  # names the formats it does not read (ONNX, TorchScript ...)
     if kind == "safetensors":
         return SafetensorsFile(path)
-    if kind in ("zip", "torch-legacy"):
-        if kind == "zip" and zip_kind(path) == "keras":
-            raise FormatError(
-                "%s is a Keras .keras archive, not a PyTorch or safetensors file: rnnfast.load reads it" % path
-            )
+    if kind == "torch-zip":
+        return open_torch_file(path, "zip")
+    if kind == "torch-legacy":
         return open_torch_file(path, kind)
-    if kind == "hdf5":
-        raise FormatError("%s is an HDF5 file (Keras), not a PyTorch or safetensors file: rnnfast.load reads it" % path)
-    raise FormatError("%s: not a PyTorch or safetensors file (%s)" % (path, kind))
+    if kind.startswith("keras"):
+        raise FormatError(
+            "%s is a %s, not a PyTorch or safetensors file: rnnfast.load reads it" % (path, FORMAT_NAMES[kind])
+        )
+    raise FormatError(
+        "%s is %s, not a PyTorch or safetensors file" % (path, name_foreign(path) or FORMAT_NAMES.get(kind, kind))
+    )
 
 
 def _tensors_in_order(root):

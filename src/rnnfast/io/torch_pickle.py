@@ -44,6 +44,7 @@ from collections import OrderedDict
 import numpy as np
 
 from ..errors import FormatError
+from ._foreign import WHOLE_MODULE_ROUTES
 from ._sniff import sniff
 from ._zip import ZIP_ERRORS, check_zip_member
 from .torch_convert import DTYPES, numpy_dtype, to_native
@@ -319,6 +320,21 @@ _ALLOWED.update(
 # Not bytearray: bytearray(n) from a few pickle bytes would allocate and zero n bytes.
 
 
+def _whole_module_hint(module, name):
+    """What a refused global says about the file, with the ways out when it is a whole
+    pickled model: a ``torch.nn`` class, a TorchScript one (``__torch__``), or a class of
+    the script that saved it (``__main__``) or of the user's package (a capitalised name)."""
+    if module.startswith("__torch__"):
+        what = "a TorchScript object (torch.jit.save), which holds code"
+    elif module == "torch.nn" or module.startswith("torch.nn."):
+        what = "a whole pickled module (torch.save(model) of a torch.nn.%s)" % name
+    elif module == "__main__" or (name[:1].isupper() and not module.startswith(("torch", "numpy", "builtins"))):
+        what = "a pickled object of class %s.%s: a whole module saved with torch.save(model)?" % (module, name)
+    else:
+        return ""
+    return ". The file is %s; %s" % (what, WHOLE_MODULE_ROUTES)
+
+
 class RestrictedUnpickler(pickle.Unpickler):
     """An unpickler that builds only plain containers and :class:`TensorRecord`.
 
@@ -345,12 +361,9 @@ class RestrictedUnpickler(pickle.Unpickler):
             return _Marker("storage", STORAGE_TYPES[name])
         if module == "torch" and name in DTYPES:
             return _Marker("dtype", name)
-        hint = ""
-        if module.startswith(("torch.nn", "__torch__")):
-            hint = " (a whole module or TorchScript object? save module.state_dict() instead)"
         raise FormatError(
             "refused global '%s.%s' in the pickle: a weights file may hold only tensors "
-            "and plain containers, and rnnfast runs nothing from it%s" % (module, name, hint)
+            "and plain containers, and rnnfast runs nothing from it%s" % (module, name, _whole_module_hint(module, name))
         )
 
     def persistent_load(self, pid):
@@ -752,8 +765,8 @@ class ZipArchive(_Archive):
         self._prefix = prefix = tops[0]
         if prefix + "constants.pkl" in infos or any(n.startswith(prefix + "code/") for n in infos):
             raise self._fail(
-                "a TorchScript archive (torch.jit.save): rnnfast reads state_dicts; save "
-                "module.state_dict() with torch.save instead"
+                "a TorchScript archive (torch.jit.save), which holds code: rnnfast reads state_dicts and "
+                "ONNX; " + WHOLE_MODULE_ROUTES
             )
         self._infos = infos
         if prefix + "byteorder" in infos:
