@@ -13,12 +13,14 @@ from ..model_torch import TorchCell, TorchRNN
 from ._sniff import FORMAT_NAMES, detect, sniff
 from ._zip import ZIP_ERRORS, check_zip_member
 from .keras_file import from_keras, load_keras_file
+from .onnx import from_onnx, load_onnx_file
 from .torch_file import from_torch, load_torch_file, read_tensors
 
 __all__ = [
     "load",
     "from_keras",
     "from_torch",
+    "from_onnx",
     "KerasModel",
     "TorchRNN",
     "TorchCell",
@@ -37,8 +39,8 @@ def load(path, **options):
     ----------
     path : str or os.PathLike
         A Keras ``.keras`` archive or whole-model HDF5 file, a PyTorch state_dict
-        (``torch.save``, zip or legacy format; a checkpoint holding one) or a
-        ``.safetensors`` file of one.
+        (``torch.save``, zip or legacy format; a checkpoint holding one), a
+        ``.safetensors`` file of one, or an ONNX model (takes no options).
     **options
         Keras files: ``dtype``. PyTorch files: ``prefix``, ``nonlinearity``,
         ``batch_first``, ``dtype``. Each is a keyword of the format's loader:
@@ -51,9 +53,10 @@ def load(path, **options):
 
     Returns
     -------
-    KerasModel or TorchRNN
+    KerasModel, TorchRNN or OnnxModel
         A :class:`KerasModel` for Keras files, a :class:`TorchRNN` for PyTorch
-        state_dicts and ``.safetensors``.
+        state_dicts and ``.safetensors``, an :class:`~rnnfast.OnnxModel` for ONNX
+        models (``.onnx``; external weights beside it are read from its folder only).
 
     Raises
     ------
@@ -66,6 +69,8 @@ def load(path, **options):
     kind = detect(path)
     if kind.startswith("keras"):
         model = load_keras_file(path, **options)
+    elif kind == "onnx":
+        model = load_onnx_file(path, **options)
     else:
         model = load_torch_file(path, **options)
     model.source_format = FORMAT_NAMES[kind]

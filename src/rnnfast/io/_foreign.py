@@ -1,10 +1,10 @@
 """Name the model files rnnfast does not read as what they are, with the way to a file it
-reads: every refusal of such a file says "an ONNX model", "a TorchScript archive", "a
-TensorFlow SavedModel", "a torch.export program" or "a whole pickled module" rather than
-"not a model file".
+reads: every refusal of such a file says "a TorchScript archive", "a TensorFlow
+SavedModel", "a torch.export program" or "a whole pickled module" rather than "not a
+model file".
 
-Only names and advice live here; detecting the formats rnnfast reads is ``_sniff``'s
-job. The checks look at a few leading bytes, a zip archive's member names or a
+Only names and advice live here; detecting the formats rnnfast reads (ONNX among them)
+is ``_sniff``'s job. The checks look at a few leading bytes, a zip archive's member names or a
 directory's entries: nothing is parsed or run.
 """
 
@@ -13,7 +13,7 @@ import zipfile
 
 from ._zip import ZIP_ERRORS
 
-__all__ = ["ONNX_ROUTE", "STATE_DICT_ROUTE", "WHOLE_MODULE_ROUTES", "looks_like_onnx", "name_foreign"]
+__all__ = ["ONNX_ROUTE", "STATE_DICT_ROUTE", "WHOLE_MODULE_ROUTES", "name_foreign"]
 
 #: The way from a PyTorch model to a weights file rnnfast reads.
 STATE_DICT_ROUTE = "save the weights, torch.save(model.state_dict(), path), and load that file"
@@ -29,19 +29,6 @@ _TF_ROUTE = (
     "rnnfast reads Keras models (model.save('model.keras') or an .h5 file) and ONNX; convert a "
     "SavedModel with tf2onnx (python -m tf2onnx.convert --saved-model DIR --output model.onnx)"
 )
-
-# ModelProto's length-delimited fields (producer_name 2, producer_version 3, domain 4,
-# doc_string 6, graph 7, opset_import 8, metadata_props 14) and model_version 5 (varint),
-# as tags; ir_version (field 1, varint: tag 0x08) comes first in every exporter's files.
-_ONNX_NEXT_TAGS = frozenset([0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42, 0x72])
-
-
-def looks_like_onnx(head):
-    """Whether ``head`` (a file's first bytes) opens an ONNX ``ModelProto``: field 1
-    (``ir_version``, 3 to 31 in the files exporters write) then another field of the
-    model. A heuristic for naming a file, not a parse."""
-    return len(head) >= 3 and head[0] == 0x08 and 3 <= head[1] <= 31 and head[2] in _ONNX_NEXT_TAGS
-
 
 def _looks_like_saved_model(head):
     # SavedModel: saved_model_schema_version = 1 (field 1), then meta_graphs (field 2)
@@ -69,8 +56,6 @@ def name_foreign(path, head=None):
                 head = f.read(16)
         except OSError:
             return None
-    if looks_like_onnx(head):
-        return "an ONNX model (protobuf ModelProto, IR version %d)" % head[1]
     if _looks_like_saved_model(head):
         return "a TensorFlow SavedModel (saved_model.pb): " + _TF_ROUTE
     if head.startswith(b"PK\x03\x04"):

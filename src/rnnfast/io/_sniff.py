@@ -4,7 +4,7 @@ from ..errors import FormatError
 from ._foreign import name_foreign
 from ._zip import zip_kind
 
-__all__ = ["ZIP_MAGIC", "HDF5_MAGIC", "sniff", "detect", "FORMAT_NAMES"]
+__all__ = ["ZIP_MAGIC", "HDF5_MAGIC", "sniff", "detect", "FORMAT_NAMES", "looks_like_onnx"]
 
 ZIP_MAGIC = b"PK\x03\x04"
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -16,16 +16,68 @@ FORMAT_NAMES = {
     "torch-zip": "PyTorch file (zip)",
     "torch-legacy": "PyTorch file (legacy format)",
     "safetensors": "safetensors file",
+    "onnx": "ONNX model",
 }
+
+# ModelProto's fields (number -> protobuf wire type): ir_version 1, producer_name 2,
+# producer_version 3, domain 4, model_version 5, doc_string 6, graph 7, opset_import 8,
+# metadata_props 14, training_info 20, functions 25, configuration 26
+_ONNX_FIELDS = {1: 0, 2: 2, 3: 2, 4: 2, 5: 0, 6: 2, 7: 2, 8: 2, 14: 2, 20: 2, 25: 2, 26: 2}
+
+
+def _varint(b, i):
+    v, shift = 0, 0
+    while i < len(b) and shift < 64:
+        c = b[i]
+        v |= (c & 0x7F) << shift
+        i += 1
+        if not c & 0x80:
+            return v, i
+        shift += 7
+    return None, i
+
+
+def looks_like_onnx(head, size):
+    """Whether the first bytes ``head`` of a ``size``-byte file read as a serialized
+    ONNX ModelProto: known fields with their wire types, starting with ``ir_version``
+    (the first field every writer emits), lengths inside the file."""
+    if not head or head[0] != 0x08:
+        return False
+    i, fields = 0, 0
+    while i < len(head):
+        tag, j = _varint(head, i)
+        if tag is None:
+            break
+        num, wire = tag >> 3, tag & 7
+        if _ONNX_FIELDS.get(num) != wire:
+            return False
+        if wire == 0:
+            v, j = _varint(head, j)
+            if v is None:
+                break
+            if num == 1 and not 1 <= v <= 100:
+                return False
+        else:
+            n, j = _varint(head, j)
+            if n is None:
+                break
+            if j + n > size:
+                return False
+            j += n
+        fields += 1
+        i = j
+    return fields >= 2 or (fields == 1 and size <= len(head))
 
 
 def sniff(path):
     """Name the format of the file at ``path`` from its first bytes:
-    ``"zip"``, ``"hdf5"``, ``"safetensors"``, ``"torch-legacy"`` (a bare pickle), or raise
+    ``"zip"``, ``"hdf5"``, ``"safetensors"``, ``"torch-legacy"`` (a bare pickle),
+    ``"onnx"`` (a serialized ModelProto), or raise
     :class:`~rnnfast.FormatError`."""
     try:
         with open(path, "rb") as f:
-            head = f.read(16)
+            head = f.read(64)
+            size = f.seek(0, 2)
     except IsADirectoryError:
         what = name_foreign(path)  # a TensorFlow SavedModel, say: named as what it is
         raise FormatError("%s is %s" % (path, what or "a directory, not a model file")) from None
@@ -37,14 +89,16 @@ def sniff(path):
         return "safetensors"
     if head[:1] == b"\x80" and len(head) > 1 and 2 <= head[1] <= 5:
         return "torch-legacy"
-    what = name_foreign(path, head)  # ONNX, a TensorFlow SavedModel ...: named as what it is
+    if looks_like_onnx(head, size):
+        return "onnx"
+    what = name_foreign(path, head)  # a TensorFlow SavedModel ...: named as what it is
     if what:
         if ":" not in what:  # a name without the way to a file rnnfast reads
-            what += "; rnnfast reads Keras, PyTorch state_dict and safetensors files"
+            what += "; rnnfast reads Keras, PyTorch state_dict, safetensors and ONNX files"
         raise FormatError("%s is %s" % (path, what))
     raise FormatError(
         "%s is not a model file rnnfast knows (first bytes %r): expected a Keras "
-        ".keras or HDF5 file, a PyTorch state_dict or a .safetensors file" % (path, head[:8])
+        ".keras or HDF5 file, a PyTorch state_dict, a .safetensors file or an ONNX model" % (path, head[:8])
     )
 
 

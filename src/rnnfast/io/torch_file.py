@@ -591,6 +591,10 @@ def _open_archive(path):
         return open_torch_file(path, "zip")
     if kind == "torch-legacy":
         return open_torch_file(path, kind)
+    if kind == "onnx":
+        raise FormatError(
+            "%s is an ONNX model, not a PyTorch or safetensors file: rnnfast.load reads it" % (path,)
+        )
     if kind.startswith("keras"):
         raise FormatError(
             "%s is a %s, not a PyTorch or safetensors file: rnnfast.load reads it" % (path, FORMAT_NAMES[kind])

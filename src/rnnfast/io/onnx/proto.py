@@ -1,0 +1,220 @@
+"""Reading an ONNX ModelProto safely: the protobuf parse (the ``onnx`` package, imported
+here on first use), tensors checked against the bytes that hold them before anything is
+allocated, attributes as plain values, and external data read only from the model's
+own folder.
+
+External data (``TensorProto.data_location == EXTERNAL``): ``location`` must name a
+regular file inside the model file's folder (relative, no ``..``, not absolute, no
+symlink leading out); ``offset`` and ``length`` must lie inside that file and
+``length`` must be the tensor's size. Every refusal is a :class:`~rnnfast.FormatError`.
+"""
+
+import os
+
+import numpy as np
+
+from ...errors import FormatError
+from ...model_onnx import ONNX_DTYPES
+
+__all__ = ["onnx_module", "parse_model", "TensorReader", "attribute_value", "MAX_FILE_BYTES"]
+
+#: protobuf cannot hold a message of 2 GiB or more (weights beyond go to external data).
+MAX_FILE_BYTES = (1 << 31) - 1
+
+_EXTERNAL = 1  # TensorProto.DataLocation.EXTERNAL
+
+
+def onnx_module():
+    """The ``onnx`` package (rnnfast's optional extra ``rnnfast[onnx]``)."""
+    try:
+        import onnx
+    except ImportError:
+        raise ImportError(
+            "reading ONNX files needs the onnx package: pip install 'rnnfast[onnx]' (or pip install onnx)"
+        ) from None
+    return onnx
+
+
+def parse_model(data, what):
+    """Parse serialized ModelProto bytes. FormatError for anything protobuf refuses
+    (including nesting deeper than its recursion limit)."""
+    onnx = onnx_module()
+    if len(data) > MAX_FILE_BYTES:
+        raise FormatError("%s: %d bytes, more than a protobuf message can hold" % (what, len(data)))
+    m = onnx.ModelProto()
+    try:
+        m.ParseFromString(bytes(data))
+    except Exception as e:  # google.protobuf.message.DecodeError, RecursionError, ...
+        raise FormatError("%s is not a readable ONNX model: %s" % (what, e)) from None
+    if not m.HasField("graph"):
+        raise FormatError("%s: an ONNX ModelProto without a graph" % what)
+    return m
+
+
+class TensorReader:
+    """Turns TensorProtos into read-only numpy arrays.
+
+    Parameters
+    ----------
+    base_dir : str or None
+        The model file's folder (external data is read from there only); None for a
+        model given as bytes (external data is then refused).
+    what : str
+        The model, as messages name it.
+    """
+
+    def __init__(self, base_dir, what):
+        self.base_dir = None if base_dir is None else os.path.realpath(base_dir)
+        self.what = what
+        self.bytes_read = 0
+
+    def __call__(self, t, name=None):
+        name = name or t.name or "?"
+        code = int(t.data_type)
+        if code not in ONNX_DTYPES:
+            raise FormatError(
+                "%s: tensor %r has data type %d, which rnnfast does not read (it reads %s)"
+                % (self.what, name, code, ", ".join(v[1] for v in ONNX_DTYPES.values()))
+            )
+        dt = ONNX_DTYPES[code][0]
+        dims = [int(d) for d in t.dims]
+        if any(d < 0 for d in dims):
+            raise FormatError("%s: tensor %r has a negative dimension %s" % (self.what, name, dims))
+        n = 1
+        for d in dims:
+            n *= d
+            if n > MAX_FILE_BYTES * 8:
+                raise FormatError("%s: tensor %r of shape %s is larger than any file" % (self.what, name, dims))
+        nbytes = n * dt.itemsize
+        if t.HasField("data_location") and t.data_location == _EXTERNAL:
+            raw = self._external(t, name, nbytes)
+            a = np.frombuffer(raw, dtype=dt.newbyteorder("<")).astype(dt, copy=False)
+        elif t.HasField("raw_data"):
+            if len(t.raw_data) != nbytes:
+                raise FormatError(
+                    "%s: tensor %r of shape %s needs %d bytes, its raw_data has %d"
+                    % (self.what, name, dims, nbytes, len(t.raw_data))
+                )
+            a = np.frombuffer(t.raw_data, dtype=dt.newbyteorder("<")).astype(dt, copy=False)
+        else:
+            a = self._typed(t, name, dt, n)
+        a = a.reshape(dims)
+        if a.flags.writeable:
+            a.flags.writeable = False
+        return a
+
+    def _typed(self, t, name, dt, n):
+        if dt == np.float32:
+            field = t.float_data
+        elif dt == np.float64:
+            field = t.double_data
+        elif dt == np.int64:
+            field = t.int64_data
+        elif dt in (np.uint32, np.uint64):
+            field = t.uint64_data
+        else:  # int32, int16, int8, uint16, uint8, bool, float16 (its bits)
+            field = t.int32_data
+        if len(field) != n:
+            raise FormatError(
+                "%s: tensor %r holds %d values, its shape %s needs %d" % (self.what, name, len(field), list(t.dims), n)
+            )
+        if dt == np.float16:
+            return np.asarray(field, np.uint16).view(np.float16)
+        return np.asarray(field, dtype=dt)
+
+    def _external(self, t, name, nbytes):
+        info = {e.key: e.value for e in t.external_data}
+        unknown = set(info) - {"location", "offset", "length", "checksum"}
+        if unknown:
+            raise FormatError("%s: tensor %r: unknown external data keys %s" % (self.what, name, sorted(unknown)))
+        if self.base_dir is None:
+            raise FormatError(
+                "%s: tensor %r is stored in an external file (%r): load the model from its file "
+                "(rnnfast.load(path)) so the weights can be read beside it" % (self.what, name, info.get("location"))
+            )
+        loc = info.get("location", "")
+        path = self._inside(loc, name)
+        try:
+            offset = int(info.get("offset", "0"))
+            length = int(info["length"]) if "length" in info else nbytes
+        except ValueError:
+            raise FormatError("%s: tensor %r: unreadable external offset / length" % (self.what, name)) from None
+        if length != nbytes:
+            raise FormatError(
+                "%s: tensor %r needs %d bytes, its external data says %d" % (self.what, name, nbytes, length)
+            )
+        size = os.path.getsize(path)
+        if offset < 0 or offset + length > size:
+            raise FormatError(
+                "%s: tensor %r: bytes [%d, %d) of %r lie outside the file (%d bytes)"
+                % (self.what, name, offset, offset + length, loc, size)
+            )
+        with open(path, "rb") as f:
+            f.seek(offset)
+            raw = f.read(length)
+        if len(raw) != length:
+            raise FormatError("%s: tensor %r: %r ended early" % (self.what, name, loc))
+        self.bytes_read += length
+        return raw
+
+    def _inside(self, loc, name):
+        """The real path of external file ``loc``, which must be inside the model's folder."""
+        bad = (
+            not loc
+            or "\x00" in loc
+            or os.path.isabs(loc)
+            or loc.startswith(("/", "\\"))
+            or (len(loc) > 1 and loc[1] == ":")
+            or any(part == ".." for part in loc.replace("\\", "/").split("/"))
+        )
+        if bad:
+            raise FormatError(
+                "%s: tensor %r: external data location %r is not a file name inside the model's folder"
+                % (self.what, name, loc)
+            )
+        full = os.path.realpath(os.path.join(self.base_dir, loc))
+        if os.path.commonpath([full, self.base_dir]) != self.base_dir:
+            raise FormatError(
+                "%s: tensor %r: external data %r leads out of the model's folder (a symlink)" % (self.what, name, loc)
+            )
+        if not os.path.isfile(full):
+            raise FormatError("%s: tensor %r: external data file %r is missing or not a file" % (self.what, name, loc))
+        return full
+
+
+# AttributeProto.AttributeType
+_FLOAT, _INT, _STRING, _TENSOR, _GRAPH, _FLOATS, _INTS, _STRINGS = 1, 2, 3, 4, 5, 6, 7, 8
+
+
+def attribute_value(a, read_tensor, op_type, node):
+    """An attribute as a plain value (float, int, str, ndarray, or a list of them).
+    Graphs (subgraphs of Loop / Scan / If) and the other kinds are refused."""
+    t = int(a.type)
+    if a.ref_attr_name:
+        raise FormatError("node %r: attribute %r refers to a function's attribute" % (node, a.name))
+    if t == _FLOAT:
+        return float(a.f)
+    if t == _INT:
+        return int(a.i)
+    if t == _STRING:
+        return a.s.decode("utf-8", "replace")
+    if t == _TENSOR:
+        return read_tensor(a.t, "%s.%s" % (node, a.name))
+    if t == _FLOATS:
+        return [float(v) for v in a.floats]
+    if t == _INTS:
+        return [int(v) for v in a.ints]
+    if t == _STRINGS:
+        return [s.decode("utf-8", "replace") for s in a.strings]
+    return _Unreadable(t)
+
+
+class _Unreadable:
+    """An attribute of a kind rnnfast does not take (a graph, a sparse tensor ...)."""
+
+    def __init__(self, kind):
+        self.kind = kind
+
+    def __repr__(self):
+        names = {5: "a graph", 9: "tensors", 10: "graphs", 11: "a sparse tensor", 12: "sparse tensors"}
+        return names.get(self.kind, "an attribute of type %d" % self.kind)

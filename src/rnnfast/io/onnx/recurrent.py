@@ -1,0 +1,245 @@
+"""ONNX ``LSTM``, ``GRU`` and ``RNN`` nodes to one canonical
+:class:`~rnnfast.layers.RNNLayer` each.
+
+ONNX weights (per direction ``d``; ``H`` = ``hidden_size``):
+
+=====  =====================  ==========================================================
+cell   gate order             W (D, G*H, I), R (D, G*H, H), B (D, 2*G*H) = [Wb | Rb]
+=====  =====================  ==========================================================
+LSTM   i, o, f, c             canonical (Keras) order i, f, c, o: rows reordered
+GRU    z, r, h                the canonical order; ``linear_before_reset=1`` is
+                              reset-after (``Rb_h`` inside ``r * (.)``), 0 reset-before
+RNN    one gate               ``H_t = f(X_t W^T + H_{t-1} R^T + Wb + Rb)``
+=====  =====================  ==========================================================
+
+The canonical kernel is ``W[d].T`` (I, G*H) in canonical gate order, the recurrent
+kernel ``R[d].T``. ``activations`` name the gate function (LSTM/GRU ``f``) and the
+candidate / output function (``g`` = ``h`` for LSTM) per direction; both directions must
+use the same ones (one compiled call runs both).
+"""
+
+import numpy as np
+
+from ...errors import FormatError, UnsupportedLayerError
+from ...layers import CellWeights, RNNLayer
+from ...model_onnx import RecurrentOp
+
+__all__ = ["convert_recurrent", "RECURRENT_ATTRS"]
+
+_CELLS = {"LSTM": ("lstm", 4), "GRU": ("gru", 3), "RNN": ("simple", 1)}
+_DEFAULT_ACTS = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Tanh"], "RNN": ["Tanh"]}
+
+#: Attributes of each recurrent op and their defaults (None: absent).
+RECURRENT_ATTRS = {
+    "LSTM": dict(
+        activation_alpha=None,
+        activation_beta=None,
+        activations=None,
+        clip=None,
+        direction="forward",
+        hidden_size=None,
+        input_forget=0,
+        layout=0,
+    ),
+    "GRU": dict(
+        activation_alpha=None,
+        activation_beta=None,
+        activations=None,
+        clip=None,
+        direction="forward",
+        hidden_size=None,
+        layout=0,
+        linear_before_reset=0,
+    ),
+    "RNN": dict(
+        activation_alpha=None,
+        activation_beta=None,
+        activations=None,
+        clip=None,
+        direction="forward",
+        hidden_size=None,
+        layout=0,
+    ),
+}
+
+# ONNX activation -> (uses alpha, uses beta, defaults)
+_ACT_PARAMS = {
+    "relu": (False, False, ()),
+    "tanh": (False, False, ()),
+    "sigmoid": (False, False, ()),
+    "softsign": (False, False, ()),
+    "softplus": (False, False, ()),
+    "affine": (True, True, (1.0, 0.0)),
+    "leakyrelu": (True, False, (0.01,)),
+    "thresholdedrelu": (True, False, (1.0,)),
+    "scaledtanh": (True, True, (1.0, 1.0)),
+    "hardsigmoid": (True, True, (0.2, 0.5)),
+    "elu": (True, False, (1.0,)),
+}
+
+
+def _close(a, b):
+    return abs(a - b) <= 1e-6 * max(1.0, abs(b))
+
+
+def _kernel_activation(name, alpha, beta, where):
+    """The recurrent kernels' activation for ONNX activation ``name`` with its alpha /
+    beta, or UnsupportedLayerError."""
+    low = name.lower()
+    if low in ("relu", "tanh", "sigmoid", "softsign", "softplus"):
+        return low
+    if low == "hardsigmoid":
+        if _close(alpha, 0.2) and _close(beta, 0.5):
+            return "hard_sigmoid_keras2"
+        if _close(alpha, 1 / 6) and _close(beta, 0.5):
+            return "hard_sigmoid"
+    elif low == "elu" and _close(alpha, 1.0):
+        return "elu"
+    elif low == "affine" and _close(alpha, 1.0) and _close(beta, 0.0):
+        return "linear"
+    args = "alpha=%g" % alpha if alpha is not None else ""
+    if beta is not None:
+        args += ", beta=%g" % beta
+    raise UnsupportedLayerError(
+        where[0],
+        "activations",
+        "node %r: activation %s(%s) (the recurrent kernels run Sigmoid, Tanh, Relu, Softsign, Softplus, "
+        "Elu(alpha=1), Affine(1, 0) and HardSigmoid(0.2, 0.5) or (1/6, 0.5))" % (where[1], name, args),
+    )
+
+
+def _activations(op_type, attrs, D, where):
+    names = attrs["activations"]
+    per = len(_DEFAULT_ACTS[op_type])
+    if names is None:
+        names = _DEFAULT_ACTS[op_type] * D
+        if attrs["activation_alpha"] or attrs["activation_beta"]:
+            pass  # consumed below by the defaults (none of which takes one)
+    if len(names) != per * D:
+        raise FormatError(
+            "%s node %r: %d activations for %d direction(s) (expected %d)" % (op_type, where[1], len(names), D, per * D)
+        )
+    alphas = list(attrs["activation_alpha"] or [])
+    betas = list(attrs["activation_beta"] or [])
+    out = []
+    for name in names:
+        if not isinstance(name, str) or name.lower() not in _ACT_PARAMS:
+            raise UnsupportedLayerError(op_type, "activations", "node %r: unknown activation %r" % (where[1], name))
+        ua, ub, defaults = _ACT_PARAMS[name.lower()]
+        alpha = beta = None
+        if ua:
+            alpha = alphas.pop(0) if alphas else defaults[0]
+        if ub:
+            beta = betas.pop(0) if betas else defaults[1]
+        out.append(_kernel_activation(name, alpha, beta, where))
+    if alphas or betas:
+        raise FormatError("%s node %r: more activation_alpha / activation_beta values than activations" % (op_type, where[1]))
+    groups = [tuple(out[d * per : (d + 1) * per]) for d in range(D)]
+    if len(set(groups)) > 1:
+        raise UnsupportedLayerError(
+            op_type, "activations", "node %r: the two directions use different activations %s" % (where[1], groups)
+        )
+    g = groups[0]
+    if op_type == "LSTM" and g[1] != g[2]:
+        raise UnsupportedLayerError(
+            op_type, "activations", "node %r: LSTM with g=%s and h=%s (rnnfast runs g = h)" % (where[1], g[1], g[2])
+        )
+    if op_type == "RNN":
+        return g[0], None
+    return g[1], g[0]  # activation, recurrent (gate) activation
+
+
+def convert_recurrent(node, slots, ctx):
+    """Convert an ONNX recurrent node (see the module docstring). ``slots``: the node's
+    input slots (X, W, R, B, sequence_lens, initial_h[, initial_c, P])."""
+    op_type, name = node.op_type, node.name
+    where = (op_type, name)
+    attrs = node.attrs
+    cell, G = _CELLS[op_type]
+    for k in ("clip",):
+        if attrs[k] is not None:
+            raise UnsupportedLayerError(op_type, k, "node %r: clip=%g (cell clipping is not in the kernels)" % (name, attrs[k]))
+    if op_type == "LSTM" and attrs["input_forget"]:
+        raise UnsupportedLayerError(op_type, "input_forget", "node %r: input_forget=1 (coupled input and forget gates)" % name)
+    direction = attrs["direction"]
+    if direction not in ("forward", "reverse", "bidirectional"):
+        raise FormatError("%s node %r: direction %r" % (op_type, name, direction))
+    D = 2 if direction == "bidirectional" else 1
+    layout = attrs["layout"]
+    if layout not in (0, 1):
+        raise FormatError("%s node %r: layout %r" % (op_type, name, layout))
+    s = list(slots) + [None] * (8 - len(slots))
+
+    def weight(i, what):
+        slot = s[i]
+        if slot is None:
+            return None
+        if slot[0] != "const":
+            raise UnsupportedLayerError(
+                op_type, what, "node %r: %s is computed in the graph; rnnfast takes weights that are initializers" % (name, what)
+            )
+        return np.asarray(slot[1])
+
+    W, R, B = weight(1, "W"), weight(2, "R"), weight(3, "B")
+    if W is None or R is None:
+        raise FormatError("%s node %r: W and R are required" % (op_type, name))
+    if op_type == "LSTM":
+        P = weight(7, "P")
+        if P is not None and np.any(P):
+            raise UnsupportedLayerError(op_type, "P", "node %r: peephole weights P (not in the kernels yet)" % name)
+    if W.ndim != 3 or R.ndim != 3 or W.shape[0] != D or R.shape[0] != D or W.shape[1] % G or W.shape[1] == 0:
+        raise FormatError(
+            "%s node %r: W %s / R %s do not fit %d direction(s) of %d gates" % (op_type, name, W.shape, R.shape, D, G)
+        )
+    H = W.shape[1] // G
+    I = W.shape[2]
+    if attrs["hidden_size"] is not None and attrs["hidden_size"] != H:
+        raise FormatError("%s node %r: hidden_size=%d but W holds %d units" % (op_type, name, attrs["hidden_size"], H))
+    if R.shape != (D, G * H, H):
+        raise FormatError("%s node %r: R has shape %s, expected %s" % (op_type, name, R.shape, (D, G * H, H)))
+    if B is not None and B.shape != (D, 2 * G * H):
+        raise FormatError("%s node %r: B has shape %s, expected %s" % (op_type, name, B.shape, (D, 2 * G * H)))
+    activation, recurrent = _activations(op_type, attrs, D, where)
+    dtype = np.float64 if W.dtype == np.float64 else np.float32
+    if W.dtype not in (np.float32, np.float64):
+        raise UnsupportedLayerError(op_type, "W", "node %r: weights of type %s" % (name, W.dtype))
+    order = np.arange(G * H)
+    if op_type == "LSTM":  # ONNX i, o, f, c -> canonical i, f, c, o
+        order = np.concatenate([np.arange(g * H, (g + 1) * H) for g in (0, 2, 3, 1)])
+    weights = []
+    for d in range(D):
+        b = B[d] if B is not None else None
+        weights.append(
+            CellWeights(
+                W[d][order].T,
+                R[d][order].T,
+                None if b is None else b[: G * H][order],
+                None if b is None else b[G * H :][order],
+            )
+        )
+    reset_after = True
+    if op_type == "GRU":
+        if attrs["linear_before_reset"] not in (0, 1):
+            raise FormatError("GRU node %r: linear_before_reset=%r" % (name, attrs["linear_before_reset"]))
+        reset_after = bool(attrs["linear_before_reset"])
+    try:
+        layer = RNNLayer(
+            cell,
+            weights,
+            reset_after=reset_after,
+            activation=activation,
+            recurrent_activation=recurrent or "sigmoid",
+            go_backwards=direction == "reverse",
+            dtype=dtype,
+        )
+    except ValueError as e:
+        raise FormatError("%s node %r: %s" % (op_type, name, e)) from None
+    if layer.input_size != I:
+        raise FormatError("%s node %r: input size mismatch" % (op_type, name))
+    outs = [bool(o) and o in ctx.needed for o in node.outputs]
+    if op_type != "LSTM":
+        outs = outs[:2]
+    while len(outs) < (3 if op_type == "LSTM" else 2):
+        outs.append(False)
+    in_slots = [s[0], s[4], s[5], s[6] if op_type == "LSTM" else None]
+    return RecurrentOp(op_type, name, in_slots, layer, layout=layout, outputs=outs)

@@ -1,0 +1,961 @@
+"""OnnxModel: an ONNX model loaded into canonical ops, called like an ONNX Runtime session.
+
+The ONNX frontend (``rnnfast.io.onnx``, through its op registry) turns each ONNX node
+into one *op* below and wires them into a :class:`~rnnfast.graph.Graph` keyed by the
+ONNX tensor names; :class:`OnnxModel` runs it with ONNX Runtime's call shape:
+``run(output_names, input_feed)``, ``get_inputs()``, ``get_outputs()``. This module
+imports nothing from ``rnnfast.io``.
+
+Tensors keep ONNX's layouts (an LSTM's ``X`` is ``(seq, batch, input)`` or, with
+``layout=1``, ``(batch, seq, input)``); the recurrent ops run one compiled
+:class:`~rnnfast.layers.RNNLayer` call per node (both directions at once) and hand
+their outputs on as views where ONNX's output layout allows.
+
+Shape arithmetic (``Shape`` -> ``Gather`` -> ``Concat`` -> ``ConstantOfShape`` ...)
+depends only on the input shapes: the frontend marks those steps, and the model runs
+them once per distinct set of input shapes (at load when the inputs' shapes are all
+fixed) and keeps their results, so a repeated call runs only the ops on data.
+"""
+
+import copy
+import threading
+
+import numpy as np
+
+from . import _validation
+from ._summary import Summarized
+from .graph import Graph
+from .layers import ACTIVATIONS, apply_activation, softmax
+from .ops import conv1d, layer_norm_reference, pool1d
+
+__all__ = ["OnnxModel", "NodeArg", "OnnxOp", "FnOp", "RecurrentOp", "KERNELS", "ONNX_DTYPES"]
+
+#: ONNX TensorProto data types rnnfast reads and computes with: code -> (numpy dtype,
+#: ORT's type name).
+ONNX_DTYPES = {
+    1: (np.dtype(np.float32), "tensor(float)"),
+    2: (np.dtype(np.uint8), "tensor(uint8)"),
+    3: (np.dtype(np.int8), "tensor(int8)"),
+    4: (np.dtype(np.uint16), "tensor(uint16)"),
+    5: (np.dtype(np.int16), "tensor(int16)"),
+    6: (np.dtype(np.int32), "tensor(int32)"),
+    7: (np.dtype(np.int64), "tensor(int64)"),
+    9: (np.dtype(np.bool_), "tensor(bool)"),
+    10: (np.dtype(np.float16), "tensor(float16)"),
+    11: (np.dtype(np.float64), "tensor(double)"),
+    12: (np.dtype(np.uint32), "tensor(uint32)"),
+    13: (np.dtype(np.uint64), "tensor(uint64)"),
+}
+
+#: Distinct input-shape signatures whose shape arithmetic a model keeps.
+SHAPE_CACHE_SIZE = 64
+
+
+class NodeArg:
+    """An input or output of the model, as ONNX Runtime's ``NodeArg``: ``name``,
+    ``shape`` (a list: ints, strings for symbolic dims, None for unknown ones) and
+    ``type`` (``"tensor(float)"``, ...)."""
+
+    __slots__ = ("name", "shape", "type")
+
+    def __init__(self, name, shape, type):
+        self.name, self.shape, self.type = name, shape, type
+
+    def __repr__(self):
+        return "NodeArg(name=%r, type=%r, shape=%r)" % (self.name, self.type, self.shape)
+
+    def __eq__(self, other):
+        return isinstance(other, NodeArg) and (self.name, self.shape, self.type) == (other.name, other.shape, other.type)
+
+    __hash__ = None
+
+
+# -- ops -------------------------------------------------------------------------------
+
+
+class OnnxOp:
+    """One ONNX node. Its inputs are ``slots``: per ONNX input, ``("key", i)`` (the
+    step's ``i``-th tensor), ``("const", array)`` (an initializer or a folded
+    constant) or None (an absent optional input). ``run`` follows the graph's op
+    protocol (:mod:`rnnfast.graph`) with ``multi_input``."""
+
+    multi_input = True
+    #: (type, units, options) for the summary table; parameters as ONNX counts them
+    #: (the elements of the node's constant inputs).
+    units = ""
+    options = ""
+
+    def __init__(self, op_type, name, slots, num_outputs, domain=""):
+        self.op_type = op_type
+        self.name = name
+        self.domain = domain
+        self.slots = list(slots)
+        self.num_outputs = num_outputs
+        # the floating-point constants it holds (index and shape constants are not weights)
+        self.num_params = int(
+            sum(s[1].size for s in self.slots if s is not None and s[0] == "const" and s[1].dtype.kind == "f")
+        )
+
+    def args(self, xs):
+        out = []
+        for s in self.slots:
+            if s is None:
+                out.append(None)
+            elif s[0] == "const":
+                out.append(s[1])
+            else:
+                out.append(xs[s[1]])
+        return out
+
+    def run(self, xs, masks, num_threads=None):
+        outs = self.compute(self.args(xs), num_threads)
+        return outs, [None] * len(outs)
+
+    def compute(self, args, num_threads):
+        raise NotImplementedError
+
+    def describe(self):
+        return self.op_type
+
+    def __repr__(self):
+        return "<%s %r>" % (self.op_type, self.name)
+
+
+class FnOp(OnnxOp):
+    """A node computed by one function of :data:`KERNELS` (by op type) with the node's
+    attributes (checked and given their defaults by the frontend)."""
+
+    def __init__(self, op_type, name, slots, num_outputs, attrs, domain="", kernel=None):
+        super().__init__(op_type, name, slots, num_outputs, domain)
+        self.attrs = dict(attrs)
+        self.kernel = kernel or op_type
+        if self.kernel not in KERNELS:
+            raise KeyError(self.kernel)
+
+    def compute(self, args, num_threads):
+        out = KERNELS[self.kernel](args, self.attrs)
+        return list(out) if isinstance(out, (list, tuple)) else [out]
+
+    def describe(self):
+        shown = {
+            k: v for k, v in self.attrs.items() if not k.startswith("_") and v is not None and not isinstance(v, np.ndarray)
+        }
+        return "%s(%s)" % (self.op_type, ", ".join("%s=%r" % kv for kv in sorted(shown.items())))
+
+
+class RecurrentOp(OnnxOp):
+    """An ONNX ``LSTM`` / ``GRU`` / ``RNN`` node: one :class:`~rnnfast.layers.RNNLayer`
+    (both directions of a bidirectional node in one compiled call).
+
+    Slots: ``X``, ``sequence_lens``, ``initial_h``, ``initial_c`` (the weights are in
+    the layer). ``outputs``: which of ``Y``, ``Y_h``, ``Y_c`` the graph reads.
+    """
+
+    def __init__(self, op_type, name, slots, layer, *, layout, outputs):
+        super().__init__(op_type, name, slots, len(outputs))
+        self.layer = layer
+        self.layout = int(layout)
+        self.outputs = list(outputs)  # bools: Y, Y_h[, Y_c] wanted
+        self.num_params = int(layer.source_parameters)
+        self.units = str(layer.units)
+        dirs = {1: "forward", 2: "bidirectional"}[layer.num_directions]
+        if layer.go_backwards:
+            dirs = "reverse"
+        self.options = "%s, layout=%d" % (dirs, self.layout)
+        if layer.cell == "gru":
+            self.options += ", linear_before_reset=%d" % int(layer.reset_after)
+
+    def compute(self, args, num_threads):
+        x, lens, h0, c0 = args
+        layer = self.layer
+        bf = self.layout == 1
+        if x.ndim != 3:
+            raise ValueError("%s %r: X must have 3 dimensions, got shape %s" % (self.op_type, self.name, x.shape))
+        if bf:  # states are (batch, directions, hidden)
+            h0 = None if h0 is None else np.swapaxes(h0, 0, 1)
+            c0 = None if c0 is None else np.swapaxes(c0, 0, 1)
+        if lens is not None:
+            lens = np.asarray(lens)
+        out, h_n, c_n = layer.forward(
+            x,
+            h0,
+            c0,
+            lengths=lens,
+            return_sequences=self.outputs[0],
+            num_threads=num_threads,
+            batch_first=bf,
+        )
+        D, Ho = layer.num_directions, layer.output_size
+        res = []
+        if self.outputs[0]:
+            if bf:  # (B, T, D*H) -> (B, T, D, H): the same memory
+                y = out.reshape(out.shape[0], out.shape[1], D, Ho)
+            else:  # (T, B, D*H) -> (T, D, B, H): a view
+                y = out.reshape(out.shape[0], out.shape[1], D, Ho).transpose(0, 2, 1, 3)
+            res.append(y)
+        else:
+            res.append(None)
+        states = [h_n, c_n]
+        for want, s in zip(self.outputs[1:], states):
+            res.append((np.swapaxes(s, 0, 1) if bf else s) if want else None)
+        return res[: self.num_outputs]
+
+    def describe(self):
+        return "%s(%s, %s)" % (self.op_type, self.units, self.options)
+
+
+# -- kernels: one function per op type (args: the inputs, None where absent) -----------
+
+
+def _i(v):
+    return int(np.asarray(v).reshape(-1)[0]) if np.ndim(v) else int(v)
+
+
+def _ints(v):
+    return [int(a) for a in np.asarray(v).reshape(-1)]
+
+
+def _axis(axis, ndim):
+    a = int(axis)
+    if not -ndim <= a < max(ndim, 1):
+        raise ValueError("axis %d out of range for rank %d" % (a, ndim))
+    return a % max(ndim, 1)
+
+
+def _same(x, y):
+    """``y`` in ``x``'s dtype (numpy keeps float32 in float32 ops; this covers the rest)."""
+    return np.asarray(y, dtype=x.dtype) if isinstance(y, np.ndarray) or np.isscalar(y) else y
+
+
+def _sigmoid(x):
+    return apply_activation("sigmoid", x) if x.dtype in (np.float32, np.float64) else 1 / (1 + np.exp(-x))
+
+
+def _act(name):
+    def f(args, a):
+        x = args[0]
+        if x.dtype in (np.float32, np.float64):
+            return apply_activation(name, x)
+        return apply_activation(name, x.astype(np.float32)).astype(x.dtype)
+
+    return f
+
+
+def _int_div(a, b):
+    q = np.abs(a) // np.abs(b)
+    return np.where((a < 0) != (b < 0), -q, q).astype(np.result_type(a, b))
+
+
+def _div(args, a):
+    x, y = args
+    if x.dtype.kind in "iu":
+        return _int_div(x, y)
+    return x / y
+
+
+def _mod(args, a):
+    x, y = args
+    if a["fmod"]:
+        return np.fmod(x, y)
+    return np.mod(x, y)
+
+
+def _softmax(args, a, log=False):
+    x = args[0]
+    axis = _axis(a["axis"], x.ndim)
+    if a.get("legacy"):  # opset < 13: over the axes from `axis` on, flattened
+        shape = x.shape
+        x2 = x.reshape(int(np.prod(shape[:axis], dtype=np.int64)), -1)
+        y = _softmax([x2], {"axis": -1}, log)
+        return y.reshape(shape)
+    if axis != x.ndim - 1:
+        y = _softmax([np.moveaxis(x, axis, -1)], {"axis": -1}, log)
+        return np.moveaxis(y, -1, axis)
+    if log:
+        y = x - x.max(axis=-1, keepdims=True)
+        return y - np.log(np.exp(y).sum(axis=-1, keepdims=True))
+    return softmax(np.ascontiguousarray(x))
+
+
+def _gemm(args, a):
+    A, B, C = args
+    if a["transA"]:
+        A = A.T
+    if a["transB"]:
+        B = B.T
+    y = A @ B
+    if a["alpha"] != 1:
+        y *= y.dtype.type(a["alpha"])
+    if C is not None:
+        y += C * y.dtype.type(a["beta"]) if a["beta"] != 1 else C
+    return y
+
+
+def _conv(args, a):
+    """1-D convolution on (B, C, T) with weight (Cout, Cin/group, k): ops.conv1d on the
+    channels-last views."""
+    x, w, b = args
+    if x.ndim != 3:
+        raise ValueError("Conv %r: rnnfast runs 1-D convolutions (input (N, C, L)), got shape %s" % (a["_name"], x.shape))
+    k = w.shape[2]
+    pads = _pads_1d(a, x.shape[2], k, a["strides"], a["dilations"])
+    kernel = a.get("_kernel")
+    if kernel is None:
+        kernel = np.ascontiguousarray(np.transpose(w, (2, 1, 0)))
+    y = conv1d(
+        np.swapaxes(x, 1, 2), kernel, b, stride=a["strides"], dilation=a["dilations"], padding=pads, groups=a["group"]
+    )
+    return np.swapaxes(y, 1, 2)
+
+
+def _pads_1d(a, length, k, stride, dilation):
+    auto = a.get("auto_pad", "NOTSET")
+    if auto in ("NOTSET", "VALID"):
+        p = a.get("pads") or [0, 0]
+        return (0, 0) if auto == "VALID" else (int(p[0]), int(p[1]))
+    span = (k - 1) * dilation + 1
+    out = -(-length // stride)
+    total = max((out - 1) * stride + span - length, 0)
+    small, big = total // 2, total - total // 2
+    return (small, big) if auto == "SAME_UPPER" else (big, small)
+
+
+def _pool(args, a, reduce):
+    x = args[0]
+    if x.ndim != 3:
+        raise ValueError("%s: rnnfast pools 1-D inputs (N, C, L), got shape %s" % (a["_name"], x.shape))
+    k = a["kernel_shape"][0]
+    stride = a["strides"][0] if a.get("strides") else 1
+    pads = _pads_1d(a, x.shape[2], k, stride, 1)
+    xt = np.swapaxes(x, 1, 2)
+    if reduce == "avg" and a.get("count_include_pad") and pads != (0, 0):
+        xt = np.pad(xt, ((0, 0), pads, (0, 0)))
+        pads = (0, 0)
+    y = pool1d(np.ascontiguousarray(xt), k, stride, pads, "max" if reduce == "max" else "avg")
+    return np.swapaxes(y, 1, 2)
+
+
+def _batchnorm(args, a):
+    x, scale, bias, mean, var = args
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    inv = scale / np.sqrt(var + var.dtype.type(a["epsilon"]))
+    y = x * inv.reshape(shape).astype(x.dtype)
+    y += (bias - mean * inv).reshape(shape).astype(x.dtype)
+    return y
+
+
+def _layernorm(args, a):
+    x, scale, bias = args
+    axis = _axis(a["axis"], x.ndim)
+    axes = tuple(range(axis, x.ndim))
+    mean = x.mean(axis=axes, keepdims=True)
+    d = x - mean
+    var = np.mean(d * d, axis=axes, keepdims=True)
+    y = d * (1 / np.sqrt(var + x.dtype.type(a["epsilon"])))
+    y *= scale
+    if bias is not None:
+        y += bias
+    return y
+
+
+def _reduce(fn):
+    def f(args, a):
+        x = args[0]
+        axes = a.get("axes")
+        if len(args) > 1 and args[1] is not None:
+            axes = _ints(args[1])
+        if not axes:
+            if a.get("noop_with_empty_axes"):
+                return x
+            axes = None
+        else:
+            axes = tuple(_axis(v, x.ndim) for v in axes)
+        return fn(x, axis=axes, keepdims=bool(a["keepdims"]))
+
+    return f
+
+
+def _squeeze(args, a):
+    x = args[0]
+    axes = a.get("axes")
+    if len(args) > 1 and args[1] is not None:
+        axes = _ints(args[1])
+    if axes is None:
+        return np.squeeze(x)
+    return np.squeeze(x, axis=tuple(_axis(v, x.ndim) for v in axes))
+
+
+def _unsqueeze(args, a):
+    x = args[0]
+    axes = a.get("axes")
+    if len(args) > 1 and args[1] is not None:
+        axes = _ints(args[1])
+    n = x.ndim + len(axes)
+    for v in sorted(_axis(v, n) for v in axes):
+        x = np.expand_dims(x, v)
+    return x
+
+
+def _reshape(args, a):
+    x, shape = args
+    shape = _ints(shape)
+    if not a.get("allowzero"):
+        shape = [x.shape[i] if d == 0 else d for i, d in enumerate(shape)]
+    return x.reshape(shape)
+
+
+def _flatten(args, a):
+    x = args[0]
+    axis = _axis(a["axis"], x.ndim + 1)
+    return x.reshape(int(np.prod(x.shape[:axis], dtype=np.int64)), -1)
+
+
+def _concat(args, a):
+    xs = [v for v in args if v is not None]
+    axis = _axis(a["axis"], xs[0].ndim)
+    dt = np.result_type(*xs)
+    return np.concatenate([np.asarray(v, dt) for v in xs], axis=axis)
+
+
+def _split(args, a):
+    x = args[0]
+    axis = _axis(a["axis"], x.ndim)
+    split = a.get("split")
+    if len(args) > 1 and args[1] is not None:
+        split = _ints(args[1])
+    n = x.shape[axis]
+    if not split:
+        k = a["_num_outputs"]
+        size = -(-n // k)
+        split = [min(size, n - i * size) for i in range(k)]
+    if sum(split) != n:
+        raise ValueError("Split %r: parts %s do not add up to %d" % (a["_name"], split, n))
+    cuts = np.cumsum(split)[:-1]
+    return np.split(x, cuts, axis=axis)
+
+
+def _slice(args, a):
+    x = args[0]
+    if len(args) > 1:
+        starts, ends = _ints(args[1]), _ints(args[2])
+        axes = _ints(args[3]) if len(args) > 3 and args[3] is not None else list(range(len(starts)))
+        steps = _ints(args[4]) if len(args) > 4 and args[4] is not None else [1] * len(starts)
+    else:
+        starts, ends = a["starts"], a["ends"]
+        axes = a.get("axes") or list(range(len(starts)))
+        steps = [1] * len(starts)
+    idx = [slice(None)] * x.ndim
+    for s, e, ax, st in zip(starts, ends, axes, steps):
+        ax = _axis(ax, x.ndim)
+        if st == 0:
+            raise ValueError("Slice %r: a step of 0" % a["_name"])
+        n = x.shape[ax]
+        # ONNX clamps starts / ends as python slicing does, with its own INT_MAX / INT_MIN
+        s = max(min(s, n), -n - 1) if st > 0 else max(min(s, n - 1), -n - 1)
+        e = max(min(e, n), -n - 1)
+        if st < 0 and e < -n:
+            e = None
+        idx[ax] = slice(s, e, st)
+    return x[tuple(idx)]
+
+
+def _shape(args, a):
+    s = np.asarray(args[0].shape, np.int64)
+    start, end = a.get("start", 0), a.get("end")
+    return s[start:end] if end is not None else s[start:]
+
+
+def _gather(args, a):
+    x, idx = args
+    axis = _axis(a["axis"], x.ndim)
+    idx = np.asarray(idx)
+    n = x.shape[axis]
+    if idx.size and (idx.min() < -n or idx.max() >= n):
+        raise ValueError("Gather %r: index out of range [%d, %d)" % (a["_name"], -n, n))
+    return np.take(x, np.where(idx < 0, idx + n, idx), axis=axis)
+
+
+def _constant_of_shape(args, a):
+    shape = _ints(args[0])
+    if any(d < 0 for d in shape):
+        raise ValueError("ConstantOfShape %r: negative dimension in %s" % (a["_name"], shape))
+    v = a["value"]
+    return np.full(shape, v.reshape(-1)[0], dtype=v.dtype)
+
+
+def _expand(args, a):
+    x, shape = args
+    shape = _ints(shape)
+    target = np.broadcast_shapes(x.shape, tuple(shape))
+    return np.broadcast_to(x, target)
+
+
+def _cast(args, a):
+    return args[0].astype(a["_dtype"])
+
+
+def _where(args, a):
+    c, x, y = args
+    return np.where(c, x, y)
+
+
+def _range(args, a):
+    start, limit, delta = (np.asarray(v).reshape(()) for v in args)
+    if delta == 0:
+        raise ValueError("Range %r: delta 0" % a["_name"])
+    n = max(int(np.ceil((limit - start) / delta)), 0)
+    return (start + np.arange(n, dtype=np.result_type(start, delta)) * delta).astype(start.dtype)
+
+
+def _clip(args, a):
+    x = args[0]
+    lo = args[1] if len(args) > 1 and args[1] is not None else a.get("min")
+    hi = args[2] if len(args) > 2 and args[2] is not None else a.get("max")
+    if lo is not None:
+        x = np.maximum(x, _same(x, lo))
+    if hi is not None:
+        x = np.minimum(x, _same(x, hi))
+    return x
+
+
+def _transpose(args, a):
+    x = args[0]
+    perm = a.get("perm")
+    return np.transpose(x, perm if perm else None)
+
+
+def _tile(args, a):
+    return np.tile(args[0], _ints(args[1]))
+
+
+def _matmul(args, a):
+    return np.matmul(args[0], args[1])
+
+
+def _hardsigmoid(args, a):
+    x = args[0]
+    t = x.dtype.type
+    return np.clip(x * t(a["alpha"]) + t(a["beta"]), 0, 1)
+
+
+def _gelu(args, a):
+    x = args[0]
+    t = x.dtype.type
+    if a["approximate"] == "tanh":
+        return t(0.5) * x * (1 + np.tanh(t(np.sqrt(2 / np.pi)) * (x + t(0.044715) * x**3)))
+    return t(0.5) * x * (1 + _erf(x / t(np.sqrt(2))))
+
+
+def _erf(x):
+    from scipy.special import erf
+
+    return erf(x).astype(x.dtype)
+
+
+def _softplus(x):
+    return np.logaddexp(x, x.dtype.type(0))
+
+
+def _dropout(args, a):
+    x = args[0]
+    if len(args) > 2 and args[2] is not None and bool(np.asarray(args[2])):
+        raise ValueError("Dropout %r: training_mode=True (rnnfast runs inference only)" % a["_name"])
+    return [x, np.ones(x.shape, bool)]
+
+
+def _elu(args, a):
+    x = args[0]
+    t = x.dtype.type
+    return np.where(x > 0, x, t(a["alpha"]) * np.expm1(np.minimum(x, 0)))
+
+
+def _selu(args, a):
+    x = args[0]
+    t = x.dtype.type
+    return t(a["gamma"]) * np.where(x > 0, x, t(a["alpha"]) * np.expm1(np.minimum(x, 0)))
+
+
+def _leaky(args, a):
+    x = args[0]
+    return np.where(x >= 0, x, x.dtype.type(a["alpha"]) * x)
+
+
+def _prelu(args, a):
+    x, s = args
+    return np.where(x >= 0, x, x * s)
+
+
+def _argextreme(fn, flip):
+    def f(args, a):
+        x = args[0]
+        axis = _axis(a["axis"], x.ndim)
+        if a.get("select_last_index"):
+            r = x.shape[axis] - 1 - fn(np.flip(x, axis), axis=axis)
+        else:
+            r = fn(x, axis=axis)
+        r = r.astype(np.int64)
+        return np.expand_dims(r, axis) if a["keepdims"] else r
+
+    return f
+
+
+def _pow(args, a):
+    x, y = args
+    return np.power(x, y.astype(x.dtype) if x.dtype.kind == "f" else y).astype(x.dtype)
+
+
+#: The op kernels by op type: ``fn(args, attrs)`` -> an array or a list of them.
+KERNELS = {
+    "Identity": lambda args, a: args[0],
+    "Add": lambda args, a: np.add(*args),
+    "Sub": lambda args, a: np.subtract(*args),
+    "Mul": lambda args, a: np.multiply(*args),
+    "Div": _div,
+    "Mod": _mod,
+    "Pow": _pow,
+    "Max": lambda args, a: _fold(np.maximum, args),
+    "Min": lambda args, a: _fold(np.minimum, args),
+    "Sum": lambda args, a: _fold(np.add, args),
+    "Mean": lambda args, a: _fold(np.add, args) / args[0].dtype.type(len(args)),
+    "Neg": lambda args, a: np.negative(args[0]),
+    "Abs": lambda args, a: np.abs(args[0]),
+    "Sqrt": lambda args, a: np.sqrt(args[0]),
+    "Exp": lambda args, a: np.exp(args[0]),
+    "Log": lambda args, a: np.log(args[0]),
+    "Reciprocal": lambda args, a: np.reciprocal(args[0]),
+    "Floor": lambda args, a: np.floor(args[0]),
+    "Ceil": lambda args, a: np.ceil(args[0]),
+    "Round": lambda args, a: np.round(args[0]),
+    "Sign": lambda args, a: np.sign(args[0]),
+    "Erf": lambda args, a: _erf(args[0]),
+    "Sin": lambda args, a: np.sin(args[0]),
+    "Cos": lambda args, a: np.cos(args[0]),
+    "Not": lambda args, a: np.logical_not(args[0]),
+    "And": lambda args, a: np.logical_and(*args),
+    "Or": lambda args, a: np.logical_or(*args),
+    "Xor": lambda args, a: np.logical_xor(*args),
+    "Equal": lambda args, a: np.equal(*args),
+    "Less": lambda args, a: np.less(*args),
+    "Greater": lambda args, a: np.greater(*args),
+    "LessOrEqual": lambda args, a: np.less_equal(*args),
+    "GreaterOrEqual": lambda args, a: np.greater_equal(*args),
+    "Relu": _act("relu"),
+    "Sigmoid": lambda args, a: _sigmoid(args[0]),
+    "Tanh": _act("tanh"),
+    "Softsign": _act("softsign"),
+    "Softplus": lambda args, a: _softplus(args[0]),
+    "Elu": _elu,
+    "Selu": _selu,
+    "LeakyRelu": _leaky,
+    "PRelu": _prelu,
+    "HardSigmoid": _hardsigmoid,
+    "HardSwish": lambda args, a: args[0] * _hardsigmoid(args, {"alpha": 1 / 6, "beta": 0.5}),
+    "Mish": lambda args, a: args[0] * np.tanh(_softplus(args[0])),
+    "Gelu": _gelu,
+    "Clip": _clip,
+    "Softmax": lambda args, a: _softmax(args, a),
+    "LogSoftmax": lambda args, a: _softmax(args, a, log=True),
+    "Gemm": _gemm,
+    "MatMul": _matmul,
+    "Conv": _conv,
+    "BatchNormalization": _batchnorm,
+    "LayerNormalization": _layernorm,
+    "MaxPool": lambda args, a: _pool(args, a, "max"),
+    "AveragePool": lambda args, a: _pool(args, a, "avg"),
+    "GlobalAveragePool": lambda args, a: args[0].mean(axis=tuple(range(2, args[0].ndim)), keepdims=True),
+    "GlobalMaxPool": lambda args, a: args[0].max(axis=tuple(range(2, args[0].ndim)), keepdims=True),
+    "ReduceMean": _reduce(np.mean),
+    "ReduceMax": _reduce(np.max),
+    "ReduceMin": _reduce(np.min),
+    "ReduceSum": _reduce(np.sum),
+    "ReduceProd": _reduce(np.prod),
+    "ArgMax": _argextreme(np.argmax, False),
+    "ArgMin": _argextreme(np.argmin, False),
+    "Transpose": _transpose,
+    "Squeeze": _squeeze,
+    "Unsqueeze": _unsqueeze,
+    "Reshape": _reshape,
+    "Flatten": _flatten,
+    "Concat": _concat,
+    "Split": _split,
+    "Slice": _slice,
+    "Shape": _shape,
+    "Size": lambda args, a: np.asarray(args[0].size, np.int64),
+    "Gather": _gather,
+    "ConstantOfShape": _constant_of_shape,
+    "Expand": _expand,
+    "Tile": _tile,
+    "Cast": _cast,
+    "Where": _where,
+    "Range": _range,
+    "Dropout": _dropout,
+}
+
+
+def _fold(fn, args):
+    y = args[0]
+    for v in args[1:]:
+        y = fn(y, v)
+    return y
+
+
+# -- the model -------------------------------------------------------------------------
+
+
+class OnnxModel(Summarized):
+    """An ONNX model converted to canonical ops, called as an ONNX Runtime
+    ``InferenceSession`` is.
+
+    Built by :func:`rnnfast.load` (``.onnx`` files) and :func:`rnnfast.from_onnx`, not
+    directly.
+
+    Attributes
+    ----------
+    name : str
+        The ONNX graph's name.
+    producer : str
+        Who wrote the file (``producer_name`` and ``producer_version``).
+    opset : int
+        The default domain's opset version.
+    input_names, output_names : list of str
+    """
+
+    framework = "ONNX"
+
+    def __init__(self, *, graph, data_graph, frontier, inputs, outputs, name, producer, opset, probe=True):
+        self._graph = graph  # every step: the first call with new input shapes
+        self._data = data_graph  # the steps on data, fed the shape results too
+        self._frontier = list(frontier)  # keys of the shape results the data steps read
+        self._inputs = list(inputs)  # dicts: name, shape (ints / str / None), dtype, type
+        self._outputs = list(outputs)  # dicts: name, shape, type
+        self.name = name
+        self.producer = producer
+        self.opset = int(opset)
+        self.source = None
+        self.input_names = [s["name"] for s in self._inputs]
+        self.output_names = [s["name"] for s in self._outputs]
+        self._shape_cache = {}
+        self._lock = threading.Lock()
+        dts = {op.layer.dtype for op in self.layers if isinstance(op, RecurrentOp)}
+        self.dtype = dts.pop() if len(dts) == 1 else np.dtype(np.float32)
+        if probe:
+            self._probe()
+
+    # -- ONNX Runtime's face ----------------------------------------------------------
+
+    def get_inputs(self):
+        """The model's inputs as ``NodeArg`` s (``name``, ``shape``, ``type``)."""
+        return [NodeArg(s["name"], list(s["shape"]), s["type"]) for s in self._inputs]
+
+    def get_outputs(self):
+        """The model's outputs as ``NodeArg`` s."""
+        return [NodeArg(s["name"], list(s["shape"]), s["type"]) for s in self._outputs]
+
+    def run(self, output_names, input_feed, run_options=None, *, num_threads=None):
+        """Compute the outputs ``output_names`` (None or empty: all) from ``input_feed``
+        (a dict: input name -> array), as ``InferenceSession.run`` does.
+
+        Parameters
+        ----------
+        output_names : list of str or None
+        input_feed : dict
+            Every input by name. Arrays are cast to the input's type (a float array to a
+            float input, an integer one to an integer input).
+        run_options : None
+            Accepted for ONNX Runtime's signature; must be None.
+        num_threads : int, optional, keyword only
+            Threads for this call (default :func:`rnnfast.get_num_threads`).
+
+        Returns
+        -------
+        list of numpy.ndarray, one per name in ``output_names``
+        """
+        if run_options is not None:
+            raise ValueError("%s: run_options is not supported (pass None)" % self._what())
+        if not isinstance(input_feed, dict):
+            raise ValueError("%s: input_feed must be a dict of input name -> array" % self._what())
+        unknown = [k for k in input_feed if k not in self.input_names]
+        if unknown:
+            raise ValueError(
+                "%s: unknown input(s) %s (inputs: %s)" % (self._what(), ", ".join(map(str, unknown)), ", ".join(self.input_names))
+            )
+        missing = [k for k in self.input_names if k not in input_feed]
+        if missing:
+            raise ValueError("%s: missing input(s) %s" % (self._what(), ", ".join(missing)))
+        names = list(output_names) if output_names else list(self.output_names)
+        for n in names:
+            if n not in self.output_names:
+                raise ValueError("%s: no output %r (outputs: %s)" % (self._what(), n, ", ".join(self.output_names)))
+        feeds = [self._validated(spec, input_feed[spec["name"]]) for spec in self._inputs]
+        values = self._run(feeds, num_threads)
+        by_name = dict(zip(self.output_names, values))
+        return [by_name[n] for n in names]
+
+    def predict(self, x, *, num_threads=None):
+        """Run a single-input model on ``x``: its only output, or a list of its outputs."""
+        if len(self._inputs) != 1:
+            if isinstance(x, dict):
+                out = self.run(None, x, num_threads=num_threads)
+                return out[0] if len(out) == 1 else out
+            raise ValueError(
+                "%s takes %d inputs (%s): call run(None, {name: array, ...})"
+                % (self._what(), len(self._inputs), ", ".join(self.input_names))
+            )
+        if isinstance(x, dict):
+            x = x[self.input_names[0]] if len(x) == 1 and self.input_names[0] in x else x
+        out = self.run(None, {self.input_names[0]: x}, num_threads=num_threads)
+        return out[0] if len(out) == 1 else out
+
+    def __call__(self, x, *, num_threads=None):
+        """``model(x)``: :meth:`predict`."""
+        return self.predict(x, num_threads=num_threads)
+
+    # -- running ----------------------------------------------------------------------
+
+    def _validated(self, spec, x):
+        what = "%s input %r" % (self._what(), spec["name"])
+        a = _validation.array(x, what)
+        dt = spec["dtype"]
+        if a.dtype.kind not in "biuf":
+            raise ValueError("%s: expected %s, got an array of %s" % (what, spec["type"], a.dtype))
+        if dt.kind in "iu" and a.dtype.kind == "f":
+            raise ValueError("%s: expected %s, got an array of %s" % (what, spec["type"], a.dtype))
+        shape = spec["shape"]
+        if a.ndim != len(shape) or any(isinstance(d, int) and d != n for d, n in zip(shape, a.shape)):
+            raise ValueError(
+                "%s: expected shape %s, got %s" % (what, _shape_text(shape), tuple(a.shape))
+            )
+        return np.ascontiguousarray(a, dtype=dt)
+
+    def _run(self, feeds, num_threads):
+        sig = tuple((a.shape, a.dtype.str) for a in feeds)
+        cached = self._shape_cache.get(sig)
+        with np.errstate(all="ignore"):
+            if cached is None:
+                values, _ = self._graph.run(feeds, num_threads, keep_all=True)
+                cached = [_frozen(np.asarray(values[k])) for k in self._frontier]
+                with self._lock:
+                    if len(self._shape_cache) >= SHAPE_CACHE_SIZE:
+                        self._shape_cache.pop(next(iter(self._shape_cache)))
+                    self._shape_cache[sig] = cached
+                out = [values[k] for k in self._graph.outputs]
+            else:
+                out, _ = self._data.run(list(feeds) + list(cached), num_threads)
+        return [np.ascontiguousarray(v) if isinstance(v, np.ndarray) else np.asarray(v) for v in out]
+
+    def _probe(self):
+        """With every input's shape fixed, run once on zeros: the shape arithmetic is
+        done at load, and ops that do not fit together are found here."""
+        if not self._inputs or not all(isinstance(d, int) for s in self._inputs for d in s["shape"]):
+            return
+        feeds = [np.zeros(s["shape"], s["dtype"]) for s in self._inputs]
+        self._run(feeds, 1)
+
+    # -- describing itself ------------------------------------------------------------
+
+    @property
+    def layers(self):
+        """The ops, in execution order (the ones folded at load left out)."""
+        return self._graph.ops
+
+    def count_params(self):
+        """The elements of the weights the ops hold."""
+        return int(sum(op.num_params for op in self.layers))
+
+    @property
+    def is_chain(self):
+        return False
+
+    def summary_rows(self):
+        rows = []
+        producer = {}
+        for k in self._graph.inputs:
+            producer[k] = k
+        for step in self._graph.steps:
+            for k in step.outputs:
+                producer[k] = step.op.name
+        for step in self._graph.steps:
+            op = step.op
+            rows.append(
+                dict(
+                    name=op.name,
+                    type=op.op_type,
+                    units=op.units,
+                    options=op.options,
+                    parameters=int(op.num_params),
+                    dtype=getattr(getattr(op, "layer", None), "dtype", np.dtype(np.float32)).name,
+                    connected_to=[producer.get(k, k) for k in step.inputs],
+                    output_shape="?",
+                )
+            )
+        return rows
+
+    def summary_title(self):
+        ins = ", ".join("%s %s" % (s["name"], _shape_text(s["shape"])) for s in self._inputs)
+        return "OnnxModel %r: %s, opset %d, input %s" % (self.name, self.producer or "unknown producer", self.opset, ins)
+
+    def describe(self):
+        """What the model is and takes, as a dict (``framework``, ``name``, ``inputs``,
+        ``outputs``, ``layers``)."""
+        return dict(
+            framework=self.framework,
+            name=self.name,
+            inputs=[(s["name"], list(s["shape"]), s["type"]) for s in self._inputs],
+            outputs=[(s["name"], list(s["shape"]), s["type"]) for s in self._outputs],
+            input_shape=tuple(self._inputs[0]["shape"]) if self._inputs else (),
+            dtype=self._inputs[0]["dtype"] if self._inputs else self.dtype,
+            layers=self.summary_rows(),
+        )
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_lock", None)
+        state["_shape_cache"] = {}
+        state["_graph"] = copy.copy(self._graph)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def _what(self):
+        return "OnnxModel %r" % self.name
+
+    def __repr__(self):
+        lines = ["OnnxModel(%r, opset %d, inputs %s)" % (self.name, self.opset, ", ".join(self.input_names))]
+        width = max([len(op.name) for op in self.layers] + [4])
+        for op in self.layers:
+            lines.append("  %-*s  %s" % (width, op.name, op.describe()))
+        return "\n".join(lines)
+
+
+def make_graphs(steps, inputs, outputs, shape_steps):
+    """The full graph and the data-only graph of a model: ``shape_steps`` (indices into
+    ``steps``) compute from input shapes only; the data graph takes the values they
+    produce that the other steps (or the outputs) read as extra inputs.
+
+    Returns ``(graph, data_graph, frontier)``."""
+    graph = Graph(steps, inputs, list(outputs))
+    shape_steps = set(shape_steps)
+    made = {k for i in shape_steps for k in steps[i].outputs}
+    data_steps = [s for i, s in enumerate(steps) if i not in shape_steps]
+    read = {k for s in data_steps for k in s.inputs} | set(outputs)
+    frontier = [k for k in dict.fromkeys(k for i in sorted(shape_steps) for k in steps[i].outputs) if k in read and k in made]
+    data = Graph(data_steps, list(inputs) + frontier, list(outputs))
+    return graph, data, frontier
+
+
+def _frozen(a):
+    if isinstance(a, np.ndarray) and a.flags.writeable and a.base is None:
+        a.flags.writeable = False
+    return a
+
+
+def _shape_text(shape):
+    return "(%s)" % ", ".join("?" if d is None else str(d) for d in shape)
+
+
+# the float64 references of the ops above that are more than one numpy call live in
+# rnnfast.ops (layer_norm_reference, conv1d_reference, pool1d_reference); keep the
+# names imported so that a reader finds them from here
+_REFERENCES = (layer_norm_reference, ACTIVATIONS)
