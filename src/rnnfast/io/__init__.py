@@ -14,7 +14,8 @@ from ._sniff import FORMAT_NAMES, detect, sniff
 from ._zip import ZIP_ERRORS, check_zip_member
 from .keras_file import from_keras, load_keras_file
 from .onnx import from_onnx, load_onnx_file
-from .torch_file import from_torch, load_torch_file, read_tensors
+from .torch_export import from_torch
+from .torch_file import load_torch_file, read_tensors
 
 __all__ = [
     "load",

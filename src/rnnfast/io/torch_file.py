@@ -526,7 +526,7 @@ def load_torch_file(path, *, prefix=None, nonlinearity=None, batch_first=False, 
 
     Returns
     -------
-    TorchRNN
+    TorchRNN or TorchCell
 
     Raises
     ------
@@ -696,6 +696,34 @@ def read_tensors(path):
     return out
 
 
+def _from_torch_cell(torch, module, dtype):
+    """A live ``nn.GRUCell`` / ``nn.LSTMCell`` / ``nn.RNNCell`` -> TorchCell."""
+    nonlinearity = getattr(module, "nonlinearity", None)
+    arrays = {}
+    with torch.no_grad():
+        for n in CELL_TENSORS:
+            t = getattr(module, n, None)
+            if t is None:
+                continue
+            if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+                raise UnsupportedLayerError(type(module).__name__, "weights of type %s" % getattr(t, "dtype", type(t)))
+            t = t.detach().to("cpu")
+            if t.dtype == torch.bfloat16:
+                t = t.float()  # exact; numpy has no bfloat16
+            arrays[n] = t.numpy().copy()
+    arch = infer_cell_architecture({n: a.shape for n, a in arrays.items()})
+    name = type(module).__name__
+    if arch.cell + "Cell" != name and not isinstance(module, getattr(torch.nn, arch.cell + "Cell")):
+        raise UnsupportedLayerError(name, detail="rnnfast.from_torch takes an nn.GRUCell, nn.LSTMCell or nn.RNNCell")
+    if (arch.input_size, arch.hidden_size, arch.bias) != (module.input_size, module.hidden_size, bool(module.bias)):
+        raise FormatError(
+            "the cell's weights describe %r but the cell says %s"
+            % (arch, (module.input_size, module.hidden_size, bool(module.bias)))
+        )
+    dt = _compute_dtype(dtype, [str(a.dtype) for a in arrays.values()])
+    return build_torch_cell(arch, arrays, nonlinearity=nonlinearity, dtype=dt, source="live torch.nn.%s" % name)
+
+
 def _flag(v, name):
     if isinstance(v, (bool, np.bool_)) or (isinstance(v, int) and v in (0, 1)):
         return bool(v)
@@ -703,7 +731,9 @@ def _flag(v, name):
 
 
 def from_torch(module, *, dtype=None):
-    """Convert a live ``torch.nn.GRU`` / ``LSTM`` / ``RNN`` into a :class:`~rnnfast.TorchRNN`.
+    """Convert a live ``torch.nn.GRU`` / ``LSTM`` / ``RNN`` into a :class:`~rnnfast.TorchRNN`,
+    or a live ``nn.GRUCell`` / ``LSTMCell`` / ``RNNCell`` into a :class:`~rnnfast.TorchCell`,
+    from their weights (:func:`rnnfast.from_torch` sends any other module through ONNX).
 
     ``batch_first``, ``nonlinearity``, ``proj_size``, ``bias``, sizes and layers come
     from the module; ``dropout`` is ignored (a no-op in inference).
@@ -718,12 +748,14 @@ def from_torch(module, *, dtype=None):
 
     Returns
     -------
-    TorchRNN
+    TorchRNN or TorchCell
     """
     import torch
 
     if not isinstance(module, torch.nn.Module):
         raise TypeError("from_torch takes a torch.nn.GRU, LSTM or RNN module, got %s" % type(module).__name__)
+    if isinstance(module, torch.nn.RNNCellBase):
+        return _from_torch_cell(torch, module, dtype)
     if not isinstance(module, torch.nn.RNNBase) or getattr(module, "mode", None) not in GATES:
         raise UnsupportedLayerError(
             type(module).__name__, detail="rnnfast.from_torch takes an nn.GRU, nn.LSTM or nn.RNN"

@@ -1,0 +1,186 @@
+"""A live PyTorch model -> rnnfast (:func:`from_torch`).
+
+- ``nn.GRU`` / ``nn.LSTM`` / ``nn.RNN`` and ``nn.GRUCell`` / ``nn.LSTMCell`` /
+  ``nn.RNNCell``: their weights are read directly (:func:`rnnfast.io.torch_file.from_torch`),
+  giving a :class:`~rnnfast.TorchRNN` or :class:`~rnnfast.TorchCell` called like the
+  module.
+- Any other ``nn.Module`` (an embedding, convolutions, a head around the recurrent
+  layers): exported to ONNX in memory with ``torch.onnx.export`` on the user's example
+  inputs and loaded by the ONNX frontend (:func:`rnnfast.from_onnx`), giving an
+  :class:`~rnnfast.OnnxModel`. This is the same file the deployment route writes
+  (``torch.onnx.export`` once, ``rnnfast.load("model.onnx")`` without torch), made
+  without touching the disk.
+
+PyTorch is imported only when one of these is called.
+"""
+
+import io
+
+import numpy as np
+
+from .onnx import from_onnx
+from .torch_file import from_torch as from_torch_weights
+
+__all__ = ["from_torch", "export_onnx"]
+
+
+def _torch():
+    import torch  # only here: rnnfast never needs torch to load or run a file
+
+    return torch
+
+
+def _direct(torch, module):
+    """Whether ``module`` is converted from its weights (an RNN module or cell)."""
+    return isinstance(module, (torch.nn.RNNBase, torch.nn.RNNCellBase))
+
+
+def _as_args(torch, example_inputs):
+    args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    out = []
+    for a in args:
+        if isinstance(a, np.ndarray):
+            a = torch.from_numpy(np.ascontiguousarray(a))
+        out.append(a)
+    return tuple(out)
+
+
+def export_onnx(module, example_inputs, *, dynamo=False, input_names=None, output_names=None, dynamic_axes=None):
+    """The ONNX model (serialized bytes) of ``module`` traced on ``example_inputs``, made
+    in memory with ``torch.onnx.export`` in eval mode (the module's mode is restored).
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+    example_inputs : tensor, ndarray or tuple of them
+        The positional arguments of one call of ``module``.
+    dynamo : bool
+        False (default): the TorchScript-based exporter (``dynamo=False``). True: the
+        ``torch.export``-based one (slower to export; same ops for recurrent layers).
+    input_names, output_names : list of str, optional
+        Names of the graph's inputs and outputs (default ``input`` or ``input_0``,
+        ``input_1``, ... for the inputs; the exporter's for the outputs). The
+        torch.export-based exporter names inputs after ``forward``'s arguments.
+    dynamic_axes : dict, optional
+        As ``torch.onnx.export`` takes it (``{"input": {0: "batch", 1: "time"}}``).
+        Default: every axis of every input is dynamic, so that the model takes any
+        batch and sequence length; axes the model fixes (features, channels) stay
+        fixed in the graph's weights. With ``dynamo=True`` every axis is
+        ``torch.export.Dim.AUTO`` (an axis the model fixes is specialised).
+    """
+    torch = _torch()
+    args = _as_args(torch, example_inputs)
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    if input_names is None:
+        input_names = ["input"] if len(tensors) == 1 else ["input_%d" % i for i in range(len(tensors))]
+    was_training = module.training
+    module.eval()
+    buf = io.BytesIO()
+    try:
+        with torch.no_grad():
+            if dynamo:
+                if dynamic_axes is None:
+                    auto = torch.export.Dim.AUTO
+                    dynamic_shapes = tuple(
+                        {d: auto for d in range(a.ndim)} if isinstance(a, torch.Tensor) else None for a in args
+                    )
+                else:
+                    dynamic_shapes = None
+                program = torch.onnx.export(
+                    module,
+                    args,
+                    dynamo=True,
+                    dynamic_shapes=dynamic_shapes,
+                    dynamic_axes=dynamic_axes,
+                    output_names=output_names,
+                    verbose=False,
+                )
+                return program.model_proto.SerializeToString()
+            if dynamic_axes is None:
+                dynamic_axes = {
+                    n: {d: "%s_%d" % (n, d) for d in range(a.ndim)} for n, a in zip(input_names, tensors) if a.ndim
+                }
+            torch.onnx.export(
+                module,
+                args,
+                buf,
+                dynamo=False,
+                input_names=input_names,
+                output_names=output_names,
+                dynamic_axes=dynamic_axes,
+            )
+    finally:
+        module.train(was_training)
+    return buf.getvalue()
+
+
+def from_torch(module, example_inputs=None, *, dtype=None, dynamo=False, **export_options):
+    """A live PyTorch module as an rnnfast model.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        An ``nn.GRU`` / ``nn.LSTM`` / ``nn.RNN`` (-> :class:`~rnnfast.TorchRNN`), an
+        ``nn.GRUCell`` / ``nn.LSTMCell`` / ``nn.RNNCell`` (-> :class:`~rnnfast.TorchCell`):
+        converted from their weights, ``batch_first``, ``nonlinearity`` ... taken from
+        the module. Any other module (-> :class:`~rnnfast.OnnxModel`): exported to
+        ONNX in memory on ``example_inputs`` and loaded by :func:`rnnfast.from_onnx`.
+    example_inputs : tensor, ndarray or tuple of them, optional
+        One call's positional arguments: needed for any module but the recurrent ones
+        above (for those it is not used: their weights say everything).
+    dtype : {None, "float32", "float64"}
+        Compute dtype of a recurrent module or cell (default the module's). An
+        exported model computes in the dtypes of its graph: export a ``.double()``
+        module for float64.
+    dynamo : bool
+        Which ONNX exporter: False (default) the TorchScript-based one, True the
+        ``torch.export``-based one.
+    **export_options
+        ``input_names``, ``output_names``, ``dynamic_axes``: see :func:`export_onnx`
+        (by default every input axis is dynamic).
+
+    Returns
+    -------
+    TorchRNN, TorchCell or OnnxModel
+
+    Raises
+    ------
+    TypeError
+        ``module`` is not a ``torch.nn.Module``; an unknown export option.
+    ValueError
+        ``example_inputs`` missing for a module that needs them; ``dtype`` or export
+        options for a recurrent module.
+    rnnfast.UnsupportedLayerError
+        An ONNX op the frontend cannot run (named with its node), or an RNN module of
+        a kind rnnfast does not have.
+    """
+    torch = _torch()
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError("from_torch takes a torch.nn.Module, got %s" % type(module).__name__)
+    unknown = set(export_options) - {"input_names", "output_names", "dynamic_axes"}
+    if unknown:
+        raise TypeError("from_torch got unexpected keyword arguments %s" % ", ".join(sorted(unknown)))
+    if _direct(torch, module):
+        if export_options or dynamo:
+            raise ValueError(
+                "%s is converted from its weights, not exported: export options do not apply"
+                % type(module).__name__
+            )
+        return from_torch_weights(module, dtype=dtype)
+    if example_inputs is None:
+        raise ValueError(
+            "from_torch(module, example_inputs): a %s is exported to ONNX, which needs example inputs "
+            "(one call's arguments, e.g. a batch of token ids); only nn.GRU / nn.LSTM / nn.RNN and their "
+            "cells convert without them" % type(module).__name__
+        )
+    if dtype is not None:
+        raise ValueError(
+            "dtype applies to nn.GRU / nn.LSTM / nn.RNN and their cells; an exported %s computes in its "
+            "graph's dtypes (export module.double() for float64)" % type(module).__name__
+        )
+    model = from_onnx(export_onnx(module, example_inputs, dynamo=dynamo, **export_options))
+    model.source = "live torch %s, exported to ONNX (%s exporter)" % (
+        type(module).__name__,
+        "torch.export-based" if dynamo else "TorchScript-based",
+    )
+    return model
