@@ -14,7 +14,9 @@
 PyTorch is imported only when one of these is called.
 """
 
+import contextlib
 import io
+import warnings
 
 import numpy as np
 
@@ -45,6 +47,20 @@ def _as_args(torch, example_inputs):
     return tuple(out)
 
 
+@contextlib.contextmanager
+def _exporter_warnings(torch):
+    """The exporters' own warnings, silenced for the export rnnfast makes: the tracer's
+    (raised from inside torch's C++ tracer, they become a SystemError there when warnings
+    are errors), the TorchScript-based exporter's deprecation notice (rnnfast chose it),
+    and torch.onnx's note on RNN batch sizes (the graph's batch axis is dynamic here)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx")
+        yield
+
+
 def export_onnx(module, example_inputs, *, dynamo=False, input_names=None, output_names=None, dynamic_axes=None):
     """The ONNX model (serialized bytes) of ``module`` traced on ``example_inputs``, made
     in memory with ``torch.onnx.export`` in eval mode (the module's mode is restored).
@@ -65,8 +81,10 @@ def export_onnx(module, example_inputs, *, dynamo=False, input_names=None, outpu
         As ``torch.onnx.export`` takes it (``{"input": {0: "batch", 1: "time"}}``).
         Default: every axis of every input is dynamic, so that the model takes any
         batch and sequence length; axes the model fixes (features, channels) stay
-        fixed in the graph's weights. With ``dynamo=True`` every axis is
-        ``torch.export.Dim.AUTO`` (an axis the model fixes is specialised).
+        fixed in the graph's weights. With ``dynamo=True`` each dynamic axis becomes
+        ``torch.export.Dim.AUTO`` (an axis the model fixes is specialised); give
+        ``dynamic_axes`` when the default makes a size the exporter needs as a number
+        symbolic (a recurrent state input's hidden size, say).
     """
     torch = _torch()
     args = _as_args(torch, example_inputs)
@@ -77,21 +95,23 @@ def export_onnx(module, example_inputs, *, dynamo=False, input_names=None, outpu
     module.eval()
     buf = io.BytesIO()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _exporter_warnings(torch):
             if dynamo:
-                if dynamic_axes is None:
-                    auto = torch.export.Dim.AUTO
-                    dynamic_shapes = tuple(
-                        {d: auto for d in range(a.ndim)} if isinstance(a, torch.Tensor) else None for a in args
-                    )
-                else:
-                    dynamic_shapes = None
+                # dynamic_axes as torch.export takes them (AUTO: dynamic unless the model fixes it)
+                auto, names, shapes = torch.export.Dim.AUTO, iter(input_names), []
+                for a in args:
+                    axes = None
+                    if isinstance(a, torch.Tensor):
+                        name = next(names, None)
+                        axes = range(a.ndim) if dynamic_axes is None else (dynamic_axes.get(name) or ())
+                        axes = {d: auto for d in axes}
+                    shapes.append(axes)
                 program = torch.onnx.export(
                     module,
                     args,
                     dynamo=True,
-                    dynamic_shapes=dynamic_shapes,
-                    dynamic_axes=dynamic_axes,
+                    dynamic_shapes=tuple(shapes),
+                    input_names=input_names,
                     output_names=output_names,
                     verbose=False,
                 )
