@@ -32,7 +32,10 @@ def make_cell(kind, I, H, *, bias=True, dtype=torch.float32, seed=0):
 
 def torch_step(cell, x, hx):
     with torch.no_grad():
-        out = cell(torch.as_tensor(x), hx if hx is None else tuple(map(torch.as_tensor, hx)) if isinstance(hx, tuple) else torch.as_tensor(hx))
+        out = cell(
+            torch.as_tensor(x),
+            hx if hx is None else tuple(map(torch.as_tensor, hx)) if isinstance(hx, tuple) else torch.as_tensor(hx),
+        )
     return tuple(o.numpy() for o in out) if isinstance(out, tuple) else out.numpy()
 
 
@@ -90,7 +93,7 @@ def test_cell_file_matches_torch(kind, file_kind, bias, B, tmp_path):
     state = (h, rng.standard_normal(hshape, dtype=np.float32)) if lstm else h
     want = state
     got = state
-    for t in range(40):
+    for _ in range(40):
         x = rng.standard_normal(shape, dtype=np.float32)
         want = torch_step(cell, x, want)
         got = rc(x, got)
@@ -183,7 +186,9 @@ def test_cell_refusals(tmp_path):
 
     with pytest.raises(rnnfast.FormatError, match=r"tensor 'weight_hh' is missing"):
         rnnfast.load(bad(weight_hh=None))
-    with pytest.raises(rnnfast.FormatError, match=r"tensor 'bias_hh' is missing: an GRUCell\(3, 4\) has one of shape \(12,\)"):
+    with pytest.raises(
+        rnnfast.FormatError, match=r"tensor 'bias_hh' is missing: an GRUCell\(3, 4\) has one of shape \(12,\)"
+    ):
         rnnfast.load(bad(bias_hh=None))
     with pytest.raises(rnnfast.FormatError, match=r"'weight_hh' has shape \(12, 5\).*G = 1 \(RNNCell\), 3 \(GRUCell\)"):
         rnnfast.load(bad(weight_hh=torch.zeros(12, 5)))

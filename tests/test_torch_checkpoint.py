@@ -109,7 +109,10 @@ def test_read_tensors_lightning_checkpoint(classifier, legacy, tmp_path):
     assert_same_tensors(got, want)
     # the names a user reaches for, and the optimizer's state (Adam's step is a tensor)
     assert "state_dict.model.lstm.weight_hh_l0_reverse" in got and "state_dict.model.fc.bias" in got
-    assert "optimizer_states.0.state.0.exp_avg_sq" in got and "callbacks.ModelCheckpoint{'monitor': 'val_loss'}.best_model_score" in got
+    assert (
+        "optimizer_states.0.state.0.exp_avg_sq" in got
+        and "callbacks.ModelCheckpoint{'monitor': 'val_loss'}.best_model_score" in got
+    )
     assert "epoch" not in got and "hyper_parameters.vocab" not in got  # not tensors
 
 
@@ -218,7 +221,11 @@ def test_load_lightning_checkpoint_names_what_it_left_out(classifier, tmp_path):
     used = {"state_dict.model.lstm." + k for k in model.lstm.state_dict()}
     expect = {k: tuple(t.shape) for k, t in all_names.items() if k not in used}
     assert dict(rnn.ignored_tensors) == expect
-    assert list(rnn.ignored_tensors)[:3] == ["state_dict.model.embedding.weight", "state_dict.model.fc.weight", "state_dict.model.fc.bias"]
+    assert list(rnn.ignored_tensors)[:3] == [
+        "state_dict.model.embedding.weight",
+        "state_dict.model.fc.weight",
+        "state_dict.model.fc.bias",
+    ]
     lines = []
     rnn.summary(print_fn=lines.append)
     note = lines[0].splitlines()[-1]
@@ -301,9 +308,7 @@ def test_two_rnns_refused_until_prefix_picks_one(tmp_path):
     x = torch.randn(7, 2, 5)
     dec = rnnfast.load(path, prefix="model.decoder.")
     assert_same(dec(x.numpy()), torch_run(m.decoder, x), np.float32)
-    assert sorted(dec.ignored_tensors) == sorted(
-        ["model." + k for k in m.state_dict() if not k.startswith("decoder.")]
-    )
+    assert sorted(dec.ignored_tensors) == sorted(["model." + k for k in m.state_dict() if not k.startswith("decoder.")])
     enc = rnnfast.load(path, prefix="encoder")
     x = torch.randn(7, 2, 4)
     assert_same(enc(x.numpy()), torch_run(m.encoder, x), np.float32)

@@ -30,6 +30,7 @@ _TF_ROUTE = (
     "SavedModel with tf2onnx (python -m tf2onnx.convert --saved-model DIR --output model.onnx)"
 )
 
+
 def _looks_like_saved_model(head):
     # SavedModel: saved_model_schema_version = 1 (field 1), then meta_graphs (field 2)
     return head[:3] == b"\x08\x01\x12"

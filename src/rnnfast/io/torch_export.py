@@ -20,6 +20,7 @@ import warnings
 
 import numpy as np
 
+from ..errors import UnsupportedLayerError
 from .onnx import from_onnx
 from .torch_file import from_torch as from_torch_weights
 
@@ -104,7 +105,7 @@ def export_onnx(module, example_inputs, *, dynamo=False, input_names=None, outpu
                     if isinstance(a, torch.Tensor):
                         name = next(names, None)
                         axes = range(a.ndim) if dynamic_axes is None else (dynamic_axes.get(name) or ())
-                        axes = {d: auto for d in axes}
+                        axes = dict.fromkeys(axes, auto)
                     shapes.append(axes)
                 program = torch.onnx.export(
                     module,
@@ -168,11 +169,11 @@ def from_torch(module, example_inputs=None, *, dtype=None, dynamo=False, **expor
     TypeError
         ``module`` is not a ``torch.nn.Module``; an unknown export option.
     ValueError
-        ``example_inputs`` missing for a module that needs them; ``dtype`` or export
-        options for a recurrent module.
+        ``dtype`` for an exported module; export options for a recurrent module.
     rnnfast.UnsupportedLayerError
-        An ONNX op the frontend cannot run (named with its node), or an RNN module of
-        a kind rnnfast does not have.
+        ``example_inputs`` missing for a module that needs them; an ONNX op the
+        frontend cannot run (named with its node); an RNN module of a kind rnnfast
+        does not have.
     """
     torch = _torch()
     if not isinstance(module, torch.nn.Module):
@@ -183,15 +184,17 @@ def from_torch(module, example_inputs=None, *, dtype=None, dynamo=False, **expor
     if _direct(torch, module):
         if export_options or dynamo:
             raise ValueError(
-                "%s is converted from its weights, not exported: export options do not apply"
-                % type(module).__name__
+                "%s is converted from its weights, not exported: export options do not apply" % type(module).__name__
             )
         return from_torch_weights(module, dtype=dtype)
     if example_inputs is None:
-        raise ValueError(
-            "from_torch(module, example_inputs): a %s is exported to ONNX, which needs example inputs "
-            "(one call's arguments, e.g. a batch of token ids); only nn.GRU / nn.LSTM / nn.RNN and their "
-            "cells convert without them" % type(module).__name__
+        # (an UnsupportedLayerError, as before example_inputs existed: without them such a
+        # module cannot be converted)
+        raise UnsupportedLayerError(
+            type(module).__name__,
+            detail="from_torch(module, example_inputs): a module other than nn.GRU / nn.LSTM / nn.RNN and "
+            "their cells is exported to ONNX, which needs example inputs (one call's arguments, e.g. a "
+            "batch of token ids)",
         )
     if dtype is not None:
         raise ValueError(

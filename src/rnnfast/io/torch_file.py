@@ -102,7 +102,12 @@ class Architecture:
 
     def __repr__(self):
         if self.is_cell:
-            return "%sCell(%d, %d%s)" % (self.cell, self.input_size, self.hidden_size, "" if self.bias else ", bias=False")
+            return "%sCell(%d, %d%s)" % (
+                self.cell,
+                self.input_size,
+                self.hidden_size,
+                "" if self.bias else ", bias=False",
+            )
         extra = ""
         if self.num_layers != 1:
             extra += ", num_layers=%d" % self.num_layers
@@ -574,9 +579,7 @@ def load_torch_file(path, *, prefix=None, nonlinearity=None, batch_first=False, 
     if arch.is_cell:
         model = build_torch_cell(arch, arrays, nonlinearity=nonlinearity, dtype=dt, source=path)
     else:
-        model = build_torch_rnn(
-            arch, arrays, nonlinearity=nonlinearity, batch_first=batch_first, dtype=dt, source=path
-        )
+        model = build_torch_rnn(arch, arrays, nonlinearity=nonlinearity, batch_first=batch_first, dtype=dt, source=path)
     model.ignored_tensors = types.MappingProxyType(ignored)
     return model
 
@@ -592,9 +595,7 @@ def _open_archive(path):
     if kind == "torch-legacy":
         return open_torch_file(path, kind)
     if kind == "onnx":
-        raise FormatError(
-            "%s is an ONNX model, not a PyTorch or safetensors file: rnnfast.load reads it" % (path,)
-        )
+        raise FormatError("%s is an ONNX model, not a PyTorch or safetensors file: rnnfast.load reads it" % (path,))
     if kind.startswith("keras"):
         raise FormatError(
             "%s is a %s, not a PyTorch or safetensors file: rnnfast.load reads it" % (path, FORMAT_NAMES[kind])

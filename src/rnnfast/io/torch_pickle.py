@@ -363,7 +363,8 @@ class RestrictedUnpickler(pickle.Unpickler):
             return _Marker("dtype", name)
         raise FormatError(
             "refused global '%s.%s' in the pickle: a weights file may hold only tensors "
-            "and plain containers, and rnnfast runs nothing from it%s" % (module, name, _whole_module_hint(module, name))
+            "and plain containers, and rnnfast runs nothing from it%s"
+            % (module, name, _whole_module_hint(module, name))
         )
 
     def persistent_load(self, pid):
