@@ -30,7 +30,7 @@ def _torch_mode(layer):
     return next((mode for mode, act in cell.torch_modes.items() if act == layer.activation), None)
 
 
-#: ``ignored_tensors`` of a model built without a file (nothing left out).
+#: ``ignored_tensors`` of a model pickled before the attribute existed (nothing left out).
 _NOTHING = types.MappingProxyType({})
 #: Tensors named one by one in the summary's "left out" line; the rest are counted.
 NOTES_SHOWN = 8
@@ -82,7 +82,7 @@ class TorchRNN(Summarized):
     layers : list of RNNLayer
     source : str or None
         Where the weights came from (a file path), when known.
-    ignored_tensors : mapping of str -> tuple of int
+    ignored_tensors : dict of str -> tuple of int
         The tensors of the file that are not this module's (an embedding, a head,
         optimizer state ... of a checkpoint), dotted name -> shape, in file order;
         empty when nothing was left out. ``summary()`` names them too.
@@ -139,6 +139,7 @@ class TorchRNN(Summarized):
         self.nonlinearity = first.activation if len(first.cell_spec.torch_modes) > 1 else None
         self.dtype = first.dtype
         self.source = source
+        self.ignored_tensors = {}
         self._Ho = Ho
         self._module = first.cell_spec.torch_module
         self._with_c = first.cell_spec.num_states > 1
@@ -446,7 +447,7 @@ class TorchCell(Summarized):
     dtype : numpy.dtype
     layer : RNNLayer
     source : str or None
-    ignored_tensors : mapping of str -> tuple of int
+    ignored_tensors : dict of str -> tuple of int
         As :attr:`TorchRNN.ignored_tensors`.
     """
 
@@ -468,6 +469,7 @@ class TorchCell(Summarized):
         self.nonlinearity = layer.activation if len(layer.cell_spec.torch_modes) > 1 else None
         self.dtype = layer.dtype
         self.source = source
+        self.ignored_tensors = {}
         self._module = layer.cell_spec.torch_module + "Cell"
         self._with_c = layer.cell_spec.num_states > 1
 

@@ -26,7 +26,6 @@ themselves.
 import math
 import os
 import re
-import types
 
 import numpy as np
 
@@ -580,7 +579,7 @@ def load_torch_file(path, *, prefix=None, nonlinearity=None, batch_first=False, 
         model = build_torch_cell(arch, arrays, nonlinearity=nonlinearity, dtype=dt, source=path)
     else:
         model = build_torch_rnn(arch, arrays, nonlinearity=nonlinearity, batch_first=batch_first, dtype=dt, source=path)
-    model.ignored_tensors = types.MappingProxyType(ignored)
+    model.ignored_tensors = ignored
     return model
 
 
