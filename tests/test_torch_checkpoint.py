@@ -8,6 +8,7 @@ import os
 import pickle
 import subprocess
 import sys
+import types
 import zipfile
 
 import numpy as np
@@ -337,3 +338,66 @@ def test_checkpoint_models_pickle(classifier, tmp_path):
     assert repr(back) == repr(cell) and back.ignored_tensors == {}
     np.testing.assert_array_equal(back(x[:, 0]), cell(x[:, 0]))
     assert torch_file.MAX_READ_RATIO == 4
+
+
+def fake_module(monkeypatch, dotted, **attrs):
+    """Register module ``dotted`` (and its parents) in sys.modules, holding ``attrs``,
+    so that torch.save can pickle classes of a package this test install lacks."""
+    parts = dotted.split(".")
+    for i in range(1, len(parts) + 1):
+        name = ".".join(parts[:i])
+        if name not in sys.modules:
+            monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    for k, v in attrs.items():
+        v.__module__ = dotted
+        monkeypatch.setattr(sys.modules[dotted], k, v, raising=False)
+
+
+class AttributeDict(dict):
+    """As Lightning defines it: a dict with attribute access."""
+
+    def __getattr__(self, key):
+        try:
+            return self[key]
+        except KeyError as e:
+            raise AttributeError(key) from e
+
+    def __setattr__(self, key, val):
+        self[key] = val
+
+
+@pytest.mark.parametrize("where", ["lightning.fabric.utilities.data", "pytorch_lightning.utilities.parsing"])
+def test_lightning_hyper_parameters_attribute_dict(classifier, where, monkeypatch, tmp_path):
+    """save_hyperparameters() makes Lightning store hyper_parameters as an AttributeDict:
+    read as the mapping it is."""
+    model, opt, ids = classifier
+    fake_module(monkeypatch, where, AttributeDict=AttributeDict)
+    ckpt = lightning_checkpoint(model, opt)
+    ckpt["hyper_parameters"] = AttributeDict(vocab=40, hidden=8, optimizer={"lr": 0.01})
+    path = str(tmp_path / "hp.ckpt")
+    torch.save(ckpt, path)
+    with zipfile.ZipFile(path) as z:  # the pickle names the class (GLOBAL "module\nname")
+        assert (where + "\nAttributeDict").encode() in z.read("hp/data.pkl")
+    rnn = rnnfast.load(path, batch_first=True)
+    x = model.embedding(ids).detach()
+    assert_same(rnn(x.numpy()), torch_run(model.lstm, x), np.float32)
+    assert len(rnnfast.read_tensors(path)) == len(torch_tensors(ckpt))
+
+
+class RunConfig:
+    def __init__(self):
+        self.lr = 0.1
+
+
+def test_other_classes_refused_with_both_readings(monkeypatch, tmp_path):
+    """A class of another package: the whole model, or a value beside the weights."""
+    fake_module(monkeypatch, "myproject.config", RunConfig=RunConfig)
+    path = str(tmp_path / "cfg.pt")
+    torch.save({"model": torch.nn.GRU(2, 3).state_dict(), "config": RunConfig()}, path)
+    for fn in (rnnfast.load, rnnfast.read_tensors):
+        with pytest.raises(rnnfast.FormatError) as err:
+            fn(path)
+        msg = str(err.value)
+        assert "refused global 'myproject.config.RunConfig'" in msg
+        assert "If it is the whole model" in msg and "torch.save(model.state_dict(), path)" in msg
+        assert "a value saved beside the weights (a config, hyper-parameters), save the checkpoint without it" in msg

@@ -319,6 +319,17 @@ _ALLOWED.update(
 )
 # Not bytearray: bytearray(n) from a few pickle bytes would allocate and zero n bytes.
 
+#: PyTorch Lightning's ``AttributeDict`` (a ``dict`` subclass with attribute access), in
+#: which ``Trainer.save_checkpoint`` stores ``hyper_parameters`` after
+#: ``save_hyperparameters()``: pickled as ``NEWOBJ`` + ``SETITEMS``, read as a plain mapping.
+LIGHTNING_ATTRIBUTE_DICTS = (
+    ("lightning.fabric.utilities.data", "AttributeDict"),
+    ("lightning_fabric.utilities.data", "AttributeDict"),
+    ("pytorch_lightning.utilities.parsing", "AttributeDict"),
+    ("lightning.pytorch.utilities.parsing", "AttributeDict"),
+)
+_ALLOWED.update(dict.fromkeys(LIGHTNING_ATTRIBUTE_DICTS, _StateDict))
+
 
 def _whole_module_hint(module, name):
     """What a refused global says about the file, with the ways out when it is a whole
@@ -328,8 +339,17 @@ def _whole_module_hint(module, name):
         what = "a TorchScript object (torch.jit.save), which holds code"
     elif module == "torch.nn" or module.startswith("torch.nn."):
         what = "a whole pickled module (torch.save(model) of a torch.nn.%s)" % name
-    elif module == "__main__" or (name[:1].isupper() and not module.startswith(("torch", "numpy", "builtins"))):
-        what = "a pickled object of class %s.%s: a whole module saved with torch.save(model)?" % (module, name)
+    elif module == "__main__":
+        what = (
+            "a pickled object of class __main__.%s, defined in the script that saved it: a whole module "
+            "saved with torch.save(model)?" % name
+        )
+    elif name[:1].isupper() and not module.startswith(("torch", "numpy", "builtins", "__builtin__")):
+        return (
+            ". The file holds an object of class %s.%s, which rnnfast does not unpickle. If it is the whole "
+            "model (a whole module saved with torch.save(model)), %s; if it is a value saved beside the "
+            "weights (a config, hyper-parameters), save the checkpoint without it" % (module, name, WHOLE_MODULE_ROUTES)
+        )
     else:
         return ""
     return ". The file is %s; %s" % (what, WHOLE_MODULE_ROUTES)
