@@ -3,6 +3,8 @@ checkpoints and live cells), called like the module and compared with live PyTor
 fastai's AWD-LSTM (WeightDropout's ``weight_hh_l0_raw``) loaded with the weight it runs
 with at inference."""
 
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -129,6 +131,23 @@ def test_cell_equals_a_one_step_module(tmp_path):
     assert_same(rg(x[None]), torch_run(gru, x[None]), np.float32)
 
 
+def test_cell_on_the_command_line(tmp_path):
+    cell = make_cell("GRUCell", 4, 6)
+    path = save(cell, "pt", str(tmp_path / "c.pt"))
+    np.save(str(tmp_path / "x.npy"), np.zeros((3, 4), np.float32))
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "rnnfast", *args], capture_output=True, text=True, timeout=120)
+
+    r = cli("info", path)
+    assert r.returncode == 0 and "TorchCell(GRUCell(4, 6), dtype=float32)" in r.stdout, r.stderr
+    assert "total parameters: %d" % sum(p.numel() for p in cell.parameters()) in r.stdout
+    for args in (("predict", path, str(tmp_path / "x.npy"), "-o", str(tmp_path / "y.npy")), ("bench", path)):
+        r = cli(*args)
+        assert r.returncode == 1 and "Traceback" not in r.stderr
+        assert "holds an nn.GRUCell: a cell takes one step, h = cell(x, h), run from Python" in r.stderr
+
+
 def test_cell_summary_and_threads(tmp_path):
     cell = make_cell("LSTMCell", 6, 8, bias=False)
     path = save(cell, "pt", str(tmp_path / "c.pt"))
@@ -167,8 +186,9 @@ def test_cell_refusals(tmp_path):
         l(np.zeros((2, 3), np.float32), (np.zeros((2, 4)), np.zeros((2, 5))))
     # files: options that do not apply, tensors that are not one cell's
     path = save(gru, "pt", str(tmp_path / "g.pt"))
-    with pytest.raises(ValueError, match=r"batch_first is not an option of nn\.GRUCell"):
-        rnnfast.load(path, batch_first=True)
+    # a cell's input has no time axis: batch_first changes nothing
+    x = np.ones((2, 3), np.float32)
+    np.testing.assert_array_equal(rnnfast.load(path, batch_first=True)(x), rnnfast.load(path)(x))
     with pytest.raises(ValueError, match=r"nonlinearity='relu' is an nn\.RNN option"):
         rnnfast.load(path, nonlinearity="relu")
     sd = gru.state_dict()

@@ -20,6 +20,7 @@ from ._threads import set_num_threads
 from ._version import __version__
 from .errors import FormatError, UnsupportedLayerError
 from .io import detect, load
+from .model_torch import TorchCell
 
 __all__ = ["main", "build_parser", "read_input", "write_output"]
 
@@ -162,6 +163,16 @@ def _is_torch(model):
     return model.framework == "PyTorch"
 
 
+def _no_cell(model, path):
+    """A cell (nn.GRUCell ...) takes one step with the caller's state: no sequence to
+    predict over or time, so only `info` takes it."""
+    if isinstance(model, TorchCell):
+        raise UserError(
+            "%s holds an nn.%s: a cell takes one step, h = cell(x, h), run from Python "
+            "(rnnfast.load(path)); `rnnfast info` describes it" % (path, model.summary_rows()[0]["type"])
+        )
+
+
 # -- input and output files -------------------------------------------------------------
 
 
@@ -301,6 +312,7 @@ def _predict(args):
     if args.batch_size is not None and args.batch_size < 1:
         raise UserError("--batch-size must be at least 1")
     model = _load(args)
+    _no_cell(model, args.model)
     x = read_input(args.input, args.key)
     csv_input = os.path.splitext(args.input)[1].lower() == ".csv"
     if csv_input:
@@ -409,6 +421,7 @@ def _bench(args):
         if v is not None and v < 1:
             raise UserError("%s must be at least 1" % flag)
     model = _load(args)
+    _no_cell(model, args.model)
     try:
         run_bench(
             model,

@@ -522,7 +522,8 @@ def load_torch_file(path, *, prefix=None, nonlinearity=None, batch_first=False, 
         ``nn.RNN``'s activation (default "tanh"); a file cannot record it. "relu" for
         a GRU or LSTM is a ValueError.
     batch_first : bool
-        As the module's ``batch_first`` (a file cannot record it).
+        As the module's ``batch_first`` (a file cannot record it). A cell's input has no
+        time axis (``(batch, features)`` either way): the option changes nothing there.
     dtype : {None, "float32", "float64"}
         The compute dtype. Default: float64 when all the module's stored tensors are
         float64, else float32. Stored float16 / bfloat16 / float64 values are
@@ -569,8 +570,6 @@ def load_torch_file(path, *, prefix=None, nonlinearity=None, batch_first=False, 
                     "torch.nn.utils.parametrize.remove_parametrizations, or use rnnfast.from_torch)"
                 )
             raise FormatError("%s: %s%s" % (path, e, hint)) from None
-        if arch.is_cell and batch_first:
-            raise ValueError("batch_first is not an option of nn.%r: a cell takes one step (batch, features)" % arch)
         arrays = {n: archive.array(r) for n, r in recs.items()}
         used = {id(r) for r in recs.values()}
         ignored = {n: tuple(r.shape) for n, r in _tensors_in_order(archive.root) if id(r) not in used}
