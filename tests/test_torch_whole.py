@@ -230,6 +230,25 @@ def test_deployment_route_without_torch(tmp_path, seed):
     assert_close(np.load(str(tmp_path / "y.npy")), torch_out(model, x)[0], np.float32)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.compile's imports (torch.jit.script_method)
+def test_torch_compiled_model(seed, tmp_path):
+    """torch.compile(model): converted as the module it wraps; its state_dict (keys under
+    ``_orig_mod.``) loads as any checkpoint."""
+    torch.manual_seed(seed % 1000)
+    rng = np.random.default_rng(seed)
+    model = TextClassifier().eval()
+    compiled = torch.compile(model)
+    rn = rnnfast.from_torch(compiled, torch.as_tensor(ids(rng, 60, (2, 7))))
+    check(model, rn, [(ids(rng, 60, (3, 13)),)])
+    assert isinstance(rnnfast.from_torch(torch.compile(model.lstm)), rnnfast.TorchRNN)
+    path = str(tmp_path / "compiled.pt")
+    torch.save(compiled.state_dict(), path)
+    rnn = rnnfast.load(path, batch_first=True)
+    x = torch.randn(2, 5, 12)
+    assert_close(rnn(x.numpy())[0], model.lstm(x)[0].detach().numpy(), np.float32)
+    assert sorted(rnn.ignored_tensors) == ["_orig_mod.embedding.weight", "_orig_mod.fc.bias", "_orig_mod.fc.weight"]
+
+
 def test_from_torch_recurrent_modules_unchanged():
     torch.manual_seed(0)
     gru = torch.nn.GRU(3, 4).eval()

@@ -146,6 +146,7 @@ def from_torch(module, example_inputs=None, *, dtype=None, dynamo=False, **expor
         converted from their weights, ``batch_first``, ``nonlinearity`` ... taken from
         the module. Any other module (-> :class:`~rnnfast.OnnxModel`): exported to
         ONNX in memory on ``example_inputs`` and loaded by :func:`rnnfast.from_onnx`.
+        A ``torch.compile``'d module is converted as the module it wraps.
     example_inputs : tensor, ndarray or tuple of them, optional
         One call's positional arguments: needed for any module but the recurrent ones
         above (for those it is not used: their weights say everything).
@@ -178,6 +179,8 @@ def from_torch(module, example_inputs=None, *, dtype=None, dynamo=False, **expor
     torch = _torch()
     if not isinstance(module, torch.nn.Module):
         raise TypeError("from_torch takes a torch.nn.Module, got %s" % type(module).__name__)
+    # torch.compile(module) wraps the module: its code and weights are the original's
+    module = getattr(module, "_orig_mod", module) if type(module).__name__ == "OptimizedModule" else module
     unknown = set(export_options) - {"input_names", "output_names", "dynamic_axes"}
     if unknown:
         raise TypeError("from_torch got unexpected keyword arguments %s" % ", ".join(sorted(unknown)))
