@@ -12,6 +12,7 @@ every instruction set, so the engine tests need not be rerun per ISA; running th
 whole suite under RNNFAST_ISA=avx2 or baseline (CI does) still covers it end to end.
 """
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -34,12 +35,16 @@ CELLS = {  # name -> (kernel code, gates)
     "gru_rb": (_kernels.RNN_CELL_GRU_RB, 3),
     "lstm": (_kernels.RNN_CELL_LSTM, 4),
     "simple": (_kernels.RNN_CELL_SIMPLE, 1),
+    "lstm_peep": (_kernels.RNN_CELL_LSTM_PEEP, 4),  # ONNX: peepholes (input_forget: below)
 }
 
 
-def test_imports_with_the_best_isa_by_default():
-    want = os.environ.get("RNNFAST_EXPECT_ISA", os.environ.get("RNNFAST_ISA") or _kernels.best_isa())
-    assert _kernels.isa() == want
+def test_imports_with_the_best_isa_or_the_one_asked_for():
+    """The best ISA by default; with RNNFAST_ISA, the best one not above it."""
+    levels, best = _kernels.ISA_LEVELS, _kernels.best_isa()
+    asked = os.environ.get("RNNFAST_ISA", "").strip().lower()
+    want = best if asked in ("", "auto", "best") else levels[min(levels.index(asked), levels.index(best))]
+    assert _kernels.isa() == os.environ.get("RNNFAST_EXPECT_ISA", want)
 
 
 def test_isa_levels_come_from_the_enum():
@@ -163,17 +168,19 @@ def test_activations_agree_across_isas_and_lengths(dtype):
 # -- the gate math of one step ----------------------------------------------------------
 
 
-def _step_inputs(rng, cell, dtype, nrows=5, I=7, H=37):
+def _step_inputs(rng, cell, dtype, nrows=5, I=7, H=37, scale=1.0):
     """Canonical weights and one step's operands: the kernel gets the products (xp =
     x W + biases, gh = h U), the reference the weights."""
     G = CELLS[cell][1]
-    s = 1.0 / np.sqrt(H)
+    s = scale / np.sqrt(H)
     w = CellWeights(
         rng.uniform(-s, s, (I, G * H)),
         rng.uniform(-s, s, (H, G * H)),
         rng.uniform(-s, s, G * H),
         rng.uniform(-s, s, G * H),
     )
+    if cell == "lstm_peep":
+        w = dataclasses.replace(w, peephole=rng.uniform(-1, 1, (3, H)))
     x = rng.standard_normal((nrows, I))
     h = 0.8 * rng.standard_normal((nrows, H))
     c = 0.8 * rng.standard_normal((nrows, H))
@@ -182,7 +189,7 @@ def _step_inputs(rng, cell, dtype, nrows=5, I=7, H=37):
     w = CellWeights(
         *(
             None if a is None else a.astype(dtype).astype(np.float64)
-            for a in (w.kernel, w.recurrent_kernel, w.bias, w.recurrent_bias, w.projection)
+            for a in (w.kernel, w.recurrent_kernel, w.bias, w.recurrent_bias, w.projection, w.peephole)
         )
     )
     xp = x @ w.kernel + w.bias
@@ -196,20 +203,19 @@ def _step_inputs(rng, cell, dtype, nrows=5, I=7, H=37):
     return w, x, h, c, xp, gh, bhn
 
 
-def _reference_step(cell, w, x, h, c, act, ract):
+def _reference_step(cell, w, x, h, c, act, ract, clip=None, input_forget=False):
     """The cell registry's float64 step (rnnfast.cells), activations by name."""
     act_fn, ract_fn = reference.ACT[act], reference.ACT[ract]
     if cell in ("gru", "gru_rb"):
-        (h_new,) = cells.gru_step(x, (h,), w, act_fn, ract_fn, reset_after=cell == "gru")
+        (h_new,) = cells.gru_step(x, (h,), w, act_fn, ract_fn, reset_after=cell == "gru", clip=clip)
         return h_new, None
-    if cell == "lstm":
-        return cells.lstm_step(x, (h, c), w, act_fn, ract_fn)
-    (h_new,) = cells.simple_step(x, (h,), w, act_fn)
+    if cell in ("lstm", "lstm_peep"):
+        return cells.lstm_step(x, (h, c), w, act_fn, ract_fn, clip=clip, input_forget=input_forget)
+    (h_new,) = cells.simple_step(x, (h,), w, act_fn, clip=clip)
     return h_new, None
 
 
-def _kernel_step(isa, cell, act, ract, dtype, xp, gh, bhn, h, c, mask, w):
-    H = h.shape[1]
+def _kernel_step(isa, cell, act, ract, dtype, xp, gh, bhn, h, c, mask, w, clip=0.0, input_forget=False):
     hk, ck = h.astype(dtype), c.astype(dtype)
     _kernels.cell_step(
         CELLS[cell][0],
@@ -221,7 +227,10 @@ def _kernel_step(isa, cell, act, ract, dtype, xp, gh, bhn, h, c, mask, w):
         hk,
         ck,
         mask,
-        np.ascontiguousarray(w.recurrent_kernel[:, 2 * H :], dtype=dtype),
+        U=np.ascontiguousarray(w.recurrent_kernel, dtype=dtype),  # for a cell making its own products
+        peep=None if w.peephole is None else np.ascontiguousarray(w.peephole, dtype=dtype),
+        clip=clip,
+        input_forget=input_forget,
         isa=isa,
     )
     return hk, ck
@@ -245,7 +254,7 @@ def test_every_cell_with_every_activation_against_float64(isa, dtype, cell):
             keep = mask == 0
             np.testing.assert_array_equal(hk[keep], h[keep].astype(dtype), err_msg=where)
             np.testing.assert_allclose(hk[~keep], want_h[~keep], err_msg=where, **CELL_TOL[dtype])
-            if cell == "lstm":
+            if cell in ("lstm", "lstm_peep"):
                 np.testing.assert_array_equal(ck[keep], c[keep].astype(dtype), err_msg=where)
                 np.testing.assert_allclose(ck[~keep], want_c[~keep], err_msg=where, **CELL_TOL[dtype])
 
@@ -267,6 +276,25 @@ def test_cells_agree_across_isas(dtype, cell):
                     got[0], base[0], rtol=16 * eps, atol=16 * eps, err_msg="%s H=%d %s" % (isa, H, act)
                 )
                 np.testing.assert_allclose(got[1], base[1], rtol=16 * eps, atol=16 * eps)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_clip_and_input_forget_against_float64(isa, dtype, cell):
+    """ONNX's cell clip on every cell (the fused activations' case too: it takes the
+    general path), and the LSTMs' input_forget, against the reference."""
+    rng = np.random.default_rng(list(CELLS).index(cell) + 100)
+    w, x, h, c, xp, gh, bhn = _step_inputs(rng, cell, dtype, scale=4.0)  # past the clip
+    forgets = (False, True) if cell == "lstm_peep" else (False,)  # (RNNLayer runs input_forget there)
+    for input_forget in forgets:
+        for act, ract in (("tanh", "sigmoid"), ("relu", "hard_sigmoid")):
+            hk, ck = _kernel_step(isa, cell, act, ract, dtype, xp, gh, bhn, h, c, None, w, 0.7, input_forget)
+            want_h, want_c = _reference_step(cell, w, x, h, c, act, ract, 0.7, input_forget)
+            where = "%s %s %s %s input_forget=%s" % (isa, np.dtype(dtype).name, cell, act, input_forget)
+            np.testing.assert_allclose(hk, want_h, err_msg=where, **CELL_TOL[dtype])
+            if want_c is not None:
+                np.testing.assert_allclose(ck, want_c, err_msg=where, **CELL_TOL[dtype])
 
 
 # -- the packed product ----------------------------------------------------------------

@@ -227,11 +227,45 @@ def test_results_do_not_depend_on_threads(rng):
 
 
 @pytest.mark.parametrize(
+    "op, attrs",
+    [
+        ("LSTM", {"clip": 0.7}),
+        ("LSTM", {"input_forget": 1}),
+        ("LSTM", {"clip": 1.5, "input_forget": 1}),
+        ("GRU", {"clip": 0.5}),
+        ("GRU", {"clip": 0.5, "linear_before_reset": 1}),
+        ("RNN", {"clip": 0.3}),
+    ],
+)
+@pytest.mark.parametrize("direction", ["forward", "bidirectional"])
+def test_clip_and_input_forget(rng, op, attrs, direction):
+    model = recurrent_model(rng, op, attrs=attrs, direction=direction, lens=True, init_h=True, weights_scale=1.0)
+    check(model, feeds(rng, model, T=9, B=3), attrs)
+
+
+def _with_peepholes(rng, model, D, H):
+    node = model.graph.node[0]
+    while len(node.input) < 7:
+        node.input.append("")
+    node.input.append("P")
+    model.graph.initializer.append(numpy_helper.from_array(rng.uniform(-1, 1, (D, 3 * H)).astype(np.float32), "P"))
+    return model
+
+
+@pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
+@pytest.mark.parametrize("layout", [0, 1])
+def test_peepholes(rng, direction, layout):
+    D = 2 if direction == "bidirectional" else 1
+    model = recurrent_model(
+        rng, "LSTM", direction=direction, layout=layout, lens=True, init_h=True, init_c=True, attrs={"clip": 2.0}
+    )
+    model = _with_peepholes(rng, model, D, 7)
+    check(model, feeds(rng, model, T=8, B=3), direction)
+
+
+@pytest.mark.parametrize(
     "op, attrs, option",
     [
-        ("LSTM", {"clip": 3.0}, "clip"),
-        ("LSTM", {"input_forget": 1}, "input_forget"),
-        ("GRU", {"clip": 1.0}, "clip"),
         ("LSTM", {"activations": ["Sigmoid", "Tanh", "Relu"]}, "activations"),
         ("GRU", {"activations": ["LeakyRelu", "Tanh"]}, "activations"),
         ("RNN", {"activations": ["HardSigmoid"], "activation_alpha": [0.3], "activation_beta": [0.5]}, "activations"),
@@ -248,16 +282,15 @@ def test_refused_options_name_option_and_node(rng, op, attrs, option):
     assert e.value.layer_class == op
 
 
-def test_peepholes_refused_unless_zero(rng):
-    model = recurrent_model(rng, "LSTM")
-    node = model.graph.node[0]
-    while len(node.input) < 7:
-        node.input.append("")
-    node.input.append("P")
-    model.graph.initializer.append(numpy_helper.from_array(np.zeros((1, 21), np.float32), "P"))
-    rnnfast.from_onnx(model)  # zero peepholes are no peepholes
-    model.graph.initializer[-1].CopyFrom(numpy_helper.from_array(np.ones((1, 21), np.float32), "P"))
-    with pytest.raises(rnnfast.UnsupportedLayerError, match="P"):
+@pytest.mark.parametrize("attrs", [{"clip": -1.0}, {"input_forget": 2}])
+def test_bad_option_values_are_format_errors(rng, attrs):
+    with pytest.raises(rnnfast.FormatError):
+        rnnfast.from_onnx(recurrent_model(rng, "LSTM", attrs=attrs))
+
+
+def test_peephole_shape_checked(rng):
+    model = _with_peepholes(rng, recurrent_model(rng, "LSTM"), 1, 6)
+    with pytest.raises(rnnfast.FormatError, match="P has shape"):
         rnnfast.from_onnx(model)
 
 

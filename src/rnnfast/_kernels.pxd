@@ -1,8 +1,9 @@
 # What rnnfast._kernels takes from the C core (src/rnnfast/c/, see its README.md).
 #
 # The codes shared with Python are defined once, in c/enums.h, and exposed as
-# `cpdef enum`s: Python reads rnnfast._kernels.RNN_ACT_TANH, RNN_CELL_GRU,
-# RNN_ISA_AVX2, RNN_TILE_ROWS, ... (and the enum classes rnn_activation, rnn_cell, ...).
+# `cpdef enum`s: Python reads rnnfast._kernels.RNN_ACT_TANH, RNN_ISA_AVX2,
+# RNN_TILE_ROWS, ... (and the enum classes rnn_activation, ...). The cell codes come
+# from the cell list c/cells.def.h (RNN_CELL_GRU, ...: built at import, _kernels.pyx).
 
 cdef extern from "c/enums.h":
     cpdef enum rnn_activation:
@@ -19,11 +20,10 @@ cdef extern from "c/enums.h":
         RNN_ACT_EXPONENTIAL
         RNN_ACT_COUNT
 
-    cpdef enum rnn_cell:
-        RNN_CELL_SIMPLE
-        RNN_CELL_GRU
-        RNN_CELL_GRU_RB
-        RNN_CELL_LSTM
+    # the cells: one per line of c/cells.def.h, which generates the enum; Python names
+    # the codes from C (rnn_cell_name, _kernels.pyx), so no list of them here
+    ctypedef int rnn_cell_t "rnn_cell"
+    enum: RNN_CELL_COUNT
 
     cpdef enum rnn_isa_level:
         RNN_ISA_BASELINE
@@ -57,44 +57,67 @@ cdef extern from "c/enums.h":
 
 
 cdef extern from "c/engine.h" nogil:
+    # what every cell's gate math takes (kernels.template.h), per type
+    ctypedef struct rnn_cell_args_f:
+        long nrows, H
+        const float *xp
+        long ldxp
+        const float *gh
+        long ldgh
+        const float *bhn
+        const float *peep
+        long ldpeep
+        const float *U
+        long ldu
+        float *h
+        long ldh
+        float *c
+        long ldc
+        const unsigned char *valid
+        float *tmp
+        float *work
+        float clip
+        int act, ract
+        int input_forget
+
+    ctypedef struct rnn_cell_args_d:
+        long nrows, H
+        const double *xp
+        long ldxp
+        const double *gh
+        long ldgh
+        const double *bhn
+        const double *peep
+        long ldpeep
+        const double *U
+        long ldu
+        double *h
+        long ldh
+        double *c
+        long ldc
+        const unsigned char *valid
+        double *tmp
+        double *work
+        double clip
+        int act, ract
+        int input_forget
+
+# a cell's gate math: the entries of a kernel table's step[RNN_CELL_COUNT] array
+ctypedef void (*rnn_step_fn_f)(const rnn_cell_args_f *a) noexcept nogil
+ctypedef void (*rnn_step_fn_d)(const rnn_cell_args_d *a) noexcept nogil
+
+cdef extern from "c/engine.h" nogil:
     # the kernel table of one instruction set (kernels.template.h), per type
     ctypedef struct rnn_kernels_f:
         void (*activate)(int kind, float *v, long n) noexcept nogil
-        void (*gru_ra)(long nrows, long H, const float *xp, long ldxp, const float *gh, long ldgh,
-                       const float *bhn, float *h, long ldh, const unsigned char *valid,
-                       float *tmp, int act, int ract) noexcept nogil
-        void (*gru_rb_gates)(long nrows, long H, const float *xp, long ldxp, const float *gzr,
-                             long ldg, const float *h, long ldh, const unsigned char *valid,
-                             float *zr, float *rh, int ract) noexcept nogil
-        void (*gru_rb_update)(long nrows, long H, const float *xp, long ldxp, const float *ghh,
-                              long ldg, const float *zr, float *h, long ldh,
-                              const unsigned char *valid, float *tmp, int act) noexcept nogil
-        void (*lstm)(long nrows, long H, const float *xp, long ldxp, const float *gh, long ldgh,
-                     float *c, long ldc, float *m, long ldm, const unsigned char *valid,
-                     float *tmp, int act, int ract) noexcept nogil
-        void (*simple)(long nrows, long H, const float *xp, long ldxp, const float *gh, long ldgh,
-                       float *h, long ldh, const unsigned char *valid, int act) noexcept nogil
+        rnn_step_fn_f *step
         void (*gemm_packed)(long M, long N, long K, const float *A, long lda, const float *Bp,
                             const float *bias, float *C, long ldc) noexcept nogil
         int packed_projection
 
     ctypedef struct rnn_kernels_d:
         void (*activate)(int kind, double *v, long n) noexcept nogil
-        void (*gru_ra)(long nrows, long H, const double *xp, long ldxp, const double *gh, long ldgh,
-                       const double *bhn, double *h, long ldh, const unsigned char *valid,
-                       double *tmp, int act, int ract) noexcept nogil
-        void (*gru_rb_gates)(long nrows, long H, const double *xp, long ldxp, const double *gzr,
-                             long ldg, const double *h, long ldh, const unsigned char *valid,
-                             double *zr, double *rh, int ract) noexcept nogil
-        void (*gru_rb_update)(long nrows, long H, const double *xp, long ldxp, const double *ghh,
-                              long ldg, const double *zr, double *h, long ldh,
-                              const unsigned char *valid, double *tmp, int act) noexcept nogil
-        void (*lstm)(long nrows, long H, const double *xp, long ldxp, const double *gh, long ldgh,
-                     double *c, long ldc, double *m, long ldm, const unsigned char *valid,
-                     double *tmp, int act, int ract) noexcept nogil
-        void (*simple)(long nrows, long H, const double *xp, long ldxp, const double *gh,
-                       long ldgh, double *h, long ldh, const unsigned char *valid,
-                       int act) noexcept nogil
+        rnn_step_fn_d *step
         void (*gemm_packed)(long M, long N, long K, const double *A, long lda, const double *Bp,
                             const double *bias, double *C, long ldc) noexcept nogil
         int packed_projection
@@ -148,9 +171,14 @@ cdef extern from "c/engine.h" nogil:
     int rnn_prof_on
 
     # the kernel entry (engine.h)
+    long rnn_cell_gates(rnn_cell_t cell)
+    long rnn_cell_states(rnn_cell_t cell)
+    int rnn_cell_packed(rnn_cell_t cell)
+    int rnn_cell_in_place(rnn_cell_t cell)
+    const char *rnn_cell_name(rnn_cell_t cell)
     ctypedef struct rnn_shape:
         rnn_dtype dtype
-        rnn_cell cell
+        rnn_cell_t cell
         rnn_activation act
         rnn_activation ract
         long T, B, In, H, G, Ho, P
@@ -158,6 +186,8 @@ cdef extern from "c/engine.h" nogil:
         int reverse_first
         int bfirst
         int zero_output
+        double clip
+        int input_forget
 
     ctypedef struct rnn_plan:
         rnn_strategy strategy
@@ -172,6 +202,7 @@ cdef extern from "c/engine.h" nogil:
         const void *Up
         const void *bhn
         const void *Wr
+        const void *peep
 
     ctypedef struct rnn_buffers:
         const void *x
@@ -179,6 +210,7 @@ cdef extern from "c/engine.h" nogil:
         void *out
         void *h
         void *c
+        const long *active
 
     int rnn_layer_forward(const rnn_shape *shape, const rnn_plan *plan, const rnn_weights *weights,
                           const rnn_buffers *buffers)

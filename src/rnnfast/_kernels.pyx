@@ -9,15 +9,22 @@ from libc.string cimport memset
 from cython cimport floating
 from scipy.linalg.cython_blas cimport sgemm, dgemm, sgemv, dgemv
 
+import enum
 import os
 
 import numpy as np
 
-# the codes of c/enums.h at module level too: _kernels.RNN_ACT_TANH, RNN_CELL_GRU, ...
-for _codes in (rnn_activation, rnn_cell, rnn_isa_level, rnn_strategy, rnn_dtype, rnn_packing,
+# the codes of c/enums.h at module level too: _kernels.RNN_ACT_TANH, RNN_ISA_AVX2, ...
+for _codes in (rnn_activation, rnn_isa_level, rnn_strategy, rnn_dtype, rnn_packing,
                rnn_profile_part, rnn_status):
     globals().update(_codes.__members__)
 del _codes
+
+#: The cells of the compiled core, one per line of the cell list c/cells.def.h, named by
+#: it: rnn_cell.RNN_CELL_GRU == 1, ..., also at module level (_kernels.RNN_CELL_GRU).
+rnn_cell = enum.IntEnum("rnn_cell", {"RNN_CELL_" + rnn_cell_name(<rnn_cell_t> i).decode("ascii"): i
+                                     for i in range(RNN_CELL_COUNT)})
+globals().update(rnn_cell.__members__)
 
 rnn_blas_init(sgemm, dgemm, sgemv, dgemv)
 
@@ -48,6 +55,31 @@ def isa():
 def best_isa():
     """The best instruction set this build and CPU support."""
     return ISA_LEVELS[rnn_isa_supported()]
+
+
+def _check_cell(int cell):
+    if not 0 <= cell < RNN_CELL_COUNT:
+        raise ValueError("unknown cell code %d" % cell)
+
+
+def cell_gates(int cell):
+    """Gates per unit of kernel cell ``cell`` (an RNN_CELL_* code): GRU 3, LSTM 4,
+    SimpleRNN 1 -- what the C gate math computes (the cell list, c/cells.def.h)."""
+    _check_cell(cell)
+    return rnn_cell_gates(<rnn_cell_t> cell)
+
+
+def cell_states(int cell):
+    """States of kernel cell ``cell``: 1 (h) or 2 (h, c) (c/cells.def.h)."""
+    _check_cell(cell)
+    return rnn_cell_states(<rnn_cell_t> cell)
+
+
+def cell_packed(int cell):
+    """Whether kernel cell ``cell``'s per-step product runs on packed weights in unit
+    blocks (else its step makes its own products by BLAS) (c/cells.def.h)."""
+    _check_cell(cell)
+    return bool(rnn_cell_packed(<rnn_cell_t> cell))
 
 
 def openmp_enabled():
@@ -196,74 +228,67 @@ def packed_matmul(const floating[:, ::1] A, const floating[:, ::1] B, int repeat
 
 def cell_step(int cell, int act, int ract,
               const floating[:, ::1] xp,            # IN  (nrows, G*H) the input projection
-              const floating[:, ::1] gh,            # IN  (nrows, G*H) h U (reset-before: 2H used)
+              const floating[:, ::1] gh,            # IN  (nrows, G*H) h U (ignored by cells that
+                                                    #     make their own products)
               const floating[::1] bhn,              # IN  (H,) GRU reset-after's candidate bias
               floating[:, ::1] h,                   # IN/OUT (nrows, H) the state
               floating[:, ::1] c=None,              # IN/OUT (nrows, H) LSTM cell state
               const unsigned char[::1] mask=None,   # IN  (nrows,): 0 is a masked row
-              const floating[:, ::1] Uh=None,       # IN  (H, H) GRU reset-before's U_h
-              isa=None):
+              const floating[:, ::1] U=None,        # IN  (H, G*H) a cell's own products' weights
+              const floating[:, ::1] peep=None,     # IN  (3, H) LSTM peepholes i, f, o
+              double clip=0.0, bint input_forget=False, isa=None):
     """One step of a cell's gate math (RNN_CELL_* ``cell``, RNN_ACT_* codes) for the rows
     of ``h``, through the kernels of instruction set ``isa`` (default: the current one),
-    products given: a test hook (tests/test_isa.py). Updates h (and c) in place."""
+    products given (``gh``; a cell that makes its own, GRU reset-before, takes the
+    recurrent weights ``U``): a test hook (tests/test_isa.py). ``clip`` > 0 clips the
+    gate pre-activations. Updates h (and c) in place."""
     cdef const rnn_kernels *t = _kernels_of(isa)
     cdef long nrows = h.shape[0], H = h.shape[1]
-    cdef long G = {RNN_CELL_SIMPLE: 1, RNN_CELL_GRU: 3, RNN_CELL_GRU_RB: 3, RNN_CELL_LSTM: 4}[cell]
-    cdef const unsigned char *valid = NULL
+    cdef long G = cell_gates(cell)
+    cdef rnn_cell_args_f af
+    cdef rnn_cell_args_d ad
     if not (0 <= act < RNN_ACT_COUNT and 0 <= ract < RNN_ACT_COUNT):
         raise ValueError("unknown activation code %d or %d" % (act, ract))
     if (xp.shape[0] != nrows or gh.shape[0] != nrows or xp.shape[1] != G * H
             or gh.shape[1] != G * H or bhn.shape[0] != H):
         raise ValueError("shapes do not agree")
-    if cell == RNN_CELL_LSTM and (c is None or c.shape[0] != nrows or c.shape[1] != H):
-        raise ValueError("an LSTM step needs c of shape %s" % ((nrows, H),))
-    if cell == RNN_CELL_GRU_RB and (Uh is None or Uh.shape[0] != H or Uh.shape[1] != H):
-        raise ValueError("a GRU reset-before step needs Uh of shape %s" % ((H, H),))
-    if mask is not None:
-        if mask.shape[0] != nrows:
-            raise ValueError("mask of %d rows for %d" % (mask.shape[0], nrows))
-        if nrows > 0:
-            valid = &mask[0]
+    if rnn_cell_states(<rnn_cell_t> cell) == 2 and (c is None or c.shape[0] != nrows or c.shape[1] != H):
+        raise ValueError("this cell's step needs c of shape %s" % ((nrows, H),))
+    if not rnn_cell_packed(<rnn_cell_t> cell) and (U is None or U.shape[0] != H or U.shape[1] != G * H):
+        raise ValueError("this cell's step needs U of shape %s" % ((H, G * H),))
+    if peep is not None and (peep.shape[0] != 3 or peep.shape[1] != H):
+        raise ValueError("peepholes of shape %s, expected %s" % ((peep.shape[0], peep.shape[1]), (3, H)))
+    if mask is not None and mask.shape[0] != nrows:
+        raise ValueError("mask of %d rows for %d" % (mask.shape[0], nrows))
     if nrows == 0 or H == 0:
         return
     dt = np.float32 if floating is float else np.float64
     cdef floating[::1] tmp = np.zeros(4 * H, dt)
-    cdef floating[:, ::1] zr = np.zeros((nrows, 2 * H), dt)
-    cdef floating[:, ::1] rh = np.zeros((nrows, H), dt)
-    cdef floating[:, ::1] g2 = np.zeros((nrows, H), dt)
-    with nogil:
-        if floating is float:
-            if cell == RNN_CELL_GRU:
-                t.f.gru_ra(nrows, H, &xp[0, 0], G * H, &gh[0, 0], G * H, &bhn[0], &h[0, 0], H,
-                           valid, &tmp[0], act, ract)
-            elif cell == RNN_CELL_GRU_RB:
-                t.f.gru_rb_gates(nrows, H, &xp[0, 0], G * H, &gh[0, 0], G * H, &h[0, 0], H, valid,
-                                 &zr[0, 0], &rh[0, 0], ract)
-                rnn_gemm_rm_f(<int> nrows, <int> H, <int> H, 1, &rh[0, 0], <int> H, &Uh[0, 0],
-                              <int> H, 0, &g2[0, 0], <int> H)
-                t.f.gru_rb_update(nrows, H, &xp[0, 0], G * H, &g2[0, 0], H, &zr[0, 0], &h[0, 0],
-                                  H, valid, &tmp[0], act)
-            elif cell == RNN_CELL_LSTM:
-                t.f.lstm(nrows, H, &xp[0, 0], G * H, &gh[0, 0], G * H, &c[0, 0], H, &h[0, 0], H,
-                         valid, &tmp[0], act, ract)
-            else:
-                t.f.simple(nrows, H, &xp[0, 0], H, &gh[0, 0], H, &h[0, 0], H, valid, act)
-        else:
-            if cell == RNN_CELL_GRU:
-                t.d.gru_ra(nrows, H, &xp[0, 0], G * H, &gh[0, 0], G * H, &bhn[0], &h[0, 0], H,
-                           valid, &tmp[0], act, ract)
-            elif cell == RNN_CELL_GRU_RB:
-                t.d.gru_rb_gates(nrows, H, &xp[0, 0], G * H, &gh[0, 0], G * H, &h[0, 0], H, valid,
-                                 &zr[0, 0], &rh[0, 0], ract)
-                rnn_gemm_rm_d(<int> nrows, <int> H, <int> H, 1, &rh[0, 0], <int> H, &Uh[0, 0],
-                              <int> H, 0, &g2[0, 0], <int> H)
-                t.d.gru_rb_update(nrows, H, &xp[0, 0], G * H, &g2[0, 0], H, &zr[0, 0], &h[0, 0],
-                                  H, valid, &tmp[0], act)
-            elif cell == RNN_CELL_LSTM:
-                t.d.lstm(nrows, H, &xp[0, 0], G * H, &gh[0, 0], G * H, &c[0, 0], H, &h[0, 0], H,
-                         valid, &tmp[0], act, ract)
-            else:
-                t.d.simple(nrows, H, &xp[0, 0], H, &gh[0, 0], H, &h[0, 0], H, valid, act)
+    cdef floating[::1] work = np.zeros(nrows * 4 * H, dt)
+    if floating is float:
+        af.nrows, af.H = nrows, H
+        af.xp, af.ldxp, af.gh, af.ldgh, af.bhn = &xp[0, 0], G * H, &gh[0, 0], G * H, &bhn[0]
+        af.peep, af.ldpeep = (&peep[0, 0] if peep is not None else NULL), H
+        af.U, af.ldu = (&U[0, 0] if U is not None else NULL), G * H
+        af.h, af.ldh = &h[0, 0], H
+        af.c, af.ldc = (&c[0, 0] if c is not None else NULL), H
+        af.valid = &mask[0] if mask is not None else NULL
+        af.tmp, af.work, af.clip = &tmp[0], &work[0], <float> clip
+        af.act, af.ract, af.input_forget = act, ract, input_forget
+        with nogil:
+            t.f.step[cell](&af)
+    else:
+        ad.nrows, ad.H = nrows, H
+        ad.xp, ad.ldxp, ad.gh, ad.ldgh, ad.bhn = &xp[0, 0], G * H, &gh[0, 0], G * H, &bhn[0]
+        ad.peep, ad.ldpeep = (&peep[0, 0] if peep is not None else NULL), H
+        ad.U, ad.ldu = (&U[0, 0] if U is not None else NULL), G * H
+        ad.h, ad.ldh = &h[0, 0], H
+        ad.c, ad.ldc = (&c[0, 0] if c is not None else NULL), H
+        ad.valid = &mask[0] if mask is not None else NULL
+        ad.tmp, ad.work, ad.clip = &tmp[0], &work[0], clip
+        ad.act, ad.ract, ad.input_forget = act, ract, input_forget
+        with nogil:
+            t.d.step[cell](&ad)
 
 
 def packed_projection(dtype):
@@ -311,7 +336,10 @@ def rnn_forward(int cell, int act, int ract,
                 floating[:, ::1] out,               # OUT (T*B, ndir*Ho), rows as x's, or (0, 0)
                 floating[:, :, ::1] h,              # IN/OUT (ndir, B, Ho): initial -> final state
                 floating[:, :, ::1] c,              # IN/OUT (ndir, B, H): LSTM cell state, else (0, 0, 0)
-                *, bint batch_first, bint zero_output, bint reverse_first, plan):
+                *, bint batch_first, bint zero_output, bint reverse_first, plan,
+                const floating[:, :, ::1] peep=None,  # IN  (ndir, 3, H) LSTM peepholes i, f, o
+                double clip=0.0, bint input_forget=False,
+                const long[::1] active=None):       # IN  (T,) right padding: rows valid at step t
     """Run one recurrent layer over the whole sequence (c/engine.h says how).
 
     ``cell`` is an RNN_CELL_* code, ``act`` and ``ract`` RNN_ACT_* codes. Direction 0
@@ -320,7 +348,9 @@ def rnn_forward(int cell, int act, int ract,
     in ``plan.unit_blocks`` unit blocks (layers.py). ``batch_first``: x and out are
     batch-major, (B, T, .) flattened, so the caller need not transpose. ``plan`` (a
     rnnfast._plan.Plan) chooses the strategy, the blocks, the chunk and the team.
-    Shapes are checked by the caller (layers.RNNLayer), which is the only intended
+    ``active`` (right-padded batches whose rows are sorted by length, longest first;
+    the mask must say the same): the rows valid at step t are the first ``active[t]``;
+    the rest drop out of the step's work, with the same results. Shapes are checked by the caller (layers.RNNLayer), which is the only intended
     user; this checks what the C core relies on.
     """
     cdef rnn_shape shape
@@ -332,16 +362,15 @@ def rnn_forward(int cell, int act, int ract,
     cdef long G, Ho = U.shape[1], ncb = plan.unit_blocks
     cdef bint has_proj = Wr.shape[1] > 0
     # the cells whose product runs on packed weights (the rest call BLAS)
-    cdef bint packed = cell != RNN_CELL_GRU_RB and not has_proj
+    cdef bint packed
 
-    if cell not in (RNN_CELL_SIMPLE, RNN_CELL_GRU, RNN_CELL_GRU_RB, RNN_CELL_LSTM):
-        raise ValueError("unknown cell code %d" % cell)
+    G = cell_gates(cell)
+    packed = rnn_cell_packed(<rnn_cell_t> cell) and not has_proj
     if not (0 <= act < RNN_ACT_COUNT and 0 <= ract < RNN_ACT_COUNT):
         raise ValueError("unknown activation code %d or %d" % (act, ract))
-    if H < 1 or GH % H or ndir not in (1, 2) or ncb < 1:
-        raise ValueError("weights of shape %s with %d units in %d blocks"
-                         % ((ndir, W.shape[1], GH), H, ncb))
-    G = GH // H
+    if H < 1 or GH != G * H or ndir not in (1, 2) or ncb < 1:
+        raise ValueError("weights of shape %s for %d units of %d gates in %d blocks"
+                         % ((ndir, W.shape[1], GH), H, G, ncb))
     if plan.strategy == RNN_STRATEGY_BLOCKED and not packed:
         raise ValueError("the blocked strategy does not run this cell")
     if Wp.shape[1] > 0 and (Wp.shape[0] != ndir or Wp.shape[1] != rnn_packed_offset(W.shape[1], H, G, ncb, ncb)):
@@ -350,17 +379,25 @@ def rnn_forward(int cell, int act, int ract,
     if packed and (Up.shape[0] != ndir or Up.shape[1] != rnn_packed_offset(Ho, H, G, ncb, ncb)):
         raise ValueError("packed recurrent weights of shape %s, expected %s"
                          % ((Up.shape[0], Up.shape[1]), (ndir, rnn_packed_offset(Ho, H, G, ncb, ncb))))
+    if peep is not None and (peep.shape[0] != ndir or peep.shape[1] != 3 or peep.shape[2] != H):
+        raise ValueError("peepholes of shape %s, expected %s"
+                         % ((peep.shape[0], peep.shape[1], peep.shape[2]), (ndir, 3, H)))
+    if not clip >= 0:
+        raise ValueError("clip must be >= 0 (0: none), got %r" % clip)
+    if active is not None and active.shape[0] != T:
+        raise ValueError("active rows for %d steps, expected %d" % (active.shape[0], T))
     if T == 0 or B == 0:
         return
 
     shape.dtype = RNN_FLOAT32 if floating is float else RNN_FLOAT64
-    shape.cell = <rnn_cell> cell
+    shape.cell = <rnn_cell_t> cell
     shape.act = <rnn_activation> act
     shape.ract = <rnn_activation> ract
     shape.T, shape.B, shape.In, shape.H, shape.G = T, B, W.shape[1], H, G
     shape.Ho, shape.P = Ho, Wr.shape[2]
     shape.ndir = <int> ndir
     shape.reverse_first, shape.bfirst, shape.zero_output = reverse_first, batch_first, zero_output
+    shape.clip, shape.input_forget = clip, input_forget
 
     p.strategy = <rnn_strategy> <int> plan.strategy
     p.ncb, p.bb, p.chunk = ncb, plan.batch_rows, plan.chunk
@@ -371,11 +408,13 @@ def rnn_forward(int cell, int act, int ract,
     w.Wp = &Wp[0, 0] if Wp.shape[1] > 0 else NULL
     w.Up = &Up[0, 0] if packed else NULL
     w.Wr = &Wr[0, 0, 0] if has_proj else NULL
+    w.peep = &peep[0, 0, 0] if peep is not None else NULL
 
     io.x, io.h = &x[0, 0], &h[0, 0, 0]
     io.mask = &mask[0, 0] if mask.shape[0] > 0 else NULL
     io.out = &out[0, 0] if out.shape[0] > 0 else NULL
-    io.c = &c[0, 0, 0] if cell == RNN_CELL_LSTM else NULL
+    io.c = &c[0, 0, 0] if rnn_cell_states(<rnn_cell_t> cell) == 2 else NULL
+    io.active = &active[0] if active is not None and T > 0 else NULL
 
     with nogil:
         err = rnn_layer_forward(&shape, &p, &w, &io)

@@ -16,30 +16,27 @@ order**, the ``gates`` of each entry below; PyTorch's order differs only for GRU
 
 Adding a cell: the walk
 -----------------------
-A new cell touches at most four source files (tried with a toy residual SimpleRNN,
-``h_new = h + act(x W + h U + b)``: layers, both kernel paths, both directions,
-masks, threads, float32 and float64 matched the reference after editing three files
-of today's layout):
+A new cell touches three source files (proved with ONNX's peephole LSTM, the kernel
+cell ``lstm_peep``; ``src/rnnfast/c/README.md`` has the details):
 
-1. ``src/rnnfast/cells.py`` (this file): its reference step (a function below, the
-   equations in its docstring) and one ``Cell(...)`` entry in :data:`CELLS` (name,
-   title, gates, states, ``KernelCell(kernel name)``, the step; framework names where
-   a framework has the cell). ``RNNLayer``, the reference, the loaders, the models and
-   the summaries pick it up from here.
-2. ``src/rnnfast/c/enums.h``: its code in the kernel's cell enum, read here through
-   ``_kernels`` by :func:`kernel_code`. (Before the kernel's enum header: the
-   ``DEF CELL_*`` / ``CELL_CODES`` / ``GATES`` lines at the top of ``_kernels.pyx``.)
-3. ``src/rnnfast/c/cellmath.template.h`` (today ``_cellmath.h``, where the per-ISA
-   function table lists it too): its fused element-wise step ``rnn_<name>_f`` / ``_d``.
-4. ``src/rnnfast/_kernels.pyx``: the step's ``cdef extern`` declaration and its branch
-   in ``_cell_block``; a step that updates the state in place (as GRU's does) also
-   joins the blocked path's copy of the old state.
+1. ``src/rnnfast/c/cells.def.h``: one line of the C cell list, from which the kernel's
+   cell enum, every ISA's kernel table, the dispatch and the Python codes
+   (``_kernels.RNN_CELL_<CODE>``, read here by :func:`kernel_code`) are generated.
+2. ``src/rnnfast/c/cellmath.template.h``: its fused element-wise step, written once
+   for every type and instruction set, taking the one argument struct ``cell_args``.
+3. ``src/rnnfast/cells.py`` (this file): its reference step (a function below, the
+   equations in its docstring) and its entry: one ``Cell(...)`` in :data:`CELLS`
+   (name, title, gates, states, ``KernelCell(kernel name)``, the step; framework
+   names where a framework has the cell), or a ``KernelCell`` variant of an existing
+   entry (GRU's ``reset_before``, LSTM's ``peephole``). ``RNNLayer``, the reference,
+   the loaders, the models and the summaries pick it up from here.
 
 A cell the frameworks have too is then loaded from their files with no further
 change (``keras_layer`` / ``keras_cell``, and ``torch_module`` / ``torch_modes`` /
 ``torch_order``); a cell with weights beyond the canonical kernel, recurrent kernel,
-biases and projection (a peephole LSTM's diagonal weights) also needs a field in
-``CellWeights`` (layers.py) and its place in the converters.
+biases and projection (the peephole vectors) also needs a field in ``CellWeights``
+(layers.py), in the kernel's ``cell_args`` and ``rnn_weights``, and its place in the
+converters.
 """
 
 from dataclasses import dataclass, field
@@ -89,7 +86,12 @@ def _biases(w, G, H):
     return b, rb
 
 
-def gru_step(x, states, w, act, ract, reset_after=True):
+def _clip(v, clip):
+    """ONNX's cell clip: a gate's pre-activation bounded to [-clip, clip] (None: none)."""
+    return v if clip is None else np.clip(v, -clip, clip)
+
+
+def gru_step(x, states, w, act, ract, reset_after=True, clip=None, input_forget=False):
     """GRU, Keras gate order z, r, h; x (B, I), states (h,) with h (B, H). ::
 
         reset-after:  z = ract(x Wz + bz + h Uz + b'z);  r = ract(x Wr + br + h Ur + b'r)
@@ -97,7 +99,8 @@ def gru_step(x, states, w, act, ract, reset_after=True):
         reset-before: hh = act(x Wh + bh + (r ⊙ h) Uh + b'h)
         h_new = z ⊙ h + (1 - z) ⊙ hh
 
-    ``act`` and ``ract`` are functions (σ = sigmoid for ``ract`` by default). Returns
+    ``act`` and ``ract`` are functions (σ = sigmoid for ``ract`` by default). With
+    ``clip`` (ONNX), every pre-activation is clipped to [-clip, clip] first. Returns
     ``(h_new,)``.
     """
     (h,) = states
@@ -108,44 +111,52 @@ def gru_step(x, states, w, act, ract, reset_after=True):
     Uz, Ur, Uh = U[:, :H], U[:, H : 2 * H], U[:, 2 * H :]
     bz, br, bh = b[:H], b[H : 2 * H], b[2 * H :]
     rbz, rbr, rbh = rb[:H], rb[H : 2 * H], rb[2 * H :]
-    z = ract(x @ Wz + bz + h @ Uz + rbz)
-    r = ract(x @ Wr + br + h @ Ur + rbr)
+    z = ract(_clip(x @ Wz + bz + h @ Uz + rbz, clip))
+    r = ract(_clip(x @ Wr + br + h @ Ur + rbr, clip))
     if reset_after:
-        hh = act(x @ Wh + bh + r * (h @ Uh + rbh))
+        hh = act(_clip(x @ Wh + bh + r * (h @ Uh + rbh), clip))
     else:
-        hh = act(x @ Wh + bh + (r * h) @ Uh + rbh)
+        hh = act(_clip(x @ Wh + bh + (r * h) @ Uh + rbh, clip))
     return (z * h + (1.0 - z) * hh,)
 
 
-def lstm_step(x, states, w, act, ract, reset_after=True):
-    """LSTM, gate order i, f, c, o; x (B, I), states (h, c) with h (B, Ho), c (B, H).
+def lstm_step(x, states, w, act, ract, reset_after=True, clip=None, input_forget=False):
+    """LSTM, gate order i, f, c, o; x (B, I), states (h, c) with h (B, Ho), c (B, H). ::
 
-    i = ract(x Wi + h Ui + b_i), f = ract(...), o = ract(...), u = act(x Wc + h Uc + b_c)
-    c_new = f ⊙ c + i ⊙ u;  m = o ⊙ act(c_new);  h_new = m (or m Wr with a projection)
+        g = x W + h U + b                      (gates i, f, c, o)
+        i = ract(g_i + p_i ⊙ c)                f = ract(g_f + p_f ⊙ c)
+        u = act(g_c)                           c_new = f ⊙ c + i ⊙ u
+        o = ract(g_o + p_o ⊙ c_new)            m = o ⊙ act(c_new)
+        h_new = m (or m Wr with a projection)
 
-    Returns ``(h_new, c_new)``.
+    The peepholes ``p = w.peephole`` (rows i, f, o; ONNX) are zeros when None; with
+    ``input_forget`` (ONNX) f = 1 - i; with ``clip`` (ONNX) every gate pre-activation
+    is clipped to [-clip, clip] before its activation (not c_new before act). Returns
+    ``(h_new, c_new)``.
     """
     h, c = states
     W, U = _f64(w.kernel), _f64(w.recurrent_kernel)
     H = W.shape[1] // 4
     b, rb = _biases(w, 4, H)
+    p = np.zeros((3, H)) if getattr(w, "peephole", None) is None else _f64(w.peephole)
     g = x @ W + h @ U + (b + rb)
-    i = ract(g[:, :H])
-    f = ract(g[:, H : 2 * H])
-    u = act(g[:, 2 * H : 3 * H])
-    o = ract(g[:, 3 * H :])
+    i = ract(_clip(g[:, :H] + p[0] * c, clip))
+    f = 1.0 - i if input_forget else ract(_clip(g[:, H : 2 * H] + p[1] * c, clip))
+    u = act(_clip(g[:, 2 * H : 3 * H], clip))
     c_new = f * c + i * u
+    o = ract(_clip(g[:, 3 * H :] + p[2] * c_new, clip))
     m = o * act(c_new)
     h_new = m if w.projection is None else m @ _f64(w.projection)
     return h_new, c_new
 
 
-def simple_step(x, states, w, act, ract=None, reset_after=True):
-    """SimpleRNN / nn.RNN: h_new = act(x W + h U + b). Returns ``(h_new,)``."""
+def simple_step(x, states, w, act, ract=None, reset_after=True, clip=None, input_forget=False):
+    """SimpleRNN / nn.RNN: h_new = act(x W + h U + b) (the sum clipped to [-clip, clip]
+    with ``clip``, ONNX). Returns ``(h_new,)``."""
     (h,) = states
     W, U = _f64(w.kernel), _f64(w.recurrent_kernel)
     b, rb = _biases(w, 1, W.shape[1])
-    return (act(x @ W + h @ U + (b + rb)),)
+    return (act(_clip(x @ W + h @ U + (b + rb), clip)),)
 
 
 # -- the table ----------------------------------------------------------------------------
@@ -158,9 +169,8 @@ class KernelCell:
     Attributes
     ----------
     name : str
-        The kernel's name of the cell ("gru", "gru_rb", "lstm", "simple").
-    packed : bool
-        The per-step product runs on weights packed in unit blocks (else BLAS).
+        The kernel's name of the cell: its code in the C cell list ``c/cells.def.h`` in
+        lower case ("gru", "gru_rb", "lstm", "lstm_peep", "simple").
     bias_apart : bool
         The last gate's recurrent bias stays apart from its input bias (GRU
         reset-after: ``r ⊙ (h Uh + b'h)``): the layer passes it to the kernel on its own
@@ -169,13 +179,18 @@ class KernelCell:
     """
 
     name: str
-    packed: bool = True
     bias_apart: bool = False
 
     @property
     def code(self):
         """The compiled core's code for this cell."""
         return kernel_code(self.name)
+
+    @property
+    def packed(self):
+        """The per-step product runs on weights packed in unit blocks (else the cell's
+        step makes its own products by BLAS): the cell list says (``c/cells.def.h``)."""
+        return _kernels.cell_packed(self.code)
 
 
 @dataclass(frozen=True)
@@ -195,14 +210,16 @@ class Cell:
     kernel : KernelCell
         How the core runs it.
     step : callable
-        The float64 reference step ``step(x, states, w, act, ract, reset_after)`` ->
-        new states (``act``, ``ract`` are functions).
+        The float64 reference step ``step(x, states, w, act, ract, reset_after, clip,
+        input_forget)`` -> new states (``act``, ``ract`` are functions).
     recurrent_activation : bool
         The cell's gates take a ``recurrent_activation`` (SimpleRNN has none).
     projection : bool
         The cell may have an output projection (PyTorch's LSTM ``proj_size``).
     reset_before : KernelCell or None
         GRU: the kernel of the reset-before variant (Keras ``reset_after=False``).
+    peephole : KernelCell or None
+        LSTM: the kernel of the ONNX variant (peepholes, ``input_forget``).
     keras_layer, keras_cell : str or None
         Keras' layer and cell class names.
     torch_module : str or None
@@ -224,6 +241,7 @@ class Cell:
     recurrent_activation: bool = True
     projection: bool = False
     reset_before: Optional[KernelCell] = None
+    peephole: Optional[KernelCell] = None
     keras_layer: Optional[str] = None
     keras_cell: Optional[str] = None
     torch_module: Optional[str] = None
@@ -239,10 +257,13 @@ class Cell:
     def num_states(self):
         return len(self.states)
 
-    def kernel_for(self, reset_after=True):
-        """The :class:`KernelCell` that runs this cell (GRU: per ``reset_after``)."""
+    def kernel_for(self, reset_after=True, peephole=False):
+        """The :class:`KernelCell` that runs this cell (GRU: per ``reset_after``; LSTM:
+        the peephole variant with ``peephole``, for peepholes or ``input_forget``)."""
         if not reset_after and self.reset_before is not None:
             return self.reset_before
+        if peephole and self.peephole is not None:
+            return self.peephole
         return self.kernel
 
     def from_torch(self, a, axis=0):
@@ -272,7 +293,7 @@ CELLS = {
             gates=("z", "r", "h"),
             states=("h",),
             kernel=KernelCell("gru", bias_apart=True),
-            reset_before=KernelCell("gru_rb", packed=False),
+            reset_before=KernelCell("gru_rb"),
             step=gru_step,
             keras_layer="GRU",
             keras_cell="GRUCell",
@@ -287,6 +308,7 @@ CELLS = {
             gates=("i", "f", "c", "o"),
             states=("h", "c"),
             kernel=KernelCell("lstm"),
+            peephole=KernelCell("lstm_peep"),
             step=lstm_step,
             projection=True,
             keras_layer="LSTM",

@@ -17,6 +17,9 @@ bias              (G*H,) or None      input-side bias
 recurrent_bias    (G*H,) or None      hidden-side bias (GRU reset-after keeps its
                                       candidate part apart: ``r * (h U_h + b_hh)``)
 projection        (H, P) or None      LSTM projection, ``h = (o * act(c)) @ projection``
+peephole          (3, H) or None      LSTM peepholes (ONNX ``P``), rows i, f, o:
+                                      ``i = ract(... + p_i * c_prev)``, ``f`` alike,
+                                      ``o = ract(... + p_o * c_new)``
 ================  ==================  ===============================================
 
 Cells (``cell=``): the names of the cell registry :data:`rnnfast.cells.CELLS`:
@@ -123,6 +126,7 @@ class CellWeights:
     bias: Optional[np.ndarray] = None
     recurrent_bias: Optional[np.ndarray] = None
     projection: Optional[np.ndarray] = None
+    peephole: Optional[np.ndarray] = None
 
 
 class RNNLayer:
@@ -145,6 +149,14 @@ class RNNLayer:
         business).
     dtype : float32 or float64
         The compute dtype; weights are converted to it once, here.
+    clip : float, optional
+        ONNX's cell clip: every gate pre-activation is clipped to ``[-clip, clip]``
+        before its activation (None: no clipping).
+    input_forget : bool
+        LSTM only: couple the input and forget gates, ``f = 1 - i`` (ONNX).
+
+    Peepholes (ONNX LSTM ``P``) come with the weights (``CellWeights.peephole``); an
+    LSTM with peepholes or ``input_forget`` runs the kernel's peephole variant.
 
     Attributes
     ----------
@@ -165,6 +177,8 @@ class RNNLayer:
         recurrent_activation="sigmoid",
         go_backwards=False,
         dtype=np.float32,
+        clip=None,
+        input_forget=False,
     ):
         spec = cells.get(cell)
         weights = list(weights)
@@ -181,7 +195,16 @@ class RNNLayer:
         self.dtype = compute_dtype(dtype)
         self._act = _activation_code(activation, "activation")
         self._ract = _activation_code(self.recurrent_activation, "recurrent_activation")
-        self._kernel = spec.kernel_for(self.reset_after)
+        if clip is not None:
+            clip = float(clip)
+            if not clip > 0 or not np.isfinite(clip):
+                raise ValueError("clip must be a positive finite number or None, got %r" % clip)
+        self.clip = clip
+        self.input_forget = bool(input_forget)
+        peephole = any(getattr(w, "peephole", None) is not None for w in weights)
+        if (peephole or self.input_forget) and spec.peephole is None:
+            raise ValueError("peepholes and input_forget are for an LSTM, not %s" % spec.title)
+        self._kernel = spec.kernel_for(self.reset_after, peephole or self.input_forget)
         self._kernel_cell = self._kernel.name
         self._convert(weights)
 
@@ -202,12 +225,13 @@ class RNNLayer:
             )
         P = np.asarray(proj).shape[1] if proj is not None else 0
         Ho = P if proj is not None else H
-        Ws, Us, bxs, bhns, Wrs = [], [], [], [], []
+        Ws, Us, bxs, bhns, Wrs, peeps = [], [], [], [], [], []
         given = 0
         for d, w in enumerate(weights):
+            peep = getattr(w, "peephole", None)
             given += sum(
                 np.size(a)
-                for a in (w.kernel, w.recurrent_kernel, w.bias, w.recurrent_bias, w.projection)
+                for a in (w.kernel, w.recurrent_kernel, w.bias, w.recurrent_bias, w.projection, peep)
                 if a is not None
             )
             where = "direction %d" % d
@@ -232,6 +256,8 @@ class RNNLayer:
             bhns.append(bhn.astype(dt))
             if proj is not None:
                 Wrs.append(_checked(w.projection, (H, P), "projection", where, dt))
+            if self._kernel.name == "lstm_peep":  # zeros for a direction without them
+                peeps.append(np.zeros((3, H), dt) if peep is None else _checked(peep, (3, H), "peephole", where, dt))
         self.source_parameters = int(given)
         self.input_size, self.units, self.proj_size = I, H, P
         self.output_size = Ho
@@ -247,6 +273,7 @@ class RNNLayer:
         self._bx = _frozen(np.ascontiguousarray(bx))
         self._bhn = _frozen(np.stack(bhns))
         self._Wr = _frozen(np.stack(Wrs) if Wrs else np.zeros((len(weights), 0, 0), dt))
+        self._peep = _frozen(np.stack(peeps)) if peeps else None
         self._pack()
 
     def cell_weights(self):
@@ -263,7 +290,8 @@ class RNNLayer:
         -------
         list of CellWeights
             ``kernel`` (I, G*H), ``recurrent_kernel`` (Ho, G*H), ``bias`` (G*H,),
-            ``recurrent_bias`` (G*H,) or None, ``projection`` (H, P) or None.
+            ``recurrent_bias`` (G*H,) or None, ``projection`` (H, P) or None,
+            ``peephole`` (3, H) or None.
         """
         H, GH = self.units, self._W.shape[2]
         inv = np.argsort(_unit_block_order(H, GH // H, self._ncb))  # undo _convert's order
@@ -280,6 +308,7 @@ class RNNLayer:
                     self._bx[d][inv].copy(),
                     rb,
                     self._Wr[d].copy() if self.proj_size else None,
+                    self._peep[d].copy() if self._peep is not None else None,
                 )
             )
         return out
@@ -291,6 +320,12 @@ class RNNLayer:
             extra += ", reset_after=%s" % self.reset_after
         if self.proj_size:
             extra += ", proj_size=%d" % self.proj_size
+        if self._peep is not None:
+            extra += ", peephole=True"
+        if self.input_forget:
+            extra += ", input_forget=True"
+        if self.clip is not None:
+            extra += ", clip=%g" % self.clip
         if self.go_backwards:
             extra += ", go_backwards=True"
         return "RNNLayer(%s, input_size=%d, units=%d, directions=%d%s, dtype=%s)" % (
@@ -310,6 +345,10 @@ class RNNLayer:
     _PICKLE_DERIVED = ("_Wp", "_Up", "_uses_blas")
     #: Bumped when the pickled state changes meaning; an older pickle is refused.
     _PICKLE_FORMAT = 1
+    #: What a pickle made before these options existed means (format 1 still).
+    clip = None
+    input_forget = False
+    _peep = None
 
     def __getstate__(self):
         """The canonical weights and options, once; no packed copies (see
@@ -382,6 +421,8 @@ class RNNLayer:
                     "input_size",
                     "proj_size",
                     "output_size",
+                    "clip",
+                    "input_forget",
                 )
                 and v != w
             ):
@@ -525,6 +566,9 @@ class RNNLayer:
                 zero_output=bool(zero_output_for_mask),
                 reverse_first=self.go_backwards,
                 plan=plan,
+                peep=self._peep,
+                clip=0.0 if self.clip is None else self.clip,
+                input_forget=self.input_forget,
             )
         return out, h, (c if with_c else None)
 

@@ -49,6 +49,8 @@ ONNX_DTYPES = {
 
 #: Distinct input-shape signatures whose shape arithmetic a model keeps.
 SHAPE_CACHE_SIZE = 64
+#: The size the load-time run gives a symbolic dimension past the first (batch) axis.
+PROBE_STEPS = 16
 
 
 class NodeArg:
@@ -164,6 +166,10 @@ class RecurrentOp(OnnxOp):
         self.options = "%s, layout=%d" % (dirs, self.layout)
         if layer.cell == "gru":
             self.options += ", linear_before_reset=%d" % int(layer.reset_after)
+        if getattr(layer, "clip", None) is not None:
+            self.options += ", clip=%g" % layer.clip
+        if getattr(layer, "input_forget", False):
+            self.options += ", input_forget=1"
 
     def compute(self, args, num_threads):
         x, lens, h0, c0 = args
@@ -841,15 +847,31 @@ class OnnxModel(Summarized):
                 out = [values[k] for k in self._graph.outputs]
             else:
                 out, _ = self._data.run(list(feeds) + list(cached), num_threads)
-        return [np.ascontiguousarray(v) if isinstance(v, np.ndarray) else np.asarray(v) for v in out]
+        return [_contiguous(v) for v in out]
+
+    def _example_feed(self):
+        """Zeros of every input's declared shape, a symbolic or unknown dimension taken
+        as 1 for the first axis and :data:`PROBE_STEPS` elsewhere (one value per
+        symbol: dimensions that share a name share a size)."""
+        sizes, feed = {}, {}
+        for s in self._inputs:
+            shape = []
+            for i, d in enumerate(s["shape"]):
+                if isinstance(d, int):
+                    shape.append(d)
+                elif isinstance(d, str):
+                    shape.append(sizes.setdefault(d, 1 if i == 0 else PROBE_STEPS))
+                else:
+                    shape.append(1 if i == 0 else PROBE_STEPS)
+            feed[s["name"]] = np.zeros(shape, s["dtype"])
+        return feed
 
     def _probe(self):
-        """With every input's shape fixed, run once on zeros: the shape arithmetic is
-        done at load, and ops that do not fit together are found here."""
-        if not self._inputs or not all(isinstance(d, int) for s in self._inputs for d in s["shape"]):
-            return
-        feeds = [np.zeros(s["shape"], s["dtype"]) for s in self._inputs]
-        self._run(feeds, 1)
+        """Run once on zeros (:meth:`_example_feed`): ops that do not fit together are
+        found at load, and with every input's shape fixed the shape arithmetic is done
+        here."""
+        feed = self._example_feed()
+        self._run([feed[n] for n in self.input_names], 1)
 
     # -- describing itself ------------------------------------------------------------
 
@@ -943,6 +965,12 @@ def make_graphs(steps, inputs, outputs, shape_steps):
     frontier = [k for k in dict.fromkeys(k for i in sorted(shape_steps) for k in steps[i].outputs) if k in read and k in made]
     data = Graph(data_steps, list(inputs) + frontier, list(outputs))
     return graph, data, frontier
+
+
+def _contiguous(v):
+    """A C-contiguous array the caller owns (0-d arrays stay 0-d, unlike np.ascontiguousarray)."""
+    v = np.asarray(v)
+    return v if v.flags.c_contiguous and v.flags.writeable else np.array(v, order="C", copy=True)
 
 
 def _frozen(a):

@@ -39,7 +39,9 @@ def _f64(a):
     return None if a is None else np.asarray(a, dtype=np.float64)
 
 
-def run_direction(cell, w, x, h0, c0, mask, zero_output, reverse, act, ract, reset_after):
+def run_direction(
+    cell, w, x, h0, c0, mask, zero_output, reverse, act, ract, reset_after, clip=None, input_forget=False
+):
     """One direction over time-major x (T, B, I). Returns out (T, B, Ho) aligned
     with input time, h_n (B, Ho), c_n (B, H) or None (cells without a cell state).
 
@@ -56,7 +58,7 @@ def run_direction(cell, w, x, h0, c0, mask, zero_output, reverse, act, ract, res
     out = np.zeros((T, B, states[0].shape[1]))
     prev_out = np.zeros_like(states[0])
     for t in range(T - 1, -1, -1) if reverse else range(T):
-        new = step(x[t], states, w, act_fn, ract_fn, reset_after)
+        new = step(x[t], states, w, act_fn, ract_fn, reset_after, clip, input_forget)
         valid = np.ones((B, 1), bool) if mask is None else np.asarray(mask[t], bool)[:, None]
         states = tuple(np.where(valid, n, s) for n, s in zip(new, states))
         h = states[0]
@@ -78,9 +80,13 @@ def run_layer(
     act="tanh",
     ract="sigmoid",
     reset_after=True,
+    clip=None,
+    input_forget=False,
 ):
     """All directions, outputs concatenated (forward first). Returns out, h_n, c_n
-    (None for cells without a cell state)."""
+    (None for cells without a cell state). ``clip`` and ``input_forget`` are ONNX's
+    (:func:`rnnfast.cells.lstm_step`); LSTM peepholes come with the weights
+    (``CellWeights.peephole``)."""
     spec = cells.get(cell)
     x = _f64(x)
     T, B, _ = x.shape
@@ -97,7 +103,9 @@ def run_layer(
         if with_c:
             cd = np.zeros((B, H)) if c0 is None else _f64(c0)[d]
         reverse = d == 1 or go_backwards
-        o, h, c = run_direction(cell, w, x, hd, cd, mask, zero_output, reverse, act, ract, reset_after)
+        o, h, c = run_direction(
+            cell, w, x, hd, cd, mask, zero_output, reverse, act, ract, reset_after, clip, input_forget
+        )
         outs.append(o)
         hs.append(h)
         cs.append(c)

@@ -7,7 +7,7 @@ Run from the repository root (takes a few seconds)::
 Each seed is a small valid file of one loader's format (a few kB; the largest about
 40 kB), named ``<format>-<what>.<ext>``; the format prefix is what the fuzzer groups
 seeds by: ``torchzip``, ``torchlegacy``, ``safetensors``, ``keras`` (.keras archive),
-``keras3h5`` (Keras 3 ``model.save("m.h5")``) and ``keras2h5``. The Keras 2 seeds are
+``keras3h5`` (Keras 3 ``model.save("m.h5")``), ``keras2h5`` and ``onnx``. The Keras 2 seeds are
 copies of two tf.keras fixtures (tests/fixtures/keras2/, written by tf_keras 2.x
 with its own script), since tf_keras is not installed here. Weights are seeded.
 """
@@ -92,12 +92,62 @@ def keras_seeds():
         )
 
 
+def onnx_seeds():
+    """ONNX seeds: PyTorch exports (TorchScript exporter, symbolic batch and time) and
+    an onnx.helper LSTM with peepholes, clip and sequence_lens."""
+    import io
+
+    import onnx
+    import torch
+    from onnx import TensorProto, helper, numpy_helper
+
+    torch.manual_seed(0)
+
+    class Classifier(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(20, 4)
+            self.lstm = torch.nn.LSTM(4, 6, batch_first=True, bidirectional=True)
+            self.fc = torch.nn.Linear(12, 3)
+
+        def forward(self, ids):
+            y, _ = self.lstm(self.emb(ids))
+            return torch.log_softmax(self.fc(y.mean(dim=1)), dim=-1)
+
+    for name, m, x in [
+        ("gru-bi", torch.nn.GRU(3, 4, bidirectional=True, num_layers=2), torch.randn(5, 2, 3)),
+        ("classifier", Classifier(), torch.randint(0, 20, (2, 5))),
+    ]:
+        f = io.BytesIO()
+        torch.onnx.export(m.eval(), (x,), f, dynamo=False, input_names=["x"], dynamic_axes={"x": {0: "a", 1: "b"}})
+        with open(os.path.join(CORPUS, "onnx-%s.onnx" % name), "wb") as out:
+            out.write(f.getvalue())
+    rng = np.random.default_rng(0)
+    H, I = 4, 3
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((1, 4 * H, I)).astype(np.float32), "W"),
+        numpy_helper.from_array(rng.standard_normal((1, 4 * H, H)).astype(np.float32), "R"),
+        numpy_helper.from_array(rng.standard_normal((1, 8 * H)).astype(np.float32), "B"),
+        numpy_helper.from_array(rng.standard_normal((1, 3 * H)).astype(np.float32), "P"),
+    ]
+    node = helper.make_node("LSTM", ["x", "W", "R", "B", "", "", "", "P"], ["y", "h"], hidden_size=H, clip=3.0)
+    g = helper.make_graph(
+        [node, helper.make_node("Relu", ["y"], ["r"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", "B", I])],
+        [helper.make_tensor_value_info("r", TensorProto.FLOAT, None), helper.make_tensor_value_info("h", TensorProto.FLOAT, None)],
+        inits,
+    )
+    onnx.save_model(helper.make_model(g, opset_imports=[helper.make_opsetid("", 14)]), os.path.join(CORPUS, "onnx-lstm-peep.onnx"))
+
+
 def main():
     os.makedirs(CORPUS, exist_ok=True)
     for f in os.listdir(CORPUS):
         os.remove(os.path.join(CORPUS, f))
     torch_seeds()
     keras_seeds()
+    onnx_seeds()
     for f in sorted(os.listdir(CORPUS)):
         print("%8d  %s" % (os.path.getsize(os.path.join(CORPUS, f)), f))
 

@@ -39,6 +39,12 @@ Structure classes of issue 12 (built by ``hostile.py``):
   stray ``weight_hr_l0`` that would make a GRU look like an LSTM with projection);
 - safetensors: the same key spellings, a key given twice in the header;
 - Keras configs: thousands of layers.
+
+ONNX (``onnx-*`` seeds, exported from PyTorch and written with onnx.helper): a node's
+op type, domain, attribute values, inputs and outputs; an initializer's dims, data
+type and raw bytes (cut, grown); external data naming the worker's ``outside/``
+files, ``..``, absolute paths, the case itself, with any offset and length; Loop
+bodies nested 100 to 5000 deep (raw protobuf); 20,000-node chains; graph input dims.
 """
 
 import copy
@@ -54,7 +60,7 @@ from .picklegen import Build, Global, Raw, Reduce, Tensor, TorchDoc, dumps
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CORPUS = os.path.join(HERE, "corpus")
-FORMATS = ("torchzip", "torchlegacy", "safetensors", "keras", "keras3h5", "keras2h5")
+FORMATS = ("torchzip", "torchlegacy", "safetensors", "keras", "keras3h5", "keras2h5", "onnx")
 #: The marker file a code-execution payload would create in the worker's folder.
 MARKER = "PWNED"
 
@@ -1121,6 +1127,7 @@ def case_strategy(fmt, hdf5_bytes=True):
         "keras": KERAS_OP,
         "keras3h5": H5_OP,
         "keras2h5": H5_OP,
+        "onnx": ONNX_OP,
     }[fmt]
     if fmt == "keras" and not hdf5_bytes:
         structured = st.one_of(
@@ -1139,6 +1146,126 @@ def case_strategy(fmt, hdf5_bytes=True):
         st.lists(file_level, max_size=2) if file_level is not None else st.just([]),
         byte_ops,
     )
+
+
+# -- ONNX -------------------------------------------------------------------------------
+
+ONNX_OPS = ["LSTM", "GRU", "RNN", "Loop", "Scan", "If", "DynamicQuantizeLSTM", "Reshape", "Expand",
+            "ConstantOfShape", "Tile", "Range", "Concat", "Gather", "Slice", "Split", "MatMul", "Conv",
+            "Transpose", "Squeeze", "Unsqueeze", "Softmax", "Shape", "Cast", "Where", "Identity"]
+ONNX_LOCATIONS = ["outside/secret.bin", "../outside/secret.bin", "/etc/passwd", "case.bin", "missing.bin",
+                  "outside", ".", "", "..", "outside\\secret.bin"]
+ONNX_OP = st.one_of(
+    st.tuples(st.just("onnx_op"), IDX, st.sampled_from(ONNX_OPS)),
+    st.tuples(st.just("onnx_domain"), IDX, st.sampled_from(["", "ai.onnx", "com.microsoft", "ai.onnx.ml", "x"])),
+    st.tuples(st.just("onnx_attr"), IDX, IDX, INTS),
+    st.tuples(st.just("onnx_attr_drop"), IDX, IDX),
+    st.tuples(st.just("onnx_input"), IDX, IDX, st.sampled_from(["", "missing", "x", "other"])),
+    st.tuples(st.just("onnx_output"), IDX, IDX, st.sampled_from(["", "x", "dup", "other"])),
+    st.tuples(st.just("onnx_dims"), IDX, IDX, INTS),
+    st.tuples(st.just("onnx_dtype"), IDX, st.integers(0, 20)),
+    st.tuples(st.just("onnx_raw"), IDX, st.integers(-64, 64)),
+    st.tuples(st.just("onnx_external"), IDX, st.sampled_from(ONNX_LOCATIONS), INTS, INTS),
+    st.tuples(st.just("onnx_shape"), IDX, IDX, INTS),
+    st.tuples(st.just("onnx_deep"), st.sampled_from([100, 5000])),
+    st.tuples(st.just("onnx_many"), st.sampled_from([300, 20000])),
+)
+
+
+def _pb_field(num, payload):
+    n, out = len(payload), bytearray([num << 3 | 2])
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out) + payload
+
+
+def _i64(v):
+    return (v + (1 << 63)) % (1 << 64) - (1 << 63)
+
+
+def build_onnx(seed, ops):
+    import onnx
+
+    with open(seed, "rb") as f:
+        m = onnx.load_model_from_string(f.read())
+    g = m.graph
+    extra = b""
+    for op in ops:
+        kind = op[0]
+        nodes, inits = g.node, g.initializer
+        if kind == "onnx_deep":
+            graph = b""
+            for _ in range(op[1]):
+                attr = _pb_field(1, b"body") + _pb_field(6, graph) + bytes([0xA0, 0x01, 5])
+                graph = _pb_field(1, _pb_field(4, b"Loop") + _pb_field(5, attr))
+            extra = graph  # appended to the graph's own bytes: one more (deep) node
+        elif kind == "onnx_many":
+            prev = g.input[0].name if len(g.input) else "x"
+            for i in range(op[1]):
+                g.node.add(op_type="Identity", input=[prev], output=["many%d" % i])
+                prev = "many%d" % i
+        elif kind in ("onnx_op", "onnx_domain", "onnx_attr", "onnx_attr_drop", "onnx_input", "onnx_output") and nodes:
+            n = nodes[op[1] % len(nodes)]
+            if kind == "onnx_op":
+                n.op_type = op[2]
+            elif kind == "onnx_domain":
+                n.domain = op[2]
+            elif kind == "onnx_attr" and n.attribute:
+                a = n.attribute[op[2] % len(n.attribute)]
+                if a.type == onnx.AttributeProto.INT:
+                    a.i = _i64(op[3])
+                elif a.type == onnx.AttributeProto.FLOAT:
+                    a.f = float(op[3])
+                elif a.type == onnx.AttributeProto.INTS:
+                    a.ints.append(_i64(op[3]))
+                elif a.type == onnx.AttributeProto.STRING:
+                    a.s = str(op[3]).encode()
+                elif a.type == onnx.AttributeProto.TENSOR and len(a.t.dims):
+                    a.t.dims[0] = _i64(op[3])
+            elif kind == "onnx_attr_drop" and n.attribute:
+                del n.attribute[op[2] % len(n.attribute)]
+            elif kind == "onnx_input":
+                names = {"x": g.input[0].name if len(g.input) else "x", "other": nodes[-1].output[0] if nodes[-1].output else ""}
+                v = names.get(op[3], op[3])
+                if n.input:
+                    n.input[op[2] % len(n.input)] = v
+                else:
+                    n.input.append(v)
+            elif kind == "onnx_output" and n.output:
+                names = {"x": g.input[0].name if len(g.input) else "x", "dup": nodes[0].output[0] if nodes[0].output else "", "other": g.output[0].name}
+                n.output[op[2] % len(n.output)] = names.get(op[3], op[3])
+        elif kind in ("onnx_dims", "onnx_dtype", "onnx_raw", "onnx_external") and inits:
+            t = inits[op[1] % len(inits)]
+            if kind == "onnx_dims":
+                if t.dims:
+                    t.dims[op[2] % len(t.dims)] = _i64(op[3])
+                else:
+                    t.dims.append(_i64(op[3]))
+            elif kind == "onnx_dtype":
+                t.data_type = op[2]
+            elif kind == "onnx_raw":
+                t.raw_data = t.raw_data[: max(0, len(t.raw_data) + op[2])] if op[2] < 0 else t.raw_data + b"\0" * op[2]
+            else:
+                t.ClearField("raw_data")
+                t.data_location = onnx.TensorProto.EXTERNAL
+                del t.external_data[:]
+                t.external_data.add(key="location", value=op[2])
+                t.external_data.add(key="offset", value=str(op[3]))
+                t.external_data.add(key="length", value=str(op[4]))
+        elif kind == "onnx_shape" and len(g.input):
+            vi = g.input[op[1] % len(g.input)]
+            dims = vi.type.tensor_type.shape.dim
+            if dims:
+                dims[op[2] % len(dims)].dim_value = op[3] % (1 << 63)
+    data = m.SerializeToString()
+    if extra:  # the deep node goes into the graph (ModelProto field 7): re-frame it
+        graph = m.graph.SerializeToString() + extra
+        m.ClearField("graph")
+        data = m.SerializeToString() + _pb_field(7, graph)
+    return data
 
 
 def build_case(fmt, case):
@@ -1160,6 +1287,8 @@ def _build_case(fmt, case):
         data = build_safetensors(seed, ops)
     elif fmt == "keras":
         data = build_keras(seed, ops, file_ops)
+    elif fmt == "onnx":
+        data = build_onnx(seed, ops)
     else:
         data = build_h5(seed, ops)
     return apply_bytes(data, byte_ops)

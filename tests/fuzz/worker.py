@@ -31,6 +31,11 @@ def _limit_memory():
 
 
 def _run_model(rnnfast, np, model):
+    if isinstance(model, rnnfast.OnnxModel):  # the inputs its load-time run used
+        if not model._shape_cache:
+            return False  # inputs too large for the load-time run: not run here either
+        model.run(None, model._example_feed())
+        return True
     if isinstance(model, rnnfast.TorchRNN):
         x = np.linspace(-1, 1, 3 * 2 * model.input_size).reshape(3, 2, model.input_size)
         out = model(x)

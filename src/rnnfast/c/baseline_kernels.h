@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "enums.h"
+#include "blas.h"
 #include "kernels.h"
 #include "layout.h"
 #include "mathfun.h"
@@ -28,27 +29,13 @@
 
 static int rnn_cpu_has_baseline(void) { return 1; }
 
-static const rnn_kernels rnn_kernels_baseline = {
-    .f = {
-        .activate = rnn_activate_f_baseline,
-        .gru_ra = rnn_gru_ra_f_baseline,
-        .gru_rb_gates = rnn_gru_rb_gates_f_baseline,
-        .gru_rb_update = rnn_gru_rb_update_f_baseline,
-        .lstm = rnn_lstm_f_baseline,
-        .simple = rnn_simple_f_baseline,
-        .gemm_packed = rnn_gemm_packed_f_baseline,
-        .packed_projection = 0,         /* BLAS is faster for large products */
-    },
-    .d = {
-        .activate = rnn_activate_d_baseline,
-        .gru_ra = rnn_gru_ra_d_baseline,
-        .gru_rb_gates = rnn_gru_rb_gates_d_baseline,
-        .gru_rb_update = rnn_gru_rb_update_d_baseline,
-        .lstm = rnn_lstm_d_baseline,
-        .simple = rnn_simple_d_baseline,
-        .gemm_packed = rnn_gemm_packed_d_baseline,
-        .packed_projection = 0,
-    },
-};
+/* its table, generated from the cell list (kernel_table.template.h) */
+#define ISA_SUFFIX baseline
+#define RNN_PACKED_PROJECTION_F 0     /* BLAS is faster for large products */
+#define RNN_PACKED_PROJECTION_D 0
+#include "kernel_table.template.h"
+#undef RNN_PACKED_PROJECTION_D
+#undef RNN_PACKED_PROJECTION_F
+#undef ISA_SUFFIX
 
 #endif /* RNNFAST_BASELINE_KERNELS_H */

@@ -10,7 +10,8 @@
  *                  RNN_INAME(vtanh), RNN_INAME(vsigmoid) (return the elements done),
  *                  RNN_INAME(fused_gru), RNN_INAME(fused_lstm) (return 1 when they did
  *                  the whole step): see x86/avx512_cellmath.h; 0 otherwise.
- * Needs mathfun.h and enums.h.
+ * Needs mathfun.h, enums.h, kernels.h (the argument struct) and blas.h (the products of
+ * the cells that make their own).
  *
  * Design: the products of a time step are done by the caller (engine.template.h);
  * everything element-wise that follows them -- adding the input projection, the gate
@@ -21,7 +22,10 @@
  * row: 0 means a masked step for that row: its state is carried over unchanged.
  *
  * A cell is (input, hidden, params) -> hidden: each function below is one cell's
- * step; the loop over time is the engine's.
+ * step, named in the cell list (cells.def.h), taking the one argument struct
+ * RNN_TNAME(cell_args) (kernels.template.h); the loop over time is the engine's.
+ * `a->clip` > 0 clips every gate pre-activation to [-clip, clip] before its activation
+ * (ONNX `clip`); the fused fast paths run only without it.
  *
  * Rows (b) and vector lengths (act's n) are long. The loops over a row's units (j)
  * count in int: H units come with G*H*H recurrent weights, far below 2**31 units, and
@@ -87,6 +91,24 @@ RNN_INLINE void RNN_INAME(act)(int kind, TYPE *v, long n)
     }
 }
 
+/* v[0:n] = min(max(v[0:n], -clip), clip): ONNX's cell clip, before an activation. */
+RNN_INLINE void RNN_INAME(clip)(TYPE clip, TYPE *v, long n)
+{
+    long j;
+    for (j = 0; j < n; j++) {
+        TYPE a = v[j] < -clip ? -clip : v[j];
+        v[j] = a > clip ? clip : a;
+    }
+}
+
+/* clip (when > 0), then act, in place. */
+RNN_INLINE void RNN_INAME(clip_act)(TYPE clip, int kind, TYPE *v, long n)
+{
+    if (clip > (TYPE)0)
+        RNN_INAME(clip)(clip, v, n);
+    RNN_INAME(act)(kind, v, n);
+}
+
 /* The activation exactly as the kernels apply it (also the test hook). */
 static void RNN_INAME(activate)(int kind, TYPE *v, long n) { RNN_INAME(act)(kind, v, n); }
 
@@ -95,66 +117,63 @@ static void RNN_INAME(activate)(int kind, TYPE *v, long n) { RNN_INAME(act)(kind
  *   (3) n = act(xp_h + r * (gh_h + bhn))  (4) h = z * h + (1 - z) * n
  * xp already holds x W + b (all gates) and the z, r parts of the recurrent bias;
  * gh = h_prev U; bhn is the candidate's recurrent bias. tmp: 3H scratch. */
-static void RNN_INAME(gru_ra)(long nrows, long H, const TYPE *xp, long ldxp,
-                              const TYPE *gh, long ldgh, const TYPE *bhn, TYPE *h, long ldh,
-                              const unsigned char *valid, TYPE *tmp, int act, int ract)
+static void RNN_INAME(gru_ra)(const RNN_TNAME(cell_args) *a)
 {
-    long b;
+    long b, nrows = a->nrows, H = a->H;
     int j;
+    const TYPE *bhn = a->bhn;
+    TYPE *tmp = a->tmp;
 #if CELLMATH_FAST
-    if (ract == RNN_ACT_SIGMOID && act == RNN_ACT_TANH
-        && RNN_INAME(fused_gru)(nrows, H, xp, ldxp, gh, ldgh, bhn, h, ldh, valid))
+    if (a->ract == RNN_ACT_SIGMOID && a->act == RNN_ACT_TANH && a->clip == (TYPE)0
+        && RNN_INAME(fused_gru)(nrows, H, a->xp, a->ldxp, a->gh, a->ldgh, bhn, a->h, a->ldh,
+                                a->valid))
         return;
 #endif
     for (b = 0; b < nrows; b++) {
-        if (valid && !valid[b]) continue;
-        const TYPE *x = xp + b * ldxp, *g = gh + b * ldgh;
-        TYPE *hb = h + b * ldh, *n = tmp + 2 * H;
+        if (a->valid && !a->valid[b]) continue;
+        const TYPE *x = a->xp + b * a->ldxp, *g = a->gh + b * a->ldgh;
+        TYPE *hb = a->h + b * a->ldh, *n = tmp + 2 * H;
         for (j = 0; j < 2 * H; j++) tmp[j] = x[j] + g[j];
-        RNN_INAME(act)(ract, tmp, 2 * H);
+        RNN_INAME(clip_act)(a->clip, a->ract, tmp, 2 * H);
         for (j = 0; j < H; j++) n[j] = x[2 * H + j] + tmp[H + j] * (g[2 * H + j] + bhn[j]);
-        RNN_INAME(act)(act, n, H);
+        RNN_INAME(clip_act)(a->clip, a->act, n, H);
         for (j = 0; j < H; j++) hb[j] = tmp[j] * hb[j] + ((TYPE)1 - tmp[j]) * n[j];
     }
 }
 
-/* GRU, reset-before (Keras reset_after=False; Cho et al. 2014), first half:
- *   (1) z = ract(xp_z + gzr_z)  (2) r = ract(xp_r + gzr_r)  -> zr[b, 0:2H]
- *   (3) rh = r * h_prev          -> rh[b, 0:H], for the caller's product rh U_h.
- * Masked rows get rh = 0 (their product is computed but never used). */
-static void RNN_INAME(gru_rb_gates)(long nrows, long H, const TYPE *xp, long ldxp,
-                                    const TYPE *gzr, long ldg, const TYPE *h, long ldh,
-                                    const unsigned char *valid, TYPE *zr, TYPE *rh, int ract)
+/* GRU, reset-before (Keras reset_after=False; Cho et al. 2014), one step for nrows rows
+ * of the whole layer (gate-major columns), making its own products by BLAS:
+ *   (1) gzr = h_prev U_zr  (2) z = ract(xp_z + gzr_z)  (3) r = ract(xp_r + gzr_r)
+ *   (4) ghh = (r * h_prev) U_h   (5) n = act(xp_h + ghh)   (6) h = z * h + (1 - z) * n.
+ * Masked rows get r * h = 0 (their product is computed but never used). work: nrows *
+ * 4H (zr: 2H, rh: H, ghh: H per row); tmp: H. */
+static void RNN_INAME(gru_rb)(const RNN_TNAME(cell_args) *a)
 {
-    long b;
+    long b, nrows = a->nrows, H = a->H;
     int j;
+    TYPE *zr = a->work, *rh = zr + nrows * 2 * H, *g2 = rh + nrows * H, *tmp = a->tmp;
+    /* gzr into zr, then the gates in place */
+    RNN_TNAME(gemm_rm)((int)nrows, (int)(2 * H), (int)H, 1, a->h, (int)a->ldh, a->U, (int)a->ldu, 0,
+                       zr, (int)(2 * H));
     for (b = 0; b < nrows; b++) {
         TYPE *z = zr + b * 2 * H, *o = rh + b * H;
-        if (valid && !valid[b]) {
+        if (a->valid && !a->valid[b]) {
             for (j = 0; j < H; j++) o[j] = (TYPE)0;
             continue;
         }
-        const TYPE *x = xp + b * ldxp, *g = gzr + b * ldg, *hb = h + b * ldh;
-        for (j = 0; j < 2 * H; j++) z[j] = x[j] + g[j];
-        RNN_INAME(act)(ract, z, 2 * H);
+        const TYPE *x = a->xp + b * a->ldxp, *hb = a->h + b * a->ldh;
+        for (j = 0; j < 2 * H; j++) z[j] = x[j] + z[j];
+        RNN_INAME(clip_act)(a->clip, a->ract, z, 2 * H);
         for (j = 0; j < H; j++) o[j] = z[H + j] * hb[j];
     }
-}
-
-/* GRU, reset-before, second half, with ghh = (r * h_prev) U_h:
- *   (4) n = act(xp_h + ghh)   (5) h = z * h + (1 - z) * n.  tmp: H scratch. */
-static void RNN_INAME(gru_rb_update)(long nrows, long H, const TYPE *xp, long ldxp,
-                                     const TYPE *ghh, long ldg, const TYPE *zr, TYPE *h, long ldh,
-                                     const unsigned char *valid, TYPE *tmp, int act)
-{
-    long b;
-    int j;
+    RNN_TNAME(gemm_rm)((int)nrows, (int)H, (int)H, 1, rh, (int)H, a->U + 2 * H, (int)a->ldu, 0, g2,
+                       (int)H);
     for (b = 0; b < nrows; b++) {
-        if (valid && !valid[b]) continue;
-        const TYPE *x = xp + b * ldxp + 2 * H, *g = ghh + b * ldg, *z = zr + b * 2 * H;
-        TYPE *hb = h + b * ldh;
+        if (a->valid && !a->valid[b]) continue;
+        const TYPE *x = a->xp + b * a->ldxp + 2 * H, *g = g2 + b * H, *z = zr + b * 2 * H;
+        TYPE *hb = a->h + b * a->ldh;
         for (j = 0; j < H; j++) tmp[j] = x[j] + g[j];
-        RNN_INAME(act)(act, tmp, H);
+        RNN_INAME(clip_act)(a->clip, a->act, tmp, H);
         for (j = 0; j < H; j++) hb[j] = z[j] * hb[j] + ((TYPE)1 - z[j]) * tmp[j];
     }
 }
@@ -162,46 +181,87 @@ static void RNN_INAME(gru_rb_update)(long nrows, long H, const TYPE *xp, long ld
 /* LSTM, one step:  g = xp + gh  (gates i, f, c, o)
  *   (1) i = ract(g_i) (2) f = ract(g_f) (3) o = ract(g_o) (4) u = act(g_c)
  *   (5) c = f * c + i * u   (6) m = o * act(c)
- * m is written to `m` (the hidden state itself, or the input of the projection
+ * m is written to `h` (the hidden state itself, or the input of the projection
  * h = m W_hr done by the caller). tmp: 4H scratch. */
-static void RNN_INAME(lstm)(long nrows, long H, const TYPE *xp, long ldxp, const TYPE *gh,
-                            long ldgh, TYPE *c, long ldc, TYPE *m, long ldm,
-                            const unsigned char *valid, TYPE *tmp, int act, int ract)
+static void RNN_INAME(lstm)(const RNN_TNAME(cell_args) *a)
 {
-    long b;
+    long b, nrows = a->nrows, H = a->H;
     int j;
+    TYPE *tmp = a->tmp;
 #if CELLMATH_FAST
-    if (ract == RNN_ACT_SIGMOID && act == RNN_ACT_TANH
-        && RNN_INAME(fused_lstm)(nrows, H, xp, ldxp, gh, ldgh, c, ldc, m, ldm, valid))
+    if (a->ract == RNN_ACT_SIGMOID && a->act == RNN_ACT_TANH && a->clip == (TYPE)0
+        && RNN_INAME(fused_lstm)(nrows, H, a->xp, a->ldxp, a->gh, a->ldgh, a->c, a->ldc, a->h,
+                                 a->ldh, a->valid))
         return;
 #endif
     for (b = 0; b < nrows; b++) {
-        if (valid && !valid[b]) continue;
-        const TYPE *x = xp + b * ldxp, *g = gh + b * ldgh;
-        TYPE *cb = c + b * ldc, *mb = m + b * ldm;
+        if (a->valid && !a->valid[b]) continue;
+        const TYPE *x = a->xp + b * a->ldxp, *g = a->gh + b * a->ldgh;
+        TYPE *cb = a->c + b * a->ldc, *mb = a->h + b * a->ldh;
         TYPE *gi = tmp, *gf = tmp + H, *gc = tmp + 2 * H, *go = tmp + 3 * H;
         for (j = 0; j < 4 * H; j++) tmp[j] = x[j] + g[j];
-        RNN_INAME(act)(ract, gi, 2 * H);
-        RNN_INAME(act)(ract, go, H);
-        RNN_INAME(act)(act, gc, H);
+        RNN_INAME(clip_act)(a->clip, a->ract, gi, 2 * H);
+        RNN_INAME(clip_act)(a->clip, a->ract, go, H);
+        RNN_INAME(clip_act)(a->clip, a->act, gc, H);
         for (j = 0; j < H; j++) cb[j] = gf[j] * cb[j] + gi[j] * gc[j];
         for (j = 0; j < H; j++) gc[j] = cb[j];
-        RNN_INAME(act)(act, gc, H);
+        RNN_INAME(act)(a->act, gc, H);
         for (j = 0; j < H; j++) mb[j] = go[j] * gc[j];
     }
 }
 
 /* SimpleRNN, one step: (1) h = act(xp + gh). */
-static void RNN_INAME(simple)(long nrows, long H, const TYPE *xp, long ldxp, const TYPE *gh,
-                              long ldgh, TYPE *h, long ldh, const unsigned char *valid, int act)
+static void RNN_INAME(simple)(const RNN_TNAME(cell_args) *a)
 {
-    long b;
+    long b, nrows = a->nrows, H = a->H;
     int j;
     for (b = 0; b < nrows; b++) {
-        if (valid && !valid[b]) continue;
-        const TYPE *x = xp + b * ldxp, *g = gh + b * ldgh;
-        TYPE *hb = h + b * ldh;
+        if (a->valid && !a->valid[b]) continue;
+        const TYPE *x = a->xp + b * a->ldxp, *g = a->gh + b * a->ldgh;
+        TYPE *hb = a->h + b * a->ldh;
         for (j = 0; j < H; j++) hb[j] = x[j] + g[j];
-        RNN_INAME(act)(act, hb, H);
+        RNN_INAME(clip_act)(a->clip, a->act, hb, H);
+    }
+}
+
+/* LSTM as ONNX has it: peepholes, the coupled input and forget gates, and (like every
+ * cell here) the cell clip. One step, g = xp + gh (gates i, f, c, o), c_prev the old c:
+ *   (1) i = ract(clip(g_i + p_i * c_prev))
+ *   (2) f = 1 - i with input_forget, else ract(clip(g_f + p_f * c_prev))
+ *   (3) u = act(clip(g_c))      (4) c = f * c_prev + i * u
+ *   (5) o = ract(clip(g_o + p_o * c))   (the new c)   (6) m = o * act(c)
+ * p = a->peep: (3, H) rows i, f, o, ldpeep apart; NULL: no peepholes. m is written to
+ * `h` as in rnn_lstm. tmp: 4H scratch. */
+static void RNN_INAME(lstm_peep)(const RNN_TNAME(cell_args) *a)
+{
+    long b, nrows = a->nrows, H = a->H;
+    int j;
+    TYPE *tmp = a->tmp;
+    const TYPE *pi = a->peep;
+    const TYPE *pf = pi != NULL ? pi + a->ldpeep : NULL, *po = pi != NULL ? pi + 2 * a->ldpeep : NULL;
+    for (b = 0; b < nrows; b++) {
+        if (a->valid && !a->valid[b]) continue;
+        const TYPE *x = a->xp + b * a->ldxp, *g = a->gh + b * a->ldgh;
+        TYPE *cb = a->c + b * a->ldc, *mb = a->h + b * a->ldh;
+        TYPE *gi = tmp, *gf = tmp + H, *gc = tmp + 2 * H, *go = tmp + 3 * H;
+        for (j = 0; j < 4 * H; j++) tmp[j] = x[j] + g[j];
+        if (a->peep != NULL)
+            for (j = 0; j < H; j++) gi[j] += pi[j] * cb[j];
+        RNN_INAME(clip_act)(a->clip, a->ract, gi, H);
+        if (a->input_forget) {
+            for (j = 0; j < H; j++) gf[j] = (TYPE)1 - gi[j];
+        } else {
+            if (a->peep != NULL)
+                for (j = 0; j < H; j++) gf[j] += pf[j] * cb[j];
+            RNN_INAME(clip_act)(a->clip, a->ract, gf, H);
+        }
+        RNN_INAME(clip_act)(a->clip, a->act, gc, H);
+        for (j = 0; j < H; j++) cb[j] = gf[j] * cb[j] + gi[j] * gc[j];
+        if (a->peep != NULL)
+            for (j = 0; j < H; j++) go[j] += po[j] * cb[j];
+        RNN_INAME(clip_act)(a->clip, a->ract, go, H);
+        for (j = 0; j < H; j++) gc[j] = cb[j];
+        RNN_INAME(act)(a->act, gc, H);
+        for (j = 0; j < H; j++) mb[j] = go[j] * gc[j];
     }
 }

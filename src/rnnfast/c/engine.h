@@ -68,6 +68,8 @@ typedef struct {
     int reverse_first;          /* direction 0 runs backward (go_backwards) */
     int bfirst;                 /* x and out are batch-major (row b*T + t) */
     int zero_output;            /* masked steps output zeros (else the last output) */
+    double clip;                /* > 0: gate pre-activations clipped to [-clip, clip]; 0: none */
+    int input_forget;           /* LSTM: f = 1 - i */
 } rnn_shape;
 
 /* How it runs: a function of the shapes only, never of the thread count (but the
@@ -91,6 +93,7 @@ typedef struct {
     const void *Up;             /* U packed, or NULL: GRU reset-before and LSTM with projection */
     const void *bhn;            /* (ndir, H) GRU reset-after: the candidate's recurrent bias */
     const void *Wr;             /* (ndir, H, P) LSTM projection, or NULL */
+    const void *peep;           /* (ndir, 3, H) LSTM peepholes (i, f, o), or NULL */
 } rnn_weights;
 
 /* The buffers: the input, the mask, the outputs and the states. */
@@ -100,7 +103,38 @@ typedef struct {
     void *out;                  /* (T*B, ndir*Ho), rows as x's; or NULL */
     void *h;                    /* (ndir, B, Ho) IN/OUT: initial -> final state */
     void *c;                    /* (ndir, B, H) IN/OUT: LSTM cell state; else NULL */
+    const long *active;         /* (T,) right padding: the rows valid at step t are the first
+                                 * active[t] (rows sorted by length, longest first), and the
+                                 * mask says the same; or NULL. Rows past them drop out of
+                                 * the step's products and gate math (cells with packed
+                                 * products, no projection) and of the packed projection. */
 } rnn_buffers;
+
+/* The cells' properties, from the cell list (cells.def.h). */
+static const struct {
+    const char *name;           /* its CODE: "GRU" for RNN_CELL_GRU */
+    long gates, states;
+    int packed, in_place;
+} rnn_cells[RNN_CELL_COUNT] = {
+#define RNN_CELL(CODE, name, gates, states, packed, in_place) [RNN_CELL_##CODE] = {#CODE, gates, states, packed, in_place},
+#include "cells.def.h"
+#undef RNN_CELL
+};
+
+/* Gates per unit of a cell: the columns of its weights are gates * H. */
+static inline long rnn_cell_gates(rnn_cell cell) { return rnn_cells[cell].gates; }
+
+/* States of a cell: 1 (h) or 2 (h, c). */
+static inline long rnn_cell_states(rnn_cell cell) { return rnn_cells[cell].states; }
+
+/* 1 when a cell's per-step product runs on packed weights (else it makes its own). */
+static inline int rnn_cell_packed(rnn_cell cell) { return rnn_cells[cell].packed; }
+
+/* 1 when a cell's gate math updates the state in place. */
+static inline int rnn_cell_in_place(rnn_cell cell) { return rnn_cells[cell].in_place; }
+
+/* A cell's CODE ("GRU_RB"), for Python's names of the codes. */
+static inline const char *rnn_cell_name(rnn_cell cell) { return rnn_cells[cell].name; }
 
 /* The row of (time t, batch b) in the input and the output: t*B + b, or b*T + t when
  * they are batch-major. */

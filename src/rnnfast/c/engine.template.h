@@ -15,10 +15,22 @@ typedef struct {
     long ldo;                   /* the output's row stride: ndir * Ho */
     long nchunks;               /* chunks of p.chunk steps */
     long lwp, lup;              /* values per direction of the packed W and U */
-    const TYPE *x, *W, *Wp, *bx, *U, *Up, *bhn, *Wr;
+    const TYPE *x, *W, *Wp, *bx, *U, *Up, *bhn, *Wr, *peep;
     const unsigned char *mask;
+    const long *active;         /* io->active where the cell can use it, else NULL */
     TYPE *out, *h, *c;
 } RNN_TNAME(call);
+
+/* Of the nb rows from b0, those that step at time t: all of them, or with right
+ * padding (c->active) the ones before the first row that has ended. */
+static inline long RNN_TNAME(live_rows)(const RNN_TNAME(call) *c, long t, long b0, long nb)
+{
+    long n;
+    if (c->active == NULL)
+        return nb;
+    n = c->active[t] - b0;
+    return n < 0 ? 0 : (n > nb ? nb : n);
+}
 
 /* xp[0:n, 0:N] = x[0:n] @ W[:, 0:N] + bx[0:N] for n input rows ldx apart, on the packed
  * W when there is one (Wp: these N columns packed), else by BLAS (W, row stride ldw). */
@@ -37,27 +49,43 @@ static void RNN_TNAME(project_rows)(long n, long In, const TYPE *x, long ldx, co
                        (int)ldxp);
 }
 
-/* The fused gate math of one unit block of nb rows: GRU (reset-after), LSTM without
- * projection, or SimpleRNN. Gates of the block are contiguous: [g0(hb), g1(hb), ...]. */
-static inline void RNN_TNAME(cell_block)(const rnn_shape *s, long nb, long hb,
+/* The gate math of one step of cell c->s.cell for nb rows of direction d: the unit
+ * block of hb units from unit j0 (the whole layer for the cells that make their own
+ * products: then U is the direction's recurrent weights and work its scratch). Gates
+ * of the block are contiguous: [g0(hb), g1(hb), ...]. */
+static inline void RNN_TNAME(cell_block)(const RNN_TNAME(call) *c, long d, long j0, long nb, long hb,
                                          const TYPE *xr, long ldxp,  /* IN  the block's projection */
-                                         const TYPE *gh, long ldgh,  /* IN  the block's h U */
-                                         const TYPE *bhn,            /* IN  (hb,) GRU candidate bias */
+                                         const TYPE *gh, long ldgh,  /* IN  the block's h U, or NULL */
+                                         const TYPE *U,              /* IN  or the recurrent weights */
                                          TYPE *h, long ldh,          /* IN/OUT the block's state */
-                                         TYPE *c, long ldc,          /* IN/OUT LSTM cell state */
-                                         const unsigned char *valid, TYPE *tmp)
+                                         TYPE *cs, long ldc,         /* IN/OUT LSTM cell state */
+                                         const unsigned char *valid, TYPE *tmp, TYPE *work)
 {
-    switch (s->cell) {
-    case RNN_CELL_GRU:
-        RNN_TNAME(gru_ra)(nb, hb, xr, ldxp, gh, ldgh, bhn, h, ldh, valid, tmp, s->act, s->ract);
-        break;
-    case RNN_CELL_LSTM:
-        RNN_TNAME(lstm)(nb, hb, xr, ldxp, gh, ldgh, c, ldc, h, ldh, valid, tmp, s->act, s->ract);
-        break;
-    default:
-        RNN_TNAME(simple)(nb, hb, xr, ldxp, gh, ldgh, h, ldh, valid, s->act);
-        break;
-    }
+    const rnn_shape *s = &c->s;
+    RNN_TNAME(cell_args) a;
+    a.nrows = nb;
+    a.H = hb;
+    a.xp = xr;
+    a.ldxp = ldxp;
+    a.gh = gh;
+    a.ldgh = ldgh;
+    a.bhn = c->bhn + d * s->H + j0;
+    a.peep = c->peep != NULL ? c->peep + d * 3 * s->H + j0 : NULL;
+    a.ldpeep = s->H;
+    a.U = U;
+    a.ldu = c->GH;
+    a.h = h;
+    a.ldh = ldh;
+    a.c = cs;
+    a.ldc = ldc;
+    a.valid = valid;
+    a.tmp = tmp;
+    a.work = work;
+    a.clip = (TYPE)s->clip;
+    a.act = s->act;
+    a.ract = s->ract;
+    a.input_forget = s->input_forget;
+    RNN_TNAME(cell_step)(s->cell, &a);
 }
 
 /* ==== the item strategy: (direction, batch block) work items, no per-step barrier ==== */
@@ -79,6 +107,21 @@ static void RNN_TNAME(item_project)(const RNN_TNAME(call) *c, long d, long tlo, 
         const TYPE *wpb = Wp != NULL ? Wp + rnn_packed_offset(In, H, G, ncb, cb) : NULL;
         j0 = G * rnn_block_start(H, ncb, cb);
         nc = G * rnn_block_start(H, ncb, cb + 1) - j0;
+        if (c->active != NULL && wpb != NULL) {
+            /* right padding: only the rows that step, one time step at a time (each row
+             * of the packed product is the same whatever the rows around it) */
+            for (r = r0; r < r1; r += n) {
+                t = tlo + r / B;
+                b = r % B;
+                n = B - b < r1 - r ? B - b : r1 - r;
+                long live = RNN_TNAME(live_rows)(c, t, b, n);
+                if (live > 0)
+                    RNN_TNAME(project_rows)(live, In, c->x + rnn_row(t, b, T, B, s->bfirst) * In,
+                                            s->bfirst ? T * In : In, W + j0, GH, wpb, bx + j0, nc,
+                                            xp + r * GH + j0, GH);
+            }
+            continue;
+        }
         if (!s->bfirst || B == 1) {
             RNN_TNAME(project_rows)(r1 - r0, In, c->x + (tlo * B + r0) * In, In, W + j0, GH, wpb,
                                     bx + j0, nc, xp + r0 * GH + j0, GH);
@@ -108,7 +151,7 @@ static int RNN_TNAME(item_run)(const RNN_TNAME(call) *c, long d, long b0, long n
     long ncb = c->p.ncb;
     int rev = d == 1 || s->reverse_first;
     long tlo = rev ? T - s1 : s0;
-    const TYPE *U = c->U + d * Ho * GH, *bhn = c->bhn + d * H;
+    const TYPE *U = c->U + d * Ho * GH;
     const TYPE *Up = c->Up != NULL ? c->Up + d * c->lup : NULL;
     const TYPE *Wr = c->Wr != NULL ? c->Wr + d * H * P : NULL;
     TYPE *out = c->out != NULL ? c->out + d * Ho : NULL;
@@ -124,10 +167,8 @@ static int RNN_TNAME(item_run)(const RNN_TNAME(call) *c, long d, long b0, long n
         return RNN_ERR_NOMEM;
     TYPE *gh = buf;                  /* (nb, GH) h U */
     TYPE *tmp = gh + ngh;            /* 4H: the gate math's scratch */
-    TYPE *zr = tmp + 4 * H;          /* (nb, 2H) GRU reset-before: z, r */
-    TYPE *rh = zr + nb * 2 * H;      /* (nb, H)  ... r * h */
-    TYPE *g2 = rh + nb * H;          /* (nb, H)  ... (r * h) U_h */
-    TYPE *m = g2 + nb * H;           /* (nb, H)  LSTM with projection: o * act(c) */
+    TYPE *zr = tmp + 4 * H;          /* (nb, 4H) the work of a cell making its own products */
+    TYPE *m = zr + nb * 4 * H;       /* (nb, H)  LSTM with projection: o * act(c) */
     TYPE *hp = m + nb * H;           /* (nb, P)  ... m Wr */
 
     for (st = s0; st < s1; st++) {
@@ -135,27 +176,25 @@ static int RNN_TNAME(item_run)(const RNN_TNAME(call) *c, long d, long b0, long n
         t = rev ? T - 1 - st : st;
         xr = xp + ((t - tlo) * B + b0) * GH;
         valid = c->mask != NULL ? c->mask + t * B + b0 : NULL;
-        if (s->cell == RNN_CELL_GRU_RB) {
-            /* reset-before needs r before its second product: gate-major layout (ncb == 1) */
-            RNN_TNAME(gemm_rm)((int)nb, (int)(2 * H), (int)Ho, 1, h, (int)Ho, U, (int)GH, 0, gh,
-                               (int)(2 * H));
-            RNN_TNAME(gru_rb_gates)(nb, H, xr, GH, gh, 2 * H, h, Ho, valid, zr, rh, s->ract);
-            RNN_TNAME(gemm_rm)((int)nb, (int)H, (int)H, 1, rh, (int)H, U + 2 * H, (int)GH, 0, g2,
-                               (int)H);
-            RNN_TNAME(gru_rb_update)(nb, H, xr, GH, g2, H, zr, h, Ho, valid, tmp, s->act);
-        } else if (s->cell == RNN_CELL_LSTM && Wr != NULL) {
+        if (Wr != NULL) {
             /* projection: m for all units first, then h = m Wr (gate-major layout, ncb == 1) */
             RNN_TNAME(gemm_rm)((int)nb, (int)GH, (int)Ho, 1, h, (int)Ho, U, (int)GH, 0, gh, (int)GH);
-            RNN_TNAME(lstm)(nb, H, xr, GH, gh, GH, cs, H, m, H, valid, tmp, s->act, s->ract);
+            RNN_TNAME(cell_block)(c, d, 0, nb, H, xr, GH, gh, GH, NULL, m, H, cs, H, valid, tmp, zr);
             RNN_TNAME(gemm_rm)((int)nb, (int)P, (int)H, 1, m, (int)H, Wr, (int)P, 0, hp, (int)P);
             RNN_TNAME(copy_rows)(nb, P, hp, P, h, Ho, valid);
+        } else if (!rnn_cell_packed(s->cell)) {
+            /* a cell that makes its own products (GRU reset-before: r before its second
+             * product; gate-major layout, ncb == 1) */
+            RNN_TNAME(cell_block)(c, d, 0, nb, H, xr, GH, NULL, 0, U, h, Ho, cs, H, valid, tmp, zr);
         } else {
-            /* every block's product reads the old state: all products first, then the steps */
+            /* every block's product reads the old state: all products first, then the
+             * steps; with right padding only for the rows that step (na) */
+            long na = RNN_TNAME(live_rows)(c, t, b0, nb);
             t1 = rnn_tick();
             for (cb = 0; cb < ncb; cb++) {
                 j0 = rnn_block_start(H, ncb, cb);
                 j1 = rnn_block_start(H, ncb, cb + 1);
-                RNN_TNAME(gemm_packed)(nb, G * (j1 - j0), Ho, h, Ho,
+                RNN_TNAME(gemm_packed)(na, G * (j1 - j0), Ho, h, Ho,
                                        Up + rnn_packed_offset(Ho, H, G, ncb, cb), NULL, gh + G * j0,
                                        GH);
             }
@@ -163,8 +202,10 @@ static int RNN_TNAME(item_run)(const RNN_TNAME(call) *c, long d, long b0, long n
             for (cb = 0; cb < ncb; cb++) {
                 j0 = rnn_block_start(H, ncb, cb);
                 j1 = rnn_block_start(H, ncb, cb + 1);
-                RNN_TNAME(cell_block)(s, nb, j1 - j0, xr + G * j0, GH, gh + G * j0, GH, bhn + j0,
-                                      h + j0, Ho, cs != NULL ? cs + j0 : NULL, H, valid, tmp);
+                if (na > 0)
+                    RNN_TNAME(cell_block)(c, d, j0, na, j1 - j0, xr + G * j0, GH, gh + G * j0, GH,
+                                          NULL, h + j0, Ho, cs != NULL ? cs + j0 : NULL, H, valid,
+                                          tmp, zr);
             }
         }
         if (out != NULL)
@@ -257,14 +298,18 @@ static void RNN_TNAME(blocked_project)(const RNN_TNAME(call) *c, const RNN_TNAME
     TYPE *xp = bk->xp + k.d * c->p.chunk * B * GH + G * j0;
     long i, t;
     double t0 = rnn_tick();
-    if (k.nb == B && (!s->bfirst || B == 1)) {
+    /* right padding with the packed projection: only the rows that step */
+    int skip = c->active != NULL && Wp != NULL;
+    if (k.nb == B && (!s->bfirst || B == 1) && !skip) {
         RNN_TNAME(project_rows)(nsteps * B, In, c->x + tlo * B * In, In, W, GH, Wp, bx, N, xp, GH);
     } else {
         for (i = 0; i < nsteps; i++) {
             t = tlo + i;
-            RNN_TNAME(project_rows)(k.nb, In, c->x + rnn_row(t, k.b0, T, B, s->bfirst) * In,
-                                    In * (s->bfirst ? T : 1), W, GH, Wp, bx, N,
-                                    xp + (i * B + k.b0) * GH, GH);
+            long live = skip ? RNN_TNAME(live_rows)(c, t, k.b0, k.nb) : k.nb;
+            if (live > 0)
+                RNN_TNAME(project_rows)(live, In, c->x + rnn_row(t, k.b0, T, B, s->bfirst) * In,
+                                        In * (s->bfirst ? T : 1), W, GH, Wp, bx, N,
+                                        xp + (i * B + k.b0) * GH, GH);
         }
     }
     rnn_tock(RNN_PROF_PROJECTION, t0);
@@ -287,22 +332,23 @@ static void RNN_TNAME(blocked_step)(const RNN_TNAME(call) *c, const RNN_TNAME(bl
     TYPE *hnxt = bk->hbuf + ((((st + 1) % 2) * ndir + k.d) * B + k.b0) * Ho;
     const unsigned char *valid = c->mask != NULL ? c->mask + t * B + k.b0 : NULL;
     TYPE *gh = scratch, *tmp = scratch + c->p.bb * GH;
-    long r;
+    long r, na = RNN_TNAME(live_rows)(c, t, k.b0, k.nb);   /* the rows that step */
     double t0 = rnn_tick();
-    RNN_TNAME(gemm_packed)(k.nb, G * hb, Ho, hcur, Ho,
+    RNN_TNAME(gemm_packed)(na, G * hb, Ho, hcur, Ho,
                            c->Up + k.d * c->lup + rnn_packed_offset(Ho, H, G, ncb, k.cb), NULL, gh,
                            G * hb);
     rnn_tock(RNN_PROF_PRODUCT, t0);
     /* the new state starts as the old: GRU updates it in place; LSTM and SimpleRNN
      * overwrite every stepped row, so only masked rows are carried */
     for (r = 0; r < k.nb; r++)
-        if (s->cell == RNN_CELL_GRU || (valid != NULL && !valid[r]))
+        if (rnn_cell_in_place(s->cell) || (valid != NULL && !valid[r]))
             memcpy(hnxt + r * Ho + j0, hcur + r * Ho + j0, (size_t)hb * sizeof(TYPE));
-    RNN_TNAME(cell_block)(s, k.nb, hb,
+    if (na > 0)
+        RNN_TNAME(cell_block)(c, k.d, j0, na, hb,
                           bk->xp + k.d * c->p.chunk * B * GH + ((t - tlo) * B + k.b0) * GH + G * j0,
-                          GH, gh, G * hb, c->bhn + k.d * H + j0, hnxt + j0, Ho,
+                          GH, gh, G * hb, NULL, hnxt + j0, Ho,
                           bk->cbuf != NULL ? bk->cbuf + (k.d * B + k.b0) * H + j0 : NULL, H, valid,
-                          tmp);
+                          tmp, NULL);
     if (c->out != NULL)
         RNN_TNAME(emit)(k.nb, hb, hnxt + j0, Ho,
                         c->out + rnn_row(t, k.b0, T, B, s->bfirst) * c->ldo + k.d * Ho + j0,
@@ -462,7 +508,9 @@ static int RNN_TNAME(layer_forward)(const rnn_shape *shape, const rnn_plan *plan
     c.Up = (const TYPE *)w->Up;
     c.bhn = (const TYPE *)w->bhn;
     c.Wr = (const TYPE *)w->Wr;
+    c.peep = (const TYPE *)w->peep;
     c.mask = io->mask;
+    c.active = io->active != NULL && rnn_cell_packed(c.s.cell) && c.Wr == NULL ? io->active : NULL;
     c.out = (TYPE *)io->out;
     c.h = (TYPE *)io->h;
     c.c = (TYPE *)io->c;

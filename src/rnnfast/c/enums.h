@@ -23,12 +23,13 @@ typedef enum rnn_activation {
     RNN_ACT_COUNT = 11              /* the number of activations, not one of them */
 } rnn_activation;
 
-/* Cells the engine runs; gate order is Keras' (GRU z, r, h; LSTM i, f, c, o). */
+/* Cells the engine runs: one per line of cells.def.h, codes in its order; gate order is
+ * Keras' (GRU z, r, h; LSTM i, f, c, o). */
 typedef enum rnn_cell {
-    RNN_CELL_SIMPLE = 0,            /* SimpleRNN: one gate */
-    RNN_CELL_GRU = 1,               /* GRU, reset-after (PyTorch; Keras reset_after=True) */
-    RNN_CELL_GRU_RB = 2,            /* GRU, reset-before (Keras reset_after=False) */
-    RNN_CELL_LSTM = 3               /* LSTM, with or without a projection */
+#define RNN_CELL(CODE, name, gates, states, packed, in_place) RNN_CELL_##CODE,
+#include "cells.def.h"
+#undef RNN_CELL
+    RNN_CELL_COUNT                  /* the number of cells, not one of them */
 } rnn_cell;
 
 /* Instruction-set levels, lowest first: the dispatcher (isa.h) runs the best one the

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "../enums.h"
+#include "../blas.h"
 #include "../kernels.h"
 #include "../layout.h"
 #include "../mathfun.h"
@@ -39,27 +40,13 @@ static int rnn_cpu_has_avx2(void)
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 }
 
-static const rnn_kernels rnn_kernels_avx2 = {
-    .f = {
-        .activate = rnn_activate_f_avx2,
-        .gru_ra = rnn_gru_ra_f_avx2,
-        .gru_rb_gates = rnn_gru_rb_gates_f_avx2,
-        .gru_rb_update = rnn_gru_rb_update_f_avx2,
-        .lstm = rnn_lstm_f_avx2,
-        .simple = rnn_simple_f_avx2,
-        .gemm_packed = rnn_gemm_packed_f_avx2,
-        .packed_projection = 0,         /* BLAS is faster for large products */
-    },
-    .d = {
-        .activate = rnn_activate_d_avx2,
-        .gru_ra = rnn_gru_ra_d_avx2,
-        .gru_rb_gates = rnn_gru_rb_gates_d_avx2,
-        .gru_rb_update = rnn_gru_rb_update_d_avx2,
-        .lstm = rnn_lstm_d_avx2,
-        .simple = rnn_simple_d_avx2,
-        .gemm_packed = rnn_gemm_packed_d_avx2,
-        .packed_projection = 0,
-    },
-};
+/* its table, generated from the cell list (kernel_table.template.h) */
+#define ISA_SUFFIX avx2
+#define RNN_PACKED_PROJECTION_F 0     /* BLAS is faster for large products */
+#define RNN_PACKED_PROJECTION_D 0
+#include "../kernel_table.template.h"
+#undef RNN_PACKED_PROJECTION_D
+#undef RNN_PACKED_PROJECTION_F
+#undef ISA_SUFFIX
 
 #endif /* RNNFAST_X86_AVX2_KERNELS_H */

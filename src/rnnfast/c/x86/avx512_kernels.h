@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "../enums.h"
+#include "../blas.h"
 #include "../kernels.h"
 #include "../layout.h"
 #include "../mathfun.h"
@@ -47,27 +48,13 @@ static int rnn_cpu_has_avx512(void)
            && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 }
 
-static const rnn_kernels rnn_kernels_avx512 = {
-    .f = {
-        .activate = rnn_activate_f_avx512,
-        .gru_ra = rnn_gru_ra_f_avx512,
-        .gru_rb_gates = rnn_gru_rb_gates_f_avx512,
-        .gru_rb_update = rnn_gru_rb_update_f_avx512,
-        .lstm = rnn_lstm_f_avx512,
-        .simple = rnn_simple_f_avx512,
-        .gemm_packed = rnn_gemm_packed_f_avx512,
-        .packed_projection = 1,         /* faster than BLAS here: bench/README.md */
-    },
-    .d = {
-        .activate = rnn_activate_d_avx512,
-        .gru_ra = rnn_gru_ra_d_avx512,
-        .gru_rb_gates = rnn_gru_rb_gates_d_avx512,
-        .gru_rb_update = rnn_gru_rb_update_d_avx512,
-        .lstm = rnn_lstm_d_avx512,
-        .simple = rnn_simple_d_avx512,
-        .gemm_packed = rnn_gemm_packed_d_avx512,
-        .packed_projection = 0,
-    },
-};
+/* its table, generated from the cell list (kernel_table.template.h) */
+#define ISA_SUFFIX avx512
+#define RNN_PACKED_PROJECTION_F 1     /* faster than BLAS here: bench/README.md */
+#define RNN_PACKED_PROJECTION_D 0
+#include "../kernel_table.template.h"
+#undef RNN_PACKED_PROJECTION_D
+#undef RNN_PACKED_PROJECTION_F
+#undef ISA_SUFFIX
 
 #endif /* RNNFAST_X86_AVX512_KERNELS_H */

@@ -225,6 +225,9 @@ def build_model(m, *, base_dir, size, what):
             raise FormatError("%s node %r has %d inputs (expected %d to %d)" % (node.op_type, node.name, n_in, *spec.inputs))
         if not spec.outputs[0] <= len(node.outputs) <= spec.outputs[1] or (node.outputs and len(set(o for o in node.outputs if o)) != len([o for o in node.outputs if o])):
             raise FormatError("%s node %r has %d outputs (expected %d to %d)" % (node.op_type, node.name, len(node.outputs), *spec.outputs))
+        for j in range(min(spec.inputs[0], n_in)):
+            if not node.inputs[j]:
+                raise FormatError("%s node %r: its input %d is required" % (node.op_type, node.name, j))
         for o in node.outputs:
             if o and (o in known or o in consts):
                 raise FormatError("%s node %r: tensor %r is computed twice" % (node.op_type, node.name, o))
@@ -266,7 +269,7 @@ def build_model(m, *, base_dir, size, what):
             try:
                 with np.errstate(all="ignore"):
                     vals = op.compute(args, 1)
-            except (ValueError, TypeError, IndexError, ZeroDivisionError, OverflowError, MemoryError) as e:
+            except (ValueError, TypeError, IndexError, KeyError, AttributeError, ZeroDivisionError, OverflowError, MemoryError) as e:
                 raise FormatError("%s node %r (on constants): %s" % (node.op_type, node.name, e)) from None
             for o, v in zip(node.outputs, vals):
                 if o and v is not None:
@@ -313,7 +316,10 @@ def build_model(m, *, base_dir, size, what):
         out_specs.append(spec)
     graph, data_graph, frontier = make_graphs(steps, names, outputs, shape_steps)
     producer = m.producer_name + (" " + m.producer_version if m.producer_version else "")
-    probe = sum(int(np.prod([d for d in s["shape"]], dtype=np.float64)) if all(isinstance(d, int) for d in s["shape"]) else 0 for s in inputs) <= MAX_PROBE_VALUES
+    probe = (
+        sum(float(np.prod([d if isinstance(d, int) else 16 for d in s["shape"]], dtype=np.float64)) for s in inputs)
+        <= MAX_PROBE_VALUES
+    )
     try:
         return OnnxModel(
             graph=graph,
@@ -326,10 +332,13 @@ def build_model(m, *, base_dir, size, what):
             opset=opset,
             probe=probe,
         )
-    except (ValueError, TypeError, IndexError) as e:
+    except (ValueError, TypeError, IndexError, KeyError, AttributeError, ZeroDivisionError, OverflowError, MemoryError) as e:
         if isinstance(e, FormatError):
             raise
-        raise FormatError("%s: the ops do not fit together on inputs of the declared shapes: %s" % (what, e)) from None
+        raise FormatError(
+            "%s: the ops do not fit together on zeros of the declared input shapes (symbolic dimensions "
+            "taken as 1 for the batch, 16 elsewhere): %s" % (what, e)
+        ) from None
 
 
 def _read_attrs(node, spec, proto, read):

@@ -4,9 +4,10 @@ allocated, attributes as plain values, and external data read only from the mode
 own folder.
 
 External data (``TensorProto.data_location == EXTERNAL``): ``location`` must name a
-regular file inside the model file's folder (relative, no ``..``, not absolute, no
-symlink leading out); ``offset`` and ``length`` must lie inside that file and
-``length`` must be the tensor's size. Every refusal is a :class:`~rnnfast.FormatError`.
+regular file in the model file's own folder (a bare file name, as ``torch.onnx.export``
+and ``onnx.save_model(..., save_as_external_data=True)`` write it: no folder part, no
+``..``, not absolute, no symlink leading elsewhere); ``offset`` and ``length`` must lie
+inside that file and ``length`` must be the tensor's size. Every refusal is a :class:`~rnnfast.FormatError`.
 """
 
 import os
@@ -162,18 +163,19 @@ class TensorReader:
         bad = (
             not loc
             or "\x00" in loc
+            or "/" in loc
+            or "\\" in loc
+            or loc in (".", "..")
             or os.path.isabs(loc)
-            or loc.startswith(("/", "\\"))
             or (len(loc) > 1 and loc[1] == ":")
-            or any(part == ".." for part in loc.replace("\\", "/").split("/"))
         )
         if bad:
             raise FormatError(
-                "%s: tensor %r: external data location %r is not a file name inside the model's folder"
+                "%s: tensor %r: external data location %r is not a file name in the model's own folder"
                 % (self.what, name, loc)
             )
         full = os.path.realpath(os.path.join(self.base_dir, loc))
-        if os.path.commonpath([full, self.base_dir]) != self.base_dir:
+        if os.path.dirname(full) != self.base_dir:
             raise FormatError(
                 "%s: tensor %r: external data %r leads out of the model's folder (a symlink)" % (self.what, name, loc)
             )

@@ -12,6 +12,9 @@ GRU    z, r, h                the canonical order; ``linear_before_reset=1`` is
 RNN    one gate               ``H_t = f(X_t W^T + H_{t-1} R^T + Wb + Rb)``
 =====  =====================  ==========================================================
 
+LSTM peepholes ``P`` (D, 3*H), rows i, o, f, become ``CellWeights.peephole`` (rows i, f,
+o); ``clip`` and ``input_forget`` are :class:`~rnnfast.layers.RNNLayer` options.
+
 The canonical kernel is ``W[d].T`` (I, G*H) in canonical gate order, the recurrent
 kernel ``R[d].T``. ``activations`` name the gate function (LSTM/GRU ``f``) and the
 candidate / output function (``g`` = ``h`` for LSTM) per direction; both directions must
@@ -156,11 +159,12 @@ def convert_recurrent(node, slots, ctx):
     where = (op_type, name)
     attrs = node.attrs
     cell, G = _CELLS[op_type]
-    for k in ("clip",):
-        if attrs[k] is not None:
-            raise UnsupportedLayerError(op_type, k, "node %r: clip=%g (cell clipping is not in the kernels)" % (name, attrs[k]))
-    if op_type == "LSTM" and attrs["input_forget"]:
-        raise UnsupportedLayerError(op_type, "input_forget", "node %r: input_forget=1 (coupled input and forget gates)" % name)
+    clip = attrs["clip"]
+    if clip is not None and not (np.isfinite(clip) and clip > 0):
+        raise FormatError("%s node %r: clip=%r (a positive number)" % (op_type, name, clip))
+    input_forget = attrs.get("input_forget", 0)
+    if input_forget not in (0, 1):
+        raise FormatError("LSTM node %r: input_forget=%r" % (name, input_forget))
     direction = attrs["direction"]
     if direction not in ("forward", "reverse", "bidirectional"):
         raise FormatError("%s node %r: direction %r" % (op_type, name, direction))
@@ -183,10 +187,7 @@ def convert_recurrent(node, slots, ctx):
     W, R, B = weight(1, "W"), weight(2, "R"), weight(3, "B")
     if W is None or R is None:
         raise FormatError("%s node %r: W and R are required" % (op_type, name))
-    if op_type == "LSTM":
-        P = weight(7, "P")
-        if P is not None and np.any(P):
-            raise UnsupportedLayerError(op_type, "P", "node %r: peephole weights P (not in the kernels yet)" % name)
+    P = weight(7, "P") if op_type == "LSTM" else None
     if W.ndim != 3 or R.ndim != 3 or W.shape[0] != D or R.shape[0] != D or W.shape[1] % G or W.shape[1] == 0:
         raise FormatError(
             "%s node %r: W %s / R %s do not fit %d direction(s) of %d gates" % (op_type, name, W.shape, R.shape, D, G)
@@ -199,6 +200,8 @@ def convert_recurrent(node, slots, ctx):
         raise FormatError("%s node %r: R has shape %s, expected %s" % (op_type, name, R.shape, (D, G * H, H)))
     if B is not None and B.shape != (D, 2 * G * H):
         raise FormatError("%s node %r: B has shape %s, expected %s" % (op_type, name, B.shape, (D, 2 * G * H)))
+    if P is not None and P.shape != (D, 3 * H):
+        raise FormatError("LSTM node %r: P has shape %s, expected %s" % (name, P.shape, (D, 3 * H)))
     activation, recurrent = _activations(op_type, attrs, D, where)
     dtype = np.float64 if W.dtype == np.float64 else np.float32
     if W.dtype not in (np.float32, np.float64):
@@ -215,6 +218,8 @@ def convert_recurrent(node, slots, ctx):
                 R[d][order].T,
                 None if b is None else b[: G * H][order],
                 None if b is None else b[G * H :][order],
+                # ONNX P rows i, o, f -> canonical rows i, f, o
+                peephole=None if P is None else P[d].reshape(3, H)[[0, 2, 1]],
             )
         )
     reset_after = True
@@ -231,6 +236,8 @@ def convert_recurrent(node, slots, ctx):
             recurrent_activation=recurrent or "sigmoid",
             go_backwards=direction == "reverse",
             dtype=dtype,
+            clip=clip,
+            input_forget=bool(input_forget),
         )
     except ValueError as e:
         raise FormatError("%s node %r: %s" % (op_type, name, e)) from None

@@ -327,4 +327,6 @@ def make_op(node, spec, slots, ctx):
     if spec.check is not None:
         attrs.update(spec.check(node, ctx))
     attrs["_name"] = node.name
+    if spec.inputs[1] <= 8:  # kernels unpack their inputs: absent trailing ones are None
+        slots = list(slots) + [None] * (spec.inputs[1] - len(slots))
     return FnOp(node.op_type, node.name, slots, len(node.outputs), attrs)

@@ -1,0 +1,152 @@
+"""Real exports from PyTorch (``torch.onnx.export`` with the TorchScript-based exporter,
+``dynamo=False``, and the default dynamo exporter) of nn.GRU / nn.LSTM / nn.RNN
+(bidirectional, stacked, batch_first, given initial states) and a small
+Embedding -> BiLSTM -> Linear classifier: rnnfast's outputs against PyTorch's and ONNX
+Runtime's on the same file."""
+
+import io
+import warnings
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+import rnnfast
+from _testing import assert_close
+
+
+def export(module, args, dynamo, names=None, dynamic=None):
+    module.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if dynamo:
+            prog = torch.onnx.export(module, args, dynamo=True, verbose=False, input_names=names)
+            return prog.model_proto.SerializeToString()
+        f = io.BytesIO()
+        torch.onnx.export(module, args, f, dynamo=False, input_names=names, dynamic_axes=dynamic)
+        return f.getvalue()
+
+
+def compare(data, feed, torch_out):
+    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    model = rnnfast.from_onnx(data)
+    assert [i.name for i in model.get_inputs()] == [i.name for i in sess.get_inputs()]
+    assert [i.shape for i in model.get_inputs()] == [i.shape for i in sess.get_inputs()]
+    want = sess.run(None, feed)
+    got = model.run(None, feed)
+    assert len(got) == len(want) == len(torch_out)
+    for g, w, t in zip(got, want, torch_out):
+        assert g.shape == w.shape == tuple(t.shape)
+        assert_close(g, w, np.float32, "vs ONNX Runtime")
+        assert_close(g, t.detach().numpy(), np.float32, "vs PyTorch")
+    return model
+
+
+def _flat(out):
+    if isinstance(out, tuple):
+        return [v for o in out for v in _flat(o)]
+    return [out]
+
+
+MODULES = [
+    ("GRU", dict(num_layers=2, bidirectional=True)),
+    ("GRU", dict(batch_first=True)),
+    ("LSTM", dict(num_layers=2, bidirectional=True, batch_first=True)),
+    ("LSTM", dict()),
+    ("RNN", dict(bidirectional=True)),
+    ("RNN", dict(nonlinearity="relu", num_layers=2)),
+]
+
+
+# the dynamo exporter takes seconds per module: those cases are slow
+EXPORTERS = [pytest.param(False, id="torchscript"), pytest.param(True, id="dynamo", marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("dynamo", EXPORTERS)
+@pytest.mark.parametrize("cls, kw", MODULES, ids=["%s-%s" % (c, "-".join(sorted(k))) for c, k in MODULES])
+def test_torch_rnn_modules(seed, cls, kw, dynamo):
+    torch.manual_seed(seed % 2**31)
+    m = getattr(torch.nn, cls)(6, 10, **kw)
+    T, B = 12, 3
+    x = torch.randn((B, T, 6) if kw.get("batch_first") else (T, B, 6))
+    data = export(m, (x,), dynamo, names=["x"])
+    with torch.no_grad():
+        out = _flat(m(x))
+    compare(data, {"x": x.numpy()}, out)
+
+
+@pytest.mark.parametrize("cls", ["GRU", "LSTM"])
+def test_initial_states_as_inputs(seed, cls):
+    torch.manual_seed(seed % 2**31)
+    m = getattr(torch.nn, cls)(4, 8, num_layers=2, bidirectional=True)
+    x = torch.randn(7, 2, 4)
+    h = torch.randn(4, 2, 8)
+    args = (x, (h, torch.randn(4, 2, 8))) if cls == "LSTM" else (x, h)
+    names = ["x", "h0", "c0"] if cls == "LSTM" else ["x", "h0"]
+    data = export(m, args, False, names=names)
+    with torch.no_grad():
+        out = _flat(m(*args))
+    feed = {"x": x.numpy(), "h0": h.numpy()}
+    if cls == "LSTM":
+        feed["c0"] = args[1][1].numpy()
+    compare(data, feed, out)
+
+
+def test_dynamic_axes_run_other_shapes(seed):
+    torch.manual_seed(seed % 2**31)
+    m = torch.nn.LSTM(5, 9, num_layers=2, bidirectional=True, batch_first=True)
+    data = export(m, (torch.randn(2, 4, 5),), False, names=["x"], dynamic={"x": {0: "batch", 1: "time"}})
+    model = None
+    for B, T in [(1, 3), (5, 20), (1, 3), (64, 7)]:
+        x = torch.randn(B, T, 5)
+        with torch.no_grad():
+            out = _flat(m(x))
+        model = compare(data, {"x": x.numpy()}, out) if model is None else model
+        for g, t in zip(model.run(None, {"x": x.numpy()}), out):
+            assert_close(g, t.numpy(), np.float32)
+    assert model.get_inputs()[0].shape == ["batch", "time", 5]
+
+
+class TextClassifier(torch.nn.Module):
+    def __init__(self, vocab=50, dim=12, hidden=16, classes=4):
+        super().__init__()
+        self.emb = torch.nn.Embedding(vocab, dim)
+        self.lstm = torch.nn.LSTM(dim, hidden, batch_first=True, bidirectional=True)
+        self.fc = torch.nn.Linear(2 * hidden, classes)
+
+    def forward(self, ids):
+        y, _ = self.lstm(self.emb(ids))
+        return torch.log_softmax(self.fc(y.mean(dim=1)), dim=-1)
+
+
+@pytest.mark.parametrize("dynamo", EXPORTERS)
+def test_text_classifier(seed, dynamo):
+    torch.manual_seed(seed % 2**31)
+    m = TextClassifier().eval()
+    ids = torch.randint(0, 50, (3, 9))
+    dynamic = None if dynamo else {"ids": {0: "batch", 1: "time"}}
+    data = export(m, (ids,), dynamo, names=["ids"], dynamic=dynamic)
+    with torch.no_grad():
+        out = [m(ids)]
+    model = compare(data, {"ids": ids.numpy()}, out)
+    y = model.predict(ids.numpy())
+    assert_close(y, out[0].numpy(), np.float32)
+
+
+def test_load_from_file_and_summary(tmp_path, seed):
+    torch.manual_seed(seed % 2**31)
+    m = TextClassifier().eval()
+    path = tmp_path / "classifier.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(m, (torch.randint(0, 50, (2, 5)),), str(path), dynamo=False, input_names=["ids"])
+    model = rnnfast.load(path)
+    assert isinstance(model, rnnfast.OnnxModel)
+    assert model.source_format == "ONNX model"
+    lines = []
+    model.summary(print_fn=lines.append)
+    assert "LSTM" in lines[0] and "ONNX model" in lines[0]
+    ids = torch.randint(0, 50, (2, 5))
+    with torch.no_grad():
+        assert_close(model(ids.numpy()), m(ids).numpy(), np.float32)
