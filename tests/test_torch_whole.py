@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import rnnfast
+from rnnfast.io import torch_export
 
 from _testing import assert_close, seed_of
 
@@ -181,10 +182,7 @@ def test_seq2seq_decoder_step(dynamo, seed):
     rng = np.random.default_rng(seed)
     model = DecoderStep().eval()
     example = (torch.as_tensor(ids(rng, 30, (2, 1))), torch.randn(1, 2, 14))
-    # the default (every input axis dynamic) would make the torch.export-based exporter
-    # take the state's hidden size for a symbol, which its GRU node cannot have
-    axes = {"ids": {0: "batch", 1: "time"}, "hidden": {1: "batch"}}
-    rn = rnnfast.from_torch(model, example, dynamo=dynamo, input_names=["ids", "hidden"], dynamic_axes=axes)
+    rn = rnnfast.from_torch(model, example, dynamo=dynamo, input_names=["ids", "hidden"])
     assert len(rn.get_inputs()) == 2 and len(rn.get_outputs()) == 2
     cases = [
         (ids(rng, 30, (B, T)), rng.standard_normal((1, B, 14), dtype=np.float32)) for B, T in ((2, 1), (5, 1), (1, 4))
@@ -202,6 +200,22 @@ def test_seq2seq_decoder_step(dynamo, seed):
         tok = logits.argmax(-1)
         ttok = tlogits.argmax(-1)
         np.testing.assert_array_equal(tok, ttok.numpy())
+
+
+def test_dynamic_axes_found_by_calling_the_module():
+    """The default dynamic axes: batch and length, not features, channels or layers; the
+    batch axis of a state passed beside the ids found together with theirs."""
+    find = torch_export.dynamic_input_axes
+    assert find(TextClassifier().eval(), (torch.zeros(2, 7, dtype=torch.int64),), ["ids"]) == {
+        "ids": {0: "ids_0", 1: "ids_1"}
+    }
+    assert find(SpeechModel().eval(), (torch.zeros(3, 10, 20),), ["mel"]) == {"mel": {0: "mel_0", 2: "mel_2"}}
+    assert find(NamesClassifier().eval(), (torch.zeros(6, 1, 20),), ["line"]) == {"line": {0: "line_0", 1: "line_1"}}
+    args = (torch.zeros(2, 1, dtype=torch.int64), torch.zeros(1, 2, 14))
+    assert find(DecoderStep().eval(), args, ["ids", "h"]) == {"ids": {0: "ids_0", 1: "ids_1"}, "h": {1: "ids_0"}}
+    # a fixed-length model (a Linear over the flattened sequence) keeps its length fixed
+    flat = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(5 * 3, 2)).eval()
+    assert find(flat, (torch.zeros(4, 5, 3),), ["x"]) == {"x": {0: "x_0"}}
 
 
 # the user's own export: the TorchScript-based exporter says it is deprecated, the tracer warns

@@ -24,7 +24,7 @@ from ..errors import UnsupportedLayerError
 from .onnx import from_onnx
 from .torch_file import from_torch as from_torch_weights
 
-__all__ = ["from_torch", "export_onnx"]
+__all__ = ["from_torch", "export_onnx", "dynamic_input_axes"]
 
 
 def _torch():
@@ -62,6 +62,66 @@ def _exporter_warnings(torch):
         yield
 
 
+def _grown(torch, a, axis):
+    """``a`` one longer along ``axis``: its first slice repeated (valid ids stay valid)."""
+    return torch.cat([a, a.narrow(axis, 0, 1)], dim=axis)
+
+
+def _runs(torch, module, args):
+    try:
+        module(*args)
+    except Exception:  # any refusal of the shapes: the axis is fixed
+        return False
+    return True
+
+
+def dynamic_input_axes(module, args, names):
+    """The axes of the example inputs that the module takes at any size, found by
+    calling it (eval mode, no grad) with one axis one longer at a time; an axis it
+    refuses alone is tried together with the same-sized axes of the other inputs (the
+    batch axis of an input and of a state passed beside it: such axes share one symbol).
+    Axes of size 0 stay fixed.
+
+    Returns
+    -------
+    dict of input name -> {axis: "name_axis"}
+        ``torch.onnx.export``'s ``dynamic_axes`` (inputs without a dynamic axis left out).
+    """
+    torch = _torch()
+    where = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
+    dynamic, same = set(), {}  # same: an axis found dynamic with others -> the first of them
+    for i in where:
+        for axis in range(args[i].ndim):
+            if args[i].shape[axis] == 0:
+                continue
+            trial = list(args)
+            trial[i] = _grown(torch, args[i], axis)
+            if _runs(torch, module, trial):
+                dynamic.add((i, axis))
+                continue
+            size, group = args[i].shape[axis], []
+            for j in where:
+                if j != i:
+                    group += [(j, ax) for ax in range(args[j].ndim) if args[j].shape[ax] == size]
+            for j, ax in group:
+                trial[j] = _grown(torch, trial[j], ax)
+            if group and _runs(torch, module, trial):
+                dynamic.add((i, axis))
+                # one symbol for them: that of a member already found dynamic, if any
+                same[(i, axis)] = next((g for g in sorted(group) if g in dynamic), (i, axis))
+    label = {i: name for name, i in zip(names, where)}
+    out = {}
+    for name, i in zip(names, where):
+        axes = {}
+        for axis in range(args[i].ndim):
+            if (i, axis) in dynamic:
+                j, ax = same.get((i, axis), (i, axis))
+                axes[axis] = "%s_%d" % (label[j], ax)
+        if axes:
+            out[name] = axes
+    return out
+
+
 def export_onnx(module, example_inputs, *, dynamo=False, input_names=None, output_names=None, dynamic_axes=None):
     """The ONNX model (serialized bytes) of ``module`` traced on ``example_inputs``, made
     in memory with ``torch.onnx.export`` in eval mode (the module's mode is restored).
@@ -80,12 +140,10 @@ def export_onnx(module, example_inputs, *, dynamo=False, input_names=None, outpu
         torch.export-based exporter names inputs after ``forward``'s arguments.
     dynamic_axes : dict, optional
         As ``torch.onnx.export`` takes it (``{"input": {0: "batch", 1: "time"}}``).
-        Default: every axis of every input is dynamic, so that the model takes any
-        batch and sequence length; axes the model fixes (features, channels) stay
-        fixed in the graph's weights. With ``dynamo=True`` each dynamic axis becomes
-        ``torch.export.Dim.AUTO`` (an axis the model fixes is specialised); give
-        ``dynamic_axes`` when the default makes a size the exporter needs as a number
-        symbolic (a recurrent state input's hidden size, say).
+        Default: the axes the module takes at any size (:func:`dynamic_input_axes`:
+        batch and sequence length, not features or channels), so that the graph takes
+        any batch and length and fixes the rest. With ``dynamo=True`` each dynamic
+        axis becomes ``torch.export.Dim.AUTO``.
     """
     torch = _torch()
     args = _as_args(torch, example_inputs)
@@ -97,15 +155,15 @@ def export_onnx(module, example_inputs, *, dynamo=False, input_names=None, outpu
     buf = io.BytesIO()
     try:
         with torch.no_grad(), _exporter_warnings(torch):
+            if dynamic_axes is None:
+                dynamic_axes = dynamic_input_axes(module, args, input_names)
             if dynamo:
                 # dynamic_axes as torch.export takes them (AUTO: dynamic unless the model fixes it)
                 auto, names, shapes = torch.export.Dim.AUTO, iter(input_names), []
                 for a in args:
                     axes = None
                     if isinstance(a, torch.Tensor):
-                        name = next(names, None)
-                        axes = range(a.ndim) if dynamic_axes is None else (dynamic_axes.get(name) or ())
-                        axes = dict.fromkeys(axes, auto)
+                        axes = dict.fromkeys(dynamic_axes.get(next(names, None)) or (), auto)
                     shapes.append(axes)
                 program = torch.onnx.export(
                     module,
@@ -117,10 +175,6 @@ def export_onnx(module, example_inputs, *, dynamo=False, input_names=None, outpu
                     verbose=False,
                 )
                 return program.model_proto.SerializeToString()
-            if dynamic_axes is None:
-                dynamic_axes = {
-                    n: {d: "%s_%d" % (n, d) for d in range(a.ndim)} for n, a in zip(input_names, tensors) if a.ndim
-                }
             torch.onnx.export(
                 module,
                 args,
@@ -159,7 +213,7 @@ def from_torch(module, example_inputs=None, *, dtype=None, dynamo=False, **expor
         ``torch.export``-based one.
     **export_options
         ``input_names``, ``output_names``, ``dynamic_axes``: see :func:`export_onnx`
-        (by default every input axis is dynamic).
+        (by default the axes the module takes at any size are dynamic).
 
     Returns
     -------
