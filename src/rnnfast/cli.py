@@ -20,7 +20,6 @@ from ._threads import set_num_threads
 from ._version import __version__
 from .errors import FormatError, UnsupportedLayerError
 from .io import detect, load
-from .model_torch import TorchCell
 
 __all__ = ["main", "build_parser", "read_input", "write_output"]
 
@@ -165,8 +164,8 @@ def _is_torch(model):
 
 def _no_cell(model, path):
     """A cell (nn.GRUCell ...) takes one step with the caller's state: no sequence to
-    predict over or time, so only `info` takes it."""
-    if isinstance(model, TorchCell):
+    predict over or time, so only `info` takes it (the model says so in describe())."""
+    if model.describe().get("one_step"):
         raise UserError(
             "%s holds an nn.%s: a cell takes one step, h = cell(x, h), run from Python "
             "(rnnfast.load(path)); `rnnfast info` describes it" % (path, model.summary_rows()[0]["type"])

@@ -512,8 +512,10 @@ class TorchCell(Summarized):
         return ignored_notes(self.ignored_tensors)
 
     def describe(self):
-        """As :meth:`TorchRNN.describe`; ``input_shape`` is ``(None, input_size)``: one step."""
+        """As :meth:`TorchRNN.describe`; ``input_shape`` is ``(None, input_size)`` and
+        ``one_step`` is True: a call is one step with the caller's state."""
         return dict(
+            one_step=True,
             framework=self.framework,
             name=repr(self),
             input_shape=(None, self.input_size),
