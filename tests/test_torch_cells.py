@@ -184,6 +184,11 @@ def test_cell_refusals(tmp_path):
         l(np.zeros((2, 3), np.float32), np.zeros((2, 4), np.float32))
     with pytest.raises(ValueError, match=r"c must have shape \(2, 4\)"):
         l(np.zeros((2, 3), np.float32), (np.zeros((2, 4)), np.zeros((2, 5))))
+    # a live cell whose attributes disagree with its weights
+    odd = make_cell("GRUCell", 3, 4)
+    odd.hidden_size = 5
+    with pytest.raises(rnnfast.FormatError, match=r"weights describe GRUCell\(3, 4\) but the cell says \(3, 5, True\)"):
+        rnnfast.from_torch(odd)
     # files: options that do not apply, tensors that are not one cell's
     path = save(gru, "pt", str(tmp_path / "g.pt"))
     # a cell's input has no time axis: batch_first changes nothing
