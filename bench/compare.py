@@ -43,7 +43,10 @@ from _common import blas_report, pyplot  # the script's folder is on sys.path
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-ENGINES = ("rnnfast", "torch", "onnxruntime", "openvino", "keras")
+ENGINES = ("rnnfast", "torch", "onnxruntime", "openvino", "keras", "rnnfast-onnx")
+#: Engines that are rnnfast itself (not peers): rnnfast-onnx loads the .onnx file that
+#: ONNX Runtime and OpenVINO run (rnnfast.load), the ONNX columns of the report.
+OWN = ("rnnfast", "rnnfast-onnx")
 # The modules each engine's worker imports (torch everywhere: it builds the model).
 NEEDS = {
     "rnnfast": ("rnnfast", "torch"),
@@ -51,6 +54,7 @@ NEEDS = {
     "onnxruntime": ("onnxruntime", "onnx", "torch"),
     "openvino": ("openvino", "onnx", "torch"),
     "keras": ("keras", "tensorflow", "torch"),
+    "rnnfast-onnx": ("rnnfast", "onnx", "torch"),
 }
 
 # Timing in rounds: each engine's turn runs about TURN_S seconds of calls (at least
@@ -308,7 +312,7 @@ class Engine:
         path = os.path.join(self.tmp, "%s-%s.npy" % (self.name, case_key(case)))
         np.save(path, y)
         self.fn = fn
-        return dict(output=path, first_s=first_s)
+        return dict(output=path, first_s=first_s, load_s=getattr(self, "load_s", None))
 
     def cmd_time(self, k):
         """Seconds of each of ``k`` calls of the model built last."""
@@ -390,8 +394,28 @@ class OnnxruntimeEngine(Engine):
         so = ort.SessionOptions()
         so.intra_op_num_threads = self.threads
         so.inter_op_num_threads = 1
+        t0 = time.perf_counter()
         sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+        self.load_s = time.perf_counter() - t0  # session creation: the ONNX columns' load time
         return lambda: sess.run(None, {"x": x})[0]
+
+
+class RnnfastOnnxEngine(RnnfastEngine):
+    """rnnfast on the .onnx file ONNX Runtime runs: ``rnnfast.load(path)`` and
+    ``model.run(None, {"x": x})``, as an ONNX Runtime user would switch."""
+
+    name = "rnnfast-onnx"
+
+    def build(self, case, net, x):
+        import torch
+
+        import rnnfast
+
+        path = onnx_file(net, case, torch, os.path.join(self.tmp, "%s.onnx" % case_key(case)))
+        t0 = time.perf_counter()
+        model = rnnfast.load(path)
+        self.load_s = time.perf_counter() - t0
+        return lambda: model.run(None, {"x": x})[0]
 
 
 class OpenvinoEngine(Engine):
@@ -435,7 +459,9 @@ class KerasEngine(Engine):
         return lambda: f(x)
 
 
-ENGINE_CLASSES = {c.name: c for c in (RnnfastEngine, TorchEngine, OnnxruntimeEngine, OpenvinoEngine, KerasEngine)}
+ENGINE_CLASSES = {
+    c.name: c for c in (RnnfastEngine, TorchEngine, OnnxruntimeEngine, OpenvinoEngine, KerasEngine, RnnfastOnnxEngine)
+}
 
 
 def describe(e):
@@ -623,7 +649,7 @@ def timed_rounds(procs, first_s, budget_s, notes):
 
 def run_case(case, threads, procs, budget_s):
     """One case on one thread count: build, check agreement, time. Returns the row."""
-    notes, outputs, first_s = {}, {}, {}
+    notes, outputs, first_s, load_s = {}, {}, {}, {}
     for e, p in procs.items():  # one at a time: builds can be large
         try:
             p.ensure()
@@ -632,6 +658,8 @@ def run_case(case, threads, procs, budget_s):
             notes[e] = "build: %s" % err
             continue
         outputs[e], first_s[e] = r["output"], r["first_s"]
+        if r.get("load_s") is not None:
+            load_s[e] = r["load_s"]
     agree = {}
     if "rnnfast" in outputs:
         for e, path in outputs.items():
@@ -664,6 +692,7 @@ def run_case(case, threads, procs, budget_s):
         rounds=rounds,
         notes=notes,
         split=split,
+        load_s=load_s,
     )
 
 
@@ -698,10 +727,10 @@ def measure_peak(threads):
     return json.loads(r.stdout.strip().splitlines()[-1])["gflops"]
 
 
-def run_grid(cases, thread_counts, budget_s):
+def run_grid(cases, thread_counts, budget_s, engines=ENGINES):
     """Every case on every thread count; returns rows, sgemm peaks and engine versions."""
     rows, peaks, versions, installed = [], {}, {}, []
-    for e in ENGINES:
+    for e in engines:
         missing = missing_modules(e)
         if missing:
             versions[e] = "not installed"
@@ -896,7 +925,7 @@ def report(rows, peaks):
     speedups = []
     for r in rows:
         ms = r["ms"]
-        peers = {k: v for k, v in ms.items() if k != "rnnfast"}
+        peers = {k: v for k, v in ms.items() if k not in OWN}
         best = min(peers, key=peers.get) if peers else None
         sp = gf = pct = None  # None where rnnfast has no time
         if "rnnfast" in ms:
@@ -934,7 +963,64 @@ def report(rows, peaks):
     for t, p in sorted(peaks.items()):
         if p:
             print("sgemm peak, %d thread(s): %.0f GFLOP/s" % (t, p))
+    report_onnx(rows)
     report_split(rows, peaks)
+
+
+def report_onnx(rows):
+    """The ONNX columns: rnnfast and ONNX Runtime on the same .onnx file (rnnfast.load
+    against InferenceSession), call time and load time (session creation)."""
+    rows = [r for r in rows if "rnnfast-onnx" in r["ms"] and "onnxruntime" in r["ms"]]
+    if not rows:
+        return
+    print()
+    print("the same .onnx file: rnnfast.load(path).run vs onnxruntime.InferenceSession(path).run")
+    head = "%-36s %3s %12s %12s %8s %10s %10s %8s" % (
+        "case",
+        "thr",
+        "rnnfast ms",
+        "ORT ms",
+        "speedup",
+        "load ms",
+        "ORT load",
+        "ratio",
+    )
+    print(head)
+    print("-" * len(head))
+    sps, loads = [], []
+    for r in rows:
+        a, b = r["ms"]["rnnfast-onnx"], r["ms"]["onnxruntime"]
+        la, lb = (r["load_s"].get(e) for e in ("rnnfast-onnx", "onnxruntime"))
+        r["onnx_speedup"] = b / a
+        sps.append(b / a)
+        lr = None
+        if la and lb:
+            lr = lb / la
+            loads.append(lr)
+        r["onnx_load_ratio"] = lr
+        print(
+            "%-36s %3d %12.3f %12.3f %7.2fx %10s %10s %8s"
+            % (
+                r["case"][:36],
+                r["threads"],
+                a,
+                b,
+                b / a,
+                "%.1f" % (1e3 * la) if la else "-",
+                "%.1f" % (1e3 * lb) if lb else "-",
+                "%.2fx" % lr if lr else "-",
+            )
+        )
+    print(
+        "geometric-mean speed-up over ONNX Runtime on its own files: %.2fx (%d rows, %d slower); "
+        "load: %.2fx ORT's session creation time (geometric mean)"
+        % (
+            float(np.exp(np.mean(np.log(sps)))),
+            len(sps),
+            sum(s < 1 for s in sps),
+            float(np.exp(np.mean(np.log(loads)))) if loads else float("nan"),
+        )
+    )
 
 
 def report_split(rows, peaks):
@@ -1021,6 +1107,7 @@ def main(argv=None):
         help="seconds of timing per engine and case (at least %d calls and %d rounds)" % (MIN_REPEATS, MIN_ROUNDS),
     )
     ap.add_argument("--cases", metavar="SUBSTR", help="only the cases whose name contains SUBSTR")
+    ap.add_argument("--engines", default=",".join(ENGINES), help="engines, comma-separated (default: all installed)")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     ap.add_argument("--memory", action="store_true", help="peak memory per engine instead")
     ap.add_argument("--_engine", nargs=3, help=argparse.SUPPRESS)
@@ -1046,7 +1133,11 @@ def main(argv=None):
     if not cases:
         ap.error("no case name contains %r" % args.cases)
     t0 = time.perf_counter()
-    rows, peaks, versions = run_grid(cases, [int(s) for s in args.threads.split(",")], budget)
+    engines = tuple(e for e in args.engines.split(",") if e)
+    unknown = [e for e in engines if e not in ENGINES]
+    if unknown:
+        ap.error("unknown engines %s (known: %s)" % (unknown, ", ".join(ENGINES)))
+    rows, peaks, versions = run_grid(cases, [int(s) for s in args.threads.split(",")], budget, engines)
     wall_s = time.perf_counter() - t0
     report(rows, peaks)
     print("wall time of the run: %.0f s" % wall_s)

@@ -11,6 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import rnnfast
+
 from _testing import assert_close
 
 
@@ -22,7 +23,10 @@ def gru_model(rng, H=32, I=16):
         [node],
         "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", "B", I])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None), helper.make_tensor_value_info("h", TensorProto.FLOAT, None)],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
+            helper.make_tensor_value_info("h", TensorProto.FLOAT, None),
+        ],
         [numpy_helper.from_array(W, "W"), numpy_helper.from_array(R, "R")],
     )
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 14)])
@@ -30,7 +34,9 @@ def gru_model(rng, H=32, I=16):
 
 def save_external(model, folder, location="weights.bin"):
     path = os.path.join(folder, "model.onnx")
-    onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True, location=location, size_threshold=0)
+    onnx.save_model(
+        model, path, save_as_external_data=True, all_tensors_to_one_file=True, location=location, size_threshold=0
+    )
     return path
 
 
@@ -202,7 +208,20 @@ def test_constant_folding_bomb_refused():
         helper.make_node("Add", ["x", "big"], ["y"]),
     ]
     g = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])], [helper.make_tensor_value_info("y", 1, None)]
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", 1, None)],
     )
     with pytest.raises(rnnfast.FormatError, match="bomb"):
         rnnfast.from_onnx(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+def test_invalid_utf8_in_string_fields(tmp_path):
+    # a fuzz finding: protobuf hands a string field holding invalid UTF-8 over as bytes
+    # (here the producer name); such names read with replacement characters
+    here = os.path.dirname(os.path.abspath(__file__))
+    model = rnnfast.load(os.path.join(here, "fixtures", "onnx", "fuzz-invalid-utf8-names.onnx"))
+    assert "\ufffd" in model.producer
+    outs = model.run(None, model._example_feed())
+    assert len(outs) == len(model.output_names) and all(np.isfinite(o).all() for o in outs)

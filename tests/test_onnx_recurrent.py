@@ -12,6 +12,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import rnnfast
+
 from _testing import assert_close
 
 GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
@@ -88,7 +89,9 @@ def feeds(rng, model, T, B, lens_values=None):
             out["X"] = rng.standard_normal((T, B, I) if layout == 0 else (B, T, I)).astype(np.float32)
         elif vi.name == "seq_lens":
             out["seq_lens"] = (
-                np.asarray(lens_values, np.int32) if lens_values is not None else rng.integers(1, T + 1, B).astype(np.int32)
+                np.asarray(lens_values, np.int32)
+                if lens_values is not None
+                else rng.integers(1, T + 1, B).astype(np.int32)
             )
         else:
             dims = [d.dim_value or (B if d.dim_param == "B" else 0) for d in vi.type.tensor_type.shape.dim]

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import rnnfast
+
 from _testing import assert_close
 
 

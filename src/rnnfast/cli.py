@@ -132,12 +132,23 @@ def _load(args, batch_first=True):
     if os.path.isdir(path):
         raise UserError("%s is a directory, not a model file" % path)
     try:
-        is_keras = detect(path).startswith("keras")
+        kind = detect(path)
+        is_keras = kind.startswith("keras")
     except FormatError as e:
         raise UserError(str(e)) from None
     except OSError as e:
         raise UserError("%s: %s" % (path, e.strerror or e)) from None
     options = {}
+    if kind == "onnx":  # an ONNX model takes no load options
+        for flag, value in (("--dtype", args.dtype), ("--prefix", args.prefix), ("--nonlinearity", args.nonlinearity)):
+            if value is not None:
+                raise UserError("%s is not an option of ONNX models; %s is one" % (flag, path))
+        try:
+            return load(path)
+        except (FormatError, UnsupportedLayerError, ValueError, ImportError) as e:
+            raise UserError(str(e)) from None
+        except OSError as e:
+            raise UserError("%s: %s" % (path, e.strerror or e)) from None
     if args.dtype:
         options["dtype"] = args.dtype
     torch_only = [("--prefix", "prefix", args.prefix), ("--nonlinearity", "nonlinearity", args.nonlinearity)]

@@ -67,7 +67,11 @@ class NodeArg:
         return "NodeArg(name=%r, type=%r, shape=%r)" % (self.name, self.type, self.shape)
 
     def __eq__(self, other):
-        return isinstance(other, NodeArg) and (self.name, self.shape, self.type) == (other.name, other.shape, other.type)
+        return isinstance(other, NodeArg) and (self.name, self.shape, self.type) == (
+            other.name,
+            other.shape,
+            other.type,
+        )
 
     __hash__ = None
 
@@ -140,7 +144,9 @@ class FnOp(OnnxOp):
 
     def describe(self):
         shown = {
-            k: v for k, v in self.attrs.items() if not k.startswith("_") and v is not None and not isinstance(v, np.ndarray)
+            k: v
+            for k, v in self.attrs.items()
+            if not k.startswith("_") and v is not None and not isinstance(v, np.ndarray)
         }
         return "%s(%s)" % (self.op_type, ", ".join("%s=%r" % kv for kv in sorted(shown.items())))
 
@@ -182,6 +188,12 @@ class RecurrentOp(OnnxOp):
             c0 = None if c0 is None else np.swapaxes(c0, 0, 1)
         if lens is not None:
             lens = np.asarray(lens)
+        if self.dry:
+            return self._dry(x, lens, h0, c0, bf)
+        if not x.flags.c_contiguous and np.swapaxes(x, 0, 1).flags.c_contiguous:
+            # a Transpose(1, 0, 2) view of a (batch-)major array (what exporters put before
+            # the node): the kernel reads the array as it lies, no transposed copy
+            x, bf = np.swapaxes(x, 0, 1), not bf
         out, h_n, c_n = layer.forward(
             x,
             h0,
@@ -194,17 +206,43 @@ class RecurrentOp(OnnxOp):
         D, Ho = layer.num_directions, layer.output_size
         res = []
         if self.outputs[0]:
-            if bf:  # (B, T, D*H) -> (B, T, D, H): the same memory
-                y = out.reshape(out.shape[0], out.shape[1], D, Ho)
-            else:  # (T, B, D*H) -> (T, D, B, H): a view
-                y = out.reshape(out.shape[0], out.shape[1], D, Ho).transpose(0, 2, 1, 3)
+            y = out.reshape(out.shape[0], out.shape[1], D, Ho)  # the same memory
+            if bf:  # (B, T, D, H), as the kernel wrote it -> the node's layout, a view
+                y = y if self.layout == 1 else y.transpose(1, 2, 0, 3)
+            else:  # (T, B, D, H)
+                y = np.swapaxes(y, 0, 1) if self.layout == 1 else y.transpose(0, 2, 1, 3)
             res.append(y)
         else:
             res.append(None)
         states = [h_n, c_n]
         for want, s in zip(self.outputs[1:], states):
-            res.append((np.swapaxes(s, 0, 1) if bf else s) if want else None)
+            res.append((np.swapaxes(s, 0, 1) if self.layout == 1 else s) if want else None)
         return res[: self.num_outputs]
+
+    #: Set during the model's load-time run: check the shapes, compute nothing (zeros
+    #: of the output shapes; that run keeps only what depends on shapes).
+    dry = False
+
+    def _dry(self, x, lens, h0, c0, bf):
+        layer = self.layer
+        B, T, I = x.shape if bf else (x.shape[1], x.shape[0], x.shape[2])
+        D, Ho, H = layer.num_directions, layer.output_size, layer.units
+        if I != layer.input_size:
+            raise ValueError(
+                "%s %r expects %d input features, got X of shape %s"
+                % (self.op_type, self.name, layer.input_size, x.shape)
+            )
+        for s, want, what in ((h0, (D, B, Ho), "initial_h"), (c0, (D, B, H), "initial_c")):
+            if s is not None and s.shape != want:
+                raise ValueError("%s %r: %s of shape %s, expected %s" % (self.op_type, self.name, what, s.shape, want))
+        if lens is not None and lens.shape != (B,):
+            raise ValueError(
+                "%s %r: sequence_lens of shape %s for a batch of %d" % (self.op_type, self.name, lens.shape, B)
+            )
+        dt = layer.dtype
+        y = np.zeros((B, T, D, Ho) if self.layout == 1 else (T, D, B, Ho), dt) if self.outputs[0] else None
+        st = (B, D, Ho) if self.layout == 1 else (D, B, Ho)
+        return ([y] + [np.zeros(st, dt) if w else None for w in self.outputs[1:]])[: self.num_outputs]
 
     def describe(self):
         return "%s(%s, %s)" % (self.op_type, self.units, self.options)
@@ -302,7 +340,9 @@ def _conv(args, a):
     channels-last views."""
     x, w, b = args
     if x.ndim != 3:
-        raise ValueError("Conv %r: rnnfast runs 1-D convolutions (input (N, C, L)), got shape %s" % (a["_name"], x.shape))
+        raise ValueError(
+            "Conv %r: rnnfast runs 1-D convolutions (input (N, C, L)), got shape %s" % (a["_name"], x.shape)
+        )
     k = w.shape[2]
     pads = _pads_1d(a, x.shape[2], k, a["strides"], a["dilations"])
     kernel = a.get("_kernel")
@@ -474,11 +514,11 @@ def _shape(args, a):
 def _gather(args, a):
     x, idx = args
     axis = _axis(a["axis"], x.ndim)
-    idx = np.asarray(idx)
-    n = x.shape[axis]
-    if idx.size and (idx.min() < -n or idx.max() >= n):
-        raise ValueError("Gather %r: index out of range [%d, %d)" % (a["_name"], -n, n))
-    return np.take(x, np.where(idx < 0, idx + n, idx), axis=axis)
+    try:  # numpy's take reads negative indices as ONNX does and checks the range
+        return np.take(x, idx, axis=axis)
+    except IndexError:
+        n = x.shape[axis]
+        raise ValueError("Gather %r: index out of range [%d, %d)" % (a["_name"], -n, n)) from None
 
 
 def _constant_of_shape(args, a):
@@ -741,6 +781,7 @@ class OnnxModel(Summarized):
         self.input_names = [s["name"] for s in self._inputs]
         self.output_names = [s["name"] for s in self._outputs]
         self._shape_cache = {}
+        self._shapes = None  # tensor key -> shape in the first run
         self._lock = threading.Lock()
         dts = {op.layer.dtype for op in self.layers if isinstance(op, RecurrentOp)}
         self.dtype = dts.pop() if len(dts) == 1 else np.dtype(np.float32)
@@ -783,7 +824,8 @@ class OnnxModel(Summarized):
         unknown = [k for k in input_feed if k not in self.input_names]
         if unknown:
             raise ValueError(
-                "%s: unknown input(s) %s (inputs: %s)" % (self._what(), ", ".join(map(str, unknown)), ", ".join(self.input_names))
+                "%s: unknown input(s) %s (inputs: %s)"
+                % (self._what(), ", ".join(map(str, unknown)), ", ".join(self.input_names))
             )
         missing = [k for k in self.input_names if k not in input_feed]
         if missing:
@@ -828,9 +870,7 @@ class OnnxModel(Summarized):
             raise ValueError("%s: expected %s, got an array of %s" % (what, spec["type"], a.dtype))
         shape = spec["shape"]
         if a.ndim != len(shape) or any(isinstance(d, int) and d != n for d, n in zip(shape, a.shape)):
-            raise ValueError(
-                "%s: expected shape %s, got %s" % (what, _shape_text(shape), tuple(a.shape))
-            )
+            raise ValueError("%s: expected shape %s, got %s" % (what, _shape_text(shape), tuple(a.shape)))
         return np.ascontiguousarray(a, dtype=dt)
 
     def _run(self, feeds, num_threads):
@@ -845,9 +885,28 @@ class OnnxModel(Summarized):
                         self._shape_cache.pop(next(iter(self._shape_cache)))
                     self._shape_cache[sig] = cached
                 out = [values[k] for k in self._graph.outputs]
+                if self._shapes is None:  # the first run (at load): each tensor's shape, for the summary
+                    self._shapes = {k: tuple(v.shape) for k, v in values.items() if isinstance(v, np.ndarray)}
             else:
-                out, _ = self._data.run(list(feeds) + list(cached), num_threads)
+                out = self._run_data(list(feeds) + list(cached), num_threads)
         return [_contiguous(v) for v in out]
+
+    def _run_data(self, feeds, num_threads):
+        """The data graph (:attr:`_data`) run as a list of steps over a list of tensors:
+        what :meth:`Graph.run <rnnfast.graph.Graph.run>` does, without its dicts and
+        masks (an ONNX graph carries none), for the per-call overhead at small sizes."""
+        prog = self.__dict__.get("_program")
+        if prog is None:
+            prog = self._program = _compile(self._data)
+        steps, n, outputs = prog
+        vals = list(feeds) + [None] * (n - len(feeds))
+        for op, ins, outs, free in steps:
+            res = op.compute(op.args([vals[i] for i in ins]), num_threads)
+            for i in free:
+                vals[i] = None
+            for i, v in zip(outs, res):
+                vals[i] = v
+        return [vals[i] for i in outputs]
 
     def _example_feed(self):
         """Zeros of every input's declared shape, a symbolic or unknown dimension taken
@@ -869,9 +928,17 @@ class OnnxModel(Summarized):
     def _probe(self):
         """Run once on zeros (:meth:`_example_feed`): ops that do not fit together are
         found at load, and with every input's shape fixed the shape arithmetic is done
-        here."""
+        here. The recurrent ops only check their shapes in this run
+        (:attr:`RecurrentOp.dry`): loading costs no inference."""
         feed = self._example_feed()
-        self._run([feed[n] for n in self.input_names], 1)
+        ops = [op for op in self.layers if isinstance(op, RecurrentOp)]
+        for op in ops:
+            op.dry = True  # (the model is not shared yet)
+        try:
+            self._run([feed[n] for n in self.input_names], 1)
+        finally:
+            for op in ops:
+                op.dry = False
 
     # -- describing itself ------------------------------------------------------------
 
@@ -907,14 +974,23 @@ class OnnxModel(Summarized):
                     parameters=int(op.num_params),
                     dtype=getattr(getattr(op, "layer", None), "dtype", np.dtype(np.float32)).name,
                     connected_to=[producer.get(k, k) for k in step.inputs],
-                    output_shape="?",
+                    output_shape=", ".join(
+                        "(%s)" % ", ".join(map(str, (self._shapes or {}).get(k, ("?",))))
+                        for k, want in zip(step.outputs, getattr(op, "outputs", [True] * len(step.outputs)))
+                        if want and not isinstance(k, tuple)
+                    ),
                 )
             )
         return rows
 
     def summary_title(self):
         ins = ", ".join("%s %s" % (s["name"], _shape_text(s["shape"])) for s in self._inputs)
-        return "OnnxModel %r: %s, opset %d, input %s" % (self.name, self.producer or "unknown producer", self.opset, ins)
+        return "OnnxModel %r: %s, opset %d, input %s" % (
+            self.name,
+            self.producer or "unknown producer",
+            self.opset,
+            ins,
+        )
 
     def describe(self):
         """What the model is and takes, as a dict (``framework``, ``name``, ``inputs``,
@@ -933,6 +1009,7 @@ class OnnxModel(Summarized):
         state = self.__dict__.copy()
         state.pop("_lock", None)
         state["_shape_cache"] = {}
+        state.pop("_program", None)
         state["_graph"] = copy.copy(self._graph)
         return state
 
@@ -951,6 +1028,22 @@ class OnnxModel(Summarized):
         return "\n".join(lines)
 
 
+def _compile(graph):
+    """``graph`` as (steps, tensor count, output indices): each step ``(op, input
+    indices, output indices, indices freed after it)`` over one list of tensors."""
+    index = {k: i for i, k in enumerate(graph.inputs)}
+    steps = []
+    for step, free in zip(graph.steps, graph._free):
+        ins = [index[k] for k in step.inputs]
+        gone = [index[k] for k in free]
+        outs = []
+        for k in step.outputs:
+            index[k] = len(index)
+            outs.append(index[k])
+        steps.append((step.op, ins, outs, gone))
+    return steps, len(index), [index[k] for k in graph.outputs]
+
+
 def make_graphs(steps, inputs, outputs, shape_steps):
     """The full graph and the data-only graph of a model: ``shape_steps`` (indices into
     ``steps``) compute from input shapes only; the data graph takes the values they
@@ -962,7 +1055,9 @@ def make_graphs(steps, inputs, outputs, shape_steps):
     made = {k for i in shape_steps for k in steps[i].outputs}
     data_steps = [s for i, s in enumerate(steps) if i not in shape_steps]
     read = {k for s in data_steps for k in s.inputs} | set(outputs)
-    frontier = [k for k in dict.fromkeys(k for i in sorted(shape_steps) for k in steps[i].outputs) if k in read and k in made]
+    frontier = [
+        k for k in dict.fromkeys(k for i in sorted(shape_steps) for k in steps[i].outputs) if k in read and k in made
+    ]
     data = Graph(data_steps, list(inputs) + frontier, list(outputs))
     return graph, data, frontier
 

@@ -135,10 +135,15 @@ def onnx_seeds():
         [node, helper.make_node("Relu", ["y"], ["r"])],
         "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", "B", I])],
-        [helper.make_tensor_value_info("r", TensorProto.FLOAT, None), helper.make_tensor_value_info("h", TensorProto.FLOAT, None)],
+        [
+            helper.make_tensor_value_info("r", TensorProto.FLOAT, None),
+            helper.make_tensor_value_info("h", TensorProto.FLOAT, None),
+        ],
         inits,
     )
-    onnx.save_model(helper.make_model(g, opset_imports=[helper.make_opsetid("", 14)]), os.path.join(CORPUS, "onnx-lstm-peep.onnx"))
+    onnx.save_model(
+        helper.make_model(g, opset_imports=[helper.make_opsetid("", 14)]), os.path.join(CORPUS, "onnx-lstm-peep.onnx")
+    )
 
 
 def main():

@@ -1150,11 +1150,46 @@ def case_strategy(fmt, hdf5_bytes=True):
 
 # -- ONNX -------------------------------------------------------------------------------
 
-ONNX_OPS = ["LSTM", "GRU", "RNN", "Loop", "Scan", "If", "DynamicQuantizeLSTM", "Reshape", "Expand",
-            "ConstantOfShape", "Tile", "Range", "Concat", "Gather", "Slice", "Split", "MatMul", "Conv",
-            "Transpose", "Squeeze", "Unsqueeze", "Softmax", "Shape", "Cast", "Where", "Identity"]
-ONNX_LOCATIONS = ["outside/secret.bin", "../outside/secret.bin", "/etc/passwd", "case.bin", "missing.bin",
-                  "outside", ".", "", "..", "outside\\secret.bin"]
+ONNX_OPS = [
+    "LSTM",
+    "GRU",
+    "RNN",
+    "Loop",
+    "Scan",
+    "If",
+    "DynamicQuantizeLSTM",
+    "Reshape",
+    "Expand",
+    "ConstantOfShape",
+    "Tile",
+    "Range",
+    "Concat",
+    "Gather",
+    "Slice",
+    "Split",
+    "MatMul",
+    "Conv",
+    "Transpose",
+    "Squeeze",
+    "Unsqueeze",
+    "Softmax",
+    "Shape",
+    "Cast",
+    "Where",
+    "Identity",
+]
+ONNX_LOCATIONS = [
+    "outside/secret.bin",
+    "../outside/secret.bin",
+    "/etc/passwd",
+    "case.bin",
+    "missing.bin",
+    "outside",
+    ".",
+    "",
+    "..",
+    "outside\\secret.bin",
+]
 ONNX_OP = st.one_of(
     st.tuples(st.just("onnx_op"), IDX, st.sampled_from(ONNX_OPS)),
     st.tuples(st.just("onnx_domain"), IDX, st.sampled_from(["", "ai.onnx", "com.microsoft", "ai.onnx.ml", "x"])),
@@ -1228,14 +1263,21 @@ def build_onnx(seed, ops):
             elif kind == "onnx_attr_drop" and n.attribute:
                 del n.attribute[op[2] % len(n.attribute)]
             elif kind == "onnx_input":
-                names = {"x": g.input[0].name if len(g.input) else "x", "other": nodes[-1].output[0] if nodes[-1].output else ""}
+                names = {
+                    "x": g.input[0].name if len(g.input) else "x",
+                    "other": nodes[-1].output[0] if nodes[-1].output else "",
+                }
                 v = names.get(op[3], op[3])
                 if n.input:
                     n.input[op[2] % len(n.input)] = v
                 else:
                     n.input.append(v)
             elif kind == "onnx_output" and n.output:
-                names = {"x": g.input[0].name if len(g.input) else "x", "dup": nodes[0].output[0] if nodes[0].output else "", "other": g.output[0].name}
+                names = {
+                    "x": g.input[0].name if len(g.input) else "x",
+                    "dup": nodes[0].output[0] if nodes[0].output else "",
+                    "other": g.output[0].name,
+                }
                 n.output[op[2] % len(n.output)] = names.get(op[3], op[3])
         elif kind in ("onnx_dims", "onnx_dtype", "onnx_raw", "onnx_external") and inits:
             t = inits[op[1] % len(inits)]

@@ -28,7 +28,7 @@ import numpy as np
 from ...errors import FormatError, UnsupportedLayerError
 from ...graph import Step
 from ...model_onnx import ONNX_DTYPES, FnOp, OnnxModel, make_graphs
-from .proto import MAX_FILE_BYTES, TensorReader, _Unreadable, attribute_value, onnx_module, parse_model
+from .proto import MAX_FILE_BYTES, TensorReader, _Unreadable, attribute_value, onnx_module, parse_model, text
 from .registry import DEFAULT_DOMAINS, REQUIRED, lookup, make_op
 
 __all__ = ["load_onnx_file", "from_onnx", "build_model", "MAX_NODES", "FOLD_BUDGET_MIN"]
@@ -51,7 +51,9 @@ def load_onnx_file(path, **options):
         raise FormatError("%s: %d bytes, more than an ONNX (protobuf) file can hold" % (path, size))
     with open(path, "rb") as f:
         data = f.read()
-    model = build_model(parse_model(data, path), base_dir=os.path.dirname(os.path.abspath(path)), size=len(data), what=path)
+    model = build_model(
+        parse_model(data, path), base_dir=os.path.dirname(os.path.abspath(path)), size=len(data), what=path
+    )
     model.source = path
     return model
 
@@ -92,11 +94,11 @@ class _Node:
     __slots__ = ("op_type", "name", "domain", "inputs", "outputs", "attrs")
 
     def __init__(self, proto, index):
-        self.op_type = proto.op_type
-        self.domain = proto.domain
-        self.name = proto.name or "%s_%d" % (proto.op_type, index)
-        self.inputs = list(proto.input)
-        self.outputs = list(proto.output)
+        self.op_type = text(proto.op_type)
+        self.domain = text(proto.domain)
+        self.name = text(proto.name) or "%s_%d" % (self.op_type, index)
+        self.inputs = [text(v) for v in proto.input]
+        self.outputs = [text(v) for v in proto.output]
         self.attrs = {}
 
 
@@ -121,27 +123,30 @@ def _dims(type_proto):
         if d.HasField("dim_value"):
             out.append(int(d.dim_value))
         elif d.HasField("dim_param") and d.dim_param:
-            out.append(d.dim_param)
+            out.append(text(d.dim_param))
         else:
             out.append(None)
     return out
 
 
 def _value_spec(vi, what, required_type=True):
+    name = text(vi.name)
     if not vi.type.HasField("tensor_type"):
-        raise UnsupportedLayerError("input" if required_type else "output", "type", "%s %r is not a tensor" % (what, vi.name))
+        raise UnsupportedLayerError(
+            "input" if required_type else "output", "type", "%s %r is not a tensor" % (what, name)
+        )
     code = int(vi.type.tensor_type.elem_type)
     if code not in ONNX_DTYPES:
-        raise UnsupportedLayerError("input", "type", "%s %r has element type %d" % (what, vi.name, code))
+        raise UnsupportedLayerError("input", "type", "%s %r has element type %d" % (what, name, code))
     dt, tname = ONNX_DTYPES[code]
     shape = _dims(vi.type)
-    return dict(name=vi.name, shape=shape if shape is not None else [], dtype=dt, type=tname, ranked=shape is not None)
+    return dict(name=name, shape=shape if shape is not None else [], dtype=dt, type=tname, ranked=shape is not None)
 
 
 def _opset(m):
     version = None
     for o in m.opset_import:
-        if o.domain in DEFAULT_DOMAINS:
+        if text(o.domain) in DEFAULT_DOMAINS:
             version = int(o.version)
     if version is None:
         raise FormatError("the ONNX model imports no version of the default (ai.onnx) opset")
@@ -156,7 +161,9 @@ def _planned_elements(op_type, args, attrs):
             return int(np.prod(np.asarray(present[0], np.float64)))
         if op_type == "Expand":
             shape = [int(v) for v in np.asarray(present[1]).reshape(-1)]
-            return int(np.prod(np.broadcast_shapes(present[0].shape, tuple(max(v, 1) for v in shape)), dtype=np.float64))
+            return int(
+                np.prod(np.broadcast_shapes(present[0].shape, tuple(max(v, 1) for v in shape)), dtype=np.float64)
+            )
         if op_type == "Tile":
             return int(present[0].size * np.prod(np.abs(np.asarray(present[1], np.float64))))
         if op_type == "Range":
@@ -183,15 +190,15 @@ def build_model(m, *, base_dir, size, what):
         raise FormatError("%s: %d nodes (rnnfast loads at most %d)" % (what, len(g.node), MAX_NODES))
     if len(g.sparse_initializer):
         raise UnsupportedLayerError("sparse_initializer", None, "%s stores sparse initializers" % what)
-    functions = {(f.domain, f.name) for f in m.functions}
+    functions = {(text(f.domain), text(f.name)) for f in m.functions}
     consts = {}
     for t in g.initializer:
-        consts[t.name] = read(t)
-    inputs = [_value_spec(vi, "input") for vi in g.input if vi.name not in consts]
+        consts[text(t.name)] = read(t)
+    inputs = [_value_spec(vi, "input") for vi in g.input if text(vi.name) not in consts]
     names = [s["name"] for s in inputs]
     if len(set(names)) != len(names):
         raise FormatError("%s: repeated input names" % what)
-    outputs = [vi.name for vi in g.output]
+    outputs = [text(vi.name) for vi in g.output]
     if not outputs:
         raise FormatError("%s: the graph has no outputs" % what)
 
@@ -201,7 +208,9 @@ def build_model(m, *, base_dir, size, what):
     for node in nodes:
         if (node.domain, node.op_type) in functions:
             raise UnsupportedLayerError(
-                node.op_type, None, "node %r calls a function defined in the model (domain %r)" % (node.name, node.domain)
+                node.op_type,
+                None,
+                "node %r calls a function defined in the model (domain %r)" % (node.name, node.domain),
             )
         specs.append(lookup(node))
     needed = set(outputs)
@@ -222,9 +231,16 @@ def build_model(m, *, base_dir, size, what):
         _read_attrs(node, spec, proto, read)
         n_in = len(node.inputs)
         if not spec.inputs[0] <= n_in <= spec.inputs[1]:
-            raise FormatError("%s node %r has %d inputs (expected %d to %d)" % (node.op_type, node.name, n_in, *spec.inputs))
-        if not spec.outputs[0] <= len(node.outputs) <= spec.outputs[1] or (node.outputs and len(set(o for o in node.outputs if o)) != len([o for o in node.outputs if o])):
-            raise FormatError("%s node %r has %d outputs (expected %d to %d)" % (node.op_type, node.name, len(node.outputs), *spec.outputs))
+            raise FormatError(
+                "%s node %r has %d inputs (expected %d to %d)" % (node.op_type, node.name, n_in, *spec.inputs)
+            )
+        if not spec.outputs[0] <= len(node.outputs) <= spec.outputs[1] or (
+            node.outputs and len({o for o in node.outputs if o}) != len([o for o in node.outputs if o])
+        ):
+            raise FormatError(
+                "%s node %r has %d outputs (expected %d to %d)"
+                % (node.op_type, node.name, len(node.outputs), *spec.outputs)
+            )
         for j in range(min(spec.inputs[0], n_in)):
             if not node.inputs[j]:
                 raise FormatError("%s node %r: its input %d is required" % (node.op_type, node.name, j))
@@ -251,7 +267,9 @@ def build_model(m, *, base_dir, size, what):
                     keys.append(name)
                 slots.append(("key", keys.index(name)))
             else:
-                raise FormatError("%s node %r reads %r, which no earlier node computes" % (node.op_type, node.name, name))
+                raise FormatError(
+                    "%s node %r reads %r, which no earlier node computes" % (node.op_type, node.name, name)
+                )
         try:
             op = make_op(node, spec, slots, ctx)
         except (ValueError, TypeError, KeyError, IndexError) as e:
@@ -263,13 +281,22 @@ def build_model(m, *, base_dir, size, what):
             planned = _planned_elements(node.op_type, args, node.attrs)
             if planned > budget:
                 raise FormatError(
-                    "%s: folding the constants of %s node %r would make %d values (the budget left for %d bytes of file is %d)"
-                    % (what, node.op_type, node.name, planned, size, budget)
+                    "%s: folding the constants of %s node %r would make %d values (the budget left "
+                    "for %d bytes of file is %d)" % (what, node.op_type, node.name, planned, size, budget)
                 )
             try:
                 with np.errstate(all="ignore"):
                     vals = op.compute(args, 1)
-            except (ValueError, TypeError, IndexError, KeyError, AttributeError, ZeroDivisionError, OverflowError, MemoryError) as e:
+            except (
+                ValueError,
+                TypeError,
+                IndexError,
+                KeyError,
+                AttributeError,
+                ZeroDivisionError,
+                OverflowError,
+                MemoryError,
+            ) as e:
                 raise FormatError("%s node %r (on constants): %s" % (node.op_type, node.name, e)) from None
             for o, v in zip(node.outputs, vals):
                 if o and v is not None:
@@ -301,21 +328,23 @@ def build_model(m, *, base_dir, size, what):
             shape_steps.append(len(steps) - 1)
 
     out_specs = []
-    for vi in g.output:
-        if vi.name in consts and vi.name not in known:
-            steps.append(Step(FnOp("Identity", vi.name, [("const", consts[vi.name])], 1, {}), [], [vi.name]))
+    if len(set(outputs)) != len(outputs):
+        raise FormatError("%s: repeated output names" % what)
+    for vi, name in zip(g.output, outputs):
+        if name in consts and name not in known:
+            steps.append(Step(FnOp("Identity", name, [("const", consts[name])], 1, {}), [], [name]))
             shape_steps.append(len(steps) - 1)
-            known.add(vi.name)
-        if vi.name not in known:
-            raise FormatError("%s: output %r is never computed" % (what, vi.name))
-        spec = dict(name=vi.name, shape=[], type="tensor(float)")
+            known.add(name)
+        if name not in known:
+            raise FormatError("%s: output %r is never computed" % (what, name))
+        spec = dict(name=name, shape=[], type="tensor(float)")
         if vi.type.HasField("tensor_type"):
             code = int(vi.type.tensor_type.elem_type)
             spec["type"] = ONNX_DTYPES.get(code, (None, "tensor(%d)" % code))[1]
             spec["shape"] = _dims(vi.type) or []
         out_specs.append(spec)
     graph, data_graph, frontier = make_graphs(steps, names, outputs, shape_steps)
-    producer = m.producer_name + (" " + m.producer_version if m.producer_version else "")
+    producer = text(m.producer_name) + (" " + text(m.producer_version) if m.producer_version else "")
     probe = (
         sum(float(np.prod([d if isinstance(d, int) else 16 for d in s["shape"]], dtype=np.float64)) for s in inputs)
         <= MAX_PROBE_VALUES
@@ -327,12 +356,21 @@ def build_model(m, *, base_dir, size, what):
             frontier=frontier,
             inputs=inputs,
             outputs=out_specs,
-            name=g.name or "onnx",
+            name=text(g.name) or "onnx",
             producer=producer,
             opset=opset,
             probe=probe,
         )
-    except (ValueError, TypeError, IndexError, KeyError, AttributeError, ZeroDivisionError, OverflowError, MemoryError) as e:
+    except (
+        ValueError,
+        TypeError,
+        IndexError,
+        KeyError,
+        AttributeError,
+        ZeroDivisionError,
+        OverflowError,
+        MemoryError,
+    ) as e:
         if isinstance(e, FormatError):
             raise
         raise FormatError(
@@ -344,16 +382,19 @@ def build_model(m, *, base_dir, size, what):
 def _read_attrs(node, spec, proto, read):
     attrs = {}
     for a in proto.attribute:
-        if a.name not in spec.attrs:
+        name = text(a.name)
+        if name not in spec.attrs:
             raise UnsupportedLayerError(
-                node.op_type, a.name, "node %r: attribute %r is not one rnnfast runs %s with" % (node.name, a.name, node.op_type)
+                node.op_type,
+                name,
+                "node %r: attribute %r is not one rnnfast runs %s with" % (node.name, name, node.op_type),
             )
-        if a.name in attrs:
-            raise FormatError("%s node %r: attribute %r given twice" % (node.op_type, node.name, a.name))
+        if name in attrs:
+            raise FormatError("%s node %r: attribute %r given twice" % (node.op_type, node.name, name))
         v = attribute_value(a, read, node.op_type, node.name)
         if isinstance(v, _Unreadable):
-            raise UnsupportedLayerError(node.op_type, a.name, "node %r: attribute %r holds %r" % (node.name, a.name, v))
-        attrs[a.name] = v
+            raise UnsupportedLayerError(node.op_type, name, "node %r: attribute %r holds %r" % (node.name, name, v))
+        attrs[name] = v
     for k, default in spec.attrs.items():
         if k not in attrs:
             if default is REQUIRED:

@@ -17,12 +17,18 @@ import numpy as np
 from ...errors import FormatError
 from ...model_onnx import ONNX_DTYPES
 
-__all__ = ["onnx_module", "parse_model", "TensorReader", "attribute_value", "MAX_FILE_BYTES"]
+__all__ = ["onnx_module", "parse_model", "TensorReader", "attribute_value", "MAX_FILE_BYTES", "text"]
 
 #: protobuf cannot hold a message of 2 GiB or more (weights beyond go to external data).
 MAX_FILE_BYTES = (1 << 31) - 1
 
 _EXTERNAL = 1  # TensorProto.DataLocation.EXTERNAL
+
+
+def text(v):
+    """A protobuf string field as ``str`` (protobuf hands a field holding invalid UTF-8
+    over as bytes)."""
+    return v.decode("utf-8", "replace") if isinstance(v, bytes) else v
 
 
 def onnx_module():
@@ -70,7 +76,7 @@ class TensorReader:
         self.bytes_read = 0
 
     def __call__(self, t, name=None):
-        name = name or t.name or "?"
+        name = name or text(t.name) or "?"
         code = int(t.data_type)
         if code not in ONNX_DTYPES:
             raise FormatError(
@@ -124,7 +130,7 @@ class TensorReader:
         return np.asarray(field, dtype=dt)
 
     def _external(self, t, name, nbytes):
-        info = {e.key: e.value for e in t.external_data}
+        info = {text(e.key): text(e.value) for e in t.external_data}
         unknown = set(info) - {"location", "offset", "length", "checksum"}
         if unknown:
             raise FormatError("%s: tensor %r: unknown external data keys %s" % (self.what, name, sorted(unknown)))
@@ -193,15 +199,15 @@ def attribute_value(a, read_tensor, op_type, node):
     Graphs (subgraphs of Loop / Scan / If) and the other kinds are refused."""
     t = int(a.type)
     if a.ref_attr_name:
-        raise FormatError("node %r: attribute %r refers to a function's attribute" % (node, a.name))
+        raise FormatError("node %r: attribute %r refers to a function's attribute" % (node, text(a.name)))
     if t == _FLOAT:
         return float(a.f)
     if t == _INT:
         return int(a.i)
     if t == _STRING:
-        return a.s.decode("utf-8", "replace")
+        return text(a.s) if isinstance(a.s, str) else a.s.decode("utf-8", "replace")
     if t == _TENSOR:
-        return read_tensor(a.t, "%s.%s" % (node, a.name))
+        return read_tensor(a.t, "%s.%s" % (node, text(a.name)))
     if t == _FLOATS:
         return [float(v) for v in a.floats]
     if t == _INTS:

@@ -136,7 +136,9 @@ def _activations(op_type, attrs, D, where):
             beta = betas.pop(0) if betas else defaults[1]
         out.append(_kernel_activation(name, alpha, beta, where))
     if alphas or betas:
-        raise FormatError("%s node %r: more activation_alpha / activation_beta values than activations" % (op_type, where[1]))
+        raise FormatError(
+            "%s node %r: more activation_alpha / activation_beta values than activations" % (op_type, where[1])
+        )
     groups = [tuple(out[d * per : (d + 1) * per]) for d in range(D)]
     if len(set(groups)) > 1:
         raise UnsupportedLayerError(
@@ -180,7 +182,9 @@ def convert_recurrent(node, slots, ctx):
             return None
         if slot[0] != "const":
             raise UnsupportedLayerError(
-                op_type, what, "node %r: %s is computed in the graph; rnnfast takes weights that are initializers" % (name, what)
+                op_type,
+                what,
+                "node %r: %s is computed in the graph; rnnfast takes weights that are initializers" % (name, what),
             )
         return np.asarray(slot[1])
 

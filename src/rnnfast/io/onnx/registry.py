@@ -272,7 +272,13 @@ OPS = {
     "Reshape": OpSpec({"allowzero": 0}, inputs=(2, 2), shape_args=(1,)),
     "Flatten": OpSpec({"axis": 1}),
     "Concat": OpSpec({"axis": REQUIRED}, inputs=(1, 1 << 16)),
-    "Split": OpSpec({"axis": 0, "split": None, "num_outputs": None}, inputs=(1, 2), outputs=(1, 1 << 16), shape_args=(1,), check=_split_check),
+    "Split": OpSpec(
+        {"axis": 0, "split": None, "num_outputs": None},
+        inputs=(1, 2),
+        outputs=(1, 1 << 16),
+        shape_args=(1,),
+        check=_split_check,
+    ),
     "Slice": OpSpec({"starts": None, "ends": None, "axes": None}, inputs=(1, 5), shape_args=(1, 2, 3, 4)),
     "Shape": OpSpec({"start": 0, "end": None}),
     "Size": OpSpec(),
@@ -303,9 +309,7 @@ def lookup(node):
     """The OpSpec of ``node``, or UnsupportedLayerError naming its op, node and domain."""
     domain = node.domain or ""
     if domain not in DEFAULT_DOMAINS:
-        extra = (
-            " (an ONNX Runtime contrib op: rnnfast runs the standard ONNX ops)" if domain == "com.microsoft" else ""
-        )
+        extra = " (an ONNX Runtime contrib op: rnnfast runs the standard ONNX ops)" if domain == "com.microsoft" else ""
         raise UnsupportedLayerError(
             "%s.%s" % (domain, node.op_type),
             None,
@@ -314,7 +318,9 @@ def lookup(node):
     spec = OPS.get(node.op_type)
     if spec is None:
         raise UnsupportedLayerError(
-            node.op_type, None, "ONNX op %s (node %r, domain %r) is not one rnnfast runs" % (node.op_type, node.name, domain or "ai.onnx")
+            node.op_type,
+            None,
+            "ONNX op %s (node %r, domain %r) is not one rnnfast runs" % (node.op_type, node.name, domain or "ai.onnx"),
         )
     return spec
 
