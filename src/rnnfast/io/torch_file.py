@@ -1,11 +1,16 @@
-"""PyTorch recurrent modules -> :class:`~rnnfast.TorchRNN`: from files and live modules.
+"""PyTorch recurrent modules -> :class:`~rnnfast.TorchRNN` (and cells -> :class:`~rnnfast.TorchCell`):
+from files and live modules; :func:`read_tensors`, every tensor of a file.
 
 Files (:func:`load_torch_file`): ``torch.save`` zip or legacy files (read by
 ``torch_pickle``, without PyTorch, running nothing from the file) and
 ``.safetensors`` files (read by ``safetensors``). The file may hold the module's
 state_dict itself or any checkpoint of dicts, lists and tuples with the state_dict
 inside it; the recurrent module is found by its tensor names (``weight_ih_l0`` ...)
-and chosen with ``prefix=`` when there are several.
+and chosen with ``prefix=`` when there are several (more than one is refused without
+it); the file's other tensors are named in the model's ``ignored_tensors``. A cell's
+state_dict (``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh``, no ``_l0``) gives a
+:class:`~rnnfast.TorchCell`; fastai's ``<prefix>weight_hh_l0_raw`` is the weight of the
+module under ``<prefix>module.`` (see ``RAW_SUFFIX``).
 
 The architecture is inferred from tensor names and shapes (PyTorch's layout, see
 ``torch_convert``):
@@ -64,7 +69,7 @@ _KEY = re.compile(
     re.DOTALL,
 )
 #: A cell's tensors (nn.GRUCell / nn.LSTMCell / nn.RNNCell), as ``cells.TORCH_TENSORS`` names them.
-CELL_TENSORS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+CELL_TENSORS = cells.TORCH_TENSORS[:4]
 #: fastai's WeightDropout (AWD-LSTM) keeps the weight it drops out as ``<name>_raw`` on
 #: the wrapper and the wrapped module under ``module.``: at inference (eval mode) the
 #: module runs with the raw weight itself, so ``<prefix>weight_hh_l0_raw`` is the
