@@ -151,7 +151,7 @@ def test_speech_conv_bigru(dynamo, seed):
                     raises=rnnfast.UnsupportedLayerError,
                     strict=True,
                     reason="the ONNX frontend lacks SplitToSequence / SequenceAt, which the torch.export-based "
-                    "exporter writes for nn.RNN (unrolled)",
+                    "exporter writes for nn.RNN (unrolled over the example's steps) when an axis is dynamic",
                 ),
             ],
         ),
@@ -174,6 +174,19 @@ def test_names_classifier(dynamo, seed):
     check(model, rn, [(one_hot(T, B),) for T, B in zip(steps, (1, 3, 8))])
     out = rn.predict(one_hot(9, 2))
     np.testing.assert_allclose(np.exp(out).sum(axis=1), 1, rtol=1e-5)  # log-probabilities
+
+
+@pytest.mark.slow
+def test_names_classifier_dynamo_static(seed):
+    """With its shapes fixed (dynamic_axes={}) the torch.export-based exporter unrolls
+    nn.RNN with Slice ops, which run: a graph for the example's shape only."""
+    torch.manual_seed(seed % 1000)
+    model = NamesClassifier().eval()
+    x = np.zeros((6, 2, 20), np.float32)
+    x[np.arange(6), :, np.random.default_rng(seed).integers(0, 20, 6)] = 1
+    rn = rnnfast.from_torch(model, torch.as_tensor(x), dynamo=True, dynamic_axes={})
+    assert [i.shape for i in rn.get_inputs()] == [[6, 2, 20]]
+    check(model, rn, [(x,), (x[::-1].copy(),)])
 
 
 @pytest.mark.parametrize("dynamo", [False, pytest.param(True, marks=pytest.mark.slow)])
