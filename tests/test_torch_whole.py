@@ -4,7 +4,6 @@ memory, run by rnnfast's ONNX frontend) on real model shapes compared with live 
 refusals that name what a file is: a whole pickled module (with the two ways out),
 TorchScript, torch.export programs, TensorFlow SavedModels, ONNX given to read_tensors."""
 
-import os
 import subprocess
 import sys
 import warnings
@@ -401,7 +400,8 @@ def test_saved_model_named(tmp_path):
         for fn in (rnnfast.load, rnnfast.read_tensors):
             with pytest.raises(rnnfast.FormatError, match=r"TensorFlow SavedModel.*tf2onnx"):
                 fn(path)
-    assert os.path.isdir(str(d))
+    r = subprocess.run([sys.executable, "-m", "rnnfast", "info", str(d)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "TensorFlow SavedModel directory" in r.stderr and "Traceback" not in r.stderr
     with pytest.raises(rnnfast.FormatError, match=r"is a directory, not a model file"):
         rnnfast.load(str(d / "variables"))
 

@@ -129,9 +129,7 @@ def _load(args, batch_first=True):
     path = args.model
     if not os.path.exists(path):
         raise UserError("no such file: %s" % path)
-    if os.path.isdir(path):
-        raise UserError("%s is a directory, not a model file" % path)
-    try:
+    try:  # (a directory too: detect says what it is, a TensorFlow SavedModel say)
         kind = detect(path)
         is_keras = kind.startswith("keras")
     except FormatError as e:

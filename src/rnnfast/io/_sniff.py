@@ -93,8 +93,6 @@ def sniff(path):
         return "onnx"
     what = name_foreign(path, head)  # a TensorFlow SavedModel ...: named as what it is
     if what:
-        if ":" not in what:  # a name without the way to a file rnnfast reads
-            what += "; rnnfast reads Keras, PyTorch state_dict, safetensors and ONNX files"
         raise FormatError("%s is %s" % (path, what))
     raise FormatError(
         "%s is not a model file rnnfast knows (first bytes %r): expected a Keras "
