@@ -17,7 +17,7 @@ import safetensors.torch as safetensors_torch
 import torch
 
 import rnnfast
-from rnnfast.io import torch_file
+from rnnfast.io import torch_file, torch_pickle
 
 from _testing import assert_close, assert_same, torch_run
 
@@ -401,3 +401,35 @@ def test_other_classes_refused_with_both_readings(monkeypatch, tmp_path):
         assert "refused global 'myproject.config.RunConfig'" in msg
         assert "If it is the whole model" in msg and "torch.save(model.state_dict(), path)" in msg
         assert "a value saved beside the weights (a config, hyper-parameters), save the checkpoint without it" in msg
+
+
+class CountingFile:
+    """A file whose reads are counted (bytes)."""
+
+    def __init__(self, f):
+        self.f, self.read_bytes = f, 0
+
+    def read(self, n=-1):
+        data = self.f.read(n)
+        self.read_bytes += len(data)
+        return data
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+
+def test_legacy_storage_read_once_for_many_views(tmp_path):
+    """Many tensors viewing one storage of a legacy file read its bytes once, not once
+    per tensor (which would cost the storage's size times the number of tensors)."""
+    big = torch.arange(1 << 16, dtype=torch.float32)
+    views = [big[i : i + 2] for i in range(200)]
+    path = str(tmp_path / "views.pt")
+    torch.save({"views": views}, path, _use_new_zipfile_serialization=False)
+    with torch_pickle.open_torch_file(path) as archive:
+        archive._f = counting = CountingFile(archive._f)
+        arrays = [archive.array(r) for r in archive.root["views"]]
+    assert counting.read_bytes == big.numel() * 4  # the storage, once
+    for i, a in enumerate(arrays):
+        np.testing.assert_array_equal(a, [i, i + 1])
+    got = rnnfast.read_tensors(path)
+    assert len(got) == 200 and got["views.199"].tolist() == [199.0, 200.0]

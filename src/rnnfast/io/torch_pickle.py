@@ -881,6 +881,7 @@ class LegacyArchive(_Archive):
 
     def __init__(self, path):
         super().__init__(path)
+        self._cache = {}
         self._f = open(path, "rb")
         try:
             self._open()
@@ -934,13 +935,19 @@ class LegacyArchive(_Archive):
         pass  # sizes are checked against the file once the key list is read
 
     def _storage_bytes(self, rec):
-        pos = self._offsets.get(rec.key)
-        if pos is None:
-            raise self._fail("storage %s is not in the file's storage list" % quote(rec.key))
-        self._f.seek(pos)
-        return self._f.read(rec.nbytes)
+        # read once per storage (many tensors may view one: their reads would otherwise
+        # cost the storage's size each); the storages are disjoint parts of the file
+        data = self._cache.get(rec.key)
+        if data is None:
+            pos = self._offsets.get(rec.key)
+            if pos is None:
+                raise self._fail("storage %s is not in the file's storage list" % quote(rec.key))
+            self._f.seek(pos)
+            data = self._cache[rec.key] = self._f.read(rec.nbytes)
+        return data
 
     def close(self):
+        self._cache.clear()
         self._f.close()
 
 
