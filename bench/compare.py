@@ -6,6 +6,11 @@ PyTorch itself, ONNX Runtime and OpenVINO (an ONNX export of the module; OpenVIN
 forced to f32), and Keras 3 on TensorFlow (weights converted to Keras' layout, run as
 ``tf.function(jit_compile=True)`` around ``model(x, training=False)``).
 
+The ONNX columns: ``rnnfast-onnx`` loads the very ``.onnx`` file ONNX Runtime and
+OpenVINO run (``rnnfast.load(path)``, then ``model.run(None, {"x": x})``), and the
+report sets its call time and its load time against ONNX Runtime's (the session
+creation) on every row, with their geometric means.
+
 Each engine runs in its own worker process, one set of workers per thread count (an
 engine's thread pool, still spinning after its turn, would otherwise steal a core from
 the next engine; thread settings of TensorFlow and OpenVINO are per process anyway).
@@ -17,6 +22,7 @@ every engine has spent its budget. Times are medians of all calls. The machine's
 sgemm peak is measured by the script itself, in a process of its own.
 
     python bench/compare.py [--quick] [--threads 1,2] [--cases LSTM] [--out bench/results]
+    python bench/compare.py --quick --engines rnnfast,onnxruntime,rnnfast-onnx   # the ONNX columns only
     python bench/compare.py --memory          # peak memory per engine, long sequence
 
 Install the peers and run with ``make compare`` / ``make compare-quick`` (a separate .venv-bench).
@@ -405,6 +411,12 @@ class RnnfastOnnxEngine(RnnfastEngine):
     ``model.run(None, {"x": x})``, as an ONNX Runtime user would switch."""
 
     name = "rnnfast-onnx"
+
+    def setup(self):
+        info = super().setup()
+        import onnx  # noqa: F401  (imported once here, as the ONNX Runtime worker imports onnxruntime)
+
+        return info
 
     def build(self, case, net, x):
         import torch

@@ -225,3 +225,42 @@ def test_invalid_utf8_in_string_fields(tmp_path):
     assert "\ufffd" in model.producer
     outs = model.run(None, model._example_feed())
     assert len(outs) == len(model.output_names) and all(np.isfinite(o).all() for o in outs)
+
+
+def test_constant_folding_work_is_bounded():
+    # 200 MatMuls of one shared 1024 x 1024 constant: 4 MB of file, 2e11 multiply-adds
+    w = numpy_helper.from_array(np.ones((1024, 1024), np.float32) / 1024, "w")
+    nodes, prev = [], "w"
+    for i in range(200):
+        nodes.append(helper.make_node("MatMul", [prev, "w"], ["m%d" % i], name="mm%d" % i))
+        prev = "m%d" % i
+    nodes.append(helper.make_node("Add", ["x", prev], ["y"]))
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1024])],
+        [helper.make_tensor_value_info("y", 1, None)],
+        [w],
+    )
+    with pytest.raises(rnnfast.FormatError, match="operations than the budget"):
+        rnnfast.from_onnx(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+def test_load_time_run_skipped_when_it_would_cost_more_than_the_file():
+    # 100 MatMuls of the data by one shared 1024 x 1024 weight: the load-time run would
+    # cost 100 inferences' worth of weight reads for 4 MB of file; it is left to the call
+    w = numpy_helper.from_array(np.zeros((1024, 1024), np.float32), "w")
+    nodes, prev = [], "x"
+    for i in range(100):
+        nodes.append(helper.make_node("MatMul", [prev, "w"], ["m%d" % i], name="mm%d" % i))
+        prev = "m%d" % i
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1024])],
+        [helper.make_tensor_value_info(prev, 1, None)],
+        [w],
+    )
+    model = rnnfast.from_onnx(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+    assert not model._shape_cache  # not run at load
+    assert model.run(None, {"x": np.ones((1, 1024), np.float32)})[0].shape == (1, 1024)

@@ -78,3 +78,24 @@ def test_from_onnx_argument_checks(exported):
         rnnfast.load(path, dtype="float64")
     with pytest.raises(rnnfast.FormatError):
         rnnfast.from_onnx(b"\x08\x07garbage")
+
+
+def test_predict_and_cli_predict(exported, tmp_path, rng):
+    m, data, path = exported
+    model = rnnfast.load(path)
+    x = rng.standard_normal((2, 5, 6)).astype(np.float32)
+    out, h = model.predict(x)
+    with torch.no_grad():
+        want, want_h = m(torch.from_numpy(x))
+    np.testing.assert_allclose(out, want.numpy(), atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="batch_size"):
+        model.predict(x, batch_size=1)
+    np.save(tmp_path / "x.npy", x)
+    subprocess.run(
+        [sys.executable, "-m", "rnnfast", "predict", str(path), str(tmp_path / "x.npy"), "-o", str(tmp_path / "y.npz")],
+        check=True,
+        capture_output=True,
+    )
+    y = np.load(tmp_path / "y.npz")
+    np.testing.assert_array_equal(y["output_0"], out)
+    np.testing.assert_array_equal(y["output_1"], h)

@@ -151,3 +151,77 @@ def test_load_from_file_and_summary(tmp_path, seed):
     ids = torch.randint(0, 50, (2, 5))
     with torch.no_grad():
         assert_close(model(ids.numpy()), m(ids).numpy(), np.float32)
+
+
+class Speech(torch.nn.Module):
+    """Conv1d + BatchNorm1d + ReLU + MaxPool1d -> stacked BiGRU -> LayerNorm -> Linear -> GELU -> softmax."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv1d(13, 32, 5, padding=2)
+        self.bn = torch.nn.BatchNorm1d(32)
+        self.pool = torch.nn.MaxPool1d(2)
+        self.gru = torch.nn.GRU(32, 24, batch_first=True, bidirectional=True, num_layers=2)
+        self.ln = torch.nn.LayerNorm(48)
+        self.fc = torch.nn.Linear(48, 10)
+
+    def forward(self, x):  # (batch, 13, time)
+        y = self.pool(torch.relu(self.bn(self.conv(x)))).transpose(1, 2)
+        y, _ = self.gru(y)
+        return torch.nn.functional.gelu(self.fc(self.ln(y))).softmax(-1)
+
+
+class DecoderStep(torch.nn.Module):
+    """One step of a seq2seq decoder: token and state in, log-probabilities and state out."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(50, 16)
+        self.gru = torch.nn.GRU(16, 32, batch_first=True)
+        self.out = torch.nn.Linear(32, 50)
+
+    def forward(self, tok, h):
+        y, h = self.gru(torch.relu(self.emb(tok)), h)
+        return torch.log_softmax(self.out(y.squeeze(1)), -1), h
+
+
+class Pooled(torch.nn.Module):
+    """LSTM -> [mean over time, max over time] -> Linear -> sigmoid."""
+
+    def __init__(self):
+        super().__init__()
+        self.lstm = torch.nn.LSTM(8, 16, batch_first=True)
+        self.fc = torch.nn.Linear(32, 3)
+
+    def forward(self, x):
+        y, _ = self.lstm(x)
+        return torch.sigmoid(self.fc(torch.cat([y.mean(1), y.amax(1)], -1)))
+
+
+WHOLE = [
+    ("speech", Speech, lambda: (torch.randn(2, 13, 40),), ["x"], {"x": {0: "b", 2: "t"}}),
+    (
+        "decoder",
+        DecoderStep,
+        lambda: (torch.randint(0, 50, (3, 1)), torch.randn(1, 3, 32)),
+        ["tok", "h"],
+        {"tok": {0: "b"}, "h": {1: "b"}},
+    ),
+    ("pooled", Pooled, lambda: (torch.randn(2, 9, 8),), ["x"], {"x": {0: "b", 1: "t"}}),
+]
+
+
+@pytest.mark.parametrize("dynamo", EXPORTERS)
+@pytest.mark.parametrize("name, cls, make_args, names, dynamic", WHOLE, ids=[w[0] for w in WHOLE])
+def test_whole_models(seed, name, cls, make_args, names, dynamic, dynamo):
+    torch.manual_seed(seed % 2**31)
+    m = cls().eval()
+    if name == "speech":  # running statistics as a trained model has them
+        with torch.no_grad():
+            m.bn.running_mean.uniform_(-0.5, 0.5)
+            m.bn.running_var.uniform_(0.5, 2.0)
+    args = make_args()
+    data = export(m, args, dynamo, names=names, dynamic=None if dynamo else dynamic)
+    with torch.no_grad():
+        out = _flat(m(*args))
+    compare(data, {n: a.numpy() for n, a in zip(names, args)}, out)

@@ -370,7 +370,9 @@ def _predict(args):
         if torch_model:
             arrays = _predict_torch(model, x, lengths, args, verbose)
         else:
-            y = model.predict(x, num_threads=args.threads, batch_size=args.batch_size, verbose=verbose)
+            # a model that cannot tell its batch axis (ONNX) runs the input in one pass
+            bs = args.batch_size if getattr(model, "splits_batches", True) else None
+            y = model.predict(x, num_threads=args.threads, batch_size=bs, verbose=verbose)
             arrays = _flat_outputs(y)
     except ValueError as e:
         raise UserError(str(e)) from None

@@ -23,6 +23,7 @@ import threading
 import numpy as np
 
 from . import _validation
+from ._progress import run_batched
 from ._summary import Summarized
 from .graph import Graph
 from .layers import ACTIVATIONS, apply_activation, softmax
@@ -767,6 +768,9 @@ class OnnxModel(Summarized):
     """
 
     framework = "ONNX"
+    #: ``predict`` takes no ``batch_size``: which input axis is the batch is not recorded
+    #: in an ONNX model (the command line runs such a model in one pass).
+    splits_batches = False
 
     def __init__(self, *, graph, data_graph, frontier, inputs, outputs, name, producer, opset, probe=True):
         self._graph = graph  # every step: the first call with new input shapes
@@ -839,8 +843,23 @@ class OnnxModel(Summarized):
         by_name = dict(zip(self.output_names, values))
         return [by_name[n] for n in names]
 
-    def predict(self, x, *, num_threads=None):
-        """Run a single-input model on ``x``: its only output, or a list of its outputs."""
+    def predict(self, x, batch_size=None, verbose=0, *, num_threads=None):
+        """Run a single-input model on ``x``: its only output, or a list of its outputs.
+
+        ``batch_size`` must be None (an ONNX model does not say which axis of its input
+        is the batch: slice the input yourself); ``verbose`` as for Keras models (one
+        pass, so 1 shows a bar of one step)."""
+        if batch_size is not None:
+            raise ValueError(
+                "%s: batch_size is not supported (an ONNX model does not say which axis of its input is the "
+                "batch); call it on slices of the input" % self._what()
+            )
+        if isinstance(x, dict) or len(self._inputs) != 1:
+            return self._predict(x, num_threads)
+        x = _validation.array(x, "%s input" % self._what())
+        return run_batched(lambda part: self._predict(part, num_threads), x, None, verbose=verbose)
+
+    def _predict(self, x, num_threads):
         if len(self._inputs) != 1:
             if isinstance(x, dict):
                 out = self.run(None, x, num_threads=num_threads)
@@ -856,7 +875,7 @@ class OnnxModel(Summarized):
 
     def __call__(self, x, *, num_threads=None):
         """``model(x)``: :meth:`predict`."""
-        return self.predict(x, num_threads=num_threads)
+        return self._predict(x, num_threads)
 
     # -- running ----------------------------------------------------------------------
 
@@ -878,15 +897,18 @@ class OnnxModel(Summarized):
         cached = self._shape_cache.get(sig)
         with np.errstate(all="ignore"):
             if cached is None:
-                values, _ = self._graph.run(feeds, num_threads, keep_all=True)
-                cached = [_frozen(np.asarray(values[k])) for k in self._frontier]
+                n = len(self._outputs)
+                if self._shapes is None:  # the first run (at load): each tensor's shape, for the summary
+                    values, _ = self._graph.run(feeds, num_threads, keep_all=True)
+                    self._shapes = {k: tuple(v.shape) for k, v in values.items() if isinstance(v, np.ndarray)}
+                    res = [values[k] for k in self._graph.outputs]
+                else:  # the graph's outputs are the model's, then the shape results (the rest is freed)
+                    res, _ = self._graph.run(feeds, num_threads)
+                out, cached = res[:n], [_frozen(np.asarray(v)) for v in res[n:]]
                 with self._lock:
                     if len(self._shape_cache) >= SHAPE_CACHE_SIZE:
                         self._shape_cache.pop(next(iter(self._shape_cache)))
                     self._shape_cache[sig] = cached
-                out = [values[k] for k in self._graph.outputs]
-                if self._shapes is None:  # the first run (at load): each tensor's shape, for the summary
-                    self._shapes = {k: tuple(v.shape) for k, v in values.items() if isinstance(v, np.ndarray)}
             else:
                 out = self._run_data(list(feeds) + list(cached), num_threads)
         return [_contiguous(v) for v in out]
@@ -1050,7 +1072,6 @@ def make_graphs(steps, inputs, outputs, shape_steps):
     produce that the other steps (or the outputs) read as extra inputs.
 
     Returns ``(graph, data_graph, frontier)``."""
-    graph = Graph(steps, inputs, list(outputs))
     shape_steps = set(shape_steps)
     made = {k for i in shape_steps for k in steps[i].outputs}
     data_steps = [s for i, s in enumerate(steps) if i not in shape_steps]
@@ -1058,6 +1079,8 @@ def make_graphs(steps, inputs, outputs, shape_steps):
     frontier = [
         k for k in dict.fromkeys(k for i in sorted(shape_steps) for k in steps[i].outputs) if k in read and k in made
     ]
+    # the full graph also gives the shape results, so that they can be kept per input shape
+    graph = Graph(steps, inputs, list(outputs) + frontier)
     data = Graph(data_steps, list(inputs) + frontier, list(outputs))
     return graph, data, frontier
 

@@ -100,6 +100,11 @@ def main():
 
     import rnnfast
 
+    try:  # the ONNX loader's parser, imported once here rather than inside the first case's timeout
+        import onnx  # noqa: F401
+    except ImportError:
+        pass
+
     rnnfast.set_num_threads(1)
     selftest = os.environ.get("RNNFAST_FUZZ_SELFTEST") == "1"
     _limit_memory()

@@ -31,15 +31,20 @@ from ...model_onnx import ONNX_DTYPES, FnOp, OnnxModel, make_graphs
 from .proto import MAX_FILE_BYTES, TensorReader, _Unreadable, attribute_value, onnx_module, parse_model, text
 from .registry import DEFAULT_DOMAINS, REQUIRED, lookup, make_op
 
-__all__ = ["load_onnx_file", "from_onnx", "build_model", "MAX_NODES", "FOLD_BUDGET_MIN"]
+__all__ = ["load_onnx_file", "from_onnx", "build_model", "MAX_NODES", "FOLD_BUDGET_MIN", "FOLD_WORK_MIN"]
 
 #: Most nodes in a graph.
 MAX_NODES = 200_000
 #: Elements constant folding may produce, at least (else 4 per byte of the file).
 FOLD_BUDGET_MIN = 1 << 24
+#: Multiply-adds constant folding may cost, at least (else 64 per byte of the file).
+FOLD_WORK_MIN = 1 << 28
 #: Input values above which the load-time run on zeros is skipped (its shape
 #: arithmetic is then done on the first call).
 MAX_PROBE_VALUES = 1 << 24
+#: Constant elements the steps read (with repeats) above which -- and above 16 per byte
+#: of the file -- the load-time run is skipped (a graph that reads one weight many times).
+PROBE_READS_MIN = 1 << 26
 
 
 def load_onnx_file(path, **options):
@@ -169,9 +174,11 @@ def _planned_elements(op_type, args, attrs):
         if op_type == "Range":
             s, lim, d = (float(np.asarray(v).reshape(-1)[0]) for v in present)
             return int(abs((lim - s) / d)) + 1 if d else 0
-        if op_type in ("MatMul", "Gemm"):
+        if op_type in ("MatMul", "Gemm"):  # rows of a times columns of b (batch dims of the larger)
             a, b = present[0], present[1]
-            return int(a.size * (b.shape[-1] if b.ndim else 1) + a.size)
+            rows = a.size // max(a.shape[-1], 1) if a.ndim else 1
+            cols = b.size // max(b.shape[-2], 1) if b.ndim > 1 else 1
+            return int(max(rows * (b.shape[-1] if b.ndim else 1), cols * (a.shape[-2] if a.ndim > 1 else 1)))
         if op_type == "Gather":
             return int(present[1].size * max(present[0].size, 1))
         if len(present) > 1:
@@ -179,6 +186,20 @@ def _planned_elements(op_type, args, attrs):
     except (ValueError, TypeError, IndexError, OverflowError):
         return 0  # the kernel refuses it
     return max([a.size for a in present] + [1])
+
+
+def _fold_work(op_type, args, planned):
+    """Multiply-adds (or element operations) a folded node costs, before it runs."""
+    present = [a for a in args if a is not None]
+    try:
+        if op_type in ("MatMul", "Gemm"):
+            return float(present[0].size) * float(present[1].shape[-1] if present[1].ndim else 1)
+        if op_type == "Conv":
+            w = present[1]
+            return float(present[0].size) * float(w.shape[0]) * float(w.shape[-1])
+    except (IndexError, AttributeError):
+        return 0.0
+    return float(planned) + sum(float(a.size) for a in present)
 
 
 def build_model(m, *, base_dir, size, what):
@@ -225,6 +246,7 @@ def build_model(m, *, base_dir, size, what):
     unstable = set()  # tensors whose shape may depend on data values
     steps, shape_steps = [], []
     budget = max(FOLD_BUDGET_MIN, 4 * size)
+    work_budget = float(max(FOLD_WORK_MIN, 64 * size))
     for node, spec, proto in zip(nodes, specs, g.node):
         if not any(o in needed for o in node.outputs if o):
             continue
@@ -283,6 +305,12 @@ def build_model(m, *, base_dir, size, what):
                 raise FormatError(
                     "%s: folding the constants of %s node %r would make %d values (the budget left "
                     "for %d bytes of file is %d)" % (what, node.op_type, node.name, planned, size, budget)
+                )
+            work_budget -= _fold_work(node.op_type, args, planned)
+            if work_budget < 0:
+                raise FormatError(
+                    "%s: folding the constants up to %s node %r costs more operations than the budget for "
+                    "%d bytes of file (%d)" % (what, node.op_type, node.name, size, max(FOLD_WORK_MIN, 64 * size))
                 )
             try:
                 with np.errstate(all="ignore"):
@@ -345,10 +373,11 @@ def build_model(m, *, base_dir, size, what):
         out_specs.append(spec)
     graph, data_graph, frontier = make_graphs(steps, names, outputs, shape_steps)
     producer = text(m.producer_name) + (" " + text(m.producer_version) if m.producer_version else "")
-    probe = (
-        sum(float(np.prod([d if isinstance(d, int) else 16 for d in s["shape"]], dtype=np.float64)) for s in inputs)
-        <= MAX_PROBE_VALUES
-    )
+    # the load-time run costs about the constants each step reads: bounded by the file's size
+    reads = sum(float(sl[1].size) for st in steps for sl in st.op.slots if sl is not None and sl[0] == "const")
+    probe = sum(
+        float(np.prod([d if isinstance(d, int) else 16 for d in s["shape"]], dtype=np.float64)) for s in inputs
+    ) <= MAX_PROBE_VALUES and reads <= max(PROBE_READS_MIN, 16 * size)
     try:
         return OnnxModel(
             graph=graph,
