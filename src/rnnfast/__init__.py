@@ -1,8 +1,8 @@
 """rnnfast: fast CPU inference for recurrent networks trained in Keras or PyTorch.
 
 Public names: :func:`load`, :func:`from_keras`, :func:`from_torch`,
-:func:`from_onnx`, the model classes :class:`KerasModel`, :class:`TorchRNN` and
-:class:`OnnxModel`, the thread settings
+:func:`from_onnx`, :func:`read_tensors`, the model classes :class:`KerasModel`,
+:class:`TorchRNN`, :class:`TorchCell` and :class:`OnnxModel`, the thread settings
 :func:`set_num_threads` / :func:`get_num_threads`, the bundled example files
 :func:`example` / :func:`examples`, the errors :class:`FormatError`
 and :class:`UnsupportedLayerError`, and the canonical layers in :mod:`rnnfast.layers`.
@@ -15,11 +15,11 @@ from .errors import FormatError, RnnfastError, UnsupportedLayerError
 load_kernels()  # before anything imports the compiled core: see its docstring
 from . import cells, layers  # noqa: E402
 from .demo import example, examples  # noqa: E402
-from .io import from_keras, from_onnx, from_torch, load  # noqa: E402
+from .io import from_keras, from_onnx, from_torch, load, read_tensors  # noqa: E402
 from .model import Sequential  # noqa: E402
 from .model_keras import KerasModel  # noqa: E402
 from .model_onnx import OnnxModel  # noqa: E402
-from .model_torch import TorchRNN  # noqa: E402
+from .model_torch import TorchCell, TorchRNN  # noqa: E402
 from .precision import PRECISIONS, precision_error  # noqa: E402
 
 __all__ = [
@@ -32,7 +32,9 @@ __all__ = [
     "examples",
     "KerasModel",
     "TorchRNN",
+    "TorchCell",
     "OnnxModel",
+    "read_tensors",
     "Sequential",
     "precision_error",
     "PRECISIONS",

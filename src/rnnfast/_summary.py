@@ -85,6 +85,9 @@ def summary_text(model, source=None):
     out += [line(cell) for cell in cells]
     out.append(sep)
     out.append("total parameters: {:,}".format(sum(r["parameters"] for r in rows)))
+    notes = getattr(model, "summary_notes", None)  # e.g. what a load left out of the file
+    if notes is not None:
+        out += notes()
     return "\n".join(out)
 
 

@@ -65,7 +65,7 @@ __all__ = [
 #: The tensor names of a PyTorch recurrent module's state_dict, per layer ``k`` and
 #: direction (suffix ``_l{k}``, plus ``_reverse`` for the backward one); ``weight_hr``
 #: only for an LSTM with ``proj_size``.
-TORCH_TENSORS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
+TORCH_TENSORS: tuple[str, ...] = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
 
 
 def kernel_code(kernel_name):

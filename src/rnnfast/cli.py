@@ -136,9 +136,7 @@ def _load(args, batch_first=True):
     path = args.model
     if not os.path.exists(path):
         raise UserError("no such file: %s" % path)
-    if os.path.isdir(path):
-        raise UserError("%s is a directory, not a model file" % path)
-    try:
+    try:  # (a directory too: detect says what it is, a TensorFlow SavedModel say)
         kind = detect(path)
         is_keras = kind.startswith("keras")
     except FormatError as e:
@@ -180,6 +178,16 @@ def _load(args, batch_first=True):
 
 def _is_torch(model):
     return model.framework == "PyTorch"
+
+
+def _no_cell(model, path):
+    """A cell (nn.GRUCell ...) takes one step with the caller's state: no sequence to
+    predict over or time, so only `info` takes it (the model says so in describe())."""
+    if model.describe().get("one_step"):
+        raise UserError(
+            "%s holds an nn.%s: a cell takes one step, h = cell(x, h), run from Python "
+            "(rnnfast.load(path)); `rnnfast info` describes it" % (path, model.summary_rows()[0]["type"])
+        )
 
 
 # -- input and output files -------------------------------------------------------------
@@ -342,6 +350,7 @@ def _predict(args):
     if args.batch_size is not None and args.batch_size < 1:
         raise UserError("--batch-size must be at least 1")
     model = _load(args)
+    _no_cell(model, args.model)
     x = read_input(args.input, args.key)
     csv_input = os.path.splitext(args.input)[1].lower() == ".csv"
     if csv_input:
@@ -452,6 +461,7 @@ def _bench(args):
         if v is not None and v < 1:
             raise UserError("%s must be at least 1" % flag)
     model = _load(args)
+    _no_cell(model, args.model)
     try:
         run_bench(
             model,

@@ -8,6 +8,9 @@ the kernel with the directions already side by side, is the next layer's input a
 it is.
 """
 
+import types
+from collections.abc import Mapping
+
 import numpy as np
 
 from . import _validation
@@ -17,7 +20,7 @@ from ._summary import Summarized
 from .layers import RNNLayer
 from .precision import ReducedPrecision
 
-__all__ = ["TorchRNN"]
+__all__ = ["TorchRNN", "TorchCell", "ignored_notes"]
 
 
 def _torch_mode(layer):
@@ -28,6 +31,26 @@ def _torch_mode(layer):
     if cell.recurrent_activation and layer.recurrent_activation != "sigmoid":
         return None
     return next((mode for mode, act in cell.torch_modes.items() if act == layer.activation), None)
+
+
+#: ``ignored_tensors`` of a model pickled before the attribute existed (nothing left out).
+_NOTHING: Mapping[str, tuple] = types.MappingProxyType({})
+#: Tensors named one by one in the summary's "left out" line; the rest are counted.
+NOTES_SHOWN = 8
+
+
+def ignored_notes(ignored):
+    """The summary's lines for the tensors a load left out (``ignored_tensors``: name ->
+    shape): none when nothing was left out."""
+    if not ignored:
+        return []
+    items = list(ignored.items())
+    shown = ", ".join("%s %s" % (n, list(shape)) for n, shape in items[:NOTES_SHOWN])
+    more = ", ... (%d more)" % (len(items) - NOTES_SHOWN) if len(items) > NOTES_SHOWN else ""
+    return [
+        "left out: %d tensor%s of the file that are not this module's: %s%s"
+        % (len(items), "" if len(items) == 1 else "s", shown, more)
+    ]
 
 
 class TorchRNN(ReducedPrecision, Summarized):
@@ -62,7 +85,13 @@ class TorchRNN(ReducedPrecision, Summarized):
     layers : list of RNNLayer
     source : str or None
         Where the weights came from (a file path), when known.
+    ignored_tensors : dict of str -> tuple of int
+        The tensors of the file that are not this module's (an embedding, a head,
+        optimizer state ... of a checkpoint), dotted name -> shape, in file order;
+        empty when nothing was left out. ``summary()`` names them too.
     """
+
+    ignored_tensors: Mapping[str, tuple] = _NOTHING
 
     def __init__(self, layers, *, batch_first=False, bias=True, source=None):
         layers = list(layers)
@@ -113,6 +142,7 @@ class TorchRNN(ReducedPrecision, Summarized):
         self.nonlinearity = first.activation if len(first.cell_spec.torch_modes) > 1 else None
         self.dtype = first.dtype
         self.source = source
+        self.ignored_tensors = {}
         self._Ho = Ho
         self._module = first.cell_spec.torch_module
         self._with_c = first.cell_spec.num_states > 1
@@ -166,6 +196,10 @@ class TorchRNN(ReducedPrecision, Summarized):
     def summary_title(self):
         """The title line of the summary table."""
         return repr(self)
+
+    def summary_notes(self):
+        """Lines printed under the summary table: the tensors of the file left out."""
+        return ignored_notes(self.ignored_tensors)
 
     def describe(self):
         """What the module is and takes, as a dict: ``framework`` ("PyTorch"), ``name``
@@ -402,3 +436,170 @@ class TorchRNN(ReducedPrecision, Summarized):
         the chunks have equal lengths, else a list); the states stay in the stream
         (``stream.state``: ``{"l0": [h] or [h, c], ...}``). See :meth:`rnnfast.KerasModel.step`."""
         return _stream.step(self, x, stream, num_threads)
+
+
+class TorchCell(ReducedPrecision, Summarized):
+    """An ``nn.GRUCell`` / ``nn.LSTMCell`` / ``nn.RNNCell`` for inference, called like
+    the module: ``h = cell(x, h)``, or ``h, c = cell(x, (h, c))`` for an LSTM cell.
+
+    One call is one step of the compiled core: the layer's sequence call with one time
+    step (:meth:`RNNLayer.forward <rnnfast.layers.RNNLayer.forward>` with ``T = 1``),
+    the same kernels and gate math as :class:`TorchRNN`.
+
+    Made by :func:`rnnfast.load` (a cell's state_dict: ``weight_ih``, ``weight_hh``,
+    ``bias_ih``, ``bias_hh``) or :func:`rnnfast.from_torch` (a live cell).
+
+    Parameters
+    ----------
+    layer : RNNLayer
+        One direction, of a cell PyTorch has (as for :class:`TorchRNN`), no projection.
+    bias : bool
+        Whether the cell had biases (reported only; the layer holds them).
+    source : str, optional
+
+    Attributes
+    ----------
+    mode : {"GRU", "LSTM", "RNN_TANH", "RNN_RELU"}
+    input_size, hidden_size : int
+    bias : bool
+    nonlinearity : str or None
+        ``"tanh"`` or ``"relu"`` for an ``nn.RNNCell``, else None.
+    dtype : numpy.dtype
+    layer : RNNLayer
+    source : str or None
+    ignored_tensors : dict of str -> tuple of int
+        As :attr:`TorchRNN.ignored_tensors`.
+    """
+
+    ignored_tensors: Mapping[str, tuple] = _NOTHING
+
+    def __init__(self, layer, *, bias=True, source=None):
+        if not isinstance(layer, RNNLayer):
+            raise ValueError("TorchCell needs an RNNLayer, got %s" % type(layer).__name__)
+        mode = _torch_mode(layer)
+        if mode is None or layer.go_backwards:
+            raise ValueError("%r is not a layer PyTorch has" % (layer,))
+        if layer.num_directions != 1 or layer.proj_size:
+            raise ValueError("a PyTorch cell has one direction and no projection, got %r" % (layer,))
+        self.layer = layer
+        self.mode = mode
+        self.input_size = layer.input_size
+        self.hidden_size = layer.units
+        self.bias = bool(bias)
+        self.nonlinearity = layer.activation if len(layer.cell_spec.torch_modes) > 1 else None
+        self.dtype = layer.dtype
+        self.source = source
+        self.ignored_tensors = {}
+        self._module = layer.cell_spec.torch_module + "Cell"
+        self._with_c = layer.cell_spec.num_states > 1
+
+    def __repr__(self):
+        args = "%d, %d" % (self.input_size, self.hidden_size)
+        if not self.bias:
+            args += ", bias=False"
+        if self.nonlinearity not in (None, "tanh"):
+            args += ", nonlinearity=%r" % self.nonlinearity
+        return "TorchCell(%s(%s), dtype=%s)" % (self._module, args, self.dtype.name)
+
+    # -- describing itself ------------------------------------------------------------
+
+    framework = "PyTorch"
+
+    def summary_rows(self):
+        """One row, as :meth:`TorchRNN.summary_rows` gives them (name ``cell``)."""
+        opts = []
+        if self.nonlinearity not in (None, "tanh"):
+            opts.append("nonlinearity=%s" % self.nonlinearity)
+        if not self.bias:
+            opts.append("bias=False")
+        return [
+            dict(
+                name="cell",
+                type=self._module,
+                units=str(self.hidden_size),
+                options=", ".join(opts),
+                parameters=self.layer.source_parameters,
+                dtype=self.dtype.name,
+            )
+        ]
+
+    def summary_title(self):
+        """The title line of the summary table."""
+        return repr(self)
+
+    def summary_notes(self):
+        """Lines printed under the summary table: the tensors of the file left out."""
+        return ignored_notes(self.ignored_tensors)
+
+    def describe(self):
+        """As :meth:`TorchRNN.describe`; ``input_shape`` is ``(None, input_size)`` and
+        ``one_step`` is True: a call is one step with the caller's state."""
+        return dict(
+            one_step=True,
+            framework=self.framework,
+            name=repr(self),
+            input_shape=(None, self.input_size),
+            integer_input=False,
+            vocabulary=None,
+            dtype=self.dtype,
+            batch_first=False,
+            layers=self.summary_rows(),
+        )
+
+    # -- running --------------------------------------------------------------------
+
+    def _state(self, s, B, unbatched, name, size):
+        s = _validation.as_input(s, self.dtype, name)
+        shape = (size,) if unbatched else (B, size)
+        if s.shape != shape:
+            raise ValueError(
+                "%s must have shape %s for input of %s, got %s"
+                % (name, shape, "shape (%d,)" % self.input_size if unbatched else "batch %d" % B, s.shape)
+            )
+        return s.reshape(1, B, size)
+
+    def forward(self, x, hx=None, *, num_threads=None):
+        """One step, as ``cell(x, hx)`` does.
+
+        Parameters
+        ----------
+        x : array_like or torch.Tensor
+            ``(B, input_size)``, or unbatched ``(input_size,)``. Cast to :attr:`dtype`.
+        hx : array_like, or tuple (h, c) for an LSTM cell, optional
+            ``(B, hidden_size)`` each (``(hidden_size,)`` unbatched); zeros if omitted.
+        num_threads : int, optional
+            Threads for this call (default :func:`rnnfast.get_num_threads`).
+
+        Returns
+        -------
+        h : ndarray ``(B, hidden_size)`` (``(hidden_size,)`` unbatched)
+            The next hidden state; an LSTM cell returns the tuple ``(h, c)``.
+        """
+        x = _validation.as_input(x, self.dtype)
+        unbatched = x.ndim == 1
+        if x.ndim not in (1, 2) or x.shape[-1] != self.input_size:
+            raise ValueError(
+                "%s expects input of shape (batch, %d) or (%d,), got shape %s"
+                % (self._module, self.input_size, self.input_size, x.shape)
+            )
+        B = 1 if unbatched else x.shape[0]
+        H = self.hidden_size
+        h0 = c0 = None
+        if hx is not None:
+            if self._with_c:
+                if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                    raise ValueError("an LSTMCell takes hx as a tuple (h, c), got %s" % type(hx).__name__)
+                h0 = self._state(hx[0], B, unbatched, "h", H)
+                c0 = self._state(hx[1], B, unbatched, "c", H)
+            else:
+                if isinstance(hx, (tuple, list)):
+                    raise ValueError("an %s takes hx as one array h, not a %s" % (self._module, type(hx).__name__))
+                h0 = self._state(hx, B, unbatched, "h", H)
+        _, h, c = self.layer.forward(
+            x.reshape(1, B, self.input_size), h0, c0, return_sequences=False, num_threads=num_threads
+        )
+        shape = (H,) if unbatched else (B, H)
+        h = h.reshape(shape)
+        return (h, c.reshape(shape)) if self._with_c else h
+
+    __call__ = forward

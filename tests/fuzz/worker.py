@@ -9,7 +9,9 @@ file to load) and one JSON line per case on stdout::
     {"outcome": "loaded" | "FormatError" | "UnsupportedLayerError" | "error",
      "error": "<type>: <message>", "traceback": "...", "ran": bool, "seconds": float}
 
-``loaded`` models are also run once on a small input (finite values and the model's
+Each case is first read with ``rnnfast.read_tensors`` (every tensor of a PyTorch or
+safetensors file), which must give arrays or a FormatError (else ``error`` with
+``stage: read_tensors``). ``loaded`` models are also run once on a small input (finite values and the model's
 input size), which must not fail either (``error`` with ``stage: run``). Segfaults
 print a traceback (faulthandler) to stderr, which the runner keeps.
 """
@@ -117,6 +119,12 @@ def main():
         try:
             if selftest:
                 _selftest(path, np)
+            stage = "read_tensors"  # every tensor of the file: arrays, or a FormatError
+            try:
+                rnnfast.read_tensors(path)
+            except rnnfast.FormatError:
+                pass
+            stage = "load"
             model = rnnfast.load(path)
             stage = "run"
             res["ran"] = _run_model(rnnfast, np, model)

@@ -9,13 +9,15 @@ Imports flow one way: this package -> the models (``model_keras``, ``model_torch
 import os
 
 from .._quant import check_precision
+from ..errors import UnsupportedLayerError
 from ..model_keras import KerasModel
-from ..model_torch import TorchRNN
+from ..model_torch import TorchCell, TorchRNN
 from ._sniff import FORMAT_NAMES, detect, sniff
 from ._zip import ZIP_ERRORS, check_zip_member
 from .keras_file import from_keras, load_keras_file
 from .onnx import from_onnx, load_onnx_file
-from .torch_file import from_torch, load_torch_file
+from .torch_export import from_torch
+from .torch_file import load_torch_file, read_tensors
 
 __all__ = [
     "load",
@@ -24,6 +26,8 @@ __all__ = [
     "from_onnx",
     "KerasModel",
     "TorchRNN",
+    "TorchCell",
+    "read_tensors",
     "sniff",
     "detect",
     "ZIP_ERRORS",
@@ -77,4 +81,12 @@ def load(path, **options):
     else:
         model = load_torch_file(path, **options)
     model.source_format = FORMAT_NAMES[kind]
-    return model if precision == "float32" else model.with_precision(precision)
+    if precision == "float32":
+        return model
+    if not hasattr(model, "with_precision"):
+        raise UnsupportedLayerError(
+            type(model).__name__,
+            "precision",
+            "%r: reduced precision is not yet implemented for this format" % precision,
+        )
+    return model.with_precision(precision)

@@ -1,6 +1,7 @@
 """Which format a file is in, from its content (never its name)."""
 
 from ..errors import FormatError
+from ._foreign import name_foreign
 from ._zip import zip_kind
 
 __all__ = ["ZIP_MAGIC", "HDF5_MAGIC", "sniff", "detect", "FORMAT_NAMES", "looks_like_onnx"]
@@ -78,7 +79,8 @@ def sniff(path):
             head = f.read(64)
             size = f.seek(0, 2)
     except IsADirectoryError:
-        raise FormatError("%s is a directory, not a model file" % path) from None
+        what = name_foreign(path)  # a TensorFlow SavedModel, say: named as what it is
+        raise FormatError("%s is %s" % (path, what or "a directory, not a model file")) from None
     if head.startswith(ZIP_MAGIC):
         return "zip"
     if head.startswith(HDF5_MAGIC):
@@ -89,6 +91,9 @@ def sniff(path):
         return "torch-legacy"
     if looks_like_onnx(head, size):
         return "onnx"
+    what = name_foreign(path, head)  # a TensorFlow SavedModel ...: named as what it is
+    if what:
+        raise FormatError("%s is %s" % (path, what))
     raise FormatError(
         "%s is not a model file rnnfast knows (first bytes %r): expected a Keras "
         ".keras or HDF5 file, a PyTorch state_dict, a .safetensors file or an ONNX model" % (path, head[:8])
@@ -114,6 +119,9 @@ def detect(path):
         return kind
     inside = zip_kind(path)
     if inside is None:
+        what = name_foreign(path)  # a torch.export program, say
+        if what:
+            raise FormatError("%s is %s" % (path, what))
         raise FormatError(
             "%s: a zip archive that is neither a Keras .keras file (no config.json) "
             "nor a PyTorch file (no data.pkl)" % path

@@ -44,6 +44,7 @@ from collections import OrderedDict
 import numpy as np
 
 from ..errors import FormatError
+from ._foreign import WHOLE_MODULE_ROUTES
 from ._sniff import sniff
 from ._zip import ZIP_ERRORS, check_zip_member
 from .torch_convert import DTYPES, numpy_dtype, to_native
@@ -318,6 +319,41 @@ _ALLOWED.update(
 )
 # Not bytearray: bytearray(n) from a few pickle bytes would allocate and zero n bytes.
 
+#: PyTorch Lightning's ``AttributeDict`` (a ``dict`` subclass with attribute access), in
+#: which ``Trainer.save_checkpoint`` stores ``hyper_parameters`` after
+#: ``save_hyperparameters()``: pickled as ``NEWOBJ`` + ``SETITEMS``, read as a plain mapping.
+LIGHTNING_ATTRIBUTE_DICTS = (
+    ("lightning.fabric.utilities.data", "AttributeDict"),
+    ("lightning_fabric.utilities.data", "AttributeDict"),
+    ("pytorch_lightning.utilities.parsing", "AttributeDict"),
+    ("lightning.pytorch.utilities.parsing", "AttributeDict"),
+)
+_ALLOWED.update(dict.fromkeys(LIGHTNING_ATTRIBUTE_DICTS, _StateDict))
+
+
+def _whole_module_hint(module, name):
+    """What a refused global says about the file, with the ways out when it is a whole
+    pickled model: a ``torch.nn`` class, a TorchScript one (``__torch__``), or a class of
+    the script that saved it (``__main__``) or of the user's package (a capitalised name)."""
+    if module.startswith("__torch__"):
+        what = "a TorchScript object (torch.jit.save), which holds code"
+    elif module == "torch.nn" or module.startswith("torch.nn."):
+        what = "a whole pickled module (torch.save(model) of a torch.nn.%s)" % name
+    elif module == "__main__":
+        what = (
+            "a pickled object of class __main__.%s, defined in the script that saved it: a whole module "
+            "saved with torch.save(model)?" % name
+        )
+    elif name[:1].isupper() and not module.startswith(("torch", "numpy", "builtins", "__builtin__")):
+        return (
+            ". The file holds an object of class %s.%s, which rnnfast does not unpickle. If it is the whole "
+            "model (a whole module saved with torch.save(model)), %s; if it is a value saved beside the "
+            "weights (a config, hyper-parameters), save the checkpoint without it" % (module, name, WHOLE_MODULE_ROUTES)
+        )
+    else:
+        return ""
+    return ". The file is %s; %s" % (what, WHOLE_MODULE_ROUTES)
+
 
 class RestrictedUnpickler(pickle.Unpickler):
     """An unpickler that builds only plain containers and :class:`TensorRecord`.
@@ -345,12 +381,10 @@ class RestrictedUnpickler(pickle.Unpickler):
             return _Marker("storage", STORAGE_TYPES[name])
         if module == "torch" and name in DTYPES:
             return _Marker("dtype", name)
-        hint = ""
-        if module.startswith(("torch.nn", "__torch__")):
-            hint = " (a whole module or TorchScript object? save module.state_dict() instead)"
         raise FormatError(
             "refused global '%s.%s' in the pickle: a weights file may hold only tensors "
-            "and plain containers, and rnnfast runs nothing from it%s" % (module, name, hint)
+            "and plain containers, and rnnfast runs nothing from it%s"
+            % (module, name, _whole_module_hint(module, name))
         )
 
     def persistent_load(self, pid):
@@ -763,8 +797,8 @@ class ZipArchive(_Archive):
         self._prefix = prefix = tops[0]
         if prefix + "constants.pkl" in infos or any(n.startswith(prefix + "code/") for n in infos):
             raise self._fail(
-                "a TorchScript archive (torch.jit.save): rnnfast reads state_dicts; save "
-                "module.state_dict() with torch.save instead"
+                "a TorchScript archive (torch.jit.save), which holds code: rnnfast reads state_dicts and "
+                "ONNX; " + WHOLE_MODULE_ROUTES
             )
         self._infos = infos
         if prefix + "byteorder" in infos:
@@ -858,6 +892,7 @@ class LegacyArchive(_Archive):
 
     def __init__(self, path):
         super().__init__(path)
+        self._cache = {}
         self._f = open(path, "rb")
         try:
             self._open()
@@ -911,13 +946,19 @@ class LegacyArchive(_Archive):
         pass  # sizes are checked against the file once the key list is read
 
     def _storage_bytes(self, rec):
-        pos = self._offsets.get(rec.key)
-        if pos is None:
-            raise self._fail("storage %s is not in the file's storage list" % quote(rec.key))
-        self._f.seek(pos)
-        return self._f.read(rec.nbytes)
+        # read once per storage (many tensors may view one: their reads would otherwise
+        # cost the storage's size each); the storages are disjoint parts of the file
+        data = self._cache.get(rec.key)
+        if data is None:
+            pos = self._offsets.get(rec.key)
+            if pos is None:
+                raise self._fail("storage %s is not in the file's storage list" % quote(rec.key))
+            self._f.seek(pos)
+            data = self._cache[rec.key] = self._f.read(rec.nbytes)
+        return data
 
     def close(self):
+        self._cache.clear()
         self._f.close()
 
 
