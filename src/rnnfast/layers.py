@@ -159,7 +159,7 @@ class RNNLayer:
     Peepholes (ONNX LSTM ``P``) come with the weights (``CellWeights.peephole``); an
     LSTM with peepholes or ``input_forget`` runs the kernel's peephole variant.
     precision : {"float32", "bf16", "int8"}
-        The weights' precision in the products (:mod:`rnnfast._quant`): reduced
+        The weights' precision in the products (``rnnfast._quant``): reduced
         precision keeps float32 gate math and state and needs ``dtype`` float32.
         "float32" (the default) means the compute dtype, exactly.
 

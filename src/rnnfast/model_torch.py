@@ -468,7 +468,7 @@ class TorchCell(ReducedPrecision, Summarized):
     layer : RNNLayer
     source : str or None
     ignored_tensors : dict of str -> tuple of int
-        As :attr:`TorchRNN.ignored_tensors`.
+        As ``TorchRNN.ignored_tensors``.
     """
 
     ignored_tensors: Mapping[str, tuple] = _NOTHING

@@ -140,7 +140,7 @@ def export_onnx(module, example_inputs, *, dynamo=False, input_names=None, outpu
         torch.export-based exporter names inputs after ``forward``'s arguments.
     dynamic_axes : dict, optional
         As ``torch.onnx.export`` takes it (``{"input": {0: "batch", 1: "time"}}``).
-        Default: the axes the module takes at any size (:func:`dynamic_input_axes`:
+        Default: the axes the module takes at any size (``dynamic_input_axes``:
         batch and sequence length, not features or channels), so that the graph takes
         any batch and length and fixes the rest. With ``dynamo=True`` each dynamic
         axis becomes ``torch.export.Dim.AUTO``.
@@ -212,7 +212,7 @@ def from_torch(module, example_inputs=None, *, dtype=None, precision="float32", 
         Which ONNX exporter: False (default) the TorchScript-based one, True the
         ``torch.export``-based one.
     **export_options
-        ``input_names``, ``output_names``, ``dynamic_axes``: see :func:`export_onnx`
+        ``input_names``, ``output_names``, ``dynamic_axes``: see :func:`rnnfast.io.torch_export.export_onnx`
         (by default the axes the module takes at any size are dynamic).
 
     Returns
