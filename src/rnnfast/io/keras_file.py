@@ -37,7 +37,7 @@ import numpy as np
 
 from .._quant import check_precision
 from ..errors import FormatError, UnsupportedLayerError
-from ._zip import ZIP_ERRORS, check_zip_member
+from ._zip import ZIP_ERRORS, check_zip_member, read_member
 from .keras_convert import ConvertContext
 from .keras_graph import MAX_LAYERS, MAX_PROBE_VALUES, build_model  # noqa: F401 (re-exported)
 from .keras_layers import RECURRENT_CLASSES, expects_weights
@@ -219,26 +219,7 @@ def _read_member(z, name, size, limit=None):
             raise FormatError("%s holds %d bytes (at most %d)" % (name, info.file_size, limit))
     except FormatError as e:
         raise FormatError("%s: %s" % (z.filename, e)) from None
-    # read in chunks into one buffer of the declared size (ZipFile.read joins the
-    # inflated pieces, holding about three times the member at its peak); the CRC is
-    # checked by the reader at the end of the member
-    out = bytearray(info.file_size)
-    view = memoryview(out)
-    pos = 0
-    with z.open(info) as f:
-        while True:
-            chunk = f.read(min(1 << 20, info.file_size - pos) or 1)
-            if not chunk:
-                break
-            if pos + len(chunk) > info.file_size:
-                raise FormatError(
-                    "%s: %s holds more than the %d bytes it declares" % (z.filename, name, info.file_size)
-                )
-            view[pos : pos + len(chunk)] = chunk
-            pos += len(chunk)
-    if pos != info.file_size:
-        raise FormatError("%s: %s holds %d bytes, not the %d it declares" % (z.filename, name, pos, info.file_size))
-    return out
+    return read_member(z, info, "%s: %s" % (z.filename, name))
 
 
 class _Image(io.RawIOBase):

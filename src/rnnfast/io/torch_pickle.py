@@ -46,7 +46,7 @@ import numpy as np
 from ..errors import FormatError
 from ._foreign import WHOLE_MODULE_ROUTES
 from ._sniff import sniff
-from ._zip import ZIP_ERRORS, check_zip_member
+from ._zip import ZIP_ERRORS, check_zip_member, read_member
 from .torch_convert import DTYPES, numpy_dtype, to_native
 
 __all__ = [
@@ -745,27 +745,8 @@ SMALL_STORAGE = 1 << 20
 
 
 def _read_record(z, info):
-    """A zip record's bytes, read in chunks into one buffer of its declared size
-    (``ZipFile.read`` joins the inflated pieces, holding about three times the record
-    at its peak); the CRC is checked by the reader at the end of the record."""
-    out = bytearray(info.file_size)
-    view = memoryview(out)
-    pos = 0
-    with z.open(info) as f:
-        while True:
-            chunk = f.read(min(1 << 20, info.file_size - pos) or 1)
-            if not chunk:
-                break
-            if pos + len(chunk) > info.file_size:
-                raise FormatError(
-                    "record %s holds more than the %d bytes it declares" % (printable(info.filename), info.file_size)
-                )
-            view[pos : pos + len(chunk)] = chunk
-            pos += len(chunk)
-    if pos != info.file_size:
-        raise FormatError(
-            "record %s holds %d bytes, not the %d it declares" % (printable(info.filename), pos, info.file_size)
-        )
+    """A zip record's bytes (:func:`rnnfast.io._zip.read_member`); small ones as bytes."""
+    out = read_member(z, info, "record %s" % printable(info.filename))
     return bytes(out) if info.file_size < 4096 else out
 
 
