@@ -13,10 +13,10 @@ import pytest
 import rnnfast
 from rnnfast import UnsupportedLayerError, ops
 
+from _testing import KERAS_SOURCES, assert_like_keras, keras_model_from, lively, masked_input, save_keras
 from _testing import SEQ_B as B
 from _testing import SEQ_F as F
 from _testing import SEQ_T as T
-from _testing import assert_like_keras, lively, masked_input
 
 L = keras.layers
 TV = 6
@@ -91,18 +91,13 @@ def built(request, workdir):
     lively(model, seed=zlib.crc32(request.param.encode()))
     x = _inputs(model)
     want = model.predict(x, verbose=0)
-    paths = {}
-    for ext in ("keras", "h5"):
-        p = str(workdir / ("%s.%s" % (request.param, ext)))
-        model.save(p)
-        paths[ext] = p
-    return model, x, want, paths
+    return model, x, want, save_keras(model, workdir, request.param)
 
 
-@pytest.mark.parametrize("source", ["keras", "h5", "live"])
+@pytest.mark.parametrize("source", KERAS_SOURCES)
 def test_mha_matches_keras(built, source):
     model, x, want, paths = built
-    m = rnnfast.from_keras(model) if source == "live" else rnnfast.load(paths[source])
+    m = keras_model_from(source, model, paths)
     assert_like_keras(m.predict(x), want, what=source)
     assert m.count_params() == model.count_params()
     if source == "live":

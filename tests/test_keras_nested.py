@@ -13,10 +13,10 @@ import pytest
 
 import rnnfast
 
+from _testing import KERAS_SOURCES, assert_like_keras, keras_model_from, lively, masked_ids, masked_input, save_keras
 from _testing import SEQ_B as B
 from _testing import SEQ_F as F
 from _testing import SEQ_T as T
-from _testing import assert_like_keras, lively, masked_ids, masked_input
 
 L = keras.layers
 pytestmark = [
@@ -103,18 +103,13 @@ def built(request, workdir):
         xs = [masked_input((B, T, F), seed=3 + i) for i in range(len(model.inputs))]
     x = xs if len(xs) > 1 else xs[0]
     want = model.predict(x, verbose=0)
-    paths = {}
-    for ext in ("keras", "h5"):
-        p = str(workdir / ("%s.%s" % (request.param, ext)))
-        model.save(p)
-        paths[ext] = p
-    return model, x, want, paths
+    return model, x, want, save_keras(model, workdir, request.param)
 
 
-@pytest.mark.parametrize("source", ["keras", "h5", "live"])
+@pytest.mark.parametrize("source", KERAS_SOURCES)
 def test_nested_matches_keras(built, source):
     model, x, want, paths = built
-    m = rnnfast.from_keras(model) if source == "live" else rnnfast.load(paths[source])
+    m = keras_model_from(source, model, paths)
     assert_like_keras(m.predict(x), want, what=source)
     assert m.count_params() == model.count_params()
 
