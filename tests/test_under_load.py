@@ -65,15 +65,15 @@ def test_bitwise_float64_delayed(rng):
     assert np.array_equal(out.view(np.uint64), ref.view(np.uint64))
 
 
-def test_absent_partner_backs_off_to_one_thread_and_recovers(rng):
-    """A partner that never claims a task (asleep at every phase) makes the next calls
-    run on one thread, for a doubling number of calls; a call where it shares the work
-    resets the length (not asserted: whether a partner runs is the machine's choice).
-    Results stay the same throughout."""
+def test_partner_losing_its_core_backs_off_to_one_thread_and_recovers(rng):
+    """A partner that loses its core inside the tasks it claimed (the caller sleeps
+    waiting for them) makes the next calls run on one thread, for a doubling number of
+    calls; a call where it shares the work resets the length (not asserted: whether a
+    partner runs is the machine's choice). Results stay the same throughout."""
     layer = make_layer(rng, "gru", 32, 256, 1)
     x = rng.standard_normal((60, 1, 32)).astype(np.float32)
     ref = layer.forward(x, num_threads=1)[0]
-    _kernels.debug_delay(1, 5000, 1, False)  # thread 1 sleeps before every phase
+    _kernels.debug_delay(1, 5000, 1, True)  # thread 1 sleeps inside every task it claims
     out = layer.forward(x, num_threads=2)[0]
     assert np.array_equal(out, ref)
     left, length = _kernels.team_backoff()
@@ -96,3 +96,16 @@ def test_tiny_calls_run_on_one_thread():
     assert _plan.team_size(2, _plan.BLOCKED, B=1, D=1, Ho=128, GH=384, T=100) == 2
     assert _plan.team_size(4, _plan.ITEM, B=64, D=1, Ho=256, GH=768, T=100) == 4
     assert _plan.team_size(4, _plan.ITEM, B=64, D=1, Ho=256, GH=768, T=None) == 4
+
+
+def test_a_partner_that_is_not_running_does_not_make_later_calls_alone(rng):
+    """A partner asleep before every phase (it never claims a task: the caller takes its
+    tasks over) does not back the team off: on an idle machine a partner waking from its
+    passive wait looks the same for a few phases, and backing off on that kept every
+    call on one thread (2 threads were no faster than 1). Results stay the same."""
+    layer = make_layer(rng, "gru", 32, 256, 1)
+    x = rng.standard_normal((60, 1, 32)).astype(np.float32)
+    ref = layer.forward(x, num_threads=1)[0]
+    _kernels.debug_delay(1, 2000, 1, False)
+    assert np.array_equal(layer.forward(x, num_threads=2)[0], ref)
+    assert _kernels.team_backoff() == (0, 1)
