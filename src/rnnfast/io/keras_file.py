@@ -37,6 +37,7 @@ import numpy as np
 
 from .._quant import check_precision
 from ..errors import FormatError, UnsupportedLayerError
+from ._json import json_depth
 from ._zip import ZIP_ERRORS, check_zip_member, read_member
 from .keras_convert import ConvertContext
 from .keras_graph import MAX_LAYERS, MAX_PROBE_VALUES, build_model  # noqa: F401 (re-exported)
@@ -639,23 +640,6 @@ def _json(raw, path, what):
             "about 12)" % (path, what, MAX_CONFIG_DEPTH)
         )
     return doc
-
-
-def json_depth(doc, limit):
-    """How deep parsed JSON nests lists and dicts: counted level by level, without
-    recursion, and only up to ``limit + 1``."""
-    level, depth, containers = [doc], 0, (dict, list)
-    while True:
-        level = [o for o in level if type(o) in containers]
-        if not level:
-            return depth
-        depth += 1
-        if depth > limit:
-            return depth
-        nxt: list = []
-        for o in level:
-            nxt.extend(o.values() if type(o) is dict else o)
-        level = nxt
 
 
 def _str(v):

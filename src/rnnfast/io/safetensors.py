@@ -22,6 +22,7 @@ import os
 import numpy as np
 
 from ..errors import FormatError
+from ._json import json_depth
 from .torch_convert import DTYPES, numpy_dtype, to_native
 from .torch_pickle import quote
 
@@ -71,23 +72,6 @@ def _unique_keys(pairs):
             raise _DuplicateKey(k)
         out[k] = v
     return out
-
-
-def json_depth(doc, limit):
-    """How deep parsed JSON nests lists and dicts: counted level by level, without
-    recursion, and only up to ``limit + 1``."""
-    level, depth, containers = [doc], 0, (dict, list)
-    while True:
-        level = [o for o in level if type(o) in containers]
-        if not level:
-            return depth
-        depth += 1
-        if depth > limit:
-            return depth
-        nxt: list = []
-        for o in level:
-            nxt.extend(o.values() if type(o) is dict else o)
-        level = nxt
 
 
 class SafeTensorRecord:

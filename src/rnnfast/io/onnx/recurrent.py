@@ -32,37 +32,22 @@ __all__ = ["convert_recurrent", "RECURRENT_ATTRS"]
 _CELLS = {"LSTM": ("lstm", 4), "GRU": ("gru", 3), "RNN": ("simple", 1)}
 _DEFAULT_ACTS = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Tanh"], "RNN": ["Tanh"]}
 
+#: The attributes the three recurrent ops share, and their defaults (None: absent).
+_COMMON_ATTRS = dict(
+    activation_alpha=None,
+    activation_beta=None,
+    activations=None,
+    clip=None,
+    direction="forward",
+    hidden_size=None,
+    layout=0,
+)
+
 #: Attributes of each recurrent op and their defaults (None: absent).
 RECURRENT_ATTRS: dict[str, dict] = {
-    "LSTM": dict(
-        activation_alpha=None,
-        activation_beta=None,
-        activations=None,
-        clip=None,
-        direction="forward",
-        hidden_size=None,
-        input_forget=0,
-        layout=0,
-    ),
-    "GRU": dict(
-        activation_alpha=None,
-        activation_beta=None,
-        activations=None,
-        clip=None,
-        direction="forward",
-        hidden_size=None,
-        layout=0,
-        linear_before_reset=0,
-    ),
-    "RNN": dict(
-        activation_alpha=None,
-        activation_beta=None,
-        activations=None,
-        clip=None,
-        direction="forward",
-        hidden_size=None,
-        layout=0,
-    ),
+    "LSTM": dict(_COMMON_ATTRS, input_forget=0),
+    "GRU": dict(_COMMON_ATTRS, linear_before_reset=0),
+    "RNN": dict(_COMMON_ATTRS),
 }
 
 # ONNX activation -> (uses alpha, uses beta, defaults)
