@@ -306,17 +306,17 @@ def _given_cell_weights(layer, given):
     return out
 
 
-@pytest.mark.parametrize("per_channel", [False, True])
-def test_dynamic_quantize_lstm_runs_its_own_int8_weights(tmp_path, rng, per_channel):
+@pytest.mark.parametrize("per_channel,bidirectional", [(False, True), (True, True), (False, False)])
+def test_dynamic_quantize_lstm_runs_its_own_int8_weights(tmp_path, rng, per_channel, bidirectional):
     """The node's int8 weights and scales as they are (one per tensor or per column),
     not quantized again: one step from zero state against the float64 model of those
     operands within float32 rounding, 9 steps within SEQUENCE_ATOL. Quantizing the
     dequantized per-tensor weights again per column would move a step's sums by about
     half a column step times |x| (measured 3e-4 here): over the one-step bound."""
-    _, q8, given = _dynamic_quantized_lstm(tmp_path, per_channel)
+    _, q8, given = _dynamic_quantized_lstm(tmp_path, per_channel, bidirectional)
     model = rnnfast.load(q8)
     (layer,) = recurrent_layers(model)
-    assert layer.precision == "int8" and layer.num_directions == 2
+    assert layer.precision == "int8" and layer.num_directions == 1 + bidirectional
     weights = _given_cell_weights(layer, given)
     for T, atol in ((1, 2e-5), (9, SEQUENCE_ATOL)):
         x = rng.uniform(-1, 1, (T, 3, 8)).astype(np.float32)
