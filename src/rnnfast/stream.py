@@ -2,8 +2,9 @@
 
 A model (any :class:`~rnnfast.graph.Graph` of ops, and :class:`~rnnfast.TorchRNN`)
 stays immutable and shared; a :class:`Stream` holds one sequence's state: every
-recurrent layer's ``h`` (and ``c``). ``model.step(chunk, stream)`` runs the chunk's
-steps from the stream's state and leaves the state after them in the stream;
+recurrent layer's ``h`` (and ``c``), and every causal Conv1D's last input frames.
+``model.step(chunk, stream)`` runs the chunk's steps from the stream's state and leaves
+the state after them in the stream;
 ``model.step([chunks], [streams])`` runs many streams in one batched compiled call per
 recurrent layer (chunks of different lengths right-padded: the rows whose chunk
 ended carry their state through the padded steps).
@@ -27,8 +28,9 @@ Where the whole-sequence path (``predict``) runs the same kernels (float32 on AV
 packed projection and product), a stream also equals ``predict`` bitwise; elsewhere
 it equals it to the documented tolerance.
 
-Streamable ops: recurrent layers (not ``go_backwards``), and ops that act on each
-step alone (:data:`PER_STEP`). Anything whose output needs later steps (a
+Streamable ops: recurrent layers (not ``go_backwards``), causal Conv1D (strides 1;
+:class:`_CausalConv`: row-exact packed products of each step's window), and ops that
+act on each step alone (:data:`PER_STEP`). Anything whose output needs later steps (a
 Bidirectional layer, ``go_backwards``, pooling or Flatten over time, a non-causal
 convolution, attention, ...) is refused at :meth:`model.stream() <Program>` with an
 :class:`~rnnfast.UnsupportedLayerError` naming the layer: no prefix of the model is run.
@@ -39,6 +41,7 @@ other (``RuntimeError``), never corrupted.
 """
 
 import contextlib
+import operator
 import threading
 import weakref
 from typing import Any
@@ -88,7 +91,9 @@ class Stream:
     ----------
     state : dict
         Per recurrent layer name, its states as Keras orders them (``h``, or ``h, c``
-        for an LSTM; several cells: each cell's in turn), each a 1-D array (units,).
+        for an LSTM; several cells: each cell's in turn), each a 1-D array (units,);
+        per causal Conv1D, one array (``(kernel_size - 1) * dilation``, channels): the
+        last input frames it read, the oldest first (zeros at a sequence's start).
         Reading gives copies; assigning takes a dict of the same layers and shapes
         (``ValueError`` naming the layer otherwise).
     """
@@ -119,8 +124,8 @@ class Stream:
     def state(self):
         with self._held():
             out = {}
-            for rec in self._program.recurrent:
-                out[rec.name] = [self._slots[i][0, 0].copy() for i in rec.slots]
+            for op in self._program.carried:
+                out[op.name] = [self._slots[i][0, 0].reshape(shape).copy() for i, shape in zip(op.slots, op.shapes)]
             return out
 
     @state.setter
@@ -130,11 +135,11 @@ class Stream:
             raise ValueError(
                 "a stream's state is a dict by layer name (%s), got %s" % (p.names(), type(value).__name__)
             )
-        unknown = [k for k in value if k not in {r.name for r in p.recurrent}]
+        unknown = [k for k in value if k not in {r.name for r in p.carried}]
         if unknown:
-            raise ValueError("state for unknown layer(s) %s; this model's recurrent layers: %s" % (unknown, p.names()))
+            raise ValueError("state for unknown layer(s) %s; this model's layers with state: %s" % (unknown, p.names()))
         new = []
-        for rec in p.recurrent:
+        for rec in p.carried:
             if rec.name not in value:
                 raise ValueError("state: layer %r is missing (give every layer: %s)" % (rec.name, p.names()))
             arrays = value[rec.name]
@@ -145,12 +150,10 @@ class Stream:
                     "state of layer %r: %d arrays (%s), got %d"
                     % (rec.name, len(rec.slots), rec.state_names, len(arrays))
                 )
-            for i, a in zip(rec.slots, arrays):
+            for i, shape, a in zip(rec.slots, rec.shapes, arrays):
                 a = as_input(a, p.dtypes[i], "state of layer %r" % rec.name)
-                if a.shape not in ((p.widths[i],), (1, p.widths[i])):
-                    raise ValueError(
-                        "state of layer %r: arrays of shape (%d,), got %s" % (rec.name, p.widths[i], a.shape)
-                    )
+                if a.shape not in (shape, (1,) + shape):
+                    raise ValueError("state of layer %r: arrays of shape %s, got %s" % (rec.name, shape, a.shape))
                 new.append((i, a.reshape(p.widths[i])))
         with self._held():
             for i, a in new:
@@ -167,6 +170,10 @@ class Stream:
 
     def __repr__(self):
         return "<Stream of %s>" % self._program.what
+
+
+_grow_of = operator.attrgetter("_grow")
+_TWICE = "a stream appears twice in one step: a stream is one sequence"
 
 
 def _busy():
@@ -202,12 +209,18 @@ class _Block:
         _BLOCKS.append(self)
 
     def claim(self, rows):
-        """Mark ``rows`` (an index array) in use, or refuse (RuntimeError) when a call
-        uses any of them already: a stream is stepped by one call at a time."""
+        """Mark ``rows`` (an index array) in use, or refuse: RuntimeError when a call
+        uses any of them already (a stream is stepped by one call at a time),
+        ValueError when a row is in ``rows`` twice (nothing claimed then)."""
+        busy = self.busy
         with self.lock:
-            if self.busy[rows].any():
+            if busy[rows].any():
                 raise _busy()
-            self.busy[rows] = True
+            before = np.count_nonzero(busy)
+            busy[rows] = True
+            if np.count_nonzero(busy) - before != len(rows):
+                busy[rows] = False
+                raise ValueError(_TWICE)
 
     def claim_one(self, row):
         """:meth:`claim` of one row (``release``: ``taken[row] = 0``)."""
@@ -381,6 +394,7 @@ class _Recurrent:
         self.return_state = op.return_state
         self.zero_output_for_mask = op.zero_output_for_mask
         self.widths = widths
+        self.shapes = [(w,) for w in widths]  # of each slot's state as stream.state gives it
 
 
 class _Dense:
@@ -424,6 +438,78 @@ def _softmax_rows(y):
     return y
 
 
+class _CausalConv:
+    """A causal Conv1D on the step path (strides 1): the output at a step reads that
+    step's input and the ``keep = (kernel_size - 1) * dilation`` before it, which a
+    stream keeps as its state (slot ``slot``: (keep, channels) frames, the oldest first;
+    zeros at a sequence's start, as Keras' causal padding). Each output row is one
+    packed product of its window (:func:`_kernels.packed_rows`, per group): its values
+    never depend on the other rows, so any chunking gives the whole call's bits."""
+
+    def __init__(self, op, slot, activation):
+        self.op = op
+        self.name = op.name
+        self.dtype = op.dtype
+        k, cin_g, cout = op.kernel.shape
+        self.k, self.d, self.groups = k, op.dilation, op.groups
+        self.keep = (k - 1) * op.dilation
+        self.C, self.cin_g, self.cout_g = cin_g * op.groups, cin_g, cout // op.groups
+        self.cout = cout
+        self.slot = slot
+        self.slots = [slot] if self.keep else []
+        self.shapes = [(self.keep, self.C)] if self.keep else []
+        self.packed = []
+        for g in range(op.groups):
+            w = op.kernel[:, :, g * self.cout_g : (g + 1) * self.cout_g].reshape(k * cin_g, self.cout_g)
+            bp = _kernels.pack_blocks(np.ascontiguousarray(w)[None], 1, 1)[0]
+            bp.flags.writeable = False
+            b = op.bias[g * self.cout_g : (g + 1) * self.cout_g] if op.bias is not None else np.zeros(0, self.dtype)
+            self.packed.append((bp, np.ascontiguousarray(b, dtype=self.dtype)))
+        self.activation = op.activation
+        self.post = activation
+
+    def run(self, x, states, lengths):
+        """x (T, B, C) time-major; ``states`` per slot (1, B, width), this one's
+        IN/OUT; ``lengths`` (B,) or None: a row's state keeps the frames before its
+        chunk's end (padded steps never enter it). Returns (T, B, Cout)."""
+        if x.ndim != 3 or x.shape[2] != self.C:
+            raise ValueError("Conv1D %r expects %d input channels, got shape %s" % (self.name, self.C, x.shape))
+        T, B, C = x.shape
+        keep, k, d, dt = self.keep, self.k, self.d, self.dtype
+        if keep:
+            buf = states[self.slot][0]  # (B, keep * C)
+            ext = np.empty((keep + T, B, C), dt)
+            ext[:keep] = buf.reshape(B, keep, C).swapaxes(0, 1)
+            ext[keep:] = x
+        else:
+            ext = x
+        cols = np.empty((T, B, k, C), dt)
+        for j in range(k):
+            cols[:, :, j] = ext[j * d : j * d + T]
+        M = T * B
+        if self.groups == 1:
+            bp, bias = self.packed[0]
+            y = np.empty((T, B, self.cout), dt)
+            _kernels.packed_rows(cols.reshape(M, k * C), bp, bias, y.reshape(M, self.cout))
+        else:
+            y = np.empty((T, B, self.cout), dt)
+            yg = np.empty((M, self.cout_g), dt)
+            cg, og = self.cin_g, self.cout_g
+            for g, (bp, bias) in enumerate(self.packed):
+                a = np.ascontiguousarray(cols[..., g * cg : (g + 1) * cg]).reshape(M, k * cg)
+                _kernels.packed_rows(a, bp, bias, yg)
+                y[..., g * og : (g + 1) * og] = yg.reshape(T, B, og)
+        if keep:
+            if lengths is None:
+                last = ext[T:]
+            else:  # row b's last frames end at its length
+                last = ext[lengths[None, :] + np.arange(keep)[:, None], np.arange(B)[None, :]]
+            buf[...] = last.swapaxes(0, 1).reshape(B, keep * C)
+        if self.activation != "linear":
+            y = self.post(self.activation, y)
+        return y
+
+
 class Program:
     """A model compiled for streaming: the graph's steps with their step-path form,
     the state slots a :class:`Stream` holds, and the batched step.
@@ -453,6 +539,7 @@ class Program:
         self.what = what
         self.widths, self.dtypes = [], []
         self.recurrent = []
+        self.carried = []  # every op with state in a stream: the recurrent ones, causal convolutions
         self.entries = []  # (kind, obj, step)
         for step in graph.steps:
             self.entries.append(self._compile(step) + (bool(getattr(step.op, "multi_input", False)),))
@@ -465,7 +552,7 @@ class Program:
         self.seq_outputs = None  # filled on the first step: which outputs have a time axis
 
     def names(self):
-        return ", ".join(repr(r.name) for r in self.recurrent)
+        return ", ".join(repr(r.name) for r in self.carried)
 
     def _refuse(self, op, why):
         cls = getattr(op, "keras_class", type(op).__name__)
@@ -493,6 +580,8 @@ class Program:
             self._refuse(op, "it is called with options the step path does not take")
         if kind == "DenseNode":
             return ("op", _Dense(op, op.dense, self.activation), step)
+        if kind == "ConvNode" and op.padding == "causal":
+            return self._conv_entry(op, step)
         if kind == "TimeDistributedNode":
             inner = op.inner
             if type(inner).__name__ == "DenseNode":
@@ -510,7 +599,7 @@ class Program:
             "GlobalPoolingNode": "it pools over the whole sequence",
             "FlattenNode": "it flattens the whole sequence",
             "PoolNode": "it pools windows of steps",
-            "ConvNode": "a convolution reads steps around each step (the future, unless causal)",
+            "ConvNode": "a convolution reads steps around each step (the future): only padding='causal' streams",
             "AttentionNode": "attention reads every step of its values (the future)",
             "RepeatVectorNode": "it repeats a whole-sequence summary",
             "ReshapeNode": "it reshapes across time",
@@ -558,7 +647,22 @@ class Program:
         rec = _Recurrent(op, slots, widths)
         rec.index = len(self.recurrent)
         self.recurrent.append(rec)
+        self.carried.append(rec)
         return ("recurrent", rec, step)
+
+    def _conv_entry(self, op, step):
+        """A causal Conv1D: its state slot (the last input frames), or the refusal of
+        the options the step path does not take."""
+        if op.strides != 1:
+            self._refuse(op, "a causal convolution with strides=%d (the step path runs strides=1)" % op.strides)
+        if op.channels_first or op.depthwise is not None:
+            self._refuse(op, "a causal convolution on channels_first data or a depthwise one (not stepped)")
+        conv = _CausalConv(op, len(self.widths), self.activation)
+        if conv.keep:
+            self.widths.append(conv.keep * conv.C)
+            self.dtypes.append(conv.dtype)
+            self.carried.append(conv)
+        return ("conv", conv, step)
 
     # -- running ----------------------------------------------------------------------
 
@@ -569,6 +673,9 @@ class Program:
         graph's bookkeeping. None for any other model."""
         prev = self.graph.inputs[0] if len(self.graph.inputs) == 1 else None
         fns = []
+        # what the step guarantees of the value entering the next op (features, dtype;
+        # contiguous): the step's checked input (``_step_one``, ``_step_many``), then each op's
+        known = (self.in_features, self.in_dtype) if self.single_input else None
         for kind, obj, step, multi in self.entries:
             op = step.op
             if (
@@ -586,11 +693,18 @@ class Program:
             if kind == "recurrent":
                 # the compiled entry runs float weights only (reduced precision: rnn_forward)
                 one = len(obj.kernels) == 1 and not obj.kernels[0].one_row and obj.kernels[0].q is None
-                fns.append(_chain_one_kernel(obj) if one else _chain_recurrent(obj))
+                fns.append(_chain_one_kernel(obj, known) if one else _chain_recurrent(obj))
+                last = obj.kernels[-1]
+                known = (last.Ho, last.dtype) if one and obj.return_sequences else None
+            elif kind == "conv":
+                fns.append(_chain_conv(obj))
+                known = None
             elif isinstance(obj, _Dense) and obj.extra is None and not obj.softmax:
-                fns.append(_chain_dense(obj))
+                fns.append(_chain_dense(obj, known))
+                known = (obj.N, obj.dtype)
             else:
                 fns.append(_chain_op(obj))
+                known = None
             prev = step.outputs[0]
         return fns if prev == self.graph.outputs else None
 
@@ -670,6 +784,8 @@ class Program:
                 k = step.inputs[0]
                 outs = self._recurrent(obj, values[k], masks[k], pad, lengths, states, seen, num_threads)
                 out_masks = [masks[k] if obj.return_sequences else None] + [None] * (len(outs) - 1)
+            elif kind == "conv":
+                outs, out_masks = [obj.run(values[step.inputs[0]], states, lengths)], [None]
             else:
                 x: Any
                 m: Any
@@ -766,9 +882,11 @@ def _chain_op(obj):
     return f
 
 
-def _chain_one_kernel(rec):
+def _chain_one_kernel(rec, known):
     """The usual recurrent op of a chain: one cell whose products need no BLAS guard,
-    the compiled entry called directly (the step's hot path: no other Python)."""
+    the compiled entry called directly (the step's hot path: no other Python).
+    ``known``: the (features, dtype) of its input where the chain guarantees them (the
+    previous op's output, or the step's checked input): then nothing is re-checked."""
     (kern,) = rec.kernels
     hs = rec.slots[0]
     cs = rec.slots[1] if kern.with_c else None
@@ -776,6 +894,17 @@ def _chain_one_kernel(rec):
     seq = rec.return_sequences
     cuts = kern.cuts
     run = kern.entry.run
+    empty = np.empty
+
+    if known == (I, dt) and cs is None and seq:
+
+        def known_input(x, states, num_threads):  # GRU / SimpleRNN returning sequences
+            T, B = x.shape[0], x.shape[1]
+            out = empty((T, B, Ho), dt)
+            run(x, T, B, None, out, states[hs], None, *cuts(B, T, num_threads))
+            return out
+
+        return known_input
 
     def f(x, states, num_threads):
         T, B = x.shape[0], x.shape[1]
@@ -786,7 +915,7 @@ def _chain_one_kernel(rec):
         if x.shape[2] != I:
             raise ValueError("%s %r expects %d input features, got %d" % (rec.op.keras_class, rec.name, I, x.shape[2]))
         if seq:
-            out = np.empty((T, B, Ho), dt)
+            out = empty((T, B, Ho), dt)
             run(x, T, B, None, out, h, c, *cuts(B, T, num_threads))
             return out
         run(x, T, B, None, None, h, c, *cuts(B, T, num_threads))
@@ -795,22 +924,46 @@ def _chain_one_kernel(rec):
     return f
 
 
-def _chain_dense(d):
-    """A Dense of a chain whose activation the packed product applies."""
+def _chain_conv(conv):
+    run = conv.run
+
+    def f(x, states, num_threads):
+        return run(x, states, None)
+
+    return f
+
+
+def _chain_dense(d, known):
+    """A Dense of a chain whose activation the packed product applies; ``known`` as
+    :func:`_chain_one_kernel`'s."""
     K, N, dt, Bp, bias, act = d.K, d.N, d.dtype, d.Bp, d.bias, d.act
-    rows = _kernels.packed_rows
+    rows = _kernels.packed_rows[_FUSED[dt.char]]  # the specialisation: no dispatch per call
     name = d.node.name
+    empty = np.empty
+
+    if known == (K, dt):
+
+        def known_input(x, states, num_threads):  # contiguous, (..., K), of dtype dt
+            y = empty(x.shape[:-1] + (N,), dt)
+            rows(x.reshape(-1, K), Bp, bias, y.reshape(-1, N), act)
+            return y
+
+        return known_input
 
     def f(x, states, num_threads):
         if x.shape[-1] != K:
             raise ValueError("Dense %r expects %d input features, got shape %s" % (name, K, x.shape))
         if x.dtype != dt or not x.flags.c_contiguous:
             x = np.ascontiguousarray(x, dtype=dt)
-        y = np.empty(x.shape[:-1] + (N,), dt)
+        y = empty(x.shape[:-1] + (N,), dt)
         rows(x.reshape(-1, K), Bp, bias, y.reshape(-1, N), act)
         return y
 
     return f
+
+
+#: numpy dtype char -> the name of the Cython fused specialisation
+_FUSED = {"f": "float", "d": "double"}
 
 
 def _chain_recurrent(rec):
@@ -890,7 +1043,7 @@ def step(model, x, streams, num_threads=None):
     if not streams:
         return []
     try:
-        rows = np.fromiter((s._grow for s in streams), np.intp, len(streams))
+        rows = np.fromiter(map(_grow_of, streams), np.intp, len(streams))
     except AttributeError:
         bad = next(s for s in streams if not isinstance(s, Stream))
         raise TypeError("step takes a list of Streams, got a %s in it" % type(bad).__name__) from None
@@ -905,13 +1058,8 @@ def step(model, x, streams, num_threads=None):
         for s in streams:
             if s._program.owner() is not model:
                 raise ValueError("a stream in the list was opened by another model (%s)" % s._program.what)
-    if block is not None:
-        r = np.sort(rows)
-        twice = bool((r[1:] == r[:-1]).any())
-    else:
-        twice = len(set(map(id, streams))) != len(streams)
-    if twice:
-        raise ValueError("a stream appears twice in one step: a stream is one sequence")
+    if block is None and len(set(map(id, streams))) != len(streams):
+        raise ValueError(_TWICE)  # (one block: its claim finds a row twice)
     return _step_many(streams[0]._program, x, streams, num_threads, block, rows)
 
 
@@ -923,12 +1071,13 @@ def _step_one(p, x, s, num_threads):
         and x.ndim == 2
         and x.shape[1] == p.in_features
         and x.shape[0] > 0
+        and x.flags.c_contiguous
     ):
         T = x.shape[0]  # what prepare() would check, checked: the common case
         feeds = [x.reshape(T, 1, x.shape[1])]
     else:
         xs, T = p.prepare(x, p.what)
-        feeds = [a.reshape((T, 1) + a.shape[1:]) for a in xs]
+        feeds = [np.ascontiguousarray(a).reshape((T, 1) + a.shape[1:]) for a in xs]
     block, row = s._block, s._row
     block.claim_one(row)
     try:
