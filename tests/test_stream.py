@@ -320,6 +320,10 @@ def test_bad_chunks_and_streams(rng):
         other.step(np.zeros((2, I_SIZE)), s)
     with pytest.raises(ValueError, match="twice"):
         model.step([np.zeros((2, I_SIZE))] * 2, [s, s])
+    t = model.stream()
+    with pytest.raises(ValueError, match="twice"):
+        model.step([np.zeros((2, I_SIZE))] * 3, [t, s, t])
+    t.reset()  # not left claimed by the refused call
     with pytest.raises(ValueError, match="2 chunks"):
         model.step([np.zeros((2, I_SIZE))], [s, model.stream()])
     with pytest.raises(TypeError):

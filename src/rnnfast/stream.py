@@ -1047,12 +1047,12 @@ def step(model, x, streams, num_threads=None):
     except AttributeError:
         bad = next(s for s in streams if not isinstance(s, Stream))
         raise TypeError("step takes a list of Streams, got a %s in it" % type(bad).__name__) from None
-    first = rows[0] // _Block.ROWS
-    if (rows // _Block.ROWS == first).all():
+    first = rows.min() // _Block.ROWS
+    if rows.max() // _Block.ROWS == first:
         block = _BLOCKS[first]  # one block: one program, checked once
         if block.program.owner() is not model:
             raise ValueError("the streams were opened by another model (%s)" % block.program.what)
-        rows = rows - first * _Block.ROWS
+        rows %= _Block.ROWS
     else:
         block = None
         for s in streams:
@@ -1133,16 +1133,16 @@ def _step_many(p, x, streams, num_threads, block=None, rows=None):
         block.claim(rows)
         try:
             states = [a[rows][None] for a in block.slots]
-            seen = block.seen[:, rows]
             if p.chain is not None and lengths is None:  # no mask, no padding: the fast form
-                out = feeds[0]
+                out = feeds[0]  # (and no mask anywhere: ``seen`` is never read, not kept)
                 for f in p.chain:
                     out = f(out, states, num_threads)
             else:
+                seen = block.seen[:, rows]
                 out = p.run(feeds, lengths, states, seen, num_threads)
+                block.seen[:, rows] = seen
             for a, st in zip(block.slots, states):
                 a[rows] = st[0]
-            block.seen[:, rows] = seen
         finally:
             block.busy[rows] = False
     else:
