@@ -462,3 +462,28 @@ def test_reduced_precision_streams_step_in_that_precision(precision):
     got = np.concatenate([model.step(x[t : t + 7, 0], s) for t in range(0, 40, 7)])
     np.testing.assert_allclose(got, want[:, 0], rtol=1e-5, atol=1e-6)
     assert np.abs(got - float_out[:, 0]).max() > 1e-5  # the reduced products ran, not float32's
+
+
+@pytest.mark.parametrize("model_kind", ["graph", "torch"])
+def test_chunks_of_any_form_give_the_same_bits(model_kind, rng):
+    """The common chunk (a C-contiguous ndarray of the model's dtype) runs inline; any
+    other form (a strided view, another dtype, a list, a float64 chunk of whole
+    numbers) goes through the checked path: the same results, bit for bit."""
+    model = graph_model(rng, "gru", np.float32) if model_kind == "graph" else torch_model("gru", np.float32)
+    x = rng.standard_normal((12, I_SIZE)).astype(np.float32)
+    want, want_state = whole(model, x)
+    wide = np.zeros((12, 2 * I_SIZE), np.float32)
+    wide[:, ::2] = x
+    forms = {
+        "strided": lambda a, b: wide[a:b, ::2],
+        "float64": lambda a, b: x[a:b].astype(np.float64),
+        "list": lambda a, b: x[a:b].tolist(),
+        "fortran": lambda a, b: np.asfortranarray(x[a:b]),
+    }
+    for name, form in forms.items():
+        s = model.stream()
+        got = np.concatenate([model.step(form(a, a + 3), s) for a in range(0, 12, 3)])
+        assert_bitwise(got, want, name)
+        assert_state_bitwise(s.state, want_state, name)
+    with pytest.raises(ValueError):
+        model.step(x[:, :3], model.stream())

@@ -549,6 +549,8 @@ class Program:
         self.single_input = len(inputs) == 1 and not inputs[0]["integer"]
         self.in_dtype, self.in_features = inputs[0]["dtype"], inputs[0].get("features")
         self.chain = None if self.stateful else self._chain()
+        # model.step(x, stream) of one stream: the chain's, with the common case inline
+        self.step_one = _chain_step_one(self) if self.chain is not None and self.single_input else None
         self.seq_outputs = None  # filled on the first step: which outputs have a time axis
 
     def names(self):
@@ -1032,7 +1034,7 @@ def step(model, x, streams, num_threads=None):
         p = streams._program
         if p.owner() is not model:
             raise ValueError("this stream was opened by another model (%s)" % p.what)
-        return _step_one(p, x, streams, num_threads)
+        return (p.step_one or _step_one)(p, x, streams, num_threads)
     if not isinstance(streams, (list, tuple)):
         raise TypeError("step takes a Stream or a list of them, got %s" % type(streams).__name__)
     if not isinstance(x, (list, tuple)) or len(x) != len(streams):
@@ -1092,6 +1094,32 @@ def _step_one(p, x, s, num_threads):
     if p.single_output is not None:
         return out[:, 0] if out.ndim == 3 else out[0]
     return map_structure(_first, out)
+
+
+def _chain_step_one(p):
+    """:func:`_step_one` of a chain model on float chunks, its common case (an ndarray
+    (T, F) of the model's dtype, C-contiguous) checked and run inline; any other
+    chunk goes through :func:`_step_one`."""
+    chain = tuple(p.chain)
+    dt, F = p.in_dtype, p.in_features
+    ndarray = np.ndarray
+
+    def one(p, x, s, num_threads):
+        if type(x) is ndarray and x.ndim == 2 and x.dtype == dt and x.flags.c_contiguous:
+            T, f = x.shape
+            if f == F and T > 0:
+                block, row, slots = s._block, s._row, s._slots
+                block.claim_one(row)
+                try:
+                    out = x.reshape(T, 1, F)
+                    for fn in chain:
+                        out = fn(out, slots, num_threads)
+                finally:
+                    block.taken[row] = 0
+                return out[:, 0] if out.ndim == 3 else out[0]
+        return _step_one(p, x, s, num_threads)
+
+    return one
 
 
 def _first(y):
