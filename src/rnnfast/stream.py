@@ -1056,13 +1056,11 @@ def step(model, x, streams, num_threads=None):
             raise ValueError("the streams were opened by another model (%s)" % block.program.what)
         rows %= _Block.ROWS
     else:
-        block = None
-        for s in streams:
-            if s._program.owner() is not model:
-                raise ValueError("a stream in the list was opened by another model (%s)" % s._program.what)
-    if block is None and len(set(map(id, streams))) != len(streams):
-        raise ValueError(_TWICE)  # (one block: its claim finds a row twice)
-    return _step_many(streams[0]._program, x, streams, num_threads, block, rows)
+        block = None  # (rows: every block's, _step_many splits them)
+        for g in np.unique(rows // _Block.ROWS).tolist():
+            if _BLOCKS[g].program.owner() is not model:
+                raise ValueError("a stream in the list was opened by another model (%s)" % _BLOCKS[g].program.what)
+    return _step_many(_BLOCKS[first].program, x, streams, num_threads, block, rows)
 
 
 def _step_one(p, x, s, num_threads):
@@ -1127,7 +1125,8 @@ def _first(y):
 
 
 def _step_many(p, x, streams, num_threads, block=None, rows=None):
-    """A batched step: ``block`` and ``rows`` when every stream is in that block."""
+    """A batched step: ``block`` and ``rows`` (in the block) when every stream is in
+    that block; else ``rows`` the streams' rows among all blocks (or None: read here)."""
     feeds = None
     if p.single_input:
         spec = p.inputs[0]
@@ -1156,39 +1155,48 @@ def _step_many(p, x, streams, num_threads, block=None, rows=None):
                 feeds.append(f)
         if not ragged:
             lengths = None
+    # the streams' rows by block: (block, their places in the call or None for all in
+    # order, their rows in the block); a stream twice is found by its block's claim
     if block is not None:
-        # one fancy index per slot: gather the rows, run, scatter them back
-        block.claim(rows)
-        try:
-            states = [a[rows][None] for a in block.slots]
-            if p.chain is not None and lengths is None:  # no mask, no padding: the fast form
-                out = feeds[0]  # (and no mask anywhere: ``seen`` is never read, not kept)
-                for f in p.chain:
-                    out = f(out, states, num_threads)
-            else:
-                seen = block.seen[:, rows]
-                out = p.run(feeds, lengths, states, seen, num_threads)
-                block.seen[:, rows] = seen
-            for a, st in zip(block.slots, states):
-                a[rows] = st[0]
-        finally:
-            block.busy[rows] = False
+        parts = [(block, None, rows)]
     else:
-        held = []
-        try:
-            for s in streams:
-                s._block.claim_one(s._row)
-                held.append(s)
-            states = [np.concatenate([s._slots[i] for s in streams], axis=1) for i in range(len(p.widths))]
-            seen = np.concatenate([s._seen for s in streams], axis=1)
+        if rows is None:
+            rows = np.fromiter(map(_grow_of, streams), np.intp, len(streams))
+        gids = rows // _Block.ROWS
+        parts = []
+        for g in np.unique(gids).tolist():
+            at = np.flatnonzero(gids == g)
+            parts.append((_BLOCKS[g], at, rows[at] % _Block.ROWS))
+    claimed: list = []
+    try:
+        for blk, _, r in parts:
+            blk.claim(r)
+            claimed.append((blk, r))
+        # one fancy index per slot and block: gather the rows, run, scatter them back
+        if block is not None:
+            states = [a[rows][None] for a in block.slots]
+        else:
+            states = [np.empty((1, len(streams), w), dt) for w, dt in zip(p.widths, p.dtypes)]
+            for blk, at, r in parts:
+                for st, a in zip(states, blk.slots):
+                    st[0, at] = a[r]
+        if p.chain is not None and lengths is None:  # no mask, no padding: the fast form
+            out = feeds[0]  # (and no mask anywhere: ``seen`` is never read, not kept)
+            for f in p.chain:
+                out = f(out, states, num_threads)
+        else:
+            seen = np.empty((len(p.recurrent), len(streams)), bool)
+            for blk, at, r in parts:
+                seen[:, slice(None) if at is None else at] = blk.seen[:, r]
             out = p.run(feeds, lengths, states, seen, num_threads)
-            for b, s in enumerate(streams):
-                for mine, a in zip(s._slots, states):
-                    mine[0, 0] = a[0, b]
-                s._seen[:, 0] = seen[:, b]
-        finally:
-            for s in held:
-                s._block.taken[s._row] = 0
+            for blk, at, r in parts:
+                blk.seen[:, r] = seen[:, slice(None) if at is None else at]
+        for blk, at, r in parts:
+            for st, a in zip(states, blk.slots):
+                a[r] = st[0] if at is None else st[0, at]
+    finally:
+        for blk, r in claimed:
+            blk.busy[r] = False
     if not ragged:
         return map_structure(_batch_major, out)
     assert lengths is not None  # ragged chunks have lengths
@@ -1275,12 +1283,7 @@ def stateful_predict(model, xs, batch_size, num_threads, build, fixed):
         for s in streams:
             s._seen[:] = False  # Keras' previous output starts at zeros per call
         chunks = [[a[b] for a in part] if len(part) > 1 else part[0][b] for b in range(n)]
-        rows = np.array([st._row for st in streams])
-        outs.append(
-            _step_many(p, chunks, streams, num_threads, streams[0]._block, rows)
-            if all(st._block is streams[0]._block for st in streams)
-            else _step_many(p, chunks, streams, num_threads)
-        )
+        outs.append(_step_many(p, chunks, streams, num_threads))
     if len(outs) == 1:
         return outs[0]
     return map_structure(lambda *ys: np.concatenate(ys, axis=0), *outs)
