@@ -29,7 +29,7 @@ packed projection and product), a stream also equals ``predict`` bitwise; elsewh
 it equals it to the documented tolerance.
 
 Streamable ops: recurrent layers (not ``go_backwards``), causal Conv1D (strides 1;
-:class:`_CausalConv`: row-exact packed products of each step's window), and ops that
+``_CausalConv``: row-exact packed products of each step's window), and ops that
 act on each step alone (:data:`PER_STEP`). Anything whose output needs later steps (a
 Bidirectional layer, ``go_backwards``, pooling or Flatten over time, a non-causal
 convolution, attention, ...) is refused at :meth:`model.stream() <Program>` with an
