@@ -649,7 +649,7 @@ class RNNLayer:
         m = mask if mask is not None else np.zeros((0, 0), np.uint8)
         out = None
         if return_sequences:
-            out = _empty_lines((B, T, D * Ho) if batch_first else (T, B, D * Ho), dt)
+            out = _kernels._zeros_lines((B, T, D * Ho) if batch_first else (T, B, D * Ho), dt)
         o2 = out.reshape(T * B, D * Ho) if out is not None else np.zeros((0, 0), dt)
         plan = _plan.plan(
             B=B,
@@ -866,12 +866,3 @@ def _copy_columns(out, a, runs):
 def _frozen(a):
     a.flags.writeable = False
     return a
-
-
-def _empty_lines(shape, dt):
-    """np.empty on a cache-line (64-byte) boundary: threads write the output in unit
-    blocks, and a line two blocks share would bounce between their cores."""
-    n = int(np.prod(shape)) * np.dtype(dt).itemsize
-    buf = np.empty(n + 64, np.uint8)
-    off = -buf.ctypes.data % 64
-    return buf[off : off + n].view(dt).reshape(shape)
