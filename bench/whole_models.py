@@ -31,8 +31,9 @@ before any timing.
 
     KERAS_BACKEND=torch python bench/whole_models.py [--quick] [--threads 1,2] [--out bench/results]
 
-``--quick``: T=50 tokens (100 frames), about half a second of timing per row; under 3
-minutes on two cores. Also reached as ``python bench/compare.py --models``. Writes
+``--quick``: T=50 tokens (100 frames), about 0.3 s of timing per row (at least 5 calls
+per engine); about 2 minutes on two quiet cores (130 s of CPU time measured). Also
+reached as ``python bench/compare.py --models``. Writes
 whole_models.json and whole_models.md (the table for bench/README.md) to ``--out``.
 """
 
@@ -355,7 +356,7 @@ def main(argv=None):
     ap.add_argument("--tf-worker", metavar="DIR", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.budget is None:
-        args.budget = 0.5 if args.quick else 2.0
+        args.budget = 0.3 if args.quick else 2.0
     if args.tf_worker:
         args.threads = int(args.threads)
         return tf_worker(args)
@@ -395,6 +396,7 @@ def main(argv=None):
                 path, note = (None, "left out") if args.no_onnx else _export(model, B, tmp)
                 batches[B] = (x, want, _chain_input(model, inp, x), path, note)
             built.append((name, model, rnnfast.from_keras(model), rnnfast.from_keras(chain), batches))
+        print("[built, exported: %.0f s]" % (time.perf_counter() - t_start), flush=True)
         for threads in [int(t) for t in args.threads.split(",")]:
             torch.set_num_threads(threads)
             rnnfast.set_num_threads(threads)
@@ -402,7 +404,9 @@ def main(argv=None):
             # threads' wake-ups cost milliseconds per product
             with threadpool_limits(threads, user_api="blas"):
                 part = _time_rows(args, built, threads, tmp)
+            print("[%d thread(s) timed: %.0f s]" % (threads, time.perf_counter() - t_start), flush=True)
             tf, note = (None, "left out") if args.no_tf else _tf_rows(args, threads, tmp)
+            print("[tensorflow worker done: %.0f s]" % (time.perf_counter() - t_start), flush=True)
             for r in part:
                 got = (tf or {}).get((r["case"], r["batch"]))
                 if got is not None:
