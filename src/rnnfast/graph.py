@@ -192,6 +192,7 @@ class Graph:
             map_structure(lambda k: mask_of[slot[k]], self.outputs),
         )
 
+
 def leaves(s):
     """The keys of a structure (a key, or nested lists / dicts of them), in order."""
     if isinstance(s, dict):
