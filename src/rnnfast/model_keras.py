@@ -563,6 +563,7 @@ class TimeDistributedNode(_Node):
         super().__init__(name, "TimeDistributed", inner.dtype)
         self.inner = inner
         self.per_step = bool(per_step)
+        self.takes_ids = inner.takes_ids  # a wrapped model taking ids: (batch, time, steps) ids
 
     def run(self, x, mask, num_threads=None):
         if x.ndim < 3:
@@ -576,7 +577,9 @@ class TimeDistributedNode(_Node):
         b = _swap(x)  # batch-major (B, T, ...)
         B, T = b.shape[:2]
         slices = np.ascontiguousarray(b).reshape((B * T,) + b.shape[2:])
-        outs, _ = self.inner.run(_swap(slices), None, num_threads)
+        # the inner layer's input time-major: ids (steps, B*T) as well as sequences
+        inner_x = np.ascontiguousarray(slices.T) if self.takes_ids else _swap(slices)
+        outs, _ = self.inner.run(inner_x, None, num_threads)
         y = _batch_major(outs[0])
         y = _swap(y.reshape((B, T) + y.shape[1:]))
         return [np.ascontiguousarray(y)], [mask if y.ndim == 3 else None]
@@ -1891,11 +1894,8 @@ class GraphNode(_Node):
                 "layer",
                 "wrapped model %r: rnnfast distributes models of one input and one output" % name,
             )
-        if model._integer_input:
-            raise UnsupportedLayerError(
-                "TimeDistributed", "layer", "wrapped model %r takes integer ids (an Embedding first)" % name
-            )
         self.model = model
+        self.takes_ids = model._integer_input  # an Embedding first: slices of ids
 
     def get_weights(self):
         return self.model.get_weights()
