@@ -10,7 +10,7 @@ import pytest
 import rnnfast
 from rnnfast import UnsupportedLayerError
 
-from _testing import assert_like_keras, lively
+from _testing import KERAS_SOURCES, assert_like_keras, keras_model_from, lively, save_keras
 
 L = keras.layers
 B, T, S, F = 3, 4, 7, 5
@@ -59,14 +59,19 @@ CASES["sequential-model"] = lambda: keras.Sequential(
 def test_time_distributed_like_keras(case, tmp_path):
     model = lively(CASES[case](), seed=len(case))
     x = np.random.default_rng(5).standard_normal((B,) + tuple(model.input_shape[1:])).astype(np.float32)
+    _like_keras_from_every_source(model, x, tmp_path)
+
+
+def _like_keras_from_every_source(model, x, folder):
+    """``model`` saved as .keras and .h5 and taken live: each gives Keras' output on ``x``
+    and counts its parameters; returns the live one."""
     want = model.predict(x, verbose=0)
-    for ext in ("keras", "h5"):
-        p = str(tmp_path / ("m." + ext))
-        model.save(p)
-        m = rnnfast.load(p)
-        assert_like_keras(m.predict(x), want, what=ext)
+    paths = save_keras(model, folder, "m")
+    for source in KERAS_SOURCES:
+        m = keras_model_from(source, model, paths)
+        assert_like_keras(m.predict(x), want, what=source)
         assert m.count_params() == model.count_params()
-    assert_like_keras(rnnfast.from_keras(model).predict(x), want, what="live")
+    return m
 
 
 def _sentences_of_ids(mask_zero):
@@ -84,15 +89,7 @@ def test_time_distributed_model_of_ids(mask_zero, tmp_path):
     x = np.random.default_rng(6).integers(1, 9, (B, T, S)).astype(np.int32)
     x[0, 1, S - 3 :] = 0  # padded words
     x[1, 2, :] = 0  # an empty sentence
-    want = model.predict(x, verbose=0)
-    for ext in ("keras", "h5"):
-        p = str(tmp_path / ("m." + ext))
-        model.save(p)
-        m = rnnfast.load(p)
-        assert_like_keras(m.predict(x), want, what=ext)
-        assert m.count_params() == model.count_params()
-    m = rnnfast.from_keras(model)
-    assert_like_keras(m.predict(x), want, what="live")
+    m = _like_keras_from_every_source(model, x, tmp_path)
     assert m.input_shape == (None, None, S) and m.output_shape == (None, 2)
     with pytest.raises(ValueError, match="ids must lie in"):
         m.predict(np.full((1, T, S), 9, np.int32))
