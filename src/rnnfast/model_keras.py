@@ -55,7 +55,7 @@ def _log_softmax(x):
 
 
 def _gelu(x):
-    from scipy.special import erf
+    from ._special import erf
 
     return 0.5 * x * (1 + erf(x / np.sqrt(x.dtype.type(2))))
 

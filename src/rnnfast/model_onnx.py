@@ -594,9 +594,9 @@ def _gelu(args, a):
 
 
 def _erf(x):
-    from scipy.special import erf
+    from ._special import erf
 
-    return erf(x).astype(x.dtype)
+    return erf(x)
 
 
 def _softplus(x):
