@@ -65,7 +65,9 @@ def test_the_core_calls_scipy_openblas32_on_one_thread_and_starts_no_blas_thread
     # package first opens the library with its default threads; rnnfast's first call
     # then sets it to one: test_threads.)
     out = fresh(
-        "import os, importlib.util, numpy\n"
+        "import os, importlib.util\n"
+        "os.environ.pop('OPENBLAS_NUM_THREADS', None)  # as a user who never set it\n"
+        "import numpy\n"
         "lib = importlib.util.find_spec('scipy_openblas32').submodule_search_locations[0]\n"
         "before = len(os.listdir('/proc/self/task'))\n"
         "import rnnfast\n"
