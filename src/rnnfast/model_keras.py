@@ -27,6 +27,7 @@ import numpy as np
 from . import _validation
 from . import stream as _stream
 from ._progress import run_batched
+from ._special import erf
 from ._summary import Summarized
 from .errors import UnsupportedLayerError
 from .graph import TRUE, leaves, map_structure, mask_or
@@ -55,8 +56,6 @@ def _log_softmax(x):
 
 
 def _gelu(x):
-    from scipy.special import erf
-
     return 0.5 * x * (1 + erf(x / np.sqrt(x.dtype.type(2))))
 
 
