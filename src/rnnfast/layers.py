@@ -418,8 +418,8 @@ class RNNLayer:
     def _pack(self):
         """The packed copies of ``_W`` and ``_U``, made once per layer (and again when a
         pickled layer arrives): the input projection reads W packed where that beats
-        BLAS (``packed_projection``); the per-step product of the cells that run it on
-        packed weights reads U packed in panels."""
+        BLAS (``packed_projection``), and always in a reduced precision; the per-step
+        product of the cells that run it on packed weights reads U packed in panels."""
         G = self.cell_spec.num_gates
         D = self._W.shape[0]
         plain = self._kernel.packed and self._Wr.shape[1] == 0
@@ -437,10 +437,14 @@ class RNNLayer:
                 reset_before=self._kernel.code == _kernels.RNN_CELL_GRU_RB,
                 given=self._int8_given() if self.precision == "int8" else None,
             )
-            float_w = packed_w and not reduced_input
+            # a float32 input projection runs on the packed W on every ISA, never BLAS (whose
+            # sums depend on the ISA and on the rows of the call): the whole call, a stream
+            # and any batch give the same bits, as the state's rounding to bf16 can turn a
+            # last-bit difference into a bf16 step (about 1e-4)
+            float_w = not reduced_input
             self._Wp = _frozen(_kernels.pack_blocks(self._W, G, self._ncb) if float_w else np.zeros((D, 0), self.dtype))
             self._Up = _frozen(np.zeros((D, 0), self.dtype))
-            self._uses_blas = not reduced_input and not packed_w
+            self._uses_blas = False
             return
         self._q = None
         self._Wp = _frozen(_kernels.pack_blocks(self._W, G, self._ncb) if packed_w else np.zeros((D, 0), self.dtype))
