@@ -48,6 +48,8 @@ ONNX_DTYPES: dict[int, tuple[np.dtype, str]] = {
     13: (np.dtype(np.uint64), "tensor(uint64)"),
 }
 
+#: What a failed load-time run raises (a kernel's refusal of the shapes it met).
+PROBE_ERRORS = (ValueError, TypeError, IndexError, KeyError, AttributeError, ZeroDivisionError, OverflowError)
 #: Distinct input-shape signatures whose shape arithmetic a model keeps.
 SHAPE_CACHE_SIZE = 64
 #: The size the load-time run gives a symbolic dimension past the first (batch) axis.
@@ -895,6 +897,17 @@ class OnnxModel(Summarized):
         return np.ascontiguousarray(a, dtype=dt)
 
     def _run(self, feeds, num_threads):
+        out = self._values(feeds, num_threads)
+        # outputs the caller owns: never the caller's own input, a view of it, or a cached value
+        return [
+            np.array(v, copy=True)
+            if isinstance(v, np.ndarray) and any(np.may_share_memory(v, f) for f in feeds)
+            else _contiguous(v)
+            for v in out
+        ]
+
+    def _values(self, feeds, num_threads):
+        """The outputs as the ops leave them (views, cached arrays)."""
         sig = tuple((a.shape, a.dtype.str) for a in feeds)
         cached = self._shape_cache.get(sig)
         with np.errstate(all="ignore"):
@@ -913,13 +926,7 @@ class OnnxModel(Summarized):
                     self._shape_cache[sig] = cached
             else:
                 out = self._run_data(list(feeds) + list(cached), num_threads)
-        # outputs the caller owns: never the caller's own input, a view of it, or a cached value
-        return [
-            np.array(v, copy=True)
-            if isinstance(v, np.ndarray) and any(np.may_share_memory(v, f) for f in feeds)
-            else _contiguous(v)
-            for v in out
-        ]
+        return out
 
     def _run_data(self, feeds, num_threads):
         """The data graph (:attr:`_data`) run as a list of steps over a list of tensors:
@@ -938,10 +945,10 @@ class OnnxModel(Summarized):
                 vals[i] = v
         return [vals[i] for i in outputs]
 
-    def _example_feed(self):
+    def _example_feed(self, steps=PROBE_STEPS):
         """Zeros of every input's declared shape, a symbolic or unknown dimension taken
-        as 1 for the first axis and :data:`PROBE_STEPS` elsewhere (one value per
-        symbol: dimensions that share a name share a size)."""
+        as 1 for the first axis and ``steps`` elsewhere (one value per symbol:
+        dimensions that share a name share a size)."""
         sizes: dict = {}
         feed: dict = {}
         for s in self._inputs:
@@ -950,25 +957,37 @@ class OnnxModel(Summarized):
                 if isinstance(d, int):
                     shape.append(d)
                 elif isinstance(d, str):
-                    shape.append(sizes.setdefault(d, 1 if i == 0 else PROBE_STEPS))
+                    shape.append(sizes.setdefault(d, 1 if i == 0 else steps))
                 else:
-                    shape.append(1 if i == 0 else PROBE_STEPS)
+                    shape.append(1 if i == 0 else steps)
             feed[s["name"]] = np.zeros(shape, s["dtype"])
         return feed
 
     def _probe(self):
-        """Run once on zeros (:meth:`_example_feed`): ops that do not fit together are
-        found at load, and with every input's shape fixed the shape arithmetic is done
-        here. The recurrent ops only check their shapes in this run
-        (:attr:`RecurrentOp.dry`): loading costs no inference."""
+        """Run once on zeros (:meth:`_example_feed`): with every input's shape fixed,
+        ops that do not fit together are found at load and the shape arithmetic is
+        done here. The recurrent ops only check their shapes in this run
+        (:attr:`RecurrentOp.dry`): loading costs no inference.
+
+        Symbolic dimensions are a guess (different names may have to be one size, or
+        sizes a guess cannot know): the guess is tried with :data:`PROBE_STEPS` and with
+        1 for every symbol, and where neither fits, the model loads and its first call
+        checks the shapes it is given."""
         if not all(s.get("ranked", True) for s in self._inputs):
             return  # an input of no declared shape: nothing to run it on
-        feed = self._example_feed()
+        fixed = all(isinstance(d, int) for s in self._inputs for d in s["shape"])
         ops = [op for op in self.layers if isinstance(op, RecurrentOp)]
         for op in ops:
             op.dry = True  # (the model is not shared yet)
         try:
-            self._run([feed[n] for n in self.input_names], 1)
+            for steps in (PROBE_STEPS,) if fixed else (PROBE_STEPS, 1):
+                feed = self._example_feed(steps)
+                try:
+                    self._values([feed[n] for n in self.input_names], 1)
+                    return
+                except PROBE_ERRORS:
+                    if fixed:
+                        raise
         finally:
             for op in ops:
                 op.dry = False
