@@ -23,6 +23,7 @@ import threading
 import numpy as np
 
 from . import _validation
+from . import stream as _stream
 from ._progress import run_batched
 from ._summary import Summarized
 from .graph import Graph
@@ -878,6 +879,29 @@ class OnnxModel(Summarized):
     def __call__(self, x, *, num_threads=None):
         """``model(x)``: :meth:`predict`."""
         return self._predict(x, num_threads)
+
+    # -- streaming (rnnfast.stream) ---------------------------------------------------
+
+    def stream(self):
+        """A new :class:`~rnnfast.stream.Stream` at the start of a sequence: every
+        recurrent node's state (``stream.state``: ``{node name: [h] or [h, c]}``).
+
+        For a model of one input, ``(batch, time, features)`` or ``(batch, time)`` ids in
+        any axis order, whose recurrent nodes run forward and whose other ops act on each
+        step alone (or read the last step); anything else is refused here with
+        :class:`~rnnfast.UnsupportedLayerError` naming the node."""
+        from . import _onnx_stream
+
+        return _stream.open_stream(self, lambda: _onnx_stream.OnnxProgram(self))
+
+    def step(self, x, stream, *, num_threads=None):
+        """Run the next steps of one stream (``x``: ``(time, features)`` or ``(time,)``
+        ids), or of many in one batched call (lists of chunks and streams). Returns each
+        output for these steps: ``(time, features)`` for an output with a time axis,
+        ``(features,)`` for one without (the output as if the sequence ended with the
+        chunk); other axes flattened into the features. Several outputs: a list. See
+        :meth:`rnnfast.KerasModel.step`."""
+        return _stream.step(self, x, stream, num_threads)
 
     # -- running ----------------------------------------------------------------------
 
