@@ -232,3 +232,46 @@ def test_bidirectional_torch_export_refused():
         )
     with pytest.raises(UnsupportedLayerError, match="backward direction"):
         rnnfast.from_onnx(f.getvalue()).stream()
+
+
+class _Classifier(torch.nn.Module):
+    """Embedding -> LSTM -> the last step's log-softmax, and a head on h_n."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(50, 8)
+        self.rnn = torch.nn.LSTM(8, H, batch_first=True)
+        self.head = torch.nn.Linear(H, 4)
+
+    def forward(self, ids):
+        y, (h, _) = self.rnn(self.emb(ids))
+        return torch.log_softmax(self.head(y[:, -1]), -1), self.head(h[-1])
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_ids_model_many_to_one_is_the_output_as_if_the_sequence_ended_there(dynamo):
+    torch.manual_seed(0)
+    net = _Classifier().eval()
+    f = io.BytesIO()
+    ids = torch.randint(0, 50, (2, 7))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if dynamo:  # its Reshape's target shape is computed from the input's
+            dims = ({0: torch.export.Dim("b"), 1: torch.export.Dim("t")},)
+            torch.onnx.export(net, (ids,), f, dynamo=True, input_names=["ids"], dynamic_shapes=dims, verbose=False)
+        else:
+            torch.onnx.export(net, (ids,), f, dynamo=False, input_names=["ids"], dynamic_axes={"ids": {0: "b", 1: "t"}})
+    model = rnnfast.from_onnx(f.getvalue())
+    sess = ort.InferenceSession(f.getvalue(), providers=["CPUExecutionProvider"])
+    seq = np.random.default_rng(0).integers(0, 50, 20)
+    s = model.stream()
+    for a, b in ((0, 3), (3, 4), (4, 11), (11, 20)):
+        got = model.step(seq[a:b], s)
+        want = sess.run(None, {"ids": seq[None, :b]})
+        assert len(got) == 2
+        for g, w in zip(got, want):
+            assert g.shape == w[0].shape
+            assert_close(g, w[0], np.float32)
+    whole = model.step(seq, model.stream())
+    for g, w in zip(got, whole):
+        assert np.array_equal(g, w)

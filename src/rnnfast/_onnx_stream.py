@@ -35,6 +35,8 @@ from .stream import _NO_MASK, _NO_OUT, _NO_STATE, Program, _Kernel
 __all__ = ["OnnxProgram"]
 
 T, B = "T", "B"  # the labels of the time and the batch axes
+#: (time steps, streams) of the run whose shapes tell where a computed Reshape puts them.
+PROBE = (7, 3)
 
 #: Ops that act on each element alone (and keep the first input's axes).
 _UNARY = {
@@ -118,6 +120,9 @@ class OnnxProgram(Program):
         # (time, batch, rest) -> the input's axis order
         self.in_perm = [([t_ax, b_ax] + rest).index(i) for i in range(rank)]
         self.rec, self.dense = {}, {}
+        self.keys = list(model._data.inputs) + [k for st in model._data.steps for k in st.outputs]
+        self._shapes = None  # every tensor's shape at PROBE (time, batch), when a rule needs them
+        self._in_shape = [PROBE[0] if i == t_ax else PROBE[1] if i == b_ax else d for i, d in enumerate(spec["shape"])]
         out_labels = self._follow(labels, strict=True)
         self.out_layouts = []
         for name, k in zip(model.output_names, self.out_index):
@@ -184,6 +189,7 @@ class OnnxProgram(Program):
                     if isinstance(t, int) and isinstance(b, int) and t is not b:
                         return t, b
                 continue
+            self._at = (ins, outs)
             try:
                 res = self._rule(op, args, strict)
             except _No as e:
@@ -207,7 +213,11 @@ class OnnxProgram(Program):
             raise _No("it reads a tensor whose axes are not known")
         if not data:
             raise _No("it reads no data")  # (cannot happen: such steps are shape steps)
-        if any(a is not None and a[0] == "shape" for a in args) and not isinstance(op, RecurrentOp):
+        if (
+            any(a is not None and a[0] == "shape" for a in args[1:])
+            and op.op_type not in ("Reshape",)
+            and not isinstance(op, RecurrentOp)
+        ):
             raise _No("it reads a value computed from the input's shape")
         if isinstance(op, RecurrentOp):
             return self._recurrent_rule(op, args, strict)
@@ -359,6 +369,8 @@ class OnnxProgram(Program):
             axis = attrs["axis"] % n
             free([axis], x)
             return [x] * op.num_outputs
+        if kind == "Reshape" and args[1] is not None and args[1][0] == "shape":
+            return [self._reshaped(x)]
         if kind == "Reshape":
             shape = const(1)
             if shape is None or attrs.get("allowzero"):
@@ -374,6 +386,31 @@ class OnnxProgram(Program):
                 raise _No("it flattens the time or batch axis")
             return [[x[0], None]]
         raise _No("rnnfast does not know it to act on each step alone")
+
+    def _reshaped(self, x):
+        """The labels after a Reshape to a shape computed from the input's: read from
+        the shapes of a run at :data:`PROBE` steps and streams. Each labelled axis must
+        stay one axis with the same elements before it (row-major order kept)."""
+        if self._shapes is None:
+            model = self.model
+            feed = np.zeros(self._in_shape, model._inputs[0]["dtype"])
+            with np.errstate(all="ignore"):
+                values, _ = model._graph.run([feed], 1, keep_all=True)
+            self._shapes = {k: np.shape(v) for k, v in values.items()}
+        ins, outs = self._at
+        a, b = self._shapes.get(self.keys[ins[0]]), self._shapes.get(self.keys[outs[0]])
+        if a is None or b is None or len(a) != len(x):
+            raise _No("its shapes are not known")
+        lab: list = [None] * len(b)
+        for i, v in enumerate(x):
+            if v is None:
+                continue
+            before = int(np.prod(a[:i], dtype=np.int64))
+            j = next((j for j in range(len(b)) if int(np.prod(b[:j], dtype=np.int64)) == before and b[j] == a[i]), None)
+            if j is None:
+                raise _No("it reshapes across the time or batch axis")
+            lab[j] = v
+        return lab
 
     def _recurrent_rule(self, op, args, strict):
         x = args[0][1]

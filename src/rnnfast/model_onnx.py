@@ -141,6 +141,10 @@ class FnOp(OnnxOp):
         self.kernel = kernel or op_type
         if self.kernel not in KERNELS:
             raise KeyError(self.kernel)
+        if op_type in ("Squeeze", "Unsqueeze") and len(self.slots) > 1 and self.slots[1] is not None:
+            if self.slots[1][0] == "const":  # constant axes (opset 13 on): read once, here
+                self.attrs["axes"] = _ints(self.slots[1][1])
+                self.slots[1] = None
 
     def compute(self, args, num_threads):
         out = KERNELS[self.kernel](args, self.attrs)
@@ -432,7 +436,7 @@ def _squeeze(args, a):
         axes = _ints(args[1])
     if axes is None:
         return np.squeeze(x)
-    return np.squeeze(x, axis=tuple(_axis(v, x.ndim) for v in axes))
+    return np.squeeze(x, axis=tuple(axes))  # (numpy checks them as ONNX does: in range, of size 1)
 
 
 def _unsqueeze(args, a):
@@ -440,10 +444,7 @@ def _unsqueeze(args, a):
     axes = a.get("axes")
     if len(args) > 1 and args[1] is not None:
         axes = _ints(args[1])
-    n = x.ndim + len(axes)
-    for v in sorted(_axis(v, n) for v in axes):
-        x = np.expand_dims(x, v)
-    return x
+    return np.expand_dims(x, tuple(axes))  # (axes of the output, negative from its end; repeats refused)
 
 
 def _reshape(args, a):
@@ -523,6 +524,38 @@ def _gather(args, a):
     except IndexError:
         n = x.shape[axis]
         raise ValueError("Gather %r: index out of range [%d, %d)" % (a["_name"], -n, n)) from None
+
+
+def _split_to_sequence(args, a):
+    """A sequence (a list of arrays): ``x`` cut along ``axis`` in pieces of 1 (the axis
+    dropped unless ``keepdims``), of ``split`` each (a scalar: the last piece may be
+    shorter) or of the sizes ``split`` lists."""
+    x = args[0]
+    axis = _axis(a["axis"], x.ndim)
+    n = x.shape[axis]
+    split = args[1] if len(args) > 1 else None
+    if split is None:
+        parts = np.split(x, n, axis=axis) if n else []
+        return [parts if a["keepdims"] else [np.squeeze(p, axis) for p in parts]]
+    s = np.asarray(split)
+    if s.ndim == 0:
+        k = int(s)
+        if k <= 0:
+            raise ValueError("SplitToSequence %r: split %d" % (a["_name"], k))
+        sizes = [min(k, n - i) for i in range(0, n, k)]
+    else:
+        sizes = _ints(s)
+        if sum(sizes) != n or any(v < 0 for v in sizes):
+            raise ValueError("SplitToSequence %r: parts %s do not add up to %d" % (a["_name"], sizes, n))
+    return [np.split(x, np.cumsum(sizes)[:-1], axis=axis) if sizes else []]
+
+
+def _sequence_at(args, a):
+    seq, pos = args
+    p, n = _i(pos), len(seq)
+    if not -n <= p < n:
+        raise ValueError("SequenceAt %r: position %d of a sequence of %d tensors" % (a["_name"], p, n))
+    return seq[p]
 
 
 def _constant_of_shape(args, a):
@@ -732,6 +765,8 @@ KERNELS = {
     "Shape": _shape,
     "Size": lambda args, a: np.asarray(args[0].size, np.int64),
     "Gather": _gather,
+    "SplitToSequence": _split_to_sequence,
+    "SequenceAt": _sequence_at,
     "ConstantOfShape": _constant_of_shape,
     "Expand": _expand,
     "Tile": _tile,
@@ -943,7 +978,7 @@ class OnnxModel(Summarized):
                     res = [values[k] for k in self._graph.outputs]
                 else:  # the graph's outputs are the model's, then the shape results (the rest is freed)
                     res, _ = self._graph.run(feeds, num_threads)
-                out, cached = res[:n], [_frozen(np.asarray(v)) for v in res[n:]]
+                out, cached = res[:n], [v if isinstance(v, list) else _frozen(np.asarray(v)) for v in res[n:]]
                 with self._lock:
                     if len(self._shape_cache) >= SHAPE_CACHE_SIZE:
                         self._shape_cache.pop(next(iter(self._shape_cache)))
