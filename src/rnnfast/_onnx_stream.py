@@ -459,9 +459,10 @@ class OnnxProgram(Program):
         feed = np.ascontiguousarray(x, dtype=model._inputs[0]["dtype"]).transpose(self.in_perm)
         sig = ((feed.shape, feed.dtype.str),)
         cached = model._shape_cache.get(sig)
-        if cached is None:  # the shape results for this chunk shape (a run on zeros, kept)
+        while cached is None:  # the shape results for this chunk shape (a run on zeros, kept;
+            # again should other calls have pushed them out of the cache meanwhile)
             model._values([np.zeros(feed.shape, feed.dtype)], 1)
-            cached = model._shape_cache[sig]
+            cached = model._shape_cache.get(sig)
         mask = _NO_MASK
         if lengths is not None:
             mask = np.ascontiguousarray(np.arange(Tn)[:, None] < lengths[None, :]).view(np.uint8)
