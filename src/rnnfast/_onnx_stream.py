@@ -29,7 +29,6 @@ import numpy as np
 
 from . import _kernels
 from .errors import UnsupportedLayerError
-from .model_onnx import RecurrentOp
 from .stream import _NO_MASK, _NO_OUT, _NO_STATE, Program, _Kernel
 
 __all__ = ["OnnxProgram"]
@@ -96,12 +95,7 @@ class OnnxProgram(Program):
                 "%s: streams take an input of (batch, time, features) or (batch, time) ids, in any order; "
                 "input %r has shape %s" % (self.what, spec["name"], spec["shape"]),
             )
-        prog = model.__dict__.get("_program")
-        if prog is None:
-            from .model_onnx import _compile
-
-            prog = model._program = _compile(model._data)
-        self.steps, self.count, self.out_index = prog
+        self.steps, self.count, self.out_index = model._compiled()
         self.n_frontier = len(model._frontier)
         # which input axes are time and batch: followed to the first recurrent node
         t_ax, b_ax = self._input_axes(rank)
@@ -182,7 +176,7 @@ class OnnxProgram(Program):
                         args.append(("shape", None))
                     else:
                         args.append(("data", vals[i]))
-            if not strict and isinstance(op, RecurrentOp):
+            if not strict and op.recurrent:
                 x = args[0]
                 if x[0] == "data" and x[1] is not None and len(x[1]) == 3:
                     t, b = (x[1][0], x[1][1]) if op.layout == 0 else (x[1][1], x[1][0])
@@ -216,10 +210,10 @@ class OnnxProgram(Program):
         if (
             any(a is not None and a[0] == "shape" for a in args[1:])
             and op.op_type not in ("Reshape",)
-            and not isinstance(op, RecurrentOp)
+            and not op.recurrent
         ):
             raise _No("it reads a value computed from the input's shape")
-        if isinstance(op, RecurrentOp):
+        if op.recurrent:
             return self._recurrent_rule(op, args, strict)
         x = args[0][1] if args[0][0] == "data" else None
         attrs = getattr(op, "attrs", {})

@@ -22,7 +22,7 @@ import threading
 
 import numpy as np
 
-from . import _validation
+from . import _onnx_stream, _validation
 from . import stream as _stream
 from ._progress import run_batched
 from ._summary import Summarized
@@ -90,6 +90,8 @@ class OnnxOp:
     protocol (:mod:`rnnfast.graph`) with ``multi_input``."""
 
     multi_input = True
+    #: An LSTM / GRU / RNN node (:class:`RecurrentOp`): state a stream carries.
+    recurrent = False
     #: (type, units, options) for the summary table; parameters as ONNX counts them
     #: (the elements of the node's constant inputs).
     units = ""
@@ -166,6 +168,8 @@ class RecurrentOp(OnnxOp):
     Slots: ``X``, ``sequence_lens``, ``initial_h``, ``initial_c`` (the weights are in
     the layer). ``outputs``: which of ``Y``, ``Y_h``, ``Y_c`` the graph reads.
     """
+
+    recurrent = True
 
     def __init__(self, op_type, name, slots, layer, *, layout, outputs):
         super().__init__(op_type, name, slots, len(outputs))
@@ -925,8 +929,6 @@ class OnnxModel(Summarized):
         any axis order, whose recurrent nodes run forward and whose other ops act on each
         step alone (or read the last step); anything else is refused here with
         :class:`~rnnfast.UnsupportedLayerError` naming the node."""
-        from . import _onnx_stream
-
         return _stream.open_stream(self, lambda: _onnx_stream.OnnxProgram(self))
 
     def step(self, x, stream, *, num_threads=None):
@@ -987,14 +989,18 @@ class OnnxModel(Summarized):
                 out = self._run_data(list(feeds) + list(cached), num_threads)
         return out
 
+    def _compiled(self):
+        """The data graph as :func:`_compile` gives it (made on the first call)."""
+        prog = self.__dict__.get("_program")
+        if prog is None:
+            prog = self._program = _compile(self._data)
+        return prog
+
     def _run_data(self, feeds, num_threads):
         """The data graph (:attr:`_data`) run as a list of steps over a list of tensors:
         what :meth:`Graph.run <rnnfast.graph.Graph.run>` does, without its dicts and
         masks (an ONNX graph carries none), for the per-call overhead at small sizes."""
-        prog = self.__dict__.get("_program")
-        if prog is None:
-            prog = self._program = _compile(self._data)
-        steps, n, outputs = prog
+        steps, n, outputs = self._compiled()
         vals = list(feeds) + [None] * (n - len(feeds))
         for op, ins, outs, free in steps:
             res = op.compute(op.args([vals[i] for i in ins]), num_threads)
