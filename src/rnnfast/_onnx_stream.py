@@ -58,11 +58,12 @@ class _No(Exception):
 class _Rec:
     """A recurrent node on the step path: its kernel and its stream state slots."""
 
-    def __init__(self, op, index, slots):
+    def __init__(self, op, index, slots, widths):
         self.op = op
         self.name = op.name
         self.index = index
         self.slots = slots
+        self.shapes = [(w,) for w in widths]  # of each state as stream.state gives it
         self.kernel = _Kernel(op.layer)
         self.with_c = op.layer.cell_spec.num_states > 1
         self.state_names = ["h", "c"] if self.with_c else ["h"]
@@ -79,6 +80,8 @@ class OnnxProgram(Program):
         self.chain = None
         self.seq_outputs = None
         self.widths, self.dtypes, self.recurrent = [], [], []
+        self.carried = self.recurrent  # the ops with state in a stream: the recurrent nodes
+        self.step_one = None  # (the chain fast path of Keras graphs: not for ONNX graphs)
         if len(model._inputs) != 1:
             raise UnsupportedLayerError(
                 "OnnxModel",
@@ -431,7 +434,7 @@ class OnnxProgram(Program):
                 slots.append(len(self.widths))
                 self.widths.append(w)
                 self.dtypes.append(layer.dtype)
-            rec = self.rec[op] = _Rec(op, len(self.recurrent), slots)
+            rec = self.rec[op] = _Rec(op, len(self.recurrent), slots, [self.widths[i] for i in slots])
             self.recurrent.append(rec)
         y = [T, None, B, None] if op.layout == 0 else [B, T, None, None]
         st = [None, B, None] if op.layout == 0 else [B, None, None]
