@@ -25,6 +25,7 @@ import numpy as np
 from . import _onnx_stream, _validation
 from . import stream as _stream
 from ._progress import run_batched
+from ._special import erf
 from ._summary import Summarized
 from .graph import Graph
 from .layers import apply_activation, softmax
@@ -634,9 +635,7 @@ def _gelu(args, a):
 
 
 def _erf(x):
-    from scipy.special import erf
-
-    return erf(x).astype(x.dtype)
+    return erf(x)
 
 
 def _softplus(x):
