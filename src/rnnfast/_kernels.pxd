@@ -172,6 +172,8 @@ cdef extern from "c/engine.h" nogil:
     # OpenMP (openmp.h): the blocked strategy's waits, and its test hook
     int RNN_OPENMP_ENABLED
     int rnn_barrier_spins
+    int rnn_barrier_work_factor
+    int rnn_barrier_max_us
     int rnn_steal_spins
     int rnn_backoff_left, rnn_backoff_len
     int rnn_delay_tid, rnn_delay_us, rnn_delay_every, rnn_delay_where

@@ -97,6 +97,20 @@ def barrier_spins(int spins=-1):
     return rnn_barrier_spins
 
 
+def barrier_spin_time(int work_factor=-1, int max_us=-1):
+    """The blocked strategy's wait for a phase, after barrier_spins(): it spins on for
+    up to ``work_factor`` times the thread's own work in the phase, at most ``max_us``
+    microseconds, before it sleeps (c/openmp.h); new values if given (-1: unchanged).
+    Returns ``(work_factor, max_us)``. rnnfast._plan sets BARRIER_WORK_FACTOR and
+    BARRIER_MAX_US when imported."""
+    global rnn_barrier_work_factor, rnn_barrier_max_us
+    if work_factor >= 0:
+        rnn_barrier_work_factor = work_factor
+    if max_us >= 0:
+        rnn_barrier_max_us = max_us
+    return rnn_barrier_work_factor, rnn_barrier_max_us
+
+
 def steal_spins(int spins=-1):
     """The blocked strategy: spins a thread that has run its own tasks of a phase gives
     the others before it takes theirs over (c/openmp.h); a new value if given.

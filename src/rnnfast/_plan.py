@@ -58,6 +58,14 @@ PROJ_MAX_TASKS = 8
 #: Blocked strategy: spins of the wait for a phase (a step, a chunk's projection)
 #: before it sleeps (c/openmp.h).
 BARRIER_SPINS = 3000
+#: ... and then on for up to this many times the thread's own work in the phase, at
+#: most BARRIER_MAX_US microseconds: a partner that is running finishes within about
+#: one task of the waiter, and a task of a large batch (GRU H=256, B=64: ~100 us) is
+#: longer than BARRIER_SPINS (~35-55 us), so with a fixed spin the waiter slept and
+#: was woken by a futex every step, and the caller's sleep backed the call off to one
+#: thread (c/openmp.h).
+BARRIER_WORK_FACTOR = 2
+BARRIER_MAX_US = 2000
 #: Blocked strategy: spins a thread that has run its own tasks of a phase gives the
 #: others before it takes their unclaimed tasks over (a descheduled partner then costs
 #: at most the task it had claimed; see c/openmp.h).
@@ -74,6 +82,7 @@ MIN_CALL_FLOPS_PER_THREAD = 4_000_000
 SKIP_PADDING = True
 
 _kernels.barrier_spins(BARRIER_SPINS)
+_kernels.barrier_spin_time(BARRIER_WORK_FACTOR, BARRIER_MAX_US)
 _kernels.steal_spins(STEAL_SPINS)
 
 ITEM = int(_kernels.RNN_STRATEGY_ITEM)
