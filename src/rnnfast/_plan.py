@@ -74,6 +74,11 @@ STEAL_SPINS = 200
 #: threads: waking a sleeping team and joining it costs more than such a call gains
 #: (the results are the same whatever the team size).
 MIN_CALL_FLOPS_PER_THREAD = 4_000_000
+#: The products outside the recurrent layers (Dense, Conv1D, attention:
+#: rnnfast._products): one with under this many flops per thread runs on fewer threads
+#: (measured, (M x 256) (256 x 256) float32: 2 threads break even at M = 128, 17 Mflop;
+#: 1.38x at 34 Mflop; 0.56-0.8x below 8 Mflop).
+MIN_PRODUCT_FLOPS_PER_THREAD = 8_000_000
 
 #: Right-padded batches (PyTorch lengths, Keras post-padding masks): rows whose
 #: sequence has ended drop out of each step's work (rows sorted by length once per
@@ -148,6 +153,11 @@ def team_size(num_threads, strategy, B, D, Ho, GH, T=None):
     if strategy == BLOCKED:
         n = min(n, step_flops // MIN_STEP_FLOPS_PER_THREAD)
     return max(1, n)
+
+
+def product_team(num_threads, flops):
+    """Threads for a product of ``flops`` (rnnfast._products), ``num_threads`` at most."""
+    return max(1, min(num_threads, flops // MIN_PRODUCT_FLOPS_PER_THREAD))
 
 
 def plan(*, B, D, Ho, GH, ncb, num_threads, chunk=None, T=None):
