@@ -325,7 +325,7 @@ static int RNN_TNAME(run_items)(const RNN_TNAME(call) *c)
     long nbb = (B + bb - 1) / bb, nitems = s->ndir * nbb;
     long ch, s0, s1, R, nrb, rb, ntask, task, item;
     long long t_call, t_in = 0, t_own = 0;
-    rnn_team_clock clk = {0, 0};
+    rnn_team_clock clk = {0, 0, 0};
     int err = 0;
     TYPE *xp = (TYPE *)malloc((size_t)(s->ndir * chunk * B * GH) * sizeof(TYPE));
     unsigned char *seen = (unsigned char *)calloc((size_t)(s->ndir * B), 1);
@@ -342,8 +342,9 @@ static int RNN_TNAME(run_items)(const RNN_TNAME(call) *c)
         t_call = rnn_now_ns();
         RNN_OMP(parallel num_threads(p->num_threads))
         {
+            long long b0 = rnn_now_ns();
             if (omp_get_thread_num() == 0)
-                t_in = rnn_now_ns();
+                t_in = b0;
             RNN_OMP(for schedule(dynamic) nowait)
             for (task = 0; task < ntask; task++) {
                 long d = task / nrb, r0 = (task % nrb) * rb, r1 = r0 + rb < R ? r0 + rb : R;
@@ -351,8 +352,10 @@ static int RNN_TNAME(run_items)(const RNN_TNAME(call) *c)
                 if (r0 < r1)
                     RNN_TNAME(item_project)(c, d, tlo, r0, r1, xp + d * chunk * B * GH);
             }
+            b0 = rnn_now_ns() - b0;
+            rnn_team_clock_work(&clk, b0);
             if (omp_get_thread_num() == 0)
-                t_own = rnn_now_ns();
+                t_own = t_in + b0;
         }
         rnn_team_clock_add(&clk, t_call, t_in, t_own);
         /* (2) the recurrence over this chunk, every (direction, batch block): a thread
@@ -360,16 +363,19 @@ static int RNN_TNAME(run_items)(const RNN_TNAME(call) *c)
         t_call = rnn_now_ns();
         RNN_OMP(parallel num_threads(nitems < p->num_threads ? nitems : p->num_threads) reduction(+:err))
         {
+            long long b0 = rnn_now_ns();
             if (omp_get_thread_num() == 0)
-                t_in = rnn_now_ns();
+                t_in = b0;
             RNN_OMP(for schedule(dynamic) nowait)
             for (item = 0; item < nitems; item++) {
                 long d = item / nbb, b0 = (item % nbb) * bb, nb = b0 + bb <= B ? bb : B - b0;
                 err += RNN_TNAME(item_run)(c, d, b0, nb, s0, s1, xp + d * chunk * B * GH,
                                            seen + d * B + b0);
             }
+            b0 = rnn_now_ns() - b0;
+            rnn_team_clock_work(&clk, b0);
             if (omp_get_thread_num() == 0)
-                t_own = rnn_now_ns();
+                t_own = t_in + b0;
         }
         rnn_team_clock_add(&clk, t_call, t_in, t_own);
     }
@@ -582,17 +588,20 @@ static int RNN_TNAME(run_blocked)(const RNN_TNAME(call) *c)
             memcpy(bk.cbuf, c->c, cell);
         int team = nth;
         long long t_call = rnn_now_ns(), t_in = 0, t_own = 0;
-        rnn_team_clock clk = {0, 0};
+        rnn_team_clock clk = {0, 0, 0};
         RNN_OMP(parallel num_threads(nth))
         {
+            long long b0 = rnn_now_ns();
             if (omp_get_thread_num() == 0) {
-                t_in = rnn_now_ns();
+                t_in = b0;
                 team = omp_get_num_threads();
             }
             RNN_TNAME(blocked_worker)(c, &bk, omp_get_thread_num(), omp_get_num_threads(),
                                       scratch + omp_get_thread_num() * per_thread);
+            b0 = rnn_now_ns() - b0;
+            rnn_team_clock_work(&clk, b0);
             if (omp_get_thread_num() == 0)
-                t_own = rnn_now_ns();
+                t_own = t_in + b0;
         }
         rnn_team_clock_add(&clk, t_call, t_in, t_own);
         rnn_team_report(team, bk.slept, &clk);

@@ -217,7 +217,8 @@ static inline int rnn_phases_wait(rnn_phases *q, long p, long long spin_ns)
  * 10-35 ms for a 0.34 ms GRU H=128 B=1 call whose caller never slept in a phase). Then
  * the next calls that would use several threads use one: rnn_backoff_len calls, which
  * doubles (up to RNN_BACKOFF_MAX) while this keeps happening, and at least enough calls
- * to work RNN_BACKOFF_PAYBACK times the time the waits lost (up to
+ * to work RNN_BACKOFF_PAYBACK times the time the waits lost (the call's time on one
+ * thread taken as the team's work inside its regions; up to
  * RNN_BACKOFF_CALLS_MAX): a call that tries the team again then costs at most about
  * 1/RNN_BACKOFF_PAYBACK of the time alone. A call whose team ran without such a wait
  * resets the length. The team size never changes a result.
@@ -246,11 +247,21 @@ static inline int rnn_team_for(int n)
     return n;
 }
 
-/* The caller's time inside its parallel regions, and its waits to start and end them. */
+/* The caller's time inside its parallel regions and its waits to start and end them,
+ * and the time every thread of the team worked inside them (about the call's time on
+ * one thread: the caller's own part is near nothing where it entered a region late and
+ * its partner ran the tasks). */
 typedef struct {
     long long own;
     long long wait;
+    long long work;
 } rnn_team_clock;
+
+/* A thread of the team worked ns inside a region. */
+static inline void rnn_team_clock_work(rnn_team_clock *k, long long ns)
+{
+    __atomic_add_fetch(&k->work, ns, __ATOMIC_RELAXED);
+}
 
 /* A region the caller entered at t_call (rnn_now_ns), was inside from t_in to t_out,
  * has ended now. */
@@ -277,7 +288,8 @@ static inline void rnn_team_report(int nth, long slept, const rnn_team_clock *k)
         len = __atomic_load_n(&rnn_backoff_len, __ATOMIC_RELAXED);
         left = len;
         if (waited) {
-            calls = RNN_BACKOFF_PAYBACK * k->wait / (k->own > 0 ? k->own : 1);
+            calls = k->work > k->own ? k->work : k->own;
+            calls = RNN_BACKOFF_PAYBACK * k->wait / (calls > 0 ? calls : 1);
             calls = calls < RNN_BACKOFF_CALLS_MAX ? calls : RNN_BACKOFF_CALLS_MAX;
             left = calls > left ? (int)calls : left;
         }
