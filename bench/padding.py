@@ -47,10 +47,13 @@ def layer(cell, I, H, directions, rng):
 
 
 def run_case(cell, H, T, B, I, directions, threads, rounds, seed=0):
-    rng = np.random.default_rng(seed)
+    # the lengths first, from their own generator: every case of a batch size steps the
+    # same rows (drawn after the weights, they changed with the layer's shape, and so
+    # did the ideal speed-up: 1.76x to 2.20x in one grid)
+    lengths = np.random.default_rng(seed).integers(1, T + 1, B)
+    rng = np.random.default_rng(seed + 1)
     lay = layer(cell, I, H, directions, rng)
     x = rng.standard_normal((T, B, I)).astype(np.float32)
-    lengths = rng.integers(1, T + 1, B)
     full = np.full(B, T)
 
     def padded():

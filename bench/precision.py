@@ -3,7 +3,9 @@ reduced-precision peers on the same weights -- ONNX Runtime's dynamically quanti
 LSTM (onnxruntime.quantization.quantize_dynamic: DynamicQuantizeLSTM; it has no int8
 GRU), PyTorch's ``torch.ao.quantization.quantize_dynamic`` (int8 LSTM and GRU) and
 OpenVINO in bf16 (``INFERENCE_PRECISION_HINT=bf16``) -- with each one's error: the
-largest absolute difference from PyTorch's float32 output on the same input.
+largest absolute difference from PyTorch's float32 output on the same input. ``rnnfast
+int8 (ORT file)``: rnnfast running ONNX Runtime's quantized file itself (its
+DynamicQuantizeLSTM on the node's int8 weights).
 
 Grid: GRU and LSTM (one layer, input size = H), H in {128, 512, 1024}, B in {1, 64},
 T = 100 (and T = 1000 at B = 1 for H <= 512 with ``--long``), on the thread counts
@@ -97,6 +99,14 @@ def peers(torch, net, cell, x, threads, tmp):
             so.inter_op_num_threads = 1
             sess = ort.InferenceSession(qpath, so, providers=["CPUExecutionProvider"])
             out["onnxruntime int8"] = lambda: sess.run(None, {"x": x})[0]
+            # the same file in rnnfast: DynamicQuantizeLSTM on ONNX Runtime's int8 weights
+            qmodel = rnnfast.load(qpath)
+
+            def run_rnnfast_ort_file():
+                y = qmodel(x, num_threads=threads)
+                return y[0] if isinstance(y, (list, tuple)) else y
+
+            out["rnnfast int8 (ORT file)"] = run_rnnfast_ort_file
     except ImportError:
         pass
     try:
@@ -139,6 +149,7 @@ COLUMNS = (
     "onnxruntime float32",
     "torch int8",
     "onnxruntime int8",
+    "rnnfast int8 (ORT file)",
     "openvino bf16",
 )
 

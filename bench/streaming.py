@@ -11,15 +11,20 @@ with the same random weights in every engine:
 - ONNX Runtime on a one-step export of the same module with the state as input and
   output (``sess.run(None, {"x": x_t, "h": h})``, state threaded by hand);
 - Keras 3 ``stateful=True`` ``predict_on_batch`` (one step per call);
-- 64 streams: one batched ``model.step([x]*64, streams)`` against 64 one-stream calls.
+- 64 streams: one batched ``model.step([x]*64, streams)`` against 64 one-stream calls;
+- the sweep: one batched step over 1, 2, 4, ... 256 live streams, per stream-step.
 
 Calls are timed in loops of ``--calls``, the loops of all engines interleaved round
-after round; medians are reported. ``overhead`` is rnnfast's one-step call minus its
-arithmetic per step: the Python and dispatch a step costs.
+after round; medians are reported, of two clocks: wall time (``perf_counter``) and the
+process's CPU time (``process_time``: what the calls cost when the machine is shared,
+the time other processes hold the core left out). ``overhead`` is rnnfast's one-step
+call minus its arithmetic per step: the Python and dispatch a step costs.
 
     python bench/streaming.py [--quick] [--threads 1] [--out bench]
 
-Writes streaming.json to --out.
+Writes streaming.json and, with matplotlib, streaming.png (microseconds per
+stream-step against live streams) to --out. ``--quick`` (a few rounds, ~20 s) checks
+that it runs; its numbers are rough.
 """
 
 import argparse
@@ -107,17 +112,63 @@ def keras_stateful(km):
 
 
 def timed(fns, rounds):
-    """Median microseconds per call of each loop, interleaved (fns: name -> (fn, calls))."""
-    times = {k: [] for k in fns}
+    """Median microseconds per call of each loop, interleaved (fns: name -> (fn, calls)):
+    (wall, cpu), two dicts."""
+    wall = {k: [] for k in fns}
+    cpu = {k: [] for k in fns}
     for f, _n in fns.values():
         f()  # warm-up
     for _ in range(rounds):
         for k, (f, n) in fns.items():
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             for _ in range(n):
                 f()
-            times[k].append((time.perf_counter() - t0) / n * 1e6)
-    return {k: float(np.median(v)) for k, v in times.items()}
+            t1, c1 = time.perf_counter(), time.process_time()
+            wall[k].append((t1 - t0) / n * 1e6)
+            cpu[k].append((c1 - c0) / n * 1e6)
+    med = lambda d: {k: float(np.median(v)) for k, v in d.items()}  # noqa: E731
+    return med(wall), med(cpu)
+
+
+#: the live streams of the sweep (--quick: fewer)
+SWEEP = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+def plot(results, path):
+    """Microseconds per stream-step against live streams (CPU clock): rnnfast's batched
+    step, its one call per stream, and the peers' one-step calls."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("(matplotlib not installed: no plot)")
+        return None
+    us = results["us_per_call_cpu"]
+    sweep = results["sweep_us_per_stream_step_cpu"]
+    n = [int(k) for k in sweep]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    ax.plot(n, list(sweep.values()), "o-", label="rnnfast: one batched step of n streams")
+    flat = [
+        ("rnnfast step", "rnnfast: one call per stream", "--"),
+        ("ONNX Runtime run(x_t, h)", "ONNX Runtime: run(x_t, h) per stream", ":"),
+        ("PyTorch eager gru(x_t, h) + linear", "PyTorch eager per stream", "-."),
+    ]
+    for key, label, style in flat:
+        if key in us:
+            ax.plot([n[0], n[-1]], [us[key]] * 2, style, label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("live streams")
+    ax.set_ylabel("us per stream-step (CPU time, median)")
+    ax.set_title("%s, %d thread(s)" % (results["model"], results["threads"]), fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def main(argv=None):
@@ -128,8 +179,10 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--out", default=os.path.dirname(os.path.abspath(__file__)))
     args = ap.parse_args(argv)
+    sweep = SWEEP
     if args.quick:
         args.calls, args.rounds = 200, 5
+        sweep = (1, 8, 64, 256)
     rnnfast.set_num_threads(args.threads)
     km = build()
     model = rnnfast.from_keras(km)
@@ -209,37 +262,62 @@ def main(argv=None):
 
     fns["64 streams: one batched step"] = (lambda: model.step(xs, streams), max(1, args.calls // 20))
     fns["64 streams: 64 one-stream calls"] = (separate, max(1, args.calls // 20))
-    us = timed(fns, args.rounds)
-    us["rnnfast per step of a 2000-step call"] /= T
-    arith = us["rnnfast per step of a 2000-step call"]
+    # the sweep: one batched step over n live streams
+    pool = [model.stream() for _ in range(max(sweep))]
+    xpool = [rng.standard_normal((1, I)).astype(np.float32) for _ in pool]
+    for n in sweep:
+        calls = max(1, args.calls * 4 // (n + 8))
+        fns["sweep %d" % n] = (lambda n=n: model.step(xpool[:n], pool[:n]), calls)
+    us_wall, us_cpu = timed(fns, args.rounds)
+    for d in (us_wall, us_cpu):
+        d["rnnfast per step of a 2000-step call"] /= T
     results["peers"] = peers
-    results["us_per_call"] = us
-    results["overhead_us"] = us["rnnfast step"] - arith
-    results["kernel_entry_overhead_us"] = us["rnnfast compiled entry alone"] - arith
-    batched = STREAMS / us["64 streams: one batched step"] * 1e6
-    separate_sps = STREAMS / us["64 streams: 64 one-stream calls"] * 1e6
-    results["steps_per_s"] = {"batched 64": batched, "64 separate": separate_sps, "ratio": batched / separate_sps}
+    results["load_average"] = os.getloadavg()
+    for clock, us in (("", us_wall), ("_cpu", us_cpu)):
+        sw = {str(n): us.pop("sweep %d" % n) / n for n in sweep}
+        arith = us["rnnfast per step of a 2000-step call"]
+        results["us_per_call" + clock] = us
+        results["sweep_us_per_stream_step" + clock] = sw
+        results["overhead_us" + clock] = us["rnnfast step"] - arith
+        results["kernel_entry_overhead_us" + clock] = us["rnnfast compiled entry alone"] - arith
+        batched = STREAMS / us["64 streams: one batched step"] * 1e6
+        separate_sps = STREAMS / us["64 streams: 64 one-stream calls"] * 1e6
+        results["steps_per_s" + clock] = {
+            "batched 64": batched,
+            "64 separate": separate_sps,
+            "ratio": batched / separate_sps,
+        }
     t0 = time.perf_counter()
     for _ in range(100000):
         pass
     results["python_empty_loop_ns"] = (time.perf_counter() - t0) / 100000 * 1e9
     print("%s, %d thread(s); %s" % (results["model"], args.threads, ", ".join(peers)))
-    print("%-42s %12s" % ("", "us per call"))
-    for k, v in us.items():
-        print("%-42s %12.2f" % (k, v))
-    print(
-        "rnnfast Python + dispatch per step: %.2f us (step %.2f - arithmetic %.2f)"
-        % (results["overhead_us"], us["rnnfast step"], arith)
-    )
-    print(
-        "64 streams: %.0f steps/s batched, %.0f steps/s separately: %.1fx"
-        % (batched, separate_sps, batched / separate_sps)
-    )
+    print("load average %.2f %.2f %.2f" % results["load_average"])
+    print("%-42s %12s %12s" % ("us per call (median)", "wall", "CPU"))
+    for k in us_wall:
+        print("%-42s %12.2f %12.2f" % (k, us_wall[k], us_cpu[k]))
+    for n in sweep:
+        print(
+            "%-42s %12.2f %12.2f"
+            % ("  per stream-step, batched %d" % n, results["sweep_us_per_stream_step"][str(n)],
+               results["sweep_us_per_stream_step_cpu"][str(n)])
+        )  # fmt: skip
+    for clock, name in (("", "wall"), ("_cpu", "CPU")):
+        us, sps = results["us_per_call" + clock], results["steps_per_s" + clock]
+        print(
+            "%s: rnnfast Python + dispatch per step %.2f us (step %.2f - arithmetic %.2f); "
+            "64 streams %.0f steps/s batched, %.0f separately: %.1fx"
+            % (name, results["overhead_us" + clock], us["rnnfast step"], us["rnnfast per step of a 2000-step call"],
+               sps["batched 64"], sps["64 separate"], sps["ratio"])
+        )  # fmt: skip
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "streaming.json")
     with open(path, "w") as f:
         json.dump(results, f, indent=1)
     print("wrote", path)
+    png = plot(results, os.path.join(args.out, "streaming.png"))
+    if png:
+        print("wrote", png)
     return results
 
 

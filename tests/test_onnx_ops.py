@@ -284,8 +284,8 @@ def test_unknown_op_is_named_with_node_and_domain():
 
 
 def test_contrib_ops_named_as_such():
-    with pytest.raises(rnnfast.UnsupportedLayerError, match=r"com\.microsoft\.DynamicQuantizeLSTM.*'n1'.*contrib"):
-        rnnfast.from_onnx(_one_node("DynamicQuantizeLSTM", domain="com.microsoft"))
+    with pytest.raises(rnnfast.UnsupportedLayerError, match=r"com\.microsoft\.DynamicQuantizeMatMul.*'n1'.*contrib"):
+        rnnfast.from_onnx(_one_node("DynamicQuantizeMatMul", domain="com.microsoft"))
 
 
 def test_loop_is_refused():

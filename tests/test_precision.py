@@ -9,6 +9,7 @@ import os
 import pickle
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -96,9 +97,11 @@ def _act(name):
     return reference.ACT[name]
 
 
-def _quantized_step(kind, w, x, h, c, precision):
+def _quantized_step(kind, w, x, h, c, precision, given=False):
     """One step in float64 with every product on the operands as the kernels see them
-    (the input projection in float32 where the precision keeps it so)."""
+    (the input projection in float32 where the precision keeps it so). ``given``: the
+    kernel and recurrent kernel of ``w`` are int8 weights already dequantized (float64
+    ``q * scale``), taken as they are."""
     cell, opts, P = CELLS[kind]
     G = cells.get(cell).num_gates
     H = w.kernel.shape[1] // G
@@ -107,7 +110,8 @@ def _quantized_step(kind, w, x, h, c, precision):
     def prod(a, m, reduced=True):
         if not reduced:
             return np.asarray(a, np.float64) @ np.asarray(m, np.float64)
-        return _quant.activations(np.asarray(a, np.float32), precision) @ _quant.dequantized(m, precision)
+        seen = np.asarray(m, np.float64) if given else _quant.dequantized(m, precision)
+        return _quant.activations(np.asarray(a, np.float32), precision) @ seen
 
     xp = prod(x, w.kernel, qin) + w.bias
     sig, tanh = _act("sigmoid"), _act("tanh")
@@ -164,18 +168,19 @@ def test_one_step_matches_the_float64_quantized_step(rng, kind, precision, H):
 # -- sequences ---------------------------------------------------------------------------
 
 
-def _quantized_sequence(kind, layer, x, mask, precision):
+def _quantized_sequence(kind, layer, x, mask, precision, weights=None):
     """The float64 model of the quantized computation over a sequence (time-major x,
-    Keras mask semantics, both directions concatenated): _quantized_step at every step."""
+    Keras mask semantics, both directions concatenated): _quantized_step at every step.
+    ``weights``: per direction, CellWeights whose kernels are given int8 weights."""
     T, B, _ = x.shape
     outs = []
-    for d, w in enumerate(layer.cell_weights()):
+    for d, w in enumerate(weights or layer.cell_weights()):
         h = np.zeros((B, layer.output_size))
         c = np.zeros((B, layer.units)) if kind.startswith("lstm") else None
         seen = np.zeros(B, bool)
         out = np.zeros((T, B, layer.output_size))
         for t in range(T - 1, -1, -1) if d == 1 else range(T):
-            h2, c2 = _quantized_step(kind, w, x[t], h, c, precision)
+            h2, c2 = _quantized_step(kind, w, x[t], h, c, precision, given=weights is not None)
             v = mask[t][:, None]
             h = np.where(v, h2, h)
             if c is not None:
@@ -260,6 +265,136 @@ def test_every_instruction_set_runs_reduced_precision_alike(tmp_path):
     for isa in ("avx2", "auto"):
         for p in ("bf16", "int8"):
             np.testing.assert_allclose(results[isa][p], results["baseline"][p], rtol=0, atol=1e-5)
+
+
+# -- ONNX Runtime's DynamicQuantizeLSTM ---------------------------------------------------
+
+
+def _dynamic_quantized_lstm(tmp_path, per_channel, bidirectional=True, weight_type="QInt8", I=8, H=16):
+    """A PyTorch LSTM exported to ONNX and quantized by onnxruntime's quantize_dynamic:
+    (float path, quantized path, its DynamicQuantizeLSTM node's initializers by input)."""
+    torch = pytest.importorskip("torch")
+    onnx = pytest.importorskip("onnx")
+    quantization = pytest.importorskip("onnxruntime.quantization")
+    torch.manual_seed(3)
+    m = torch.nn.LSTM(I, H, bidirectional=bidirectional).eval()
+    f32, q8 = tmp_path / "lstm.onnx", tmp_path / "lstm_q.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(m, (torch.zeros(4, 2, I),), str(f32), dynamo=False, input_names=["x"],
+                          dynamic_axes={"x": {0: "T", 1: "B"}})  # fmt: skip
+        quantization.quantize_dynamic(str(f32), str(q8), weight_type=getattr(quantization.QuantType, weight_type),
+                                      per_channel=per_channel)  # fmt: skip
+    g = onnx.load(str(q8)).graph
+    (node,) = [n for n in g.node if n.op_type == "DynamicQuantizeLSTM"]
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in g.initializer}
+    given = {k: inits[name] for k, name in zip(["X", "W", "R", "B"] + [None] * 4 + ["Ws", "Wz", "Rs", "Rz"], node.input)
+             if k and name in inits}  # fmt: skip
+    return f32, q8, given
+
+
+def _given_cell_weights(layer, given):
+    """Per direction, the layer's CellWeights with the node's int8 weights, dequantized
+    in float64 (``q * scale``, ONNX gate order i, o, f, c to i, f, c, o)."""
+    H = layer.units
+    order = np.concatenate([np.arange(g * H, (g + 1) * H) for g in (0, 2, 3, 1)])
+    out = []
+    for d, w in enumerate(layer.cell_weights()):
+        deq = [given[q][d].astype(np.float64) * np.broadcast_to(given[s][d].reshape(-1), (4 * H,)) for q, s in
+               (("W", "Ws"), ("R", "Rs"))]  # fmt: skip
+        out.append(CellWeights(deq[0][:, order], deq[1][:, order], w.bias, w.recurrent_bias))
+    return out
+
+
+@pytest.mark.parametrize("per_channel,bidirectional", [(False, True), (True, True), (False, False)])
+def test_dynamic_quantize_lstm_runs_its_own_int8_weights(tmp_path, rng, per_channel, bidirectional):
+    """The node's int8 weights and scales as they are (one per tensor or per column),
+    not quantized again: one step from zero state against the float64 model of those
+    operands within float32 rounding, 9 steps within SEQUENCE_ATOL. Quantizing the
+    dequantized per-tensor weights again per column would move a step's sums by about
+    half a column step times |x| (measured 3e-4 here): over the one-step bound."""
+    _, q8, given = _dynamic_quantized_lstm(tmp_path, per_channel, bidirectional)
+    model = rnnfast.load(q8)
+    (layer,) = recurrent_layers(model)
+    assert layer.precision == "int8" and layer.num_directions == 1 + bidirectional
+    weights = _given_cell_weights(layer, given)
+    for T, atol in ((1, 2e-5), (9, SEQUENCE_ATOL)):
+        x = rng.uniform(-1, 1, (T, 3, 8)).astype(np.float32)
+        out, _, _ = layer(x)
+        want = _quantized_sequence("lstm", layer, x, np.ones((T, 3), bool), "int8", weights)
+        np.testing.assert_allclose(out, want, rtol=0, atol=atol)
+        if T == 1 and not per_channel:
+            again = _quantized_sequence("lstm", layer, x, np.ones((T, 3), bool), "int8")
+            assert np.abs(again - want).max() > 4 * atol  # the check above can tell them apart
+    # the given weights travel with a pickled model (rnnfast.dask, rnnfast.ray)
+    x = rng.uniform(-1, 1, (5, 2, 8)).astype(np.float32)
+    for a, b in zip(model(x), pickle.loads(pickle.dumps(model))(x)):
+        assert np.array_equal(a, b)
+
+
+def test_dynamic_quantize_lstm_agrees_with_onnx_runtime(tmp_path, rng):
+    """One step from zero state (Y, Y_h, Y_c) against ONNX Runtime running the same
+    file. The two quantize the input differently (rnnfast per row, symmetric: an error
+    of at most max|row| / 254; ONNX Runtime per tensor with a zero point: at most one
+    step, range / 255), on the same weights: a pre-activation differs by at most
+    ||W[:, j]||_1 times the sum, and the outputs (i, f, o sigmoid: slope 1/4; g, tanh:
+    1) by o' tanh(c) + tanh'(c) (i' g + i g') <= (1/4 + 1/4 + 1) times it, each from
+    its own column's bound (measured: differences 1/17 of it; a gate out of place
+    moves them by tenths). Which weights run: the test above."""
+    ort = pytest.importorskip("onnxruntime")
+    _, q8, given = _dynamic_quantized_lstm(tmp_path, per_channel=True)
+    model = rnnfast.load(q8)
+    (layer,) = recurrent_layers(model)
+    x = rng.uniform(-1, 1, (1, 5, 8)).astype(np.float32)
+    got = model(x)
+    want = ort.InferenceSession(str(q8), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    ex = np.abs(x[0]).max(1) / 254 + (max(x.max(), 0) - min(x.min(), 0)) / 255  # (B,)
+    H = layer.units
+    bounds = []
+    for w in _given_cell_weights(layer, given):
+        col = np.abs(w.kernel).sum(0)  # (4H,) canonical i, f, c, o
+        e = ex[:, None] * col[None, :]  # (B, 4H)
+        # c = i g (c0 = 0: f does not count), h = o tanh(c)
+        bounds.append(e[:, :H] / 4 + e[:, 2 * H : 3 * H] + e[:, 3 * H :] / 4)
+    bound = np.stack(bounds) + 1e-5  # (D, B, H) plus float32 rounding
+    y, yh = got[0], got[1]  # Y (T, D, B, H) after the graph's reshape, Y_h (D, B, H)
+    np.testing.assert_array_less(np.abs(yh - want[1]), bound)
+    np.testing.assert_array_less(np.abs(y - want[0]).max(), bound.max())
+    assert np.abs(yh - want[1]).max() > 0  # the activations are quantized differently
+
+
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        ("zero point", "W_zero_point.*non-zero zero points"),
+        ("-128", "holds -128"),
+        ("uint8", "uint8 with zero point"),
+        ("scale shape", "W_scale of type float32 and shape"),
+    ],
+)
+def test_dynamic_quantize_lstm_refuses_what_its_int8_path_does_not_run(tmp_path, change, match):
+    """Asymmetric weights (a zero point, uint8), -128, scales per row: refused, named."""
+    onnx = pytest.importorskip("onnx")
+    _, q8, _ = _dynamic_quantized_lstm(tmp_path, per_channel=True)
+    proto = onnx.load(str(q8))
+    (node,) = [n for n in proto.graph.node if n.op_type == "DynamicQuantizeLSTM"]
+    inits = {t.name: t for t in proto.graph.initializer}
+    w, ws, wz = (inits[node.input[i]] for i in (1, 8, 9))
+    a = onnx.numpy_helper.to_array(w).copy()
+    if change == "zero point":
+        z = onnx.numpy_helper.to_array(wz).copy()
+        z.flat[3] = 1
+        wz.CopyFrom(onnx.numpy_helper.from_array(z, wz.name))
+    elif change == "-128":
+        a.flat[5] = -128
+        w.CopyFrom(onnx.numpy_helper.from_array(a, w.name))
+    elif change == "uint8":
+        w.CopyFrom(onnx.numpy_helper.from_array((a.astype(np.int16) + 128).astype(np.uint8), w.name))
+    else:
+        sc = onnx.numpy_helper.to_array(ws)
+        ws.CopyFrom(onnx.numpy_helper.from_array(np.repeat(sc[:, :1], a.shape[1], 1), ws.name))
+    with pytest.raises(rnnfast.UnsupportedLayerError, match=match):
+        rnnfast.from_onnx(proto.SerializeToString())
 
 
 # -- the bundled digits models -----------------------------------------------------------

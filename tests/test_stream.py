@@ -320,6 +320,10 @@ def test_bad_chunks_and_streams(rng):
         other.step(np.zeros((2, I_SIZE)), s)
     with pytest.raises(ValueError, match="twice"):
         model.step([np.zeros((2, I_SIZE))] * 2, [s, s])
+    t = model.stream()
+    with pytest.raises(ValueError, match="twice"):
+        model.step([np.zeros((2, I_SIZE))] * 3, [t, s, t])
+    t.reset()  # not left claimed by the refused call
     with pytest.raises(ValueError, match="2 chunks"):
         model.step([np.zeros((2, I_SIZE))], [s, model.stream()])
     with pytest.raises(TypeError):
@@ -458,3 +462,72 @@ def test_reduced_precision_streams_step_in_that_precision(precision):
     got = np.concatenate([model.step(x[t : t + 7, 0], s) for t in range(0, 40, 7)])
     np.testing.assert_allclose(got, want[:, 0], rtol=1e-5, atol=1e-6)
     assert np.abs(got - float_out[:, 0]).max() > 1e-5  # the reduced products ran, not float32's
+
+
+@pytest.mark.parametrize("model_kind", ["graph", "torch"])
+def test_chunks_of_any_form_give_the_same_bits(model_kind, rng):
+    """The common chunk (a C-contiguous ndarray of the model's dtype) runs inline; any
+    other form (a strided view, another dtype, a list, a float64 chunk of whole
+    numbers) goes through the checked path: the same results, bit for bit."""
+    model = graph_model(rng, "gru", np.float32) if model_kind == "graph" else torch_model("gru", np.float32)
+    x = rng.standard_normal((12, I_SIZE)).astype(np.float32)
+    want, want_state = whole(model, x)
+    wide = np.zeros((12, 2 * I_SIZE), np.float32)
+    wide[:, ::2] = x
+    forms = {
+        "strided": lambda a, b: wide[a:b, ::2],
+        "float64": lambda a, b: x[a:b].astype(np.float64),
+        "list": lambda a, b: x[a:b].tolist(),
+        "fortran": lambda a, b: np.asfortranarray(x[a:b]),
+    }
+    for name, form in forms.items():
+        s = model.stream()
+        got = np.concatenate([model.step(form(a, a + 3), s) for a in range(0, 12, 3)])
+        assert_bitwise(got, want, name)
+        assert_state_bitwise(s.state, want_state, name)
+    with pytest.raises(ValueError):
+        model.step(x[:, :3], model.stream())
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_batched_streams_over_several_state_blocks(masked, rng):
+    """More live streams than one state block holds (_Block.ROWS): a batched step
+    gathers each block's rows, in the call's order, and scatters them back (chunks equal
+    and ragged, the same stream twice refused); results bitwise each stream alone."""
+    from rnnfast.stream import _Block
+
+    model = graph_model(rng, "lstm", np.float32, H=(8,), ids=7 if masked else None)
+    n = _Block.ROWS + 40
+    streams = [model.stream() for _ in range(n)]
+    pick = rng.permutation(n)[: _Block.ROWS // 2 + 30]  # from both blocks, shuffled
+    assert len({streams[i]._block for i in pick}) == 2
+
+    def chunk(T):
+        if masked:
+            ids = rng.integers(0, 7, size=T)
+            ids[rng.random(T) < 0.3] = 0  # masked steps (Embedding mask_zero)
+            return ids
+        return rng.standard_normal((T, I_SIZE)).astype(np.float32)
+
+    xs = {int(i): chunk(9) for i in pick}
+    cuts = {i: random_cuts(rng, 9, max_len=4) for i in xs}
+    cuts[int(pick[0])] = [0, 3, 6, 9]  # with the others' random cuts: rounds equal and ragged
+    got: dict = {i: [] for i in xs}
+    for r in range(9):
+        live = [i for i in xs if r < len(cuts[i]) - 1]
+        if not live:
+            break
+        ys = model.step([xs[i][cuts[i][r] : cuts[i][r + 1]] for i in live], [streams[i] for i in live])
+        for i, y in zip(live, ys):
+            got[i].append(y)
+    for i in list(xs)[:40]:
+        want, want_state = whole(model, xs[i])
+        assert_bitwise(np.concatenate(got[i]), want, "stream %d" % i)
+        assert_state_bitwise(streams[i].state, want_state, "stream %d" % i)
+    a, b = streams[int(pick[0])], streams[int(pick[-1])]
+    with pytest.raises(ValueError, match="twice"):
+        model.step([xs[int(pick[0])][:1]] * 3, [a, b, a])
+    b.reset()  # not left claimed
+    other = graph_model(rng, "lstm", np.float32, H=(8,), ids=7 if masked else None)
+    with pytest.raises(ValueError, match="another model"):
+        other.step([xs[int(pick[0])][:1]] * 2, [a, b])

@@ -104,17 +104,19 @@ def _pad(prec, K):
     return int(_kernels.qpad(prec, K))
 
 
-def pack_block(M, prec):
+def pack_block(M, prec, given=None):
     """One K x N block (float32 ``M``) in precision ``prec`` (a code of
     :data:`PRECISIONS`), packed as the kernels read it: ``(data, scale, comp)`` --
     int8 bytes with per-column scales and compensations ``128 * sum_k Wq[k, j]``, or
-    bf16 bits (scale and comp empty)."""
+    bf16 bits (scale and comp empty). ``given``: int8 ``(Wq, ws)`` to pack as they are
+    instead of quantizing ``M`` (weights that arrive quantized: ONNX Runtime's
+    ``DynamicQuantizeLSTM``)."""
     M = np.asarray(M, np.float32)
     K, N = M.shape
     Kp = _pad(prec, K)
     npan = -(-N // _PANEL)
     if prec == PRECISIONS["int8"]:
-        Wq, ws = quantize_columns(M)
+        Wq, ws = quantize_columns(M) if given is None else given
         full = np.zeros((Kp, npan * _PANEL), np.int8)
         full[:K, :N] = Wq
         data = full.reshape(Kp // 4, 4, npan, _PANEL).transpose(2, 0, 3, 1).reshape(-1)
@@ -126,12 +128,16 @@ def pack_block(M, prec):
     return np.ascontiguousarray(data), np.zeros(0, np.float32), np.zeros(0, np.int32)
 
 
-def _pack_matrix(M, prec, blocks):
+def _pack_matrix(M, prec, blocks, given=None):
     """``M`` (ndir, K, N) with its columns cut into ``blocks`` ((c0, c1) ranges, in
-    order, covering all N): each direction's blocks packed one after another."""
+    order, covering all N): each direction's blocks packed one after another. ``given``:
+    int8 ``(Wq (ndir, K, N), ws (ndir, N))`` packed as they are."""
     datas, scales, comps = [], [], []
     for d in range(M.shape[0]):
-        parts = [pack_block(M[d][:, c0:c1], prec) for c0, c1 in blocks]
+        parts = [
+            pack_block(M[d][:, c0:c1], prec, None if given is None else (given[0][d][:, c0:c1], given[1][d][c0:c1]))
+            for c0, c1 in blocks
+        ]
         datas.append(np.concatenate([p[0] for p in parts]))
         scales.append(np.concatenate([p[1] for p in parts]))
         comps.append(np.concatenate([p[2] for p in parts]))
@@ -158,18 +164,21 @@ class LayerWeights(NamedTuple):
         return sum(a.nbytes for m in (self.W, self.U, self.Wr) if m is not None for a in m)
 
 
-def pack_layer(precision, W, U, Wr, *, G, H, ncb, reset_before):
+def pack_layer(precision, W, U, Wr, *, G, H, ncb, reset_before, given=None):
     """A layer's canonical float32 weights (``W`` (ndir, I, G*H) and ``U`` (ndir, Ho,
     G*H) in the layer's column layout of ``ncb`` unit blocks, ``Wr`` (ndir, H, P) or
     None) in ``precision`` ("int8" or "bf16"), packed as the kernels read them. ``W``
-    None: the input projection stays float32 (:data:`REDUCED_INPUT`)."""
+    None: the input projection stays float32 (:data:`REDUCED_INPUT`). ``given``: int8
+    ``((Wq, ws), (Uq, us))`` in the same layout, packed as they are instead of
+    quantizing ``W`` and ``U``."""
     prec = PRECISIONS[check_precision(precision)]
+    gW, gU = given if given is not None else (None, None)
     units = [(G * (cb * H // ncb), G * ((cb + 1) * H // ncb)) for cb in range(ncb)]
-    Wq = _pack_matrix(W, prec, units) if W is not None else None
+    Wq = _pack_matrix(W, prec, units, gW) if W is not None else None
     if reset_before:  # [z r] and [h]: r is needed before the second product
-        Uq = _pack_matrix(U, prec, [(0, 2 * H), (2 * H, 3 * H)])
+        Uq = _pack_matrix(U, prec, [(0, 2 * H), (2 * H, 3 * H)], gU)
     else:
-        Uq = _pack_matrix(U, prec, units)
+        Uq = _pack_matrix(U, prec, units, gU)
     Wrq = _pack_matrix(Wr, prec, [(0, Wr.shape[2])]) if Wr is not None else None
     return LayerWeights(prec, Wq, Uq, Wrq)
 

@@ -434,6 +434,7 @@ class RNNLayer:
                 H=self.units,
                 ncb=self._ncb,
                 reset_before=self._kernel.code == _kernels.RNN_CELL_GRU_RB,
+                given=self._int8_given() if self.precision == "int8" else None,
             )
             float_w = packed_w and not reduced_input
             self._Wp = _frozen(_kernels.pack_blocks(self._W, G, self._ncb) if float_w else np.zeros((D, 0), self.dtype))
@@ -444,6 +445,52 @@ class RNNLayer:
         self._Wp = _frozen(_kernels.pack_blocks(self._W, G, self._ncb) if packed_w else np.zeros((D, 0), self.dtype))
         self._Up = _frozen(_kernels.pack_blocks(self._U, G, self._ncb) if plain else np.zeros((D, 0), self.dtype))
         self._uses_blas = self._Wp.size == 0 or not plain
+
+    #: Int8 weights given with the layer (:meth:`_with_int8_weights`): ``W`` and ``U``
+    #: quantized (ndir, K, G*H) and their per-column scales (ndir, G*H) in the layer's
+    #: column layout, run as they are in "int8"; None: "int8" quantizes ``_W`` and ``_U``.
+    _qW = _qWs = _qU = _qUs = None
+
+    def _int8_given(self):
+        return None if self._qW is None else ((self._qW, self._qWs), (self._qU, self._qUs))
+
+    def _with_int8_weights(self, kernels, recurrent_kernels):
+        """This layer in "int8" on int8 weights it is given instead of its own
+        quantization of the float ones (weights that arrive quantized: ONNX Runtime's
+        ``DynamicQuantizeLSTM``, ``rnnfast.io.onnx.quantized``). Per direction ``(q,
+        scale)``: ``q`` (I, G*H) for the kernel, (H, G*H) for the recurrent kernel, in
+        canonical column order, integers in [-127, 127]; ``scale`` (G*H,) float32, one
+        per column (``W ~ q * scale``). An LSTM projection is quantized as usual. The
+        float weights stay as they are (the "float32" and "bf16" precisions run them).
+        ValueError when they do not fit."""
+        D, GH = self.num_directions, self._W.shape[2]
+        runs = _column_runs(self.units, GH // self.units, self._ncb)
+
+        def take(pairs, K, what):
+            if len(pairs) != D:
+                raise ValueError("%s: %d directions given, the layer has %d" % (what, len(pairs), D))
+            q = np.empty((D, K, GH), np.int8)
+            sc = np.empty((D, GH), np.float32)
+            for d, (qd, sd) in enumerate(pairs):
+                qd, sd = np.asarray(qd), np.asarray(sd)
+                if qd.shape != (K, GH) or sd.shape != (GH,):
+                    raise ValueError(
+                        "%s: shapes %s and %s, expected %s and %s" % (what, qd.shape, sd.shape, (K, GH), (GH,))
+                    )
+                if qd.dtype.kind not in "iu" or (qd.size and (qd.min() < -127 or qd.max() > 127)):
+                    raise ValueError("%s: integers in [-127, 127] (symmetric int8) expected" % what)
+                if sd.dtype != np.float32 or not np.all(np.isfinite(sd)) or np.any(sd < 0):
+                    raise ValueError("%s: scales must be finite non-negative float32" % what)
+                _copy_columns(q[d], qd, runs)
+                _copy_columns(sc[d], sd, runs)
+            return _frozen(q), _frozen(sc)
+
+        new = copy.copy(self)
+        new._qW, new._qWs = take(kernels, self.input_size, "kernel")
+        new._qU, new._qUs = take(recurrent_kernels, self.output_size, "recurrent kernel")
+        new.precision = "int8"
+        new._pack()
+        return new
 
     def _direction_matches(self, other, d):
         """Whether this one-direction layer is direction ``d`` of ``other`` bitwise (the

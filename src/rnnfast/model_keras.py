@@ -1304,9 +1304,10 @@ class KerasModel(ReducedPrecision, Summarized):
 
     def stream(self):
         """A new :class:`~rnnfast.stream.Stream`: one sequence's state (every recurrent
-        layer's), at its start. The model itself keeps no state and may be shared by
-        threads. A model whose outputs need later steps (Bidirectional, go_backwards,
-        pooling or Flatten over time, a convolution, attention) is refused here with
+        layer's, every causal Conv1D's last input frames), at its start. The model itself
+        keeps no state and may be shared by threads. A model whose outputs need later
+        steps (Bidirectional, go_backwards, pooling or Flatten over time, a convolution
+        that is not causal, attention) is refused here with
         :class:`~rnnfast.UnsupportedLayerError` naming the layer."""
         return _stream.open_stream(self, self._stream_program)
 

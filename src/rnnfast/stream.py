@@ -2,8 +2,9 @@
 
 A model (any :class:`~rnnfast.graph.Graph` of ops, and :class:`~rnnfast.TorchRNN`)
 stays immutable and shared; a :class:`Stream` holds one sequence's state: every
-recurrent layer's ``h`` (and ``c``). ``model.step(chunk, stream)`` runs the chunk's
-steps from the stream's state and leaves the state after them in the stream;
+recurrent layer's ``h`` (and ``c``), and every causal Conv1D's last input frames.
+``model.step(chunk, stream)`` runs the chunk's steps from the stream's state and leaves
+the state after them in the stream;
 ``model.step([chunks], [streams])`` runs many streams in one batched compiled call per
 recurrent layer (chunks of different lengths right-padded: the rows whose chunk
 ended carry their state through the padded steps).
@@ -27,8 +28,9 @@ Where the whole-sequence path (``predict``) runs the same kernels (float32 on AV
 packed projection and product), a stream also equals ``predict`` bitwise; elsewhere
 it equals it to the documented tolerance.
 
-Streamable ops: recurrent layers (not ``go_backwards``), and ops that act on each
-step alone (:data:`PER_STEP`). Anything whose output needs later steps (a
+Streamable ops: recurrent layers (not ``go_backwards``), causal Conv1D (strides 1;
+``_CausalConv``: row-exact packed products of each step's window), and ops that
+act on each step alone (:data:`PER_STEP`). Anything whose output needs later steps (a
 Bidirectional layer, ``go_backwards``, pooling or Flatten over time, a non-causal
 convolution, attention, ...) is refused at :meth:`model.stream() <Program>` with an
 :class:`~rnnfast.UnsupportedLayerError` naming the layer: no prefix of the model is run.
@@ -39,6 +41,7 @@ other (``RuntimeError``), never corrupted.
 """
 
 import contextlib
+import operator
 import threading
 import weakref
 from typing import Any
@@ -88,7 +91,9 @@ class Stream:
     ----------
     state : dict
         Per recurrent layer name, its states as Keras orders them (``h``, or ``h, c``
-        for an LSTM; several cells: each cell's in turn), each a 1-D array (units,).
+        for an LSTM; several cells: each cell's in turn), each a 1-D array (units,);
+        per causal Conv1D, one array (``(kernel_size - 1) * dilation``, channels): the
+        last input frames it read, the oldest first (zeros at a sequence's start).
         Reading gives copies; assigning takes a dict of the same layers and shapes
         (``ValueError`` naming the layer otherwise).
     """
@@ -119,8 +124,8 @@ class Stream:
     def state(self):
         with self._held():
             out = {}
-            for rec in self._program.recurrent:
-                out[rec.name] = [self._slots[i][0, 0].copy() for i in rec.slots]
+            for op in self._program.carried:
+                out[op.name] = [self._slots[i][0, 0].reshape(shape).copy() for i, shape in zip(op.slots, op.shapes)]
             return out
 
     @state.setter
@@ -130,11 +135,11 @@ class Stream:
             raise ValueError(
                 "a stream's state is a dict by layer name (%s), got %s" % (p.names(), type(value).__name__)
             )
-        unknown = [k for k in value if k not in {r.name for r in p.recurrent}]
+        unknown = [k for k in value if k not in {r.name for r in p.carried}]
         if unknown:
-            raise ValueError("state for unknown layer(s) %s; this model's recurrent layers: %s" % (unknown, p.names()))
+            raise ValueError("state for unknown layer(s) %s; this model's layers with state: %s" % (unknown, p.names()))
         new = []
-        for rec in p.recurrent:
+        for rec in p.carried:
             if rec.name not in value:
                 raise ValueError("state: layer %r is missing (give every layer: %s)" % (rec.name, p.names()))
             arrays = value[rec.name]
@@ -145,12 +150,10 @@ class Stream:
                     "state of layer %r: %d arrays (%s), got %d"
                     % (rec.name, len(rec.slots), rec.state_names, len(arrays))
                 )
-            for i, a in zip(rec.slots, arrays):
+            for i, shape, a in zip(rec.slots, rec.shapes, arrays):
                 a = as_input(a, p.dtypes[i], "state of layer %r" % rec.name)
-                if a.shape not in ((p.widths[i],), (1, p.widths[i])):
-                    raise ValueError(
-                        "state of layer %r: arrays of shape (%d,), got %s" % (rec.name, p.widths[i], a.shape)
-                    )
+                if a.shape not in (shape, (1,) + shape):
+                    raise ValueError("state of layer %r: arrays of shape %s, got %s" % (rec.name, shape, a.shape))
                 new.append((i, a.reshape(p.widths[i])))
         with self._held():
             for i, a in new:
@@ -167,6 +170,10 @@ class Stream:
 
     def __repr__(self):
         return "<Stream of %s>" % self._program.what
+
+
+_grow_of = operator.attrgetter("_grow")
+_TWICE = "a stream appears twice in one step: a stream is one sequence"
 
 
 def _busy():
@@ -202,12 +209,18 @@ class _Block:
         _BLOCKS.append(self)
 
     def claim(self, rows):
-        """Mark ``rows`` (an index array) in use, or refuse (RuntimeError) when a call
-        uses any of them already: a stream is stepped by one call at a time."""
+        """Mark ``rows`` (an index array) in use, or refuse: RuntimeError when a call
+        uses any of them already (a stream is stepped by one call at a time),
+        ValueError when a row is in ``rows`` twice (nothing claimed then)."""
+        busy = self.busy
         with self.lock:
-            if self.busy[rows].any():
+            if busy[rows].any():
                 raise _busy()
-            self.busy[rows] = True
+            before = np.count_nonzero(busy)
+            busy[rows] = True
+            if np.count_nonzero(busy) - before != len(rows):
+                busy[rows] = False
+                raise ValueError(_TWICE)
 
     def claim_one(self, row):
         """:meth:`claim` of one row (``release``: ``taken[row] = 0``)."""
@@ -381,6 +394,7 @@ class _Recurrent:
         self.return_state = op.return_state
         self.zero_output_for_mask = op.zero_output_for_mask
         self.widths = widths
+        self.shapes = [(w,) for w in widths]  # of each slot's state as stream.state gives it
 
 
 class _Dense:
@@ -424,6 +438,78 @@ def _softmax_rows(y):
     return y
 
 
+class _CausalConv:
+    """A causal Conv1D on the step path (strides 1): the output at a step reads that
+    step's input and the ``keep = (kernel_size - 1) * dilation`` before it, which a
+    stream keeps as its state (slot ``slot``: (keep, channels) frames, the oldest first;
+    zeros at a sequence's start, as Keras' causal padding). Each output row is one
+    packed product of its window (:func:`_kernels.packed_rows`, per group): its values
+    never depend on the other rows, so any chunking gives the whole call's bits."""
+
+    def __init__(self, op, slot, activation):
+        self.op = op
+        self.name = op.name
+        self.dtype = op.dtype
+        k, cin_g, cout = op.kernel.shape
+        self.k, self.d, self.groups = k, op.dilation, op.groups
+        self.keep = (k - 1) * op.dilation
+        self.C, self.cin_g, self.cout_g = cin_g * op.groups, cin_g, cout // op.groups
+        self.cout = cout
+        self.slot = slot
+        self.slots = [slot] if self.keep else []
+        self.shapes = [(self.keep, self.C)] if self.keep else []
+        self.packed = []
+        for g in range(op.groups):
+            w = op.kernel[:, :, g * self.cout_g : (g + 1) * self.cout_g].reshape(k * cin_g, self.cout_g)
+            bp = _kernels.pack_blocks(np.ascontiguousarray(w)[None], 1, 1)[0]
+            bp.flags.writeable = False
+            b = op.bias[g * self.cout_g : (g + 1) * self.cout_g] if op.bias is not None else np.zeros(0, self.dtype)
+            self.packed.append((bp, np.ascontiguousarray(b, dtype=self.dtype)))
+        self.activation = op.activation
+        self.post = activation
+
+    def run(self, x, states, lengths):
+        """x (T, B, C) time-major; ``states`` per slot (1, B, width), this one's
+        IN/OUT; ``lengths`` (B,) or None: a row's state keeps the frames before its
+        chunk's end (padded steps never enter it). Returns (T, B, Cout)."""
+        if x.ndim != 3 or x.shape[2] != self.C:
+            raise ValueError("Conv1D %r expects %d input channels, got shape %s" % (self.name, self.C, x.shape))
+        T, B, C = x.shape
+        keep, k, d, dt = self.keep, self.k, self.d, self.dtype
+        if keep:
+            buf = states[self.slot][0]  # (B, keep * C)
+            ext = np.empty((keep + T, B, C), dt)
+            ext[:keep] = buf.reshape(B, keep, C).swapaxes(0, 1)
+            ext[keep:] = x
+        else:
+            ext = x
+        cols = np.empty((T, B, k, C), dt)
+        for j in range(k):
+            cols[:, :, j] = ext[j * d : j * d + T]
+        M = T * B
+        if self.groups == 1:
+            bp, bias = self.packed[0]
+            y = np.empty((T, B, self.cout), dt)
+            _kernels.packed_rows(cols.reshape(M, k * C), bp, bias, y.reshape(M, self.cout))
+        else:
+            y = np.empty((T, B, self.cout), dt)
+            yg = np.empty((M, self.cout_g), dt)
+            cg, og = self.cin_g, self.cout_g
+            for g, (bp, bias) in enumerate(self.packed):
+                a = np.ascontiguousarray(cols[..., g * cg : (g + 1) * cg]).reshape(M, k * cg)
+                _kernels.packed_rows(a, bp, bias, yg)
+                y[..., g * og : (g + 1) * og] = yg.reshape(T, B, og)
+        if keep:
+            if lengths is None:
+                last = ext[T:]
+            else:  # row b's last frames end at its length
+                last = ext[lengths[None, :] + np.arange(keep)[:, None], np.arange(B)[None, :]]
+            buf[...] = last.swapaxes(0, 1).reshape(B, keep * C)
+        if self.activation != "linear":
+            y = self.post(self.activation, y)
+        return y
+
+
 class Program:
     """A model compiled for streaming: the graph's steps with their step-path form,
     the state slots a :class:`Stream` holds, and the batched step.
@@ -453,6 +539,7 @@ class Program:
         self.what = what
         self.widths, self.dtypes = [], []
         self.recurrent = []
+        self.carried = []  # every op with state in a stream: the recurrent ones, causal convolutions
         self.entries = []  # (kind, obj, step)
         for step in graph.steps:
             self.entries.append(self._compile(step) + (bool(getattr(step.op, "multi_input", False)),))
@@ -462,10 +549,12 @@ class Program:
         self.single_input = len(inputs) == 1 and not inputs[0]["integer"]
         self.in_dtype, self.in_features = inputs[0]["dtype"], inputs[0].get("features")
         self.chain = None if self.stateful else self._chain()
+        # model.step(x, stream) of one stream: the chain's, with the common case inline
+        self.step_one = _chain_step_one(self) if self.chain is not None and self.single_input else None
         self.seq_outputs = None  # filled on the first step: which outputs have a time axis
 
     def names(self):
-        return ", ".join(repr(r.name) for r in self.recurrent)
+        return ", ".join(repr(r.name) for r in self.carried)
 
     def _refuse(self, op, why):
         cls = getattr(op, "keras_class", type(op).__name__)
@@ -493,6 +582,8 @@ class Program:
             self._refuse(op, "it is called with options the step path does not take")
         if kind == "DenseNode":
             return ("op", _Dense(op, op.dense, self.activation), step)
+        if kind == "ConvNode" and op.padding == "causal":
+            return self._conv_entry(op, step)
         if kind == "TimeDistributedNode":
             inner = op.inner
             if type(inner).__name__ == "DenseNode":
@@ -510,7 +601,7 @@ class Program:
             "GlobalPoolingNode": "it pools over the whole sequence",
             "FlattenNode": "it flattens the whole sequence",
             "PoolNode": "it pools windows of steps",
-            "ConvNode": "a convolution reads steps around each step (the future, unless causal)",
+            "ConvNode": "a convolution reads steps around each step (the future): only padding='causal' streams",
             "AttentionNode": "attention reads every step of its values (the future)",
             "RepeatVectorNode": "it repeats a whole-sequence summary",
             "ReshapeNode": "it reshapes across time",
@@ -558,7 +649,22 @@ class Program:
         rec = _Recurrent(op, slots, widths)
         rec.index = len(self.recurrent)
         self.recurrent.append(rec)
+        self.carried.append(rec)
         return ("recurrent", rec, step)
+
+    def _conv_entry(self, op, step):
+        """A causal Conv1D: its state slot (the last input frames), or the refusal of
+        the options the step path does not take."""
+        if op.strides != 1:
+            self._refuse(op, "a causal convolution with strides=%d (the step path runs strides=1)" % op.strides)
+        if op.channels_first or op.depthwise is not None:
+            self._refuse(op, "a causal convolution on channels_first data or a depthwise one (not stepped)")
+        conv = _CausalConv(op, len(self.widths), self.activation)
+        if conv.keep:
+            self.widths.append(conv.keep * conv.C)
+            self.dtypes.append(conv.dtype)
+            self.carried.append(conv)
+        return ("conv", conv, step)
 
     # -- running ----------------------------------------------------------------------
 
@@ -569,6 +675,9 @@ class Program:
         graph's bookkeeping. None for any other model."""
         prev = self.graph.inputs[0] if len(self.graph.inputs) == 1 else None
         fns = []
+        # what the step guarantees of the value entering the next op (features, dtype;
+        # contiguous): the step's checked input (``_step_one``, ``_step_many``), then each op's
+        known = (self.in_features, self.in_dtype) if self.single_input else None
         for kind, obj, step, multi in self.entries:
             op = step.op
             if (
@@ -586,11 +695,18 @@ class Program:
             if kind == "recurrent":
                 # the compiled entry runs float weights only (reduced precision: rnn_forward)
                 one = len(obj.kernels) == 1 and not obj.kernels[0].one_row and obj.kernels[0].q is None
-                fns.append(_chain_one_kernel(obj) if one else _chain_recurrent(obj))
+                fns.append(_chain_one_kernel(obj, known) if one else _chain_recurrent(obj))
+                last = obj.kernels[-1]
+                known = (last.Ho, last.dtype) if one and obj.return_sequences else None
+            elif kind == "conv":
+                fns.append(_chain_conv(obj))
+                known = None
             elif isinstance(obj, _Dense) and obj.extra is None and not obj.softmax:
-                fns.append(_chain_dense(obj))
+                fns.append(_chain_dense(obj, known))
+                known = (obj.N, obj.dtype)
             else:
                 fns.append(_chain_op(obj))
+                known = None
             prev = step.outputs[0]
         return fns if prev == self.graph.outputs else None
 
@@ -670,6 +786,8 @@ class Program:
                 k = step.inputs[0]
                 outs = self._recurrent(obj, values[k], masks[k], pad, lengths, states, seen, num_threads)
                 out_masks = [masks[k] if obj.return_sequences else None] + [None] * (len(outs) - 1)
+            elif kind == "conv":
+                outs, out_masks = [obj.run(values[step.inputs[0]], states, lengths)], [None]
             else:
                 x: Any
                 m: Any
@@ -766,9 +884,11 @@ def _chain_op(obj):
     return f
 
 
-def _chain_one_kernel(rec):
+def _chain_one_kernel(rec, known):
     """The usual recurrent op of a chain: one cell whose products need no BLAS guard,
-    the compiled entry called directly (the step's hot path: no other Python)."""
+    the compiled entry called directly (the step's hot path: no other Python).
+    ``known``: the (features, dtype) of its input where the chain guarantees them (the
+    previous op's output, or the step's checked input): then nothing is re-checked."""
     (kern,) = rec.kernels
     hs = rec.slots[0]
     cs = rec.slots[1] if kern.with_c else None
@@ -776,6 +896,17 @@ def _chain_one_kernel(rec):
     seq = rec.return_sequences
     cuts = kern.cuts
     run = kern.entry.run
+    empty = np.empty
+
+    if known == (I, dt) and cs is None and seq:
+
+        def known_input(x, states, num_threads):  # GRU / SimpleRNN returning sequences
+            T, B = x.shape[0], x.shape[1]
+            out = empty((T, B, Ho), dt)
+            run(x, T, B, None, out, states[hs], None, *cuts(B, T, num_threads))
+            return out
+
+        return known_input
 
     def f(x, states, num_threads):
         T, B = x.shape[0], x.shape[1]
@@ -786,7 +917,7 @@ def _chain_one_kernel(rec):
         if x.shape[2] != I:
             raise ValueError("%s %r expects %d input features, got %d" % (rec.op.keras_class, rec.name, I, x.shape[2]))
         if seq:
-            out = np.empty((T, B, Ho), dt)
+            out = empty((T, B, Ho), dt)
             run(x, T, B, None, out, h, c, *cuts(B, T, num_threads))
             return out
         run(x, T, B, None, None, h, c, *cuts(B, T, num_threads))
@@ -795,22 +926,46 @@ def _chain_one_kernel(rec):
     return f
 
 
-def _chain_dense(d):
-    """A Dense of a chain whose activation the packed product applies."""
+def _chain_conv(conv):
+    run = conv.run
+
+    def f(x, states, num_threads):
+        return run(x, states, None)
+
+    return f
+
+
+def _chain_dense(d, known):
+    """A Dense of a chain whose activation the packed product applies; ``known`` as
+    :func:`_chain_one_kernel`'s."""
     K, N, dt, Bp, bias, act = d.K, d.N, d.dtype, d.Bp, d.bias, d.act
-    rows = _kernels.packed_rows
+    rows = _kernels.packed_rows[_FUSED[dt.char]]  # the specialisation: no dispatch per call
     name = d.node.name
+    empty = np.empty
+
+    if known == (K, dt):
+
+        def known_input(x, states, num_threads):  # contiguous, (..., K), of dtype dt
+            y = empty(x.shape[:-1] + (N,), dt)
+            rows(x.reshape(-1, K), Bp, bias, y.reshape(-1, N), act)
+            return y
+
+        return known_input
 
     def f(x, states, num_threads):
         if x.shape[-1] != K:
             raise ValueError("Dense %r expects %d input features, got shape %s" % (name, K, x.shape))
         if x.dtype != dt or not x.flags.c_contiguous:
             x = np.ascontiguousarray(x, dtype=dt)
-        y = np.empty(x.shape[:-1] + (N,), dt)
+        y = empty(x.shape[:-1] + (N,), dt)
         rows(x.reshape(-1, K), Bp, bias, y.reshape(-1, N), act)
         return y
 
     return f
+
+
+#: numpy dtype char -> the name of the Cython fused specialisation
+_FUSED = {"f": "float", "d": "double"}
 
 
 def _chain_recurrent(rec):
@@ -879,7 +1034,7 @@ def step(model, x, streams, num_threads=None):
         p = streams._program
         if p.owner() is not model:
             raise ValueError("this stream was opened by another model (%s)" % p.what)
-        return _step_one(p, x, streams, num_threads)
+        return (p.step_one or _step_one)(p, x, streams, num_threads)
     if not isinstance(streams, (list, tuple)):
         raise TypeError("step takes a Stream or a list of them, got %s" % type(streams).__name__)
     if not isinstance(x, (list, tuple)) or len(x) != len(streams):
@@ -890,29 +1045,22 @@ def step(model, x, streams, num_threads=None):
     if not streams:
         return []
     try:
-        rows = np.fromiter((s._grow for s in streams), np.intp, len(streams))
+        rows = np.fromiter(map(_grow_of, streams), np.intp, len(streams))
     except AttributeError:
         bad = next(s for s in streams if not isinstance(s, Stream))
         raise TypeError("step takes a list of Streams, got a %s in it" % type(bad).__name__) from None
-    first = rows[0] // _Block.ROWS
-    if (rows // _Block.ROWS == first).all():
+    first = rows.min() // _Block.ROWS
+    if rows.max() // _Block.ROWS == first:
         block = _BLOCKS[first]  # one block: one program, checked once
         if block.program.owner() is not model:
             raise ValueError("the streams were opened by another model (%s)" % block.program.what)
-        rows = rows - first * _Block.ROWS
+        rows %= _Block.ROWS
     else:
-        block = None
-        for s in streams:
-            if s._program.owner() is not model:
-                raise ValueError("a stream in the list was opened by another model (%s)" % s._program.what)
-    if block is not None:
-        r = np.sort(rows)
-        twice = bool((r[1:] == r[:-1]).any())
-    else:
-        twice = len(set(map(id, streams))) != len(streams)
-    if twice:
-        raise ValueError("a stream appears twice in one step: a stream is one sequence")
-    return _step_many(streams[0]._program, x, streams, num_threads, block, rows)
+        block = None  # (rows: every block's, _step_many splits them)
+        for g in np.unique(rows // _Block.ROWS).tolist():
+            if _BLOCKS[g].program.owner() is not model:
+                raise ValueError("a stream in the list was opened by another model (%s)" % _BLOCKS[g].program.what)
+    return _step_many(_BLOCKS[first].program, x, streams, num_threads, block, rows)
 
 
 def _step_one(p, x, s, num_threads):
@@ -923,12 +1071,13 @@ def _step_one(p, x, s, num_threads):
         and x.ndim == 2
         and x.shape[1] == p.in_features
         and x.shape[0] > 0
+        and x.flags.c_contiguous
     ):
         T = x.shape[0]  # what prepare() would check, checked: the common case
         feeds = [x.reshape(T, 1, x.shape[1])]
     else:
         xs, T = p.prepare(x, p.what)
-        feeds = [a.reshape((T, 1) + a.shape[1:]) for a in xs]
+        feeds = [np.ascontiguousarray(a).reshape((T, 1) + a.shape[1:]) for a in xs]
     block, row = s._block, s._row
     block.claim_one(row)
     try:
@@ -945,12 +1094,39 @@ def _step_one(p, x, s, num_threads):
     return map_structure(_first, out)
 
 
+def _chain_step_one(p):
+    """:func:`_step_one` of a chain model on float chunks, its common case (an ndarray
+    (T, F) of the model's dtype, C-contiguous) checked and run inline; any other
+    chunk goes through :func:`_step_one`."""
+    chain = tuple(p.chain)
+    dt, F = p.in_dtype, p.in_features
+    ndarray = np.ndarray
+
+    def one(p, x, s, num_threads):
+        if type(x) is ndarray and x.ndim == 2 and x.dtype == dt and x.flags.c_contiguous:
+            T, f = x.shape
+            if f == F and T > 0:
+                block, row, slots = s._block, s._row, s._slots
+                block.claim_one(row)
+                try:
+                    out = x.reshape(T, 1, F)
+                    for fn in chain:
+                        out = fn(out, slots, num_threads)
+                finally:
+                    block.taken[row] = 0
+                return out[:, 0] if out.ndim == 3 else out[0]
+        return _step_one(p, x, s, num_threads)
+
+    return one
+
+
 def _first(y):
     return y[:, 0] if y.ndim == 3 else y[0]
 
 
 def _step_many(p, x, streams, num_threads, block=None, rows=None):
-    """A batched step: ``block`` and ``rows`` when every stream is in that block."""
+    """A batched step: ``block`` and ``rows`` (in the block) when every stream is in
+    that block; else ``rows`` the streams' rows among all blocks (or None: read here)."""
     feeds = None
     if p.single_input:
         spec = p.inputs[0]
@@ -979,39 +1155,48 @@ def _step_many(p, x, streams, num_threads, block=None, rows=None):
                 feeds.append(f)
         if not ragged:
             lengths = None
+    # the streams' rows by block: (block, their places in the call or None for all in
+    # order, their rows in the block); a stream twice is found by its block's claim
     if block is not None:
-        # one fancy index per slot: gather the rows, run, scatter them back
-        block.claim(rows)
-        try:
-            states = [a[rows][None] for a in block.slots]
-            seen = block.seen[:, rows]
-            if p.chain is not None and lengths is None:  # no mask, no padding: the fast form
-                out = feeds[0]
-                for f in p.chain:
-                    out = f(out, states, num_threads)
-            else:
-                out = p.run(feeds, lengths, states, seen, num_threads)
-            for a, st in zip(block.slots, states):
-                a[rows] = st[0]
-            block.seen[:, rows] = seen
-        finally:
-            block.busy[rows] = False
+        parts = [(block, None, rows)]
     else:
-        held = []
-        try:
-            for s in streams:
-                s._block.claim_one(s._row)
-                held.append(s)
-            states = [np.concatenate([s._slots[i] for s in streams], axis=1) for i in range(len(p.widths))]
-            seen = np.concatenate([s._seen for s in streams], axis=1)
+        if rows is None:
+            rows = np.fromiter(map(_grow_of, streams), np.intp, len(streams))
+        gids = rows // _Block.ROWS
+        parts = []
+        for g in np.unique(gids).tolist():
+            at = np.flatnonzero(gids == g)
+            parts.append((_BLOCKS[g], at, rows[at] % _Block.ROWS))
+    claimed: list = []
+    try:
+        for blk, _, r in parts:
+            blk.claim(r)
+            claimed.append((blk, r))
+        # one fancy index per slot and block: gather the rows, run, scatter them back
+        if block is not None:
+            states = [a[rows][None] for a in block.slots]
+        else:
+            states = [np.empty((1, len(streams), w), dt) for w, dt in zip(p.widths, p.dtypes)]
+            for blk, at, r in parts:
+                for st, a in zip(states, blk.slots):
+                    st[0, at] = a[r]
+        if p.chain is not None and lengths is None:  # no mask, no padding: the fast form
+            out = feeds[0]  # (and no mask anywhere: ``seen`` is never read, not kept)
+            for f in p.chain:
+                out = f(out, states, num_threads)
+        else:
+            seen = np.empty((len(p.recurrent), len(streams)), bool)
+            for blk, at, r in parts:
+                seen[:, slice(None) if at is None else at] = blk.seen[:, r]
             out = p.run(feeds, lengths, states, seen, num_threads)
-            for b, s in enumerate(streams):
-                for mine, a in zip(s._slots, states):
-                    mine[0, 0] = a[0, b]
-                s._seen[:, 0] = seen[:, b]
-        finally:
-            for s in held:
-                s._block.taken[s._row] = 0
+            for blk, at, r in parts:
+                blk.seen[:, r] = seen[:, slice(None) if at is None else at]
+        for blk, at, r in parts:
+            for st, a in zip(states, blk.slots):
+                a[r] = st[0] if at is None else st[0, at]
+    finally:
+        for blk, r in claimed:
+            blk.busy[r] = False
     if not ragged:
         return map_structure(_batch_major, out)
     assert lengths is not None  # ragged chunks have lengths
@@ -1098,12 +1283,7 @@ def stateful_predict(model, xs, batch_size, num_threads, build, fixed):
         for s in streams:
             s._seen[:] = False  # Keras' previous output starts at zeros per call
         chunks = [[a[b] for a in part] if len(part) > 1 else part[0][b] for b in range(n)]
-        rows = np.array([st._row for st in streams])
-        outs.append(
-            _step_many(p, chunks, streams, num_threads, streams[0]._block, rows)
-            if all(st._block is streams[0]._block for st in streams)
-            else _step_many(p, chunks, streams, num_threads)
-        )
+        outs.append(_step_many(p, chunks, streams, num_threads))
     if len(outs) == 1:
         return outs[0]
     return map_structure(lambda *ys: np.concatenate(ys, axis=0), *outs)

@@ -6,15 +6,16 @@ inputs and outputs it takes, which inputs are *shape arguments* (their values de
 the output's shape: a value computed from data there makes the output's shape
 data-dependent), and its converter (default: a :class:`~rnnfast.model_onnx.FnOp`
 running the op's kernel from :data:`rnnfast.model_onnx.KERNELS`). Ops of other domains
-(``com.microsoft``: ONNX Runtime's contrib ops such as ``DynamicQuantizeLSTM``) and
-ops not listed are refused with :class:`~rnnfast.UnsupportedLayerError` naming the op,
-its node and its domain.
+(``com.microsoft``: ONNX Runtime's contrib ops), but for those in ``CONTRIB_OPS``
+(``DynamicQuantizeLSTM``, in ``io/onnx/quantized.py``), and ops not listed are refused
+with :class:`~rnnfast.UnsupportedLayerError` naming the op, its node and its domain.
 """
 
 import numpy as np
 
 from ...errors import FormatError, UnsupportedLayerError
 from ...model_onnx import ONNX_DTYPES, FnOp
+from .quantized import DQLSTM_ATTRS, convert_dynamic_quantize_lstm
 from .recurrent import RECURRENT_ATTRS, convert_recurrent
 
 __all__ = ["OpSpec", "OPS", "DEFAULT_DOMAINS", "lookup", "REQUIRED"]
@@ -304,10 +305,19 @@ OPS = {
     "Dropout": OpSpec({"ratio": 0.5, "seed": None, "is_test": 1}, inputs=(1, 3), outputs=(1, 2), check=_dropout_check),
 }
 
+#: The ops of ONNX Runtime's ``com.microsoft`` domain rnnfast runs.
+CONTRIB_OPS = {
+    "DynamicQuantizeLSTM": OpSpec(
+        DQLSTM_ATTRS, inputs=(3, 12), outputs=(0, 3), convert=convert_dynamic_quantize_lstm, fold=False
+    ),
+}
+
 
 def lookup(node):
     """The OpSpec of ``node``, or UnsupportedLayerError naming its op, node and domain."""
     domain = node.domain or ""
+    if domain == "com.microsoft" and node.op_type in CONTRIB_OPS:
+        return CONTRIB_OPS[node.op_type]
     if domain not in DEFAULT_DOMAINS:
         extra = " (an ONNX Runtime contrib op: rnnfast runs the standard ONNX ops)" if domain == "com.microsoft" else ""
         raise UnsupportedLayerError(
