@@ -98,6 +98,24 @@ def test_tiny_calls_run_on_one_thread():
     assert _plan.team_size(4, _plan.ITEM, B=64, D=1, Ho=256, GH=768, T=None) == 4
 
 
+def backoff_after_tries(layer, x, ref, tries, ok, delay=None):
+    """Up to ``tries`` 2-thread calls from a reset backoff, each with thread 1 delayed
+    as ``delay`` (debug_delay's arguments) if given, until one leaves a backoff state
+    ``(left, length)`` that ``ok`` accepts (a busy machine may make any one call look
+    otherwise); every result bitwise ``ref``. Returns the states seen."""
+    seen = []
+    for _ in range(tries):
+        _kernels.team_backoff(reset=True)
+        if delay is not None:
+            _kernels.debug_delay(*delay)
+        assert np.array_equal(layer.forward(x, num_threads=2)[0], ref)
+        _kernels.debug_delay()
+        seen.append(_kernels.team_backoff())
+        if ok(seen[-1]):
+            break
+    return seen
+
+
 def test_a_partner_that_is_not_running_does_not_make_later_calls_alone(rng):
     """A partner asleep for a moment before every phase (it claims few tasks: the caller
     takes its tasks over) does not back the team off: on an idle machine a partner
@@ -109,14 +127,7 @@ def test_a_partner_that_is_not_running_does_not_make_later_calls_alone(rng):
     layer = make_layer(rng, "gru", 32, 256, 1)
     x = rng.standard_normal((300, 1, 32)).astype(np.float32)
     ref = layer.forward(x, num_threads=1)[0]
-    seen = []
-    for _ in range(5):
-        _kernels.team_backoff(reset=True)
-        _kernels.debug_delay(1, 30, 1, False)
-        assert np.array_equal(layer.forward(x, num_threads=2)[0], ref)
-        seen.append(_kernels.team_backoff())
-        if seen[-1] == (0, 1):
-            break
+    seen = backoff_after_tries(layer, x, ref, 5, lambda st: st == (0, 1), (1, 30, 1, False))
     assert seen[-1] == (0, 1), seen
 
 
@@ -131,15 +142,7 @@ def test_a_partner_that_misses_the_whole_call_backs_off_for_the_time_it_lost(rng
     layer = make_layer(rng, "gru", 32, 256, 1)
     x = rng.standard_normal((200, 1, 32)).astype(np.float32)
     ref = layer.forward(x, num_threads=1)[0]
-    seen = []
-    for _ in range(3):
-        _kernels.team_backoff(reset=True)
-        _kernels.debug_delay(1, 200_000, 1, False)
-        assert np.array_equal(layer.forward(x, num_threads=2)[0], ref)
-        _kernels.debug_delay()
-        seen.append(_kernels.team_backoff())
-        if seen[-1][1] == 2 and seen[-1][0] > 2:
-            break
+    seen = backoff_after_tries(layer, x, ref, 3, lambda st: st[1] == 2 and st[0] > 2, (1, 200_000, 1, False))
     left, length = seen[-1]
     assert length == 2 and left > 2, seen
     for _ in range(3):  # on one thread now: the same bits
@@ -166,13 +169,7 @@ def test_the_phase_wait_spins_for_a_time_scaled_to_the_work(rng):
         left, length = _kernels.team_backoff()
         assert left >= 1 and length == 2, (left, length)
         _kernels.barrier_spin_time(100_000, 100_000)  # spins up to 100 ms
-        seen = []
-        for _ in range(3):
-            _kernels.team_backoff(reset=True)
-            assert np.array_equal(layer.forward(x, num_threads=2)[0], ref)
-            seen.append(_kernels.team_backoff())
-            if seen[-1] == (0, 1):
-                break
+        seen = backoff_after_tries(layer, x, ref, 3, lambda st: st == (0, 1), (1, 300, 1, True))
         assert seen[-1] == (0, 1), seen
     finally:
         _kernels.barrier_spins(spins)
