@@ -155,7 +155,7 @@ cdef extern from "c/engine.h" nogil:
     void rnn_pack_f(long K, long N, const float *B, long ldb, float *dst)
     void rnn_pack_d(long K, long N, const double *B, long ldb, double *dst)
 
-    # BLAS (blas.h): the routines SciPy ships, handed over at import
+    # BLAS (blas.h): the routines of the OpenBLAS rnnfast loads, handed over at import
     ctypedef void rnn_sgemm_fn(char *transa, char *transb, int *m, int *n, int *k, float *alpha,
                                float *a, int *lda, float *b, int *ldb, float *beta, float *c,
                                int *ldc) noexcept nogil

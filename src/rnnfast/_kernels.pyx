@@ -1,14 +1,13 @@
 # The compiled core's Python face. The core itself is C, under c/ (its README.md is the
 # map): the kernels per instruction set, the one dispatcher (c/isa.h) and the kernel
 # entry with its two execution strategies (c/engine.h). This module selects the
-# instruction set at import, hands the core SciPy's BLAS, packs weights, checks what
+# instruction set at import, hands the core its BLAS (_set_blas), packs weights, checks what
 # layers.py passes to rnn_forward, fills the entry's structs and releases the GIL for
 # the call. The codes shared with C (c/enums.h) come through _kernels.pxd; the
 # planning (strategy, blocks, chunk, team size) is rnnfast/_plan.py's.
 from libc.string cimport memset
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_C_CONTIGUOUS, PyBUF_WRITABLE
 from cython cimport floating
-from scipy.linalg.cython_blas cimport sgemm, dgemm, sgemv, dgemv
 
 import enum
 import os
@@ -27,7 +26,15 @@ rnn_cell = enum.IntEnum("rnn_cell", {"RNN_CELL_" + rnn_cell_name(<rnn_cell_t> i)
                                      for i in range(RNN_CELL_COUNT)})
 globals().update(rnn_cell.__members__)
 
-rnn_blas_init(sgemm, dgemm, sgemv, dgemv)
+
+def _set_blas(size_t sgemm, size_t dgemm, size_t sgemv, size_t dgemv):
+    """Hand the core its BLAS: the addresses of the Fortran sgemm, dgemm, sgemv and dgemv
+    of the OpenBLAS that rnnfast._threads.load_kernels opened (c/blas.h)."""
+    if not (sgemm and dgemm and sgemv and dgemv):
+        raise ValueError("a BLAS routine's address is null")
+    rnn_blas_init(<rnn_sgemm_fn *> sgemm, <rnn_dgemm_fn *> dgemm, <rnn_sgemv_fn *> sgemv,
+                  <rnn_dgemv_fn *> dgemv)
+
 
 #: Instruction-set names by level, from c/enums.h (RNN_ISA_AVX2 -> "avx2").
 ISA_LEVELS = tuple(m.name[len("RNN_ISA_"):].lower()

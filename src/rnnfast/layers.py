@@ -29,6 +29,7 @@ Cells (``cell=``): the names of the cell registry :data:`rnnfast.cells.CELLS`:
 
 import contextlib
 import copy
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -417,8 +418,8 @@ class RNNLayer:
     def _pack(self):
         """The packed copies of ``_W`` and ``_U``, made once per layer (and again when a
         pickled layer arrives): the input projection reads W packed where that beats
-        BLAS (``packed_projection``); the per-step product of the cells that run it on
-        packed weights reads U packed in panels."""
+        BLAS (``packed_projection``), and always in a reduced precision; the per-step
+        product of the cells that run it on packed weights reads U packed in panels."""
         G = self.cell_spec.num_gates
         D = self._W.shape[0]
         plain = self._kernel.packed and self._Wr.shape[1] == 0
@@ -436,10 +437,14 @@ class RNNLayer:
                 reset_before=self._kernel.code == _kernels.RNN_CELL_GRU_RB,
                 given=self._int8_given() if self.precision == "int8" else None,
             )
-            float_w = packed_w and not reduced_input
+            # a float32 input projection runs on the packed W on every ISA, never BLAS (whose
+            # sums depend on the ISA and on the rows of the call): the whole call, a stream
+            # and any batch give the same bits, as the state's rounding to bf16 can turn a
+            # last-bit difference into a bf16 step (about 1e-4)
+            float_w = not reduced_input
             self._Wp = _frozen(_kernels.pack_blocks(self._W, G, self._ncb) if float_w else np.zeros((D, 0), self.dtype))
             self._Up = _frozen(np.zeros((D, 0), self.dtype))
-            self._uses_blas = not reduced_input and not packed_w
+            self._uses_blas = False
             return
         self._q = None
         self._Wp = _frozen(_kernels.pack_blocks(self._W, G, self._ncb) if packed_w else np.zeros((D, 0), self.dtype))
@@ -878,7 +883,7 @@ def _frozen(a):
 def _empty_lines(shape, dt):
     """np.empty on a cache-line (64-byte) boundary: threads write the output in unit
     blocks, and a line two blocks share would bounce between their cores."""
-    n = int(np.prod(shape)) * np.dtype(dt).itemsize
+    n = math.prod(shape) * np.dtype(dt).itemsize
     buf = np.empty(n + 64, np.uint8)
-    off = -buf.ctypes.data % 64
+    off = -buf.__array_interface__["data"][0] % 64  # (not .ctypes: a ctypes object per call, ~10 us)
     return buf[off : off + n].view(dt).reshape(shape)

@@ -24,6 +24,7 @@ import numpy as np
 
 from . import _validation
 from ._progress import run_batched
+from ._special import erf
 from ._summary import Summarized
 from .graph import Graph
 from .layers import apply_activation, softmax
@@ -594,9 +595,7 @@ def _gelu(args, a):
 
 
 def _erf(x):
-    from scipy.special import erf
-
-    return erf(x).astype(x.dtype)
+    return erf(x)
 
 
 def _softplus(x):
