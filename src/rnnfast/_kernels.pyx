@@ -104,6 +104,20 @@ def barrier_spins(int spins=-1):
     return rnn_barrier_spins
 
 
+def barrier_spin_time(int work_factor=-1, int max_us=-1):
+    """The blocked strategy's wait for a phase, after barrier_spins(): it spins on for
+    up to ``work_factor`` times the thread's own work in the phase, at most ``max_us``
+    microseconds, before it sleeps (c/openmp.h); new values if given (-1: unchanged).
+    Returns ``(work_factor, max_us)``. rnnfast._plan sets BARRIER_WORK_FACTOR and
+    BARRIER_MAX_US when imported."""
+    global rnn_barrier_work_factor, rnn_barrier_max_us
+    if work_factor >= 0:
+        rnn_barrier_work_factor = work_factor
+    if max_us >= 0:
+        rnn_barrier_max_us = max_us
+    return rnn_barrier_work_factor, rnn_barrier_max_us
+
+
 def steal_spins(int spins=-1):
     """The blocked strategy: spins a thread that has run its own tasks of a phase gives
     the others before it takes theirs over (c/openmp.h); a new value if given.
@@ -579,14 +593,15 @@ def packed_rows(const floating[:, ::1] A,           # IN  (M, K)
                 const floating[::1] Bp,             # IN  (K, N) packed: pack_blocks(B[None], 1, 1)[0]
                 const floating[::1] bias,           # IN  (N,), or (0,) for none
                 floating[:, ::1] C,                 # OUT (M, N)
-                int act=-1):
+                int act=-1, int num_threads=1):
     """C = act(bias + A @ B), each row on its own: a row's values depend on that row
     only (one chain of multiply-adds per element, the activation applied row by row),
-    never on M nor on the other rows -- the streaming path's dense product
-    (rnnfast/stream.py). ``act``: an RNN_ACT_* code, or -1 for none. GIL released."""
-    cdef const rnn_kernels *t = _kernels_of(None)
-    cdef long M = A.shape[0], K = A.shape[1], N = C.shape[1], i
-    cdef const floating *bp = NULL
+    never on M, on the other rows nor on the thread count -- the dense product of the
+    streaming path (rnnfast/stream.py) and of rnnfast._products. ``act``: an RNN_ACT_*
+    code, or -1 for none. Rows split among ``num_threads`` threads at most (c/openmp.h's
+    backoff applies). GIL released."""
+    cdef long M = A.shape[0], K = A.shape[1], N = C.shape[1]
+    cdef rnn_products pr
     if C.shape[0] != M or Bp.shape[0] != rnn_packed_size(K, N) or bias.shape[0] not in (0, N):
         raise ValueError("packed_rows: A %s, packed B of %d values, bias %d, C %s"
                          % ((M, K), Bp.shape[0], bias.shape[0], (C.shape[0], N)))
@@ -596,19 +611,68 @@ def packed_rows(const floating[:, ::1] A,           # IN  (M, K)
         raise ValueError("packed_rows: A has no columns")
     if M == 0 or N == 0:
         return
-    if bias.shape[0] > 0:
-        bp = &bias[0]
+    memset(&pr, 0, sizeof(pr))
+    pr.dtype = RNN_FLOAT32 if floating is float else RNN_FLOAT64
+    pr.G1, pr.G2, pr.M, pr.N, pr.K = 1, 1, M, N, K
+    pr.A, pr.lda = &A[0, 0], K
+    pr.Bp = &Bp[0]
+    pr.bias = &bias[0] if bias.shape[0] > 0 else NULL
+    pr.act = act
+    pr.C, pr.ldc = &C[0, 0], N
+    _run_products(&pr, num_threads)
+
+
+def products(const floating[:, :, :, :] A,          # IN  (G1, G2, M, K), rows contiguous
+             const floating[:, :, :, :] B,          # IN  (G1 or 1, G2 or 1, K, N), any strides
+             floating[:, :, :, :] C,                # OUT (G1, G2, M, N), rows contiguous
+             const floating[::1] bias=None,         # IN  (N,), or None
+             int act=-1, int num_threads=1):
+    """C[g1, g2] = act(bias + A[g1, g2] @ B[g1, g2]) on the packed product (each B packed
+    once, here), every row on its own as in packed_rows: the results do not depend on
+    the thread count. A B of size 1 on a batch axis serves every product along it.
+    Strided views are read in place (attention's heads). GIL released."""
+    cdef Py_ssize_t isz = sizeof(floating)
+    cdef long G1 = A.shape[0], G2 = A.shape[1], M = A.shape[2], K = A.shape[3], N = B.shape[3]
+    cdef rnn_products pr
+    if (B.shape[0] not in (1, G1) or B.shape[1] not in (1, G2) or B.shape[2] != K
+            or C.shape[0] != G1 or C.shape[1] != G2 or C.shape[2] != M or C.shape[3] != N
+            or (bias is not None and bias.shape[0] != N)):
+        raise ValueError("products: A %s, B %s, C %s do not match"
+                         % ([A.shape[i] for i in range(4)], [B.shape[i] for i in range(4)],
+                            [C.shape[i] for i in range(4)]))
+    if not -1 <= act < RNN_ACT_COUNT:
+        raise ValueError("unknown activation code %d" % act)
+    if G1 == 0 or G2 == 0 or M == 0 or N == 0:
+        return
+    if K == 0:
+        raise ValueError("products: A has no columns")
+    if (A.strides[3] != isz and K > 1) or (C.strides[3] != isz and N > 1):
+        raise ValueError("products: the rows of A and C must be contiguous")
+    memset(&pr, 0, sizeof(pr))
+    pr.dtype = RNN_FLOAT32 if floating is float else RNN_FLOAT64
+    pr.G1, pr.G2, pr.M, pr.N, pr.K = G1, G2, M, N, K
+    pr.A = &A[0, 0, 0, 0]
+    pr.sa1, pr.sa2, pr.lda = A.strides[0] // isz, A.strides[1] // isz, A.strides[2] // isz
+    pr.B = &B[0, 0, 0, 0]
+    pr.sb1 = B.strides[0] // isz if B.shape[0] > 1 else 0
+    pr.sb2 = B.strides[1] // isz if B.shape[1] > 1 else 0
+    pr.ldb, pr.cb = B.strides[2] // isz, B.strides[3] // isz
+    pr.bias = &bias[0] if bias is not None else NULL
+    pr.act = act
+    pr.C = &C[0, 0, 0, 0]
+    pr.sc1, pr.sc2, pr.ldc = C.strides[0] // isz, C.strides[1] // isz, C.strides[2] // isz
+    _run_products(&pr, num_threads)
+
+
+cdef int _run_products(const rnn_products *pr, int num_threads) except -1:
+    cdef int err
     with nogil:
-        if floating is float:
-            t.f.gemm_packed(M, N, K, &A[0, 0], K, &Bp[0], bp, &C[0, 0], N)
-        else:
-            t.d.gemm_packed(M, N, K, &A[0, 0], K, &Bp[0], bp, &C[0, 0], N)
-        if act >= 0:
-            for i in range(M):
-                if floating is float:
-                    t.f.activate(act, &C[i, 0], N)
-                else:
-                    t.d.activate(act, &C[i, 0], N)
+        err = rnn_run_products(pr, num_threads)
+    if err == RNN_ERR_NOMEM:
+        raise MemoryError("rnnfast: out of memory for a product's packed weights")
+    if err != RNN_OK:
+        raise ValueError("rnnfast: a product the kernel cannot take (status %d)" % err)
+    return 0
 
 
 cdef class StepEntry:

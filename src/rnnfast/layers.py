@@ -35,7 +35,7 @@ from typing import Optional
 
 import numpy as np
 
-from . import _kernels, _plan, _quant, cells
+from . import _kernels, _plan, _products, _quant, cells
 from ._plan import BATCH_FIRST_MIN_ROWS
 from ._threads import blas_single_threaded, resolve_num_threads
 from ._validation import as_input, as_lengths, as_mask, as_numeric, as_state, compute_dtype, integer_option
@@ -779,6 +779,13 @@ class Dense:
         if activation != "softmax":
             _activation_code(activation, "activation")
         self.activation = activation or "linear"
+        self._packed: Optional[np.ndarray] = None  # the kernel packed (rnnfast._products), on first use
+
+    def __getstate__(self):
+        """Pickled without the packed kernel (packed again on first use)."""
+        state = dict(self.__dict__)
+        state.pop("_packed", None)
+        return state
 
     def __setstate__(self, state):
         """Unpickled: the weights read-only again, as loaded."""
@@ -788,19 +795,19 @@ class Dense:
                 state[k] = _frozen(_usable(v))
         self.__dict__.update(state)
 
-    def forward(self, x):
-        """``x``: (..., I) -> (..., N)."""
+    def forward(self, x, *, num_threads=None):
+        """``x``: (..., I) -> (..., N), on the core's product (rnnfast._products:
+        ``num_threads`` as in :meth:`RNNLayer.forward`; the results do not depend on it)."""
         x = np.asarray(as_numeric(x, "input"), dtype=self.dtype)
         if x.shape[-1] != self.kernel.shape[0]:
             raise ValueError("Dense expects %d input features, got shape %s" % (self.kernel.shape[0], x.shape))
-        y = np.matmul(x, self.kernel)
-        if self.bias is not None:
-            y += self.bias
+        packed = getattr(self, "_packed", None)
+        if packed is None:
+            packed = self._packed = _products.pack(self.kernel)
+        act = -1 if self.activation in ("linear", "softmax") else ACTIVATIONS[self.activation]
+        y = _products.dense(x, packed, self.kernel.shape[1], self.bias, act, num_threads)
         if self.activation == "softmax":
             return softmax(y, out=y)
-        if self.activation != "linear":
-            y = np.ascontiguousarray(y)
-            _activate(ACTIVATIONS[self.activation], y.reshape(-1))
         return y
 
     __call__ = forward

@@ -443,7 +443,7 @@ class DenseNode(_Node):
         return [d.kernel.copy()] + ([d.bias.copy()] if d.bias is not None else [])
 
     def run(self, x, mask, num_threads=None):
-        y = self.dense.forward(self._cast(x))
+        y = self.dense.forward(self._cast(x), num_threads=num_threads)
         if self.activation is not None:
             y = keras_activation(self.activation, y)
         return [y], [mask]
@@ -1870,6 +1870,7 @@ class MultiHeadAttentionNode(_Node):
                 gate=w.get("gate"),
                 large_negative=self.large_negative,
                 zero_masked=self.zero_masked,
+                num_threads=num_threads,
             )
         return [np.ascontiguousarray(_swap(np.asarray(y, dtype=self.dtype)))], [q_mask]
 
