@@ -73,16 +73,19 @@ def test_partner_losing_its_core_backs_off_to_one_thread_and_recovers(rng):
     layer = make_layer(rng, "gru", 32, 256, 1)
     x = rng.standard_normal((60, 1, 32)).astype(np.float32)
     ref = layer.forward(x, num_threads=1)[0]
-    _kernels.debug_delay(1, 5000, 1, True)  # thread 1 sleeps inside every task it claims
-    out = layer.forward(x, num_threads=2)[0]
-    assert np.array_equal(out, ref)
-    left, length = _kernels.team_backoff()
-    assert (left, length) == (1, 2)  # the next call runs alone
-    out = layer.forward(x, num_threads=2)[0]  # (alone: the backoff is spent)
-    assert _kernels.team_backoff() == (0, 2)
-    out = layer.forward(x, num_threads=2)[0]  # on two again: still absent
-    assert _kernels.team_backoff() == (2, 4)
-    _kernels.debug_delay()
+    seen = []
+    for _ in range(8):  # a busy machine may let the caller take every task of a call
+        _kernels.team_backoff(reset=True)
+        _kernels.debug_delay(1, 5000, 1, True)  # thread 1 sleeps inside every task it claims
+        states = []
+        for _ in range(3):  # on two: absent; alone (the backoff is spent); on two: still absent
+            assert np.array_equal(layer.forward(x, num_threads=2)[0], ref)
+            states.append(_kernels.team_backoff())
+        _kernels.debug_delay()
+        seen.append(states)
+        if states == [(1, 2), (0, 2), (2, 4)]:
+            break
+    assert seen[-1] == [(1, 2), (0, 2), (2, 4)], seen
     _kernels.team_backoff(reset=True)
     for _ in range(3):  # whoever runs: the same bits
         assert np.array_equal(layer.forward(x, num_threads=2)[0], ref)
