@@ -1176,8 +1176,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     budget = args.budget if args.budget is not None else (0.15 if args.quick else 0.6)
     if args.models:
-        threads = args.threads.split(",")[0]
-        return whole_models.main((["--quick"] if args.quick else []) + ["--threads", threads, "--out", args.out])
+        return whole_models.main((["--quick"] if args.quick else []) + ["--threads", args.threads, "--out", args.out])
     if args._engine:
         return worker_main(args._engine[0], int(args._engine[1]), args._engine[2])
     if args._peak:

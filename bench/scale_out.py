@@ -2,9 +2,24 @@
 with 1 and 2 workers of one thread each, against ONNX Runtime in the same Ray
 pipeline (the peer users would otherwise pick).
 
-    .venv-bench/bin/python bench/scale_out.py                  # seed-shaped BiGRU, 100,000 x 50 steps
-    .venv-bench/bin/python bench/scale_out.py --model digits   # the bundled BiLSTM
-    .venv-bench/bin/python bench/scale_out.py --quick          # 10,000 sequences, 1 round
+    .venv/bin/python bench/scale_out.py --model digits --budget 480   # the issue's job in ~6 min (below)
+    .venv/bin/python bench/scale_out.py                  # seed-shaped BiGRU, 100,000 x 50 steps, 3 rounds
+    .venv/bin/python bench/scale_out.py --quick          # 10,000 sequences, 1 round
+    .venv-bench/bin/python bench/scale_out.py --plot bench/scale_out_digits.json   # the plot only
+
+It needs Dask, Ray, ONNX Runtime and PyTorch (``make test``'s ``.venv`` has them) and
+matplotlib for the plot (else it says so and writes the JSON; ``--plot`` draws it later
+where matplotlib is).
+
+How long: the whole comparison (every pipeline below, 100,000 sequences of 50 steps)
+with ``--model digits`` is about 10 CPU seconds per rnnfast pipeline and 12 per ONNX
+Runtime one (measured on a 10,000-row slice: 1.0 and 1.2 CPU s), so a round of the nine
+pipelines is about 1.5 minutes on two idle cores (Ray's actor starts, a few seconds per
+Ray job, included), plus about a minute of set-up, reference and warm-up: 3 rounds in
+about 6 minutes. ``--budget 480`` stops after the last round that fits in 8 minutes (at
+least one). The seed-shaped model costs about 4x the CPU per pipeline (40 CPU s at
+100,000 rows): one round takes most of 8 minutes there, and took 48 minutes (3 rounds)
+on a loaded machine.
 
 The models (``--model``), each as a PyTorch module whose weights rnnfast converts and
 ONNX Runtime reads from a ``torch.onnx.export`` (native ONNX GRU / LSTM ops):
@@ -372,6 +387,13 @@ def main():
     ap.add_argument("--time", type=int, default=50)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="10,000 rows, 1 round")
+    ap.add_argument(
+        "--budget",
+        type=float,
+        metavar="SECONDS",
+        help="stop after the last round that fits in this wall time, counted from the start "
+        "(at least one round runs; the rounds run are in the JSON)",
+    )
     ap.add_argument("--engines", default="local,dask,ray,onnxruntime")
     ap.add_argument("--out", default=HERE)
     ap.add_argument("--plot", metavar="JSON", help="only draw the plot of an earlier run's JSON")
@@ -417,7 +439,12 @@ def main():
     loads = {k: [] for k in runs}
     agree = {}
     names = list(runs)
+    rounds_run, round_s = 0, 0.0
     for r in range(-1, args.rounds):  # round 0: the warm-up, not counted
+        if args.budget and rounds_run and time.time() - t_start + round_s > args.budget:
+            print("--budget %.0f s: stopping after %d round(s)" % (args.budget, rounds_run), flush=True)
+            break
+        t_round = time.time()
         order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
             which = "warm" if r < 0 else "full"
@@ -441,6 +468,9 @@ def main():
                 % (r + 1, name, dt, args.rows / dt, dc, os.getloadavg()[0]),
                 flush=True,
             )
+        if r >= 0:
+            rounds_run += 1
+            round_s = time.time() - t_round  # the next round is assumed to take as long
     p.close()
     load_after = os.getloadavg()
     rows = []
@@ -500,7 +530,8 @@ def main():
         time=args.time,
         features=FEATURES[args.model],
         block=BLOCK,
-        rounds=args.rounds,
+        rounds=rounds_run,
+        budget_s=args.budget,
         model=args.model,
         model_description=MODEL_TEXT[args.model],
         cpu=_cpu(),

@@ -1,9 +1,9 @@
 """`import rnnfast` stays light: it imports none of the heavy modules it does not need.
 
 Each check runs in a fresh interpreter (a module once imported stays in ``sys.modules``).
-The compiled core takes its BLAS from ``scipy.linalg.cython_blas``, which rnnfast loads
-without ``scipy.linalg``'s package (``_threads._load_cython_blas``): SciPy's linear
-algebra, h5py (Keras files), the frameworks and the cluster engines load on first use.
+The compiled core calls the OpenBLAS of the scipy-openblas32 wheel, opened as a library
+(``_threads._load_blas``): SciPy is not imported (nor needed), and h5py (Keras files), the
+frameworks and the cluster engines load on first use.
 """
 
 import json
@@ -11,15 +11,12 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
 
 # what `import rnnfast` must not import: a name, or a package and everything under it
 HEAVY = [
-    "scipy.linalg",
-    "scipy.special",
-    "scipy.sparse",
+    "scipy",
+    "scipy_openblas32",  # its library is opened, its Python package never imported
     "numpy.f2py",
     "h5py",
     "threadpoolctl",
@@ -45,15 +42,12 @@ def fresh(code):
 
 
 def heavy_in(modules):
-    # the BLAS's extension module is the one part of scipy.linalg the core needs
-    light = {"scipy.linalg.cython_blas"}
-    return sorted(m for m in modules if m not in light and any(m == h or m.startswith(h + ".") for h in HEAVY))
+    return sorted(m for m in modules if any(m == h or m.startswith(h + ".") for h in HEAVY))
 
 
 def test_import_rnnfast_imports_no_heavy_module():
     modules = json.loads(fresh("import sys, json, rnnfast; print(json.dumps(sorted(sys.modules)))"))
-    assert "rnnfast._kernels" in modules  # the core is loaded, and with it its BLAS ...
-    assert "scipy.linalg.cython_blas" in modules
+    assert "rnnfast._kernels" in modules  # the core is loaded ...
     assert heavy_in(modules) == []  # ... but nothing heavy
 
 
@@ -63,41 +57,61 @@ def test_the_check_sees_a_heavy_import():
     assert "scipy.linalg" in heavy_in(modules)
 
 
-def test_scipy_linalg_after_rnnfast_is_whole():
-    # scipy.linalg imported after rnnfast works, and its cython_blas is the module the core
-    # runs on, reachable as an attribute as after an ordinary import
+def test_the_core_calls_scipy_openblas32_on_one_thread_and_starts_no_blas_threads():
+    # the library opened is the scipy-openblas32 wheel's (not NumPy's, not SciPy's), it
+    # runs one thread, and opening it started no OpenBLAS worker thread: the process has
+    # as many threads after `import rnnfast` as after `import numpy` (the OpenMP runtime
+    # starts none before its first parallel region). (Importing the scipy_openblas32
+    # package first opens the library with its default threads; rnnfast's first call
+    # then sets it to one: test_threads.)
     out = fresh(
-        "import sys, numpy as np, rnnfast\n"
-        "import scipy.linalg.cython_blas\n"
-        "import scipy.linalg\n"
-        "assert scipy.linalg.cython_blas is sys.modules['scipy.linalg.cython_blas']\n"
-        "assert 'sgemm' in scipy.linalg.cython_blas.__pyx_capi__\n"
-        "print(float(scipy.linalg.inv(np.diag([2.0, 4.0])).sum()))\n"
-        "m = rnnfast.load(rnnfast.example('digits_lstm'), batch_first=True)\n"
-        "x = np.load(rnnfast.example('digits_test'))['x']\n"
-        "print(m(x)[0].shape)\n"
+        "import os, importlib.util\n"
+        "os.environ.pop('OPENBLAS_NUM_THREADS', None)  # as a user who never set it\n"
+        "import numpy\n"
+        "lib = importlib.util.find_spec('scipy_openblas32').submodule_search_locations[0]\n"
+        "before = len(os.listdir('/proc/self/task'))\n"
+        "import rnnfast\n"
+        "from rnnfast import _threads\n"
+        "after = len(os.listdir('/proc/self/task'))\n"
+        "ours = os.path.realpath(_threads._blas._name)\n"
+        "print(ours.startswith(os.path.realpath(lib)))\n"
+        "print(_threads._blas.scipy_openblas_get_num_threads(), after - before)\n"
+        "print(os.environ.get('OPENBLAS_NUM_THREADS'))\n"
     )
-    lines = out.splitlines()
-    assert float(lines[0]) == pytest.approx(0.75)
-    assert lines[1] == "(450, 8, 64)"  # (batch, time, 2 directions x 32)
+    assert out.split("\n")[:3] == ["True", "1 0", "None"]  # and the environment as it was
 
 
-def test_a_probe_of_scipy_linalg_does_not_spend_the_hook():
-    # importlib.util.find_spec("scipy.linalg") (a feature probe, no import) and then the
-    # import itself: the attribute is still set, and the hook is gone after the import
+def test_the_user_s_openblas_threads_setting_is_kept_for_numpy():
+    # OPENBLAS_NUM_THREADS=1 is set only while rnnfast opens its own library: NumPy's
+    # OpenBLAS, and the environment child processes see, keep the user's value
     out = fresh(
-        "import sys, importlib.util, rnnfast\n"
-        "assert importlib.util.find_spec('scipy.linalg') is not None\n"
-        "import scipy.linalg.cython_blas\n"
-        "assert scipy.linalg.cython_blas is sys.modules['scipy.linalg.cython_blas']\n"
-        "print(sum(type(f).__name__ == '_LinalgAttribute' for f in sys.meta_path))\n"
+        "import os; os.environ['OPENBLAS_NUM_THREADS'] = '2'\n"
+        "import numpy, rnnfast\n"
+        "from threadpoolctl import threadpool_info\n"
+        "from rnnfast import _threads\n"
+        "ours = os.path.realpath(_threads._blas._name)\n"
+        "print(sorted(i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas'\n"
+        "             and os.path.realpath(i['filepath']) != ours), os.environ['OPENBLAS_NUM_THREADS'])\n"
     )
-    assert out.strip() == "0"
+    assert out.strip() == "[2] 2"
+
+
+def test_without_scipy_openblas32_the_import_says_what_to_install():
+    out = fresh(
+        "import importlib.util as u\n"
+        "find = u.find_spec\n"
+        "u.find_spec = lambda name, *a: None if name == 'scipy_openblas32' else find(name, *a)\n"
+        "try:\n"
+        "    import rnnfast\n"
+        "except ImportError as e:\n"
+        "    print(e)\n"
+    )
+    assert "pip install scipy-openblas32" in out
 
 
 def test_the_kernels_agree_whichever_import_came_first():
-    # the BLAS loaded rnnfast's way and the ordinary way (scipy.linalg imported first)
-    # give the same bits
+    # SciPy's own OpenBLAS (another copy of the library) loaded first, or not at all:
+    # the core calls its own, and gives the same bits
     code = (
         "{pre}import numpy as np, rnnfast, hashlib\n"
         "m = rnnfast.load(rnnfast.example('digits_bigru'))\n"

@@ -321,6 +321,92 @@ def test_graph_executor_frees_and_checks():
         Graph([Step(t, ["y"], ["a"])], ["x"], ["a"])
 
 
+def test_graph_executor_structures_states_options_and_freeing():
+    """The compiled plan of the executor: nested and single outputs, masks in, states
+    and options passed, keep_all, and a tensor dropped once its last reader ran."""
+    import weakref
+
+    seen = {}
+
+    class Scale:
+        multi_input = False
+
+        def __init__(self, name, k):
+            self.name, self.k = name, k
+
+        def run(self, x, mask, num_threads=None, initial_state=None, offset=0):
+            seen[self.name] = (mask, None if initial_state is None else list(initial_state), offset)
+            y = self.k * x + offset + (0 if initial_state is None else sum(initial_state))
+            seen[self.name + " out"] = weakref.ref(y)
+            return [y], [mask]
+
+    class Check:
+        multi_input = True
+        name = "check"
+
+        def run(self, xs, masks, num_threads=None):
+            seen["a alive at c"] = seen["a out"]() is not None
+            return [xs[0] + xs[1]], [masks[0]]
+
+    a, b, c = Scale("a", 2), Scale("b", 3), Check()
+    steps = [
+        Step(a, ["x"], ["ya"]),
+        Step(b, ["ya"], ["yb"], states=["s"], options={"offset": 1}),
+        Step(c, ["yb", "s"], ["yc"]),
+    ]
+    m = np.array([True, False])
+    g = Graph(steps, ["x", "s"], {"out": ["yc", ["yb"]]})
+    (out, mask) = g.run([np.ones(2), np.full(2, 10.0)], masks=[m, None])
+    np.testing.assert_array_equal(out["out"][0], 27)  # ya = 2; yb = 3 * ya + 1 + s = 17; yc = yb + s
+    np.testing.assert_array_equal(out["out"][1][0], 17)
+    assert seen["b"][1] is not None and seen["b"][2] == 1 and seen["a"][0] is m
+    assert mask["out"][0] is m and mask["out"][1][0] is m
+    assert seen["a alive at c"] is False  # ya's last reader was b: freed before c ran
+    one = Graph(steps[:1], ["x", "s"], "ya")
+    y, mk = one.run([np.ones(2), None])
+    np.testing.assert_array_equal(y, 2)
+    assert mk is None
+    values, masks = g.run([np.ones(2), np.zeros(2)], keep_all=True)
+    assert set(values) == {"x", "s", "ya", "yb", "yc"} and set(masks) == set(values)
+    np.testing.assert_array_equal(values["ya"], 2)
+
+
+def test_predict_fast_path_matches_the_validated_one(monkeypatch):
+    """Arrays already as the model takes them skip the checks and casts (one pass, no
+    copies); anything else goes the validated way, with bitwise the same results and
+    the same errors."""
+    for name in ("seq2seq-inference-decoder", "bigru-pooled-concat-head"):
+        model, x = CASES[name]()
+        lively(model, seed=7)
+        m = rnnfast.from_keras(model)
+        slow = m._predict_from_zero(x)
+        if isinstance(x, list):
+            others = [[a.astype(np.float64) for a in x], [np.asfortranarray(a) for a in x], tuple(x)]
+        else:
+            others = [x.astype(np.int64), x.astype(np.int16), x.tolist(), x.astype(np.uint8)]
+        for y in [m.predict(x), m(x), m.predict(x, batch_size=2)] + [m.predict(o) for o in others]:
+            for got, want in zip(y if isinstance(y, list) else [y], slow if isinstance(slow, list) else [slow]):
+                np.testing.assert_array_equal(got, want)
+        with monkeypatch.context() as patch:  # the fast path is taken: no validation at all
+
+            def refuse(self, x):
+                raise AssertionError("validated")
+
+            patch.setattr(type(m), "_validated", refuse)
+            m.predict(x)
+            with pytest.raises(AssertionError, match="validated"):
+                m.predict(others[0] if isinstance(x, list) else x.tolist())
+    model, x = CASES["seq2seq-inference-decoder"]()
+    m = rnnfast.from_keras(lively(model, seed=7))
+    m.predict(x)  # its shapes now known to the fast path: wrong ones still refused
+    with pytest.raises(ValueError, match="batch sizes"):
+        m.predict([x[0], x[1][:2], x[2]])
+    with pytest.raises(ValueError, match="expected input of shape"):
+        m.predict([x[0], x[1][:, :5].copy(), x[2]])
+    with pytest.raises(ValueError, match="expected input of shape"):
+        m.predict([x[0][..., :3].copy(), x[1], x[2]])
+
+
 def _with_preprocessing():
     ids = keras.Input((T,), dtype="int32", name="text")
     pre = L.Lambda(lambda t: t, name="pre")(ids)

@@ -196,7 +196,7 @@ def test_op_matches_onnxruntime(rng, case, as_initializers):
 def test_every_registered_op_has_a_case():
     from rnnfast.io.onnx.registry import OPS
 
-    tested = {c[0] for c in CASES} | {"LSTM", "GRU", "RNN", "Constant"}
+    tested = {c[0] for c in CASES} | {"LSTM", "GRU", "RNN", "Constant", "SplitToSequence", "SequenceAt"}
     untested = sorted(set(OPS) - tested)
     # element-wise functions numpy computes directly, tested through their siblings above
     assert set(untested) <= {
@@ -346,3 +346,43 @@ def test_input_without_a_declared_shape(rng):
     model = rnnfast.from_onnx(m)
     x = rng.standard_normal((2, 3, 4)).astype(np.float32)
     np.testing.assert_array_equal(model.run(None, {"x": x})[0], np.maximum(x, 0))
+
+
+# -- sequences: SplitToSequence -> SequenceAt (a sequence is no model output here) ----------
+
+
+@pytest.mark.parametrize(
+    "split, attrs, positions",
+    [
+        (None, {}, [0, 2, -1]),
+        (None, {"keepdims": 0, "axis": 1}, [0, 3, -4]),
+        (2, {"axis": 1}, [0, 1, -1]),  # pieces of 2, the last shorter
+        ([1, 3], {"axis": 1}, [0, 1]),
+    ],
+)
+def test_split_to_sequence_and_sequence_at_match_onnxruntime(rng, split, attrs, positions):
+    x = rng.standard_normal((3, 4, 2)).astype(np.float32)
+    inits = []
+    split_in = []
+    if split is not None:
+        inits.append(numpy_helper.from_array(np.array(split, np.int64), "split"))
+        split_in = ["split"]
+    nodes = [helper.make_node("SplitToSequence", ["x"] + split_in, ["seq"], name="s2s", **attrs)]
+    outs = []
+    for k, p in enumerate(positions):
+        inits.append(numpy_helper.from_array(np.array(p, np.int64), "p%d" % k))
+        nodes.append(helper.make_node("SequenceAt", ["seq", "p%d" % k], ["y%d" % k], name="at%d" % k))
+        outs.append("y%d" % k)
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["a", "b", 2])],
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outs],
+        inits,
+    )
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    run_both(model, {"x": x})
+    # a position past the sequence's end (or parts that do not fit) refused at the call
+    bad = {"x": x[:, :1] if attrs.get("axis") == 1 else x[:1]}
+    with pytest.raises(ValueError, match="position|add up"):
+        rnnfast.from_onnx(model).run(None, bad)

@@ -60,7 +60,7 @@ def test_the_blas_rnnfast_calls_is_held_to_one_thread_and_numpys_is_not(rng):
 
     ours = {c.filepath for c in _blas_controllers()}
     others = set(_blas_threads()) - ours
-    assert ours, "no BLAS found for scipy.linalg.cython_blas"
+    assert ours, "threadpoolctl does not see the BLAS the core calls"
     # float64: its input projection is a BLAS call (float32 runs on packed weights on
     # AVX-512 machines and may not call BLAS at all)
     layer = RNNLayer("gru", [random_weights(rng, "gru", 8, 16)], dtype=np.float64)

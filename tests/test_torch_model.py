@@ -289,3 +289,22 @@ class TestBadInput:
             gru(x, lengths=[1, 2, 3])
         with pytest.raises(ValueError, match="lengths"):
             gru(np.zeros((5, 3)), lengths=[5])
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_reduced_precision_stream_and_row_give_the_whole_calls_bits(precision):
+    """The state is rounded to bf16 (or quantized) before each product, so a last-bit
+    difference of the float32 parts can grow into a step of that precision (about 1e-4):
+    a bf16 layer's float32 input projection runs on the packed W on every instruction set
+    (BLAS's sums depend on the ISA and on the rows of the call), and a stream or a row
+    alone gives the whole call's bits."""
+    torch.manual_seed(0)
+    model = rnnfast.from_torch(torch.nn.GRU(16, 32, num_layers=2)).with_precision(precision)
+    x = np.random.default_rng(0).standard_normal((40, 3, 16)).astype(np.float32)
+    want, _ = model(x)
+    one, _ = model(x[:, 1:2])
+    assert np.array_equal(one, want[:, 1:2])
+    for chunk in (40, 7):
+        s = model.stream()
+        got = np.concatenate([model.step(x[t : t + chunk, 1], s) for t in range(0, 40, chunk)])
+        assert np.array_equal(got, want[:, 1]), chunk

@@ -138,24 +138,7 @@ def test_speech_conv_bigru(dynamo, seed):
     check(model, rn, [(rng.standard_normal(s, dtype=np.float32),) for s in ((3, 10, 20), (1, 10, 5), (6, 10, 131))])
 
 
-@pytest.mark.parametrize(
-    "dynamo",
-    [
-        False,
-        pytest.param(
-            True,
-            marks=[
-                pytest.mark.slow,
-                pytest.mark.xfail(
-                    raises=rnnfast.UnsupportedLayerError,
-                    strict=True,
-                    reason="the ONNX frontend lacks SplitToSequence / SequenceAt, which the torch.export-based "
-                    "exporter writes for nn.RNN (unrolled over the example's steps) when an axis is dynamic",
-                ),
-            ],
-        ),
-    ],
-)
+@pytest.mark.parametrize("dynamo", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_names_classifier(dynamo, seed):
     torch.manual_seed(seed % 1000)
     rng = np.random.default_rng(seed)

@@ -155,7 +155,7 @@ cdef extern from "c/engine.h" nogil:
     void rnn_pack_f(long K, long N, const float *B, long ldb, float *dst)
     void rnn_pack_d(long K, long N, const double *B, long ldb, double *dst)
 
-    # BLAS (blas.h): the routines SciPy ships, handed over at import
+    # BLAS (blas.h): the routines of the OpenBLAS rnnfast loads, handed over at import
     ctypedef void rnn_sgemm_fn(char *transa, char *transb, int *m, int *n, int *k, float *alpha,
                                float *a, int *lda, float *b, int *ldb, float *beta, float *c,
                                int *ldc) noexcept nogil
@@ -172,6 +172,8 @@ cdef extern from "c/engine.h" nogil:
     # OpenMP (openmp.h): the blocked strategy's waits, and its test hook
     int RNN_OPENMP_ENABLED
     int rnn_barrier_spins
+    int rnn_barrier_work_factor
+    int rnn_barrier_max_us
     int rnn_steal_spins
     int rnn_backoff_left, rnn_backoff_len
     int rnn_delay_tid, rnn_delay_us, rnn_delay_every, rnn_delay_where
@@ -259,3 +261,19 @@ cdef extern from "c/engine.h" nogil:
 
     int rnn_layer_forward(const rnn_shape *shape, const rnn_plan *plan, const rnn_weights *weights,
                           const rnn_buffers *buffers)
+
+    # the products outside the recurrent layers (products.template.h)
+    ctypedef struct rnn_products:
+        rnn_dtype dtype
+        long G1, G2, M, N, K
+        const void *A
+        long sa1, sa2, lda
+        const void *B
+        long sb1, sb2, ldb, cb
+        const void *Bp
+        const void *bias
+        int act
+        void *C
+        long sc1, sc2, ldc
+
+    int rnn_run_products(const rnn_products *pr, int nth)

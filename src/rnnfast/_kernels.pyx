@@ -1,16 +1,16 @@
 # The compiled core's Python face. The core itself is C, under c/ (its README.md is the
 # map): the kernels per instruction set, the one dispatcher (c/isa.h) and the kernel
 # entry with its two execution strategies (c/engine.h). This module selects the
-# instruction set at import, hands the core SciPy's BLAS, packs weights, checks what
+# instruction set at import, hands the core its BLAS (_set_blas), packs weights, checks what
 # layers.py passes to rnn_forward, fills the entry's structs and releases the GIL for
 # the call. The codes shared with C (c/enums.h) come through _kernels.pxd; the
 # planning (strategy, blocks, chunk, team size) is rnnfast/_plan.py's.
 from libc.string cimport memset
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_C_CONTIGUOUS, PyBUF_WRITABLE
 from cython cimport floating
-from scipy.linalg.cython_blas cimport sgemm, dgemm, sgemv, dgemv
 
 import enum
+import math
 import os
 
 import numpy as np
@@ -27,7 +27,15 @@ rnn_cell = enum.IntEnum("rnn_cell", {"RNN_CELL_" + rnn_cell_name(<rnn_cell_t> i)
                                      for i in range(RNN_CELL_COUNT)})
 globals().update(rnn_cell.__members__)
 
-rnn_blas_init(sgemm, dgemm, sgemv, dgemv)
+
+def _set_blas(size_t sgemm, size_t dgemm, size_t sgemv, size_t dgemv):
+    """Hand the core its BLAS: the addresses of the Fortran sgemm, dgemm, sgemv and dgemv
+    of the OpenBLAS that rnnfast._threads.load_kernels opened (c/blas.h)."""
+    if not (sgemm and dgemm and sgemv and dgemv):
+        raise ValueError("a BLAS routine's address is null")
+    rnn_blas_init(<rnn_sgemm_fn *> sgemm, <rnn_dgemm_fn *> dgemm, <rnn_sgemv_fn *> sgemv,
+                  <rnn_dgemv_fn *> dgemv)
+
 
 #: Instruction-set names by level, from c/enums.h (RNN_ISA_AVX2 -> "avx2").
 ISA_LEVELS = tuple(m.name[len("RNN_ISA_"):].lower()
@@ -95,6 +103,20 @@ def barrier_spins(int spins=-1):
     if spins >= 0:
         rnn_barrier_spins = spins
     return rnn_barrier_spins
+
+
+def barrier_spin_time(int work_factor=-1, int max_us=-1):
+    """The blocked strategy's wait for a phase, after barrier_spins(): it spins on for
+    up to ``work_factor`` times the thread's own work in the phase, at most ``max_us``
+    microseconds, before it sleeps (c/openmp.h); new values if given (-1: unchanged).
+    Returns ``(work_factor, max_us)``. rnnfast._plan sets BARRIER_WORK_FACTOR and
+    BARRIER_MAX_US when imported."""
+    global rnn_barrier_work_factor, rnn_barrier_max_us
+    if work_factor >= 0:
+        rnn_barrier_work_factor = work_factor
+    if max_us >= 0:
+        rnn_barrier_max_us = max_us
+    return rnn_barrier_work_factor, rnn_barrier_max_us
 
 
 def steal_spins(int spins=-1):
@@ -173,9 +195,9 @@ def _zeros_lines(shape, dt):
     lines of their panels (an unaligned panel splits every load in two: B=1 products
     measured 1.7x slower), and threads write a layer's output in unit blocks (a line
     two blocks share would bounce between their cores)."""
-    n = int(np.prod(shape)) * np.dtype(dt).itemsize
+    n = math.prod(shape if isinstance(shape, tuple) else (shape,)) * np.dtype(dt).itemsize
     buf = np.zeros(n + 64, np.uint8)
-    off = -buf.ctypes.data % 64
+    off = -buf.__array_interface__["data"][0] % 64  # (not .ctypes: a ctypes object per call, ~10 us)
     return buf[off : off + n].view(dt).reshape(shape)
 
 
@@ -583,14 +605,15 @@ def packed_rows(const floating[:, ::1] A,           # IN  (M, K)
                 const floating[::1] Bp,             # IN  (K, N) packed: pack_blocks(B[None], 1, 1)[0]
                 const floating[::1] bias,           # IN  (N,), or (0,) for none
                 floating[:, ::1] C,                 # OUT (M, N)
-                int act=-1):
+                int act=-1, int num_threads=1):
     """C = act(bias + A @ B), each row on its own: a row's values depend on that row
     only (one chain of multiply-adds per element, the activation applied row by row),
-    never on M nor on the other rows -- the streaming path's dense product
-    (rnnfast/stream.py). ``act``: an RNN_ACT_* code, or -1 for none. GIL released."""
-    cdef const rnn_kernels *t = _kernels_of(None)
-    cdef long M = A.shape[0], K = A.shape[1], N = C.shape[1], i
-    cdef const floating *bp = NULL
+    never on M, on the other rows nor on the thread count -- the dense product of the
+    streaming path (rnnfast/stream.py) and of rnnfast._products. ``act``: an RNN_ACT_*
+    code, or -1 for none. Rows split among ``num_threads`` threads at most (c/openmp.h's
+    backoff applies). GIL released."""
+    cdef long M = A.shape[0], K = A.shape[1], N = C.shape[1]
+    cdef rnn_products pr
     if C.shape[0] != M or Bp.shape[0] != rnn_packed_size(K, N) or bias.shape[0] not in (0, N):
         raise ValueError("packed_rows: A %s, packed B of %d values, bias %d, C %s"
                          % ((M, K), Bp.shape[0], bias.shape[0], (C.shape[0], N)))
@@ -600,19 +623,68 @@ def packed_rows(const floating[:, ::1] A,           # IN  (M, K)
         raise ValueError("packed_rows: A has no columns")
     if M == 0 or N == 0:
         return
-    if bias.shape[0] > 0:
-        bp = &bias[0]
+    memset(&pr, 0, sizeof(pr))
+    pr.dtype = RNN_FLOAT32 if floating is float else RNN_FLOAT64
+    pr.G1, pr.G2, pr.M, pr.N, pr.K = 1, 1, M, N, K
+    pr.A, pr.lda = &A[0, 0], K
+    pr.Bp = &Bp[0]
+    pr.bias = &bias[0] if bias.shape[0] > 0 else NULL
+    pr.act = act
+    pr.C, pr.ldc = &C[0, 0], N
+    _run_products(&pr, num_threads)
+
+
+def products(const floating[:, :, :, :] A,          # IN  (G1, G2, M, K), rows contiguous
+             const floating[:, :, :, :] B,          # IN  (G1 or 1, G2 or 1, K, N), any strides
+             floating[:, :, :, :] C,                # OUT (G1, G2, M, N), rows contiguous
+             const floating[::1] bias=None,         # IN  (N,), or None
+             int act=-1, int num_threads=1):
+    """C[g1, g2] = act(bias + A[g1, g2] @ B[g1, g2]) on the packed product (each B packed
+    once, here), every row on its own as in packed_rows: the results do not depend on
+    the thread count. A B of size 1 on a batch axis serves every product along it.
+    Strided views are read in place (attention's heads). GIL released."""
+    cdef Py_ssize_t isz = sizeof(floating)
+    cdef long G1 = A.shape[0], G2 = A.shape[1], M = A.shape[2], K = A.shape[3], N = B.shape[3]
+    cdef rnn_products pr
+    if (B.shape[0] not in (1, G1) or B.shape[1] not in (1, G2) or B.shape[2] != K
+            or C.shape[0] != G1 or C.shape[1] != G2 or C.shape[2] != M or C.shape[3] != N
+            or (bias is not None and bias.shape[0] != N)):
+        raise ValueError("products: A %s, B %s, C %s do not match"
+                         % ([A.shape[i] for i in range(4)], [B.shape[i] for i in range(4)],
+                            [C.shape[i] for i in range(4)]))
+    if not -1 <= act < RNN_ACT_COUNT:
+        raise ValueError("unknown activation code %d" % act)
+    if G1 == 0 or G2 == 0 or M == 0 or N == 0:
+        return
+    if K == 0:
+        raise ValueError("products: A has no columns")
+    if (A.strides[3] != isz and K > 1) or (C.strides[3] != isz and N > 1):
+        raise ValueError("products: the rows of A and C must be contiguous")
+    memset(&pr, 0, sizeof(pr))
+    pr.dtype = RNN_FLOAT32 if floating is float else RNN_FLOAT64
+    pr.G1, pr.G2, pr.M, pr.N, pr.K = G1, G2, M, N, K
+    pr.A = &A[0, 0, 0, 0]
+    pr.sa1, pr.sa2, pr.lda = A.strides[0] // isz, A.strides[1] // isz, A.strides[2] // isz
+    pr.B = &B[0, 0, 0, 0]
+    pr.sb1 = B.strides[0] // isz if B.shape[0] > 1 else 0
+    pr.sb2 = B.strides[1] // isz if B.shape[1] > 1 else 0
+    pr.ldb, pr.cb = B.strides[2] // isz, B.strides[3] // isz
+    pr.bias = &bias[0] if bias is not None else NULL
+    pr.act = act
+    pr.C = &C[0, 0, 0, 0]
+    pr.sc1, pr.sc2, pr.ldc = C.strides[0] // isz, C.strides[1] // isz, C.strides[2] // isz
+    _run_products(&pr, num_threads)
+
+
+cdef int _run_products(const rnn_products *pr, int num_threads) except -1:
+    cdef int err
     with nogil:
-        if floating is float:
-            t.f.gemm_packed(M, N, K, &A[0, 0], K, &Bp[0], bp, &C[0, 0], N)
-        else:
-            t.d.gemm_packed(M, N, K, &A[0, 0], K, &Bp[0], bp, &C[0, 0], N)
-        if act >= 0:
-            for i in range(M):
-                if floating is float:
-                    t.f.activate(act, &C[i, 0], N)
-                else:
-                    t.d.activate(act, &C[i, 0], N)
+        err = rnn_run_products(pr, num_threads)
+    if err == RNN_ERR_NOMEM:
+        raise MemoryError("rnnfast: out of memory for a product's packed weights")
+    if err != RNN_OK:
+        raise ValueError("rnnfast: a product the kernel cannot take (status %d)" % err)
+    return 0
 
 
 cdef class StepEntry:

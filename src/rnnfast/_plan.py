@@ -58,6 +58,14 @@ PROJ_MAX_TASKS = 8
 #: Blocked strategy: spins of the wait for a phase (a step, a chunk's projection)
 #: before it sleeps (c/openmp.h).
 BARRIER_SPINS = 3000
+#: ... and then on for up to this many times the thread's own work in the phase, at
+#: most BARRIER_MAX_US microseconds: a partner that is running finishes within about
+#: one task of the waiter, and a task of a large batch (GRU H=256, B=64: ~100 us) is
+#: longer than BARRIER_SPINS (~35-55 us), so with a fixed spin the waiter slept and
+#: was woken by a futex every step, and the caller's sleep backed the call off to one
+#: thread (c/openmp.h).
+BARRIER_WORK_FACTOR = 2
+BARRIER_MAX_US = 2000
 #: Blocked strategy: spins a thread that has run its own tasks of a phase gives the
 #: others before it takes their unclaimed tasks over (a descheduled partner then costs
 #: at most the task it had claimed; see c/openmp.h).
@@ -66,6 +74,11 @@ STEAL_SPINS = 200
 #: threads: waking a sleeping team and joining it costs more than such a call gains
 #: (the results are the same whatever the team size).
 MIN_CALL_FLOPS_PER_THREAD = 4_000_000
+#: The products outside the recurrent layers (Dense, Conv1D, attention:
+#: rnnfast._products): one with under this many flops per thread runs on fewer threads
+#: (measured, (M x 256) (256 x 256) float32: 2 threads break even at M = 128, 17 Mflop;
+#: 1.38x at 34 Mflop; 0.56-0.8x below 8 Mflop).
+MIN_PRODUCT_FLOPS_PER_THREAD = 8_000_000
 
 #: Right-padded batches (PyTorch lengths, Keras post-padding masks): rows whose
 #: sequence has ended drop out of each step's work (rows sorted by length once per
@@ -74,6 +87,7 @@ MIN_CALL_FLOPS_PER_THREAD = 4_000_000
 SKIP_PADDING = True
 
 _kernels.barrier_spins(BARRIER_SPINS)
+_kernels.barrier_spin_time(BARRIER_WORK_FACTOR, BARRIER_MAX_US)
 _kernels.steal_spins(STEAL_SPINS)
 
 ITEM = int(_kernels.RNN_STRATEGY_ITEM)
@@ -139,6 +153,11 @@ def team_size(num_threads, strategy, B, D, Ho, GH, T=None):
     if strategy == BLOCKED:
         n = min(n, step_flops // MIN_STEP_FLOPS_PER_THREAD)
     return max(1, n)
+
+
+def product_team(num_threads, flops):
+    """Threads for a product of ``flops`` (rnnfast._products), ``num_threads`` at most."""
+    return max(1, min(num_threads, flops // MIN_PRODUCT_FLOPS_PER_THREAD))
 
 
 def plan(*, B, D, Ho, GH, ncb, num_threads, chunk=None, T=None):

@@ -55,23 +55,24 @@ OpenMP runtimes (LLVM, Intel) handle fork themselves and are left alone.
 
 BLAS
 ----
-rnnfast parallelises over its own work items with OpenMP and calls BLAS (through
-``scipy.linalg.cython_blas``) from inside that parallel region, so that BLAS must not
-start threads of its own there (the oversubscription users of other engines suffer
-from). rnnfast therefore sets the BLAS library it calls -- SciPy's OpenBLAS, which is
-a different library from NumPy's -- to one thread when it first computes, and keeps
-it there (checked on every call). It does not restore the old count after each call:
-every restore wakes OpenBLAS' worker threads, which then busy-wait and steal the cores
-rnnfast's own threads need. NumPy's BLAS is left alone. Only where the BLAS that SciPy
-uses cannot be told apart from the others (e.g. one MKL shared by NumPy and SciPy)
-are all of them limited.
+rnnfast parallelises over its own work items with OpenMP and calls BLAS from inside
+that parallel region, so that BLAS must not start threads of its own there (the
+oversubscription users of other engines suffer from). The BLAS it calls is the OpenBLAS
+of the ``scipy-openblas32`` wheel (the build NumPy and SciPy make theirs from), a
+library of its own: NumPy's is another file (``numpy.libs/libscipy_openblas64_*``), as
+is SciPy's. rnnfast opens it at import with ``OPENBLAS_NUM_THREADS=1`` in the
+environment (so it starts no worker threads), and keeps it at one thread (checked on
+every call: ``threadpoolctl.threadpool_limits`` by the user would raise it). It does
+not restore a raised count after each call: every restore wakes OpenBLAS' worker
+threads, which then busy-wait and steal the cores rnnfast's own threads need. NumPy's
+BLAS is left alone.
 """
 
 import os
 import threading
 import warnings
 from contextlib import contextmanager
-from typing import Optional
+from typing import Any, Optional
 
 from . import _validation
 
@@ -105,11 +106,10 @@ def load_kernels():
     OMP_WAIT_POLICY or GOMP_SPINCOUNT. The environment is restored afterwards, so
     child processes and other libraries see the user's own.
 
-    Also finds the runtime's pause entry point for the fork hooks (module doc), and loads
-    the BLAS the core calls without ``scipy.linalg`` (:func:`_load_cython_blas`).
+    Also finds the runtime's pause entry point for the fork hooks (module doc), and hands
+    the core its BLAS (:func:`_load_blas`).
     """
     global _openmp
-    _load_cython_blas()
     chosen = "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ
     if not chosen:
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
@@ -119,6 +119,7 @@ def load_kernels():
         if not chosen:
             del os.environ["OMP_WAIT_POLICY"]
     if _openmp is None:
+        _kernels._set_blas(*_load_blas())
         _openmp = _OpenMP(_kernels)
     return _kernels
 
@@ -415,98 +416,61 @@ if hasattr(os, "register_at_fork"):
 # -- BLAS ------------------------------------------------------------------------------
 
 
-def _load_cython_blas():
-    """Load ``scipy.linalg.cython_blas`` without running ``scipy/linalg/__init__.py``.
+_BLAS_PACKAGE = "scipy_openblas32"  # the wheel scipy-openblas32: 32-bit integers, as c/blas.h
+_BLAS_ROUTINES = ("scipy_sgemm_", "scipy_dgemm_", "scipy_sgemv_", "scipy_dgemv_")
+_blas: Any = None  # the OpenBLAS the core calls (ctypes.CDLL), once _load_blas opened it
 
-    The compiled core takes its BLAS routines from that extension module (a Cython
-    ``cimport``), and Python imports a module's packages first: ``scipy.linalg``'s
-    ``__init__`` imports all of SciPy's linear algebra (and, through its array-API layer,
-    ``numpy.f2py``), about 0.35 s of the 0.6 s ``import rnnfast`` took. The extension
-    itself needs only ``scipy``'s top level. So it is loaded here from its file, under its
-    own name, before the core is imported; the core's ``cimport`` then finds it in
-    ``sys.modules``. Where the file is not where SciPy has always put it, nothing is done
-    and the ordinary import runs. When ``scipy.linalg`` is imported later (by the user),
-    :class:`_LinalgAttribute` gives it its ``cython_blas`` attribute, as an ordinary import
-    of the submodule would have.
+
+def _load_blas():
+    """Open the OpenBLAS of the ``scipy-openblas32`` wheel; the addresses of its Fortran
+    sgemm, dgemm, sgemv and dgemv, in the order ``_kernels._set_blas`` takes them.
+
+    The package is found without importing it (its ``__init__`` reads its own metadata),
+    and its library opened with ``OPENBLAS_NUM_THREADS=1`` set for the moment it loads
+    (OpenBLAS reads it then, and starts no worker threads; the user's environment is
+    restored afterwards, and NumPy's OpenBLAS, another library loaded before, is not
+    affected).
     """
-    import sys
-
-    name = "scipy.linalg.cython_blas"
-    if name in sys.modules:
-        return
-    import importlib.machinery
+    global _blas
+    import ctypes
     import importlib.util
 
-    spec = importlib.util.find_spec("scipy")  # finds the package without importing it
-    if spec is None or not spec.submodule_search_locations:
-        return
-    folder = os.path.join(spec.submodule_search_locations[0], "linalg")
-    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        path = os.path.join(folder, "cython_blas" + suffix)
-        if os.path.exists(path):
-            break
-    else:
-        return
-    loader = importlib.machinery.ExtensionFileLoader(name, path)
-    blas_spec = importlib.util.spec_from_file_location(name, path, loader=loader)
-    if blas_spec is None:
-        return
-    module = importlib.util.module_from_spec(blas_spec)
-    sys.modules[name] = module
+    spec = importlib.util.find_spec(_BLAS_PACKAGE)
+    folder = os.path.join(spec.submodule_search_locations[0], "lib") if spec and spec.submodule_search_locations else ""
+    names = sorted(n for n in os.listdir(folder) if n.startswith("libscipy_openblas")) if os.path.isdir(folder) else []
+    if not names:
+        raise ImportError(
+            "rnnfast's compiled core calls the OpenBLAS of the scipy-openblas32 package, which is "
+            "not installed: pip install scipy-openblas32"
+        )
+    had = os.environ.get("OPENBLAS_NUM_THREADS")
+    os.environ["OPENBLAS_NUM_THREADS"] = "1"
     try:
-        loader.exec_module(module)
-    except BaseException:
-        del sys.modules[name]
-        raise
-    sys.meta_path.insert(0, _LinalgAttribute())
-
-
-class _LinalgAttribute:
-    """An import hook, used once: when ``scipy.linalg`` is imported after
-    :func:`_load_cython_blas`, set its ``cython_blas`` attribute (``import
-    scipy.linalg.cython_blas`` then works as it always does), and step aside."""
-
-    def __init__(self):
-        self._finding = False
-
-    def find_spec(self, fullname, path=None, target=None):
-        import importlib.util
-        import sys
-
-        if fullname != "scipy.linalg" or self._finding:
-            return None
-        self._finding = True  # the finders after this one find the package
-        try:
-            spec = importlib.util.find_spec(fullname)
-        finally:
-            self._finding = False
-        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
-            return spec
-        run = spec.loader.exec_module
-
-        def exec_module(module):
-            run(module)
-            if "scipy.linalg.cython_blas" in sys.modules and not hasattr(module, "cython_blas"):
-                module.cython_blas = sys.modules["scipy.linalg.cython_blas"]
-            if self in sys.meta_path:  # done: only the one import of scipy.linalg needed it
-                sys.meta_path.remove(self)
-
-        spec.loader.exec_module = exec_module  # type: ignore[method-assign]
-        return spec
+        lib = ctypes.CDLL(os.path.join(folder, names[0]))
+    finally:
+        if had is None:
+            del os.environ["OPENBLAS_NUM_THREADS"]
+        else:
+            os.environ["OPENBLAS_NUM_THREADS"] = had
+    lib.scipy_openblas_get_num_threads.restype = ctypes.c_int
+    lib.scipy_openblas_get_num_threads.argtypes = []
+    lib.scipy_openblas_set_num_threads.restype = None
+    lib.scipy_openblas_set_num_threads.argtypes = [ctypes.c_int]
+    _blas = lib
+    return [ctypes.cast(getattr(lib, name), ctypes.c_void_p).value for name in _BLAS_ROUTINES]
 
 
 def _blas_controllers():
-    """The threadpoolctl controllers of the BLAS that scipy.linalg.cython_blas calls."""
+    """The threadpoolctl controllers of the BLAS the core calls (:func:`_load_blas`): what
+    the bench tables report (library, version, kernel, threads)."""
     global _controllers
     if _controllers is None:
-        import scipy
-        import scipy.linalg.cython_blas
         from threadpoolctl import ThreadpoolController
 
-        blas = [c for c in ThreadpoolController().lib_controllers if c.user_api == "blas"]
-        site = os.path.dirname(os.path.dirname(os.path.realpath(scipy.__file__)))
-        scipys = [c for c in blas if os.path.realpath(c.filepath).startswith(os.path.join(site, "scipy"))]
-        _controllers = scipys or blas
+        load_kernels()
+        path = os.path.realpath(_blas._name)
+        blas = ThreadpoolController().lib_controllers
+        _controllers = [c for c in blas if c.user_api == "blas" and os.path.realpath(c.filepath) == path]
     return _controllers
 
 
@@ -514,8 +478,6 @@ def _blas_controllers():
 def blas_single_threaded():
     """Make sure the BLAS rnnfast calls runs one thread, for the block and after it."""
     with _lock:
-        for c in _blas_controllers():
-            n = c.get_num_threads()
-            if n is not None and n > 1:
-                c.set_num_threads(1)
+        if _blas.scipy_openblas_get_num_threads() > 1:
+            _blas.scipy_openblas_set_num_threads(1)
     yield

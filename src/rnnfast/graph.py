@@ -96,6 +96,34 @@ class Graph:
         for k, i in last_use.items():
             if k not in out_keys:
                 self._free[i].append(k)
+        self._compile()
+
+    def _compile(self):
+        """The run plan, built once: every key numbered (a slot in a list, not a dict
+        entry), and per step its input, state, output and freed slots and its options;
+        the outputs' slots and, when they are a flat list or one key, no structure to
+        walk per call. The ops are read from :attr:`steps` at each run (a copy of the
+        graph may swap them, as a pickled model does), the plan only from the keys."""
+        slot: dict[Hashable, int] = {}
+        for k in list(self.inputs) + [k for step in self.steps for k in step.outputs]:
+            slot.setdefault(k, len(slot))
+        self._num_slots = len(slot)
+        self._input_slots = [slot[k] for k in self.inputs]
+        self._plan = [
+            (
+                [slot[k] for k in step.inputs],
+                [slot[k] for k in step.states],
+                dict(step.options),
+                [slot[k] for k in step.outputs],
+                [slot[k] for k in free],
+            )
+            for step, free in zip(self.steps, self._free)
+        ]
+        self._slot = slot
+        o = self.outputs
+        flat = isinstance(o, list) and not any(isinstance(v, (list, dict)) for v in o)
+        self._flat_outputs = [slot[k] for k in o] if flat else None
+        self._one_output = slot[o] if not isinstance(o, (list, dict)) else None
 
     @property
     def ops(self):
@@ -128,28 +156,41 @@ class Graph:
         """
         if len(feeds) != len(self.inputs):
             raise ValueError("the graph takes %d inputs, got %d" % (len(self.inputs), len(feeds)))
-        values = dict(zip(self.inputs, feeds))
-        mask_of = dict(zip(self.inputs, masks if masks is not None else [None] * len(feeds)))
-        for step, free in zip(self.steps, self._free):
+        values: list = [None] * self._num_slots
+        mask_of: list = [None] * self._num_slots
+        for i, x in zip(self._input_slots, feeds):
+            values[i] = x
+        if masks is not None:
+            for i, m in zip(self._input_slots, masks):
+                mask_of[i] = m
+        for step, (ins, states, options, outs, free) in zip(self.steps, self._plan):
             op = step.op
             if getattr(op, "multi_input", False):
-                x = [values[k] for k in step.inputs]
-                m = [mask_of[k] for k in step.inputs]
+                x = [values[i] for i in ins]
+                m = [mask_of[i] for i in ins]
             else:
-                x, m = values[step.inputs[0]], mask_of[step.inputs[0]]
-            extra = dict(step.options)
-            if step.states:
-                extra["initial_state"] = [values[k] for k in step.states]
-            outs, out_masks = op.run(x, m, num_threads, **extra)
-            for k in () if keep_all else free:
-                values.pop(k, None)
-                mask_of.pop(k, None)
-            for k, v, mk in zip(step.outputs, outs, out_masks):
-                values[k] = v
-                mask_of[k] = mk
+                x, m = values[ins[0]], mask_of[ins[0]]
+            if states:
+                out_values, out_masks = op.run(x, m, num_threads, initial_state=[values[i] for i in states], **options)
+            else:
+                out_values, out_masks = op.run(x, m, num_threads, **options)
+            if not keep_all:
+                for i in free:
+                    values[i] = mask_of[i] = None
+            for i, v, mk in zip(outs, out_values, out_masks):
+                values[i] = v
+                mask_of[i] = mk
         if keep_all:
-            return values, mask_of
-        return (map_structure(lambda k: values[k], self.outputs), map_structure(lambda k: mask_of[k], self.outputs))
+            return {k: values[i] for k, i in self._slot.items()}, {k: mask_of[i] for k, i in self._slot.items()}
+        if self._one_output is not None:
+            return values[self._one_output], mask_of[self._one_output]
+        if self._flat_outputs is not None:
+            return [values[i] for i in self._flat_outputs], [mask_of[i] for i in self._flat_outputs]
+        slot = self._slot
+        return (
+            map_structure(lambda k: values[slot[k]], self.outputs),
+            map_structure(lambda k: mask_of[slot[k]], self.outputs),
+        )
 
 
 def leaves(s):

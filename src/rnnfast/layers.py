@@ -34,7 +34,7 @@ from typing import Optional
 
 import numpy as np
 
-from . import _kernels, _plan, _quant, cells
+from . import _kernels, _plan, _products, _quant, cells
 from ._plan import BATCH_FIRST_MIN_ROWS
 from ._threads import blas_single_threaded, resolve_num_threads
 from ._validation import as_input, as_lengths, as_mask, as_numeric, as_state, compute_dtype, integer_option
@@ -417,8 +417,8 @@ class RNNLayer:
     def _pack(self):
         """The packed copies of ``_W`` and ``_U``, made once per layer (and again when a
         pickled layer arrives): the input projection reads W packed where that beats
-        BLAS (``packed_projection``); the per-step product of the cells that run it on
-        packed weights reads U packed in panels."""
+        BLAS (``packed_projection``), and always in a reduced precision; the per-step
+        product of the cells that run it on packed weights reads U packed in panels."""
         G = self.cell_spec.num_gates
         D = self._W.shape[0]
         plain = self._kernel.packed and self._Wr.shape[1] == 0
@@ -436,10 +436,14 @@ class RNNLayer:
                 reset_before=self._kernel.code == _kernels.RNN_CELL_GRU_RB,
                 given=self._int8_given() if self.precision == "int8" else None,
             )
-            float_w = packed_w and not reduced_input
+            # a float32 input projection runs on the packed W on every ISA, never BLAS (whose
+            # sums depend on the ISA and on the rows of the call): the whole call, a stream
+            # and any batch give the same bits, as the state's rounding to bf16 can turn a
+            # last-bit difference into a bf16 step (about 1e-4)
+            float_w = not reduced_input
             self._Wp = _frozen(_kernels.pack_blocks(self._W, G, self._ncb) if float_w else np.zeros((D, 0), self.dtype))
             self._Up = _frozen(np.zeros((D, 0), self.dtype))
-            self._uses_blas = not reduced_input and not packed_w
+            self._uses_blas = False
             return
         self._q = None
         self._Wp = _frozen(_kernels.pack_blocks(self._W, G, self._ncb) if packed_w else np.zeros((D, 0), self.dtype))
@@ -774,6 +778,13 @@ class Dense:
         if activation != "softmax":
             _activation_code(activation, "activation")
         self.activation = activation or "linear"
+        self._packed: Optional[np.ndarray] = None  # the kernel packed (rnnfast._products), on first use
+
+    def __getstate__(self):
+        """Pickled without the packed kernel (packed again on first use)."""
+        state = dict(self.__dict__)
+        state.pop("_packed", None)
+        return state
 
     def __setstate__(self, state):
         """Unpickled: the weights read-only again, as loaded."""
@@ -783,19 +794,19 @@ class Dense:
                 state[k] = _frozen(_usable(v))
         self.__dict__.update(state)
 
-    def forward(self, x):
-        """``x``: (..., I) -> (..., N)."""
+    def forward(self, x, *, num_threads=None):
+        """``x``: (..., I) -> (..., N), on the core's product (rnnfast._products:
+        ``num_threads`` as in :meth:`RNNLayer.forward`; the results do not depend on it)."""
         x = np.asarray(as_numeric(x, "input"), dtype=self.dtype)
         if x.shape[-1] != self.kernel.shape[0]:
             raise ValueError("Dense expects %d input features, got shape %s" % (self.kernel.shape[0], x.shape))
-        y = np.matmul(x, self.kernel)
-        if self.bias is not None:
-            y += self.bias
+        packed = getattr(self, "_packed", None)
+        if packed is None:
+            packed = self._packed = _products.pack(self.kernel)
+        act = -1 if self.activation in ("linear", "softmax") else ACTIVATIONS[self.activation]
+        y = _products.dense(x, packed, self.kernel.shape[1], self.bias, act, num_threads)
         if self.activation == "softmax":
             return softmax(y, out=y)
-        if self.activation != "linear":
-            y = np.ascontiguousarray(y)
-            _activate(ACTIVATIONS[self.activation], y.reshape(-1))
         return y
 
     __call__ = forward

@@ -146,7 +146,7 @@ class Sequential(ReducedPrecision, Summarized):
                         raise ValueError("merge_mode=None gives two outputs: it must be the last layer")
                     return y
             else:
-                y = layer.forward(y)
+                y = layer.forward(y, num_threads=num_threads)
         return y
 
     # -- describing itself ------------------------------------------------------------

@@ -27,6 +27,7 @@ import numpy as np
 from . import _validation
 from . import stream as _stream
 from ._progress import run_batched
+from ._special import erf
 from ._summary import Summarized
 from .errors import UnsupportedLayerError
 from .graph import TRUE, leaves, map_structure, mask_or
@@ -55,8 +56,6 @@ def _log_softmax(x):
 
 
 def _gelu(x):
-    from scipy.special import erf
-
     return 0.5 * x * (1 + erf(x / np.sqrt(x.dtype.type(2))))
 
 
@@ -171,7 +170,7 @@ class _Node:
         return [None] * self.num_outputs
 
     def _cast(self, x):
-        if np.issubdtype(x.dtype, np.floating) and x.dtype != self.dtype:
+        if x.dtype != self.dtype and x.dtype.kind == "f":
             return x.astype(self.dtype)
         return x
 
@@ -444,7 +443,7 @@ class DenseNode(_Node):
         return [d.kernel.copy()] + ([d.bias.copy()] if d.bias is not None else [])
 
     def run(self, x, mask, num_threads=None):
-        y = self.dense.forward(self._cast(x))
+        y = self.dense.forward(self._cast(x), num_threads=num_threads)
         if self.activation is not None:
             y = keras_activation(self.activation, y)
         return [y], [mask]
@@ -563,6 +562,7 @@ class TimeDistributedNode(_Node):
         super().__init__(name, "TimeDistributed", inner.dtype)
         self.inner = inner
         self.per_step = bool(per_step)
+        self.takes_ids = inner.takes_ids  # a wrapped model taking ids: (batch, time, steps) ids
 
     def run(self, x, mask, num_threads=None):
         if x.ndim < 3:
@@ -576,7 +576,9 @@ class TimeDistributedNode(_Node):
         b = _swap(x)  # batch-major (B, T, ...)
         B, T = b.shape[:2]
         slices = np.ascontiguousarray(b).reshape((B * T,) + b.shape[2:])
-        outs, _ = self.inner.run(_swap(slices), None, num_threads)
+        # the inner layer's input time-major: ids (steps, B*T) as well as sequences
+        inner_x = np.ascontiguousarray(slices.T) if self.takes_ids else _swap(slices)
+        outs, _ = self.inner.run(inner_x, None, num_threads)
         y = _batch_major(outs[0])
         y = _swap(y.reshape((B, T) + y.shape[1:]))
         return [np.ascontiguousarray(y)], [mask if y.ndim == 3 else None]
@@ -1229,6 +1231,7 @@ class KerasModel(ReducedPrecision, Summarized):
         ]
         for spec in self._inputs:
             spec["declared"] = _declared(spec.get("declared"), spec["shape"])
+            spec["taken_shapes"] = set()  # shapes (past the batch) the fast path of predict takes
         self.input_names = [spec["name"] for spec in self._inputs]
         self.name = name
         self.keras_version = keras_version
@@ -1290,6 +1293,10 @@ class KerasModel(ReducedPrecision, Summarized):
             return _stream.stateful_predict(
                 self, self._validated(x), batch_size, num_threads, self._stateful_program, self._fixed_batch
             )
+        if batch_size is None and (verbose == "auto" or not verbose):
+            xs = self._as_taken(x)
+            if xs is not None:  # arrays already as the model takes them: one pass, no copies
+                return self._run(xs, num_threads)
         return self._predict_from_zero(x, batch_size, verbose, num_threads)
 
     def _predict_from_zero(self, x, batch_size=None, verbose=0, num_threads=None):
@@ -1576,6 +1583,44 @@ class KerasModel(ReducedPrecision, Summarized):
             raise ValueError("%s: the inputs have different batch sizes %s" % (self._what(), [a.shape[0] for a in out]))
         return out
 
+    def _as_taken(self, x):
+        """``x`` as a list of inputs when every one is already what :meth:`_validated`
+        would make of it (a C-contiguous NumPy array of the input's dtype -- signed
+        integer ids, made int64 -- and shape, at least one time step, one batch size),
+        else None: the per-call fast path, a few attribute reads instead of the checks
+        and casts."""
+        n = len(self._inputs)
+        if n == 1:
+            if type(x) is not np.ndarray:
+                return None
+            xs = [x]
+        elif type(x) is list and len(x) == n:
+            xs = x
+        else:
+            return None
+        B = None
+        taken = []
+        for spec, a in zip(self._inputs, xs):
+            if type(a) is not np.ndarray or not a.flags.c_contiguous:
+                return None
+            if spec["integer"] and a.dtype.kind == "i":
+                a = a.astype(np.int64, copy=False)  # as _validation.as_ids makes signed ids
+            elif a.dtype != spec["dtype"] or spec["integer"]:
+                return None
+            shape = a.shape
+            if shape[1:] not in spec["taken_shapes"]:
+                if len(shape) != len(spec["shape"]) or (len(shape) > 1 and shape[1] == 0):
+                    return None
+                if any(w is not None and w != g for w, g in zip(spec["shape"][1:], shape[1:])):
+                    return None
+                spec["taken_shapes"].add(shape[1:])  # checked once per shape
+            if B is None:
+                B = shape[0]
+            elif shape[0] != B:
+                return None
+            taken.append(a)
+        return taken
+
     def _run(self, parts, num_threads):
         feeds = []
         for spec, x in zip(self._inputs, parts):
@@ -1583,6 +1628,8 @@ class KerasModel(ReducedPrecision, Summarized):
                 x = np.ascontiguousarray(np.swapaxes(x, 0, 1))  # time-major
             feeds.append(x)
         values, _ = self._graph.run(feeds, num_threads)
+        if type(values) is list and all(type(v) is np.ndarray for v in values):
+            return [_batch_major(v) for v in values]
         return map_structure(_batch_major, values)
 
     def __getstate__(self):
@@ -1823,6 +1870,7 @@ class MultiHeadAttentionNode(_Node):
                 gate=w.get("gate"),
                 large_negative=self.large_negative,
                 zero_masked=self.zero_masked,
+                num_threads=num_threads,
             )
         return [np.ascontiguousarray(_swap(np.asarray(y, dtype=self.dtype)))], [q_mask]
 
@@ -1847,11 +1895,8 @@ class GraphNode(_Node):
                 "layer",
                 "wrapped model %r: rnnfast distributes models of one input and one output" % name,
             )
-        if model._integer_input:
-            raise UnsupportedLayerError(
-                "TimeDistributed", "layer", "wrapped model %r takes integer ids (an Embedding first)" % name
-            )
         self.model = model
+        self.takes_ids = model._integer_input  # an Embedding first: slices of ids
 
     def get_weights(self):
         return self.model.get_weights()

@@ -22,8 +22,10 @@ import threading
 
 import numpy as np
 
-from . import _validation
+from . import _onnx_stream, _validation
+from . import stream as _stream
 from ._progress import run_batched
+from ._special import erf
 from ._summary import Summarized
 from .graph import Graph
 from .layers import apply_activation, softmax
@@ -48,6 +50,8 @@ ONNX_DTYPES: dict[int, tuple[np.dtype, str]] = {
     13: (np.dtype(np.uint64), "tensor(uint64)"),
 }
 
+#: What a failed load-time run raises (a kernel's refusal of the shapes it met).
+PROBE_ERRORS = (ValueError, TypeError, IndexError, KeyError, AttributeError, ZeroDivisionError, OverflowError)
 #: Distinct input-shape signatures whose shape arithmetic a model keeps.
 SHAPE_CACHE_SIZE = 64
 #: The size the load-time run gives a symbolic dimension past the first (batch) axis.
@@ -87,6 +91,8 @@ class OnnxOp:
     protocol (:mod:`rnnfast.graph`) with ``multi_input``."""
 
     multi_input = True
+    #: An LSTM / GRU / RNN node (:class:`RecurrentOp`): state a stream carries.
+    recurrent = False
     #: (type, units, options) for the summary table; parameters as ONNX counts them
     #: (the elements of the node's constant inputs).
     units = ""
@@ -138,6 +144,10 @@ class FnOp(OnnxOp):
         self.kernel = kernel or op_type
         if self.kernel not in KERNELS:
             raise KeyError(self.kernel)
+        if op_type in ("Squeeze", "Unsqueeze") and len(self.slots) > 1 and self.slots[1] is not None:
+            if self.slots[1][0] == "const":  # constant axes (opset 13 on): read once, here
+                self.attrs["axes"] = _ints(self.slots[1][1])
+                self.slots[1] = None
 
     def compute(self, args, num_threads):
         out = KERNELS[self.kernel](args, self.attrs)
@@ -159,6 +169,8 @@ class RecurrentOp(OnnxOp):
     Slots: ``X``, ``sequence_lens``, ``initial_h``, ``initial_c`` (the weights are in
     the layer). ``outputs``: which of ``Y``, ``Y_h``, ``Y_c`` the graph reads.
     """
+
+    recurrent = True
 
     def __init__(self, op_type, name, slots, layer, *, layout, outputs):
         super().__init__(op_type, name, slots, len(outputs))
@@ -429,7 +441,7 @@ def _squeeze(args, a):
         axes = _ints(args[1])
     if axes is None:
         return np.squeeze(x)
-    return np.squeeze(x, axis=tuple(_axis(v, x.ndim) for v in axes))
+    return np.squeeze(x, axis=tuple(axes))  # (numpy checks them as ONNX does: in range, of size 1)
 
 
 def _unsqueeze(args, a):
@@ -437,10 +449,7 @@ def _unsqueeze(args, a):
     axes = a.get("axes")
     if len(args) > 1 and args[1] is not None:
         axes = _ints(args[1])
-    n = x.ndim + len(axes)
-    for v in sorted(_axis(v, n) for v in axes):
-        x = np.expand_dims(x, v)
-    return x
+    return np.expand_dims(x, tuple(axes))  # (axes of the output, negative from its end; repeats refused)
 
 
 def _reshape(args, a):
@@ -522,6 +531,38 @@ def _gather(args, a):
         raise ValueError("Gather %r: index out of range [%d, %d)" % (a["_name"], -n, n)) from None
 
 
+def _split_to_sequence(args, a):
+    """A sequence (a list of arrays): ``x`` cut along ``axis`` in pieces of 1 (the axis
+    dropped unless ``keepdims``), of ``split`` each (a scalar: the last piece may be
+    shorter) or of the sizes ``split`` lists."""
+    x = args[0]
+    axis = _axis(a["axis"], x.ndim)
+    n = x.shape[axis]
+    split = args[1] if len(args) > 1 else None
+    if split is None:
+        parts = np.split(x, n, axis=axis) if n else []
+        return [parts if a["keepdims"] else [np.squeeze(p, axis) for p in parts]]
+    s = np.asarray(split)
+    if s.ndim == 0:
+        k = int(s)
+        if k <= 0:
+            raise ValueError("SplitToSequence %r: split %d" % (a["_name"], k))
+        sizes = [min(k, n - i) for i in range(0, n, k)]
+    else:
+        sizes = _ints(s)
+        if sum(sizes) != n or any(v < 0 for v in sizes):
+            raise ValueError("SplitToSequence %r: parts %s do not add up to %d" % (a["_name"], sizes, n))
+    return [np.split(x, np.cumsum(sizes)[:-1], axis=axis) if sizes else []]
+
+
+def _sequence_at(args, a):
+    seq, pos = args
+    p, n = _i(pos), len(seq)
+    if not -n <= p < n:
+        raise ValueError("SequenceAt %r: position %d of a sequence of %d tensors" % (a["_name"], p, n))
+    return seq[p]
+
+
 def _constant_of_shape(args, a):
     shape = _ints(args[0])
     if any(d < 0 for d in shape):
@@ -594,9 +635,7 @@ def _gelu(args, a):
 
 
 def _erf(x):
-    from scipy.special import erf
-
-    return erf(x).astype(x.dtype)
+    return erf(x)
 
 
 def _softplus(x):
@@ -729,6 +768,8 @@ KERNELS = {
     "Shape": _shape,
     "Size": lambda args, a: np.asarray(args[0].size, np.int64),
     "Gather": _gather,
+    "SplitToSequence": _split_to_sequence,
+    "SequenceAt": _sequence_at,
     "ConstantOfShape": _constant_of_shape,
     "Expand": _expand,
     "Tile": _tile,
@@ -877,6 +918,27 @@ class OnnxModel(Summarized):
         """``model(x)``: :meth:`predict`."""
         return self._predict(x, num_threads)
 
+    # -- streaming (rnnfast.stream) ---------------------------------------------------
+
+    def stream(self):
+        """A new :class:`~rnnfast.stream.Stream` at the start of a sequence: every
+        recurrent node's state (``stream.state``: ``{node name: [h] or [h, c]}``).
+
+        For a model of one input, ``(batch, time, features)`` or ``(batch, time)`` ids in
+        any axis order, whose recurrent nodes run forward and whose other ops act on each
+        step alone (or read the last step); anything else is refused here with
+        :class:`~rnnfast.UnsupportedLayerError` naming the node."""
+        return _stream.open_stream(self, lambda: _onnx_stream.OnnxProgram(self))
+
+    def step(self, x, stream, *, num_threads=None):
+        """Run the next steps of one stream (``x``: ``(time, features)`` or ``(time,)``
+        ids), or of many in one batched call (lists of chunks and streams). Returns each
+        output for these steps: ``(time, features)`` for an output with a time axis,
+        ``(features,)`` for one without (the output as if the sequence ended with the
+        chunk); other axes flattened into the features. Several outputs: a list. See
+        :meth:`rnnfast.KerasModel.step`."""
+        return _stream.step(self, x, stream, num_threads)
+
     # -- running ----------------------------------------------------------------------
 
     def _validated(self, spec, x):
@@ -895,6 +957,17 @@ class OnnxModel(Summarized):
         return np.ascontiguousarray(a, dtype=dt)
 
     def _run(self, feeds, num_threads):
+        out = self._values(feeds, num_threads)
+        # outputs the caller owns: never the caller's own input, a view of it, or a cached value
+        return [
+            np.array(v, copy=True)
+            if isinstance(v, np.ndarray) and any(np.may_share_memory(v, f) for f in feeds)
+            else _contiguous(v)
+            for v in out
+        ]
+
+    def _values(self, feeds, num_threads):
+        """The outputs as the ops leave them (views, cached arrays)."""
         sig = tuple((a.shape, a.dtype.str) for a in feeds)
         cached = self._shape_cache.get(sig)
         with np.errstate(all="ignore"):
@@ -906,29 +979,27 @@ class OnnxModel(Summarized):
                     res = [values[k] for k in self._graph.outputs]
                 else:  # the graph's outputs are the model's, then the shape results (the rest is freed)
                     res, _ = self._graph.run(feeds, num_threads)
-                out, cached = res[:n], [_frozen(np.asarray(v)) for v in res[n:]]
+                out, cached = res[:n], [v if isinstance(v, list) else _frozen(np.asarray(v)) for v in res[n:]]
                 with self._lock:
                     if len(self._shape_cache) >= SHAPE_CACHE_SIZE:
                         self._shape_cache.pop(next(iter(self._shape_cache)))
                     self._shape_cache[sig] = cached
             else:
                 out = self._run_data(list(feeds) + list(cached), num_threads)
-        # outputs the caller owns: never the caller's own input, a view of it, or a cached value
-        return [
-            np.array(v, copy=True)
-            if isinstance(v, np.ndarray) and any(np.may_share_memory(v, f) for f in feeds)
-            else _contiguous(v)
-            for v in out
-        ]
+        return out
+
+    def _compiled(self):
+        """The data graph as :func:`_compile` gives it (made on the first call)."""
+        prog = self.__dict__.get("_program")
+        if prog is None:
+            prog = self._program = _compile(self._data)
+        return prog
 
     def _run_data(self, feeds, num_threads):
         """The data graph (:attr:`_data`) run as a list of steps over a list of tensors:
         what :meth:`Graph.run <rnnfast.graph.Graph.run>` does, without its dicts and
         masks (an ONNX graph carries none), for the per-call overhead at small sizes."""
-        prog = self.__dict__.get("_program")
-        if prog is None:
-            prog = self._program = _compile(self._data)
-        steps, n, outputs = prog
+        steps, n, outputs = self._compiled()
         vals = list(feeds) + [None] * (n - len(feeds))
         for op, ins, outs, free in steps:
             res = op.compute(op.args([vals[i] for i in ins]), num_threads)
@@ -938,10 +1009,10 @@ class OnnxModel(Summarized):
                 vals[i] = v
         return [vals[i] for i in outputs]
 
-    def _example_feed(self):
+    def _example_feed(self, steps=PROBE_STEPS):
         """Zeros of every input's declared shape, a symbolic or unknown dimension taken
-        as 1 for the first axis and :data:`PROBE_STEPS` elsewhere (one value per
-        symbol: dimensions that share a name share a size)."""
+        as 1 for the first axis and ``steps`` elsewhere (one value per symbol:
+        dimensions that share a name share a size)."""
         sizes: dict = {}
         feed: dict = {}
         for s in self._inputs:
@@ -950,25 +1021,37 @@ class OnnxModel(Summarized):
                 if isinstance(d, int):
                     shape.append(d)
                 elif isinstance(d, str):
-                    shape.append(sizes.setdefault(d, 1 if i == 0 else PROBE_STEPS))
+                    shape.append(sizes.setdefault(d, 1 if i == 0 else steps))
                 else:
-                    shape.append(1 if i == 0 else PROBE_STEPS)
+                    shape.append(1 if i == 0 else steps)
             feed[s["name"]] = np.zeros(shape, s["dtype"])
         return feed
 
     def _probe(self):
-        """Run once on zeros (:meth:`_example_feed`): ops that do not fit together are
-        found at load, and with every input's shape fixed the shape arithmetic is done
-        here. The recurrent ops only check their shapes in this run
-        (:attr:`RecurrentOp.dry`): loading costs no inference."""
+        """Run once on zeros (:meth:`_example_feed`): with every input's shape fixed,
+        ops that do not fit together are found at load and the shape arithmetic is
+        done here. The recurrent ops only check their shapes in this run
+        (:attr:`RecurrentOp.dry`): loading costs no inference.
+
+        Symbolic dimensions are a guess (different names may have to be one size, or
+        sizes a guess cannot know): the guess is tried with :data:`PROBE_STEPS` and with
+        1 for every symbol, and where neither fits, the model loads and its first call
+        checks the shapes it is given."""
         if not all(s.get("ranked", True) for s in self._inputs):
             return  # an input of no declared shape: nothing to run it on
-        feed = self._example_feed()
+        fixed = all(isinstance(d, int) for s in self._inputs for d in s["shape"])
         ops = [op for op in self.layers if isinstance(op, RecurrentOp)]
         for op in ops:
             op.dry = True  # (the model is not shared yet)
         try:
-            self._run([feed[n] for n in self.input_names], 1)
+            for steps in (PROBE_STEPS,) if fixed else (PROBE_STEPS, 1):
+                feed = self._example_feed(steps)
+                try:
+                    self._values([feed[n] for n in self.input_names], 1)
+                    return
+                except PROBE_ERRORS:
+                    if fixed:
+                        raise
         finally:
             for op in ops:
                 op.dry = False

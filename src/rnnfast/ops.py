@@ -1,8 +1,9 @@
 """Canonical non-recurrent ops on batch-major numpy arrays, each with a float64
 reference written like the definition next to it (``*_reference``).
 
-The fast forms are vectorised numpy: a 1-D convolution is one GEMM (BLAS) per group on
-a strided im2col view of the padded input; poolings reduce a strided window view;
+The fast forms are vectorised numpy around the core's products (rnnfast._products:
+rnnfast's own threads, never NumPy's BLAS): a 1-D convolution is one product per group
+on a strided im2col view of the padded input; poolings reduce a strided window view;
 normalisations are a few whole-array passes (a batch normalisation is folded into one
 affine at load). No Python loop runs per time step; the references may.
 
@@ -11,6 +12,8 @@ Shapes: sequences are ``(batch, steps, channels)`` here (channels last).
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
+
+from ._products import matmul
 
 __all__ = [
     "conv_padding",
@@ -52,10 +55,11 @@ def _windows(x, kernel_size, stride, dilation):
     return as_strided(x, (B, n, kernel_size, C), (s0, s1 * stride, s1 * dilation, s2), writeable=False)
 
 
-def conv1d(x, kernel, bias=None, *, stride=1, dilation=1, padding=(0, 0), groups=1):
+def conv1d(x, kernel, bias=None, *, stride=1, dilation=1, padding=(0, 0), groups=1, num_threads=None):
     """1-D convolution (cross-correlation, as Keras): ``x`` (B, T, Cin), ``kernel``
     (k, Cin/groups, Cout), ``bias`` (Cout,) or None, ``padding`` (left, right) zeros.
-    Returns (B, T_out, Cout) in ``x``'s dtype: per group one GEMM of the im2col view."""
+    Returns (B, T_out, Cout) in ``x``'s dtype: per group one product of the im2col view
+    (``num_threads``: as in :meth:`rnnfast.layers.RNNLayer.forward`)."""
     k, cin_g, cout = kernel.shape
     if padding != (0, 0):
         x = np.pad(x, ((0, 0), tuple(padding), (0, 0)))
@@ -69,16 +73,15 @@ def conv1d(x, kernel, bias=None, *, stride=1, dilation=1, padding=(0, 0), groups
     cout_g = cout // groups
     if groups == 1:
         cols = w.reshape(B * n, k * C)  # copies once: the im2col matrix
-        y = cols @ kernel.reshape(k * C, cout)
+        y = matmul(cols, kernel.reshape(k * C, cout), bias, num_threads)
     else:
         y = np.empty((B * n, cout), dtype=x.dtype)
         for g in range(groups):
             cols = w[..., g * cin_g : (g + 1) * cin_g].reshape(B * n, k * cin_g)
-            y[:, g * cout_g : (g + 1) * cout_g] = cols @ kernel[:, :, g * cout_g : (g + 1) * cout_g].reshape(
-                k * cin_g, cout_g
+            part = kernel[:, :, g * cout_g : (g + 1) * cout_g].reshape(k * cin_g, cout_g)
+            y[:, g * cout_g : (g + 1) * cout_g] = matmul(
+                cols, part, None if bias is None else bias[g * cout_g : (g + 1) * cout_g], num_threads
             )
-    if bias is not None:
-        y += bias
     return y.reshape(B, n, cout)
 
 
@@ -180,14 +183,14 @@ def unit_norm_reference(x, axis=-1, epsilon=1e-12):
 # -- multi-head attention ----------------------------------------------------------------------
 
 
-def _head_projection(x, kernel, bias):
-    """``x`` (B, T, D) by ``kernel`` (D, N, d) (+ ``bias`` (N, d)) -> (B, N, T, d): one GEMM."""
+def _head_projection(x, kernel, bias, num_threads=None):
+    """``x`` (B, T, D) by ``kernel`` (D, N, d) (+ ``bias`` (N, d)) -> (B, N, T, d): one product."""
     B, T, D = x.shape
     _, N, d = kernel.shape
-    y = (x.reshape(B * T, D) @ kernel.reshape(D, N * d)).reshape(B, T, N, d)
-    if bias is not None:
-        y += bias
-    return y.transpose(0, 2, 1, 3)
+    y = matmul(
+        x.reshape(B * T, D), kernel.reshape(D, N * d), None if bias is None else bias.reshape(N * d), num_threads
+    )
+    return y.reshape(B, T, N, d).transpose(0, 2, 1, 3)
 
 
 def _softmax_last(s):
@@ -198,7 +201,23 @@ def _softmax_last(s):
 
 
 def multi_head_attention(
-    query, value, key, wq, bq, wk, bk, wv, bv, wo, bo, *, valid=None, gate=None, large_negative=-1e9, zero_masked=False
+    query,
+    value,
+    key,
+    wq,
+    bq,
+    wk,
+    bk,
+    wv,
+    bv,
+    wo,
+    bo,
+    *,
+    valid=None,
+    gate=None,
+    large_negative=-1e9,
+    zero_masked=False,
+    num_threads=None,
 ):
     """Keras' ``MultiHeadAttention`` on batch-major sequences, in ``query``'s dtype.
 
@@ -223,6 +242,9 @@ def multi_head_attention(
     zero_masked : bool
         Set the weights of the pairs that are not ``valid`` to zero after the softmax
         (Keras 3's explicit path: a query step with none valid attends to nothing).
+    num_threads : int, optional
+        Threads of the products (rnnfast._products), as in
+        :meth:`rnnfast.layers.RNNLayer.forward`; the results do not depend on it.
 
     Returns
     -------
@@ -230,23 +252,21 @@ def multi_head_attention(
     """
     dt = query.dtype
     dk = wq.shape[2]
-    q = _head_projection(query, wq, bq) * dt.type(1 / np.sqrt(dk))
-    k = _head_projection(key, wk, bk)
-    v = _head_projection(value, wv, bv)
-    scores = np.matmul(q, k.transpose(0, 1, 3, 2))  # (B, N, Tq, Tv)
+    q = _head_projection(query, wq, bq, num_threads) * dt.type(1 / np.sqrt(dk))
+    k = _head_projection(key, wk, bk, num_threads)
+    v = _head_projection(value, wv, bv, num_threads)
+    scores = matmul(q, k.transpose(0, 1, 3, 2), num_threads=num_threads)  # (B, N, Tq, Tv)
     if valid is not None:
         scores += np.where(valid, dt.type(0), dt.type(large_negative))[:, None]
     a = _softmax_last(scores)
     if zero_masked and valid is not None:
         a *= np.asarray(valid, dt)[:, None]
-    o = np.matmul(a, v).transpose(0, 2, 1, 3)  # (B, Tq, N, dv)
+    o = matmul(a, v, num_threads=num_threads).transpose(0, 2, 1, 3)  # (B, Tq, N, dv)
     if gate is not None:
-        g = _head_projection(query, gate[0], gate[1]).transpose(0, 2, 1, 3)
+        g = _head_projection(query, gate[0], gate[1], num_threads).transpose(0, 2, 1, 3)
         o = o * (dt.type(0.5) * (np.tanh(dt.type(0.5) * g) + dt.type(1)))
     B, Tq, N, dv = o.shape
-    y = np.ascontiguousarray(o).reshape(B * Tq, N * dv) @ wo.reshape(N * dv, -1)
-    if bo is not None:
-        y += bo
+    y = matmul(np.ascontiguousarray(o).reshape(B * Tq, N * dv), wo.reshape(N * dv, -1), bo, num_threads)
     return y.reshape(B, Tq, -1)
 
 

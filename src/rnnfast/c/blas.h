@@ -1,7 +1,11 @@
 /*
- * blas.h -- the one BLAS shim: row-major products on top of the Fortran BLAS that
- * SciPy ships (scipy.linalg.cython_blas). _kernels.pyx hands the four routines over
- * when it is imported (rnn_blas_init); the engine calls RNN_TNAME(gemm_rm).
+ * blas.h -- the one BLAS shim: row-major products on top of a Fortran BLAS, the
+ * OpenBLAS of the scipy-openblas32 wheel (32-bit integers, symbols scipy_sgemm_, ...).
+ * rnnfast._threads.load_kernels opens that library at import and hands the four
+ * routines' addresses over (_kernels._set_blas -> rnn_blas_init); nothing links
+ * against it, so the wheel neither vendors it nor needs it at build time. The engine
+ * calls RNN_TNAME(gemm_rm), always from inside its own parallel region, with the
+ * library held to one thread (rnnfast._threads.blas_single_threaded).
  *
  * Row-major C (M x N) = alpha * A (M x K) @ B (K x N) + beta * C is, read
  * column-major, C^T = B^T A^T: the same memory, so column-major BLAS is called with

@@ -117,6 +117,24 @@ typedef struct {
                                  * caller sorts nothing but the states and the mask; or NULL */
 } rnn_buffers;
 
+/* The products outside the recurrent layers (products.template.h): for g = (g1, g2),
+ * g1 < G1, g2 < G2, C_g = act(bias + A_g B_g). Offsets and strides count elements of
+ * the dtype. */
+typedef struct {
+    rnn_dtype dtype;
+    long G1, G2;                /* the batch of products, two levels (attention: batch, head) */
+    long M, N, K;               /* each: (M x K) (K x N) */
+    const void *A;              /* A_g at A + g1*sa1 + g2*sa2: M rows lda apart, K contiguous */
+    long sa1, sa2, lda;
+    const void *B;              /* B_g at B + g1*sb1 + g2*sb2: element (k, j) at k*ldb + j*cb */
+    long sb1, sb2, ldb, cb;     /* (sb1 = sb2 = 0: one B for every g) */
+    const void *Bp;             /* or one B packed (layout.h: rnn_packed_size(K, N)), or NULL */
+    const void *bias;           /* (N,), or NULL */
+    int act;                    /* an RNN_ACT_* code applied to C's rows, or -1 */
+    void *C;                    /* C_g at C + g1*sc1 + g2*sc2: M rows ldc apart, N contiguous */
+    long sc1, sc2, ldc;
+} rnn_products;
+
 /* The cells' properties, from the cell list (cells.def.h). */
 static const struct {
     const char *name;           /* its CODE: "GRU" for RNN_CELL_GRU */
@@ -197,10 +215,12 @@ static inline long rnn_proj_rows(long R, long nrb)
 #define TYPE float
 #include "common.template.h"
 #include "engine.template.h"
+#include "products.template.h"
 #undef TYPE
 #define TYPE double
 #include "common.template.h"
 #include "engine.template.h"
+#include "products.template.h"
 #undef TYPE
 
 /* Run one layer call; branches on the dtype here, once. Returns an rnn_status. */
@@ -210,6 +230,14 @@ static int rnn_layer_forward(const rnn_shape *shape, const rnn_plan *plan,
     if (shape->dtype == RNN_FLOAT64)
         return rnn_layer_forward_d(shape, plan, weights, buffers);
     return rnn_layer_forward_f(shape, plan, weights, buffers);
+}
+
+/* Run the products of pr on nth threads at most. Returns an rnn_status. */
+static int rnn_run_products(const rnn_products *pr, int nth)
+{
+    if (pr->dtype == RNN_FLOAT64)
+        return rnn_products_d(pr, nth);
+    return rnn_products_f(pr, nth);
 }
 
 #endif /* RNNFAST_ENGINE_H */

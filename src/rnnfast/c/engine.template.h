@@ -323,7 +323,9 @@ static int RNN_TNAME(run_items)(const RNN_TNAME(call) *c)
     const rnn_plan *p = &c->p;
     long T = s->T, B = s->B, GH = c->GH, chunk = p->chunk, bb = p->bb;
     long nbb = (B + bb - 1) / bb, nitems = s->ndir * nbb;
-    long ch, s0, s1, R, nrb, rb, ntask, task, item, others = 0, total = 0;
+    long ch, s0, s1, R, nrb, rb, ntask, task, item;
+    long long t_call, t_in = 0, t_own = 0;
+    rnn_team_clock clk = {0, 0, 0};
     int err = 0;
     TYPE *xp = (TYPE *)malloc((size_t)(s->ndir * chunk * B * GH) * sizeof(TYPE));
     unsigned char *seen = (unsigned char *)calloc((size_t)(s->ndir * B), 1);
@@ -337,26 +339,49 @@ static int RNN_TNAME(run_items)(const RNN_TNAME(call) *c)
         rb = rnn_proj_rows(R, nrb);
         ntask = s->ndir * nrb;
         /* (1) the input projection of this chunk's steps, every direction */
-        RNN_OMP(parallel for schedule(dynamic) num_threads(p->num_threads))
-        for (task = 0; task < ntask; task++) {
-            long d = task / nrb, r0 = (task % nrb) * rb, r1 = r0 + rb < R ? r0 + rb : R;
-            long tlo = (d == 1 || s->reverse_first) ? T - s1 : s0;
-            if (r0 < r1)
-                RNN_TNAME(item_project)(c, d, tlo, r0, r1, xp + d * chunk * B * GH);
+        t_call = rnn_now_ns();
+        RNN_OMP(parallel num_threads(p->num_threads))
+        {
+            long long b0 = rnn_now_ns();
+            if (omp_get_thread_num() == 0)
+                t_in = b0;
+            RNN_OMP(for schedule(dynamic) nowait)
+            for (task = 0; task < ntask; task++) {
+                long d = task / nrb, r0 = (task % nrb) * rb, r1 = r0 + rb < R ? r0 + rb : R;
+                long tlo = (d == 1 || s->reverse_first) ? T - s1 : s0;
+                if (r0 < r1)
+                    RNN_TNAME(item_project)(c, d, tlo, r0, r1, xp + d * chunk * B * GH);
+            }
+            b0 = rnn_now_ns() - b0;
+            rnn_team_clock_work(&clk, b0);
+            if (omp_get_thread_num() == 0)
+                t_own = t_in + b0;
         }
-        /* (2) the recurrence over this chunk, every (direction, batch block) */
-        RNN_OMP(parallel for schedule(dynamic) num_threads(p->num_threads) reduction(+:err, others))
-        for (item = 0; item < nitems; item++) {
-            long d = item / nbb, b0 = (item % nbb) * bb, nb = b0 + bb <= B ? bb : B - b0;
-            err += RNN_TNAME(item_run)(c, d, b0, nb, s0, s1, xp + d * chunk * B * GH,
-                                       seen + d * B + b0);
-            others += omp_get_thread_num() != 0;
+        rnn_team_clock_add(&clk, t_call, t_in, t_own);
+        /* (2) the recurrence over this chunk, every (direction, batch block): a thread
+         * per item at most (a partner with no item would only be woken and joined) */
+        t_call = rnn_now_ns();
+        RNN_OMP(parallel num_threads(nitems < p->num_threads ? nitems : p->num_threads) reduction(+:err))
+        {
+            long long b0 = rnn_now_ns();
+            if (omp_get_thread_num() == 0)
+                t_in = b0;
+            RNN_OMP(for schedule(dynamic) nowait)
+            for (item = 0; item < nitems; item++) {
+                long d = item / nbb, b0 = (item % nbb) * bb, nb = b0 + bb <= B ? bb : B - b0;
+                err += RNN_TNAME(item_run)(c, d, b0, nb, s0, s1, xp + d * chunk * B * GH,
+                                           seen + d * B + b0);
+            }
+            b0 = rnn_now_ns() - b0;
+            rnn_team_clock_work(&clk, b0);
+            if (omp_get_thread_num() == 0)
+                t_own = t_in + b0;
         }
-        total += nitems;
+        rnn_team_clock_add(&clk, t_call, t_in, t_own);
     }
-    /* as the blocked strategy: a team whose other members ran none of the items (they
-     * were not scheduled) makes the next calls run on one thread for a while */
-    rnn_team_report((int)(nitems > 1 ? p->num_threads : 1), total, others, 0);
+    /* as the blocked strategy: a caller that waited for a partner that lost its core to
+     * start or end a region makes the next calls run on one thread for a while */
+    rnn_team_report((int)p->num_threads, 0, &clk);
     free(xp);
     free(seen);
     return err ? RNN_ERR_NOMEM : RNN_OK;
@@ -368,7 +393,6 @@ static int RNN_TNAME(run_items)(const RNN_TNAME(call) *c)
 /* What the team shares. */
 typedef struct {
     long nbb, ntask;            /* batch blocks; tasks per step (ndir * nbb * ncb) */
-    long others;                /* tasks run by threads other than the caller's */
     long slept;                 /* phases the caller slept waiting for */
     TYPE *xp;                   /* (ndir, chunk*B, GH) the chunk's projection */
     TYPE *hbuf;                 /* (2, ndir, B, Ho) the state, double-buffered by step */
@@ -463,24 +487,25 @@ static void RNN_TNAME(blocked_step)(const RNN_TNAME(call) *c, const RNN_TNAME(bl
  * else step st. Its own tasks first (task % nth == tid); then, once the others have
  * had rnn_steal_spins to finish theirs (none if *eager), every task still unclaimed,
  * each thread's list from its end. Sets *eager when it took a task over, clears it
- * when there was none left to take. */
-static void RNN_TNAME(blocked_phase)(const RNN_TNAME(call) *c, RNN_TNAME(blocked) *bk, int tid,
+ * when there was none left to take. Returns the number of tasks it ran. */
+static long RNN_TNAME(blocked_phase)(const RNN_TNAME(call) *c, RNN_TNAME(blocked) *bk, int tid,
                                      int nth, long p, long st, long s0, long s1, TYPE *scratch,
                                      int *eager)
 {
     long task, ntask = bk->ntask, target = (p + 1) * ntask;
-    int k, i, took = 0;
+    int k, i, took = 0, over = 0;
     long ran = 0;
     rnn_debug_delay(tid, p, 0);
-    for (k = 0; k < nth; k++) {
+    for (k = 0; k < nth && !over; k++) {
         int owner = (tid + k) % nth;
         long last = owner < ntask ? owner + (ntask - 1 - owner) / nth * nth : -1;
         if (k == 1 && !*eager) {        /* give the others a moment to run their own */
-            for (i = 0; i < rnn_steal_spins; i++) {
-                if (__atomic_load_n(&bk->q.done, __ATOMIC_ACQUIRE) >= target)
-                    return;
+            for (i = 0; i < rnn_steal_spins && !over; i++) {
+                over = __atomic_load_n(&bk->q.done, __ATOMIC_ACQUIRE) >= target;
                 rnn_cpu_relax();
             }
+            if (over)
+                break;
         }
         /* own tasks in order; the others' from the end, away from where their owner is */
         for (task = k == 0 ? owner : last; task >= 0 && task < ntask; task += k == 0 ? nth : -nth) {
@@ -498,22 +523,23 @@ static void RNN_TNAME(blocked_phase)(const RNN_TNAME(call) *c, RNN_TNAME(blocked
             ran++;
         }
     }
-    if (nth > 1)
+    if (nth > 1 && !over)
         *eager = took;
-    if (tid != 0 && ran > 0)
-        __atomic_add_fetch(&bk->others, ran, __ATOMIC_RELAXED);
+    return ran;
 }
 
 /* One thread's part in the blocked strategy (thread tid of a team of nth): every phase
  * in order, skipping those the team completed without it, waiting for each to complete
- * before the next (the next reads what it wrote). Which thread runs which task changes
- * nothing in the arithmetic, so the results do not depend on the team size or on the
- * schedule. */
+ * before the next (the next reads what it wrote). The wait spins for a time scaled to
+ * the thread's own work in the phase (or, where it ran none, in the last phase where
+ * it ran some): see rnn_phases_wait. Which thread runs which task changes nothing in
+ * the arithmetic, so the results do not depend on the team size or on the schedule. */
 static void RNN_TNAME(blocked_worker)(const RNN_TNAME(call) *c, RNN_TNAME(blocked) *bk, int tid,
                                       int nth, TYPE *scratch)
 {
     long ch, s0, s1, st, p = 0, task, d, per = bk->ntask / c->s.ndir;
     int eager = 0;
+    long long start = 0, work = 0;
     double t0;
     if (nth == 1) {
         /* a team of one: no phases to claim; per chunk, the projection's tasks, then
@@ -538,9 +564,13 @@ static void RNN_TNAME(blocked_worker)(const RNN_TNAME(call) *c, RNN_TNAME(blocke
         for (st = s0 - 1; st < s1; st++, p++) {     /* st == s0 - 1: the chunk's projection */
             if (rnn_phases_current(&bk->q) > p)
                 continue;
-            RNN_TNAME(blocked_phase)(c, bk, tid, nth, p, st, s0, s1, scratch, &eager);
+            if (nth > 1)
+                start = rnn_now_ns();
+            if (RNN_TNAME(blocked_phase)(c, bk, tid, nth, p, st, s0, s1, scratch, &eager) > 0
+                && nth > 1)
+                work = rnn_now_ns() - start;
             t0 = rnn_tick();
-            if (rnn_phases_wait(&bk->q, p) && tid == 0)
+            if (rnn_phases_wait(&bk->q, p, rnn_barrier_spin_ns(work)) && tid == 0)
                 bk->slept++;
             rnn_tock(RNN_PROF_WAIT, t0);
         }
@@ -559,7 +589,6 @@ static int RNN_TNAME(run_blocked)(const RNN_TNAME(call) *c)
     RNN_TNAME(blocked) bk;
     TYPE *scratch;
     bk.nbb = (B + c->p.bb - 1) / c->p.bb;
-    bk.others = 0;
     bk.slept = 0;
     bk.ntask = ndir * bk.nbb * c->p.ncb;
     bk.xp = (TYPE *)rnn_alloc_lines((size_t)(ndir * c->p.chunk * B * GH) * sizeof(TYPE));
@@ -575,14 +604,24 @@ static int RNN_TNAME(run_blocked)(const RNN_TNAME(call) *c)
         if (c->c != NULL)
             memcpy(bk.cbuf, c->c, cell);
         int team = nth;
+        long long t_call = rnn_now_ns(), t_in = 0, t_own = 0;
+        rnn_team_clock clk = {0, 0, 0};
         RNN_OMP(parallel num_threads(nth))
         {
-            if (omp_get_thread_num() == 0)
+            long long b0 = rnn_now_ns();
+            if (omp_get_thread_num() == 0) {
+                t_in = b0;
                 team = omp_get_num_threads();
+            }
             RNN_TNAME(blocked_worker)(c, &bk, omp_get_thread_num(), omp_get_num_threads(),
                                       scratch + omp_get_thread_num() * per_thread);
+            b0 = rnn_now_ns() - b0;
+            rnn_team_clock_work(&clk, b0);
+            if (omp_get_thread_num() == 0)
+                t_own = t_in + b0;
         }
-        rnn_team_report(team, bk.q.done, bk.others, bk.slept);
+        rnn_team_clock_add(&clk, t_call, t_in, t_own);
+        rnn_team_report(team, bk.slept, &clk);
         memcpy(c->h, bk.hbuf + (s->T % 2) * ndir * B * Ho, state);
         if (c->c != NULL)
             memcpy(c->c, bk.cbuf, cell);

@@ -40,11 +40,18 @@ static inline void rnn_omp_barrier(void) {}
  * it for phase p is one compare-and-swap p -> p+1 (it fails if another thread got
  * it). Completion: `done` counts finished tasks over all phases, so phase p is
  * complete when done >= (p+1)*ntask; the thread finishing a phase bumps `gen` and
- * wakes sleepers. Waiters spin rnn_barrier_spins times, then sleep on gen (a futex on
- * Linux, sched_yield elsewhere). A late thread skips the phases that completed
- * without it (rnn_phases_current). */
+ * wakes sleepers. Waiters spin rnn_barrier_spins times, then on for as long again as
+ * rnn_barrier_work_factor times the thread's own work in the phase (at most
+ * rnn_barrier_max_us), then sleep on gen (a futex on Linux, sched_yield elsewhere).
+ * When a waiter arrives, every task of the phase is claimed, so a partner that is
+ * running finishes within about one task: scaling the spin to the work keeps a waiter
+ * of a long phase (B=64: ~100 us a task) spinning instead of sleeping and paying a
+ * futex wake-up every phase, and keeps the caller's sleep a sign that a partner lost
+ * its core (the backoff below). A late thread skips the phases that completed without
+ * it (rnn_phases_current). */
 #include <limits.h>
 #include <stdlib.h>
+#include <time.h>
 #if defined(__linux__)
 #include <linux/futex.h>
 #include <sys/syscall.h>
@@ -56,6 +63,11 @@ static inline void rnn_omp_barrier(void) {}
 /* Spins before sleeping. Its value comes from rnnfast._plan (BARRIER_SPINS), set when
  * that module is imported; _kernels.barrier_spins() reads or changes it. */
 static int rnn_barrier_spins = 0;
+/* ... then spins on for up to this many times the thread's own work in the phase
+ * (rnnfast._plan.BARRIER_WORK_FACTOR), at most rnn_barrier_max_us microseconds
+ * (BARRIER_MAX_US); _kernels.barrier_spin_time() reads or changes them. */
+static int rnn_barrier_work_factor = 0;
+static int rnn_barrier_max_us = 0;
 /* Spins a thread that has run its own tasks of a phase waits for the others to finish
  * theirs before it takes them over (rnnfast._plan.STEAL_SPINS): on an idle machine
  * the partner is microseconds away and its weights are in its own cache; a partner
@@ -77,6 +89,22 @@ static inline void rnn_cpu_relax(void)
 #elif defined(__aarch64__)
     __asm__ __volatile__("yield");
 #endif
+}
+
+/* The monotonic clock, in nanoseconds. */
+static inline long long rnn_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* How long a waiter whose own work in the phase took work_ns spins on after
+ * rnn_barrier_spins, in nanoseconds. */
+static inline long long rnn_barrier_spin_ns(long long work_ns)
+{
+    long long cap = 1000LL * rnn_barrier_max_us, ns = work_ns * rnn_barrier_work_factor;
+    return ns < cap ? ns : cap;
 }
 
 typedef struct {
@@ -133,16 +161,28 @@ static inline long rnn_phases_current(rnn_phases *q)
     return __atomic_load_n(&q->done, __ATOMIC_ACQUIRE) / q->ntask;
 }
 
-/* Wait until phase p is complete: spin, then sleep. Returns 1 if it had to sleep (the
- * phase waited for a thread that was not running), else 0. */
-static inline int rnn_phases_wait(rnn_phases *q, long p)
+/* Wait until phase p is complete: spin rnn_barrier_spins times and then for spin_ns
+ * more nanoseconds (the clock read every 64 spins), then sleep. Returns 1 if it had to
+ * sleep (the phase waited for a thread that was not running), else 0. */
+static inline int rnn_phases_wait(rnn_phases *q, long p, long long spin_ns)
 {
     long target = (p + 1) * q->ntask;
+    long long end;
     int i, g;
     for (i = 0; i < rnn_barrier_spins; i++) {
         if (__atomic_load_n(&q->done, __ATOMIC_ACQUIRE) >= target)
             return 0;
         rnn_cpu_relax();
+    }
+    if (spin_ns > 0) {
+        end = rnn_now_ns() + spin_ns;
+        do {
+            for (i = 0; i < 64; i++) {
+                if (__atomic_load_n(&q->done, __ATOMIC_ACQUIRE) >= target)
+                    return 0;
+                rnn_cpu_relax();
+            }
+        } while (rnn_now_ns() < end);
     }
 #if defined(__linux__)
     __atomic_add_fetch(&q->sleepers, 1, __ATOMIC_SEQ_CST);
@@ -164,21 +204,32 @@ static inline int rnn_phases_wait(rnn_phases *q, long p)
 /* ---- a team whose partners are not running: fewer threads for a while ----
  *
  * A call on a team waits for every member twice whatever the tasks do: to start it and
- * to join it, and a step waits for a task a member claimed and then lost its core in.
- * When the machine is busy, that member may get a core back only milliseconds later.
- * So a call that ran on several threads reports what share of its tasks the threads
- * other than the caller ran, and whether the caller had to sleep waiting for a step;
- * if the caller slept, the next rnn_backoff calls that would use several threads use
- * one, and
- * the length doubles (up to RNN_BACKOFF_MAX) while this keeps happening; a call whose
- * team shared the work resets it. The team size never changes a result.
- * The share is no sign of a missing partner: on an idle machine a partner waking from
- * its passive wait finds phases taken over, and backing off on a small share (under 1/8
- * of a fair one, or none) kept calls on one thread: 2 threads = 1 thread idle, measured
- * on GRU/LSTM H=256 at B=1 and 64. A partner that is not running costs the caller only
- * the take-over of its tasks; one that lost its core holding a task makes the caller
- * sleep, the sign kept. */
+ * to end it (libgomp docks the pool's threads at a barrier before a region starts, and
+ * a region ends when all have reached its end), and a step waits for a task a member
+ * claimed and then lost its core in. When the machine is busy, that member may get a
+ * core back only a time slice later. A partner that is not running costs the caller
+ * nothing else (it takes the partner's tasks over).
+ *
+ * So a call reports whether its caller waited for a partner that lost its core: it
+ * slept waiting for a phase (rnn_phases_wait: a partner holds a task far longer than
+ * the caller's own work), or it waited longer to start and end its regions than it
+ * worked inside them (and over RNN_TEAM_WAIT_MIN_NS; measured with every core busy:
+ * 10-35 ms for a 0.34 ms GRU H=128 B=1 call whose caller never slept in a phase). Then
+ * the next calls that would use several threads use one: rnn_backoff_len calls, which
+ * doubles (up to RNN_BACKOFF_MAX) while this keeps happening, and at least enough calls
+ * to work RNN_BACKOFF_PAYBACK times the time the waits lost (the call's time on one
+ * thread taken as the team's work inside its regions; up to
+ * RNN_BACKOFF_CALLS_MAX): a call that tries the team again then costs at most about
+ * 1/RNN_BACKOFF_PAYBACK of the time alone. A call whose team ran without such a wait
+ * resets the length. The team size never changes a result.
+ * The share of tasks the partners ran is no sign of a missing partner: on an idle
+ * machine a partner waking from its passive wait finds phases taken over, and backing
+ * off on a small share kept calls on one thread (2 threads = 1 thread idle, measured on
+ * GRU/LSTM H=256 at B=1 and 64). */
 #define RNN_BACKOFF_MAX 256
+#define RNN_BACKOFF_PAYBACK 16
+#define RNN_BACKOFF_CALLS_MAX 4096
+#define RNN_TEAM_WAIT_MIN_NS 200000LL
 static int rnn_backoff_left = 0;     /* calls left to run on one thread */
 static int rnn_backoff_len = 1;      /* the next backoff's length */
 
@@ -196,17 +247,53 @@ static inline int rnn_team_for(int n)
     return n;
 }
 
-/* A call on nth > 1 threads ran `total` tasks, `others` of them on threads other than
- * the caller's; the caller slept waiting for a phase `slept` times. */
-static inline void rnn_team_report(int nth, long total, long others, long slept)
+/* The caller's time inside its parallel regions and its waits to start and end them,
+ * and the time every thread of the team worked inside them (about the call's time on
+ * one thread: the caller's own part is near nothing where it entered a region late and
+ * its partner ran the tasks). */
+typedef struct {
+    long long own;
+    long long wait;
+    long long work;
+} rnn_team_clock;
+
+/* A thread of the team worked ns inside a region. */
+static inline void rnn_team_clock_work(rnn_team_clock *k, long long ns)
 {
-    int len;
-    if (nth <= 1 || total <= 0)
+    __atomic_add_fetch(&k->work, ns, __ATOMIC_RELAXED);
+}
+
+/* A region the caller entered at t_call (rnn_now_ns), was inside from t_in to t_out,
+ * has ended now. */
+static inline void rnn_team_clock_add(rnn_team_clock *k, long long t_call, long long t_in,
+                                      long long t_out)
+{
+    long long now = rnn_now_ns();
+    if (t_in < t_call || t_out < t_in)     /* no timestamps (never expected) */
+        t_in = t_out = t_call;
+    k->own += t_out - t_in;
+    k->wait += (t_in - t_call) + (now - t_out);
+}
+
+/* A call on nth threads is over: its caller slept waiting for a phase `slept` times,
+ * and k holds its times around its regions. */
+static inline void rnn_team_report(int nth, long slept, const rnn_team_clock *k)
+{
+    int len, left;
+    long long calls;
+    int waited = k->wait > RNN_TEAM_WAIT_MIN_NS && k->wait > k->own;
+    if (nth <= 1)
         return;
-    (void) others;
-    if (slept > 0) {   /* the caller waited for a task a partner holds: it lost its core */
+    if (slept > 0 || waited) {      /* the caller waited for a partner that lost its core */
         len = __atomic_load_n(&rnn_backoff_len, __ATOMIC_RELAXED);
-        __atomic_store_n(&rnn_backoff_left, len, __ATOMIC_RELAXED);
+        left = len;
+        if (waited) {
+            calls = k->work > k->own ? k->work : k->own;
+            calls = RNN_BACKOFF_PAYBACK * k->wait / (calls > 0 ? calls : 1);
+            calls = calls < RNN_BACKOFF_CALLS_MAX ? calls : RNN_BACKOFF_CALLS_MAX;
+            left = calls > left ? (int)calls : left;
+        }
+        __atomic_store_n(&rnn_backoff_left, left, __ATOMIC_RELAXED);
         __atomic_store_n(&rnn_backoff_len, len < RNN_BACKOFF_MAX ? 2 * len : len, __ATOMIC_RELAXED);
     } else {
         __atomic_store_n(&rnn_backoff_len, 1, __ATOMIC_RELAXED);

@@ -921,9 +921,14 @@ def _input_specs(entries, inputs, steps, ctx):
         if shape is None:
             shape = [None, None] if integer else [None, None, None]
         shape = tuple(None if d is None else int(d) for d in shape)
-        if integer and len(shape) != 2:
+        # ids (batch, time), or (batch, time, steps) into TimeDistributed models starting with an Embedding
+        distributed = all(isinstance(op, TimeDistributedNode) for op in ops)
+        if integer and len(shape) != (3 if distributed else 2):
             raise UnsupportedLayerError(
-                "Embedding", None, "input of shape %s: rnnfast takes ids of shape (batch, time)" % (shape,)
+                "Embedding",
+                None,
+                "input of shape %s: rnnfast takes ids of shape %s"
+                % (shape, "(batch, time, steps)" if distributed else "(batch, time)"),
             )
         if not integer and len(shape) not in (2, 3, 4):
             raise UnsupportedLayerError(

@@ -57,9 +57,8 @@ def load_onnx_file(path, **options):
         raise FormatError("%s: %d bytes, more than an ONNX (protobuf) file can hold" % (path, size))
     with open(path, "rb") as f:
         data = f.read()
-    model = build_model(
-        parse_model(data, path), base_dir=os.path.dirname(os.path.abspath(path)), size=len(data), what=path
-    )
+    m, raws = parse_model(data, path)
+    model = build_model(m, base_dir=os.path.dirname(os.path.abspath(path)), size=len(data), what=path, raws=raws)
     model.source = path
     return model
 
@@ -88,7 +87,8 @@ def from_onnx(model, **options):
         raise TypeError("from_onnx takes a ModelProto or bytes; load a file with rnnfast.load(path)")
     else:
         raise TypeError("from_onnx takes an onnx.ModelProto or its serialized bytes, got %s" % type(model).__name__)
-    return build_model(parse_model(data, "the ONNX model"), base_dir=None, size=len(data), what="the ONNX model")
+    m, raws = parse_model(data, "the ONNX model")
+    return build_model(m, base_dir=None, size=len(data), what="the ONNX model", raws=raws)
 
 
 def _no_options(options):
@@ -203,8 +203,9 @@ def _fold_work(op_type, args, planned):
     return float(planned) + sum(float(a.size) for a in present)
 
 
-def build_model(m, *, base_dir, size, what):
-    """Build an OnnxModel from a parsed ModelProto (see the module docstring)."""
+def build_model(m, *, base_dir, size, what, raws=None):
+    """Build an OnnxModel from a parsed ModelProto (see the module docstring); ``raws``:
+    the initializers' ``raw_data`` read beside it (:func:`.proto.parse_model`)."""
     g = m.graph
     opset = _opset(m)
     read = TensorReader(base_dir, what)
@@ -214,8 +215,8 @@ def build_model(m, *, base_dir, size, what):
         raise UnsupportedLayerError("sparse_initializer", None, "%s stores sparse initializers" % what)
     functions = {(text(f.domain), text(f.name)) for f in m.functions}
     consts = {}
-    for t in g.initializer:
-        consts[text(t.name)] = read(t)
+    for k, t in enumerate(g.initializer):
+        consts[text(t.name)] = read(t, raw=None if raws is None else raws[k])
     inputs = [_value_spec(vi, "input") for vi in g.input if text(vi.name) not in consts]
     names = [s["name"] for s in inputs]
     if len(set(names)) != len(names):
@@ -373,6 +374,8 @@ def build_model(m, *, base_dir, size, what):
             spec["type"] = ONNX_DTYPES.get(code, (None, "tensor(%d)" % code))[1]
             spec["shape"] = _dims(vi.type) or []
         out_specs.append(spec)
+    if raws is not None:  # no op keeps a view of the file's bytes (nor an unaligned array)
+        _own_constants(steps, [r for r in raws if r is not None])
     graph, data_graph, frontier = make_graphs(steps, names, outputs, shape_steps)
     producer = text(m.producer_name) + (" " + text(m.producer_version) if m.producer_version else "")
     # the load-time run costs about the constants each step reads: bounded by the file's size
@@ -405,9 +408,33 @@ def build_model(m, *, base_dir, size, what):
         if isinstance(e, FormatError):
             raise
         raise FormatError(
-            "%s: the ops do not fit together on zeros of the declared input shapes (symbolic dimensions "
-            "taken as 1 for the batch, 16 elsewhere): %s" % (what, e)
+            "%s: the ops do not fit together on zeros of the declared input shapes: %s" % (what, e)
         ) from None
+
+
+def _own_constants(steps, raws):
+    """Copy the constants the steps hold that are views of the file's bytes (``raws``):
+    the model then holds only what it uses, aligned."""
+    if not raws:
+        return
+    owner = raws[0]
+    while isinstance(owner, np.ndarray) and owner.base is not None:
+        owner = owner.base
+    whole = np.frombuffer(owner, np.uint8)
+
+    def own(v):
+        if isinstance(v, np.ndarray) and np.may_share_memory(v, whole):
+            v = np.array(v, order="C", copy=True)
+            v.flags.writeable = False
+        return v
+
+    for st in steps:
+        op = st.op
+        op.slots = [s if s is None or s[0] != "const" else ("const", own(s[1])) for s in op.slots]
+        attrs = getattr(op, "attrs", None)
+        if attrs:
+            for k, v in attrs.items():
+                attrs[k] = own(v)
 
 
 def _read_attrs(node, spec, proto, read):

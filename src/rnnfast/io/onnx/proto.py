@@ -17,7 +17,15 @@ import numpy as np
 from ...errors import FormatError
 from ...model_onnx import ONNX_DTYPES
 
-__all__ = ["onnx_module", "parse_model", "TensorReader", "attribute_value", "MAX_FILE_BYTES", "text"]
+__all__ = [
+    "onnx_module",
+    "parse_model",
+    "split_initializers",
+    "TensorReader",
+    "attribute_value",
+    "MAX_FILE_BYTES",
+    "text",
+]
 
 #: protobuf cannot hold a message of 2 GiB or more (weights beyond go to external data).
 MAX_FILE_BYTES = (1 << 31) - 1
@@ -44,18 +52,134 @@ def onnx_module():
 
 def parse_model(data, what):
     """Parse serialized ModelProto bytes. FormatError for anything protobuf refuses
-    (including nesting deeper than its recursion limit)."""
+    (including nesting deeper than its recursion limit).
+
+    Returns ``(model, raws)``: ``raws[k]`` is the ``raw_data`` of the graph's ``k``-th
+    initializer as a read-only uint8 view of ``data`` (None where it has none; then
+    the initializer's own fields hold its values), or ``raws`` is None and the
+    initializers are whole. The weights are not copied by the parse (see
+    :func:`split_initializers`)."""
     onnx = onnx_module()
     if len(data) > MAX_FILE_BYTES:
         raise FormatError("%s: %d bytes, more than a protobuf message can hold" % (what, len(data)))
+    data = bytes(data)
+    split = split_initializers(data)
     m = onnx.ModelProto()
     try:
-        m.ParseFromString(bytes(data))
+        m.ParseFromString(split[0] if split is not None else data)
     except Exception as e:  # google.protobuf.message.DecodeError, RecursionError, ...
         raise FormatError("%s is not a readable ONNX model: %s" % (what, e)) from None
     if not m.HasField("graph"):
         raise FormatError("%s: an ONNX ModelProto without a graph" % what)
-    return m
+    raws = None
+    if split is not None:
+        if len(m.graph.initializer) != len(split[1]):  # (cannot happen: the scan counts them as protobuf does)
+            raise FormatError("%s: the initializers could not be read" % what)
+        whole = np.frombuffer(data, np.uint8)
+        raws = [None if r is None else whole[r[0] : r[0] + r[1]] for r in split[1]]
+    return m, raws
+
+
+class _Bail(Exception):
+    """The scan met something it leaves to protobuf."""
+
+
+#: Fields the initializer scan steps over at most (a tensor stored as millions of
+#: unpacked values is left to protobuf).
+SCAN_MAX_FIELDS = 1 << 16
+
+
+def _varint(b, i, end):
+    v = shift = 0
+    while True:
+        if i >= end or shift > 63:
+            raise _Bail
+        c = b[i]
+        i += 1
+        v |= (c & 0x7F) << shift
+        if c < 0x80:
+            return v, i
+        shift += 7
+
+
+def _fields(b, i, end, budget):
+    """(field number, wire type, start of the field, start of its payload, end) of each
+    field of the message in ``b[i:end]``; groups (wire types 3, 4) and anything out of
+    bounds raise _Bail."""
+    while i < end:
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise _Bail
+        start = i
+        tag, i = _varint(b, i, end)
+        num, wire = tag >> 3, tag & 7
+        if wire == 0:
+            _, j = _varint(b, i, end)
+        elif wire == 1:
+            j = i + 8
+        elif wire == 5:
+            j = i + 4
+        elif wire == 2:
+            n, i = _varint(b, i, end)
+            j = i + n
+        else:
+            raise _Bail
+        if j > end or num == 0:
+            raise _Bail
+        yield num, wire, start, i, j
+        i = j
+
+
+def _varint_bytes(v):
+    out = bytearray()
+    while True:
+        if v < 0x80:
+            out.append(v)
+            return bytes(out)
+        out.append((v & 0x7F) | 0x80)
+        v >>= 7
+
+
+_MODEL_GRAPH, _INITIALIZER, _RAW_DATA = 7, 5, 9  # ModelProto.graph, GraphProto.initializer, TensorProto.raw_data
+
+
+def split_initializers(data):
+    """The ModelProto ``data`` without its initializers' ``raw_data``, and where each
+    one lay: ``(stripped bytes, [(offset, length) or None per initializer])``, so that
+    the weights are read in place from ``data`` (protobuf would copy them twice: into
+    its message, then out of it). None where the layout is not the plain one (the
+    graph given once, each ``raw_data`` at most once, a bounded number of fields):
+    protobuf then parses ``data`` itself."""
+    try:
+        return _split(memoryview(data), [SCAN_MAX_FIELDS])
+    except _Bail:
+        return None
+
+
+def _split(b, budget):
+    graphs = [f for f in _fields(b, 0, len(b), budget) if f[0] == _MODEL_GRAPH]
+    if len(graphs) != 1 or graphs[0][1] != 2:
+        raise _Bail
+    _, _, gstart, gi, gend = graphs[0]
+    parts, raws = [], []
+    for num, wire, start, i, j in _fields(b, gi, gend, budget):
+        if num != _INITIALIZER or wire != 2:
+            parts.append(b[start:j])
+            continue
+        kept, raw = [], None
+        for tnum, twire, tstart, ti, tj in _fields(b, i, j, budget):
+            if tnum == _RAW_DATA:
+                if raw is not None or twire != 2:
+                    raise _Bail
+                raw = (ti, tj - ti)
+            else:
+                kept.append(b[tstart:tj])
+        tensor = b"".join(kept)
+        parts += [_varint_bytes((_INITIALIZER << 3) | 2), _varint_bytes(len(tensor)), tensor]
+        raws.append(raw)
+    graph = b"".join(parts)
+    out = b"".join([b[:gstart], _varint_bytes((_MODEL_GRAPH << 3) | 2), _varint_bytes(len(graph)), graph, b[gend:]])
+    return out, raws
 
 
 class TensorReader:
@@ -71,11 +195,20 @@ class TensorReader:
     """
 
     def __init__(self, base_dir, what):
-        self.base_dir = None if base_dir is None else os.path.realpath(base_dir)
+        self._folder = base_dir
         self.what = what
         self.bytes_read = 0
 
-    def __call__(self, t, name=None):
+    @property
+    def base_dir(self):
+        """The model's folder, its real path (looked up on the first external tensor)."""
+        if self._folder is not None and "_real" not in self.__dict__:
+            self._real = os.path.realpath(self._folder)
+        return self.__dict__.get("_real")
+
+    def __call__(self, t, name=None, raw=None):
+        """``t`` as a read-only array; ``raw``: its ``raw_data`` as a uint8 array read
+        beside the message (:func:`split_initializers`), the array is then a view of it."""
         name = name or text(t.name) or "?"
         code = int(t.data_type)
         if code not in ONNX_DTYPES:
@@ -96,13 +229,15 @@ class TensorReader:
         if t.HasField("data_location") and t.data_location == _EXTERNAL:
             raw = self._external(t, name, nbytes)
             a = np.frombuffer(raw, dtype=dt.newbyteorder("<")).astype(dt, copy=False)
-        elif t.HasField("raw_data"):
-            if len(t.raw_data) != nbytes:
+        elif raw is not None or t.HasField("raw_data"):
+            if raw is None:
+                raw = t.raw_data  # (a copy each time protobuf hands it over: once)
+            if len(raw) != nbytes:
                 raise FormatError(
                     "%s: tensor %r of shape %s needs %d bytes, its raw_data has %d"
-                    % (self.what, name, dims, nbytes, len(t.raw_data))
+                    % (self.what, name, dims, nbytes, len(raw))
                 )
-            a = np.frombuffer(t.raw_data, dtype=dt.newbyteorder("<")).astype(dt, copy=False)
+            a = np.frombuffer(raw, dtype=dt.newbyteorder("<")).astype(dt, copy=False)
         else:
             a = self._typed(t, name, dt, n)
         a = a.reshape(dims)

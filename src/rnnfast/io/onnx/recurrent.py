@@ -195,7 +195,7 @@ def convert_recurrent(node, slots, ctx):
     dtype = np.float64 if W.dtype == np.float64 else np.float32
     if W.dtype not in (np.float32, np.float64):
         raise UnsupportedLayerError(op_type, "W", "node %r: weights of type %s" % (name, W.dtype))
-    order = np.arange(G * H)
+    order: slice | np.ndarray = slice(None)  # GRU z, r, h and RNN: the canonical order (views, no copy)
     if op_type == "LSTM":  # ONNX i, o, f, c -> canonical i, f, c, o
         order = np.concatenate([np.arange(g * H, (g + 1) * H) for g in (0, 2, 3, 1)])
     weights = []

@@ -284,6 +284,10 @@ OPS = {
     "Shape": OpSpec({"start": 0, "end": None}),
     "Size": OpSpec(),
     "Gather": OpSpec({"axis": 0}, inputs=(2, 2)),
+    # sequences (lists of tensors): what the torch.export-based exporter writes for an
+    # unrolled nn.RNN (never folded: a folded value is one tensor)
+    "SplitToSequence": OpSpec({"axis": 0, "keepdims": 1}, inputs=(1, 2), shape_args=(1,), fold=False),
+    "SequenceAt": OpSpec(inputs=(2, 2), shape_args=(1,), fold=False),
     "Constant": OpSpec(
         {
             "value": None,

@@ -1,0 +1,84 @@
+"""The products outside the recurrent layers -- Dense, Conv1D, attention: one home.
+
+They run on the compiled core's packed product (``c/products.template.h``), the one
+the recurrence uses, in rnnfast's own parallel region with the GIL released, on the
+call's thread count (:func:`rnnfast._threads.resolve_num_threads`) and sized from the
+work (:func:`rnnfast._plan.product_team`). Not NumPy's ``@``: NumPy's own OpenBLAS
+starts threads of its own beside rnnfast's (oversubscription), and on a busy machine
+waking them took up to 40 ms for a 0.03 ms product. Each element of a product is one
+chain of multiply-adds whatever rows surround it, so the results do not depend on the
+thread count. float32 and float64; other dtypes go to NumPy.
+"""
+
+import numpy as np
+
+from . import _kernels, _plan
+from ._threads import resolve_num_threads
+
+__all__ = ["pack", "dense", "matmul"]
+
+_CORE = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def pack(kernel):
+    """``kernel`` (K, N), float32 or float64, in the packed form :func:`dense` takes
+    (read-only)."""
+    p = _kernels.pack_blocks(np.ascontiguousarray(kernel)[None], 1, 1)[0]
+    p.flags.writeable = False
+    return p
+
+
+def _team(num_threads, M, N, K, G=1):
+    return _plan.product_team(resolve_num_threads(num_threads), 2 * G * M * N * K)
+
+
+def dense(x, packed, N, bias=None, act=-1, num_threads=None):
+    """``act(x @ kernel + bias)`` on the last axis of ``x`` (..., K), with ``packed``
+    from :func:`pack` (kernel (K, N)) in ``x``'s dtype; ``act`` an ``RNN_ACT_*`` code
+    or -1. Returns a new (..., N) array."""
+    K = x.shape[-1]
+    x2 = np.ascontiguousarray(x).reshape(-1, K)
+    y = np.empty(x.shape[:-1] + (N,), x.dtype)
+    if y.size == 0:
+        return y
+    if K == 0:
+        y[...] = 0 if bias is None else bias
+        if act >= 0:
+            _kernels.activate(act, y.reshape(-1))
+        return y
+    b = np.zeros(0, x.dtype) if bias is None else bias
+    _kernels.packed_rows(x2, packed, b, y.reshape(-1, N), act, _team(num_threads, x2.shape[0], N, K))
+    return y
+
+
+def matmul(a, b, bias=None, num_threads=None):
+    """``a @ b (+ bias)`` as ``np.matmul`` computes it, for ``a`` (..., M, K) and ``b``
+    (..., K, N) or (K, N) with at most two batch axes (broadcast as NumPy does), on the
+    core's product: ``b`` may be any strided view (a transpose is read in place).
+    Returns a new C-contiguous array in ``a``'s dtype."""
+    a, b = np.asarray(a), np.asarray(b)
+    dt = np.result_type(a, b)
+    if dt not in _CORE or a.ndim < 2 or b.ndim < 2 or max(a.ndim, b.ndim) > 4:
+        y = np.matmul(a, b)
+        return y + bias if bias is not None else y
+    a, b = a.astype(dt, copy=False), b.astype(dt, copy=False)
+    batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
+    if b.shape[-2] != K:
+        raise ValueError("matmul: shapes %s and %s do not multiply" % (a.shape, b.shape))
+    lead = (1,) * (2 - len(batch)) + batch
+    a4 = (
+        np.broadcast_to(a, batch + (M, K)).reshape(lead + (M, K)) if a.shape[:-2] != batch else a.reshape(lead + (M, K))
+    )
+    if a4.strides[-1] != a4.itemsize and K > 1:
+        a4 = np.ascontiguousarray(a4)
+    b4 = b.reshape((1,) * (4 - b.ndim) + b.shape)
+    y = np.empty(lead + (M, N), dt)
+    if y.size == 0:
+        return y.reshape(batch + (M, N))
+    if K == 0:
+        y[...] = 0 if bias is None else bias
+        return y.reshape(batch + (M, N))
+    bb = None if bias is None else np.ascontiguousarray(bias, dt).reshape(N)
+    _kernels.products(a4, b4, y, bb, -1, _team(num_threads, M, N, K, lead[0] * lead[1]))
+    return y.reshape(batch + (M, N))

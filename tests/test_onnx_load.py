@@ -1,0 +1,179 @@
+"""Loading ONNX files: the initializers read in place from the file's bytes (not copied
+by the protobuf parse), the same model as protobuf's own parse wherever the scan steps
+aside, and the load-time probe that leaves symbolic shapes it cannot guess to the first
+call. Every model checked against ONNX Runtime."""
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import rnnfast
+from rnnfast.io.onnx import proto
+
+from _testing import assert_close
+
+
+def _ort(model, feed):
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)
+
+
+def lstm_head_model(rng, H=8, I=5, N=3):
+    """LSTM -> Squeeze -> MatMul + Add (constants the graph keeps)."""
+    W = (rng.standard_normal((1, 4 * H, I)) * 0.4).astype(np.float32)
+    R = (rng.standard_normal((1, 4 * H, H)) * 0.4).astype(np.float32)
+    B = (rng.standard_normal((1, 8 * H)) * 0.1).astype(np.float32)
+    K = rng.standard_normal((H, N)).astype(np.float32)
+    b = rng.standard_normal(N).astype(np.float32)
+    nodes = [
+        helper.make_node("LSTM", ["x", "W", "R", "B"], ["y", "h"], hidden_size=H, name="lstm"),
+        helper.make_node("Squeeze", ["y", "axes"], ["ys"], name="sq"),
+        helper.make_node("MatMul", ["ys", "K"], ["p"], name="mm"),
+        helper.make_node("Add", ["p", "b"], ["out"], name="add"),
+    ]
+    inits = [numpy_helper.from_array(a, n) for a, n in ((W, "W"), (R, "R"), (B, "B"), (K, "K"), (b, "b"))]
+    inits.append(numpy_helper.from_array(np.array([1], np.int64), "axes"))
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", "B", I])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
+        inits,
+    )
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_initializers_are_read_in_place_and_the_model_owns_what_it_keeps(rng):
+    m = lstm_head_model(rng)
+    data = m.SerializeToString()
+    stripped, raws = proto.split_initializers(data)
+    assert len(raws) == len(m.graph.initializer) and all(r is not None for r in raws)
+    assert len(stripped) < len(data) - sum(r[1] for r in raws) + 64  # the weights left out
+    parsed, views = proto.parse_model(data, "m")
+    for t, v, (off, n) in zip(m.graph.initializer, views, raws):
+        assert v.tobytes() == t.raw_data == data[off : off + n]
+        assert np.shares_memory(v, np.frombuffer(data, np.uint8))  # a view, no copy
+    model = rnnfast.from_onnx(data)
+    whole = np.frombuffer(data, np.uint8)
+    for op in model.layers:
+        for s in op.slots:
+            if s is not None and s[0] == "const":
+                assert not np.may_share_memory(s[1], whole) and s[1].flags.aligned
+    x = rng.standard_normal((7, 1, 5)).astype(np.float32)
+    assert_close(model.run(None, {"x": x})[0], _ort(m, {"x": x})[0], np.float32)
+
+
+@pytest.mark.parametrize("layout", ["graph twice", "raw_data twice", "float_data", "groups"])
+def test_unusual_layouts_are_parsed_by_protobuf_with_the_same_result(rng, layout):
+    m = lstm_head_model(rng)
+    original = onnx.ModelProto()
+    original.CopyFrom(m)
+    x = rng.standard_normal((6, 2, 5)).astype(np.float32)
+    if layout == "graph twice":  # protobuf merges the two: the second adds nothing but a doc string
+        extra = onnx.GraphProto(doc_string="merged")
+        data = m.SerializeToString() + proto._varint_bytes((7 << 3) | 2) + proto._varint_bytes(extra.ByteSize())
+        data += extra.SerializeToString()
+    elif layout == "raw_data twice":  # the last one counts: W of zeros
+        t = [t for t in m.graph.initializer if t.name == "W"][0]
+        zeros = np.zeros(int(np.prod(t.dims)), np.float32).tobytes()
+        body = t.SerializeToString() + proto._varint_bytes((9 << 3) | 2) + proto._varint_bytes(len(zeros)) + zeros
+        g = m.graph
+        others = [i for i in g.initializer if i.name != "W"]
+        del g.initializer[:]
+        g.initializer.extend(others)
+        graph = g.SerializeToString() + proto._varint_bytes((5 << 3) | 2) + proto._varint_bytes(len(body)) + body
+        head = onnx.ModelProto()
+        head.CopyFrom(m)
+        head.ClearField("graph")
+        data = head.SerializeToString() + proto._varint_bytes((7 << 3) | 2) + proto._varint_bytes(len(graph)) + graph
+    elif layout == "float_data":  # values in typed fields, not raw_data
+        for t in m.graph.initializer:
+            if t.data_type == TensorProto.FLOAT:
+                a = numpy_helper.to_array(t)
+                t.ClearField("raw_data")
+                t.float_data.extend(a.reshape(-1).tolist())
+        data = m.SerializeToString()
+    else:  # a deprecated group (wire types 3 and 4) of an unknown field: protobuf skips it
+        data = m.SerializeToString() + proto._varint_bytes((99 << 3) | 3) + proto._varint_bytes((99 << 3) | 4)
+    want = onnx.ModelProto()
+    want.ParseFromString(data)
+    if layout != "float_data":
+        assert proto.split_initializers(data) is None
+    got = rnnfast.from_onnx(data).run(None, {"x": x})[0]
+    assert_close(got, _ort(want, {"x": x})[0], np.float32)
+    if layout == "raw_data twice":  # (the zeros counted, not the first W)
+        assert not np.allclose(got, _ort(original, {"x": x})[0], atol=1e-3)
+
+
+def test_truncated_file_is_refused_as_protobuf_refuses_it(rng):
+    data = lstm_head_model(rng).SerializeToString()
+    with pytest.raises(rnnfast.FormatError, match="not a readable ONNX model"):
+        rnnfast.from_onnx(data[: len(data) // 2])
+
+
+def _gru_with_state(I=4, H=6, batch_h="B2"):
+    """GRU whose initial_h is an input with its own symbol for the batch (the exporters
+    name the two batch dimensions apart)."""
+    rng = np.random.default_rng(3)
+    W = (rng.standard_normal((1, 3 * H, I)) * 0.4).astype(np.float32)
+    R = (rng.standard_normal((1, 3 * H, H)) * 0.4).astype(np.float32)
+    node = helper.make_node("GRU", ["x", "W", "R", "", "", "h0"], ["y", "h"], hidden_size=H, name="gru")
+    g = helper.make_graph(
+        [node],
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", "B", I]),
+            helper.make_tensor_value_info("h0", TensorProto.FLOAT, [1, batch_h, H]),
+        ],
+        [helper.make_tensor_value_info("h", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(W, "W"), numpy_helper.from_array(R, "R")],
+    )
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 14)])
+
+
+def test_symbols_the_probe_guesses_apart_load(rng):
+    """x (T, B, 4) and h0 (1, B2, 6): the first guess gives B=1 and B2=16, which do not
+    fit; the model is valid (B2 = B at every call) and loads."""
+    m = _gru_with_state()
+    model = rnnfast.from_onnx(m)
+    for T, B in ((5, 3), (1, 1)):
+        feed = {
+            "x": rng.standard_normal((T, B, 4)).astype(np.float32),
+            "h0": rng.standard_normal((1, B, 6)).astype(np.float32),
+        }
+        assert_close(model.run(None, feed)[0], _ort(m, feed)[0], np.float32)
+    with pytest.raises(ValueError, match="h0|initial_h"):
+        model.run(None, {"x": np.zeros((5, 3, 4), np.float32), "h0": np.zeros((1, 2, 6), np.float32)})
+
+
+def test_symbols_no_guess_fits_are_checked_at_the_first_call(rng):
+    """Concat(a (n,), b (m,)) -> Reshape to (3,): fits only where n + m = 3, which no
+    guess of the probe gives; the model loads and its calls check their shapes."""
+    g = helper.make_graph(
+        [
+            helper.make_node("Concat", ["a", "b"], ["c"], axis=0, name="cat"),
+            helper.make_node("Reshape", ["c", "shape"], ["out"], name="rs"),
+        ],
+        "g",
+        [
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, ["n"]),
+            helper.make_tensor_value_info("b", TensorProto.FLOAT, ["m"]),
+        ],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.array([1, 3], np.int64), "shape")],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    model = rnnfast.from_onnx(m)
+    feed = {"a": np.array([1.0], np.float32), "b": np.array([2.0, 3.0], np.float32)}
+    np.testing.assert_array_equal(model.run(None, feed)[0], _ort(m, feed)[0])
+    with pytest.raises(ValueError):
+        model.run(None, {"a": np.ones(2, np.float32), "b": np.ones(2, np.float32)})
+
+
+def test_fixed_shapes_that_do_not_fit_are_refused_at_load():
+    m = _gru_with_state(batch_h=2)
+    m.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 5
+    m.graph.input[0].type.tensor_type.shape.dim[1].dim_value = 3
+    with pytest.raises(rnnfast.FormatError, match="do not fit together"):
+        rnnfast.from_onnx(m)

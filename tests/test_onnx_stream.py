@@ -1,0 +1,277 @@
+"""Streams of ONNX models (OnnxModel.stream / step): chunked sequences bitwise the
+whole sequence, alone and batched with ragged chunks; against ONNX Runtime with the
+state threaded through the graph by hand; the refusals of graphs that need the future."""
+
+import io
+import warnings
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+import rnnfast
+from rnnfast import UnsupportedLayerError
+
+from _testing import assert_close
+
+I, H, N = 5, 16, 3
+
+
+class _Net(torch.nn.Module):
+    def __init__(self, cell, batch_first):
+        super().__init__()
+        self.rnn = getattr(torch.nn, cell)(I, H, batch_first=batch_first)
+        self.head = torch.nn.Linear(H, N)
+
+    def forward(self, x):
+        y, _ = self.rnn(x)
+        return torch.tanh(self.head(y))
+
+
+def torch_export(cell, batch_first):
+    torch.manual_seed(0)
+    net = _Net(cell, batch_first).eval()
+    axes = {0: "b", 1: "t"} if batch_first else {0: "t", 1: "b"}
+    f = io.BytesIO()
+    x = torch.randn(2, 7, I) if batch_first else torch.randn(7, 2, I)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            net, (x,), f, dynamo=False, input_names=["x"], output_names=["y"], dynamic_axes={"x": axes, "y": axes}
+        )
+    return f.getvalue()
+
+
+def _cuts(rng, n):
+    cuts = [0]
+    while cuts[-1] < n:
+        cuts.append(min(n, cuts[-1] + int(rng.integers(1, 9))))
+    return cuts
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("batch_first", [True, False])
+@pytest.mark.parametrize("cell", ["GRU", "LSTM", "RNN"])
+def test_torch_export_streams_bitwise_and_matches_onnxruntime(cell, batch_first, threads, rng):
+    data = torch_export(cell, batch_first)
+    model = rnnfast.from_onnx(data)
+    x = rng.standard_normal((40, I)).astype(np.float32)
+    s = model.stream()
+    whole = model.step(x, s, num_threads=threads)
+    state = s.state
+    assert whole.shape == (40, N) and list(state) == ["/rnn/%s" % cell]
+    feed = x[None] if batch_first else x[:, None]
+    want = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, {"x": feed})[0]
+    assert_close(whole, want[0] if batch_first else want[:, 0], np.float32)
+    for _ in range(2):
+        s = model.stream()
+        cuts = _cuts(rng, len(x))
+        got = np.concatenate([model.step(x[a:b], s, num_threads=threads) for a, b in zip(cuts, cuts[1:])])
+        assert np.array_equal(got, whole), cuts
+        for a, b in zip(s.state[list(state)[0]], state[list(state)[0]]):
+            assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("cell", ["GRU", "LSTM"])
+def test_continuous_batching_is_bitwise_each_stream_alone(cell, rng):
+    model = rnnfast.from_onnx(torch_export(cell, True))
+    xs = [rng.standard_normal((int(rng.integers(10, 30)), I)).astype(np.float32) for _ in range(5)]
+    wants = []
+    for x in xs:
+        wants.append(model.step(x, model.stream()))
+    streams = [model.stream() for _ in xs]
+    pos = [0] * len(xs)
+    outs: list = [[] for _ in xs]
+    while any(p < len(x) for p, x in zip(pos, xs)):
+        live = [i for i in range(len(xs)) if pos[i] < len(xs[i]) and rng.random() < 0.8]
+        if not live:
+            continue
+        chunks = []
+        for i in live:
+            k = int(rng.integers(1, 7))
+            chunks.append(xs[i][pos[i] : pos[i] + k])
+            pos[i] += len(chunks[-1])
+        for i, y in zip(live, model.step(chunks, [streams[i] for i in live])):
+            outs[i].append(y)
+    for i in range(len(xs)):
+        assert np.array_equal(np.concatenate(outs[i]), wants[i]), i
+
+
+def lstm_graph(rng, *, with_state, last_step=False, layout=0):
+    """x (batch, time, I) -> Transpose -> LSTM -> Squeeze -> Transpose -> MatMul + Add ->
+    Sigmoid, as torch writes it; ``with_state``: initial_h / initial_c inputs and Y_h /
+    Y_c outputs (the state threaded by hand for ONNX Runtime); ``last_step``: the output
+    is the last step's (Gather -1 over time)."""
+    W = (rng.standard_normal((1, 4 * H, I)) * 0.4).astype(np.float32)
+    R = (rng.standard_normal((1, 4 * H, H)) * 0.4).astype(np.float32)
+    Bb = (rng.standard_normal((1, 8 * H)) * 0.1).astype(np.float32)
+    K = rng.standard_normal((H, N)).astype(np.float32)
+    b = rng.standard_normal(N).astype(np.float32)
+    rec_in = ["xt", "W", "R", "B", ""] + (["h0", "c0"] if with_state else [])
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0, 2], name="tr"),
+        helper.make_node("LSTM", rec_in, ["y", "hn", "cn"], hidden_size=H, name="lstm"),
+        helper.make_node("Squeeze", ["y", "one"], ["ys"], name="sq"),
+    ]
+    if last_step:
+        nodes.append(helper.make_node("Gather", ["ys", "minus1"], ["yl"], axis=0, name="last"))
+        nodes.append(helper.make_node("MatMul", ["yl", "K"], ["p"], name="mm"))
+    else:
+        nodes.append(helper.make_node("Transpose", ["ys"], ["yb"], perm=[1, 0, 2], name="tr2"))
+        nodes.append(helper.make_node("MatMul", ["yb", "K"], ["p"], name="mm"))
+    nodes += [
+        helper.make_node("Add", ["p", "b"], ["q"], name="add"),
+        helper.make_node("Sigmoid", ["q"], ["out"], name="sig"),
+    ]
+    inits = [numpy_helper.from_array(a, n) for a, n in ((W, "W"), (R, "R"), (Bb, "B"), (K, "K"), (b, "b"))]
+    inits += [
+        numpy_helper.from_array(np.array([1], np.int64), "one"),
+        numpy_helper.from_array(np.array(-1, np.int64), "minus1"),
+    ]
+    ins = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "time", I])]
+    outs = [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)]
+    if with_state:
+        ins += [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, "batch", H]) for n in ("h0", "c0")]
+        outs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("hn", "cn")]
+    g = helper.make_graph(nodes, "g", ins, outs, inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("last_step", [False, True])
+def test_matches_onnxruntime_with_the_state_threaded_by_hand(last_step):
+    rng = np.random.default_rng(5)
+    plain = lstm_graph(np.random.default_rng(1), with_state=False, last_step=last_step)
+    threaded = lstm_graph(np.random.default_rng(1), with_state=True, last_step=last_step)
+    sess = ort.InferenceSession(threaded.SerializeToString(), providers=["CPUExecutionProvider"])
+    model = rnnfast.from_onnx(plain)
+    x = rng.standard_normal((33, I)).astype(np.float32)
+    s = model.stream()
+    h = np.zeros((1, 1, H), np.float32)
+    c = np.zeros((1, 1, H), np.float32)
+    cuts = _cuts(rng, len(x))
+    for a, b in zip(cuts, cuts[1:]):
+        got = model.step(x[a:b], s)
+        want, h, c = sess.run(None, {"x": x[None, a:b], "h0": h, "c0": c})
+        assert_close(got, want[0], np.float32)
+        st = s.state["lstm"]
+        assert_close(st[0], h[0, 0], np.float32)
+        assert_close(st[1], c[0, 0], np.float32)
+    # the state saved and restored, and reset
+    saved = s.state
+    y1 = model.step(x[:3], s)
+    s.state = saved
+    assert np.array_equal(model.step(x[:3], s), y1)
+    s.reset()
+    assert np.array_equal(model.step(x[:3], s), model.step(x[:3], model.stream()))
+
+
+def _refusal_models(rng):
+    def reverse():
+        m = lstm_graph(rng, with_state=False)
+        rec = m.graph.node[1]
+        rec.attribute.append(helper.make_attribute("direction", "reverse"))
+        return m
+
+    def reduce_over_time():
+        m = lstm_graph(rng, with_state=False)
+        m.graph.node.append(helper.make_node("ReduceMean", ["out"], ["pooled"], axes=[1], keepdims=0, name="pool"))
+        del m.graph.output[:]
+        m.graph.output.append(helper.make_tensor_value_info("pooled", TensorProto.FLOAT, None))
+        return m
+
+    def state_input():
+        return lstm_graph(rng, with_state=True)
+
+    def nonzero_state():
+        m = lstm_graph(rng, with_state=False)
+        rec = m.graph.node[1]
+        del rec.input[4:]
+        rec.input.extend(["", "h0"])
+        m.graph.initializer.append(numpy_helper.from_array(np.full((1, 1, H), 0.5, np.float32), "h0"))
+        return m
+
+    def fixed_time():
+        m = lstm_graph(rng, with_state=False)
+        m.graph.input[0].type.tensor_type.shape.dim[1].dim_value = 12
+        return m
+
+    return {
+        "reverse": (reverse, "lstm", "future"),
+        "pooling over time": (reduce_over_time, "pool", "time axis"),
+        "state inputs": (state_input, None, "one input"),
+        "initial state not zeros": (nonzero_state, "lstm", "stream.state"),
+        "fixed time axis": (fixed_time, None, "dynamic time axis"),
+    }
+
+
+@pytest.mark.parametrize(
+    "what", ["reverse", "pooling over time", "state inputs", "initial state not zeros", "fixed time axis"]
+)
+def test_graphs_that_cannot_stream_are_refused_naming_the_node(what):
+    make, node, match = _refusal_models(np.random.default_rng(2))[what]
+    model = rnnfast.from_onnx(make())
+    with pytest.raises(UnsupportedLayerError, match=match) as e:
+        model.stream()
+    if node is not None:
+        assert repr(node) in str(e.value)
+    x = np.zeros((1, 12, I), np.float32)
+    if what != "state inputs":
+        model.run(None, {"x": x})  # the model itself still runs
+
+
+def test_bidirectional_torch_export_refused():
+    torch.manual_seed(0)
+    net = torch.nn.GRU(I, H, bidirectional=True, batch_first=True).eval()
+    f = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            net, (torch.randn(1, 4, I),), f, dynamo=False, input_names=["x"], dynamic_axes={"x": {0: "b", 1: "t"}}
+        )
+    with pytest.raises(UnsupportedLayerError, match="backward direction"):
+        rnnfast.from_onnx(f.getvalue()).stream()
+
+
+class _Classifier(torch.nn.Module):
+    """Embedding -> LSTM -> the last step's log-softmax, and a head on h_n."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(50, 8)
+        self.rnn = torch.nn.LSTM(8, H, batch_first=True)
+        self.head = torch.nn.Linear(H, 4)
+
+    def forward(self, ids):
+        y, (h, _) = self.rnn(self.emb(ids))
+        return torch.log_softmax(self.head(y[:, -1]), -1), self.head(h[-1])
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_ids_model_many_to_one_is_the_output_as_if_the_sequence_ended_there(dynamo):
+    torch.manual_seed(0)
+    net = _Classifier().eval()
+    f = io.BytesIO()
+    ids = torch.randint(0, 50, (2, 7))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if dynamo:  # its Reshape's target shape is computed from the input's
+            dims = ({0: torch.export.Dim("b"), 1: torch.export.Dim("t")},)
+            torch.onnx.export(net, (ids,), f, dynamo=True, input_names=["ids"], dynamic_shapes=dims, verbose=False)
+        else:
+            torch.onnx.export(net, (ids,), f, dynamo=False, input_names=["ids"], dynamic_axes={"ids": {0: "b", 1: "t"}})
+    model = rnnfast.from_onnx(f.getvalue())
+    sess = ort.InferenceSession(f.getvalue(), providers=["CPUExecutionProvider"])
+    seq = np.random.default_rng(0).integers(0, 50, 20)
+    s = model.stream()
+    for a, b in ((0, 3), (3, 4), (4, 11), (11, 20)):
+        got = model.step(seq[a:b], s)
+        want = sess.run(None, {"ids": seq[None, :b]})
+        assert len(got) == 2
+        for g, w in zip(got, want):
+            assert g.shape == w[0].shape
+            assert_close(g, w[0], np.float32)
+    whole = model.step(seq, model.stream())
+    for g, w in zip(got, whole):
+        assert np.array_equal(g, w)
