@@ -300,7 +300,8 @@ def test_clip_and_input_forget_against_float64(isa, dtype, cell):
 # -- the packed product ----------------------------------------------------------------
 
 ROWS = (1, 2, 5, 6, 7, 11, 12, 13)  # around the 6-row register tile
-COLS = (1, 15, 16, 63, 64, 65, 127, 128, 129, 200)  # around the 64-column panels
+COLS = (1, 15, 16, 63, 64, 65, 127, 128, 129, 200, 257, 384, 420, 520)  # around the 64-column panels;
+# 5 to 9 panels: the AVX-512 one-row product takes panels in groups of 2 to 4
 DEPTH = (1, 3, 64, 100, 129, 300)  # past 128: the AVX-512 product K-blocks many rows
 
 
@@ -332,3 +333,17 @@ def test_packed_product_at_tile_and_panel_edges(isa, dtype):
                 )
             for i in (0, max(ROWS) - 1):
                 np.testing.assert_array_equal(_kernels.packed_matmul(A[i : i + 1], B, bias=bias, isa=isa)[0], full[i])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("ndir", [1, 2])
+def test_packed_weights_start_on_cache_lines(dtype, ndir):
+    """Packed weights start on a 64-byte boundary, each direction's too: the products
+    load whole cache lines of a panel (numpy's own allocation of a large array is
+    16 bytes past one, and every load of an unaligned panel spans two lines)."""
+    rng = np.random.default_rng(3)
+    for K, GH, ncb in ((256, 768, 4), (300, 1024, 4), (9, 48, 1)):
+        M = rng.standard_normal((ndir, K, GH)).astype(dtype)
+        packed = _kernels.pack_blocks(M, GH // 16, ncb)
+        assert packed.ctypes.data % 64 == 0
+        assert packed.strides[0] % 64 == 0

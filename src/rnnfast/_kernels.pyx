@@ -10,6 +10,7 @@ from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_C_CONTIG
 from cython cimport floating
 
 import enum
+import math
 import os
 
 import numpy as np
@@ -189,6 +190,17 @@ cdef const rnn_kernels *_kernels_of(isa) except NULL:
     return t
 
 
+def _zeros_lines(shape, dt):
+    """np.zeros on a cache-line (64-byte) boundary: the packed products load whole
+    lines of their panels (an unaligned panel splits every load in two: B=1 products
+    measured 1.7x slower), and threads write a layer's output in unit blocks (a line
+    two blocks share would bounce between their cores)."""
+    n = math.prod(shape if isinstance(shape, tuple) else (shape,)) * np.dtype(dt).itemsize
+    buf = np.zeros(n + 64, np.uint8)
+    off = -buf.__array_interface__["data"][0] % 64  # (not .ctypes: a ctypes object per call, ~10 us)
+    return buf[off : off + n].view(dt).reshape(shape)
+
+
 cdef inline void _pack(long K, long N, const floating *B, long ldb, floating *dst) noexcept nogil:
     if floating is float:
         rnn_pack_f(K, N, B, ldb, dst)
@@ -228,7 +240,7 @@ def packed_matmul(const floating[:, ::1] A, const floating[:, ::1] B, int repeat
         if N > 0:
             bp = &bias[0]
     dt = np.float32 if floating is float else np.float64
-    packed = np.zeros(rnn_packed_size(K, N), dtype=dt)
+    packed = _zeros_lines(rnn_packed_size(K, N), dt)
     out = np.zeros((M, N), dtype=dt)
     cdef floating[::1] P = packed
     cdef floating[:, ::1] C = out
@@ -331,7 +343,7 @@ def pack_blocks(const floating[:, :, ::1] M, long G, long ncb):
     cdef long H = GH // G
     cdef long size = rnn_packed_offset(K, H, G, ncb, ncb)
     cdef long d, cb, j0, j1
-    packed = np.zeros((ndir, size), dtype=np.float32 if floating is float else np.float64)
+    packed = _zeros_lines((ndir, size), np.float32 if floating is float else np.float64)
     cdef floating[:, ::1] P = packed
     if size == 0:
         return packed

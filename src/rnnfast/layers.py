@@ -29,7 +29,6 @@ Cells (``cell=``): the names of the cell registry :data:`rnnfast.cells.CELLS`:
 
 import contextlib
 import copy
-import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -654,7 +653,7 @@ class RNNLayer:
         m = mask if mask is not None else np.zeros((0, 0), np.uint8)
         out = None
         if return_sequences:
-            out = _empty_lines((B, T, D * Ho) if batch_first else (T, B, D * Ho), dt)
+            out = _kernels._zeros_lines((B, T, D * Ho) if batch_first else (T, B, D * Ho), dt)
         o2 = out.reshape(T * B, D * Ho) if out is not None else np.zeros((0, 0), dt)
         plan = _plan.plan(
             B=B,
@@ -878,12 +877,3 @@ def _copy_columns(out, a, runs):
 def _frozen(a):
     a.flags.writeable = False
     return a
-
-
-def _empty_lines(shape, dt):
-    """np.empty on a cache-line (64-byte) boundary: threads write the output in unit
-    blocks, and a line two blocks share would bounce between their cores."""
-    n = math.prod(shape) * np.dtype(dt).itemsize
-    buf = np.empty(n + 64, np.uint8)
-    off = -buf.__array_interface__["data"][0] % 64  # (not .ctypes: a ctypes object per call, ~10 us)
-    return buf[off : off + n].view(dt).reshape(shape)

@@ -26,7 +26,10 @@
  *   step and the state double-buffered. Each core keeps its share of the recurrent
  *   weights in its cache, and a small batch still uses every core. A task also
  *   projects its own block of each chunk's input, so the projection is read where it
- *   was written; the buffers threads share are aligned to cache lines.
+ *   was written; the buffers threads share are aligned to cache lines. A team of one
+ *   (one thread asked for, or openmp.h's back-off) runs the same tasks without phases,
+ *   one direction's steps after the other's per chunk, so that the core's cache holds
+ *   one direction's recurrent weights at a time.
  *
  * Layout: x and out are time-major rows (t*B + b), or batch-major (b*T + t) with
  * shape.bfirst, read and written in place either way. Direction 0 runs forward

@@ -4,8 +4,9 @@
  *
  * A register tile of up to RNN_TILE_ROWS (6) rows x 64 columns (24 accumulators, 4
  * panel loads and 6 broadcasts per k), panel by panel, so a panel is read from cache
- * once per 6 rows. One row (batch 1) takes two panels at a time: 8 independent
- * accumulator chains hide the FMA latency; there the loads bound it. Many rows run
+ * once per 6 rows. One row (batch 1) takes up to four panels at a time (at least
+ * two): 8 to 16 independent accumulator chains hide the FMA latency; there the
+ * loads from L2 bound it. Many rows run
  * K-blocked: a block of RNN_AVX512_KBLOCK steps of a panel stays in the L1 cache
  * while every row tile runs over it, the sums going to C between blocks and coming
  * back (the same chain, so the same bits). Every element of
@@ -86,27 +87,28 @@ RNN_INLINE void rnn_tile_avx512(const int MR, long K, const float *A, long lda,
     for (r = 0; r < MR; r++) rnn_store64_avx512(C + r * ldc, acc[r], nc);
 }
 
-/* One row against two panels at once: eight independent chains. */
-RNN_INLINE void rnn_row2_avx512(long K, const float *a, const float *bp0, const float *bp1,
-                                const __m512 *init0, const __m512 *init1, float *c, long nc1)
+/* One row against NP (2 to 4) consecutive panels at once, panel p's starting sums
+ * init[4p..4p+3]: 4 NP independent chains hide the FMA latency (one panel alone has
+ * four: latency-bound), and every load is a whole cache line. NP is a constant after
+ * inlining; the last panel's first nc_last columns are stored. */
+RNN_INLINE void rnn_rowp_avx512(const int NP, long K, const float *a, const float *bp,
+                                const __m512 *init, float *c, long nc_last)
 {
-    __m512 u[4], v[4];
+    __m512 acc[4][4];
     long k;
-    int q;
-    for (q = 0; q < 4; q++) {
-        u[q] = init0[q];
-        v[q] = init1[q];
-    }
+    int p, q;
+    for (p = 0; p < NP; p++)
+        for (q = 0; q < 4; q++) acc[p][q] = init[4 * p + q];
     for (k = 0; k < K; k++) {
         __m512 x = _mm512_set1_ps(a[k]);
-        const float *b0 = bp0 + k * RNN_PANEL_COLS, *b1 = bp1 + k * RNN_PANEL_COLS;
-        for (q = 0; q < 4; q++) {
-            u[q] = _mm512_fmadd_ps(x, _mm512_loadu_ps(b0 + 16 * q), u[q]);
-            v[q] = _mm512_fmadd_ps(x, _mm512_loadu_ps(b1 + 16 * q), v[q]);
-        }
+        const float *b = bp + k * RNN_PANEL_COLS;
+        for (p = 0; p < NP; p++)
+            for (q = 0; q < 4; q++)
+                acc[p][q] = _mm512_fmadd_ps(x, _mm512_loadu_ps(b + p * K * RNN_PANEL_COLS + 16 * q),
+                                            acc[p][q]);
     }
-    rnn_store64_avx512(c, u, RNN_PANEL_COLS);
-    rnn_store64_avx512(c + RNN_PANEL_COLS, v, nc1);
+    for (p = 0; p < NP; p++)
+        rnn_store64_avx512(c + p * RNN_PANEL_COLS, acc[p], p == NP - 1 ? nc_last : RNN_PANEL_COLS);
 }
 
 /* The starting sums of panel p: its 64 bias values (zeros past N), or zeros. */
@@ -125,16 +127,29 @@ static void rnn_gemm_packed_f_avx512(long M, long N, long K, const float *A, lon
                                      const float *Bp, const float *bias, float *C, long ldc)
 {
     long p = 0, i, np = (N + RNN_PANEL_COLS - 1) / RNN_PANEL_COLS;
-    __m512 init[4], init1[4];
-    if (M == 1) {
-        for (; p + 1 < np; p += 2) {
-            long nc1 = N - (p + 1) * RNN_PANEL_COLS < RNN_PANEL_COLS ? N - (p + 1) * RNN_PANEL_COLS
-                                                                 : RNN_PANEL_COLS;
-            rnn_init64_avx512(init, bias, p, RNN_PANEL_COLS);
-            rnn_init64_avx512(init1, bias, p + 1, nc1);
-            rnn_row2_avx512(K, A, Bp + p * K * RNN_PANEL_COLS, Bp + (p + 1) * K * RNN_PANEL_COLS,
-                            init, init1, C + p * RNN_PANEL_COLS, nc1);
+    __m512 init[4];
+    if (M == 1 && np > 1) {
+        /* one row: panels in groups of four, the rest in groups of two or three (a
+         * rest of five as 3 + 2): no panel runs alone */
+        __m512 in[16];
+        while (p < np) {
+            long g = np - p == 5 ? 3 : (np - p >= 4 ? 4 : np - p), j;
+            long nc = N - (p + g - 1) * RNN_PANEL_COLS;
+            if (nc > RNN_PANEL_COLS)
+                nc = RNN_PANEL_COLS;
+            for (j = 0; j < g; j++)
+                rnn_init64_avx512(in + 4 * j, bias, p + j, j == g - 1 ? nc : RNN_PANEL_COLS);
+            const float *bp = Bp + p * K * RNN_PANEL_COLS;
+            float *c = C + p * RNN_PANEL_COLS;
+            if (g == 4)
+                rnn_rowp_avx512(4, K, A, bp, in, c, nc);
+            else if (g == 3)
+                rnn_rowp_avx512(3, K, A, bp, in, c, nc);
+            else
+                rnn_rowp_avx512(2, K, A, bp, in, c, nc);
+            p += g;
         }
+        return;
     }
     for (; p < np; p++) {
         const float *bp = Bp + p * K * RNN_PANEL_COLS;
