@@ -76,7 +76,12 @@ NEEDS = {
 # one), then the parent sleeps GAP_S so a pool still spinning goes to sleep before the
 # next engine runs. At least MIN_ROUNDS rounds and MIN_REPEATS calls per engine.
 TURN_S = 0.045
-GAP_S = 0.02
+# Quiet between two engines' turns: a pool that spins after its run (ONNX Runtime's,
+# OpenVINO's, rnnfast's after a phase) loads the next engine's turn; 20 ms was too short
+# (rnnfast's team saw a partner lose its core and ran its next calls on one thread: GRU
+# H=512 B=1 on 2 threads 11.3 ms instead of 2.5 after an ONNX Runtime turn), 100 ms let
+# every measured pool go quiet.
+GAP_S = 0.1
 MIN_ROUNDS = 3
 MIN_REPEATS = 3
 START_TIMEOUT_S = 600  # importing TensorFlow on a busy machine is slow

@@ -153,6 +153,25 @@ def test_a_partner_that_misses_the_whole_call_backs_off_for_the_time_it_lost(rng
     assert _kernels.team_backoff()[0] == left - 3
 
 
+def test_a_backoff_ends_a_moment_after_the_load_that_caused_it(rng):
+    """A backoff counted in calls alone outlived the load that caused it (thousands of
+    calls after a partner lost its core: seconds on one thread for a long call, on a
+    machine idle again); it also ends RNN_BACKOFF_MAX_NS (250 ms) after it began. The
+    call after that runs on the team: the backoff is not counted down (a busy machine
+    may start a new one, with a longer length)."""
+    import time
+
+    layer = make_layer(rng, "gru", 32, 256, 1)
+    x = rng.standard_normal((200, 1, 32)).astype(np.float32)
+    ref = layer.forward(x, num_threads=1)[0]
+    seen = backoff_after_tries(layer, x, ref, 3, lambda st: st[1] == 2 and st[0] > 2, (1, 200_000, 1, False))
+    left, length = seen[-1]
+    assert length == 2 and left > 2, seen
+    time.sleep(0.3)
+    assert np.array_equal(layer.forward(x, num_threads=2)[0], ref)
+    assert _kernels.team_backoff() != (left - 1, 2)
+
+
 def test_the_phase_wait_spins_for_a_time_scaled_to_the_work(rng):
     """A partner holding a task longer than the fixed spins of the phase wait (a long
     task of a large batch, here 300 us inside each task it claims) makes the caller
