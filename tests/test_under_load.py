@@ -134,6 +134,19 @@ def test_a_partner_that_is_not_running_does_not_make_later_calls_alone(rng):
     assert seen[-1] == (0, 1), seen
 
 
+def backed_off_for_a_lost_call(rng):
+    """A layer, its input and 1-thread result, and the calls of the backoff its 2-thread
+    call started with its partner asleep 200 ms before the first phase it reached (the
+    caller runs every task; three tries, one must back off for the time lost)."""
+    layer = make_layer(rng, "gru", 32, 256, 1)
+    x = rng.standard_normal((200, 1, 32)).astype(np.float32)
+    ref = layer.forward(x, num_threads=1)[0]
+    seen = backoff_after_tries(layer, x, ref, 3, lambda st: st[1] == 2 and st[0] > 2, (1, 200_000, 1, False))
+    left, length = seen[-1]
+    assert length == 2 and left > 2, seen
+    return layer, x, ref, left
+
+
 def test_a_partner_that_misses_the_whole_call_backs_off_for_the_time_it_lost(rng):
     """A partner that loses its core for the whole call (the caller runs every task:
     here it sleeps 200 ms before the first phase it reaches) still holds the call up:
@@ -142,12 +155,7 @@ def test_a_partner_that_misses_the_whole_call_backs_off_for_the_time_it_lost(rng
     enough calls to work 16x the time it lost (RNN_BACKOFF_PAYBACK), not just the
     doubling length. (Where the partner starts only after the call's last phase, it
     naps nowhere: three tries, one must back off so.)"""
-    layer = make_layer(rng, "gru", 32, 256, 1)
-    x = rng.standard_normal((200, 1, 32)).astype(np.float32)
-    ref = layer.forward(x, num_threads=1)[0]
-    seen = backoff_after_tries(layer, x, ref, 3, lambda st: st[1] == 2 and st[0] > 2, (1, 200_000, 1, False))
-    left, length = seen[-1]
-    assert length == 2 and left > 2, seen
+    layer, x, ref, left = backed_off_for_a_lost_call(rng)
     for _ in range(3):  # on one thread now: the same bits
         assert np.array_equal(layer.forward(x, num_threads=2)[0], ref)
     assert _kernels.team_backoff()[0] == left - 3
@@ -161,12 +169,7 @@ def test_a_backoff_ends_a_moment_after_the_load_that_caused_it(rng):
     may start a new one, with a longer length)."""
     import time
 
-    layer = make_layer(rng, "gru", 32, 256, 1)
-    x = rng.standard_normal((200, 1, 32)).astype(np.float32)
-    ref = layer.forward(x, num_threads=1)[0]
-    seen = backoff_after_tries(layer, x, ref, 3, lambda st: st[1] == 2 and st[0] > 2, (1, 200_000, 1, False))
-    left, length = seen[-1]
-    assert length == 2 and left > 2, seen
+    layer, x, ref, left = backed_off_for_a_lost_call(rng)
     time.sleep(0.3)
     assert np.array_equal(layer.forward(x, num_threads=2)[0], ref)
     assert _kernels.team_backoff() != (left - 1, 2)
