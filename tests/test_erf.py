@@ -21,6 +21,7 @@ VALUES = np.concatenate(
 
 def without_scipy(monkeypatch):
     monkeypatch.setitem(sys.modules, "scipy.special", None)  # `from scipy.special import` raises ImportError
+    monkeypatch.setattr(_special, "_scipy_erf", None)  # looked up again on the next call
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -28,6 +28,7 @@ features)``.
 import numpy as np
 
 from . import _kernels
+from ._products import pack
 from .errors import UnsupportedLayerError
 from .stream import _NO_MASK, _NO_OUT, _NO_STATE, Program, _Kernel
 
@@ -533,7 +534,7 @@ def _packed(w, bias, dtype):
     if w.dtype not in (np.float32, np.float64):
         return None
     K, N = w.shape
-    Bp = _kernels.pack_blocks(np.ascontiguousarray(w)[None], 1, 1)[0]
+    Bp = pack(w)
     b = np.zeros(0, w.dtype) if bias is None else np.ascontiguousarray(bias, dtype=w.dtype)
 
     def f(x):

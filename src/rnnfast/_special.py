@@ -12,13 +12,19 @@ import math
 import numpy as np
 
 _math_erf = np.frompyfunc(math.erf, 1, 1)
+_scipy_erf = None  # scipy.special.erf, False without SciPy: looked up on the first call only
 
 
 def erf(x):
     """``erf(x)`` elementwise, in ``x``'s floating dtype."""
+    global _scipy_erf
     x = np.asarray(x)
-    try:
-        from scipy.special import erf as scipy_erf
-    except ImportError:
+    if _scipy_erf is None:
+        try:
+            from scipy.special import erf as found
+        except ImportError:
+            found = False
+        _scipy_erf = found
+    if _scipy_erf is False:
         return np.asarray(_math_erf(x.astype(np.float64)), dtype=np.float64).astype(x.dtype, copy=False)
-    return np.asarray(scipy_erf(x)).astype(x.dtype, copy=False)
+    return np.asarray(_scipy_erf(x)).astype(x.dtype, copy=False)

@@ -794,17 +794,22 @@ class Dense:
                 state[k] = _frozen(_usable(v))
         self.__dict__.update(state)
 
+    def packed_kernel(self):
+        """The kernel in the core's packed form (:func:`rnnfast._products.pack`), made on
+        first use and kept (not pickled): read by :meth:`forward` and the stream path."""
+        packed = getattr(self, "_packed", None)
+        if packed is None:
+            packed = self._packed = _products.pack(self.kernel)
+        return packed
+
     def forward(self, x, *, num_threads=None):
         """``x``: (..., I) -> (..., N), on the core's product (rnnfast._products:
         ``num_threads`` as in :meth:`RNNLayer.forward`; the results do not depend on it)."""
         x = np.asarray(as_numeric(x, "input"), dtype=self.dtype)
         if x.shape[-1] != self.kernel.shape[0]:
             raise ValueError("Dense expects %d input features, got shape %s" % (self.kernel.shape[0], x.shape))
-        packed = getattr(self, "_packed", None)
-        if packed is None:
-            packed = self._packed = _products.pack(self.kernel)
         act = -1 if self.activation in ("linear", "softmax") else ACTIVATIONS[self.activation]
-        y = _products.dense(x, packed, self.kernel.shape[1], self.bias, act, num_threads)
+        y = _products.dense(x, self.packed_kernel(), self.kernel.shape[1], self.bias, act, num_threads)
         if self.activation == "softmax":
             return softmax(y, out=y)
         return y

@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from . import _kernels, _plan
+from ._products import pack
 from ._threads import blas_single_threaded, resolve_num_threads
 from ._validation import as_ids, as_input
 from .errors import UnsupportedLayerError
@@ -407,8 +408,7 @@ class _Dense:
         self.dtype = dense.dtype
         K, N = dense.kernel.shape
         self.K, self.N = K, N
-        self.Bp = _kernels.pack_blocks(np.ascontiguousarray(dense.kernel)[None], 1, 1)[0]
-        self.Bp.flags.writeable = False
+        self.Bp = dense.packed_kernel()  # the layer's own packed copy, not a second one
         self.bias = dense.bias if dense.bias is not None else np.zeros(0, self.dtype)
         act = dense.activation
         self.softmax = act == "softmax"
@@ -461,8 +461,7 @@ class _CausalConv:
         self.packed = []
         for g in range(op.groups):
             w = op.kernel[:, :, g * self.cout_g : (g + 1) * self.cout_g].reshape(k * cin_g, self.cout_g)
-            bp = _kernels.pack_blocks(np.ascontiguousarray(w)[None], 1, 1)[0]
-            bp.flags.writeable = False
+            bp = pack(w)
             b = op.bias[g * self.cout_g : (g + 1) * self.cout_g] if op.bias is not None else np.zeros(0, self.dtype)
             self.packed.append((bp, np.ascontiguousarray(b, dtype=self.dtype)))
         self.activation = op.activation
