@@ -291,3 +291,34 @@ def keras_model_from(source, model, paths):
     import rnnfast
 
     return rnnfast.from_keras(model) if source == "live" else rnnfast.load(paths[source])
+
+
+def step_in_ragged_batches(model, xs, rng, *, max_chunk, start=None, p_live=None, on_step=None, **step_options):
+    """Continuous batching: the sequences ``xs`` stepped together through ``model`` in
+    ragged batches, a random chunk of 1 to ``max_chunk - 1`` steps per live stream per
+    round; stream i joins at round ``start[i]`` (default 0) and, with ``p_live``, sits out
+    a round with probability ``1 - p_live``. ``on_step(chunks, ys)`` sees each batched
+    step. Returns each stream's outputs, concatenated, and the streams."""
+    n = len(xs)
+    start = start if start is not None else [0] * n
+    pos, outs, streams, rnd = [0] * n, [[] for _ in range(n)], [None] * n, 0
+    while any(p < len(x) for p, x in zip(pos, xs)):
+        live = [
+            i for i in range(n) if start[i] <= rnd and pos[i] < len(xs[i]) and (p_live is None or rng.random() < p_live)
+        ]
+        rnd += 1
+        if not live:
+            continue
+        chunks = []
+        for i in live:
+            if streams[i] is None:
+                streams[i] = model.stream()
+            k = int(rng.integers(1, max_chunk))
+            chunks.append(xs[i][pos[i] : pos[i] + k])
+            pos[i] += len(chunks[-1])
+        ys = model.step(chunks, [streams[i] for i in live], **step_options)
+        if on_step is not None:
+            on_step(chunks, ys)
+        for i, y in zip(live, ys):
+            outs[i].append(y)
+    return [np.concatenate(o) for o in outs], streams

@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 import rnnfast
 from rnnfast import UnsupportedLayerError
 
-from _testing import assert_close
+from _testing import assert_close, step_in_ragged_batches
 
 I, H, N = 5, 16, 3
 
@@ -81,22 +81,9 @@ def test_continuous_batching_is_bitwise_each_stream_alone(cell, rng):
     wants = []
     for x in xs:
         wants.append(model.step(x, model.stream()))
-    streams = [model.stream() for _ in xs]
-    pos = [0] * len(xs)
-    outs: list = [[] for _ in xs]
-    while any(p < len(x) for p, x in zip(pos, xs)):
-        live = [i for i in range(len(xs)) if pos[i] < len(xs[i]) and rng.random() < 0.8]
-        if not live:
-            continue
-        chunks = []
-        for i in live:
-            k = int(rng.integers(1, 7))
-            chunks.append(xs[i][pos[i] : pos[i] + k])
-            pos[i] += len(chunks[-1])
-        for i, y in zip(live, model.step(chunks, [streams[i] for i in live])):
-            outs[i].append(y)
+    outs, _ = step_in_ragged_batches(model, xs, rng, max_chunk=7, p_live=0.8)
     for i in range(len(xs)):
-        assert np.array_equal(np.concatenate(outs[i]), wants[i]), i
+        assert np.array_equal(outs[i], wants[i]), i
 
 
 def lstm_graph(rng, *, with_state, last_step=False, layout=0):

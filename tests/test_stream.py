@@ -18,7 +18,7 @@ from rnnfast.graph import Graph, Step
 from rnnfast.layers import Dense, RNNLayer
 from rnnfast.model_keras import DenseNode, EmbeddingNode, KerasModel, RecurrentNode
 
-from _testing import assert_close, make_module, random_weights, tol
+from _testing import assert_close, make_module, random_weights, step_in_ragged_batches, tol
 
 I_SIZE = 5
 
@@ -155,29 +155,16 @@ def test_continuous_batching_is_bitwise_each_stream_alone(variant, dtype, thread
     xs = [rng.standard_normal((int(rng.integers(20, 70)), I_SIZE)).astype(dtype) for _ in range(n)]
     wants = [whole(model, x) for x in xs]
     start = [int(rng.integers(0, 4)) for _ in range(n)]  # the round each stream joins at
-    pos = [0] * n
-    outs = [[] for _ in range(n)]
-    streams = [None] * n
-    rnd = 0
-    while any(p < len(x) for p, x in zip(pos, xs)):
-        live = [i for i in range(n) if start[i] <= rnd and pos[i] < len(xs[i]) and rng.random() < 0.8]
-        rnd += 1
-        if not live:
-            continue
-        chunks = []
-        for i in live:
-            if streams[i] is None:
-                streams[i] = model.stream()
-            k = int(rng.integers(1, 12))
-            chunks.append(xs[i][pos[i] : pos[i] + k])
-            pos[i] += len(chunks[-1])
-        ys = model.step(chunks, [streams[i] for i in live], num_threads=threads)
+
+    def stacked_when_equal(chunks, ys):
         if len({len(c) for c in chunks}) == 1:
-            assert isinstance(ys, np.ndarray) and ys.shape[:2] == (len(live), len(chunks[0]))
-        for i, y in zip(live, ys):
-            outs[i].append(y)
+            assert isinstance(ys, np.ndarray) and ys.shape[:2] == (len(chunks), len(chunks[0]))
+
+    outs, streams = step_in_ragged_batches(
+        model, xs, rng, max_chunk=12, start=start, p_live=0.8, on_step=stacked_when_equal, num_threads=threads
+    )
     for i in range(n):
-        assert_bitwise(np.concatenate(outs[i]), wants[i][0], "%s stream %d" % (variant, i))
+        assert_bitwise(outs[i], wants[i][0], "%s stream %d" % (variant, i))
         assert_state_bitwise(streams[i].state, wants[i][1], "%s stream %d" % (variant, i))
 
 

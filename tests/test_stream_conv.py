@@ -11,7 +11,7 @@ import rnnfast
 from rnnfast import UnsupportedLayerError
 from rnnfast.ops import conv1d_reference, conv_padding
 
-from _testing import assert_like_keras, lively, tol
+from _testing import assert_like_keras, lively, step_in_ragged_batches, tol
 
 keras = pytest.importorskip("keras")
 L = keras.layers
@@ -80,24 +80,10 @@ def test_batched_ragged_joining_and_leaving_are_bitwise(models, rng):
     _, model, dt = models
     xs = [rng.standard_normal((int(n), F)).astype(dt) for n in rng.integers(5, 40, size=6)]
     wants = [whole(model, x) for x in xs]
-    streams = [model.stream() for _ in xs]
-    pos = [0] * len(xs)
-    got = [[] for _ in xs]
     start = [0, 0, 2, 3, 3, 5]  # rounds at which each stream joins
-    for r in range(200):
-        live = [i for i in range(len(xs)) if start[i] <= r and pos[i] < len(xs[i])]
-        if not live:
-            break
-        chunks = []
-        for i in live:
-            n = int(rng.integers(1, 6))
-            chunks.append(xs[i][pos[i] : pos[i] + n])
-            pos[i] += len(chunks[-1])
-        ys = model.step(chunks, [streams[i] for i in live])
-        for i, y in zip(live, ys):
-            got[i].append(y)
+    got, streams = step_in_ragged_batches(model, xs, rng, max_chunk=6, start=start)
     for i, (want, want_state) in enumerate(wants):
-        assert_bitwise(np.concatenate(got[i]), want, "stream %d batched" % i)
+        assert_bitwise(got[i], want, "stream %d batched" % i)
         assert_state_bitwise(streams[i].state, want_state, "stream %d batched" % i)
 
 
