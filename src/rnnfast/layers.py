@@ -795,7 +795,7 @@ class Dense:
         self.__dict__.update(state)
 
     def packed_kernel(self):
-        """The kernel in the core's packed form (:func:`rnnfast._products.pack`), made on
+        """The kernel in the core's packed form (``rnnfast._products.pack``), made on
         first use and kept (not pickled): read by :meth:`forward` and the stream path."""
         packed = getattr(self, "_packed", None)
         if packed is None:
