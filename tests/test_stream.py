@@ -447,12 +447,7 @@ def test_refused_batched_steps_claim_nothing(rng):
     with pytest.raises(RuntimeError, match="once"):
         Stream.__init__(a, a._program)
     long_x = rng.standard_normal((200_000, I_SIZE)).astype(np.float32)
-    s = model.stream()
-    result = {}
-    t = threading.Thread(target=lambda: result.setdefault("y", model.step(long_x, s, num_threads=1)))
-    t.start()
-    while not s._in_use() and t.is_alive():
-        pass
+    s, t, result = _stepping_in_a_thread(model, long_x)
     refused = 0
     while t.is_alive():
         try:
@@ -538,18 +533,25 @@ def test_streams_from_threads_equal_serial(rng):
         assert_bitwise(g, w, "threaded")
 
 
+def _stepping_in_a_thread(model, x):
+    """A new stream stepped through ``x`` by a thread, returned once the step runs:
+    (stream, thread, result: ``result["y"]`` once the thread is done)."""
+    s = model.stream()
+    result: dict = {}
+    t = threading.Thread(target=lambda: result.setdefault("y", model.step(x, s, num_threads=1)))
+    t.start()
+    while not s._in_use() and t.is_alive():
+        pass
+    return s, t, result
+
+
 def test_one_stream_from_two_threads_is_refused_and_not_corrupted(rng):
     """While one thread steps a stream (a long chunk: the compiled call runs without the
     GIL), another thread's step, state read or reset of the same stream is refused;
     the first call's result is intact; Python code runs meanwhile (GIL released)."""
     model = graph_model(rng, "gru", np.float32, H=(64,), head=False)
     x = rng.standard_normal((200_000, I_SIZE)).astype(np.float32)
-    s = model.stream()
-    result = {}
-    t = threading.Thread(target=lambda: result.setdefault("y", model.step(x, s, num_threads=1)))
-    t.start()
-    while not s._in_use() and t.is_alive():
-        pass
+    s, t, result = _stepping_in_a_thread(model, x)
     ticks = 0
     refused = []
     while t.is_alive():
