@@ -34,18 +34,18 @@ cdef extern from *:
     /* A stream's flag: 0 free, 1 used by a call. Taken by compare-and-swap, so that two
        threads never both take it, with or without a GIL. */
     #if defined(__GNUC__) || defined(__clang__)
-    static inline int rnnfast_take(unsigned char *f) {
+    static int rnnfast_take(unsigned char *f) {
         unsigned char free_ = 0;
         return __atomic_compare_exchange_n(f, &free_, 1, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED);
     }
-    static inline void rnnfast_give(unsigned char *f) { __atomic_store_n(f, 0, __ATOMIC_RELEASE); }
+    static void rnnfast_give(unsigned char *f) { __atomic_store_n(f, 0, __ATOMIC_RELEASE); }
     #elif defined(_MSC_VER)
     #include <intrin.h>
-    static inline int rnnfast_take(unsigned char *f) { return _InterlockedCompareExchange8((char *) f, 1, 0) == 0; }
-    static inline void rnnfast_give(unsigned char *f) { _InterlockedExchange8((char *) f, 0); }
+    static int rnnfast_take(unsigned char *f) { return _InterlockedCompareExchange8((char *) f, 1, 0) == 0; }
+    static void rnnfast_give(unsigned char *f) { _InterlockedExchange8((char *) f, 0); }
     #else /* under the GIL, which these calls hold */
-    static inline int rnnfast_take(unsigned char *f) { if (*f) return 0; *f = 1; return 1; }
-    static inline void rnnfast_give(unsigned char *f) { *f = 0; }
+    static int rnnfast_take(unsigned char *f) { if (*f) return 0; *f = 1; return 1; }
+    static void rnnfast_give(unsigned char *f) { *f = 0; }
     #endif
     """
     ctypedef struct rnnfast_ndarray:
