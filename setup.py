@@ -114,6 +114,8 @@ def extensions():
             depends=sorted(glob.glob("src/rnnfast/c/**/*.h", recursive=True)) + ["src/rnnfast/_kernels.pxd"],
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         ),
+        # the streams' bookkeeping (rnnfast/stream.py): claims, state rows, chunk stacking
+        Extension("rnnfast._stream", ["src/rnnfast/_stream.pyx"]),
     ]
     return cythonize(
         exts,

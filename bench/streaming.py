@@ -113,13 +113,16 @@ def keras_stateful(km):
 
 def timed(fns, rounds):
     """Median microseconds per call of each loop, interleaved (fns: name -> (fn, calls)):
-    (wall, cpu), two dicts."""
+    (wall, cpu), two dicts. Each timed loop starts with one untimed call: the engines'
+    loops run in turn, so a loop's first call would find its caches filled by the others
+    (in ``--quick``'s loops of 10 batched steps that cold call was ~20% of the time)."""
     wall = {k: [] for k in fns}
     cpu = {k: [] for k in fns}
     for f, _n in fns.values():
         f()  # warm-up
     for _ in range(rounds):
         for k, (f, n) in fns.items():
+            f()  # the loop starts warm (the other engines' loops ran since its last call)
             c0, t0 = time.process_time(), time.perf_counter()
             for _ in range(n):
                 f()

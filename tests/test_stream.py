@@ -333,6 +333,136 @@ def test_model_stays_immutable_and_pickles(rng):
     assert_bitwise(whole(again, x)[0], whole(model, x)[0], "unpickled")
 
 
+# -- the state blocks (rnnfast._stream) ------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", ["gru", "lstm"])
+def test_batched_step_in_place_gathered_and_across_blocks_agree(variant, rng):
+    """A batched step of equal chunks runs on the block's own rows when its streams are
+    one block's consecutive rows in order, else on their rows gathered (shuffled, in
+    two blocks): every form gives each stream's outputs and states alone, bitwise."""
+    from rnnfast import _stream
+
+    model = graph_model(rng, variant, np.float32, H=(16,))
+    n = _stream.ROWS + 8
+    streams = [model.stream() for _ in range(n)]
+    p = streams[0]._program
+    assert len({s._block for s in streams}) == 2
+    forms = {
+        "consecutive": list(range(3, 40)),
+        "shuffled": list(rng.permutation(40)),
+        "two blocks": list(rng.permutation(n)[:50]),
+        "one": [17],
+    }
+    in_place = {}
+    for name, pick in forms.items():
+        batch = _stream.take([streams[i] for i in pick], p)
+        in_place[name] = batch.rows
+        batch.release()
+    assert in_place == {"consecutive": True, "shuffled": False, "two blocks": False, "one": True}
+    for name, pick in forms.items():
+        chosen = [streams[i] for i in pick]
+        for c in chosen:
+            c.reset()
+        xs = [rng.standard_normal((6, I_SIZE)).astype(np.float32) for _ in pick]
+        got = [model.step([x[a : a + 2] for x in xs], chosen) for a in range(0, 6, 2)]
+        for j, (x, c) in enumerate(zip(xs, chosen)):
+            want, want_state = whole(model, x)
+            assert_bitwise(np.concatenate([g[j] for g in got]), want, "%s stream %d" % (name, j))
+            assert_state_bitwise(c.state, want_state, "%s stream %d" % (name, j))
+
+
+def test_state_blocks_grow_and_rows_come_back_zeroed(rng):
+    """Streams past a block's rows open new blocks; a stream that is gone gives its row
+    back, and the next stream takes it with zero states; a stream outlives its model."""
+    import gc
+
+    from rnnfast import _stream
+
+    model = graph_model(rng, "lstm", np.float32, H=(8,))
+    x = rng.standard_normal((5, I_SIZE)).astype(np.float32)
+    streams = [model.stream() for _ in range(2 * _stream.ROWS + 3)]
+    blocks = list(dict.fromkeys(s._block for s in streams))
+    assert len(blocks) == 3 and [len(b.free) for b in blocks] == [0, 0, _stream.ROWS - 3]
+    victim = streams[_stream.ROWS + 7]
+    block, row = victim._block, victim._row
+    model.step(x, victim)
+    assert np.any(block.slots[0][row])
+    del streams[_stream.ROWS + 7], victim
+    gc.collect()
+    assert row in block.free
+    new = model.stream()  # the first block with a free row: the freed one's
+    assert (new._block, new._row) == (block, row) and len(blocks[2].free) == _stream.ROWS - 3
+    assert not any(a.any() for v in new.state.values() for a in v)
+    want, want_state = whole(model, x)
+    assert_bitwise(model.step(x, new), want, "a reused row")
+    assert_state_bitwise(new.state, want_state, "a reused row")
+    keep = new.state
+    del model
+    gc.collect()
+    assert_state_bitwise(new.state, keep, "after the model is gone")
+    new.reset()
+    assert not any(a.any() for v in new.state.values() for a in v)
+
+
+def test_a_stream_is_not_pickled_its_state_is(rng):
+    """Pickling or copying a stream is refused with the way to do it: its state pickles
+    and restores into a new stream, which continues the sequence bitwise."""
+    import copy
+    import pickle
+
+    model = graph_model(rng, "gru", np.float32)
+    x = rng.standard_normal((10, I_SIZE)).astype(np.float32)
+    s = model.stream()
+    model.step(x[:4], s)
+    for f in (pickle.dumps, copy.copy, copy.deepcopy):
+        with pytest.raises(TypeError, match="stream.state"):
+            f(s)
+    t = model.stream()
+    t.state = pickle.loads(pickle.dumps(s.state))
+    assert_bitwise(model.step(x[4:], t), model.step(x[4:], s), "restored from a pickle")
+
+
+def test_refused_batched_steps_claim_nothing(rng):
+    """A batched step refused for any of its streams (not a stream, another model's, one
+    not made by model.stream(), one that another thread is stepping) leaves every
+    stream of the list free and unchanged."""
+    from rnnfast.stream import Stream
+
+    model = graph_model(rng, "gru", np.float32, H=(64,), head=False)
+    other = graph_model(rng, "gru", np.float32, H=(64,), head=False)
+    a, b = model.stream(), model.stream()
+    x = np.ones((2, I_SIZE), np.float32)
+    cases = {
+        TypeError: [a, b, "a stream"],
+        ValueError: [a, b, other.stream()],
+        RuntimeError: [a, b, Stream.__new__(Stream)],
+    }
+    for error, streams in cases.items():
+        with pytest.raises(error):
+            model.step([x] * 3, streams)
+        assert not a._in_use() and not b._in_use()
+    with pytest.raises(RuntimeError, match="model.stream"):
+        Stream.__new__(Stream).reset()
+    with pytest.raises(RuntimeError, match="once"):
+        Stream.__init__(a, a._program)
+    long_x = rng.standard_normal((200_000, I_SIZE)).astype(np.float32)
+    s, t, result = _stepping_in_a_thread(model, long_x)
+    refused = 0
+    while t.is_alive():
+        try:
+            model.step([x] * 3, [a, b, s])
+        except RuntimeError as e:
+            assert "another thread" in str(e)
+            refused += 1
+            assert not a._in_use() and not b._in_use()
+            assert not any(v.any() for st in (a, b) for arrays in st.state.values() for v in arrays)
+        # (once the thread is done, the step runs)
+    t.join()
+    assert refused
+    assert_bitwise(result["y"], whole(model, long_x)[0], "the first call's result")
+
+
 # -- refusals --------------------------------------------------------------------------
 
 
@@ -403,18 +533,25 @@ def test_streams_from_threads_equal_serial(rng):
         assert_bitwise(g, w, "threaded")
 
 
+def _stepping_in_a_thread(model, x):
+    """A new stream stepped through ``x`` by a thread, returned once the step runs:
+    (stream, thread, result: ``result["y"]`` once the thread is done)."""
+    s = model.stream()
+    result: dict = {}
+    t = threading.Thread(target=lambda: result.setdefault("y", model.step(x, s, num_threads=1)))
+    t.start()
+    while not s._in_use() and t.is_alive():
+        pass
+    return s, t, result
+
+
 def test_one_stream_from_two_threads_is_refused_and_not_corrupted(rng):
     """While one thread steps a stream (a long chunk: the compiled call runs without the
     GIL), another thread's step, state read or reset of the same stream is refused;
     the first call's result is intact; Python code runs meanwhile (GIL released)."""
     model = graph_model(rng, "gru", np.float32, H=(64,), head=False)
     x = rng.standard_normal((200_000, I_SIZE)).astype(np.float32)
-    s = model.stream()
-    result = {}
-    t = threading.Thread(target=lambda: result.setdefault("y", model.step(x, s, num_threads=1)))
-    t.start()
-    while not s._in_use() and t.is_alive():
-        pass
+    s, t, result = _stepping_in_a_thread(model, x)
     ticks = 0
     refused = []
     while t.is_alive():
@@ -478,15 +615,15 @@ def test_chunks_of_any_form_give_the_same_bits(model_kind, rng):
 
 @pytest.mark.parametrize("masked", [False, True])
 def test_batched_streams_over_several_state_blocks(masked, rng):
-    """More live streams than one state block holds (_Block.ROWS): a batched step
+    """More live streams than one state block holds (ROWS): a batched step
     gathers each block's rows, in the call's order, and scatters them back (chunks equal
     and ragged, the same stream twice refused); results bitwise each stream alone."""
-    from rnnfast.stream import _Block
+    from rnnfast._stream import ROWS
 
     model = graph_model(rng, "lstm", np.float32, H=(8,), ids=7 if masked else None)
-    n = _Block.ROWS + 40
+    n = ROWS + 40
     streams = [model.stream() for _ in range(n)]
-    pick = rng.permutation(n)[: _Block.ROWS // 2 + 30]  # from both blocks, shuffled
+    pick = rng.permutation(n)[: ROWS // 2 + 30]  # from both blocks, shuffled
     assert len({streams[i]._block for i in pick}) == 2
 
     def chunk(T):

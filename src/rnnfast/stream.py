@@ -41,14 +41,13 @@ other (``RuntimeError``), never corrupted.
 """
 
 import contextlib
-import operator
 import threading
 import weakref
 from typing import Any
 
 import numpy as np
 
-from . import _kernels, _plan
+from . import _kernels, _plan, _stream
 from ._products import pack
 from ._threads import blas_single_threaded, resolve_num_threads
 from ._validation import as_ids, as_input
@@ -84,7 +83,7 @@ PER_STEP = {
 }
 
 
-class Stream:
+class Stream(_stream.StreamBase):
     """One sequence's state for a model: made by ``model.stream()``, stepped by
     ``model.step(chunk, stream)``.
 
@@ -97,22 +96,21 @@ class Stream:
         last input frames it read, the oldest first (zeros at a sequence's start).
         Reading gives copies; assigning takes a dict of the same layers and shapes
         (``ValueError`` naming the layer otherwise).
+
+    A stream is a row of its model's state blocks (the compiled part,
+    ``rnnfast._stream.StreamBase``, keeps the block, the row and the claim); the row
+    goes back to the block when the stream is gone. A stream does not pickle
+    (``TypeError``): pickle its ``state`` and assign it to a new stream.
     """
 
-    __slots__ = ("_program", "_block", "_row", "_grow", "_slots", "_seen", "__weakref__")
+    __slots__ = ("_slots", "_seen", "__weakref__")
 
     def __init__(self, program):
-        self._program = program
-        self._block, self._row = block, row = program.take_row()
-        self._grow = block.gid * _Block.ROWS + row  # the row's number among all blocks
-        weakref.finalize(self, block.give, row)
+        super().__init__(program)
+        block, row = self._block, self._row
         # views of the stream's row of its block: the kernels read and write them in place
         self._slots = [a[row : row + 1][None] for a in block.slots]
         self._seen = block.seen[:, row : row + 1]
-
-    def _in_use(self):
-        """Whether a call is stepping (or reading) this stream now."""
-        return bool(self._block.taken[self._row])
 
     def reset(self):
         """Back to the start of a sequence: zero states."""
@@ -163,76 +161,17 @@ class Stream:
 
     @contextlib.contextmanager
     def _held(self):
-        self._block.claim_one(self._row)
+        self._claim()
         try:
             yield
         finally:
-            self._block.taken[self._row] = 0
+            self._release()
 
     def __repr__(self):
         return "<Stream of %s>" % self._program.what
 
 
-_grow_of = operator.attrgetter("_grow")
-_TWICE = "a stream appears twice in one step: a stream is one sequence"
-
-
-def _busy():
-    return RuntimeError(
-        "this stream is being stepped by another thread: a stream is one sequence; step it from one thread at a time"
-    )
-
-
 # -- the compiled form of a model for streaming ------------------------------------------
-
-
-#: Every state block, by its number (``_Block.gid``).
-_BLOCKS: list = []
-
-
-class _Block:
-    """States of up to :attr:`ROWS` streams of one program, a row each: one array per
-    state slot (ROWS, width), never reallocated (streams hold views of their rows), so
-    that a batched step gathers and scatters its streams' states with one fancy index
-    per slot instead of a Python loop over streams."""
-
-    ROWS = 256
-
-    def __init__(self, program):
-        self.program = program
-        self.slots = [np.zeros((self.ROWS, w), dt) for w, dt in zip(program.widths, program.dtypes)]
-        self.seen = np.zeros((len(program.recurrent), self.ROWS), bool)
-        self.taken = bytearray(self.ROWS)  # rows a call is using now (1), and as numpy:
-        self.busy = np.frombuffer(self.taken, dtype=bool)
-        self.free = list(range(self.ROWS - 1, -1, -1))
-        self.lock = threading.Lock()
-        self.gid = len(_BLOCKS)  # (made under _programs_lock)
-        _BLOCKS.append(self)
-
-    def claim(self, rows):
-        """Mark ``rows`` (an index array) in use, or refuse: RuntimeError when a call
-        uses any of them already (a stream is stepped by one call at a time),
-        ValueError when a row is in ``rows`` twice (nothing claimed then)."""
-        busy = self.busy
-        with self.lock:
-            if busy[rows].any():
-                raise _busy()
-            before = np.count_nonzero(busy)
-            busy[rows] = True
-            if np.count_nonzero(busy) - before != len(rows):
-                busy[rows] = False
-                raise ValueError(_TWICE)
-
-    def claim_one(self, row):
-        """:meth:`claim` of one row (``release``: ``taken[row] = 0``)."""
-        with self.lock:
-            if self.taken[row]:
-                raise _busy()
-            self.taken[row] = 1
-
-    def give(self, row):
-        with self.lock:
-            self.free.append(row)
 
 
 class RecurrentOp:
@@ -546,7 +485,7 @@ class Program:
         outs = graph.outputs
         self.single_output = outs if not isinstance(outs, (list, dict)) else None
         self.single_input = len(inputs) == 1 and not inputs[0]["integer"]
-        self.in_dtype, self.in_features = inputs[0]["dtype"], inputs[0].get("features")
+        self.in_dtype, self.in_features = np.dtype(inputs[0]["dtype"]), inputs[0].get("features")
         self.chain = None if self.stateful else self._chain()
         # model.step(x, stream) of one stream: the chain's, with the common case inline
         self.step_one = _chain_step_one(self) if self.chain is not None and self.single_input else None
@@ -714,17 +653,14 @@ class Program:
         with _programs_lock:
             blocks = self.__dict__.setdefault("_blocks", [])
             for block in blocks:
-                with block.lock:
-                    if block.free:
-                        row = block.free.pop()
-                        break
+                if block.free:
+                    row = block.free.pop()  # (rows come back without the lock: one list call)
+                    break
             else:
-                block = _Block(self)
+                block = _stream.Block(self, self.widths, self.dtypes, len(self.recurrent))
                 blocks.append(block)
                 row = block.free.pop()
-        for a in block.slots:
-            a[row] = 0
-        block.seen[:, row] = False
+        block.clear(row)
         return block, row
 
     def prepare(self, x, what):
@@ -1043,23 +979,13 @@ def step(model, x, streams, num_threads=None):
         )
     if not streams:
         return []
-    try:
-        rows = np.fromiter(map(_grow_of, streams), np.intp, len(streams))
-    except AttributeError:
-        bad = next(s for s in streams if not isinstance(s, Stream))
-        raise TypeError("step takes a list of Streams, got a %s in it" % type(bad).__name__) from None
-    first = rows.min() // _Block.ROWS
-    if rows.max() // _Block.ROWS == first:
-        block = _BLOCKS[first]  # one block: one program, checked once
-        if block.program.owner() is not model:
-            raise ValueError("the streams were opened by another model (%s)" % block.program.what)
-        rows %= _Block.ROWS
-    else:
-        block = None  # (rows: every block's, _step_many splits them)
-        for g in np.unique(rows // _Block.ROWS).tolist():
-            if _BLOCKS[g].program.owner() is not model:
-                raise ValueError("a stream in the list was opened by another model (%s)" % _BLOCKS[g].program.what)
-    return _step_many(_BLOCKS[first].program, x, streams, num_threads, block, rows)
+    first = streams[0]
+    if not isinstance(first, Stream):
+        raise TypeError("step takes a list of Streams, got a %s in it" % type(first).__name__)
+    p = first._program
+    if p.owner() is not model:
+        raise ValueError("the streams were opened by another model (%s)" % p.what)
+    return _step_many(p, x, streams, num_threads)  # (the others' programs: checked there)
 
 
 def _step_one(p, x, s, num_threads):
@@ -1077,8 +1003,7 @@ def _step_one(p, x, s, num_threads):
     else:
         xs, T = p.prepare(x, p.what)
         feeds = [np.ascontiguousarray(a).reshape((T, 1) + a.shape[1:]) for a in xs]
-    block, row = s._block, s._row
-    block.claim_one(row)
+    s._claim()
     try:
         if p.chain is not None:
             out = feeds[0]
@@ -1087,7 +1012,7 @@ def _step_one(p, x, s, num_threads):
         else:
             out = p.run(feeds, None, s._slots, s._seen, num_threads)
     finally:
-        block.taken[row] = 0
+        s._release()
     if p.single_output is not None:
         return out[:, 0] if out.ndim == 3 else out[0]
     return map_structure(_first, out)
@@ -1105,14 +1030,14 @@ def _chain_step_one(p):
         if type(x) is ndarray and x.ndim == 2 and x.dtype == dt and x.flags.c_contiguous:
             T, f = x.shape
             if f == F and T > 0:
-                block, row, slots = s._block, s._row, s._slots
-                block.claim_one(row)
+                slots = s._slots
+                s._claim()
                 try:
                     out = x.reshape(T, 1, F)
                     for fn in chain:
                         out = fn(out, slots, num_threads)
                 finally:
-                    block.taken[row] = 0
+                    s._release()
                 return out[:, 0] if out.ndim == 3 else out[0]
         return _step_one(p, x, s, num_threads)
 
@@ -1123,21 +1048,18 @@ def _first(y):
     return y[:, 0] if y.ndim == 3 else y[0]
 
 
-def _step_many(p, x, streams, num_threads, block=None, rows=None):
-    """A batched step: ``block`` and ``rows`` (in the block) when every stream is in
-    that block; else ``rows`` the streams' rows among all blocks (or None: read here)."""
-    feeds = None
-    if p.single_input:
-        spec = p.inputs[0]
-        try:
-            f = np.array(x)  # (B, T, F) when the chunks are arrays of one shape (C speed)
-        except (ValueError, TypeError):
-            f = None
-        if f is not None and f.ndim == 3:
-            f = np.ascontiguousarray(f.swapaxes(0, 1))  # (T, B, F); a view when T == 1
-        if f is not None and f.dtype == spec["dtype"] and f.ndim == 3 and f.shape[2] == spec["features"] and len(f):
-            feeds, lengths, ragged = [f], None, False  # what prepare() checks, checked
-    if feeds is None:
+def _step_many(p, x, streams, num_threads):
+    """A batched step: the chunks stacked time-major (rnnfast._stream.stack for the
+    common form: arrays of one length, the model's dtype and features), the streams
+    checked and claimed (rnnfast._stream.take), their states' rows gathered, the
+    program run, the rows scattered back and the claims released."""
+    lengths = None
+    f = None
+    if p.single_input and p.in_features is not None:
+        f = _stream.stack(x if type(x) is list else list(x), p.in_features, p.in_dtype)
+    if f is not None:
+        feeds = [f]
+    else:
         parts = [p.prepare(xi, p.what) for xi in x]
         lengths = np.fromiter((T for _, T in parts), np.intp, len(parts))
         T = int(lengths.max())
@@ -1148,57 +1070,33 @@ def _step_many(p, x, streams, num_threads, block=None, rows=None):
             if not ragged:
                 feeds.append(np.stack(chunks, axis=1))
             else:
-                f = np.zeros((T, len(chunks)) + chunks[0].shape[1:], chunks[0].dtype)
+                g = np.zeros((T, len(chunks)) + chunks[0].shape[1:], chunks[0].dtype)
                 for b, c in enumerate(chunks):
-                    f[: c.shape[0], b] = c
-                feeds.append(f)
+                    g[: c.shape[0], b] = c
+                feeds.append(g)
         if not ragged:
             lengths = None
-    # the streams' rows by block: (block, their places in the call or None for all in
-    # order, their rows in the block); a stream twice is found by its block's claim
-    if block is not None:
-        parts = [(block, None, rows)]
-    else:
-        if rows is None:
-            rows = np.fromiter(map(_grow_of, streams), np.intp, len(streams))
-        gids = rows // _Block.ROWS
-        parts = []
-        for g in np.unique(gids).tolist():
-            at = np.flatnonzero(gids == g)
-            parts.append((_BLOCKS[g], at, rows[at] % _Block.ROWS))
-    claimed: list = []
+    batch = _stream.take(streams, p)
     try:
-        for blk, _, r in parts:
-            blk.claim(r)
-            claimed.append((blk, r))
-        # one fancy index per slot and block: gather the rows, run, scatter them back
-        if block is not None:
-            states = [a[rows][None] for a in block.slots]
-        else:
-            states = [np.empty((1, len(streams), w), dt) for w, dt in zip(p.widths, p.dtypes)]
-            for blk, at, r in parts:
-                for st, a in zip(states, blk.slots):
-                    st[0, at] = a[r]
         if p.chain is not None and lengths is None:  # no mask, no padding: the fast form
-            out = feeds[0]  # (and no mask anywhere: ``seen`` is never read, not kept)
-            for f in p.chain:
-                out = f(out, states, num_threads)
+            # (and no mask anywhere: ``seen`` is never read, not kept); the block's rows
+            # in place when the streams are consecutive rows of one block
+            states = batch.gather(True)
+            out = feeds[0]
+            for fn in p.chain:
+                out = fn(out, states, num_threads)
         else:
-            seen = np.empty((len(p.recurrent), len(streams)), bool)
-            for blk, at, r in parts:
-                seen[:, slice(None) if at is None else at] = blk.seen[:, r]
+            states = batch.gather()
+            seen = batch.gather_seen()
             out = p.run(feeds, lengths, states, seen, num_threads)
-            for blk, at, r in parts:
-                blk.seen[:, r] = seen[:, slice(None) if at is None else at]
-        for blk, at, r in parts:
-            for st, a in zip(states, blk.slots):
-                a[r] = st[0] if at is None else st[0, at]
+            batch.scatter_seen(seen)
+        batch.scatter(states)
     finally:
-        for blk, r in claimed:
-            blk.busy[r] = False
-    if not ragged:
+        batch.release()
+    if lengths is None:
+        if type(out) is np.ndarray:
+            return _batch_major(out)
         return map_structure(_batch_major, out)
-    assert lengths is not None  # ragged chunks have lengths
     return [map_structure(lambda y, b=b, n=n: _row(y, b, n), out) for b, n in enumerate(lengths.tolist())]
 
 
