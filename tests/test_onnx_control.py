@@ -6,9 +6,9 @@ both, nested subgraphs; and the refusals and resource guards."""
 import pickle
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from test_onnx_ops import run_both
 
 import rnnfast
 
@@ -53,20 +53,6 @@ def _rnn_cell_body(x_shape=(B, I), bias="b"):
     )
 
 
-def _both(model, feeds):
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    want = sess.run(None, feeds)
-    got = rnnfast.from_onnx(model).run(None, feeds)
-    assert len(got) == len(want)
-    for g, w in zip(got, want):
-        assert g.shape == w.shape and g.dtype == w.dtype, (g.shape, w.shape, g.dtype, w.dtype)
-        if w.dtype.kind == "f":
-            assert_close(g, w, np.float32)
-        else:
-            np.testing.assert_array_equal(g, w)
-    return got
-
-
 @pytest.mark.parametrize(
     "in_axis, in_dir, out_axis, out_dir",
     [(0, 0, 0, 0), (1, 0, 0, 0), (0, 1, 0, 0), (0, 1, 0, 1), (1, 0, 1, 0), (-2, 1, -1, 1)],
@@ -89,7 +75,7 @@ def test_scan_rnn_cell_matches_onnxruntime(rng, in_axis, in_dir, out_axis, out_d
         [scan], [_vi("h0", FLOAT, [B, H]), _vi("x", FLOAT, x_shape)], [_vi("h_last"), _vi("ys")], _weights(rng)
     )
     feeds = {"h0": rng.standard_normal((B, H)).astype(np.float32), "x": rng.standard_normal(x_shape).astype(np.float32)}
-    h_last, ys = _both(model, feeds)
+    h_last, ys = run_both(model, feeds)
     # and the float64 recurrence written out
     W, R, b = (numpy_helper.to_array(t).astype(np.float64) for t in model.graph.initializer)
     x = np.moveaxis(feeds["x"].astype(np.float64), in_axis, 0)
@@ -121,7 +107,7 @@ def test_scan_body_reads_outer_values_computed_at_run_time(rng):
             "x": rng.standard_normal((steps, B, I)).astype(np.float32),
             "bias_in": rng.standard_normal(H).astype(np.float32),
         }
-        _both(model, feeds)
+        run_both(model, feeds)
 
 
 def _loop_body(cond_limit=None):
@@ -176,7 +162,7 @@ def test_loop_matches_onnxruntime(rng, form):
         "h0": rng.standard_normal((B, H)).astype(np.float32),
         "x": rng.standard_normal((T, B, I)).astype(np.float32),
     }
-    h_last, totals = _both(model, feeds)
+    h_last, totals = run_both(model, feeds)
     assert totals.shape == ((5,) if "condition" in form else (T,))
     model2 = pickle.loads(pickle.dumps(rnnfast.from_onnx(model)))
     np.testing.assert_array_equal(model2.run(None, feeds)[0], h_last)
@@ -215,7 +201,7 @@ def test_nested_loop_in_scan_reads_the_outermost_graph(rng):
         "x": (0.5 * rng.standard_normal((T, B, H))).astype(np.float32),
         "bias_in": (0.1 * rng.standard_normal(H)).astype(np.float32),
     }
-    _both(model, feeds)
+    run_both(model, feeds)
 
 
 # -- refusals and guards ----------------------------------------------------------------

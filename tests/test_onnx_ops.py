@@ -180,6 +180,7 @@ def typed_model(node, graph_in, outs, inits, opset):
 
 
 def run_both(model, values):
+    """Run ``model`` in ONNX Runtime and rnnfast on ``values``, compare, return rnnfast's."""
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     want = sess.run(None, values)
     got = rnnfast.from_onnx(model).run(None, values)
@@ -190,6 +191,7 @@ def run_both(model, values):
             assert_close(g, w, np.float32)
         else:
             np.testing.assert_array_equal(g, w)
+    return got
 
 
 # each case with its inputs fed at run time, and with them as initializers (folded at

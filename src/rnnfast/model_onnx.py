@@ -1153,7 +1153,7 @@ def _compile(graph):
 
 
 def run_compiled(program, feeds, num_threads):
-    """Run ``program`` (what :func:`_compile` gives) on ``feeds`` (one per graph input):
+    """Run ``program`` (what ``_compile`` gives) on ``feeds`` (one per graph input):
     its outputs, a list."""
     steps, n, outputs = program
     vals = list(feeds) + [None] * (n - len(feeds))

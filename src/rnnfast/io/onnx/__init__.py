@@ -49,6 +49,17 @@ PROBE_READS_MIN = 1 << 26
 #: Subgraphs (Loop / Scan bodies) nested at most this deep.
 MAX_DEPTH = 8
 _GRAPH_ATTR = 5  # AttributeProto.GRAPH
+#: What a kernel raises on inputs it refuses (at load: a FormatError).
+_KERNEL_ERRORS = (
+    ValueError,
+    TypeError,
+    IndexError,
+    KeyError,
+    AttributeError,
+    ZeroDivisionError,
+    OverflowError,
+    MemoryError,
+)
 
 
 def load_onnx_file(path, **options):
@@ -133,7 +144,7 @@ class _Context:
         return self.consts.get(name) if name else None
 
     def body(self, node, graph, slots):
-        """The subgraph ``graph`` of ``node`` (see :func:`_build_body`); ``slots``: the
+        """The subgraph ``graph`` of ``node`` (see ``_build_body``); ``slots``: the
         node's input slots (its implicit inputs after its own)."""
         return _build_body(node, graph, slots, self)
 
@@ -335,16 +346,7 @@ def build_model(m, *, base_dir, size, what, raws=None):
             opset=opset,
             probe=probe,
         )
-    except (
-        ValueError,
-        TypeError,
-        IndexError,
-        KeyError,
-        AttributeError,
-        ZeroDivisionError,
-        OverflowError,
-        MemoryError,
-    ) as e:
+    except _KERNEL_ERRORS as e:
         if isinstance(e, FormatError):
             raise
         raise FormatError(
@@ -455,16 +457,7 @@ class _Budget:
         try:
             with np.errstate(all="ignore"):
                 vals = op.compute(args, 1)
-        except (
-            ValueError,
-            TypeError,
-            IndexError,
-            KeyError,
-            AttributeError,
-            ZeroDivisionError,
-            OverflowError,
-            MemoryError,
-        ) as e:
+        except _KERNEL_ERRORS as e:
             raise FormatError("%s node %r (on constants): %s" % (node.op_type, node.name, e)) from None
         out = {}
         for o, v in zip(node.outputs, vals):

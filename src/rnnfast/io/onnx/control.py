@@ -2,7 +2,7 @@
 step, as tf2onnx writes a Keras RNN it cannot fuse into an ``LSTM`` / ``GRU`` node (a
 masked LSTM, a ``reset_after=False`` GRU) and as hand-written cells are exported.
 
-The body is converted at load as the main graph is (:func:`rnnfast.io.onnx._build_body`:
+The body is converted at load as the main graph is (``rnnfast.io.onnx._build_body``:
 every op looked up in the registry and checked, constants folded, nothing from the file
 executed) into a :class:`~rnnfast.graph.Graph` that the op runs with the model's own
 executor (:func:`rnnfast.model_onnx.run_compiled`) once per iteration. The tensors of the
