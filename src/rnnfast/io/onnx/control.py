@@ -52,7 +52,8 @@ class _BodyOp(OnnxOp):
         self.captured = list(captured)
         self.dtypes = list(dtypes)
         self.program = _compile(graph)
-        self.num_params = int(sum(op.num_params for op in graph.ops))
+        # (parameters: the floating-point constants among its inputs, implicit ones included,
+        # as OnnxOp counts them; the body's ops hold the same arrays)
         self.units = "%d ops" % len(graph.steps)
 
     def _body(self, feeds, captured, num_threads):
