@@ -204,6 +204,31 @@ def test_nested_loop_in_scan_reads_the_outermost_graph(rng):
     run_both(model, feeds)
 
 
+def test_no_steps_give_the_initial_states_and_empty_scan_outputs(rng):
+    """A Scan over 0 steps and a Loop of 0 iterations (ONNX Runtime fails on the
+    former): the states as given, scan outputs of the body's declared shape after a 0
+    axis (moved where scan_output_axes says)."""
+    scan = helper.make_node(
+        "Scan", ["h0", "x"], ["h_last", "ys"], body=_rnn_cell_body(), num_scan_inputs=1, scan_output_axes=[1]
+    )
+    model = _model(
+        [scan], [_vi("h0", FLOAT, [B, H]), _vi("x", FLOAT, ["T", B, I])], [_vi("h_last"), _vi("ys")], _weights(rng)
+    )
+    h0 = rng.standard_normal((B, H)).astype(np.float32)
+    h_last, ys = rnnfast.from_onnx(model).run(None, {"h0": h0, "x": np.zeros((0, B, I), np.float32)})
+    np.testing.assert_array_equal(h_last, h0)
+    assert ys.shape == (B, 0, H) and ys.dtype == np.float32
+    inits = _weights(rng) + [numpy_helper.from_array(np.array(0, np.int64), "M")]
+    loop = helper.make_node("Loop", ["M", "", "h0"], ["h_last", "totals"], body=_loop_body())
+    model = _model(
+        [loop], [_vi("h0", FLOAT, [B, H]), _vi("x", FLOAT, ["T", B, I])], [_vi("h_last"), _vi("totals")], inits
+    )
+    feeds = {"h0": h0, "x": rng.standard_normal((T, B, I)).astype(np.float32)}
+    h_last, totals = run_both(model, feeds)
+    np.testing.assert_array_equal(h_last, h0)
+    assert totals.shape == (0,)
+
+
 # -- refusals and guards ----------------------------------------------------------------
 
 

@@ -60,7 +60,9 @@ class _BodyOp(OnnxOp):
         return run_compiled(self.program, list(feeds) + captured, num_threads)
 
     def _empty(self, k):
-        return np.zeros((0,), self.dtypes[k] or np.float32)
+        """Body output ``k`` gathered over no step: its declared shape after a 0 axis."""
+        dtype, shape = self.dtypes[k]
+        return np.zeros((0,) + (shape or ()), dtype or np.float32)
 
     def describe(self):
         return "%s(%s)" % (self.op_type, self.units)
@@ -167,10 +169,7 @@ class ScanOp(_BodyOp):
                 g.append(np.asarray(v))
         out = [np.asarray(v) for v in states]
         for k, (g, a, d) in enumerate(zip(gathered, self.out_axes, self.out_dirs)):
-            if not g:
-                out.append(self._empty(N + k))
-                continue
-            y = np.stack(g[::-1] if d else g)
+            y = np.stack(g[::-1] if d else g) if g else self._empty(N + k)
             if not -y.ndim <= a < y.ndim:
                 raise ValueError("Scan %r: scan output axis %d of a result of rank %d" % (self.name, a, y.ndim))
             out.append(np.moveaxis(y, 0, a % y.ndim) if a % y.ndim else y)
