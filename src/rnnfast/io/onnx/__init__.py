@@ -568,8 +568,10 @@ def _build_body(node, g, slots, ctx):
     for vi in g.output:
         code = int(vi.type.tensor_type.elem_type) if vi.type.HasField("tensor_type") else 0
         dims = _dims(vi.type) if vi.type.HasField("tensor_type") else None
-        fixed = dims is not None and all(isinstance(d, int) and 0 <= d <= 1 << 24 for d in dims)
-        dtypes.append((ONNX_DTYPES[code][0] if code in ONNX_DTYPES else None, tuple(dims) if fixed else None))
+        fixed = None
+        if dims is not None and all(isinstance(d, int) and 0 <= d <= 1 << 24 for d in dims):
+            fixed = tuple(dims)
+        dtypes.append((ONNX_DTYPES[code][0] if code in ONNX_DTYPES else None, fixed))
     graph = Graph(steps, formal + [node.inputs[i] for i in captured], outputs)
     return graph, captured, dtypes
 
