@@ -154,6 +154,13 @@ def _mod_check(node, ctx):
     return {}
 
 
+def _as_1d(check, inputs):
+    """How a 1-D Conv / pooling node becomes its op (a FnOp after ``check``): for
+    :func:`.spatial.unit_axis_converter`, which runs 2-D nodes with a unit axis on it."""
+    plain = OpSpec(inputs=inputs, check=check)
+    return unit_axis_converter(lambda node, slots, ctx: make_op(node, plain, slots, ctx))
+
+
 def _constant_convert(node, slots, ctx):  # never called: the builder folds Constant
     raise AssertionError
 
@@ -240,7 +247,7 @@ OPS = {
     "Conv": OpSpec(
         {"auto_pad": "NOTSET", "dilations": None, "group": 1, "kernel_shape": None, "pads": None, "strides": None},
         inputs=(2, 3),
-        convert=unit_axis_converter(_conv_check, (2, 3)),
+        convert=_as_1d(_conv_check, (2, 3)),
     ),
     "BatchNormalization": OpSpec(
         {"epsilon": 1e-5, "momentum": 0.9, "training_mode": 0, "spatial": 1, "is_test": 1},
@@ -262,7 +269,7 @@ OPS = {
             "strides": None,
         },
         outputs=(1, 2),
-        convert=unit_axis_converter(_pool_check, (1, 1)),
+        convert=_as_1d(_pool_check, (1, 1)),
     ),
     "AveragePool": OpSpec(
         {
@@ -274,7 +281,7 @@ OPS = {
             "pads": None,
             "strides": None,
         },
-        convert=unit_axis_converter(_pool_check, (1, 1)),
+        convert=_as_1d(_pool_check, (1, 1)),
     ),
     "GlobalAveragePool": OpSpec(),
     "GlobalMaxPool": OpSpec(),

@@ -98,18 +98,15 @@ class _Ctx1D:
         return getattr(self._ctx, k)
 
 
-def unit_axis_converter(check, inputs):
-    """A registry converter: the 1-D node as the registry makes it (``check`` and a
-    FnOp of ``inputs`` inputs), a 2-D node with a unit axis as a :class:`UnitAxisOp`
-    around it."""
+def unit_axis_converter(make_1d):
+    """A registry converter: the 1-D node as ``make_1d(node, slots, ctx)`` makes it (the
+    registry's check and FnOp), a 2-D node with a unit axis as a :class:`UnitAxisOp`
+    around the op it makes of the node's 1-D twin."""
 
     def convert(node, slots, ctx):
-        from .registry import OpSpec, make_op
-
-        plain = OpSpec(inputs=inputs, check=check)
         unit = _unit_axis(node, ctx)
         if unit is None:
-            return make_op(node, plain, slots, ctx)
+            return make_1d(node, slots, ctx)
         inner_node = _Shadow(node, _one_d(node, unit))
         slots = list(slots)
         if node.op_type == "Conv":
@@ -118,7 +115,7 @@ def unit_axis_converter(check, inputs):
                 w = np.squeeze(w, 2 + unit)
                 slots[1] = ("const", w)
                 ctx = _Ctx1D(ctx, node.inputs[1], w)
-        inner = make_op(inner_node, plain, slots, ctx)
+        inner = make_1d(inner_node, slots, ctx)
         return UnitAxisOp(node, inner.slots, inner, unit)
 
     return convert
