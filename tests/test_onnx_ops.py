@@ -68,6 +68,22 @@ CASES = [
     ("Conv", [_x(2, 4, 11), _x(6, 2, 3)], {"group": 2, "strides": [2], "dilations": [2]}, 17),
     ("Conv", [_x(2, 4, 11), _x(5, 4, 4)], {"auto_pad": "SAME_UPPER"}, 17),
     ("Conv", [_x(2, 4, 11), _x(5, 4, 4)], {"auto_pad": "SAME_LOWER", "kernel_shape": [4]}, 17),
+    # 2-D nodes with a unit axis (tf2onnx's Conv1D / MaxPooling1D): run as the 1-D op
+    ("Conv", [_x(2, 4, 1, 11), _x(6, 4, 1, 3), _x(6)], {"auto_pad": "SAME_UPPER", "kernel_shape": [1, 3]}, 17),
+    (
+        "Conv",
+        [_x(2, 4, 3, 11), _x(6, 4, 1, 3)],
+        {"pads": [0, 1, 0, 2], "dilations": [1, 2], "kernel_shape": [1, 3]},
+        17,
+    ),
+    (
+        "Conv",
+        [_x(2, 4, 9, 2), _x(6, 2, 3, 1)],
+        {"group": 2, "strides": [2, 1], "pads": [1, 0, 1, 0], "kernel_shape": [3, 1]},
+        17,
+    ),
+    ("MaxPool", [_x(2, 3, 10, 1)], {"kernel_shape": [2, 1], "strides": [2, 1]}, 17),
+    ("AveragePool", [_x(2, 3, 2, 10)], {"kernel_shape": [1, 3], "pads": [0, 1, 0, 1]}, 17),
     ("BatchNormalization", [_x(2, 4, 6), _x(4), _x(4), _x(4), ("v", [0.5, 1.0, 2.0, 0.1], F)], {"epsilon": 1e-3}, 15),
     ("LayerNormalization", [_x(2, 3, 4), _x(4), _x(4)], {}, 17),
     ("LayerNormalization", [_x(2, 3, 4), _x(3, 4)], {"axis": 1, "epsilon": 1e-3}, 17),
@@ -164,6 +180,7 @@ def typed_model(node, graph_in, outs, inits, opset):
 
 
 def run_both(model, values):
+    """Run ``model`` in ONNX Runtime and rnnfast on ``values``, compare, return rnnfast's."""
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     want = sess.run(None, values)
     got = rnnfast.from_onnx(model).run(None, values)
@@ -174,6 +191,7 @@ def run_both(model, values):
             assert_close(g, w, np.float32)
         else:
             np.testing.assert_array_equal(g, w)
+    return got
 
 
 # each case with its inputs fed at run time, and with them as initializers (folded at
@@ -196,7 +214,8 @@ def test_op_matches_onnxruntime(rng, case, as_initializers):
 def test_every_registered_op_has_a_case():
     from rnnfast.io.onnx.registry import OPS
 
-    tested = {c[0] for c in CASES} | {"LSTM", "GRU", "RNN", "Constant", "SplitToSequence", "SequenceAt"}
+    # (Loop and Scan: tests/test_onnx_control.py)
+    tested = {c[0] for c in CASES} | {"LSTM", "GRU", "RNN", "Constant", "SplitToSequence", "SequenceAt", "Loop", "Scan"}
     untested = sorted(set(OPS) - tested)
     # element-wise functions numpy computes directly, tested through their siblings above
     assert set(untested) <= {
@@ -288,10 +307,10 @@ def test_contrib_ops_named_as_such():
         rnnfast.from_onnx(_one_node("DynamicQuantizeMatMul", domain="com.microsoft"))
 
 
-def test_loop_is_refused():
-    body = helper.make_graph([], "body", [], [])
-    with pytest.raises(rnnfast.UnsupportedLayerError, match="Loop"):
-        rnnfast.from_onnx(_one_node("Loop", inputs=("", ""), body=body))
+def test_if_is_refused():
+    branch = helper.make_graph([], "branch", [], [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)])
+    with pytest.raises(rnnfast.UnsupportedLayerError, match=r"If.*'n1'.*ai\.onnx"):
+        rnnfast.from_onnx(_one_node("If", inputs=("x",), then_branch=branch, else_branch=branch))
 
 
 def test_unknown_attribute_is_refused():
@@ -303,6 +322,8 @@ def test_unknown_attribute_is_refused():
     "op, attrs, option",
     [
         ("MaxPool", {"kernel_shape": [2, 2]}, "kernel_shape"),
+        ("MaxPool", {"kernel_shape": [1, 2], "strides": [2, 1]}, "strides"),
+        ("MaxPool", {"kernel_shape": [1, 2], "pads": [1, 0, 0, 0]}, "pads"),
         ("MaxPool", {"kernel_shape": [2], "ceil_mode": 1}, "ceil_mode"),
         ("BatchNormalization", {"training_mode": 1}, "training_mode"),
     ],

@@ -338,3 +338,21 @@ def test_transposed_input_read_in_place(rng, op, layout):
     for g_, w in zip(got, want):
         assert g_.shape == w.shape
         assert_close(g_, w, np.float32)
+
+
+@pytest.mark.parametrize("H", [5, 96])
+def test_lstm_gate_order_is_applied_in_the_layers_one_copy(rng, H):
+    """``CellWeights.gate_order`` (how the ONNX LSTM's i, o, f, c reach the layer, as views
+    of the file) builds the same layer, bitwise, as weights reordered beforehand."""
+    from rnnfast.layers import CellWeights, RNNLayer
+
+    I, order = 3, (0, 2, 3, 1)
+    cols = np.concatenate([np.arange(g * H, (g + 1) * H) for g in order])
+    W, R = rng.standard_normal((I, 4 * H)), rng.standard_normal((H, 4 * H))
+    b, rb = rng.standard_normal(4 * H), rng.standard_normal(4 * H)
+    a = RNNLayer("lstm", [CellWeights(W, R, b, rb, gate_order=order)] * 2)
+    want = RNNLayer("lstm", [CellWeights(W[:, cols], R[:, cols], b[cols], rb[cols])] * 2)
+    x = rng.standard_normal((2, 7, I)).astype(np.float32)
+    for k in ("_W", "_U", "_bx"):
+        np.testing.assert_array_equal(getattr(a, k), getattr(want, k))
+    np.testing.assert_array_equal(a.forward(x, batch_first=True)[0], want.forward(x, batch_first=True)[0])

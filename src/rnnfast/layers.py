@@ -128,6 +128,12 @@ class CellWeights:
     recurrent_bias: Optional[np.ndarray] = None
     projection: Optional[np.ndarray] = None
     peephole: Optional[np.ndarray] = None
+    #: The gates' order in the columns of ``kernel``, ``recurrent_kernel`` and the
+    #: biases when it is not the canonical one: ``gate_order[g]`` is the column block
+    #: holding canonical gate ``g`` (ONNX LSTM i, o, f, c: ``(0, 2, 3, 1)``). The layer
+    #: reorders while it copies the weights into its layout (no copy of a source's
+    #: order first).
+    gate_order: Optional[tuple] = None
 
 
 class RNNLayer:
@@ -263,6 +269,8 @@ class RNNLayer:
         given = []
         for d, w in enumerate(weights):
             peep = getattr(w, "peephole", None)
+            order = getattr(w, "gate_order", None)
+            wruns = runs if order is None else _column_runs(H, G, self._ncb, order)
             given += [
                 sum(
                     np.size(a)
@@ -271,10 +279,14 @@ class RNNLayer:
                 )
             ]
             where = "direction %d" % d
-            _copy_columns(W[d], _checked(w.kernel, (I, GH), "kernel", where), runs)
-            _copy_columns(U[d], _checked(w.recurrent_kernel, (Ho, GH), "recurrent_kernel", where), runs)
+            _copy_columns(W[d], _checked(w.kernel, (I, GH), "kernel", where), wruns)
+            _copy_columns(U[d], _checked(w.recurrent_kernel, (Ho, GH), "recurrent_kernel", where), wruns)
             b = _checked(w.bias, (GH,), "bias", where, np.float64, optional=True)
             rb = _checked(w.recurrent_bias, (GH,), "recurrent_bias", where, np.float64, optional=True)
+            if order is not None:  # (the biases are small: into the canonical order here)
+                gates = _gate_columns(H, order)
+                b = None if b is None else b[gates]
+                rb = None if rb is None else rb[gates]
             if (w.projection is None) != (proj is None):
                 raise ValueError("%s: projection given for one direction only" % where)
             b = np.zeros(GH) if b is None else b
@@ -860,16 +872,22 @@ def _unit_block_order(H, G, ncb):
     return np.concatenate([np.arange(frm, frm + n) for _, frm, n in _column_runs(H, G, ncb)])
 
 
-def _column_runs(H, G, ncb):
+def _column_runs(H, G, ncb, order=None):
     """:func:`_unit_block_order` as runs ``(to, from, n)``: destination column ``to``
-    onwards takes the ``n`` source columns from ``from``."""
+    onwards takes the ``n`` source columns from ``from``; ``order``: the source's column
+    block of each canonical gate (:attr:`CellWeights.gate_order`; None: the same)."""
     runs, to = [], 0
     for cb in range(ncb):
         lo, hi = cb * H // ncb, (cb + 1) * H // ncb
         for g in range(G):
-            runs.append((to, g * H + lo, hi - lo))
+            runs.append((to, (g if order is None else order[g]) * H + lo, hi - lo))
             to += hi - lo
     return runs
+
+
+def _gate_columns(H, order):
+    """The source columns of the canonical gate-major columns (gate blocks in ``order``)."""
+    return np.concatenate([np.arange(g * H, (g + 1) * H) for g in order])
 
 
 def _copy_columns(out, a, runs):

@@ -31,7 +31,7 @@ from .graph import Graph
 from .layers import apply_activation, softmax
 from .ops import conv1d, pool1d
 
-__all__ = ["OnnxModel", "NodeArg", "OnnxOp", "FnOp", "RecurrentOp", "KERNELS", "ONNX_DTYPES"]
+__all__ = ["OnnxModel", "NodeArg", "OnnxOp", "FnOp", "RecurrentOp", "KERNELS", "ONNX_DTYPES", "run_compiled"]
 
 #: ONNX TensorProto data types rnnfast reads and computes with: code -> (numpy dtype,
 #: ORT's type name).
@@ -999,15 +999,7 @@ class OnnxModel(Summarized):
         """The data graph (:attr:`_data`) run as a list of steps over a list of tensors:
         what :meth:`Graph.run <rnnfast.graph.Graph.run>` does, without its dicts and
         masks (an ONNX graph carries none), for the per-call overhead at small sizes."""
-        steps, n, outputs = self._compiled()
-        vals = list(feeds) + [None] * (n - len(feeds))
-        for op, ins, outs, free in steps:
-            res = op.compute(op.args([vals[i] for i in ins]), num_threads)
-            for i in free:
-                vals[i] = None
-            for i, v in zip(outs, res):
-                vals[i] = v
-        return [vals[i] for i in outputs]
+        return run_compiled(self._compiled(), feeds, num_threads)
 
     def _example_feed(self, steps=PROBE_STEPS):
         """Zeros of every input's declared shape, a symbolic or unknown dimension taken
@@ -1158,6 +1150,20 @@ def _compile(graph):
             outs.append(index[k])
         steps.append((step.op, ins, outs, gone))
     return steps, len(index), [index[k] for k in graph.outputs]
+
+
+def run_compiled(program, feeds, num_threads):
+    """Run ``program`` (what ``_compile`` gives) on ``feeds`` (one per graph input):
+    its outputs, a list."""
+    steps, n, outputs = program
+    vals = list(feeds) + [None] * (n - len(feeds))
+    for op, ins, outs, free in steps:
+        res = op.compute(op.args([vals[i] for i in ins]), num_threads)
+        for i in free:
+            vals[i] = None
+        for i, v in zip(outs, res):
+            vals[i] = v
+    return [vals[i] for i in outputs]
 
 
 def make_graphs(steps, inputs, outputs, shape_steps):

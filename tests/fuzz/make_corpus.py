@@ -146,6 +146,47 @@ def onnx_seeds():
     )
 
 
+def onnx_control_seeds():
+    """ONNX seeds with subgraphs: a hand-written RNN cell as a Scan body, and a copy of
+    the tf2onnx fixture whose masked LSTM is a Loop (tests/fixtures/tf2onnx/)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    B, I, H = 2, 3, 4
+    vi = helper.make_tensor_value_info
+    body = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x_t", "W"], ["xw"]),
+            helper.make_node("MatMul", ["h", "R"], ["hr"]),
+            helper.make_node("Add", ["xw", "hr"], ["s"]),
+            helper.make_node("Tanh", ["s"], ["h_next"]),
+            helper.make_node("Identity", ["h_next"], ["y_t"]),
+        ],
+        "cell",
+        [vi("h", TensorProto.FLOAT, [B, H]), vi("x_t", TensorProto.FLOAT, [B, I])],
+        [vi("h_next", TensorProto.FLOAT, [B, H]), vi("y_t", TensorProto.FLOAT, [B, H])],
+    )
+    scan = helper.make_node("Scan", ["h0", "x"], ["h_last", "ys"], body=body, num_scan_inputs=1)
+    g = helper.make_graph(
+        [scan],
+        "g",
+        [vi("h0", TensorProto.FLOAT, [B, H]), vi("x", TensorProto.FLOAT, ["T", B, I])],
+        [vi("h_last", TensorProto.FLOAT, None), vi("ys", TensorProto.FLOAT, None)],
+        [
+            numpy_helper.from_array(rng.standard_normal((I, H)).astype(np.float32), "W"),
+            numpy_helper.from_array(rng.standard_normal((H, H)).astype(np.float32), "R"),
+        ],
+    )
+    onnx.save_model(
+        helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), os.path.join(CORPUS, "onnx-scan-cell.onnx")
+    )
+    shutil.copy(
+        os.path.join(HERE, "..", "fixtures", "tf2onnx", "embedding_mask_lstm.onnx"),
+        os.path.join(CORPUS, "onnx-tf2onnx-loop.onnx"),
+    )
+
+
 def main():
     os.makedirs(CORPUS, exist_ok=True)
     for f in os.listdir(CORPUS):
@@ -153,6 +194,7 @@ def main():
     torch_seeds()
     keras_seeds()
     onnx_seeds()
+    onnx_control_seeds()
     for f in sorted(os.listdir(CORPUS)):
         print("%8d  %s" % (os.path.getsize(os.path.join(CORPUS, f)), f))
 

@@ -40,10 +40,10 @@ Structure classes of issue 12 (built by ``hostile.py``):
 - safetensors: the same key spellings, a key given twice in the header;
 - Keras configs: thousands of layers.
 
-ONNX (``onnx-*`` seeds, exported from PyTorch and written with onnx.helper): a node's
-op type, domain, attribute values, inputs and outputs; an initializer's dims, data
-type and raw bytes (cut, grown); external data naming the worker's ``outside/``
-files, ``..``, absolute paths, the case itself, with any offset and length; Loop
+ONNX (``onnx-*`` seeds, exported from PyTorch and tf2onnx and written with onnx.helper):
+a node's (also one inside a Loop / Scan body) op type, domain, attribute values, inputs
+and outputs; an initializer's dims, data type and raw bytes (cut, grown); external data
+naming the worker's ``outside/`` files, ``..``, absolute paths, the case itself, with any offset and length; Loop
 bodies nested 100 to 5000 deep (raw protobuf); 20,000-node chains; graph input dims.
 """
 
@@ -1221,6 +1221,18 @@ def _i64(v):
     return (v + (1 << 63)) % (1 << 64) - (1 << 63)
 
 
+def _onnx_nodes(g):
+    """The graph's nodes, then those of its Loop / Scan bodies (at any depth): node
+    mutations reach into subgraphs."""
+    out, todo = list(g.node), list(g.node)
+    while todo:
+        for a in todo.pop(0).attribute:
+            if a.type == 5:  # AttributeProto.GRAPH
+                out += a.g.node
+                todo += a.g.node
+    return out
+
+
 def build_onnx(seed, ops):
     import onnx
 
@@ -1230,7 +1242,7 @@ def build_onnx(seed, ops):
     extra = b""
     for op in ops:
         kind = op[0]
-        nodes, inits = g.node, g.initializer
+        nodes, inits = _onnx_nodes(g), g.initializer
         if kind == "onnx_deep":
             graph = b""
             for _ in range(op[1]):

@@ -27,12 +27,12 @@ from typing import Optional
 import numpy as np
 
 from ...errors import FormatError, UnsupportedLayerError
-from ...graph import Step
+from ...graph import Graph, Step
 from ...model_onnx import ONNX_DTYPES, FnOp, OnnxModel, make_graphs
 from .proto import MAX_FILE_BYTES, TensorReader, _Unreadable, attribute_value, onnx_module, parse_model, text
 from .registry import DEFAULT_DOMAINS, REQUIRED, lookup, make_op
 
-__all__ = ["load_onnx_file", "from_onnx", "build_model", "MAX_NODES", "FOLD_BUDGET_MIN", "FOLD_WORK_MIN"]
+__all__ = ["load_onnx_file", "from_onnx", "build_model", "MAX_NODES", "MAX_DEPTH", "FOLD_BUDGET_MIN", "FOLD_WORK_MIN"]
 
 #: Most nodes in a graph.
 MAX_NODES = 200_000
@@ -46,6 +46,20 @@ MAX_PROBE_VALUES = 1 << 24
 #: Constant elements the steps read (with repeats) above which -- and above 16 per byte
 #: of the file -- the load-time run is skipped (a graph that reads one weight many times).
 PROBE_READS_MIN = 1 << 26
+#: Subgraphs (Loop / Scan bodies) nested at most this deep.
+MAX_DEPTH = 8
+_GRAPH_ATTR = 5  # AttributeProto.GRAPH
+#: What a kernel raises on inputs it refuses (at load: a FormatError).
+_KERNEL_ERRORS = (
+    ValueError,
+    TypeError,
+    IndexError,
+    KeyError,
+    AttributeError,
+    ZeroDivisionError,
+    OverflowError,
+    MemoryError,
+)
 
 
 def load_onnx_file(path, **options):
@@ -97,27 +111,42 @@ def _no_options(options):
 
 
 class _Node:
-    __slots__ = ("op_type", "name", "domain", "inputs", "outputs", "attrs")
+    __slots__ = ("op_type", "name", "domain", "inputs", "outputs", "attrs", "num_explicit")
 
-    def __init__(self, proto, index):
+    def __init__(self, proto, index, depth=0):
         self.op_type = text(proto.op_type)
         self.domain = text(proto.domain)
         self.name = text(proto.name) or "%s_%d" % (self.op_type, index)
         self.inputs = [text(v) for v in proto.input]
         self.outputs = [text(v) for v in proto.output]
         self.attrs = {}
+        # the outer tensors a Loop / Scan body reads (ONNX Runtime's "implicit inputs"):
+        # after the node's own inputs, so that the graph keeps and orders their producers
+        self.num_explicit = len(self.inputs)
+        if any(int(a.type) == _GRAPH_ATTR for a in proto.attribute):
+            self.inputs += [v for v in _free_names(proto, depth) if v not in self.inputs]
 
 
 class _Context:
-    """What converters see: the opset, the constants, the tensors the graph needs."""
+    """What converters see: the opset, the constants, the tensors the graph needs; and
+    for a Loop / Scan converter, :meth:`body` (its subgraph converted into a graph)."""
 
-    def __init__(self, opset, consts, needed):
+    def __init__(self, opset, consts, needed, read=None, budget=None, depth=0):
         self.opset = opset
         self.consts = consts
         self.needed = needed
+        self.read = read
+        self.budget = budget
+        self.depth = depth
+        self.functions: set = set()
 
     def const(self, name):
         return self.consts.get(name) if name else None
+
+    def body(self, node, graph, slots):
+        """The subgraph ``graph`` of ``node`` (see ``_build_body``); ``slots``: the
+        node's input slots (its implicit inputs after its own)."""
+        return _build_body(node, graph, slots, self)
 
 
 def _dims(type_proto) -> Optional[list]:
@@ -227,50 +256,23 @@ def build_model(m, *, base_dir, size, what, raws=None):
 
     nodes = [_Node(p, i) for i, p in enumerate(g.node)]
     # every op must be one rnnfast runs (also in branches the outputs do not need)
-    specs = []
-    for node in nodes:
-        if (node.domain, node.op_type) in functions:
-            raise UnsupportedLayerError(
-                node.op_type,
-                None,
-                "node %r calls a function defined in the model (domain %r)" % (node.name, node.domain),
-            )
-        specs.append(lookup(node))
-    needed = set(outputs)
-    for node in reversed(nodes):
-        if any(o in needed for o in node.outputs if o):
-            needed.update(i for i in node.inputs if i)
-    ctx = _Context(opset, consts, needed)
+    specs = [_lookup(node, functions) for node in nodes]
+    needed = _needed(nodes, outputs)
+    budget = _Budget(size, what, len(nodes))
+    ctx = _Context(opset, consts, needed, read, budget)
+    ctx.functions = functions
 
     static = {s["name"]: s["shape"] for s in inputs if s["ranked"] and all(isinstance(d, int) for d in s["shape"])}
     known = set(names)
     data = set(names)  # tensors computed from data values
     unstable = set()  # tensors whose shape may depend on data values
     steps, shape_steps = [], []
-    budget = max(FOLD_BUDGET_MIN, 4 * size)
-    work_budget = float(max(FOLD_WORK_MIN, 64 * size))
     for node, spec, proto in zip(nodes, specs, g.node):
         if not any(o in needed for o in node.outputs if o):
             continue
         _read_attrs(node, spec, proto, read)
-        n_in = len(node.inputs)
-        if not spec.inputs[0] <= n_in <= spec.inputs[1]:
-            raise FormatError(
-                "%s node %r has %d inputs (expected %d to %d)" % (node.op_type, node.name, n_in, *spec.inputs)
-            )
-        if not spec.outputs[0] <= len(node.outputs) <= spec.outputs[1] or (
-            node.outputs and len({o for o in node.outputs if o}) != len([o for o in node.outputs if o])
-        ):
-            raise FormatError(
-                "%s node %r has %d outputs (expected %d to %d)"
-                % (node.op_type, node.name, len(node.outputs), *spec.outputs)
-            )
-        for j in range(min(spec.inputs[0], n_in)):
-            if not node.inputs[j]:
-                raise FormatError("%s node %r: its input %d is required" % (node.op_type, node.name, j))
-        for o in node.outputs:
-            if o and (o in known or o in consts):
-                raise FormatError("%s node %r: tensor %r is computed twice" % (node.op_type, node.name, o))
+        _check_node(node, spec, known, consts)
+        n_in = node.num_explicit
         if node.op_type == "Constant":
             consts[node.outputs[0]] = _constant_value(node)
             continue
@@ -280,61 +282,10 @@ def build_model(m, *, base_dir, size, what, raws=None):
                 np.asarray(static[node.inputs[0]], np.int64)[node.attrs["start"] : node.attrs["end"]]
             )
             continue
-        slots: list = []
-        keys: list = []
-        for name in node.inputs:
-            if not name:
-                slots.append(None)
-            elif name in consts:
-                slots.append(("const", consts[name]))
-            elif name in known:
-                if name not in keys:
-                    keys.append(name)
-                slots.append(("key", keys.index(name)))
-            else:
-                raise FormatError(
-                    "%s node %r reads %r, which no earlier node computes" % (node.op_type, node.name, name)
-                )
-        try:
-            op = make_op(node, spec, slots, ctx)
-        except (ValueError, TypeError, KeyError, IndexError) as e:
-            if isinstance(e, FormatError):
-                raise
-            raise FormatError("%s node %r: %s" % (node.op_type, node.name, e)) from None
+        slots, keys = _slots(node, consts, known)
+        op = _make(node, spec, slots, ctx)
         if spec.fold and not keys and n_in:
-            args = [None if s is None else s[1] for s in slots]
-            planned = _planned_elements(node.op_type, args, node.attrs)
-            if planned > budget:
-                raise FormatError(
-                    "%s: folding the constants of %s node %r would make %d values (the budget left "
-                    "for %d bytes of file is %d)" % (what, node.op_type, node.name, planned, size, budget)
-                )
-            work_budget -= _fold_work(node.op_type, args, planned)
-            if work_budget < 0:
-                raise FormatError(
-                    "%s: folding the constants up to %s node %r costs more operations than the budget for "
-                    "%d bytes of file (%d)" % (what, node.op_type, node.name, size, max(FOLD_WORK_MIN, 64 * size))
-                )
-            try:
-                with np.errstate(all="ignore"):
-                    vals = op.compute(args, 1)
-            except (
-                ValueError,
-                TypeError,
-                IndexError,
-                KeyError,
-                AttributeError,
-                ZeroDivisionError,
-                OverflowError,
-                MemoryError,
-            ) as e:
-                raise FormatError("%s node %r (on constants): %s" % (node.op_type, node.name, e)) from None
-            for o, v in zip(node.outputs, vals):
-                if o and v is not None:
-                    v = np.array(v, copy=True) if not isinstance(v, np.ndarray) or not v.flags.owndata else v
-                    budget -= v.size
-                    v.flags.writeable = False
-                    consts[o] = v
+            consts.update(budget.fold(node, op, slots))
             continue
         out_keys = [o if o else (node.name, "absent", i) for i, o in enumerate(node.outputs)]
         while len(out_keys) < op.num_outputs:
@@ -395,21 +346,234 @@ def build_model(m, *, base_dir, size, what, raws=None):
             opset=opset,
             probe=probe,
         )
-    except (
-        ValueError,
-        TypeError,
-        IndexError,
-        KeyError,
-        AttributeError,
-        ZeroDivisionError,
-        OverflowError,
-        MemoryError,
-    ) as e:
+    except _KERNEL_ERRORS as e:
         if isinstance(e, FormatError):
             raise
         raise FormatError(
             "%s: the ops do not fit together on zeros of the declared input shapes: %s" % (what, e)
         ) from None
+
+
+def _lookup(node, functions):
+    if (node.domain, node.op_type) in functions:
+        raise UnsupportedLayerError(
+            node.op_type,
+            None,
+            "node %r calls a function defined in the model (domain %r)" % (node.name, node.domain),
+        )
+    return lookup(node)
+
+
+def _needed(nodes, outputs):
+    """The tensors the outputs need (read backwards over the nodes)."""
+    needed = set(outputs)
+    for node in reversed(nodes):
+        if any(o in needed for o in node.outputs if o):
+            needed.update(i for i in node.inputs if i)
+    return needed
+
+
+def _check_node(node, spec, known, consts):
+    """FormatError for a node whose inputs or outputs do not fit its op."""
+    n_in = node.num_explicit
+    if not spec.inputs[0] <= n_in <= spec.inputs[1]:
+        raise FormatError(
+            "%s node %r has %d inputs (expected %d to %d)" % (node.op_type, node.name, n_in, *spec.inputs)
+        )
+    if not spec.outputs[0] <= len(node.outputs) <= spec.outputs[1] or (
+        node.outputs and len({o for o in node.outputs if o}) != len([o for o in node.outputs if o])
+    ):
+        raise FormatError(
+            "%s node %r has %d outputs (expected %d to %d)"
+            % (node.op_type, node.name, len(node.outputs), *spec.outputs)
+        )
+    for j in range(min(spec.inputs[0], n_in)):
+        if not node.inputs[j]:
+            raise FormatError("%s node %r: its input %d is required" % (node.op_type, node.name, j))
+    for o in node.outputs:
+        if o and (o in known or o in consts):
+            raise FormatError("%s node %r: tensor %r is computed twice" % (node.op_type, node.name, o))
+
+
+def _slots(node, consts, known):
+    """The node's input slots (see :class:`~rnnfast.model_onnx.OnnxOp`) and the keys
+    its ``("key", i)`` slots index."""
+    slots: list = []
+    keys: list = []
+    for name in node.inputs:
+        if not name:
+            slots.append(None)
+        elif name in consts:
+            slots.append(("const", consts[name]))
+        elif name in known:
+            if name not in keys:
+                keys.append(name)
+            slots.append(("key", keys.index(name)))
+        else:
+            raise FormatError("%s node %r reads %r, which no earlier node computes" % (node.op_type, node.name, name))
+    return slots, keys
+
+
+def _make(node, spec, slots, ctx):
+    try:
+        return make_op(node, spec, slots, ctx)
+    except (ValueError, TypeError, KeyError, IndexError) as e:
+        if isinstance(e, FormatError):
+            raise
+        raise FormatError("%s node %r: %s" % (node.op_type, node.name, e)) from None
+
+
+class _Budget:
+    """What loading one file may cost: values and operations of constant folding (in
+    proportion to the file's size) and nodes (subgraphs included)."""
+
+    def __init__(self, size, what, nodes):
+        self.size, self.what = size, what
+        self.values = max(FOLD_BUDGET_MIN, 4 * size)
+        self.work = float(max(FOLD_WORK_MIN, 64 * size))
+        self.nodes = MAX_NODES - nodes
+
+    def take_nodes(self, n, where):
+        self.nodes -= n
+        if self.nodes < 0:
+            raise FormatError("%s: more than %d nodes, subgraphs included (at %s)" % (self.what, MAX_NODES, where))
+
+    def fold(self, node, op, slots):
+        """The node computed on its constant inputs: {output name: read-only array}."""
+        what, size = self.what, self.size
+        args = [None if s is None else s[1] for s in slots]
+        planned = _planned_elements(node.op_type, args, node.attrs)
+        if planned > self.values:
+            raise FormatError(
+                "%s: folding the constants of %s node %r would make %d values (the budget left "
+                "for %d bytes of file is %d)" % (what, node.op_type, node.name, planned, size, self.values)
+            )
+        self.work -= _fold_work(node.op_type, args, planned)
+        if self.work < 0:
+            raise FormatError(
+                "%s: folding the constants up to %s node %r costs more operations than the budget for "
+                "%d bytes of file (%d)" % (what, node.op_type, node.name, size, max(FOLD_WORK_MIN, 64 * size))
+            )
+        try:
+            with np.errstate(all="ignore"):
+                vals = op.compute(args, 1)
+        except _KERNEL_ERRORS as e:
+            raise FormatError("%s node %r (on constants): %s" % (node.op_type, node.name, e)) from None
+        out = {}
+        for o, v in zip(node.outputs, vals):
+            if o and v is not None:
+                v = np.array(v, copy=True) if not isinstance(v, np.ndarray) or not v.flags.owndata else v
+                self.values -= v.size
+                v.flags.writeable = False
+                out[o] = v
+        return out
+
+
+def _free_names(proto, depth):
+    """The names the graph attributes of node ``proto`` read from outside themselves (in
+    order of first use; nested subgraphs included), at most :data:`MAX_DEPTH` deep."""
+    if depth >= MAX_DEPTH:
+        raise UnsupportedLayerError(
+            text(proto.op_type),
+            "body",
+            "node %r: subgraphs nested more than %d deep" % (text(proto.name), MAX_DEPTH),
+        )
+    free: list = []
+    seen: set = set()
+    for a in proto.attribute:
+        if int(a.type) != _GRAPH_ATTR:
+            continue
+        g = a.g
+        defined = {text(v.name) for v in g.input} | {text(t.name) for t in g.initializer}
+        reads: list = []
+        for n in g.node:
+            here = [text(v) for v in n.input]
+            if any(int(b.type) == _GRAPH_ATTR for b in n.attribute):
+                here += _free_names(n, depth + 1)
+            reads += [v for v in here if v and v not in defined]
+            defined.update(text(v) for v in n.output)
+        reads += [text(v.name) for v in g.output if text(v.name) not in defined]
+        for v in reads:
+            if v not in seen:
+                seen.add(v)
+                free.append(v)
+    return free
+
+
+def _build_body(node, g, slots, ctx):
+    """The subgraph ``g`` of a Loop / Scan ``node`` converted as the main graph is (ops
+    looked up and checked, constants folded), for the node's op to run with the same
+    executor.
+
+    Returns ``(graph, captured, out_dtypes)``: a :class:`~rnnfast.graph.Graph` whose
+    inputs are the body's own inputs, then the outer tensors it reads that are not
+    constants (``captured``: their indices in ``slots``; outer constants are the ops'
+    constants), and the numpy dtype each body output declares (None where it does not)."""
+    where = "%s node %r" % (node.op_type, node.name)
+    depth = ctx.depth + 1
+    ctx.budget.take_nodes(len(g.node), where)
+    if len(g.sparse_initializer):
+        raise UnsupportedLayerError(node.op_type, "body", "node %r: its body stores sparse initializers" % node.name)
+    formal = [text(vi.name) for vi in g.input]
+    if len(set(formal)) != len(formal) or not all(formal):
+        raise FormatError("%s: its body's inputs have repeated or empty names" % where)
+    known = set(formal)
+    consts = {}
+    for t in g.initializer:
+        name = text(t.name)
+        if name not in known:
+            consts[name] = ctx.read(t)
+    captured = []
+    for i in range(node.num_explicit, len(node.inputs)):
+        name = node.inputs[i]
+        if name in known or name in consts:
+            continue
+        if slots[i][0] == "const":
+            consts[name] = slots[i][1]
+        else:
+            captured.append(i)
+            known.add(name)
+    nodes = [_Node(p, i, depth) for i, p in enumerate(g.node)]
+    specs = [_lookup(n, ctx.functions) for n in nodes]
+    outputs = [text(vi.name) for vi in g.output]
+    needed = _needed(nodes, outputs)
+    bctx = _Context(ctx.opset, consts, needed, ctx.read, ctx.budget, depth)
+    bctx.functions = ctx.functions
+    steps = []
+    for n, spec, proto in zip(nodes, specs, g.node):
+        if not any(o in needed for o in n.outputs if o):
+            continue
+        _read_attrs(n, spec, proto, ctx.read)
+        _check_node(n, spec, known, consts)
+        if n.op_type == "Constant":
+            consts[n.outputs[0]] = _constant_value(n)
+            continue
+        sl, keys = _slots(n, consts, known)
+        op = _make(n, spec, sl, bctx)
+        if spec.fold and not keys and n.num_explicit:
+            consts.update(ctx.budget.fold(n, op, sl))
+            continue
+        out_keys = [o if o else (n.name, "absent", i) for i, o in enumerate(n.outputs)]
+        while len(out_keys) < op.num_outputs:
+            out_keys.append((n.name, "absent", len(out_keys)))
+        steps.append(Step(op, keys, out_keys))
+        known.update(out_keys)
+    for name in outputs:
+        if name in consts and name not in known:
+            steps.append(Step(FnOp("Identity", name, [("const", consts[name])], 1, {}), [], [name]))
+            known.add(name)
+        if name not in known:
+            raise FormatError("%s: its body's output %r is never computed" % (where, name))
+    dtypes = []  # (dtype or None, shape or None) each body output declares
+    for vi in g.output:
+        code = int(vi.type.tensor_type.elem_type) if vi.type.HasField("tensor_type") else 0
+        dims = _dims(vi.type) if vi.type.HasField("tensor_type") else None
+        fixed = None
+        if dims is not None and all(isinstance(d, int) and 0 <= d <= 1 << 24 for d in dims):
+            fixed = tuple(dims)
+        dtypes.append((ONNX_DTYPES[code][0] if code in ONNX_DTYPES else None, fixed))
+    graph = Graph(steps, formal + [node.inputs[i] for i in captured], outputs)
+    return graph, captured, dtypes
 
 
 def _own_constants(steps, raws):
@@ -428,13 +592,16 @@ def _own_constants(steps, raws):
             v.flags.writeable = False
         return v
 
-    for st in steps:
-        op = st.op
+    todo = list(steps)
+    while todo:
+        op = todo.pop().op
         op.slots = [s if s is None or s[0] != "const" else ("const", own(s[1])) for s in op.slots]
         attrs = getattr(op, "attrs", None)
         if attrs:
             for k, v in attrs.items():
                 attrs[k] = own(v)
+        for sub in getattr(op, "subgraphs", ()):  # a Loop / Scan body's ops
+            todo += sub.steps
 
 
 def _read_attrs(node, spec, proto, read):
@@ -450,7 +617,9 @@ def _read_attrs(node, spec, proto, read):
         if name in attrs:
             raise FormatError("%s node %r: attribute %r given twice" % (node.op_type, node.name, name))
         v = attribute_value(a, read, node.op_type, node.name)
-        if isinstance(v, _Unreadable):
+        if isinstance(v, _Unreadable) and v.graph is not None and name in spec.graphs:
+            v = v.graph  # a Loop / Scan body: converted by the op's converter
+        elif isinstance(v, _Unreadable):
             raise UnsupportedLayerError(node.op_type, name, "node %r: attribute %r holds %r" % (node.name, name, v))
         attrs[name] = v
     for k, default in spec.attrs.items():

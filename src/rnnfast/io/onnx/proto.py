@@ -331,8 +331,8 @@ _FLOAT, _INT, _STRING, _TENSOR, _GRAPH, _FLOATS, _INTS, _STRINGS = 1, 2, 3, 4, 5
 
 
 def attribute_value(a, read_tensor, op_type, node):
-    """An attribute as a plain value (float, int, str, ndarray, or a list of them).
-    Graphs (subgraphs of Loop / Scan / If) and the other kinds are refused."""
+    """An attribute as a plain value (float, int, str, ndarray, or a list of them);
+    other kinds as an ``_Unreadable`` (holding the GraphProto of a graph attribute)."""
     t = int(a.type)
     if a.ref_attr_name:
         raise FormatError("node %r: attribute %r refers to a function's attribute" % (node, text(a.name)))
@@ -350,14 +350,16 @@ def attribute_value(a, read_tensor, op_type, node):
         return [int(v) for v in a.ints]
     if t == _STRINGS:
         return [s.decode("utf-8", "replace") for s in a.strings]
-    return _Unreadable(t)
+    return _Unreadable(t, a.g if t == _GRAPH else None)
 
 
 class _Unreadable:
-    """An attribute of a kind rnnfast does not take (a graph, a sparse tensor ...)."""
+    """An attribute of a kind rnnfast does not take as a plain value (a graph, a sparse
+    tensor ...); a graph is kept (``graph``) for the ops whose spec takes it (Loop, Scan)."""
 
-    def __init__(self, kind):
+    def __init__(self, kind, graph=None):
         self.kind = kind
+        self.graph = graph
 
     def __repr__(self):
         names = {5: "a graph", 9: "tensors", 10: "graphs", 11: "a sparse tensor", 12: "sparse tensors"}

@@ -6,7 +6,8 @@ ONNX weights (per direction ``d``; ``H`` = ``hidden_size``):
 =====  =====================  ==========================================================
 cell   gate order             W (D, G*H, I), R (D, G*H, H), B (D, 2*G*H) = [Wb | Rb]
 =====  =====================  ==========================================================
-LSTM   i, o, f, c             canonical (Keras) order i, f, c, o: rows reordered
+LSTM   i, o, f, c             canonical (Keras) order i, f, c, o: reordered by the
+                              layer's one copy (``CellWeights.gate_order``)
 GRU    z, r, h                the canonical order; ``linear_before_reset=1`` is
                               reset-after (``Rb_h`` inside ``r * (.)``), 0 reset-before
 RNN    one gate               ``H_t = f(X_t W^T + H_{t-1} R^T + Wb + Rb)``
@@ -195,20 +196,22 @@ def convert_recurrent(node, slots, ctx):
     dtype = np.float64 if W.dtype == np.float64 else np.float32
     if W.dtype not in (np.float32, np.float64):
         raise UnsupportedLayerError(op_type, "W", "node %r: weights of type %s" % (name, W.dtype))
-    order: slice | np.ndarray = slice(None)  # GRU z, r, h and RNN: the canonical order (views, no copy)
-    if op_type == "LSTM":  # ONNX i, o, f, c -> canonical i, f, c, o
-        order = np.concatenate([np.arange(g * H, (g + 1) * H) for g in (0, 2, 3, 1)])
+    # GRU z, r, h and RNN: the canonical order. LSTM: ONNX i, o, f, c -> canonical i, f,
+    # c, o, reordered by the layer as it copies the weights into its layout: the weights
+    # are passed as views of the file's bytes, copied once
+    order = (0, 2, 3, 1) if op_type == "LSTM" else None
     weights = []
     for d in range(D):
         b = B[d] if B is not None else None
         weights.append(
             CellWeights(
-                W[d][order].T,
-                R[d][order].T,
-                None if b is None else b[: G * H][order],
-                None if b is None else b[G * H :][order],
+                W[d].T,
+                R[d].T,
+                None if b is None else b[: G * H],
+                None if b is None else b[G * H :],
                 # ONNX P rows i, o, f -> canonical rows i, f, o
                 peephole=None if P is None else P[d].reshape(3, H)[[0, 2, 1]],
+                gate_order=order,
             )
         )
     reset_after = True

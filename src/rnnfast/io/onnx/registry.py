@@ -15,8 +15,10 @@ import numpy as np
 
 from ...errors import FormatError, UnsupportedLayerError
 from ...model_onnx import ONNX_DTYPES, FnOp
+from .control import LOOP_ATTRS, SCAN_ATTRS, convert_loop, convert_scan
 from .quantized import DQLSTM_ATTRS, convert_dynamic_quantize_lstm
 from .recurrent import RECURRENT_ATTRS, convert_recurrent
+from .spatial import unit_axis_converter
 
 __all__ = ["OpSpec", "OPS", "DEFAULT_DOMAINS", "lookup", "REQUIRED"]
 
@@ -27,8 +29,11 @@ REQUIRED = object()
 class OpSpec:
     """How one op type converts (see the module docstring)."""
 
-    def __init__(self, attrs=None, inputs=(1, 1), outputs=(1, 1), shape_args=(), convert=None, check=None, fold=True):
+    def __init__(
+        self, attrs=None, inputs=(1, 1), outputs=(1, 1), shape_args=(), convert=None, check=None, fold=True, graphs=()
+    ):
         self.attrs = dict(attrs or {})
+        self.graphs = tuple(graphs)  # attributes holding a subgraph (Loop / Scan bodies)
         self.inputs = inputs
         self.outputs = outputs
         self.shape_args = tuple(shape_args)
@@ -149,6 +154,13 @@ def _mod_check(node, ctx):
     return {}
 
 
+def _as_1d(check, inputs):
+    """How a 1-D Conv / pooling node becomes its op (a FnOp after ``check``): for
+    :func:`.spatial.unit_axis_converter`, which runs 2-D nodes with a unit axis on it."""
+    plain = OpSpec(inputs=inputs, check=check)
+    return unit_axis_converter(lambda node, slots, ctx: make_op(node, plain, slots, ctx))
+
+
 def _constant_convert(node, slots, ctx):  # never called: the builder folds Constant
     raise AssertionError
 
@@ -163,6 +175,20 @@ OPS = {
     "LSTM": OpSpec(RECURRENT_ATTRS["LSTM"], inputs=(3, 8), outputs=(0, 3), convert=convert_recurrent, fold=False),
     "GRU": OpSpec(RECURRENT_ATTRS["GRU"], inputs=(3, 6), outputs=(0, 2), convert=convert_recurrent, fold=False),
     "RNN": OpSpec(RECURRENT_ATTRS["RNN"], inputs=(3, 6), outputs=(0, 2), convert=convert_recurrent, fold=False),
+    # control flow: a recurrence written as a subgraph (io/onnx/control.py); M and cond
+    # of Loop are optional but positional (an empty name), checked by the converter
+    "Loop": OpSpec(
+        LOOP_ATTRS,
+        inputs=(0, 1 << 16),
+        outputs=(1, 1 << 16),
+        shape_args=(0, 1),
+        convert=convert_loop,
+        fold=False,
+        graphs=("body",),
+    ),
+    "Scan": OpSpec(
+        SCAN_ATTRS, inputs=(1, 1 << 16), outputs=(1, 1 << 16), convert=convert_scan, fold=False, graphs=("body",)
+    ),
     # element-wise
     "Identity": OpSpec(**_ACT),
     "Add": OpSpec(**_BIN),
@@ -221,7 +247,7 @@ OPS = {
     "Conv": OpSpec(
         {"auto_pad": "NOTSET", "dilations": None, "group": 1, "kernel_shape": None, "pads": None, "strides": None},
         inputs=(2, 3),
-        check=_conv_check,
+        convert=_as_1d(_conv_check, (2, 3)),
     ),
     "BatchNormalization": OpSpec(
         {"epsilon": 1e-5, "momentum": 0.9, "training_mode": 0, "spatial": 1, "is_test": 1},
@@ -243,7 +269,7 @@ OPS = {
             "strides": None,
         },
         outputs=(1, 2),
-        check=_pool_check,
+        convert=_as_1d(_pool_check, (1, 1)),
     ),
     "AveragePool": OpSpec(
         {
@@ -255,7 +281,7 @@ OPS = {
             "pads": None,
             "strides": None,
         },
-        check=_pool_check,
+        convert=_as_1d(_pool_check, (1, 1)),
     ),
     "GlobalAveragePool": OpSpec(),
     "GlobalMaxPool": OpSpec(),
