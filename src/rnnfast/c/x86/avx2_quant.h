@@ -15,7 +15,9 @@
 
 #define ISA_SUFFIX avx2
 #define RNN_QUANT_OWN_I8
+#define RNN_QUANT_OWN_I8G
 #include "../quant.template.h"
+#undef RNN_QUANT_OWN_I8G
 #undef RNN_QUANT_OWN_I8
 #undef ISA_SUFFIX
 
@@ -72,6 +74,53 @@ static void rnn_qgemm_i8_avx2(long M, long N, long K, const float *A, long lda,
     }
     if (q != stackq)
         free(q);
+}
+
+/* The K-grouped product (quant.h): rnn_qhalf_avx2 over each group's rows of K, then
+ * C = fma((float)acc_g, sa_g ws[g], C) group after group, from C = bias. */
+static void rnn_qgemm_i8g_avx2(long M, long N, long K, const float *A, long lda,
+                               const signed char *Bq, const float *scale, const int *comp,
+                               long lds, long kg, const float *bias, float *C, long ldc)
+{
+    long Kp = rnn_qpad_i8(K), ng = rnn_qgroups(Kp, kg), np = (N + RNN_PANEL_COLS - 1) / RNN_PANEL_COLS;
+    long i, p, g, j;
+    short stackq[RNN_QSTACK / sizeof(short)];
+    float stacks[RNN_QGSCALES];
+    short *q = (size_t)Kp * sizeof(short) <= sizeof stackq ? stackq
+                                                           : (short *)malloc((size_t)Kp * sizeof(short));
+    float *sa = ng <= RNN_QGSCALES ? stacks : (float *)malloc((size_t)ng * sizeof(float));
+    int acc[RNN_PANEL_COLS];
+    (void)comp;
+    if (q == NULL || sa == NULL)
+        goto done;
+    for (i = 0; i < M; i++) {
+        float *c = C + i * ldc;
+        for (g = 0; g < ng; g++) {
+            long k0 = g * kg, n = K - k0 < kg ? K - k0 : kg, np4 = Kp - k0 < kg ? Kp - k0 : kg;
+            sa[g] = rnn_quant_row_lev(A + i * lda + k0, n, np4, q + k0, RNN_QLEVELS16);
+        }
+        for (j = 0; j < N; j++) c[j] = bias ? bias[j] : 0.0f;
+        for (p = 0; p < np; p++) {
+            const signed char *bp = Bq + p * Kp * RNN_PANEL_COLS;
+            long nc = N - p * RNN_PANEL_COLS < RNN_PANEL_COLS ? N - p * RNN_PANEL_COLS : RNN_PANEL_COLS;
+            for (g = 0; g < ng; g++) {
+                long k0 = g * kg, n4 = (Kp - k0 < kg ? Kp - k0 : kg) / 4;
+                const signed char *bg = bp + k0 * RNN_PANEL_COLS;
+                rnn_qhalf_avx2(n4, q + k0, bg, acc);
+                if (nc > 32)
+                    rnn_qhalf_avx2(n4, q + k0, bg + 128, acc + 32);
+                for (j = 0; j < nc; j++) {
+                    long col = p * RNN_PANEL_COLS + j;
+                    c[col] = fmaf((float)acc[j], sa[g] * scale[g * lds + col], c[col]);
+                }
+            }
+        }
+    }
+done:
+    if (q != stackq)
+        free(q);
+    if (sa != stacks)
+        free(sa);
 }
 
 #pragma GCC pop_options
