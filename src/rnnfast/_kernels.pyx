@@ -422,8 +422,8 @@ def qmatmul(int prec, const float[:, ::1] A, data, long N, scale=None, comp=None
     cdef const float[::1] vs
     cdef const int[::1] vc
     if prec == RNN_PREC_INT8:
-        if kg < 0 or kg % 4:
-            raise ValueError("int8 groups of %d rows: a multiple of 4 expected (0: per column)" % kg)
+        if kg < 0 or kg % 4 or kg > 512:
+            raise ValueError("int8 groups of %d rows: a multiple of 4 up to 512 expected (0: per column)" % kg)
         vs = np.ascontiguousarray(scale, np.float32).reshape(-1)
         vc = np.ascontiguousarray(comp, np.int32).reshape(-1)
         if vs.shape[0] != ng * N or vc.shape[0] != ng * N:
@@ -466,8 +466,8 @@ cdef void _qmat_fill(rnn_qmat *m, mat, int prec, long ndir, long per_dir, long n
     m.per_dir, m.ncols = per_dir, ncols
     m.scale, m.comp, m.kg, m.ng = NULL, NULL, 0, 1
     if prec == RNN_PREC_INT8:
-        if kg < 0 or kg % 4:
-            raise ValueError("int8 groups of %d rows: a multiple of 4 expected (0: per column)" % kg)
+        if kg < 0 or kg % 4 or kg > 512:
+            raise ValueError("int8 groups of %d rows: a multiple of 4 up to 512 expected (0: per column)" % kg)
         m.kg, m.ng = kg, rnn_qgroups(rnn_qpad(prec, K), kg)
         want = tuple([ndir, ncols] if kg == 0 else [ndir, m.ng, ncols])
         if (scale.dtype != np.float32 or comp.dtype != np.int32 or scale.shape != want

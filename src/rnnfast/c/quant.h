@@ -28,14 +28,14 @@
  *         row's values in the group quantized to q_k in [-32767, 32767] with their own
  *         scale sa_g = m_g / 32767 (int8 activations there gave the bundled digits
  *         models most of their error), summed exactly in int32 per group (|sum| <=
- *         kg 32767 127): C_j = bias_j, then for g = 0, 1, ...: C_j = fma((float)acc_gj,
+ *         kg 32767 127 < 2**31 for kg <= 512): C_j = bias_j, then for g = 0, 1, ...: C_j = fma((float)acc_gj,
  *         sa_g * ws[g][j], C_j).
  *   bf16: a_k rounded to bf16; C_j = bias_j + sum over k pairs (2g+1 first, then 2g)
  *         of a_k b_kj, one float rounding per sum.
  *
  * The kernel sets (rnn_qisas[]): baseline (portable C), avx2 (int8 by vpmaddwd on
- * 16-bit values: no saturation; also the K-grouped product, int16 activations, of
- * every AVX-512 set: vpdpbusd takes only unsigned bytes), avx512_vnni (int8 by vpdpbusd), avx512_bf16 (bf16 by
+ * 16-bit values: no saturation), avx512_vnni (int8 by vpdpbusd; the K-grouped
+ * product's int16 activations split in two bytes, each through vpdpbusd), avx512_bf16 (bf16 by
  * vdpbf16ps), avx512_amx (int8 products of 16 rows or more on AMX-INT8 tiles). rnn_quant_select(level), called by the one dispatcher (isa.h) whenever
  * it selects an ISA level, makes the best set at or below that level current.
  */
@@ -197,12 +197,12 @@ static const rnn_qkernels rnn_qisas[] = {
 #if RNN_X86_QUANT
     {"avx2", RNN_ISA_AVX2, rnn_cpu_has_qavx2, rnn_qgemm_i8_avx2, rnn_qgemm_bf16_avx2, rnn_qgemm_i8g_avx2},
     {"avx512_vnni", RNN_ISA_AVX512, rnn_cpu_has_avx512_vnni, rnn_qgemm_i8_avx512_vnni,
-     rnn_qgemm_bf16_avx2, rnn_qgemm_i8g_avx2},
+     rnn_qgemm_bf16_avx2, rnn_qgemm_i8g_avx512_vnni},
     {"avx512_bf16", RNN_ISA_AVX512, rnn_cpu_has_avx512_bf16, rnn_qgemm_i8_avx512_vnni,
-     rnn_qgemm_bf16_avx512_bf16, rnn_qgemm_i8g_avx2},
+     rnn_qgemm_bf16_avx512_bf16, rnn_qgemm_i8g_avx512_vnni},
 #if RNN_X86_AMX
     {"avx512_amx", RNN_ISA_AVX512, rnn_cpu_has_amx_int8, rnn_qgemm_i8_amx, rnn_qgemm_bf16_avx512_bf16,
-     rnn_qgemm_i8g_avx2},
+     rnn_qgemm_i8g_avx512_vnni},
 #endif
 #endif
 };
