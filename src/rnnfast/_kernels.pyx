@@ -453,6 +453,18 @@ def qmatmul(int prec, const float[:, ::1] A, data, long N, scale=None, comp=None
     return out
 
 
+cdef const void *_qaddr(a) except NULL:
+    """The address of a C-contiguous array's data, through the buffer protocol (what
+    ``a.ctypes.data`` gives, without building a ctypes object: three per int8 matrix
+    made int8's fixed cost per call). The caller keeps ``a`` alive."""
+    cdef Py_buffer view
+    cdef const void *p
+    PyObject_GetBuffer(a, &view, PyBUF_C_CONTIGUOUS)
+    p = view.buf
+    PyBuffer_Release(&view)
+    return p
+
+
 cdef void _qmat_fill(rnn_qmat *m, mat, int prec, long ndir, long per_dir, long ncols, long K) except *:
     """Point m at one matrix of a layer's reduced-precision weights (``mat``: data
     (ndir, per_dir), for int8 scale and comp (ndir, ncols), or (ndir, ng, ncols) in groups
@@ -462,7 +474,7 @@ cdef void _qmat_fill(rnn_qmat *m, mat, int prec, long ndir, long per_dir, long n
     if (data.dtype != want or data.shape != (ndir, per_dir) or not data.flags.c_contiguous):
         raise ValueError("reduced-precision weights of shape %s (%s), expected %s (%s)"
                          % (data.shape, data.dtype, (ndir, per_dir), np.dtype(want)))
-    m.data = <const void *> <size_t> data.ctypes.data
+    m.data = _qaddr(data)
     m.per_dir, m.ncols = per_dir, ncols
     m.scale, m.comp, m.kg, m.ng = NULL, NULL, 0, 1
     if prec == RNN_PREC_INT8:
@@ -474,8 +486,8 @@ cdef void _qmat_fill(rnn_qmat *m, mat, int prec, long ndir, long per_dir, long n
                 or comp.shape != want or not scale.flags.c_contiguous
                 or not comp.flags.c_contiguous):
             raise ValueError("int8 scales and compensations must be %s" % (want,))
-        m.scale = <const float *> <size_t> scale.ctypes.data
-        m.comp = <const int *> <size_t> comp.ctypes.data
+        m.scale = <const float *> _qaddr(scale)
+        m.comp = <const int *> _qaddr(comp)
 
 
 # -- the kernel entry (c/engine.h) -----------------------------------------------------
