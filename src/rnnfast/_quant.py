@@ -9,7 +9,12 @@ packed forms and the arithmetic, identical on every instruction set):
 - ``"int8"``: weights quantized symmetric per output column (``W ~ ws[j] * Wq[:, j]``,
   ``|Wq| <= 127``); each row of the activations (the input rows, the state of each
   step) quantized symmetric per row on the fly (``a ~ sa * q``); int32 sums;
-  ``fma(float(sum), sa * ws[j], bias[j])``.
+  ``fma(float(sum), sa * ws[j], bias[j])``. Matrices of at most
+  :data:`INT8_GROUP_MAX_K` rows of K in groups of :data:`INT8_GROUP` rows instead
+  (:func:`group_rows`): a weight scale per column and group, int16 activations with a
+  scale per row and group, exact int32 sums per group added in float32; layers of at
+  most :data:`INT8_FLOAT_INPUT` inputs keep a float32 input projection
+  (:func:`reduced_input`).
 - ``"bf16"``: weights and activations rounded to bfloat16 (to nearest even), float32
   sums.
 - ``"float32"``: the exact path (the default).
