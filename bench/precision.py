@@ -173,6 +173,87 @@ def table(rows):
     return "\n".join(lines)
 
 
+def _digits_probabilities(model, name, x):
+    """Class probabilities of a bundled digits model (the PyTorch one through its head)."""
+    if name == "digits_bigru":
+        return model.predict(x)
+    head = np.load(rnnfast.example("digits_lstm_head"))
+    _, (h, _) = model(x)
+    z = np.concatenate([h[-2], h[-1]], 1) @ head["weight"].T + head["bias"]
+    z = np.exp(z - z.max(1, keepdims=True))
+    return z / z.sum(1, keepdims=True)
+
+
+def accuracy_tables():
+    """The int8 / bf16 accuracy tables of bench/README.md (\"int8 within 1e-2\"): the bundled
+    digits models against float32, and random weights against float32 with int8 per column
+    everywhere (the session-5 path) beside today's choice (K-grouped small matrices, float32
+    projection of small inputs: rnnfast._quant's INT8_* constants)."""
+    from rnnfast import _quant
+    from rnnfast.layers import CellWeights, RNNLayer
+
+    d = np.load(rnnfast.example("digits_test"))
+    x, y = d["x"], d["y"]
+    print("| model | precision | accuracy | max prob diff | argmax agreement |")
+    print("| --- | --- | --- | --- | --- |")
+    for name, kw in (("digits_bigru", {}), ("digits_lstm", {"batch_first": True})):
+        m = rnnfast.load(rnnfast.example(name), **kw)
+        p32 = _digits_probabilities(m, name, x)
+        for prec in ("float32", "bf16", "int8"):
+            p = _digits_probabilities(m.with_precision(prec), name, x)
+            print("| %s | %s | %.2f %% | %.2g | %.4f |" % (name, prec, 100 * (p.argmax(1) == y).mean(),
+                  np.abs(p - p32).max(), (p.argmax(1) == p32.argmax(1)).mean()))  # fmt: skip
+    print()
+    print("| cell | I | H | int8 per column (session 5) | int8 | bf16 |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    saved = _quant.INT8_GROUP_MAX_K, _quant.INT8_FLOAT_INPUT
+    for cell in ("gru", "lstm"):
+        G = 3 if cell == "gru" else 4
+        for I, H in ((8, 32), (64, 64), (16, 128), (128, 128)):
+            rng = np.random.default_rng(0)
+            s = 1 / np.sqrt(H)
+            w = CellWeights(*(rng.uniform(-s, s, sh) for sh in ((I, G * H), (H, G * H), (G * H,))))
+            base = RNNLayer(cell, [w])
+            xr = rng.standard_normal((100, 8, I)).astype(np.float32)
+            want = base(xr)[0]
+            try:
+                _quant.INT8_GROUP_MAX_K, _quant.INT8_FLOAT_INPUT = 0, 0
+                old = base.with_precision("int8")
+            finally:
+                _quant.INT8_GROUP_MAX_K, _quant.INT8_FLOAT_INPUT = saved
+            e = [np.abs(m(xr)[0] - want).max() for m in (old, base.with_precision("int8"), base.with_precision("bf16"))]
+            print("| %s | %d | %d | %.1e | %.1e | %.1e |" % (cell, I, H, *e), flush=True)
+
+
+def group_cost(budget):
+    """What int8's K-grouped products cost (bench/README.md, \"int8 within 1e-2\"): B = 1,
+    T = 100, one thread, interleaved medians: float32, int8 per column (the session-5
+    packing of the same layer) and int8 as packed now."""
+    from rnnfast import _quant
+    from rnnfast.layers import CellWeights, RNNLayer
+
+    print("| cell | I | H | float32 | int8 per column | int8 now |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    saved = _quant.INT8_GROUP_MAX_K, _quant.INT8_FLOAT_INPUT
+    for cell in ("gru", "lstm"):
+        G = 3 if cell == "gru" else 4
+        for I, H in ((8, 32), (64, 64), (128, 128)):
+            rng = np.random.default_rng(0)
+            s = 1 / np.sqrt(H)
+            base = RNNLayer(cell, [CellWeights(*(rng.uniform(-s, s, sh) for sh in ((I, G * H), (H, G * H), (G * H,))))])
+            try:
+                _quant.INT8_GROUP_MAX_K, _quant.INT8_FLOAT_INPUT = 0, 0
+                old = base.with_precision("int8")
+            finally:
+                _quant.INT8_GROUP_MAX_K, _quant.INT8_FLOAT_INPUT = saved
+            new = base.with_precision("int8")
+            x = rng.standard_normal((100, 1, I)).astype(np.float32)
+            fns = {k: (lambda m=m, x=x: m(x, num_threads=1)) for k, m in (("f32", base), ("col", old), ("now", new))}
+            ms, _ = interleaved(fns, budget)
+            print("| %s | %d | %d | %.3f ms | %.3f ms (%.2fx) | %.3f ms (%.2fx) |" % (cell, I, H, ms["f32"], ms["col"],
+                  ms["f32"] / ms["col"], ms["now"], ms["f32"] / ms["now"]), flush=True)  # fmt: skip
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, nargs="+", default=[1])
@@ -183,7 +264,15 @@ def main(argv=None):
     ap.add_argument("--long", action="store_true", help="also T = 1000 at B = 1 for H <= 512")
     ap.add_argument("--budget", type=float, default=1.0, help="seconds of timing per case")
     ap.add_argument("--json", metavar="OUT")
+    ap.add_argument("--accuracy", action="store_true", help="print the accuracy tables only (no peers, no timing)")
+    ap.add_argument("--group-cost", action="store_true", help="time int8's K-grouped products only (no peers)")
     args = ap.parse_args(argv)
+    if args.accuracy:
+        accuracy_tables()
+        return
+    if args.group_cost:
+        group_cost(args.budget)
+        return
     import torch
 
     print("CPU: %s; rnnfast %s, kernel set %s" % (cpu_name(), rnnfast.__version__, rnnfast._kernels.quant_isa()))

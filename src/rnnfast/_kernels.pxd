@@ -190,6 +190,8 @@ cdef extern from "c/engine.h" nogil:
         const int *comp
         long per_dir
         long ncols
+        long kg
+        long ng
 
     ctypedef struct rnn_qweights:
         int prec
@@ -200,6 +202,10 @@ cdef extern from "c/engine.h" nogil:
     ctypedef void (*rnn_qgemm_i8_fn)(long M, long N, long K, const float *A, long lda,
                                      const signed char *Bq, const float *scale, const int *comp,
                                      const float *bias, float *C, long ldc) noexcept nogil
+    ctypedef void (*rnn_qgemm_i8g_fn)(long M, long N, long K, const float *A, long lda,
+                                      const signed char *Bq, const float *scale, const int *comp,
+                                      long lds, long kg, const float *bias, float *C,
+                                      long ldc) noexcept nogil
     ctypedef void (*rnn_qgemm_bf16_fn)(long M, long N, long K, const float *A, long lda,
                                        const unsigned short *Bq, const float *bias, float *C,
                                        long ldc) noexcept nogil
@@ -208,12 +214,14 @@ cdef extern from "c/engine.h" nogil:
         int (*cpu_has)() noexcept nogil
         rnn_qgemm_i8_fn i8
         rnn_qgemm_bf16_fn bf16
+        rnn_qgemm_i8g_fn i8g
 
     int RNN_NQISAS
     const rnn_qkernels rnn_qisas[]
     const rnn_qkernels *rnn_qnow
     const rnn_qkernels *rnn_quant_kernels(const char *name)
     long rnn_qpad(int prec, long K)
+    long rnn_qgroups(long Kp, long kg)
 
     # the kernel entry (engine.h)
     long rnn_cell_gates(rnn_cell_t cell)

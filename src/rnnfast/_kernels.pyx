@@ -386,14 +386,20 @@ def qpad(int prec, long K):
     return rnn_qpad(prec, K)
 
 
+def qgroups(long K, long kg):
+    """Scales per column of a K-row int8 block in groups of ``kg`` rows (0: one)."""
+    return rnn_qgroups(rnn_qpad(RNN_PREC_INT8, K), kg)
+
+
 def qmatmul(int prec, const float[:, ::1] A, data, long N, scale=None, comp=None,
-            const float[::1] bias=None, isa=None, int repeat=1):
+            const float[::1] bias=None, isa=None, int repeat=1, long kg=0):
     """The reduced-precision product (c/quant.h) of A (M x K) and one packed K x N block
-    (rnnfast._quant.pack_block: int8 ``data`` with its column ``scale`` and ``comp``, or
-    bf16 bits), on kernel set ``isa`` (default: the current one), run ``repeat`` times:
-    a test and benchmark hook."""
+    (rnnfast._quant.pack_block: int8 ``data`` with its ``scale`` and ``comp``, per column
+    or, ``kg`` > 0, (ng, N) per group of ``kg`` rows of K, or bf16 bits), on kernel set
+    ``isa`` (default: the current one), run ``repeat`` times: a test and benchmark hook."""
     cdef const rnn_qkernels *t = _qkernels_of(isa)
     cdef long M = A.shape[0], K = A.shape[1], Kp = rnn_qpad(prec, K)
+    cdef long ng = rnn_qgroups(Kp, kg)
     cdef long need = rnn_packed_size(Kp, N)
     cdef const float *bp = NULL
     cdef const float *sp = NULL
@@ -416,10 +422,12 @@ def qmatmul(int prec, const float[:, ::1] A, data, long N, scale=None, comp=None
     cdef const float[::1] vs
     cdef const int[::1] vc
     if prec == RNN_PREC_INT8:
-        vs = np.ascontiguousarray(scale, np.float32)
-        vc = np.ascontiguousarray(comp, np.int32)
-        if vs.shape[0] != N or vc.shape[0] != N:
-            raise ValueError("int8 needs scale and comp of %d values" % N)
+        if kg < 0 or kg % 4 or kg > 512:
+            raise ValueError("int8 groups of %d rows: a multiple of 4 up to 512 expected (0: per column)" % kg)
+        vs = np.ascontiguousarray(scale, np.float32).reshape(-1)
+        vc = np.ascontiguousarray(comp, np.int32).reshape(-1)
+        if vs.shape[0] != ng * N or vc.shape[0] != ng * N:
+            raise ValueError("int8 needs scale and comp of %d values" % (ng * N))
         if need > 0:
             v8 = data
             d8 = &v8[0]
@@ -436,32 +444,50 @@ def qmatmul(int prec, const float[:, ::1] A, data, long N, scale=None, comp=None
         return out
     with nogil:
         for _rep in range(repeat):
-            if prec == RNN_PREC_INT8:
+            if prec == RNN_PREC_INT8 and kg > 0:
+                t.i8g(M, N, K, &A[0, 0], K, d8, sp, cp, N, kg, bp, &C[0, 0], N)
+            elif prec == RNN_PREC_INT8:
                 t.i8(M, N, K, &A[0, 0], K, d8, sp, cp, bp, &C[0, 0], N)
             else:
                 t.bf16(M, N, K, &A[0, 0], K, d16, bp, &C[0, 0], N)
     return out
 
 
-cdef void _qmat_fill(rnn_qmat *m, mat, int prec, long ndir, long per_dir, long ncols) except *:
+cdef const void *_qaddr(a) except NULL:
+    """The address of a C-contiguous array's data, through the buffer protocol (what
+    ``a.ctypes.data`` gives, without building a ctypes object: three per int8 matrix
+    made int8's fixed cost per call). The caller keeps ``a`` alive."""
+    cdef Py_buffer view
+    cdef const void *p
+    PyObject_GetBuffer(a, &view, PyBUF_C_CONTIGUOUS)
+    p = view.buf
+    PyBuffer_Release(&view)
+    return p
+
+
+cdef void _qmat_fill(rnn_qmat *m, mat, int prec, long ndir, long per_dir, long ncols, long K) except *:
     """Point m at one matrix of a layer's reduced-precision weights (``mat``: data
-    (ndir, per_dir), scale and comp (ndir, ncols) for int8), after checking the shapes
-    the C core relies on."""
-    data, scale, comp = mat
+    (ndir, per_dir), for int8 scale and comp (ndir, ncols), or (ndir, ng, ncols) in groups
+    of ``kg`` rows of its K rows, and kg), after checking the shapes the C core relies on."""
+    data, scale, comp, kg = mat
     want = np.int8 if prec == RNN_PREC_INT8 else np.uint16
     if (data.dtype != want or data.shape != (ndir, per_dir) or not data.flags.c_contiguous):
         raise ValueError("reduced-precision weights of shape %s (%s), expected %s (%s)"
                          % (data.shape, data.dtype, (ndir, per_dir), np.dtype(want)))
-    m.data = <const void *> <size_t> data.ctypes.data
+    m.data = _qaddr(data)
     m.per_dir, m.ncols = per_dir, ncols
-    m.scale, m.comp = NULL, NULL
+    m.scale, m.comp, m.kg, m.ng = NULL, NULL, 0, 1
     if prec == RNN_PREC_INT8:
-        if (scale.dtype != np.float32 or comp.dtype != np.int32 or scale.shape != (ndir, ncols)
-                or comp.shape != (ndir, ncols) or not scale.flags.c_contiguous
+        if kg < 0 or kg % 4 or kg > 512:
+            raise ValueError("int8 groups of %d rows: a multiple of 4 up to 512 expected (0: per column)" % kg)
+        m.kg, m.ng = kg, rnn_qgroups(rnn_qpad(prec, K), kg)
+        want = tuple([ndir, ncols] if kg == 0 else [ndir, m.ng, ncols])
+        if (scale.dtype != np.float32 or comp.dtype != np.int32 or scale.shape != want
+                or comp.shape != want or not scale.flags.c_contiguous
                 or not comp.flags.c_contiguous):
-            raise ValueError("int8 column scales and compensations must be (%d, %d)" % (ndir, ncols))
-        m.scale = <const float *> <size_t> scale.ctypes.data
-        m.comp = <const int *> <size_t> comp.ctypes.data
+            raise ValueError("int8 scales and compensations must be %s" % (want,))
+        m.scale = <const float *> _qaddr(scale)
+        m.comp = <const int *> _qaddr(comp)
 
 
 # -- the kernel entry (c/engine.h) -----------------------------------------------------
@@ -536,16 +562,17 @@ def rnn_forward(int cell, int act, int ract,
         memset(&qw.W, 0, sizeof(rnn_qmat))
         if q.W is not None:         # else the input projection runs in float32
             _qmat_fill(&qw.W, q.W, q.prec, ndir,
-                       rnn_packed_offset(rnn_qpad(q.prec, W.shape[1]), H, G, ncb, ncb), GH)
+                       rnn_packed_offset(rnn_qpad(q.prec, W.shape[1]), H, G, ncb, ncb), GH, W.shape[1])
         if not rnn_cell_packed(<rnn_cell_t> cell):  # GRU reset-before: [z r] and [h] blocks
             _qmat_fill(&qw.U, q.U, q.prec, ndir, rnn_packed_size(rnn_qpad(q.prec, Ho), 2 * H)
-                       + rnn_packed_size(rnn_qpad(q.prec, H), H), GH)
+                       + rnn_packed_size(rnn_qpad(q.prec, H), H), GH, Ho)
         else:
-            _qmat_fill(&qw.U, q.U, q.prec, ndir, rnn_packed_offset(rnn_qpad(q.prec, Ho), H, G, ncb, ncb), GH)
+            _qmat_fill(&qw.U, q.U, q.prec, ndir, rnn_packed_offset(rnn_qpad(q.prec, Ho), H, G, ncb, ncb), GH,
+                       Ho)
         memset(&qw.Wr, 0, sizeof(rnn_qmat))
         if has_proj:
             _qmat_fill(&qw.Wr, q.Wr, q.prec, ndir, rnn_packed_size(rnn_qpad(q.prec, H), Wr.shape[2]),
-                       Wr.shape[2])
+                       Wr.shape[2], H)
         elif q.Wr is not None:
             raise ValueError("projection weights for a layer without a projection")
     elif packed and (Up.shape[0] != ndir or Up.shape[1] != rnn_packed_offset(Ho, H, G, ncb, ncb)):

@@ -9,7 +9,12 @@ packed forms and the arithmetic, identical on every instruction set):
 - ``"int8"``: weights quantized symmetric per output column (``W ~ ws[j] * Wq[:, j]``,
   ``|Wq| <= 127``); each row of the activations (the input rows, the state of each
   step) quantized symmetric per row on the fly (``a ~ sa * q``); int32 sums;
-  ``fma(float(sum), sa * ws[j], bias[j])``.
+  ``fma(float(sum), sa * ws[j], bias[j])``. Matrices of at most
+  :data:`INT8_GROUP_MAX_K` rows of K in groups of :data:`INT8_GROUP` rows instead
+  (:func:`group_rows`): a weight scale per column and group, int16 activations with a
+  scale per row and group, exact int32 sums per group added in float32; layers of at
+  most :data:`INT8_FLOAT_INPUT` inputs keep a float32 input projection
+  (:func:`reduced_input`).
 - ``"bf16"``: weights and activations rounded to bfloat16 (to nearest even), float32
   sums.
 - ``"float32"``: the exact path (the default).
@@ -25,7 +30,17 @@ import numpy as np
 
 from . import _kernels
 
-__all__ = ["PRECISIONS", "check_precision", "LayerWeights", "pack_layer", "bf16_round", "quantize_rows"]
+__all__ = [
+    "PRECISIONS",
+    "check_precision",
+    "LayerWeights",
+    "pack_layer",
+    "bf16_round",
+    "quantize_rows",
+    "quantize_groups",
+    "reduced_input",
+    "group_rows",
+]
 
 #: The precisions a model runs in, and their codes in the C core (c/enums.h).
 PRECISIONS = {
@@ -38,7 +53,38 @@ _PANEL = int(_kernels.RNN_PANEL_COLS)
 
 #: Whether a reduced-precision layer runs its input projection in that precision too
 #: (else in float32, on the float weights): see bench/README.md, "Reduced precision".
+#: int8 keeps it float32 for inputs of at most :data:`INT8_FLOAT_INPUT` values
+#: (:func:`reduced_input`).
 REDUCED_INPUT = {"bf16": False, "int8": True}
+
+#: int8: a layer of at most this many inputs keeps its input projection in float32 (a
+#: few weights per column, each a large share of the sum: on the bundled digits models,
+#: 8 inputs, that projection alone made a probability differ by 0.022-0.026; it costs
+#: ``4 I`` bytes per column against the recurrent product's ``H``).
+INT8_FLOAT_INPUT = 16
+
+#: int8: matrices of at most :data:`INT8_GROUP_MAX_K` rows of K are quantized in groups
+#: of :data:`INT8_GROUP` rows of K (one scale per group of a column; activations in
+#: int16, one scale per group of a row: c/quant.h's K-grouped arithmetic); larger ones
+#: per column, with int8 activations per row. See
+#: bench/README.md, "Reduced precision", for the accuracy and the speed of each.
+INT8_GROUP = 4
+INT8_GROUP_MAX_K = 64
+
+
+def reduced_input(precision, input_size, given=False):
+    """Whether a layer of ``input_size`` inputs runs its input projection in the reduced
+    ``precision`` (else float32). ``given``: int8 weights that arrive quantized."""
+    p = check_precision(precision)
+    if p == "int8":
+        return given or input_size > INT8_FLOAT_INPUT
+    return REDUCED_INPUT.get(p, False)
+
+
+def group_rows(K):
+    """Rows of K per int8 scale for a K-row matrix (and its activation rows): 0 for one
+    per column, else a multiple of 4 (:data:`INT8_GROUP`, :data:`INT8_GROUP_MAX_K`)."""
+    return INT8_GROUP if 0 < K <= INT8_GROUP_MAX_K and INT8_GROUP < _pad(PRECISIONS["int8"], K) else 0
 
 
 def check_precision(precision):
@@ -86,15 +132,35 @@ def quantize_columns(W):
     return Wq, ws
 
 
-def quantize_rows(A):
+def _groups(K, kg):
+    """The (k0, k1) row ranges of K in groups of ``kg`` rows (0: one)."""
+    kg = kg if kg > 0 else max(K, 1)
+    return [(k0, min(k0 + kg, K)) for k0 in range(0, max(K, 1), kg)]
+
+
+def quantize_groups(W, kg):
+    """Symmetric int8 quantization of ``W`` (K, N) per column and group of ``kg`` rows of
+    K (0: per column): ``(Wq, ws)``, ``ws`` (ng, N) (one row per group)."""
+    W = np.asarray(W, np.float32)
+    parts = [quantize_columns(W[k0:k1]) for k0, k1 in _groups(W.shape[0], kg)]
+    return np.concatenate([p[0] for p in parts]), np.stack([p[1] for p in parts])
+
+
+def quantize_rows(A, kg=0, levels=127):
     """The kernels' per-row activation quantization of ``A`` (M, K), in their float32
-    arithmetic: ``(q, sa)`` with q integers in [-127, 127] (int32) and ``A ~ q * sa``."""
+    arithmetic: ``(q, sa)`` with q integers in [-levels, levels] (int32) and ``A ~ q *
+    sa``; ``kg`` > 0: per group of ``kg`` values of a row, in int16 (levels 32767, the
+    K-grouped products of c/quant.h), ``sa`` (M, ng)."""
     A = np.asarray(A, np.float32)
+    if kg > 0:
+        parts = [quantize_rows(A[:, k0:k1], 0, 32767) for k0, k1 in _groups(A.shape[1], kg)]
+        return np.concatenate([p[0] for p in parts], axis=1), np.stack([p[1] for p in parts], axis=1)
+    lev = np.float32(levels)
     m = np.abs(A).max(axis=1) if A.shape[1] else np.zeros(A.shape[0], np.float32)
     with np.errstate(divide="ignore"):
-        inv = np.where(m > 0, np.float32(127) / m, np.float32(0)).astype(np.float32)
-    v = np.clip((A * inv[:, None]).astype(np.float32), np.float32(-127), np.float32(127))
-    return np.rint(v).astype(np.int32), (m / np.float32(127)).astype(np.float32)
+        inv = np.where(m > 0, lev / m, np.float32(0)).astype(np.float32)
+    v = np.clip((A * inv[:, None]).astype(np.float32), -lev, lev)
+    return np.rint(v).astype(np.int32), (m / lev).astype(np.float32)
 
 
 # -- packing (c/quant.h's packed forms) ------------------------------------------------
@@ -104,24 +170,31 @@ def _pad(prec, K):
     return int(_kernels.qpad(prec, K))
 
 
-def pack_block(M, prec, given=None):
+def pack_block(M, prec, given=None, kg=0):
     """One K x N block (float32 ``M``) in precision ``prec`` (a code of
     :data:`PRECISIONS`), packed as the kernels read it: ``(data, scale, comp)`` --
-    int8 bytes with per-column scales and compensations ``128 * sum_k Wq[k, j]``, or
-    bf16 bits (scale and comp empty). ``given``: int8 ``(Wq, ws)`` to pack as they are
-    instead of quantizing ``M`` (weights that arrive quantized: ONNX Runtime's
-    ``DynamicQuantizeLSTM``)."""
+    int8 bytes with per-column scales and compensations ``128 * sum_k Wq[k, j]`` ((N,);
+    ``kg`` > 0: (ng, N), per group of ``kg`` rows of K), or bf16 bits (scale and comp
+    empty). ``given``: int8 ``(Wq, ws)`` (per column) to pack as they are instead of
+    quantizing ``M`` (weights that arrive quantized: ONNX Runtime's
+    ``DynamicQuantizeLSTM``); with ``kg`` their scale repeats for each group."""
     M = np.asarray(M, np.float32)
     K, N = M.shape
     Kp = _pad(prec, K)
     npan = -(-N // _PANEL)
     if prec == PRECISIONS["int8"]:
-        Wq, ws = quantize_columns(M) if given is None else given
+        if given is None:
+            Wq, ws = quantize_groups(M, kg)
+        else:
+            Wq, ws = given[0], np.broadcast_to(np.asarray(given[1], np.float32), (len(_groups(K, kg)), N))
         full = np.zeros((Kp, npan * _PANEL), np.int8)
         full[:K, :N] = Wq
         data = full.reshape(Kp // 4, 4, npan, _PANEL).transpose(2, 0, 3, 1).reshape(-1)
-        comp = (128 * Wq.astype(np.int32).sum(axis=0)).astype(np.int32)
-        return np.ascontiguousarray(data), ws, comp
+        wi = Wq.astype(np.int32)
+        comp = np.stack([128 * wi[k0:k1].sum(axis=0) for k0, k1 in _groups(K, kg)]).astype(np.int32)
+        if kg <= 0:
+            ws, comp = ws[0], comp[0]
+        return np.ascontiguousarray(data), np.ascontiguousarray(ws), comp
     full = np.zeros((Kp, npan * _PANEL), np.uint16)
     full[:K, :N] = bf16_bits(M)
     data = full.reshape(Kp // 2, 2, npan, _PANEL).transpose(2, 0, 3, 1).reshape(-1)
@@ -130,17 +203,19 @@ def pack_block(M, prec, given=None):
 
 def _pack_matrix(M, prec, blocks, given=None):
     """``M`` (ndir, K, N) with its columns cut into ``blocks`` ((c0, c1) ranges, in
-    order, covering all N): each direction's blocks packed one after another. ``given``:
-    int8 ``(Wq (ndir, K, N), ws (ndir, N))`` packed as they are."""
+    order, covering all N): each direction's blocks packed one after another, as
+    ``(data, scale, comp, kg)`` (:func:`group_rows`). ``given``: int8 ``(Wq (ndir, K,
+    N), ws (ndir, N))`` packed as they are."""
     datas, scales, comps = [], [], []
+    kg = group_rows(M.shape[1]) if prec == PRECISIONS["int8"] else 0
     for d in range(M.shape[0]):
         parts = [
-            pack_block(M[d][:, c0:c1], prec, None if given is None else (given[0][d][:, c0:c1], given[1][d][c0:c1]))
+            pack_block(M[d][:, c0:c1], prec, None if given is None else (given[0][d][:, c0:c1], given[1][d][c0:c1]), kg)
             for c0, c1 in blocks
         ]
         datas.append(np.concatenate([p[0] for p in parts]))
-        scales.append(np.concatenate([p[1] for p in parts]))
-        comps.append(np.concatenate([p[2] for p in parts]))
+        scales.append(np.concatenate([p[1] for p in parts], axis=-1))
+        comps.append(np.concatenate([p[2] for p in parts], axis=-1))
     data, scale, comp = np.stack(datas), np.stack(scales), np.stack(comps)
     # on a cache line, as the float32 panels (_kernels._zeros_lines): a panel 16 bytes
     # off one splits its loads (int8 GRU(256) B=1 measured 0.50 vs 0.39 ms a call)
@@ -149,14 +224,16 @@ def _pack_matrix(M, prec, blocks, given=None):
     data = aligned
     if prec != PRECISIONS["int8"]:
         scale, comp = np.zeros((M.shape[0], 0), np.float32), np.zeros((M.shape[0], 0), np.int32)
+    scale, comp = np.ascontiguousarray(scale), np.ascontiguousarray(comp)
     for a in (data, scale, comp):
         a.flags.writeable = False
-    return data, scale, comp
+    return data, scale, comp, kg
 
 
 class LayerWeights(NamedTuple):
     """A recurrent layer's weights in reduced precision, as ``_kernels.rnn_forward``
-    takes them (``q=``): the precision code and, per matrix, ``(data, scale, comp)``."""
+    takes them (``q=``): the precision code and, per matrix, ``(data, scale, comp,
+    kg)`` (kg: int8 rows of K per scale, 0 for one per column)."""
 
     prec: int
     W: Optional[tuple]
@@ -166,7 +243,7 @@ class LayerWeights(NamedTuple):
     @property
     def nbytes(self):
         """Bytes of the packed weights (with their scales)."""
-        return sum(a.nbytes for m in (self.W, self.U, self.Wr) if m is not None for a in m)
+        return sum(a.nbytes for m in (self.W, self.U, self.Wr) if m is not None for a in m[:3])
 
 
 def pack_layer(precision, W, U, Wr, *, G, H, ncb, reset_before, given=None):
@@ -191,33 +268,45 @@ def pack_layer(precision, W, U, Wr, *, G, H, ncb, reset_before, given=None):
 # -- float64 references (tests) --------------------------------------------------------
 
 
-def dequantized(M, precision):
+def _expand(s, K, kg):
+    """Group scales (..., ng) -> per row of K (..., K)."""
+    return np.concatenate([np.repeat(s[..., g : g + 1], k1 - k0, -1) for g, (k0, k1) in enumerate(_groups(K, kg))], -1)
+
+
+def dequantized(M, precision, kg=None):
     """``M`` (K, N) as the reduced-precision kernels see it, in float64: int8
-    ``Wq * ws`` per column, or bf16-rounded."""
+    ``Wq * ws`` per column, per group of ``kg`` rows of K (default :func:`group_rows`;
+    0: one group), or bf16-rounded."""
     p = check_precision(precision)
     if p == "int8":
-        Wq, ws = quantize_columns(M)
-        return Wq.astype(np.float64) * ws.astype(np.float64)
+        K = np.shape(M)[0]
+        kg = group_rows(K) if kg is None else kg
+        Wq, ws = quantize_groups(M, kg)
+        return Wq.astype(np.float64) * _expand(ws.T.astype(np.float64), K, kg).T
     if p == "bf16":
         return bf16_round(M).astype(np.float64)
     return np.asarray(M, np.float64)
 
 
-def activations(A, precision):
-    """The rows of ``A`` as the reduced-precision kernels see them, in float64."""
+def activations(A, precision, kg=None):
+    """The rows of ``A`` as the reduced-precision kernels see them, in float64 (int8:
+    ``kg`` as :func:`dequantized`)."""
     p = check_precision(precision)
     if p == "int8":
-        q, sa = quantize_rows(A)
-        return q.astype(np.float64) * sa.astype(np.float64)[:, None]
+        K = np.shape(A)[1]
+        kg = group_rows(K) if kg is None else kg
+        q, sa = quantize_rows(A, kg)
+        sa = sa.astype(np.float64)
+        return q.astype(np.float64) * (_expand(sa, K, kg) if kg else sa[:, None])
     if p == "bf16":
         return bf16_round(A).astype(np.float64)
     return np.asarray(A, np.float64)
 
 
-def reference_product(A, M, precision, bias=None):
+def reference_product(A, M, precision, bias=None, kg=None):
     """float64 ``bias + A M`` with both operands as the kernels see them
-    (:func:`activations`, :func:`dequantized`)."""
-    y = activations(A, precision) @ dequantized(M, precision)
+    (:func:`activations`, :func:`dequantized`, with ``kg`` as there)."""
+    y = activations(A, precision, kg) @ dequantized(M, precision, kg)
     if bias is not None:
         y = y + np.asarray(bias, np.float64)
     return y

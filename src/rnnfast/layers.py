@@ -436,7 +436,7 @@ class RNNLayer:
         plain = self._kernel.packed and self._Wr.shape[1] == 0
         packed_w = _kernels.packed_projection(self.dtype)
         if self.precision != "float32":  # the products on the reduced-precision weights
-            reduced_input = _quant.REDUCED_INPUT[self.precision]
+            reduced_input = _quant.reduced_input(self.precision, self.input_size, given=self._qW is not None)
             self._q = _quant.pack_layer(
                 self.precision,
                 self._W if reduced_input else None,

@@ -10,6 +10,10 @@
  *         the 4 bytes W[4g..4g+3, j] (the operand of vpdpbusd). Per column j: the
  *         scale ws[j] (W ~ ws[j] * Wq[:, j], symmetric, |Wq| <= 127) and comp[j] =
  *         128 * sum_k Wq[k, j] (the unsigned-offset compensation of vpdpbusd).
+ *         K-grouped int8 (rnn_qmat.kg > 0, a multiple of 4): the same bytes, with
+ *         ng = ceil(Kp / kg) scales and compensations per column, one per group of kg
+ *         rows of K (group stride lds: the matrix's column count), ws[g][j] and
+ *         comp[g][j] = 128 * sum over the group's k of Wq[k, j].
  *   bf16: panel p holds Kp/2 pairs; pair g holds, per column j, W[2g, j], W[2g+1, j]
  *         as bfloat16 (round to nearest even) (the operand of vdpbf16ps).
  * Either way a block's size is rnn_packed_size(Kp, N) elements and unit blocks
@@ -20,11 +24,18 @@
  *   int8: per row of A, m = max |a_k|, sa = m / 127, q_k = rint(clamp(a_k * (127 / m),
  *         -127, 127)) (0 when m == 0); acc_j = sum_k q_k Wq[k, j] exactly in int32;
  *         C_j = fma((float)acc_j, sa * ws[j], bias_j).
+ *   K-grouped int8: the same per group of kg rows of K, with int16 activations: the
+ *         row's values in the group quantized to q_k in [-32767, 32767] with their own
+ *         scale sa_g = m_g / 32767 (int8 activations there gave the bundled digits
+ *         models most of their error), summed exactly in int32 per group (|sum| <=
+ *         kg 32767 127 < 2**31 for kg <= 512): C_j = bias_j, then for g = 0, 1, ...: C_j = fma((float)acc_gj,
+ *         sa_g * ws[g][j], C_j).
  *   bf16: a_k rounded to bf16; C_j = bias_j + sum over k pairs (2g+1 first, then 2g)
  *         of a_k b_kj, one float rounding per sum.
  *
  * The kernel sets (rnn_qisas[]): baseline (portable C), avx2 (int8 by vpmaddwd on
- * 16-bit values: no saturation), avx512_vnni (int8 by vpdpbusd), avx512_bf16 (bf16 by
+ * 16-bit values: no saturation), avx512_vnni (int8 by vpdpbusd; the K-grouped
+ * product's int16 activations split in two bytes, each through vpdpbusd), avx512_bf16 (bf16 by
  * vdpbf16ps), avx512_amx (int8 products of 16 rows or more on AMX-INT8 tiles). rnn_quant_select(level), called by the one dispatcher (isa.h) whenever
  * it selects an ISA level, makes the best set at or below that level current.
  */
@@ -108,9 +119,36 @@ static inline float rnn_quant_row_s16(const float *a, long K, long Kp, short *q)
     return m / 127.0f;
 }
 
+/* The K-grouped int8 products' activation levels: int16 (quant.h, K-grouped int8). */
+#define RNN_QLEVELS16 32767.0f
+
+/* q[0:Kp] = the row quantized to +-lev levels (zeros past K), as int16; returns its
+ * scale m / lev (rnn_quant_row_s16 with lev = 127; NaN -> lev, as there). */
+static inline float rnn_quant_row_lev(const float *a, long K, long Kp, short *q, float lev)
+{
+    float m = 0.0f, inv;
+    long k;
+    for (k = 0; k < K; k++) {
+        float v = fabsf(a[k]);
+        m = v > m ? v : m;
+    }
+    inv = m > 0.0f ? lev / m : 0.0f;
+    for (k = 0; k < K; k++) {
+        float v = a[k] * inv;
+        v = v < lev ? v : lev;
+        q[k] = (short)nearbyintf(v > -lev ? v : -lev);
+    }
+    for (; k < Kp; k++) q[k] = 0;
+    return m / lev;
+}
+
 typedef void (*rnn_qgemm_i8_fn)(long M, long N, long K, const float *A, long lda,
                                 const signed char *Bq, const float *scale, const int *comp,
                                 const float *bias, float *C, long ldc);
+/* The K-grouped int8 product: scale and comp (ng, lds), groups of kg rows of K. */
+typedef void (*rnn_qgemm_i8g_fn)(long M, long N, long K, const float *A, long lda,
+                                 const signed char *Bq, const float *scale, const int *comp,
+                                 long lds, long kg, const float *bias, float *C, long ldc);
 typedef void (*rnn_qgemm_bf16_fn)(long M, long N, long K, const float *A, long lda,
                                   const unsigned short *Bq, const float *bias, float *C, long ldc);
 
@@ -121,7 +159,14 @@ typedef struct {
     int (*cpu_has)(void);
     rnn_qgemm_i8_fn i8;
     rnn_qgemm_bf16_fn bf16;
+    rnn_qgemm_i8g_fn i8g;
 } rnn_qkernels;
+
+/* Groups of kg rows in a K of Kp rows (kg 0: one). */
+static inline long rnn_qgroups(long Kp, long kg) { return kg > 0 && Kp > 0 ? (Kp + kg - 1) / kg : 1; }
+
+/* Floats of stack for the K-grouped products' row scales (more take the heap). */
+#define RNN_QGSCALES 2048
 
 #define ISA_SUFFIX baseline
 #include "quant.template.h"
@@ -147,15 +192,17 @@ static int rnn_cpu_has_qbaseline(void) { return 1; }
 
 /* Every kernel set this build carries, lowest first. */
 static const rnn_qkernels rnn_qisas[] = {
-    {"baseline", RNN_ISA_BASELINE, rnn_cpu_has_qbaseline, rnn_qgemm_i8_baseline, rnn_qgemm_bf16_baseline},
+    {"baseline", RNN_ISA_BASELINE, rnn_cpu_has_qbaseline, rnn_qgemm_i8_baseline, rnn_qgemm_bf16_baseline,
+     rnn_qgemm_i8g_baseline},
 #if RNN_X86_QUANT
-    {"avx2", RNN_ISA_AVX2, rnn_cpu_has_qavx2, rnn_qgemm_i8_avx2, rnn_qgemm_bf16_avx2},
+    {"avx2", RNN_ISA_AVX2, rnn_cpu_has_qavx2, rnn_qgemm_i8_avx2, rnn_qgemm_bf16_avx2, rnn_qgemm_i8g_avx2},
     {"avx512_vnni", RNN_ISA_AVX512, rnn_cpu_has_avx512_vnni, rnn_qgemm_i8_avx512_vnni,
-     rnn_qgemm_bf16_avx2},
+     rnn_qgemm_bf16_avx2, rnn_qgemm_i8g_avx512_vnni},
     {"avx512_bf16", RNN_ISA_AVX512, rnn_cpu_has_avx512_bf16, rnn_qgemm_i8_avx512_vnni,
-     rnn_qgemm_bf16_avx512_bf16},
+     rnn_qgemm_bf16_avx512_bf16, rnn_qgemm_i8g_avx512_vnni},
 #if RNN_X86_AMX
-    {"avx512_amx", RNN_ISA_AVX512, rnn_cpu_has_amx_int8, rnn_qgemm_i8_amx, rnn_qgemm_bf16_avx512_bf16},
+    {"avx512_amx", RNN_ISA_AVX512, rnn_cpu_has_amx_int8, rnn_qgemm_i8_amx, rnn_qgemm_bf16_avx512_bf16,
+     rnn_qgemm_i8g_avx512_vnni},
 #endif
 #endif
 };
@@ -186,13 +233,16 @@ static const rnn_qkernels *rnn_quant_kernels(const char *name)
 
 /* One reduced-precision matrix, every direction: the packed blocks (per direction
  * `per_dir` elements apart) and, for int8, the column scales and compensations
- * ((ndir, N) in the layout's column order). */
+ * ((ndir, ng, N) in the layout's column order: ng = 1 per column, kg 0; else ng groups
+ * of kg rows of K). */
 typedef struct {
     const void *data;
     const float *scale;
     const int *comp;
     long per_dir;
     long ncols;
+    long kg;                        /* int8: rows of K per scale, 0: one scale per column */
+    long ng;                        /* int8: scales per column (1 when kg is 0) */
 } rnn_qmat;
 
 /* A layer's reduced-precision weights: W (input; data NULL: the input projection runs
@@ -212,7 +262,11 @@ static inline void rnn_qgemm(int prec, const rnn_qmat *m, long d, long off, long
 {
     if (M <= 0 || N <= 0)
         return;
-    if (prec == RNN_PREC_INT8)
+    if (prec == RNN_PREC_INT8 && m->kg > 0)
+        rnn_qnow->i8g(M, N, K, A, lda, (const signed char *)m->data + d * m->per_dir + off,
+                      m->scale + d * m->ng * m->ncols + col0, m->comp + d * m->ng * m->ncols + col0,
+                      m->ncols, m->kg, bias, C, ldc);
+    else if (prec == RNN_PREC_INT8)
         rnn_qnow->i8(M, N, K, A, lda, (const signed char *)m->data + d * m->per_dir + off,
                       m->scale + d * m->ncols + col0, m->comp + d * m->ncols + col0, bias, C, ldc);
     else

@@ -48,6 +48,58 @@ static void RNN_QNAME(qgemm_i8)(long M, long N, long K, const float *A, long lda
 }
 #endif
 
+#ifndef RNN_QUANT_OWN_I8G          /* an ISA with its own K-grouped int8 product defines it */
+/* C (M x N) = K-grouped quantized product of A (M x K) and the packed int8 block Bq
+ * (quant.h): per group of kg rows of K its own row scale and column scales. */
+static void RNN_QNAME(qgemm_i8g)(long M, long N, long K, const float *A, long lda,
+                                 const signed char *Bq, const float *scale, const int *comp,
+                                 long lds, long kg, const float *bias, float *C, long ldc)
+{
+    long Kp = rnn_qpad_i8(K), ng = rnn_qgroups(Kp, kg), np = (N + RNN_PANEL_COLS - 1) / RNN_PANEL_COLS;
+    long i, p, g, k, j;
+    short stackq[RNN_QSTACK / sizeof(short)];
+    float stacks[RNN_QGSCALES];
+    short *q = (size_t)Kp * sizeof(short) <= sizeof stackq ? stackq
+                                                           : (short *)malloc((size_t)Kp * sizeof(short));
+    float *sa = ng <= RNN_QGSCALES ? stacks : (float *)malloc((size_t)ng * sizeof(float));
+    (void)comp;                     /* signed activations: no offset to compensate */
+    if (q == NULL || sa == NULL)
+        goto done;
+    for (i = 0; i < M; i++) {
+        float *c = C + i * ldc;
+        for (g = 0; g < ng; g++) {
+            long k0 = g * kg, n = K - k0 < kg ? K - k0 : kg, np4 = Kp - k0 < kg ? Kp - k0 : kg;
+            sa[g] = rnn_quant_row_lev(A + i * lda + k0, n, np4, q + k0, RNN_QLEVELS16);
+        }
+        for (j = 0; j < N; j++) c[j] = bias ? bias[j] : 0.0f;
+        for (p = 0; p < np; p++) {
+            const signed char *bp = Bq + p * Kp * RNN_PANEL_COLS;
+            long nc = N - p * RNN_PANEL_COLS < RNN_PANEL_COLS ? N - p * RNN_PANEL_COLS : RNN_PANEL_COLS;
+            for (g = 0; g < ng; g++) {
+                long k1 = (g + 1) * kg < Kp ? (g + 1) * kg : Kp;
+                int acc[RNN_PANEL_COLS];
+                for (j = 0; j < RNN_PANEL_COLS; j++) acc[j] = 0;
+                for (k = g * kg; k < k1; k += 4) {
+                    const signed char *b = bp + k * RNN_PANEL_COLS;
+                    int q0 = q[k], q1 = q[k + 1], q2 = q[k + 2], q3 = q[k + 3];
+                    for (j = 0; j < RNN_PANEL_COLS; j++)
+                        acc[j] += q0 * b[4 * j] + q1 * b[4 * j + 1] + q2 * b[4 * j + 2] + q3 * b[4 * j + 3];
+                }
+                for (j = 0; j < nc; j++) {
+                    long col = p * RNN_PANEL_COLS + j;
+                    c[col] = fmaf((float)acc[j], sa[g] * scale[g * lds + col], c[col]);
+                }
+            }
+        }
+    }
+done:
+    if (q != stackq)
+        free(q);
+    if (sa != stacks)
+        free(sa);
+}
+#endif
+
 /* C (M x N) = bias + bf16(A) (M x K) times the packed bf16 block Bq. */
 static void RNN_QNAME(qgemm_bf16)(long M, long N, long K, const float *A, long lda,
                                   const unsigned short *Bq, const float *bias, float *C, long ldc)

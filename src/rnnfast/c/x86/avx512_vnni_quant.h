@@ -190,6 +190,150 @@ static void rnn_qgemm_i8_avx512_vnni(long M, long N, long K, const float *A, lon
         free(u);
 }
 
+/* -- the K-grouped product (quant.h: int16 activations, scales per group of kg rows) --
+ * vpdpbusd multiplies unsigned bytes only, so each int16 activation q is split into
+ * q = 256 qh + ql (ql = q & 255 in 0..255, qh = q >> 8 in -128..127) and both halves go
+ * through vpdpbusd on the same weight bytes: the group's exact sum is 256 (hi - comp_g)
+ * + lo, hi over qh + 128 (comp_g = 128 sum_k Wq[k, j] over the group), lo over ql. */
+
+/* uh, ul [0:Kp] = the high (plus 128) and low bytes of the row quantized to +-lev
+ * levels (zeros past K); returns its scale: the arithmetic of rnn_quant_row_lev. */
+RNN_INLINE float rnn_quant_row16_avx512(const float *a, long K, long Kp, unsigned char *uh,
+                                        unsigned char *ul, float lev)
+{
+    __m512 vm = _mm512_setzero_ps(), vinv;
+    long k;
+    float m;
+    for (k = 0; k < K; k += 16) {
+        __mmask16 t = K - k >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (K - k)) - 1u);
+        vm = _mm512_max_ps(_mm512_abs_ps(_mm512_maskz_loadu_ps(t, a + k)), vm);
+    }
+    m = _mm512_reduce_max_ps(vm);
+    vinv = _mm512_set1_ps(m > 0.0f ? lev / m : 0.0f);
+    for (k = 0; k < K; k += 16) {
+        __mmask16 t = K - k >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (K - k)) - 1u);
+        __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(t, a + k), vinv);
+        v = _mm512_max_ps(_mm512_min_ps(v, _mm512_set1_ps(lev)), _mm512_set1_ps(-lev));
+        __m512i qi = _mm512_cvtps_epi32(v);
+        __m512i hi = _mm512_add_epi32(_mm512_srai_epi32(qi, 8), _mm512_set1_epi32(128));
+        __m512i lo = _mm512_and_si512(qi, _mm512_set1_epi32(255));
+        _mm_mask_storeu_epi8(uh + k, t, _mm512_cvtepi32_epi8(hi));
+        _mm_mask_storeu_epi8(ul + k, t, _mm512_cvtepi32_epi8(lo));
+    }
+    for (k = K; k < Kp; k++) uh[k] = ul[k] = 0;
+    return m / lev;
+}
+
+/* MR rows x NP panels from panel p, every group: C = bias, then per group g
+ * C = fma((float)(256 (hi - comp_g) + lo), sa_g ws[g], C), kept in registers. */
+RNN_INLINE void rnn_vnni_gtile(const int MR, const int NP, long Kp, long N, long p, long ng, long kg,
+                               const unsigned char *uh, const unsigned char *ul, long ldu,
+                               const float *sa, const signed char *Bq, const float *scale,
+                               const int *comp, long lds, const float *bias, float *C, long ldc)
+{
+    __m512 f[2][4];
+    __m512i hi[2][4], lo[2][4];
+    __mmask16 t[2][4];
+    long pstride = Kp * RNN_PANEL_COLS, g, k;
+    const signed char *bp = Bq + p * pstride;
+    int r, n, q, i;
+    for (n = 0; n < NP; n++)
+        for (q = 0; q < 4; q++) {
+            long col = (p + n) * RNN_PANEL_COLS + 16 * q, left = N - col;
+            t[n][q] = left >= 16 ? (__mmask16)0xFFFF : left > 0 ? (__mmask16)((1u << left) - 1u) : 0;
+            for (r = 0; r < MR; r++)
+                f[r * NP + n][q] = bias ? _mm512_maskz_loadu_ps(t[n][q], bias + col) : _mm512_setzero_ps();
+        }
+    for (g = 0; g < ng; g++) {
+        long k1 = (g + 1) * kg < Kp ? (g + 1) * kg : Kp;
+        for (i = 0; i < MR * NP; i++)
+            for (q = 0; q < 4; q++) hi[i][q] = lo[i][q] = _mm512_setzero_si512();
+        for (k = g * kg; k < k1; k += 4) {
+            for (r = 0; r < MR; r++) {
+                int wh, wl;
+                memcpy(&wh, uh + r * ldu + k, 4);
+                memcpy(&wl, ul + r * ldu + k, 4);
+                __m512i ah = _mm512_set1_epi32(wh), al = _mm512_set1_epi32(wl);
+                for (n = 0; n < NP; n++) {
+                    const signed char *b = bp + n * pstride + k * RNN_PANEL_COLS;
+                    for (q = 0; q < 4; q++) {
+                        __m512i w = _mm512_loadu_si512((const void *)(b + 64 * q));
+                        hi[r * NP + n][q] = _mm512_dpbusd_epi32(hi[r * NP + n][q], ah, w);
+                        lo[r * NP + n][q] = _mm512_dpbusd_epi32(lo[r * NP + n][q], al, w);
+                    }
+                }
+            }
+        }
+        for (n = 0; n < NP; n++)
+            for (q = 0; q < 4; q++) {
+                long col = (p + n) * RNN_PANEL_COLS + 16 * q;
+                __m512 ws = _mm512_maskz_loadu_ps(t[n][q], scale + g * lds + col);
+                __m512i cp = _mm512_maskz_loadu_epi32(t[n][q], comp + g * lds + col);
+                for (r = 0; r < MR; r++) {
+                    i = r * NP + n;
+                    __m512i acc = _mm512_add_epi32(_mm512_slli_epi32(_mm512_sub_epi32(hi[i][q], cp), 8), lo[i][q]);
+                    f[i][q] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc),
+                                              _mm512_mul_ps(_mm512_set1_ps(sa[r * ng + g]), ws), f[i][q]);
+                }
+            }
+    }
+    for (r = 0; r < MR; r++)
+        for (n = 0; n < NP; n++)
+            for (q = 0; q < 4; q++)
+                _mm512_mask_storeu_ps(C + r * ldc + (p + n) * RNN_PANEL_COLS + 16 * q, t[n][q], f[r * NP + n][q]);
+}
+
+static void rnn_qgemm_i8g_avx512_vnni(long M, long N, long K, const float *A, long lda,
+                                      const signed char *Bq, const float *scale, const int *comp,
+                                      long lds, long kg, const float *bias, float *C, long ldc)
+{
+    long Kp = rnn_qpad_i8(K), ng = rnn_qgroups(Kp, kg), np = (N + RNN_PANEL_COLS - 1) / RNN_PANEL_COLS;
+    long grp = rnn_qgroup_rows(2 * Kp), i, p, r, g, r0, mg;
+    unsigned char stacku[RNN_QGROUP_BYTES] __attribute__((aligned(64)));
+    float stacks[RNN_QGSCALES];
+    unsigned char *uh, *ul;
+    float *sa;
+    if (grp == 0)
+        grp = RNN_QGROUP;
+    while (grp > 1 && grp * ng > RNN_QGSCALES)
+        grp--;
+    uh = (size_t)(2 * grp * Kp) <= sizeof stacku ? stacku : (unsigned char *)malloc((size_t)(2 * grp * Kp));
+    ul = uh ? uh + grp * Kp : NULL;
+    sa = grp * ng <= RNN_QGSCALES ? stacks : (float *)malloc((size_t)(grp * ng) * sizeof(float));
+    if (uh == NULL || sa == NULL)
+        goto done;
+    for (i = 0; i < M; i += grp) {
+        float *ci = C + i * ldc;
+        mg = M - i < grp ? M - i : grp;
+        for (r = 0; r < mg; r++)
+            for (g = 0; g < ng; g++) {
+                long k0 = g * kg, n = K - k0 < kg ? K - k0 : kg, np4 = Kp - k0 < kg ? Kp - k0 : kg;
+                sa[r * ng + g] = rnn_quant_row16_avx512(A + (i + r) * lda + k0, n, np4, uh + r * Kp + k0,
+                                                        ul + r * Kp + k0, RNN_QLEVELS16);
+            }
+        if (mg == 1) {
+            for (p = 0; p + 2 <= np; p += 2)
+                rnn_vnni_gtile(1, 2, Kp, N, p, ng, kg, uh, ul, Kp, sa, Bq, scale, comp, lds, bias, ci, ldc);
+            if (p < np)
+                rnn_vnni_gtile(1, 1, Kp, N, p, ng, kg, uh, ul, Kp, sa, Bq, scale, comp, lds, bias, ci, ldc);
+            continue;
+        }
+        for (p = 0; p < np; p++) {
+            for (r0 = 0; r0 + 2 <= mg; r0 += 2)
+                rnn_vnni_gtile(2, 1, Kp, N, p, ng, kg, uh + r0 * Kp, ul + r0 * Kp, Kp, sa + r0 * ng, Bq, scale,
+                               comp, lds, bias, ci + r0 * ldc, ldc);
+            if (r0 < mg)
+                rnn_vnni_gtile(1, 1, Kp, N, p, ng, kg, uh + r0 * Kp, ul + r0 * Kp, Kp, sa + r0 * ng, Bq, scale,
+                               comp, lds, bias, ci + r0 * ldc, ldc);
+        }
+    }
+done:
+    if (uh != stacku)
+        free(uh);
+    if (sa != stacks)
+        free(sa);
+}
+
 #pragma GCC pop_options
 
 static int rnn_cpu_has_avx512_vnni(void)
