@@ -311,6 +311,28 @@ def test_loop_trip_counts_are_bounded(monkeypatch):
         rnnfast.from_onnx(_counting_loop())
 
 
+def test_loading_runs_a_long_loop_no_longer_than_a_trial(monkeypatch):
+    """A loop that the zeros of the load-time trial do not bound (its condition stays
+    true) stops the trial after PROBE_LOOP_TRIPS iterations: loading stays cheap, and
+    the first call runs it to the run-time bound."""
+    from rnnfast import model_onnx
+    from rnnfast.io.onnx import control
+
+    monkeypatch.setattr(control, "MAX_LOOP_TRIPS", 4 * model_onnx.PROBE_LOOP_TRIPS)
+    trips = []
+    body = control.LoopOp._body
+    monkeypatch.setattr(control.LoopOp, "_body", lambda self, *a: trips.append(1) or body(self, *a))
+    model = rnnfast.from_onnx(_counting_loop())
+    assert len(trips) == model_onnx.PROBE_LOOP_TRIPS
+    assert not model_onnx.probing()
+    with pytest.raises(ValueError, match="still running after %d" % (4 * model_onnx.PROBE_LOOP_TRIPS)):
+        model.run(None, {"x": np.zeros(1, np.float32)})
+    # a loop the trial bounds is still run whole at load, its shapes checked there
+    trips.clear()
+    rnnfast.from_onnx(_counting_loop(3))
+    assert len(trips) == 3
+
+
 def test_subgraph_nesting_is_bounded():
     from rnnfast.io.onnx import MAX_DEPTH
 

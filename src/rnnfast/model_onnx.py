@@ -56,6 +56,22 @@ PROBE_ERRORS = (ValueError, TypeError, IndexError, KeyError, AttributeError, Zer
 SHAPE_CACHE_SIZE = 64
 #: The size the load-time run gives a symbolic dimension past the first (batch) axis.
 PROBE_STEPS = 16
+#: Iterations a ``Loop`` may run in that load-time run: a loop that runs longer there
+#: (a trip count or a condition the zeros do not bound) stops the trial, and the first
+#: call checks the shapes, so that loading a file never costs a long inference.
+PROBE_LOOP_TRIPS = 1024
+
+
+class ProbeTooLong(Exception):
+    """A ``Loop`` of the load-time trial run passed :data:`PROBE_LOOP_TRIPS`."""
+
+
+_probing = threading.local()
+
+
+def probing():
+    """True while this thread runs a model's load-time trial (:meth:`OnnxModel._probe`)."""
+    return getattr(_probing, "on", False)
 
 
 class NodeArg:
@@ -1035,6 +1051,7 @@ class OnnxModel(Summarized):
         ops = [op for op in self.layers if isinstance(op, RecurrentOp)]
         for op in ops:
             op.dry = True  # (the model is not shared yet)
+        _probing.on = True
         try:
             for steps in (PROBE_STEPS,) if fixed else (PROBE_STEPS, 1):
                 feed = self._example_feed(steps)
@@ -1044,7 +1061,10 @@ class OnnxModel(Summarized):
                 except PROBE_ERRORS:
                     if fixed:
                         raise
+        except ProbeTooLong:
+            return  # a loop longer than a trial: the first call checks the shapes
         finally:
+            _probing.on = False
             for op in ops:
                 op.dry = False
 

@@ -12,7 +12,9 @@ ops' constants, the others are fed to the body after its own inputs.
 ``Loop`` (``M`` trip count and ``cond``, both optional; loop-carried values; scan
 outputs stacked on a new first axis): at most :data:`MAX_LOOP_TRIPS` iterations (a
 larger ``M``, or a loop whose condition stays true that long, is a ``ValueError`` at
-run time, a ``FormatError`` at load); the scan outputs hold at most
+run time, a ``FormatError`` at load where ``M`` is a constant; the trial run at load
+stops a loop after ``PROBE_LOOP_TRIPS`` iterations and leaves the first call to check
+the shapes); the scan outputs hold at most
 :data:`MAX_LOOP_VALUES` elements together. ``Scan`` (opset 9 on: ``num_scan_inputs``,
 ``scan_input_axes`` / ``_directions``, ``scan_output_axes`` / ``_directions``) steps over
 its scan inputs' axis; the opset-8 form (with ``sequence_lens`` and a batch axis) is
@@ -22,7 +24,7 @@ refused.
 import numpy as np
 
 from ...errors import FormatError, UnsupportedLayerError
-from ...model_onnx import OnnxOp, _compile, run_compiled
+from ...model_onnx import PROBE_LOOP_TRIPS, OnnxOp, ProbeTooLong, _compile, probing, run_compiled
 
 __all__ = ["LoopOp", "ScanOp", "convert_loop", "convert_scan", "LOOP_ATTRS", "SCAN_ATTRS", "MAX_LOOP_TRIPS"]
 
@@ -109,7 +111,10 @@ class LoopOp(_BodyOp):
         gathered: list = [[] for _ in range(self.scans)]
         total = 0
         i = 0
+        trial = probing()
         while go and (limit is None or i < limit):
+            if trial and i >= PROBE_LOOP_TRIPS:
+                raise ProbeTooLong(self.name)
             if i >= MAX_LOOP_TRIPS:
                 raise ValueError(
                     "Loop %r: still running after %d iterations (rnnfast runs at most that many)"
