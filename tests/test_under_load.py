@@ -2,6 +2,8 @@
 running, the backoff to one thread, and teams sized from the work -- never a change
 in the results (bitwise, for every team size and schedule)."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -199,3 +201,117 @@ def test_the_phase_wait_spins_for_a_time_scaled_to_the_work(rng):
     finally:
         _kernels.barrier_spins(spins)
         _kernels.barrier_spin_time(factor, cap)
+
+
+def test_keeps_team_where_the_recurrent_weights_overflow_a_cores_l2():
+    """The keep-team decision is the recurrent weights' bytes against one core's L2: a
+    layer whose weights do not fit keeps its team under load (one thread alone would
+    stream them from L3 every step); smaller ones back off as before."""
+    l2 = 2 << 20
+    assert _plan.keeps_team(4 << 20, l2)  # LSTM H=512 float32
+    assert _plan.keeps_team(3 << 20, l2)  # GRU H=512
+    assert _plan.keeps_team(1 << 20, l2)  # LSTM H=256: beside a 1 MB chunk
+    assert not _plan.keeps_team(768 << 10, l2)  # GRU H=256
+    assert not _plan.keeps_team(192 << 10, l2)  # GRU H=128
+    assert _plan.keeps_team(768 << 10, 1 << 20)  # GRU H=256 on a 1 MB L2
+    big = _plan.plan(B=1, D=1, Ho=512, GH=2048, ncb=8, num_threads=2, T=100, recurrent_bytes=4 << 20)
+    assert big.keep_team == _plan.keeps_team(4 << 20)
+    small = _plan.plan(B=1, D=1, Ho=128, GH=512, ncb=2, num_threads=2, T=100, recurrent_bytes=1 << 18)
+    assert not small.keep_team
+    # never on one thread, nor on the item strategy (its items cannot be taken over)
+    assert not _plan.plan(B=1, D=1, Ho=512, GH=2048, ncb=8, num_threads=1, T=100, recurrent_bytes=1 << 30).keep_team
+    assert not _plan.plan(B=1, D=1, Ho=512, GH=1536, ncb=1, num_threads=2, T=100, recurrent_bytes=1 << 30).keep_team
+
+
+def test_l2_size_from_sysfs_with_a_fallback(tmp_path):
+    caches = [("1", "Data", "48K"), ("1", "Instruction", "32K"), ("2", "Unified", "2048K")]
+    for index, (level, kind, size) in enumerate(caches):
+        d = tmp_path / ("index%d" % index)
+        d.mkdir()
+        (d / "level").write_text(level + "\n")
+        (d / "type").write_text(kind + "\n")
+        (d / "size").write_text(size + "\n")
+    assert _plan.l2_bytes(str(tmp_path)) == 2 << 20
+    (tmp_path / "index2" / "size").write_text("1M\n")
+    assert _plan.l2_bytes(str(tmp_path)) == 1 << 20
+    (tmp_path / "index2" / "size").write_text("junk\n")
+    assert _plan.l2_bytes(str(tmp_path)) == _plan.L2_BYTES_FALLBACK
+    assert _plan.l2_bytes(str(tmp_path / "absent")) == _plan.L2_BYTES_FALLBACK
+    assert _plan.l2_bytes() > 0
+
+
+def test_layer_plans_keep_team_from_its_weight_bytes(rng, monkeypatch):
+    """The layer hands its recurrent weights' bytes to the plan: float32 LSTM H=512
+    is 4 MB, bf16 half of it."""
+    layer = make_layer(rng, "lstm", 8, 512, 1)
+    assert layer._recurrent_bytes() >= 512 * 2048 * 4
+    assert layer.with_precision("bf16")._recurrent_bytes() < layer._recurrent_bytes()
+    seen = []
+    real = _plan.plan
+    monkeypatch.setattr(_plan, "plan", lambda **kw: seen.append(real(**kw)) or seen[-1])
+    monkeypatch.setattr(_plan, "_l2", [1 << 20])
+    layer.forward(np.zeros((3, 1, 8), np.float32), num_threads=2)
+    monkeypatch.setattr(_plan, "_l2", [64 << 20])
+    layer.forward(np.zeros((3, 1, 8), np.float32), num_threads=2)
+    assert [p.keep_team for p in seen] == [True, False]
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm", "simple"])
+@pytest.mark.parametrize("padding", ["mask", "lengths"])
+def test_a_kept_team_runs_a_late_partners_task_again_bitwise(rng, monkeypatch, cell, padding):
+    """A kept team (weights over a core's L2) does not wait a time slice for a partner
+    that lost its core inside a task it claimed: after spinning about twice its own
+    work, a thread runs that task itself, and whichever result is in first is used
+    (the other, arriving later, is dropped). Here the partner sleeps 20 ms inside its
+    tasks of every 7th phase: the results stay bitwise those of one thread, and the
+    team does not back off."""
+    monkeypatch.setattr(_plan, "_l2", [1 << 16])  # every blocked layer keeps its team
+    layer = make_layer(rng, cell, 16, 256, 1)
+    x = rng.standard_normal((30, 3, 16)).astype(np.float32)
+    kw = {"mask": rng.random((30, 3)) > 0.2} if padding == "mask" else {"lengths": np.array([30, 11, 23])}
+    ref, h_ref, c_ref = layer.forward(x, num_threads=1, **kw)
+    p = _plan.plan(
+        B=3,
+        D=1,
+        Ho=256,
+        GH=layer._W.shape[2],
+        ncb=layer._ncb,
+        num_threads=2,
+        T=30,
+        recurrent_bytes=layer._recurrent_bytes(),
+    )
+    assert p.keep_team
+    for nt in (2, 3):
+        for tid, every in ((1, 7), (0, 5)):
+            _kernels.debug_delay(tid, 20_000, every, True)
+            out, h, c = layer.forward(x, num_threads=nt, **kw)
+            _kernels.debug_delay()
+            assert np.array_equal(out.view(np.uint32), ref.view(np.uint32)), (nt, tid)
+            assert np.array_equal(h.view(np.uint32), h_ref.view(np.uint32))
+            if c_ref is not None:
+                assert np.array_equal(c.view(np.uint32), c_ref.view(np.uint32))
+            assert _kernels.team_backoff() == (0, 1)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="Linux affinity masks")
+def test_a_kept_teams_partner_keeps_off_the_callers_cpu(rng, monkeypatch):
+    """Beside a busy process, a team of two on two CPUs stays no faster than one thread
+    where the scheduler puts both on one CPU (a 2/1 split is stable), so a kept team's
+    helper thread keeps off its caller's CPU (its mask less that CPU); the calling
+    thread's own mask is never changed."""
+    mine = os.sched_getaffinity(0)
+    if len(mine) < 2:
+        pytest.skip("one CPU")
+    monkeypatch.setattr(_plan, "_l2", [1 << 16])  # every blocked layer keeps its team
+    layer = make_layer(rng, "gru", 16, 256, 1)
+    x = rng.standard_normal((20, 1, 16)).astype(np.float32)
+    ref = layer.forward(x, num_threads=1)[0]
+    assert np.array_equal(layer.forward(x, num_threads=2)[0], ref)
+    assert os.sched_getaffinity(0) == mine
+    masks = []
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            masks.append(os.sched_getaffinity(int(tid)))
+        except OSError:  # a thread that has ended
+            pass
+    assert any(len(m) == len(mine) - 1 and m < mine for m in masks), masks

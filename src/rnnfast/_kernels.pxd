@@ -245,7 +245,7 @@ cdef extern from "c/engine.h" nogil:
     ctypedef struct rnn_plan:
         rnn_strategy strategy
         long ncb, bb, chunk, proj_min_rows, proj_max_tasks
-        int num_threads
+        int num_threads, keep_team
 
     ctypedef struct rnn_weights:
         const void *W

@@ -605,6 +605,7 @@ def rnn_forward(int cell, int act, int ract,
     p.ncb, p.bb, p.chunk = ncb, plan.batch_rows, plan.chunk
     p.proj_min_rows, p.proj_max_tasks = plan.proj_min_rows, plan.proj_max_tasks
     p.num_threads = plan.num_threads
+    p.keep_team = plan.keep_team
 
     w.W, w.bx, w.U, w.bhn = &W[0, 0, 0], &bx[0, 0], &U[0, 0, 0], &bhn[0, 0]
     w.Wp = &Wp[0, 0] if Wp.shape[1] > 0 else NULL
@@ -809,7 +810,7 @@ cdef class StepEntry:
             p.strategy = <rnn_strategy> strategy
             p.ncb, p.bb, p.chunk = ncb, bb, chunk
             p.proj_min_rows, p.proj_max_tasks = self.proj_min_rows, self.proj_max_tasks
-            p.num_threads = num_threads
+            p.num_threads, p.keep_team = num_threads, 0
             with nogil:
                 err = rnn_layer_forward(&sh, &p, &self.w, &io)
         finally:

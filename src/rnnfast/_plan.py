@@ -17,6 +17,7 @@ itself), so results are bitwise identical for any number of threads.
 Measured: see bench/README.md.
 """
 
+import os
 from typing import NamedTuple
 
 from . import _kernels
@@ -74,6 +75,16 @@ STEAL_SPINS = 200
 #: threads: waking a sleeping team and joining it costs more than such a call gains
 #: (the results are the same whatever the team size).
 MIN_CALL_FLOPS_PER_THREAD = 4_000_000
+#: A core's L2 cache in bytes where the machine does not say (sysfs; read once, see
+#: l2_bytes).
+L2_BYTES_FALLBACK = 1 << 20
+#: A blocked layer whose recurrent weights take at least this share of one core's L2
+#: keeps its team on a busy machine (keeps_team): a thread alone holds them beside the
+#: chunk's projection (CHUNK_ELEMENTS_CACHED, about 1 MB), so from half of a 2 MB L2 on
+#: it streams them from L3 every step. Measured under a busy loop on one of two cores
+#: (2 MB L2), team kept against backing off, time over one thread's: LSTM H=256
+#: T=1000 B=1 0.88x / 0.98x, GRU H=256 0.87x / 0.98x, LSTM H=512 T=100 0.53x / 0.79x.
+KEEP_TEAM_L2_SHARE = 0.5
 #: The products outside the recurrent layers (Dense, Conv1D, attention:
 #: rnnfast._products): one with under this many flops per thread runs on fewer threads
 #: (measured, (M x 256) (256 x 256) float32: 2 threads break even at M = 128, 17 Mflop;
@@ -104,6 +115,7 @@ class Plan(NamedTuple):
     num_threads: int  #: the team size
     proj_min_rows: int = PROJ_MIN_ROWS
     proj_max_tasks: int = PROJ_MAX_TASKS
+    keep_team: bool = False  #: keep the team on a busy machine (keeps_team)
 
 
 def unit_blocks(H, blockable):
@@ -155,16 +167,68 @@ def team_size(num_threads, strategy, B, D, Ho, GH, T=None):
     return max(1, n)
 
 
+_l2: list = []  # [bytes], once read
+
+
+def l2_bytes(sysfs=None):
+    """One core's L2 cache in bytes: the level-2 data or unified cache that sysfs lists
+    for CPU 0 (``sysfs``: that cache folder; None: this machine's, read once per
+    process), else L2_BYTES_FALLBACK."""
+    if sysfs is not None:
+        return _read_l2(sysfs)
+    if not _l2:
+        _l2.append(_read_l2("/sys/devices/system/cpu/cpu0/cache"))
+    return _l2[0]
+
+
+def _read_l2(sysfs):
+    try:
+        for index in sorted(os.listdir(sysfs)):
+            d = os.path.join(sysfs, index)
+            with open(os.path.join(d, "level")) as f:
+                level = f.read().strip()
+            with open(os.path.join(d, "type")) as f:
+                kind = f.read().strip()
+            if level == "2" and kind in ("Data", "Unified"):
+                with open(os.path.join(d, "size")) as f:
+                    return _cache_size(f.read()) or L2_BYTES_FALLBACK
+    except (OSError, ValueError):
+        pass
+    return L2_BYTES_FALLBACK
+
+
+def _cache_size(text):
+    """sysfs's "2048K" (or "1M", "524288") in bytes."""
+    text = text.strip().upper()
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+    return int(text.rstrip("KMG")) * scale
+
+
+def keeps_team(recurrent_bytes, l2=None):
+    """Whether a blocked layer whose recurrent weights take ``recurrent_bytes`` keeps its
+    team on a busy machine instead of backing off to one thread (c/openmp.h): where the
+    weights do not fit one core's L2 (``l2`` bytes; None: l2_bytes()) beside the chunk's
+    projection (KEEP_TEAM_L2_SHARE), a thread alone streams them from L3 every step,
+    while a team splits them so each core's share stays in its own L2 (LSTM H=512 at
+    B=1: 16.3 ms on one thread, 4.6 ms on two, on a 2 MB L2). A partner that loses its
+    core then costs the task it holds for about twice a phase's work (the running thread
+    runs that task again itself), not a time slice."""
+    return recurrent_bytes >= KEEP_TEAM_L2_SHARE * (l2_bytes() if l2 is None else l2)
+
+
 def product_team(num_threads, flops):
     """Threads for a product of ``flops`` (rnnfast._products), ``num_threads`` at most."""
     return max(1, min(num_threads, flops // MIN_PRODUCT_FLOPS_PER_THREAD))
 
 
-def plan(*, B, D, Ho, GH, ncb, num_threads, chunk=None, T=None):
+def plan(*, B, D, Ho, GH, ncb, num_threads, chunk=None, T=None, recurrent_bytes=0):
     """The plan of one call: B batch rows, D directions, state width Ho, GH gate
     columns laid out in ``ncb`` unit blocks, ``num_threads`` threads at most, and
-    ``chunk`` steps per projection chunk (None: chosen here), over T steps (None: unknown)."""
+    ``chunk`` steps per projection chunk (None: chosen here), over T steps (None: unknown),
+    with recurrent weights of ``recurrent_bytes`` (all directions; keeps_team)."""
     how = strategy(ncb)
     if chunk is None:
         chunk = chunk_steps(B, D, GH, how)
-    return Plan(how, ncb, batch_rows(B, how), int(chunk), team_size(num_threads, how, B, D, Ho, GH, T))
+    n = team_size(num_threads, how, B, D, Ho, GH, T)
+    keep = how == BLOCKED and n > 1 and keeps_team(recurrent_bytes)
+    return Plan(how, ncb, batch_rows(B, how), int(chunk), n, keep_team=keep)

@@ -462,6 +462,14 @@ class RNNLayer:
         self._Up = _frozen(_kernels.pack_blocks(self._U, G, self._ncb) if plain else np.zeros((D, 0), self.dtype))
         self._uses_blas = self._Wp.size == 0 or not plain
 
+    def _recurrent_bytes(self):
+        """Bytes of the recurrent weights the per-step products read (all directions, in
+        the precision they run in): the plan keeps the team where they overflow a core's
+        L2 (rnnfast._plan.keeps_team)."""
+        if self._q is not None and self._q.U is not None:
+            return sum(a.nbytes for a in self._q.U if a is not None)
+        return self._Up.nbytes if self._Up.size else self._U.nbytes
+
     #: Int8 weights given with the layer (:meth:`_with_int8_weights`): ``W`` and ``U``
     #: quantized (ndir, K, G*H) and their per-column scales (ndir, G*H) in the layer's
     #: column layout, run as they are in "int8"; None: "int8" quantizes ``_W`` and ``_U``.
@@ -676,6 +684,7 @@ class RNNLayer:
             num_threads=resolve_num_threads(num_threads),
             chunk=chunk_steps,
             T=T,
+            recurrent_bytes=self._recurrent_bytes(),
         )
         # BLAS is held to one thread only when this layer calls it (_threads)
         with blas_single_threaded() if self._uses_blas else contextlib.nullcontext():

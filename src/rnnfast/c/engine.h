@@ -85,6 +85,7 @@ typedef struct {
     long proj_min_rows;         /* item strategy: rows per projection task, at least, */
     long proj_max_tasks;        /* and tasks per direction and chunk, at most */
     int num_threads;            /* the team size */
+    int keep_team;              /* blocked strategy: keep the team on a busy machine (openmp.h) */
 } rnn_plan;
 
 /* The weights, in the compute dtype (shapes per direction d < ndir). */

@@ -438,11 +438,17 @@ static void RNN_TNAME(blocked_project)(const RNN_TNAME(call) *c, const RNN_TNAME
     rnn_tock(RNN_PROF_PROJECTION, t0);
 }
 
-/* One task of step st (chunk s0..s1-1): its product, reading the state of step st
- * (hbuf half st % 2), its gate math and outputs, writing the state of step st + 1.
- * scratch: the thread's own, p.bb * GH + 4H values. */
-static void RNN_TNAME(blocked_step)(const RNN_TNAME(call) *c, const RNN_TNAME(blocked) *bk,
-                                    long task, long st, long s0, long s1, TYPE *scratch)
+/* One task of step st (chunk s0..s1-1, phase p): its product, reading the state of
+ * step st (hbuf half st % 2), its gate math and outputs, writing the state of step
+ * st + 1. scratch: the thread's own, p.bb * GH + 4H values. With priv (the thread's
+ * own 2 * p.bb * H values: a kept team, where a task may run on two threads), the new
+ * state is made there and published only if this thread's result is the phase's first
+ * (rnn_phases_commit): a thread that lost its core inside the task and comes back late
+ * may have read a state the team has since overwritten, and its result is dropped.
+ * Returns 1 if this thread's result is the task's (the caller finishes it), else 0. */
+static int RNN_TNAME(blocked_step)(const RNN_TNAME(call) *c, RNN_TNAME(blocked) *bk,
+                                   long task, long st, long s0, long s1, TYPE *scratch,
+                                   TYPE *priv, long p)
 {
     const rnn_shape *s = &c->s;
     long T = s->T, B = s->B, H = s->H, Ho = s->Ho, G = s->G, GH = c->GH, ncb = c->p.ncb;
@@ -456,7 +462,19 @@ static void RNN_TNAME(blocked_step)(const RNN_TNAME(call) *c, const RNN_TNAME(bl
     const unsigned char *valid = c->mask != NULL ? c->mask + t * B + k.b0 : NULL;
     TYPE *gh = scratch, *tmp = scratch + c->p.bb * GH;
     long r, na = RNN_TNAME(live_rows)(c, t, k.b0, k.nb);   /* the rows that step */
+    TYPE *hout = hnxt + j0, *cio = bk->cbuf != NULL ? bk->cbuf + (k.d * B + k.b0) * H + j0 : NULL;
+    long ldho = Ho, ldci = H;
     double t0 = rnn_tick();
+    if (priv != NULL) {
+        hout = priv;
+        ldho = hb;
+        if (cio != NULL) {
+            for (r = 0; r < k.nb; r++)
+                memcpy(priv + (k.nb + r) * hb, cio + r * H, (size_t)hb * sizeof(TYPE));
+            cio = priv + k.nb * hb;
+            ldci = hb;
+        }
+    }
     if (c->q != NULL)
         RNN_TNAME(qproduct)(c->q, &c->q->U, k.d,
                             rnn_packed_offset(rnn_qpad(c->q->prec, Ho), H, G, ncb, k.cb), G * j0,
@@ -470,17 +488,28 @@ static void RNN_TNAME(blocked_step)(const RNN_TNAME(call) *c, const RNN_TNAME(bl
      * overwrite every stepped row, so only masked rows are carried */
     for (r = 0; r < k.nb; r++)
         if (rnn_cell_in_place(s->cell) || (valid != NULL && !valid[r]))
-            memcpy(hnxt + r * Ho + j0, hcur + r * Ho + j0, (size_t)hb * sizeof(TYPE));
+            memcpy(hout + r * ldho, hcur + r * Ho + j0, (size_t)hb * sizeof(TYPE));
     if (na > 0)
         RNN_TNAME(cell_block)(c, k.d, j0, na, hb,
                           bk->xp + k.d * c->p.chunk * B * GH + ((t - tlo) * B + k.b0) * GH + G * j0,
-                          GH, gh, G * hb, NULL, hnxt + j0, Ho,
-                          bk->cbuf != NULL ? bk->cbuf + (k.d * B + k.b0) * H + j0 : NULL, H, valid,
-                          tmp, NULL);
+                          GH, gh, G * hb, NULL, hout, ldho, cio, ldci, valid, tmp, NULL);
+    if (priv != NULL) {
+        if (!rnn_phases_commit(&bk->q, task, p)) {
+            rnn_tock(RNN_PROF_STEP, t0);
+            return 0;
+        }
+        for (r = 0; r < k.nb; r++) {
+            memcpy(hnxt + r * Ho + j0, hout + r * ldho, (size_t)hb * sizeof(TYPE));
+            if (cio != NULL)
+                memcpy(bk->cbuf + (k.d * B + k.b0 + r) * H + j0, cio + r * ldci,
+                       (size_t)hb * sizeof(TYPE));
+        }
+    }
     if (c->out != NULL)
-        RNN_TNAME(emit_rows)(c, t, k.b0, k.nb, hb, hnxt + j0, Ho, c->out + k.d * Ho + j0, valid,
+        RNN_TNAME(emit_rows)(c, t, k.b0, k.nb, hb, hout, ldho, c->out + k.d * Ho + j0, valid,
                              bk->seen + (k.d * ncb + k.cb) * B + k.b0);
     rnn_tock(RNN_PROF_STEP, t0);
+    return 1;
 }
 
 /* Run the tasks of phase p that this thread claims: st < s0 is the chunk's projection,
@@ -490,7 +519,7 @@ static void RNN_TNAME(blocked_step)(const RNN_TNAME(call) *c, const RNN_TNAME(bl
  * when there was none left to take. Returns the number of tasks it ran. */
 static long RNN_TNAME(blocked_phase)(const RNN_TNAME(call) *c, RNN_TNAME(blocked) *bk, int tid,
                                      int nth, long p, long st, long s0, long s1, TYPE *scratch,
-                                     int *eager)
+                                     TYPE *priv, int *eager)
 {
     long task, ntask = bk->ntask, target = (p + 1) * ntask;
     int k, i, took = 0, over = 0;
@@ -515,12 +544,14 @@ static long RNN_TNAME(blocked_phase)(const RNN_TNAME(call) *c, RNN_TNAME(blocked
                 rnn_debug_delay(tid, p, 1);
             else
                 took = 1;
-            if (st < s0)
-                RNN_TNAME(blocked_project)(c, bk, task, s0, s1);
-            else
-                RNN_TNAME(blocked_step)(c, bk, task, st, s0, s1, scratch);
-            rnn_phases_finish(&bk->q, p);
             ran++;
+            if (st < s0) {
+                RNN_TNAME(blocked_project)(c, bk, task, s0, s1);
+                if (priv != NULL)               /* counted as the steps' tasks are */
+                    rnn_phases_commit(&bk->q, task, p);
+            } else if (!RNN_TNAME(blocked_step)(c, bk, task, st, s0, s1, scratch, priv, p))
+                continue;
+            rnn_phases_finish(&bk->q, p);
         }
     }
     if (nth > 1 && !over)
@@ -530,13 +561,17 @@ static long RNN_TNAME(blocked_phase)(const RNN_TNAME(call) *c, RNN_TNAME(blocked
 
 /* One thread's part in the blocked strategy (thread tid of a team of nth): every phase
  * in order, skipping those the team completed without it, waiting for each to complete
- * before the next (the next reads what it wrote). The wait spins for a time scaled to
+ * before the next (the next reads what it wrote). In a kept team (p.keep_team), a
+ * thread whose wait for a step outlasts its spin runs the tasks still without a result
+ * itself (a partner that lost its core inside one costs about twice a phase's work,
+ * not a time slice); a chunk's projection is still waited for. The wait spins for a time scaled to
  * the thread's own work in the phase (or, where it ran none, in the last phase where
  * it ran some): see rnn_phases_wait. Which thread runs which task changes nothing in
  * the arithmetic, so the results do not depend on the team size or on the schedule. */
 static void RNN_TNAME(blocked_worker)(const RNN_TNAME(call) *c, RNN_TNAME(blocked) *bk, int tid,
                                       int nth, TYPE *scratch)
 {
+    TYPE *priv = c->p.keep_team && nth > 1 ? scratch + c->p.bb * c->GH + 4 * c->s.H : NULL;
     long ch, s0, s1, st, p = 0, task, d, per = bk->ntask / c->s.ndir;
     int eager = 0;
     long long start = 0, work = 0;
@@ -554,7 +589,7 @@ static void RNN_TNAME(blocked_worker)(const RNN_TNAME(call) *c, RNN_TNAME(blocke
             for (d = 0; d < c->s.ndir; d++)
                 for (st = s0; st < s1; st++)
                     for (task = d * per; task < (d + 1) * per; task++)
-                        RNN_TNAME(blocked_step)(c, bk, task, st, s0, s1, scratch);
+                        RNN_TNAME(blocked_step)(c, bk, task, st, s0, s1, scratch, NULL, 0);
         }
         return;
     }
@@ -566,10 +601,19 @@ static void RNN_TNAME(blocked_worker)(const RNN_TNAME(call) *c, RNN_TNAME(blocke
                 continue;
             if (nth > 1)
                 start = rnn_now_ns();
-            if (RNN_TNAME(blocked_phase)(c, bk, tid, nth, p, st, s0, s1, scratch, &eager) > 0
+            if (RNN_TNAME(blocked_phase)(c, bk, tid, nth, p, st, s0, s1, scratch, priv, &eager) > 0
                 && nth > 1)
                 work = rnn_now_ns() - start;
             t0 = rnn_tick();
+            if (priv != NULL && st >= s0 && !rnn_phases_spin(&bk->q, p, rnn_barrier_spin_ns(work))) {
+                /* a partner holds a task far longer than this thread's own work: run it
+                 * here too; the first result in is the one (the same bits either way) */
+                for (task = bk->ntask - 1; task >= 0; task--)
+                    if (rnn_phases_open(&bk->q, task, p)
+                        && RNN_TNAME(blocked_step)(c, bk, task, st, s0, s1, scratch, priv, p))
+                        rnn_phases_finish(&bk->q, p);
+                eager = 1;
+            }
             if (rnn_phases_wait(&bk->q, p, rnn_barrier_spin_ns(work)) && tid == 0)
                 bk->slept++;
             rnn_tock(RNN_PROF_WAIT, t0);
@@ -583,7 +627,7 @@ static int RNN_TNAME(run_blocked)(const RNN_TNAME(call) *c)
 {
     const rnn_shape *s = &c->s;
     long B = s->B, H = s->H, Ho = s->Ho, GH = c->GH, ndir = s->ndir, nth = c->p.num_threads;
-    long per_thread = (c->p.bb * GH + 4 * H + 15) / 16 * 16;
+    long per_thread = (c->p.bb * GH + 4 * H + 2 * c->p.bb * H + 15) / 16 * 16;
     size_t state = (size_t)(ndir * B * Ho) * sizeof(TYPE), cell = (size_t)(ndir * B * H) * sizeof(TYPE);
     int err = RNN_OK;
     RNN_TNAME(blocked) bk;
@@ -604,6 +648,7 @@ static int RNN_TNAME(run_blocked)(const RNN_TNAME(call) *c)
         if (c->c != NULL)
             memcpy(bk.cbuf, c->c, cell);
         int team = nth;
+        int cpu = c->p.keep_team && nth > 1 ? rnn_current_cpu() : -1;
         long long t_call = rnn_now_ns(), t_in = 0, t_own = 0;
         rnn_team_clock clk = {0, 0, 0};
         RNN_OMP(parallel num_threads(nth))
@@ -612,6 +657,8 @@ static int RNN_TNAME(run_blocked)(const RNN_TNAME(call) *c)
             if (omp_get_thread_num() == 0) {
                 t_in = b0;
                 team = omp_get_num_threads();
+            } else if (cpu >= 0) {
+                rnn_spread(cpu);
             }
             RNN_TNAME(blocked_worker)(c, &bk, omp_get_thread_num(), omp_get_num_threads(),
                                       scratch + omp_get_thread_num() * per_thread);
@@ -621,7 +668,8 @@ static int RNN_TNAME(run_blocked)(const RNN_TNAME(call) *c)
                 t_own = t_in + b0;
         }
         rnn_team_clock_add(&clk, t_call, t_in, t_own);
-        rnn_team_report(team, bk.slept, &clk);
+        if (!c->p.keep_team)
+            rnn_team_report(team, bk.slept, &clk);
         memcpy(c->h, bk.hbuf + (s->T % 2) * ndir * B * Ho, state);
         if (c->c != NULL)
             memcpy(c->c, bk.cbuf, cell);
@@ -652,7 +700,8 @@ static int RNN_TNAME(layer_forward)(const rnn_shape *shape, const rnn_plan *plan
         c.p.chunk = c.s.T;
     if (c.p.num_threads < 1)
         c.p.num_threads = 1;
-    c.p.num_threads = rnn_team_for((int)c.p.num_threads);
+    if (!c.p.keep_team)
+        c.p.num_threads = rnn_team_for((int)c.p.num_threads);
     c.GH = c.s.G * c.s.H;
     c.ldo = c.s.ndir * c.s.Ho;
     c.nchunks = (c.s.T + c.p.chunk - 1) / c.p.chunk;

@@ -48,16 +48,24 @@ static inline void rnn_omp_barrier(void) {}
  * of a long phase (B=64: ~100 us a task) spinning instead of sleeping and paying a
  * futex wake-up every phase, and keeps the caller's sleep a sign that a partner lost
  * its core (the backoff below). A late thread skips the phases that completed without
- * it (rnn_phases_current). */
+ * it (rnn_phases_current).
+ *
+ * A kept team (rnn_plan.keep_team: layers whose weights overflow a core's L2, which
+ * never back off, below) also does not wait for a task whose thread lost its core after
+ * claiming it: a step task then computes into the thread's own buffer and publishes
+ * its result only if it is the first in (rnn_phases_commit: one compare-and-swap per
+ * task per phase, as the claim), and a waiter whose spin ran out runs the tasks still
+ * without a result itself. A result is published only while its phase is incomplete,
+ * so everything it read was still the state of its step; a late duplicate is dropped.
+ * The same tasks, the same arithmetic: the same bits. */
 #include <limits.h>
 #include <stdlib.h>
 #include <time.h>
+#include <sched.h>
 #if defined(__linux__)
 #include <linux/futex.h>
 #include <sys/syscall.h>
 #include <unistd.h>
-#else
-#include <sched.h>
 #endif
 
 /* Spins before sleeping. Its value comes from rnnfast._plan (BARRIER_SPINS), set when
@@ -110,6 +118,7 @@ static inline long long rnn_barrier_spin_ns(long long work_ns)
 typedef struct {
     long ntask;            /* tasks per phase */
     long *claim;           /* (ntask,) phases claimed so far, per task */
+    long *commit;          /* (ntask,) phases whose result is in, per task */
     long done;             /* tasks finished, all phases together */
     int gen;               /* phases complete (futex word; wraps harmlessly) */
     int sleepers;          /* threads asleep (or about to be) on gen */
@@ -123,23 +132,44 @@ static inline int rnn_phases_init(rnn_phases *q, long ntask)
     q->gen = 0;
     q->sleepers = 0;
     q->claim = (long *) calloc(ntask > 0 ? (size_t) ntask : 1, sizeof(long));
-    return q->claim == NULL;
+    q->commit = (long *) calloc(ntask > 0 ? (size_t) ntask : 1, sizeof(long));
+    return q->claim == NULL || q->commit == NULL;
 }
 
 static inline void rnn_phases_free(rnn_phases *q)
 {
     free(q->claim);
-    q->claim = NULL;
+    free(q->commit);
+    q->claim = q->commit = NULL;
+}
+
+/* Move a task's phase counter from p to p + 1: 1 if this thread did, 0 if another had. */
+static inline int rnn_phases_advance(long *counter, long p)
+{
+    long expected = p;
+    if (__atomic_load_n(counter, __ATOMIC_RELAXED) != p)
+        return 0;
+    return __atomic_compare_exchange_n(counter, &expected, p + 1, 0, __ATOMIC_ACQ_REL,
+                                       __ATOMIC_RELAXED);
 }
 
 /* Claim `task` for phase p: 1 if this thread must run it, 0 if another one has it. */
 static inline int rnn_phases_claim(rnn_phases *q, long task, long p)
 {
-    long expected = p;
-    if (__atomic_load_n(&q->claim[task], __ATOMIC_RELAXED) != p)
-        return 0;
-    return __atomic_compare_exchange_n(&q->claim[task], &expected, p + 1, 0,
-                                       __ATOMIC_ACQ_REL, __ATOMIC_RELAXED);
+    return rnn_phases_advance(&q->claim[task], p);
+}
+
+/* Commit `task` of phase p: 1 if this thread's result is the one (it publishes it and
+ * calls rnn_phases_finish), 0 if another thread's is. */
+static inline int rnn_phases_commit(rnn_phases *q, long task, long p)
+{
+    return rnn_phases_advance(&q->commit[task], p);
+}
+
+/* 1 if phase p's task `task` has no result yet. */
+static inline int rnn_phases_open(rnn_phases *q, long task, long p)
+{
+    return __atomic_load_n(&q->commit[task], __ATOMIC_ACQUIRE) == p;
 }
 
 /* A claimed task of phase p is finished (its writes are published). */
@@ -164,14 +194,14 @@ static inline long rnn_phases_current(rnn_phases *q)
 /* Wait until phase p is complete: spin rnn_barrier_spins times and then for spin_ns
  * more nanoseconds (the clock read every 64 spins), then sleep. Returns 1 if it had to
  * sleep (the phase waited for a thread that was not running), else 0. */
-static inline int rnn_phases_wait(rnn_phases *q, long p, long long spin_ns)
+static inline int rnn_phases_spin(rnn_phases *q, long p, long long spin_ns)
 {
     long target = (p + 1) * q->ntask;
     long long end;
-    int i, g;
+    int i;
     for (i = 0; i < rnn_barrier_spins; i++) {
         if (__atomic_load_n(&q->done, __ATOMIC_ACQUIRE) >= target)
-            return 0;
+            return 1;
         rnn_cpu_relax();
     }
     if (spin_ns > 0) {
@@ -179,11 +209,20 @@ static inline int rnn_phases_wait(rnn_phases *q, long p, long long spin_ns)
         do {
             for (i = 0; i < 64; i++) {
                 if (__atomic_load_n(&q->done, __ATOMIC_ACQUIRE) >= target)
-                    return 0;
+                    return 1;
                 rnn_cpu_relax();
             }
         } while (rnn_now_ns() < end);
     }
+    return 0;
+}
+
+static inline int rnn_phases_wait(rnn_phases *q, long p, long long spin_ns)
+{
+    long target = (p + 1) * q->ntask;
+    int g;
+    if (rnn_phases_spin(q, p, spin_ns))
+        return 0;
 #if defined(__linux__)
     __atomic_add_fetch(&q->sleepers, 1, __ATOMIC_SEQ_CST);
     for (;;) {
@@ -225,7 +264,11 @@ static inline int rnn_phases_wait(rnn_phases *q, long p, long long spin_ns)
  * The share of tasks the partners ran is no sign of a missing partner: on an idle
  * machine a partner waking from its passive wait finds phases taken over, and backing
  * off on a small share kept calls on one thread (2 threads = 1 thread idle, measured on
- * GRU/LSTM H=256 at B=1 and 64). */
+ * GRU/LSTM H=256 at B=1 and 64).
+ * A kept team (rnn_plan.keep_team) neither backs off nor counts down a backoff: its
+ * layer's weights overflow one core's L2, one thread streams them from L3 (LSTM H=512
+ * B=1: 16 ms alone, 4.6 ms on two idle cores), and its partner's lost core costs it
+ * a late task's redo (above), not a time slice. */
 #define RNN_BACKOFF_MAX 256
 #define RNN_BACKOFF_PAYBACK 16
 #define RNN_BACKOFF_CALLS_MAX 4096
@@ -311,6 +354,47 @@ static inline void rnn_team_report(int nth, long slept, const rnn_team_clock *k)
         __atomic_store_n(&rnn_backoff_len, 1, __ATOMIC_RELAXED);
     }
 }
+
+/* ---- a kept team's partners keep off the caller's CPU ----
+ *
+ * Three runnable threads on two CPUs (a team of two beside a busy process) split two
+ * and one, and the split is stable whichever two share a CPU: where the caller and its
+ * partner share one, the team runs no faster than one thread (the busy process has the
+ * other CPU). OpenMP's pool threads are not pinned, so a kept team's partner, at the
+ * start of each call, keeps off the CPU its caller is on (its affinity mask: the one it
+ * had when this first ran, less that CPU; a syscall only when the caller's CPU changed;
+ * nothing where the mask has one CPU). The caller itself (the user's thread) is never
+ * pinned. */
+#if defined(__linux__) && defined(CPU_SETSIZE)
+static __thread int rnn_spread_off = -1;      /* the CPU this thread keeps off */
+static __thread int rnn_spread_saved = 0;
+static __thread cpu_set_t rnn_spread_mask;    /* its mask before it first did */
+
+static inline int rnn_current_cpu(void)
+{
+    return sched_getcpu();
+}
+
+static inline void rnn_spread(int cpu)
+{
+    cpu_set_t m;
+    if (cpu < 0 || cpu >= CPU_SETSIZE || cpu == rnn_spread_off)
+        return;
+    if (!rnn_spread_saved) {
+        if (sched_getaffinity(0, sizeof m, &rnn_spread_mask) != 0)
+            return;
+        rnn_spread_saved = 1;
+    }
+    m = rnn_spread_mask;
+    if (CPU_ISSET(cpu, &m) && CPU_COUNT(&m) > 1)
+        CPU_CLR(cpu, &m);
+    if (sched_setaffinity(0, sizeof m, &m) == 0)
+        rnn_spread_off = cpu;
+}
+#else
+static inline int rnn_current_cpu(void) { return -1; }
+static inline void rnn_spread(int cpu) { (void) cpu; }
+#endif
 
 static inline void rnn_debug_delay(int tid, long p, int where)
 {
