@@ -240,10 +240,15 @@ class LayerWeights(NamedTuple):
     U: tuple
     Wr: Optional[tuple]
 
+    @staticmethod
+    def matrix_bytes(m):
+        """Bytes of one packed matrix ``(data, scale, comp, kg)`` (with its scales)."""
+        return sum(a.nbytes for a in m[:3]) if m is not None else 0
+
     @property
     def nbytes(self):
         """Bytes of the packed weights (with their scales)."""
-        return sum(a.nbytes for m in (self.W, self.U, self.Wr) if m is not None for a in m[:3])
+        return sum(self.matrix_bytes(m) for m in (self.W, self.U, self.Wr))
 
 
 def pack_layer(precision, W, U, Wr, *, G, H, ncb, reset_before, given=None):

@@ -467,7 +467,7 @@ class RNNLayer:
         the precision they run in): the plan keeps the team where they overflow a core's
         L2 (rnnfast._plan.keeps_team)."""
         if self._q is not None and self._q.U is not None:
-            return sum(a.nbytes for a in self._q.U if a is not None)
+            return self._q.matrix_bytes(self._q.U)
         return self._Up.nbytes if self._Up.size else self._U.nbytes
 
     #: Int8 weights given with the layer (:meth:`_with_int8_weights`): ``W`` and ``U``
