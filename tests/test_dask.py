@@ -17,7 +17,7 @@ import rnnfast
 from rnnfast._scaleout import BUDGET, ThreadBudget, flatten, plan_buckets
 from rnnfast.layers import RNNLayer
 
-from _testing import random_weights
+from _testing import count_layer_pickles, random_weights
 
 dask = pytest.importorskip("dask", reason="install rnnfast[dask]")
 da = pytest.importorskip("dask.array")
@@ -200,18 +200,9 @@ def _count_unpickles():
 def test_model_sent_once_per_job_not_per_block(client, monkeypatch):
     """The model is pickled once per job in the client, whatever the number of blocks,
     and unpickled (its packed copies built) at most once per worker and job."""
-    from rnnfast.layers import RNNLayer
-
     rng = np.random.default_rng(10)
     lstm = _lstm(rng)  # two layers
-    pickled = [0]
-    real = RNNLayer.__getstate__
-
-    def counting(self):
-        pickled[0] += 1
-        return real(self)
-
-    monkeypatch.setattr(RNNLayer, "__getstate__", counting)
+    pickled = count_layer_pickles(monkeypatch)
     x = rng.standard_normal((160, 6, 5)).astype(np.float32)
     client.run(_count_unpickles)
     counts = []

@@ -13,7 +13,7 @@ import pytest
 import rnnfast
 from rnnfast.layers import RNNLayer
 
-from _testing import random_weights
+from _testing import count_layer_pickles, random_weights
 
 ray = pytest.importorskip("ray", reason="install rnnfast[ray]")
 pytest.importorskip("ray.data", reason="install rnnfast[ray]")
@@ -168,18 +168,9 @@ def test_variable_length_rows_from_parquet(ray_local, tmp_path):
 def test_model_pickled_once_per_job_not_per_batch(ray_local, monkeypatch):
     """A model given as an object is pickled in the driver once per job (Ray puts the
     constructor's arguments in the object store), however many batches and actors."""
-    from rnnfast.layers import RNNLayer
-
     rng = np.random.default_rng(5)
     model = _lstm(rng)  # two layers
-    pickled = [0]
-    real = RNNLayer.__getstate__
-
-    def counting(self):
-        pickled[0] += 1
-        return real(self)
-
-    monkeypatch.setattr(RNNLayer, "__getstate__", counting)
+    pickled = count_layer_pickles(monkeypatch)
     x = rng.standard_normal((240, 7, 5)).astype(np.float32)
     ds = ray.data.from_numpy(np.split(x, 8)).map_batches(
         CountingPredictor,
