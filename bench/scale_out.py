@@ -544,7 +544,14 @@ def main():
     if args.plot:
         with open(args.plot) as f:
             d = json.load(f)
-        _plot(d["rows"], d["scaling_efficiency"], d["meta"], args.plot[:-5] + ".png", d.get("cpu_seconds_ratio"))
+        _plot(
+            d["rows"],
+            d["scaling_efficiency"],
+            d["meta"],
+            args.plot[:-5] + ".png",
+            d.get("cpu_seconds_ratio"),
+            d.get("cpu_bound_efficiency"),
+        )
         return
     if args.quick:
         args.rows, args.rounds = 10_000, 1
@@ -745,7 +752,7 @@ def main():
             f,
             indent=1,
         )
-    _plot(rows, eff, meta, os.path.join(args.out, "scale_out_%s.png" % args.model), cpu_eff)
+    _plot(rows, eff, meta, os.path.join(args.out, "scale_out_%s.png" % args.model), cpu_eff, bound_eff)
 
 
 def _all_cpu(row):
@@ -765,7 +772,7 @@ def _cpu():
     return platform.processor()
 
 
-def _plot(rows, eff, meta, path, cpu_eff=None):
+def _plot(rows, eff, meta, path, cpu_eff=None, bound_eff=None):
     from _common import pyplot
 
     plt = pyplot()
@@ -798,12 +805,18 @@ def _plot(rows, eff, meta, path, cpu_eff=None):
                 ax.text(x, r[key], "%.0f" % r[key], ha="center", va="bottom", fontsize=7)
             k = "rnnfast local (threads)" if g == "rnnfast local" else g
             xs.append(i)
-            labels.append(g.replace(" ", "\n", 1) + ("\n%.0f%%" % (100 * effs[k]) if k in effs else ""))
+            label = g.replace(" ", "\n", 1) + ("\n%.0f%%" % (100 * effs[k]) if k in effs else "")
+            if effs is not eff and bound_eff and k in bound_eff and not g.endswith("local"):
+                label += " (%.0f%%)" % (100 * bound_eff[k])
+            labels.append(label)
         ax.set_xticks(xs)
         ax.set_xticklabels(labels, fontsize=8)
         ax.set_ylabel(ylabel)
     axes[0].set_title("wall time; % = scaling efficiency 1 -> 2", fontsize=8)
-    axes[1].set_title("CPU seconds; % = CPU(1) / CPU(2)", fontsize=8)
+    axes[1].set_title(
+        "CPU seconds; % = CPU(1) / CPU(2)" + (" (CPU-bound efficiency on idle cores)" if bound_eff else ""),
+        fontsize=8,
+    )
     fig.suptitle(
         "%d sequences x %d steps, %s; light: 1 worker (thread), dark: 2\n%s, %d cores, shared "
         "(load average %.1f before, %.1f after)"
