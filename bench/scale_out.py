@@ -2,60 +2,69 @@
 with 1 and 2 workers of one thread each, against ONNX Runtime in the same Ray
 pipeline (the peer users would otherwise pick).
 
-    .venv/bin/python bench/scale_out.py --model digits --budget 480   # the issue's job in ~6 min (below)
-    .venv/bin/python bench/scale_out.py                  # seed-shaped BiGRU, 100,000 x 50 steps, 3 rounds
+    .venv/bin/python bench/scale_out.py --model digits --budget 420   # the issue's job, ~5-7 min (below)
+    .venv/bin/python bench/scale_out.py --model seed --rows 20000 --budget 420   # the seed-shaped model
     .venv/bin/python bench/scale_out.py --quick          # 10,000 sequences, 1 round
     .venv-bench/bin/python bench/scale_out.py --plot bench/scale_out_digits.json   # the plot only
 
-It needs Dask, Ray, ONNX Runtime and PyTorch (``make test``'s ``.venv`` has them) and
-matplotlib for the plot (else it says so and writes the JSON; ``--plot`` draws it later
-where matplotlib is).
-
-How long: the whole comparison (every pipeline below, 100,000 sequences of 50 steps)
-with ``--model digits`` is about 10 CPU seconds per rnnfast pipeline and 12 per ONNX
-Runtime one (measured on a 10,000-row slice: 1.0 and 1.2 CPU s), so a round of the nine
-pipelines is about 1.5 minutes on two idle cores (Ray's actor starts, a few seconds per
-Ray job, included), plus about a minute of set-up, reference and warm-up: 3 rounds in
-about 6 minutes. ``--budget 480`` stops after the last round that fits in 8 minutes (at
-least one). The seed-shaped model costs about 4x the CPU per pipeline (40 CPU s at
-100,000 rows): one round takes most of 8 minutes there, and took 48 minutes (3 rounds)
-on a loaded machine.
+It needs Dask, Ray, ONNX Runtime, PyTorch and psutil (``make test``'s ``.venv`` has them)
+and matplotlib for the plot (else it says so and writes the JSON; ``--plot`` draws it
+later where matplotlib is).
 
 The models (``--model``), each as a PyTorch module whose weights rnnfast converts and
 ONNX Runtime reads from a ``torch.onnx.export`` (native ONNX GRU / LSTM ops):
 
 - ``seed`` (default): the seed's ``BiGRU(128) -> BiGRU(64) -> Dense(1, sigmoid)`` on 50
   features, a score per step (bench/compare.py's "seed BiGRU" case: seeded weights),
-  run by rnnfast as a :class:`rnnfast.Sequential`.
+  run by rnnfast as a :class:`rnnfast.Sequential`. About 4x the CPU per row of
+  ``digits``: ``--rows 20000`` keeps a run in the same budget.
 - ``digits``: the bundled ``digits_lstm.pt`` (``nn.LSTM(8, 32, num_layers=2,
   bidirectional=True)``) and its head (``logits = cat(h_n[-2], h_n[-1]) @ W.T + b``), run
   by rnnfast as a :class:`rnnfast.TorchRNN` with ``return_state=True`` and the head in
   numpy.
 
-The job: score 100,000 sequences of T=50 steps and get the scores back in the driver.
-The pipelines (all times are wall time of the whole job):
+The job: score ``--rows`` sequences (100,000) of T=50 steps, in blocks of ``--block``
+rows (5,000: the local call, the Dask chunk, the Ray block and batch, the same for every
+engine), and get the scores back in the driver. What is timed, per pipeline, is that
+job and nothing else:
 
-- ``rnnfast local``: one process, the model over blocks of 2,000 rows, 1 or 2 threads.
-- ``rnnfast dask``: ``rnnfast.dask.predict(model, x)`` on a ``LocalCluster(n_workers=w,
-  threads_per_worker=1)``; ``x`` persisted on the workers first (blocks of 2,000 rows),
-  not timed.
-- ``rnnfast ray`` / ``onnxruntime ray``: ``ds.map_batches(cls, batch_size=2000,
+- ``rnnfast local`` / ``onnxruntime local``: one process, the model over the blocks, 1 or
+  2 threads; NumPy's own BLAS (the digits head) held to as many threads
+  (``threadpoolctl``: by default it runs one thread per core, and its idle threads spin).
+- ``rnnfast dask``: ``rnnfast.dask.predict(model, x)`` and ``compute`` on one
+  ``LocalCluster(n_workers=2, threads_per_worker=1)``; ``x`` persisted on the workers
+  beforehand. The 1-worker job runs on one of the two workers, on a copy of ``x`` held
+  there (``workers=``, ``allow_other_workers=False``); the 2-worker job on both.
+- ``rnnfast ray`` / ``onnxruntime ray``: ``ds.map_batches(cls, batch_size=block,
   num_cpus=1, compute=ActorPoolStrategy(size=w))`` on ``ray.init(num_cpus=2)``, the data
-  already in the object store (``from_numpy(...).materialize()``), not timed; ``cls`` is
-  ``rnnfast.ray.Predictor`` (noting its process's CPU time) or an ONNX Runtime session
-  with one intra-op thread. The actors' start (model loading) is part of each job, as
-  it is for a user.
-- ``onnxruntime local``: one ``InferenceSession`` with one thread, for reference.
+  already in the object store (``from_numpy(...).materialize()``). ``cls`` is
+  ``rnnfast.ray.Predictor`` (the model sent once with ``ray.put``) or an ONNX Runtime
+  session with one intra-op thread (the ONNX bytes as its argument). Ray Data starts a new
+  actor pool for every job: the actors' start (the model's loading or the session's
+  creation, and Ray's own latency to start them) is inside each timed job, for both.
 
-Measured in interleaved rounds after a warm-up round on a tenth of the rows (each round
-runs every pipeline once, the order rotated), medians reported; the machine is shared,
-so its load average is recorded per run. Scaling efficiency = (sequences/s with 2
-workers) / (2 x with 1 worker). Beside the wall time, the CPU seconds the workers spent
-on the job (getrusage in the driver for local runs, in each Dask worker, in each Ray
-actor from its model's loading on): a 2-worker run that needs no more CPU than a
-1-worker run would scale perfectly on idle cores, which a shared machine cannot show in
-wall time. Writes ``scale_out_<model>.json`` and ``scale_out_<model>.png`` to ``--out``
-(default: bench/).
+Not timed, the same for every engine: starting the engine (``LocalCluster``,
+``ray.init``) and its worker processes, which import what the jobs need when they start
+(Dask: ``client.run``; Ray: ``worker_process_setup_hook``; both import ``rnnfast.ray``,
+``ray.data`` and ``onnxruntime``), putting the data in place, and a warm-up round on a
+tenth of the rows. One engine at a time: its cluster is started before its pipelines
+and shut down after them, so that no engine's idle processes load the two cores while
+another is timed; its pipelines run in interleaved rounds (the order rotated), medians
+reported; the machine is shared, so its load average is recorded per run. ``--budget``
+shares its seconds among the engines and stops each after its last round that fits (at
+least one).
+
+Scaling efficiency = (sequences/s with 2 workers) / (2 x with 1 worker). Wall time on a
+shared machine says little, so the CPU seconds are counted per job, by process
+(``psutil``, user + system): ``CPU s`` is what the scoring processes used (the driver
+locally; the Dask worker(s) of the job; the Ray actors, from the job's start), ``driver``
+this process (Dask's scheduler and nannies live in it; Ray Data's executor), and
+``engine`` the engine's other processes (the idle Dask worker; Ray's raylet, GCS and
+helper actors). For Ray, also ``start`` (from the job's start until its last actor was
+ready) and its actors' CPU seconds until then. From these, the "CPU-bound efficiency on
+idle cores": a 1-worker job cannot end before its worker's CPU seconds, a 2-worker job
+before half of all the CPU seconds it needs. Writes ``scale_out_<model>.json`` and
+``scale_out_<model>.png`` to ``--out`` (default: bench/).
 """
 
 import argparse
@@ -77,7 +86,7 @@ import rnnfast  # noqa: E402
 DATA = os.path.join(os.path.dirname(rnnfast.__file__), "data")
 MODEL = os.path.join(DATA, "digits_lstm.pt")
 HEAD = os.path.join(DATA, "digits_lstm_head.npz")
-BLOCK = 2000
+BLOCK = 5000  # rows per block (--block): 20 blocks of 100,000 rows, 10 per worker of 2
 SEED_LAYERS = [(128, True), (64, True)]  # BiGRU(128) -> BiGRU(64), sequences
 FEATURES = {"seed": 50, "digits": 8}
 MODEL_TEXT = {
@@ -97,9 +106,15 @@ def cpu_seconds():
 # -- the models -----------------------------------------------------------------------------
 
 
+_HEAD = []
+
+
 def _digits_head():
-    h = np.load(HEAD)
-    return np.ascontiguousarray(h["weight"].T), h["bias"]
+    """The head's (W.T, b), read once per process."""
+    if not _HEAD:
+        h = np.load(HEAD)
+        _HEAD.append((np.ascontiguousarray(h["weight"].T), h["bias"]))
+    return _HEAD[0]
 
 
 def _logits(h):
@@ -213,15 +228,63 @@ def ort_session(blob, threads=1):
 # -- Ray callables ------------------------------------------------------------------------
 
 
+def _preimport():
+    """Ray's ``worker_process_setup_hook``: what every Ray worker process imports when it
+    starts (before any job), so that no pipeline's timed job pays for imports. The same
+    for both engines (rnnfast and ONNX Runtime are both imported)."""
+    import ray.data  # noqa: F401  (an actor of map_batches is a ray.data MapWorker)
+
+    import rnnfast.ray  # noqa: F401
+
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        pass
+
+
+class _Accounted:
+    """What both Ray scorers note (the same for rnnfast and ONNX Runtime): this process's
+    CPU seconds and the time when ``__init__`` began and ended, and the CPU seconds
+    spent inside ``__call__`` (the batches: by the process, Ray's own threads included,
+    and by the calling thread alone, where both engines compute with one thread),
+    returned as columns of every batch."""
+
+    def _init_begins(self):
+        self._t_init0, self._cpu_init0 = time.time(), cpu_seconds()
+        self._batch_cpu = 0.0
+        self._batch_thread_cpu = 0.0
+
+    def _init_ends(self):
+        self._t_ready, self._cpu_ready = time.time(), cpu_seconds()
+
+    def _account(self, out, c0, t0, th0):
+        self._batch_cpu += cpu_seconds() - c0
+        self._batch_thread_cpu += time.thread_time() - th0
+        n = len(out["y"])
+        for k, v in (
+            ("pid", os.getpid()),
+            ("cpu", cpu_seconds()),
+            ("cpu_init0", self._cpu_init0),
+            ("cpu_ready", self._cpu_ready),
+            ("batch_cpu", self._batch_cpu),
+            ("batch_thread_cpu", self._batch_thread_cpu),
+            ("t_init0", self._t_init0),
+            ("t_ready", self._t_ready),
+            ("t_batch0", t0),
+        ):
+            out[k] = np.full(n, v)
+        return out
+
+
 def _ray_classes():
     from rnnfast.ray import Predictor
 
-    class RnnfastScorer(Predictor):
-        """rnnfast.ray.Predictor, noting its process's CPU time (and, for the digits
-        model, the head applied to h_n)."""
+    class RnnfastScorer(Predictor, _Accounted):
+        """rnnfast.ray.Predictor, accounted (and, for the digits model, the head applied
+        to h_n)."""
 
         def __init__(self, model, digits):
-            self.cpu0 = cpu_seconds()
+            self._init_begins()
             self.digits = digits
             if digits:
                 super().__init__(
@@ -231,35 +294,48 @@ def _ray_classes():
                     return_state=True,
                     drop_input=True,
                 )
+                _digits_head()
             else:
                 super().__init__(model, input_column="data", output_column="y", drop_input=True)
+            self._init_ends()
 
         def __call__(self, batch):
+            c0, t0, th0 = cpu_seconds(), time.time(), time.thread_time()
             out = super().__call__(batch)
             if self.digits:
-                out = {"y": _logits(np.ascontiguousarray(out["h"].transpose(1, 0, 2)))}
-            return _with_cpu(out, self.cpu0)
+                out = {"y": _logits(out["h"].transpose(1, 0, 2))}
+            return self._account(out, c0, t0, th0)
 
-    class OrtScorer:
+    class OrtScorer(_Accounted):
         def __init__(self, blob):
             import ray
 
-            self.cpu0 = cpu_seconds()
+            self._init_begins()
             cpus = int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))
             self.sess = ort_session(blob, max(1, cpus))
+            self._init_ends()
 
         def __call__(self, batch):
-            return _with_cpu({"y": self.sess.run(["y"], {"x": batch["data"]})[0]}, self.cpu0)
+            c0, t0, th0 = cpu_seconds(), time.time(), time.thread_time()
+            return self._account({"y": self.sess.run(["y"], {"x": batch["data"]})[0]}, c0, t0, th0)
 
     return RnnfastScorer, OrtScorer
 
 
-def _with_cpu(out, cpu0):
-    """The batch's result with this actor's pid and the CPU seconds it has used since it
-    started loading its model."""
-    n = len(out["y"])
-    out["pid"] = np.full(n, os.getpid())
-    out["cpu"] = np.full(n, cpu_seconds() - cpu0)
+def _tree_cpu():
+    """CPU seconds (user + system) of this process and of each of its descendants, by
+    pid: what the engines' own processes (Dask's nannies and workers, Ray's raylet, GCS,
+    workers and helper actors) have used so far."""
+    import psutil
+
+    me = psutil.Process()
+    out = {}
+    for p in [me] + me.children(recursive=True):
+        try:
+            t = p.cpu_times()
+            out[p.pid] = t.user + t.system
+        except psutil.Error:
+            pass
     return out
 
 
@@ -278,7 +354,7 @@ class Pipelines:
         net = torch_net(name)
         self.model = rnnfast_model(name, net)
         self.blob = onnx_bytes(net, FEATURES[name]) if "onnxruntime" in engines else None
-        self.clusters = {}
+        self.dask = None
         self.ray_ds = None
 
     def _score(self, xb, threads):
@@ -286,22 +362,38 @@ class Pipelines:
             return _logits(self.model(xb, num_threads=threads)[1][0])
         return self.model.predict(xb, num_threads=threads)
 
-    # each pipeline returns (the scores, the CPU seconds its workers spent)
+    # each pipeline returns (the scores, what it cost: a dict with "wall" (s, the timed
+    # job), "cpu" (the CPU s of the processes that score: the driver locally, the Dask
+    # workers, the Ray actors from the job's start), "driver" and "services" (CPU s of
+    # this process and of the engine's other processes during the job, for the engines),
+    # and for Ray "start_s" (from the job's start until its last actor was ready),
+    # "start_cpu" (the actors' CPU s until then) and "batch_cpu" (their CPU s inside
+    # __call__)
     def rnnfast_local(self, threads, which="full"):
+        from threadpoolctl import threadpool_limits
+
         x = self.x[which]
-        c = cpu_seconds()
-        y = np.concatenate([self._score(x[s : s + BLOCK], threads) for s in range(0, len(x), BLOCK)])
-        return y, cpu_seconds() - c
+        # NumPy's own BLAS (the digits head's product) held to the same threads: by default
+        # it runs 2 threads whose spinning cost 1.7-3 CPU s per 100,000 rows
+        with threadpool_limits(threads, user_api="blas"):
+            c, t = cpu_seconds(), time.perf_counter()
+            y = np.concatenate([self._score(x[s : s + BLOCK], threads) for s in range(0, len(x), BLOCK)])
+            return y, dict(wall=time.perf_counter() - t, cpu=cpu_seconds() - c)
 
     def ort_local(self, threads, which="full"):
-        x = self.x[which]
-        c = cpu_seconds()
-        sess = ort_session(self.blob, threads)
-        y = np.concatenate([sess.run(["y"], {"x": x[s : s + BLOCK]})[0] for s in range(0, len(x), BLOCK)])
-        return y, cpu_seconds() - c
+        from threadpoolctl import threadpool_limits
 
-    # Dask
-    def start_dask(self, workers):
+        x = self.x[which]
+        with threadpool_limits(threads, user_api="blas"):
+            c, t = cpu_seconds(), time.perf_counter()
+            sess = ort_session(self.blob, threads)
+            y = np.concatenate([sess.run(["y"], {"x": x[s : s + BLOCK]})[0] for s in range(0, len(x), BLOCK)])
+            return y, dict(wall=time.perf_counter() - t, cpu=cpu_seconds() - c)
+
+    # Dask: one cluster of two workers; a 1-worker job runs on one of them, on a copy of
+    # the data held there, the other worker idle (as on a 1-worker cluster, but without
+    # a second cluster's processes running beside the 2-worker jobs)
+    def start_dask(self):
         import logging
 
         import dask.array as da
@@ -309,35 +401,59 @@ class Pipelines:
 
         logging.getLogger("distributed").setLevel(logging.ERROR)
         cluster = distributed.LocalCluster(
-            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0", silence_logs=logging.ERROR
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", silence_logs=logging.ERROR
         )
         client = distributed.Client(cluster, set_as_default=False)
-        xd = {k: client.persist(da.from_array(v, chunks=(BLOCK, -1, -1))) for k, v in self.x.items()}
+        client.run(_preimport)  # as the Ray workers do: the imports are the cluster's start
+        pids = client.run(os.getpid)
+        one = sorted(pids)[0]
+        xd = {}
+        for k, v in self.x.items():
+            for w in (1, 2):  # two copies (their own names), one on one worker, one spread
+                xw = da.from_array(v, chunks=(BLOCK, -1, -1), name="x%d-%s" % (w, k))
+                xd[w, k] = client.persist(xw, workers=[one] if w == 1 else None)
         with client.as_current():
             distributed.wait(list(xd.values()))
-        self.clusters[workers] = (cluster, client, xd)
+        self.dask = (cluster, client, xd, {1: [one], 2: None}, {1: {pids[one]}, 2: set(pids.values())})
 
     def rnnfast_dask(self, workers, which="full"):
         import dask.array as da
 
         import rnnfast.dask
 
-        cluster, client, xd = self.clusters[workers]
-        c = client.run(cpu_seconds)
+        cluster, client, xd, where, pids = self.dask
+        x = xd[workers, which]
+        c0 = _tree_cpu()
+        t = time.perf_counter()
         if self.digits:
-            _, (h, _c) = rnnfast.dask.predict(self.model, xd[which], return_state=True)
+            _, (h, _c) = rnnfast.dask.predict(self.model, x, return_state=True)
             y = da.blockwise(_dask_head, "bk", h, "lbj", new_axes={"k": 10}, dtype=np.float32, concatenate=True)
         else:
-            y = rnnfast.dask.predict(self.model, xd[which])
-        y = client.compute(y).result()
-        c2 = client.run(cpu_seconds)
-        return y, sum(c2[w] - c[w] for w in c)
+            y = rnnfast.dask.predict(self.model, x)
+        y = client.compute(y, workers=where[workers], allow_other_workers=False).result()
+        wall = time.perf_counter() - t
+        c1 = _tree_cpu()
+        d = {pid: c1[pid] - c0.get(pid, 0.0) for pid in c1}
+        me = os.getpid()
+        return y, dict(
+            wall=wall,
+            cpu=sum(v for pid, v in d.items() if pid in pids[workers]),
+            driver=d.get(me, 0.0),
+            services=sum(v for pid, v in d.items() if pid not in pids[workers] and pid != me),
+        )
 
     # Ray
     def start_ray(self):
         import ray
 
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        ray.init(
+            address="local",
+            num_cpus=2,
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+            runtime_env={"worker_process_setup_hook": _preimport},
+        )
         ctx = ray.data.DataContext.get_current()
         ctx.execution_options.preserve_order = True
         ctx.enable_progress_bars = False
@@ -349,6 +465,8 @@ class Pipelines:
     def _ray(self, cls, args, workers, which):
         import ray
 
+        c0 = _tree_cpu()
+        t0 = time.time()
         out = self.ray_ds[which].map_batches(
             cls,
             fn_constructor_args=args,
@@ -358,11 +476,27 @@ class Pipelines:
             batch_format="numpy",
         )
         batches = list(out.iter_batches(batch_size=None, batch_format="numpy"))
-        cpu = {}
+        wall = time.time() - t0
+        c1 = _tree_cpu()
+        last = {}  # per actor, its last batch's notes
         for b in batches:
-            for pid, t in zip(b["pid"], b["cpu"]):
-                cpu[pid] = max(cpu.get(pid, 0.0), t)
-        return np.concatenate([b["y"] for b in batches]), sum(cpu.values())
+            for i, pid in enumerate(b["pid"]):
+                if pid not in last or b["cpu"][i] > last[pid]["cpu"]:
+                    last[pid] = {k: float(b[k][i]) for k in b if k != "y"}
+        me = os.getpid()
+        # an actor's CPU in this job: from the job's start (its process may be older: a
+        # worker Ray started before, idle) or from its __init__
+        before = {pid: c0.get(pid, a["cpu_init0"]) for pid, a in last.items()}
+        return np.concatenate([b["y"] for b in batches]), dict(
+            wall=wall,
+            cpu=sum(a["cpu"] - before[pid] for pid, a in last.items()),
+            start_s=max(a["t_ready"] for a in last.values()) - t0,
+            start_cpu=sum(a["cpu_ready"] - before[pid] for pid, a in last.items()),
+            batch_cpu=sum(a["batch_cpu"] for a in last.values()),
+            batch_thread_cpu=sum(a["batch_thread_cpu"] for a in last.values()),
+            driver=c1.get(me, 0.0) - c0.get(me, 0.0),
+            services=sum(v - c0.get(pid, 0.0) for pid, v in c1.items() if pid != me and pid not in last),
+        )
 
     def rnnfast_ray(self, workers, which="full"):
         return self._ray(self.ray_classes[0], (self.model_ref, self.digits), workers, which)
@@ -370,17 +504,20 @@ class Pipelines:
     def ort_ray(self, workers, which="full"):
         return self._ray(self.ray_classes[1], (self.blob,), workers, which)
 
-    def close(self):
-        for cluster, client, _ in self.clusters.values():
-            client.close()
-            cluster.close()
-        if self.ray_ds is not None:
-            import ray
+    def close_dask(self):
+        cluster, client = self.dask[:2]
+        client.close()
+        cluster.close()
 
-            ray.shutdown()
+    def close_ray(self):
+        import ray
+
+        self.ray_ds = None
+        ray.shutdown()
 
 
 def main():
+    global BLOCK
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", choices=("seed", "digits"), default="seed")
     ap.add_argument("--rows", type=int, default=100_000)
@@ -394,6 +531,12 @@ def main():
         help="stop after the last round that fits in this wall time, counted from the start "
         "(at least one round runs; the rounds run are in the JSON)",
     )
+    ap.add_argument(
+        "--block",
+        type=int,
+        default=BLOCK,
+        help="rows per block: local call, Dask chunk, Ray block and batch (default %(default)s)",
+    )
     ap.add_argument("--engines", default="local,dask,ray,onnxruntime")
     ap.add_argument("--out", default=HERE)
     ap.add_argument("--plot", metavar="JSON", help="only draw the plot of an earlier run's JSON")
@@ -401,10 +544,18 @@ def main():
     if args.plot:
         with open(args.plot) as f:
             d = json.load(f)
-        _plot(d["rows"], d["scaling_efficiency"], d["meta"], args.plot[:-5] + ".png", d.get("cpu_seconds_ratio"))
+        _plot(
+            d["rows"],
+            d["scaling_efficiency"],
+            d["meta"],
+            args.plot[:-5] + ".png",
+            d.get("cpu_seconds_ratio"),
+            d.get("cpu_bound_efficiency"),
+        )
         return
     if args.quick:
         args.rows, args.rounds = 10_000, 1
+    BLOCK = args.block
     args.rows -= args.rows % BLOCK
     engines = set(args.engines.split(","))
     warnings.filterwarnings("ignore")
@@ -412,66 +563,95 @@ def main():
     load_before = os.getloadavg()
     t_start = time.time()
     p = Pipelines(args.model, x, engines)
-    runs = {}
+    # one engine at a time (its cluster started before its pipelines and shut down after
+    # them, not timed), so that no engine's idle processes load the cores while another
+    # is timed; inside an engine, its pipelines in interleaved rounds
+    groups = []
     if "local" in engines:
-        runs["rnnfast local, 1 thread"] = lambda which: p.rnnfast_local(1, which)
-        runs["rnnfast local, 2 threads"] = lambda which: p.rnnfast_local(2, which)
+        runs = {
+            "rnnfast local, 1 thread": lambda which: p.rnnfast_local(1, which),
+            "rnnfast local, 2 threads": lambda which: p.rnnfast_local(2, which),
+        }
         if "onnxruntime" in engines:
             runs["onnxruntime local, 1 thread"] = lambda which: p.ort_local(1, which)
+        groups.append(("local", None, runs, None))
     if "dask" in engines:
+        runs = {}
         for w in (1, 2):
-            p.start_dask(w)
             runs["rnnfast dask, %d worker%s" % (w, "s" * (w > 1))] = lambda which, w=w: p.rnnfast_dask(w, which)
+        groups.append(("dask", p.start_dask, runs, p.close_dask))
     if "ray" in engines:
-        p.start_ray()
+        runs = {}
         for w in (1, 2):
             runs["rnnfast ray, %d worker%s" % (w, "s" * (w > 1))] = lambda which, w=w: p.rnnfast_ray(w, which)
             if "onnxruntime" in engines:
                 runs["onnxruntime ray, %d worker%s" % (w, "s" * (w > 1))] = lambda which, w=w: p.ort_ray(w, which)
+        groups.append(("ray", p.start_ray, runs, p.close_ray))
     print(
         "model %s: %d sequences of %d steps, %d rounds; load average %.1f %.1f %.1f"
         % ((args.model, args.rows, args.time, args.rounds) + load_before),
         flush=True,
     )
     reference = {k: p.rnnfast_local(1, k)[0] for k in ("warm", "full")}
-    times = {k: [] for k in runs}
-    cpus = {k: [] for k in runs}
-    loads = {k: [] for k in runs}
+    names = [n for g in groups for n in g[2]]
+    times = {k: [] for k in names}
+    cpus = {k: [] for k in names}
+    loads = {k: [] for k in names}
+    phases = {k: {} for k in names}
     agree = {}
-    names = list(runs)
-    rounds_run, round_s = 0, 0.0
-    for r in range(-1, args.rounds):  # round 0: the warm-up, not counted
-        if args.budget and rounds_run and time.time() - t_start + round_s > args.budget:
-            print("--budget %.0f s: stopping after %d round(s)" % (args.budget, rounds_run), flush=True)
-            break
-        t_round = time.time()
-        order = names[r % len(names) :] + names[: r % len(names)]
-        for name in order:
-            which = "warm" if r < 0 else "full"
-            t = time.perf_counter()
-            y, dc = runs[name](which)
-            dt = time.perf_counter() - t
-            ref = reference[which]
-            if which == "full" and name not in agree:
-                agree[name] = dict(
-                    bitwise=bool(y.dtype == ref.dtype and y.shape == ref.shape and y.tobytes() == ref.tobytes()),
-                    max_abs_diff=float(np.abs(y.astype(np.float64) - ref).max()),
+    rounds_per_group = {}
+    for gi, (group, start, runs, stop) in enumerate(groups):
+        t_group = time.time()
+        if start is not None:
+            start()
+        # the budget left, shared by this engine and the ones after it
+        share = None if not args.budget else (args.budget - (t_group - t_start)) / (len(groups) - gi)
+        group_names = list(runs)
+        rounds_run, round_s = 0, 0.0
+        for r in range(-1, args.rounds):  # round -1: the warm-up, on a tenth of the rows, not counted
+            if share is not None and rounds_run and time.time() - t_group + round_s > share:
+                print("--budget %.0f s: %s stops after %d round(s)" % (args.budget, group, rounds_run), flush=True)
+                break
+            t_round = time.time()
+            order = group_names[r % len(group_names) :] + group_names[: r % len(group_names)]
+            for name in order:
+                which = "warm" if r < 0 else "full"
+                y, info = runs[name](which)
+                dt = info["wall"]
+                ref = reference[which]
+                if which == "full" and name not in agree:
+                    agree[name] = dict(
+                        bitwise=bool(y.dtype == ref.dtype and y.shape == ref.shape and y.tobytes() == ref.tobytes()),
+                        max_abs_diff=float(np.abs(y.astype(np.float64) - ref).max()),
+                    )
+                if r < 0:
+                    print("warm-up  %-32s %7.2f s" % (name, dt), flush=True)
+                    continue
+                times[name].append(dt)
+                cpus[name].append(info["cpu"])
+                loads[name].append(os.getloadavg()[0])
+                for k, v in info.items():
+                    if k not in ("wall", "cpu"):
+                        phases[name].setdefault(k, []).append(v)
+                print(
+                    "round %d  %-32s %7.2f s  %9.0f seq/s  %6.1f cpu-s  load %.1f%s"
+                    % (
+                        r + 1,
+                        name,
+                        dt,
+                        args.rows / dt,
+                        info["cpu"],
+                        os.getloadavg()[0],
+                        "".join("  %s %.2f" % kv for kv in info.items() if kv[0] not in ("wall", "cpu")),
+                    ),
+                    flush=True,
                 )
-            if r < 0:
-                print("warm-up  %-32s %7.2f s" % (name, dt), flush=True)
-                continue
-            times[name].append(dt)
-            cpus[name].append(dc)
-            loads[name].append(os.getloadavg()[0])
-            print(
-                "round %d  %-32s %7.2f s  %9.0f seq/s  %6.1f cpu-s  load %.1f"
-                % (r + 1, name, dt, args.rows / dt, dc, os.getloadavg()[0]),
-                flush=True,
-            )
-        if r >= 0:
-            rounds_run += 1
-            round_s = time.time() - t_round  # the next round is assumed to take as long
-    p.close()
+            if r >= 0:
+                rounds_run += 1
+                round_s = time.time() - t_round  # the next round is assumed to take as long
+        rounds_per_group[group] = rounds_run
+        if stop is not None:
+            stop()
     load_after = os.getloadavg()
     rows = []
     for name in names:
@@ -488,11 +668,13 @@ def main():
                 cpu_s_all=cpus[name],
                 seq_per_cpu_s=args.rows / cpu,
                 load_average=loads[name],
+                phases={k: float(np.median(v)) for k, v in phases[name].items()},
+                phases_all=phases[name],
                 **agree[name],
             )
         )
     by = {r["pipeline"]: r for r in rows}
-    eff, cpu_eff = {}, {}
+    eff, cpu_eff, bound_eff = {}, {}, {}
     pairs = [(b, b + ", 1 worker", b + ", 2 workers") for b in ("rnnfast dask", "rnnfast ray", "onnxruntime ray")]
     pairs.append(("rnnfast local (threads)", "rnnfast local, 1 thread", "rnnfast local, 2 threads"))
     for key, a, b in pairs:
@@ -500,26 +682,35 @@ def main():
         if one and two:
             eff[key] = two["seq_per_s"] / (2 * one["seq_per_s"])
             cpu_eff[key] = one["cpu_s"] / two["cpu_s"]
+            # on two idle cores a job cannot end before its serial worker's CPU seconds
+            # (1 worker) or before half of all the CPU seconds it needs (workers, driver,
+            # engine), whatever the load was when they were counted
+            t1 = max(one["cpu_s"], _all_cpu(one) / 2)
+            t2 = max(two["cpu_s"] / 2, _all_cpu(two) / 2)
+            bound_eff[key] = t1 / (2 * t2)
     print()
     print(
         "| pipeline | median s | sequences/s | vs onnxruntime ray | CPU s | sequences/CPU s "
-        "| agrees with rnnfast local |"
+        "| actors' start s (CPU s) | driver + engine CPU s | agrees with rnnfast local |"
     )
-    print("| --- | ---: | ---: | ---: | ---: | ---: | --- |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
     for r in rows:
         w = r["pipeline"].split(", ")[-1]
         peer = by.get("onnxruntime ray, " + w)
         vs = "%.2fx" % (r["seq_per_s"] / peer["seq_per_s"]) if peer and not r["pipeline"].startswith("onnx") else ""
         ok = "bitwise" if r["bitwise"] else "max abs diff %.1e" % r["max_abs_diff"]
+        ph = r["phases"]
+        start = "%.2f (%.2f)" % (ph["start_s"], ph["start_cpu"]) if "start_s" in ph else ""
+        other = "%.1f" % (ph["driver"] + ph["services"]) if "driver" in ph else ""
         print(
-            "| %s | %.2f | %.0f | %s | %.1f | %.0f | %s |"
-            % (r["pipeline"], r["median_s"], r["seq_per_s"], vs, r["cpu_s"], r["seq_per_cpu_s"], ok)
+            "| %s | %.2f | %.0f | %s | %.1f | %.0f | %s | %s | %s |"
+            % (r["pipeline"], r["median_s"], r["seq_per_s"], vs, r["cpu_s"], r["seq_per_cpu_s"], start, other, ok)
         )
     print()
     for k, v in eff.items():
         print(
-            "scaling 1 -> 2, %s: wall-time efficiency %.0f%%, CPU seconds 1 / 2 = %.0f%%"
-            % (k, 100 * v, 100 * cpu_eff[k])
+            "scaling 1 -> 2, %s: wall-time efficiency %.0f%%, CPU seconds 1 / 2 = %.0f%%, "
+            "CPU-bound efficiency on idle cores %.0f%%" % (k, 100 * v, 100 * cpu_eff[k], 100 * bound_eff[k])
         )
     import dask
     import onnxruntime
@@ -530,7 +721,7 @@ def main():
         time=args.time,
         features=FEATURES[args.model],
         block=BLOCK,
-        rounds=rounds_run,
+        rounds=rounds_per_group,
         budget_s=args.budget,
         model=args.model,
         model_description=MODEL_TEXT[args.model],
@@ -550,8 +741,24 @@ def main():
     )
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "scale_out_%s.json" % args.model), "w") as f:
-        json.dump(dict(meta=meta, rows=rows, scaling_efficiency=eff, cpu_seconds_ratio=cpu_eff), f, indent=1)
-    _plot(rows, eff, meta, os.path.join(args.out, "scale_out_%s.png" % args.model), cpu_eff)
+        json.dump(
+            dict(
+                meta=meta,
+                rows=rows,
+                scaling_efficiency=eff,
+                cpu_seconds_ratio=cpu_eff,
+                cpu_bound_efficiency=bound_eff,
+            ),
+            f,
+            indent=1,
+        )
+    _plot(rows, eff, meta, os.path.join(args.out, "scale_out_%s.png" % args.model), cpu_eff, bound_eff)
+
+
+def _all_cpu(row):
+    """A pipeline's CPU seconds, workers, driver and engine processes together."""
+    ph = row["phases"]
+    return row["cpu_s"] + ph.get("driver", 0.0) + ph.get("services", 0.0)
 
 
 def _cpu():
@@ -565,7 +772,7 @@ def _cpu():
     return platform.processor()
 
 
-def _plot(rows, eff, meta, path, cpu_eff=None):
+def _plot(rows, eff, meta, path, cpu_eff=None, bound_eff=None):
     from _common import pyplot
 
     plt = pyplot()
@@ -598,12 +805,18 @@ def _plot(rows, eff, meta, path, cpu_eff=None):
                 ax.text(x, r[key], "%.0f" % r[key], ha="center", va="bottom", fontsize=7)
             k = "rnnfast local (threads)" if g == "rnnfast local" else g
             xs.append(i)
-            labels.append(g.replace(" ", "\n", 1) + ("\n%.0f%%" % (100 * effs[k]) if k in effs else ""))
+            label = g.replace(" ", "\n", 1) + ("\n%.0f%%" % (100 * effs[k]) if k in effs else "")
+            if effs is not eff and bound_eff and k in bound_eff and not g.endswith("local"):
+                label += " (%.0f%%)" % (100 * bound_eff[k])
+            labels.append(label)
         ax.set_xticks(xs)
         ax.set_xticklabels(labels, fontsize=8)
         ax.set_ylabel(ylabel)
     axes[0].set_title("wall time; % = scaling efficiency 1 -> 2", fontsize=8)
-    axes[1].set_title("CPU seconds; % = CPU(1) / CPU(2)", fontsize=8)
+    axes[1].set_title(
+        "CPU seconds; % = CPU(1) / CPU(2)" + (" (CPU-bound efficiency on idle cores)" if bound_eff else ""),
+        fontsize=8,
+    )
     fig.suptitle(
         "%d sequences x %d steps, %s; light: 1 worker (thread), dark: 2\n%s, %d cores, shared "
         "(load average %.1f before, %.1f after)"

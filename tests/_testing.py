@@ -322,3 +322,19 @@ def step_in_ragged_batches(model, xs, rng, *, max_chunk, start=None, p_live=None
         for i, y in zip(live, ys):
             outs[i].append(y)
     return [np.concatenate(o) for o in outs], streams
+
+
+def count_layer_pickles(monkeypatch):
+    """Count RNNLayer pickles in this process (``__getstate__`` calls, one per layer of a
+    model pickled): a one-item list, reset it by assigning ``[0] = 0``."""
+    from rnnfast.layers import RNNLayer
+
+    pickled = [0]
+    real = RNNLayer.__getstate__
+
+    def counting(self):
+        pickled[0] += 1
+        return real(self)
+
+    monkeypatch.setattr(RNNLayer, "__getstate__", counting)
+    return pickled

@@ -17,7 +17,7 @@ import rnnfast
 from rnnfast._scaleout import BUDGET, ThreadBudget, flatten, plan_buckets
 from rnnfast.layers import RNNLayer
 
-from _testing import random_weights
+from _testing import count_layer_pickles, random_weights
 
 dask = pytest.importorskip("dask", reason="install rnnfast[dask]")
 da = pytest.importorskip("dask.array")
@@ -179,6 +179,45 @@ def test_path_only_the_workers_can_read(client, monkeypatch):
     y = rdask.predict(path, da.from_array(x, chunks=10))
     assert y.shape == (30, 10)
     assert y.compute().tobytes() == model.predict(x, num_threads=1).tobytes()
+
+
+def _count_unpickles():
+    """In a worker: count RNNLayer unpickles (each rebuilds the layer's packed copies)."""
+    from rnnfast.layers import RNNLayer
+
+    if not hasattr(RNNLayer, "_unpickled"):
+        real = RNNLayer.__setstate__
+
+        def counting(self, state):
+            RNNLayer._unpickled += 1
+            real(self, state)
+
+        RNNLayer._unpickled = 0
+        RNNLayer.__setstate__ = counting
+    return RNNLayer._unpickled
+
+
+def test_model_sent_once_per_job_not_per_block(client, monkeypatch):
+    """The model is pickled once per job in the client, whatever the number of blocks,
+    and unpickled (its packed copies built) at most once per worker and job."""
+    rng = np.random.default_rng(10)
+    lstm = _lstm(rng)  # two layers
+    pickled = count_layer_pickles(monkeypatch)
+    x = rng.standard_normal((160, 6, 5)).astype(np.float32)
+    client.run(_count_unpickles)
+    counts = []
+    for chunk in (80, 10):  # 2 blocks, then 16
+        before = client.run(_count_unpickles)
+        pickled[0] = 0
+        y = rdask.predict(lstm, da.from_array(x, chunks=chunk)).compute()
+        after = client.run(_count_unpickles)
+        assert y.tobytes() == lstm(x, num_threads=1)[0].tobytes()
+        counts.append(pickled[0])
+        # each worker: the model's two layers unpickled once, if the worker got a block
+        assert all(after[w] - before[w] in (0, 2) for w in after), (before, after)
+    # per job, not per block: tokenised and serialised in the client, sent to the worker
+    # that first needs it (2 layers each time)
+    assert counts[0] == counts[1] and 2 <= counts[1] <= 8, counts
 
 
 def _tids():

@@ -13,7 +13,7 @@ import pytest
 import rnnfast
 from rnnfast.layers import RNNLayer
 
-from _testing import random_weights
+from _testing import count_layer_pickles, random_weights
 
 ray = pytest.importorskip("ray", reason="install rnnfast[ray]")
 pytest.importorskip("ray.data", reason="install rnnfast[ray]")
@@ -38,7 +38,14 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def ray_local():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+        runtime_env={"worker_process_setup_hook": "rnnfast.ray.setup_worker"},  # the imports as workers start
+    )
     ctx = ray.data.DataContext.get_current()
     old = ctx.execution_options.preserve_order, ctx.enable_progress_bars
     ctx.execution_options.preserve_order = True
@@ -158,6 +165,27 @@ def test_variable_length_rows_from_parquet(ray_local, tmp_path):
     assert got["c"].tobytes() == np.ascontiguousarray(c.transpose(1, 0, 2)).tobytes()
 
 
+def test_model_pickled_once_per_job_not_per_batch(ray_local, monkeypatch):
+    """A model given as an object is pickled in the driver once per job (Ray puts the
+    constructor's arguments in the object store), however many batches and actors."""
+    rng = np.random.default_rng(5)
+    model = _lstm(rng)  # two layers
+    pickled = count_layer_pickles(monkeypatch)
+    x = rng.standard_normal((240, 7, 5)).astype(np.float32)
+    ds = ray.data.from_numpy(np.split(x, 8)).map_batches(
+        CountingPredictor,
+        fn_constructor_args=(model,),
+        fn_constructor_kwargs=dict(input_column="data", output_column="out"),
+        batch_size=30,
+        num_cpus=1,
+        compute=ray.data.ActorPoolStrategy(size=2),
+        batch_format="numpy",
+    )
+    got = ds.take_batch(240, batch_format="numpy")
+    assert got["out"].tobytes() == model(x, num_threads=1)[0].tobytes()
+    assert pickled[0] == 2, pickled  # the two layers, once
+
+
 # -- the batch logic, without Ray running -------------------------------------------------
 
 
@@ -187,3 +215,30 @@ def test_batches_without_ray():
     empty = p({"x": np.zeros((0, 6, 8), np.float32)})  # an empty batch
     assert [empty["y_%d" % k].shape for k in range(3)] == [(0, 6, 64), (0, 4, 32), (0, 4, 32)]
     assert Predictor(keras, num_threads=1)({"x": np.empty(0, object)})["y"].shape == (0,)
+
+
+def test_numpy_batch_columns_are_not_copied(monkeypatch):
+    """A numpy batch (read-only, as Ray Data gives it) reaches the model as it is, and the
+    model's batch-major outputs and the other columns go into the result without copies."""
+    model = rnnfast.load(os.path.join(DATA, "digits_lstm.pt"), batch_first=True)
+    seen = {}
+    real = rnnfast.TorchRNN.forward
+
+    def spy(self, x, *args, **kwargs):
+        seen["x"] = x
+        seen["result"] = real(self, x, *args, **kwargs)
+        return seen["result"]
+
+    monkeypatch.setattr(rnnfast.TorchRNN, "__call__", spy)
+    x = np.random.default_rng(4).standard_normal((9, 5, 8)).astype(np.float32)
+    x.flags.writeable = False
+    ids = np.arange(9)
+    got = Predictor(model, input_column="x", output_column=["out", "h", "c"], return_state=True, num_threads=1)(
+        {"x": x, "id": ids}
+    )
+    assert seen["x"] is x  # no cast, no copy on the way in
+    assert got["x"] is x and got["id"] is ids
+    out, (h, c) = seen["result"]
+    assert got["out"] is out  # batch-major already: the engine's own array
+    # h_n, c_n have their batch axis second (as in PyTorch): moved to the front, a copy
+    assert got["h"].tobytes() == np.ascontiguousarray(h.transpose(1, 0, 2)).tobytes()

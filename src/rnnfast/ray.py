@@ -45,7 +45,23 @@ except ImportError as e:  # pragma: no cover - depends on the install
 from ._scaleout import BUDGET, ModelRef, Runner, as_rows, predict_rows, resolve_model
 from ._threads import get_num_threads
 
-__all__ = ["Predictor"]
+__all__ = ["Predictor", "setup_worker"]
+
+
+def setup_worker():
+    """Import what a :class:`Predictor` actor needs (Ray Data's worker side, rnnfast and
+    its compiled core), for Ray's ``worker_process_setup_hook``::
+
+        ray.init(runtime_env={"worker_process_setup_hook": "rnnfast.ray.setup_worker"})
+
+    Ray Data starts a new actor pool for every job; its actors run in worker processes
+    that Ray starts ahead of time, and with this hook those have imported everything
+    already, so a job does not wait for the imports (about 1 CPU second per actor: 0.6 s
+    for ``ray.data``, 0.3 s for rnnfast, measured on a 2-core Xeon).
+    """
+    import ray.data  # noqa: F401  (a map_batches actor is a ray.data MapWorker)
+
+    from . import _kernels  # noqa: F401
 
 
 class Predictor:
