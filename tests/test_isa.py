@@ -335,6 +335,28 @@ def test_packed_product_at_tile_and_panel_edges(isa, dtype):
                 np.testing.assert_array_equal(_kernels.packed_matmul(A[i : i + 1], B, bias=bias, isa=isa)[0], full[i])
 
 
+@pytest.mark.parametrize("isa", ISAS)
+def test_packed_product_past_its_row_block(isa):
+    """Many rows (a chunk's projection): row blocks of the AVX-512 product (240 rows)
+    with K blocks (128 steps) and the prefetch of the block read next, at panel and
+    row-block edges; each row the same, bit for bit, as computed alone or in a tile."""
+    rng = np.random.default_rng(11)
+    eps = np.finfo(np.float32).eps
+    K = 300
+    for N in (64, 129, 320):
+        A = rng.standard_normal((490, K)).astype(np.float32)
+        B = rng.standard_normal((K, N)).astype(np.float32)
+        bias = rng.standard_normal(N).astype(np.float32)
+        full = _kernels.packed_matmul(A, B, bias=bias, isa=isa)
+        want = A.astype(np.float64) @ B.astype(np.float64) + bias
+        bound = 2 * (K + 1) * eps * (np.abs(A).astype(np.float64) @ np.abs(B) + np.abs(bias))
+        assert np.all(np.abs(full - want) <= bound), "%s N=%d" % (isa, N)
+        for M in (239, 240, 241, 246, 481):
+            np.testing.assert_array_equal(_kernels.packed_matmul(A[:M], B, bias=bias, isa=isa), full[:M])
+        for i in (0, 239, 240, 489):
+            np.testing.assert_array_equal(_kernels.packed_matmul(A[i : i + 6], B, bias=bias, isa=isa), full[i : i + 6])
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("ndir", [1, 2])
 def test_packed_weights_start_on_cache_lines(dtype, ndir):

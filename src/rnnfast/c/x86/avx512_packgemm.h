@@ -9,7 +9,11 @@
  * loads from L2 bound it. Many rows run
  * K-blocked: a block of RNN_AVX512_KBLOCK steps of a panel stays in the L1 cache
  * while every row tile runs over it, the sums going to C between blocks and coming
- * back (the same chain, so the same bits). Every element of
+ * back (the same chain, so the same bits). While they run, the tiles prefetch the
+ * block the product reads next into L2, a share each: a layer's weights (an LSTM's
+ * W and U of H = 256 are 2 MB) do not stay in the 2 MB L2 of a Sapphire Rapids
+ * core, and the first tile over a block waited on L3 (on Sapphire Rapids, B = 64 rows
+ * of an LSTM of H = 512: 130 -> 158 GFLOP/s per task's product). Every element of
  * C is one chain of fused multiply-adds over k = 0..K-1 starting from its bias (or
  * zero), whatever M, the tile or the thread: a row's result does not depend on the
  * batch it is in nor on the thread count.
@@ -40,9 +44,12 @@ RNN_INLINE void rnn_store64_avx512(float *c, const __m512 *v, long nc)
  * constant of this ISA (bench/README.md); the results do not depend on it. */
 #define RNN_AVX512_KBLOCK 128
 /* Rows per row block of the K-blocked product: their sums (RNN_AVX512_MBLOCK x 64
- * floats) stay in cache between K blocks, however many rows the call has (a chunk's
- * input projection has thousands). A multiple of RNN_TILE_ROWS. */
-#define RNN_AVX512_MBLOCK 48
+ * floats, 60 KiB) stay in L2 between K blocks, however many rows the call has (a
+ * chunk's input projection has thousands), and a panel is read from L3 once per row
+ * block: a step's 64 rows and a blocked chunk's projection (128-320 rows) in one or
+ * two (48 read a layer's weights from L3 twice at B = 64). A multiple of
+ * RNN_TILE_ROWS; the results do not depend on it. */
+#define RNN_AVX512_MBLOCK 240
 
 /* Load the first nc of the 64 sums of one row (the rest zero). */
 RNN_INLINE void rnn_load64_avx512(__m512 *v, const float *c, long nc)
@@ -58,10 +65,11 @@ RNN_INLINE void rnn_load64_avx512(__m512 *v, const float *c, long nc)
 
 /* C[0:MR, panel] = A[0:MR] Bp[panel] over K steps, starting from init (the bias) or,
  * with from_c, from the sums in C (a K block after the first); MR is a constant after
- * inlining, so the accumulators live in registers. */
+ * inlining, so the accumulators live in registers. On the way, the npf (at most K)
+ * cache lines from pf are prefetched into L2, one per K step. */
 RNN_INLINE void rnn_tile_avx512(const int MR, long K, const float *A, long lda,
                                 const float *bp, const __m512 *init, float *C, long ldc, long nc,
-                                int from_c)
+                                int from_c, const float *pf, long npf)
 {
     __m512 acc[RNN_TILE_ROWS][4];
     long k;
@@ -74,6 +82,8 @@ RNN_INLINE void rnn_tile_avx512(const int MR, long K, const float *A, long lda,
     }
     for (k = 0; k < K; k++) {
         const float *b = bp + k * RNN_PANEL_COLS;
+        if (k < npf)
+            _mm_prefetch((const char *)(pf + 16 * k), _MM_HINT_T1);
         __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16);
         __m512 b2 = _mm512_loadu_ps(b + 32), b3 = _mm512_loadu_ps(b + 48);
         for (r = 0; r < MR; r++) {
@@ -165,17 +175,33 @@ static void rnn_gemm_packed_f_avx512(long M, long N, long K, const float *A, lon
                 const float *a = A + k0, *b = bp + k0 * RNN_PANEL_COLS;
                 int from_c = k0 > 0;
                 kn = K - k0 < kb ? K - k0 : kb;
-                for (i = i0; i + RNN_TILE_ROWS <= i1; i += RNN_TILE_ROWS)
+                /* the block read next (this panel's next K block, its first for the
+                 * next row block, or the next panel's first), its lines shared out
+                 * among this block's row tiles to prefetch, one line per K step at
+                 * most; none with one tile (a few rows: their tile is bound by its
+                 * loads already, and M = 5 measured 15% slower with prefetches) */
+                const float *nxt = NULL;
+                long lines = 0, per, t = 0, ntile = (i1 - i0 + RNN_TILE_ROWS - 1) / RNN_TILE_ROWS;
+                if (ntile > 1 && (k0 + kn < K || i1 < M || p + 1 < np)) {
+                    nxt = k0 + kn < K ? b + kn * RNN_PANEL_COLS : (i1 < M ? bp : bp + K * RNN_PANEL_COLS);
+                    lines = (k0 + kn < K && K - k0 - kn < kb ? K - k0 - kn : (K < kb ? K : kb))
+                            * (RNN_PANEL_COLS / 16);
+                }
+                per = (lines + ntile - 1) / ntile;
+                per = per < kn ? per : kn;
+#define RNN_PF_SHARE nxt + 16 * per * t, lines - per * t < per ? (lines > per * t ? lines - per * t : 0) : per
+                for (i = i0; i + RNN_TILE_ROWS <= i1; i += RNN_TILE_ROWS, t++)
                     rnn_tile_avx512(RNN_TILE_ROWS, kn, a + i * lda, lda, b, init, c + i * ldc, ldc,
-                                    nc, from_c);
+                                    nc, from_c, RNN_PF_SHARE);
                 switch (i1 - i) {
-                case 5: rnn_tile_avx512(5, kn, a + i * lda, lda, b, init, c + i * ldc, ldc, nc, from_c); break;
-                case 4: rnn_tile_avx512(4, kn, a + i * lda, lda, b, init, c + i * ldc, ldc, nc, from_c); break;
-                case 3: rnn_tile_avx512(3, kn, a + i * lda, lda, b, init, c + i * ldc, ldc, nc, from_c); break;
-                case 2: rnn_tile_avx512(2, kn, a + i * lda, lda, b, init, c + i * ldc, ldc, nc, from_c); break;
-                case 1: rnn_tile_avx512(1, kn, a + i * lda, lda, b, init, c + i * ldc, ldc, nc, from_c); break;
+                case 5: rnn_tile_avx512(5, kn, a + i * lda, lda, b, init, c + i * ldc, ldc, nc, from_c, RNN_PF_SHARE); break;
+                case 4: rnn_tile_avx512(4, kn, a + i * lda, lda, b, init, c + i * ldc, ldc, nc, from_c, RNN_PF_SHARE); break;
+                case 3: rnn_tile_avx512(3, kn, a + i * lda, lda, b, init, c + i * ldc, ldc, nc, from_c, RNN_PF_SHARE); break;
+                case 2: rnn_tile_avx512(2, kn, a + i * lda, lda, b, init, c + i * ldc, ldc, nc, from_c, RNN_PF_SHARE); break;
+                case 1: rnn_tile_avx512(1, kn, a + i * lda, lda, b, init, c + i * ldc, ldc, nc, from_c, RNN_PF_SHARE); break;
                 default: break;
                 }
+#undef RNN_PF_SHARE
             }
         }
     }
