@@ -91,4 +91,5 @@ if not TYPE_CHECKING:  # (type checkers see the imports above; a name missing fr
 
 
 def __dir__():
-    return _lazy.names(__name__, _LAZY)
+    # rnnfast.dask and rnnfast.ray: listed once used (they need Dask, Ray)
+    return _lazy.names(__name__, _LAZY, optional=("dask", "ray"))

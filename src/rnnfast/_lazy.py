@@ -43,9 +43,12 @@ def attribute(package, lazy, name):
     return value
 
 
-def names(package, lazy):
-    """What ``dir(package)`` lists: its attributes so far, its lazy names and its submodules."""
+def names(package, lazy, optional=()):
+    """What ``dir(package)`` lists: its attributes so far, its lazy names and its
+    submodules, but the ``optional`` ones until they are imported (their import fails
+    without their engine installed, and ``help(package)`` imports every name listed)."""
     import pkgutil
 
     module = sys.modules[package]
-    return sorted(set(vars(module)) | set(lazy) | {m.name for m in pkgutil.iter_modules(module.__path__)})
+    subs = {m.name for m in pkgutil.iter_modules(module.__path__) if not m.name.startswith("__")}
+    return sorted(set(vars(module)) | set(lazy) | (subs - set(optional)))
