@@ -3,7 +3,11 @@
 Each check runs in a fresh interpreter (a module once imported stays in ``sys.modules``).
 The compiled core calls the OpenBLAS of the scipy-openblas32 wheel, opened as a library
 (``_threads._load_blas``): SciPy is not imported (nor needed), and h5py (Keras files), the
-frameworks and the cluster engines load on first use.
+frameworks and the cluster engines load on first use. rnnfast's own loaders and model code
+load on first use too (``rnnfast/__init__.py``'s PEP 562 ``__getattr__``): ``import
+rnnfast`` is the compiled core, the thread settings and the errors, and ``rnnfast.load``
+imports the loader of the one format it finds in the file. (``numpy.linalg`` and the
+``numpy.lib`` modules are not on the list: ``import numpy`` itself imports them.)
 """
 
 import json
@@ -30,7 +34,31 @@ HEAVY = [
     "ray",
     "rnnfast.dask",
     "rnnfast.ray",
+    # rnnfast's own loaders and models: imported when a name that needs them is first used
+    "rnnfast.io",
+    "rnnfast.model",
+    "rnnfast.model_keras",
+    "rnnfast.model_torch",
+    "rnnfast.model_onnx",
+    "rnnfast.layers",
+    "rnnfast.cells",
+    "rnnfast.stream",
+    "rnnfast.graph",
+    "rnnfast.ops",
+    "rnnfast.precision",
+    "rnnfast.reference",
+    "rnnfast.demo",
+    "rnnfast._bench",
+    "rnnfast.cli",
+    "zipfile",  # (the loaders' stdlib: numpy does not import it)
 ]
+
+# the names of the minimal contract (../shared/API.md) and of docs/API.md, as users import them
+PUBLIC = (
+    "load from_keras from_torch from_onnx read_tensors example examples KerasModel TorchRNN TorchCell OnnxModel "
+    "Sequential precision_error PRECISIONS layers cells set_num_threads get_num_threads FormatError "
+    "UnsupportedLayerError RnnfastError dask ray __version__"
+).split()
 
 
 def fresh(code):
@@ -49,6 +77,127 @@ def test_import_rnnfast_imports_no_heavy_module():
     modules = json.loads(fresh("import sys, json, rnnfast; print(json.dumps(sorted(sys.modules)))"))
     assert "rnnfast._kernels" in modules  # the core is loaded ...
     assert heavy_in(modules) == []  # ... but nothing heavy
+
+
+def test_every_public_name_resolves_to_the_object_its_module_defines():
+    # in a fresh interpreter each: `from rnnfast import X` for every public name, the same
+    # object as the module that defines it has, and `dir(rnnfast)` / `__all__` list them
+    out = fresh(
+        "import json, rnnfast, importlib\n"
+        "public = %r\n"
+        "where = {'load': 'io', 'from_keras': 'io.keras_file', 'from_torch': 'io.torch_export',\n"
+        "         'from_onnx': 'io.onnx', 'read_tensors': 'io.torch_file', 'example': 'demo',\n"
+        "         'examples': 'demo', 'KerasModel': 'model_keras', 'TorchRNN': 'model_torch',\n"
+        "         'TorchCell': 'model_torch', 'OnnxModel': 'model_onnx', 'Sequential': 'model',\n"
+        "         'precision_error': 'precision', 'PRECISIONS': '_quant', 'FormatError': 'errors',\n"
+        "         'set_num_threads': '_threads', 'get_num_threads': '_threads'}\n"
+        "listed = dir(rnnfast)\n"
+        "same = {}\n"
+        "for name in public:\n"
+        "    ns = {}\n"
+        "    exec('from rnnfast import %%s as value' %% name, ns)\n"
+        "    mod = where.get(name)\n"
+        "    same[name] = mod is None or ns['value'] is getattr(importlib.import_module('rnnfast.' + mod), name)\n"
+        "star = {}\n"
+        "exec('from rnnfast import *', star)\n"
+        "missing = [[n for n in public if n not in listed and n not in ('dask', 'ray')],\n"
+        "           [n for n in rnnfast.__all__ if n not in star]]\n"
+        "modules = [rnnfast.layers.__name__, rnnfast.dask.__name__, rnnfast.io.keras_file.__name__]\n"
+        "print(json.dumps([same, *missing, *modules, 'dask' in dir(rnnfast)]))\n" % (PUBLIC,)
+    )
+    same, not_listed, not_starred, *modules, dask_listed = json.loads(out)
+    assert [name for name, ok in same.items() if not ok] == []
+    assert not_listed == [] and not_starred == []
+    assert modules == ["rnnfast.layers", "rnnfast.dask", "rnnfast.io.keras_file"]
+    assert dask_listed  # once used
+
+
+def test_help_lists_the_public_names_without_dask_or_ray_installed():
+    # help(rnnfast) reads every name dir() lists: the cluster adapters, whose import fails
+    # without their engine, are listed once used only
+    out = fresh(
+        "import sys, pydoc\n"
+        "sys.modules['dask'] = sys.modules['ray'] = None  # neither installed\n"
+        "import rnnfast\n"
+        "text = pydoc.render_doc(rnnfast)\n"
+        "print(all(n in text for n in ('KerasModel', 'from_onnx', 'read_tensors', 'set_num_threads', 'layers')))\n"
+        "print('dask' in dir(rnnfast), 'rnnfast.dask' in sys.modules)\n"
+    )
+    assert out.splitlines() == ["True", "False False"]
+
+
+def test_an_unknown_name_is_an_attribute_error_and_a_failing_import_says_why():
+    out = fresh(
+        "import sys, rnnfast, rnnfast.io\n"
+        "print(hasattr(rnnfast, 'no_such_name'), hasattr(rnnfast.io, 'no_such_name'),\n"
+        "      hasattr(rnnfast, '__no_dunder__'))\n"
+        "try:\n"
+        "    rnnfast.no_such_name\n"
+        "except AttributeError as e:\n"
+        "    print(e)\n"
+        "sys.modules['dask'] = None  # Dask not installed: rnnfast.dask says what to install\n"
+        "try:\n"
+        "    rnnfast.dask\n"
+        "except ImportError as e:\n"
+        "    print('pip install' in str(e))\n"
+        "sys.modules['rnnfast.graph'] = None  # a module the submodule needs is missing: that is the error\n"
+        "try:\n"
+        "    rnnfast.stream\n"
+        "except ModuleNotFoundError as e:\n"
+        "    print(e.name)\n"
+    )
+    assert out.splitlines() == [
+        "False False False",
+        "module 'rnnfast' has no attribute 'no_such_name'",
+        "True",
+        "rnnfast.graph",
+    ]
+
+
+def test_help_version_and_threads_work_before_anything_is_loaded():
+    # rnnfast.__version__, help(rnnfast.load), and the thread settings honouring
+    # OMP_NUM_THREADS: all without any model code imported
+    out = fresh(
+        "import os, sys, pydoc; os.environ['OMP_NUM_THREADS'] = '3'\n"
+        "import rnnfast\n"
+        "from rnnfast import _version\n"
+        "print(rnnfast.__version__ == _version.__version__, rnnfast.get_num_threads())\n"
+        "rnnfast.set_num_threads(2)\n"
+        "print(rnnfast.get_num_threads(), 'rnnfast.layers' in sys.modules)\n"
+        "rnnfast.set_num_threads(None)\n"
+        "print(rnnfast.get_num_threads())\n"
+        "print('Load a model file' in pydoc.render_doc(rnnfast.load), 'FormatError' in pydoc.render_doc(rnnfast))\n"
+    )
+    assert out.splitlines() == ["True 3", "2 False", "3", "True True"]
+
+
+def test_load_imports_the_loader_of_the_file_s_format_only():
+    # a PyTorch state_dict needs neither the Keras loader (nor h5py) nor the ONNX one; a
+    # .keras file needs neither the PyTorch nor the ONNX loader; both give the numbers
+    # the bundled test split's saved probabilities say
+    code = (
+        "import sys, json, numpy as np, rnnfast\n"
+        "from rnnfast import demo\n"
+        "x = np.load(rnnfast.example('digits_test'))\n"
+        "{load}\n"
+        "print(json.dumps([float(np.abs(p - x[{saved!r}]).max()), sorted(m for m in sys.modules if m.startswith(\n"
+        "    ('rnnfast.io.', 'h5py', 'rnnfast.model_')) and m.count('.') < 3)]))\n"
+    )
+    torch_load = (
+        "m = rnnfast.load(rnnfast.example('digits_lstm'), batch_first=True)\n"
+        "p = demo.lstm_head_proba(m(x['x'])[1][0], np.load(rnnfast.example('digits_lstm_head')))"
+    )
+    diff, modules = json.loads(fresh(code.format(load=torch_load, saved="torch_proba")))
+    assert diff < 1e-5
+    assert "rnnfast.io.torch_file" in modules and "rnnfast.model_torch" in modules
+    assert [m for m in modules if m.startswith(("rnnfast.io.keras", "rnnfast.io.onnx", "h5py", "rnnfast.model_"))] == [
+        "rnnfast.model_torch"
+    ]
+    keras_load = "p = rnnfast.load(rnnfast.example('digits_bigru')).predict(x['x'])"
+    diff, modules = json.loads(fresh(code.format(load=keras_load, saved="keras_proba")))
+    assert diff < 1e-5
+    assert "rnnfast.io.keras_file" in modules and "h5py" in modules
+    assert [m for m in modules if m.startswith(("rnnfast.io.torch_file", "rnnfast.io.onnx", "rnnfast.model_o"))] == []
 
 
 def test_the_check_sees_a_heavy_import():

@@ -34,6 +34,8 @@ def run(args, cwd, **kw):
         KERAS_BACKEND="torch",
         PYTHONWARNINGS="error,ignore:__array__ implementation doesn't accept a copy keyword",
     )
+    if env.get("PYTHONPATH"):  # PYTHONPATH=src (a checkout's): still that one from the empty folder
+        env["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p) for p in env["PYTHONPATH"].split(os.pathsep) if p)
     return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=300, env=env, **kw)
 
 

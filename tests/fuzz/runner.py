@@ -123,7 +123,7 @@ class Outcome:
 def _baseline_as_mb():
     """Address space of a worker after start-up, measured once per fuzzing process."""
     probe = (
-        "import os, numpy, h5py, rnnfast, rnnfast.io.keras_file, rnnfast.io.torch_file;"
+        "import os, numpy, h5py, rnnfast, rnnfast.io.keras_file, rnnfast.io.torch_file, rnnfast.io.onnx;"
         "rnnfast.set_num_threads(1);"
         "print([l for l in open('/proc/self/status') if l.startswith('VmPeak')][0].split()[1])"
     )

@@ -99,6 +99,9 @@ def main():
     import numpy as np
 
     import rnnfast
+    import rnnfast.io.keras_file
+    import rnnfast.io.onnx
+    import rnnfast.io.torch_file  # (the loaders load on first use: here, not in the first case)
 
     try:  # the ONNX loader's parser, imported once here rather than inside the first case's timeout
         import onnx  # noqa: F401

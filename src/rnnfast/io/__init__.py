@@ -7,17 +7,51 @@ Imports flow one way: this package -> the models (``model_keras``, ``model_torch
 """
 
 import os
+from typing import TYPE_CHECKING
 
+from .. import _lazy
 from .._quant import check_precision
 from ..errors import UnsupportedLayerError
-from ..model_keras import KerasModel
-from ..model_torch import TorchCell, TorchRNN
 from ._sniff import FORMAT_NAMES, detect, sniff
 from ._zip import ZIP_ERRORS, check_zip_member
-from .keras_file import from_keras, load_keras_file
-from .onnx import from_onnx, load_onnx_file
-from .torch_export import from_torch
-from .torch_file import load_torch_file, read_tensors
+
+if TYPE_CHECKING:
+    from ..model_keras import KerasModel as KerasModel
+    from ..model_torch import TorchCell as TorchCell
+    from ..model_torch import TorchRNN as TorchRNN
+    from .keras_file import from_keras as from_keras
+    from .keras_file import load_keras_file as load_keras_file
+    from .onnx import from_onnx as from_onnx
+    from .onnx import load_onnx_file as load_onnx_file
+    from .torch_export import from_torch as from_torch
+    from .torch_file import load_torch_file as load_torch_file
+    from .torch_file import read_tensors as read_tensors
+
+# name -> the module that defines it: a format's loader (and what it imports: h5py, the
+# models' code) is imported the first time a file of that format is loaded, or the name used
+_LAZY = {
+    "from_keras": ".keras_file",
+    "load_keras_file": ".keras_file",
+    "from_onnx": ".onnx",
+    "load_onnx_file": ".onnx",
+    "from_torch": ".torch_export",
+    "load_torch_file": ".torch_file",
+    "read_tensors": ".torch_file",
+    "KerasModel": "..model_keras",
+    "TorchRNN": "..model_torch",
+    "TorchCell": "..model_torch",
+}
+
+
+if not TYPE_CHECKING:
+
+    def __getattr__(name):
+        return _lazy.attribute(__name__, _LAZY, name)
+
+
+def __dir__():
+    return _lazy.names(__name__, _LAZY)
+
 
 __all__ = [
     "load",
@@ -74,11 +108,17 @@ def load(path, **options):
     precision = check_precision(options.pop("precision", "float32"))
     path = os.fspath(path)
     kind = detect(path)
-    if kind.startswith("keras"):
+    if kind.startswith("keras"):  # the format's loader is imported now, the first time
+        from .keras_file import load_keras_file
+
         model = load_keras_file(path, **options)
     elif kind == "onnx":
+        from .onnx import load_onnx_file
+
         model = load_onnx_file(path, **options)
     else:
+        from .torch_file import load_torch_file
+
         model = load_torch_file(path, **options)
     model.source_format = FORMAT_NAMES[kind]
     if precision == "float32":
