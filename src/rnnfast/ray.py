@@ -32,6 +32,7 @@ work, exactly as :func:`rnnfast.dask.predict` does for a Dask frame (see its
 ``padding`` and ``maxlen``). Rows stay in their order and keep their other columns.
 """
 
+import importlib
 import math
 import os
 
@@ -47,6 +48,10 @@ from ._threads import get_num_threads
 
 __all__ = ["Predictor", "setup_worker"]
 
+#: What :func:`setup_worker` imports ahead of a worker's first job: the model files'
+#: loaders and models (``import rnnfast`` leaves them to first use).
+PRELOAD = ("rnnfast.io.keras_file", "rnnfast.model_keras", "rnnfast.io.torch_file", "rnnfast.model_torch")
+
 
 def setup_worker():
     """Import what a :class:`Predictor` actor needs (Ray Data's worker side, rnnfast and
@@ -61,7 +66,8 @@ def setup_worker():
     """
     import ray.data  # noqa: F401  (a map_batches actor is a ray.data MapWorker)
 
-    from . import _kernels  # noqa: F401
+    for name in PRELOAD:
+        importlib.import_module(name)
 
 
 class Predictor:
