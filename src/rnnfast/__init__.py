@@ -37,6 +37,7 @@ if TYPE_CHECKING:  # what the lazy names below are, for type checkers and editor
     from .precision import PRECISIONS, precision_error
 
     _kernels: Any  # the compiled core (load_kernels imported it; no type stubs)
+    _stream: Any  # the compiled stream bookkeeping (no type stubs)
 
 __all__ = [
     "__version__",
