@@ -15,7 +15,7 @@ import numpy as np
 from . import _kernels, _plan
 from ._threads import resolve_num_threads
 
-__all__ = ["pack", "dense", "matmul"]
+__all__ = ["pack", "dense", "matmul", "SOFTMAX"]
 
 _CORE = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -29,26 +29,42 @@ def pack(kernel):
 
 
 def _team(num_threads, M, N, K, G=1):
-    return _plan.product_team(resolve_num_threads(num_threads), 2 * G * M * N * K)
+    flops = 2 * G * M * N * K
+    if num_threads is None and _plan.product_team(1 << 20, flops) == 1:
+        return 1  # too little work for a second thread: the default count not looked up
+    return _plan.product_team(resolve_num_threads(num_threads), flops)
+
+
+#: ``act`` of :func:`dense` for a softmax over the last axis (fused into the product).
+SOFTMAX = int(_kernels.RNN_ROW_SOFTMAX)
 
 
 def dense(x, packed, N, bias=None, act=-1, num_threads=None):
     """``act(x @ kernel + bias)`` on the last axis of ``x`` (..., K), with ``packed``
-    from :func:`pack` (kernel (K, N)) in ``x``'s dtype; ``act`` an ``RNN_ACT_*`` code
-    or -1. Returns a new (..., N) array."""
+    from :func:`pack` (kernel (K, N)) in ``x``'s dtype; ``act`` an ``RNN_ACT_*`` code,
+    :data:`SOFTMAX` or -1. Returns a new (..., N) array."""
     K = x.shape[-1]
-    x2 = np.ascontiguousarray(x).reshape(-1, K)
     y = np.empty(x.shape[:-1] + (N,), x.dtype)
     if y.size == 0:
         return y
     if K == 0:
         y[...] = 0 if bias is None else bias
-        if act >= 0:
+        if act == SOFTMAX:
+            y -= y.max(axis=-1, keepdims=True)
+            np.exp(y, out=y)
+            y /= y.sum(axis=-1, keepdims=True)
+        elif act >= 0:
             _kernels.activate(act, y.reshape(-1))
         return y
-    b = np.zeros(0, x.dtype) if bias is None else bias
-    _kernels.packed_rows(x2, packed, b, y.reshape(-1, N), act, _team(num_threads, x2.shape[0], N, K))
+    x2 = (x if x.flags.c_contiguous else np.ascontiguousarray(x)).reshape(-1, K)
+    M = x2.shape[0]
+    _kernels.packed_rows(
+        x2, packed, _NO_BIAS[x.dtype] if bias is None else bias, y.reshape(M, N), act, _team(num_threads, M, N, K)
+    )
     return y
+
+
+_NO_BIAS = {dt: np.zeros(0, dt) for dt in _CORE}
 
 
 def matmul(a, b, bias=None, num_threads=None):
