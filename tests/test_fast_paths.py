@@ -91,3 +91,24 @@ def test_fused_softmax_rows(rng):
         np.testing.assert_array_equal(d.forward(x[i : i + 1])[0], y[i])
     with pytest.raises(ValueError, match="unknown activation"):
         _kernels.packed_rows(x, d.packed_kernel(), d.bias, np.empty((50, 9), np.float32), _products.SOFTMAX + 1)
+
+
+@pytest.mark.parametrize("stride,pad,k", [(1, (1, 1), 3), (2, (0, 0), 4), (3, (2, 0), 1)])
+def test_conv_reads_windows_in_place_bitwise_the_im2col_product(rng, stride, pad, k):
+    """Conv1D (dilation 1) multiplies overlapping strided windows of its input in place:
+    bitwise the product of the im2col matrix, for any thread count, with the activation
+    applied by the product as the element-wise kernel applies it."""
+    from rnnfast import ops
+    from rnnfast.layers import ACTIVATIONS, apply_activation
+
+    x = rng.standard_normal((5, 23, 6)).astype(np.float32)
+    kernel = rng.standard_normal((k, 6, 4)).astype(np.float32)
+    bias = rng.standard_normal(4).astype(np.float32)
+    xp = np.pad(x, ((0, 0), pad, (0, 0)))
+    n = (xp.shape[1] - k) // stride + 1
+    cols = np.stack([xp[:, t * stride : t * stride + k].reshape(5, -1) for t in range(n)], 1)
+    want = _products.matmul(cols.reshape(5 * n, -1), kernel.reshape(-1, 4), bias).reshape(5, n, 4)
+    for nt in (1, 2, 3):
+        np.testing.assert_array_equal(ops.conv1d(x, kernel, bias, stride=stride, padding=pad, num_threads=nt), want)
+        got = ops.conv1d(x, kernel, bias, stride=stride, padding=pad, num_threads=nt, act=ACTIVATIONS["relu"])
+        np.testing.assert_array_equal(got, apply_activation("relu", want))

@@ -67,16 +67,22 @@ def dense(x, packed, N, bias=None, act=-1, num_threads=None):
 _NO_BIAS = {dt: np.zeros(0, dt) for dt in _CORE}
 
 
-def matmul(a, b, bias=None, num_threads=None):
-    """``a @ b (+ bias)`` as ``np.matmul`` computes it, for ``a`` (..., M, K) and ``b``
-    (..., K, N) or (K, N) with at most two batch axes (broadcast as NumPy does), on the
-    core's product: ``b`` may be any strided view (a transpose is read in place).
+def matmul(a, b, bias=None, num_threads=None, act=-1):
+    """``act(a @ b (+ bias))`` as ``np.matmul`` computes the product, for ``a`` (..., M,
+    K) and ``b`` (..., K, N) or (K, N) with at most two batch axes (broadcast as NumPy
+    does), on the core's product: ``a`` and ``b`` may be strided views (a transpose, or
+    overlapping windows, read in place; ``a``'s rows contiguous). ``act``: an
+    ``RNN_ACT_*`` code applied to the result (as ``_kernels.activate``), or -1.
     Returns a new C-contiguous array in ``a``'s dtype."""
     a, b = np.asarray(a), np.asarray(b)
     dt = np.result_type(a, b)
     if dt not in _CORE or a.ndim < 2 or b.ndim < 2 or max(a.ndim, b.ndim) > 4:
         y = np.matmul(a, b)
-        return y + bias if bias is not None else y
+        y = y + bias if bias is not None else y
+        if act >= 0 and y.dtype in _CORE:
+            y = np.ascontiguousarray(y)
+            _kernels.activate(act, y.reshape(-1))
+        return y
     a, b = a.astype(dt, copy=False), b.astype(dt, copy=False)
     batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
     M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
@@ -94,7 +100,9 @@ def matmul(a, b, bias=None, num_threads=None):
         return y.reshape(batch + (M, N))
     if K == 0:
         y[...] = 0 if bias is None else bias
+        if act >= 0:
+            _kernels.activate(act, y.reshape(-1))
         return y.reshape(batch + (M, N))
     bb = None if bias is None else np.ascontiguousarray(bias, dt).reshape(N)
-    _kernels.products(a4, b4, y, bb, -1, _team(num_threads, M, N, K, lead[0] * lead[1]))
+    _kernels.products(a4, b4, y, bb, act, _team(num_threads, M, N, K, lead[0] * lead[1]))
     return y.reshape(batch + (M, N))

@@ -908,11 +908,21 @@ class _BatchMajorNode(_Node):
         if self.channels_first and b.ndim == 3:
             b = np.swapaxes(b, 1, 2)
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            y = self.compute(b)
+            y = self.compute(b) if num_threads is None else self._compute_on(b, num_threads)
         if self.channels_first and y.ndim == 3:
             y = np.swapaxes(y, 1, 2)
         y = np.ascontiguousarray(_swap(np.asarray(y, dtype=self.dtype)))
         return [y], [mask if self.mask_rule == "keep" else None]
+
+    #: The call's threads for the products of :meth:`compute` (None: the default).
+    _num_threads = None
+
+    def _compute_on(self, b, num_threads):
+        """:meth:`compute` with its products on ``num_threads`` threads (a copy of the
+        node carries them: a model may be called from several threads at once)."""
+        node = copy.copy(self)
+        node._num_threads = num_threads
+        return node.compute(b)
 
     def _need_sequence(self, b):
         if b.ndim != 3:
@@ -967,6 +977,11 @@ class ConvNode(_BatchMajorNode):
 
         self._need_sequence(b)
         pad = conv_padding(b.shape[1], self.kernel_size, self.strides, self.dilation, self.padding)
+        # an activation of the kernels' is applied by the last product itself (the same
+        # element-wise kernel keras_activation runs: the same bits), others after it
+        fused = self.activation in ACTIVATIONS and self.activation != "linear"
+        act = ACTIVATIONS[self.activation] if fused else -1
+        nt = self._num_threads
         if self.depthwise is not None:
             C = b.shape[2]
             last = self.kernel is None
@@ -978,15 +993,25 @@ class ConvNode(_BatchMajorNode):
                 dilation=self.dilation,
                 padding=pad,
                 groups=C,
+                num_threads=nt,
+                act=act if last else -1,
             )
             if not last:
-                b = conv1d(b, self.kernel, self.bias)  # pointwise
+                b = conv1d(b, self.kernel, self.bias, num_threads=nt, act=act)  # pointwise
             y = b
         else:
             y = conv1d(
-                b, self.kernel, self.bias, stride=self.strides, dilation=self.dilation, padding=pad, groups=self.groups
+                b,
+                self.kernel,
+                self.bias,
+                stride=self.strides,
+                dilation=self.dilation,
+                padding=pad,
+                groups=self.groups,
+                num_threads=nt,
+                act=act,
             )
-        if self.activation != "linear":
+        if self.activation != "linear" and not fused:
             y = keras_activation(self.activation, y)
         return y
 
