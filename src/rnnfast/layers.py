@@ -695,13 +695,7 @@ class RNNLayer:
                 x.reshape(T * B, I),
                 T,
                 B,
-                self._W,
-                self._Wp,
-                self._bx,
-                self._U,
-                self._Up,
-                self._bhn,
-                self._Wr,
+                *self._kernel_weights(),
                 m,
                 o2,
                 h,
@@ -727,6 +721,10 @@ class RNNLayer:
 
     __call__ = forward
 
+    def _kernel_weights(self):
+        """The weights as the kernel entries take them: W, packed W, bx, U, packed U, bhn, Wr."""
+        return self._W, self._Wp, self._bx, self._U, self._Up, self._bhn, self._Wr
+
     def _bind_entry(self):
         """The compiled entry with this layer's weights bound once (``_kernels.StepEntry``,
         checked there once), for :meth:`forward`'s common call: one direction forward in
@@ -738,13 +736,7 @@ class RNNLayer:
                 self._kernel.code,
                 self._act,
                 self._ract,
-                self._W,
-                self._Wp,
-                self._bx,
-                self._U,
-                self._Up,
-                self._bhn,
-                self._Wr,
+                *self._kernel_weights(),
                 self._plan(1, 1, 1),
                 peep=self._peep,
                 clip=0.0 if self.clip is None else self.clip,
