@@ -30,6 +30,7 @@ Every engine's output is asserted to agree with Keras' (max abs error below 1e-4
 before any timing.
 
     KERAS_BACKEND=torch python bench/whole_models.py [--quick] [--threads 1,2] [--out bench/results]
+        [--cases seq2seq,crnn] [--batches 1,64] [--no-onnx] [--no-tf]
 
 ``--quick``: T=50 tokens (100 frames), about 0.3 s of timing per row (at least 5 calls
 per engine); about 2 minutes on two quiet cores (130 s of CPU time measured). Also
@@ -262,6 +263,7 @@ def _tf_rows(args, threads, tmp):
     out = os.path.join(tmp, "tf-%d.json" % threads)
     cmd = [sys.executable, os.path.abspath(__file__), "--tf-worker", tmp, "--threads", str(threads)]
     cmd += ["--batches", args.batches, "--budget", str(args.budget)] + (["--quick"] if args.quick else [])
+    cmd += ["--cases", args.cases] if args.cases is not None else []
     env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2")
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if done.returncode != 0:
@@ -286,6 +288,8 @@ def tf_worker(args):
     threadpool_limits(args.threads, user_api="blas")
     rows = []
     for i, (name, model, _make) in enumerate(cases(args.quick)):
+        if args.cases is not None and name.split(" ")[0] not in args.cases.split(","):
+            continue
         saved = np.load(os.path.join(args.tf_worker, "case%d.npz" % i))
         model.set_weights([saved["w%d" % k] for k in range(int(saved["nw"]))])
         fast = rnnfast.from_keras(model)
@@ -353,6 +357,9 @@ def main(argv=None):
     ap.add_argument("--budget", type=float, default=None, help="seconds of timing per row")
     ap.add_argument("--no-onnx", action="store_true", help="leave ONNX Runtime and OpenVINO out")
     ap.add_argument("--no-tf", action="store_true", help="leave Keras on TensorFlow out")
+    ap.add_argument(
+        "--cases", default=None, help="the models to time, by the first word of their name (toxic,crnn,seq2seq)"
+    )
     ap.add_argument("--tf-worker", metavar="DIR", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.budget is None:
@@ -376,6 +383,8 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         built = []
         for i, (name, model, make) in enumerate(cases(args.quick)):
+            if args.cases is not None and name.split(" ")[0] not in args.cases.split(","):
+                continue
             _lively(model, i)
             weights = model.get_weights()
             saved = {"w%d" % k: w for k, w in enumerate(weights)}

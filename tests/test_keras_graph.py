@@ -485,3 +485,23 @@ def test_save_weights_with_to_json(tmp_path, case_name):
         assert_like_keras(rnnfast.load(w, config=config).predict(x), want)
     with pytest.raises(rnnfast.FormatError, match="without a model_config"):
         rnnfast.load(w)
+
+
+@pytest.mark.parametrize(
+    "name", ["dot-attention-like", "attention-options", "attention-classifier-masked", "seq2seq-inference-decoder"]
+)
+def test_products_on_the_core_bitwise_for_any_thread_count(name, monkeypatch):
+    """Dot, Attention, AdditiveAttention, Dense and the recurrent layers run on the
+    core's products (never NumPy's matmul and its own BLAS threads), with the same bits
+    for any thread count (test_graph_matches_keras holds them to Keras)."""
+    model, x = CASES[name]()
+    m = rnnfast.from_keras(lively(model, seed=zlib.crc32(name.encode())))
+
+    def refuse(*a, **k):
+        raise AssertionError("NumPy's matmul called")
+
+    monkeypatch.setattr(np, "matmul", refuse)
+    outs = [m.predict(x, num_threads=n) for n in (1, 2, 3)]
+    for y in outs[1:]:
+        for got, want in zip(y if isinstance(y, list) else [y], outs[0] if isinstance(outs[0], list) else [outs[0]]):
+            np.testing.assert_array_equal(got, want)

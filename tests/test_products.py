@@ -109,3 +109,63 @@ def test_dense_pickles_without_its_packed_kernel(rng):
     e = pickle.loads(pickle.dumps(d))
     assert getattr(e, "_packed", None) is None
     assert np.array_equal(e.forward(x), y)
+
+
+def _gemm_op(W, C, transB, alpha=1.0, beta=1.0, transA=0):
+    from rnnfast.model_onnx import ProductOp
+
+    attrs = {"alpha": alpha, "beta": beta, "transA": transA, "transB": transB, "_name": "g"}
+    slots = [("key", 0), ("const", W), None if C is None else ("const", C)]
+    return ProductOp("Gemm", "g", slots, 1, attrs)
+
+
+@pytest.mark.parametrize(
+    "transB,alpha,beta,cshape",
+    [(1, 1.0, 1.0, (30,)), (0, 1.0, 0.5, (1, 30)), (1, 2.0, 1.0, (30,)), (0, 1.0, 1.0, None)],
+)
+def test_onnx_gemm_on_packed_weights_against_float64_and_bitwise(
+    rng, split_everything, no_numpy_matmul, transB, alpha, beta, cshape
+):
+    """ONNX Gemm with constant weights (exporters' Linear): packed once at load, its C
+    the product's bias where it can be; against float64, the same bits for any thread
+    count; a data ``C`` (spanning rows) and a data ``B`` on the product too."""
+    W = rng.standard_normal((30, 40) if transB else (40, 30)).astype(np.float32)
+    C = None if cshape is None else rng.standard_normal(cshape).astype(np.float32)
+    op = _gemm_op(W, C, transB, alpha, beta)
+    x = rng.standard_normal((70, 40)).astype(np.float32)
+    w64 = W.astype(np.float64).T if transB else W.astype(np.float64)
+    ref = alpha * (x.astype(np.float64) @ w64) + (0 if C is None else beta * C.astype(np.float64))
+    outs = [op.compute([x, W, C], n)[0] for n in (1, 2, 3)]
+    np.testing.assert_allclose(outs[0], ref, rtol=1e-5, atol=1e-5)
+    assert all(np.array_equal(o, outs[0]) for o in outs)
+    # data operands: the generic product
+    from rnnfast.model_onnx import ProductOp
+
+    attrs = {"alpha": alpha, "beta": beta, "transA": 1, "transB": transB, "_name": "g"}
+    dyn = ProductOp("Gemm", "g", [("key", 0), ("key", 1), ("key", 2)], 1, attrs)
+    Cr = rng.standard_normal((70, 30)).astype(np.float32)
+    got = dyn.compute([np.ascontiguousarray(x.T), W, Cr], 2)[0]
+    np.testing.assert_allclose(got, alpha * (x.astype(np.float64) @ w64) + beta * Cr, rtol=1e-5, atol=1e-5)
+
+
+def test_onnx_matmul_on_packed_weights(rng, split_everything, no_numpy_matmul):
+    from rnnfast.model_onnx import ProductOp
+
+    W = rng.standard_normal((16, 9)).astype(np.float32)
+    op = ProductOp("MatMul", "m", [("key", 0), ("const", W)], 1, {"_name": "m"})
+    x = rng.standard_normal((3, 5, 16)).astype(np.float32)
+    outs = [op.compute([x, W], n)[0] for n in (1, 2, 3)]
+    np.testing.assert_allclose(outs[0], x.astype(np.float64) @ W, rtol=1e-5, atol=1e-5)
+    assert all(np.array_equal(o, outs[0]) for o in outs)
+    dyn = ProductOp("MatMul", "m", [("key", 0), ("key", 1)], 1, {"_name": "m"})
+    b = rng.standard_normal((3, 16, 4)).astype(np.float32)
+    np.testing.assert_allclose(dyn.compute([x, b], 2)[0], x.astype(np.float64) @ b, rtol=1e-5, atol=1e-5)
+
+
+def test_onnx_matmul_of_a_vector_as_numpy(rng):
+    from rnnfast.model_onnx import ProductOp
+
+    W = rng.standard_normal((16, 9)).astype(np.float32)
+    op = ProductOp("MatMul", "m", [("key", 0), ("const", W)], 1, {"_name": "m"})
+    v = rng.standard_normal(16).astype(np.float32)
+    np.testing.assert_allclose(op.compute([v, W], 1)[0], v.astype(np.float64) @ W, rtol=1e-5, atol=1e-5)

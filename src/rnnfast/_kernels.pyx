@@ -6,7 +6,8 @@
 # the call. The codes shared with C (c/enums.h) come through _kernels.pxd; the
 # planning (strategy, blocks, chunk, team size) is rnnfast/_plan.py's.
 from libc.string cimport memset
-from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_C_CONTIGUOUS, PyBUF_WRITABLE
+from cpython.buffer cimport (PyObject_GetBuffer, PyBuffer_Release, PyBUF_C_CONTIGUOUS, PyBUF_SIMPLE,
+                             PyBUF_WRITABLE)
 from cython cimport floating
 
 import enum
@@ -17,7 +18,7 @@ import numpy as np
 
 # the codes of c/enums.h at module level too: _kernels.RNN_ACT_TANH, RNN_ISA_AVX2, ...
 for _codes in (rnn_activation, rnn_isa_level, rnn_strategy, rnn_dtype, rnn_packing,
-               rnn_profile_part, rnn_status, rnn_precision):
+               rnn_profile_part, rnn_status, rnn_precision, rnn_row_op):
     globals().update(_codes.__members__)
 del _codes
 
@@ -195,9 +196,16 @@ def _zeros_lines(shape, dt):
     lines of their panels (an unaligned panel splits every load in two: B=1 products
     measured 1.7x slower), and threads write a layer's output in unit blocks (a line
     two blocks share would bounce between their cores)."""
+    cdef Py_buffer view
+    cdef size_t addr
     n = math.prod(shape if isinstance(shape, tuple) else (shape,)) * np.dtype(dt).itemsize
     buf = np.zeros(n + 64, np.uint8)
-    off = -buf.__array_interface__["data"][0] % 64  # (not .ctypes: a ctypes object per call, ~10 us)
+    # the address from the buffer protocol (.ctypes makes a ctypes object, ~10 us;
+    # __array_interface__ a dict, ~3 us)
+    PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE)
+    addr = <size_t> view.buf
+    PyBuffer_Release(&view)
+    off = -addr % 64
     return buf[off : off + n].view(dt).reshape(shape)
 
 
@@ -638,14 +646,14 @@ def packed_rows(const floating[:, ::1] A,           # IN  (M, K)
     only (one chain of multiply-adds per element, the activation applied row by row),
     never on M, on the other rows nor on the thread count -- the dense product of the
     streaming path (rnnfast/stream.py) and of rnnfast._products. ``act``: an RNN_ACT_*
-    code, or -1 for none. Rows split among ``num_threads`` threads at most (c/openmp.h's
-    backoff applies). GIL released."""
+    code, RNN_ROW_SOFTMAX (a softmax over each row), or -1 for none. Rows split among
+    ``num_threads`` threads at most (c/openmp.h's backoff applies). GIL released."""
     cdef long M = A.shape[0], K = A.shape[1], N = C.shape[1]
     cdef rnn_products pr
     if C.shape[0] != M or Bp.shape[0] != rnn_packed_size(K, N) or bias.shape[0] not in (0, N):
         raise ValueError("packed_rows: A %s, packed B of %d values, bias %d, C %s"
                          % ((M, K), Bp.shape[0], bias.shape[0], (C.shape[0], N)))
-    if not -1 <= act < RNN_ACT_COUNT:
+    if not (-1 <= act < RNN_ACT_COUNT or act == RNN_ROW_SOFTMAX):
         raise ValueError("unknown activation code %d" % act)
     if K == 0:
         raise ValueError("packed_rows: A has no columns")
@@ -680,7 +688,7 @@ def products(const floating[:, :, :, :] A,          # IN  (G1, G2, M, K), rows c
         raise ValueError("products: A %s, B %s, C %s do not match"
                          % ([A.shape[i] for i in range(4)], [B.shape[i] for i in range(4)],
                             [C.shape[i] for i in range(4)]))
-    if not -1 <= act < RNN_ACT_COUNT:
+    if not (-1 <= act < RNN_ACT_COUNT or act == RNN_ROW_SOFTMAX):
         raise ValueError("unknown activation code %d" % act)
     if G1 == 0 or G2 == 0 or M == 0 or N == 0:
         return
@@ -764,7 +772,7 @@ cdef class StepEntry:
         self.w.peep = <const void *> <size_t> peep.ctypes.data if peep is not None else NULL
 
     def run(self, x, long T, long B, mask, out, h, c, int strategy, long ncb, long bb, long chunk,
-            int num_threads):
+            int num_threads, bint keep_team=0):
         """x (T*B, I) IN; mask (T, B) uint8 or None; out (T*B, Ho) OUT or None; h (B, Ho)
         and c (B, H) IN/OUT (c None unless LSTM); the plan's fields as numbers."""
         cdef Py_buffer bx_, bm, bo, bh, bc
@@ -810,7 +818,7 @@ cdef class StepEntry:
             p.strategy = <rnn_strategy> strategy
             p.ncb, p.bb, p.chunk = ncb, bb, chunk
             p.proj_min_rows, p.proj_max_tasks = self.proj_min_rows, self.proj_max_tasks
-            p.num_threads, p.keep_team = num_threads, 0
+            p.num_threads, p.keep_team = num_threads, keep_team
             with nogil:
                 err = rnn_layer_forward(&sh, &p, &self.w, &io)
         finally:

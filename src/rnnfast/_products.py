@@ -15,7 +15,7 @@ import numpy as np
 from . import _kernels, _plan
 from ._threads import resolve_num_threads
 
-__all__ = ["pack", "dense", "matmul"]
+__all__ = ["pack", "dense", "matmul", "SOFTMAX"]
 
 _CORE = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -29,38 +29,60 @@ def pack(kernel):
 
 
 def _team(num_threads, M, N, K, G=1):
-    return _plan.product_team(resolve_num_threads(num_threads), 2 * G * M * N * K)
+    flops = 2 * G * M * N * K
+    if num_threads is None and _plan.product_team(1 << 20, flops) == 1:
+        return 1  # too little work for a second thread: the default count not looked up
+    return _plan.product_team(resolve_num_threads(num_threads), flops)
+
+
+#: ``act`` of :func:`dense` for a softmax over the last axis (fused into the product).
+SOFTMAX = int(_kernels.RNN_ROW_SOFTMAX)
 
 
 def dense(x, packed, N, bias=None, act=-1, num_threads=None):
     """``act(x @ kernel + bias)`` on the last axis of ``x`` (..., K), with ``packed``
-    from :func:`pack` (kernel (K, N)) in ``x``'s dtype; ``act`` an ``RNN_ACT_*`` code
-    or -1. Returns a new (..., N) array."""
+    from :func:`pack` (kernel (K, N)) in ``x``'s dtype; ``act`` an ``RNN_ACT_*`` code,
+    :data:`SOFTMAX` or -1. Returns a new (..., N) array."""
     K = x.shape[-1]
-    x2 = np.ascontiguousarray(x).reshape(-1, K)
     y = np.empty(x.shape[:-1] + (N,), x.dtype)
     if y.size == 0:
         return y
     if K == 0:
         y[...] = 0 if bias is None else bias
-        if act >= 0:
+        if act == SOFTMAX:
+            y -= y.max(axis=-1, keepdims=True)
+            np.exp(y, out=y)
+            y /= y.sum(axis=-1, keepdims=True)
+        elif act >= 0:
             _kernels.activate(act, y.reshape(-1))
         return y
-    b = np.zeros(0, x.dtype) if bias is None else bias
-    _kernels.packed_rows(x2, packed, b, y.reshape(-1, N), act, _team(num_threads, x2.shape[0], N, K))
+    x2 = (x if x.flags.c_contiguous else np.ascontiguousarray(x)).reshape(-1, K)
+    M = x2.shape[0]
+    _kernels.packed_rows(
+        x2, packed, _NO_BIAS[x.dtype] if bias is None else bias, y.reshape(M, N), act, _team(num_threads, M, N, K)
+    )
     return y
 
 
-def matmul(a, b, bias=None, num_threads=None):
-    """``a @ b (+ bias)`` as ``np.matmul`` computes it, for ``a`` (..., M, K) and ``b``
-    (..., K, N) or (K, N) with at most two batch axes (broadcast as NumPy does), on the
-    core's product: ``b`` may be any strided view (a transpose is read in place).
+_NO_BIAS = {dt: np.zeros(0, dt) for dt in _CORE}
+
+
+def matmul(a, b, bias=None, num_threads=None, act=-1):
+    """``act(a @ b (+ bias))`` as ``np.matmul`` computes the product, for ``a`` (..., M,
+    K) and ``b`` (..., K, N) or (K, N) with at most two batch axes (broadcast as NumPy
+    does), on the core's product: ``a`` and ``b`` may be strided views (a transpose, or
+    overlapping windows, read in place; ``a``'s rows contiguous). ``act``: an
+    ``RNN_ACT_*`` code applied to the result (as ``_kernels.activate``), or -1.
     Returns a new C-contiguous array in ``a``'s dtype."""
     a, b = np.asarray(a), np.asarray(b)
     dt = np.result_type(a, b)
     if dt not in _CORE or a.ndim < 2 or b.ndim < 2 or max(a.ndim, b.ndim) > 4:
         y = np.matmul(a, b)
-        return y + bias if bias is not None else y
+        y = y + bias if bias is not None else y
+        if act >= 0 and y.dtype in _CORE:
+            y = np.ascontiguousarray(y)
+            _kernels.activate(act, y.reshape(-1))
+        return y
     a, b = a.astype(dt, copy=False), b.astype(dt, copy=False)
     batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
     M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
@@ -78,7 +100,9 @@ def matmul(a, b, bias=None, num_threads=None):
         return y.reshape(batch + (M, N))
     if K == 0:
         y[...] = 0 if bias is None else bias
+        if act >= 0:
+            _kernels.activate(act, y.reshape(-1))
         return y.reshape(batch + (M, N))
     bb = None if bias is None else np.ascontiguousarray(bias, dt).reshape(N)
-    _kernels.products(a4, b4, y, bb, -1, _team(num_threads, M, N, K, lead[0] * lead[1]))
+    _kernels.products(a4, b4, y, bb, act, _team(num_threads, M, N, K, lead[0] * lead[1]))
     return y.reshape(batch + (M, N))

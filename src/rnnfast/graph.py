@@ -206,6 +206,8 @@ def map_structure(fn, *structures):
     """``fn`` applied leaf by leaf to structures of the same shape (nested lists /
     dicts), in that shape."""
     s0 = structures[0]
+    if type(s0) is list and len(structures) == 1:  # the common case: a list (of leaves)
+        return [map_structure(fn, v) if isinstance(v, (list, dict)) else fn(v) for v in s0]
     if isinstance(s0, dict):
         return {k: map_structure(fn, *(s[k] for s in structures)) for k in s0}
     if isinstance(s0, list):

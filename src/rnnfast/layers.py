@@ -323,6 +323,8 @@ class RNNLayer:
                 one.__dict__[k] = _frozen(v[d : d + 1])
         one.num_directions = 1
         one.go_backwards = bool(go_backwards)
+        one.__dict__.pop("_entry", None)  # bound to this layer's arrays: made again
+        one.__dict__.pop("_plans", None)
         one.source_parameters = self._direction_parameters[d]
         return one
 
@@ -394,7 +396,7 @@ class RNNLayer:
     #: Attributes a pickle leaves out and the arriving process rebuilds: the packed
     #: copies of the weights (made for the CPU that runs the layer, which need not be
     #: the one that pickled it) and what is decided with them.
-    _PICKLE_DERIVED = ("_Wp", "_Up", "_uses_blas", "_q")
+    _PICKLE_DERIVED = ("_Wp", "_Up", "_uses_blas", "_q", "_entry", "_plans")
     #: Bumped when the pickled state changes meaning; an older pickle is refused.
     _PICKLE_FORMAT = 1
     #: What a pickle made before these options existed means (format 1 still).
@@ -434,6 +436,9 @@ class RNNLayer:
         G = self.cell_spec.num_gates
         D = self._W.shape[0]
         plain = self._kernel.packed and self._Wr.shape[1] == 0
+        # the bound entry and the plans are made again on first use (_bind_entry)
+        self.__dict__.pop("_entry", None)
+        self.__dict__.pop("_plans", None)
         packed_w = _kernels.packed_projection(self.dtype)
         if self.precision != "float32":  # the products on the reduced-precision weights
             reduced_input = _quant.reduced_input(self.precision, self.input_size, given=self._qW is not None)
@@ -620,6 +625,22 @@ class RNNLayer:
             Final LSTM cell state per direction.
         """
         dt = self.dtype
+        if (
+            mask is None
+            and lengths is None
+            and chunk_steps is None
+            and not batch_first
+            and type(x) is np.ndarray
+            and x.dtype == dt
+            and x.ndim == 3
+            and x.flags.c_contiguous
+            and x.shape[0] > 0
+            and x.shape[1] > 0
+            and x.shape[2] == self.input_size
+        ):
+            entry = self._entry if "_entry" in self.__dict__ else self._bind_entry()
+            if entry is not None:
+                return self._forward_bound(entry, x, h0, c0, return_sequences, num_threads)
         x = as_input(x, dt)
         if x.ndim != 3:
             raise ValueError(
@@ -695,13 +716,7 @@ class RNNLayer:
                 x.reshape(T * B, I),
                 T,
                 B,
-                self._W,
-                self._Wp,
-                self._bx,
-                self._U,
-                self._Up,
-                self._bhn,
-                self._Wr,
+                *self._kernel_weights(),
                 m,
                 o2,
                 h,
@@ -726,6 +741,100 @@ class RNNLayer:
         return out, h, (c if with_c else None)
 
     __call__ = forward
+
+    def _kernel_weights(self):
+        """The weights as the kernel entries take them: W, packed W, bx, U, packed U, bhn, Wr."""
+        return self._W, self._Wp, self._bx, self._U, self._Up, self._bhn, self._Wr
+
+    def _bind_entry(self):
+        """The compiled entry with this layer's weights bound once (``_kernels.StepEntry``,
+        checked there once), for :meth:`forward`'s common call: one direction forward in
+        time, float weights, time-major input of the compute dtype, no mask. None where
+        the layer is not such a one (it runs the general path)."""
+        entry = None
+        if self.num_directions == 1 and not self.go_backwards and self._q is None:
+            entry = _kernels.StepEntry(
+                self._kernel.code,
+                self._act,
+                self._ract,
+                *self._kernel_weights(),
+                self._plan(1, 1, 1),
+                peep=self._peep,
+                clip=0.0 if self.clip is None else self.clip,
+                input_forget=self.input_forget,
+            )
+        self._entry = entry
+        return entry
+
+    def _plan_for(self, B, T, num_threads):
+        """``_plan.plan`` of a call of T steps over B rows on ``num_threads`` threads (as
+        :meth:`forward` takes it): a function of these and the layer's shapes only, so
+        kept per layer (a few dozen shapes at most: a free sequence length brings a new
+        T per call). A call whose work gives no second thread its share (the plan's team
+        is one however many threads it may use) does not resolve the default count."""
+        plans = self.__dict__.setdefault("_plans", {})
+        got = plans.get((B, T))
+        if got is None:
+            if len(plans) >= 64:
+                plans.clear()
+            one = self._plan(B, T, 1 << 20)
+            got = plans[(B, T)] = [one if one.num_threads == 1 else None, {}]
+        if got[0] is not None and num_threads is None:
+            return got[0]
+        n = resolve_num_threads(num_threads)
+        if got[0] is not None:
+            return got[0]
+        p = got[1].get(n)
+        if p is None:
+            p = got[1][n] = self._plan(B, T, n)
+        return p
+
+    def _plan(self, B, T, num_threads):
+        return _plan.plan(
+            B=B,
+            D=self.num_directions,
+            Ho=self.output_size,
+            GH=self._W.shape[2],
+            ncb=self._ncb,
+            num_threads=num_threads,
+            T=T,
+            recurrent_bytes=self._recurrent_bytes(),
+        )
+
+    @staticmethod
+    def _bound_args(x, T, B, out, h, c, p):
+        """The bound entry's ``run`` arguments for a call of plan ``p``."""
+        return x, T, B, None, out, h, c, p.strategy, p.unit_blocks, p.batch_rows, p.chunk, p.num_threads, p.keep_team
+
+    def _forward_bound(self, entry, x, h0, c0, return_sequences, num_threads):
+        """:meth:`forward` of the common call (see :meth:`_bind_entry`) through the bound
+        entry: the same kernel call with the same plan as the general path (so the same
+        bits), without its per-call conversions."""
+        T, B = x.shape[0], x.shape[1]
+        dt, Ho, H = self.dtype, self.output_size, self.units
+        h = _state(h0, (1, B, Ho), dt, "h0")
+        if self.cell_spec.num_states > 1:
+            c = _state(c0, (1, B, H), dt, "c0")
+        elif c0 is not None:
+            raise ValueError("c0 is only for a cell with a cell state (LSTM)")
+        else:
+            c = None
+        out = _kernels._zeros_lines((T, B, Ho), dt) if return_sequences else None
+        p = self._plan_for(B, T, num_threads)
+        if self._uses_blas:
+            with blas_single_threaded():
+                entry.run(*self._bound_args(x, T, B, out, h, c, p))
+        else:
+            entry.run(*self._bound_args(x, T, B, out, h, c, p))
+        return out, h, c
+
+
+def _state(s, shape, dt, name):
+    """:func:`as_state` with the common case first: an array already of ``dt`` and
+    ``shape`` is copied (the kernel writes the final state into its copy)."""
+    if type(s) is np.ndarray and s.dtype == dt and s.shape == shape:
+        return s.copy()
+    return as_state(s, shape, dt, name)
 
 
 def _padding_order(mask):
@@ -778,6 +887,10 @@ def merge_directions(out, mode, units):
     return [np.ascontiguousarray(f), np.ascontiguousarray(b)]
 
 
+#: Dense's activations as the product applies them (:func:`rnnfast._products.dense`).
+_DENSE_ACT = dict(ACTIVATIONS, linear=-1, softmax=int(_kernels.RNN_ROW_SOFTMAX))
+
+
 class Dense:
     """A dense layer ``act(x @ kernel + bias)`` on the last axis.
 
@@ -825,15 +938,15 @@ class Dense:
 
     def forward(self, x, *, num_threads=None):
         """``x``: (..., I) -> (..., N), on the core's product (rnnfast._products:
-        ``num_threads`` as in :meth:`RNNLayer.forward`; the results do not depend on it)."""
-        x = np.asarray(as_numeric(x, "input"), dtype=self.dtype)
-        if x.shape[-1] != self.kernel.shape[0]:
-            raise ValueError("Dense expects %d input features, got shape %s" % (self.kernel.shape[0], x.shape))
-        act = -1 if self.activation in ("linear", "softmax") else ACTIVATIONS[self.activation]
-        y = _products.dense(x, self.packed_kernel(), self.kernel.shape[1], self.bias, act, num_threads)
-        if self.activation == "softmax":
-            return softmax(y, out=y)
-        return y
+        ``num_threads`` as in :meth:`RNNLayer.forward`; the results do not depend on it),
+        the activation (softmax too) applied to each row by the product itself."""
+        if type(x) is not np.ndarray or x.dtype != self.dtype:
+            x = np.asarray(as_numeric(x, "input"), dtype=self.dtype)
+        kernel = self.kernel
+        if x.ndim == 0 or x.shape[-1] != kernel.shape[0]:
+            raise ValueError("Dense expects %d input features, got shape %s" % (kernel.shape[0], x.shape))
+        packed = self._packed if self.__dict__.get("_packed") is not None else self.packed_kernel()
+        return _products.dense(x, packed, kernel.shape[1], self.bias, _DENSE_ACT[self.activation], num_threads)
 
     __call__ = forward
 

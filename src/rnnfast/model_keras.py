@@ -26,6 +26,7 @@ import numpy as np
 
 from . import _validation
 from . import stream as _stream
+from ._products import matmul
 from ._progress import run_batched
 from ._special import erf
 from ._summary import Summarized
@@ -158,7 +159,10 @@ class _Node:
 
     @property
     def num_outputs(self):
-        return len(leaves(self.structure))
+        n = self.__dict__.get("_num_outputs")
+        if n is None:  # counted once (the structure is set when the node is made)
+            n = self._num_outputs = len(leaves(self.structure))
+        return n
 
     def output_masks(self, mask, created=None):
         """The masks of this node's outputs given its input ``mask`` (an array, or at
@@ -251,24 +255,23 @@ class RecurrentNode(_Node):
                 "%s %r needs a sequence (batch, time, features), got an input of "
                 "shape %s" % (self.keras_class, self.name, _batch_major_shape(x))
             )
-        x = self._cast(x)
-        if not use_mask:
-            outs, _ = self.run(x, None, num_threads, initial_state)
-            return outs, self.output_masks(mask)
+        if x.dtype != self.dtype:
+            x = self._cast(x)
+        run_mask = mask if use_mask else None
         if initial_state is not None:
-            return self._run_from(x, mask, num_threads, initial_state)
+            return self._run_from(x, run_mask, num_threads, initial_state), self.output_masks(mask)
         states = []
         for layer in self.rnn_layers[:-1]:
             # StackedRNNCells: each cell but the last runs over the whole sequence; its
             # outputs stay aligned with input time (also going backwards), and the next
             # cell skips the masked steps just as this one did.
-            x, h_n, c_n = layer.forward(x, mask=mask, num_threads=num_threads)
+            x, h_n, c_n = layer.forward(x, mask=run_mask, num_threads=num_threads)
             states += [h_n[0]] + ([c_n[0]] if c_n is not None else [])
         out, last_states = run_recurrent(
             self.rnn_layers[-1],
             x,
             return_sequences=self.return_sequences,
-            mask=mask,
+            mask=run_mask,
             zero_output_for_mask=self.zero_output_for_mask,
             return_state=True,
             num_threads=num_threads,
@@ -280,27 +283,30 @@ class RecurrentNode(_Node):
 
     def _run_from(self, x, mask, num_threads, initial_state):
         """Run from the given states (Keras' ``initial_state``: per cell ``h`` or
-        ``[h, c]``, batch-major (batch, units))."""
-        states = [self._cast(np.asarray(s)) for s in initial_state]
-        if len(states) != self.num_states:
+        ``[h, c]``, batch-major (batch, units)); the outputs."""
+        if len(initial_state) != self.num_states:
             raise ValueError(
-                "%s %r takes %d initial states, got %d" % (self.keras_class, self.name, self.num_states, len(states))
+                "%s %r takes %d initial states, got %d"
+                % (self.keras_class, self.name, self.num_states, len(initial_state))
             )
         B = x.shape[1]
         out_states, i = [], 0
         out = None
         for k, layer in enumerate(self.rnn_layers):
             n = layer.cell_spec.num_states
-            mine = states[i : i + n]
-            i += n
-            for s, want in zip(mine, [layer.output_size, layer.units][:n]):
+            mine = []
+            for s, want in zip(initial_state[i : i + n], (layer.output_size, layer.units)):
+                if type(s) is not np.ndarray or s.dtype != self.dtype:
+                    s = self._cast(np.asarray(s))
                 if s.shape != (B, want):
                     raise ValueError(
                         "%s %r: initial state of shape %s, expected %s"
                         % (self.keras_class, self.name, s.shape, (B, want))
                     )
-            h0 = mine[0][None]
-            c0 = mine[1][None] if n > 1 else None
+                mine.append(s[None])
+            i += n
+            h0 = mine[0]
+            c0 = mine[1] if n > 1 else None
             last = k == len(self.rnn_layers) - 1
             out, h_n, c_n = layer.forward(
                 x,
@@ -327,7 +333,7 @@ class RecurrentNode(_Node):
         outs = [out]
         if self.return_state:
             outs += out_states
-        return outs, self.output_masks(mask)
+        return outs
 
     def describe(self):
         opts = [o for o in ("return_sequences", "return_state", "go_backwards", "stateful") if getattr(self, o)]
@@ -812,11 +818,11 @@ class DotNode(_Node):
         if a.ndim == 2 and b.ndim == 2:
             y = (a * b).sum(axis=-1, keepdims=True)
         elif a.ndim == 2:
-            y = np.matmul(a[:, None, :], b)[:, 0]
+            y = matmul(a[:, None, :], b, num_threads=num_threads)[:, 0]
         elif b.ndim == 2:
-            y = np.matmul(a, b[:, :, None])[..., 0]
+            y = matmul(a, b[:, :, None], num_threads=num_threads)[..., 0]
         else:
-            y = np.matmul(a, b)
+            y = matmul(a, b, num_threads=num_threads)
         y = np.asarray(y, dtype=self.dtype)
         return [np.ascontiguousarray(_swap(y))], [None]
 
@@ -902,11 +908,21 @@ class _BatchMajorNode(_Node):
         if self.channels_first and b.ndim == 3:
             b = np.swapaxes(b, 1, 2)
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            y = self.compute(b)
+            y = self.compute(b) if num_threads is None else self._compute_on(b, num_threads)
         if self.channels_first and y.ndim == 3:
             y = np.swapaxes(y, 1, 2)
         y = np.ascontiguousarray(_swap(np.asarray(y, dtype=self.dtype)))
         return [y], [mask if self.mask_rule == "keep" else None]
+
+    #: The call's threads for the products of :meth:`compute` (None: the default).
+    _num_threads = None
+
+    def _compute_on(self, b, num_threads):
+        """:meth:`compute` with its products on ``num_threads`` threads (a copy of the
+        node carries them: a model may be called from several threads at once)."""
+        node = copy.copy(self)
+        node._num_threads = num_threads
+        return node.compute(b)
 
     def _need_sequence(self, b):
         if b.ndim != 3:
@@ -961,6 +977,11 @@ class ConvNode(_BatchMajorNode):
 
         self._need_sequence(b)
         pad = conv_padding(b.shape[1], self.kernel_size, self.strides, self.dilation, self.padding)
+        # an activation of the kernels' is applied by the last product itself (the same
+        # element-wise kernel keras_activation runs: the same bits), others after it
+        fused = self.activation in ACTIVATIONS and self.activation != "linear"
+        act = ACTIVATIONS[self.activation] if fused else -1
+        nt = self._num_threads
         if self.depthwise is not None:
             C = b.shape[2]
             last = self.kernel is None
@@ -972,15 +993,25 @@ class ConvNode(_BatchMajorNode):
                 dilation=self.dilation,
                 padding=pad,
                 groups=C,
+                num_threads=nt,
+                act=act if last else -1,
             )
             if not last:
-                b = conv1d(b, self.kernel, self.bias)  # pointwise
+                b = conv1d(b, self.kernel, self.bias, num_threads=nt, act=act)  # pointwise
             y = b
         else:
             y = conv1d(
-                b, self.kernel, self.bias, stride=self.strides, dilation=self.dilation, padding=pad, groups=self.groups
+                b,
+                self.kernel,
+                self.bias,
+                stride=self.strides,
+                dilation=self.dilation,
+                padding=pad,
+                groups=self.groups,
+                num_threads=nt,
+                act=act,
             )
-        if self.activation != "linear":
+        if self.activation != "linear" and not fused:
             y = keras_activation(self.activation, y)
         return y
 
@@ -1160,7 +1191,7 @@ class AttentionNode(_Node):
                 else:
                     scores = self.concat_score_weight * t.sum(-1)
             else:
-                scores = np.matmul(q, np.swapaxes(k, 1, 2))
+                scores = matmul(q, np.swapaxes(k, 1, 2), num_threads=num_threads)
                 if self.scale is not None:
                     scores = scores * self.scale
             valid = None
@@ -1173,7 +1204,7 @@ class AttentionNode(_Node):
             if valid is not None:
                 scores = scores - self.dtype.type(1e9) * (~valid).astype(scores.dtype)
             w = softmax(np.asarray(scores, dtype=self.dtype))
-            y = np.matmul(w, v)
+            y = matmul(w, v, num_threads=num_threads)
         if q_mask is not None:
             y = y * np.swapaxes(np.asarray(q_mask, bool), 0, 1)[:, :, None].astype(y.dtype)
         y = np.ascontiguousarray(_swap(np.asarray(y, dtype=self.dtype)))
@@ -1231,7 +1262,7 @@ class KerasModel(ReducedPrecision, Summarized):
         ]
         for spec in self._inputs:
             spec["declared"] = _declared(spec.get("declared"), spec["shape"])
-            spec["taken_shapes"] = set()  # shapes (past the batch) the fast path of predict takes
+            spec["taken_shapes"] = {}  # the last shapes (past the batch) the fast path of predict took
         self.input_names = [spec["name"] for spec in self._inputs]
         self.name = name
         self.keras_version = keras_version
@@ -1608,12 +1639,17 @@ class KerasModel(ReducedPrecision, Summarized):
             elif a.dtype != spec["dtype"] or spec["integer"]:
                 return None
             shape = a.shape
-            if shape[1:] not in spec["taken_shapes"]:
+            taken_shapes = spec["taken_shapes"]
+            if shape[1:] not in taken_shapes:
                 if len(shape) != len(spec["shape"]) or (len(shape) > 1 and shape[1] == 0):
                     return None
                 if any(w is not None and w != g for w, g in zip(spec["shape"][1:], shape[1:])):
                     return None
-                spec["taken_shapes"].add(shape[1:])  # checked once per shape
+                # checked once per shape while it is among the last few (a free sequence
+                # length brings a new shape per length: the oldest is forgotten)
+                if len(taken_shapes) >= _TAKEN_SHAPES or type(taken_shapes) is not dict:
+                    taken_shapes = spec["taken_shapes"] = dict.fromkeys(list(taken_shapes)[1 - _TAKEN_SHAPES :], True)
+                taken_shapes[shape[1:]] = True
             if B is None:
                 B = shape[0]
             elif shape[0] != B:
@@ -1628,8 +1664,6 @@ class KerasModel(ReducedPrecision, Summarized):
                 x = np.ascontiguousarray(np.swapaxes(x, 0, 1))  # time-major
             feeds.append(x)
         values, _ = self._graph.run(feeds, num_threads)
-        if type(values) is list and all(type(v) is np.ndarray for v in values):
-            return [_batch_major(v) for v in values]
         return map_structure(_batch_major, values)
 
     def __getstate__(self):
@@ -1663,6 +1697,9 @@ class KerasModel(ReducedPrecision, Summarized):
 
 
 # -- helpers --------------------------------------------------------------------------
+
+#: Input shapes (past the batch) ``KerasModel._as_taken`` remembers as checked, per input.
+_TAKEN_SHAPES = 8
 
 
 def _node_precision(node):

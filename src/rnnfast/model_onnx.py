@@ -22,7 +22,7 @@ import threading
 
 import numpy as np
 
-from . import _onnx_stream, _validation
+from . import _onnx_stream, _products, _validation
 from . import stream as _stream
 from ._progress import run_batched
 from ._special import erf
@@ -31,7 +31,20 @@ from .graph import Graph
 from .layers import apply_activation, softmax
 from .ops import conv1d, pool1d
 
-__all__ = ["OnnxModel", "NodeArg", "OnnxOp", "FnOp", "RecurrentOp", "KERNELS", "ONNX_DTYPES", "run_compiled"]
+__all__ = [
+    "OnnxModel",
+    "NodeArg",
+    "OnnxOp",
+    "FnOp",
+    "ProductOp",
+    "convert_product",
+    "RecurrentOp",
+    "KERNELS",
+    "ONNX_DTYPES",
+    "run_compiled",
+]
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))  # the dtypes of the core's products
 
 #: ONNX TensorProto data types rnnfast reads and computes with: code -> (numpy dtype,
 #: ORT's type name).
@@ -176,6 +189,59 @@ class FnOp(OnnxOp):
             if not k.startswith("_") and v is not None and not isinstance(v, np.ndarray)
         }
         return "%s(%s)" % (self.op_type, ", ".join("%s=%r" % kv for kv in sorted(shown.items())))
+
+
+class ProductOp(FnOp):
+    """An ONNX ``Gemm`` or ``MatMul`` node on the core's packed product
+    (:mod:`rnnfast._products`: rnnfast's own threads, the call's ``num_threads``, the
+    same bits for any thread count), not NumPy's BLAS. A constant float second operand
+    (the weights, as exporters write a Linear layer) is packed once, at load, and a
+    Gemm's constant ``C`` that broadcasts along the rows (with ``alpha`` 1) is the
+    product's bias."""
+
+    def __init__(self, op_type, name, slots, num_outputs, attrs, domain=""):
+        super().__init__(op_type, name, slots, num_outputs, attrs, domain)
+        a = self.attrs
+        gemm = op_type == "Gemm"
+        self._packed = self._bias = None  # B packed (K, N), and the bias C makes
+        b = self.slots[1]
+        if b is None or b[0] != "const" or b[1].ndim != 2 or b[1].dtype not in _FLOATS:
+            return
+        w = b[1].T if gemm and a["transB"] else b[1]
+        K, N = w.shape
+        if K == 0 or N == 0:
+            return
+        self._packed, self._n = _products.pack(w), N
+        c = self.slots[2] if gemm else None
+        if c is not None and c[0] == "const" and a["alpha"] == 1:
+            cv = c[1]
+            if cv.dtype == w.dtype and cv.ndim <= 2 and cv.size in (1, N) and cv.shape[-1:] in ((1,), (N,)):
+                bias = np.broadcast_to(cv.reshape(-1), (N,)).astype(cv.dtype)
+                if a["beta"] != 1:
+                    bias = bias * bias.dtype.type(a["beta"])
+                self._bias = _frozen(bias)
+
+    def compute(self, args, num_threads):
+        x, w = args[0], args[1]
+        a = self.attrs
+        if self.op_type == "Gemm":
+            if a["transA"]:
+                x = x.T
+            if self._packed is not None and x.dtype == w.dtype and x.ndim == 2:
+                y = _products.dense(x, self._packed, self._n, self._bias, -1, num_threads)
+                return [y if self._bias is not None else _gemm_tail(y, args[2], a)]
+            return [_gemm(args, a, num_threads)]
+        if self._packed is not None and x.dtype == w.dtype and x.ndim >= 2 and x.shape[-1] == w.shape[0]:
+            return [_products.dense(x, self._packed, self._n, None, -1, num_threads)]
+        return [_products.matmul(x, w, num_threads=num_threads)]
+
+
+def convert_product(node, slots, ctx):
+    """The op of a ``Gemm`` or ``MatMul`` node (the ONNX op registry's converter for
+    both): a :class:`ProductOp`, its absent optional inputs None."""
+    attrs = dict(node.attrs, _name=node.name)
+    n = 3 if node.op_type == "Gemm" else 2
+    return ProductOp(node.op_type, node.name, list(slots) + [None] * (n - len(slots)), len(node.outputs), attrs)
 
 
 class RecurrentOp(OnnxOp):
@@ -350,13 +416,17 @@ def _softmax(args, a, log=False):
     return softmax(np.ascontiguousarray(x))
 
 
-def _gemm(args, a):
+def _gemm(args, a, num_threads=None):
     A, B, C = args
     if a["transA"]:
         A = A.T
     if a["transB"]:
         B = B.T
-    y = A @ B
+    return _gemm_tail(_products.matmul(A, B, num_threads=num_threads), C, a)
+
+
+def _gemm_tail(y, C, a):
+    """``alpha * y + beta * C`` of a Gemm, in place in the product ``y``."""
     if a["alpha"] != 1:
         y *= y.dtype.type(a["alpha"])
     if C is not None:
@@ -633,7 +703,7 @@ def _tile(args, a):
 
 
 def _matmul(args, a):
-    return np.matmul(args[0], args[1])
+    return _products.matmul(args[0], args[1])
 
 
 def _hardsigmoid(args, a):

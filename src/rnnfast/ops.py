@@ -55,11 +55,12 @@ def _windows(x, kernel_size, stride, dilation):
     return as_strided(x, (B, n, kernel_size, C), (s0, s1 * stride, s1 * dilation, s2), writeable=False)
 
 
-def conv1d(x, kernel, bias=None, *, stride=1, dilation=1, padding=(0, 0), groups=1, num_threads=None):
+def conv1d(x, kernel, bias=None, *, stride=1, dilation=1, padding=(0, 0), groups=1, num_threads=None, act=-1):
     """1-D convolution (cross-correlation, as Keras): ``x`` (B, T, Cin), ``kernel``
     (k, Cin/groups, Cout), ``bias`` (Cout,) or None, ``padding`` (left, right) zeros.
     Returns (B, T_out, Cout) in ``x``'s dtype: per group one product of the im2col view
-    (``num_threads``: as in :meth:`rnnfast.layers.RNNLayer.forward`)."""
+    (``num_threads``: as in :meth:`rnnfast.layers.RNNLayer.forward`), ``act`` (an
+    ``RNN_ACT_*`` code, or -1) applied by the product."""
     k, cin_g, cout = kernel.shape
     if padding != (0, 0):
         x = np.pad(x, ((0, 0), tuple(padding), (0, 0)))
@@ -71,16 +72,25 @@ def conv1d(x, kernel, bias=None, *, stride=1, dilation=1, padding=(0, 0), groups
     if n < 1:
         raise ValueError("convolution of span %d over %d steps gives no output" % ((k - 1) * dilation + 1, T))
     cout_g = cout // groups
-    if groups == 1:
+    if groups == 1 and (dilation == 1 or k == 1):
+        # no im2col copy: output step t's window is k*C consecutive values of its row of
+        # x from step t*stride on, so the windows are rows of an overlapping strided view
+        # (k*C values, C*stride apart) that the product reads in place; the same values
+        # in the same order as the im2col matrix's rows (the same bits)
+        x = np.ascontiguousarray(x)
+        item = x.itemsize
+        cols = as_strided(x, (B, n, k * C), (x.strides[0], stride * C * item, item), writeable=False)
+        y = matmul(cols, kernel.reshape(k * C, cout), bias, num_threads, act)
+    elif groups == 1:
         cols = w.reshape(B * n, k * C)  # copies once: the im2col matrix
-        y = matmul(cols, kernel.reshape(k * C, cout), bias, num_threads)
+        y = matmul(cols, kernel.reshape(k * C, cout), bias, num_threads, act)
     else:
         y = np.empty((B * n, cout), dtype=x.dtype)
         for g in range(groups):
             cols = w[..., g * cin_g : (g + 1) * cin_g].reshape(B * n, k * cin_g)
             part = kernel[:, :, g * cout_g : (g + 1) * cout_g].reshape(k * cin_g, cout_g)
             y[:, g * cout_g : (g + 1) * cout_g] = matmul(
-                cols, part, None if bias is None else bias[g * cout_g : (g + 1) * cout_g], num_threads
+                cols, part, None if bias is None else bias[g * cout_g : (g + 1) * cout_g], num_threads, act
             )
     return y.reshape(B, n, cout)
 

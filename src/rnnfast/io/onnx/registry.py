@@ -14,7 +14,7 @@ with :class:`~rnnfast.UnsupportedLayerError` naming the op, its node and its dom
 import numpy as np
 
 from ...errors import FormatError, UnsupportedLayerError
-from ...model_onnx import ONNX_DTYPES, FnOp
+from ...model_onnx import ONNX_DTYPES, FnOp, convert_product
 from .control import LOOP_ATTRS, SCAN_ATTRS, convert_loop, convert_scan
 from .quantized import DQLSTM_ATTRS, convert_dynamic_quantize_lstm
 from .recurrent import RECURRENT_ATTRS, convert_recurrent
@@ -242,8 +242,8 @@ OPS = {
     "Softmax": OpSpec({"axis": None}, check=_softmax_check),
     "LogSoftmax": OpSpec({"axis": None}, check=_softmax_check),
     # linear algebra, convolution, normalisation, pooling
-    "Gemm": OpSpec({"alpha": 1.0, "beta": 1.0, "transA": 0, "transB": 0}, inputs=(2, 3)),
-    "MatMul": OpSpec(inputs=(2, 2)),
+    "Gemm": OpSpec({"alpha": 1.0, "beta": 1.0, "transA": 0, "transB": 0}, inputs=(2, 3), convert=convert_product),
+    "MatMul": OpSpec(inputs=(2, 2), convert=convert_product),
     "Conv": OpSpec(
         {"auto_pad": "NOTSET", "dilations": None, "group": 1, "kernel_shape": None, "pads": None, "strides": None},
         inputs=(2, 3),
