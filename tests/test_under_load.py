@@ -249,15 +249,18 @@ def test_layer_plans_keep_team_from_its_weight_bytes(rng, monkeypatch):
     seen = []
     real = _plan.plan
     monkeypatch.setattr(_plan, "plan", lambda **kw: seen.append(real(**kw)) or seen[-1])
-    monkeypatch.setattr(_plan, "_l2", [1 << 20])
-    layer.forward(np.zeros((3, 1, 8), np.float32), num_threads=2)
-    monkeypatch.setattr(_plan, "_l2", [64 << 20])
-    layer.forward(np.zeros((3, 1, 8), np.float32), num_threads=2)
-    assert [p.keep_team for p in seen] == [True, False]
+    kept = []
+    for l2 in (1 << 20, 64 << 20):
+        monkeypatch.setattr(_plan, "_l2", [l2])
+        layer.__dict__.pop("_plans", None)  # the layer keeps its plans per shape
+        seen.clear()
+        layer.forward(np.zeros((3, 1, 8), np.float32), num_threads=2)
+        kept.append({p.keep_team for p in seen if p.num_threads > 1})
+    assert kept == [{True}, {False}]
 
 
 @pytest.mark.parametrize("cell", ["gru", "lstm", "simple"])
-@pytest.mark.parametrize("padding", ["mask", "lengths"])
+@pytest.mark.parametrize("padding", ["mask", "lengths", None])  # None: the bound common call
 def test_a_kept_team_runs_a_late_partners_task_again_bitwise(rng, monkeypatch, cell, padding):
     """A kept team (weights over a core's L2) does not wait a time slice for a partner
     that lost its core inside a task it claimed: after spinning about twice its own
@@ -269,6 +272,8 @@ def test_a_kept_team_runs_a_late_partners_task_again_bitwise(rng, monkeypatch, c
     layer = make_layer(rng, cell, 16, 256, 1)
     x = rng.standard_normal((30, 3, 16)).astype(np.float32)
     kw = {"mask": rng.random((30, 3)) > 0.2} if padding == "mask" else {"lengths": np.array([30, 11, 23])}
+    if padding is None:
+        kw = {}
     ref, h_ref, c_ref = layer.forward(x, num_threads=1, **kw)
     p = _plan.plan(
         B=3,
