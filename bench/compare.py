@@ -430,6 +430,8 @@ class RnnfastOnnxEngine(RnnfastEngine):
         info = super().setup()
         import onnx  # noqa: F401  (imported once here, as the ONNX Runtime worker imports onnxruntime)
 
+        import rnnfast.io.onnx  # noqa: F401  (the loader: `import rnnfast` leaves it to first use)
+
         return info
 
     def build(self, case, net, x):
