@@ -696,17 +696,20 @@ class RNNLayer:
         if return_sequences:
             out = _kernels._zeros_lines((B, T, D * Ho) if batch_first else (T, B, D * Ho), dt)
         o2 = out.reshape(T * B, D * Ho) if out is not None else np.zeros((0, 0), dt)
-        plan = _plan.plan(
-            B=B,
-            D=D,
-            Ho=Ho,
-            GH=self._W.shape[2],
-            ncb=self._ncb,
-            num_threads=resolve_num_threads(num_threads),
-            chunk=chunk_steps,
-            T=T,
-            recurrent_bytes=self._recurrent_bytes(),
-        )
+        if chunk_steps is None:  # kept per shape; the default count not read for a team of one
+            plan = self._plan_for(B, T, num_threads)
+        else:
+            plan = _plan.plan(
+                B=B,
+                D=D,
+                Ho=Ho,
+                GH=self._W.shape[2],
+                ncb=self._ncb,
+                num_threads=resolve_num_threads(num_threads),
+                chunk=chunk_steps,
+                T=T,
+                recurrent_bytes=self._recurrent_bytes(),
+            )
         # BLAS is held to one thread only when this layer calls it (_threads)
         with blas_single_threaded() if self._uses_blas else contextlib.nullcontext():
             _kernels.rnn_forward(
