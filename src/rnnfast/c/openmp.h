@@ -191,9 +191,9 @@ static inline long rnn_phases_current(rnn_phases *q)
     return __atomic_load_n(&q->done, __ATOMIC_ACQUIRE) / q->ntask;
 }
 
-/* Wait until phase p is complete: spin rnn_barrier_spins times and then for spin_ns
- * more nanoseconds (the clock read every 64 spins), then sleep. Returns 1 if it had to
- * sleep (the phase waited for a thread that was not running), else 0. */
+/* Spin until phase p is complete: rnn_barrier_spins times and then for spin_ns more
+ * nanoseconds (the clock read every 64 spins). Returns 1 if the phase completed in
+ * that time, else 0 (a kept team then runs the tasks still open itself). */
 static inline int rnn_phases_spin(rnn_phases *q, long p, long long spin_ns)
 {
     long target = (p + 1) * q->ntask;
@@ -217,6 +217,8 @@ static inline int rnn_phases_spin(rnn_phases *q, long p, long long spin_ns)
     return 0;
 }
 
+/* Wait until phase p is complete: rnn_phases_spin, then sleep. Returns 1 if it had to
+ * sleep (the phase waited for a thread that was not running), else 0. */
 static inline int rnn_phases_wait(rnn_phases *q, long p, long long spin_ns)
 {
     long target = (p + 1) * q->ntask;
