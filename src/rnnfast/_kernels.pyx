@@ -6,8 +6,7 @@
 # the call. The codes shared with C (c/enums.h) come through _kernels.pxd; the
 # planning (strategy, blocks, chunk, team size) is rnnfast/_plan.py's.
 from libc.string cimport memset
-from cpython.buffer cimport (PyObject_GetBuffer, PyBuffer_Release, PyBUF_C_CONTIGUOUS, PyBUF_SIMPLE,
-                             PyBUF_WRITABLE)
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_C_CONTIGUOUS, PyBUF_WRITABLE
 from cython cimport floating
 
 import enum
@@ -196,16 +195,9 @@ def _zeros_lines(shape, dt):
     lines of their panels (an unaligned panel splits every load in two: B=1 products
     measured 1.7x slower), and threads write a layer's output in unit blocks (a line
     two blocks share would bounce between their cores)."""
-    cdef Py_buffer view
-    cdef size_t addr
     n = math.prod(shape if isinstance(shape, tuple) else (shape,)) * np.dtype(dt).itemsize
     buf = np.zeros(n + 64, np.uint8)
-    # the address from the buffer protocol (.ctypes makes a ctypes object, ~10 us;
-    # __array_interface__ a dict, ~3 us)
-    PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE)
-    addr = <size_t> view.buf
-    PyBuffer_Release(&view)
-    off = -addr % 64
+    off = -(<size_t> _addr(buf)) % 64
     return buf[off : off + n].view(dt).reshape(shape)
 
 
@@ -430,8 +422,7 @@ def qmatmul(int prec, const float[:, ::1] A, data, long N, scale=None, comp=None
     cdef const float[::1] vs
     cdef const int[::1] vc
     if prec == RNN_PREC_INT8:
-        if kg < 0 or kg % 4 or kg > 512:
-            raise ValueError("int8 groups of %d rows: a multiple of 4 up to 512 expected (0: per column)" % kg)
+        _check_groups(kg)
         vs = np.ascontiguousarray(scale, np.float32).reshape(-1)
         vc = np.ascontiguousarray(comp, np.int32).reshape(-1)
         if vs.shape[0] != ng * N or vc.shape[0] != ng * N:
@@ -461,10 +452,18 @@ def qmatmul(int prec, const float[:, ::1] A, data, long N, scale=None, comp=None
     return out
 
 
-cdef const void *_qaddr(a) except NULL:
+cdef void _check_groups(long kg) except *:
+    """An int8 group size (rows of K per scale) the kernels take: 0 (one scale per
+    column), or a multiple of 4 up to 512."""
+    if kg < 0 or kg % 4 or kg > 512:
+        raise ValueError("int8 groups of %d rows: a multiple of 4 up to 512 expected (0: per column)" % kg)
+
+
+cdef const void *_addr(a) except NULL:
     """The address of a C-contiguous array's data, through the buffer protocol (what
-    ``a.ctypes.data`` gives, without building a ctypes object: three per int8 matrix
-    made int8's fixed cost per call). The caller keeps ``a`` alive."""
+    ``a.ctypes.data`` gives, without building a ctypes object, ~10 us each: three per
+    int8 matrix made int8's fixed cost per call; ``__array_interface__`` builds a dict,
+    ~3 us). The caller keeps ``a`` alive."""
     cdef Py_buffer view
     cdef const void *p
     PyObject_GetBuffer(a, &view, PyBUF_C_CONTIGUOUS)
@@ -482,20 +481,19 @@ cdef void _qmat_fill(rnn_qmat *m, mat, int prec, long ndir, long per_dir, long n
     if (data.dtype != want or data.shape != (ndir, per_dir) or not data.flags.c_contiguous):
         raise ValueError("reduced-precision weights of shape %s (%s), expected %s (%s)"
                          % (data.shape, data.dtype, (ndir, per_dir), np.dtype(want)))
-    m.data = _qaddr(data)
+    m.data = _addr(data)
     m.per_dir, m.ncols = per_dir, ncols
     m.scale, m.comp, m.kg, m.ng = NULL, NULL, 0, 1
     if prec == RNN_PREC_INT8:
-        if kg < 0 or kg % 4 or kg > 512:
-            raise ValueError("int8 groups of %d rows: a multiple of 4 up to 512 expected (0: per column)" % kg)
+        _check_groups(kg)
         m.kg, m.ng = kg, rnn_qgroups(rnn_qpad(prec, K), kg)
         want = tuple([ndir, ncols] if kg == 0 else [ndir, m.ng, ncols])
         if (scale.dtype != np.float32 or comp.dtype != np.int32 or scale.shape != want
                 or comp.shape != want or not scale.flags.c_contiguous
                 or not comp.flags.c_contiguous):
             raise ValueError("int8 scales and compensations must be %s" % (want,))
-        m.scale = <const float *> _qaddr(scale)
-        m.comp = <const int *> _qaddr(comp)
+        m.scale = <const float *> _addr(scale)
+        m.comp = <const int *> _addr(comp)
 
 
 # -- the kernel entry (c/engine.h) -----------------------------------------------------
