@@ -13,6 +13,7 @@ thread count. float32 and float64; other dtypes go to NumPy.
 import numpy as np
 
 from . import _kernels, _plan
+from ._special import softmax
 from ._threads import resolve_num_threads
 
 __all__ = ["pack", "dense", "matmul", "SOFTMAX"]
@@ -50,9 +51,7 @@ def dense(x, packed, N, bias=None, act=-1, num_threads=None):
     if K == 0:
         y[...] = 0 if bias is None else bias
         if act == SOFTMAX:
-            y -= y.max(axis=-1, keepdims=True)
-            np.exp(y, out=y)
-            y /= y.sum(axis=-1, keepdims=True)
+            softmax(y, out=y)
         elif act >= 0:
             _kernels.activate(act, y.reshape(-1))
         return y

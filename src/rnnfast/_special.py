@@ -1,4 +1,6 @@
-"""The error function, for the exact GELU of Keras and ONNX graphs and ONNX ``Erf``.
+"""Functions NumPy lacks, shared by the layers, the products and the graph ops:
+:func:`softmax`, and the error function, for the exact GELU of Keras and ONNX graphs
+and ONNX ``Erf``.
 
 NumPy has no ``erf``. SciPy's (``scipy.special.erf``, vectorised) is used where SciPy is
 installed; rnnfast does not depend on SciPy, and without it each element goes through
@@ -28,3 +30,22 @@ def erf(x):
     if _scipy_erf is False:
         return np.asarray(_math_erf(x.astype(np.float64)), dtype=np.float64).astype(x.dtype, copy=False)
     return np.asarray(_scipy_erf(x)).astype(x.dtype, copy=False)
+
+
+def softmax(x, out=None):
+    """Softmax over the last axis, ``exp(x - max) / sum(exp(x - max))``.
+
+    Parameters
+    ----------
+    x : ndarray of float32 or float64
+    out : ndarray, optional
+        Where to write it (``x`` itself for an in-place softmax); a new array if omitted.
+
+    Returns
+    -------
+    ndarray, ``x``'s shape and dtype
+    """
+    y = np.subtract(x, x.max(axis=-1, keepdims=True), out=out)
+    np.exp(y, out=y)
+    y /= y.sum(axis=-1, keepdims=True)
+    return y

@@ -36,6 +36,7 @@ import numpy as np
 
 from . import _kernels, _plan, _products, _quant, cells
 from ._plan import BATCH_FIRST_MIN_ROWS
+from ._special import softmax
 from ._threads import blas_single_threaded, resolve_num_threads
 from ._validation import as_input, as_lengths, as_mask, as_numeric, as_state, compute_dtype, integer_option
 from ._validation import weight as _checked
@@ -97,25 +98,6 @@ def _activate(code, v):
     step = ACTIVATE_MAX_ELEMENTS
     for i in range(0, v.shape[0], step):
         _kernels.activate(code, v[i : i + step])
-
-
-def softmax(x, out=None):
-    """Softmax over the last axis, ``exp(x - max) / sum(exp(x - max))``.
-
-    Parameters
-    ----------
-    x : ndarray of float32 or float64
-    out : ndarray, optional
-        Where to write it (``x`` itself for an in-place softmax); a new array if omitted.
-
-    Returns
-    -------
-    ndarray, ``x``'s shape and dtype
-    """
-    y = np.subtract(x, x.max(axis=-1, keepdims=True), out=out)
-    np.exp(y, out=y)
-    y /= y.sum(axis=-1, keepdims=True)
-    return y
 
 
 @dataclass
@@ -948,8 +930,9 @@ class Dense:
         kernel = self.kernel
         if x.ndim == 0 or x.shape[-1] != kernel.shape[0]:
             raise ValueError("Dense expects %d input features, got shape %s" % (kernel.shape[0], x.shape))
-        packed = self._packed if self.__dict__.get("_packed") is not None else self.packed_kernel()
-        return _products.dense(x, packed, kernel.shape[1], self.bias, _DENSE_ACT[self.activation], num_threads)
+        return _products.dense(
+            x, self.packed_kernel(), kernel.shape[1], self.bias, _DENSE_ACT[self.activation], num_threads
+        )
 
     __call__ = forward
 

@@ -233,7 +233,7 @@ class ProductOp(FnOp):
             return [_gemm(args, a, num_threads)]
         if self._packed is not None and x.dtype == w.dtype and x.ndim >= 2 and x.shape[-1] == w.shape[0]:
             return [_products.dense(x, self._packed, self._n, None, -1, num_threads)]
-        return [_products.matmul(x, w, num_threads=num_threads)]
+        return [_matmul(args, a, num_threads)]
 
 
 def convert_product(node, slots, ctx):
@@ -702,8 +702,8 @@ def _tile(args, a):
     return np.tile(args[0], _ints(args[1]))
 
 
-def _matmul(args, a):
-    return _products.matmul(args[0], args[1])
+def _matmul(args, a, num_threads=None):
+    return _products.matmul(args[0], args[1], num_threads=num_threads)
 
 
 def _hardsigmoid(args, a):
