@@ -6,8 +6,14 @@ PyTorch itself, ONNX Runtime and OpenVINO (an ONNX export of the module; OpenVIN
 forced to f32), and Keras 3 on TensorFlow (weights converted to Keras' layout, run as
 ``tf.function(jit_compile=True)`` around ``model(x, training=False)``).
 
+Three whole PyTorch models follow the grid (``whole_cases``: a text classifier,
+Embedding -> BiLSTM -> Linear; a speech model, Conv1d + BatchNorm -> BiGRU -> Linear; one
+step of an attention decoder), at B = 1 and 64: rnnfast runs them through
+``rnnfast.from_torch(module, example_inputs)`` (an in-memory ONNX export), the others
+as for the grid; Keras has no row.
+
 The ONNX columns: ``rnnfast-onnx`` loads the very ``.onnx`` file ONNX Runtime and
-OpenVINO run (``rnnfast.load(path)``, then ``model.run(None, {"x": x})``), and the
+OpenVINO run (``rnnfast.load(path)``, then ``model.run(None, feeds)``), and the
 report sets its call time and its load time against ONNX Runtime's (the session
 creation) on every row, with their geometric means.
 
@@ -121,6 +127,24 @@ def seed_cases():
     ]
 
 
+def whole_cases():
+    """Three whole PyTorch models (issue 15's ONNX columns), at B = 1 and 64: the
+    recurrent layer's shape in ``layers`` (for the FLOP count), the module in
+    ``whole_model``, its inputs in ``case_inputs``. rnnfast runs them through
+    ``rnnfast.from_torch(module, example_inputs)`` (an in-memory ONNX export), and
+    ``rnnfast-onnx``, ONNX Runtime and OpenVINO the exported file; Keras has no row."""
+    models = [  # name, kind, T, input size of the recurrent layer, its (cell, units, bi, sequences)
+        ("TextClassifier B=%d T=100", "text", 100, 128, ("LSTM", 128, True, False)),
+        ("Speech Conv+BiGRU B=%d T=100", "speech", 100, 128, ("GRU", 128, True, True)),
+        ("Seq2seq decoder step B=%d", "decoder", 1, 256, ("GRU", 256, False, True)),
+    ]
+    cases = []
+    for B in (1, 64):
+        for name, kind, T, I, layer in models:
+            cases.append(dict(name=name % B, whole=kind, B=B, T=T, I=I, layers=[layer], head=0))
+    return cases
+
+
 def grid_cases(quick):
     cases = seed_cases()
     if quick:
@@ -154,9 +178,29 @@ def case_key(case):
     return hashlib.sha1(json.dumps(case, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def case_input(case):
-    """The case's input, (B, T, I) float32, the same in every worker."""
-    return np.random.default_rng(1).standard_normal((case["B"], case["T"], case["I"])).astype(np.float32)
+#: The whole models' sizes: vocabulary, speech features, decoder vocabulary and its
+#: encoder's length.
+VOCAB, FEATURES, TARGET_VOCAB, SOURCE_LEN = 20000, 40, 8000, 20
+
+
+def case_inputs(case):
+    """The case's inputs by name, the same in every worker: ``x`` (B, T, I) float32 for
+    the grid; token ids, feature frames or a decoder step's inputs for a whole model."""
+    rng = np.random.default_rng(1)
+    B, T = case["B"], case["T"]
+    kind = case.get("whole")
+    if kind == "text":
+        return {"ids": rng.integers(0, VOCAB, (B, T), dtype=np.int64)}
+    if kind == "speech":
+        return {"x": rng.standard_normal((B, T, FEATURES)).astype(np.float32)}
+    if kind == "decoder":
+        H = case["layers"][0][1]
+        return {
+            "tok": rng.integers(0, TARGET_VOCAB, (B, 1), dtype=np.int64),
+            "h": (0.5 * rng.standard_normal((1, B, H))).astype(np.float32),
+            "enc": (0.5 * rng.standard_normal((B, SOURCE_LEN, H))).astype(np.float32),
+        }
+    return {"x": rng.standard_normal((B, T, case["I"])).astype(np.float32)}
 
 
 def case_flops_split(case):
@@ -180,7 +224,70 @@ def case_flops(case):
 # -- the model in PyTorch, and its conversions ------------------------------------------
 
 
+def whole_model(case, torch):
+    """The case's whole PyTorch model (eval mode, seeded weights): a text classifier
+    (Embedding -> BiLSTM -> its final states -> Linear -> log-softmax), a speech model
+    (Conv1d + BatchNorm1d + ReLU -> BiGRU -> per-frame Linear -> log-softmax, CTC-shaped)
+    or one step of an attention decoder (the PyTorch chatbot tutorial's Luong "dot"
+    decoder: Embedding -> GRU step -> attention over the encoder's outputs -> Linear +
+    tanh -> Linear -> softmax; the probabilities and the new state out)."""
+    nn, F = torch.nn, torch.nn.functional
+    _, H, _, _ = case["layers"][0]
+
+    class Text(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(VOCAB, case["I"])
+            self.rnn = nn.LSTM(case["I"], H, batch_first=True, bidirectional=True)
+            self.fc = nn.Linear(2 * H, 5)
+
+        def forward(self, ids):
+            _, (h, _) = self.rnn(self.emb(ids))
+            return F.log_softmax(self.fc(torch.cat([h[0], h[1]], -1)), -1)
+
+    class Speech(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv1d(FEATURES, case["I"], 5, padding=2)
+            self.bn = nn.BatchNorm1d(case["I"])
+            self.rnn = nn.GRU(case["I"], H, batch_first=True, bidirectional=True)
+            self.fc = nn.Linear(2 * H, 29)
+
+        def forward(self, x):  # (B, T, features)
+            y = torch.relu(self.bn(self.conv(x.transpose(1, 2)))).transpose(1, 2)
+            return F.log_softmax(self.fc(self.rnn(y)[0]), -1)
+
+    class Decoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(TARGET_VOCAB, H)
+            self.rnn = nn.GRU(H, H, batch_first=True)
+            self.concat = nn.Linear(2 * H, H)
+            self.out = nn.Linear(H, TARGET_VOCAB)
+
+        def forward(self, tok, h, enc):  # (B, 1) ids, (1, B, H) state, (B, S, H) encoder outputs
+            y, h = self.rnn(self.emb(tok), h)  # y: (B, 1, H)
+            attn = torch.softmax(torch.bmm(y, enc.transpose(1, 2)), -1)  # (B, 1, S)
+            context = torch.bmm(attn, enc).squeeze(1)
+            mixed = torch.tanh(self.concat(torch.cat([y.squeeze(1), context], -1)))
+            return torch.softmax(self.out(mixed), -1), h
+
+    torch.manual_seed(0)
+    net = {"text": Text, "speech": Speech, "decoder": Decoder}[case["whole"]]().eval()
+    with torch.no_grad():  # lively weights, and batch statistics as training leaves them
+        for p in net.parameters():
+            p.uniform_(-0.08, 0.08)
+        for name, b in net.named_buffers():
+            if name.endswith("running_mean"):
+                b.uniform_(-0.1, 0.1)
+            elif name.endswith("running_var"):
+                b.uniform_(0.5, 1.5)
+    return net
+
+
 def torch_model(case, torch):
+    if case.get("whole"):
+        return whole_model(case, torch)
     nn = torch.nn
 
     class Net(nn.Module):
@@ -283,11 +390,13 @@ def onnx_file(net, case, torch, path):
     if os.path.exists(path):
         return path
     part = "%s.%d.part" % (path, os.getpid())
-    x = torch.zeros(case["B"], case["T"], case["I"])
+    feeds = case_inputs(case)
+    args = tuple(torch.from_numpy(v) for v in feeds.values())
+    names = dict(input_names=list(feeds), output_names=["y", "state"] if case.get("whole") == "decoder" else ["y"])
     try:
-        torch.onnx.export(net, (x,), part, input_names=["x"], output_names=["y"], opset_version=17, dynamo=False)
+        torch.onnx.export(net, args, part, opset_version=17, dynamo=False, **names)
     except TypeError:  # older torch: no dynamo keyword
-        torch.onnx.export(net, (x,), part, input_names=["x"], output_names=["y"], opset_version=17)
+        torch.onnx.export(net, args, part, opset_version=17, **names)
     os.replace(part, path)  # whole files only, for the next reader
     return path
 
@@ -299,7 +408,8 @@ class Engine:
     """One engine inside its worker process.
 
     ``setup`` imports the engine and sets its threads, once, before anything runs;
-    ``build`` makes a case's model and returns a callable giving the output as numpy.
+    ``build(case, net, feeds)`` makes a case's model and returns a callable giving its
+    (first) output as numpy; ``feeds`` are the inputs by name (``case_inputs``).
     The parent sends commands, one JSON line each way: ``{"cmd": "build", ...}`` runs
     ``cmd_build(...)``, and so on, so an engine adds a command by adding a ``cmd_``
     method. Every command returns a dict (the reply) or raises (an error reply).
@@ -315,7 +425,7 @@ class Engine:
         torch.set_num_threads(self.threads)
         return {}
 
-    def build(self, case, net, x):
+    def build(self, case, net, feeds):
         raise NotImplementedError
 
     def cmd_build(self, case):
@@ -325,7 +435,7 @@ class Engine:
 
         self.fn = None  # free the last case's model first
         net = torch_model(case, torch)
-        fn = self.build(case, net, case_input(case))
+        fn = self.build(case, net, case_inputs(case))
         t0 = time.perf_counter()
         y = np.asarray(fn())
         first_s = time.perf_counter() - t0
@@ -371,8 +481,16 @@ class RnnfastEngine(Engine):
         rnnfast.set_num_threads(self.threads)
         return dict(version=rnnfast.__version__, blas=blas_report())
 
-    def build(self, case, net, x):
+    def build(self, case, net, feeds):
+        if case.get("whole"):  # a whole module: rnnfast.from_torch exports it to ONNX in memory
+            import torch
+
+            import rnnfast
+
+            model = rnnfast.from_torch(net, tuple(torch.from_numpy(v) for v in feeds.values()), input_names=list(feeds))
+            return lambda: model.run(None, feeds)[0]
         model = rnnfast_model(case, net)
+        x = feeds["x"]
         return lambda: model.predict(x)
 
 
@@ -385,14 +503,15 @@ class TorchEngine(Engine):
 
         return dict(version=torch.__version__)
 
-    def build(self, case, net, x):
+    def build(self, case, net, feeds):
         import torch
 
-        xt = torch.from_numpy(x)
+        args = tuple(torch.from_numpy(v) for v in feeds.values())
 
         def run():
             with torch.no_grad():
-                return net(xt).numpy()
+                y = net(*args)
+                return (y[0] if isinstance(y, tuple) else y).numpy()
 
         return run
 
@@ -406,7 +525,7 @@ class OnnxruntimeEngine(Engine):
 
         return dict(version=onnxruntime.__version__)
 
-    def build(self, case, net, x):
+    def build(self, case, net, feeds):
         import onnxruntime as ort
         import torch
 
@@ -417,7 +536,7 @@ class OnnxruntimeEngine(Engine):
         t0 = time.perf_counter()
         sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
         self.load_s = time.perf_counter() - t0  # session creation: the ONNX columns' load time
-        return lambda: sess.run(None, {"x": x})[0]
+        return lambda: sess.run(None, feeds)[0]
 
 
 class RnnfastOnnxEngine(RnnfastEngine):
@@ -434,7 +553,7 @@ class RnnfastOnnxEngine(RnnfastEngine):
 
         return info
 
-    def build(self, case, net, x):
+    def build(self, case, net, feeds):
         import torch
 
         import rnnfast
@@ -443,7 +562,7 @@ class RnnfastOnnxEngine(RnnfastEngine):
         t0 = time.perf_counter()
         model = rnnfast.load(path)
         self.load_s = time.perf_counter() - t0
-        return lambda: model.run(None, {"x": x})[0]
+        return lambda: model.run(None, feeds)[0]
 
 
 class OpenvinoEngine(Engine):
@@ -456,7 +575,7 @@ class OpenvinoEngine(Engine):
         self.core = ov.Core()
         return dict(version=ov.__version__)
 
-    def build(self, case, net, x):
+    def build(self, case, net, feeds):
         import torch
 
         path = onnx_file(net, case, torch, os.path.join(self.tmp, "%s.onnx" % case_key(case)))
@@ -466,7 +585,7 @@ class OpenvinoEngine(Engine):
             {"INFERENCE_NUM_THREADS": self.threads, "INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"},
         )
         req = compiled.create_infer_request()
-        return lambda: req.infer({0: x})[0]
+        return lambda: req.infer(feeds)[0]
 
 
 class KerasEngine(Engine):
@@ -482,8 +601,9 @@ class KerasEngine(Engine):
 
         return dict(version="%s (tensorflow %s)" % (keras.__version__, tf.__version__))
 
-    def build(self, case, net, x):
+    def build(self, case, net, feeds):
         f = keras_model(case, net)
+        x = feeds["x"]
         return lambda: f(x)
 
 
@@ -678,6 +798,8 @@ def timed_rounds(procs, first_s, budget_s, notes):
 def run_case(case, threads, procs, budget_s):
     """One case on one thread count: build, check agreement, time. Returns the row."""
     notes, outputs, first_s, load_s = {}, {}, {}, {}
+    if case.get("whole"):  # a whole PyTorch module has no Keras twin
+        procs = {e: p for e, p in procs.items() if e != "keras"}
     for e, p in procs.items():  # one at a time: builds can be large
         try:
             p.ensure()
@@ -1202,7 +1324,7 @@ def main(argv=None):
         with open(os.path.join(args.out, "compare_memory.json"), "w") as f:
             json.dump(rows, f, indent=1)
         return 0
-    cases = [c for c in grid_cases(args.quick) if args.cases is None or args.cases in c["name"]]
+    cases = [c for c in grid_cases(args.quick) + whole_cases() if args.cases is None or args.cases in c["name"]]
     if not cases:
         ap.error("no case name contains %r" % args.cases)
     t0 = time.perf_counter()

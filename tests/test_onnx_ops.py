@@ -214,8 +214,9 @@ def test_op_matches_onnxruntime(rng, case, as_initializers):
 def test_every_registered_op_has_a_case():
     from rnnfast.io.onnx.registry import OPS
 
-    # (Loop and Scan: tests/test_onnx_control.py)
-    tested = {c[0] for c in CASES} | {"LSTM", "GRU", "RNN", "Constant", "SplitToSequence", "SequenceAt", "Loop", "Scan"}
+    # (Loop and Scan: tests/test_onnx_control.py; If: tests/test_onnx_if.py)
+    control = {"Loop", "Scan", "If"}
+    tested = {c[0] for c in CASES} | {"LSTM", "GRU", "RNN", "Constant", "SplitToSequence", "SequenceAt"} | control
     untested = sorted(set(OPS) - tested)
     # element-wise functions numpy computes directly, tested through their siblings above
     assert set(untested) <= {
@@ -305,12 +306,6 @@ def test_unknown_op_is_named_with_node_and_domain():
 def test_contrib_ops_named_as_such():
     with pytest.raises(rnnfast.UnsupportedLayerError, match=r"com\.microsoft\.DynamicQuantizeMatMul.*'n1'.*contrib"):
         rnnfast.from_onnx(_one_node("DynamicQuantizeMatMul", domain="com.microsoft"))
-
-
-def test_if_is_refused():
-    branch = helper.make_graph([], "branch", [], [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)])
-    with pytest.raises(rnnfast.UnsupportedLayerError, match=r"If.*'n1'.*ai\.onnx"):
-        rnnfast.from_onnx(_one_node("If", inputs=("x",), then_branch=branch, else_branch=branch))
 
 
 def test_unknown_attribute_is_refused():

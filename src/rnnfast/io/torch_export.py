@@ -16,6 +16,7 @@ PyTorch is imported only when one of these is called.
 
 import contextlib
 import io
+import itertools
 import warnings
 
 import numpy as np
@@ -23,6 +24,10 @@ import numpy as np
 from ..errors import UnsupportedLayerError
 from .onnx import from_onnx
 from .torch_file import from_torch as from_torch_weights
+
+#: Most calls of the module trying an axis together with axes of the other inputs
+#: (dynamic_input_axes).
+MAX_GROUP_TRIALS = 64
 
 __all__ = ["from_torch", "export_onnx", "dynamic_input_axes"]
 
@@ -78,8 +83,9 @@ def _runs(torch, module, args):
 def dynamic_input_axes(module, args, names):
     """The axes of the example inputs that the module takes at any size, found by
     calling it (eval mode, no grad) with one axis one longer at a time; an axis it
-    refuses alone is tried together with the same-sized axes of the other inputs (the
-    batch axis of an input and of a state passed beside it: such axes share one symbol).
+    refuses alone is tried together with a same-sized axis of some of the other inputs,
+    at most one each (the batch axis of an input and of a state passed beside it: such
+    axes share one symbol; at most ``MAX_GROUP_TRIALS`` such trials per axis).
     Axes of size 0 stay fixed.
 
     Returns
@@ -99,16 +105,25 @@ def dynamic_input_axes(module, args, names):
             if _runs(torch, module, trial):
                 dynamic.add((i, axis))
                 continue
-            size, group = args[i].shape[axis], []
+            size, options = args[i].shape[axis], []
             for j in where:
-                if j != i:
-                    group += [(j, ax) for ax in range(args[j].ndim) if args[j].shape[ax] == size]
-            for j, ax in group:
-                trial[j] = _grown(torch, trial[j], ax)
-            if group and _runs(torch, module, trial):
-                dynamic.add((i, axis))
-                # one symbol for them: that of a member already found dynamic, if any
-                same[(i, axis)] = next((g for g in sorted(group) if g in dynamic), (i, axis))
+                same_size = [(j, ax) for ax in range(args[j].ndim) if j != i and args[j].shape[ax] == size]
+                if same_size:
+                    options.append([None] + same_size)
+            # at most one axis of each other input grows with it (a batch-1 example has
+            # batch and length both 1: growing both of the ids' axes beside a state's
+            # batch axis fails, and growing the length with it would tie the wrong two)
+            for choice in itertools.islice(itertools.product(*options), 1, MAX_GROUP_TRIALS):
+                group = [g for g in choice if g is not None]
+                trial = list(args)
+                trial[i] = _grown(torch, args[i], axis)
+                for j, ax in group:
+                    trial[j] = _grown(torch, trial[j], ax)
+                if _runs(torch, module, trial):
+                    dynamic.add((i, axis))
+                    # one symbol for them: that of a member already found dynamic, if any
+                    same[(i, axis)] = next((g for g in sorted(group) if g in dynamic), (i, axis))
+                    break
     label = {i: name for name, i in zip(names, where)}
     out = {}
     for name, i in zip(names, where):

@@ -1,6 +1,8 @@
 """ONNX ``Loop`` and ``Scan``: a recurrence written as a subgraph (``body``) run once per
 step, as tf2onnx writes a Keras RNN it cannot fuse into an ``LSTM`` / ``GRU`` node (a
-masked LSTM, a ``reset_after=False`` GRU) and as hand-written cells are exported.
+masked LSTM, a ``reset_after=False`` GRU) and as hand-written cells are exported; and
+``If``, which ``torch.onnx.export`` writes for a ``squeeze(dim)`` of an axis whose size
+the graph does not fix (a dynamic batch or length: "squeeze if it is 1").
 
 The body is converted at load as the main graph is (``rnnfast.io.onnx._build_body``:
 every op looked up in the registry and checked, constants folded, nothing from the file
@@ -18,7 +20,9 @@ the shapes); the scan outputs hold at most
 :data:`MAX_LOOP_VALUES` elements together. ``Scan`` (opset 9 on: ``num_scan_inputs``,
 ``scan_input_axes`` / ``_directions``, ``scan_output_axes`` / ``_directions``) steps over
 its scan inputs' axis; the opset-8 form (with ``sequence_lens`` and a batch axis) is
-refused.
+refused. ``If`` converts both branches at load and runs the one its condition (one
+boolean value) picks; the branches take no inputs of their own and give the node's
+outputs.
 """
 
 import numpy as np
@@ -26,13 +30,25 @@ import numpy as np
 from ...errors import FormatError, UnsupportedLayerError
 from ...model_onnx import PROBE_LOOP_TRIPS, OnnxOp, ProbeTooLong, _compile, probing, run_compiled
 
-__all__ = ["LoopOp", "ScanOp", "convert_loop", "convert_scan", "LOOP_ATTRS", "SCAN_ATTRS", "MAX_LOOP_TRIPS"]
+__all__ = [
+    "IfOp",
+    "LoopOp",
+    "ScanOp",
+    "convert_if",
+    "convert_loop",
+    "convert_scan",
+    "IF_ATTRS",
+    "LOOP_ATTRS",
+    "SCAN_ATTRS",
+    "MAX_LOOP_TRIPS",
+]
 
 #: Most iterations of one ``Loop`` run (a bound on an unbounded or data-driven loop).
 MAX_LOOP_TRIPS = 1 << 20
 #: Most elements a ``Loop`` 's scan outputs gather in one run.
 MAX_LOOP_VALUES = 1 << 28
 
+IF_ATTRS: dict = {"then_branch": None, "else_branch": None}
 LOOP_ATTRS: dict = {"body": None}
 SCAN_ATTRS: dict = {
     "body": None,
@@ -79,11 +95,41 @@ class _BodyOp(OnnxOp):
         self.program = _compile(self.subgraphs[0])
 
 
-def _scalar(v, what, name):
+def _scalar(v, what, name, op_type="Loop"):
     a = np.asarray(v)
     if a.size != 1:
-        raise ValueError("Loop %r: %s must hold one value, got shape %s" % (name, what, a.shape))
+        raise ValueError("%s %r: %s must hold one value, got shape %s" % (op_type, name, what, a.shape))
     return a.reshape(-1)[0]
+
+
+class IfOp(OnnxOp):
+    """An ONNX ``If`` node: slot ``cond``, then the outer tensors either branch reads;
+    ``branches``: (graph, captured) of then_branch and else_branch, ``captured`` the
+    slots fed to that branch."""
+
+    def __init__(self, node, slots, branches):
+        super().__init__(node.op_type, node.name, slots, len(node.outputs))
+        self.subgraphs = [g for g, _ in branches]
+        self.captured = [list(c) for _, c in branches]
+        self.programs = [_compile(g) for g in self.subgraphs]
+        self.units = "%d / %d ops" % tuple(len(g.steps) for g in self.subgraphs)
+
+    def compute(self, args, num_threads):
+        k = 0 if bool(_scalar(args[0], "cond", self.name, "If")) else 1
+        outs = run_compiled(self.programs[k], [args[i] for i in self.captured[k]], num_threads)
+        return [np.asarray(v) for v in outs][: self.num_outputs]
+
+    def describe(self):
+        return "If(%s)" % self.units
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("programs", None)  # (the compiled plans: remade on unpickling)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.programs = [_compile(g) for g in self.subgraphs]
 
 
 class LoopOp(_BodyOp):
@@ -181,14 +227,32 @@ class ScanOp(_BodyOp):
         return out[: self.num_outputs]
 
 
-def _body(node, slots, ctx, n_inputs, what):
-    graph, captured, dtypes = ctx.body(node, node.attrs["body"], slots)
+def _body(node, slots, ctx, n_inputs, what, key="body"):
+    graph, captured, dtypes = ctx.body(node, node.attrs[key], slots)
     own = len(graph.inputs) - len(captured)
     if own != n_inputs:
         raise FormatError(
-            "%s node %r: its body takes %d inputs, expected %d (%s)" % (node.op_type, node.name, own, n_inputs, what)
+            "%s node %r: its %s takes %d inputs, expected %d (%s)" % (node.op_type, node.name, key, own, n_inputs, what)
         )
     return graph, captured, dtypes
+
+
+def convert_if(node, slots, ctx):
+    """An ONNX ``If`` node to an :class:`IfOp` (both branches converted)."""
+    if node.num_explicit != 1:
+        raise FormatError("If node %r has %d inputs (the condition only)" % (node.name, node.num_explicit))
+    branches = []
+    for key in ("then_branch", "else_branch"):
+        if node.attrs[key] is None:
+            raise FormatError("If node %r: attribute %r is required" % (node.name, key))
+        graph, captured, _ = _body(node, slots, ctx, 0, "none: a branch reads the outer graph's tensors", key)
+        if len(graph.outputs) != len(node.outputs):
+            raise FormatError(
+                "If node %r: its %s gives %d outputs, the node has %d"
+                % (node.name, key, len(graph.outputs), len(node.outputs))
+            )
+        branches.append((graph, captured))
+    return IfOp(node, slots, branches)
 
 
 def convert_loop(node, slots, ctx):

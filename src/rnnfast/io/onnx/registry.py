@@ -15,7 +15,7 @@ import numpy as np
 
 from ...errors import FormatError, UnsupportedLayerError
 from ...model_onnx import ONNX_DTYPES, FnOp, convert_product
-from .control import LOOP_ATTRS, SCAN_ATTRS, convert_loop, convert_scan
+from .control import IF_ATTRS, LOOP_ATTRS, SCAN_ATTRS, convert_if, convert_loop, convert_scan
 from .quantized import DQLSTM_ATTRS, convert_dynamic_quantize_lstm
 from .recurrent import RECURRENT_ATTRS, convert_recurrent
 from .spatial import unit_axis_converter
@@ -188,6 +188,11 @@ OPS = {
     ),
     "Scan": OpSpec(
         SCAN_ATTRS, inputs=(1, 1 << 16), outputs=(1, 1 << 16), convert=convert_scan, fold=False, graphs=("body",)
+    ),
+    # a branch (torch.onnx.export: squeeze of an axis of unknown size); folded at load
+    # where the condition and what the branches read are constants
+    "If": OpSpec(
+        IF_ATTRS, inputs=(1, 1), outputs=(1, 1 << 16), convert=convert_if, graphs=("then_branch", "else_branch")
     ),
     # element-wise
     "Identity": OpSpec(**_ACT),
