@@ -45,6 +45,23 @@ def test_bound_entry_is_bitwise_the_general_path(rng, cell, kw, T, B):
     np.testing.assert_array_equal(h, first[1])
 
 
+@pytest.mark.parametrize("prec", ["bf16", "int8"])
+@pytest.mark.parametrize("cell,kw", [("lstm", {}), ("gru", {}), ("gru", {"reset_after": False}), ("simple", {})])
+def test_bound_entry_of_reduced_precision_is_bitwise_the_general_path(rng, prec, cell, kw):
+    I, H = 20, 130  # int8: a K-grouped input projection (K <= 64), a per-column recurrent one
+    layer = RNNLayer(cell, [random_weights(rng, cell, I, H)], **kw).with_precision(prec)
+    for T, B in ((1, 1), (7, 3)):
+        x = rng.standard_normal((T, B, I)).astype(np.float32)
+        h0 = rng.standard_normal((1, B, H)).astype(np.float32)
+        for n in (1, 2):
+            fast = layer.forward(x, h0, num_threads=n)
+            assert layer._entry is not None
+            slow = layer.forward(np.asfortranarray(x), h0, num_threads=n)
+            for a, b in zip(fast, slow):
+                if a is not None:
+                    np.testing.assert_array_equal(a, b)
+
+
 def test_bound_entry_made_again_for_a_new_precision_and_direction(rng):
     layer = RNNLayer("gru", [random_weights(rng, "gru", 4, 8), random_weights(rng, "gru", 4, 8)])
     x = rng.standard_normal((6, 2, 4)).astype(np.float32)
@@ -57,10 +74,16 @@ def test_bound_entry_made_again_for_a_new_precision_and_direction(rng):
     both = layer.forward(x)
     np.testing.assert_array_equal(y0[0], both[0][..., :8])
     np.testing.assert_array_equal(yb[0], both[0][..., 8:])
-    bf = fwd.with_precision("bf16")
-    assert "_entry" not in bf.__dict__
-    bf.forward(x)
-    assert bf._entry is None  # reduced precision: the general path
+    for prec in ("bf16", "int8"):  # reduced precision: bound too, its own weights
+        red = fwd.with_precision(prec)
+        assert "_entry" not in red.__dict__
+        fast = red.forward(x)
+        assert red._entry is not None
+        slow = red.forward(np.asfortranarray(x))  # the general path: the same bits
+        for a, b in zip(fast, slow):
+            if a is not None:
+                np.testing.assert_array_equal(a, b)
+        assert not np.array_equal(fast[0], y0[0])
 
 
 def test_predict_remembers_a_few_shapes(rng):

@@ -195,10 +195,21 @@ def _zeros_lines(shape, dt):
     lines of their panels (an unaligned panel splits every load in two: B=1 products
     measured 1.7x slower), and threads write a layer's output in unit blocks (a line
     two blocks share would bounce between their cores)."""
-    n = math.prod(shape if isinstance(shape, tuple) else (shape,)) * np.dtype(dt).itemsize
-    buf = np.zeros(n + 64, np.uint8)
-    off = -(<size_t> _addr(buf)) % 64
-    return buf[off : off + n].view(dt).reshape(shape)
+    return _lines(shape, dt, np.zeros)
+
+
+def _empty_lines(shape, dt):
+    """:func:`_zeros_lines` left unset: for an output the kernel writes whole (the
+    common call's, no mask), 0.3 us less at batch 1."""
+    return _lines(shape, dt, np.empty)
+
+
+cdef _lines(shape, dt, alloc):
+    dt = np.dtype(dt)
+    n = math.prod(shape if isinstance(shape, tuple) else (shape,)) * dt.itemsize
+    buf = alloc(n + 64, np.uint8)
+    # one constructor, not a slice, a view and a reshape (0.7 us at batch 1)
+    return np.ndarray(shape, dt, buf, -(<size_t> _addr(buf)) % 64)
 
 
 cdef inline void _pack(long K, long N, const floating *B, long ldb, floating *dst) noexcept nogil:
@@ -496,6 +507,29 @@ cdef void _qmat_fill(rnn_qmat *m, mat, int prec, long ndir, long per_dir, long n
         m.comp = <const int *> _addr(comp)
 
 
+cdef void _qweights_fill(rnn_qweights *qw, q, int cell, long ndir, long I, long H, long G, long ncb,
+                         long Ho, long P) except *:
+    """Point qw at a layer's reduced-precision weights ``q`` (rnnfast._quant.LayerWeights)
+    for ``ndir`` directions of I inputs, H units of G gates in ncb unit blocks, Ho outputs
+    and a projection of P columns (0: none), after checking what the C core relies on."""
+    if q.prec not in (RNN_PREC_INT8, RNN_PREC_BF16):
+        raise ValueError("reduced-precision weights are for float32 layers, in bf16 or int8")
+    qw.prec = q.prec
+    memset(&qw.W, 0, sizeof(rnn_qmat))
+    if q.W is not None:         # else the input projection runs in float32
+        _qmat_fill(&qw.W, q.W, q.prec, ndir, rnn_packed_offset(rnn_qpad(q.prec, I), H, G, ncb, ncb), G * H, I)
+    if not rnn_cell_packed(<rnn_cell_t> cell):  # GRU reset-before: [z r] and [h] blocks
+        _qmat_fill(&qw.U, q.U, q.prec, ndir, rnn_packed_size(rnn_qpad(q.prec, Ho), 2 * H)
+                   + rnn_packed_size(rnn_qpad(q.prec, H), H), G * H, Ho)
+    else:
+        _qmat_fill(&qw.U, q.U, q.prec, ndir, rnn_packed_offset(rnn_qpad(q.prec, Ho), H, G, ncb, ncb), G * H, Ho)
+    memset(&qw.Wr, 0, sizeof(rnn_qmat))
+    if P > 0:
+        _qmat_fill(&qw.Wr, q.Wr, q.prec, ndir, rnn_packed_size(rnn_qpad(q.prec, H), P), P, H)
+    elif q.Wr is not None:
+        raise ValueError("projection weights for a layer without a projection")
+
+
 # -- the kernel entry (c/engine.h) -----------------------------------------------------
 
 def rnn_forward(int cell, int act, int ract,
@@ -562,25 +596,9 @@ def rnn_forward(int cell, int act, int ract,
         raise ValueError("packed input weights of shape %s, expected %s"
                          % ((Wp.shape[0], Wp.shape[1]), (ndir, rnn_packed_offset(W.shape[1], H, G, ncb, ncb))))
     if q is not None:
-        if W.itemsize != sizeof(float) or q.prec not in (RNN_PREC_INT8, RNN_PREC_BF16):
+        if W.itemsize != sizeof(float):
             raise ValueError("reduced-precision weights are for float32 layers, in bf16 or int8")
-        qw.prec = q.prec
-        memset(&qw.W, 0, sizeof(rnn_qmat))
-        if q.W is not None:         # else the input projection runs in float32
-            _qmat_fill(&qw.W, q.W, q.prec, ndir,
-                       rnn_packed_offset(rnn_qpad(q.prec, W.shape[1]), H, G, ncb, ncb), GH, W.shape[1])
-        if not rnn_cell_packed(<rnn_cell_t> cell):  # GRU reset-before: [z r] and [h] blocks
-            _qmat_fill(&qw.U, q.U, q.prec, ndir, rnn_packed_size(rnn_qpad(q.prec, Ho), 2 * H)
-                       + rnn_packed_size(rnn_qpad(q.prec, H), H), GH, Ho)
-        else:
-            _qmat_fill(&qw.U, q.U, q.prec, ndir, rnn_packed_offset(rnn_qpad(q.prec, Ho), H, G, ncb, ncb), GH,
-                       Ho)
-        memset(&qw.Wr, 0, sizeof(rnn_qmat))
-        if has_proj:
-            _qmat_fill(&qw.Wr, q.Wr, q.prec, ndir, rnn_packed_size(rnn_qpad(q.prec, H), Wr.shape[2]),
-                       Wr.shape[2], H)
-        elif q.Wr is not None:
-            raise ValueError("projection weights for a layer without a projection")
+        _qweights_fill(&qw, q, cell, ndir, W.shape[1], H, G, ncb, Ho, Wr.shape[2] if has_proj else 0)
     elif packed and (Up.shape[0] != ndir or Up.shape[1] != rnn_packed_offset(Ho, H, G, ncb, ncb)):
         raise ValueError("packed recurrent weights of shape %s, expected %s"
                          % ((Up.shape[0], Up.shape[1]), (ndir, rnn_packed_offset(Ho, H, G, ncb, ncb))))
@@ -724,19 +742,21 @@ cdef int _run_products(const rnn_products *pr, int num_threads) except -1:
 cdef class StepEntry:
     """``rnn_forward`` of one unidirectional layer with its weights bound once: the
     streaming step path's entry (rnnfast/stream.py), which calls it with a few small
-    arrays per step. The weights are checked here, once, by ``rnn_forward`` itself (a
-    call of no steps); each call checks that its arrays are C-contiguous, writable where
+    arrays per step, and of ``RNNLayer.forward``'s common call. The weights (and ``q``,
+    reduced-precision ones, as ``rnn_forward`` takes them) are checked here, once, by
+    ``rnn_forward`` itself (a call of no steps); each call checks that its arrays are C-contiguous, writable where
     written, and exactly the sizes the shapes say, then runs the engine without the GIL.
     """
     cdef rnn_shape shape
     cdef rnn_weights w
+    cdef rnn_qweights qw
     cdef object keep
     cdef Py_ssize_t item
     cdef bint with_c
     cdef long proj_min_rows, proj_max_tasks
 
     def __init__(self, int cell, int act, int ract, W, Wp, bx, U, Up, bhn, Wr, plan,
-                 peep=None, double clip=0.0, bint input_forget=False):
+                 peep=None, double clip=0.0, bint input_forget=False, q=None):
         dt = W.dtype
         if W.shape[0] != 1:
             raise ValueError("StepEntry runs one direction")
@@ -745,8 +765,8 @@ cdef class StepEntry:
                     np.zeros((0, 0), np.uint8), np.zeros((0, 0), dt), np.zeros((1, 1, Ho), dt),
                     np.zeros((1, 1, H), dt) if rnn_cell_states(<rnn_cell_t> cell) == 2 else np.zeros((0, 0, 0), dt),
                     batch_first=False, zero_output=False, reverse_first=False, plan=plan,
-                    peep=peep, clip=clip, input_forget=input_forget)
-        self.keep = (W, Wp, bx, U, Up, bhn, Wr, peep)
+                    peep=peep, clip=clip, input_forget=input_forget, q=q)
+        self.keep = (W, Wp, bx, U, Up, bhn, Wr, peep, q)
         self.proj_min_rows, self.proj_max_tasks = plan.proj_min_rows, plan.proj_max_tasks
         self.item = dt.itemsize
         self.shape.dtype = RNN_FLOAT32 if dt == np.float32 else RNN_FLOAT64
@@ -768,6 +788,11 @@ cdef class StepEntry:
         self.w.Up = <const void *> <size_t> Up.ctypes.data if packed else NULL
         self.w.Wr = <const void *> <size_t> Wr.ctypes.data if Wr.shape[1] > 0 else NULL
         self.w.peep = <const void *> <size_t> peep.ctypes.data if peep is not None else NULL
+        self.w.q = NULL
+        if q is not None:  # reduced-precision weights (checked by rnn_forward above)
+            _qweights_fill(&self.qw, q, cell, 1, I, H, self.shape.G, plan.unit_blocks, Ho,
+                           Wr.shape[2] if Wr.shape[1] > 0 else 0)
+            self.w.q = &self.qw
 
     def run(self, x, long T, long B, mask, out, h, c, int strategy, long ncb, long bb, long chunk,
             int num_threads, bint keep_team=0):

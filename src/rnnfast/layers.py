@@ -734,10 +734,10 @@ class RNNLayer:
     def _bind_entry(self):
         """The compiled entry with this layer's weights bound once (``_kernels.StepEntry``,
         checked there once), for :meth:`forward`'s common call: one direction forward in
-        time, float weights, time-major input of the compute dtype, no mask. None where
-        the layer is not such a one (it runs the general path)."""
+        time, time-major input of the compute dtype, no mask; float32, bf16 or int8
+        weights. None where the layer is not such a one (it runs the general path)."""
         entry = None
-        if self.num_directions == 1 and not self.go_backwards and self._q is None:
+        if self.num_directions == 1 and not self.go_backwards:
             entry = _kernels.StepEntry(
                 self._kernel.code,
                 self._act,
@@ -747,6 +747,7 @@ class RNNLayer:
                 peep=self._peep,
                 clip=0.0 if self.clip is None else self.clip,
                 input_forget=self.input_forget,
+                q=self._q,
             )
         self._entry = entry
         return entry
@@ -786,31 +787,28 @@ class RNNLayer:
             recurrent_bytes=self._recurrent_bytes(),
         )
 
-    @staticmethod
-    def _bound_args(x, T, B, out, h, c, p):
-        """The bound entry's ``run`` arguments for a call of plan ``p``."""
-        return x, T, B, None, out, h, c, p.strategy, p.unit_blocks, p.batch_rows, p.chunk, p.num_threads, p.keep_team
-
     def _forward_bound(self, entry, x, h0, c0, return_sequences, num_threads):
         """:meth:`forward` of the common call (see :meth:`_bind_entry`) through the bound
         entry: the same kernel call with the same plan as the general path (so the same
-        bits), without its per-call conversions."""
+        bits), without its per-call conversions. The output is left unset for the kernel
+        to write whole (no mask: every step of every row)."""
         T, B = x.shape[0], x.shape[1]
-        dt, Ho, H = self.dtype, self.output_size, self.units
-        h = _state(h0, (1, B, Ho), dt, "h0")
+        dt, Ho = self.dtype, self.output_size
+        h = np.zeros((1, B, Ho), dt) if h0 is None else _state(h0, (1, B, Ho), dt, "h0")
         if self.cell_spec.num_states > 1:
-            c = _state(c0, (1, B, H), dt, "c0")
+            H = self.units
+            c = np.zeros((1, B, H), dt) if c0 is None else _state(c0, (1, B, H), dt, "c0")
         elif c0 is not None:
             raise ValueError("c0 is only for a cell with a cell state (LSTM)")
         else:
             c = None
-        out = _kernels._zeros_lines((T, B, Ho), dt) if return_sequences else None
+        out = _kernels._empty_lines((T, B, Ho), dt) if return_sequences else None
         p = self._plan_for(B, T, num_threads)
         if self._uses_blas:
             with blas_single_threaded():
-                entry.run(*self._bound_args(x, T, B, out, h, c, p))
-        else:
-            entry.run(*self._bound_args(x, T, B, out, h, c, p))
+                entry.run(x, T, B, None, out, h, c, *p[:5], p.keep_team)
+        else:  # p[:5]: the plan's strategy, unit blocks, batch rows, chunk and threads
+            entry.run(x, T, B, None, out, h, c, *p[:5], p.keep_team)
         return out, h, c
 
 

@@ -322,6 +322,20 @@ class TorchRNN(ReducedPrecision, Summarized):
             ``(num_layers * num_directions, B, hidden_size)``.
         """
         dt = self.dtype
+        layers = self.layers
+        if (
+            hx is None
+            and lengths is None
+            and len(layers) == 1
+            and type(x) is np.ndarray
+            and x.dtype == dt
+            and x.ndim == 3
+            and x.shape[2] == self.input_size
+        ):
+            # the common call: one layer, no states given, a batched array of the dtype.
+            # Its final states are the module's (num_layers * D = D), no copy into h_n
+            out, h, c = layers[0].forward(x, num_threads=num_threads, batch_first=self.batch_first)
+            return (out, (h, c)) if self._with_c else (out, h)
         x = _validation.as_input(x, dt)
         unbatched = x.ndim == 2
         bfirst = self.batch_first and not unbatched  # the kernels read it as it is
