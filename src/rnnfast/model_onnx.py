@@ -42,6 +42,7 @@ __all__ = [
     "KERNELS",
     "ONNX_DTYPES",
     "run_compiled",
+    "fuse_views",
 ]
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))  # the dtypes of the core's products
@@ -273,23 +274,19 @@ class RecurrentOp(OnnxOp):
             self.options += ", input_forget=1"
 
     def compute(self, args, num_threads):
-        x, lens, h0, c0 = args
-        layer = self.layer
-        bf = self.layout == 1
-        if x.ndim != 3:
-            raise ValueError("%s %r: X must have 3 dimensions, got shape %s" % (self.op_type, self.name, x.shape))
-        if bf:  # states are (batch, directions, hidden)
-            h0 = None if h0 is None else np.swapaxes(h0, 0, 1)
-            c0 = None if c0 is None else np.swapaxes(c0, 0, 1)
-        if lens is not None:
-            lens = np.asarray(lens)
+        x, lens, h0, c0, bf = self._inputs(args)
         if self.dry:
             return self._dry(x, lens, h0, c0, bf)
+        return self._outputs(*self._forward(x, lens, h0, c0, bf, num_threads))
+
+    def _forward(self, x, lens, h0, c0, bf, num_threads):
+        """The layer's call: ``(out, bf, h_n, c_n)``, ``out`` the output sequence as the
+        kernel wrote it, (B, T, D*H) where ``bf`` else (T, B, D*H) (a new array)."""
         if not x.flags.c_contiguous and np.swapaxes(x, 0, 1).flags.c_contiguous:
             # a Transpose(1, 0, 2) view of a (batch-)major array (what exporters put before
             # the node): the kernel reads the array as it lies, no transposed copy
             x, bf = np.swapaxes(x, 0, 1), not bf
-        out, h_n, c_n = layer.forward(
+        out, h_n, c_n = self.layer.forward(
             x,
             h0,
             c0,
@@ -298,9 +295,15 @@ class RecurrentOp(OnnxOp):
             num_threads=num_threads,
             batch_first=bf,
         )
+        return out, bf, h_n, c_n
+
+    def _outputs(self, out, bf, h_n, c_n, seq=True):
+        """The node's outputs (views) of what :meth:`_forward` gives (``seq`` False: Y
+        left None, for :class:`_Fused` to make)."""
+        layer = self.layer
         D, Ho = layer.num_directions, layer.output_size
         res = []
-        if self.outputs[0]:
+        if self.outputs[0] and seq:
             y = out.reshape(out.shape[0], out.shape[1], D, Ho)  # the same memory
             if bf:  # (B, T, D, H), as the kernel wrote it -> the node's layout, a view
                 y = y if self.layout == 1 else y.transpose(1, 2, 0, 3)
@@ -313,6 +316,19 @@ class RecurrentOp(OnnxOp):
         for want, s in zip(self.outputs[1:], states):
             res.append((np.swapaxes(s, 0, 1) if self.layout == 1 else s) if want else None)
         return res[: self.num_outputs]
+
+    def _inputs(self, args):
+        """``(x, lens, h0, c0, bf)`` of the node's arguments, as :meth:`compute` reads them."""
+        x, lens, h0, c0 = args
+        bf = self.layout == 1
+        if x.ndim != 3:
+            raise ValueError("%s %r: X must have 3 dimensions, got shape %s" % (self.op_type, self.name, x.shape))
+        if bf:  # states are (batch, directions, hidden)
+            h0 = None if h0 is None else np.swapaxes(h0, 0, 1)
+            c0 = None if c0 is None else np.swapaxes(c0, 0, 1)
+        if lens is not None:
+            lens = np.asarray(lens)
+        return x, lens, h0, c0, bf
 
     #: Set during the model's load-time run: check the shapes, compute nothing (zeros
     #: of the output shapes; that run keeps only what depends on shapes).
@@ -341,6 +357,117 @@ class RecurrentOp(OnnxOp):
 
     def describe(self):
         return "%s(%s, %s)" % (self.op_type, self.units, self.options)
+
+
+#: Kernels of ops that only view their input anew (:class:`_Fused`).
+_VIEW_KERNELS = frozenset(("Squeeze", "Unsqueeze", "Transpose", "Reshape", "Flatten", "Identity"))
+#: Output layouts a :class:`_Fused` step remembers (distinct input shapes).
+_FUSED_MEMO_SIZE = 64
+
+
+class _Fused:
+    """A recurrent node and the chain of view ops (``Squeeze``, ``Transpose``,
+    ``Reshape`` ...) that alone read its ``Y``, as one step of the per-call program
+    (:func:`fuse_views`).
+
+    Exporters put such a chain after every LSTM / GRU (torch: ``Squeeze`` then
+    ``Transpose`` back to (batch, time, features); bidirectional: ``Transpose``,
+    ``Reshape``, ``Transpose``), and it often ends in the very array the kernel wrote,
+    read in C order. The first call of given shapes runs the chain, and where its result
+    is that array (C-contiguous, the same first element, dtype and size) remembers its
+    shape: later calls of those shapes reshape the kernel's array to it (one view)
+    instead of running the chain. The values and the memory are the chain's own: the
+    view ops depend only on the shapes and their constant inputs."""
+
+    multi_input = True
+
+    def __init__(self, rec, views):
+        self.rec = rec
+        self.views = list(views)
+        self.name = rec.name
+        self._memo: dict = {}
+
+    def args(self, xs):
+        return self.rec.args(xs)
+
+    def compute(self, args, num_threads):
+        rec = self.rec
+        x, lens, h0, c0, bf = rec._inputs(args)
+        if rec.dry:  # (the load-time run uses the graph, not this step: for safety only)
+            res = rec._dry(x, lens, h0, c0, bf)
+            return [self._chain(res[0], num_threads)] + res[1:]
+        out, bf, h_n, c_n = rec._forward(x, lens, h0, c0, bf, num_threads)
+        key = (out.shape, out.strides, bf)
+        shape = self._memo.get(key)
+        res = rec._outputs(out, bf, h_n, c_n, seq=False)
+        if shape is not None:
+            res[0] = out.reshape(shape)
+            return res
+        y = self._chain(rec._outputs(out, bf, h_n, c_n)[0], num_threads)
+        if (
+            isinstance(y, np.ndarray)
+            and y.size
+            and y.dtype == out.dtype
+            and y.size == out.size
+            and y.flags.c_contiguous
+            and out.flags.c_contiguous
+            and y.__array_interface__["data"][0] == out.__array_interface__["data"][0]
+        ):
+            if len(self._memo) >= _FUSED_MEMO_SIZE:
+                self._memo.clear()
+            self._memo[key] = y.shape
+        res[0] = y
+        return res
+
+    def _chain(self, y, num_threads):
+        for op in self.views:
+            y = op.compute(op.args([y]), num_threads)[0]
+        return y
+
+    def __repr__(self):
+        return "<fused %r + %s>" % (self.rec.name, ", ".join(op.op_type for op in self.views))
+
+
+def fuse_views(program):
+    """``program`` (what :func:`_compile` gives) with each recurrent step and the view
+    ops that alone read its ``Y`` (one after another, each reading only the last one's
+    output and constants, no intermediate a model output) as one :class:`_Fused` step."""
+    steps, n, outputs = program
+    readers: dict = {}
+    for j, (_, ins, _, _) in enumerate(steps):
+        for i in set(ins):
+            readers.setdefault(i, []).append(j)
+    final = set(outputs)
+    taken: set = set()
+    fused = []
+    for j, (op, ins, outs, free) in enumerate(steps):
+        if j in taken:
+            continue
+        chain: list = []
+        if type(op) is RecurrentOp and op.outputs[0] and outs:
+            cur = outs[0]
+            while cur not in final and len(readers.get(cur, ())) == 1:
+                k = readers[cur][0]
+                vop, vins, vouts, _ = steps[k]
+                if not (
+                    type(vop) is FnOp
+                    and vop.kernel in _VIEW_KERNELS
+                    and vins == [cur]
+                    and len(vouts) == 1
+                    and vop.slots
+                    and vop.slots[0] == ("key", 0)
+                    and all(sl is None or sl[0] == "const" for sl in vop.slots[1:])
+                ):
+                    break
+                chain.append(k)
+                cur = vouts[0]
+        if not chain:
+            fused.append((op, ins, outs, free))
+            continue
+        taken.update(chain)
+        gone = list(free) + [i for k in chain for i in steps[k][3]]  # (the chain frees only its own input)
+        fused.append((_Fused(op, [steps[k][0] for k in chain]), ins, [cur] + list(outs[1:]), gone))
+    return fused, n, outputs
 
 
 # -- kernels: one function per op type (args: the inputs, None where absent) -----------
@@ -948,6 +1075,10 @@ class OnnxModel(Summarized):
         -------
         list of numpy.ndarray, one per name in ``output_names``
         """
+        if run_options is None and not output_names:
+            feeds = self._plain_feeds(input_feed)
+            if feeds is not None:  # the common call: checked as below, in fewer steps
+                return self._run(feeds, num_threads)
         if run_options is not None:
             raise ValueError("%s: run_options is not supported (pass None)" % self._what())
         if not isinstance(input_feed, dict):
@@ -1027,6 +1158,36 @@ class OnnxModel(Summarized):
 
     # -- running ----------------------------------------------------------------------
 
+    def _plain_feeds(self, input_feed):
+        """The feeds of a call whose ``input_feed`` is a dict of exactly the inputs, each
+        a C-contiguous ndarray of the input's dtype whose shape fits the declared one
+        (what :meth:`_validated` passes on unchanged); else None (the full checks)."""
+        checks = self.__dict__.get("_feed_checks")
+        if checks is None:  # per input: name, dtype, rank, the fixed axes and their sizes
+            checks = self._feed_checks = [
+                (
+                    s["name"],
+                    s["dtype"],
+                    len(s["shape"]),
+                    [(i, d) for i, d in enumerate(s["shape"]) if isinstance(d, int)],
+                )
+                for s in self._inputs
+                if s.get("ranked", True)
+            ]
+        if type(input_feed) is not dict or len(input_feed) != len(checks) or len(checks) != len(self._inputs):
+            return None
+        feeds = []
+        for name, dt, rank, fixed in checks:
+            a = input_feed.get(name)
+            if type(a) is not np.ndarray or a.dtype != dt or a.ndim != rank or not a.flags.c_contiguous:
+                return None
+            shape = a.shape
+            for i, d in fixed:
+                if shape[i] != d:
+                    return None
+            feeds.append(a)
+        return feeds
+
     def _validated(self, spec, x):
         what = "%s input %r" % (self._what(), spec["name"])
         a = _validation.array(x, what)
@@ -1085,7 +1246,10 @@ class OnnxModel(Summarized):
         """The data graph (:attr:`_data`) run as a list of steps over a list of tensors:
         what :meth:`Graph.run <rnnfast.graph.Graph.run>` does, without its dicts and
         masks (an ONNX graph carries none), for the per-call overhead at small sizes."""
-        return run_compiled(self._compiled(), feeds, num_threads)
+        prog = self.__dict__.get("_fast")
+        if prog is None:
+            prog = self._fast = fuse_views(self._compiled())
+        return run_compiled(prog, feeds, num_threads)
 
     def _example_feed(self, steps=PROBE_STEPS):
         """Zeros of every input's declared shape, a symbolic or unknown dimension taken
@@ -1208,6 +1372,8 @@ class OnnxModel(Summarized):
         state.pop("_lock", None)
         state["_shape_cache"] = {}
         state.pop("_program", None)
+        state.pop("_fast", None)
+        state.pop("_feed_checks", None)
         state["_graph"] = copy.copy(self._graph)
         return state
 

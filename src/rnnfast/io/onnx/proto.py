@@ -10,6 +10,7 @@ and ``onnx.save_model(..., save_as_external_data=True)`` write it: no folder par
 inside that file and ``length`` must be the tensor's size. Every refusal is a :class:`~rnnfast.FormatError`.
 """
 
+import mmap
 import os
 
 import numpy as np
@@ -62,11 +63,12 @@ def parse_model(data, what):
     onnx = onnx_module()
     if len(data) > MAX_FILE_BYTES:
         raise FormatError("%s: %d bytes, more than a protobuf message can hold" % (what, len(data)))
-    data = bytes(data)
+    if not isinstance(data, (bytes, mmap.mmap)):  # (a map is read in place, as bytes are)
+        data = bytes(data)
     split = split_initializers(data)
     m = onnx.ModelProto()
     try:
-        m.ParseFromString(split[0] if split is not None else data)
+        m.ParseFromString(split[0] if split is not None else bytes(data))
     except Exception as e:  # google.protobuf.message.DecodeError, RecursionError, ...
         raise FormatError("%s is not a readable ONNX model: %s" % (what, e)) from None
     if not m.HasField("graph"):

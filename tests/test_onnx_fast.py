@@ -1,0 +1,219 @@
+"""The fast paths of an ONNX model's load and call: files mapped (not read) and closed
+by the end of the load, the view ops after a recurrent node run as one step
+(``model_onnx.fuse_views``) and the plain call's checks (``OnnxModel._plain_feeds``).
+Every result against ONNX Runtime; outputs are the caller's own (never a view a later
+call writes into), as ONNX Runtime's are."""
+
+import io
+import mmap
+import os
+import warnings
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+import rnnfast
+import rnnfast.io.onnx as onnx_io
+from rnnfast.model_onnx import _Fused
+
+from _testing import assert_close
+
+
+class Net(torch.nn.Module):
+    """Batch-major in and out around a time-major torch RNN, as bench/compare.py exports."""
+
+    def __init__(self, cls, bidirectional, I=16, H=24, layers=1):
+        super().__init__()
+        self.rnn = cls(I, H, num_layers=layers, bidirectional=bidirectional)
+
+    def forward(self, x):
+        y, _ = self.rnn(x.transpose(0, 1))
+        return y.transpose(0, 1)
+
+
+def export(net, x, dynamic=None):
+    f = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            net.eval(),
+            (x,),
+            f,
+            input_names=["x"],
+            output_names=["y"],
+            opset_version=17,
+            dynamo=False,
+            dynamic_axes=dynamic,
+        )
+    return f.getvalue()
+
+
+def _ort(data, feed):
+    return ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, feed)
+
+
+def _recording(monkeypatch):
+    """The maps the loader makes from now on (a list)."""
+    made = []
+    real = onnx_io._mapped
+
+    def mapped(f):
+        made.append(real(f))
+        return made[-1]
+
+    monkeypatch.setattr(onnx_io, "_mapped", mapped)
+    return made
+
+
+@pytest.mark.parametrize("cls", [torch.nn.GRU, torch.nn.LSTM])
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("B", [1, 3])
+def test_fused_recurrent_views_match_onnxruntime_and_outputs_are_the_callers(seed, cls, bidirectional, B):
+    torch.manual_seed(seed % 2**31)
+    x = torch.randn(B, 7, 16)
+    data = export(Net(cls, bidirectional, layers=2), x)
+    model = rnnfast.from_onnx(data)
+    feed = {"x": x.numpy()}
+    want = _ort(data, feed)[0]
+    got = [model.run(None, feed)[0] for _ in range(4)]  # load-time shapes, then the fused steps (memo)
+    fused = [op for op, *_ in model._fast[0] if isinstance(op, _Fused)]
+    assert len(fused) == 2 and all(f.views for f in fused)
+    assert fused[-1]._memo  # the last chain ends in the kernel's array: remembered
+    for g in got:
+        assert g.shape == want.shape and g.dtype == np.float32
+        assert_close(g, want, np.float32, "vs ONNX Runtime")
+        np.testing.assert_array_equal(g, got[0])
+        assert g.flags.c_contiguous and g.flags.writeable
+    for a in range(len(got)):
+        for b in range(a + 1, len(got)):
+            assert not np.shares_memory(got[a], got[b])
+    keep = got[-1].copy()
+    got[-1][...] = 7.0  # the caller's own array: writing it changes no later call
+    np.testing.assert_array_equal(model.run(None, feed)[0], keep)
+    np.testing.assert_array_equal(model.predict(x.numpy()), keep)
+
+
+def test_fused_views_follow_the_input_shapes(seed):
+    torch.manual_seed(seed % 2**31)
+    net = Net(torch.nn.LSTM, True)
+    data = export(net, torch.randn(2, 5, 16), dynamic={"x": {0: "batch", 1: "time"}, "y": {0: "batch", 1: "time"}})
+    model = rnnfast.from_onnx(data)
+    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    for B, T in [(1, 4), (3, 9), (1, 4), (2, 1), (3, 9), (5, 3), (2, 1), (5, 3)]:
+        x = torch.randn(B, T, 16).numpy()  # (a new shape runs the whole graph; its next call the fused step)
+        for _ in range(2):
+            got = model.run(None, {"x": x})[0]
+            assert_close(got, sess.run(None, {"x": x})[0], np.float32, "B=%d T=%d" % (B, T))
+    (fused,) = [op for op, *_ in model._fast[0] if isinstance(op, _Fused)]
+    assert len(fused._memo) >= 4
+
+
+def test_a_view_the_graph_also_outputs_is_not_fused(seed):
+    class Two(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = torch.nn.GRU(6, 8)
+
+        def forward(self, x):
+            y, _ = self.rnn(x)
+            return y, y.transpose(0, 1) * 2
+
+    torch.manual_seed(seed % 2**31)
+    x = torch.randn(5, 2, 6)
+    f = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Two().eval(), (x,), f, input_names=["x"], opset_version=17, dynamo=False)
+    data = f.getvalue()
+    model = rnnfast.from_onnx(data)
+    want = _ort(data, {"x": x.numpy()})
+    for _ in range(3):
+        got = model.run(None, {"x": x.numpy()})
+        for g, w in zip(got, want):
+            assert_close(g, w, np.float32)
+        assert not np.shares_memory(got[0], got[1])
+
+
+def test_plain_and_checked_calls_agree(seed):
+    torch.manual_seed(seed % 2**31)
+    x = torch.randn(2, 6, 16)
+    data = export(Net(torch.nn.GRU, False), x)
+    model = rnnfast.from_onnx(data)
+    xn = x.numpy()
+    want = model.run(None, {"x": xn})[0]
+    want = model.run(None, {"x": xn})[0]
+    # each of these leaves the plain path (checked, converted) with the same result
+    for feed in (
+        {"x": xn.astype(np.float64)},
+        {"x": np.asfortranarray(xn)},
+        {"x": xn.tolist()},
+        {"x": x},
+    ):
+        np.testing.assert_array_equal(model.run(None, feed)[0], want)
+    np.testing.assert_array_equal(model.run(["y"], {"x": xn})[0], want)
+    with pytest.raises(ValueError, match="unknown input"):
+        model.run(None, {"x": xn, "z": xn})
+    with pytest.raises(ValueError, match="missing input"):
+        model.run(None, {})
+    with pytest.raises(ValueError, match="expected shape"):
+        model.run(None, {"x": xn[:, :, :5].copy()})
+    with pytest.raises(ValueError, match="expected shape"):
+        model.run(None, {"x": xn[0].copy()})
+    with pytest.raises(ValueError, match="run_options"):
+        model.run(None, {"x": xn}, object())
+    out = model.run(None, {"x": xn})[0]
+    assert not np.shares_memory(out, xn)
+
+
+def test_a_file_is_mapped_and_the_model_keeps_nothing_of_it(tmp_path, seed, monkeypatch):
+    torch.manual_seed(seed % 2**31)
+    x = torch.randn(3, 5, 16)
+    net = Net(torch.nn.LSTM, True, I=16, H=48)
+    data = export(net, x)
+    assert len(data) >= onnx_io.MAP_MIN_BYTES
+    path = tmp_path / "m.onnx"
+    path.write_bytes(data)
+    made = _recording(monkeypatch)
+    model = rnnfast.load(path)
+    assert len(made) == 1 and isinstance(made[0], mmap.mmap)
+    assert made[0].closed  # closed by the end of the load: the model holds no view of it
+    want = _ort(data, {"x": x.numpy()})[0]
+    assert_close(model.run(None, {"x": x.numpy()})[0], want, np.float32)
+    # the file changes (in place, as a later export would write it): the model does not
+    with open(path, "r+b") as f:
+        f.write(b"\x7f" * len(data))
+    for _ in range(2):
+        assert_close(model.run(None, {"x": x.numpy()})[0], want, np.float32)
+    os.remove(path)
+    assert_close(model.run(None, {"x": x.numpy()})[0], want, np.float32)
+
+
+def test_small_and_mapped_files_load_the_same_model(tmp_path, seed, monkeypatch):
+    torch.manual_seed(seed % 2**31)
+    x = torch.randn(2, 4, 16)
+    data = export(Net(torch.nn.GRU, True), x)
+    path = tmp_path / "m.onnx"
+    path.write_bytes(data)
+    made = _recording(monkeypatch)
+    monkeypatch.setattr(onnx_io, "MAP_MIN_BYTES", 0)
+    mapped = rnnfast.load(path).run(None, {"x": x.numpy()})[0]
+    monkeypatch.setattr(onnx_io, "MAP_MIN_BYTES", 1 << 40)
+    read = rnnfast.load(path).run(None, {"x": x.numpy()})[0]
+    assert isinstance(made[0], mmap.mmap) and made[0].closed and isinstance(made[1], bytes)
+    np.testing.assert_array_equal(mapped, read)
+    np.testing.assert_array_equal(mapped, rnnfast.from_onnx(data).run(None, {"x": x.numpy()})[0])
+
+
+@pytest.mark.parametrize("cut", [0.5, 0.9])
+def test_a_mapped_truncated_file_is_refused(tmp_path, seed, monkeypatch, cut):
+    torch.manual_seed(seed % 2**31)
+    data = export(Net(torch.nn.GRU, False), torch.randn(1, 3, 16))
+    path = tmp_path / "m.onnx"
+    path.write_bytes(data[: int(len(data) * cut)])
+    monkeypatch.setattr(onnx_io, "MAP_MIN_BYTES", 0)
+    with pytest.raises(rnnfast.FormatError):
+        rnnfast.load(path)
+    with pytest.raises(rnnfast.FormatError):  # (past the format's sniff: the loader itself)
+        onnx_io.load_onnx_file(path)
