@@ -32,16 +32,24 @@ job and nothing else:
   2 threads; NumPy's own BLAS (the digits head) held to as many threads
   (``threadpoolctl``: by default it runs one thread per core, and its idle threads spin).
 - ``rnnfast dask``: ``rnnfast.dask.predict(model, x)`` and ``compute`` on one
-  ``LocalCluster(n_workers=2, threads_per_worker=1)``; ``x`` persisted on the workers
-  beforehand. The 1-worker job runs on one of the two workers, on a copy of ``x`` held
-  there (``workers=``, ``allow_other_workers=False``); the 2-worker job on both.
-- ``rnnfast ray`` / ``onnxruntime ray``: ``ds.map_batches(cls, batch_size=block,
-  num_cpus=1, compute=ActorPoolStrategy(size=w))`` on ``ray.init(num_cpus=2)``, the data
-  already in the object store (``from_numpy(...).materialize()``). ``cls`` is
-  ``rnnfast.ray.Predictor`` (the model sent once with ``ray.put``) or an ONNX Runtime
-  session with one intra-op thread (the ONNX bytes as its argument). Ray Data starts a new
-  actor pool for every job: the actors' start (the model's loading or the session's
-  creation, and Ray's own latency to start them) is inside each timed job, for both.
+  ``LocalCluster(n_workers=2, threads_per_worker=1)`` started inside
+  ``dask.config.set(rnnfast.dask.worker_config())`` (the workers' allocator, as
+  docs/cluster.md says); ``x`` persisted on the workers beforehand. The 1-worker job
+  runs on one of the two workers, on a copy of ``x`` held there (``workers=``,
+  ``allow_other_workers=False``); the 2-worker job on both.
+- ``rnnfast ray`` / ``onnxruntime ray``: ``ds.map_batches(fn, fn_args=(ref, ...),
+  batch_size=block, num_cpus=1, concurrency=w)`` on ``ray.init(num_cpus=2)``, the data
+  already in the object store (``from_numpy(...).materialize()``): Ray Data tasks in the
+  worker processes Ray keeps between jobs (``--ray-compute tasks``, the default, as
+  docs/cluster.md recommends). ``fn`` calls ``rnnfast.ray.predict_batch`` (the model
+  sent once with ``ray.put``, kept per worker process) or runs an ONNX Runtime session
+  with one intra-op thread, kept per worker process the same way (the ONNX bytes sent
+  once with ``ray.put``). Both engines' sessions are made in the warm-up round.
+  ``--ray-compute actors``: ``compute=ActorPoolStrategy(size=w)`` with
+  ``rnnfast.ray.Predictor`` or an ONNX Runtime session class: Ray Data starts a new
+  actor pool, in new worker processes, for every job, and their start (processes,
+  imports, the model's loading or the session's creation) is inside each timed job,
+  for both.
 
 Not timed, the same for every engine: starting the engine (``LocalCluster``,
 ``ray.init``) and its worker processes, which import what the jobs need when they start
@@ -322,6 +330,65 @@ def _ray_classes():
     return RnnfastScorer, OrtScorer
 
 
+# Ray tasks (the default, --ray-compute tasks): the functions map_batches calls, in the
+# worker processes Ray keeps between jobs; each keeps its engine per process (rnnfast:
+# rnnfast.ray.predict_batch, as docs/cluster.md says; ONNX Runtime: a session per
+# process, as a user would keep one), keyed by the object-store reference of the model
+# (in a module of the worker process: Ray sends these functions by value, with a copy
+# of this module's globals per task)
+
+
+def _kept():
+    """What this worker process keeps between tasks: per job its notes, per reference
+    its ONNX Runtime session."""
+    import types
+
+    kept = sys.modules.get("_scale_out_kept")
+    if kept is None:
+        kept = sys.modules["_scale_out_kept"] = types.ModuleType("_scale_out_kept")
+        kept.notes, kept.sessions = {}, {}
+    return kept
+
+
+def _job_notes(job):
+    """This process's notes of one job (accounted as an actor's, its "start" the job's
+    first batch here)."""
+    notes = _kept().notes.get(job)
+    if notes is None:
+        notes = _kept().notes[job] = _Accounted()
+        notes._init_begins()
+        notes._init_ends()
+    return notes
+
+
+def _rnnfast_task(batch, model, digits, job):
+    import rnnfast.ray
+
+    notes = _job_notes(job)
+    c0, t0, th0 = cpu_seconds(), time.time(), time.thread_time()
+    if digits:
+        out = rnnfast.ray.predict_batch(
+            batch, model, input_column="data", output_column=["out", "h", "c"], return_state=True, drop_input=True
+        )
+        out = {"y": _logits(out["h"].transpose(1, 0, 2))}
+    else:
+        out = rnnfast.ray.predict_batch(batch, model, input_column="data", output_column="y", drop_input=True)
+    return notes._account(out, c0, t0, th0)
+
+
+def _ort_task(batch, blob, job):
+    import ray
+
+    notes = _job_notes(job)
+    c0, t0, th0 = cpu_seconds(), time.time(), time.thread_time()
+    sessions = _kept().sessions
+    sess = sessions.get(blob.hex())
+    if sess is None:
+        cpus = int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))
+        sess = sessions[blob.hex()] = ort_session(ray.get(blob), max(1, cpus))
+    return notes._account({"y": sess.run(["y"], {"x": batch["data"]})[0]}, c0, t0, th0)
+
+
 def _tree_cpu():
     """CPU seconds (user + system) of this process and of each of its descendants, by
     pid: what the engines' own processes (Dask's nannies and workers, Ray's raylet, GCS,
@@ -355,6 +422,8 @@ class Pipelines:
         self.model = rnnfast_model(name, net)
         self.blob = onnx_bytes(net, FEATURES[name]) if "onnxruntime" in engines else None
         self.dask = None
+        self.ray_compute = "tasks"
+        self.ray_jobs = 0
         self.ray_ds = None
 
     def _score(self, xb, threads):
@@ -396,13 +465,18 @@ class Pipelines:
     def start_dask(self):
         import logging
 
+        import dask
         import dask.array as da
         import distributed
 
+        import rnnfast.dask
+
         logging.getLogger("distributed").setLevel(logging.ERROR)
-        cluster = distributed.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", silence_logs=logging.ERROR
-        )
+        # the workers' allocator as docs/cluster.md says (rnnfast.dask.worker_config)
+        with dask.config.set(rnnfast.dask.worker_config()):
+            cluster = distributed.LocalCluster(
+                n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", silence_logs=logging.ERROR
+            )
         client = distributed.Client(cluster, set_as_default=False)
         client.run(_preimport)  # as the Ray workers do: the imports are the cluster's start
         pids = client.run(os.getpid)
@@ -461,20 +535,32 @@ class Pipelines:
         self.ray_ds = {k: ray.data.from_numpy(np.split(v, len(v) // BLOCK)).materialize() for k, v in self.x.items()}
         self.ray_classes = _ray_classes()
         self.model_ref = ray.put(self.model)  # sent once through the object store
+        self.blob_ref = ray.put(self.blob) if self.blob is not None else None
 
-    def _ray(self, cls, args, workers, which):
+    def _ray(self, fn, args, workers, which):
         import ray
 
         c0 = _tree_cpu()
         t0 = time.time()
-        out = self.ray_ds[which].map_batches(
-            cls,
-            fn_constructor_args=args,
-            batch_size=BLOCK,
-            num_cpus=1,
-            compute=ray.data.ActorPoolStrategy(size=workers),
-            batch_format="numpy",
-        )
+        if self.ray_compute == "tasks":
+            self.ray_jobs += 1
+            out = self.ray_ds[which].map_batches(
+                fn,
+                fn_args=args + (self.ray_jobs,),
+                batch_size=BLOCK,
+                num_cpus=1,
+                concurrency=workers,
+                batch_format="numpy",
+            )
+        else:
+            out = self.ray_ds[which].map_batches(
+                fn,
+                fn_constructor_args=args,
+                batch_size=BLOCK,
+                num_cpus=1,
+                compute=ray.data.ActorPoolStrategy(size=workers),
+                batch_format="numpy",
+            )
         batches = list(out.iter_batches(batch_size=None, batch_format="numpy"))
         wall = time.time() - t0
         c1 = _tree_cpu()
@@ -499,9 +585,12 @@ class Pipelines:
         )
 
     def rnnfast_ray(self, workers, which="full"):
-        return self._ray(self.ray_classes[0], (self.model_ref, self.digits), workers, which)
+        fn = _rnnfast_task if self.ray_compute == "tasks" else self.ray_classes[0]
+        return self._ray(fn, (self.model_ref, self.digits), workers, which)
 
     def ort_ray(self, workers, which="full"):
+        if self.ray_compute == "tasks":
+            return self._ray(_ort_task, (self.blob_ref,), workers, which)
         return self._ray(self.ray_classes[1], (self.blob,), workers, which)
 
     def close_dask(self):
@@ -538,6 +627,13 @@ def main():
         help="rows per block: local call, Dask chunk, Ray block and batch (default %(default)s)",
     )
     ap.add_argument("--engines", default="local,dask,ray,onnxruntime")
+    ap.add_argument(
+        "--ray-compute",
+        choices=("tasks", "actors"),
+        default="tasks",
+        help="Ray Data map_batches with tasks in Ray's kept worker processes (rnnfast.ray.predict_batch) "
+        "or an actor pool per job (rnnfast.ray.Predictor)",
+    )
     ap.add_argument("--out", default=HERE)
     ap.add_argument("--plot", metavar="JSON", help="only draw the plot of an earlier run's JSON")
     args = ap.parse_args()
@@ -563,6 +659,7 @@ def main():
     load_before = os.getloadavg()
     t_start = time.time()
     p = Pipelines(args.model, x, engines)
+    p.ray_compute = args.ray_compute
     # one engine at a time (its cluster started before its pipelines and shut down after
     # them, not timed), so that no engine's idle processes load the cores while another
     # is timed; inside an engine, its pipelines in interleaved rounds
@@ -723,6 +820,7 @@ def main():
         block=BLOCK,
         rounds=rounds_per_group,
         budget_s=args.budget,
+        ray_compute=args.ray_compute,
         model=args.model,
         model_description=MODEL_TEXT[args.model],
         cpu=_cpu(),

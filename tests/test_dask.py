@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import rnnfast
-from rnnfast._scaleout import BUDGET, ThreadBudget, flatten, plan_buckets
+from rnnfast._scaleout import ALLOCATOR_ENV, BUDGET, ThreadBudget, flatten, plan_buckets
 from rnnfast.layers import RNNLayer
 
 from _testing import count_layer_pickles, random_weights
@@ -37,7 +37,8 @@ KERAS2 = os.path.join(HERE, "fixtures", "keras2")
 
 @pytest.fixture(scope="module")
 def client():
-    with dask.config.set({"dataframe.convert-string": False}):
+    # the workers' allocator as docs/cluster.md says (rnnfast.dask.worker_config)
+    with dask.config.set({"dataframe.convert-string": False, **rdask.worker_config()}):
         with distributed.LocalCluster(
             n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", silence_logs=logging.ERROR
         ) as cluster:
@@ -254,6 +255,19 @@ def test_each_worker_keeps_to_its_threads(client):
 
 
 # -- without a cluster --------------------------------------------------------------------
+
+
+def _allocator_env():
+    return {k: os.environ.get(k) for k in ALLOCATOR_ENV}
+
+
+def test_worker_config_sets_the_workers_allocator(client):
+    """worker_config() reaches the worker processes' environment before they start
+    (glibc reads it then), in place of Dask's MALLOC_TRIM_THRESHOLD_=65536."""
+    assert ALLOCATOR_ENV["MALLOC_TRIM_THRESHOLD_"] != "65536" and "MALLOC_MMAP_THRESHOLD_" in ALLOCATOR_ENV
+    envs = client.run(_allocator_env)
+    assert len(envs) == 2 and all(env == ALLOCATOR_ENV for env in envs.values()), envs
+    assert rdask.worker_config() == {"distributed.nanny.pre-spawn-environ." + k: v for k, v in ALLOCATOR_ENV.items()}
 
 
 def test_refusals():

@@ -186,6 +186,55 @@ def test_model_pickled_once_per_job_not_per_batch(ray_local, monkeypatch):
     assert pickled[0] == 2, pickled  # the two layers, once
 
 
+def _counting_task(batch, model, **options):
+    """rnnfast.ray.predict_batch, noting per batch its process and whether it made a new
+    Predictor (loaded the model)."""
+    import rnnfast.ray as rr
+
+    before = set(map(id, rr._predictors.values()))
+    out = rr.predict_batch(batch, model, **options)
+    n = len(out["out"])
+    out["pid"] = np.full(n, os.getpid())
+    out["new"] = np.zeros(n, np.int64)  # on the batch's first row
+    out["new"][0] = len(set(map(id, rr._predictors.values())) - before)
+    out["threads"] = np.full(n, max(p.num_threads for p in rr._predictors.values()))  # tasks of 1 CPU here
+    return out
+
+
+def test_tasks_keep_the_model_in_the_worker_process(ray_local):
+    """predict_batch in map_batches tasks: bitwise the local results, a model loaded once
+    per worker process and kept for the next job (from ray.put and from a path)."""
+    rng = np.random.default_rng(6)
+    model = _lstm(rng)
+    x = rng.standard_normal((240, 7, 5)).astype(np.float32)
+    want = model(x, num_threads=1)[0]
+    path = os.path.join(DATA, "digits_lstm.pt")
+    digits = rnnfast.load(path, batch_first=True)
+    xd = rng.standard_normal((240, 6, 8)).astype(np.float32)
+    ds = ray.data.from_numpy(np.split(x, 8))
+    dsd = ray.data.from_numpy(np.split(xd, 8))
+    for kind, data, arg, opts, expect in (
+        ("ref", ds, ray.put(model), {}, want),
+        ("path", dsd, path, dict(batch_first=True), digits(xd, num_threads=1)[0]),
+    ):
+        loaded = {}
+        for _job in range(2):
+            got = data.map_batches(
+                _counting_task,
+                fn_args=(arg,),
+                fn_kwargs=dict(input_column="data", output_column="out", **opts),
+                batch_size=30,
+                num_cpus=1,
+                concurrency=2,
+                batch_format="numpy",
+            ).take_batch(240, batch_format="numpy")
+            assert got["out"].tobytes() == expect.tobytes(), kind
+            assert set(got["threads"]) == {1}  # the task's CPUs
+            for pid, new in zip(got["pid"], got["new"]):
+                loaded[pid] = loaded.get(pid, 0) + new
+        assert all(n == 1 for n in loaded.values()), (kind, loaded)  # once per process, both jobs
+
+
 # -- the batch logic, without Ray running -------------------------------------------------
 
 
@@ -215,6 +264,27 @@ def test_batches_without_ray():
     empty = p({"x": np.zeros((0, 6, 8), np.float32)})  # an empty batch
     assert [empty["y_%d" % k].shape for k in range(3)] == [(0, 6, 64), (0, 4, 32), (0, 4, 32)]
     assert Predictor(keras, num_threads=1)({"x": np.empty(0, object)})["y"].shape == (0,)
+
+
+def test_predict_batch_without_ray():
+    path = os.path.join(DATA, "digits_bigru.keras")
+    keras = rnnfast.load(path)
+    x = np.random.default_rng(7).standard_normal((5, 6, 8)).astype(np.float32)
+    rnnfast.ray._predictors.clear()
+    got = rnnfast.ray.predict_batch({"x": x}, path, num_threads=1)
+    assert got["y"].tobytes() == keras.predict(x, num_threads=1).tobytes()
+    kept = list(rnnfast.ray._predictors.values())
+    assert len(kept) == 1 and kept[0].num_threads == 1
+    rnnfast.ray.predict_batch({"x": x}, path, num_threads=1)
+    assert list(rnnfast.ray._predictors.values()) == kept  # the same Predictor, the model loaded once
+    rnnfast.ray.predict_batch({"x": x}, path, num_threads=1, output_column="p")  # other options: another
+    assert len(rnnfast.ray._predictors) == 2
+    for k in range(6):  # a few at most per process
+        rnnfast.ray.predict_batch({"x": x}, path, num_threads=1, output_column="p%d" % k)
+    assert len(rnnfast.ray._predictors) == rnnfast.ray._MAX_PREDICTORS
+    with pytest.raises(TypeError, match="model path or ray.put"):
+        rnnfast.ray.predict_batch({"x": x}, keras)
+    rnnfast.ray._predictors.clear()
 
 
 def test_numpy_batch_columns_are_not_copied(monkeypatch):

@@ -30,6 +30,7 @@ __all__ = [
     "predict_rows",
     "flatten",
     "unflatten",
+    "ALLOCATOR_ENV",
 ]
 
 
@@ -175,6 +176,19 @@ class Runner:
         leaves, skeleton = self.run(x, None, 1)
         axes = self.output_batch_axes(len(leaves))
         return skeleton, [(leaf.shape, leaf.dtype, ax) for leaf, ax in zip(leaves, axes)]
+
+
+# -- the worker processes' memory allocator ----------------------------------------------
+
+#: The environment of a worker process for glibc's allocator (read when the process
+#: starts): blocks up to 16 MiB come from the heap and are reused, and free memory past
+#: 16 MiB at the heap's top goes back to the system. Dask's nanny starts its workers with
+#: ``MALLOC_TRIM_THRESHOLD_=65536``, which also fixes the size above which glibc maps
+#: every allocation anew at 128 KiB: then each of the engine's working buffers of a few
+#: hundred KiB to a few MiB is mapped, faulted in page by page and unmapped per call --
+#: 133,000 page faults and 1.6x the CPU time per 5,000-row block of the bundled digits
+#: LSTM (bench/README.md, "Past one machine").
+ALLOCATOR_ENV = {"MALLOC_TRIM_THRESHOLD_": str(16 << 20), "MALLOC_MMAP_THRESHOLD_": str(16 << 20)}
 
 
 # -- models that travel by path ---------------------------------------------------------

@@ -30,6 +30,10 @@ scored as one array per batch; a column of sequences of their own lengths (``rea
 column of arrays) is padded per batch, in buckets of similar lengths where that saves
 work, exactly as :func:`rnnfast.dask.predict` does for a Dask frame (see its
 ``padding`` and ``maxlen``). Rows stay in their order and keep their other columns.
+
+:func:`predict_batch` is the same as a function for Ray Data *tasks*: Ray keeps their
+worker processes between jobs, and the model stays loaded in each (an actor pool is new,
+in new processes, for every job).
 """
 
 import importlib
@@ -46,7 +50,7 @@ except ImportError as e:  # pragma: no cover - depends on the install
 from ._scaleout import BUDGET, ModelRef, Runner, as_rows, predict_rows, resolve_model
 from ._threads import get_num_threads
 
-__all__ = ["Predictor", "setup_worker"]
+__all__ = ["Predictor", "predict_batch", "setup_worker"]
 
 #: What :func:`setup_worker` imports ahead of a worker's first job: the model files'
 #: loaders and models (``import rnnfast`` leaves them to first use).
@@ -250,6 +254,63 @@ class Predictor:
                 )
             return list(self.output_column)
         return [self.output_column] if n == 1 else ["%s_%d" % (self.output_column, k) for k in range(n)]
+
+
+# Predictors of this worker process for predict_batch: key -> Predictor, the newest last
+_predictors: dict = {}
+_MAX_PREDICTORS = 4
+
+
+def predict_batch(batch, model, **options):
+    """Score one batch in a Ray Data *task*: the function form of :class:`Predictor`,
+    for ``map_batches`` without an actor pool::
+
+        scored = ds.map_batches(
+            rnnfast.ray.predict_batch,
+            fn_kwargs=dict(model=ray.put(model), input_column="data", output_column="score"),
+            batch_size=4096,
+            num_cpus=1,
+            concurrency=4,                                   # tasks at once
+            batch_format="numpy",
+        )
+
+    Ray Data starts a new actor pool, new worker processes, for every job (their start
+    and imports: about 2 s per job on 2 cores, inside the job); tasks run in the worker
+    processes Ray keeps (``worker_process_setup_hook`` imports rnnfast there once). The
+    model is loaded once per worker process and kept for the jobs after (a
+    :class:`Predictor` per process, model and options).
+
+    Parameters
+    ----------
+    batch : dict of ndarray or pandas.DataFrame
+        As :meth:`Predictor.__call__` takes it.
+    model : str, os.PathLike or ray.ObjectRef
+        A model file every node can read, or ``ray.put(model)``: what a process keeps
+        is keyed by it (a model object would arrive as a new copy with every batch; it
+        is refused).
+    **options :
+        :class:`Predictor`'s other arguments (``input_column``, ``output_column``,
+        ``num_threads``, load options ...); threads default to the CPUs Ray assigned
+        to the task (``num_cpus``).
+    """
+    if isinstance(model, (str, os.PathLike)):
+        where = ("path", os.path.abspath(os.fspath(model)))
+    elif type(model).__name__ == "ObjectRef":
+        where = ("ref", model.hex())
+    else:
+        raise TypeError(
+            "predict_batch takes a model path or ray.put(model), got %s: a model object "
+            "would be sent and unpickled with every batch" % type(model).__name__
+        )
+    threads = options.get("num_threads") or _assigned_cpus()
+    key = where + (int(threads), repr(sorted(options.items())))
+    predictor = _predictors.get(key)
+    if predictor is None:
+        predictor = Predictor(model, **dict(options, num_threads=threads))
+        while len(_predictors) >= _MAX_PREDICTORS:
+            _predictors.pop(next(iter(_predictors)))
+        _predictors[key] = predictor
+    return predictor(batch)
 
 
 def _assigned_cpus():
