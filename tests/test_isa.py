@@ -338,8 +338,17 @@ def test_packed_product_at_tile_and_panel_edges(isa, dtype):
 @pytest.mark.parametrize("isa", ISAS)
 def test_packed_product_past_its_row_block(isa):
     """Many rows (a chunk's projection): row blocks of the AVX-512 product (240 rows)
-    with K blocks (128 steps) and the prefetch of the block read next, at panel and
-    row-block edges; each row the same, bit for bit, as computed alone or in a tile."""
+    with K blocks (128 steps: the generic CPU family's blocking, whatever this CPU's)
+    and the prefetch of the block read next, at panel and row-block edges; each row the
+    same, bit for bit, as computed alone or in a tile."""
+    _kernels.product_tuning(*_kernels.family_tunings()["generic"])
+    try:
+        _product_past_its_row_block(isa)
+    finally:
+        _kernels.product_tuning(reset=True)
+
+
+def _product_past_its_row_block(isa):
     rng = np.random.default_rng(11)
     eps = np.finfo(np.float32).eps
     K = 300
@@ -355,6 +364,57 @@ def test_packed_product_past_its_row_block(isa):
             np.testing.assert_array_equal(_kernels.packed_matmul(A[:M], B, bias=bias, isa=isa), full[:M])
         for i in (0, 239, 240, 489):
             np.testing.assert_array_equal(_kernels.packed_matmul(A[i : i + 6], B, bias=bias, isa=isa), full[i : i + 6])
+
+
+#: The product's blockings tried (kblock, mblock, prefetch): every CPU family's, and
+#: odd ones (blocks of one step or one row, blocks not a multiple of the tile).
+TUNINGS = sorted(set(_kernels.family_tunings().values())) + [(1, 1, 1), (7, 6, 1), (64, 13, 0), (300, 480, 1)]
+
+
+def test_cpu_family_and_its_tuning():
+    """This CPU's family is one of the dispatcher's, its tuning the current one at import
+    (and after reset); a blocking that cannot be is refused."""
+    assert _kernels.cpu_family() in _kernels.family_tunings()
+    assert set(_kernels.family_tunings()) == {"generic", "zen4"}
+    mine = _kernels.family_tunings()[_kernels.cpu_family()]
+    assert _kernels.product_tuning() == mine
+    try:
+        assert _kernels.product_tuning(7, 6, 1 - mine[2]) == (7, 6, 1 - mine[2])
+        assert _kernels.product_tuning(mblock=12) == (7, 12, 1 - mine[2])
+    finally:
+        assert _kernels.product_tuning(reset=True) == mine
+    for bad in (dict(kblock=0), dict(mblock=0), dict(kblock=-2), dict(prefetch=2), dict(prefetch=-2)):
+        with pytest.raises(ValueError):
+            _kernels.product_tuning(**bad)
+    assert _kernels.product_tuning() == mine
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_packed_product_same_bits_under_every_blocking(isa):
+    """The product's blocking (each CPU family's, c/isa.h; and odd ones) changes no bit
+    of the result: every element is one chain of multiply-adds over k whatever the K
+    blocks, row blocks and prefetches, at one row, a tile's, and many (a projection)."""
+    rng = np.random.default_rng(13)
+    cases = []
+    for M, K, N in ((1, 300, 320), (6, 129, 200), (13, 300, 129), (64, 257, 256), (490, 300, 320)):
+        cases.append(
+            (
+                rng.standard_normal((M, K)).astype(np.float32),
+                rng.standard_normal((K, N)).astype(np.float32),
+                rng.standard_normal(N).astype(np.float32),
+            )
+        )
+    try:
+        want = None
+        for tuning in TUNINGS:
+            _kernels.product_tuning(*tuning)
+            got = [_kernels.packed_matmul(A, B, bias=bias, isa=isa) for A, B, bias in cases]
+            if want is None:
+                want = got
+            for g, w, (A, B, _) in zip(got, want, cases):
+                np.testing.assert_array_equal(g, w, err_msg="%s %s %s x %s" % (isa, tuning, A.shape, B.shape))
+    finally:
+        _kernels.product_tuning(reset=True)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -46,6 +46,11 @@ cdef extern from "c/enums.h":
         RNN_PANEL_COLS
         RNN_TILE_ROWS
 
+    cpdef enum rnn_cpu_family:
+        RNN_CPU_GENERIC
+        RNN_CPU_ZEN4
+        RNN_CPU_FAMILY_COUNT
+
     cpdef enum rnn_profile_part:
         RNN_PROF_PROJECTION
         RNN_PROF_PRODUCT
@@ -144,6 +149,14 @@ cdef extern from "c/engine.h" nogil:
     rnn_isa_level rnn_isa_level_now()
     rnn_isa_level rnn_isa_supported()
     const rnn_kernels *rnn_isa_kernels(int level)
+    # the product's blocking, per CPU family (kernels.h, isa.h)
+    ctypedef struct rnn_tuning:
+        long kblock
+        long mblock
+        int prefetch
+    rnn_tuning rnn_tuning_now
+    const rnn_tuning rnn_tunings[]
+    rnn_cpu_family rnn_cpu_family_now()
 
     # blas.h: the row-major product the engine uses (for the tests of GRU reset-before)
     void rnn_gemm_rm_f(int M, int N, int K, float alpha, const float *A, int lda, const float *B,

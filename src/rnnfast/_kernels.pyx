@@ -17,7 +17,7 @@ import numpy as np
 
 # the codes of c/enums.h at module level too: _kernels.RNN_ACT_TANH, RNN_ISA_AVX2, ...
 for _codes in (rnn_activation, rnn_isa_level, rnn_strategy, rnn_dtype, rnn_packing,
-               rnn_profile_part, rnn_status, rnn_precision, rnn_row_op):
+               rnn_profile_part, rnn_status, rnn_precision, rnn_row_op, rnn_cpu_family):
     globals().update(_codes.__members__)
 del _codes
 
@@ -59,6 +59,40 @@ _select_isa_from_env()
 def isa():
     """The instruction set the kernels use: 'baseline', 'avx2' or 'avx512'."""
     return ISA_LEVELS[rnn_isa_level_now()]
+
+
+def cpu_family():
+    """The CPU family whose tuning the products use (c/isa.h): 'generic' or 'zen4'."""
+    return rnn_cpu_family(rnn_cpu_family_now()).name[len("RNN_CPU_"):].lower()
+
+
+def family_tunings():
+    """Every CPU family's blocking of the product (c/isa.h ``rnn_tunings``), by name:
+    ``{'generic': (kblock, mblock, prefetch), 'zen4': ...}``."""
+    cdef int i
+    return {rnn_cpu_family(i).name[len("RNN_CPU_"):].lower():
+            (rnn_tunings[i].kblock, rnn_tunings[i].mblock, rnn_tunings[i].prefetch)
+            for i in range(<int> RNN_CPU_FAMILY_COUNT)}
+
+
+def product_tuning(long kblock=-1, long mblock=-1, int prefetch=-1, reset=False):
+    """The blocking of the AVX-512 float product (c/kernels.h ``rnn_tuning``: K steps
+    per block, rows per row block, prefetch of the next block 0/1), set per CPU family
+    when the module is imported (c/isa.h ``rnn_tunings``); new values if given (-1:
+    unchanged), or ``reset`` to the family's. The results do not depend on it: a
+    benchmark and test hook. Returns ``(kblock, mblock, prefetch)``."""
+    global rnn_tuning_now
+    if reset:
+        rnn_tuning_now = rnn_tunings[<int> rnn_cpu_family_now()]
+    if kblock == 0 or mblock == 0 or kblock < -1 or mblock < -1 or prefetch < -1 or prefetch > 1:
+        raise ValueError("kblock and mblock are positive, prefetch 0 or 1 (-1: unchanged)")
+    if kblock > 0:
+        rnn_tuning_now.kblock = kblock
+    if mblock > 0:
+        rnn_tuning_now.mblock = mblock
+    if prefetch >= 0:
+        rnn_tuning_now.prefetch = prefetch
+    return rnn_tuning_now.kblock, rnn_tuning_now.mblock, rnn_tuning_now.prefetch
 
 
 def best_isa():

@@ -67,6 +67,14 @@ typedef enum rnn_packing {
     RNN_TILE_ROWS = 6
 } rnn_packing;
 
+/* The CPU families whose products have a tuning of their own (isa.h: rnn_tunings[]);
+ * every other CPU takes RNN_CPU_GENERIC's (tuned on Intel Sapphire Rapids). */
+typedef enum rnn_cpu_family {
+    RNN_CPU_GENERIC = 0,
+    RNN_CPU_ZEN4 = 1,               /* AMD family 19h with AVX-512: 256-bit FMA units, 32 KiB L1d, 1 MiB L2 */
+    RNN_CPU_FAMILY_COUNT = 2
+} rnn_cpu_family;
+
 /* Where the time goes (profile.h): the parts, and the threads counted. */
 typedef enum rnn_profile_part {
     RNN_PROF_PROJECTION = 0,        /* the input projection of the chunks */

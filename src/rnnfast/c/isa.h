@@ -11,6 +11,10 @@
  *
  * A new ISA: its files (kernels, CPU check, table; see README.md), its level in
  * enums.h, and one row in rnn_isas below (with the #include of its file).
+ *
+ * The CPU family is read here too, once (rnn_cpu_family_now): where a family measured
+ * faster with other constants for the same kernels (the product's blocking), its row
+ * in rnn_tunings below holds them; rnn_select_isa makes them current.
  */
 #ifndef RNNFAST_ISA_H
 #define RNNFAST_ISA_H
@@ -24,6 +28,10 @@
 #define RNN_X86_DISPATCH 1
 #else
 #define RNN_X86_DISPATCH 0
+#endif
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
 #endif
 
 #include "baseline_kernels.h"
@@ -46,6 +54,37 @@ static const rnn_isa_entry rnn_isas[] = {
     {RNN_ISA_AVX512, rnn_cpu_has_avx512, &rnn_kernels_avx512},
 #endif
 };
+
+/* The product's blocking per CPU family (kernels.h: rnn_tuning), measured with
+ * bench/ab_builds.py: bench/README.md, "What the kernels do". */
+static const rnn_tuning rnn_tunings[RNN_CPU_FAMILY_COUNT] = {
+    /* Intel Sapphire Rapids (48 KiB L1d, 2 MiB L2), and any CPU not named below */
+    [RNN_CPU_GENERIC] = {128, 240, 1},
+    /* AMD Zen 4 (32 KiB L1d, 1 MiB L2): one 512-bit FMA a cycle (two 256-bit units),
+     * so the tiles take a quarter of L2's bandwidth without K blocks: 128-step blocks
+     * cost the sums' round trips through C (products at M = 64..256, K = 256..512:
+     * 82-101 -> 95-107 GFLOP/s, about 101 the sgemm peak); the HW prefetchers keep up */
+    [RNN_CPU_ZEN4] = {512, 240, 0},
+};
+
+/* This CPU's family, for rnn_tunings: Zen 4 is AMD's family 19h with AVX-512F (its
+ * Zen 3 siblings have no AVX-512, so the AVX-512 product never runs there). */
+static rnn_cpu_family rnn_cpu_family_now(void)
+{
+#if defined(__x86_64__) && defined(__GNUC__)
+    unsigned a, b, c, d, family;
+    if (!__get_cpuid(0, &a, &b, &c, &d) || b != 0x68747541u || d != 0x69746e65u || c != 0x444d4163u)
+        return RNN_CPU_GENERIC;                     /* not "AuthenticAMD" */
+    if (!__get_cpuid(1, &a, &b, &c, &d))
+        return RNN_CPU_GENERIC;
+    family = (a >> 8) & 0xFu;
+    if (family == 0xFu)
+        family += (a >> 20) & 0xFFu;
+    if (family == 0x19u && __get_cpuid_count(7, 0, &a, &b, &c, &d) && (b >> 16) & 1u)
+        return RNN_CPU_ZEN4;
+#endif
+    return RNN_CPU_GENERIC;
+}
 
 /* The current level and its kernels, per type. */
 static rnn_isa_level rnn_isa_now = RNN_ISA_BASELINE;
@@ -76,6 +115,7 @@ static rnn_isa_level rnn_select_isa(int level)
     rnn_quant_select((int)use->level);      /* the reduced-precision products (quant.h) */
     rnn_now_f = &use->kernels->f;
     rnn_now_d = &use->kernels->d;
+    rnn_tuning_now = rnn_tunings[rnn_cpu_family_now()];
     return rnn_isa_now;
 }
 

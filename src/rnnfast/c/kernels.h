@@ -23,4 +23,17 @@ typedef struct {
     rnn_kernels_d d;
 } rnn_kernels;
 
+/* The blocking of the register-tiled float product (x86/avx512_packgemm.h), chosen
+ * per CPU family by the dispatcher (isa.h: rnn_tunings[]) when it selects the ISA.
+ * The results do not depend on it: every element of C is the same chain of
+ * multiply-adds whatever the blocking (tests/test_isa.py). */
+typedef struct {
+    long kblock;    /* K steps per block of a panel, kept in L1 while the row tiles run */
+    long mblock;    /* rows per row block (a multiple of RNN_TILE_ROWS), sums kept in L2 */
+    int prefetch;   /* 1: the row tiles of a block prefetch the block read next into L2 */
+} rnn_tuning;
+
+/* The blocking in use (isa.h sets it; _kernels.product_tuning() reads or sets it). */
+static rnn_tuning rnn_tuning_now = {128, 240, 1};
+
 #endif /* RNNFAST_KERNELS_H */

@@ -7,7 +7,7 @@
  * once per 6 rows. One row (batch 1) takes up to four panels at a time (at least
  * two): 8 to 16 independent accumulator chains hide the FMA latency; there the
  * loads from L2 bound it. Many rows run
- * K-blocked: a block of RNN_AVX512_KBLOCK steps of a panel stays in the L1 cache
+ * K-blocked: a block of kblock steps of a panel (rnn_tuning) stays in the L1 cache
  * while every row tile runs over it, the sums going to C between blocks and coming
  * back (the same chain, so the same bits). While they run, the tiles prefetch the
  * block the product reads next into L2, a share each: a layer's weights (an LSTM's
@@ -38,18 +38,18 @@ RNN_INLINE void rnn_store64_avx512(float *c, const __m512 *v, long nc)
     }
 }
 
-/* K steps per block of a product of more rows than one tile: the block of a panel,
- * RNN_AVX512_KBLOCK x 64 floats (32 KiB), fits the L1 data cache (48 KiB on Sapphire
- * Rapids), so the row tiles after the first read it from there, not from L2. A tuning
- * constant of this ISA (bench/README.md); the results do not depend on it. */
-#define RNN_AVX512_KBLOCK 128
-/* Rows per row block of the K-blocked product: their sums (RNN_AVX512_MBLOCK x 64
- * floats, 60 KiB) stay in L2 between K blocks, however many rows the call has (a
- * chunk's input projection has thousands), and a panel is read from L3 once per row
- * block: a step's 64 rows and a blocked chunk's projection (128-320 rows) in one or
- * two (48 read a layer's weights from L3 twice at B = 64). A multiple of
- * RNN_TILE_ROWS; the results do not depend on it. */
-#define RNN_AVX512_MBLOCK 240
+/* The blocking of a product of more rows than one tile is the dispatcher's, per CPU
+ * family (kernels.h: rnn_tuning; isa.h: rnn_tunings[]; bench/README.md):
+ * - K steps per block (kblock): the block of a panel, kblock x 64 floats (32 KiB at
+ *   128), stays in the L1 data cache (48 KiB on Sapphire Rapids) while every row
+ *   tile runs over it, so the tiles after the first read it from there, not from L2;
+ * - rows per row block (mblock): their sums (240 x 64 floats, 60 KiB) stay in L2
+ *   between K blocks, however many rows the call has (a chunk's input projection has
+ *   thousands), and a panel is read from L3 once per row block: a step's 64 rows and
+ *   a blocked chunk's projection (128-320 rows) in one or two (48 read a layer's
+ *   weights from L3 twice at B = 64);
+ * - prefetch: the row tiles of a block prefetch the block read next into L2.
+ * The results do not depend on any of them. */
 
 /* Load the first nc of the 64 sums of one row (the rest zero). */
 RNN_INLINE void rnn_load64_avx512(__m512 *v, const float *c, long nc)
@@ -137,6 +137,7 @@ static void rnn_gemm_packed_f_avx512(long M, long N, long K, const float *A, lon
                                      const float *Bp, const float *bias, float *C, long ldc)
 {
     long p = 0, i, np = (N + RNN_PANEL_COLS - 1) / RNN_PANEL_COLS;
+    const long kblock = rnn_tuning_now.kblock, mblock = rnn_tuning_now.mblock;
     __m512 init[4];
     if (M == 1 && np > 1) {
         /* one row: panels in groups of four, the rest in groups of two or three (a
@@ -165,12 +166,12 @@ static void rnn_gemm_packed_f_avx512(long M, long N, long K, const float *A, lon
         const float *bp = Bp + p * K * RNN_PANEL_COLS;
         float *c = C + p * RNN_PANEL_COLS;
         long nc = N - p * RNN_PANEL_COLS < RNN_PANEL_COLS ? N - p * RNN_PANEL_COLS : RNN_PANEL_COLS;
-        long kb = M > RNN_TILE_ROWS && K > RNN_AVX512_KBLOCK ? RNN_AVX512_KBLOCK : (K > 0 ? K : 1);
+        long kb = M > RNN_TILE_ROWS && K > kblock ? kblock : (K > 0 ? K : 1);
         long k0, kn;
         long i0, i1;
         rnn_init64_avx512(init, bias, p, nc);
         for (i0 = 0; i0 < M; i0 = i1) {
-            i1 = M - i0 > RNN_AVX512_MBLOCK ? i0 + RNN_AVX512_MBLOCK : M;
+            i1 = M - i0 > mblock ? i0 + mblock : M;
             for (k0 = 0; k0 == 0 || k0 < K; k0 += kb) {
                 const float *a = A + k0, *b = bp + k0 * RNN_PANEL_COLS;
                 int from_c = k0 > 0;
@@ -182,7 +183,7 @@ static void rnn_gemm_packed_f_avx512(long M, long N, long K, const float *A, lon
                  * loads already, and M = 5 measured 15% slower with prefetches) */
                 const float *nxt = NULL;
                 long lines = 0, per, t = 0, ntile = (i1 - i0 + RNN_TILE_ROWS - 1) / RNN_TILE_ROWS;
-                if (ntile > 1 && (k0 + kn < K || i1 < M || p + 1 < np)) {
+                if (rnn_tuning_now.prefetch && ntile > 1 && (k0 + kn < K || i1 < M || p + 1 < np)) {
                     nxt = k0 + kn < K ? b + kn * RNN_PANEL_COLS : (i1 < M ? bp : bp + K * RNN_PANEL_COLS);
                     lines = (k0 + kn < K && K - k0 - kn < kb ? K - k0 - kn : (K < kb ? K : kb))
                             * (RNN_PANEL_COLS / 16);
