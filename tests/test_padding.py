@@ -114,3 +114,66 @@ def test_cells_that_make_their_own_products_step_every_row(rng):
         with every_row_steps():
             want = layer(x, lengths=lengths)
         _same(got, want, repr(layer))
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("kept", [False, True])
+def test_ended_rows_keep_their_states_over_chunks_and_teams(rng, monkeypatch, cell, kept):
+    """The blocked strategy copies an ended row's state once, in the step after its
+    last (both state buffers then hold it), and writes the outputs of ended rows once
+    after the run: over chunks of 3 steps (the buffers' parity runs on across chunks),
+    on one and two threads, and in a kept team (the new state made in the thread's own
+    buffer, then published), forward, backward and bidirectional, with the batch's
+    longest row shorter than T (no row steps at the last steps) and rows of no steps."""
+    if kept:
+        monkeypatch.setattr(_plan, "_l2", [1 << 16])  # every blocked layer keeps its team
+    I, H, B, T = 7, 130, 21, 11
+    lengths = rng.integers(0, T, B)
+    lengths[:3] = (T - 2, 1, 0)
+    mask = np.arange(T)[:, None] < lengths[None, :]
+    for directions, back in ((1, False), (1, True), (2, False)):
+        layer = _layer(rng, cell, I, H, directions, np.float32, go_backwards=back)
+        h0 = rng.standard_normal((directions, B, H))
+        c0 = rng.standard_normal((directions, B, H)) if cell == "lstm" else None
+        for bfirst in (False, True):
+            x = rng.standard_normal((B, T, I) if bfirst else (T, B, I))
+            for kw in (dict(lengths=lengths), dict(mask=mask)):
+                for threads in (1, 2):
+                    args = dict(kw, batch_first=bfirst, num_threads=threads, chunk_steps=3)
+                    got = layer(x, h0, c0, **args)
+                    with every_row_steps():
+                        want = layer(x, h0, c0, **args)
+                    _same(got, want, "%s dirs=%d back=%s bfirst=%s %s" % (cell, directions, back, bfirst, sorted(kw)))
+
+
+def test_keras_post_padding_masks_take_the_skip_path(rng, monkeypatch):
+    """A Keras model's post-padding mask (Masking before the recurrent layers) is right
+    padding: its layers sort the rows and drop the ended ones (``_padding_order`` finds
+    the active rows), with bitwise the results of every row stepping, and Keras'."""
+    keras = pytest.importorskip("keras")
+    import rnnfast
+    from rnnfast import layers
+
+    from _testing import assert_like_keras, lively
+
+    L = keras.layers
+    T, F, B = 12, 5, 9
+    inp = keras.Input((T, F))
+    h = L.GRU(130, return_sequences=True)(L.Masking()(inp))
+    model = lively(keras.Model(inp, [L.LSTM(6, return_sequences=True)(h), L.Bidirectional(L.GRU(4))(h)]))
+    x = rng.standard_normal((B, T, F)).astype(np.float32)
+    lengths = rng.integers(0, T + 1, B)
+    lengths[0] = T - 3
+    x[np.arange(T)[None, :] >= lengths[:, None]] = 0  # post-padding
+    found = []
+    real = layers._padding_order
+    monkeypatch.setattr(layers, "_padding_order", lambda m: found.append(real(m)) or found[-1])
+    ours = rnnfast.from_keras(model)
+    found.clear()
+    got = ours.predict(x)
+    assert len(found) == 3  # the GRU, the LSTM, the bidirectional GRU
+    assert all(order is not None and active is not None for order, active in found)
+    with every_row_steps():
+        want = ours.predict(x)
+    _same(got, want, "keras post-padding")
+    assert_like_keras(got, model.predict(x, verbose=0))

@@ -596,7 +596,9 @@ def rnn_forward(int cell, int act, int ract,
     rnnfast._plan.Plan) chooses the strategy, the blocks, the chunk and the team.
     ``active`` (right-padded batches whose rows are sorted by length, longest first;
     the mask must say the same): the rows valid at step t are the first ``active[t]``;
-    the rest drop out of the step's work, with the same results. ``rows`` (with
+    the rest drop out of the step's work, with the same results; ``out`` must then come
+    zero-filled (the zero outputs of the steps where a row does not step are not
+    written: layers.RNNLayer allocates it with zeros). ``rows`` (with
     ``active``, where the input projection runs on packed weights): x and out stay
     in the caller's row order, sorted row b being the caller's row ``rows[b]`` (the
     states, the mask and ``active`` are in sorted order). ``q``: reduced-precision

@@ -112,7 +112,9 @@ typedef struct {
                                  * active[t] (rows sorted by length, longest first), and the
                                  * mask says the same; or NULL. Rows past them drop out of
                                  * the step's products and gate math (cells with packed
-                                 * products, no projection) and of the packed projection. */
+                                 * products, no projection) and of the packed projection;
+                                 * out then comes zero-filled (the zeros of the steps
+                                 * where a row does not step are not written). */
     const long *rows;           /* (B,) with active and packed input weights: the row of x and
                                  * out (the caller's order) of each sorted row, so that the
                                  * caller sorts nothing but the states and the mask; or NULL */

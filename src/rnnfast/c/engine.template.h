@@ -52,6 +52,46 @@ static inline long RNN_TNAME(io_row)(const RNN_TNAME(call) *c, long t, long b)
     return rnn_row(t, c->rows != NULL ? c->rows[b] : b, c->s.T, c->s.B, c->s.bfirst);
 }
 
+/* Of the nb rows from b0, those whose next state buffer (the blocked strategy's double
+ * buffer) takes a write at step st (time t): every row without right padding; with it,
+ * the rows that step and those that stepped at the step before. A row that has ended
+ * is copied once, in the step after its last: then both buffers hold its final state
+ * and nothing needs to touch it again (at the first step, every row: the second buffer
+ * starts empty). A direction running backward only gains rows. */
+static inline long RNN_TNAME(carried_rows)(const RNN_TNAME(call) *c, long st, long t, int rev,
+                                           long b0, long nb)
+{
+    long na, np;
+    if (c->active == NULL || st == 0)
+        return nb;
+    na = RNN_TNAME(live_rows)(c, t, b0, nb);
+    np = RNN_TNAME(live_rows)(c, rev ? t + 1 : t - 1, b0, nb);
+    return na > np ? na : np;
+}
+
+/* Right padding (c->active): the outputs of the steps where a row does not step are
+ * written once after the run, not at each step. After its last step (before its first
+ * for a direction running backward, which meets its padding first) a row outputs
+ * zeros where zero_output, for a backward direction or for a row of no steps -- the
+ * zeros out came with (engine.h: with active, out comes zero-filled) -- else its final
+ * state (its last output: Keras without zero_output_for_mask), written here. c->h
+ * holds the final states; rows are sorted longest first, so a row's length is the
+ * number of steps whose active count exceeds it. */
+static void RNN_TNAME(emit_ended)(const RNN_TNAME(call) *c)
+{
+    const rnn_shape *s = &c->s;
+    long T = s->T, B = s->B, Ho = s->Ho, r, t, len = 0;
+    if (s->zero_output || s->reverse_first)     /* direction 1 runs backward too */
+        return;
+    for (r = B - 1; r >= 0; r--) {
+        while (len < T && c->active[len] > r)
+            len++;
+        for (t = len; t < T && len > 0; t++)
+            memcpy(c->out + RNN_TNAME(io_row)(c, t, r) * c->ldo, c->h + r * Ho,
+                   (size_t)Ho * sizeof(TYPE));
+    }
+}
+
 static void RNN_TNAME(project_rows)(long n, long In, const TYPE *x, long ldx, const TYPE *W,
                                     long ldw, const TYPE *Wp, const TYPE *bx, long N, TYPE *xp,
                                     long ldxp, const rnn_qweights *q, long d, long cb, long j0,
@@ -60,11 +100,13 @@ static void RNN_TNAME(project_rows)(long n, long In, const TYPE *x, long ldx, co
 /* xp[0:live] = the projection of the live rows of step t from sorted row b, on the
  * packed W block wpb (N columns) -- or on the reduced-precision weights' block of
  * direction d, unit block cb from unit u0 -- in one product when the rows lie in
- * order, else gathered into gx (live x In) first, or one by one without it. Each row
- * of the packed product is the same whatever the rows around it. */
+ * order, else gathered into gx (live x In) first (already there when gathered), or
+ * one by one without it. Each row of the packed product is the same whatever the
+ * rows around it. */
 static void RNN_TNAME(project_live)(const RNN_TNAME(call) *c, long t, long b, long live,
                                     const TYPE *W, long ldw, const TYPE *wpb, const TYPE *bx,
-                                    long N, TYPE *xp, long ldxp, TYPE *gx, long d, long cb, long u0)
+                                    long N, TYPE *xp, long ldxp, TYPE *gx, int gathered, long d,
+                                    long cb, long u0)
 {
     const rnn_shape *s = &c->s;
     long i, In = s->In, H = s->H, G = s->G, ncb = c->p.ncb;
@@ -80,7 +122,7 @@ static void RNN_TNAME(project_live)(const RNN_TNAME(call) *c, long t, long b, lo
                                     wpb, bx, N, xp + i * ldxp, ldxp, c->q, d, cb, u0, H, G, ncb);
         return;
     }
-    for (i = 0; i < live; i++)
+    for (i = 0; i < live && !gathered; i++)
         memcpy(gx + i * In, c->x + RNN_TNAME(io_row)(c, t, b + i) * In, (size_t)In * sizeof(TYPE));
     RNN_TNAME(project_rows)(live, In, gx, In, W, ldw, wpb, bx, N, xp, ldxp, c->q, d, cb, u0, H, G,
                             ncb);
@@ -201,7 +243,7 @@ static void RNN_TNAME(item_project)(const RNN_TNAME(call) *c, long d, long tlo, 
                 long live = RNN_TNAME(live_rows)(c, t, b, n);
                 if (live > 0)
                     RNN_TNAME(project_live)(c, t, b, live, W + j0, GH, wpb, bx + j0, nc,
-                                            xp + r * GH + j0, GH, gx, d, cb,
+                                            xp + r * GH + j0, GH, gx, 0, d, cb,
                                             rnn_block_start(H, ncb, cb));
             }
             continue;
@@ -306,7 +348,10 @@ static int RNN_TNAME(item_run)(const RNN_TNAME(call) *c, long d, long b0, long n
                                           tmp, zr);
             }
         }
-        if (out != NULL)
+        if (out != NULL && c->active != NULL)   /* ended rows: emit_ended, after the run */
+            RNN_TNAME(emit_rows)(c, t, b0, RNN_TNAME(live_rows)(c, t, b0, nb), Ho, h, Ho, out,
+                                 NULL, seen);
+        else if (out != NULL)
             RNN_TNAME(emit_rows)(c, t, b0, nb, Ho, h, Ho, out, valid, seen);
         rnn_tock(RNN_PROF_STEP, t0);
     }
@@ -397,6 +442,8 @@ typedef struct {
     TYPE *xp;                   /* (ndir, chunk*B, GH) the chunk's projection */
     TYPE *hbuf;                 /* (2, ndir, B, Ho) the state, double-buffered by step */
     TYPE *cbuf;                 /* (ndir, B, H) the LSTM cell state, or NULL */
+    TYPE *gx;                   /* (ndir, B, chunk, In) a team of one's gathered rows of x
+                                 * (sorted rows read through c->rows), or NULL */
     unsigned char *seen;        /* (ndir, ncb, B) rows that have emitted an output */
     rnn_phases q;               /* the phases' claims and completions (openmp.h) */
 } RNN_TNAME(blocked);
@@ -425,15 +472,23 @@ static void RNN_TNAME(blocked_project)(const RNN_TNAME(call) *c, const RNN_TNAME
         RNN_TNAME(project_rows)(nsteps * B, In, c->x + tlo * B * In, In, W, GH, Wp, bx, N, xp, GH,
                                 c->q, k.d, k.cb, j0, H, G, ncb);
     } else {
-        TYPE *gx = c->rows != NULL ? (TYPE *)malloc((size_t)(k.nb * In) * sizeof(TYPE)) : NULL;
+        /* sorted rows read in the caller's order (c->rows) are gathered, the live rows of
+         * a step at a time: in a team of one once per chunk for every unit block (bk->gx:
+         * a batch block's tasks run in order, unit block 0 first), else per task */
+        TYPE *gx = bk->gx != NULL ? bk->gx + (k.d * B + k.b0) * c->p.chunk * In : NULL;
+        long ldg = gx != NULL ? k.nb * In : 0;
+        if (gx == NULL && c->rows != NULL)
+            gx = (TYPE *)malloc((size_t)(k.nb * In) * sizeof(TYPE));
         for (i = 0; i < nsteps; i++) {
             t = tlo + i;
             long live = skip ? RNN_TNAME(live_rows)(c, t, k.b0, k.nb) : k.nb;
             if (live > 0)
                 RNN_TNAME(project_live)(c, t, k.b0, live, W, GH, Wp, bx, N, xp + (i * B + k.b0) * GH,
-                                        GH, gx, k.d, k.cb, j0);
+                                        GH, gx != NULL ? gx + i * ldg : NULL, ldg > 0 && k.cb > 0,
+                                        k.d, k.cb, j0);
         }
-        free(gx);
+        if (bk->gx == NULL)
+            free(gx);
     }
     rnn_tock(RNN_PROF_PROJECTION, t0);
 }
@@ -462,6 +517,8 @@ static int RNN_TNAME(blocked_step)(const RNN_TNAME(call) *c, RNN_TNAME(blocked) 
     const unsigned char *valid = c->mask != NULL ? c->mask + t * B + k.b0 : NULL;
     TYPE *gh = scratch, *tmp = scratch + c->p.bb * GH;
     long r, na = RNN_TNAME(live_rows)(c, t, k.b0, k.nb);   /* the rows that step */
+    long nw = RNN_TNAME(carried_rows)(c, st, t, rev, k.b0, k.nb);  /* their next state written */
+    long ncs = c->active != NULL ? na : k.nb;                /* cell states that may change */
     TYPE *hout = hnxt + j0, *cio = bk->cbuf != NULL ? bk->cbuf + (k.d * B + k.b0) * H + j0 : NULL;
     long ldho = Ho, ldci = H;
     double t0 = rnn_tick();
@@ -469,7 +526,7 @@ static int RNN_TNAME(blocked_step)(const RNN_TNAME(call) *c, RNN_TNAME(blocked) 
         hout = priv;
         ldho = hb;
         if (cio != NULL) {
-            for (r = 0; r < k.nb; r++)
+            for (r = 0; r < ncs; r++)
                 memcpy(priv + (k.nb + r) * hb, cio + r * H, (size_t)hb * sizeof(TYPE));
             cio = priv + k.nb * hb;
             ldci = hb;
@@ -485,8 +542,9 @@ static int RNN_TNAME(blocked_step)(const RNN_TNAME(call) *c, RNN_TNAME(blocked) 
                                gh, G * hb);
     rnn_tock(RNN_PROF_PRODUCT, t0);
     /* the new state starts as the old: GRU updates it in place; LSTM and SimpleRNN
-     * overwrite every stepped row, so only masked rows are carried */
-    for (r = 0; r < k.nb; r++)
+     * overwrite every stepped row, so only masked rows are carried (with right padding
+     * only in the step after their last: carried_rows) */
+    for (r = 0; r < nw; r++)
         if (rnn_cell_in_place(s->cell) || (valid != NULL && !valid[r]))
             memcpy(hout + r * ldho, hcur + r * Ho + j0, (size_t)hb * sizeof(TYPE));
     if (na > 0)
@@ -498,15 +556,16 @@ static int RNN_TNAME(blocked_step)(const RNN_TNAME(call) *c, RNN_TNAME(blocked) 
             rnn_tock(RNN_PROF_STEP, t0);
             return 0;
         }
-        for (r = 0; r < k.nb; r++) {
+        for (r = 0; r < nw; r++) {
             memcpy(hnxt + r * Ho + j0, hout + r * ldho, (size_t)hb * sizeof(TYPE));
-            if (cio != NULL)
+            if (cio != NULL && r < ncs)
                 memcpy(bk->cbuf + (k.d * B + k.b0 + r) * H + j0, cio + r * ldci,
                        (size_t)hb * sizeof(TYPE));
         }
     }
-    if (c->out != NULL)
-        RNN_TNAME(emit_rows)(c, t, k.b0, k.nb, hb, hout, ldho, c->out + k.d * Ho + j0, valid,
+    if (c->out != NULL)     /* with right padding the live rows (ended rows: emit_ended) */
+        RNN_TNAME(emit_rows)(c, t, k.b0, c->active != NULL ? na : k.nb, hb, hout, ldho,
+                             c->out + k.d * Ho + j0, c->active != NULL ? NULL : valid,
                              bk->seen + (k.d * ncb + k.cb) * B + k.b0);
     rnn_tock(RNN_PROF_STEP, t0);
     return 1;
@@ -639,6 +698,9 @@ static int RNN_TNAME(run_blocked)(const RNN_TNAME(call) *c)
     bk.seen = (unsigned char *)calloc((size_t)(ndir * c->p.ncb * B), 1);
     bk.hbuf = (TYPE *)rnn_alloc_lines(2 * state);
     bk.cbuf = c->c != NULL ? (TYPE *)rnn_alloc_lines(cell) : NULL;
+    bk.gx = c->rows != NULL && nth == 1    /* none: the tasks gather their own */
+                ? (TYPE *)rnn_alloc_lines((size_t)(ndir * B * c->p.chunk * s->In) * sizeof(TYPE))
+                : NULL;
     scratch = (TYPE *)rnn_alloc_lines((size_t)(nth * per_thread) * sizeof(TYPE));
     if (rnn_phases_init(&bk.q, bk.ntask) || bk.xp == NULL || bk.seen == NULL || bk.hbuf == NULL
         || scratch == NULL || (c->c != NULL && bk.cbuf == NULL)) {
@@ -679,6 +741,7 @@ static int RNN_TNAME(run_blocked)(const RNN_TNAME(call) *c)
     free(bk.seen);
     free(bk.hbuf);
     free(bk.cbuf);
+    free(bk.gx);
     free(scratch);
     return err;
 }
@@ -725,7 +788,9 @@ static int RNN_TNAME(layer_forward)(const rnn_shape *shape, const rnn_plan *plan
     c.out = (TYPE *)io->out;
     c.h = (TYPE *)io->h;
     c.c = (TYPE *)io->c;
-    if (c.p.strategy == RNN_STRATEGY_BLOCKED)
-        return RNN_TNAME(run_blocked)(&c);
-    return RNN_TNAME(run_items)(&c);
+    int err = c.p.strategy == RNN_STRATEGY_BLOCKED ? RNN_TNAME(run_blocked)(&c)
+                                                    : RNN_TNAME(run_items)(&c);
+    if (err == RNN_OK && c.active != NULL && c.out != NULL)
+        RNN_TNAME(emit_ended)(&c);
+    return err;
 }
