@@ -28,7 +28,10 @@ def make_layer(rng, cell, I, H, ndir, dtype=np.float32):
 
 
 @pytest.fixture(autouse=True)
-def _hooks_off():
+def _hooks_off(monkeypatch):
+    # a 2 MB L2 whatever the machine's (tests may set their own): on a 1 MB L2 (AMD Zen
+    # 4) GRU H=256 keeps its team, and the backoff these tests delay threads for is off
+    monkeypatch.setattr(_plan, "_l2", [2 << 20])
     _kernels.debug_delay()
     _kernels.team_backoff(reset=True)
     yield
@@ -134,6 +137,61 @@ def test_a_partner_that_is_not_running_does_not_make_later_calls_alone(rng):
     ref = layer.forward(x, num_threads=1)[0]
     seen = backoff_after_tries(layer, x, ref, 5, lambda st: st == (0, 1), (1, 30, 1, False))
     assert seen[-1] == (0, 1), seen
+
+
+def test_a_partner_slow_to_wake_up_does_not_back_off(rng):
+    """A partner that comes late out of its passive wait after a quiet gap between calls
+    (its first task slow: here it sleeps 20 ms inside the first task it claims in the
+    call) made the caller sleep in the first phases, and that backed the next call off
+    to one thread: with a pause before every call, every other call ran alone. The
+    first RNN_TEAM_WARMUP_PHASES phases after a partner arrives are its warm-up: a
+    sleep there is noted (team_last's slept_warm) and starts no backoff. Three tries:
+    a busy machine may take the partner's core later in a call."""
+    layer = make_layer(rng, "gru", 32, 256, 1)
+    x = rng.standard_normal((60, 1, 32)).astype(np.float32)
+    ref = layer.forward(x, num_threads=1)[0]
+    seen = []
+    for _ in range(5):  # the partner may also arrive when the caller has run every task
+        seen += backoff_after_tries(layer, x, ref, 1, lambda st: True, (1, 20_000, 1, True, True))
+        facts = _kernels.team_last()
+        if facts["ran"][1] >= 1 and seen[-1] == (0, 1):  # it ran (late) tasks: no backoff
+            break
+    assert seen[-1] == (0, 1), seen
+    assert facts["threads"] == 2 and not facts["backoff"] and facts["slept"] == 0, facts
+
+
+def test_a_partner_losing_its_core_after_its_warm_up_still_backs_off(rng):
+    """The warm-up covers a partner's first phases only: one that sleeps 5 ms inside
+    its tasks of every 3rd phase (its core lost mid-call) makes the caller sleep in
+    later phases, and the call backs off (team_last says so)."""
+    layer = make_layer(rng, "gru", 32, 256, 1)
+    x = rng.standard_normal((60, 1, 32)).astype(np.float32)
+    ref = layer.forward(x, num_threads=1)[0]
+    seen = backoff_after_tries(layer, x, ref, 5, lambda st: st == (1, 2), (1, 5000, 3, True))
+    assert seen[-1] == (1, 2), seen
+    facts = _kernels.team_last()
+    assert facts["backoff"] and facts["slept"] >= 1, facts
+
+
+def test_team_last_reports_the_last_team_call(rng):
+    """team_last (a test and benchmark hook) describes the last call run on a team:
+    its size, the tasks each thread ran (all of the call's, together), no backoff
+    where nothing was delayed and the team ran."""
+    layer = make_layer(rng, "lstm", 16, 256, 1)
+    assert layer._ncb > 1
+    x = rng.standard_normal((40, 2, 16)).astype(np.float32)
+    layer.forward(x, num_threads=2)
+    facts = _kernels.team_last()
+    if not _kernels.openmp_enabled():
+        return
+    assert facts["threads"] == 2
+    assert set(facts) >= {"keep_team", "backoff", "slept", "slept_warm", "wait_us", "own_us", "redo"}
+    assert len(facts["ran"]) == len(facts["arrive_us"]) == len(facts["skipped"]) == 2
+    p = layer._plan_for(2, 40, 2)
+    assert p.num_threads == 2
+    ntask = p.unit_blocks * -(-2 // p.batch_rows)  # one direction
+    phases = 40 + -(-40 // p.chunk)  # the steps and the chunks' projections
+    assert sum(facts["ran"]) == phases * ntask  # each task claimed once (redo: run again)
 
 
 def backed_off_for_a_lost_call(rng):

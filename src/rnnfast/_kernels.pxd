@@ -192,7 +192,17 @@ cdef extern from "c/engine.h" nogil:
     int rnn_barrier_max_us
     int rnn_steal_spins
     int rnn_backoff_left, rnn_backoff_len
-    int rnn_delay_tid, rnn_delay_us, rnn_delay_every, rnn_delay_where
+    int rnn_delay_tid, rnn_delay_us, rnn_delay_every, rnn_delay_where, rnn_delay_first
+    enum: RNN_TEAM_LAST_MAX
+    ctypedef struct rnn_team_facts:
+        int nth, keep_team, backoff
+        long slept, slept_warm
+        long long wait_ns, own_ns, work_ns
+        long ran[RNN_TEAM_LAST_MAX]
+        long redo[RNN_TEAM_LAST_MAX]
+        long skipped[RNN_TEAM_LAST_MAX]
+        long long arrive_ns[RNN_TEAM_LAST_MAX]
+    rnn_team_facts rnn_team_last
 
     # where the time goes (profile.h)
     double rnn_prof[]

@@ -172,16 +172,37 @@ def team_backoff(bint reset=False):
     return rnn_backoff_left, rnn_backoff_len
 
 
-def debug_delay(int tid=-1, int us=0, int every=1, bint inside=False):
+def team_last():
+    """What the team of the last call run on several threads did (c/openmp.h), a test
+    and benchmark hook: a dict with ``threads`` (0: none yet), ``keep_team``,
+    ``backoff`` (the call started one), ``slept`` (phases its caller slept waiting
+    for, past the partners' warm-up), ``slept_warm`` (... in their warm-up: no
+    backoff), ``wait_us`` and ``own_us`` (the caller's waits to start and end its parallel
+    regions, its time inside them), and for the blocked strategy, per thread of the
+    team: ``ran`` (tasks), ``redo`` (tasks run again for a late partner), ``skipped``
+    (phases complete when it arrived), ``arrive_us`` (its arrival after the call
+    began). Concurrent calls overwrite each other's."""
+    cdef rnn_team_facts f = rnn_team_last
+    cdef int n = min(f.nth, RNN_TEAM_LAST_MAX)
+    return dict(threads=f.nth, keep_team=bool(f.keep_team), backoff=bool(f.backoff),
+                slept=f.slept, slept_warm=f.slept_warm, wait_us=f.wait_ns / 1e3, own_us=f.own_ns / 1e3,
+                ran=[f.ran[i] for i in range(n)], redo=[f.redo[i] for i in range(n)],
+                skipped=[f.skipped[i] for i in range(n)],
+                arrive_us=[f.arrive_ns[i] / 1e3 for i in range(n)])
+
+
+def debug_delay(int tid=-1, int us=0, int every=1, bint inside=False, bint first=False):
     """Test hook: thread ``tid`` of the blocked strategy's team sleeps ``us``
     microseconds at every ``every``-th phase, before claiming its tasks (its tasks are
     then taken over by the others) or, with ``inside``, inside each task it claimed
-    (the phase then waits for it). ``debug_delay()`` turns it off. Process-wide: for
-    tests only."""
-    global rnn_delay_tid, rnn_delay_us, rnn_delay_every, rnn_delay_where
+    (the phase then waits for it); with ``first``, instead of every ``every``-th phase,
+    only until it has run a task in the call (a partner slow to wake up).
+    ``debug_delay()`` turns it off. Process-wide: for tests only."""
+    global rnn_delay_tid, rnn_delay_us, rnn_delay_every, rnn_delay_where, rnn_delay_first
     if us < 0 or every < 1:
         raise ValueError("us must be >= 0 and every >= 1")
     rnn_delay_tid, rnn_delay_us, rnn_delay_every, rnn_delay_where = tid, us, every, 1 if inside else 0
+    rnn_delay_first = first
 
 
 # -- where the time goes (c/profile.h) -------------------------------------------------

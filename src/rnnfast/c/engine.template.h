@@ -438,7 +438,8 @@ static int RNN_TNAME(run_items)(const RNN_TNAME(call) *c)
 /* What the team shares. */
 typedef struct {
     long nbb, ntask;            /* batch blocks; tasks per step (ndir * nbb * ncb) */
-    long slept;                 /* phases the caller slept waiting for */
+    long slept;                 /* phases the caller slept waiting for (past a warm-up) */
+    long slept_warm;            /* ... and in a partner's warm-up (openmp.h) */
     TYPE *xp;                   /* (ndir, chunk*B, GH) the chunk's projection */
     TYPE *hbuf;                 /* (2, ndir, B, Ho) the state, double-buffered by step */
     TYPE *cbuf;                 /* (ndir, B, H) the LSTM cell state, or NULL */
@@ -446,6 +447,9 @@ typedef struct {
                                  * (sorted rows read through c->rows), or NULL */
     unsigned char *seen;        /* (ndir, ncb, B) rows that have emitted an output */
     rnn_phases q;               /* the phases' claims and completions (openmp.h) */
+    long long t_call;           /* rnn_now_ns() when the call began */
+    long warm_until;            /* phases before this one are a partner's first (openmp.h) */
+    rnn_team_facts facts;       /* per thread: tasks run, run again, arrival (openmp.h) */
 } RNN_TNAME(blocked);
 
 /* One task's block of the chunk's input projection: rows (t, b) for the chunk's steps
@@ -578,12 +582,12 @@ static int RNN_TNAME(blocked_step)(const RNN_TNAME(call) *c, RNN_TNAME(blocked) 
  * when there was none left to take. Returns the number of tasks it ran. */
 static long RNN_TNAME(blocked_phase)(const RNN_TNAME(call) *c, RNN_TNAME(blocked) *bk, int tid,
                                      int nth, long p, long st, long s0, long s1, TYPE *scratch,
-                                     TYPE *priv, int *eager)
+                                     TYPE *priv, int *eager, int fresh)
 {
     long task, ntask = bk->ntask, target = (p + 1) * ntask;
     int k, i, took = 0, over = 0;
     long ran = 0;
-    rnn_debug_delay(tid, p, 0);
+    rnn_debug_delay(tid, p, 0, fresh);
     for (k = 0; k < nth && !over; k++) {
         int owner = (tid + k) % nth;
         long last = owner < ntask ? owner + (ntask - 1 - owner) / nth * nth : -1;
@@ -600,7 +604,7 @@ static long RNN_TNAME(blocked_phase)(const RNN_TNAME(call) *c, RNN_TNAME(blocked
             if (!rnn_phases_claim(&bk->q, task, p))
                 continue;
             if (k == 0)
-                rnn_debug_delay(tid, p, 1);
+                rnn_debug_delay(tid, p, 1, fresh);
             else
                 took = 1;
             ran++;
@@ -625,16 +629,24 @@ static long RNN_TNAME(blocked_phase)(const RNN_TNAME(call) *c, RNN_TNAME(blocked
  * itself (a partner that lost its core inside one costs about twice a phase's work,
  * not a time slice); a chunk's projection is still waited for. The wait spins for a time scaled to
  * the thread's own work in the phase (or, where it ran none, in the last phase where
- * it ran some): see rnn_phases_wait. Which thread runs which task changes nothing in
+ * it ran some): see rnn_phases_wait; in a partner's warm-up (its first phases after it
+ * joined: RNN_TEAM_WARMUP_PHASES) it spins the longest and a sleep there is counted
+ * apart, as no sign of a busy machine. Which thread runs which task changes nothing in
  * the arithmetic, so the results do not depend on the team size or on the schedule. */
 static void RNN_TNAME(blocked_worker)(const RNN_TNAME(call) *c, RNN_TNAME(blocked) *bk, int tid,
                                       int nth, TYPE *scratch)
 {
     TYPE *priv = c->p.keep_team && nth > 1 ? scratch + c->p.bb * c->GH + 4 * c->s.H : NULL;
-    long ch, s0, s1, st, p = 0, task, d, per = bk->ntask / c->s.ndir;
-    int eager = 0;
+    long ch, s0, s1, st, p = 0, task, d, per = bk->ntask / c->s.ndir, ran = 0, redo = 0, got;
+    int eager = 0, warm;
     long long start = 0, work = 0;
     double t0;
+    if (nth > 1 && tid > 0)     /* this partner's first phases are its warm-up */
+        rnn_team_warm_up(&bk->warm_until, rnn_phases_current(&bk->q));
+    if (tid < RNN_TEAM_LAST_MAX) {
+        bk->facts.arrive_ns[tid] = rnn_now_ns() - bk->t_call;
+        bk->facts.skipped[tid] = rnn_phases_current(&bk->q);
+    }
     if (nth == 1) {
         /* a team of one: no phases to claim; per chunk, the projection's tasks, then
          * each direction's steps in a row (its tasks of each step in order), so that
@@ -660,23 +672,37 @@ static void RNN_TNAME(blocked_worker)(const RNN_TNAME(call) *c, RNN_TNAME(blocke
                 continue;
             if (nth > 1)
                 start = rnn_now_ns();
-            if (RNN_TNAME(blocked_phase)(c, bk, tid, nth, p, st, s0, s1, scratch, priv, &eager) > 0
-                && nth > 1)
+            if ((got = RNN_TNAME(blocked_phase)(c, bk, tid, nth, p, st, s0, s1, scratch, priv,
+                                              &eager, ran == 0)) > 0) {
                 work = rnn_now_ns() - start;
+                ran += got;
+            }
             t0 = rnn_tick();
             if (priv != NULL && st >= s0 && !rnn_phases_spin(&bk->q, p, rnn_barrier_spin_ns(work))) {
                 /* a partner holds a task far longer than this thread's own work: run it
                  * here too; the first result in is the one (the same bits either way) */
                 for (task = bk->ntask - 1; task >= 0; task--)
-                    if (rnn_phases_open(&bk->q, task, p)
-                        && RNN_TNAME(blocked_step)(c, bk, task, st, s0, s1, scratch, priv, p))
-                        rnn_phases_finish(&bk->q, p);
+                    if (rnn_phases_open(&bk->q, task, p)) {
+                        redo++;
+                        if (RNN_TNAME(blocked_step)(c, bk, task, st, s0, s1, scratch, priv, p))
+                            rnn_phases_finish(&bk->q, p);
+                    }
                 eager = 1;
             }
-            if (rnn_phases_wait(&bk->q, p, rnn_barrier_spin_ns(work)) && tid == 0)
-                bk->slept++;
+            warm = p < __atomic_load_n(&bk->warm_until, __ATOMIC_ACQUIRE);
+            if (rnn_phases_wait(&bk->q, p, warm ? rnn_barrier_spin_ns(-1) : rnn_barrier_spin_ns(work))
+                && tid == 0) {
+                if (p < __atomic_load_n(&bk->warm_until, __ATOMIC_ACQUIRE))
+                    bk->slept_warm++;   /* a partner waking up: no sign of a busy machine */
+                else
+                    bk->slept++;
+            }
             rnn_tock(RNN_PROF_WAIT, t0);
         }
+    }
+    if (tid < RNN_TEAM_LAST_MAX) {
+        bk->facts.ran[tid] = ran;
+        bk->facts.redo[tid] = redo;
     }
 }
 
@@ -692,7 +718,9 @@ static int RNN_TNAME(run_blocked)(const RNN_TNAME(call) *c)
     RNN_TNAME(blocked) bk;
     TYPE *scratch;
     bk.nbb = (B + c->p.bb - 1) / c->p.bb;
-    bk.slept = 0;
+    bk.slept = bk.slept_warm = 0;
+    bk.warm_until = 0;
+    memset(&bk.facts, 0, sizeof bk.facts);
     bk.ntask = ndir * bk.nbb * c->p.ncb;
     bk.xp = (TYPE *)rnn_alloc_lines((size_t)(ndir * c->p.chunk * B * GH) * sizeof(TYPE));
     bk.seen = (unsigned char *)calloc((size_t)(ndir * c->p.ncb * B), 1);
@@ -713,6 +741,7 @@ static int RNN_TNAME(run_blocked)(const RNN_TNAME(call) *c)
         int cpu = c->p.keep_team && nth > 1 ? rnn_current_cpu() : -1;
         long long t_call = rnn_now_ns(), t_in = 0, t_own = 0;
         rnn_team_clock clk = {0, 0, 0};
+        bk.t_call = t_call;
         RNN_OMP(parallel num_threads(nth))
         {
             long long b0 = rnn_now_ns();
@@ -730,8 +759,17 @@ static int RNN_TNAME(run_blocked)(const RNN_TNAME(call) *c)
                 t_own = t_in + b0;
         }
         rnn_team_clock_add(&clk, t_call, t_in, t_own);
-        if (!c->p.keep_team)
-            rnn_team_report(team, bk.slept, &clk);
+        if (team > 1) {
+            if (c->p.keep_team)
+                rnn_team_note(team, 1, bk.slept, &clk, 0);
+            else
+                rnn_team_report(team, bk.slept, &clk);
+            rnn_team_last.slept_warm = bk.slept_warm;
+            memcpy(rnn_team_last.ran, bk.facts.ran, sizeof bk.facts.ran);
+            memcpy(rnn_team_last.redo, bk.facts.redo, sizeof bk.facts.redo);
+            memcpy(rnn_team_last.skipped, bk.facts.skipped, sizeof bk.facts.skipped);
+            memcpy(rnn_team_last.arrive_ns, bk.facts.arrive_ns, sizeof bk.facts.arrive_ns);
+        }
         memcpy(c->h, bk.hbuf + (s->T % 2) * ndir * B * Ho, state);
         if (c->c != NULL)
             memcpy(c->c, bk.cbuf, cell);

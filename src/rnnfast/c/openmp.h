@@ -48,7 +48,9 @@ static inline void rnn_omp_barrier(void) {}
  * of a long phase (B=64: ~100 us a task) spinning instead of sleeping and paying a
  * futex wake-up every phase, and keeps the caller's sleep a sign that a partner lost
  * its core (the backoff below). A late thread skips the phases that completed without
- * it (rnn_phases_current).
+ * it (rnn_phases_current). In a partner's first phases after it joined a call (its
+ * warm-up, RNN_TEAM_WARMUP_PHASES below) the caller spins rnn_barrier_max_us whatever
+ * its own work.
  *
  * A kept team (rnn_plan.keep_team: layers whose weights overflow a core's L2, which
  * never back off, below) also does not wait for a task whose thread lost its core after
@@ -60,6 +62,7 @@ static inline void rnn_omp_barrier(void) {}
  * The same tasks, the same arithmetic: the same bits. */
 #include <limits.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 #include <sched.h>
 #if defined(__linux__)
@@ -86,9 +89,11 @@ static int rnn_steal_spins = 0;
 
 /* Test hook (_kernels.debug_delay): thread rnn_delay_tid sleeps rnn_delay_us
  * microseconds at every rnn_delay_every-th phase, before claiming (where 0: its tasks
- * get taken over) or inside its first claimed task (where 1: the phase waits for it).
- * Off (rnn_delay_us == 0) it costs one load per phase. */
+ * get taken over) or inside its first claimed task (where 1: the phase waits for it);
+ * with rnn_delay_first, only until it has run a task in the call (a partner slow to
+ * wake up). Off (rnn_delay_us == 0) it costs one load per phase. */
 static int rnn_delay_tid = -1, rnn_delay_us = 0, rnn_delay_every = 1, rnn_delay_where = 0;
+static int rnn_delay_first = 0;
 
 static inline void rnn_cpu_relax(void)
 {
@@ -108,11 +113,11 @@ static inline long long rnn_now_ns(void)
 }
 
 /* How long a waiter whose own work in the phase took work_ns spins on after
- * rnn_barrier_spins, in nanoseconds. */
+ * rnn_barrier_spins, in nanoseconds (work_ns < 0: the most, rnn_barrier_max_us). */
 static inline long long rnn_barrier_spin_ns(long long work_ns)
 {
     long long cap = 1000LL * rnn_barrier_max_us, ns = work_ns * rnn_barrier_work_factor;
-    return ns < cap ? ns : cap;
+    return ns < cap && work_ns >= 0 ? ns : cap;
 }
 
 typedef struct {
@@ -242,6 +247,29 @@ static inline int rnn_phases_wait(rnn_phases *q, long p, long long spin_ns)
     return 1;
 }
 
+/* ---- what the last multi-thread call's team did (a test and benchmark hook) ----
+ *
+ * _kernels.team_last() reads it: the team size, the phases the caller slept waiting
+ * for, the caller's waits to start and end its regions and its time inside them,
+ * whether the call started a backoff, and per thread (the first RNN_TEAM_LAST_MAX) the
+ * tasks it ran, the tasks it ran again for a late partner (a kept team), the phases
+ * complete when it arrived and its arrival after the call began. Written once per call
+ * (a handful of stores); concurrent calls from several threads overwrite each other. */
+#define RNN_TEAM_LAST_MAX 8
+typedef struct {
+    int nth;                        /* team size (0: no call on a team yet) */
+    int keep_team;
+    int backoff;                    /* 1 if the call started a backoff */
+    long slept;                     /* phases the caller slept waiting for, past a warm-up */
+    long slept_warm;                /* ... and in a partner's warm-up */
+    long long wait_ns, own_ns, work_ns;
+    long ran[RNN_TEAM_LAST_MAX];    /* tasks run, per thread */
+    long redo[RNN_TEAM_LAST_MAX];   /* tasks run again for a late partner, per thread */
+    long skipped[RNN_TEAM_LAST_MAX];        /* phases complete when it arrived */
+    long long arrive_ns[RNN_TEAM_LAST_MAX]; /* its arrival, after the call began */
+} rnn_team_facts;
+static rnn_team_facts rnn_team_last;
+
 /* ---- a team whose partners are not running: fewer threads for a while ----
  *
  * A call on a team waits for every member twice whatever the tasks do: to start it and
@@ -252,8 +280,8 @@ static inline int rnn_phases_wait(rnn_phases *q, long p, long long spin_ns)
  * nothing else (it takes the partner's tasks over).
  *
  * So a call reports whether its caller waited for a partner that lost its core: it
- * slept waiting for a phase (rnn_phases_wait: a partner holds a task far longer than
- * the caller's own work), or it waited longer to start and end its regions than it
+ * slept waiting for a phase past the partners' warm-up (rnn_phases_wait: a partner
+ * holds a task far longer than the caller's own work; RNN_TEAM_WARMUP_PHASES below), or it waited longer to start and end its regions than it
  * worked inside them (and over RNN_TEAM_WAIT_MIN_NS; measured with every core busy:
  * 10-35 ms for a 0.34 ms GRU H=128 B=1 call whose caller never slept in a phase). Then
  * the next calls that would use several threads use one: rnn_backoff_len calls, which
@@ -275,6 +303,29 @@ static inline int rnn_phases_wait(rnn_phases *q, long p, long long spin_ns)
 #define RNN_BACKOFF_PAYBACK 16
 #define RNN_BACKOFF_CALLS_MAX 4096
 #define RNN_TEAM_WAIT_MIN_NS 200000LL
+/* A partner's first phases of a call are its warm-up: it comes out of libgomp's passive
+ * wait (a futex, after GOMP_SPINCOUNT spins: after a quiet gap between calls it is
+ * asleep, its CPU may be halted) onto a core whose caches others may have used, and
+ * its first tasks fault in its scratch pages. A first task then takes longer than the
+ * waiter's spin (2x its own work: at B=1 a few microseconds), the caller slept, and the
+ * call backed off, so that in a benchmark or a service with a pause before each call
+ * the next call ran alone. So the caller waits for a phase in the first
+ * RNN_TEAM_WARMUP_PHASES phases after a partner arrived with the longest spin
+ * (rnn_barrier_max_us) and a sleep there does not count (rnn_team_facts.slept_warm); a
+ * partner that loses its core for good shows it in the later phases or in the wait to
+ * end the region. */
+#define RNN_TEAM_WARMUP_PHASES 2
+
+/* A partner arrived when `phase` phases were complete: the phases up to
+ * phase + RNN_TEAM_WARMUP_PHASES are its warm-up (*until: the first phase past every
+ * partner's warm-up). */
+static inline void rnn_team_warm_up(long *until, long phase)
+{
+    long want = phase + RNN_TEAM_WARMUP_PHASES, cur = __atomic_load_n(until, __ATOMIC_RELAXED);
+    while (cur < want
+           && !__atomic_compare_exchange_n(until, &cur, want, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
+        ;
+}
 static int rnn_backoff_left = 0;     /* calls left to run on one thread */
 static int rnn_backoff_len = 1;      /* the next backoff's length */
 /* A backoff also ends RNN_BACKOFF_MAX_NS after it began, whatever calls it has left: a
@@ -331,15 +382,33 @@ static inline void rnn_team_clock_add(rnn_team_clock *k, long long t_call, long 
     k->wait += (t_in - t_call) + (now - t_out);
 }
 
+/* Note a call on nth threads in rnn_team_last (its per-thread facts cleared: the
+ * blocked strategy fills them in after). */
+static inline void rnn_team_note(int nth, int keep, long slept, const rnn_team_clock *k,
+                                 int backoff)
+{
+    rnn_team_facts f;
+    memset(&f, 0, sizeof f);
+    f.nth = nth;
+    f.keep_team = keep;
+    f.backoff = backoff;
+    f.slept = slept;
+    f.wait_ns = k->wait;
+    f.own_ns = k->own;
+    f.work_ns = k->work;
+    rnn_team_last = f;
+}
+
 /* A call on nth threads is over: its caller slept waiting for a phase `slept` times,
- * and k holds its times around its regions. */
-static inline void rnn_team_report(int nth, long slept, const rnn_team_clock *k)
+ * and k holds its times around its regions. Returns 1 if it started a backoff. */
+static inline int rnn_team_report(int nth, long slept, const rnn_team_clock *k)
 {
     int len, left;
     long long calls;
     int waited = k->wait > RNN_TEAM_WAIT_MIN_NS && k->wait > k->own;
     if (nth <= 1)
-        return;
+        return 0;
+    rnn_team_note(nth, 0, slept, k, slept > 0 || waited);
     if (slept > 0 || waited) {      /* the caller waited for a partner that lost its core */
         len = __atomic_load_n(&rnn_backoff_len, __ATOMIC_RELAXED);
         left = len;
@@ -352,9 +421,10 @@ static inline void rnn_team_report(int nth, long slept, const rnn_team_clock *k)
         __atomic_store_n(&rnn_backoff_until, rnn_now_ns() + RNN_BACKOFF_MAX_NS, __ATOMIC_RELAXED);
         __atomic_store_n(&rnn_backoff_left, left, __ATOMIC_RELAXED);
         __atomic_store_n(&rnn_backoff_len, len < RNN_BACKOFF_MAX ? 2 * len : len, __ATOMIC_RELAXED);
-    } else {
-        __atomic_store_n(&rnn_backoff_len, 1, __ATOMIC_RELAXED);
+        return 1;
     }
+    __atomic_store_n(&rnn_backoff_len, 1, __ATOMIC_RELAXED);
+    return 0;
 }
 
 /* ---- a kept team's partners keep off the caller's CPU ----
@@ -398,10 +468,11 @@ static inline int rnn_current_cpu(void) { return -1; }
 static inline void rnn_spread(int cpu) { (void) cpu; }
 #endif
 
-static inline void rnn_debug_delay(int tid, long p, int where)
+/* fresh: thread tid has run no task in this call yet. */
+static inline void rnn_debug_delay(int tid, long p, int where, int fresh)
 {
     if (rnn_delay_us > 0 && tid == rnn_delay_tid && where == rnn_delay_where
-        && p % (rnn_delay_every > 0 ? rnn_delay_every : 1) == 0) {
+        && (rnn_delay_first ? fresh : p % (rnn_delay_every > 0 ? rnn_delay_every : 1) == 0)) {
 #if defined(__linux__)
         usleep((useconds_t) rnn_delay_us);
 #endif
