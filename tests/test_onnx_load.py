@@ -177,3 +177,88 @@ def test_fixed_shapes_that_do_not_fit_are_refused_at_load():
     m.graph.input[0].type.tensor_type.shape.dim[1].dim_value = 3
     with pytest.raises(rnnfast.FormatError, match="do not fit together"):
         rnnfast.from_onnx(m)
+
+
+def _fixed_graph(nodes, inputs, inits, opset=17):
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(a, n) for n, a in inits.items()],
+    )
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def _count_products(monkeypatch):
+    from rnnfast import _products
+
+    calls = []
+    real = _products.dense
+    monkeypatch.setattr(_products, "dense", lambda *a, **k: calls.append(1) or real(*a, **k))
+    return calls
+
+
+def test_the_trial_run_gives_products_and_activations_their_shapes_only(rng, monkeypatch):
+    """Conv -> Relu -> Transpose -> MatMul (packed constant) -> Reshape -> Softmax on fixed
+    shapes: the load-time run computes none of their values (zeros of the right shape),
+    finds the same shapes as a full run, and the model computes what ONNX Runtime does."""
+    inits = {
+        "w": rng.standard_normal((6, 5, 3)).astype(np.float32),
+        "cb": rng.standard_normal(6).astype(np.float32),
+        "K": rng.standard_normal((6, 4)).astype(np.float32),
+        "shape": np.array([4, -1], np.int64),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "cb"], ["c"], pads=[1, 1], name="conv"),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node("Transpose", ["r"], ["t"], perm=[0, 2, 1], name="tr"),
+        helper.make_node("MatMul", ["t", "K"], ["p"], name="mm"),
+        helper.make_node("Reshape", ["p", "shape"], ["q"], name="rs"),
+        helper.make_node("Softmax", ["q"], ["out"], axis=-1, name="sm"),
+    ]
+    m = _fixed_graph(nodes, [("x", [4, 5, 7])], inits)
+    calls = _count_products(monkeypatch)
+    model = rnnfast.from_onnx(m)
+    assert calls == []  # the product's values were not computed at load
+    feed = {"x": rng.standard_normal((4, 5, 7)).astype(np.float32)}
+    values, _ = model._graph.run([np.zeros((4, 5, 7), np.float32)], 1, keep_all=True)
+    assert model._shapes == {k: v.shape for k, v in values.items() if isinstance(v, np.ndarray)}
+    assert_close(model.run(None, feed)[0], _ort(m, feed)[0], np.float32)
+    assert calls  # (the calls do compute it)
+
+
+@pytest.mark.parametrize("what", ["matmul", "conv", "softmax"])
+def test_the_dry_trial_run_still_refuses_what_does_not_fit(rng, what):
+    x, K = ("x", [2, 3, 6]), rng.standard_normal((5, 4)).astype(np.float32)
+    if what == "matmul":  # 6 columns into a (5, 4) kernel
+        m = _fixed_graph([helper.make_node("MatMul", ["x", "K"], ["out"], name="mm")], [x], {"K": K})
+    elif what == "conv":  # 3 channels into a kernel of 4
+        w = rng.standard_normal((2, 4, 3)).astype(np.float32)
+        m = _fixed_graph([helper.make_node("Conv", ["x", "w"], ["out"], name="conv")], [x], {"w": w})
+    else:  # a softmax axis the tensor does not have
+        m = _fixed_graph([helper.make_node("Softmax", ["x"], ["out"], axis=5, name="sm")], [x], {})
+    with pytest.raises(rnnfast.FormatError, match="do not fit together"):
+        rnnfast.from_onnx(m)
+
+
+def test_the_trial_run_computes_values_an_index_depends_on(rng, monkeypatch):
+    """MatMul + 100 -> Cast -> the indices of a Gather: the product's values decide
+    whether the gather fits, so the load-time run computes them and refuses the file
+    (index 100 of 5), as it did before products ran dry there."""
+    inits = {
+        "K": np.zeros((4, 3), np.float32),
+        "hundred": np.array([100.0], np.float32),
+        "table": np.arange(5, dtype=np.float32),
+    }
+    nodes = [
+        helper.make_node("MatMul", ["x", "K"], ["p"], name="mm"),
+        helper.make_node("Add", ["p", "hundred"], ["q"], name="add"),
+        helper.make_node("Cast", ["q"], ["i"], to=TensorProto.INT64, name="cast"),
+        helper.make_node("Gather", ["table", "i"], ["out"], name="gather"),
+    ]
+    m = _fixed_graph(nodes, [("x", [2, 4])], inits)
+    calls = _count_products(monkeypatch)
+    with pytest.raises(rnnfast.FormatError, match="do not fit together"):
+        rnnfast.from_onnx(m)
+    assert calls  # computed, not dry

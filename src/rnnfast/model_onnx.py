@@ -1285,6 +1285,9 @@ class OnnxModel(Summarized):
         ops = [op for op in self.layers if isinstance(op, RecurrentOp)]
         for op in ops:
             op.dry = True  # (the model is not shared yet)
+        shims = _dry_shims(self._graph, self._data)
+        for op, shim in shims:
+            op.compute = shim  # (an instance attribute: removed below)
         _probing.on = True
         try:
             for steps in (PROBE_STEPS,) if fixed else (PROBE_STEPS, 1):
@@ -1301,6 +1304,8 @@ class OnnxModel(Summarized):
             _probing.on = False
             for op in ops:
                 op.dry = False
+            for op, _ in shims:
+                del op.compute
 
     # -- describing itself ------------------------------------------------------------
 
@@ -1420,6 +1425,109 @@ def run_compiled(program, feeds, num_threads):
         for i, v in zip(outs, res):
             vals[i] = v
     return [vals[i] for i in outputs]
+
+
+#: Ops whose output shapes and errors do not depend on the values of their float inputs
+#: (the slots where that holds; None: all): what may read a dry output in the trial run.
+_VALUE_BLIND = dict.fromkeys(
+    ("Relu", "Tanh", "Sigmoid", "Softmax", "LogSoftmax", "Add", "Sub", "Mul", "Div", "Neg", "Abs", "Exp", "Log")
+    + ("Sqrt", "Erf", "LeakyRelu", "Identity", "Transpose", "Concat", "Flatten", "MatMul", "Gemm", "Shape", "Size"),
+    None,
+)
+_VALUE_BLIND.update(dict.fromkeys(("Reshape", "Expand", "Tile", "Slice", "Gather", "Conv"), (0,)))
+_VALUE_BLIND.update(dict.fromkeys(("Squeeze", "Unsqueeze"), (0,)))
+_VALUE_BLIND.update(dict.fromkeys(("GRU", "LSTM", "RNN"), (0, 2, 3)))  # not sequence_lens
+#: Float ops whose output has their input's shape, computed dry in the trial run.
+_DRY_SAME_SHAPE = ("Relu", "Tanh", "Sigmoid", "Softmax", "LogSoftmax")
+#: Layout ops the trial run gives a dry input as a zero-stride view.
+_DRY_LAYOUT = ("Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze")
+
+
+def _dry_shims(graph, data_graph):
+    """``[(op, compute)]``: the trial run's stand-ins for the data steps whose cost is
+    their output's values (a product on packed constant weights, an activation): each
+    checks what the op's own compute checks and gives zeros of its output's shape.
+    Only where no value they leave off can change a shape or an error downstream:
+    every step that reads a dry output (or one computed from it) is one of
+    :data:`_VALUE_BLIND` on such a slot, else the trial computes everything."""
+    data_ops = {id(st.op) for st in data_graph.steps}
+    shims, dry = [], set()
+    if len(graph.ops) != len(graph.steps):
+        return []  # an op of two steps: computed
+    for st in graph.steps:
+        op = st.op
+        reads = [j for j, sl in enumerate(getattr(op, "slots", ())) if sl is not None and sl[0] == "key"]
+        tainted = any(st.inputs[op.slots[j][1]] in dry for j in reads)
+        if tainted:
+            blind = _VALUE_BLIND.get(getattr(op, "op_type", ""), ())
+            if getattr(op, "domain", "") or (
+                blind is not None and any(st.inputs[op.slots[j][1]] in dry for j in reads if j not in blind)
+            ):
+                return []
+        shim = None
+        if id(op) in data_ops:
+            shim = _dry_compute(op, [j for j in reads if st.inputs[op.slots[j][1]] in dry] if tainted else [])
+        if shim is not None:
+            shims.append((op, shim))
+        if shim is not None or (tainted and op.op_type not in ("Shape", "Size")):  # (shapes are exact)
+            dry.update(st.outputs)
+    return shims
+
+
+def _dry_compute(op, dry_slots):
+    """The trial run's compute of ``op`` (see :func:`_dry_shims`), or None;
+    ``dry_slots``: the op's inputs that are dry outputs (or computed from them)."""
+    real = op.compute
+    if type(op) is FnOp and op.kernel in _DRY_LAYOUT and dry_slots == [0] and not op.domain:
+
+        def layout(args, num_threads):  # on a zero-stride view: a reshape copies nothing
+            x = args[0]
+            if isinstance(x, np.ndarray):  # (writable, as the op's own outputs are)
+                zero = np.lib.stride_tricks.as_strided(np.zeros(1, x.dtype), x.shape, (0,) * x.ndim)
+                args = [zero] + list(args[1:])
+            return real(args, num_threads)
+
+        return layout
+    if type(op) is FnOp and op.kernel == "Conv" and not op.domain:
+
+        def conv(args, num_threads):  # one row of the batch checks what all rows do
+            x = args[0]
+            if isinstance(x, np.ndarray) and x.ndim == 3 and x.shape[0] > 1:
+                y = real([x[:1]] + list(args[1:]), num_threads)[0]
+                return [np.zeros((x.shape[0],) + y.shape[1:], y.dtype)]
+            return real(args, num_threads)
+
+        return conv
+    if isinstance(op, ProductOp) and op._packed is not None:
+        gemm = op.op_type == "Gemm"
+        K, N = op.slots[1][1].shape[1 if gemm and op.attrs["transB"] else 0], op._n
+
+        def product(args, num_threads):
+            x, w = args[0], args[1]
+            if not isinstance(x, np.ndarray):
+                return real(args, num_threads)
+            if gemm:
+                x = x.T if op.attrs["transA"] else x
+                fits = x.ndim == 2 and (op._bias is not None or args[2] is None)
+            else:
+                fits = x.ndim >= 2
+            if fits and x.dtype == w.dtype and x.shape[-1] == K:
+                return [np.zeros(x.shape[:-1] + (N,), x.dtype)]
+            return real(args, num_threads)
+
+        return product
+    if type(op) is FnOp and op.kernel in _DRY_SAME_SHAPE and not op.domain:
+
+        def same_shape(args, num_threads):
+            x = args[0]
+            if isinstance(x, np.ndarray) and x.dtype in _FLOATS and x.size:
+                if op.kernel in ("Softmax", "LogSoftmax"):
+                    _axis(op.attrs["axis"], x.ndim)  # raises as the op does
+                return [np.zeros(x.shape, x.dtype)]
+            return real(args, num_threads)
+
+        return same_shape
+    return None
 
 
 def make_graphs(steps, inputs, outputs, shape_steps):
