@@ -447,46 +447,65 @@ class _Fused:
         return "<fused %r + %s>" % (self.rec.name, ", ".join(op.op_type for op in self.views))
 
 
-def fuse_views(program):
-    """``program`` (what :func:`_compile` gives) with each recurrent step and the view
-    ops that alone read its ``Y`` (one after another, each reading only the last one's
-    output and constants, no intermediate a model output) as one :class:`_Fused` step."""
+def _fuse(program, follow):
+    """``program`` with each step that ``follow(op, outs, steps, sole)`` takes and the
+    steps it names as one: ``follow`` gives None, or ``(chain, op, last)``: the indices
+    of the steps taken after it, the step's new op and its first output's new index.
+    ``sole(i)``: the one step that reads tensor ``i``, None where ``i`` is a model output
+    or read by more or fewer than one step."""
     steps, n, outputs = program
     readers: dict = {}
     for j, (_, ins, _, _) in enumerate(steps):
         for i in set(ins):
             readers.setdefault(i, []).append(j)
     final = set(outputs)
+
+    def sole(i):
+        return readers[i][0] if i not in final and len(readers.get(i, ())) == 1 else None
+
     taken: set = set()
     fused = []
     for j, (op, ins, outs, free) in enumerate(steps):
         if j in taken:
             continue
-        chain: list = []
-        if type(op) is RecurrentOp and op.outputs[0] and outs:
-            cur = outs[0]
-            while cur not in final and len(readers.get(cur, ())) == 1:
-                k = readers[cur][0]
-                vop, vins, vouts, _ = steps[k]
-                if not (
-                    type(vop) is FnOp
-                    and vop.kernel in _VIEW_KERNELS
-                    and vins == [cur]
-                    and len(vouts) == 1
-                    and vop.slots
-                    and vop.slots[0] == ("key", 0)
-                    and all(sl is None or sl[0] == "const" for sl in vop.slots[1:])
-                ):
-                    break
-                chain.append(k)
-                cur = vouts[0]
-        if not chain:
+        found = follow(op, outs, steps, sole)
+        if not found or not found[0]:
             fused.append((op, ins, outs, free))
             continue
+        chain, new, last = found
         taken.update(chain)
         gone = list(free) + [i for k in chain for i in steps[k][3]]  # (the chain frees only its own input)
-        fused.append((_Fused(op, [steps[k][0] for k in chain]), ins, [cur] + list(outs[1:]), gone))
+        fused.append((new, ins, [last] + list(outs[1:]), gone))
     return fused, n, outputs
+
+
+def fuse_views(program):
+    """``program`` (what :func:`_compile` gives) with each recurrent step and the view
+    ops that alone read its ``Y`` (one after another, each reading only the last one's
+    output and constants, no intermediate a model output) as one :class:`_Fused` step."""
+    return _fuse(program, _view_chain)
+
+
+def _view_chain(op, outs, steps, sole):
+    if not (type(op) is RecurrentOp and op.outputs[0] and outs):
+        return None
+    chain: list = []
+    cur = outs[0]
+    while (k := sole(cur)) is not None:
+        vop, vins, vouts, _ = steps[k]
+        if not (
+            type(vop) is FnOp
+            and vop.kernel in _VIEW_KERNELS
+            and vins == [cur]
+            and len(vouts) == 1
+            and vop.slots
+            and vop.slots[0] == ("key", 0)
+            and all(sl is None or sl[0] == "const" for sl in vop.slots[1:])
+        ):
+            break
+        chain.append(k)
+        cur = vouts[0]
+    return chain, _Fused(op, [steps[k][0] for k in chain]), cur
 
 
 #: Element-wise ops a product applies itself (:func:`fuse_products`): their ``RNN_ACT_*``
@@ -547,44 +566,32 @@ def fuse_products(program):
     ``Add`` of a constant bias, then an element-wise activation; no intermediate a model
     output) as one :class:`_FusedProduct` step, each element computed as the ops do
     (the bias added to the product's sum, then the same activation kernel)."""
-    steps, n, outputs = program
-    readers: dict = {}
-    for j, (_, ins, _, _) in enumerate(steps):
-        for i in set(ins):
-            readers.setdefault(i, []).append(j)
-    final = set(outputs)
-    taken: set = set()
-    fused = []
-    for j, (op, ins, outs, free) in enumerate(steps):
-        if j in taken:
-            continue
-        chain: list = []
-        act, bias = -1, None
-        conv = op if type(op) is FnOp and op.kernel == "Conv" else None
-        if (conv is not None or (type(op) is ProductOp and op._packed is not None)) and len(outs) == 1:
-            cur = outs[0]
-            while act < 0 and cur not in final and len(readers.get(cur, ())) == 1:
-                k = readers[cur][0]
-                nop, nins, nouts, _ = steps[k]
-                if not (type(nop) is FnOp and cur in nins and len(nouts) == 1):
-                    break
-                if nop.kernel == "Add" and bias is None and conv is None and op._bias is None and op.op_type == "MatMul":
-                    bias = _const_bias(nop, op._n)
-                    if bias is None or bias.dtype != op._packed.dtype:
-                        break
-                elif nop.kernel in _PRODUCT_ACTS and nins == [cur] and nop.slots == [("key", 0)]:
-                    act = _PRODUCT_ACTS[nop.kernel]
-                else:
-                    break
-                chain.append(k)
-                cur = nouts[0]
-        if not chain:
-            fused.append((op, ins, outs, free))
-            continue
-        taken.update(chain)
-        gone = list(free) + [i for k in chain for i in steps[k][3]]
-        fused.append((_FusedProduct(op, [steps[k][0] for k in chain], act, bias), ins, [cur], gone))
-    return fused, n, outputs
+    return _fuse(program, _product_chain)
+
+
+def _product_chain(op, outs, steps, sole):
+    conv = op if type(op) is FnOp and op.kernel == "Conv" else None
+    if not ((conv is not None or (type(op) is ProductOp and op._packed is not None)) and len(outs) == 1):
+        return None
+    chain: list = []
+    act, bias = -1, None
+    cur = outs[0]
+    while act < 0 and (k := sole(cur)) is not None:
+        nop, nins, nouts, _ = steps[k]
+        if not (type(nop) is FnOp and cur in nins and len(nouts) == 1):
+            break
+        if nop.kernel == "Add" and bias is None and conv is None and op._bias is None and op.op_type == "MatMul":
+            b = _const_bias(nop, op._n)
+            if b is None or b.dtype != op._packed.dtype:
+                break
+            bias = b
+        elif nop.kernel in _PRODUCT_ACTS and nins == [cur] and nop.slots == [("key", 0)]:
+            act = _PRODUCT_ACTS[nop.kernel]
+        else:
+            break
+        chain.append(k)
+        cur = nouts[0]
+    return chain, _FusedProduct(op, [steps[k][0] for k in chain], act, bias), cur
 
 
 # -- kernels: one function per op type (args: the inputs, None where absent) -----------
@@ -697,7 +704,10 @@ def _conv(args, a, act=-1):
         padded[:, pads[0] : pads[0] + xt.shape[1]] = xt
         xt, pads = padded, (0, 0)
     y = conv1d(
-        xt, kernel, b, stride=a["strides"],
+        xt,
+        kernel,
+        b,
+        stride=a["strides"],
         dilation=a["dilations"],
         padding=pads,
         groups=a["group"],
