@@ -1,6 +1,7 @@
 """The fast paths of an ONNX model's load and call: files mapped (not read) and closed
 by the end of the load, the view ops after a recurrent node run as one step
-(``model_onnx.fuse_views``) and the plain call's checks (``OnnxModel._plain_feeds``).
+(``model_onnx.fuse_views``), a product's bias and activation applied by the product
+(``model_onnx.fuse_products``) and the plain call's checks (``OnnxModel._plain_feeds``).
 Every result against ONNX Runtime; outputs are the caller's own (never a view a later
 call writes into), as ONNX Runtime's are."""
 
@@ -16,7 +17,8 @@ import torch
 
 import rnnfast
 import rnnfast.io.onnx as onnx_io
-from rnnfast.model_onnx import _Fused
+from rnnfast.model_onnx import FnOp as _FnOp
+from rnnfast.model_onnx import _Fused, _FusedProduct
 
 from _testing import assert_close
 
@@ -217,3 +219,61 @@ def test_a_mapped_truncated_file_is_refused(tmp_path, seed, monkeypatch, cut):
         rnnfast.load(path)
     with pytest.raises(rnnfast.FormatError):  # (past the format's sniff: the loader itself)
         onnx_io.load_onnx_file(path)
+
+
+class Head(torch.nn.Module):
+    """Conv1d + ReLU, a GRU, then Linear (MatMul + Add on 3-D input) + Tanh, Linear +
+    Sigmoid, a softmax; the final state through Linear (Gemm) + ReLU, read twice."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv1d(6, 8, 3, padding=1)
+        self.rnn = torch.nn.GRU(8, 12, batch_first=True)
+        self.a = torch.nn.Linear(12, 10)
+        self.b = torch.nn.Linear(10, 9)
+        self.c = torch.nn.Linear(12, 7)
+
+    def forward(self, x):
+        y = torch.relu(self.conv(x.transpose(1, 2))).transpose(1, 2)
+        y, h = self.rnn(y)
+        z = torch.sigmoid(self.b(torch.tanh(self.a(y))))
+        last = torch.relu(self.c(h[0]))
+        return torch.softmax(z, -1), last + last.sum()
+
+
+@pytest.mark.parametrize("B", [1, 4])
+def test_products_apply_their_bias_and_activation_and_match_onnxruntime(seed, B):
+    torch.manual_seed(seed % 2**31)
+    x = torch.randn(B, 5, 6)
+    data = export(Head(), x)
+    model = rnnfast.from_onnx(data)
+    feed = {"x": x.numpy()}
+    want = _ort(data, feed)
+    got = [model.run(None, feed, num_threads=n) for n in (1, 2, 1)]
+    fused = {op.prod.op_type: op for op, *_ in model._fast[0] if isinstance(op, _FusedProduct)}
+    kinds = sorted(tuple(o.op_type for o in op.tail) for op in fused.values())
+    assert ("Add", "Sigmoid") in kinds and ("Relu",) in kinds and "Conv" in fused, kinds
+    for g, w in zip(got[0], want):
+        assert_close(g, w, np.float32)
+    for other in got[1:]:
+        for g, o in zip(got[0], other):
+            np.testing.assert_array_equal(g, o)
+
+
+def test_a_fused_product_off_its_packed_path_runs_its_ops_one_by_one(seed):
+    """Where the packed path declines a call (made to, here), the fused ops run one by
+    one: the same values, within a few ulp (the bias added after the sum)."""
+    torch.manual_seed(seed % 2**31)
+    x = torch.randn(2, 5, 6)
+    data = export(Head(), x)
+    model = rnnfast.from_onnx(data)
+    feed = {"x": x.numpy()}
+    first = model.run(None, feed)
+    for op, *_ in model._fast[0]:
+        if isinstance(op, _FusedProduct) and type(op.prod) is not _FnOp:
+            op.prod.packed = lambda *a, **k: None
+    again = model.run(None, feed)
+    for g, w in zip(again, _ort(data, feed)):
+        assert_close(g, w, np.float32)
+    for a, b in zip(first, again):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)

@@ -67,6 +67,26 @@ def test_matmul_reads_transposed_heads_in_place(rng, split_everything):
     assert all(np.array_equal(g, got[0]) for g in got)
 
 
+@pytest.mark.parametrize("B,M", [(1, 1), (64, 1), (5, 4), (3, 5)])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_matmul_of_few_rows_against_per_batch_or_strided_b(rng, split_everything, no_numpy_matmul, B, M, transposed):
+    """A decoder step's attention, q (B, M, d) @ enc^T (B, d, S) then weights @ enc: M at
+    most EINSUM_ROWS on NumPy's einsum (no packing), more on the core's product; with
+    a bias and an activation, the same bits for any thread count."""
+    q = rng.standard_normal((B, M, 16)).astype(np.float32)
+    enc = rng.standard_normal((B, 20, 16)).astype(np.float32)
+    b = enc.transpose(0, 2, 1) if transposed else rng.standard_normal((B, 16, 20)).astype(np.float32)
+    bias = rng.standard_normal(20).astype(np.float32)
+    ref = np.tanh(np.einsum("bmk,bkn->bmn", q.astype(np.float64), b.astype(np.float64)) + bias)
+    tanh = int(_kernels.RNN_ACT_TANH)
+    got = [_products.matmul(q, b, bias, num_threads=n, act=tanh) for n in (1, 2)]
+    assert got[0].shape == (B, M, 20) and got[0].dtype == np.float32 and got[0].flags.c_contiguous
+    np.testing.assert_allclose(got[0], ref, rtol=1e-5, atol=1e-5)
+    assert np.array_equal(got[0], got[1])
+    one = _products.matmul(q[0], b[0], num_threads=1)  # (M, 16) @ (16, 20): one B, maybe transposed
+    np.testing.assert_allclose(one, q[0].astype(np.float64) @ b[0].astype(np.float64), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("act", ["linear", "relu", "tanh", "sigmoid", "softmax"])
 def test_dense_against_float64_and_bitwise_for_any_thread_count(rng, split_everything, act):
     kernel = rng.standard_normal((40, 30))

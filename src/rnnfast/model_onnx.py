@@ -28,7 +28,7 @@ from ._progress import run_batched
 from ._special import erf
 from ._summary import Summarized
 from .graph import Graph
-from .layers import apply_activation, softmax
+from .layers import ACTIVATIONS, apply_activation, softmax
 from .ops import conv1d, pool1d
 
 __all__ = [
@@ -43,6 +43,7 @@ __all__ = [
     "ONNX_DTYPES",
     "run_compiled",
     "fuse_views",
+    "fuse_products",
 ]
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))  # the dtypes of the core's products
@@ -223,18 +224,36 @@ class ProductOp(FnOp):
                 self._bias = _frozen(bias)
 
     def compute(self, args, num_threads):
-        x, w = args[0], args[1]
-        a = self.attrs
+        y = self.packed(args, num_threads)
+        if y is not None:
+            return [y]
         if self.op_type == "Gemm":
-            if a["transA"]:
+            return [_gemm(args, self.attrs, num_threads)]
+        return [_matmul(args, self.attrs, num_threads)]
+
+    def packed(self, args, num_threads, act=-1, bias=None):
+        """The product on the weights packed at load, ``act`` (an ``RNN_ACT_*`` code or
+        :data:`rnnfast._products.SOFTMAX`) applied and ``bias`` (N,) added by the
+        product (:class:`_FusedProduct`), or None where the packed path does not apply
+        (then nothing is computed)."""
+        x, w = args[0], args[1]
+        if self._packed is None or x.dtype != w.dtype:
+            return None
+        if self.op_type == "Gemm":
+            if self.attrs["transA"]:
                 x = x.T
-            if self._packed is not None and x.dtype == w.dtype and x.ndim == 2:
-                y = _products.dense(x, self._packed, self._n, self._bias, -1, num_threads)
-                return [y if self._bias is not None else _gemm_tail(y, args[2], a)]
-            return [_gemm(args, a, num_threads)]
-        if self._packed is not None and x.dtype == w.dtype and x.ndim >= 2 and x.shape[-1] == w.shape[0]:
-            return [_products.dense(x, self._packed, self._n, None, -1, num_threads)]
-        return [_matmul(args, a, num_threads)]
+            fused = act >= 0 or bias is not None
+            if x.ndim != 2 or (self._bias is None and fused and (args[2] is not None or self.attrs["alpha"] != 1)):
+                return None
+            if self._bias is None:
+                y = _products.dense(x, self._packed, self._n, bias, act, num_threads)
+                return _gemm_tail(y, args[2], self.attrs)
+            if bias is not None:
+                return None
+            return _products.dense(x, self._packed, self._n, self._bias, act, num_threads)
+        if x.ndim >= 2 and x.shape[-1] == w.shape[0]:
+            return _products.dense(x, self._packed, self._n, bias, act, num_threads)
+        return None
 
 
 def convert_product(node, slots, ctx):
@@ -428,46 +447,151 @@ class _Fused:
         return "<fused %r + %s>" % (self.rec.name, ", ".join(op.op_type for op in self.views))
 
 
-def fuse_views(program):
-    """``program`` (what :func:`_compile` gives) with each recurrent step and the view
-    ops that alone read its ``Y`` (one after another, each reading only the last one's
-    output and constants, no intermediate a model output) as one :class:`_Fused` step."""
+def _fuse(program, follow):
+    """``program`` with each step that ``follow(op, outs, steps, sole)`` takes and the
+    steps it names as one: ``follow`` gives None, or ``(chain, op, last)``: the indices
+    of the steps taken after it, the step's new op and its first output's new index.
+    ``sole(i)``: the one step that reads tensor ``i``, None where ``i`` is a model output
+    or read by more or fewer than one step."""
     steps, n, outputs = program
     readers: dict = {}
     for j, (_, ins, _, _) in enumerate(steps):
         for i in set(ins):
             readers.setdefault(i, []).append(j)
     final = set(outputs)
+
+    def sole(i):
+        return readers[i][0] if i not in final and len(readers.get(i, ())) == 1 else None
+
     taken: set = set()
     fused = []
     for j, (op, ins, outs, free) in enumerate(steps):
         if j in taken:
             continue
-        chain: list = []
-        if type(op) is RecurrentOp and op.outputs[0] and outs:
-            cur = outs[0]
-            while cur not in final and len(readers.get(cur, ())) == 1:
-                k = readers[cur][0]
-                vop, vins, vouts, _ = steps[k]
-                if not (
-                    type(vop) is FnOp
-                    and vop.kernel in _VIEW_KERNELS
-                    and vins == [cur]
-                    and len(vouts) == 1
-                    and vop.slots
-                    and vop.slots[0] == ("key", 0)
-                    and all(sl is None or sl[0] == "const" for sl in vop.slots[1:])
-                ):
-                    break
-                chain.append(k)
-                cur = vouts[0]
-        if not chain:
+        found = follow(op, outs, steps, sole)
+        if not found or not found[0]:
             fused.append((op, ins, outs, free))
             continue
+        chain, new, last = found
         taken.update(chain)
         gone = list(free) + [i for k in chain for i in steps[k][3]]  # (the chain frees only its own input)
-        fused.append((_Fused(op, [steps[k][0] for k in chain]), ins, [cur] + list(outs[1:]), gone))
+        fused.append((new, ins, [last] + list(outs[1:]), gone))
     return fused, n, outputs
+
+
+def fuse_views(program):
+    """``program`` (what :func:`_compile` gives) with each recurrent step and the view
+    ops that alone read its ``Y`` (one after another, each reading only the last one's
+    output and constants, no intermediate a model output) as one :class:`_Fused` step."""
+    return _fuse(program, _view_chain)
+
+
+def _view_chain(op, outs, steps, sole):
+    if not (type(op) is RecurrentOp and op.outputs[0] and outs):
+        return None
+    chain: list = []
+    cur = outs[0]
+    while (k := sole(cur)) is not None:
+        vop, vins, vouts, _ = steps[k]
+        if not (
+            type(vop) is FnOp
+            and vop.kernel in _VIEW_KERNELS
+            and vins == [cur]
+            and len(vouts) == 1
+            and vop.slots
+            and vop.slots[0] == ("key", 0)
+            and all(sl is None or sl[0] == "const" for sl in vop.slots[1:])
+        ):
+            break
+        chain.append(k)
+        cur = vouts[0]
+    return chain, _Fused(op, [steps[k][0] for k in chain]), cur
+
+
+#: Element-wise ops a product applies itself (:func:`fuse_products`): their ``RNN_ACT_*``
+#: codes, the bits of the op's own kernel (:func:`rnnfast.layers.apply_activation`).
+_PRODUCT_ACTS = {"Relu": ACTIVATIONS["relu"], "Tanh": ACTIVATIONS["tanh"], "Sigmoid": ACTIVATIONS["sigmoid"]}
+
+
+class _FusedProduct:
+    """A :class:`ProductOp` on packed weights (or a ``Conv``) and the ops that alone
+    read its output after it (:func:`fuse_products`): a MatMul's ``Add`` of a constant
+    (N,) bias, then one ``Relu`` / ``Tanh`` / ``Sigmoid``, applied by the product to
+    each row as it is written (``c/products.template.h``), not as passes of their own
+    over a copy. Where the packed path does not take the call's arrays, the ops run one
+    by one. (A ``Softmax`` is not taken: the core's row softmax sums in one chain,
+    slower than NumPy's at thousands of columns.)"""
+
+    multi_input = True
+
+    def __init__(self, prod, tail, act, bias):
+        self.prod = prod
+        self.tail = list(tail)
+        self.act = act
+        self.bias = bias
+        self.name = prod.name
+
+    def args(self, xs):
+        return self.prod.args(xs)
+
+    def compute(self, args, num_threads):
+        if type(self.prod) is FnOp:  # a Conv: the activation applied by its product
+            return [_conv(args, self.prod.attrs, self.act)]
+        y = self.prod.packed(args, num_threads, self.act, self.bias)
+        if y is not None:
+            return [y]
+        y = self.prod.compute(args, num_threads)[0]
+        for op in self.tail:
+            y = op.compute(op.args([y]), num_threads)[0]
+        return [y]
+
+    def __repr__(self):
+        return "<fused %r + %s>" % (self.prod.name, ", ".join(op.op_type for op in self.tail))
+
+
+def _const_bias(op, n):
+    """The constant of an ``Add`` node that adds an (n,) vector along the last axis, or None."""
+    consts = [sl[1] for sl in op.slots if sl is not None and sl[0] == "const"]
+    if len(op.slots) != 2 or len(consts) != 1:
+        return None
+    v = consts[0]
+    if v.ndim < 1 or v.shape[-1] != n or v.size != n or v.ndim > 2:
+        return None
+    return _frozen(np.ascontiguousarray(v.reshape(n)))
+
+
+def fuse_products(program):
+    """``program`` (what :func:`fuse_views` gives) with each :class:`ProductOp` on
+    packed weights or ``Conv`` and the ops that alone read its output (a MatMul's
+    ``Add`` of a constant bias, then an element-wise activation; no intermediate a model
+    output) as one :class:`_FusedProduct` step, each element computed as the ops do
+    (the bias added to the product's sum, then the same activation kernel)."""
+    return _fuse(program, _product_chain)
+
+
+def _product_chain(op, outs, steps, sole):
+    conv = op if type(op) is FnOp and op.kernel == "Conv" else None
+    if not ((conv is not None or (type(op) is ProductOp and op._packed is not None)) and len(outs) == 1):
+        return None
+    chain: list = []
+    act, bias = -1, None
+    cur = outs[0]
+    while act < 0 and (k := sole(cur)) is not None:
+        nop, nins, nouts, _ = steps[k]
+        if not (type(nop) is FnOp and cur in nins and len(nouts) == 1):
+            break
+        if nop.kernel == "Add" and bias is None and conv is None and op._bias is None and op.op_type == "MatMul":
+            b = _const_bias(nop, op._n)
+            if b is None or b.dtype != op._packed.dtype:
+                break
+            bias = b
+        elif nop.kernel in _PRODUCT_ACTS and nins == [cur] and nop.slots == [("key", 0)]:
+            act = _PRODUCT_ACTS[nop.kernel]
+        else:
+            break
+        chain.append(k)
+        cur = nouts[0]
+    return chain, _FusedProduct(op, [steps[k][0] for k in chain], act, bias), cur
 
 
 # -- kernels: one function per op type (args: the inputs, None where absent) -----------
@@ -561,7 +685,7 @@ def _gemm_tail(y, C, a):
     return y
 
 
-def _conv(args, a):
+def _conv(args, a, act=-1):
     """1-D convolution on (B, C, T) with weight (Cout, Cin/group, k): ops.conv1d on the
     channels-last views."""
     x, w, b = args
@@ -574,8 +698,20 @@ def _conv(args, a):
     kernel = a.get("_kernel")
     if kernel is None:
         kernel = np.ascontiguousarray(np.transpose(w, (2, 1, 0)))
+    xt = np.swapaxes(x, 1, 2)
+    if pads != (0, 0):  # zeros around a copy (np.pad, in conv1d, costs 20 us at (1, 100, 40))
+        padded = np.zeros((xt.shape[0], xt.shape[1] + pads[0] + pads[1], xt.shape[2]), xt.dtype)
+        padded[:, pads[0] : pads[0] + xt.shape[1]] = xt
+        xt, pads = padded, (0, 0)
     y = conv1d(
-        np.swapaxes(x, 1, 2), kernel, b, stride=a["strides"], dilation=a["dilations"], padding=pads, groups=a["group"]
+        xt,
+        kernel,
+        b,
+        stride=a["strides"],
+        dilation=a["dilations"],
+        padding=pads,
+        groups=a["group"],
+        act=act,
     )
     return np.swapaxes(y, 1, 2)
 
@@ -1248,7 +1384,7 @@ class OnnxModel(Summarized):
         masks (an ONNX graph carries none), for the per-call overhead at small sizes."""
         prog = self.__dict__.get("_fast")
         if prog is None:
-            prog = self._fast = fuse_views(self._compiled())
+            prog = self._fast = fuse_products(fuse_views(self._compiled()))
         return run_compiled(prog, feeds, num_threads)
 
     def _example_feed(self, steps=PROBE_STEPS):
