@@ -394,6 +394,27 @@ def test_blocked_path(variant, H, B, T, direction, dtype):
 
 
 @pytest.mark.parametrize("variant", SPLIT_VARIANTS)
+@pytest.mark.parametrize("direction", ["forward", "bidirectional"])
+def test_blocked_serpentine_order_b1(variant, direction):
+    """B=1 on four unit blocks: a thread runs its unit blocks of every other step in
+    reverse (the blocks read last are still in its cache); chunks of odd length restart
+    the alternation (a team of one) or carry it on (a team: by phase). The results are
+    the reference's, and bitwise the same on one thread and on two, for any chunking."""
+    rng = np.random.default_rng(31)
+    layer, ws = make_layer(rng, variant, direction, np.float32, I=9, H=256)
+    assert layer._ncb == 4
+    x = rng.standard_normal((23, 1, 9)).astype(np.float32)
+    want = reference(variant, ws, direction, x)
+    base = layer.forward(x, num_threads=1, chunk_steps=5)
+    check(base, want, np.float32, "serpentine")
+    for n, chunk in ((1, 7), (2, 5), (2, 23)):
+        got = layer.forward(x, num_threads=n, chunk_steps=chunk)
+        for g, b in zip(got, base):
+            if b is not None:
+                assert np.array_equal(g, b), "threads=%d chunk=%d changed the result" % (n, chunk)
+
+
+@pytest.mark.parametrize("variant", SPLIT_VARIANTS)
 @pytest.mark.parametrize("how", ["mask", "mask_zero_output", "lengths"])
 def test_blocked_path_masks(variant, how):
     rng = np.random.default_rng(9)

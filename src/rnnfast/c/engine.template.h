@@ -599,8 +599,11 @@ static long RNN_TNAME(blocked_phase)(const RNN_TNAME(call) *c, RNN_TNAME(blocked
             if (over)
                 break;
         }
-        /* own tasks in order; the others' from the end, away from where their owner is */
-        for (task = k == 0 ? owner : last; task >= 0 && task < ntask; task += k == 0 ? nth : -nth) {
+        /* own tasks in order, every other phase from the last back (serpentine: the
+         * thread's unit blocks read last, still in its L2, come first); the others'
+         * the other way, away from where their owner is */
+        int back = (int)(p & 1) ^ (k != 0);
+        for (task = back ? last : owner; task >= 0 && task < ntask; task += back ? -nth : nth) {
             if (!rnn_phases_claim(&bk->q, task, p))
                 continue;
             if (k == 0)
@@ -637,7 +640,7 @@ static void RNN_TNAME(blocked_worker)(const RNN_TNAME(call) *c, RNN_TNAME(blocke
                                       int nth, TYPE *scratch)
 {
     TYPE *priv = c->p.keep_team && nth > 1 ? scratch + c->p.bb * c->GH + 4 * c->s.H : NULL;
-    long ch, s0, s1, st, p = 0, task, d, per = bk->ntask / c->s.ndir, ran = 0, redo = 0, got;
+    long ch, s0, s1, st, p = 0, task, d, i, per = bk->ntask / c->s.ndir, ran = 0, redo = 0, got;
     int eager = 0, warm;
     long long start = 0, work = 0;
     double t0;
@@ -659,8 +662,13 @@ static void RNN_TNAME(blocked_worker)(const RNN_TNAME(call) *c, RNN_TNAME(blocke
                 RNN_TNAME(blocked_project)(c, bk, task, s0, s1);
             for (d = 0; d < c->s.ndir; d++)
                 for (st = s0; st < s1; st++)
-                    for (task = d * per; task < (d + 1) * per; task++)
+                    for (i = 0; i < per; i++) {
+                        /* serpentine: every other step from the last task back, so the
+                         * unit blocks whose weights were read last (still in L2) come
+                         * first (a step's tasks are independent: any order, same bits) */
+                        task = d * per + ((st - s0) % 2 ? per - 1 - i : i);
                         RNN_TNAME(blocked_step)(c, bk, task, st, s0, s1, scratch, NULL, 0);
+                    }
         }
         return;
     }
