@@ -242,7 +242,7 @@ class Head(torch.nn.Module):
 
 
 @pytest.mark.parametrize("B", [1, 4])
-def test_products_apply_their_bias_and_activation_and_match_onnxruntime(seed, B):
+def test_products_apply_their_activation_and_match_onnxruntime(seed, B):
     torch.manual_seed(seed % 2**31)
     x = torch.randn(B, 5, 6)
     data = export(Head(), x)
@@ -252,7 +252,9 @@ def test_products_apply_their_bias_and_activation_and_match_onnxruntime(seed, B)
     got = [model.run(None, feed, num_threads=n) for n in (1, 2, 1)]
     fused = {op.prod.op_type: op for op, *_ in model._fast[0] if isinstance(op, _FusedProduct)}
     kinds = sorted(tuple(o.op_type for o in op.tail) for op in fused.values())
-    assert ("Add", "Sigmoid") in kinds and ("Relu",) in kinds and "Conv" in fused, kinds
+    # (a MatMul's Add stays an op of its own: the fused product would start its sums
+    # from the bias, and the first call of new shapes runs the ops one by one)
+    assert ("Relu",) in kinds and "Conv" in fused and ("Add",) not in kinds, kinds
     for g, w in zip(got[0], want):
         assert_close(g, w, np.float32)
     for other in got[1:]:
@@ -262,7 +264,7 @@ def test_products_apply_their_bias_and_activation_and_match_onnxruntime(seed, B)
 
 def test_a_fused_product_off_its_packed_path_runs_its_ops_one_by_one(seed):
     """Where the packed path declines a call (made to, here), the fused ops run one by
-    one: the same values, within a few ulp (the bias added after the sum)."""
+    one: the same values, within a few ulp (the product off the packed weights)."""
     torch.manual_seed(seed % 2**31)
     x = torch.randn(2, 5, 6)
     data = export(Head(), x)

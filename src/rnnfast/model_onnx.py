@@ -231,28 +231,25 @@ class ProductOp(FnOp):
             return [_gemm(args, self.attrs, num_threads)]
         return [_matmul(args, self.attrs, num_threads)]
 
-    def packed(self, args, num_threads, act=-1, bias=None):
+    def packed(self, args, num_threads, act=-1):
         """The product on the weights packed at load, ``act`` (an ``RNN_ACT_*`` code or
-        :data:`rnnfast._products.SOFTMAX`) applied and ``bias`` (N,) added by the
-        product (:class:`_FusedProduct`), or None where the packed path does not apply
-        (then nothing is computed)."""
+        :data:`rnnfast._products.SOFTMAX`) applied by the product
+        (:class:`_FusedProduct`), or None where the packed path does not apply (then
+        nothing is computed)."""
         x, w = args[0], args[1]
         if self._packed is None or x.dtype != w.dtype:
             return None
         if self.op_type == "Gemm":
             if self.attrs["transA"]:
                 x = x.T
-            fused = act >= 0 or bias is not None
-            if x.ndim != 2 or (self._bias is None and fused and (args[2] is not None or self.attrs["alpha"] != 1)):
+            if x.ndim != 2 or (self._bias is None and act >= 0 and (args[2] is not None or self.attrs["alpha"] != 1)):
                 return None
             if self._bias is None:
-                y = _products.dense(x, self._packed, self._n, bias, act, num_threads)
+                y = _products.dense(x, self._packed, self._n, None, act, num_threads)
                 return _gemm_tail(y, args[2], self.attrs)
-            if bias is not None:
-                return None
             return _products.dense(x, self._packed, self._n, self._bias, act, num_threads)
         if x.ndim >= 2 and x.shape[-1] == w.shape[0]:
-            return _products.dense(x, self._packed, self._n, bias, act, num_threads)
+            return _products.dense(x, self._packed, self._n, None, act, num_threads)
         return None
 
 
@@ -515,8 +512,8 @@ _PRODUCT_ACTS = {"Relu": ACTIVATIONS["relu"], "Tanh": ACTIVATIONS["tanh"], "Sigm
 
 class _FusedProduct:
     """A :class:`ProductOp` on packed weights (or a ``Conv``) and the ops that alone
-    read its output after it (:func:`fuse_products`): a MatMul's ``Add`` of a constant
-    (N,) bias, then one ``Relu`` / ``Tanh`` / ``Sigmoid``, applied by the product to
+    read its output after it (:func:`fuse_products`): one ``Relu`` / ``Tanh`` /
+    ``Sigmoid``, applied by the product to
     each row as it is written (``c/products.template.h``), not as passes of their own
     over a copy. Where the packed path does not take the call's arrays, the ops run one
     by one. (A ``Softmax`` is not taken: the core's row softmax sums in one chain,
@@ -524,11 +521,10 @@ class _FusedProduct:
 
     multi_input = True
 
-    def __init__(self, prod, tail, act, bias):
+    def __init__(self, prod, tail, act):
         self.prod = prod
         self.tail = list(tail)
         self.act = act
-        self.bias = bias
         self.name = prod.name
 
     def args(self, xs):
@@ -537,7 +533,7 @@ class _FusedProduct:
     def compute(self, args, num_threads):
         if type(self.prod) is FnOp:  # a Conv: the activation applied by its product
             return [_conv(args, self.prod.attrs, self.act)]
-        y = self.prod.packed(args, num_threads, self.act, self.bias)
+        y = self.prod.packed(args, num_threads, self.act)
         if y is not None:
             return [y]
         y = self.prod.compute(args, num_threads)[0]
@@ -549,23 +545,11 @@ class _FusedProduct:
         return "<fused %r + %s>" % (self.prod.name, ", ".join(op.op_type for op in self.tail))
 
 
-def _const_bias(op, n):
-    """The constant of an ``Add`` node that adds an (n,) vector along the last axis, or None."""
-    consts = [sl[1] for sl in op.slots if sl is not None and sl[0] == "const"]
-    if len(op.slots) != 2 or len(consts) != 1:
-        return None
-    v = consts[0]
-    if v.ndim < 1 or v.shape[-1] != n or v.size != n or v.ndim > 2:
-        return None
-    return _frozen(np.ascontiguousarray(v.reshape(n)))
-
-
 def fuse_products(program):
     """``program`` (what :func:`fuse_views` gives) with each :class:`ProductOp` on
-    packed weights or ``Conv`` and the ops that alone read its output (a MatMul's
-    ``Add`` of a constant bias, then an element-wise activation; no intermediate a model
-    output) as one :class:`_FusedProduct` step, each element computed as the ops do
-    (the bias added to the product's sum, then the same activation kernel)."""
+    packed weights or ``Conv`` and the element-wise activation that alone reads its
+    output (not a model output) as one :class:`_FusedProduct` step, each element
+    computed as the ops do (the same activation kernel on the product's result)."""
     return _fuse(program, _product_chain)
 
 
@@ -574,24 +558,22 @@ def _product_chain(op, outs, steps, sole):
     if not ((conv is not None or (type(op) is ProductOp and op._packed is not None)) and len(outs) == 1):
         return None
     chain: list = []
-    act, bias = -1, None
+    act = -1
     cur = outs[0]
     while act < 0 and (k := sole(cur)) is not None:
         nop, nins, nouts, _ = steps[k]
         if not (type(nop) is FnOp and cur in nins and len(nouts) == 1):
             break
-        if nop.kernel == "Add" and bias is None and conv is None and op._bias is None and op.op_type == "MatMul":
-            b = _const_bias(nop, op._n)
-            if b is None or b.dtype != op._packed.dtype:
-                break
-            bias = b
-        elif nop.kernel in _PRODUCT_ACTS and nins == [cur] and nop.slots == [("key", 0)]:
+        # (not a MatMul's Add of a bias: the product starts its sums from the bias, the
+        # Add rounds the sum and then adds; the first call of new shapes runs the graph's
+        # ops one by one, and every call must give the same bits)
+        if nop.kernel in _PRODUCT_ACTS and nins == [cur] and nop.slots == [("key", 0)]:
             act = _PRODUCT_ACTS[nop.kernel]
         else:
             break
         chain.append(k)
         cur = nouts[0]
-    return chain, _FusedProduct(op, [steps[k][0] for k in chain], act, bias), cur
+    return chain, _FusedProduct(op, [steps[k][0] for k in chain], act), cur
 
 
 # -- kernels: one function per op type (args: the inputs, None where absent) -----------
