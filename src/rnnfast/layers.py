@@ -804,11 +804,12 @@ class RNNLayer:
             c = None
         out = _kernels._empty_lines((T, B, Ho), dt) if return_sequences else None
         p = self._plan_for(B, T, num_threads)
+        args = (x, T, B, None, out, h, c, p.strategy, p.unit_blocks, p.batch_rows, p.chunk, p.num_threads, p.keep_team)
         if self._uses_blas:
             with blas_single_threaded():
-                entry.run(x, T, B, None, out, h, c, *p[:5], p.keep_team)
-        else:  # p[:5]: the plan's strategy, unit blocks, batch rows, chunk and threads
-            entry.run(x, T, B, None, out, h, c, *p[:5], p.keep_team)
+                entry.run(*args)
+        else:
+            entry.run(*args)
         return out, h, c
 
 

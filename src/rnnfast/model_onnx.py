@@ -415,11 +415,11 @@ class _Fused:
         out, bf, h_n, c_n = rec._forward(x, lens, h0, c0, bf, num_threads)
         key = (out.shape, out.strides, bf)
         shape = self._memo.get(key)
-        res = rec._outputs(out, bf, h_n, c_n, seq=False)
+        res = rec._outputs(out, bf, h_n, c_n, seq=shape is None)
         if shape is not None:
             res[0] = out.reshape(shape)
             return res
-        y = self._chain(rec._outputs(out, bf, h_n, c_n)[0], num_threads)
+        y = self._chain(res[0], num_threads)
         if (
             isinstance(y, np.ndarray)
             and y.size
@@ -554,26 +554,25 @@ def fuse_products(program):
 
 
 def _product_chain(op, outs, steps, sole):
-    conv = op if type(op) is FnOp and op.kernel == "Conv" else None
-    if not ((conv is not None or (type(op) is ProductOp and op._packed is not None)) and len(outs) == 1):
+    # (not a MatMul's Add of a bias: the product starts its sums from the bias, the Add
+    # rounds the sum and then adds; the first call of new shapes runs the graph's ops one
+    # by one, and every call must give the same bits)
+    conv = type(op) is FnOp and op.kernel == "Conv"
+    if not ((conv or (type(op) is ProductOp and op._packed is not None)) and len(outs) == 1):
         return None
-    chain: list = []
-    act = -1
-    cur = outs[0]
-    while act < 0 and (k := sole(cur)) is not None:
-        nop, nins, nouts, _ = steps[k]
-        if not (type(nop) is FnOp and cur in nins and len(nouts) == 1):
-            break
-        # (not a MatMul's Add of a bias: the product starts its sums from the bias, the
-        # Add rounds the sum and then adds; the first call of new shapes runs the graph's
-        # ops one by one, and every call must give the same bits)
-        if nop.kernel in _PRODUCT_ACTS and nins == [cur] and nop.slots == [("key", 0)]:
-            act = _PRODUCT_ACTS[nop.kernel]
-        else:
-            break
-        chain.append(k)
-        cur = nouts[0]
-    return chain, _FusedProduct(op, [steps[k][0] for k in chain], act), cur
+    k = sole(outs[0])
+    if k is None:
+        return None
+    nop, nins, nouts, _ = steps[k]
+    if not (
+        type(nop) is FnOp
+        and nop.kernel in _PRODUCT_ACTS
+        and nins == [outs[0]]
+        and len(nouts) == 1
+        and nop.slots == [("key", 0)]
+    ):
+        return None
+    return [k], _FusedProduct(op, [nop], _PRODUCT_ACTS[nop.kernel]), nouts[0]
 
 
 # -- kernels: one function per op type (args: the inputs, None where absent) -----------
@@ -1552,8 +1551,9 @@ _VALUE_BLIND = dict.fromkeys(
     + ("Sqrt", "Erf", "LeakyRelu", "Identity", "Transpose", "Concat", "Flatten", "MatMul", "Gemm", "Shape", "Size"),
     None,
 )
-_VALUE_BLIND.update(dict.fromkeys(("Reshape", "Expand", "Tile", "Slice", "Gather", "Conv"), (0,)))
-_VALUE_BLIND.update(dict.fromkeys(("Squeeze", "Unsqueeze"), (0,)))
+_VALUE_BLIND.update(
+    dict.fromkeys(("Reshape", "Expand", "Tile", "Slice", "Gather", "Conv", "Squeeze", "Unsqueeze"), (0,))
+)
 _VALUE_BLIND.update(dict.fromkeys(("GRU", "LSTM", "RNN"), (0, 2, 3)))  # not sequence_lens
 #: Float ops whose output has their input's shape, computed dry in the trial run.
 _DRY_SAME_SHAPE = ("Relu", "Tanh", "Sigmoid", "Softmax", "LogSoftmax")

@@ -682,8 +682,9 @@ static void RNN_TNAME(blocked_worker)(const RNN_TNAME(call) *c, RNN_TNAME(blocke
                 start = rnn_now_ns();
             if ((got = RNN_TNAME(blocked_phase)(c, bk, tid, nth, p, st, s0, s1, scratch, priv,
                                               &eager, ran == 0)) > 0) {
-                work = rnn_now_ns() - start;
                 ran += got;
+                if (nth > 1)    /* (a team of one waits for nobody: no clock read) */
+                    work = rnn_now_ns() - start;
             }
             t0 = rnn_tick();
             if (priv != NULL && st >= s0 && !rnn_phases_spin(&bk->q, p, rnn_barrier_spin_ns(work))) {
