@@ -571,8 +571,8 @@ def test_one_stream_from_two_threads_is_refused_and_not_corrupted(rng):
 @pytest.mark.parametrize("precision", ["bf16", "int8"])
 def test_reduced_precision_streams_step_in_that_precision(precision):
     """A bf16 / int8 model's stream runs its reduced-precision products (the step path's
-    compiled entry holds float weights only: such a layer goes through rnn_forward with
-    its packed reduced weights), giving what its whole call gives, not float32's."""
+    compiled entry binds the packed reduced weights), giving what its whole call gives,
+    not float32's."""
     import torch
 
     torch.manual_seed(0)
@@ -586,6 +586,31 @@ def test_reduced_precision_streams_step_in_that_precision(precision):
     got = np.concatenate([model.step(x[t : t + 7, 0], s) for t in range(0, 40, 7)])
     np.testing.assert_allclose(got, want[:, 0], rtol=1e-5, atol=1e-6)
     assert np.abs(got - float_out[:, 0]).max() > 1e-5  # the reduced products ran, not float32's
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+@pytest.mark.parametrize("variant", ["gru", "gru_rb", "lstm", "simple"])
+def test_reduced_precision_chain_steps_through_the_bound_entry(precision, variant, rng):
+    """A chain model in bf16 / int8 takes the step's hot path (one bound compiled entry
+    per recurrent op, no rnn_forward per chunk), bit for bit its whole call, alone and
+    with other streams in one batched step."""
+    exact = graph_model(rng, variant, np.float32)
+    model = exact.with_precision(precision)
+    x = rng.standard_normal((3, 30, I_SIZE)).astype(np.float32)
+    want = model.predict(x)
+    s = model.stream()
+    got = np.concatenate([model.step(x[0, a : a + 7], s) for a in range(0, 30, 7)])
+    assert_bitwise(got, want[0], "%s %s stream" % (precision, variant))
+    streams = [model.stream() for _ in range(3)]
+    parts = [model.step([x[k, a : a + 7] for k in range(3)], streams) for a in range(0, 30, 7)]
+    for k in range(3):
+        got = np.concatenate([part[k] for part in parts])
+        assert_bitwise(got, want[k], "%s %s stream %d of 3" % (precision, variant, k))
+    p = model._stream_program()
+    assert p.chain is not None
+    bound = [f for f in p.chain if f.__qualname__.startswith("_chain_one_kernel.")]
+    assert len(bound) == 2, [f.__qualname__ for f in p.chain]
+    assert np.abs(got - exact.predict(x)[2]).max() > 1e-5  # the reduced products ran, not float32's
 
 
 @pytest.mark.parametrize("model_kind", ["graph", "torch"])

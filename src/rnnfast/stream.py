@@ -226,9 +226,10 @@ class _Kernel:
             layer._bhn,
             layer._Wr,
         )
-        # GRU reset-before and LSTM with projection: their per-step product calls BLAS,
-        # whose result for a row depends on the rows of the call: one row per item
-        self.one_row = layer._Up.size == 0
+        # float GRU reset-before and LSTM with projection: their per-step product calls
+        # BLAS, whose result for a row depends on the rows of the call: one row per item
+        # (bf16 / int8 products are the core's own at every batch)
+        self.one_row = layer._Up.size == 0 and layer._q is None
         self.ncb = layer._ncb
         self.GH = layer._W.shape[2]
         self.Ho, self.H, self.I = layer.output_size, layer.units, layer.input_size
@@ -240,11 +241,11 @@ class _Kernel:
         self.q = layer._q  # reduced-precision weights (bf16, int8), or None
         self._plans = {}
         self._cuts = {}
-        # the compiled entry with the float weights bound once (checked there, once);
-        # a reduced-precision layer has none: it runs through rnn_forward
-        self.entry = None if self.q is not None else _kernels.StepEntry(
+        # the compiled entry with the weights (float, and bf16 / int8 where reduced) bound
+        # once (checked there, once)
+        self.entry = _kernels.StepEntry(
             self.code, self.act, self.ract, self.W, self.Wp, self.bx, self.U, self.Up, self.bhn, self.Wr,
-            _plan.plan(B=1, D=1, Ho=self.Ho, GH=self.GH, ncb=self.ncb, num_threads=1), **self.options,
+            _plan.plan(B=1, D=1, Ho=self.Ho, GH=self.GH, ncb=self.ncb, num_threads=1), q=self.q, **self.options,
         )  # fmt: skip
 
     def cuts(self, B, T, num_threads):
@@ -631,8 +632,7 @@ class Program:
             ):
                 return None
             if kind == "recurrent":
-                # the compiled entry runs float weights only (reduced precision: rnn_forward)
-                one = len(obj.kernels) == 1 and not obj.kernels[0].one_row and obj.kernels[0].q is None
+                one = len(obj.kernels) == 1 and not obj.kernels[0].one_row
                 fns.append(_chain_one_kernel(obj, known) if one else _chain_recurrent(obj))
                 last = obj.kernels[-1]
                 known = (last.Ho, last.dtype) if one and obj.return_sequences else None
