@@ -116,6 +116,13 @@ def extensions():
         ),
         # the streams' bookkeeping (rnnfast/stream.py): claims, state rows, chunk stacking
         Extension("rnnfast._stream", ["src/rnnfast/_stream.pyx"]),
+        # the small ops of ONNX graphs on rows (rnnfast/model_onnx.py): softmax, few-row products
+        Extension(
+            "rnnfast._rowops",
+            ["src/rnnfast/_rowops.pyx"],
+            include_dirs=["src/rnnfast"],
+            depends=["src/rnnfast/c/rowops.h", "src/rnnfast/c/rowops.template.h", "src/rnnfast/c/mathfun.h"],
+        ),
     ]
     return cythonize(
         exts,
