@@ -253,9 +253,14 @@ def test_products_apply_their_activation_and_match_onnxruntime(seed, B):
     got = [model.run(None, feed, num_threads=n) for n in (1, 2, 1)]
     fused = {op.prod.op_type: op for op, *_ in model._fast[0] if isinstance(op, _FusedProduct)}
     kinds = sorted(tuple(o.op_type for o in op.tail) for op in fused.values())
-    # (a MatMul's Add stays an op of its own: the fused product would start its sums
-    # from the bias, and the first call of new shapes runs the ops one by one)
-    assert ("Relu",) in kinds and "Conv" in fused and ("Add",) not in kinds, kinds
+    # (a MatMul's Add is added to the product's result, in place: not the product's
+    # starting sums, which give other bits, and the first call of new shapes runs the
+    # ops one by one)
+    assert ("Relu",) in kinds and "Conv" in fused and ("Add", "Sigmoid") in kinds, kinds
+    dyn = rnnfast.from_onnx(export(Head(), x, dynamic={"x": {0: "b"}}))
+    first = dyn.run(None, feed)  # a new batch size: the graph's ops one by one
+    for g, f in zip(dyn.run(None, feed), first):  # then the fused program
+        np.testing.assert_array_equal(g, f)
     for g, w in zip(got[0], want):
         assert_close(g, w, np.float32)
     for other in got[1:]:

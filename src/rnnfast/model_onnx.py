@@ -517,13 +517,14 @@ _PRODUCT_ACTS = {"Relu": ACTIVATIONS["relu"], "Tanh": ACTIVATIONS["tanh"], "Sigm
 class _FusedProduct:
     """A :class:`ProductOp` on packed weights (or a ``Conv``) and the ops that alone
     read its output after it (:func:`fuse_products`): one ``Relu`` / ``Tanh`` /
-    ``Sigmoid``, applied by the product to
-    each row as it is written (``c/products.template.h``), not as passes of their own
-    over a copy. Where the packed path does not take the call's arrays, the ops run one
-    by one. A ``Softmax`` / ``LogSoftmax`` (``act`` -1) runs its own kernel in place on
-    the product's new array (no second array: at (64, 8000) a new one cost its page
-    faults, 0.1-0.2 ms); the core's fused row softmax sums in one chain, slower at
-    thousands of columns, and gives other bits."""
+    ``Sigmoid`` (``act``), applied by the product to each row as it is written
+    (``c/products.template.h``), not as passes of their own over a copy; or (``act``
+    -1) the ``Add`` of a constant (a MatMul's bias) and/or a ``Softmax`` /
+    ``LogSoftmax`` or activation, run on the product's new array, in place where the op
+    allows (:func:`_on_new_array`: no second array, at (64, 8000) a new one cost its
+    page faults, 0.1-0.2 ms). Where the packed path does not take the call's arrays, the
+    ops run one by one. (The core's fused row softmax is not used: it sums in one chain,
+    slower at thousands of columns, and gives other bits.)"""
 
     multi_input = True
 
@@ -539,20 +540,36 @@ class _FusedProduct:
     def compute(self, args, num_threads):
         if type(self.prod) is FnOp:  # a Conv: the activation applied by its product
             return [_conv(args, self.prod.attrs, self.act)]
-        if self.act < 0:  # a (log-)softmax: on the product's new array, in place
-            op = self.tail[0]
-            y = self.prod.compute(args, num_threads)[0]
-            return [_softmax([y], op.attrs, num_threads, op.kernel == "LogSoftmax", out=y)]
-        y = self.prod.packed(args, num_threads, self.act)
-        if y is not None:
-            return [y]
+        if self.act >= 0:
+            y = self.prod.packed(args, num_threads, self.act)
+            if y is not None:
+                return [y]
         y = self.prod.compute(args, num_threads)[0]
         for op in self.tail:
-            y = op.compute(op.args([y]), num_threads)[0]
+            y = _on_new_array(op, y, num_threads)
         return [y]
 
     def __repr__(self):
         return "<fused %r + %s>" % (self.prod.name, ", ".join(op.op_type for op in self.tail))
+
+
+def _on_new_array(op, y, num_threads):
+    """``op`` (a step after a product, :func:`_product_chain`) on ``y``, its only input
+    and a new array no one else reads: a (log-)softmax and the ``Add`` of a constant that
+    leaves ``y``'s shape and dtype write into ``y`` (the values of the op's own kernel:
+    NumPy's add, in either order, and the row kernel); the rest as the op computes."""
+    if op.kernel in _THREADED:
+        return _softmax([y], op.attrs, num_threads, op.kernel == "LogSoftmax", out=y)
+    if op.kernel == "Add" and type(y) is np.ndarray and y.flags.writeable:
+        c = _const_operand(op)
+        if c.dtype == y.dtype and c.ndim <= y.ndim and np.broadcast_shapes(c.shape, y.shape) == y.shape:
+            return np.add(y, c, out=y)
+    return op.compute(op.args([y]), num_threads)[0]
+
+
+def _const_operand(op):
+    """The constant operand of a two-input op whose other input is a key."""
+    return next(sl[1] for sl in op.slots if sl[0] == "const")
 
 
 def fuse_products(program):
@@ -567,22 +584,37 @@ def _product_chain(op, outs, steps, sole):
     # (not a MatMul's Add of a bias: the product starts its sums from the bias, the Add
     # rounds the sum and then adds; the first call of new shapes runs the graph's ops one
     # by one, and every call must give the same bits)
+    # (the Add of a bias after a MatMul: added to the product's result in place, not
+    # the product's starting sums)
     conv = type(op) is FnOp and op.kernel == "Conv"
     if not ((conv or (type(op) is ProductOp and op._packed is not None)) and len(outs) == 1):
         return None
-    k = sole(outs[0])
-    if k is None:
+    chain: list = []
+    cur = outs[0]
+    while len(chain) < 2 and (k := sole(cur)) is not None:
+        nop, nins, nouts, _ = steps[k]
+        if not (type(nop) is FnOp and not nop.domain and nins == [cur] and len(nouts) == 1):
+            break
+        bias = (
+            nop.kernel == "Add"
+            and not conv
+            and not chain
+            and len(nop.slots) == 2
+            and sorted(sl[0] for sl in nop.slots) == ["const", "key"]
+            and ("key", 0) in nop.slots
+        )
+        last = nop.kernel in _PRODUCT_ACTS or (nop.kernel in _THREADED and not conv)
+        if not ((bias or last) and (bias or nop.slots == [("key", 0)])):
+            break
+        chain.append(k)
+        cur = nouts[0]
+        if last:
+            break
+    if not chain:
         return None
-    nop, nins, nouts, _ = steps[k]
-    if not (
-        type(nop) is FnOp
-        and (nop.kernel in _PRODUCT_ACTS or (nop.kernel in _THREADED and not conv))
-        and nins == [outs[0]]
-        and len(nouts) == 1
-        and nop.slots == [("key", 0)]
-    ):
-        return None
-    return [k], _FusedProduct(op, [nop], _PRODUCT_ACTS.get(nop.kernel, -1)), nouts[0]
+    tail = [steps[k][0] for k in chain]
+    act = _PRODUCT_ACTS.get(tail[0].kernel, -1) if len(tail) == 1 else -1
+    return chain, _FusedProduct(op, tail, act), cur
 
 
 class _FusedAttention:
