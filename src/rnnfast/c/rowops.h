@@ -58,12 +58,7 @@ typedef struct {
 
 #define RNN_ROWS_FMA 0
 #define ISA_SUFFIX baseline
-#define TYPE float
-#include "rowops.template.h"
-#undef TYPE
-#define TYPE double
-#include "rowops.template.h"
-#undef TYPE
+#include "rowops.types.h"
 #undef ISA_SUFFIX
 #undef RNN_ROWS_FMA
 
@@ -74,24 +69,14 @@ typedef struct {
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 #define ISA_SUFFIX avx2
-#define TYPE float
-#include "rowops.template.h"
-#undef TYPE
-#define TYPE double
-#include "rowops.template.h"
-#undef TYPE
+#include "rowops.types.h"
 #undef ISA_SUFFIX
 #pragma GCC pop_options
 
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")
 #define ISA_SUFFIX avx512
-#define TYPE float
-#include "rowops.template.h"
-#undef TYPE
-#define TYPE double
-#include "rowops.template.h"
-#undef TYPE
+#include "rowops.types.h"
 #undef ISA_SUFFIX
 #pragma GCC pop_options
 #undef RNN_ROWS_FMA
