@@ -1,7 +1,8 @@
 """The fast paths of an ONNX model's load and call: files mapped (not read) and closed
 by the end of the load, the view ops after a recurrent node run as one step
 (``model_onnx.fuse_views``), a product's bias and activation applied by the product
-(``model_onnx.fuse_products``) and the plain call's checks (``OnnxModel._plain_feeds``).
+(``model_onnx.fuse_products``), attention in one compiled call (``model_onnx.fuse_attention``)
+and the plain call's checks (``OnnxModel._plain_feeds``).
 Every result against ONNX Runtime; outputs are the caller's own (never a view a later
 call writes into), as ONNX Runtime's are."""
 
@@ -18,7 +19,7 @@ import torch
 import rnnfast
 import rnnfast.io.onnx as onnx_io
 from rnnfast.model_onnx import FnOp as _FnOp
-from rnnfast.model_onnx import _Fused, _FusedProduct
+from rnnfast.model_onnx import _Fused, _FusedAttention, _FusedProduct
 
 from _testing import assert_close
 
@@ -252,9 +253,14 @@ def test_products_apply_their_activation_and_match_onnxruntime(seed, B):
     got = [model.run(None, feed, num_threads=n) for n in (1, 2, 1)]
     fused = {op.prod.op_type: op for op, *_ in model._fast[0] if isinstance(op, _FusedProduct)}
     kinds = sorted(tuple(o.op_type for o in op.tail) for op in fused.values())
-    # (a MatMul's Add stays an op of its own: the fused product would start its sums
-    # from the bias, and the first call of new shapes runs the ops one by one)
-    assert ("Relu",) in kinds and "Conv" in fused and ("Add",) not in kinds, kinds
+    # (a MatMul's Add is added to the product's result, in place: not the product's
+    # starting sums, which give other bits, and the first call of new shapes runs the
+    # ops one by one)
+    assert ("Relu",) in kinds and "Conv" in fused and ("Add", "Sigmoid") in kinds, kinds
+    dyn = rnnfast.from_onnx(export(Head(), x, dynamic={"x": {0: "b"}}))
+    first = dyn.run(None, feed)  # a new batch size: the graph's ops one by one
+    for g, f in zip(dyn.run(None, feed), first):  # then the fused program
+        np.testing.assert_array_equal(g, f)
     for g, w in zip(got[0], want):
         assert_close(g, w, np.float32)
     for other in got[1:]:
@@ -279,3 +285,100 @@ def test_a_fused_product_off_its_packed_path_runs_its_ops_one_by_one(seed):
         assert_close(g, w, np.float32)
     for a, b in zip(first, again):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+class Decoder(torch.nn.Module):
+    """One step of a Luong "dot" attention decoder (bench/compare.py's, smaller): Embedding
+    -> GRU step -> softmax(y @ enc^T) @ enc -> Linear + tanh -> Linear -> softmax or
+    log-softmax; the probabilities and the new state out."""
+
+    def __init__(self, log, V=50, H=16):
+        super().__init__()
+        self.log = log
+        self.emb = torch.nn.Embedding(V, H)
+        self.rnn = torch.nn.GRU(H, H, batch_first=True)
+        self.concat = torch.nn.Linear(2 * H, H)
+        self.out = torch.nn.Linear(H, V)
+
+    def forward(self, tok, h, enc):
+        y, h = self.rnn(self.emb(tok), h)
+        attn = torch.softmax(torch.bmm(y, enc.transpose(1, 2)), -1)
+        context = torch.bmm(attn, enc).squeeze(1)
+        z = self.out(torch.tanh(self.concat(torch.cat([y.squeeze(1), context], -1))))
+        return (torch.log_softmax(z, -1) if self.log else torch.softmax(z, -1)), h
+
+
+def _decoder(seed, log):
+    torch.manual_seed(seed % 2**31)
+    net = Decoder(log).eval()
+    feeds = _decoder_feeds(np.random.default_rng(seed), 2)
+    f = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            net,
+            tuple(torch.from_numpy(v) for v in feeds.values()),
+            f,
+            input_names=list(feeds),
+            output_names=["y", "state"],
+            opset_version=17,
+            dynamo=False,
+            dynamic_axes={"tok": {0: "B"}, "h": {1: "B"}, "enc": {0: "B", 1: "S"}, "y": {0: "B"}},
+        )
+    return f.getvalue()
+
+
+def _decoder_feeds(rng, B, S=7):
+    return {
+        "tok": rng.integers(0, 50, (B, 1), dtype=np.int64),
+        "h": rng.standard_normal((1, B, 16)).astype(np.float32),
+        "enc": rng.standard_normal((B, S, 16)).astype(np.float32),
+    }
+
+
+@pytest.mark.parametrize("log", [False, True])
+def test_a_decoder_step_fuses_attention_and_softmax_and_matches_onnxruntime(seed, log):
+    """The attention block is one compiled step and the head's (log-)softmax runs in
+    place on its product; against ONNX Runtime on the first call of each batch size (the
+    graph's ops one by one) and later ones (the fused program), which give the same bits,
+    as 1 and 2 threads do, and as a row alone does (its batch never changes its bits)."""
+    data = _decoder(seed, log)
+    model = rnnfast.from_onnx(data)
+    rng = np.random.default_rng(seed)
+    feeds = {B: _decoder_feeds(rng, B) for B in (1, 3, 64)}
+    feeds[5] = _decoder_feeds(rng, 5, S=11)
+    for feed in feeds.values():
+        first = model.run(None, feed)  # a new batch size: the graph's ops one by one
+        later = [model.run(None, feed, num_threads=n) for n in (1, 2, 1)]
+        for g, w in zip(first, _ort(data, feed)):
+            assert_close(g, w, np.float32)
+        for again in later:
+            for a, b in zip(first, again):
+                np.testing.assert_array_equal(a, b)
+    steps = [op for op, *_ in model._fast[0]]
+    assert any(isinstance(op, _FusedAttention) for op in steps)
+    heads = [op for op in steps if isinstance(op, _FusedProduct) and op.tail[0].op_type.endswith("Softmax")]
+    assert len(heads) == 1
+    three = feeds[3]
+    alone = model.run(None, {"tok": three["tok"][1:2], "h": three["h"][:, 1:2], "enc": three["enc"][1:2]})
+    full = model.run(None, three)
+    np.testing.assert_array_equal(alone[0], full[0][1:2])
+    np.testing.assert_array_equal(alone[1], full[1][:, 1:2])
+
+
+def test_fused_attention_off_its_compiled_path_runs_its_ops_one_by_one(seed):
+    """A call the compiled attention does not take (4-D, here through its ops' own
+    kernels) runs the three ops: ONNX Runtime's values."""
+    data = _decoder(seed, False)
+    model = rnnfast.from_onnx(data)
+    feed = _decoder_feeds(np.random.default_rng(seed), 2)
+    model.run(None, feed)
+    model.run(None, feed)  # (the second call of these shapes runs the fused program)
+    fused = [op for op, *_ in model._fast[0] if isinstance(op, _FusedAttention)][0]
+    q = np.random.default_rng(seed).standard_normal((2, 1, 3, 16)).astype(np.float32)
+    kt = np.random.default_rng(seed + 1).standard_normal((2, 1, 16, 5)).astype(np.float32)
+    v = np.random.default_rng(seed + 2).standard_normal((2, 1, 5, 16)).astype(np.float32)
+    got = fused.compute([q, kt, v], 1)[0]
+    s = q.astype(np.float64) @ kt
+    p = np.exp(s - s.max(-1, keepdims=True))
+    assert_close(got, (p / p.sum(-1, keepdims=True)) @ v, np.float32)

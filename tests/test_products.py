@@ -7,7 +7,7 @@ import pickle
 import numpy as np
 import pytest
 
-from rnnfast import _kernels, _plan, _products, ops
+from rnnfast import _kernels, _plan, _products, _rowops, _special, ops
 from rnnfast.layers import Dense
 
 SHAPES = [
@@ -71,8 +71,8 @@ def test_matmul_reads_transposed_heads_in_place(rng, split_everything):
 @pytest.mark.parametrize("transposed", [False, True])
 def test_matmul_of_few_rows_against_per_batch_or_strided_b(rng, split_everything, no_numpy_matmul, B, M, transposed):
     """A decoder step's attention, q (B, M, d) @ enc^T (B, d, S) then weights @ enc: M at
-    most EINSUM_ROWS on NumPy's einsum (no packing), more on the core's product; with
-    a bias and an activation, the same bits for any thread count."""
+    most FEW_ROWS on the row kernel (no packing), more on the core's product; with a
+    bias and an activation, the same bits for any thread count."""
     q = rng.standard_normal((B, M, 16)).astype(np.float32)
     enc = rng.standard_normal((B, 20, 16)).astype(np.float32)
     b = enc.transpose(0, 2, 1) if transposed else rng.standard_normal((B, 16, 20)).astype(np.float32)
@@ -189,3 +189,89 @@ def test_onnx_matmul_of_a_vector_as_numpy(rng):
     op = ProductOp("MatMul", "m", [("key", 0), ("const", W)], 1, {"_name": "m"})
     v = rng.standard_normal(16).astype(np.float32)
     np.testing.assert_allclose(op.compute([v, W], 1)[0], v.astype(np.float64) @ W, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_few_rows_give_the_bits_of_the_same_rows_in_a_larger_batch(rng, dtype, transposed):
+    """A row's values do not depend on its batch: the few-row product (read in place)
+    sums each element in the packed product's chain, bias first (streaming contract)."""
+    K, N = 150, 37  # K past the row kernel's k block, N past its lanes
+    q = rng.standard_normal((9, K)).astype(dtype)
+    b = rng.standard_normal((N, K)).astype(dtype).T if transposed else rng.standard_normal((K, N)).astype(dtype)
+    bias = rng.standard_normal(N).astype(dtype)
+    many = _products.matmul(q, b, bias, num_threads=1)  # 9 rows: the packed product
+    ref = q.astype(np.float64) @ b.astype(np.float64) + bias
+    np.testing.assert_allclose(many, ref, rtol=1e-4 if dtype == np.float32 else 1e-12, atol=1e-4)
+    for m in (1, 2, 4):
+        few = _products.matmul(q[None, :m], b[None], bias, num_threads=1)[0]
+        np.testing.assert_array_equal(few, many[:m])
+        y = np.empty((1, 1, m, N), dtype)
+        _rowops.rows_products(q[None, None, :m], b[None, None], y, bias)
+        np.testing.assert_array_equal(y[0, 0], many[:m])
+
+
+def _softmax64(x, log=False):
+    d = x.astype(np.float64) - x.max(-1, keepdims=True)
+    s = np.exp(d).sum(-1, keepdims=True)
+    return d - np.log(s) if log else np.exp(d) / s
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("log", [False, True])
+@pytest.mark.parametrize("n", [1, 5, 16, 37, 8000])
+def test_row_softmax_against_float64_and_the_same_bits_per_row(rng, dtype, log, n):
+    """The compiled row (log-)softmax: against float64, a row's bits the same alone, in
+    any batch and on any thread count."""
+    x = (3 * rng.standard_normal((70, n))).astype(dtype)
+    x[3, : max(1, n // 2)] = -200  # exps under the range: 0
+    got = [_special.row_softmax(x, log, num_threads=t) for t in (1, 2)]
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(got[0], _softmax64(x, log), **tol)
+    assert got[0].dtype == dtype and got[0].shape == x.shape
+    np.testing.assert_array_equal(got[0], got[1])
+    for r in (0, 3, 69):
+        np.testing.assert_array_equal(_special.row_softmax(x[r : r + 1], log), got[0][r : r + 1])
+    y = x.copy()
+    _special.row_softmax(y, log, out=y)  # in place
+    np.testing.assert_array_equal(y, got[0])
+
+
+def test_row_softmax_splits_among_threads_with_the_same_bits(rng, monkeypatch):
+    monkeypatch.setattr(_special, "SOFTMAX_ELEMENTS_PER_THREAD", 16)
+    x = rng.standard_normal((33, 40)).astype(np.float32)
+    got = [_special.row_softmax(x, num_threads=t) for t in (1, 2, 3)]
+    for g in got[1:]:
+        np.testing.assert_array_equal(g, got[0])
+
+
+def test_row_softmax_of_nan_and_inf_rows_as_numpy():
+    """A NaN, or an infinity that makes the max infinite, makes the whole row NaN; a
+    row of -inf is NaN too (NumPy's x - max); -inf among finite values gives 0."""
+    x = np.array([[1, np.nan, 3], [-np.inf, -np.inf, -np.inf], [np.inf, 1, 2], [-np.inf, 0, 1], [0, 0, 0]], np.float32)
+    with np.errstate(all="ignore"):
+        want = _softmax64(x)
+    got = _special.row_softmax(x)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_allclose(got[3:], want[3:], rtol=1e-6)
+    assert got[3, 0] == 0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("G,M", [(1, 1), (3, 2), (64, 1)])
+def test_attend_gives_the_bits_of_its_three_ops(rng, dtype, G, M):
+    """softmax(q @ k^T) @ v in one call: the bits of the few-row products and the row
+    softmax one after another, for any thread count."""
+    q = rng.standard_normal((G, M, 24)).astype(dtype)
+    enc = rng.standard_normal((G, 7, 24)).astype(dtype)
+    kt = enc.transpose(0, 2, 1)
+    s = _products.matmul(q, kt, num_threads=1)
+    p = _special.row_softmax(s)
+    want = _products.matmul(p, enc, num_threads=1)
+    for t in (1, 2):
+        P, O = np.empty((G, M, 7), dtype), np.empty((G, M, 24), dtype)
+        _rowops.attend(q, kt, enc, P, O, t)
+        np.testing.assert_array_equal(P, p)
+        np.testing.assert_array_equal(O, want)
+    ref = _softmax64(q.astype(np.float64) @ kt.astype(np.float64)) @ enc
+    np.testing.assert_allclose(O, ref, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-6)

@@ -38,6 +38,7 @@ if TYPE_CHECKING:  # what the lazy names below are, for type checkers and editor
 
     _kernels: Any  # the compiled core (load_kernels imported it; no type stubs)
     _stream: Any  # the compiled stream bookkeeping (no type stubs)
+    _rowops: Any  # the compiled row ops of ONNX graphs (no type stubs)
 
 __all__ = [
     "__version__",

@@ -12,7 +12,7 @@ thread count. float32 and float64; other dtypes go to NumPy.
 
 import numpy as np
 
-from . import _kernels, _plan
+from . import _kernels, _plan, _rowops
 from ._special import softmax
 from ._threads import resolve_num_threads
 
@@ -72,11 +72,13 @@ _NO_BIAS = {dt: np.zeros(0, dt) for dt in _CORE}
 
 #: :func:`matmul` of at most this many rows per product, with a B per batch entry or a
 #: B of strided columns (each packed by the core before its product, the latter element
-#: by element) and at most :data:`EINSUM_MACS` multiply-adds in all, runs on NumPy's
-#: einsum: (64, 1, 256) @ (64, 256, 20) (a transposed view) took 0.52 ms packed, 0.07 ms
-#: so; (1, 256) @ (256, 20) (transposed) 9.6 us / 4.4 us (Zen 4, 1 thread).
-EINSUM_ROWS = 4
-EINSUM_MACS = 1 << 22
+#: by element) and at most :data:`FEW_ROWS_MACS` multiply-adds in all, runs on
+#: ``_rowops.rows_products`` (B read in place, not packed; each element the packed
+#: product's chain, so a row's values are the same either way): (64, 1, 256) @ (64, 256,
+#: 20) (a transposed view) took 0.52 ms packed; (1, 256) @ (256, 20) (transposed) 9.6 us
+#: packed, 3.8 us so (Zen 4, 1 thread).
+FEW_ROWS = 4
+FEW_ROWS_MACS = 1 << 22
 
 
 def matmul(a, b, bias=None, num_threads=None, act=-1):
@@ -117,15 +119,13 @@ def matmul(a, b, bias=None, num_threads=None, act=-1):
         return y.reshape(batch + (M, N))
     bb = None if bias is None else np.ascontiguousarray(bias, dt).reshape(N)
     per_b = b4.shape[0] * b4.shape[1] > 1 or (b4.strides[-1] != b4.itemsize and N > 1)
-    if M <= EINSUM_ROWS and per_b and lead[0] * lead[1] * M * N * K <= EINSUM_MACS:
+    nth = _team(num_threads, M, N, K, lead[0] * lead[1])
+    if M <= FEW_ROWS and per_b and lead[0] * lead[1] * M * N * K <= FEW_ROWS_MACS:
         # a few rows against a B per batch entry, or a transposed one (attention's
-        # q @ k^T at decoding): packing B would cost more than its product; NumPy's
-        # einsum (its own loops, never BLAS: no threads) reads the strided views in place
-        np.einsum("abmk,abkn->abmn", a4, b4, out=y)
-        if bb is not None:
-            y += bb
+        # q @ k^T at decoding): packing B would cost more than its product
+        _rowops.rows_products(a4, b4, y, bb, nth)
         if act >= 0:
             _kernels.activate(act, y.reshape(-1))
         return y.reshape(batch + (M, N))
-    _kernels.products(a4, b4, y, bb, act, _team(num_threads, M, N, K, lead[0] * lead[1]))
+    _kernels.products(a4, b4, y, bb, act, nth)
     return y.reshape(batch + (M, N))

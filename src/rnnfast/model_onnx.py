@@ -22,13 +22,13 @@ import threading
 
 import numpy as np
 
-from . import _onnx_stream, _products, _validation
+from . import _onnx_stream, _products, _rowops, _validation
 from . import stream as _stream
 from ._progress import run_batched
-from ._special import erf
+from ._special import erf, row_softmax
 from ._summary import Summarized
 from .graph import Graph
-from .layers import ACTIVATIONS, apply_activation, softmax
+from .layers import ACTIVATIONS, apply_activation
 from .ops import conv1d, pool1d
 
 __all__ = [
@@ -44,6 +44,7 @@ __all__ = [
     "run_compiled",
     "fuse_views",
     "fuse_products",
+    "fuse_attention",
 ]
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))  # the dtypes of the core's products
@@ -181,7 +182,10 @@ class FnOp(OnnxOp):
                 self.slots[1] = None
 
     def compute(self, args, num_threads):
-        out = KERNELS[self.kernel](args, self.attrs)
+        if self.kernel in _THREADED:
+            out = KERNELS[self.kernel](args, self.attrs, num_threads)
+        else:
+            out = KERNELS[self.kernel](args, self.attrs)
         return list(out) if isinstance(out, (list, tuple)) else [out]
 
     def describe(self):
@@ -513,11 +517,14 @@ _PRODUCT_ACTS = {"Relu": ACTIVATIONS["relu"], "Tanh": ACTIVATIONS["tanh"], "Sigm
 class _FusedProduct:
     """A :class:`ProductOp` on packed weights (or a ``Conv``) and the ops that alone
     read its output after it (:func:`fuse_products`): one ``Relu`` / ``Tanh`` /
-    ``Sigmoid``, applied by the product to
-    each row as it is written (``c/products.template.h``), not as passes of their own
-    over a copy. Where the packed path does not take the call's arrays, the ops run one
-    by one. (A ``Softmax`` is not taken: the core's row softmax sums in one chain,
-    slower than NumPy's at thousands of columns.)"""
+    ``Sigmoid`` (``act``), applied by the product to each row as it is written
+    (``c/products.template.h``), not as passes of their own over a copy; or (``act``
+    -1) the ``Add`` of a constant (a MatMul's bias) and/or a ``Softmax`` /
+    ``LogSoftmax`` or activation, run on the product's new array, in place where the op
+    allows (:func:`_on_new_array`: no second array, at (64, 8000) a new one cost its
+    page faults, 0.1-0.2 ms). Where the packed path does not take the call's arrays, the
+    ops run one by one. (The core's fused row softmax is not used: it sums in one chain,
+    slower at thousands of columns, and gives other bits.)"""
 
     multi_input = True
 
@@ -533,16 +540,36 @@ class _FusedProduct:
     def compute(self, args, num_threads):
         if type(self.prod) is FnOp:  # a Conv: the activation applied by its product
             return [_conv(args, self.prod.attrs, self.act)]
-        y = self.prod.packed(args, num_threads, self.act)
-        if y is not None:
-            return [y]
+        if self.act >= 0:
+            y = self.prod.packed(args, num_threads, self.act)
+            if y is not None:
+                return [y]
         y = self.prod.compute(args, num_threads)[0]
         for op in self.tail:
-            y = op.compute(op.args([y]), num_threads)[0]
+            y = _on_new_array(op, y, num_threads)
         return [y]
 
     def __repr__(self):
         return "<fused %r + %s>" % (self.prod.name, ", ".join(op.op_type for op in self.tail))
+
+
+def _on_new_array(op, y, num_threads):
+    """``op`` (a step after a product, :func:`_product_chain`) on ``y``, its only input
+    and a new array no one else reads: a (log-)softmax and the ``Add`` of a constant that
+    leaves ``y``'s shape and dtype write into ``y`` (the values of the op's own kernel:
+    NumPy's add, in either order, and the row kernel); the rest as the op computes."""
+    if op.kernel in _THREADED:
+        return _softmax([y], op.attrs, num_threads, op.kernel == "LogSoftmax", out=y)
+    if op.kernel == "Add" and type(y) is np.ndarray and y.flags.writeable:
+        c = _const_operand(op)
+        if c.dtype == y.dtype and c.ndim <= y.ndim and np.broadcast_shapes(c.shape, y.shape) == y.shape:
+            return np.add(y, c, out=y)
+    return op.compute(op.args([y]), num_threads)[0]
+
+
+def _const_operand(op):
+    """The constant operand of a two-input op whose other input is a key."""
+    return next(sl[1] for sl in op.slots if sl[0] == "const")
 
 
 def fuse_products(program):
@@ -557,22 +584,154 @@ def _product_chain(op, outs, steps, sole):
     # (not a MatMul's Add of a bias: the product starts its sums from the bias, the Add
     # rounds the sum and then adds; the first call of new shapes runs the graph's ops one
     # by one, and every call must give the same bits)
+    # (the Add of a bias after a MatMul: added to the product's result in place, not
+    # the product's starting sums)
     conv = type(op) is FnOp and op.kernel == "Conv"
     if not ((conv or (type(op) is ProductOp and op._packed is not None)) and len(outs) == 1):
         return None
-    k = sole(outs[0])
-    if k is None:
+    chain: list = []
+    cur = outs[0]
+    while len(chain) < 2 and (k := sole(cur)) is not None:
+        nop, nins, nouts, _ = steps[k]
+        if not (type(nop) is FnOp and not nop.domain and nins == [cur] and len(nouts) == 1):
+            break
+        bias = (
+            nop.kernel == "Add"
+            and not conv
+            and not chain
+            and len(nop.slots) == 2
+            and sorted(sl[0] for sl in nop.slots) == ["const", "key"]
+            and ("key", 0) in nop.slots
+        )
+        last = nop.kernel in _PRODUCT_ACTS or (nop.kernel in _THREADED and not conv)
+        if not ((bias or last) and (bias or nop.slots == [("key", 0)])):
+            break
+        chain.append(k)
+        cur = nouts[0]
+        if last:
+            break
+    if not chain:
         return None
-    nop, nins, nouts, _ = steps[k]
-    if not (
-        type(nop) is FnOp
-        and nop.kernel in _PRODUCT_ACTS
-        and nins == [outs[0]]
-        and len(nouts) == 1
-        and nop.slots == [("key", 0)]
-    ):
+    tail = [steps[k][0] for k in chain]
+    act = _PRODUCT_ACTS.get(tail[0].kernel, -1) if len(tail) == 1 else -1
+    return chain, _FusedProduct(op, tail, act), cur
+
+
+class _FusedAttention:
+    """``MatMul`` -> ``Softmax`` over the last axis -> ``MatMul`` (the second product's
+    first input the softmax's, each intermediate read by the next op alone): attention,
+    ``softmax(q @ kt) @ v``, as one step (:func:`fuse_attention`). Where the arrays are
+    float (one dtype), 3-D with one batch size, the products of at most
+    :data:`rnnfast._products.FEW_ROWS` rows (a decoder step's), it is one compiled call
+    (``_rowops.attend``) that gives the bits of the three ops' own kernels (the products'
+    chains and the row softmax); otherwise the three ops run one by one."""
+
+    multi_input = True
+
+    def __init__(self, scores, soft, mix, n_in):
+        self.ops = (scores, soft, mix)
+        self.n_in = n_in  # the inputs of ``scores``; then ``mix``'s second, if a key
+        self.name = scores.name
+
+    def args(self, xs):
+        scores, _, mix = self.ops
+        q, kt = scores.args(xs[: self.n_in])
+        v = mix.slots[1][1] if mix.slots[1][0] == "const" else xs[self.n_in]
+        return [q, kt, v]
+
+    def compute(self, args, num_threads):
+        q, kt, v = args
+        scores, soft, mix = self.ops
+        if (
+            type(q) is np.ndarray
+            and type(kt) is np.ndarray
+            and type(v) is np.ndarray
+            and q.ndim == kt.ndim == v.ndim == 3
+            and q.dtype in _FLOATS
+            and q.dtype == kt.dtype == v.dtype
+            and q.shape[0] == kt.shape[0] == v.shape[0]
+            and q.shape[1] <= _products.FEW_ROWS
+            and q.shape[2] == kt.shape[1]
+            and kt.shape[2] == v.shape[1]
+            and q.shape[2] > 0
+            and kt.shape[2] > 0
+            and _axis(soft.attrs["axis"], 3) == 2
+        ):
+            G, M = q.shape[:2]
+            if q.strides[2] != q.itemsize:
+                q = np.ascontiguousarray(q)
+            p = np.empty((G, M, kt.shape[2]), q.dtype)
+            y = np.empty((G, M, v.shape[2]), q.dtype)
+            _rowops.attend(q, kt, v, p, y, 1)
+            return [y]
+        p = scores.compute([q, kt], num_threads)[0]
+        p = soft.compute([p], num_threads)[0]
+        return mix.compute([p, v], num_threads)
+
+    def __repr__(self):
+        return "<fused attention %r + Softmax, MatMul>" % self.name
+
+
+def fuse_attention(program):
+    """``program`` (what :func:`_compile` gives) with each ``MatMul`` -> ``Softmax`` ->
+    ``MatMul`` chain (:class:`_FusedAttention`: each output read by the next op alone,
+    not a model output; the last product's second input computed before the first
+    product and read by no step between the two) as one step, its inputs the first
+    product's and then the second input of the last."""
+    steps, n, outputs = program
+    readers: dict = {}
+    made: dict = {}
+    for j, (_, ins, outs, _) in enumerate(steps):
+        for i in set(ins):
+            readers.setdefault(i, []).append(j)
+        for i in outs:
+            made[i] = j
+    final = set(outputs)
+
+    def sole(i):
+        return readers[i][0] if i not in final and len(readers.get(i, ())) == 1 else None
+
+    def unpacked_matmul(op):
+        return type(op) is ProductOp and op.op_type == "MatMul" and op._packed is None
+
+    taken: set = set()
+    fused = []
+    for j, (op, ins, outs, free) in enumerate(steps):
+        if j in taken:
+            continue
+        found = _attention_chain(j, op, outs, steps, sole, made, readers, unpacked_matmul)
+        if found is None:
+            fused.append((op, ins, outs, free))
+            continue
+        k1, k2 = found
+        soft, mix = steps[k1], steps[k2]
+        taken.update((k1, k2))
+        extra = [mix[1][1]] if mix[0].slots[1][0] == "key" else []
+        gone = list(free) + list(soft[3]) + list(mix[3])
+        fused.append((_FusedAttention(op, soft[0], mix[0], len(ins)), list(ins) + extra, list(mix[2]), gone))
+    return fused, n, outputs
+
+
+def _attention_chain(j, op, outs, steps, sole, made, readers, unpacked_matmul):
+    """``(k1, k2)``: the Softmax and MatMul steps that make step ``j`` the start of an
+    attention block (:func:`fuse_attention`), or None."""
+    k1 = sole(outs[0]) if unpacked_matmul(op) and len(outs) == 1 else None
+    if k1 is None:
         return None
-    return [k], _FusedProduct(op, [nop], _PRODUCT_ACTS[nop.kernel]), nouts[0]
+    sop, sins, souts, _ = steps[k1]
+    if not (type(sop) is FnOp and sop.kernel == "Softmax" and sins == [outs[0]] and sop.slots == [("key", 0)]):
+        return None
+    k2 = sole(souts[0]) if len(souts) == 1 else None
+    if k2 is None:
+        return None
+    mop, mins, mouts, _ = steps[k2]
+    if not (unpacked_matmul(mop) and len(mouts) == 1 and mop.slots[0] == ("key", 0) and mins[0] == souts[0]):
+        return None
+    if mop.slots[1][0] == "key":
+        v = mins[1]  # computed before step j, and read by no step between the two
+        if made.get(v, -1) >= j or any(j < r < k2 for r in readers[v]):
+            return None
+    return k1, k2
 
 
 # -- kernels: one function per op type (args: the inputs, None where absent) -----------
@@ -631,21 +790,21 @@ def _mod(args, a):
     return np.mod(x, y)
 
 
-def _softmax(args, a, log=False):
+def _softmax(args, a, num_threads=None, log=False, out=None):
+    """ONNX ``Softmax`` / ``LogSoftmax`` (``log``) on the compiled row kernel
+    (:func:`rnnfast._special.row_softmax`), any axis; ``out``: where to write it (the
+    input itself, for :class:`_FusedProduct`) where the rows lie in it, else unused."""
     x = args[0]
     axis = _axis(a["axis"], x.ndim)
     if a.get("legacy"):  # opset < 13: over the axes from `axis` on, flattened
         shape = x.shape
         x2 = x.reshape(int(np.prod(shape[:axis], dtype=np.int64)), -1)
-        y = _softmax([x2], {"axis": -1}, log)
+        y = _softmax([x2], {"axis": -1}, num_threads, log)
         return y.reshape(shape)
     if axis != x.ndim - 1:
-        y = _softmax([np.moveaxis(x, axis, -1)], {"axis": -1}, log)
+        y = _softmax([np.moveaxis(x, axis, -1)], {"axis": -1}, num_threads, log)
         return np.moveaxis(y, -1, axis)
-    if log:
-        y = x - x.max(axis=-1, keepdims=True)
-        return y - np.log(np.exp(y).sum(axis=-1, keepdims=True))
-    return softmax(np.ascontiguousarray(x))
+    return row_softmax(x, log, num_threads, out=out)
 
 
 def _gemm(args, a, num_threads=None):
@@ -1069,8 +1228,8 @@ KERNELS = {
     "Mish": lambda args, a: args[0] * np.tanh(_softplus(args[0])),
     "Gelu": _gelu,
     "Clip": _clip,
-    "Softmax": lambda args, a: _softmax(args, a),
-    "LogSoftmax": lambda args, a: _softmax(args, a, log=True),
+    "Softmax": _softmax,
+    "LogSoftmax": lambda args, a, num_threads=None: _softmax(args, a, num_threads, log=True),
     "Gemm": _gemm,
     "MatMul": _matmul,
     "Conv": _conv,
@@ -1108,6 +1267,11 @@ KERNELS = {
     "Range": _range,
     "Dropout": _dropout,
 }
+
+
+#: Kernels that take the call's thread count too, ``(args, attrs, num_threads)``: the
+#: (log-)softmax, which :class:`_FusedProduct` also takes.
+_THREADED = frozenset(("Softmax", "LogSoftmax"))
 
 
 def _fold(fn, args):
@@ -1365,7 +1529,7 @@ class OnnxModel(Summarized):
         masks (an ONNX graph carries none), for the per-call overhead at small sizes."""
         prog = self.__dict__.get("_fast")
         if prog is None:
-            prog = self._fast = fuse_products(fuse_views(self._compiled()))
+            prog = self._fast = fuse_attention(fuse_products(fuse_views(self._compiled())))
         return run_compiled(prog, feeds, num_threads)
 
     def _example_feed(self, steps=PROBE_STEPS):

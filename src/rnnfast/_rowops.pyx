@@ -1,0 +1,145 @@
+# Design: the small ops of ONNX graphs (rnnfast/model_onnx.py) in compiled code, on rows.
+# The C is c/rowops.template.h (one body per type and instruction set), its table
+# c/rowops.h; this module picks the table row of the instruction set isa.h's dispatcher
+# chose (rnnfast._kernels.isa(), once, at import: the products beside these ops run on
+# it), checks shapes, and releases the GIL for the loops. The caller allocates the
+# outputs and says how many threads may share the rows (or the product's batch entries);
+# each row is computed by one thread in an order that depends on its length only, so the
+# results never depend on the thread count nor on the other rows of the batch.
+from cython cimport floating
+
+from . import _kernels
+
+
+cdef extern from "c/rowops.h" nogil:
+    ctypedef struct rnn_rows_args:
+        long G1, G2, M, N, K
+        const void *A
+        long sa1, sa2, lda
+        const void *B
+        long sb1, sb2, ldb, cb
+        const void *bias
+        void *C
+        long sc1, sc2, ldc
+
+    ctypedef struct rnn_attend_args:
+        long G, M, K, T, N
+        const void *Q
+        long sq, ldq
+        const void *Kt
+        long sk, ldk, ck
+        const void *V
+        long sv, ldv, cv
+        void *S
+        void *O
+
+    ctypedef struct rnn_rowops_table:
+        void (*softmax_rows_f)(const float *x, long ldx, float *y, long ldy, long R, long n, int take_log,
+                               int nth) noexcept nogil
+        void (*softmax_rows_d)(const double *x, long ldx, double *y, long ldy, long R, long n, int take_log,
+                               int nth) noexcept nogil
+        void (*rows_products_f)(const rnn_rows_args *pr, int nth) noexcept nogil
+        void (*rows_products_d)(const rnn_rows_args *pr, int nth) noexcept nogil
+        void (*attend_f)(const rnn_attend_args *ar, int nth) noexcept nogil
+        void (*attend_d)(const rnn_attend_args *ar, int nth) noexcept nogil
+
+    const rnn_rowops_table rnn_rowops[]
+
+cdef const rnn_rowops_table *_table = &rnn_rowops[_kernels.ISA_LEVELS.index(_kernels.isa())]
+
+
+def softmax_rows(const floating[:, ::1] x,          # IN  (R, n)
+                 floating[:, ::1] y,                # OUT (R, n); may be x
+                 bint take_log=False, int num_threads=1):
+    """y = softmax(x) over each row, exp(d) / sum exp(d) with d = x - max(x) (take_log:
+    the log-softmax, d - log(sum exp(d))). Rows split among ``num_threads`` threads at
+    most. GIL released."""
+    cdef long R = x.shape[0], n = x.shape[1]
+    if y.shape[0] != R or y.shape[1] != n:
+        raise ValueError("softmax_rows: x %s, y %s" % ((R, n), (y.shape[0], y.shape[1])))
+    if R == 0 or n == 0:
+        return
+    with nogil:
+        if floating is float:
+            _table.softmax_rows_f(&x[0, 0], n, &y[0, 0], n, R, n, take_log, num_threads)
+        else:
+            _table.softmax_rows_d(&x[0, 0], n, &y[0, 0], n, R, n, take_log, num_threads)
+
+
+def rows_products(const floating[:, :, :, :] A,     # IN  (G1, G2, M, K), rows contiguous
+                  const floating[:, :, :, :] B,     # IN  (G1 or 1, G2 or 1, K, N), any strides
+                  floating[:, :, :, :] C,           # OUT (G1, G2, M, N), rows contiguous
+                  const floating[::1] bias=None,    # IN  (N,), or None
+                  int num_threads=1):
+    """C[g1, g2] = bias + A[g1, g2] @ B[g1, g2], each element one chain of multiply-adds
+    over k from its bias (or zero): the packed product's chain (``_kernels.products``),
+    without packing B (strided views read in place). For few rows: the loop is not
+    register-tiled. The (g1, g2) split among ``num_threads`` threads at most. GIL
+    released."""
+    cdef Py_ssize_t isz = sizeof(floating)
+    cdef long G1 = A.shape[0], G2 = A.shape[1], M = A.shape[2], K = A.shape[3], N = B.shape[3]
+    cdef rnn_rows_args pr
+    if (B.shape[0] not in (1, G1) or B.shape[1] not in (1, G2) or B.shape[2] != K
+            or C.shape[0] != G1 or C.shape[1] != G2 or C.shape[2] != M or C.shape[3] != N
+            or (bias is not None and bias.shape[0] != N)):
+        raise ValueError("rows_products: A %s, B %s, C %s do not match"
+                         % ([A.shape[i] for i in range(4)], [B.shape[i] for i in range(4)],
+                            [C.shape[i] for i in range(4)]))
+    if G1 == 0 or G2 == 0 or M == 0 or N == 0:
+        return
+    if K == 0:
+        raise ValueError("rows_products: A has no columns")
+    if (A.strides[3] != isz and K > 1) or (C.strides[3] != isz and N > 1):
+        raise ValueError("rows_products: the rows of A and C must be contiguous")
+    pr.G1, pr.G2, pr.M, pr.N, pr.K = G1, G2, M, N, K
+    pr.A = &A[0, 0, 0, 0]
+    pr.sa1, pr.sa2, pr.lda = A.strides[0] // isz, A.strides[1] // isz, A.strides[2] // isz
+    pr.B = &B[0, 0, 0, 0]
+    pr.sb1 = B.strides[0] // isz if B.shape[0] > 1 else 0
+    pr.sb2 = B.strides[1] // isz if B.shape[1] > 1 else 0
+    pr.ldb, pr.cb = B.strides[2] // isz, B.strides[3] // isz
+    pr.bias = &bias[0] if bias is not None else NULL
+    pr.C = &C[0, 0, 0, 0]
+    pr.sc1, pr.sc2, pr.ldc = C.strides[0] // isz, C.strides[1] // isz, C.strides[2] // isz
+    with nogil:
+        if floating is float:
+            _table.rows_products_f(&pr, num_threads)
+        else:
+            _table.rows_products_d(&pr, num_threads)
+
+
+def attend(const floating[:, :, :] Q,              # IN  (G, M, K), rows contiguous
+           const floating[:, :, :] Kt,             # IN  (G, K, T), any strides
+           const floating[:, :, :] V,              # IN  (G, T, N), any strides
+           floating[:, :, ::1] S,                  # OUT (G, M, T): the softmaxed scores
+           floating[:, :, ::1] O,                  # OUT (G, M, N)
+           int num_threads=1):
+    """O[g] = softmax(Q[g] @ Kt[g]) @ V[g], the softmax over each row (S[g] = its
+    values): the bits of ``rows_products``, ``softmax_rows`` and ``rows_products`` one
+    after another, in one call. The g split among ``num_threads`` threads at most. GIL
+    released."""
+    cdef Py_ssize_t isz = sizeof(floating)
+    cdef long G = Q.shape[0], M = Q.shape[1], K = Q.shape[2], T = Kt.shape[2], N = V.shape[2]
+    cdef rnn_attend_args ar
+    if (Kt.shape[0] != G or Kt.shape[1] != K or V.shape[0] != G or V.shape[1] != T
+            or S.shape[0] != G or S.shape[1] != M or S.shape[2] != T
+            or O.shape[0] != G or O.shape[1] != M or O.shape[2] != N):
+        raise ValueError("attend: Q %s, Kt %s, V %s, S %s, O %s do not match"
+                         % ((G, M, K), (Kt.shape[0], Kt.shape[1], T), (V.shape[0], V.shape[1], N),
+                            (S.shape[0], S.shape[1], S.shape[2]), (O.shape[0], O.shape[1], O.shape[2])))
+    if K == 0 or T == 0:
+        raise ValueError("attend: no columns to sum (K %d, T %d)" % (K, T))
+    if Q.strides[2] != isz and K > 1:
+        raise ValueError("attend: the rows of Q must be contiguous")
+    if G == 0 or M == 0 or N == 0:
+        return
+    ar.G, ar.M, ar.K, ar.T, ar.N = G, M, K, T, N
+    ar.Q, ar.sq, ar.ldq = &Q[0, 0, 0], Q.strides[0] // isz, Q.strides[1] // isz
+    ar.Kt, ar.sk, ar.ldk, ar.ck = &Kt[0, 0, 0], Kt.strides[0] // isz, Kt.strides[1] // isz, Kt.strides[2] // isz
+    ar.V, ar.sv, ar.ldv, ar.cv = &V[0, 0, 0], V.strides[0] // isz, V.strides[1] // isz, V.strides[2] // isz
+    ar.S, ar.O = &S[0, 0, 0], &O[0, 0, 0]
+    with nogil:
+        if floating is float:
+            _table.attend_f(&ar, num_threads)
+        else:
+            _table.attend_d(&ar, num_threads)

@@ -1,0 +1,104 @@
+/*
+ * rowops.h -- rowops.template.h instantiated for float and double on every instruction
+ * set the build carries (the sets and the condition of isa.h: the portable baseline,
+ * and AVX2 and AVX-512 under `#pragma GCC target` where GCC >= 8 builds for x86-64),
+ * and their table: rnn_rowops[level] for an rnn_isa_level (enums.h). The caller
+ * (rnnfast/_rowops.pyx) takes the level isa.h's dispatcher chose (rnnfast._kernels.isa()),
+ * so that these ops compute as the products beside them do.
+ */
+#ifndef RNNFAST_ROWOPS_H
+#define RNNFAST_ROWOPS_H
+
+#include <math.h>
+#include <string.h>
+
+#include "enums.h"
+#include "mathfun.h"
+#include "openmp.h"
+#include "template.h"
+
+/* G1 x G2 products C[g1, g2] = bias + A[g1, g2] B[g1, g2] (M x K times K x N); strides
+ * in elements; a batch stride of 0 serves every entry along it; B any strides (element
+ * (k, j) at B[k*ldb + j*cb]); bias (N,) or NULL. */
+typedef struct {
+    long G1, G2, M, N, K;
+    const void *A;
+    long sa1, sa2, lda;
+    const void *B;
+    long sb1, sb2, ldb, cb;
+    const void *bias;
+    void *C;
+    long sc1, sc2, ldc;
+} rnn_rows_args;
+
+/* Attention over G batch entries: O_g (M x N) = softmax(Q_g (M x K) Kt_g (K x T)) V_g
+ * (T x N), the softmax over each row; S (G x M x T) and O (G x M x N) C-contiguous, S
+ * the softmaxed scores; Q's rows contiguous; Kt and V any strides (element (k, t) of Kt_g
+ * at Kt[g*sk + k*ldk + t*ck]). */
+typedef struct {
+    long G, M, K, T, N;
+    const void *Q;
+    long sq, ldq;
+    const void *Kt;
+    long sk, ldk, ck;
+    const void *V;
+    long sv, ldv, cv;
+    void *S, *O;
+} rnn_attend_args;
+
+typedef struct {
+    void (*softmax_rows_f)(const float *x, long ldx, float *y, long ldy, long R, long n, int take_log, int nth);
+    void (*softmax_rows_d)(const double *x, long ldx, double *y, long ldy, long R, long n, int take_log,
+                           int nth);
+    void (*rows_products_f)(const rnn_rows_args *pr, int nth);
+    void (*rows_products_d)(const rnn_rows_args *pr, int nth);
+    void (*attend_f)(const rnn_attend_args *ar, int nth);
+    void (*attend_d)(const rnn_attend_args *ar, int nth);
+} rnn_rowops_table;
+
+#define RNN_ROWS_FMA 0
+#define ISA_SUFFIX baseline
+#include "rowops.types.h"
+#undef ISA_SUFFIX
+#undef RNN_ROWS_FMA
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && (__GNUC__ >= 8) \
+    && !defined(RNNFAST_NO_DISPATCH)
+#define RNN_ROWOPS_X86 1
+#define RNN_ROWS_FMA 1
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#define ISA_SUFFIX avx2
+#include "rowops.types.h"
+#undef ISA_SUFFIX
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")
+#define ISA_SUFFIX avx512
+#include "rowops.types.h"
+#undef ISA_SUFFIX
+#pragma GCC pop_options
+#undef RNN_ROWS_FMA
+#else
+#define RNN_ROWOPS_X86 0
+#endif
+
+#define RNN_ROWOPS_ROW(isa)                                                                  \
+    {rnn_softmax_rows_f_##isa, rnn_softmax_rows_d_##isa, rnn_rows_products_f_##isa,          \
+     rnn_rows_products_d_##isa, rnn_attend_f_##isa, rnn_attend_d_##isa}
+
+/* Per rnn_isa_level; a level this build does not carry (isa.h never chooses it) runs
+ * the baseline. */
+static const rnn_rowops_table rnn_rowops[RNN_ISA_COUNT] = {
+    [RNN_ISA_BASELINE] = RNN_ROWOPS_ROW(baseline),
+#if RNN_ROWOPS_X86
+    [RNN_ISA_AVX2] = RNN_ROWOPS_ROW(avx2),
+    [RNN_ISA_AVX512] = RNN_ROWOPS_ROW(avx512),
+#else
+    [RNN_ISA_AVX2] = RNN_ROWOPS_ROW(baseline),
+    [RNN_ISA_AVX512] = RNN_ROWOPS_ROW(baseline),
+#endif
+};
+
+#endif /* RNNFAST_ROWOPS_H */
