@@ -235,9 +235,11 @@ def test_sequences_match_the_float64_quantized_model(rng, kind, precision, I, H)
 @pytest.mark.parametrize("precision", REDUCED)
 @pytest.mark.parametrize("kind", ["gru", "lstm", "gru_rb"])
 @pytest.mark.parametrize("B,H", [(1, 256), (5, 40), (70, 130)])
-def test_results_do_not_depend_on_the_thread_count(rng, kind, precision, B, H):
-    layer, _ = _layer(rng, kind, 9, H, D=2, precision=precision)
-    x = rng.standard_normal((17, B, 9)).astype(np.float32)
+@pytest.mark.parametrize("I", [9, 24])
+def test_results_do_not_depend_on_the_thread_count(rng, kind, precision, B, H, I):
+    """I = 9: a float32 input projection; I = 24: in the reduced precision."""
+    layer, _ = _layer(rng, kind, I, H, D=2, precision=precision)
+    x = rng.standard_normal((17, B, I)).astype(np.float32)
     runs = [layer(x, num_threads=n) for n in (1, 2, 3)]
     for r in runs[1:]:
         for a, b in zip(r, runs[0]):
@@ -246,9 +248,11 @@ def test_results_do_not_depend_on_the_thread_count(rng, kind, precision, B, H):
 
 
 @pytest.mark.parametrize("precision", REDUCED)
-def test_a_row_does_not_depend_on_its_batch(rng, precision):
-    layer, _ = _layer(rng, "lstm", 9, 130, precision=precision)
-    x = rng.standard_normal((10, 7, 9)).astype(np.float32)
+@pytest.mark.parametrize("I", [9, 24])
+def test_a_row_does_not_depend_on_its_batch(rng, precision, I):
+    layer, _ = _layer(rng, "lstm", I, 130, precision=precision)
+    assert (layer._q.W is not None) == _quant.reduced_input(precision, I) == (I > 16)
+    x = rng.standard_normal((10, 7, I)).astype(np.float32)
     full, _, _ = layer(x)
     one, _, _ = layer(x[:, 3:4])
     assert np.array_equal(full[:, 3:4], one)
@@ -262,6 +266,9 @@ rng = np.random.default_rng(5)
 w = [CellWeights(*(rng.uniform(-0.2, 0.2, s).astype(np.float32) for s in ((6, 120), (40, 120), (120,))))]
 x = rng.standard_normal((6, 3, 6)).astype(np.float32)
 out = {p: RNNLayer("gru", w).with_precision(p)(x)[0] for p in ("bf16", "int8")}
+w = [CellWeights(*(rng.uniform(-0.2, 0.2, s).astype(np.float32) for s in ((24, 120), (40, 120), (120,))))]
+x = rng.standard_normal((6, 3, 24)).astype(np.float32)
+out.update({p + "_in": RNNLayer("gru", w).with_precision(p)(x)[0] for p in ("bf16", "int8")})
 np.savez(sys.argv[1], isa=_kernels.quant_isa(), **out)
 """
 
@@ -279,7 +286,7 @@ def test_every_instruction_set_runs_reduced_precision_alike(tmp_path):
         results[isa] = np.load(path)
     assert str(results["baseline"]["isa"]) == "baseline"
     for isa in ("avx2", "auto"):
-        for p in ("bf16", "int8"):
+        for p in ("bf16", "int8", "bf16_in", "int8_in"):  # _in: the input projection reduced too
             np.testing.assert_allclose(results[isa][p], results["baseline"][p], rtol=0, atol=1e-5)
 
 

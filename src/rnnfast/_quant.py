@@ -16,7 +16,8 @@ packed forms and the arithmetic, identical on every instruction set):
   most :data:`INT8_FLOAT_INPUT` inputs keep a float32 input projection
   (:func:`reduced_input`).
 - ``"bf16"``: weights and activations rounded to bfloat16 (to nearest even), float32
-  sums.
+  sums; layers of at most :data:`BF16_FLOAT_INPUT` inputs keep a float32 input
+  projection.
 - ``"float32"``: the exact path (the default).
 
 This module is the one home of the quantization: the precision names, the weight
@@ -51,17 +52,17 @@ PRECISIONS = {
 
 _PANEL = int(_kernels.RNN_PANEL_COLS)
 
-#: Whether a reduced-precision layer runs its input projection in that precision too
-#: (else in float32, on the float weights): see bench/README.md, "Reduced precision".
-#: int8 keeps it float32 for inputs of at most :data:`INT8_FLOAT_INPUT` values
-#: (:func:`reduced_input`).
-REDUCED_INPUT = {"bf16": False, "int8": True}
-
-#: int8: a layer of at most this many inputs keeps its input projection in float32 (a
-#: few weights per column, each a large share of the sum: on the bundled digits models,
-#: 8 inputs, that projection alone made a probability differ by 0.022-0.026; it costs
-#: ``4 I`` bytes per column against the recurrent product's ``H``).
+#: A reduced-precision layer runs its input projection in that precision too (its W
+#: packed like U), except a layer of at most :data:`INT8_FLOAT_INPUT` (int8) or
+#: :data:`BF16_FLOAT_INPUT` (bf16) inputs, which keeps it in float32 on the float weights
+#: (:func:`reduced_input`): a few weights per column, each a large share of the sum (on
+#: the bundled digits models, 8 inputs, the int8 projection alone made a probability
+#: differ by 0.022-0.026), for ``4 I`` bytes per column against the recurrent product's
+#: ``H``. bf16's projection is half the float32 one's time on AVX512_BF16 (``vdpbf16ps``:
+#: 32 multiply-adds per instruction against an FMA's 16; bench/README.md, "Reduced
+#: precision", session 8).
 INT8_FLOAT_INPUT = 16
+BF16_FLOAT_INPUT = 16
 
 #: int8: matrices of at most :data:`INT8_GROUP_MAX_K` rows of K are quantized in groups
 #: of :data:`INT8_GROUP` rows of K (one scale per group of a column; activations in
@@ -78,7 +79,7 @@ def reduced_input(precision, input_size, given=False):
     p = check_precision(precision)
     if p == "int8":
         return given or input_size > INT8_FLOAT_INPUT
-    return REDUCED_INPUT.get(p, False)
+    return p == "bf16" and input_size > BF16_FLOAT_INPUT
 
 
 def group_rows(K):
@@ -255,7 +256,7 @@ def pack_layer(precision, W, U, Wr, *, G, H, ncb, reset_before, given=None):
     """A layer's canonical float32 weights (``W`` (ndir, I, G*H) and ``U`` (ndir, Ho,
     G*H) in the layer's column layout of ``ncb`` unit blocks, ``Wr`` (ndir, H, P) or
     None) in ``precision`` ("int8" or "bf16"), packed as the kernels read them. ``W``
-    None: the input projection stays float32 (:data:`REDUCED_INPUT`). ``given``: int8
+    None: the input projection stays float32 (:func:`reduced_input`). ``given``: int8
     ``((Wq, ws), (Uq, us))`` in the same layout, packed as they are instead of
     quantizing ``W`` and ``U``."""
     prec = PRECISIONS[check_precision(precision)]
