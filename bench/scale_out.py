@@ -36,7 +36,8 @@ job and nothing else:
   ``dask.config.set(rnnfast.dask.worker_config())`` (the workers' allocator, as
   docs/cluster.md says); ``x`` persisted on the workers beforehand. The 1-worker job
   runs on one of the two workers, on a copy of ``x`` held there (``workers=``,
-  ``allow_other_workers=False``); the 2-worker job on both.
+  ``allow_other_workers=False``); the 2-worker job on both, on a copy dealt block by
+  block to the two in turn.
 - ``rnnfast ray`` / ``onnxruntime ray``: ``ds.map_batches(fn, fn_args=(ref, ...),
   batch_size=block, num_cpus=1, concurrency=w)`` on ``ray.init(num_cpus=2)``, the data
   already in the object store (``from_numpy(...).materialize()``): Ray Data tasks in the
@@ -50,6 +51,12 @@ job and nothing else:
   actor pool, in new worker processes, for every job, and their start (processes,
   imports, the model's loading or the session's creation) is inside each timed job,
   for both.
+
+The engines run with the settings docs/cluster.md gives for a small fixed cluster (Ray
+Data without per-operator resource reservation, whose zero budget until its coordinator
+actor first answers held every job's second task back by about a second; Dask workers
+without the statistical profiler); ``--engine-defaults`` runs the engines' defaults
+instead.
 
 Not timed, the same for every engine: starting the engine (``LocalCluster``,
 ``ray.init``) and its worker processes, which import what the jobs need when they start
@@ -71,7 +78,9 @@ this process (Dask's scheduler and nannies live in it; Ray Data's executor), and
 helper actors). For Ray, also ``start`` (from the job's start until its last actor was
 ready) and its actors' CPU seconds until then. From these, the "CPU-bound efficiency on
 idle cores": a 1-worker job cannot end before its worker's CPU seconds, a 2-worker job
-before half of all the CPU seconds it needs. Writes ``scale_out_<model>.json`` and
+before half of all the CPU seconds it needs. A second table gives each job's CPU seconds
+by process (the driver, the scoring workers, idle workers, and Ray's raylet, GCS, Ray
+Data's stats and autoscaling actors, agents and monitors by their command lines). Writes ``scale_out_<model>.json`` and
 ``scale_out_<model>.png`` to ``--out`` (default: bench/).
 """
 
