@@ -36,7 +36,8 @@ job and nothing else:
   ``dask.config.set(rnnfast.dask.worker_config())`` (the workers' allocator, as
   docs/cluster.md says); ``x`` persisted on the workers beforehand. The 1-worker job
   runs on one of the two workers, on a copy of ``x`` held there (``workers=``,
-  ``allow_other_workers=False``); the 2-worker job on both.
+  ``allow_other_workers=False``); the 2-worker job on both, on a copy dealt block by
+  block to the two in turn.
 - ``rnnfast ray`` / ``onnxruntime ray``: ``ds.map_batches(fn, fn_args=(ref, ...),
   batch_size=block, num_cpus=1, concurrency=w)`` on ``ray.init(num_cpus=2)``, the data
   already in the object store (``from_numpy(...).materialize()``): Ray Data tasks in the
@@ -50,6 +51,12 @@ job and nothing else:
   actor pool, in new worker processes, for every job, and their start (processes,
   imports, the model's loading or the session's creation) is inside each timed job,
   for both.
+
+The engines run with the settings docs/cluster.md gives for a small fixed cluster (Ray
+Data without per-operator resource reservation, whose zero budget until its coordinator
+actor first answers held every job's second task back by about a second; Dask workers
+without the statistical profiler); ``--engine-defaults`` runs the engines' defaults
+instead.
 
 Not timed, the same for every engine: starting the engine (``LocalCluster``,
 ``ray.init``) and its worker processes, which import what the jobs need when they start
@@ -71,7 +78,9 @@ this process (Dask's scheduler and nannies live in it; Ray Data's executor), and
 helper actors). For Ray, also ``start`` (from the job's start until its last actor was
 ready) and its actors' CPU seconds until then. From these, the "CPU-bound efficiency on
 idle cores": a 1-worker job cannot end before its worker's CPU seconds, a 2-worker job
-before half of all the CPU seconds it needs. Writes ``scale_out_<model>.json`` and
+before half of all the CPU seconds it needs. A second table gives each job's CPU seconds
+by process (the driver, the scoring workers, idle workers, and Ray's raylet, GCS, Ray
+Data's stats and autoscaling actors, agents and monitors by their command lines). Writes ``scale_out_<model>.json`` and
 ``scale_out_<model>.png`` to ``--out`` (default: bench/).
 """
 
@@ -97,6 +106,8 @@ HEAD = os.path.join(DATA, "digits_lstm_head.npz")
 BLOCK = 5000  # rows per block (--block): 20 blocks of 100,000 rows, 10 per worker of 2
 SEED_LAYERS = [(128, True), (64, True)]  # BiGRU(128) -> BiGRU(64), sequences
 FEATURES = {"seed": 50, "digits": 8}
+#: Dask's settings for a small box (docs/cluster.md), unless --engine-defaults
+DASK_SMALL_BOX = {"distributed.worker.profile.enabled": False}
 MODEL_TEXT = {
     "seed": "BiGRU(128) -> BiGRU(64) -> Dense(1, sigmoid) per step, 50 features (seeded)",
     "digits": "digits_lstm.pt: LSTM(8, 32, 2 layers, bidirectional) + Linear(64, 10) on h_n",
@@ -406,6 +417,51 @@ def _tree_cpu():
     return out
 
 
+# the engines' processes by what they are (from their command lines), for the table of
+# CPU seconds per process: Ray's own (raylet, GCS, its agents and monitors, Ray Data's
+# helper actors) and its worker processes; Dask's are the driver (client, scheduler and
+# nannies) and the worker processes
+_RAY_ROLES = (
+    ("raylet", "raylet"),
+    ("gcs_server", "GCS"),
+    ("_StatsActor", "Ray Data stats actor"),
+    ("_AutoscalingCoordinator", "Ray Data autoscaling actor"),
+    ("dashboard", "dashboard agents"),
+    ("runtime_env", "dashboard agents"),
+    ("DashboardAgent", "dashboard agents"),
+    ("RuntimeEnvAgent", "dashboard agents"),
+    ("log_monitor", "log monitor"),
+    ("monitor.py", "monitor"),
+)
+
+
+def _role(pid):
+    import psutil
+
+    try:
+        cmd = " ".join(psutil.Process(pid).cmdline())
+    except psutil.Error:
+        return "gone"
+    for key, role in _RAY_ROLES:
+        if key in cmd:
+            return role
+    return "other"
+
+
+def _per_process(d, me, scoring, idle_name):
+    """CPU s of one job by process kind: ``d`` (pid -> CPU s in the job), this process
+    (driver), the scoring processes, the engine's other processes by role."""
+    out = {"driver": d.get(me, 0.0), "scoring workers": sum(v for pid, v in d.items() if pid in scoring)}
+    for pid, v in d.items():
+        if pid == me or pid in scoring or v <= 0:
+            continue
+        role = _role(pid)
+        if role == "other":
+            role = idle_name
+        out[role] = out.get(role, 0.0) + v
+    return {"proc " + k: v for k, v in out.items()}
+
+
 # -- the pipelines ------------------------------------------------------------------------
 
 
@@ -416,7 +472,7 @@ class Pipelines:
     def __init__(self, name, x, engines):
         self.name = name
         self.digits = name == "digits"
-        self.x = {"full": x, "warm": x[: max(BLOCK, len(x) // 10 // BLOCK * BLOCK)]}
+        self.x = {"full": x, "warm": x[: max(2 * BLOCK, len(x) // 10 // BLOCK * BLOCK)]}  # a block per worker at least
         self.engines = engines
         net = torch_net(name)
         self.model = rnnfast_model(name, net)
@@ -425,6 +481,7 @@ class Pipelines:
         self.ray_compute = "tasks"
         self.ray_jobs = 0
         self.ray_ds = None
+        self.engine_defaults = False
 
     def _score(self, xb, threads):
         if self.digits:
@@ -472,8 +529,13 @@ class Pipelines:
         import rnnfast.dask
 
         logging.getLogger("distributed").setLevel(logging.ERROR)
-        # the workers' allocator as docs/cluster.md says (rnnfast.dask.worker_config)
-        with dask.config.set(rnnfast.dask.worker_config()):
+        # the workers' allocator as docs/cluster.md says (rnnfast.dask.worker_config), and
+        # (unless --engine-defaults) its settings for a small box: no statistical profiler
+        # in the workers (a thread sampling the task thread's stack every 10 ms)
+        settings = dict(rnnfast.dask.worker_config())
+        if not self.engine_defaults:
+            settings.update(DASK_SMALL_BOX)
+        with dask.config.set(settings):
             cluster = distributed.LocalCluster(
                 n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", silence_logs=logging.ERROR
             )
@@ -483,9 +545,16 @@ class Pipelines:
         one = sorted(pids)[0]
         xd = {}
         for k, v in self.x.items():
-            for w in (1, 2):  # two copies (their own names), one on one worker, one spread
-                xw = da.from_array(v, chunks=(BLOCK, -1, -1), name="x%d-%s" % (w, k))
-                xd[w, k] = client.persist(xw, workers=[one] if w == 1 else None)
+            # two copies (their own names): one on one worker; one dealt block by block to
+            # the two in turn, as workers reading the blocks from files would hold them (a
+            # plain persist left 5 and 3 of 8 blocks on the two: tasks then waited on or
+            # were stolen with their block)
+            x1 = da.from_array(v, chunks=(BLOCK, -1, -1), name="x1-%s" % k)
+            xd[1, k] = client.persist(x1, workers=[one])
+            x2 = da.from_array(v, chunks=(BLOCK, -1, -1), name="x2-%s" % k)
+            xd[2, k] = da.concatenate(
+                [client.persist(x2.blocks[i], workers=[sorted(pids)[i % 2]]) for i in range(x2.numblocks[0])]
+            )
         with client.as_current():
             distributed.wait(list(xd.values()))
         self.dask = (cluster, client, xd, {1: [one], 2: None}, {1: {pids[one]}, 2: set(pids.values())})
@@ -514,6 +583,7 @@ class Pipelines:
             cpu=sum(v for pid, v in d.items() if pid in pids[workers]),
             driver=d.get(me, 0.0),
             services=sum(v for pid, v in d.items() if pid not in pids[workers] and pid != me),
+            **_per_process(d, me, pids[workers], "idle worker"),
         )
 
     # Ray
@@ -529,6 +599,13 @@ class Pipelines:
             runtime_env={"worker_process_setup_hook": _preimport},
         )
         ctx = ray.data.DataContext.get_current()
+        # (unless --engine-defaults) no per-operator resource reservation: Ray Data's
+        # allocator budgets each job from the cluster's resources as its autoscaling
+        # coordinator actor reports them, asynchronously, refreshed once a second; until
+        # the first answer the budget is zero and only one task runs (the "liveness"
+        # exception), so the second worker of every job started 1.05-1.1 s late
+        # (docs/cluster.md). Set before the datasets are made: each keeps a copy.
+        ctx.op_resource_reservation_enabled = self.engine_defaults
         ctx.execution_options.preserve_order = True
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False
@@ -582,6 +659,12 @@ class Pipelines:
             batch_thread_cpu=sum(a["batch_thread_cpu"] for a in last.values()),
             driver=c1.get(me, 0.0) - c0.get(me, 0.0),
             services=sum(v - c0.get(pid, 0.0) for pid, v in c1.items() if pid != me and pid not in last),
+            **_per_process(
+                {pid: v - (before[pid] if pid in last else c0.get(pid, 0.0)) for pid, v in c1.items()},
+                me,
+                set(last),
+                "idle workers",
+            ),
         )
 
     def rnnfast_ray(self, workers, which="full"):
@@ -634,6 +717,12 @@ def main():
         help="Ray Data map_batches with tasks in Ray's kept worker processes (rnnfast.ray.predict_batch) "
         "or an actor pool per job (rnnfast.ray.Predictor)",
     )
+    ap.add_argument(
+        "--engine-defaults",
+        action="store_true",
+        help="the engines' default settings (Ray Data's per-operator resource reservation, Dask's worker "
+        "profiler) instead of the small-box settings docs/cluster.md recommends",
+    )
     ap.add_argument("--out", default=HERE)
     ap.add_argument("--plot", metavar="JSON", help="only draw the plot of an earlier run's JSON")
     args = ap.parse_args()
@@ -660,6 +749,7 @@ def main():
     t_start = time.time()
     p = Pipelines(args.model, x, engines)
     p.ray_compute = args.ray_compute
+    p.engine_defaults = args.engine_defaults
     # one engine at a time (its cluster started before its pipelines and shut down after
     # them, not timed), so that no engine's idle processes load the cores while another
     # is timed; inside an engine, its pipelines in interleaved rounds
@@ -739,7 +829,11 @@ def main():
                         args.rows / dt,
                         info["cpu"],
                         os.getloadavg()[0],
-                        "".join("  %s %.2f" % kv for kv in info.items() if kv[0] not in ("wall", "cpu")),
+                        "".join(
+                            "  %s %.2f" % kv
+                            for kv in info.items()
+                            if kv[0] not in ("wall", "cpu") and not kv[0].startswith("proc ")
+                        ),
                     ),
                     flush=True,
                 )
@@ -803,6 +897,7 @@ def main():
             "| %s | %.2f | %.0f | %s | %.1f | %.0f | %s | %s | %s |"
             % (r["pipeline"], r["median_s"], r["seq_per_s"], vs, r["cpu_s"], r["seq_per_cpu_s"], start, other, ok)
         )
+    _process_table(rows)
     print()
     for k, v in eff.items():
         print(
@@ -821,6 +916,7 @@ def main():
         rounds=rounds_per_group,
         budget_s=args.budget,
         ray_compute=args.ray_compute,
+        engine_defaults=args.engine_defaults,
         model=args.model,
         model_description=MODEL_TEXT[args.model],
         cpu=_cpu(),
@@ -851,6 +947,31 @@ def main():
             indent=1,
         )
     _plot(rows, eff, meta, os.path.join(args.out, "scale_out_%s.png" % args.model), cpu_eff, bound_eff)
+
+
+def _process_table(rows):
+    """CPU seconds per job by process (medians of the rounds), for the engines' rows."""
+    kinds = []
+    for r in rows:
+        for k in r["phases"]:
+            if k.startswith("proc ") and k not in kinds:
+                kinds.append(k)
+    if not kinds:
+        return
+    print()
+    print("CPU s per job by process (medians):")
+    print()
+    print("| pipeline | " + " | ".join(k[5:] for k in kinds) + " | all |")
+    print("| --- |" + " ---: |" * (len(kinds) + 1))
+    for r in rows:
+        ph = r["phases"]
+        if not any(k in ph for k in kinds):
+            continue
+        print(
+            "| %s | " % r["pipeline"]
+            + " | ".join("%.2f" % ph[k] if k in ph else "" for k in kinds)
+            + " | %.2f |" % sum(ph.get(k, 0.0) for k in kinds)
+        )
 
 
 def _all_cpu(row):

@@ -172,8 +172,10 @@ def worker_config():
     """Dask settings for the worker processes a nanny starts (``LocalCluster``, ``dask
     worker``, ``dask-jobqueue`` ...): glibc's allocator reuses rnnfast's working buffers
     instead of mapping each of them anew per call (``ALLOCATOR_ENV``; Dask's default
-    ``MALLOC_TRIM_THRESHOLD_=65536`` costs the bundled digits LSTM 1.6x its CPU time in a
-    worker). Set them where the nannies start, before they do::
+    ``MALLOC_TRIM_THRESHOLD_=65536`` cost the bundled digits LSTM 1.6x its CPU time in a
+    worker before its step loop's work buffer was made once per thread per call, and
+    still maps the call's other buffers anew). Set them where the nannies start, before
+    they do::
 
         with dask.config.set(rnnfast.dask.worker_config()):
             cluster = LocalCluster(n_workers=2, threads_per_worker=1)
