@@ -361,3 +361,36 @@ def test_recurrent_weights_are_kept_once_packed_from_the_file(rng, tmp_path, op)
     assert "_W" in vars(bf16) and "_U" in vars(bf16) and "_U" not in vars(layer)  # what the reduced one packs from
     again = bf16.with_precision("float32")
     assert again._Up.tobytes() == layer._Up.tobytes() and "_U" not in vars(again)
+
+
+def test_the_trial_run_views_a_recurrent_output_and_shims_what_follows(rng, monkeypatch):
+    """Bidirectional GRU -> Transpose -> Reshape -> MatMul (packed constant) -> Softmax, as
+    torch exports it: the recurrent op's zeros count as dry, so the layout ops view them
+    (no copy) and the product's values are not computed at load; the shapes are those of
+    a full run and the model computes what ONNX Runtime does."""
+    from rnnfast import model_onnx
+
+    H, I, T, B = 8, 5, 6, 3
+    inits = {
+        "W": (rng.standard_normal((2, 3 * H, I)) * 0.4).astype(np.float32),
+        "R": (rng.standard_normal((2, 3 * H, H)) * 0.4).astype(np.float32),
+        "K": rng.standard_normal((2 * H, 4)).astype(np.float32),
+        "shape": np.array([T, B, 2 * H], np.int64),
+    }
+    nodes = [
+        helper.make_node("GRU", ["x", "W", "R"], ["y"], hidden_size=H, direction="bidirectional", name="gru"),
+        helper.make_node("Transpose", ["y"], ["t"], perm=[0, 2, 1, 3], name="tr"),
+        helper.make_node("Reshape", ["t", "shape"], ["r"], name="rs"),
+        helper.make_node("MatMul", ["r", "K"], ["p"], name="mm"),
+        helper.make_node("Softmax", ["p"], ["out"], axis=-1, name="sm"),
+    ]
+    m = _fixed_graph(nodes, [("x", [T, B, I])], inits)
+    calls = _count_products(monkeypatch)
+    model = rnnfast.from_onnx(m)
+    assert calls == []
+    shimmed = {op.op_type for op, _ in model_onnx._dry_shims(model._graph, model._data)}
+    assert {"Transpose", "Reshape", "MatMul", "Softmax"} <= shimmed
+    values, _ = model._graph.run([np.zeros((T, B, I), np.float32)], 1, keep_all=True)
+    assert model._shapes == {k: v.shape for k, v in values.items() if isinstance(v, np.ndarray)}
+    feed = {"x": rng.standard_normal((T, B, I)).astype(np.float32)}
+    assert_close(model.run(None, feed)[0], _ort(m, feed)[0], np.float32)
