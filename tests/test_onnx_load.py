@@ -10,6 +10,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import rnnfast
+import rnnfast.io.onnx as onnx_io
 from rnnfast.io.onnx import proto
 
 from _testing import assert_close
@@ -262,3 +263,134 @@ def test_the_trial_run_computes_values_an_index_depends_on(rng, monkeypatch):
     with pytest.raises(rnnfast.FormatError, match="do not fit together"):
         rnnfast.from_onnx(m)
     assert calls  # computed, not dry
+
+
+# -- weights packed straight from the file's layout -------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("D, K, H, G, ncb", [(1, 37, 70, 3, 1), (2, 9, 130, 4, 3), (1, 3, 1, 1, 1), (2, 64, 64, 1, 2)])
+def test_pack_columns_packs_any_strided_source_as_pack_blocks_packs_its_copy(rng, dtype, D, K, H, G, ncb):
+    """``_kernels.pack_columns`` on a transposed, gate-reordered and even unaligned view
+    gives pack_blocks' bits on the gathered contiguous copy; ``unpack_blocks`` gives the
+    copy back."""
+    from rnnfast import _kernels
+    from rnnfast.layers import _column_runs, _run_columns
+
+    src = rng.standard_normal((D, G * H, K)).astype(dtype)  # ONNX's (G*H, I) per direction
+    cols = _run_columns(_column_runs(H, G, ncb, (0, 2, 3, 1) if G == 4 else None))
+    want_canonical = np.ascontiguousarray(src.transpose(0, 2, 1)[:, :, cols])
+    want = _kernels.pack_blocks(want_canonical, G, ncb)
+    raw = np.zeros(src.nbytes + 1, np.uint8)
+    raw[1:] = src.view(np.uint8).reshape(-1)
+    unaligned = np.frombuffer(raw.data, dtype, src.size, 1).reshape(src.shape)
+    assert not unaligned.flags.aligned
+    for view in (src.transpose(0, 2, 1), np.ascontiguousarray(src.transpose(0, 2, 1)), unaligned.transpose(0, 2, 1)):
+        got = _kernels.pack_columns(view, cols, G, ncb)
+        assert got.dtype == want.dtype and got.shape == want.shape and got.tobytes() == want.tobytes()
+    out = _kernels._zeros_lines(want.shape, dtype)
+    assert _kernels.pack_columns(src.transpose(0, 2, 1), cols, G, ncb, out) is out
+    assert _kernels.unpack_blocks(want, K, G * H, G, ncb).tobytes() == want_canonical.tobytes()
+    assert _kernels.packed_blocks_size(K, G * H, G, ncb) == want.shape[1]
+    with pytest.raises(ValueError):
+        _kernels.pack_columns(src.transpose(0, 2, 1), cols + G * H, G, ncb)  # a column past the source
+    with pytest.raises(ValueError):
+        _kernels.unpack_blocks(want[:, 1:], K, G * H, G, ncb)
+
+
+def _recurrent_layers(model):
+    return [op.layer for op in model.layers if getattr(op, "recurrent", False)]
+
+
+@pytest.mark.parametrize("op", ["GRU", "LSTM"])
+def test_recurrent_weights_are_kept_once_packed_from_the_file(rng, tmp_path, op):
+    """A loaded ONNX recurrent node keeps each weight the kernels read packed only
+    packed, packed straight from the file's bytes: its canonical weights (``_W``,
+    ``_U``, unpacked on use) are bitwise those of a layer given them in canonical order
+    (float64, cast: the copying path), and the model computes, pickles and survives
+    the file's change alike."""
+    import pickle
+
+    from rnnfast import _kernels
+    from rnnfast.layers import CellWeights, RNNLayer
+
+    H, I, G = 70, 6, 3 if op == "GRU" else 4
+    W = (rng.standard_normal((2, G * H, I)) * 0.3).astype(np.float32)
+    R = (rng.standard_normal((2, G * H, H)) * 0.3).astype(np.float32)
+    B = (rng.standard_normal((2, 2 * G * H)) * 0.1).astype(np.float32)
+    extra = {"linear_before_reset": 1} if op == "GRU" else {}
+    node = helper.make_node(op, ["x", "W", "R", "B"], ["y"], hidden_size=H, direction="bidirectional", **extra)
+    g = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, 3, I])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(a, n) for a, n in ((W, "W"), (R, "R"), (B, "B"))],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path / "m.onnx"
+    path.write_bytes(m.SerializeToString())
+    assert path.stat().st_size >= onnx_io.MAP_MIN_BYTES  # mapped, not read
+    model = rnnfast.load(str(path))
+    (layer,) = _recurrent_layers(model)
+    kept = vars(layer)
+    assert "_U" not in kept and ("_W" not in kept) == _kernels.packed_projection(np.float32)
+    order = [0, 2, 3, 1] if op == "LSTM" else list(range(G))
+    cols = np.concatenate([np.arange(g * H, (g + 1) * H) for g in order])
+    twin = RNNLayer(
+        op.lower(),
+        [
+            CellWeights(W[d].T[:, cols].astype(np.float64), R[d].T[:, cols].astype(np.float64), B[d, : G * H][cols],
+                        B[d, G * H :][cols])
+            for d in range(2)
+        ],
+        reset_after=True,
+    )  # fmt: skip
+    for k in ("_W", "_U", "_Wp", "_Up", "_bx", "_bhn"):
+        a, b = getattr(layer, k), getattr(twin, k)
+        assert a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes(), k
+        assert not a.flags.writeable
+    x = rng.standard_normal((5, 3, I)).astype(np.float32)
+    want = model.run(None, {"x": x})[0]
+    path.write_bytes(b"\0" * 64)  # the file changes: the model holds none of it
+    assert model.run(None, {"x": x})[0].tobytes() == want.tobytes()
+    back = pickle.loads(pickle.dumps(model))
+    assert set(vars(_recurrent_layers(back)[0])) - {"_entry", "_plans"} == set(kept) - {"_entry", "_plans"}
+    assert back.run(None, {"x": x})[0].tobytes() == want.tobytes()
+    bf16 = layer.with_precision("bf16")
+    assert "_W" in vars(bf16) and "_U" in vars(bf16) and "_U" not in vars(layer)  # what the reduced one packs from
+    again = bf16.with_precision("float32")
+    assert again._Up.tobytes() == layer._Up.tobytes() and "_U" not in vars(again)
+
+
+def test_the_trial_run_views_a_recurrent_output_and_shims_what_follows(rng, monkeypatch):
+    """Bidirectional GRU -> Transpose -> Reshape -> MatMul (packed constant) -> Softmax, as
+    torch exports it: the recurrent op's zeros count as dry, so the layout ops view them
+    (no copy) and the product's values are not computed at load; the shapes are those of
+    a full run and the model computes what ONNX Runtime does."""
+    from rnnfast import model_onnx
+
+    H, I, T, B = 8, 5, 6, 3
+    inits = {
+        "W": (rng.standard_normal((2, 3 * H, I)) * 0.4).astype(np.float32),
+        "R": (rng.standard_normal((2, 3 * H, H)) * 0.4).astype(np.float32),
+        "K": rng.standard_normal((2 * H, 4)).astype(np.float32),
+        "shape": np.array([T, B, 2 * H], np.int64),
+    }
+    nodes = [
+        helper.make_node("GRU", ["x", "W", "R"], ["y"], hidden_size=H, direction="bidirectional", name="gru"),
+        helper.make_node("Transpose", ["y"], ["t"], perm=[0, 2, 1, 3], name="tr"),
+        helper.make_node("Reshape", ["t", "shape"], ["r"], name="rs"),
+        helper.make_node("MatMul", ["r", "K"], ["p"], name="mm"),
+        helper.make_node("Softmax", ["p"], ["out"], axis=-1, name="sm"),
+    ]
+    m = _fixed_graph(nodes, [("x", [T, B, I])], inits)
+    calls = _count_products(monkeypatch)
+    model = rnnfast.from_onnx(m)
+    assert calls == []
+    shimmed = {op.op_type for op, _ in model_onnx._dry_shims(model._graph, model._data)}
+    assert {"Transpose", "Reshape", "MatMul", "Softmax"} <= shimmed
+    values, _ = model._graph.run([np.zeros((T, B, I), np.float32)], 1, keep_all=True)
+    assert model._shapes == {k: v.shape for k, v in values.items() if isinstance(v, np.ndarray)}
+    feed = {"x": rng.standard_normal((T, B, I)).astype(np.float32)}
+    assert_close(model.run(None, feed)[0], _ort(m, feed)[0], np.float32)

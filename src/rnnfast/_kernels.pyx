@@ -5,7 +5,7 @@
 # layers.py passes to rnn_forward, fills the entry's structs and releases the GIL for
 # the call. The codes shared with C (c/enums.h) come through _kernels.pxd; the
 # planning (strategy, blocks, chunk, team size) is rnnfast/_plan.py's.
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_C_CONTIGUOUS, PyBUF_WRITABLE
 from cython cimport floating
 
@@ -420,6 +420,106 @@ def pack_blocks(const floating[:, :, ::1] M, long G, long ncb):
                 j1 = rnn_block_start(H, ncb, cb + 1)
                 _pack(K, G * (j1 - j0), &M[d, 0, G * j0], GH, &P[d, rnn_packed_offset(K, H, G, ncb, cb)])
     return packed
+
+
+cdef void _pack_gather(long K, long N, const char *src, Py_ssize_t sk, Py_ssize_t sj, const long *cols,
+                       floating *dst) noexcept nogil:
+    """dst = the packed form (rnn_pack's) of the K x N matrix whose (k, c) is the value at
+    src + k * sk + cols[c] * sj (byte strides, any sign; values read by memcpy, so a
+    source need not be aligned). Down each column where the source's rows lie closer
+    than its columns (a transposed matrix: a column is contiguous), else row by row."""
+    cdef long p, c, k, nc, npan = (N + RNN_PANEL_COLS - 1) // RNN_PANEL_COLS
+    cdef floating *pd
+    cdef const char *s
+    cdef bint down = (sk if sk >= 0 else -sk) <= (sj if sj >= 0 else -sj)
+    for p in range(npan):
+        nc = N - p * RNN_PANEL_COLS
+        if nc > RNN_PANEL_COLS:
+            nc = RNN_PANEL_COLS
+        pd = dst + p * K * RNN_PANEL_COLS
+        if down:
+            for c in range(nc):
+                s = src + cols[p * RNN_PANEL_COLS + c] * sj
+                for k in range(K):
+                    memcpy(&pd[k * RNN_PANEL_COLS + c], s + k * sk, sizeof(floating))
+        else:
+            for k in range(K):
+                s = src + k * sk
+                for c in range(nc):
+                    memcpy(&pd[k * RNN_PANEL_COLS + c], s + cols[p * RNN_PANEL_COLS + c] * sj, sizeof(floating))
+
+
+def packed_blocks_size(long K, long GH, long G, long ncb):
+    """Values per direction in :func:`pack_blocks`'s packed form of (K, GH) weights."""
+    if G < 1 or ncb < 1 or GH % G:
+        raise ValueError("%d columns for %d gates in %d blocks" % (GH, G, ncb))
+    return rnn_packed_offset(K, GH // G, G, ncb, ncb)
+
+
+def pack_columns(const floating[:, :, :] M, const long[::1] cols, long G, long ncb, out=None):
+    """The columns ``cols`` of M (ndir, K, C), in :func:`pack_blocks`'s packed form:
+    equal to ``pack_blocks(np.ascontiguousarray(M[:, :, cols]), G, ncb)``, made without
+    that copy. M may have any strides and need not be aligned: a transposed view of the
+    weights as a file stores them (ONNX's (G*H, I) per direction) is packed straight
+    from the file's bytes, each value read once. ``cols`` (G*H,): the source column of
+    each packed column, in the unit-block column layout of layers.py (gate order and
+    unit blocks both in it). Values are copied, never computed: the packed bits are
+    the source's. ``out``: an (ndir, size) array of zeros of M's dtype to write into
+    (a direction's row of a layer's packed weights), returned; else a new one."""
+    cdef long ndir = M.shape[0], K = M.shape[1], C = M.shape[2], GH = cols.shape[0]
+    cdef long H, size, d, cb, j0, n, i
+    if G < 1 or ncb < 1 or GH % G:
+        raise ValueError("%d columns for %d gates in %d blocks" % (GH, G, ncb))
+    H = GH // G
+    for i in range(GH):
+        if cols[i] < 0 or cols[i] >= C:
+            raise ValueError("column %d of %d columns" % (cols[i], C))
+    size = rnn_packed_offset(K, H, G, ncb, ncb)
+    packed = _zeros_lines((ndir, size), np.float32 if floating is float else np.float64) if out is None else out
+    cdef floating[:, ::1] P = packed
+    if P.shape[0] != ndir or P.shape[1] != size:
+        raise ValueError("out of shape %s, expected %s" % ((P.shape[0], P.shape[1]), (ndir, size)))
+    if size == 0 or ndir == 0:
+        return packed
+    cdef const char *base = <const char *> &M[0, 0, 0]
+    cdef Py_ssize_t sd = M.strides[0], sk = M.strides[1], sj = M.strides[2]
+    with nogil:
+        for d in range(ndir):
+            for cb in range(ncb):
+                j0 = G * rnn_block_start(H, ncb, cb)
+                n = G * rnn_block_start(H, ncb, cb + 1) - j0
+                _pack_gather(K, n, base + d * sd, sk, sj, &cols[j0], &P[d, rnn_packed_offset(K, H, G, ncb, cb)])
+    return packed
+
+
+def unpack_blocks(const floating[:, ::1] P, long K, long GH, long G, long ncb):
+    """The weights (ndir, K, GH) that :func:`pack_blocks` packed into ``P`` (ndir, its
+    size), back in their column layout: a copy, bitwise the weights that were packed
+    (the canonical weights of a layer that keeps only its packed ones, on demand)."""
+    cdef long ndir = P.shape[0], H, d, cb, j0, n, p, k, nc, off
+    if G < 1 or ncb < 1 or GH % G:
+        raise ValueError("%d columns for %d gates in %d blocks" % (GH, G, ncb))
+    H = GH // G
+    if P.shape[1] != rnn_packed_offset(K, H, G, ncb, ncb):
+        raise ValueError("packed weights of %d values, expected %d"
+                         % (P.shape[1], rnn_packed_offset(K, H, G, ncb, ncb)))
+    out = np.empty((ndir, K, GH), np.float32 if floating is float else np.float64)
+    cdef floating[:, :, ::1] M = out
+    if ndir == 0 or K == 0 or GH == 0:
+        return out
+    with nogil:
+        for d in range(ndir):
+            for cb in range(ncb):
+                j0 = G * rnn_block_start(H, ncb, cb)
+                n = G * rnn_block_start(H, ncb, cb + 1) - j0
+                off = rnn_packed_offset(K, H, G, ncb, cb)
+                p = 0
+                while p < n:
+                    nc = n - p if n - p < RNN_PANEL_COLS else RNN_PANEL_COLS
+                    for k in range(K):
+                        memcpy(&M[d, k, j0 + p], &P[d, off + p * K + k * RNN_PANEL_COLS], nc * sizeof(floating))
+                    p += RNN_PANEL_COLS
+    return out
 
 
 # -- reduced precision (c/quant.h) -----------------------------------------------------

@@ -23,8 +23,13 @@ _CORE = (np.dtype(np.float32), np.dtype(np.float64))
 
 def pack(kernel):
     """``kernel`` (K, N), float32 or float64, in the packed form :func:`dense` takes
-    (read-only)."""
-    p = _kernels.pack_blocks(np.ascontiguousarray(kernel)[None], 1, 1)[0]
+    (read-only); a strided one (a transposed view: ONNX Gemm's ``transB`` weights) is
+    packed as it lies, with no contiguous copy first."""
+    kernel = np.asarray(kernel)
+    if kernel.flags.c_contiguous:
+        p = _kernels.pack_blocks(kernel[None], 1, 1)[0]
+    else:
+        p = _kernels.pack_columns(kernel[None], np.arange(kernel.shape[1], dtype=np.int64), 1, 1)[0]
     p.flags.writeable = False
     return p
 

@@ -29,6 +29,8 @@ Cells (``cell=``): the names of the cell registry :data:`rnnfast.cells.CELLS`:
 
 import contextlib
 import copy
+import math
+import mmap
 from dataclasses import dataclass
 from typing import Optional
 
@@ -224,7 +226,13 @@ class RNNLayer:
         """Check the weights and copy each once, straight into the kernels' layout:
         directions stacked, columns in unit-block order, the compute dtype. No other
         copy of a weight is made while loading (a 64 MB file's weights take 64 MB
-        here, plus the packed copy :meth:`_pack` makes)."""
+        here, plus the packed copy :meth:`_pack` makes).
+
+        Where the kernels read a weight only packed (W with ``packed_projection``, U of
+        a cell whose product runs on packed weights) and it comes in the compute dtype,
+        it is packed straight from the source's layout (``_kernels.pack_columns``: an
+        ONNX file's transposed, gate-reordered bytes) and the canonical copy is not made:
+        ``_W`` / ``_U`` then unpack it on use (:meth:`_canonical`), bitwise the same."""
         dt = self.dtype
         G = self.cell_spec.num_gates
         D = len(weights)
@@ -242,8 +250,17 @@ class RNNLayer:
         Ho = P if proj is not None else H
         self._ncb = _plan.unit_blocks(H, self._kernel.packed and proj is None)
         runs = _column_runs(H, G, self._ncb)
-        W = np.empty((D, I, GH), dt)
-        U = np.empty((D, Ho, GH), dt)
+        # packed straight from the source, no canonical copy (see above)
+        direct = self.precision == "float32"
+        direct_w = direct and _kernels.packed_projection(dt) and all(_in_dtype(w.kernel, dt) for w in weights)
+        direct_u = (
+            direct and self._kernel.packed and proj is None and all(_in_dtype(w.recurrent_kernel, dt) for w in weights)
+        )
+        ncb = self._ncb
+        Wp = _kernels._zeros_lines((D, _kernels.packed_blocks_size(I, GH, G, ncb)), dt) if direct_w else None
+        Up = _kernels._zeros_lines((D, _kernels.packed_blocks_size(Ho, GH, G, ncb)), dt) if direct_u else None
+        W = None if direct_w else np.empty((D, I, GH), dt)
+        U = None if direct_u else np.empty((D, Ho, GH), dt)
         bx = np.zeros((D, GH), dt)
         bhn = np.zeros((D, H), dt)
         Wr = np.empty((D, H, P) if proj is not None else (D, 0, 0), dt)
@@ -261,8 +278,14 @@ class RNNLayer:
                 )
             ]
             where = "direction %d" % d
-            _copy_columns(W[d], _checked(w.kernel, (I, GH), "kernel", where), wruns)
-            _copy_columns(U[d], _checked(w.recurrent_kernel, (Ho, GH), "recurrent_kernel", where), wruns)
+            k = _checked(w.kernel, (I, GH), "kernel", where)
+            r = _checked(w.recurrent_kernel, (Ho, GH), "recurrent_kernel", where)
+            cols = _run_columns(wruns) if direct_w or direct_u else None
+            for src, canonical, packed in ((k, W, Wp), (r, U, Up)):
+                if packed is not None:
+                    _kernels.pack_columns(src[None], cols, G, ncb, packed[d : d + 1])
+                elif canonical is not None:
+                    _copy_columns(canonical[d], src, wruns)
             b = _checked(w.bias, (GH,), "bias", where, np.float64, optional=True)
             rb = _checked(w.recurrent_bias, (GH,), "recurrent_bias", where, np.float64, optional=True)
             if order is not None:  # (the biases are small: into the canonical order here)
@@ -289,9 +312,42 @@ class RNNLayer:
         self.input_size, self.units, self.proj_size = I, H, P
         self.output_size = Ho
         self.num_directions = D
-        self._W, self._U, self._bx, self._bhn, self._Wr = (_frozen(a) for a in (W, U, bx, bhn, Wr))
+        for name, a in (("_W", W), ("_U", U), ("_Wp", Wp), ("_Up", Up)):
+            if a is not None:
+                self.__dict__[name] = _frozen(a)
+        self._bx, self._bhn, self._Wr = (_frozen(a) for a in (bx, bhn, Wr))
         self._peep = _frozen(peeps) if peeps is not None else None
         self._pack()
+
+    @property
+    def _W(self):
+        """The canonical input weights (ndir, I, G*H) (module doc; columns in unit-block
+        order): kept, or unpacked from the packed ones on each use (:meth:`_convert`)."""
+        return self._canonical("_W", "_Wp", self.input_size)
+
+    @_W.setter
+    def _W(self, value):
+        self.__dict__["_W"] = value
+
+    @property
+    def _U(self):
+        """The canonical recurrent weights (ndir, Ho, G*H), as :attr:`_W`."""
+        return self._canonical("_U", "_Up", self.output_size)
+
+    @_U.setter
+    def _U(self, value):
+        self.__dict__["_U"] = value
+
+    def _canonical(self, name, packed, K):
+        a = self.__dict__.get(name)
+        if a is None:  # kept only packed: a read-only copy, unpacked
+            a = _frozen(_kernels.unpack_blocks(self.__dict__[packed], K, self._gh, self.cell_spec.num_gates, self._ncb))
+        return a
+
+    @property
+    def _gh(self):
+        """G*H: the gate columns of each weight matrix."""
+        return self.cell_spec.num_gates * self.units
 
     def direction(self, d, *, go_backwards=False):
         """Direction ``d`` as a one-direction layer that shares this layer's arrays
@@ -327,7 +383,8 @@ class RNNLayer:
             ``recurrent_bias`` (G*H,) or None, ``projection`` (H, P) or None,
             ``peephole`` (3, H) or None.
         """
-        H, GH = self.units, self._W.shape[2]
+        H, GH = self.units, self._gh
+        W, U = self._W, self._U
         inv = np.argsort(_unit_block_order(H, GH // H, self._ncb))  # undo _convert's order
         out = []
         for d in range(self.num_directions):
@@ -337,8 +394,8 @@ class RNNLayer:
                 rb[GH - H :] = self._bhn[d]
             out.append(
                 CellWeights(
-                    self._W[d][:, inv].copy(),
-                    self._U[d][:, inv].copy(),
+                    W[d][:, inv].copy(),
+                    U[d][:, inv].copy(),
                     self._bx[d][inv].copy(),
                     rb,
                     self._Wr[d].copy() if self.proj_size else None,
@@ -388,8 +445,10 @@ class RNNLayer:
 
     def __getstate__(self):
         """The canonical weights and options, once; no packed copies (see
-        :meth:`__setstate__`)."""
+        :meth:`__setstate__`); canonical weights the layer keeps only packed are
+        unpacked here."""
         state = {k: v for k, v in self.__dict__.items() if k not in self._PICKLE_DERIVED}
+        state["_W"], state["_U"] = self._W, self._U
         state["_pickle_format"] = self._PICKLE_FORMAT
         return state
 
@@ -416,13 +475,16 @@ class RNNLayer:
         BLAS (``packed_projection``), and always in a reduced precision; the per-step
         product of the cells that run it on packed weights reads U packed in panels."""
         G = self.cell_spec.num_gates
-        D = self._W.shape[0]
+        D = self.num_directions
         plain = self._kernel.packed and self._Wr.shape[1] == 0
         # the bound entry and the plans are made again on first use (_bind_entry)
         self.__dict__.pop("_entry", None)
         self.__dict__.pop("_plans", None)
         packed_w = _kernels.packed_projection(self.dtype)
+        kept = self.__dict__
         if self.precision != "float32":  # the products on the reduced-precision weights
+            for name in ("_W", "_U"):  # made from the canonical weights: kept from here on
+                kept[name] = getattr(self, name)
             reduced_input = _quant.reduced_input(self.precision, self.input_size, given=self._qW is not None)
             self._q = _quant.pack_layer(
                 self.precision,
@@ -445,9 +507,18 @@ class RNNLayer:
             self._uses_blas = False
             return
         self._q = None
-        self._Wp = _frozen(_kernels.pack_blocks(self._W, G, self._ncb) if packed_w else np.zeros((D, 0), self.dtype))
-        self._Up = _frozen(_kernels.pack_blocks(self._U, G, self._ncb) if plain else np.zeros((D, 0), self.dtype))
+        none = np.zeros((D, 0), self.dtype)
+        if "_W" in kept:  # (else packed from the source: _convert)
+            self._Wp = _frozen(_kernels.pack_blocks(self._W, G, self._ncb) if packed_w else none)
+        if "_U" in kept:
+            self._Up = _frozen(_kernels.pack_blocks(self._U, G, self._ncb) if plain else none.copy())
         self._uses_blas = self._Wp.size == 0 or not plain
+        # each weight kept once: one the kernels read packed is kept only packed (its
+        # canonical form unpacked on use: _W, _U)
+        if self._Wp.size:
+            kept.pop("_W", None)
+        if self._Up.size:
+            kept.pop("_U", None)
 
     def _recurrent_bytes(self):
         """Bytes of the recurrent weights the per-step products read (all directions, in
@@ -474,7 +545,7 @@ class RNNLayer:
         per column (``W ~ q * scale``). An LSTM projection is quantized as usual. The
         float weights stay as they are (the "float32" and "bf16" precisions run them).
         ValueError when they do not fit."""
-        D, GH = self.num_directions, self._W.shape[2]
+        D, GH = self.num_directions, self._gh
         runs = _column_runs(self.units, GH // self.units, self._ncb)
 
         def take(pairs, K, what):
@@ -685,7 +756,7 @@ class RNNLayer:
                 B=B,
                 D=D,
                 Ho=Ho,
-                GH=self._W.shape[2],
+                GH=self._gh,
                 ncb=self._ncb,
                 num_threads=resolve_num_threads(num_threads),
                 chunk=chunk_steps,
@@ -728,8 +799,17 @@ class RNNLayer:
     __call__ = forward
 
     def _kernel_weights(self):
-        """The weights as the kernel entries take them: W, packed W, bx, U, packed U, bhn, Wr."""
-        return self._W, self._Wp, self._bx, self._U, self._Up, self._bhn, self._Wr
+        """The weights as the kernel entries take them: W, packed W, bx, U, packed U, bhn,
+        Wr; a canonical W or U the layer keeps only packed is given as an array of its
+        shape that holds no weights (the kernels read the packed one)."""
+        kept = self.__dict__
+        W, U = kept.get("_W"), kept.get("_U")
+        D, GH = self.num_directions, self._gh
+        if W is None:
+            W = _shape_only((D, self.input_size, GH), self.dtype)
+        if U is None:
+            U = _shape_only((D, self.output_size, GH), self.dtype)
+        return W, self._Wp, self._bx, U, self._Up, self._bhn, self._Wr
 
     def _bind_entry(self):
         """The compiled entry with this layer's weights bound once (``_kernels.StepEntry``,
@@ -780,7 +860,7 @@ class RNNLayer:
             B=B,
             D=self.num_directions,
             Ho=self.output_size,
-            GH=self._W.shape[2],
+            GH=self._gh,
             ncb=self._ncb,
             num_threads=num_threads,
             T=T,
@@ -952,12 +1032,14 @@ class SharedDirection:
 
 
 def _layer_from_direction(layer, d, meta, names):
-    one = RNNLayer.__new__(RNNLayer)
-    state = dict(meta)
-    for k in names:
-        state[k] = getattr(layer, k)[d : d + 1]
-    state["precision"] = getattr(layer, "precision", "float32")  # a direction runs as its layer
-    one.__setstate__(state)
+    """Direction ``d`` of the arrived ``layer`` (:meth:`RNNLayer.direction`: views of its
+    arrays, the packed ones included) with the one-direction layer's options (``meta``;
+    ``names``: its arrays, which are ``layer``'s)."""
+    if meta.get("_pickle_format") != RNNLayer._PICKLE_FORMAT:
+        RNNLayer.__new__(RNNLayer).__setstate__(dict(meta))  # refused as RNNLayer refuses it
+    one = layer.direction(d)
+    one.__dict__.update((k, v) for k, v in meta.items() if k != "_pickle_format")
+    one.precision = getattr(layer, "precision", "float32")  # a direction runs as its layer
     return one
 
 
@@ -990,6 +1072,35 @@ def _column_runs(H, G, ncb, order=None):
             runs.append((to, (g if order is None else order[g]) * H + lo, hi - lo))
             to += hi - lo
     return runs
+
+
+def _run_columns(runs):
+    """The source column of each destination column of ``runs`` (:func:`_column_runs`),
+    as ``_kernels.pack_columns`` takes them."""
+    return np.concatenate([np.arange(frm, frm + n, dtype=np.int64) for _, frm, n in runs])
+
+
+def _in_dtype(a, dt):
+    """Whether weight ``a`` is an array of the compute dtype (packed straight from it)."""
+    return isinstance(a, np.ndarray) and a.dtype == dt
+
+
+#: dtype -> a flat read-only array of zeros on pages never touched (:func:`_shape_only`).
+_UNTOUCHED: dict = {}
+
+
+def _shape_only(shape, dt):
+    """A read-only C-contiguous array of ``shape`` and ``dt`` that takes no memory: a
+    view of an anonymous read-only map whose pages are never touched (read, they are
+    zeros). It stands for a weight matrix the kernels do not read
+    (:meth:`RNNLayer._kernel_weights`): they take its shape."""
+    dt = np.dtype(dt)
+    n = math.prod(shape)
+    flat = _UNTOUCHED.get(dt)
+    if flat is None or flat.size < n:
+        flat = np.frombuffer(mmap.mmap(-1, max(n, 1) * dt.itemsize, access=mmap.ACCESS_READ), dt)
+        _UNTOUCHED[dt] = flat
+    return flat[:n].reshape(shape)
 
 
 def _gate_columns(H, order):

@@ -1751,7 +1751,8 @@ def _dry_shims(graph, data_graph):
             shim = _dry_compute(op, [j for j in reads if st.inputs[op.slots[j][1]] in dry] if tainted else [])
         if shim is not None:
             shims.append((op, shim))
-        if shim is not None or (tainted and op.op_type not in ("Shape", "Size")):  # (shapes are exact)
+        # (a recurrent op's outputs are zeros in the trial run: RecurrentOp.dry; shapes are exact)
+        if shim is not None or getattr(op, "recurrent", False) or (tainted and op.op_type not in ("Shape", "Size")):
             dry.update(st.outputs)
     return shims
 

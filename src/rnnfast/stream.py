@@ -218,20 +218,14 @@ class _Kernel:
             Wp = _kernels.pack_blocks(layer._W, G, layer._ncb)
             Wp.flags.writeable = False
         self.Wp = Wp
-        self.W, self.bx, self.U, self.Up, self.bhn, self.Wr = (
-            layer._W,
-            layer._bx,
-            layer._U,
-            layer._Up,
-            layer._bhn,
-            layer._Wr,
-        )
+        # (a weight the layer keeps only packed comes as an array of its shape: not read)
+        self.W, _, self.bx, self.U, self.Up, self.bhn, self.Wr = layer._kernel_weights()
         # float GRU reset-before and LSTM with projection: their per-step product calls
         # BLAS, whose result for a row depends on the rows of the call: one row per item
         # (bf16 / int8 products are the core's own at every batch)
         self.one_row = layer._Up.size == 0 and layer._q is None
         self.ncb = layer._ncb
-        self.GH = layer._W.shape[2]
+        self.GH = layer._gh
         self.Ho, self.H, self.I = layer.output_size, layer.units, layer.input_size
         self.with_c = layer.cell_spec.num_states > 1
         self.dtype = layer.dtype
