@@ -155,6 +155,16 @@ RNN_INLINE void rnn_vnni_row(const int NP, int back, long Kp, long N, long p,
     }
 }
 
+/* One row's four accumulators of a panel += the row's 4 bytes w times q0..q3. */
+#define RNN_VNNI_DP4(a0, a1, a2, a3, w)                 \
+    do {                                                \
+        __m512i v_ = _mm512_set1_epi32(w);              \
+        a0 = _mm512_dpbusd_epi32(a0, v_, q0);           \
+        a1 = _mm512_dpbusd_epi32(a1, v_, q1);           \
+        a2 = _mm512_dpbusd_epi32(a2, v_, q2);           \
+        a3 = _mm512_dpbusd_epi32(a3, v_, q3);           \
+    } while (0)
+
 /* Four rows against one panel p (the multi-row product): sixteen named accumulators,
  * as rnn_vnni_row (rnn_vnni_tile's array of them costs the register copies: 7% of
  * an LSTM(128)'s input projection, M = 100). */
@@ -174,31 +184,14 @@ RNN_INLINE void rnn_vnni_rows4(long Kp, long N, long p, const unsigned char *u, 
         const signed char *b = bp + g * 4 * RNN_PANEL_COLS;
         __m512i q0 = _mm512_loadu_si512((const void *)b), q1 = _mm512_loadu_si512((const void *)(b + 64));
         __m512i q2 = _mm512_loadu_si512((const void *)(b + 128)), q3 = _mm512_loadu_si512((const void *)(b + 192));
-        __m512i v;
         memcpy(&w0, u0 + 4 * g, 4);
         memcpy(&w1, u1 + 4 * g, 4);
         memcpy(&w2, u2 + 4 * g, 4);
         memcpy(&w3, u3 + 4 * g, 4);
-        v = _mm512_set1_epi32(w0);
-        a00 = _mm512_dpbusd_epi32(a00, v, q0);
-        a01 = _mm512_dpbusd_epi32(a01, v, q1);
-        a02 = _mm512_dpbusd_epi32(a02, v, q2);
-        a03 = _mm512_dpbusd_epi32(a03, v, q3);
-        v = _mm512_set1_epi32(w1);
-        a10 = _mm512_dpbusd_epi32(a10, v, q0);
-        a11 = _mm512_dpbusd_epi32(a11, v, q1);
-        a12 = _mm512_dpbusd_epi32(a12, v, q2);
-        a13 = _mm512_dpbusd_epi32(a13, v, q3);
-        v = _mm512_set1_epi32(w2);
-        a20 = _mm512_dpbusd_epi32(a20, v, q0);
-        a21 = _mm512_dpbusd_epi32(a21, v, q1);
-        a22 = _mm512_dpbusd_epi32(a22, v, q2);
-        a23 = _mm512_dpbusd_epi32(a23, v, q3);
-        v = _mm512_set1_epi32(w3);
-        a30 = _mm512_dpbusd_epi32(a30, v, q0);
-        a31 = _mm512_dpbusd_epi32(a31, v, q1);
-        a32 = _mm512_dpbusd_epi32(a32, v, q2);
-        a33 = _mm512_dpbusd_epi32(a33, v, q3);
+        RNN_VNNI_DP4(a00, a01, a02, a03, w0);
+        RNN_VNNI_DP4(a10, a11, a12, a13, w1);
+        RNN_VNNI_DP4(a20, a21, a22, a23, w2);
+        RNN_VNNI_DP4(a30, a31, a32, a33, w3);
     }
     {
         __m512i acc[16] = {a00, a01, a02, a03, a10, a11, a12, a13,
