@@ -521,29 +521,3 @@ def test_batch_first_equals_time_major_bitwise(variant, B, H, dtype):
     last = layer.forward(xb, batch_first=True, return_sequences=False)
     assert last[0] is None
     same(last[1], layer.forward(x)[1])
-
-
-@pytest.mark.parametrize("precision", ["int8", "bf16"])
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
-@pytest.mark.parametrize("H", [128, 192])
-def test_one_thread_makes_a_reduced_precision_step_product_for_all_unit_blocks(precision, cell, H):
-    """A team of one makes a step's int8 / bf16 product for all of a batch block's unit
-    blocks in one call (engine.template.h: blocked_step_product; H = 128, 192: 2 and 3
-    blocks of whole panels): the same bits as a team of two (one product per unit block),
-    a row alone gives its row of the batch, with right padding too, and the result
-    stays within reduced precision's error of float32."""
-    rng = np.random.default_rng(H)
-    ws = [random_weights(rng, cell, 24, H) for _ in range(2)]
-    layer = RNNLayer(cell, ws).with_precision(precision)
-    x = rng.standard_normal((9, 3, 24)).astype(np.float32)
-    lengths = [9, 4, 6]
-    one = layer.forward(x, lengths=lengths, num_threads=1)
-    two = layer.forward(x, lengths=lengths, num_threads=2)
-    for a, b in zip(one, two):
-        if a is not None:
-            assert np.array_equal(a, b)
-    for b in range(3):
-        alone = layer.forward(x[: lengths[b], b : b + 1], num_threads=1)
-        assert np.array_equal(alone[0][:, 0], one[0][: lengths[b], b])
-    exact = layer.with_precision("float32").forward(x, lengths=lengths, num_threads=1)
-    assert np.max(np.abs(one[0] - exact[0])) < 0.05

@@ -504,12 +504,10 @@ static void RNN_TNAME(blocked_project)(const RNN_TNAME(call) *c, const RNN_TNAME
  * state is made there and published only if this thread's result is the phase's first
  * (rnn_phases_commit): a thread that lost its core inside the task and comes back late
  * may have read a state the team has since overwritten, and its result is dropped.
- * gstep: NULL, or the step's product for the task's rows already made for every unit
- * block (GH columns a row: blocked_step_product). Returns 1 if this thread's result is
- * the task's (the caller finishes it), else 0. */
+ * Returns 1 if this thread's result is the task's (the caller finishes it), else 0. */
 static int RNN_TNAME(blocked_step)(const RNN_TNAME(call) *c, RNN_TNAME(blocked) *bk,
                                    long task, long st, long s0, long s1, TYPE *scratch,
-                                   TYPE *priv, long p, const TYPE *gstep)
+                                   TYPE *priv, long p)
 {
     const rnn_shape *s = &c->s;
     long T = s->T, B = s->B, H = s->H, Ho = s->Ho, G = s->G, GH = c->GH, ncb = c->p.ncb;
@@ -522,8 +520,6 @@ static int RNN_TNAME(blocked_step)(const RNN_TNAME(call) *c, RNN_TNAME(blocked) 
     TYPE *hnxt = bk->hbuf + ((((st + 1) % 2) * ndir + k.d) * B + k.b0) * Ho;
     const unsigned char *valid = c->mask != NULL ? c->mask + t * B + k.b0 : NULL;
     TYPE *gh = scratch, *tmp = scratch + c->p.bb * GH;
-    const TYPE *g = gh;
-    long ldg = G * hb;
     long r, na = RNN_TNAME(live_rows)(c, t, k.b0, k.nb);   /* the rows that step */
     long nw = RNN_TNAME(carried_rows)(c, st, t, rev, k.b0, k.nb);  /* their next state written */
     long ncs = c->active != NULL ? na : k.nb;                /* cell states that may change */
@@ -540,10 +536,7 @@ static int RNN_TNAME(blocked_step)(const RNN_TNAME(call) *c, RNN_TNAME(blocked) 
             ldci = hb;
         }
     }
-    if (gstep != NULL) {
-        g = gstep + G * j0;
-        ldg = GH;
-    } else if (c->q != NULL)
+    if (c->q != NULL)
         RNN_TNAME(qproduct)(c->q, &c->q->U, k.d,
                             rnn_packed_offset(rnn_qpad(c->q->prec, Ho), H, G, ncb, k.cb), G * j0,
                             na, G * hb, Ho, hcur, Ho, NULL, gh, G * hb);
@@ -561,7 +554,7 @@ static int RNN_TNAME(blocked_step)(const RNN_TNAME(call) *c, RNN_TNAME(blocked) 
     if (na > 0)
         RNN_TNAME(cell_block)(c, k.d, j0, na, hb,
                           bk->xp + k.d * c->p.chunk * B * GH + ((t - tlo) * B + k.b0) * GH + G * j0,
-                          GH, g, ldg, NULL, hout, ldho, cio, ldci, valid, tmp, NULL);
+                          GH, gh, G * hb, NULL, hout, ldho, cio, ldci, valid, tmp, NULL);
     if (priv != NULL) {
         if (!rnn_phases_commit(&bk->q, task, p)) {
             rnn_tock(RNN_PROF_STEP, t0);
@@ -578,34 +571,6 @@ static int RNN_TNAME(blocked_step)(const RNN_TNAME(call) *c, RNN_TNAME(blocked) 
         RNN_TNAME(emit_rows)(c, t, k.b0, c->active != NULL ? na : k.nb, hb, hout, ldho,
                              c->out + k.d * Ho + j0, c->active != NULL ? NULL : valid,
                              bk->seen + (k.d * ncb + k.cb) * B + k.b0);
-    rnn_tock(RNN_PROF_STEP, t0);
-    return 1;
-}
-
-/* A team of one's reduced-precision product of step st for every unit block of task's
- * rows at once, into gstep (their live rows, GH columns a row), where every block is whole
- * panels: unit blocks follow one another in the packed weights (layout.h), so it is one
- * call over the weights of the step's tasks instead of one per block (an int8
- * LSTM(128)'s two 32 KB blocks: one 64 KB call streams them from L2 faster). Each
- * column's sum is the same, so the same bits. Returns 0 where a layer cannot. */
-static int RNN_TNAME(blocked_step_product)(const RNN_TNAME(call) *c, RNN_TNAME(blocked) *bk,
-                                           long task, long st, TYPE *gstep)
-{
-    const rnn_shape *s = &c->s;
-    long ncb = c->p.ncb, cb;
-    rnn_task k = rnn_blocked_task(task, ncb, bk->nbb, c->p.bb, s->B);
-    long t = k.d == 1 || s->reverse_first ? s->T - 1 - st : st;
-    double t0;
-    if (c->q == NULL || ncb < 2)
-        return 0;
-    for (cb = 0; cb < ncb; cb++)
-        if (s->G * (rnn_block_start(s->H, ncb, cb + 1) - rnn_block_start(s->H, ncb, cb)) % RNN_PANEL_COLS)
-            return 0;
-    t0 = rnn_tick();
-    RNN_TNAME(qproduct)(c->q, &c->q->U, k.d, 0, 0, RNN_TNAME(live_rows)(c, t, k.b0, k.nb), c->GH, s->Ho,
-                        bk->hbuf + (((st % 2) * s->ndir + k.d) * s->B + k.b0) * s->Ho, s->Ho, NULL,
-                        gstep, c->GH);
-    rnn_tock(RNN_PROF_PRODUCT, t0);
     rnn_tock(RNN_PROF_STEP, t0);
     return 1;
 }
@@ -650,7 +615,7 @@ static long RNN_TNAME(blocked_phase)(const RNN_TNAME(call) *c, RNN_TNAME(blocked
                 RNN_TNAME(blocked_project)(c, bk, task, s0, s1);
                 if (priv != NULL)               /* counted as the steps' tasks are */
                     rnn_phases_commit(&bk->q, task, p);
-            } else if (!RNN_TNAME(blocked_step)(c, bk, task, st, s0, s1, scratch, priv, p, NULL))
+            } else if (!RNN_TNAME(blocked_step)(c, bk, task, st, s0, s1, scratch, priv, p))
                 continue;
             rnn_phases_finish(&bk->q, p);
         }
@@ -676,7 +641,7 @@ static void RNN_TNAME(blocked_worker)(const RNN_TNAME(call) *c, RNN_TNAME(blocke
 {
     TYPE *priv = c->p.keep_team && nth > 1 ? scratch + c->p.bb * c->GH + 4 * c->s.H : NULL;
     long ch, s0, s1, st, p = 0, task, d, i, per = bk->ntask / c->s.ndir, ran = 0, redo = 0, got;
-    int eager = 0, warm, merged = 0;
+    int eager = 0, warm;
     long long start = 0, work = 0;
     double t0;
     if (nth > 1 && tid > 0)     /* this partner's first phases are its warm-up */
@@ -702,13 +667,7 @@ static void RNN_TNAME(blocked_worker)(const RNN_TNAME(call) *c, RNN_TNAME(blocke
                          * unit blocks whose weights were read last (still in L2) come
                          * first (a step's tasks are independent: any order, same bits) */
                         task = d * per + ((st - s0) % 2 ? per - 1 - i : i);
-                        /* a batch block's first task makes the product of all its unit
-                         * blocks where it can (blocked_step_product; scratch's product
-                         * rows, which blocked_step then leaves alone) */
-                        if (i % c->p.ncb == 0)
-                            merged = RNN_TNAME(blocked_step_product)(c, bk, task, st, scratch);
-                        RNN_TNAME(blocked_step)(c, bk, task, st, s0, s1, scratch, NULL, 0,
-                                                merged ? scratch : NULL);
+                        RNN_TNAME(blocked_step)(c, bk, task, st, s0, s1, scratch, NULL, 0);
                     }
         }
         return;
@@ -734,7 +693,7 @@ static void RNN_TNAME(blocked_worker)(const RNN_TNAME(call) *c, RNN_TNAME(blocke
                 for (task = bk->ntask - 1; task >= 0; task--)
                     if (rnn_phases_open(&bk->q, task, p)) {
                         redo++;
-                        if (RNN_TNAME(blocked_step)(c, bk, task, st, s0, s1, scratch, priv, p, NULL))
+                        if (RNN_TNAME(blocked_step)(c, bk, task, st, s0, s1, scratch, priv, p))
                             rnn_phases_finish(&bk->q, p);
                     }
                 eager = 1;
