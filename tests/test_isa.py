@@ -429,3 +429,29 @@ def test_packed_weights_start_on_cache_lines(dtype, ndir):
         packed = _kernels.pack_blocks(M, GH // 16, ncb)
         assert packed.ctypes.data % 64 == 0
         assert packed.strides[0] % 64 == 0
+
+
+@pytest.mark.parametrize("K", [5, 130])
+def test_one_row_int8_product_same_bits_in_either_order(K):
+    """A one-row int8 product (a batch-1 step) runs its panels and K forward and
+    backward on alternate calls (c/x86/avx512_vnni_quant.h: a step starts on the
+    weights the last one read last): on every kernel set and for 1 to 9 panels (4 at a
+    time, then 2, then 1; the last partial), consecutive calls give the same bits as
+    each other and as the row's place in a multi-row product, and match float64."""
+    from rnnfast import _quant
+
+    rng = np.random.default_rng(K)
+    code = _quant.PRECISIONS["int8"]
+    A = rng.standard_normal((5, K)).astype(np.float32)
+    for N in (40, 64, 130, 192, 256, 300, 384, 512, 520):
+        W = (rng.standard_normal((K, N)) * 0.1).astype(np.float32)
+        b = rng.standard_normal(N).astype(np.float32)
+        data, scale, comp = _quant.pack_block(W, code)
+        want = _quant.reference_product(A, W, "int8", b, 0)
+        mag = np.abs(_quant.activations(A, "int8", 0)) @ np.abs(_quant.dequantized(W, "int8", 0)) + np.abs(b)
+        for isa in _kernels.quant_isas():
+            rows = _kernels.qmatmul(code, A, data, N, scale, comp, bias=b, isa=isa)
+            assert np.all(np.abs(rows - want) <= 4 * np.finfo(np.float32).eps / 2 * mag), (isa, N)
+            for i in range(3):
+                one = [_kernels.qmatmul(code, A[i : i + 1], data, N, scale, comp, bias=b, isa=isa) for _ in range(2)]
+                assert np.array_equal(one[0], rows[i : i + 1]) and np.array_equal(one[1], rows[i : i + 1]), (isa, N, i)

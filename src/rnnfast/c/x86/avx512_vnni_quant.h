@@ -10,6 +10,12 @@
  * quantized in groups of up to RNN_QGROUP, and each panel runs over the whole group
  * before the next, so that it is read from cache once per group.
  *
+ * One row (a batch-1 step) runs its panels and K forward and backward in turn, call
+ * after call on a thread: a layer's recurrent weights larger than L1 (LSTM H = 128:
+ * 64 KB, L1 32 KB on Zen 4) are read in a cycle that evicts each line before its next
+ * use when the order is always the same; reversed, a step starts on the lines the last
+ * one read last, still in L1. The int32 sums are exact, so the order changes no bit.
+ *
  * Included by quant.h where runtime dispatch is built (GCC on x86-64).
  */
 #ifndef RNNFAST_X86_AVX512_VNNI_QUANT_H
@@ -96,52 +102,112 @@ RNN_INLINE void rnn_vnni_tile(const int MR, const int NP, long Kp, long N, long 
             }
 }
 
-/* One row against four panels from panel p (batch 1's product): sixteen named
- * accumulators, so that the compiler keeps them in registers (an array of them it
- * copies around the loop). */
-RNN_INLINE void rnn_vnni_row4(long Kp, long N, long p, const unsigned char *u, float sa,
-                              const signed char *Bq, const float *scale, const int *comp,
-                              const float *bias, float *C)
+/* One row against NP (4, 2 or 1) panels from panel p (batch 1's product): up to sixteen
+ * named accumulators, so that the compiler keeps them in registers (an array of them it
+ * copies around the loop). back: K from its end. */
+RNN_INLINE void rnn_vnni_row(const int NP, int back, long Kp, long N, long p,
+                             const unsigned char *u, float sa, const signed char *Bq,
+                             const float *scale, const int *comp, const float *bias, float *C)
 {
-    long g, Kg = Kp / 4, ps = Kp * RNN_PANEL_COLS;
+    long i, g, Kg = Kp / 4, ps = Kp * RNN_PANEL_COLS;
     const signed char *b0 = Bq + p * ps, *b1 = b0 + ps, *b2 = b1 + ps, *b3 = b2 + ps;
     __m512i a00 = _mm512_setzero_si512(), a01 = a00, a02 = a00, a03 = a00;
     __m512i a10 = a00, a11 = a00, a12 = a00, a13 = a00;
     __m512i a20 = a00, a21 = a00, a22 = a00, a23 = a00;
     __m512i a30 = a00, a31 = a00, a32 = a00, a33 = a00;
-    for (g = 0; g < Kg; g++) {
+    for (i = 0; i < Kg; i++) {
         int word;
-        long o = g * 4 * RNN_PANEL_COLS;
+        long o;
+        g = back ? Kg - 1 - i : i;
+        o = g * 4 * RNN_PANEL_COLS;
         memcpy(&word, u + 4 * g, 4);
         __m512i av = _mm512_set1_epi32(word);
         a00 = _mm512_dpbusd_epi32(a00, av, _mm512_loadu_si512((const void *)(b0 + o)));
         a01 = _mm512_dpbusd_epi32(a01, av, _mm512_loadu_si512((const void *)(b0 + o + 64)));
         a02 = _mm512_dpbusd_epi32(a02, av, _mm512_loadu_si512((const void *)(b0 + o + 128)));
         a03 = _mm512_dpbusd_epi32(a03, av, _mm512_loadu_si512((const void *)(b0 + o + 192)));
-        a10 = _mm512_dpbusd_epi32(a10, av, _mm512_loadu_si512((const void *)(b1 + o)));
-        a11 = _mm512_dpbusd_epi32(a11, av, _mm512_loadu_si512((const void *)(b1 + o + 64)));
-        a12 = _mm512_dpbusd_epi32(a12, av, _mm512_loadu_si512((const void *)(b1 + o + 128)));
-        a13 = _mm512_dpbusd_epi32(a13, av, _mm512_loadu_si512((const void *)(b1 + o + 192)));
-        a20 = _mm512_dpbusd_epi32(a20, av, _mm512_loadu_si512((const void *)(b2 + o)));
-        a21 = _mm512_dpbusd_epi32(a21, av, _mm512_loadu_si512((const void *)(b2 + o + 64)));
-        a22 = _mm512_dpbusd_epi32(a22, av, _mm512_loadu_si512((const void *)(b2 + o + 128)));
-        a23 = _mm512_dpbusd_epi32(a23, av, _mm512_loadu_si512((const void *)(b2 + o + 192)));
-        a30 = _mm512_dpbusd_epi32(a30, av, _mm512_loadu_si512((const void *)(b3 + o)));
-        a31 = _mm512_dpbusd_epi32(a31, av, _mm512_loadu_si512((const void *)(b3 + o + 64)));
-        a32 = _mm512_dpbusd_epi32(a32, av, _mm512_loadu_si512((const void *)(b3 + o + 128)));
-        a33 = _mm512_dpbusd_epi32(a33, av, _mm512_loadu_si512((const void *)(b3 + o + 192)));
+        if (NP > 1) {
+            a10 = _mm512_dpbusd_epi32(a10, av, _mm512_loadu_si512((const void *)(b1 + o)));
+            a11 = _mm512_dpbusd_epi32(a11, av, _mm512_loadu_si512((const void *)(b1 + o + 64)));
+            a12 = _mm512_dpbusd_epi32(a12, av, _mm512_loadu_si512((const void *)(b1 + o + 128)));
+            a13 = _mm512_dpbusd_epi32(a13, av, _mm512_loadu_si512((const void *)(b1 + o + 192)));
+        }
+        if (NP > 2) {
+            a20 = _mm512_dpbusd_epi32(a20, av, _mm512_loadu_si512((const void *)(b2 + o)));
+            a21 = _mm512_dpbusd_epi32(a21, av, _mm512_loadu_si512((const void *)(b2 + o + 64)));
+            a22 = _mm512_dpbusd_epi32(a22, av, _mm512_loadu_si512((const void *)(b2 + o + 128)));
+            a23 = _mm512_dpbusd_epi32(a23, av, _mm512_loadu_si512((const void *)(b2 + o + 192)));
+            a30 = _mm512_dpbusd_epi32(a30, av, _mm512_loadu_si512((const void *)(b3 + o)));
+            a31 = _mm512_dpbusd_epi32(a31, av, _mm512_loadu_si512((const void *)(b3 + o + 64)));
+            a32 = _mm512_dpbusd_epi32(a32, av, _mm512_loadu_si512((const void *)(b3 + o + 128)));
+            a33 = _mm512_dpbusd_epi32(a33, av, _mm512_loadu_si512((const void *)(b3 + o + 192)));
+        }
     }
     {
         __m512i acc[16] = {a00, a01, a02, a03, a10, a11, a12, a13,
                            a20, a21, a22, a23, a30, a31, a32, a33};
         int q;
-        for (q = 0; q < 16; q++) {
+        for (q = 0; q < 4 * NP; q++) {
             long col = p * RNN_PANEL_COLS + 16 * q;
             if (col < N)
                 rnn_vnni_store(acc[q], col, N - col, sa, scale, comp, bias, C);
         }
     }
 }
+
+/* One row's four accumulators of a panel += the row's 4 bytes w times q0..q3. */
+#define RNN_VNNI_DP4(a0, a1, a2, a3, w)                 \
+    do {                                                \
+        __m512i v_ = _mm512_set1_epi32(w);              \
+        a0 = _mm512_dpbusd_epi32(a0, v_, q0);           \
+        a1 = _mm512_dpbusd_epi32(a1, v_, q1);           \
+        a2 = _mm512_dpbusd_epi32(a2, v_, q2);           \
+        a3 = _mm512_dpbusd_epi32(a3, v_, q3);           \
+    } while (0)
+
+/* Four rows against one panel p (the multi-row product): sixteen named accumulators,
+ * as rnn_vnni_row (rnn_vnni_tile's array of them costs the register copies: 7% of
+ * an LSTM(128)'s input projection, M = 100). */
+RNN_INLINE void rnn_vnni_rows4(long Kp, long N, long p, const unsigned char *u, long ldu,
+                               const float *sa, const signed char *Bq, const float *scale,
+                               const int *comp, const float *bias, float *C, long ldc)
+{
+    long g, Kg = Kp / 4;
+    const signed char *bp = Bq + p * Kp * RNN_PANEL_COLS;
+    const unsigned char *u0 = u, *u1 = u + ldu, *u2 = u1 + ldu, *u3 = u2 + ldu;
+    __m512i a00 = _mm512_setzero_si512(), a01 = a00, a02 = a00, a03 = a00;
+    __m512i a10 = a00, a11 = a00, a12 = a00, a13 = a00;
+    __m512i a20 = a00, a21 = a00, a22 = a00, a23 = a00;
+    __m512i a30 = a00, a31 = a00, a32 = a00, a33 = a00;
+    for (g = 0; g < Kg; g++) {
+        int w0, w1, w2, w3;
+        const signed char *b = bp + g * 4 * RNN_PANEL_COLS;
+        __m512i q0 = _mm512_loadu_si512((const void *)b), q1 = _mm512_loadu_si512((const void *)(b + 64));
+        __m512i q2 = _mm512_loadu_si512((const void *)(b + 128)), q3 = _mm512_loadu_si512((const void *)(b + 192));
+        memcpy(&w0, u0 + 4 * g, 4);
+        memcpy(&w1, u1 + 4 * g, 4);
+        memcpy(&w2, u2 + 4 * g, 4);
+        memcpy(&w3, u3 + 4 * g, 4);
+        RNN_VNNI_DP4(a00, a01, a02, a03, w0);
+        RNN_VNNI_DP4(a10, a11, a12, a13, w1);
+        RNN_VNNI_DP4(a20, a21, a22, a23, w2);
+        RNN_VNNI_DP4(a30, a31, a32, a33, w3);
+    }
+    {
+        __m512i acc[16] = {a00, a01, a02, a03, a10, a11, a12, a13,
+                           a20, a21, a22, a23, a30, a31, a32, a33};
+        int r, q;
+        for (r = 0; r < 4; r++)
+            for (q = 0; q < 4; q++) {
+                long col = p * RNN_PANEL_COLS + 16 * q;
+                if (col < N)
+                    rnn_vnni_store(acc[4 * r + q], col, N - col, sa[r], scale, comp, bias, C + r * ldc);
+            }
+    }
+}
+
+/* The direction of this thread's next one-row product (see the top of this file). */
+static __thread int rnn_vnni_back;
 
 static void rnn_qgemm_i8_avx512_vnni(long M, long N, long K, const float *A, long lda,
                                      const signed char *Bq, const float *scale, const int *comp,
@@ -164,12 +230,20 @@ static void rnn_qgemm_i8_avx512_vnni(long M, long N, long K, const float *A, lon
             sa[r] = rnn_quant_row_u8_avx512(A + (i + r) * lda, K, Kp, u + r * Kp);
         float *ci = C + i * ldc;
         if (mg == 1) {
-            for (p = 0; p + 4 <= np; p += 4)
-                rnn_vnni_row4(Kp, N, p, u, sa[0], Bq, scale, comp, bias, ci);
-            for (; p + 2 <= np; p += 2)
-                rnn_vnni_tile(1, 2, Kp, N, p, u, Kp, sa, Bq, scale, comp, bias, ci, ldc);
-            for (; p < np; p++)
-                rnn_vnni_tile(1, 1, Kp, N, p, u, Kp, sa, Bq, scale, comp, bias, ci, ldc);
+            /* four panels at a time, then two, then one; every other call from the
+             * last back */
+            long n4 = np / 4 * 4, n2 = n4 + (np - n4) / 2 * 2;
+            int back = rnn_vnni_back ^= 1;
+            if (back && n2 < np)
+                rnn_vnni_row(1, 1, Kp, N, n2, u, sa[0], Bq, scale, comp, bias, ci);
+            if (back && n4 < n2)
+                rnn_vnni_row(2, 1, Kp, N, n4, u, sa[0], Bq, scale, comp, bias, ci);
+            for (p = 0; p < n4; p += 4)
+                rnn_vnni_row(4, back, Kp, N, back ? n4 - 4 - p : p, u, sa[0], Bq, scale, comp, bias, ci);
+            if (!back && n4 < n2)
+                rnn_vnni_row(2, 0, Kp, N, n4, u, sa[0], Bq, scale, comp, bias, ci);
+            if (!back && n2 < np)
+                rnn_vnni_row(1, 0, Kp, N, n2, u, sa[0], Bq, scale, comp, bias, ci);
             continue;
         }
         for (p = 0; p < np; p++) {
@@ -178,7 +252,7 @@ static void rnn_qgemm_i8_avx512_vnni(long M, long N, long K, const float *A, lon
                 float *cr = ci + r0 * ldc;
                 mr = mg - r0 < RNN_VNNI_ROWS ? (int)(mg - r0) : RNN_VNNI_ROWS;
                 switch (mr) {
-                case 4: rnn_vnni_tile(4, 1, Kp, N, p, ur, Kp, sa + r0, Bq, scale, comp, bias, cr, ldc); break;
+                case 4: rnn_vnni_rows4(Kp, N, p, ur, Kp, sa + r0, Bq, scale, comp, bias, cr, ldc); break;
                 case 3: rnn_vnni_tile(3, 1, Kp, N, p, ur, Kp, sa + r0, Bq, scale, comp, bias, cr, ldc); break;
                 case 2: rnn_vnni_tile(2, 1, Kp, N, p, ur, Kp, sa + r0, Bq, scale, comp, bias, cr, ldc); break;
                 default: rnn_vnni_tile(1, 1, Kp, N, p, ur, Kp, sa + r0, Bq, scale, comp, bias, cr, ldc); break;
