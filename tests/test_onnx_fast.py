@@ -290,7 +290,8 @@ def test_a_fused_product_off_its_packed_path_runs_its_ops_one_by_one(seed):
 class Decoder(torch.nn.Module):
     """One step of a Luong "dot" attention decoder (bench/compare.py's, smaller): Embedding
     -> GRU step -> softmax(y @ enc^T) @ enc -> Linear + tanh -> Linear -> softmax or
-    log-softmax; the probabilities and the new state out."""
+    log-softmax; the probabilities and the new state out. (test_onnx_if exports it with a
+    free batch axis: its squeeze(1) is an If there.)"""
 
     def __init__(self, log, V=50, H=16):
         super().__init__()

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
+from test_onnx_fast import Decoder
 from test_onnx_ops import run_both
 
 import rnnfast
@@ -110,29 +111,12 @@ def test_a_constant_condition_is_folded_at_load(rng):
     assert y.shape == (3,)
 
 
-class DecoderStep(torch.nn.Module):
-    """An attention decoder's step (the PyTorch chatbot tutorial's shape): its squeeze(1)
-    of the GRU's one-step output is an If once the batch axis is free."""
-
-    def __init__(self, vocab=40, hidden=24):
-        super().__init__()
-        self.emb = torch.nn.Embedding(vocab, hidden)
-        self.gru = torch.nn.GRU(hidden, hidden, batch_first=True)
-        self.concat = torch.nn.Linear(2 * hidden, hidden)
-        self.out = torch.nn.Linear(hidden, vocab)
-
-    def forward(self, tok, h, enc):
-        y, h = self.gru(self.emb(tok), h)
-        attn = torch.softmax(torch.bmm(y, enc.transpose(1, 2)), -1)
-        context = torch.bmm(attn, enc).squeeze(1)
-        mixed = torch.tanh(self.concat(torch.cat([y.squeeze(1), context], -1)))
-        return torch.softmax(self.out(mixed), -1), h
-
-
 @pytest.mark.parametrize("batch", [1, 3])
 def test_torch_decoder_step_with_a_free_batch_axis(seed, batch):
+    """An attention decoder's step (the PyTorch chatbot tutorial's shape): its squeeze(1)
+    of the GRU's one-step output is an If once the batch axis is free."""
     torch.manual_seed(seed % 2**31)
-    m = DecoderStep().eval()
+    m = Decoder(log=False, V=40, H=24).eval()
     g = torch.Generator().manual_seed(seed % 2**31)
 
     def inputs(b):

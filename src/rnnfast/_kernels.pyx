@@ -449,11 +449,17 @@ cdef void _pack_gather(long K, long N, const char *src, Py_ssize_t sk, Py_ssize_
                     memcpy(&pd[k * RNN_PANEL_COLS + c], s + cols[p * RNN_PANEL_COLS + c] * sj, sizeof(floating))
 
 
-def packed_blocks_size(long K, long GH, long G, long ncb):
-    """Values per direction in :func:`pack_blocks`'s packed form of (K, GH) weights."""
+cdef long _block_units(long GH, long G, long ncb) except -1:
+    """H, the units of GH = G*H weight columns of G gates in ncb unit blocks; ValueError
+    where the columns do not split so."""
     if G < 1 or ncb < 1 or GH % G:
         raise ValueError("%d columns for %d gates in %d blocks" % (GH, G, ncb))
-    return rnn_packed_offset(K, GH // G, G, ncb, ncb)
+    return GH // G
+
+
+def packed_blocks_size(long K, long GH, long G, long ncb):
+    """Values per direction in :func:`pack_blocks`'s packed form of (K, GH) weights."""
+    return rnn_packed_offset(K, _block_units(GH, G, ncb), G, ncb, ncb)
 
 
 def pack_columns(const floating[:, :, :] M, const long[::1] cols, long G, long ncb, out=None):
@@ -468,9 +474,7 @@ def pack_columns(const floating[:, :, :] M, const long[::1] cols, long G, long n
     (a direction's row of a layer's packed weights), returned; else a new one."""
     cdef long ndir = M.shape[0], K = M.shape[1], C = M.shape[2], GH = cols.shape[0]
     cdef long H, size, d, cb, j0, n, i
-    if G < 1 or ncb < 1 or GH % G:
-        raise ValueError("%d columns for %d gates in %d blocks" % (GH, G, ncb))
-    H = GH // G
+    H = _block_units(GH, G, ncb)
     for i in range(GH):
         if cols[i] < 0 or cols[i] >= C:
             raise ValueError("column %d of %d columns" % (cols[i], C))
@@ -497,9 +501,7 @@ def unpack_blocks(const floating[:, ::1] P, long K, long GH, long G, long ncb):
     size), back in their column layout: a copy, bitwise the weights that were packed
     (the canonical weights of a layer that keeps only its packed ones, on demand)."""
     cdef long ndir = P.shape[0], H, d, cb, j0, n, p, k, nc, off
-    if G < 1 or ncb < 1 or GH % G:
-        raise ValueError("%d columns for %d gates in %d blocks" % (GH, G, ncb))
-    H = GH // G
+    H = _block_units(GH, G, ncb)
     if P.shape[1] != rnn_packed_offset(K, H, G, ncb, ncb):
         raise ValueError("packed weights of %d values, expected %d"
                          % (P.shape[1], rnn_packed_offset(K, H, G, ncb, ncb)))

@@ -1,5 +1,5 @@
 """Functions NumPy lacks, shared by the layers, the products and the graph ops:
-:func:`softmax`, :func:`log_softmax` (compiled, for ONNX graphs), and the error
+:func:`softmax`, :func:`row_softmax` (compiled, for ONNX graphs), and the error
 function, for the exact GELU of Keras and ONNX graphs and ONNX ``Erf``.
 
 NumPy has no ``erf``. SciPy's (``scipy.special.erf``, vectorised) is used where SciPy is

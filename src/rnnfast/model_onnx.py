@@ -581,11 +581,9 @@ def fuse_products(program):
 
 
 def _product_chain(op, outs, steps, sole):
-    # (not a MatMul's Add of a bias: the product starts its sums from the bias, the Add
-    # rounds the sum and then adds; the first call of new shapes runs the graph's ops one
-    # by one, and every call must give the same bits)
-    # (the Add of a bias after a MatMul: added to the product's result in place, not
-    # the product's starting sums)
+    # (a MatMul's Add of a bias is added to the product's result, in place, never made
+    # the product's starting sums: the Add rounds the sum and then adds, the first call
+    # of new shapes runs the graph's ops one by one, and every call must give the same bits)
     conv = type(op) is FnOp and op.kernel == "Conv"
     if not ((conv or (type(op) is ProductOp and op._packed is not None)) and len(outs) == 1):
         return None
