@@ -13,7 +13,11 @@ without projection, SimpleRNN), float32 and float64, B in {1, 3, 64}, T in {1, 7
 (``go_backwards``) and bidirectional, with and without masks (Keras masks with and
 without ``zero_output_for_mask``, PyTorch lengths), time- and batch-major input, 1
 and 2 threads; every activation through the gate math of every cell and through
-``apply_activation``; and the two bundled models on their test set.
+``apply_activation``; and the two bundled models on their test set. Where the build
+has reduced precision (``RNNLayer(..., precision=)``), the int8 and bf16 products on
+their own grid too (float32 layers, every cell, H in {16, 130, 256} with input sizes
+{9, 40, 24}, so bf16's float and bf16 input projections both run), and the bundled
+models loaded in int8 and bf16.
 
 Only stable public APIs are used (``rnnfast.layers.RNNLayer``, ``CellWeights``,
 ``apply_activation``, ``ACTIVATIONS``, ``rnnfast.load``), so the script runs against
@@ -58,6 +62,10 @@ VARIANTS = (
     ("lengths_bfirst", dict(lengths=True), True),
 )
 THREADS = (1, 2)
+PRECISIONS = ("int8", "bf16")
+# (H, input size) of the reduced-precision grid; B and variants as above
+UNITS_Q = ((16, 9), (130, 40), (256, 24))
+STEPS_Q = (1, 7, 100)
 
 
 def _seed(*parts):
@@ -75,16 +83,16 @@ def _weights(rng, G, I, H, P):
     return CellWeights(u(I, G * H), u(Ho, G * H), u(G * H), u(G * H), u(H, P) if P else None)
 
 
-def _layer(cell, dtype, H, direction, seed, **kw):
+def _layer(cell, dtype, H, direction, seed, I=INPUT, **kw):
     name, G, extra, P = CELLS[cell]
     rng = np.random.default_rng(seed)
     ndir = 2 if direction == "bidir" else 1
-    weights = [_weights(rng, G, INPUT, H, P) for _ in range(ndir)]
+    weights = [_weights(rng, G, I, H, P) for _ in range(ndir)]
     return RNNLayer(name, weights, go_backwards=direction == "bwd", dtype=dtype, **extra, **kw), rng
 
 
-def _inputs(rng, T, B, H, P, ndir, cell):
-    x = rng.standard_normal((T, B, INPUT))
+def _inputs(rng, T, B, H, P, ndir, cell, I=INPUT):
+    x = rng.standard_normal((T, B, I))
     Ho = P or H
     h0 = 0.5 * rng.standard_normal((ndir, B, Ho))
     c0 = 0.5 * rng.standard_normal((ndir, B, H)) if CELLS[cell][0] == "lstm" else None
@@ -130,6 +138,26 @@ def _store(res, key, value):
     res[key] = _digest(np.asarray(value))
 
 
+def _run_variants(res, key, layer, x, h0, c0, mask, lengths):
+    """One case's layer on every mask/layout variant and thread count; returns the runs."""
+    n = 0
+    for vname, vkw, bfirst in VARIANTS:
+        kw = dict(vkw)
+        if kw.pop("mask", False):
+            kw["mask"] = mask
+        if kw.pop("lengths", False):
+            kw["lengths"] = lengths
+        xin = np.ascontiguousarray(np.swapaxes(x, 0, 1)) if bfirst else x
+        for nt in THREADS:
+            out, h, c = layer.forward(xin, h0, c0, num_threads=nt, batch_first=bfirst, **kw)
+            k = "%s/%s/t%d" % (key, vname, nt)
+            _store(res, k + "/out", out)
+            _store(res, k + "/h", h)
+            _store(res, k + "/c", c)
+            n += 1
+    return n
+
+
 def record_grid(res):
     n = 0
     for cell in CELLS:
@@ -141,32 +169,40 @@ def record_grid(res):
                     layer, rng = _layer(cell, dtype, H, direction, _seed(cell, dtype, H, direction))
                     for B in BATCHES:
                         for T in STEPS:
-                            x, h0, c0, mask, lengths = _inputs(
+                            inputs = _inputs(
                                 np.random.default_rng(_seed(cell, dtype, H, direction, B, T)), T, B, H, P, ndir, cell
                             )
-                            for vname, vkw, bfirst in VARIANTS:
-                                kw = dict(vkw)
-                                if kw.pop("mask", False):
-                                    kw["mask"] = mask
-                                if kw.pop("lengths", False):
-                                    kw["lengths"] = lengths
-                                xin = np.ascontiguousarray(np.swapaxes(x, 0, 1)) if bfirst else x
-                                for nt in THREADS:
-                                    out, h, c = layer.forward(xin, h0, c0, num_threads=nt, batch_first=bfirst, **kw)
-                                    key = "grid/%s/%s/H%d/%s/B%d/T%d/%s/t%d" % (
-                                        cell,
-                                        dtype,
-                                        H,
-                                        direction,
-                                        B,
-                                        T,
-                                        vname,
-                                        nt,
-                                    )
-                                    _store(res, key + "/out", out)
-                                    _store(res, key + "/h", h)
-                                    _store(res, key + "/c", c)
-                                    n += 1
+                            key = "grid/%s/%s/H%d/%s/B%d/T%d" % (cell, dtype, H, direction, B, T)
+                            n += _run_variants(res, key, layer, *inputs)
+    return n
+
+
+def _has_precision():
+    import inspect
+
+    return "precision" in inspect.signature(RNNLayer.__init__).parameters
+
+
+def record_precision(res):
+    """The int8 and bf16 products: the grid's cells, directions, batches, variants and
+    thread counts on float32 layers (nothing where the build predates them)."""
+    if not _has_precision():
+        return 0
+    n = 0
+    for cell in CELLS:
+        P = CELLS[cell][3]
+        for precision in PRECISIONS:
+            for H, I in UNITS_Q:
+                for direction in DIRECTIONS:
+                    ndir = 2 if direction == "bidir" else 1
+                    seed = _seed("q", cell, precision, H, direction)
+                    layer, _ = _layer(cell, "float32", H, direction, seed, I=I, precision=precision)
+                    for B in BATCHES:
+                        for T in STEPS_Q:
+                            rng = np.random.default_rng(_seed("q", cell, precision, H, direction, B, T))
+                            inputs = _inputs(rng, T, B, H, P, ndir, cell, I=I)
+                            key = "quant/%s/%s/H%d/%s/B%d/T%d" % (cell, precision, H, direction, B, T)
+                            n += _run_variants(res, key, layer, *inputs)
     return n
 
 
@@ -208,17 +244,21 @@ def record_activations(res):
 def record_models(res):
     d = np.load(os.path.join(DATA, "digits_test.npz"))
     x = d["x"]
-    keras = rnnfast.load(os.path.join(DATA, "digits_bigru.keras"))
-    for nt in THREADS:
-        _store(res, "model/digits_bigru/t%d" % nt, keras.predict(x, num_threads=nt))
-    rnn = rnnfast.load(os.path.join(DATA, "digits_lstm.pt"))
-    xt = np.ascontiguousarray(np.swapaxes(x, 0, 1))  # loaded with batch_first=False
-    for nt in THREADS:
-        out, (h, c) = rnn(xt, num_threads=nt)
-        _store(res, "model/digits_lstm/t%d/out" % nt, out)
-        _store(res, "model/digits_lstm/t%d/h" % nt, h)
-        _store(res, "model/digits_lstm/t%d/c" % nt, c)
-    return 2 * len(THREADS)
+    xt = np.ascontiguousarray(np.swapaxes(x, 0, 1))  # the LSTM loads with batch_first=False
+    n = 0
+    for precision in ("float32",) + (PRECISIONS if _has_precision() else ()):
+        kw = {} if precision == "float32" else dict(precision=precision)
+        tag = "" if precision == "float32" else "/" + precision
+        keras = rnnfast.load(os.path.join(DATA, "digits_bigru.keras"), **kw)
+        rnn = rnnfast.load(os.path.join(DATA, "digits_lstm.pt"), **kw)
+        for nt in THREADS:
+            _store(res, "model/digits_bigru%s/t%d" % (tag, nt), keras.predict(x, num_threads=nt))
+            out, (h, c) = rnn(xt, num_threads=nt)
+            _store(res, "model/digits_lstm%s/t%d/out" % (tag, nt), out)
+            _store(res, "model/digits_lstm%s/t%d/h" % (tag, nt), h)
+            _store(res, "model/digits_lstm%s/t%d/c" % (tag, nt), c)
+            n += 2
+    return n
 
 
 def record(path):
@@ -227,7 +267,7 @@ def record(path):
     isa = _kernels.isa()
     res = {}
     t0 = time.perf_counter()
-    n = record_grid(res) + record_activations(res) + record_models(res)
+    n = record_grid(res) + record_precision(res) + record_activations(res) + record_models(res)
     res["meta/isa"] = np.array(isa)
     np.savez_compressed(path, **res)
     print("recorded %d runs, %d arrays, ISA %s, %.1f s -> %s" % (n, len(res), isa, time.perf_counter() - t0, path))

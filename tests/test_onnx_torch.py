@@ -241,9 +241,8 @@ def test_dynamo_export_with_dynamic_shapes(seed):
     model = rnnfast.from_onnx(data)
     shape = model.get_inputs()[0].shape
     assert shape == ort.InferenceSession(data, providers=["CPUExecutionProvider"]).get_inputs()[0].shape
-    assert shape[0] == "batch"  # (the exporter may specialise the time axis: then T stays 7)
+    assert shape[:2] == ["batch", "time"]  # (conftest's _fresh_torch_exports keeps "time" dynamic)
     for B, T in [(1, 4), (5, 11), (1, 4)]:
-        T = T if isinstance(shape[1], str) else shape[1]
         x = torch.randn(B, T, 6)
         with torch.no_grad():
             out = _flat(m(x))
