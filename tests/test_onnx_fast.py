@@ -509,3 +509,36 @@ def test_outputs_never_share_the_callers_inputs():
                 assert o.flags.writeable and o.flags.c_contiguous
             np.testing.assert_array_equal(outs[0], x)
             np.testing.assert_array_equal(outs[3], np.maximum(x, 0).reshape(3))
+
+
+@pytest.mark.parametrize("B", [1, 9])
+@pytest.mark.parametrize("relu", [False, True])
+def test_a_conv_runs_on_the_calls_thread_count(monkeypatch, B, relu):
+    """A Conv's product (on the packed weights, B=1, or conv1d's, B=9) takes the call's
+    ``num_threads`` (it took the default count before), fused with its Relu or not."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    import rnnfast._products as products
+    import rnnfast.ops as ops
+
+    data, x = _conv_model(B, 5, 12, 24, 3, {"pads": [1, 1]})
+    if not relu:  # the Conv alone, its output the graph's
+        m = onnx.load_from_string(data)
+        del m.graph.node[1]
+        m.graph.output[0].CopyFrom(helper.make_tensor_value_info("c", TensorProto.FLOAT, None))
+        data = m.SerializeToString()
+    model = rnnfast.from_onnx(data)
+    want = model.run(None, {"x": x})[0]
+    seen = []
+    for module, name, at in ((products, "dense", 5), (ops, "matmul", 3)):
+        real = getattr(module, name)
+
+        def spy(*args, _real=real, _at=at, **kw):
+            seen.append(kw["num_threads"] if "num_threads" in kw else args[_at] if len(args) > _at else None)
+            return _real(*args, **kw)
+
+        monkeypatch.setattr(module, name, spy)
+    for n in (1, 2):
+        np.testing.assert_array_equal(model.run(None, {"x": x}, num_threads=n)[0], want)
+        assert seen and seen[-1] == n

@@ -194,7 +194,7 @@ class FnOp(OnnxOp):
                 self.slots[1] = None
 
     def compute(self, args, num_threads):
-        if self.kernel in _THREADED:
+        if self.kernel in _TAKES_THREADS:
             out = KERNELS[self.kernel](args, self.attrs, num_threads)
         else:
             out = KERNELS[self.kernel](args, self.attrs)
@@ -551,7 +551,7 @@ class _FusedProduct:
 
     def compute(self, args, num_threads):
         if type(self.prod) is FnOp:  # a Conv: the activation applied by its product
-            return [_conv(args, self.prod.attrs, self.act)]
+            return [_conv(args, self.prod.attrs, self.act, num_threads)]
         if self.act >= 0:
             y = self.prod.packed(args, num_threads, self.act)
             if y is not None:
@@ -805,7 +805,7 @@ def _bind(op):
     fast = _fast_kernel(op)
     if fast is not None:
         return fast, op.num_outputs == 1
-    if op.kernel in _THREADED:
+    if op.kernel in _TAKES_THREADS:
 
         def threaded(args, num_threads):
             return kernel(args, a, num_threads)
@@ -986,9 +986,9 @@ def _gemm_tail(y, C, a):
     return y
 
 
-def _conv(args, a, act=-1):
+def _conv(args, a, act=-1, num_threads=None):
     """1-D convolution on (B, C, T) with weight (Cout, Cin/group, k): ops.conv1d on the
-    channels-last views."""
+    channels-last views, on up to ``num_threads`` threads (the call's)."""
     x, w, b = args
     if x.ndim != 3:
         raise ValueError(
@@ -1014,7 +1014,7 @@ def _conv(args, a, act=-1):
             # rows and products, so the same bits
             cols = _windows(xt, k, a["strides"], a["dilations"]).reshape(xt.shape[0] * n, k * xt.shape[2])
             bias = None if b is None else np.ascontiguousarray(b, x.dtype).reshape(-1)
-            y = _products.dense(cols, packed, kernel.shape[2], bias, act)
+            y = _products.dense(cols, packed, kernel.shape[2], bias, act, num_threads)
             return np.swapaxes(y.reshape(xt.shape[0], n, kernel.shape[2]), 1, 2)
     y = conv1d(
         xt,
@@ -1024,6 +1024,7 @@ def _conv(args, a, act=-1):
         dilation=a["dilations"],
         padding=pads,
         groups=a["group"],
+        num_threads=num_threads,
         act=act,
     )
     return np.swapaxes(y, 1, 2)
@@ -1405,7 +1406,7 @@ KERNELS = {
     "LogSoftmax": lambda args, a, num_threads=None: _softmax(args, a, num_threads, log=True),
     "Gemm": _gemm,
     "MatMul": _matmul,
-    "Conv": _conv,
+    "Conv": lambda args, a, num_threads=None: _conv(args, a, -1, num_threads),
     "BatchNormalization": _batchnorm,
     "LayerNormalization": _layernorm,
     "MaxPool": lambda args, a: _pool(args, a, "max"),
@@ -1445,6 +1446,8 @@ KERNELS = {
 #: Kernels that take the call's thread count too, ``(args, attrs, num_threads)``: the
 #: (log-)softmax, which :class:`_FusedProduct` also takes.
 _THREADED = frozenset(("Softmax", "LogSoftmax"))
+#: Kernels called with the call's thread count: those and ``Conv`` (its product's team).
+_TAKES_THREADS = _THREADED | {"Conv"}
 
 
 def _fold(fn, args):
