@@ -383,3 +383,162 @@ def test_fused_attention_off_its_compiled_path_runs_its_ops_one_by_one(seed):
     s = q.astype(np.float64) @ kt
     p = np.exp(s - s.max(-1, keepdims=True))
     assert_close(got, (p / p.sum(-1, keepdims=True)) @ v, np.float32)
+
+
+def test_bound_kernels_give_the_ops_own_arrays():
+    """The flat plan's short calls of the view ops, Concat and Gather (``_bind``) give
+    what the op's compute gives (values, dtype, a view where it is one) and fall back to
+    the kernel (its checks and messages) off their common case."""
+    from rnnfast.model_onnx import _bind
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 1, 3)).astype(np.float32)
+    ids = np.array([[1, 0]], dtype=np.int64)
+    one, two = [("key", 0)], [("key", 0), ("key", 1)]
+    cases = [
+        (_FnOp("Transpose", "t", one, 1, {"perm": [2, 0, 1]}), [x]),
+        (_FnOp("Transpose", "t", one, 1, {"perm": None}), [x]),
+        (_FnOp("Squeeze", "s", one, 1, {"axes": [1]}), [x]),
+        (_FnOp("Unsqueeze", "u", one, 1, {"axes": [0, -1]}), [x]),
+        (_FnOp("Identity", "i", one, 1, {}), [x]),
+        (_FnOp("Concat", "c", two, 1, {"axis": 2}), [x, x]),
+        (_FnOp("Concat", "c", two, 1, {"axis": -1}), [x, x]),  # (a negative axis: the kernel)
+        (_FnOp("Concat", "c", two, 1, {"axis": 0}), [x, x.astype(np.float64)]),  # (two dtypes: the kernel)
+        (_FnOp("Gather", "g", two, 1, {"axis": 0, "_name": "g"}), [x, ids]),
+        (_FnOp("Gather", "g", two, 1, {"axis": 2, "_name": "g"}), [x, np.array(-1)]),
+        (_FnOp("Gather", "g", two, 1, {"axis": -1, "_name": "g"}), [x, ids]),
+        (_FnOp("Softmax", "m", one, 1, {"axis": -1}), [x]),
+        (_FnOp("Add", "a", two, 1, {}), [x, x]),
+    ]
+    for op, args in cases:
+        call, single = _bind(op)
+        assert single
+        got, (want,) = call(args, 1), op.compute(args, 1)
+        assert got.shape == want.shape and got.dtype == want.dtype, op
+        np.testing.assert_array_equal(got, want)
+        assert np.shares_memory(got, x) == np.shares_memory(want, x), op
+    split = _FnOp("Split", "p", one, 2, {"axis": 0, "split": None, "_num_outputs": 2, "_name": "p"})
+    call, single = _bind(split)
+    assert not single and [a.shape for a in call([x], 1)] == [(1, 1, 3), (1, 1, 3)]
+    for op, args in [
+        (_FnOp("Gather", "g", two, 1, {"axis": 0, "_name": "g"}), [x, np.array([2])]),
+        (_FnOp("Squeeze", "s", one, 1, {"axes": [0]}), [x]),
+    ]:
+        with pytest.raises(ValueError) as want:
+            op.compute(args, 1)
+        with pytest.raises(ValueError) as got:
+            _bind(op)[0](args, 1)
+        assert str(got.value) == str(want.value)
+
+
+def _conv_model(B, C, T, cout, k, attrs):
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(B * 100 + k)
+    w = rng.standard_normal((cout, C, k)).astype(np.float32)
+    b = rng.standard_normal(cout).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", **attrs),
+        helper.make_node("Relu", ["c"], ["y"], name="relu"),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [B, C, T])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")],
+    )
+    data = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    return data, rng.standard_normal((B, C, T)).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    "B, attrs",
+    [
+        (1, {"pads": [2, 2]}),
+        (1, {"strides": [2], "dilations": [2]}),
+        (2, {"auto_pad": "SAME_UPPER"}),
+        (9, {}),  # (more rows than the weights' columns: conv1d's product, in place)
+    ],
+)
+def test_a_conv_on_its_weights_packed_at_load_matches_onnxruntime_and_conv1d(B, attrs):
+    """A Conv of few output rows multiplies its im2col rows on the weights packed at load
+    (no packing per call): ONNX Runtime's values, and conv1d's bits (the same rows on the
+    same product), the activation fused or not."""
+    from rnnfast.model_onnx import _conv
+
+    data, x = _conv_model(B, 5, 12, 24, 3, attrs)
+    model = rnnfast.from_onnx(data)
+    want = _ort(data, {"x": x})[0]
+    for _ in range(2):
+        assert_close(model.run(None, {"x": x})[0], want, np.float32)
+    (conv,) = [op for op in model.layers if op.op_type == "Conv"]
+    assert conv.attrs["_packed"] is not None
+    args = [x, conv.slots[1][1], conv.slots[2][1]]
+    plain = {k: v for k, v in conv.attrs.items() if k != "_packed"}
+    for act in (-1, 1):
+        np.testing.assert_array_equal(_conv(args, conv.attrs, act), _conv(args, plain, act))
+    np.testing.assert_array_equal(model.run(None, {"x": x})[0], np.maximum(_conv(args, plain), 0))
+
+
+def test_outputs_never_share_the_callers_inputs():
+    """An output that is an input, a view of one, or made in the call: the caller's own
+    array, whether or not the inputs own their memory (the overlap test is skipped only
+    for outputs made in the call from inputs that do)."""
+    from onnx import TensorProto, helper
+
+    nodes = [
+        helper.make_node("Identity", ["x"], ["same"], name="same"),
+        helper.make_node("Transpose", ["x"], ["view"], name="view", perm=[1, 0]),
+        helper.make_node("Relu", ["x"], ["made"], name="made"),
+        helper.make_node("Squeeze", ["made"], ["made_view"], name="made_view"),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 1])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("same", "view", "made", "made_view")],
+    )
+    model = rnnfast.from_onnx(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
+    base = np.arange(-6, 6, dtype=np.float32)
+    for x in (np.array([[1.0], [-2.0], [3.0]], np.float32), base[:3].reshape(3, 1), base[::4].reshape(3, 1)):
+        for _ in range(2):
+            outs = model.run(None, {"x": x})
+            for o in outs:
+                assert not np.shares_memory(o, x) and not np.shares_memory(o, base)
+                assert o.flags.writeable and o.flags.c_contiguous
+            np.testing.assert_array_equal(outs[0], x)
+            np.testing.assert_array_equal(outs[3], np.maximum(x, 0).reshape(3))
+
+
+@pytest.mark.parametrize("B", [1, 9])
+@pytest.mark.parametrize("relu", [False, True])
+def test_a_conv_runs_on_the_calls_thread_count(monkeypatch, B, relu):
+    """A Conv's product (on the packed weights, B=1, or conv1d's, B=9) takes the call's
+    ``num_threads`` (it took the default count before), fused with its Relu or not."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    import rnnfast._products as products
+    import rnnfast.ops as ops
+
+    data, x = _conv_model(B, 5, 12, 24, 3, {"pads": [1, 1]})
+    if not relu:  # the Conv alone, its output the graph's
+        m = onnx.load_from_string(data)
+        del m.graph.node[1]
+        m.graph.output[0].CopyFrom(helper.make_tensor_value_info("c", TensorProto.FLOAT, None))
+        data = m.SerializeToString()
+    model = rnnfast.from_onnx(data)
+    want = model.run(None, {"x": x})[0]
+    seen = []
+    for module, name, at in ((products, "dense", 5), (ops, "matmul", 3)):
+        real = getattr(module, name)
+
+        def spy(*args, _real=real, _at=at, **kw):
+            seen.append(kw["num_threads"] if "num_threads" in kw else args[_at] if len(args) > _at else None)
+            return _real(*args, **kw)
+
+        monkeypatch.setattr(module, name, spy)
+    for n in (1, 2):
+        np.testing.assert_array_equal(model.run(None, {"x": x}, num_threads=n)[0], want)
+        assert seen and seen[-1] == n

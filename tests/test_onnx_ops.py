@@ -402,3 +402,26 @@ def test_split_to_sequence_and_sequence_at_match_onnxruntime(rng, split, attrs, 
     bad = {"x": x[:, :1] if attrs.get("axis") == 1 else x[:1]}
     with pytest.raises(ValueError, match="position|add up"):
         rnnfast.from_onnx(model).run(None, bad)
+
+
+@pytest.mark.parametrize("case, as_initializers", _PARAMS)
+def test_the_flat_plan_gives_the_bits_of_the_ops_one_by_one(rng, case, as_initializers):
+    """A call runs the model's flat plan (``model_onnx.flat_plan``: each op's compute bound
+    at the first call, the view ops, Concat and Gather on their NumPy call alone): the
+    arrays the program's ops give one by one (``run_compiled``, the executor before),
+    bit for bit, on the first call, a later one and a pickled copy's."""
+    import pickle
+
+    from rnnfast.model_onnx import run_compiled, run_plan
+
+    op, inputs, attrs, opset = case
+    model, values = make_case(rng, op, inputs, attrs, opset, as_initializers)
+    m = rnnfast.from_onnx(model)
+    feeds = [values[n] for n in m.input_names]
+    calls = [m.run(None, values), m.run(None, values), pickle.loads(pickle.dumps(m)).run(None, values)]
+    full = feeds + list(m._shape_cache[m._shape_key(feeds)])
+    for got in calls + [run_plan(m._plan, full, 1)]:
+        for g, w in zip(got, run_compiled(m._fast, full, 1)):
+            w = np.asarray(w)
+            assert g.shape == w.shape and g.dtype == w.dtype
+            np.testing.assert_array_equal(g, w)

@@ -455,7 +455,7 @@ class OnnxProgram(Program):
             )
         model = self.model
         feed = np.ascontiguousarray(x, dtype=model._inputs[0]["dtype"]).transpose(self.in_perm)
-        sig = ((feed.shape, feed.dtype.str),)
+        sig = model._shape_key([feed])
         cached = model._shape_cache.get(sig)
         while cached is None:  # the shape results for this chunk shape (a run on zeros, kept;
             # again should other calls have pushed them out of the cache meanwhile)

@@ -29,7 +29,7 @@ from ._special import erf, row_softmax
 from ._summary import Summarized
 from .graph import Graph
 from .layers import ACTIVATIONS, apply_activation
-from .ops import conv1d, pool1d
+from .ops import _windows, conv1d, pool1d
 
 __all__ = [
     "OnnxModel",
@@ -45,6 +45,8 @@ __all__ = [
     "fuse_views",
     "fuse_products",
     "fuse_attention",
+    "flat_plan",
+    "run_plan",
 ]
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))  # the dtypes of the core's products
@@ -176,13 +178,23 @@ class FnOp(OnnxOp):
         self.kernel = kernel or op_type
         if self.kernel not in KERNELS:
             raise KeyError(self.kernel)
+        kernel = self.attrs.get("_kernel")
+        if (
+            self.kernel == "Conv"
+            and kernel is not None
+            and kernel.dtype in _FLOATS
+            and kernel.size
+            and self.attrs["group"] == 1
+        ):
+            # the weights as the im2col product takes them (_conv), packed once
+            self.attrs["_packed"] = _products.pack(kernel.reshape(-1, kernel.shape[2]))
         if op_type in ("Squeeze", "Unsqueeze") and len(self.slots) > 1 and self.slots[1] is not None:
             if self.slots[1][0] == "const":  # constant axes (opset 13 on): read once, here
                 self.attrs["axes"] = _ints(self.slots[1][1])
                 self.slots[1] = None
 
     def compute(self, args, num_threads):
-        if self.kernel in _THREADED:
+        if self.kernel in _TAKES_THREADS:
             out = KERNELS[self.kernel](args, self.attrs, num_threads)
         else:
             out = KERNELS[self.kernel](args, self.attrs)
@@ -539,7 +551,7 @@ class _FusedProduct:
 
     def compute(self, args, num_threads):
         if type(self.prod) is FnOp:  # a Conv: the activation applied by its product
-            return [_conv(args, self.prod.attrs, self.act)]
+            return [_conv(args, self.prod.attrs, self.act, num_threads)]
         if self.act >= 0:
             y = self.prod.packed(args, num_threads, self.act)
             if y is not None:
@@ -732,6 +744,157 @@ def _attention_chain(j, op, outs, steps, sole, made, readers, unpacked_matmul):
     return k1, k2
 
 
+# -- the flat plan: the per-call program of pre-bound steps ----------------------------
+
+
+def flat_plan(program):
+    """``program`` (what :func:`fuse_attention` gives) as the plan :func:`run_plan` runs:
+    ``(steps, tensor count, output indices, constants)``, each step ``(call, argument
+    indices, output indices, indices freed after it)``, ``call(args, num_threads)`` the
+    op's compute bound once (:func:`_bind`: a list of outputs, or the one output where
+    the op has one and ``call`` gives it bare), the arguments read from one list of the
+    tensors followed by the constants (an op's constant inputs, None for an absent one).
+    What a step of ``program`` does, in the same kernels, without the per-op ``args``
+    list, the attribute and kernel look-ups and the list of a single output: at B=1 a
+    decoder step's ten ops cost 10 us of dispatch before."""
+    steps, n, outputs = program
+    consts: list = [None]
+    where = {id(None): n}  # constant (by identity) -> its index in the list
+
+    def const(v):
+        if id(v) not in where:
+            where[id(v)] = n + len(consts)
+            consts.append(v)
+        return where[id(v)]
+
+    plan = []
+    for op, ins, outs, free in steps:
+        slots = _plain_slots(op)
+        if slots is None:  # an op of its own argument order (attention, a Loop ...): its own args
+            compute, args = op.compute, op.args
+
+            def call(xs, num_threads, compute=compute, args=args):
+                return compute(args(xs), num_threads)
+
+            idx = list(ins)
+            one = False
+        else:
+            idx = [const(None) if s is None else const(s[1]) if s[0] == "const" else ins[s[1]] for s in slots]
+            call, one = _bind(op)
+        plan.append((call, tuple(idx), tuple(outs), tuple(free), one and len(outs) == 1))
+    return plan, n, list(outputs), consts
+
+
+def _plain_slots(op):
+    """The slots ``op`` reads its arguments by (:meth:`OnnxOp.args`), or None for an op
+    that reads them its own way."""
+    base = op.rec if type(op) is _Fused else op.prod if type(op) is _FusedProduct else op
+    if isinstance(base, OnnxOp) and type(base).args is OnnxOp.args and "args" not in vars(base):
+        return base.slots
+    return None
+
+
+def _bind(op):
+    """``(call, one)``: ``op.compute`` as ``call(args, num_threads)``; ``one``: ``call``
+    gives the op's only output itself, not a list of it. An :class:`FnOp` calls its
+    kernel directly (the view ops, ``Concat`` and ``Gather`` of the common shapes their
+    NumPy call alone, the same arrays: :func:`_fast_kernel`)."""
+    if type(op) is not FnOp or "compute" in vars(op):
+        return op.compute, False
+    kernel, a = KERNELS[op.kernel], op.attrs
+    fast = _fast_kernel(op)
+    if fast is not None:
+        return fast, op.num_outputs == 1
+    if op.kernel in _TAKES_THREADS:
+
+        def threaded(args, num_threads):
+            return kernel(args, a, num_threads)
+
+        return threaded, op.num_outputs == 1
+    if op.num_outputs == 1:
+
+        def single(args, num_threads):
+            out = kernel(args, a)
+            return out[0] if isinstance(out, (list, tuple)) else out
+
+        return single, True
+
+    def several(args, num_threads):
+        out = kernel(args, a)
+        return list(out) if isinstance(out, (list, tuple)) else [out]
+
+    return several, False
+
+
+def _fast_kernel(op):
+    """A shorter ``call(args, num_threads)`` for a single-output :class:`FnOp` whose
+    kernel's checks can be done at load: ``Transpose`` (NumPy's own, on the
+    permutation), ``Squeeze`` / ``Unsqueeze`` of constant axes, ``Identity``,
+    ``Concat`` of one dtype and ``Gather`` on a non-negative axis (their kernels where
+    the call's arrays are otherwise); None for the rest."""
+    if op.num_outputs != 1 or op.domain:
+        return None
+    kernel, a, k = KERNELS[op.kernel], op.attrs, op.kernel
+    n_args = len(op.slots)
+    if k == "Identity":
+        return lambda args, num_threads: args[0]
+    if k == "Transpose" and n_args == 1:
+        perm = tuple(a["perm"]) if a.get("perm") else None
+        return lambda args, num_threads: np.transpose(args[0], perm)
+    if k in ("Squeeze", "Unsqueeze") and a.get("axes") is not None and (n_args == 1 or op.slots[1] is None):
+        axes = tuple(a["axes"])
+        if k == "Squeeze":
+            return lambda args, num_threads: np.squeeze(args[0], axis=axes)
+        return lambda args, num_threads: np.expand_dims(args[0], axes)
+    if k == "Concat" and all(s is not None for s in op.slots):
+        axis = int(a["axis"])
+
+        def concat(args, num_threads):
+            x = args[0]
+            if type(x) is np.ndarray and 0 <= axis < x.ndim:
+                dt = x.dtype
+                for v in args:
+                    if type(v) is not np.ndarray or v.dtype != dt:
+                        return kernel(args, a)
+                return np.concatenate(args, axis=axis)
+            return kernel(args, a)
+
+        return concat
+    if k == "Gather" and n_args == 2 and int(a["axis"]) >= 0:
+        axis = int(a["axis"])
+
+        def gather(args, num_threads):
+            x = args[0]
+            if type(x) is np.ndarray and axis < x.ndim:
+                try:
+                    return np.take(x, args[1], axis=axis)
+                except IndexError:
+                    pass
+            return kernel(args, a)
+
+        return gather
+    return None
+
+
+def run_plan(plan, feeds, num_threads):
+    """Run ``plan`` (what :func:`flat_plan` gives) on ``feeds`` (one per graph input):
+    its outputs, a list; what :func:`run_compiled` gives on the program it was made of."""
+    steps, n, outputs, consts = plan
+    vals = list(feeds)
+    vals += [None] * (n - len(vals))
+    vals += consts
+    for call, idx, outs, free, one in steps:
+        res = call([vals[i] for i in idx], num_threads)
+        for i in free:
+            vals[i] = None
+        if one:
+            vals[outs[0]] = res
+        else:
+            for i, v in zip(outs, res):
+                vals[i] = v
+    return [vals[i] for i in outputs]
+
+
 # -- kernels: one function per op type (args: the inputs, None where absent) -----------
 
 
@@ -823,9 +986,9 @@ def _gemm_tail(y, C, a):
     return y
 
 
-def _conv(args, a, act=-1):
+def _conv(args, a, act=-1, num_threads=None):
     """1-D convolution on (B, C, T) with weight (Cout, Cin/group, k): ops.conv1d on the
-    channels-last views."""
+    channels-last views, on up to ``num_threads`` threads (the call's)."""
     x, w, b = args
     if x.ndim != 3:
         raise ValueError(
@@ -841,6 +1004,18 @@ def _conv(args, a, act=-1):
         padded = np.zeros((xt.shape[0], xt.shape[1] + pads[0] + pads[1], xt.shape[2]), xt.dtype)
         padded[:, pads[0] : pads[0] + xt.shape[1]] = xt
         xt, pads = padded, (0, 0)
+    packed = a.get("_packed")
+    if packed is not None and x.dtype == packed.dtype and xt.shape[2] == kernel.shape[1]:
+        span = (k - 1) * a["dilations"] + 1
+        n = (xt.shape[1] - span) // a["strides"] + 1 if xt.shape[1] >= span else 0
+        if 1 <= n and xt.shape[0] * n <= kernel.shape[2]:
+            # the im2col rows, copied (no larger than the weights, which conv1d's product
+            # would pack on every call), on the weights packed at load (FnOp): the same
+            # rows and products, so the same bits
+            cols = _windows(xt, k, a["strides"], a["dilations"]).reshape(xt.shape[0] * n, k * xt.shape[2])
+            bias = None if b is None else np.ascontiguousarray(b, x.dtype).reshape(-1)
+            y = _products.dense(cols, packed, kernel.shape[2], bias, act, num_threads)
+            return np.swapaxes(y.reshape(xt.shape[0], n, kernel.shape[2]), 1, 2)
     y = conv1d(
         xt,
         kernel,
@@ -849,6 +1024,7 @@ def _conv(args, a, act=-1):
         dilation=a["dilations"],
         padding=pads,
         groups=a["group"],
+        num_threads=num_threads,
         act=act,
     )
     return np.swapaxes(y, 1, 2)
@@ -1230,7 +1406,7 @@ KERNELS = {
     "LogSoftmax": lambda args, a, num_threads=None: _softmax(args, a, num_threads, log=True),
     "Gemm": _gemm,
     "MatMul": _matmul,
-    "Conv": _conv,
+    "Conv": lambda args, a, num_threads=None: _conv(args, a, -1, num_threads),
     "BatchNormalization": _batchnorm,
     "LayerNormalization": _layernorm,
     "MaxPool": lambda args, a: _pool(args, a, "max"),
@@ -1270,6 +1446,8 @@ KERNELS = {
 #: Kernels that take the call's thread count too, ``(args, attrs, num_threads)``: the
 #: (log-)softmax, which :class:`_FusedProduct` also takes.
 _THREADED = frozenset(("Softmax", "LogSoftmax"))
+#: Kernels called with the call's thread count: those and ``Conv`` (its product's team).
+_TAKES_THREADS = _THREADED | {"Conv"}
 
 
 def _fold(fn, args):
@@ -1483,18 +1661,11 @@ class OnnxModel(Summarized):
         return np.ascontiguousarray(a, dtype=dt)
 
     def _run(self, feeds, num_threads):
-        out = self._values(feeds, num_threads)
-        # outputs the caller owns: never the caller's own input, a view of it, or a cached value
-        return [
-            np.array(v, copy=True)
-            if isinstance(v, np.ndarray) and any(np.may_share_memory(v, f) for f in feeds)
-            else _contiguous(v)
-            for v in out
-        ]
+        return _callers(self._values(feeds, num_threads), feeds)
 
     def _values(self, feeds, num_threads):
         """The outputs as the ops leave them (views, cached arrays)."""
-        sig = tuple((a.shape, a.dtype.str) for a in feeds)
+        sig = self._shape_key(feeds)
         cached = self._shape_cache.get(sig)
         with np.errstate(all="ignore"):
             if cached is None:
@@ -1514,6 +1685,12 @@ class OnnxModel(Summarized):
                 out = self._run_data(list(feeds) + list(cached), num_threads)
         return out
 
+    @staticmethod
+    def _shape_key(feeds):
+        """The key of :attr:`_shape_cache` for ``feeds``: their shapes (each feed has
+        its input's dtype, :meth:`_validated`)."""
+        return tuple([a.shape for a in feeds])
+
     def _compiled(self):
         """The data graph as :func:`_compile` gives it (made on the first call)."""
         prog = self.__dict__.get("_program")
@@ -1525,10 +1702,15 @@ class OnnxModel(Summarized):
         """The data graph (:attr:`_data`) run as a list of steps over a list of tensors:
         what :meth:`Graph.run <rnnfast.graph.Graph.run>` does, without its dicts and
         masks (an ONNX graph carries none), for the per-call overhead at small sizes."""
-        prog = self.__dict__.get("_fast")
-        if prog is None:
-            prog = self._fast = fuse_attention(fuse_products(fuse_views(self._compiled())))
-        return run_compiled(prog, feeds, num_threads)
+        plan = self.__dict__.get("_plan")
+        if plan is None:
+            prog = self.__dict__.get("_fast")
+            if prog is None:
+                prog = self._fast = fuse_attention(fuse_products(fuse_views(self._compiled())))
+            if probing():  # (the load-time run's stand-ins are bound to no plan)
+                return run_compiled(prog, feeds, num_threads)
+            plan = self._plan = flat_plan(prog)
+        return run_plan(plan, feeds, num_threads)
 
     def _example_feed(self, steps=PROBE_STEPS):
         """Zeros of every input's declared shape, a symbolic or unknown dimension taken
@@ -1657,6 +1839,7 @@ class OnnxModel(Summarized):
         state["_shape_cache"] = {}
         state.pop("_program", None)
         state.pop("_fast", None)
+        state.pop("_plan", None)
         state.pop("_feed_checks", None)
         state["_graph"] = copy.copy(self._graph)
         return state
@@ -1828,6 +2011,30 @@ def make_graphs(steps, inputs, outputs, shape_steps):
     graph = Graph(steps, inputs, list(outputs) + frontier)
     data = Graph(data_steps, list(inputs) + frontier, list(outputs))
     return graph, data, frontier
+
+
+def _callers(out, feeds):
+    """``out`` as arrays the caller owns: never the caller's own input, a view of it, or
+    a cached value (copies of those). An output whose memory belongs to an array made
+    in this call (its base chain ends in an array that owns its data and is no input)
+    shares none with inputs that own theirs: no overlap test (0.5 us an output and
+    input) where every input owns its data."""
+    owners = all(f.flags.owndata for f in feeds)
+    res = []
+    for v in out:
+        if type(v) is np.ndarray:
+            if owners:
+                root = v
+                while type(root.base) is np.ndarray:
+                    root = root.base
+                shared = not (root.base is None and root.flags.owndata) or any(root is f for f in feeds)
+            else:
+                shared = True
+            if shared and any(np.may_share_memory(v, f) for f in feeds):
+                res.append(np.array(v, copy=True))
+                continue
+        res.append(_contiguous(v))
+    return res
 
 
 def _contiguous(v):
