@@ -1721,6 +1721,32 @@ _VALUE_BLIND.update(dict.fromkeys(("GRU", "LSTM", "RNN"), (0, 2, 3)))  # not seq
 _DRY_SAME_SHAPE = ("Relu", "Tanh", "Sigmoid", "Softmax", "LogSoftmax")
 #: Layout ops the trial run gives a dry input as a zero-stride view.
 _DRY_LAYOUT = ("Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze")
+#: Element-wise float arithmetic computed dry in the trial run where it reads a dry
+#: input: zeros of the broadcast shape (a 64-row Linear's bias Add on zeros took 0.77 ms
+#: of a 2.1 ms trial, faulting in the fresh pages of its zero input).
+_DRY_ARITH = ("Add", "Sub", "Mul", "Div")
+
+
+def _dry_zeros(shape, dtype):
+    """A shim's output: zeros of ``shape`` as one zero seen through zero strides (writable,
+    as an op's own outputs are). What reads it computes nothing from its values, and a
+    fresh zero array cost its pages: ``np.zeros`` of a 64-row speech model's shims took
+    0.65 ms of its 2.8 ms load."""
+    return np.lib.stride_tricks.as_strided(np.zeros(1, dtype), shape, (0,) * len(shape))
+
+
+def _dry_broadcast(args):
+    """The broadcast shape of two float arrays of one dtype (what ``np.add`` of them
+    gives), or None: anything else (then the op computes, and raises as it does)."""
+    if len(args) != 2:
+        return None
+    a, b = args
+    if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.dtype == b.dtype and a.dtype in _FLOATS):
+        return None
+    try:
+        return np.broadcast_shapes(a.shape, b.shape)
+    except ValueError:
+        return None
 
 
 def _dry_shims(graph, data_graph):
@@ -1764,8 +1790,7 @@ def _dry_compute(op, dry_slots):
         def layout(args, num_threads):  # on a zero-stride view: a reshape copies nothing
             x = args[0]
             if isinstance(x, np.ndarray):  # (writable, as the op's own outputs are)
-                zero = np.lib.stride_tricks.as_strided(np.zeros(1, x.dtype), x.shape, (0,) * x.ndim)
-                args = [zero] + list(args[1:])
+                args = [_dry_zeros(x.shape, x.dtype)] + list(args[1:])
             return real(args, num_threads)
 
         return layout
@@ -1775,7 +1800,7 @@ def _dry_compute(op, dry_slots):
             x = args[0]
             if isinstance(x, np.ndarray) and x.ndim == 3 and x.shape[0] > 1:
                 y = real([x[:1]] + list(args[1:]), num_threads)[0]
-                return [np.zeros((x.shape[0],) + y.shape[1:], y.dtype)]
+                return [_dry_zeros((x.shape[0],) + y.shape[1:], y.dtype)]
             return real(args, num_threads)
 
         return conv
@@ -1793,10 +1818,36 @@ def _dry_compute(op, dry_slots):
             else:
                 fits = x.ndim >= 2
             if fits and x.dtype == w.dtype and x.shape[-1] == K:
-                return [np.zeros(x.shape[:-1] + (N,), x.dtype)]
+                return [_dry_zeros(x.shape[:-1] + (N,), x.dtype)]
             return real(args, num_threads)
 
         return product
+    if dry_slots and type(op) is FnOp and op.kernel in _DRY_ARITH and not op.domain:
+
+        def arith(args, num_threads):  # two floats of one dtype: their broadcast shape
+            shape = _dry_broadcast(args)
+            return real(args, num_threads) if shape is None else [_dry_zeros(shape, args[0].dtype)]
+
+        return arith
+    if dry_slots and type(op) is ProductOp and op.op_type == "MatMul" and op._packed is None:
+
+        def matmul(args, num_threads):  # the shape _products.matmul gives (else its own checks)
+            a, b = args[0], args[1]
+            if (
+                isinstance(a, np.ndarray)
+                and isinstance(b, np.ndarray)
+                and a.dtype == b.dtype
+                and a.dtype in _FLOATS
+                and 2 <= a.ndim <= 4
+                and 2 <= b.ndim <= 4
+                and a.shape[-1] == b.shape[-2]
+            ):
+                batch = _dry_broadcast([a[..., 0, 0], b[..., 0, 0]])
+                if batch is not None:
+                    return [_dry_zeros(batch + (a.shape[-2], b.shape[-1]), a.dtype)]
+            return real(args, num_threads)
+
+        return matmul
     if type(op) is FnOp and op.kernel in _DRY_SAME_SHAPE and not op.domain:
 
         def same_shape(args, num_threads):
@@ -1804,7 +1855,7 @@ def _dry_compute(op, dry_slots):
             if isinstance(x, np.ndarray) and x.dtype in _FLOATS and x.size:
                 if op.kernel in ("Softmax", "LogSoftmax"):
                     _axis(op.attrs["axis"], x.ndim)  # raises as the op does
-                return [np.zeros(x.shape, x.dtype)]
+                return [_dry_zeros(x.shape, x.dtype)]
             return real(args, num_threads)
 
         return same_shape
