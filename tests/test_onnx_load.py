@@ -487,3 +487,37 @@ def test_a_packed_product_keeps_its_weight_once(rng, tmp_path, monkeypatch, tran
     assert back.run(None, {"x": x})[0].tobytes() == want.tobytes()
     (back_op,) = [op for op in back.layers if op.name == "lin"]
     assert back_op.slots[1][1].packed is back_op._packed
+
+
+def test_ops_that_read_zero_stride_dry_values_in_the_trial_run_load_and_compute(rng):
+    """A chain of value-blind ops that compute in the trial run (Conv, Erf, LeakyRelu,
+    Concat, Gather, Slice, Flatten, Exp) after a product whose dry output is one zero
+    seen through zero strides: the model loads (no op refuses the strided zeros) and
+    computes what ONNX Runtime does."""
+    from rnnfast import model_onnx
+
+    inits = {
+        "K": rng.standard_normal((6, 5)).astype(np.float32),
+        "w": rng.standard_normal((3, 5, 3)).astype(np.float32),
+        "idx": np.array([0, 2, 5], np.int64),
+        "starts": np.array([1], np.int64),
+        "ends": np.array([4], np.int64),
+        "axes": np.array([2], np.int64),
+    }
+    nodes = [
+        helper.make_node("MatMul", ["x", "K"], ["p"], name="mm"),
+        helper.make_node("Transpose", ["p"], ["t"], perm=[0, 2, 1], name="tr"),
+        helper.make_node("Conv", ["t", "w"], ["c"], pads=[1, 1], name="conv"),
+        helper.make_node("Erf", ["c"], ["e"], name="erf"),
+        helper.make_node("LeakyRelu", ["e"], ["l"], alpha=0.1, name="lrelu"),
+        helper.make_node("Concat", ["l", "c"], ["cat"], axis=1, name="cat"),
+        helper.make_node("Gather", ["cat", "idx"], ["g"], axis=1, name="gather"),
+        helper.make_node("Slice", ["g", "starts", "ends", "axes"], ["s"], name="slice"),
+        helper.make_node("Exp", ["s"], ["ex"], name="exp"),
+        helper.make_node("Flatten", ["ex"], ["out"], axis=1, name="flat"),
+    ]
+    m = _fixed_graph(nodes, [("x", [2, 4, 6])], inits)
+    model = rnnfast.from_onnx(m)
+    assert "mm" in {op.name for op, _ in model_onnx._dry_shims(model._graph, model._data)}
+    feed = {"x": rng.standard_normal((2, 4, 6)).astype(np.float32)}
+    assert_close(model.run(None, feed)[0], _ort(m, feed)[0], np.float32)
