@@ -521,3 +521,40 @@ def test_ops_that_read_zero_stride_dry_values_in_the_trial_run_load_and_compute(
     assert "mm" in {op.name for op, _ in model_onnx._dry_shims(model._graph, model._data)}
     feed = {"x": rng.standard_normal((2, 4, 6)).astype(np.float32)}
     assert_close(model.run(None, feed)[0], _ort(m, feed)[0], np.float32)
+
+
+@pytest.mark.parametrize("reader", ["value-blind", "value-reading"])
+def test_a_dry_recurrent_output_is_a_zero_view_only_where_every_reader_is_value_blind(rng, monkeypatch, reader):
+    """GRU -> Squeeze -> Transpose (value-blind: its zeros are a zero-stride view in the
+    trial run) and GRU -> Greater -> Where (the Where reads the values: fresh zeros, as
+    before); both load, leave no op dry and compute what ONNX Runtime does."""
+    from rnnfast import model_onnx
+
+    H, I, T, B = 5, 4, 6, 3
+    inits = {
+        "W": (rng.standard_normal((1, 3 * H, I)) * 0.4).astype(np.float32),
+        "R": (rng.standard_normal((1, 3 * H, H)) * 0.4).astype(np.float32),
+        "axes": np.array([1], np.int64),
+        "zero": np.zeros(1, np.float32),
+        "one": np.ones(1, np.float32),
+    }
+    nodes = [
+        helper.make_node("GRU", ["x", "W", "R"], ["y"], hidden_size=H, name="gru"),
+        helper.make_node("Squeeze", ["y", "axes"], ["s"], name="sq"),
+    ]
+    if reader == "value-blind":
+        nodes.append(helper.make_node("Transpose", ["s"], ["out"], perm=[1, 0, 2], name="tr"))
+    else:
+        nodes += [
+            helper.make_node("Greater", ["s", "zero"], ["pos"], name="gt"),
+            helper.make_node("Where", ["pos", "s", "one"], ["out"], name="where"),
+        ]
+    m = _fixed_graph(nodes, [("x", [T, B, I])], inits)
+    seen = []
+    real = model_onnx.RecurrentOp._dry
+    monkeypatch.setattr(model_onnx.RecurrentOp, "_dry", lambda self, *a: seen.append(self.dry) or real(self, *a))
+    model = rnnfast.from_onnx(m)
+    assert seen == (["view"] if reader == "value-blind" else [True])
+    assert not any(getattr(op, "dry", False) for op in model.layers)
+    feed = {"x": rng.standard_normal((T, B, I)).astype(np.float32)}
+    assert_close(model.run(None, feed)[0], _ort(m, feed)[0], np.float32)
