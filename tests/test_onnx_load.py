@@ -59,8 +59,9 @@ def test_initializers_are_read_in_place_and_the_model_owns_what_it_keeps(rng):
     whole = np.frombuffer(data, np.uint8)
     for op in model.layers:
         for s in op.slots:
-            if s is not None and s[0] == "const":
-                assert not np.may_share_memory(s[1], whole) and s[1].flags.aligned
+            if s is not None and s[0] == "const":  # (a packed weight: its array unpacked on use)
+                v = np.asarray(s[1])
+                assert not np.may_share_memory(v, whole) and v.flags.aligned
     x = rng.standard_normal((7, 1, 5)).astype(np.float32)
     assert_close(model.run(None, {"x": x})[0], _ort(m, {"x": x})[0], np.float32)
 
@@ -229,7 +230,7 @@ def test_the_trial_run_gives_products_and_activations_their_shapes_only(rng, mon
     assert calls  # (the calls do compute it)
 
 
-@pytest.mark.parametrize("what", ["matmul", "conv", "softmax"])
+@pytest.mark.parametrize("what", ["matmul", "conv", "softmax", "add", "matmul of two"])
 def test_the_dry_trial_run_still_refuses_what_does_not_fit(rng, what):
     x, K = ("x", [2, 3, 6]), rng.standard_normal((5, 4)).astype(np.float32)
     if what == "matmul":  # 6 columns into a (5, 4) kernel
@@ -237,6 +238,16 @@ def test_the_dry_trial_run_still_refuses_what_does_not_fit(rng, what):
     elif what == "conv":  # 3 channels into a kernel of 4
         w = rng.standard_normal((2, 4, 3)).astype(np.float32)
         m = _fixed_graph([helper.make_node("Conv", ["x", "w"], ["out"], name="conv")], [x], {"w": w})
+    elif what == "add":  # a product's (2, 3, 4) and a bias of 5
+        b = rng.standard_normal(5).astype(np.float32)
+        nodes = [helper.make_node("MatMul", ["x", "K"], ["p"], name="mm"), helper.make_node("Add", ["p", "b"], ["out"])]
+        m = _fixed_graph(nodes, [x], {"K": rng.standard_normal((6, 4)).astype(np.float32), "b": b})
+    elif what == "matmul of two":  # a product's (2, 3, 4) times x (2, 3, 6)
+        nodes = [
+            helper.make_node("MatMul", ["x", "K"], ["p"], name="mm"),
+            helper.make_node("MatMul", ["p", "x"], ["out"], name="mm2"),
+        ]
+        m = _fixed_graph(nodes, [x], {"K": rng.standard_normal((6, 4)).astype(np.float32)})
     else:  # a softmax axis the tensor does not have
         m = _fixed_graph([helper.make_node("Softmax", ["x"], ["out"], axis=5, name="sm")], [x], {})
     with pytest.raises(rnnfast.FormatError, match="do not fit together"):
@@ -392,5 +403,158 @@ def test_the_trial_run_views_a_recurrent_output_and_shims_what_follows(rng, monk
     assert {"Transpose", "Reshape", "MatMul", "Softmax"} <= shimmed
     values, _ = model._graph.run([np.zeros((T, B, I), np.float32)], 1, keep_all=True)
     assert model._shapes == {k: v.shape for k, v in values.items() if isinstance(v, np.ndarray)}
+    feed = {"x": rng.standard_normal((T, B, I)).astype(np.float32)}
+    assert_close(model.run(None, feed)[0], _ort(m, feed)[0], np.float32)
+
+
+def test_the_trial_run_gives_arithmetic_and_products_of_two_tensors_their_shapes_only(rng, monkeypatch):
+    """A Linear on 3-D data as torch exports it (MatMul, then Add of the bias) and an
+    attention's product of two computed tensors: on a dry input the trial run gives
+    them zeros of their shapes (the Add on full-size zeros was most of a 64-row speech
+    model's trial), the shapes are those of a full run, and the model computes what
+    ONNX Runtime does."""
+    from rnnfast import model_onnx
+
+    inits = {"K": rng.standard_normal((6, 4)).astype(np.float32), "b": rng.standard_normal(4).astype(np.float32)}
+    nodes = [
+        helper.make_node("MatMul", ["x", "K"], ["p"], name="mm"),
+        helper.make_node("Add", ["p", "b"], ["q"], name="add"),
+        helper.make_node("Transpose", ["q"], ["t"], perm=[0, 2, 1], name="tr"),
+        helper.make_node("MatMul", ["q", "t"], ["s"], name="scores"),
+        helper.make_node("Div", ["s", "b"], ["out"], name="div"),
+    ]
+    m = _fixed_graph(nodes, [("x", [2, 4, 6])], inits)
+    model = rnnfast.from_onnx(m)
+    shimmed = {op.name for op, _ in model_onnx._dry_shims(model._graph, model._data)}
+    assert {"mm", "add", "scores", "div"} <= shimmed
+    values, _ = model._graph.run([np.zeros((2, 4, 6), np.float32)], 1, keep_all=True)
+    assert model._shapes == {k: v.shape for k, v in values.items() if isinstance(v, np.ndarray)}
+    feed = {"x": rng.standard_normal((2, 4, 6)).astype(np.float32)}
+    assert_close(model.run(None, feed)[0], _ort(m, feed)[0], np.float32)
+
+
+def _linear_file(rng, tmp_path, trans_b=1, N=300, K=64):
+    """x (3, K) -> Gemm (transB) or MatMul with an (N, K) / (K, N) weight -> Relu, in a
+    file the loader maps."""
+    W = (rng.standard_normal((N, K) if trans_b else (K, N)) * 0.1).astype(np.float32)
+    c = (rng.standard_normal(N) * 0.1).astype(np.float32)
+    if trans_b is None:
+        node = helper.make_node("MatMul", ["x", "W"], ["p"], name="lin")
+    else:
+        node = helper.make_node("Gemm", ["x", "W", "c"], ["p"], transB=trans_b, name="lin")
+    m = _fixed_graph([node, helper.make_node("Relu", ["p"], ["out"])], [("x", [3, K])], {"W": W, "c": c})
+    path = tmp_path / "lin.onnx"
+    path.write_bytes(m.SerializeToString())
+    assert path.stat().st_size >= onnx_io.MAP_MIN_BYTES  # mapped, not read
+    return m, path, W
+
+
+@pytest.mark.parametrize("trans_b", [1, 0, None])
+def test_a_packed_product_keeps_its_weight_once(rng, tmp_path, monkeypatch, trans_b):
+    """A Gemm / MatMul on a constant weight keeps it packed only (``PackedWeight``: the
+    array unpacked on use, bitwise the file's), computes bitwise what the model built
+    the old way (the weight copied beside the packed one) computes, on the packed path
+    and on the unpacked one (float64 data), pickles with the weight once and keeps
+    nothing of the file."""
+    import pickle
+
+    m, path, W = _linear_file(rng, tmp_path, trans_b)
+    model = rnnfast.load(str(path))
+    (op,) = [op for op in model.layers if op.name == "lin"]
+    w = op.slots[1][1]
+    assert isinstance(w, onnx_io.PackedWeight) and w.packed is op._packed
+    assert w.shape == W.shape and w.dtype == W.dtype and w.ndim == 2 and w.size == W.size
+    assert np.asarray(w).tobytes() == W.tobytes() and np.asarray(w.T).tobytes() == W.T.tobytes()
+    assert not np.asarray(w).flags.writeable
+    with monkeypatch.context() as mp:  # the old way: the weight copied out of the file beside the packed one
+        mp.setattr(onnx_io.PackedWeight, "of", classmethod(lambda cls, op: np.array(op.slots[1][1])))
+        old = rnnfast.load(str(path))
+    (old_op,) = [op for op in old.layers if op.name == "lin"]
+    assert type(old_op.slots[1][1]) is np.ndarray
+    x = rng.standard_normal((3, W.shape[1] if trans_b else W.shape[0])).astype(np.float32)
+    want = model.run(None, {"x": x})[0]
+    assert want.tobytes() == old.run(None, {"x": x})[0].tobytes()
+    assert_close(want, _ort(m, {"x": x})[0], np.float32)
+    args = [x.astype(np.float64)] + [None if s is None else s[1] for s in op.slots[1:]]
+    old_args = [args[0]] + [None if s is None else s[1] for s in old_op.slots[1:]]
+    assert op.packed(args, 1) is None  # float64 data: the unpacked path
+    assert op.compute(args, 1)[0].tobytes() == old_op.compute(old_args, 1)[0].tobytes()
+    path.write_bytes(b"\0" * 64)  # the file changes: the model holds none of it
+    assert model.run(None, {"x": x})[0].tobytes() == want.tobytes()
+    data = pickle.dumps(model)
+    assert len(data) < 1.5 * W.nbytes < len(pickle.dumps(old))  # once, not twice
+    back = pickle.loads(data)
+    assert back.run(None, {"x": x})[0].tobytes() == want.tobytes()
+    (back_op,) = [op for op in back.layers if op.name == "lin"]
+    assert back_op.slots[1][1].packed is back_op._packed
+
+
+def test_ops_that_read_zero_stride_dry_values_in_the_trial_run_load_and_compute(rng):
+    """A chain of value-blind ops that compute in the trial run (Conv, Erf, LeakyRelu,
+    Concat, Gather, Slice, Flatten, Exp) after a product whose dry output is one zero
+    seen through zero strides: the model loads (no op refuses the strided zeros) and
+    computes what ONNX Runtime does."""
+    from rnnfast import model_onnx
+
+    inits = {
+        "K": rng.standard_normal((6, 5)).astype(np.float32),
+        "w": rng.standard_normal((3, 5, 3)).astype(np.float32),
+        "idx": np.array([0, 2, 5], np.int64),
+        "starts": np.array([1], np.int64),
+        "ends": np.array([4], np.int64),
+        "axes": np.array([2], np.int64),
+    }
+    nodes = [
+        helper.make_node("MatMul", ["x", "K"], ["p"], name="mm"),
+        helper.make_node("Transpose", ["p"], ["t"], perm=[0, 2, 1], name="tr"),
+        helper.make_node("Conv", ["t", "w"], ["c"], pads=[1, 1], name="conv"),
+        helper.make_node("Erf", ["c"], ["e"], name="erf"),
+        helper.make_node("LeakyRelu", ["e"], ["l"], alpha=0.1, name="lrelu"),
+        helper.make_node("Concat", ["l", "c"], ["cat"], axis=1, name="cat"),
+        helper.make_node("Gather", ["cat", "idx"], ["g"], axis=1, name="gather"),
+        helper.make_node("Slice", ["g", "starts", "ends", "axes"], ["s"], name="slice"),
+        helper.make_node("Exp", ["s"], ["ex"], name="exp"),
+        helper.make_node("Flatten", ["ex"], ["out"], axis=1, name="flat"),
+    ]
+    m = _fixed_graph(nodes, [("x", [2, 4, 6])], inits)
+    model = rnnfast.from_onnx(m)
+    assert "mm" in {op.name for op, _ in model_onnx._dry_shims(model._graph, model._data)}
+    feed = {"x": rng.standard_normal((2, 4, 6)).astype(np.float32)}
+    assert_close(model.run(None, feed)[0], _ort(m, feed)[0], np.float32)
+
+
+@pytest.mark.parametrize("reader", ["value-blind", "value-reading"])
+def test_a_dry_recurrent_output_is_a_zero_view_only_where_every_reader_is_value_blind(rng, monkeypatch, reader):
+    """GRU -> Squeeze -> Transpose (value-blind: its zeros are a zero-stride view in the
+    trial run) and GRU -> Greater -> Where (the Where reads the values: fresh zeros, as
+    before); both load, leave no op dry and compute what ONNX Runtime does."""
+    from rnnfast import model_onnx
+
+    H, I, T, B = 5, 4, 6, 3
+    inits = {
+        "W": (rng.standard_normal((1, 3 * H, I)) * 0.4).astype(np.float32),
+        "R": (rng.standard_normal((1, 3 * H, H)) * 0.4).astype(np.float32),
+        "axes": np.array([1], np.int64),
+        "zero": np.zeros(1, np.float32),
+        "one": np.ones(1, np.float32),
+    }
+    nodes = [
+        helper.make_node("GRU", ["x", "W", "R"], ["y"], hidden_size=H, name="gru"),
+        helper.make_node("Squeeze", ["y", "axes"], ["s"], name="sq"),
+    ]
+    if reader == "value-blind":
+        nodes.append(helper.make_node("Transpose", ["s"], ["out"], perm=[1, 0, 2], name="tr"))
+    else:
+        nodes += [
+            helper.make_node("Greater", ["s", "zero"], ["pos"], name="gt"),
+            helper.make_node("Where", ["pos", "s", "one"], ["out"], name="where"),
+        ]
+    m = _fixed_graph(nodes, [("x", [T, B, I])], inits)
+    seen = []
+    real = model_onnx.RecurrentOp._dry
+    monkeypatch.setattr(model_onnx.RecurrentOp, "_dry", lambda self, *a: seen.append(self.dry) or real(self, *a))
+    model = rnnfast.from_onnx(m)
+    assert seen == (["view"] if reader == "value-blind" else [True])
+    assert not any(getattr(op, "dry", False) for op in model.layers)
     feed = {"x": rng.standard_normal((T, B, I)).astype(np.float32)}
     assert_close(model.run(None, feed)[0], _ort(m, feed)[0], np.float32)
