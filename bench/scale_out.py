@@ -39,11 +39,15 @@ job and nothing else:
   ``allow_other_workers=False``); the 2-worker job on both, on a copy dealt block by
   block to the two in turn.
 - ``rnnfast ray`` / ``onnxruntime ray``: ``ds.map_batches(fn, fn_args=(ref, ...),
-  batch_size=block, num_cpus=1, concurrency=w)`` on ``ray.init(num_cpus=2)``, the data
-  already in the object store (``from_numpy(...).materialize()``): Ray Data tasks in the
-  worker processes Ray keeps between jobs (``--ray-compute tasks``, the default, as
-  docs/cluster.md recommends). ``fn`` calls ``rnnfast.ray.predict_batch`` (the model
-  sent once with ``ray.put``, kept per worker process) or runs an ONNX Runtime session
+  batch_size=block, num_cpus=1, compute=TaskPoolStrategy(size=2 * w))`` on
+  ``ray.init(num_cpus=2)``, the data already in the object store
+  (``from_numpy(...).materialize()``): Ray Data tasks in the worker processes Ray keeps
+  between jobs (``--ray-compute tasks``, the default, as docs/cluster.md recommends), two
+  submitted per worker so that Ray's scheduler starts the next one on a CPU the moment a
+  task ends (docs/cluster.md; the 1-worker job's tasks hold a custom resource of which
+  the cluster has one, so that one runs at a time, as on a cluster of one CPU). ``fn``
+  calls ``rnnfast.ray.predict_batch`` (the model sent once with ``ray.put``, kept per
+  worker process) or runs an ONNX Runtime session
   with one intra-op thread, kept per worker process the same way (the ONNX bytes sent
   once with ``ray.put``). Both engines' sessions are made in the warm-up round.
   ``--ray-compute actors``: ``compute=ActorPoolStrategy(size=w)`` with
@@ -54,9 +58,10 @@ job and nothing else:
 
 The engines run with the settings docs/cluster.md gives for a small fixed cluster (Ray
 Data without per-operator resource reservation, whose zero budget until its coordinator
-actor first answers held every job's second task back by about a second; Dask workers
-without the statistical profiler); ``--engine-defaults`` runs the engines' defaults
-instead.
+actor first answers held every job's second task back by about a second, and two tasks
+submitted per worker, without which each worker waited 0.2-0.3 s after every task for
+Ray Data's scheduling loop; Dask workers without the statistical profiler);
+``--engine-defaults`` runs the engines' defaults instead (one task per worker).
 
 Not timed, the same for every engine: starting the engine (``LocalCluster``,
 ``ray.init``) and its worker processes, which import what the jobs need when they start
@@ -106,6 +111,10 @@ HEAD = os.path.join(DATA, "digits_lstm_head.npz")
 BLOCK = 5000  # rows per block (--block): 20 blocks of 100,000 rows, 10 per worker of 2
 SEED_LAYERS = [(128, True), (64, True)]  # BiGRU(128) -> BiGRU(64), sequences
 FEATURES = {"seed": 50, "digits": 8}
+#: Ray Data tasks submitted at once per worker (docs/cluster.md), unless --engine-defaults
+QUEUED = 2
+#: Ray: the custom resource that holds a 1-worker job to one task at a time
+ONE_WORKER = "scale_out_one_worker"
 #: Dask's settings for a small box (docs/cluster.md), unless --engine-defaults
 DASK_SMALL_BOX = {"distributed.worker.profile.enabled": False}
 MODEL_TEXT = {
@@ -593,6 +602,10 @@ class Pipelines:
         ray.init(
             address="local",
             num_cpus=2,
+            # the 1-worker job's tasks each hold this resource, of which the cluster has
+            # one: Ray runs one of them at a time, as on a cluster of one CPU, the tasks
+            # queued ahead waiting at Ray's scheduler as they would there
+            resources={ONE_WORKER: 1},
             include_dashboard=False,
             log_to_driver=False,
             configure_logging=False,
@@ -621,13 +634,20 @@ class Pipelines:
         t0 = time.time()
         if self.ray_compute == "tasks":
             self.ray_jobs += 1
+            # (unless --engine-defaults) QUEUED tasks per worker submitted at once
+            # (docs/cluster.md): Ray's scheduler runs one per CPU and starts a queued one
+            # the moment a task ends; with one per worker, each worker waited 0.2-0.3 s
+            # after every task for Ray Data's scheduling loop to notice and submit the next
+            ahead = 1 if self.engine_defaults else QUEUED
+            extra = dict(resources={ONE_WORKER: 1}) if workers == 1 and ahead > 1 else {}
             out = self.ray_ds[which].map_batches(
                 fn,
                 fn_args=args + (self.ray_jobs,),
                 batch_size=BLOCK,
                 num_cpus=1,
-                concurrency=workers,
+                compute=ray.data.TaskPoolStrategy(size=ahead * workers),
                 batch_format="numpy",
+                **extra,
             )
         else:
             out = self.ray_ds[which].map_batches(
@@ -720,8 +740,9 @@ def main():
     ap.add_argument(
         "--engine-defaults",
         action="store_true",
-        help="the engines' default settings (Ray Data's per-operator resource reservation, Dask's worker "
-        "profiler) instead of the small-box settings docs/cluster.md recommends",
+        help="the engines' default settings (Ray Data's per-operator resource reservation and one task "
+        "submitted per worker, Dask's worker profiler) instead of the small-box settings docs/cluster.md "
+        "recommends",
     )
     ap.add_argument("--out", default=HERE)
     ap.add_argument("--plot", metavar="JSON", help="only draw the plot of an earlier run's JSON")
