@@ -31,6 +31,12 @@ job and nothing else:
 - ``rnnfast local`` / ``onnxruntime local``: one process, the model over the blocks, 1 or
   2 threads; NumPy's own BLAS (the digits head) held to as many threads
   (``threadpoolctl``: by default it runs one thread per core, and its idle threads spin).
+- ``rnnfast processes``: no engine, the machine's own ceiling for 1 -> 2 workers: two
+  plain worker processes (``multiprocessing``, spawned), each holding all the rows (sent
+  when they start, not timed); the 1-worker job is one of them scoring every block, the
+  2-worker job each scoring half the blocks, one thread each, NumPy's BLAS held to one.
+  Two busy cores share the L3 cache and the memory: what this row loses from 1 to 2 no
+  engine can win back.
 - ``rnnfast dask``: ``rnnfast.dask.predict(model, x)`` and ``compute`` on one
   ``LocalCluster(n_workers=2, threads_per_worker=1)`` started inside
   ``dask.config.set(rnnfast.dask.worker_config())`` (the workers' allocator, as
@@ -471,6 +477,31 @@ def _per_process(d, me, scoring, idle_name):
     return {"proc " + k: v for k, v in out.items()}
 
 
+def _score_block(model, digits, xb, threads=1):
+    """The model (and, for digits, the head) on one block: what every rnnfast pipeline runs."""
+    if digits:
+        return _logits(model(xb, num_threads=threads)[1][0])
+    return model.predict(xb, num_threads=threads)
+
+
+def _plain_process(conn, model, digits, x):
+    """A worker process without an engine (``rnnfast processes``): holds all the rows,
+    scores the rows it is told (``(which, start, stop)``), block by block on one thread,
+    and sends back their scores and the CPU seconds it used."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1, user_api="blas"):
+        while True:
+            msg = conn.recv()
+            if msg is None:
+                return
+            which, a, b = msg
+            c0 = cpu_seconds()
+            xs = x[which]
+            y = np.concatenate([_score_block(model, digits, xs[s : min(s + BLOCK, b)]) for s in range(a, b, BLOCK)])
+            conn.send((y, cpu_seconds() - c0))
+
+
 # -- the pipelines ------------------------------------------------------------------------
 
 
@@ -493,9 +524,7 @@ class Pipelines:
         self.engine_defaults = False
 
     def _score(self, xb, threads):
-        if self.digits:
-            return _logits(self.model(xb, num_threads=threads)[1][0])
-        return self.model.predict(xb, num_threads=threads)
+        return _score_block(self.model, self.digits, xb, threads)
 
     # each pipeline returns (the scores, what it cost: a dict with "wall" (s, the timed
     # job), "cpu" (the CPU s of the processes that score: the driver locally, the Dask
@@ -524,6 +553,41 @@ class Pipelines:
             sess = ort_session(self.blob, threads)
             y = np.concatenate([sess.run(["y"], {"x": x[s : s + BLOCK]})[0] for s in range(0, len(x), BLOCK)])
             return y, dict(wall=time.perf_counter() - t, cpu=cpu_seconds() - c)
+
+    # plain processes (no engine): the machine's own ceiling for 1 -> 2 workers. Two worker
+    # processes hold all the rows (sent when they start, not timed); a 1-worker job is one
+    # of them scoring every block, a 2-worker job each scoring half the blocks
+    def start_procs(self):
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        self.procs = []
+        for _ in range(2):
+            here, there = ctx.Pipe()
+            proc = ctx.Process(target=_plain_process, args=(there, self.model, self.digits, self.x), daemon=True)
+            proc.start()
+            self.procs.append((proc, here))
+        for _proc, conn in self.procs:  # each warm (the model's first call), the rows in place
+            conn.send(("warm", 0, BLOCK))
+            conn.recv()
+
+    def rnnfast_procs(self, workers, which="full"):
+        n = len(self.x[which])
+        half = n // BLOCK // 2 * BLOCK
+        parts = [(0, n)] if workers == 1 else [(0, half), (half, n)]
+        c, t = cpu_seconds(), time.perf_counter()
+        for (_proc, conn), (a, b) in zip(self.procs, parts):
+            conn.send((which, a, b))
+        got = [conn.recv() for (_proc, conn), _ in zip(self.procs, parts)]
+        wall = time.perf_counter() - t
+        return np.concatenate([y for y, _ in got]), dict(
+            wall=wall, cpu=sum(cpu for _, cpu in got), driver=cpu_seconds() - c, services=0.0
+        )
+
+    def close_procs(self):
+        for proc, conn in self.procs:
+            conn.send(None)
+            proc.join(10)
 
     # Dask: one cluster of two workers; a 1-worker job runs on one of them, on a copy of
     # the data held there, the other worker idle (as on a 1-worker cluster, but without
@@ -729,7 +793,7 @@ def main():
         default=BLOCK,
         help="rows per block: local call, Dask chunk, Ray block and batch (default %(default)s)",
     )
-    ap.add_argument("--engines", default="local,dask,ray,onnxruntime")
+    ap.add_argument("--engines", default="local,procs,dask,ray,onnxruntime")
     ap.add_argument(
         "--ray-compute",
         choices=("tasks", "actors"),
@@ -783,6 +847,11 @@ def main():
         if "onnxruntime" in engines:
             runs["onnxruntime local, 1 thread"] = lambda which: p.ort_local(1, which)
         groups.append(("local", None, runs, None))
+    if "procs" in engines:
+        runs = {}
+        for w in (1, 2):
+            runs["rnnfast processes, %d worker%s" % (w, "s" * (w > 1))] = lambda which, w=w: p.rnnfast_procs(w, which)
+        groups.append(("procs", p.start_procs, runs, p.close_procs))
     if "dask" in engines:
         runs = {}
         for w in (1, 2):
@@ -887,7 +956,10 @@ def main():
         )
     by = {r["pipeline"]: r for r in rows}
     eff, cpu_eff, bound_eff = {}, {}, {}
-    pairs = [(b, b + ", 1 worker", b + ", 2 workers") for b in ("rnnfast dask", "rnnfast ray", "onnxruntime ray")]
+    pairs = [
+        (b, b + ", 1 worker", b + ", 2 workers")
+        for b in ("rnnfast processes", "rnnfast dask", "rnnfast ray", "onnxruntime ray")
+    ]
     pairs.append(("rnnfast local (threads)", "rnnfast local, 1 thread", "rnnfast local, 2 threads"))
     for key, a, b in pairs:
         one, two = by.get(a), by.get(b)
@@ -1018,7 +1090,14 @@ def _plot(rows, eff, meta, path, cpu_eff=None, bound_eff=None):
     plt = pyplot()
     if plt is None:
         return
-    groups = ["rnnfast local", "onnxruntime local", "rnnfast dask", "rnnfast ray", "onnxruntime ray"]
+    groups = [
+        "rnnfast local",
+        "onnxruntime local",
+        "rnnfast processes",
+        "rnnfast dask",
+        "rnnfast ray",
+        "onnxruntime ray",
+    ]
     by = {r["pipeline"]: r for r in rows}
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
     for ax, key, ylabel, effs in (
