@@ -31,6 +31,12 @@ job and nothing else:
 - ``rnnfast local`` / ``onnxruntime local``: one process, the model over the blocks, 1 or
   2 threads; NumPy's own BLAS (the digits head) held to as many threads
   (``threadpoolctl``: by default it runs one thread per core, and its idle threads spin).
+- ``rnnfast processes``: no engine, the machine's own ceiling for 1 -> 2 workers: two
+  plain worker processes (``multiprocessing``, spawned), each holding all the rows (sent
+  when they start, not timed); the 1-worker job is one of them scoring every block, the
+  2-worker job each scoring half the blocks, one thread each, NumPy's BLAS held to one.
+  Two busy cores share the L3 cache and the memory: what this row loses from 1 to 2 no
+  engine can win back.
 - ``rnnfast dask``: ``rnnfast.dask.predict(model, x)`` and ``compute`` on one
   ``LocalCluster(n_workers=2, threads_per_worker=1)`` started inside
   ``dask.config.set(rnnfast.dask.worker_config())`` (the workers' allocator, as
@@ -39,11 +45,15 @@ job and nothing else:
   ``allow_other_workers=False``); the 2-worker job on both, on a copy dealt block by
   block to the two in turn.
 - ``rnnfast ray`` / ``onnxruntime ray``: ``ds.map_batches(fn, fn_args=(ref, ...),
-  batch_size=block, num_cpus=1, concurrency=w)`` on ``ray.init(num_cpus=2)``, the data
-  already in the object store (``from_numpy(...).materialize()``): Ray Data tasks in the
-  worker processes Ray keeps between jobs (``--ray-compute tasks``, the default, as
-  docs/cluster.md recommends). ``fn`` calls ``rnnfast.ray.predict_batch`` (the model
-  sent once with ``ray.put``, kept per worker process) or runs an ONNX Runtime session
+  batch_size=block, num_cpus=1, compute=TaskPoolStrategy(size=2 * w))`` on
+  ``ray.init(num_cpus=2)``, the data already in the object store
+  (``from_numpy(...).materialize()``): Ray Data tasks in the worker processes Ray keeps
+  between jobs (``--ray-compute tasks``, the default, as docs/cluster.md recommends), two
+  submitted per worker so that Ray's scheduler starts the next one on a CPU the moment a
+  task ends (docs/cluster.md; the 1-worker job's tasks hold a custom resource of which
+  the cluster has one, so that one runs at a time, as on a cluster of one CPU). ``fn``
+  calls ``rnnfast.ray.predict_batch`` (the model sent once with ``ray.put``, kept per
+  worker process) or runs an ONNX Runtime session
   with one intra-op thread, kept per worker process the same way (the ONNX bytes sent
   once with ``ray.put``). Both engines' sessions are made in the warm-up round.
   ``--ray-compute actors``: ``compute=ActorPoolStrategy(size=w)`` with
@@ -54,9 +64,10 @@ job and nothing else:
 
 The engines run with the settings docs/cluster.md gives for a small fixed cluster (Ray
 Data without per-operator resource reservation, whose zero budget until its coordinator
-actor first answers held every job's second task back by about a second; Dask workers
-without the statistical profiler); ``--engine-defaults`` runs the engines' defaults
-instead.
+actor first answers held every job's second task back by about a second, and two tasks
+submitted per worker, without which each worker waited 0.2-0.3 s after every task for
+Ray Data's scheduling loop; Dask workers without the statistical profiler);
+``--engine-defaults`` runs the engines' defaults instead (one task per worker).
 
 Not timed, the same for every engine: starting the engine (``LocalCluster``,
 ``ray.init``) and its worker processes, which import what the jobs need when they start
@@ -106,6 +117,10 @@ HEAD = os.path.join(DATA, "digits_lstm_head.npz")
 BLOCK = 5000  # rows per block (--block): 20 blocks of 100,000 rows, 10 per worker of 2
 SEED_LAYERS = [(128, True), (64, True)]  # BiGRU(128) -> BiGRU(64), sequences
 FEATURES = {"seed": 50, "digits": 8}
+#: Ray Data tasks submitted at once per worker (docs/cluster.md), unless --engine-defaults
+QUEUED = 2
+#: Ray: the custom resource that holds a 1-worker job to one task at a time
+ONE_WORKER = "scale_out_one_worker"
 #: Dask's settings for a small box (docs/cluster.md), unless --engine-defaults
 DASK_SMALL_BOX = {"distributed.worker.profile.enabled": False}
 MODEL_TEXT = {
@@ -462,6 +477,31 @@ def _per_process(d, me, scoring, idle_name):
     return {"proc " + k: v for k, v in out.items()}
 
 
+def _score_block(model, digits, xb, threads=1):
+    """The model (and, for digits, the head) on one block: what every rnnfast pipeline runs."""
+    if digits:
+        return _logits(model(xb, num_threads=threads)[1][0])
+    return model.predict(xb, num_threads=threads)
+
+
+def _plain_process(conn, model, digits, x):
+    """A worker process without an engine (``rnnfast processes``): holds all the rows,
+    scores the rows it is told (``(which, start, stop)``), block by block on one thread,
+    and sends back their scores and the CPU seconds it used."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1, user_api="blas"):
+        while True:
+            msg = conn.recv()
+            if msg is None:
+                return
+            which, a, b = msg
+            c0 = cpu_seconds()
+            xs = x[which]
+            y = np.concatenate([_score_block(model, digits, xs[s : min(s + BLOCK, b)]) for s in range(a, b, BLOCK)])
+            conn.send((y, cpu_seconds() - c0))
+
+
 # -- the pipelines ------------------------------------------------------------------------
 
 
@@ -484,9 +524,7 @@ class Pipelines:
         self.engine_defaults = False
 
     def _score(self, xb, threads):
-        if self.digits:
-            return _logits(self.model(xb, num_threads=threads)[1][0])
-        return self.model.predict(xb, num_threads=threads)
+        return _score_block(self.model, self.digits, xb, threads)
 
     # each pipeline returns (the scores, what it cost: a dict with "wall" (s, the timed
     # job), "cpu" (the CPU s of the processes that score: the driver locally, the Dask
@@ -515,6 +553,41 @@ class Pipelines:
             sess = ort_session(self.blob, threads)
             y = np.concatenate([sess.run(["y"], {"x": x[s : s + BLOCK]})[0] for s in range(0, len(x), BLOCK)])
             return y, dict(wall=time.perf_counter() - t, cpu=cpu_seconds() - c)
+
+    # plain processes (no engine): the machine's own ceiling for 1 -> 2 workers. Two worker
+    # processes hold all the rows (sent when they start, not timed); a 1-worker job is one
+    # of them scoring every block, a 2-worker job each scoring half the blocks
+    def start_procs(self):
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        self.procs = []
+        for _ in range(2):
+            here, there = ctx.Pipe()
+            proc = ctx.Process(target=_plain_process, args=(there, self.model, self.digits, self.x), daemon=True)
+            proc.start()
+            self.procs.append((proc, here))
+        for _proc, conn in self.procs:  # each warm (the model's first call), the rows in place
+            conn.send(("warm", 0, BLOCK))
+            conn.recv()
+
+    def rnnfast_procs(self, workers, which="full"):
+        n = len(self.x[which])
+        half = n // BLOCK // 2 * BLOCK
+        parts = [(0, n)] if workers == 1 else [(0, half), (half, n)]
+        c, t = cpu_seconds(), time.perf_counter()
+        for (_proc, conn), (a, b) in zip(self.procs, parts):
+            conn.send((which, a, b))
+        got = [conn.recv() for (_proc, conn), _ in zip(self.procs, parts)]
+        wall = time.perf_counter() - t
+        return np.concatenate([y for y, _ in got]), dict(
+            wall=wall, cpu=sum(cpu for _, cpu in got), driver=cpu_seconds() - c, services=0.0
+        )
+
+    def close_procs(self):
+        for proc, conn in self.procs:
+            conn.send(None)
+            proc.join(10)
 
     # Dask: one cluster of two workers; a 1-worker job runs on one of them, on a copy of
     # the data held there, the other worker idle (as on a 1-worker cluster, but without
@@ -593,6 +666,10 @@ class Pipelines:
         ray.init(
             address="local",
             num_cpus=2,
+            # the 1-worker job's tasks each hold this resource, of which the cluster has
+            # one: Ray runs one of them at a time, as on a cluster of one CPU, the tasks
+            # queued ahead waiting at Ray's scheduler as they would there
+            resources={ONE_WORKER: 1},
             include_dashboard=False,
             log_to_driver=False,
             configure_logging=False,
@@ -621,13 +698,20 @@ class Pipelines:
         t0 = time.time()
         if self.ray_compute == "tasks":
             self.ray_jobs += 1
+            # (unless --engine-defaults) QUEUED tasks per worker submitted at once
+            # (docs/cluster.md): Ray's scheduler runs one per CPU and starts a queued one
+            # the moment a task ends; with one per worker, each worker waited 0.2-0.3 s
+            # after every task for Ray Data's scheduling loop to notice and submit the next
+            ahead = 1 if self.engine_defaults else QUEUED
+            extra = dict(resources={ONE_WORKER: 1}) if workers == 1 and ahead > 1 else {}
             out = self.ray_ds[which].map_batches(
                 fn,
                 fn_args=args + (self.ray_jobs,),
                 batch_size=BLOCK,
                 num_cpus=1,
-                concurrency=workers,
+                compute=ray.data.TaskPoolStrategy(size=ahead * workers),
                 batch_format="numpy",
+                **extra,
             )
         else:
             out = self.ray_ds[which].map_batches(
@@ -709,7 +793,7 @@ def main():
         default=BLOCK,
         help="rows per block: local call, Dask chunk, Ray block and batch (default %(default)s)",
     )
-    ap.add_argument("--engines", default="local,dask,ray,onnxruntime")
+    ap.add_argument("--engines", default="local,procs,dask,ray,onnxruntime")
     ap.add_argument(
         "--ray-compute",
         choices=("tasks", "actors"),
@@ -720,8 +804,9 @@ def main():
     ap.add_argument(
         "--engine-defaults",
         action="store_true",
-        help="the engines' default settings (Ray Data's per-operator resource reservation, Dask's worker "
-        "profiler) instead of the small-box settings docs/cluster.md recommends",
+        help="the engines' default settings (Ray Data's per-operator resource reservation and one task "
+        "submitted per worker, Dask's worker profiler) instead of the small-box settings docs/cluster.md "
+        "recommends",
     )
     ap.add_argument("--out", default=HERE)
     ap.add_argument("--plot", metavar="JSON", help="only draw the plot of an earlier run's JSON")
@@ -762,6 +847,11 @@ def main():
         if "onnxruntime" in engines:
             runs["onnxruntime local, 1 thread"] = lambda which: p.ort_local(1, which)
         groups.append(("local", None, runs, None))
+    if "procs" in engines:
+        runs = {}
+        for w in (1, 2):
+            runs["rnnfast processes, %d worker%s" % (w, "s" * (w > 1))] = lambda which, w=w: p.rnnfast_procs(w, which)
+        groups.append(("procs", p.start_procs, runs, p.close_procs))
     if "dask" in engines:
         runs = {}
         for w in (1, 2):
@@ -866,7 +956,10 @@ def main():
         )
     by = {r["pipeline"]: r for r in rows}
     eff, cpu_eff, bound_eff = {}, {}, {}
-    pairs = [(b, b + ", 1 worker", b + ", 2 workers") for b in ("rnnfast dask", "rnnfast ray", "onnxruntime ray")]
+    pairs = [
+        (b, b + ", 1 worker", b + ", 2 workers")
+        for b in ("rnnfast processes", "rnnfast dask", "rnnfast ray", "onnxruntime ray")
+    ]
     pairs.append(("rnnfast local (threads)", "rnnfast local, 1 thread", "rnnfast local, 2 threads"))
     for key, a, b in pairs:
         one, two = by.get(a), by.get(b)
@@ -997,7 +1090,14 @@ def _plot(rows, eff, meta, path, cpu_eff=None, bound_eff=None):
     plt = pyplot()
     if plt is None:
         return
-    groups = ["rnnfast local", "onnxruntime local", "rnnfast dask", "rnnfast ray", "onnxruntime ray"]
+    groups = [
+        "rnnfast local",
+        "onnxruntime local",
+        "rnnfast processes",
+        "rnnfast dask",
+        "rnnfast ray",
+        "onnxruntime ray",
+    ]
     by = {r["pipeline"]: r for r in rows}
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
     for ax, key, ylabel, effs in (

@@ -64,6 +64,14 @@ def _tids():
         return set()
 
 
+def _python_tids():
+    """The OS threads of this process's Python threads (Ray Data starts some of its own in
+    an actor, now and then during a batch): not an OpenMP team's."""
+    import threading
+
+    return {str(t.native_id) for t in threading.enumerate()}
+
+
 class CountingPredictor(Predictor):
     """The real Predictor, noting per batch its process, threads and the OS threads
     that appeared while it computed."""
@@ -77,7 +85,7 @@ class CountingPredictor(Predictor):
         out["pid"] = np.full(n, os.getpid())
         out["threads"] = np.full(n, self.num_threads)
         out["peak"] = np.full(n, s.BUDGET.peak)
-        out["new_os_threads"] = np.full(n, len(_tids() - before))
+        out["new_os_threads"] = np.full(n, len(_tids() - before - _python_tids()))
         return out
 
 
@@ -225,7 +233,7 @@ def test_tasks_keep_the_model_in_the_worker_process(ray_local):
                 fn_kwargs=dict(input_column="data", output_column="out", **opts),
                 batch_size=30,
                 num_cpus=1,
-                concurrency=2,
+                compute=ray.data.TaskPoolStrategy(size=2),
                 batch_format="numpy",
             ).take_batch(240, batch_format="numpy")
             assert got["out"].tobytes() == expect.tobytes(), kind
@@ -233,6 +241,54 @@ def test_tasks_keep_the_model_in_the_worker_process(ray_local):
             for pid, new in zip(got["pid"], got["new"]):
                 loaded[pid] = loaded.get(pid, 0) + new
         assert all(n == 1 for n in loaded.values()), (kind, loaded)  # once per process, both jobs
+
+
+def _timed_task(batch, model, **options):
+    """_counting_task, noting when the batch began and ended (in its process)."""
+    import time
+
+    t0 = time.time()
+    out = _counting_task(batch, model, **options)
+    n = len(out["out"])
+    out["t0"] = np.full(n, t0)
+    out["t1"] = np.full(n, time.time())
+    return out
+
+
+def test_tasks_submitted_two_per_cpu_run_one_per_cpu(ray_local):
+    """docs/cluster.md's settings for a small fixed cluster: no per-operator resource
+    reservation and twice as many tasks submitted as the node has CPUs. Ray still runs
+    one task per CPU (never more than two of them at once here, one thread each), and the
+    results are bitwise the local ones, in order."""
+    ctx = ray.data.DataContext.get_current()
+    old = ctx.op_resource_reservation_enabled
+    ctx.op_resource_reservation_enabled = False  # before the dataset: it keeps a copy
+    try:
+        rng = np.random.default_rng(11)
+        model = _lstm(rng, H=32)
+        x = rng.standard_normal((16 * 40, 30, 5)).astype(np.float32)
+        got = (
+            ray.data.from_numpy(np.split(x, 16))
+            .map_batches(
+                _timed_task,
+                fn_args=(ray.put(model),),
+                fn_kwargs=dict(input_column="data", output_column="out"),
+                batch_size=40,
+                num_cpus=1,
+                compute=ray.data.TaskPoolStrategy(size=2 * int(ray.cluster_resources()["CPU"])),
+                batch_format="numpy",
+            )
+            .take_batch(len(x), batch_format="numpy")
+        )
+    finally:
+        ctx.op_resource_reservation_enabled = old
+    assert got["out"].tobytes() == model(x, num_threads=1)[0].tobytes()
+    assert set(got["threads"]) == {1}
+    spans = sorted(set(zip(got["t0"].tolist(), got["t1"].tolist())))
+    assert len(spans) == 16  # one per batch
+    events = sorted([(t0, 1) for t0, _ in spans] + [(t1, -1) for _, t1 in spans])
+    running = np.cumsum([e for _, e in events])
+    assert running.max() <= 2, spans  # the CPUs of this node
 
 
 # -- the batch logic, without Ray running -------------------------------------------------

@@ -270,7 +270,7 @@ def predict_batch(batch, model, **options):
             fn_kwargs=dict(model=ray.put(model), input_column="data", output_column="score"),
             batch_size=4096,
             num_cpus=1,
-            concurrency=4,                                   # tasks at once
+            compute=ray.data.TaskPoolStrategy(size=4),       # tasks at once (`concurrency=4` before Ray 2.51)
             batch_format="numpy",
         )
 
