@@ -74,7 +74,9 @@ def _save(out_dir, fmt, kind, n, seed, data, detail):
     return path
 
 
-def fuzz_format(fmt, worker, *, examples=100000, seconds=10.0, seed=0, out_dir=None, report=None, hdf5_bytes=True):
+def fuzz_format(
+    fmt, worker, *, examples=100000, seconds=10.0, min_examples=0, seed=0, out_dir=None, report=None, hdf5_bytes=True
+):
     """Fuzz one format; returns a :class:`Report` (its ``findings`` empty when all is well).
 
     Parameters
@@ -84,6 +86,9 @@ def fuzz_format(fmt, worker, *, examples=100000, seconds=10.0, seed=0, out_dir=N
     worker : fuzz.runner.Worker
     examples, seconds : int, float
         Whichever limit comes first (shrinking a finding may take longer).
+    min_examples : int
+        Cases to run however long they take: on a slow or busy machine the time limit
+        alone could leave a smoke run with a handful of cases.
     seed : int
         Hypothesis' seed: the same seed draws the same cases.
     out_dir : str, optional
@@ -98,11 +103,16 @@ def fuzz_format(fmt, worker, *, examples=100000, seconds=10.0, seed=0, out_dir=N
     report = report or Report(fmt)
     t0 = time.monotonic()
     deadline = t0 + seconds
+    start = report.executions
+
+    def running():
+        return time.monotonic() < deadline or report.executions - start < min_examples
+
     state = {"failing": False}  # once a case fails, the deadline no longer skips cases
     marker = os.path.join(worker._dir.name, MARKER)
 
     def check(case):
-        if not state["failing"] and time.monotonic() > deadline:
+        if not state["failing"] and not running():
             return
         data = build_case(fmt, case)
         out = worker.run(data)
@@ -130,7 +140,7 @@ def fuzz_format(fmt, worker, *, examples=100000, seconds=10.0, seed=0, out_dir=N
     # rounds of ROUND cases (hypothesis cannot stop at a deadline: the cases after it
     # are skipped, so a round may only run over by a few cheap draws)
     todo, rnd = examples, 0
-    while todo > 0 and time.monotonic() < deadline:
+    while todo > 0 and running():
         n = min(ROUND, todo)
         todo -= n
         run = settings(
