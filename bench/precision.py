@@ -27,6 +27,7 @@ import os
 import platform
 import sys
 import tempfile
+import time
 
 import numpy as np
 
@@ -254,6 +255,37 @@ def group_cost(budget):
                   ms["f32"] / ms["col"], ms["now"], ms["f32"] / ms["now"]), flush=True)  # fmt: skip
 
 
+def profile_split(cells, Hs, Bs, T, calls):
+    """Where rnnfast's time goes per step, one thread (``_kernels.profile``, the counters
+    of bench/README.md's profiles): the input projection, the recurrent product and the
+    rest of the step (gate math, state, outputs), microseconds per step, for float32, bf16
+    and int8 on the weights of the timed grid (``run_case``)."""
+    import torch
+
+    from rnnfast import _kernels
+
+    print("| cell | H | B | T | precision | ms per call | projection us/step | product us/step | rest us/step |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for cell in cells:
+        for H in Hs:
+            for B in Bs:
+                torch.manual_seed(H * 7 + B)
+                net = (torch.nn.LSTM if cell == "lstm" else torch.nn.GRU)(H, H).eval()
+                x = np.random.default_rng(H + B + T).standard_normal((T, B, H)).astype(np.float32)
+                for p in ("float32", "bf16", "int8"):
+                    m = rnnfast.from_torch(net, precision=p)
+                    m(x, num_threads=1)
+                    _kernels.profile(True)
+                    t0 = time.perf_counter()
+                    for _ in range(calls):
+                        m(x, num_threads=1)
+                    wall = (time.perf_counter() - t0) / calls
+                    _kernels.profile(False)
+                    us = {k: v / (calls * T) * 1e6 for k, v in _kernels.profile_times().items()}
+                    print("| %s | %d | %d | %d | %s | %.3g | %.3g | %.3g | %.3g |" % (cell, H, B, T, p, wall * 1e3,
+                          us["projection"], us["product"], us["gates"]), flush=True)  # fmt: skip
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, nargs="+", default=[1])
@@ -266,12 +298,23 @@ def main(argv=None):
     ap.add_argument("--json", metavar="OUT")
     ap.add_argument("--accuracy", action="store_true", help="print the accuracy tables only (no peers, no timing)")
     ap.add_argument("--group-cost", action="store_true", help="time int8's K-grouped products only (no peers)")
+    ap.add_argument(
+        "--profile",
+        type=int,
+        metavar="CALLS",
+        default=0,
+        help="print rnnfast's per-step split (projection, product, rest) over CALLS calls per "
+        "precision, one thread (no peers, no timing table)",
+    )
     args = ap.parse_args(argv)
     if args.accuracy:
         accuracy_tables()
         return
     if args.group_cost:
         group_cost(args.budget)
+        return
+    if args.profile:
+        profile_split(args.cells, args.H, args.B, args.T, args.profile)
         return
     import torch
 

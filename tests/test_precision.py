@@ -552,6 +552,24 @@ def test_cli_precision_command(capsys):
     assert cli_main(["precision", "--example", "digits_bigru", data, "--key", "x", "--compare", "int3"]) == 1
 
 
+def test_bench_precision_profile_splits_each_precision():
+    """bench/precision.py --profile: one row per precision, the three parts of a step
+    measured (positive) and within the call's time."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.path.join(root, "src"))
+    args = ["--profile", "2", "--H", "16", "--B", "2", "--T", "5", "--cells", "lstm", "gru"]
+    out = subprocess.run([sys.executable, os.path.join(root, "bench", "precision.py"), *args], env=env,
+                         capture_output=True, text=True, timeout=300, check=True).stdout  # fmt: skip
+    rows = [ln.strip("|").split("|") for ln in out.splitlines() if ln.startswith(("| lstm", "| gru"))]
+    assert [(r[0].strip(), r[4].strip()) for r in rows] == [
+        (c, p) for c in ("lstm", "gru") for p in ("float32", "bf16", "int8")
+    ], out
+    for r in rows:
+        ms, parts = float(r[5]), [float(v) for v in r[6:9]]
+        assert all(v > 0 for v in parts), out
+        assert sum(parts) * 5 / 1e3 <= ms * 1.5, out
+
+
 def test_direction_weights_of_a_reduced_layer():
     """cell_weights() of a reduced layer are the float weights it was built from."""
     rng = np.random.default_rng(0)

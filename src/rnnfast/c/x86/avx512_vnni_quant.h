@@ -56,15 +56,33 @@ RNN_INLINE float rnn_quant_row_u8_avx512(const float *a, long K, long Kp, unsign
     return m / 127.0f;
 }
 
-/* C[0:MR, 64 NP columns] from the accumulators: fma((float)(acc - comp), sa ws, bias). */
+/* The mask of 16 columns of which `left` remain (none when left <= 0). */
+RNN_INLINE __mmask16 rnn_vnni_mask(long left)
+{
+    return left >= 16 ? (__mmask16)0xFFFF : left > 0 ? (__mmask16)((1u << left) - 1u) : (__mmask16)0;
+}
+
+/* 16 columns of C from their accumulators: fma((float)(acc - comp), sa ws, bias). */
+RNN_INLINE __m512 rnn_vnni_value(__m512i acc, __m512i comp, __m512 ws, float sa, __m512 bias)
+{
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc, comp)),
+                           _mm512_mul_ps(_mm512_set1_ps(sa), ws), bias);
+}
+
+/* The biases of 16 columns (mask t), zeros without. */
+RNN_INLINE __m512 rnn_vnni_bias(const float *bias, long col, __mmask16 t)
+{
+    return bias ? _mm512_maskz_loadu_ps(t, bias + col) : _mm512_setzero_ps();
+}
+
+/* C[col : col + 16] (of which `left` remain) from the accumulators: rnn_vnni_value. */
 RNN_INLINE void rnn_vnni_store(__m512i acc, long col, long left, float sa, const float *scale,
                                const int *comp, const float *bias, float *c)
 {
-    __mmask16 t = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u);
-    __m512 ws = _mm512_mul_ps(_mm512_set1_ps(sa), _mm512_maskz_loadu_ps(t, scale + col));
-    __m512 b = bias ? _mm512_maskz_loadu_ps(t, bias + col) : _mm512_setzero_ps();
-    __m512i v = _mm512_sub_epi32(acc, _mm512_maskz_loadu_epi32(t, comp + col));
-    _mm512_mask_storeu_ps(c + col, t, _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), ws, b));
+    __mmask16 t = rnn_vnni_mask(left);
+    _mm512_mask_storeu_ps(c + col, t, rnn_vnni_value(acc, _mm512_maskz_loadu_epi32(t, comp + col),
+                                                     _mm512_maskz_loadu_ps(t, scale + col), sa,
+                                                     rnn_vnni_bias(bias, col, t)));
 }
 
 /* MR rows (quantized, u: row stride ldu) times NP panels starting at panel p. */
@@ -146,12 +164,22 @@ RNN_INLINE void rnn_vnni_row(const int NP, int back, long Kp, long N, long p,
     {
         __m512i acc[16] = {a00, a01, a02, a03, a10, a11, a12, a13,
                            a20, a21, a22, a23, a30, a31, a32, a33};
-        int q;
+        __m512 out[16];
+        __mmask16 t[16];
+        int q, nq = 0;
+        /* every value before the first store: the compiler cannot know that C does not
+         * alias scale, comp or bias, so a store between them orders the loads after it */
         for (q = 0; q < 4 * NP; q++) {
             long col = p * RNN_PANEL_COLS + 16 * q;
-            if (col < N)
-                rnn_vnni_store(acc[q], col, N - col, sa, scale, comp, bias, C);
+            t[q] = rnn_vnni_mask(N - col);
+            if (!t[q])
+                break;
+            out[q] = rnn_vnni_value(acc[q], _mm512_maskz_loadu_epi32(t[q], comp + col),
+                                    _mm512_maskz_loadu_ps(t[q], scale + col), sa, rnn_vnni_bias(bias, col, t[q]));
+            nq = q + 1;
         }
+        for (q = 0; q < nq; q++)
+            _mm512_mask_storeu_ps(C + p * RNN_PANEL_COLS + 16 * q, t[q], out[q]);
     }
 }
 
@@ -194,15 +222,24 @@ RNN_INLINE void rnn_vnni_rows4(long Kp, long N, long p, const unsigned char *u, 
         RNN_VNNI_DP4(a30, a31, a32, a33, w3);
     }
     {
+        /* the four rows share a column group's scales, compensations and biases: loaded
+         * once (rnn_vnni_store's arithmetic, the same bits) */
         __m512i acc[16] = {a00, a01, a02, a03, a10, a11, a12, a13,
                            a20, a21, a22, a23, a30, a31, a32, a33};
         int r, q;
-        for (r = 0; r < 4; r++)
-            for (q = 0; q < 4; q++) {
-                long col = p * RNN_PANEL_COLS + 16 * q;
-                if (col < N)
-                    rnn_vnni_store(acc[4 * r + q], col, N - col, sa[r], scale, comp, bias, C + r * ldc);
-            }
+        for (q = 0; q < 4; q++) {
+            long col = p * RNN_PANEL_COLS + 16 * q;
+            __mmask16 t = rnn_vnni_mask(N - col);
+            __m512 ws, b;
+            __m512i cp;
+            if (!t)
+                break;
+            ws = _mm512_maskz_loadu_ps(t, scale + col);
+            b = rnn_vnni_bias(bias, col, t);
+            cp = _mm512_maskz_loadu_epi32(t, comp + col);
+            for (r = 0; r < 4; r++)
+                _mm512_mask_storeu_ps(C + r * ldc + col, t, rnn_vnni_value(acc[4 * r + q], cp, ws, sa[r], b));
+        }
     }
 }
 
