@@ -195,3 +195,76 @@ static void RNN_INAME(attend)(const rnn_attend_args *ar, int nth)
         RNN_INAME(rows_product)(ar->M, ar->N, ar->T, sc, ar->T, v, ar->ldv, ar->cv, NULL, o, ar->N);
     }
 }
+
+/* Task `task` of pa (rowops.h: rnn_packed_args): C's columns of panels task*per ..
+ * task*per + per - 1, every row. Each element one chain of multiply-adds over k =
+ * 0..K-1 from its bias (or zero), the packed product's (packgemm.template.h) compiled
+ * for the same instruction set: the bits of _kernels.packed_rows, whatever the split. */
+static void RNN_INAME(packed_task)(void *arg, long task)
+{
+    const rnn_packed_args *pa = (const rnn_packed_args *)arg;
+    const TYPE *A = (const TYPE *)pa->A, *Bp = (const TYPE *)pa->Bp, *bias = (const TYPE *)pa->bias;
+    TYPE *C = (TYPE *)pa->C;
+    long K = pa->K, p, i, j, k, p1 = (task + 1) * pa->per < pa->npan ? (task + 1) * pa->per : pa->npan;
+    _Static_assert(RNN_PANEL_COLS == 4 * RNN_ROW_LANES, "packed_task: a panel is four vectors of lanes");
+    for (p = task * pa->per; p < p1; p++) {
+        const TYPE *bp = Bp + p * K * RNN_PANEL_COLS;
+        long j0 = p * RNN_PANEL_COLS, nc = pa->N - j0 < RNN_PANEL_COLS ? pa->N - j0 : RNN_PANEL_COLS;
+        for (i = 0; i < pa->M; i++) {
+            const TYPE *a = A + i * pa->lda;
+            TYPE acc[RNN_PANEL_COLS];
+#if RNN_ROWS_VECTOR
+            /* the panel's sums as four vectors of lanes, each its own local: as one
+             * vector of 64 they went through memory at every k (2x slower) */
+            RNN_INAME(lanes) v0, v1, v2, v3;
+#endif
+            for (j = 0; j < RNN_PANEL_COLS; j++)
+                acc[j] = bias && j < nc ? bias[j0 + j] : (TYPE)0;
+#if RNN_ROWS_VECTOR
+            memcpy(&v0, acc, sizeof v0);
+            memcpy(&v1, acc + RNN_ROW_LANES, sizeof v1);
+            memcpy(&v2, acc + 2 * RNN_ROW_LANES, sizeof v2);
+            memcpy(&v3, acc + 3 * RNN_ROW_LANES, sizeof v3);
+            for (k = 0; k < K; k++) {
+                RNN_INAME(lanes) b0, b1, b2, b3;
+                const TYPE *b = bp + k * RNN_PANEL_COLS;
+                TYPE av = a[k];
+                memcpy(&b0, b, sizeof b0);
+                memcpy(&b1, b + RNN_ROW_LANES, sizeof b1);
+                memcpy(&b2, b + 2 * RNN_ROW_LANES, sizeof b2);
+                memcpy(&b3, b + 3 * RNN_ROW_LANES, sizeof b3);
+                v0 = v0 + av * b0;                      /* (contracted to FMAs where the ISA has them) */
+                v1 = v1 + av * b1;
+                v2 = v2 + av * b2;
+                v3 = v3 + av * b3;
+            }
+            memcpy(acc, &v0, sizeof v0);
+            memcpy(acc + RNN_ROW_LANES, &v1, sizeof v1);
+            memcpy(acc + 2 * RNN_ROW_LANES, &v2, sizeof v2);
+            memcpy(acc + 3 * RNN_ROW_LANES, &v3, sizeof v3);
+#else
+            for (k = 0; k < K; k++)
+                for (j = 0; j < RNN_PANEL_COLS; j++)
+                    acc[j] = RNN_INAME(madd)(a[k], bp[k * RNN_PANEL_COLS + j], acc[j]);
+#endif
+            memcpy(C + i * pa->ldc + j0, acc, (size_t)nc * sizeof(TYPE));
+        }
+    }
+}
+
+/* Tasks of a few-row packed product at most (rowops.team.h: claimed one at a time). */
+#ifndef RNN_PACKED_TASKS
+#define RNN_PACKED_TASKS 16
+#endif
+
+/* The product of pa (its per and npan set here), on the caller and, nth > 1, the
+ * partner thread of rowops.team.h. */
+static void RNN_INAME(packed_few)(rnn_packed_args *pa, int nth)
+{
+    long ntask;
+    pa->npan = (pa->N + RNN_PANEL_COLS - 1) / RNN_PANEL_COLS;
+    ntask = nth > 1 ? (pa->npan < RNN_PACKED_TASKS ? pa->npan : RNN_PACKED_TASKS) : 1;
+    pa->per = (pa->npan + ntask - 1) / ntask;
+    ntask = (pa->npan + pa->per - 1) / pa->per;
+    rnn_duo_run(RNN_INAME(packed_task), pa, ntask, nth);
+}
