@@ -193,10 +193,12 @@ def test_onnx_matmul_of_a_vector_as_numpy(rng):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("transposed", [False, True])
-def test_few_rows_give_the_bits_of_the_same_rows_in_a_larger_batch(rng, dtype, transposed):
+@pytest.mark.parametrize("K,N", [(150, 37), (16, 16), (48, 20), (256, 20), (15, 33)])
+def test_few_rows_give_the_bits_of_the_same_rows_in_a_larger_batch(rng, dtype, transposed, K, N):
     """A row's values do not depend on its batch: the few-row product (read in place)
-    sums each element in the packed product's chain, bias first (streaming contract)."""
-    K, N = 150, 37  # K past the row kernel's k block, N past its lanes
+    sums each element in the packed product's chain, bias first (streaming contract).
+    K past the row kernel's k block and its 16 x 16 transposes of B^T (attention's k^T,
+    AVX-512), or short of them; N past its lanes."""
     q = rng.standard_normal((9, K)).astype(dtype)
     b = rng.standard_normal((N, K)).astype(dtype).T if transposed else rng.standard_normal((K, N)).astype(dtype)
     bias = rng.standard_normal(N).astype(dtype)

@@ -94,7 +94,9 @@ typedef struct {
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")
 #define ISA_SUFFIX avx512
+#define RNN_ROWS_SHUFFLE 1
 #include "rowops.types.h"
+#undef RNN_ROWS_SHUFFLE
 #undef ISA_SUFFIX
 #pragma GCC pop_options
 #undef RNN_ROWS_FMA

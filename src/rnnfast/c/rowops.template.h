@@ -77,6 +77,47 @@ typedef TYPE RNN_INAME(lanes) __attribute__((vector_size(RNN_ROW_LANES * sizeof(
 #define RNN_ROWS_VECTOR 0
 #endif
 
+#if RNN_ROWS_VECTOR && defined(RNN_ROWS_SHUFFLE)
+typedef RNN_ROWS_INDEX RNN_INAME(index) __attribute__((vector_size(RNN_ROW_LANES * sizeof(TYPE))));
+
+/* r[0..15] (16 rows of 16 lanes) transposed in registers: four rounds of two-input
+ * shuffles (round w swaps the off-diagonal w x w blocks of each 2w x 2w block; AVX-512:
+ * one vpermt2ps each), 64 shuffles for 256 values where the gather copied them one by
+ * one. */
+RNN_INLINE void RNN_INAME(transpose16)(RNN_INAME(lanes) *r)
+{
+    /* round w: lo[l] = l's pair's first row's value, hi[l] its second's (indices >= 16:
+     * the second operand) */
+    static const RNN_INAME(index) lo8 = {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23};
+    static const RNN_INAME(index) hi8 = {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31};
+    static const RNN_INAME(index) lo4 = {0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27};
+    static const RNN_INAME(index) hi4 = {4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31};
+    static const RNN_INAME(index) lo2 = {0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29};
+    static const RNN_INAME(index) hi2 = {2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31};
+    static const RNN_INAME(index) lo1 = {0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30};
+    static const RNN_INAME(index) hi1 = {1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31};
+    RNN_INAME(lanes) a, b;
+#define RNN_ROWS_ROUND(i, w, lo, hi)                                                          \
+    a = r[i], b = r[(i) + (w)], r[i] = __builtin_shuffle(a, b, lo), r[(i) + (w)] = __builtin_shuffle(a, b, hi)
+    RNN_ROWS_ROUND(0, 8, lo8, hi8); RNN_ROWS_ROUND(1, 8, lo8, hi8); RNN_ROWS_ROUND(2, 8, lo8, hi8);
+    RNN_ROWS_ROUND(3, 8, lo8, hi8); RNN_ROWS_ROUND(4, 8, lo8, hi8); RNN_ROWS_ROUND(5, 8, lo8, hi8);
+    RNN_ROWS_ROUND(6, 8, lo8, hi8); RNN_ROWS_ROUND(7, 8, lo8, hi8);
+    RNN_ROWS_ROUND(0, 4, lo4, hi4); RNN_ROWS_ROUND(1, 4, lo4, hi4); RNN_ROWS_ROUND(2, 4, lo4, hi4);
+    RNN_ROWS_ROUND(3, 4, lo4, hi4); RNN_ROWS_ROUND(8, 4, lo4, hi4); RNN_ROWS_ROUND(9, 4, lo4, hi4);
+    RNN_ROWS_ROUND(10, 4, lo4, hi4); RNN_ROWS_ROUND(11, 4, lo4, hi4);
+    RNN_ROWS_ROUND(0, 2, lo2, hi2); RNN_ROWS_ROUND(1, 2, lo2, hi2); RNN_ROWS_ROUND(4, 2, lo2, hi2);
+    RNN_ROWS_ROUND(5, 2, lo2, hi2); RNN_ROWS_ROUND(8, 2, lo2, hi2); RNN_ROWS_ROUND(9, 2, lo2, hi2);
+    RNN_ROWS_ROUND(12, 2, lo2, hi2); RNN_ROWS_ROUND(13, 2, lo2, hi2);
+    RNN_ROWS_ROUND(0, 1, lo1, hi1); RNN_ROWS_ROUND(2, 1, lo1, hi1); RNN_ROWS_ROUND(4, 1, lo1, hi1);
+    RNN_ROWS_ROUND(6, 1, lo1, hi1); RNN_ROWS_ROUND(8, 1, lo1, hi1); RNN_ROWS_ROUND(10, 1, lo1, hi1);
+    RNN_ROWS_ROUND(12, 1, lo1, hi1); RNN_ROWS_ROUND(14, 1, lo1, hi1);
+#undef RNN_ROWS_ROUND
+}
+#define RNN_ROWS_TRANSPOSE 1
+#else
+#define RNN_ROWS_TRANSPOSE 0
+#endif
+
 /* c + a b: one fused multiply-add where the instruction set has it (RNN_ROWS_FMA), as
  * the packed product's chain (its intrinsics, or GCC's contraction of its loop) */
 RNN_INLINE TYPE RNN_INAME(madd)(TYPE a, TYPE b, TYPE c)
@@ -111,13 +152,24 @@ static void RNN_INAME(rows_product)(long M, long N, long K, const TYPE *A, long 
             memset(panel, 0, sizeof panel);
         for (k0 = 0; k0 < K; k0 += RNN_ROWS_KBLOCK) {
             nk = K - k0 < RNN_ROWS_KBLOCK ? K - k0 : RNN_ROWS_KBLOCK;
-            if (!direct && ldb == 1)                /* B^T's rows (attention's k^T) */
+            if (!direct && ldb == 1) {              /* B^T's rows (attention's k^T) */
+                long kt = 0;
+#if RNN_ROWS_TRANSPOSE
+                if (sizeof(TYPE) == 4 && nc == RNN_ROW_LANES)   /* 16 x 16 blocks in registers */
+                    for (; kt + RNN_ROW_LANES <= nk; kt += RNN_ROW_LANES) {
+                        RNN_INAME(lanes) r[RNN_ROW_LANES];
+                        for (j = 0; j < RNN_ROW_LANES; j++)
+                            memcpy(&r[j], B + k0 + kt + (j0 + j) * cb, sizeof r[j]);
+                        RNN_INAME(transpose16)(r);
+                        memcpy(panel + kt * RNN_ROW_LANES, r, sizeof r);
+                    }
+#endif
                 for (j = 0; j < nc; j++) {
                     const TYPE *col = B + k0 + (j0 + j) * cb;
-                    for (k = 0; k < nk; k++)
+                    for (k = kt; k < nk; k++)
                         panel[k * RNN_ROW_LANES + j] = col[k];
                 }
-            else if (!direct)
+            } else if (!direct)
                 for (j = 0; j < nc; j++) {
                     const TYPE *col = B + k0 * ldb + (j0 + j) * cb;
                     for (k = 0; k < nk; k++)
