@@ -345,3 +345,25 @@ def test_dense_of_few_rows_on_the_partner_bitwise_for_any_thread_count(rng, part
         _kernels.packed_rows(x, P, b, want, act, 1)
         for n in (1, 2, 3):
             assert np.array_equal(_products.dense(x, P, 300, b, act, num_threads=n), want), (M, n)
+
+
+@pytest.mark.skipif(not _rowops.PARTNER, reason="no partner thread in this build (not Linux)")
+def test_partner_wake_has_it_take_part_after_a_sleep(rng, partner_awake):
+    """A partner asleep (no poll), woken a few milliseconds ahead of a product, polls
+    by then and takes part in it."""
+    import time
+
+    W = rng.standard_normal((256, 4096)).astype(np.float32)
+    P, x, y = _products.pack(W), rng.standard_normal((1, 256)).astype(np.float32), np.empty((1, 4096), np.float32)
+    _rowops.packed_rows(x, P, np.zeros(0, np.float32), y, 2)  # started
+    _rowops.partner_spin_us(0)
+    time.sleep(0.01)  # asleep now
+    _rowops.partner_spin_us(200000)
+    for _ in range(100):
+        before = _rowops.partner_jobs()
+        assert _rowops.partner_wake()
+        time.sleep(0.005)  # (a busy machine may keep it off a core for a while: tried again)
+        _rowops.packed_rows(x, P, np.zeros(0, np.float32), y, 2)
+        if _rowops.partner_jobs() > before:
+            break
+    assert _rowops.partner_jobs() > before

@@ -59,6 +59,7 @@ cdef extern from "c/rowops.h" nogil:
     long rnn_packed_size(long K, long N)
     int rnn_duo_spin(int us)
     long rnn_duo_shared()
+    int rnn_duo_wake()
     const int RNN_DUO_ENABLED
 
 cdef const rnn_rowops_table *_table = &rnn_rowops[_kernels.ISA_LEVELS.index(_kernels.isa())]
@@ -195,6 +196,14 @@ def partner_spin_us(us=None):
     """The partner thread's poll for a next product after each one (microseconds; 0: it
     sleeps at once); ``us``: set it. Returns the value before."""
     return rnn_duo_spin(-1 if us is None else max(0, int(us)))
+
+
+def partner_wake():
+    """Wake the partner thread of ``packed_rows`` (start it if need be) and return at
+    once: called when a few-row product on two threads or more is coming (a model
+    call's start), it polls by then, whatever the gap since its last product. True
+    where the build has the partner."""
+    return bool(rnn_duo_wake())
 
 
 def partner_jobs():

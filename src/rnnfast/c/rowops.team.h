@@ -82,15 +82,21 @@ static void *rnn_duo_partner(void *unused)
         long long end = rnn_now_ns() + 1000LL * __atomic_load_n(&rnn_duo_spin_us, __ATOMIC_RELAXED);
         unsigned long long gen;
         long t, ran;
-        int g32;
-        /* poll for a new job, yielding the core at each poll, then sleep */
+        int g32, seen = __atomic_load_n(&rnn_duo.gen32, __ATOMIC_ACQUIRE);
+        /* poll for a new job, yielding the core at each poll, then sleep; a wake
+         * (rnn_duo_wake: gen32 moved without a job) polls on from then */
         while ((gen = __atomic_load_n(&rnn_duo.word, __ATOMIC_ACQUIRE) >> 32) == last) {
+            if ((g32 = __atomic_load_n(&rnn_duo.gen32, __ATOMIC_ACQUIRE)) != seen) {
+                seen = g32;
+                end = rnn_now_ns() + 1000LL * __atomic_load_n(&rnn_duo_spin_us, __ATOMIC_RELAXED);
+            }
             if (rnn_now_ns() >= end) {
                 g32 = __atomic_load_n(&rnn_duo.gen32, __ATOMIC_SEQ_CST);
                 __atomic_store_n(&rnn_duo.sleeping, 1, __ATOMIC_SEQ_CST);
                 if ((__atomic_load_n(&rnn_duo.word, __ATOMIC_SEQ_CST) >> 32) == last)
                     rnn_duo_futex(&rnn_duo.gen32, FUTEX_WAIT_PRIVATE, g32);
                 __atomic_store_n(&rnn_duo.sleeping, 0, __ATOMIC_SEQ_CST);
+                seen = __atomic_load_n(&rnn_duo.gen32, __ATOMIC_ACQUIRE);
                 end = rnn_now_ns() + 1000LL * __atomic_load_n(&rnn_duo_spin_us, __ATOMIC_RELAXED);
             } else {
                 sched_yield();
@@ -138,6 +144,19 @@ static inline int rnn_duo_start(void)
     if (ok)
         __atomic_store_n(&rnn_duo.started, 1, __ATOMIC_RELEASE);
     return ok;
+}
+
+/* Wakes the partner (starting it if need be) without waiting for it: a caller that
+ * knows a few-row product is coming (a model call at its start) has it polling by
+ * then, rnn_duo_spin_us from now. Returns 1 when there is a partner. */
+static int rnn_duo_wake(void)
+{
+    if (!rnn_duo_start())
+        return 0;
+    __atomic_add_fetch(&rnn_duo.gen32, 1, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&rnn_duo.sleeping, __ATOMIC_SEQ_CST))
+        rnn_duo_futex(&rnn_duo.gen32, FUTEX_WAKE_PRIVATE, 1);
+    return 1;
 }
 
 /* Runs fn(arg, t) for t = 0..ntask-1, each exactly once, on the caller and (nth > 1)
@@ -192,6 +211,10 @@ static int rnn_duo_spin_us = 0;
 static struct {
     long jobs_shared;
 } rnn_duo;
+static int rnn_duo_wake(void)
+{
+    return 0;
+}
 static void rnn_duo_run(rnn_duo_fn fn, void *arg, long ntask, int nth)
 {
     long t;

@@ -97,20 +97,16 @@ RNN_INLINE void RNN_INAME(transpose16)(RNN_INAME(lanes) *r)
     static const RNN_INAME(index) lo1 = {0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30};
     static const RNN_INAME(index) hi1 = {1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31};
     RNN_INAME(lanes) a, b;
-#define RNN_ROWS_ROUND(i, w, lo, hi)                                                          \
-    a = r[i], b = r[(i) + (w)], r[i] = __builtin_shuffle(a, b, lo), r[(i) + (w)] = __builtin_shuffle(a, b, hi)
-    RNN_ROWS_ROUND(0, 8, lo8, hi8); RNN_ROWS_ROUND(1, 8, lo8, hi8); RNN_ROWS_ROUND(2, 8, lo8, hi8);
-    RNN_ROWS_ROUND(3, 8, lo8, hi8); RNN_ROWS_ROUND(4, 8, lo8, hi8); RNN_ROWS_ROUND(5, 8, lo8, hi8);
-    RNN_ROWS_ROUND(6, 8, lo8, hi8); RNN_ROWS_ROUND(7, 8, lo8, hi8);
-    RNN_ROWS_ROUND(0, 4, lo4, hi4); RNN_ROWS_ROUND(1, 4, lo4, hi4); RNN_ROWS_ROUND(2, 4, lo4, hi4);
-    RNN_ROWS_ROUND(3, 4, lo4, hi4); RNN_ROWS_ROUND(8, 4, lo4, hi4); RNN_ROWS_ROUND(9, 4, lo4, hi4);
-    RNN_ROWS_ROUND(10, 4, lo4, hi4); RNN_ROWS_ROUND(11, 4, lo4, hi4);
-    RNN_ROWS_ROUND(0, 2, lo2, hi2); RNN_ROWS_ROUND(1, 2, lo2, hi2); RNN_ROWS_ROUND(4, 2, lo2, hi2);
-    RNN_ROWS_ROUND(5, 2, lo2, hi2); RNN_ROWS_ROUND(8, 2, lo2, hi2); RNN_ROWS_ROUND(9, 2, lo2, hi2);
-    RNN_ROWS_ROUND(12, 2, lo2, hi2); RNN_ROWS_ROUND(13, 2, lo2, hi2);
-    RNN_ROWS_ROUND(0, 1, lo1, hi1); RNN_ROWS_ROUND(2, 1, lo1, hi1); RNN_ROWS_ROUND(4, 1, lo1, hi1);
-    RNN_ROWS_ROUND(6, 1, lo1, hi1); RNN_ROWS_ROUND(8, 1, lo1, hi1); RNN_ROWS_ROUND(10, 1, lo1, hi1);
-    RNN_ROWS_ROUND(12, 1, lo1, hi1); RNN_ROWS_ROUND(14, 1, lo1, hi1);
+    int i;
+#define RNN_ROWS_ROUND(w, lo, hi)                                                             \
+    _Pragma("GCC unroll 16") for (i = 0; i < RNN_ROW_LANES; i++) if (!(i & (w))) {            \
+        a = r[i], b = r[i + (w)];                                                             \
+        r[i] = __builtin_shuffle(a, b, lo), r[i + (w)] = __builtin_shuffle(a, b, hi);         \
+    }
+    RNN_ROWS_ROUND(8, lo8, hi8)
+    RNN_ROWS_ROUND(4, lo4, hi4)
+    RNN_ROWS_ROUND(2, lo2, hi2)
+    RNN_ROWS_ROUND(1, lo1, hi1)
 #undef RNN_ROWS_ROUND
 }
 #define RNN_ROWS_TRANSPOSE 1
