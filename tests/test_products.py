@@ -348,22 +348,61 @@ def test_dense_of_few_rows_on_the_partner_bitwise_for_any_thread_count(rng, part
 
 
 @pytest.mark.skipif(not _rowops.PARTNER, reason="no partner thread in this build (not Linux)")
-def test_partner_wake_has_it_take_part_after_a_sleep(rng, partner_awake):
-    """A partner asleep (no poll), woken a few milliseconds ahead of a product, polls
-    by then and takes part in it."""
+def test_partner_sleeps_after_its_poll_and_wakes_to_poll(rng, partner_awake):
+    """After its poll the partner sleeps; partner_wake has it poll again (each state
+    reached within a bound: a busy machine may keep it off a core for a while)."""
     import time
 
-    W = rng.standard_normal((256, 4096)).astype(np.float32)
-    P, x, y = _products.pack(W), rng.standard_normal((1, 256)).astype(np.float32), np.empty((1, 4096), np.float32)
-    _rowops.packed_rows(x, P, np.zeros(0, np.float32), y, 2)  # started
+    def reaches(asleep):
+        end = time.monotonic() + 20
+        while time.monotonic() < end:
+            if _rowops.partner_asleep() == asleep:
+                return True
+            time.sleep(0.001)
+        return False
+
+    W = rng.standard_normal((64, 1000)).astype(np.float32)
+    x, y = rng.standard_normal((1, 64)).astype(np.float32), np.empty((1, 1000), np.float32)
+    _rowops.partner_spin_us(1000)
+    _rowops.packed_rows(x, _products.pack(W), np.zeros(0, np.float32), y, 2)  # started
+    assert reaches(True)
+    _rowops.partner_spin_us(5000000)
+    assert _rowops.partner_wake()
+    assert reaches(False)
     _rowops.partner_spin_us(0)
-    time.sleep(0.01)  # asleep now
-    _rowops.partner_spin_us(200000)
-    for _ in range(100):
-        before = _rowops.partner_jobs()
-        assert _rowops.partner_wake()
-        time.sleep(0.005)  # (a busy machine may keep it off a core for a while: tried again)
-        _rowops.packed_rows(x, P, np.zeros(0, np.float32), y, 2)
-        if _rowops.partner_jobs() > before:
-            break
-    assert _rowops.partner_jobs() > before
+    assert _rowops.partner_wake()  # (its poll ends at once)
+    assert reaches(True)
+
+
+@pytest.mark.skipif(not _rowops.PARTNER, reason="no partner thread in this build (not Linux)")
+def test_partner_after_fork_gives_the_same_bits(rng, partner_awake):
+    """A forked child (it has no partner thread; pthread_atfork lets its first product
+    start one) gets the parent's bits from 2-thread products, and finishes them (no wait
+    on the parent's partner, which the child does not have)."""
+    import os
+    import time
+
+    W = rng.standard_normal((64, 1000)).astype(np.float32)
+    P, x = _products.pack(W), rng.standard_normal((1, 64)).astype(np.float32)
+    b = np.zeros(0, np.float32)
+    want = np.empty((1, 1000), np.float32)
+    _rowops.packed_rows(x, P, b, want, 2)  # the parent's partner exists
+    pid = os.fork()
+    if pid == 0:  # the child: exit status 0 only if every product gives the bits
+        ok = True
+        try:
+            for _ in range(50):
+                got = np.empty_like(want)
+                _rowops.packed_rows(x, P, b, got, 2)
+                ok = ok and np.array_equal(got, want)
+        finally:
+            os._exit(0 if ok else 1)
+    end = time.monotonic() + 60
+    while time.monotonic() < end:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.01)
+    os.kill(pid, 9)
+    raise AssertionError("the forked child did not finish its products")

@@ -60,6 +60,7 @@ cdef extern from "c/rowops.h" nogil:
     int rnn_duo_spin(int us)
     long rnn_duo_shared()
     int rnn_duo_wake()
+    int rnn_duo_asleep()
     const int RNN_DUO_ENABLED
 
 cdef const rnn_rowops_table *_table = &rnn_rowops[_kernels.ISA_LEVELS.index(_kernels.isa())]
@@ -204,6 +205,12 @@ def partner_wake():
     call's start), it polls by then, whatever the gap since its last product. True
     where the build has the partner."""
     return bool(rnn_duo_wake())
+
+
+def partner_asleep():
+    """Whether the partner thread sleeps now (False while it polls or works, and where
+    there is none)."""
+    return bool(rnn_duo_asleep())
 
 
 def partner_jobs():

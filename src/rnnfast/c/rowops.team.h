@@ -33,6 +33,7 @@ typedef void (*rnn_duo_fn)(void *arg, long task);
 #if defined(__linux__) && defined(__GNUC__)
 #define RNN_DUO_ENABLED 1
 #include <pthread.h>
+#include <signal.h>
 
 /* The partner polls for a next job this long after its last one (microseconds;
  * _rowops.duo_spin_us reads or changes it; 0: it sleeps at once). */
@@ -129,6 +130,7 @@ static inline int rnn_duo_start(void)
     static int registered = 0;
     pthread_t th;
     pthread_attr_t at;
+    sigset_t all, old;
     int ok;
     if (__atomic_load_n(&rnn_duo.started, __ATOMIC_ACQUIRE))
         return 1;
@@ -139,7 +141,10 @@ static inline int rnn_duo_start(void)
     pthread_attr_init(&at);
     pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
     pthread_attr_setstacksize(&at, 1 << 20);
+    sigfillset(&all);           /* signals stay with the process's own threads */
+    pthread_sigmask(SIG_SETMASK, &all, &old);
     ok = pthread_create(&th, &at, rnn_duo_partner, NULL) == 0;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
     pthread_attr_destroy(&at);
     if (ok)
         __atomic_store_n(&rnn_duo.started, 1, __ATOMIC_RELEASE);
@@ -231,6 +236,16 @@ static inline int rnn_duo_spin(int us)
     if (us >= 0)
         __atomic_store_n(&rnn_duo_spin_us, us, __ATOMIC_RELAXED);
     return old;
+}
+
+/* 1 while the partner sleeps (0: polling, working, or no partner). */
+static inline int rnn_duo_asleep(void)
+{
+#if RNN_DUO_ENABLED
+    return __atomic_load_n(&rnn_duo.sleeping, __ATOMIC_ACQUIRE);
+#else
+    return 0;
+#endif
 }
 
 /* Jobs in which the partner ran a task, so far. */
