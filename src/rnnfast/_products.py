@@ -7,7 +7,9 @@ work (:func:`rnnfast._plan.product_team`). Not NumPy's ``@``: NumPy's own OpenBL
 starts threads of its own beside rnnfast's (oversubscription), and on a busy machine
 waking them took up to 40 ms for a 0.03 ms product. Each element of a product is one
 chain of multiply-adds whatever rows surround it, so the results do not depend on the
-thread count. float32 and float64; other dtypes go to NumPy.
+thread count. float32 and float64; other dtypes go to NumPy. A few rows on many packed
+weights at two threads or more (a decoder's vocabulary head at B=1) split their columns
+with ``_rowops``' partner thread instead (:data:`PARTNER_MACS`).
 """
 
 import numpy as np

@@ -3,9 +3,10 @@
 # c/rowops.h; this module picks the table row of the instruction set isa.h's dispatcher
 # chose (rnnfast._kernels.isa(), once, at import: the products beside these ops run on
 # it), checks shapes, and releases the GIL for the loops. The caller allocates the
-# outputs and says how many threads may share the rows (or the product's batch entries);
-# each row is computed by one thread in an order that depends on its length only, so the
-# results never depend on the thread count nor on the other rows of the batch.
+# outputs and says how many threads may share the rows (or the product's batch entries,
+# or packed_rows' column panels: those on c/rowops.team.h's partner thread); each row (a
+# panel of it) is computed by one thread in an order that depends on its length only, so
+# the results never depend on the thread count nor on the other rows of the batch.
 from cython cimport floating
 
 from . import _kernels

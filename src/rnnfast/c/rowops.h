@@ -4,7 +4,9 @@
  * and AVX2 and AVX-512 under `#pragma GCC target` where GCC >= 8 builds for x86-64),
  * and their table: rnn_rowops[level] for an rnn_isa_level (enums.h). The caller
  * (rnnfast/_rowops.pyx) takes the level isa.h's dispatcher chose (rnnfast._kernels.isa()),
- * so that these ops compute as the products beside them do.
+ * so that these ops compute as the products beside them do. The few-row packed product
+ * (packed_few) runs its tasks on rowops.team.h's partner thread and the caller; the
+ * AVX-512 set also defines RNN_ROWS_SHUFFLE (rows_product's register transposes).
  */
 #ifndef RNNFAST_ROWOPS_H
 #define RNNFAST_ROWOPS_H
