@@ -193,10 +193,12 @@ def test_onnx_matmul_of_a_vector_as_numpy(rng):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("transposed", [False, True])
-def test_few_rows_give_the_bits_of_the_same_rows_in_a_larger_batch(rng, dtype, transposed):
+@pytest.mark.parametrize("K,N", [(150, 37), (16, 16), (48, 20), (256, 20), (15, 33)])
+def test_few_rows_give_the_bits_of_the_same_rows_in_a_larger_batch(rng, dtype, transposed, K, N):
     """A row's values do not depend on its batch: the few-row product (read in place)
-    sums each element in the packed product's chain, bias first (streaming contract)."""
-    K, N = 150, 37  # K past the row kernel's k block, N past its lanes
+    sums each element in the packed product's chain, bias first (streaming contract).
+    K past the row kernel's k block and its 16 x 16 transposes of B^T (attention's k^T,
+    AVX-512), or short of them; N past its lanes."""
     q = rng.standard_normal((9, K)).astype(dtype)
     b = rng.standard_normal((N, K)).astype(dtype).T if transposed else rng.standard_normal((K, N)).astype(dtype)
     bias = rng.standard_normal(N).astype(dtype)
@@ -275,3 +277,132 @@ def test_attend_gives_the_bits_of_its_three_ops(rng, dtype, G, M):
         np.testing.assert_array_equal(O, want)
     ref = _softmax64(q.astype(np.float64) @ kt.astype(np.float64)) @ enc
     np.testing.assert_allclose(O, ref, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-6)
+
+
+@pytest.fixture
+def partner_awake():
+    """The partner thread polls for work between products (its default), and is
+    restored after the test."""
+    old = _rowops.partner_spin_us()
+    yield
+    _rowops.partner_spin_us(old)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("M,K,N", [(1, 256, 8000), (3, 37, 130), (4, 5, 64), (2, 64, 1), (1, 300, 65)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_partner_packed_rows_give_the_packed_products_bits(rng, partner_awake, dtype, M, K, N, bias):
+    """The few-row product on the partner thread (c/rowops.team.h): against a float64
+    reference, the bits of the packed product (_kernels.packed_rows) on 1 to 3 threads,
+    with the partner polling and asleep (every task then on the caller or late to it),
+    and each row the bits of that row in a larger batch."""
+    W = rng.standard_normal((K, N)).astype(dtype)
+    b = rng.standard_normal(N).astype(dtype) if bias else np.zeros(0, dtype)
+    x = rng.standard_normal((M, K)).astype(dtype)
+    P = _products.pack(W)
+    ref = x.astype(np.float64) @ W.astype(np.float64) + (b.astype(np.float64) if bias else 0)
+    want = np.empty((M, N), dtype)
+    _kernels.packed_rows(x, P, b, want, -1, 1)
+    np.testing.assert_allclose(want, ref, rtol=1e-4 if dtype == np.float32 else 1e-12, atol=1e-4)
+    for spin in (500, 0):
+        _rowops.partner_spin_us(spin)
+        for n in (1, 2, 3, 2, 2):
+            got = np.full((M, N), np.nan, dtype)
+            _rowops.packed_rows(x, P, b, got, n)
+            assert np.array_equal(got.view(np.uint8), want.view(np.uint8)), (spin, n)
+    big = np.concatenate([rng.standard_normal((5, K)).astype(dtype), x])
+    rows = np.empty((len(big), N), dtype)
+    _kernels.packed_rows(big, P, b, rows, -1, 1)
+    assert np.array_equal(rows[5:].view(np.uint8), want.view(np.uint8))
+
+
+@pytest.mark.skipif(not _rowops.PARTNER, reason="no partner thread in this build (not Linux)")
+def test_partner_runs_tasks_while_it_polls(rng, partner_awake):
+    """With a long poll the partner takes part in back-to-back products (the schedule
+    may leave it out of any one of them, not of all)."""
+    _rowops.partner_spin_us(200000)
+    W = rng.standard_normal((256, 4096)).astype(np.float32)
+    P, x, y = _products.pack(W), rng.standard_normal((1, 256)).astype(np.float32), np.empty((1, 4096), np.float32)
+    before = _rowops.partner_jobs()
+    for _ in range(20000):  # (a busy machine may keep it off a core for a while)
+        _rowops.packed_rows(x, P, np.zeros(0, np.float32), y, 2)
+        if _rowops.partner_jobs() > before:
+            break
+    assert _rowops.partner_jobs() > before
+
+
+@pytest.mark.parametrize("act", [-1, _kernels.RNN_ACT_TANH, _kernels.RNN_ACT_SIGMOID, _products.SOFTMAX])
+def test_dense_of_few_rows_on_the_partner_bitwise_for_any_thread_count(rng, partner_awake, act, monkeypatch):
+    """dense routes a few rows on many weights to the partner thread at 2 threads or
+    more: the bits of one thread's packed product, activation included."""
+    monkeypatch.setattr(_products, "PARTNER_MACS", 1)
+    W = rng.standard_normal((70, 300)).astype(np.float32)
+    b = rng.standard_normal(300).astype(np.float32)
+    P = _products.pack(W)
+    for M in (1, 2, 4):
+        x = rng.standard_normal((M, 70)).astype(np.float32)
+        want = np.empty((M, 300), np.float32)
+        _kernels.packed_rows(x, P, b, want, act, 1)
+        for n in (1, 2, 3):
+            assert np.array_equal(_products.dense(x, P, 300, b, act, num_threads=n), want), (M, n)
+
+
+@pytest.mark.skipif(not _rowops.PARTNER, reason="no partner thread in this build (not Linux)")
+def test_partner_sleeps_after_its_poll_and_wakes_to_poll(rng, partner_awake):
+    """After its poll the partner sleeps; partner_wake has it poll again (each state
+    reached within a bound: a busy machine may keep it off a core for a while)."""
+    import time
+
+    def reaches(asleep):
+        end = time.monotonic() + 20
+        while time.monotonic() < end:
+            if _rowops.partner_asleep() == asleep:
+                return True
+            time.sleep(0.001)
+        return False
+
+    W = rng.standard_normal((64, 1000)).astype(np.float32)
+    x, y = rng.standard_normal((1, 64)).astype(np.float32), np.empty((1, 1000), np.float32)
+    _rowops.partner_spin_us(1000)
+    _rowops.packed_rows(x, _products.pack(W), np.zeros(0, np.float32), y, 2)  # started
+    assert reaches(True)
+    _rowops.partner_spin_us(5000000)
+    assert _rowops.partner_wake()
+    assert reaches(False)
+    _rowops.partner_spin_us(0)
+    assert _rowops.partner_wake()  # (its poll ends at once)
+    assert reaches(True)
+
+
+@pytest.mark.skipif(not _rowops.PARTNER, reason="no partner thread in this build (not Linux)")
+def test_partner_after_fork_gives_the_same_bits(rng, partner_awake):
+    """A forked child (it has no partner thread; pthread_atfork lets its first product
+    start one) gets the parent's bits from 2-thread products, and finishes them (no wait
+    on the parent's partner, which the child does not have)."""
+    import os
+    import time
+
+    W = rng.standard_normal((64, 1000)).astype(np.float32)
+    P, x = _products.pack(W), rng.standard_normal((1, 64)).astype(np.float32)
+    b = np.zeros(0, np.float32)
+    want = np.empty((1, 1000), np.float32)
+    _rowops.packed_rows(x, P, b, want, 2)  # the parent's partner exists
+    pid = os.fork()
+    if pid == 0:  # the child: exit status 0 only if every product gives the bits
+        ok = True
+        try:
+            for _ in range(50):
+                got = np.empty_like(want)
+                _rowops.packed_rows(x, P, b, got, 2)
+                ok = ok and np.array_equal(got, want)
+        finally:
+            os._exit(0 if ok else 1)
+    end = time.monotonic() + 60
+    while time.monotonic() < end:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.01)
+    os.kill(pid, 9)
+    raise AssertionError("the forked child did not finish its products")

@@ -7,7 +7,9 @@ work (:func:`rnnfast._plan.product_team`). Not NumPy's ``@``: NumPy's own OpenBL
 starts threads of its own beside rnnfast's (oversubscription), and on a busy machine
 waking them took up to 40 ms for a 0.03 ms product. Each element of a product is one
 chain of multiply-adds whatever rows surround it, so the results do not depend on the
-thread count. float32 and float64; other dtypes go to NumPy.
+thread count. float32 and float64; other dtypes go to NumPy. A few rows on many packed
+weights at two threads or more (a decoder's vocabulary head at B=1) split their columns
+with ``_rowops``' partner thread instead (:data:`PARTNER_MACS`).
 """
 
 import numpy as np
@@ -62,6 +64,15 @@ def dense(x, packed, N, bias=None, act=-1, num_threads=None):
         return y
     x2 = (x if x.flags.c_contiguous else np.ascontiguousarray(x)).reshape(-1, K)
     M = x2.shape[0]
+    if M <= FEW_ROWS and act != SOFTMAX and M * N * K >= PARTNER_MACS and _rowops.PARTNER:
+        nth = resolve_num_threads(num_threads)
+        if nth > 1:  # a few rows on many weights (a decoder's vocabulary head at B=1)
+            y2 = y.reshape(M, N)
+            _rowops.packed_rows(x2, packed, _NO_BIAS[x.dtype] if bias is None else bias, y2, nth)
+            if act >= 0:  # row by row, as the packed product applies it on one thread
+                for row in y2:
+                    _kernels.activate(act, row)
+            return y
     _kernels.packed_rows(
         x2,
         packed,
@@ -74,6 +85,16 @@ def dense(x, packed, N, bias=None, act=-1, num_threads=None):
 
 
 _NO_BIAS = {dt: np.zeros(0, dt) for dt in _CORE}
+
+#: :func:`dense` of at most :data:`FEW_ROWS` rows and at least this many multiply-adds,
+#: on two threads or more, runs on ``_rowops.packed_rows``: its panels split between the
+#: caller and a partner thread that polls for work a while after each product
+#: (``c/rowops.team.h``), the bits of the packed product. The OpenMP team's partner
+#: sleeps between regions (OMP_WAIT_POLICY=PASSIVE) and its wake, 46-138 us, cost more
+#: than it saved: (1, 256) @ (256, 8000) took 91 us on one thread, 80 us on two OpenMP
+#: threads back to back, 55 us so (Zen 4, chrt). Below this a second core saves less than
+#: a futex wake.
+PARTNER_MACS = 1 << 19
 
 #: :func:`matmul` of at most this many rows per product, with a B per batch entry or a
 #: B of strided columns (each packed by the core before its product, the latter element

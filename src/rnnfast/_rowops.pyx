@@ -3,9 +3,10 @@
 # c/rowops.h; this module picks the table row of the instruction set isa.h's dispatcher
 # chose (rnnfast._kernels.isa(), once, at import: the products beside these ops run on
 # it), checks shapes, and releases the GIL for the loops. The caller allocates the
-# outputs and says how many threads may share the rows (or the product's batch entries);
-# each row is computed by one thread in an order that depends on its length only, so the
-# results never depend on the thread count nor on the other rows of the batch.
+# outputs and says how many threads may share the rows (or the product's batch entries,
+# or packed_rows' column panels: those on c/rowops.team.h's partner thread); each row (a
+# panel of it) is computed by one thread in an order that depends on its length only, so
+# the results never depend on the thread count nor on the other rows of the batch.
 from cython cimport floating
 
 from . import _kernels
@@ -33,6 +34,16 @@ cdef extern from "c/rowops.h" nogil:
         void *S
         void *O
 
+    ctypedef struct rnn_packed_args:
+        long M, N, K
+        const void *A
+        long lda
+        const void *Bp
+        const void *bias
+        void *C
+        long ldc
+        long per, npan
+
     ctypedef struct rnn_rowops_table:
         void (*softmax_rows_f)(const float *x, long ldx, float *y, long ldy, long R, long n, int take_log,
                                int nth) noexcept nogil
@@ -42,8 +53,16 @@ cdef extern from "c/rowops.h" nogil:
         void (*rows_products_d)(const rnn_rows_args *pr, int nth) noexcept nogil
         void (*attend_f)(const rnn_attend_args *ar, int nth) noexcept nogil
         void (*attend_d)(const rnn_attend_args *ar, int nth) noexcept nogil
+        void (*packed_few_f)(rnn_packed_args *pa, int nth) noexcept nogil
+        void (*packed_few_d)(rnn_packed_args *pa, int nth) noexcept nogil
 
     const rnn_rowops_table rnn_rowops[]
+    long rnn_packed_size(long K, long N)
+    int rnn_duo_spin(int us)
+    long rnn_duo_shared()
+    int rnn_duo_wake()
+    int rnn_duo_asleep()
+    const int RNN_DUO_ENABLED
 
 cdef const rnn_rowops_table *_table = &rnn_rowops[_kernels.ISA_LEVELS.index(_kernels.isa())]
 
@@ -143,3 +162,63 @@ def attend(const floating[:, :, :] Q,              # IN  (G, M, K), rows contigu
             _table.attend_f(&ar, num_threads)
         else:
             _table.attend_d(&ar, num_threads)
+
+
+def packed_rows(const floating[:, ::1] A,           # IN  (M, K)
+                const floating[::1] Bp,             # IN  (K, N) packed: rnnfast._products.pack
+                const floating[::1] bias,           # IN  (N,), or (0,) for none
+                floating[:, ::1] C,                 # OUT (M, N)
+                int num_threads=1):
+    """C = bias + A @ B for a few rows A: the bits of ``_kernels.packed_rows`` (each
+    element the packed product's chain), its panels split between the caller and, where
+    ``num_threads`` > 1, a partner thread that polls for work a while after each product
+    and then sleeps (c/rowops.team.h: the caller never waits for it to wake; OpenMP's
+    passive partner cost a 46-138 us wake). GIL released."""
+    cdef long M = A.shape[0], K = A.shape[1], N = C.shape[1]
+    cdef rnn_packed_args pa
+    if C.shape[0] != M or Bp.shape[0] != rnn_packed_size(K, N) or bias.shape[0] not in (0, N):
+        raise ValueError("packed_rows: A %s, packed B of %d values, bias %d, C %s"
+                         % ((M, K), Bp.shape[0], bias.shape[0], (C.shape[0], N)))
+    if K == 0:
+        raise ValueError("packed_rows: A has no columns")
+    if M == 0 or N == 0:
+        return
+    pa.M, pa.N, pa.K = M, N, K
+    pa.A, pa.lda, pa.Bp = &A[0, 0], K, &Bp[0]
+    pa.bias = &bias[0] if bias.shape[0] > 0 else NULL
+    pa.C, pa.ldc = &C[0, 0], N
+    with nogil:
+        if floating is float:
+            _table.packed_few_f(&pa, num_threads)
+        else:
+            _table.packed_few_d(&pa, num_threads)
+
+
+def partner_spin_us(us=None):
+    """The partner thread's poll for a next product after each one (microseconds; 0: it
+    sleeps at once); ``us``: set it. Returns the value before."""
+    return rnn_duo_spin(-1 if us is None else max(0, int(us)))
+
+
+def partner_wake():
+    """Wake the partner thread of ``packed_rows`` (start it if need be) and return at
+    once: called when a few-row product on two threads or more is coming (a model
+    call's start), it polls by then, whatever the gap since its last product. True
+    where the build has the partner."""
+    return bool(rnn_duo_wake())
+
+
+def partner_asleep():
+    """Whether the partner thread sleeps now (False while it polls or works, and where
+    there is none)."""
+    return bool(rnn_duo_asleep())
+
+
+def partner_jobs():
+    """Products in which the partner thread ran a part, so far (0 where the build has
+    no partner: not Linux)."""
+    return rnn_duo_shared()
+
+
+#: Whether this build has the partner thread (Linux).
+PARTNER = bool(RNN_DUO_ENABLED)

@@ -4,7 +4,9 @@
  * and AVX2 and AVX-512 under `#pragma GCC target` where GCC >= 8 builds for x86-64),
  * and their table: rnn_rowops[level] for an rnn_isa_level (enums.h). The caller
  * (rnnfast/_rowops.pyx) takes the level isa.h's dispatcher chose (rnnfast._kernels.isa()),
- * so that these ops compute as the products beside them do.
+ * so that these ops compute as the products beside them do. The few-row packed product
+ * (packed_few) runs its tasks on rowops.team.h's partner thread and the caller; the
+ * AVX-512 set also defines RNN_ROWS_SHUFFLE (rows_product's register transposes).
  */
 #ifndef RNNFAST_ROWOPS_H
 #define RNNFAST_ROWOPS_H
@@ -16,6 +18,8 @@
 #include "mathfun.h"
 #include "openmp.h"
 #include "template.h"
+#include "layout.h"
+#include "rowops.team.h"
 
 /* G1 x G2 products C[g1, g2] = bias + A[g1, g2] B[g1, g2] (M x K times K x N); strides
  * in elements; a batch stride of 0 serves every entry along it; B any strides (element
@@ -46,6 +50,20 @@ typedef struct {
     void *S, *O;
 } rnn_attend_args;
 
+/* C (M x N, row stride ldc) = bias + A (M x K, row stride lda) Bp, Bp a K x N block in
+ * the packed form (layout.h), bias (N,) or NULL; its panels split into tasks (per
+ * panels each, npan in all) run by rowops.team.h's caller and partner. */
+typedef struct {
+    long M, N, K;
+    const void *A;
+    long lda;
+    const void *Bp;
+    const void *bias;
+    void *C;
+    long ldc;
+    long per, npan;
+} rnn_packed_args;
+
 typedef struct {
     void (*softmax_rows_f)(const float *x, long ldx, float *y, long ldy, long R, long n, int take_log, int nth);
     void (*softmax_rows_d)(const double *x, long ldx, double *y, long ldy, long R, long n, int take_log,
@@ -54,6 +72,8 @@ typedef struct {
     void (*rows_products_d)(const rnn_rows_args *pr, int nth);
     void (*attend_f)(const rnn_attend_args *ar, int nth);
     void (*attend_d)(const rnn_attend_args *ar, int nth);
+    void (*packed_few_f)(rnn_packed_args *pa, int nth);
+    void (*packed_few_d)(rnn_packed_args *pa, int nth);
 } rnn_rowops_table;
 
 #define RNN_ROWS_FMA 0
@@ -76,7 +96,9 @@ typedef struct {
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")
 #define ISA_SUFFIX avx512
+#define RNN_ROWS_SHUFFLE 1
 #include "rowops.types.h"
+#undef RNN_ROWS_SHUFFLE
 #undef ISA_SUFFIX
 #pragma GCC pop_options
 #undef RNN_ROWS_FMA
@@ -86,7 +108,8 @@ typedef struct {
 
 #define RNN_ROWOPS_ROW(isa)                                                                  \
     {rnn_softmax_rows_f_##isa, rnn_softmax_rows_d_##isa, rnn_rows_products_f_##isa,          \
-     rnn_rows_products_d_##isa, rnn_attend_f_##isa, rnn_attend_d_##isa}
+     rnn_rows_products_d_##isa, rnn_attend_f_##isa, rnn_attend_d_##isa, rnn_packed_few_f_##isa, \
+     rnn_packed_few_d_##isa}
 
 /* Per rnn_isa_level; a level this build does not carry (isa.h never chooses it) runs
  * the baseline. */

@@ -77,6 +77,43 @@ typedef TYPE RNN_INAME(lanes) __attribute__((vector_size(RNN_ROW_LANES * sizeof(
 #define RNN_ROWS_VECTOR 0
 #endif
 
+#if RNN_ROWS_VECTOR && defined(RNN_ROWS_SHUFFLE)
+typedef RNN_ROWS_INDEX RNN_INAME(index) __attribute__((vector_size(RNN_ROW_LANES * sizeof(TYPE))));
+
+/* r[0..15] (16 rows of 16 lanes) transposed in registers: four rounds of two-input
+ * shuffles (round w swaps the off-diagonal w x w blocks of each 2w x 2w block; AVX-512:
+ * one vpermt2ps each), 64 shuffles for 256 values where the gather copied them one by
+ * one. */
+RNN_INLINE void RNN_INAME(transpose16)(RNN_INAME(lanes) *r)
+{
+    /* round w: lo[l] = l's pair's first row's value, hi[l] its second's (indices >= 16:
+     * the second operand) */
+    static const RNN_INAME(index) lo8 = {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23};
+    static const RNN_INAME(index) hi8 = {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31};
+    static const RNN_INAME(index) lo4 = {0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27};
+    static const RNN_INAME(index) hi4 = {4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31};
+    static const RNN_INAME(index) lo2 = {0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29};
+    static const RNN_INAME(index) hi2 = {2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31};
+    static const RNN_INAME(index) lo1 = {0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30};
+    static const RNN_INAME(index) hi1 = {1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31};
+    RNN_INAME(lanes) a, b;
+    int i;
+#define RNN_ROWS_ROUND(w, lo, hi)                                                             \
+    _Pragma("GCC unroll 16") for (i = 0; i < RNN_ROW_LANES; i++) if (!(i & (w))) {            \
+        a = r[i], b = r[i + (w)];                                                             \
+        r[i] = __builtin_shuffle(a, b, lo), r[i + (w)] = __builtin_shuffle(a, b, hi);         \
+    }
+    RNN_ROWS_ROUND(8, lo8, hi8)
+    RNN_ROWS_ROUND(4, lo4, hi4)
+    RNN_ROWS_ROUND(2, lo2, hi2)
+    RNN_ROWS_ROUND(1, lo1, hi1)
+#undef RNN_ROWS_ROUND
+}
+#define RNN_ROWS_TRANSPOSE 1
+#else
+#define RNN_ROWS_TRANSPOSE 0
+#endif
+
 /* c + a b: one fused multiply-add where the instruction set has it (RNN_ROWS_FMA), as
  * the packed product's chain (its intrinsics, or GCC's contraction of its loop) */
 RNN_INLINE TYPE RNN_INAME(madd)(TYPE a, TYPE b, TYPE c)
@@ -111,13 +148,24 @@ static void RNN_INAME(rows_product)(long M, long N, long K, const TYPE *A, long 
             memset(panel, 0, sizeof panel);
         for (k0 = 0; k0 < K; k0 += RNN_ROWS_KBLOCK) {
             nk = K - k0 < RNN_ROWS_KBLOCK ? K - k0 : RNN_ROWS_KBLOCK;
-            if (!direct && ldb == 1)                /* B^T's rows (attention's k^T) */
+            if (!direct && ldb == 1) {              /* B^T's rows (attention's k^T) */
+                long kt = 0;
+#if RNN_ROWS_TRANSPOSE
+                if (sizeof(TYPE) == 4 && nc == RNN_ROW_LANES)   /* 16 x 16 blocks in registers */
+                    for (; kt + RNN_ROW_LANES <= nk; kt += RNN_ROW_LANES) {
+                        RNN_INAME(lanes) r[RNN_ROW_LANES];
+                        for (j = 0; j < RNN_ROW_LANES; j++)
+                            memcpy(&r[j], B + k0 + kt + (j0 + j) * cb, sizeof r[j]);
+                        RNN_INAME(transpose16)(r);
+                        memcpy(panel + kt * RNN_ROW_LANES, r, sizeof r);
+                    }
+#endif
                 for (j = 0; j < nc; j++) {
                     const TYPE *col = B + k0 + (j0 + j) * cb;
-                    for (k = 0; k < nk; k++)
+                    for (k = kt; k < nk; k++)
                         panel[k * RNN_ROW_LANES + j] = col[k];
                 }
-            else if (!direct)
+            } else if (!direct)
                 for (j = 0; j < nc; j++) {
                     const TYPE *col = B + k0 * ldb + (j0 + j) * cb;
                     for (k = 0; k < nk; k++)
@@ -194,4 +242,77 @@ static void RNN_INAME(attend)(const rnn_attend_args *ar, int nth)
             RNN_INAME(softmax_row)(sc + m * ar->T, sc + m * ar->T, ar->T, 0);
         RNN_INAME(rows_product)(ar->M, ar->N, ar->T, sc, ar->T, v, ar->ldv, ar->cv, NULL, o, ar->N);
     }
+}
+
+/* Task `task` of pa (rowops.h: rnn_packed_args): C's columns of panels task*per ..
+ * task*per + per - 1, every row. Each element one chain of multiply-adds over k =
+ * 0..K-1 from its bias (or zero), the packed product's (packgemm.template.h) compiled
+ * for the same instruction set: the bits of _kernels.packed_rows, whatever the split. */
+static void RNN_INAME(packed_task)(void *arg, long task)
+{
+    const rnn_packed_args *pa = (const rnn_packed_args *)arg;
+    const TYPE *A = (const TYPE *)pa->A, *Bp = (const TYPE *)pa->Bp, *bias = (const TYPE *)pa->bias;
+    TYPE *C = (TYPE *)pa->C;
+    long K = pa->K, p, i, j, k, p1 = (task + 1) * pa->per < pa->npan ? (task + 1) * pa->per : pa->npan;
+    _Static_assert(RNN_PANEL_COLS == 4 * RNN_ROW_LANES, "packed_task: a panel is four vectors of lanes");
+    for (p = task * pa->per; p < p1; p++) {
+        const TYPE *bp = Bp + p * K * RNN_PANEL_COLS;
+        long j0 = p * RNN_PANEL_COLS, nc = pa->N - j0 < RNN_PANEL_COLS ? pa->N - j0 : RNN_PANEL_COLS;
+        for (i = 0; i < pa->M; i++) {
+            const TYPE *a = A + i * pa->lda;
+            TYPE acc[RNN_PANEL_COLS];
+#if RNN_ROWS_VECTOR
+            /* the panel's sums as four vectors of lanes, each its own local: as one
+             * vector of 64 they went through memory at every k (2x slower) */
+            RNN_INAME(lanes) v0, v1, v2, v3;
+#endif
+            for (j = 0; j < RNN_PANEL_COLS; j++)
+                acc[j] = bias && j < nc ? bias[j0 + j] : (TYPE)0;
+#if RNN_ROWS_VECTOR
+            memcpy(&v0, acc, sizeof v0);
+            memcpy(&v1, acc + RNN_ROW_LANES, sizeof v1);
+            memcpy(&v2, acc + 2 * RNN_ROW_LANES, sizeof v2);
+            memcpy(&v3, acc + 3 * RNN_ROW_LANES, sizeof v3);
+            for (k = 0; k < K; k++) {
+                RNN_INAME(lanes) b0, b1, b2, b3;
+                const TYPE *b = bp + k * RNN_PANEL_COLS;
+                TYPE av = a[k];
+                memcpy(&b0, b, sizeof b0);
+                memcpy(&b1, b + RNN_ROW_LANES, sizeof b1);
+                memcpy(&b2, b + 2 * RNN_ROW_LANES, sizeof b2);
+                memcpy(&b3, b + 3 * RNN_ROW_LANES, sizeof b3);
+                v0 = v0 + av * b0;                      /* (contracted to FMAs where the ISA has them) */
+                v1 = v1 + av * b1;
+                v2 = v2 + av * b2;
+                v3 = v3 + av * b3;
+            }
+            memcpy(acc, &v0, sizeof v0);
+            memcpy(acc + RNN_ROW_LANES, &v1, sizeof v1);
+            memcpy(acc + 2 * RNN_ROW_LANES, &v2, sizeof v2);
+            memcpy(acc + 3 * RNN_ROW_LANES, &v3, sizeof v3);
+#else
+            for (k = 0; k < K; k++)
+                for (j = 0; j < RNN_PANEL_COLS; j++)
+                    acc[j] = RNN_INAME(madd)(a[k], bp[k * RNN_PANEL_COLS + j], acc[j]);
+#endif
+            memcpy(C + i * pa->ldc + j0, acc, (size_t)nc * sizeof(TYPE));
+        }
+    }
+}
+
+/* Tasks of a few-row packed product at most (rowops.team.h: claimed one at a time). */
+#ifndef RNN_PACKED_TASKS
+#define RNN_PACKED_TASKS 16
+#endif
+
+/* The product of pa (its per and npan set here), on the caller and, nth > 1, the
+ * partner thread of rowops.team.h. */
+static void RNN_INAME(packed_few)(rnn_packed_args *pa, int nth)
+{
+    long ntask;
+    pa->npan = (pa->N + RNN_PANEL_COLS - 1) / RNN_PANEL_COLS;
+    ntask = nth > 1 ? (pa->npan < RNN_PACKED_TASKS ? pa->npan : RNN_PACKED_TASKS) : 1;
+    pa->per = (pa->npan + ntask - 1) / ntask;
+    ntask = (pa->npan + pa->per - 1) / pa->per;
+    rnn_duo_run(RNN_INAME(packed_task), pa, ntask, nth);
 }
