@@ -77,6 +77,7 @@ typedef TYPE RNN_INAME(lanes) __attribute__((vector_size(RNN_ROW_LANES * sizeof(
 #define RNN_ROWS_VECTOR 0
 #endif
 
+#undef RNN_ROWS_TRANSPOSE /* (this template is included once per instruction set) */
 #if RNN_ROWS_VECTOR && defined(RNN_ROWS_SHUFFLE)
 typedef RNN_ROWS_INDEX RNN_INAME(index) __attribute__((vector_size(RNN_ROW_LANES * sizeof(TYPE))));
 
