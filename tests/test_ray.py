@@ -294,6 +294,38 @@ def test_tasks_submitted_two_per_cpu_run_one_per_cpu(ray_local):
 # -- the batch logic, without Ray running -------------------------------------------------
 
 
+def _blas_task(path, raise_to):
+    """In a one-CPU Ray task: NumPy's BLAS raised to ``raise_to`` threads (what a worker that
+    imported NumPy before Ray set its OMP_NUM_THREADS has), then one batch; the BLAS
+    pools' thread counts after it."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    rnnfast.ray._blas_pools = None  # as in a fresh worker process
+    threadpool_limits(raise_to, user_api="blas")
+    before = sorted(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
+    x = np.zeros((3, 4, 8), np.float32)
+    rnnfast.ray.predict_batch({"x": x}, path)
+    after = sorted(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
+    return before, after
+
+
+def test_numpy_blas_capped_at_the_tasks_cpus(ray_local):
+    """A worker whose NumPy started its OpenBLAS before Ray's per-task OMP_NUM_THREADS
+    (the setup hook imports NumPy) has a BLAS thread per core: a NumPy product after
+    rnnfast's in the task would spin a second thread beside the other worker. The
+    Predictor caps every BLAS pool at the task's CPUs."""
+    path = os.path.join(DATA, "digits_lstm.pt")
+    before, after = ray.get(ray.remote(num_cpus=1)(_blas_task).remote(path, 2))
+    assert before and max(before) == 2  # the condition the cap is for
+    assert max(after) == 1
+    # outside a Ray task (no CPUs assigned: this driver) nothing is changed
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    with threadpool_limits(2, user_api="blas"):
+        Predictor(path, input_column="x", num_threads=1)({"x": np.zeros((3, 4, 8), np.float32)})
+        assert max(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas") == 2
+
+
 def test_batches_without_ray():
     rng = np.random.default_rng(3)
     tm = rnnfast.load(os.path.join(DATA, "digits_lstm.pt"))  # time-major

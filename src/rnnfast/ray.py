@@ -167,6 +167,7 @@ class Predictor:
         """Score one batch: a dict of numpy arrays or a pandas DataFrame; returns the same
         kind with the output column(s) added."""
         pandas = not isinstance(batch, dict)
+        _cap_blas(self.num_threads)
         if self.input_column not in batch:
             raise KeyError("no column %r in the batch (it has %s)" % (self.input_column, list(batch.keys())))
         col = batch[self.input_column]
@@ -323,6 +324,42 @@ def _assigned_cpus():
     except Exception:  # not inside Ray, or an older Ray without these calls
         pass
     return get_num_threads()
+
+
+#: The BLAS thread pools of this process (threadpoolctl controllers, all libraries: NumPy's
+#: OpenBLAS too) and the cap :func:`_cap_blas` gave them last.
+_blas_pools = None
+
+
+def _cap_blas(n):
+    """In a Ray worker, cap every BLAS thread pool of the process at ``n`` (the CPUs Ray
+    gave the task: what Ray's per-task OMP_NUM_THREADS means); never raise one.
+
+    Ray sets OMP_NUM_THREADS when it runs a task, but a worker that imported NumPy
+    before its first task (a ``worker_process_setup_hook``, :func:`setup_worker`) has
+    started NumPy's OpenBLAS with a thread per core by then: a NumPy product after
+    rnnfast's (a model's head, post-processing in the same task) then runs on every core
+    and its threads spin after it, beside the other workers. Measured on 2 cores (digits
+    model, a NumPy head after each batch): 0.7-1.6 CPU s per 100,000 rows on a second
+    thread of a one-CPU task. Outside Ray (no CPUs assigned) nothing is changed."""
+    global _blas_pools
+    if _blas_pools is not None and _blas_pools[1] == n:
+        return
+    try:
+        if not ray.is_initialized() or not ray.get_runtime_context().get_assigned_resources().get("CPU"):
+            return
+    except Exception:  # an older Ray without these calls
+        return
+    from threadpoolctl import ThreadpoolController
+
+    if _blas_pools is not None:
+        pools = _blas_pools[0]
+    else:
+        pools = ThreadpoolController().select(user_api="blas").lib_controllers
+    for c in pools:
+        if c.num_threads > n:
+            c.set_num_threads(n)
+    _blas_pools = (pools, n)
 
 
 def _same_shapes(cells):
