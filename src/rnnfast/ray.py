@@ -314,8 +314,9 @@ def predict_batch(batch, model, **options):
     return predictor(batch)
 
 
-def _assigned_cpus():
-    """The CPUs Ray gave this actor or task (at least 1), else rnnfast's default."""
+def _ray_cpus():
+    """The CPUs Ray gave this actor or task (at least 1), or None outside a Ray task or
+    actor (a driver has none assigned)."""
     try:
         if ray.is_initialized():
             cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
@@ -323,7 +324,13 @@ def _assigned_cpus():
                 return max(1, int(math.floor(cpus + 1e-9)))
     except Exception:  # not inside Ray, or an older Ray without these calls
         pass
-    return get_num_threads()
+    return None
+
+
+def _assigned_cpus():
+    """The CPUs Ray gave this actor or task (at least 1), else rnnfast's default."""
+    cpus = _ray_cpus()
+    return get_num_threads() if cpus is None else cpus
 
 
 #: The BLAS thread pools of this process (threadpoolctl controllers, all libraries: NumPy's
@@ -340,15 +347,12 @@ def _cap_blas(n):
     started NumPy's OpenBLAS with a thread per core by then: a NumPy product after
     rnnfast's (a model's head, post-processing in the same task) then runs on every core
     and its threads spin after it, beside the other workers. Measured on 2 cores (digits
-    model, a NumPy head after each batch): 0.7-1.6 CPU s per 100,000 rows on a second
+    model, a NumPy head after each batch): 0.8-1.6 CPU s per 100,000 rows on a second
     thread of a one-CPU task. Outside Ray (no CPUs assigned) nothing is changed."""
     global _blas_pools
     if _blas_pools is not None and _blas_pools[1] == n:
         return
-    try:
-        if not ray.is_initialized() or not ray.get_runtime_context().get_assigned_resources().get("CPU"):
-            return
-    except Exception:  # an older Ray without these calls
+    if _ray_cpus() is None:
         return
     from threadpoolctl import ThreadpoolController
 
