@@ -5,6 +5,7 @@ gave it (threads counted in the actor's process). The batch logic is also tested
 without Ray running."""
 
 import os
+import subprocess
 import sys
 
 import numpy as np
@@ -289,6 +290,58 @@ def test_tasks_submitted_two_per_cpu_run_one_per_cpu(ray_local):
     events = sorted([(t0, 1) for t0, _ in spans] + [(t1, -1) for _, t1 in spans])
     running = np.cumsum([e for _, e in events])
     assert running.max() <= 2, spans  # the CPUs of this node
+
+
+_FAULTS = """
+import resource
+import numpy as np
+from rnnfast.ray import _keep_allocations
+
+def faults():  # minor page faults of making and writing a 64 MiB array, the second time
+    for _ in range(2):
+        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        np.ones(16 << 20, np.float32)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
+
+before = faults()
+kept = _keep_allocations()
+print(before, kept, faults())
+"""
+
+
+def _allocator_task(path):
+    """In a one-CPU Ray task: whether this worker keeps its allocations after a batch, and
+    the page faults of a 64 MiB array made for the second time after it."""
+    import resource
+
+    rnnfast.ray.predict_batch({"x": np.zeros((3, 4, 8), np.float32)}, path)
+    for _ in range(2):
+        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        np.ones(16 << 20, np.float32)
+    return rnnfast.ray._allocations_kept, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_keep_allocations_reuses_pages():
+    """_keep_allocations(): a 64 MiB array made again reuses the pages of the one freed
+    before it (glibc's default maps it anew: fresh pages, faulted in and zeroed by the
+    kernel, every time). In a fresh process: it changes the whole process."""
+    out = subprocess.run([sys.executable, "-c", _FAULTS], capture_output=True, text=True, check=True)
+    before, kept, after = out.stdout.split()
+    assert kept == "True"
+    assert int(before) >= 32, out.stdout  # 64 MiB in 2 MiB pages at the least
+    assert int(after) <= 4, out.stdout
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_ray_worker_keeps_allocations(ray_local):
+    """A batch in a Ray worker sets its allocator (the worker started with glibc's
+    default); a batch outside Ray (this driver) changes nothing."""
+    path = os.path.join(DATA, "digits_lstm.pt")
+    kept, faults = ray.get(ray.remote(num_cpus=1)(_allocator_task).remote(path))
+    assert kept and faults <= 4, faults
+    rnnfast.ray.predict_batch({"x": np.zeros((3, 4, 8), np.float32)}, path)
+    assert not rnnfast.ray._allocations_kept
 
 
 # -- the batch logic, without Ray running -------------------------------------------------

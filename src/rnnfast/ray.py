@@ -167,7 +167,7 @@ class Predictor:
         """Score one batch: a dict of numpy arrays or a pandas DataFrame; returns the same
         kind with the output column(s) added."""
         pandas = not isinstance(batch, dict)
-        _cap_blas(self.num_threads)
+        _settle_worker(self.num_threads)
         if self.input_column not in batch:
             raise KeyError("no column %r in the batch (it has %s)" % (self.input_column, list(batch.keys())))
         col = batch[self.input_column]
@@ -334,13 +334,45 @@ def _assigned_cpus():
 
 
 #: The BLAS thread pools of this process (threadpoolctl controllers, all libraries: NumPy's
-#: OpenBLAS too) and the cap :func:`_cap_blas` gave them last.
+#: OpenBLAS too) and the cap :func:`_settle_worker` gave them last.
 _blas_pools = None
 
 
-def _cap_blas(n):
-    """In a Ray worker, cap every BLAS thread pool of the process at ``n`` (the CPUs Ray
-    gave the task: what Ray's per-task OMP_NUM_THREADS means); never raise one.
+#: In a Ray worker, blocks up to this size come from glibc's heap and are reused, and free
+#: memory past it at the heap's top goes back to the system (:func:`_keep_allocations`).
+KEEP_BYTES = 256 << 20
+
+_allocations_kept = False
+
+
+def _keep_allocations():
+    """Set this process's glibc allocator (``mallopt``) to keep freed blocks up to
+    ``KEEP_BYTES``: the next batch's arrays reuse their pages, where glibc's default maps
+    every block over 32 MiB anew (the kernel faults in and zeroes fresh pages for every
+    batch). For Dask, whose nanny sets the environment before a worker starts, see
+    ``rnnfast.dask.worker_config``; a Ray worker already runs. Returns whether it is set:
+    False where the C library is not glibc (nothing is changed there)."""
+    global _allocations_kept
+    if _allocations_kept:
+        return True
+    try:
+        if not os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc"):
+            return False
+        import ctypes
+
+        mallopt = ctypes.CDLL(None).mallopt
+    except (ValueError, OSError, AttributeError):  # no such confstr name, not glibc
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    _allocations_kept = bool(mallopt(M_TRIM_THRESHOLD, KEEP_BYTES) and mallopt(M_MMAP_THRESHOLD, KEEP_BYTES))
+    return _allocations_kept
+
+
+def _settle_worker(n):
+    """In a Ray worker: cap every BLAS thread pool of the process at ``n`` (the CPUs Ray
+    gave the task: what Ray's per-task OMP_NUM_THREADS means; never raise one), and set
+    glibc's allocator to keep freed blocks for the next batch (:func:`_keep_allocations`).
 
     Ray sets OMP_NUM_THREADS when it runs a task, but a worker that imported NumPy
     before its first task (a ``worker_process_setup_hook``, :func:`setup_worker`) has
@@ -348,12 +380,18 @@ def _cap_blas(n):
     rnnfast's (a model's head, post-processing in the same task) then runs on every core
     and its threads spin after it, beside the other workers. Measured on 2 cores (digits
     model, a NumPy head after each batch): 0.8-1.6 CPU s per 100,000 rows on a second
-    thread of a one-CPU task. Outside Ray (no CPUs assigned) nothing is changed."""
+    thread of a one-CPU task.
+
+    A Ray worker runs with glibc's default allocator, which maps every block over 32 MiB
+    anew: the digits LSTM's 5,000-row batch faulted in 3,900 fresh pages per batch, 5-10%
+    of its CPU time in the kernel zeroing them, beside the other workers' memory traffic
+    (bench/README.md, "session 10"). Outside Ray (no CPUs assigned) nothing is changed."""
     global _blas_pools
     if _blas_pools is not None and _blas_pools[1] == n:
         return
     if _ray_cpus() is None:
         return
+    _keep_allocations()
     from threadpoolctl import ThreadpoolController
 
     if _blas_pools is not None:
