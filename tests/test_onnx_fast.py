@@ -98,6 +98,39 @@ def test_fused_recurrent_views_match_onnxruntime_and_outputs_are_the_callers(see
     np.testing.assert_array_equal(model.predict(x.numpy()), keep)
 
 
+class States(torch.nn.Module):
+    """A batch-first recurrent layer's output sequence and final states, all model outputs."""
+
+    def __init__(self, cls):
+        super().__init__()
+        self.rnn = cls(16, 24, batch_first=True)
+
+    def forward(self, x):
+        y, s = self.rnn(x)
+        return (y,) + (tuple(s) if isinstance(s, tuple) else (s,))
+
+
+@pytest.mark.parametrize("cls", [torch.nn.GRU, torch.nn.LSTM])
+def test_a_fused_recurrent_step_gives_the_nodes_states(seed, cls):
+    """The fused step's later calls (``_Fused._states``: Y_h, and an LSTM's Y_c, as the
+    kernel gives them) give ONNX Runtime's values and the bits of the first call (the
+    view chain run, its layout not yet remembered)."""
+    torch.manual_seed(seed % 2**31)
+    x = torch.randn(3, 7, 16)
+    data = export(States(cls), x)
+    model = rnnfast.from_onnx(data)
+    feed = {"x": x.numpy()}
+    want = _ort(data, feed)
+    got = [model.run(None, feed) for _ in range(3)]
+    fused = [op for op, *_ in model._fast[0] if isinstance(op, _Fused)]
+    assert len(fused) == 1 and fused[0]._memo and fused[0]._states == len(want) - 1
+    for outs in got:
+        assert len(outs) == len(want)
+        for g, w, first in zip(outs, want, got[0]):
+            assert_close(g, w, np.float32)
+            np.testing.assert_array_equal(g, first)
+
+
 def test_fused_views_follow_the_input_shapes(seed):
     torch.manual_seed(seed % 2**31)
     net = Net(torch.nn.LSTM, True)
@@ -400,9 +433,11 @@ def test_bound_kernels_give_the_ops_own_arrays():
         (_FnOp("Transpose", "t", one, 1, {"perm": None}), [x]),
         (_FnOp("Squeeze", "s", one, 1, {"axes": [1]}), [x]),
         (_FnOp("Unsqueeze", "u", one, 1, {"axes": [0, -1]}), [x]),
+        (_FnOp("Unsqueeze", "u", one, 1, {"axes": [0, -1]}), [x[0]]),
         (_FnOp("Identity", "i", one, 1, {}), [x]),
         (_FnOp("Concat", "c", two, 1, {"axis": 2}), [x, x]),
-        (_FnOp("Concat", "c", two, 1, {"axis": -1}), [x, x]),  # (a negative axis: the kernel)
+        (_FnOp("Concat", "c", two, 1, {"axis": -1}), [x, x]),
+        (_FnOp("Concat", "c", two, 1, {"axis": -3}), [x, x]),
         (_FnOp("Concat", "c", two, 1, {"axis": 0}), [x, x.astype(np.float64)]),  # (two dtypes: the kernel)
         (_FnOp("Gather", "g", two, 1, {"axis": 0, "_name": "g"}), [x, ids]),
         (_FnOp("Gather", "g", two, 1, {"axis": 2, "_name": "g"}), [x, np.array(-1)]),
@@ -423,6 +458,8 @@ def test_bound_kernels_give_the_ops_own_arrays():
     for op, args in [
         (_FnOp("Gather", "g", two, 1, {"axis": 0, "_name": "g"}), [x, np.array([2])]),
         (_FnOp("Squeeze", "s", one, 1, {"axes": [0]}), [x]),
+        (_FnOp("Concat", "c", two, 1, {"axis": -4}), [x, x]),
+        (_FnOp("Unsqueeze", "u", one, 1, {"axes": [0, 0]}), [x]),
     ]:
         with pytest.raises(ValueError) as want:
             op.compute(args, 1)
