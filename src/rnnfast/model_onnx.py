@@ -644,7 +644,9 @@ def _product_chain(op, outs, steps, sole):
 
 
 #: :class:`_FusedAttention`'s compiled call splits the batch among the call's threads,
-#: one per this many batch entries at most: ...
+#: one per this many batch entries at most (each entry's values its own: the same bits
+#: for any split). A decoder step's attention over 20 encoder outputs of 256 at B=64
+#: took 158 us on one thread, 122 us on two (Zen 4, chrt).
 ATTEND_ENTRIES_PER_THREAD = 16
 
 
@@ -925,7 +927,7 @@ def _fast_kernel(op):
             x = args[0]
             if type(x) is np.ndarray and axis < x.ndim:
                 try:
-                    return np.take(x, args[1], axis=axis)
+                    return x.take(args[1], axis=axis)  # (np.take without its wrapper)
                 except IndexError:
                     pass
             return kernel(args, a)
