@@ -418,6 +418,38 @@ def test_fused_attention_off_its_compiled_path_runs_its_ops_one_by_one(seed):
     assert_close(got, (p / p.sum(-1, keepdims=True)) @ v, np.float32)
 
 
+@pytest.mark.parametrize("G", [2, 40])
+def test_attention_on_constant_keys_and_values_matches_onnxruntime(G):
+    """The attention block with its keys and values initializers (the plan fetches them
+    from its constants) on a batch of 2 and of 40 (split between 2 threads): ONNX
+    Runtime's values, and the bits of 1 thread on 2."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(G)
+    kt = rng.standard_normal((G, 8, 5)).astype(np.float32)
+    v = rng.standard_normal((G, 5, 3)).astype(np.float32)
+    nodes = [
+        helper.make_node("MatMul", ["q", "kt"], ["s"], name="scores"),
+        helper.make_node("Softmax", ["s"], ["p"], name="soft", axis=-1),
+        helper.make_node("MatMul", ["p", "v"], ["y"], name="mix"),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("q", TensorProto.FLOAT, [G, 1, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(kt, "kt"), numpy_helper.from_array(v, "v")],
+    )
+    data = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    model = rnnfast.from_onnx(data)
+    feed = {"q": rng.standard_normal((G, 1, 8)).astype(np.float32)}
+    got = [model.run(None, feed, num_threads=n)[0] for n in (1, 2, 1)]
+    assert any(isinstance(op, _FusedAttention) for op, *_ in model._fast[0])
+    assert_close(got[0], _ort(data, feed)[0], np.float32)
+    for again in got[1:]:
+        np.testing.assert_array_equal(again, got[0])
+
+
 def test_bound_kernels_give_the_ops_own_arrays():
     """The flat plan's short calls of the view ops, Concat and Gather (``_bind``) give
     what the op's compute gives (values, dtype, a view where it is one) and fall back to

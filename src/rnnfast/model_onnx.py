@@ -808,17 +808,22 @@ def flat_plan(program):
     plan = []
     for op, ins, outs, free in steps:
         slots = _plain_slots(op)
-        if slots is None:  # an op of its own argument order (attention, a Loop ...): its own args
+        if slots is not None:
+            call, one = _bind(op)
+        elif type(op) is _FusedAttention:  # (q, kt, v) as its args gives them, fetched directly
+            scores, _, mix = op.ops
+            v = mix.slots[1] if mix.slots[1][0] == "const" else ("key", op.n_in)
+            slots = list(scores.slots) + [v]
+            call, one = op.compute, False
+        else:  # an op of its own argument order (a Loop ...): its own args
             compute, args = op.compute, op.args
 
-            def call(xs, num_threads, compute=compute, args=args):
+            def own(xs, num_threads, compute=compute, args=args):
                 return compute(args(xs), num_threads)
 
-            idx = list(ins)
-            one = False
-        else:
+            call, idx, one = own, list(ins), False
+        if slots is not None:
             idx = [const(None) if s is None else const(s[1]) if s[0] == "const" else ins[s[1]] for s in slots]
-            call, one = _bind(op)
         one = one and len(outs) == 1
         plan.append((call, _getter(idx), outs[0] if one else tuple(outs), tuple(free), one))
     return plan, n, list(outputs), consts
