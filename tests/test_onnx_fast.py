@@ -98,6 +98,39 @@ def test_fused_recurrent_views_match_onnxruntime_and_outputs_are_the_callers(see
     np.testing.assert_array_equal(model.predict(x.numpy()), keep)
 
 
+class States(torch.nn.Module):
+    """A batch-first recurrent layer's output sequence and final states, all model outputs."""
+
+    def __init__(self, cls):
+        super().__init__()
+        self.rnn = cls(16, 24, batch_first=True)
+
+    def forward(self, x):
+        y, s = self.rnn(x)
+        return (y,) + (tuple(s) if isinstance(s, tuple) else (s,))
+
+
+@pytest.mark.parametrize("cls", [torch.nn.GRU, torch.nn.LSTM])
+def test_a_fused_recurrent_step_gives_the_nodes_states(seed, cls):
+    """The fused step's later calls (``_Fused._states``: Y_h, and an LSTM's Y_c, as the
+    kernel gives them) give ONNX Runtime's values and the bits of the first call (the
+    view chain run, its layout not yet remembered)."""
+    torch.manual_seed(seed % 2**31)
+    x = torch.randn(3, 7, 16)
+    data = export(States(cls), x)
+    model = rnnfast.from_onnx(data)
+    feed = {"x": x.numpy()}
+    want = _ort(data, feed)
+    got = [model.run(None, feed) for _ in range(3)]
+    fused = [op for op, *_ in model._fast[0] if isinstance(op, _Fused)]
+    assert len(fused) == 1 and fused[0]._memo and fused[0]._states == len(want) - 1
+    for outs in got:
+        assert len(outs) == len(want)
+        for g, w, first in zip(outs, want, got[0]):
+            assert_close(g, w, np.float32)
+            np.testing.assert_array_equal(g, first)
+
+
 def test_fused_views_follow_the_input_shapes(seed):
     torch.manual_seed(seed % 2**31)
     net = Net(torch.nn.LSTM, True)
@@ -385,6 +418,38 @@ def test_fused_attention_off_its_compiled_path_runs_its_ops_one_by_one(seed):
     assert_close(got, (p / p.sum(-1, keepdims=True)) @ v, np.float32)
 
 
+@pytest.mark.parametrize("G", [2, 40])
+def test_attention_on_constant_keys_and_values_matches_onnxruntime(G):
+    """The attention block with its keys and values initializers (the plan fetches them
+    from its constants) on a batch of 2 and of 40 (split between 2 threads): ONNX
+    Runtime's values, and the bits of 1 thread on 2."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(G)
+    kt = rng.standard_normal((G, 8, 5)).astype(np.float32)
+    v = rng.standard_normal((G, 5, 3)).astype(np.float32)
+    nodes = [
+        helper.make_node("MatMul", ["q", "kt"], ["s"], name="scores"),
+        helper.make_node("Softmax", ["s"], ["p"], name="soft", axis=-1),
+        helper.make_node("MatMul", ["p", "v"], ["y"], name="mix"),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("q", TensorProto.FLOAT, [G, 1, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(kt, "kt"), numpy_helper.from_array(v, "v")],
+    )
+    data = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    model = rnnfast.from_onnx(data)
+    feed = {"q": rng.standard_normal((G, 1, 8)).astype(np.float32)}
+    got = [model.run(None, feed, num_threads=n)[0] for n in (1, 2, 1)]
+    assert any(isinstance(op, _FusedAttention) for op, *_ in model._fast[0])
+    assert_close(got[0], _ort(data, feed)[0], np.float32)
+    for again in got[1:]:
+        np.testing.assert_array_equal(again, got[0])
+
+
 def test_bound_kernels_give_the_ops_own_arrays():
     """The flat plan's short calls of the view ops, Concat and Gather (``_bind``) give
     what the op's compute gives (values, dtype, a view where it is one) and fall back to
@@ -400,9 +465,11 @@ def test_bound_kernels_give_the_ops_own_arrays():
         (_FnOp("Transpose", "t", one, 1, {"perm": None}), [x]),
         (_FnOp("Squeeze", "s", one, 1, {"axes": [1]}), [x]),
         (_FnOp("Unsqueeze", "u", one, 1, {"axes": [0, -1]}), [x]),
+        (_FnOp("Unsqueeze", "u", one, 1, {"axes": [0, -1]}), [x[0]]),
         (_FnOp("Identity", "i", one, 1, {}), [x]),
         (_FnOp("Concat", "c", two, 1, {"axis": 2}), [x, x]),
-        (_FnOp("Concat", "c", two, 1, {"axis": -1}), [x, x]),  # (a negative axis: the kernel)
+        (_FnOp("Concat", "c", two, 1, {"axis": -1}), [x, x]),
+        (_FnOp("Concat", "c", two, 1, {"axis": -3}), [x, x]),
         (_FnOp("Concat", "c", two, 1, {"axis": 0}), [x, x.astype(np.float64)]),  # (two dtypes: the kernel)
         (_FnOp("Gather", "g", two, 1, {"axis": 0, "_name": "g"}), [x, ids]),
         (_FnOp("Gather", "g", two, 1, {"axis": 2, "_name": "g"}), [x, np.array(-1)]),
@@ -423,6 +490,8 @@ def test_bound_kernels_give_the_ops_own_arrays():
     for op, args in [
         (_FnOp("Gather", "g", two, 1, {"axis": 0, "_name": "g"}), [x, np.array([2])]),
         (_FnOp("Squeeze", "s", one, 1, {"axes": [0]}), [x]),
+        (_FnOp("Concat", "c", two, 1, {"axis": -4}), [x, x]),
+        (_FnOp("Unsqueeze", "u", one, 1, {"axes": [0, 0]}), [x]),
     ]:
         with pytest.raises(ValueError) as want:
             op.compute(args, 1)

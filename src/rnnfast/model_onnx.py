@@ -18,6 +18,7 @@ fixed) and keeps their results, so a repeated call runs only the ops on data.
 """
 
 import copy
+import operator
 import threading
 
 import numpy as np
@@ -27,6 +28,7 @@ from . import stream as _stream
 from ._progress import run_batched
 from ._special import erf, row_softmax
 from ._summary import Summarized
+from ._threads import resolve_num_threads
 from .graph import Graph
 from .layers import ACTIVATIONS, apply_activation
 from .ops import _windows, conv1d, pool1d
@@ -422,6 +424,10 @@ class _Fused:
         self.views = list(views)
         self.name = rec.name
         self._memo: dict = {}
+        # the outputs after Y where each is a state as the kernel gives it (layout 0,
+        # every state wanted): 0 (Y alone), 1 (Y, Y_h), 2 (Y, Y_h, Y_c); else None
+        n, wanted = rec.num_outputs, rec.outputs[1 : rec.num_outputs]
+        self._states = n - 1 if rec.layout == 0 and all(wanted) and n <= 1 + rec.layer.cell_spec.num_states else None
 
     def args(self, xs):
         return self.rec.args(xs)
@@ -435,10 +441,16 @@ class _Fused:
         out, bf, h_n, c_n = rec._forward(x, lens, h0, c0, bf, num_threads)
         key = (out.shape, out.strides, bf)
         shape = self._memo.get(key)
-        res = rec._outputs(out, bf, h_n, c_n, seq=shape is None)
         if shape is not None:
+            if self._states is not None:  # (the states as _outputs gives them, fewer steps)
+                y = out.reshape(shape)
+                if self._states == 1:
+                    return [y, h_n]
+                return [y, h_n, c_n] if self._states == 2 else [y]
+            res = rec._outputs(out, bf, h_n, c_n, seq=False)
             res[0] = out.reshape(shape)
             return res
+        res = rec._outputs(out, bf, h_n, c_n, seq=True)
         y = self._chain(res[0], num_threads)
         if (
             isinstance(y, np.ndarray)
@@ -631,6 +643,13 @@ def _product_chain(op, outs, steps, sole):
     return chain, _FusedProduct(op, tail, act), cur
 
 
+#: :class:`_FusedAttention`'s compiled call splits the batch among the call's threads,
+#: one per this many batch entries at most (each entry's values its own: the same bits
+#: for any split). A decoder step's attention over 20 encoder outputs of 256 at B=64
+#: took 158 us on one thread, 122 us on two (Zen 4, chrt).
+ATTEND_ENTRIES_PER_THREAD = 16
+
+
 class _FusedAttention:
     """``MatMul`` -> ``Softmax`` over the last axis -> ``MatMul`` (the second product's
     first input the softmax's, each intermediate read by the next op alone): attention,
@@ -646,6 +665,7 @@ class _FusedAttention:
         self.ops = (scores, soft, mix)
         self.n_in = n_in  # the inputs of ``scores``; then ``mix``'s second, if a key
         self.name = scores.name
+        self._teams: dict = {}  # (shapes, dtypes) -> _team's answer
 
     def args(self, xs):
         scores, _, mix = self.ops
@@ -655,12 +675,34 @@ class _FusedAttention:
 
     def compute(self, args, num_threads):
         q, kt, v = args
+        if type(q) is np.ndarray and type(kt) is np.ndarray and type(v) is np.ndarray:
+            key = (q.shape, kt.shape, v.shape, q.dtype, kt.dtype, v.dtype)
+            team = self._teams.get(key)
+            if team is None:
+                team = self._team(q, kt, v)
+                if len(self._teams) >= _FUSED_MEMO_SIZE:
+                    self._teams.clear()
+                self._teams[key] = team
+            if team:
+                G, M = q.shape[:2]
+                if q.strides[2] != q.itemsize:
+                    q = np.ascontiguousarray(q)
+                p = np.empty((G, M, kt.shape[2]), q.dtype)
+                y = np.empty((G, M, v.shape[2]), q.dtype)
+                _rowops.attend(q, kt, v, p, y, 1 if team == 1 else min(team, resolve_num_threads(num_threads)))
+                return [y]
         scores, soft, mix = self.ops
-        if (
-            type(q) is np.ndarray
-            and type(kt) is np.ndarray
-            and type(v) is np.ndarray
-            and q.ndim == kt.ndim == v.ndim == 3
+        p = scores.compute([q, kt], num_threads)[0]
+        p = soft.compute([p], num_threads)[0]
+        return mix.compute([p, v], num_threads)
+
+    def _team(self, q, kt, v):
+        """The threads ``_rowops.attend`` may split the batch among for arrays of these
+        shapes and dtypes (one per :data:`ATTEND_ENTRIES_PER_THREAD` batch entries, the
+        call's count at most), or 0 where it does not take them (the ops run one by
+        one)."""
+        ok = (
+            q.ndim == kt.ndim == v.ndim == 3
             and q.dtype in _FLOATS
             and q.dtype == kt.dtype == v.dtype
             and q.shape[0] == kt.shape[0] == v.shape[0]
@@ -669,18 +711,9 @@ class _FusedAttention:
             and kt.shape[2] == v.shape[1]
             and q.shape[2] > 0
             and kt.shape[2] > 0
-            and _axis(soft.attrs["axis"], 3) == 2
-        ):
-            G, M = q.shape[:2]
-            if q.strides[2] != q.itemsize:
-                q = np.ascontiguousarray(q)
-            p = np.empty((G, M, kt.shape[2]), q.dtype)
-            y = np.empty((G, M, v.shape[2]), q.dtype)
-            _rowops.attend(q, kt, v, p, y, 1)
-            return [y]
-        p = scores.compute([q, kt], num_threads)[0]
-        p = soft.compute([p], num_threads)[0]
-        return mix.compute([p, v], num_threads)
+            and _axis(self.ops[1].attrs["axis"], 3) == 2
+        )
+        return max(1, q.shape[0] // ATTEND_ENTRIES_PER_THREAD) if ok else 0
 
     def __repr__(self):
         return "<fused attention %r + Softmax, MatMul>" % self.name
@@ -753,11 +786,12 @@ def _attention_chain(j, op, outs, steps, sole, made, readers, unpacked_matmul):
 
 def flat_plan(program):
     """``program`` (what :func:`fuse_attention` gives) as the plan :func:`run_plan` runs:
-    ``(steps, tensor count, output indices, constants)``, each step ``(call, argument
-    indices, output indices, indices freed after it)``, ``call(args, num_threads)`` the
-    op's compute bound once (:func:`_bind`: a list of outputs, or the one output where
-    the op has one and ``call`` gives it bare), the arguments read from one list of the
-    tensors followed by the constants (an op's constant inputs, None for an absent one).
+    ``(steps, tensor count, output indices, constants)``, each step ``(call, get, outs,
+    free, one)``: ``call(args, num_threads)`` the op's compute bound once (:func:`_bind`:
+    a list of outputs, or the one output where ``one``), ``get(values)`` its arguments
+    (a tuple, :func:`_getter`) from one list of the tensors followed by the constants
+    (an op's constant inputs, None for an absent one), ``outs`` the indices of its
+    outputs (where ``one``: the index itself) and ``free`` those freed after it.
     What a step of ``program`` does, in the same kernels, without the per-op ``args``
     list, the attribute and kernel look-ups and the list of a single output: at B=1 a
     decoder step's ten ops cost 10 us of dispatch before."""
@@ -774,19 +808,36 @@ def flat_plan(program):
     plan = []
     for op, ins, outs, free in steps:
         slots = _plain_slots(op)
-        if slots is None:  # an op of its own argument order (attention, a Loop ...): its own args
+        if slots is not None:
+            call, one = _bind(op)
+        elif type(op) is _FusedAttention:  # (q, kt, v) as its args gives them, fetched directly
+            scores, _, mix = op.ops
+            v = mix.slots[1] if mix.slots[1][0] == "const" else ("key", op.n_in)
+            slots = list(scores.slots) + [v]
+            call, one = op.compute, False
+        else:  # an op of its own argument order (a Loop ...): its own args
             compute, args = op.compute, op.args
 
-            def call(xs, num_threads, compute=compute, args=args):
+            def own(xs, num_threads, compute=compute, args=args):
                 return compute(args(xs), num_threads)
 
-            idx = list(ins)
-            one = False
-        else:
+            call, idx, one = own, list(ins), False
+        if slots is not None:
             idx = [const(None) if s is None else const(s[1]) if s[0] == "const" else ins[s[1]] for s in slots]
-            call, one = _bind(op)
-        plan.append((call, tuple(idx), tuple(outs), tuple(free), one and len(outs) == 1))
+        one = one and len(outs) == 1
+        plan.append((call, _getter(idx), outs[0] if one else tuple(outs), tuple(free), one))
     return plan, n, list(outputs), consts
+
+
+def _getter(idx):
+    """``get(values)``: the tuple of ``values[i]`` for ``i`` in ``idx`` (one C call where
+    ``idx`` has two or more; a list comprehension per step cost 0.4 us more)."""
+    if len(idx) >= 2:
+        return operator.itemgetter(*idx)
+    if len(idx) == 1:
+        i = idx[0]
+        return lambda values: (values[i],)
+    return lambda values: ()
 
 
 def _plain_slots(op):
@@ -844,18 +895,28 @@ def _fast_kernel(op):
         return lambda args, num_threads: args[0]
     if k == "Transpose" and n_args == 1:
         perm = tuple(a["perm"]) if a.get("perm") else None
-        return lambda args, num_threads: np.transpose(args[0], perm)
+
+        def transpose(args, num_threads):  # (np.transpose's own call, without its wrapper)
+            x = args[0]
+            return x.transpose(perm) if type(x) is np.ndarray else np.transpose(x, perm)
+
+        return transpose
     if k in ("Squeeze", "Unsqueeze") and a.get("axes") is not None and (n_args == 1 or op.slots[1] is None):
         axes = tuple(a["axes"])
         if k == "Squeeze":
-            return lambda args, num_threads: np.squeeze(args[0], axis=axes)
-        return lambda args, num_threads: np.expand_dims(args[0], axes)
+
+            def squeeze(args, num_threads):
+                x = args[0]
+                return x.squeeze(axis=axes) if type(x) is np.ndarray else np.squeeze(x, axis=axes)
+
+            return squeeze
+        return _unsqueeze_call(axes)
     if k == "Concat" and all(s is not None for s in op.slots):
         axis = int(a["axis"])
 
         def concat(args, num_threads):
             x = args[0]
-            if type(x) is np.ndarray and 0 <= axis < x.ndim:
+            if type(x) is np.ndarray and -x.ndim <= axis < x.ndim:
                 dt = x.dtype
                 for v in args:
                     if type(v) is not np.ndarray or v.dtype != dt:
@@ -871,13 +932,33 @@ def _fast_kernel(op):
             x = args[0]
             if type(x) is np.ndarray and axis < x.ndim:
                 try:
-                    return np.take(x, args[1], axis=axis)
+                    return x.take(args[1], axis=axis)  # (np.take without its wrapper)
                 except IndexError:
                     pass
             return kernel(args, a)
 
         return gather
     return None
+
+
+def _unsqueeze_call(axes):
+    """``Unsqueeze`` of constant ``axes`` as ``call(args, num_threads)``: the reshape
+    :func:`numpy.expand_dims` makes (a view), its output shape kept per input shape."""
+    shapes: dict = {}
+
+    def unsqueeze(args, num_threads):
+        x = args[0]
+        if type(x) is np.ndarray:
+            shape = shapes.get(x.shape)
+            if shape is None:
+                shape = np.expand_dims(x, axes).shape  # (its checks and messages)
+                if len(shapes) >= _FUSED_MEMO_SIZE:
+                    shapes.clear()
+                shapes[x.shape] = shape
+            return x.reshape(shape)
+        return np.expand_dims(x, axes)
+
+    return unsqueeze
 
 
 def run_plan(plan, feeds, num_threads):
@@ -887,12 +968,12 @@ def run_plan(plan, feeds, num_threads):
     vals = list(feeds)
     vals += [None] * (n - len(vals))
     vals += consts
-    for call, idx, outs, free, one in steps:
-        res = call([vals[i] for i in idx], num_threads)
+    for call, get, outs, free, one in steps:
+        res = call(get(vals), num_threads)
         for i in free:
             vals[i] = None
         if one:
-            vals[outs[0]] = res
+            vals[outs] = res
         else:
             for i, v in zip(outs, res):
                 vals[i] = v
@@ -1635,17 +1716,29 @@ class OnnxModel(Summarized):
                 for s in self._inputs
                 if s.get("ranked", True)
             ]
+            # the shapes where every axis is fixed (one tuple to compare), else None
+            self._feed_shapes = [
+                tuple(s["shape"]) if all(isinstance(d, int) for d in s["shape"]) else None
+                for s in self._inputs
+                if s.get("ranked", True)
+            ]
         if type(input_feed) is not dict or len(input_feed) != len(checks) or len(checks) != len(self._inputs):
             return None
         feeds = []
-        for name, dt, rank, fixed in checks:
+        for (name, dt, rank, fixed), whole in zip(checks, self._feed_shapes):
             a = input_feed.get(name)
-            if type(a) is not np.ndarray or a.dtype != dt or a.ndim != rank or not a.flags.c_contiguous:
+            if type(a) is not np.ndarray or a.dtype != dt or not a.flags.c_contiguous:
                 return None
             shape = a.shape
-            for i, d in fixed:
-                if shape[i] != d:
+            if whole is not None:
+                if shape != whole:
                     return None
+            elif len(shape) != rank:
+                return None
+            else:
+                for i, d in fixed:
+                    if shape[i] != d:
+                        return None
             feeds.append(a)
         return feeds
 
@@ -1669,7 +1762,7 @@ class OnnxModel(Summarized):
 
     def _values(self, feeds, num_threads):
         """The outputs as the ops leave them (views, cached arrays)."""
-        sig = self._shape_key(feeds)
+        sig = tuple([a.shape for a in feeds])  # (_shape_key's, inline: the common call)
         cached = self._shape_cache.get(sig)
         with np.errstate(all="ignore"):
             if cached is None:
@@ -1845,6 +1938,7 @@ class OnnxModel(Summarized):
         state.pop("_fast", None)
         state.pop("_plan", None)
         state.pop("_feed_checks", None)
+        state.pop("_feed_shapes", None)
         state["_graph"] = copy.copy(self._graph)
         return state
 
@@ -2074,21 +2168,32 @@ def _callers(out, feeds):
     in this call (its base chain ends in an array that owns its data and is no input)
     shares none with inputs that own theirs: no overlap test (0.5 us an output and
     input) where every input owns its data."""
-    owners = all(f.flags.owndata for f in feeds)
+    owners = True
+    for f in feeds:
+        if not f.flags.owndata:
+            owners = False
+            break
     res = []
     for v in out:
-        if type(v) is np.ndarray:
-            if owners:
-                root = v
-                while type(root.base) is np.ndarray:
-                    root = root.base
-                shared = not (root.base is None and root.flags.owndata) or any(root is f for f in feeds)
-            else:
-                shared = True
-            if shared and any(np.may_share_memory(v, f) for f in feeds):
-                res.append(np.array(v, copy=True))
-                continue
-        res.append(_contiguous(v))
+        if type(v) is not np.ndarray:
+            res.append(_contiguous(v))
+            continue
+        shared = True
+        if owners:
+            root = v
+            while type(root.base) is np.ndarray:
+                root = root.base
+            if root.base is None and root.flags.owndata:
+                shared = False
+                for f in feeds:
+                    if root is f:
+                        shared = True
+                        break
+        if shared and any(np.may_share_memory(v, f) for f in feeds):
+            res.append(np.array(v, copy=True))
+            continue
+        flags = v.flags
+        res.append(v if flags.c_contiguous and flags.writeable else np.array(v, order="C", copy=True))
     return res
 
 
