@@ -197,7 +197,7 @@ def _count_products(monkeypatch):
 
     calls = []
     real = _products.dense
-    monkeypatch.setattr(_products, "dense", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(_products, "dense", lambda *a, **k: calls.append(a[0].shape) or real(*a, **k))
     return calls
 
 
@@ -222,7 +222,7 @@ def test_the_trial_run_gives_products_and_activations_their_shapes_only(rng, mon
     m = _fixed_graph(nodes, [("x", [4, 5, 7])], inits)
     calls = _count_products(monkeypatch)
     model = rnnfast.from_onnx(m)
-    assert calls == []  # the product's values were not computed at load
+    assert calls == [(3, 15)]  # only the Conv's window at load (1 row, its span of 3 steps), not the MatMul
     feed = {"x": rng.standard_normal((4, 5, 7)).astype(np.float32)}
     values, _ = model._graph.run([np.zeros((4, 5, 7), np.float32)], 1, keep_all=True)
     assert model._shapes == {k: v.shape for k, v in values.items() if isinstance(v, np.ndarray)}
@@ -558,3 +558,169 @@ def test_a_dry_recurrent_output_is_a_zero_view_only_where_every_reader_is_value_
     assert not any(getattr(op, "dry", False) for op in model.layers)
     feed = {"x": rng.standard_normal((T, B, I)).astype(np.float32)}
     assert_close(model.run(None, feed)[0], _ort(m, feed)[0], np.float32)
+
+
+def _zero_state_model(cell="GRU", D=1, z_batch=1, z=0.0, opset=17, batch="B", T="T", unsqueeze_attr=False, extra=None):
+    """A recurrent node whose initial_h (and an LSTM's initial_c) is computed as
+    ``torch.onnx.export`` writes a zero state: Expand(Z, Concat([D], Unsqueeze(Gather(
+    Shape(X), 1), [0]), [H])), ``Z`` (1, z_batch, H) filled with ``z``. ``extra``:
+    (nodes, outputs) added to the graph."""
+    H, I, G = 6, 4, {"GRU": 3, "LSTM": 4, "RNN": 1}[cell]
+    rng = np.random.default_rng(5)
+    inits = {
+        "W": (rng.standard_normal((D, G * H, I)) * 0.4).astype(np.float32),
+        "R": (rng.standard_normal((D, G * H, H)) * 0.4).astype(np.float32),
+        "B": (rng.standard_normal((D, 2 * G * H)) * 0.1).astype(np.float32),
+        "Z": np.full((1, z_batch, H), z, np.float32),
+        "one": np.array(1, np.int64),
+        "d": np.array([D], np.int64),
+        "h": np.array([H], np.int64),
+        "ax": np.array([0], np.int64),
+    }
+    nodes = [helper.make_node("Shape", ["x"], ["s"], name="shape"), helper.make_node("Gather", ["s", "one"], ["b"])]
+    if unsqueeze_attr:
+        nodes.append(helper.make_node("Unsqueeze", ["b"], ["b1"], axes=[0]))
+    else:
+        nodes.append(helper.make_node("Unsqueeze", ["b", "ax"], ["b1"]))
+    nodes += [
+        helper.make_node("Concat", ["d", "b1", "h"], ["shp"], axis=0),
+        helper.make_node("Expand", ["Z", "shp"], ["h0"], name="expand"),
+    ]
+    states = ["h0"]
+    if cell == "LSTM":
+        nodes.append(helper.make_node("Expand", ["Z", "shp"], ["c0"], name="expand_c"))
+        states.append("c0")
+    direction = "bidirectional" if D == 2 else "forward"
+    nodes.append(
+        helper.make_node(cell, ["x", "W", "R", "B", ""] + states, ["y", "y_h"], hidden_size=H, direction=direction)
+    )
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
+    if extra:
+        nodes += extra[0]
+        outputs += [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in extra[1]]
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [T, batch, I])],
+        outputs,
+        [numpy_helper.from_array(a, n) for n, a in inits.items()],
+    )
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def _ops(model):
+    return [op.op_type for op in model.layers]
+
+
+@pytest.mark.parametrize("cell", ["GRU", "LSTM", "RNN"])
+@pytest.mark.parametrize("D", [1, 2])
+@pytest.mark.parametrize("opset", [11, 17])
+def test_an_exported_zero_state_is_an_absent_state(rng, cell, D, opset):
+    """Z of batch 1: the state follows X's batch; the chain is neither converted nor run
+    and every batch computes what ONNX Runtime computes."""
+    m = _zero_state_model(cell, D, opset=opset, unsqueeze_attr=opset < 13)
+    model = rnnfast.from_onnx(m)
+    assert _ops(model) == [cell]
+    assert all(op.slots[2] is None and op.slots[3] is None for op in model.layers)
+    for T, B in ((5, 3), (1, 1), (7, 2)):
+        feed = {"x": rng.standard_normal((T, B, 4)).astype(np.float32)}
+        for a, b in zip(model.run(None, feed), _ort(m, feed)):
+            assert_close(a, b, np.float32)
+
+
+def test_an_exported_zero_state_of_a_traced_batch_is_a_constant(rng):
+    """Z of batch 3 (torch's trace of zeros(1, 3, H)): the model runs batches of 3 only,
+    the state becomes the constant zeros(1, 3, H) and other batches are refused as before."""
+    m = _zero_state_model("LSTM", 2, z_batch=3)
+    model = rnnfast.from_onnx(m)
+    assert _ops(model) == ["LSTM"]
+    for s in model.layers[0].slots[2:]:
+        assert s[0] == "const" and s[1].shape == (2, 3, 6) and not s[1].any()
+    feed = {"x": rng.standard_normal((5, 3, 4)).astype(np.float32)}
+    for a, b in zip(model.run(None, feed), _ort(m, feed)):
+        assert_close(a, b, np.float32)
+    with pytest.raises(ValueError, match="h0|initial_h"):
+        model.run(None, {"x": np.zeros((5, 2, 4), np.float32)})
+    m = _zero_state_model("GRU", z_batch=3, batch=2, T=5)  # a fixed batch the constant does not fit
+    with pytest.raises(rnnfast.FormatError, match="do not fit together"):
+        rnnfast.from_onnx(m)
+
+
+@pytest.mark.parametrize(
+    "what", ["nonzero", "negative zero", "read elsewhere", "an output", "layout", "other index", "other axis"]
+)
+def test_a_state_chain_that_is_not_the_zero_state_is_computed(rng, what):
+    """Anything but the exact idiom stays in the graph and computes as ONNX Runtime does."""
+    kw, extra = {}, None
+    if what == "nonzero":
+        kw["z"] = 0.5
+    elif what == "negative zero":
+        kw["z"] = -0.0
+    elif what == "read elsewhere":  # the constant state of a traced batch is read by another node too
+        kw["z_batch"] = 2
+        extra = ([helper.make_node("Relu", ["h0"], ["r"])], ["r"])
+    elif what == "an output":
+        kw["z_batch"] = 2
+        extra = ([], ["h0"])
+    m = _zero_state_model(**kw, extra=extra)
+    if what == "layout":  # batch-first: the state is (batch, D, H), not this chain's shape
+        m.graph.node[-1].attribute.append(helper.make_attribute("layout", 1))
+    elif what == "other index":
+        m.graph.initializer[4].CopyFrom(numpy_helper.from_array(np.array(0, np.int64), "one"))
+    elif what == "other axis":
+        m.graph.node[3].attribute[0].i = -1
+    B = 2 if what in ("read elsewhere", "an output") else 3
+    feed = {"x": rng.standard_normal((5, B, 4)).astype(np.float32)}
+    try:
+        want = _ort(m, feed)
+    except Exception:  # (ONNX Runtime refuses it: so does rnnfast)
+        with pytest.raises((ValueError, rnnfast.FormatError)):
+            rnnfast.from_onnx(m).run(None, feed)
+        return
+    model = rnnfast.from_onnx(m)
+    assert "Expand" in _ops(model)
+    for a, b in zip(model.run(None, feed), want):
+        assert_close(a, b, np.float32)
+
+
+@pytest.mark.parametrize(
+    "B, T, k, attrs",
+    [
+        (3, 40, 5, dict(pads=[2, 2])),
+        (1, 40, 3, dict(strides=[2], dilations=[3])),
+        (2, 33, 4, dict(auto_pad="SAME_UPPER", strides=[3])),
+        (2, 9, 4, dict(auto_pad="SAME_LOWER", strides=[2])),
+        (4, 17, 2, dict(auto_pad="VALID", strides=[2], group=2)),
+        (2, 3, 5, dict(pads=[1, 1])),  # shorter than the kernel: computed whole
+    ],
+)
+def test_the_trial_run_gives_a_conv_its_shape_from_one_window(rng, monkeypatch, B, T, k, attrs):
+    """In the trial run a Conv computes one row and one kernel span of steps; the steps
+    out (the output shape kept for the summary) are the ones ONNX Runtime gives."""
+    from rnnfast import model_onnx
+
+    C, O = 4, 6
+    w = rng.standard_normal((O, C // attrs.get("group", 1), k)).astype(np.float32)
+    m = _fixed_graph(
+        [
+            helper.make_node("Conv", ["x", "w"], ["c"], name="conv", **attrs),
+            helper.make_node("Relu", ["c"], ["out"], name="relu"),
+        ],
+        [("x", [B, C, T])],
+        {"w": w},
+    )
+    seen = []
+    real = model_onnx.KERNELS["Conv"]
+
+    def conv(args, a, n=None):
+        seen.append(args[0].shape)
+        return real(args, a, n)
+
+    monkeypatch.setitem(model_onnx.KERNELS, "Conv", conv)
+    model = rnnfast.from_onnx(m)
+    span = (k - 1) * (attrs.get("dilations") or [1])[0] + 1
+    assert seen == [(1, C, min(T, span))] if T > span else seen[0][2] == T
+    feed = {"x": rng.standard_normal((B, C, T)).astype(np.float32)}
+    want = _ort(m, feed)[0]
+    assert model.summary_rows()[0]["output_shape"] == "(%s)" % ", ".join(map(str, want.shape))
+    assert_close(model.run(None, feed)[0], want, np.float32)

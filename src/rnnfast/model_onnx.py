@@ -2012,8 +2012,10 @@ def _dry_zeros(shape, dtype):
     """A shim's output: zeros of ``shape`` as one zero seen through zero strides (writable,
     as an op's own outputs are). What reads it computes nothing from its values, and a
     fresh zero array cost its pages: ``np.zeros`` of a 64-row speech model's shims took
-    0.65 ms of its 2.8 ms load."""
-    return np.lib.stride_tricks.as_strided(np.zeros(1, dtype), shape, (0,) * len(shape))
+    0.65 ms of its 2.8 ms load. One ndarray constructor (1.5 us), not ``as_strided`` (its
+    interface dict and checks: 20 us)."""
+    shape = tuple(shape)
+    return np.ndarray(shape, dtype, np.zeros(1, dtype), 0, (0,) * len(shape))
 
 
 def _dry_broadcast(args):
@@ -2025,7 +2027,7 @@ def _dry_broadcast(args):
     if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.dtype == b.dtype and a.dtype in _FLOATS):
         return None
     try:
-        return np.broadcast_shapes(a.shape, b.shape)
+        return np.broadcast(a, b).shape  # (of the arrays themselves: 2.6 us, broadcast_shapes 5.7)
     except ValueError:
         return None
 
@@ -2077,12 +2079,21 @@ def _dry_compute(op, dry_slots):
         return layout
     if type(op) is FnOp and op.kernel == "Conv" and not op.domain:
 
-        def conv(args, num_threads):  # one row of the batch checks what all rows do
-            x = args[0]
-            if isinstance(x, np.ndarray) and x.ndim == 3 and x.shape[0] > 1:
-                y = real([x[:1]] + list(args[1:]), num_threads)[0]
-                return [_dry_zeros((x.shape[0],) + y.shape[1:], y.dtype)]
-            return real(args, num_threads)
+        def conv(args, num_threads):
+            # one row of the batch and one window of the steps (the kernel's span) check
+            # what all rows and steps do; the steps out follow the op's own padding rule
+            x, w, a = args[0], args[1], op.attrs
+            if not (isinstance(x, np.ndarray) and x.ndim == 3 and isinstance(w, np.ndarray) and w.ndim == 3):
+                return real(args, num_threads)
+            stride, dilation, T = a["strides"], a["dilations"], x.shape[2]
+            if not (type(stride) is int and type(dilation) is int and stride >= 1 and dilation >= 1):
+                return real(args, num_threads)
+            span = (w.shape[2] - 1) * dilation + 1
+            pads = _pads_1d(a, T, w.shape[2], stride, dilation)
+            if T + pads[0] + pads[1] < span or (x.shape[0] == 1 and T <= span):
+                return real(args, num_threads)
+            y = real([x[:1, :, : min(T, span)]] + list(args[1:]), num_threads)[0]
+            return [_dry_zeros((x.shape[0], y.shape[1], (T + pads[0] + pads[1] - span) // stride + 1), y.dtype)]
 
         return conv
     if isinstance(op, ProductOp) and op._packed is not None:

@@ -32,6 +32,7 @@ from ...errors import FormatError, UnsupportedLayerError
 from ...graph import Graph, Step
 from ...model_onnx import ONNX_DTYPES, FnOp, OnnxModel, ProductOp, make_graphs
 from .proto import MAX_FILE_BYTES, TensorReader, _Unreadable, attribute_value, onnx_module, parse_model, text
+from .recurrent import RECURRENT_ATTRS, drop_zero_states
 from .registry import DEFAULT_DOMAINS, REQUIRED, lookup, make_op
 
 __all__ = ["load_onnx_file", "from_onnx", "build_model", "MAX_NODES", "MAX_DEPTH", "FOLD_BUDGET_MIN", "FOLD_WORK_MIN"]
@@ -149,13 +150,13 @@ class _Node:
         self.op_type = text(proto.op_type)
         self.domain = text(proto.domain)
         self.name = text(proto.name) or "%s_%d" % (self.op_type, index)
-        self.inputs = [text(v) for v in proto.input]
-        self.outputs = [text(v) for v in proto.output]
+        self.inputs = list(map(text, proto.input))
+        self.outputs = list(map(text, proto.output))
         self.attrs = {}
         # the outer tensors a Loop / Scan body reads (ONNX Runtime's "implicit inputs"):
         # after the node's own inputs, so that the graph keeps and orders their producers
         self.num_explicit = len(self.inputs)
-        if any(int(a.type) == _GRAPH_ATTR for a in proto.attribute):
+        if proto.attribute and any(a.type == _GRAPH_ATTR for a in proto.attribute):
             self.inputs += [v for v in _free_names(proto, depth) if v not in self.inputs]
 
 
@@ -289,6 +290,8 @@ def build_model(m, *, base_dir, size, what, raws=None):
     nodes = [_Node(p, i) for i, p in enumerate(g.node)]
     # every op must be one rnnfast runs (also in branches the outputs do not need)
     specs = [_lookup(node, functions) for node in nodes]
+    if any(node.op_type in RECURRENT_ATTRS for node in nodes):
+        consts.update(_zero_states(nodes, specs, g.node, consts, set(names) | set(consts), outputs, read))
     needed = _needed(nodes, outputs)
     budget = _Budget(size, what, len(nodes))
     ctx = _Context(opset, consts, needed, read, budget)
@@ -297,18 +300,19 @@ def build_model(m, *, base_dir, size, what, raws=None):
     static = {s["name"]: s["shape"] for s in inputs if s["ranked"] and all(isinstance(d, int) for d in s["shape"])}
     known = set(names)
     data = set(names)  # tensors computed from data values
-    unstable = set()  # tensors whose shape may depend on data values
+    unstable: set = set()  # tensors whose shape may depend on data values
     steps, shape_steps = [], []
     for node, spec, proto in zip(nodes, specs, g.node):
-        if not any(o in needed for o in node.outputs if o):
+        if needed.isdisjoint(filter(None, node.outputs)):
             continue
         _read_attrs(node, spec, proto, read)
         _check_node(node, spec, known, consts)
         n_in = node.num_explicit
-        if node.op_type == "Constant":
+        op_type = node.op_type
+        if op_type == "Constant":
             consts[node.outputs[0]] = _constant_value(node)
             continue
-        if node.op_type == "Shape" and node.inputs[0] in static:
+        if op_type == "Shape" and node.inputs[0] in static:
             # the shape of an input whose dimensions are all fixed: a constant
             consts[node.outputs[0]] = _ro(
                 np.asarray(static[node.inputs[0]], np.int64)[node.attrs["start"] : node.attrs["end"]]
@@ -323,23 +327,18 @@ def build_model(m, *, base_dir, size, what, raws=None):
         while len(out_keys) < op.num_outputs:
             out_keys.append((node.name, "absent", len(out_keys)))
         steps.append(Step(op, keys, out_keys))
-        # what each output depends on
-        ins = [i for i in node.inputs if i and i not in consts]
-        if node.op_type in ("Shape", "Size"):
-            tainted = any(i in unstable for i in ins)
+        # what each output depends on: keys holds the node's inputs that are not constants
+        shaky = not unstable.isdisjoint(keys)
+        tainted = shaky if op_type in ("Shape", "Size") else not data.isdisjoint(keys)
+        if not shaky and spec.shape_args:
+            shaky = any(node.inputs[j] in data for j in spec.shape_args if j < n_in and node.inputs[j])
+        known.update(out_keys)
+        if tainted:
+            data.update(out_keys)
         else:
-            tainted = any(i in data for i in ins)
-        shaky = any(i in unstable for i in ins) or any(
-            node.inputs[j] in data for j in spec.shape_args if j < n_in and node.inputs[j]
-        )
-        for o in out_keys:
-            known.add(o)
-            if tainted:
-                data.add(o)
-            if shaky:
-                unstable.add(o)
-        if not tainted:
             shape_steps.append(len(steps) - 1)
+        if shaky:
+            unstable.update(out_keys)
 
     out_specs = []
     if len(set(outputs)) != len(outputs):
@@ -384,6 +383,27 @@ def build_model(m, *, base_dir, size, what, raws=None):
         raise FormatError(
             "%s: the ops do not fit together on zeros of the declared input shapes: %s" % (what, e)
         ) from None
+
+
+def _zero_states(nodes, specs, protos, consts, taken, outputs, read):
+    """:func:`.recurrent.drop_zero_states` on the graph's nodes, the constants read as
+    they are needed (a ``Constant`` node's value read here is read again, as it is, by
+    the node's own turn if the graph still needs it)."""
+    made = {n.outputs[0]: k for k, n in enumerate(nodes) if n.op_type == "Constant" and len(n.outputs) == 1}
+
+    def const(name):
+        if name in consts:
+            return consts[name]
+        k = made.get(name)
+        if k is None or not name:
+            return None
+        try:
+            _read_attrs(nodes[k], specs[k], protos[k], read)
+            return _constant_value(nodes[k])
+        except (FormatError, UnsupportedLayerError):
+            return None
+
+    return drop_zero_states(nodes, protos, const, taken, set(outputs))
 
 
 def _lookup(node, functions):

@@ -184,6 +184,18 @@ def _split(b, budget):
     return out, raws
 
 
+#: The little-endian form of each dtype ONNX stores (raw data is little-endian).
+_LITTLE = {dt: dt.newbyteorder("<") for dt, _ in ONNX_DTYPES.values()}
+
+
+def _from_le(raw, dt):
+    """The little-endian bytes ``raw`` as a flat array of ``dt`` (a view where ``dt`` is
+    the machine's byte order)."""
+    le = _LITTLE[dt]
+    a = np.frombuffer(raw, dtype=le)
+    return a if le == dt else a.astype(dt)
+
+
 class TensorReader:
     """Turns TensorProtos into read-only numpy arrays.
 
@@ -230,7 +242,7 @@ class TensorReader:
         nbytes = n * dt.itemsize
         if t.HasField("data_location") and t.data_location == _EXTERNAL:
             raw = self._external(t, name, nbytes)
-            a = np.frombuffer(raw, dtype=dt.newbyteorder("<")).astype(dt, copy=False)
+            a = _from_le(raw, dt)
         elif raw is not None or t.HasField("raw_data"):
             if raw is None:
                 raw = t.raw_data  # (a copy each time protobuf hands it over: once)
@@ -239,7 +251,7 @@ class TensorReader:
                     "%s: tensor %r of shape %s needs %d bytes, its raw_data has %d"
                     % (self.what, name, dims, nbytes, len(raw))
                 )
-            a = np.frombuffer(raw, dtype=dt.newbyteorder("<")).astype(dt, copy=False)
+            a = _from_le(raw, dt)
         else:
             a = self._typed(t, name, dt, n)
         a = a.reshape(dims)

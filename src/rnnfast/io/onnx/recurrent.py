@@ -28,7 +28,7 @@ from ...errors import FormatError, UnsupportedLayerError
 from ...layers import CellWeights, RNNLayer
 from ...model_onnx import RecurrentOp
 
-__all__ = ["convert_recurrent", "RECURRENT_ATTRS"]
+__all__ = ["convert_recurrent", "RECURRENT_ATTRS", "drop_zero_states"]
 
 _CELLS = {"LSTM": ("lstm", 4), "GRU": ("gru", 3), "RNN": ("simple", 1)}
 _DEFAULT_ACTS = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Tanh"], "RNN": ["Tanh"]}
@@ -242,3 +242,142 @@ def convert_recurrent(node, slots, ctx):
         outs.append(False)
     in_slots = [s[0], s[4], s[5], s[6] if op_type == "LSTM" else None]
     return RecurrentOp(op_type, name, in_slots, layer, layout=layout, outputs=outs)
+
+
+# -- the exporters' zero initial state ----------------------------------------------------
+
+_INT, _INTS = 2, 7  # AttributeProto.INT, INTS
+
+
+def drop_zero_states(nodes, protos, const, taken, outputs):
+    """The zero initial states of the recurrent nodes, known at load: where a node's
+    ``initial_h`` / ``initial_c`` is computed the way ``torch.onnx.export`` writes a zero
+    state::
+
+        Expand(Z, Concat([D], Unsqueeze(Gather(Shape(X), 1), [0]), [H]))
+
+    (``X`` the node's own input, ``D`` its directions, ``H`` its units, layout 0: the state
+    (D, batch, H); ``Z`` a constant of +0.0 that broadcasts to it), the state is marked
+    absent (``Z`` of batch 1: zeros of X's batch, as ONNX takes an absent state) or, where
+    ``Z`` holds a batch of ``b`` > 1 (torch's trace of ``zeros(D, b, H)``: the model then
+    runs batches of ``b`` only), given as the constant ``zeros(D, b, H)`` (named after the
+    chain's tensor). The node computes the same; the chain's nodes are then needed by
+    nothing else and are neither converted nor run at load: about 9 nodes per
+    recurrent node, a fifth of a small model's load. Anything else -- another dtype, a
+    value not exactly +0.0, other axes or attributes, a tensor of the chain computed
+    twice, after the node, or named as a graph input or initializer (``taken``), a
+    constant state another node or the graph's ``outputs`` read -- is left as it is.
+
+    ``nodes``: the graph's ``_Node`` s (their ``inputs`` are changed), ``protos`` their
+    NodeProtos; ``const(name)``: the value of an initializer or of a ``Constant`` node's
+    output, or None. Returns ``{name: zeros}``: the constant states."""
+    producer: dict = {}
+    readers: dict = {}
+    count = 0
+    for k, node in enumerate(nodes):
+        for o in node.outputs:
+            if o:
+                producer[o] = k
+                count += 1
+        for i in node.inputs:
+            readers[i] = readers.get(i, 0) + 1
+    made: dict = {}
+    if len(producer) != count:
+        return made  # a tensor computed twice: refused later, as it is
+    for k, node in enumerate(nodes):
+        if node.op_type not in _CELLS or node.domain not in ("", "ai.onnx") or len(node.inputs) < 6:
+            continue
+        attrs = {a.name: a for a in protos[k].attribute}
+        if "layout" in attrs and (attrs["layout"].type != _INT or attrs["layout"].i != 0):
+            continue
+        w = const(node.inputs[1])
+        if w is None or w.ndim != 3 or w.dtype not in (np.float32, np.float64):
+            continue
+        D, H = w.shape[0], w.shape[1] // _CELLS[node.op_type][1]
+        for j in (5, 6) if node.op_type == "LSTM" else (5,):
+            name = node.inputs[j] if j < node.num_explicit else ""
+            if not name:
+                continue
+            match = _ZeroState(nodes, protos, producer, const)
+            shape = match.state_shape(name, node.inputs[0], D, H, w.dtype)
+            if shape is None or max(match.used) >= k or any(o in taken for i in match.used for o in nodes[i].outputs):
+                continue
+            if shape[1] == 1:
+                node.inputs[j] = ""
+            elif readers[name] == 1 and name not in outputs:
+                fresh = name + " (zeros)"
+                while fresh in producer or fresh in readers or fresh in taken or fresh in made:
+                    fresh += "'"
+                z = np.zeros(shape, w.dtype)
+                z.flags.writeable = False
+                made[fresh] = z
+                node.inputs[j] = fresh
+    return made
+
+
+class _ZeroState:
+    """One chain of :func:`drop_zero_states`: :meth:`state_shape`, and in ``used`` the nodes it
+    read (the chain's ops and the ``Constant`` nodes of its constants)."""
+
+    def __init__(self, nodes, protos, producer, const):
+        self.nodes, self.protos, self.producer, self.const = nodes, protos, producer, const
+        self.used: list = []
+
+    def node(self, name, op_type, n_in, allowed=()):
+        """The node computing ``name`` if it is ``op_type`` with ``n_in`` inputs and
+        attributes among ``allowed``, and its attributes: ``(node, attrs)`` or ``(None, None)``."""
+        k = self.producer.get(name)
+        if k is None:
+            return None, None
+        n = self.nodes[k]
+        if n.op_type != op_type or n.domain not in ("", "ai.onnx") or n.num_explicit != n_in or len(n.outputs) != 1:
+            return None, None
+        attrs = {a.name: a for a in self.protos[k].attribute}
+        if any(a not in allowed for a in attrs):
+            return None, None
+        self.used.append(k)
+        return n, attrs
+
+    def value(self, name):
+        if name in self.producer:
+            self.used.append(self.producer[name])
+        return self.const(name)
+
+    def ints(self, name, ndim, want):
+        v = self.value(name)
+        return isinstance(v, np.ndarray) and v.dtype.kind == "i" and v.ndim == ndim and v.reshape(-1).tolist() == want
+
+    def state_shape(self, name, x, D, H, dtype):
+        """The state's shape, ``(D, b, H)`` (``b`` = 1 where ``Z`` holds no batch), if
+        ``name`` is computed as :func:`drop_zero_states` describes, else None."""
+        e, _ = self.node(name, "Expand", 2)
+        if e is None:
+            return None
+        z = self.value(e.inputs[0])
+        if not (isinstance(z, np.ndarray) and z.dtype == dtype and z.ndim <= 3):
+            return None
+        zs = (1,) * (3 - z.ndim) + z.shape
+        if zs[0] not in (1, D) or zs[2] not in (1, H) or z.tobytes() != bytes(z.nbytes):
+            return None  # (not exactly +0.0 everywhere: every bit zero)
+        c, attrs = self.node(e.inputs[1], "Concat", 3, ("axis",))
+        if c is None or "axis" not in attrs or attrs["axis"].type != _INT or attrs["axis"].i != 0:
+            return None
+        if not (self.ints(c.inputs[0], 1, [D]) and self.ints(c.inputs[2], 1, [H])):
+            return None
+        u, attrs = self.node(c.inputs[1], "Unsqueeze", 2)
+        if u is not None:
+            if not self.ints(u.inputs[1], 1, [0]):
+                return None
+        else:  # (opset 11: the axes an attribute)
+            u, attrs = self.node(c.inputs[1], "Unsqueeze", 1, ("axes",))
+            if u is None or "axes" not in attrs or attrs["axes"].type != _INTS or list(attrs["axes"].ints) != [0]:
+                return None
+        g, attrs = self.node(u.inputs[0], "Gather", 2, ("axis",))
+        if g is None or ("axis" in attrs and (attrs["axis"].type != _INT or attrs["axis"].i != 0)):
+            return None
+        if not self.ints(g.inputs[1], 0, [1]):
+            return None
+        s, _ = self.node(g.inputs[0], "Shape", 1)
+        if s is None or s.inputs[0] != x:
+            return None
+        return (D, zs[1], H)

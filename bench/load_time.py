@@ -1,0 +1,126 @@
+"""ONNX load time per row of ``compare.py``'s ONNX columns: rnnfast builds against ONNX Runtime.
+
+The files are the ones ``compare.py --quick`` exports (its grid and its three whole models,
+torch, opset 17), exported once into ``--dir``. Each run starts one worker process per
+engine, which loads the files in ``compare.py``'s order with its own ``timed_load`` (the
+median of ``LOAD_REPEATS`` loads of a file, the first included, as the ONNX columns report
+it), after importing what compare.py's workers import (torch, the engine, onnx). The
+engines' workers are interleaved run by run (their order rotating), so that load from other
+work falls on all alike; the table shows each engine's median over the runs and ORT's
+session creation / rnnfast's load (above 1: rnnfast loads faster), with geometric means.
+
+    python bench/load_time.py [--runs 10] [--threads 1] [--engines src,ort] [--cases GRU] [--json out.json]
+
+An engine is ``ort`` (ONNX Runtime's ``InferenceSession``) or a folder holding a built
+``rnnfast`` package (a worktree's ``src``), named ``NAME=FOLDER`` or by the folder. Run
+each worker at real-time priority on a shared machine: ``--prefix "chrt -f 20"``.
+"""
+
+import argparse
+import json
+import math
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+WORKER = r"""
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import compare
+import torch
+
+engine, threads, index = sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4])
+torch.set_num_threads(threads)
+if engine == "ort":
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+    load = lambda path: ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+else:
+    import onnx
+    import rnnfast
+    import rnnfast.io.onnx
+
+    rnnfast.set_num_threads(threads)
+    load = rnnfast.load
+out = {}
+for name, path in index:
+    model, out[name] = compare.timed_load(lambda: load(path))
+    model = None
+print(json.dumps(out))
+"""
+
+
+def export(folder, only):
+    """``[(case name, .onnx path)]`` of compare.py --quick's ONNX rows (exported once)."""
+    sys.path.insert(0, HERE)
+    import compare
+    import torch
+
+    out = []
+    for case in compare.grid_cases(True) + compare.whole_cases():
+        if only and only not in case["name"]:
+            continue
+        path = os.path.join(folder, "%s.onnx" % compare.case_key(case))
+        out.append((case["name"], compare.onnx_file(compare.torch_model(case, torch), case, torch, path)))
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--engines", default="src,ort", help="comma-separated: ort, FOLDER or NAME=FOLDER")
+    ap.add_argument("--cases", help="only the cases whose name contains this")
+    ap.add_argument("--dir", help="where the .onnx files are exported (default: a temporary folder)")
+    ap.add_argument("--prefix", default="", help='a command each worker runs under, e.g. "chrt -f 20"')
+    ap.add_argument("--json", help="write every run's times here")
+    args = ap.parse_args(argv)
+    engines = {}
+    for e in args.engines.split(","):
+        name, _, folder = e.rpartition("=") if "=" in e else (e, "", e)
+        engines[name] = None if folder == "ort" else os.path.abspath(folder)
+    with tempfile.TemporaryDirectory() as tmp:
+        index = export(args.dir or tmp, args.cases)
+        times: dict = {e: [] for e in engines}
+        names = list(engines)
+        for r in range(args.runs):
+            for e in names[r % len(names) :] + names[: r % len(names)]:
+                env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+                if engines[e] is not None:
+                    env["PYTHONPATH"] = engines[e]
+                cmd = shlex.split(args.prefix) + [sys.executable, "-c", WORKER, HERE, e if e == "ort" else "rnnfast"]
+                out = subprocess.run(
+                    cmd + [str(args.threads), json.dumps(index)], capture_output=True, text=True, env=env, check=True
+                )
+                times[e].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(threads=args.threads, index=index, times=times), f, indent=1)
+    ms = {e: {n: 1e3 * statistics.median(t[n] for t in times[e]) for n, _ in index} for e in engines}
+    mine = [e for e in engines if e != "ort"]
+    print("load ms, median of %d runs (each: compare.py's timed_load), %d thread(s)" % (args.runs, args.threads))
+    print("%-34s" % "case" + "".join("%10s" % e for e in engines) + "".join("%12s" % ("ort/" + e) for e in mine))
+    for n, _ in index:
+        line = "%-34s" % n + "".join("%10.2f" % ms[e][n] for e in engines)
+        if "ort" in engines:
+            line += "".join("%12.2f" % (ms["ort"][n] / ms[e][n]) for e in mine)
+        print(line)
+    if "ort" in engines:
+        for e in mine:
+            r = [ms["ort"][n] / ms[e][n] for n, _ in index]
+            print(
+                "%s: %.2fx ORT's session creation (geometric mean), %d of %d rows slower"
+                % (e, math.exp(sum(map(math.log, r)) / len(r)), sum(x < 1 for x in r), len(r))
+            )
+    print("load average %.2f %.2f %.2f" % os.getloadavg())
+
+
+if __name__ == "__main__":
+    main()
