@@ -38,40 +38,22 @@ typedef RNN_ROWS_INDEX RNN_INAME(mask) __attribute__((vector_size(RNN_ROW_LANES 
 /* Blocks of a row whose (m_b, s_b) softmax_row keeps on its stack (longer rows: malloc). */
 #define RNN_SOFTMAX_STACK 64
 
-/* exp(d) for d <= 0 (NaN passes), 0 below exp's range (d < low). float: mathfun.h's
- * Cephes polynomial (a few ulp) on d clamped at -87, the range reduction rounding by
- * the addition of 1.5 * 2^23 (no floor: SSE2 vectorizes it too, and AVX-512 runs 25%
- * fewer instructions than with floorf, the clamp at 88 and the conversion); double:
- * mathfun.h's exp. */
+/* exp(d) for d <= 0 (NaN passes), 0 below exp's range (d < low): mathfun.h's. */
 RNN_INLINE TYPE RNN_INAME(exp_neg)(TYPE d)
 {
     TYPE low = sizeof(TYPE) == 4 ? (TYPE)-87 : (TYPE)-708;
-    if (sizeof(TYPE) == 4) {
-        float v = d < (TYPE)-87 ? -87.0f : (float)d, t, fx, z, y, p2;
-        uint32_t bits;
-        t = v * 1.44269504088896341f + 12582912.0f;     /* t's last bits: round(v log2(e)) */
-        fx = t - 12582912.0f;
-        v = v - fx * 0.693359375f;
-        v = v - fx * -2.12194440e-4f;
-        z = v * v;
-        y = ((((1.9875691500E-4f * v + 1.3981999507E-3f) * v + 8.3334519073E-3f) * v + 4.1665795894E-2f) * v
-             + 1.6666665459E-1f) * v + 5.0000001201E-1f;
-        y = y * z + v + 1.0f;
-        memcpy(&bits, &t, sizeof bits);
-        bits = (bits - 0x4B400000u + 127u) << 23;       /* 2^fx, fx in -126..0 */
-        memcpy(&p2, &bits, sizeof p2);
-        return d < low ? (TYPE)0 : (TYPE)(y * p2);
-    }
     return d < low ? (TYPE)0 : RNN_TNAME(exp)(d);
 }
 
 #undef RNN_ROWS_VEXP /* (this template is included once per instruction set) */
 #if RNN_ROWS_VECTOR && defined(RNN_ROWS_SHUFFLE)
 #define RNN_ROWS_VEXP 1
-/* exp_neg of RNN_ROW_LANES floats at once, on AVX-512 (one register; the same
- * operations written on GCC's vectors: the loop over an array of lanes went through
- * memory at every element, 4.9 us against 3.2 for the block phase of 8000 columns).
- * Narrower sets split the vector and run the array loop faster. */
+/* exp_neg of RNN_ROW_LANES floats at once, on AVX-512 (one register), on GCC's vectors
+ * (the loop over an array of lanes went through memory at every element: 4.9 us against
+ * 3.2 for the block phase of 8000 columns): mathfun.h's Cephes polynomial (a few ulp)
+ * on d clamped at -87, its range reduction rounding by the addition of 1.5 * 2^23 (no
+ * floor, no clamp at 88: d <= 0). Narrower sets split the vector: they run the array
+ * loop, faster there. */
 RNN_INLINE RNN_INAME(lanes) RNN_INAME(vexp_neg)(RNN_INAME(lanes) d)
 {
     typedef RNN_INAME(lanes) V;
