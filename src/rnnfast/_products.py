@@ -47,9 +47,10 @@ def _team(num_threads, M, N, K, G=1):
 SOFTMAX = int(_kernels.RNN_ROW_SOFTMAX)
 #: ``act`` of :func:`dense`: the softmax (log-softmax) over the last axis of ONNX's
 #: ``Softmax`` (``LogSoftmax``), the row kernel's (:func:`rnnfast._special.row_softmax`)
-#: bits: after the product, or where the partner thread splits a few rows' product
-#: (:data:`PARTNER_MACS`), in its column tasks (a decoder's vocabulary head: each
-#: thread's columns' blocks as it writes them, 8 us on the caller alone before).
+#: bits: after the product, or for a few rows on many weights (:data:`PARTNER_MACS`: a
+#: decoder's vocabulary head) in ``_rowops.packed_rows``' column tasks, each block of
+#: columns as it is written, on one thread too (no second pass over the row: (1, 256) @
+#: (256, 8000) and its softmax 5% faster there; on two, the partner runs half the blocks).
 ROW_SOFTMAX = SOFTMAX + 1
 ROW_LOG_SOFTMAX = SOFTMAX + 2
 _ROW_SOFTMAXES = (ROW_SOFTMAX, ROW_LOG_SOFTMAX)
@@ -76,9 +77,9 @@ def dense(x, packed, N, bias=None, act=-1, num_threads=None):
         return y
     x2 = (x if x.flags.c_contiguous else np.ascontiguousarray(x)).reshape(-1, K)
     M = x2.shape[0]
-    if M <= FEW_ROWS and act != SOFTMAX and M * N * K >= PARTNER_MACS and _rowops.PARTNER:
+    if M <= FEW_ROWS and act != SOFTMAX and M * N * K >= PARTNER_MACS:
         nth = resolve_num_threads(num_threads)
-        if nth > 1:  # a few rows on many weights (a decoder's vocabulary head at B=1)
+        if row_sm or (nth > 1 and _rowops.PARTNER):  # a few rows on many weights (a decoder's head at B=1)
             y2 = y.reshape(M, N)
             b = _NO_BIAS[x.dtype] if bias is None else bias
             _rowops.packed_rows(x2, packed, b, y2, nth, act - SOFTMAX if row_sm else 0)
