@@ -81,6 +81,16 @@ typedef struct {
     void (*packed_few_d)(rnn_packed_args *pa, int nth);
 } rnn_rowops_table;
 
+/* A function compiled once, never inlined (rowops.template.h's softmax_block: the same
+ * bits wherever it is called from). */
+#if defined(__GNUC__)
+#define RNN_ROWS_NOINLINE __attribute__((noinline))
+#elif defined(_MSC_VER)
+#define RNN_ROWS_NOINLINE __declspec(noinline)
+#else
+#define RNN_ROWS_NOINLINE
+#endif
+
 #define RNN_ROWS_FMA 0
 #define ISA_SUFFIX baseline
 #include "rowops.types.h"

@@ -134,8 +134,8 @@ static void RNN_INAME(vsoftmax_block)(const TYPE *x, TYPE *y, long n, int take_l
  * Sums in RNN_ROW_LANES lanes (element j to lane j % lanes), folded in halves. exp is
  * mathfun.h's (a few ulp, vectorised; an argument below its range gives 0). Not
  * inlined: one body, the same bits wherever it is called from. */
-__attribute__((noinline)) static void RNN_INAME(softmax_block)(const TYPE *x, TYPE *y, long n, int take_log,
-                                                               TYPE *mb, TYPE *sb)
+RNN_ROWS_NOINLINE static void RNN_INAME(softmax_block)(const TYPE *x, TYPE *y, long n, int take_log, TYPE *mb,
+                                                       TYPE *sb)
 {
     TYPE lane[RNN_ROW_LANES], m, s;
     long j, l, w, nb = n / RNN_ROW_LANES * RNN_ROW_LANES;
