@@ -221,10 +221,11 @@ def _softmax64(x, log=False):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("log", [False, True])
-@pytest.mark.parametrize("n", [1, 5, 16, 37, 8000])
+@pytest.mark.parametrize("n", [1, 5, 16, 37, 512, 513, 1100, 8000, 40000])
 def test_row_softmax_against_float64_and_the_same_bits_per_row(rng, dtype, log, n):
     """The compiled row (log-)softmax: against float64, a row's bits the same alone, in
-    any batch and on any thread count."""
+    any batch and on any thread count. Rows of one block of columns and of many (the
+    sum's fixed partition, c/rowops.template.h), past the blocks kept on the stack."""
     x = (3 * rng.standard_normal((70, n))).astype(dtype)
     x[3, : max(1, n // 2)] = -200  # exps under the range: 0
     got = [_special.row_softmax(x, log, num_threads=t) for t in (1, 2)]
@@ -245,6 +246,33 @@ def test_row_softmax_splits_among_threads_with_the_same_bits(rng, monkeypatch):
     got = [_special.row_softmax(x, num_threads=t) for t in (1, 2, 3)]
     for g in got[1:]:
         np.testing.assert_array_equal(g, got[0])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("log", [False, True])
+def test_row_softmax_blocks_far_apart_of_minus_inf_and_nan(dtype, log):
+    """The blocks' sums combined at the row's max: blocks whose maxima lie far below the
+    row's (their exps under the range, or all -inf: 0) against float64; a NaN in one
+    block makes the whole row NaN."""
+    n = 2000  # four blocks of 512 columns, the last shorter
+    x = np.linspace(-3, 3, n).astype(dtype)[None].repeat(4, 0)
+    x[0, :512] -= 120  # block 0 far below the others
+    x[1, 512:1024] = -np.inf  # a block of -inf
+    x[2, :1536] = -np.inf  # all but the last block
+    x[3, 1700] = np.nan
+    got = _special.row_softmax(x, log)
+    with np.errstate(all="ignore"):
+        want = _softmax64(x, log)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    assert np.isnan(got[3]).all()
+    ok = np.isfinite(want[:3])
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(got[:3][ok], want[:3][ok], **tol)
+    if not log:
+        assert (got[1, 512:1024] == 0).all() and (got[2, :1536] == 0).all()
+        np.testing.assert_allclose(got[:3].astype(np.float64).sum(-1), 1, rtol=1e-5)
+    else:
+        assert (got[1, 512:1024] == -np.inf).all()
 
 
 def test_row_softmax_of_nan_and_inf_rows_as_numpy():
@@ -314,6 +342,104 @@ def test_partner_packed_rows_give_the_packed_products_bits(rng, partner_awake, d
     rows = np.empty((len(big), N), dtype)
     _kernels.packed_rows(big, P, b, rows, -1, 1)
     assert np.array_equal(rows[5:].view(np.uint8), want.view(np.uint8))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("M,K,N", [(1, 256, 8000), (3, 37, 1100), (4, 5, 64), (2, 64, 1), (1, 30, 40000)])
+@pytest.mark.parametrize("log", [False, True])
+def test_partner_packed_rows_softmax_gives_the_product_then_the_row_kernel(rng, partner_awake, dtype, M, K, N, log):
+    """The few-row product with its rows' (log-)softmax in its column tasks (a decoder's
+    vocabulary head): the bits of the packed product followed by the row kernel, on 1 to
+    3 threads, the partner polling and asleep; against float64. A bias of -inf over a
+    block of columns (their exps 0) and rows past the blocks kept on the stack."""
+    W = (rng.standard_normal((K, N)) / np.sqrt(K)).astype(dtype)
+    b = rng.standard_normal(N).astype(dtype)
+    b[512:1024] = -np.inf
+    x = rng.standard_normal((M, K)).astype(dtype)
+    P = _products.pack(W)
+    want = np.empty((M, N), dtype)
+    _kernels.packed_rows(x, P, b, want, -1, 1)
+    with np.errstate(all="ignore"):
+        ref = _softmax64(x.astype(np.float64) @ W.astype(np.float64) + b, log)
+    _rowops.softmax_rows(want, want, log, 1)
+    ok = np.isfinite(ref)
+    np.testing.assert_allclose(want[ok], ref[ok], rtol=1e-4 if dtype == np.float32 else 1e-11, atol=1e-6)
+    np.testing.assert_array_equal(want[~ok], ref[~ok])
+    for spin in (500, 0):
+        _rowops.partner_spin_us(spin)
+        for n in (1, 2, 3, 2):
+            got = np.full((M, N), np.nan, dtype)
+            _rowops.packed_rows(x, P, b, got, n, 2 if log else 1)
+            assert np.array_equal(got.view(np.uint8), want.view(np.uint8)), (spin, n)
+    with pytest.raises(ValueError, match="softmax"):
+        _rowops.packed_rows(x, P, b, np.empty((M, N), dtype), 1, 3)
+
+
+@pytest.mark.parametrize("act", [_products.ROW_SOFTMAX, _products.ROW_LOG_SOFTMAX])
+@pytest.mark.parametrize("K", [70, 0])
+def test_dense_row_softmax_is_the_product_then_the_row_kernel(rng, partner_awake, act, K, monkeypatch):
+    """dense's ROW_SOFTMAX / ROW_LOG_SOFTMAX: the product, then _special.row_softmax over
+    the last axis, on any thread count and batch (the partner's fused tasks at a few
+    rows)."""
+    monkeypatch.setattr(_products, "PARTNER_MACS", 1)
+    W = rng.standard_normal((K, 1100)).astype(np.float32)
+    b = rng.standard_normal(1100).astype(np.float32)
+    P = _products.pack(W) if K else np.zeros(0, np.float32)
+    x = rng.standard_normal((9, 2, K)).astype(np.float32)
+    full = _products.dense(x, P, 1100, b, -1, num_threads=1)
+    want = _special.row_softmax(full, act == _products.ROW_LOG_SOFTMAX)
+    for n in (1, 2, 3):
+        got = _products.dense(x, P, 1100, b, act, num_threads=n)
+        assert got.shape == (9, 2, 1100) and np.array_equal(got, want), n
+        for r in (0, 4, 8):  # a few rows: the partner's tasks at 2 threads or more
+            assert np.array_equal(_products.dense(x[r], P, 1100, b, act, num_threads=n), want[r]), (r, n)
+
+
+def test_onnx_gemm_and_softmax_fuse_into_the_head(rng, partner_awake, monkeypatch):
+    """ONNX Gemm -> Softmax / LogSoftmax over the last axis is one product with the row
+    kernel's softmax (_products.ROW_SOFTMAX, the partner's tasks at a few rows and 2+
+    threads); against ONNX Runtime, the same bits for 1 to 3 threads and for a row alone
+    or in a batch. Another axis stays the ops one by one."""
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper, numpy_helper
+
+    import rnnfast
+    from rnnfast.model_onnx import _FusedProduct
+
+    monkeypatch.setattr(_products, "PARTNER_MACS", 1)
+    W = (rng.standard_normal((1100, 48)) / 7).astype(np.float32)
+    c = rng.standard_normal(1100).astype(np.float32)
+    for kind, axis, act in [
+        ("Softmax", -1, _products.ROW_SOFTMAX),
+        ("LogSoftmax", -1, _products.ROW_LOG_SOFTMAX),
+        ("Softmax", 0, -1),
+    ]:
+        graph = helper.make_graph(
+            [
+                helper.make_node("Gemm", ["x", "W", "c"], ["z"], transB=1),
+                helper.make_node(kind, ["z"], ["y"], axis=axis),
+            ],
+            "head",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 48])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 1100])],
+            [numpy_helper.from_array(W, "W"), numpy_helper.from_array(c, "c")],
+        )
+        data = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+        model = rnnfast.from_onnx(data)
+        sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+        x = rng.standard_normal((6, 48)).astype(np.float32)
+        model.run(None, {"x": x})  # (the first call of a shape runs the ops one by one)
+        full = model.run(None, {"x": x})[0]
+        np.testing.assert_allclose(full, sess.run(None, {"x": x})[0], rtol=1e-4, atol=1e-6)
+        heads = [op for op, *_ in model._fast[0] if isinstance(op, _FusedProduct)]
+        assert [h.act for h in heads] == [act]
+        for n in (1, 2, 3):
+            assert np.array_equal(model.run(None, {"x": x}, num_threads=n)[0], full)
+            if axis == -1:
+                for r in (0, 5):
+                    one = model.run(None, {"x": x[r : r + 1]}, num_threads=n)[0]
+                    assert np.array_equal(one, full[r : r + 1]), (kind, r, n)
 
 
 @pytest.mark.skipif(not _rowops.PARTNER, reason="no partner thread in this build (not Linux)")

@@ -15,10 +15,10 @@ with ``_rowops``' partner thread instead (:data:`PARTNER_MACS`).
 import numpy as np
 
 from . import _kernels, _plan, _rowops
-from ._special import softmax
+from ._special import row_softmax, softmax
 from ._threads import resolve_num_threads
 
-__all__ = ["pack", "dense", "matmul", "SOFTMAX"]
+__all__ = ["pack", "dense", "matmul", "SOFTMAX", "ROW_SOFTMAX", "ROW_LOG_SOFTMAX"]
 
 _CORE = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -45,31 +45,45 @@ def _team(num_threads, M, N, K, G=1):
 
 #: ``act`` of :func:`dense` for a softmax over the last axis (fused into the product).
 SOFTMAX = int(_kernels.RNN_ROW_SOFTMAX)
+#: ``act`` of :func:`dense`: the softmax (log-softmax) over the last axis of ONNX's
+#: ``Softmax`` (``LogSoftmax``), the row kernel's (:func:`rnnfast._special.row_softmax`)
+#: bits: after the product, or for a few rows on many weights (:data:`PARTNER_MACS`: a
+#: decoder's vocabulary head) in ``_rowops.packed_rows``' column tasks, each block of
+#: columns as it is written, on one thread too (no second pass over the row: (1, 256) @
+#: (256, 8000) and its softmax 5% faster there; on two, the partner runs half the blocks).
+ROW_SOFTMAX = SOFTMAX + 1
+ROW_LOG_SOFTMAX = SOFTMAX + 2
+_ROW_SOFTMAXES = (ROW_SOFTMAX, ROW_LOG_SOFTMAX)
 
 
 def dense(x, packed, N, bias=None, act=-1, num_threads=None):
     """``act(x @ kernel + bias)`` on the last axis of ``x`` (..., K), with ``packed``
     from :func:`pack` (kernel (K, N)) in ``x``'s dtype; ``act`` an ``RNN_ACT_*`` code,
-    :data:`SOFTMAX` or -1. Returns a new (..., N) array."""
+    :data:`SOFTMAX`, :data:`ROW_SOFTMAX`, :data:`ROW_LOG_SOFTMAX` or -1. Returns a new
+    (..., N) array."""
     K = x.shape[-1]
     y = np.empty(x.shape[:-1] + (N,), x.dtype)
     if y.size == 0:
         return y
+    row_sm = act in _ROW_SOFTMAXES
     if K == 0:
         y[...] = 0 if bias is None else bias
         if act == SOFTMAX:
             softmax(y, out=y)
+        elif row_sm:
+            row_softmax(y, act == ROW_LOG_SOFTMAX, num_threads, out=y)
         elif act >= 0:
             _kernels.activate(act, y.reshape(-1))
         return y
     x2 = (x if x.flags.c_contiguous else np.ascontiguousarray(x)).reshape(-1, K)
     M = x2.shape[0]
-    if M <= FEW_ROWS and act != SOFTMAX and M * N * K >= PARTNER_MACS and _rowops.PARTNER:
+    if M <= FEW_ROWS and act != SOFTMAX and M * N * K >= PARTNER_MACS:
         nth = resolve_num_threads(num_threads)
-        if nth > 1:  # a few rows on many weights (a decoder's vocabulary head at B=1)
+        if row_sm or (nth > 1 and _rowops.PARTNER):  # a few rows on many weights (a decoder's head at B=1)
             y2 = y.reshape(M, N)
-            _rowops.packed_rows(x2, packed, _NO_BIAS[x.dtype] if bias is None else bias, y2, nth)
-            if act >= 0:  # row by row, as the packed product applies it on one thread
+            b = _NO_BIAS[x.dtype] if bias is None else bias
+            _rowops.packed_rows(x2, packed, b, y2, nth, act - SOFTMAX if row_sm else 0)
+            if act >= 0 and not row_sm:  # row by row, as the packed product applies it on one thread
                 for row in y2:
                     _kernels.activate(act, row)
             return y
@@ -78,9 +92,11 @@ def dense(x, packed, N, bias=None, act=-1, num_threads=None):
         packed,
         _NO_BIAS[x.dtype] if bias is None else bias,
         y.reshape(M, N),
-        act,
+        -1 if row_sm else act,
         _team(num_threads, M, N, K),
     )
+    if row_sm:
+        row_softmax(y, act == ROW_LOG_SOFTMAX, num_threads, out=y)
     return y
 
 

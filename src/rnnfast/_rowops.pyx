@@ -43,6 +43,9 @@ cdef extern from "c/rowops.h" nogil:
         void *C
         long ldc
         long per, npan
+        int softmax
+        long nblk
+        void *stats
 
     ctypedef struct rnn_rowops_table:
         void (*softmax_rows_f)(const float *x, long ldx, float *y, long ldy, long R, long n, int take_log,
@@ -168,12 +171,15 @@ def packed_rows(const floating[:, ::1] A,           # IN  (M, K)
                 const floating[::1] Bp,             # IN  (K, N) packed: rnnfast._products.pack
                 const floating[::1] bias,           # IN  (N,), or (0,) for none
                 floating[:, ::1] C,                 # OUT (M, N)
-                int num_threads=1):
+                int num_threads=1, int softmax=0):
     """C = bias + A @ B for a few rows A: the bits of ``_kernels.packed_rows`` (each
     element the packed product's chain), its panels split between the caller and, where
     ``num_threads`` > 1, a partner thread that polls for work a while after each product
     and then sleeps (c/rowops.team.h: the caller never waits for it to wake; OpenMP's
-    passive partner cost a 46-138 us wake). GIL released."""
+    passive partner cost a 46-138 us wake). ``softmax`` 1 (2): then C's rows replaced by
+    their softmax (log-softmax), the bits of :func:`softmax_rows` on C, its blocks of
+    columns computed by the thread that wrote them (a decoder's vocabulary head). GIL
+    released."""
     cdef long M = A.shape[0], K = A.shape[1], N = C.shape[1]
     cdef rnn_packed_args pa
     if C.shape[0] != M or Bp.shape[0] != rnn_packed_size(K, N) or bias.shape[0] not in (0, N):
@@ -181,12 +187,15 @@ def packed_rows(const floating[:, ::1] A,           # IN  (M, K)
                          % ((M, K), Bp.shape[0], bias.shape[0], (C.shape[0], N)))
     if K == 0:
         raise ValueError("packed_rows: A has no columns")
+    if softmax not in (0, 1, 2):
+        raise ValueError("packed_rows: softmax %d (0, 1 or 2)" % softmax)
     if M == 0 or N == 0:
         return
     pa.M, pa.N, pa.K = M, N, K
     pa.A, pa.lda, pa.Bp = &A[0, 0], K, &Bp[0]
     pa.bias = &bias[0] if bias.shape[0] > 0 else NULL
     pa.C, pa.ldc = &C[0, 0], N
+    pa.softmax = softmax
     with nogil:
         if floating is float:
             _table.packed_few_f(&pa, num_threads)

@@ -640,6 +640,9 @@ def _product_chain(op, outs, steps, sole):
         return None
     tail = [steps[k][0] for k in chain]
     act = _PRODUCT_ACTS.get(tail[0].kernel, -1) if len(tail) == 1 else -1
+    if len(tail) == 1 and tail[0].kernel in _THREADED and tail[0].attrs.get("axis") == -1:
+        # the row kernel's (log-)softmax, by the product's column tasks where it splits them
+        act = _products.ROW_LOG_SOFTMAX if tail[0].kernel == "LogSoftmax" else _products.ROW_SOFTMAX
     return chain, _FusedProduct(op, tail, act), cur
 
 

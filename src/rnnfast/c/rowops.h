@@ -52,7 +52,9 @@ typedef struct {
 
 /* C (M x N, row stride ldc) = bias + A (M x K, row stride lda) Bp, Bp a K x N block in
  * the packed form (layout.h), bias (N,) or NULL; its panels split into tasks (per
- * panels each, npan in all) run by rowops.team.h's caller and partner. */
+ * panels each, npan in all) run by rowops.team.h's caller and partner. softmax 1 (2):
+ * then the softmax (log-softmax) of each row of C, as softmax_rows computes it, its
+ * blocks' phase in the tasks (stats: their maxima and sums, M x nblk each). */
 typedef struct {
     long M, N, K;
     const void *A;
@@ -62,6 +64,9 @@ typedef struct {
     void *C;
     long ldc;
     long per, npan;
+    int softmax;
+    long nblk;
+    void *stats;
 } rnn_packed_args;
 
 typedef struct {
@@ -75,6 +80,16 @@ typedef struct {
     void (*packed_few_f)(rnn_packed_args *pa, int nth);
     void (*packed_few_d)(rnn_packed_args *pa, int nth);
 } rnn_rowops_table;
+
+/* A function compiled once, never inlined (rowops.template.h's softmax_block: the same
+ * bits wherever it is called from). */
+#if defined(__GNUC__)
+#define RNN_ROWS_NOINLINE __attribute__((noinline))
+#elif defined(_MSC_VER)
+#define RNN_ROWS_NOINLINE __declspec(noinline)
+#else
+#define RNN_ROWS_NOINLINE
+#endif
 
 #define RNN_ROWS_FMA 0
 #define ISA_SUFFIX baseline

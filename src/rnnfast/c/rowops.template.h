@@ -14,18 +14,138 @@
 /* Steps of k per gathered panel of strided columns (rows_product). */
 #define RNN_ROWS_KBLOCK 128
 
-/* y[0:n] = softmax(x[0:n]) = exp(d) / sum exp(d), d = x - max (take_log: the
- * log-softmax, y = d - log(sum exp(d))); y may be x. exp is mathfun.h's (a few ulp,
- * vectorised; an exp below its range is 0). A NaN anywhere makes the whole row NaN, as NumPy's
- * softmax (the max skips it, then d, exp and the sum carry it), and so does a row of
- * -inf only. */
-static void RNN_INAME(softmax_row)(const TYPE *x, TYPE *y, long n, int take_log)
+/* RNN_ROW_LANES of TYPE as one GCC vector (the sums of rows_product held in registers:
+ * as an array they went through memory at every k, 2.5x slower); element-wise IEEE
+ * operations, the same values as the array loop below it, which other compilers run. */
+#if defined(__GNUC__)
+#define RNN_ROWS_VECTOR 1
+typedef TYPE RNN_INAME(lanes) __attribute__((vector_size(RNN_ROW_LANES * sizeof(TYPE))));
+/* a comparison of lanes: -1 (true) or 0 per lane, an integer of TYPE's size */
+typedef RNN_ROWS_INDEX RNN_INAME(mask) __attribute__((vector_size(RNN_ROW_LANES * sizeof(TYPE))));
+#else
+#define RNN_ROWS_VECTOR 0
+#endif
+
+/* The row (log-)softmax in blocks of RNN_SOFTMAX_BLOCK columns (the last one shorter),
+ * a partition fixed by the row's length alone, whoever computes the blocks: block b
+ * alone gives its max m_b and s_b = sum exp(x - m_b) (softmax_block); then, in block
+ * order, m = max_b m_b, s = sum_b s_b w_b with w_b = exp(m_b - m) (softmax_combine);
+ * then y = exp(x - m_b) (w_b / s) or, for the log, y = (x - m) - log s (softmax_finish).
+ * The few-row product of a decoder's head (packed_task) runs the blocks of its columns
+ * as it writes them, on the caller and the partner: the bits of the product followed
+ * by softmax_rows, whatever the split. */
+#define RNN_SOFTMAX_BLOCK 512
+/* Blocks of a row whose (m_b, s_b) softmax_row keeps on its stack (longer rows: malloc). */
+#define RNN_SOFTMAX_STACK 64
+
+/* exp(d) for d <= 0 (NaN passes), 0 below exp's range (d < low): mathfun.h's. */
+RNN_INLINE TYPE RNN_INAME(exp_neg)(TYPE d)
 {
-    TYPE lane[RNN_ROW_LANES], m, s, low = sizeof(TYPE) == 4 ? (TYPE)-87 : (TYPE)-708;
+    TYPE low = sizeof(TYPE) == 4 ? (TYPE)-87 : (TYPE)-708;
+    return d < low ? (TYPE)0 : RNN_TNAME(exp)(d);
+}
+
+#undef RNN_ROWS_VEXP /* (this template is included once per instruction set) */
+#if RNN_ROWS_VECTOR && defined(RNN_ROWS_SHUFFLE)
+#define RNN_ROWS_VEXP 1
+/* exp_neg of RNN_ROW_LANES floats at once, on AVX-512 (one register), on GCC's vectors
+ * (the loop over an array of lanes went through memory at every element: 4.9 us against
+ * 3.2 for the block phase of 8000 columns): mathfun.h's Cephes polynomial (a few ulp)
+ * on d clamped at -87, its range reduction rounding by the addition of 1.5 * 2^23 (no
+ * floor, no clamp at 88: d <= 0). Narrower sets split the vector: they run the array
+ * loop, faster there. */
+RNN_INLINE RNN_INAME(lanes) RNN_INAME(vexp_neg)(RNN_INAME(lanes) d)
+{
+    typedef RNN_INAME(lanes) V;
+    typedef RNN_INAME(mask) I;
+    V zero = {0}, v, t, fx, z, y;
+    I small = d < (TYPE)-87, bits;                          /* (false for NaN: it passes) */
+    v = (V)(((I)d & ~small) | ((I)(zero - 87.0f) & small));
+    t = v * 1.44269504088896341f + 12582912.0f;
+    fx = t - 12582912.0f;
+    v = v - fx * 0.693359375f;
+    v = v - fx * -2.12194440e-4f;
+    z = v * v;
+    y = ((((1.9875691500E-4f * v + 1.3981999507E-3f) * v + 8.3334519073E-3f) * v + 4.1665795894E-2f) * v
+         + 1.6666665459E-1f) * v + 5.0000001201E-1f;
+    y = y * z + v + 1.0f;
+    bits = ((I)t - 0x4B400000 + 127) << 23;
+    return (V)((I)(y * (V)bits) & ~small);
+}
+
+/* softmax_block's phases on vectors (float): the same partition of the sum into lanes,
+ * the tail (n % lanes) read as a vector padded with -inf (exp 0: the sums unchanged). */
+static void RNN_INAME(vsoftmax_block)(const TYPE *x, TYPE *y, long n, int take_log, TYPE *mb, TYPE *sb)
+{
+    typedef RNN_INAME(lanes) V;
+    typedef RNN_INAME(mask) I;
+    TYPE lane[RNN_ROW_LANES], pad[RNN_ROW_LANES], m;
+    long j, l, w, nb = n / RNN_ROW_LANES * RNN_ROW_LANES, nt = n - nb;
+    V v, mx, acc = {0};
+    I gt;
+    for (l = 0; l < RNN_ROW_LANES; l++)
+        pad[l] = l < nt ? x[nb + l] : -(TYPE)INFINITY;
+    /* (1) m = max x (a comparison with NaN is false: skipped) */
+    memcpy(&mx, pad, sizeof mx);
+    for (j = 0; j < nb; j += RNN_ROW_LANES) {
+        memcpy(&v, x + j, sizeof v);
+        gt = v > mx;
+        mx = (V)(((I)v & gt) | ((I)mx & ~gt));
+    }
+    memcpy(lane, &mx, sizeof lane);
+    m = -(TYPE)INFINITY;
+    for (l = 0; l < RNN_ROW_LANES; l++)
+        m = lane[l] > m ? lane[l] : m;
+    *mb = m;
+    m = m == -(TYPE)INFINITY ? (TYPE)0 : m;
+    /* (2) e = exp(x - m), s = sum e (e into y for the softmax) */
+    if (take_log)
+        for (j = 0; j < nb; j += RNN_ROW_LANES) {
+            memcpy(&v, x + j, sizeof v);
+            acc += RNN_INAME(vexp_neg)(v - m);
+        }
+    else
+        for (j = 0; j < nb; j += RNN_ROW_LANES) {
+            memcpy(&v, x + j, sizeof v);
+            v = RNN_INAME(vexp_neg)(v - m);
+            acc += v;
+            memcpy(y + j, &v, sizeof v);
+        }
+    memcpy(&v, pad, sizeof v);
+    v = RNN_INAME(vexp_neg)(v - m);
+    acc += v;
+    memcpy(lane, &v, sizeof lane);
+    if (!take_log)
+        for (l = 0; l < nt; l++)
+            y[nb + l] = lane[l];
+    memcpy(lane, &acc, sizeof lane);
+    for (w = RNN_ROW_LANES / 2; w >= 1; w /= 2)
+        for (l = 0; l < w; l++)
+            lane[l] += lane[l + w];
+    *sb = lane[0];
+}
+#else
+#define RNN_ROWS_VEXP 0
+#endif
+
+/* Block phase of x[0:n] (n <= RNN_SOFTMAX_BLOCK): *mb = max x (NaN skipped; -inf for a
+ * block of -inf and NaN only), *sb = sum exp(x - m'), m' = *mb or 0 where that is -inf
+ * (so a block of -inf sums 0, a NaN passes); !take_log: y = exp(x - m') (y may be x).
+ * Sums in RNN_ROW_LANES lanes (element j to lane j % lanes), folded in halves. exp is
+ * mathfun.h's (a few ulp, vectorised; an argument below its range gives 0). Not
+ * inlined: one body, the same bits wherever it is called from. */
+RNN_ROWS_NOINLINE static void RNN_INAME(softmax_block)(const TYPE *x, TYPE *y, long n, int take_log, TYPE *mb,
+                                                       TYPE *sb)
+{
+    TYPE lane[RNN_ROW_LANES], m, s;
     long j, l, w, nb = n / RNN_ROW_LANES * RNN_ROW_LANES;
-    if (n <= 0)
+#if RNN_ROWS_VEXP
+    if (sizeof(TYPE) == 4) {
+        RNN_INAME(vsoftmax_block)(x, y, n, take_log, mb, sb);
         return;
-    /* (1) m = max x (NaN skipped: a comparison with it is false) */
+    }
+#endif
+    /* (1) m = max x (a comparison with NaN is false: skipped) */
     for (l = 0; l < RNN_ROW_LANES; l++)
         lane[l] = -(TYPE)INFINITY;
     for (j = 0; j < nb; j += RNN_ROW_LANES)
@@ -36,46 +156,101 @@ static void RNN_INAME(softmax_row)(const TYPE *x, TYPE *y, long n, int take_log)
         m = lane[l] > m ? lane[l] : m;
     for (j = nb; j < n; j++)
         m = x[j] > m ? x[j] : m;
-    /* (2) e = exp(x - m) (into y, or d into y for the log), s = sum e */
+    *mb = m;
+    m = m == -(TYPE)INFINITY ? (TYPE)0 : m;
+    /* (2) e = exp(x - m), s = sum e (e into y for the softmax) */
     for (l = 0; l < RNN_ROW_LANES; l++)
         lane[l] = 0;
-    for (j = 0; j < nb; j += RNN_ROW_LANES)
-        for (l = 0; l < RNN_ROW_LANES; l++) {
-            TYPE d = x[j + l] - m, e = RNN_TNAME(exp)(d);
-            e = d < low ? (TYPE)0 : e;          /* (false for NaN: it passes) */
-            lane[l] += e;
-            y[j + l] = take_log ? d : e;
-        }
+    if (take_log)
+        for (j = 0; j < nb; j += RNN_ROW_LANES)
+            for (l = 0; l < RNN_ROW_LANES; l++) {
+                lane[l] += RNN_INAME(exp_neg)(x[j + l] - m);
+            }
+    else
+        for (j = 0; j < nb; j += RNN_ROW_LANES)
+            for (l = 0; l < RNN_ROW_LANES; l++) {
+                TYPE e = RNN_INAME(exp_neg)(x[j + l] - m);
+                lane[l] += e;
+                y[j + l] = e;
+            }
     for (w = RNN_ROW_LANES / 2; w >= 1; w /= 2)
         for (l = 0; l < w; l++)
             lane[l] += lane[l + w];
     s = lane[0];
     for (j = nb; j < n; j++) {
-        TYPE d = x[j] - m, e = RNN_TNAME(exp)(d);
-        e = d < low ? (TYPE)0 : e;
+        TYPE e = RNN_INAME(exp_neg)(x[j] - m);
         s += e;
-        y[j] = take_log ? d : e;
+        if (!take_log)
+            y[j] = e;
     }
-    /* (3) y = e / s, or y = d - log s */
-    if (take_log) {
-        TYPE ls = (TYPE)log((double)s);
-        for (j = 0; j < n; j++)
-            y[j] -= ls;
-    } else {
-        for (j = 0; j < n; j++)
-            y[j] /= s;
-    }
+    *sb = s;
 }
 
-/* RNN_ROW_LANES of TYPE as one GCC vector (the sums of rows_product held in registers:
- * as an array they went through memory at every k, 2.5x slower); element-wise IEEE
- * operations, the same values as the array loop below it, which other compilers run. */
-#if defined(__GNUC__)
-#define RNN_ROWS_VECTOR 1
-typedef TYPE RNN_INAME(lanes) __attribute__((vector_size(RNN_ROW_LANES * sizeof(TYPE))));
-#else
-#define RNN_ROWS_VECTOR 0
-#endif
+/* The row's max m from its blocks' (mb, sb: nblk of each), and in sb the factor of
+ * each block's finish: softmax, w_b / s with w_b = exp(m_b - m) (0 below exp's range:
+ * a block of -inf), s = sum_b s_b w_b in block order; log, log s. A NaN anywhere, or a
+ * row of -inf only, makes the factors NaN. Returns m. */
+static TYPE RNN_INAME(softmax_combine)(const TYPE *mb, TYPE *sb, long nblk, int take_log)
+{
+    TYPE m = -(TYPE)INFINITY, s = 0;
+    long b;
+    for (b = 0; b < nblk; b++)
+        m = mb[b] > m ? mb[b] : m;
+    for (b = 0; b < nblk; b++) {
+        TYPE w = RNN_INAME(exp_neg)(mb[b] - m);
+        s += sb[b] * w;
+        sb[b] = w;
+    }
+    if (take_log) {
+        TYPE ls = (TYPE)log((double)s);
+        for (b = 0; b < nblk; b++)
+            sb[b] = ls;
+    } else
+        for (b = 0; b < nblk; b++)
+            sb[b] /= s;
+    return m;
+}
+
+/* Finish phase of block x[0:n] -> y: softmax, y *= f (y holds the block's exp); log,
+ * y = (x - m) - f. */
+static void RNN_INAME(softmax_finish)(const TYPE *x, TYPE *y, long n, int take_log, TYPE m, TYPE f)
+{
+    long j;
+    if (take_log)
+        for (j = 0; j < n; j++)
+            y[j] = (x[j] - m) - f;
+    else
+        for (j = 0; j < n; j++)
+            y[j] *= f;
+}
+
+/* y[0:n] = softmax(x[0:n]) = exp(d) / sum exp(d), d = x - max (take_log: the
+ * log-softmax, y = d - log(sum exp(d))), in the blocks above; y may be x. A NaN
+ * anywhere makes the whole row NaN, as NumPy's softmax, and so does a row of -inf only. */
+static void RNN_INAME(softmax_row)(const TYPE *x, TYPE *y, long n, int take_log)
+{
+    TYPE stack[2 * RNN_SOFTMAX_STACK], *mb = stack, m;
+    long b, nblk = (n + RNN_SOFTMAX_BLOCK - 1) / RNN_SOFTMAX_BLOCK;
+    if (n <= 0)
+        return;
+    if (nblk > RNN_SOFTMAX_STACK && !(mb = (TYPE *)malloc(2 * (size_t)nblk * sizeof(TYPE)))) {
+        for (b = 0; b < n; b++)     /* (no memory for the blocks' sums: NaN, not a crash) */
+            y[b] = (TYPE)NAN;
+        return;
+    }
+    b = 0;
+    do {                        /* (at least one block: n > 0) */
+        long j0 = b * RNN_SOFTMAX_BLOCK, nc = n - j0 < RNN_SOFTMAX_BLOCK ? n - j0 : RNN_SOFTMAX_BLOCK;
+        RNN_INAME(softmax_block)(x + j0, y + j0, nc, take_log, mb + b, mb + nblk + b);
+    } while (++b < nblk);
+    m = RNN_INAME(softmax_combine)(mb, mb + nblk, nblk, take_log);
+    for (b = 0; b < nblk; b++) {
+        long j0 = b * RNN_SOFTMAX_BLOCK, nc = n - j0 < RNN_SOFTMAX_BLOCK ? n - j0 : RNN_SOFTMAX_BLOCK;
+        RNN_INAME(softmax_finish)(x + j0, y + j0, nc, take_log, m, mb[nblk + b]);
+    }
+    if (mb != stack)
+        free(mb);
+}
 
 #undef RNN_ROWS_TRANSPOSE /* (this template is included once per instruction set) */
 #if RNN_ROWS_VECTOR && defined(RNN_ROWS_SHUFFLE)
@@ -299,6 +474,18 @@ static void RNN_INAME(packed_task)(void *arg, long task)
             memcpy(C + i * pa->ldc + j0, acc, (size_t)nc * sizeof(TYPE));
         }
     }
+    if (pa->softmax) {          /* the blocks of the task's columns (per: whole blocks) */
+        TYPE *mb = (TYPE *)pa->stats, *sb = mb + pa->M * pa->nblk;
+        long b, b0 = task * pa->per * RNN_PANEL_COLS / RNN_SOFTMAX_BLOCK;
+        long b1 = (p1 * RNN_PANEL_COLS + RNN_SOFTMAX_BLOCK - 1) / RNN_SOFTMAX_BLOCK;
+        b1 = b1 < pa->nblk ? b1 : pa->nblk;
+        for (i = 0; i < pa->M; i++)
+            for (b = b0; b < b1; b++) {
+                long c0 = b * RNN_SOFTMAX_BLOCK, nc = pa->N - c0 < RNN_SOFTMAX_BLOCK ? pa->N - c0 : RNN_SOFTMAX_BLOCK;
+                TYPE *c = C + i * pa->ldc + c0;
+                RNN_INAME(softmax_block)(c, c, nc, pa->softmax == 2, mb + i * pa->nblk + b, sb + i * pa->nblk + b);
+            }
+    }
 }
 
 /* Tasks of a few-row packed product at most (rowops.team.h: claimed one at a time). */
@@ -306,14 +493,45 @@ static void RNN_INAME(packed_task)(void *arg, long task)
 #define RNN_PACKED_TASKS 16
 #endif
 
-/* The product of pa (its per and npan set here), on the caller and, nth > 1, the
- * partner thread of rowops.team.h. */
+/* The product of pa (its per, npan, nblk and stats set here), on the caller and, nth >
+ * 1, the partner thread of rowops.team.h; pa->softmax: then each row's (log-)softmax,
+ * its blocks' phase in the tasks (a task's panels whole blocks of columns), their
+ * combination and the finish on the caller. */
 static void RNN_INAME(packed_few)(rnn_packed_args *pa, int nth)
 {
-    long ntask;
+    TYPE stack[2 * 4 * RNN_SOFTMAX_STACK];
+    long ntask, i, b, unit = 1;
     pa->npan = (pa->N + RNN_PANEL_COLS - 1) / RNN_PANEL_COLS;
-    ntask = nth > 1 ? (pa->npan < RNN_PACKED_TASKS ? pa->npan : RNN_PACKED_TASKS) : 1;
-    pa->per = (pa->npan + ntask - 1) / ntask;
+    pa->nblk = (pa->N + RNN_SOFTMAX_BLOCK - 1) / RNN_SOFTMAX_BLOCK;
+    pa->stats = stack;
+    if (pa->softmax) {
+        _Static_assert(RNN_SOFTMAX_BLOCK % RNN_PANEL_COLS == 0, "packed_few: a softmax block is whole panels");
+        unit = RNN_SOFTMAX_BLOCK / RNN_PANEL_COLS;
+        if (pa->M * pa->nblk > 4 * RNN_SOFTMAX_STACK
+            && !(pa->stats = malloc(2 * (size_t)(pa->M * pa->nblk) * sizeof(TYPE)))) {
+            pa->softmax = 0;        /* (no memory for the blocks' sums: the product, then the row kernel) */
+            RNN_INAME(packed_few)(pa, nth);
+            RNN_INAME(softmax_rows)((TYPE *)pa->C, pa->ldc, (TYPE *)pa->C, pa->ldc, pa->M, pa->N, 0, 1);
+            return;
+        }
+    }
+    /* tasks of per panels, a multiple of unit (a softmax block) */
+    ntask = (pa->npan + unit - 1) / unit;
+    ntask = nth > 1 ? (ntask < RNN_PACKED_TASKS ? ntask : RNN_PACKED_TASKS) : 1;
+    pa->per = ((pa->npan + unit - 1) / unit + ntask - 1) / ntask * unit;
     ntask = (pa->npan + pa->per - 1) / pa->per;
     rnn_duo_run(RNN_INAME(packed_task), pa, ntask, nth);
+    if (pa->softmax) {
+        TYPE *mb = (TYPE *)pa->stats, *sb = mb + pa->M * pa->nblk, m;
+        for (i = 0; i < pa->M; i++) {
+            TYPE *c = (TYPE *)pa->C + i * pa->ldc;
+            m = RNN_INAME(softmax_combine)(mb + i * pa->nblk, sb + i * pa->nblk, pa->nblk, pa->softmax == 2);
+            for (b = 0; b < pa->nblk; b++) {
+                long c0 = b * RNN_SOFTMAX_BLOCK, nc = pa->N - c0 < RNN_SOFTMAX_BLOCK ? pa->N - c0 : RNN_SOFTMAX_BLOCK;
+                RNN_INAME(softmax_finish)(c + c0, c + c0, nc, pa->softmax == 2, m, sb[i * pa->nblk + b]);
+            }
+        }
+        if (pa->stats != stack)
+            free(pa->stats);
+    }
 }
