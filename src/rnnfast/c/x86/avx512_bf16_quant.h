@@ -2,8 +2,8 @@
  * x86/avx512_bf16_quant.h -- the bf16 product for AVX512_BF16 (quant.h): each row of
  * A rounded to bf16 (vcvtneps2bf16), then vdpbf16ps: per float lane, the products of
  * a pair of bf16 values added to the float sum one after the other (2g+1, then 2g).
- * Tiles as x86/avx512_vnni_quant.h: one row against four panels, or up to four rows
- * against one.
+ * Tiles: one row against four panels (each output one chain over k, so the chains
+ * come from columns), or up to four rows against one, as x86/avx512_vnni_quant.h's.
  *
  * Included by quant.h where runtime dispatch is built (GCC on x86-64).
  */
