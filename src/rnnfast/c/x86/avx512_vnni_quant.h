@@ -4,9 +4,10 @@
  * (the non-saturating form). The activations go in as u = q + 128 (1..255), and the
  * offset comes back out through the per-column comp[j] = 128 * sum_k Wq[k, j].
  *
- * Register tiles: one row against four panels (16 accumulator chains hide vpdpbusd's
- * latency; the weights stream from cache once per step), or up to four rows against
- * one panel (a panel's 256-byte group is loaded once for the four rows). Rows are
+ * Register tiles: one row against one panel, its K in four interleaved phases (16
+ * accumulator chains hide vpdpbusd's latency; the weights stream from cache once per
+ * step, one panel after another: a single sequential stream), or up to four rows
+ * against one panel (a panel's 256-byte group is loaded once for the four rows). Rows are
  * quantized in groups of up to RNN_QGROUP, and each panel runs over the whole group
  * before the next, so that it is read from cache once per group.
  *
@@ -25,7 +26,7 @@
 #pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx512vnni,avx2,fma")
 #include <immintrin.h>
 
-/* Rows of the multi-row tile, and panels of the one-row tile. */
+/* Rows of the multi-row tile; panels of rnn_vnni_tile's array (bf16's tile too). */
 #define RNN_VNNI_ROWS 4
 #define RNN_VNNI_PANELS 4
 
@@ -120,61 +121,59 @@ RNN_INLINE void rnn_vnni_tile(const int MR, const int NP, long Kp, long N, long 
             }
 }
 
-/* One row against NP (4, 2 or 1) panels from panel p (batch 1's product): up to sixteen
- * named accumulators, so that the compiler keeps them in registers (an array of them it
- * copies around the loop). back: K from its end. */
-RNN_INLINE void rnn_vnni_row(const int NP, int back, long Kp, long N, long p,
-                             const unsigned char *u, float sa, const signed char *Bq,
-                             const float *scale, const int *comp, const float *bias, float *C)
+/* One row against panel p (batch 1's product): the panel's K in four interleaved
+ * phases (groups g = 4i + s, s = 0..3, each with its own four accumulators: sixteen
+ * chains hide vpdpbusd's latency), summed at the end (exact int32: the same bits in
+ * any order). Each iteration reads 1 KB of the panel in order, so the product is one
+ * sequential stream, the panels one after another: on Zen 4 this read LSTM H = 128's
+ * 64 KB a step ~18% faster than four panels side by side (four streams 8 KB apart).
+ * back: the panel from its end. */
+RNN_INLINE void rnn_vnni_row(int back, long Kp, long N, long p, const unsigned char *u, float sa,
+                             const signed char *Bq, const float *scale, const int *comp,
+                             const float *bias, float *C)
 {
-    long i, g, Kg = Kp / 4, ps = Kp * RNN_PANEL_COLS;
-    const signed char *b0 = Bq + p * ps, *b1 = b0 + ps, *b2 = b1 + ps, *b3 = b2 + ps;
-    __m512i a00 = _mm512_setzero_si512(), a01 = a00, a02 = a00, a03 = a00;
-    __m512i a10 = a00, a11 = a00, a12 = a00, a13 = a00;
-    __m512i a20 = a00, a21 = a00, a22 = a00, a23 = a00;
-    __m512i a30 = a00, a31 = a00, a32 = a00, a33 = a00;
-    for (i = 0; i < Kg; i++) {
-        int word;
-        long o;
-        g = back ? Kg - 1 - i : i;
-        o = g * 4 * RNN_PANEL_COLS;
-        memcpy(&word, u + 4 * g, 4);
-        __m512i av = _mm512_set1_epi32(word);
-        a00 = _mm512_dpbusd_epi32(a00, av, _mm512_loadu_si512((const void *)(b0 + o)));
-        a01 = _mm512_dpbusd_epi32(a01, av, _mm512_loadu_si512((const void *)(b0 + o + 64)));
-        a02 = _mm512_dpbusd_epi32(a02, av, _mm512_loadu_si512((const void *)(b0 + o + 128)));
-        a03 = _mm512_dpbusd_epi32(a03, av, _mm512_loadu_si512((const void *)(b0 + o + 192)));
-        if (NP > 1) {
-            a10 = _mm512_dpbusd_epi32(a10, av, _mm512_loadu_si512((const void *)(b1 + o)));
-            a11 = _mm512_dpbusd_epi32(a11, av, _mm512_loadu_si512((const void *)(b1 + o + 64)));
-            a12 = _mm512_dpbusd_epi32(a12, av, _mm512_loadu_si512((const void *)(b1 + o + 128)));
-            a13 = _mm512_dpbusd_epi32(a13, av, _mm512_loadu_si512((const void *)(b1 + o + 192)));
-        }
-        if (NP > 2) {
-            a20 = _mm512_dpbusd_epi32(a20, av, _mm512_loadu_si512((const void *)(b2 + o)));
-            a21 = _mm512_dpbusd_epi32(a21, av, _mm512_loadu_si512((const void *)(b2 + o + 64)));
-            a22 = _mm512_dpbusd_epi32(a22, av, _mm512_loadu_si512((const void *)(b2 + o + 128)));
-            a23 = _mm512_dpbusd_epi32(a23, av, _mm512_loadu_si512((const void *)(b2 + o + 192)));
-            a30 = _mm512_dpbusd_epi32(a30, av, _mm512_loadu_si512((const void *)(b3 + o)));
-            a31 = _mm512_dpbusd_epi32(a31, av, _mm512_loadu_si512((const void *)(b3 + o + 64)));
-            a32 = _mm512_dpbusd_epi32(a32, av, _mm512_loadu_si512((const void *)(b3 + o + 128)));
-            a33 = _mm512_dpbusd_epi32(a33, av, _mm512_loadu_si512((const void *)(b3 + o + 192)));
+    long i, g, Kg = Kp / 4, K4 = Kg / 4 * 4;
+    const signed char *bp = Bq + p * Kp * RNN_PANEL_COLS;
+    __m512i a0[4], a1[4], a2[4], a3[4];
+    int q;
+    for (q = 0; q < 4; q++)
+        a0[q] = a1[q] = a2[q] = a3[q] = _mm512_setzero_si512();
+    for (i = 0; i < K4; i += 4) {
+        int w[4];
+        const signed char *b;
+        g = back ? Kg - 4 - i : i;
+        b = bp + g * 4 * RNN_PANEL_COLS;
+        memcpy(w, u + 4 * g, 16);
+        __m512i v0 = _mm512_set1_epi32(w[0]), v1 = _mm512_set1_epi32(w[1]);
+        __m512i v2 = _mm512_set1_epi32(w[2]), v3 = _mm512_set1_epi32(w[3]);
+        for (q = 0; q < 4; q++) {
+            a0[q] = _mm512_dpbusd_epi32(a0[q], v0, _mm512_loadu_si512((const void *)(b + 64 * q)));
+            a1[q] = _mm512_dpbusd_epi32(a1[q], v1, _mm512_loadu_si512((const void *)(b + 256 + 64 * q)));
+            a2[q] = _mm512_dpbusd_epi32(a2[q], v2, _mm512_loadu_si512((const void *)(b + 512 + 64 * q)));
+            a3[q] = _mm512_dpbusd_epi32(a3[q], v3, _mm512_loadu_si512((const void *)(b + 768 + 64 * q)));
         }
     }
+    for (; i < Kg; i++) {
+        int w;
+        g = back ? Kg - 1 - i : i;
+        memcpy(&w, u + 4 * g, 4);
+        __m512i v = _mm512_set1_epi32(w);
+        for (q = 0; q < 4; q++)
+            a0[q] = _mm512_dpbusd_epi32(a0[q], v, _mm512_loadu_si512((const void *)(bp + g * 4 * RNN_PANEL_COLS + 64 * q)));
+    }
     {
-        __m512i acc[16] = {a00, a01, a02, a03, a10, a11, a12, a13,
-                           a20, a21, a22, a23, a30, a31, a32, a33};
-        __m512 out[16];
-        __mmask16 t[16];
-        int q, nq = 0;
+        __m512 out[4];
+        __mmask16 t[4];
+        int nq = 0;
         /* every value before the first store: the compiler cannot know that C does not
          * alias scale, comp or bias, so a store between them orders the loads after it */
-        for (q = 0; q < 4 * NP; q++) {
+        for (q = 0; q < 4; q++) {
             long col = p * RNN_PANEL_COLS + 16 * q;
+            __m512i acc = _mm512_add_epi32(_mm512_add_epi32(a0[q], a1[q]), _mm512_add_epi32(a2[q], a3[q]));
             t[q] = rnn_vnni_mask(N - col);
             if (!t[q])
                 break;
-            out[q] = rnn_vnni_value(acc[q], _mm512_maskz_loadu_epi32(t[q], comp + col),
+            out[q] = rnn_vnni_value(acc, _mm512_maskz_loadu_epi32(t[q], comp + col),
                                     _mm512_maskz_loadu_ps(t[q], scale + col), sa, rnn_vnni_bias(bias, col, t[q]));
             nq = q + 1;
         }
@@ -267,20 +266,10 @@ static void rnn_qgemm_i8_avx512_vnni(long M, long N, long K, const float *A, lon
             sa[r] = rnn_quant_row_u8_avx512(A + (i + r) * lda, K, Kp, u + r * Kp);
         float *ci = C + i * ldc;
         if (mg == 1) {
-            /* four panels at a time, then two, then one; every other call from the
-             * last back */
-            long n4 = np / 4 * 4, n2 = n4 + (np - n4) / 2 * 2;
+            /* panel after panel; every other call from the last back */
             int back = rnn_vnni_back ^= 1;
-            if (back && n2 < np)
-                rnn_vnni_row(1, 1, Kp, N, n2, u, sa[0], Bq, scale, comp, bias, ci);
-            if (back && n4 < n2)
-                rnn_vnni_row(2, 1, Kp, N, n4, u, sa[0], Bq, scale, comp, bias, ci);
-            for (p = 0; p < n4; p += 4)
-                rnn_vnni_row(4, back, Kp, N, back ? n4 - 4 - p : p, u, sa[0], Bq, scale, comp, bias, ci);
-            if (!back && n4 < n2)
-                rnn_vnni_row(2, 0, Kp, N, n4, u, sa[0], Bq, scale, comp, bias, ci);
-            if (!back && n2 < np)
-                rnn_vnni_row(1, 0, Kp, N, n2, u, sa[0], Bq, scale, comp, bias, ci);
+            for (p = 0; p < np; p++)
+                rnn_vnni_row(back, Kp, N, back ? np - 1 - p : p, u, sa[0], Bq, scale, comp, bias, ci);
             continue;
         }
         for (p = 0; p < np; p++) {
