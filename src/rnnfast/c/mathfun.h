@@ -1,7 +1,8 @@
 /*
  * mathfun.h -- scalar math for the gate math: exp, tanh and sigmoid with bounded error,
- * branch-free so that loops over them vectorize without -ffast-math (Cephes
- * polynomials, ~1-2 ulp, NaN propagated), and the libm functions the rarer
+ * branch-free so that loops over them vectorize without -ffast-math (Cephes' reduction
+ * and polynomials; float sigmoid and tanh on a polynomial of one degree less: at most
+ * 2.5 and 2.6 ulp; NaN propagated), and the libm functions the rarer
  * activations call, under one name per type (rnn_<name>_f, rnn_<name>_d) so that
  * cellmath.template.h can name them with RNN_TNAME.
  *
@@ -59,17 +60,42 @@ RNN_INLINE double rnn_exp_d(double x)
     return y * p2;
 }
 
+/* ---- the gate activations: sigmoid and tanh, on one reduced exp ---- */
+
+/* For t in [-87, 88] (NaN passes): t = n ln2 + r, |r| <= ln2/2 (rnn_exp_f's two-part
+ * reduction), *p2 = 2^n; returns q = expm1(r) = r + r^2 P(r), so that exp(t) =
+ * (q + 1) 2^n and expm1(t) = q 2^n + (2^n - 1). P has degree 4, one multiply-add less
+ * than rnn_exp_f's Cephes polynomial: fitted here (minimax of the relative error of
+ * 1 + r + r^2 P on |r| <= ln2/2), 3.6e-9 with these float coefficients, below the
+ * rounding of the evaluation. The gate math is bound by multiply-adds (bench/README.md,
+ * session 10). */
+RNN_INLINE float rnn_exp_parts_f(float t, float *p2)
+{
+    float fx = floorf(t * 1.44269504088896341f + 0.5f);
+    float r = t - fx * 0.693359375f;
+    r = r - fx * -2.12194440e-4f;
+    float z = r * r;
+    float y = (((1.3814540579915047E-3f * r + 8.36874544620514E-3f) * r + 4.166838899254799E-2f) * r
+               + 1.666652113199234E-1f) * r + 4.999999403953552E-1f;
+    uint32_t bits = ((uint32_t)((int32_t)fx + 127)) << 23;
+    memcpy(p2, &bits, sizeof *p2);
+    return y * z + r;
+}
+
+/* 2|x| beyond which tanh is taken at this value (float tanh is 1 from |x| = 9.02) */
+#define RNN_TANH_CUT 40.0f
+
 RNN_INLINE float rnn_tanh_f(float x)
 {
-    /* |x| < 0.625: odd polynomial (Cephes tanhf); else 1 - 2 / (exp(2|x|) + 1). */
-    float ax = fabsf(x);
-    float z = x * x;
-    float small = ((((-5.70498872745E-3f * z + 2.06390887954E-2f) * z - 5.37397155531E-2f) * z
-                    + 1.33314422036E-1f) * z - 3.33332819422E-1f) * z * x + x;
-    float e = rnn_exp_f(2.0f * ax);
-    float big = 1.0f - 2.0f / (e + 1.0f);
-    big = x < 0.0f ? -big : big;
-    return ax < 0.625f ? small : big;   /* NaN: ax < 0.625 is false, big is NaN */
+    /* tanh |x| = e / (e + 2), e = expm1(2 |x|) = q 2^n + (2^n - 1) (rnn_exp_parts_f):
+     * no cancellation near 0, so one polynomial serves every x (the odd polynomial that
+     * served |x| < 0.625 cost five multiply-adds more); 2.4 ulp at most (float64 tanh
+     * over every float in [1e-30, 20]; 1.3 before) */
+    float t = 2.0f * fabsf(x), p2;
+    t = t > RNN_TANH_CUT ? RNN_TANH_CUT : t;     /* NaN passes */
+    float q = rnn_exp_parts_f(t, &p2);
+    float e = q * p2 + (p2 - 1.0f);
+    return copysignf(e / (e + 2.0f), x);          /* NaN stays NaN */
 }
 
 RNN_INLINE double rnn_tanh_d(double x)
@@ -88,7 +114,15 @@ RNN_INLINE double rnn_tanh_d(double x)
     return ax < 0.625 ? small : big;
 }
 
-RNN_INLINE float rnn_sigmoid_f(float x) { return 1.0f / (1.0f + rnn_exp_f(-x)); }
+RNN_INLINE float rnn_sigmoid_f(float x)
+{
+    /* 1 / (1 + exp(-x)), exp(-x) = (q + 1) 2^n (rnn_exp_parts_f; rnn_exp_f's clamps) */
+    float t = -x, p2;
+    t = t > 88.0f ? 88.0f : t;          /* comparisons are false for NaN: it passes */
+    t = t < -87.0f ? -87.0f : t;
+    float q = rnn_exp_parts_f(t, &p2);
+    return 1.0f / (1.0f + (q + 1.0f) * p2);
+}
 RNN_INLINE double rnn_sigmoid_d(double x) { return 1.0 / (1.0 + rnn_exp_d(-x)); }
 
 /* ---- libm, for the rarer activations ---- */

@@ -2,7 +2,7 @@
  * x86/avx512_cellmath.h -- the AVX-512 fast paths of the gate math, float: sigmoid
  * and tanh sixteen values at a time, and the GRU (reset-after) and LSTM steps with
  * the usual activations (sigmoid gates, tanh) done in one pass per row instead of one
- * pass per operation. The same Cephes formulas as rnn_exp_f / rnn_tanh_f (mathfun.h),
+ * pass per operation. The same formulas as rnn_sigmoid_f / rnn_tanh_f (mathfun.h),
  * written with intrinsics.
  *
  * cellmath.template.h calls them when instantiated with CELLMATH_FAST (float, avx512):
@@ -15,55 +15,50 @@
 #ifndef RNNFAST_X86_AVX512_CELLMATH_H
 #define RNNFAST_X86_AVX512_CELLMATH_H
 
-RNN_INLINE __m512 rnn_exp16(__m512 x)
+/* rnn_exp_parts_f, sixteen lanes: returns q = expm1(r), *fx = n. */
+RNN_INLINE __m512 rnn_exp_parts16(__m512 t, __m512 *fx)
 {
-    x = _mm512_min_ps(_mm512_set1_ps(88.0f), x);
-    x = _mm512_max_ps(_mm512_set1_ps(-87.0f), x);
-    __m512 fx = _mm512_roundscale_ps(_mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504088896341f),
-                                                     _mm512_set1_ps(0.5f)),
-                                     _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-    x = _mm512_fnmadd_ps(fx, _mm512_set1_ps(0.693359375f), x);
-    x = _mm512_fnmadd_ps(fx, _mm512_set1_ps(-2.12194440e-4f), x);
-    __m512 z = _mm512_mul_ps(x, x);
-    __m512 y = _mm512_set1_ps(1.9875691500E-4f);
-    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(1.3981999507E-3f));
-    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(8.3334519073E-3f));
-    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(4.1665795894E-2f));
-    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(1.6666665459E-1f));
-    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(5.0000001201E-1f));
-    y = _mm512_add_ps(_mm512_fmadd_ps(y, z, x), _mm512_set1_ps(1.0f));
-    /* y * 2^fx in one instruction (vscalefps) instead of four (2^fx's bits by
-     * conversion, add and shift, then a multiply): the same value, bit for bit, as fx
-     * is an integer in [-126, 127] after the clamps and both round y 2^fx once (NaN
-     * stays NaN); 6% off a B=64 LSTM step's gate math */
-    return _mm512_scalef_ps(y, fx);
+    __m512 n = _mm512_roundscale_ps(_mm512_fmadd_ps(t, _mm512_set1_ps(1.44269504088896341f),
+                                                    _mm512_set1_ps(0.5f)),
+                                    _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), t);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 z = _mm512_mul_ps(r, r);
+    __m512 y = _mm512_set1_ps(1.3814540579915047E-3f);
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.36874544620514E-3f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.166838899254799E-2f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.666652113199234E-1f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.999999403953552E-1f));
+    *fx = n;
+    return _mm512_fmadd_ps(y, z, r);
 }
 
 RNN_INLINE __m512 rnn_sigmoid16(__m512 x)
 {
-    __m512 one = _mm512_set1_ps(1.0f);
-    return _mm512_div_ps(one, _mm512_add_ps(one, rnn_exp16(_mm512_sub_ps(_mm512_setzero_ps(), x))));
+    __m512 one = _mm512_set1_ps(1.0f), n;
+    __m512 t = _mm512_min_ps(_mm512_set1_ps(88.0f), _mm512_sub_ps(_mm512_setzero_ps(), x));
+    t = _mm512_max_ps(_mm512_set1_ps(-87.0f), t);
+    __m512 q = rnn_exp_parts16(t, &n);
+    /* (q + 1) 2^n in one instruction (vscalefps) instead of a multiply by 2^n: the same
+     * value, bit for bit (n is an integer in [-126, 127] after the clamps; both round
+     * once; NaN stays NaN) */
+    return _mm512_div_ps(one, _mm512_add_ps(one, _mm512_scalef_ps(_mm512_add_ps(q, one), n)));
 }
 
 RNN_INLINE __m512 rnn_tanh16(__m512 x)
 {
-    __m512 ax = _mm512_abs_ps(x);
-    __m512 z = _mm512_mul_ps(x, x);
-    __m512 p = _mm512_set1_ps(-5.70498872745E-3f);
-    p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(2.06390887954E-2f));
-    p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(-5.37397155531E-2f));
-    p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(1.33314422036E-1f));
-    p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(-3.33332819422E-1f));
-    __m512 small = _mm512_fmadd_ps(_mm512_mul_ps(p, z), x, x);
-    __m512 e = rnn_exp16(_mm512_add_ps(ax, ax));
-    __m512 big = _mm512_sub_ps(_mm512_set1_ps(1.0f),
-                               _mm512_div_ps(_mm512_set1_ps(2.0f), _mm512_add_ps(e, _mm512_set1_ps(1.0f))));
-    /* the sign of x onto big (NaN stays NaN) */
-    big = _mm512_castsi512_ps(_mm512_or_si512(
-        _mm512_castps_si512(big),
+    /* rnn_tanh_f: tanh |x| = e / (e + 2), e = q 2^n + (2^n - 1), then the sign of x
+     * (NaN stays NaN) */
+    __m512 one = _mm512_set1_ps(1.0f), n;
+    __m512 t = _mm512_abs_ps(x);
+    t = _mm512_min_ps(_mm512_set1_ps(RNN_TANH_CUT), _mm512_add_ps(t, t));
+    __m512 q = rnn_exp_parts16(t, &n);
+    __m512 p2 = _mm512_scalef_ps(one, n);
+    __m512 e = _mm512_fmadd_ps(q, p2, _mm512_sub_ps(p2, one));
+    __m512 th = _mm512_div_ps(e, _mm512_add_ps(e, _mm512_set1_ps(2.0f)));
+    return _mm512_castsi512_ps(_mm512_or_si512(
+        _mm512_castps_si512(th),
         _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32((int)0x80000000u))));
-    __mmask16 use_small = _mm512_cmp_ps_mask(ax, _mm512_set1_ps(0.625f), _CMP_LT_OQ);
-    return _mm512_mask_blend_ps(use_small, big, small);
 }
 
 /* Lanes j..j+15 of a row of n, as a load/store mask. */
