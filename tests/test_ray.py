@@ -295,7 +295,7 @@ def test_tasks_submitted_two_per_cpu_run_one_per_cpu(ray_local):
 _FAULTS = """
 import resource
 import numpy as np
-from rnnfast.ray import _keep_allocations
+from rnnfast._scaleout import keep_allocations
 
 def faults():  # minor page faults of making and writing a 64 MiB array, the second time
     for _ in range(2):
@@ -304,7 +304,7 @@ def faults():  # minor page faults of making and writing a 64 MiB array, the sec
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
 
 before = faults()
-kept = _keep_allocations()
+kept = keep_allocations()
 print(before, kept, faults())
 """
 
@@ -314,16 +314,18 @@ def _allocator_task(path):
     the page faults of a 64 MiB array made for the second time after it."""
     import resource
 
+    from rnnfast import _scaleout
+
     rnnfast.ray.predict_batch({"x": np.zeros((3, 4, 8), np.float32)}, path)
     for _ in range(2):
         f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         np.ones(16 << 20, np.float32)
-    return rnnfast.ray._allocations_kept, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
+    return _scaleout._allocations_kept, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
 def test_keep_allocations_reuses_pages():
-    """_keep_allocations(): a 64 MiB array made again reuses the pages of the one freed
+    """keep_allocations(): a 64 MiB array made again reuses the pages of the one freed
     before it (glibc's default maps it anew: fresh pages, faulted in and zeroed by the
     kernel, every time). In a fresh process: it changes the whole process."""
     out = subprocess.run([sys.executable, "-c", _FAULTS], capture_output=True, text=True, check=True)
@@ -341,7 +343,9 @@ def test_ray_worker_keeps_allocations(ray_local):
     kept, faults = ray.get(ray.remote(num_cpus=1)(_allocator_task).remote(path))
     assert kept and faults <= 4, faults
     rnnfast.ray.predict_batch({"x": np.zeros((3, 4, 8), np.float32)}, path)
-    assert not rnnfast.ray._allocations_kept
+    from rnnfast import _scaleout
+
+    assert not _scaleout._allocations_kept
 
 
 # -- the batch logic, without Ray running -------------------------------------------------

@@ -31,6 +31,8 @@ __all__ = [
     "flatten",
     "unflatten",
     "ALLOCATOR_ENV",
+    "ALLOCATOR_BYTES",
+    "keep_allocations",
 ]
 
 
@@ -180,15 +182,47 @@ class Runner:
 
 # -- the worker processes' memory allocator ----------------------------------------------
 
+#: What a worker process's glibc allocator keeps: blocks up to this size come from the
+#: heap and are reused by the next call, and free memory past it at the heap's top goes
+#: back to the system. glibc's default maps every block over 32 MiB anew (and its dynamic
+#: threshold, below that, only after a first free): a 5,000-row block of the bundled
+#: digits LSTM (outputs of 64 MiB per layer) then faults in fresh pages on every call,
+#: which the kernel zeroes, 5-10% of the call's CPU time and memory traffic beside the
+#: other workers (bench/README.md, "session 10").
+ALLOCATOR_BYTES = 256 << 20
+
 #: The environment of a worker process for glibc's allocator (read when the process
-#: starts): blocks up to 16 MiB come from the heap and are reused, and free memory past
-#: 16 MiB at the heap's top goes back to the system. Dask's nanny starts its workers with
+#: starts): both thresholds at ``ALLOCATOR_BYTES``. Dask's nanny starts its workers with
 #: ``MALLOC_TRIM_THRESHOLD_=65536``, which also fixes the size above which glibc maps
 #: every allocation anew at 128 KiB: then each of the engine's working buffers of a few
 #: hundred KiB to a few MiB is mapped, faulted in page by page and unmapped per call --
 #: 133,000 page faults and 1.6x the CPU time per 5,000-row block of the bundled digits
 #: LSTM (bench/README.md, "Past one machine").
-ALLOCATOR_ENV = {"MALLOC_TRIM_THRESHOLD_": str(16 << 20), "MALLOC_MMAP_THRESHOLD_": str(16 << 20)}
+ALLOCATOR_ENV = {"MALLOC_TRIM_THRESHOLD_": str(ALLOCATOR_BYTES), "MALLOC_MMAP_THRESHOLD_": str(ALLOCATOR_BYTES)}
+
+_allocations_kept = False
+
+
+def keep_allocations():
+    """Set this process's glibc allocator (``mallopt``) as ``ALLOCATOR_ENV`` sets a
+    process that starts with it: for a worker that already runs (Ray's), where the
+    environment comes too late. Returns whether it is set: False where the C library is
+    not glibc (nothing is changed there)."""
+    global _allocations_kept
+    if _allocations_kept:
+        return True
+    try:
+        if not os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc"):
+            return False
+        import ctypes
+
+        mallopt = ctypes.CDLL(None).mallopt
+    except (ValueError, OSError, AttributeError):  # no such confstr name, not glibc
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    _allocations_kept = bool(mallopt(M_TRIM_THRESHOLD, ALLOCATOR_BYTES) and mallopt(M_MMAP_THRESHOLD, ALLOCATOR_BYTES))
+    return _allocations_kept
 
 
 # -- models that travel by path ---------------------------------------------------------

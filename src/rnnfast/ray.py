@@ -47,7 +47,7 @@ try:
 except ImportError as e:  # pragma: no cover - depends on the install
     raise ImportError("rnnfast.ray needs Ray: pip install 'rnnfast[ray]' (%s)" % e) from None
 
-from ._scaleout import BUDGET, ModelRef, Runner, as_rows, predict_rows, resolve_model
+from ._scaleout import BUDGET, ModelRef, Runner, as_rows, keep_allocations, predict_rows, resolve_model
 from ._threads import get_num_threads
 
 __all__ = ["Predictor", "predict_batch", "setup_worker"]
@@ -338,41 +338,10 @@ def _assigned_cpus():
 _blas_pools = None
 
 
-#: In a Ray worker, blocks up to this size come from glibc's heap and are reused, and free
-#: memory past it at the heap's top goes back to the system (:func:`_keep_allocations`).
-KEEP_BYTES = 256 << 20
-
-_allocations_kept = False
-
-
-def _keep_allocations():
-    """Set this process's glibc allocator (``mallopt``) to keep freed blocks up to
-    ``KEEP_BYTES``: the next batch's arrays reuse their pages, where glibc's default maps
-    every block over 32 MiB anew (the kernel faults in and zeroes fresh pages for every
-    batch). For Dask, whose nanny sets the environment before a worker starts, see
-    ``rnnfast.dask.worker_config``; a Ray worker already runs. Returns whether it is set:
-    False where the C library is not glibc (nothing is changed there)."""
-    global _allocations_kept
-    if _allocations_kept:
-        return True
-    try:
-        if not os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc"):
-            return False
-        import ctypes
-
-        mallopt = ctypes.CDLL(None).mallopt
-    except (ValueError, OSError, AttributeError):  # no such confstr name, not glibc
-        return False
-    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-    _allocations_kept = bool(mallopt(M_TRIM_THRESHOLD, KEEP_BYTES) and mallopt(M_MMAP_THRESHOLD, KEEP_BYTES))
-    return _allocations_kept
-
-
 def _settle_worker(n):
     """In a Ray worker: cap every BLAS thread pool of the process at ``n`` (the CPUs Ray
     gave the task: what Ray's per-task OMP_NUM_THREADS means; never raise one), and set
-    glibc's allocator to keep freed blocks for the next batch (:func:`_keep_allocations`).
+    glibc's allocator to keep freed blocks for the next batch (``rnnfast._scaleout.keep_allocations``).
 
     Ray sets OMP_NUM_THREADS when it runs a task, but a worker that imported NumPy
     before its first task (a ``worker_process_setup_hook``, :func:`setup_worker`) has
@@ -391,7 +360,7 @@ def _settle_worker(n):
         return
     if _ray_cpus() is None:
         return
-    _keep_allocations()
+    keep_allocations()
     from threadpoolctl import ThreadpoolController
 
     if _blas_pools is not None:
