@@ -327,8 +327,11 @@ def _allocator_task(path):
 def test_keep_allocations_reuses_pages():
     """keep_allocations(): a 64 MiB array made again reuses the pages of the one freed
     before it (glibc's default maps it anew: fresh pages, faulted in and zeroed by the
-    kernel, every time). In a fresh process: it changes the whole process."""
-    out = subprocess.run([sys.executable, "-c", _FAULTS], capture_output=True, text=True, check=True)
+    kernel, every time). In a fresh process started with glibc's defaults: it changes the
+    whole process, and glibc reads MALLOC_* variables (which Dask's nanny sets in
+    os.environ of the process that starts workers) when a process starts."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    out = subprocess.run([sys.executable, "-c", _FAULTS], capture_output=True, text=True, check=True, env=env)
     before, kept, after = out.stdout.split()
     assert kept == "True"
     assert int(before) >= 32, out.stdout  # 64 MiB in 2 MiB pages at the least
