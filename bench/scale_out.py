@@ -122,7 +122,15 @@ QUEUED = 2
 #: Ray: the custom resource that holds a 1-worker job to one task at a time
 ONE_WORKER = "scale_out_one_worker"
 #: Dask's settings for a small box (docs/cluster.md), unless --engine-defaults
-DASK_SMALL_BOX = {"distributed.worker.profile.enabled": False}
+DASK_SMALL_BOX = {
+    "distributed.worker.profile.enabled": False,
+    # the periodic checks of every Dask process (scheduler, client, workers, nannies):
+    # event-loop ticks 50 times a second, system and memory monitors (psutil) 2 and 10
+    # times a second; on 2 cores with a worker on each they take from the workers
+    "distributed.admin.tick.interval": "1s",
+    "distributed.admin.system-monitor.interval": "5s",
+    "distributed.worker.memory.monitor-interval": "1s",
+}
 MODEL_TEXT = {
     "seed": "BiGRU(128) -> BiGRU(64) -> Dense(1, sigmoid) per step, 50 features (seeded)",
     "digits": "digits_lstm.pt: LSTM(8, 32, 2 layers, bidirectional) + Linear(64, 10) on h_n",
