@@ -509,9 +509,10 @@ static void RNN_INAME(packed_few)(rnn_packed_args *pa, int nth)
         unit = RNN_SOFTMAX_BLOCK / RNN_PANEL_COLS;
         if (pa->M * pa->nblk > 4 * RNN_SOFTMAX_STACK
             && !(pa->stats = malloc(2 * (size_t)(pa->M * pa->nblk) * sizeof(TYPE)))) {
+            int take_log = pa->softmax == 2;
             pa->softmax = 0;        /* (no memory for the blocks' sums: the product, then the row kernel) */
             RNN_INAME(packed_few)(pa, nth);
-            RNN_INAME(softmax_rows)((TYPE *)pa->C, pa->ldc, (TYPE *)pa->C, pa->ldc, pa->M, pa->N, 0, 1);
+            RNN_INAME(softmax_rows)((TYPE *)pa->C, pa->ldc, (TYPE *)pa->C, pa->ldc, pa->M, pa->N, take_log, 1);
             return;
         }
     }
