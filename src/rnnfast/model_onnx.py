@@ -2206,15 +2206,16 @@ def _callers(out, feeds):
         if shared and any(np.may_share_memory(v, f) for f in feeds):
             res.append(np.array(v, copy=True))
             continue
-        flags = v.flags
-        res.append(v if flags.c_contiguous and flags.writeable else np.array(v, order="C", copy=True))
+        res.append(_contiguous(v))
     return res
 
 
 def _contiguous(v):
     """A C-contiguous array the caller owns (0-d arrays stay 0-d, unlike np.ascontiguousarray)."""
-    v = np.asarray(v)
-    return v if v.flags.c_contiguous and v.flags.writeable else np.array(v, order="C", copy=True)
+    if type(v) is not np.ndarray:
+        v = np.asarray(v)
+    flags = v.flags
+    return v if flags.c_contiguous and flags.writeable else np.array(v, order="C", copy=True)
 
 
 def _frozen(a):
