@@ -349,12 +349,9 @@ def _settle_worker(n):
     rnnfast's (a model's head, post-processing in the same task) then runs on every core
     and its threads spin after it, beside the other workers. Measured on 2 cores (digits
     model, a NumPy head after each batch): 0.8-1.6 CPU s per 100,000 rows on a second
-    thread of a one-CPU task.
-
-    A Ray worker runs with glibc's default allocator, which maps every block over 32 MiB
-    anew: the digits LSTM's 5,000-row batch faulted in 3,900 fresh pages per batch, 5-10%
-    of its CPU time in the kernel zeroing them, beside the other workers' memory traffic
-    (bench/README.md, "session 10"). Outside Ray (no CPUs assigned) nothing is changed."""
+    thread of a one-CPU task. A Ray worker starts with glibc's default allocator (why it
+    should not keep it: ``rnnfast._scaleout.ALLOCATOR_BYTES``). Outside Ray (no CPUs
+    assigned) nothing is changed."""
     global _blas_pools
     if _blas_pools is not None and _blas_pools[1] == n:
         return
