@@ -636,24 +636,29 @@ class Pipelines:
             xd[2, k] = da.concatenate(
                 [client.persist(x2.blocks[i], workers=[sorted(pids)[i % 2]]) for i in range(x2.numblocks[0])]
             )
+        # the model sent once to every worker (docs/cluster.md), as the Ray pipelines put
+        # it in the object store once: passed as itself, each job's graph carries it, one
+        # worker unpickles it and the other fetches it from there before its first block
+        model = client.scatter(self.model, broadcast=True)
         with client.as_current():
-            distributed.wait(list(xd.values()))
-        self.dask = (cluster, client, xd, {1: [one], 2: None}, {1: {pids[one]}, 2: set(pids.values())})
+            distributed.wait(list(xd.values()) + [model])
+        self.dask = (cluster, client, xd, {1: [one], 2: None}, {1: {pids[one]}, 2: set(pids.values())}, model)
 
     def rnnfast_dask(self, workers, which="full"):
         import dask.array as da
 
         import rnnfast.dask
 
-        cluster, client, xd, where, pids = self.dask
+        cluster, client, xd, where, pids, model = self.dask
         x = xd[workers, which]
         c0 = _tree_cpu()
         t = time.perf_counter()
-        if self.digits:
-            _, (h, _c) = rnnfast.dask.predict(self.model, x, return_state=True)
-            y = da.blockwise(_dask_head, "bk", h, "lbj", new_axes={"k": 10}, dtype=np.float32, concatenate=True)
-        else:
-            y = rnnfast.dask.predict(self.model, x)
+        with client.as_current():  # a scattered model is probed on a worker
+            if self.digits:
+                _, (h, _c) = rnnfast.dask.predict(model, x, return_state=True)
+                y = da.blockwise(_dask_head, "bk", h, "lbj", new_axes={"k": 10}, dtype=np.float32, concatenate=True)
+            else:
+                y = rnnfast.dask.predict(model, x)
         y = client.compute(y, workers=where[workers], allow_other_workers=False).result()
         wall = time.perf_counter() - t
         c1 = _tree_cpu()

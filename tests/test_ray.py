@@ -4,6 +4,7 @@ batches, variable-length rows from parquet); each actor computes with the CPUs R
 gave it (threads counted in the actor's process). The batch logic is also tested
 without Ray running."""
 
+import inspect
 import os
 import subprocess
 import sys
@@ -292,35 +293,38 @@ def test_tasks_submitted_two_per_cpu_run_one_per_cpu(ray_local):
     assert running.max() <= 2, spans  # the CPUs of this node
 
 
-_FAULTS = """
-import resource
-import numpy as np
-from rnnfast._scaleout import keep_allocations
+def _second_faults():
+    """Minor page faults of making and writing a 64 MiB array, the second time."""
+    import resource
 
-def faults():  # minor page faults of making and writing a 64 MiB array, the second time
+    import numpy as np
+
     for _ in range(2):
         f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         np.ones(16 << 20, np.float32)
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
 
-before = faults()
+
+# a fresh process: _second_faults before and after keep_allocations()
+_FAULTS = (
+    inspect.getsource(_second_faults)
+    + """
+from rnnfast._scaleout import keep_allocations
+
+before = _second_faults()
 kept = keep_allocations()
-print(before, kept, faults())
+print(before, kept, _second_faults())
 """
+)
 
 
 def _allocator_task(path):
     """In a one-CPU Ray task: whether this worker keeps its allocations after a batch, and
     the page faults of a 64 MiB array made for the second time after it."""
-    import resource
-
     from rnnfast import _scaleout
 
     rnnfast.ray.predict_batch({"x": np.zeros((3, 4, 8), np.float32)}, path)
-    for _ in range(2):
-        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        np.ones(16 << 20, np.float32)
-    return _scaleout._allocations_kept, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
+    return _scaleout._allocations_kept, _second_faults()
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
