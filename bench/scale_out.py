@@ -40,7 +40,8 @@ job and nothing else:
 - ``rnnfast dask``: ``rnnfast.dask.predict(model, x)`` and ``compute`` on one
   ``LocalCluster(n_workers=2, threads_per_worker=1)`` started inside
   ``dask.config.set(rnnfast.dask.worker_config())`` (the workers' allocator, as
-  docs/cluster.md says); ``x`` persisted on the workers beforehand. The 1-worker job
+  docs/cluster.md says); ``x`` persisted on the workers and the model scattered to both
+  (``client.scatter(model, broadcast=True)``) beforehand. The 1-worker job
   runs on one of the two workers, on a copy of ``x`` held there (``workers=``,
   ``allow_other_workers=False``); the 2-worker job on both, on a copy dealt block by
   block to the two in turn.
