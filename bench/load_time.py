@@ -15,8 +15,16 @@ interleaved run by run (their order rotating), so that load from other work fall
 alike; the table shows each engine's median over the runs and ORT's session creation /
 rnnfast's load (above 1: rnnfast loads faster), with geometric means.
 
+``--fresh``: each run exports the files into a folder of its own, in the first worker that
+builds a case, and the engines run in the ``--engines`` order every run. That is compare.py's
+own order: run with every engine, its ONNX Runtime worker exports each file
+(``torch.onnx.export`` in its process, at the first thread count) just before its loads, and
+the rnnfast-onnx worker finds it written. ORT's creation differs after that export (the
+TextClassifier B=1 file: 4.9 ms, against 9.7 ms with the files exported beforehand; session
+11), so ``--fresh --engines ort,...`` gives the numbers compare.py's 1-thread rows see.
+
     python bench/load_time.py [--runs 10] [--threads 1] [--engines src,ort] [--cases GRU] [--budget 0.15]
-                              [--json out.json]
+                              [--fresh] [--json out.json]
 
 An engine is ``ort`` (ONNX Runtime's ``InferenceSession``) or a folder holding a built
 ``rnnfast`` package (a worktree's ``src``), named ``NAME=FOLDER`` or by the folder. Run
@@ -71,6 +79,8 @@ for case in compare.grid_cases(True) + compare.whole_cases():
         continue
     path = os.path.join(folder, "%s.onnx" % compare.case_key(case))
     if budget <= 0:
+        if not os.path.exists(path):  # (--fresh: the first worker of a run exports, as in compare.py)
+            compare.onnx_file(compare.torch_model(case, torch), case, torch, path)
         model, out[case["name"]] = compare.timed_load(lambda: load(path))
         model = None
         continue
@@ -82,8 +92,9 @@ print(json.dumps(out))
 """
 
 
-def export(folder, only):
-    """``[(case name, .onnx path)]`` of compare.py --quick's ONNX rows (exported once)."""
+def export(folder, only, fresh=False):
+    """``[(case name, .onnx path)]`` of compare.py --quick's ONNX rows, exported here once
+    (with ``fresh``: not exported, the workers do)."""
     sys.path.insert(0, HERE)
     import compare
     import torch
@@ -93,7 +104,9 @@ def export(folder, only):
         if only and only not in case["name"]:
             continue
         path = os.path.join(folder, "%s.onnx" % compare.case_key(case))
-        out.append((case["name"], compare.onnx_file(compare.torch_model(case, torch), case, torch, path)))
+        out.append(
+            (case["name"], path if fresh else compare.onnx_file(compare.torch_model(case, torch), case, torch, path))
+        )
     return out
 
 
@@ -107,6 +120,11 @@ def main(argv=None):
     ap.add_argument(
         "--budget", type=float, default=0.15, help="seconds of calls per case after its loads (0: loads only)"
     )
+    ap.add_argument(
+        "--fresh",
+        action="store_true",
+        help="each run exports the files afresh, in its first worker; engines in the given order every run",
+    )
     ap.add_argument("--prefix", default="", help='a command each worker runs under, e.g. "chrt -f 20"')
     ap.add_argument("--json", help="write every run's times here")
     args = ap.parse_args(argv)
@@ -115,12 +133,15 @@ def main(argv=None):
         name, _, folder = e.rpartition("=") if "=" in e else (e, "", e)
         engines[name] = None if folder == "ort" else os.path.abspath(folder)
     with tempfile.TemporaryDirectory() as tmp:
-        folder = args.dir or tmp
-        index = export(folder, args.cases)
+        index = export(args.dir or tmp, args.cases, args.fresh)
         times: dict = {e: [] for e in engines}
         names = list(engines)
         for r in range(args.runs):
-            for e in names[r % len(names) :] + names[: r % len(names)]:
+            folder = args.dir or tmp
+            if args.fresh:
+                folder = os.path.join(tmp, "run%d" % r)
+                os.mkdir(folder)
+            for e in names if args.fresh else names[r % len(names) :] + names[: r % len(names)]:
                 env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
                 if engines[e] is not None:
                     env["PYTHONPATH"] = engines[e]
