@@ -441,8 +441,8 @@ class _Fused:
         self._wants = tuple(rec.outputs[1 : rec.num_outputs]) if rec.layout == 0 else None
         self._zeros = [_zero_constant(sl) for sl in rec.slots[2:4]]
         # the permutation of a Transpose whose output only X was, taken in (fuse_views):
-        # X is args[0] so permuted (the Transpose's own call); False: none
-        self.perm: object = False
+        # X is args[0] so permuted (the Transpose's own call); None: none taken
+        self.perm: tuple | None = None
 
     def args(self, xs):
         return self.rec.args(xs)
@@ -450,7 +450,7 @@ class _Fused:
     def compute(self, args, num_threads):
         rec = self.rec
         x, lens, h0, c0 = args
-        if self.perm is not False:
+        if self.perm is not None:
             x = x.transpose(self.perm) if type(x) is np.ndarray else np.transpose(x, self.perm)
             args = (x, lens, h0, c0)
         known = self._memo.get((x.shape, x.strides)) if type(x) is np.ndarray and not rec.dry else None
@@ -620,7 +620,7 @@ def _take_transposes(steps, outputs):
     for j, st in enumerate(steps):
         op, ins = st[0], st[1]
         sl = op.rec.slots[0] if type(op) is _Fused else None
-        if sl is None or sl[0] != "key" or op.perm is not False:
+        if sl is None or sl[0] != "key" or op.perm is not None:
             continue
         t = ins[sl[1]]
         k = made.get(t)
@@ -634,14 +634,14 @@ def _take_transposes(steps, outputs):
             and top.num_outputs == 1
             and len(top.slots) == 1
             and top.slots[0] == ("key", 0)
+            and top.attrs.get("perm")
         ):
             continue
         src = tins[0]
         freed = [i for m in range(k, j) for i in steps[m][3] if i == src]
         for m in range(k + 1, j):  # (the Transpose's input, read until this step now)
             steps[m][3] = [i for i in steps[m][3] if i != src]
-        perm = top.attrs.get("perm")
-        op.perm = tuple(perm) if perm else None
+        op.perm = tuple(top.attrs["perm"])
         st[1] = list(ins)
         st[1][sl[1]] = src
         st[3] = [i for i in steps[k][3] if i != src] + list(st[3]) + freed[:1]
