@@ -112,7 +112,7 @@ class States(torch.nn.Module):
 
 @pytest.mark.parametrize("cls", [torch.nn.GRU, torch.nn.LSTM])
 def test_a_fused_recurrent_step_gives_the_nodes_states(seed, cls):
-    """The fused step's later calls (``_Fused._states``: Y_h, and an LSTM's Y_c, as the
+    """The fused step's later calls (``_Fused._wants``: Y_h, and an LSTM's Y_c, as the
     kernel gives them) give ONNX Runtime's values and the bits of the first call (the
     view chain run, its layout not yet remembered)."""
     torch.manual_seed(seed % 2**31)
@@ -123,7 +123,7 @@ def test_a_fused_recurrent_step_gives_the_nodes_states(seed, cls):
     want = _ort(data, feed)
     got = [model.run(None, feed) for _ in range(3)]
     fused = [op for op, *_ in model._fast[0] if isinstance(op, _Fused)]
-    assert len(fused) == 1 and fused[0]._memo and fused[0]._states == len(want) - 1
+    assert len(fused) == 1 and fused[0]._memo and fused[0]._wants == (True,) * (len(want) - 1)
     for outs in got:
         assert len(outs) == len(want)
         for g, w, first in zip(outs, want, got[0]):

@@ -130,12 +130,18 @@ def reference(model, feed):
 
 
 def check(model, feed, what=""):
+    """rnnfast against :func:`reference`, and its later calls (the fused step's direct
+    call of the layer, ``model_onnx._Fused``) against its first, bit for bit."""
     want = reference(model, feed)
-    got = rnnfast.from_onnx(model).run(None, feed)
+    m = rnnfast.from_onnx(model)
+    got = m.run(None, feed)
     assert len(got) == len(want)
     for g, w in zip(got, want):
         assert g.shape == w.shape, what
         assert_close(g, w, np.float32, what)
+    for _ in range(2):
+        for g, again in zip(got, m.run(None, feed)):
+            np.testing.assert_array_equal(again, g, what)
 
 
 GRID = list(
@@ -356,3 +362,40 @@ def test_lstm_gate_order_is_applied_in_the_layers_one_copy(rng, H):
     for k in ("_W", "_U", "_bx"):
         np.testing.assert_array_equal(getattr(a, k), getattr(want, k))
     np.testing.assert_array_equal(a.forward(x, batch_first=True)[0], want.forward(x, batch_first=True)[0])
+
+
+def test_an_input_transpose_taken_into_the_recurrent_step(rng):
+    """``Transpose`` -> GRU, the ``Transpose``'s input also read by a later op (that op
+    its last reader in the graph): the recurrent step makes the transposed view itself
+    (``_Fused.perm``) and the input stays until it has read it."""
+    from rnnfast.model_onnx import _Fused
+
+    I, H = 5, 7
+    inits = [
+        numpy_helper.from_array((rng.standard_normal((1, 3 * H, I)) * 0.5).astype(np.float32), "W"),
+        numpy_helper.from_array((rng.standard_normal((1, 3 * H, H)) * 0.5).astype(np.float32), "R"),
+    ]
+    nodes = [
+        helper.make_node("Transpose", ["X"], ["Xt"], perm=[1, 0, 2]),
+        helper.make_node("Relu", ["X"], ["Z"]),
+        helper.make_node("GRU", ["Xt", "W", "R"], ["Y"], hidden_size=H),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["B", "T", I])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("Y", "Z")],
+        inits,
+    )
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 14)])
+    feed = {"X": rng.standard_normal((3, 6, I)).astype(np.float32)}
+    want = ort_session(model).run(None, feed)
+    m = rnnfast.from_onnx(model)
+    first = m.run(None, feed)
+    for got in [first] + [m.run(None, feed) for _ in range(2)]:
+        for g, w, f in zip(got, want, first):
+            assert_close(g, w, np.float32)
+            np.testing.assert_array_equal(g, f)
+    ops = [op for op, *_ in m._fast[0]]
+    assert [op.op_type for op in ops if type(op) is not _Fused] == ["Relu"]
+    assert [op.perm for op in ops if type(op) is _Fused] == [(1, 0, 2)]

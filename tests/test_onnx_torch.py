@@ -248,3 +248,81 @@ def test_dynamo_export_with_dynamic_shapes(seed):
             out = _flat(m(x))
         for g, w in zip(model.run(None, {"x": x.numpy()}), out):
             assert_close(g, w.numpy(), np.float32)
+
+
+class _Stacked(torch.nn.Module):
+    """Two recurrent layers between batch-major input and output, as bench/compare.py
+    exports its grid: ``Transpose``, each node's ``Squeeze`` (or ``Transpose`` and
+    ``Reshape``), ``Transpose``."""
+
+    def __init__(self, cls, bidirectional):
+        super().__init__()
+        self.rnn = cls(6, 8, num_layers=2, bidirectional=bidirectional)
+
+    def forward(self, x):
+        return self.rnn(x.transpose(0, 1))[0].transpose(0, 1)
+
+
+@pytest.mark.parametrize("cls", [torch.nn.GRU, torch.nn.LSTM])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_stacked_nodes_call_their_layers_directly(seed, cls, bidirectional):
+    """Every recurrent node's later calls go straight to its layer (``_Fused._memo``),
+    the first node's too, whose output reaches the next as a (time, batch, features) view
+    of the kernel's batch-major array (not C-contiguous at batch 3): ONNX Runtime's
+    values, the first call's bits, at 1 and 2 threads, a new batch size included."""
+    from rnnfast.model_onnx import _Fused
+
+    torch.manual_seed(seed % 2**31)
+    net = _Stacked(cls, bidirectional)
+    x = torch.randn(3, 5, 6)
+    data = export(net, (x,), False, ["x"], dynamic={"x": {0: "batch"}})
+    model = rnnfast.from_onnx(data)
+    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    for B in (3, 2):
+        feed = {"x": torch.randn(B, 5, 6).numpy()}
+        want = sess.run(None, feed)[0]
+        first = model.run(None, feed)[0]
+        assert_close(first, want, np.float32, "vs ONNX Runtime")
+        for threads in (1, 2, 1):
+            got = model.run(None, feed, num_threads=threads)[0]
+            np.testing.assert_array_equal(got, first)
+            assert got.flags.c_contiguous and not np.shares_memory(got, first)
+    fused = [op for op, *_ in model._fast[0] if isinstance(op, _Fused)]
+    assert len(fused) == 2 and all(len(f._memo) == 2 for f in fused)
+
+
+class _LastState(torch.nn.Module):
+    """A sequence GRU into a GRU read for its final state, as bench/compare.py's seed
+    model: torch traces each zero initial state as zeros of the export's batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.first, self.second = torch.nn.GRU(6, 8), torch.nn.GRU(8, 5)
+
+    def forward(self, x):
+        y, _ = self.first(x.transpose(0, 1))
+        return self.second(y)[1][0]
+
+
+def test_recurrent_steps_take_their_input_transpose_and_zero_states(seed):
+    """Per call, the graph's leading ``Transpose`` is made by the recurrent step that alone
+    reads it (``_Fused.perm``), a node whose ``Y`` nothing reads is a fused step too, and
+    the constant zero states (``zeros(1, 3, H)``, the traced batch) reach the layer as
+    None: ONNX Runtime's values and the first call's bits, at 1 and 2 threads."""
+    from rnnfast.model_onnx import _Fused
+
+    torch.manual_seed(seed % 2**31)
+    x = torch.randn(3, 7, 6)
+    data = export(_LastState(), (x,), False, ["x"])
+    model = rnnfast.from_onnx(data)
+    feed = {"x": torch.randn(3, 7, 6).numpy()}
+    first = model.run(None, feed)[0]
+    assert_close(first, ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, feed)[0], np.float32)
+    for threads in (1, 2, 1):
+        np.testing.assert_array_equal(model.run(None, feed, num_threads=threads)[0], first)
+    ops = [op for op, *_ in model._fast[0]]
+    assert [type(op) for op in ops[:2]] == [_Fused, _Fused] and ops[0].perm == (1, 0, 2) and not ops[1].views
+    assert [op.op_type for op in ops[2:]] == ["Gather"]  # (Y_h[0]; no Transpose step left)
+    for op in ops[:2]:
+        ((flip, view, zero_h, zero_c),) = op._memo.values()
+        assert zero_h and not zero_c and (view is None) == (op is ops[1])

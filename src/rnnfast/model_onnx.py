@@ -406,16 +406,23 @@ _FUSED_MEMO_SIZE = 64
 class _Fused:
     """A recurrent node and the chain of view ops (``Squeeze``, ``Transpose``,
     ``Reshape`` ...) that alone read its ``Y``, as one step of the per-call program
-    (:func:`fuse_views`).
+    (:func:`fuse_views`; a node with no such chain, or whose ``Y`` nothing reads, too),
+    and the ``Transpose`` that alone gives its ``X`` (:attr:`perm`).
 
     Exporters put such a chain after every LSTM / GRU (torch: ``Squeeze`` then
     ``Transpose`` back to (batch, time, features); bidirectional: ``Transpose``,
     ``Reshape``, ``Transpose``), and it often ends in the very array the kernel wrote,
-    read in C order. The first call of given shapes runs the chain, and where its result
-    is that array (C-contiguous, the same first element, dtype and size) remembers its
-    shape: later calls of those shapes reshape the kernel's array to it (one view)
-    instead of running the chain. The values and the memory are the chain's own: the
-    view ops depend only on the shapes and their constant inputs."""
+    read in C order, or in another order of its axes (torch's ``Squeeze`` of a batch-major
+    kernel output: (time, batch, features) seen through strides). The first call of given
+    shapes of ``X`` runs the node and the chain, and where the chain's result is a view of
+    all of the kernel's array (:func:`_view_of`) remembers how: later calls of those shapes
+    call the layer straight away and make ``Y`` as one reshape (and transpose) of the
+    kernel's array, without the node's argument and output handling or the chain (11 -> 3 us
+    per call after the kernel, BiGRU B=1, where the kernel left the caches cold). The values
+    and the memory are the chain's own: the view ops depend only on the shapes and their
+    constant inputs. A constant initial state of zeros of the call's shape (torch's traced
+    ``zeros(D, b, H)``, :func:`rnnfast.io.onnx.recurrent.drop_zero_states`) goes to the layer
+    as None on those calls: the same zeros, not copied."""
 
     multi_input = True
 
@@ -423,47 +430,91 @@ class _Fused:
         self.rec = rec
         self.views = list(views)
         self.name = rec.name
+        # (X's shape, X's strides) -> (flip, view, zero_h, zero_c): flip whether the kernel
+        # reads X swapped (RecurrentOp._forward); view Y as (shape, perm) of the kernel's
+        # array (_view_of), None where Y is not wanted; zero_h / zero_c whether initial_h /
+        # initial_c is a constant of zeros of the call's shape (drop_zero_states' constant
+        # state of a traced batch), given to the layer as None: the same zeros, no copy
         self._memo: dict = {}
-        # the outputs after Y where each is a state as the kernel gives it (layout 0,
-        # every state wanted): 0 (Y alone), 1 (Y, Y_h), 2 (Y, Y_h, Y_c); else None
-        n, wanted = rec.num_outputs, rec.outputs[1 : rec.num_outputs]
-        self._states = n - 1 if rec.layout == 0 and all(wanted) and n <= 1 + rec.layer.cell_spec.num_states else None
+        # the states after Y, wanted or not, where each is one as the kernel gives it
+        # (layout 0); else None (RecurrentOp._outputs makes them)
+        self._wants = tuple(rec.outputs[1 : rec.num_outputs]) if rec.layout == 0 else None
+        self._zeros = [_zero_constant(sl) for sl in rec.slots[2:4]]
+        # the permutation of a Transpose whose output only X was, taken in (fuse_views):
+        # X is args[0] so permuted (the Transpose's own call); None: none taken
+        self.perm: tuple | None = None
 
     def args(self, xs):
         return self.rec.args(xs)
 
     def compute(self, args, num_threads):
         rec = self.rec
+        x, lens, h0, c0 = args
+        if self.perm is not None:
+            x = x.transpose(self.perm) if type(x) is np.ndarray else np.transpose(x, self.perm)
+            args = (x, lens, h0, c0)
+        known = self._memo.get((x.shape, x.strides)) if type(x) is np.ndarray and not rec.dry else None
+        if known is None:
+            return self._first(args, num_threads)
+        # shapes seen before: the layer's call and Y's view, nothing else
+        flip, view, zero_h, zero_c = known
+        if zero_h:
+            h0 = None
+        if zero_c:
+            c0 = None
+        bf = (rec.layout == 1) != flip
+        if rec.layout == 1 and (h0 is not None or c0 is not None):
+            h0 = None if h0 is None else np.swapaxes(h0, 0, 1)
+            c0 = None if c0 is None else np.swapaxes(c0, 0, 1)
+        out, h_n, c_n = rec.layer.forward(
+            x.swapaxes(0, 1) if flip else x,
+            h0,
+            c0,
+            lengths=None if lens is None else np.asarray(lens),
+            return_sequences=view is not None,
+            num_threads=num_threads,
+            batch_first=bf,
+        )
+        y = (
+            None
+            if view is None
+            else out.reshape(view[0])
+            if view[1] is None
+            else out.reshape(view[0]).transpose(view[1])
+        )
+        wants = self._wants
+        if wants is None:
+            res = rec._outputs(out, bf, h_n, c_n, seq=False)
+            res[0] = y
+            return res
+        if not wants:
+            return [y]
+        if len(wants) == 1:
+            return [y, h_n if wants[0] else None]
+        return [y, h_n if wants[0] else None, c_n if wants[1] else None]
+
+    def _first(self, args, num_threads):
+        """A call of new shapes: the node's own call and the chain, and what
+        :meth:`compute` needs to make their results alone next time (:attr:`_memo`)."""
+        rec = self.rec
         x, lens, h0, c0, bf = rec._inputs(args)
         if rec.dry:  # (the load-time run uses the graph, not this step: for safety only)
             res = rec._dry(x, lens, h0, c0, bf)
             return [self._chain(res[0], num_threads)] + res[1:]
-        out, bf, h_n, c_n = rec._forward(x, lens, h0, c0, bf, num_threads)
-        key = (out.shape, out.strides, bf)
-        shape = self._memo.get(key)
-        if shape is not None:
-            if self._states is not None:  # (the states as _outputs gives them, fewer steps)
-                y = out.reshape(shape)
-                if self._states == 1:
-                    return [y, h_n]
-                return [y, h_n, c_n] if self._states == 2 else [y]
-            res = rec._outputs(out, bf, h_n, c_n, seq=False)
-            res[0] = out.reshape(shape)
-            return res
-        res = rec._outputs(out, bf, h_n, c_n, seq=True)
-        y = self._chain(res[0], num_threads)
-        if (
-            isinstance(y, np.ndarray)
-            and y.size
-            and y.dtype == out.dtype
-            and y.size == out.size
-            and y.flags.c_contiguous
-            and out.flags.c_contiguous
-            and y.__array_interface__["data"][0] == out.__array_interface__["data"][0]
-        ):
+        key = (x.shape, x.strides)
+        out, bf_out, h_n, c_n = rec._forward(x, lens, h0, c0, bf, num_threads)
+        res = rec._outputs(out, bf_out, h_n, c_n, seq=True)
+        y = self._chain(res[0], num_threads) if rec.outputs[0] else None
+        view = _view_of(y, out) if rec.outputs[0] else None
+        if type(x) is np.ndarray and (view is not None or not rec.outputs[0]):
+            D, B = rec.layer.num_directions, x.shape[0 if bf else 1]
+            zero = [
+                z and s is not None and s.shape == (D, B, n)
+                for z, s, n in zip(self._zeros, (h0, c0), (rec.layer.output_size, rec.layer.units))
+            ]
             if len(self._memo) >= _FUSED_MEMO_SIZE:
                 self._memo.clear()
-            self._memo[key] = y.shape
+            self._memo[key] = (bf_out != bf, view, zero[0], zero[1])
         res[0] = y
         return res
 
@@ -473,7 +524,41 @@ class _Fused:
         return y
 
     def __repr__(self):
-        return "<fused %r + %s>" % (self.rec.name, ", ".join(op.op_type for op in self.views))
+        return "<fused %r + %s>" % (self.rec.name, ", ".join(op.op_type for op in self.views) or "no views")
+
+
+def _zero_constant(slot):
+    """Whether an op's input ``slot`` is a constant of numbers all of whose bytes are
+    zero (+0.0 alike: a -0.0 is not one)."""
+    if slot is None or slot[0] != "const":
+        return False
+    v = slot[1]
+    return type(v) is np.ndarray and v.dtype.kind in "biuf" and v.tobytes() == bytes(v.nbytes)
+
+
+def _view_of(y, out):
+    """``(shape, perm)`` such that ``out.reshape(shape)``, transposed by ``perm`` (None:
+    not transposed), is ``y`` (its shape, and its strides on every axis longer than 1),
+    where ``y`` is a view of all of ``out`` (C-contiguous, of its first element, dtype
+    and size); else None."""
+    if not (
+        type(y) is np.ndarray
+        and y.size
+        and y.dtype == out.dtype
+        and y.size == out.size
+        and out.flags.c_contiguous
+        and y.__array_interface__["data"][0] == out.__array_interface__["data"][0]
+    ):
+        return None
+    if y.flags.c_contiguous:
+        return y.shape, None
+    order = sorted(range(y.ndim), key=lambda i: (-y.strides[i], i))  # y's axes as they lie in memory
+    shape = tuple(y.shape[i] for i in order)
+    perm = tuple(order.index(i) for i in range(y.ndim))
+    v = out.reshape(shape).transpose(perm)
+    if v.shape != y.shape or any(n > 1 and a != b for n, a, b in zip(y.shape, v.strides, y.strides)):
+        return None
+    return shape, perm
 
 
 def _fuse(program, follow):
@@ -511,8 +596,57 @@ def _fuse(program, follow):
 def fuse_views(program):
     """``program`` (what :func:`_compile` gives) with each recurrent step and the view
     ops that alone read its ``Y`` (one after another, each reading only the last one's
-    output and constants, no intermediate a model output) as one :class:`_Fused` step."""
-    return _fuse(program, _view_chain)
+    output and constants, no intermediate a model output) as one :class:`_Fused` step;
+    a recurrent step without such ops as a :class:`_Fused` step of none (its later calls
+    as short)."""
+    steps, n, outputs = _fuse(program, _view_chain)
+    steps = [(_Fused(op, []) if type(op) is RecurrentOp else op, ins, outs, free) for op, ins, outs, free in steps]
+    return _take_transposes(steps, outputs), n, outputs
+
+
+def _take_transposes(steps, outputs):
+    """``steps`` with each ``Transpose`` step whose output only a :class:`_Fused` step's
+    ``X`` reads (once; no model output) taken into that step (:attr:`_Fused.perm`): the
+    transposed view it gave, made by the recurrent step, one step fewer per call (torch's
+    ``Transpose`` of batch-major input before every exported LSTM / GRU)."""
+    made = {o: k for k, st in enumerate(steps) for o in st[2]}
+    reads: dict = {}
+    for st in steps:
+        for i in st[1]:
+            reads[i] = reads.get(i, 0) + 1
+    final = set(outputs)
+    steps = [list(st) for st in steps]
+    gone = set()
+    for j, st in enumerate(steps):
+        op, ins = st[0], st[1]
+        sl = op.rec.slots[0] if type(op) is _Fused else None
+        if sl is None or sl[0] != "key" or op.perm is not None:
+            continue
+        t = ins[sl[1]]
+        k = made.get(t)
+        if k is None or k in gone or t in final or reads[t] != 1:
+            continue
+        top, tins = steps[k][0], steps[k][1]
+        if not (
+            type(top) is FnOp
+            and top.kernel == "Transpose"
+            and not top.domain
+            and top.num_outputs == 1
+            and len(top.slots) == 1
+            and top.slots[0] == ("key", 0)
+            and top.attrs.get("perm")
+        ):
+            continue
+        src = tins[0]
+        freed = [i for m in range(k, j) for i in steps[m][3] if i == src]
+        for m in range(k + 1, j):  # (the Transpose's input, read until this step now)
+            steps[m][3] = [i for i in steps[m][3] if i != src]
+        op.perm = tuple(top.attrs["perm"])
+        st[1] = list(ins)
+        st[1][sl[1]] = src
+        st[3] = [i for i in steps[k][3] if i != src] + list(st[3]) + freed[:1]
+        gone.add(k)
+    return [tuple(st) for k, st in enumerate(steps) if k not in gone]
 
 
 def _view_chain(op, outs, steps, sole):
