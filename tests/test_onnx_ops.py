@@ -429,3 +429,19 @@ def test_the_flat_plan_gives_the_bits_of_the_ops_one_by_one(rng, case, as_initia
             w = np.asarray(w)
             assert g.shape == w.shape and g.dtype == w.dtype
             np.testing.assert_array_equal(g, w)
+
+
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_conv_windows_are_read_only_views(rng, contiguous):
+    """``ops._windows`` (the im2col view of a Conv): the windows as NumPy's
+    ``sliding_window_view`` gives them, read-only, sharing ``x``'s memory, for a
+    C-contiguous ``x`` (one ndarray constructor) and a strided one (``as_strided``)."""
+    from rnnfast.ops import _windows
+
+    base = rng.standard_normal((2, 11, 6)).astype(F)
+    x = base if contiguous else base[:, :, ::2]
+    w = _windows(x, 3, 2, 2)
+    want = np.lib.stride_tricks.sliding_window_view(x, 5, axis=1)[:, ::2, :, ::2].transpose(0, 1, 3, 2)
+    np.testing.assert_array_equal(w, want)
+    assert not w.flags.writeable and np.shares_memory(w, base)
+    assert _windows(x, 20, 1, 1).shape == (2, 0, 20, x.shape[2])

@@ -46,13 +46,25 @@ def conv_padding(steps, kernel_size, stride, dilation, padding):
     raise ValueError("padding must be 'valid', 'same' or 'causal', got %r" % (padding,))
 
 
+def _strided(x, shape, strides):
+    """``x`` seen with ``shape`` and ``strides`` (bytes, from its first element), read-only,
+    no copy: one ndarray constructor on ``x``'s memory where ``x`` is C-contiguous (0.4 us),
+    else ``as_strided`` (its interface dict and checks: 5 us, a Speech model's Conv at
+    B=1 paid it on every call)."""
+    if x.flags.c_contiguous and x.size:
+        v = np.ndarray(shape, x.dtype, x, 0, strides)
+        v.flags.writeable = False
+        return v
+    return as_strided(x, shape, strides, writeable=False)
+
+
 def _windows(x, kernel_size, stride, dilation):
     """(B, T_out, k, C) strided view of windows of ``x`` (B, T, C), no copy."""
     B, T, C = x.shape
     span = (kernel_size - 1) * dilation + 1
     n = (T - span) // stride + 1 if T >= span else 0
     s0, s1, s2 = x.strides
-    return as_strided(x, (B, n, kernel_size, C), (s0, s1 * stride, s1 * dilation, s2), writeable=False)
+    return _strided(x, (B, n, kernel_size, C), (s0, s1 * stride, s1 * dilation, s2))
 
 
 def conv1d(x, kernel, bias=None, *, stride=1, dilation=1, padding=(0, 0), groups=1, num_threads=None, act=-1):
@@ -79,7 +91,7 @@ def conv1d(x, kernel, bias=None, *, stride=1, dilation=1, padding=(0, 0), groups
         # in the same order as the im2col matrix's rows (the same bits)
         x = np.ascontiguousarray(x)
         item = x.itemsize
-        cols = as_strided(x, (B, n, k * C), (x.strides[0], stride * C * item, item), writeable=False)
+        cols = _strided(x, (B, n, k * C), (x.strides[0], stride * C * item, item))
         y = matmul(cols, kernel.reshape(k * C, cout), bias, num_threads, act)
     elif groups == 1:
         cols = w.reshape(B * n, k * C)  # copies once: the im2col matrix
