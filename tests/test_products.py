@@ -193,12 +193,13 @@ def test_onnx_matmul_of_a_vector_as_numpy(rng):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("transposed", [False, True])
-@pytest.mark.parametrize("K,N", [(150, 37), (16, 16), (48, 20), (256, 20), (15, 33)])
+@pytest.mark.parametrize("K,N", [(150, 37), (16, 16), (48, 20), (256, 20), (15, 33), (20, 300), (64, 130)])
 def test_few_rows_give_the_bits_of_the_same_rows_in_a_larger_batch(rng, dtype, transposed, K, N):
     """A row's values do not depend on its batch: the few-row product (read in place)
     sums each element in the packed product's chain, bias first (streaming contract).
     K past the row kernel's k block and its 16 x 16 transposes of B^T (attention's k^T,
-    AVX-512), or short of them; N past its lanes."""
+    AVX-512), or short of them; N past its lanes, and past its wide blocks of contiguous
+    columns (8 vectors of 16 on AVX-512, 4 on AVX2) and their tail."""
     q = rng.standard_normal((9, K)).astype(dtype)
     b = rng.standard_normal((N, K)).astype(dtype).T if transposed else rng.standard_normal((K, N)).astype(dtype)
     bias = rng.standard_normal(N).astype(dtype)
@@ -305,6 +306,40 @@ def test_attend_gives_the_bits_of_its_three_ops(rng, dtype, G, M):
         np.testing.assert_array_equal(O, want)
     ref = _softmax64(q.astype(np.float64) @ kt.astype(np.float64)) @ enc
     np.testing.assert_allclose(O, ref, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    "G,M,K,T,N",
+    [(37, 1, 256, 20, None), (41, 3, 40, 17, 300), (5, 4, 600, 9, 33), (16, 2, 7, 3, 130), (64, 1, 512, 20, 256)],
+)
+def test_attend_of_many_entries_gives_the_packed_products_bits(rng, dtype, G, M, K, T, N):
+    """Attention over many batch entries (a decoder step at B=64: AVX-512 sums the
+    scores of 16 entries at once, one per lane, K up to 512; longer rows entry by
+    entry): each entry's scores and output the bits of the packed product (rows enough
+    for it) and the row softmax, whatever entries share its block (G not a multiple of
+    16, K not one of 16), for any thread count; v the keys (N None) or its own."""
+    q = (rng.standard_normal((G, M, K)) / np.sqrt(K)).astype(dtype)  # scores of unit scale
+    enc = rng.standard_normal((G, T, K)).astype(dtype)
+    v = enc if N is None else rng.standard_normal((G, T, N)).astype(dtype)
+    kt = enc.transpose(0, 2, 1)
+    pad = 9  # rows: the packed product, not the few-row kernel
+    want_p = np.empty((G, M, T), dtype)
+    want = np.empty((G, M, v.shape[2]), dtype)
+    for g in range(G):
+        s = _products.matmul(np.vstack([q[g], np.zeros((pad, K), dtype)]), kt[g], num_threads=1)[:M]
+        want_p[g] = _special.row_softmax(s)
+        want[g] = _products.matmul(np.vstack([want_p[g], np.zeros((pad, T), dtype)]), v[g], num_threads=1)[:M]
+    for t in (1, 2, 3):
+        P, O = np.empty((G, M, T), dtype), np.empty_like(want)
+        _rowops.attend(q, kt, v, P, O, t)
+        np.testing.assert_array_equal(P, want_p)
+        np.testing.assert_array_equal(O, want)
+    P1, O1 = np.empty((1, M, T), dtype), np.empty((1, M, v.shape[2]), dtype)
+    _rowops.attend(q[-1:], kt[-1:], v[-1:], P1, O1, 1)  # the last entry alone
+    np.testing.assert_array_equal(O1[0], want[-1])
+    ref = _softmax64(q.astype(np.float64) @ kt.astype(np.float64)) @ v
+    np.testing.assert_allclose(O, ref, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-5)
 
 
 @pytest.fixture

@@ -301,6 +301,52 @@ RNN_INLINE TYPE RNN_INAME(madd)(TYPE a, TYPE b, TYPE c)
 #endif
 }
 
+#if RNN_ROWS_VECTOR
+/* Vectors of lanes rows_product_wide sums at once (their chains interleaved: one
+ * multiply-add's latency per RNN_ROWS_WIDE of them, where one chain at a time waited for
+ * each), as many as the instruction set's registers hold beside the loads. */
+#undef RNN_ROWS_WIDE
+#if defined(RNN_ROWS_SHUFFLE)
+#define RNN_ROWS_WIDE 8
+#elif RNN_ROWS_FMA
+#define RNN_ROWS_WIDE (sizeof(TYPE) == 4 ? 4 : 2)
+#else
+#define RNN_ROWS_WIDE (sizeof(TYPE) == 4 ? 2 : 1)
+#endif
+
+/* rows_product's columns 0 .. J-1, J the largest multiple of RNN_ROWS_WIDE vectors of
+ * lanes <= N, for B's rows contiguous: RNN_ROWS_WIDE vectors of sums in registers
+ * across all of k, each element's chain rows_product's (from its bias or zero, one
+ * multiply-add per k in order: the same bits). Returns J. */
+static long RNN_INAME(rows_product_wide)(long M, long N, long K, const TYPE *A, long lda, const TYPE *B, long ldb,
+                                         const TYPE *bias, TYPE *C, long ldc)
+{
+    typedef RNN_INAME(lanes) V;
+    enum { NW = RNN_ROWS_WIDE, W = NW * RNN_ROW_LANES };
+    long i, k, j0, w;
+    for (j0 = 0; j0 + W <= N; j0 += W)
+        for (i = 0; i < M; i++) {
+            const TYPE *a = A + i * lda, *b = B + j0;
+            V acc[NW], zero = {0};
+            _Pragma("GCC unroll 8") for (w = 0; w < NW; w++) {
+                acc[w] = zero;
+                if (bias)
+                    memcpy(&acc[w], bias + j0 + w * RNN_ROW_LANES, sizeof(V));
+            }
+            for (k = 0; k < K; k++, b += ldb) {
+                TYPE av = a[k];
+                _Pragma("GCC unroll 8") for (w = 0; w < NW; w++) {
+                    V vb;
+                    memcpy(&vb, b + w * RNN_ROW_LANES, sizeof vb);
+                    acc[w] = acc[w] + av * vb;          /* (contracted to an FMA where the ISA has one) */
+                }
+            }
+            memcpy(C + i * ldc + j0, acc, sizeof acc);
+        }
+    return j0;
+}
+#endif
+
 /* C (M x N, row stride ldc) = bias + A (M x K, row stride lda) B (K x N, element (k, j)
  * at B[k*ldb + j*cb], any strides): each element one chain of multiply-adds over k =
  * 0..K-1 starting from its bias (or zero), the chain of the packed product
@@ -310,13 +356,17 @@ RNN_INLINE TYPE RNN_INAME(madd)(TYPE a, TYPE b, TYPE c)
 static void RNN_INAME(rows_product)(long M, long N, long K, const TYPE *A, long lda, const TYPE *B,
                                     long ldb, long cb, const TYPE *bias, TYPE *C, long ldc)
 {
-    long i, k, j, j0, k0, nk, nc;
+    long i, k, j, j0 = 0, k0, nk, nc;
     TYPE acc[RNN_ROW_LANES];
 #if RNN_ROWS_VECTOR
     RNN_INAME(lanes) va;                        /* acc in a register across k */
 #endif
     TYPE panel[RNN_ROWS_KBLOCK * RNN_ROW_LANES];     /* a block of B's columns, gathered */
-    for (j0 = 0; j0 < N; j0 += RNN_ROW_LANES) {
+#if RNN_ROWS_VECTOR
+    if (cb == 1)                /* B's rows contiguous: RNN_ROWS_WIDE vectors of columns at once */
+        j0 = RNN_INAME(rows_product_wide)(M, N, K, A, lda, B, ldb, bias, C, ldc);
+#endif
+    for (; j0 < N; j0 += RNN_ROW_LANES) {
         int direct;
         nc = N - j0 < RNN_ROW_LANES ? N - j0 : RNN_ROW_LANES;
         direct = cb == 1 && nc == RNN_ROW_LANES;    /* B's rows contiguous: read in place */
@@ -400,24 +450,121 @@ static void RNN_INAME(rows_products)(const rnn_rows_args *pr, int nth)
     }
 }
 
+/* The attention of batch entry g (attend): S_g = Q_g Kt_g (rows_product), each row of
+ * S_g softmaxed in place (softmax_row), O_g = S_g V_g (rows_product); scores: S_g given
+ * (attend_scores16 computed it). */
+static void RNN_INAME(attend_one)(const rnn_attend_args *ar, long g, int scores)
+{
+    const TYPE *q = (const TYPE *)ar->Q + g * ar->sq, *kt = (const TYPE *)ar->Kt + g * ar->sk;
+    const TYPE *v = (const TYPE *)ar->V + g * ar->sv;
+    TYPE *sc = (TYPE *)ar->S + g * ar->M * ar->T, *o = (TYPE *)ar->O + g * ar->M * ar->N;
+    long m;
+    if (!scores)
+        RNN_INAME(rows_product)(ar->M, ar->T, ar->K, q, ar->ldq, kt, ar->ldk, ar->ck, NULL, sc, ar->T);
+    for (m = 0; m < ar->M; m++)
+        RNN_INAME(softmax_row)(sc + m * ar->T, sc + m * ar->T, ar->T, 0);
+    RNN_INAME(rows_product)(ar->M, ar->N, ar->T, sc, ar->T, v, ar->ldv, ar->cv, NULL, o, ar->N);
+}
+
+#if RNN_ROWS_TRANSPOSE
+/* r[l] = the first nk (<= lanes) values at p + l * stride for l < ng, zeros past them
+ * (and for l >= ng). */
+RNN_INLINE void RNN_INAME(rows16)(RNN_INAME(lanes) *r, const TYPE *p, long stride, long ng, long nk)
+{
+    TYPE buf[RNN_ROW_LANES] = {0};
+    RNN_INAME(lanes) zero = {0};
+    int l;
+    nk = nk < RNN_ROW_LANES ? nk : RNN_ROW_LANES;
+    _Pragma("GCC unroll 16") for (l = 0; l < RNN_ROW_LANES; l++) {
+        r[l] = zero;
+        if (l < ng) {
+            memcpy(buf, p + l * stride, (size_t)nk * sizeof(TYPE));
+            memcpy(&r[l], buf, sizeof r[l]);
+        }
+    }
+}
+
+/* Longest rows (K) attend_scores16 takes: Q's transposed rows on its stack (32 KB). */
+#define RNN_ATTEND_MAXK 512
+
+/* The scores S_g = Q_g Kt_g of the RNN_ROW_LANES batch entries g0 .. g0 + ng - 1 (ng <=
+ * lanes) at once, Kt's k contiguous (ldk 1: attention's k^T, a transposed view of the
+ * keys), K <= RNN_ATTEND_MAXK: one lane per entry, each element rows_product's chain
+ * (from zero, one multiply-add per k in order: the same bits, whatever entries share the
+ * vector). The lanes past ng are zeros. Per row m of Q: its 16 entries' rows transposed
+ * (16 x 16 blocks in registers, Q^T in qt), then per t the keys' 16 rows transposed
+ * block by block and summed straight from the registers: no panel stored and reloaded,
+ * no element-by-element gather of a t tail (rows_product's lanes are t: T = 20 left 4). */
+static void RNN_INAME(attend_scores16)(const rnn_attend_args *ar, long g0, long ng)
+{
+    typedef RNN_INAME(lanes) V;
+    const TYPE *Q = (const TYPE *)ar->Q, *Kt = (const TYPE *)ar->Kt;
+    TYPE *S = (TYPE *)ar->S, lane[RNN_ROW_LANES];
+    long M = ar->M, K = ar->K, T = ar->T, K16 = K / RNN_ROW_LANES * RNN_ROW_LANES, m, t, k0, kk, l;
+    V qt[RNN_ATTEND_MAXK], r[RNN_ROW_LANES], acc, zero = {0};
+    for (m = 0; m < M; m++) {
+        const TYPE *q = Q + g0 * ar->sq + m * ar->ldq;
+        for (k0 = 0; k0 < K; k0 += RNN_ROW_LANES) {
+            RNN_INAME(rows16)(r, q + k0, ar->sq, ng, K - k0);
+            RNN_INAME(transpose16)(r);
+            _Pragma("GCC unroll 16") for (kk = 0; kk < RNN_ROW_LANES; kk++)
+                qt[k0 + kk] = r[kk];        /* (qt has room: K <= RNN_ATTEND_MAXK, a multiple of 16) */
+        }
+        for (t = 0; t < T; t++) {
+            const TYPE *kt = Kt + g0 * ar->sk + t * ar->ck;
+            acc = zero;
+            for (k0 = 0; k0 < K16; k0 += RNN_ROW_LANES) {
+                if (ng == RNN_ROW_LANES)
+                    _Pragma("GCC unroll 16") for (l = 0; l < RNN_ROW_LANES; l++)
+                        memcpy(&r[l], kt + l * ar->sk + k0, sizeof(V));
+                else
+                    RNN_INAME(rows16)(r, kt + k0, ar->sk, ng, RNN_ROW_LANES);
+                RNN_INAME(transpose16)(r);
+                _Pragma("GCC unroll 16") for (kk = 0; kk < RNN_ROW_LANES; kk++)
+                    acc = acc + qt[k0 + kk] * r[kk];    /* (contracted to an FMA where the ISA has one) */
+            }
+            if (K16 < K) {          /* the last K % 16 */
+                RNN_INAME(rows16)(r, kt + K16, ar->sk, ng, K - K16);
+                RNN_INAME(transpose16)(r);
+                _Pragma("GCC unroll 16") for (kk = 0; kk < RNN_ROW_LANES; kk++)
+                    if (K16 + kk < K)
+                        acc = acc + qt[K16 + kk] * r[kk];
+            }
+            memcpy(lane, &acc, sizeof lane);
+            for (l = 0; l < ng; l++)
+                S[((g0 + l) * M + m) * T + t] = lane[l];
+        }
+    }
+}
+#endif
+
 /* The attention of ar (rowops.h: rnn_attend_args) in TYPE: per batch entry g, the
  * scores S_g = Q_g Kt_g (rows_product), each row of S_g softmaxed in place
  * (softmax_row), O_g = S_g V_g (rows_product): the bits of the three ops one after
- * another. The g split among nth threads at most. */
+ * another. On AVX-512 (float, k^T a transposed view, K <= RNN_ATTEND_MAXK) the scores of
+ * 16 entries at a time (attend_scores16: the same bits), and O on rows_product_wide:
+ * (64, 1, 256) @ (64, 256, 20) -> softmax -> @ (64, 20, 256) 157 -> 91 us alone, 326 ->
+ * 130 us within a decoder step (Zen 4, 1 thread, chrt). The entries (blocks of 16 there)
+ * split among nth threads at most. */
 static void RNN_INAME(attend)(const rnn_attend_args *ar, int nth)
 {
     long g;
-    RNN_OMP(parallel for num_threads(nth) schedule(static) if(nth > 1))
-    for (g = 0; g < ar->G; g++) {
-        const TYPE *q = (const TYPE *)ar->Q + g * ar->sq, *kt = (const TYPE *)ar->Kt + g * ar->sk;
-        const TYPE *v = (const TYPE *)ar->V + g * ar->sv;
-        TYPE *sc = (TYPE *)ar->S + g * ar->M * ar->T, *o = (TYPE *)ar->O + g * ar->M * ar->N;
-        long m;
-        RNN_INAME(rows_product)(ar->M, ar->T, ar->K, q, ar->ldq, kt, ar->ldk, ar->ck, NULL, sc, ar->T);
-        for (m = 0; m < ar->M; m++)
-            RNN_INAME(softmax_row)(sc + m * ar->T, sc + m * ar->T, ar->T, 0);
-        RNN_INAME(rows_product)(ar->M, ar->N, ar->T, sc, ar->T, v, ar->ldv, ar->cv, NULL, o, ar->N);
+#if RNN_ROWS_TRANSPOSE
+    if (sizeof(TYPE) == 4 && ar->ldk == 1 && ar->K <= RNN_ATTEND_MAXK) {
+        long nb = (ar->G + RNN_ROW_LANES - 1) / RNN_ROW_LANES;
+        RNN_OMP(parallel for num_threads(nth) schedule(static) if(nth > 1))
+        for (g = 0; g < nb; g++) {
+            long g0 = g * RNN_ROW_LANES, ng = ar->G - g0 < RNN_ROW_LANES ? ar->G - g0 : RNN_ROW_LANES, e;
+            RNN_INAME(attend_scores16)(ar, g0, ng);
+            for (e = g0; e < g0 + ng; e++)
+                RNN_INAME(attend_one)(ar, e, 1);
+        }
+        return;
     }
+#endif
+    RNN_OMP(parallel for num_threads(nth) schedule(static) if(nth > 1))
+    for (g = 0; g < ar->G; g++)
+        RNN_INAME(attend_one)(ar, g, 0);
 }
 
 /* Task `task` of pa (rowops.h: rnn_packed_args): C's columns of panels task*per ..
