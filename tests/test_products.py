@@ -352,13 +352,17 @@ def partner_awake():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("M,K,N", [(1, 256, 8000), (3, 37, 130), (4, 5, 64), (2, 64, 1), (1, 300, 65)])
+@pytest.mark.parametrize(
+    "M,K,N",
+    [(1, 256, 8000), (3, 37, 130), (4, 5, 64), (2, 64, 1), (1, 300, 65), (11, 37, 130), (16, 20, 300), (13, 9, 70)],
+)
 @pytest.mark.parametrize("bias", [True, False])
 def test_partner_packed_rows_give_the_packed_products_bits(rng, partner_awake, dtype, M, K, N, bias):
     """The few-row product on the partner thread (c/rowops.team.h): against a float64
     reference, the bits of the packed product (_kernels.packed_rows) on 1 to 3 threads,
     with the partner polling and asleep (every task then on the caller or late to it),
-    and each row the bits of that row in a larger batch."""
+    and each row the bits of that row in a larger batch. Many rows too (AVX-512 float:
+    register tiles of 6 rows, and a rest of 5, 4 or 1)."""
     W = rng.standard_normal((K, N)).astype(dtype)
     b = rng.standard_normal(N).astype(dtype) if bias else np.zeros(0, dtype)
     x = rng.standard_normal((M, K)).astype(dtype)
@@ -380,13 +384,17 @@ def test_partner_packed_rows_give_the_packed_products_bits(rng, partner_awake, d
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("M,K,N", [(1, 256, 8000), (3, 37, 1100), (4, 5, 64), (2, 64, 1), (1, 30, 40000)])
+@pytest.mark.parametrize(
+    "M,K,N", [(1, 256, 8000), (3, 37, 1100), (4, 5, 64), (2, 64, 1), (1, 30, 40000), (13, 37, 1100), (64, 64, 8000)]
+)
 @pytest.mark.parametrize("log", [False, True])
 def test_partner_packed_rows_softmax_gives_the_product_then_the_row_kernel(rng, partner_awake, dtype, M, K, N, log):
     """The few-row product with its rows' (log-)softmax in its column tasks (a decoder's
     vocabulary head): the bits of the packed product followed by the row kernel, on 1 to
     3 threads, the partner polling and asleep; against float64. A bias of -inf over a
-    block of columns (their exps 0) and rows past the blocks kept on the stack."""
+    block of columns (their exps 0) and rows past the blocks kept on the stack. Many
+    rows (a head at B=64: a task per block of columns on one thread too, the finish
+    split by rows)."""
     W = (rng.standard_normal((K, N)) / np.sqrt(K)).astype(dtype)
     b = rng.standard_normal(N).astype(dtype)
     b[512:1024] = -np.inf
@@ -408,6 +416,15 @@ def test_partner_packed_rows_softmax_gives_the_product_then_the_row_kernel(rng, 
             assert np.array_equal(got.view(np.uint8), want.view(np.uint8)), (spin, n)
     with pytest.raises(ValueError, match="softmax"):
         _rowops.packed_rows(x, P, b, np.empty((M, N), dtype), 1, 3)
+
+
+def test_packed_tile_says_where_many_rows_run_register_tiled():
+    """``_rowops.packed_tile``: 6 rows per tile for float32 on AVX-512 (where dense sends
+    a row softmax of many rows to ``packed_rows``), 1 elsewhere and for float64."""
+    tiled = _kernels.isa() == "avx512"
+    assert _rowops.packed_tile(np.float32) == (6 if tiled else 1)
+    assert _rowops.packed_tile(np.float64) == 1
+    assert _products._TILED[np.dtype(np.float32)] == tiled
 
 
 @pytest.mark.parametrize("act", [_products.ROW_SOFTMAX, _products.ROW_LOG_SOFTMAX])

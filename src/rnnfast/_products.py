@@ -87,6 +87,12 @@ def dense(x, packed, N, bias=None, act=-1, num_threads=None):
                 for row in y2:
                     _kernels.activate(act, row)
             return y
+    elif row_sm and _TILED[x.dtype] and M * N * K >= PARTNER_MACS:
+        # many rows and their softmax (a decoder's head at B=64): each block of columns'
+        # softmax phase as the block is written, in L2, the blocks shared with the partner
+        b = _NO_BIAS[x.dtype] if bias is None else bias
+        _rowops.packed_rows(x2, packed, b, y.reshape(M, N), resolve_num_threads(num_threads), act - SOFTMAX)
+        return y
     _kernels.packed_rows(
         x2,
         packed,
@@ -101,6 +107,9 @@ def dense(x, packed, N, bias=None, act=-1, num_threads=None):
 
 
 _NO_BIAS = {dt: np.zeros(0, dt) for dt in _CORE}
+#: Per dtype: ``_rowops.packed_rows`` runs many rows register-tiled (AVX-512 float), at
+#: the packed product's speed, so that :func:`dense` takes a row softmax of any rows there.
+_TILED = {dt: _rowops.packed_tile(dt) > 1 for dt in _CORE}
 
 #: :func:`dense` of at most :data:`FEW_ROWS` rows and at least this many multiply-adds,
 #: on two threads or more, runs on ``_rowops.packed_rows``: its panels split between the

@@ -567,6 +567,57 @@ static void RNN_INAME(attend)(const rnn_attend_args *ar, int nth)
         RNN_INAME(attend_one)(ar, g, 0);
 }
 
+#undef RNN_ROWS_TILE
+#if RNN_ROWS_VECTOR && defined(RNN_ROWS_SHUFFLE)
+/* Rows per register tile of packed_task (float on AVX-512: 6 x 4 vectors of sums, as
+ * x86/avx512_packgemm.h's tile); 1 (row by row) elsewhere. */
+#define RNN_ROWS_TILE 6
+
+/* C[0:R, j0 : j0 + nc] = bias + A[0:R] (lda) times the panel bp (K x 64), R <= 6 rows
+ * (a constant after inlining: the 4 R sums in registers, the panel's four vectors
+ * loaded once per k for all R rows); each element the packed product's chain (from its
+ * bias or zero, one multiply-add per k in order). Prefetches into L2 its share (tile t)
+ * of pf, the panel after this one (one line per k, tile t from line t K). */
+RNN_INLINE void RNN_INAME(panel_tile)(const int R, long K, const TYPE *A, long lda, const TYPE *bp, const TYPE *bias,
+                                      long j0, long nc, TYPE *C, long ldc, const TYPE *pf, long t)
+{
+    typedef RNN_INAME(lanes) V;
+    V acc[RNN_ROWS_TILE][4], b[4];
+    TYPE buf[RNN_PANEL_COLS];
+    long k, lines = pf ? K * (RNN_PANEL_COLS * (long)sizeof(TYPE) / 64) - t * K : 0;
+    int r, q;
+    lines = lines < 0 ? 0 : lines < K ? lines : K;
+    pf = pf ? pf + t * K * (64 / (long)sizeof(TYPE)) : NULL;
+    memset(buf, 0, sizeof buf);
+    if (bias)
+        memcpy(buf, bias + j0, (size_t)nc * sizeof(TYPE));
+    _Pragma("GCC unroll 4") for (q = 0; q < 4; q++) memcpy(&b[q], buf + q * RNN_ROW_LANES, sizeof(V));
+    _Pragma("GCC unroll 6") for (r = 0; r < R; r++)
+        _Pragma("GCC unroll 4") for (q = 0; q < 4; q++) acc[r][q] = b[q];
+    for (k = 0; k < K; k++) {
+        const TYPE *bk = bp + k * RNN_PANEL_COLS;
+        if (k < lines)
+            __builtin_prefetch(pf + k * (64 / (long)sizeof(TYPE)), 0, 2);
+        _Pragma("GCC unroll 4") for (q = 0; q < 4; q++) memcpy(&b[q], bk + q * RNN_ROW_LANES, sizeof(V));
+        _Pragma("GCC unroll 6") for (r = 0; r < R; r++) {
+            TYPE av = A[r * lda + k];
+            _Pragma("GCC unroll 4") for (q = 0; q < 4; q++)
+                acc[r][q] = acc[r][q] + av * b[q];     /* (contracted to FMAs) */
+        }
+    }
+    _Pragma("GCC unroll 6") for (r = 0; r < R; r++) {
+        if (nc == RNN_PANEL_COLS)
+            memcpy(C + r * ldc + j0, acc[r], sizeof acc[r]);
+        else {
+            memcpy(buf, acc[r], sizeof buf);
+            memcpy(C + r * ldc + j0, buf, (size_t)nc * sizeof(TYPE));
+        }
+    }
+}
+#else
+#define RNN_ROWS_TILE 1
+#endif
+
 /* Task `task` of pa (rowops.h: rnn_packed_args): C's columns of panels task*per ..
  * task*per + per - 1, every row. Each element one chain of multiply-adds over k =
  * 0..K-1 from its bias (or zero), the packed product's (packgemm.template.h) compiled
@@ -581,7 +632,25 @@ static void RNN_INAME(packed_task)(void *arg, long task)
     for (p = task * pa->per; p < p1; p++) {
         const TYPE *bp = Bp + p * K * RNN_PANEL_COLS;
         long j0 = p * RNN_PANEL_COLS, nc = pa->N - j0 < RNN_PANEL_COLS ? pa->N - j0 : RNN_PANEL_COLS;
-        for (i = 0; i < pa->M; i++) {
+        i = 0;
+#if RNN_ROWS_TILE > 1
+        if (sizeof(TYPE) == 4) {    /* RNN_ROWS_TILE rows at a time: a panel read once per tile */
+            const TYPE *pf = p + 1 < p1 ? bp + K * RNN_PANEL_COLS : NULL;
+            long t = 0;
+            for (; i + RNN_ROWS_TILE <= pa->M; i += RNN_ROWS_TILE, t++)
+                RNN_INAME(panel_tile)(RNN_ROWS_TILE, K, A + i * pa->lda, pa->lda, bp, bias, j0, nc,
+                                      C + i * pa->ldc, pa->ldc, pf, t);
+            switch (pa->M - i) {
+            case 5: RNN_INAME(panel_tile)(5, K, A + i * pa->lda, pa->lda, bp, bias, j0, nc, C + i * pa->ldc, pa->ldc, pf, t); break;
+            case 4: RNN_INAME(panel_tile)(4, K, A + i * pa->lda, pa->lda, bp, bias, j0, nc, C + i * pa->ldc, pa->ldc, pf, t); break;
+            case 3: RNN_INAME(panel_tile)(3, K, A + i * pa->lda, pa->lda, bp, bias, j0, nc, C + i * pa->ldc, pa->ldc, pf, t); break;
+            case 2: RNN_INAME(panel_tile)(2, K, A + i * pa->lda, pa->lda, bp, bias, j0, nc, C + i * pa->ldc, pa->ldc, pf, t); break;
+            default: break;         /* (one row: the loop below, four chains of the panel) */
+            }
+            i = pa->M - (pa->M - i == 1);
+        }
+#endif
+        for (; i < pa->M; i++) {
             const TYPE *a = A + i * pa->lda;
             TYPE acc[RNN_PANEL_COLS];
 #if RNN_ROWS_VECTOR
@@ -639,6 +708,33 @@ static void RNN_INAME(packed_task)(void *arg, long task)
 #ifndef RNN_PACKED_TASKS
 #define RNN_PACKED_TASKS 16
 #endif
+/* More rows than this: a task per softmax block of columns (RNN_PACKED_MANY_TASKS at
+ * most), on one thread too, and the softmax's finish split by rows. */
+#define RNN_PACKED_FEW_ROWS 4
+#define RNN_PACKED_MANY_TASKS 64
+
+/* Row i of pa's softmax: its blocks' sums combined, its columns finished. */
+static void RNN_INAME(packed_finish_row)(const rnn_packed_args *pa, long i)
+{
+    TYPE *mb = (TYPE *)pa->stats + i * pa->nblk, *sb = (TYPE *)pa->stats + (pa->M + i) * pa->nblk, m;
+    TYPE *c = (TYPE *)pa->C + i * pa->ldc;
+    long b;
+    m = RNN_INAME(softmax_combine)(mb, sb, pa->nblk, pa->softmax == 2);
+    for (b = 0; b < pa->nblk; b++) {
+        long c0 = b * RNN_SOFTMAX_BLOCK, nc = pa->N - c0 < RNN_SOFTMAX_BLOCK ? pa->N - c0 : RNN_SOFTMAX_BLOCK;
+        RNN_INAME(softmax_finish)(c + c0, c + c0, nc, pa->softmax == 2, m, sb[b]);
+    }
+}
+
+/* Task `task` of the finish of pa's softmax (RNN_PACKED_TASKS at most, or M): its share
+ * of the rows. */
+static void RNN_INAME(packed_finish)(void *arg, long task)
+{
+    const rnn_packed_args *pa = (const rnn_packed_args *)arg;
+    long n = pa->M < RNN_PACKED_TASKS ? pa->M : RNN_PACKED_TASKS, i;
+    for (i = task * pa->M / n; i < (task + 1) * pa->M / n; i++)
+        RNN_INAME(packed_finish_row)(pa, i);
+}
 
 /* The product of pa (its per, npan, nblk and stats set here), on the caller and, nth >
  * 1, the partner thread of rowops.team.h; pa->softmax: then each row's (log-)softmax,
@@ -647,7 +743,7 @@ static void RNN_INAME(packed_task)(void *arg, long task)
 static void RNN_INAME(packed_few)(rnn_packed_args *pa, int nth)
 {
     TYPE stack[2 * 4 * RNN_SOFTMAX_STACK];
-    long ntask, i, b, unit = 1;
+    long ntask, i, unit = 1;
     pa->npan = (pa->N + RNN_PANEL_COLS - 1) / RNN_PANEL_COLS;
     pa->nblk = (pa->N + RNN_SOFTMAX_BLOCK - 1) / RNN_SOFTMAX_BLOCK;
     pa->stats = stack;
@@ -663,23 +759,33 @@ static void RNN_INAME(packed_few)(rnn_packed_args *pa, int nth)
             return;
         }
     }
-    /* tasks of per panels, a multiple of unit (a softmax block) */
-    ntask = (pa->npan + unit - 1) / unit;
-    ntask = nth > 1 ? (ntask < RNN_PACKED_TASKS ? ntask : RNN_PACKED_TASKS) : 1;
+    /* tasks of per panels, a multiple of unit (a softmax block); many rows: a task per
+     * unit on one thread too (a softmax block's phase while its columns are in L2) */
+    if (pa->M > RNN_PACKED_FEW_ROWS) {
+        unit = RNN_SOFTMAX_BLOCK / RNN_PANEL_COLS;
+        ntask = (pa->npan + unit - 1) / unit;
+        ntask = ntask < RNN_PACKED_MANY_TASKS ? ntask : RNN_PACKED_MANY_TASKS;
+    } else {
+        ntask = (pa->npan + unit - 1) / unit;
+        ntask = nth > 1 ? (ntask < RNN_PACKED_TASKS ? ntask : RNN_PACKED_TASKS) : 1;
+    }
     pa->per = ((pa->npan + unit - 1) / unit + ntask - 1) / ntask * unit;
     ntask = (pa->npan + pa->per - 1) / pa->per;
     rnn_duo_run(RNN_INAME(packed_task), pa, ntask, nth);
     if (pa->softmax) {
-        TYPE *mb = (TYPE *)pa->stats, *sb = mb + pa->M * pa->nblk, m;
-        for (i = 0; i < pa->M; i++) {
-            TYPE *c = (TYPE *)pa->C + i * pa->ldc;
-            m = RNN_INAME(softmax_combine)(mb + i * pa->nblk, sb + i * pa->nblk, pa->nblk, pa->softmax == 2);
-            for (b = 0; b < pa->nblk; b++) {
-                long c0 = b * RNN_SOFTMAX_BLOCK, nc = pa->N - c0 < RNN_SOFTMAX_BLOCK ? pa->N - c0 : RNN_SOFTMAX_BLOCK;
-                RNN_INAME(softmax_finish)(c + c0, c + c0, nc, pa->softmax == 2, m, sb[i * pa->nblk + b]);
-            }
-        }
+        if (pa->M > RNN_PACKED_FEW_ROWS)        /* the rows' finish split too */
+            rnn_duo_run(RNN_INAME(packed_finish), pa, pa->M < RNN_PACKED_TASKS ? pa->M : RNN_PACKED_TASKS, nth);
+        else
+            for (i = 0; i < pa->M; i++)
+                RNN_INAME(packed_finish_row)(pa, i);
         if (pa->stats != stack)
             free(pa->stats);
     }
+}
+
+/* Rows per register tile of packed_few's product in TYPE on this instruction set (1:
+ * row by row, four chains per panel: for a few rows only). */
+static int RNN_INAME(packed_tile)(void)
+{
+    return sizeof(TYPE) == 4 ? RNN_ROWS_TILE : 1;
 }
