@@ -418,6 +418,24 @@ def test_partner_packed_rows_softmax_gives_the_product_then_the_row_kernel(rng, 
         _rowops.packed_rows(x, P, b, np.empty((M, N), dtype), 1, 3)
 
 
+@pytest.mark.parametrize("N", [256, 250])
+def test_dense_of_many_rows_on_the_partner_gives_the_packed_products_bits(rng, partner_awake, N):
+    """Many rows with an activation on two threads or more (a decoder's Linear + tanh at
+    B=64: AVX-512 float runs them on the partner's panel tasks, the activation after, at
+    once where rows are whole panels, else row by row): the bits of the packed product
+    on one thread, which applies it to each row; against float64."""
+    W = (rng.standard_normal((96, N)) / 10).astype(np.float32)
+    b = rng.standard_normal(N).astype(np.float32)
+    x = rng.standard_normal((64, 96)).astype(np.float32)
+    P = _products.pack(W)
+    tanh = int(_kernels.RNN_ACT_TANH)
+    want = _products.dense(x, P, N, b, tanh, num_threads=1)
+    np.testing.assert_allclose(want, np.tanh(x.astype(np.float64) @ W + b), rtol=1e-5, atol=1e-6)
+    for n in (2, 3, 2):
+        assert np.array_equal(_products.dense(x, P, N, b, tanh, num_threads=n), want), n
+        assert np.array_equal(_products.dense(x[:7], P, N, b, tanh, num_threads=n), want[:7]), n
+
+
 def test_packed_tile_says_where_many_rows_run_register_tiled():
     """``_rowops.packed_tile``: 6 rows per tile for float32 on AVX-512 (where dense sends
     a row softmax of many rows to ``packed_rows``), 1 elsewhere and for float64."""

@@ -83,16 +83,21 @@ def dense(x, packed, N, bias=None, act=-1, num_threads=None):
             y2 = y.reshape(M, N)
             b = _NO_BIAS[x.dtype] if bias is None else bias
             _rowops.packed_rows(x2, packed, b, y2, nth, act - SOFTMAX if row_sm else 0)
-            if act >= 0 and not row_sm:  # row by row, as the packed product applies it on one thread
-                for row in y2:
-                    _kernels.activate(act, row)
+            if act >= 0 and not row_sm:
+                _activate_rows(act, y2)
             return y
-    elif row_sm and _TILED[x.dtype] and M * N * K >= PARTNER_MACS:
-        # many rows and their softmax (a decoder's head at B=64): each block of columns'
-        # softmax phase as the block is written, in L2, the blocks shared with the partner
-        b = _NO_BIAS[x.dtype] if bias is None else bias
-        _rowops.packed_rows(x2, packed, b, y.reshape(M, N), resolve_num_threads(num_threads), act - SOFTMAX)
-        return y
+    elif act != SOFTMAX and _TILED[x.dtype] and M * N * K >= PARTNER_MACS:
+        # many rows: with their softmax (a decoder's head at B=64), each block of
+        # columns' softmax phase as the block is written, in L2; on two threads or more
+        # (its Linear + tanh), the blocks shared with the partner (no OpenMP wake)
+        nth = resolve_num_threads(num_threads)
+        if row_sm or (nth > 1 and _rowops.PARTNER):
+            y2 = y.reshape(M, N)
+            b = _NO_BIAS[x.dtype] if bias is None else bias
+            _rowops.packed_rows(x2, packed, b, y2, nth, act - SOFTMAX if row_sm else 0)
+            if act >= 0 and not row_sm:
+                _activate_rows(act, y2)
+            return y
     _kernels.packed_rows(
         x2,
         packed,
@@ -107,6 +112,20 @@ def dense(x, packed, N, bias=None, act=-1, num_threads=None):
 
 
 _NO_BIAS = {dt: np.zeros(0, dt) for dt in _CORE}
+
+
+def _activate_rows(act, y2):
+    """``act`` on each row of ``y2`` (M, N), as the packed product applies it: in one
+    call over the whole array where rows are whole panels (N a multiple of 64: the
+    product applies it to column blocks of whole panels too, with the same bits), else
+    row by row."""
+    if y2.shape[1] % _rowops.PANEL_COLS == 0:
+        _kernels.activate(act, y2.reshape(-1))
+    else:
+        for row in y2:
+            _kernels.activate(act, row)
+
+
 #: Per dtype: ``_rowops.packed_rows`` runs many rows register-tiled (AVX-512 float), at
 #: the packed product's speed, so that :func:`dense` takes a row softmax of any rows there.
 _TILED = {dt: _rowops.packed_tile(dt) > 1 for dt in _CORE}

@@ -70,6 +70,7 @@ cdef extern from "c/rowops.h" nogil:
     int rnn_duo_wake()
     int rnn_duo_asleep()
     const int RNN_DUO_ENABLED
+    const int RNN_PANEL_COLS
 
 cdef const rnn_rowops_table *_table = &rnn_rowops[_kernels.ISA_LEVELS.index(_kernels.isa())]
 
@@ -244,3 +245,6 @@ def partner_jobs():
 
 #: Whether this build has the partner thread (Linux).
 PARTNER = bool(RNN_DUO_ENABLED)
+
+#: Columns per panel of the packed form (c/layout.h): the product's column blocks.
+PANEL_COLS = RNN_PANEL_COLS

@@ -544,21 +544,29 @@ static void RNN_INAME(attend_scores16)(const rnn_attend_args *ar, long g0, long 
  * another. On AVX-512 (float, k^T a transposed view, K <= RNN_ATTEND_MAXK) the scores of
  * 16 entries at a time (attend_scores16: the same bits), and O on rows_product_wide:
  * (64, 1, 256) @ (64, 256, 20) -> softmax -> @ (64, 20, 256) 157 -> 91 us alone, 326 ->
- * 130 us within a decoder step (Zen 4, 1 thread, chrt). The entries (blocks of 16 there)
- * split among nth threads at most. */
+ * 130 us within a decoder step (Zen 4, 1 thread, chrt). The entries (blocks of 16 there,
+ * shared with rowops.team.h's partner where nth > 1) split among nth threads at most. */
+#if RNN_ROWS_TRANSPOSE
+/* Task `task` of attend on AVX-512: the batch entries of block `task` (16 of them). */
+static void RNN_INAME(attend_task)(void *arg, long task)
+{
+    const rnn_attend_args *ar = (const rnn_attend_args *)arg;
+    long g0 = task * RNN_ROW_LANES, ng = ar->G - g0 < RNN_ROW_LANES ? ar->G - g0 : RNN_ROW_LANES, e;
+    RNN_INAME(attend_scores16)(ar, g0, ng);
+    for (e = g0; e < g0 + ng; e++)
+        RNN_INAME(attend_one)(ar, e, 1);
+}
+#endif
+
 static void RNN_INAME(attend)(const rnn_attend_args *ar, int nth)
 {
     long g;
 #if RNN_ROWS_TRANSPOSE
     if (sizeof(TYPE) == 4 && ar->ldk == 1 && ar->K <= RNN_ATTEND_MAXK) {
-        long nb = (ar->G + RNN_ROW_LANES - 1) / RNN_ROW_LANES;
-        RNN_OMP(parallel for num_threads(nth) schedule(static) if(nth > 1))
-        for (g = 0; g < nb; g++) {
-            long g0 = g * RNN_ROW_LANES, ng = ar->G - g0 < RNN_ROW_LANES ? ar->G - g0 : RNN_ROW_LANES, e;
-            RNN_INAME(attend_scores16)(ar, g0, ng);
-            for (e = g0; e < g0 + ng; e++)
-                RNN_INAME(attend_one)(ar, e, 1);
-        }
+        /* the blocks on the caller and rowops.team.h's partner: no OpenMP region, whose
+         * sleeping partner's wake cost more than its half (B=64: 130 us on one thread,
+         * 178 on two) */
+        rnn_duo_run(RNN_INAME(attend_task), (void *)ar, (ar->G + RNN_ROW_LANES - 1) / RNN_ROW_LANES, nth);
         return;
     }
 #endif
@@ -759,10 +767,10 @@ static void RNN_INAME(packed_few)(rnn_packed_args *pa, int nth)
             return;
         }
     }
-    /* tasks of per panels, a multiple of unit (a softmax block); many rows: a task per
-     * unit on one thread too (a softmax block's phase while its columns are in L2) */
+    /* tasks of per panels, a multiple of unit (a softmax block, or a panel); many rows:
+     * a task per unit on one thread too (a softmax block's phase while its columns are
+     * in L2) */
     if (pa->M > RNN_PACKED_FEW_ROWS) {
-        unit = RNN_SOFTMAX_BLOCK / RNN_PANEL_COLS;
         ntask = (pa->npan + unit - 1) / unit;
         ntask = ntask < RNN_PACKED_MANY_TASKS ? ntask : RNN_PACKED_MANY_TASKS;
     } else {
