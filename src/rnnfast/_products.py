@@ -9,7 +9,9 @@ waking them took up to 40 ms for a 0.03 ms product. Each element of a product is
 chain of multiply-adds whatever rows surround it, so the results do not depend on the
 thread count. float32 and float64; other dtypes go to NumPy. A few rows on many packed
 weights at two threads or more (a decoder's vocabulary head at B=1) split their columns
-with ``_rowops``' partner thread instead (:data:`PARTNER_MACS`).
+with ``_rowops``' partner thread instead (:data:`PARTNER_MACS`), and so do a decoder
+step's many rows (B=64, :data:`PARTNER_ROWS_ELEMENTS`) where ``_rowops`` tiles them
+(AVX-512 float), with a row softmax on one thread too.
 """
 
 import numpy as np
@@ -77,19 +79,15 @@ def dense(x, packed, N, bias=None, act=-1, num_threads=None):
         return y
     x2 = (x if x.flags.c_contiguous else np.ascontiguousarray(x)).reshape(-1, K)
     M = x2.shape[0]
-    if M <= FEW_ROWS and act != SOFTMAX and M * N * K >= PARTNER_MACS:
-        nth = resolve_num_threads(num_threads)
-        if row_sm or (nth > 1 and _rowops.PARTNER):  # a few rows on many weights (a decoder's head at B=1)
-            y2 = y.reshape(M, N)
-            b = _NO_BIAS[x.dtype] if bias is None else bias
-            _rowops.packed_rows(x2, packed, b, y2, nth, act - SOFTMAX if row_sm else 0)
-            if act >= 0 and not row_sm:
-                _activate_rows(act, y2)
-            return y
-    elif act != SOFTMAX and _TILED[x.dtype] and M * N * K >= PARTNER_MACS:
-        # many rows: with their softmax (a decoder's head at B=64), each block of
-        # columns' softmax phase as the block is written, in L2; on two threads or more
-        # (its Linear + tanh), the blocks shared with the partner (no OpenMP wake)
+    if (
+        act != SOFTMAX
+        and M * N * K >= PARTNER_MACS
+        and (M <= FEW_ROWS or (_TILED[x.dtype] and M * K <= PARTNER_ROWS_ELEMENTS and N > _rowops.PANEL_COLS))
+    ):
+        # a few rows on many weights (a decoder's head at B=1), or many rows (at B=64)
+        # register-tiled: with a row softmax, each block of columns' softmax phase as the
+        # block is written (many rows: in L2); on two threads or more, the panels shared
+        # with the partner thread (no OpenMP wake)
         nth = resolve_num_threads(num_threads)
         if row_sm or (nth > 1 and _rowops.PARTNER):
             y2 = y.reshape(M, N)
@@ -139,6 +137,14 @@ _TILED = {dt: _rowops.packed_tile(dt) > 1 for dt in _CORE}
 #: threads back to back, 55 us so (Zen 4, chrt). Below this a second core saves less than
 #: a futex wake.
 PARTNER_MACS = 1 << 19
+
+#: :func:`dense` of more than :data:`FEW_ROWS` rows (AVX-512 float: ``_rowops.packed_tile``)
+#: runs on ``_rowops.packed_rows`` (with a row softmax, or on two threads or more) where
+#: its rows hold at most this many elements (half of a Zen 4 core's L2: they stay there
+#: while the panels pass; a decoder step's batch) and it has two panels at least (its
+#: tasks split the panels). Larger products keep the packed product's row blocks and
+#: OpenMP team.
+PARTNER_ROWS_ELEMENTS = 1 << 17
 
 #: :func:`matmul` of at most this many rows per product, with a B per batch entry or a
 #: B of strided columns (each packed by the core before its product, the latter element
