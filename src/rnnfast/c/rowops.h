@@ -64,6 +64,7 @@ typedef struct {
     void *C;
     long ldc;
     long per, npan;
+    long rper, nrg;             /* rows per row group, row groups (tasks: nrg per column group) */
     int softmax;
     long nblk;
     void *stats;

@@ -635,30 +635,33 @@ static void RNN_INAME(packed_task)(void *arg, long task)
     const rnn_packed_args *pa = (const rnn_packed_args *)arg;
     const TYPE *A = (const TYPE *)pa->A, *Bp = (const TYPE *)pa->Bp, *bias = (const TYPE *)pa->bias;
     TYPE *C = (TYPE *)pa->C;
-    long K = pa->K, p, i, j, k, p1 = (task + 1) * pa->per < pa->npan ? (task + 1) * pa->per : pa->npan;
+    long rg = task % pa->nrg, i0 = rg * pa->rper, i1 = i0 + pa->rper < pa->M ? i0 + pa->rper : pa->M;
+    long K = pa->K, p, i, j, k, p1;
     _Static_assert(RNN_PANEL_COLS == 4 * RNN_ROW_LANES, "packed_task: a panel is four vectors of lanes");
+    task /= pa->nrg;            /* (the column group) */
+    p1 = (task + 1) * pa->per < pa->npan ? (task + 1) * pa->per : pa->npan;
     for (p = task * pa->per; p < p1; p++) {
         const TYPE *bp = Bp + p * K * RNN_PANEL_COLS;
         long j0 = p * RNN_PANEL_COLS, nc = pa->N - j0 < RNN_PANEL_COLS ? pa->N - j0 : RNN_PANEL_COLS;
-        i = 0;
+        i = i0;
 #if RNN_ROWS_TILE > 1
         if (sizeof(TYPE) == 4) {    /* RNN_ROWS_TILE rows at a time: a panel read once per tile */
             const TYPE *pf = p + 1 < p1 ? bp + K * RNN_PANEL_COLS : NULL;
             long t = 0;
-            for (; i + RNN_ROWS_TILE <= pa->M; i += RNN_ROWS_TILE, t++)
+            for (; i + RNN_ROWS_TILE <= i1; i += RNN_ROWS_TILE, t++)
                 RNN_INAME(panel_tile)(RNN_ROWS_TILE, K, A + i * pa->lda, pa->lda, bp, bias, j0, nc,
                                       C + i * pa->ldc, pa->ldc, pf, t);
-            switch (pa->M - i) {
+            switch (i1 - i) {
             case 5: RNN_INAME(panel_tile)(5, K, A + i * pa->lda, pa->lda, bp, bias, j0, nc, C + i * pa->ldc, pa->ldc, pf, t); break;
             case 4: RNN_INAME(panel_tile)(4, K, A + i * pa->lda, pa->lda, bp, bias, j0, nc, C + i * pa->ldc, pa->ldc, pf, t); break;
             case 3: RNN_INAME(panel_tile)(3, K, A + i * pa->lda, pa->lda, bp, bias, j0, nc, C + i * pa->ldc, pa->ldc, pf, t); break;
             case 2: RNN_INAME(panel_tile)(2, K, A + i * pa->lda, pa->lda, bp, bias, j0, nc, C + i * pa->ldc, pa->ldc, pf, t); break;
             default: break;         /* (one row: the loop below, four chains of the panel) */
             }
-            i = pa->M - (pa->M - i == 1);
+            i = i1 - (i1 - i == 1);
         }
 #endif
-        for (; i < pa->M; i++) {
+        for (; i < i1; i++) {
             const TYPE *a = A + i * pa->lda;
             TYPE acc[RNN_PANEL_COLS];
 #if RNN_ROWS_VECTOR
@@ -703,7 +706,7 @@ static void RNN_INAME(packed_task)(void *arg, long task)
         long b, b0 = task * pa->per * RNN_PANEL_COLS / RNN_SOFTMAX_BLOCK;
         long b1 = (p1 * RNN_PANEL_COLS + RNN_SOFTMAX_BLOCK - 1) / RNN_SOFTMAX_BLOCK;
         b1 = b1 < pa->nblk ? b1 : pa->nblk;
-        for (i = 0; i < pa->M; i++)
+        for (i = i0; i < i1; i++)
             for (b = b0; b < b1; b++) {
                 long c0 = b * RNN_SOFTMAX_BLOCK, nc = pa->N - c0 < RNN_SOFTMAX_BLOCK ? pa->N - c0 : RNN_SOFTMAX_BLOCK;
                 TYPE *c = C + i * pa->ldc + c0;
@@ -720,6 +723,7 @@ static void RNN_INAME(packed_task)(void *arg, long task)
  * most), on one thread too, and the softmax's finish split by rows. */
 #define RNN_PACKED_FEW_ROWS 4
 #define RNN_PACKED_MANY_TASKS 64
+#define RNN_PACKED_ROW_GROUPS 2
 
 /* Row i of pa's softmax: its blocks' sums combined, its columns finished. */
 static void RNN_INAME(packed_finish_row)(const rnn_packed_args *pa, long i)
@@ -779,7 +783,12 @@ static void RNN_INAME(packed_few)(rnn_packed_args *pa, int nth)
     }
     pa->per = ((pa->npan + unit - 1) / unit + ntask - 1) / ntask * unit;
     ntask = (pa->npan + pa->per - 1) / pa->per;
-    rnn_duo_run(RNN_INAME(packed_task), pa, ntask, nth);
+    /* many rows on two threads: each column group's rows in RNN_PACKED_ROW_GROUPS groups
+     * of whole tiles too (tasks half as long: less of the last one's wait) */
+    pa->nrg = pa->M > RNN_PACKED_FEW_ROWS && nth > 1 && pa->M >= 4 * RNN_ROWS_TILE ? RNN_PACKED_ROW_GROUPS : 1;
+    pa->rper = ((pa->M + pa->nrg - 1) / pa->nrg + RNN_ROWS_TILE - 1) / RNN_ROWS_TILE * RNN_ROWS_TILE;
+    pa->nrg = (pa->M + pa->rper - 1) / pa->rper;
+    rnn_duo_run(RNN_INAME(packed_task), pa, ntask * pa->nrg, nth);
     if (pa->softmax) {
         if (pa->M > RNN_PACKED_FEW_ROWS)        /* the rows' finish split too */
             rnn_duo_run(RNN_INAME(packed_finish), pa, pa->M < RNN_PACKED_TASKS ? pa->M : RNN_PACKED_TASKS, nth);
