@@ -354,7 +354,17 @@ def partner_awake():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize(
     "M,K,N",
-    [(1, 256, 8000), (3, 37, 130), (4, 5, 64), (2, 64, 1), (1, 300, 65), (11, 37, 130), (16, 20, 300), (13, 9, 70)],
+    [
+        (1, 256, 8000),
+        (3, 37, 130),
+        (4, 5, 64),
+        (2, 64, 1),
+        (1, 300, 65),
+        (11, 37, 130),
+        (16, 20, 300),
+        (13, 9, 70),
+        (31, 16, 200),
+    ],
 )
 @pytest.mark.parametrize("bias", [True, False])
 def test_partner_packed_rows_give_the_packed_products_bits(rng, partner_awake, dtype, M, K, N, bias):
@@ -362,7 +372,8 @@ def test_partner_packed_rows_give_the_packed_products_bits(rng, partner_awake, d
     reference, the bits of the packed product (_kernels.packed_rows) on 1 to 3 threads,
     with the partner polling and asleep (every task then on the caller or late to it),
     and each row the bits of that row in a larger batch. Many rows too (AVX-512 float:
-    register tiles of 6 rows, and a rest of 5, 4 or 1)."""
+    register tiles of 6 rows, and a rest of 5, 4 or 1; on two threads, 31 rows in two
+    groups of tiles)."""
     W = rng.standard_normal((K, N)).astype(dtype)
     b = rng.standard_normal(N).astype(dtype) if bias else np.zeros(0, dtype)
     x = rng.standard_normal((M, K)).astype(dtype)
