@@ -582,6 +582,36 @@ def test_partner_sleeps_after_its_poll_and_wakes_to_poll(rng, partner_awake):
 
 
 @pytest.mark.skipif(not _rowops.PARTNER, reason="no partner thread in this build (not Linux)")
+def test_partner_sleeps_after_a_many_row_head_without_its_poll(rng, partner_awake):
+    """A head of many rows and its softmax (a decoder step's end at B=64) leaves the
+    partner asleep, not polling beside the next step's OpenMP region: with a poll of
+    100 s it still sleeps soon after a head whose finish it shared (a product of a few
+    rows keeps it polling). AVX-512 float (many rows run register-tiled there)."""
+    import time
+
+    if _rowops.packed_tile(np.float32) == 1:
+        pytest.skip("many rows are not tiled on this instruction set")
+    W = (rng.standard_normal((64, 4096)) / 8).astype(np.float32)
+    P, b = _products.pack(W), np.zeros(0, np.float32)
+    x, y = rng.standard_normal((64, 64)).astype(np.float32), np.empty((64, 4096), np.float32)
+    _rowops.partner_spin_us(100_000_000)
+    for _ in range(200):  # until the partner shared the head (it may be kept off a core)
+        assert _rowops.partner_wake()
+        while _rowops.partner_asleep():
+            time.sleep(0.001)
+        before = _rowops.partner_jobs()
+        _rowops.packed_rows(x, P, b, y, 2, 1)
+        if _rowops.partner_jobs() - before >= 2:  # (the product's and the finish's tasks)
+            break
+    else:
+        pytest.skip("the partner never shared a head (no second core)")
+    end = time.monotonic() + 20
+    while not _rowops.partner_asleep() and time.monotonic() < end:
+        time.sleep(0.001)
+    assert _rowops.partner_asleep()
+
+
+@pytest.mark.skipif(not _rowops.PARTNER, reason="no partner thread in this build (not Linux)")
 def test_partner_after_fork_gives_the_same_bits(rng, partner_awake):
     """A forked child (it has no partner thread; pthread_atfork lets its first product
     start one) gets the parent's bits from 2-thread products, and finishes them (no wait

@@ -790,8 +790,12 @@ static void RNN_INAME(packed_few)(rnn_packed_args *pa, int nth)
     pa->nrg = (pa->M + pa->rper - 1) / pa->rper;
     rnn_duo_run(RNN_INAME(packed_task), pa, ntask * pa->nrg, nth);
     if (pa->softmax) {
-        if (pa->M > RNN_PACKED_FEW_ROWS)        /* the rows' finish split too */
+        if (pa->M > RNN_PACKED_FEW_ROWS) {      /* the rows' finish split too */
+            /* a head at B=64 ends a decoder step: its partner sleeps, not polls beside
+             * the next step's OpenMP region (the GRU's two threads) */
+            __atomic_store_n(&rnn_duo_rest_next, 1, __ATOMIC_RELAXED);
             rnn_duo_run(RNN_INAME(packed_finish), pa, pa->M < RNN_PACKED_TASKS ? pa->M : RNN_PACKED_TASKS, nth);
+        }
         else
             for (i = 0; i < pa->M; i++)
                 RNN_INAME(packed_finish_row)(pa, i);
