@@ -193,12 +193,13 @@ def test_onnx_matmul_of_a_vector_as_numpy(rng):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("transposed", [False, True])
-@pytest.mark.parametrize("K,N", [(150, 37), (16, 16), (48, 20), (256, 20), (15, 33)])
+@pytest.mark.parametrize("K,N", [(150, 37), (16, 16), (48, 20), (256, 20), (15, 33), (20, 300), (64, 130)])
 def test_few_rows_give_the_bits_of_the_same_rows_in_a_larger_batch(rng, dtype, transposed, K, N):
     """A row's values do not depend on its batch: the few-row product (read in place)
     sums each element in the packed product's chain, bias first (streaming contract).
     K past the row kernel's k block and its 16 x 16 transposes of B^T (attention's k^T,
-    AVX-512), or short of them; N past its lanes."""
+    AVX-512), or short of them; N past its lanes, and past its wide blocks of contiguous
+    columns (8 vectors of 16 on AVX-512, 4 on AVX2) and their tail."""
     q = rng.standard_normal((9, K)).astype(dtype)
     b = rng.standard_normal((N, K)).astype(dtype).T if transposed else rng.standard_normal((K, N)).astype(dtype)
     bias = rng.standard_normal(N).astype(dtype)
@@ -307,6 +308,40 @@ def test_attend_gives_the_bits_of_its_three_ops(rng, dtype, G, M):
     np.testing.assert_allclose(O, ref, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    "G,M,K,T,N",
+    [(37, 1, 256, 20, None), (41, 3, 40, 17, 300), (5, 4, 600, 9, 33), (16, 2, 7, 3, 130), (64, 1, 512, 20, 256)],
+)
+def test_attend_of_many_entries_gives_the_packed_products_bits(rng, dtype, G, M, K, T, N):
+    """Attention over many batch entries (a decoder step at B=64: AVX-512 sums the
+    scores of 16 entries at once, one per lane, K up to 512; longer rows entry by
+    entry): each entry's scores and output the bits of the packed product (rows enough
+    for it) and the row softmax, whatever entries share its block (G not a multiple of
+    16, K not one of 16), for any thread count; v the keys (N None) or its own."""
+    q = (rng.standard_normal((G, M, K)) / np.sqrt(K)).astype(dtype)  # scores of unit scale
+    enc = rng.standard_normal((G, T, K)).astype(dtype)
+    v = enc if N is None else rng.standard_normal((G, T, N)).astype(dtype)
+    kt = enc.transpose(0, 2, 1)
+    pad = 9  # rows: the packed product, not the few-row kernel
+    want_p = np.empty((G, M, T), dtype)
+    want = np.empty((G, M, v.shape[2]), dtype)
+    for g in range(G):
+        s = _products.matmul(np.vstack([q[g], np.zeros((pad, K), dtype)]), kt[g], num_threads=1)[:M]
+        want_p[g] = _special.row_softmax(s)
+        want[g] = _products.matmul(np.vstack([want_p[g], np.zeros((pad, T), dtype)]), v[g], num_threads=1)[:M]
+    for t in (1, 2, 3):
+        P, O = np.empty((G, M, T), dtype), np.empty_like(want)
+        _rowops.attend(q, kt, v, P, O, t)
+        np.testing.assert_array_equal(P, want_p)
+        np.testing.assert_array_equal(O, want)
+    P1, O1 = np.empty((1, M, T), dtype), np.empty((1, M, v.shape[2]), dtype)
+    _rowops.attend(q[-1:], kt[-1:], v[-1:], P1, O1, 1)  # the last entry alone
+    np.testing.assert_array_equal(O1[0], want[-1])
+    ref = _softmax64(q.astype(np.float64) @ kt.astype(np.float64)) @ v
+    np.testing.assert_allclose(O, ref, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-5)
+
+
 @pytest.fixture
 def partner_awake():
     """The partner thread polls for work between products (its default), and is
@@ -317,13 +352,28 @@ def partner_awake():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("M,K,N", [(1, 256, 8000), (3, 37, 130), (4, 5, 64), (2, 64, 1), (1, 300, 65)])
+@pytest.mark.parametrize(
+    "M,K,N",
+    [
+        (1, 256, 8000),
+        (3, 37, 130),
+        (4, 5, 64),
+        (2, 64, 1),
+        (1, 300, 65),
+        (11, 37, 130),
+        (16, 20, 300),
+        (13, 9, 70),
+        (31, 16, 200),
+    ],
+)
 @pytest.mark.parametrize("bias", [True, False])
 def test_partner_packed_rows_give_the_packed_products_bits(rng, partner_awake, dtype, M, K, N, bias):
     """The few-row product on the partner thread (c/rowops.team.h): against a float64
     reference, the bits of the packed product (_kernels.packed_rows) on 1 to 3 threads,
     with the partner polling and asleep (every task then on the caller or late to it),
-    and each row the bits of that row in a larger batch."""
+    and each row the bits of that row in a larger batch. Many rows too (AVX-512 float:
+    register tiles of 6 rows, and a rest of 5, 4 or 1; on two threads, 31 rows in two
+    groups of tiles)."""
     W = rng.standard_normal((K, N)).astype(dtype)
     b = rng.standard_normal(N).astype(dtype) if bias else np.zeros(0, dtype)
     x = rng.standard_normal((M, K)).astype(dtype)
@@ -345,13 +395,17 @@ def test_partner_packed_rows_give_the_packed_products_bits(rng, partner_awake, d
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("M,K,N", [(1, 256, 8000), (3, 37, 1100), (4, 5, 64), (2, 64, 1), (1, 30, 40000)])
+@pytest.mark.parametrize(
+    "M,K,N", [(1, 256, 8000), (3, 37, 1100), (4, 5, 64), (2, 64, 1), (1, 30, 40000), (13, 37, 1100), (64, 64, 8000)]
+)
 @pytest.mark.parametrize("log", [False, True])
 def test_partner_packed_rows_softmax_gives_the_product_then_the_row_kernel(rng, partner_awake, dtype, M, K, N, log):
     """The few-row product with its rows' (log-)softmax in its column tasks (a decoder's
     vocabulary head): the bits of the packed product followed by the row kernel, on 1 to
     3 threads, the partner polling and asleep; against float64. A bias of -inf over a
-    block of columns (their exps 0) and rows past the blocks kept on the stack."""
+    block of columns (their exps 0) and rows past the blocks kept on the stack. Many
+    rows (a head at B=64: a task per block of columns on one thread too, the finish
+    split by rows)."""
     W = (rng.standard_normal((K, N)) / np.sqrt(K)).astype(dtype)
     b = rng.standard_normal(N).astype(dtype)
     b[512:1024] = -np.inf
@@ -373,6 +427,33 @@ def test_partner_packed_rows_softmax_gives_the_product_then_the_row_kernel(rng, 
             assert np.array_equal(got.view(np.uint8), want.view(np.uint8)), (spin, n)
     with pytest.raises(ValueError, match="softmax"):
         _rowops.packed_rows(x, P, b, np.empty((M, N), dtype), 1, 3)
+
+
+@pytest.mark.parametrize("N", [256, 250])
+def test_dense_of_many_rows_on_the_partner_gives_the_packed_products_bits(rng, partner_awake, N):
+    """Many rows with an activation on two threads or more (a decoder's Linear + tanh at
+    B=64: AVX-512 float runs them on the partner's panel tasks, the activation after, at
+    once where rows are whole panels, else row by row): the bits of the packed product
+    on one thread, which applies it to each row; against float64."""
+    W = (rng.standard_normal((96, N)) / 10).astype(np.float32)
+    b = rng.standard_normal(N).astype(np.float32)
+    x = rng.standard_normal((64, 96)).astype(np.float32)
+    P = _products.pack(W)
+    tanh = int(_kernels.RNN_ACT_TANH)
+    want = _products.dense(x, P, N, b, tanh, num_threads=1)
+    np.testing.assert_allclose(want, np.tanh(x.astype(np.float64) @ W + b), rtol=1e-5, atol=1e-6)
+    for n in (2, 3, 2):
+        assert np.array_equal(_products.dense(x, P, N, b, tanh, num_threads=n), want), n
+        assert np.array_equal(_products.dense(x[:7], P, N, b, tanh, num_threads=n), want[:7]), n
+
+
+def test_packed_tile_says_where_many_rows_run_register_tiled():
+    """``_rowops.packed_tile``: 6 rows per tile for float32 on AVX-512 (where dense sends
+    a row softmax of many rows to ``packed_rows``), 1 elsewhere and for float64."""
+    tiled = _kernels.isa() == "avx512"
+    assert _rowops.packed_tile(np.float32) == (6 if tiled else 1)
+    assert _rowops.packed_tile(np.float64) == 1
+    assert _products._TILED[np.dtype(np.float32)] == tiled
 
 
 @pytest.mark.parametrize("act", [_products.ROW_SOFTMAX, _products.ROW_LOG_SOFTMAX])
@@ -498,6 +579,36 @@ def test_partner_sleeps_after_its_poll_and_wakes_to_poll(rng, partner_awake):
     _rowops.partner_spin_us(0)
     assert _rowops.partner_wake()  # (its poll ends at once)
     assert reaches(True)
+
+
+@pytest.mark.skipif(not _rowops.PARTNER, reason="no partner thread in this build (not Linux)")
+def test_partner_sleeps_after_a_many_row_head_without_its_poll(rng, partner_awake):
+    """A head of many rows and its softmax (a decoder step's end at B=64) leaves the
+    partner asleep, not polling beside the next step's OpenMP region: with a poll of
+    100 s it still sleeps soon after a head whose finish it shared (a product of a few
+    rows keeps it polling). AVX-512 float (many rows run register-tiled there)."""
+    import time
+
+    if _rowops.packed_tile(np.float32) == 1:
+        pytest.skip("many rows are not tiled on this instruction set")
+    W = (rng.standard_normal((64, 4096)) / 8).astype(np.float32)
+    P, b = _products.pack(W), np.zeros(0, np.float32)
+    x, y = rng.standard_normal((64, 64)).astype(np.float32), np.empty((64, 4096), np.float32)
+    _rowops.partner_spin_us(100_000_000)
+    for _ in range(200):  # until the partner shared the head (it may be kept off a core)
+        assert _rowops.partner_wake()
+        while _rowops.partner_asleep():
+            time.sleep(0.001)
+        before = _rowops.partner_jobs()
+        _rowops.packed_rows(x, P, b, y, 2, 1)
+        if _rowops.partner_jobs() - before >= 2:  # (the product's and the finish's tasks)
+            break
+    else:
+        pytest.skip("the partner never shared a head (no second core)")
+    end = time.monotonic() + 20
+    while not _rowops.partner_asleep() and time.monotonic() < end:
+        time.sleep(0.001)
+    assert _rowops.partner_asleep()
 
 
 @pytest.mark.skipif(not _rowops.PARTNER, reason="no partner thread in this build (not Linux)")

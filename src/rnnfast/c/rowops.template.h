@@ -301,6 +301,52 @@ RNN_INLINE TYPE RNN_INAME(madd)(TYPE a, TYPE b, TYPE c)
 #endif
 }
 
+#if RNN_ROWS_VECTOR
+/* Vectors of lanes rows_product_wide sums at once (their chains interleaved: one
+ * multiply-add's latency per RNN_ROWS_WIDE of them, where one chain at a time waited for
+ * each), as many as the instruction set's registers hold beside the loads. */
+#undef RNN_ROWS_WIDE
+#if defined(RNN_ROWS_SHUFFLE)
+#define RNN_ROWS_WIDE 8
+#elif RNN_ROWS_FMA
+#define RNN_ROWS_WIDE (sizeof(TYPE) == 4 ? 4 : 2)
+#else
+#define RNN_ROWS_WIDE (sizeof(TYPE) == 4 ? 2 : 1)
+#endif
+
+/* rows_product's columns 0 .. J-1, J the largest multiple of RNN_ROWS_WIDE vectors of
+ * lanes <= N, for B's rows contiguous: RNN_ROWS_WIDE vectors of sums in registers
+ * across all of k, each element's chain rows_product's (from its bias or zero, one
+ * multiply-add per k in order: the same bits). Returns J. */
+static long RNN_INAME(rows_product_wide)(long M, long N, long K, const TYPE *A, long lda, const TYPE *B, long ldb,
+                                         const TYPE *bias, TYPE *C, long ldc)
+{
+    typedef RNN_INAME(lanes) V;
+    enum { NW = RNN_ROWS_WIDE, W = NW * RNN_ROW_LANES };
+    long i, k, j0, w;
+    for (j0 = 0; j0 + W <= N; j0 += W)
+        for (i = 0; i < M; i++) {
+            const TYPE *a = A + i * lda, *b = B + j0;
+            V acc[NW], zero = {0};
+            _Pragma("GCC unroll 8") for (w = 0; w < NW; w++) {
+                acc[w] = zero;
+                if (bias)
+                    memcpy(&acc[w], bias + j0 + w * RNN_ROW_LANES, sizeof(V));
+            }
+            for (k = 0; k < K; k++, b += ldb) {
+                TYPE av = a[k];
+                _Pragma("GCC unroll 8") for (w = 0; w < NW; w++) {
+                    V vb;
+                    memcpy(&vb, b + w * RNN_ROW_LANES, sizeof vb);
+                    acc[w] = acc[w] + av * vb;          /* (contracted to an FMA where the ISA has one) */
+                }
+            }
+            memcpy(C + i * ldc + j0, acc, sizeof acc);
+        }
+    return j0;
+}
+#endif
+
 /* C (M x N, row stride ldc) = bias + A (M x K, row stride lda) B (K x N, element (k, j)
  * at B[k*ldb + j*cb], any strides): each element one chain of multiply-adds over k =
  * 0..K-1 starting from its bias (or zero), the chain of the packed product
@@ -310,13 +356,17 @@ RNN_INLINE TYPE RNN_INAME(madd)(TYPE a, TYPE b, TYPE c)
 static void RNN_INAME(rows_product)(long M, long N, long K, const TYPE *A, long lda, const TYPE *B,
                                     long ldb, long cb, const TYPE *bias, TYPE *C, long ldc)
 {
-    long i, k, j, j0, k0, nk, nc;
+    long i, k, j, j0 = 0, k0, nk, nc;
     TYPE acc[RNN_ROW_LANES];
 #if RNN_ROWS_VECTOR
     RNN_INAME(lanes) va;                        /* acc in a register across k */
 #endif
     TYPE panel[RNN_ROWS_KBLOCK * RNN_ROW_LANES];     /* a block of B's columns, gathered */
-    for (j0 = 0; j0 < N; j0 += RNN_ROW_LANES) {
+#if RNN_ROWS_VECTOR
+    if (cb == 1)                /* B's rows contiguous: RNN_ROWS_WIDE vectors of columns at once */
+        j0 = RNN_INAME(rows_product_wide)(M, N, K, A, lda, B, ldb, bias, C, ldc);
+#endif
+    for (; j0 < N; j0 += RNN_ROW_LANES) {
         int direct;
         nc = N - j0 < RNN_ROW_LANES ? N - j0 : RNN_ROW_LANES;
         direct = cb == 1 && nc == RNN_ROW_LANES;    /* B's rows contiguous: read in place */
@@ -400,25 +450,181 @@ static void RNN_INAME(rows_products)(const rnn_rows_args *pr, int nth)
     }
 }
 
+/* The attention of batch entry g (attend): S_g = Q_g Kt_g (rows_product), each row of
+ * S_g softmaxed in place (softmax_row), O_g = S_g V_g (rows_product); scores: S_g given
+ * (attend_scores16 computed it). */
+static void RNN_INAME(attend_one)(const rnn_attend_args *ar, long g, int scores)
+{
+    const TYPE *q = (const TYPE *)ar->Q + g * ar->sq, *kt = (const TYPE *)ar->Kt + g * ar->sk;
+    const TYPE *v = (const TYPE *)ar->V + g * ar->sv;
+    TYPE *sc = (TYPE *)ar->S + g * ar->M * ar->T, *o = (TYPE *)ar->O + g * ar->M * ar->N;
+    long m;
+    if (!scores)
+        RNN_INAME(rows_product)(ar->M, ar->T, ar->K, q, ar->ldq, kt, ar->ldk, ar->ck, NULL, sc, ar->T);
+    for (m = 0; m < ar->M; m++)
+        RNN_INAME(softmax_row)(sc + m * ar->T, sc + m * ar->T, ar->T, 0);
+    RNN_INAME(rows_product)(ar->M, ar->N, ar->T, sc, ar->T, v, ar->ldv, ar->cv, NULL, o, ar->N);
+}
+
+#if RNN_ROWS_TRANSPOSE
+/* r[l] = the first nk (<= lanes) values at p + l * stride for l < ng, zeros past them
+ * (and for l >= ng). */
+RNN_INLINE void RNN_INAME(rows16)(RNN_INAME(lanes) *r, const TYPE *p, long stride, long ng, long nk)
+{
+    TYPE buf[RNN_ROW_LANES] = {0};
+    RNN_INAME(lanes) zero = {0};
+    int l;
+    nk = nk < RNN_ROW_LANES ? nk : RNN_ROW_LANES;
+    _Pragma("GCC unroll 16") for (l = 0; l < RNN_ROW_LANES; l++) {
+        r[l] = zero;
+        if (l < ng) {
+            memcpy(buf, p + l * stride, (size_t)nk * sizeof(TYPE));
+            memcpy(&r[l], buf, sizeof r[l]);
+        }
+    }
+}
+
+/* Longest rows (K) attend_scores16 takes: Q's transposed rows on its stack (32 KB). */
+#define RNN_ATTEND_MAXK 512
+
+/* The scores S_g = Q_g Kt_g of the RNN_ROW_LANES batch entries g0 .. g0 + ng - 1 (ng <=
+ * lanes) at once, Kt's k contiguous (ldk 1: attention's k^T, a transposed view of the
+ * keys), K <= RNN_ATTEND_MAXK: one lane per entry, each element rows_product's chain
+ * (from zero, one multiply-add per k in order: the same bits, whatever entries share the
+ * vector). The lanes past ng are zeros. Per row m of Q: its 16 entries' rows transposed
+ * (16 x 16 blocks in registers, Q^T in qt), then per t the keys' 16 rows transposed
+ * block by block and summed straight from the registers: no panel stored and reloaded,
+ * no element-by-element gather of a t tail (rows_product's lanes are t: T = 20 left 4). */
+static void RNN_INAME(attend_scores16)(const rnn_attend_args *ar, long g0, long ng)
+{
+    typedef RNN_INAME(lanes) V;
+    const TYPE *Q = (const TYPE *)ar->Q, *Kt = (const TYPE *)ar->Kt;
+    TYPE *S = (TYPE *)ar->S, lane[RNN_ROW_LANES];
+    long M = ar->M, K = ar->K, T = ar->T, K16 = K / RNN_ROW_LANES * RNN_ROW_LANES, m, t, k0, kk, l;
+    V qt[RNN_ATTEND_MAXK], r[RNN_ROW_LANES], acc, zero = {0};
+    for (m = 0; m < M; m++) {
+        const TYPE *q = Q + g0 * ar->sq + m * ar->ldq;
+        for (k0 = 0; k0 < K; k0 += RNN_ROW_LANES) {
+            RNN_INAME(rows16)(r, q + k0, ar->sq, ng, K - k0);
+            RNN_INAME(transpose16)(r);
+            _Pragma("GCC unroll 16") for (kk = 0; kk < RNN_ROW_LANES; kk++)
+                qt[k0 + kk] = r[kk];        /* (qt has room: K <= RNN_ATTEND_MAXK, a multiple of 16) */
+        }
+        for (t = 0; t < T; t++) {
+            const TYPE *kt = Kt + g0 * ar->sk + t * ar->ck;
+            acc = zero;
+            for (k0 = 0; k0 < K16; k0 += RNN_ROW_LANES) {
+                if (ng == RNN_ROW_LANES)
+                    _Pragma("GCC unroll 16") for (l = 0; l < RNN_ROW_LANES; l++)
+                        memcpy(&r[l], kt + l * ar->sk + k0, sizeof(V));
+                else
+                    RNN_INAME(rows16)(r, kt + k0, ar->sk, ng, RNN_ROW_LANES);
+                RNN_INAME(transpose16)(r);
+                _Pragma("GCC unroll 16") for (kk = 0; kk < RNN_ROW_LANES; kk++)
+                    acc = acc + qt[k0 + kk] * r[kk];    /* (contracted to an FMA where the ISA has one) */
+            }
+            if (K16 < K) {          /* the last K % 16 */
+                RNN_INAME(rows16)(r, kt + K16, ar->sk, ng, K - K16);
+                RNN_INAME(transpose16)(r);
+                _Pragma("GCC unroll 16") for (kk = 0; kk < RNN_ROW_LANES; kk++)
+                    if (K16 + kk < K)
+                        acc = acc + qt[K16 + kk] * r[kk];
+            }
+            memcpy(lane, &acc, sizeof lane);
+            for (l = 0; l < ng; l++)
+                S[((g0 + l) * M + m) * T + t] = lane[l];
+        }
+    }
+}
+#endif
+
 /* The attention of ar (rowops.h: rnn_attend_args) in TYPE: per batch entry g, the
  * scores S_g = Q_g Kt_g (rows_product), each row of S_g softmaxed in place
  * (softmax_row), O_g = S_g V_g (rows_product): the bits of the three ops one after
- * another. The g split among nth threads at most. */
+ * another. On AVX-512 (float, k^T a transposed view, K <= RNN_ATTEND_MAXK) the scores of
+ * 16 entries at a time (attend_scores16: the same bits), and O on rows_product_wide:
+ * (64, 1, 256) @ (64, 256, 20) -> softmax -> @ (64, 20, 256) 157 -> 91 us alone, 326 ->
+ * 130 us within a decoder step (Zen 4, 1 thread, chrt). The entries (blocks of 16 there,
+ * shared with rowops.team.h's partner where nth > 1) split among nth threads at most. */
+#if RNN_ROWS_TRANSPOSE
+/* Task `task` of attend on AVX-512: the batch entries of block `task` (16 of them). */
+static void RNN_INAME(attend_task)(void *arg, long task)
+{
+    const rnn_attend_args *ar = (const rnn_attend_args *)arg;
+    long g0 = task * RNN_ROW_LANES, ng = ar->G - g0 < RNN_ROW_LANES ? ar->G - g0 : RNN_ROW_LANES, e;
+    RNN_INAME(attend_scores16)(ar, g0, ng);
+    for (e = g0; e < g0 + ng; e++)
+        RNN_INAME(attend_one)(ar, e, 1);
+}
+#endif
+
 static void RNN_INAME(attend)(const rnn_attend_args *ar, int nth)
 {
     long g;
+#if RNN_ROWS_TRANSPOSE
+    if (sizeof(TYPE) == 4 && ar->ldk == 1 && ar->K <= RNN_ATTEND_MAXK) {
+        /* the blocks on the caller and rowops.team.h's partner: no OpenMP region, whose
+         * sleeping partner's wake cost more than its half (B=64: 130 us on one thread,
+         * 178 on two) */
+        rnn_duo_run(RNN_INAME(attend_task), (void *)ar, (ar->G + RNN_ROW_LANES - 1) / RNN_ROW_LANES, nth);
+        return;
+    }
+#endif
     RNN_OMP(parallel for num_threads(nth) schedule(static) if(nth > 1))
-    for (g = 0; g < ar->G; g++) {
-        const TYPE *q = (const TYPE *)ar->Q + g * ar->sq, *kt = (const TYPE *)ar->Kt + g * ar->sk;
-        const TYPE *v = (const TYPE *)ar->V + g * ar->sv;
-        TYPE *sc = (TYPE *)ar->S + g * ar->M * ar->T, *o = (TYPE *)ar->O + g * ar->M * ar->N;
-        long m;
-        RNN_INAME(rows_product)(ar->M, ar->T, ar->K, q, ar->ldq, kt, ar->ldk, ar->ck, NULL, sc, ar->T);
-        for (m = 0; m < ar->M; m++)
-            RNN_INAME(softmax_row)(sc + m * ar->T, sc + m * ar->T, ar->T, 0);
-        RNN_INAME(rows_product)(ar->M, ar->N, ar->T, sc, ar->T, v, ar->ldv, ar->cv, NULL, o, ar->N);
+    for (g = 0; g < ar->G; g++)
+        RNN_INAME(attend_one)(ar, g, 0);
+}
+
+#undef RNN_ROWS_TILE
+#if RNN_ROWS_VECTOR && defined(RNN_ROWS_SHUFFLE)
+/* Rows per register tile of packed_task (float on AVX-512: 6 x 4 vectors of sums, as
+ * x86/avx512_packgemm.h's tile); 1 (row by row) elsewhere. */
+#define RNN_ROWS_TILE 6
+
+/* C[0:R, j0 : j0 + nc] = bias + A[0:R] (lda) times the panel bp (K x 64), R <= 6 rows
+ * (a constant after inlining: the 4 R sums in registers, the panel's four vectors
+ * loaded once per k for all R rows); each element the packed product's chain (from its
+ * bias or zero, one multiply-add per k in order). Prefetches into L2 its share (tile t)
+ * of pf, the panel after this one (one line per k, tile t from line t K). */
+RNN_INLINE void RNN_INAME(panel_tile)(const int R, long K, const TYPE *A, long lda, const TYPE *bp, const TYPE *bias,
+                                      long j0, long nc, TYPE *C, long ldc, const TYPE *pf, long t)
+{
+    typedef RNN_INAME(lanes) V;
+    V acc[RNN_ROWS_TILE][4], b[4];
+    TYPE buf[RNN_PANEL_COLS];
+    long k, lines = pf ? K * (RNN_PANEL_COLS * (long)sizeof(TYPE) / 64) - t * K : 0;
+    int r, q;
+    lines = lines < 0 ? 0 : lines < K ? lines : K;
+    pf = pf ? pf + t * K * (64 / (long)sizeof(TYPE)) : NULL;
+    memset(buf, 0, sizeof buf);
+    if (bias)
+        memcpy(buf, bias + j0, (size_t)nc * sizeof(TYPE));
+    _Pragma("GCC unroll 4") for (q = 0; q < 4; q++) memcpy(&b[q], buf + q * RNN_ROW_LANES, sizeof(V));
+    _Pragma("GCC unroll 6") for (r = 0; r < R; r++)
+        _Pragma("GCC unroll 4") for (q = 0; q < 4; q++) acc[r][q] = b[q];
+    for (k = 0; k < K; k++) {
+        const TYPE *bk = bp + k * RNN_PANEL_COLS;
+        if (k < lines)
+            __builtin_prefetch(pf + k * (64 / (long)sizeof(TYPE)), 0, 2);
+        _Pragma("GCC unroll 4") for (q = 0; q < 4; q++) memcpy(&b[q], bk + q * RNN_ROW_LANES, sizeof(V));
+        _Pragma("GCC unroll 6") for (r = 0; r < R; r++) {
+            TYPE av = A[r * lda + k];
+            _Pragma("GCC unroll 4") for (q = 0; q < 4; q++)
+                acc[r][q] = acc[r][q] + av * b[q];     /* (contracted to FMAs) */
+        }
+    }
+    _Pragma("GCC unroll 6") for (r = 0; r < R; r++) {
+        if (nc == RNN_PANEL_COLS)
+            memcpy(C + r * ldc + j0, acc[r], sizeof acc[r]);
+        else {
+            memcpy(buf, acc[r], sizeof buf);
+            memcpy(C + r * ldc + j0, buf, (size_t)nc * sizeof(TYPE));
+        }
     }
 }
+#else
+#define RNN_ROWS_TILE 1
+#endif
 
 /* Task `task` of pa (rowops.h: rnn_packed_args): C's columns of panels task*per ..
  * task*per + per - 1, every row. Each element one chain of multiply-adds over k =
@@ -429,12 +635,33 @@ static void RNN_INAME(packed_task)(void *arg, long task)
     const rnn_packed_args *pa = (const rnn_packed_args *)arg;
     const TYPE *A = (const TYPE *)pa->A, *Bp = (const TYPE *)pa->Bp, *bias = (const TYPE *)pa->bias;
     TYPE *C = (TYPE *)pa->C;
-    long K = pa->K, p, i, j, k, p1 = (task + 1) * pa->per < pa->npan ? (task + 1) * pa->per : pa->npan;
+    long rg = task % pa->nrg, i0 = rg * pa->rper, i1 = i0 + pa->rper < pa->M ? i0 + pa->rper : pa->M;
+    long K = pa->K, p, i, j, k, p1;
     _Static_assert(RNN_PANEL_COLS == 4 * RNN_ROW_LANES, "packed_task: a panel is four vectors of lanes");
+    task /= pa->nrg;            /* (the column group) */
+    p1 = (task + 1) * pa->per < pa->npan ? (task + 1) * pa->per : pa->npan;
     for (p = task * pa->per; p < p1; p++) {
         const TYPE *bp = Bp + p * K * RNN_PANEL_COLS;
         long j0 = p * RNN_PANEL_COLS, nc = pa->N - j0 < RNN_PANEL_COLS ? pa->N - j0 : RNN_PANEL_COLS;
-        for (i = 0; i < pa->M; i++) {
+        i = i0;
+#if RNN_ROWS_TILE > 1
+        if (sizeof(TYPE) == 4) {    /* RNN_ROWS_TILE rows at a time: a panel read once per tile */
+            const TYPE *pf = p + 1 < p1 ? bp + K * RNN_PANEL_COLS : NULL;
+            long t = 0;
+            for (; i + RNN_ROWS_TILE <= i1; i += RNN_ROWS_TILE, t++)
+                RNN_INAME(panel_tile)(RNN_ROWS_TILE, K, A + i * pa->lda, pa->lda, bp, bias, j0, nc,
+                                      C + i * pa->ldc, pa->ldc, pf, t);
+            switch (i1 - i) {
+            case 5: RNN_INAME(panel_tile)(5, K, A + i * pa->lda, pa->lda, bp, bias, j0, nc, C + i * pa->ldc, pa->ldc, pf, t); break;
+            case 4: RNN_INAME(panel_tile)(4, K, A + i * pa->lda, pa->lda, bp, bias, j0, nc, C + i * pa->ldc, pa->ldc, pf, t); break;
+            case 3: RNN_INAME(panel_tile)(3, K, A + i * pa->lda, pa->lda, bp, bias, j0, nc, C + i * pa->ldc, pa->ldc, pf, t); break;
+            case 2: RNN_INAME(panel_tile)(2, K, A + i * pa->lda, pa->lda, bp, bias, j0, nc, C + i * pa->ldc, pa->ldc, pf, t); break;
+            default: break;         /* (one row: the loop below, four chains of the panel) */
+            }
+            i = i1 - (i1 - i == 1);
+        }
+#endif
+        for (; i < i1; i++) {
             const TYPE *a = A + i * pa->lda;
             TYPE acc[RNN_PANEL_COLS];
 #if RNN_ROWS_VECTOR
@@ -479,7 +706,7 @@ static void RNN_INAME(packed_task)(void *arg, long task)
         long b, b0 = task * pa->per * RNN_PANEL_COLS / RNN_SOFTMAX_BLOCK;
         long b1 = (p1 * RNN_PANEL_COLS + RNN_SOFTMAX_BLOCK - 1) / RNN_SOFTMAX_BLOCK;
         b1 = b1 < pa->nblk ? b1 : pa->nblk;
-        for (i = 0; i < pa->M; i++)
+        for (i = i0; i < i1; i++)
             for (b = b0; b < b1; b++) {
                 long c0 = b * RNN_SOFTMAX_BLOCK, nc = pa->N - c0 < RNN_SOFTMAX_BLOCK ? pa->N - c0 : RNN_SOFTMAX_BLOCK;
                 TYPE *c = C + i * pa->ldc + c0;
@@ -492,6 +719,34 @@ static void RNN_INAME(packed_task)(void *arg, long task)
 #ifndef RNN_PACKED_TASKS
 #define RNN_PACKED_TASKS 16
 #endif
+/* More rows than this: a task per softmax block of columns (RNN_PACKED_MANY_TASKS at
+ * most), on one thread too, and the softmax's finish split by rows. */
+#define RNN_PACKED_FEW_ROWS 4
+#define RNN_PACKED_MANY_TASKS 64
+#define RNN_PACKED_ROW_GROUPS 2
+
+/* Row i of pa's softmax: its blocks' sums combined, its columns finished. */
+static void RNN_INAME(packed_finish_row)(const rnn_packed_args *pa, long i)
+{
+    TYPE *mb = (TYPE *)pa->stats + i * pa->nblk, *sb = (TYPE *)pa->stats + (pa->M + i) * pa->nblk, m;
+    TYPE *c = (TYPE *)pa->C + i * pa->ldc;
+    long b;
+    m = RNN_INAME(softmax_combine)(mb, sb, pa->nblk, pa->softmax == 2);
+    for (b = 0; b < pa->nblk; b++) {
+        long c0 = b * RNN_SOFTMAX_BLOCK, nc = pa->N - c0 < RNN_SOFTMAX_BLOCK ? pa->N - c0 : RNN_SOFTMAX_BLOCK;
+        RNN_INAME(softmax_finish)(c + c0, c + c0, nc, pa->softmax == 2, m, sb[b]);
+    }
+}
+
+/* Task `task` of the finish of pa's softmax (RNN_PACKED_TASKS at most, or M): its share
+ * of the rows. */
+static void RNN_INAME(packed_finish)(void *arg, long task)
+{
+    const rnn_packed_args *pa = (const rnn_packed_args *)arg;
+    long n = pa->M < RNN_PACKED_TASKS ? pa->M : RNN_PACKED_TASKS, i;
+    for (i = task * pa->M / n; i < (task + 1) * pa->M / n; i++)
+        RNN_INAME(packed_finish_row)(pa, i);
+}
 
 /* The product of pa (its per, npan, nblk and stats set here), on the caller and, nth >
  * 1, the partner thread of rowops.team.h; pa->softmax: then each row's (log-)softmax,
@@ -500,7 +755,7 @@ static void RNN_INAME(packed_task)(void *arg, long task)
 static void RNN_INAME(packed_few)(rnn_packed_args *pa, int nth)
 {
     TYPE stack[2 * 4 * RNN_SOFTMAX_STACK];
-    long ntask, i, b, unit = 1;
+    long ntask, i, unit = 1;
     pa->npan = (pa->N + RNN_PANEL_COLS - 1) / RNN_PANEL_COLS;
     pa->nblk = (pa->N + RNN_SOFTMAX_BLOCK - 1) / RNN_SOFTMAX_BLOCK;
     pa->stats = stack;
@@ -516,23 +771,42 @@ static void RNN_INAME(packed_few)(rnn_packed_args *pa, int nth)
             return;
         }
     }
-    /* tasks of per panels, a multiple of unit (a softmax block) */
-    ntask = (pa->npan + unit - 1) / unit;
-    ntask = nth > 1 ? (ntask < RNN_PACKED_TASKS ? ntask : RNN_PACKED_TASKS) : 1;
+    /* tasks of per panels, a multiple of unit (a softmax block, or a panel); many rows:
+     * a task per unit on one thread too (a softmax block's phase while its columns are
+     * in L2) */
+    if (pa->M > RNN_PACKED_FEW_ROWS) {
+        ntask = (pa->npan + unit - 1) / unit;
+        ntask = ntask < RNN_PACKED_MANY_TASKS ? ntask : RNN_PACKED_MANY_TASKS;
+    } else {
+        ntask = (pa->npan + unit - 1) / unit;
+        ntask = nth > 1 ? (ntask < RNN_PACKED_TASKS ? ntask : RNN_PACKED_TASKS) : 1;
+    }
     pa->per = ((pa->npan + unit - 1) / unit + ntask - 1) / ntask * unit;
     ntask = (pa->npan + pa->per - 1) / pa->per;
-    rnn_duo_run(RNN_INAME(packed_task), pa, ntask, nth);
+    /* many rows on two threads: each column group's rows in RNN_PACKED_ROW_GROUPS groups
+     * of whole tiles too (tasks half as long: less of the last one's wait) */
+    pa->nrg = pa->M > RNN_PACKED_FEW_ROWS && nth > 1 && pa->M >= 4 * RNN_ROWS_TILE ? RNN_PACKED_ROW_GROUPS : 1;
+    pa->rper = ((pa->M + pa->nrg - 1) / pa->nrg + RNN_ROWS_TILE - 1) / RNN_ROWS_TILE * RNN_ROWS_TILE;
+    pa->nrg = (pa->M + pa->rper - 1) / pa->rper;
+    rnn_duo_run(RNN_INAME(packed_task), pa, ntask * pa->nrg, nth);
     if (pa->softmax) {
-        TYPE *mb = (TYPE *)pa->stats, *sb = mb + pa->M * pa->nblk, m;
-        for (i = 0; i < pa->M; i++) {
-            TYPE *c = (TYPE *)pa->C + i * pa->ldc;
-            m = RNN_INAME(softmax_combine)(mb + i * pa->nblk, sb + i * pa->nblk, pa->nblk, pa->softmax == 2);
-            for (b = 0; b < pa->nblk; b++) {
-                long c0 = b * RNN_SOFTMAX_BLOCK, nc = pa->N - c0 < RNN_SOFTMAX_BLOCK ? pa->N - c0 : RNN_SOFTMAX_BLOCK;
-                RNN_INAME(softmax_finish)(c + c0, c + c0, nc, pa->softmax == 2, m, sb[i * pa->nblk + b]);
-            }
+        if (pa->M > RNN_PACKED_FEW_ROWS) {      /* the rows' finish split too */
+            /* a head at B=64 ends a decoder step: its partner sleeps, not polls beside
+             * the next step's OpenMP region (the GRU's two threads) */
+            __atomic_store_n(&rnn_duo_rest_next, 1, __ATOMIC_RELAXED);
+            rnn_duo_run(RNN_INAME(packed_finish), pa, pa->M < RNN_PACKED_TASKS ? pa->M : RNN_PACKED_TASKS, nth);
         }
+        else
+            for (i = 0; i < pa->M; i++)
+                RNN_INAME(packed_finish_row)(pa, i);
         if (pa->stats != stack)
             free(pa->stats);
     }
+}
+
+/* Rows per register tile of packed_few's product in TYPE on this instruction set (1:
+ * row by row, four chains per panel: for a few rows only). */
+static int RNN_INAME(packed_tile)(void)
+{
+    return sizeof(TYPE) == 4 ? RNN_ROWS_TILE : 1;
 }
