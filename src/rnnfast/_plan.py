@@ -80,7 +80,11 @@ MIN_CALL_FLOPS_PER_THREAD = 4_000_000
 #: waking a sleeping OpenMP partner costs more than the step) runs its unit blocks'
 #: tasks on the caller and the products' polling partner thread (c/rowops.team.h:
 #: the caller never waits for it to wake) where it may use 2 threads or more and its
-#: recurrent product has at least this many flops (uses_partner).
+#: recurrent product has at least this many flops (uses_partner). Measured (Zen 4, B = 1,
+#: the layer alone, partner on a free core, its caches cold / warm): GRU H=256 (393
+#: kflop) 45 -> 28 / 26 -> 16 us, H=192 31 -> 22 / 17 -> 12 us, H=128 (98 kflop) 25 ->
+#: 19 / 10.1 -> 9.5 us: under this a partner asleep costs the caller a futex wake (a few
+#: us) for little gain.
 MIN_PARTNER_STEP_FLOPS = 200_000
 #: A core's L2 cache in bytes where the machine does not say (sysfs; read once, see
 #: l2_bytes).
