@@ -127,7 +127,7 @@ class Plan(NamedTuple):
     proj_min_rows: int = PROJ_MIN_ROWS
     proj_max_tasks: int = PROJ_MAX_TASKS
     keep_team: bool = False  #: keep the team on a busy machine (keeps_team)
-    partner: bool = False  #: a one-step call's tasks shared with the partner thread (partner)
+    partner: bool = False  #: a one-step call's tasks shared with the partner thread (uses_partner)
 
 
 def unit_blocks(H, blockable):
