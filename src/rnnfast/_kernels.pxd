@@ -271,7 +271,7 @@ cdef extern from "c/engine.h" nogil:
     ctypedef struct rnn_plan:
         rnn_strategy strategy
         long ncb, bb, chunk, proj_min_rows, proj_max_tasks
-        int num_threads, keep_team
+        int num_threads, keep_team, partner
 
     ctypedef struct rnn_weights:
         const void *W
@@ -295,6 +295,10 @@ cdef extern from "c/engine.h" nogil:
 
     int rnn_layer_forward(const rnn_shape *shape, const rnn_plan *plan, const rnn_weights *weights,
                           const rnn_buffers *buffers)
+    # the products' partner thread (rowops.team.h), handed over by _rowops at import
+    ctypedef void (*rnn_partner_fn)(void *arg, long task) noexcept nogil
+    ctypedef void (*rnn_partner_run)(rnn_partner_fn fn, void *arg, long ntask, int nth) noexcept nogil
+    rnn_partner_run rnn_engine_partner
 
     # the products outside the recurrent layers (products.template.h)
     ctypedef struct rnn_products:

@@ -1,12 +1,14 @@
 # The compiled core's Python face. The core itself is C, under c/ (its README.md is the
 # map): the kernels per instruction set, the one dispatcher (c/isa.h) and the kernel
 # entry with its two execution strategies (c/engine.h). This module selects the
-# instruction set at import, hands the core its BLAS (_set_blas), packs weights, checks what
+# instruction set at import, hands the core its BLAS (_set_blas; _rowops hands it the partner
+# thread of the few-row products, _use_partner), packs weights, checks what
 # layers.py passes to rnn_forward, fills the entry's structs and releases the GIL for
 # the call. The codes shared with C (c/enums.h) come through _kernels.pxd; the
 # planning (strategy, blocks, chunk, team size) is rnnfast/_plan.py's.
 from libc.string cimport memcpy, memset
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_C_CONTIGUOUS, PyBUF_WRITABLE
+from cpython.pycapsule cimport PyCapsule_GetPointer
 from cython cimport floating
 
 import enum
@@ -35,6 +37,24 @@ def _set_blas(size_t sgemm, size_t dgemm, size_t sgemv, size_t dgemv):
         raise ValueError("a BLAS routine's address is null")
     rnn_blas_init(<rnn_sgemm_fn *> sgemm, <rnn_dgemm_fn *> dgemm, <rnn_sgemv_fn *> sgemv,
                   <rnn_dgemv_fn *> dgemv)
+
+
+_partner = [None]  # the capsule _use_partner was given last
+
+
+def _use_partner(capsule):
+    """Hand the core the few-row products' partner thread (c/rowops.team.h's
+    ``rnn_duo_run``, which ``rnnfast._rowops`` owns and hands over when imported: one
+    partner per process), for the one-step calls a plan gives ``partner`` (c/engine.h);
+    ``capsule``: a PyCapsule named ``rnnfast.partner_run``, or None (none: those calls
+    run on the caller alone, with the same results). Returns the capsule before."""
+    global rnn_engine_partner
+    if capsule is None:
+        rnn_engine_partner = NULL
+    else:
+        rnn_engine_partner = <rnn_partner_run> PyCapsule_GetPointer(capsule, b"rnnfast.partner_run")
+    old, _partner[0] = _partner[0], capsule
+    return old
 
 
 #: Instruction-set names by level, from c/enums.h (RNN_ISA_AVX2 -> "avx2").
@@ -789,6 +809,7 @@ def rnn_forward(int cell, int act, int ract,
     p.proj_min_rows, p.proj_max_tasks = plan.proj_min_rows, plan.proj_max_tasks
     p.num_threads = plan.num_threads
     p.keep_team = plan.keep_team
+    p.partner = plan.partner
 
     w.W, w.bx, w.U, w.bhn = &W[0, 0, 0], &bx[0, 0], &U[0, 0, 0], &bhn[0, 0]
     w.Wp = &Wp[0, 0] if Wp.shape[1] > 0 else NULL
@@ -954,7 +975,7 @@ cdef class StepEntry:
             self.w.q = &self.qw
 
     def run(self, x, long T, long B, mask, out, h, c, int strategy, long ncb, long bb, long chunk,
-            int num_threads, bint keep_team=0):
+            int num_threads, bint keep_team=0, bint partner=0):
         """x (T*B, I) IN; mask (T, B) uint8 or None; out (T*B, Ho) OUT or None; h (B, Ho)
         and c (B, H) IN/OUT (c None unless LSTM); the plan's fields as numbers."""
         cdef Py_buffer bx_, bm, bo, bh, bc
@@ -1000,7 +1021,7 @@ cdef class StepEntry:
             p.strategy = <rnn_strategy> strategy
             p.ncb, p.bb, p.chunk = ncb, bb, chunk
             p.proj_min_rows, p.proj_max_tasks = self.proj_min_rows, self.proj_max_tasks
-            p.num_threads, p.keep_team = num_threads, keep_team
+            p.num_threads, p.keep_team, p.partner = num_threads, keep_team, partner
             with nogil:
                 err = rnn_layer_forward(&sh, &p, &self.w, &io)
         finally:

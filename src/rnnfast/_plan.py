@@ -12,7 +12,8 @@ A layer call (:meth:`rnnfast.layers.RNNLayer.forward`) runs one of two strategie
   that a small batch still uses every core.
 
 A plan depends on the shapes only, never on the thread count (but the team size
-itself), so results are bitwise identical for any number of threads.
+itself, and whether a one-step call shares its tasks with the products' partner thread:
+uses_partner), so results are bitwise identical for any number of threads.
 
 Measured: see bench/README.md.
 """
@@ -75,6 +76,16 @@ STEAL_SPINS = 200
 #: threads: waking a sleeping team and joining it costs more than such a call gains
 #: (the results are the same whatever the team size).
 MIN_CALL_FLOPS_PER_THREAD = 4_000_000
+#: A one-step call (T = 1) that this leaves on one thread (a decoder step at B = 1:
+#: waking a sleeping OpenMP partner costs more than the step) runs its unit blocks'
+#: tasks on the caller and the products' polling partner thread (c/rowops.team.h:
+#: the caller never waits for it to wake) where it may use 2 threads or more and its
+#: recurrent product has at least this many flops (uses_partner). Measured (Zen 4, B = 1,
+#: the layer alone, partner on a free core, its caches cold / warm): GRU H=256 (393
+#: kflop) 45 -> 28 / 26 -> 16 us, H=192 31 -> 22 / 17 -> 12 us, H=128 (98 kflop) 25 ->
+#: 19 / 10.1 -> 9.5 us: under this a partner asleep costs the caller a futex wake (a few
+#: us) for little gain.
+MIN_PARTNER_STEP_FLOPS = 200_000
 #: A core's L2 cache in bytes where the machine does not say (sysfs; read once, see
 #: l2_bytes).
 L2_BYTES_FALLBACK = 1 << 20
@@ -116,6 +127,7 @@ class Plan(NamedTuple):
     proj_min_rows: int = PROJ_MIN_ROWS
     proj_max_tasks: int = PROJ_MAX_TASKS
     keep_team: bool = False  #: keep the team on a busy machine (keeps_team)
+    partner: bool = False  #: a one-step call's tasks shared with the partner thread (uses_partner)
 
 
 def unit_blocks(H, blockable):
@@ -216,6 +228,21 @@ def keeps_team(recurrent_bytes, l2=None):
     return recurrent_bytes >= KEEP_TEAM_L2_SHARE * (l2_bytes() if l2 is None else l2)
 
 
+def uses_partner(num_threads, strategy, team, B, D, Ho, GH, T):
+    """Whether a call of T steps whose plan has this ``strategy`` and ``team`` size, on
+    ``num_threads`` threads at most, shares its tasks with the products' partner thread
+    instead: one step (T == 1) of the blocked strategy left on one thread, 2 threads or
+    more allowed, a recurrent product of MIN_PARTNER_STEP_FLOPS or more. The tasks are
+    the same (c/engine.h), so the results too."""
+    return (
+        strategy == BLOCKED
+        and team == 1
+        and T == 1
+        and num_threads >= 2
+        and 2 * B * D * Ho * GH >= MIN_PARTNER_STEP_FLOPS
+    )
+
+
 def product_team(num_threads, flops):
     """Threads for a product of ``flops`` (rnnfast._products), ``num_threads`` at most."""
     return max(1, min(num_threads, flops // MIN_PRODUCT_FLOPS_PER_THREAD))
@@ -225,10 +252,12 @@ def plan(*, B, D, Ho, GH, ncb, num_threads, chunk=None, T=None, recurrent_bytes=
     """The plan of one call: B batch rows, D directions, state width Ho, GH gate
     columns laid out in ``ncb`` unit blocks, ``num_threads`` threads at most, and
     ``chunk`` steps per projection chunk (None: chosen here), over T steps (None: unknown),
-    with recurrent weights of ``recurrent_bytes`` (all directions; keeps_team)."""
+    with recurrent weights of ``recurrent_bytes`` (all directions; keeps_team). The plan
+    depends on ``num_threads`` only through its team size and ``partner``."""
     how = strategy(ncb)
     if chunk is None:
         chunk = chunk_steps(B, D, GH, how)
     n = team_size(num_threads, how, B, D, Ho, GH, T)
     keep = how == BLOCKED and n > 1 and keeps_team(recurrent_bytes)
-    return Plan(how, ncb, batch_rows(B, how), int(chunk), n, keep_team=keep)
+    duo = uses_partner(num_threads, how, n, B, D, Ho, GH, T)
+    return Plan(how, ncb, batch_rows(B, how), int(chunk), n, keep_team=keep, partner=duo)

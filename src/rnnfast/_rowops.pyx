@@ -7,6 +7,7 @@
 # or packed_rows' column panels: those on c/rowops.team.h's partner thread); each row (a
 # panel of it) is computed by one thread in an order that depends on its length only, so
 # the results never depend on the thread count nor on the other rows of the batch.
+from cpython.pycapsule cimport PyCapsule_New
 from cython cimport floating
 
 import numpy as np
@@ -69,6 +70,8 @@ cdef extern from "c/rowops.h" nogil:
     long rnn_duo_shared()
     int rnn_duo_wake()
     int rnn_duo_asleep()
+    ctypedef void (*rnn_duo_fn)(void *arg, long task) noexcept nogil
+    void rnn_duo_run(rnn_duo_fn fn, void *arg, long ntask, int nth) noexcept nogil
     const int RNN_DUO_ENABLED
     const int RNN_PANEL_COLS
 
@@ -248,3 +251,8 @@ PARTNER = bool(RNN_DUO_ENABLED)
 
 #: Columns per panel of the packed form (c/layout.h): the product's column blocks.
 PANEL_COLS = RNN_PANEL_COLS
+
+# the recurrent engine's one-step calls share this partner (one per process; _kernels
+# does not import this module, so it is handed over here)
+if PARTNER:
+    _kernels._use_partner(PyCapsule_New(<void *> rnn_duo_run, b"rnnfast.partner_run", NULL))

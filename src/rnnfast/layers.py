@@ -837,14 +837,15 @@ class RNNLayer:
         :meth:`forward` takes it): a function of these and the layer's shapes only, so
         kept per layer (a few dozen shapes at most: a free sequence length brings a new
         T per call). A call whose work gives no second thread its share (the plan's team
-        is one however many threads it may use) does not resolve the default count."""
+        is one however many threads it may use, and it shares no partner thread:
+        ``_plan.uses_partner``) does not resolve the default count."""
         plans = self.__dict__.setdefault("_plans", {})
         got = plans.get((B, T))
         if got is None:
             if len(plans) >= 64:
                 plans.clear()
             one = self._plan(B, T, 1 << 20)
-            got = plans[(B, T)] = [one if one.num_threads == 1 else None, {}]
+            got = plans[(B, T)] = [one if one.num_threads == 1 and not one.partner else None, {}]
         if got[0] is not None and num_threads is None:
             return got[0]
         n = resolve_num_threads(num_threads)
@@ -884,7 +885,8 @@ class RNNLayer:
             c = None
         out = _kernels._empty_lines((T, B, Ho), dt) if return_sequences else None
         p = self._plan_for(B, T, num_threads)
-        args = (x, T, B, None, out, h, c, p.strategy, p.unit_blocks, p.batch_rows, p.chunk, p.num_threads, p.keep_team)
+        cut = (p.strategy, p.unit_blocks, p.batch_rows, p.chunk, p.num_threads, p.keep_team, p.partner)
+        args = (x, T, B, None, out, h, c, *cut)
         if self._uses_blas:
             with blas_single_threaded():
                 entry.run(*args)

@@ -29,7 +29,11 @@
  *   was written; the buffers threads share are aligned to cache lines. A team of one
  *   (one thread asked for, or openmp.h's back-off) runs the same tasks without phases,
  *   one direction's steps after the other's per chunk, so that the core's cache holds
- *   one direction's recurrent weights at a time.
+ *   one direction's recurrent weights at a time. A one-step call too small for an
+ *   OpenMP team (a decoder step at B=1: its partner would sleep between calls, and wake
+ *   in 46-138 us) but planned with plan.partner runs each task (its block's projection,
+ *   then its step: the tasks of one step share nothing they write) on the caller or on
+ *   the products' polling partner thread (rnn_engine_partner), whichever claims it.
  *
  * Layout: x and out are time-major rows (t*B + b), or batch-major (b*T + t) with
  * shape.bfirst, read and written in place either way. Direction 0 runs forward
@@ -86,6 +90,8 @@ typedef struct {
     long proj_max_tasks;        /* and tasks per direction and chunk, at most */
     int num_threads;            /* the team size */
     int keep_team;              /* blocked strategy: keep the team on a busy machine (openmp.h) */
+    int partner;                /* blocked strategy, one step (T == 1), a team of one: its tasks
+                                 * shared with the partner thread (rnn_engine_partner) */
 } rnn_plan;
 
 /* The weights, in the compute dtype (shapes per direction d < ndir). */
@@ -182,6 +188,15 @@ static inline void *rnn_alloc_lines(size_t n)
         return NULL;
     return p;
 }
+
+/* The partner thread of the few-row products (rowops.team.h, in the _rowops module),
+ * handed over at import (_kernels._use_partner): run(fn, arg, ntask, nth) runs fn(arg, t)
+ * for t < ntask, each once, on the caller and (nth > 1) the partner, whichever claims
+ * t first, and returns when all are done. NULL: none (a plan's partner runs its tasks on
+ * the caller). One partner per process, so the engine does not start a second. */
+typedef void (*rnn_partner_fn)(void *arg, long task);
+typedef void (*rnn_partner_run)(rnn_partner_fn fn, void *arg, long ntask, int nth);
+static rnn_partner_run rnn_engine_partner = NULL;
 
 /* One task of the blocked strategy: direction, batch block (first row, rows) and
  * unit block. */

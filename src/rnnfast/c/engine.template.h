@@ -726,8 +726,31 @@ static void RNN_TNAME(blocked_worker)(const RNN_TNAME(call) *c, RNN_TNAME(blocke
     }
 }
 
+/* A one-step call's tasks shared with the partner thread (plan.partner): the call, the
+ * team's buffers and a scratch per task (blocked_step's, p.bb * GH + 4H values each:
+ * either thread may run any task). */
+typedef struct {
+    const RNN_TNAME(call) *c;
+    RNN_TNAME(blocked) *bk;
+    TYPE *scratch;
+    long per_task;
+} RNN_TNAME(one_step);
+
+/* Task `task` of a one-step call, on whichever thread claimed it: its block of the input
+ * projection, then its step, the functions a team runs in two phases (the same bits).
+ * No barrier between them: a task's step reads the old state, which no task writes (the
+ * double buffer), and its own block of the projection. */
+static void RNN_TNAME(one_step_task)(void *arg, long task)
+{
+    const RNN_TNAME(one_step) *j = (const RNN_TNAME(one_step) *)arg;
+    RNN_TNAME(blocked_project)(j->c, j->bk, task, 0, 1);
+    RNN_TNAME(blocked_step)(j->c, j->bk, task, 0, 0, 1, j->scratch + task * j->per_task, NULL, 0);
+}
+
 /* The blocked strategy: the state in a double buffer of our own (cache-line aligned),
- * one parallel region for the whole sequence. */
+ * one parallel region for the whole sequence; a one-step call planned with p.partner
+ * on the caller and the partner thread instead (not while profiling: profile.h's
+ * counters are per OpenMP thread). */
 static int RNN_TNAME(run_blocked)(const RNN_TNAME(call) *c)
 {
     const rnn_shape *s = &c->s;
@@ -742,14 +765,16 @@ static int RNN_TNAME(run_blocked)(const RNN_TNAME(call) *c)
     bk.warm_until = 0;
     memset(&bk.facts, 0, sizeof bk.facts);
     bk.ntask = ndir * bk.nbb * c->p.ncb;
+    int duo = c->p.partner && s->T == 1 && nth == 1 && bk.ntask > 1 && rnn_engine_partner != NULL
+              && !rnn_prof_on;
     bk.xp = (TYPE *)rnn_alloc_lines((size_t)(ndir * c->p.chunk * B * GH) * sizeof(TYPE));
     bk.seen = (unsigned char *)calloc((size_t)(ndir * c->p.ncb * B), 1);
     bk.hbuf = (TYPE *)rnn_alloc_lines(2 * state);
     bk.cbuf = c->c != NULL ? (TYPE *)rnn_alloc_lines(cell) : NULL;
-    bk.gx = c->rows != NULL && nth == 1    /* none: the tasks gather their own */
+    bk.gx = c->rows != NULL && nth == 1 && !duo    /* none: the tasks gather their own */
                 ? (TYPE *)rnn_alloc_lines((size_t)(ndir * B * c->p.chunk * s->In) * sizeof(TYPE))
                 : NULL;
-    scratch = (TYPE *)rnn_alloc_lines((size_t)(nth * per_thread) * sizeof(TYPE));
+    scratch = (TYPE *)rnn_alloc_lines((size_t)((duo ? bk.ntask : nth) * per_thread) * sizeof(TYPE));
     if (rnn_phases_init(&bk.q, bk.ntask) || bk.xp == NULL || bk.seen == NULL || bk.hbuf == NULL
         || scratch == NULL || (c->c != NULL && bk.cbuf == NULL)) {
         err = RNN_ERR_NOMEM;
@@ -762,23 +787,28 @@ static int RNN_TNAME(run_blocked)(const RNN_TNAME(call) *c)
         long long t_call = rnn_now_ns(), t_in = 0, t_own = 0;
         rnn_team_clock clk = {0, 0, 0};
         bk.t_call = t_call;
-        RNN_OMP(parallel num_threads(nth))
-        {
-            long long b0 = rnn_now_ns();
-            if (omp_get_thread_num() == 0) {
-                t_in = b0;
-                team = omp_get_num_threads();
-            } else if (cpu >= 0) {
-                rnn_spread(cpu);
+        if (duo) {
+            RNN_TNAME(one_step) job = {c, &bk, scratch, per_thread};
+            rnn_engine_partner(RNN_TNAME(one_step_task), &job, bk.ntask, 2);
+        } else {
+            RNN_OMP(parallel num_threads(nth))
+            {
+                long long b0 = rnn_now_ns();
+                if (omp_get_thread_num() == 0) {
+                    t_in = b0;
+                    team = omp_get_num_threads();
+                } else if (cpu >= 0) {
+                    rnn_spread(cpu);
+                }
+                RNN_TNAME(blocked_worker)(c, &bk, omp_get_thread_num(), omp_get_num_threads(),
+                                          scratch + omp_get_thread_num() * per_thread);
+                b0 = rnn_now_ns() - b0;
+                rnn_team_clock_work(&clk, b0);
+                if (omp_get_thread_num() == 0)
+                    t_own = t_in + b0;
             }
-            RNN_TNAME(blocked_worker)(c, &bk, omp_get_thread_num(), omp_get_num_threads(),
-                                      scratch + omp_get_thread_num() * per_thread);
-            b0 = rnn_now_ns() - b0;
-            rnn_team_clock_work(&clk, b0);
-            if (omp_get_thread_num() == 0)
-                t_own = t_in + b0;
+            rnn_team_clock_add(&clk, t_call, t_in, t_own);
         }
-        rnn_team_clock_add(&clk, t_call, t_in, t_own);
         if (team > 1) {
             if (c->p.keep_team)
                 rnn_team_note(team, 1, bk.slept, &clk, 0);
