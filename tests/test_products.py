@@ -554,6 +554,58 @@ def test_dense_of_few_rows_on_the_partner_bitwise_for_any_thread_count(rng, part
             assert np.array_equal(_products.dense(x, P, 300, b, act, num_threads=n), want), (M, n)
 
 
+@pytest.mark.parametrize("asleep", [False, True])
+def test_dense_of_a_few_rows_takes_a_polling_partner_below_partner_macs(rng, asleep, monkeypatch):
+    """Between PARTNER_POLLING_MACS and PARTNER_MACS multiply-adds (a decoder's
+    Linear(512 -> 256) + tanh at B=1), dense splits a few rows with the partner while it
+    polls, not while it sleeps (its wake would cost more), nor at one thread; a row
+    softmax keeps its path."""
+    calls = []
+    real = _rowops.packed_rows
+    monkeypatch.setattr(_rowops, "packed_rows", lambda *a: calls.append(a[4]) or real(*a))
+    monkeypatch.setattr(_rowops, "partner_asleep", lambda: asleep)
+    assert _products.PARTNER_POLLING_MACS <= 512 * 256 < _products.PARTNER_MACS
+    P = _products.pack(rng.standard_normal((512, 256)).astype(np.float32))
+    x = rng.standard_normal((1, 512)).astype(np.float32)
+    want = np.empty((1, 256), np.float32)
+    _kernels.packed_rows(x, P, np.zeros(0, np.float32), want, _kernels.RNN_ACT_TANH, 1)
+    for n in (1, 2):
+        assert np.array_equal(_products.dense(x, P, 256, None, _kernels.RNN_ACT_TANH, n), want), n
+    assert calls == ([] if asleep or not _rowops.PARTNER else [2])
+    _products.dense(x, P, 256, None, _products.ROW_SOFTMAX, 2)  # (after the product, as before)
+    assert calls == ([] if asleep or not _rowops.PARTNER else [2])
+    _products.dense(x[:, :128], _products.pack(np.ones((128, 256), np.float32)), 256, None, -1, 2)  # fewer
+    assert calls == ([] if asleep or not _rowops.PARTNER else [2])
+
+
+@pytest.mark.skipif(not _rowops.PARTNER, reason="no partner thread in this build (not Linux)")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_dense_on_a_polling_or_sleeping_partner_gives_one_threads_bits(rng, partner_awake, dtype):
+    """Linear(512 -> 256) (+ tanh) of 1-4 rows at 1, 2 and 3 threads, the partner polling
+    (woken with a long poll) or asleep (no poll): the bits of one thread's packed
+    product whichever path and split ran it."""
+    import time
+
+    W = rng.standard_normal((512, 256)).astype(dtype)
+    b = rng.standard_normal(256).astype(dtype)
+    P = _products.pack(W)
+    for spin in (100_000_000, 0):
+        _rowops.partner_spin_us(spin)
+        for M in (1, 4):
+            x = rng.standard_normal((M, 512)).astype(dtype)
+            for act in (-1, _kernels.RNN_ACT_TANH):
+                want = np.empty((M, 256), dtype)
+                _kernels.packed_rows(x, P, b, want, act, 1)
+                for n in (1, 2, 3):
+                    if spin:
+                        assert _rowops.partner_wake()
+                    else:
+                        end = time.monotonic() + 20
+                        while not _rowops.partner_asleep() and time.monotonic() < end:
+                            time.sleep(0.001)
+                    assert np.array_equal(_products.dense(x, P, 256, b, act, num_threads=n), want), (spin, M, act, n)
+
+
 @pytest.mark.skipif(not _rowops.PARTNER, reason="no partner thread in this build (not Linux)")
 def test_partner_sleeps_after_its_poll_and_wakes_to_poll(rng, partner_awake):
     """After its poll the partner sleeps; partner_wake has it poll again (each state

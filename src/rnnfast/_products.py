@@ -9,9 +9,10 @@ waking them took up to 40 ms for a 0.03 ms product. Each element of a product is
 chain of multiply-adds whatever rows surround it, so the results do not depend on the
 thread count. float32 and float64; other dtypes go to NumPy. A few rows on many packed
 weights at two threads or more (a decoder's vocabulary head at B=1) split their columns
-with ``_rowops``' partner thread instead (:data:`PARTNER_MACS`), and so do a decoder
-step's many rows (B=64, :data:`PARTNER_ROWS_ELEMENTS`) where ``_rowops`` tiles them
-(AVX-512 float), with a row softmax on one thread too.
+with ``_rowops``' partner thread instead (:data:`PARTNER_MACS`; fewer while it polls:
+:data:`PARTNER_POLLING_MACS`), and so do a decoder step's many rows (B=64,
+:data:`PARTNER_ROWS_ELEMENTS`) where ``_rowops`` tiles them (AVX-512 float), with a
+row softmax on one thread too.
 """
 
 import numpy as np
@@ -78,11 +79,13 @@ def dense(x, packed, N, bias=None, act=-1, num_threads=None):
             _kernels.activate(act, y.reshape(-1))
         return y
     x2 = (x if x.flags.c_contiguous else np.ascontiguousarray(x)).reshape(-1, K)
-    M = x2.shape[0]
-    if (
-        act != SOFTMAX
-        and M * N * K >= PARTNER_MACS
-        and (M <= FEW_ROWS or (_TILED[x.dtype] and M * K <= PARTNER_ROWS_ELEMENTS and N > _rowops.PANEL_COLS))
+    M, macs = x2.shape[0], x2.shape[0] * N * K
+    if act != SOFTMAX and (
+        (
+            macs >= PARTNER_MACS
+            and (M <= FEW_ROWS or (_TILED[x.dtype] and M * K <= PARTNER_ROWS_ELEMENTS and N > _rowops.PANEL_COLS))
+        )
+        or (not row_sm and M <= FEW_ROWS and macs >= PARTNER_POLLING_MACS and not _rowops.partner_asleep())
     ):
         # a few rows on many weights (a decoder's head at B=1), or many rows (at B=64)
         # register-tiled: with a row softmax, each block of columns' softmax phase as the
@@ -137,6 +140,14 @@ _TILED = {dt: _rowops.packed_tile(dt) > 1 for dt in _CORE}
 #: threads back to back, 55 us so (Zen 4, chrt). Below this a second core saves less than
 #: a futex wake.
 PARTNER_MACS = 1 << 19
+
+#: ... and so does one of at least this many while the partner polls (not asleep: it
+#: ran a product, or a model's one-step recurrence, within ``partner_spin_us``): no wake
+#: to pay, and 512 KB of weights split. A decoder step's Linear(512 -> 256) + tanh at
+#: B=1 after its GRU step: 9.7 -> 7.2 us back to back, 12.5 -> 10.5 after a (1, 256) @
+#: (256, 8000) head; with the partner asleep 9.8 -> 10.5 us (woken) and after a 2 ms
+#: gap 51 -> 64 us, so not then (Zen 4, 2 threads, chrt).
+PARTNER_POLLING_MACS = 1 << 17
 
 #: :func:`dense` of more than :data:`FEW_ROWS` rows (AVX-512 float: ``_rowops.packed_tile``)
 #: runs on ``_rowops.packed_rows`` (with a row softmax, or on two threads or more) where
