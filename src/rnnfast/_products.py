@@ -9,10 +9,7 @@ waking them took up to 40 ms for a 0.03 ms product. Each element of a product is
 chain of multiply-adds whatever rows surround it, so the results do not depend on the
 thread count. float32 and float64; other dtypes go to NumPy. A few rows on many packed
 weights at two threads or more (a decoder's vocabulary head at B=1) split their columns
-with ``_rowops``' partner thread instead (:data:`PARTNER_MACS`; fewer while it polls:
-:data:`PARTNER_POLLING_MACS`), and so do a decoder step's many rows (B=64,
-:data:`PARTNER_ROWS_ELEMENTS`) where ``_rowops`` tiles them (AVX-512 float), with a
-row softmax on one thread too.
+with ``_rowops``' partner thread instead (:data:`PARTNER_MACS`).
 """
 
 import numpy as np
@@ -79,25 +76,16 @@ def dense(x, packed, N, bias=None, act=-1, num_threads=None):
             _kernels.activate(act, y.reshape(-1))
         return y
     x2 = (x if x.flags.c_contiguous else np.ascontiguousarray(x)).reshape(-1, K)
-    M, macs = x2.shape[0], x2.shape[0] * N * K
-    if act != SOFTMAX and (
-        (
-            macs >= PARTNER_MACS
-            and (M <= FEW_ROWS or (_TILED[x.dtype] and M * K <= PARTNER_ROWS_ELEMENTS and N > _rowops.PANEL_COLS))
-        )
-        or (not row_sm and M <= FEW_ROWS and macs >= PARTNER_POLLING_MACS and not _rowops.partner_asleep())
-    ):
-        # a few rows on many weights (a decoder's head at B=1), or many rows (at B=64)
-        # register-tiled: with a row softmax, each block of columns' softmax phase as the
-        # block is written (many rows: in L2); on two threads or more, the panels shared
-        # with the partner thread (no OpenMP wake)
+    M = x2.shape[0]
+    if M <= FEW_ROWS and act != SOFTMAX and M * N * K >= PARTNER_MACS:
         nth = resolve_num_threads(num_threads)
-        if row_sm or (nth > 1 and _rowops.PARTNER):
+        if row_sm or (nth > 1 and _rowops.PARTNER):  # a few rows on many weights (a decoder's head at B=1)
             y2 = y.reshape(M, N)
             b = _NO_BIAS[x.dtype] if bias is None else bias
             _rowops.packed_rows(x2, packed, b, y2, nth, act - SOFTMAX if row_sm else 0)
-            if act >= 0 and not row_sm:
-                _activate_rows(act, y2)
+            if act >= 0 and not row_sm:  # row by row, as the packed product applies it on one thread
+                for row in y2:
+                    _kernels.activate(act, row)
             return y
     _kernels.packed_rows(
         x2,
@@ -114,23 +102,6 @@ def dense(x, packed, N, bias=None, act=-1, num_threads=None):
 
 _NO_BIAS = {dt: np.zeros(0, dt) for dt in _CORE}
 
-
-def _activate_rows(act, y2):
-    """``act`` on each row of ``y2`` (M, N), as the packed product applies it: in one
-    call over the whole array where rows are whole panels (N a multiple of 64: the
-    product applies it to column blocks of whole panels too, with the same bits), else
-    row by row."""
-    if y2.shape[1] % _rowops.PANEL_COLS == 0:
-        _kernels.activate(act, y2.reshape(-1))
-    else:
-        for row in y2:
-            _kernels.activate(act, row)
-
-
-#: Per dtype: ``_rowops.packed_rows`` runs many rows register-tiled (AVX-512 float), at
-#: the packed product's speed, so that :func:`dense` takes a row softmax of any rows there.
-_TILED = {dt: _rowops.packed_tile(dt) > 1 for dt in _CORE}
-
 #: :func:`dense` of at most :data:`FEW_ROWS` rows and at least this many multiply-adds,
 #: on two threads or more, runs on ``_rowops.packed_rows``: its panels split between the
 #: caller and a partner thread that polls for work a while after each product
@@ -140,22 +111,6 @@ _TILED = {dt: _rowops.packed_tile(dt) > 1 for dt in _CORE}
 #: threads back to back, 55 us so (Zen 4, chrt). Below this a second core saves less than
 #: a futex wake.
 PARTNER_MACS = 1 << 19
-
-#: ... and so does one of at least this many while the partner polls (not asleep: it
-#: ran a product, or a model's one-step recurrence, within ``partner_spin_us``): no wake
-#: to pay, and 512 KB of weights split. A decoder step's Linear(512 -> 256) + tanh at
-#: B=1 after its GRU step: 9.7 -> 7.2 us back to back, 12.5 -> 10.5 after a (1, 256) @
-#: (256, 8000) head; with the partner asleep 9.8 -> 10.5 us (woken) and after a 2 ms
-#: gap 51 -> 64 us, so not then (Zen 4, 2 threads, chrt).
-PARTNER_POLLING_MACS = 1 << 17
-
-#: :func:`dense` of more than :data:`FEW_ROWS` rows (AVX-512 float: ``_rowops.packed_tile``)
-#: runs on ``_rowops.packed_rows`` (with a row softmax, or on two threads or more) where
-#: its rows hold at most this many elements (half of a Zen 4 core's L2: they stay there
-#: while the panels pass; a decoder step's batch) and it has two panels at least (its
-#: tasks split the panels). Larger products keep the packed product's row blocks and
-#: OpenMP team.
-PARTNER_ROWS_ELEMENTS = 1 << 17
 
 #: :func:`matmul` of at most this many rows per product, with a B per batch entry or a
 #: B of strided columns (each packed by the core before its product, the latter element

@@ -10,8 +10,6 @@
 from cpython.pycapsule cimport PyCapsule_New
 from cython cimport floating
 
-import numpy as np
-
 from . import _kernels
 
 
@@ -61,8 +59,6 @@ cdef extern from "c/rowops.h" nogil:
         void (*attend_d)(const rnn_attend_args *ar, int nth) noexcept nogil
         void (*packed_few_f)(rnn_packed_args *pa, int nth) noexcept nogil
         void (*packed_few_d)(rnn_packed_args *pa, int nth) noexcept nogil
-        int (*packed_tile_f)() noexcept nogil
-        int (*packed_tile_d)() noexcept nogil
 
     const rnn_rowops_table rnn_rowops[]
     long rnn_packed_size(long K, long N)
@@ -73,7 +69,6 @@ cdef extern from "c/rowops.h" nogil:
     ctypedef void (*rnn_duo_fn)(void *arg, long task) noexcept nogil
     void rnn_duo_run(rnn_duo_fn fn, void *arg, long ntask, int nth) noexcept nogil
     const int RNN_DUO_ENABLED
-    const int RNN_PANEL_COLS
 
 cdef const rnn_rowops_table *_table = &rnn_rowops[_kernels.ISA_LEVELS.index(_kernels.isa())]
 
@@ -180,10 +175,8 @@ def packed_rows(const floating[:, ::1] A,           # IN  (M, K)
                 const floating[::1] bias,           # IN  (N,), or (0,) for none
                 floating[:, ::1] C,                 # OUT (M, N)
                 int num_threads=1, int softmax=0):
-    """C = bias + A @ B for a few rows A, or many where :func:`packed_tile` is above 1
-    (register tiles: a decoder's head and softmax at B=64): the bits of
-    ``_kernels.packed_rows`` (each element the packed product's chain), its panels
-    (many rows: a task per softmax block of columns) split between the caller and, where
+    """C = bias + A @ B for a few rows A: the bits of ``_kernels.packed_rows`` (each
+    element the packed product's chain), its panels split between the caller and, where
     ``num_threads`` > 1, a partner thread that polls for work a while after each product
     and then sleeps (c/rowops.team.h: the caller never waits for it to wake; OpenMP's
     passive partner cost a 46-138 us wake). ``softmax`` 1 (2): then C's rows replaced by
@@ -211,13 +204,6 @@ def packed_rows(const floating[:, ::1] A,           # IN  (M, K)
             _table.packed_few_f(&pa, num_threads)
         else:
             _table.packed_few_d(&pa, num_threads)
-
-
-def packed_tile(dtype):
-    """Rows per register tile of :func:`packed_rows`' product for ``dtype`` (float32 or
-    float64) on the instruction set in use: above 1, it runs many rows at the packed
-    product's speed (a panel read once per tile); 1, row by row (for a few rows)."""
-    return _table.packed_tile_f() if dtype == np.float32 else _table.packed_tile_d()
 
 
 def partner_spin_us(us=None):
@@ -248,9 +234,6 @@ def partner_jobs():
 
 #: Whether this build has the partner thread (Linux).
 PARTNER = bool(RNN_DUO_ENABLED)
-
-#: Columns per panel of the packed form (c/layout.h): the product's column blocks.
-PANEL_COLS = RNN_PANEL_COLS
 
 # the recurrent engine's one-step calls share this partner (one per process; _kernels
 # does not import this module, so it is handed over here)

@@ -64,7 +64,6 @@ typedef struct {
     void *C;
     long ldc;
     long per, npan;
-    long rper, nrg;             /* rows per row group, row groups (tasks: nrg per column group) */
     int softmax;
     long nblk;
     void *stats;
@@ -80,8 +79,6 @@ typedef struct {
     void (*attend_d)(const rnn_attend_args *ar, int nth);
     void (*packed_few_f)(rnn_packed_args *pa, int nth);
     void (*packed_few_d)(rnn_packed_args *pa, int nth);
-    int (*packed_tile_f)(void);
-    int (*packed_tile_d)(void);
 } rnn_rowops_table;
 
 /* A function compiled once, never inlined (rowops.template.h's softmax_block: the same
@@ -127,7 +124,7 @@ typedef struct {
 #define RNN_ROWOPS_ROW(isa)                                                                  \
     {rnn_softmax_rows_f_##isa, rnn_softmax_rows_d_##isa, rnn_rows_products_f_##isa,          \
      rnn_rows_products_d_##isa, rnn_attend_f_##isa, rnn_attend_d_##isa, rnn_packed_few_f_##isa, \
-     rnn_packed_few_d_##isa, rnn_packed_tile_f_##isa, rnn_packed_tile_d_##isa}
+     rnn_packed_few_d_##isa}
 
 /* Per rnn_isa_level; a level this build does not carry (isa.h never chooses it) runs
  * the baseline. */

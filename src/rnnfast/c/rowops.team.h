@@ -55,13 +55,7 @@ static struct {
     void *arg;
     long long backoff_until;    /* rnn_now_ns() until which jobs run on the caller */
     long jobs_shared;           /* jobs in which the partner ran a task (tests, bench) */
-    int rest;                   /* the current job's partner sleeps after it, no poll */
 } rnn_duo;
-
-/* Set by a caller before rnn_duo_run: the partner sleeps right after that job instead of
- * polling (a job that ends a model's step whose next work is an OpenMP region: a polling
- * partner would take its core from the region's thread). */
-static int rnn_duo_rest_next = 0;
 
 static inline void rnn_duo_futex(int *addr, int op, int val)
 {
@@ -84,10 +78,9 @@ static inline long rnn_duo_claim(unsigned long long gen)
 static void *rnn_duo_partner(void *unused)
 {
     unsigned long long last = 0;
-    int rest = 0;
     (void)unused;
     for (;;) {
-        long long end = rnn_now_ns() + (rest ? 0 : 1000LL * __atomic_load_n(&rnn_duo_spin_us, __ATOMIC_RELAXED));
+        long long end = rnn_now_ns() + 1000LL * __atomic_load_n(&rnn_duo_spin_us, __ATOMIC_RELAXED);
         unsigned long long gen;
         long t, ran;
         int g32, seen = __atomic_load_n(&rnn_duo.gen32, __ATOMIC_ACQUIRE);
@@ -115,12 +108,9 @@ static void *rnn_duo_partner(void *unused)
         /* the job's fields are read only after a claim: until that task is done the
          * caller cannot post another job */
         ran = 0;
-        rest = 0;
         while ((t = rnn_duo_claim(gen)) >= 0) {
-            if (!ran++) {
+            if (!ran++)
                 __atomic_add_fetch(&rnn_duo.jobs_shared, 1, __ATOMIC_RELAXED);
-                rest = rnn_duo.rest;    /* (the job's: read while its task is held) */
-            }
             rnn_duo.fn(rnn_duo.arg, t);
             __atomic_add_fetch(&rnn_duo.done, 1, __ATOMIC_RELEASE);   /* the partner's tasks only */
         }
@@ -181,7 +171,7 @@ static void rnn_duo_run(rnn_duo_fn fn, void *arg, long ntask, int nth)
     unsigned long long gen;
     long t, mine = 0;
     long long t0;
-    int expect = 0, rest = __atomic_exchange_n(&rnn_duo_rest_next, 0, __ATOMIC_RELAXED);
+    int expect = 0;
     if (nth < 2 || ntask < 2 || rnn_now_ns() < __atomic_load_n(&rnn_duo.backoff_until, __ATOMIC_RELAXED)
         || !__atomic_compare_exchange_n(&rnn_duo.lock, &expect, 1, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) {
         for (t = 0; t < ntask; t++)
@@ -197,7 +187,6 @@ static void rnn_duo_run(rnn_duo_fn fn, void *arg, long ntask, int nth)
     /* post the job: its fields, then the word (a new generation, task 0) */
     rnn_duo.fn = fn;
     rnn_duo.arg = arg;
-    rnn_duo.rest = rest;
     __atomic_store_n(&rnn_duo.ntask, ntask, __ATOMIC_RELAXED);
     __atomic_store_n(&rnn_duo.done, 0, __ATOMIC_RELAXED);
     gen = (__atomic_load_n(&rnn_duo.word, __ATOMIC_RELAXED) >> 32) + 1;
@@ -224,7 +213,6 @@ static void rnn_duo_run(rnn_duo_fn fn, void *arg, long ntask, int nth)
 #else
 #define RNN_DUO_ENABLED 0
 static int rnn_duo_spin_us = 0;
-static int rnn_duo_rest_next = 0;
 static struct {
     long jobs_shared;
 } rnn_duo;

@@ -544,29 +544,21 @@ static void RNN_INAME(attend_scores16)(const rnn_attend_args *ar, long g0, long 
  * another. On AVX-512 (float, k^T a transposed view, K <= RNN_ATTEND_MAXK) the scores of
  * 16 entries at a time (attend_scores16: the same bits), and O on rows_product_wide:
  * (64, 1, 256) @ (64, 256, 20) -> softmax -> @ (64, 20, 256) 157 -> 91 us alone, 326 ->
- * 130 us within a decoder step (Zen 4, 1 thread, chrt). The entries (blocks of 16 there,
- * shared with rowops.team.h's partner where nth > 1) split among nth threads at most. */
-#if RNN_ROWS_TRANSPOSE
-/* Task `task` of attend on AVX-512: the batch entries of block `task` (16 of them). */
-static void RNN_INAME(attend_task)(void *arg, long task)
-{
-    const rnn_attend_args *ar = (const rnn_attend_args *)arg;
-    long g0 = task * RNN_ROW_LANES, ng = ar->G - g0 < RNN_ROW_LANES ? ar->G - g0 : RNN_ROW_LANES, e;
-    RNN_INAME(attend_scores16)(ar, g0, ng);
-    for (e = g0; e < g0 + ng; e++)
-        RNN_INAME(attend_one)(ar, e, 1);
-}
-#endif
-
+ * 130 us within a decoder step (Zen 4, 1 thread, chrt). The entries (blocks of 16 there)
+ * split among nth threads at most. */
 static void RNN_INAME(attend)(const rnn_attend_args *ar, int nth)
 {
     long g;
 #if RNN_ROWS_TRANSPOSE
     if (sizeof(TYPE) == 4 && ar->ldk == 1 && ar->K <= RNN_ATTEND_MAXK) {
-        /* the blocks on the caller and rowops.team.h's partner: no OpenMP region, whose
-         * sleeping partner's wake cost more than its half (B=64: 130 us on one thread,
-         * 178 on two) */
-        rnn_duo_run(RNN_INAME(attend_task), (void *)ar, (ar->G + RNN_ROW_LANES - 1) / RNN_ROW_LANES, nth);
+        long nb = (ar->G + RNN_ROW_LANES - 1) / RNN_ROW_LANES;
+        RNN_OMP(parallel for num_threads(nth) schedule(static) if(nth > 1))
+        for (g = 0; g < nb; g++) {
+            long g0 = g * RNN_ROW_LANES, ng = ar->G - g0 < RNN_ROW_LANES ? ar->G - g0 : RNN_ROW_LANES, e;
+            RNN_INAME(attend_scores16)(ar, g0, ng);
+            for (e = g0; e < g0 + ng; e++)
+                RNN_INAME(attend_one)(ar, e, 1);
+        }
         return;
     }
 #endif
@@ -574,57 +566,6 @@ static void RNN_INAME(attend)(const rnn_attend_args *ar, int nth)
     for (g = 0; g < ar->G; g++)
         RNN_INAME(attend_one)(ar, g, 0);
 }
-
-#undef RNN_ROWS_TILE
-#if RNN_ROWS_VECTOR && defined(RNN_ROWS_SHUFFLE)
-/* Rows per register tile of packed_task (float on AVX-512: 6 x 4 vectors of sums, as
- * x86/avx512_packgemm.h's tile); 1 (row by row) elsewhere. */
-#define RNN_ROWS_TILE 6
-
-/* C[0:R, j0 : j0 + nc] = bias + A[0:R] (lda) times the panel bp (K x 64), R <= 6 rows
- * (a constant after inlining: the 4 R sums in registers, the panel's four vectors
- * loaded once per k for all R rows); each element the packed product's chain (from its
- * bias or zero, one multiply-add per k in order). Prefetches into L2 its share (tile t)
- * of pf, the panel after this one (one line per k, tile t from line t K). */
-RNN_INLINE void RNN_INAME(panel_tile)(const int R, long K, const TYPE *A, long lda, const TYPE *bp, const TYPE *bias,
-                                      long j0, long nc, TYPE *C, long ldc, const TYPE *pf, long t)
-{
-    typedef RNN_INAME(lanes) V;
-    V acc[RNN_ROWS_TILE][4], b[4];
-    TYPE buf[RNN_PANEL_COLS];
-    long k, lines = pf ? K * (RNN_PANEL_COLS * (long)sizeof(TYPE) / 64) - t * K : 0;
-    int r, q;
-    lines = lines < 0 ? 0 : lines < K ? lines : K;
-    pf = pf ? pf + t * K * (64 / (long)sizeof(TYPE)) : NULL;
-    memset(buf, 0, sizeof buf);
-    if (bias)
-        memcpy(buf, bias + j0, (size_t)nc * sizeof(TYPE));
-    _Pragma("GCC unroll 4") for (q = 0; q < 4; q++) memcpy(&b[q], buf + q * RNN_ROW_LANES, sizeof(V));
-    _Pragma("GCC unroll 6") for (r = 0; r < R; r++)
-        _Pragma("GCC unroll 4") for (q = 0; q < 4; q++) acc[r][q] = b[q];
-    for (k = 0; k < K; k++) {
-        const TYPE *bk = bp + k * RNN_PANEL_COLS;
-        if (k < lines)
-            __builtin_prefetch(pf + k * (64 / (long)sizeof(TYPE)), 0, 2);
-        _Pragma("GCC unroll 4") for (q = 0; q < 4; q++) memcpy(&b[q], bk + q * RNN_ROW_LANES, sizeof(V));
-        _Pragma("GCC unroll 6") for (r = 0; r < R; r++) {
-            TYPE av = A[r * lda + k];
-            _Pragma("GCC unroll 4") for (q = 0; q < 4; q++)
-                acc[r][q] = acc[r][q] + av * b[q];     /* (contracted to FMAs) */
-        }
-    }
-    _Pragma("GCC unroll 6") for (r = 0; r < R; r++) {
-        if (nc == RNN_PANEL_COLS)
-            memcpy(C + r * ldc + j0, acc[r], sizeof acc[r]);
-        else {
-            memcpy(buf, acc[r], sizeof buf);
-            memcpy(C + r * ldc + j0, buf, (size_t)nc * sizeof(TYPE));
-        }
-    }
-}
-#else
-#define RNN_ROWS_TILE 1
-#endif
 
 /* Task `task` of pa (rowops.h: rnn_packed_args): C's columns of panels task*per ..
  * task*per + per - 1, every row. Each element one chain of multiply-adds over k =
@@ -635,33 +576,12 @@ static void RNN_INAME(packed_task)(void *arg, long task)
     const rnn_packed_args *pa = (const rnn_packed_args *)arg;
     const TYPE *A = (const TYPE *)pa->A, *Bp = (const TYPE *)pa->Bp, *bias = (const TYPE *)pa->bias;
     TYPE *C = (TYPE *)pa->C;
-    long rg = task % pa->nrg, i0 = rg * pa->rper, i1 = i0 + pa->rper < pa->M ? i0 + pa->rper : pa->M;
-    long K = pa->K, p, i, j, k, p1;
+    long K = pa->K, p, i, j, k, p1 = (task + 1) * pa->per < pa->npan ? (task + 1) * pa->per : pa->npan;
     _Static_assert(RNN_PANEL_COLS == 4 * RNN_ROW_LANES, "packed_task: a panel is four vectors of lanes");
-    task /= pa->nrg;            /* (the column group) */
-    p1 = (task + 1) * pa->per < pa->npan ? (task + 1) * pa->per : pa->npan;
     for (p = task * pa->per; p < p1; p++) {
         const TYPE *bp = Bp + p * K * RNN_PANEL_COLS;
         long j0 = p * RNN_PANEL_COLS, nc = pa->N - j0 < RNN_PANEL_COLS ? pa->N - j0 : RNN_PANEL_COLS;
-        i = i0;
-#if RNN_ROWS_TILE > 1
-        if (sizeof(TYPE) == 4) {    /* RNN_ROWS_TILE rows at a time: a panel read once per tile */
-            const TYPE *pf = p + 1 < p1 ? bp + K * RNN_PANEL_COLS : NULL;
-            long t = 0;
-            for (; i + RNN_ROWS_TILE <= i1; i += RNN_ROWS_TILE, t++)
-                RNN_INAME(panel_tile)(RNN_ROWS_TILE, K, A + i * pa->lda, pa->lda, bp, bias, j0, nc,
-                                      C + i * pa->ldc, pa->ldc, pf, t);
-            switch (i1 - i) {
-            case 5: RNN_INAME(panel_tile)(5, K, A + i * pa->lda, pa->lda, bp, bias, j0, nc, C + i * pa->ldc, pa->ldc, pf, t); break;
-            case 4: RNN_INAME(panel_tile)(4, K, A + i * pa->lda, pa->lda, bp, bias, j0, nc, C + i * pa->ldc, pa->ldc, pf, t); break;
-            case 3: RNN_INAME(panel_tile)(3, K, A + i * pa->lda, pa->lda, bp, bias, j0, nc, C + i * pa->ldc, pa->ldc, pf, t); break;
-            case 2: RNN_INAME(panel_tile)(2, K, A + i * pa->lda, pa->lda, bp, bias, j0, nc, C + i * pa->ldc, pa->ldc, pf, t); break;
-            default: break;         /* (one row: the loop below, four chains of the panel) */
-            }
-            i = i1 - (i1 - i == 1);
-        }
-#endif
-        for (; i < i1; i++) {
+        for (i = 0; i < pa->M; i++) {
             const TYPE *a = A + i * pa->lda;
             TYPE acc[RNN_PANEL_COLS];
 #if RNN_ROWS_VECTOR
@@ -706,7 +626,7 @@ static void RNN_INAME(packed_task)(void *arg, long task)
         long b, b0 = task * pa->per * RNN_PANEL_COLS / RNN_SOFTMAX_BLOCK;
         long b1 = (p1 * RNN_PANEL_COLS + RNN_SOFTMAX_BLOCK - 1) / RNN_SOFTMAX_BLOCK;
         b1 = b1 < pa->nblk ? b1 : pa->nblk;
-        for (i = i0; i < i1; i++)
+        for (i = 0; i < pa->M; i++)
             for (b = b0; b < b1; b++) {
                 long c0 = b * RNN_SOFTMAX_BLOCK, nc = pa->N - c0 < RNN_SOFTMAX_BLOCK ? pa->N - c0 : RNN_SOFTMAX_BLOCK;
                 TYPE *c = C + i * pa->ldc + c0;
@@ -719,34 +639,6 @@ static void RNN_INAME(packed_task)(void *arg, long task)
 #ifndef RNN_PACKED_TASKS
 #define RNN_PACKED_TASKS 16
 #endif
-/* More rows than this: a task per softmax block of columns (RNN_PACKED_MANY_TASKS at
- * most), on one thread too, and the softmax's finish split by rows. */
-#define RNN_PACKED_FEW_ROWS 4
-#define RNN_PACKED_MANY_TASKS 64
-#define RNN_PACKED_ROW_GROUPS 2
-
-/* Row i of pa's softmax: its blocks' sums combined, its columns finished. */
-static void RNN_INAME(packed_finish_row)(const rnn_packed_args *pa, long i)
-{
-    TYPE *mb = (TYPE *)pa->stats + i * pa->nblk, *sb = (TYPE *)pa->stats + (pa->M + i) * pa->nblk, m;
-    TYPE *c = (TYPE *)pa->C + i * pa->ldc;
-    long b;
-    m = RNN_INAME(softmax_combine)(mb, sb, pa->nblk, pa->softmax == 2);
-    for (b = 0; b < pa->nblk; b++) {
-        long c0 = b * RNN_SOFTMAX_BLOCK, nc = pa->N - c0 < RNN_SOFTMAX_BLOCK ? pa->N - c0 : RNN_SOFTMAX_BLOCK;
-        RNN_INAME(softmax_finish)(c + c0, c + c0, nc, pa->softmax == 2, m, sb[b]);
-    }
-}
-
-/* Task `task` of the finish of pa's softmax (RNN_PACKED_TASKS at most, or M): its share
- * of the rows. */
-static void RNN_INAME(packed_finish)(void *arg, long task)
-{
-    const rnn_packed_args *pa = (const rnn_packed_args *)arg;
-    long n = pa->M < RNN_PACKED_TASKS ? pa->M : RNN_PACKED_TASKS, i;
-    for (i = task * pa->M / n; i < (task + 1) * pa->M / n; i++)
-        RNN_INAME(packed_finish_row)(pa, i);
-}
 
 /* The product of pa (its per, npan, nblk and stats set here), on the caller and, nth >
  * 1, the partner thread of rowops.team.h; pa->softmax: then each row's (log-)softmax,
@@ -755,7 +647,7 @@ static void RNN_INAME(packed_finish)(void *arg, long task)
 static void RNN_INAME(packed_few)(rnn_packed_args *pa, int nth)
 {
     TYPE stack[2 * 4 * RNN_SOFTMAX_STACK];
-    long ntask, i, unit = 1;
+    long ntask, i, b, unit = 1;
     pa->npan = (pa->N + RNN_PANEL_COLS - 1) / RNN_PANEL_COLS;
     pa->nblk = (pa->N + RNN_SOFTMAX_BLOCK - 1) / RNN_SOFTMAX_BLOCK;
     pa->stats = stack;
@@ -771,42 +663,23 @@ static void RNN_INAME(packed_few)(rnn_packed_args *pa, int nth)
             return;
         }
     }
-    /* tasks of per panels, a multiple of unit (a softmax block, or a panel); many rows:
-     * a task per unit on one thread too (a softmax block's phase while its columns are
-     * in L2) */
-    if (pa->M > RNN_PACKED_FEW_ROWS) {
-        ntask = (pa->npan + unit - 1) / unit;
-        ntask = ntask < RNN_PACKED_MANY_TASKS ? ntask : RNN_PACKED_MANY_TASKS;
-    } else {
-        ntask = (pa->npan + unit - 1) / unit;
-        ntask = nth > 1 ? (ntask < RNN_PACKED_TASKS ? ntask : RNN_PACKED_TASKS) : 1;
-    }
+    /* tasks of per panels, a multiple of unit (a softmax block) */
+    ntask = (pa->npan + unit - 1) / unit;
+    ntask = nth > 1 ? (ntask < RNN_PACKED_TASKS ? ntask : RNN_PACKED_TASKS) : 1;
     pa->per = ((pa->npan + unit - 1) / unit + ntask - 1) / ntask * unit;
     ntask = (pa->npan + pa->per - 1) / pa->per;
-    /* many rows on two threads: each column group's rows in RNN_PACKED_ROW_GROUPS groups
-     * of whole tiles too (tasks half as long: less of the last one's wait) */
-    pa->nrg = pa->M > RNN_PACKED_FEW_ROWS && nth > 1 && pa->M >= 4 * RNN_ROWS_TILE ? RNN_PACKED_ROW_GROUPS : 1;
-    pa->rper = ((pa->M + pa->nrg - 1) / pa->nrg + RNN_ROWS_TILE - 1) / RNN_ROWS_TILE * RNN_ROWS_TILE;
-    pa->nrg = (pa->M + pa->rper - 1) / pa->rper;
-    rnn_duo_run(RNN_INAME(packed_task), pa, ntask * pa->nrg, nth);
+    rnn_duo_run(RNN_INAME(packed_task), pa, ntask, nth);
     if (pa->softmax) {
-        if (pa->M > RNN_PACKED_FEW_ROWS) {      /* the rows' finish split too */
-            /* a head at B=64 ends a decoder step: its partner sleeps, not polls beside
-             * the next step's OpenMP region (the GRU's two threads) */
-            __atomic_store_n(&rnn_duo_rest_next, 1, __ATOMIC_RELAXED);
-            rnn_duo_run(RNN_INAME(packed_finish), pa, pa->M < RNN_PACKED_TASKS ? pa->M : RNN_PACKED_TASKS, nth);
+        TYPE *mb = (TYPE *)pa->stats, *sb = mb + pa->M * pa->nblk, m;
+        for (i = 0; i < pa->M; i++) {
+            TYPE *c = (TYPE *)pa->C + i * pa->ldc;
+            m = RNN_INAME(softmax_combine)(mb + i * pa->nblk, sb + i * pa->nblk, pa->nblk, pa->softmax == 2);
+            for (b = 0; b < pa->nblk; b++) {
+                long c0 = b * RNN_SOFTMAX_BLOCK, nc = pa->N - c0 < RNN_SOFTMAX_BLOCK ? pa->N - c0 : RNN_SOFTMAX_BLOCK;
+                RNN_INAME(softmax_finish)(c + c0, c + c0, nc, pa->softmax == 2, m, sb[i * pa->nblk + b]);
+            }
         }
-        else
-            for (i = 0; i < pa->M; i++)
-                RNN_INAME(packed_finish_row)(pa, i);
         if (pa->stats != stack)
             free(pa->stats);
     }
-}
-
-/* Rows per register tile of packed_few's product in TYPE on this instruction set (1:
- * row by row, four chains per panel: for a few rows only). */
-static int RNN_INAME(packed_tile)(void)
-{
-    return sizeof(TYPE) == 4 ? RNN_ROWS_TILE : 1;
 }
