@@ -74,6 +74,16 @@ def _python_tids():
     return {str(t.native_id) for t in threading.enumerate()}
 
 
+def _thread_name(tid):
+    """An OS thread's name (Ray names its own threads; libgomp's and rnnfast's partner
+    keep the process's name)."""
+    try:
+        with open("/proc/self/task/%s/comm" % tid) as f:
+            return f.read().strip()
+    except OSError:
+        return "(ended)"
+
+
 class CountingPredictor(Predictor):
     """The real Predictor, noting per batch its process, threads and the OS threads
     that appeared while it computed."""
@@ -87,7 +97,9 @@ class CountingPredictor(Predictor):
         out["pid"] = np.full(n, os.getpid())
         out["threads"] = np.full(n, self.num_threads)
         out["peak"] = np.full(n, s.BUDGET.peak)
-        out["new_os_threads"] = np.full(n, len(_tids() - before - _python_tids()))
+        new = sorted(_tids() - before - _python_tids())
+        out["new_os_threads"] = np.full(n, len(new))
+        out["new_os_thread_names"] = np.full(n, ",".join(_thread_name(t) for t in new))
         return out
 
 
@@ -118,7 +130,7 @@ def test_numpy_batches_from_a_path_one_thread_per_actor(ray_local):
     assert np.array_equal(got["data"], x)  # every row, in order
     assert got["proba"].dtype == np.float32 and got["proba"].tobytes() == model.predict(x, num_threads=1).tobytes()
     assert set(got["threads"]) == {1} and set(got["peak"]) == {1}
-    assert set(got["new_os_threads"]) == {0}  # no OpenMP team was started
+    assert set(got["new_os_threads"]) == {0}, set(got["new_os_thread_names"])  # no OpenMP team was started
 
 
 def test_pandas_batches_two_cpus_per_actor(ray_local):
