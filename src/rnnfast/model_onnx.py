@@ -354,15 +354,18 @@ class RecurrentOp(OnnxOp):
     def _inputs(self, args):
         """``(x, lens, h0, c0, bf)`` of the node's arguments, as :meth:`compute` reads them."""
         x, lens, h0, c0 = args
-        bf = self.layout == 1
         if x.ndim != 3:
             raise ValueError("%s %r: X must have 3 dimensions, got shape %s" % (self.op_type, self.name, x.shape))
-        if bf:  # states are (batch, directions, hidden)
+        lens, h0, c0 = self._lens_states(lens, h0, c0)
+        return x, lens, h0, c0, self.layout == 1
+
+    def _lens_states(self, lens, h0, c0):
+        """``sequence_lens`` as an array and the initial states as the layer takes them
+        (layout 1: the node's (batch, directions, hidden) states swapped)."""
+        if self.layout == 1:
             h0 = None if h0 is None else np.swapaxes(h0, 0, 1)
             c0 = None if c0 is None else np.swapaxes(c0, 0, 1)
-        if lens is not None:
-            lens = np.asarray(lens)
-        return x, lens, h0, c0, bf
+        return (None if lens is None else np.asarray(lens)), h0, c0
 
     #: Set during the model's load-time run: check the shapes, compute nothing (zeros
     #: of the output shapes; that run keeps only what depends on shapes). ``"view"``:
@@ -463,14 +466,12 @@ class _Fused:
         if zero_c:
             c0 = None
         bf = (rec.layout == 1) != flip
-        if rec.layout == 1 and (h0 is not None or c0 is not None):
-            h0 = None if h0 is None else np.swapaxes(h0, 0, 1)
-            c0 = None if c0 is None else np.swapaxes(c0, 0, 1)
+        lens, h0, c0 = rec._lens_states(lens, h0, c0)
         out, h_n, c_n = rec.layer.forward(
             x.swapaxes(0, 1) if flip else x,
             h0,
             c0,
-            lengths=None if lens is None else np.asarray(lens),
+            lengths=lens,
             return_sequences=view is not None,
             num_threads=num_threads,
             batch_first=bf,
