@@ -40,8 +40,11 @@ job and nothing else:
 - ``rnnfast dask``: ``rnnfast.dask.predict(model, x)`` and ``compute`` on one
   ``LocalCluster(n_workers=2, threads_per_worker=1)`` started inside
   ``dask.config.set(rnnfast.dask.worker_config())`` (the workers' allocator, as
-  docs/cluster.md says); ``x`` persisted on the workers and the model scattered to both
-  (``client.scatter(model, broadcast=True)``) beforehand. The 1-worker job
+  docs/cluster.md says); ``x`` persisted on the workers beforehand, the model passed as
+  itself (``rnnfast.dask.predict`` sends it to every worker once, as a worker plugin, in
+  the warm-up job; ``--dask-model scatter`` passes ``client.scatter(model,
+  broadcast=True)`` instead: a dependency of every block, with which Dask moved 3-4 of
+  a job's 20 blocks to the worker without them). The 1-worker job
   runs on one of the two workers, on a copy of ``x`` held there (``workers=``,
   ``allow_other_workers=False``); the 2-worker job on both, on a copy dealt block by
   block to the two in turn.
@@ -531,6 +534,7 @@ class Pipelines:
         self.ray_jobs = 0
         self.ray_ds = None
         self.engine_defaults = False
+        self.dask_model = "object"
 
     def _score(self, xb, threads):
         return _score_block(self.model, self.digits, xb, threads)
@@ -637,12 +641,11 @@ class Pipelines:
             xd[2, k] = da.concatenate(
                 [client.persist(x2.blocks[i], workers=[sorted(pids)[i % 2]]) for i in range(x2.numblocks[0])]
             )
-        # the model sent once to every worker (docs/cluster.md), as the Ray pipelines put
-        # it in the object store once: passed as itself, each job's graph carries it, one
-        # worker unpickles it and the other fetches it from there before its first block
-        model = client.scatter(self.model, broadcast=True)
+        # the model: itself (rnnfast.dask sends it to every worker once, docs/cluster.md),
+        # or (--dask-model scatter) a Future of it on both workers
+        model = client.scatter(self.model, broadcast=True) if self.dask_model == "scatter" else self.model
         with client.as_current():
-            distributed.wait(list(xd.values()) + [model])
+            distributed.wait(list(xd.values()) + ([model] if self.dask_model == "scatter" else []))
         self.dask = (cluster, client, xd, {1: [one], 2: None}, {1: {pids[one]}, 2: set(pids.values())}, model)
 
     def rnnfast_dask(self, workers, which="full"):
@@ -654,7 +657,7 @@ class Pipelines:
         x = xd[workers, which]
         c0 = _tree_cpu()
         t = time.perf_counter()
-        with client.as_current():  # a scattered model is probed on a worker
+        with client.as_current():  # the client predict sends the model to (a scattered one: probed there)
             if self.digits:
                 _, (h, _c) = rnnfast.dask.predict(model, x, return_state=True)
                 y = da.blockwise(_dask_head, "bk", h, "lbj", new_axes={"k": 10}, dtype=np.float32, concatenate=True)
@@ -816,6 +819,13 @@ def main():
         "or an actor pool per job (rnnfast.ray.Predictor)",
     )
     ap.add_argument(
+        "--dask-model",
+        choices=("object", "scatter"),
+        default="object",
+        help="how the Dask pipeline passes the model: itself (sent to each worker once as a worker plugin) "
+        "or a Future of it scattered to both workers",
+    )
+    ap.add_argument(
         "--engine-defaults",
         action="store_true",
         help="the engines' default settings (Ray Data's per-operator resource reservation and one task "
@@ -849,6 +859,7 @@ def main():
     p = Pipelines(args.model, x, engines)
     p.ray_compute = args.ray_compute
     p.engine_defaults = args.engine_defaults
+    p.dask_model = args.dask_model
     # one engine at a time (its cluster started before its pipelines and shut down after
     # them, not timed), so that no engine's idle processes load the cores while another
     # is timed; inside an engine, its pipelines in interleaved rounds
@@ -1024,6 +1035,7 @@ def main():
         budget_s=args.budget,
         ray_compute=args.ray_compute,
         engine_defaults=args.engine_defaults,
+        dask_model=args.dask_model,
         model=args.model,
         model_description=MODEL_TEXT[args.model],
         cpu=_cpu(),

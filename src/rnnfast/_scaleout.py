@@ -233,7 +233,17 @@ _load_lock = threading.Lock()
 _MAX_LOADED = 4
 
 
-class ModelRef:
+class ModelHandle:
+    """What a task is given in place of a model it finds where it runs: ``get()`` returns
+    the model (:class:`ModelRef`, and a Dask worker plugin's, ``rnnfast._dask_workers``)."""
+
+    __slots__ = ()
+
+    def get(self):  # pragma: no cover - every handle has its own
+        raise NotImplementedError
+
+
+class ModelRef(ModelHandle):
     """A model file (on storage every worker can read) and the options of
     :func:`rnnfast.load`: pickles as the path, loads once per process."""
 
@@ -259,7 +269,7 @@ class ModelRef:
 
 
 def resolve_model(model):
-    return model.get() if isinstance(model, ModelRef) else model
+    return model.get() if isinstance(model, ModelHandle) else model
 
 
 # -- threads ---------------------------------------------------------------------------

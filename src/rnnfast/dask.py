@@ -39,15 +39,19 @@ Decisions (docs/cluster.md tells the whole story):
 - **The workers' allocator**: :func:`worker_config` gives the Dask settings that start
   worker processes with glibc's allocator reusing rnnfast's working buffers (Dask's own
   ``MALLOC_TRIM_THRESHOLD_=65536`` has it map and fault them in anew per call).
-- **The model travels once per worker**: a model object is put in the graph once (a
-  delayed value, a dependency of every block); a ``distributed`` ``Future`` of one
-  (``client.scatter(model, broadcast=True)``) is used as it is; a path (``str`` or
+- **The model travels once per worker**: a model object given while a ``distributed``
+  client is current is sent to its workers once, as a worker plugin
+  (``rnnfast._dask_workers``: the tasks name it, so each block's only input is its block
+  and Dask runs it where the block is); without a client it is put in the graph once (a
+  delayed value); a ``distributed`` ``Future`` of one (``client.scatter(model,
+  broadcast=True)``) is used as it is (a dependency of every block); a path (``str`` or
   ``os.PathLike``) is loaded once in each worker process (shared storage), with
   ``load_options``.
 """
 
 import operator
 import os
+import sys
 from contextlib import contextmanager
 
 import numpy as np
@@ -94,8 +98,9 @@ def predict(
     ----------
     model : rnnfast model, path, or distributed.Future
         A :class:`~rnnfast.KerasModel`, :class:`~rnnfast.TorchRNN` or
-        :class:`~rnnfast.Sequential`; a model file every worker can read (loaded once per
-        worker process with ``load_options``); or a ``Future`` of a model
+        :class:`~rnnfast.Sequential` (with a ``distributed`` client current: sent to its
+        workers once, as a worker plugin); a model file every worker can read (loaded
+        once per worker process with ``load_options``); or a ``Future`` of a model
         (``client.scatter``).
     x : dask.array.Array, numpy array, dask.dataframe.Series or DataFrame
         An array in the model's input layout, ``(batch, time, features)`` (ids
@@ -207,9 +212,27 @@ def _model_argument(model, load_options):
     if type(model).__name__ == "Future" and type(model).__module__.startswith("distributed"):
         return model, None
     Runner(model)  # a model rnnfast knows, or a clear TypeError
+    client = _current_client()
+    if client is not None and not client.asynchronous:  # (an asynchronous client's calls are awaited)
+        from ._dask_workers import send
+
+        return send(client, model), model
     import dask
 
     return dask.delayed(model, pure=True, traverse=False), model
+
+
+def _current_client():
+    """The ``distributed`` client a graph built now will run on, or None (not imported
+    here when the program does not use it)."""
+    if "distributed" not in sys.modules:
+        return None
+    from distributed import Client
+
+    try:
+        return Client.current(allow_global=True)
+    except ValueError:
+        return None
 
 
 def _probe(model, shape, dtype, return_state):
