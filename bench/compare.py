@@ -16,7 +16,8 @@ The ONNX columns: ``rnnfast-onnx`` loads the very ``.onnx`` file ONNX Runtime an
 OpenVINO run (``rnnfast.load(path)``, then ``model.run(None, feeds)``), and the
 report sets its call time and its load time (the median of five loads of the file in
 the worker) against ONNX Runtime's (the session creation, timed alike) on every row,
-with their geometric means.
+with their geometric means. The file is exported by a worker of its own (``onnx-export``)
+before any engine builds the case, so that every engine loads a file another process wrote.
 
 Each engine runs in its own worker process, one set of workers per thread count (an
 engine's thread pool, still spinning after its turn, would otherwise steal a core from
@@ -77,7 +78,14 @@ NEEDS = {
     "openvino": ("openvino", "onnx", "torch"),
     "keras": ("keras", "tensorflow", "torch"),
     "rnnfast-onnx": ("rnnfast", "onnx", "torch"),
+    "onnx-export": ("onnx", "torch"),
 }
+#: Engines that run the case's exported .onnx file. The file is written by a worker of
+#: its own (``onnx-export``) before any of them builds the case, so that none of them
+#: loads it in a process that has just exported it (``torch.onnx.export`` leaves the
+#: process warmed and its heap grown: ONNX Runtime's session creation after its own
+#: export took 4.9 ms for the TextClassifier B=1 file, 9.7 ms without; session 11).
+ONNX_ENGINES = ("onnxruntime", "openvino", "rnnfast-onnx")
 
 # Timing in rounds: each engine's turn runs about TURN_S seconds of calls (at least
 # one), then the parent sleeps GAP_S so a pool still spinning goes to sleep before the
@@ -579,6 +587,27 @@ class RnnfastOnnxEngine(RnnfastEngine):
         return lambda: model.run(None, feeds)[0]
 
 
+class OnnxExportEngine(Engine):
+    """Writes each case's .onnx file (``onnx_file``) and loads nothing: the worker that
+    exports for the engines of :data:`ONNX_ENGINES`."""
+
+    name = "onnx-export"
+
+    def setup(self):
+        super().setup()
+        import torch
+
+        return dict(version=torch.__version__)
+
+    def cmd_export(self, case):
+        import torch
+
+        path = os.path.join(self.tmp, "%s.onnx" % case_key(case))
+        if not os.path.exists(path):  # (written at the first thread count)
+            onnx_file(torch_model(case, torch), case, torch, path)
+        return dict(output=path)
+
+
 class OpenvinoEngine(Engine):
     name = "openvino"
 
@@ -622,7 +651,16 @@ class KerasEngine(Engine):
 
 
 ENGINE_CLASSES = {
-    c.name: c for c in (RnnfastEngine, TorchEngine, OnnxruntimeEngine, OpenvinoEngine, KerasEngine, RnnfastOnnxEngine)
+    c.name: c
+    for c in (
+        RnnfastEngine,
+        TorchEngine,
+        OnnxruntimeEngine,
+        OpenvinoEngine,
+        KerasEngine,
+        RnnfastOnnxEngine,
+        OnnxExportEngine,
+    )
 }
 
 
@@ -809,9 +847,16 @@ def timed_rounds(procs, first_s, budget_s, notes):
     return ({e: 1e3 * float(np.median(v)) for e, v in times.items()}, {e: len(v) for e, v in times.items()}, rounds)
 
 
-def run_case(case, threads, procs, budget_s):
-    """One case on one thread count: build, check agreement, time. Returns the row."""
+def run_case(case, threads, procs, budget_s, exporter=None):
+    """One case on one thread count: export (``exporter``: the ``onnx-export`` worker, where
+    an engine of ONNX_ENGINES runs), build, check agreement, time. Returns the row."""
     notes, outputs, first_s, load_s = {}, {}, {}, {}
+    if exporter is not None:
+        try:
+            exporter.ensure()
+            exporter.ask("export", BUILD_TIMEOUT_S, case=case)
+        except EngineError as err:  # (then the first engine to build it exports, as before)
+            notes["onnx-export"] = "export: %s" % err
     if case.get("whole"):  # a whole PyTorch module has no Keras twin
         procs = {e: p for e, p in procs.items() if e != "keras"}
     for e, p in procs.items():  # one at a time: builds can be large
@@ -906,8 +951,10 @@ def run_grid(cases, thread_counts, budget_s, engines=ENGINES):
         for t in thread_counts:
             peaks[t] = measure_peak(t)  # first, on a quiet machine
             procs = {e: EngineProcess(e, t, tmp) for e in installed}
+            exporter = EngineProcess("onnx-export", t, tmp) if set(installed) & set(ONNX_ENGINES) else None
+            workers = list(procs.values()) + ([exporter] if exporter is not None else [])
             try:
-                for p in procs.values():  # start them all: the imports overlap
+                for p in workers:  # start them all: the imports overlap
                     p.start()
                 for e, p in procs.items():
                     try:
@@ -936,7 +983,7 @@ def run_grid(cases, thread_counts, budget_s, engines=ENGINES):
                 )
                 for case in cases:
                     t0 = time.perf_counter()
-                    r = run_case(case, t, procs, budget_s)
+                    r = run_case(case, t, procs, budget_s, exporter)
                     rows.append(r)
                     print(
                         "  %-36s %dt  %s  [%d rounds, %.0f s]%s"
@@ -951,7 +998,7 @@ def run_grid(cases, thread_counts, budget_s, engines=ENGINES):
                         flush=True,
                     )
             finally:
-                for p in procs.values():
+                for p in workers:
                     p.stop()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -15,13 +15,15 @@ interleaved run by run (their order rotating), so that load from other work fall
 alike; the table shows each engine's median over the runs and ORT's session creation /
 rnnfast's load (above 1: rnnfast loads faster), with geometric means.
 
-``--fresh``: each run exports the files into a folder of its own, in the first worker that
-builds a case, and the engines run in the ``--engines`` order every run. That is compare.py's
-own order: run with every engine, its ONNX Runtime worker exports each file
-(``torch.onnx.export`` in its process, at the first thread count) just before its loads, and
-the rnnfast-onnx worker finds it written. ORT's creation differs after that export (the
-TextClassifier B=1 file: 4.9 ms, against 9.7 ms with the files exported beforehand; session
-11), so ``--fresh --engines ort,...`` gives the numbers compare.py's 1-thread rows see.
+The files exported beforehand, by another process, is compare.py's protocol since session 12
+(its ``onnx-export`` worker writes each file before any engine builds the case). ``--fresh``:
+each run exports the files into a folder of its own, in the first worker that builds a case,
+and the engines run in the ``--engines`` order every run: compare.py's protocol before
+session 12, where the ONNX Runtime worker exported each file (``torch.onnx.export`` in its
+process, at the first thread count) just before its loads and the rnnfast-onnx worker found it
+written. ORT's creation differs after that export (the TextClassifier B=1 file: 4.9 ms, against
+9.7 ms with the files exported beforehand; session 11), so ``--fresh --engines ort,...`` gives
+the numbers the 1-thread rows of those runs saw.
 
     python bench/load_time.py [--runs 10] [--threads 1] [--engines src,ort] [--cases GRU] [--budget 0.15]
                               [--fresh] [--json out.json]
@@ -79,7 +81,7 @@ for case in compare.grid_cases(True) + compare.whole_cases():
         continue
     path = os.path.join(folder, "%s.onnx" % compare.case_key(case))
     if budget <= 0:
-        if not os.path.exists(path):  # (--fresh: the first worker of a run exports, as in compare.py)
+        if not os.path.exists(path):  # (--fresh: the first worker of a run exports, as compare.py did)
             compare.onnx_file(compare.torch_model(case, torch), case, torch, path)
         model, out[case["name"]] = compare.timed_load(lambda: load(path))
         model = None
