@@ -1937,7 +1937,7 @@ class OnnxModel(Summarized):
             checks = self._feed_checks = tuple((s["name"], s["dtype"]) for s in self._inputs) if ranked else ()
         if type(input_feed) is not dict or len(input_feed) != len(checks) or not checks:
             return None
-        feeds = []
+        feeds, shapes = [], []
         owners = True  # every input owns its data (_callers': looked at here, in cache)
         for name, dt in checks:
             a = input_feed.get(name)
@@ -1948,7 +1948,8 @@ class OnnxModel(Summarized):
                 return None
             owners = owners and flags.owndata
             feeds.append(a)
-        sig = tuple([a.shape for a in feeds])
+            shapes.append(a.shape)
+        sig = tuple(shapes)
         known = self._feed_sigs.get(sig)
         if known is None or known[0] is not self.__dict__.get("_plan"):
             # a new signature (or a new plan): its test, the full call, then what to remember
