@@ -1,7 +1,7 @@
 """One ONNX row of ``compare.py`` in one process: ``rnnfast.load(path).run`` against an
 ONNX Runtime session of the same file, calls in alternating blocks, medians; then where
 each engine's time goes, op by op, in sequence (whole calls, not ops run alone: after a
-recurrent layer a step finds the caches cold).
+recurrent layer a step finds the caches cold), and rnnfast's Python around its steps.
 
     python bench/onnx_steps.py --case "Speech Conv+BiGRU B=1" --threads 1 --seconds 8
 
@@ -86,6 +86,40 @@ def rnnfast_steps(model, feeds, calls):
     return [(nm, np.median(t) / 1e3) for nm, t in zip(names, spent)]
 
 
+def python_in_sequence(model, feeds, calls):
+    """Median us of rnnfast's own Python in whole calls of ``model.run``: from the call to
+    its plan's first step, between the steps and from the last step to the return (each
+    step's call wrapped in a clock, whose own cost is included: ~0.1-0.3 us a step)."""
+    model.run(None, feeds)
+    plan = model._plan
+    clock = time.perf_counter_ns
+    marks: list = []
+
+    def clocked(call):
+        def timed(args, num_threads):
+            marks.append(clock())
+            res = call(args, num_threads)
+            marks.append(clock())
+            return res
+
+        return timed
+
+    model._plan = ([(clocked(s[0]),) + tuple(s[1:]) for s in plan[0]],) + tuple(plan[1:])
+    parts = []
+    try:
+        for _ in range(calls):
+            marks.clear()
+            t0 = clock()
+            model.run(None, feeds)
+            t1 = clock()
+            between = sum(marks[i + 1] - marks[i] for i in range(1, len(marks) - 1, 2))
+            parts.append((marks[0] - t0, between, t1 - marks[-1]))
+    finally:
+        model._plan = plan
+    before, between, after = np.median(np.array(parts), axis=0) / 1e3
+    return before, between, after
+
+
 def ort_steps(path, feeds, threads, calls):
     """(op type and node, median us) of ONNX Runtime's profiled kernels over ``calls``."""
     import onnxruntime as ort
@@ -146,6 +180,11 @@ def main(argv=None):
     print("rnnfast's plan steps (us, in sequence):")
     for name, us in rnnfast_steps(model, feeds, calls):
         print("  %10.1f  %s" % (us, name[:100]))
+    before, between, after = python_in_sequence(model, feeds, 10 * calls)
+    print(
+        "rnnfast's Python in sequence (us): call -> first step %.1f, between steps %.1f, last step -> return %.1f"
+        % (before, between, after)
+    )
     print("ONNX Runtime's profiled kernels (us):")
     for name, us in ort_steps(path, feeds, args.threads, calls):
         print("  %10.1f  %s" % (us, name[:100]))

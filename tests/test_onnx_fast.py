@@ -2,7 +2,8 @@
 by the end of the load, the view ops after a recurrent node run as one step
 (``model_onnx.fuse_views``), a product's bias and activation applied by the product
 (``model_onnx.fuse_products``), attention in one compiled call (``model_onnx.fuse_attention``)
-and the plain call's checks (``OnnxModel._plain_feeds``).
+and the plain call's checks, once per signature, and its plan's function
+(``OnnxModel._plain_run``, ``model_onnx.plan_runner``).
 Every result against ONNX Runtime; outputs are the caller's own (never a view a later
 call writes into), as ONNX Runtime's are."""
 
@@ -201,6 +202,163 @@ def test_plain_and_checked_calls_agree(seed):
         model.run(None, {"x": xn}, object())
     out = model.run(None, {"x": xn})[0]
     assert not np.shares_memory(out, xn)
+
+
+def test_the_plain_call_checks_each_shape_signature_once(seed, monkeypatch):
+    """The plain call tests a signature's shapes against the declared ones once and then
+    remembers it (``OnnxModel._feed_sigs``, bounded as the shape cache): a fitting one
+    runs unchecked (no ``_validated``) and matches ONNX Runtime, the first time, again
+    and after the memo is cleared; one that does not fit is refused every time with the
+    checked call's error, before or after fitting ones, and is never remembered."""
+    from rnnfast import model_onnx
+
+    monkeypatch.setattr(model_onnx, "SHAPE_CACHE_SIZE", 2)
+    torch.manual_seed(seed % 2**31)
+    data = export(Net(torch.nn.GRU, False), torch.randn(2, 6, 16), {"x": {0: "B", 1: "T"}, "y": {0: "B", 1: "T"}})
+    model = rnnfast.from_onnx(data)
+    checked = model._validated
+    calls: list = []
+
+    def validated(spec, x):
+        calls.append(x.shape)
+        return checked(spec, x)
+
+    monkeypatch.setattr(model, "_validated", validated)
+    rng = np.random.default_rng(seed)
+    for shape in [(2, 6, 16), (2, 6, 5), (3, 4, 16), (2, 6, 16), (1, 9, 16), (2, 6, 16), (2, 6, 5), (2, 6)]:
+        x = rng.standard_normal(shape, dtype=np.float32)
+        if shape[-1] != 16 or len(shape) != 3:
+            with pytest.raises(ValueError, match="expected shape"):
+                model.run(None, {"x": x})
+            assert calls.pop() == shape and (shape,) not in model._feed_sigs
+            continue
+        for _ in range(2):
+            got = model.run(None, {"x": x})[0]
+            assert_close(got, _ort(data, {"x": x})[0], np.float32)
+        assert not calls and (shape,) in model._feed_sigs and len(model._feed_sigs) <= 2
+
+
+def _plans():
+    """Hand-made flat plans (``model_onnx.flat_plan``'s form) whose steps note what they
+    are given: constants, an absent input (None), a tensor no step gives, a tensor freed
+    and read again, outputs freed by their own step, and several-output steps giving
+    fewer, as many and more results than they have outputs (a list, a tuple)."""
+    from rnnfast.model_onnx import _getter
+
+    def step(res):
+        def call(args, num_threads):
+            seen.append((args, num_threads))
+            return res(args)
+
+        return call
+
+    seen: list = []
+    n, consts = 9, [None, "c"]
+
+    def one(i, idx, out, free=()):
+        return (step(lambda a: ("op%d" % i, a)), _getter(list(idx)), out, tuple(free), True, tuple(idx))
+
+    def several(i, idx, outs, res, free=()):
+        return (step(res), _getter(list(idx)), tuple(outs), tuple(free), False, tuple(idx))
+
+    steps = [
+        one(0, (0, 10), 3),  # an input and a constant
+        several(1, (3, 9, 8), (4, 5), lambda a: ["y"], free=(3,)),  # fewer results: 5 keeps its None
+        several(2, (4, 5), (6, 7), lambda a: ("p", "q", "extra"), free=(4,)),  # more (a tuple)
+        one(3, (3, 6, 1), 8, free=(6, 8)),  # 3 freed: None; 8 freed by its own step: set after
+        several(4, (7, 2), (5, 4), lambda a: [a, "w"]),  # as many (a list); 5 and 4 given again
+        several(5, (), (), lambda a: []),  # no inputs, no outputs
+    ]
+    return (steps, n, [8, 5, 4, 7, 0, 3], consts), seen
+
+
+def test_a_plans_function_runs_it_as_run_plan_does(monkeypatch):
+    """``plan_runner``'s function of straight-line code calls a plan's steps on the
+    arguments ``run_plan`` gives them, in its order, and gives its outputs (the same
+    objects), for the plan's inputs split between feeds and shape results any way, and
+    for a plan longer than ``RUNNER_MAX_STEPS`` (``run_plan`` itself)."""
+    from rnnfast import model_onnx
+
+    for limit in (256, 0):
+        monkeypatch.setattr(model_onnx, "RUNNER_MAX_STEPS", limit)
+        for k in range(4):
+            plan, seen = _plans()
+            ins = ["in0", "in1", "in2"]
+            want = model_onnx.run_plan(plan, ins[:k], 2, ins[k:])
+            wanted = list(seen)
+            seen.clear()
+            got = model_onnx.plan_runner(plan, k, 3 - k)(ins[:k], ins[k:], 2)
+            assert seen == wanted and got == want
+            args = [a for a, threads in seen]
+            assert args[:4] == [("in0", "c"), (("op0", ("in0", "c")), None, None), ("y", None), (None, "p", "in1")]
+            assert want == [("op3", (None, "p", "in1")), ("q", "in2"), "w", "q", "in0", None]
+
+
+def test_the_plain_call_runs_the_models_current_plan(seed):
+    """The plain call's remembered function is the current plan's (``OnnxModel._plan``:
+    one with a step swapped in, as ``bench/onnx_steps.py`` clocks them, runs that step,
+    and the plan put back runs the plan again), with the same bits; a pickled copy makes
+    its own."""
+    import pickle
+
+    torch.manual_seed(seed % 2**31)
+    x = torch.randn(3, 5, 16).numpy()
+    model = rnnfast.from_onnx(export(Net(torch.nn.LSTM, True), torch.randn(3, 5, 16)))
+    want = model.run(None, {"x": x})[0]
+    plan = model._plan
+    counted: list = []
+
+    def counting(call):
+        def counted_call(args, num_threads):
+            counted.append(1)
+            return call(args, num_threads)
+
+        return counted_call
+
+    model._plan = ([(counting(s[0]),) + tuple(s[1:]) for s in plan[0]],) + tuple(plan[1:])
+    for _ in range(3):
+        np.testing.assert_array_equal(model.run(None, {"x": x})[0], want)
+    assert len(counted) == 3 * len(plan[0])
+    model._plan = plan
+    np.testing.assert_array_equal(model.run(None, {"x": x})[0], want)
+    assert len(counted) == 3 * len(plan[0])
+    copy = pickle.loads(pickle.dumps(model))
+    for _ in range(2):
+        np.testing.assert_array_equal(copy.run(None, {"x": x})[0], want)
+
+
+def test_the_plain_call_ignores_floating_point_errors_as_the_checked_one():
+    """Division by zero, 0/0, overflow and the log of a negative number give ONNX
+    Runtime's inf and nan, without a warning, on the first call of a signature and on
+    later ones (the plan's function, in NumPy's "ignore" error state), and leave the
+    caller's error state as it was."""
+    from onnx import TensorProto, helper
+
+    nodes = [
+        helper.make_node("Div", ["x", "z"], ["q"]),
+        helper.make_node("Mul", ["x", "x"], ["sq"]),
+        helper.make_node("Mul", ["sq", "sq"], ["big"]),
+        helper.make_node("Log", ["x"], ["log"]),
+    ]
+    info = helper.make_tensor_value_info
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [info("x", TensorProto.FLOAT, [4]), info("z", TensorProto.FLOAT, [4])],
+        [info(n, TensorProto.FLOAT, None) for n in ("q", "big", "log")],
+    )
+    data = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    model = rnnfast.from_onnx(data)
+    feed = {"x": np.array([1.0, 0.0, -2.0, 3e10], np.float32), "z": np.zeros(4, np.float32)}
+    want = _ort(data, feed)
+    with np.errstate(all="raise"):
+        for _ in range(3):
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                got = model.run(None, feed)
+            for g_, w in zip(got, want):  # (inf and nan where ONNX Runtime has them)
+                np.testing.assert_allclose(g_, w, rtol=1e-6)
+        assert np.geterr()["divide"] == "raise"
 
 
 def test_a_file_is_mapped_and_the_model_keeps_nothing_of_it(tmp_path, seed, monkeypatch):

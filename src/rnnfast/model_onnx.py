@@ -465,8 +465,10 @@ class _Fused:
             h0 = None
         if zero_c:
             c0 = None
-        bf = (rec.layout == 1) != flip
-        lens, h0, c0 = rec._lens_states(lens, h0, c0)
+        layout1 = rec.layout == 1
+        bf = layout1 != flip
+        if layout1 or lens is not None:  # (else _lens_states gives them back as they are)
+            lens, h0, c0 = rec._lens_states(lens, h0, c0)
         out, h_n, c_n = rec.layer.forward(
             x.swapaxes(0, 1) if flip else x,
             h0,
@@ -513,9 +515,7 @@ class _Fused:
                 z and s is not None and s.shape == (D, B, n)
                 for z, s, n in zip(self._zeros, (h0, c0), (rec.layer.output_size, rec.layer.units))
             ]
-            if len(self._memo) >= _FUSED_MEMO_SIZE:
-                self._memo.clear()
-            self._memo[key] = (bf_out != bf, view, zero[0], zero[1])
+            _remember(self._memo, key, (bf_out != bf, view, zero[0], zero[1]), _FUSED_MEMO_SIZE)
         res[0] = y
         return res
 
@@ -818,9 +818,7 @@ class _FusedAttention:
             team = self._teams.get(key)
             if team is None:
                 team = self._team(q, kt, v)
-                if len(self._teams) >= _FUSED_MEMO_SIZE:
-                    self._teams.clear()
-                self._teams[key] = team
+                _remember(self._teams, key, team, _FUSED_MEMO_SIZE)
             if team:
                 G, M = q.shape[:2]
                 if q.strides[2] != q.itemsize:
@@ -925,11 +923,12 @@ def _attention_chain(j, op, outs, steps, sole, made, readers, unpacked_matmul):
 def flat_plan(program):
     """``program`` (what :func:`fuse_attention` gives) as the plan :func:`run_plan` runs:
     ``(steps, tensor count, output indices, constants)``, each step ``(call, get, outs,
-    free, one)``: ``call(args, num_threads)`` the op's compute bound once (:func:`_bind`:
+    free, one, idx)``: ``call(args, num_threads)`` the op's compute bound once (:func:`_bind`:
     a list of outputs, or the one output where ``one``), ``get(values)`` its arguments
-    (a tuple, :func:`_getter`) from one list of the tensors followed by the constants
-    (an op's constant inputs, None for an absent one), ``outs`` the indices of its
-    outputs (where ``one``: the index itself) and ``free`` those freed after it.
+    (a tuple, :func:`_getter`: the entries ``idx``) from one list of the tensors followed
+    by the constants (an op's constant inputs, None for an absent one), ``outs`` the
+    indices of its outputs (where ``one``: the index itself) and ``free`` those freed
+    after it.
     What a step of ``program`` does, in the same kernels, without the per-op ``args``
     list, the attribute and kernel look-ups and the list of a single output: at B=1 a
     decoder step's ten ops cost 10 us of dispatch before."""
@@ -963,7 +962,7 @@ def flat_plan(program):
         if slots is not None:
             idx = [const(None) if s is None else const(s[1]) if s[0] == "const" else ins[s[1]] for s in slots]
         one = one and len(outs) == 1
-        plan.append((call, _getter(idx), outs[0] if one else tuple(outs), tuple(free), one))
+        plan.append((call, _getter(idx), outs[0] if one else tuple(outs), tuple(free), one, tuple(idx)))
     return plan, n, list(outputs), consts
 
 
@@ -1090,23 +1089,23 @@ def _unsqueeze_call(axes):
             shape = shapes.get(x.shape)
             if shape is None:
                 shape = np.expand_dims(x, axes).shape  # (its checks and messages)
-                if len(shapes) >= _FUSED_MEMO_SIZE:
-                    shapes.clear()
-                shapes[x.shape] = shape
+                _remember(shapes, x.shape, shape, _FUSED_MEMO_SIZE)
             return x.reshape(shape)
         return np.expand_dims(x, axes)
 
     return unsqueeze
 
 
-def run_plan(plan, feeds, num_threads):
-    """Run ``plan`` (what :func:`flat_plan` gives) on ``feeds`` (one per graph input):
-    its outputs, a list; what :func:`run_compiled` gives on the program it was made of."""
+def run_plan(plan, feeds, num_threads, more=()):
+    """Run ``plan`` (what :func:`flat_plan` gives) on ``feeds`` (one per graph input, or
+    their first ones and ``more`` the rest: the model's inputs, then its cached shape
+    results): its outputs, a list; what :func:`run_compiled` gives on the program it was
+    made of."""
     steps, n, outputs, consts = plan
-    vals = list(feeds)
+    vals = [*feeds, *more]
     vals += [None] * (n - len(vals))
     vals += consts
-    for call, get, outs, free, one in steps:
+    for call, get, outs, free, one, _ in steps:
         res = call(get(vals), num_threads)
         for i in free:
             vals[i] = None
@@ -1116,6 +1115,89 @@ def run_plan(plan, feeds, num_threads):
             for i, v in zip(outs, res):
                 vals[i] = v
     return [vals[i] for i in outputs]
+
+
+#: The most steps a plan's straight-line function (:func:`plan_runner`) is written for
+#: (its compile: 40-65 us a step, 17 ms for 256 at its first call); a longer plan runs in
+#: :func:`run_plan`.
+RUNNER_MAX_STEPS = 256
+
+
+def plan_runner(plan, n_feeds, n_more):
+    """``run(feeds, more, num_threads)``: :func:`run_plan` on ``plan`` for ``n_feeds``
+    inputs and ``n_more`` shape results, as one function of straight-line code (each
+    tensor a local variable, each step's call and constants bound to the function), with
+    NumPy's floating-point errors ignored (``np.errstate``'s decorator: 0.7 us a call
+    where its ``with`` block took 1.4). The same calls on the same arguments in the same
+    order, the same tensors freed after the same step; without the steps' tuples, the
+    getters and the list of tensors that :func:`run_plan` reads per step (4-7 us of a B=1
+    decoder step's call, where a 130 us product left the caches cold). The code is made
+    of indices alone (``t3 = s1((t0, k21), num_threads)``): no name from the model."""
+    steps, n, outputs, consts = plan
+    n_in = n_feeds + n_more
+    if len(steps) > RUNNER_MAX_STEPS:
+
+        def run_long(feeds, more, num_threads):
+            return run_plan(plan, feeds, num_threads, more)
+
+        return np.errstate(all="ignore")(run_long)
+    env: dict = {}
+    made = set(range(n_in))  # tensors with a value (an input, or a step's output so far)
+
+    def read(i):
+        if i >= n:  # a constant of the ops (None for an absent input)
+            env["k%d" % i] = consts[i - n]
+            return "k%d" % i
+        if i not in made:  # (read before any step gives it: None, as in run_plan's list)
+            made.add(i)
+            first.append("    t%d = None" % i)
+        return "t%d" % i
+
+    body: list = []
+    first: list = []
+    env["_outs"] = _outs
+    for j, (call, _, outs, free, one, idx) in enumerate(steps):
+        env["s%d" % j] = call
+        res = "t%d" % outs if one and outs not in free else "r"
+        body.append("    %s = s%d((%s), num_threads)" % (res, j, "".join(read(i) + ", " for i in idx)))
+        if free:
+            body.append("    %s = %s" % (", ".join("t%d" % i for i in free), ", ".join(["None"] * len(free))))
+        if one:
+            if res == "r":
+                body.append("    t%d, r = r, None" % outs)
+            made.add(outs)
+        else:  # (r let go at once: it would keep a freed output alive to the next step)
+            known = "".join(read(i) + ", " for i in outs)
+            if outs:
+                line = "    %s= r if type(r) is list and len(r) == %d else _outs(r, (%s))"
+                body.append(line % (known, len(outs), known))
+            body.append("    r = None")
+            made.update(outs)
+    head = ["def run(feeds, more, num_threads):"]
+    if n_feeds:
+        head.append("    %s= feeds" % "".join("t%d, " % i for i in range(n_feeds)))
+    if n_more:
+        head.append("    %s= more" % "".join("t%d, " % i for i in range(n_feeds, n_in)))
+    tail = ["    return [%s]" % ", ".join(read(i) for i in outputs)]
+    exec(compile("\n".join(head + first + body + tail), "<rnnfast plan>", "exec"), env)
+    return np.errstate(all="ignore")(env["run"])
+
+
+def _outs(res, old):
+    """A step's results ``res`` for its outputs, whose values so far are ``old``: as
+    :func:`run_plan`'s ``zip`` assigns them (an output past the results' end keeps its
+    value; results past the outputs' end are dropped)."""
+    res = list(res)[: len(old)]
+    return tuple(res) + tuple(old[len(res) :])
+
+
+def _remember(memo, key, value, size):
+    """``memo[key] = value``, ``memo`` emptied first where it holds ``size`` keys: the
+    bounded memos of the per-call path (shapes seen, layouts, teams), whose keys are few
+    in a real application and never grow without bound in a hostile one."""
+    if len(memo) >= size:
+        memo.clear()
+    memo[key] = value
 
 
 # -- kernels: one function per op type (args: the inputs, None where absent) -----------
@@ -1756,9 +1838,9 @@ class OnnxModel(Summarized):
         list of numpy.ndarray, one per name in ``output_names``
         """
         if run_options is None and not output_names:
-            feeds = self._plain_feeds(input_feed)
-            if feeds is not None:  # the common call: checked as below, in fewer steps
-                return self._run(feeds, num_threads)
+            out = self._plain_run(input_feed, num_threads)
+            if out is not None:  # the common call: checked as below, in fewer steps
+                return out
         if run_options is not None:
             raise ValueError("%s: run_options is not supported (pass None)" % self._what())
         if not isinstance(input_feed, dict):
@@ -1838,47 +1920,51 @@ class OnnxModel(Summarized):
 
     # -- running ----------------------------------------------------------------------
 
-    def _plain_feeds(self, input_feed):
-        """The feeds of a call whose ``input_feed`` is a dict of exactly the inputs, each
-        a C-contiguous ndarray of the input's dtype whose shape fits the declared one
-        (what :meth:`_validated` passes on unchanged); else None (the full checks)."""
+    def _plain_run(self, input_feed, num_threads):
+        """The outputs of a call whose ``input_feed`` is a dict of exactly the inputs,
+        each a C-contiguous ndarray of the input's dtype whose shape fits the declared one
+        (what :meth:`_validated` passes on unchanged); else None (the full checks).
+
+        Decided per signature (the feeds' shapes) once: :attr:`_feed_sigs` remembers a
+        fitting signature's plan, the plan's function (:func:`plan_runner`, made once a
+        plan) and its shape results (:attr:`_shape_cache`'s), at most
+        :data:`SHAPE_CACHE_SIZE` signatures, so that a later call of it tests no shape and
+        calls that function straight away."""
         checks = self.__dict__.get("_feed_checks")
-        if checks is None:  # per input: name, dtype, rank, the fixed axes and their sizes
-            checks = self._feed_checks = [
-                (
-                    s["name"],
-                    s["dtype"],
-                    len(s["shape"]),
-                    [(i, d) for i, d in enumerate(s["shape"]) if isinstance(d, int)],
-                )
-                for s in self._inputs
-                if s.get("ranked", True)
-            ]
-            # the shapes where every axis is fixed (one tuple to compare), else None
-            self._feed_shapes = [
-                tuple(s["shape"]) if all(isinstance(d, int) for d in s["shape"]) else None
-                for s in self._inputs
-                if s.get("ranked", True)
-            ]
-        if type(input_feed) is not dict or len(input_feed) != len(checks) or len(checks) != len(self._inputs):
+        if checks is None:  # per input: name and dtype; () where an input declares no shape
+            ranked = all(s.get("ranked", True) for s in self._inputs)
+            self._feed_sigs: dict = {}  # (set before the checks: another thread's call reads both)
+            checks = self._feed_checks = tuple((s["name"], s["dtype"]) for s in self._inputs) if ranked else ()
+        if type(input_feed) is not dict or len(input_feed) != len(checks) or not checks:
             return None
-        feeds = []
-        for (name, dt, rank, fixed), whole in zip(checks, self._feed_shapes):
+        feeds, shapes = [], []
+        owners = True  # every input owns its data (_callers': looked at here, in cache)
+        for name, dt in checks:
             a = input_feed.get(name)
-            if type(a) is not np.ndarray or a.dtype != dt or not a.flags.c_contiguous:
+            if type(a) is not np.ndarray or a.dtype != dt:
                 return None
-            shape = a.shape
-            if whole is not None:
-                if shape != whole:
-                    return None
-            elif len(shape) != rank:
+            flags = a.flags
+            if not flags.c_contiguous:
                 return None
-            else:
-                for i, d in fixed:
-                    if shape[i] != d:
-                        return None
+            owners = owners and flags.owndata
             feeds.append(a)
-        return feeds
+            shapes.append(a.shape)
+        sig = tuple(shapes)
+        known = self._feed_sigs.get(sig)
+        if known is None or known[0] is not self.__dict__.get("_plan"):
+            # a new signature (or a new plan): its test, the full call, then what to remember
+            if not all(_fits(spec["shape"], shape) for spec, shape in zip(self._inputs, sig)):
+                return None
+            out = self._values(feeds, num_threads)
+            cached = self._shape_cache.get(sig)
+            plan = self.__dict__.get("_plan")
+            if cached is not None and plan is not None:
+                runner = self.__dict__.get("_runner")
+                if runner is None or runner[0] is not plan:
+                    runner = self._runner = (plan, plan_runner(plan, len(feeds), len(cached)))
+                _remember(self._feed_sigs, sig, (plan, runner[1], cached), SHAPE_CACHE_SIZE)
+            return _callers(out, feeds, owners)
+        return _callers(known[1](feeds, known[2], num_threads), feeds, owners)
 
     def _validated(self, spec, x):
         what = "%s input %r" % (self._what(), spec["name"])
@@ -1891,7 +1977,7 @@ class OnnxModel(Summarized):
         shape = spec["shape"]
         if not spec.get("ranked", True):  # the model declares no shape: any goes
             return np.ascontiguousarray(a, dtype=dt)
-        if a.ndim != len(shape) or any(isinstance(d, int) and d != n for d, n in zip(shape, a.shape)):
+        if not _fits(shape, a.shape):
             raise ValueError("%s: expected shape %s, got %s" % (what, _shape_text(shape), tuple(a.shape)))
         return np.ascontiguousarray(a, dtype=dt)
 
@@ -1917,7 +2003,7 @@ class OnnxModel(Summarized):
                         self._shape_cache.pop(next(iter(self._shape_cache)))
                     self._shape_cache[sig] = cached
             else:
-                out = self._run_data(list(feeds) + list(cached), num_threads)
+                out = self._run_data(feeds, num_threads, cached)
         return out
 
     @staticmethod
@@ -1933,8 +2019,9 @@ class OnnxModel(Summarized):
             prog = self._program = _compile(self._data)
         return prog
 
-    def _run_data(self, feeds, num_threads):
-        """The data graph (:attr:`_data`) run as a list of steps over a list of tensors:
+    def _run_data(self, feeds, num_threads, more=()):
+        """The data graph (:attr:`_data`) run as a list of steps over a list of tensors
+        (``feeds``, then ``more``: the model's inputs, then the shape results it reads):
         what :meth:`Graph.run <rnnfast.graph.Graph.run>` does, without its dicts and
         masks (an ONNX graph carries none), for the per-call overhead at small sizes."""
         plan = self.__dict__.get("_plan")
@@ -1943,9 +2030,9 @@ class OnnxModel(Summarized):
             if prog is None:
                 prog = self._fast = fuse_attention(fuse_products(fuse_views(self._compiled())))
             if probing():  # (the load-time run's stand-ins are bound to no plan)
-                return run_compiled(prog, feeds, num_threads)
+                return run_compiled(prog, [*feeds, *more], num_threads)
             plan = self._plan = flat_plan(prog)
-        return run_plan(plan, feeds, num_threads)
+        return run_plan(plan, feeds, num_threads, more)
 
     def _example_feed(self, steps=PROBE_STEPS):
         """Zeros of every input's declared shape, a symbolic or unknown dimension taken
@@ -2079,7 +2166,8 @@ class OnnxModel(Summarized):
         state.pop("_fast", None)
         state.pop("_plan", None)
         state.pop("_feed_checks", None)
-        state.pop("_feed_shapes", None)
+        state.pop("_feed_sigs", None)
+        state.pop("_runner", None)
         state["_graph"] = copy.copy(self._graph)
         return state
 
@@ -2314,28 +2402,36 @@ def make_graphs(steps, inputs, outputs, shape_steps):
     return graph, data, frontier
 
 
-def _callers(out, feeds):
+def _fits(declared, shape):
+    """Whether ``shape`` fits the ``declared`` one: its rank, and its size on each axis
+    that the model fixes (an int; a name or None takes any size)."""
+    return len(shape) == len(declared) and all(not isinstance(d, int) or d == n for d, n in zip(declared, shape))
+
+
+def _callers(out, feeds, owners=None):
     """``out`` as arrays the caller owns: never the caller's own input, a view of it, or
     a cached value (copies of those). An output whose memory belongs to an array made
     in this call (its base chain ends in an array that owns its data and is no input)
     shares none with inputs that own theirs: no overlap test (0.5 us an output and
-    input) where every input owns its data."""
-    owners = True
-    for f in feeds:
-        if not f.flags.owndata:
-            owners = False
-            break
+    input) where every input owns its data (``owners``, where the caller knows it;
+    None: looked at here, once, where an output needs it)."""
     res = []
     for v in out:
         if type(v) is not np.ndarray:
             res.append(_contiguous(v))
             continue
+        root, base, flags = v, v.base, v.flags
+        while type(base) is np.ndarray:
+            root, base = base, base.base
         shared = True
-        if owners:
-            root = v
-            while type(root.base) is np.ndarray:
-                root = root.base
-            if root.base is None and root.flags.owndata:
+        if base is None:
+            if owners is None:
+                owners = True
+                for f in feeds:
+                    if not f.flags.owndata:
+                        owners = False
+                        break
+            if owners and (flags if root is v else root.flags).owndata:
                 shared = False
                 for f in feeds:
                     if root is f:
@@ -2344,7 +2440,7 @@ def _callers(out, feeds):
         if shared and any(np.may_share_memory(v, f) for f in feeds):
             res.append(np.array(v, copy=True))
             continue
-        res.append(_contiguous(v))
+        res.append(v if flags.c_contiguous and flags.writeable else np.array(v, order="C", copy=True))
     return res
 
 
