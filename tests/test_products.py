@@ -214,6 +214,25 @@ def test_few_rows_give_the_bits_of_the_same_rows_in_a_larger_batch(rng, dtype, t
         np.testing.assert_array_equal(y[0, 0], many[:m])
 
 
+@pytest.mark.parametrize("K", [256, 300])
+@pytest.mark.parametrize("N", [5, 16, 29, 32, 33, 93])
+def test_narrow_panels_give_a_rows_bits_in_any_batch(rng, K, N):
+    """A head of a few classes (N % 64 <= 32: AVX-512 runs the panel's first 32 columns
+    only, 12 rows at a time): against float64, and each row's bits those of the row
+    alone (one row runs the wide tile or the one-row path), for row counts that leave
+    every remainder of the 12-row tile, and K past the product's k block."""
+    x = rng.standard_normal((12 * 25 + 11, K)).astype(np.float32)
+    w = (0.1 * rng.standard_normal((K, N))).astype(np.float32)
+    b = rng.standard_normal(N).astype(np.float32)
+    p = _products.pack(w)
+    many = _products.dense(x, p, N, b, num_threads=1)
+    np.testing.assert_allclose(many, x.astype(np.float64) @ w + b, rtol=1e-4, atol=1e-4)
+    for r in range(1, 12):
+        np.testing.assert_array_equal(_products.dense(x[:r], p, N, b, num_threads=1), many[:r])
+    for i in (0, 11, 12, 150, len(x) - 1):
+        np.testing.assert_array_equal(_products.dense(x[i : i + 1], p, N, b, num_threads=1), many[i : i + 1])
+
+
 def _softmax64(x, log=False):
     d = x.astype(np.float64) - x.max(-1, keepdims=True)
     s = np.exp(d).sum(-1, keepdims=True)
