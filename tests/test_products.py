@@ -431,22 +431,26 @@ def test_partner_packed_rows_softmax_gives_the_product_then_the_row_kernel(rng, 
 
 @pytest.mark.parametrize("act", [_products.ROW_SOFTMAX, _products.ROW_LOG_SOFTMAX])
 @pytest.mark.parametrize("K", [70, 0])
-def test_dense_row_softmax_is_the_product_then_the_row_kernel(rng, partner_awake, act, K, monkeypatch):
+@pytest.mark.parametrize("N", [1100, 29, 5])
+@pytest.mark.parametrize("few_on_partner", [True, False])
+def test_dense_row_softmax_is_the_product_then_the_row_kernel(
+    rng, partner_awake, act, K, N, few_on_partner, monkeypatch
+):
     """dense's ROW_SOFTMAX / ROW_LOG_SOFTMAX: the product, then _special.row_softmax over
-    the last axis, on any thread count and batch (the partner's fused tasks at a few
-    rows)."""
-    monkeypatch.setattr(_products, "PARTNER_MACS", 1)
-    W = rng.standard_normal((K, 1100)).astype(np.float32)
-    b = rng.standard_normal(1100).astype(np.float32)
+    the last axis, on any thread count and batch (a few rows: the partner's fused tasks,
+    or below PARTNER_MACS one fused call on the caller's thread)."""
+    monkeypatch.setattr(_products, "PARTNER_MACS", 1 if few_on_partner else 1 << 30)
+    W = rng.standard_normal((K, N)).astype(np.float32)
+    b = rng.standard_normal(N).astype(np.float32)
     P = _products.pack(W) if K else np.zeros(0, np.float32)
     x = rng.standard_normal((9, 2, K)).astype(np.float32)
-    full = _products.dense(x, P, 1100, b, -1, num_threads=1)
+    full = _products.dense(x, P, N, b, -1, num_threads=1)
     want = _special.row_softmax(full, act == _products.ROW_LOG_SOFTMAX)
     for n in (1, 2, 3):
-        got = _products.dense(x, P, 1100, b, act, num_threads=n)
-        assert got.shape == (9, 2, 1100) and np.array_equal(got, want), n
-        for r in (0, 4, 8):  # a few rows: the partner's tasks at 2 threads or more
-            assert np.array_equal(_products.dense(x[r], P, 1100, b, act, num_threads=n), want[r]), (r, n)
+        got = _products.dense(x, P, N, b, act, num_threads=n)
+        assert got.shape == (9, 2, N) and np.array_equal(got, want), n
+        for r in (0, 4, 8):  # a few rows
+            assert np.array_equal(_products.dense(x[r], P, N, b, act, num_threads=n), want[r]), (r, n)
 
 
 def test_onnx_gemm_and_softmax_fuse_into_the_head(rng, partner_awake, monkeypatch):
