@@ -208,13 +208,13 @@ static void rnn_gemm_packed_f_avx512(long M, long N, long K, const float *A, lon
         long k0, kn;
         long i0, i1;
         rnn_init64_avx512(init, bias, p, nc);
-        if (nc <= 32 && M > 1) {        /* a narrow panel: half the tile's multiply-adds */
-            for (i0 = 0; i0 < M; i0 = i1) {
-                i1 = M - i0 > mblock ? i0 + mblock : M;
-                for (k0 = 0; k0 == 0 || k0 < K; k0 += kb) {
-                    const float *a = A + k0, *b = bp + k0 * RNN_PANEL_COLS;
-                    int from_c = k0 > 0;
-                    kn = K - k0 < kb ? K - k0 : kb;
+        for (i0 = 0; i0 < M; i0 = i1) {
+            i1 = M - i0 > mblock ? i0 + mblock : M;
+            for (k0 = 0; k0 == 0 || k0 < K; k0 += kb) {
+                const float *a = A + k0, *b = bp + k0 * RNN_PANEL_COLS;
+                int from_c = k0 > 0;
+                kn = K - k0 < kb ? K - k0 : kb;
+                if (nc <= 32 && M > 1) {        /* a narrow panel: half the tile's multiply-adds */
                     for (i = i0; i + RNN_NARROW_ROWS <= i1; i += RNN_NARROW_ROWS)
                         rnn_ntile_avx512(RNN_NARROW_ROWS, kn, a + i * lda, lda, b, init, c + i * ldc, ldc, nc,
                                          from_c);
@@ -225,16 +225,8 @@ static void rnn_gemm_packed_f_avx512(long M, long N, long K, const float *A, lon
                     default: break;
                     }
 #undef RNN_NT
+                    continue;
                 }
-            }
-            continue;
-        }
-        for (i0 = 0; i0 < M; i0 = i1) {
-            i1 = M - i0 > mblock ? i0 + mblock : M;
-            for (k0 = 0; k0 == 0 || k0 < K; k0 += kb) {
-                const float *a = A + k0, *b = bp + k0 * RNN_PANEL_COLS;
-                int from_c = k0 > 0;
-                kn = K - k0 < kb ? K - k0 : kb;
                 /* the block read next (this panel's next K block, its first for the
                  * next row block, or the next panel's first), its lines shared out
                  * among this block's row tiles to prefetch, one line per K step at
