@@ -74,24 +74,17 @@ RNN_INLINE RNN_INAME(lanes) RNN_INAME(vexp_neg)(RNN_INAME(lanes) d)
 }
 
 /* softmax_block's phases on vectors (float): the same partition of the sum into lanes,
- * the tail (n % lanes) read as a vector padded with -inf (exp 0: the sums unchanged);
- * the lanes' max and sum folded by shuffles in registers, in the array loop's order
- * (they went through the stack: log-softmax of (100, 29), 11.6 -> 10.0 us). */
+ * the tail (n % lanes) read as a vector padded with -inf (exp 0: the sums unchanged). */
 static void RNN_INAME(vsoftmax_block)(const TYPE *x, TYPE *y, long n, int take_log, TYPE *mb, TYPE *sb)
 {
     typedef RNN_INAME(lanes) V;
     typedef RNN_INAME(mask) I;
-    TYPE pad[RNN_ROW_LANES], m;
+    TYPE lane[RNN_ROW_LANES], pad[RNN_ROW_LANES], m;
     long j, l, w, nb = n / RNN_ROW_LANES * RNN_ROW_LANES, nt = n - nb;
-    /* the folds' shuffles: lane l (l < w) takes lane l + w, w = 8, 4, 2, 1 */
-    static const RNN_INAME(mask) half[4] = {{8, 9, 10, 11, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15},
-                                            {4, 5, 6, 7, 4, 5, 6, 7, 4, 5, 6, 7, 4, 5, 6, 7},
-                                            {2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3},
-                                            {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1}};
-    V v, mx, t, acc = {0}, ninf = acc - (TYPE)INFINITY;
+    V v, mx, acc = {0};
     I gt;
-    memcpy(pad, &ninf, sizeof pad);
-    memcpy(pad, x + nb, (size_t)nt * sizeof(TYPE));
+    for (l = 0; l < RNN_ROW_LANES; l++)
+        pad[l] = l < nt ? x[nb + l] : -(TYPE)INFINITY;
     /* (1) m = max x (a comparison with NaN is false: skipped) */
     memcpy(&mx, pad, sizeof mx);
     for (j = 0; j < nb; j += RNN_ROW_LANES) {
@@ -99,20 +92,10 @@ static void RNN_INAME(vsoftmax_block)(const TYPE *x, TYPE *y, long n, int take_l
         gt = v > mx;
         mx = (V)(((I)v & gt) | ((I)mx & ~gt));
     }
-    /* the first of the greatest lanes in lane order (NaN skipped), as the loop over the
-     * lanes took it: the greatest value by a tree of shuffles (NaN lanes -inf), exact;
-     * a greatest of zero, whose sign is the first zero's, from that loop */
-    gt = mx == mx;
-    t = (V)(((I)mx & gt) | ((I)ninf & ~gt));
-    for (w = 0; w < 4; w++) {
-        v = __builtin_shuffle(t, half[w]);
-        gt = v > t;
-        t = (V)(((I)v & gt) | ((I)t & ~gt));
-    }
-    m = t[0];
-    if (m == 0)
-        for (m = -(TYPE)INFINITY, l = 0; l < RNN_ROW_LANES; l++)
-            m = mx[l] > m ? mx[l] : m;
+    memcpy(lane, &mx, sizeof lane);
+    m = -(TYPE)INFINITY;
+    for (l = 0; l < RNN_ROW_LANES; l++)
+        m = lane[l] > m ? lane[l] : m;
     *mb = m;
     m = m == -(TYPE)INFINITY ? (TYPE)0 : m;
     /* (2) e = exp(x - m), s = sum e (e into y for the softmax) */
@@ -131,11 +114,15 @@ static void RNN_INAME(vsoftmax_block)(const TYPE *x, TYPE *y, long n, int take_l
     memcpy(&v, pad, sizeof v);
     v = RNN_INAME(vexp_neg)(v - m);
     acc += v;
+    memcpy(lane, &v, sizeof lane);
     if (!take_log)
-        memcpy(y + nb, &v, (size_t)nt * sizeof(TYPE));
-    for (w = 0; w < 4; w++)
-        acc += __builtin_shuffle(acc, half[w]);
-    *sb = acc[0];
+        for (l = 0; l < nt; l++)
+            y[nb + l] = lane[l];
+    memcpy(lane, &acc, sizeof lane);
+    for (w = RNN_ROW_LANES / 2; w >= 1; w /= 2)
+        for (l = 0; l < w; l++)
+            lane[l] += lane[l + w];
+    *sb = lane[0];
 }
 #else
 #define RNN_ROWS_VEXP 0
@@ -256,12 +243,6 @@ static void RNN_INAME(softmax_row)(const TYPE *x, TYPE *y, long n, int take_log)
         long j0 = b * RNN_SOFTMAX_BLOCK, nc = n - j0 < RNN_SOFTMAX_BLOCK ? n - j0 : RNN_SOFTMAX_BLOCK;
         RNN_INAME(softmax_block)(x + j0, y + j0, nc, take_log, mb + b, mb + nblk + b);
     } while (++b < nblk);
-    if (nblk == 1 && mb[0] - mb[0] == 0) {
-        /* one block of a finite max (a head's short row): softmax_combine's w = exp(0) =
-         * 1 exactly and s = 0 + s_0 w, so its factor without its exp */
-        RNN_INAME(softmax_finish)(x, y, n, take_log, mb[0], take_log ? (TYPE)log((double)mb[1]) : 1 / mb[1]);
-        return;
-    }
     m = RNN_INAME(softmax_combine)(mb, mb + nblk, nblk, take_log);
     for (b = 0; b < nblk; b++) {
         long j0 = b * RNN_SOFTMAX_BLOCK, nc = n - j0 < RNN_SOFTMAX_BLOCK ? n - j0 : RNN_SOFTMAX_BLOCK;
