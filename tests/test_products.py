@@ -214,6 +214,25 @@ def test_few_rows_give_the_bits_of_the_same_rows_in_a_larger_batch(rng, dtype, t
         np.testing.assert_array_equal(y[0, 0], many[:m])
 
 
+@pytest.mark.parametrize("K", [256, 300])
+@pytest.mark.parametrize("N", [5, 16, 29, 32, 33, 93])
+def test_narrow_panels_give_a_rows_bits_in_any_batch(rng, K, N):
+    """A head of a few classes (N % 64 <= 32: AVX-512 runs the panel's first 32 columns
+    only, 12 rows at a time): against float64, and each row's bits those of the row
+    alone (one row runs the wide tile or the one-row path), for row counts that leave
+    every remainder of the 12-row tile, and K past the product's k block."""
+    x = rng.standard_normal((12 * 25 + 11, K)).astype(np.float32)
+    w = (0.1 * rng.standard_normal((K, N))).astype(np.float32)
+    b = rng.standard_normal(N).astype(np.float32)
+    p = _products.pack(w)
+    many = _products.dense(x, p, N, b, num_threads=1)
+    np.testing.assert_allclose(many, x.astype(np.float64) @ w + b, rtol=1e-4, atol=1e-4)
+    for r in range(1, 12):
+        np.testing.assert_array_equal(_products.dense(x[:r], p, N, b, num_threads=1), many[:r])
+    for i in (0, 11, 12, 150, len(x) - 1):
+        np.testing.assert_array_equal(_products.dense(x[i : i + 1], p, N, b, num_threads=1), many[i : i + 1])
+
+
 def _softmax64(x, log=False):
     d = x.astype(np.float64) - x.max(-1, keepdims=True)
     s = np.exp(d).sum(-1, keepdims=True)
@@ -412,22 +431,26 @@ def test_partner_packed_rows_softmax_gives_the_product_then_the_row_kernel(rng, 
 
 @pytest.mark.parametrize("act", [_products.ROW_SOFTMAX, _products.ROW_LOG_SOFTMAX])
 @pytest.mark.parametrize("K", [70, 0])
-def test_dense_row_softmax_is_the_product_then_the_row_kernel(rng, partner_awake, act, K, monkeypatch):
+@pytest.mark.parametrize("N", [1100, 29, 5])
+@pytest.mark.parametrize("few_on_partner", [True, False])
+def test_dense_row_softmax_is_the_product_then_the_row_kernel(
+    rng, partner_awake, act, K, N, few_on_partner, monkeypatch
+):
     """dense's ROW_SOFTMAX / ROW_LOG_SOFTMAX: the product, then _special.row_softmax over
-    the last axis, on any thread count and batch (the partner's fused tasks at a few
-    rows)."""
-    monkeypatch.setattr(_products, "PARTNER_MACS", 1)
-    W = rng.standard_normal((K, 1100)).astype(np.float32)
-    b = rng.standard_normal(1100).astype(np.float32)
+    the last axis, on any thread count and batch (a few rows: the partner's fused tasks,
+    or below PARTNER_MACS one fused call on the caller's thread)."""
+    monkeypatch.setattr(_products, "PARTNER_MACS", 1 if few_on_partner else 1 << 30)
+    W = rng.standard_normal((K, N)).astype(np.float32)
+    b = rng.standard_normal(N).astype(np.float32)
     P = _products.pack(W) if K else np.zeros(0, np.float32)
     x = rng.standard_normal((9, 2, K)).astype(np.float32)
-    full = _products.dense(x, P, 1100, b, -1, num_threads=1)
+    full = _products.dense(x, P, N, b, -1, num_threads=1)
     want = _special.row_softmax(full, act == _products.ROW_LOG_SOFTMAX)
     for n in (1, 2, 3):
-        got = _products.dense(x, P, 1100, b, act, num_threads=n)
-        assert got.shape == (9, 2, 1100) and np.array_equal(got, want), n
-        for r in (0, 4, 8):  # a few rows: the partner's tasks at 2 threads or more
-            assert np.array_equal(_products.dense(x[r], P, 1100, b, act, num_threads=n), want[r]), (r, n)
+        got = _products.dense(x, P, N, b, act, num_threads=n)
+        assert got.shape == (9, 2, N) and np.array_equal(got, want), n
+        for r in (0, 4, 8):  # a few rows
+            assert np.array_equal(_products.dense(x[r], P, N, b, act, num_threads=n), want[r]), (r, n)
 
 
 def test_onnx_gemm_and_softmax_fuse_into_the_head(rng, partner_awake, monkeypatch):
