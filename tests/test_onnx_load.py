@@ -326,9 +326,7 @@ def test_the_trial_run_computes_values_an_index_depends_on(rng, monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize(
-    "D, K, H, G, ncb", [(1, 37, 70, 3, 1), (2, 9, 130, 4, 3), (1, 3, 1, 1, 1), (2, 64, 64, 1, 2), (1, 100, 40, 3, 2)]
-)
+@pytest.mark.parametrize("D, K, H, G, ncb", [(1, 37, 70, 3, 1), (2, 9, 130, 4, 3), (1, 3, 1, 1, 1), (2, 64, 64, 1, 2)])
 def test_pack_columns_packs_any_strided_source_as_pack_blocks_packs_its_copy(rng, dtype, D, K, H, G, ncb):
     """``_kernels.pack_columns`` on a transposed, gate-reordered and even unaligned view
     gives pack_blocks' bits on the gathered contiguous copy; ``unpack_blocks`` gives the

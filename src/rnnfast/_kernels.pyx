@@ -442,22 +442,13 @@ def pack_blocks(const floating[:, :, ::1] M, long G, long ncb):
     return packed
 
 
-# rows of a panel _pack_gather writes at a time down the columns
-cdef enum:
-    _GATHER_ROWS = 32
-
-
 cdef void _pack_gather(long K, long N, const char *src, Py_ssize_t sk, Py_ssize_t sj, const long *cols,
                        floating *dst) noexcept nogil:
     """dst = the packed form (rnn_pack's) of the K x N matrix whose (k, c) is the value at
     src + k * sk + cols[c] * sj (byte strides, any sign; values read by memcpy, so a
     source need not be aligned). Down each column where the source's rows lie closer
-    than its columns (a transposed matrix: a column is contiguous), else row by row.
-    Down the columns in blocks of _GATHER_ROWS rows: a block of the panel (32 rows of 64
-    values, 8 KB in float32) stays in L1 while each of its columns is written; a whole
-    panel (64 KB at K = 256) did not, and each value cost an L2 write (the 768 x 256
-    weights of a GRU: 0.13 -> 0.09 ms)."""
-    cdef long p, c, k, k0, k1, nc, npan = (N + RNN_PANEL_COLS - 1) // RNN_PANEL_COLS
+    than its columns (a transposed matrix: a column is contiguous), else row by row."""
+    cdef long p, c, k, nc, npan = (N + RNN_PANEL_COLS - 1) // RNN_PANEL_COLS
     cdef floating *pd
     cdef const char *s
     cdef bint down = (sk if sk >= 0 else -sk) <= (sj if sj >= 0 else -sj)
@@ -467,14 +458,10 @@ cdef void _pack_gather(long K, long N, const char *src, Py_ssize_t sk, Py_ssize_
             nc = RNN_PANEL_COLS
         pd = dst + p * K * RNN_PANEL_COLS
         if down:
-            k0 = 0
-            while k0 < K:
-                k1 = k0 + _GATHER_ROWS if k0 + _GATHER_ROWS < K else K
-                for c in range(nc):
-                    s = src + cols[p * RNN_PANEL_COLS + c] * sj
-                    for k in range(k0, k1):
-                        memcpy(&pd[k * RNN_PANEL_COLS + c], s + k * sk, sizeof(floating))
-                k0 = k1
+            for c in range(nc):
+                s = src + cols[p * RNN_PANEL_COLS + c] * sj
+                for k in range(K):
+                    memcpy(&pd[k * RNN_PANEL_COLS + c], s + k * sk, sizeof(floating))
         else:
             for k in range(K):
                 s = src + k * sk
