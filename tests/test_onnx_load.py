@@ -114,6 +114,52 @@ def test_truncated_file_is_refused_as_protobuf_refuses_it(rng):
         rnnfast.from_onnx(data[: len(data) // 2])
 
 
+def test_fields_of_multi_byte_tags_and_lengths_are_scanned_as_protobuf_reads_them(rng):
+    """The scan's one-byte fast path and its runs of kept fields: names and doc strings of
+    128 bytes and more (two-byte lengths), an unknown field numbered 99 (a two-byte tag)
+    at the model's and the graph's level and long initializer names: the stripped bytes
+    parse to the model without its ``raw_data`` and each weight lies where the scan says."""
+    m = lstm_head_model(rng)
+    m.doc_string = "d" * 300
+    for n in m.graph.node:
+        n.doc_string = "n" * 200
+    long = {t.name: t.name + "_" + "w" * 150 for t in m.graph.initializer}
+    for t in m.graph.initializer:
+        t.name = long[t.name]
+    for n in m.graph.node:
+        n.input[:] = [long.get(v, v) for v in n.input]
+    unknown = proto._varint_bytes(99 << 3) + proto._varint_bytes(300)  # field 99, a varint
+    graph = m.graph.SerializeToString() + unknown
+    head = onnx.ModelProto()
+    head.CopyFrom(m)
+    head.ClearField("graph")
+    data = head.SerializeToString() + unknown + proto._varint_bytes((7 << 3) | 2)
+    data += proto._varint_bytes(len(graph)) + graph
+    stripped, raws = proto.split_initializers(data)
+    full, want, got = onnx.ModelProto(), onnx.ModelProto(), onnx.ModelProto()
+    full.ParseFromString(data)
+    want.ParseFromString(data)
+    got.ParseFromString(stripped)
+    for t, (off, n) in zip(want.graph.initializer, raws):
+        assert data[off : off + n] == t.raw_data
+        t.ClearField("raw_data")
+    assert got == want
+    x = rng.standard_normal((6, 2, 5)).astype(np.float32)
+    assert_close(rnnfast.from_onnx(data).run(None, {"x": x})[0], _ort(full, {"x": x})[0], np.float32)
+
+
+def test_node_names_protobuf_hands_over_as_bytes_are_read_as_text():
+    """A name of invalid UTF-8 (bytes, from protobuf's pure-Python reader) is decoded with
+    replacement, as every other string of the file is."""
+    from types import SimpleNamespace
+
+    p = SimpleNamespace(op_type="Relu", domain="", name="", input=[b"x\xff"], output=["y"], attribute=[])
+    node = onnx_io._Node(p, 3)
+    assert node.inputs == ["x\ufffd"] and node.outputs == ["y"] and node.name == "Relu_3"
+    p.input, p.output = ["x"], [b"\xfey"]
+    assert onnx_io._Node(p, 0).outputs == ["\ufffdy"]
+
+
 def _gru_with_state(I=4, H=6, batch_h="B2"):
     """GRU whose initial_h is an input with its own symbol for the batch (the exporters
     name the two batch dimensions apart)."""
@@ -644,6 +690,34 @@ def test_an_exported_zero_state_of_a_traced_batch_is_a_constant(rng):
     m = _zero_state_model("GRU", z_batch=3, batch=2, T=5)  # a fixed batch the constant does not fit
     with pytest.raises(rnnfast.FormatError, match="do not fit together"):
         rnnfast.from_onnx(m)
+
+
+@pytest.mark.parametrize("cell", ["GRU", "LSTM"])
+def test_an_exported_zero_state_of_constant_nodes_is_an_absent_state(rng, cell):
+    """The chain's constants as ``Constant`` nodes, as torch writes them: a ``value``
+    tensor (read directly) and the other value attributes (read as the node's own turn
+    reads them); the chain is dropped and the model computes what ONNX Runtime computes."""
+    m = _zero_state_model(cell, 2)
+    g = m.graph
+    as_nodes = {"Z": "value", "one": "value_int", "d": "value_ints", "h": "value", "ax": "value_ints"}
+    kept = [t for t in g.initializer if t.name not in as_nodes]
+    consts = []
+    for t in g.initializer:
+        if t.name in as_nodes:
+            a = numpy_helper.to_array(t)
+            kind = as_nodes[t.name]
+            v = numpy_helper.from_array(a) if kind == "value" else int(a) if kind == "value_int" else a.tolist()
+            consts.append(helper.make_node("Constant", [], [t.name], name="c_" + t.name, **{kind: v}))
+    del g.initializer[:]
+    g.initializer.extend(kept)
+    nodes = consts + list(g.node)
+    del g.node[:]
+    g.node.extend(nodes)
+    model = rnnfast.from_onnx(m)
+    assert _ops(model) == [cell]
+    feed = {"x": rng.standard_normal((5, 3, 4)).astype(np.float32)}
+    for a, b in zip(model.run(None, feed), _ort(m, feed)):
+        assert_close(a, b, np.float32)
 
 
 @pytest.mark.parametrize(
