@@ -49,6 +49,7 @@ Decisions (docs/cluster.md tells the whole story):
   ``load_options``.
 """
 
+import importlib
 import operator
 import os
 import sys
@@ -214,9 +215,10 @@ def _model_argument(model, load_options):
     Runner(model)  # a model rnnfast knows, or a clear TypeError
     client = _current_client()
     if client is not None and not client.asynchronous:  # (an asynchronous client's calls are awaited)
-        from ._dask_workers import send
-
-        return send(client, model), model
+        # imported by name, when a client is there: it imports distributed, which graphs for
+        # Dask's local schedulers never need
+        workers = importlib.import_module("._dask_workers", __package__)
+        return workers.send(client, model), model
     import dask
 
     return dask.delayed(model, pure=True, traverse=False), model
