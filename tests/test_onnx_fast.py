@@ -465,17 +465,102 @@ def test_a_fused_product_off_its_packed_path_runs_its_ops_one_by_one(seed):
     torch.manual_seed(seed % 2**31)
     x = torch.randn(2, 5, 6)
     data = export(Head(), x)
-    model = rnnfast.from_onnx(data)
+    model, off = rnnfast.from_onnx(data), rnnfast.from_onnx(data)
     feed = {"x": x.numpy()}
     first = model.run(None, feed)
-    for op, *_ in model._fast[0]:
+    off.run(None, feed)
+    declined: list = []
+    for op, *_ in off._fast[0]:
         if isinstance(op, _FusedProduct) and type(op.prod) is not _FnOp:
-            op.prod.packed = lambda *a, **k: None
-    again = model.run(None, feed)
+            op.prod.packed = lambda *a, **k: declined.append(1)
+    del off._plan  # (a new plan, whose steps call this packed)
+    off.run(None, feed)
+    again = off.run(None, feed)
+    assert declined
     for g, w in zip(again, _ort(data, feed)):
         assert_close(g, w, np.float32)
     for a, b in zip(first, again):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("B", [1, 3])
+def test_a_fused_products_step_is_one_call_with_computes_bits(seed, B):
+    """A decoder's Linear + tanh and head + softmax each run as one call of the plan that
+    gives the output itself (:meth:`_FusedProduct.one`): bitwise what the step's
+    ``compute`` gives on the same arguments, and where the packed path declines (a 1-D
+    MatMul input) the ops one by one, against ONNX Runtime."""
+    data = _decoder(seed, False)
+    model = rnnfast.from_onnx(data)
+    feed = _decoder_feeds(np.random.default_rng(seed), B)
+    model.run(None, feed)
+    want = model.run(None, feed)
+    steps = [(s[0], s[4], s[5]) for s in model._plan[0]]
+    ops = [op for op, *_ in model._fast[0]]
+    products = [(op, call, one) for op, (call, one, _) in zip(ops, steps) if isinstance(op, _FusedProduct)]
+    assert len(products) == 2 and all(one and not hasattr(call, "__self__") for _, call, one in products)
+    seen: list = []
+    plan = model._plan
+
+    def keeping(call):
+        def kept(args, num_threads):
+            seen.append((call, args))
+            return call(args, num_threads)
+
+        return kept
+
+    model._plan = ([(keeping(s[0]),) + tuple(s[1:]) for s in plan[0]],) + tuple(plan[1:])
+    for g, w in zip(model.run(None, feed), want):
+        np.testing.assert_array_equal(g, w)
+    for op, call, _ in products:
+        args = next(a for c, a in seen if c is call)
+        for n in (1, 2):
+            np.testing.assert_array_equal(call(args, n), op.compute(args, n)[0])
+
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(seed).standard_normal((6, 4)).astype(np.float32)
+    g = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["p"]), helper.make_node("Relu", ["p"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(w, "w")],
+    )
+    one_d = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    m = rnnfast.from_onnx(one_d)
+    for x in (np.linspace(-1, 1, 6, dtype=np.float32), np.linspace(-1, 1, 12, dtype=np.float32).reshape(2, 6)):
+        for _ in range(2):
+            assert_close(m.run(None, {"x": x})[0], _ort(one_d, {"x": x})[0], np.float32)
+    assert any(isinstance(op, _FusedProduct) and op.act >= 0 for op, *_ in m._fast[0])
+
+
+def test_a_fused_recurrent_step_calls_the_layers_bound_entry_where_forward_would(seed):
+    """Where the layer's ``forward`` took its bound entry for X of the shapes a fused step
+    remembers (time-major, in place, no lengths: the decoder's GRU step), later calls of
+    those shapes call that entry straight away (``_Fused``'s ``plain``): no ``forward``,
+    the same bits at 1 and 2 threads, ONNX Runtime's values; other shapes call ``forward``."""
+    data = _decoder(seed, False)
+    model = rnnfast.from_onnx(data)
+    rng = np.random.default_rng(seed)
+    feeds = [_decoder_feeds(rng, B) for B in (1, 3)]
+    want = [model.run(None, f) for f in feeds + feeds][2:]  # (a first call runs the graph)
+    (fused,) = [op for op, *_ in model._fast[0] if isinstance(op, _Fused)]
+    assert [v[4] for v in fused._memo.values()] == [True, True]
+    layer, calls = fused.rec.layer, []
+    real = layer.forward
+    layer.forward = lambda *a, **k: calls.append(1) or real(*a, **k)
+    try:
+        for f, w in zip(feeds, want):
+            for n in (1, 2):
+                for g, o in zip(model.run(None, f, num_threads=n), w):
+                    np.testing.assert_array_equal(g, o)
+            for g, o in zip(w, _ort(data, f)):
+                assert_close(g, o, np.float32)
+        assert not calls
+        model.run(None, _decoder_feeds(rng, 2))  # new shapes: the node's own call
+        assert calls
+    finally:
+        del layer.forward
 
 
 class Decoder(torch.nn.Module):

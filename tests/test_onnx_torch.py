@@ -324,5 +324,5 @@ def test_recurrent_steps_take_their_input_transpose_and_zero_states(seed):
     assert [type(op) for op in ops[:2]] == [_Fused, _Fused] and ops[0].perm == (1, 0, 2) and not ops[1].views
     assert [op.op_type for op in ops[2:]] == ["Gather"]  # (Y_h[0]; no Transpose step left)
     for op in ops[:2]:
-        ((flip, view, zero_h, zero_c),) = op._memo.values()
+        ((flip, view, zero_h, zero_c, _),) = op._memo.values()
         assert zero_h and not zero_c and (view is None) == (op is ops[1])

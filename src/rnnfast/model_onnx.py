@@ -460,16 +460,23 @@ class _Fused:
         if known is None:
             return self._first(args, num_threads)
         # shapes seen before: the layer's call and Y's view, nothing else
-        flip, view, zero_h, zero_c = known
+        flip, view, zero_h, zero_c, plain = known
         if zero_h:
             h0 = None
         if zero_c:
             c0 = None
+        layer = rec.layer
+        if plain and lens is None and x.dtype == layer.dtype:
+            # RNNLayer.forward's common call, whose tests these shapes passed: its bound entry
+            entry = layer.__dict__.get("_entry")
+            if entry is not None:
+                out, h_n, c_n = layer._forward_bound(entry, x, h0, c0, view is not None, num_threads)
+                return self._results(out, False, h_n, c_n, view)
         layout1 = rec.layout == 1
         bf = layout1 != flip
         if layout1 or lens is not None:  # (else _lens_states gives them back as they are)
             lens, h0, c0 = rec._lens_states(lens, h0, c0)
-        out, h_n, c_n = rec.layer.forward(
+        out, h_n, c_n = layer.forward(
             x.swapaxes(0, 1) if flip else x,
             h0,
             c0,
@@ -478,6 +485,10 @@ class _Fused:
             num_threads=num_threads,
             batch_first=bf,
         )
+        return self._results(out, bf, h_n, c_n, view)
+
+    def _results(self, out, bf, h_n, c_n, view):
+        """The step's outputs of the layer's: Y as ``view`` of ``out``, the states."""
         y = (
             None
             if view is None
@@ -487,7 +498,7 @@ class _Fused:
         )
         wants = self._wants
         if wants is None:
-            res = rec._outputs(out, bf, h_n, c_n, seq=False)
+            res = self.rec._outputs(out, bf, h_n, c_n, seq=False)
             res[0] = y
             return res
         if not wants:
@@ -515,7 +526,19 @@ class _Fused:
                 z and s is not None and s.shape == (D, B, n)
                 for z, s, n in zip(self._zeros, (h0, c0), (rec.layer.output_size, rec.layer.units))
             ]
-            _remember(self._memo, key, (bf_out != bf, view, zero[0], zero[1]), _FUSED_MEMO_SIZE)
+            # plain: the layer's forward takes its bound entry for X of these shapes and
+            # strides, given as they are (time-major, no lengths) in the layer's dtype
+            layer = rec.layer
+            plain = (
+                bf_out == bf
+                and not bf
+                and x.dtype == layer.dtype
+                and x.flags.c_contiguous
+                and x.size > 0
+                and x.shape[2] == layer.input_size
+                and layer.__dict__.get("_entry") is not None
+            )
+            _remember(self._memo, key, (bf_out != bf, view, zero[0], zero[1], plain), _FUSED_MEMO_SIZE)
         res[0] = y
         return res
 
@@ -711,6 +734,45 @@ class _FusedProduct:
         for op in self.tail:
             y = _on_new_array(op, y, num_threads)
         return [y]
+
+    def one(self):
+        """:meth:`compute`'s only output as ``call(args, num_threads)``, one frame where the
+        packed path applies the activation (:meth:`ProductOp.packed`'s tests, on what the
+        load fixed: the weights' dtype, a Gemm's bias and ``transA``), that method's call
+        where it does not; None for a step that runs its ops one by one (``act`` -1). A
+        B=1 decoder step's two products each crossed three Python frames and a list. (The
+        product's function is looked up per call: ``_products.dense`` as it is then.)"""
+        prod, act, compute = self.prod, self.act, self.compute
+        if act < 0 or "packed" in vars(prod):  # (a ``packed`` of its own: called as it is)
+            return None
+        if type(prod) is FnOp:  # a Conv
+            attrs = prod.attrs
+
+            def conv(args, num_threads):
+                return _conv(args, attrs, act, num_threads)
+
+            return conv
+        packed, n, bias, dt = prod._packed, prod._n, prod._bias, prod.slots[1][1].dtype
+        if prod.op_type == "Gemm":
+            if prod.attrs["transA"] or bias is None:
+                return None
+
+            def gemm(args, num_threads):
+                x = args[0]
+                if x.dtype == dt and x.ndim == 2:
+                    return _products.dense(x, packed, n, bias, act, num_threads)
+                return compute(args, num_threads)[0]
+
+            return gemm
+        k = prod.slots[1][1].shape[0]
+
+        def matmul(args, num_threads):
+            x = args[0]
+            if x.dtype == dt and x.ndim >= 2 and x.shape[-1] == k:
+                return _products.dense(x, packed, n, None, act, num_threads)
+            return compute(args, num_threads)[0]
+
+        return matmul
 
     def __repr__(self):
         return "<fused %r + %s>" % (self.prod.name, ", ".join(op.op_type for op in self.tail))
@@ -991,6 +1053,10 @@ def _bind(op):
     gives the op's only output itself, not a list of it. An :class:`FnOp` calls its
     kernel directly (the view ops, ``Concat`` and ``Gather`` of the common shapes their
     NumPy call alone, the same arrays: :func:`_fast_kernel`)."""
+    if type(op) is _FusedProduct and "compute" not in vars(op):
+        one = op.one()
+        if one is not None:
+            return one, True
     if type(op) is not FnOp or "compute" in vars(op):
         return op.compute, False
     kernel, a = KERNELS[op.kernel], op.attrs
