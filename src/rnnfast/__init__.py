@@ -93,5 +93,6 @@ if not TYPE_CHECKING:  # (type checkers see the imports above; a name missing fr
 
 
 def __dir__():
-    # rnnfast.dask and rnnfast.ray: listed once used (they need Dask, Ray)
-    return _lazy.names(__name__, _LAZY, optional=("dask", "ray"))
+    # rnnfast.dask and rnnfast.ray (and rnnfast.dask's _dask_workers): listed once used
+    # (they need Dask, Ray, distributed)
+    return _lazy.names(__name__, _LAZY, optional=("dask", "ray", "_dask_workers"))
