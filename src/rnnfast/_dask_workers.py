@@ -13,6 +13,7 @@ client's process (it does not pickle).
 """
 
 import uuid
+import weakref
 from collections import OrderedDict
 
 from distributed import WorkerPlugin, get_worker
@@ -22,9 +23,10 @@ from ._scaleout import ModelHandle
 #: Models one client keeps on its workers (the oldest is taken off past this).
 MAX_MODELS = 4
 
-# client id -> OrderedDict(id(model) -> (name, model)): what each client has sent, with a
-# reference to the model (its id cannot be reused while it is here)
-_sent: dict = {}
+# client -> OrderedDict(id(model) -> (name, model)): what each client has sent, with a
+# reference to the model (its id cannot be reused while it is here); a client's entry (and
+# its models) goes with the client
+_sent: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class ModelPlugin(WorkerPlugin):
@@ -70,7 +72,7 @@ class WorkerModel(ModelHandle):
 def send(client, model):
     """The model on every worker of ``client`` (sent once per client and model object),
     as a :class:`WorkerModel` for the tasks."""
-    sent = _sent.setdefault(client.id, OrderedDict())
+    sent = _sent.setdefault(client, OrderedDict())
     hit = sent.get(id(model))
     if hit is not None:
         sent.move_to_end(id(model))

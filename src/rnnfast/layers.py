@@ -678,19 +678,7 @@ class RNNLayer:
             Final LSTM cell state per direction.
         """
         dt = self.dtype
-        if (
-            mask is None
-            and lengths is None
-            and chunk_steps is None
-            and not batch_first
-            and type(x) is np.ndarray
-            and x.dtype == dt
-            and x.ndim == 3
-            and x.flags.c_contiguous
-            and x.shape[0] > 0
-            and x.shape[1] > 0
-            and x.shape[2] == self.input_size
-        ):
+        if mask is None and lengths is None and chunk_steps is None and not batch_first and self._entry_takes(x):
             entry = self._entry if "_entry" in self.__dict__ else self._bind_entry()
             if entry is not None:
                 return self._forward_bound(entry, x, h0, c0, return_sequences, num_threads)
@@ -866,6 +854,20 @@ class RNNLayer:
             num_threads=num_threads,
             T=T,
             recurrent_bytes=self._recurrent_bytes(),
+        )
+
+    def _entry_takes(self, x):
+        """Whether ``x`` is an input :meth:`_forward_bound` takes as it is (time-major, the
+        layer's dtype, C-contiguous, not empty): :meth:`forward`'s common call (with no
+        mask, lengths, chunks or batch_first), and the ONNX executor's later calls."""
+        return (
+            type(x) is np.ndarray
+            and x.dtype == self.dtype
+            and x.ndim == 3
+            and x.flags.c_contiguous
+            and x.shape[0] > 0
+            and x.shape[1] > 0
+            and x.shape[2] == self.input_size
         )
 
     def _forward_bound(self, entry, x, h0, c0, return_sequences, num_threads):

@@ -529,15 +529,7 @@ class _Fused:
             # plain: the layer's forward takes its bound entry for X of these shapes and
             # strides, given as they are (time-major, no lengths) in the layer's dtype
             layer = rec.layer
-            plain = (
-                bf_out == bf
-                and not bf
-                and x.dtype == layer.dtype
-                and x.flags.c_contiguous
-                and x.size > 0
-                and x.shape[2] == layer.input_size
-                and layer.__dict__.get("_entry") is not None
-            )
+            plain = bf_out == bf and not bf and layer._entry_takes(x) and layer.__dict__.get("_entry") is not None
             _remember(self._memo, key, (bf_out != bf, view, zero[0], zero[1], plain), _FUSED_MEMO_SIZE)
         res[0] = y
         return res
