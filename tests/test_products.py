@@ -330,14 +330,23 @@ def test_attend_gives_the_bits_of_its_three_ops(rng, dtype, G, M):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize(
     "G,M,K,T,N",
-    [(37, 1, 256, 20, None), (41, 3, 40, 17, 300), (5, 4, 600, 9, 33), (16, 2, 7, 3, 130), (64, 1, 512, 20, 256)],
+    [
+        (37, 1, 256, 20, None),
+        (41, 3, 40, 17, 300),
+        (5, 4, 600, 9, 33),
+        (16, 2, 7, 3, 130),
+        (64, 1, 512, 20, 256),
+        (19, 2, 256, 20, None),
+        (4, 1, 256, 20, 64),
+    ],
 )
 def test_attend_of_many_entries_gives_the_packed_products_bits(rng, dtype, G, M, K, T, N):
     """Attention over many batch entries (a decoder step at B=64: AVX-512 sums the
-    scores of 16 entries at once, one per lane, K up to 512; longer rows entry by
-    entry): each entry's scores and output the bits of the packed product (rows enough
-    for it) and the row softmax, whatever entries share its block (G not a multiple of
-    16, K not one of 16), for any thread count; v the keys (N None) or its own."""
+    scores of 16 entries at once, one per lane, K up to 512; longer rows, and a block
+    of fewer than 5 entries (G 19's last 3, G 4), entry by entry): each entry's scores
+    and output the bits of the packed product (rows enough for it) and the row softmax,
+    whatever entries share its block (G not a multiple of 16, K not one of 16), for any
+    thread count; v the keys (N None) or its own."""
     q = (rng.standard_normal((G, M, K)) / np.sqrt(K)).astype(dtype)  # scores of unit scale
     enc = rng.standard_normal((G, T, K)).astype(dtype)
     v = enc if N is None else rng.standard_normal((G, T, N)).astype(dtype)
