@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from rnnfast import _kernels, _plan, _products, _rowops, _special, ops
-from rnnfast.layers import Dense
+from rnnfast.layers import ACTIVATIONS, Dense
 
 SHAPES = [
     ((5, 7), (7, 3)),
@@ -104,6 +104,30 @@ def test_dense_against_float64_and_bitwise_for_any_thread_count(rng, split_every
     outs = [d.forward(x, num_threads=n) for n in (1, 2, 3)]
     np.testing.assert_allclose(outs[0], ref, rtol=2e-4, atol=2e-5)
     assert all(np.array_equal(o, outs[0]) for o in outs)
+
+
+@pytest.mark.parametrize("act", [-1, ACTIVATIONS["tanh"], _products.ROW_LOG_SOFTMAX])
+@pytest.mark.parametrize("M", [1, 3, 40])
+def test_dense_of_2d_rows_contiguous_or_not_the_bits_of_3d(rng, act, M):
+    """dense on 2-D C-contiguous rows (a Gemm's: taken as they are), on a strided 2-D
+    view and on the same rows in 3-D: one result, bit for bit, new arrays of (.., N),
+    and float64's values."""
+    kernel, bias = rng.standard_normal((24, 37)).astype(np.float32), rng.standard_normal(37).astype(np.float32)
+    packed = _products.pack(kernel)
+    wide = rng.standard_normal((M, 48)).astype(np.float32)
+    x = np.ascontiguousarray(wide[:, ::2])
+    got = _products.dense(x, packed, 37, bias, act, num_threads=1)
+    strided = _products.dense(wide[:, ::2], packed, 37, bias, act, num_threads=1)
+    in3d = _products.dense(x[None], packed, 37, bias, act, num_threads=1)
+    assert got.shape == (M, 37) and in3d.shape == (1, M, 37) and got.base is None
+    assert np.array_equal(got, strided) and np.array_equal(got, in3d[0])
+    z = x.astype(np.float64) @ kernel.astype(np.float64) + bias
+    if act == ACTIVATIONS["tanh"]:
+        z = np.tanh(z)
+    elif act == _products.ROW_LOG_SOFTMAX:
+        z = z - z.max(-1, keepdims=True)
+        z = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    np.testing.assert_allclose(got, z, rtol=1e-4, atol=1e-5)
 
 
 def test_dense_conv_attention_never_call_numpys_blas(rng, no_numpy_matmul):
@@ -330,14 +354,23 @@ def test_attend_gives_the_bits_of_its_three_ops(rng, dtype, G, M):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize(
     "G,M,K,T,N",
-    [(37, 1, 256, 20, None), (41, 3, 40, 17, 300), (5, 4, 600, 9, 33), (16, 2, 7, 3, 130), (64, 1, 512, 20, 256)],
+    [
+        (37, 1, 256, 20, None),
+        (41, 3, 40, 17, 300),
+        (5, 4, 600, 9, 33),
+        (16, 2, 7, 3, 130),
+        (64, 1, 512, 20, 256),
+        (19, 2, 256, 20, None),
+        (4, 1, 256, 20, 64),
+    ],
 )
 def test_attend_of_many_entries_gives_the_packed_products_bits(rng, dtype, G, M, K, T, N):
     """Attention over many batch entries (a decoder step at B=64: AVX-512 sums the
-    scores of 16 entries at once, one per lane, K up to 512; longer rows entry by
-    entry): each entry's scores and output the bits of the packed product (rows enough
-    for it) and the row softmax, whatever entries share its block (G not a multiple of
-    16, K not one of 16), for any thread count; v the keys (N None) or its own."""
+    scores of 16 entries at once, one per lane, K up to 512; longer rows, and a block
+    of fewer than 5 entries (G 19's last 3, G 4), entry by entry): each entry's scores
+    and output the bits of the packed product (rows enough for it) and the row softmax,
+    whatever entries share its block (G not a multiple of 16, K not one of 16), for any
+    thread count; v the keys (N None) or its own."""
     q = (rng.standard_normal((G, M, K)) / np.sqrt(K)).astype(dtype)  # scores of unit scale
     enc = rng.standard_normal((G, T, K)).astype(dtype)
     v = enc if N is None else rng.standard_normal((G, T, N)).astype(dtype)

@@ -63,13 +63,17 @@ def dense(x, packed, N, bias=None, act=-1, num_threads=None):
     from :func:`pack` (kernel (K, N)) in ``x``'s dtype; ``act`` an ``RNN_ACT_*`` code,
     :data:`SOFTMAX`, :data:`ROW_SOFTMAX`, :data:`ROW_LOG_SOFTMAX` or -1. Returns a new
     (..., N) array."""
-    K = x.shape[-1]
-    y = np.empty(x.shape[:-1] + (N,), x.dtype)
+    shape = x.shape
+    K = shape[-1]
+    y = np.empty(shape[:-1] + (N,), x.dtype)
     if K == 0 or y.size == 0:
         return _dense_of_nothing(y, bias, act, num_threads)
-    x2 = (x if x.flags.c_contiguous else np.ascontiguousarray(x)).reshape(-1, K)
-    M = x2.shape[0]
-    y2 = y.reshape(M, N)
+    if len(shape) == 2 and x.flags.c_contiguous:  # (a Gemm's rows: no views to make)
+        x2, y2, M = x, y, shape[0]
+    else:
+        x2 = (x if x.flags.c_contiguous else np.ascontiguousarray(x)).reshape(-1, K)
+        M = x2.shape[0]
+        y2 = y.reshape(M, N)
     b = _NO_BIAS[x.dtype] if bias is None else bias
     row_sm = act in _ROW_SOFTMAXES
     if M <= FEW_ROWS and act != SOFTMAX:

@@ -857,7 +857,8 @@ class _FusedAttention:
         self.ops = (scores, soft, mix)
         self.n_in = n_in  # the inputs of ``scores``; then ``mix``'s second, if a key
         self.name = scores.name
-        self._teams: dict = {}  # (shapes, dtypes) -> _team's answer
+        # (shapes, dtypes) -> (_team's answer, the scores' shape, the output's shape)
+        self._teams: dict = {}
 
     def args(self, xs):
         scores, _, mix = self.ops
@@ -869,17 +870,23 @@ class _FusedAttention:
         q, kt, v = args
         if type(q) is np.ndarray and type(kt) is np.ndarray and type(v) is np.ndarray:
             key = (q.shape, kt.shape, v.shape, q.dtype, kt.dtype, v.dtype)
-            team = self._teams.get(key)
-            if team is None:
+            known = self._teams.get(key)
+            if known is None:
                 team = self._team(q, kt, v)
-                _remember(self._teams, key, team, _FUSED_MEMO_SIZE)
+                p_shape = y_shape = ()
+                if team:  # (3-D arrays)
+                    p_shape, y_shape = q.shape[:2] + kt.shape[2:], q.shape[:2] + v.shape[2:]
+                known = (team, p_shape, y_shape)
+                _remember(self._teams, key, known, _FUSED_MEMO_SIZE)
+            team, p_shape, y_shape = known
             if team:
-                G, M = q.shape[:2]
                 if q.strides[2] != q.itemsize:
                     q = np.ascontiguousarray(q)
-                p = np.empty((G, M, kt.shape[2]), q.dtype)
-                y = np.empty((G, M, v.shape[2]), q.dtype)
-                _rowops.attend(q, kt, v, p, y, 1 if team == 1 else min(team, resolve_num_threads(num_threads)))
+                dt = q.dtype
+                y = np.empty(y_shape, dt)
+                _rowops.attend(
+                    q, kt, v, np.empty(p_shape, dt), y, 1 if team == 1 else min(team, resolve_num_threads(num_threads))
+                )
                 return [y]
         scores, soft, mix = self.ops
         p = scores.compute([q, kt], num_threads)[0]
