@@ -80,7 +80,7 @@ static __thread int rnn_bf16_back;
  * RNN_BF16_KEPT_BYTES (a blocked LSTM H = 512, B = 64 step's state: 64 KB; its chunk's
  * input rows: 128 KB), Kp apart. LSTM H = 512, B = 64, T = 100, one thread: its eight
  * unit blocks rounded the state and the input rows eight times each, 2.6% of a product
- * (C harness); kept, 128 -> 124 ms a call. */
+ * (C harness); kept, 133.4 -> 130.1 ms a call (interleaved A/B, chrt). */
 #define RNN_BF16_KEPT_BYTES 131072
 static __thread struct {
     rnn_qrows name;
