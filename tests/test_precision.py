@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import rnnfast
-from rnnfast import _kernels, _quant, cells, reference
+from rnnfast import _kernels, _plan, _quant, cells, reference
 from rnnfast.cli import main as cli_main
 from rnnfast.layers import CellWeights, RNNLayer
 from rnnfast.precision import recurrent_layers
@@ -230,6 +230,29 @@ def test_sequences_match_the_float64_quantized_model(rng, kind, precision, I, H)
     np.testing.assert_allclose(got, want, rtol=0, atol=SEQUENCE_ATOL)
     exact, _, _ = layer.with_precision("float32")(x, mask=mask.T, batch_first=True)
     assert np.abs(out - exact).max() > 1e-5
+
+
+@pytest.mark.parametrize("kind", ["gru", "lstm"])
+def test_bf16_rows_kept_across_unit_blocks_match_the_float64_model(rng, kind):
+    """A blocked bf16 layer keeps a thread's rounding of the rows that every unit block's
+    product reads (a step's state, a chunk's input rows: quant.h, named rows): H = 130
+    (two unit blocks), both directions, B = 64 (chunks of a few steps), then a second call
+    on new values in the same input buffer: each against the
+    float64 model of the quantized computation, the second bitwise as a fresh layer's."""
+    T, B, I, H = 12, 64, 24, 130
+    layer, ws = _layer(rng, kind, I, H, D=2, precision="bf16")
+    plan = layer._plan_for(B, T, 1)
+    assert layer._ncb == 2 and plan.strategy == _plan.BLOCKED and plan.chunk < T
+    mask = np.ones((T, B), bool)
+    x = np.empty((T, B, I), np.float32)
+    for _ in range(2):
+        x[...] = rng.uniform(-1, 1, x.shape)  # the same input buffer, new values
+        want = _quantized_sequence(kind, layer, x, mask, "bf16")
+        for n in (1, 2):
+            out = layer(x, num_threads=n)[0]
+            np.testing.assert_allclose(out, want, rtol=0, atol=SEQUENCE_ATOL)
+    fresh = RNNLayer(CELLS[kind][0], ws, **CELLS[kind][1]).with_precision("bf16")
+    assert np.array_equal(fresh(x)[0], out)
 
 
 @pytest.mark.parametrize("precision", REDUCED)

@@ -17,6 +17,7 @@ typedef struct {
     long lwp, lup;              /* values per direction of the packed W and U */
     const TYPE *x, *W, *Wp, *bx, *U, *Up, *bhn, *Wr, *peep;
     const rnn_qweights *q;      /* reduced-precision weights (quant.h), or NULL */
+    long serial;                /* the call's rnn_qrows_serial (quant.h: named rows) */
     const unsigned char *mask;
     const long *active;         /* io->active where the cell can use it, else NULL */
     const long *rows;           /* io->rows (with active and packed W), else NULL */
@@ -484,8 +485,10 @@ static void RNN_TNAME(blocked_project)(const RNN_TNAME(call) *c, const RNN_TNAME
     /* right padding with the packed projection: only the rows that step */
     int skip = c->active != NULL && (Wp != NULL || (c->q != NULL && c->q->W.data != NULL));
     if (k.nb == B && (!s->bfirst || B == 1) && !skip) {
+        rnn_qrows_name(c->serial, -1 - s0);     /* every unit block's rows: the chunk's */
         RNN_TNAME(project_rows)(nsteps * B, In, c->x + tlo * B * In, In, W, GH, Wp, bx, N, xp, GH,
                                 c->q, k.d, k.cb, j0, H, G, ncb);
+        rnn_qrows_name(0, 0);
     } else {
         /* sorted rows read in the caller's order (c->rows) are gathered, the live rows of
          * a step at a time: in a team of one once per chunk for every unit block (bk->gx:
@@ -547,11 +550,13 @@ static int RNN_TNAME(blocked_step)(const RNN_TNAME(call) *c, RNN_TNAME(blocked) 
             ldci = hb;
         }
     }
-    if (c->q != NULL)
+    if (c->q != NULL) {
+        rnn_qrows_name(c->serial, st);          /* every unit block's rows: step st's state */
         RNN_TNAME(qproduct)(c->q, &c->q->U, k.d,
                             rnn_packed_offset(rnn_qpad(c->q->prec, Ho), H, G, ncb, k.cb), G * j0,
                             na, G * hb, Ho, hcur, Ho, NULL, gh, G * hb);
-    else
+        rnn_qrows_name(0, 0);
+    } else
         RNN_TNAME(gemm_packed)(na, G * hb, Ho, hcur, Ho,
                                c->Up + k.d * c->lup + rnn_packed_offset(Ho, H, G, ncb, k.cb), NULL,
                                gh, G * hb);
@@ -868,6 +873,7 @@ static int RNN_TNAME(layer_forward)(const rnn_shape *shape, const rnn_plan *plan
     c.Wr = (const TYPE *)w->Wr;
     c.peep = (const TYPE *)w->peep;
     c.q = sizeof(TYPE) == sizeof(float) ? w->q : NULL;  /* reduced precision: float layers only */
+    c.serial = c.q != NULL ? rnn_qrows_serial() : 0;
     c.mask = io->mask;
     c.active = io->active != NULL && rnn_cell_packed(c.s.cell) && c.Wr == NULL ? io->active : NULL;
     c.rows = c.active != NULL && c.Wp != NULL ? io->rows : NULL;

@@ -68,6 +68,36 @@ static inline long rnn_qgroup_rows(long bytes)
 
 #define RNN_QNAME(name) RNN_CAT(RNN_CAT(rnn_, name), RNN_CAT(_, ISA_SUFFIX))
 
+#if defined(_MSC_VER)
+#define RNN_QTLS __declspec(thread)
+#else
+#define RNN_QTLS __thread
+#endif
+
+/* Named rows: the blocked strategy runs one product per unit block on the same rows of
+ * A (a step's state, a chunk's input rows), so a product that prepares its rows (the
+ * bf16 rounding) may keep them, per thread, for the next product on the same rows. The
+ * engine names the rows around such a product (rnn_qrows_name: its call's serial,
+ * rnn_qrows_serial, and a part of the call whose rows do not change, with the rows'
+ * address and shape), and unnames them after (call 0). Unnamed rows are prepared by
+ * every product. The kept rows are the same rounding of the same values: the same bits. */
+typedef struct {
+    long call, part;
+} rnn_qrows;
+
+static RNN_QTLS rnn_qrows rnn_qrows_now;
+static long rnn_qrows_calls;
+
+/* A new call's serial (never 0). */
+static inline long rnn_qrows_serial(void) { return __atomic_add_fetch(&rnn_qrows_calls, 1, __ATOMIC_RELAXED); }
+
+/* Name this thread's next products' rows (call 0: unnamed). */
+static inline void rnn_qrows_name(long call, long part)
+{
+    rnn_qrows_now.call = call;
+    rnn_qrows_now.part = part;
+}
+
 static inline long rnn_qpad_i8(long K) { return (K + 3) & ~3L; }
 static inline long rnn_qpad_bf16(long K) { return (K + 1) & ~1L; }
 static inline long rnn_qpad(int prec, long K)
