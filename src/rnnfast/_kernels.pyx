@@ -201,7 +201,8 @@ def team_last():
     regions, its time inside them), and for the blocked strategy, per thread of the
     team: ``ran`` (tasks), ``redo`` (tasks run again for a late partner), ``skipped``
     (phases complete when it arrived), ``arrive_us`` (its arrival after the call
-    began). Concurrent calls overwrite each other's."""
+    began; negative, with ``skipped``, for a kept team's partner that took no part in the
+    call: the caller ran its part). Concurrent calls overwrite each other's."""
     cdef rnn_team_facts f = rnn_team_last
     cdef int n = min(f.nth, RNN_TEAM_LAST_MAX)
     return dict(threads=f.nth, keep_team=bool(f.keep_team), backoff=bool(f.backoff),

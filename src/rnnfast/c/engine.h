@@ -34,6 +34,8 @@
  *   in 46-138 us) but planned with plan.partner runs each task (its block's projection,
  *   then its step: the tasks of one step share nothing they write) on the caller or on
  *   the products' polling partner thread (rnn_engine_partner), whichever claims it.
+ *   A kept team of two (plan.keep_team) runs its two threads' parts there too, not in
+ *   an OpenMP region, whose end would wait for a partner that has no core.
  *
  * Layout: x and out are time-major rows (t*B + b), or batch-major (b*T + t) with
  * shape.bfirst, read and written in place either way. Direction 0 runs forward
@@ -197,6 +199,14 @@ static inline void *rnn_alloc_lines(size_t n)
 typedef void (*rnn_partner_fn)(void *arg, long task);
 typedef void (*rnn_partner_run)(rnn_partner_fn fn, void *arg, long ntask, int nth);
 static rnn_partner_run rnn_engine_partner = NULL;
+/* A kept team of two runs on the caller and that partner (engine.template.h,
+ * kept_task): the caller marks its job here, so that it takes the first thread's part. */
+#if defined(__GNUC__)
+#define RNN_KEPT_DUO 1
+static __thread const void *rnn_kept_caller = NULL;
+#else
+#define RNN_KEPT_DUO 0
+#endif
 
 /* One task of the blocked strategy: direction, batch block (first row, rows) and
  * unit block. */

@@ -752,10 +752,56 @@ static void RNN_TNAME(one_step_task)(void *arg, long task)
     RNN_TNAME(blocked_step)(j->c, j->bk, task, 0, 0, 1, j->scratch + task * j->per_task, NULL, 0);
 }
 
+/* A kept team of two (p.keep_team) on the caller and the partner thread instead of an
+ * OpenMP region, whose end waits until the partner has had a core and left its part,
+ * even where the caller took every task over (a partner without a core: 19 ms for a
+ * 1.1 ms LSTM B=1 call beside ONNX Runtime's spinning pool). Its two tasks are the two
+ * threads' parts (blocked_worker), claimed as rnn_duo_run's tasks: the caller runs the
+ * first thread's, taking a late partner's tasks over in the phases, and then claims
+ * the second's if the partner has not: every phase is complete by then, so it has
+ * nothing to do (its facts say it never came: arrive_ns -1). The caller waits only for
+ * a partner that claimed its part. */
+typedef struct {
+    const RNN_TNAME(call) *c;
+    RNN_TNAME(blocked) *bk;
+    TYPE *scratch;
+    long per_thread;
+    int cpu;                    /* the caller's CPU, which the partner keeps off */
+    int taken[2];               /* the parts claimed */
+    rnn_team_clock *clk;
+    long long t_in, t_own;      /* the caller in its part, from and to */
+} RNN_TNAME(kept_duo);
+
+static void RNN_TNAME(kept_task)(void *arg, long task)
+{
+    RNN_TNAME(kept_duo) *j = (RNN_TNAME(kept_duo) *)arg;
+    int caller = 0, tid;
+    long long b0 = rnn_now_ns();
+    (void)task;
+#if RNN_KEPT_DUO
+    caller = rnn_kept_caller == arg;
+#endif
+    /* the caller's first part is the first thread's, the partner's the second's,
+     * unless the other has it already (two tasks: each part runs once) */
+    tid = caller ? 0 : 1;
+    if (__atomic_exchange_n(&j->taken[tid], 1, __ATOMIC_ACQ_REL))
+        tid = 1 - tid;
+    if (caller && tid == 1)
+        return;                 /* the partner never came: every phase is complete */
+    if (!caller)
+        rnn_spread(j->cpu);
+    RNN_TNAME(blocked_worker)(j->c, j->bk, tid, 2, j->scratch + tid * j->per_thread);
+    if (caller) {
+        j->t_in = b0;
+        j->t_own = rnn_now_ns();
+    }
+    rnn_team_clock_work(j->clk, rnn_now_ns() - b0);
+}
+
 /* The blocked strategy: the state in a double buffer of our own (cache-line aligned),
- * one parallel region for the whole sequence; a one-step call planned with p.partner
- * on the caller and the partner thread instead (not while profiling: profile.h's
- * counters are per OpenMP thread). */
+ * one parallel region for the whole sequence; a one-step call planned with p.partner,
+ * and a kept team of two, on the caller and the partner thread instead (not while
+ * profiling: profile.h's counters are per OpenMP thread). */
 static int RNN_TNAME(run_blocked)(const RNN_TNAME(call) *c)
 {
     const rnn_shape *s = &c->s;
@@ -772,6 +818,7 @@ static int RNN_TNAME(run_blocked)(const RNN_TNAME(call) *c)
     bk.ntask = ndir * bk.nbb * c->p.ncb;
     int duo = c->p.partner && s->T == 1 && nth == 1 && bk.ntask > 1 && rnn_engine_partner != NULL
               && !rnn_prof_on;
+    int kept = RNN_KEPT_DUO && c->p.keep_team && nth == 2 && rnn_engine_partner != NULL && !rnn_prof_on;
     bk.xp = (TYPE *)rnn_alloc_lines((size_t)(ndir * c->p.chunk * B * GH) * sizeof(TYPE));
     bk.seen = (unsigned char *)calloc((size_t)(ndir * c->p.ncb * B), 1);
     bk.hbuf = (TYPE *)rnn_alloc_lines(2 * state);
@@ -795,6 +842,18 @@ static int RNN_TNAME(run_blocked)(const RNN_TNAME(call) *c)
         if (duo) {
             RNN_TNAME(one_step) job = {c, &bk, scratch, per_thread};
             rnn_engine_partner(RNN_TNAME(one_step_task), &job, bk.ntask, 2);
+        } else if (kept) {
+            RNN_TNAME(kept_duo) job = {c, &bk, scratch, per_thread, cpu, {0, 0}, &clk, 0, 0};
+            bk.facts.arrive_ns[1] = -1;     /* until it comes */
+            bk.facts.skipped[1] = -1;
+#if RNN_KEPT_DUO
+            rnn_kept_caller = &job;
+#endif
+            rnn_engine_partner(RNN_TNAME(kept_task), &job, 2, 2);
+#if RNN_KEPT_DUO
+            rnn_kept_caller = NULL;
+#endif
+            rnn_team_clock_add(&clk, t_call, job.t_in, job.t_own);
         } else {
             RNN_OMP(parallel num_threads(nth))
             {

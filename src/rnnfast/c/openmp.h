@@ -266,7 +266,9 @@ typedef struct {
     long ran[RNN_TEAM_LAST_MAX];    /* tasks run, per thread */
     long redo[RNN_TEAM_LAST_MAX];   /* tasks run again for a late partner, per thread */
     long skipped[RNN_TEAM_LAST_MAX];        /* phases complete when it arrived */
-    long long arrive_ns[RNN_TEAM_LAST_MAX]; /* its arrival, after the call began */
+    long long arrive_ns[RNN_TEAM_LAST_MAX]; /* its arrival, after the call began (-1, and
+                                             * skipped -1: a kept team's partner that never
+                                             * came, engine.template.h kept_task) */
 } rnn_team_facts;
 static rnn_team_facts rnn_team_last;
 
