@@ -402,7 +402,7 @@ for t in map(int, os.listdir("/proc/self/task")):
         os.sched_setaffinity(t, {{cpu}})
         os.sched_setscheduler(t, os.SCHED_IDLE, os.sched_param(0))
 alone = 0
-for _ in range(30):
+for _ in range(600):
     out = layer.forward(x, num_threads=2)[0]
     assert np.array_equal(out.view(np.uint32), ref.view(np.uint32))
     f = _kernels.team_last()
@@ -418,12 +418,16 @@ def test_a_kept_team_does_not_wait_for_a_partner_without_a_core():
     takes every task over and the call ends (an OpenMP region's end waited until the
     partner had been scheduled and left: 19 ms for a 1.1 ms LSTM B=1 call beside a
     spinning pool). Here the whole process runs on one CPU and every thread but the
-    caller only when that CPU is idle: the caller runs all the tasks, and team_last
-    says the partner never took part (it did not arrive), in most calls."""
+    caller only when that CPU is idle. An OpenMP region's end waits for the partner, so
+    there team_last says it arrived in every call, by construction. The kept team ends
+    without it whenever it did not get the CPU: the caller runs all the tasks and
+    team_last says the partner never took part (it did not arrive). How often the idle
+    partner still gets the CPU depends on the machine (2-9 calls in 200 alone on a quiet
+    2-core box, 29 of 30 on a busy one), so the test asks for at least one call of 600."""
     code = KEPT_ALONE.format(tests=os.path.dirname(os.path.abspath(__file__)))
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert int(r.stdout) >= 20, r.stdout
+    assert int(r.stdout) >= 1, r.stdout
 
 
 def test_kept_teams_called_from_two_threads_at_once_keep_their_bits(rng, monkeypatch):
