@@ -100,6 +100,36 @@ def test_padding_order():
     assert _padding_order(np.ones((4, 3), np.uint8)) == (None, None)
 
 
+def test_padding_order_against_its_definition(rng):
+    """Over random masks, right-padded or with a row that steps again after a gap (in
+    the middle, at the last step, after a first invalid step), ``_padding_order``
+    gives what its definition does: a mask is right padding when it equals
+    ``t < length`` per row, the order is a stable sort by length, longest first, and
+    ``active[t]`` counts the rows longer than t."""
+    for T, B in [(1, 1), (1, 5), (2, 3), (7, 1), (9, 6), (40, 64)]:
+        for trial in range(12):
+            lengths = rng.integers(0, T + 1, B)
+            mask = (np.arange(T)[:, None] < lengths[None, :]).astype(np.uint8)
+            if trial % 3 == 2:  # a step valid after an invalid one
+                b, t = rng.integers(0, B), rng.integers(0, T)
+                mask[t, b] = 1
+                if t > 0 and mask[t - 1, b]:
+                    mask[t - 1, b] = 0
+            steps = np.arange(T)[:, None]
+            lens = mask.sum(axis=0, dtype=np.int64)
+            right = np.array_equal(mask, (steps < lens[None, :]).astype(np.uint8))
+            order, active = _padding_order(mask)
+            if not right or lens.min() == T:
+                assert (order, active) == (None, None)
+                continue
+            want = np.argsort(-lens, kind="stable")
+            assert active.dtype == np.int64 and active.tolist() == [int((lens > t).sum()) for t in range(T)]
+            if np.array_equal(want, np.arange(B)):
+                assert order is None
+            else:
+                assert order.tolist() == want.tolist()
+
+
 def test_cells_that_make_their_own_products_step_every_row(rng):
     """GRU reset-before and the LSTM with a projection (BLAS products) keep every row:
     the same results either way."""

@@ -913,17 +913,20 @@ def _padding_order(mask):
     each step's work. ``(None, None)`` when the mask is not right padding, or pads
     nothing."""
     T, B = mask.shape
-    lens = np.count_nonzero(mask, axis=0)
-    if T == 0 or B == 0 or lens.min() == T:
+    if T == 0 or B == 0:
         return None, None
-    steps = np.arange(T)[:, None]
-    if not np.array_equal(mask.view(bool), steps < lens[None, :]):
-        return None, None  # gaps inside a row: every row steps
+    m = mask.view(bool)
+    lens = np.count_nonzero(m, axis=0)
+    if lens.min() == T:
+        return None, None
+    if np.count_nonzero(m[1:] > m[:-1]):
+        return None, None  # a step valid after one that is not (gaps inside a row): every row steps
     order = np.argsort(-lens, kind="stable")
-    active = np.count_nonzero(steps < lens[None, order], axis=1).astype(np.int64)
+    # active[t]: the rows longer than t (from the count of each length, not a (T, B) test)
+    active = (B - np.cumsum(np.bincount(lens, minlength=T)[:T])).astype(np.int64, copy=False)
     if np.array_equal(order, np.arange(B)):
-        return None, np.ascontiguousarray(active)
-    return order, np.ascontiguousarray(active)
+        return None, active
+    return order, active
 
 
 def lengths_to_mask(lengths, T, B):
