@@ -752,7 +752,8 @@ static void RNN_TNAME(one_step_task)(void *arg, long task)
     RNN_TNAME(blocked_step)(j->c, j->bk, task, 0, 0, 1, j->scratch + task * j->per_task, NULL, 0);
 }
 
-/* A kept team of two (p.keep_team) on the caller and the partner thread instead of an
+/* A kept team of two (p.keep_team), over more than one step, on the caller and the
+ * partner thread instead of an
  * OpenMP region, whose end waits until the partner has had a core and left its part,
  * even where the caller took every task over (a partner without a core: 19 ms for a
  * 1.1 ms LSTM B=1 call beside ONNX Runtime's spinning pool). Its two tasks are the two
@@ -800,8 +801,8 @@ static void RNN_TNAME(kept_task)(void *arg, long task)
 
 /* The blocked strategy: the state in a double buffer of our own (cache-line aligned),
  * one parallel region for the whole sequence; a one-step call planned with p.partner,
- * and a kept team of two, on the caller and the partner thread instead (not while
- * profiling: profile.h's counters are per OpenMP thread). */
+ * and a kept team of two over more than one step, on the caller and the partner thread
+ * instead (not while profiling: profile.h's counters are per OpenMP thread). */
 static int RNN_TNAME(run_blocked)(const RNN_TNAME(call) *c)
 {
     const rnn_shape *s = &c->s;
@@ -818,7 +819,10 @@ static int RNN_TNAME(run_blocked)(const RNN_TNAME(call) *c)
     bk.ntask = ndir * bk.nbb * c->p.ncb;
     int duo = c->p.partner && s->T == 1 && nth == 1 && bk.ntask > 1 && rnn_engine_partner != NULL
               && !rnn_prof_on;
-    int kept = RNN_KEPT_DUO && c->p.keep_team && nth == 2 && rnn_engine_partner != NULL && !rnn_prof_on;
+    /* one step (a decoder's) keeps the region: on the partner thread the ONNX decoder
+     * step B=64 on 2 threads measured 10-30% slower (bench/turns.py beside a busy core;
+     * cause not found), 0.91x ONNX Runtime in a quiet compare.py run */
+    int kept = RNN_KEPT_DUO && c->p.keep_team && nth == 2 && s->T > 1 && rnn_engine_partner != NULL && !rnn_prof_on;
     bk.xp = (TYPE *)rnn_alloc_lines((size_t)(ndir * c->p.chunk * B * GH) * sizeof(TYPE));
     bk.seen = (unsigned char *)calloc((size_t)(ndir * c->p.ncb * B), 1);
     bk.hbuf = (TYPE *)rnn_alloc_lines(2 * state);
