@@ -753,15 +753,14 @@ static void RNN_TNAME(one_step_task)(void *arg, long task)
 }
 
 /* A kept team of two (p.keep_team), over more than one step, on the caller and the
- * partner thread instead of an
- * OpenMP region, whose end waits until the partner has had a core and left its part,
- * even where the caller took every task over (a partner without a core: 19 ms for a
- * 1.1 ms LSTM B=1 call beside ONNX Runtime's spinning pool). Its two tasks are the two
- * threads' parts (blocked_worker), claimed as rnn_duo_run's tasks: the caller runs the
- * first thread's, taking a late partner's tasks over in the phases, and then claims
- * the second's if the partner has not: every phase is complete by then, so it has
- * nothing to do (its facts say it never came: arrive_ns -1). The caller waits only for
- * a partner that claimed its part. */
+ * partner thread instead of an OpenMP region, whose end waits until the partner has had
+ * a core and left its part, even where the caller took every task over (a partner
+ * without a core: 19 ms for a 1.1 ms LSTM B=1 call beside ONNX Runtime's spinning
+ * pool). Its two tasks are the two threads' parts (blocked_worker), claimed as
+ * rnn_duo_run's tasks: the caller runs the first thread's, taking a late partner's
+ * tasks over in the phases, and then claims the second's if the partner has not: every
+ * phase is complete by then, so it has nothing to do (its facts say it never came:
+ * arrive_ns -1). The caller waits only for a partner that claimed its part. */
 typedef struct {
     const RNN_TNAME(call) *c;
     RNN_TNAME(blocked) *bk;
@@ -822,7 +821,8 @@ static int RNN_TNAME(run_blocked)(const RNN_TNAME(call) *c)
     /* one step (a decoder's) keeps the region: on the partner thread the ONNX decoder
      * step B=64 on 2 threads measured 10-30% slower (bench/turns.py beside a busy core;
      * cause not found), 0.91x ONNX Runtime in a quiet compare.py run */
-    int kept = RNN_KEPT_DUO && c->p.keep_team && nth == 2 && s->T > 1 && rnn_engine_partner != NULL && !rnn_prof_on;
+    int kept = RNN_KEPT_DUO && c->p.keep_team && nth == 2 && s->T > 1 && rnn_engine_partner != NULL
+               && !rnn_prof_on;
     bk.xp = (TYPE *)rnn_alloc_lines((size_t)(ndir * c->p.chunk * B * GH) * sizeof(TYPE));
     bk.seen = (unsigned char *)calloc((size_t)(ndir * c->p.ncb * B), 1);
     bk.hbuf = (TYPE *)rnn_alloc_lines(2 * state);
