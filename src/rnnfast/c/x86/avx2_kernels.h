@@ -1,7 +1,8 @@
 /*
  * x86/avx2_kernels.h -- x86-64 with AVX2 and FMA: the templates compiled for that
  * target (`#pragma GCC target`: GCC vectorizes the portable loops with 256-bit
- * registers and fuses multiply-adds); no intrinsics of its own.
+ * registers and fuses multiply-adds), and float's own register-tiled product
+ * (avx2_packgemm.h).
  *
  * Included by isa.h where runtime dispatch is built (GCC >= 8 on x86-64).
  */
@@ -19,11 +20,12 @@
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 
+#include "avx2_packgemm.h"              /* rnn_gemm_packed_f_avx2 */
+
 #define ISA_SUFFIX avx2
 #define CELLMATH_FAST 0
 #define TYPE float
 #include "../cellmath.template.h"
-#include "../packgemm.template.h"
 #undef TYPE
 #define TYPE double
 #include "../cellmath.template.h"
@@ -42,7 +44,7 @@ static int rnn_cpu_has_avx2(void)
 
 /* its table, generated from the cell list (kernel_table.template.h) */
 #define ISA_SUFFIX avx2
-#define RNN_PACKED_PROJECTION_F 0     /* BLAS is faster for large products */
+#define RNN_PACKED_PROJECTION_F 1     /* faster than BLAS here: bench/README.md */
 #define RNN_PACKED_PROJECTION_D 0
 #include "../kernel_table.template.h"
 #undef RNN_PACKED_PROJECTION_D
