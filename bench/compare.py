@@ -670,9 +670,10 @@ def describe(e):
     return ("%s: %s" % (type(e).__name__, msg[0] if msg else ""))[:300]
 
 
-def worker_main(engine, threads, tmp):
+def worker_main(engine, threads, tmp, classes=None):
     """The worker process: answer the parent's commands on stdin, one JSON line each,
-    on the original stdout. The first reply says whether the engine set up."""
+    on the original stdout. The first reply says whether the engine set up. ``classes``:
+    the engines by name (default ENGINE_CLASSES; bench/precision.py passes its own)."""
     proto = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # libraries' prints go to the log, not the pipe
 
@@ -680,7 +681,7 @@ def worker_main(engine, threads, tmp):
         proto.write(json.dumps(kw) + "\n")
         proto.flush()
 
-    eng = ENGINE_CLASSES[engine](threads, tmp)
+    eng = (classes or ENGINE_CLASSES)[engine](threads, tmp)
     try:
         reply(ok=True, **eng.setup())
     except Exception as e:
@@ -723,8 +724,11 @@ class EngineProcess:
     Replies are read by a thread into a queue, so every wait has a timeout; a worker
     that dies or hangs is killed and started again at the next ``ensure``. Its stderr
     goes to a log file in the run's temporary folder (the last line is quoted when it
-    dies).
+    dies). The worker is ``script --_engine ENGINE THREADS TMP`` (``script``: this file;
+    bench/precision.py's subclass names its own).
     """
+
+    script = os.path.abspath(__file__)
 
     def __init__(self, engine, threads, tmp):
         self.engine, self.threads, self.tmp = engine, threads, tmp
@@ -732,7 +736,7 @@ class EngineProcess:
         self.proc, self.info = None, None
 
     def start(self):
-        cmd = [sys.executable, os.path.abspath(__file__), "--_engine", self.engine, str(self.threads), self.tmp]
+        cmd = [sys.executable, self.script, "--_engine", self.engine, str(self.threads), self.tmp]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=worker_env(self.threads), text=True

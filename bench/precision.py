@@ -9,9 +9,20 @@ DynamicQuantizeLSTM on the node's int8 weights).
 
 Grid: GRU and LSTM (one layer, input size = H), H in {128, 512, 1024}, B in {1, 64},
 T = 100 (and T = 1000 at B = 1 with ``--long``), on the thread counts
-given. One process per thread count is cleanest (``--threads 1`` then ``--threads
-2``); every engine gets that many threads. Medians of interleaved runs
-(bench/_common.interleaved); this machine is shared, so read the ratios.
+given. One run per thread count is cleanest (``--threads 1`` then ``--threads
+2``); every engine gets that many threads.
+
+Each column runs in a worker process of its own (bench/compare.py's ``EngineProcess``
+and ``worker_main``; a fresh set per thread count): in one process the peers' thread
+pools and memory beside rnnfast made it read 20-30% slower (bench/README.md, session 13).
+Per case a worker of its own exports the ONNX file (and ONNX Runtime's quantized copy),
+then each worker builds the seeded layer and input (the parent checks that every worker's
+weights and input hash alike) and runs it once; the errors are computed in the parent
+against the ``torch float32`` worker's output. Then the turns: compare.timed_rounds (each
+column in turn runs about 45 ms of calls, a pause, the order rotating every round, until
+each has spent ``--budget`` seconds); medians of all calls. This machine is shared, so read
+the ratios. OpenVINO's column says in the row's notes the precision it really ran (f32
+where the CPU has no bf16 instructions).
 
 Run it in the peers' environment with this checkout first on the path:
 
@@ -22,9 +33,12 @@ float32, max |error|) and writes JSON with ``--json``.
 """
 
 import argparse
+import hashlib
+import importlib.util
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -32,6 +46,8 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import compare  # bench/'s own module: the worker processes and their turns
+
 import rnnfast
 
 from _common import interleaved
@@ -63,85 +79,7 @@ class OutOnly:
         return M().eval()
 
 
-def peers(torch, net, cell, x, threads, tmp):
-    """name -> (callable returning the output sequence, note)."""
-    out = {}
-    xt = torch.from_numpy(x)
-    torch.set_num_threads(threads)
-    # quantize_dynamic swaps child modules only: the RNN goes in a wrapper
-    qnet = torch.ao.quantization.quantize_dynamic(OutOnly(torch, net), {torch.nn.LSTM, torch.nn.GRU}, dtype=torch.qint8)
-    assert "quantized" in type(qnet.net).__module__, type(qnet.net)
-
-    def run_torch(m=qnet):
-        with torch.no_grad():
-            return m(xt).numpy()
-
-    out["torch int8"] = run_torch
-    out["torch float32"] = lambda: run_torch(OutOnly(torch, net))
-    path = os.path.join(tmp, "%s_%d_%d_%d.onnx" % (cell, x.shape[2], x.shape[1], x.shape[0]))
-    if not os.path.exists(path):
-        torch.onnx.export(OutOnly(torch, net), (xt,), path, input_names=["x"], output_names=["y"], opset_version=17,
-                          dynamo=False)  # fmt: skip
-    try:
-        import onnxruntime as ort
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        fsess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-        out["onnxruntime float32"] = lambda: fsess.run(None, {"x": x})[0]
-        if cell == "lstm":  # ONNX Runtime quantizes LSTM only (no DynamicQuantizeGRU)
-            qpath = path.replace(".onnx", "_q.onnx")
-            if not os.path.exists(qpath):
-                quantize_dynamic(path, qpath, weight_type=QuantType.QInt8)
-            so = ort.SessionOptions()
-            so.intra_op_num_threads = threads
-            so.inter_op_num_threads = 1
-            sess = ort.InferenceSession(qpath, so, providers=["CPUExecutionProvider"])
-            out["onnxruntime int8"] = lambda: sess.run(None, {"x": x})[0]
-            # the same file in rnnfast: DynamicQuantizeLSTM on ONNX Runtime's int8 weights
-            qmodel = rnnfast.load(qpath)
-
-            def run_rnnfast_ort_file():
-                y = qmodel(x, num_threads=threads)
-                return y[0] if isinstance(y, (list, tuple)) else y
-
-            out["rnnfast int8 (ORT file)"] = run_rnnfast_ort_file
-    except ImportError:
-        pass
-    try:
-        import openvino as ov
-
-        core = ov.Core()
-        compiled = core.compile_model(
-            core.read_model(path),
-            "CPU",
-            {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "bf16", "PERFORMANCE_HINT": "LATENCY"},
-        )
-        req = compiled.create_infer_request()
-        out["openvino bf16"] = lambda: req.infer({0: x})[0]
-    except ImportError:
-        pass
-    return out
-
-
-def run_case(torch, cell, H, B, T, threads, budget, tmp):
-    torch.manual_seed(H * 7 + B)
-    net = (torch.nn.LSTM if cell == "lstm" else torch.nn.GRU)(H, H).eval()
-    x = np.random.default_rng(H + B + T).standard_normal((T, B, H)).astype(np.float32)
-    with torch.no_grad():
-        ref = net(torch.from_numpy(x))[0].numpy().astype(np.float64)
-    fns = {}
-    for p in ("float32", "bf16", "int8"):
-        m = rnnfast.from_torch(net, precision=p)
-        fns["rnnfast " + p] = lambda m=m: m(x, num_threads=threads)[0]
-    fns.update(peers(torch, net, cell, x, threads, tmp))
-    errs = {k: float(np.abs(np.asarray(f()).reshape(ref.shape) - ref).max()) for k, f in fns.items()}
-    ms, _ = interleaved(fns, budget_s=budget)
-    return dict(cell=cell, H=H, B=B, T=T, threads=threads, ms=ms, err=errs)
-
-
+#: The table's columns, in order (each a worker process).
 COLUMNS = (
     "rnnfast float32",
     "rnnfast bf16",
@@ -155,20 +93,304 @@ COLUMNS = (
 )
 
 
+# -- the engines, one worker process each (bench/compare.py's workers) ---------------------
+
+
+def case_net(torch, case):
+    """The case's PyTorch layer and input, seeded: the same in every worker."""
+    cell, H, B, T = case["cell"], case["H"], case["B"], case["T"]
+    torch.manual_seed(H * 7 + B)
+    net = (torch.nn.LSTM if cell == "lstm" else torch.nn.GRU)(H, H).eval()
+    x = np.random.default_rng(H + B + T).standard_normal((T, B, H)).astype(np.float32)
+    return net, x
+
+
+def case_paths(case, tmp):
+    """The case's ONNX export and ONNX Runtime's dynamically quantized copy of it."""
+    path = os.path.join(tmp, "%s_%d_%d_%d.onnx" % (case["cell"], case["H"], case["B"], case["T"]))
+    return path, path.replace(".onnx", "_q.onnx")
+
+
+class Column(compare.Engine):
+    """One column of the table in its worker process: ``build(case, net, x)`` returns a
+    callable giving the output sequence. The parent's commands are compare.Engine's
+    (``time``) and ``build``, which also returns a digest of the weights and input, for
+    the parent to check that every worker runs the same ones."""
+
+    needs = ("torch",)
+    lstm_only = False
+
+    def setup(self):
+        super().setup()  # torch's threads
+        return dict(version=self.version())
+
+    def version(self):
+        import torch
+
+        return torch.__version__
+
+    def cmd_build(self, case):
+        import torch
+
+        self.fn = None  # free the last case's model first
+        net, x = case_net(torch, case)
+        digest = hashlib.sha1(x.tobytes())
+        for v in net.state_dict().values():
+            digest.update(v.numpy().tobytes())
+        fn = self.build(case, net, x)
+        t0 = time.perf_counter()
+        y = np.asarray(fn())
+        first_s = time.perf_counter() - t0
+        path = os.path.join(self.tmp, "%s-%d.npy" % (self.name.split()[0], os.getpid()))
+        np.save(path, y)
+        self.fn = fn
+        return dict(output=path, first_s=first_s, digest=digest.hexdigest(), note=getattr(self, "note", None))
+
+
+class RnnfastColumn(Column):
+    needs = ("rnnfast", "torch")
+    precision = None
+
+    def version(self):
+        return rnnfast.__version__
+
+    def setup(self):
+        info = super().setup()
+        rnnfast.set_num_threads(self.threads)
+        return info
+
+    def build(self, case, net, x):
+        m = rnnfast.from_torch(net, precision=self.precision)
+        return lambda: m(x, num_threads=self.threads)[0]
+
+
+class RnnfastFloat32(RnnfastColumn):
+    name, precision = "rnnfast float32", "float32"
+
+
+class RnnfastBf16(RnnfastColumn):
+    name, precision = "rnnfast bf16", "bf16"
+
+
+class RnnfastInt8(RnnfastColumn):
+    name, precision = "rnnfast int8", "int8"
+
+
+class TorchFloat32(Column):
+    name = "torch float32"
+
+    def build(self, case, net, x):
+        import torch
+
+        return self.run(torch, OutOnly(torch, net), torch.from_numpy(x))
+
+    @staticmethod
+    def run(torch, m, xt):
+        def call():
+            with torch.no_grad():
+                return m(xt).numpy()
+
+        return call
+
+
+class TorchInt8(TorchFloat32):
+    name = "torch int8"
+
+    def build(self, case, net, x):
+        import torch
+
+        # quantize_dynamic swaps child modules only: the RNN goes in a wrapper
+        qnet = torch.ao.quantization.quantize_dynamic(OutOnly(torch, net), {torch.nn.LSTM, torch.nn.GRU},
+                                                      dtype=torch.qint8)  # fmt: skip
+        assert "quantized" in type(qnet.net).__module__, type(qnet.net)
+        return self.run(torch, qnet, torch.from_numpy(x))
+
+
+class OnnxruntimeFloat32(Column):
+    name = "onnxruntime float32"
+    needs = ("onnxruntime", "onnx", "torch")
+    file = 0  # case_paths' index: the float32 export
+
+    def version(self):
+        import onnxruntime
+
+        return onnxruntime.__version__
+
+    def build(self, case, net, x):
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = self.threads
+        so.inter_op_num_threads = 1
+        sess = ort.InferenceSession(case_paths(case, self.tmp)[self.file], so, providers=["CPUExecutionProvider"])
+        return lambda: sess.run(None, {"x": x})[0]
+
+
+class OnnxruntimeInt8(OnnxruntimeFloat32):
+    """DynamicQuantizeLSTM (ONNX Runtime quantizes LSTM only: no DynamicQuantizeGRU)."""
+
+    name, file, lstm_only = "onnxruntime int8", 1, True
+
+
+class RnnfastOrtFile(RnnfastColumn):
+    """The same quantized file in rnnfast: DynamicQuantizeLSTM on ONNX Runtime's int8 weights."""
+
+    name, lstm_only = "rnnfast int8 (ORT file)", True
+    needs = ("rnnfast", "onnx", "torch")
+
+    def build(self, case, net, x):
+        qmodel = rnnfast.load(case_paths(case, self.tmp)[1])
+
+        def call():
+            y = qmodel(x, num_threads=self.threads)
+            return y[0] if isinstance(y, (list, tuple)) else y
+
+        return call
+
+
+class OpenvinoBf16(Column):
+    name = "openvino bf16"
+    needs = ("openvino", "onnx", "torch")
+
+    def version(self):
+        import openvino
+
+        return openvino.__version__
+
+    def build(self, case, net, x):
+        import openvino as ov
+
+        core = ov.Core()
+        compiled = core.compile_model(
+            core.read_model(case_paths(case, self.tmp)[0]),
+            "CPU",
+            {"INFERENCE_NUM_THREADS": self.threads, "INFERENCE_PRECISION_HINT": "bf16", "PERFORMANCE_HINT": "LATENCY"},
+        )
+        # what it runs in: without bf16 instructions (no AVX512_BF16 / AMX) OpenVINO runs f32
+        p = compiled.get_property("INFERENCE_PRECISION_HINT")
+        self.note = "inference precision %s" % getattr(p, "to_string", lambda: p)()
+        req = compiled.create_infer_request()
+        return lambda: req.infer({0: x})[0]
+
+
+class Export(Column):
+    """Writes a case's ONNX export (and for LSTM ONNX Runtime's quantized copy) before any
+    engine builds it, in a process of its own (as compare.py's ``onnx-export``)."""
+
+    name = "onnx-export"
+    needs = ("onnx", "torch")
+
+    def cmd_export(self, case):
+        import torch
+
+        path, qpath = case_paths(case, self.tmp)
+        if not os.path.exists(path):  # (written at the first thread count)
+            net, x = case_net(torch, case)
+            torch.onnx.export(OutOnly(torch, net), (torch.from_numpy(x),), path + ".part", input_names=["x"],
+                              output_names=["y"], opset_version=17, dynamo=False)  # fmt: skip
+            os.replace(path + ".part", path)
+        if case["cell"] == "lstm" and not os.path.exists(qpath) and importlib.util.find_spec("onnxruntime"):
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            quantize_dynamic(path, qpath + ".part.onnx", weight_type=QuantType.QInt8)
+            os.replace(qpath + ".part.onnx", qpath)
+        return {}
+
+
+ENGINES = {
+    c.name: c
+    for c in (
+        RnnfastFloat32,
+        RnnfastBf16,
+        RnnfastInt8,
+        TorchFloat32,
+        OnnxruntimeFloat32,
+        TorchInt8,
+        OnnxruntimeInt8,
+        RnnfastOrtFile,
+        OpenvinoBf16,
+        Export,
+    )
+}
+
+#: The errors' reference: every column's output against this one's.
+REFERENCE = "torch float32"
+
+
+class Worker(compare.EngineProcess):
+    script = os.path.abspath(__file__)
+
+
+def run_case(case, threads, procs, budget, exporter):
+    """One case on one thread count: export, build in every worker (one at a time), the
+    errors against PyTorch float32, then the turns (compare.timed_rounds). Returns the row."""
+    notes, outputs, first_s, digests = {}, {}, {}, {}
+    try:
+        exporter.ensure()
+        exporter.ask("export", compare.BUILD_TIMEOUT_S, case=case)
+    except compare.EngineError as err:
+        notes["onnx-export"] = "export: %s" % err
+    procs = {e: p for e, p in procs.items() if case["cell"] == "lstm" or not ENGINES[e].lstm_only}
+    for e, p in procs.items():
+        try:
+            p.ensure()
+            r = p.ask("build", compare.BUILD_TIMEOUT_S, case=case)
+        except compare.EngineError as err:
+            notes[e] = "build: %s" % err
+            continue
+        outputs[e], first_s[e], digests[e] = r["output"], r["first_s"], r["digest"]
+        if r.get("note"):
+            notes[e] = r["note"]
+    if len(set(digests.values())) > 1:
+        raise RuntimeError("the workers built different weights or inputs: %s" % digests)
+    err = {}
+    if REFERENCE in outputs:
+        err = {e: compare.max_abs_diff(path, outputs[REFERENCE]) for e, path in outputs.items()}
+    for path in outputs.values():
+        os.remove(path)
+    ms, repeats, rounds = compare.timed_rounds(procs, first_s, budget, notes)
+    return dict(case, threads=threads, ms=ms, err=err, repeats=repeats, rounds=rounds, notes=notes)
+
+
+def run_grid(cases, threads, budget, tmp, columns=COLUMNS):
+    """The cases on one thread count, a fresh worker per column; yields the rows."""
+    installed = [e for e in columns if all(importlib.util.find_spec(m) for m in ENGINES[e].needs)]
+    procs = {e: Worker(e, threads, tmp) for e in installed}
+    exporter = Worker("onnx-export", threads, tmp)
+    workers = list(procs.values()) + [exporter]
+    try:
+        for p in workers:  # start them all: the imports overlap
+            p.start()
+        versions = {}
+        for e, p in procs.items():
+            try:
+                p.ensure()
+                versions[e] = p.info["version"]
+            except compare.EngineError as err:
+                print("%s %dt failed to start: %s" % (e, threads, err))
+        print("%d thread(s), a worker process per column: %s" % (threads, ", ".join(
+              "%s %s" % kv for kv in versions.items())), flush=True)  # fmt: skip
+        for case in cases:
+            yield run_case(case, threads, procs, budget, exporter)
+    finally:
+        for p in workers:
+            p.stop()
+
+
 def table(rows):
     lines = []
     head = "| cell | H | B | T | thr | " + " | ".join(COLUMNS) + " |"
     lines.append(head)
     lines.append("|" + "---|" * (5 + len(COLUMNS)))
     for r in rows:
-        f32 = r["ms"]["rnnfast float32"]
+        f32 = r["ms"].get("rnnfast float32", float("nan"))
         cells_ = []
         for c in COLUMNS:
             if c not in r["ms"]:
                 cells_.append("-")
                 continue
             ms = r["ms"][c]
-            cells_.append("%.3g ms (%.2fx, %.0e)" % (ms, f32 / ms, r["err"][c]))
+            cells_.append("%.3g ms (%.2fx, %.0e)" % (ms, f32 / ms, r["err"].get(c, float("nan"))))
         lines.append("| %s | %d | %d | %d | %d | %s |" % (r["cell"], r["H"], r["B"], r["T"], r["threads"],
                                                           " | ".join(cells_)))  # fmt: skip
     return "\n".join(lines)
@@ -306,7 +528,16 @@ def main(argv=None):
         help="print rnnfast's per-step split (projection, product, rest) over CALLS calls per "
         "precision, one thread (no peers, no timing table)",
     )
+    ap.add_argument(
+        "--columns",
+        metavar="NAMES",
+        help="only these columns, comma-separated (default: all installed; rnnfast float32, the "
+        "speed-ups' base, and %r, the errors' reference, always run)" % REFERENCE,
+    )
+    ap.add_argument("--_engine", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args._engine:
+        return compare.worker_main(args._engine[0], int(args._engine[1]), args._engine[2], ENGINES)
     if args.accuracy:
         accuracy_tables()
         return
@@ -316,21 +547,33 @@ def main(argv=None):
     if args.profile:
         profile_split(args.cells, args.H, args.B, args.T, args.profile)
         return
-    import torch
-
     print("CPU: %s; rnnfast %s, kernel set %s" % (cpu_name(), rnnfast.__version__, rnnfast._kernels.quant_isa()))
     print("cells: ms per call (speed-up over rnnfast float32, max |error| against PyTorch float32)")
+    columns = COLUMNS
+    if args.columns:
+        picked = {c.strip() for c in args.columns.split(",") if c.strip()} | {REFERENCE, "rnnfast float32"}
+        unknown = picked - set(COLUMNS)
+        if unknown:
+            ap.error("unknown columns %s (known: %s)" % (sorted(unknown), ", ".join(COLUMNS)))
+        columns = tuple(c for c in COLUMNS if c in picked)
+    cases = [
+        dict(cell=cell, H=H, B=B, T=T)
+        for cell in args.cells
+        for H in args.H
+        for B in args.B
+        for T in [args.T] + ([1000] if args.long and B == 1 and args.T != 1000 else [])
+    ]
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
+    tmp = tempfile.mkdtemp(prefix="rnnfast-precision-")
+    try:
         for threads in args.threads:
-            for cell in args.cells:
-                for H in args.H:
-                    for B in args.B:
-                        Ts = [args.T] + ([1000] if args.long and B == 1 and args.T != 1000 else [])
-                        for T in Ts:
-                            r = run_case(torch, cell, H, B, T, threads, args.budget, tmp)
-                            rows.append(r)
-                            print(table([r]).splitlines()[-1], flush=True)
+            for r in run_grid(cases, threads, args.budget, tmp, columns):
+                r["load"] = os.getloadavg()[0]
+                rows.append(r)
+                print(table([r]).splitlines()[-1] + "  [%d rounds, load %.1f]%s" % (r["rounds"], r["load"],
+                      " notes: %s" % r["notes"] if r["notes"] else ""), flush=True)  # fmt: skip
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     print()
     print(table(rows))
     if args.json:
@@ -339,4 +582,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -5,6 +5,7 @@ bound the quantization implies, thread-count invariance, the instruction sets en
 end, the bundled digits models, and the API (precision=, with_precision,
 precision_error, the summary, the CLI)."""
 
+import json
 import os
 import pickle
 import subprocess
@@ -625,3 +626,41 @@ def test_lengths_give_each_row_what_it_gives_alone(rng, kind, H, precision):
         assert np.array_equal(out[:n, i : i + 1], o1), i
         assert np.array_equal(h[:, i], h1[:, 0]), i
         assert not out[n:, i].any()
+
+
+def test_bench_precision_runs_each_column_in_a_worker_of_its_own(tmp_path):
+    """bench/precision.py's timed table: every installed column in its own worker process
+    on the same seeded weights, its error measured against PyTorch float32 in the parent:
+    float32 engines within float32 rounding, bf16 and int8 off by a reduced precision's
+    error (not 0: not compared with themselves), one row per case, the JSON as before."""
+    import importlib.util
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.path.join(root, "src"))
+    out_json = str(tmp_path / "p.json")
+    args = ["--H", "16", "--B", "2", "--T", "5", "--cells", "lstm", "gru", "--budget", "0.01", "--json", out_json]
+    out = subprocess.run([sys.executable, os.path.join(root, "bench", "precision.py"), *args], env=env,
+                         capture_output=True, text=True, timeout=600, check=True).stdout  # fmt: skip
+    with open(out_json) as f:
+        rows = json.load(f)["rows"]
+    assert [(r["cell"], r["H"], r["B"], r["T"], r["threads"]) for r in rows] == [
+        ("lstm", 16, 2, 5, 1),
+        ("gru", 16, 2, 5, 1),
+    ], out
+    for r in rows:
+        want = {"rnnfast float32", "rnnfast bf16", "rnnfast int8", "torch float32", "torch int8"}
+        if importlib.util.find_spec("onnxruntime"):
+            want.add("onnxruntime float32")
+            if r["cell"] == "lstm":  # ONNX Runtime quantizes LSTM only
+                want |= {"onnxruntime int8", "rnnfast int8 (ORT file)"}
+        if importlib.util.find_spec("openvino"):
+            want.add("openvino bf16")
+        assert set(r["ms"]) == want and set(r["err"]) == want, (r, out)
+        assert all(v > 0 for v in r["ms"].values()), r
+        assert r["err"]["torch float32"] == 0, r
+        for c in ("rnnfast float32", "onnxruntime float32"):
+            assert r["err"].get(c, 0) <= 1e-5, r
+        for c in ("rnnfast bf16", "rnnfast int8"):
+            assert 1e-5 < r["err"][c] < 0.05, r
+        for c in ("torch int8", "onnxruntime int8"):  # (ONNX Runtime's: 0.2 at H = 16)
+            assert 1e-5 < r["err"].get(c, 1e-3) < 1, r
