@@ -116,13 +116,14 @@ def extensions():
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         ),
         # the streams' bookkeeping (rnnfast/stream.py): claims, state rows, chunk stacking
-        Extension("rnnfast._stream", ["src/rnnfast/_stream.pyx"]),
+        Extension("rnnfast._stream", ["src/rnnfast/_stream.pyx"], depends=["src/rnnfast/c/ndarray.h"]),
         # the small ops of ONNX graphs on rows (rnnfast/model_onnx.py): softmax, few-row products
         Extension(
             "rnnfast._rowops",
             ["src/rnnfast/_rowops.pyx"],
             include_dirs=["src/rnnfast"],
-            depends=sorted(glob.glob("src/rnnfast/c/rowops*.h")) + ["src/rnnfast/c/mathfun.h"],
+            depends=sorted(glob.glob("src/rnnfast/c/rowops*.h"))
+            + ["src/rnnfast/c/mathfun.h", "src/rnnfast/c/ndarray.h"],
         ),
     ]
     return cythonize(

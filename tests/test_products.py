@@ -394,6 +394,68 @@ def test_attend_of_many_entries_gives_the_packed_products_bits(rng, dtype, G, M,
     np.testing.assert_allclose(O, ref, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-5)
 
 
+class _Sub(np.ndarray):
+    """An ndarray subclass: the compiled calls read it through typed memoryviews."""
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_direct_array_reads_give_the_memoryviews_bits(rng, dtype):
+    """attend and the few-row products read float ndarrays through their fields
+    (c/ndarray.h) and anything else through typed memoryviews: the same bits from both,
+    on strided views (Q's rows apart, Kt a transpose, V every other row), a bias or
+    none; what the direct reads do not take (other dtypes, read-only or non-contiguous
+    outputs, shapes that do not match) gets the memoryviews' answer."""
+    G, M, K, T, N = 3, 2, 24, 7, 10
+    wide = rng.standard_normal((G, M, K + 5)).astype(dtype)
+    q = wide[:, :, :K]  # rows contiguous, K + 5 apart
+    enc = rng.standard_normal((G, 2 * T, K)).astype(dtype)
+    kt, v = enc[:, :T].transpose(0, 2, 1), enc[:, ::2, :N]
+    outs = []
+    for view in (lambda a: a, lambda a: a.view(_Sub)):
+        P, O = np.full((G, M, T), np.nan, dtype), np.full((G, M, N), np.nan, dtype)
+        _rowops.attend(view(q), view(kt), view(v), view(P), view(O), 1)
+        outs.append((P, O))
+    assert np.array_equal(outs[0][0].view(np.uint8), outs[1][0].view(np.uint8))
+    assert np.array_equal(outs[0][1].view(np.uint8), outs[1][1].view(np.uint8))
+    ref = _softmax64(q.astype(np.float64) @ kt.astype(np.float64)) @ v
+    np.testing.assert_allclose(outs[0][1], ref, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-6)
+    W = rng.standard_normal((K, 700)).astype(dtype)
+    Pk, x, b = _products.pack(W), rng.standard_normal((2, K)).astype(dtype), rng.standard_normal(700).astype(dtype)
+    for bias in (b, np.zeros(0, dtype)):
+        for call in (
+            lambda A, B, c, C: _kernels.packed_rows(A, B, c, C, _kernels.RNN_ACT_TANH, 1),
+            lambda A, B, c, C: _rowops.packed_rows(A, B, c, C, 1, 1),
+        ):
+            ys = []
+            for view in (lambda a: a, lambda a: a.view(_Sub)):
+                y = np.full((2, 700), np.nan, dtype)
+                call(view(x), view(Pk), view(bias), view(y))
+                ys.append(y)
+            assert np.array_equal(ys[0].view(np.uint8), ys[1].view(np.uint8))
+    # the memoryviews' answers
+    P, O = np.empty((G, M, T), dtype), np.empty((G, M, N), dtype)
+    with pytest.raises(ValueError, match="do not match"):
+        _rowops.attend(q, kt, v, np.empty((G, M, T - 1), dtype), O, 1)
+    with pytest.raises(ValueError, match="dtype mismatch"):
+        _rowops.attend(q, kt.astype(np.float32 if dtype == np.float64 else np.float64), v, P, O, 1)
+    ro = np.empty((G, M, N), dtype)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        _rowops.attend(q, kt, v, P, ro, 1)
+    with pytest.raises(ValueError):
+        _rowops.attend(q, kt, v, P, np.empty((G, M, 2 * N), dtype)[:, :, ::2], 1)
+    y = np.empty((2, 700), dtype)
+    for call in (_kernels.packed_rows, _rowops.packed_rows):
+        with pytest.raises(ValueError, match="packed B"):
+            call(x, Pk[:-1], b, y)
+        with pytest.raises(ValueError):
+            call(x, Pk, b, np.empty((2, 1400), dtype)[:, ::2])
+        with pytest.raises((TypeError, ValueError)):
+            call(x.astype(np.float16), Pk, b, y)
+    with pytest.raises(ValueError, match="activation"):
+        _kernels.packed_rows(x, Pk, b, y, 99)
+
+
 @pytest.fixture
 def partner_awake():
     """The partner thread polls for work between products (its default), and is

@@ -834,17 +834,61 @@ def rnn_forward(int cell, int act, int ract,
         raise ValueError("rows is for a cell with packed products and packed input weights")
 
 
-def packed_rows(const floating[:, ::1] A,           # IN  (M, K)
-                const floating[::1] Bp,             # IN  (K, N) packed: pack_blocks(B[None], 1, 1)[0]
-                const floating[::1] bias,           # IN  (N,), or (0,) for none
-                floating[:, ::1] C,                 # OUT (M, N)
+cdef type _nd = np.ndarray
+cdef PyTypeObject *_ndarray = <PyTypeObject *> _nd
+cdef object _f32 = np.dtype(np.float32), _f64 = np.dtype(np.float64)  # (NumPy's own descriptors)
+cdef PyObject *_F32 = <PyObject *> _f32
+cdef PyObject *_F64 = <PyObject *> _f64
+
+
+def packed_rows(A,                                 # IN  (M, K)
+                Bp,                                # IN  (K, N) packed: pack_blocks(B[None], 1, 1)[0]
+                bias,                              # IN  (N,), or (0,) for none
+                C,                                 # OUT (M, N)
                 int act=-1, int num_threads=1):
     """C = act(bias + A @ B), each row on its own: a row's values depend on that row
     only (one chain of multiply-adds per element, the activation applied row by row),
     never on M, on the other rows nor on the thread count -- the dense product of the
     streaming path (rnnfast/stream.py) and of rnnfast._products. ``act``: an RNN_ACT_*
     code, RNN_ROW_SOFTMAX (a softmax over each row), or -1 for none. Rows split among
-    ``num_threads`` threads at most (c/openmp.h's backoff applies). GIL released."""
+    ``num_threads`` threads at most (c/openmp.h's backoff applies). GIL released. The
+    arrays float32 or float64, one dtype, C-contiguous: float32 / float64 ndarrays are
+    read through their fields (c/ndarray.h; a typed memoryview each cost more than a
+    small product), anything else through typed memoryviews, the same call."""
+    cdef PyObject *dt = NULL
+    cdef const rnnfast_ndarray *a
+    cdef const rnnfast_ndarray *b
+    cdef const rnnfast_ndarray *bi
+    cdef const rnnfast_ndarray *c
+    cdef long M, K, N
+    cdef rnn_products pr
+    if type(A) is _nd:
+        dt = (<const rnnfast_ndarray *> <PyObject *> A).descr
+    if (dt == _F32 or dt == _F64) and (-1 <= act < RNN_ACT_COUNT or act == RNN_ROW_SOFTMAX):
+        a = rnnfast_array(<PyObject *> A, _ndarray, dt, 2, RNNFAST_C_CONTIGUOUS)
+        b = rnnfast_array(<PyObject *> Bp, _ndarray, dt, 1, RNNFAST_C_CONTIGUOUS)
+        bi = rnnfast_array(<PyObject *> bias, _ndarray, dt, 1, RNNFAST_C_CONTIGUOUS)
+        c = rnnfast_array(<PyObject *> C, _ndarray, dt, 2, RNNFAST_C_CONTIGUOUS | RNNFAST_WRITEABLE)
+        if a != NULL and b != NULL and bi != NULL and c != NULL:
+            M, K, N = a.dimensions[0], a.dimensions[1], c.dimensions[1]
+            if (c.dimensions[0] == M and b.dimensions[0] == rnn_packed_size(K, N)
+                    and (bi.dimensions[0] == 0 or bi.dimensions[0] == N) and K > 0 and M > 0 and N > 0):
+                memset(&pr, 0, sizeof(pr))
+                pr.dtype = RNN_FLOAT32 if dt == _F32 else RNN_FLOAT64
+                pr.G1, pr.G2, pr.M, pr.N, pr.K = 1, 1, M, N, K
+                pr.A, pr.lda = a.data, K
+                pr.Bp = b.data
+                pr.bias = bi.data if bi.dimensions[0] > 0 else NULL
+                pr.act = act
+                pr.C, pr.ldc = c.data, N
+                _run_products(&pr, num_threads)
+                return
+    _packed_rows_views(A, Bp, bias, C, act, num_threads)  # (and its errors)
+
+
+def _packed_rows_views(const floating[:, ::1] A, const floating[::1] Bp, const floating[::1] bias,
+                       floating[:, ::1] C, int act=-1, int num_threads=1):
+    """:func:`packed_rows` on typed memoryviews."""
     cdef long M = A.shape[0], K = A.shape[1], N = C.shape[1]
     cdef rnn_products pr
     if C.shape[0] != M or Bp.shape[0] != rnn_packed_size(K, N) or bias.shape[0] not in (0, N):

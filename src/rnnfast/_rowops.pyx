@@ -7,10 +7,26 @@
 # or packed_rows' column panels: those on c/rowops.team.h's partner thread); each row (a
 # panel of it) is computed by one thread in an order that depends on its length only, so
 # the results never depend on the thread count nor on the other rows of the batch.
+# attend and packed_rows read arrays of the common form (float32 / float64 ndarrays as
+# the calls take them) through their fields (c/ndarray.h), everything else through typed
+# memoryviews: the same C call on the same pointers and strides either way.
+from cpython.object cimport PyObject, PyTypeObject
 from cpython.pycapsule cimport PyCapsule_New
 from cython cimport floating
 
+import numpy as np
+
 from . import _kernels
+
+
+cdef extern from "c/ndarray.h":
+    ctypedef struct rnnfast_ndarray:
+        char *data
+        Py_ssize_t *dimensions
+        Py_ssize_t *strides
+        PyObject *descr
+    int RNNFAST_C_CONTIGUOUS, RNNFAST_WRITEABLE
+    const rnnfast_ndarray *rnnfast_array(PyObject *a, PyTypeObject *ndarray, PyObject *descr, int nd, int flags)
 
 
 cdef extern from "c/rowops.h" nogil:
@@ -71,6 +87,21 @@ cdef extern from "c/rowops.h" nogil:
     const int RNN_DUO_ENABLED
 
 cdef const rnn_rowops_table *_table = &rnn_rowops[_kernels.ISA_LEVELS.index(_kernels.isa())]
+cdef type _nd = np.ndarray
+cdef PyTypeObject *_ndarray = <PyTypeObject *> _nd
+cdef object _f32 = np.dtype(np.float32), _f64 = np.dtype(np.float64)  # (NumPy's own descriptors)
+cdef PyObject *_F32 = <PyObject *> _f32
+cdef PyObject *_F64 = <PyObject *> _f64
+
+
+cdef inline PyObject *_float_descr(a) noexcept:
+    """``a``'s dtype where ``a`` is a float32 / float64 ndarray (its descriptor NumPy's
+    own); else NULL."""
+    cdef PyObject *d
+    if type(a) is not _nd:
+        return NULL
+    d = (<const rnnfast_ndarray *> <PyObject *> a).descr
+    return d if d == _F32 or d == _F64 else NULL
 
 
 def softmax_rows(const floating[:, ::1] x,          # IN  (R, n)
@@ -133,16 +164,55 @@ def rows_products(const floating[:, :, :, :] A,     # IN  (G1, G2, M, K), rows c
             _table.rows_products_d(&pr, num_threads)
 
 
-def attend(const floating[:, :, :] Q,              # IN  (G, M, K), rows contiguous
-           const floating[:, :, :] Kt,             # IN  (G, K, T), any strides
-           const floating[:, :, :] V,              # IN  (G, T, N), any strides
-           floating[:, :, ::1] S,                  # OUT (G, M, T): the softmaxed scores
-           floating[:, :, ::1] O,                  # OUT (G, M, N)
+def attend(Q,                                      # IN  (G, M, K), rows contiguous
+           Kt,                                     # IN  (G, K, T), any strides
+           V,                                      # IN  (G, T, N), any strides
+           S,                                      # OUT (G, M, T): the softmaxed scores
+           O,                                      # OUT (G, M, N)
            int num_threads=1):
     """O[g] = softmax(Q[g] @ Kt[g]) @ V[g], the softmax over each row (S[g] = its
     values): the bits of ``rows_products``, ``softmax_rows`` and ``rows_products`` one
     after another, in one call. The g split among ``num_threads`` threads at most. GIL
-    released."""
+    released. The arrays float32 or float64, one dtype, 3-D, S and O C-contiguous."""
+    cdef PyObject *dt = _float_descr(Q)
+    cdef const rnnfast_ndarray *q
+    cdef const rnnfast_ndarray *k
+    cdef const rnnfast_ndarray *v
+    cdef const rnnfast_ndarray *s
+    cdef const rnnfast_ndarray *o
+    cdef Py_ssize_t isz
+    cdef long G, M, K, T, N
+    cdef rnn_attend_args ar
+    if dt != NULL:  # ndarrays of the common form: their fields (a typed memoryview each cost more than the work)
+        q = rnnfast_array(<PyObject *> Q, _ndarray, dt, 3, 0)
+        k = rnnfast_array(<PyObject *> Kt, _ndarray, dt, 3, 0)
+        v = rnnfast_array(<PyObject *> V, _ndarray, dt, 3, 0)
+        s = rnnfast_array(<PyObject *> S, _ndarray, dt, 3, RNNFAST_C_CONTIGUOUS | RNNFAST_WRITEABLE)
+        o = rnnfast_array(<PyObject *> O, _ndarray, dt, 3, RNNFAST_C_CONTIGUOUS | RNNFAST_WRITEABLE)
+        if q != NULL and k != NULL and v != NULL and s != NULL and o != NULL:
+            isz = 4 if dt == _F32 else 8
+            G, M, K, T, N = q.dimensions[0], q.dimensions[1], q.dimensions[2], k.dimensions[2], v.dimensions[2]
+            if (k.dimensions[0] == G and k.dimensions[1] == K and v.dimensions[0] == G and v.dimensions[1] == T
+                    and s.dimensions[0] == G and s.dimensions[1] == M and s.dimensions[2] == T
+                    and o.dimensions[0] == G and o.dimensions[1] == M and o.dimensions[2] == N
+                    and K > 0 and T > 0 and G > 0 and M > 0 and N > 0 and (q.strides[2] == isz or K == 1)):
+                ar.G, ar.M, ar.K, ar.T, ar.N = G, M, K, T, N
+                ar.Q, ar.sq, ar.ldq = q.data, q.strides[0] // isz, q.strides[1] // isz
+                ar.Kt, ar.sk, ar.ldk, ar.ck = k.data, k.strides[0] // isz, k.strides[1] // isz, k.strides[2] // isz
+                ar.V, ar.sv, ar.ldv, ar.cv = v.data, v.strides[0] // isz, v.strides[1] // isz, v.strides[2] // isz
+                ar.S, ar.O = s.data, o.data
+                with nogil:
+                    if isz == 4:
+                        _table.attend_f(&ar, num_threads)
+                    else:
+                        _table.attend_d(&ar, num_threads)
+                return
+    _attend_views(Q, Kt, V, S, O, num_threads)  # (and its errors)
+
+
+def _attend_views(const floating[:, :, :] Q, const floating[:, :, :] Kt, const floating[:, :, :] V,
+                  floating[:, :, ::1] S, floating[:, :, ::1] O, int num_threads=1):
+    """:func:`attend` on typed memoryviews."""
     cdef Py_ssize_t isz = sizeof(floating)
     cdef long G = Q.shape[0], M = Q.shape[1], K = Q.shape[2], T = Kt.shape[2], N = V.shape[2]
     cdef rnn_attend_args ar
@@ -170,10 +240,10 @@ def attend(const floating[:, :, :] Q,              # IN  (G, M, K), rows contigu
             _table.attend_d(&ar, num_threads)
 
 
-def packed_rows(const floating[:, ::1] A,           # IN  (M, K)
-                const floating[::1] Bp,             # IN  (K, N) packed: rnnfast._products.pack
-                const floating[::1] bias,           # IN  (N,), or (0,) for none
-                floating[:, ::1] C,                 # OUT (M, N)
+def packed_rows(A,                                 # IN  (M, K)
+                Bp,                                # IN  (K, N) packed: rnnfast._products.pack
+                bias,                              # IN  (N,), or (0,) for none
+                C,                                 # OUT (M, N)
                 int num_threads=1, int softmax=0):
     """C = bias + A @ B for a few rows A: the bits of ``_kernels.packed_rows`` (each
     element the packed product's chain), its panels split between the caller and, where
@@ -182,7 +252,40 @@ def packed_rows(const floating[:, ::1] A,           # IN  (M, K)
     passive partner cost a 46-138 us wake). ``softmax`` 1 (2): then C's rows replaced by
     their softmax (log-softmax), the bits of :func:`softmax_rows` on C, its blocks of
     columns computed by the thread that wrote them (a decoder's vocabulary head). GIL
-    released."""
+    released. The arrays float32 or float64, one dtype, C-contiguous."""
+    cdef PyObject *dt = _float_descr(A)
+    cdef const rnnfast_ndarray *a
+    cdef const rnnfast_ndarray *b
+    cdef const rnnfast_ndarray *bi
+    cdef const rnnfast_ndarray *c
+    cdef long M, K, N
+    cdef rnn_packed_args pa
+    if dt != NULL and 0 <= softmax <= 2:  # ndarrays of the common form: their fields
+        a = rnnfast_array(<PyObject *> A, _ndarray, dt, 2, RNNFAST_C_CONTIGUOUS)
+        b = rnnfast_array(<PyObject *> Bp, _ndarray, dt, 1, RNNFAST_C_CONTIGUOUS)
+        bi = rnnfast_array(<PyObject *> bias, _ndarray, dt, 1, RNNFAST_C_CONTIGUOUS)
+        c = rnnfast_array(<PyObject *> C, _ndarray, dt, 2, RNNFAST_C_CONTIGUOUS | RNNFAST_WRITEABLE)
+        if a != NULL and b != NULL and bi != NULL and c != NULL:
+            M, K, N = a.dimensions[0], a.dimensions[1], c.dimensions[1]
+            if (c.dimensions[0] == M and b.dimensions[0] == rnn_packed_size(K, N)
+                    and (bi.dimensions[0] == 0 or bi.dimensions[0] == N) and K > 0 and M > 0 and N > 0):
+                pa.M, pa.N, pa.K = M, N, K
+                pa.A, pa.lda, pa.Bp = a.data, K, b.data
+                pa.bias = bi.data if bi.dimensions[0] > 0 else NULL
+                pa.C, pa.ldc = c.data, N
+                pa.softmax = softmax
+                with nogil:
+                    if dt == _F32:
+                        _table.packed_few_f(&pa, num_threads)
+                    else:
+                        _table.packed_few_d(&pa, num_threads)
+                return
+    _packed_rows_views(A, Bp, bias, C, num_threads, softmax)  # (and its errors)
+
+
+def _packed_rows_views(const floating[:, ::1] A, const floating[::1] Bp, const floating[::1] bias,
+                       floating[:, ::1] C, int num_threads=1, int softmax=0):
+    """:func:`packed_rows` on typed memoryviews."""
     cdef long M = A.shape[0], K = A.shape[1], N = C.shape[1]
     cdef rnn_packed_args pa
     if C.shape[0] != M or Bp.shape[0] != rnn_packed_size(K, N) or bias.shape[0] not in (0, N):

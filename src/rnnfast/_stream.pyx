@@ -5,7 +5,7 @@
 # the streams in C instead of NumPy calls and Python loops.
 #
 # The build needs no NumPy headers: a chunk's array is read through the fields NumPy's
-# own macros read (its ABI since NumPy 1.0; declared below), and only for arrays whose
+# own macros read (its ABI since NumPy 1.0; c/ndarray.h), and only for arrays whose
 # type is exactly numpy.ndarray. Anything else (another type, dtype or layout) makes
 # stack() answer None: stream.py then takes its general path.
 cimport cython
@@ -15,22 +15,17 @@ from libc.string cimport memcpy
 
 import numpy as np
 
+cdef extern from "c/ndarray.h":
+    ctypedef struct rnnfast_ndarray:
+        char *data
+        int nd
+        Py_ssize_t *dimensions
+        PyObject *descr
+        int flags
+    int RNNFAST_C_CONTIGUOUS
+
 cdef extern from *:
     """
-    /* NumPy's array object as its macros (PyArray_DATA, PyArray_DIMS, ...) read it:
-       numpy/ndarraytypes.h, PyArrayObject_fields. */
-    typedef struct {
-        PyObject_HEAD
-        char *data;
-        int nd;
-        Py_ssize_t *dimensions;
-        Py_ssize_t *strides;
-        PyObject *base;
-        PyObject *descr;
-        int flags;
-    } rnnfast_ndarray;
-    #define RNNFAST_C_CONTIGUOUS 0x0001 /* NPY_ARRAY_C_CONTIGUOUS */
-
     /* A stream's flag: 0 free, 1 used by a call. Taken by compare-and-swap, so that two
        threads never both take it, with or without a GIL. */
     #if defined(__GNUC__) || defined(__clang__)
@@ -48,13 +43,6 @@ cdef extern from *:
     static void rnnfast_give(unsigned char *f) { *f = 0; }
     #endif
     """
-    ctypedef struct rnnfast_ndarray:
-        char *data
-        int nd
-        Py_ssize_t *dimensions
-        PyObject *descr
-        int flags
-    int RNNFAST_C_CONTIGUOUS
     bint rnnfast_take(unsigned char *f) nogil
     void rnnfast_give(unsigned char *f) nogil
 

@@ -827,13 +827,20 @@ class RNNLayer:
         T per call). A call whose work gives no second thread its share (the plan's team
         is one however many threads it may use, and it shares no partner thread:
         ``_plan.uses_partner``) does not resolve the default count."""
-        plans = self.__dict__.setdefault("_plans", {})
+        return self._planned(B, T, num_threads)[0]
+
+    def _planned(self, B, T, num_threads):
+        """``(plan, cut)``: :meth:`_plan_for`'s plan and its fields as
+        ``StepEntry.run`` takes them (:meth:`_forward_bound`), both kept."""
+        plans = self.__dict__.get("_plans")
+        if plans is None:
+            plans = self._plans = {}
         got = plans.get((B, T))
         if got is None:
             if len(plans) >= 64:
                 plans.clear()
             one = self._plan(B, T, 1 << 20)
-            got = plans[(B, T)] = [one if one.num_threads == 1 and not one.partner else None, {}]
+            got = plans[(B, T)] = [_with_cut(one) if one.num_threads == 1 and not one.partner else None, {}]
         if got[0] is not None and num_threads is None:
             return got[0]
         n = resolve_num_threads(num_threads)
@@ -841,7 +848,7 @@ class RNNLayer:
             return got[0]
         p = got[1].get(n)
         if p is None:
-            p = got[1][n] = self._plan(B, T, n)
+            p = got[1][n] = _with_cut(self._plan(B, T, n))
         return p
 
     def _plan(self, B, T, num_threads):
@@ -886,15 +893,18 @@ class RNNLayer:
         else:
             c = None
         out = _kernels._empty_lines((T, B, Ho), dt) if return_sequences else None
-        p = self._plan_for(B, T, num_threads)
-        cut = (p.strategy, p.unit_blocks, p.batch_rows, p.chunk, p.num_threads, p.keep_team, p.partner)
-        args = (x, T, B, None, out, h, c, *cut)
+        s, n, b, k, t, keep, partner = self._planned(B, T, num_threads)[1]
         if self._uses_blas:
             with blas_single_threaded():
-                entry.run(*args)
+                entry.run(x, T, B, None, out, h, c, s, n, b, k, t, keep, partner)
         else:
-            entry.run(*args)
+            entry.run(x, T, B, None, out, h, c, s, n, b, k, t, keep, partner)
         return out, h, c
+
+
+def _with_cut(p):
+    """``(p, its fields as StepEntry.run takes them)``, for :meth:`RNNLayer._planned`."""
+    return p, (p.strategy, p.unit_blocks, p.batch_rows, p.chunk, p.num_threads, p.keep_team, p.partner)
 
 
 def _state(s, shape, dt, name):

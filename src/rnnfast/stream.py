@@ -868,7 +868,7 @@ def _chain_dense(d, known):
     """A Dense of a chain whose activation the packed product applies; ``known`` as
     :func:`_chain_one_kernel`'s."""
     K, N, dt, Bp, bias, act = d.K, d.N, d.dtype, d.Bp, d.bias, d.act
-    rows = _kernels.packed_rows[_FUSED[dt.char]]  # the specialisation: no dispatch per call
+    rows = _kernels.packed_rows  # (float ndarrays read through their fields: no memoryviews, no dispatch)
     name = d.node.name
     empty = np.empty
 
@@ -891,10 +891,6 @@ def _chain_dense(d, known):
         return y
 
     return f
-
-
-#: numpy dtype char -> the name of the Cython fused specialisation
-_FUSED = {"f": "float", "d": "double"}
 
 
 def _chain_recurrent(rec):
