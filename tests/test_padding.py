@@ -146,6 +146,36 @@ def test_cells_that_make_their_own_products_step_every_row(rng):
         _same(got, want, repr(layer))
 
 
+def test_a_blas_projection_keeps_the_rows_in_place(rng, monkeypatch):
+    """Where the input projection runs on BLAS (float64 on every ISA), rows are not
+    reordered: BLAS's sums depend on where a row lies in the call (OpenBLAS's sgemm on
+    Zen 1 (AVX2) gave last-bit differences between a batch and its rows sorted by length,
+    so the skip path did not match every row stepping). Such a batch steps every row
+    unless it is already sorted longest first; a packed projection still sorts."""
+    from rnnfast import _kernels
+
+    T, B, I, H = 9, 7, 5, 8
+    calls = []
+    real = _kernels.rnn_forward
+    monkeypatch.setattr(_kernels, "rnn_forward", lambda *a, **k: calls.append(k) or real(*a, **k))
+    unsorted = np.array([3, 9, 1, 0, 9, 5, 2])
+    x = rng.standard_normal((T, B, I))
+    blas = RNNLayer("gru", [random_weights(rng, "gru", I, H)], dtype=np.float64)
+    assert blas._Wp.size == 0 and blas._q is None
+    for lengths, skips in ((unsorted, False), (np.sort(unsorted)[::-1].copy(), True)):
+        calls.clear()
+        got = blas(x, lengths=lengths)
+        assert (calls[0]["active"] is not None) == skips and calls[0]["rows"] is None
+        with every_row_steps():
+            want = blas(x, lengths=lengths)
+        _same(got, want, "float64 lengths %s" % lengths.tolist())
+    packed = RNNLayer("gru", [random_weights(rng, "gru", I, H)], dtype=np.float32)
+    if packed._Wp.size:  # float32 on AVX-512: read in place through the row order
+        calls.clear()
+        packed(x, lengths=unsorted)
+        assert calls[0]["active"] is not None and calls[0]["rows"] is not None
+
+
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 @pytest.mark.parametrize("kept", [False, True])
 def test_ended_rows_keep_their_states_over_chunks_and_teams(rng, monkeypatch, cell, kept):
