@@ -723,15 +723,11 @@ class RNNLayer:
         order, active = None, None
         if mask is not None and _plan.SKIP_PADDING and self._kernel.packed and not self.proj_size:
             order, active = _padding_order(mask)
-            if order is not None and self._Wp.size == 0 and self._q is None:
-                # a BLAS input projection (float64; float32 below AVX-512): its sums depend
-                # on where a row lies in the call (OpenBLAS's Zen sgemm gives last-bit
-                # differences), so rows are not reordered and only a batch already sorted
-                # by length skips its ended rows
-                order, active = None, None
         # rows sorted by length, longest first: the states and the mask here; x and out
-        # too unless the kernel reads and writes them in place (packed input weights)
-        in_place = order is not None and self._Wp.size > 0
+        # too unless the kernel reads and writes them in place (float input weights: packed,
+        # or BLAS's, whose projection the kernel makes in the caller's order, as without
+        # the skip: its sums depend on where a row lies in the call)
+        in_place = order is not None and (self._Wp.size > 0 or self._q is None)
         if order is not None:
             if not in_place:
                 x = np.take(x, order, axis=0 if batch_first else 1)
