@@ -146,6 +146,48 @@ def test_cells_that_make_their_own_products_step_every_row(rng):
         _same(got, want, repr(layer))
 
 
+def test_a_blas_projection_is_made_in_the_callers_order(rng, monkeypatch):
+    """Where the input projection runs on BLAS (float64 on every ISA, float32 below
+    AVX-512), the kernel reads x and writes out in the caller's row order (``rows``) and
+    makes the projection in that order, as every row stepping does: BLAS's sums depend
+    on where a row lies in the call (OpenBLAS's sgemm on Zen 1, AVX2, gave last-bit
+    differences between a batch and its rows sorted by length). Both strategies (item:
+    H = 8; blocked: H = 130), with one batch block and several (B = 100: 3 and 2), on 1
+    and 2 threads, forward, backward and bidirectional, time- and batch-major."""
+    from rnnfast import _kernels
+
+    calls = []
+    real = _kernels.rnn_forward
+    monkeypatch.setattr(_kernels, "rnn_forward", lambda *a, **k: calls.append(k) or real(*a, **k))
+    T, I = 9, 5
+    for dtype in (np.float64, np.float32):
+        for H, B in ((8, 7), (8, 100), (130, 40), (130, 100)):
+            lengths = rng.integers(0, T + 1, B)
+            lengths[:2] = (3, T)  # not sorted
+            for directions, back in ((1, False), (1, True), (2, False)):
+                layer = _layer(rng, "gru", I, H, directions, dtype, go_backwards=back)
+                if layer._Wp.size:  # float32 on AVX-512: the packed projection
+                    continue
+                for bfirst in (False, True):
+                    x = rng.standard_normal((B, T, I) if bfirst else (T, B, I))
+                    for threads in (1, 2):
+                        args = dict(lengths=lengths, batch_first=bfirst, num_threads=threads)
+                        calls.clear()
+                        got = layer(x, **args)
+                        assert calls[-1]["active"] is not None and calls[-1]["rows"] is not None
+                        with every_row_steps():
+                            want = layer(x, **args)
+                        what = "%s H=%d dirs=%d back=%s bfirst=%s threads=%d" % (
+                            np.dtype(dtype),
+                            H,
+                            directions,
+                            back,
+                            bfirst,
+                            threads,
+                        )
+                        _same(got, want, what)
+
+
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 @pytest.mark.parametrize("kept", [False, True])
 def test_ended_rows_keep_their_states_over_chunks_and_teams(rng, monkeypatch, cell, kept):

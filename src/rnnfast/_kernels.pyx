@@ -831,7 +831,7 @@ def rnn_forward(int cell, int act, int ract,
     if err == RNN_ERR_NOMEM:
         raise MemoryError("rnnfast: out of memory for the recurrent kernel's scratch")
     if err == RNN_ERR_ARGS:
-        raise ValueError("rows is for a cell with packed products and packed input weights")
+        raise ValueError("rows is for a cell with packed products and float input weights")
 
 
 cdef type _nd = np.ndarray

@@ -724,8 +724,10 @@ class RNNLayer:
         if mask is not None and _plan.SKIP_PADDING and self._kernel.packed and not self.proj_size:
             order, active = _padding_order(mask)
         # rows sorted by length, longest first: the states and the mask here; x and out
-        # too unless the kernel reads and writes them in place (packed input weights)
-        in_place = order is not None and self._Wp.size > 0
+        # too unless the kernel reads and writes them in place (float input weights: packed,
+        # or BLAS's, whose projection the kernel makes in the caller's order, as without
+        # the skip: its sums depend on where a row lies in the call)
+        in_place = order is not None and (self._Wp.size > 0 or self._q is None)
         if order is not None:
             if not in_place:
                 x = np.take(x, order, axis=0 if batch_first else 1)

@@ -123,9 +123,11 @@ typedef struct {
                                  * products, no projection) and of the packed projection;
                                  * out then comes zero-filled (the zeros of the steps
                                  * where a row does not step are not written). */
-    const long *rows;           /* (B,) with active and packed input weights: the row of x and
-                                 * out (the caller's order) of each sorted row, so that the
-                                 * caller sorts nothing but the states and the mask; or NULL */
+    const long *rows;           /* (B,) with active (not with reduced-precision input weights):
+                                 * the row of x and out (the caller's order) of each sorted
+                                 * row, so that the caller sorts nothing but the states and the
+                                 * mask; or NULL. A BLAS projection is made in the caller's
+                                 * order, as without active (the same bits). */
 } rnn_buffers;
 
 /* The products outside the recurrent layers (products.template.h): for g = (g1, g2),

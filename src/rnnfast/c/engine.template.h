@@ -20,7 +20,10 @@ typedef struct {
     long serial;                /* the call's rnn_qrows_serial (quant.h: named rows) */
     const unsigned char *mask;
     const long *active;         /* io->active where the cell can use it, else NULL */
-    const long *rows;           /* io->rows (with active and packed W), else NULL */
+    const long *rows;           /* io->rows (with active; not on reduced-precision W), else NULL */
+    int xcaller;                /* with rows, a BLAS projection: made in the caller's row order
+                                 * as without right padding (BLAS's sums depend on a row's place
+                                 * in the call), its live rows gathered per step (xp_live) */
     TYPE *out, *h, *c;
 } RNN_TNAME(call);
 
@@ -111,8 +114,8 @@ static void RNN_TNAME(project_live)(const RNN_TNAME(call) *c, long t, long b, lo
 {
     const rnn_shape *s = &c->s;
     long i, In = s->In, H = s->H, G = s->G, ncb = c->p.ncb;
-    if (c->rows == NULL) {
-        RNN_TNAME(project_rows)(live, In, c->x + RNN_TNAME(io_row)(c, t, b) * In,
+    if (c->rows == NULL || c->xcaller) {    /* rows in the caller's order */
+        RNN_TNAME(project_rows)(live, In, c->x + rnn_row(t, b, s->T, s->B, s->bfirst) * In,
                                 s->bfirst ? s->T * In : In, W, ldw, wpb, bx, N, xp, ldxp, c->q, d,
                                 cb, u0, H, G, ncb);
         return;
@@ -127,6 +130,17 @@ static void RNN_TNAME(project_live)(const RNN_TNAME(call) *c, long t, long b, lo
         memcpy(gx + i * In, c->x + RNN_TNAME(io_row)(c, t, b + i) * In, (size_t)In * sizeof(TYPE));
     RNN_TNAME(project_rows)(live, In, gx, In, W, ldw, wpb, bx, N, xp, ldxp, c->q, d, cb, u0, H, G,
                             ncb);
+}
+
+/* c->xcaller: the chunk projection xs of step t (rows in the caller's order, row
+ * stride GH) of the n sorted rows from b0, columns j..j+N-1, gathered into dst (row
+ * stride N). */
+static inline void RNN_TNAME(xp_live)(const RNN_TNAME(call) *c, const TYPE *xs, long b0, long n,
+                                      long j, long N, TYPE *dst)
+{
+    long r;
+    for (r = 0; r < n; r++)
+        memcpy(dst + r * N, xs + c->rows[b0 + r] * c->GH + j, (size_t)N * sizeof(TYPE));
 }
 
 /* Write step t's outputs of nrows sorted rows from b0 (n values each, from h) into
@@ -229,7 +243,8 @@ static void RNN_TNAME(item_project)(const RNN_TNAME(call) *c, long d, long tlo, 
     long r, t, b, n, cb, j0, nc;
     double t0 = rnn_tick();
     /* rows to gather (sorted rows read in the caller's order); NULL: one at a time */
-    TYPE *gx = c->rows != NULL ? (TYPE *)malloc((size_t)(B * In) * sizeof(TYPE)) : NULL;
+    TYPE *gx = c->rows != NULL && !c->xcaller ? (TYPE *)malloc((size_t)(B * In) * sizeof(TYPE))
+                                              : NULL;
     for (cb = 0; cb < ncb; cb++) {
         const TYPE *wpb = Wp != NULL ? Wp + rnn_packed_offset(In, H, G, ncb, cb) : NULL;
         j0 = G * rnn_block_start(H, ncb, cb);
@@ -298,8 +313,8 @@ static int RNN_TNAME(item_run)(const RNN_TNAME(call) *c, long d, long b0, long n
     double t0, t1;
     long ngh = nb * GH, nbmax = c->p.bb < B ? c->p.bb : B;
     if (*work == NULL)
-        *work = (TYPE *)malloc((size_t)(nbmax * GH + 4 * H + nbmax * (2 * H + 3 * H + P) + 1) *
-                               sizeof(TYPE));
+        *work = (TYPE *)malloc((size_t)(nbmax * GH + 4 * H + nbmax * (2 * H + 3 * H + P) + 1
+                                        + (c->xcaller ? nbmax * GH : 0)) * sizeof(TYPE));
     if (*work == NULL)
         return RNN_ERR_NOMEM;
     TYPE *gh = *work;                /* (nb, GH) h U */
@@ -307,6 +322,7 @@ static int RNN_TNAME(item_run)(const RNN_TNAME(call) *c, long d, long b0, long n
     TYPE *zr = tmp + 4 * H;          /* (nb, 4H) the work of a cell making its own products */
     TYPE *m = zr + nb * 4 * H;       /* (nb, H)  LSTM with projection: o * act(c) */
     TYPE *hp = m + nb * H;           /* (nb, P)  ... m Wr */
+    TYPE *xg = hp + nb * P;          /* (nb, GH) c->xcaller: the live rows' projection */
 
     for (st = s0; st < s1; st++) {
         t0 = rnn_tick();
@@ -333,6 +349,10 @@ static int RNN_TNAME(item_run)(const RNN_TNAME(call) *c, long d, long b0, long n
             /* every block's product reads the old state: all products first, then the
              * steps; with right padding only for the rows that step (na) */
             long na = RNN_TNAME(live_rows)(c, t, b0, nb);
+            if (c->xcaller) {
+                RNN_TNAME(xp_live)(c, xp + (t - tlo) * B * GH, b0, na, 0, GH, xg);
+                xr = xg;
+            }
             t1 = rnn_tick();
             for (cb = 0; cb < ncb; cb++) {
                 j0 = rnn_block_start(H, ncb, cb);
@@ -495,7 +515,7 @@ static void RNN_TNAME(blocked_project)(const RNN_TNAME(call) *c, const RNN_TNAME
          * a batch block's tasks run in order, unit block 0 first), else per task */
         TYPE *gx = bk->gx != NULL ? bk->gx + (k.d * B + k.b0) * c->p.chunk * In : NULL;
         long ldg = gx != NULL ? k.nb * In : 0;
-        if (gx == NULL && c->rows != NULL)
+        if (gx == NULL && c->rows != NULL && !c->xcaller)
             gx = (TYPE *)malloc((size_t)(k.nb * In) * sizeof(TYPE));
         for (i = 0; i < nsteps; i++) {
             t = tlo + i;
@@ -513,7 +533,8 @@ static void RNN_TNAME(blocked_project)(const RNN_TNAME(call) *c, const RNN_TNAME
 
 /* One task of step st (chunk s0..s1-1, phase p): its product, reading the state of
  * step st (hbuf half st % 2), its gate math and outputs, writing the state of step
- * st + 1. scratch: the thread's own, p.bb * GH + 4H values. With priv (the thread's
+ * st + 1. scratch: the thread's own, p.bb * GH + 4H values (then priv's, then with
+ * c->xcaller p.bb * GH for the live rows' projection). With priv (the thread's
  * own 2 * p.bb * H values: a kept team, where a task may run on two threads), the new
  * state is made there and published only if this thread's result is the phase's first
  * (rnn_phases_commit): a thread that lost its core inside the task and comes back late
@@ -567,10 +588,18 @@ static int RNN_TNAME(blocked_step)(const RNN_TNAME(call) *c, RNN_TNAME(blocked) 
     for (r = 0; r < nw; r++)
         if (rnn_cell_in_place(s->cell) || (valid != NULL && !valid[r]))
             memcpy(hout + r * ldho, hcur + r * Ho + j0, (size_t)hb * sizeof(TYPE));
+    const TYPE *xr = bk->xp + k.d * c->p.chunk * B * GH + ((t - tlo) * B + k.b0) * GH + G * j0;
+    long ldxr = GH;
+    if (c->xcaller && na > 0) {     /* after priv: the block's columns of the live rows */
+        TYPE *xg = scratch + c->p.bb * GH + 4 * H + 2 * c->p.bb * H;
+        RNN_TNAME(xp_live)(c, bk->xp + (k.d * c->p.chunk + t - tlo) * B * GH, k.b0, na, G * j0,
+                           G * hb, xg);
+        xr = xg;
+        ldxr = G * hb;
+    }
     if (na > 0)
-        RNN_TNAME(cell_block)(c, k.d, j0, na, hb,
-                          bk->xp + k.d * c->p.chunk * B * GH + ((t - tlo) * B + k.b0) * GH + G * j0,
-                          GH, gh, G * hb, NULL, hout, ldho, cio, ldci, valid, tmp, NULL);
+        RNN_TNAME(cell_block)(c, k.d, j0, na, hb, xr, ldxr, gh, G * hb, NULL, hout, ldho, cio, ldci,
+                              valid, tmp, NULL);
     if (priv != NULL) {
         if (!rnn_phases_commit(&bk->q, task, p)) {
             rnn_tock(RNN_PROF_STEP, t0);
@@ -806,7 +835,8 @@ static int RNN_TNAME(run_blocked)(const RNN_TNAME(call) *c)
 {
     const rnn_shape *s = &c->s;
     long B = s->B, H = s->H, Ho = s->Ho, GH = c->GH, ndir = s->ndir, nth = c->p.num_threads;
-    long per_thread = (c->p.bb * GH + 4 * H + 2 * c->p.bb * H + 15) / 16 * 16;
+    long per_thread = (c->p.bb * GH + 4 * H + 2 * c->p.bb * H + (c->xcaller ? c->p.bb * GH : 0) + 15)
+                      / 16 * 16;
     size_t state = (size_t)(ndir * B * Ho) * sizeof(TYPE), cell = (size_t)(ndir * B * H) * sizeof(TYPE);
     int err = RNN_OK;
     RNN_TNAME(blocked) bk;
@@ -827,7 +857,7 @@ static int RNN_TNAME(run_blocked)(const RNN_TNAME(call) *c)
     bk.seen = (unsigned char *)calloc((size_t)(ndir * c->p.ncb * B), 1);
     bk.hbuf = (TYPE *)rnn_alloc_lines(2 * state);
     bk.cbuf = c->c != NULL ? (TYPE *)rnn_alloc_lines(cell) : NULL;
-    bk.gx = c->rows != NULL && nth == 1 && !duo    /* none: the tasks gather their own */
+    bk.gx = c->rows != NULL && !c->xcaller && nth == 1 && !duo  /* none: the tasks gather their own */
                 ? (TYPE *)rnn_alloc_lines((size_t)(ndir * B * c->p.chunk * s->In) * sizeof(TYPE))
                 : NULL;
     scratch = (TYPE *)rnn_alloc_lines((size_t)((duo ? bk.ntask : nth) * per_thread) * sizeof(TYPE));
@@ -939,7 +969,10 @@ static int RNN_TNAME(layer_forward)(const rnn_shape *shape, const rnn_plan *plan
     c.serial = c.q != NULL ? rnn_qrows_serial() : 0;
     c.mask = io->mask;
     c.active = io->active != NULL && rnn_cell_packed(c.s.cell) && c.Wr == NULL ? io->active : NULL;
-    c.rows = c.active != NULL && c.Wp != NULL ? io->rows : NULL;
+    /* reduced-precision input weights project gathered rows: the caller sorts x and out */
+    c.rows = c.active != NULL && (c.Wp != NULL || c.q == NULL || c.q->W.data == NULL) ? io->rows
+                                                                                    : NULL;
+    c.xcaller = c.rows != NULL && c.Wp == NULL;
     if (io->rows != NULL && c.rows == NULL)
         return RNN_ERR_ARGS;    /* the caller sorts x and out itself where rows cannot be used */
     c.out = (TYPE *)io->out;
