@@ -31,7 +31,8 @@ static int rnn_cpu_has_baseline(void) { return 1; }
 
 /* its table, generated from the cell list (kernel_table.template.h) */
 #define ISA_SUFFIX baseline
-#define RNN_PACKED_PROJECTION_F 0     /* BLAS is faster for large products */
+#define RNN_PACKED_PROJECTION_F 1     /* BLAS sums a row by its place in the call (OpenBLAS on Zen 1):
+                                       * packed, a row is the same whatever rows surround it */
 #define RNN_PACKED_PROJECTION_D 0
 #include "kernel_table.template.h"
 #undef RNN_PACKED_PROJECTION_D

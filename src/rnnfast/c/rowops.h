@@ -104,7 +104,9 @@ typedef struct {
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 #define ISA_SUFFIX avx2
+#define RNN_ROWS_YMM 1
 #include "rowops.types.h"
+#undef RNN_ROWS_YMM
 #undef ISA_SUFFIX
 #pragma GCC pop_options
 
