@@ -834,7 +834,7 @@ class RNNLayer:
     def _planned(self, B, T, num_threads):
         """``(plan, cut)``: :meth:`_plan_for`'s plan and its fields as
         ``StepEntry.run`` takes them (:meth:`_forward_bound`), both kept."""
-        plans = self.__dict__.get("_plans")
+        plans: dict | None = self.__dict__.get("_plans")  # {(B, T): [plan or None, {count: plan}]}
         if plans is None:
             plans = self._plans = {}
         got = plans.get((B, T))
