@@ -112,18 +112,22 @@ def extensions():
             # the C core (c/**: headers and templates) and the module's .pxd: a change
             # to one alone must rebuild it too
             depends=sorted(h for h in glob.glob("src/rnnfast/c/**/*.h", recursive=True) if "rowops" not in h)
-            + ["src/rnnfast/_kernels.pxd"],
+            + ["src/rnnfast/_kernels.pxd", "src/rnnfast/_ndarray.pxd"],
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         ),
         # the streams' bookkeeping (rnnfast/stream.py): claims, state rows, chunk stacking
-        Extension("rnnfast._stream", ["src/rnnfast/_stream.pyx"], depends=["src/rnnfast/c/ndarray.h"]),
+        Extension(
+            "rnnfast._stream",
+            ["src/rnnfast/_stream.pyx"],
+            depends=["src/rnnfast/c/ndarray.h", "src/rnnfast/c/layout.h", "src/rnnfast/_ndarray.pxd"],
+        ),
         # the small ops of ONNX graphs on rows (rnnfast/model_onnx.py): softmax, few-row products
         Extension(
             "rnnfast._rowops",
             ["src/rnnfast/_rowops.pyx"],
             include_dirs=["src/rnnfast"],
             depends=sorted(glob.glob("src/rnnfast/c/rowops*.h"))
-            + ["src/rnnfast/c/mathfun.h", "src/rnnfast/c/ndarray.h"],
+            + ["src/rnnfast/c/mathfun.h", "src/rnnfast/c/ndarray.h", "src/rnnfast/_ndarray.pxd"],
         ),
     ]
     return cythonize(

@@ -316,14 +316,7 @@ cdef extern from "c/engine.h" nogil:
 
     int rnn_run_products(const rnn_products *pr, int nth)
 
-# NumPy's array object as its macros read it (c/ndarray.h): packed_rows' arrays of the
-# common form read through their fields, not typed memoryviews
+# NumPy's array object as its macros read it (c/ndarray.h; _ndarray.pxd): packed_rows'
+# arrays of the common form read through their fields, not typed memoryviews
 from cpython.object cimport PyObject, PyTypeObject
-
-cdef extern from "c/ndarray.h":
-    ctypedef struct rnnfast_ndarray:
-        char *data
-        Py_ssize_t *dimensions
-        PyObject *descr
-    int RNNFAST_C_CONTIGUOUS, RNNFAST_WRITEABLE
-    const rnnfast_ndarray *rnnfast_array(PyObject *a, PyTypeObject *ndarray, PyObject *descr, int nd, int flags)
+from rnnfast._ndarray cimport rnnfast_ndarray, rnnfast_rows_operands, rnnfast_rows_operands_of

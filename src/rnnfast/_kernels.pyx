@@ -856,33 +856,23 @@ def packed_rows(A,                                 # IN  (M, K)
     read through their fields (c/ndarray.h; a typed memoryview each cost more than a
     small product), anything else through typed memoryviews, the same call."""
     cdef PyObject *dt = NULL
-    cdef const rnnfast_ndarray *a
-    cdef const rnnfast_ndarray *b
-    cdef const rnnfast_ndarray *bi
-    cdef const rnnfast_ndarray *c
-    cdef long M, K, N
+    cdef rnnfast_rows_operands o
     cdef rnn_products pr
     if type(A) is _nd:
         dt = (<const rnnfast_ndarray *> <PyObject *> A).descr
-    if (dt == _F32 or dt == _F64) and (-1 <= act < RNN_ACT_COUNT or act == RNN_ROW_SOFTMAX):
-        a = rnnfast_array(<PyObject *> A, _ndarray, dt, 2, RNNFAST_C_CONTIGUOUS)
-        b = rnnfast_array(<PyObject *> Bp, _ndarray, dt, 1, RNNFAST_C_CONTIGUOUS)
-        bi = rnnfast_array(<PyObject *> bias, _ndarray, dt, 1, RNNFAST_C_CONTIGUOUS)
-        c = rnnfast_array(<PyObject *> C, _ndarray, dt, 2, RNNFAST_C_CONTIGUOUS | RNNFAST_WRITEABLE)
-        if a != NULL and b != NULL and bi != NULL and c != NULL:
-            M, K, N = a.dimensions[0], a.dimensions[1], c.dimensions[1]
-            if (c.dimensions[0] == M and b.dimensions[0] == rnn_packed_size(K, N)
-                    and (bi.dimensions[0] == 0 or bi.dimensions[0] == N) and K > 0 and M > 0 and N > 0):
-                memset(&pr, 0, sizeof(pr))
-                pr.dtype = RNN_FLOAT32 if dt == _F32 else RNN_FLOAT64
-                pr.G1, pr.G2, pr.M, pr.N, pr.K = 1, 1, M, N, K
-                pr.A, pr.lda = a.data, K
-                pr.Bp = b.data
-                pr.bias = bi.data if bi.dimensions[0] > 0 else NULL
-                pr.act = act
-                pr.C, pr.ldc = c.data, N
-                _run_products(&pr, num_threads)
-                return
+    if ((dt == _F32 or dt == _F64) and (-1 <= act < RNN_ACT_COUNT or act == RNN_ROW_SOFTMAX)
+            and rnnfast_rows_operands_of(<PyObject *> A, <PyObject *> Bp, <PyObject *> bias, <PyObject *> C,
+                                         _ndarray, dt, &o)):
+        memset(&pr, 0, sizeof(pr))
+        pr.dtype = RNN_FLOAT32 if dt == _F32 else RNN_FLOAT64
+        pr.G1, pr.G2, pr.M, pr.N, pr.K = 1, 1, o.M, o.N, o.K
+        pr.A, pr.lda = o.A, o.K
+        pr.Bp = o.Bp
+        pr.bias = o.bias
+        pr.act = act
+        pr.C, pr.ldc = o.C, o.N
+        _run_products(&pr, num_threads)
+        return
     _packed_rows_views(A, Bp, bias, C, act, num_threads)  # (and its errors)
 
 

@@ -19,14 +19,8 @@ import numpy as np
 from . import _kernels
 
 
-cdef extern from "c/ndarray.h":
-    ctypedef struct rnnfast_ndarray:
-        char *data
-        Py_ssize_t *dimensions
-        Py_ssize_t *strides
-        PyObject *descr
-    int RNNFAST_C_CONTIGUOUS, RNNFAST_WRITEABLE
-    const rnnfast_ndarray *rnnfast_array(PyObject *a, PyTypeObject *ndarray, PyObject *descr, int nd, int flags)
+from rnnfast._ndarray cimport (RNNFAST_C_CONTIGUOUS, RNNFAST_WRITEABLE, rnnfast_array, rnnfast_ndarray,
+                               rnnfast_rows_operands, rnnfast_rows_operands_of)
 
 
 cdef extern from "c/rowops.h" nogil:
@@ -254,32 +248,22 @@ def packed_rows(A,                                 # IN  (M, K)
     columns computed by the thread that wrote them (a decoder's vocabulary head). GIL
     released. The arrays float32 or float64, one dtype, C-contiguous."""
     cdef PyObject *dt = _float_descr(A)
-    cdef const rnnfast_ndarray *a
-    cdef const rnnfast_ndarray *b
-    cdef const rnnfast_ndarray *bi
-    cdef const rnnfast_ndarray *c
-    cdef long M, K, N
+    cdef rnnfast_rows_operands o
     cdef rnn_packed_args pa
-    if dt != NULL and 0 <= softmax <= 2:  # ndarrays of the common form: their fields
-        a = rnnfast_array(<PyObject *> A, _ndarray, dt, 2, RNNFAST_C_CONTIGUOUS)
-        b = rnnfast_array(<PyObject *> Bp, _ndarray, dt, 1, RNNFAST_C_CONTIGUOUS)
-        bi = rnnfast_array(<PyObject *> bias, _ndarray, dt, 1, RNNFAST_C_CONTIGUOUS)
-        c = rnnfast_array(<PyObject *> C, _ndarray, dt, 2, RNNFAST_C_CONTIGUOUS | RNNFAST_WRITEABLE)
-        if a != NULL and b != NULL and bi != NULL and c != NULL:
-            M, K, N = a.dimensions[0], a.dimensions[1], c.dimensions[1]
-            if (c.dimensions[0] == M and b.dimensions[0] == rnn_packed_size(K, N)
-                    and (bi.dimensions[0] == 0 or bi.dimensions[0] == N) and K > 0 and M > 0 and N > 0):
-                pa.M, pa.N, pa.K = M, N, K
-                pa.A, pa.lda, pa.Bp = a.data, K, b.data
-                pa.bias = bi.data if bi.dimensions[0] > 0 else NULL
-                pa.C, pa.ldc = c.data, N
-                pa.softmax = softmax
-                with nogil:
-                    if dt == _F32:
-                        _table.packed_few_f(&pa, num_threads)
-                    else:
-                        _table.packed_few_d(&pa, num_threads)
-                return
+    if (dt != NULL and 0 <= softmax <= 2  # ndarrays of the common form: their fields
+            and rnnfast_rows_operands_of(<PyObject *> A, <PyObject *> Bp, <PyObject *> bias, <PyObject *> C,
+                                         _ndarray, dt, &o)):
+        pa.M, pa.N, pa.K = o.M, o.N, o.K
+        pa.A, pa.lda, pa.Bp = o.A, o.K, o.Bp
+        pa.bias = o.bias
+        pa.C, pa.ldc = o.C, o.N
+        pa.softmax = softmax
+        with nogil:
+            if dt == _F32:
+                _table.packed_few_f(&pa, num_threads)
+            else:
+                _table.packed_few_d(&pa, num_threads)
+        return
     _packed_rows_views(A, Bp, bias, C, num_threads, softmax)  # (and its errors)
 
 

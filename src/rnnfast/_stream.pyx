@@ -15,14 +15,7 @@ from libc.string cimport memcpy
 
 import numpy as np
 
-cdef extern from "c/ndarray.h":
-    ctypedef struct rnnfast_ndarray:
-        char *data
-        int nd
-        Py_ssize_t *dimensions
-        PyObject *descr
-        int flags
-    int RNNFAST_C_CONTIGUOUS
+from rnnfast._ndarray cimport RNNFAST_C_CONTIGUOUS, rnnfast_ndarray
 
 cdef extern from *:
     """

@@ -14,6 +14,8 @@
 
 #include <Python.h>
 
+#include "layout.h"
+
 typedef struct {
     PyObject_HEAD
     char *data;
@@ -41,6 +43,39 @@ static inline const rnnfast_ndarray *rnnfast_array(PyObject *a, PyTypeObject *nd
     if (Py_TYPE(a) != ndarray || p->descr != descr || p->nd != nd || (p->flags & flags) != flags)
         return NULL;
     return p;
+}
+
+/* The operands of a few-row product C (M x N) = bias + A (M x K) @ B (packed, layout.h),
+ * as _kernels.packed_rows and _rowops.packed_rows take them. */
+typedef struct {
+    long M, N, K;
+    const char *A, *Bp, *bias;  /* bias NULL: none */
+    char *C;
+} rnnfast_rows_operands;
+
+/* *o = the operands when A, Bp, bias and C are exact ndarrays of `descr` (rnnfast_array),
+ * C-contiguous, C writeable, A (M, K) and C (M, N) with M, N, K > 0, Bp of
+ * rnn_packed_size(K, N) values and bias of N or 0: returns 1; else 0 (the caller takes
+ * its general path, which raises its errors). */
+static inline int rnnfast_rows_operands_of(PyObject *A, PyObject *Bp, PyObject *bias, PyObject *C,
+                                           PyTypeObject *ndarray, PyObject *descr,
+                                           rnnfast_rows_operands *o)
+{
+    const rnnfast_ndarray *a = rnnfast_array(A, ndarray, descr, 2, RNNFAST_C_CONTIGUOUS);
+    const rnnfast_ndarray *b = rnnfast_array(Bp, ndarray, descr, 1, RNNFAST_C_CONTIGUOUS);
+    const rnnfast_ndarray *bi = rnnfast_array(bias, ndarray, descr, 1, RNNFAST_C_CONTIGUOUS);
+    const rnnfast_ndarray *c = rnnfast_array(C, ndarray, descr, 2, RNNFAST_C_CONTIGUOUS | RNNFAST_WRITEABLE);
+    long M, K, N;
+    if (a == NULL || b == NULL || bi == NULL || c == NULL)
+        return 0;
+    M = (long)a->dimensions[0], K = (long)a->dimensions[1], N = (long)c->dimensions[1];
+    if ((long)c->dimensions[0] != M || (long)b->dimensions[0] != rnn_packed_size(K, N)
+        || (bi->dimensions[0] != 0 && (long)bi->dimensions[0] != N) || K <= 0 || M <= 0 || N <= 0)
+        return 0;
+    o->M = M, o->N = N, o->K = K;
+    o->A = a->data, o->Bp = b->data, o->bias = bi->dimensions[0] > 0 ? bi->data : NULL;
+    o->C = c->data;
+    return 1;
 }
 
 #endif /* RNNFAST_NDARRAY_H */
