@@ -84,7 +84,11 @@ static int rnn_barrier_max_us = 0;
  * the partner is microseconds away and its weights are in its own cache; a partner
  * the OS has descheduled is milliseconds away. A thread that has had to take tasks
  * over stops waiting for the partner (it takes over at once) until a phase shows the
- * partner running again. */
+ * partner running again. Read by the engine only (engine.template.h): `unused` keeps
+ * the files that include this one for the rows' team (rowops.h) free of a warning. */
+#if defined(__GNUC__)
+__attribute__((unused))
+#endif
 static int rnn_steal_spins = 0;
 
 /* Test hook (_kernels.debug_delay): thread rnn_delay_tid sleeps rnn_delay_us
