@@ -5,6 +5,10 @@ and the same as the float64 reference."""
 
 import contextlib
 import dataclasses
+import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -249,3 +253,22 @@ def test_keras_post_padding_masks_take_the_skip_path(rng, monkeypatch):
         want = ours.predict(x)
     _same(got, want, "keras post-padding")
     assert_like_keras(got, model.predict(x, verbose=0))
+
+
+def test_bench_padding_profile_gives_a_bound_below_the_ideal(tmp_path):
+    """bench/padding.py --profile: per case, the padded and skip runs' parts measured
+    (positive, within the call: one thread), and the speed-up's bound between 1 and the
+    ideal (no timed comparison: only what holds for any timings)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.path.join(root, "src"))
+    args = ["--cells", "gru,lstm", "--units", "32", "--steps", "40", "--dirs", "1", "--rounds", "3", "--profile"]
+    subprocess.run([sys.executable, os.path.join(root, "bench", "padding.py"), *args, "--out", str(tmp_path)],
+                   env=env, capture_output=True, text=True, timeout=300, check=True)  # fmt: skip
+    rows = json.loads((tmp_path / "padding.json").read_text())["rows"]
+    assert [(r["cell"], r["units"], r["steps"]) for r in rows] == [("gru", 32, 40), ("lstm", 32, 40)]
+    for r in rows:
+        p = r["profile"]
+        for run in ("padded", "skip"):
+            parts = [p[run][k] for k in ("projection", "product", "gates")]
+            assert all(v > 0 for v in parts) and sum(parts) <= p[run]["call"], (run, p)
+        assert 1 < p["bound"] < r["ideal"], p
