@@ -68,24 +68,25 @@ RNN_INLINE TYPE RNN_INAME(exp_neg)(TYPE d)
 #undef RNN_ROWS_VEXP /* (this template is included once per instruction set) */
 #if RNN_ROWS_VECTOR && (defined(RNN_ROWS_SHUFFLE) || defined(RNN_ROWS_YMM))
 #define RNN_ROWS_VEXP 1
-/* exp_neg of RNN_ROW_LANES floats at once (d[0 .. RNN_ROWS_RV - 1], in place), on GCC's
+/* exp_neg of NE vectors of floats at once (d[0 .. NE - 1], in place; NE RNN_ROWS_RV or
+ * twice that: RNN_ROW_LANES or twice as many floats), on GCC's
  * vectors (the loop over an array of lanes went through memory at every element: 4.9 us
  * against 3.2 for the block phase of 8000 columns on AVX-512): mathfun.h's Cephes
  * polynomial (a few ulp), its range reduction rounding by the addition of 1.5 * 2^23 (no
  * floor, no clamp at 88: d <= 0), a lane below -87 masked to 0 at the end (so no clamp
  * before: whatever the lane computed, its bits are dropped). Each lane's value depends
- * on its own d alone. The vectors go a step at a time, their chains interleaved (AVX2:
- * two 256-bit vectors; one after the other the latency of the chain bound the loop).
- * 64 rows of 8000 on a Zen 1 (AVX2): 1.15 ms (the array loop) -> 1.01 ms. */
-RNN_INLINE void RNN_INAME(vexp_neg)(RNN_INAME(rvec) *d)
+ * on its own d alone. The vectors go a step at a time, their chains interleaved (one
+ * after the other the latency of the chain bound the loop). 64 rows of 8000 on a Zen 1
+ * (AVX2, 1 thread, chrt): the array loop 1.15 ms, two 256-bit vectors interleaved 1.01,
+ * four 0.95. */
+RNN_INLINE void RNN_INAME(vexp_neg)(RNN_INAME(rvec) *d, const int NE)
 {
     typedef RNN_INAME(rvec) V;
     typedef RNN_INAME(rmask) I;
-    enum { NE = RNN_ROW_LANES * sizeof(TYPE) / sizeof(V) };
-    V zero = {0}, v[NE], t[NE], fx[NE], z[NE], y[NE];
-    I small[NE], bits[NE];
+    V v[2 * RNN_ROWS_RV], t[2 * RNN_ROWS_RV], fx[2 * RNN_ROWS_RV], z[2 * RNN_ROWS_RV], y[2 * RNN_ROWS_RV];
+    I small[2 * RNN_ROWS_RV], bits[2 * RNN_ROWS_RV];
     int h;
-#define RNN_EACH _Pragma("GCC unroll 2") for (h = 0; h < NE; h++)
+#define RNN_EACH _Pragma("GCC unroll 4") for (h = 0; h < NE; h++)
     RNN_EACH small[h] = d[h] < (TYPE)-87;                     /* (false for NaN: it passes) */
     RNN_EACH v[h] = d[h];
     RNN_EACH t[h] = v[h] * 1.44269504088896341f + 12582912.0f;
@@ -105,8 +106,10 @@ RNN_INLINE void RNN_INAME(vexp_neg)(RNN_INAME(rvec) *d)
 }
 
 /* softmax_block's phases on vectors (float): the same partition of the sum into
- * RNN_ROW_LANES lanes (on AVX2 in two vectors, lanes 0-7 and 8-15), the tail (n % lanes)
- * read as a vector padded with -inf (exp 0: the sums unchanged). */
+ * RNN_ROW_LANES lanes (on AVX2 in two vectors, lanes 0-7 and 8-15), each lane's sum in
+ * order of j (the exps of two groups of lanes computed together, added one after the
+ * other), the tail (n % lanes) read as a vector padded with -inf (exp 0: the sums
+ * unchanged). */
 static void RNN_INAME(vsoftmax_block)(const TYPE *x, TYPE *y, long n, int take_log, TYPE *mb, TYPE *sb)
 {
     typedef RNN_INAME(rvec) V;
@@ -136,34 +139,52 @@ static void RNN_INAME(vsoftmax_block)(const TYPE *x, TYPE *y, long n, int take_l
     _Pragma("GCC unroll 2") for (h = 0; h < NE; h++)
         acc[h] = zero;
     if (take_log)
-        for (j = 0; j < nb; j += RNN_ROW_LANES)
-        {
-            V e[NE];
-            memcpy(e, x + j, sizeof e);
-            _Pragma("GCC unroll 2") for (h = 0; h < NE; h++)
-                e[h] -= m;
-            RNN_INAME(vexp_neg)(e);
-            _Pragma("GCC unroll 2") for (h = 0; h < NE; h++)
-                acc[h] += e[h];
+        for (j = 0; j < nb; j += 2 * RNN_ROW_LANES) {
+            V e[2 * NE];
+            int ne = j + 2 * RNN_ROW_LANES <= nb ? 2 * NE : NE;
+            if (ne == 2 * NE) {
+                memcpy(e, x + j, sizeof e);
+                _Pragma("GCC unroll 4") for (h = 0; h < 2 * NE; h++)
+                    e[h] -= m;
+                RNN_INAME(vexp_neg)(e, 2 * NE);
+                _Pragma("GCC unroll 2") for (h = 0; h < NE; h++)
+                    acc[h] = (acc[h] + e[h]) + e[NE + h];
+            } else {
+                memcpy(e, x + j, NE * sizeof(V));
+                _Pragma("GCC unroll 2") for (h = 0; h < NE; h++)
+                    e[h] -= m;
+                RNN_INAME(vexp_neg)(e, NE);
+                _Pragma("GCC unroll 2") for (h = 0; h < NE; h++)
+                    acc[h] += e[h];
+            }
         }
     else
-        for (j = 0; j < nb; j += RNN_ROW_LANES)
-        {
-            V e[NE];
-            memcpy(e, x + j, sizeof e);
-            _Pragma("GCC unroll 2") for (h = 0; h < NE; h++)
-                e[h] -= m;
-            RNN_INAME(vexp_neg)(e);
-            _Pragma("GCC unroll 2") for (h = 0; h < NE; h++)
-                acc[h] += e[h];
-            memcpy(y + j, e, sizeof e);
+        for (j = 0; j < nb; j += 2 * RNN_ROW_LANES) {
+            V e[2 * NE];
+            if (j + 2 * RNN_ROW_LANES <= nb) {
+                memcpy(e, x + j, sizeof e);
+                _Pragma("GCC unroll 4") for (h = 0; h < 2 * NE; h++)
+                    e[h] -= m;
+                RNN_INAME(vexp_neg)(e, 2 * NE);
+                _Pragma("GCC unroll 2") for (h = 0; h < NE; h++)
+                    acc[h] = (acc[h] + e[h]) + e[NE + h];
+                memcpy(y + j, e, sizeof e);
+            } else {
+                memcpy(e, x + j, NE * sizeof(V));
+                _Pragma("GCC unroll 2") for (h = 0; h < NE; h++)
+                    e[h] -= m;
+                RNN_INAME(vexp_neg)(e, NE);
+                _Pragma("GCC unroll 2") for (h = 0; h < NE; h++)
+                    acc[h] += e[h];
+                memcpy(y + j, e, NE * sizeof(V));
+            }
         }
     {
         V e[NE];
         memcpy(e, pad, sizeof e);
         _Pragma("GCC unroll 2") for (h = 0; h < NE; h++)
             e[h] -= m;
-        RNN_INAME(vexp_neg)(e);
+        RNN_INAME(vexp_neg)(e, NE);
         _Pragma("GCC unroll 2") for (h = 0; h < NE; h++)
             acc[h] += e[h];
         memcpy(lane, e, sizeof e);
