@@ -319,6 +319,29 @@ def test_row_softmax_blocks_far_apart_of_minus_inf_and_nan(dtype, log):
         assert (got[1, 512:1024] == -np.inf).all()
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("log", [False, True])
+@pytest.mark.parametrize("n", [37, 520])
+def test_row_softmax_of_differences_far_under_exps_range(dtype, log, n):
+    """Differences from the max far under exp's range, to the most negative finite value
+    (the vectorised exp masks such lanes to 0 after computing them, without a clamp
+    before): their exps exactly 0, the rest against float64, in every lane of the
+    vectors and in a row's tail."""
+    lo = np.finfo(dtype).min
+    x = np.tile(np.linspace(-5, 5, n).astype(dtype), (4, 1))
+    x[0, ::3] = lo
+    x[1, 1::2] = -1e30
+    x[2, : n // 2] = x[2, : n // 2] - 86.5  # (around the float cut at -87)
+    x[3, 5::7] = lo / 2
+    with np.errstate(all="ignore"):
+        want = _softmax64(x, log)
+    got = _special.row_softmax(x, log)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(got, want, **tol)
+    if not log:
+        assert (got[0, ::3] == 0).all() and (got[1, 1::2] == 0).all() and (got[3, 5::7] == 0).all()
+
+
 def test_row_softmax_of_nan_and_inf_rows_as_numpy():
     """A NaN, or an infinity that makes the max infinite, makes the whole row NaN; a
     row of -inf is NaN too (NumPy's x - max); -inf among finite values gives 0."""

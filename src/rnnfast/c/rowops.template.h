@@ -28,6 +28,20 @@ typedef RNN_ROWS_INDEX RNN_INAME(mask) __attribute__((vector_size(RNN_ROW_LANES 
 #define RNN_YMM_VECS (RNN_PANEL_COLS / (32 / (int)sizeof(TYPE)))
 typedef TYPE RNN_INAME(ymm) __attribute__((vector_size(32)));
 #endif
+/* The vectors the loops over lanes hold in registers (rvec; RNN_ROWS_RV of them make
+ * RNN_ROW_LANES): AVX2, 256 bits (GCC splits a wider vector through memory there: a
+ * row's sums in rows_product went to the stack and back at every k, the attention of a
+ * B = 64 decoder step 860 us on a Zen 1); else the lanes themselves. Element-wise IEEE
+ * operations: the same values whatever the width. */
+#if defined(RNN_ROWS_YMM)
+typedef RNN_INAME(ymm) RNN_INAME(rvec);
+typedef RNN_ROWS_INDEX RNN_INAME(rmask) __attribute__((vector_size(32)));
+#else
+typedef RNN_INAME(lanes) RNN_INAME(rvec);
+typedef RNN_INAME(mask) RNN_INAME(rmask);
+#endif
+#undef RNN_ROWS_RV
+#define RNN_ROWS_RV ((int)(RNN_ROW_LANES * sizeof(TYPE) / sizeof(RNN_INAME(rvec))))
 #else
 #define RNN_ROWS_VECTOR 0
 #endif
@@ -52,79 +66,133 @@ RNN_INLINE TYPE RNN_INAME(exp_neg)(TYPE d)
 }
 
 #undef RNN_ROWS_VEXP /* (this template is included once per instruction set) */
-#if RNN_ROWS_VECTOR && defined(RNN_ROWS_SHUFFLE)
+#if RNN_ROWS_VECTOR && (defined(RNN_ROWS_SHUFFLE) || defined(RNN_ROWS_YMM))
 #define RNN_ROWS_VEXP 1
-/* exp_neg of RNN_ROW_LANES floats at once, on AVX-512 (one register), on GCC's vectors
- * (the loop over an array of lanes went through memory at every element: 4.9 us against
- * 3.2 for the block phase of 8000 columns): mathfun.h's Cephes polynomial (a few ulp)
- * on d clamped at -87, its range reduction rounding by the addition of 1.5 * 2^23 (no
- * floor, no clamp at 88: d <= 0). Narrower sets split the vector: they run the array
- * loop, faster there. */
-RNN_INLINE RNN_INAME(lanes) RNN_INAME(vexp_neg)(RNN_INAME(lanes) d)
+/* exp_neg of NE vectors of floats at once (d[0 .. NE - 1], in place; NE RNN_ROWS_RV or
+ * twice that: RNN_ROW_LANES or twice as many floats), on GCC's
+ * vectors (the loop over an array of lanes went through memory at every element: 4.9 us
+ * against 3.2 for the block phase of 8000 columns on AVX-512): mathfun.h's Cephes
+ * polynomial (a few ulp), its range reduction rounding by the addition of 1.5 * 2^23 (no
+ * floor, no clamp at 88: d <= 0), a lane below -87 masked to 0 at the end (so no clamp
+ * before: whatever the lane computed, its bits are dropped). Each lane's value depends
+ * on its own d alone. The vectors go a step at a time, their chains interleaved (one
+ * after the other the latency of the chain bound the loop). 64 rows of 8000 on a Zen 1
+ * (AVX2, 1 thread, chrt): the array loop 1.15 ms, two 256-bit vectors interleaved 1.01,
+ * four 0.95. */
+RNN_INLINE void RNN_INAME(vexp_neg)(RNN_INAME(rvec) *d, const int NE)
 {
-    typedef RNN_INAME(lanes) V;
-    typedef RNN_INAME(mask) I;
-    V zero = {0}, v, t, fx, z, y;
-    I small = d < (TYPE)-87, bits;                          /* (false for NaN: it passes) */
-    v = (V)(((I)d & ~small) | ((I)(zero - 87.0f) & small));
-    t = v * 1.44269504088896341f + 12582912.0f;
-    fx = t - 12582912.0f;
-    v = v - fx * 0.693359375f;
-    v = v - fx * -2.12194440e-4f;
-    z = v * v;
-    y = ((((1.9875691500E-4f * v + 1.3981999507E-3f) * v + 8.3334519073E-3f) * v + 4.1665795894E-2f) * v
-         + 1.6666665459E-1f) * v + 5.0000001201E-1f;
-    y = y * z + v + 1.0f;
-    bits = ((I)t - 0x4B400000 + 127) << 23;
-    return (V)((I)(y * (V)bits) & ~small);
+    typedef RNN_INAME(rvec) V;
+    typedef RNN_INAME(rmask) I;
+    V v[2 * RNN_ROWS_RV], t[2 * RNN_ROWS_RV], fx[2 * RNN_ROWS_RV], z[2 * RNN_ROWS_RV], y[2 * RNN_ROWS_RV];
+    I small[2 * RNN_ROWS_RV], bits[2 * RNN_ROWS_RV];
+    int h;
+#define RNN_EACH _Pragma("GCC unroll 4") for (h = 0; h < NE; h++)
+    RNN_EACH small[h] = d[h] < (TYPE)-87;                     /* (false for NaN: it passes) */
+    RNN_EACH v[h] = d[h];
+    RNN_EACH t[h] = v[h] * 1.44269504088896341f + 12582912.0f;
+    RNN_EACH fx[h] = t[h] - 12582912.0f;
+    RNN_EACH v[h] = v[h] - fx[h] * 0.693359375f;
+    RNN_EACH v[h] = v[h] - fx[h] * -2.12194440e-4f;
+    RNN_EACH z[h] = v[h] * v[h];
+    RNN_EACH y[h] = 1.9875691500E-4f * v[h] + 1.3981999507E-3f;
+    RNN_EACH y[h] = y[h] * v[h] + 8.3334519073E-3f;
+    RNN_EACH y[h] = y[h] * v[h] + 4.1665795894E-2f;
+    RNN_EACH y[h] = y[h] * v[h] + 1.6666665459E-1f;
+    RNN_EACH y[h] = y[h] * v[h] + 5.0000001201E-1f;
+    RNN_EACH y[h] = y[h] * z[h] + v[h] + 1.0f;
+    RNN_EACH bits[h] = ((I)t[h] - 0x4B400000 + 127) << 23;
+    RNN_EACH d[h] = (V)((I)(y[h] * (V)bits[h]) & ~small[h]);
+#undef RNN_EACH
 }
 
-/* softmax_block's phases on vectors (float): the same partition of the sum into lanes,
- * the tail (n % lanes) read as a vector padded with -inf (exp 0: the sums unchanged). */
+/* softmax_block's phases on vectors (float): the same partition of the sum into
+ * RNN_ROW_LANES lanes (on AVX2 in two vectors, lanes 0-7 and 8-15), each lane's sum in
+ * order of j (the exps of two groups of lanes computed together, added one after the
+ * other), the tail (n % lanes) read as a vector padded with -inf (exp 0: the sums
+ * unchanged). */
 static void RNN_INAME(vsoftmax_block)(const TYPE *x, TYPE *y, long n, int take_log, TYPE *mb, TYPE *sb)
 {
-    typedef RNN_INAME(lanes) V;
-    typedef RNN_INAME(mask) I;
+    typedef RNN_INAME(rvec) V;
+    typedef RNN_INAME(rmask) I;
+    enum { EL = sizeof(V) / sizeof(TYPE), NE = RNN_ROW_LANES / EL };
     TYPE lane[RNN_ROW_LANES], pad[RNN_ROW_LANES], m;
-    long j, l, w, nb = n / RNN_ROW_LANES * RNN_ROW_LANES, nt = n - nb;
-    V v, mx, acc = {0};
+    long j, l, w, h, nb = n / RNN_ROW_LANES * RNN_ROW_LANES, nt = n - nb;
+    V v, mx[NE], acc[NE], zero = {0};
     I gt;
     for (l = 0; l < RNN_ROW_LANES; l++)
         pad[l] = l < nt ? x[nb + l] : -(TYPE)INFINITY;
     /* (1) m = max x (a comparison with NaN is false: skipped) */
-    memcpy(&mx, pad, sizeof mx);
-    for (j = 0; j < nb; j += RNN_ROW_LANES) {
-        memcpy(&v, x + j, sizeof v);
-        gt = v > mx;
-        mx = (V)(((I)v & gt) | ((I)mx & ~gt));
-    }
-    memcpy(lane, &mx, sizeof lane);
+    memcpy(mx, pad, sizeof mx);
+    for (j = 0; j < nb; j += RNN_ROW_LANES)
+        _Pragma("GCC unroll 2") for (h = 0; h < NE; h++) {
+            memcpy(&v, x + j + h * EL, sizeof v);
+            gt = v > mx[h];
+            mx[h] = (V)(((I)v & gt) | ((I)mx[h] & ~gt));
+        }
+    memcpy(lane, mx, sizeof lane);
     m = -(TYPE)INFINITY;
     for (l = 0; l < RNN_ROW_LANES; l++)
         m = lane[l] > m ? lane[l] : m;
     *mb = m;
     m = m == -(TYPE)INFINITY ? (TYPE)0 : m;
     /* (2) e = exp(x - m), s = sum e (e into y for the softmax) */
+    _Pragma("GCC unroll 2") for (h = 0; h < NE; h++)
+        acc[h] = zero;
     if (take_log)
-        for (j = 0; j < nb; j += RNN_ROW_LANES) {
-            memcpy(&v, x + j, sizeof v);
-            acc += RNN_INAME(vexp_neg)(v - m);
+        for (j = 0; j < nb; j += 2 * RNN_ROW_LANES) {
+            V e[2 * NE];
+            int ne = j + 2 * RNN_ROW_LANES <= nb ? 2 * NE : NE;
+            if (ne == 2 * NE) {
+                memcpy(e, x + j, sizeof e);
+                _Pragma("GCC unroll 4") for (h = 0; h < 2 * NE; h++)
+                    e[h] -= m;
+                RNN_INAME(vexp_neg)(e, 2 * NE);
+                _Pragma("GCC unroll 2") for (h = 0; h < NE; h++)
+                    acc[h] = (acc[h] + e[h]) + e[NE + h];
+            } else {
+                memcpy(e, x + j, NE * sizeof(V));
+                _Pragma("GCC unroll 2") for (h = 0; h < NE; h++)
+                    e[h] -= m;
+                RNN_INAME(vexp_neg)(e, NE);
+                _Pragma("GCC unroll 2") for (h = 0; h < NE; h++)
+                    acc[h] += e[h];
+            }
         }
     else
-        for (j = 0; j < nb; j += RNN_ROW_LANES) {
-            memcpy(&v, x + j, sizeof v);
-            v = RNN_INAME(vexp_neg)(v - m);
-            acc += v;
-            memcpy(y + j, &v, sizeof v);
+        for (j = 0; j < nb; j += 2 * RNN_ROW_LANES) {
+            V e[2 * NE];
+            if (j + 2 * RNN_ROW_LANES <= nb) {
+                memcpy(e, x + j, sizeof e);
+                _Pragma("GCC unroll 4") for (h = 0; h < 2 * NE; h++)
+                    e[h] -= m;
+                RNN_INAME(vexp_neg)(e, 2 * NE);
+                _Pragma("GCC unroll 2") for (h = 0; h < NE; h++)
+                    acc[h] = (acc[h] + e[h]) + e[NE + h];
+                memcpy(y + j, e, sizeof e);
+            } else {
+                memcpy(e, x + j, NE * sizeof(V));
+                _Pragma("GCC unroll 2") for (h = 0; h < NE; h++)
+                    e[h] -= m;
+                RNN_INAME(vexp_neg)(e, NE);
+                _Pragma("GCC unroll 2") for (h = 0; h < NE; h++)
+                    acc[h] += e[h];
+                memcpy(y + j, e, NE * sizeof(V));
+            }
         }
-    memcpy(&v, pad, sizeof v);
-    v = RNN_INAME(vexp_neg)(v - m);
-    acc += v;
-    memcpy(lane, &v, sizeof lane);
+    {
+        V e[NE];
+        memcpy(e, pad, sizeof e);
+        _Pragma("GCC unroll 2") for (h = 0; h < NE; h++)
+            e[h] -= m;
+        RNN_INAME(vexp_neg)(e, NE);
+        _Pragma("GCC unroll 2") for (h = 0; h < NE; h++)
+            acc[h] += e[h];
+        memcpy(lane, e, sizeof e);
+    }
     if (!take_log)
         for (l = 0; l < nt; l++)
             y[nb + l] = lane[l];
-    memcpy(lane, &acc, sizeof lane);
+    memcpy(lane, acc, sizeof lane);
     for (w = RNN_ROW_LANES / 2; w >= 1; w /= 2)
         for (l = 0; l < w; l++)
             lane[l] += lane[l + w];
@@ -327,23 +395,23 @@ RNN_INLINE TYPE RNN_INAME(madd)(TYPE a, TYPE b, TYPE c)
 static long RNN_INAME(rows_product_wide)(long M, long N, long K, const TYPE *A, long lda, const TYPE *B, long ldb,
                                          const TYPE *bias, TYPE *C, long ldc)
 {
-    typedef RNN_INAME(lanes) V;
-    enum { NW = RNN_ROWS_WIDE, W = NW * RNN_ROW_LANES };
+    typedef RNN_INAME(rvec) V;
+    enum { NW = RNN_ROWS_WIDE * RNN_ROWS_RV, EL = sizeof(V) / sizeof(TYPE), W = NW * EL };
     long i, k, j0, w;
     for (j0 = 0; j0 + W <= N; j0 += W)
         for (i = 0; i < M; i++) {
             const TYPE *a = A + i * lda, *b = B + j0;
             V acc[NW], zero = {0};
-            _Pragma("GCC unroll 8") for (w = 0; w < NW; w++) {
+            _Pragma("GCC unroll 16") for (w = 0; w < NW; w++) {
                 acc[w] = zero;
                 if (bias)
-                    memcpy(&acc[w], bias + j0 + w * RNN_ROW_LANES, sizeof(V));
+                    memcpy(&acc[w], bias + j0 + w * EL, sizeof(V));
             }
             for (k = 0; k < K; k++, b += ldb) {
                 TYPE av = a[k];
-                _Pragma("GCC unroll 8") for (w = 0; w < NW; w++) {
+                _Pragma("GCC unroll 16") for (w = 0; w < NW; w++) {
                     V vb;
-                    memcpy(&vb, b + w * RNN_ROW_LANES, sizeof vb);
+                    memcpy(&vb, b + w * EL, sizeof vb);
                     acc[w] = acc[w] + av * vb;          /* (contracted to an FMA where the ISA has one) */
                 }
             }
@@ -365,7 +433,8 @@ static void RNN_INAME(rows_product)(long M, long N, long K, const TYPE *A, long 
     long i, k, j, j0 = 0, k0, nk, nc;
     TYPE acc[RNN_ROW_LANES];
 #if RNN_ROWS_VECTOR
-    RNN_INAME(lanes) va;                        /* acc in a register across k */
+    RNN_INAME(rvec) va[RNN_ROWS_RV];            /* acc in registers across k */
+    int h;
 #endif
     TYPE panel[RNN_ROWS_KBLOCK * RNN_ROW_LANES];     /* a block of B's columns, gathered */
 #if RNN_ROWS_VECTOR
@@ -409,13 +478,14 @@ static void RNN_INAME(rows_product)(long M, long N, long K, const TYPE *A, long 
                 for (j = 0; j < RNN_ROW_LANES; j++)     /* the sums so far (exact in C) */
                     acc[j] = j >= nc ? (TYPE)0 : k0 > 0 ? c[j] : bias ? bias[j0 + j] : (TYPE)0;
 #if RNN_ROWS_VECTOR
-                memcpy(&va, acc, sizeof va);
+                memcpy(va, acc, sizeof va);
                 for (k = 0; k < nk; k++) {
-                    RNN_INAME(lanes) vb;
-                    memcpy(&vb, direct ? B + (k0 + k) * ldb + j0 : panel + k * RNN_ROW_LANES, sizeof vb);
-                    va = va + a[k] * vb;                /* (contracted to an FMA where the ISA has one) */
+                    RNN_INAME(rvec) vb[RNN_ROWS_RV];
+                    memcpy(vb, direct ? B + (k0 + k) * ldb + j0 : panel + k * RNN_ROW_LANES, sizeof vb);
+                    _Pragma("GCC unroll 2") for (h = 0; h < RNN_ROWS_RV; h++)
+                        va[h] = va[h] + a[k] * vb[h];   /* (contracted to an FMA where the ISA has one) */
                 }
-                memcpy(acc, &va, sizeof va);
+                memcpy(acc, va, sizeof va);
 #else
                 for (k = 0; k < nk; k++) {
                     TYPE av = a[k];
