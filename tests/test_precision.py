@@ -78,6 +78,35 @@ def test_product_matches_float64_of_the_quantized_operands_on_every_kernel_set(r
             assert np.array_equal(got, first), isa
 
 
+@pytest.mark.parametrize("K", [65, 67, 72, 129, 257, 4103])
+def test_int8_rows_quantize_alike_on_every_kernel_set(rng, K):
+    """The per-column int8 product (kg 0) on rows every kernel set must quantize alike
+    (a zero row, a tiny one, an infinite and a NaN value, K past whole vectors, more rows
+    than one group holds at K = 4103) and columns ending inside a panel: the same bits on
+    every kernel set, and within the float32 rounding of the float64 reference."""
+    M, N = 70, 75
+    A = rng.standard_normal((M, K)).astype(np.float32)
+    A[1] = 0.0
+    A[2] *= np.float32(1e-30)
+    A[3, K // 2] = np.inf
+    A[4, K - 1] = np.nan
+    W = (rng.standard_normal((K, N)) * 0.1).astype(np.float32)
+    b = rng.standard_normal(N).astype(np.float32)
+    code = _quant.PRECISIONS["int8"]
+    data, scale, comp = _quant.pack_block(W, code)
+    want = _quant.reference_product(A[5:], W, "int8", b, 0)
+    mag = np.abs(_quant.activations(A[5:], "int8", 0)) @ np.abs(_quant.dequantized(W, "int8", 0)) + np.abs(b)
+    first = None
+    for isa in _kernels.quant_isas():
+        got = _kernels.qmatmul(code, A, data, N, scale, comp, bias=b, isa=isa)
+        assert np.all(np.abs(got[5:] - want) <= 4 * EPS32 / 2 * mag), isa
+        np.testing.assert_array_equal(got[1], b)  # a zero row: the bias
+        if first is None:
+            first = got
+        else:
+            assert np.array_equal(got.view(np.int32), first.view(np.int32)), isa
+
+
 @pytest.mark.parametrize("K,kg", [(260, 0), (64, 4), (520, 260)])
 def test_int8_products_never_saturate(rng, K, kg):
     """Rows of ±max and weights of ±127 everywhere: the worst sums are exact (K-grouped:

@@ -1,8 +1,16 @@
 /*
- * x86/avx2_quant.h -- reduced-precision products for AVX2 + FMA (quant.h): int8 by
- * vpmaddwd on 16-bit values (the int8 weights sign-extended as they are loaded, the
- * activations as int16): a pair of products summed into int32 cannot saturate, which
- * vpmaddubsw's int16 sums could. bf16: the portable template compiled for the target.
+ * x86/avx2_quant.h -- reduced-precision products for AVX2 + FMA (quant.h).
+ *
+ * int8: the activations q in [-127, 127] as signed bytes and their magnitudes, the
+ * weights in [-127, 127] as packed; vpmaddubsw(|q|, vpsignb(w, q)) multiplies |q| (an
+ * unsigned byte) by w times the sign of q, so each pair sum is within 2 127 127 =
+ * 32258 and cannot saturate; vpmaddwd by ones sums the pairs into int32 (each lane one
+ * column's 4 rows of K: the packed layout, vpdpbusd's, as it is; no 128 offset, so the
+ * per-column comp is not used). The int32 sums are exact, so the results are the other
+ * kernel sets' bit for bit (what ggml / llama.cpp do on AVX2, bounded to 127).
+ * The K-grouped product (int16 activations) keeps vpmaddwd on 16-bit values (the
+ * weights sign-extended as they are loaded). bf16: the portable template compiled for
+ * the target.
  *
  * Included by quant.h where runtime dispatch is built (GCC on x86-64).
  */
@@ -21,59 +29,155 @@
 #undef RNN_QUANT_OWN_I8
 #undef ISA_SUFFIX
 
-/* acc (8 x 8 int32 lanes) += the 32 columns of one half panel for the row q, over
- * Kp/4 groups: lanes 2l and 2l+1 of acc[t] are column 4t+l's two halves of a group. */
-RNN_INLINE void rnn_qhalf_avx2(long Kg, const short *q, const signed char *bp, int *out32)
+/* s[0:Kp] = the row quantized as signed bytes, u[0:Kp] = their magnitudes (zeros past
+ * K); returns sa. The arithmetic of rnn_quant_row_s16, eight lanes at a time: the same
+ * max (NaN ignored: vmaxps keeps its second operand), the same product, clamp (NaN ->
+ * 127: vminps keeps its second operand) and rounding (vcvtps2dq, to nearest even). */
+RNN_INLINE float rnn_quant_row_i8_avx2(const float *a, long K, long Kp, signed char *s, unsigned char *u)
 {
-    __m256i acc[8];
-    int lanes[8];
-    long g;
-    int t, l;
-    for (t = 0; t < 8; t++) acc[t] = _mm256_setzero_si256();
-    for (g = 0; g < Kg; g++) {
-        long long quad;
-        memcpy(&quad, q + 4 * g, 8);
-        __m256i av = _mm256_set1_epi64x(quad);
-        const signed char *b = bp + g * 4 * RNN_PANEL_COLS;
-        for (t = 0; t < 8; t++) {
-            __m256i w = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(b + 16 * t)));
-            acc[t] = _mm256_add_epi32(acc[t], _mm256_madd_epi16(w, av));
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), pick = _mm256_setr_epi32(0, 4, 0, 0, 0, 0, 0, 0);
+    __m256 vm = _mm256_setzero_ps(), vinv;
+    __m128 m4;
+    long k;
+    float m;
+    for (k = 0; k < K; k += 8) {
+        __m256i t = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(K - k < 8 ? K - k : 8)), lanes);
+        vm = _mm256_max_ps(_mm256_and_ps(_mm256_maskload_ps(a + k, t), absmask), vm);
+    }
+    m4 = _mm_max_ps(_mm256_castps256_ps128(vm), _mm256_extractf128_ps(vm, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
+    m = _mm_cvtss_f32(m4);
+    vinv = _mm256_set1_ps(rnn_quant_inv(m));
+    for (k = 0; k < K; k += 8) {
+        long n = K - k < 8 ? K - k : 8;
+        __m256i t = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), lanes);
+        __m256 v = _mm256_mul_ps(_mm256_maskload_ps(a + k, t), vinv);
+        v = _mm256_max_ps(_mm256_min_ps(v, _mm256_set1_ps(127.0f)), _mm256_set1_ps(-127.0f));
+        __m256i q = _mm256_cvtps_epi32(v);
+        q = _mm256_packs_epi16(_mm256_packs_epi32(q, q), q); /* lane bytes 0-3 | 16-19 */
+        __m128i b = _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(q, pick));
+        if (n == 8) {
+            _mm_storel_epi64((__m128i *)(s + k), b);
+            _mm_storel_epi64((__m128i *)(u + k), _mm_abs_epi8(b));
+        } else {
+            signed char tmp[16];
+            _mm_storeu_si128((__m128i *)tmp, b);
+            memcpy(s + k, tmp, (size_t)n);
+            _mm_storeu_si128((__m128i *)tmp, _mm_abs_epi8(b));
+            memcpy(u + k, tmp, (size_t)n);
         }
     }
-    for (t = 0; t < 8; t++) {
-        _mm256_storeu_si256((__m256i *)lanes, acc[t]);
-        for (l = 0; l < 4; l++) out32[4 * t + l] = lanes[2 * l] + lanes[2 * l + 1];
+    for (k = K; k < Kp; k++) s[k] = 0, u[k] = 0;
+    return m / 127.0f;
+}
+
+/* The lane mask of the first n (0..8) of eight int32 / float lanes. */
+RNN_INLINE __m256i rnn_qmask8_avx2(long n)
+{
+    const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    n = n < 0 ? 0 : (n > 8 ? 8 : n);
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), lanes);
+}
+
+/* C[col : col + 8] (of which `left` remain) = fma((float)acc, sa ws, bias): quant.h's
+ * int8 epilogue, eight columns at a time (vcvtdq2ps rounds as (float) does). */
+RNN_INLINE void rnn_i8store_avx2(__m256i acc, long col, long left, float sa, const float *scale,
+                                 const float *bias, float *c)
+{
+    __m256 v;
+    if (left >= 8) {
+        v = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc), _mm256_mul_ps(_mm256_set1_ps(sa), _mm256_loadu_ps(scale + col)),
+                            bias ? _mm256_loadu_ps(bias + col) : _mm256_setzero_ps());
+        _mm256_storeu_ps(c + col, v);
+    } else if (left > 0) {
+        __m256i t = rnn_qmask8_avx2(left);
+        v = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc),
+                            _mm256_mul_ps(_mm256_set1_ps(sa), _mm256_maskload_ps(scale + col, t)),
+                            bias ? _mm256_maskload_ps(bias + col, t) : _mm256_setzero_ps());
+        _mm256_maskstore_ps(c + col, t, v);
     }
 }
 
+/* One row (u: its magnitudes, s: its signed bytes) times one panel (bp) over Kg groups
+ * of 4 rows of K: out[v] = the exact int32 sums of columns 8v..8v+7. Per group and
+ * 32 bytes of weights (8 columns x 4 rows of K, one column per int32 lane): vpsignb
+ * (the weights times the sign of q), vpmaddubsw(|q|, that): products within 127 127
+ * and pair sums within 2 127 127 = 32258 < 32767, so no saturation; vpmaddwd by ones
+ * (the pairs' sum in int32) and vpaddd. 32 weights in 4 instructions (vpmaddwd on int16
+ * needed a vpmovsxbw, a vpmaddwd and a vpaddd per 16). Eight accumulators, the panel's
+ * 256 bytes a group in order. */
+RNN_INLINE void rnn_i8panel_avx2(long Kg, const unsigned char *u, const signed char *s, const signed char *bp,
+                                 __m256i *out)
+{
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+    long g;
+    for (g = 0; g < Kg; g++, bp += 4 * RNN_PANEL_COLS) {
+        int wu, ws;
+        memcpy(&wu, u + 4 * g, 4);
+        memcpy(&ws, s + 4 * g, 4);
+        __m256i au = _mm256_set1_epi32(wu), as = _mm256_set1_epi32(ws);
+#define RNN_I8_STEP(acc, off)                                                                           \
+    acc = _mm256_add_epi32(                                                                             \
+        acc, _mm256_madd_epi16(_mm256_maddubs_epi16(                                                    \
+                                   au, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(bp + off)), as)), \
+                               ones))
+        RNN_I8_STEP(a0, 0);
+        RNN_I8_STEP(a1, 32);
+        RNN_I8_STEP(a2, 64);
+        RNN_I8_STEP(a3, 96);
+        RNN_I8_STEP(a4, 128);
+        RNN_I8_STEP(a5, 160);
+        RNN_I8_STEP(a6, 192);
+        RNN_I8_STEP(a7, 224);
+#undef RNN_I8_STEP
+    }
+    out[0] = a0, out[1] = a1, out[2] = a2, out[3] = a3;
+    out[4] = a4, out[5] = a5, out[6] = a6, out[7] = a7;
+}
+
+/* Rows are quantized once, in groups of up to RNN_QGROUP (signed bytes and magnitudes,
+ * 2 Kp bytes a row), then each panel runs over the group's rows, one row at a time
+ * (the panel, Kp x 64 bytes, from L1 / L2). Several rows in registers over a panel
+ * slice (2 x 16, 4 x 16, 2 x 32, 3 x 16, 4 x 8 columns, the weights loaded once for the
+ * rows) measured no faster than one row x 64 columns on Zen 1: the product is bound by
+ * its one integer-multiply pipe (vpmaddubsw and vpmaddwd, 2 cycles a 256-bit
+ * instruction), which the tiles do not relieve (bench/README.md, session 15, i8). */
 static void rnn_qgemm_i8_avx2(long M, long N, long K, const float *A, long lda,
                               const signed char *Bq, const float *scale, const int *comp,
                               const float *bias, float *C, long ldc)
 {
-    long Kp = rnn_qpad_i8(K), np = (N + RNN_PANEL_COLS - 1) / RNN_PANEL_COLS, i, p, j;
-    short stackq[RNN_QSTACK / sizeof(short)];
-    short *q = (size_t)Kp * sizeof(short) <= sizeof stackq ? stackq
-                                                           : (short *)malloc((size_t)Kp * sizeof(short));
-    int acc[RNN_PANEL_COLS];
-    (void)comp;
-    if (q == NULL)
+    long Kp = rnn_qpad_i8(K), np = (N + RNN_PANEL_COLS - 1) / RNN_PANEL_COLS, i, p, r, mg;
+    long grp = rnn_qgroup_rows(2 * Kp);
+    unsigned char stackq[RNN_QGROUP_BYTES] __attribute__((aligned(64)));
+    unsigned char *u = grp > 0 ? stackq : (unsigned char *)malloc((size_t)(2 * RNN_QGROUP * Kp));
+    signed char *s;
+    float sa[RNN_QGROUP];
+    __m256i out[8];
+    int v;
+    (void)comp;                     /* signed activations: no offset to compensate */
+    if (u == NULL)
         return;
-    for (i = 0; i < M; i++) {
-        float sa = rnn_quant_row_s16(A + i * lda, K, Kp, q);
+    if (grp == 0)
+        grp = RNN_QGROUP;
+    s = (signed char *)u + grp * Kp;
+    for (i = 0; i < M; i += grp) {
+        mg = M - i < grp ? M - i : grp;
+        for (r = 0; r < mg; r++) sa[r] = rnn_quant_row_i8_avx2(A + (i + r) * lda, K, Kp, s + r * Kp, u + r * Kp);
         for (p = 0; p < np; p++) {
-            const signed char *bp = Bq + p * Kp * RNN_PANEL_COLS;
-            long nc = N - p * RNN_PANEL_COLS < RNN_PANEL_COLS ? N - p * RNN_PANEL_COLS : RNN_PANEL_COLS;
-            rnn_qhalf_avx2(Kp / 4, q, bp, acc);
-            if (nc > 32)
-                rnn_qhalf_avx2(Kp / 4, q, bp + 128, acc + 32);
-            for (j = 0; j < nc; j++) {
-                long col = p * RNN_PANEL_COLS + j;
-                C[i * ldc + col] = fmaf((float)acc[j], sa * scale[col], bias ? bias[col] : 0.0f);
+            long c0 = p * RNN_PANEL_COLS;
+            for (r = 0; r < mg; r++) {
+                float *c = C + (i + r) * ldc;
+                rnn_i8panel_avx2(Kp / 4, u + r * Kp, s + r * Kp, Bq + p * Kp * RNN_PANEL_COLS, out);
+                for (v = 0; v < 8 && c0 + 8 * v < N; v++)
+                    rnn_i8store_avx2(out[v], c0 + 8 * v, N - c0 - 8 * v, sa[r], scale, bias, c);
             }
         }
     }
-    if (q != stackq)
-        free(q);
+    if (u != stackq)
+        free(u);
 }
 
 /* The K-grouped product (quant.h), 16 columns at a time: per group, vpmaddwd sums of
