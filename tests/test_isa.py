@@ -455,3 +455,70 @@ def test_one_row_int8_product_same_bits_in_either_order(K):
             for i in range(3):
                 one = [_kernels.qmatmul(code, A[i : i + 1], data, N, scale, comp, bias=b, isa=isa) for _ in range(2)]
                 assert np.array_equal(one[0], rows[i : i + 1]) and np.array_equal(one[1], rows[i : i + 1]), (isa, N, i)
+
+
+def _widened(a, G, H):
+    """(rows, G*H) gate-major columns with one more unit per gate (its columns 1.0)."""
+    rows = a.shape[0]
+    out = np.ones((rows, G, H + 1), a.dtype)
+    out[:, :, :H] = a.reshape(rows, G, H)
+    return out.reshape(rows, G * (H + 1))
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_a_units_step_does_not_depend_on_the_block_width(isa, cell):
+    """float32 GRU and LSTM with sigmoid gates and tanh: the fused steps (x86/avx2_cellmath.h
+    for widths of whole eight-unit groups, x86/avx512_cellmath.h) give each unit the bits
+    of the portable body (a width of 8k + 1 units runs it on AVX2), saturated gates and
+    clamps included (sigmoid of -88 and below, tanh of 2|x| >= 40); NaN stays NaN."""
+    code, G = CELLS[cell]
+    rng = np.random.default_rng(7)
+    rows, H = 6, 64
+    special = np.array(
+        [
+            0.0,
+            -0.0,
+            87.0,
+            -87.0,
+            88.0,
+            -88.0,
+            88.5,
+            -88.5,
+            100.0,
+            -100.0,
+            20.0,
+            -20.0,
+            9.5,
+            1e-30,
+            3e38,
+            -3e38,
+            np.inf,
+            -np.inf,
+        ],
+        np.float32,
+    )
+
+    def values(n):
+        v = np.concatenate(
+            [rng.uniform(-6, 6, n // 2), rng.uniform(-120, 120, n // 4), rng.choice(special, n - n // 2 - n // 4)]
+        )
+        return rng.permutation(v).astype(np.float32)
+
+    xp = values(rows * G * H).reshape(rows, G * H)
+    gh = values(rows * G * H).reshape(rows, G * H)
+    bhn, h, c = values(H), values(rows * H).reshape(rows, H), rng.uniform(-3, 3, (rows, H)).astype(np.float32)
+    xp[0, 0] = np.nan  # a NaN gate: its unit's outputs are NaN either way
+    mask = np.array([1, 0, 1, 1, 1, 1], np.uint8)
+    got_h, got_c = h.copy(), c.copy()
+    _kernels.cell_step(code, _kernels.RNN_ACT_TANH, _kernels.RNN_ACT_SIGMOID, xp, gh, bhn, got_h, got_c, mask, isa=isa)
+    wide_h, wide_c = _widened(h, 1, H), _widened(c, 1, H)
+    _kernels.cell_step(
+        code, _kernels.RNN_ACT_TANH, _kernels.RNN_ACT_SIGMOID, _widened(xp, G, H), _widened(gh, G, H),
+        _widened(bhn[None], 1, H)[0], wide_h, wide_c, mask, isa=isa,
+    )  # fmt: skip
+    for got, want in ((got_h, wide_h[:, :H]), (got_c, wide_c[:, :H])):
+        nan = np.isnan(want)
+        np.testing.assert_array_equal(np.isnan(got), nan, err_msg=isa)
+        np.testing.assert_array_equal(got[~nan].view(np.uint32), want[~nan].view(np.uint32), err_msg=isa)
+    assert np.isnan(got_h[0, 0])

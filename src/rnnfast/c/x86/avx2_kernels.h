@@ -21,12 +21,15 @@
 #pragma GCC target("avx2,fma")
 
 #include "avx2_packgemm.h"              /* rnn_gemm_packed_f_avx2 */
+#include "avx2_cellmath.h"              /* float's fused GRU and LSTM steps */
 
 #define ISA_SUFFIX avx2
-#define CELLMATH_FAST 0
+#define CELLMATH_FAST 1                 /* with the fused steps of avx2_cellmath.h */
 #define TYPE float
 #include "../cellmath.template.h"
 #undef TYPE
+#undef CELLMATH_FAST
+#define CELLMATH_FAST 0
 #define TYPE double
 #include "../cellmath.template.h"
 #include "../packgemm.template.h"
