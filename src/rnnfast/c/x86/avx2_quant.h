@@ -16,7 +16,9 @@
 #define ISA_SUFFIX avx2
 #define RNN_QUANT_OWN_I8
 #define RNN_QUANT_OWN_I8G
+#define RNN_QUANT_OWN_BF16
 #include "../quant.template.h"
+#undef RNN_QUANT_OWN_BF16
 #undef RNN_QUANT_OWN_I8G
 #undef RNN_QUANT_OWN_I8
 #undef ISA_SUFFIX
@@ -167,5 +169,163 @@ static int rnn_cpu_has_qavx2(void)
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 }
+
+/* -- bf16 (quant.h) --------------------------------------------------------------------
+ * A product of two bf16 values is exact in float32, so fma(a, w, acc) with both widened
+ * to float is the portable template's `acc += a * w` (one rounding per sum; that
+ * template compiled for AVX2 contracts it to the same fma) -- up to products below
+ * float's normal range, where the baseline build's separate multiply rounds first.
+ * Widening costs two integer ops: a pair (W[2g, j], W[2g+1, j]) is one 32-bit lane,
+ * `w & 0xffff0000` is W[2g+1, j] as a float and `w << 16` is W[2g, j]; one 256-bit load
+ * gives 8 columns x 2 k. Each row of A is rounded to bf16 once, kept as floats; every
+ * output is one chain from its bias over the pairs, 2g+1 then 2g, whatever the tile.
+ * One row (a batch-1 step) runs one whole panel at a time (8 chains of 8 columns, the
+ * panel streamed in order); more rows run tiles of RNN_BF16_ROWS rows x 8 columns
+ * (6 chains, the widened pair shared by the tile's rows), the 8-column slice of a
+ * panel (16 Kp bytes: 16 KB at K = 1024) staying in L1 while every row tile of a group
+ * runs over it. Measured (AMD EPYC Zen 1): bench/README.md, "Session 15: ... (bf16)". */
+#define RNN_BF16_ROWS 6
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+
+/* out[0:Kp] = the row rounded to bf16 (nearest even; NaN stays NaN), as floats, zeros
+ * past K: rnn_f32_to_bf16's arithmetic, eight at a time. */
+RNN_INLINE void rnn_bf16_rowf_avx2(const float *a, long K, long Kp, float *out)
+{
+    const __m256i half = _mm256_set1_epi32(0x7fff), one = _mm256_set1_epi32(1),
+                  top = _mm256_set1_epi32((int)0xffff0000u), absm = _mm256_set1_epi32(0x7fffffff),
+                  inf = _mm256_set1_epi32(0x7f800000), quiet = _mm256_set1_epi32(0x00400000);
+    long k;
+    for (k = 0; k + 8 <= K; k += 8) {
+        __m256i u = _mm256_loadu_si256((const __m256i *)(a + k));
+        __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, absm), inf);
+        __m256i r = _mm256_add_epi32(u, _mm256_add_epi32(half, _mm256_and_si256(_mm256_srli_epi32(u, 16), one)));
+        r = _mm256_blendv_epi8(r, _mm256_or_si256(u, quiet), nan);
+        _mm256_storeu_si256((__m256i *)(out + k), _mm256_and_si256(r, top));
+    }
+    for (; k < K; k++) out[k] = rnn_bf16_to_f32(rnn_f32_to_bf16(a[k]));
+    for (; k < Kp; k++) out[k] = 0.0f;
+}
+
+/* v[0:nv] = the first n of 8 nv floats at x (the rest zero; x NULL: all zero). */
+RNN_INLINE void rnn_bf16_init_avx2(__m256 *v, int nv, const float *x, long n)
+{
+    float tmp[8];
+    int q, j;
+    for (q = 0; q < nv; q++) {
+        long left = n - 8 * q;
+        if (x != NULL && left >= 8) {
+            v[q] = _mm256_loadu_ps(x + 8 * q);
+        } else {
+            for (j = 0; j < 8; j++) tmp[j] = x != NULL && j < left ? x[8 * q + j] : 0.0f;
+            v[q] = _mm256_loadu_ps(tmp);
+        }
+    }
+}
+
+/* The first n of the 8 nv floats of v to c. */
+RNN_INLINE void rnn_bf16_store_avx2(float *c, const __m256 *v, int nv, long n)
+{
+    float tmp[8];
+    int q;
+    for (q = 0; q < nv && 8 * q < n; q++) {
+        long left = n - 8 * q;
+        if (left >= 8) {
+            _mm256_storeu_ps(c + 8 * q, v[q]);
+        } else {
+            _mm256_storeu_ps(tmp, v[q]);
+            memcpy(c + 8 * q, tmp, (size_t)left * sizeof(float));
+        }
+    }
+}
+
+/* c[0:nc] = bias + the row a (bf16 values as floats, Kp = 2 Kg) times one packed panel. */
+RNN_INLINE void rnn_bf16_row64_avx2(long Kg, const float *a, const unsigned short *bp, const float *bias,
+                                    float *c, long nc)
+{
+    const __m256i top = _mm256_set1_epi32((int)0xffff0000u);
+    __m256 acc[8];
+    long g;
+    int q;
+    rnn_bf16_init_avx2(acc, 8, bias, nc);
+    for (g = 0; g < Kg; g++, bp += 2 * RNN_PANEL_COLS) {
+        __m256 a1 = _mm256_broadcast_ss(a + 2 * g + 1), a0 = _mm256_broadcast_ss(a + 2 * g);
+        for (q = 0; q < 8; q++) {
+            __m256i w = _mm256_loadu_si256((const __m256i *)(bp + 16 * q));
+            acc[q] = _mm256_fmadd_ps(a1, _mm256_castsi256_ps(_mm256_and_si256(w, top)), acc[q]);
+            acc[q] = _mm256_fmadd_ps(a0, _mm256_castsi256_ps(_mm256_slli_epi32(w, 16)), acc[q]);
+        }
+    }
+    rnn_bf16_store_avx2(c, acc, 8, nc);
+}
+
+/* C[0:MR, 0:ns] = bias + the MR rows a (lda apart) times an 8-column slice of a panel
+ * (b: its pair 0; ns of its columns stored). MR is a constant after inlining. */
+RNN_INLINE void rnn_bf16_tile_avx2(const int MR, long Kg, const float *a, long lda, const unsigned short *b,
+                                   __m256 init, float *c, long ldc, long ns)
+{
+    const __m256i top = _mm256_set1_epi32((int)0xffff0000u);
+    __m256 acc[RNN_BF16_ROWS];
+    long g;
+    int r;
+    for (r = 0; r < MR; r++) acc[r] = init;
+    for (g = 0; g < Kg; g++, b += 2 * RNN_PANEL_COLS) {
+        __m256i w = _mm256_loadu_si256((const __m256i *)b);
+        __m256 w1 = _mm256_castsi256_ps(_mm256_and_si256(w, top)), w0 = _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+        for (r = 0; r < MR; r++) {
+            acc[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(a + r * lda + 2 * g + 1), w1, acc[r]);
+            acc[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(a + r * lda + 2 * g), w0, acc[r]);
+        }
+    }
+    for (r = 0; r < MR; r++) rnn_bf16_store_avx2(c + r * ldc, &acc[r], 1, ns);
+}
+
+static void rnn_qgemm_bf16_avx2(long M, long N, long K, const float *A, long lda,
+                                const unsigned short *Bq, const float *bias, float *C, long ldc)
+{
+    long Kp = rnn_qpad_bf16(K), Kg = Kp / 2, np = (N + RNN_PANEL_COLS - 1) / RNN_PANEL_COLS;
+    long grp = rnn_qgroup_rows(Kp * (long)sizeof(float)), i, r, p, s, mg;
+    float stacka[RNN_QGROUP_BYTES / sizeof(float)] __attribute__((aligned(32)));
+    float *a = grp > 0 ? stacka : (float *)malloc((size_t)(RNN_QGROUP * Kp) * sizeof(float));
+    if (a == NULL)
+        return;
+    if (grp == 0)
+        grp = RNN_QGROUP;
+    /* row groups outermost (their rounded rows stay in L2), then panel by panel, slice
+     * by slice, the row tiles innermost */
+    for (i = 0; i < M; i += grp) {
+        float *ci = C + i * ldc;
+        mg = M - i < grp ? M - i : grp;
+        for (r = 0; r < mg; r++) rnn_bf16_rowf_avx2(A + (i + r) * lda, K, Kp, a + r * Kp);
+        for (p = 0; p < np; p++) {
+            const unsigned short *bp = Bq + p * Kp * RNN_PANEL_COLS;
+            long col = p * RNN_PANEL_COLS, nc = N - col < RNN_PANEL_COLS ? N - col : RNN_PANEL_COLS;
+            if (mg == 1) {
+                rnn_bf16_row64_avx2(Kg, a, bp, bias != NULL ? bias + col : NULL, ci + col, nc);
+                continue;
+            }
+            for (s = 0; 8 * s < nc; s++) {
+                long ns = nc - 8 * s < 8 ? nc - 8 * s : 8;
+                const unsigned short *bs = bp + 16 * s;
+                float *cs = ci + col + 8 * s;
+                __m256 init;
+                rnn_bf16_init_avx2(&init, 1, bias != NULL ? bias + col + 8 * s : NULL, ns);
+                for (r = 0; r + RNN_BF16_ROWS <= mg; r += RNN_BF16_ROWS)
+                    rnn_bf16_tile_avx2(RNN_BF16_ROWS, Kg, a + r * Kp, Kp, bs, init, cs + r * ldc, ldc, ns);
+#define RNN_BT(n) case n: rnn_bf16_tile_avx2(n, Kg, a + r * Kp, Kp, bs, init, cs + r * ldc, ldc, ns); break
+                switch (mg - r) {
+                RNN_BT(5); RNN_BT(4); RNN_BT(3); RNN_BT(2); RNN_BT(1);
+                default: break;
+                }
+#undef RNN_BT
+            }
+        }
+    }
+    if (a != stacka)
+        free(a);
+}
+
+#pragma GCC pop_options
 
 #endif /* RNNFAST_X86_AVX2_QUANT_H */
