@@ -185,6 +185,9 @@ static int rnn_cpu_has_qavx2(void)
  * panel (16 Kp bytes: 16 KB at K = 1024) staying in L1 while every row tile of a group
  * runs over it. Measured (AMD EPYC Zen 1): bench/README.md, "Session 15: ... (bf16)". */
 #define RNN_BF16_ROWS 6
+/* Pairs of K per block of a many-row product: the slice's block (4 KB) and a tile's
+ * rows (6 KB) stay in L1 while the group's row tiles run over them. */
+#define RNN_BF16_KPAIRS 128
 
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
@@ -260,16 +263,22 @@ RNN_INLINE void rnn_bf16_row64_avx2(long Kg, const float *a, const unsigned shor
     rnn_bf16_store_avx2(c, acc, 8, nc);
 }
 
-/* C[0:MR, 0:ns] = bias + the MR rows a (lda apart) times an 8-column slice of a panel
- * (b: its pair 0; ns of its columns stored). MR is a constant after inlining. */
+/* C[0:MR, 0:ns] = the MR rows a (lda apart) times Kg pairs of an 8-column slice of a
+ * panel (b: its first pair; ns of its columns stored), added to init (the bias) or, with
+ * from_c, to the sums in C. MR is a constant after inlining. */
 RNN_INLINE void rnn_bf16_tile_avx2(const int MR, long Kg, const float *a, long lda, const unsigned short *b,
-                                   __m256 init, float *c, long ldc, long ns)
+                                   __m256 init, int from_c, float *c, long ldc, long ns)
 {
     const __m256i top = _mm256_set1_epi32((int)0xffff0000u);
     __m256 acc[RNN_BF16_ROWS];
     long g;
     int r;
-    for (r = 0; r < MR; r++) acc[r] = init;
+    for (r = 0; r < MR; r++) {
+        if (from_c)
+            rnn_bf16_init_avx2(&acc[r], 1, c + r * ldc, ns);
+        else
+            acc[r] = init;
+    }
     for (g = 0; g < Kg; g++, b += 2 * RNN_PANEL_COLS) {
         __m256i w = _mm256_loadu_si256((const __m256i *)b);
         __m256 w1 = _mm256_castsi256_ps(_mm256_and_si256(w, top)), w0 = _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
@@ -281,19 +290,28 @@ RNN_INLINE void rnn_bf16_tile_avx2(const int MR, long Kg, const float *a, long l
     for (r = 0; r < MR; r++) rnn_bf16_store_avx2(c + r * ldc, &acc[r], 1, ns);
 }
 
+/* The rounded rows of a group (the rows of A rounded to bf16, as floats, Kp apart): up
+ * to RNN_QGROUP rows of K = 1024 (256 KB, in L2 while every panel runs over them). */
+#define RNN_BF16_ROWS_BYTES 262144
+static __thread float rnn_bf16_rows_avx2[RNN_BF16_ROWS_BYTES / sizeof(float)] __attribute__((aligned(64)));
+
 static void rnn_qgemm_bf16_avx2(long M, long N, long K, const float *A, long lda,
                                 const unsigned short *Bq, const float *bias, float *C, long ldc)
 {
     long Kp = rnn_qpad_bf16(K), Kg = Kp / 2, np = (N + RNN_PANEL_COLS - 1) / RNN_PANEL_COLS;
-    long grp = rnn_qgroup_rows(Kp * (long)sizeof(float)), i, r, p, s, mg;
-    float stacka[RNN_QGROUP_BYTES / sizeof(float)] __attribute__((aligned(32)));
-    float *a = grp > 0 ? stacka : (float *)malloc((size_t)(RNN_QGROUP * Kp) * sizeof(float));
-    if (a == NULL)
-        return;
-    if (grp == 0)
+    long grp = RNN_BF16_ROWS_BYTES / (Kp * (long)sizeof(float)), i, r, p, s, g0, gn, mg;
+    float *a = rnn_bf16_rows_avx2;
+    if (grp > RNN_QGROUP)
         grp = RNN_QGROUP;
+    if (grp == 0) {                 /* K beyond 65536: the heap */
+        grp = 1;
+        a = (float *)malloc((size_t)Kp * sizeof(float));
+        if (a == NULL)
+            return;
+    }
     /* row groups outermost (their rounded rows stay in L2), then panel by panel, slice
-     * by slice, the row tiles innermost */
+     * by slice, K in blocks of RNN_BF16_KPAIRS pairs, the row tiles innermost (the
+     * slice's block and the tile's rows in L1) */
     for (i = 0; i < M; i += grp) {
         float *ci = C + i * ldc;
         mg = M - i < grp ? M - i : grp;
@@ -307,22 +325,27 @@ static void rnn_qgemm_bf16_avx2(long M, long N, long K, const float *A, long lda
             }
             for (s = 0; 8 * s < nc; s++) {
                 long ns = nc - 8 * s < 8 ? nc - 8 * s : 8;
-                const unsigned short *bs = bp + 16 * s;
                 float *cs = ci + col + 8 * s;
                 __m256 init;
                 rnn_bf16_init_avx2(&init, 1, bias != NULL ? bias + col + 8 * s : NULL, ns);
-                for (r = 0; r + RNN_BF16_ROWS <= mg; r += RNN_BF16_ROWS)
-                    rnn_bf16_tile_avx2(RNN_BF16_ROWS, Kg, a + r * Kp, Kp, bs, init, cs + r * ldc, ldc, ns);
-#define RNN_BT(n) case n: rnn_bf16_tile_avx2(n, Kg, a + r * Kp, Kp, bs, init, cs + r * ldc, ldc, ns); break
-                switch (mg - r) {
-                RNN_BT(5); RNN_BT(4); RNN_BT(3); RNN_BT(2); RNN_BT(1);
-                default: break;
-                }
+                for (g0 = 0; g0 == 0 || g0 < Kg; g0 += RNN_BF16_KPAIRS) {
+                    const unsigned short *bs = bp + 16 * s + g0 * 2 * RNN_PANEL_COLS;
+                    const float *ak = a + 2 * g0;
+                    int from_c = g0 > 0;
+                    gn = Kg - g0 < RNN_BF16_KPAIRS ? Kg - g0 : RNN_BF16_KPAIRS;
+                    for (r = 0; r + RNN_BF16_ROWS <= mg; r += RNN_BF16_ROWS)
+                        rnn_bf16_tile_avx2(RNN_BF16_ROWS, gn, ak + r * Kp, Kp, bs, init, from_c, cs + r * ldc, ldc, ns);
+#define RNN_BT(n) case n: rnn_bf16_tile_avx2(n, gn, ak + r * Kp, Kp, bs, init, from_c, cs + r * ldc, ldc, ns); break
+                    switch (mg - r) {
+                    RNN_BT(5); RNN_BT(4); RNN_BT(3); RNN_BT(2); RNN_BT(1);
+                    default: break;
+                    }
 #undef RNN_BT
+                }
             }
         }
     }
-    if (a != stacka)
+    if (a != rnn_bf16_rows_avx2)
         free(a);
 }
 
