@@ -34,7 +34,7 @@
  *         of a_k b_kj, one float rounding per sum.
  *
  * The kernel sets (rnn_qisas[]): baseline (portable C), avx2 (int8 by vpmaddwd on
- * 16-bit values: no saturation), avx512_vnni (int8 by vpdpbusd; the K-grouped
+ * 16-bit values: no saturation; bf16 by FMA on pairs widened with an and and a shift), avx512_vnni (int8 by vpdpbusd; the K-grouped
  * product's int16 activations split in two bytes, each through vpdpbusd), avx512_bf16 (bf16 by
  * vdpbf16ps), avx512_amx (int8 products of 16 rows or more on AMX-INT8 tiles). rnn_quant_select(level), called by the one dispatcher (isa.h) whenever
  * it selects an ISA level, makes the best set at or below that level current.

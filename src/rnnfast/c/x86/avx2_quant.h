@@ -2,7 +2,8 @@
  * x86/avx2_quant.h -- reduced-precision products for AVX2 + FMA (quant.h): int8 by
  * vpmaddwd on 16-bit values (the int8 weights sign-extended as they are loaded, the
  * activations as int16): a pair of products summed into int32 cannot saturate, which
- * vpmaddubsw's int16 sums could. bf16: the portable template compiled for the target.
+ * vpmaddubsw's int16 sums could. bf16: its own product at the end of this file (pairs
+ * widened in registers, the portable template's sums bit for bit).
  *
  * Included by quant.h where runtime dispatch is built (GCC on x86-64).
  */
@@ -211,83 +212,101 @@ RNN_INLINE void rnn_bf16_rowf_avx2(const float *a, long K, long Kp, float *out)
     for (; k < Kp; k++) out[k] = 0.0f;
 }
 
-/* v[0:nv] = the first n of 8 nv floats at x (the rest zero; x NULL: all zero). */
-RNN_INLINE void rnn_bf16_init_avx2(__m256 *v, int nv, const float *x, long n)
+/* The first n (of 8) floats at x, the rest zero (x NULL: all zero). By value, not
+ * through a pointer: accumulators whose address is taken are kept in memory. */
+RNN_INLINE __m256 rnn_bf16_load8_avx2(const float *x, long n)
 {
     float tmp[8];
-    int q, j;
-    for (q = 0; q < nv; q++) {
-        long left = n - 8 * q;
-        if (x != NULL && left >= 8) {
-            v[q] = _mm256_loadu_ps(x + 8 * q);
-        } else {
-            for (j = 0; j < 8; j++) tmp[j] = x != NULL && j < left ? x[8 * q + j] : 0.0f;
-            v[q] = _mm256_loadu_ps(tmp);
-        }
+    int j;
+    if (x != NULL && n >= 8)
+        return _mm256_loadu_ps(x);
+    for (j = 0; j < 8; j++) tmp[j] = x != NULL && j < n ? x[j] : 0.0f;
+    return _mm256_loadu_ps(tmp);
+}
+
+/* The first n (up to 8) floats of v to c. */
+RNN_INLINE void rnn_bf16_store8_avx2(float *c, __m256 v, long n)
+{
+    float tmp[8];
+    if (n >= 8) {
+        _mm256_storeu_ps(c, v);
+    } else if (n > 0) {
+        _mm256_storeu_ps(tmp, v);
+        memcpy(c, tmp, (size_t)n * sizeof(float));
     }
 }
 
-/* The first n of the 8 nv floats of v to c. */
-RNN_INLINE void rnn_bf16_store_avx2(float *c, const __m256 *v, int nv, long n)
-{
-    float tmp[8];
-    int q;
-    for (q = 0; q < nv && 8 * q < n; q++) {
-        long left = n - 8 * q;
-        if (left >= 8) {
-            _mm256_storeu_ps(c + 8 * q, v[q]);
-        } else {
-            _mm256_storeu_ps(tmp, v[q]);
-            memcpy(c + 8 * q, tmp, (size_t)left * sizeof(float));
-        }
-    }
-}
-
-/* c[0:nc] = bias + the row a (bf16 values as floats, Kp = 2 Kg) times one packed panel. */
+/* c[0:nc] = bias + the row a (bf16 values as floats, Kp = 2 Kg) times one packed panel.
+ * The eight accumulators are named variables: as an array, GCC stored them to the stack
+ * every pair (16 KB of stores a 1.5 MB product). */
 RNN_INLINE void rnn_bf16_row64_avx2(long Kg, const float *a, const unsigned short *bp, const float *bias,
                                     float *c, long nc)
 {
     const __m256i top = _mm256_set1_epi32((int)0xffff0000u);
-    __m256 acc[8];
+    const float *b8 = bias;
+#define RNN_B8(q) rnn_bf16_load8_avx2(b8 != NULL ? b8 + 8 * (q) : NULL, nc - 8 * (q))
+    __m256 c0 = RNN_B8(0), c1 = RNN_B8(1), c2 = RNN_B8(2), c3 = RNN_B8(3), c4 = RNN_B8(4), c5 = RNN_B8(5),
+           c6 = RNN_B8(6), c7 = RNN_B8(7);
+#undef RNN_B8
     long g;
-    int q;
-    rnn_bf16_init_avx2(acc, 8, bias, nc);
     for (g = 0; g < Kg; g++, bp += 2 * RNN_PANEL_COLS) {
         __m256 a1 = _mm256_broadcast_ss(a + 2 * g + 1), a0 = _mm256_broadcast_ss(a + 2 * g);
-        for (q = 0; q < 8; q++) {
-            __m256i w = _mm256_loadu_si256((const __m256i *)(bp + 16 * q));
-            acc[q] = _mm256_fmadd_ps(a1, _mm256_castsi256_ps(_mm256_and_si256(w, top)), acc[q]);
-            acc[q] = _mm256_fmadd_ps(a0, _mm256_castsi256_ps(_mm256_slli_epi32(w, 16)), acc[q]);
-        }
+#define RNN_P8(q, acc)                                                                               \
+    do {                                                                                             \
+        __m256i w = _mm256_loadu_si256((const __m256i *)(bp + 16 * (q)));                            \
+        acc = _mm256_fmadd_ps(a1, _mm256_castsi256_ps(_mm256_and_si256(w, top)), acc);              \
+        acc = _mm256_fmadd_ps(a0, _mm256_castsi256_ps(_mm256_slli_epi32(w, 16)), acc);               \
+    } while (0)
+        RNN_P8(0, c0); RNN_P8(1, c1); RNN_P8(2, c2); RNN_P8(3, c3);
+        RNN_P8(4, c4); RNN_P8(5, c5); RNN_P8(6, c6); RNN_P8(7, c7);
+#undef RNN_P8
     }
-    rnn_bf16_store_avx2(c, acc, 8, nc);
+    rnn_bf16_store8_avx2(c, c0, nc);
+    rnn_bf16_store8_avx2(c + 8, c1, nc - 8);
+    rnn_bf16_store8_avx2(c + 16, c2, nc - 16);
+    rnn_bf16_store8_avx2(c + 24, c3, nc - 24);
+    rnn_bf16_store8_avx2(c + 32, c4, nc - 32);
+    rnn_bf16_store8_avx2(c + 40, c5, nc - 40);
+    rnn_bf16_store8_avx2(c + 48, c6, nc - 48);
+    rnn_bf16_store8_avx2(c + 56, c7, nc - 56);
 }
 
 /* C[0:MR, 0:ns] = the MR rows a (lda apart) times Kg pairs of an 8-column slice of a
  * panel (b: its first pair; ns of its columns stored), added to init (the bias) or, with
- * from_c, to the sums in C. MR is a constant after inlining. */
+ * from_c, to the sums in C. MR (1 to 6) is a constant after inlining; the accumulators
+ * are named variables (see rnn_bf16_row64_avx2). */
 RNN_INLINE void rnn_bf16_tile_avx2(const int MR, long Kg, const float *a, long lda, const unsigned short *b,
                                    __m256 init, int from_c, float *c, long ldc, long ns)
 {
     const __m256i top = _mm256_set1_epi32((int)0xffff0000u);
-    __m256 acc[RNN_BF16_ROWS];
+    __m256 r0 = init, r1 = init, r2 = init, r3 = init, r4 = init, r5 = init;
     long g;
-    int r;
-    for (r = 0; r < MR; r++) {
-        if (from_c)
-            rnn_bf16_init_avx2(&acc[r], 1, c + r * ldc, ns);
-        else
-            acc[r] = init;
+    if (from_c) {
+        r0 = rnn_bf16_load8_avx2(c, ns);
+        if (MR > 1) r1 = rnn_bf16_load8_avx2(c + ldc, ns);
+        if (MR > 2) r2 = rnn_bf16_load8_avx2(c + 2 * ldc, ns);
+        if (MR > 3) r3 = rnn_bf16_load8_avx2(c + 3 * ldc, ns);
+        if (MR > 4) r4 = rnn_bf16_load8_avx2(c + 4 * ldc, ns);
+        if (MR > 5) r5 = rnn_bf16_load8_avx2(c + 5 * ldc, ns);
     }
     for (g = 0; g < Kg; g++, b += 2 * RNN_PANEL_COLS) {
         __m256i w = _mm256_loadu_si256((const __m256i *)b);
         __m256 w1 = _mm256_castsi256_ps(_mm256_and_si256(w, top)), w0 = _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
-        for (r = 0; r < MR; r++) {
-            acc[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(a + r * lda + 2 * g + 1), w1, acc[r]);
-            acc[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(a + r * lda + 2 * g), w0, acc[r]);
-        }
+        const float *x = a + 2 * g;
+#define RNN_R(i, acc)                                                                                \
+    if (MR > i) {                                                                                    \
+        acc = _mm256_fmadd_ps(_mm256_broadcast_ss(x + (i) * lda + 1), w1, acc);                      \
+        acc = _mm256_fmadd_ps(_mm256_broadcast_ss(x + (i) * lda), w0, acc);                          \
     }
-    for (r = 0; r < MR; r++) rnn_bf16_store_avx2(c + r * ldc, &acc[r], 1, ns);
+        RNN_R(0, r0) RNN_R(1, r1) RNN_R(2, r2) RNN_R(3, r3) RNN_R(4, r4) RNN_R(5, r5)
+#undef RNN_R
+    }
+    rnn_bf16_store8_avx2(c, r0, ns);
+    if (MR > 1) rnn_bf16_store8_avx2(c + ldc, r1, ns);
+    if (MR > 2) rnn_bf16_store8_avx2(c + 2 * ldc, r2, ns);
+    if (MR > 3) rnn_bf16_store8_avx2(c + 3 * ldc, r3, ns);
+    if (MR > 4) rnn_bf16_store8_avx2(c + 4 * ldc, r4, ns);
+    if (MR > 5) rnn_bf16_store8_avx2(c + 5 * ldc, r5, ns);
 }
 
 /* The rounded rows of a group (the rows of A rounded to bf16, as floats, Kp apart): up
@@ -326,8 +345,7 @@ static void rnn_qgemm_bf16_avx2(long M, long N, long K, const float *A, long lda
             for (s = 0; 8 * s < nc; s++) {
                 long ns = nc - 8 * s < 8 ? nc - 8 * s : 8;
                 float *cs = ci + col + 8 * s;
-                __m256 init;
-                rnn_bf16_init_avx2(&init, 1, bias != NULL ? bias + col + 8 * s : NULL, ns);
+                __m256 init = rnn_bf16_load8_avx2(bias != NULL ? bias + col + 8 * s : NULL, ns);
                 for (g0 = 0; g0 == 0 || g0 < Kg; g0 += RNN_BF16_KPAIRS) {
                     const unsigned short *bs = bp + 16 * s + g0 * 2 * RNN_PANEL_COLS;
                     const float *ak = a + 2 * g0;
