@@ -185,9 +185,12 @@ static int rnn_cpu_has_qavx2(void)
  * (6 chains, the widened pair shared by the tile's rows), the 8-column slice of a
  * panel (16 Kp bytes: 16 KB at K = 1024) staying in L1 while every row tile of a group
  * runs over it. Measured (AMD EPYC Zen 1): bench/README.md, "Session 15: ... (bf16)". */
+/* Rows of a tile: 6 x 8 columns ran M = 64, K = 512, N = 1536 at 25-28 GFLOP/s on Zen 1,
+ * 5 x 16 at 16-24 and 4 x 16 at 22-23 (16 columns take four widened registers). */
 #define RNN_BF16_ROWS 6
 /* Pairs of K per block of a many-row product: the slice's block (4 KB) and a tile's
- * rows (6 KB) stay in L1 while the group's row tiles run over them. */
+ * rows (6 KB) stay in L1 while the group's row tiles run over them (M = 64, K = 1024,
+ * N = 4096 on Zen 1: 16 GFLOP/s unblocked, 22 blocked). */
 #define RNN_BF16_KPAIRS 128
 
 #pragma GCC push_options
