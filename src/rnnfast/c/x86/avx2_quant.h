@@ -181,16 +181,20 @@ static int rnn_cpu_has_qavx2(void)
  * gives 8 columns x 2 k. Each row of A is rounded to bf16 once, kept as floats; every
  * output is one chain from its bias over the pairs, 2g+1 then 2g, whatever the tile.
  * One row (a batch-1 step) runs one whole panel at a time (8 chains of 8 columns, the
- * panel streamed in order); more rows run tiles of RNN_BF16_ROWS rows x 8 columns
- * (6 chains, the widened pair shared by the tile's rows), the 8-column slice of a
- * panel (16 Kp bytes: 16 KB at K = 1024) staying in L1 while every row tile of a group
- * runs over it. Measured (AMD EPYC Zen 1): bench/README.md, "Session 15: ... (bf16)". */
-/* Rows of a tile: 6 x 8 columns ran M = 64, K = 512, N = 1536 at 25-28 GFLOP/s on Zen 1,
- * 5 x 16 at 16-24 and 4 x 16 at 22-23 (16 columns take four widened registers). */
+ * panel streamed in order). More rows: per group of rows (rounded once, each pair
+ * swapped, 2g+1 first), per 16-column slice of a panel and block of RNN_BF16_KPAIRS
+ * pairs, the block is widened once into an L1 buffer (16 floats a k, in the rows' swapped
+ * order) and float's 6-row x 16-column register tile runs every row tile of the group
+ * over it: the same fma chain per output, half a broadcast and no widening per FMA.
+ * Measured (AMD EPYC Zen 1): bench/README.md, "Session 15: ... (bf16)". */
+/* Rows of a register tile (12 accumulators, as float's x86/avx2_packgemm.h). Widening in
+ * the tile instead (6 rows x 8 columns, one broadcast per FMA) ran M = 64, K = 512,
+ * N = 1536 at 21-28 GFLOP/s on Zen 1, 5 x 16 at 16-24 and 4 x 16 at 22-23 (four widened
+ * registers); the widened buffer at 31-33. */
 #define RNN_BF16_ROWS 6
-/* Pairs of K per block of a many-row product: the slice's block (4 KB) and a tile's
- * rows (6 KB) stay in L1 while the group's row tiles run over them (M = 64, K = 1024,
- * N = 4096 on Zen 1: 16 GFLOP/s unblocked, 22 blocked). */
+/* Pairs of K per block of a many-row product: the block widened (16 KB) and a tile's rows
+ * (6 KB) stay in L1 while the group's row tiles run over them (the tile widening in
+ * registers, M = 64, K = 1024, N = 4096 on Zen 1: 16 GFLOP/s unblocked, 22 blocked). */
 #define RNN_BF16_KPAIRS 128
 
 #pragma GCC push_options
@@ -274,43 +278,61 @@ RNN_INLINE void rnn_bf16_row64_avx2(long Kg, const float *a, const unsigned shor
     rnn_bf16_store8_avx2(c + 56, c7, nc - 56);
 }
 
-/* C[0:MR, 0:ns] = the MR rows a (lda apart) times Kg pairs of an 8-column slice of a
- * panel (b: its first pair; ns of its columns stored), added to init (the bias) or, with
- * from_c, to the sums in C. MR (1 to 6) is a constant after inlining; the accumulators
- * are named variables (see rnn_bf16_row64_avx2). */
-RNN_INLINE void rnn_bf16_tile_avx2(const int MR, long Kg, const float *a, long lda, const unsigned short *b,
-                                   __m256 init, int from_c, float *c, long ldc, long ns)
+/* buf[0:32 gn] = gn pairs of a 16-column slice of a panel (b: its first pair) as floats,
+ * each pair's k = 2g+1 row of 16 first, then its k = 2g row. */
+RNN_INLINE void rnn_bf16_widen16_avx2(long gn, const unsigned short *b, float *buf)
 {
     const __m256i top = _mm256_set1_epi32((int)0xffff0000u);
-    __m256 r0 = init, r1 = init, r2 = init, r3 = init, r4 = init, r5 = init;
     long g;
-    if (from_c) {
-        r0 = rnn_bf16_load8_avx2(c, ns);
-        if (MR > 1) r1 = rnn_bf16_load8_avx2(c + ldc, ns);
-        if (MR > 2) r2 = rnn_bf16_load8_avx2(c + 2 * ldc, ns);
-        if (MR > 3) r3 = rnn_bf16_load8_avx2(c + 3 * ldc, ns);
-        if (MR > 4) r4 = rnn_bf16_load8_avx2(c + 4 * ldc, ns);
-        if (MR > 5) r5 = rnn_bf16_load8_avx2(c + 5 * ldc, ns);
+    for (g = 0; g < gn; g++, b += 2 * RNN_PANEL_COLS, buf += 32) {
+        __m256i u = _mm256_loadu_si256((const __m256i *)b), v = _mm256_loadu_si256((const __m256i *)(b + 16));
+        _mm256_store_si256((__m256i *)buf, _mm256_and_si256(u, top));
+        _mm256_store_si256((__m256i *)(buf + 8), _mm256_and_si256(v, top));
+        _mm256_store_si256((__m256i *)(buf + 16), _mm256_slli_epi32(u, 16));
+        _mm256_store_si256((__m256i *)(buf + 24), _mm256_slli_epi32(v, 16));
     }
-    for (g = 0; g < Kg; g++, b += 2 * RNN_PANEL_COLS) {
-        __m256i w = _mm256_loadu_si256((const __m256i *)b);
-        __m256 w1 = _mm256_castsi256_ps(_mm256_and_si256(w, top)), w0 = _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
-        const float *x = a + 2 * g;
-#define RNN_R(i, acc)                                                                                \
-    if (MR > i) {                                                                                    \
-        acc = _mm256_fmadd_ps(_mm256_broadcast_ss(x + (i) * lda + 1), w1, acc);                      \
-        acc = _mm256_fmadd_ps(_mm256_broadcast_ss(x + (i) * lda), w0, acc);                          \
-    }
-        RNN_R(0, r0) RNN_R(1, r1) RNN_R(2, r2) RNN_R(3, r3) RNN_R(4, r4) RNN_R(5, r5)
-#undef RNN_R
-    }
-    rnn_bf16_store8_avx2(c, r0, ns);
-    if (MR > 1) rnn_bf16_store8_avx2(c + ldc, r1, ns);
-    if (MR > 2) rnn_bf16_store8_avx2(c + 2 * ldc, r2, ns);
-    if (MR > 3) rnn_bf16_store8_avx2(c + 3 * ldc, r3, ns);
-    if (MR > 4) rnn_bf16_store8_avx2(c + 4 * ldc, r4, ns);
-    if (MR > 5) rnn_bf16_store8_avx2(c + 5 * ldc, r5, ns);
 }
+
+/* C[0:MR, 0:ns] (ns <= 16) = the MR rows as (lda apart, each pair swapped: 2g+1 first)
+ * times kn rows of widened weights (buf, 16 floats a row, in the same order), added to
+ * init or, with from_c, to the sums in C: float's 6 x 16 register tile. MR (1 to 6) is a
+ * constant after inlining; the accumulators are named variables (see
+ * rnn_bf16_row64_avx2). */
+RNN_INLINE void rnn_bf16_ftile_avx2(const int MR, long kn, const float *as, long lda, const float *buf,
+                                    const __m256 *init, int from_c, float *c, long ldc, long ns)
+{
+    __m256 x0 = init[0], y0 = init[1], x1 = init[0], y1 = init[1], x2 = init[0], y2 = init[1];
+    __m256 x3 = init[0], y3 = init[1], x4 = init[0], y4 = init[1], x5 = init[0], y5 = init[1];
+    long k;
+#define RNN_LD(i, x, y)                                                                              \
+    if (from_c && MR > i) {                                                                          \
+        x = rnn_bf16_load8_avx2(c + (i) * ldc, ns);                                                  \
+        y = rnn_bf16_load8_avx2(c + (i) * ldc + 8, ns - 8);                                          \
+    }
+    RNN_LD(0, x0, y0) RNN_LD(1, x1, y1) RNN_LD(2, x2, y2) RNN_LD(3, x3, y3) RNN_LD(4, x4, y4) RNN_LD(5, x5, y5)
+#undef RNN_LD
+    for (k = 0; k < kn; k++, buf += 16) {
+        __m256 b0 = _mm256_load_ps(buf), b1 = _mm256_load_ps(buf + 8);
+#define RNN_FR(i, x, y)                                                                              \
+    if (MR > i) {                                                                                    \
+        __m256 t = _mm256_broadcast_ss(as + (i) * lda + k);                                          \
+        x = _mm256_fmadd_ps(t, b0, x);                                                               \
+        y = _mm256_fmadd_ps(t, b1, y);                                                               \
+    }
+        RNN_FR(0, x0, y0) RNN_FR(1, x1, y1) RNN_FR(2, x2, y2) RNN_FR(3, x3, y3) RNN_FR(4, x4, y4) RNN_FR(5, x5, y5)
+#undef RNN_FR
+    }
+#define RNN_ST(i, x, y)                                                                              \
+    if (MR > i) {                                                                                    \
+        rnn_bf16_store8_avx2(c + (i) * ldc, x, ns);                                                  \
+        rnn_bf16_store8_avx2(c + (i) * ldc + 8, y, ns - 8);                                          \
+    }
+    RNN_ST(0, x0, y0) RNN_ST(1, x1, y1) RNN_ST(2, x2, y2) RNN_ST(3, x3, y3) RNN_ST(4, x4, y4) RNN_ST(5, x5, y5)
+#undef RNN_ST
+}
+
+/* A slice block widened for the many-row product: 2 RNN_BF16_KPAIRS k x 16 columns. */
+static __thread float rnn_bf16_wide_avx2[32 * RNN_BF16_KPAIRS] __attribute__((aligned(64)));
 
 /* The rounded rows of a group (the rows of A rounded to bf16, as floats, Kp apart): up
  * to RNN_QGROUP rows of K = 1024 (256 KB, in L2 while every panel runs over them). */
@@ -323,21 +345,28 @@ static void rnn_qgemm_bf16_avx2(long M, long N, long K, const float *A, long lda
     long Kp = rnn_qpad_bf16(K), Kg = Kp / 2, np = (N + RNN_PANEL_COLS - 1) / RNN_PANEL_COLS;
     long grp = RNN_BF16_ROWS_BYTES / (Kp * (long)sizeof(float)), i, r, p, s, g0, gn, mg;
     float *a = rnn_bf16_rows_avx2;
+    const float *as = a;
     if (grp > RNN_QGROUP)
         grp = RNN_QGROUP;
     if (grp == 0) {                 /* K beyond 65536: the heap */
         grp = 1;
-        a = (float *)malloc((size_t)Kp * sizeof(float));
+        as = a = (float *)malloc((size_t)Kp * sizeof(float));
         if (a == NULL)
             return;
     }
     /* row groups outermost (their rounded rows stay in L2), then panel by panel, slice
-     * by slice, K in blocks of RNN_BF16_KPAIRS pairs, the row tiles innermost (the
-     * slice's block and the tile's rows in L1) */
+     * by slice, K in blocks of RNN_BF16_KPAIRS pairs (widened once), the row tiles
+     * innermost (the widened block and the tile's rows in L1) */
     for (i = 0; i < M; i += grp) {
         float *ci = C + i * ldc;
         mg = M - i < grp ? M - i : grp;
         for (r = 0; r < mg; r++) rnn_bf16_rowf_avx2(A + (i + r) * lda, K, Kp, a + r * Kp);
+        if (mg > 1)                 /* the widened weights' order: each pair's 2g+1 first */
+            for (r = 0; r < mg * Kp; r += 2) {
+                float t = a[r];
+                a[r] = a[r + 1];
+                a[r + 1] = t;
+            }
         for (p = 0; p < np; p++) {
             const unsigned short *bp = Bq + p * Kp * RNN_PANEL_COLS;
             long col = p * RNN_PANEL_COLS, nc = N - col < RNN_PANEL_COLS ? N - col : RNN_PANEL_COLS;
@@ -345,18 +374,20 @@ static void rnn_qgemm_bf16_avx2(long M, long N, long K, const float *A, long lda
                 rnn_bf16_row64_avx2(Kg, a, bp, bias != NULL ? bias + col : NULL, ci + col, nc);
                 continue;
             }
-            for (s = 0; 8 * s < nc; s++) {
-                long ns = nc - 8 * s < 8 ? nc - 8 * s : 8;
-                float *cs = ci + col + 8 * s;
-                __m256 init = rnn_bf16_load8_avx2(bias != NULL ? bias + col + 8 * s : NULL, ns);
+            for (s = 0; 16 * s < nc; s++) {
+                long ns = nc - 16 * s < 16 ? nc - 16 * s : 16;
+                float *cs = ci + col + 16 * s;
+                __m256 init[2];
+                init[0] = rnn_bf16_load8_avx2(bias != NULL ? bias + col + 16 * s : NULL, ns);
+                init[1] = rnn_bf16_load8_avx2(bias != NULL ? bias + col + 16 * s + 8 : NULL, ns - 8);
                 for (g0 = 0; g0 == 0 || g0 < Kg; g0 += RNN_BF16_KPAIRS) {
-                    const unsigned short *bs = bp + 16 * s + g0 * 2 * RNN_PANEL_COLS;
-                    const float *ak = a + 2 * g0;
+                    const float *ak = as + 2 * g0, *w = rnn_bf16_wide_avx2;
                     int from_c = g0 > 0;
                     gn = Kg - g0 < RNN_BF16_KPAIRS ? Kg - g0 : RNN_BF16_KPAIRS;
+                    rnn_bf16_widen16_avx2(gn, bp + 32 * s + g0 * 2 * RNN_PANEL_COLS, rnn_bf16_wide_avx2);
                     for (r = 0; r + RNN_BF16_ROWS <= mg; r += RNN_BF16_ROWS)
-                        rnn_bf16_tile_avx2(RNN_BF16_ROWS, gn, ak + r * Kp, Kp, bs, init, from_c, cs + r * ldc, ldc, ns);
-#define RNN_BT(n) case n: rnn_bf16_tile_avx2(n, gn, ak + r * Kp, Kp, bs, init, from_c, cs + r * ldc, ldc, ns); break
+                        rnn_bf16_ftile_avx2(RNN_BF16_ROWS, 2 * gn, ak + r * Kp, Kp, w, init, from_c, cs + r * ldc, ldc, ns);
+#define RNN_BT(n) case n: rnn_bf16_ftile_avx2(n, 2 * gn, ak + r * Kp, Kp, w, init, from_c, cs + r * ldc, ldc, ns); break
                     switch (mg - r) {
                     RNN_BT(5); RNN_BT(4); RNN_BT(3); RNN_BT(2); RNN_BT(1);
                     default: break;
