@@ -106,6 +106,44 @@ def test_int8_rows_quantize_alike_on_every_kernel_set(rng, K):
         else:
             assert np.array_equal(got.view(np.int32), first.view(np.int32)), isa
 
+@pytest.mark.parametrize("M", [1, 2, 6, 7, 12, 13])
+def test_bf16_product_rounds_rows_alike_on_every_kernel_set(rng, M):
+    """The rows of A rounded to bf16 (c/x86/avx2_quant.h: eight at a time, the tail
+    one by one) as rnnfast._quant.bf16_round rounds them: ties to even both ways and
+    signs, a carry into the next binade, the largest finite, subnormals, zeros. A
+    against the identity (no bias) gives the rounded A exactly, on every kernel set; a
+    value rounding up to infinity gives infinity in its column and NaN in the others
+    (infinity times the identity's zeros), a NaN a row of NaN. Then A against random
+    weights without bias, 1 to 13 rows (the AVX2 tiles of 6 rows and their
+    remainders): the same bits on every kernel set."""
+    code = _quant.PRECISIONS["bf16"]
+    K = 37
+    bits = np.array([0x3F808000, 0x3F818000, 0xBF808000, 0xBF818000, 0x3FFFFFFF, 0x7F7F7FFF, 0xFF7F7FFF, 0x000116C2,
+                     0x80208000, 0x00008000, 0x00018000, 0, 0x80000000], np.uint32)  # fmt: skip
+    special = bits.view(np.float32)
+    A = rng.standard_normal((M, K)).astype(np.float32)
+    for i in range(M):
+        A[i, 9 + i % 3 : 9 + i % 3 + special.size] = special
+    A[0, K - 1] = special[0]  # a tie in the scalar tail too
+    data, scale, comp = _quant.pack_block(np.eye(K, dtype=np.float32), code)
+    want = _quant.bf16_round(A)
+    assert (want != A).any() and np.isfinite(want).all()
+    bad = A.copy()
+    bad[0, 12] = np.array([0x7F7F8000], np.uint32).view(np.float32)[0]  # rounds to infinity
+    bad[1:, 30] = np.nan
+    for isa in _kernels.quant_isas():
+        assert np.array_equal(_kernels.qmatmul(code, A, data, K, scale, comp, isa=isa), want), isa
+        got = _kernels.qmatmul(code, bad, data, K, scale, comp, isa=isa)
+        assert got[0, 12] == np.inf and np.isnan(np.delete(got[0], 12)).all() and np.isnan(got[1:]).all(), isa
+    W = (rng.standard_normal((301, 130)) * 0.1).astype(np.float32)
+    B = rng.standard_normal((M, 301)).astype(np.float32)
+    data, scale, comp = _quant.pack_block(W, code)
+    outs = [_kernels.qmatmul(code, B, data, 130, scale, comp, isa=isa) for isa in _kernels.quant_isas()]
+    mag = np.abs(_quant.bf16_round(B)).astype(np.float64) @ np.abs(_quant.dequantized(W, "bf16", 0))
+    assert np.all(np.abs(outs[0] - _quant.reference_product(B, W, "bf16", None, 0)) <= 303 * EPS32 / 2 * mag)
+    for got in outs[1:]:
+        assert np.array_equal(got, outs[0])
+
 
 @pytest.mark.parametrize("K,kg", [(260, 0), (64, 4), (520, 260)])
 def test_int8_products_never_saturate(rng, K, kg):

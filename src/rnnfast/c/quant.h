@@ -35,7 +35,8 @@
  *
  * The kernel sets (rnn_qisas[]): baseline (portable C), avx2 (int8 by vpmaddubsw on
  * |q| and the weights signed by q: pair sums within 2 127 127, no saturation; the
- * K-grouped product by vpmaddwd on 16-bit values), avx512_vnni (int8 by vpdpbusd; the K-grouped
+ * K-grouped product by vpmaddwd on 16-bit values; bf16 by FMA on pairs widened with an
+ * and and a shift), avx512_vnni (int8 by vpdpbusd; the K-grouped
  * product's int16 activations split in two bytes, each through vpdpbusd), avx512_bf16 (bf16 by
  * vdpbf16ps), avx512_amx (int8 products of 16 rows or more on AMX-INT8 tiles). rnn_quant_select(level), called by the one dispatcher (isa.h) whenever
  * it selects an ISA level, makes the best set at or below that level current.

@@ -100,6 +100,7 @@ done:
 }
 #endif
 
+#ifndef RNN_QUANT_OWN_BF16          /* an ISA with its own bf16 product defines it */
 /* C (M x N) = bias + bf16(A) (M x K) times the packed bf16 block Bq. */
 static void RNN_QNAME(qgemm_bf16)(long M, long N, long K, const float *A, long lda,
                                   const unsigned short *Bq, const float *bias, float *C, long ldc)
@@ -134,3 +135,4 @@ static void RNN_QNAME(qgemm_bf16)(long M, long N, long K, const float *A, long l
     if (a != stacka)
         free(a);
 }
+#endif

@@ -9,8 +9,8 @@
  * per-column comp is not used). The int32 sums are exact, so the results are the other
  * kernel sets' bit for bit (what ggml / llama.cpp do on AVX2, bounded to 127).
  * The K-grouped product (int16 activations) keeps vpmaddwd on 16-bit values (the
- * weights sign-extended as they are loaded). bf16: the portable template compiled for
- * the target.
+ * weights sign-extended as they are loaded). bf16: its own product at the end of this
+ * file (pairs widened in registers, the portable template's sums bit for bit).
  *
  * Included by quant.h where runtime dispatch is built (GCC on x86-64).
  */
@@ -24,7 +24,9 @@
 #define ISA_SUFFIX avx2
 #define RNN_QUANT_OWN_I8
 #define RNN_QUANT_OWN_I8G
+#define RNN_QUANT_OWN_BF16
 #include "../quant.template.h"
+#undef RNN_QUANT_OWN_BF16
 #undef RNN_QUANT_OWN_I8G
 #undef RNN_QUANT_OWN_I8
 #undef ISA_SUFFIX
@@ -271,5 +273,237 @@ static int rnn_cpu_has_qavx2(void)
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 }
+
+/* -- bf16 (quant.h) --------------------------------------------------------------------
+ * A product of two bf16 values is exact in float32, so fma(a, w, acc) with both widened
+ * to float is the portable template's `acc += a * w` (one rounding per sum; that
+ * template compiled for AVX2 contracts it to the same fma) -- up to products below
+ * float's normal range, where the baseline build's separate multiply rounds first.
+ * Widening costs two integer ops: a pair (W[2g, j], W[2g+1, j]) is one 32-bit lane,
+ * `w & 0xffff0000` is W[2g+1, j] as a float and `w << 16` is W[2g, j]; one 256-bit load
+ * gives 8 columns x 2 k. Each row of A is rounded to bf16 once, kept as floats; every
+ * output is one chain from its bias over the pairs, 2g+1 then 2g, whatever the tile.
+ * One row (a batch-1 step) runs one whole panel at a time (8 chains of 8 columns, the
+ * panel streamed in order). More rows: per group of rows (rounded once, each pair
+ * swapped, 2g+1 first), per 16-column slice of a panel and block of RNN_BF16_KPAIRS
+ * pairs, the block is widened once into an L1 buffer (16 floats a k, in the rows' swapped
+ * order) and float's 6-row x 16-column register tile runs every row tile of the group
+ * over it: the same fma chain per output, half a broadcast and no widening per FMA.
+ * Measured (AMD EPYC Zen 1): bench/README.md, "Session 15: ... (bf16)". */
+/* Rows of a register tile (12 accumulators, as float's x86/avx2_packgemm.h). Widening in
+ * the tile instead (6 rows x 8 columns, one broadcast per FMA) ran M = 64, K = 512,
+ * N = 1536 at 21-28 GFLOP/s on Zen 1, 5 x 16 at 16-24 and 4 x 16 at 22-23 (four widened
+ * registers); the widened buffer at 31-33. */
+#define RNN_BF16_ROWS 6
+/* Pairs of K per block of a many-row product: the block widened (16 KB) and a tile's rows
+ * (6 KB) stay in L1 while the group's row tiles run over them (the tile widening in
+ * registers, M = 64, K = 1024, N = 4096 on Zen 1: 16 GFLOP/s unblocked, 22 blocked). */
+#define RNN_BF16_KPAIRS 128
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+
+/* out[0:Kp] = the row rounded to bf16 (nearest even; NaN stays NaN), as floats, zeros
+ * past K: rnn_f32_to_bf16's arithmetic, eight at a time. */
+RNN_INLINE void rnn_bf16_rowf_avx2(const float *a, long K, long Kp, float *out)
+{
+    const __m256i half = _mm256_set1_epi32(0x7fff), one = _mm256_set1_epi32(1),
+                  top = _mm256_set1_epi32((int)0xffff0000u), absm = _mm256_set1_epi32(0x7fffffff),
+                  inf = _mm256_set1_epi32(0x7f800000), quiet = _mm256_set1_epi32(0x00400000);
+    long k;
+    for (k = 0; k + 8 <= K; k += 8) {
+        __m256i u = _mm256_loadu_si256((const __m256i *)(a + k));
+        __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, absm), inf);
+        __m256i r = _mm256_add_epi32(u, _mm256_add_epi32(half, _mm256_and_si256(_mm256_srli_epi32(u, 16), one)));
+        r = _mm256_blendv_epi8(r, _mm256_or_si256(u, quiet), nan);
+        _mm256_storeu_si256((__m256i *)(out + k), _mm256_and_si256(r, top));
+    }
+    for (; k < K; k++) out[k] = rnn_bf16_to_f32(rnn_f32_to_bf16(a[k]));
+    for (; k < Kp; k++) out[k] = 0.0f;
+}
+
+/* The first n (of 8) floats at x, the rest zero (x NULL: all zero). By value, not
+ * through a pointer: accumulators whose address is taken are kept in memory. */
+RNN_INLINE __m256 rnn_bf16_load8_avx2(const float *x, long n)
+{
+    float tmp[8];
+    int j;
+    if (x != NULL && n >= 8)
+        return _mm256_loadu_ps(x);
+    for (j = 0; j < 8; j++) tmp[j] = x != NULL && j < n ? x[j] : 0.0f;
+    return _mm256_loadu_ps(tmp);
+}
+
+/* The first n (up to 8) floats of v to c. */
+RNN_INLINE void rnn_bf16_store8_avx2(float *c, __m256 v, long n)
+{
+    float tmp[8];
+    if (n >= 8) {
+        _mm256_storeu_ps(c, v);
+    } else if (n > 0) {
+        _mm256_storeu_ps(tmp, v);
+        memcpy(c, tmp, (size_t)n * sizeof(float));
+    }
+}
+
+/* c[0:nc] = bias + the row a (bf16 values as floats, Kp = 2 Kg) times one packed panel.
+ * The eight accumulators are named variables: as an array, GCC stored them to the stack
+ * every pair (16 KB of stores a 1.5 MB product). */
+RNN_INLINE void rnn_bf16_row64_avx2(long Kg, const float *a, const unsigned short *bp, const float *bias,
+                                    float *c, long nc)
+{
+    const __m256i top = _mm256_set1_epi32((int)0xffff0000u);
+    const float *b8 = bias;
+#define RNN_B8(q) rnn_bf16_load8_avx2(b8 != NULL ? b8 + 8 * (q) : NULL, nc - 8 * (q))
+    __m256 c0 = RNN_B8(0), c1 = RNN_B8(1), c2 = RNN_B8(2), c3 = RNN_B8(3), c4 = RNN_B8(4), c5 = RNN_B8(5),
+           c6 = RNN_B8(6), c7 = RNN_B8(7);
+#undef RNN_B8
+    long g;
+    for (g = 0; g < Kg; g++, bp += 2 * RNN_PANEL_COLS) {
+        __m256 a1 = _mm256_broadcast_ss(a + 2 * g + 1), a0 = _mm256_broadcast_ss(a + 2 * g);
+#define RNN_P8(q, acc)                                                                               \
+    do {                                                                                             \
+        __m256i w = _mm256_loadu_si256((const __m256i *)(bp + 16 * (q)));                            \
+        acc = _mm256_fmadd_ps(a1, _mm256_castsi256_ps(_mm256_and_si256(w, top)), acc);              \
+        acc = _mm256_fmadd_ps(a0, _mm256_castsi256_ps(_mm256_slli_epi32(w, 16)), acc);               \
+    } while (0)
+        RNN_P8(0, c0); RNN_P8(1, c1); RNN_P8(2, c2); RNN_P8(3, c3);
+        RNN_P8(4, c4); RNN_P8(5, c5); RNN_P8(6, c6); RNN_P8(7, c7);
+#undef RNN_P8
+    }
+    rnn_bf16_store8_avx2(c, c0, nc);
+    rnn_bf16_store8_avx2(c + 8, c1, nc - 8);
+    rnn_bf16_store8_avx2(c + 16, c2, nc - 16);
+    rnn_bf16_store8_avx2(c + 24, c3, nc - 24);
+    rnn_bf16_store8_avx2(c + 32, c4, nc - 32);
+    rnn_bf16_store8_avx2(c + 40, c5, nc - 40);
+    rnn_bf16_store8_avx2(c + 48, c6, nc - 48);
+    rnn_bf16_store8_avx2(c + 56, c7, nc - 56);
+}
+
+/* buf[0:32 gn] = gn pairs of a 16-column slice of a panel (b: its first pair) as floats,
+ * each pair's k = 2g+1 row of 16 first, then its k = 2g row. */
+RNN_INLINE void rnn_bf16_widen16_avx2(long gn, const unsigned short *b, float *buf)
+{
+    const __m256i top = _mm256_set1_epi32((int)0xffff0000u);
+    long g;
+    for (g = 0; g < gn; g++, b += 2 * RNN_PANEL_COLS, buf += 32) {
+        __m256i u = _mm256_loadu_si256((const __m256i *)b), v = _mm256_loadu_si256((const __m256i *)(b + 16));
+        _mm256_store_si256((__m256i *)buf, _mm256_and_si256(u, top));
+        _mm256_store_si256((__m256i *)(buf + 8), _mm256_and_si256(v, top));
+        _mm256_store_si256((__m256i *)(buf + 16), _mm256_slli_epi32(u, 16));
+        _mm256_store_si256((__m256i *)(buf + 24), _mm256_slli_epi32(v, 16));
+    }
+}
+
+/* C[0:MR, 0:ns] (ns <= 16) = the MR rows as (lda apart, each pair swapped: 2g+1 first)
+ * times kn rows of widened weights (buf, 16 floats a row, in the same order), added to
+ * init or, with from_c, to the sums in C: float's 6 x 16 register tile. MR (1 to 6) is a
+ * constant after inlining; the accumulators are named variables (see
+ * rnn_bf16_row64_avx2). */
+RNN_INLINE void rnn_bf16_ftile_avx2(const int MR, long kn, const float *as, long lda, const float *buf,
+                                    const __m256 *init, int from_c, float *c, long ldc, long ns)
+{
+    __m256 x0 = init[0], y0 = init[1], x1 = init[0], y1 = init[1], x2 = init[0], y2 = init[1];
+    __m256 x3 = init[0], y3 = init[1], x4 = init[0], y4 = init[1], x5 = init[0], y5 = init[1];
+    long k;
+#define RNN_LD(i, x, y)                                                                              \
+    if (from_c && MR > i) {                                                                          \
+        x = rnn_bf16_load8_avx2(c + (i) * ldc, ns);                                                  \
+        y = rnn_bf16_load8_avx2(c + (i) * ldc + 8, ns - 8);                                          \
+    }
+    RNN_LD(0, x0, y0) RNN_LD(1, x1, y1) RNN_LD(2, x2, y2) RNN_LD(3, x3, y3) RNN_LD(4, x4, y4) RNN_LD(5, x5, y5)
+#undef RNN_LD
+    for (k = 0; k < kn; k++, buf += 16) {
+        __m256 b0 = _mm256_load_ps(buf), b1 = _mm256_load_ps(buf + 8);
+#define RNN_FR(i, x, y)                                                                              \
+    if (MR > i) {                                                                                    \
+        __m256 t = _mm256_broadcast_ss(as + (i) * lda + k);                                          \
+        x = _mm256_fmadd_ps(t, b0, x);                                                               \
+        y = _mm256_fmadd_ps(t, b1, y);                                                               \
+    }
+        RNN_FR(0, x0, y0) RNN_FR(1, x1, y1) RNN_FR(2, x2, y2) RNN_FR(3, x3, y3) RNN_FR(4, x4, y4) RNN_FR(5, x5, y5)
+#undef RNN_FR
+    }
+#define RNN_ST(i, x, y)                                                                              \
+    if (MR > i) {                                                                                    \
+        rnn_bf16_store8_avx2(c + (i) * ldc, x, ns);                                                  \
+        rnn_bf16_store8_avx2(c + (i) * ldc + 8, y, ns - 8);                                          \
+    }
+    RNN_ST(0, x0, y0) RNN_ST(1, x1, y1) RNN_ST(2, x2, y2) RNN_ST(3, x3, y3) RNN_ST(4, x4, y4) RNN_ST(5, x5, y5)
+#undef RNN_ST
+}
+
+/* A slice block widened for the many-row product: 2 RNN_BF16_KPAIRS k x 16 columns. */
+static __thread float rnn_bf16_wide_avx2[32 * RNN_BF16_KPAIRS] __attribute__((aligned(64)));
+
+/* The rounded rows of a group (the rows of A rounded to bf16, as floats, Kp apart): up
+ * to RNN_QGROUP rows of K = 1024 (256 KB, in L2 while every panel runs over them). */
+#define RNN_BF16_ROWS_BYTES 262144
+static __thread float rnn_bf16_rows_avx2[RNN_BF16_ROWS_BYTES / sizeof(float)] __attribute__((aligned(64)));
+
+static void rnn_qgemm_bf16_avx2(long M, long N, long K, const float *A, long lda,
+                                const unsigned short *Bq, const float *bias, float *C, long ldc)
+{
+    long Kp = rnn_qpad_bf16(K), Kg = Kp / 2, np = (N + RNN_PANEL_COLS - 1) / RNN_PANEL_COLS;
+    long grp = RNN_BF16_ROWS_BYTES / (Kp * (long)sizeof(float)), i, r, p, s, g0, gn, mg;
+    float *a = rnn_bf16_rows_avx2;
+    const float *as = a;
+    if (grp > RNN_QGROUP)
+        grp = RNN_QGROUP;
+    if (grp == 0) {                 /* K beyond 65536: the heap */
+        grp = 1;
+        as = a = (float *)malloc((size_t)Kp * sizeof(float));
+        if (a == NULL)
+            return;
+    }
+    /* row groups outermost (their rounded rows stay in L2), then panel by panel, slice
+     * by slice, K in blocks of RNN_BF16_KPAIRS pairs (widened once), the row tiles
+     * innermost (the widened block and the tile's rows in L1) */
+    for (i = 0; i < M; i += grp) {
+        float *ci = C + i * ldc;
+        mg = M - i < grp ? M - i : grp;
+        for (r = 0; r < mg; r++) rnn_bf16_rowf_avx2(A + (i + r) * lda, K, Kp, a + r * Kp);
+        if (mg > 1)                 /* the widened weights' order: each pair's 2g+1 first */
+            for (r = 0; r < mg * Kp; r += 2) {
+                float t = a[r];
+                a[r] = a[r + 1];
+                a[r + 1] = t;
+            }
+        for (p = 0; p < np; p++) {
+            const unsigned short *bp = Bq + p * Kp * RNN_PANEL_COLS;
+            long col = p * RNN_PANEL_COLS, nc = N - col < RNN_PANEL_COLS ? N - col : RNN_PANEL_COLS;
+            if (mg == 1) {
+                rnn_bf16_row64_avx2(Kg, a, bp, bias != NULL ? bias + col : NULL, ci + col, nc);
+                continue;
+            }
+            for (s = 0; 16 * s < nc; s++) {
+                long ns = nc - 16 * s < 16 ? nc - 16 * s : 16;
+                float *cs = ci + col + 16 * s;
+                __m256 init[2];
+                init[0] = rnn_bf16_load8_avx2(bias != NULL ? bias + col + 16 * s : NULL, ns);
+                init[1] = rnn_bf16_load8_avx2(bias != NULL ? bias + col + 16 * s + 8 : NULL, ns - 8);
+                for (g0 = 0; g0 == 0 || g0 < Kg; g0 += RNN_BF16_KPAIRS) {
+                    const float *ak = as + 2 * g0, *w = rnn_bf16_wide_avx2;
+                    int from_c = g0 > 0;
+                    gn = Kg - g0 < RNN_BF16_KPAIRS ? Kg - g0 : RNN_BF16_KPAIRS;
+                    rnn_bf16_widen16_avx2(gn, bp + 32 * s + g0 * 2 * RNN_PANEL_COLS, rnn_bf16_wide_avx2);
+                    for (r = 0; r + RNN_BF16_ROWS <= mg; r += RNN_BF16_ROWS)
+                        rnn_bf16_ftile_avx2(RNN_BF16_ROWS, 2 * gn, ak + r * Kp, Kp, w, init, from_c, cs + r * ldc, ldc, ns);
+#define RNN_BT(n) case n: rnn_bf16_ftile_avx2(n, 2 * gn, ak + r * Kp, Kp, w, init, from_c, cs + r * ldc, ldc, ns); break
+                    switch (mg - r) {
+                    RNN_BT(5); RNN_BT(4); RNN_BT(3); RNN_BT(2); RNN_BT(1);
+                    default: break;
+                    }
+#undef RNN_BT
+                }
+            }
+        }
+    }
+    if (a != rnn_bf16_rows_avx2)
+        free(a);
+}
+
+#pragma GCC pop_options
 
 #endif /* RNNFAST_X86_AVX2_QUANT_H */
