@@ -477,36 +477,6 @@ def group_cost(budget):
                   ms["f32"] / ms["col"], ms["now"], ms["f32"] / ms["now"]), flush=True)  # fmt: skip
 
 
-def kernel_rates(shapes, budget):
-    """The per-column int8 product itself (``_kernels.qmatmul``, kg 0, on the current
-    kernel set): per M x K x N shape, ms per product (median of ~20 ms rounds over
-    ``budget`` seconds), the weights' GB/s (what bounds B = 1) and GOP/s (2 M K N a
-    product). One process: compare builds by running it under each, interleaved."""
-    from rnnfast import _kernels, _quant
-
-    code = _quant.PRECISIONS["int8"]
-    print("| M x K x N | ms | weights GB/s | GOP/s |")
-    print("| --- | ---: | ---: | ---: |")
-    for M, K, N in shapes:
-        rng = np.random.default_rng(K + N)
-        A = rng.standard_normal((M, K)).astype(np.float32)
-        data, scale, comp = _quant.pack_block(rng.standard_normal((K, N)).astype(np.float32), code)
-        b = rng.standard_normal(N).astype(np.float32)
-        t0, n = time.perf_counter(), 0
-        while time.perf_counter() - t0 < 0.02 or n < 1:
-            _kernels.qmatmul(code, A, data, N, scale, comp, bias=b)
-            n += 1
-        per = max(1, int(0.02 / ((time.perf_counter() - t0) / n)))
-        ts, end = [], time.perf_counter() + budget
-        while time.perf_counter() < end or len(ts) < 5:
-            t0 = time.perf_counter()
-            _kernels.qmatmul(code, A, data, N, scale, comp, bias=b, repeat=per)
-            ts.append((time.perf_counter() - t0) / per)
-        t = float(np.median(ts))
-        print("| %d x %d x %d | %.4f | %.1f | %.1f |" % (M, K, N, t * 1e3, K * N / t * 1e-9, 2 * M * K * N / t * 1e-9),
-              flush=True)  # fmt: skip
-
-
 def profile_split(cells, Hs, Bs, T, calls):
     """Where rnnfast's time goes per step, one thread (``_kernels.profile``, the counters
     of bench/README.md's profiles): the input projection, the recurrent product and the
@@ -564,12 +534,6 @@ def main(argv=None):
         help="only these columns, comma-separated (default: all installed; rnnfast float32, the "
         "speed-ups' base, and %r, the errors' reference, always run)" % REFERENCE,
     )
-    ap.add_argument(
-        "--kernel",
-        metavar="MxKxN",
-        nargs="+",
-        help="time the per-column int8 product alone at these shapes (e.g. 1x1024x4096 64x1024x4096; no peers)",
-    )
     ap.add_argument("--_engine", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args._engine:
@@ -579,9 +543,6 @@ def main(argv=None):
         return
     if args.group_cost:
         group_cost(args.budget)
-        return
-    if args.kernel:
-        kernel_rates([tuple(int(v) for v in k.lower().split("x")) for k in args.kernel], args.budget)
         return
     if args.profile:
         profile_split(args.cells, args.H, args.B, args.T, args.profile)

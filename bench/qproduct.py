@@ -1,16 +1,18 @@
-"""The recurrent product alone, float32 against bf16, across builds: interleaved A/B.
+"""The recurrent product alone, float32 against bf16 and int8, across builds: interleaved A/B.
 
 Times ``_kernels.packed_matmul`` (float32 on packed weights) and ``_kernels.qmatmul``
-(bf16, the weights packed once and 64-byte aligned as the layers hold them) for the
+(bf16, and int8 per column, the weights packed once and 64-byte aligned as the layers
+hold them) for the
 recurrent product of a layer: K = H rows, N = 3H (GRU) or 4H (LSTM) columns, M = B rows,
 the weights resident in whatever cache they fit (a batch-1 step streams them every
 step). Each round runs every build in a process of its own, the builds' order swapped
 every round; a process keeps the least of five timed batches (thread CPU time: the
 machine is shared), and the table gives each build's median of those over the rounds, the weights'
-GB/s at B = 1 (bf16: 2 bytes an element, float32: 4) and GFLOP/s (2 M K N) otherwise,
-and bf16's speed against float32 and against the first build.
+GB/s at B = 1 (int8: 1 byte an element, bf16: 2, float32: 4) and G(FL)OP/s (2 M K N)
+otherwise, and each precision's speed against float32 and against the first build.
 
     python bench/qproduct.py OLD_SRC NEW_SRC [--rounds 5] [--H 256 512 1024] [--B 1 64]
+                             [--precisions bf16 int8]
 
 Each SRC is a folder holding a built ``rnnfast`` (a worktree's ``src``). One thread;
 run it under ``timeout 180 chrt -f 20`` on a shared machine.
@@ -31,7 +33,7 @@ from rnnfast import _kernels, _quant
 
 cases = json.loads(sys.argv[1])
 target = float(sys.argv[2])
-code = _quant.PRECISIONS["bf16"]
+precisions = json.loads(sys.argv[3])
 out = {}
 
 
@@ -66,13 +68,20 @@ for cell, H, B in cases:
     W = (rng.standard_normal((H, N)) * 0.05).astype(np.float32)
     A = rng.standard_normal((B, H)).astype(np.float32)
     b = rng.standard_normal(N).astype(np.float32)
-    data, scale, comp = _quant.pack_block(W, code)
-    data = aligned(data)
     key = "%s/%d/%d" % (cell, H, B)
-    out[key + "/f32"] = per_call(lambda r: _kernels.packed_matmul(A, W, repeat=r, bias=b))
-    out[key + "/bf16"] = per_call(lambda r: _kernels.qmatmul(code, A, data, N, scale, comp, bias=b, repeat=r))
+    out[key + "/float32"] = per_call(lambda r: _kernels.packed_matmul(A, W, repeat=r, bias=b))
+    for p in precisions:
+        code = _quant.PRECISIONS[p]
+        data, scale, comp = _quant.pack_block(W, code)
+        data = aligned(data)
+        out[key + "/" + p] = per_call(lambda r: _kernels.qmatmul(code, A, data, N, scale, comp, bias=b, repeat=r))
 print(json.dumps(out))
 """
+
+
+#: Bytes a weight and rows of K a packed group (quant.h) per precision.
+BYTES = {"float32": 4, "bf16": 2, "int8": 1}
+PAD = {"bf16": 2, "int8": 4}
 
 
 def main(argv=None):
@@ -82,6 +91,7 @@ def main(argv=None):
     ap.add_argument("--H", type=int, nargs="+", default=[256, 512, 1024])
     ap.add_argument("--B", type=int, nargs="+", default=[1, 64])
     ap.add_argument("--cells", nargs="+", default=["gru", "lstm"])
+    ap.add_argument("--precisions", nargs="+", default=["bf16", "int8"], choices=sorted(BYTES))
     ap.add_argument("--target", type=float, default=0.05, help="seconds per timed batch of calls")
     ap.add_argument("--json", metavar="OUT")
     args = ap.parse_args(argv)
@@ -91,26 +101,28 @@ def main(argv=None):
         order = args.src if r % 2 == 0 else args.src[::-1]
         for s in order:
             env = dict(os.environ, PYTHONPATH=os.path.abspath(s), OMP_NUM_THREADS="1", RNNFAST_NUM_THREADS="1")
-            res = subprocess.run([sys.executable, "-c", WORKER, json.dumps(cases), str(args.target)], env=env,
-                                 capture_output=True, text=True, check=True)  # fmt: skip
+            cmd = [sys.executable, "-c", WORKER, json.dumps(cases), str(args.target), json.dumps(args.precisions)]
+            res = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
             runs[s].append(json.loads(res.stdout))
     med = {s: {k: float(np.median([run[k] for run in runs[s]])) for k in runs[s][0]} for s in args.src}
     first = args.src[0]
-    unit = "GB/s (B=1) or GFLOP/s"
-    print("| cell | H | B | build | float32 us | bf16 us | float32 %s | bf16 %s | bf16 vs float32 | bf16 vs first |"
+    unit = "GB/s (B=1) or G(FL)OP/s"
+    print("| cell | H | B | build | precision | float32 us | us | float32 %s | %s | vs float32 | vs first |"
           % (unit, unit))  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for c, H, B in cases:
         N = (3 if c == "gru" else 4) * H
         key = "%s/%d/%d" % (c, H, B)
         for s in args.src:
-            f, q = med[s][key + "/f32"], med[s][key + "/bf16"]
-            if B == 1:
-                rf, rq = 4.0 * H * N / f / 1e9, 2.0 * (H + H % 2) * N / q / 1e9
-            else:
-                rf, rq = 2.0 * B * H * N / f / 1e9, 2.0 * B * H * N / q / 1e9
-            print("| %s | %d | %d | %s | %.1f | %.1f | %.1f | %.1f | %.2fx | %.2fx |"
-                  % (c, H, B, s, f * 1e6, q * 1e6, rf, rq, f / q, med[first][key + "/bf16"] / q))  # fmt: skip
+            for p in args.precisions:
+                f, q = med[s][key + "/float32"], med[s][key + "/" + p]
+                if B == 1:  # the weights as packed: K padded to the pair (bf16) or group (int8)
+                    kp = -(-H // PAD[p]) * PAD[p]
+                    rf, rq = BYTES["float32"] * H * N / f / 1e9, BYTES[p] * kp * N / q / 1e9
+                else:
+                    rf, rq = 2.0 * B * H * N / f / 1e9, 2.0 * B * H * N / q / 1e9
+                print("| %s | %d | %d | %s | %s | %.1f | %.1f | %.1f | %.1f | %.2fx | %.2fx |"
+                      % (c, H, B, s, p, f * 1e6, q * 1e6, rf, rq, f / q, med[first][key + "/" + p] / q))  # fmt: skip
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"runs": runs, "median": med, "cases": cases}, fh, indent=1)
