@@ -105,6 +105,23 @@ RNN_INLINE void RNN_INAME(vexp_neg)(RNN_INAME(rvec) *d, const int NE)
 #undef RNN_EACH
 }
 
+/* e = exp(src - m) over one group of RNN_ROW_LANES values, added lane by lane to acc;
+ * e to dst where dst is not NULL. */
+RNN_INLINE void RNN_INAME(vexp_group)(const TYPE *src, TYPE m, RNN_INAME(rvec) *acc, TYPE *dst)
+{
+    enum { NE = RNN_ROW_LANES / (sizeof(RNN_INAME(rvec)) / sizeof(TYPE)) };
+    RNN_INAME(rvec) e[NE];
+    long h;
+    memcpy(e, src, sizeof e);
+    _Pragma("GCC unroll 2") for (h = 0; h < NE; h++)
+        e[h] -= m;
+    RNN_INAME(vexp_neg)(e, NE);
+    _Pragma("GCC unroll 2") for (h = 0; h < NE; h++)
+        acc[h] += e[h];
+    if (dst != NULL)
+        memcpy(dst, e, sizeof e);
+}
+
 /* softmax_block's phases on vectors (float): the same partition of the sum into
  * RNN_ROW_LANES lanes (on AVX2 in two vectors, lanes 0-7 and 8-15), each lane's sum in
  * order of j (the exps of two groups of lanes computed together, added one after the
@@ -135,60 +152,24 @@ static void RNN_INAME(vsoftmax_block)(const TYPE *x, TYPE *y, long n, int take_l
         m = lane[l] > m ? lane[l] : m;
     *mb = m;
     m = m == -(TYPE)INFINITY ? (TYPE)0 : m;
-    /* (2) e = exp(x - m), s = sum e (e into y for the softmax) */
+    /* (2) e = exp(x - m), s = sum e (e into y for the softmax): two groups of lanes at
+     * a time, then the last whole group alone, then the tail */
     _Pragma("GCC unroll 2") for (h = 0; h < NE; h++)
         acc[h] = zero;
-    if (take_log)
-        for (j = 0; j < nb; j += 2 * RNN_ROW_LANES) {
-            V e[2 * NE];
-            int ne = j + 2 * RNN_ROW_LANES <= nb ? 2 * NE : NE;
-            if (ne == 2 * NE) {
-                memcpy(e, x + j, sizeof e);
-                _Pragma("GCC unroll 4") for (h = 0; h < 2 * NE; h++)
-                    e[h] -= m;
-                RNN_INAME(vexp_neg)(e, 2 * NE);
-                _Pragma("GCC unroll 2") for (h = 0; h < NE; h++)
-                    acc[h] = (acc[h] + e[h]) + e[NE + h];
-            } else {
-                memcpy(e, x + j, NE * sizeof(V));
-                _Pragma("GCC unroll 2") for (h = 0; h < NE; h++)
-                    e[h] -= m;
-                RNN_INAME(vexp_neg)(e, NE);
-                _Pragma("GCC unroll 2") for (h = 0; h < NE; h++)
-                    acc[h] += e[h];
-            }
-        }
-    else
-        for (j = 0; j < nb; j += 2 * RNN_ROW_LANES) {
-            V e[2 * NE];
-            if (j + 2 * RNN_ROW_LANES <= nb) {
-                memcpy(e, x + j, sizeof e);
-                _Pragma("GCC unroll 4") for (h = 0; h < 2 * NE; h++)
-                    e[h] -= m;
-                RNN_INAME(vexp_neg)(e, 2 * NE);
-                _Pragma("GCC unroll 2") for (h = 0; h < NE; h++)
-                    acc[h] = (acc[h] + e[h]) + e[NE + h];
-                memcpy(y + j, e, sizeof e);
-            } else {
-                memcpy(e, x + j, NE * sizeof(V));
-                _Pragma("GCC unroll 2") for (h = 0; h < NE; h++)
-                    e[h] -= m;
-                RNN_INAME(vexp_neg)(e, NE);
-                _Pragma("GCC unroll 2") for (h = 0; h < NE; h++)
-                    acc[h] += e[h];
-                memcpy(y + j, e, NE * sizeof(V));
-            }
-        }
-    {
-        V e[NE];
-        memcpy(e, pad, sizeof e);
-        _Pragma("GCC unroll 2") for (h = 0; h < NE; h++)
+    for (j = 0; j + 2 * RNN_ROW_LANES <= nb; j += 2 * RNN_ROW_LANES) {
+        V e[2 * NE];
+        memcpy(e, x + j, sizeof e);
+        _Pragma("GCC unroll 4") for (h = 0; h < 2 * NE; h++)
             e[h] -= m;
-        RNN_INAME(vexp_neg)(e, NE);
+        RNN_INAME(vexp_neg)(e, 2 * NE);
         _Pragma("GCC unroll 2") for (h = 0; h < NE; h++)
-            acc[h] += e[h];
-        memcpy(lane, e, sizeof e);
+            acc[h] = (acc[h] + e[h]) + e[NE + h];
+        if (!take_log)
+            memcpy(y + j, e, sizeof e);
     }
+    if (j < nb)
+        RNN_INAME(vexp_group)(x + j, m, acc, take_log ? NULL : y + j);
+    RNN_INAME(vexp_group)(pad, m, acc, lane);
     if (!take_log)
         for (l = 0; l < nt; l++)
             y[nb + l] = lane[l];
