@@ -106,6 +106,7 @@ def test_int8_rows_quantize_alike_on_every_kernel_set(rng, K):
         else:
             assert np.array_equal(got.view(np.int32), first.view(np.int32)), isa
 
+
 @pytest.mark.parametrize("M", [1, 2, 6, 7, 12, 13])
 def test_bf16_product_rounds_rows_alike_on_every_kernel_set(rng, M):
     """The rows of A rounded to bf16 (c/x86/avx2_quant.h: eight at a time, the tail
