@@ -26,13 +26,7 @@
 
 #include <immintrin.h>
 
-/* The lane mask of the first n (0..8) of eight floats. */
-RNN_INLINE __m256i rnn_mask8_avx2(long n)
-{
-    const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    n = n < 0 ? 0 : (n > 8 ? 8 : n);
-    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), lanes);
-}
+#include "avx2_lanes.h"                 /* rnn_mask8_avx2 */
 
 /* v[0..2*q) = the first nc of 8*nv floats at c (the rest zero); nv registers. */
 RNN_INLINE void rnn_loadn_avx2(__m256 *v, int nv, const float *c, long nc)

@@ -21,6 +21,8 @@
 #pragma GCC target("avx2,fma")
 #include <immintrin.h>
 
+#include "avx2_lanes.h"                 /* rnn_mask8_avx2 */
+
 #define ISA_SUFFIX avx2
 #define RNN_QUANT_OWN_I8
 #define RNN_QUANT_OWN_I8G
@@ -38,13 +40,13 @@
 RNN_INLINE float rnn_quant_row_i8_avx2(const float *a, long K, long Kp, signed char *s, unsigned char *u)
 {
     const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
-    const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), pick = _mm256_setr_epi32(0, 4, 0, 0, 0, 0, 0, 0);
+    const __m256i pick = _mm256_setr_epi32(0, 4, 0, 0, 0, 0, 0, 0);
     __m256 vm = _mm256_setzero_ps(), vinv;
     __m128 m4;
     long k;
     float m;
     for (k = 0; k < K; k += 8) {
-        __m256i t = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(K - k < 8 ? K - k : 8)), lanes);
+        __m256i t = rnn_mask8_avx2(K - k);
         vm = _mm256_max_ps(_mm256_and_ps(_mm256_maskload_ps(a + k, t), absmask), vm);
     }
     m4 = _mm_max_ps(_mm256_castps256_ps128(vm), _mm256_extractf128_ps(vm, 1));
@@ -54,7 +56,7 @@ RNN_INLINE float rnn_quant_row_i8_avx2(const float *a, long K, long Kp, signed c
     vinv = _mm256_set1_ps(rnn_quant_inv(m));
     for (k = 0; k < K; k += 8) {
         long n = K - k < 8 ? K - k : 8;
-        __m256i t = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), lanes);
+        __m256i t = rnn_mask8_avx2(n);
         __m256 v = _mm256_mul_ps(_mm256_maskload_ps(a + k, t), vinv);
         v = _mm256_max_ps(_mm256_min_ps(v, _mm256_set1_ps(127.0f)), _mm256_set1_ps(-127.0f));
         __m256i q = _mm256_cvtps_epi32(v);
@@ -75,14 +77,6 @@ RNN_INLINE float rnn_quant_row_i8_avx2(const float *a, long K, long Kp, signed c
     return m / 127.0f;
 }
 
-/* The lane mask of the first n (0..8) of eight int32 / float lanes. */
-RNN_INLINE __m256i rnn_qmask8_avx2(long n)
-{
-    const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    n = n < 0 ? 0 : (n > 8 ? 8 : n);
-    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), lanes);
-}
-
 /* C[col : col + 8] (of which `left` remain) = fma((float)acc, sa ws, bias): quant.h's
  * int8 epilogue, eight columns at a time (vcvtdq2ps rounds as (float) does). */
 RNN_INLINE void rnn_i8store_avx2(__m256i acc, long col, long left, float sa, const float *scale,
@@ -94,7 +88,7 @@ RNN_INLINE void rnn_i8store_avx2(__m256i acc, long col, long left, float sa, con
                             bias ? _mm256_loadu_ps(bias + col) : _mm256_setzero_ps());
         _mm256_storeu_ps(c + col, v);
     } else if (left > 0) {
-        __m256i t = rnn_qmask8_avx2(left);
+        __m256i t = rnn_mask8_avx2(left);
         v = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc),
                             _mm256_mul_ps(_mm256_set1_ps(sa), _mm256_maskload_ps(scale + col, t)),
                             bias ? _mm256_maskload_ps(bias + col, t) : _mm256_setzero_ps());
