@@ -109,14 +109,13 @@ RNN_INLINE void RNN_INAME(vexp_neg)(RNN_INAME(rvec) *d, const int NE)
  * e to dst where dst is not NULL. */
 RNN_INLINE void RNN_INAME(vexp_group)(const TYPE *src, TYPE m, RNN_INAME(rvec) *acc, TYPE *dst)
 {
-    enum { NE = RNN_ROW_LANES / (sizeof(RNN_INAME(rvec)) / sizeof(TYPE)) };
-    RNN_INAME(rvec) e[NE];
+    RNN_INAME(rvec) e[RNN_ROWS_RV];
     long h;
     memcpy(e, src, sizeof e);
-    _Pragma("GCC unroll 2") for (h = 0; h < NE; h++)
+    _Pragma("GCC unroll 2") for (h = 0; h < RNN_ROWS_RV; h++)
         e[h] -= m;
-    RNN_INAME(vexp_neg)(e, NE);
-    _Pragma("GCC unroll 2") for (h = 0; h < NE; h++)
+    RNN_INAME(vexp_neg)(e, RNN_ROWS_RV);
+    _Pragma("GCC unroll 2") for (h = 0; h < RNN_ROWS_RV; h++)
         acc[h] += e[h];
     if (dst != NULL)
         memcpy(dst, e, sizeof e);
