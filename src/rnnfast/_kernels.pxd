@@ -49,6 +49,7 @@ cdef extern from "c/enums.h":
     cpdef enum rnn_cpu_family:
         RNN_CPU_GENERIC
         RNN_CPU_ZEN4
+        RNN_CPU_ZEN1
         RNN_CPU_FAMILY_COUNT
 
     cpdef enum rnn_profile_part:

@@ -72,7 +72,8 @@ typedef enum rnn_packing {
 typedef enum rnn_cpu_family {
     RNN_CPU_GENERIC = 0,
     RNN_CPU_ZEN4 = 1,               /* AMD family 19h with AVX-512: 256-bit FMA units, 32 KiB L1d, 1 MiB L2 */
-    RNN_CPU_FAMILY_COUNT = 2
+    RNN_CPU_ZEN1 = 2,               /* AMD family 17h below model 30h (Zen 1, Zen+): AVX2 on 128-bit units, 512 KiB L2 */
+    RNN_CPU_FAMILY_COUNT = 3
 } rnn_cpu_family;
 
 /* Where the time goes (profile.h): the parts, and the threads counted. */

@@ -65,6 +65,11 @@ static const rnn_tuning rnn_tunings[RNN_CPU_FAMILY_COUNT] = {
      * cost the sums' round trips through C (products at M = 64..256, K = 256..512:
      * 82-101 -> 95-107 GFLOP/s, about 101 the sgemm peak); the HW prefetchers keep up */
     [RNN_CPU_ZEN4] = {512, 240, 0},
+    /* AMD Zen 1 / Zen+ (family 17h below model 30h: 32 KiB L1d, 512 KiB L2, AVX2 on
+     * 128-bit units): K blocks of 128 cost the sums' round trips for little, and the
+     * next panel's prefetch feeds weights that come from memory (a vocabulary head):
+     * bench/README.md, "Session 16: the AVX2 product's blocking and prefetch on Zen 1" */
+    [RNN_CPU_ZEN1] = {512, 240, 1},
 };
 
 /* This CPU's family, for rnn_tunings: Zen 4 is AMD's family 19h with AVX-512F (its
@@ -82,6 +87,8 @@ static rnn_cpu_family rnn_cpu_family_now(void)
         family += (a >> 20) & 0xFFu;
     if (family == 0x19u && __get_cpuid_count(7, 0, &a, &b, &c, &d) && (b >> 16) & 1u)
         return RNN_CPU_ZEN4;
+    if (family == 0x17u && (((a >> 4) & 0xFu) | ((a >> 12) & 0xF0u)) < 0x30u)
+        return RNN_CPU_ZEN1;
 #endif
     return RNN_CPU_GENERIC;
 }

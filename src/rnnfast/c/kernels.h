@@ -30,7 +30,8 @@ typedef struct {
 typedef struct {
     long kblock;    /* K steps per block of a panel, kept in L1 while the row tiles run */
     long mblock;    /* rows per row block (a multiple of RNN_TILE_ROWS), sums kept in L2 */
-    int prefetch;   /* 1: the row tiles of a block prefetch the block read next into L2 */
+    int prefetch;   /* 1: the row tiles of a block prefetch the block read next into L2
+                     * (AVX2: a slice's first row tile, the next panel's slice) */
 } rnn_tuning;
 
 /* The blocking in use (isa.h sets it; _kernels.product_tuning() reads or sets it). */

@@ -4,11 +4,14 @@
  * sixteen 256-bit registers and no AVX-512 (AMD Zen 1-3, Intel Haswell to Alder Lake).
  *
  * A register tile of up to RNN_TILE_ROWS (6) rows x 16 columns (12 accumulators, 2
- * panel loads and 6 broadcasts per k): a 64-column panel is four such slices, and a
- * slice (K x 16 floats, 16 KiB at K = 256) stays in the L1 cache while every row tile
- * runs over it, so it is read from L2 once per call, not once per row. Many rows are
- * K-blocked with the dispatcher's kblock (rnn_tuning): the sums go to C between
- * blocks and come back. One row (batch 1) runs one panel's 64 columns at once (8
+ * panel loads and 6 broadcasts per k): a 64-column panel is four such slices, and
+ * every row tile runs over a slice (K x 16 floats, 16 KiB at K = 256) before the next.
+ * (The panel's 256-byte rows put a slice in a quarter of L1's sets, so the row tiles
+ * after the first read it from L2; a contiguous copy of the slice measured no faster
+ * on Zen 1: bench/README.md, "Session 16".) Many rows are K-blocked with the
+ * dispatcher's kblock (rnn_tuning): the sums go to C between blocks and come back.
+ * With the tuning's prefetch, a slice's first row tile prefetches the same slice of
+ * the next panel into L2. One row (batch 1) runs one panel's 64 columns at once (8
  * independent chains, the panel streamed from L2 in order).
  *
  * Every element of C is one chain of fused multiply-adds over k = 0..K-1 starting
@@ -55,9 +58,13 @@ RNN_INLINE void rnn_storen_avx2(float *c, const __m256 *v, int nv, long nc)
 /* C[0:MR, slice] = A[0:MR] Bp[slice] over K steps: the slice's 16 columns (ns of
  * them stored) of a panel, b = the slice's first column at k = 0 (RNN_PANEL_COLS
  * apart per k); starting from init (the bias) or, with from_c, from the sums in C.
+ * With pf, one line a k of the slice pf (the same K steps of the next panel: the
+ * first row tile of a slice) is prefetched into L2, so that weights too big for the
+ * caches (a vocabulary head's) come from memory while this slice is computed.
  * MR is a constant after inlining, so the accumulators live in registers. */
 RNN_INLINE void rnn_tile16_avx2(const int MR, long K, const float *A, long lda, const float *b,
-                                const __m256 *init, float *C, long ldc, long ns, int from_c)
+                                const __m256 *init, float *C, long ldc, long ns, int from_c,
+                                const float *pf)
 {
     __m256 acc[RNN_TILE_ROWS][2];
     long k;
@@ -70,6 +77,8 @@ RNN_INLINE void rnn_tile16_avx2(const int MR, long K, const float *A, long lda, 
     }
     for (k = 0; k < K; k++, b += RNN_PANEL_COLS) {
         __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
+        if (pf != NULL)     /* (GCC unswitches the loop on it) */
+            _mm_prefetch((const char *)(pf + k * RNN_PANEL_COLS), _MM_HINT_T1);
         for (r = 0; r < MR; r++) {
             __m256 a = _mm256_broadcast_ss(A + r * lda + k);
             acc[r][0] = _mm256_fmadd_ps(a, b0, acc[r][0]);
@@ -126,10 +135,11 @@ static void rnn_gemm_packed_f_avx2(long M, long N, long K, const float *A, long 
                     const float *a = A + k0, *b = bs + k0 * RNN_PANEL_COLS;
                     int from_c = k0 > 0;
                     kn = K - k0 < kb ? K - k0 : kb;
-                    for (i = i0; i + RNN_TILE_ROWS <= i1; i += RNN_TILE_ROWS)
+                    const float *pf = rnn_tuning_now.prefetch && p + 1 < np ? b + K * RNN_PANEL_COLS : NULL;
+                    for (i = i0; i + RNN_TILE_ROWS <= i1; i += RNN_TILE_ROWS, pf = NULL)
                         rnn_tile16_avx2(RNN_TILE_ROWS, kn, a + i * lda, lda, b, init + 2 * s,
-                                        cs + i * ldc, ldc, ns, from_c);
-#define RNN_T16(n) case n: rnn_tile16_avx2(n, kn, a + i * lda, lda, b, init + 2 * s, cs + i * ldc, ldc, ns, from_c); break
+                                        cs + i * ldc, ldc, ns, from_c, pf);
+#define RNN_T16(n) case n: rnn_tile16_avx2(n, kn, a + i * lda, lda, b, init + 2 * s, cs + i * ldc, ldc, ns, from_c, pf); break
                     switch (i1 - i) {
                     RNN_T16(5); RNN_T16(4); RNN_T16(3); RNN_T16(2); RNN_T16(1);
                     default: break;
