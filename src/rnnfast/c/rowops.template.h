@@ -601,6 +601,68 @@ static void RNN_INAME(attend_scores16)(const rnn_attend_args *ar, long g0, long 
 }
 #endif
 
+#if defined(RNN_ROWS_YMM)
+/* The scores S_g = Q_g Kt_g of batch entry g on AVX2 (float; Kt's k contiguous:
+ * attention's k^T, a transposed view of the keys): eight keys at a time, one per lane,
+ * each score rows_product's chain (from zero, one multiply-add per k in order: the same
+ * bits). The keys' rows are transposed 8 x 8 in registers: four k of key i and of key
+ * i + 4 loaded as one vector, then 4 x 4 transposes within each 128-bit lane (unpack,
+ * shuffle; none crosses lanes, which costs a Zen 1 eight micro-ops). A last group of
+ * fewer than eight keys repeats key t0 in the lanes past T (computed, never stored).
+ * rows_product gathered the keys element by element into a panel: a B = 64 decoder
+ * step's attention (K 256, T 20; `attend` alone, 1 thread, Zen 1) 319 -> 149 us, of it
+ * the scores alone (rows_products) 289 us before (bench/README.md, "Session 16"). */
+static void RNN_INAME(attend_scores8)(const rnn_attend_args *ar, long g)
+{
+    typedef float V8 __attribute__((vector_size(32)));
+    typedef int I8 __attribute__((vector_size(32)));
+    static const I8 ulo = {0, 8, 1, 9, 4, 12, 5, 13}, uhi = {2, 10, 3, 11, 6, 14, 7, 15};
+    static const I8 slo = {0, 1, 8, 9, 4, 5, 12, 13}, shi = {2, 3, 10, 11, 6, 7, 14, 15};
+    const float *Q = (const float *)ar->Q + g * ar->sq, *Kt = (const float *)ar->Kt + g * ar->sk;
+    float *S = (float *)ar->S + g * ar->M * ar->T, lane[8];
+    long M = ar->M, K = ar->K, T = ar->T, K8 = K / 8 * 8, m, t0, k, i, h, nk;
+    for (t0 = 0; t0 < T; t0 += 8) {
+        const float *row[8];
+        nk = T - t0 < 8 ? T - t0 : 8;
+        for (i = 0; i < 8; i++)
+            row[i] = Kt + (t0 + (i < nk ? i : 0)) * ar->ck;
+        for (m = 0; m < M; m++) {
+            const float *q = Q + m * ar->ldq;
+            V8 acc = {0};
+            for (k = 0; k < K8; k += 8) {
+                V8 x[8], u[4], c[8];
+                for (h = 0; h < 2; h++)             /* h 0: k .. k + 3; 1: k + 4 .. k + 7 */
+                    for (i = 0; i < 4; i++) {
+                        memcpy(&x[4 * h + i], row[i] + k + 4 * h, 16);
+                        memcpy((char *)&x[4 * h + i] + 16, row[i + 4] + k + 4 * h, 16);
+                    }
+                for (h = 0; h < 2; h++) {
+                    u[0] = __builtin_shuffle(x[4 * h], x[4 * h + 1], ulo);
+                    u[1] = __builtin_shuffle(x[4 * h], x[4 * h + 1], uhi);
+                    u[2] = __builtin_shuffle(x[4 * h + 2], x[4 * h + 3], ulo);
+                    u[3] = __builtin_shuffle(x[4 * h + 2], x[4 * h + 3], uhi);
+                    c[4 * h] = __builtin_shuffle(u[0], u[2], slo);      /* the keys at k + 4h */
+                    c[4 * h + 1] = __builtin_shuffle(u[0], u[2], shi);
+                    c[4 * h + 2] = __builtin_shuffle(u[1], u[3], slo);
+                    c[4 * h + 3] = __builtin_shuffle(u[1], u[3], shi);
+                }
+                _Pragma("GCC unroll 8") for (i = 0; i < 8; i++)
+                    acc = acc + q[k + i] * c[i];    /* (contracted to an FMA, as rows_product's) */
+            }
+            for (; k < K; k++) {                    /* the last K % 8 */
+                V8 c;
+                for (i = 0; i < 8; i++)
+                    c[i] = row[i][k];
+                acc = acc + q[k] * c;
+            }
+            memcpy(lane, &acc, sizeof lane);
+            for (i = 0; i < nk; i++)
+                S[m * T + t0 + i] = lane[i];
+        }
+    }
+}
+#endif
+
 /* The attention of ar (rowops.h: rnn_attend_args) in TYPE: per batch entry g, the
  * scores S_g = Q_g Kt_g (rows_product), each row of S_g softmaxed in place
  * (softmax_row), O_g = S_g V_g (rows_product): the bits of the three ops one after
@@ -624,6 +686,16 @@ static void RNN_INAME(attend)(const rnn_attend_args *ar, int nth)
                 RNN_INAME(attend_scores16)(ar, g0, ng);
             for (e = g0; e < g0 + ng; e++)
                 RNN_INAME(attend_one)(ar, e, scores);
+        }
+        return;
+    }
+#endif
+#if defined(RNN_ROWS_YMM)
+    if (sizeof(TYPE) == 4 && ar->ldk == 1) {
+        RNN_OMP(parallel for num_threads(nth) schedule(static) if(nth > 1))
+        for (g = 0; g < ar->G; g++) {
+            RNN_INAME(attend_scores8)(ar, g);
+            RNN_INAME(attend_one)(ar, g, 1);
         }
         return;
     }
