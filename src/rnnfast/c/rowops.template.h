@@ -111,14 +111,16 @@ RNN_INLINE void RNN_INAME(vexp_group)(const TYPE *src, TYPE m, RNN_INAME(rvec) *
 {
     RNN_INAME(rvec) e[RNN_ROWS_RV];
     long h;
-    memcpy(e, src, sizeof e);
-    _Pragma("GCC unroll 2") for (h = 0; h < RNN_ROWS_RV; h++)
+    _Pragma("GCC unroll 2") for (h = 0; h < RNN_ROWS_RV; h++) {    /* (a vector at a time: see vsoftmax_block) */
+        memcpy(&e[h], src + h * (long)(sizeof e[0] / sizeof(TYPE)), sizeof e[h]);
         e[h] -= m;
+    }
     RNN_INAME(vexp_neg)(e, RNN_ROWS_RV);
     _Pragma("GCC unroll 2") for (h = 0; h < RNN_ROWS_RV; h++)
         acc[h] += e[h];
     if (dst != NULL)
-        memcpy(dst, e, sizeof e);
+        _Pragma("GCC unroll 2") for (h = 0; h < RNN_ROWS_RV; h++)
+            memcpy(dst + h * (long)(sizeof e[0] / sizeof(TYPE)), &e[h], sizeof e[h]);
 }
 
 /* softmax_block's phases on vectors (float): the same partition of the sum into
@@ -129,12 +131,14 @@ RNN_INLINE void RNN_INAME(vexp_group)(const TYPE *src, TYPE m, RNN_INAME(rvec) *
 static void RNN_INAME(vsoftmax_block)(const TYPE *x, TYPE *y, long n, int take_log, TYPE *mb, TYPE *sb)
 {
     typedef RNN_INAME(rvec) V;
-    typedef RNN_INAME(rmask) I;
     enum { EL = sizeof(V) / sizeof(TYPE), NE = RNN_ROW_LANES / EL };
     TYPE lane[RNN_ROW_LANES], pad[RNN_ROW_LANES], m;
     long j, l, w, h, nb = n / RNN_ROW_LANES * RNN_ROW_LANES, nt = n - nb;
     V v, mx[NE], acc[NE], zero = {0};
+#if !defined(RNN_ROWS_YMM)
+    typedef RNN_INAME(rmask) I;
     I gt;
+#endif
     for (l = 0; l < RNN_ROW_LANES; l++)
         pad[l] = l < nt ? x[nb + l] : -(TYPE)INFINITY;
     /* (1) m = max x (a comparison with NaN is false: skipped) */
@@ -142,8 +146,18 @@ static void RNN_INAME(vsoftmax_block)(const TYPE *x, TYPE *y, long n, int take_l
     for (j = 0; j < nb; j += RNN_ROW_LANES)
         _Pragma("GCC unroll 2") for (h = 0; h < NE; h++) {
             memcpy(&v, x + j + h * EL, sizeof v);
+#if defined(RNN_ROWS_YMM)
+            /* vmaxps(v, mx): v > mx ? v : mx, the second operand where either is NaN;
+             * GCC made the masks below a compare and a blend (a chain 4-5 cycles long
+             * on Zen 1 where vmaxps's is 1) */
+            typedef float F8 __attribute__((vector_size(32)));
+            typedef double D4 __attribute__((vector_size(32)));
+            mx[h] = sizeof(TYPE) == 4 ? (V)__builtin_ia32_maxps256((F8)v, (F8)mx[h])
+                                      : (V)__builtin_ia32_maxpd256((D4)v, (D4)mx[h]);
+#else
             gt = v > mx[h];
             mx[h] = (V)(((I)v & gt) | ((I)mx[h] & ~gt));
+#endif
         }
     memcpy(lane, mx, sizeof lane);
     m = -(TYPE)INFINITY;
@@ -157,14 +171,19 @@ static void RNN_INAME(vsoftmax_block)(const TYPE *x, TYPE *y, long n, int take_l
         acc[h] = zero;
     for (j = 0; j + 2 * RNN_ROW_LANES <= nb; j += 2 * RNN_ROW_LANES) {
         V e[2 * NE];
-        memcpy(e, x + j, sizeof e);
-        _Pragma("GCC unroll 4") for (h = 0; h < 2 * NE; h++)
+        /* a vector at a time: one memcpy of the whole array went through the stack in
+         * 16-byte halves, each vector then read back whole (a failed store-to-load
+         * forward per vector) */
+        _Pragma("GCC unroll 4") for (h = 0; h < 2 * NE; h++) {
+            memcpy(&e[h], x + j + h * EL, sizeof e[h]);
             e[h] -= m;
+        }
         RNN_INAME(vexp_neg)(e, 2 * NE);
         _Pragma("GCC unroll 2") for (h = 0; h < NE; h++)
             acc[h] = (acc[h] + e[h]) + e[NE + h];
         if (!take_log)
-            memcpy(y + j, e, sizeof e);
+            _Pragma("GCC unroll 4") for (h = 0; h < 2 * NE; h++)
+                memcpy(y + j + h * EL, &e[h], sizeof e[h]);
     }
     if (j < nb)
         RNN_INAME(vexp_group)(x + j, m, acc, take_log ? NULL : y + j);
