@@ -101,6 +101,7 @@ typedef struct {
     && !defined(RNNFAST_NO_DISPATCH)
 #define RNN_ROWOPS_X86 1
 #define RNN_ROWS_FMA 1
+#include <immintrin.h>              /* (the AVX2 attention scores: usable under the pragma below) */
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 #define ISA_SUFFIX avx2

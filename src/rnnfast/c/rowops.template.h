@@ -621,62 +621,74 @@ static void RNN_INAME(attend_scores16)(const rnn_attend_args *ar, long g0, long 
 #endif
 
 #if defined(RNN_ROWS_YMM)
+/* The scores of query row q against NG groups of eight keys (rows[gi][l]: key l of group
+ * gi, k contiguous), K steps, into out[gi * 8 + l]: each score rows_product's chain (from
+ * zero, one multiply-add per k in order: the same bits). Per eight k, the keys' values
+ * transposed in registers: four k of key l and of key l + 4 loaded as one vector (the
+ * halves inserted: no store forward), then 4 x 4 transposes within each 128-bit lane
+ * (unpack, shuffle; none crosses lanes, which costs a Zen 1 eight micro-ops). The NG
+ * groups' chains are independent, so their FMAs overlap (one chain is 8 FMAs of
+ * latency per eight k). NG is a constant after inlining. */
+RNN_INLINE void RNN_INAME(attend_keys8)(const int NG, long K, const float *q, const float *const (*rows)[8],
+                                        float *out)
+{
+    __m256 acc[4], x[4], u[4], c[4];
+    long K8 = K / 8 * 8, k;
+    int gi, l, h;
+    for (gi = 0; gi < NG; gi++) acc[gi] = _mm256_setzero_ps();
+    for (k = 0; k < K8; k += 8)
+        for (gi = 0; gi < NG; gi++)
+            for (h = 0; h < 8; h += 4) {            /* k + h .. k + h + 3 */
+                for (l = 0; l < 4; l++)
+                    x[l] = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(rows[gi][l] + k + h)),
+                                                _mm_loadu_ps(rows[gi][l + 4] + k + h), 1);
+                u[0] = _mm256_unpacklo_ps(x[0], x[1]), u[1] = _mm256_unpackhi_ps(x[0], x[1]);
+                u[2] = _mm256_unpacklo_ps(x[2], x[3]), u[3] = _mm256_unpackhi_ps(x[2], x[3]);
+                c[0] = _mm256_shuffle_ps(u[0], u[2], 0x44), c[1] = _mm256_shuffle_ps(u[0], u[2], 0xEE);
+                c[2] = _mm256_shuffle_ps(u[1], u[3], 0x44), c[3] = _mm256_shuffle_ps(u[1], u[3], 0xEE);
+                for (l = 0; l < 4; l++)             /* c[l]: the eight keys at k + h + l */
+                    acc[gi] = _mm256_fmadd_ps(_mm256_set1_ps(q[k + h + l]), c[l], acc[gi]);
+            }
+    for (; k < K; k++)                              /* the last K % 8 */
+        for (gi = 0; gi < NG; gi++)
+            acc[gi] = _mm256_fmadd_ps(_mm256_set1_ps(q[k]),
+                                      _mm256_setr_ps(rows[gi][0][k], rows[gi][1][k], rows[gi][2][k], rows[gi][3][k],
+                                                     rows[gi][4][k], rows[gi][5][k], rows[gi][6][k], rows[gi][7][k]),
+                                      acc[gi]);
+    for (gi = 0; gi < NG; gi++) _mm256_storeu_ps(out + 8 * gi, acc[gi]);
+}
+
 /* The scores S_g = Q_g Kt_g of batch entry g on AVX2 (float; Kt's k contiguous:
- * attention's k^T, a transposed view of the keys): eight keys at a time, one per lane,
- * each score rows_product's chain (from zero, one multiply-add per k in order: the same
- * bits). The keys' rows are transposed 8 x 8 in registers: four k of key i and of key
- * i + 4 loaded as one vector, then 4 x 4 transposes within each 128-bit lane (unpack,
- * shuffle; none crosses lanes, which costs a Zen 1 eight micro-ops). A last group of
- * fewer than eight keys repeats key t0 in the lanes past T (computed, never stored).
+ * attention's k^T, a transposed view of the keys), up to 32 keys at a time
+ * (attend_keys8). Lanes past T repeat the group's first key (computed, not stored).
  * rows_product gathered the keys element by element into a panel: a B = 64 decoder
- * step's attention (K 256, T 20; `attend` alone, 1 thread, Zen 1) 319 -> 149 us, of it
- * the scores alone (rows_products) 289 us before (bench/README.md, "Session 16"). */
+ * step's attention (K 256, T 20; `attend` alone, 1 thread, Zen 1) 319 -> 124-143 us
+ * (bench/README.md, "Session 16"). */
 static void RNN_INAME(attend_scores8)(const rnn_attend_args *ar, long g)
 {
-    typedef float V8 __attribute__((vector_size(32)));
-    typedef int I8 __attribute__((vector_size(32)));
-    static const I8 ulo = {0, 8, 1, 9, 4, 12, 5, 13}, uhi = {2, 10, 3, 11, 6, 14, 7, 15};
-    static const I8 slo = {0, 1, 8, 9, 4, 5, 12, 13}, shi = {2, 3, 10, 11, 6, 7, 14, 15};
     const float *Q = (const float *)ar->Q + g * ar->sq, *Kt = (const float *)ar->Kt + g * ar->sk;
-    float *S = (float *)ar->S + g * ar->M * ar->T, lane[8];
-    long M = ar->M, K = ar->K, T = ar->T, K8 = K / 8 * 8, m, t0, k, i, h, nk;
-    for (t0 = 0; t0 < T; t0 += 8) {
-        const float *row[8];
-        nk = T - t0 < 8 ? T - t0 : 8;
-        for (i = 0; i < 8; i++)
-            row[i] = Kt + (t0 + (i < nk ? i : 0)) * ar->ck;
+    const float *rows[4][8];
+    float *S = (float *)ar->S + g * ar->M * ar->T, out[32];
+    long M = ar->M, K = ar->K, T = ar->T, m, t0, t, nt, i;
+    int ng, gi, l;
+    for (t0 = 0; t0 < T; t0 += 32) {
+        nt = T - t0 < 32 ? T - t0 : 32;
+        ng = (int)((nt + 7) / 8);
+        for (gi = 0; gi < ng; gi++)
+            for (l = 0; l < 8; l++) {
+                t = t0 + 8 * gi + l;
+                rows[gi][l] = Kt + (t < T ? t : t0 + 8 * gi) * ar->ck;
+            }
         for (m = 0; m < M; m++) {
             const float *q = Q + m * ar->ldq;
-            V8 acc = {0};
-            for (k = 0; k < K8; k += 8) {
-                V8 x[8], u[4], c[8];
-                for (h = 0; h < 2; h++)             /* h 0: k .. k + 3; 1: k + 4 .. k + 7 */
-                    for (i = 0; i < 4; i++) {
-                        memcpy(&x[4 * h + i], row[i] + k + 4 * h, 16);
-                        memcpy((char *)&x[4 * h + i] + 16, row[i + 4] + k + 4 * h, 16);
-                    }
-                for (h = 0; h < 2; h++) {
-                    u[0] = __builtin_shuffle(x[4 * h], x[4 * h + 1], ulo);
-                    u[1] = __builtin_shuffle(x[4 * h], x[4 * h + 1], uhi);
-                    u[2] = __builtin_shuffle(x[4 * h + 2], x[4 * h + 3], ulo);
-                    u[3] = __builtin_shuffle(x[4 * h + 2], x[4 * h + 3], uhi);
-                    c[4 * h] = __builtin_shuffle(u[0], u[2], slo);      /* the keys at k + 4h */
-                    c[4 * h + 1] = __builtin_shuffle(u[0], u[2], shi);
-                    c[4 * h + 2] = __builtin_shuffle(u[1], u[3], slo);
-                    c[4 * h + 3] = __builtin_shuffle(u[1], u[3], shi);
-                }
-                _Pragma("GCC unroll 8") for (i = 0; i < 8; i++)
-                    acc = acc + q[k + i] * c[i];    /* (contracted to an FMA, as rows_product's) */
+            switch (ng) {
+            case 4: RNN_INAME(attend_keys8)(4, K, q, (const float *const (*)[8])rows, out); break;
+            case 3: RNN_INAME(attend_keys8)(3, K, q, (const float *const (*)[8])rows, out); break;
+            case 2: RNN_INAME(attend_keys8)(2, K, q, (const float *const (*)[8])rows, out); break;
+            default: RNN_INAME(attend_keys8)(1, K, q, (const float *const (*)[8])rows, out); break;
             }
-            for (; k < K; k++) {                    /* the last K % 8 */
-                V8 c;
-                for (i = 0; i < 8; i++)
-                    c[i] = row[i][k];
-                acc = acc + q[k] * c;
-            }
-            memcpy(lane, &acc, sizeof lane);
-            for (i = 0; i < nk; i++)
-                S[m * T + t0 + i] = lane[i];
+            for (i = 0; i < nt; i++)
+                S[m * T + t0 + i] = out[i];
         }
     }
 }
