@@ -68,7 +68,7 @@ static const rnn_tuning rnn_tunings[RNN_CPU_FAMILY_COUNT] = {
     /* AMD Zen 1 / Zen+ (family 17h below model 30h: 32 KiB L1d, 512 KiB L2, AVX2 on
      * 128-bit units): K blocks of 128 cost the sums' round trips for little, and the
      * next panel's prefetch feeds weights that come from memory (a vocabulary head):
-     * bench/README.md, "Session 16: the AVX2 product's blocking and prefetch on Zen 1" */
+     * bench/README.md, "Session 16: the AVX2 product's blocking and prefetch ... (lead)" */
     [RNN_CPU_ZEN1] = {512, 240, 1},
 };
 
