@@ -109,10 +109,11 @@ RNN_INLINE void RNN_INAME(vexp_neg)(RNN_INAME(rvec) *d, const int NE)
  * e to dst where dst is not NULL. */
 RNN_INLINE void RNN_INAME(vexp_group)(const TYPE *src, TYPE m, RNN_INAME(rvec) *acc, TYPE *dst)
 {
+    enum { EL = sizeof(RNN_INAME(rvec)) / sizeof(TYPE) };
     RNN_INAME(rvec) e[RNN_ROWS_RV];
     long h;
     _Pragma("GCC unroll 2") for (h = 0; h < RNN_ROWS_RV; h++) {    /* (a vector at a time: see vsoftmax_block) */
-        memcpy(&e[h], src + h * (long)(sizeof e[0] / sizeof(TYPE)), sizeof e[h]);
+        memcpy(&e[h], src + h * EL, sizeof e[h]);
         e[h] -= m;
     }
     RNN_INAME(vexp_neg)(e, RNN_ROWS_RV);
@@ -120,7 +121,7 @@ RNN_INLINE void RNN_INAME(vexp_group)(const TYPE *src, TYPE m, RNN_INAME(rvec) *
         acc[h] += e[h];
     if (dst != NULL)
         _Pragma("GCC unroll 2") for (h = 0; h < RNN_ROWS_RV; h++)
-            memcpy(dst + h * (long)(sizeof e[0] / sizeof(TYPE)), &e[h], sizeof e[h]);
+            memcpy(dst + h * EL, &e[h], sizeof e[h]);
 }
 
 /* softmax_block's phases on vectors (float): the same partition of the sum into
@@ -701,8 +702,9 @@ static void RNN_INAME(attend_scores8)(const rnn_attend_args *ar, long g)
  * 16 entries at a time (attend_scores16: the same bits), and O on rows_product_wide:
  * (64, 1, 256) @ (64, 256, 20) -> softmax -> @ (64, 20, 256) 157 -> 91 us alone, 326 ->
  * 130 us within a decoder step (Zen 4, 1 thread, chrt); a block of fewer than
- * RNN_ATTEND_MIN_LANES entries entry by entry. The entries (blocks of 16 there) split
- * among nth threads at most. */
+ * RNN_ATTEND_MIN_LANES entries entry by entry. On AVX2 (float, k^T a transposed view)
+ * an entry's scores eight keys at a time (attend_scores8: the same bits). The entries
+ * (blocks of 16 on AVX-512) split among nth threads at most. */
 static void RNN_INAME(attend)(const rnn_attend_args *ar, int nth)
 {
     long g;
