@@ -16,10 +16,12 @@
  *
  * Why: on an AMD Zen 1 (256-bit operations split in two) the portable body's pass per
  * operation over a unit block (64 units) ran one activation's dependency chain at a
- * time and set its constants up per pass; here the gates of a group are independent
- * chains side by side and a row takes two passes (bench/README.md, session 15: the
- * LSTM gate math 10.6 -> 8.4 ns per unit and row, GRU 6.4 -> 5.2). The activations
- * alone (vtanh, vsigmoid) stay the portable loops (these return 0 elements done).
+ * time and set its constants up per pass; here a row takes two passes (bench/README.md,
+ * session 15: the LSTM gate math 10.6 -> 8.4 ns per unit and row, GRU 6.4 -> 5.2), and
+ * the activations of a pass run side by side, one operation for all before the next
+ * (rnn_acts8; session 17: LSTM 7.8 -> 6.2 ns, GRU 4.9 -> 3.9). The activations alone
+ * (vtanh, vsigmoid: a Dense layer's, the cells without a fused step) run four groups
+ * side by side too, bit for bit the portable loops' (every float).
  *
  * cellmath.template.h calls them when instantiated with CELLMATH_FAST (float, avx2).
  * Included by x86/avx2_kernels.h inside its `#pragma GCC target` region only.
@@ -29,65 +31,109 @@
 
 #include <immintrin.h>
 
-/* rnn_exp_parts_f at eight lanes, on u = sign * t (sign +1 or -1: the sigmoid's
- * t = -x is folded into the constants, as GCC folds it): returns q = expm1(r) and
- * *p2 = 2^n. fx = floor(t log2e + 0.5); r = t - fx hi - fx lo, as multiply-adds. */
-RNN_INLINE __m256 rnn_exp_parts8(__m256 u, float sign, __m256 *p2)
+/* The activations of a fused step, n (1 to 8) vectors of eight lanes side by side,
+ * in place: v[k] = sigmoid(v[k]) where bit k of `tanh_bits` is 0, tanh(v[k]) where it
+ * is 1 (n and tanh_bits constants: the loops unroll and the selections fold). Each
+ * value is rnn_sigmoid_f's or rnn_tanh_f's sequence of operations (mathfun.h, on
+ * rnn_exp_parts_f: q = expm1(r), 2^n):
+ *   sigmoid: t = -x, x clamped to [-88, 87] (NaN passes: max/min return their second
+ *            operand, x, when it is NaN; the negation is folded into the constants, as
+ *            GCC folds it); 1 / (1 + (q + 1) 2^n);
+ *   tanh:    t = min(2|x|, 40); e = q 2^n + (2^n - 1); e / (e + 2) with the sign of x
+ *            (NaN stays NaN);
+ * with fx = floor(t log2e + 0.5), r = t - fx hi - fx lo as multiply-adds. 2^n is
+ * (fx + 2^23 + 127) shifted left by 23: fx is a whole number in [-127, 127], so the
+ * sum is exact and its low mantissa bits are fx + 127, what vcvttps2dq + vpaddd gave
+ * in two instructions (for a NaN fx the two 2^n differ, finite or infinite, never NaN:
+ * the result is q's NaN either way, the operand taken first by the multiply-add that
+ * takes 2^n; every float checked against the portable loops).
+ * Why side by side, one operation for every vector before the next: one activation is
+ * a chain of ~24 dependent operations (~70 cycles), and on Zen 1 each 256-bit
+ * operation takes two of the out-of-order window's entries, so chains written one after
+ * another overlapped little. Zen 1 (harness, 64 rows of 64 units): the LSTM step 7.8 ->
+ * 6.9 ns per unit and row from the interleaving, -> 6.2 with the 2^n above; GRU 4.9 ->
+ * 4.0 -> 3.9 (bench/README.md, session 17). */
+RNN_INLINE void rnn_acts8(const int n, const unsigned tanh_bits, __m256 *v)
 {
-    __m256 fx = _mm256_floor_ps(_mm256_fmadd_ps(u, _mm256_set1_ps(sign * 1.44269504088896341f),
-                                                _mm256_set1_ps(0.5f)));
-    /* r = t - fx hi: sign +1: fnmadd (t - fx hi); -1: fnmsub (-(fx hi) - x) */
-    __m256 r = sign > 0 ? _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), u)
-                        : _mm256_fnmsub_ps(fx, _mm256_set1_ps(0.693359375f), u);
-    r = _mm256_fmadd_ps(fx, _mm256_set1_ps(2.12194440e-4f), r);     /* r - fx * -lo */
-    __m256 z = _mm256_mul_ps(r, r);
-    __m256 y = _mm256_fmadd_ps(r, _mm256_set1_ps(1.3814540579915047E-3f), _mm256_set1_ps(8.36874544620514E-3f));
-    y = _mm256_fmadd_ps(r, y, _mm256_set1_ps(4.166838899254799E-2f));
-    y = _mm256_fmadd_ps(r, y, _mm256_set1_ps(1.666652113199234E-1f));
-    y = _mm256_fmadd_ps(r, y, _mm256_set1_ps(4.999999403953552E-1f));
-    __m256i n = _mm256_add_epi32(_mm256_cvttps_epi32(fx), _mm256_set1_epi32(127));
-    *p2 = _mm256_castsi256_ps(_mm256_slli_epi32(n, 23));
-    return _mm256_fmadd_ps(z, y, r);
+    const __m256 sgn = _mm256_set1_ps(-0.0f), one = _mm256_set1_ps(1.0f);
+    __m256 t[8], fx[8], r[8], z[8], y[8], p2[8];
+    int k;
+#define RNN_TANH_K ((tanh_bits >> k) & 1u)
+#pragma GCC unroll 8
+    for (k = 0; k < n; k++) {
+        if (RNN_TANH_K) {
+            __m256 a = _mm256_andnot_ps(sgn, v[k]);
+            t[k] = _mm256_min_ps(_mm256_set1_ps(RNN_TANH_CUT), _mm256_add_ps(a, a));
+        } else {
+            t[k] = _mm256_min_ps(_mm256_set1_ps(87.0f), _mm256_max_ps(_mm256_set1_ps(-88.0f), v[k]));
+        }
+    }
+#pragma GCC unroll 8
+    for (k = 0; k < n; k++)
+        fx[k] = _mm256_floor_ps(_mm256_fmadd_ps(
+            t[k], _mm256_set1_ps(RNN_TANH_K ? 1.44269504088896341f : -1.44269504088896341f), _mm256_set1_ps(0.5f)));
+    /* r = t - fx hi: tanh fnmadd (t - fx hi); sigmoid fnmsub (-(fx hi) - x) */
+#pragma GCC unroll 8
+    for (k = 0; k < n; k++)
+        r[k] = RNN_TANH_K ? _mm256_fnmadd_ps(fx[k], _mm256_set1_ps(0.693359375f), t[k])
+                          : _mm256_fnmsub_ps(fx[k], _mm256_set1_ps(0.693359375f), t[k]);
+#pragma GCC unroll 8
+    for (k = 0; k < n; k++) r[k] = _mm256_fmadd_ps(fx[k], _mm256_set1_ps(2.12194440e-4f), r[k]); /* r - fx * -lo */
+#pragma GCC unroll 8
+    for (k = 0; k < n; k++) z[k] = _mm256_mul_ps(r[k], r[k]);
+#pragma GCC unroll 8
+    for (k = 0; k < n; k++)
+        y[k] = _mm256_fmadd_ps(r[k], _mm256_set1_ps(1.3814540579915047E-3f), _mm256_set1_ps(8.36874544620514E-3f));
+#pragma GCC unroll 8
+    for (k = 0; k < n; k++) y[k] = _mm256_fmadd_ps(r[k], y[k], _mm256_set1_ps(4.166838899254799E-2f));
+#pragma GCC unroll 8
+    for (k = 0; k < n; k++) y[k] = _mm256_fmadd_ps(r[k], y[k], _mm256_set1_ps(1.666652113199234E-1f));
+#pragma GCC unroll 8
+    for (k = 0; k < n; k++) y[k] = _mm256_fmadd_ps(r[k], y[k], _mm256_set1_ps(4.999999403953552E-1f));
+#pragma GCC unroll 8
+    for (k = 0; k < n; k++)
+        p2[k] = _mm256_castsi256_ps(
+            _mm256_slli_epi32(_mm256_castps_si256(_mm256_add_ps(fx[k], _mm256_set1_ps(8388735.0f))), 23));
+#pragma GCC unroll 8
+    for (k = 0; k < n; k++) y[k] = _mm256_fmadd_ps(z[k], y[k], r[k]);   /* q */
+#pragma GCC unroll 8
+    for (k = 0; k < n; k++) {
+        if (RNN_TANH_K) {
+            __m256 e = _mm256_fmadd_ps(y[k], p2[k], _mm256_add_ps(p2[k], _mm256_set1_ps(-1.0f)));
+            __m256 th = _mm256_div_ps(e, _mm256_add_ps(e, _mm256_set1_ps(2.0f)));
+            v[k] = _mm256_or_ps(_mm256_andnot_ps(sgn, th), _mm256_and_ps(sgn, v[k]));
+        } else {
+            v[k] = _mm256_div_ps(one, _mm256_fmadd_ps(_mm256_add_ps(y[k], one), p2[k], one));
+        }
+    }
+#undef RNN_TANH_K
 }
 
-/* rnn_sigmoid_f: 1 / (1 + (q + 1) 2^n) on t = -x clamped to [-87, 88] (x to [-88, 87];
- * NaN passes: max/min return their second operand, x, when it is NaN). */
-RNN_INLINE __m256 rnn_sigmoid8(__m256 x)
+/* v[0:n] = act(v[0:n]) in place for the whole eight-lane groups (four side by side,
+ * then one at a time); returns the elements done (act's scalar loop does the rest). */
+RNN_INLINE long rnn_vact_f_avx2(const unsigned tanh_bits, float *v, long n)
 {
-    __m256 one = _mm256_set1_ps(1.0f), p2;
-    x = _mm256_max_ps(_mm256_set1_ps(-88.0f), x);
-    x = _mm256_min_ps(_mm256_set1_ps(87.0f), x);
-    __m256 q = rnn_exp_parts8(x, -1.0f, &p2);
-    return _mm256_div_ps(one, _mm256_fmadd_ps(_mm256_add_ps(q, one), p2, one));
+    long j;
+    int k;
+    for (j = 0; j + 32 <= n; j += 32) {
+        __m256 w[4];
+#pragma GCC unroll 4
+        for (k = 0; k < 4; k++) w[k] = _mm256_loadu_ps(v + j + 8 * k);
+        rnn_acts8(4, tanh_bits, w);
+#pragma GCC unroll 4
+        for (k = 0; k < 4; k++) _mm256_storeu_ps(v + j + 8 * k, w[k]);
+    }
+    for (; j + 8 <= n; j += 8) {
+        __m256 w = _mm256_loadu_ps(v + j);
+        rnn_acts8(1, tanh_bits & 1u, &w);
+        _mm256_storeu_ps(v + j, w);
+    }
+    return j;
 }
 
-/* rnn_tanh_f: e / (e + 2), e = q 2^n + (2^n - 1) on t = min(2|x|, 40), with the sign of
- * x (NaN stays NaN). */
-RNN_INLINE __m256 rnn_tanh8(__m256 x)
-{
-    __m256 sgn = _mm256_set1_ps(-0.0f), p2;
-    __m256 t = _mm256_andnot_ps(sgn, x);
-    t = _mm256_min_ps(_mm256_set1_ps(RNN_TANH_CUT), _mm256_add_ps(t, t));
-    __m256 q = rnn_exp_parts8(t, 1.0f, &p2);
-    __m256 e = _mm256_fmadd_ps(q, p2, _mm256_add_ps(p2, _mm256_set1_ps(-1.0f)));
-    __m256 th = _mm256_div_ps(e, _mm256_add_ps(e, _mm256_set1_ps(2.0f)));
-    return _mm256_or_ps(_mm256_andnot_ps(sgn, th), _mm256_and_ps(sgn, x));
-}
+RNN_INLINE long rnn_vtanh_f_avx2(float *v, long n) { return rnn_vact_f_avx2(15u, v, n); }
 
-/* the activations alone stay the portable loops */
-RNN_INLINE long rnn_vtanh_f_avx2(float *v, long n)
-{
-    (void)v;
-    (void)n;
-    return 0;
-}
-
-RNN_INLINE long rnn_vsigmoid_f_avx2(float *v, long n)
-{
-    (void)v;
-    (void)n;
-    return 0;
-}
+RNN_INLINE long rnn_vsigmoid_f_avx2(float *v, long n) { return rnn_vact_f_avx2(0u, v, n); }
 
 /* Units per piece of a row in the fused steps' two passes (what the first keeps for
  * the second stays in L1). */
@@ -99,10 +145,48 @@ RNN_INLINE __m256 rnn_gate8(const float *x, const float *g, long o)
     return _mm256_add_ps(_mm256_loadu_ps(x + o), _mm256_loadu_ps(g + o));
 }
 
+/* GRU pass 1 for NG (1 or 2) eight-unit groups from unit j (o: j - j0, its place in
+ * keep): z kept, and a = x_h + r (g_h + bhn) kept RNN_FUSED_UNITS further. */
+RNN_INLINE void rnn_gru_pass1_avx2(const int NG, const float *x, const float *g, const float *bhn, long H,
+                                   long j, float *keep, long o)
+{
+    __m256 v[4];
+    int k;
+#pragma GCC unroll 2
+    for (k = 0; k < NG; k++) {
+        v[2 * k] = rnn_gate8(x, g, j + 8 * k);               /* z */
+        v[2 * k + 1] = rnn_gate8(x, g, H + j + 8 * k);       /* r */
+    }
+    rnn_acts8(2 * NG, 0u, v);
+#pragma GCC unroll 2
+    for (k = 0; k < NG; k++) {
+        long u = j + 8 * k;
+        __m256 gn = _mm256_add_ps(_mm256_loadu_ps(g + 2 * H + u), _mm256_loadu_ps(bhn + u));
+        _mm256_storeu_ps(keep + o + 8 * k, v[2 * k]);
+        _mm256_storeu_ps(keep + RNN_FUSED_UNITS + o + 8 * k, _mm256_fmadd_ps(v[2 * k + 1], gn, _mm256_loadu_ps(x + 2 * H + u)));
+    }
+}
+
+/* GRU pass 2 for NG (1 or 4) groups: h = z h + (1 - z) tanh(a). */
+RNN_INLINE void rnn_gru_pass2_avx2(const int NG, const float *keep, long o, float *h)
+{
+    __m256 v[4];
+    int k;
+#pragma GCC unroll 4
+    for (k = 0; k < NG; k++) v[k] = _mm256_loadu_ps(keep + RNN_FUSED_UNITS + o + 8 * k);
+    rnn_acts8(NG, 15u, v);
+#pragma GCC unroll 4
+    for (k = 0; k < NG; k++) {
+        __m256 z = _mm256_loadu_ps(keep + o + 8 * k);
+        _mm256_storeu_ps(h + 8 * k, _mm256_fmadd_ps(z, _mm256_loadu_ps(h + 8 * k),
+                                                     _mm256_mul_ps(_mm256_sub_ps(_mm256_set1_ps(1.0f), z), v[k])));
+    }
+}
+
 /* GRU reset-after, sigmoid gates and tanh: the equations of rnn_gru_ra_* in two passes
- * over each piece of up to RNN_FUSED_UNITS units of a row (each pass of independent
- * eight-unit groups): (1) z, and a = x_h + r (g_h + bhn), kept; (2) h = z h + (1 - z)
- * tanh(a). H a multiple of 8 (else 0: the portable body runs). */
+ * over each piece of up to RNN_FUSED_UNITS units of a row: (1) z, and a = x_h + r (g_h +
+ * bhn), kept, two eight-unit groups side by side (four sigmoids); (2) h = z h + (1 - z)
+ * tanh(a), four groups side by side. H a multiple of 8 (else 0: the portable body runs). */
 RNN_INLINE int rnn_fused_gru_f_avx2(long nrows, long H, const float *xp, long ldxp,
                                     const float *gh, long ldgh, const float *bhn, float *h,
                                     long ldh, const unsigned char *valid)
@@ -117,31 +201,31 @@ RNN_INLINE int rnn_fused_gru_f_avx2(long nrows, long H, const float *xp, long ld
         float *hb = h + b * ldh;
         for (j0 = 0; j0 < H; j0 = j1) {
             j1 = H - j0 > RNN_FUSED_UNITS ? j0 + RNN_FUSED_UNITS : H;
-            for (j = j0; j < j1; j += 8) {
-                __m256 z = rnn_sigmoid8(rnn_gate8(x, g, j));
-                __m256 r = rnn_sigmoid8(rnn_gate8(x, g, H + j));
-                __m256 gn = _mm256_add_ps(_mm256_loadu_ps(g + 2 * H + j), _mm256_loadu_ps(bhn + j));
-                _mm256_storeu_ps(keep + (j - j0), z);
-                _mm256_storeu_ps(keep + RNN_FUSED_UNITS + (j - j0),
-                                 _mm256_fmadd_ps(r, gn, _mm256_loadu_ps(x + 2 * H + j)));
-            }
-            for (j = j0; j < j1; j += 8) {
-                __m256 z = _mm256_loadu_ps(keep + (j - j0));
-                __m256 n = rnn_tanh8(_mm256_loadu_ps(keep + RNN_FUSED_UNITS + (j - j0)));
-                /* h = z h + (1 - z) n */
-                __m256 hn = _mm256_fmadd_ps(z, _mm256_loadu_ps(hb + j),
-                                            _mm256_mul_ps(_mm256_sub_ps(_mm256_set1_ps(1.0f), z), n));
-                _mm256_storeu_ps(hb + j, hn);
-            }
+            for (j = j0; j + 16 <= j1; j += 16) rnn_gru_pass1_avx2(2, x, g, bhn, H, j, keep, j - j0);
+            for (; j < j1; j += 8) rnn_gru_pass1_avx2(1, x, g, bhn, H, j, keep, j - j0);
+            for (j = j0; j + 32 <= j1; j += 32) rnn_gru_pass2_avx2(4, keep, j - j0, hb + j);
+            for (; j < j1; j += 8) rnn_gru_pass2_avx2(1, keep, j - j0, hb + j);
         }
     }
     return 1;
 }
 
+/* LSTM pass 2 for NG (1 or 4) groups: m = o tanh(c), o kept. */
+RNN_INLINE void rnn_lstm_pass2_avx2(const int NG, const float *c, const float *keep, float *m)
+{
+    __m256 v[4];
+    int k;
+#pragma GCC unroll 4
+    for (k = 0; k < NG; k++) v[k] = _mm256_loadu_ps(c + 8 * k);
+    rnn_acts8(NG, 15u, v);
+#pragma GCC unroll 4
+    for (k = 0; k < NG; k++) _mm256_storeu_ps(m + 8 * k, _mm256_mul_ps(_mm256_loadu_ps(keep + 8 * k), v[k]));
+}
+
 /* LSTM, sigmoid gates and tanh: the equations of rnn_lstm_* in two passes over each
- * piece of up to RNN_FUSED_UNITS units of a row (each pass of independent eight-unit
- * groups): (1) the four gates, c = f c + i u, o kept; (2) m = o tanh(c). H a multiple
- * of 8 (else 0: the portable body runs). */
+ * piece of up to RNN_FUSED_UNITS units of a row: (1) the four gates of an eight-unit
+ * group side by side, c = f c + i u, o kept; (2) m = o tanh(c), four groups side by
+ * side. H a multiple of 8 (else 0: the portable body runs). */
 RNN_INLINE int rnn_fused_lstm_f_avx2(long nrows, long H, const float *xp, long ldxp,
                                      const float *gh, long ldgh, float *c, long ldc, float *m,
                                      long ldm, const unsigned char *valid)
@@ -157,17 +241,16 @@ RNN_INLINE int rnn_fused_lstm_f_avx2(long nrows, long H, const float *xp, long l
         for (j0 = 0; j0 < H; j0 = j1) {
             j1 = H - j0 > RNN_FUSED_UNITS ? j0 + RNN_FUSED_UNITS : H;
             for (j = j0; j < j1; j += 8) {
-                __m256 i = rnn_sigmoid8(rnn_gate8(x, g, j));
-                __m256 f = rnn_sigmoid8(rnn_gate8(x, g, H + j));
-                __m256 u = rnn_tanh8(rnn_gate8(x, g, 2 * H + j));
-                __m256 o = rnn_sigmoid8(rnn_gate8(x, g, 3 * H + j));
+                /* i, f, u (tanh: bit 2), o */
+                __m256 v[4] = {rnn_gate8(x, g, j), rnn_gate8(x, g, H + j), rnn_gate8(x, g, 2 * H + j),
+                               rnn_gate8(x, g, 3 * H + j)};
+                rnn_acts8(4, 4u, v);
                 /* c = f c + i u */
-                _mm256_storeu_ps(cb + j, _mm256_fmadd_ps(f, _mm256_loadu_ps(cb + j), _mm256_mul_ps(i, u)));
-                _mm256_storeu_ps(keep + (j - j0), o);
+                _mm256_storeu_ps(cb + j, _mm256_fmadd_ps(v[1], _mm256_loadu_ps(cb + j), _mm256_mul_ps(v[0], v[2])));
+                _mm256_storeu_ps(keep + (j - j0), v[3]);
             }
-            for (j = j0; j < j1; j += 8)
-                _mm256_storeu_ps(mb + j, _mm256_mul_ps(_mm256_loadu_ps(keep + (j - j0)),
-                                                       rnn_tanh8(_mm256_loadu_ps(cb + j))));
+            for (j = j0; j + 32 <= j1; j += 32) rnn_lstm_pass2_avx2(4, cb + j, keep + (j - j0), mb + j);
+            for (; j < j1; j += 8) rnn_lstm_pass2_avx2(1, cb + j, keep + (j - j0), mb + j);
         }
     }
     return 1;
