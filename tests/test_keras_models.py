@@ -395,3 +395,33 @@ def test_repr_and_layers():
         assert word in text, text
     assert m.input_shape == (None, None, F)
     assert m.keras_version == keras.__version__
+
+
+def test_a_large_dense_streams_its_kernel_where_the_weights_overflow_the_cache(monkeypatch):
+    """Where the model's weights overflow the last-level cache (here made small), its
+    largest Dense reads its kernel past the caches at one row (``Dense.stream``,
+    rnnfast._plan.streamed_weights; the Embedding's table counts as none): the same
+    bits as the model that streams nothing, at 1 and 2 threads, and Keras' values."""
+    from rnnfast import _plan
+
+    inp = keras.Input((5,), dtype="int32")
+    y = L.Embedding(50, 8)(inp)
+    y = L.GRU(16)(y)
+    y = L.Dense(12, activation="tanh")(y)
+    y = L.Dense(300, activation="softmax")(y)
+    model = lively(keras.Model(inp, y), seed=21)
+    ids = np.random.default_rng(3).integers(0, 50, (3, 5)).astype(np.int32)
+    monkeypatch.setattr(_plan, "_l3", [1 << 40])
+    kept = rnnfast.from_keras(model)
+    denses = [n.dense for n in kept.layers if n.keras_class == "Dense"]
+    assert len(denses) == 2 and not any(d.stream for d in denses)
+    monkeypatch.setattr(_plan, "_l3", [16 << 10])  # the head's 300 x 12 kernel and the GRU's overflow it
+    streamed = rnnfast.from_keras(model)
+    denses = [n.dense for n in streamed.layers if n.keras_class == "Dense"]
+    assert [d.stream for d in denses] == [False, True]
+    assert_like_keras(kept.predict(ids), model.predict(ids, verbose=0))
+    for rows in (ids[:1], ids[1:2], ids):
+        want = kept.predict(rows)
+        for n in (1, 2):
+            got = streamed.predict(rows, num_threads=n)
+            assert np.array_equal(got.view(np.uint8), want.view(np.uint8))

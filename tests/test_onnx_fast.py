@@ -643,6 +643,41 @@ def test_a_decoder_step_fuses_attention_and_softmax_and_matches_onnxruntime(seed
     np.testing.assert_array_equal(alone[1], full[1][:, 1:2])
 
 
+def test_a_decoder_steps_largest_weights_stream_past_a_full_last_level_cache(seed, monkeypatch):
+    """Where a model's weights overflow the last-level cache (here made small), its
+    largest products read theirs past the caches at one row (``ProductOp.stream``,
+    _plan.streamed_weights) so that the others stay; the outputs are bit for bit those
+    of the model that streams nothing, at 1 and 2 threads, and match ONNX Runtime."""
+    from rnnfast import _plan
+    from rnnfast.model_onnx import ProductOp, _weight_bytes
+
+    data = _decoder(seed, False)
+    rng = np.random.default_rng(seed)
+    monkeypatch.setattr(_plan, "_l3", [1 << 40])
+    kept = rnnfast.from_onnx(data)
+    for _ in range(3):  # (the plan, and its choice, made on a later call than the first)
+        kept.run(None, _decoder_feeds(rng, 1))
+    ops = [op for op, *_ in kept._compiled()[0]]
+    total = sum(_weight_bytes(op) for op in ops)
+    assert not any(getattr(op, "stream", False) for op in ops)
+    monkeypatch.setattr(_plan, "_l3", [total - 1])
+    model = rnnfast.from_onnx(data)
+    for _ in range(3):
+        model.run(None, _decoder_feeds(rng, 1))
+    ops = [op for op, *_ in model._compiled()[0]]
+    streamed = [op for op in ops if isinstance(op, ProductOp) and op.stream]
+    assert streamed and all(op._packed is not None for op in streamed)
+    assert sum(_weight_bytes(op) for op in ops if op not in streamed) <= _plan.KEEP_L3_SHARE * (total - 1)
+    for B in (1, 1, 3):
+        feed = _decoder_feeds(rng, B)
+        want = kept.run(None, feed)
+        for g, w in zip(want, _ort(data, feed)):
+            assert_close(g, w, np.float32)
+        for n in (1, 2):
+            for a, b in zip(model.run(None, feed, num_threads=n), want):
+                assert np.array_equal(a.view(np.uint8), b.view(np.uint8))
+
+
 def test_fused_attention_off_its_compiled_path_runs_its_ops_one_by_one(seed):
     """A call the compiled attention does not take (4-D, here through its ops' own
     kernels) runs the three ops: ONNX Runtime's values."""

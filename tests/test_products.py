@@ -507,9 +507,10 @@ def test_partner_packed_rows_give_the_packed_products_bits(rng, partner_awake, d
     for spin in (500, 0):
         _rowops.partner_spin_us(spin)
         for n in (1, 2, 3, 2, 2):
-            got = np.full((M, N), np.nan, dtype)
-            _rowops.packed_rows(x, P, b, got, n)
-            assert np.array_equal(got.view(np.uint8), want.view(np.uint8)), (spin, n)
+            for stream in (False, True):  # (weights prefetched past the caches where M = 1)
+                got = np.full((M, N), np.nan, dtype)
+                _rowops.packed_rows(x, P, b, got, n, 0, stream)
+                assert np.array_equal(got.view(np.uint8), want.view(np.uint8)), (spin, n, stream)
     big = np.concatenate([rng.standard_normal((5, K)).astype(dtype), x])
     rows = np.empty((len(big), N), dtype)
     _kernels.packed_rows(big, P, b, rows, -1, 1)
@@ -540,9 +541,10 @@ def test_partner_packed_rows_softmax_gives_the_product_then_the_row_kernel(rng, 
     for spin in (500, 0):
         _rowops.partner_spin_us(spin)
         for n in (1, 2, 3, 2):
-            got = np.full((M, N), np.nan, dtype)
-            _rowops.packed_rows(x, P, b, got, n, 2 if log else 1)
-            assert np.array_equal(got.view(np.uint8), want.view(np.uint8)), (spin, n)
+            for stream in (False, True):
+                got = np.full((M, N), np.nan, dtype)
+                _rowops.packed_rows(x, P, b, got, n, 2 if log else 1, stream)
+                assert np.array_equal(got.view(np.uint8), want.view(np.uint8)), (spin, n, stream)
     with pytest.raises(ValueError, match="softmax"):
         _rowops.packed_rows(x, P, b, np.empty((M, N), dtype), 1, 3)
 
@@ -708,3 +710,32 @@ def test_partner_after_fork_gives_the_same_bits(rng, partner_awake):
         time.sleep(0.01)
     os.kill(pid, 9)
     raise AssertionError("the forked child did not finish its products")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("M", [1, 2, 5])
+@pytest.mark.parametrize(
+    "act", [-1, int(_kernels.RNN_ACT_TANH), _products.SOFTMAX, _products.ROW_SOFTMAX, _products.ROW_LOG_SOFTMAX]
+)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_dense_streamed_gives_the_same_bits(rng, dtype, M, act, threads):
+    """``dense(..., stream=True)`` (a model's weights read past the caches,
+    _plan.streamed_weights): one row on the few-row kernel with its weights prefetched
+    non-temporally, more rows as without; the same bits as without, for every
+    activation, against float64."""
+    K, N = 96, 1000
+    W = (rng.standard_normal((K, N)) / np.sqrt(K)).astype(dtype)
+    b = rng.standard_normal(N).astype(dtype)
+    x = rng.standard_normal((M, K)).astype(dtype)
+    P = _products.pack(W)
+    want = _products.dense(x, P, N, b, act, threads)
+    got = _products.dense(x, P, N, b, act, threads, stream=True)
+    assert np.array_equal(got.view(np.uint8), want.view(np.uint8))
+    z = x.astype(np.float64) @ W.astype(np.float64) + b
+    if act == int(_kernels.RNN_ACT_TANH):
+        z = np.tanh(z)
+    elif act in (_products.SOFTMAX, _products.ROW_SOFTMAX):
+        z = _softmax64(z, False)
+    elif act == _products.ROW_LOG_SOFTMAX:
+        z = _softmax64(z, True)
+    np.testing.assert_allclose(got, z, rtol=1e-4 if dtype == np.float32 else 1e-11, atol=1e-5)

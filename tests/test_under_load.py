@@ -298,6 +298,30 @@ def test_l2_size_from_sysfs_with_a_fallback(tmp_path):
     (tmp_path / "index2" / "size").write_text("junk\n")
     assert _plan.l2_bytes(str(tmp_path)) == _plan.L2_BYTES_FALLBACK
     assert _plan.l2_bytes(str(tmp_path / "absent")) == _plan.L2_BYTES_FALLBACK
+    assert _plan.l3_bytes(str(tmp_path)) == 0  # none listed: unknown
+    d = tmp_path / "index3"
+    d.mkdir()
+    (d / "level").write_text("3\n")
+    (d / "type").write_text("Unified\n")
+    (d / "size").write_text("8192K\n")
+    assert _plan.l3_bytes(str(tmp_path)) == 8 << 20
+    assert _plan.l3_bytes(str(tmp_path / "absent")) == 0
+
+
+def test_streamed_weights_keep_the_rest_in_the_last_level_cache():
+    """_plan.streamed_weights: nothing where the weights fit the L3 (or it is unknown);
+    else the largest streamable blocks until the rest takes at most half of it."""
+    mb = 1 << 20
+    l3 = 8 * mb
+    # a B=1 decoder step: GRU 1.5 MB, attention's Linear 0.5 MB, an 8 MB vocabulary head
+    assert _plan.streamed_weights([1.5 * mb, 0.5 * mb, 8 * mb], [False, True, True], l3) == {2}
+    assert _plan.streamed_weights([1.5 * mb, 0.5 * mb, 5 * mb], [False, True, True], l3) == set()  # all fit
+    assert _plan.streamed_weights([1.5 * mb, 0.5 * mb, 8 * mb], [False, True, True], 0) == set()  # unknown L3
+    assert _plan.streamed_weights([3 * mb, 3 * mb, 3 * mb], [True, True, True], l3) in ({0, 1}, {0, 2}, {1, 2})
+    # only streamable blocks are chosen; a recurrent layer's stay, whatever their size
+    assert _plan.streamed_weights([9 * mb, 2 * mb, 1 * mb], [False, True, True], l3) == {1, 2}
+    assert _plan.streamed_weights([9 * mb], [False], l3) == set()
+    assert _plan.streamed_weights([], [], l3) == set()
     assert _plan.l2_bytes() > 0
 
 

@@ -58,11 +58,13 @@ ROW_LOG_SOFTMAX = SOFTMAX + 2
 _ROW_SOFTMAXES = (ROW_SOFTMAX, ROW_LOG_SOFTMAX)
 
 
-def dense(x, packed, N, bias=None, act=-1, num_threads=None):
+def dense(x, packed, N, bias=None, act=-1, num_threads=None, stream=False):
     """``act(x @ kernel + bias)`` on the last axis of ``x`` (..., K), with ``packed``
     from :func:`pack` (kernel (K, N)) in ``x``'s dtype; ``act`` an ``RNN_ACT_*`` code,
     :data:`SOFTMAX`, :data:`ROW_SOFTMAX`, :data:`ROW_LOG_SOFTMAX` or -1. Returns a new
-    (..., N) array."""
+    (..., N) array. ``stream``: for one row, the weights are read past the caches
+    (``_rowops.packed_rows``' ``stream``, the same bits): a model's weights that do not
+    all fit the last-level cache (:func:`rnnfast._plan.streamed_weights`)."""
     shape = x.shape
     K = shape[-1]
     y = np.empty(shape[:-1] + (N,), x.dtype)
@@ -76,6 +78,12 @@ def dense(x, packed, N, bias=None, act=-1, num_threads=None):
         y2 = y.reshape(M, N)
     b = _NO_BIAS[x.dtype] if bias is None else bias
     row_sm = act in _ROW_SOFTMAXES
+    if stream and M == 1 and act != SOFTMAX:
+        nth = resolve_num_threads(num_threads) if _rowops.PARTNER else 1
+        _rowops.packed_rows(x2, packed, b, y2, nth, act - SOFTMAX if row_sm else 0, True)
+        if act >= 0 and not row_sm:
+            _kernels.activate(act, y2[0])
+        return y
     if M <= FEW_ROWS and act != SOFTMAX:
         if M * N * K < PARTNER_MACS:
             if row_sm:  # a small head: the product and its softmax in one compiled call on this thread

@@ -55,6 +55,7 @@ cdef extern from "c/rowops.h" nogil:
         long ldc
         long per, npan
         int softmax
+        int stream
         long nblk
         void *stats
 
@@ -238,15 +239,17 @@ def packed_rows(A,                                 # IN  (M, K)
                 Bp,                                # IN  (K, N) packed: rnnfast._products.pack
                 bias,                              # IN  (N,), or (0,) for none
                 C,                                 # OUT (M, N)
-                int num_threads=1, int softmax=0):
+                int num_threads=1, int softmax=0, bint stream=False):
     """C = bias + A @ B for a few rows A: the bits of ``_kernels.packed_rows`` (each
     element the packed product's chain), its panels split between the caller and, where
     ``num_threads`` > 1, a partner thread that polls for work a while after each product
     and then sleeps (c/rowops.team.h: the caller never waits for it to wake; OpenMP's
     passive partner cost a 46-138 us wake). ``softmax`` 1 (2): then C's rows replaced by
     their softmax (log-softmax), the bits of :func:`softmax_rows` on C, its blocks of
-    columns computed by the thread that wrote them (a decoder's vocabulary head). GIL
-    released. The arrays float32 or float64, one dtype, C-contiguous."""
+    columns computed by the thread that wrote them (a decoder's vocabulary head).
+    ``stream``: with one row, B read once and not kept in the caches (c/rowops.h:
+    prefetched non-temporally), the same bits. GIL released. The arrays float32 or
+    float64, one dtype, C-contiguous."""
     cdef PyObject *dt = _float_descr(A)
     cdef rnnfast_rows_operands o
     cdef rnn_packed_args pa
@@ -258,17 +261,18 @@ def packed_rows(A,                                 # IN  (M, K)
         pa.bias = o.bias
         pa.C, pa.ldc = o.C, o.N
         pa.softmax = softmax
+        pa.stream = stream
         with nogil:
             if dt == _F32:
                 _table.packed_few_f(&pa, num_threads)
             else:
                 _table.packed_few_d(&pa, num_threads)
         return
-    _packed_rows_views(A, Bp, bias, C, num_threads, softmax)  # (and its errors)
+    _packed_rows_views(A, Bp, bias, C, num_threads, softmax, stream)  # (and its errors)
 
 
 def _packed_rows_views(const floating[:, ::1] A, const floating[::1] Bp, const floating[::1] bias,
-                       floating[:, ::1] C, int num_threads=1, int softmax=0):
+                       floating[:, ::1] C, int num_threads=1, int softmax=0, bint stream=False):
     """:func:`packed_rows` on typed memoryviews."""
     cdef long M = A.shape[0], K = A.shape[1], N = C.shape[1]
     cdef rnn_packed_args pa
@@ -286,6 +290,7 @@ def _packed_rows_views(const floating[:, ::1] A, const floating[::1] Bp, const f
     pa.bias = &bias[0] if bias.shape[0] > 0 else NULL
     pa.C, pa.ldc = &C[0, 0], N
     pa.softmax = softmax
+    pa.stream = stream
     with nogil:
         if floating is float:
             _table.packed_few_f(&pa, num_threads)

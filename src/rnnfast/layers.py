@@ -996,6 +996,9 @@ class Dense:
             _activation_code(activation, "activation")
         self.activation = activation or "linear"
         self._packed: Optional[np.ndarray] = None  # the kernel packed (rnnfast._products), on first use
+        # one-row calls read the kernel past the caches (the model decides:
+        # rnnfast._plan.streamed_weights; the same bits)
+        self.stream = False
 
     def __getstate__(self):
         """Pickled without the packed kernel (packed again on first use)."""
@@ -1029,7 +1032,13 @@ class Dense:
         if x.ndim == 0 or x.shape[-1] != kernel.shape[0]:
             raise ValueError("Dense expects %d input features, got shape %s" % (kernel.shape[0], x.shape))
         return _products.dense(
-            x, self.packed_kernel(), kernel.shape[1], self.bias, _DENSE_ACT[self.activation], num_threads
+            x,
+            self.packed_kernel(),
+            kernel.shape[1],
+            self.bias,
+            _DENSE_ACT[self.activation],
+            num_threads,
+            getattr(self, "stream", False),  # (a Dense pickled before it had one)
         )
 
     __call__ = forward

@@ -24,7 +24,7 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-from . import _validation
+from . import _plan, _validation
 from . import stream as _stream
 from ._products import matmul
 from ._progress import run_batched
@@ -430,6 +430,19 @@ class BidirectionalNode(_Node):
         if self.fused is None:
             inner += ", backward_layer=" + self.backward_node.describe()
         return "Bidirectional(%s, merge_mode=%r)" % (inner, self.merge_mode)
+
+
+def stream_weights(nodes):
+    """Sets which ``Dense`` layers of a model's layers (``nodes``) read their kernel past
+    the caches at one row (:attr:`rnnfast.layers.Dense.stream`): where the model's
+    weights do not all fit the last-level cache (:func:`rnnfast._plan.streamed_weights`;
+    an ``Embedding``'s table counted as none: a call reads the rows it picks)."""
+    sizes = [0 if isinstance(n, EmbeddingNode) else int(n.num_params) * n.dtype.itemsize for n in nodes]
+    can = [isinstance(n, DenseNode) for n in nodes]
+    chosen = _plan.streamed_weights(sizes, can)
+    for i, n in enumerate(nodes):
+        if can[i]:
+            n.dense.stream = i in chosen
 
 
 class DenseNode(_Node):
@@ -1277,6 +1290,7 @@ class KerasModel(ReducedPrecision, Summarized):
         self._fixed_batch = next((int(d[0]) for d in declared if d and d[0] is not None), None)
         self.stateful_layers = _stream.stateful_layers(graph)
         _stream.check_stateful(self, self._stateful_program, self._fixed_batch)
+        stream_weights(self.layers)
 
     # single-input views (the common case; tools read them)
     @property

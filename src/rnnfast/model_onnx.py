@@ -23,7 +23,7 @@ import threading
 
 import numpy as np
 
-from . import _onnx_stream, _products, _rowops, _validation
+from . import _onnx_stream, _plan, _products, _rowops, _validation
 from . import stream as _stream
 from ._progress import run_batched
 from ._special import erf, row_softmax
@@ -219,6 +219,9 @@ class ProductOp(FnOp):
     Gemm's constant ``C`` that broadcasts along the rows (with ``alpha`` 1) is the
     product's bias."""
 
+    #: One-row calls read the packed weights past the caches (:func:`stream_weights`).
+    stream = False
+
     def __init__(self, op_type, name, slots, num_outputs, attrs, domain=""):
         super().__init__(op_type, name, slots, num_outputs, attrs, domain)
         a = self.attrs
@@ -263,12 +266,38 @@ class ProductOp(FnOp):
             if x.ndim != 2 or (self._bias is None and act >= 0 and (args[2] is not None or self.attrs["alpha"] != 1)):
                 return None
             if self._bias is None:
-                y = _products.dense(x, self._packed, self._n, None, act, num_threads)
+                y = _products.dense(x, self._packed, self._n, None, act, num_threads, self.stream)
                 return _gemm_tail(y, args[2], self.attrs)
-            return _products.dense(x, self._packed, self._n, self._bias, act, num_threads)
+            return _products.dense(x, self._packed, self._n, self._bias, act, num_threads, self.stream)
         if x.ndim >= 2 and x.shape[-1] == w.shape[0]:
-            return _products.dense(x, self._packed, self._n, None, act, num_threads)
+            return _products.dense(x, self._packed, self._n, None, act, num_threads, self.stream)
         return None
+
+
+def _weight_bytes(op):
+    """Bytes of weights one call of ``op`` reads: its floating-point constants (a
+    product's packed weights; a recurrent node's, in its layer), none of a ``Gather``'s
+    (it reads the rows it picks)."""
+    if isinstance(op, ProductOp) and op._packed is not None:
+        return op._packed.nbytes
+    if isinstance(op, RecurrentOp):
+        return op.num_params * op.layer.dtype.itemsize
+    if op.op_type == "Gather":
+        return 0
+    return sum(s[1].nbytes for s in op.slots if s is not None and s[0] == "const" and s[1].dtype.kind == "f")
+
+
+def stream_weights(program):
+    """Marks the products of ``program`` (what :func:`_compile` gives) whose weights a
+    call reads past the caches (:attr:`ProductOp.stream`), where the model's weights do
+    not all fit the last-level cache (:func:`rnnfast._plan.streamed_weights`)."""
+    ops = [step[0] for step in program[0]]
+    sizes = [_weight_bytes(op) for op in ops]
+    can = [isinstance(op, ProductOp) and op._packed is not None for op in ops]
+    chosen = _plan.streamed_weights(sizes, can)
+    for i, op in enumerate(ops):
+        if can[i]:
+            op.stream = i in chosen
 
 
 def convert_product(node, slots, ctx):
@@ -744,7 +773,7 @@ class _FusedProduct:
                 return _conv(args, attrs, act, num_threads)
 
             return conv
-        packed, n, bias, dt = prod._packed, prod._n, prod._bias, prod.slots[1][1].dtype
+        packed, n, bias, dt, stream = prod._packed, prod._n, prod._bias, prod.slots[1][1].dtype, prod.stream
         if prod.op_type == "Gemm":
             if prod.attrs["transA"] or bias is None:
                 return None
@@ -752,7 +781,7 @@ class _FusedProduct:
             def gemm(args, num_threads):
                 x = args[0]
                 if x.dtype == dt and x.ndim == 2:
-                    return _products.dense(x, packed, n, bias, act, num_threads)
+                    return _products.dense(x, packed, n, bias, act, num_threads, stream)
                 return compute(args, num_threads)[0]
 
             return gemm
@@ -761,7 +790,7 @@ class _FusedProduct:
         def matmul(args, num_threads):
             x = args[0]
             if x.dtype == dt and x.ndim >= 2 and x.shape[-1] == k:
-                return _products.dense(x, packed, n, None, act, num_threads)
+                return _products.dense(x, packed, n, None, act, num_threads, stream)
             return compute(args, num_threads)[0]
 
         return matmul
@@ -2093,7 +2122,9 @@ class OnnxModel(Summarized):
         if plan is None:
             prog = self.__dict__.get("_fast")
             if prog is None:
-                prog = self._fast = fuse_attention(fuse_products(fuse_views(self._compiled())))
+                prog = self._compiled()
+                stream_weights(prog)
+                prog = self._fast = fuse_attention(fuse_products(fuse_views(prog)))
             if probing():  # (the load-time run's stand-ins are bound to no plan)
                 return run_compiled(prog, [*feeds, *more], num_threads)
             plan = self._plan = flat_plan(prog)

@@ -54,7 +54,10 @@ typedef struct {
  * the packed form (layout.h), bias (N,) or NULL; its panels split into tasks (per
  * panels each, npan in all) run by rowops.team.h's caller and partner. softmax 1 (2):
  * then the softmax (log-softmax) of each row of C, as softmax_rows computes it, its
- * blocks' phase in the tasks (stats: their maxima and sums, M x nblk each). */
+ * blocks' phase in the tasks (stats: their maxima and sums, M x nblk each). stream 1
+ * (read with M = 1 only): Bp is read once and not kept, prefetched ahead non-temporally
+ * (prefetchnta: not left in L2 / L3 to push out what the rest of a model reads;
+ * _plan.streamed_weights decides which); the same bits. */
 typedef struct {
     long M, N, K;
     const void *A;
@@ -65,6 +68,7 @@ typedef struct {
     long ldc;
     long per, npan;
     int softmax;
+    int stream;
     long nblk;
     void *stats;
 } rnn_packed_args;
@@ -89,6 +93,17 @@ typedef struct {
 #define RNN_ROWS_NOINLINE __declspec(noinline)
 #else
 #define RNN_ROWS_NOINLINE
+#endif
+
+/* Prefetch the line at p into L1, non-temporally (x86: prefetchnta); nothing where the
+ * compiler has no such builtin. */
+#if defined(__GNUC__)
+#define RNN_ROWS_PREFETCH_NTA(p) __builtin_prefetch((p), 0, 0)
+#elif defined(_MSC_VER) && (defined(_M_X64) || defined(_M_IX86))
+#include <xmmintrin.h>
+#define RNN_ROWS_PREFETCH_NTA(p) _mm_prefetch((const char *)(p), _MM_HINT_NTA)
+#else
+#define RNN_ROWS_PREFETCH_NTA(p) ((void)(p))
 #endif
 
 #define RNN_ROWS_FMA 0

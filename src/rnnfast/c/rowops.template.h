@@ -738,6 +738,22 @@ static void RNN_INAME(attend)(const rnn_attend_args *ar, int nth)
         RNN_INAME(attend_one)(ar, g, 0);
 }
 
+/* Rows of a panel (k) that a streamed product (rnn_packed_args.stream) prefetches ahead
+ * of the one it reads: 16 rows of 64 floats, 4 KB (Zen 1: a B=1 decoder step's GRU,
+ * attention and Linear + tanh read their weights from L3 again, 235 -> 115-135 us,
+ * with the 8 MB head's time unchanged; bench/README.md, session 17). */
+#define RNN_STREAM_AHEAD 16
+
+/* Prefetch, non-temporally, row RNN_STREAM_AHEAD panel rows after b (a panel row's
+ * lines; past the panel's end the next panel's, or nothing: a prefetch does not fault). */
+RNN_INLINE void RNN_INAME(stream_ahead)(const TYPE *b)
+{
+    const char *p = (const char *)(b + RNN_STREAM_AHEAD * RNN_PANEL_COLS);
+    size_t o;
+    for (o = 0; o < RNN_PANEL_COLS * sizeof(TYPE); o += 64)
+        RNN_ROWS_PREFETCH_NTA(p + o);
+}
+
 /* Task `task` of pa (rowops.h: rnn_packed_args): C's columns of panels task*per ..
  * task*per + per - 1, every row. Each element one chain of multiply-adds over k =
  * 0..K-1 from its bias (or zero), the packed product's (packgemm.template.h) compiled
@@ -748,6 +764,7 @@ static void RNN_INAME(packed_task)(void *arg, long task)
     const TYPE *A = (const TYPE *)pa->A, *Bp = (const TYPE *)pa->Bp, *bias = (const TYPE *)pa->bias;
     TYPE *C = (TYPE *)pa->C;
     long K = pa->K, p, i, j, k, p1 = (task + 1) * pa->per < pa->npan ? (task + 1) * pa->per : pa->npan;
+    const int stream = pa->stream && pa->M == 1;
     _Static_assert(RNN_PANEL_COLS == 4 * RNN_ROW_LANES, "packed_task: a panel is four vectors of lanes");
     for (p = task * pa->per; p < p1; p++) {
         const TYPE *bp = Bp + p * K * RNN_PANEL_COLS;
@@ -773,6 +790,8 @@ static void RNN_INAME(packed_task)(void *arg, long task)
             for (k = 0; k < K; k++) {
                 const TYPE *b = bp + k * RNN_PANEL_COLS;
                 TYPE av = a[k];
+                if (stream)
+                    RNN_INAME(stream_ahead)(b);
 #pragma GCC unroll 16
                 for (q = 0; q < RNN_YMM_VECS; q++) {
                     RNN_INAME(ymm) bq;
@@ -790,6 +809,8 @@ static void RNN_INAME(packed_task)(void *arg, long task)
                 RNN_INAME(lanes) b0, b1, b2, b3;
                 const TYPE *b = bp + k * RNN_PANEL_COLS;
                 TYPE av = a[k];
+                if (stream)
+                    RNN_INAME(stream_ahead)(b);
                 memcpy(&b0, b, sizeof b0);
                 memcpy(&b1, b + RNN_ROW_LANES, sizeof b1);
                 memcpy(&b2, b + 2 * RNN_ROW_LANES, sizeof b2);
@@ -804,9 +825,12 @@ static void RNN_INAME(packed_task)(void *arg, long task)
             memcpy(acc + 2 * RNN_ROW_LANES, &v2, sizeof v2);
             memcpy(acc + 3 * RNN_ROW_LANES, &v3, sizeof v3);
 #else
-            for (k = 0; k < K; k++)
+            for (k = 0; k < K; k++) {
+                if (stream)
+                    RNN_INAME(stream_ahead)(bp + k * RNN_PANEL_COLS);
                 for (j = 0; j < RNN_PANEL_COLS; j++)
                     acc[j] = RNN_INAME(madd)(a[k], bp[k * RNN_PANEL_COLS + j], acc[j]);
+            }
 #endif
             memcpy(C + i * pa->ldc + j0, acc, (size_t)nc * sizeof(TYPE));
         }
