@@ -148,6 +148,11 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seconds", type=float, default=8.0, help="of interleaved calls")
     ap.add_argument("--no-steps", action="store_true", help="the interleaved calls only")
+    ap.add_argument(
+        "--kept",
+        action="store_true",
+        help="also rnnfast with no weights streamed past the caches (_plan.streamed_weights) in the interleaved calls",
+    )
     ap.add_argument("--folder", default=os.path.join(tempfile.gettempdir(), "rnnfast_onnx_steps"))
     args = ap.parse_args(argv)
     import onnxruntime as ort
@@ -165,6 +170,18 @@ def main(argv=None):
     sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
     diff = float(np.abs(model.run(None, feeds)[0] - sess.run(None, feeds)[0]).max())
     fns = {"rnnfast": lambda: model.run(None, feeds), "onnxruntime": lambda: sess.run(None, feeds)}
+    if args.kept:
+        from rnnfast import _plan
+
+        chosen = _plan.streamed_weights
+        _plan.streamed_weights = lambda sizes, streamable, l3=None: set()
+        try:
+            kept = rnnfast.load(path)
+            for _ in range(3):  # (its plan, and the choice, made by then)
+                kept.run(None, feeds)
+        finally:
+            _plan.streamed_weights = chosen
+        fns["kept"] = lambda: kept.run(None, feeds)
     for f in fns.values():
         for _ in range(5):
             f()
@@ -174,6 +191,9 @@ def main(argv=None):
         % (case["name"], args.threads, 1e3 * med["rnnfast"], 1e3 * med["onnxruntime"],
            med["onnxruntime"] / med["rnnfast"], diff, os.getloadavg()[0])
     )  # fmt: skip
+    if args.kept:
+        print("rnnfast with nothing streamed: %.3f ms (streamed / kept %.3fx)"
+              % (1e3 * med["kept"], med["kept"] / med["rnnfast"]))  # fmt: skip
     if args.no_steps:
         return
     calls = 300 if case["B"] == 1 else 20
