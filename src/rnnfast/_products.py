@@ -78,20 +78,16 @@ def dense(x, packed, N, bias=None, act=-1, num_threads=None, stream=False):
         y2 = y.reshape(M, N)
     b = _NO_BIAS[x.dtype] if bias is None else bias
     row_sm = act in _ROW_SOFTMAXES
-    if stream and M == 1 and act != SOFTMAX:
-        nth = resolve_num_threads(num_threads) if _rowops.PARTNER else 1
-        _rowops.packed_rows(x2, packed, b, y2, nth, act - SOFTMAX if row_sm else 0, True)
-        if act >= 0 and not row_sm:
-            _kernels.activate(act, y2[0])
-        return y
     if M <= FEW_ROWS and act != SOFTMAX:
-        if M * N * K < PARTNER_MACS:
+        streamed = stream and M == 1  # (the few-row kernel streams the weights of one row)
+        if M * N * K < PARTNER_MACS and not streamed:
             if row_sm:  # a small head: the product and its softmax in one compiled call on this thread
                 _rowops.packed_rows(x2, packed, b, y2, 1, act - SOFTMAX)
                 return y
-        elif row_sm or (_rowops.PARTNER and resolve_num_threads(num_threads) > 1):
+        elif streamed or row_sm or (_rowops.PARTNER and resolve_num_threads(num_threads) > 1):
             # a few rows on many weights (a decoder's head at B=1)
-            _rowops.packed_rows(x2, packed, b, y2, resolve_num_threads(num_threads), act - SOFTMAX if row_sm else 0)
+            nth = resolve_num_threads(num_threads)
+            _rowops.packed_rows(x2, packed, b, y2, nth, act - SOFTMAX if row_sm else 0, streamed)
             if act >= 0 and not row_sm:  # row by row, as the packed product applies it on one thread
                 for row in y2:
                     _kernels.activate(act, row)
