@@ -97,7 +97,10 @@ class CountingPredictor(Predictor):
         out["pid"] = np.full(n, os.getpid())
         out["threads"] = np.full(n, self.num_threads)
         out["peak"] = np.full(n, s.BUDGET.peak)
-        new = sorted(_tids() - before - _python_tids())
+        # (gRPC's own C++ threads, "grpc_global_timer" and the like, which Ray's runtime
+        # starts now and then during a batch, are named; an OpenMP team's keep the
+        # process's name)
+        new = sorted(t for t in _tids() - before - _python_tids() if not _thread_name(t).startswith("grpc_"))
         out["new_os_threads"] = np.full(n, len(new))
         out["new_os_thread_names"] = np.full(n, ",".join(_thread_name(t) for t in new))
         return out
