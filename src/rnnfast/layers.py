@@ -985,6 +985,10 @@ class Dense:
         A key of :data:`ACTIVATIONS`, or ``"softmax"``.
     """
 
+    #: One-row calls read the kernel past the caches (a model sets it:
+    #: rnnfast._plan.streamed_weights; the same bits).
+    stream = False
+
     def __init__(self, kernel, bias=None, activation="linear", dtype=np.float32):
         self.dtype = compute_dtype(dtype)
         self.kernel = _frozen(np.array(kernel, dtype=self.dtype, order="C"))
@@ -996,9 +1000,6 @@ class Dense:
             _activation_code(activation, "activation")
         self.activation = activation or "linear"
         self._packed: Optional[np.ndarray] = None  # the kernel packed (rnnfast._products), on first use
-        # one-row calls read the kernel past the caches (the model decides:
-        # rnnfast._plan.streamed_weights; the same bits)
-        self.stream = False
 
     def __getstate__(self):
         """Pickled without the packed kernel (packed again on first use)."""
@@ -1038,7 +1039,7 @@ class Dense:
             self.bias,
             _DENSE_ACT[self.activation],
             num_threads,
-            getattr(self, "stream", False),  # (a Dense pickled before it had one)
+            self.stream,
         )
 
     __call__ = forward

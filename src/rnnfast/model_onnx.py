@@ -140,10 +140,12 @@ class OnnxOp:
         self.domain = domain
         self.slots = list(slots)
         self.num_outputs = num_outputs
-        # the floating-point constants it holds (index and shape constants are not weights)
-        self.num_params = int(
-            sum(s[1].size for s in self.slots if s is not None and s[0] == "const" and s[1].dtype.kind == "f")
-        )
+        self.num_params = int(sum(w.size for w in self.weights()))
+
+    def weights(self):
+        """The floating-point constants it holds (index and shape constants are not
+        weights)."""
+        return [s[1] for s in self.slots if s is not None and s[0] == "const" and s[1].dtype.kind == "f"]
 
     def args(self, xs):
         out: list = []
@@ -284,7 +286,7 @@ def _weight_bytes(op):
         return op.num_params * op.layer.dtype.itemsize
     if op.op_type == "Gather":
         return 0
-    return sum(s[1].nbytes for s in op.slots if s is not None and s[0] == "const" and s[1].dtype.kind == "f")
+    return sum(w.nbytes for w in op.weights())
 
 
 def stream_weights(program):
