@@ -1,9 +1,9 @@
 """The per-call fast paths of a whole model (issue 14/15 speed): a recurrent layer's
 common call through its bound compiled entry (``RNNLayer._forward_bound``) is bitwise
 the general path, for every cell and any thread count; ``KerasModel.predict`` remembers
-only the last few input shapes it checked; a Dense softmax fused into the product
-(``RNN_ROW_SOFTMAX``) gives NumPy's NaN rows and a row's values whatever the rows
-around it."""
+only the last few input shapes it checked; a Dense softmax (the row softmax the
+product applies, ``_products.ROW_SOFTMAX``) gives NumPy's NaN rows and a row's values
+whatever the rows around it."""
 
 import numpy as np
 import pytest
@@ -112,8 +112,8 @@ def test_fused_softmax_rows(rng):
     assert np.isnan(y[3]).all() and np.isnan(y[7]).all() and not np.isnan(np.delete(y, [3, 7], 0)).any()
     for i in (0, 3, 11):  # a row's values whatever the rows around it
         np.testing.assert_array_equal(d.forward(x[i : i + 1])[0], y[i])
-    with pytest.raises(ValueError, match="unknown activation"):
-        _kernels.packed_rows(x, d.packed_kernel(), d.bias, np.empty((50, 9), np.float32), _products.SOFTMAX + 1)
+    with pytest.raises(ValueError, match="unknown activation"):  # (the softmax is dense's, not the kernel's)
+        _kernels.packed_rows(x, d.packed_kernel(), d.bias, np.empty((50, 9), np.float32), _products.ROW_SOFTMAX)
 
 
 @pytest.mark.parametrize("stride,pad,k", [(1, (1, 1), 3), (2, (0, 0), 4), (3, (2, 0), 1)])

@@ -262,3 +262,112 @@ def test_ids_model_many_to_one_is_the_output_as_if_the_sequence_ended_there(dyna
     whole = model.step(seq, model.stream())
     for g, w in zip(got, whole):
         assert np.array_equal(g, w)
+
+
+class _LanguageModel(torch.nn.Module):
+    """PyTorch's word_language_model shape, small: Embedding -> GRU -> Linear over the
+    vocabulary (logits for every step)."""
+
+    def __init__(self, vocab):
+        super().__init__()
+        self.emb = torch.nn.Embedding(vocab, 8)
+        self.rnn = torch.nn.GRU(8, H, batch_first=True)
+        self.head = torch.nn.Linear(H, vocab)
+
+    def forward(self, ids):
+        return self.head(self.rnn(self.emb(ids))[0])
+
+
+def test_a_head_read_past_the_cache_steps_a_token_at_a_time_with_the_same_bits(monkeypatch):
+    """A language model whose weights overflow the last-level cache (made small here)
+    has its head's product marked to read its weights past the caches (ProductOp.stream,
+    as the model's calls mark it); its stream, stepped a token at a time as generation
+    steps it, runs that product on the weights packed at load, streamed at one row: the
+    bits of the same model with every weight kept, on 1 and 2 threads, and ONNX
+    Runtime's values."""
+    from rnnfast import _plan, _rowops
+    from rnnfast.model_onnx import ProductOp, _weight_bytes
+
+    vocab = 2000
+    torch.manual_seed(0)
+    net = _LanguageModel(vocab).eval()
+    f = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            net, (torch.randint(0, vocab, (2, 7)),), f, dynamo=False, input_names=["ids"],
+            dynamic_axes={"ids": {0: "b", 1: "t"}},
+        )  # fmt: skip
+    data = f.getvalue()
+    monkeypatch.setattr(_plan, "_l3", [1 << 40])
+    kept = rnnfast.from_onnx(data)
+    ops = [op for op, *_ in kept._compiled()[0]]
+    assert not any(getattr(op, "stream", False) for op in ops)
+    monkeypatch.setattr(_plan, "_l3", [sum(_weight_bytes(op) for op in ops) - 1])
+    model = rnnfast.from_onnx(data)  # (its stream marks the products before any call)
+    streamed = [op for op, *_ in model._compiled()[0] if isinstance(op, ProductOp) and op.stream]
+    assert streamed
+    seen = []
+    packed_rows = _rowops.packed_rows
+
+    def spy(*args):
+        seen.append(len(args) > 6 and bool(args[6]))
+        return packed_rows(*args)
+
+    monkeypatch.setattr(_rowops, "packed_rows", spy)
+    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    ids = np.random.default_rng(0).integers(0, vocab, 9)
+    for n in (1, 2):
+        want = kept.step(ids, kept.stream(), num_threads=n)
+        s = model.stream()
+        got = np.concatenate([model.step(ids[t : t + 1], s, num_threads=n) for t in range(len(ids))])
+        assert got.shape == want.shape and np.array_equal(got, want), n
+    assert any(seen), "the one-row head did not read its weights past the caches"
+    assert_close(got, sess.run(None, {"ids": ids[None]})[0][0], np.float32)
+
+
+def test_one_thread_steps_leave_the_partner_thread_alone():
+    """A wide layer's one-step call shares its tasks with the products' partner thread
+    at 2 threads or more (_plan.uses_partner); a stream stepped on one thread
+    (``num_threads=1``, or ``rnnfast.set_num_threads(1)``) runs on the caller alone and
+    gives the same bits."""
+    from rnnfast import _rowops
+
+    if not _rowops.PARTNER:
+        pytest.skip("no partner thread in this build (not Linux)")
+    torch.manual_seed(0)
+    rnn, head = torch.nn.GRU(8, 256), torch.nn.Linear(256, 3)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn, self.head = rnn, head
+
+        def forward(self, x):
+            return self.head(self.rnn(x)[0])
+
+    f = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        axes = {0: "t", 1: "b"}
+        torch.onnx.export(
+            Net().eval(), (torch.randn(7, 2, 8),), f, dynamo=False, input_names=["x"], output_names=["y"],
+            dynamic_axes={"x": axes, "y": axes},
+        )  # fmt: skip
+    model = rnnfast.from_onnx(f.getvalue())
+    x = np.random.default_rng(0).standard_normal((12, 8)).astype(np.float32)
+    want = model.step(x, model.stream(), num_threads=2)
+    before = rnnfast.get_num_threads()
+    try:
+        for how in ("argument", "default"):
+            jobs = _rowops.partner_jobs()
+            s = model.stream()
+            if how == "default":
+                rnnfast.set_num_threads(1)
+                got = np.concatenate([model.step(x[t : t + 1], s) for t in range(len(x))])
+            else:
+                got = np.concatenate([model.step(x[t : t + 1], s, num_threads=1) for t in range(len(x))])
+            assert _rowops.partner_jobs() == jobs, how
+            assert np.array_equal(got, want), how
+    finally:
+        rnnfast.set_num_threads(before)

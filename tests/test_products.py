@@ -635,7 +635,7 @@ def test_partner_runs_tasks_while_it_polls(rng, partner_awake):
     assert _rowops.partner_jobs() > before
 
 
-@pytest.mark.parametrize("act", [-1, _kernels.RNN_ACT_TANH, _kernels.RNN_ACT_SIGMOID, _products.SOFTMAX])
+@pytest.mark.parametrize("act", [-1, _kernels.RNN_ACT_TANH, _kernels.RNN_ACT_SIGMOID])
 def test_dense_of_few_rows_on_the_partner_bitwise_for_any_thread_count(rng, partner_awake, act, monkeypatch):
     """dense routes a few rows on many weights to the partner thread at 2 threads or
     more: the bits of one thread's packed product, activation included."""
@@ -714,9 +714,7 @@ def test_partner_after_fork_gives_the_same_bits(rng, partner_awake):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("M", [1, 2, 5])
-@pytest.mark.parametrize(
-    "act", [-1, int(_kernels.RNN_ACT_TANH), _products.SOFTMAX, _products.ROW_SOFTMAX, _products.ROW_LOG_SOFTMAX]
-)
+@pytest.mark.parametrize("act", [-1, int(_kernels.RNN_ACT_TANH), _products.ROW_SOFTMAX, _products.ROW_LOG_SOFTMAX])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_dense_streamed_gives_the_same_bits(rng, dtype, M, act, threads):
     """``dense(..., stream=True)`` (a model's weights read past the caches,
@@ -734,7 +732,7 @@ def test_dense_streamed_gives_the_same_bits(rng, dtype, M, act, threads):
     z = x.astype(np.float64) @ W.astype(np.float64) + b
     if act == int(_kernels.RNN_ACT_TANH):
         z = np.tanh(z)
-    elif act in (_products.SOFTMAX, _products.ROW_SOFTMAX):
+    elif act == _products.ROW_SOFTMAX:
         z = _softmax64(z, False)
     elif act == _products.ROW_LOG_SOFTMAX:
         z = _softmax64(z, True)

@@ -39,9 +39,10 @@ def _layer(rng, variant, I, H, dtype):
     return RNNLayer(cell, [w], reset_after=ra, activation=act, dtype=dtype)
 
 
-def graph_model(rng, variant, dtype, *, H=(24, 40), many_to_one=False, head=True, ids=None):
+def graph_model(rng, variant, dtype, *, H=(24, 40), many_to_one=False, head=True, ids=None, N=20, act="sigmoid"):
     """A KerasModel (graph of nodes) of stacked recurrent layers of ``variant`` and a
-    Dense head, on random weights; ``ids``: an Embedding of that vocabulary first."""
+    Dense head (``N`` units, ``act``), on random weights; ``ids``: an Embedding of that
+    vocabulary first."""
     steps, key, I = [], "in", I_SIZE
     if ids is not None:
         table = rng.standard_normal((ids, I_SIZE))
@@ -62,7 +63,7 @@ def graph_model(rng, variant, dtype, *, H=(24, 40), many_to_one=False, head=True
         steps.append(Step(node, [key], ["r%d" % k]))
         key, I = "r%d" % k, layer.output_size
     if head:
-        d = Dense(rng.standard_normal((I, 20)) / np.sqrt(I), rng.standard_normal(20), "sigmoid", dtype=dtype)
+        d = Dense(rng.standard_normal((I, N)) / np.sqrt(I), rng.standard_normal(N), act, dtype=dtype)
         steps.append(Step(DenseNode("head", d), [key], ["y"]))
         key = "y"
     spec = dict(
@@ -222,6 +223,51 @@ def test_stream_equals_predict(variant, dtype, seed):
         bare = graph_model(np.random.default_rng(seed), variant, dtype, head=False)
         if VARIANTS[variant][1]:  # reset-before runs BLAS per step in predict
             assert_bitwise(whole(bare, x)[0], bare.predict(x[None])[0], variant)
+
+
+@pytest.mark.parametrize("act", ["softmax", "tanh"])
+def test_heads_read_past_the_cache_step_with_the_bits_of_predicts_head(act, monkeypatch, seed):
+    """A Keras language model (Embedding -> GRU -> Dense over a vocabulary) whose head's
+    weights the model marks to read past the caches (its weights overflow the
+    last-level cache, made small here: Dense.stream), stepped a token at a time as
+    generation steps it: each row through the head's own call (the product, its
+    activation, softmax too, row by row; the weights prefetched past the caches at one
+    row), so the bits of the same model with its weights kept, of the whole sequence in
+    one call, and of Dense.forward on the recurrent layer's outputs (predict's head)."""
+    keras = pytest.importorskip("keras")
+    from rnnfast import _plan, _rowops
+
+    from _testing import lively
+
+    L = keras.layers
+    inp = keras.Input((None,), dtype="int32")
+    seq = L.GRU(24, return_sequences=True)(L.Embedding(40, 5)(inp))
+    km = lively(keras.Model(inp, L.Dense(3000, activation=act)(seq)), seed=seed % 1000)
+    monkeypatch.setattr(_plan, "_l3", [1 << 40])
+    kept = rnnfast.from_keras(km)
+    bare = rnnfast.from_keras(keras.Model(inp, seq))
+    head = kept.layers[-1].dense
+    assert not head.stream
+    monkeypatch.setattr(_plan, "_l3", [head.kernel.nbytes])  # (the head alone fills it: it streams)
+    model = rnnfast.from_keras(km)
+    assert model.layers[-1].dense.stream
+    ids = np.random.default_rng(seed).integers(1, 40, 9)
+    seen = []
+    packed_rows = _rowops.packed_rows
+
+    def spy(*args):
+        seen.append(len(args) > 6 and bool(args[6]))
+        return packed_rows(*args)
+
+    monkeypatch.setattr(_rowops, "packed_rows", spy)
+    for n in (1, 2):
+        want = whole(kept, ids, n)[0]
+        assert_bitwise(want, head.forward(whole(bare, ids, n)[0]), "the head's own call")
+        s = model.stream()
+        got = np.concatenate([model.step(ids[t : t + 1], s, num_threads=n) for t in range(len(ids))])
+        assert_bitwise(got, want, "%d thread(s), a token at a time" % n)
+    assert any(seen), "the one-row head did not read its weights past the caches"
+    assert_close(want, km.predict(ids[None], verbose=0)[0], np.float32)
 
 
 def test_torch_stream_matches_pytorch_step_by_step(seed):

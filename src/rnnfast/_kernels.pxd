@@ -20,9 +20,6 @@ cdef extern from "c/enums.h":
         RNN_ACT_EXPONENTIAL
         RNN_ACT_COUNT
 
-    cpdef enum rnn_row_op:
-        RNN_ROW_SOFTMAX
-
     # the cells: one per line of c/cells.def.h, which generates the enum; Python names
     # the codes from C (rnn_cell_name, _kernels.pyx), so no list of them here
     ctypedef int rnn_cell_t "rnn_cell"

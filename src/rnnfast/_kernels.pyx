@@ -19,7 +19,7 @@ import numpy as np
 
 # the codes of c/enums.h at module level too: _kernels.RNN_ACT_TANH, RNN_ISA_AVX2, ...
 for _codes in (rnn_activation, rnn_isa_level, rnn_strategy, rnn_dtype, rnn_packing,
-               rnn_profile_part, rnn_status, rnn_precision, rnn_row_op, rnn_cpu_family):
+               rnn_profile_part, rnn_status, rnn_precision, rnn_cpu_family):
     globals().update(_codes.__members__)
 del _codes
 
@@ -850,7 +850,7 @@ def packed_rows(A,                                 # IN  (M, K)
     only (one chain of multiply-adds per element, the activation applied row by row),
     never on M, on the other rows nor on the thread count -- the dense product of the
     streaming path (rnnfast/stream.py) and of rnnfast._products. ``act``: an RNN_ACT_*
-    code, RNN_ROW_SOFTMAX (a softmax over each row), or -1 for none. Rows split among
+    code, or -1 for none (a softmax: rnnfast._products.dense). Rows split among
     ``num_threads`` threads at most (c/openmp.h's backoff applies). GIL released. The
     arrays float32 or float64, one dtype, C-contiguous: float32 / float64 ndarrays are
     read through their fields (c/ndarray.h; a typed memoryview each cost more than a
@@ -860,7 +860,7 @@ def packed_rows(A,                                 # IN  (M, K)
     cdef rnn_products pr
     if type(A) is _nd:
         dt = (<const rnnfast_ndarray *> <PyObject *> A).descr
-    if ((dt == _F32 or dt == _F64) and (-1 <= act < RNN_ACT_COUNT or act == RNN_ROW_SOFTMAX)
+    if ((dt == _F32 or dt == _F64) and -1 <= act < RNN_ACT_COUNT
             and rnnfast_rows_operands_of(<PyObject *> A, <PyObject *> Bp, <PyObject *> bias, <PyObject *> C,
                                          _ndarray, dt, &o)):
         memset(&pr, 0, sizeof(pr))
@@ -884,7 +884,7 @@ def _packed_rows_views(const floating[:, ::1] A, const floating[::1] Bp, const f
     if C.shape[0] != M or Bp.shape[0] != rnn_packed_size(K, N) or bias.shape[0] not in (0, N):
         raise ValueError("packed_rows: A %s, packed B of %d values, bias %d, C %s"
                          % ((M, K), Bp.shape[0], bias.shape[0], (C.shape[0], N)))
-    if not (-1 <= act < RNN_ACT_COUNT or act == RNN_ROW_SOFTMAX):
+    if not -1 <= act < RNN_ACT_COUNT:
         raise ValueError("unknown activation code %d" % act)
     if K == 0:
         raise ValueError("packed_rows: A has no columns")
@@ -919,7 +919,7 @@ def products(const floating[:, :, :, :] A,          # IN  (G1, G2, M, K), rows c
         raise ValueError("products: A %s, B %s, C %s do not match"
                          % ([A.shape[i] for i in range(4)], [B.shape[i] for i in range(4)],
                             [C.shape[i] for i in range(4)]))
-    if not (-1 <= act < RNN_ACT_COUNT or act == RNN_ROW_SOFTMAX):
+    if not -1 <= act < RNN_ACT_COUNT:
         raise ValueError("unknown activation code %d" % act)
     if G1 == 0 or G2 == 0 or M == 0 or N == 0:
         return

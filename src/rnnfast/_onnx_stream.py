@@ -8,9 +8,11 @@ steps run on the chunk as they run on a whole sequence, except that
   stream's states and leaves its final states there, through the step path's
   row-exact kernels (:class:`rnnfast.stream._Kernel`): a chunked sequence gives
   bitwise the outputs of the whole sequence in one step;
-- ``MatMul`` / ``Gemm`` on a constant weight run row by row on packed weights
-  (:func:`rnnfast._kernels.packed_rows`), so a row's result does not depend on how
-  many rows share the call.
+- ``MatMul`` / ``Gemm`` on a constant weight run as the model's own calls run them,
+  on the weights packed at load (``ProductOp``: rnnfast's packed product, each element
+  one chain of multiply-adds; one row's weights read past the caches where the model
+  marked them, ``stream_weights``), so a row's result does not depend on how many rows
+  share the call.
 
 Which axis of a tensor is time and which is the batch is followed from the input
 through the graph, op by op, at ``model.stream()``; an op that reads across time
@@ -27,8 +29,6 @@ features)``.
 
 import numpy as np
 
-from . import _kernels
-from ._products import pack
 from .errors import UnsupportedLayerError
 from .stream import _NO_MASK, _NO_OUT, _NO_STATE, Program, _Kernel
 
@@ -117,7 +117,7 @@ class OnnxProgram(Program):
         rest = [i for i in range(rank) if i not in (t_ax, b_ax)]
         # (time, batch, rest) -> the input's axis order
         self.in_perm = [([t_ax, b_ax] + rest).index(i) for i in range(rank)]
-        self.rec, self.dense = {}, {}
+        self.rec = {}
         self.keys = list(model._data.inputs) + [k for st in model._data.steps for k in st.outputs]
         self._shapes = None  # every tensor's shape at PROBE (time, batch), when a rule needs them
         self._in_shape = [PROBE[0] if i == t_ax else PROBE[1] if i == b_ax else d for i, d in enumerate(spec["shape"])]
@@ -294,19 +294,16 @@ class OnnxProgram(Program):
             if w is None or w.ndim != 2 or n < 2:
                 raise _No("it multiplies by a tensor that is not a constant matrix")
             free([n - 1], x)
-            self.dense[op] = _packed(w, None, w.dtype)
             return [x[:-1] + [None]]
         if kind == "Gemm":
             if attrs.get("transA") or n != 2:
                 raise _No("transA=1")
+            if const(1) is None:
+                raise _No("it multiplies by a tensor that is not a constant matrix")
             free([1], x)
-            w, c = const(1), const(2)
-            w = w.T if attrs.get("transB") else w
-            alpha, beta = attrs.get("alpha", 1.0), attrs.get("beta", 1.0)
+            c = const(2)
             if c is not None and (c.ndim > 2 or (c.ndim == 2 and c.shape[0] != 1)):
                 raise _No("its C spans the batch")
-            if alpha == 1 and (c is None or beta == 1):
-                self.dense[op] = _packed(w, None if c is None else c.reshape(-1), w.dtype)
             return [[x[0], None]]
         if kind == "Gather":
             idx = const(1)
@@ -472,11 +469,7 @@ class OnnxProgram(Program):
                 if rec is not None:
                     res = self._step_recurrent(rec, op.args(xs), states, mask, Tn, Bn, num_threads)
                 else:
-                    dense = self.dense.get(op)
-                    if dense is not None:
-                        res = [dense(op.args(xs)[0])]
-                    else:
-                        res = op.compute(op.args(xs), num_threads)
+                    res = op.compute(op.args(xs), num_threads)
                 for i in free:
                     vals[i] = None
                 for i, v in zip(outs, res):
@@ -526,23 +519,3 @@ class OnnxProgram(Program):
             else:
                 res.append(None)
         return res[: op.num_outputs]
-
-
-def _packed(w, bias, dtype):
-    """``x @ w (+ bias)`` row by row on packed weights: a row's result does not depend
-    on the rows beside it. Float32 / float64 weights only (else numpy's product)."""
-    if w.dtype not in (np.float32, np.float64):
-        return None
-    K, N = w.shape
-    Bp = pack(w)
-    b = np.zeros(0, w.dtype) if bias is None else np.ascontiguousarray(bias, dtype=w.dtype)
-
-    def f(x):
-        if x.dtype != w.dtype:
-            return np.matmul(x, w) + (0 if bias is None else b)
-        x = np.ascontiguousarray(x)
-        y = np.empty(x.shape[:-1] + (N,), w.dtype)
-        _kernels.packed_rows(x.reshape(-1, K), Bp, b, y.reshape(-1, N), -1)
-        return y
-
-    return f

@@ -15,10 +15,10 @@ with ``_rowops``' partner thread instead (:data:`PARTNER_MACS`).
 import numpy as np
 
 from . import _kernels, _plan, _rowops
-from ._special import row_softmax, softmax
+from ._special import row_softmax
 from ._threads import resolve_num_threads
 
-__all__ = ["pack", "dense", "matmul", "SOFTMAX", "ROW_SOFTMAX", "ROW_LOG_SOFTMAX"]
+__all__ = ["pack", "dense", "matmul", "ROW_SOFTMAX", "ROW_LOG_SOFTMAX"]
 
 _CORE = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -43,25 +43,25 @@ def _team(num_threads, M, N, K, G=1):
     return _plan.product_team(resolve_num_threads(num_threads), flops)
 
 
-#: ``act`` of :func:`dense` for a softmax over the last axis (fused into the product).
-SOFTMAX = int(_kernels.RNN_ROW_SOFTMAX)
-#: ``act`` of :func:`dense`: the softmax (log-softmax) over the last axis of ONNX's
-#: ``Softmax`` (``LogSoftmax``), the row kernel's (:func:`rnnfast._special.row_softmax`)
+#: ``act`` of :func:`dense` (codes past the ``RNN_ACT_*`` ones): the softmax (log-softmax) over
+#: the last axis of a Keras ``Dense(activation="softmax")`` and of ONNX's ``Softmax``
+#: (``LogSoftmax``), the row kernel's (:func:`rnnfast._special.row_softmax`)
 #: bits: after the product, or for a few rows (:data:`FEW_ROWS`) in ``_rowops.packed_rows``'
 #: column tasks, each block of columns as it is written: on many weights (:data:`PARTNER_MACS`:
 #: a decoder's vocabulary head) on one thread too (no second pass over the row: (1, 256) @
 #: (256, 8000) and its softmax 5% faster there; on two, the partner runs half the blocks), on
 #: few always on the caller's thread (one compiled call: a text classifier's (1, 256) @
 #: (256, 5) and its log-softmax 7.4 -> 4.4 us, Zen 4).
-ROW_SOFTMAX = SOFTMAX + 1
-ROW_LOG_SOFTMAX = SOFTMAX + 2
+ROW_SOFTMAX = 65
+ROW_LOG_SOFTMAX = 66
 _ROW_SOFTMAXES = (ROW_SOFTMAX, ROW_LOG_SOFTMAX)
+_ROWS_SOFTMAX = {ROW_SOFTMAX: 1, ROW_LOG_SOFTMAX: 2}  # (``_rowops.packed_rows``' softmax)
 
 
 def dense(x, packed, N, bias=None, act=-1, num_threads=None, stream=False):
     """``act(x @ kernel + bias)`` on the last axis of ``x`` (..., K), with ``packed``
     from :func:`pack` (kernel (K, N)) in ``x``'s dtype; ``act`` an ``RNN_ACT_*`` code,
-    :data:`SOFTMAX`, :data:`ROW_SOFTMAX`, :data:`ROW_LOG_SOFTMAX` or -1. Returns a new
+    :data:`ROW_SOFTMAX`, :data:`ROW_LOG_SOFTMAX` or -1. Returns a new
     (..., N) array. ``stream``: for one row, the weights are read past the caches
     (``_rowops.packed_rows``' ``stream``, the same bits): a model's weights that do not
     all fit the last-level cache (:func:`rnnfast._plan.streamed_weights`)."""
@@ -78,16 +78,16 @@ def dense(x, packed, N, bias=None, act=-1, num_threads=None, stream=False):
         y2 = y.reshape(M, N)
     b = _NO_BIAS[x.dtype] if bias is None else bias
     row_sm = act in _ROW_SOFTMAXES
-    if M <= FEW_ROWS and act != SOFTMAX:
+    if M <= FEW_ROWS:
         streamed = stream and M == 1  # (the few-row kernel streams the weights of one row)
         if M * N * K < PARTNER_MACS and not streamed:
             if row_sm:  # a small head: the product and its softmax in one compiled call on this thread
-                _rowops.packed_rows(x2, packed, b, y2, 1, act - SOFTMAX)
+                _rowops.packed_rows(x2, packed, b, y2, 1, _ROWS_SOFTMAX[act])
                 return y
         elif streamed or row_sm or (_rowops.PARTNER and resolve_num_threads(num_threads) > 1):
             # a few rows on many weights (a decoder's head at B=1)
             nth = resolve_num_threads(num_threads)
-            _rowops.packed_rows(x2, packed, b, y2, nth, act - SOFTMAX if row_sm else 0, streamed)
+            _rowops.packed_rows(x2, packed, b, y2, nth, _ROWS_SOFTMAX.get(act, 0), streamed)
             if act >= 0 and not row_sm:  # row by row, as the packed product applies it on one thread
                 for row in y2:
                     _kernels.activate(act, row)
@@ -103,9 +103,7 @@ def _dense_of_nothing(y, bias, act, num_threads):
     if y.size == 0:
         return y
     y[...] = 0 if bias is None else bias
-    if act == SOFTMAX:
-        softmax(y, out=y)
-    elif act in _ROW_SOFTMAXES:
+    if act in _ROW_SOFTMAXES:
         row_softmax(y, act == ROW_LOG_SOFTMAX, num_threads, out=y)
     elif act >= 0:
         _kernels.activate(act, y.reshape(-1))

@@ -971,7 +971,7 @@ def merge_directions(out, mode, units):
 
 
 #: Dense's activations as the product applies them (:func:`rnnfast._products.dense`).
-_DENSE_ACT = dict(ACTIVATIONS, linear=-1, softmax=int(_kernels.RNN_ROW_SOFTMAX))
+_DENSE_ACT = dict(ACTIVATIONS, linear=-1, softmax=_products.ROW_SOFTMAX)
 
 
 class Dense:
@@ -1026,7 +1026,8 @@ class Dense:
     def forward(self, x, *, num_threads=None):
         """``x``: (..., I) -> (..., N), on the core's product (rnnfast._products:
         ``num_threads`` as in :meth:`RNNLayer.forward`; the results do not depend on it),
-        the activation (softmax too) applied to each row by the product itself."""
+        the activation applied to each row by the product itself (a softmax:
+        :data:`rnnfast._products.ROW_SOFTMAX`, the one ONNX models' ``Softmax`` runs)."""
         if type(x) is not np.ndarray or x.dtype != self.dtype:
             x = np.asarray(as_numeric(x, "input"), dtype=self.dtype)
         kernel = self.kernel

@@ -255,8 +255,8 @@ class ProductOp(FnOp):
         return [_matmul(args, self.attrs, num_threads)]
 
     def packed(self, args, num_threads, act=-1):
-        """The product on the weights packed at load, ``act`` (an ``RNN_ACT_*`` code or
-        :data:`rnnfast._products.SOFTMAX`) applied by the product
+        """The product on the weights packed at load, ``act`` (an ``RNN_ACT_*`` code,
+        :data:`rnnfast._products.ROW_SOFTMAX` or ``ROW_LOG_SOFTMAX``) applied by the product
         (:class:`_FusedProduct`), or None where the packed path does not apply (then
         nothing is computed)."""
         x, w = args[0], args[1]
@@ -2109,10 +2109,14 @@ class OnnxModel(Summarized):
         return tuple([a.shape for a in feeds])
 
     def _compiled(self):
-        """The data graph as :func:`_compile` gives it (made on the first call)."""
+        """The data graph as :func:`_compile` gives it (made on the first call), its
+        products' weights marked for streaming (:func:`stream_weights`) for this
+        machine's cache: read by the model's calls and by its streams alike."""
         prog = self.__dict__.get("_program")
         if prog is None:
-            prog = self._program = _compile(self._data)
+            prog = _compile(self._data)
+            stream_weights(prog)
+            self._program = prog
         return prog
 
     def _run_data(self, feeds, num_threads, more=()):
@@ -2125,7 +2129,6 @@ class OnnxModel(Summarized):
             prog = self.__dict__.get("_fast")
             if prog is None:
                 prog = self._compiled()
-                stream_weights(prog)
                 prog = self._fast = fuse_attention(fuse_products(fuse_views(prog)))
             if probing():  # (the load-time run's stand-ins are bound to no plan)
                 return run_compiled(prog, [*feeds, *more], num_threads)

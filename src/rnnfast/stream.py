@@ -20,8 +20,10 @@ product on the step path computes a row on its own:
 - the recurrent product runs on packed weights too (GRU reset-after, LSTM, SimpleRNN),
   or, for the cells whose per-step product calls BLAS (GRU reset-before, LSTM with a
   projection), with one row per work item (``batch_rows=1``: always a GEMV of one row);
-- the gate math is element-wise per row; dense heads use :func:`_kernels.packed_rows`
-  (packed product and activation row by row); the other per-step ops are element-wise
+- the gate math is element-wise per row; dense heads use the packed product and
+  apply their activation (softmax too) row by row, as ``predict`` does
+  (:meth:`rnnfast.layers.Dense.forward`, or :func:`_kernels.packed_rows` directly for
+  the small ones); the other per-step ops are element-wise
   NumPy or reduce over the features of one step.
 
 Where the whole-sequence path (``predict``) runs the same kernels (float32 on AVX-512:
@@ -48,7 +50,7 @@ from typing import Any
 import numpy as np
 
 from . import _kernels, _plan, _stream
-from ._products import pack
+from ._products import PARTNER_MACS, pack
 from ._threads import blas_single_threaded, resolve_num_threads
 from ._validation import as_ids, as_input
 from .errors import UnsupportedLayerError
@@ -256,7 +258,9 @@ class _Kernel:
     def plan(self, B, T, num_threads):
         """The plan of a call of T steps over B rows: the shapes' plan (cached), one row
         per item where the cell's product calls BLAS, and the team: ``num_threads``
-        (resolved only when the call is big enough to use more than one thread)."""
+        (resolved only when the call is big enough to use more than one thread, or to
+        share a step with the partner thread, which one thread does not:
+        :func:`rnnfast._plan.uses_partner`)."""
         got = self._plans.get((B, T))
         if got is None:
             p = _plan.plan(B=B, D=1, Ho=self.Ho, GH=self.GH, ncb=self.ncb, num_threads=1 << 20, T=T)
@@ -269,6 +273,8 @@ class _Kernel:
         p, cap = got
         if cap > 1:
             p = p._replace(num_threads=min(cap, resolve_num_threads(num_threads)))
+        elif p.partner and resolve_num_threads(num_threads) < 2:
+            p = p._replace(partner=False)
         return p
 
     def run(self, x, T, B, mask, h, c, out, num_threads):
@@ -333,8 +339,12 @@ class _Recurrent:
 
 
 class _Dense:
-    """A dense layer on the step path: ``act(x @ kernel + bias)`` row by row
-    (:func:`_kernels.packed_rows`), then the node's extra activation if any."""
+    """A dense layer on the step path: the layer's own call
+    (:meth:`rnnfast.layers.Dense.forward`: the packed product, its activation, softmax
+    too, row by row; a row's values do not depend on the rows beside it, so a stream's
+    are those of ``predict``; weights read past the caches at one row where the model
+    marked them, :attr:`~rnnfast.layers.Dense.stream`), then the node's extra activation
+    if any."""
 
     def __init__(self, node, dense, post):
         self.node = node
@@ -353,23 +363,12 @@ class _Dense:
     def run(self, x, mask, num_threads=None):
         if x.dtype != self.dtype or not x.flags.c_contiguous:
             x = np.ascontiguousarray(x, dtype=self.dtype)
-        K = self.K
-        if x.shape[-1] != K:
-            raise ValueError("Dense %r expects %d input features, got shape %s" % (self.node.name, K, x.shape))
-        y = np.empty(x.shape[:-1] + (self.N,), self.dtype)
-        _kernels.packed_rows(x.reshape(-1, K), self.Bp, self.bias, y.reshape(-1, self.N), self.act)
-        if self.softmax:
-            y = _softmax_rows(y)
+        if x.shape[-1] != self.K:
+            raise ValueError("Dense %r expects %d input features, got shape %s" % (self.node.name, self.K, x.shape))
+        y = self.dense.forward(x, num_threads=num_threads)
         if self.extra is not None:
             y = self.post(self.extra, y)
         return [y], [mask]
-
-
-def _softmax_rows(y):
-    m = y.max(axis=-1, keepdims=True)
-    y = np.exp(y - m)
-    y /= y.sum(axis=-1, keepdims=True)
-    return y
 
 
 class _CausalConv:
@@ -633,7 +632,7 @@ class Program:
             elif kind == "conv":
                 fns.append(_chain_conv(obj))
                 known = None
-            elif isinstance(obj, _Dense) and obj.extra is None and not obj.softmax:
+            elif isinstance(obj, _Dense) and obj.extra is None:
                 fns.append(_chain_dense(obj, known))
                 known = (obj.N, obj.dtype)
             else:
@@ -866,10 +865,23 @@ def _chain_conv(conv):
 
 def _chain_dense(d, known):
     """A Dense of a chain whose activation the packed product applies; ``known`` as
-    :func:`_chain_one_kernel`'s."""
+    :func:`_chain_one_kernel`'s. A softmax, weights marked to stream past the caches, or
+    a product big enough for a second thread (:data:`rnnfast._products.PARTNER_MACS`
+    per row) go through the layer's own call (:class:`_Dense`); the rest call the packed
+    product directly (the same bits, less Python per step)."""
     K, N, dt, Bp, bias, act = d.K, d.N, d.dtype, d.Bp, d.bias, d.act
-    rows = _kernels.packed_rows  # (float ndarrays read through their fields: no memoryviews, no dispatch)
     name = d.node.name
+    if d.softmax or d.dense.stream or K * N >= PARTNER_MACS:
+        forward = d.dense.forward
+
+        def layer_call(x, states, num_threads):
+            if x.shape[-1] != K:
+                raise ValueError("Dense %r expects %d input features, got shape %s" % (name, K, x.shape))
+            return forward(x, num_threads=num_threads)
+
+        return layer_call
+
+    rows = _kernels.packed_rows  # (float ndarrays read through their fields: no memoryviews, no dispatch)
     empty = np.empty
 
     if known == (K, dt):

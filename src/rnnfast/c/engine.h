@@ -143,8 +143,7 @@ typedef struct {
     long sb1, sb2, ldb, cb;     /* (sb1 = sb2 = 0: one B for every g) */
     const void *Bp;             /* or one B packed (layout.h: rnn_packed_size(K, N)), or NULL */
     const void *bias;           /* (N,), or NULL */
-    int act;                    /* an RNN_ACT_* code applied to C's rows, RNN_ROW_SOFTMAX,
-                                 * or -1 */
+    int act;                    /* an RNN_ACT_* code applied to C's rows, or -1 */
     void *C;                    /* C_g at C + g1*sc1 + g2*sc2: M rows ldc apart, N contiguous */
     long sc1, sc2, ldc;
 } rnn_products;

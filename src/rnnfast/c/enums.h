@@ -23,13 +23,6 @@ typedef enum rnn_activation {
     RNN_ACT_COUNT = 11              /* the number of activations, not one of them */
 } rnn_activation;
 
-/* What the products outside the recurrent layers (products.template.h) apply to each
- * row of their result instead of an rnn_activation: a softmax over the row (a Dense
- * layer's softmax, fused into its product). */
-typedef enum rnn_row_op {
-    RNN_ROW_SOFTMAX = 64
-} rnn_row_op;
-
 /* Cells the engine runs: one per line of cells.def.h, codes in its order; gate order is
  * Keras' (GRU z, r, h; LSTM i, f, c, o). */
 typedef enum rnn_cell {

@@ -31,30 +31,6 @@ static void RNN_TNAME(pack_strided)(long K, long N, const TYPE *B, long ldb, lon
     }
 }
 
-/* v[0:n] = softmax(v[0:n]) = exp(d) / sum exp(d), d = v - max (RNN_ROW_SOFTMAX): each
- * exp(d) as s / (1 - s) of s = sigmoid(d), d <= 0 (the dispatched, vectorised sigmoid of
- * the gate math: a few ulp; the libm exp behind RNN_ACT_EXPONENTIAL is scalar, and this
- * file is compiled for the baseline ISA). The max and the sum in order, so a row's
- * values depend on that row only. A NaN makes the whole row NaN (as NumPy's max, then
- * exp, does). */
-static void RNN_TNAME(softmax_row)(TYPE *v, long n)
-{
-    TYPE m = v[0], s = 0;
-    long j;
-    for (j = 1; j < n; j++)
-        if (v[j] > m || v[j] != v[j])
-            m = m != m ? m : v[j];
-    for (j = 0; j < n; j++)
-        v[j] -= m;
-    RNN_TNAME(activate)(RNN_ACT_SIGMOID, v, n);
-    for (j = 0; j < n; j++)
-        v[j] = v[j] / ((TYPE)1 - v[j]);
-    for (j = 0; j < n; j++)
-        s += v[j];
-    for (j = 0; j < n; j++)
-        v[j] /= s;
-}
-
 /* Rows per row block of a product split among threads, at least. */
 #define RNN_SPLIT_ROWS 32
 
@@ -99,8 +75,6 @@ static int RNN_TNAME(products)(const rnn_products *pr, int nth)
         rows = (rows + RNN_TILE_ROWS - 1) / RNN_TILE_ROWS * RNN_TILE_ROWS;
         nrb = (M + rows - 1) / rows;
         ncol = (per + nrb - 1) / nrb < npan ? (per + nrb - 1) / nrb : npan;
-        if (pr->act == RNN_ROW_SOFTMAX)
-            ncol = 1;                   /* a softmax reads whole rows */
         pcols = (npan + ncol - 1) / ncol * RNN_PANEL_COLS;
         ncol = (N + pcols - 1) / pcols;
     }
@@ -133,10 +107,7 @@ static int RNN_TNAME(products)(const rnn_products *pr, int nth)
             }
             RNN_TNAME(gemm_packed)(nr, nc, K, a, pr->lda, bp, bias != NULL ? bias + j0 : NULL, c,
                                    pr->ldc);
-            if (pr->act == RNN_ROW_SOFTMAX)
-                for (r = 0; r < nr; r++)
-                    RNN_TNAME(softmax_row)(c + r * pr->ldc, nc);
-            else if (pr->act >= 0)
+            if (pr->act >= 0)
                 for (r = 0; r < nr; r++)
                     RNN_TNAME(activate)(pr->act, c + r * pr->ldc, nc);
         }
