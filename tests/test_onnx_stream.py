@@ -371,3 +371,23 @@ def test_one_thread_steps_leave_the_partner_thread_alone():
             assert np.array_equal(got, want), how
     finally:
         rnnfast.set_num_threads(before)
+
+
+def test_bench_stream_lm_checks_every_engine_against_pytorch(tmp_path):
+    """bench/stream_lm.py (a small model, one round): every engine's logits over 20
+    tokens against PyTorch's first (its assertion), then a row per engine and thread
+    count in its JSON."""
+    import json
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+    import stream_lm
+
+    stream_lm.main(["--vocab", "300", "--units", "16", "--threads", "1,2", "--rounds", "1", "--calls", "2",
+                    "--out", str(tmp_path)])  # fmt: skip
+    rows = json.loads((tmp_path / "stream_lm.json").read_text())["rows"]
+    assert {(r["engine"], r["threads"]) for r in rows} == {
+        (e, n) for e in ("rnnfast", "rnnfast kept", "onnxruntime", "torch") for n in (1, 2)
+    }
+    assert all(r["wall_us"] > 0 for r in rows)
