@@ -27,6 +27,8 @@ Outputs come time-major for the stream machinery: an output with a time axis as
 features)``.
 """
 
+import threading
+
 import numpy as np
 
 from .errors import UnsupportedLayerError
@@ -68,6 +70,23 @@ class _Rec:
         self.kernel = _Kernel(op.layer)
         self.with_c = op.layer.cell_spec.num_states > 1
         self.state_names = ["h", "c"] if self.with_c else ["h"]
+
+
+class _RecStep:
+    """A recurrent node in the stream's plan (:func:`rnnfast.model_onnx.flat_plan`,
+    through :meth:`OnnxModel._stream_runner`): the node's arguments, then its kernel's
+    step from the states of the call this thread is running (:attr:`OnnxProgram._call`)."""
+
+    def __init__(self, program, rec):
+        self.program, self.rec = program, rec
+        self.args = rec.op.args
+        self.zeros: set = set()  # signatures whose initial states were checked zeros
+
+    def compute(self, args, num_threads):
+        c = self.program._call
+        return self.program._step_recurrent(
+            self.rec, args, c.states, c.mask, c.Tn, c.Bn, num_threads, self.zeros, c.sig
+        )
 
 
 class OnnxProgram(Program):
@@ -118,6 +137,7 @@ class OnnxProgram(Program):
         # (time, batch, rest) -> the input's axis order
         self.in_perm = [([t_ax, b_ax] + rest).index(i) for i in range(rank)]
         self.rec = {}
+        self._call = threading.local()  # the call each thread is running: its states, mask, sizes
         self.keys = list(model._data.inputs) + [k for st in model._data.steps for k in st.outputs]
         self._shapes = None  # every tensor's shape at PROBE (time, batch), when a rule needs them
         self._in_shape = [PROBE[0] if i == t_ax else PROBE[1] if i == b_ax else d for i, d in enumerate(spec["shape"])]
@@ -461,31 +481,43 @@ class OnnxProgram(Program):
         mask = _NO_MASK
         if lengths is not None:
             mask = np.ascontiguousarray(np.arange(Tn)[:, None] < lengths[None, :]).view(np.uint8)
-        vals = [feed] + list(cached) + [None] * (self.count - 1 - len(cached))
-        with np.errstate(all="ignore"):
-            for op, ins, outs, free in self.steps:
-                xs = [vals[i] for i in ins]
-                rec = self.rec.get(op)
-                if rec is not None:
-                    res = self._step_recurrent(rec, op.args(xs), states, mask, Tn, Bn, num_threads)
-                else:
-                    res = op.compute(op.args(xs), num_threads)
-                for i in free:
-                    vals[i] = None
-                for i, v in zip(outs, res):
-                    vals[i] = v
+        runner = self.__dict__.get("_runner")
+        if runner is None or runner[0] != len(cached):
+            runner = self._runner = (len(cached), model._stream_runner(self._plan_steps(), len(cached)))
+        call = self._call
+        call.states, call.mask, call.Tn, call.Bn, call.sig = states, mask, Tn, Bn, sig
+        try:
+            vals = runner[1]([feed], cached, num_threads)
+        finally:
+            call.states = None
         out = []
-        for k, (order, timed) in zip(self.out_index, self.out_layouts):
-            y = np.transpose(vals[k], order)
+        for v, (order, timed) in zip(vals, self.out_layouts):
+            y = np.transpose(v, order)
             y = y.reshape(y.shape[:2] + (-1,)) if timed else y.reshape(y.shape[0], -1)
             out.append(np.ascontiguousarray(y))
         return out[0] if self.single_output is not None else out
 
-    def _step_recurrent(self, rec, args, states, mask, Tn, Bn, num_threads):
+    def _plan_steps(self):
+        """The data steps (:meth:`OnnxModel._compiled`) as the stream runs them: each
+        recurrent node's op replaced by its :class:`_RecStep`."""
+        steps, count, outputs = self.steps, self.count, self.out_index
+        return [(_RecStep(self, self.rec[op]) if op in self.rec else op, ins, outs, free)
+                for op, ins, outs, free in steps], count, outputs  # fmt: skip
+
+    def _step_recurrent(self, rec, args, states, mask, Tn, Bn, num_threads, zeros=None, sig=None):
+        """Node ``rec`` on the chunk: its kernel from the stream's states, which it leaves
+        there; ``zeros``: the call signatures (``sig``) whose initial states were seen to
+        be zeros (they are constants or come from the input's shape alone: the same for
+        the same signature), checked once each."""
         x, _, h0, c0 = args
-        for s, what in ((h0, "initial_h"), (c0, "initial_c")):
-            if s is not None and np.any(s):
-                raise ValueError("%s node %r: its %s is not zeros for this shape" % (rec.op.op_type, rec.name, what))
+        if zeros is None or sig not in zeros:
+            for s, what in ((h0, "initial_h"), (c0, "initial_c")):
+                if s is not None and np.any(s):
+                    raise ValueError(
+                        "%s node %r: its %s is not zeros for this shape" % (rec.op.op_type, rec.name, what)
+                    )
+            if zeros is not None:
+                zeros.add(sig)
         op, kern = rec.op, rec.kernel
         if op.layout == 1:
             x = np.swapaxes(x, 0, 1)

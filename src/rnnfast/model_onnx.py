@@ -2119,6 +2119,14 @@ class OnnxModel(Summarized):
             self._program = prog
         return prog
 
+    @staticmethod
+    def _stream_runner(program, n_more):
+        """``run(feeds, more, num_threads)`` of a stream's ``program`` (the data steps,
+        its recurrent nodes' ops replaced by the stream's: rnnfast._onnx_stream) on one
+        input and ``n_more`` shape results: the plan and straight-line function of a
+        call (:func:`flat_plan`, :func:`plan_runner`)."""
+        return plan_runner(flat_plan(program), 1, n_more)
+
     def _run_data(self, feeds, num_threads, more=()):
         """The data graph (:attr:`_data`) run as a list of steps over a list of tensors
         (``feeds``, then ``more``: the model's inputs, then the shape results it reads):

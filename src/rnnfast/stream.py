@@ -279,40 +279,16 @@ class _Kernel:
 
     def run(self, x, T, B, mask, h, c, out, num_threads):
         """x (T*B, I), mask (T, B) uint8 or (0, 0), h (1, B, Ho) and c (1, B, H) or
-        (0, 0, 0) IN/OUT, out (T*B, Ho) or (0, 0)."""
-        plan = self.plan(B, T, num_threads)
+        (0, 0, 0) IN/OUT, out (T*B, Ho) or (0, 0): the bound entry (:attr:`entry`; the
+        general ``rnn_forward`` took ~25 us a call to read its arrays) on the plan."""
+        p = self.plan(B, T, num_threads)
+        args = (x, T, B, mask if mask.size else None, out if out.size else None, h, c if self.with_c else None,
+                p.strategy, p.unit_blocks, p.batch_rows, p.chunk, p.num_threads, p.keep_team, p.partner)  # fmt: skip
         if self.one_row:
             with blas_single_threaded():
-                self._call(x, T, B, mask, h, c, out, plan)
+                self.entry.run(*args)
         else:
-            self._call(x, T, B, mask, h, c, out, plan)
-
-    def _call(self, x, T, B, mask, h, c, out, plan):
-        _kernels.rnn_forward(
-            self.code,
-            self.act,
-            self.ract,
-            x,
-            T,
-            B,
-            self.W,
-            self.Wp,
-            self.bx,
-            self.U,
-            self.Up,
-            self.bhn,
-            self.Wr,
-            mask,
-            out,
-            h,
-            c,
-            batch_first=False,
-            zero_output=False,
-            reverse_first=False,
-            plan=plan,
-            q=self.q,
-            **self.options,
-        )
+            self.entry.run(*args)
 
 
 _NULL = contextlib.nullcontext()
