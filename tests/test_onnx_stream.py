@@ -391,3 +391,29 @@ def test_bench_stream_lm_checks_every_engine_against_pytorch(tmp_path):
         (e, n) for e in ("rnnfast", "rnnfast kept", "onnxruntime", "torch") for n in (1, 2)
     }
     assert all(r["wall_us"] > 0 for r in rows)
+
+
+def test_streams_stepped_from_threads_at_once_equal_serial():
+    """Streams of one ONNX model stepped from several threads at once (each call's
+    states are its own: the program keeps them per thread) give the serial bits."""
+    import threading
+
+    model = rnnfast.from_onnx(torch_export("LSTM", True))
+    rng = np.random.default_rng(0)
+    xs = [rng.standard_normal((40, I)).astype(np.float32) for _ in range(4)]
+    want = [model.step(x, model.stream()) for x in xs]
+    got: list = [None] * len(xs)
+    start = threading.Barrier(len(xs))
+
+    def work(k):
+        s = model.stream()
+        start.wait()
+        got[k] = np.concatenate([model.step(xs[k][t : t + 1], s) for t in range(len(xs[k]))])
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(len(xs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for g, w in zip(got, want):
+        assert np.array_equal(g, w)
