@@ -889,3 +889,39 @@ def test_a_conv_runs_on_the_calls_thread_count(monkeypatch, B, relu):
     for n in (1, 2):
         np.testing.assert_array_equal(model.run(None, {"x": x}, num_threads=n)[0], want)
         assert seen and seen[-1] == n
+
+
+@pytest.mark.parametrize("bias_shape", [(5,), (1, 1, 5), (2, 1, 5)])
+def test_a_matmul_and_its_bias_run_as_one_call_with_the_ops_bits(seed, bias_shape):
+    """PyTorch's Linear on a 3-D input (MatMul, then the Add of its bias) runs as one call
+    of the plan (:meth:`_FusedProduct.one`): the product, then NumPy's add of the constant
+    in place where it keeps the output's shape, else the Add as its op computes it (a
+    bias that broadcasts the output wider): bitwise the ops one by one (the first call of
+    new shapes), for any thread count, and ONNX Runtime's values."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((6, 5)).astype(np.float32)
+    c = rng.standard_normal(bias_shape).astype(np.float32)
+    g = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["p"]), helper.make_node("Add", ["p", "c"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "t", 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(c, "c")],
+    )
+    data = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    model = rnnfast.from_onnx(data)
+    xs = [rng.standard_normal(shape).astype(np.float32) for shape in [(1, 1, 6), (2, 4, 6), (1, 3, 6)]]
+    firsts = [model.run(None, {"x": x})[0] for x in xs]  # (new shapes: the ops one by one)
+    for x, first in zip(xs, firsts):
+        assert_close(first, sess.run(None, {"x": x})[0], np.float32)
+        for n in (1, 2):
+            assert np.array_equal(model.run(None, {"x": x}, num_threads=n)[0], first), (x.shape, n)
+    (fused,) = [op for op, *_ in model._fast[0] if isinstance(op, _FusedProduct)]
+    call = fused.one()
+    assert call is not None and not hasattr(call, "__self__")
+    for x, first in zip(xs, firsts):
+        for n in (1, 2):
+            assert np.array_equal(call([x, w], n), first), (x.shape, n)

@@ -31,6 +31,7 @@ import threading
 
 import numpy as np
 
+from ._threads import resolve_num_threads
 from .errors import UnsupportedLayerError
 from .stream import _NO_MASK, _NO_OUT, _NO_STATE, Program, _Kernel
 
@@ -463,6 +464,7 @@ class OnnxProgram(Program):
     def run(self, feeds, lengths, states, seen, num_threads):
         """The stream machinery's call (:meth:`rnnfast.stream.Program.run`): ``feeds``
         time-major ``(time, batch, ...)``, right-padded where ``lengths`` is given."""
+        num_threads = resolve_num_threads(num_threads)  # (once, not per op: OnnxModel.run)
         x = feeds[0]
         Tn, Bn = x.shape[0], x.shape[1]
         if self.fixed_batch is not None and Bn != self.fixed_batch:

@@ -38,8 +38,8 @@ def pack(kernel):
 
 def _team(num_threads, M, N, K, G=1):
     flops = 2 * G * M * N * K
-    if num_threads is None and flops < 2 * _plan.MIN_PRODUCT_FLOPS_PER_THREAD:
-        return 1  # too little work for a second thread (product_team): the default count not looked up
+    if flops < 2 * _plan.MIN_PRODUCT_FLOPS_PER_THREAD and (num_threads is None or type(num_threads) is int):
+        return 1  # too little work for a second thread (product_team) whatever the count: not looked up
     return _plan.product_team(resolve_num_threads(num_threads), flops)
 
 

@@ -766,8 +766,10 @@ class _FusedProduct:
         B=1 decoder step's two products each crossed three Python frames and a list. (The
         product's function is looked up per call: ``_products.dense`` as it is then.)"""
         prod, act, compute = self.prod, self.act, self.compute
-        if act < 0 or "packed" in vars(prod):  # (a ``packed`` of its own: called as it is)
+        if "packed" in vars(prod):  # (a ``packed`` of its own: called as it is)
             return None
+        if act < 0:
+            return self._one_with_bias()
         if type(prod) is FnOp:  # a Conv
             attrs = prod.attrs
 
@@ -796,6 +798,33 @@ class _FusedProduct:
             return compute(args, num_threads)[0]
 
         return matmul
+
+    def _one_with_bias(self):
+        """:meth:`one` for a MatMul and the Add of its bias (PyTorch's Linear on a 3-D
+        input): the product, then NumPy's add of the constant into its new array, as
+        :func:`_on_new_array` adds it (the same bits), the test of whether the constant
+        adds in place made once per output shape (``np.broadcast_shapes`` took 4 us a
+        call); None for any other tail."""
+        prod, compute = self.prod, self.compute
+        if len(self.tail) != 1 or self.tail[0].kernel != "Add" or prod.op_type != "MatMul":
+            return None
+        add = self.tail[0]
+        c, packed, n, dt, stream = _const_operand(add), prod._packed, prod._n, prod.slots[1][1].dtype, prod.stream
+        k = prod.slots[1][1].shape[0]
+        fits: dict = {}  # output shape -> whether c adds in place
+
+        def matmul_add(args, num_threads):
+            x = args[0]
+            if not (x.dtype == dt and x.ndim >= 2 and x.shape[-1] == k):
+                return compute(args, num_threads)[0]
+            y = _products.dense(x, packed, n, None, -1, num_threads, stream)
+            ok = fits.get(y.shape)
+            if ok is None:
+                ok = c.dtype == dt and c.ndim <= y.ndim and np.broadcast_shapes(c.shape, y.shape) == y.shape
+                _remember(fits, y.shape, ok, _FUSED_MEMO_SIZE)
+            return np.add(y, c, out=y) if ok else _on_new_array(add, y, num_threads)
+
+        return matmul_add
 
     def __repr__(self):
         return "<fused %r + %s>" % (self.prod.name, ", ".join(op.op_type for op in self.tail))
@@ -1933,6 +1962,9 @@ class OnnxModel(Summarized):
         -------
         list of numpy.ndarray, one per name in ``output_names``
         """
+        # the count resolved once per call, not by each op (the default reads the
+        # affinity mask: a system call, 3-5 us on a VM, per op)
+        num_threads = resolve_num_threads(num_threads)
         if run_options is None and not output_names:
             out = self._plain_run(input_feed, num_threads)
             if out is not None:  # the common call: checked as below, in fewer steps
