@@ -820,6 +820,8 @@ static void RNN_TNAME(kept_task)(void *arg, long task)
     if (!caller)
         rnn_spread(j->cpu);
     RNN_TNAME(blocked_worker)(j->c, j->bk, tid, 2, j->scratch + tid * j->per_thread);
+    if (!caller)
+        rnn_unspread();
     if (caller) {
         j->t_in = b0;
         j->t_own = rnn_now_ns();
@@ -900,6 +902,8 @@ static int RNN_TNAME(run_blocked)(const RNN_TNAME(call) *c)
                 }
                 RNN_TNAME(blocked_worker)(c, &bk, omp_get_thread_num(), omp_get_num_threads(),
                                           scratch + omp_get_thread_num() * per_thread);
+                if (omp_get_thread_num() != 0 && cpu >= 0)
+                    rnn_unspread();
                 b0 = rnn_now_ns() - b0;
                 rnn_team_clock_work(&clk, b0);
                 if (omp_get_thread_num() == 0)

@@ -440,9 +440,13 @@ static inline int rnn_team_report(int nth, long slept, const rnn_team_clock *k)
  * partner share one, the team runs no faster than one thread (the busy process has the
  * other CPU). OpenMP's pool threads are not pinned, so a kept team's partner, at the
  * start of each call, keeps off the CPU its caller is on (its affinity mask: the one it
- * had when this first ran, less that CPU; a syscall only when the caller's CPU changed;
- * nothing where the mask has one CPU). The caller itself (the user's thread) is never
- * pinned. */
+ * had when this first ran, less that CPU; nothing where the mask has one CPU), and at
+ * the end of its part takes its mask back (rnn_unspread): a partner left pinned off
+ * the previous call's CPU could run only on the CPU a caller that moved is now on, so it
+ * waited for that caller to leave its CPU before it could even move (under SCHED_FIFO,
+ * as the benchmarks run, the whole call: a 2-thread call at 1-thread speed, 85 ms for
+ * 50, whenever the caller woke on the other CPU). The caller itself (the user's thread)
+ * is never pinned. */
 #if defined(__linux__) && defined(CPU_SETSIZE)
 static __thread int rnn_spread_off = -1;      /* the CPU this thread keeps off */
 static __thread int rnn_spread_saved = 0;
@@ -469,9 +473,17 @@ static inline void rnn_spread(int cpu)
     if (sched_setaffinity(0, sizeof m, &m) == 0)
         rnn_spread_off = cpu;
 }
+
+/* This thread's mask as it was before rnn_spread, where it kept off a CPU. */
+static inline void rnn_unspread(void)
+{
+    if (rnn_spread_off >= 0 && sched_setaffinity(0, sizeof rnn_spread_mask, &rnn_spread_mask) == 0)
+        rnn_spread_off = -1;
+}
 #else
 static inline int rnn_current_cpu(void) { return -1; }
 static inline void rnn_spread(int cpu) { (void) cpu; }
+static inline void rnn_unspread(void) {}
 #endif
 
 /* fresh: thread tid has run no task in this call yet. */
