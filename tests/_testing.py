@@ -338,3 +338,19 @@ def count_layer_pickles(monkeypatch):
 
     monkeypatch.setattr(RNNLayer, "__getstate__", counting)
     return pickled
+
+
+def streamed_products(monkeypatch):
+    """Watch ``_rowops.packed_rows`` for calls that read their weights past the caches
+    (its ``stream`` argument): the list each call's flag is appended to."""
+    from rnnfast import _rowops
+
+    seen: list = []
+    packed_rows = _rowops.packed_rows
+
+    def spy(*args):
+        seen.append(len(args) > 6 and bool(args[6]))
+        return packed_rows(*args)
+
+    monkeypatch.setattr(_rowops, "packed_rows", spy)
+    return seen

@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 import rnnfast
 from rnnfast import UnsupportedLayerError
 
-from _testing import assert_close, step_in_ragged_batches
+from _testing import assert_close, step_in_ragged_batches, streamed_products
 
 I, H, N = 5, 16, 3
 
@@ -285,7 +285,7 @@ def test_a_head_read_past_the_cache_steps_a_token_at_a_time_with_the_same_bits(m
     steps it, runs that product on the weights packed at load, streamed at one row: the
     bits of the same model with every weight kept, on 1 and 2 threads, and ONNX
     Runtime's values."""
-    from rnnfast import _plan, _rowops
+    from rnnfast import _plan
     from rnnfast.model_onnx import ProductOp, _weight_bytes
 
     vocab = 2000
@@ -307,14 +307,7 @@ def test_a_head_read_past_the_cache_steps_a_token_at_a_time_with_the_same_bits(m
     model = rnnfast.from_onnx(data)  # (its stream marks the products before any call)
     streamed = [op for op, *_ in model._compiled()[0] if isinstance(op, ProductOp) and op.stream]
     assert streamed
-    seen = []
-    packed_rows = _rowops.packed_rows
-
-    def spy(*args):
-        seen.append(len(args) > 6 and bool(args[6]))
-        return packed_rows(*args)
-
-    monkeypatch.setattr(_rowops, "packed_rows", spy)
+    seen = streamed_products(monkeypatch)
     sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     ids = np.random.default_rng(0).integers(0, vocab, 9)
     for n in (1, 2):

@@ -18,7 +18,7 @@ from rnnfast.graph import Graph, Step
 from rnnfast.layers import Dense, RNNLayer
 from rnnfast.model_keras import DenseNode, EmbeddingNode, KerasModel, RecurrentNode
 
-from _testing import assert_close, make_module, random_weights, step_in_ragged_batches, tol
+from _testing import assert_close, lively, make_module, random_weights, step_in_ragged_batches, streamed_products, tol
 
 I_SIZE = 5
 
@@ -235,9 +235,7 @@ def test_heads_read_past_the_cache_step_with_the_bits_of_predicts_head(act, monk
     row), so the bits of the same model with its weights kept, of the whole sequence in
     one call, and of Dense.forward on the recurrent layer's outputs (predict's head)."""
     keras = pytest.importorskip("keras")
-    from rnnfast import _plan, _rowops
-
-    from _testing import lively
+    from rnnfast import _plan
 
     L = keras.layers
     inp = keras.Input((None,), dtype="int32")
@@ -252,14 +250,7 @@ def test_heads_read_past_the_cache_step_with_the_bits_of_predicts_head(act, monk
     model = rnnfast.from_keras(km)
     assert model.layers[-1].dense.stream
     ids = np.random.default_rng(seed).integers(1, 40, 9)
-    seen = []
-    packed_rows = _rowops.packed_rows
-
-    def spy(*args):
-        seen.append(len(args) > 6 and bool(args[6]))
-        return packed_rows(*args)
-
-    monkeypatch.setattr(_rowops, "packed_rows", spy)
+    seen = streamed_products(monkeypatch)
     for n in (1, 2):
         want = whole(kept, ids, n)[0]
         assert_bitwise(want, head.forward(whole(bare, ids, n)[0]), "the head's own call")
