@@ -1026,8 +1026,8 @@ class Dense:
     def forward(self, x, *, num_threads=None):
         """``x``: (..., I) -> (..., N), on the core's product (rnnfast._products:
         ``num_threads`` as in :meth:`RNNLayer.forward`; the results do not depend on it),
-        the activation applied to each row by the product itself (a softmax:
-        :data:`rnnfast._products.ROW_SOFTMAX`, the one ONNX models' ``Softmax`` runs)."""
+        the activation applied to each row by the product itself (a softmax: the row
+        softmax ONNX models' ``Softmax`` runs, ``rnnfast._products.ROW_SOFTMAX``)."""
         if type(x) is not np.ndarray or x.dtype != self.dtype:
             x = np.asarray(as_numeric(x, "input"), dtype=self.dtype)
         kernel = self.kernel
