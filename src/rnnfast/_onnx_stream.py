@@ -506,20 +506,19 @@ class OnnxProgram(Program):
         return [(_RecStep(self, self.rec[op]) if op in self.rec else op, ins, outs, free)
                 for op, ins, outs, free in steps], count, outputs  # fmt: skip
 
-    def _step_recurrent(self, rec, args, states, mask, Tn, Bn, num_threads, zeros=None, sig=None):
+    def _step_recurrent(self, rec, args, states, mask, Tn, Bn, num_threads, zeros, sig):
         """Node ``rec`` on the chunk: its kernel from the stream's states, which it leaves
         there; ``zeros``: the call signatures (``sig``) whose initial states were seen to
         be zeros (they are constants or come from the input's shape alone: the same for
         the same signature), checked once each."""
         x, _, h0, c0 = args
-        if zeros is None or sig not in zeros:
+        if sig not in zeros:
             for s, what in ((h0, "initial_h"), (c0, "initial_c")):
                 if s is not None and np.any(s):
                     raise ValueError(
                         "%s node %r: its %s is not zeros for this shape" % (rec.op.op_type, rec.name, what)
                     )
-            if zeros is not None:
-                zeros.add(sig)
+            zeros.add(sig)
         op, kern = rec.op, rec.kernel
         if op.layout == 1:
             x = np.swapaxes(x, 0, 1)
