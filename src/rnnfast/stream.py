@@ -207,21 +207,19 @@ class RecurrentOp:
 
 
 class _Kernel:
-    """One :class:`~rnnfast.layers.RNNLayer` as the step path runs it: its packed
-    weights (the input weights packed here where the layer projects through BLAS), the
-    codes, and the plan's fixed parts."""
+    """One :class:`~rnnfast.layers.RNNLayer` as the step path runs it: its compiled entry
+    with the weights bound (the input weights packed here where the layer projects
+    through BLAS), and the plan's fixed parts."""
 
     def __init__(self, layer):
         self.layer = layer
         G = layer.cell_spec.num_gates
-        self.code, self.act, self.ract = layer._kernel.code, layer._act, layer._ract
         Wp = layer._Wp
         if Wp.size == 0:
             Wp = _kernels.pack_blocks(layer._W, G, layer._ncb)
             Wp.flags.writeable = False
-        self.Wp = Wp
         # (a weight the layer keeps only packed comes as an array of its shape: not read)
-        self.W, _, self.bx, self.U, self.Up, self.bhn, self.Wr = layer._kernel_weights()
+        W, _, bx, U, Up, bhn, Wr = layer._kernel_weights()
         # float GRU reset-before and LSTM with projection: their per-step product calls
         # BLAS, whose result for a row depends on the rows of the call: one row per item
         # (bf16 / int8 products are the core's own at every batch)
@@ -231,17 +229,15 @@ class _Kernel:
         self.Ho, self.H, self.I = layer.output_size, layer.units, layer.input_size
         self.with_c = layer.cell_spec.num_states > 1
         self.dtype = layer.dtype
-        # the peephole LSTM's vectors and the ONNX cell options (layers.RNNLayer)
-        self.options = dict(peep=layer._peep, clip=0.0 if layer.clip is None else layer.clip,
-                            input_forget=layer.input_forget)  # fmt: skip
-        self.q = layer._q  # reduced-precision weights (bf16, int8), or None
         self._plans = {}
         self._cuts = {}
-        # the compiled entry with the weights (float, and bf16 / int8 where reduced) bound
-        # once (checked there, once)
+        # the compiled entry with the weights (float, and bf16 / int8 where reduced: the
+        # layer's q) bound once (checked there, once), the peephole LSTM's vectors and the
+        # ONNX cell options (layers.RNNLayer); every step runs it
         self.entry = _kernels.StepEntry(
-            self.code, self.act, self.ract, self.W, self.Wp, self.bx, self.U, self.Up, self.bhn, self.Wr,
-            _plan.plan(B=1, D=1, Ho=self.Ho, GH=self.GH, ncb=self.ncb, num_threads=1), q=self.q, **self.options,
+            layer._kernel.code, layer._act, layer._ract, W, Wp, bx, U, Up, bhn, Wr,
+            _plan.plan(B=1, D=1, Ho=self.Ho, GH=self.GH, ncb=self.ncb, num_threads=1), q=layer._q,
+            peep=layer._peep, clip=0.0 if layer.clip is None else layer.clip, input_forget=layer.input_forget,
         )  # fmt: skip
 
     def cuts(self, B, T, num_threads):
