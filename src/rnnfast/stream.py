@@ -844,14 +844,7 @@ def _chain_dense(d, known):
     K, N, dt, Bp, bias, act = d.K, d.N, d.dtype, d.Bp, d.bias, d.act
     name = d.node.name
     if d.softmax or d.dense.stream or K * N >= PARTNER_MACS:
-        forward = d.dense.forward
-
-        def layer_call(x, states, num_threads):
-            if x.shape[-1] != K:
-                raise ValueError("Dense %r expects %d input features, got shape %s" % (name, K, x.shape))
-            return forward(x, num_threads=num_threads)
-
-        return layer_call
+        return _chain_op(d)
 
     rows = _kernels.packed_rows  # (float ndarrays read through their fields: no memoryviews, no dispatch)
     empty = np.empty
