@@ -66,6 +66,18 @@ def test_initializers_are_read_in_place_and_the_model_owns_what_it_keeps(rng):
     assert_close(model.run(None, {"x": x})[0], _ort(m, {"x": x})[0], np.float32)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
+def test_initializers_have_numpys_own_dtype(rng, dtype):
+    """A little-endian tensor read on a little-endian machine has NumPy's own descriptor
+    of its dtype, not an equal one: the compiled calls' direct array reads take only
+    that (c/ndarray.h), so a MatMul's bias Add runs in the product's call, not through
+    typed memoryviews."""
+    a = rng.standard_normal((3, 4)).astype(dtype)
+    got = proto.TensorReader(None, "m")(numpy_helper.from_array(a, "a"))
+    assert got.dtype is np.dtype(dtype) and np.array_equal(got, a)
+    assert not got.flags.writeable
+
+
 @pytest.mark.parametrize("layout", ["graph twice", "raw_data twice", "float_data", "groups"])
 def test_unusual_layouts_are_parsed_by_protobuf_with_the_same_result(rng, layout):
     m = lstm_head_model(rng)

@@ -202,10 +202,11 @@ _LITTLE = {dt: dt.newbyteorder("<") for dt, _ in ONNX_DTYPES.values()}
 
 def _from_le(raw, dt):
     """The little-endian bytes ``raw`` as a flat array of ``dt`` (a view where ``dt`` is
-    the machine's byte order)."""
+    the machine's byte order, of ``dt`` itself: NumPy's own float32 descriptor, not an
+    equal one, is what the compiled calls' fast paths take, c/ndarray.h)."""
     le = _LITTLE[dt]
     a = np.frombuffer(raw, dtype=le)
-    return a if le == dt else a.astype(dt)
+    return a.view(dt) if le == dt else a.astype(dt)
 
 
 class TensorReader:
