@@ -737,3 +737,46 @@ def test_dense_streamed_gives_the_same_bits(rng, dtype, M, act, threads):
     elif act == _products.ROW_LOG_SOFTMAX:
         z = _softmax64(z, True)
     np.testing.assert_allclose(got, z, rtol=1e-4 if dtype == np.float32 else 1e-11, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    "act", [-1, ACTIVATIONS["relu"], ACTIVATIONS["sigmoid"], _products.ROW_SOFTMAX, _products.ROW_LOG_SOFTMAX]
+)
+@pytest.mark.parametrize("shape,K,N", [((1, 1), 64, 100), ((3, 7), 37, 130), ((2,), 256, 8000), ((40,), 5, 3)])
+def test_dense_with_an_addend_gives_the_bits_of_numpys_add_after(rng, partner_awake, dtype, act, shape, K, N):
+    """``dense(..., addend=c)`` (an ONNX MatMul's bias Add, in the product's call): the
+    product, NumPy's add of ``c`` to its rounded sums, then the activation or the row
+    (log-)softmax, bit for bit, on any thread count, one row's weights streamed past the
+    caches or not (the few-row kernel, with the add after it), through the direct array
+    reads and the memoryviews; against a float64 reference."""
+    W = rng.standard_normal((K, N)).astype(dtype)
+    c = rng.standard_normal(N).astype(dtype)
+    x = rng.standard_normal(shape + (K,)).astype(dtype)
+    P = _products.pack(W)
+    y = _products.dense(x, P, N, None, -1, 1)
+    np.add(y, c, out=y)
+    want = _products._activated(y, act, 1)
+    ref = x.astype(np.float64) @ W.astype(np.float64) + c
+    if act in (_products.ROW_SOFTMAX, _products.ROW_LOG_SOFTMAX):
+        ref = np.exp(ref - ref.max(-1, keepdims=True))
+        ref /= ref.sum(-1, keepdims=True)
+        if act == _products.ROW_LOG_SOFTMAX:
+            ref = np.log(ref)
+    elif act == ACTIVATIONS["relu"]:
+        ref = np.maximum(ref, 0)
+    elif act == ACTIVATIONS["sigmoid"]:
+        ref = 1 / (1 + np.exp(-ref))
+    np.testing.assert_allclose(want, ref, rtol=2e-4 if dtype == np.float32 else 1e-10, atol=2e-4)
+    for n in (1, 2, 3):
+        for stream in (False, True):
+            got = _products.dense(x, P, N, None, act, n, stream, c)
+            assert np.array_equal(got.view(np.uint8), want.view(np.uint8)), (n, stream)
+    if act == -1:  # the compiled call itself: the direct reads and the memoryviews
+        x2 = x.reshape(-1, K)
+        for view in (lambda a: a, lambda a: a.view(_Sub)):
+            got = np.full((len(x2), N), np.nan, dtype)
+            _kernels.packed_rows(view(x2), view(P), view(np.zeros(0, dtype)), view(got), -1, 1, view(c))
+            assert np.array_equal(got.view(np.uint8), want.reshape(-1, N).view(np.uint8))
+        with pytest.raises(ValueError, match="addend"):
+            _kernels.packed_rows(x2, P, np.zeros(0, dtype), np.empty((len(x2), N), dtype), -1, 1, c[:-1])

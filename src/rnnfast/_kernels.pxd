@@ -308,6 +308,7 @@ cdef extern from "c/engine.h" nogil:
         long sb1, sb2, ldb, cb
         const void *Bp
         const void *bias
+        const void *addend
         int act
         void *C
         long sc1, sc2, ldc
@@ -317,4 +318,5 @@ cdef extern from "c/engine.h" nogil:
 # NumPy's array object as its macros read it (c/ndarray.h; _ndarray.pxd): packed_rows'
 # arrays of the common form read through their fields, not typed memoryviews
 from cpython.object cimport PyObject, PyTypeObject
-from rnnfast._ndarray cimport rnnfast_ndarray, rnnfast_rows_operands, rnnfast_rows_operands_of
+from rnnfast._ndarray cimport (RNNFAST_C_CONTIGUOUS, rnnfast_array, rnnfast_ndarray, rnnfast_rows_operands,
+                               rnnfast_rows_operands_of)

@@ -845,45 +845,55 @@ def packed_rows(A,                                 # IN  (M, K)
                 Bp,                                # IN  (K, N) packed: pack_blocks(B[None], 1, 1)[0]
                 bias,                              # IN  (N,), or (0,) for none
                 C,                                 # OUT (M, N)
-                int act=-1, int num_threads=1):
-    """C = act(bias + A @ B), each row on its own: a row's values depend on that row
-    only (one chain of multiply-adds per element, the activation applied row by row),
-    never on M, on the other rows nor on the thread count -- the dense product of the
-    streaming path (rnnfast/stream.py) and of rnnfast._products. ``act``: an RNN_ACT_*
-    code, or -1 for none (a softmax: rnnfast._products.dense). Rows split among
-    ``num_threads`` threads at most (c/openmp.h's backoff applies). GIL released. The
-    arrays float32 or float64, one dtype, C-contiguous: float32 / float64 ndarrays are
-    read through their fields (c/ndarray.h; a typed memoryview each cost more than a
-    small product), anything else through typed memoryviews, the same call."""
+                int act=-1, int num_threads=1,
+                addend=None):                      # IN  (N,), or None
+    """C = act(bias + A @ B), or act((bias + A @ B) + addend) with an ``addend``: added
+    to each row's rounded sums, as NumPy's add of it afterwards gives them (an ONNX
+    MatMul's bias Add). Each row on its own: a row's values depend on that row only (one
+    chain of multiply-adds per element, the activation applied row by row), never on M,
+    on the other rows nor on the thread count -- the dense product of the streaming
+    path (rnnfast/stream.py) and of rnnfast._products. ``act``: an RNN_ACT_* code, or
+    -1 for none (a softmax: rnnfast._products.dense). Rows split among ``num_threads``
+    threads at most (c/openmp.h's backoff applies). GIL released. The arrays float32 or
+    float64, one dtype, C-contiguous: float32 / float64 ndarrays are read through their
+    fields (c/ndarray.h; a typed memoryview each cost more than a small product),
+    anything else through typed memoryviews, the same call."""
     cdef PyObject *dt = NULL
+    cdef const rnnfast_ndarray *ad = NULL
     cdef rnnfast_rows_operands o
     cdef rnn_products pr
     if type(A) is _nd:
         dt = (<const rnnfast_ndarray *> <PyObject *> A).descr
-    if ((dt == _F32 or dt == _F64) and -1 <= act < RNN_ACT_COUNT
+    if addend is not None and dt != NULL:
+        ad = rnnfast_array(<PyObject *> addend, _ndarray, dt, 1, RNNFAST_C_CONTIGUOUS)
+    if ((dt == _F32 or dt == _F64) and -1 <= act < RNN_ACT_COUNT and (addend is None or ad != NULL)
             and rnnfast_rows_operands_of(<PyObject *> A, <PyObject *> Bp, <PyObject *> bias, <PyObject *> C,
-                                         _ndarray, dt, &o)):
+                                         _ndarray, dt, &o)
+            and (ad == NULL or ad.dimensions[0] == o.N)):
         memset(&pr, 0, sizeof(pr))
         pr.dtype = RNN_FLOAT32 if dt == _F32 else RNN_FLOAT64
         pr.G1, pr.G2, pr.M, pr.N, pr.K = 1, 1, o.M, o.N, o.K
         pr.A, pr.lda = o.A, o.K
         pr.Bp = o.Bp
         pr.bias = o.bias
+        pr.addend = ad.data if ad != NULL else NULL
         pr.act = act
         pr.C, pr.ldc = o.C, o.N
         _run_products(&pr, num_threads)
         return
-    _packed_rows_views(A, Bp, bias, C, act, num_threads)  # (and its errors)
+    _packed_rows_views(A, Bp, bias, C, act, num_threads, addend)  # (and its errors)
 
 
 def _packed_rows_views(const floating[:, ::1] A, const floating[::1] Bp, const floating[::1] bias,
-                       floating[:, ::1] C, int act=-1, int num_threads=1):
+                       floating[:, ::1] C, int act=-1, int num_threads=1, const floating[::1] addend=None):
     """:func:`packed_rows` on typed memoryviews."""
     cdef long M = A.shape[0], K = A.shape[1], N = C.shape[1]
     cdef rnn_products pr
-    if C.shape[0] != M or Bp.shape[0] != rnn_packed_size(K, N) or bias.shape[0] not in (0, N):
-        raise ValueError("packed_rows: A %s, packed B of %d values, bias %d, C %s"
-                         % ((M, K), Bp.shape[0], bias.shape[0], (C.shape[0], N)))
+    if (C.shape[0] != M or Bp.shape[0] != rnn_packed_size(K, N) or bias.shape[0] not in (0, N)
+            or (addend is not None and addend.shape[0] != N)):
+        raise ValueError("packed_rows: A %s, packed B of %d values, bias %d, addend %s, C %s"
+                         % ((M, K), Bp.shape[0], bias.shape[0], None if addend is None else addend.shape[0],
+                            (C.shape[0], N)))
     if not -1 <= act < RNN_ACT_COUNT:
         raise ValueError("unknown activation code %d" % act)
     if K == 0:
@@ -896,6 +906,7 @@ def _packed_rows_views(const floating[:, ::1] A, const floating[::1] Bp, const f
     pr.A, pr.lda = &A[0, 0], K
     pr.Bp = &Bp[0]
     pr.bias = &bias[0] if bias.shape[0] > 0 else NULL
+    pr.addend = &addend[0] if addend is not None else NULL
     pr.act = act
     pr.C, pr.ldc = &C[0, 0], N
     _run_products(&pr, num_threads)

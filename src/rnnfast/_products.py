@@ -58,18 +58,21 @@ _ROW_SOFTMAXES = (ROW_SOFTMAX, ROW_LOG_SOFTMAX)
 _ROWS_SOFTMAX = {ROW_SOFTMAX: 1, ROW_LOG_SOFTMAX: 2}  # (``_rowops.packed_rows``' softmax)
 
 
-def dense(x, packed, N, bias=None, act=-1, num_threads=None, stream=False):
+def dense(x, packed, N, bias=None, act=-1, num_threads=None, stream=False, addend=None):
     """``act(x @ kernel + bias)`` on the last axis of ``x`` (..., K), with ``packed``
     from :func:`pack` (kernel (K, N)) in ``x``'s dtype; ``act`` an ``RNN_ACT_*`` code,
     :data:`ROW_SOFTMAX`, :data:`ROW_LOG_SOFTMAX` or -1. Returns a new
     (..., N) array. ``stream``: for one row, the weights are read past the caches
     (``_rowops.packed_rows``' ``stream``, the same bits): a model's weights that do not
-    all fit the last-level cache (:func:`rnnfast._plan.streamed_weights`)."""
+    all fit the last-level cache (:func:`rnnfast._plan.streamed_weights`). ``addend``
+    (N,), C-contiguous in ``x``'s dtype: ``act((x @ kernel + bias) + addend)``, added to
+    the rounded product as NumPy's add afterwards (an ONNX MatMul's bias Add: bitwise
+    the two ops), in the product's own call where it can."""
     shape = x.shape
     K = shape[-1]
     y = np.empty(shape[:-1] + (N,), x.dtype)
     if K == 0 or y.size == 0:
-        return _dense_of_nothing(y, bias, act, num_threads)
+        return _dense_of_nothing(y, bias, act, num_threads, addend)
     if len(shape) == 2 and x.flags.c_contiguous:  # (a Gemm's rows: no views to make)
         x2, y2, M = x, y, shape[0]
     else:
@@ -78,6 +81,15 @@ def dense(x, packed, N, bias=None, act=-1, num_threads=None, stream=False):
         y2 = y.reshape(M, N)
     b = _NO_BIAS[x.dtype] if bias is None else bias
     row_sm = act in _ROW_SOFTMAXES
+    if addend is not None:
+        if M <= FEW_ROWS and (stream and M == 1 or (_rowops.PARTNER and M * N * K >= PARTNER_MACS
+                                                     and resolve_num_threads(num_threads) > 1)):
+            # (the few-row kernel, which takes no addend: the sum, then NumPy's add)
+            y = dense(x, packed, N, bias, -1, num_threads, stream)
+            np.add(y, addend, out=y)
+            return _activated(y, act, num_threads)
+        _kernels.packed_rows(x2, packed, b, y2, -1 if row_sm else act, _team(num_threads, M, N, K), addend)
+        return row_softmax(y, act == ROW_LOG_SOFTMAX, num_threads, out=y) if row_sm else y
     if M <= FEW_ROWS:
         streamed = stream and M == 1  # (the few-row kernel streams the weights of one row)
         if M * N * K < PARTNER_MACS and not streamed:
@@ -98,11 +110,18 @@ def dense(x, packed, N, bias=None, act=-1, num_threads=None, stream=False):
     return y
 
 
-def _dense_of_nothing(y, bias, act, num_threads):
+def _dense_of_nothing(y, bias, act, num_threads, addend=None):
     """:func:`dense`'s ``y`` where ``x`` has no columns (K = 0) or ``y`` no elements."""
     if y.size == 0:
         return y
     y[...] = 0 if bias is None else bias
+    if addend is not None:
+        np.add(y, addend, out=y)
+    return _activated(y, act, num_threads)
+
+
+def _activated(y, act, num_threads):
+    """``y`` (a new array) with :func:`dense`'s ``act`` applied in place."""
     if act in _ROW_SOFTMAXES:
         row_softmax(y, act == ROW_LOG_SOFTMAX, num_threads, out=y)
     elif act >= 0:

@@ -801,16 +801,35 @@ class _FusedProduct:
 
     def _one_with_bias(self):
         """:meth:`one` for a MatMul and the Add of its bias (PyTorch's Linear on a 3-D
-        input): the product, then NumPy's add of the constant into its new array, as
-        :func:`_on_new_array` adds it (the same bits), the test of whether the constant
-        adds in place made once per output shape (``np.broadcast_shapes`` took 4 us a
-        call); None for any other tail."""
-        prod, compute = self.prod, self.compute
-        if len(self.tail) != 1 or self.tail[0].kernel != "Add" or prod.op_type != "MatMul":
+        input), and the activation or (log-)softmax after them where there is one: a
+        bias of one row (N values) is the product's ``addend`` (:func:`rnnfast._products.dense`:
+        added to the rounded sums as NumPy's add gives it, then the activation, in the
+        product's call); another is NumPy's add of the constant into the product's new
+        array, as :func:`_on_new_array` adds it (the same bits), the test of whether the
+        constant adds in place made once per output shape (``np.broadcast_shapes`` took
+        4 us a call); None for any other tail. A (1, 64) @ (64, 100) product and its Add
+        took 10 us as two calls, 6 as one (Zen 1)."""
+        prod, compute, tail = self.prod, self.compute, self.tail
+        if not (1 <= len(tail) <= 2 and tail[0].kernel == "Add" and prod.op_type == "MatMul"):
             return None
-        add = self.tail[0]
+        add = tail[0]
         c, packed, n, dt, stream = _const_operand(add), prod._packed, prod._n, prod.slots[1][1].dtype, prod.stream
         k = prod.slots[1][1].shape[0]
+        act = -1 if len(tail) == 1 else _act_code(tail[1])
+        if act is None:  # (a softmax over another axis: the ops one by one)
+            return None
+        if c.dtype == dt and c.size == n and c.ndim >= 1 and c.shape[-1] == n:
+            row, cnd = np.ascontiguousarray(c.reshape(n)), c.ndim
+
+            def matmul_addend(args, num_threads):
+                x = args[0]
+                if not (x.dtype == dt and x.ndim >= cnd and x.ndim >= 2 and x.shape[-1] == k):
+                    return compute(args, num_threads)[0]
+                return _products.dense(x, packed, n, None, act, num_threads, stream, row)
+
+            return matmul_addend
+        if len(tail) != 1:
+            return None
         fits: dict = {}  # output shape -> whether c adds in place
 
         def matmul_add(args, num_threads):
@@ -888,11 +907,20 @@ def _product_chain(op, outs, steps, sole):
     if not chain:
         return None
     tail = [steps[k][0] for k in chain]
-    act = _PRODUCT_ACTS.get(tail[0].kernel, -1) if len(tail) == 1 else -1
-    if len(tail) == 1 and tail[0].kernel in _THREADED and tail[0].attrs.get("axis") == -1:
-        # the row kernel's (log-)softmax, by the product's column tasks where it splits them
-        act = _products.ROW_LOG_SOFTMAX if tail[0].kernel == "LogSoftmax" else _products.ROW_SOFTMAX
-    return chain, _FusedProduct(op, tail, act), cur
+    act = _act_code(tail[0]) if len(tail) == 1 else None
+    return chain, _FusedProduct(op, tail, -1 if act is None else act), cur
+
+
+def _act_code(op):
+    """What :func:`rnnfast._products.dense` applies for ``op`` at the end of a product's
+    chain: the code of a ``Relu`` / ``Tanh`` / ``Sigmoid``, or the row kernel's
+    (log-)softmax for one over the last axis (by the product's column tasks where it
+    splits them); None for any other op."""
+    if op.kernel in _PRODUCT_ACTS:
+        return _PRODUCT_ACTS[op.kernel]
+    if op.kernel in _THREADED and op.attrs.get("axis") == -1:
+        return _products.ROW_LOG_SOFTMAX if op.kernel == "LogSoftmax" else _products.ROW_SOFTMAX
+    return None
 
 
 #: :class:`_FusedAttention`'s compiled call splits the batch among the call's threads,

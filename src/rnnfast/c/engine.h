@@ -131,8 +131,10 @@ typedef struct {
 } rnn_buffers;
 
 /* The products outside the recurrent layers (products.template.h): for g = (g1, g2),
- * g1 < G1, g2 < G2, C_g = act(bias + A_g B_g). Offsets and strides count elements of
- * the dtype. */
+ * g1 < G1, g2 < G2, C_g = act(bias + A_g B_g), or with an addend, C_g = act((bias +
+ * A_g B_g) + addend): the addend added to the rounded sums, as a separate Add would
+ * add it (ONNX's MatMul + Add of a bias). Offsets and strides count elements of the
+ * dtype. */
 typedef struct {
     rnn_dtype dtype;
     long G1, G2;                /* the batch of products, two levels (attention: batch, head) */
@@ -142,7 +144,8 @@ typedef struct {
     const void *B;              /* B_g at B + g1*sb1 + g2*sb2: element (k, j) at k*ldb + j*cb */
     long sb1, sb2, ldb, cb;     /* (sb1 = sb2 = 0: one B for every g) */
     const void *Bp;             /* or one B packed (layout.h: rnn_packed_size(K, N)), or NULL */
-    const void *bias;           /* (N,), or NULL */
+    const void *bias;           /* (N,), or NULL: the sums' start */
+    const void *addend;         /* (N,) added to every row after its sums, or NULL */
     int act;                    /* an RNN_ACT_* code applied to C's rows, or -1 */
     void *C;                    /* C_g at C + g1*sc1 + g2*sc2: M rows ldc apart, N contiguous */
     long sc1, sc2, ldc;

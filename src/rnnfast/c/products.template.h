@@ -46,6 +46,7 @@ static int RNN_TNAME(products)(const rnn_products *pr, int nth)
     long nrb = 1, rows = M, ncol = 1, per, ntask, task;
     int own = pr->Bp == NULL && G > 1 && (pr->sb1 != 0 || pr->sb2 != 0);
     const TYPE *A = (const TYPE *)pr->A, *B = (const TYPE *)pr->B, *bias = (const TYPE *)pr->bias;
+    const TYPE *addend = (const TYPE *)pr->addend;
     const TYPE *Bp = (const TYPE *)pr->Bp;
     TYPE *C = (TYPE *)pr->C, *packed = NULL, *scratch = NULL;
     long long t_call, t_in = 0, t_out = 0;
@@ -107,6 +108,12 @@ static int RNN_TNAME(products)(const rnn_products *pr, int nth)
             }
             RNN_TNAME(gemm_packed)(nr, nc, K, a, pr->lda, bp, bias != NULL ? bias + j0 : NULL, c,
                                    pr->ldc);
+            if (addend != NULL) {
+                long j;
+                for (r = 0; r < nr; r++)
+                    for (j = 0; j < nc; j++)
+                        c[r * pr->ldc + j] += addend[j0 + j];
+            }
             if (pr->act >= 0)
                 for (r = 0; r < nr; r++)
                     RNN_TNAME(activate)(pr->act, c + r * pr->ldc, nc);
