@@ -410,3 +410,86 @@ def test_streams_stepped_from_threads_at_once_equal_serial():
         t.join()
     for g, w in zip(got, want):
         assert np.array_equal(g, w)
+
+
+def test_batch_major_node_streams_its_sequence_and_final_states(rng):
+    """An LSTM node of ``layout`` 1 (batch-major X, Y, Y_h, Y_c) whose three outputs the
+    graph reads: the sequence through a bias-added product, the final states squeezed.
+    Chunks give the whole sequence's outputs bitwise (the states: the last chunk's),
+    and the whole sequence the model's call's."""
+    W = (rng.standard_normal((1, 4 * H, I)) * 0.4).astype(np.float32)
+    R = (rng.standard_normal((1, 4 * H, H)) * 0.4).astype(np.float32)
+    K = rng.standard_normal((H, N)).astype(np.float32)
+    b = rng.standard_normal(N).astype(np.float32)
+    nodes = [
+        helper.make_node("LSTM", ["x", "W", "R"], ["y", "hn", "cn"], hidden_size=H, layout=1, name="lstm"),
+        helper.make_node("Squeeze", ["y", "two"], ["ys"], name="sq"),
+        helper.make_node("MatMul", ["ys", "K"], ["p"], name="mm"),
+        helper.make_node("Add", ["p", "b"], ["out"], name="add"),
+        helper.make_node("Squeeze", ["hn", "one"], ["h"], name="sqh"),
+        helper.make_node("Squeeze", ["cn", "one"], ["c"], name="sqc"),
+    ]
+    inits = [numpy_helper.from_array(a, n) for a, n in ((W, "W"), (R, "R"), (K, "K"), (b, "b"))]
+    inits += [numpy_helper.from_array(np.array([v], np.int64), n) for v, n in ((1, "one"), (2, "two"))]
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "time", I])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("out", "h", "c")],
+        inits,
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    model = rnnfast.from_onnx(m)
+    x = rng.standard_normal((29, I)).astype(np.float32)
+    whole = model.step(x, model.stream())
+    want = model.run(None, {"x": x[None]})  # (ONNX Runtime runs no layout 1: test_onnx_recurrent checks this one)
+    for got, w in zip(whole, want):
+        assert_close(got, w[0], np.float32)
+    s = model.stream()
+    cuts = _cuts(rng, len(x))
+    parts = [model.step(x[a:b], s) for a, b in zip(cuts, cuts[1:])]
+    assert np.array_equal(np.concatenate([p[0] for p in parts]), whole[0]), cuts
+    for got, w in zip(parts[-1][1:], whole[1:]):
+        assert np.array_equal(got, w)
+    h, c = s.state["lstm"]
+    assert np.array_equal(h, whole[1]) and np.array_equal(c, whole[2])
+
+
+@pytest.mark.parametrize("ids", [True, False])
+def test_one_streams_common_chunk_takes_the_short_path_with_the_general_paths_bits(ids, monkeypatch):
+    """One stream's chunk of the common form (a C-contiguous ndarray of the input's dtype)
+    whose shape the model has run before skips the general path (the chunks' checks and
+    lists, the batch's output layout): the same values as the general path gives a
+    chunk it must convert (ids as a list, features in float64), chunk after chunk, and
+    the same state."""
+    from rnnfast import _onnx_stream
+
+    torch.manual_seed(0)
+    if ids:
+        net, x = _LanguageModel(40).eval(), torch.randint(0, 40, (2, 7))
+        seq = np.random.default_rng(1).integers(0, 40, 23)
+        other = [int(v) for v in seq]  # (a list: converted by the general path)
+    else:
+        net, x = _Net("LSTM", True).eval(), torch.randn(2, 7, I)
+        seq = np.random.default_rng(1).standard_normal((23, I)).astype(np.float32)
+        other = seq.astype(np.float64)  # (converted to the model's float32 by the general path)
+    f = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (x,), f, dynamo=False, input_names=["x"], dynamic_axes={"x": {0: "b", 1: "t"}})
+    model = rnnfast.from_onnx(f.getvalue())
+    general: list = []
+    real = _onnx_stream._step_one
+    monkeypatch.setattr(_onnx_stream, "_step_one", lambda *a: general.append(1) or real(*a))
+    s, t = model.stream(), model.stream()
+    cuts = [0, 1, 2, 3, 7, 8, 9, 20, 21, 23]
+    for a, b in zip(cuts, cuts[1:]):
+        n = len(general)
+        got = model.step(seq[a:b], s)
+        shortcut = len(general) == n
+        want = model.step(other[a:b], t)
+        assert len(general) == n + 1 + (not shortcut)  # (the converted chunk: the general path)
+        assert np.array_equal(got, want) and got.flags.c_contiguous, (a, b)
+    for a, b in zip(s.state["/rnn/%s" % ("GRU" if ids else "LSTM")], t.state["/rnn/%s" % ("GRU" if ids else "LSTM")]):
+        assert np.array_equal(a, b)
+    assert len(general) < 2 * (len(cuts) - 1)  # (chunks of shapes seen before: the short path)

@@ -33,7 +33,7 @@ import numpy as np
 
 from ._threads import resolve_num_threads
 from .errors import UnsupportedLayerError
-from .stream import _NO_MASK, _NO_OUT, _NO_STATE, Program, _Kernel
+from .stream import Program, _Kernel, _step_one
 
 __all__ = ["OnnxProgram"]
 
@@ -75,19 +75,66 @@ class _Rec:
 
 class _RecStep:
     """A recurrent node in the stream's plan (:func:`rnnfast.model_onnx.flat_plan`,
-    through :meth:`OnnxModel._stream_runner`): the node's arguments, then its kernel's
-    step from the states of the call this thread is running (:attr:`OnnxProgram._call`)."""
+    through :meth:`OnnxModel._stream_runner`): ``compute(args, num_threads)`` takes the
+    node's arguments as its slots give them (``X``, ``sequence_lens``, ``initial_h``,
+    ``initial_c``) and runs its kernel's step from the states of the call this thread
+    is running (:attr:`OnnxProgram._call`), which it leaves there. ``num_threads`` is the
+    call's resolved count. Bound once per stream program: at B=1 a step's Python (the
+    argument list, the plan's look-ups, the checks) cost 18 us around a 5 us kernel."""
 
     def __init__(self, program, rec):
         self.program, self.rec = program, rec
-        self.args = rec.op.args
         self.zeros: set = set()  # signatures whose initial states were checked zeros
+        self.compute = _step_function(program._call, rec, self.zeros)
 
-    def compute(self, args, num_threads):
-        c = self.program._call
-        return self.program._step_recurrent(
-            self.rec, args, c.states, c.mask, c.Tn, c.Bn, num_threads, self.zeros, c.sig
-        )
+
+def _step_function(call, rec, zeros):
+    """:attr:`_RecStep.compute` of node ``rec``: its kernel on the chunk, from the
+    stream's states (``call.states``), which it leaves there. ``zeros``: the call
+    signatures (``call.sig``) whose initial states were seen to be zeros (they are
+    constants or come from the input's shape alone: the same for the same signature),
+    checked once each."""
+    op, kern = rec.op, rec.kernel
+    dt, I, Ho, with_c = kern.dtype, kern.I, kern.Ho, rec.with_c
+    hs, cs = rec.slots[0], rec.slots[1] if rec.with_c else None
+    batch_first = op.layout == 1
+    want_y, want_h, want_c = (list(op.outputs) + [False, False])[:3]
+    nout = op.num_outputs
+    tail, one_row, run_tail, entry_run = kern.tail, kern.one_row, kern.run_tail, kern.entry.run
+    empty, ascontiguousarray, swapaxes = np.empty, np.ascontiguousarray, np.swapaxes
+
+    def compute(args, num_threads):
+        x, _, h0, c0 = args
+        sig = call.sig
+        if sig not in zeros:
+            for s, what in ((h0, "initial_h"), (c0, "initial_c")):
+                if s is not None and np.any(s):
+                    raise ValueError("%s node %r: its %s is not zeros for this shape" % (op.op_type, rec.name, what))
+            zeros.add(sig)
+        if batch_first:
+            x = swapaxes(x, 0, 1)
+        if x.dtype != dt or not x.flags.c_contiguous:
+            x = ascontiguousarray(x, dtype=dt)
+        if x.shape[2] != I:
+            raise ValueError("%s node %r expects %d input features, got %d" % (op.op_type, rec.name, I, x.shape[2]))
+        Tn, Bn, states, mask = call.Tn, call.Bn, call.states, call.mask
+        h = states[hs]
+        c = states[cs] if with_c else None
+        out = empty((Tn, Bn, Ho), dt) if want_y else None
+        fields = tail(Bn, Tn, num_threads)
+        if one_row:  # (BLAS held to one thread)
+            run_tail(x, Tn, Bn, mask, out, h, c, fields)
+        else:
+            entry_run(x, Tn, Bn, mask, out, h, c, *fields)
+        y = None if out is None else out[:, None] if not batch_first else swapaxes(out, 0, 1)[:, :, None]
+        if nout == 1:
+            return [y]
+        res = [y, (h.copy() if not batch_first else swapaxes(h, 0, 1).copy()) if want_h else None]
+        if nout > 2:
+            res.append((c.copy() if not batch_first else swapaxes(c, 0, 1).copy()) if want_c and with_c else None)
+        return res
+
+    return compute
 
 
 class OnnxProgram(Program):
@@ -102,7 +149,7 @@ class OnnxProgram(Program):
         self.seq_outputs = None
         self.widths, self.dtypes, self.recurrent = [], [], []
         self.carried = self.recurrent  # the ops with state in a stream: the recurrent nodes
-        self.step_one = None  # (the chain fast path of Keras graphs: not for ONNX graphs)
+        self.step_one = None  # (set below where one stream's common chunk has a path of its own)
         if len(model._inputs) != 1:
             raise UnsupportedLayerError(
                 "OnnxModel",
@@ -165,9 +212,11 @@ class OnnxProgram(Program):
                 else None,
             )
         ]
-        self.single_input = not integer
+        self.single_input, self.single_ids = not integer, integer
         self.in_dtype, self.in_features = spec["dtype"], self.inputs[0]["features"]
         self.single_output = model.output_names[0] if len(model.output_names) == 1 else None
+        if self.single_output is not None and self.fixed_batch in (None, 1):
+            self.step_one = _one_stream_step(self)
 
     # -- following the axes -------------------------------------------------------------
 
@@ -472,32 +521,40 @@ class OnnxProgram(Program):
                 "%s fixes its batch to %d: step %d stream(s) at a time"
                 % (self.what, self.fixed_batch, self.fixed_batch)
             )
+        if x.dtype != self.in_dtype or not x.flags.c_contiguous:
+            x = np.ascontiguousarray(x, dtype=self.in_dtype)
+        feed = x.transpose(self.in_perm)
         model = self.model
-        feed = np.ascontiguousarray(x, dtype=model._inputs[0]["dtype"]).transpose(self.in_perm)
         sig = model._shape_key([feed])
         cached = model._shape_cache.get(sig)
         while cached is None:  # the shape results for this chunk shape (a run on zeros, kept;
             # again should other calls have pushed them out of the cache meanwhile)
             model._values([np.zeros(feed.shape, feed.dtype)], 1)
             cached = model._shape_cache.get(sig)
-        mask = _NO_MASK
+        mask = None
         if lengths is not None:
             mask = np.ascontiguousarray(np.arange(Tn)[:, None] < lengths[None, :]).view(np.uint8)
+        vals = self._vals(feed, sig, cached, states, mask, Tn, Bn, num_threads)
+        out = []
+        for v, (order, timed) in zip(vals, self.out_layouts):
+            y = v.transpose(order)
+            y = y.reshape(y.shape[:2] + (-1,)) if timed else y.reshape(y.shape[0], -1)
+            out.append(y if y.flags.c_contiguous else np.ascontiguousarray(y))
+        return out[0] if self.single_output is not None else out
+
+    def _vals(self, feed, sig, cached, states, mask, Tn, Bn, num_threads):
+        """The graph's outputs on ``feed`` (the input, as the model takes it) of signature
+        ``sig`` and shape results ``cached``, from and to the stream ``states``, with the
+        call's context (:attr:`_call`) set for the recurrent steps while it runs."""
         runner = self.__dict__.get("_runner")
         if runner is None or runner[0] != len(cached):
-            runner = self._runner = (len(cached), model._stream_runner(self._plan_steps(), len(cached)))
+            runner = self._runner = (len(cached), self.model._stream_runner(self._plan_steps(), len(cached)))
         call = self._call
         call.states, call.mask, call.Tn, call.Bn, call.sig = states, mask, Tn, Bn, sig
         try:
-            vals = runner[1]([feed], cached, num_threads)
+            return runner[1]([feed], cached, num_threads)
         finally:
             call.states = None
-        out = []
-        for v, (order, timed) in zip(vals, self.out_layouts):
-            y = np.transpose(v, order)
-            y = y.reshape(y.shape[:2] + (-1,)) if timed else y.reshape(y.shape[0], -1)
-            out.append(np.ascontiguousarray(y))
-        return out[0] if self.single_output is not None else out
 
     def _plan_steps(self):
         """The data steps (:meth:`OnnxModel._compiled`) as the stream runs them: each
@@ -506,49 +563,40 @@ class OnnxProgram(Program):
         return [(_RecStep(self, self.rec[op]) if op in self.rec else op, ins, outs, free)
                 for op, ins, outs, free in steps], count, outputs  # fmt: skip
 
-    def _step_recurrent(self, rec, args, states, mask, Tn, Bn, num_threads, zeros, sig):
-        """Node ``rec`` on the chunk: its kernel from the stream's states, which it leaves
-        there; ``zeros``: the call signatures (``sig``) whose initial states were seen to
-        be zeros (they are constants or come from the input's shape alone: the same for
-        the same signature), checked once each."""
-        x, _, h0, c0 = args
-        if sig not in zeros:
-            for s, what in ((h0, "initial_h"), (c0, "initial_c")):
-                if s is not None and np.any(s):
-                    raise ValueError(
-                        "%s node %r: its %s is not zeros for this shape" % (rec.op.op_type, rec.name, what)
-                    )
-            zeros.add(sig)
-        op, kern = rec.op, rec.kernel
-        if op.layout == 1:
-            x = np.swapaxes(x, 0, 1)
-        x = np.ascontiguousarray(x, dtype=kern.dtype)
-        if x.shape[2] != kern.I:
-            raise ValueError(
-                "%s node %r expects %d input features, got %d" % (op.op_type, rec.name, kern.I, x.shape[2])
-            )
-        h = states[rec.slots[0]]
-        c = states[rec.slots[1]] if rec.with_c else _NO_STATE[kern.dtype.char]
-        want_y = op.outputs[0]
-        out = np.empty((Tn, Bn, kern.Ho), kern.dtype) if want_y else None
-        kern.run(
-            x.reshape(Tn * Bn, kern.I),
-            Tn,
-            Bn,
-            mask,
-            h,
-            c,
-            out.reshape(Tn * Bn, kern.Ho) if out is not None else _NO_OUT[kern.dtype.char],
-            num_threads,
-        )
-        res: list = []
-        if out is not None:
-            res.append(out[:, None] if op.layout == 0 else np.swapaxes(out, 0, 1)[:, :, None])
-        else:
-            res.append(None)
-        for want, a in zip(op.outputs[1:], [h, c if rec.with_c else None]):
-            if want and a is not None:
-                res.append(a.copy() if op.layout == 0 else np.swapaxes(a, 0, 1).copy())
-            else:
-                res.append(None)
-        return res[: op.num_outputs]
+
+def _one_stream_step(p):
+    """``p.step_one`` (:func:`rnnfast.stream.step`) of a model of one output: one
+    stream's chunk of the common form (a C-contiguous ndarray of the input's dtype, (T,)
+    ids or (T, F) features) whose shape results the model holds, run as
+    :meth:`OnnxProgram.run` runs it, without the general path's list of chunks, their
+    checks and the batch's output layout (the same values); any other chunk, or a new
+    shape, through :func:`rnnfast.stream._step_one`."""
+    ids, dt, F, perm = p.single_ids, p.in_dtype, p.in_features, p.in_perm
+    model, ndarray = p.model, np.ndarray
+    (order, timed), = p.out_layouts
+
+    def one(p, x, s, num_threads):
+        if (
+            type(x) is ndarray
+            and x.dtype == dt
+            and x.flags.c_contiguous
+            and x.shape[0] > 0
+            and (x.ndim == 1 if ids else x.ndim == 2 and x.shape[1] == F)
+        ):
+            T = x.shape[0]
+            feed = (x.reshape(T, 1) if ids else x.reshape(T, 1, F)).transpose(perm)
+            sig = model._shape_key([feed])
+            cached = model._shape_cache.get(sig)
+            if cached is not None:
+                num_threads = resolve_num_threads(num_threads)
+                s._claim()
+                try:
+                    (v,) = p._vals(feed, sig, cached, s._slots, None, T, 1, num_threads)
+                finally:
+                    s._release()
+                y = v.transpose(order)
+                y = y.reshape(T, -1) if timed else y.reshape(-1)
+                return y if y.flags.c_contiguous else np.ascontiguousarray(y)
+        return _step_one(p, x, s, num_threads)
+
+    return one

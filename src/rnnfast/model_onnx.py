@@ -1128,8 +1128,10 @@ def _getter(idx):
 
 def _plain_slots(op):
     """The slots ``op`` reads its arguments by (:meth:`OnnxOp.args`), or None for an op
-    that reads them its own way."""
-    base = op.rec if type(op) is _Fused else op.prod if type(op) is _FusedProduct else op
+    that reads them its own way. A fused step's are its first op's, a stream's recurrent
+    step's (:class:`rnnfast._onnx_stream._RecStep`) its node's."""
+    t = type(op)
+    base = op.rec if t is _Fused else op.prod if t is _FusedProduct else op.rec.op if t is _onnx_stream._RecStep else op
     if isinstance(base, OnnxOp) and type(base).args is OnnxOp.args and "args" not in vars(base):
         return base.slots
     return None
@@ -2184,8 +2186,10 @@ class OnnxModel(Summarized):
         """``run(feeds, more, num_threads)`` of a stream's ``program`` (the data steps,
         its recurrent nodes' ops replaced by the stream's: rnnfast._onnx_stream) on one
         input and ``n_more`` shape results: the plan and straight-line function of a
-        call (:func:`flat_plan`, :func:`plan_runner`)."""
-        return plan_runner(flat_plan(program), 1, n_more)
+        call (:func:`flat_plan`, :func:`plan_runner`), each product and the bias ``Add``
+        or activation after it one step as in the model's calls (:func:`fuse_products`:
+        the bits of the ops one by one)."""
+        return plan_runner(flat_plan(fuse_products(program)), 1, n_more)
 
     def _run_data(self, feeds, num_threads, more=()):
         """The data graph (:attr:`_data`) run as a list of steps over a list of tensors

@@ -231,6 +231,7 @@ class _Kernel:
         self.dtype = layer.dtype
         self._plans = {}
         self._cuts = {}
+        self._tails = {}
         # the compiled entry with the weights (float, and bf16 / int8 where reduced: the
         # layer's q) bound once (checked there, once), the peephole LSTM's vectors and the
         # ONNX cell options (layers.RNNLayer); every step runs it
@@ -273,18 +274,39 @@ class _Kernel:
             p = p._replace(partner=False)
         return p
 
+    def tail(self, B, T, num_threads):
+        """:meth:`plan` as the last arguments of the entry's ``run`` (strategy, unit
+        blocks, batch rows, chunk, threads, keep_team, partner), for a thread count
+        already resolved (an int): kept per (B, T, count)."""
+        key = (B, T, num_threads)
+        got = self._tails.get(key)
+        if got is None:
+            p = self.plan(B, T, num_threads)
+            got = (p.strategy, p.unit_blocks, p.batch_rows, p.chunk, p.num_threads, p.keep_team, p.partner)
+            if len(self._tails) > 512:
+                self._tails.clear()
+            self._tails[key] = got
+        return got
+
     def run(self, x, T, B, mask, h, c, out, num_threads):
         """x (T*B, I), mask (T, B) uint8 or (0, 0), h (1, B, Ho) and c (1, B, H) or
         (0, 0, 0) IN/OUT, out (T*B, Ho) or (0, 0): the bound entry (:attr:`entry`; the
         general ``rnn_forward`` took ~25 us a call to read its arrays) on the plan."""
         p = self.plan(B, T, num_threads)
-        args = (x, T, B, mask if mask.size else None, out if out.size else None, h, c if self.with_c else None,
-                p.strategy, p.unit_blocks, p.batch_rows, p.chunk, p.num_threads, p.keep_team, p.partner)  # fmt: skip
+        self.run_tail(
+            x, T, B, mask if mask.size else None, out if out.size else None, h, c if self.with_c else None,
+            (p.strategy, p.unit_blocks, p.batch_rows, p.chunk, p.num_threads, p.keep_team, p.partner),
+        )  # fmt: skip
+
+    def run_tail(self, x, T, B, mask, out, h, c, tail):
+        """The entry's ``run`` on the plan's fields ``tail`` (:meth:`tail`), mask, out and
+        c None where absent; under :func:`blas_single_threaded` where a product of the
+        cell calls BLAS."""
         if self.one_row:
             with blas_single_threaded():
-                self.entry.run(*args)
+                self.entry.run(x, T, B, mask, out, h, c, *tail)
         else:
-            self.entry.run(*args)
+            self.entry.run(x, T, B, mask, out, h, c, *tail)
 
 
 _NULL = contextlib.nullcontext()
@@ -451,6 +473,7 @@ class Program:
         outs = graph.outputs
         self.single_output = outs if not isinstance(outs, (list, dict)) else None
         self.single_input = len(inputs) == 1 and not inputs[0]["integer"]
+        self.single_ids = len(inputs) == 1 and inputs[0]["integer"]
         self.in_dtype, self.in_features = np.dtype(inputs[0]["dtype"]), inputs[0].get("features")
         self.chain = None if self.stateful else self._chain()
         # model.step(x, stream) of one stream: the chain's, with the common case inline
@@ -967,6 +990,8 @@ def _step_one(p, x, s, num_threads):
     ):
         T = x.shape[0]  # what prepare() would check, checked: the common case
         feeds = [x.reshape(T, 1, x.shape[1])]
+    elif p.single_ids and type(x) is np.ndarray and x.dtype == np.int64 and x.ndim == 1 and x.shape[0] > 0:
+        feeds = [x.reshape(x.shape[0], 1)]  # (ids, as prepare() would give them)
     else:
         xs, T = p.prepare(x, p.what)
         feeds = [np.ascontiguousarray(a).reshape((T, 1) + a.shape[1:]) for a in xs]
