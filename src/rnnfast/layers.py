@@ -905,7 +905,8 @@ class RNNLayer:
 
 
 def _with_cut(p):
-    """``(p, its fields as StepEntry.run takes them)``, for :meth:`RNNLayer._planned`."""
+    """``(p, its fields as StepEntry.run takes them)``, for :meth:`RNNLayer._planned`
+    and the streams' kernels (:meth:`rnnfast.stream._Kernel.tail`)."""
     return p, (p.strategy, p.unit_blocks, p.batch_rows, p.chunk, p.num_threads, p.keep_team, p.partner)
 
 

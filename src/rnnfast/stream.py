@@ -55,7 +55,7 @@ from ._threads import blas_single_threaded, resolve_num_threads
 from ._validation import as_ids, as_input
 from .errors import UnsupportedLayerError
 from .graph import Graph, Step, map_structure
-from .layers import ACTIVATIONS
+from .layers import ACTIVATIONS, _with_cut
 
 __all__ = [
     "Stream",
@@ -281,8 +281,7 @@ class _Kernel:
         key = (B, T, num_threads)
         got = self._tails.get(key)
         if got is None:
-            p = self.plan(B, T, num_threads)
-            got = (p.strategy, p.unit_blocks, p.batch_rows, p.chunk, p.num_threads, p.keep_team, p.partner)
+            got = _with_cut(self.plan(B, T, num_threads))[1]
             if len(self._tails) > 512:
                 self._tails.clear()
             self._tails[key] = got
@@ -292,10 +291,9 @@ class _Kernel:
         """x (T*B, I), mask (T, B) uint8 or (0, 0), h (1, B, Ho) and c (1, B, H) or
         (0, 0, 0) IN/OUT, out (T*B, Ho) or (0, 0): the bound entry (:attr:`entry`; the
         general ``rnn_forward`` took ~25 us a call to read its arrays) on the plan."""
-        p = self.plan(B, T, num_threads)
         self.run_tail(
             x, T, B, mask if mask.size else None, out if out.size else None, h, c if self.with_c else None,
-            (p.strategy, p.unit_blocks, p.batch_rows, p.chunk, p.num_threads, p.keep_team, p.partner),
+            _with_cut(self.plan(B, T, num_threads))[1],
         )  # fmt: skip
 
     def run_tail(self, x, T, B, mask, out, h, c, tail):
