@@ -119,6 +119,52 @@ def test_openmp_policy_set_only_while_loading():
     assert r.returncode == 0 and r.stdout.strip() == "ACTIVE", r.stdout + r.stderr
 
 
+def test_openmp_spins_where_the_runtime_was_loaded_first_with_its_default(tmp_path):
+    """Whether rnnfast takes the OpenMP runtime's idle threads to spin: an active policy
+    chosen; or GNU's runtime loaded before rnnfast (``import torch`` first: PyTorch
+    bundles it) with no policy and no spin count chosen (its default spins)."""
+    from rnnfast._threads import openmp_spins_here
+
+    with_gomp, without = tmp_path / "with", tmp_path / "without"
+    with_gomp.write_text("7f00-7f01 r-xp 0 08:01 1 /usr/lib/x86_64-linux-gnu/libgomp.so.1.0.0\n")
+    without.write_text("7f00-7f01 r-xp 0 08:01 1 /usr/lib/x86_64-linux-gnu/libc.so.6\n")
+    assert openmp_spins_here({}, str(with_gomp))
+    assert not openmp_spins_here({}, str(without))
+    assert not openmp_spins_here({}, str(tmp_path / "absent"))  # (not Linux)
+    assert openmp_spins_here({"OMP_WAIT_POLICY": "Active"}, str(without))
+    assert not openmp_spins_here({"OMP_WAIT_POLICY": "passive"}, str(with_gomp))
+    assert not openmp_spins_here({"GOMP_SPINCOUNT": "10000"}, str(with_gomp))
+
+
+def test_a_kept_team_beside_a_spinning_pool_runs_on_the_pool_with_the_same_bits(rng):
+    """``import torch`` before rnnfast: the OpenMP runtime (PyTorch's, loaded first with
+    its default policy) spins, the core is told so, and a layer whose plan keeps its
+    team of two runs on the OpenMP team, not with the partner thread: the bits of the
+    partner's run and of one thread."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import torch, numpy as np, rnnfast\n"
+        "from rnnfast import _kernels, _plan\n"
+        "from rnnfast.layers import RNNLayer, CellWeights\n"
+        "r = np.random.default_rng(0)\n"
+        "shapes = ((64, 3072), (768, 3072), (3072,))\n"
+        "w = CellWeights(*(r.standard_normal(s).astype(np.float32) * 0.1 for s in shapes))\n"
+        "layer = RNNLayer('lstm', [w])\n"
+        "x = r.standard_normal((20, 2, 64)).astype(np.float32)\n"
+        "assert layer._plan_for(2, 20, 2).keep_team\n"
+        "outs = [layer.forward(x, num_threads=n)[0] for n in (2, 1)]\n"
+        "_kernels.openmp_spins(False)\n"
+        "outs.append(layer.forward(x, num_threads=2)[0])\n"
+        "print(_kernels.openmp_spins() or 'spun', all(np.array_equal(outs[0], o) for o in outs))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.split() == ["spun", "True"], r.stdout + r.stderr
+
+
 @pytest.mark.parametrize("threads", [2, 3, 5])
 def test_step_barrier_many_steps_and_teams(threads, rng):
     """The blocked path's own barrier over many steps and team sizes (more threads than

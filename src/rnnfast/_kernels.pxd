@@ -205,6 +205,8 @@ cdef extern from "c/engine.h" nogil:
     # where the time goes (profile.h)
     double rnn_prof[]
     int rnn_prof_on
+    # the OpenMP runtime's idle threads spin (engine.h)
+    int rnn_omp_spins
 
     # reduced precision (quant.h): the packed int8 / bf16 weights of a layer, and the
     # kernel sets (one per instruction set, chosen with it; by name for the tests)

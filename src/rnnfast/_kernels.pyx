@@ -226,6 +226,16 @@ def debug_delay(int tid=-1, int us=0, int every=1, bint inside=False, bint first
     rnn_delay_first = first
 
 
+def openmp_spins(on=None):
+    """Whether the OpenMP runtime's idle threads spin (c/engine.h's ``rnn_omp_spins``:
+    a kept team of two then runs on the OpenMP team, not with the partner thread);
+    ``on``: set it first (rnnfast/_threads.py's ``load_kernels`` does, once)."""
+    global rnn_omp_spins
+    if on is not None:
+        rnn_omp_spins = bool(on)
+    return bool(rnn_omp_spins)
+
+
 # -- where the time goes (c/profile.h) -------------------------------------------------
 
 def profile(bint enable):

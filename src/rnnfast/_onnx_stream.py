@@ -129,12 +129,18 @@ def _step_function(call, rec, zeros):
         y = None if out is None else out[:, None] if not batch_first else swapaxes(out, 0, 1)[:, :, None]
         if nout == 1:
             return [y]
-        res = [y, (h.copy() if not batch_first else swapaxes(h, 0, 1).copy()) if want_h else None]
+        res = [y, _final_state(h, batch_first) if want_h else None]
         if nout > 2:
-            res.append((c.copy() if not batch_first else swapaxes(c, 0, 1).copy()) if want_c and with_c else None)
+            res.append(_final_state(c, batch_first) if want_c and c is not None else None)
         return res
 
     return compute
+
+
+def _final_state(a, batch_first):
+    """A stream's state ``a`` (1, B, H) as the node's ``Y_h`` / ``Y_c`` gives it: a copy,
+    (B, 1, H) for a node of ``layout`` 1."""
+    return (np.swapaxes(a, 0, 1) if batch_first else a).copy()
 
 
 class OnnxProgram(Program):
@@ -573,7 +579,7 @@ def _one_stream_step(p):
     shape, through :func:`rnnfast.stream._step_one`."""
     ids, dt, F, perm = p.single_ids, p.in_dtype, p.in_features, p.in_perm
     model, ndarray = p.model, np.ndarray
-    (order, timed), = p.out_layouts
+    [(order, timed)] = p.out_layouts
 
     def one(p, x, s, num_threads):
         if (

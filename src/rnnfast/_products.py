@@ -82,8 +82,8 @@ def dense(x, packed, N, bias=None, act=-1, num_threads=None, stream=False, adden
     b = _NO_BIAS[x.dtype] if bias is None else bias
     row_sm = act in _ROW_SOFTMAXES
     if addend is not None:
-        if M <= FEW_ROWS and (stream and M == 1 or (_rowops.PARTNER and M * N * K >= PARTNER_MACS
-                                                     and resolve_num_threads(num_threads) > 1)):
+        partner = _rowops.PARTNER and M * N * K >= PARTNER_MACS and resolve_num_threads(num_threads) > 1
+        if M <= FEW_ROWS and ((stream and M == 1) or partner):
             # (the few-row kernel, which takes no addend: the sum, then NumPy's add)
             y = dense(x, packed, N, bias, -1, num_threads, stream)
             np.add(y, addend, out=y)

@@ -119,11 +119,19 @@ def load_kernels():
     OMP_WAIT_POLICY or GOMP_SPINCOUNT. The environment is restored afterwards, so
     child processes and other libraries see the user's own.
 
+    A runtime already in the process (GNU's libgomp, loaded by ``import torch`` before
+    rnnfast: PyTorch's wheel bundles it under the same name) read its environment then,
+    and its idle threads spin (its default) unless the user chose otherwise: the core is
+    told so (``_kernels.openmp_spins``), and its kept team of two then runs on the OpenMP
+    team, not beside a spinning pool thread (:func:`openmp_spins_here`).
+
     Also finds the runtime's pause entry point for the fork hooks (module doc), and hands
     the core its BLAS (:func:`_load_blas`).
     """
     global _openmp
     chosen = "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ
+    if _openmp is None:
+        spins = openmp_spins_here()
     if not chosen:
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     try:
@@ -133,8 +141,27 @@ def load_kernels():
             del os.environ["OMP_WAIT_POLICY"]
     if _openmp is None:
         _kernels._set_blas(*_load_blas())
+        _kernels.openmp_spins(spins)
         _openmp = _OpenMP(_kernels)
     return _kernels
+
+
+def openmp_spins_here(environ=None, maps="/proc/self/maps"):
+    """Whether the OpenMP runtime rnnfast will run on spins its idle threads: the user
+    chose an active wait policy (``OMP_WAIT_POLICY=active``), or GNU's runtime is
+    already loaded (``maps``: this process's mappings, Linux) and no wait policy or spin
+    count was chosen (its default spins; rnnfast's passive one comes too late)."""
+    env = os.environ if environ is None else environ
+    policy = env.get("OMP_WAIT_POLICY", "").strip().lower()
+    if policy:
+        return policy == "active"
+    if "GOMP_SPINCOUNT" in env:
+        return False
+    try:
+        with open(maps) as f:
+            return any("libgomp" in line for line in f)
+    except OSError:  # not Linux
+        return False
 
 
 # -- how many threads ------------------------------------------------------------------

@@ -987,7 +987,7 @@ def _step_one(p, x, s, num_threads):
         and x.flags.c_contiguous
     ):
         T = x.shape[0]  # what prepare() would check, checked: the common case
-        feeds = [x.reshape(T, 1, x.shape[1])]
+        feeds: list = [x.reshape(T, 1, x.shape[1])]
     elif p.single_ids and type(x) is np.ndarray and x.dtype == np.int64 and x.ndim == 1 and x.shape[0] > 0:
         feeds = [x.reshape(x.shape[0], 1)]  # (ids, as prepare() would give them)
     else:

@@ -211,6 +211,13 @@ static __thread const void *rnn_kept_caller = NULL;
 #else
 #define RNN_KEPT_DUO 0
 #endif
+/* 1 where the OpenMP runtime's idle threads spin (loaded before rnnfast with its default
+ * wait policy, as `import torch` first does, or OMP_WAIT_POLICY=active: _threads.py sets
+ * it): a kept team of two then runs its steps on the OpenMP team, not on the caller and
+ * the partner, which would wait for the core a spinning pool thread holds (the seed
+ * BiGRU B=32 on 2 threads, torch imported first: 4.4-7.7 ms, 3.0-4.7 with the pool
+ * passive, Zen 1). */
+static int rnn_omp_spins = 0;
 
 /* One task of the blocked strategy: direction, batch block (first row, rows) and
  * unit block. */

@@ -854,7 +854,7 @@ static int RNN_TNAME(run_blocked)(const RNN_TNAME(call) *c)
      * step B=64 on 2 threads measured 10-30% slower (bench/turns.py beside a busy core;
      * cause not found), 0.91x ONNX Runtime in a quiet compare.py run */
     int kept = RNN_KEPT_DUO && c->p.keep_team && nth == 2 && s->T > 1 && rnn_engine_partner != NULL
-               && !rnn_prof_on;
+               && !rnn_prof_on && !rnn_omp_spins;
     bk.xp = (TYPE *)rnn_alloc_lines((size_t)(ndir * c->p.chunk * B * GH) * sizeof(TYPE));
     bk.seen = (unsigned char *)calloc((size_t)(ndir * c->p.ncb * B), 1);
     bk.hbuf = (TYPE *)rnn_alloc_lines(2 * state);
