@@ -587,10 +587,10 @@ def _one_stream_step(p):
             and x.dtype == dt
             and x.flags.c_contiguous
             and x.shape[0] > 0
-            and (x.ndim == 1 if ids else x.ndim == 2 and x.shape[1] == F)
+            and (x.ndim == 1 if ids else x.ndim == 2 and (F is None or x.shape[1] == F))
         ):
             T = x.shape[0]
-            feed = (x.reshape(T, 1) if ids else x.reshape(T, 1, F)).transpose(perm)
+            feed = (x.reshape(T, 1) if ids else x.reshape(T, 1, x.shape[1])).transpose(perm)
             sig = model._shape_key([feed])
             cached = model._shape_cache.get(sig)
             if cached is not None:

@@ -819,7 +819,8 @@ class _FusedProduct:
         if act is None:  # (a softmax over another axis: the ops one by one)
             return None
         if c.dtype == dt and c.size == n and c.ndim >= 1 and c.shape[-1] == n:
-            row, cnd = np.ascontiguousarray(c.reshape(n)), c.ndim
+            # (NumPy's own descriptor of the dtype: what the product's direct reads take)
+            row, cnd = np.ascontiguousarray(c.reshape(n), dtype=dt.type), c.ndim
 
             def matmul_addend(args, num_threads):
                 x = args[0]
