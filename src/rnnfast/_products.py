@@ -84,8 +84,8 @@ def dense(x, packed, N, bias=None, act=-1, num_threads=None, stream=False, adden
     if addend is not None:
         partner = _rowops.PARTNER and M * N * K >= PARTNER_MACS and resolve_num_threads(num_threads) > 1
         if M <= FEW_ROWS and ((stream and M == 1) or partner):
-            # (the few-row kernel, which takes no addend: the sum, then NumPy's add)
-            y = dense(x, packed, N, bias, -1, num_threads, stream)
+            # (the few-row kernel, as below, which takes no addend: the sum, then NumPy's add)
+            _rowops.packed_rows(x2, packed, b, y2, resolve_num_threads(num_threads), 0, stream and M == 1)
             np.add(y, addend, out=y)
             return _activated(y, act, num_threads)
         _kernels.packed_rows(x2, packed, b, y2, -1 if row_sm else act, _team(num_threads, M, N, K), addend)
