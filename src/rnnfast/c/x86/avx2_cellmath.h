@@ -185,11 +185,10 @@ RNN_INLINE void rnn_gru_pass2_avx2(const int NG, const float *keep, long o, floa
 
 /* The next row's gate inputs (n floats at x and at g: its projection and its h U) into
  * L1 while this row's gate math runs. A block's rows are ldxp / ldgh apart (4 KiB at
- * LSTM H = 256), so each row starts in a page of its own, where the hardware's
- * prefetchers stop, and read the projection back from L3 (perf: the stall at the
- * row's first loads). LSTM B = 64 H = 256 on
- * a Zen 1, one thread: the gate math 18.8 -> 13.8 ms of a 210 ms call, GRU 12.0 -> 9.3
- * (bench/README.md, session 20). */
+ * LSTM H = 256): each row starts in a page of its own, where the hardware's prefetchers
+ * stop, and the projection came back from L3 at the row's first loads (perf). Zen 1,
+ * B = 64, H = 256, one thread: the LSTM step's gate math 18.3-19.3 -> 13.3-14.0 ms of
+ * a ~210 ms call, GRU 11.6-12.4 -> 8.9-10.0 (bench/README.md, session 20). */
 RNN_INLINE void rnn_prefetch_row_avx2(const float *x, const float *g, long n)
 {
     long i;
