@@ -34,6 +34,8 @@ def _limit_memory():
 
 def _run_model(rnnfast, np, model):
     if isinstance(model, rnnfast.OnnxModel):  # the inputs its load-time run used
+        if not model._shape_cache:
+            return False  # inputs too large for the load-time run (or none declared): not run here either
         # (symbolic dimensions: the guess that fitted, PROBE_STEPS or 1, as _probe tries
         # them; a model that fits only one of them gives ValueError on the other, the
         # documented error for a wrong input shape)
@@ -42,7 +44,7 @@ def _run_model(rnnfast, np, model):
             if model._shape_key([feed[n] for n in model.input_names]) in model._shape_cache:
                 model.run(None, feed)
                 return True
-        return False  # inputs too large for the load-time run, or none fitted: not run here either
+        return False  # neither guess fitted: not run here either
     if isinstance(model, rnnfast.TorchRNN):
         x = np.linspace(-1, 1, 3 * 2 * model.input_size).reshape(3, 2, model.input_size)
         out = model(x)
