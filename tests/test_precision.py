@@ -25,6 +25,10 @@ from _testing import random_weights
 
 EPS32 = float(np.finfo(np.float32).eps)  # 2**-23
 REDUCED = ("bf16", "int8")
+# the kernel sets whose bf16 products run on bf16 instructions (vdpbf16ps, tdpbf16ps),
+# and those whose sums are their own (c/x86/amx_quant.h: AMX-BF16 tiles)
+BF16_INSTRUCTIONS = ("avx512_bf16", "avx512_amx")
+TILE_BF16 = ("avx512_amx",)
 # (cell, layer options, projection size)
 CELLS = {
     "gru": ("gru", {}, 0),
@@ -51,7 +55,7 @@ def test_product_matches_float64_of_the_quantized_operands_on_every_kernel_set(r
     scale; None: the layers' choice, _quant.group_rows): int16 activations, scales per
     group, exact int32 sums per group; bf16: both rounded, float32 sums), in float64:
     within the float32 rounding of the kernel's arithmetic; every kernel set gives the
-    same bits."""
+    same bits (bf16 on AMX tiles: its own, see test_bf16_rows_on_tiles_do_not_depend_on_the_batch)."""
     code = _quant.PRECISIONS[precision]
     kg = (_quant.group_rows(K) if kg is None else kg) if precision == "int8" else 0
     A = rng.standard_normal((M, K)).astype(np.float32)
@@ -72,10 +76,38 @@ def test_product_matches_float64_of_the_quantized_operands_on_every_kernel_set(r
     for isa in _kernels.quant_isas():
         got = _kernels.qmatmul(code, A, data, N, scale, comp, bias=b, isa=isa, kg=kg)
         assert np.all(np.abs(got - want) <= bound), (isa, float(np.max(np.abs(got - want) - bound)))
+        if precision == "bf16" and isa in TILE_BF16:
+            continue
         if first is None:
             first = got
         else:
             assert np.array_equal(got, first), isa
+
+
+@pytest.mark.parametrize("K", [1, 37, 64, 301])
+def test_bf16_rows_on_tiles_do_not_depend_on_the_batch(rng, K):
+    """bf16 on AMX tiles (every product there, one row included; tdpbf16ps's sums are not
+    vdpbf16ps's): a row gives the same bits alone, in a block of fewer than 16 rows,
+    in whole blocks and after them (70 rows: four blocks and six), with and without
+    bias, K of whole 32-value tiles and tails; within one float rounding per product of
+    the float64 sum, like the other kernel sets."""
+    if not set(TILE_BF16) & set(_kernels.quant_isas()):
+        pytest.skip("no AMX-BF16 on this CPU")
+    code = _quant.PRECISIONS["bf16"]
+    N = 200  # three whole panels and a partial one
+    A = rng.standard_normal((70, K)).astype(np.float32)
+    W = (rng.standard_normal((K, N)) * 0.1).astype(np.float32)
+    b = rng.standard_normal(N).astype(np.float32)
+    data, scale, comp = _quant.pack_block(W, code)
+    mag = np.abs(_quant.activations(A, "bf16", 0)) @ np.abs(_quant.dequantized(W, "bf16", 0)) + np.abs(b)
+    for isa in TILE_BF16:
+        for bias in (b, None):
+            every = _kernels.qmatmul(code, A, data, N, scale, comp, bias=bias, isa=isa)
+            want = _quant.reference_product(A, W, "bf16", bias, 0)
+            assert np.all(np.abs(every - want) <= (K + 2) * EPS32 / 2 * mag), isa
+            for lo, hi in ((0, 1), (69, 70), (3, 8), (10, 26), (5, 37), (16, 64)):
+                got = _kernels.qmatmul(code, A[lo:hi], data, N, scale, comp, bias=bias, isa=isa)
+                assert np.array_equal(got, every[lo:hi]), (isa, lo, hi)
 
 
 @pytest.mark.parametrize("K", [65, 67, 72, 129, 257, 4103])
@@ -112,11 +144,13 @@ def test_bf16_product_rounds_rows_alike_on_every_kernel_set(rng, M):
     """The rows of A rounded to bf16 (c/x86/avx2_quant.h: eight at a time, the tail
     one by one) as rnnfast._quant.bf16_round rounds them: ties to even both ways and
     signs, a carry into the next binade, the largest finite, subnormals, zeros. A
-    against the identity (no bias) gives the rounded A exactly, on every kernel set; a
+    against the identity (no bias) gives the rounded A exactly, on every kernel set
+    (the bf16 instructions: or with subnormals flushed to zero, as Intel's do); a
     value rounding up to infinity gives infinity in its column and NaN in the others
     (infinity times the identity's zeros), a NaN a row of NaN. Then A against random
     weights without bias, 1 to 13 rows (the AVX2 tiles of 6 rows and their
-    remainders): the same bits on every kernel set."""
+    remainders): the same bits on every kernel set but AMX tiles, whose sums are their
+    own, all within the bound."""
     code = _quant.PRECISIONS["bf16"]
     K = 37
     bits = np.array([0x3F808000, 0x3F818000, 0xBF808000, 0xBF818000, 0x3FFFFFFF, 0x7F7F7FFF, 0xFF7F7FFF, 0x000116C2,
@@ -132,18 +166,28 @@ def test_bf16_product_rounds_rows_alike_on_every_kernel_set(rng, M):
     bad = A.copy()
     bad[0, 12] = np.array([0x7F7F8000], np.uint32).view(np.float32)[0]  # rounds to infinity
     bad[1:, 30] = np.nan
+    # vdpbf16ps and tdpbf16ps take subnormal inputs as zero and flush subnormal sums
+    # (Intel's SDM: "daz in, ftz out"; seen on a Xeon); AMD's Zen 4 keeps them
+    daz = np.where(np.abs(want) < np.finfo(np.float32).tiny, np.float32(0), want)
+    assert not np.array_equal(daz, want)
     for isa in _kernels.quant_isas():
-        assert np.array_equal(_kernels.qmatmul(code, A, data, K, scale, comp, isa=isa), want), isa
+        got = _kernels.qmatmul(code, A, data, K, scale, comp, isa=isa)
+        if isa in BF16_INSTRUCTIONS:
+            assert np.array_equal(got, want) or np.array_equal(got, daz), isa
+        else:
+            assert np.array_equal(got, want), isa
         got = _kernels.qmatmul(code, bad, data, K, scale, comp, isa=isa)
         assert got[0, 12] == np.inf and np.isnan(np.delete(got[0], 12)).all() and np.isnan(got[1:]).all(), isa
     W = (rng.standard_normal((301, 130)) * 0.1).astype(np.float32)
     B = rng.standard_normal((M, 301)).astype(np.float32)
     data, scale, comp = _quant.pack_block(W, code)
-    outs = [_kernels.qmatmul(code, B, data, 130, scale, comp, isa=isa) for isa in _kernels.quant_isas()]
+    outs = {isa: _kernels.qmatmul(code, B, data, 130, scale, comp, isa=isa) for isa in _kernels.quant_isas()}
     mag = np.abs(_quant.bf16_round(B)).astype(np.float64) @ np.abs(_quant.dequantized(W, "bf16", 0))
-    assert np.all(np.abs(outs[0] - _quant.reference_product(B, W, "bf16", None, 0)) <= 303 * EPS32 / 2 * mag)
-    for got in outs[1:]:
-        assert np.array_equal(got, outs[0])
+    want = _quant.reference_product(B, W, "bf16", None, 0)
+    for isa, got in outs.items():
+        assert np.all(np.abs(got - want) <= 303 * EPS32 / 2 * mag), isa
+        if isa not in TILE_BF16:  # tiles: their own sums
+            assert np.array_equal(got, outs["baseline"]), isa
 
 
 @pytest.mark.parametrize("K,kg", [(260, 0), (64, 4), (520, 260)])

@@ -20,7 +20,8 @@
  * follow one another as in layout.h (rnn_packed_offset with Kp).
  *
  * The arithmetic, identical on every instruction set (so int8 results are bitwise
- * the same on all of them, and do not depend on the batch or the thread count):
+ * the same on all of them, and do not depend on the batch or the thread count; bf16
+ * too, but on AMX tiles, whose sums are their own: see x86/amx_quant.h):
  *   int8: per row of A, m = max |a_k|, sa = m / 127, q_k = rint(clamp(a_k * (127 / m),
  *         -127, 127)) (0 when m == 0); acc_j = sum_k q_k Wq[k, j] exactly in int32;
  *         C_j = fma((float)acc_j, sa * ws[j], bias_j).
@@ -31,14 +32,17 @@
  *         kg 32767 127 < 2**31 for kg <= 512): C_j = bias_j, then for g = 0, 1, ...: C_j = fma((float)acc_gj,
  *         sa_g * ws[g][j], C_j).
  *   bf16: a_k rounded to bf16; C_j = bias_j + sum over k pairs (2g+1 first, then 2g)
- *         of a_k b_kj, one float rounding per sum.
+ *         of a_k b_kj, one float rounding per sum. Intel's vdpbf16ps (and tdpbf16ps)
+ *         take subnormal inputs as zero and flush subnormal sums (the SDM's "daz in,
+ *         ftz out"; AMD's Zen 4 keeps them): subnormal values differ there, no other.
  *
  * The kernel sets (rnn_qisas[]): baseline (portable C), avx2 (int8 by vpmaddubsw on
  * |q| and the weights signed by q: pair sums within 2 127 127, no saturation; the
  * K-grouped product by vpmaddwd on 16-bit values; bf16 by FMA on pairs widened with an
  * and and a shift), avx512_vnni (int8 by vpdpbusd; the K-grouped
  * product's int16 activations split in two bytes, each through vpdpbusd), avx512_bf16 (bf16 by
- * vdpbf16ps), avx512_amx (int8 products of 16 rows or more on AMX-INT8 tiles). rnn_quant_select(level), called by the one dispatcher (isa.h) whenever
+ * vdpbf16ps), avx512_amx (int8 products of 16 rows or more on AMX-INT8 tiles, every
+ * bf16 product on AMX-BF16 tiles). rnn_quant_select(level), called by the one dispatcher (isa.h) whenever
  * it selects an ISA level, makes the best set at or below that level current.
  */
 #ifndef RNNFAST_QUANT_H
@@ -233,7 +237,7 @@ static const rnn_qkernels rnn_qisas[] = {
     {"avx512_bf16", RNN_ISA_AVX512, rnn_cpu_has_avx512_bf16, rnn_qgemm_i8_avx512_vnni,
      rnn_qgemm_bf16_avx512_bf16, rnn_qgemm_i8g_avx512_vnni},
 #if RNN_X86_AMX
-    {"avx512_amx", RNN_ISA_AVX512, rnn_cpu_has_amx_int8, rnn_qgemm_i8_amx, rnn_qgemm_bf16_avx512_bf16,
+    {"avx512_amx", RNN_ISA_AVX512, rnn_cpu_has_amx, rnn_qgemm_i8_amx, rnn_qgemm_bf16_amx,
      rnn_qgemm_i8g_avx512_vnni},
 #endif
 #endif

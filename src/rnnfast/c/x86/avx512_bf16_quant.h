@@ -110,11 +110,22 @@ static const unsigned short *rnn_bf16_named_rows(long M, long K, long Kp, const 
     return rnn_bf16_kept;
 }
 
+/* Rows i..i+mg-1 of A in bf16, Kp apart: from the named rows, or rounded now into own. */
+RNN_INLINE const unsigned short *rnn_bf16_group(const unsigned short *named, long i, long mg, const float *A,
+                                                long lda, long K, long Kp, unsigned short *own)
+{
+    long r;
+    if (named != NULL)
+        return named + i * Kp;
+    for (r = 0; r < mg; r++) rnn_bf16_row_avx512(A + (i + r) * lda, K, Kp, own + r * Kp);
+    return own;
+}
+
 static void rnn_qgemm_bf16_avx512_bf16(long M, long N, long K, const float *A, long lda,
                                        const unsigned short *Bq, const float *bias, float *C,
                                        long ldc)
 {
-    long Kp = rnn_qpad_bf16(K), np = (N + RNN_PANEL_COLS - 1) / RNN_PANEL_COLS, i, p, r, r0, mg;
+    long Kp = rnn_qpad_bf16(K), np = (N + RNN_PANEL_COLS - 1) / RNN_PANEL_COLS, i, p, r0, mg;
     long grp = rnn_qgroup_rows(Kp * (long)sizeof(unsigned short));
     const unsigned short *named = rnn_bf16_named_rows(M, K, Kp, A, lda);
     unsigned short stacka[RNN_QGROUP_BYTES / sizeof(unsigned short)] __attribute__((aligned(64)));
@@ -130,12 +141,7 @@ static void rnn_qgemm_bf16_avx512_bf16(long M, long N, long K, const float *A, l
     for (i = 0; i < M; i += grp) {
         float *ci = C + i * ldc;
         mg = M - i < grp ? M - i : grp;
-        if (named != NULL) {
-            a16 = named + i * Kp;
-        } else {
-            for (r = 0; r < mg; r++) rnn_bf16_row_avx512(A + (i + r) * lda, K, Kp, own + r * Kp);
-            a16 = own;
-        }
+        a16 = rnn_bf16_group(named, i, mg, A, lda, K, Kp, own);
         if (mg == 1) {
             /* panels in pairs, every other call from the last pair back (see the top
              * of this file); an odd panel last going forward, first going back */
