@@ -14,7 +14,7 @@
  *
  * bf16 (AMX-BF16), for every product, one row included. tdpbf16ps does not add a
  * row's products one rounded fma at a time as vdpbf16ps does: measured on a Xeon
- * (Sapphire Rapids), its sums differ from that chain in either pair order in about half
+ * (Emerald Rapids), its sums differ from that chain in either pair order in about half
  * of the outputs at K = 128 (and from one rounding per instruction in 5%), so tiles
  * cannot give avx512_bf16's bits. Every bf16 product of this kernel set runs on tiles
  * instead: a row's sum is then the same sequence of instructions whatever rows share
@@ -25,7 +25,8 @@
  * bytes apart). One row against a panel: 1.6 us at K = 128, N = 512 against 2.2 on
  * AVX512_BF16; 46 against 48-50 at K = 512, N = 2048; 64 rows at K = 512, N = 2048: 570
  * GFLOP/s on one core (C harness, Xeon). In layers (bench/README.md, session 21): batch 64
- * 4.2-9.4x vdpbf16ps, batch 1 1.35-2.0x, but a GRU of H = 128 at batch 1 0.74x.
+ * 4.2-9.4x vdpbf16ps, batch 1 1.35-2.0x; a GRU of H = 128 at batch 1 0.74x in one run,
+ * 1.04x in another.
  *
  * Linux asks a process to request the AMX tile state first (arch_prctl
  * ARCH_REQ_XCOMP_PERM); rnn_cpu_has_amx does, once. Each call configures the tiles of
@@ -147,7 +148,6 @@ static void rnn_qgemm_i8_amx(long M, long N, long K, const float *A, long lda,
     _tile_release();
 }
 
-
 /* C[0:nr, panel p] = bias + the nr rows of a16 (bf16, row stride lda16) times panel p,
  * on the configured tiles (nr: the configured rows). A panel whose 64 columns are all
  * C's loads the bias into every row of the C tiles (a stride of 0) and stores them
@@ -169,10 +169,8 @@ static void rnn_amx_bf16_block(long Kp, long N, long p, const unsigned short *a1
         _tile_loadd(3, bias + col0 + 48, 0);
     } else if (bias != NULL) {
         for (ct = 0; ct < 4; ct++) {
-            long col = col0 + 16 * ct, left = N - col;
-            __mmask16 t = left >= 16 ? (__mmask16)0xFFFF
-                          : (left <= 0 ? (__mmask16)0 : (__mmask16)((1u << left) - 1u));
-            __m512 b0 = _mm512_maskz_loadu_ps(t, bias + col);
+            long col = col0 + 16 * ct;
+            __m512 b0 = _mm512_maskz_loadu_ps(rnn_vnni_mask(N - col), bias + col);
             for (r = 0; r < nr; r++) _mm512_store_ps(acc[ct] + r * 16, b0);
         }
         _tile_loadd(0, acc[0], 64);
@@ -201,12 +199,10 @@ static void rnn_amx_bf16_block(long Kp, long N, long p, const unsigned short *a1
     _tile_stored(2, acc[2], 64);
     _tile_stored(3, acc[3], 64);
     for (ct = 0; ct < 4; ct++) {
-        long col = col0 + 16 * ct, left = N - col;
-        if (left > 0) {
-            __mmask16 t = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u);
+        long col = col0 + 16 * ct;
+        if (col < N)
             for (r = 0; r < nr; r++)
-                _mm512_mask_storeu_ps(C + r * ldc + col, t, _mm512_load_ps(acc[ct] + r * 16));
-        }
+                _mm512_mask_storeu_ps(C + r * ldc + col, rnn_vnni_mask(N - col), _mm512_load_ps(acc[ct] + r * 16));
     }
 }
 
