@@ -9,7 +9,7 @@ import itertools
 import numpy as np
 import pytest
 
-from rnnfast import Sequential
+from rnnfast import Sequential, _plan
 from rnnfast import reference as ref
 from rnnfast.layers import ACTIVATIONS, CellWeights, Dense, RNNLayer, apply_activation, merge_directions
 
@@ -375,7 +375,7 @@ SPLIT_VARIANTS = ["gru", "lstm", "simple_tanh"]  # the cells whose layout has un
 @pytest.mark.parametrize("B,T", [(1, 1), (1, 300), (3, 17), (40, 9), pytest.param(130, 5, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("direction", ["forward", "go_backwards", "bidirectional"])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_blocked_path(variant, H, B, T, direction, dtype):
+def test_blocked_path(variant, H, B, T, direction, dtype, monkeypatch):
     rng = np.random.default_rng(H + B + T)
     layer, ws = make_layer(rng, variant, direction, dtype, I=7, H=H)
     assert layer._ncb > 1
@@ -387,10 +387,64 @@ def test_blocked_path(variant, H, B, T, direction, dtype):
     base = layer.forward(x, h0, c0, num_threads=1, chunk_steps=64)
     check(base, want, dtype, "blocked")
     for n in (2, 3):
-        got = layer.forward(x, h0, c0, num_threads=n, chunk_steps=64)
-        for g, b in zip(got, base):
-            if b is not None:
-                assert np.array_equal(g, b), "threads=%d changed the result" % n
+        for share in (0.0, _plan.ITEM_L2_SHARE):  # blocked; items where _plan.prefers_items
+            monkeypatch.setattr(_plan, "ITEM_L2_SHARE", share)
+            got = layer.forward(x, h0, c0, num_threads=n, chunk_steps=64)
+            for g, b in zip(got, base):
+                if b is not None:
+                    assert np.array_equal(g, b), "threads=%d (L2 share %g) changed the result" % (n, share)
+
+
+@pytest.mark.parametrize("precision", ["float32", "bf16", "int8"])
+@pytest.mark.parametrize("variant", SPLIT_VARIANTS)
+@pytest.mark.parametrize("B,direction", [(40, "forward"), (70, "go_backwards"), (3, "bidirectional")])
+def test_items_on_unit_blocks_are_the_blocked_strategys_bits(precision, variant, B, direction, monkeypatch):
+    """A layer laid out in unit blocks takes the item strategy on two threads where its
+    weights fit a core's L2 (_plan.prefers_items: rows, or a direction, per thread): its
+    results are bitwise the blocked strategy's and one thread's, with initial states and a
+    mask that is not right padding, in every precision; right padding (rows sorted by
+    length) stays blocked."""
+    rng = np.random.default_rng(B + len(variant))
+    T, I, H = 30, 7, 130
+    layer, _ = make_layer(rng, variant, direction, np.float32, I=I, H=H)
+    layer = layer.with_precision(precision)
+    D = layer.num_directions
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    h0 = rng.standard_normal((D, B, H)).astype(np.float32)
+    c0 = rng.standard_normal((D, B, H)).astype(np.float32) if layer.cell == "lstm" else None
+    mask = rng.random((T, B)) > 0.3
+    monkeypatch.setattr(_plan, "_l2", [2 << 20])
+    assert layer._plan_for(B, T, 1).strategy == _plan.BLOCKED
+    assert layer._plan_for(B, T, 2).strategy == _plan.ITEM
+    assert layer._plan_for(B, T, 2, ragged=True).strategy == _plan.BLOCKED
+    base = layer.forward(x, h0, c0, mask=mask, num_threads=1)
+    items = layer.forward(x, h0, c0, mask=mask, num_threads=2)
+    monkeypatch.setattr(_plan, "ITEM_L2_SHARE", 0.0)
+    layer._plans = {}
+    assert layer._plan_for(B, T, 2).strategy == _plan.BLOCKED
+    blocked = layer.forward(x, h0, c0, mask=mask, num_threads=2)
+    for i, b, k in zip(items, base, blocked):
+        if b is not None:
+            assert i.tobytes() == b.tobytes() == k.tobytes()
+
+
+def test_items_where_the_weights_fit_a_cores_l2():
+    """_plan.prefers_items: two threads or more, two items or more, and the recurrent
+    weights one item's thread reads within ITEM_L2_SHARE of L2; the plan takes it only
+    where the caller lets it (may_split_rows)."""
+    l2 = 2 << 20
+    assert _plan.prefers_items(2, 64, 1, 1 << 20, l2)  # LSTM H=256, B=64: two blocks of rows
+    assert not _plan.prefers_items(1, 64, 1, 1 << 20, l2)  # one thread
+    assert not _plan.prefers_items(2, 8, 1, 1 << 20, l2)  # one item
+    assert not _plan.prefers_items(2, 64, 1, 4 << 20, l2)  # LSTM H=512: beyond L2
+    assert _plan.prefers_items(2, 1, 2, 2 << 20, l2)  # BiLSTM H=256, B=1: a direction a thread
+    assert not _plan.prefers_items(2, 32, 2, 2 << 20, l2)  # ... B=32: a thread may read both
+    assert _plan.prefers_items(2, 64, 1, 1 << 20, 2 << 20)
+    assert not _plan.prefers_items(2, 64, 1, 1 << 20, 1 << 20)  # the same on a 1 MB L2
+    kw = dict(B=64, D=1, Ho=256, GH=1024, ncb=4, T=100, recurrent_bytes=1 << 18)
+    assert _plan.plan(num_threads=2, may_split_rows=True, **kw).strategy == _plan.ITEM
+    assert _plan.plan(num_threads=2, **kw).strategy == _plan.BLOCKED
+    assert _plan.plan(num_threads=1, may_split_rows=True, **kw).strategy == _plan.BLOCKED
 
 
 @pytest.mark.parametrize("variant", SPLIT_VARIANTS)

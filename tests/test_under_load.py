@@ -35,6 +35,8 @@ def _hooks_off(monkeypatch):
     # a 2 MB L2 whatever the machine's (tests may set their own): on a 1 MB L2 (AMD Zen
     # 4) GRU H=256 keeps its team, and the backoff these tests delay threads for is off
     monkeypatch.setattr(_plan, "_l2", [2 << 20])
+    # the blocked strategy, also where its weights would fit L2 (_plan.prefers_items)
+    monkeypatch.setattr(_plan, "ITEM_L2_SHARE", 0.0)
     _kernels.debug_delay()
     _kernels.team_backoff(reset=True)
     yield
@@ -62,6 +64,24 @@ def test_bitwise_with_a_thread_delayed(rng, cell, H, B, ndir):
             _kernels.team_backoff(reset=True)
             assert np.array_equal(out.view(np.uint32), ref.view(np.uint32)), (nt, tid, us, inside)
             assert np.array_equal(h.view(np.uint32), h_ref.view(np.uint32))
+
+
+@pytest.mark.parametrize("H,B,ndir", [(256, 3, 2), (192, 64, 1)])
+def test_items_on_unit_blocks_bitwise_with_a_thread_delayed(rng, monkeypatch, H, B, ndir):
+    """Where the weights fit a core's L2, a layer of unit blocks runs the item strategy on
+    a team (_plan.prefers_items): a thread delayed changes no bit there either."""
+    monkeypatch.setattr(_plan, "ITEM_L2_SHARE", 0.9)
+    layer = make_layer(rng, "lstm", 24, H, ndir)
+    assert layer._ncb > 1 and layer._plan_for(B, 30, 2).strategy == _plan.ITEM
+    x = rng.standard_normal((30, B, 24)).astype(np.float32)
+    mask = rng.random((30, B)) > 0.2
+    ref, h_ref, _ = layer.forward(x, mask=mask, num_threads=1)
+    for tid, us, every, inside in DELAYS:
+        _kernels.debug_delay(tid, us, every, inside)
+        out, h, _ = layer.forward(x, mask=mask, num_threads=2)
+        _kernels.debug_delay()
+        _kernels.team_backoff(reset=True)
+        assert out.tobytes() == ref.tobytes() and h.tobytes() == h_ref.tobytes(), (tid, us, every, inside)
 
 
 def test_bitwise_float64_delayed(rng):

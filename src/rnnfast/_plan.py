@@ -96,6 +96,17 @@ L2_BYTES_FALLBACK = 1 << 20
 #: (2 MB L2), team kept against backing off, time over one thread's: LSTM H=256
 #: T=1000 B=1 0.88x / 0.98x, GRU H=256 0.87x / 0.98x, LSTM H=512 T=100 0.53x / 0.79x.
 KEEP_TEAM_L2_SHARE = 0.5
+#: A layer laid out in unit blocks still runs the item strategy (rows, or a direction, per
+#: thread: no barrier per step) on a team of two or more where the recurrent weights one
+#: item's thread reads take at most this share of one core's L2 and the call has two items
+#: or more (prefers_items). Measured on a Xeon (2 MB L2; float32, T = 100, two threads, in
+#: one process, ten alternated rounds), item over blocked: LSTM H=256 B=64 1.16x, H=192
+#: 1.43x, H=128 1.14x; GRU H=256 B=64 0.98-1.23x, H=384 (1.8 MB) 1.09x, H=128 B=16 1.11x;
+#: BiLSTM H=256 B=1 1.33x, BiGRU 1.15x; where the weights overflow L2 (LSTM / GRU H=512
+#: B=64, 3-4 MB) 0.99-1.00x, BiLSTM H=256 B=32 (2 MB a thread) 0.98x, and on one thread
+#: the blocked strategy is ahead (GRU H=128 B=64 0.85x), so these stay blocked. The results
+#: are the same bits either way.
+ITEM_L2_SHARE = 0.9
 #: The products outside the recurrent layers (Dense, Conv1D, attention:
 #: rnnfast._products): one with under this many flops per thread runs on fewer threads
 #: (measured, (M x 256) (256 x 256) float32: 2 threads break even at M = 128, 17 Mflop;
@@ -139,8 +150,22 @@ def unit_blocks(H, blockable):
 
 def strategy(ncb):
     """The strategy of a layer laid out in ``ncb`` unit blocks: blocked wherever the
-    layout has blocks."""
+    layout has blocks (a call's plan may still take items: prefers_items)."""
     return BLOCKED if ncb > 1 else ITEM
+
+
+def prefers_items(num_threads, B, D, recurrent_bytes, l2=None):
+    """Whether a layer laid out in unit blocks runs the item strategy for a call over B
+    rows and D directions with ``num_threads`` threads (its team size on that strategy)
+    and recurrent weights of ``recurrent_bytes`` (all directions; ``l2``: one core's L2
+    bytes, None: l2_bytes()): two threads or more, two items or more, and the weights one
+    item's thread reads (one direction's where each item is a direction or there is one,
+    else all) within ITEM_L2_SHARE of L2."""
+    nbb = -(-B // batch_rows(B, ITEM)) if B > 0 else 1
+    if num_threads < 2 or D * nbb < 2:
+        return False
+    per_thread = recurrent_bytes / D if D == 1 or nbb == 1 else recurrent_bytes
+    return per_thread <= ITEM_L2_SHARE * (l2_bytes() if l2 is None else l2)
 
 
 def batch_rows(B, strategy):
@@ -292,13 +317,26 @@ def product_team(num_threads, flops):
     return max(1, min(num_threads, flops // MIN_PRODUCT_FLOPS_PER_THREAD))
 
 
-def plan(*, B, D, Ho, GH, ncb, num_threads, chunk=None, T=None, recurrent_bytes=0):
+def plan(*, B, D, Ho, GH, ncb, num_threads, chunk=None, T=None, recurrent_bytes=0, may_split_rows=False):
     """The plan of one call: B batch rows, D directions, state width Ho, GH gate
     columns laid out in ``ncb`` unit blocks, ``num_threads`` threads at most, and
     ``chunk`` steps per projection chunk (None: chosen here), over T steps (None: unknown),
-    with recurrent weights of ``recurrent_bytes`` (all directions; keeps_team). The plan
-    depends on ``num_threads`` only through its team size and ``partner``."""
+    with recurrent weights of ``recurrent_bytes`` (all directions; keeps_team,
+    prefers_items). ``may_split_rows``: the call may take the item strategy on a layout of
+    unit blocks where prefers_items says so, as its results do not depend on the strategy
+    (the products give a row the same bits whatever rows share the call: packed or reduced,
+    not BLAS's), its rows are not sorted by length (right padding skipped: the longest rows
+    would all be in the first batch block, while the blocked strategy splits each step's
+    live rows evenly) and ``num_threads`` is the call's. The plan depends on
+    ``num_threads`` only through its team size, that choice and ``partner``; the results on
+    none of them."""
     how = strategy(ncb)
+    if (
+        how == BLOCKED
+        and may_split_rows
+        and prefers_items(team_size(num_threads, ITEM, B, D, Ho, GH, T), B, D, recurrent_bytes)
+    ):
+        how = ITEM
     if chunk is None:
         chunk = chunk_steps(B, D, GH, how)
     n = team_size(num_threads, how, B, D, Ho, GH, T)

@@ -740,7 +740,7 @@ class RNNLayer:
             out = _kernels._zeros_lines((B, T, D * Ho) if batch_first else (T, B, D * Ho), dt)
         o2 = out.reshape(T * B, D * Ho) if out is not None else np.zeros((0, 0), dt)
         if chunk_steps is None:  # kept per shape; the default count not read for a team of one
-            plan = self._plan_for(B, T, num_threads)
+            plan = self._plan_for(B, T, num_threads, ragged=order is not None)
         else:
             plan = _plan.plan(
                 B=B,
@@ -752,6 +752,7 @@ class RNNLayer:
                 chunk=chunk_steps,
                 T=T,
                 recurrent_bytes=self._recurrent_bytes(),
+                may_split_rows=order is None and not self._uses_blas,
             )
         # BLAS is held to one thread only when this layer calls it (_threads)
         with blas_single_threaded() if self._uses_blas else contextlib.nullcontext():
@@ -822,27 +823,28 @@ class RNNLayer:
         self._entry = entry
         return entry
 
-    def _plan_for(self, B, T, num_threads):
+    def _plan_for(self, B, T, num_threads, ragged=False):
         """``_plan.plan`` of a call of T steps over B rows on ``num_threads`` threads (as
-        :meth:`forward` takes it): a function of these and the layer's shapes only, so
+        :meth:`forward` takes it), rows sorted by length if ``ragged``: a function of these
+        and the layer's shapes only, so
         kept per layer (a few dozen shapes at most: a free sequence length brings a new
         T per call). A call whose work gives no second thread its share (the plan's team
         is one however many threads it may use, and it shares no partner thread:
         ``_plan.uses_partner``) does not resolve the default count."""
-        return self._planned(B, T, num_threads)[0]
+        return self._planned(B, T, num_threads, ragged)[0]
 
-    def _planned(self, B, T, num_threads):
+    def _planned(self, B, T, num_threads, ragged=False):
         """``(plan, cut)``: :meth:`_plan_for`'s plan and its fields as
         ``StepEntry.run`` takes them (:meth:`_forward_bound`), both kept."""
-        plans: dict | None = self.__dict__.get("_plans")  # {(B, T): [plan or None, {count: plan}]}
+        plans: dict | None = self.__dict__.get("_plans")  # {(B, T, ragged): [plan or None, {count: plan}]}
         if plans is None:
             plans = self._plans = {}
-        got = plans.get((B, T))
+        got = plans.get((B, T, ragged))
         if got is None:
             if len(plans) >= 64:
                 plans.clear()
-            one = self._plan(B, T, 1 << 20)
-            got = plans[(B, T)] = [_with_cut(one) if one.num_threads == 1 and not one.partner else None, {}]
+            one = self._plan(B, T, 1 << 20, ragged)
+            got = plans[(B, T, ragged)] = [_with_cut(one) if one.num_threads == 1 and not one.partner else None, {}]
         if got[0] is not None and num_threads is None:
             return got[0]
         n = resolve_num_threads(num_threads)
@@ -850,10 +852,10 @@ class RNNLayer:
             return got[0]
         p = got[1].get(n)
         if p is None:
-            p = got[1][n] = _with_cut(self._plan(B, T, n))
+            p = got[1][n] = _with_cut(self._plan(B, T, n, ragged))
         return p
 
-    def _plan(self, B, T, num_threads):
+    def _plan(self, B, T, num_threads, ragged=False):
         return _plan.plan(
             B=B,
             D=self.num_directions,
@@ -863,6 +865,7 @@ class RNNLayer:
             num_threads=num_threads,
             T=T,
             recurrent_bytes=self._recurrent_bytes(),
+            may_split_rows=not ragged and not self._uses_blas,
         )
 
     def _entry_takes(self, x):
