@@ -31,6 +31,8 @@
 
 #include <immintrin.h>
 
+#include "prefetch.h"                 /* rnn_prefetch_row: the next row's gate inputs */
+
 /* The activations of a fused step, n (1 to 8) vectors of eight lanes side by side,
  * in place: v[k] = sigmoid(v[k]) where bit k of `tanh_bits` is 0, tanh(v[k]) where it
  * is 1 (n and tanh_bits constants: the loops unroll and the selections fold). Each
@@ -183,21 +185,6 @@ RNN_INLINE void rnn_gru_pass2_avx2(const int NG, const float *keep, long o, floa
     }
 }
 
-/* The next row's gate inputs (n floats at x and at g: its projection and its h U) into
- * L1 while this row's gate math runs. A block's rows are ldxp / ldgh apart (4 KiB at
- * LSTM H = 256): each row starts in a page of its own, where the hardware's prefetchers
- * stop, and the projection came back from L3 at the row's first loads (perf). Zen 1,
- * B = 64, H = 256, one thread: the LSTM step's gate math 18.3-19.3 -> 13.3-14.0 ms of
- * a ~210 ms call, GRU 11.6-12.4 -> 8.9-10.0 (bench/README.md, session 20). */
-RNN_INLINE void rnn_prefetch_row_avx2(const float *x, const float *g, long n)
-{
-    long i;
-    for (i = 0; i < n; i += 16) {
-        _mm_prefetch((const char *)(x + i), _MM_HINT_T0);
-        _mm_prefetch((const char *)(g + i), _MM_HINT_T0);
-    }
-}
-
 /* GRU reset-after, sigmoid gates and tanh: the equations of rnn_gru_ra_* in two passes
  * over each piece of up to RNN_FUSED_UNITS units of a row: (1) z, and a = x_h + r (g_h +
  * bhn), kept, two eight-unit groups side by side (four sigmoids); (2) h = z h + (1 - z)
@@ -215,7 +202,7 @@ RNN_INLINE int rnn_fused_gru_f_avx2(long nrows, long H, const float *xp, long ld
         const float *x = xp + b * ldxp, *g = gh + b * ldgh;
         float *hb = h + b * ldh;
         if (b + 1 < nrows)
-            rnn_prefetch_row_avx2(x + ldxp, g + ldgh, 3 * H);
+            rnn_prefetch_row(x + ldxp, g + ldgh, 3 * H);
         for (j0 = 0; j0 < H; j0 = j1) {
             j1 = H - j0 > RNN_FUSED_UNITS ? j0 + RNN_FUSED_UNITS : H;
             for (j = j0; j + 16 <= j1; j += 16) rnn_gru_pass1_avx2(2, x, g, bhn, H, j, keep, j - j0);
@@ -256,7 +243,7 @@ RNN_INLINE int rnn_fused_lstm_f_avx2(long nrows, long H, const float *xp, long l
         const float *x = xp + b * ldxp, *g = gh + b * ldgh;
         float *cb = c + b * ldc, *mb = m + b * ldm;
         if (b + 1 < nrows)
-            rnn_prefetch_row_avx2(x + ldxp, g + ldgh, 4 * H);
+            rnn_prefetch_row(x + ldxp, g + ldgh, 4 * H);
         for (j0 = 0; j0 < H; j0 = j1) {
             j1 = H - j0 > RNN_FUSED_UNITS ? j0 + RNN_FUSED_UNITS : H;
             for (j = j0; j < j1; j += 8) {

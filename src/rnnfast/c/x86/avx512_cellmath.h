@@ -3,7 +3,8 @@
  * and tanh sixteen values at a time, and the GRU (reset-after) and LSTM steps with
  * the usual activations (sigmoid gates, tanh) done in one pass per row instead of one
  * pass per operation. The same formulas as rnn_sigmoid_f / rnn_tanh_f (mathfun.h),
- * written with intrinsics.
+ * written with intrinsics; the fused steps prefetch the next row's gate inputs
+ * (x86/prefetch.h).
  *
  * cellmath.template.h calls them when instantiated with CELLMATH_FAST (float, avx512):
  * each returns how much it did: the elements done (vtanh, vsigmoid) or 1 when it took
@@ -14,6 +15,8 @@
  */
 #ifndef RNNFAST_X86_AVX512_CELLMATH_H
 #define RNNFAST_X86_AVX512_CELLMATH_H
+
+#include "prefetch.h"                   /* rnn_prefetch_row: the next row's gate inputs */
 
 /* rnn_exp_parts_f, sixteen lanes: returns q = expm1(r), *fx = n. */
 RNN_INLINE __m512 rnn_exp_parts16(__m512 t, __m512 *fx)
@@ -104,6 +107,8 @@ RNN_INLINE int rnn_fused_gru_f_avx512(long nrows, long H, const float *xp, long 
         if (valid && !valid[b]) continue;
         const float *x = xp + b * ldxp, *g = gh + b * ldgh;
         float *hb = h + b * ldh;
+        if (b + 1 < nrows)
+            rnn_prefetch_row(x + ldxp, g + ldgh, 3 * H);
         for (j = 0; j < H; j += 16) {
             __mmask16 k = rnn_lanes16(j, H);
             __m512 z = rnn_sigmoid16(_mm512_add_ps(_mm512_maskz_loadu_ps(k, x + j),
@@ -132,6 +137,8 @@ RNN_INLINE int rnn_fused_lstm_f_avx512(long nrows, long H, const float *xp, long
         if (valid && !valid[b]) continue;
         const float *x = xp + b * ldxp, *g = gh + b * ldgh;
         float *cb = c + b * ldc, *mb = m + b * ldm;
+        if (b + 1 < nrows)
+            rnn_prefetch_row(x + ldxp, g + ldgh, 4 * H);
         for (j = 0; j < H; j += 16) {
             __mmask16 k = rnn_lanes16(j, H);
             __m512 i = rnn_sigmoid16(rnn_gate16(k, x, g, 0 * H + j));
