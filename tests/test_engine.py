@@ -405,7 +405,7 @@ def test_items_on_unit_blocks_are_the_blocked_strategys_bits(precision, variant,
     mask that is not right padding, in every precision; right padding (rows sorted by
     length) stays blocked."""
     rng = np.random.default_rng(B + len(variant))
-    T, I, H = 30, 7, 130
+    T, I, H = 100, 7, 130  # enough work for two threads in int8 too (_plan.FLOP_COST)
     layer, _ = make_layer(rng, variant, direction, np.float32, I=I, H=H)
     layer = layer.with_precision(precision)
     D = layer.num_directions

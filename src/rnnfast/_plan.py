@@ -76,6 +76,13 @@ STEAL_SPINS = 200
 #: threads: waking a sleeping team and joining it costs more than such a call gains
 #: (the results are the same whatever the team size).
 MIN_CALL_FLOPS_PER_THREAD = 4_000_000
+#: The cost of a recurrent flop in each precision of the products, against float32's: the
+#: work the thresholds above weigh (team_size, uses_partner). A reduced-precision step costs
+#: a fraction of a float32 one of the same flops, so the same split gained nothing: int8
+#: GRU H=128 B=1 T=100 on a Xeon took 0.078 ms on one thread and 0.114 on two, LSTM H=128
+#: 0.099 / 0.129, GRU H=192 0.155 / 0.172, bf16 GRU H=128 0.167 / 0.176 (float32 GRU H=128
+#: 0.200 / 0.186); from int8 H=256 two threads gain (0.272 / 0.233, bf16 0.547 / 0.446).
+FLOP_COST = {"float32": 1.0, "bf16": 0.5, "int8": 0.25}
 #: A one-step call (T = 1) that this leaves on one thread (a decoder step at B = 1:
 #: waking a sleeping OpenMP partner costs more than the step) runs its unit blocks'
 #: tasks on the caller and the products' polling partner thread (c/rowops.team.h:
@@ -191,11 +198,16 @@ def chunk_steps(B, D, GH, strategy):
     return chunk
 
 
-def team_size(num_threads, strategy, B, D, Ho, GH, T=None):
-    """Threads for the call, from its work: fewer when the whole call (T steps; None:
-    unknown) has little recurrent work per thread, and on the blocked strategy when a
-    step has little work per thread."""
-    step_flops = 2 * B * Ho * GH * D
+def step_work(B, D, Ho, GH, precision="float32"):
+    """A step's recurrent work: its flops, weighed by the precision's FLOP_COST."""
+    return int(2 * B * Ho * GH * D * FLOP_COST[precision])
+
+
+def team_size(num_threads, strategy, B, D, Ho, GH, T=None, precision="float32"):
+    """Threads for the call, from its work (step_work, in ``precision``): fewer when the
+    whole call (T steps; None: unknown) has little recurrent work per thread, and on the
+    blocked strategy when a step has little work per thread."""
+    step_flops = step_work(B, D, Ho, GH, precision)
     n = num_threads
     if T is not None:
         n = min(n, 2 * T * step_flops // MIN_CALL_FLOPS_PER_THREAD)
@@ -317,29 +329,31 @@ def product_team(num_threads, flops):
     return max(1, min(num_threads, flops // MIN_PRODUCT_FLOPS_PER_THREAD))
 
 
-def plan(*, B, D, Ho, GH, ncb, num_threads, chunk=None, T=None, recurrent_bytes=0, may_split_rows=False):
+def plan(
+    *, B, D, Ho, GH, ncb, num_threads, chunk=None, T=None, recurrent_bytes=0, may_split_rows=False, precision="float32"
+):
     """The plan of one call: B batch rows, D directions, state width Ho, GH gate
     columns laid out in ``ncb`` unit blocks, ``num_threads`` threads at most, and
     ``chunk`` steps per projection chunk (None: chosen here), over T steps (None: unknown),
     with recurrent weights of ``recurrent_bytes`` (all directions; keeps_team,
-    prefers_items). ``may_split_rows``: the call may take the item strategy on a layout of
-    unit blocks where prefers_items says so, as its results do not depend on the strategy
-    (the products give a row the same bits whatever rows share the call: packed or reduced,
-    not BLAS's), its rows are not sorted by length (right padding skipped: the longest rows
-    would all be in the first batch block, while the blocked strategy splits each step's
-    live rows evenly) and ``num_threads`` is the call's. The plan depends on
-    ``num_threads`` only through its team size, that choice and ``partner``; the results on
-    none of them."""
+    prefers_items) in ``precision`` (team_size). ``may_split_rows``: the call may take the
+    item strategy on a layout of unit blocks where prefers_items says so, as its results do
+    not depend on the strategy (the products give a row the same bits whatever rows share
+    the call: packed or reduced, not BLAS's), its rows are not sorted by length (right
+    padding skipped: the longest rows would all be in the first batch block, while the
+    blocked strategy splits each step's live rows evenly) and ``num_threads`` is the
+    call's. The plan depends on ``num_threads`` only through its team size, that choice and
+    ``partner``; the results on none of them."""
     how = strategy(ncb)
     if (
         how == BLOCKED
         and may_split_rows
-        and prefers_items(team_size(num_threads, ITEM, B, D, Ho, GH, T), B, D, recurrent_bytes)
+        and prefers_items(team_size(num_threads, ITEM, B, D, Ho, GH, T, precision), B, D, recurrent_bytes)
     ):
         how = ITEM
     if chunk is None:
         chunk = chunk_steps(B, D, GH, how)
-    n = team_size(num_threads, how, B, D, Ho, GH, T)
+    n = team_size(num_threads, how, B, D, Ho, GH, T, precision)
     keep = how == BLOCKED and n > 1 and keeps_team(recurrent_bytes)
     duo = uses_partner(num_threads, how, n, B, D, Ho, GH, T)
     return Plan(how, ncb, batch_rows(B, how), int(chunk), n, keep_team=keep, partner=duo)

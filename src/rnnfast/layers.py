@@ -753,6 +753,7 @@ class RNNLayer:
                 T=T,
                 recurrent_bytes=self._recurrent_bytes(),
                 may_split_rows=order is None and not self._uses_blas,
+                precision=self.precision,
             )
         # BLAS is held to one thread only when this layer calls it (_threads)
         with blas_single_threaded() if self._uses_blas else contextlib.nullcontext():
@@ -866,6 +867,7 @@ class RNNLayer:
             T=T,
             recurrent_bytes=self._recurrent_bytes(),
             may_split_rows=not ragged and not self._uses_blas,
+            precision=self.precision,
         )
 
     def _entry_takes(self, x):

@@ -260,7 +260,9 @@ class _Kernel:
         :func:`rnnfast._plan.uses_partner`)."""
         got = self._plans.get((B, T))
         if got is None:
-            p = _plan.plan(B=B, D=1, Ho=self.Ho, GH=self.GH, ncb=self.ncb, num_threads=1 << 20, T=T)
+            p = _plan.plan(
+                B=B, D=1, Ho=self.Ho, GH=self.GH, ncb=self.ncb, num_threads=1 << 20, T=T, precision=self.layer.precision
+            )
             if self.one_row:
                 p = p._replace(batch_rows=1)
             got = (p._replace(num_threads=1), p.num_threads)  # the plan, and the most threads it uses
