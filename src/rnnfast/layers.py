@@ -827,9 +827,8 @@ class RNNLayer:
     def _plan_for(self, B, T, num_threads, ragged=False):
         """``_plan.plan`` of a call of T steps over B rows on ``num_threads`` threads (as
         :meth:`forward` takes it), rows sorted by length if ``ragged``: a function of these
-        and the layer's shapes only, so
-        kept per layer (a few dozen shapes at most: a free sequence length brings a new
-        T per call). A call whose work gives no second thread its share (the plan's team
+        and the layer's shapes only, so kept per layer (a few dozen shapes at most: a free
+        sequence length brings a new T per call). A call whose work gives no second thread its share (the plan's team
         is one however many threads it may use, and it shares no partner thread:
         ``_plan.uses_partner``) does not resolve the default count."""
         return self._planned(B, T, num_threads, ragged)[0]
