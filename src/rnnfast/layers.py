@@ -742,19 +742,7 @@ class RNNLayer:
         if chunk_steps is None:  # kept per shape; the default count not read for a team of one
             plan = self._plan_for(B, T, num_threads, ragged=order is not None)
         else:
-            plan = _plan.plan(
-                B=B,
-                D=D,
-                Ho=Ho,
-                GH=self._gh,
-                ncb=self._ncb,
-                num_threads=resolve_num_threads(num_threads),
-                chunk=chunk_steps,
-                T=T,
-                recurrent_bytes=self._recurrent_bytes(),
-                may_split_rows=order is None and not self._uses_blas,
-                precision=self.precision,
-            )
+            plan = self._plan(B, T, resolve_num_threads(num_threads), order is not None, chunk_steps)
         # BLAS is held to one thread only when this layer calls it (_threads)
         with blas_single_threaded() if self._uses_blas else contextlib.nullcontext():
             _kernels.rnn_forward(
@@ -855,7 +843,9 @@ class RNNLayer:
             p = got[1][n] = _with_cut(self._plan(B, T, n, ragged))
         return p
 
-    def _plan(self, B, T, num_threads, ragged=False):
+    def _plan(self, B, T, num_threads, ragged=False, chunk=None):
+        """``_plan.plan`` of this layer's call (``chunk``: steps per projection chunk,
+        None: the plan's)."""
         return _plan.plan(
             B=B,
             D=self.num_directions,
@@ -863,6 +853,7 @@ class RNNLayer:
             GH=self._gh,
             ncb=self._ncb,
             num_threads=num_threads,
+            chunk=chunk,
             T=T,
             recurrent_bytes=self._recurrent_bytes(),
             may_split_rows=not ragged and not self._uses_blas,
