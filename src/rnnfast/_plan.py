@@ -78,12 +78,12 @@ STEAL_SPINS = 200
 MIN_CALL_FLOPS_PER_THREAD = 4_000_000
 #: The cost of a recurrent flop in each precision of the products, against float32's: the
 #: work the thresholds above weigh (team_size; MIN_PARTNER_STEP_FLOPS below stays on flops:
-#: one bf16 GRU H=256 step ran 1.16x faster with the partner). A reduced-precision step costs
-#: a fraction of a float32 one of the same flops, so the same split gained nothing: int8
-#: GRU H=128 B=1 T=100 on a Xeon took 0.078 ms on one thread and 0.114 on two, LSTM H=128
-#: 0.099 / 0.129, GRU H=192 0.155 / 0.172, bf16 GRU H=128 0.167 / 0.176 (float32 GRU H=128
-#: 0.200 / 0.186); from int8 H=256 two threads gain (0.272 / 0.233, bf16 0.547 / 0.446).
-FLOP_COST = {"float32": 1.0, "bf16": 0.5, "int8": 0.25}
+#: one bf16 GRU H=256 step ran 1.16x faster with the partner). An int8 step costs a fraction
+#: of a float32 one of the same flops, so the same split gained nothing: batch 1, T = 100,
+#: on a Xeon, two threads over one (one process, ten alternated rounds): int8 GRU H=128
+#: 0.64x, LSTM H=128 0.84x, GRU H=192 0.92x, GRU H=256 1.33x. bf16 at batch 1 runs a row per
+#: tile instruction, no cheaper than float32 (GRU H=128 two threads 1.22x one): as float32.
+FLOP_COST = {"float32": 1.0, "bf16": 1.0, "int8": 0.25}
 #: A one-step call (T = 1) that this leaves on one thread (a decoder step at B = 1:
 #: waking a sleeping OpenMP partner costs more than the step) runs its unit blocks'
 #: tasks on the caller and the products' polling partner thread (c/rowops.team.h:
