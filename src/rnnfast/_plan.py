@@ -112,8 +112,9 @@ KEEP_TEAM_L2_SHARE = 0.5
 #: 1.43x, H=128 1.14x; GRU H=256 B=64 0.98-1.23x, H=384 (1.8 MB) 1.09x, H=128 B=16 1.11x;
 #: BiLSTM H=256 B=1 1.33x, BiGRU 1.15x; where the weights overflow L2 (LSTM / GRU H=512
 #: B=64, 3-4 MB) 0.99-1.00x, BiLSTM H=256 B=32 (2 MB a thread) 0.98x, and on one thread
-#: the blocked strategy is ahead (GRU H=128 B=64 0.85x), so these stay blocked. The results
-#: are the same bits either way.
+#: the blocked strategy is ahead (GRU H=128 B=64 0.85x), so these stay blocked. Measured
+#: again hours later: 0.93-1.04x (and 0.94-1.07x with a busy loop on one of the two cores):
+#: the gain is the box's quieter hours'. The results are the same bits either way.
 ITEM_L2_SHARE = 0.9
 #: The products outside the recurrent layers (Dense, Conv1D, attention:
 #: rnnfast._products): one with under this many flops per thread runs on fewer threads
