@@ -164,3 +164,66 @@ def test_the_partner_takes_part_in_one_step_calls(rng, partner_polls):
             break
     assert _rowops.partner_jobs() > before
     assert bits(got[1]) == bits(want[1])
+
+
+def test_the_partners_backoff_doubles_while_waits_recur_and_starts_short_after_calm():
+    """A caller that waits on a task the partner claimed past the limit (the partner lost
+    its core mid-task) runs the next products alone for a while: the shortest backoff
+    after a calm spell, twice the last while such waits come back within RNN_DUO_CALM
+    (8) times the last, at most the longest (c/rowops.team.h rnn_duo_backoff_after)."""
+    lo, hi = _rowops.PARTNER_BACKOFF_MIN, _rowops.PARTNER_BACKOFF_MAX
+    after = _rowops.partner_backoff_after
+    assert lo == pytest.approx(1e-3) and hi == pytest.approx(50e-3)
+    assert after(0.0, 0.0) == pytest.approx(lo)  # the first one
+    assert after(lo, 0.0) == pytest.approx(2 * lo)
+    assert after(lo, 7.9 * lo) == pytest.approx(2 * lo)
+    assert after(lo, 8 * lo) == pytest.approx(lo)  # calm for eight times the last
+    assert after(16 * lo, 100 * lo) == pytest.approx(32 * lo)
+    assert after(32 * lo, 0.0) == pytest.approx(hi)  # at most the longest
+    assert after(hi, 7 * hi) == pytest.approx(hi)
+    assert after(hi, 8 * hi) == pytest.approx(lo)
+
+
+def slow_partner_job():
+    """A job whose task on the partner sleeps 5 ms (the caller's, 2 ms): the partner
+    wakes and claims its task while the caller sleeps in its own. True when it did."""
+    return _rowops._partner_test_job(2, 2000, 5000)
+
+
+@pytest.mark.skipif(not _rowops.PARTNER, reason="no partner thread in this build (not Linux)")
+def test_a_long_wait_on_the_partner_backs_off_and_recurring_waits_back_off_longer(partner_polls):
+    """The backoff as rnn_duo_run takes it: after a slow partner task the next job runs on
+    the caller alone; slow tasks again soon after the backoff double it; after a calm
+    spell the next one is the shortest again. Timing on a shared machine can spoil a
+    try (the partner without a core, this thread descheduled for longer than the calm
+    spell): up to five tries, each seen through."""
+    import time
+
+    lo = _rowops.PARTNER_BACKOFF_MIN
+    _rowops.partner_spin_us(500)
+    seen = []
+    for _ in range(5):
+        time.sleep(8 * max(_rowops.partner_backoffs()[1], lo) + 0.01)  # calm: the next is the shortest
+        _rowops.partner_wake()
+        time.sleep(0.002)
+        n0 = _rowops.partner_backoffs()[0]
+        if not slow_partner_job():
+            seen.append("the partner ran no task")
+            continue
+        n1, first = _rowops.partner_backoffs()
+        jobs = _rowops.partner_jobs()
+        alone = not _rowops._partner_test_job(2, 300, 0)  # within the backoff: the caller alone
+        alone = alone and _rowops.partner_jobs() == jobs
+        time.sleep(first)  # past the backoff, well within 8 times it
+        if not slow_partner_job():
+            seen.append("the partner ran no task")
+            continue
+        n2, second = _rowops.partner_backoffs()
+        seen.append((n1 - n0, n2 - n0, alone, first, second))
+        if seen[-1] == (1, 2, True, pytest.approx(lo), pytest.approx(2 * lo)):
+            break
+    else:
+        pytest.fail(
+            "no try saw a backoff of %g s, the caller alone in it, then one of twice it "
+            "(backoffs taken, the caller alone, their lengths): %s" % (lo, seen)
+        )

@@ -12,6 +12,7 @@
 # memoryviews: the same C call on the same pointers and strides either way.
 from cpython.object cimport PyObject, PyTypeObject
 from cpython.pycapsule cimport PyCapsule_New
+from posix.unistd cimport usleep
 from cython cimport floating
 
 import numpy as np
@@ -79,7 +80,11 @@ cdef extern from "c/rowops.h" nogil:
     int rnn_duo_asleep()
     ctypedef void (*rnn_duo_fn)(void *arg, long task) noexcept nogil
     void rnn_duo_run(rnn_duo_fn fn, void *arg, long ntask, int nth) noexcept nogil
+    long rnn_duo_backoffs(long long *last_ns)
+    long long rnn_duo_backoff_after(long long last, long long since)
+    int rnn_duo_in_partner()
     const int RNN_DUO_ENABLED
+    const long long RNN_DUO_BACKOFF_MIN_NS, RNN_DUO_BACKOFF_NS
 
 cdef const rnn_rowops_table *_table = &rnn_rowops[_kernels.ISA_LEVELS.index(_kernels.isa())]
 cdef type _nd = np.ndarray
@@ -322,6 +327,46 @@ def partner_jobs():
     """Products in which the partner thread ran a part, so far (0 where the build has
     no partner: not Linux)."""
     return rnn_duo_shared()
+
+
+def partner_backoffs():
+    """``(count, seconds)``: the times a caller waited on the partner's task past the
+    limit (the partner lost its core mid-task) and ran the next products alone for a
+    while, so far, and the last such while (0.0: none yet)."""
+    cdef long long last = 0
+    cdef long n = rnn_duo_backoffs(&last)
+    return n, last * 1e-9
+
+
+#: The backoff's shortest and longest (seconds; :func:`partner_backoff_after`).
+PARTNER_BACKOFF_MIN = RNN_DUO_BACKOFF_MIN_NS * 1e-9
+PARTNER_BACKOFF_MAX = RNN_DUO_BACKOFF_NS * 1e-9
+
+
+def partner_backoff_after(last, since):
+    """The length (seconds) of a backoff that starts ``since`` seconds after the last one
+    (``last`` seconds; 0: none) ended (c/rowops.team.h's rnn_duo_backoff_after)."""
+    return rnn_duo_backoff_after(<long long> round(last * 1e9), <long long> round(since * 1e9)) * 1e-9
+
+
+cdef struct _napping:
+    unsigned caller_us, partner_us
+
+
+cdef void _nap(void *arg, long task) noexcept nogil:
+    cdef _napping *n = <_napping *> arg
+    usleep(n.partner_us if rnn_duo_in_partner() else n.caller_us)
+
+
+def _partner_test_job(long ntask, unsigned caller_us, unsigned partner_us):
+    """A test's job of ``ntask`` tasks on two threads: a task sleeps ``partner_us`` on
+    the partner thread and ``caller_us`` on the caller. True when the partner ran one."""
+    cdef _napping n
+    cdef long before = rnn_duo_shared()
+    n.caller_us, n.partner_us = caller_us, partner_us
+    with nogil:
+        rnn_duo_run(_nap, &n, ntask, 2)
+    return rnn_duo_shared() != before
 
 
 #: Whether this build has the partner thread (Linux).

@@ -14,7 +14,7 @@
  * to the caller, which then runs as on one thread (plus one futex wake). The caller
  * waits only for a task the partner claimed and is running; a wait longer than
  * RNN_DUO_WAIT_NS (the partner lost its core mid-task) backs off: jobs run on the
- * caller alone for RNN_DUO_BACKOFF_NS.
+ * caller alone for a while (rnn_duo_backoff_after).
  *
  * Which thread runs a task never changes what it computes: the same bits whatever the
  * schedule. Linux only (the futex); elsewhere, and after a fork in the child until its
@@ -30,16 +30,40 @@
 
 typedef void (*rnn_duo_fn)(void *arg, long task);
 
+/* A caller's wait for a task the partner claimed longer than this (the partner lost
+ * its core mid-task) backs off: RNN_DUO_BACKOFF_MIN_NS after a calm spell, else twice
+ * the last backoff up to RNN_DUO_BACKOFF_NS (rnn_duo_backoff_after). */
+#define RNN_DUO_WAIT_NS 200000LL
+#define RNN_DUO_BACKOFF_MIN_NS 1000000LL
+#define RNN_DUO_BACKOFF_NS 50000000LL
+#define RNN_DUO_CALM 8
+
+/* The length of a backoff that starts `since` ns after the last one (of `last` ns, 0:
+ * none) ended: RNN_DUO_BACKOFF_MIN_NS after a calm spell of RNN_DUO_CALM times the last
+ * one or more, else twice the last, at most RNN_DUO_BACKOFF_NS. A machine whose other
+ * core is busy keeps taking the partner's core: its waits come back soon after each
+ * backoff, which grows to the cap (a few waits of a few ms, then one per 50 ms). A
+ * hypervisor that takes the partner's core now and then costs a short one instead: a
+ * decoder step at B = 1 on a shared 2-vCPU Xeon, where a fixed 50 ms ran 7-31% of the
+ * calls on one core in runs of up to 95 (bench/README.md, session 23). */
+static inline long long rnn_duo_backoff_after(long long last, long long since)
+{
+    if (last <= 0 || since >= RNN_DUO_CALM * last)
+        return RNN_DUO_BACKOFF_MIN_NS;
+    return 2 * last < RNN_DUO_BACKOFF_NS ? 2 * last : RNN_DUO_BACKOFF_NS;
+}
+
 #if defined(__linux__) && defined(__GNUC__)
 #define RNN_DUO_ENABLED 1
 #include <pthread.h>
 #include <signal.h>
 
+/* The partner thread itself (a test's job tells it from the caller). */
+static __thread int rnn_duo_on_partner;
+
 /* The partner polls for a next job this long after its last one (microseconds;
  * _rowops.duo_spin_us reads or changes it; 0: it sleeps at once). */
 static int rnn_duo_spin_us = 500;
-#define RNN_DUO_WAIT_NS 200000LL
-#define RNN_DUO_BACKOFF_NS 50000000LL
 
 static struct {
     /* the job word: generation << 32 | next task to claim; a claim is one
@@ -54,6 +78,8 @@ static struct {
     rnn_duo_fn fn;
     void *arg;
     long long backoff_until;    /* rnn_now_ns() until which jobs run on the caller */
+    long long backoff_ns;       /* the last backoff's length (0: none yet) */
+    long backoffs;              /* backoffs so far (tests, bench) */
     long jobs_shared;           /* jobs in which the partner ran a task (tests, bench) */
 } rnn_duo;
 
@@ -79,6 +105,7 @@ static void *rnn_duo_partner(void *unused)
 {
     unsigned long long last = 0;
     (void)unused;
+    rnn_duo_on_partner = 1;
     for (;;) {
         long long end = rnn_now_ns() + 1000LL * __atomic_load_n(&rnn_duo_spin_us, __ATOMIC_RELAXED);
         unsigned long long gen;
@@ -170,8 +197,8 @@ static void rnn_duo_run(rnn_duo_fn fn, void *arg, long ntask, int nth)
 {
     unsigned long long gen;
     long t, mine = 0;
-    long long t0;
-    int expect = 0;
+    long long t0, now;
+    int expect = 0, waited = 0;
     if (nth < 2 || ntask < 2 || rnn_now_ns() < __atomic_load_n(&rnn_duo.backoff_until, __ATOMIC_RELAXED)
         || !__atomic_compare_exchange_n(&rnn_duo.lock, &expect, 1, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) {
         for (t = 0; t < ntask; t++)
@@ -185,6 +212,7 @@ static void rnn_duo_run(rnn_duo_fn fn, void *arg, long ntask, int nth)
         return;
     }
     /* post the job: its fields, then the word (a new generation, task 0) */
+    t0 = rnn_now_ns();
     rnn_duo.fn = fn;
     rnn_duo.arg = arg;
     __atomic_store_n(&rnn_duo.ntask, ntask, __ATOMIC_RELAXED);
@@ -199,13 +227,19 @@ static void rnn_duo_run(rnn_duo_fn fn, void *arg, long ntask, int nth)
         mine++;
     }
     /* wait for the tasks the partner claimed */
-    t0 = rnn_now_ns();
+    now = rnn_now_ns();
     while (__atomic_load_n(&rnn_duo.done, __ATOMIC_ACQUIRE) < ntask - mine) {
         rnn_cpu_relax();
-        if (rnn_now_ns() - t0 > RNN_DUO_WAIT_NS) {
+        if (waited || rnn_now_ns() - now > RNN_DUO_WAIT_NS) {
+            waited = 1;
             sched_yield();
-            __atomic_store_n(&rnn_duo.backoff_until, rnn_now_ns() + RNN_DUO_BACKOFF_NS, __ATOMIC_RELAXED);
         }
+    }
+    if (waited) {   /* back off from the wait's end; the calm spell ran to the job's post */
+        rnn_duo.backoff_ns = rnn_duo_backoff_after(rnn_duo.backoff_ns,
+                                                   t0 - __atomic_load_n(&rnn_duo.backoff_until, __ATOMIC_RELAXED));
+        rnn_duo.backoffs++;
+        __atomic_store_n(&rnn_duo.backoff_until, rnn_now_ns() + rnn_duo.backoff_ns, __ATOMIC_RELAXED);
     }
     __atomic_store_n(&rnn_duo.lock, 0, __ATOMIC_RELEASE);
 }
@@ -214,6 +248,8 @@ static void rnn_duo_run(rnn_duo_fn fn, void *arg, long ntask, int nth)
 #define RNN_DUO_ENABLED 0
 static int rnn_duo_spin_us = 0;
 static struct {
+    long long backoff_ns;
+    long backoffs;
     long jobs_shared;
 } rnn_duo;
 static int rnn_duo_wake(void)
@@ -252,6 +288,23 @@ static inline int rnn_duo_asleep(void)
 static inline long rnn_duo_shared(void)
 {
     return __atomic_load_n(&rnn_duo.jobs_shared, __ATOMIC_RELAXED);
+}
+
+/* Backoffs so far; *last_ns: the last one's length (0: none). Read between jobs. */
+static inline long rnn_duo_backoffs(long long *last_ns)
+{
+    *last_ns = rnn_duo.backoff_ns;
+    return rnn_duo.backoffs;
+}
+
+/* 1 on the partner thread (a test's job tells the two threads apart). */
+static inline int rnn_duo_in_partner(void)
+{
+#if RNN_DUO_ENABLED
+    return rnn_duo_on_partner;
+#else
+    return 0;
+#endif
 }
 
 #endif /* RNNFAST_ROWOPS_TEAM_H */
